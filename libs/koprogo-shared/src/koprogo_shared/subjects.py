@@ -1,0 +1,116 @@
+"""Subject and stream names, declared once.
+
+* `koprogo.events.>`  facts, kept in the KOPROGO_EVENTS stream (limits retention: the audit log).
+* `koprogo.work.>`    work, in the KOPROGO_WORK stream (work-queue retention: one consumer takes it).
+* `koprogo.deadletter.>` what a consumer could not handle, kept for an operator.
+* `koprogo.nodes.*`   core NATS (not persisted): heartbeats and announce requests.
+* `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+EVENTS_STREAM = "KOPROGO_EVENTS"
+WORK_STREAM = "KOPROGO_WORK"
+DEADLETTER_STREAM = "KOPROGO_DEADLETTER"
+
+EVENTS_ALL = "koprogo.events.>"
+CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
+WORK_ALL = "koprogo.work.>"
+DEADLETTER_PREFIX = "koprogo.deadletter"
+
+NODE_HEARTBEAT_ALL = "koprogo.nodes.heartbeat.*"
+NODES_ANNOUNCE = "koprogo.nodes.announce"
+
+_UNSAFE = re.compile(r"[.*>\s]")
+
+
+def subject_token(value: str | None) -> str:
+    """One subject token from a free value: `.`, `*`, `>` and spaces become `~`.
+
+    Model ids and copro ids never contain `~`, so distinct values stay distinct.
+    """
+    if not value:
+        return "_"
+    return _UNSAFE.sub("~", value)
+
+
+def chat_requested(copro_id: str | None) -> str:
+    return f"koprogo.events.chat.requested.{subject_token(copro_id)}"
+
+
+def chat_completed(copro_id: str | None) -> str:
+    return f"koprogo.events.chat.completed.{subject_token(copro_id)}"
+
+
+def chat_failed(copro_id: str | None) -> str:
+    return f"koprogo.events.chat.failed.{subject_token(copro_id)}"
+
+
+def chat_delivered(copro_id: str | None) -> str:
+    return f"koprogo.events.chat.delivered.{subject_token(copro_id)}"
+
+
+def run_inference_edge(model: str) -> str:
+    return f"koprogo.work.edge.{subject_token(model)}"
+
+
+def node_heartbeat(node_id: str) -> str:
+    return f"koprogo.nodes.heartbeat.{subject_token(node_id)}"
+
+
+def gateway_reply(gateway_id: str) -> str:
+    return f"koprogo.reply.{subject_token(gateway_id)}"
+
+
+def deadletter_for(subject: str) -> str:
+    return f"{DEADLETTER_PREFIX}.{subject}"
+
+
+def durable_name(prefix: str, value: str) -> str:
+    """A consumer name from a free value (consumer names allow letters, digits, `-` and `_`)."""
+    return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_-]", "_", value)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: list[str]
+    retention: str  # "limits" | "workqueue"
+    max_age_s: float
+    max_bytes: int
+    duplicate_window_s: float = 120.0
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+DAY_S = 86400.0
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(
+        EVENTS_STREAM,
+        [EVENTS_ALL],
+        "limits",
+        max_age_s=30 * DAY_S,
+        max_bytes=2 * 1024**3,
+        description="Audit log of every KoproGo fact; the ledger projects it into PostgreSQL.",
+    ),
+    StreamSpec(
+        WORK_STREAM,
+        [WORK_ALL],
+        "workqueue",
+        max_age_s=1 * DAY_S,
+        max_bytes=512 * 1024**2,
+        description="Work for nodes; each item is taken by one consumer and removed once acked.",
+    ),
+    StreamSpec(
+        DEADLETTER_STREAM,
+        [f"{DEADLETTER_PREFIX}.>"],
+        "limits",
+        max_age_s=90 * DAY_S,
+        max_bytes=512 * 1024**2,
+        description="Messages a consumer could not handle, with the reason in headers.",
+    ),
+)

@@ -1,0 +1,1 @@
+"""Grid scheduler for volunteer nodes. Empty until the grid issue is built."""

