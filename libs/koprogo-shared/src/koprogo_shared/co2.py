@@ -54,6 +54,8 @@ def edge_grams(seconds: float, footprint: EdgeFootprint) -> float:
     return kwh * footprint.intensity_g_per_kwh
 
 
-def saved_grams(total_tokens: int, actual_grams: float, counterfactual: CloudFootprint = CloudFootprint()) -> float:
+def saved_grams(
+    total_tokens: int, actual_grams: float, counterfactual: CloudFootprint = CloudFootprint()
+) -> float:
     """What the cloud would have emitted for the same tokens minus what was emitted."""
     return cloud_grams(total_tokens, counterfactual) - actual_grams

@@ -69,7 +69,7 @@ async def settle(js: JetStreamContext, msg: Msg, handler: Handler, max_deliver: 
     except asyncio.CancelledError:
         await msg.nak()
         raise
-    except Exception as exc:  # noqa: BLE001 - every other failure is treated as transient
+    except Exception as exc:
         delivered = msg.metadata.num_delivered
         if delivered >= max_deliver:
             log.error("dead-lettering %s after %d deliveries: %r", msg.subject, delivered, exc)
@@ -82,8 +82,9 @@ async def settle(js: JetStreamContext, msg: Msg, handler: Handler, max_deliver: 
     await msg.ack()
 
 
-async def run_pull_consumer(js: JetStreamContext, spec: ConsumerSpec, handler: Handler,
-                            stop: asyncio.Event | None = None) -> None:
+async def run_pull_consumer(
+    js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event | None = None
+) -> None:
     """Fetch and settle messages until `stop` is set or the task is cancelled."""
     config = js_api.ConsumerConfig(
         durable_name=spec.durable,
@@ -94,7 +95,9 @@ async def run_pull_consumer(js: JetStreamContext, spec: ConsumerSpec, handler: H
         max_ack_pending=spec.max_ack_pending,
         deliver_policy=js_api.DeliverPolicy.ALL,
     )
-    sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config)
+    sub = await js.pull_subscribe(
+        spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
+    )
     try:
         while stop is None or not stop.is_set():
             try:
@@ -108,5 +111,5 @@ async def run_pull_consumer(js: JetStreamContext, spec: ConsumerSpec, handler: H
     finally:
         try:
             await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - the connection may already be closed
+        except Exception:
             pass

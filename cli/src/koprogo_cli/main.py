@@ -1,0 +1,164 @@
+"""The `koprogo` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+
+from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.stack import Stack, StackError
+
+DEMO_CHAT = {
+    "model": BUNDLED_MODEL_ID,
+    "messages": [{"role": "user", "content": "Bonjour, résume ce PV en une phrase."}],
+    "context": "copro:550e8400-e29b-41d4-a716-446655440000",
+}
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", "data")).resolve()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    if args.detach:
+        return _up_detached(args, data_dir)
+    stack = Stack(data_dir, gateway_port=args.port)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        stack.wait_for_model(BUNDLED_MODEL_ID)
+        print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (data in {data_dir}, logs in {data_dir}/logs)")
+        if not args.no_demo:
+            _demo_chat(stack.gateway_url)
+        (data_dir / "koprogo.pid").write_text(str(os.getpid()))
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+            if dead := stack.dead_services():
+                print(f"stopping: {', '.join(dead)} exited; see {data_dir}/logs", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    except (StackError, EmbeddedServerError) as exc:
+        print(f"koprogo up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping KoproGo Symbiose ...", flush=True)
+        stack.stop()
+        (data_dir / "koprogo.pid").unlink(missing_ok=True)
+    return 0
+
+
+def _demo_chat(gateway_url: str) -> None:
+    print(f"\n$ curl -s -X POST {gateway_url}/mcp/v1/chat -d '{json.dumps(DEMO_CHAT, ensure_ascii=False)}'")
+    response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, timeout=120)
+    print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
+
+
+def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "koprogo.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "koprogo_cli.main",
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(args.port),
+    ]
+    if args.no_demo:
+        argv.append("--no-demo")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"koprogo up failed; see {log}", file=sys.stderr)
+            return 1
+        if "Ctrl-C stops everything." in log.read_text(errors="replace"):
+            print(f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}")
+            print(f"log: {log}; stop with `koprogo down`")
+            return 0
+        time.sleep(0.5)
+    print(f"koprogo up did not become ready in time; see {log}", file=sys.stderr)
+    return 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    pid_file = _data_dir(args) / "koprogo.pid"
+    if not pid_file.exists():
+        print("KoproGo Symbiose is not running (no pid file)")
+        return 0
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        print("KoproGo Symbiose was not running")
+        return 0
+    for _ in range(120):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("KoproGo Symbiose stopped")
+            return 0
+        time.sleep(0.5)
+    print(f"process {pid} did not stop within 60 s", file=sys.stderr)
+    return 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        response = httpx.get(f"{args.url}/ready", timeout=5)
+    except httpx.HTTPError as exc:
+        print(f"gateway unreachable at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="koprogo", description="KoproGo Symbiose on one machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser(
+        "up", help="start the whole stack (embedded NATS and PostgreSQL unless URLs are given)"
+    )
+    up.add_argument("--data-dir", help="where NATS, PostgreSQL and logs keep their data (default ./data)")
+    up.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
+    up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop a stack started with `koprogo up --detach`")
+    down.add_argument("--data-dir")
+    down.set_defaults(func=cmd_down)
+    health = sub.add_parser("health", help="ask the gateway whether it is ready")
+    health.add_argument("--url", default=os.environ.get("KOPROGO_URL", "http://127.0.0.1:8080"))
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""`koprogo up`: the whole stack on one machine, each service its own process.
+
+Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
+then the ledger (it owns the migrations), the router, the edge node with the bundled
+model and the gateway. Ctrl-C (or SIGTERM) stops everything in reverse order. The data
+lives under the data folder, so a restart keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+
+GATEWAY_PORT = 8080
+NODE_PORT = 3031
+ROUTER_OPS_PORT = 8081
+LEDGER_OPS_PORT = 8082
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says which part and where its log is."""
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def preferred_port(port: int) -> int:
+    return port if port_free(port) else free_port()
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    gateway_port: int = GATEWAY_PORT
+    node_port: int = NODE_PORT
+    log: Callable[[str], None] = print
+    nats: EmbeddedNats | None = field(default=None, init=False)
+    postgres: EmbeddedPostgres | None = field(default=None, init=False)
+    services: list[Service] = field(default_factory=list, init=False)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        nats_url = os.environ.get("NATS_URL") or self._start_nats()
+        database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
+        base_env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        self._launch(
+            Service(
+                "ledger",
+                [_script("koprogo-ledger")],
+                {**base_env, "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT))},
+                "",
+            )
+        )
+        self._launch(
+            Service(
+                "router",
+                [_script("koprogo-router")],
+                {**base_env, "OPS_PORT": str(preferred_port(ROUTER_OPS_PORT))},
+                "",
+            )
+        )
+        self._launch(
+            Service(
+                "edge-node",
+                [_script("koprogo-node"), "--port", str(self.node_port)],
+                base_env,
+                f"http://127.0.0.1:{self.node_port}/ready",
+            )
+        )
+        self._launch(
+            Service(
+                "gateway",
+                [_script("koprogo-gateway")],
+                {**base_env, "GATEWAY_PORT": str(self.gateway_port)},
+                f"{self.gateway_url}/ready",
+            )
+        )
+        for service in self.services:
+            self._wait_ready(service)
+
+    def _start_nats(self) -> str:
+        port = preferred_port(4222)
+        self.nats = EmbeddedNats(self.data_dir / "nats", port=port, monitor_port=preferred_port(8222)).start()
+        self.log(f"nats-server (embedded, JetStream on, fsync always) at {self.nats.url}")
+        return self.nats.url
+
+    def _start_postgres(self) -> str:
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=preferred_port(5432)).start()
+        self.log(f"PostgreSQL (embedded) at {self.postgres.url}")
+        return self.postgres.url
+
+    def _launch(self, service: Service) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / f"{service.name}.log").open("ab") as out:
+            service.proc = subprocess.Popen(
+                service.argv, env=service.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        if not service.ready_url:  # services whose only HTTP is the ops server
+            service.ready_url = f"http://127.0.0.1:{service.env['OPS_PORT']}/ready"
+        self.services.append(service)
+
+    def _wait_ready(self, service: Service, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        log_path = self.data_dir / "logs" / f"{service.name}.log"
+        while time.monotonic() < deadline:
+            assert service.proc is not None
+            if service.proc.poll() is not None:
+                raise StackError(
+                    f"{service.name} exited with {service.proc.returncode}; see {log_path}:\n"
+                    + _tail(log_path)
+                )
+            try:
+                if httpx.get(service.ready_url, timeout=1.0).status_code == 200:
+                    self.log(f"{service.name} ready ({service.ready_url.rsplit('/', 1)[0]})")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise StackError(f"{service.name} not ready after {timeout}s; see {log_path}:\n" + _tail(log_path))
+
+    def wait_for_model(self, model: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            models = httpx.get(f"{self.gateway_url}/mcp/v1/models", timeout=2.0).json()["models"]
+            if any(m["id"] == model and m["is_available"] for m in models):
+                return
+            time.sleep(0.2)
+        raise StackError(f"model {model} not available after {timeout}s")
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            if service.proc and service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            if service.proc:
+                try:
+                    service.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    service.proc.kill()
+        if self.postgres:
+            self.postgres.stop()
+        if self.nats:
+            self.nats.stop()
+
+    def dead_services(self) -> list[str]:
+        return [s.name for s in self.services if s.proc and s.proc.poll() is not None]
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+__all__ = ["EmbeddedServerError", "Stack", "StackError"]

@@ -1,0 +1,61 @@
+"""Which edge nodes are alive, from their heartbeats. Pure: the caller passes the clock.
+
+The router uses it to choose a target, the gateway to say whether a model is
+available now. A node is alive while its last heartbeat is younger than three of
+its own intervals (one lost heartbeat is not a death).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from koprogo_shared.events import NodeHeartbeat
+
+MISSED_HEARTBEATS_BEFORE_DEAD = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeCandidate:
+    node_id: str
+    models: tuple[str, ...]
+    in_flight: int
+    capacity: int
+    tokens_per_second: float
+    power_watts: float
+    intensity_g_per_kwh: float
+    renewable_attested: bool
+    seen_at: float
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.capacity
+
+
+class NodeRegistry:
+    def __init__(self) -> None:
+        self._nodes: dict[str, tuple[EdgeCandidate, float]] = {}
+
+    def observe(self, beat: NodeHeartbeat, now: float) -> None:
+        candidate = EdgeCandidate(
+            node_id=beat.node_id,
+            models=tuple(beat.models),
+            in_flight=beat.in_flight,
+            capacity=beat.capacity,
+            tokens_per_second=beat.tokens_per_second,
+            power_watts=beat.power_watts,
+            intensity_g_per_kwh=beat.intensity_g_per_kwh,
+            renewable_attested=beat.renewable_attested,
+            seen_at=now,
+        )
+        self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
+
+    def alive(self, now: float) -> list[EdgeCandidate]:
+        for node_id in [n for n, (_, expires) in self._nodes.items() if expires < now]:
+            del self._nodes[node_id]
+        return [candidate for candidate, _ in self._nodes.values()]
+
+    def serving(self, model: str, now: float) -> list[EdgeCandidate]:
+        return [c for c in self.alive(now) if model in c.models]
+
+    def available_models(self, now: float) -> set[str]:
+        return {m for c in self.alive(now) for m in c.models}

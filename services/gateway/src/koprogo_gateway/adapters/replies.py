@@ -1,0 +1,47 @@
+"""Answers addressed to this gateway arrive on its own reply subject and wake the waiting request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from koprogo_shared.events import ChatCompleted, ChatFailed, chat_outcome_adapter
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class ReplyWaiter:
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[ChatCompleted | ChatFailed]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: NATS, subject: str) -> None:
+        self._sub = await nc.subscribe(subject, cb=self._on_reply)
+
+    def expect(self, request_id: str) -> asyncio.Future[ChatCompleted | ChatFailed]:
+        future: asyncio.Future[ChatCompleted | ChatFailed] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            outcome = chat_outcome_adapter.validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("malformed reply on %s: %d errors", msg.subject, exc.error_count())
+            return
+        future = self._waiting.pop(outcome.request_id, None)
+        # A reply for a request that already timed out (or a redelivered duplicate) has
+        # nobody waiting; the durable copy of it is in KOPROGO_EVENTS for the ledger.
+        if future is not None and not future.done():
+            future.set_result(outcome)

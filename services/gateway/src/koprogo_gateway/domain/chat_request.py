@@ -1,0 +1,57 @@
+"""The seed's chat request and response shapes, with the validation rules."""
+
+from __future__ import annotations
+
+import re
+
+from koprogo_shared.catalogue import find_model
+from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
+
+
+class ChatRequestIn(BaseModel):
+    """`POST /mcp/v1/chat` body (the seed's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255)
+    messages: list[ChatMessage] = Field(min_length=1)
+    context: str | None = Field(default=None, max_length=255)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=100000)
+
+    @field_validator("model")
+    @classmethod
+    def model_is_an_id(cls, value: str) -> str:
+        if not MODEL_ID.match(value):
+            raise ValueError("model must contain only letters, digits and ':._-'")
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def context_names_a_resource(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value:
+            raise ValueError("context must look like 'copro:<id>'")
+        return value
+
+    @model_validator(mode="after")
+    def max_tokens_fit_the_model(self) -> ChatRequestIn:
+        known = find_model(self.model)
+        if known and self.max_tokens is not None and self.max_tokens > known.context_length:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) exceeds the context of {self.model} ({known.context_length})"
+            )
+        return self
+
+
+class ChatResponseOut(BaseModel):
+    """`POST /mcp/v1/chat` answer (the seed's shape; `co2_saved_grams` added in execution_info)."""
+
+    id: str
+    model: str
+    content: str
+    finish_reason: FinishReason
+    usage: Usage
+    execution_info: ExecutionInfo

@@ -1,0 +1,56 @@
+"""Every error leaves the gateway as JSON with a clear message and the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from koprogo_gateway.domain.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        return JSONResponse(
+            status_code=422,
+            content={
+                "error": "validation_error",
+                "message": f"invalid request: {summary}",
+                "details": details,
+            },
+        )
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status, content={"error": exc.error, "message": exc.message, **exc.extra}
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": "http_error", "message": str(exc.detail)},
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return JSONResponse(status_code=500, content={"error": "internal_error", "message": "internal error"})

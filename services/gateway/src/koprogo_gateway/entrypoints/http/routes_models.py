@@ -1,0 +1,45 @@
+"""`/mcp/v1/models`."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from koprogo_shared.catalogue import CATALOGUE
+from pydantic import BaseModel
+
+from koprogo_gateway.entrypoints.http.deps import GatewayDep
+
+router = APIRouter(prefix="/mcp/v1", tags=["models"])
+
+
+class ModelPublic(BaseModel):
+    id: str
+    name: str
+    provider: str
+    context_length: int
+    is_available: bool
+    edge_compatible: bool
+
+
+class ModelsPublic(BaseModel):
+    models: list[ModelPublic]
+
+
+@router.get("/models", response_model=ModelsPublic)
+async def list_models(gateway: GatewayDep) -> ModelsPublic:
+    """The catalogue, with `is_available` true only when a live node or provider serves the model now."""
+    live = gateway.registry.available_models(time.monotonic())
+    return ModelsPublic(
+        models=[
+            ModelPublic(
+                id=m.id,
+                name=m.name,
+                provider=m.provider,
+                context_length=m.context_length,
+                is_available=m.id in live,
+                edge_compatible=m.edge_compatible,
+            )
+            for m in CATALOGUE
+        ]
+    )

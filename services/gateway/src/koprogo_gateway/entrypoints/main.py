@@ -1,0 +1,21 @@
+"""`koprogo-gateway`: serve the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+from koprogo_shared.logging_setup import configure_logging
+
+from koprogo_gateway.entrypoints.http.app import create_app
+from koprogo_gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.log_level, "gateway")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level="warning",
+        access_log=False,
+    )

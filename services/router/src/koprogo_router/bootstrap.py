@@ -1,0 +1,62 @@
+"""Composition root: the router's adapters are built here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from koprogo_shared import subjects
+from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
+from koprogo_shared.events import ChatRequested
+from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.ops_http import ops_server
+from nats.aio.msg import Msg
+
+from koprogo_router.adapters.bus import NatsBus
+from koprogo_router.service_layer.dispatch import Dispatcher
+from koprogo_router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+CONSUMER = ConsumerSpec(
+    stream=subjects.EVENTS_STREAM,
+    durable="router",
+    filter_subject=subjects.CHAT_REQUESTED_ALL,
+    ack_wait_s=10.0,
+    max_deliver=5,
+    batch=16,
+)
+
+
+async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
+    """Run the router until `stop` is set."""
+    nc, js = await connect_nats(settings.nats_url, "koprogo-router")
+    try:
+        await ensure_streams(js)
+        registry = NodeRegistry()
+        await follow_heartbeats(nc, registry)
+        await asyncio.sleep(settings.warmup_s)
+        dispatcher = Dispatcher(NatsBus(nc, js), registry)
+
+        async def handle(msg: Msg) -> None:
+            await dispatcher.on_chat_requested(ChatRequested.model_validate_json(msg.data))
+
+        async def ready() -> dict[str, bool]:
+            return {"nats": nc.is_connected}
+
+        tasks = [asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop))]
+        server = None
+        if settings.ops_port:
+            server = ops_server(settings.ops_host, settings.ops_port, ready)
+            tasks.append(asyncio.create_task(server.serve()))
+        log.info("router ready")
+        await stop.wait()
+        if server:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()

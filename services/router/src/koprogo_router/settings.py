@@ -1,0 +1,12 @@
+"""Router settings (environment variables: NATS_URL, OPS_PORT, ...)."""
+
+from __future__ import annotations
+
+from koprogo_shared.settings import ServiceSettings
+
+
+class RouterSettings(ServiceSettings):
+    ops_port: int = 8081
+    # How long to listen for node announcements before taking requests, so the
+    # first request after a restart is not refused for want of a heartbeat.
+    warmup_s: float = 0.5
