@@ -39,7 +39,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
+    # Explicit handlers: a process started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         stack.start()
         stack.wait_for_model(BUNDLED_MODEL_ID)
@@ -59,8 +61,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"koprogo up failed: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C must not interrupt the orderly stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping KoproGo Symbiose ...", flush=True)
         stack.stop()
+        print("stopped", flush=True)
         (data_dir / "koprogo.pid").unlink(missing_ok=True)
     return 0
 

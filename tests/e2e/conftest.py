@@ -1,0 +1,141 @@
+"""The whole path in one process: ledger, router, an edge node with the bundled model, and the
+gateway on a real HTTP port, all on the real NATS and PostgreSQL fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from koprogo_cli.embedded import free_port
+from koprogo_gateway.entrypoints.http.app import create_app
+from koprogo_gateway.settings import GatewaySettings
+from koprogo_ledger.bootstrap import run_ledger
+from koprogo_ledger.settings import LedgerSettings
+from koprogo_node.bootstrap import run_node
+from koprogo_node.settings import NodeSettings
+from koprogo_router.bootstrap import run_router
+from koprogo_router.settings import RouterSettings
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+
+from tests.conftest import wait_until
+
+
+@dataclass
+class RunningStack:
+    nats_url: str
+    database_url: str
+    gateway_url: str
+    client: httpx.AsyncClient
+    _stops: list[asyncio.Event] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, run: Callable[[asyncio.Event], Awaitable[None]]) -> asyncio.Event:
+        stop = asyncio.Event()
+        self._stops.append(stop)
+        self._tasks.append(asyncio.create_task(run(stop)))
+        return stop
+
+    async def projected_responses(self) -> int:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM mcp_responses"))
+        finally:
+            await conn.close()
+
+    async def stop_all(self) -> None:
+        for stop in self._stops:
+            stop.set()
+        results = await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout=30)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
+
+
+async def _schema_ready(database_url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(database_url)
+    except OSError:
+        return False
+    try:
+        return bool(await conn.fetchval("SELECT to_regclass('mcp_responses') IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+async def _serve_gateway(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=settings.gateway_port, log_level="warning"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def stack_factory(
+    clean_jetstream: str, database_url: str
+) -> AsyncIterator[Callable[..., Awaitable[RunningStack]]]:
+    stacks: list[RunningStack] = []
+
+    async def make(*, edge_nodes: int = 1, chat_timeout_s: float = 60.0) -> RunningStack:
+        gateway_port = free_port()
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=90)
+        stack = RunningStack(clean_jetstream, database_url, f"http://127.0.0.1:{gateway_port}", client)
+        stacks.append(stack)
+        await stack.start(
+            lambda stop: run_ledger(
+                LedgerSettings(nats_url=clean_jetstream, database_url=database_url, ops_port=0), stop
+            )
+        )
+        await wait_until(lambda: _schema_ready(database_url), timeout=30)
+        await stack.start(lambda stop: run_router(RouterSettings(nats_url=clean_jetstream, ops_port=0), stop))
+        for i in range(edge_nodes):
+            node_settings = NodeSettings(
+                nats_url=clean_jetstream, ops_port=free_port(), node_id=f"edge-test-{i}"
+            )
+            await stack.start(lambda stop, s=node_settings: run_node(s, stop))
+        await stack.start(
+            lambda stop: _serve_gateway(
+                GatewaySettings(
+                    nats_url=clean_jetstream,
+                    database_url=database_url,
+                    gateway_port=gateway_port,
+                    chat_timeout_s=chat_timeout_s,
+                ),
+                stop,
+            )
+        )
+
+        async def bundled_model_available() -> bool:
+            try:
+                models = (await client.get("/mcp/v1/models")).json()["models"]
+            except httpx.HTTPError:
+                return False
+            return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)
+
+        if edge_nodes:
+            await wait_until(bundled_model_available, timeout=60)
+        else:
+            await wait_until(lambda: _gateway_up(client), timeout=30)
+        return stack
+
+    yield make
+    for stack in stacks:
+        with contextlib.suppress(Exception):
+            await stack.client.aclose()
+        await stack.stop_all()
+
+
+async def _gateway_up(client: httpx.AsyncClient) -> bool:
+    try:
+        return (await client.get("/health")).status_code == 200
+    except httpx.HTTPError:
+        return False

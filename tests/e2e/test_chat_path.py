@@ -1,0 +1,249 @@
+"""A chat travels gateway -> JetStream -> router -> llama.cpp edge node -> back, and lands in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from koprogo_shared import subjects
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE
+from koprogo_shared.events import NodeHeartbeat
+
+from tests.conftest import wait_until
+from tests.e2e.conftest import RunningStack
+
+COPRO = "550e8400-e29b-41d4-a716-446655440000"
+SEED_MODELS = {
+    "llama3:8b",
+    "llama3:8b-instruct-q4",
+    "mistral:7b-instruct-q4",
+    "phi-2:2.7b-q4",
+    "claude-3-opus",
+    "claude-3-sonnet",
+    "claude-3-haiku",
+    "gpt-4o",
+    "gpt-4o-mini",
+}
+
+StackFactory = Callable[..., Awaitable[RunningStack]]
+
+
+def chat_body(content: str = "Bonjour, résume ce PV en une phrase.", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": BUNDLED_MODEL_ID,
+        "messages": [{"role": "user", "content": content}],
+        "context": f"copro:{COPRO}",
+        "max_tokens": 48,
+        **extra,
+    }
+
+
+async def test_chat_round_trip_answers_in_the_seeds_shape_from_the_edge(stack_factory: StackFactory) -> None:
+    stack = await stack_factory()
+    response = await stack.client.post("/mcp/v1/chat", json=chat_body())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"id", "model", "content", "finish_reason", "usage", "execution_info"}
+    assert body["model"] == BUNDLED_MODEL_ID
+    assert body["content"].strip()
+    assert body["finish_reason"] in {"stop", "length"}
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 5 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    info = body["execution_info"]
+    assert info["execution_type"] == "edge"
+    assert info["node_id"] == "edge-test-0"
+    assert info["latency_ms"] > 0
+    assert info["co2_grams"] > 0  # the test node declares no renewable supply
+
+    await wait_until(lambda: _stats_total(stack, 1), timeout=15)
+
+
+async def _stats_total(stack: RunningStack, expected: int) -> bool:
+    stats = (await stack.client.get("/mcp/v1/stats")).json()
+    return bool(stats["total_requests"] == expected)
+
+
+async def test_models_lists_the_seed_models_and_the_bundled_one_available(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory()
+    models = {m["id"]: m for m in (await stack.client.get("/mcp/v1/models")).json()["models"]}
+    assert SEED_MODELS | {BUNDLED_MODEL_ID} == set(models)
+    assert models[BUNDLED_MODEL_ID]["is_available"] is True
+    assert models[BUNDLED_MODEL_ID]["edge_compatible"] is True
+    assert models["gpt-4o"]["is_available"] is False  # no provider configured
+    assert models["llama3:8b"]["is_available"] is False  # no node holds it
+    assert set(models["gpt-4o"]) == {
+        "id",
+        "name",
+        "provider",
+        "context_length",
+        "is_available",
+        "edge_compatible",
+    }
+
+
+BAD_BODIES: list[tuple[str, Any]] = [
+    ("empty model", chat_body(model="")),
+    ("model with a space", chat_body(model="llama 3")),
+    ("model with a slash", chat_body(model="../etc/passwd")),
+    ("no messages", chat_body() | {"messages": []}),
+    ("unknown role", chat_body() | {"messages": [{"role": "wizard", "content": "hi"}]}),
+    ("message without content", chat_body() | {"messages": [{"role": "user"}]}),
+    ("context without a colon", chat_body(context="copro")),
+    ("max_tokens zero", chat_body(max_tokens=0)),
+    ("max_tokens too large", chat_body(max_tokens=100001)),
+    ("max_tokens above the model context", chat_body(model="phi-2:2.7b-q4", max_tokens=4096)),
+    ("temperature above 2", chat_body(temperature=2.5)),
+    ("negative temperature", chat_body(temperature=-0.1)),
+    ("unknown field", chat_body(prompt="x")),
+]
+
+
+async def test_bad_bodies_get_a_clear_422_and_nothing_reaches_nats(stack_factory: StackFactory) -> None:
+    stack = await stack_factory()
+    nc = await nats.connect(stack.nats_url)
+    seen: list[str] = []
+
+    async def record(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await nc.subscribe("koprogo.events.>", cb=record)
+    await nc.subscribe("koprogo.work.>", cb=record)
+    try:
+        for name, body in BAD_BODIES:
+            response = await stack.client.post("/mcp/v1/chat", json=body)
+            assert response.status_code == 422, (name, response.text)
+            error = response.json()
+            assert error["error"] == "validation_error", name
+            assert error["message"].startswith("invalid request:"), name
+        not_json = await stack.client.post(
+            "/mcp/v1/chat", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert not_json.status_code == 422
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        assert seen == []
+        info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        assert info.state.messages == 0
+    finally:
+        await nc.close()
+
+
+async def test_unknown_model_is_404_with_the_known_ids(stack_factory: StackFactory) -> None:
+    stack = await stack_factory()
+    response = await stack.client.post("/mcp/v1/chat", json=chat_body(model="llama9:1t"))
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"] == "model_not_found"
+    assert set(body["known_models"]) == {m.id for m in CATALOGUE}
+
+
+async def test_known_model_that_nothing_serves_is_503_naming_what_is_missing(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory()
+    response = await stack.client.post("/mcp/v1/chat", json=chat_body(model="mistral:7b-instruct-q4"))
+    assert response.status_code == 503
+    assert "mistral:7b-instruct-q4" in response.json()["message"]
+    cloud = await stack.client.post("/mcp/v1/chat", json=chat_body(model="gpt-4o"))
+    assert cloud.status_code == 503
+    assert "openai" in cloud.json()["message"]
+
+
+async def test_a_request_nobody_answers_is_504_and_recorded_as_failed(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=0, chat_timeout_s=1.5)
+    # A node that announces phi-2 and then never takes work: the router routes to it,
+    # nobody answers, the caller must not hang.
+    nc = await nats.connect(stack.nats_url)
+    beat = NodeHeartbeat(
+        source="test",
+        node_id="ghost",
+        models=["phi-2:2.7b-q4"],
+        in_flight=0,
+        capacity=1,
+        tokens_per_second=1.0,
+        power_watts=5.0,
+        intensity_g_per_kwh=100.0,
+        renewable_attested=False,
+        interval_s=30.0,
+    )
+    await nc.publish(subjects.node_heartbeat("ghost"), beat.model_dump_json().encode())
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    response = await stack.client.post("/mcp/v1/chat", json=chat_body(model="phi-2:2.7b-q4"))
+    assert response.status_code == 504
+    assert time.monotonic() - started < 5
+    assert response.json()["error"] == "timeout"
+    await nc.close()
+
+    import asyncpg
+
+    async def recorded_failed() -> bool:
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            return bool(await conn.fetchval("SELECT count(*) FROM mcp_requests WHERE status = 'failed'") == 1)
+        finally:
+            await conn.close()
+
+    await wait_until(recorded_failed, timeout=10)
+
+
+async def test_after_n_chats_the_stats_equal_the_sums_of_the_responses(stack_factory: StackFactory) -> None:
+    stack = await stack_factory()
+    other_copro = "copro:11111111-2222-3333-4444-555555555555"
+    bodies = [chat_body(f"Question {i}: quel est le budget chauffage ?") for i in range(3)]
+    bodies.append(chat_body("Dank u, vat samen.", context=other_copro))
+    responses = []
+    for body in bodies:
+        r = await stack.client.post("/mcp/v1/chat", json=body)
+        assert r.status_code == 200, r.text
+        responses.append(r.json())
+    await wait_until(lambda: _latencies_recorded(stack, responses), timeout=15)
+
+    stats = (await stack.client.get("/mcp/v1/stats")).json()
+    assert stats["total_requests"] == 4
+    assert stats["edge_requests"] == 4 and stats["cloud_requests"] == 0 and stats["grid_requests"] == 0
+    assert stats["total_tokens"] == sum(r["usage"]["total_tokens"] for r in responses)
+    assert stats["total_co2_grams"] == pytest.approx(sum(r["execution_info"]["co2_grams"] for r in responses))
+    assert stats["co2_saved_grams"] == pytest.approx(
+        sum(r["execution_info"]["co2_saved_grams"] for r in responses)
+    )
+    assert stats["avg_latency_ms"] == pytest.approx(
+        sum(r["execution_info"]["latency_ms"] for r in responses) / 4, rel=1e-6
+    )
+    assert stats["models_used"] == [BUNDLED_MODEL_ID]
+
+    one = (await stack.client.get("/mcp/v1/stats", params={"context": other_copro})).json()
+    assert one["total_requests"] == 1
+    assert one["total_tokens"] == responses[3]["usage"]["total_tokens"]
+    future = (await stack.client.get("/mcp/v1/stats", params={"from": "2999-01-01T00:00:00Z"})).json()
+    assert future["total_requests"] == 0 and future["avg_latency_ms"] == 0.0
+    bad = await stack.client.get("/mcp/v1/stats", params={"from": "yesterday"})
+    assert bad.status_code == 422
+
+
+async def _latencies_recorded(stack: RunningStack, responses: list[dict[str, Any]]) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await conn.fetch("SELECT latency_ms FROM mcp_responses")
+    finally:
+        await conn.close()
+    expected = sorted(round(r["execution_info"]["latency_ms"], 3) for r in responses)
+    return sorted(round(float(r["latency_ms"]), 3) for r in rows) == expected
+
+
+async def test_health_and_readiness(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=0)
+    assert (await stack.client.get("/health")).json() == {"status": "ok"}
+    ready = await stack.client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"nats": True, "postgres": True}
