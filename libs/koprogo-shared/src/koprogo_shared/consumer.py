@@ -61,7 +61,14 @@ async def settle(js: JetStreamContext, msg: Msg, handler: Handler, max_deliver: 
     """Run the handler on one message and take the explicit ack decision."""
     try:
         await handler(msg)
-    except (PoisonMessageError, ValidationError) as exc:
+    except ValidationError as exc:
+        # Name the failing fields, never the values: they may be a user's message.
+        where = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:5])
+        log.error("dead-lettering %s: invalid %s", msg.subject, exc.title)
+        await dead_letter(js, msg, f"poison: invalid {exc.title}: {where}")
+        await msg.term()
+        return
+    except PoisonMessageError as exc:
         log.error("dead-lettering %s: %s", msg.subject, type(exc).__name__)
         await dead_letter(js, msg, f"poison: {exc}")
         await msg.term()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
@@ -37,4 +38,8 @@ def ops_server(
     """A uvicorn server to run inside the service's event loop (`await server.serve()`)."""
     app = Starlette(routes=[*ops_routes(ready), *extra_routes])
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-    return uvicorn.Server(config)
+    server = uvicorn.Server(config)
+    # uvicorn's serve() installs its own SIGINT/SIGTERM handlers; the service owns
+    # shutdown (it sets `should_exit`), so keep the service's handlers in place.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    return server

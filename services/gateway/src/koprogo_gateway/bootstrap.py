@@ -6,10 +6,6 @@ import contextlib
 from dataclasses import dataclass
 
 import asyncpg
-from koprogo_shared import subjects
-from koprogo_shared.heartbeats import follow_heartbeats
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
-from koprogo_shared.node_registry import NodeRegistry
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -17,6 +13,10 @@ from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.settings import GatewaySettings
+from koprogo_shared import subjects
+from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.node_registry import NodeRegistry
 
 
 @dataclass

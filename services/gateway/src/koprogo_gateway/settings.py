@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import uuid
 
-from koprogo_shared.settings import ServiceSettings
 from pydantic import Field
+
+from koprogo_shared.settings import ServiceSettings
 
 
 def _default_gateway_id() -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from koprogo_shared.events import ChatCompleted, ChatFailed, chat_outcome_adapter
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
+
+from koprogo_shared.events import ChatCompleted, ChatFailed, chat_outcome_adapter
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from koprogo_shared.catalogue import find_model
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from koprogo_shared.logging_setup import configure_logging
 
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
+from koprogo_shared.logging_setup import configure_logging
 
 
 def main() -> None:

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import nats.errors
+
+from koprogo_gateway.adapters.replies import ReplyWaiter
+from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.errors import BusUnavailableError, ChatRefusedError, ChatTimeoutError
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
@@ -20,10 +24,6 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.nats_connection import publish_event
-
-from koprogo_gateway.adapters.replies import ReplyWaiter
-from koprogo_gateway.domain.chat_request import ChatRequestIn
-from koprogo_gateway.domain.errors import BusUnavailableError, ChatRefusedError, ChatTimeoutError
 
 SOURCE = "koprogo/gateway"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, BackgroundTasks
-from koprogo_shared.events import ChatCompleted, ExecutionInfo
 from prometheus_client import Counter, Histogram
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_shared.events import ChatCompleted, ExecutionInfo
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mcp/v1", tags=["chat"])

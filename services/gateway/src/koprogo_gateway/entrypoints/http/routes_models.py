@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
-from koprogo_shared.catalogue import CATALOGUE
 from pydantic import BaseModel
 
 from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_shared.catalogue import CATALOGUE
 
 router = APIRouter(prefix="/mcp/v1", tags=["models"])
 

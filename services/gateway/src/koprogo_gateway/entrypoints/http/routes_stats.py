@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from koprogo_shared.events import copro_id_from_context
 from pydantic import BaseModel
 
 from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_shared.events import copro_id_from_context
 
 router = APIRouter(prefix="/mcp/v1", tags=["stats"])
 

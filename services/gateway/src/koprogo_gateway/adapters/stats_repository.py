@@ -1,0 +1,87 @@
+"""`/mcp/v1/stats` figures, read from the ledger's tables (the ledger owns the schema and this SQL).
+
+Every figure is computed per response row and then aggregated in one pass: sums of
+per-row tokens and grams, an average of per-row latencies. Nothing is multiplied by a
+count (the upstream seed multiplied the number of requests by summed columns).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+# One row per answered request (the ledger keeps one response per request).
+_STATS_SELECT = """
+SELECT
+    count(*)                                              AS total_requests,
+    COALESCE(sum(total_tokens), 0)::bigint                AS total_tokens,
+    COALESCE(sum(co2_grams), 0)::double precision         AS total_co2_grams,
+    COALESCE(sum(co2_saved_grams), 0)::double precision   AS co2_saved_grams,
+    count(*) FILTER (WHERE execution_type = 'edge')       AS edge_requests,
+    count(*) FILTER (WHERE execution_type = 'cloud')      AS cloud_requests,
+    count(*) FILTER (WHERE execution_type = 'grid')       AS grid_requests,
+    COALESCE(avg(latency_ms), 0)::double precision        AS avg_latency_ms,
+    COALESCE(array_agg(DISTINCT model), '{}')::text[]     AS models_used
+FROM mcp_responses
+"""
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC, whatever the server's zone."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _where(
+    date_from: datetime | None, date_to: datetime | None, copro_id: str | None
+) -> tuple[str, list[Any]]:
+    """Only the filters given, so the planner can use the (copro_id, created_at) index."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for clause, value in (
+        ("created_at >= ${}", _aware(date_from)),
+        ("created_at < ${}", _aware(date_to)),
+        ("copro_id = ${}", copro_id),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(clause.format(len(args)))
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+class PostgresStatsRepository:
+    """Read-only queries over `mcp_responses` for the gateway."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def stats(
+        self, *, date_from: datetime | None, date_to: datetime | None, copro_id: str | None
+    ) -> dict[str, Any]:
+        """The seed's stats shape over answered requests; `date_from` inclusive, `date_to` exclusive."""
+        where, args = _where(date_from, date_to, copro_id)
+        row = await self._pool.fetchrow(_STATS_SELECT + where, *args)
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        return {
+            "total_requests": int(row["total_requests"]),
+            "total_tokens": int(row["total_tokens"]),
+            "total_co2_grams": float(row["total_co2_grams"]),
+            "co2_saved_grams": float(row["co2_saved_grams"]),
+            "edge_requests": int(row["edge_requests"]),
+            "cloud_requests": int(row["cloud_requests"]),
+            "grid_requests": int(row["grid_requests"]),
+            "avg_latency_ms": float(row["avg_latency_ms"]),
+            # Sorted here, not by the database's collation, so the order is the same everywhere.
+            "models_used": sorted(row["models_used"]),
+        }
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers (within 2 s)."""
+        try:
+            async with self._pool.acquire(timeout=2) as conn:
+                return bool(await conn.fetchval("SELECT true", timeout=2))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False

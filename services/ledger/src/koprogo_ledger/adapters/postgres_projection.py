@@ -1,0 +1,167 @@
+"""The projection's unit of work on PostgreSQL (asyncpg, one connection per transaction).
+
+asyncpg's errors are translated here: values PostgreSQL can never store become
+`InvalidEventError`; a database that is down or restarting becomes `StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, fields
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.transaction import Transaction
+
+from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
+from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
+from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
+
+# The same values fail the same way on every retry.
+_NEVER_STORABLE = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.CheckViolationError,
+    asyncpg.exceptions.NotNullViolationError,
+)
+# The server is unreachable, shutting down or starting up (OSError covers refused connections and timeouts).
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _insert_sql(table: str, row_type: type[RequestRow] | type[ResponseRow], returning: str = "") -> str:
+    """An INSERT whose columns are the row dataclass's fields, in order (see `astuple`)."""
+    columns = [f.name for f in fields(row_type)]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) ON CONFLICT DO NOTHING {returning}"
+
+
+# ON CONFLICT: a request id is its event's id, already claimed; a response conflicts when
+# its request already has one (unique request_id) and is then not inserted.
+_INSERT_REQUEST = _insert_sql("mcp_requests", RequestRow)
+_INSERT_RESPONSE = _insert_sql("mcp_responses", ResponseRow, "RETURNING id")
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except _NEVER_STORABLE as exc:
+        # The class and SQLSTATE only: asyncpg's messages can quote the offending value.
+        sqlstate = getattr(exc, "sqlstate", None) or "client-side"
+        raise InvalidEventError(f"PostgreSQL refused a value ({type(exc).__name__}, {sqlstate})") from None
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailableError(f"PostgreSQL unavailable ({type(exc).__name__})") from exc
+
+
+class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
+    """One transaction on a connection taken from the pool for the block's duration."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._tx: Transaction | None = None
+        self._committed = False
+
+    @property
+    def _db(self) -> asyncpg.Connection:
+        if self._conn is None:
+            raise RuntimeError("use the unit of work inside `async with`")
+        return self._conn
+
+    async def _begin(self) -> None:
+        self._committed = False
+        with _translated():
+            self._conn = await self._pool.acquire()
+            try:
+                self._tx = self._conn.transaction()
+                await self._tx.start()
+            except BaseException:
+                await self._release()
+                raise
+
+    async def _end(self) -> None:
+        try:
+            if self._tx is not None and not self._committed:
+                await self._tx.rollback()
+        except (*_UNAVAILABLE, asyncpg.exceptions.InterfaceError):
+            # The transaction died with its connection; the error that killed it is on its way up.
+            if self._conn is not None:
+                self._conn.terminate()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        conn, self._conn, self._tx = self._conn, None, None
+        if conn is not None:
+            await self._pool.release(conn)
+
+    async def commit(self) -> None:
+        if self._tx is None:
+            raise RuntimeError("no transaction to commit")
+        with _translated():
+            await self._tx.commit()
+        self._committed = True
+
+    async def claim_event(self, event_id: str, event_type: str) -> bool:
+        with _translated():
+            claimed = await self._db.fetchval(
+                "INSERT INTO applied_events (event_id, event_type) VALUES ($1, $2)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+                event_id,
+                event_type,
+            )
+        return bool(claimed)
+
+    async def insert_request(self, row: RequestRow) -> None:
+        with _translated():
+            await self._db.execute(_INSERT_REQUEST, *astuple(row))
+
+    async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
+        with _translated():
+            row = await self._db.fetchrow(
+                "SELECT status, copro_id FROM mcp_requests WHERE id = $1 FOR UPDATE", request_id
+            )
+        return None if row is None else RequestState(status=row["status"], copro_id=row["copro_id"])
+
+    async def settle_request(
+        self, request_id: uuid.UUID, status: RequestStatus, error: dict[str, Any] | None, at: datetime
+    ) -> None:
+        with _translated():
+            await self._db.execute(
+                "UPDATE mcp_requests SET status = $2, error = COALESCE($3, error),"
+                " completed_at = COALESCE(completed_at, $4) WHERE id = $1",
+                request_id,
+                status,
+                error,
+                at,
+            )
+
+    async def insert_response(self, row: ResponseRow) -> bool:
+        with _translated():
+            inserted = await self._db.fetchval(_INSERT_RESPONSE, *astuple(row))
+        return inserted is not None
+
+    async def lock_response_of(self, request_id: uuid.UUID) -> ResponseState | None:
+        with _translated():
+            row = await self._db.fetchrow(
+                "SELECT id, execution_info FROM mcp_responses WHERE request_id = $1 FOR UPDATE", request_id
+            )
+        return None if row is None else ResponseState(id=row["id"], execution_info=row["execution_info"])
+
+    async def record_delivery(
+        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
+    ) -> None:
+        with _translated():
+            await self._db.execute(
+                "UPDATE mcp_responses SET latency_ms = $2, execution_info = $3 WHERE id = $1",
+                response_id,
+                latency_ms,
+                execution_info,
+            )

@@ -1,0 +1,113 @@
+"""The composition root: every adapter of the ledger is built here, once, at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
+from koprogo_ledger.adapters.migrations import apply_migrations
+from koprogo_ledger.adapters.postgres_pool import create_pool
+from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
+from koprogo_ledger.entrypoints.nats_consumer import event_handler, ledger_consumer_spec
+from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
+from koprogo_ledger.settings import LedgerSettings
+from koprogo_shared.catalogue import CATALOGUE
+from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.ops_http import ops_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ledger:
+    """A started ledger: schema migrated, catalogue seeded, streams declared."""
+
+    pool: asyncpg.Pool
+    nc: NATS
+    js: JetStreamContext
+    spec: ConsumerSpec
+
+    def unit_of_work(self) -> ProjectionUnitOfWork:
+        return PostgresProjectionUnitOfWork(self.pool)
+
+    async def consume(self, stop: asyncio.Event) -> None:
+        """Project events until `stop` is set; the batch in hand is finished first."""
+        await run_pull_consumer(self.js, self.spec, event_handler(self.unit_of_work, stop), stop)
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"nats": self.nc.is_connected, "postgres": await self._postgres_answers()}
+
+    async def _postgres_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(2):
+                return bool(await self.pool.fetchval("SELECT true"))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    async def aclose(self) -> None:
+        try:
+            if not self.nc.is_closed:
+                await self.nc.drain()
+        finally:
+            await self.pool.close()
+
+
+async def bootstrap(settings: LedgerSettings) -> Ledger:
+    """Connect to PostgreSQL and NATS, migrate, seed the models, declare the streams."""
+    pool = await create_pool(settings.database_url, settings.db_pool_max)
+    try:
+        async with pool.acquire() as conn:
+            applied = await apply_migrations(conn)
+            await upsert_catalogue(conn, CATALOGUE)
+        if applied:
+            log.info("schema migrated to version %d", applied[-1])
+        nc, js = await connect_nats(settings.nats_url, "koprogo-ledger")
+    except BaseException:
+        await pool.close()
+        raise
+    try:
+        await ensure_streams(js)
+    except BaseException:
+        await nc.close()
+        await pool.close()
+        raise
+    return Ledger(pool=pool, nc=nc, js=js, spec=ledger_consumer_spec(settings))
+
+
+async def run_ledger(
+    settings: LedgerSettings, stop: asyncio.Event, started: asyncio.Event | None = None
+) -> None:
+    """Run the ledger in this event loop until `stop` is set, then close cleanly.
+
+    `started` is set once the schema is migrated and the consumer is about to run. The
+    ops server (/health, /ready, /metrics) runs when `settings.ops_port` is not 0.
+    """
+    ledger = await bootstrap(settings)
+    ops = None
+    ops_task: asyncio.Task[None] | None = None
+    try:
+        if settings.ops_port:
+            ops = ops_server(settings.ops_host, settings.ops_port, ledger.readiness)
+            ops_task = asyncio.create_task(ops.serve(), name="ledger-ops")
+        if started is not None:
+            started.set()
+        log.info("projecting %s into PostgreSQL", ledger.spec.filter_subject)
+        await ledger.consume(stop)
+        if not stop.is_set():
+            # The consumer only returns early when NATS closed for good: exit non-zero so a supervisor restarts us.
+            raise RuntimeError("the NATS connection closed; the ledger cannot consume")
+    finally:
+        if ops is not None and ops_task is not None:
+            ops.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await ops_task
+        await ledger.aclose()
+        log.info("stopped")

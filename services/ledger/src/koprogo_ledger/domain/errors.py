@@ -1,0 +1,41 @@
+"""The ledger's errors.
+
+    LedgerError
+    ├── InvalidEventError          the event can never be projected: dead-letter it
+    ├── StoreUnavailableError      PostgreSQL cannot be reached: hold the event until it can
+    └── NotYetProjectedError       what the event refers to is not in the ledger yet: retry later
+        ├── RequestNotYetProjectedError
+        └── ResponseNotYetProjectedError
+
+Messages name ids and reasons, never what a user wrote.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of the ledger's errors."""
+
+
+class InvalidEventError(LedgerError):
+    """The event is well-formed JSON of a known type but can never be stored (bad id, value out of range)."""
+
+
+class StoreUnavailableError(LedgerError):
+    """The database is down or restarting: waiting helps, spending the message's deliveries does not."""
+
+
+class NotYetProjectedError(LedgerError):
+    """The event refers to a row a previous event creates; that event has not been applied yet."""
+
+
+class RequestNotYetProjectedError(NotYetProjectedError):
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id} is not in the ledger yet")
+        self.request_id = request_id
+
+
+class ResponseNotYetProjectedError(NotYetProjectedError):
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no response for request {request_id} in the ledger yet")
+        self.request_id = request_id

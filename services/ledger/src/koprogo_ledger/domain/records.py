@@ -1,0 +1,136 @@
+"""Pure rules turning events into ledger rows: no I/O, so they are tested without a server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from koprogo_ledger.domain.errors import InvalidEventError
+from koprogo_shared.events import ChatCompleted, ChatFailed, ChatRequested, copro_id_from_context
+
+RequestStatus = Literal["pending", "completed", "failed"]
+Outcome = Literal["completed", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    id: uuid.UUID
+    model: str
+    messages: list[dict[str, Any]]
+    context: str | None
+    max_tokens: int | None
+    temperature: float | None
+    stream: bool
+    user_id: uuid.UUID | None
+    copro_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RequestState:
+    """What the projection needs to know about a request already in the ledger."""
+
+    status: RequestStatus
+    copro_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRow:
+    id: uuid.UUID
+    request_id: uuid.UUID
+    model: str
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    execution_info: dict[str, Any]
+    execution_type: str
+    node_id: str | None
+    latency_ms: float
+    co2_grams: float
+    co2_saved_grams: float
+    copro_id: str | None
+    created_at: datetime
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """A UUID column's value; anything else can never be stored."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidEventError(f"{what} is not a UUID") from None
+
+
+def optional_uuid(value: str | None) -> uuid.UUID | None:
+    """The seed's `user_id` is a UUID; a user id of another shape is not stored rather than lose the request."""
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def request_row(event: ChatRequested) -> RequestRow:
+    """The `mcp_requests` row of a chat request; the event id is the request id."""
+    return RequestRow(
+        id=parse_id(event.id, "request id"),
+        model=event.model,
+        messages=[m.model_dump(mode="json") for m in event.messages],
+        context=event.context,
+        max_tokens=event.max_tokens,
+        temperature=event.temperature,
+        stream=event.stream,
+        user_id=optional_uuid(event.user_id),
+        copro_id=event.copro_id or copro_id_from_context(event.context),
+        created_at=event.time,
+    )
+
+
+def response_row(event: ChatCompleted, request: RequestState) -> ResponseRow:
+    """The `mcp_responses` row of a completion; the request's copro wins (the gateway authenticated it)."""
+    info = event.execution_info
+    return ResponseRow(
+        id=parse_id(event.id, "response id"),
+        request_id=parse_id(event.request_id, "request id"),
+        model=event.model,
+        content=event.content,
+        finish_reason=event.finish_reason,
+        prompt_tokens=event.usage.prompt_tokens,
+        completion_tokens=event.usage.completion_tokens,
+        total_tokens=event.usage.total_tokens,
+        execution_info=info.model_dump(mode="json"),
+        execution_type=info.execution_type,
+        node_id=info.node_id,
+        latency_ms=info.latency_ms,
+        co2_grams=info.co2_grams,
+        co2_saved_grams=info.co2_saved_grams,
+        copro_id=request.copro_id or event.copro_id,
+        created_at=event.time,
+    )
+
+
+def failure_record(event: ChatFailed) -> dict[str, Any]:
+    """The `error` document of a failed request: the code, the HTTP status and the message."""
+    record: dict[str, Any] = {"error": event.error, "status": event.status, "message": event.message}
+    if event.known_models is not None:
+        record["known_models"] = event.known_models
+    return record
+
+
+def settled_status(current: RequestStatus, outcome: Outcome) -> RequestStatus:
+    """The first outcome wins: the gateway hands the caller the first answer it receives."""
+    return outcome if current == "pending" else current
+
+
+def delivered_execution_info(info: Mapping[str, Any], delivered_latency_ms: float) -> dict[str, Any]:
+    """`latency_ms` becomes what the caller waited; the node's own time is kept as `inference_ms`."""
+    updated = dict(info)
+    if "inference_ms" not in updated and "latency_ms" in updated:
+        updated["inference_ms"] = updated["latency_ms"]
+    updated["latency_ms"] = delivered_latency_ms
+    return updated

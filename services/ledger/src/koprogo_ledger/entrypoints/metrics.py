@@ -1,0 +1,21 @@
+"""The ledger's Prometheus metrics (process-wide, served by the ops server's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter(
+    "koprogo_ledger_events_total",
+    "Events handled by the ledger, by type and outcome (applied, duplicate, ignored).",
+    ["type", "outcome"],
+)
+FAILURES = Counter(
+    "koprogo_ledger_event_failures_total",
+    "Attempts that failed: transient (NAK, retried), poison (dead-lettered), unavailable (PostgreSQL down, held).",
+    ["kind"],
+)
+APPLY_SECONDS = Histogram(
+    "koprogo_ledger_apply_seconds",
+    "Time to apply one event, transaction included.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)

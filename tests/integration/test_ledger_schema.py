@@ -1,0 +1,159 @@
+"""The ledger's schema: versioned, idempotent migrations; the seed's tables; models from the catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+
+from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
+from koprogo_ledger.adapters.migrations import apply_migrations, load_migrations
+from koprogo_shared.catalogue import CATALOGUE
+
+pytestmark = pytest.mark.integration
+
+SEED_COLUMNS = {
+    "mcp_models": {
+        "id", "name", "provider", "context_length", "is_available", "supports_streaming", "edge_compatible",
+        "created_at",
+    },
+    "mcp_requests": {
+        "id", "model", "messages", "context", "max_tokens", "temperature", "stream", "user_id", "created_at",
+        "copro_id", "status", "error", "completed_at",
+    },
+    "mcp_responses": {
+        "id", "request_id", "model", "content", "finish_reason", "prompt_tokens", "completion_tokens",
+        "total_tokens", "execution_info", "created_at",
+        "execution_type", "node_id", "latency_ms", "co2_grams", "co2_saved_grams", "copro_id",
+    },
+    "mcp_tasks": {
+        "id", "task_type", "input_data", "copro_id", "status", "result", "assigned_node", "created_at",
+        "updated_at",
+    },
+    "applied_events": {"event_id", "event_type", "applied_at"},
+    "schema_migrations": {"version", "name", "applied_at"},
+}  # fmt: skip
+
+INDEXED = [
+    ("mcp_models", "provider"),
+    ("mcp_models", "is_available"),
+    ("mcp_models", "edge_compatible"),
+    ("mcp_requests", "user_id"),
+    ("mcp_requests", "context"),
+    ("mcp_requests", "model"),
+    ("mcp_requests", "created_at DESC"),
+    ("mcp_requests", "copro_id"),
+    ("mcp_responses", "request_id"),
+    ("mcp_responses", "created_at DESC"),
+    ("mcp_responses", "((execution_info ->> 'execution_type'::text))"),
+    ("mcp_tasks", "status"),
+    ("mcp_tasks", "copro_id"),
+    ("mcp_tasks", "created_at DESC"),
+]
+
+
+async def _columns(conn: asyncpg.Connection) -> dict[str, set[str]]:
+    rows = await conn.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+    )
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(row["table_name"], set()).add(row["column_name"])
+    return found
+
+
+async def _index_definitions(conn: asyncpg.Connection) -> list[str]:
+    return [
+        r["indexdef"] for r in await conn.fetch("SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    ]
+
+
+async def test_migrations_run_twice_create_the_seed_schema_once(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = await apply_migrations(conn)
+        second = await apply_migrations(conn)
+        columns = await _columns(conn)
+        indexes = await _index_definitions(conn)
+        recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert first == [m.version for m in load_migrations()] == [1, 2]
+    assert second == []
+    assert [(r["version"], r["name"]) for r in recorded] == [(1, "seed_schema"), (2, "ledger_projection")]
+    for table, expected in SEED_COLUMNS.items():
+        assert expected <= columns.get(table, set()), table
+    for table, key in INDEXED:
+        assert any(f"ON public.{table} USING btree ({key})" in d for d in indexes), (table, key)
+
+
+async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert sorted(v for applied in results for v in applied) == [1, 2]
+    assert count == 2
+
+
+async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
+    database_url: str,
+) -> None:
+    seed_only = load_migrations()[0]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(seed_only.sql)  # as the upstream seed left it: no schema_migrations
+        await conn.execute(
+            "INSERT INTO mcp_requests (id, model, messages) VALUES ('00000000-0000-0000-0000-000000000001',"
+            " 'llama3:8b', '[]')"
+        )
+        info = {"execution_type": "edge", "node_id": "pi-1", "latency_ms": 812.5, "co2_grams": 0.01}
+        await conn.execute(
+            "INSERT INTO mcp_responses (id, request_id, model, content, finish_reason, prompt_tokens,"
+            " completion_tokens, total_tokens, execution_info) VALUES ('00000000-0000-0000-0000-000000000002',"
+            " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
+            json.dumps(info),
+        )
+        assert await apply_migrations(conn) == [1, 2]
+        row = await conn.fetchrow(
+            "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
+        )
+        status = await conn.fetchval("SELECT status FROM mcp_requests")
+    finally:
+        await conn.close()
+    assert dict(row) == {
+        "execution_type": "edge",
+        "node_id": "pi-1",
+        "latency_ms": 812.5,
+        "co2_grams": 0.01,
+        "co2_saved_grams": 0.0,
+    }
+    assert status == "pending"
+
+
+async def test_models_are_seeded_from_the_catalogue_and_kept_in_step_with_it(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn)
+        await upsert_catalogue(conn, CATALOGUE)
+        await conn.execute("UPDATE mcp_models SET name = 'renamed by hand', is_available = false WHERE id = $1",
+                           CATALOGUE[0].id)  # fmt: skip
+        await upsert_catalogue(conn, CATALOGUE)
+        rows = await conn.fetch(
+            "SELECT id, name, provider, context_length, supports_streaming, edge_compatible, is_available"
+            " FROM mcp_models ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    expected = sorted(
+        (m.id, m.name, m.provider, m.context_length, m.supports_streaming, m.edge_compatible)
+        for m in CATALOGUE
+    )
+    assert [tuple(r.values())[:6] for r in rows] == expected
+    availability = {r["id"]: r["is_available"] for r in rows}
+    assert availability[CATALOGUE[0].id] is False, "availability is live data the catalogue does not own"

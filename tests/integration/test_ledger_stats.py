@@ -1,0 +1,154 @@
+"""`/mcp/v1/stats` figures from the ledger's tables equal the sums of the events that made them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
+from koprogo_shared.events import ChatCompleted, Event
+from tests.conftest import wait_until
+from tests.integration.ledger_support import (
+    T0,
+    chat_completed,
+    chat_delivered,
+    chat_failed,
+    chat_requested,
+    running_ledger,
+)
+
+pytestmark = pytest.mark.integration
+
+COPROS = ["copro-a", "copro-b", None]
+MODELS = ["llama3:8b", "phi-2:2.7b-q4", "gpt-4o-mini", "claude-3-haiku"]
+
+
+@dataclass
+class Answered:
+    completed: ChatCompleted
+    copro_id: str | None
+    latency_ms: float  # what the stats must average: delivered latency when delivered
+
+
+def _history(n: int, seed: int = 7) -> tuple[list[Event], list[Answered]]:
+    """`n` requests over ten days with varied numbers; every seventh fails, every third is not delivered."""
+    rng = random.Random(seed)
+    events: list[Event] = []
+    answered: list[Answered] = []
+    for i in range(n):
+        copro = COPROS[i % len(COPROS)]
+        request = chat_requested(copro, at=T0 + timedelta(hours=6 * i), model=rng.choice(MODELS))
+        events.append(request)
+        if i % 7 == 6:
+            events.append(chat_failed(request))
+            continue
+        done = chat_completed(
+            request,
+            execution_type=rng.choice(["edge", "cloud", "grid"]),
+            prompt_tokens=rng.randint(1, 400),
+            completion_tokens=rng.randint(0, 600),
+            latency_ms=rng.uniform(50, 5000),
+            co2_grams=rng.uniform(0, 0.5),
+            co2_saved_grams=rng.uniform(-0.1, 0.3),
+        )
+        events.append(done)
+        latency = done.execution_info.latency_ms
+        if i % 3 != 0:
+            latency = done.execution_info.latency_ms + rng.uniform(1, 40)
+            events.append(chat_delivered(request, latency))
+        answered.append(Answered(done, copro, latency))
+    return events, answered
+
+
+def _expected(rows: list[Answered]) -> dict[str, Any]:
+    """The seed's figures, computed row by row in Python."""
+    return {
+        "total_requests": len(rows),
+        "total_tokens": sum(r.completed.usage.total_tokens for r in rows),
+        "total_co2_grams": pytest.approx(sum(r.completed.execution_info.co2_grams for r in rows)),
+        "co2_saved_grams": pytest.approx(sum(r.completed.execution_info.co2_saved_grams for r in rows)),
+        "edge_requests": sum(r.completed.execution_info.execution_type == "edge" for r in rows),
+        "cloud_requests": sum(r.completed.execution_info.execution_type == "cloud" for r in rows),
+        "grid_requests": sum(r.completed.execution_info.execution_type == "grid" for r in rows),
+        "avg_latency_ms": pytest.approx(sum(r.latency_ms for r in rows) / len(rows)) if rows else 0.0,
+        "models_used": sorted({r.completed.model for r in rows}),
+    }
+
+
+def _within(rows: list[Answered], start: datetime | None, end: datetime | None) -> list[Answered]:
+    return [
+        r
+        for r in rows
+        if (start is None or r.completed.time >= start) and (end is None or r.completed.time < end)
+    ]
+
+
+async def test_stats_equal_the_sums_of_the_projected_events_with_and_without_filters(
+    database_url: str, clean_jetstream: str
+) -> None:
+    events, answered = _history(42)
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        for event in events:
+            await ledger.publish(event)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=30)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)  # as the gateway builds it
+        assert pool is not None
+        try:
+            stats = PostgresStatsRepository(pool)
+            start, end = answered[5].completed.time, answered[20].completed.time
+            cases = {
+                "everything": (None, None, None),
+                "one copro": (None, None, "copro-a"),
+                "from inclusive, to exclusive": (start, end, None),
+                "a copro over a period": (start, end, "copro-b"),
+                "a naive time is UTC": (start.replace(tzinfo=None), end.replace(tzinfo=None), None),
+            }
+            for name, (date_from, date_to, copro) in cases.items():
+                got = await stats.stats(date_from=date_from, date_to=date_to, copro_id=copro)
+                rows = [r for r in _within(answered, start if date_from else None, end if date_to else None)
+                        if copro is None or r.copro_id == copro]  # fmt: skip
+                assert rows, f"{name}: the case selects some answers"
+                assert got == _expected(rows), name
+            nobody = await stats.stats(date_from=None, date_to=None, copro_id="copro-nobody")
+            assert await stats.ping() is True
+        finally:
+            await pool.close()
+    assert nobody == {
+        "total_requests": 0,
+        "total_tokens": 0,
+        "total_co2_grams": 0.0,
+        "co2_saved_grams": 0.0,
+        "edge_requests": 0,
+        "cloud_requests": 0,
+        "grid_requests": 0,
+        "avg_latency_ms": 0.0,
+        "models_used": [],
+    }
+    assert all(isinstance(v, float) for v in (nobody["avg_latency_ms"], nobody["total_co2_grams"]))
+    assert len(answered) == 36, "the six failed requests are not answers"
+
+
+async def test_stats_types_match_the_seed_shape(database_url: str, clean_jetstream: str) -> None:
+    request = chat_requested()
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        await ledger.publish(request)
+        await ledger.publish(chat_completed(request, co2_grams=0, co2_saved_grams=0))
+        await wait_until(lambda: ledger.applied(request.id))
+        await wait_until(ledger.settled)
+        got = await PostgresStatsRepository(ledger.db).stats(date_from=None, date_to=None, copro_id=None)
+    assert {k: type(v) for k, v in got.items()} == {
+        "total_requests": int,
+        "total_tokens": int,
+        "total_co2_grams": float,
+        "co2_saved_grams": float,
+        "edge_requests": int,
+        "cloud_requests": int,
+        "grid_requests": int,
+        "avg_latency_ms": float,
+        "models_used": list,
+    }

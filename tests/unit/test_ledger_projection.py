@@ -1,0 +1,159 @@
+"""The projection use case against a fake unit of work: once-only, ordering, outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from koprogo_ledger.domain.errors import RequestNotYetProjectedError, ResponseNotYetProjectedError
+from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
+from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
+from koprogo_ledger.service_layer.projection import Projected, project
+from koprogo_shared.events import ChatDelivered, ChatFailed
+from tests.unit.test_ledger_records import completed, requested
+
+
+class FakeLedger:
+    """Committed state, shared by the units of work made from it."""
+
+    def __init__(self) -> None:
+        self.applied: set[str] = set()
+        self.requests: dict[uuid.UUID, dict[str, Any]] = {}
+        self.responses: dict[uuid.UUID, dict[str, Any]] = {}
+        self.commits = 0
+
+
+class FakeUnitOfWork(ProjectionUnitOfWork):
+    """Stages writes and publishes them to the FakeLedger on commit, like a transaction."""
+
+    def __init__(self, ledger: FakeLedger) -> None:
+        self.ledger = ledger
+
+    async def _begin(self) -> None:
+        self.applied = set(self.ledger.applied)
+        self.requests = {k: dict(v) for k, v in self.ledger.requests.items()}
+        self.responses = {k: dict(v) for k, v in self.ledger.responses.items()}
+
+    async def _end(self) -> None:
+        pass
+
+    async def commit(self) -> None:
+        self.ledger.applied, self.ledger.requests, self.ledger.responses = (
+            self.applied,
+            self.requests,
+            self.responses,
+        )
+        self.ledger.commits += 1
+
+    async def claim_event(self, event_id: str, event_type: str) -> bool:
+        if event_id in self.applied:
+            return False
+        self.applied.add(event_id)
+        return True
+
+    async def insert_request(self, row: RequestRow) -> None:
+        self.requests.setdefault(row.id, {"status": "pending", "copro_id": row.copro_id, "error": None})
+
+    async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
+        row = self.requests.get(request_id)
+        return None if row is None else RequestState(row["status"], row["copro_id"])
+
+    async def settle_request(
+        self, request_id: uuid.UUID, status: RequestStatus, error: dict[str, Any] | None, at: datetime
+    ) -> None:
+        row = self.requests[request_id]
+        row["status"] = status
+        row["error"] = error or row["error"]
+
+    async def insert_response(self, row: ResponseRow) -> bool:
+        if any(r["request_id"] == row.request_id for r in self.responses.values()):
+            return False
+        self.responses[row.id] = {
+            "request_id": row.request_id,
+            "info": row.execution_info,
+            "latency": row.latency_ms,
+        }
+        return True
+
+    async def lock_response_of(self, request_id: uuid.UUID) -> ResponseState | None:
+        for response_id, r in self.responses.items():
+            if r["request_id"] == request_id:
+                return ResponseState(response_id, r["info"])
+        return None
+
+    async def record_delivery(
+        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
+    ) -> None:
+        self.responses[response_id].update(latency=latency_ms, info=execution_info)
+
+
+@pytest.fixture
+def ledger() -> FakeLedger:
+    return FakeLedger()
+
+
+async def test_an_event_applied_twice_changes_the_ledger_once(ledger: FakeLedger) -> None:
+    request = requested()
+    answer = completed(request.id)
+    assert await project(request, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert await project(answer, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert await project(answer, FakeUnitOfWork(ledger)) is Projected.DUPLICATE
+    assert await project(request, FakeUnitOfWork(ledger)) is Projected.DUPLICATE
+    assert len(ledger.responses) == 1
+    assert ledger.commits == 2
+
+
+async def test_a_completion_before_its_request_is_retried_and_leaves_no_trace(ledger: FakeLedger) -> None:
+    request = requested()
+    answer = completed(request.id)
+    with pytest.raises(RequestNotYetProjectedError):
+        await project(answer, FakeUnitOfWork(ledger))
+    assert ledger.applied == set(), "not claimed, so the retry is applied"
+    await project(request, FakeUnitOfWork(ledger))
+    assert await project(answer, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
+
+
+async def test_a_delivery_before_its_completion_is_retried(ledger: FakeLedger) -> None:
+    request = requested()
+    delivered = ChatDelivered(source="tests", request_id=request.id, latency_ms=900.0)
+    await project(request, FakeUnitOfWork(ledger))
+    with pytest.raises(ResponseNotYetProjectedError):
+        await project(delivered, FakeUnitOfWork(ledger))
+    await project(completed(request.id), FakeUnitOfWork(ledger))
+    assert await project(delivered, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    (response,) = ledger.responses.values()
+    assert response["latency"] == 900.0
+    assert response["info"]["inference_ms"] == 420.0
+
+
+async def test_a_delivery_of_a_failed_request_has_nothing_to_correct(ledger: FakeLedger) -> None:
+    request = requested()
+    await project(request, FakeUnitOfWork(ledger))
+    failed = ChatFailed(source="tests", request_id=request.id, status=504, error="timeout", message="late")
+    await project(failed, FakeUnitOfWork(ledger))
+    delivered = ChatDelivered(source="tests", request_id=request.id, latency_ms=30000.0)
+    assert await project(delivered, FakeUnitOfWork(ledger)) is Projected.IGNORED
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "failed"
+
+
+async def test_a_second_answer_to_the_same_request_is_not_counted(ledger: FakeLedger) -> None:
+    request = requested()
+    await project(request, FakeUnitOfWork(ledger))
+    await project(completed(request.id), FakeUnitOfWork(ledger))
+    assert await project(completed(request.id), FakeUnitOfWork(ledger)) is Projected.IGNORED
+    assert len(ledger.responses) == 1
+
+
+async def test_a_failure_after_an_answer_is_recorded_without_changing_the_status(ledger: FakeLedger) -> None:
+    request = requested()
+    await project(request, FakeUnitOfWork(ledger))
+    await project(completed(request.id), FakeUnitOfWork(ledger))
+    failed = ChatFailed(source="tests", request_id=request.id, status=504, error="timeout", message="late")
+    await project(failed, FakeUnitOfWork(ledger))
+    row = ledger.requests[uuid.UUID(request.id)]
+    assert row["status"] == "completed"
+    assert row["error"]["status"] == 504

@@ -1,0 +1,136 @@
+"""The ledger's pure rules: events -> rows, outcomes, delivered latency."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from koprogo_ledger.domain.errors import InvalidEventError
+from koprogo_ledger.domain.records import (
+    RequestState,
+    delivered_execution_info,
+    failure_record,
+    request_row,
+    response_row,
+    settled_status,
+)
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatFailed,
+    ChatMessage,
+    ChatRequested,
+    ExecutionInfo,
+    Usage,
+)
+
+T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def requested(**changes: object) -> ChatRequested:
+    fields: dict[str, object] = {
+        "source": "tests",
+        "time": T0,
+        "model": "llama3:8b",
+        "messages": [ChatMessage(role="user", content="Bonjour")],
+        "reply_subject": "koprogo.reply.tests",
+        "deadline": T0 + timedelta(seconds=30),
+    }
+    fields.update(changes)
+    return ChatRequested.model_validate(fields)
+
+
+def completed(request_id: str, copro_id: str | None = None) -> ChatCompleted:
+    return ChatCompleted(
+        source="tests",
+        time=T0 + timedelta(seconds=1),
+        copro_id=copro_id,
+        request_id=request_id,
+        model="llama3:8b",
+        content="Bonjour !",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+        execution_info=ExecutionInfo(
+            execution_type="edge", node_id="pi-1", latency_ms=420.0, co2_grams=0.001, co2_saved_grams=0.0011
+        ),
+    )
+
+
+def test_request_row_uses_the_event_id_as_request_id_and_keeps_messages_as_json() -> None:
+    event = requested(copro_id="copro-7")
+    row = request_row(event)
+    assert row.id == uuid.UUID(event.id)
+    assert row.messages == [{"role": "user", "content": "Bonjour"}]
+    assert row.copro_id == "copro-7"
+    assert row.created_at == T0
+
+
+def test_request_row_takes_the_copro_from_the_context_when_the_envelope_names_none() -> None:
+    assert request_row(requested(context="copro:les-tilleuls")).copro_id == "les-tilleuls"
+    assert request_row(requested(context="personal")).copro_id is None
+
+
+def test_request_whose_id_is_not_a_uuid_can_never_be_stored() -> None:
+    with pytest.raises(InvalidEventError, match="request id"):
+        request_row(requested(id="request-42"))
+
+
+def test_user_id_that_is_not_a_uuid_is_left_out_rather_than_losing_the_request() -> None:
+    assert request_row(requested(user_id="alice")).user_id is None
+    user = uuid.uuid4()
+    assert request_row(requested(user_id=str(user))).user_id == user
+
+
+def test_response_row_copies_the_figures_and_prefers_the_request_copro() -> None:
+    request = requested(copro_id="copro-a")
+    row = response_row(completed(request.id, copro_id="copro-b"), RequestState("pending", "copro-a"))
+    assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (3, 4, 7)
+    assert (row.execution_type, row.node_id, row.latency_ms) == ("edge", "pi-1", 420.0)
+    assert (row.co2_grams, row.co2_saved_grams) == (0.001, 0.0011)
+    assert row.execution_info["execution_type"] == "edge"
+    assert row.copro_id == "copro-a"
+
+
+def test_response_row_falls_back_to_the_completion_copro_when_the_request_has_none() -> None:
+    request = requested()
+    row = response_row(completed(request.id, copro_id="copro-b"), RequestState("pending", None))
+    assert row.copro_id == "copro-b"
+
+
+def test_failure_record_keeps_code_status_and_message() -> None:
+    event = ChatFailed(
+        source="tests",
+        request_id=str(uuid.uuid4()),
+        status=404,
+        error="model_not_found",
+        message="unknown model",
+        known_models=["llama3:8b"],
+    )
+    assert failure_record(event) == {
+        "error": "model_not_found",
+        "status": 404,
+        "message": "unknown model",
+        "known_models": ["llama3:8b"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("current", "outcome", "expected"),
+    [
+        ("pending", "completed", "completed"),
+        ("pending", "failed", "failed"),
+        ("completed", "failed", "completed"),
+        ("failed", "completed", "failed"),
+    ],
+)
+def test_the_first_outcome_of_a_request_wins(current: str, outcome: str, expected: str) -> None:
+    assert settled_status(current, outcome) == expected  # type: ignore[arg-type]
+
+
+def test_delivered_latency_replaces_latency_and_keeps_the_node_time_as_inference_ms() -> None:
+    info = {"execution_type": "edge", "latency_ms": 420.0}
+    once = delivered_execution_info(info, 512.5)
+    assert once == {"execution_type": "edge", "latency_ms": 512.5, "inference_ms": 420.0}
+    assert info["latency_ms"] == 420.0, "the input is not modified"
+    assert delivered_execution_info(once, 600.0)["inference_ms"] == 420.0
