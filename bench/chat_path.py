@@ -67,8 +67,12 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.pop("NATS_URL", None)
     os.environ.pop("DATABASE_URL", None)
-    stack = Stack(Path(tempfile.mkdtemp(prefix="koprogo-bench-")), gateway_port=free_port(), node_port=free_port(),
-                  log=lambda line: print(f"# {line}", file=sys.stderr))
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="koprogo-bench-")),
+        gateway_port=free_port(),
+        node_port=free_port(),
+        log=lambda line: print(f"# {line}", file=sys.stderr),
+    )
     stack.start()
     try:
         stack.wait_for_model(BUNDLED_MODEL_ID)
@@ -95,12 +99,16 @@ def main() -> int:
             tokens.append((n_d, n_p))
         ratio = statistics.median(path_tps) / statistics.median(direct_tps)
 
-        print(f"| measure | direct llama-cpp-python | whole path | result |")
+        print("| measure | direct llama-cpp-python | whole path | result |")
         print("|---|---|---|---|")
-        print(f"| median latency, max_tokens=1 ({args.runs} pairs) | {statistics.median(direct_ms):.2f} ms "
-              f"| {statistics.median(path_ms):.2f} ms | added {statistics.median(added_ms):.2f} ms (median of pair differences) |")
-        print(f"| tokens/s, max_tokens=128 ({args.long_runs} pairs; tokens direct/path {tokens}) "
-              f"| {statistics.median(direct_tps):.1f} | {statistics.median(path_tps):.1f} | ratio {ratio:.3f} |")
+        print(
+            f"| median latency, max_tokens=1 ({args.runs} pairs) | {statistics.median(direct_ms):.2f} ms "
+            f"| {statistics.median(path_ms):.2f} ms | added {statistics.median(added_ms):.2f} ms (median of pair differences) |"
+        )
+        print(
+            f"| tokens/s, max_tokens=128 ({args.long_runs} pairs; tokens direct/path {tokens}) "
+            f"| {statistics.median(direct_tps):.1f} | {statistics.median(path_tps):.1f} | ratio {ratio:.3f} |"
+        )
         return 0
     finally:
         stack.stop()

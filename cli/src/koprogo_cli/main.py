@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 
 import httpx
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 from koprogo_cli.embedded import EmbeddedServerError
-from koprogo_cli.stack import Stack, StackError
+from koprogo_cli.stack import NODE_PORT, Stack, StackError, preferred_port
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
+# The demo chat has its own copro id so that it does not mix with a user's figures.
 DEMO_CHAT = {
     "model": BUNDLED_MODEL_ID,
     "messages": [{"role": "user", "content": "Bonjour, résume ce PV en une phrase."}],
-    "context": "copro:550e8400-e29b-41d4-a716-446655440000",
+    "context": "copro:00000000-0000-4000-8000-00000000de00",
 }
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived while the stack was starting."""
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -32,12 +37,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     if args.detach:
         return _up_detached(args, data_dir)
-    stack = Stack(data_dir, gateway_port=args.port)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "koprogo.pid"
+    pid_file.write_text(str(os.getpid()))
+    stack = Stack(data_dir, gateway_port=args.port, node_port=preferred_port(NODE_PORT))
+    running = False
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if not running:
+            raise StopRequested(signal.Signals(signum).name)
 
     # Explicit handlers: a process started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, on_signal)
@@ -48,14 +59,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (data in {data_dir}, logs in {data_dir}/logs)")
         if not args.no_demo:
             _demo_chat(stack.gateway_url)
-        (data_dir / "koprogo.pid").write_text(str(os.getpid()))
-        print("Ctrl-C stops everything.", flush=True)
+        print(READY_LINE, flush=True)
+        running = True
         while not stopping:
             time.sleep(0.5)
             if dead := stack.dead_services():
                 print(f"stopping: {', '.join(dead)} exited; see {data_dir}/logs", file=sys.stderr)
                 return 1
-    except KeyboardInterrupt:
+    except StopRequested:
         pass
     except (StackError, EmbeddedServerError) as exc:
         print(f"koprogo up failed: {exc}", file=sys.stderr)
@@ -63,17 +74,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         # A second Ctrl-C must not interrupt the orderly stop.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping KoproGo Symbiose ...", flush=True)
         stack.stop()
+        pid_file.unlink(missing_ok=True)
         print("stopped", flush=True)
-        (data_dir / "koprogo.pid").unlink(missing_ok=True)
     return 0
+
+
+READY_LINE = "Ctrl-C stops everything."
 
 
 def _demo_chat(gateway_url: str) -> None:
     print(f"\n$ curl -s -X POST {gateway_url}/mcp/v1/chat -d '{json.dumps(DEMO_CHAT, ensure_ascii=False)}'")
-    response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, timeout=120)
-    print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
+    try:
+        # Longer than the gateway's own timeout, so its 504 arrives before ours.
+        response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, timeout=150)
+        print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"the demo chat failed ({exc!r}); the stack stays up, see the logs", file=sys.stderr)
 
 
 def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
@@ -91,6 +110,7 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
     ]
     if args.no_demo:
         argv.append("--no-demo")
+    offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -98,13 +118,25 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
         if proc.poll() is not None:
             print(f"koprogo up failed; see {log}", file=sys.stderr)
             return 1
-        if "Ctrl-C stops everything." in log.read_text(errors="replace"):
-            print(f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}")
-            print(f"log: {log}; stop with `koprogo down`")
-            return 0
+        with log.open("rb") as f:
+            f.seek(offset)
+            if READY_LINE.encode() in f.read():
+                print(
+                    f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}"
+                )
+                print(f"log: {log}; stop with `koprogo down`")
+                return 0
         time.sleep(0.5)
     print(f"koprogo up did not become ready in time; see {log}", file=sys.stderr)
     return 1
+
+
+def _is_koprogo(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"koprogo" in cmdline
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -113,6 +145,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("KoproGo Symbiose is not running (no pid file)")
         return 0
     pid = int(pid_file.read_text())
+    if not _is_koprogo(pid):
+        pid_file.unlink(missing_ok=True)
+        print("KoproGo Symbiose was not running (stale pid file removed)")
+        return 0
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

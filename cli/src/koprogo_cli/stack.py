@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
 
 GATEWAY_PORT = 8080
 NODE_PORT = 3031
@@ -142,7 +142,7 @@ class Stack:
             if service.proc.poll() is not None:
                 raise StackError(
                     f"{service.name} exited with {service.proc.returncode}; see {log_path}:\n"
-                    + _tail(log_path)
+                    + tail_of(log_path)
                 )
             try:
                 if httpx.get(service.ready_url, timeout=1.0).status_code == 200:
@@ -151,7 +151,7 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise StackError(f"{service.name} not ready after {timeout}s; see {log_path}:\n" + _tail(log_path))
+        raise StackError(f"{service.name} not ready after {timeout}s; see {log_path}:\n" + tail_of(log_path))
 
     def wait_for_model(self, model: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -163,15 +163,15 @@ class Stack:
         raise StackError(f"model {model} not available after {timeout}s")
 
     def stop(self) -> None:
+        """Stop in dependency order, each before the next: gateway, node, router, ledger, then the servers."""
         for service in reversed(self.services):
             if service.proc and service.proc.poll() is None:
                 service.proc.send_signal(signal.SIGTERM)
-        for service in reversed(self.services):
-            if service.proc:
                 try:
                     service.proc.wait(20)
                 except subprocess.TimeoutExpired:
                     service.proc.kill()
+                    service.proc.wait()
         if self.postgres:
             self.postgres.stop()
         if self.nats:
@@ -179,13 +179,6 @@ class Stack:
 
     def dead_services(self) -> list[str]:
         return [s.name for s in self.services if s.proc and s.proc.poll() is not None]
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 __all__ = ["EmbeddedServerError", "Stack", "StackError"]

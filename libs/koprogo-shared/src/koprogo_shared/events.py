@@ -36,6 +36,14 @@ def derived_event_id(parent_id: str, what: str) -> str:
     return str(uuid.uuid5(uuid.UUID(parent_id), what))
 
 
+def chat_failed_id(request_id: str) -> str:
+    """The id of a request's ChatFailed, whoever reports it (router, gateway or node).
+
+    One id per request: the first failure recorded wins, duplicates are de-duplicated.
+    """
+    return derived_event_id(request_id, "failed")
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

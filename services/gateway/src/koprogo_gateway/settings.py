@@ -16,7 +16,8 @@ def _default_gateway_id() -> str:
 
 class GatewaySettings(ServiceSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/koprogo"
-    gateway_host: str = "0.0.0.0"
+    # Loopback by default: set GATEWAY_HOST=0.0.0.0 (containers do) to serve the network.
+    gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # How long a caller waits for an answer before getting 504.
     chat_timeout_s: float = Field(default=120.0, gt=0)

@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 import logging
 
+from nats.aio.msg import Msg
+
+from koprogo_router.adapters.bus import NatsBus
+from koprogo_router.service_layer.dispatch import Dispatcher
+from koprogo_router.settings import RouterSettings
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.events import ChatRequested
@@ -13,11 +18,7 @@ from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.ops_http import ops_server
-from nats.aio.msg import Msg
-
-from koprogo_router.adapters.bus import NatsBus
-from koprogo_router.service_layer.dispatch import Dispatcher
-from koprogo_router.settings import RouterSettings
+from koprogo_shared.service_runtime import until_stopped_or_failed
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,20 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         async def ready() -> dict[str, bool]:
             return {"nats": nc.is_connected}
 
-        tasks = [asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop))]
+        consumer = asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop), name="router-consumer")
         server = None
+        ops_task = None
         if settings.ops_port:
             server = ops_server(settings.ops_host, settings.ops_port, ready)
-            tasks.append(asyncio.create_task(server.serve()))
+            ops_task = asyncio.create_task(server.serve(), name="router-ops")
         log.info("router ready")
-        await stop.wait()
-        if server:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await until_stopped_or_failed(stop, [consumer])
+        finally:
+            stop.set()
+            if server:
+                server.should_exit = True
+            await asyncio.gather(consumer, *([ops_task] if ops_task else []), return_exceptions=True)
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

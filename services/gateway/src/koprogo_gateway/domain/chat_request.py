@@ -15,7 +15,8 @@ MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
 class ChatRequestIn(BaseModel):
     """`POST /mcp/v1/chat` body (the seed's shape)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"max_tokens": "48"` or `"temperature": true` is an error, not a coercion.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=255)
     messages: list[ChatMessage] = Field(min_length=1)

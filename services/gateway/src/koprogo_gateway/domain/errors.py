@@ -3,7 +3,9 @@
 GatewayError
  ├── ChatRefusedError      the router or a node said no (404 unknown model, 503 nothing can serve ...)
  ├── ChatTimeoutError      nobody answered in time (504)
- └── BusUnavailableError   NATS did not take the request (503)
+ ├── BusUnavailableError   NATS did not take the request (503)
+ ├── RequestTooLargeError  larger than a NATS message may be (413)
+ └── InvalidQueryError     a query parameter is malformed (422)
 """
 
 from __future__ import annotations
@@ -34,3 +36,13 @@ class ChatTimeoutError(GatewayError):
 class BusUnavailableError(GatewayError):
     status = 503
     error = "bus_unavailable"
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    error = "request_too_large"
+
+
+class InvalidQueryError(GatewayError):
+    status = 422
+    error = "validation_error"

@@ -8,10 +8,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import nats.errors
+from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.domain.chat_request import ChatRequestIn
-from koprogo_gateway.domain.errors import BusUnavailableError, ChatRefusedError, ChatTimeoutError
+from koprogo_gateway.domain.errors import (
+    BusUnavailableError,
+    ChatRefusedError,
+    ChatTimeoutError,
+    RequestTooLargeError,
+)
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
@@ -19,6 +25,7 @@ from koprogo_shared.events import (
     ChatFailed,
     ChatRequested,
     Event,
+    chat_failed_id,
     copro_id_from_context,
     derived_event_id,
     utc_now,
@@ -30,14 +37,16 @@ SOURCE = "koprogo/gateway"
 
 @dataclass
 class ChatService:
-    js: object  # nats JetStreamContext; typed loosely so tests can pass a fake
+    js: JetStreamContext
     replies: ReplyWaiter
     reply_subject: str
     timeout_s: float
 
     async def _publish(self, subject: str, event: Event) -> None:
         try:
-            await publish_event(self.js, subject, event)  # type: ignore[arg-type]
+            await publish_event(self.js, subject, event)
+        except nats.errors.MaxPayloadError:
+            raise RequestTooLargeError("the request is larger than the message bus accepts") from None
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             raise BusUnavailableError(
                 f"the message bus did not accept the request: {type(exc).__name__}"
@@ -67,7 +76,7 @@ class ChatService:
             await self._publish(
                 subjects.chat_failed(copro_id),
                 ChatFailed(
-                    id=derived_event_id(request.id, "failed"),
+                    id=chat_failed_id(request.id),
                     source=SOURCE,
                     copro_id=copro_id,
                     request_id=request.id,

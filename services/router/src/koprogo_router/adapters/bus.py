@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 
-from koprogo_shared.events import Event
-from koprogo_shared.nats_connection import publish_event
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+
+from koprogo_shared.events import Event
+from koprogo_shared.nats_connection import publish_event
 
 
 class Bus(abc.ABC):

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
-from koprogo_shared.logging_setup import configure_logging
-
 from koprogo_router.bootstrap import run_router
 from koprogo_router.settings import RouterSettings
-
-
-async def _serve(settings: RouterSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run_router(settings, stop)
+from koprogo_shared.logging_setup import configure_logging
+from koprogo_shared.service_runtime import run_until_signalled
 
 
 def main() -> None:
     settings = RouterSettings()
     configure_logging(settings.log_level, "router")
-    asyncio.run(_serve(settings))
+    run_until_signalled(lambda stop: run_router(settings, stop))

@@ -6,13 +6,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from koprogo_shared import subjects
-from koprogo_shared.catalogue import find_model, known_model_ids
-from koprogo_shared.events import ChatFailed, ChatRequested, RunInference, derived_event_id, utc_now
-from koprogo_shared.node_registry import NodeRegistry
-
 from koprogo_router.adapters.bus import Bus
 from koprogo_router.domain.routing import Refusal, RoutingRequest, choose_target
+from koprogo_shared import subjects
+from koprogo_shared.catalogue import find_model, known_model_ids
+from koprogo_shared.events import (
+    ChatFailed,
+    ChatRequested,
+    RunInference,
+    chat_failed_id,
+    derived_event_id,
+    utc_now,
+)
+from koprogo_shared.node_registry import NodeRegistry
 
 SOURCE = "koprogo/router"
 
@@ -54,7 +60,7 @@ class Dispatcher:
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
         failed = ChatFailed(
-            id=derived_event_id(request.id, "failed"),
+            id=chat_failed_id(request.id),
             source=SOURCE,
             copro_id=request.copro_id,
             request_id=request.id,

@@ -6,14 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from koprogo_gateway.bootstrap import bootstrap
+from koprogo_gateway.bootstrap import Gateway, bootstrap
 from koprogo_gateway.entrypoints.http import routes_chat, routes_models, routes_stats
-from koprogo_gateway.entrypoints.http.deps import GatewayDep
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.settings import GatewaySettings
+from koprogo_shared.ops_http import ops_routes
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -31,22 +29,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
 
-    @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
-        """Alive."""
-        return {"status": "ok"}
-
-    @app.get("/ready", tags=["ops"])
-    async def ready(gateway: GatewayDep) -> JSONResponse:
+    async def ready() -> dict[str, bool]:
         """Ready when NATS and PostgreSQL are reachable."""
-        checks = {"nats": gateway.nc.is_connected, "postgres": await gateway.stats.ping()}
-        ok = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
-        )
+        gateway: Gateway = app.state.gateway
+        return {"nats": gateway.nc.is_connected, "postgres": await gateway.stats.ping()}
 
-    @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    # /health, /ready, /metrics: the same ops routes as every other service.
+    app.router.routes.extend(ops_routes(ready))
     return app

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from koprogo_gateway.domain.errors import InvalidQueryError
 from koprogo_gateway.entrypoints.http.deps import GatewayDep
 from koprogo_shared.events import copro_id_from_context
 
@@ -35,9 +36,9 @@ async def stats(
 ) -> StatsPublic:
     """Totals over answered requests, optionally between `from` and `to` and for one `context` (copro:<id>)."""
     if context is not None and ":" not in context:
-        raise HTTPException(status_code=422, detail="context must look like 'copro:<id>'")
+        raise InvalidQueryError("context must look like 'copro:<id>'")
     if date_from and date_to and date_from >= date_to:
-        raise HTTPException(status_code=422, detail="'from' must be before 'to'")
+        raise InvalidQueryError("'from' must be before 'to'")
     figures = await gateway.stats.stats(
         date_from=date_from, date_to=date_to, copro_id=copro_id_from_context(context)
     )

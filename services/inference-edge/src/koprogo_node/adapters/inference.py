@@ -1,0 +1,113 @@
+"""The inference port: what the node needs from a model runtime, and a fake for unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from koprogo_node.domain.generation import answer_budget
+from koprogo_shared.events import ChatMessage
+
+EngineFinish = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResult:
+    """One answer, with token counts from the model's own tokenizer."""
+
+    content: str
+    finish_reason: EngineFinish
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the loaded file says about itself (GGUF metadata)."""
+
+    name: str | None
+    trained_context_length: int | None
+
+
+class InferenceEngine(ABC):
+    """One loaded model. Calls are serialised by the engine; the event loop is never blocked."""
+
+    @abstractmethod
+    async def load(self) -> None:
+        """Load the model; must be called (and finish) before any other call."""
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Tokens the running context holds: templated prompt plus answer."""
+
+    @abstractmethod
+    def model_info(self) -> ModelInfo: ...
+
+    @abstractmethod
+    async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Prompt tokens of `messages` once rendered with the model's chat template."""
+
+    @abstractmethod
+    async def chat(
+        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+    ) -> EngineResult:
+        """Answer the conversation. Raises ContextOverflowError when the prompt does not fit,
+        InferenceCancelledError when the caller was cancelled mid-generation."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+@dataclass
+class FakeInferenceEngine(InferenceEngine):
+    """Counts one token per word and answers `reply`; records every call."""
+
+    reply: str = "Bonjour, je suis un nœud de test."
+    n_ctx: int = 2048
+    delay_s: float = 0.0
+    calls: list[tuple[list[ChatMessage], float, int]] = field(default_factory=list)
+    _loaded: bool = False
+
+    async def load(self) -> None:
+        self._loaded = True
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(name="Fake", trained_context_length=self.n_ctx)
+
+    async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m.content.split()) + 1 for m in messages)
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+    ) -> EngineResult:
+        prompt_tokens = await self.count_tokens(messages)
+        budget = answer_budget(max_tokens, prompt_tokens, self.n_ctx)
+        self.calls.append((list(messages), temperature, budget))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        words = self.reply.split()
+        finish: EngineFinish = "length" if len(words) > budget else "stop"
+        return EngineResult(" ".join(words[:budget]), finish, prompt_tokens, min(len(words), budget))
+
+    async def close(self) -> None:
+        self._loaded = False

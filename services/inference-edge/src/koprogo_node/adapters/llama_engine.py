@@ -1,0 +1,198 @@
+"""The real inference engine: llama-cpp-python, one `Llama` on one dedicated thread.
+
+A `Llama` object is not safe to use from two threads, and generation is CPU-bound:
+every call (load, tokenize, generate, close) runs on a single-thread executor, so
+calls are serialised and the event loop keeps serving heartbeats and HTTP meanwhile.
+The prompt is rendered with the GGUF's own chat template, and token counts come from
+the model's tokenizer (llama's `usage`), never from the text length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp import llama_chat_format as chat_format
+
+from koprogo_node.adapters.inference import EngineFinish, EngineResult, InferenceEngine, ModelInfo
+from koprogo_node.domain.errors import ContextOverflowError, InferenceCancelledError, ModelFileError
+from koprogo_node.domain.generation import answer_budget
+from koprogo_shared.events import ChatMessage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _CancellableFormatter:
+    """The model's chat formatter plus one stopping rule: stop when the caller gave up."""
+
+    def __init__(self, inner: chat_format.ChatFormatter, cancelled: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._cancelled = cancelled
+
+    def __call__(self, **kwargs: Any) -> chat_format.ChatFormatterResponse:
+        response = self._inner(**kwargs)
+        criteria = StoppingCriteriaList([*(response.stopping_criteria or []), self._stop_if_cancelled])
+        return dataclasses.replace(response, stopping_criteria=criteria)
+
+    def _stop_if_cancelled(self, _ids: Any, _logits: Any) -> bool:
+        return self._cancelled()
+
+
+class LlamaEngine(InferenceEngine):
+    """A GGUF model served by llama.cpp."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None) -> None:
+        self._path = path
+        self._n_ctx = n_ctx
+        self._threads = threads
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llama: Llama | None = None
+        self._formatter: chat_format.ChatFormatter | None = None
+        self._info = ModelInfo(name=None, trained_context_length=None)
+        # Only read and written on the llama thread: the cancel flag of the generation running now.
+        self._active_cancel: threading.Event | None = None
+
+    async def _on_llama_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def load(self) -> None:
+        await self._on_llama_thread(self._load)
+
+    def _load(self) -> None:
+        try:
+            llama = Llama(
+                model_path=str(self._path), n_ctx=self._n_ctx, n_threads=self._threads, verbose=False
+            )
+        except ValueError as exc:
+            raise ModelFileError(f"cannot load {self._path}: {exc}") from None
+        template = llama.metadata.get("tokenizer.chat_template")
+        inner: chat_format.ChatFormatter
+        if template:
+            inner = chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=_token_text(llama, llama.token_eos()),
+                bos_token=_token_text(llama, llama.token_bos()),
+                stop_token_ids=[llama.token_eos()],
+            )
+        else:
+            log.warning("%s has no chat template; using ChatML", self._path.name)
+            inner = chat_format.format_chatml
+        self._formatter = inner
+        llama.chat_handler = chat_format.chat_formatter_to_chat_completion_handler(
+            _CancellableFormatter(inner, self._is_cancelled)
+        )
+        arch = llama.metadata.get("general.architecture", "")
+        trained = llama.metadata.get(f"{arch}.context_length")
+        self._info = ModelInfo(
+            name=llama.metadata.get("general.name"),
+            trained_context_length=int(trained) if trained and trained.isdigit() else None,
+        )
+        self._llama = llama
+
+    async def close(self) -> None:
+        if self._llama is not None:
+            await self._on_llama_thread(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx if self._llama is None else self._llama.n_ctx()
+
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    # -- inference -------------------------------------------------------------------
+
+    async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return await self._on_llama_thread(self._count_prompt_tokens, _as_llama_messages(messages))
+
+    def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        llama, formatter = self._require()
+        # Exactly what llama-cpp's chat handler does with the rendered prompt.
+        rendered = formatter(messages=cast(Any, messages))
+        return len(llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True))
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+    ) -> EngineResult:
+        cancel = threading.Event()
+        try:
+            return await self._on_llama_thread(
+                self._generate, _as_llama_messages(messages), temperature, max_tokens, cancel
+            )
+        except asyncio.CancelledError:
+            # The thread cannot be interrupted, but it checks this flag after every token.
+            cancel.set()
+            raise
+
+    def _generate(
+        self,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int | None,
+        cancel: threading.Event,
+    ) -> EngineResult:
+        llama, _ = self._require()
+        prompt_tokens = self._count_prompt_tokens(messages)
+        budget = answer_budget(max_tokens, prompt_tokens, llama.n_ctx())
+        self._active_cancel = cancel
+        try:
+            response = cast(
+                dict[str, Any],
+                llama.create_chat_completion(
+                    messages=cast(Any, messages), temperature=temperature, max_tokens=budget
+                ),
+            )
+        except ValueError as exc:
+            if "context window" in str(exc):
+                raise ContextOverflowError(prompt_tokens, llama.n_ctx()) from None
+            raise
+        finally:
+            self._active_cancel = None
+        if cancel.is_set():
+            raise InferenceCancelledError("generation abandoned")
+        choice = response["choices"][0]
+        usage = response["usage"]
+        finish: EngineFinish = "length" if choice["finish_reason"] == "length" else "stop"
+        return EngineResult(
+            content=choice["message"].get("content") or "",
+            finish_reason=finish,
+            prompt_tokens=int(usage["prompt_tokens"]),
+            completion_tokens=int(usage["completion_tokens"]),
+        )
+
+    def _is_cancelled(self) -> bool:
+        return self._active_cancel is not None and self._active_cancel.is_set()
+
+    def _require(self) -> tuple[Llama, chat_format.ChatFormatter]:
+        if self._llama is None or self._formatter is None:
+            raise RuntimeError("the model is not loaded")
+        return self._llama, self._formatter
+
+
+def _token_text(llama: Llama, token: int) -> str:
+    return "" if token < 0 else llama.detokenize([token], special=True).decode(errors="replace")
+
+
+def _as_llama_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]

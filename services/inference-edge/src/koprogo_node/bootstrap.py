@@ -1,0 +1,153 @@
+"""Composition root: the node's adapters are built here and nowhere else.
+
+Start-up order matters: the HTTP port answers /health at once (and /ready says "not
+ready"), the model is loaded before anything subscribes, then NATS, the first
+heartbeat and the work consumer. Shutdown is the reverse, after the in-flight answer
+is finished (or, past the grace period, abandoned and NAKed for another node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from koprogo_node.adapters.inference import InferenceEngine
+from koprogo_node.adapters.llama_engine import LlamaEngine
+from koprogo_node.adapters.model_files import resolve_model
+from koprogo_node.adapters.outcomes import NatsOutcomeSink
+from koprogo_node.domain.errors import NodeError
+from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
+from koprogo_node.entrypoints.http import node_routes
+from koprogo_node.entrypoints.nats_worker import RunInferenceWorker, work_consumer
+from koprogo_node.service_layer.inference import EdgeNode, InferenceService
+from koprogo_node.settings import NodeSettings
+from koprogo_shared.consumer import run_pull_consumer
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.ops_http import ops_server
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: NodeSettings) -> tuple[str, InferenceEngine]:
+    """The model id to serve and the llama.cpp engine for it (raises ModelFileError)."""
+    model = resolve_model(settings.node_model, settings.models_dir, settings.node_model_id)
+    engine = LlamaEngine(model.path, n_ctx=settings.llama_n_ctx, threads=settings.llama_threads)
+    log.info("model %s from %s", model.model_id, model.path)
+    return model.model_id, engine
+
+
+async def run_node(
+    settings: NodeSettings, stop: asyncio.Event, *, engine: InferenceEngine | None = None
+) -> None:
+    """Run one edge node until `stop` is set; raises NodeError when it cannot start or keep serving.
+
+    `engine` replaces the llama.cpp engine (unit tests); it then serves
+    `settings.node_model_id or settings.node_model`.
+    """
+    if engine is None:
+        model_id, engine = build_engine(settings)
+    else:
+        model_id = settings.node_model_id or settings.node_model
+    node = EdgeNode(settings.node_id, model_id, settings.footprint())
+    nc: NATS | None = None
+    loaded_engine = engine
+
+    async def ready() -> dict[str, bool]:
+        return {"nats": nc is not None and nc.is_connected, "model": loaded_engine.loaded}
+
+    server = None
+    server_task: asyncio.Task[None] | None = None
+    if settings.ops_port:
+        server = ops_server(settings.ops_host, settings.ops_port, ready, node_routes(model_id, engine))
+        server_task = asyncio.create_task(server.serve())
+    try:
+        started = time.perf_counter()
+        await engine.load()
+        log.info("model loaded in %.2fs (n_ctx %d)", time.perf_counter() - started, engine.context_length)
+        connected = await _connect_unless_stopped(settings, stop)
+        if connected is None:
+            return
+        nc, js = connected
+        await _serve(settings, InferenceService(node, engine, NatsOutcomeSink(nc, js)), nc, js, stop)
+    finally:
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            await asyncio.gather(server_task, return_exceptions=True)
+        await engine.close()
+        log.info("node %s stopped", node.node_id)
+
+
+async def _connect_unless_stopped(
+    settings: NodeSettings, stop: asyncio.Event
+) -> tuple[NATS, JetStreamContext] | None:
+    """Connect (retrying while NATS is down, as a Pi may boot first), unless told to stop meanwhile."""
+    connecting = asyncio.create_task(connect_nats(settings.nats_url, f"koprogo-node-{settings.node_id}"))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        return None
+    try:
+        return connecting.result()
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise NodeError(f"cannot connect to NATS at {settings.nats_url}: {exc!r}") from None
+
+
+async def _serve(
+    settings: NodeSettings, service: InferenceService, nc: NATS, js: JetStreamContext, stop: asyncio.Event
+) -> None:
+    """Heartbeats and the work consumer, until `stop`; then the in-flight item is settled."""
+    if settings.grid_url:
+        log.info("grid URL %s noted; joining the grid comes with a later issue", settings.grid_url)
+    await ensure_streams(js)
+    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s)
+    await heartbeats.start()
+    model_id = service.node.model_id
+    worker = RunInferenceWorker(service, settings.ack_wait_s, settings.max_deliver)
+    spec = work_consumer(model_id, settings.ack_wait_s, settings.max_deliver)
+    consumer = asyncio.create_task(run_pull_consumer(js, spec, worker.handle, stop))
+    log.info("node %s serving %s (durable %s)", service.node.node_id, model_id, spec.durable)
+    try:
+        await _until_stopped(stop, consumer)
+    finally:
+        await _finish_in_flight(consumer, settings.shutdown_grace_s)
+        await heartbeats.stop()
+
+
+async def _until_stopped(stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:
+    """Wait for `stop`; a consumer that ends on its own is an error, not a quiet exit."""
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stopped, consumer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if consumer.done() and not stop.is_set():
+        consumer.result()  # re-raises what killed it
+        raise NodeError("the work consumer stopped: NATS connection closed")
+
+
+async def _finish_in_flight(consumer: asyncio.Task[None], grace_s: float) -> None:
+    """Let the consumer finish its current item (it stops fetching once `stop` is set).
+
+    Past the grace period it is cancelled: the shared consumer NAKs the item, so
+    another node takes it at once, and the engine stops generating at the next token.
+    """
+    if not consumer.done():
+        await asyncio.wait({consumer}, timeout=grace_s)
+    if not consumer.done():
+        log.warning("abandoning the in-flight answer after %.1fs; it goes back to the queue", grace_s)
+        consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)

@@ -1,0 +1,126 @@
+"""`koprogo-node`: run an edge node (llama.cpp) that takes work from NATS.
+
+Flags override the environment (see koprogo_node.settings), which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from koprogo_node.bootstrap import run_node
+from koprogo_node.domain.errors import NodeError
+from koprogo_node.settings import DEFAULT_NODE_PORT, NodeSettings
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.logging_setup import configure_logging
+
+log = logging.getLogger(__name__)
+
+MCP_NOTICE = (
+    "koprogo-node: --mcp accepted; the node's MCP server comes with a later issue and is not started."
+)
+
+# argparse destination -> NodeSettings field.
+_FIELDS = {
+    "port": "ops_port",
+    "host": "ops_host",
+    "model": "node_model",
+    "model_id": "node_model_id",
+    "models_dir": "models_dir",
+    "grid_url": "grid_url",
+    "mcp": "mcp_enabled",
+    "nats_url": "nats_url",
+    "node_id": "node_id",
+    "power_watts": "power_watts",
+    "intensity": "intensity_g_per_kwh",
+    "renewable": "renewable_attested",
+    "threads": "llama_threads",
+    "n_ctx": "llama_n_ctx",
+    "log_level": "log_level",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="koprogo-node",
+        description="KoproGo Symbiose edge node: serves a GGUF model with llama.cpp, taking work from NATS.",
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        help=f"HTTP port for /health, /ready, /metrics, /mcp/v1/models "
+        f"(default {DEFAULT_NODE_PORT}; 0 disables it)",
+    )
+    p.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument(
+        "-m",
+        "--model",
+        help=f"a catalogue model id (its file is <models-dir>/<id>.gguf, with "
+        f"':' as '-') or a path to a .gguf file (default: the bundled {BUNDLED_MODEL_ID})",
+    )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help="where model ids are looked up (default ./models); nothing is downloaded",
+    )
+    p.add_argument("--model-id", help="the model id to serve a .gguf path under (default: the file name)")
+    p.add_argument(
+        "-g",
+        "--grid-url",
+        help="grid scheduler URL: accepted and stored; joining the grid comes with a later issue",
+    )
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=None,
+        help="the node's MCP server: accepted, comes with a later issue",
+    )
+    p.add_argument("--nats-url", help="NATS server (default: $NATS_URL or nats://127.0.0.1:4222)")
+    p.add_argument("--node-id", help="this node's id (default: <hostname>-<random>)")
+    p.add_argument("--power-watts", type=float, help="the node's power draw under load, W (default 7)")
+    p.add_argument(
+        "--intensity", type=float, help="carbon intensity of its electricity, g CO2e/kWh (default 150)"
+    )
+    p.add_argument(
+        "--renewable",
+        action="store_true",
+        default=None,
+        help="attest a renewable supply: the node then reports 0 g CO2",
+    )
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: half the CPUs)")
+    p.add_argument("--n-ctx", type=int, help="context size in tokens, prompt plus answer (default 2048)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default INFO)")
+    return p
+
+
+def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
+    """NodeSettings from the environment, with the flags that were given on top."""
+    args = vars(build_parser().parse_args(argv))
+    overrides: dict[str, Any] = {_FIELDS[k]: v for k, v in args.items() if v is not None}
+    return NodeSettings(**overrides)
+
+
+async def _serve(settings: NodeSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_node(settings, stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_from_args(argv)
+    configure_logging(settings.log_level, "node")
+    if settings.mcp_enabled:
+        print(MCP_NOTICE, file=sys.stderr)
+    try:
+        asyncio.run(_serve(settings))
+    except NodeError as exc:
+        print(f"koprogo-node: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,170 @@
+"""Use case: run one RunInference on this node and publish what came of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from koprogo_node.adapters.inference import EngineResult, InferenceEngine
+from koprogo_node.adapters.outcomes import OutcomeSink
+from koprogo_node.domain.errors import InferenceError, InvalidCommandError, ModelNotServedError
+from koprogo_node.domain.generation import DEFAULT_TEMPERATURE, TokenRate, deadline_passed
+from koprogo_shared import co2
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatFailed,
+    ExecutionInfo,
+    NodeHeartbeat,
+    RunInference,
+    Usage,
+    derived_event_id,
+    utc_now,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeNode:
+    """Who this node is, what it serves and what it declares about its energy."""
+
+    node_id: str
+    model_id: str
+    footprint: co2.EdgeFootprint
+
+    @property
+    def source(self) -> str:
+        return f"koprogo/node/{self.node_id}"
+
+
+@dataclass
+class NodeLoad:
+    """What the heartbeat reports: work in hand and measured speed."""
+
+    in_flight: int = 0
+    capacity: int = 1
+    rate: TokenRate = field(default_factory=TokenRate)
+
+
+class InferenceService:
+    """Runs work items on the engine, one at a time, and publishes ChatCompleted or ChatFailed."""
+
+    def __init__(
+        self,
+        node: EdgeNode,
+        engine: InferenceEngine,
+        sink: OutcomeSink,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.node = node
+        self.load = NodeLoad()
+        self._engine = engine
+        self._sink = sink
+        self._clock = clock
+
+    async def run(self, cmd: RunInference) -> ChatCompleted | ChatFailed:
+        """Answer `cmd` unless nobody waits any more; domain errors become ChatFailed (4xx).
+
+        Any other exception propagates: the work item is retried, and on its last
+        delivery the caller reports `report_failure`.
+        """
+        completed_id, _ = _event_ids(cmd)  # an unusable id is refused before any work
+        outcome: ChatCompleted | ChatFailed
+        if deadline_passed(cmd.deadline, self._clock()):
+            outcome = self._failed(
+                cmd, 504, "deadline_exceeded", "the request expired before a node could run it"
+            )
+        else:
+            try:
+                result, seconds = await self._generate(cmd)
+            except InferenceError as exc:
+                outcome = self._failed(cmd, exc.status, exc.error, str(exc))
+            else:
+                self.load.rate.observe(result.completion_tokens, seconds)
+                outcome = self._completed(cmd, completed_id, result, seconds)
+        await self._sink.publish(outcome, cmd.reply_subject)
+        return outcome
+
+    async def report_failure(self, cmd: RunInference, status: int, error: str, message: str) -> ChatFailed:
+        """Tell the caller (and the ledger) that this work item will not be answered."""
+        failed = self._failed(cmd, status, error, message)
+        await self._sink.publish(failed, cmd.reply_subject)
+        return failed
+
+    def heartbeat(self, interval_s: float) -> NodeHeartbeat:
+        fp = self.node.footprint
+        return NodeHeartbeat(
+            source=self.node.source,
+            node_id=self.node.node_id,
+            models=[self.node.model_id],
+            in_flight=self.load.in_flight,
+            capacity=self.load.capacity,
+            tokens_per_second=round(self.load.rate.value, 3),
+            power_watts=fp.power_watts,
+            intensity_g_per_kwh=fp.intensity_g_per_kwh,
+            renewable_attested=fp.renewable_attested,
+            interval_s=interval_s,
+        )
+
+    async def _generate(self, cmd: RunInference) -> tuple[EngineResult, float]:
+        if cmd.model != self.node.model_id:
+            raise ModelNotServedError(cmd.model, self.node.model_id)
+        temperature = DEFAULT_TEMPERATURE if cmd.temperature is None else cmd.temperature
+        self.load.in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await self._engine.chat(cmd.messages, temperature, cmd.max_tokens)
+        finally:
+            self.load.in_flight -= 1
+        return result, time.perf_counter() - started
+
+    def _completed(
+        self, cmd: RunInference, event_id: str, result: EngineResult, seconds: float
+    ) -> ChatCompleted:
+        grams = co2.edge_grams(seconds, self.node.footprint)
+        return ChatCompleted(
+            id=event_id,
+            source=self.node.source,
+            copro_id=cmd.copro_id,
+            request_id=cmd.request_id,
+            model=self.node.model_id,
+            content=result.content,
+            finish_reason=result.finish_reason,
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.total_tokens,
+            ),
+            execution_info=ExecutionInfo(
+                execution_type="edge",
+                node_id=self.node.node_id,
+                latency_ms=round(seconds * 1000.0, 3),
+                co2_grams=grams,
+                co2_saved_grams=co2.saved_grams(result.total_tokens, grams),
+            ),
+        )
+
+    def _failed(self, cmd: RunInference, status: int, error: str, message: str) -> ChatFailed:
+        return ChatFailed(
+            id=_event_ids(cmd)[1],
+            source=self.node.source,
+            copro_id=cmd.copro_id,
+            request_id=cmd.request_id,
+            status=status,
+            error=error,
+            message=message,
+        )
+
+
+def _event_ids(cmd: RunInference) -> tuple[str, str]:
+    """Ids of the ChatCompleted and ChatFailed this work item may produce; same on redelivery.
+
+    The failure id derives from the work item, not the request: the router's refusal of
+    the same request derives from the request id and must not be de-duplicated against it.
+    """
+    try:
+        return derived_event_id(cmd.request_id, "completed"), derived_event_id(cmd.id, "failed")
+    except ValueError:
+        raise InvalidCommandError(
+            f"work item {cmd.id!r} / request {cmd.request_id!r}: ids must be UUIDs"
+        ) from None

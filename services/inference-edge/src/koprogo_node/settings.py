@@ -1,0 +1,60 @@
+"""Edge node settings.
+
+Environment variables are the field names in upper case, as for every service:
+NATS_URL, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
+MODELS_DIR, GRID_URL, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
+LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S.
+The `koprogo-node` flags override them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import Field
+
+from koprogo_shared import co2
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.settings import ServiceSettings
+
+DEFAULT_NODE_PORT = 3031
+
+
+def default_node_id() -> str:
+    """`<hostname>-<6 hex>`: readable on a dashboard, unique when two nodes share a host."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "node"
+    return f"{host}-{uuid.uuid4().hex[:6]}"
+
+
+class NodeSettings(ServiceSettings):
+    """What one edge node serves, how it runs llama.cpp and what it declares about its energy."""
+
+    ops_port: int = DEFAULT_NODE_PORT  # /health, /ready, /metrics and /mcp/v1/models
+    node_id: str = Field(default_factory=default_node_id, min_length=1)
+    # A catalogue model id (resolved to <models_dir>/<file>) or a path to a .gguf file.
+    node_model: str = BUNDLED_MODEL_ID
+    # The id to serve a .gguf path under (ignored for the bundled model's default id).
+    node_model_id: str | None = None
+    models_dir: Path = Path("models")
+    # Accepted and kept for the grid (a later issue); the node does not contact it yet.
+    grid_url: str | None = None
+    mcp_enabled: bool = False
+    power_watts: float = Field(default=co2.DEFAULT_EDGE_POWER_WATTS, ge=0)
+    intensity_g_per_kwh: float = Field(default=co2.DEFAULT_EDGE_INTENSITY_G_PER_KWH, ge=0)
+    renewable_attested: bool = False
+    llama_threads: int | None = Field(default=None, ge=1)
+    # 2048 keeps the KV cache small on a Pi; a bigger model or longer chats may want more.
+    llama_n_ctx: int = Field(default=2048, ge=128)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # The work item goes back to another node this long after this node stops
+    # answering for it (the worker extends it with in-progress acks while generating).
+    ack_wait_s: float = Field(default=10.0, gt=0)
+    max_deliver: int = Field(default=3, ge=1)
+    # On SIGTERM, how long the in-flight answer may take before it is abandoned and NAKed.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    def footprint(self) -> co2.EdgeFootprint:
+        return co2.EdgeFootprint(self.power_watts, self.intensity_g_per_kwh, self.renewable_attested)

@@ -1,0 +1,69 @@
+"""`koprogo-node` flags: what they set, and the clear errors before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from koprogo_node.entrypoints.cli import build_parser, main, settings_from_args
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+
+
+def test_defaults_are_the_seeds_port_and_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OPS_PORT", "NODE_MODEL", "NODE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    settings = settings_from_args([])
+    assert settings.ops_port == 3031
+    assert settings.node_model == BUNDLED_MODEL_ID
+    assert settings.models_dir == Path("models")
+    assert settings.node_id  # hostname-derived
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://from-env:4222")
+    monkeypatch.setenv("POWER_WATTS", "5")
+    settings = settings_from_args(
+        [
+            "-p",
+            "4000",
+            "-m",
+            "phi-2:2.7b-q4",
+            "--models-dir",
+            "/srv/models",
+            "-g",
+            "https://grid.example",
+            "--nats-url",
+            "nats://flag:4222",
+            "--node-id",
+            "pi-1",
+            "--intensity",
+            "20",
+            "--renewable",
+            "--threads",
+            "4",
+            "--n-ctx",
+            "4096",
+            "--mcp",
+        ]
+    )
+    assert settings.ops_port == 4000 and settings.node_model == "phi-2:2.7b-q4"
+    assert settings.models_dir == Path("/srv/models") and settings.grid_url == "https://grid.example"
+    assert settings.nats_url == "nats://flag:4222" and settings.node_id == "pi-1"
+    assert settings.power_watts == 5 and settings.intensity_g_per_kwh == 20 and settings.renewable_attested
+    assert settings.llama_threads == 4 and settings.llama_n_ctx == 4096 and settings.mcp_enabled
+
+
+def test_help_says_the_grid_and_mcp_come_later() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "--grid-url" in text and "joining the grid comes with a later issue" in text
+    assert "--mcp" in text and "comes with a later issue" in text
+
+
+def test_a_missing_model_file_exits_2_naming_the_expected_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["-m", "llama3:8b", "--models-dir", str(tmp_path), "-p", "0"])
+    assert exited.value.code == 2
+    assert str(tmp_path / "llama3-8b.gguf") in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""The node's use case with a fake engine and a recording sink: what it publishes, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from koprogo_node.adapters.inference import FakeInferenceEngine
+from koprogo_node.adapters.outcomes import OutcomeSink
+from koprogo_node.entrypoints.nats_worker import RunInferenceWorker
+from koprogo_node.service_layer.inference import EdgeNode, InferenceService
+from koprogo_shared import co2
+from koprogo_shared.consumer import PoisonMessageError
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatFailed,
+    ChatMessage,
+    RunInference,
+    derived_event_id,
+    utc_now,
+)
+
+MODEL = "smollm2:135m-instruct-q4"
+
+
+class RecordingSink(OutcomeSink):
+    def __init__(self) -> None:
+        self.published: list[tuple[ChatCompleted | ChatFailed, str]] = []
+
+    async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
+        self.published.append((outcome, reply_subject))
+
+
+def work(
+    *, deadline_s: float = 60.0, model: str = MODEL, content: str = "Bonjour", **extra: Any
+) -> RunInference:
+    return RunInference(
+        source="test",
+        copro_id="copro-42",
+        request_id=str(uuid.uuid4()),
+        model=model,
+        messages=[ChatMessage(role="user", content=content)],
+        reply_subject="koprogo.reply.test",
+        deadline=utc_now() + timedelta(seconds=deadline_s),
+        **extra,
+    )
+
+
+def service(
+    engine: FakeInferenceEngine, footprint: co2.EdgeFootprint | None = None
+) -> tuple[InferenceService, RecordingSink]:
+    sink = RecordingSink()
+    node = EdgeNode("node-a", MODEL, footprint or co2.EdgeFootprint(power_watts=7, intensity_g_per_kwh=150))
+    return InferenceService(node, engine, sink), sink
+
+
+async def test_a_completed_answer_is_published_with_a_redelivery_stable_id_and_edge_execution_info() -> None:
+    engine = FakeInferenceEngine(reply="Une copropriété est un immeuble partagé.")
+    await engine.load()
+    svc, sink = service(engine)
+    cmd = work()
+
+    outcome = await svc.run(cmd)
+
+    assert isinstance(outcome, ChatCompleted)
+    assert sink.published == [(outcome, "koprogo.reply.test")]
+    assert outcome.id == derived_event_id(cmd.request_id, "completed")
+    assert (outcome.copro_id, outcome.request_id, outcome.model) == ("copro-42", cmd.request_id, MODEL)
+    assert outcome.content == "Une copropriété est un immeuble partagé."
+    assert outcome.usage.completion_tokens == 6
+    assert outcome.usage.total_tokens == outcome.usage.prompt_tokens + 6
+    info = outcome.execution_info
+    assert (info.execution_type, info.node_id) == ("edge", "node-a")
+    assert info.co2_grams > 0
+    assert info.co2_saved_grams == pytest.approx(co2.saved_grams(outcome.usage.total_tokens, info.co2_grams))
+    assert (await svc.run(cmd)).id == outcome.id  # a redelivered command yields the same event id
+
+
+async def test_an_expired_deadline_fails_with_504_without_running_the_model() -> None:
+    engine = FakeInferenceEngine()
+    svc, sink = service(engine)
+
+    outcome = await svc.run(work(deadline_s=-1))
+
+    assert isinstance(outcome, ChatFailed)
+    assert (outcome.status, outcome.error) == (504, "deadline_exceeded")
+    assert engine.calls == []
+    assert sink.published == [(outcome, "koprogo.reply.test")]
+
+
+async def test_a_prompt_longer_than_the_context_fails_with_a_clear_400() -> None:
+    svc, sink = service(FakeInferenceEngine(n_ctx=8))
+
+    outcome = await svc.run(work(content="un deux trois quatre cinq six sept huit neuf"))
+
+    assert isinstance(outcome, ChatFailed)
+    assert (outcome.status, outcome.error) == (400, "context_length_exceeded")
+    assert "context" in outcome.message
+    assert sink.published[0][0] is outcome
+
+
+async def test_work_for_another_model_fails_with_404() -> None:
+    svc, _ = service(FakeInferenceEngine())
+    outcome = await svc.run(work(model="llama3:8b"))
+    assert isinstance(outcome, ChatFailed) and outcome.status == 404
+
+
+async def test_a_renewable_node_reports_zero_grams_and_saves_the_cloud_emissions() -> None:
+    svc, _ = service(FakeInferenceEngine(), co2.EdgeFootprint(renewable_attested=True))
+    outcome = await svc.run(work())
+    assert isinstance(outcome, ChatCompleted)
+    assert outcome.execution_info.co2_grams == 0.0
+    assert outcome.execution_info.co2_saved_grams == pytest.approx(
+        co2.cloud_grams(outcome.usage.total_tokens)
+    )
+
+
+async def test_the_heartbeat_reports_work_in_hand_and_measured_speed() -> None:
+    engine = FakeInferenceEngine(delay_s=0.2)
+    svc, _ = service(engine)
+    assert svc.heartbeat(2.0).tokens_per_second == 0.0
+
+    running = asyncio.create_task(svc.run(work()))
+    await asyncio.sleep(0.05)
+    busy = svc.heartbeat(2.0)
+    await running
+    idle = svc.heartbeat(2.0)
+
+    assert (busy.in_flight, idle.in_flight, idle.capacity) == (1, 0, 1)
+    assert idle.models == [MODEL] and idle.node_id == "node-a"
+    assert 0 < idle.tokens_per_second < 100  # ~8 tokens in ~0.2 s
+    assert (idle.power_watts, idle.intensity_g_per_kwh, idle.renewable_attested) == (7, 150, False)
+
+
+def fake_msg(cmd: RunInference, delivered: int) -> Any:
+    async def in_progress() -> None:
+        return None
+
+    return SimpleNamespace(
+        data=cmd.model_dump_json().encode(),
+        metadata=SimpleNamespace(num_delivered=delivered),
+        in_progress=in_progress,
+    )
+
+
+class BrokenEngine(FakeInferenceEngine):
+    async def chat(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("llama exploded")
+
+
+async def test_an_unexpected_failure_is_retried_silently_before_the_last_delivery() -> None:
+    svc, sink = service(BrokenEngine())
+    worker = RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3)
+    with pytest.raises(RuntimeError):
+        await worker.handle(fake_msg(work(), delivered=2))
+    assert sink.published == []
+
+
+async def test_the_caller_learns_of_a_failure_on_the_last_delivery() -> None:
+    svc, sink = service(BrokenEngine())
+    worker = RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3)
+    cmd = work()
+    with pytest.raises(RuntimeError):  # the shared consumer then dead-letters the item
+        await worker.handle(fake_msg(cmd, delivered=3))
+    [(failed, reply)] = sink.published
+    assert isinstance(failed, ChatFailed)
+    assert (failed.status, failed.error, failed.request_id, reply) == (
+        500,
+        "inference_failed",
+        cmd.request_id,
+        cmd.reply_subject,
+    )
+
+
+async def test_a_work_item_with_unusable_ids_is_poison() -> None:
+    svc, sink = service(FakeInferenceEngine())
+    cmd = work().model_copy(update={"request_id": "not-a-uuid"})
+    with pytest.raises(PoisonMessageError):
+        await RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3).handle(fake_msg(cmd, 1))
+    assert sink.published == []
