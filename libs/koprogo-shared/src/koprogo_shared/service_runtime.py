@@ -20,7 +20,13 @@ def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None
             loop.add_signal_handler(sig, stop.set)
         await run(stop)
 
-    asyncio.run(main())
+    # uvloop where it exists (Linux, macOS): the message hops are loop-bound.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 async def until_stopped_or_failed(stop: asyncio.Event, workers: Iterable[asyncio.Task[None]]) -> None:

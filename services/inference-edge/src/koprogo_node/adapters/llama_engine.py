@@ -23,7 +23,7 @@ from llama_cpp import llama_chat_format as chat_format
 
 from koprogo_node.adapters.inference import EngineFinish, EngineResult, InferenceEngine, ModelInfo
 from koprogo_node.domain.errors import ContextOverflowError, InferenceCancelledError, ModelFileError
-from koprogo_node.domain.generation import answer_budget
+from koprogo_node.domain.generation import requested_budget
 from koprogo_shared.events import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,10 @@ class LlamaEngine(InferenceEngine):
         cancel: threading.Event,
     ) -> EngineResult:
         llama, _ = self._require()
-        prompt_tokens = self._count_prompt_tokens(messages)
-        budget = answer_budget(max_tokens, prompt_tokens, llama.n_ctx())
+        # No separate count of the prompt first: llama-cpp-python tokenises it anyway, caps
+        # the answer at the free context and refuses a prompt that does not fit (below), so
+        # a pre-count would tokenise every prompt twice on the hot path.
+        budget = requested_budget(max_tokens)
         self._active_cancel = cancel
         try:
             response = cast(
@@ -165,7 +167,7 @@ class LlamaEngine(InferenceEngine):
             )
         except ValueError as exc:
             if "context window" in str(exc):
-                raise ContextOverflowError(prompt_tokens, llama.n_ctx()) from None
+                raise ContextOverflowError(self._count_prompt_tokens(messages), llama.n_ctx()) from None
             raise
         finally:
             self._active_cancel = None

@@ -19,8 +19,12 @@ def answer_budget(requested: int | None, prompt_tokens: int, n_ctx: int) -> int:
     free = n_ctx - prompt_tokens
     if free < 1:
         raise ContextOverflowError(prompt_tokens, n_ctx)
-    wanted = requested if requested is not None and requested > 0 else DEFAULT_MAX_TOKENS
-    return min(wanted, free)
+    return min(requested_budget(requested), free)
+
+
+def requested_budget(requested: int | None) -> int:
+    """The answer's token budget before the context cap (the engine applies that cap)."""
+    return requested if requested is not None and requested > 0 else DEFAULT_MAX_TOKENS
 
 
 def deadline_passed(deadline: datetime, now: datetime) -> bool:

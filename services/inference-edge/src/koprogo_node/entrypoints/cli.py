@@ -6,9 +6,7 @@ Flags override the environment (see koprogo_node.settings), which overrides the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from koprogo_node.domain.errors import NodeError
 from koprogo_node.settings import DEFAULT_NODE_PORT, NodeSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.logging_setup import configure_logging
+from koprogo_shared.service_runtime import run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +105,13 @@ def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
     return NodeSettings(**overrides)
 
 
-async def _serve(settings: NodeSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run_node(settings, stop)
-
-
 def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(argv)
     configure_logging(settings.log_level, "node")
     if settings.mcp_enabled:
         print(MCP_NOTICE, file=sys.stderr)
     try:
-        asyncio.run(_serve(settings))
+        run_until_signalled(lambda stop: run_node(settings, stop))
     except NodeError as exc:
         print(f"koprogo-node: {exc}", file=sys.stderr)
         sys.exit(2)
