@@ -34,7 +34,8 @@ from koprogo_node.adapters.model_files import bundled_model_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 SHORT = "Bonjour, résume ce PV en une phrase."
-LONG = "Écris une lettre détaillée au syndic pour demander le détail des charges de chauffage de 2024."
+# With temperature 0 this prompt runs to the 128-token cap on both sides (checked: finish "length").
+LONG = "Explique en détail, étape par étape, comment se déroule une assemblée générale de copropriété."
 
 
 def direct(llm: Llama, prompt: str, max_tokens: int) -> tuple[float, int]:

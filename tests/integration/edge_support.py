@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -19,7 +22,14 @@ from koprogo_node.bootstrap import run_node
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from koprogo_shared.events import ChatMessage, NodeHeartbeat, RunInference, chat_outcome_adapter, utc_now
+from koprogo_shared.events import (
+    ChatMessage,
+    InferenceStarted,
+    NodeHeartbeat,
+    RunInference,
+    reply_message_adapter,
+    utc_now,
+)
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 
 MODEL = BUNDLED_MODEL_ID
@@ -74,12 +84,14 @@ class Listener:
 
 @asynccontextmanager
 async def listening(nc: NATS, subject: str, kind: str) -> AsyncIterator[Listener]:
-    """`kind` is "outcome" (ChatCompleted | ChatFailed) or "heartbeat"."""
+    """`kind` is "outcome" (ChatCompleted | ChatFailed), "started" (InferenceStarted) or "heartbeat"."""
     listener = Listener()
 
     async def on_msg(msg: Any) -> None:
-        if kind == "outcome":
-            listener.items.put_nowait(chat_outcome_adapter.validate_json(msg.data))
+        if kind in ("outcome", "started"):
+            message = reply_message_adapter.validate_json(msg.data)
+            if isinstance(message, InferenceStarted) == (kind == "started"):
+                listener.items.put_nowait(message)
         else:
             listener.items.put_nowait(NodeHeartbeat.model_validate_json(msg.data))
 
@@ -118,3 +130,31 @@ async def work_left(js: JetStreamContext) -> int:
 
 def reply_subject() -> str:
     return subjects.gateway_reply(f"test-{uuid.uuid4().hex[:8]}")
+
+
+@asynccontextmanager
+async def node_process(
+    nats_url: str, node_id: str, logs: Path, port: int = 0, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`koprogo-node` as its own process (the console script), killed on exit if still alive."""
+    script = Path(sys.executable).parent / "koprogo-node"
+    log = (logs / f"{node_id}.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        str(script),
+        "--node-id",
+        node_id,
+        "-p",
+        str(port),
+        "--nats-url",
+        nats_url,
+        env=os.environ | {"LOG_LEVEL": "WARNING"} | env,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()

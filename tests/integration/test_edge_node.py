@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -29,6 +26,7 @@ from tests.integration.edge_support import (
     MODEL,
     listening,
     nats_client,
+    node_process,
     node_settings,
     pulling_nodes,
     reply_subject,
@@ -300,34 +298,6 @@ async def test_a_node_waiting_for_nats_is_not_ready_and_stops_cleanly_on_sigterm
         code = await asyncio.wait_for(proc.wait(), timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"] == {"nats": False, "model": True}
     assert code == 0, (tmp_path / "edge-alone.log").read_text()
-
-
-@asynccontextmanager
-async def node_process(
-    nats_url: str, node_id: str, logs: Path, port: int = 0, **env: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`koprogo-node` as its own process (the console script), killed on exit if still alive."""
-    script = Path(sys.executable).parent / "koprogo-node"
-    log = (logs / f"{node_id}.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        str(script),
-        "--node-id",
-        node_id,
-        "-p",
-        str(port),
-        "--nats-url",
-        nats_url,
-        env=os.environ | {"LOG_LEVEL": "WARNING"} | env,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        log.close()
 
 
 async def _wait_generating(

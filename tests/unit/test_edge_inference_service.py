@@ -20,6 +20,7 @@ from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,
     ChatMessage,
+    InferenceStarted,
     RunInference,
     derived_event_id,
     utc_now,
@@ -32,8 +33,13 @@ class RecordingSink(OutcomeSink):
     def __init__(self) -> None:
         self.published: list[tuple[ChatCompleted | ChatFailed, str]] = []
 
+        self.started_events: list[InferenceStarted] = []
+
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
         self.published.append((outcome, reply_subject))
+
+    async def started(self, started: InferenceStarted, reply_subject: str) -> None:
+        self.started_events.append(started)
 
 
 def work(
@@ -183,3 +189,11 @@ async def test_a_work_item_with_unusable_ids_is_poison() -> None:
     with pytest.raises(PoisonMessageError):
         await RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3).handle(fake_msg(cmd, 1))
     assert sink.published == []
+
+
+async def test_the_waiting_gateway_learns_which_node_is_generating_before_the_answer() -> None:
+    svc, sink = service(FakeInferenceEngine())
+    cmd = work()
+    await svc.run(cmd)
+    [started] = sink.started_events
+    assert (started.request_id, started.node_id) == (cmd.request_id, "node-a")

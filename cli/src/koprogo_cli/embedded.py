@@ -212,50 +212,24 @@ class EmbeddedPostgres:
         self._create_database(log)
         return self
 
+    def _psql(self, sql: str) -> subprocess.CompletedProcess[str]:
+        """Run one statement in the maintenance database as the `postgres` role."""
+        argv = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        return subprocess.run([*argv, "-tAc", sql], capture_output=True, text=True)
+
     def _create_database(self, log: Path) -> None:
-        psql = _pg_bin("psql")
         deadline = time.monotonic() + 30
-        while True:
-            check = subprocess.run(
-                [
-                    psql,
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-tAc",
-                    f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if check.returncode == 0:
-                break
+        exists_sql = f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"
+        while (check := self._psql(exists_sql)).returncode != 0:
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{tail_of(log)}")
             time.sleep(0.2)
         if check.stdout.strip() != "1":
-            subprocess.run(
-                [
-                    psql,
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    f'CREATE DATABASE "{self.database}"',
-                ],
-                check=True,
-                capture_output=True,
-            )
+            created = self._psql(f'CREATE DATABASE "{self.database}"')
+            if created.returncode != 0:
+                raise EmbeddedServerError(
+                    f"could not create database {self.database}: {created.stderr.strip()}"
+                )
 
     def stop(self) -> None:
         # SIGTERM is PostgreSQL's "smart" shutdown: wait for clients, then stop cleanly.

@@ -168,8 +168,23 @@ class NodeHeartbeat(Event):
     interval_s: float = Field(gt=0)
 
 
+class InferenceStarted(Event):
+    """A node took a work item and is generating (core NATS to the waiting gateway only).
+
+    It lets the gateway notice when that node dies mid-answer instead of waiting for its
+    full timeout.
+    """
+
+    type: Literal["koprogo.inference.started.v1"] = "koprogo.inference.started.v1"
+    request_id: str
+    node_id: str
+
+
 ChatOutcome = Annotated[ChatCompleted | ChatFailed, Field(discriminator="type")]
 chat_outcome_adapter: TypeAdapter[ChatCompleted | ChatFailed] = TypeAdapter(ChatOutcome)
+
+ReplyMessage = Annotated[ChatCompleted | ChatFailed | InferenceStarted, Field(discriminator="type")]
+reply_message_adapter: TypeAdapter[ChatCompleted | ChatFailed | InferenceStarted] = TypeAdapter(ReplyMessage)
 
 LedgerEvent = Annotated[
     ChatRequested | ChatCompleted | ChatFailed | ChatDelivered, Field(discriminator="type")

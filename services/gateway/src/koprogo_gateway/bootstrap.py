@@ -57,7 +57,11 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         pool=pool,
         registry=registry,
         chat=ChatService(
-            js=js, replies=replies, reply_subject=reply_subject, timeout_s=settings.chat_timeout_s
+            js=js,
+            replies=replies,
+            reply_subject=reply_subject,
+            timeout_s=settings.chat_timeout_s,
+            registry=registry,
         ),
         stats=PostgresStatsRepository(pool),
     )

@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from koprogo_shared.events import ChatCompleted, ChatFailed, chat_outcome_adapter
+from koprogo_shared.events import ChatCompleted, ChatFailed, InferenceStarted, reply_message_adapter
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class ReplyWaiter:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[ChatCompleted | ChatFailed]] = {}
+        self._running_on: dict[str, str] = {}
         self._sub: Subscription | None = None
 
     async def start(self, nc: NATS, subject: str) -> None:
@@ -30,6 +31,11 @@ class ReplyWaiter:
 
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
+        self._running_on.pop(request_id, None)
+
+    def running_on(self, request_id: str) -> str | None:
+        """The node that said it is generating this request's answer, if any."""
+        return self._running_on.get(request_id)
 
     @property
     def pending(self) -> int:
@@ -37,9 +43,13 @@ class ReplyWaiter:
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
-            outcome = chat_outcome_adapter.validate_json(msg.data)
+            outcome = reply_message_adapter.validate_json(msg.data)
         except ValidationError as exc:
             log.error("malformed reply on %s: %d errors", msg.subject, exc.error_count())
+            return
+        if isinstance(outcome, InferenceStarted):
+            if outcome.request_id in self._waiting:
+                self._running_on[outcome.request_id] = outcome.node_id
             return
         future = self._waiting.pop(outcome.request_id, None)
         # A reply for a request that already timed out (or a redelivered duplicate) has

@@ -3,6 +3,7 @@
 GatewayError
  ├── ChatRefusedError      the router or a node said no (404 unknown model, 503 nothing can serve ...)
  ├── ChatTimeoutError      nobody answered in time (504)
+ ├── NodeLostError         the node running the request died, none other serves the model (503)
  ├── BusUnavailableError   NATS did not take the request (503)
  ├── RequestTooLargeError  larger than a NATS message may be (413)
  └── InvalidQueryError     a query parameter is malformed (422)
@@ -46,3 +47,8 @@ class RequestTooLargeError(GatewayError):
 class InvalidQueryError(GatewayError):
     status = 422
     error = "validation_error"
+
+
+class NodeLostError(GatewayError):
+    status = 503
+    error = "node_lost"

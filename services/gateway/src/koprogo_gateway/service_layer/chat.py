@@ -16,6 +16,7 @@ from koprogo_gateway.domain.errors import (
     BusUnavailableError,
     ChatRefusedError,
     ChatTimeoutError,
+    NodeLostError,
     RequestTooLargeError,
 )
 from koprogo_shared import subjects
@@ -31,6 +32,7 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.node_registry import NodeRegistry
 
 SOURCE = "koprogo/gateway"
 
@@ -41,6 +43,9 @@ class ChatService:
     replies: ReplyWaiter
     reply_subject: str
     timeout_s: float
+    registry: NodeRegistry
+    # How often a waiting request checks that the node running it is still alive.
+    watch_interval_s: float = 1.0
 
     async def _publish(self, subject: str, event: Event) -> None:
         try:
@@ -71,27 +76,62 @@ class ChatService:
         waiting = self.replies.expect(request.id)
         try:
             await self._publish(subjects.chat_requested(copro_id), request)
-            outcome = await asyncio.wait_for(waiting, timeout=self.timeout_s)
+            outcome = await self._wait(request, waiting)
         except TimeoutError:
-            await self._publish(
-                subjects.chat_failed(copro_id),
-                ChatFailed(
-                    id=chat_failed_id(request.id),
-                    source=SOURCE,
-                    copro_id=copro_id,
-                    request_id=request.id,
-                    status=504,
-                    error="timeout",
-                    message=f"no answer within {self.timeout_s:g}s",
-                ),
-            )
+            await self._record_failure(request, 504, "timeout", f"no answer within {self.timeout_s:g}s")
             raise ChatTimeoutError(f"no node answered within {self.timeout_s:g}s") from None
+        except NodeLostError as lost:
+            await self._record_failure(request, 503, "node_lost", str(lost))
+            raise ChatRefusedError(503, "node_lost", str(lost)) from None
         finally:
             self.replies.forget(request.id)
         if isinstance(outcome, ChatFailed):
             extra: dict[str, object] = {"known_models": outcome.known_models} if outcome.known_models else {}
             raise ChatRefusedError(outcome.status, outcome.error, outcome.message, extra)
         return outcome, (time.perf_counter() - started) * 1000.0
+
+    async def _wait(
+        self, request: ChatRequested, waiting: asyncio.Future[ChatCompleted | ChatFailed]
+    ) -> ChatCompleted | ChatFailed:
+        """Wait for the outcome; give up early when the node running it died and no other can take over.
+
+        While another live node serves the model, a dead node's work item is redelivered
+        to it after the consumer's ack wait, so the caller keeps waiting for that.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(waiting), timeout=min(remaining, self.watch_interval_s)
+                )
+            except TimeoutError:
+                node_id = self.replies.running_on(request.id)
+                if node_id is None:
+                    continue
+                alive = {c.node_id for c in self.registry.serving(request.model, time.monotonic())}
+                if node_id not in alive and not alive:
+                    raise NodeLostError(
+                        f"edge node {node_id} stopped answering while running this request, "
+                        f"and no other live node serves '{request.model}'"
+                    ) from None
+
+    async def _record_failure(self, request: ChatRequested, status: int, error: str, message: str) -> None:
+        await self._publish(
+            subjects.chat_failed(request.copro_id),
+            ChatFailed(
+                id=chat_failed_id(request.id),
+                source=SOURCE,
+                copro_id=request.copro_id,
+                request_id=request.id,
+                status=status,
+                error=error,
+                message=message,
+            ),
+        )
 
     async def record_delivery(self, completion: ChatCompleted, latency_ms: float) -> None:
         """Off the hot path: tell the ledger what latency the caller saw."""

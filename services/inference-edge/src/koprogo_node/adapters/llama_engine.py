@@ -98,6 +98,9 @@ class LlamaEngine(InferenceEngine):
             name=llama.metadata.get("general.name"),
             trained_context_length=int(trained) if trained and trained.isdigit() else None,
         )
+        # One token before the first user does: llama.cpp allocates its compute graph and
+        # buffers on the first decode, which doubled the first answer's time.
+        llama.create_chat_completion(messages=[{"role": "user", "content": "ok"}], max_tokens=1)
         self._llama = llama
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatFailed
+from koprogo_shared.events import ChatCompleted, ChatFailed, InferenceStarted
 from koprogo_shared.nats_connection import publish_event
 
 
@@ -17,6 +17,10 @@ class OutcomeSink(ABC):
 
     @abstractmethod
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None: ...
+
+    @abstractmethod
+    async def started(self, started: InferenceStarted, reply_subject: str) -> None:
+        """Tell the waiting gateway which node is generating (not stored: core NATS only)."""
 
 
 class NatsOutcomeSink(OutcomeSink):
@@ -37,3 +41,6 @@ class NatsOutcomeSink(OutcomeSink):
             subject = subjects.chat_failed(outcome.copro_id)
         await publish_event(self._js, subject, outcome)
         await self._nc.publish(reply_subject, outcome.model_dump_json().encode())
+
+    async def started(self, started: InferenceStarted, reply_subject: str) -> None:
+        await self._nc.publish(reply_subject, started.model_dump_json().encode())

@@ -16,6 +16,7 @@ from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,
     ExecutionInfo,
+    InferenceStarted,
     NodeHeartbeat,
     RunInference,
     Usage,
@@ -110,6 +111,15 @@ class InferenceService:
         if cmd.model != self.node.model_id:
             raise ModelNotServedError(cmd.model, self.node.model_id)
         temperature = DEFAULT_TEMPERATURE if cmd.temperature is None else cmd.temperature
+        await self._sink.started(
+            InferenceStarted(
+                source=self.node.source,
+                copro_id=cmd.copro_id,
+                request_id=cmd.request_id,
+                node_id=self.node.node_id,
+            ),
+            cmd.reply_subject,
+        )
         self.load.in_flight += 1
         started = time.perf_counter()
         try:
