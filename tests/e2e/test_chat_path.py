@@ -314,3 +314,18 @@ async def test_a_node_dying_mid_answer_with_no_other_node_is_a_quick_503_not_a_h
 async def _model_available(stack: RunningStack) -> bool:
     models = (await stack.client.get("/mcp/v1/models")).json()["models"]
     return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)
+
+
+async def test_stats_before_the_ledger_made_its_tables_is_a_clear_503(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=0)
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute("ALTER TABLE mcp_responses RENAME TO mcp_responses_away")
+        response = await stack.client.get("/mcp/v1/stats")
+        assert response.status_code == 503
+        assert response.json()["error"] == "stats_unavailable"
+    finally:
+        await conn.execute("ALTER TABLE mcp_responses_away RENAME TO mcp_responses")
+        await conn.close()

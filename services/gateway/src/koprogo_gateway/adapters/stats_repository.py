@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from koprogo_gateway.domain.errors import StatsUnavailableError
+
 # One row per answered request (the ledger keeps one response per request).
 _STATS_SELECT = """
 SELECT
@@ -63,7 +65,16 @@ class PostgresStatsRepository:
     ) -> dict[str, Any]:
         """The seed's stats shape over answered requests; `date_from` inclusive, `date_to` exclusive."""
         where, args = _where(date_from, date_to, copro_id)
-        row = await self._pool.fetchrow(_STATS_SELECT + where, *args)
+        try:
+            row = await self._pool.fetchrow(_STATS_SELECT + where, *args, timeout=10)
+        except asyncpg.UndefinedTableError:
+            raise StatsUnavailableError(
+                "statistics are not available yet: the ledger has not created its tables"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StatsUnavailableError(
+                f"the statistics database is unavailable ({type(exc).__name__})"
+            ) from None
         assert row is not None  # an aggregate without GROUP BY always returns one row
         return {
             "total_requests": int(row["total_requests"]),

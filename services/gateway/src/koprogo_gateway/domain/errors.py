@@ -6,6 +6,7 @@ GatewayError
  ├── NodeLostError         the node running the request died, none other serves the model (503)
  ├── BusUnavailableError   NATS did not take the request (503)
  ├── RequestTooLargeError  larger than a NATS message may be (413)
+ ├── StatsUnavailableError PostgreSQL (the ledger's read model) cannot answer (503)
  └── InvalidQueryError     a query parameter is malformed (422)
 """
 
@@ -52,3 +53,8 @@ class InvalidQueryError(GatewayError):
 class NodeLostError(GatewayError):
     status = 503
     error = "node_lost"
+
+
+class StatsUnavailableError(GatewayError):
+    status = 503
+    error = "stats_unavailable"
