@@ -69,18 +69,31 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
     name = f"koprogo_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
     base, _, _ = postgres_server_url.rpartition("/")
     yield f"{base}/{name}"
-    admin = await asyncpg.connect(postgres_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(server_url: str, sql: str, attempts: int = 5) -> None:
+    """One maintenance statement on a fresh connection.
+
+    Retried when the connection itself is lost: `DROP DATABASE ... WITH (FORCE)` ends the
+    test's own leftover sessions, and on a loaded 2-core machine the server has once
+    closed the maintenance connection under us. SQL errors are not retried.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            admin = await asyncpg.connect(server_url)
+            try:
+                await admin.execute(sql)
+                return
+            finally:
+                await admin.close()
+        except (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.5 * attempt)
 
 
 @pytest.fixture

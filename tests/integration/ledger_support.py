@@ -168,6 +168,21 @@ class LedgerUnderTest:
         ]
 
 
+async def publish_beforehand(nats_url: str, *items: Event | tuple[str, bytes]) -> None:
+    """Store events (or raw `(subject, payload)`) before any ledger runs: its first fetch takes them all."""
+    nc, js = await connect_nats(nats_url, "ledger-tests")
+    try:
+        await ensure_streams(js)
+        for item in items:
+            if isinstance(item, tuple):
+                subject, payload = item
+                await js.publish(subject, payload, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+            else:
+                await publish_event(js, subject_of(item), item)
+    finally:
+        await nc.close()
+
+
 def ledger_settings(database_url: str, nats_url: str, **overrides: Any) -> LedgerSettings:
     return LedgerSettings(database_url=database_url, nats_url=nats_url, ops_port=0, **overrides)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +49,19 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
             self.responses,
         )
         self.ledger.commits += 1
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        staged = (
+            set(self.applied),
+            {k: dict(v) for k, v in self.requests.items()},
+            {k: dict(v) for k, v in self.responses.items()},
+        )
+        try:
+            yield
+        except BaseException:
+            self.applied, self.requests, self.responses = staged
+            raise
 
     async def claim_event(self, event_id: str, event_type: str) -> bool:
         if event_id in self.applied:

@@ -1,18 +1,28 @@
 """One way to consume JetStream work: a pull consumer with explicit ack decisions.
 
-For each message the handler either returns (ack), raises `PoisonMessageError` or
-fails to decode (dead-letter, then TERM), or raises anything else (NAK with a
-growing delay; on the last allowed delivery, dead-letter then TERM). Nothing is
-dropped silently: what cannot be handled lands in KOPROGO_DEADLETTER with the
+Every message ends in one `Decision`, carried out by `settle`:
+
+    Ack          handled: acknowledge
+    Retry        not this time: NAK with a growing delay; on the last allowed delivery,
+                 dead-letter then TERM
+    DeadLetter   never handleable (poison): dead-letter, then TERM
+
+A per-message handler decides by returning (Ack) or raising (`failure_decision`: a
+`PoisonMessageError` or an undecodable payload is dead-lettered, anything else retried).
+A batch handler receives every message of a fetch and returns one decision per message,
+so it can, for instance, commit the whole batch once before anything is acknowledged.
+Nothing is dropped silently: what cannot be handled lands in KOPROGO_DEADLETTER with the
 reason in its headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 import nats.errors
 import nats.js.errors
@@ -39,14 +49,53 @@ class ConsumerSpec:
     max_deliver: int = 5
     batch: int = 1
     max_ack_pending: int = 1000
+    # After a fetch that returned fewer than `batch` messages, fetch again only `linger_s`
+    # after it: a light load is handled in small bursts rather than one message at a time,
+    # at the price of up to `linger_s` more delay. 0: fetch again at once.
+    linger_s: float = 0.0
 
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Handled: acknowledge."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Not handled this time: NAK with back-off; dead-letter on the last allowed delivery."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Can never be handled: dead-letter with `reason` (no message content), then TERM."""
+
+    reason: str
+
+
+Decision = Ack | Retry | DeadLetter
+ACK = Ack()
 
 Handler = Callable[[Msg], Awaitable[None]]
+# One decision per message, in the order received.
+BatchHandler = Callable[[Sequence[Msg]], Awaitable[Sequence[Decision]]]
 
 
 def nak_delay(num_delivered: int) -> float:
     """Back-off for a transient failure: 0.2 s, 0.4 s, 0.8 s ... capped at 10 s."""
     return float(min(0.2 * 2 ** max(num_delivered - 1, 0), 10.0))
+
+
+def failure_decision(exc: Exception) -> Retry | DeadLetter:
+    """What a handler's error means: poison or undecodable is dead-lettered, anything else retried."""
+    if isinstance(exc, ValidationError):
+        # Name the failing fields, never the values: they may be a user's message.
+        where = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:5])
+        return DeadLetter(f"poison: invalid {exc.title}: {where}")
+    if isinstance(exc, PoisonMessageError):
+        return DeadLetter(f"poison: {exc}")
+    return Retry(repr(exc))
 
 
 async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
@@ -58,37 +107,58 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
     await js.publish(deadletter_for(msg.subject), msg.data, headers=headers, timeout=5)
 
 
-async def settle(js: JetStreamContext, msg: Msg, handler: Handler, max_deliver: int) -> None:
-    """Run the handler on one message and take the explicit ack decision.
+async def settle(js: JetStreamContext, msg: Msg, decision: Decision, max_deliver: int) -> None:
+    """Carry out the decision taken for one message.
 
     If settling itself fails (the dead-letter publish or the ack cannot reach the
     server), the message is left unacked: JetStream redelivers it after `ack_wait`.
     """
+    match decision:
+        case Ack():
+            await _quietly(msg.ack())
+        case DeadLetter(reason):
+            log.error("dead-lettering %s: %s", msg.subject, reason)
+            await _dead_letter_then_term(js, msg, reason)
+        case Retry(reason):
+            delivered = msg.metadata.num_delivered
+            if delivered >= max_deliver:
+                log.error("dead-lettering %s after %d deliveries: %s", msg.subject, delivered, reason)
+                await _dead_letter_then_term(js, msg, f"failed {delivered} times: {reason}")
+            else:
+                log.warning("retrying %s (delivery %d): %s", msg.subject, delivered, reason)
+                await _quietly(msg.nak(delay=nak_delay(delivered)))
+        case _:
+            assert_never(decision)
+
+
+async def decide(msg: Msg, handler: Handler) -> Decision:
+    """Run a per-message handler: it returns (ack) or raises (see `failure_decision`)."""
     try:
         await handler(msg)
-    except ValidationError as exc:
-        # Name the failing fields, never the values: they may be a user's message.
-        where = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:5])
-        log.error("dead-lettering %s: invalid %s", msg.subject, exc.title)
-        await _dead_letter_then_term(js, msg, f"poison: invalid {exc.title}: {where}")
-        return
-    except PoisonMessageError as exc:
-        log.error("dead-lettering %s: %s", msg.subject, type(exc).__name__)
-        await _dead_letter_then_term(js, msg, f"poison: {exc}")
-        return
     except asyncio.CancelledError:
         await _quietly(msg.nak())
         raise
     except Exception as exc:
-        delivered = msg.metadata.num_delivered
-        if delivered >= max_deliver:
-            log.error("dead-lettering %s after %d deliveries: %r", msg.subject, delivered, exc)
-            await _dead_letter_then_term(js, msg, f"failed {delivered} times: {exc!r}")
-        else:
-            log.warning("retrying %s (delivery %d): %r", msg.subject, delivered, exc)
-            await _quietly(msg.nak(delay=nak_delay(delivered)))
-        return
-    await _quietly(msg.ack())
+        return failure_decision(exc)
+    return ACK
+
+
+async def decide_batch(msgs: Sequence[Msg], handler: BatchHandler) -> Sequence[Decision]:
+    """Run a batch handler; if it raises, the batch failed as a whole and every message is retried."""
+    try:
+        decisions = await handler(msgs)
+    except asyncio.CancelledError:
+        for msg in msgs:
+            await _quietly(msg.nak())
+        raise
+    except Exception as exc:
+        log.warning("a batch of %d messages failed: %r", len(msgs), exc)
+        return [Retry(repr(exc))] * len(msgs)
+    if len(decisions) != len(msgs):
+        reason = f"the batch handler decided {len(decisions)} of {len(msgs)} messages"
+        log.error("%s; retrying them all", reason)
+        return [Retry(reason)] * len(msgs)
+    return decisions
 
 
 async def _dead_letter_then_term(js: JetStreamContext, msg: Msg, reason: str) -> None:
@@ -126,13 +196,23 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
 
 
 async def run_pull_consumer(
-    js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event | None = None
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    handler: Handler | None = None,
+    stop: asyncio.Event | None = None,
+    *,
+    batch_handler: BatchHandler | None = None,
 ) -> None:
     """Fetch and settle messages until `stop` is set or the task is cancelled.
 
+    Give either `handler` (each message is settled as soon as it is handled) or
+    `batch_handler` (the messages of a fetch are settled once it has decided them all).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
+    if (handler is None) == (batch_handler is None):
+        raise TypeError("run_pull_consumer takes a handler or a batch_handler, exactly one")
+    loop = asyncio.get_running_loop()
     config = consumer_config(spec)
     try:
         # Create, or bring an existing durable to the declared configuration
@@ -162,10 +242,29 @@ async def run_pull_consumer(
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            for msg in msgs:
-                await settle(js, msg, handler, spec.max_deliver)
+            fetched_at = loop.time()
+            if batch_handler is not None:
+                decisions = await decide_batch(msgs, batch_handler)
+                for msg, decision in zip(msgs, decisions, strict=True):
+                    await settle(js, msg, decision, spec.max_deliver)
+            elif handler is not None:
+                for msg in msgs:
+                    await settle(js, msg, await decide(msg, handler), spec.max_deliver)
+            if len(msgs) < spec.batch:
+                await _linger(fetched_at + spec.linger_s - loop.time(), stop)
     finally:
         try:
             await sub.unsubscribe()
         except Exception:
             pass
+
+
+async def _linger(seconds: float, stop: asyncio.Event | None) -> None:
+    """Let the next batch grow for `seconds`; return at once when `stop` is set."""
+    if seconds <= 0:
+        return
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

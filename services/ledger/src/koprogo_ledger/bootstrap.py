@@ -15,7 +15,7 @@ from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
-from koprogo_ledger.entrypoints.nats_consumer import event_handler, ledger_consumer_spec
+from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
@@ -39,8 +39,9 @@ class Ledger:
         return PostgresProjectionUnitOfWork(self.pool)
 
     async def consume(self, stop: asyncio.Event) -> None:
-        """Project events until `stop` is set; the batch in hand is finished first."""
-        await run_pull_consumer(self.js, self.spec, event_handler(self.unit_of_work, stop), stop)
+        """Project events, a transaction per fetched batch, until `stop` is set; the batch in hand is finished."""
+        handler = event_batch_handler(self.unit_of_work, stop)
+        await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
 
     async def readiness(self) -> dict[str, bool]:
         return {"nats": self.nc.is_connected, "postgres": await self._postgres_answers()}

@@ -1,5 +1,7 @@
 """The projection's unit of work on PostgreSQL (asyncpg, one connection per transaction).
 
+Savepoints are asyncpg's nested transactions (`SAVEPOINT` / `ROLLBACK TO` / `RELEASE`).
+
 asyncpg's errors are translated here: values PostgreSQL can never store become
 `InvalidEventError`; a database that is down or restarting becomes `StoreUnavailableError`.
 """
@@ -7,8 +9,8 @@ asyncpg's errors are translated here: values PostgreSQL can never store become
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import astuple, fields
 from datetime import datetime
 from typing import Any
@@ -68,6 +70,9 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
         self._conn: asyncpg.Connection | None = None
         self._tx: Transaction | None = None
         self._committed = False
+        # A SAVEPOINT, RELEASE or ROLLBACK TO failed: what the transaction holds is unknown
+        # (PostgreSQL answers COMMIT of an aborted transaction with a silent ROLLBACK).
+        self._lost = False
 
     @property
     def _db(self) -> asyncpg.Connection:
@@ -77,6 +82,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
 
     async def _begin(self) -> None:
         self._committed = False
+        self._lost = False
         with _translated():
             self._conn = await self._pool.acquire()
             try:
@@ -105,9 +111,30 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
     async def commit(self) -> None:
         if self._tx is None:
             raise RuntimeError("no transaction to commit")
+        if self._lost:
+            raise RuntimeError("a savepoint failed: the transaction is not committed")
         with _translated():
             await self._tx.commit()
         self._committed = True
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        nested = self._db.transaction()  # inside the open transaction: a SAVEPOINT
+        await self._savepoint_step(nested.start)
+        try:
+            yield
+        except BaseException:
+            await self._savepoint_step(nested.rollback)
+            raise
+        await self._savepoint_step(nested.commit)
+
+    async def _savepoint_step(self, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            with _translated():
+                await step()
+        except BaseException:
+            self._lost = True
+            raise
 
     async def claim_event(self, event_id: str, event_type: str) -> bool:
         with _translated():

@@ -1,11 +1,14 @@
-"""The NATS side of the ledger: decode each KOPROGO_EVENTS message, project it, decide its fate.
+"""The NATS side of the ledger: project each fetched batch of KOPROGO_EVENTS, decide each message's fate.
 
-Decisions (taken by `koprogo_shared.consumer`): the handler returns -> ack (after the
-commit); a payload that is not a known ledger event, or an event PostgreSQL can never
-store -> dead-letter; an event whose predecessor is not applied yet -> NAK with back-off,
-dead-lettered after `max_deliver` deliveries. While PostgreSQL is unreachable the handler
-holds the message (telling JetStream it is in progress) instead of spending its
-deliveries: a database restart must not dead-letter the audit log.
+A batch is projected in one transaction, one savepoint per event, committed once; only
+then are its messages settled (by `koprogo_shared.consumer`). Per message: applied, a
+duplicate or ignored -> ack; a payload that is not a known ledger event, or an event
+PostgreSQL can never store -> dead-letter; an event whose predecessor is not applied yet
+-> NAK with back-off, dead-lettered after `max_deliver` deliveries. If the commit fails,
+nothing of the batch is acknowledged: every event is retried (applying one twice is a
+no-op). While PostgreSQL is unreachable the batch is held (JetStream is told it is in
+progress) instead of spending deliveries: a database restart must not dead-letter the
+audit log.
 """
 
 from __future__ import annotations
@@ -14,23 +17,32 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
-from koprogo_ledger.entrypoints.metrics import APPLY_SECONDS, EVENTS, FAILURES
+from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
-from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project
+from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
 from koprogo_ledger.settings import LedgerSettings
-from koprogo_shared.consumer import ConsumerSpec, Handler, PoisonMessageError
+from koprogo_shared.consumer import (
+    ACK,
+    BatchHandler,
+    ConsumerSpec,
+    Decision,
+    PoisonMessageError,
+    Retry,
+    failure_decision,
+)
 from koprogo_shared.events import ledger_event_adapter
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 
 HOLD_FIRST_WAIT_S = 0.5
-HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the message ours
+HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the messages ours
 
 
 def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
@@ -42,53 +54,76 @@ def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
         ack_wait_s=settings.ledger_ack_wait_s,
         max_deliver=settings.ledger_max_deliver,
         batch=settings.ledger_batch,
+        linger_s=settings.ledger_linger_s,
     )
 
 
-def event_handler(unit_of_work: UnitOfWorkFactory, stop: asyncio.Event) -> Handler:
-    """The message handler; no per-message logging (hot path), outcomes and failures are counted."""
+def event_batch_handler(unit_of_work: UnitOfWorkFactory, stop: asyncio.Event) -> BatchHandler:
+    """The batch handler; no per-message logging (hot path), outcomes and failures are counted."""
 
-    async def handle(msg: Msg) -> None:
-        try:
-            event = ledger_event_adapter.validate_json(msg.data)
-        except ValidationError:
-            FAILURES.labels("poison").inc()
-            raise
+    async def handle(msgs: Sequence[Msg]) -> list[Decision]:
+        decisions: list[Decision] = [ACK] * len(msgs)  # each decoded event's is set from its outcome below
+        decoded: list[tuple[int, LedgerEvent]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                decoded.append((i, ledger_event_adapter.validate_json(msg.data)))
+            except ValidationError as exc:
+                FAILURES.labels("poison").inc()
+                decisions[i] = failure_decision(exc)
+        if not decoded:
+            return decisions
+        events = [event for _, event in decoded]
         started = time.perf_counter()
         try:
-            outcome = await _project_holding_while_unavailable(event, unit_of_work, msg, stop)
-        except InvalidEventError as exc:
-            FAILURES.labels("poison").inc()
-            raise PoisonMessageError(f"event {event.id} ({event.type}): {exc}") from None
-        except Exception:
-            FAILURES.labels("transient").inc()
-            raise
-        APPLY_SECONDS.observe(time.perf_counter() - started)
-        EVENTS.labels(event.type, outcome.value).inc()
+            outcomes = await _project_holding_while_unavailable(events, unit_of_work, msgs, stop)
+        except Exception as exc:
+            # Not committed: nothing of the batch is kept, so nothing of it is acknowledged.
+            FAILURES.labels("transient").inc(len(events))
+            log.warning("a batch of %d events was not committed: %r", len(events), exc)
+            for i, _ in decoded:
+                decisions[i] = Retry(repr(exc))
+            return decisions
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_EVENTS.observe(len(events))
+        for (i, event), outcome in zip(decoded, outcomes, strict=True):
+            decisions[i] = _decision(event, outcome)
+        return decisions
 
     return handle
 
 
+def _decision(event: LedgerEvent, outcome: Projected | Exception) -> Decision:
+    if isinstance(outcome, Projected):
+        EVENTS.labels(event.type, outcome.value).inc()
+        return ACK
+    if isinstance(outcome, InvalidEventError):
+        FAILURES.labels("poison").inc()
+        return failure_decision(PoisonMessageError(f"event {event.id} ({event.type}): {outcome}"))
+    FAILURES.labels("transient").inc()
+    return failure_decision(outcome)
+
+
 async def _project_holding_while_unavailable(
-    event: LedgerEvent, unit_of_work: UnitOfWorkFactory, msg: Msg, stop: asyncio.Event
-) -> Projected:
+    events: list[LedgerEvent], unit_of_work: UnitOfWorkFactory, msgs: Sequence[Msg], stop: asyncio.Event
+) -> list[Projected | Exception]:
     wait = HOLD_FIRST_WAIT_S
     held = False
     while True:
         try:
-            outcome = await project(event, unit_of_work())
+            outcomes = await project_batch(events, unit_of_work())
         except StoreUnavailableError as exc:
             if stop.is_set():
-                raise  # NAK: whoever consumes next applies it
+                raise  # NAK: whoever consumes next applies them
             if not held:
-                log.warning("holding event %s: %s", event.id, exc)
+                log.warning("holding %d events from %s: %s", len(events), events[0].id, exc)
                 held = True
-            FAILURES.labels("unavailable").inc()
-            await msg.in_progress()
+            FAILURES.labels("unavailable").inc(len(events))
+            for msg in msgs:
+                await msg.in_progress()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             wait = min(wait * 2, HOLD_MAX_WAIT_S)
             continue
         if held:
-            log.info("PostgreSQL is back; event %s applied", event.id)
-        return outcome
+            log.info("PostgreSQL is back; %d held events projected", len(events))
+        return outcomes

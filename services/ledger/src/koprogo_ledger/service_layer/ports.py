@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -23,8 +24,9 @@ class ProjectionUnitOfWork(abc.ABC):
     """A transaction over the ledger's tables.
 
     Nothing is kept unless `commit()` is called inside the `async with` block; leaving the
-    block without it (or by an exception) rolls everything back. Adapters raise
-    `InvalidEventError` for values the database can never store.
+    block without it (or by an exception) rolls everything back. Inside it, `savepoint()`
+    blocks let one part fail without the rest. Adapters raise `InvalidEventError` for values
+    the database can never store and `StoreUnavailableError` when it cannot be reached.
     """
 
     async def __aenter__(self) -> Self:
@@ -44,7 +46,12 @@ class ProjectionUnitOfWork(abc.ABC):
         """Roll back unless committed, and release what `_begin` took."""
 
     @abc.abstractmethod
-    async def commit(self) -> None: ...
+    async def commit(self) -> None:
+        """Keep everything; raises (and keeps nothing) if a savepoint could not be undone."""
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A block whose writes are undone if it raises, the transaction going on without them."""
 
     @abc.abstractmethod
     async def claim_event(self, event_id: str, event_type: str) -> bool:

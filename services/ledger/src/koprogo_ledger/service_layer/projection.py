@@ -1,17 +1,23 @@
-"""Use case: apply one ledger event to the read models, exactly once.
+"""Use cases: apply ledger events to the read models, exactly once, alone or a batch at a time.
 
 The event's id is claimed in the same transaction as its effect, so a redelivered event
 finds its id taken and changes nothing, and a failed one leaves no trace and can be
-retried. Errors are the domain's: `NotYetProjectedError` (retry later) and
-`InvalidEventError` (never storable).
+retried. In a batch, each event has its own savepoint: one that fails is undone alone and
+the batch is committed once. Errors are the domain's: `NotYetProjectedError` (retry
+later), `InvalidEventError` (never storable), `StoreUnavailableError` (wait for the database).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import assert_never
 
-from koprogo_ledger.domain.errors import RequestNotYetProjectedError, ResponseNotYetProjectedError
+from koprogo_ledger.domain.errors import (
+    RequestNotYetProjectedError,
+    ResponseNotYetProjectedError,
+    StoreUnavailableError,
+)
 from koprogo_ledger.domain.records import (
     delivered_execution_info,
     failure_record,
@@ -37,11 +43,39 @@ class Projected(enum.Enum):
 async def project(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
     """Apply `event` in one transaction with its `applied_events` row."""
     async with uow:
-        if not await uow.claim_event(event.id, event.type):
-            return Projected.DUPLICATE
-        outcome = await _apply(event, uow)
-        await uow.commit()
+        outcome = await _claim_and_apply(event, uow)
+        if outcome is not Projected.DUPLICATE:
+            await uow.commit()
         return outcome
+
+
+async def project_batch(
+    events: Sequence[LedgerEvent], uow: ProjectionUnitOfWork
+) -> list[Projected | Exception]:
+    """Apply `events` in order in one transaction, each under its own savepoint; commit once.
+
+    Returns, per event, what applying it did or the error that undid it (the others are
+    kept: a completion after its request in the same batch finds it). Raises, keeping
+    nothing, `StoreUnavailableError` or whatever the commit raised.
+    """
+    outcomes: list[Projected | Exception] = []
+    async with uow:
+        for event in events:
+            try:
+                async with uow.savepoint():
+                    outcomes.append(await _claim_and_apply(event, uow))
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        await uow.commit()
+    return outcomes
+
+
+async def _claim_and_apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
+    if not await uow.claim_event(event.id, event.type):
+        return Projected.DUPLICATE
+    return await _apply(event, uow)
 
 
 async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:

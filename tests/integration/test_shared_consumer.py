@@ -1,0 +1,119 @@
+"""The shared consumer's batch path on real JetStream: decisions carried out, a failed batch acks nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from koprogo_shared import subjects
+from koprogo_shared.consumer import (
+    ACK,
+    BatchHandler,
+    ConsumerSpec,
+    DeadLetter,
+    Decision,
+    Retry,
+    run_pull_consumer,
+)
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+SUBJECT = "koprogo.events.tests.consumer"
+SPEC = ConsumerSpec(
+    stream=subjects.EVENTS_STREAM, durable="consumer-tests", filter_subject="koprogo.events.tests.>", batch=10
+)
+
+
+async def _published(js: JetStreamContext, *payloads: bytes) -> None:
+    await ensure_streams(js)
+    for payload in payloads:
+        await js.publish(SUBJECT, payload)
+
+
+@asynccontextmanager
+async def consuming(
+    js: JetStreamContext, handler: BatchHandler, spec: ConsumerSpec = SPEC
+) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pull_consumer(js, spec, stop=stop, batch_handler=handler))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
+async def _settled(js: JetStreamContext) -> bool:
+    info = await js.consumer_info(SPEC.stream, SPEC.durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0 and info.num_redelivered == 0
+
+
+async def test_a_batch_handler_that_raises_acknowledges_nothing(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    batches: list[list[tuple[bytes, int]]] = []
+
+    async def commit_fails_once(msgs: Sequence[Msg]) -> list[Decision]:
+        batches.append([(m.data, m.metadata.num_delivered) for m in msgs])
+        if len(batches) == 1:
+            raise ConnectionResetError("the commit failed")
+        return [ACK] * len(msgs)
+
+    try:
+        await _published(js, b"a", b"b", b"c")
+        async with consuming(js, commit_fails_once):
+            await wait_until(lambda: sum(len(b) for b in batches) >= 6)
+            await wait_until(lambda: _settled(js))
+    finally:
+        await nc.close()
+    assert batches[0] == [(b"a", 1), (b"b", 1), (b"c", 1)]
+    assert sorted(m for b in batches[1:] for m in b) == [(b"a", 2), (b"b", 2), (b"c", 2)]
+
+
+async def test_each_message_of_a_batch_is_settled_as_decided(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    seen: list[tuple[bytes, int]] = []
+    decide = {b"done": ACK, b"later": Retry("not yet"), b"never": DeadLetter("poison: test")}
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        seen.extend((m.data, m.metadata.num_delivered) for m in msgs)
+        return [decide[m.data] if m.metadata.num_delivered == 1 else ACK for m in msgs]
+
+    try:
+        await _published(js, b"done", b"later", b"never")
+        async with consuming(js, handler):
+            await wait_until(lambda: len(seen) == 4)
+            await wait_until(lambda: _settled(js))
+        dead = await js.get_msg(subjects.DEADLETTER_STREAM, 1)
+    finally:
+        await nc.close()
+    assert seen == [(b"done", 1), (b"later", 1), (b"never", 1), (b"later", 2)]
+    assert (dead.data, dead.headers["KoproGo-Dead-Reason"]) == (b"never", "poison: test")
+
+
+async def test_a_consumer_lingering_after_a_small_batch_stops_at_once(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    handled = asyncio.Event()
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        handled.set()
+        return [ACK] * len(msgs)
+
+    lingering = ConsumerSpec(
+        stream=SPEC.stream, durable=SPEC.durable, filter_subject=SPEC.filter_subject, batch=10, linger_s=60
+    )
+    try:
+        await _published(js, b"one")
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_pull_consumer(js, lingering, stop=stop, batch_handler=handler))
+        await asyncio.wait_for(handled.wait(), timeout=10)
+        stop.set()
+        await asyncio.wait_for(task, timeout=2)
+    finally:
+        await nc.close()

@@ -1,0 +1,129 @@
+"""Group commit against a fake unit of work: one transaction per batch, each event's fate its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from koprogo_ledger.domain.errors import InvalidEventError, RequestNotYetProjectedError, StoreUnavailableError
+from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
+from koprogo_ledger.service_layer.projection import Projected, project_batch
+from koprogo_shared.consumer import ACK, DeadLetter, Retry
+from koprogo_shared.events import Event
+from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
+from tests.unit.test_ledger_records import completed, requested
+
+
+class CommitFails(FakeUnitOfWork):
+    async def commit(self) -> None:
+        raise ConnectionResetError("the connection died during COMMIT")
+
+
+class DatabaseDown(FakeUnitOfWork):
+    async def _begin(self) -> None:
+        raise StoreUnavailableError("PostgreSQL unavailable (ConnectionRefusedError)")
+
+
+def down_once(ledger: FakeLedger) -> Callable[[], FakeUnitOfWork]:
+    """Units of work whose first cannot start, as when PostgreSQL is restarting."""
+    made: list[FakeUnitOfWork] = []
+
+    def make() -> FakeUnitOfWork:
+        made.append(FakeUnitOfWork(ledger) if made else DatabaseDown(ledger))
+        return made[-1]
+
+    return make
+
+
+def fake_msg(payload: Event | bytes) -> Any:
+    async def in_progress() -> None:
+        progress.append(1)
+
+    progress: list[int] = []
+    data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+    return SimpleNamespace(data=data, in_progress=in_progress, progress=progress)
+
+
+@pytest.fixture
+def ledger() -> FakeLedger:
+    return FakeLedger()
+
+
+async def test_a_request_and_its_completion_in_one_batch_are_both_applied_in_one_commit(
+    ledger: FakeLedger,
+) -> None:
+    request = requested()
+    outcomes = await project_batch([request, completed(request.id)], FakeUnitOfWork(ledger))
+    assert outcomes == [Projected.APPLIED, Projected.APPLIED]
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
+    assert ledger.commits == 1
+
+
+async def test_an_invalid_event_in_a_batch_is_undone_alone(ledger: FakeLedger) -> None:
+    first, second = requested(), requested()
+    invalid = requested().model_copy(update={"id": "request-42"})
+    outcomes = await project_batch([first, invalid, second], FakeUnitOfWork(ledger))
+    assert outcomes[0] is Projected.APPLIED and outcomes[2] is Projected.APPLIED
+    assert isinstance(outcomes[1], InvalidEventError)
+    assert ledger.applied == {first.id, second.id}, "the invalid event's claim was rolled back"
+    assert ledger.commits == 1
+
+
+async def test_a_completion_before_its_request_in_a_batch_is_retried_alone(ledger: FakeLedger) -> None:
+    request = requested()
+    answer = completed(request.id)
+    outcomes = await project_batch([answer, request, request], FakeUnitOfWork(ledger))
+    assert isinstance(outcomes[0], RequestNotYetProjectedError)
+    assert outcomes[1:] == [Projected.APPLIED, Projected.DUPLICATE]
+    assert ledger.applied == {request.id}
+
+
+async def test_a_batch_whose_commit_fails_keeps_nothing(ledger: FakeLedger) -> None:
+    request = requested()
+    with pytest.raises(ConnectionResetError):
+        await project_batch([request, completed(request.id)], CommitFails(ledger))
+    assert (ledger.applied, ledger.requests, ledger.commits) == (set(), {}, 0)
+
+
+async def test_a_batch_whose_commit_fails_has_none_of_its_events_acknowledged(ledger: FakeLedger) -> None:
+    request = requested()
+    msgs = [fake_msg(request), fake_msg(b"{not json"), fake_msg(completed(request.id))]
+    decisions = await event_batch_handler(lambda: CommitFails(ledger), asyncio.Event())(msgs)
+    assert [type(d) for d in decisions] == [Retry, DeadLetter, Retry]
+    assert isinstance(decisions[0], Retry) and "ConnectionResetError" in decisions[0].reason
+
+
+async def test_each_message_of_a_batch_gets_its_own_decision(ledger: FakeLedger) -> None:
+    request = requested()
+    orphan = completed(str(uuid.uuid4()))
+    invalid = requested().model_copy(update={"id": "request-42"})
+    msgs = [fake_msg(e) for e in (request, invalid, orphan, completed(request.id), request)]
+    decisions = await event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event())(msgs)
+    assert decisions[0] == ACK and decisions[3] == ACK and decisions[4] == ACK
+    assert isinstance(decisions[1], DeadLetter) and decisions[1].reason.startswith("poison: event request-42")
+    assert isinstance(decisions[2], Retry) and "is not in the ledger yet" in decisions[2].reason
+    assert ledger.commits == 1
+
+
+async def test_a_batch_is_held_while_postgres_is_down_then_acknowledged(ledger: FakeLedger) -> None:
+    request = requested()
+    answer = completed(request.id)
+    msgs = [fake_msg(request), fake_msg(answer)]
+    decisions = await event_batch_handler(down_once(ledger), asyncio.Event())(msgs)
+    assert decisions == [ACK, ACK]
+    assert [m.progress for m in msgs] == [[1], [1]], "JetStream was told the whole batch is in progress"
+    assert ledger.applied == {request.id, answer.id}
+
+
+async def test_a_batch_held_when_the_ledger_stops_is_retried_not_acknowledged(ledger: FakeLedger) -> None:
+    stop = asyncio.Event()
+    stop.set()
+    msgs = [fake_msg(requested())]
+    decisions = await event_batch_handler(down_once(ledger), stop)(msgs)
+    assert [type(d) for d in decisions] == [Retry]
+    assert ledger.applied == set()
