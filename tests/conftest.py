@@ -9,9 +9,12 @@ testcontainers; otherwise servers started here from the project's own dependenci
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -20,8 +23,9 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node
-from koprogo_shared.subjects import STREAMS
+from koprogo_shared.subjects import RATE_LIMIT_BUCKET, STREAMS
 
 
 def _containers_requested() -> bool:
@@ -98,7 +102,7 @@ async def _admin(server_url: str, sql: str, attempts: int = 5) -> None:
 
 @pytest.fixture
 async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
-    """NATS with none of KoproGo's streams: each test declares them afresh."""
+    """NATS with none of KoproGo's streams (nor the rate-limit bucket): each test declares them afresh."""
 
     async def drop() -> None:
         nc = await nats.connect(nats_url)
@@ -108,11 +112,68 @@ async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
                 await js.delete_stream(spec.name)
             except NotFoundError:
                 pass
+        try:
+            await js.delete_key_value(RATE_LIMIT_BUCKET)
+        except NotFoundError:
+            pass
         await nc.close()
 
     await drop()
     yield nats_url
     await drop()
+
+
+def make_content_keys(*key_ids: str) -> dict[str, str]:
+    """The environment of a fresh keyring: `CONTENT_KEYS` with a random key per id, the last one current."""
+    ids = key_ids or ("test-key-1",)
+    entries = ",".join(f"{kid}:{base64.b64encode(secrets.token_bytes(32)).decode()}" for kid in ids)
+    return {"CONTENT_KEYS": entries, "CONTENT_KEY_ID": ids[-1]}
+
+
+def settings_fields(env: dict[str, str]) -> dict[str, str]:
+    """Environment variables as settings keyword arguments (`CONTENT_KEYS` -> `content_keys`)."""
+    return {name.lower(): value for name, value in env.items()}
+
+
+# One keyring for the whole run: services started in-process and as subprocesses share it.
+TEST_CONTENT_KEYS = make_content_keys("test-key-1")
+
+
+@pytest.fixture(scope="session")
+def content_keys_env() -> dict[str, str]:
+    """The content keys every ledger (and gateway) under test gets, as environment variables."""
+    return dict(TEST_CONTENT_KEYS)
+
+
+@dataclass(frozen=True)
+class SecuredNats:
+    """A nats-server admitting only known nkeys, each with the permissions `koprogo up` writes."""
+
+    url: str
+    # "ledger", "router", "gateway", "admin", "node:<id>" -> seed file
+    seed_files: dict[str, Path]
+    keys_dir: Path
+
+
+# The edge nodes the secured server knows, with the models each may serve.
+SECURED_NODES = {"pi-1": ["smollm2:135m-instruct-q4"], "pi-2": ["llama3.2:3b"]}
+
+
+@pytest.fixture(scope="session")
+def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNats]:
+    """Always its own embedded server (NATS_URL's runs without authorization), keys minted as `koprogo up` does."""
+    keys_dir = tmp_path_factory.mktemp("nats-keys")
+    found = identities(keys_dir, SECURED_NODES)
+    server = EmbeddedNats(
+        tmp_path_factory.mktemp("nats-secured"),
+        port=free_port(),
+        monitor_port=free_port(),
+        authorization=render_authorization(found.users),
+    ).start()
+    try:
+        yield SecuredNats(server.url, found.seed_files, keys_dir)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

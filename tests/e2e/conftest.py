@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import httpx
@@ -23,7 +24,7 @@ from koprogo_node.settings import NodeSettings
 from koprogo_router.bootstrap import run_router
 from koprogo_router.settings import RouterSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from tests.conftest import wait_until
+from tests.conftest import settings_fields, wait_until
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RunningStack:
     database_url: str
     gateway_url: str
     client: httpx.AsyncClient
+    # One client per gateway replica, all on the same NATS; `client` is the first.
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
     _stops: list[asyncio.Event] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -81,18 +84,30 @@ async def _serve_gateway(settings: GatewaySettings, stop: asyncio.Event) -> None
 
 @pytest.fixture
 async def stack_factory(
-    clean_jetstream: str, database_url: str
+    clean_jetstream: str, database_url: str, content_keys_env: dict[str, str]
 ) -> AsyncIterator[Callable[..., Awaitable[RunningStack]]]:
     stacks: list[RunningStack] = []
 
-    async def make(*, edge_nodes: int = 1, chat_timeout_s: float = 60.0) -> RunningStack:
-        gateway_port = free_port()
-        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=90)
-        stack = RunningStack(clean_jetstream, database_url, f"http://127.0.0.1:{gateway_port}", client)
+    async def make(
+        *, edge_nodes: int = 1, chat_timeout_s: float = 60.0, gateways: int = 1, **gateway_settings: Any
+    ) -> RunningStack:
+        """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one."""
+        gateway_ports = [free_port() for _ in range(gateways)]
+        clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=90) for p in gateway_ports]
+        client = clients[0]
+        stack = RunningStack(
+            clean_jetstream, database_url, f"http://127.0.0.1:{gateway_ports[0]}", client, clients
+        )
         stacks.append(stack)
         await stack.start(
             lambda stop: run_ledger(
-                LedgerSettings(nats_url=clean_jetstream, database_url=database_url, ops_port=0), stop
+                LedgerSettings(
+                    nats_url=clean_jetstream,
+                    database_url=database_url,
+                    ops_port=0,
+                    **settings_fields(content_keys_env),
+                ),
+                stop,
             )
         )
         await wait_until(lambda: _schema_ready(database_url), timeout=30)
@@ -106,35 +121,39 @@ async def stack_factory(
             await stack.start(lambda stop, s=node_settings: run_node(s, stop))
         for port in node_ports:
             await wait_until(lambda port=port: _http_ok(f"http://127.0.0.1:{port}/ready"), timeout=60)
-        await stack.start(
-            lambda stop: _serve_gateway(
-                GatewaySettings(
-                    nats_url=clean_jetstream,
-                    database_url=database_url,
-                    gateway_port=gateway_port,
-                    chat_timeout_s=chat_timeout_s,
-                ),
-                stop,
+        for gateway_port in gateway_ports:
+            await stack.start(
+                lambda stop, gateway_port=gateway_port: _serve_gateway(
+                    GatewaySettings(
+                        nats_url=clean_jetstream,
+                        database_url=database_url,
+                        gateway_port=gateway_port,
+                        chat_timeout_s=chat_timeout_s,
+                        **gateway_settings,
+                    ),
+                    stop,
+                )
             )
-        )
 
-        async def bundled_model_available() -> bool:
+        async def bundled_model_available(client: httpx.AsyncClient) -> bool:
             try:
                 models = (await client.get("/mcp/v1/models")).json()["models"]
             except httpx.HTTPError:
                 return False
             return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)
 
-        if edge_nodes:
-            await wait_until(bundled_model_available, timeout=60)
-        else:
-            await wait_until(lambda: _gateway_up(client), timeout=30)
+        for each in clients:
+            if edge_nodes:
+                await wait_until(lambda each=each: bundled_model_available(each), timeout=60)
+            else:
+                await wait_until(lambda each=each: _gateway_up(each), timeout=30)
         return stack
 
     yield make
     for stack in stacks:
-        with contextlib.suppress(Exception):
-            await stack.client.aclose()
+        for each in stack.clients:
+            with contextlib.suppress(Exception):
+                await each.aclose()
         await stack.stop_all()
 
 

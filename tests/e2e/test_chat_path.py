@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import nats
 import pytest
 
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE
+from koprogo_shared.content_crypto import Keyring, decrypt_request_messages, decrypt_response_content
 from koprogo_shared.events import NodeHeartbeat
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
 from tests.integration.edge_support import node_process
+from tests.integration.ledger_support import dump_of_contents_tables, readable_in
 
 COPRO = "550e8400-e29b-41d4-a716-446655440000"
 SEED_MODELS = {
@@ -44,9 +47,12 @@ def chat_body(content: str = "Bonjour, résume ce PV en une phrase.", **extra: A
     }
 
 
-async def test_chat_round_trip_answers_in_the_seeds_shape_from_the_edge(stack_factory: StackFactory) -> None:
+async def test_chat_round_trip_answers_in_the_seeds_shape_from_the_edge(
+    stack_factory: StackFactory, content_keys_env: dict[str, str]
+) -> None:
     stack = await stack_factory()
-    response = await stack.client.post("/mcp/v1/chat", json=chat_body())
+    question = "Bonjour, résume ce PV en une phrase. Le digicode du local vélos est 7731."
+    response = await stack.client.post("/mcp/v1/chat", json=chat_body(question))
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"id", "model", "content", "finish_reason", "usage", "execution_info"}
@@ -63,6 +69,31 @@ async def test_chat_round_trip_answers_in_the_seeds_shape_from_the_edge(stack_fa
     assert info["co2_grams"] > 0  # the test node declares no renewable supply
 
     await wait_until(lambda: _stats_total(stack, 1), timeout=15)
+    await _assert_contents_sealed(stack, content_keys_env, question, body["content"])
+
+
+async def _assert_contents_sealed(
+    stack: RunningStack, keys_env: dict[str, str], question: str, answer: str
+) -> None:
+    """PostgreSQL holds neither the question nor the answer in a readable form; the keyring opens both."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        dump = await dump_of_contents_tables(conn)
+        request = await conn.fetchrow("SELECT id, messages_ciphertext, key_id FROM mcp_requests")
+        reply = await conn.fetchrow("SELECT id, content_ciphertext, key_id FROM mcp_responses")
+    finally:
+        await conn.close()
+    # A very short answer could match bytes of a uuid or a model name by chance; the bundled model says more.
+    for text in (question, "7731", *([answer.strip()] if len(answer.strip()) >= 12 else [])):
+        assert not readable_in(dump, text), text
+    keyring = Keyring.parse(keys_env["CONTENT_KEYS"], keys_env["CONTENT_KEY_ID"])
+    messages = decrypt_request_messages(
+        keyring, request["key_id"], request["messages_ciphertext"], request["id"]
+    )
+    assert messages == [{"role": "user", "content": question}]
+    assert (
+        decrypt_response_content(keyring, reply["key_id"], reply["content_ciphertext"], reply["id"]) == answer
+    )
 
 
 async def _stats_total(stack: RunningStack, expected: int) -> bool:
@@ -106,6 +137,13 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("unknown field", chat_body(prompt="x")),
     ("max_tokens as a string", chat_body(max_tokens="48")),
     ("temperature as a boolean", chat_body(temperature=True)),
+    # Input limits (CHAT_MAX_MESSAGES, CHAT_MAX_MESSAGE_CHARS, CHAT_MAX_TOTAL_CHARS), each under 1 MiB.
+    ("257 messages", chat_body() | {"messages": [{"role": "user", "content": "hi"}] * 257}),
+    ("a message of 200 001 characters", chat_body("x" * 200_001)),
+    (
+        "400 001 characters in all",
+        chat_body() | {"messages": [{"role": "user", "content": "y" * 133_334}] * 3},
+    ),
 ]
 
 
@@ -135,6 +173,46 @@ async def test_bad_bodies_get_a_clear_422_and_nothing_reaches_nats(stack_factory
         assert seen == []
         info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
         assert info.state.messages == 0
+    finally:
+        await nc.close()
+
+
+async def test_a_body_over_the_size_limit_is_413_before_parsing_and_nothing_reaches_nats(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(edge_nodes=0)
+    nc = await nats.connect(stack.nats_url)
+    seen: list[str] = []
+
+    async def record(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await nc.subscribe("koprogo.events.>", cb=record)
+    await nc.subscribe("koprogo.work.>", cb=record)
+    huge = chat_body("z" * (8 * 1024 * 1024))
+
+    async def in_chunks() -> AsyncIterator[bytes]:
+        # No Content-Length: the gateway has to count as the body streams in.
+        for _ in range(40):
+            yield b"x" * 65536
+
+    try:
+        declared = await stack.client.post("/mcp/v1/chat", json=huge)
+        chunked = await stack.client.post(
+            "/mcp/v1/chat", content=in_chunks(), headers={"content-type": "application/json"}
+        )
+        for response in (declared, chunked):
+            assert response.status_code == 413, response.text
+            assert response.json() == {
+                "error": "request_too_large",
+                "message": "the request body is larger than 1048576 bytes",
+            }
+        assert "content-length" not in chunked.request.headers
+        # The gateway still answers on a fresh connection afterwards.
+        assert (await stack.client.get("/health")).status_code == 200
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        assert seen == []
     finally:
         await nc.close()
 

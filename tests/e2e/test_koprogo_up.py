@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import nats
+import nats.errors
+import pytest
 
 from koprogo_cli.embedded import free_port
+from koprogo_cli.secrets import content_keys_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 
@@ -25,7 +32,12 @@ def koprogo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    # Without CONTENT_KEYS*: `koprogo up` makes the content keys itself, in the data folder.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NATS_URL", "DATABASE_URL") and not k.startswith("CONTENT_KEY")
+    }
     port = free_port()
     data = str(tmp_path / "data")
     url = f"http://127.0.0.1:{port}"
@@ -41,6 +53,15 @@ def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
         chat = httpx.post(f"{url}/mcp/v1/chat", json=body, timeout=120)
         assert chat.status_code == 200, chat.text
         assert chat.json()["execution_info"]["execution_type"] == "edge"
+        assert_nats_admits_only_the_stacks_own_keys(Path(data))
+        # The router's refusal path, within its permissions too (no node serves this model).
+        unserved = httpx.post(
+            f"{url}/mcp/v1/chat", json=body | {"model": "mistral:7b-instruct-q4"}, timeout=30
+        )
+        assert unserved.status_code == 503, unserved.text
+        keys_file = content_keys_path(Path(data))
+        assert keys_file.stat().st_mode & 0o777 == 0o600
+        keys_before = keys_file.read_text()
         down = koprogo("down", "--data-dir", data, env=env)
         assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
         assert not Path(data, "koprogo.pid").exists()
@@ -53,8 +74,30 @@ def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the first run's chat is missing after the restart"
             time.sleep(0.2)
         assert stats["total_requests"] == 1
+        assert keys_file.read_text() == keys_before, "a restart reuses the content keys, never replaces them"
         assert stats["total_tokens"] == chat.json()["usage"]["total_tokens"]
     finally:
         koprogo("down", "--data-dir", data, env=env)
     log = Path(data, "koprogo.log").read_text()
     assert log.count("stopped") == 2
+    # Every service did all its work within its NATS permissions.
+    for service_log in Path(data, "logs").glob("*.log"):
+        text = service_log.read_text(errors="replace").lower()
+        assert "permissions violation" not in text and "authorization violation" not in text, service_log
+
+
+def assert_nats_admits_only_the_stacks_own_keys(data: Path) -> None:
+    """The embedded server requires the nkeys minted under data/secrets/nats (mode 0600)."""
+    config = (data / "nats" / "nats-server.conf").read_text()
+    assert "sync_interval: always" in config and "authorization {" in config
+    keys_dir = data / "secrets" / "nats"
+    seeds = sorted(str(p.relative_to(keys_dir)) for p in keys_dir.rglob("*.nk"))
+    nodes = [seed for seed in seeds if seed.startswith("nodes/")]
+    assert sorted(set(seeds) - set(nodes)) == ["admin.nk", "gateway.nk", "ledger.nk", "router.nk"]
+    assert len(nodes) == 1, nodes  # the bundled node's
+    for seed in seeds:
+        assert stat.S_IMODE((keys_dir / seed).stat().st_mode) == 0o600
+    found = re.search(r"^port: (\d+)$", config, re.MULTILINE)
+    assert found is not None
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        asyncio.run(nats.connect(f"nats://127.0.0.1:{found[1]}", allow_reconnect=False, connect_timeout=5))

@@ -32,6 +32,7 @@ from koprogo_shared.events import (
     Usage,
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from tests.conftest import TEST_CONTENT_KEYS, settings_fields
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -183,8 +184,24 @@ async def publish_beforehand(nats_url: str, *items: Event | tuple[str, bytes]) -
         await nc.close()
 
 
+async def dump_of_contents_tables(db: asyncpg.Pool | asyncpg.Connection) -> str:
+    """Every column of every row of `mcp_requests` and `mcp_responses`, as a dump shows them (bytea in hex)."""
+    rows = await db.fetch(
+        "SELECT row_to_json(t)::text AS row FROM mcp_requests AS t"
+        " UNION ALL SELECT row_to_json(t)::text FROM mcp_responses AS t"
+    )
+    return "\n".join(r["row"] for r in rows)
+
+
+def readable_in(dump: str, text: str) -> bool:
+    """`text` appears in the dump as text, or as the hex of its bytes (inside a bytea)."""
+    return text.lower() in dump.lower() or text.encode().hex() in dump.lower()
+
+
 def ledger_settings(database_url: str, nats_url: str, **overrides: Any) -> LedgerSettings:
-    return LedgerSettings(database_url=database_url, nats_url=nats_url, ops_port=0, **overrides)
+    """A ledger's settings for a test: no ops port, the run's test content keys unless overridden."""
+    fields = {"ops_port": 0, **settings_fields(TEST_CONTENT_KEYS), **overrides}
+    return LedgerSettings(database_url=database_url, nats_url=nats_url, **fields)
 
 
 @asynccontextmanager

@@ -13,7 +13,8 @@ from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOf
 from koprogo_ledger.domain.errors import ResponseNotYetProjectedError
 from koprogo_ledger.service_layer.projection import Projected, project
 from koprogo_shared import subjects
-from tests.conftest import wait_until
+from koprogo_shared.content_crypto import Keyring
+from tests.conftest import TEST_CONTENT_KEYS, wait_until
 from tests.integration.ledger_support import (
     chat_completed,
     chat_delivered,
@@ -24,6 +25,8 @@ from tests.integration.ledger_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+KEYRING = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"])
 
 
 async def test_an_event_redelivered_by_jetstream_is_projected_once(
@@ -57,7 +60,8 @@ async def test_an_event_projected_twice_directly_is_applied_once(database_url: s
         request = chat_requested("copro-b")
         answer = chat_completed(request, execution_type="cloud", prompt_tokens=100, completion_tokens=5)
         outcomes = [
-            await project(e, PostgresProjectionUnitOfWork(pool)) for e in (request, answer, request, answer)
+            await project(e, PostgresProjectionUnitOfWork(pool, KEYRING))
+            for e in (request, answer, request, answer)
         ]
         row = await pool.fetchrow(
             "SELECT r.status, r.copro_id, r.completed_at, s.total_tokens, s.copro_id AS response_copro"
@@ -84,14 +88,14 @@ async def test_a_delivery_before_its_completion_leaves_no_trace_until_it_can_app
             await apply_migrations(conn)
         request = chat_requested()
         delivered = chat_delivered(request, latency_ms=1234.0)
-        await project(request, PostgresProjectionUnitOfWork(pool))
+        await project(request, PostgresProjectionUnitOfWork(pool, KEYRING))
         with pytest.raises(ResponseNotYetProjectedError):
-            await project(delivered, PostgresProjectionUnitOfWork(pool))
+            await project(delivered, PostgresProjectionUnitOfWork(pool, KEYRING))
         assert (
             await pool.fetchval("SELECT count(*) FROM applied_events WHERE event_id = $1", delivered.id) == 0
         )
-        await project(chat_completed(request, latency_ms=300.0), PostgresProjectionUnitOfWork(pool))
-        assert await project(delivered, PostgresProjectionUnitOfWork(pool)) is Projected.APPLIED
+        await project(chat_completed(request, latency_ms=300.0), PostgresProjectionUnitOfWork(pool, KEYRING))
+        assert await project(delivered, PostgresProjectionUnitOfWork(pool, KEYRING)) is Projected.APPLIED
         info = await pool.fetchval("SELECT execution_info FROM mcp_responses")
     finally:
         await pool.close()
@@ -203,5 +207,5 @@ async def test_two_ledgers_started_together_migrate_once_and_share_the_work(
             "SELECT count(*) AS n, sum(completion_tokens) AS tokens FROM mcp_responses"
         )
         assert await ledger.dead_letters() == []
-    assert [v["version"] for v in versions] == [1, 2]
+    assert [v["version"] for v in versions] == [1, 2, 3]
     assert (totals["n"], totals["tokens"]) == (30, sum(range(30)))

@@ -21,12 +21,13 @@ SEED_COLUMNS = {
     },
     "mcp_requests": {
         "id", "model", "messages", "context", "max_tokens", "temperature", "stream", "user_id", "created_at",
-        "copro_id", "status", "error", "completed_at",
+        "copro_id", "status", "error", "completed_at", "messages_ciphertext", "key_id", "contents_purged_at",
     },
     "mcp_responses": {
         "id", "request_id", "model", "content", "finish_reason", "prompt_tokens", "completion_tokens",
         "total_tokens", "execution_info", "created_at",
         "execution_type", "node_id", "latency_ms", "co2_grams", "co2_saved_grams", "copro_id",
+        "content_ciphertext", "key_id", "contents_purged_at",
     },
     "mcp_tasks": {
         "id", "task_type", "input_data", "copro_id", "status", "result", "assigned_node", "created_at",
@@ -80,9 +81,13 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
-    assert first == [m.version for m in load_migrations()] == [1, 2]
+    assert first == [m.version for m in load_migrations()] == [1, 2, 3]
     assert second == []
-    assert [(r["version"], r["name"]) for r in recorded] == [(1, "seed_schema"), (2, "ledger_projection")]
+    assert [(r["version"], r["name"]) for r in recorded] == [
+        (1, "seed_schema"),
+        (2, "ledger_projection"),
+        (3, "contents_encrypted"),
+    ]
     for table, expected in SEED_COLUMNS.items():
         assert expected <= columns.get(table, set()), table
     for table, key in INDEXED:
@@ -97,8 +102,8 @@ async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(databa
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(v for applied in results for v in applied) == [1, 2]
-    assert count == 2
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
+    assert count == 3
 
 
 async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
@@ -119,7 +124,7 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
             " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
             json.dumps(info),
         )
-        assert await apply_migrations(conn) == [1, 2]
+        assert await apply_migrations(conn) == [1, 2, 3]
         row = await conn.fetchrow(
             "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
         )

@@ -14,7 +14,7 @@ import pytest
 from koprogo_cli.embedded import EmbeddedPostgres, free_port
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
-from tests.conftest import wait_until
+from tests.conftest import TEST_CONTENT_KEYS, wait_until
 from tests.integration.ledger_support import (
     chat_completed,
     chat_delivered,
@@ -64,7 +64,13 @@ async def test_the_console_script_serves_ops_and_stops_cleanly_on_sigterm(
 ) -> None:
     port = free_port()
     script = Path(sys.executable).parent / "koprogo-ledger"
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": clean_jetstream, "OPS_PORT": str(port)}
+    env = {
+        **os.environ,
+        **TEST_CONTENT_KEYS,
+        "DATABASE_URL": database_url,
+        "NATS_URL": clean_jetstream,
+        "OPS_PORT": str(port),
+    }
     log_path = tmp_path / "ledger.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(str(script), env=env, stdout=log, stderr=log)

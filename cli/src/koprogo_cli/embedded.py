@@ -29,7 +29,7 @@ jetstream {{
   # power loss (Jepsen, 2025), and a Pi on a solar panel loses power.
   sync_interval: always
 }}
-"""
+{authorization}"""
 
 
 class EmbeddedServerError(RuntimeError):
@@ -81,6 +81,8 @@ class EmbeddedNats:
     data_dir: Path
     port: int = 4222
     monitor_port: int = 8222
+    # An `authorization { users = [...] }` block (koprogo_cli.nats_auth); empty: no authentication.
+    authorization: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -92,7 +94,10 @@ class EmbeddedNats:
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(
             NATS_CONFIG.format(
-                port=self.port, monitor_port=self.monitor_port, store_dir=self.data_dir / "jetstream"
+                port=self.port,
+                monitor_port=self.monitor_port,
+                store_dir=self.data_dir / "jetstream",
+                authorization=self.authorization,
             )
         )
         log = self.data_dir / "nats-server.log"

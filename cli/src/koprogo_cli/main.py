@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
 from koprogo_cli.stack import NODE_PORT, Stack, StackError, preferred_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
@@ -176,6 +177,57 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
+def _keys_dir(args: argparse.Namespace) -> Path:
+    return Path(args.keys_dir).resolve() if args.keys_dir else _data_dir(args) / "secrets" / "nats"
+
+
+def cmd_nats_node_key(args: argparse.Namespace) -> int:
+    """Mint (once) an edge node's nkey and print its `users` entry for the NATS server."""
+    try:
+        user, seed_file = node_user(_keys_dir(args), args.node_id, args.model)
+    except NatsAuthError as exc:
+        print(f"koprogo nats-node-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"seed: {seed_file}")
+    print(
+        f"# On the node (copy the seed there, mode 0600): NATS_NKEY_SEED_FILE=<its path> NODE_ID={args.node_id}\n"
+        "# Add this entry to `authorization { users = [...] }` in the NATS server's configuration\n"
+        "# (deploy/nats/authorization.conf), then reload the server (nats-server --signal reload):"
+    )
+    print(render_user(user))
+    return 0
+
+
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    """Mint (once) every service's nkey and the given nodes', and write the `authorization` block."""
+    nodes: dict[str, list[str]] = {}
+    for item in args.node:
+        node_id, _, model = item.partition("=")
+        if not model:
+            print(f"koprogo nats-config: --node {item!r}: use NODE_ID=MODEL", file=sys.stderr)
+            return 2
+        nodes.setdefault(node_id, []).append(model)
+    keys_dir = _keys_dir(args)
+    try:
+        found = identities(keys_dir, nodes)
+    except NatsAuthError as exc:
+        print(f"koprogo nats-config: {exc}", file=sys.stderr)
+        return 2
+    text = (
+        "# Written by `koprogo nats-config`; included by deploy/nats/nats-server.conf.\n"
+        + render_authorization(found.users)
+    )
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    for name, seed_file in found.seed_files.items():
+        user = "the operator's own (nats CLI: --nkey); give it to no service" if name == "admin" else name
+        print(f"{user}: NATS_NKEY_SEED_FILE={seed_file}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koprogo", description="KoproGo Symbiose on one machine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +245,33 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="ask the gateway whether it is ready")
     health.add_argument("--url", default=os.environ.get("KOPROGO_URL", "http://127.0.0.1:8080"))
     health.set_defaults(func=cmd_health)
+    keys_help = "where the nkey seeds live (default <data dir>/secrets/nats)"
+    node_key = sub.add_parser(
+        "nats-node-key",
+        help="mint an edge node's NATS nkey and print the permissions entry for the NATS server",
+    )
+    node_key.add_argument("--node-id", required=True, help="the node's NODE_ID (its heartbeat subject)")
+    node_key.add_argument(
+        "--model", action="append", required=True, help="a model id the node serves (repeat for several)"
+    )
+    node_key.add_argument("--keys-dir", help=keys_help)
+    node_key.add_argument("--data-dir")
+    node_key.set_defaults(func=cmd_nats_node_key)
+    config = sub.add_parser(
+        "nats-config",
+        help="mint the services' NATS nkeys (and nodes') and write the server's authorization block",
+    )
+    config.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NODE_ID=MODEL",
+        help="an edge node and a model it serves (repeat for several)",
+    )
+    config.add_argument("--out", default="-", help="the file to write (default: standard output)")
+    config.add_argument("--keys-dir", help=keys_help)
+    config.add_argument("--data-dir")
+    config.set_defaults(func=cmd_nats_config)
     return parser
 
 

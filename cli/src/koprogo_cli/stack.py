@@ -2,13 +2,16 @@
 
 Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
 then the ledger (it owns the migrations), the router, the edge node with the bundled
-model and the gateway. Ctrl-C (or SIGTERM) stops everything in reverse order. The data
-lives under the data folder, so a restart keeps it.
+model and the gateway. The embedded nats-server admits only the stack's own nkeys (minted
+once under <data>/secrets/nats/), each service with its own key and permissions. Ctrl-C
+(or SIGTERM) stops everything in reverse order. The data lives under the data folder, so a
+restart keeps it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +24,10 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
+from koprogo_cli.nats_auth import NatsAuthError, identities, render_authorization
+from koprogo_cli.secrets import ensure_content_keyring
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.content_crypto import ContentKeyError
 
 GATEWAY_PORT = 8080
 NODE_PORT = 3031
@@ -49,6 +56,14 @@ def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def bundled_node_id() -> str:
+    """The bundled node's id: $NODE_ID, or stable per host (its NATS permissions name it)."""
+    if node_id := os.environ.get("NODE_ID"):
+        return node_id
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "node"
+    return f"{host}-bundled"
+
+
 @dataclass
 class Service:
     name: str
@@ -70,6 +85,9 @@ class Stack:
     nats: EmbeddedNats | None = field(default=None, init=False)
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     services: list[Service] = field(default_factory=list, init=False)
+    # Identity -> nkey seed file, for the embedded nats-server only (empty with NATS_URL).
+    nats_seed_files: dict[str, Path] = field(default_factory=dict, init=False)
+    node_id: str = field(default_factory=bundled_node_id, init=False)
 
     @property
     def gateway_url(self) -> str:
@@ -80,11 +98,17 @@ class Stack:
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
         database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
         base_env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        content_keys = self._content_keys()
         self._launch(
             Service(
                 "ledger",
                 [_script("koprogo-ledger")],
-                {**base_env, "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT))},
+                {
+                    **base_env,
+                    **content_keys,
+                    **self._nats_identity("ledger"),
+                    "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT)),
+                },
                 "",
                 niceness=10,
             )
@@ -93,7 +117,11 @@ class Stack:
             Service(
                 "router",
                 [_script("koprogo-router")],
-                {**base_env, "OPS_PORT": str(preferred_port(ROUTER_OPS_PORT))},
+                {
+                    **base_env,
+                    **self._nats_identity("router"),
+                    "OPS_PORT": str(preferred_port(ROUTER_OPS_PORT)),
+                },
                 "",
             )
         )
@@ -101,7 +129,12 @@ class Stack:
             Service(
                 "edge-node",
                 [_script("koprogo-node"), "--port", str(self.node_port)],
-                base_env,
+                {
+                    **base_env,
+                    **self._nats_identity(f"node:{self.node_id}"),
+                    "NODE_ID": self.node_id,
+                    "NODE_MODEL": BUNDLED_MODEL_ID,
+                },
                 f"http://127.0.0.1:{self.node_port}/ready",
             )
         )
@@ -109,7 +142,12 @@ class Stack:
             Service(
                 "gateway",
                 [_script("koprogo-gateway")],
-                {**base_env, "GATEWAY_PORT": str(self.gateway_port)},
+                {
+                    **base_env,
+                    **content_keys,
+                    **self._nats_identity("gateway"),
+                    "GATEWAY_PORT": str(self.gateway_port),
+                },
                 f"{self.gateway_url}/ready",
             )
         )
@@ -117,10 +155,38 @@ class Stack:
             self._wait_ready(service)
 
     def _start_nats(self) -> str:
+        try:
+            stack_identities = identities(
+                self.data_dir / "secrets" / "nats", {self.node_id: [BUNDLED_MODEL_ID]}
+            )
+        except NatsAuthError as exc:
+            raise StackError(f"NATS identities: {exc}") from None
+        self.nats_seed_files = stack_identities.seed_files
         port = preferred_port(4222)
-        self.nats = EmbeddedNats(self.data_dir / "nats", port=port, monitor_port=preferred_port(8222)).start()
-        self.log(f"nats-server (embedded, JetStream on, fsync always) at {self.nats.url}")
+        self.nats = EmbeddedNats(
+            self.data_dir / "nats",
+            port=port,
+            monitor_port=preferred_port(8222),
+            authorization=render_authorization(stack_identities.users),
+        ).start()
+        self.log(
+            f"nats-server (embedded, JetStream on, fsync always, {len(stack_identities.users)} nkey "
+            f"identities in {self.data_dir / 'secrets' / 'nats'}) at {self.nats.url}"
+        )
         return self.nats.url
+
+    def _content_keys(self) -> dict[str, str]:
+        """The ledger's and the gateway's content keys: the operator's, or <data>/secrets/content-keys."""
+        try:
+            return ensure_content_keyring(self.data_dir)
+        except ContentKeyError as exc:
+            raise StackError(f"content keys: {exc}") from None
+
+    def _nats_identity(self, name: str) -> dict[str, str]:
+        """The environment that hands a service its own nkey (nothing for a server given by NATS_URL)."""
+        if not self.nats_seed_files:
+            return {}
+        return {"NATS_NKEY_SEED_FILE": str(self.nats_seed_files[name])}
 
     def _start_postgres(self) -> str:
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=preferred_port(5432)).start()

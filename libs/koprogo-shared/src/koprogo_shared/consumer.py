@@ -184,7 +184,11 @@ class ConsumerStoppedError(RuntimeError):
 
 
 def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
+    # `name` makes nats-py create it on `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`,
+    # where the server checks the filter against the subject: a node allowed only its own
+    # model's subject there cannot give its durable another model's filter.
     return js_api.ConsumerConfig(
+        name=spec.durable,
         durable_name=spec.durable,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=spec.ack_wait_s,

@@ -1,27 +1,69 @@
-"""The one NATS helper: connect, declare streams, publish events with de-duplication ids."""
+"""The one NATS helper: connect (with the identity's nkey), declare or await streams, publish events.
+
+Each service and each edge node has its own nkey (a user seed in a file, `NATS_NKEY_SEED_FILE`);
+the server's configuration gives each public key its subject permissions (see
+`koprogo_cli.nats_auth`). Without a seed file the client connects anonymously, as a
+development server without authorization expects.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import nats
+import nkeys
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from koprogo_shared.events import Event
-from koprogo_shared.subjects import STREAMS, StreamSpec
+from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 
 log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 5
 
 
-async def connect_nats(url: str, name: str) -> tuple[NATS, JetStreamContext]:
-    """Connect with unlimited reconnects; errors are logged, never swallowed silently."""
+class NatsCredentialsError(RuntimeError):
+    """The nkey seed file is unreadable or does not hold a NATS user seed."""
+
+
+def nkey_public_key(seed_file: Path) -> str:
+    """The public key (`U...`) of the user seed in `seed_file`; raises NatsCredentialsError."""
+    try:
+        seed = bytearray(seed_file.read_bytes().strip())
+    except OSError as exc:
+        raise NatsCredentialsError(f"cannot read the NATS nkey seed {seed_file}: {exc.strerror}") from None
+    try:
+        key_pair = nkeys.from_seed(seed)
+        public_key = key_pair.public_key.decode()
+        key_pair.wipe()
+    except (nkeys.NkeysError, ValueError):
+        raise NatsCredentialsError(f"{seed_file} does not hold a NATS nkey seed") from None
+    if not public_key.startswith("U"):
+        raise NatsCredentialsError(f"{seed_file} holds a seed for a {public_key[0]} key, not for a user (U)")
+    return public_key
+
+
+async def connect_nats(
+    url: str, name: str, *, nkey_seed_file: Path | None = None
+) -> tuple[NATS, JetStreamContext]:
+    """Connect with unlimited reconnects; errors are logged, never swallowed silently.
+
+    With `nkey_seed_file` the client proves it holds that nkey (the seed never leaves the
+    process) and takes its replies under `_INBOX.<public key>`, the only inbox its
+    permissions let it read. A key the server does not know is refused at every attempt
+    (logged as an authorization violation) until the server's configuration lists it.
+    """
+    credentials: dict[str, Any] = {}
+    if nkey_seed_file is not None:
+        public_key = nkey_public_key(nkey_seed_file)
+        credentials = {"nkeys_seed": str(nkey_seed_file), "inbox_prefix": inbox_prefix(public_key)}
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error (%s): %s", name, exc)
@@ -41,6 +83,7 @@ async def connect_nats(url: str, name: str) -> tuple[NATS, JetStreamContext]:
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        **credentials,
     )
     return nc, nc.jetstream(timeout=5)
 
@@ -61,7 +104,11 @@ def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream, or bring an existing one to the declared configuration."""
+    """Create every stream, or bring an existing one to the declared configuration.
+
+    Only the ledger and the router (and an operator) may: their permissions allow stream
+    create/update; the gateway and the nodes `wait_for_streams` instead.
+    """
     for spec in STREAMS:
         config = _stream_config(spec)
         try:
@@ -74,6 +121,28 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 await js.update_stream(config)
         else:
             await js.update_stream(config)
+
+
+async def wait_for_streams(js: JetStreamContext, names: Iterable[str], *, poll_s: float = 0.5) -> None:
+    """Return once every named stream exists, for identities that may not declare streams.
+
+    A node may start before the ledger or the router has declared them (a Pi boots first).
+    Timeouts are retried too: a permission missing from the server's configuration shows
+    in the log as a permissions violation while this waits.
+    """
+    for name in names:
+        said = False
+        while True:
+            try:
+                await js.stream_info(name)
+                break
+            except NotFoundError:
+                if not said:
+                    log.info("waiting for stream %s (the ledger or the router declares it)", name)
+                    said = True
+            except (TimeoutError, nats.errors.TimeoutError):
+                log.warning("no answer about stream %s; asking again", name)
+            await asyncio.sleep(poll_s)
 
 
 def event_headers(event: Event) -> dict[str, str]:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from koprogo_shared.content_crypto import Keyring
 
 
 class ServiceSettings(BaseSettings):
@@ -11,6 +18,37 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # This identity's nkey (a user seed file, mode 0600); unset: connect without credentials.
+    nats_nkey_seed_file: Path | None = None
     log_level: str = "INFO"
     ops_host: str = "127.0.0.1"
     ops_port: int = 0  # /health, /ready and /metrics; 0 disables the ops server
+
+    @field_validator("nats_nkey_seed_file", mode="before")
+    @classmethod
+    def _no_seed_file_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class ContentKeySettings(ServiceSettings):
+    """For services that seal or open stored message contents (`koprogo_shared.content_crypto`).
+
+    `CONTENT_KEYS_FILE` (a keys file, as `koprogo up` writes) or `CONTENT_KEYS`
+    (`kid:base64key,...`); `CONTENT_KEY_ID` picks the current key (default: the last listed).
+    """
+
+    content_keys: SecretStr | None = None
+    content_keys_file: Path | None = None
+    content_key_id: str | None = None
+
+    @field_validator("content_keys", "content_keys_file", "content_key_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def content_keyring(self) -> Keyring:
+        """The keyring; raises `ContentKeyError` with what to set when it is missing or malformed."""
+        from koprogo_shared.content_crypto import load_keyring  # imported here: edge nodes never need it
+
+        keys = self.content_keys.get_secret_value() if self.content_keys is not None else None
+        return load_keyring(keys, self.content_key_id, self.content_keys_file)

@@ -5,6 +5,8 @@
 * `koprogo.deadletter.>` what a consumer could not handle, kept for an operator.
 * `koprogo.nodes.*`   core NATS (not persisted): heartbeats and announce requests.
 * `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting.
+* `_INBOX.<public nkey>.>` a client's own replies (JetStream acks, fetched messages), so an
+  identity's subscribe permission covers its inbox and nobody else's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dataclasses import dataclass, field
 EVENTS_STREAM = "KOPROGO_EVENTS"
 WORK_STREAM = "KOPROGO_WORK"
 DEADLETTER_STREAM = "KOPROGO_DEADLETTER"
+# The gateways' rate-limit counters: a JetStream key-value bucket (stream `KV_<bucket>`,
+# subjects `$KV.<bucket>.>`), declared by the gateway (`adapters/rate_limit_store.py`).
+RATE_LIMIT_BUCKET = "KOPROGO_RATE_LIMITS"
 
 EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
@@ -72,6 +77,20 @@ def deadletter_for(subject: str) -> str:
 def durable_name(prefix: str, value: str) -> str:
     """A consumer name from a free value (consumer names allow letters, digits, `-` and `_`)."""
     return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_-]", "_", value)
+
+
+ROUTER_DURABLE = "router"
+LEDGER_DURABLE = "ledger"
+
+
+def edge_work_durable(model: str) -> str:
+    """The durable every node serving `model` shares on KOPROGO_WORK."""
+    return durable_name("edge", model)
+
+
+def inbox_prefix(public_key: str) -> str:
+    """The inbox prefix of the client holding this nkey (its subscribe permission names it)."""
+    return f"_INBOX.{public_key}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
+from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
+from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
 from koprogo_shared.heartbeats import follow_heartbeats
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.subjects import RATE_LIMIT_BUCKET
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Gateway:
     registry: NodeRegistry
     chat: ChatService
     stats: PostgresStatsRepository
+    admission: ChatAdmission
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -37,9 +43,20 @@ class Gateway:
 
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:
-    nc, js = await connect_nats(settings.nats_url, f"koprogo-gateway-{settings.gateway_id}")
+    # The gateway does not declare the KOPROGO_* streams (the ledger and the router do): its
+    # NATS identity may not create or alter them.
+    nc, js = await connect_nats(
+        settings.nats_url,
+        f"koprogo-gateway-{settings.gateway_id}",
+        nkey_seed_file=settings.nats_nkey_seed_file,
+    )
     try:
-        await ensure_streams(js)
+        # Counters outlive their window by one more window (margin for replicas' clock skew).
+        await ensure_rate_limit_bucket(js, ttl_s=2.0 * settings.rate_limit_window_s)
+        # On the chat path, a store that does not answer within its own short timeout is unreachable.
+        counters = await nc.jetstream(timeout=settings.rate_limit_store_timeout_s).key_value(
+            RATE_LIMIT_BUCKET
+        )
         # The ledger owns the schema; the gateway only reads it.
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     except BaseException:
@@ -64,4 +81,15 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             registry=registry,
         ),
         stats=PostgresStatsRepository(pool),
+        admission=_admission(settings, NatsKvCounterStore(counters)),
+    )
+
+
+def _admission(settings: GatewaySettings, counters: NatsKvCounterStore) -> ChatAdmission:
+    copro_policy, user_policy = settings.rate_limit_policies()
+    return ChatAdmission(
+        limiter=RateLimiter(store=counters, clock=time.time, fail_open=settings.rate_limit_fail_open),
+        input_limits=settings.input_limits(),
+        copro_policy=copro_policy,
+        user_policy=user_policy,
     )

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -27,11 +29,14 @@ from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.nats_worker import RunInferenceWorker, work_consumer
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService
 from koprogo_node.settings import NodeSettings
+from koprogo_shared import subjects
 from koprogo_shared.consumer import run_pull_consumer
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def build_engine(settings: NodeSettings) -> tuple[str, InferenceEngine]:
@@ -74,6 +79,9 @@ async def run_node(
         if connected is None:
             return
         nc, js = connected
+        # A node may not declare streams (its NATS identity cannot): the ledger or the router does.
+        if await _unless_stopped(wait_for_streams(js, [subjects.WORK_STREAM]), stop) is None:
+            return
         await _serve(settings, InferenceService(node, engine, NatsOutcomeSink(nc, js)), nc, js, stop)
     finally:
         if nc is not None:
@@ -86,22 +94,37 @@ async def run_node(
         log.info("node %s stopped", node.node_id)
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> asyncio.Task[T] | None:
+    """`work`, finished (its result or error in the task), or None (cancelled) if `stop` is set first."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+    return task
+
+
 async def _connect_unless_stopped(
     settings: NodeSettings, stop: asyncio.Event
 ) -> tuple[NATS, JetStreamContext] | None:
-    """Connect (retrying while NATS is down, as a Pi may boot first), unless told to stop meanwhile."""
-    connecting = asyncio.create_task(connect_nats(settings.nats_url, f"koprogo-node-{settings.node_id}"))
-    stopped = asyncio.create_task(stop.wait())
+    """Connect (retrying while NATS is down, as a Pi may boot first), unless told to stop meanwhile.
+
+    With `NATS_NKEY_SEED_FILE` the node authenticates with its own nkey; an unknown key is
+    refused by the server at every attempt (logged) until its configuration lists it.
+    """
+    connecting = connect_nats(
+        settings.nats_url, f"koprogo-node-{settings.node_id}", nkey_seed_file=settings.nats_nkey_seed_file
+    )
     try:
-        await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if not connecting.done():
-        connecting.cancel()
-        await asyncio.gather(connecting, return_exceptions=True)
-        return None
-    try:
-        return connecting.result()
+        done = await _unless_stopped(connecting, stop)
+        return None if done is None else done.result()
+    except NatsCredentialsError as exc:
+        raise NodeError(str(exc)) from None
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise NodeError(f"cannot connect to NATS at {settings.nats_url}: {exc!r}") from None
 
@@ -112,7 +135,6 @@ async def _serve(
     """Heartbeats and the work consumer, until `stop`; then the in-flight item is settled."""
     if settings.grid_url:
         log.info("grid URL %s noted; joining the grid comes with a later issue", settings.grid_url)
-    await ensure_streams(js)
     heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s)
     await heartbeats.start()
     model_id = service.node.model_id

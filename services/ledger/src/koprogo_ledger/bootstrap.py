@@ -13,13 +13,16 @@ from nats.js import JetStreamContext
 
 from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations
+from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
+from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
-from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
+from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
+from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.ops_http import ops_server
 
@@ -28,15 +31,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Ledger:
-    """A started ledger: schema migrated, catalogue seeded, streams declared."""
+    """A started ledger: schema migrated, catalogue seeded, streams declared, contents keyring loaded."""
 
     pool: asyncpg.Pool
     nc: NATS
     js: JetStreamContext
     spec: ConsumerSpec
+    keyring: Keyring
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
-        return PostgresProjectionUnitOfWork(self.pool)
+        return PostgresProjectionUnitOfWork(self.pool, self.keyring)
+
+    def contents(self) -> ContentStore:
+        return PostgresContentStore(self.pool, self.keyring)
 
     async def consume(self, stop: asyncio.Event) -> None:
         """Project events, a transaction per fetched batch, until `stop` is set; the batch in hand is finished."""
@@ -62,7 +69,11 @@ class Ledger:
 
 
 async def bootstrap(settings: LedgerSettings) -> Ledger:
-    """Connect to PostgreSQL and NATS, migrate, seed the models, declare the streams."""
+    """Load the content keyring, connect to PostgreSQL and NATS, migrate, seed the models, declare the streams.
+
+    Raises `ContentKeyError` before connecting to anything when no usable content key is configured.
+    """
+    keyring = settings.content_keyring()
     pool = await create_pool(settings.database_url, settings.db_pool_max)
     try:
         async with pool.acquire() as conn:
@@ -70,7 +81,9 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
             await upsert_catalogue(conn, CATALOGUE)
         if applied:
             log.info("schema migrated to version %d", applied[-1])
-        nc, js = await connect_nats(settings.nats_url, "koprogo-ledger")
+        nc, js = await connect_nats(
+            settings.nats_url, "koprogo-ledger", nkey_seed_file=settings.nats_nkey_seed_file
+        )
     except BaseException:
         await pool.close()
         raise
@@ -80,7 +93,7 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         await nc.close()
         await pool.close()
         raise
-    return Ledger(pool=pool, nc=nc, js=js, spec=ledger_consumer_spec(settings))
+    return Ledger(pool=pool, nc=nc, js=js, spec=ledger_consumer_spec(settings), keyring=keyring)
 
 
 async def run_ledger(
@@ -89,11 +102,16 @@ async def run_ledger(
     """Run the ledger in this event loop until `stop` is set, then close cleanly.
 
     `started` is set once the schema is migrated and the consumer is about to run. The
-    ops server (/health, /ready, /metrics) runs when `settings.ops_port` is not 0.
+    ops server (/health, /ready, /metrics) runs when `settings.ops_port` is not 0. Beside
+    the projection, rows left in plaintext are sealed and contents past retention purged,
+    at start and then every `settings.retention_interval_s`.
     """
     ledger = await bootstrap(settings)
     ops = None
     ops_task: asyncio.Task[None] | None = None
+    maintenance = asyncio.create_task(
+        run_content_maintenance(ledger.contents(), settings, stop), name="ledger-contents"
+    )
     try:
         if settings.ops_port:
             ops = ops_server(settings.ops_host, settings.ops_port, ledger.readiness)
@@ -106,6 +124,9 @@ async def run_ledger(
             # The consumer only returns early when NATS closed for good: exit non-zero so a supervisor restarts us.
             raise RuntimeError("the NATS connection closed; the ledger cannot consume")
     finally:
+        maintenance.cancel()  # a batch in flight is rolled back; the next round takes it again
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
         if ops is not None and ops_task is not None:
             ops.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,19 +1,25 @@
-"""Ledger settings, from the environment (`DATABASE_URL`, `NATS_URL`, `OPS_PORT`, `LEDGER_*`)."""
+"""Ledger settings, from the environment (`DATABASE_URL`, `NATS_URL`, `OPS_PORT`, `LEDGER_*`, `CONTENT_KEYS*`, `RETENTION_*`)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from koprogo_shared.settings import ServiceSettings
+from koprogo_shared import subjects
+from koprogo_shared.settings import ContentKeySettings
 
 
-class LedgerSettings(ServiceSettings):
-    """`DATABASE_URL` is required: the ledger has no business guessing which database it owns."""
+class LedgerSettings(ContentKeySettings):
+    """`DATABASE_URL` is required: the ledger has no business guessing which database it owns.
+
+    So is a content key (`CONTENT_KEYS_FILE` or `CONTENT_KEYS`): the ledger refuses to start
+    rather than store message contents readable by anyone holding the database.
+    """
 
     database_url: str
     ops_port: int = 8082
     db_pool_max: int = Field(default=4, ge=2)
-    ledger_durable: str = "ledger"
+    # The NATS permissions `koprogo up` writes name this durable: change both together.
+    ledger_durable: str = subjects.LEDGER_DURABLE
     # Events projected per transaction (one commit, one fsync, for the whole batch).
     ledger_batch: int = Field(default=64, ge=1)
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
@@ -23,3 +29,10 @@ class LedgerSettings(ServiceSettings):
     # event before the message is dead-lettered.
     ledger_max_deliver: int = Field(default=10, ge=1)
     ledger_ack_wait_s: float = Field(default=30.0, gt=0)
+    # Message and response contents are purged this many days after their row's creation;
+    # every figure the stats read stays.
+    retention_days: int = Field(default=30, ge=1)
+    # How often the purge (and the sealing of rows left in plaintext) runs, the first time at start.
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    # Rows sealed, re-sealed or purged per transaction.
+    contents_batch: int = Field(default=500, ge=1)

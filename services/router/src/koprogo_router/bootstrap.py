@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER = ConsumerSpec(
     stream=subjects.EVENTS_STREAM,
-    durable="router",
+    durable=subjects.ROUTER_DURABLE,
     filter_subject=subjects.CHAT_REQUESTED_ALL,
     ack_wait_s=10.0,
     max_deliver=5,
@@ -34,7 +34,9 @@ CONSUMER = ConsumerSpec(
 
 async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
     """Run the router until `stop` is set."""
-    nc, js = await connect_nats(settings.nats_url, "koprogo-router")
+    nc, js = await connect_nats(
+        settings.nats_url, "koprogo-router", nkey_seed_file=settings.nats_nkey_seed_file
+    )
     try:
         await ensure_streams(js)
         registry = NodeRegistry()

@@ -5,7 +5,10 @@ GatewayError
  ├── ChatTimeoutError      nobody answered in time (504)
  ├── NodeLostError         the node running the request died, none other serves the model (503)
  ├── BusUnavailableError   NATS did not take the request (503)
- ├── RequestTooLargeError  larger than a NATS message may be (413)
+ ├── RequestTooLargeError  larger than the body limit or a NATS message may be (413)
+ ├── InputTooLargeError    more messages or characters than the input limits allow (422)
+ ├── RateLimitedError      a rate-limit policy is exhausted for this window (429)
+ ├── RateLimitUnavailableError the rate-limit store cannot decide, and the gateway fails closed (503)
  ├── StatsUnavailableError PostgreSQL (the ledger's read model) cannot answer (503)
  └── InvalidQueryError     a query parameter is malformed (422)
 """
@@ -17,10 +20,17 @@ class GatewayError(Exception):
     status: int = 500
     error: str = "internal_error"
 
-    def __init__(self, message: str, *, extra: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        extra: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
 class ChatRefusedError(GatewayError):
@@ -43,6 +53,21 @@ class BusUnavailableError(GatewayError):
 class RequestTooLargeError(GatewayError):
     status = 413
     error = "request_too_large"
+
+
+class InputTooLargeError(GatewayError):
+    status = 422
+    error = "validation_error"
+
+
+class RateLimitedError(GatewayError):
+    status = 429
+    error = "rate_limited"
+
+
+class RateLimitUnavailableError(GatewayError):
+    status = 503
+    error = "rate_limit_unavailable"
 
 
 class InvalidQueryError(GatewayError):

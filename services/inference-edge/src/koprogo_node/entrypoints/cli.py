@@ -34,6 +34,7 @@ _FIELDS = {
     "grid_url": "grid_url",
     "mcp": "mcp_enabled",
     "nats_url": "nats_url",
+    "nats_nkey_seed_file": "nats_nkey_seed_file",
     "node_id": "node_id",
     "power_watts": "power_watts",
     "intensity": "intensity_g_per_kwh",
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node's MCP server: accepted, comes with a later issue",
     )
     p.add_argument("--nats-url", help="NATS server (default: $NATS_URL or nats://127.0.0.1:4222)")
+    p.add_argument(
+        "--nats-nkey-seed-file",
+        type=Path,
+        help="this node's NATS nkey seed (from `koprogo nats-node-key`; default: $NATS_NKEY_SEED_FILE, "
+        "else no credentials)",
+    )
     p.add_argument("--node-id", help="this node's id (default: <hostname>-<random>)")
     p.add_argument("--power-watts", type=float, help="the node's power draw under load, W (default 7)")
     p.add_argument(

@@ -28,7 +28,7 @@ def work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> Consume
     """The consumer every node serving `model_id` binds to (same durable, same configuration)."""
     return ConsumerSpec(
         stream=subjects.WORK_STREAM,
-        durable=subjects.durable_name("edge", model_id),
+        durable=subjects.edge_work_durable(model_id),
         filter_subject=subjects.run_inference_edge(model_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,

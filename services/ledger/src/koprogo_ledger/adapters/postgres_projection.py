@@ -2,6 +2,9 @@
 
 Savepoints are asyncpg's nested transactions (`SAVEPOINT` / `ROLLBACK TO` / `RELEASE`).
 
+Contents are sealed here, on their way in: `messages` and `content` are stored as
+AES-GCM ciphertext under the keyring's current key (the seed's columns hold a placeholder).
+
 asyncpg's errors are translated here: values PostgreSQL can never store become
 `InvalidEventError`; a database that is down or restarting becomes `StoreUnavailableError`.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import astuple, fields
+from dataclasses import astuple, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +24,7 @@ from asyncpg.transaction import Transaction
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
+from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
 
 # The same values fail the same way on every retry.
 _NEVER_STORABLE = (
@@ -37,17 +41,34 @@ _UNAVAILABLE = (
 )
 
 
-def _insert_sql(table: str, row_type: type[RequestRow] | type[ResponseRow], returning: str = "") -> str:
-    """An INSERT whose columns are the row dataclass's fields, in order (see `astuple`)."""
-    columns = [f.name for f in fields(row_type)]
+# What the seed's plaintext columns hold once the contents are sealed (they stay NOT NULL).
+MESSAGES_PLACEHOLDER: list[dict[str, Any]] = []
+CONTENT_PLACEHOLDER = ""
+
+
+def _insert_sql(
+    table: str, row_type: type[RequestRow] | type[ResponseRow], sealed_column: str, returning: str = ""
+) -> str:
+    """An INSERT whose columns are the row dataclass's fields, in order (see `astuple`), then the sealed contents."""
+    columns = [*(f.name for f in fields(row_type)), sealed_column, "key_id"]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) ON CONFLICT DO NOTHING {returning}"
 
 
 # ON CONFLICT: a request id is its event's id, already claimed; a response conflicts when
 # its request already has one (unique request_id) and is then not inserted.
-_INSERT_REQUEST = _insert_sql("mcp_requests", RequestRow)
-_INSERT_RESPONSE = _insert_sql("mcp_responses", ResponseRow, "RETURNING id")
+_INSERT_REQUEST = _insert_sql("mcp_requests", RequestRow, "messages_ciphertext")
+_INSERT_RESPONSE = _insert_sql("mcp_responses", ResponseRow, "content_ciphertext", "RETURNING id")
+
+
+def _sealed_request(row: RequestRow, keyring: Keyring) -> tuple[Any, ...]:
+    key_id, sealed = encrypt_request_messages(keyring, row.id, row.messages)
+    return (*astuple(replace(row, messages=MESSAGES_PLACEHOLDER)), sealed, key_id)
+
+
+def _sealed_response(row: ResponseRow, keyring: Keyring) -> tuple[Any, ...]:
+    key_id, sealed = encrypt_response_content(keyring, row.id, row.content)
+    return (*astuple(replace(row, content=CONTENT_PLACEHOLDER)), sealed, key_id)
 
 
 @contextmanager
@@ -63,10 +84,11 @@ def _translated() -> Iterator[None]:
 
 
 class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
-    """One transaction on a connection taken from the pool for the block's duration."""
+    """One transaction on a connection taken from the pool for the block's duration; contents sealed with `keyring`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
         self._pool = pool
+        self._keyring = keyring
         self._conn: asyncpg.Connection | None = None
         self._tx: Transaction | None = None
         self._committed = False
@@ -148,7 +170,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
 
     async def insert_request(self, row: RequestRow) -> None:
         with _translated():
-            await self._db.execute(_INSERT_REQUEST, *astuple(row))
+            await self._db.execute(_INSERT_REQUEST, *_sealed_request(row, self._keyring))
 
     async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
         with _translated():
@@ -172,7 +194,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
 
     async def insert_response(self, row: ResponseRow) -> bool:
         with _translated():
-            inserted = await self._db.fetchval(_INSERT_RESPONSE, *astuple(row))
+            inserted = await self._db.fetchval(_INSERT_RESPONSE, *_sealed_response(row, self._keyring))
         return inserted is not None
 
     async def lock_response_of(self, request_id: uuid.UUID) -> ResponseState | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "koprogo_ledger_events_total",
@@ -23,4 +23,23 @@ BATCH_EVENTS = Histogram(
     "koprogo_ledger_batch_events",
     "Events projected per committed transaction.",
     buckets=(1, 2, 3, 4, 8, 16, 32, 64, 128),
+)
+CONTENTS_PURGED = Counter(
+    "koprogo_ledger_contents_purged_total",
+    "Rows whose message or response contents were purged after the retention window, by table.",
+    ["table"],
+)
+PLAINTEXT_SEALED = Counter(
+    "koprogo_ledger_plaintext_rows_sealed_total",
+    "Rows written before contents were encrypted that the ledger has encrypted since, by table.",
+    ["table"],
+)
+CONTENT_MAINTENANCE_RUNS = Counter(
+    "koprogo_ledger_content_maintenance_runs_total",
+    "Rounds of sealing and retention: done, skipped (another ledger held the lock) or failed (retried later).",
+    ["outcome"],
+)
+CONTENT_MAINTENANCE_LAST_SUCCESS = Gauge(
+    "koprogo_ledger_content_maintenance_last_success_timestamp_seconds",
+    "When a round of sealing and retention last completed in this process (Unix time).",
 )

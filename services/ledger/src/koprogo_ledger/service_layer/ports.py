@@ -1,4 +1,4 @@
-"""The port the projection writes through: one unit of work = one PostgreSQL transaction."""
+"""The ledger's ports: the projection's unit of work (one PostgreSQL transaction) and the contents' maintenance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
 
@@ -84,3 +84,36 @@ class ProjectionUnitOfWork(abc.ABC):
 
 
 UnitOfWorkFactory = Callable[[], ProjectionUnitOfWork]
+
+
+ContentTable = Literal["mcp_requests", "mcp_responses"]
+CONTENT_TABLES: tuple[ContentTable, ...] = ("mcp_requests", "mcp_responses")
+
+
+class ContentStore(abc.ABC):
+    """The stored contents (request messages, response texts) as a whole.
+
+    Each batch method is one transaction over at most `limit` rows of `table` and returns
+    how many rows it changed; rows another transaction holds are skipped, not waited for.
+    """
+
+    @abc.abstractmethod
+    def exclusively(self, *, wait: bool = False) -> AbstractAsyncContextManager[bool]:
+        """A block holding the contents' lock across ledgers; it yields False, at once, when another
+        ledger holds it (or, with `wait`, waits for it and yields True)."""
+
+    @abc.abstractmethod
+    async def seal_plaintext(self, table: ContentTable, limit: int) -> int:
+        """Encrypt rows written before contents were encrypted (no key id, not purged)."""
+
+    @abc.abstractmethod
+    async def reseal_under_current_key(self, table: ContentTable, limit: int) -> int:
+        """Re-encrypt rows sealed under another key than the keyring's current one."""
+
+    @abc.abstractmethod
+    async def purge_contents(self, table: ContentTable, created_before: datetime, limit: int) -> int:
+        """Remove the contents of rows created before `created_before`, keeping every other column."""
+
+    @abc.abstractmethod
+    async def count_by_key(self) -> dict[ContentTable, dict[str | None, int]]:
+        """Rows with contents, per table and key id (None: still plaintext)."""

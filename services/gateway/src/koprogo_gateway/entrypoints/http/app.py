@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from koprogo_gateway.bootstrap import Gateway, bootstrap
 from koprogo_gateway.entrypoints.http import routes_chat, routes_models, routes_stats
+from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.ops_http import ops_routes
@@ -25,6 +26,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="KoproGo Symbiose gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)

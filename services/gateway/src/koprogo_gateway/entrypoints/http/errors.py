@@ -39,7 +39,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(
-            status_code=exc.status, content={"error": exc.error, "message": exc.message, **exc.extra}
+            status_code=exc.status,
+            content={"error": exc.error, "message": exc.message, **exc.extra},
+            headers=exc.headers or None,
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, BackgroundTasks
+from fastapi import APIRouter, BackgroundTasks, Response
 from prometheus_client import Counter, Histogram
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
-from koprogo_gateway.domain.errors import GatewayError
+from koprogo_gateway.domain.errors import GatewayError, RateLimitedError
+from koprogo_gateway.domain.rate_limit import RateLimitDecision
 from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_gateway.entrypoints.http.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared.events import ChatCompleted, ExecutionInfo
 
 log = logging.getLogger(__name__)
@@ -41,18 +43,52 @@ def _response(completion: ChatCompleted, latency_ms: float) -> ChatResponseOut:
     )
 
 
-@router.post("/chat", response_model=ChatResponseOut)
-async def chat(body: ChatRequestIn, gateway: GatewayDep, background: BackgroundTasks) -> ChatResponseOut:
-    """Answer a chat through the best available target (edge node today)."""
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "Unknown model; `known_models` lists the ids."},
+    413: {"description": "The body is larger than MAX_BODY_BYTES (refused before parsing)."},
+    422: {"description": "Invalid body, or over the input limits (messages, characters, max_tokens)."},
+    429: {
+        "description": "A rate-limit policy is exhausted: `Retry-After` and `RateLimit*` fields say until when."
+    },
+    503: {"description": "Nothing can serve the model now, or the rate-limit store cannot be reached."},
+    504: {"description": "No answer within CHAT_TIMEOUT_S."},
+}
+
+
+@router.post("/chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
+async def chat(
+    body: ChatRequestIn, gateway: GatewayDep, background: BackgroundTasks, response: Response
+) -> ChatResponseOut:
+    """Answer a chat through the best available target (edge node today); rate-limited per copro."""
+    try:
+        # No user yet: once tokens are checked, their `sub` goes here and the user policy applies.
+        decision = await gateway.admission.admit(body, user_id=None)
+    except GatewayError as exc:
+        CHATS.labels(outcome=exc.error).inc()
+        raise
+    if not decision.admitted:
+        CHATS.labels(outcome="rate_limited").inc()
+        raise RateLimitedError(_refusal_message(decision), headers=refusal_headers(decision))
+    limit_headers = rate_limit_headers(decision)
+    response.headers.update(limit_headers)
     try:
         completion, latency_ms = await gateway.chat.ask(body)
     except GatewayError as exc:
         CHATS.labels(outcome=exc.error).inc()
+        exc.headers = limit_headers | exc.headers
         raise
     CHATS.labels(outcome="completed").inc()
     LATENCY.observe(latency_ms / 1000.0)
     background.add_task(_record_delivery, gateway, completion, latency_ms)
     return _response(completion, latency_ms)
+
+
+def _refusal_message(decision: RateLimitDecision) -> str:
+    refusing = [u for u in decision.usages if u.exhausted]
+    names = " and ".join(
+        f"{u.policy.limit} requests per {u.policy.window_s}s per {u.policy.name}" for u in refusing
+    )
+    return f"rate limit reached ({names}); retry in {decision.retry_after_s}s"
 
 
 async def _record_delivery(gateway: GatewayDep, completion: ChatCompleted, latency_ms: float) -> None:

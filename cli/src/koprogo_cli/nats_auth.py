@@ -1,0 +1,264 @@
+"""NATS identities: one nkey per service and per edge node, and what each may do.
+
+`koprogo up` mints the keys once per data folder (`<data>/secrets/nats/`, seeds mode 0600),
+writes the server's `authorization` block from `identities()` and hands each service its
+seed file (`NATS_NKEY_SEED_FILE`). `koprogo nats-config` and `koprogo nats-node-key` do the
+same for a deployment (`deploy/nats/`).
+
+Every identity is a user of the one global account: all of them work on the same KOPROGO_*
+streams, which separate accounts could share only through exports and imports of every
+JetStream API subject involved. The separation lives in each user's allow-lists; anything
+not listed is refused by the server ("permissions violation"). No identity but the
+operator's (`admin`, given to no service) may delete or purge a stream.
+
+    identity   publish                                           subscribe
+    ledger     streams: info/create/update; consumer `ledger`     its inbox
+               on KOPROGO_EVENTS (create, info, next, ack);
+               koprogo.deadletter.koprogo.events.>
+    router     streams: info/create/update; consumer `router`     its inbox,
+               on KOPROGO_EVENTS; koprogo.work.edge.>,            koprogo.nodes.heartbeat.*
+               koprogo.events.chat.failed.>, koprogo.reply.>,
+               koprogo.nodes.announce,
+               koprogo.deadletter.koprogo.events.chat.requested.>
+    gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
+               koprogo.nodes.announce; the rate-limit bucket      koprogo.nodes.heartbeat.*
+               KOPROGO_RATE_LIMITS (declare, get, put)
+    node       per model M: stream info of KOPROGO_WORK, consumer its inbox,
+               `edge-M` (create with filter koprogo.work.edge.M    koprogo.nodes.announce
+               only, info, next, ack), its dead letters
+               koprogo.deadletter.koprogo.work.edge.M;
+               koprogo.events.chat.{completed,failed}.>,
+               koprogo.reply.>, koprogo.nodes.heartbeat.<its id>
+
+"Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
+(`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
+could otherwise read the chats the router and the ledger fetch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nkeys
+
+from koprogo_shared import subjects
+from koprogo_shared.nats_connection import nkey_public_key
+
+SERVICES = ("ledger", "router", "gateway")
+ADMIN = "admin"
+# Node ids name a seed file and a heartbeat subject token; model ids a subject token.
+NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MODEL_ID = re.compile(r"^[A-Za-z0-9_.:+-]{1,128}$")
+
+
+class NatsAuthError(ValueError):
+    """A node id or model id that cannot name a NATS identity."""
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    """One entry of the server's `authorization { users = [...] }`."""
+
+    label: str
+    public_key: str
+    # None: the operator's identity, allowed everything.
+    permissions: Permissions | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identities:
+    users: list[NatsUser]
+    # "ledger", "router", "gateway", "admin", "node:<id>" -> seed file
+    seed_files: dict[str, Path] = field(default_factory=dict)
+
+
+def _declare_streams() -> list[str]:
+    return [
+        f"$JS.API.STREAM.{op}.{spec.name}" for spec in subjects.STREAMS for op in ("INFO", "CREATE", "UPDATE")
+    ]
+
+
+def _pull_consumer(stream: str, durable: str, filter_subject: str) -> list[str]:
+    """Create (with exactly this filter), look up, fetch from and settle one durable."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{filter_subject}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _every(subject_of: Callable[[str], str]) -> str:
+    """`koprogo.events.chat.failed.>` from `subjects.chat_failed` (its last token, any value)."""
+    return subject_of("_").rsplit(".", 1)[0] + ".>"
+
+
+def _inbox(public_key: str) -> str:
+    return f"{subjects.inbox_prefix(public_key)}.>"
+
+
+def ledger_permissions(public_key: str) -> Permissions:
+    return Permissions(
+        publish=(
+            *_declare_streams(),
+            *_pull_consumer(subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE, subjects.EVENTS_ALL),
+            subjects.deadletter_for(subjects.EVENTS_ALL),
+        ),
+        subscribe=(_inbox(public_key),),
+    )
+
+
+def router_permissions(public_key: str) -> Permissions:
+    return Permissions(
+        publish=(
+            *_declare_streams(),
+            *_pull_consumer(subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, subjects.CHAT_REQUESTED_ALL),
+            subjects.deadletter_for(subjects.CHAT_REQUESTED_ALL),
+            _every(subjects.run_inference_edge),
+            _every(subjects.chat_failed),
+            _every(subjects.gateway_reply),
+            subjects.NODES_ANNOUNCE,
+        ),
+        subscribe=(_inbox(public_key), subjects.NODE_HEARTBEAT_ALL),
+    )
+
+
+def _rate_limit_bucket() -> list[str]:
+    """The gateways' key-value bucket of rate-limit counters: declare it, read and write keys."""
+    bucket = subjects.RATE_LIMIT_BUCKET
+    stream = f"KV_{bucket}"
+    return [
+        *(f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")),
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$KV.{bucket}.>",
+    ]
+
+
+def gateway_permissions(public_key: str) -> Permissions:
+    return Permissions(
+        publish=(
+            _every(subjects.chat_requested),
+            _every(subjects.chat_failed),
+            _every(subjects.chat_delivered),
+            subjects.NODES_ANNOUNCE,
+            *_rate_limit_bucket(),
+        ),
+        # Every gateway reply subject: replicas may share this identity, each with its own id.
+        subscribe=(_inbox(public_key), _every(subjects.gateway_reply), subjects.NODE_HEARTBEAT_ALL),
+    )
+
+
+def node_permissions(public_key: str, node_id: str, models: Sequence[str]) -> Permissions:
+    """Only its models' work in, only its own results and heartbeat out."""
+    check_node(node_id, models)
+    work: list[str] = [f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}"]
+    for model in models:
+        subject = subjects.run_inference_edge(model)
+        work += _pull_consumer(subjects.WORK_STREAM, subjects.edge_work_durable(model), subject)
+        work.append(subjects.deadletter_for(subject))
+    return Permissions(
+        publish=(
+            *work,
+            _every(subjects.chat_completed),
+            _every(subjects.chat_failed),
+            _every(subjects.gateway_reply),
+            subjects.node_heartbeat(node_id),
+        ),
+        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE),
+    )
+
+
+def check_node(node_id: str, models: Sequence[str]) -> None:
+    if not NODE_ID.match(node_id):
+        raise NatsAuthError(f"node id {node_id!r}: use 1-64 letters, digits, '.', '-' or '_'")
+    if not models:
+        raise NatsAuthError(f"node {node_id}: name at least one model")
+    for model in models:
+        if not MODEL_ID.match(model):
+            raise NatsAuthError(f"model id {model!r}: use letters, digits and '.:+-_'")
+
+
+def mint_seed(path: Path) -> str:
+    """The public key of the user seed at `path`, minted first (mode 0600) when there is none."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    if not path.exists():
+        seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(seed + b"\n")
+    path.chmod(0o600)  # also tightens a seed that was copied in
+    return nkey_public_key(path)
+
+
+def node_seed_file(keys_dir: Path, node_id: str) -> Path:
+    return keys_dir / "nodes" / f"{node_id}.nk"
+
+
+def node_user(keys_dir: Path, node_id: str, models: Sequence[str]) -> tuple[NatsUser, Path]:
+    """A node's identity: its seed file (minted once) and its users entry."""
+    check_node(node_id, models)
+    seed_file = node_seed_file(keys_dir, node_id)
+    public_key = mint_seed(seed_file)
+    label = f"edge node {node_id}: {', '.join(models)}"
+    return NatsUser(label, public_key, node_permissions(public_key, node_id, models)), seed_file
+
+
+def identities(keys_dir: Path, nodes: Mapping[str, Sequence[str]]) -> Identities:
+    """The services', the operator's and these nodes' identities, keys minted where missing."""
+    rules = {"ledger": ledger_permissions, "router": router_permissions, "gateway": gateway_permissions}
+    found = Identities(users=[])
+    for service in SERVICES:
+        seed_file = keys_dir / f"{service}.nk"
+        public_key = mint_seed(seed_file)
+        found.users.append(NatsUser(service, public_key, rules[service](public_key)))
+        found.seed_files[service] = seed_file
+    admin_seed = keys_dir / f"{ADMIN}.nk"
+    found.users.append(NatsUser("operator (admin): given to no service", mint_seed(admin_seed), None))
+    found.seed_files[ADMIN] = admin_seed
+    for node_id, models in nodes.items():
+        user, seed_file = node_user(keys_dir, node_id, models)
+        found.users.append(user)
+        found.seed_files[f"node:{node_id}"] = seed_file
+    return found
+
+
+def _allow(subjects_: Sequence[str], indent: str) -> str:
+    items = "".join(f"{indent}  {json.dumps(s)}\n" for s in subjects_)
+    return f"{{ allow: [\n{items}{indent}] }}"
+
+
+def render_user(user: NatsUser, indent: str = "") -> str:
+    """One `users` entry, in nats-server's configuration syntax (subjects quoted: `$` is literal)."""
+    label = re.sub(r"[^\x20-\x7e]", "?", user.label)
+    lines = [f"{indent}# {label}", f"{indent}{{", f"{indent}  nkey: {json.dumps(user.public_key)}"]
+    if user.permissions is not None:
+        inner = indent + "    "
+        lines += [
+            f"{indent}  permissions: {{",
+            f"{inner}publish: {_allow(user.permissions.publish, inner)}",
+            f"{inner}subscribe: {_allow(user.permissions.subscribe, inner)}",
+            f"{indent}  }}",
+        ]
+    lines.append(f"{indent}}}")
+    return "\n".join(lines)
+
+
+def render_authorization(users: Sequence[NatsUser]) -> str:
+    """The `authorization` block: only these keys connect, each with its permissions."""
+    entries = "\n".join(render_user(user, "    ") for user in users)
+    return f"authorization {{\n  users = [\n{entries}\n  ]\n}}\n"

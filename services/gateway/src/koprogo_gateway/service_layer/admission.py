@@ -1,0 +1,61 @@
+"""Use case: decide whether a parsed chat request may go on, before anything is published."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.errors import InputTooLargeError
+from koprogo_gateway.domain.input_limits import InputLimits, input_limit_violations
+from koprogo_gateway.domain.rate_limit import RateLimitDecision, RateLimitPolicy
+from koprogo_gateway.service_layer.rate_limits import RateLimiter
+from koprogo_shared.events import copro_id_from_context
+
+
+@dataclass
+class ChatAdmission:
+    limiter: RateLimiter
+    input_limits: InputLimits
+    copro_policy: RateLimitPolicy | None
+    user_policy: RateLimitPolicy | None
+
+    async def admit(self, body: ChatRequestIn, *, user_id: str | None = None) -> RateLimitDecision:
+        """Input limits first (422, counts nothing), then the rate limits of the user and the copro.
+
+        The decision says whether the request was admitted; a refused one was counted nowhere.
+        """
+        violations = input_limit_violations(body.messages, self.input_limits)
+        if violations:
+            summary = "; ".join(f"{v.field}: {v.message}" for v in violations[:5])
+            raise InputTooLargeError(
+                f"invalid request: {summary}",
+                extra={"details": [{"field": v.field, "message": v.message} for v in violations]},
+            )
+        return await self.limiter.admit(
+            chat_claims(
+                copro_policy=self.copro_policy,
+                user_policy=self.user_policy,
+                copro_id=copro_id_from_context(body.context),
+                user_id=user_id,
+            )
+        )
+
+
+def chat_claims(
+    *,
+    copro_policy: RateLimitPolicy | None,
+    user_policy: RateLimitPolicy | None,
+    copro_id: str | None,
+    user_id: str | None,
+) -> list[tuple[RateLimitPolicy, str]]:
+    """What one chat request is counted against: its user (once tokens name one), then its copro.
+
+    Requests that name no copro share one counter (the empty copro id's), so leaving out
+    `context` does not escape the copro policy.
+    """
+    claims: list[tuple[RateLimitPolicy, str]] = []
+    if user_policy is not None and user_id is not None:
+        claims.append((user_policy, user_id))
+    if copro_policy is not None:
+        claims.append((copro_policy, copro_id or ""))
+    return claims

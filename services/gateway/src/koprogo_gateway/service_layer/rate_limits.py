@@ -1,0 +1,187 @@
+"""Use case: count a request against its rate-limit policies, exactly, whatever the number of gateways.
+
+Each (policy, subject, window) has one counter in a shared store. A request is admitted
+only through a compare-and-set that moves a counter from `n < limit` to `n + 1`: the store
+stores a write only if the key is still at the revision the writer read, so two writers
+(in one gateway or in two) can never both move it from the same `n`, and a counter can
+never pass its limit. A writer that lost reads again and retries. Reading `n >= limit`
+refuses the request without writing anything.
+
+Within one gateway, requests for the same key take turns (one lock per key), so
+compare-and-set conflicts only happen between gateways, and the revision this gateway
+wrote last usually lets the next write go without reading first.
+
+When a request is refused by a later policy after an earlier one counted it, the earlier
+counter is decremented again (also by compare-and-set): refused requests do not use up
+another policy's quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter as PromCounter
+
+from koprogo_gateway.adapters.rate_limit_store import (
+    Counter,
+    CounterConflictError,
+    CounterStore,
+    CounterStoreUnavailableError,
+)
+from koprogo_gateway.domain.errors import RateLimitUnavailableError
+from koprogo_gateway.domain.rate_limit import (
+    PolicyUsage,
+    RateLimitDecision,
+    RateLimitPolicy,
+    admits,
+    counter_key,
+    seconds_until_reset,
+    window_at,
+)
+
+log = logging.getLogger(__name__)
+
+DECISIONS = PromCounter("koprogo_gateway_rate_limit_total", "Rate-limit decisions by outcome", ["outcome"])
+
+# Subjects with the policy they are counted against, narrowest first (user, then copro).
+Claims = Sequence[tuple[RateLimitPolicy, str]]
+
+
+class _KeyTurns:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class RateLimiter:
+    store: CounterStore
+    clock: Callable[[], float]
+    # Let requests through when the store cannot be reached (RATE_LIMIT_FAIL_OPEN).
+    fail_open: bool = False
+    # Compare-and-set rounds lost to other gateways before giving up with a 503.
+    max_attempts: int = 32
+    # After the store failed to answer, how long requests are decided without asking it,
+    # so that requests queued behind one key do not each wait for their own timeout.
+    store_retry_s: float = 1.0
+    _store_down_until: float = 0.0
+    _turns: _KeyTurns = field(default_factory=_KeyTurns)
+    # The counter this gateway last read or wrote per key: a guess for the next write,
+    # never a reason to refuse (a refusal always rests on a fresh read).
+    _last_seen: dict[str, Counter] = field(default_factory=dict)
+
+    async def admit(self, claims: Claims) -> RateLimitDecision:
+        """Count one request against every claim; admitted only if each policy had room.
+
+        Raises RateLimitUnavailableError when the store cannot decide (unless fail_open).
+        """
+        if not claims:
+            return RateLimitDecision(admitted=True)
+        now = self.clock()
+        if len(self._last_seen) > 10_000:
+            self._last_seen.clear()  # keys of past windows; only an optimisation is lost
+        counted: list[str] = []
+        usages: list[PolicyUsage] = []
+        try:
+            for policy, subject in claims:
+                window = window_at(now, policy.window_s)
+                key = counter_key(policy, subject, window)
+                admitted, used = await self._take(key, policy.limit)
+                usages.append(PolicyUsage(policy, used, seconds_until_reset(now, window)))
+                if not admitted:
+                    await self._give_back(counted)
+                    DECISIONS.labels(outcome="limited").inc()
+                    return RateLimitDecision(admitted=False, usages=tuple(usages))
+                counted.append(key)
+        except RateLimitUnavailableError:
+            await self._give_back(counted)
+            raise
+        except CounterStoreUnavailableError as exc:
+            await self._give_back(counted)
+            self._store_down_until = max(self._store_down_until, self.clock() + self.store_retry_s)
+            if self.fail_open:
+                DECISIONS.labels(outcome="store_unavailable_let_through").inc()
+                return RateLimitDecision(admitted=True)
+            DECISIONS.labels(outcome="store_unavailable").inc()
+            raise RateLimitUnavailableError(
+                "the rate-limit store cannot be reached, so the request is refused; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from exc
+        DECISIONS.labels(outcome="admitted").inc()
+        return RateLimitDecision(admitted=True, usages=tuple(usages))
+
+    async def _take(self, key: str, limit: int) -> tuple[bool, int]:
+        """Increment `key` if it is below `limit`: (admitted, count in the window)."""
+        async with self._turns.hold(key):
+            self._check_store()
+            guess = self._last_seen.get(key)
+            for attempt in range(self.max_attempts):
+                if guess is None or not admits(guess.count, limit):
+                    guess = await self.store.read(key)
+                    if guess is not None and not admits(guess.count, limit):
+                        self._last_seen[key] = guess
+                        return False, guess.count
+                try:
+                    if guess is None:
+                        written = await self.store.create(key, 1)
+                    else:
+                        written = await self.store.replace(key, guess.count + 1, guess.revision)
+                except CounterConflictError:
+                    guess = None
+                    # Another gateway wrote in between: read again after a short, jittered pause
+                    # so that gateways contending for one key do not keep colliding in step.
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
+                    continue
+                self._last_seen[key] = written
+                return True, written.count
+        DECISIONS.labels(outcome="contention").inc()
+        raise RateLimitUnavailableError(
+            f"the rate-limit counter stayed contended for {self.max_attempts} attempts; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _give_back(self, keys: list[str]) -> None:
+        """Best effort: undo this request's increments; a failure only leaves them counted."""
+        for key in keys:
+            try:
+                await self._decrement(key)
+            except (CounterStoreUnavailableError, RateLimitUnavailableError):
+                log.warning("could not give back a rate-limit slot; it stays counted until its window ends")
+
+    def _check_store(self) -> None:
+        if self.clock() < self._store_down_until:
+            raise CounterStoreUnavailableError("the store failed moments ago")
+
+    async def _decrement(self, key: str) -> None:
+        async with self._turns.hold(key):
+            self._check_store()
+            for _ in range(self.max_attempts):
+                current = await self.store.read(key)
+                if current is None or current.count == 0:
+                    return
+                try:
+                    self._last_seen[key] = await self.store.replace(key, current.count - 1, current.revision)
+                    return
+                except CounterConflictError:
+                    continue
+        raise RateLimitUnavailableError("could not give back a rate-limit slot")

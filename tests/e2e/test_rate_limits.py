@@ -1,0 +1,135 @@
+"""Rate limits across gateway replicas: exact under a burst, 429 with its headers, fail closed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import nats
+
+from koprogo_cli.embedded import free_port
+from koprogo_gateway.settings import GatewaySettings
+from koprogo_shared import subjects
+from koprogo_shared.subjects import RATE_LIMIT_BUCKET
+from tests.conftest import wait_until
+from tests.e2e.conftest import RunningStack, _gateway_up, _serve_gateway
+from tests.e2e.test_chat_path import chat_body
+
+StackFactory = Callable[..., Awaitable[RunningStack]]
+
+# A day-long window: a burst that straddled a window's end would rightly be admitted twice.
+WINDOW_S = 86400
+
+
+async def _clear_of_the_window_end(window_s: int, margin_s: float = 60.0) -> None:
+    left = window_s - time.time() % window_s
+    if left < margin_s:
+        await asyncio.sleep(left + 0.5)
+
+
+class ChatRequests:
+    """Counts the ChatRequested events that reach NATS: a refused request must publish none."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.seen = 0
+
+    async def __aenter__(self) -> ChatRequests:
+        self.nc = await nats.connect(self.nats_url)
+
+        async def count(_: Any) -> None:
+            self.seen += 1
+
+        await self.nc.subscribe(subjects.CHAT_REQUESTED_ALL, cb=count)
+        await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.nc.flush()
+        await asyncio.sleep(0.3)
+        await self.nc.close()
+
+
+async def test_two_gateway_replicas_under_a_burst_admit_exactly_the_copro_limit(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(gateways=2, rate_limit_per_copro=20, rate_limit_window_s=WINDOW_S)
+    first, second = stack.clients
+    body = chat_body("Bonjour.", max_tokens=1)
+    await _clear_of_the_window_end(WINDOW_S)
+    async with ChatRequests(stack.nats_url) as requests:
+        # Refused before counting: an invalid body and an oversized one use no quota.
+        assert (await first.post("/mcp/v1/chat", json=body | {"max_tokens": 0})).status_code == 422
+        too_big = await second.post("/mcp/v1/chat", content=b"x" * (2 * 1024 * 1024))
+        assert too_big.status_code == 413
+        responses = await asyncio.gather(
+            *((first if i % 2 else second).post("/mcp/v1/chat", json=body) for i in range(60))
+        )
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 20, statuses
+    assert statuses.count(429) == 40, statuses
+    assert requests.seen == 20  # the 40 refused requests published nothing
+
+    admitted = [r for r in responses if r.status_code == 200]
+    # Each admitted request took a slot of its own, whichever replica counted it.
+    assert sorted(int(r.headers["RateLimit-Remaining"]) for r in admitted) == list(range(20))
+    for r in admitted:
+        assert r.headers["RateLimit-Limit"] == "20"
+        assert r.headers["RateLimit-Policy"] == f'"copro";q=20;w={WINDOW_S}'
+        assert r.headers["RateLimit"].startswith('"copro";r=')
+
+    for r in (r for r in responses if r.status_code == 429):
+        error = r.json()
+        assert error["error"] == "rate_limited"
+        assert "20 requests per 86400s per copro" in error["message"]
+        retry_after = int(r.headers["Retry-After"])
+        assert 0 < retry_after <= WINDOW_S
+        assert r.headers["RateLimit-Reset"] == r.headers["Retry-After"]
+        assert r.headers["RateLimit-Remaining"] == "0"
+        assert r.headers["RateLimit"] == f'"copro";r=0;t={retry_after}'
+
+    # Another copro has its own quota.
+    other = await first.post("/mcp/v1/chat", json=body | {"context": "copro:someone-else"})
+    assert other.status_code == 200
+    assert other.headers["RateLimit-Remaining"] == "19"
+
+
+async def test_an_unreachable_counter_store_refuses_with_503_unless_configured_to_fail_open(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(rate_limit_per_copro=5)
+    # A second replica on the same NATS, configured to let requests through when the store is gone.
+    fail_open_port = free_port()
+    await stack.start(
+        lambda stop: _serve_gateway(
+            GatewaySettings(
+                nats_url=stack.nats_url,
+                database_url=stack.database_url,
+                gateway_port=fail_open_port,
+                rate_limit_per_copro=5,
+                rate_limit_fail_open=True,
+            ),
+            stop,
+        )
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{fail_open_port}", timeout=90) as fail_open:
+        await wait_until(lambda: _gateway_up(fail_open), timeout=30)
+        body = chat_body("Bonjour.", max_tokens=1)
+        nc = await nats.connect(stack.nats_url)
+        await nc.jetstream().delete_key_value(RATE_LIMIT_BUCKET)
+        await nc.close()
+
+        async with ChatRequests(stack.nats_url) as requests:
+            refused = await stack.client.post("/mcp/v1/chat", json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "rate_limit_unavailable"
+        assert refused.headers["Retry-After"] == "1"
+        assert "RateLimit-Remaining" not in refused.headers
+        assert requests.seen == 0
+
+        let_through = await fail_open.post("/mcp/v1/chat", json=body)
+        assert let_through.status_code == 200, let_through.text
+        assert "RateLimit-Remaining" not in let_through.headers  # nothing was counted

@@ -1,0 +1,379 @@
+"""Nodes and services on a NATS server that knows each one's nkey: what each may do, what is refused.
+
+The server is the `secured_nats` fixture: an embedded nats-server with the `authorization`
+block `koprogo up` writes (tests/conftest.py). The server reports a refused publish or
+subscription to the client as `-ERR 'Permissions Violation ...'` (nats-py hands it to the
+error callback, and a refused request gets no answer); each test waits for that report, so
+nothing depends on timing beyond a generous timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from koprogo_cli.embedded import nats_server_binary
+from koprogo_cli.nats_auth import mint_seed
+from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
+from koprogo_node.adapters.inference import FakeInferenceEngine
+from koprogo_node.settings import NodeSettings
+from koprogo_shared import subjects
+from koprogo_shared.events import ChatCompleted
+from koprogo_shared.nats_connection import connect_nats, ensure_streams, nkey_public_key, publish_event
+from tests.conftest import SECURED_NODES, SecuredNats, wait_until
+from tests.integration.edge_support import listening, run_inference, running_node
+
+pytestmark = pytest.mark.integration
+
+MODEL = SECURED_NODES["pi-1"][0]  # the bundled model, which pi-1 serves
+OTHER_MODEL = SECURED_NODES["pi-2"][0]  # served by pi-2 only
+
+
+class Refusals:
+    """What the server refused this client, as nats-py reports it (lower case)."""
+
+    def __init__(self) -> None:
+        self.errors: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_error(self, exc: Exception) -> None:
+        self.errors.put_nowait(str(exc).lower())
+
+    async def next(self, timeout: float = 5.0) -> str:
+        return await asyncio.wait_for(self.errors.get(), timeout)
+
+
+@dataclass
+class Client:
+    nc: NATS
+    js: JetStreamContext
+    refusals: Refusals
+
+
+@asynccontextmanager
+async def connected_as(server: SecuredNats, identity: str) -> AsyncIterator[Client]:
+    """A raw client holding `identity`'s nkey, with the inbox its permissions allow."""
+    seed_file = server.seed_files[identity]
+    refusals = Refusals()
+    nc = await nats.connect(
+        server.url,
+        nkeys_seed=str(seed_file),
+        inbox_prefix=subjects.inbox_prefix(nkey_public_key(seed_file)),
+        error_cb=refusals.on_error,
+        allow_reconnect=False,
+    )
+    try:
+        yield Client(nc, nc.jetstream(timeout=2), refusals)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
+    """The secured server with fresh KOPROGO_* streams, declared by the router's identity."""
+
+    async def drop_streams() -> None:
+        async with connected_as(secured_nats, "admin") as admin:
+            for name in [spec.name for spec in subjects.STREAMS] + [f"KV_{subjects.RATE_LIMIT_BUCKET}"]:
+                with contextlib.suppress(NotFoundError):
+                    await admin.js.delete_stream(name)
+
+    await drop_streams()
+    async with connected_as(secured_nats, "router") as router:
+        await ensure_streams(router.js)
+    yield secured_nats
+    await drop_streams()
+
+
+async def work_items(js: JetStreamContext) -> int:
+    return (await js.stream_info(subjects.WORK_STREAM)).state.messages
+
+
+async def test_a_node_with_its_own_key_takes_its_models_work_and_publishes_its_answer_and_heartbeat(
+    secured: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="koprogo_shared.nats_connection")
+    settings = NodeSettings(
+        nats_url=secured.url,
+        nats_nkey_seed_file=secured.seed_files["node:pi-1"],
+        node_id="pi-1",
+        node_model=MODEL,
+        ops_port=0,
+        ack_wait_s=5.0,
+        heartbeat_interval_s=0.5,
+    )
+    reply = subjects.gateway_reply("gw-secured")
+    async with (
+        connected_as(secured, "admin") as admin,
+        connected_as(secured, "router") as router,
+        listening(admin.nc, reply, "outcome") as replies,
+        listening(admin.nc, subjects.node_heartbeat("pi-1"), "heartbeat") as beats,
+        running_node(settings, engine=FakeInferenceEngine()),
+    ):
+        beat = await beats.next(30)
+        cmd = run_inference("Bonjour", reply_subject=reply, max_tokens=16)
+        await publish_event(router.js, subjects.run_inference_edge(MODEL), cmd)
+        outcome = await replies.next(30)
+        stored = await admin.js.get_last_msg(subjects.EVENTS_STREAM, subjects.chat_completed("copro-edge"))
+        await wait_until(lambda: _none_left(admin.js), timeout=10)  # acked: gone from the work queue
+
+        # Poison: the node may dead-letter its own model's work, and only that.
+        await router.js.publish(subjects.run_inference_edge(MODEL), b"not a command", timeout=2)
+        dead_subject = subjects.deadletter_for(subjects.run_inference_edge(MODEL))
+
+        async def dead_lettered() -> bool:
+            try:
+                await admin.js.get_last_msg(subjects.DEADLETTER_STREAM, dead_subject)
+            except NotFoundError:
+                return False
+            return True
+
+        await wait_until(dead_lettered, timeout=10)
+        await wait_until(lambda: _none_left(admin.js), timeout=10)
+    assert beat.node_id == "pi-1" and beat.models == [MODEL]
+    assert isinstance(outcome, ChatCompleted) and outcome.request_id == cmd.request_id
+    assert outcome.execution_info.node_id == "pi-1"
+    assert ChatCompleted.model_validate_json(stored.data or b"") == outcome
+    assert "permissions violation" not in caplog.text.lower()
+    assert "authorization violation" not in caplog.text.lower()
+
+
+async def _none_left(js: JetStreamContext) -> bool:
+    return await work_items(js) == 0
+
+
+async def _fetch_once(client: Client, model: str) -> None:
+    sub = await client.js.pull_subscribe_bind(
+        durable=subjects.edge_work_durable(model), stream=subjects.WORK_STREAM
+    )
+    with contextlib.suppress(nats.errors.TimeoutError):
+        await sub.fetch(1, timeout=1)
+
+
+def _consumer(name: str | None, durable: str, model: str) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        name=name,
+        durable_name=durable,
+        filter_subject=subjects.run_inference_edge(model),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+    )
+
+
+async def _request_refused(action: Awaitable[object]) -> None:
+    """A refused JetStream API request is dropped by the server: no answer comes."""
+    with pytest.raises(nats.errors.TimeoutError):
+        await action
+
+
+async def _alter_work_stream(client: Client) -> None:
+    config = js_api.StreamConfig(name=subjects.WORK_STREAM, subjects=[subjects.WORK_ALL], max_age=1.0)
+    await _request_refused(client.js.update_stream(config))
+
+
+async def _subscribe(client: Client, subject: str) -> None:
+    await client.nc.subscribe(subject)
+    await client.nc.flush()
+
+
+Action = Callable[[Client], Awaitable[object]]
+MY_DURABLE = subjects.edge_work_durable(MODEL)
+OTHER_DURABLE = subjects.edge_work_durable(OTHER_MODEL)
+
+# What pi-1 (serving MODEL) tries, and the subject the server names in refusing it.
+REFUSED_TO_A_NODE: dict[str, tuple[Action, str]] = {
+    "fetch another model's work": (
+        lambda c: _fetch_once(c, OTHER_MODEL),
+        f'publish to "$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{OTHER_DURABLE}"',
+    ),
+    "look up another model's consumer": (
+        lambda c: _request_refused(c.js.consumer_info(subjects.WORK_STREAM, OTHER_DURABLE)),
+        f"$JS.API.CONSUMER.INFO.{subjects.WORK_STREAM}.{OTHER_DURABLE}",
+    ),
+    "point its own durable at another model's work": (
+        lambda c: _request_refused(
+            c.js.add_consumer(subjects.WORK_STREAM, _consumer(MY_DURABLE, MY_DURABLE, OTHER_MODEL))
+        ),
+        f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{MY_DURABLE}.{subjects.run_inference_edge(OTHER_MODEL)}",
+    ),
+    "create a durable without naming its filter": (
+        lambda c: _request_refused(
+            c.js.add_consumer(subjects.WORK_STREAM, _consumer(None, MY_DURABLE, OTHER_MODEL))
+        ),
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.WORK_STREAM}.{MY_DURABLE}",
+    ),
+    "publish another node's heartbeat": (
+        lambda c: c.nc.publish(subjects.node_heartbeat("pi-2"), b"{}"),
+        f'publish to "{subjects.node_heartbeat("pi-2")}"',
+    ),
+    "publish work": (
+        lambda c: c.nc.publish(subjects.run_inference_edge(OTHER_MODEL), b"{}"),
+        f'publish to "{subjects.run_inference_edge(OTHER_MODEL)}"',
+    ),
+    "publish a chat request": (
+        lambda c: c.nc.publish(subjects.chat_requested("copro-x"), b"{}"),
+        f'publish to "{subjects.chat_requested("copro-x")}"',
+    ),
+    "delete the work stream": (
+        lambda c: _request_refused(c.js.delete_stream(subjects.WORK_STREAM)),
+        f"$JS.API.STREAM.DELETE.{subjects.WORK_STREAM}",
+    ),
+    "purge the work stream": (
+        lambda c: _request_refused(c.js.purge_stream(subjects.WORK_STREAM)),
+        f"$JS.API.STREAM.PURGE.{subjects.WORK_STREAM}",
+    ),
+    "alter the work stream": (_alter_work_stream, f"$JS.API.STREAM.UPDATE.{subjects.WORK_STREAM}"),
+    "create a stream over the work": (
+        lambda c: _request_refused(c.js.add_stream(name="STOLEN", subjects=["koprogo.work.edge.>"])),
+        "$JS.API.STREAM.CREATE.STOLEN",
+    ),
+    "listen to work as it is published": (
+        lambda c: _subscribe(c, subjects.WORK_ALL),
+        f'subscription to "{subjects.WORK_ALL}"',
+    ),
+    "listen to the event log": (
+        lambda c: _subscribe(c, subjects.EVENTS_ALL),
+        f'subscription to "{subjects.EVENTS_ALL}"',
+    ),
+    "read the gateways' answers": (
+        lambda c: _subscribe(c, subjects.gateway_reply("gw-1")),
+        f'subscription to "{subjects.gateway_reply("gw-1")}"',
+    ),
+    "read other clients' inboxes": (lambda c: _subscribe(c, "_INBOX.>"), 'subscription to "_INBOX.>"'),
+}
+
+
+@pytest.mark.parametrize("attempt", list(REFUSED_TO_A_NODE))
+async def test_a_node_is_refused_by_the_server_beyond_its_own_work_and_results(
+    secured: SecuredNats, attempt: str
+) -> None:
+    action, refused_subject = REFUSED_TO_A_NODE[attempt]
+    async with (
+        connected_as(secured, "admin") as admin,
+        connected_as(secured, "router") as router,
+        listening(admin.nc, subjects.NODE_HEARTBEAT_ALL, "heartbeat") as beats,
+    ):
+        other_work = run_inference("Pour pi-2 seulement", reply_subject=subjects.gateway_reply("gw-1"))
+        other_work = other_work.model_copy(update={"model": OTHER_MODEL})
+        await publish_event(router.js, subjects.run_inference_edge(OTHER_MODEL), other_work)
+        async with connected_as(secured, "node:pi-1") as node:
+            await action(node)
+            refusal = await node.refusals.next()
+            assert node.nc.is_connected  # refused, not disconnected
+        await admin.nc.flush()
+        work = await admin.js.stream_info(subjects.WORK_STREAM)
+    assert "permissions violation" in refusal and refused_subject.lower() in refusal, refusal
+    # Nothing happened: the other model's item waits for its node, the stream is as declared.
+    assert work.state.messages == 1 and work.config.max_age == 86400
+    assert beats.items.empty()
+    with pytest.raises(NotFoundError):
+        async with connected_as(secured, "admin") as admin:
+            await admin.js.stream_info("STOLEN")
+
+
+@pytest.mark.parametrize("credentials", ["an unknown key", "no key"])
+async def test_a_client_without_a_known_key_cannot_connect(
+    secured_nats: SecuredNats, tmp_path: Path, credentials: str
+) -> None:
+    options: dict[str, str] = {}
+    if credentials == "an unknown key":
+        seed_file = tmp_path / "stranger.nk"
+        mint_seed(seed_file)
+        options = {"nkeys_seed": str(seed_file)}
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization violation"):
+        await nats.connect(secured_nats.url, allow_reconnect=False, connect_timeout=5, **options)  # type: ignore[arg-type]
+
+
+async def test_a_service_with_an_unknown_key_keeps_being_refused_and_says_so(
+    secured_nats: SecuredNats, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="koprogo_shared.nats_connection")
+    seed_file = tmp_path / "stranger.nk"
+    mint_seed(seed_file)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connect_nats(secured_nats.url, "stranger", nkey_seed_file=seed_file), 2)
+    assert "authorization violation" in caplog.text.lower()
+
+
+async def test_the_ledger_and_the_router_declare_the_streams_and_neither_may_delete_them(
+    secured: SecuredNats,
+) -> None:
+    for identity in ("ledger", "router"):
+        async with connected_as(secured, identity) as service:
+            await ensure_streams(service.js)
+            await _request_refused(service.js.delete_stream(subjects.EVENTS_STREAM))
+            refusal = await service.refusals.next()
+        assert f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}".lower() in refusal, (identity, refusal)
+
+
+async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_touch_streams_or_work(
+    secured: SecuredNats,
+) -> None:
+    async with connected_as(secured, "gateway") as gateway:
+        await ensure_rate_limit_bucket(gateway.js, ttl_s=120)
+        counters = NatsKvCounterStore(await gateway.js.key_value(subjects.RATE_LIMIT_BUCKET))
+        first = await counters.create("user-1", 1)
+        await counters.replace("user-1", 2, first.revision)
+        counted = await counters.read("user-1")
+        ack = await gateway.js.publish(
+            subjects.chat_requested("copro-a"), b"{}", headers={"Nats-Msg-Id": "gw-test-1"}, timeout=2
+        )
+        await gateway.nc.subscribe(subjects.gateway_reply("gw-1"))
+        await gateway.nc.subscribe(subjects.NODE_HEARTBEAT_ALL)
+        await gateway.nc.publish(subjects.NODES_ANNOUNCE, b"")
+        await gateway.nc.flush()
+        assert gateway.refusals.errors.empty()
+
+        await gateway.nc.publish(subjects.run_inference_edge(MODEL), b"{}")
+        work_refusal = await gateway.refusals.next()
+        await _request_refused(gateway.js.add_stream(name=subjects.EVENTS_STREAM, subjects=["koprogo.>"]))
+        stream_refusal = await gateway.refusals.next()
+    assert counted is not None and counted.count == 2
+    assert ack.stream == subjects.EVENTS_STREAM
+    assert f'publish to "{subjects.run_inference_edge(MODEL)}"' in work_refusal
+    assert f"$JS.API.STREAM.CREATE.{subjects.EVENTS_STREAM}".lower() in stream_refusal
+
+
+def test_the_shipped_server_config_with_its_written_authorization_block_is_valid(tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[2] / "deploy" / "nats" / "nats-server.conf"
+    (tmp_path / "nats-server.conf").write_text(shipped.read_text())
+    written = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "koprogo_cli.main",
+            "nats-config",
+            "--keys-dir",
+            str(tmp_path / "keys"),
+            "--out",
+            str(tmp_path / "authorization.conf"),
+            "--node",
+            f"pi-1={MODEL}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert written.returncode == 0, written.stderr
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(tmp_path / "nats-server.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0 and "is valid" in checked.stdout + checked.stderr, checked.stderr
+    assert "sync_interval: always" in shipped.read_text()
+    assert f"node:pi-1: NATS_NKEY_SEED_FILE={tmp_path / 'keys' / 'nodes' / 'pi-1.nk'}" in written.stderr

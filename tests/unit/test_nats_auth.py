@@ -1,0 +1,100 @@
+"""NATS identities: keys minted once and kept secret, each node's permissions naming only its own work."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from koprogo_cli.main import build_parser
+from koprogo_cli.nats_auth import NatsAuthError, identities, mint_seed, node_permissions, render_authorization
+from koprogo_shared.nats_connection import NatsCredentialsError, nkey_public_key
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_seed_is_minted_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    seed_file = tmp_path / "secrets" / "nats" / "router.nk"
+    first = mint_seed(seed_file)
+    again = mint_seed(seed_file)
+    assert first == again and first.startswith("U") and len(first) == 56
+    assert mode(seed_file) == 0o600 and mode(seed_file.parent) == 0o700
+    assert nkey_public_key(seed_file) == first
+
+
+def test_a_copied_in_seed_is_tightened_to_its_owner(tmp_path: Path) -> None:
+    seed_file = tmp_path / "node.nk"
+    public_key = mint_seed(seed_file)
+    seed_file.chmod(0o644)
+    assert mint_seed(seed_file) == public_key and mode(seed_file) == 0o600
+
+
+def test_a_file_that_is_not_a_user_seed_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_seed = tmp_path / "junk.nk"
+    not_a_seed.write_text("SUNOTASEED\n")
+    with pytest.raises(NatsCredentialsError, match="does not hold a NATS nkey seed"):
+        nkey_public_key(not_a_seed)
+    with pytest.raises(NatsCredentialsError, match="cannot read"):
+        nkey_public_key(tmp_path / "missing.nk")
+
+
+def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat() -> None:
+    allowed = node_permissions("UNODE", "pi-1", ["smollm2:135m-instruct-q4"])
+    publish = set(allowed.publish)
+    assert "koprogo.nodes.heartbeat.pi-1" in publish
+    assert not any(
+        s.startswith("koprogo.nodes.heartbeat.") and s != "koprogo.nodes.heartbeat.pi-1" for s in publish
+    )
+    assert not any(s.startswith("koprogo.work.") for s in publish)
+    assert not any(s.startswith("koprogo.events.chat.requested") for s in publish)
+    assert not any(".STREAM." in s and not s.startswith("$JS.API.STREAM.INFO.") for s in publish)
+    assert not any(s.endswith(".>") and s.startswith("$JS.API") for s in publish)
+    assert (
+        "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
+        in publish
+    )
+    assert set(allowed.subscribe) == {"_INBOX.UNODE.>", "koprogo.nodes.announce"}
+
+
+@pytest.mark.parametrize(
+    ("node_id", "models"), [("pi 1", ["m"]), ("pi-1", []), ("pi-1", ["koprogo.work.>"]), ("", ["m"])]
+)
+def test_a_node_identity_needs_a_plain_id_and_plain_model_ids(node_id: str, models: list[str]) -> None:
+    with pytest.raises(NatsAuthError):
+        node_permissions("UNODE", node_id, models)
+
+
+def test_the_authorization_block_lists_every_service_the_operator_and_each_node(tmp_path: Path) -> None:
+    found = identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]})
+    text = render_authorization(found.users)
+    assert set(found.seed_files) == {"ledger", "router", "gateway", "admin", "node:pi-1"}
+    for seed_file in found.seed_files.values():
+        assert f'nkey: "{nkey_public_key(seed_file)}"' in text
+    assert text.count("permissions:") == 4  # the operator's identity alone is unrestricted
+    # Minted once: a second run gives the same keys.
+    assert identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]}).users == found.users
+
+
+def test_nats_node_key_prints_the_seed_path_and_the_users_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(
+        [
+            "nats-node-key",
+            "--keys-dir",
+            str(tmp_path),
+            "--node-id",
+            "pi-7",
+            "--model",
+            "smollm2:135m-instruct-q4",
+        ]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    seed_file = tmp_path / "nodes" / "pi-7.nk"
+    assert f"seed: {seed_file}" in out and mode(seed_file) == 0o600
+    assert f'nkey: "{nkey_public_key(seed_file)}"' in out
+    assert '"koprogo.nodes.heartbeat.pi-7"' in out

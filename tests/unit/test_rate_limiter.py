@@ -1,0 +1,151 @@
+"""The rate limiter over the in-memory counter store: exact admission, give-backs, store outages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from koprogo_gateway.adapters.rate_limit_store import Counter, CounterStoreUnavailableError, FakeCounterStore
+from koprogo_gateway.domain.errors import RateLimitUnavailableError
+from koprogo_gateway.domain.rate_limit import RateLimitPolicy
+from koprogo_gateway.service_layer.admission import chat_claims
+from koprogo_gateway.service_layer.rate_limits import RateLimiter
+
+COPRO = RateLimitPolicy("copro", 20, 60)
+USER = RateLimitPolicy("user", 5, 60)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_040.0) -> None:  # 20 s into a window
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(store: FakeCounterStore, clock: Clock | None = None, **kwargs: object) -> RateLimiter:
+    return RateLimiter(store=store, clock=clock or Clock(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_the_limit_is_admitted_and_the_next_request_refused() -> None:
+    gateway = limiter(FakeCounterStore())
+    decisions = [await gateway.admit([(COPRO, "a")]) for _ in range(21)]
+    assert [d.admitted for d in decisions] == [True] * 20 + [False]
+    assert decisions[0].usages[0].remaining == 19
+    assert decisions[19].usages[0].remaining == 0
+    assert decisions[20].retry_after_s == 60 - 20  # the clock is 20 s into its window
+
+
+async def test_two_gateways_on_one_store_under_a_concurrent_burst_admit_exactly_the_limit() -> None:
+    store = FakeCounterStore()
+    gateways = [limiter(store), limiter(store)]
+    decisions = await asyncio.gather(*(gateways[i % 2].admit([(COPRO, "a")]) for i in range(60)))
+    assert sum(d.admitted for d in decisions) == 20
+    assert store.conflicts > 0  # the gateways did collide, and compare-and-set sorted it out
+    assert next(iter(store.counters.values())).count == 20
+
+
+async def test_copros_and_windows_are_counted_apart() -> None:
+    clock = Clock()
+    gateway = limiter(FakeCounterStore(), clock)
+    for _ in range(20):
+        assert (await gateway.admit([(COPRO, "a")])).admitted
+    assert not (await gateway.admit([(COPRO, "a")])).admitted
+    assert (await gateway.admit([(COPRO, "b")])).admitted
+    clock.now += 60
+    assert (await gateway.admit([(COPRO, "a")])).admitted
+
+
+async def test_a_request_refused_by_its_copro_gives_its_user_slot_back() -> None:
+    store = FakeCounterStore()
+    gateway = limiter(store)
+    tight_copro = RateLimitPolicy("copro", 2, 60)
+    claims = chat_claims(copro_policy=tight_copro, user_policy=USER, copro_id="a", user_id="u1")
+    assert [(await gateway.admit(claims)).admitted for _ in range(3)] == [True, True, False]
+    user_counts = [c.count for k, c in store.counters.items() if k.startswith("user.")]
+    assert user_counts == [2]
+
+
+async def test_requests_without_a_copro_share_one_counter() -> None:
+    gateway = limiter(FakeCounterStore())
+    claims = chat_claims(
+        copro_policy=RateLimitPolicy("copro", 2, 60), user_policy=USER, copro_id=None, user_id=None
+    )
+    assert [(await gateway.admit(claims)).admitted for _ in range(3)] == [True, True, False]
+
+
+async def test_no_user_today_means_only_the_copro_policy_applies() -> None:
+    claims = chat_claims(copro_policy=COPRO, user_policy=USER, copro_id="a", user_id=None)
+    assert claims == [(COPRO, "a")]
+    claims = chat_claims(copro_policy=COPRO, user_policy=USER, copro_id="a", user_id="u1")
+    assert claims == [(USER, "u1"), (COPRO, "a")]
+
+
+async def test_an_unreachable_store_refuses_unless_configured_to_fail_open() -> None:
+    store = FakeCounterStore()
+    store.unavailable = True
+    with pytest.raises(RateLimitUnavailableError) as refused:
+        await limiter(store).admit([(COPRO, "a")])
+    assert refused.value.status == 503
+    assert refused.value.headers["Retry-After"] == "1"
+    let_through = await limiter(store, fail_open=True).admit([(COPRO, "a")])
+    assert let_through.admitted and let_through.usages == ()
+
+
+class CoproCountersDown(FakeCounterStore):
+    """The user's counter answers, the copro's does not."""
+
+    async def read(self, key: str) -> Counter | None:
+        if key.startswith("copro."):
+            raise CounterStoreUnavailableError("down")
+        return await super().read(key)
+
+
+async def test_a_store_failing_mid_request_gives_back_the_slots_already_taken() -> None:
+    store = CoproCountersDown()
+    with pytest.raises(RateLimitUnavailableError):
+        await limiter(store).admit([(USER, "u1"), (COPRO, "a")])
+    assert [c.count for c in store.counters.values()] == [0]
+
+
+class RivalAlwaysFirst(FakeCounterStore):
+    """Another gateway writes the key just before every compare-and-set of ours."""
+
+    async def replace(self, key: str, count: int, revision: int) -> Counter:
+        self._store(key, self.counters[key].count)
+        return await super().replace(key, count, revision)
+
+
+async def test_endless_contention_is_a_503_not_an_extra_admission() -> None:
+    store = RivalAlwaysFirst()
+    gateway = limiter(store, max_attempts=3)
+    assert (await gateway.admit([(COPRO, "a")])).admitted  # created: no rival on a create
+    with pytest.raises(RateLimitUnavailableError):
+        await gateway.admit([(COPRO, "a")])
+    assert next(iter(store.counters.values())).count == 1
+
+
+class SlowlyDown(FakeCounterStore):
+    """A store that takes its time to fail, as a NATS server that stopped answering does."""
+
+    calls = 0
+
+    async def read(self, key: str) -> Counter | None:
+        SlowlyDown.calls += 1
+        await asyncio.sleep(0.05)
+        raise CounterStoreUnavailableError("timeout")
+
+
+async def test_requests_queued_behind_a_failing_store_fail_fast_then_the_store_is_tried_again() -> None:
+    clock = Clock()
+    gateway = limiter(SlowlyDown(), clock)
+    results = await asyncio.gather(
+        *(gateway.admit([(COPRO, "a")]) for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, RateLimitUnavailableError) for r in results)
+    assert SlowlyDown.calls == 1  # the other 19 did not each wait for a timeout of their own
+    clock.now += 1.5
+    with pytest.raises(RateLimitUnavailableError):
+        await gateway.admit([(COPRO, "a")])
+    assert SlowlyDown.calls == 2
