@@ -53,7 +53,7 @@ def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat
     assert not any(".STREAM." in s and not s.startswith("$JS.API.STREAM.INFO.") for s in publish)
     assert not any(s.endswith(".>") and s.startswith("$JS.API") for s in publish)
     assert (
-        "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
+        "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
         in publish
     )
     assert set(allowed.subscribe) == {"_INBOX.UNODE.>", "koprogo.nodes.announce"}

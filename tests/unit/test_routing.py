@@ -49,3 +49,14 @@ def test_cloud_model_without_a_provider_is_503_naming_the_provider() -> None:
     assert isinstance(decision, Refusal)
     assert decision.status == 503
     assert "anthropic" in decision.message
+
+
+def test_consumer_names_of_distinct_model_ids_never_collide() -> None:
+    from koprogo_shared.subjects import durable_name
+
+    ids = ["a.b", "a_b", "a:b", "a-b", "a__b", "a_cb", "smollm2:135m-instruct-q4"]
+    names = [durable_name("edge", model) for model in ids]
+    assert len(set(names)) == len(ids)
+    assert all(
+        set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") for n in names
+    )

@@ -74,9 +74,25 @@ def deadletter_for(subject: str) -> str:
     return f"{DEADLETTER_PREFIX}.{subject}"
 
 
+_DURABLE_ESCAPES = {"_": "__", ":": "_c", ".": "_d"}
+
+
 def durable_name(prefix: str, value: str) -> str:
-    """A consumer name from a free value (consumer names allow letters, digits, `-` and `_`)."""
-    return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_-]", "_", value)
+    """A consumer name from a free value (consumer names allow letters, digits, `-` and `_`).
+
+    Injective for model ids (`[A-Za-z0-9:._-]`): `_` is doubled, `:` and `.` become `_c` and
+    `_d`, so `a.b`, `a_b` and `a:b` get three different consumers (and permissions). Any
+    other character is refused rather than folded into a name another value could get.
+    """
+    out = []
+    for char in value:
+        if char.isascii() and (char.isalnum() or char == "-"):
+            out.append(char)
+        elif char in _DURABLE_ESCAPES:
+            out.append(_DURABLE_ESCAPES[char])
+        else:
+            raise ValueError(f"{value!r} cannot name a consumer: only letters, digits and ':._-'")
+    return f"{prefix}-" + "".join(out)
 
 
 ROUTER_DURABLE = "router"
