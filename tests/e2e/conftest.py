@@ -89,9 +89,17 @@ async def stack_factory(
     stacks: list[RunningStack] = []
 
     async def make(
-        *, edge_nodes: int = 1, chat_timeout_s: float = 60.0, gateways: int = 1, **gateway_settings: Any
+        *,
+        edge_nodes: int = 1,
+        chat_timeout_s: float = 60.0,
+        gateways: int = 1,
+        probe_token: str | None = None,
+        **gateway_settings: Any,
     ) -> RunningStack:
-        """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one."""
+        """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one.
+
+        With authentication on, `probe_token` (mcp:read) lets start-up see the models' availability.
+        """
         gateway_ports = [free_port() for _ in range(gateways)]
         clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=90) for p in gateway_ports]
         client = clients[0]
@@ -137,7 +145,8 @@ async def stack_factory(
 
         async def bundled_model_available(client: httpx.AsyncClient) -> bool:
             try:
-                models = (await client.get("/mcp/v1/models")).json()["models"]
+                headers = {"Authorization": f"Bearer {probe_token}"} if probe_token else {}
+                models = (await client.get("/mcp/v1/models", headers=headers)).json()["models"]
             except httpx.HTTPError:
                 return False
             return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)

@@ -89,7 +89,9 @@ async def all_stats(db: asyncpg.Pool) -> list[dict[str, Any]]:
         (T0, T0 + timedelta(hours=7), "copro-a"),
         (datetime.now(UTC) - timedelta(days=2), None, "copro-b"),
     ]
-    return [await stats.stats(date_from=f, date_to=t, copro_id=c) for f, t, c in periods]
+    return [
+        await stats.stats(date_from=f, date_to=t, copro_ids=None if c is None else [c]) for f, t, c in periods
+    ]
 
 
 async def project(database_url: str, nats_url: str, events: list[Event]) -> None:

@@ -103,18 +103,20 @@ async def test_stats_equal_the_sums_of_the_projected_events_with_and_without_fil
             start, end = answered[5].completed.time, answered[20].completed.time
             cases = {
                 "everything": (None, None, None),
-                "one copro": (None, None, "copro-a"),
+                "one copro": (None, None, ["copro-a"]),
+                "two copros": (None, None, ["copro-a", "copro-b"]),
                 "from inclusive, to exclusive": (start, end, None),
-                "a copro over a period": (start, end, "copro-b"),
+                "a copro over a period": (start, end, ["copro-b"]),
                 "a naive time is UTC": (start.replace(tzinfo=None), end.replace(tzinfo=None), None),
             }
             for name, (date_from, date_to, copro) in cases.items():
-                got = await stats.stats(date_from=date_from, date_to=date_to, copro_id=copro)
+                got = await stats.stats(date_from=date_from, date_to=date_to, copro_ids=copro)
                 rows = [r for r in _within(answered, start if date_from else None, end if date_to else None)
-                        if copro is None or r.copro_id == copro]  # fmt: skip
+                        if copro is None or r.copro_id in copro]  # fmt: skip
                 assert rows, f"{name}: the case selects some answers"
                 assert got == _expected(rows), name
-            nobody = await stats.stats(date_from=None, date_to=None, copro_id="copro-nobody")
+            nobody = await stats.stats(date_from=None, date_to=None, copro_ids=["copro-nobody"])
+            assert await stats.stats(date_from=None, date_to=None, copro_ids=[]) == nobody
             assert await stats.ping() is True
         finally:
             await pool.close()
@@ -140,7 +142,7 @@ async def test_stats_types_match_the_seed_shape(database_url: str, clean_jetstre
         await ledger.publish(chat_completed(request, co2_grams=0, co2_saved_grams=0))
         await wait_until(lambda: ledger.applied(request.id))
         await wait_until(ledger.settled)
-        got = await PostgresStatsRepository(ledger.db).stats(date_from=None, date_to=None, copro_id=None)
+        got = await PostgresStatsRepository(ledger.db).stats(date_from=None, date_to=None, copro_ids=None)
     assert {k: type(v) for k, v in got.items()} == {
         "total_requests": int,
         "total_tokens": int,

@@ -7,9 +7,11 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
+import jwt
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
@@ -34,6 +36,8 @@ class Gateway:
     chat: ChatService
     stats: PostgresStatsRepository
     admission: ChatAdmission
+    # None when authentication is off (no JWT_SECRET nor JWKS_URL).
+    verifier: JwtVerifier | None
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -82,6 +86,25 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         ),
         stats=PostgresStatsRepository(pool),
         admission=_admission(settings, NatsKvCounterStore(counters)),
+        verifier=build_verifier(settings),
+    )
+
+
+def build_verifier(settings: GatewaySettings) -> JwtVerifier | None:
+    """The token verifier the settings describe; None when authentication is off."""
+    if settings.jwt_secret is None and settings.jwks_url is None:
+        return None
+    jwks_client = None
+    if settings.jwks_url is not None:
+        jwks_client = jwt.PyJWKClient(
+            settings.jwks_url, cache_keys=True, cache_jwk_set=True, lifespan=settings.jwks_cache_s, timeout=5
+        )
+    return JwtVerifier(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret is not None else None,
+        jwks_client=jwks_client,
     )
 
 

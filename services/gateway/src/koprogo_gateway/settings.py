@@ -1,15 +1,20 @@
-"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, ...)."""
+"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*, ...)."""
 
 from __future__ import annotations
 
 import socket
 import uuid
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
 from koprogo_shared.settings import ServiceSettings
+
+# Secrets copied from examples and templates; refused whatever their length.
+PLACEHOLDER_SECRETS = frozenset({"changethis", "changeme", "secret", "your-secret-key", "dev-secret"})
+MIN_SECRET_BYTES = 32
 
 
 def _default_gateway_id() -> str:
@@ -27,7 +32,7 @@ class GatewaySettings(ServiceSettings):
     db_pool_max: int = 10
 
     # Rate limits (POST /mcp/v1/chat): requests per window per copro and per user (the user
-    # policy applies once tokens name a user); 0 switches a policy off.
+    # policy applies when authentication is on); 0 switches a policy off.
     rate_limit_per_copro: int = Field(default=1000, ge=0)
     rate_limit_per_user: int = Field(default=100, ge=0)
     rate_limit_window_s: int = Field(default=60, ge=1, le=86400)
@@ -42,6 +47,44 @@ class GatewaySettings(ServiceSettings):
     chat_max_messages: int = Field(default=256, ge=1)
     chat_max_message_chars: int = Field(default=200_000, ge=1)
     chat_max_total_chars: int = Field(default=400_000, ge=1)
+
+    # Authentication: on when a verifier is configured (JWT_SECRET for HS256, or JWKS_URL for
+    # RS256/ES256), off otherwise; ENVIRONMENT=production refuses to start without one.
+    environment: Literal["development", "production"] = "development"
+    jwt_secret: SecretStr | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str = "koprogo"
+    jwt_audience: str = "koprogo-symbiose"
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # How long the JWKS keys are cached before they are fetched again.
+    jwks_cache_s: int = Field(default=300, ge=1)
+
+    @field_validator("jwt_secret", "jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _authentication_is_sound(self) -> Self:
+        if self.jwt_secret is not None and self.jwks_url is not None:
+            raise ValueError("set JWT_SECRET (HS256) or JWKS_URL (RS256/ES256), not both")
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if secret.strip().lower() in PLACEHOLDER_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"JWT_SECRET is a placeholder or shorter than {MIN_SECRET_BYTES} bytes; "
+                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+        if self.environment == "production":
+            if self.jwt_secret is None and self.jwks_url is None:
+                raise ValueError("ENVIRONMENT=production needs JWT_SECRET or JWKS_URL: authentication is off")
+            if self.jwks_url is not None and not self.jwks_url.startswith("https://"):
+                raise ValueError("ENVIRONMENT=production needs an https:// JWKS_URL")
+        return self
+
+    @property
+    def authentication_on(self) -> bool:
+        return self.jwt_secret is not None or self.jwks_url is not None
 
     def rate_limit_policies(self) -> tuple[RateLimitPolicy | None, RateLimitPolicy | None]:
         """(copro policy, user policy); None for a policy switched off."""

@@ -7,6 +7,7 @@ count (the upstream seed multiplied the number of requests by summed columns).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 
 def _where(
-    date_from: datetime | None, date_to: datetime | None, copro_id: str | None
+    date_from: datetime | None, date_to: datetime | None, copro_ids: Sequence[str] | None
 ) -> tuple[str, list[Any]]:
     """Only the filters given, so the planner can use the (copro_id, created_at) index."""
     clauses: list[str] = []
@@ -46,7 +47,7 @@ def _where(
     for clause, value in (
         ("created_at >= ${}", _aware(date_from)),
         ("created_at < ${}", _aware(date_to)),
-        ("copro_id = ${}", copro_id),
+        ("copro_id = ANY(${}::text[])", None if copro_ids is None else list(copro_ids)),
     ):
         if value is not None:
             args.append(value)
@@ -61,10 +62,18 @@ class PostgresStatsRepository:
         self._pool = pool
 
     async def stats(
-        self, *, date_from: datetime | None, date_to: datetime | None, copro_id: str | None
+        self,
+        *,
+        date_from: datetime | None,
+        date_to: datetime | None,
+        copro_ids: Sequence[str] | None,
     ) -> dict[str, Any]:
-        """The seed's stats shape over answered requests; `date_from` inclusive, `date_to` exclusive."""
-        where, args = _where(date_from, date_to, copro_id)
+        """The seed's stats shape over answered requests; `date_from` inclusive, `date_to` exclusive.
+
+        `copro_ids`: None for every copro (and requests without one), else only those (an empty
+        list gives zero figures).
+        """
+        where, args = _where(date_from, date_to, copro_ids)
         try:
             row = await self._pool.fetchrow(_STATS_SELECT + where, *args, timeout=10)
         except asyncpg.UndefinedTableError:

@@ -10,7 +10,10 @@ GatewayError
  ├── RateLimitedError      a rate-limit policy is exhausted for this window (429)
  ├── RateLimitUnavailableError the rate-limit store cannot decide, and the gateway fails closed (503)
  ├── StatsUnavailableError PostgreSQL (the ledger's read model) cannot answer (503)
- └── InvalidQueryError     a query parameter is malformed (422)
+ ├── InvalidQueryError     a query parameter is malformed (422)
+ ├── UnauthorizedError     no token, or one that is malformed, expired, badly signed or not for us (401)
+ ├── ForbiddenError        the token lacks a scope, or names no right to that copro (403)
+ └── CoproNotFoundError    another copro's objects are reported as absent (404)
 """
 
 from __future__ import annotations
@@ -83,3 +86,21 @@ class NodeLostError(GatewayError):
 class StatsUnavailableError(GatewayError):
     status = 503
     error = "stats_unavailable"
+
+
+class UnauthorizedError(GatewayError):
+    status = 401
+    error = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="koprogo"'})
+
+
+class ForbiddenError(GatewayError):
+    status = 403
+    error = "forbidden"
+
+
+class CoproNotFoundError(GatewayError):
+    status = 404
+    error = "not_found"

@@ -48,7 +48,7 @@ def chat_claims(
     copro_id: str | None,
     user_id: str | None,
 ) -> list[tuple[RateLimitPolicy, str]]:
-    """What one chat request is counted against: its user (once tokens name one), then its copro.
+    """What one chat request is counted against: its user (when a token names one), then its copro.
 
     Requests that name no copro share one counter (the empty copro id's), so leaving out
     `context` does not escape the copro policy.

@@ -7,12 +7,13 @@ import logging
 from fastapi import APIRouter, BackgroundTasks, Response
 from prometheus_client import Counter, Histogram
 
+from koprogo_gateway.domain.access import require_chat_copro
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.errors import GatewayError, RateLimitedError
 from koprogo_gateway.domain.rate_limit import RateLimitDecision
-from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_gateway.entrypoints.http.deps import GatewayDep, Writer
 from koprogo_gateway.entrypoints.http.rate_limit_headers import rate_limit_headers, refusal_headers
-from koprogo_shared.events import ChatCompleted, ExecutionInfo
+from koprogo_shared.events import ChatCompleted, ExecutionInfo, copro_id_from_context
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mcp/v1", tags=["chat"])
@@ -44,6 +45,10 @@ def _response(completion: ChatCompleted, latency_ms: float) -> ChatResponseOut:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"description": "No valid bearer token (when authentication is on)."},
+    403: {
+        "description": "The token lacks `mcp:write`, or its `copros` do not include the `context`'s copro."
+    },
     404: {"description": "Unknown model; `known_models` lists the ids."},
     413: {"description": "The body is larger than MAX_BODY_BYTES (refused before parsing)."},
     422: {"description": "Invalid body, or over the input limits (messages, characters, max_tokens)."},
@@ -57,12 +62,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 @router.post("/chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
 async def chat(
-    body: ChatRequestIn, gateway: GatewayDep, background: BackgroundTasks, response: Response
+    body: ChatRequestIn, caller: Writer, gateway: GatewayDep, background: BackgroundTasks, response: Response
 ) -> ChatResponseOut:
-    """Answer a chat through the best available target (edge node today); rate-limited per copro."""
+    """Answer a chat through the best available target (edge node today); rate-limited per user and copro."""
     try:
-        # No user yet: once tokens are checked, their `sub` goes here and the user policy applies.
-        decision = await gateway.admission.admit(body, user_id=None)
+        # Into one of the caller's copros only; refused before anything is counted or published.
+        require_chat_copro(caller, copro_id_from_context(body.context))
+        decision = await gateway.admission.admit(body, user_id=caller.user_id)
     except GatewayError as exc:
         CHATS.labels(outcome=exc.error).inc()
         raise
@@ -72,12 +78,13 @@ async def chat(
     limit_headers = rate_limit_headers(decision)
     response.headers.update(limit_headers)
     try:
-        completion, latency_ms = await gateway.chat.ask(body)
+        completion, latency_ms = await gateway.chat.ask(body, user_id=caller.user_id)
     except GatewayError as exc:
         CHATS.labels(outcome=exc.error).inc()
         exc.headers = limit_headers | exc.headers
         raise
     CHATS.labels(outcome="completed").inc()
+    log.info("chat %s answered for user %s", completion.request_id, caller.user_id)
     LATENCY.observe(latency_ms / 1000.0)
     background.add_task(_record_delivery, gateway, completion, latency_ms)
     return _response(completion, latency_ms)

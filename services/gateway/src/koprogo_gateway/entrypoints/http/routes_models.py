@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
 from koprogo_shared.catalogue import CATALOGUE
 
 router = APIRouter(prefix="/mcp/v1", tags=["models"])
@@ -27,7 +27,7 @@ class ModelsPublic(BaseModel):
 
 
 @router.get("/models", response_model=ModelsPublic)
-async def list_models(gateway: GatewayDep) -> ModelsPublic:
+async def list_models(gateway: GatewayDep, _caller: Reader) -> ModelsPublic:
     """The catalogue, with `is_available` true only when a live node or provider serves the model now."""
     live = gateway.registry.available_models(time.monotonic())
     return ModelsPublic(

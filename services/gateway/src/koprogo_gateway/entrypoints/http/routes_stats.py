@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from koprogo_gateway.domain.access import stats_copros
 from koprogo_gateway.domain.errors import InvalidQueryError
-from koprogo_gateway.entrypoints.http.deps import GatewayDep
+from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
 from koprogo_shared.events import copro_id_from_context
 
 router = APIRouter(prefix="/mcp/v1", tags=["stats"])
@@ -27,19 +28,28 @@ class StatsPublic(BaseModel):
     models_used: list[str]
 
 
-@router.get("/stats", response_model=StatsPublic)
+@router.get(
+    "/stats",
+    response_model=StatsPublic,
+    responses={
+        401: {"description": "No valid bearer token (when authentication is on)."},
+        403: {"description": "The token lacks `mcp:read`."},
+        404: {"description": "The `context` names a copro the token does not give access to."},
+    },
+)
 async def stats(
     gateway: GatewayDep,
+    caller: Reader,
     date_from: Annotated[datetime | None, Query(alias="from")] = None,
     date_to: Annotated[datetime | None, Query(alias="to")] = None,
     context: Annotated[str | None, Query(max_length=255)] = None,
 ) -> StatsPublic:
-    """Totals over answered requests, optionally between `from` and `to` and for one `context` (copro:<id>)."""
+    """Totals over answered requests of the caller's copros, optionally between `from` and `to` and for one `context` (copro:<id>)."""
     if context is not None and ":" not in context:
         raise InvalidQueryError("context must look like 'copro:<id>'")
     if date_from and date_to and date_from >= date_to:
         raise InvalidQueryError("'from' must be before 'to'")
-    figures = await gateway.stats.stats(
-        date_from=date_from, date_to=date_to, copro_id=copro_id_from_context(context)
-    )
+    # Another copro's figures are a 404, as if it did not exist; admins see every copro.
+    copro_ids = stats_copros(caller, copro_id_from_context(context))
+    figures = await gateway.stats.stats(date_from=date_from, date_to=date_to, copro_ids=copro_ids)
     return StatsPublic(**figures)

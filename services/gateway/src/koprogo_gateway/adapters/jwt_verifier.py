@@ -1,0 +1,101 @@
+"""Verifying bearer tokens with pyjwt: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
+
+The algorithm allow-list comes from the configuration, never from the token: with a secret
+only HS256, with a JWKS only RS256 and ES256, so `alg: none` and an HMAC signed with a public
+key are both refused. `iss`, `aud`, `exp` and `sub` are required and checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import jwt
+
+from koprogo_gateway.domain.access import Caller, caller_from_claims, parse_scopes
+from koprogo_gateway.domain.errors import UnauthorizedError
+
+HMAC_ALGORITHMS = ("HS256",)
+PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "sub")
+
+
+class JwtVerifier:
+    """Turns a bearer token into a `Caller`, or raises `UnauthorizedError` saying why (never echoing it)."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: float,
+        secret: str | None = None,
+        jwks_client: jwt.PyJWKClient | None = None,
+    ) -> None:
+        if (secret is None) == (jwks_client is None):
+            raise ValueError("a JwtVerifier needs exactly one of a secret and a JWKS client")
+        self._secret = secret
+        self._jwks = jwks_client
+        self._algorithms: Sequence[str] = HMAC_ALGORITHMS if secret is not None else PUBLIC_KEY_ALGORITHMS
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+
+    async def verify(self, token: str) -> Caller:
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError:
+            raise UnauthorizedError("malformed bearer token") from None
+        # Checked before any key is fetched, so a token with a foreign algorithm costs nothing.
+        if algorithm not in self._algorithms:
+            raise UnauthorizedError(
+                f"token algorithm not accepted (expected {' or '.join(self._algorithms)})"
+            )
+        key: Any = self._secret
+        if self._jwks is not None:
+            key = await self._signing_key(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(self._algorithms),
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway_s,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise UnauthorizedError("token expired") from None
+        except jwt.InvalidAudienceError:
+            raise UnauthorizedError("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise UnauthorizedError("token from another issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise UnauthorizedError(f"token lacks the '{exc.claim}' claim") from None
+        except jwt.InvalidSignatureError:
+            raise UnauthorizedError("token signature does not verify") from None
+        except jwt.InvalidTokenError as exc:
+            raise UnauthorizedError(f"invalid token ({type(exc).__name__})") from None
+        return _caller(claims)
+
+    async def _signing_key(self, token: str) -> Any:
+        assert self._jwks is not None
+        try:
+            # PyJWKClient fetches with blocking urllib (cached for JWKS_CACHE_S): off the event loop.
+            signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError:
+            raise UnauthorizedError("the token's signing keys cannot be fetched now") from None
+        except (jwt.PyJWKClientError, jwt.InvalidTokenError):
+            raise UnauthorizedError("no known signing key for this token") from None
+        return signing_key
+
+
+def _caller(claims: dict[str, Any]) -> Caller:
+    user_id = claims["sub"]
+    copros = claims.get("copros", [])
+    if not isinstance(user_id, str) or not user_id:
+        raise UnauthorizedError("token 'sub' must be a non-empty string")
+    if not isinstance(copros, list) or not all(isinstance(c, str) for c in copros):
+        raise UnauthorizedError("token 'copros' must be a list of copro ids")
+    return caller_from_claims(user_id, copros, parse_scopes(claims.get("scope")))

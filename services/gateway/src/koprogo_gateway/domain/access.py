@@ -1,0 +1,77 @@
+"""Who may do what: scopes and copro isolation, as plain functions over a `Caller`.
+
+A token's `scope` claim is space-separated (`mcp:read mcp:write`); `mcp:admin` implies the
+other two and sees every copro. A chat or a stats query names at most one copro (its
+`context`), which must be one of the token's `copros` unless the caller is an admin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError
+
+READ = "mcp:read"
+WRITE = "mcp:write"
+ADMIN = "mcp:admin"
+KNOWN_SCOPES = frozenset({READ, WRITE, ADMIN})
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, from a verified token; `user_id` is None only when authentication is off."""
+
+    user_id: str | None
+    copros: frozenset[str]
+    scopes: frozenset[str]
+    is_admin: bool
+
+
+# With no verifier configured the gateway is open, as it was before tokens: everything, no user.
+OPEN_ACCESS = Caller(user_id=None, copros=frozenset(), scopes=KNOWN_SCOPES, is_admin=True)
+
+
+def parse_scopes(scope_claim: object) -> frozenset[str]:
+    """The `scope` claim (space-separated) as a set; unknown scopes are kept but grant nothing."""
+    if not isinstance(scope_claim, str):
+        return frozenset()
+    return frozenset(scope_claim.split())
+
+
+def caller_from_claims(user_id: str, copros: Iterable[str], scopes: frozenset[str]) -> Caller:
+    return Caller(user_id=user_id, copros=frozenset(copros), scopes=scopes, is_admin=ADMIN in scopes)
+
+
+def has_scope(caller: Caller, scope: str) -> bool:
+    return caller.is_admin or scope in caller.scopes
+
+
+def require_scope(caller: Caller, scope: str) -> None:
+    """Raise `ForbiddenError` (403) when the caller's token does not grant `scope`."""
+    if not has_scope(caller, scope):
+        raise ForbiddenError(f"this token lacks the '{scope}' scope")
+
+
+def require_chat_copro(caller: Caller, copro_id: str | None) -> None:
+    """A chat may go into one of the caller's copros only (403 otherwise: no object is looked up).
+
+    A chat that names no copro touches no copro's data and is allowed.
+    """
+    if copro_id is None or caller.is_admin or copro_id in caller.copros:
+        return
+    raise ForbiddenError("this token does not give access to that copro")
+
+
+def stats_copros(caller: Caller, copro_id: str | None) -> list[str] | None:
+    """The copros a stats query covers: None for every copro (admins), else a list (maybe empty).
+
+    Another copro's figures are reported as not found (404), so their existence is not revealed.
+    """
+    if caller.is_admin:
+        return None if copro_id is None else [copro_id]
+    if copro_id is None:
+        return sorted(caller.copros)
+    if copro_id in caller.copros:
+        return [copro_id]
+    raise CoproNotFoundError("no statistics for that context")
