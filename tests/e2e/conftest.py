@@ -137,7 +137,7 @@ async def stack_factory(
                         database_url=database_url,
                         gateway_port=gateway_port,
                         chat_timeout_s=chat_timeout_s,
-                        **gateway_settings,
+                        **{**settings_fields(content_keys_env), **gateway_settings},
                     ),
                     stop,
                 )

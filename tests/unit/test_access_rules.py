@@ -14,9 +14,10 @@ from koprogo_gateway.domain.access import (
     parse_scopes,
     require_chat_copro,
     require_scope,
+    require_user_data_access,
     stats_copros,
 )
-from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError
+from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError, UserNotFoundError
 
 RESIDENT = caller_from_claims("u1", ["copro-a", "copro-b"], frozenset({READ, WRITE}))
 READER = caller_from_claims("u2", ["copro-a"], frozenset({READ}))
@@ -66,3 +67,23 @@ def test_admins_and_an_open_gateway_see_every_copro() -> None:
     assert stats_copros(ADMIN_CALLER, "copro-z") == ["copro-z"]
     assert stats_copros(OPEN_ACCESS, None) is None
     assert OPEN_ACCESS.user_id is None
+
+
+def test_a_users_data_is_theirs_or_an_admins_and_never_an_open_gateways() -> None:
+    require_user_data_access(RESIDENT, "u1")
+    require_user_data_access(ADMIN_CALLER, "u1")
+    require_user_data_access(ADMIN_CALLER, "anyone")
+    with pytest.raises(UserNotFoundError) as other:
+        require_user_data_access(READER, "u1")
+    assert other.value.status == 404
+    with pytest.raises(ForbiddenError, match="authentication is not configured") as open_gateway:
+        require_user_data_access(OPEN_ACCESS, "u1")
+    assert open_gateway.value.status == 403
+
+
+def test_a_uuid_user_is_the_same_user_whatever_its_spelling() -> None:
+    user = "550E8400-E29B-41D4-A716-446655440000"
+    caller = caller_from_claims(user, [], frozenset({READ}))
+    require_user_data_access(caller, user.lower())
+    with pytest.raises(UserNotFoundError):
+        require_user_data_access(caller, "11111111-2222-3333-4444-555555555555")

@@ -14,7 +14,7 @@ from koprogo_ledger.domain.errors import RequestNotYetProjectedError, ResponseNo
 from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
 from koprogo_ledger.service_layer.projection import Projected, project
-from koprogo_shared.events import ChatDelivered, ChatFailed
+from koprogo_shared.events import ChatDelivered, ChatFailed, UserDataErasureRequested
 from tests.unit.test_ledger_records import completed, requested
 
 
@@ -70,7 +70,9 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
         return True
 
     async def insert_request(self, row: RequestRow) -> None:
-        self.requests.setdefault(row.id, {"status": "pending", "copro_id": row.copro_id, "error": None})
+        self.requests.setdefault(
+            row.id, {"status": "pending", "copro_id": row.copro_id, "error": None, "user_id": row.user_id}
+        )
 
     async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
         row = self.requests.get(request_id)
@@ -103,6 +105,15 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
     ) -> None:
         self.responses[response_id].update(latency=latency_ms, info=execution_info)
+
+    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
+        self.erased = [*getattr(self, "erased", []), user_id]
+        changed = 0
+        for row in self.requests.values():
+            if row.get("user_id") == user_id and row.get("contents", True):
+                row["contents"] = False
+                changed += 1
+        return changed
 
 
 @pytest.fixture
@@ -172,3 +183,18 @@ async def test_a_failure_after_an_answer_is_recorded_without_changing_the_status
     row = ledger.requests[uuid.UUID(request.id)]
     assert row["status"] == "completed"
     assert row["error"]["status"] == 504
+
+
+async def test_an_erasure_removes_the_users_contents_once_and_ignores_ids_never_stored(
+    ledger: FakeLedger,
+) -> None:
+    user = uuid.uuid4()
+    await project(requested(user_id=str(user)), FakeUnitOfWork(ledger))
+    await project(requested(user_id=str(uuid.uuid4())), FakeUnitOfWork(ledger))
+    erasure = UserDataErasureRequested(source="tests", user_id=str(user), requested_by=str(user))
+    assert await project(erasure, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert [row["contents"] for row in ledger.requests.values() if row["user_id"] == user] == [False]
+    assert all(row.get("contents", True) for row in ledger.requests.values() if row["user_id"] != user)
+    assert await project(erasure, FakeUnitOfWork(ledger)) is Projected.DUPLICATE
+    not_a_uuid = UserDataErasureRequested(source="tests", user_id="alice", requested_by="admin")
+    assert await project(not_a_uuid, FakeUnitOfWork(ledger)) is Projected.IGNORED

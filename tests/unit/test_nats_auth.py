@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from koprogo_cli.main import build_parser
-from koprogo_cli.nats_auth import NatsAuthError, identities, mint_seed, node_permissions, render_authorization
+from koprogo_cli.nats_auth import (
+    NatsAuthError,
+    gateway_permissions,
+    identities,
+    mint_seed,
+    node_permissions,
+    render_authorization,
+)
+from koprogo_shared import subjects
 from koprogo_shared.nats_connection import NatsCredentialsError, nkey_public_key
 
 
@@ -98,3 +106,12 @@ def test_nats_node_key_prints_the_seed_path_and_the_users_entry(
     assert f"seed: {seed_file}" in out and mode(seed_file) == 0o600
     assert f'nkey: "{nkey_public_key(seed_file)}"' in out
     assert '"koprogo.nodes.heartbeat.pi-7"' in out
+
+
+def test_the_gateway_may_publish_erasure_requests_and_a_node_may_not() -> None:
+    erasure = subjects.user_erasure_requested("550e8400-e29b-41d4-a716-446655440000")
+    assert "koprogo.events.user.erasure_requested.>" in gateway_permissions("UGATEWAY").publish
+    assert erasure.startswith("koprogo.events.user.erasure_requested.")
+    assert not any(
+        s.startswith("koprogo.events.user") for s in node_permissions("UNODE", "pi-1", ["m"]).publish
+    )

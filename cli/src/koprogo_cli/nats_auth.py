@@ -21,7 +21,8 @@ operator's (`admin`, given to no service) may delete or purge a stream.
                koprogo.nodes.announce,
                koprogo.deadletter.koprogo.events.chat.requested.>
     gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
-               koprogo.nodes.announce; the rate-limit bucket      koprogo.nodes.heartbeat.*
+               koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*
+               koprogo.nodes.announce; the rate-limit bucket
                KOPROGO_RATE_LIMITS (declare, get, put)
     node       per model M: stream info of KOPROGO_WORK, consumer its inbox,
                `edge-M` (create with filter koprogo.work.edge.M    koprogo.nodes.announce
@@ -154,6 +155,7 @@ def gateway_permissions(public_key: str) -> Permissions:
             _every(subjects.chat_requested),
             _every(subjects.chat_failed),
             _every(subjects.chat_delivered),
+            _every(subjects.user_erasure_requested),
             subjects.NODES_ANNOUNCE,
             *_rate_limit_bucket(),
         ),

@@ -180,6 +180,18 @@ class InferenceStarted(Event):
     node_id: str
 
 
+class UserDataErasureRequested(Event):
+    """A user's stored contents must be erased (GDPR; published by the gateway, applied by the ledger).
+
+    `user_id` is the user whose requests and responses lose their contents; `requested_by` who
+    asked (the user themself or an admin). Figures the stats read are kept.
+    """
+
+    type: Literal["koprogo.user.erasure_requested.v1"] = "koprogo.user.erasure_requested.v1"
+    user_id: str = Field(min_length=1, max_length=255)
+    requested_by: str = Field(min_length=1, max_length=255)
+
+
 ChatOutcome = Annotated[ChatCompleted | ChatFailed, Field(discriminator="type")]
 chat_outcome_adapter: TypeAdapter[ChatCompleted | ChatFailed] = TypeAdapter(ChatOutcome)
 
@@ -187,8 +199,9 @@ ReplyMessage = Annotated[ChatCompleted | ChatFailed | InferenceStarted, Field(di
 reply_message_adapter: TypeAdapter[ChatCompleted | ChatFailed | InferenceStarted] = TypeAdapter(ReplyMessage)
 
 LedgerEvent = Annotated[
-    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered, Field(discriminator="type")
+    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested,
+    Field(discriminator="type"),
 ]
-ledger_event_adapter: TypeAdapter[ChatRequested | ChatCompleted | ChatFailed | ChatDelivered] = TypeAdapter(
-    LedgerEvent
-)
+ledger_event_adapter: TypeAdapter[
+    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested
+] = TypeAdapter(LedgerEvent)

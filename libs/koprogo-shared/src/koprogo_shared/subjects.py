@@ -58,6 +58,10 @@ def chat_delivered(copro_id: str | None) -> str:
     return f"koprogo.events.chat.delivered.{subject_token(copro_id)}"
 
 
+def user_erasure_requested(user_id: str | None) -> str:
+    return f"koprogo.events.user.erasure_requested.{subject_token(user_id)}"
+
+
 def run_inference_edge(model: str) -> str:
     return f"koprogo.work.edge.{subject_token(model)}"
 

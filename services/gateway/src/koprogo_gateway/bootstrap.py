@@ -15,6 +15,7 @@ from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
+from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
@@ -35,6 +36,7 @@ class Gateway:
     registry: NodeRegistry
     chat: ChatService
     stats: PostgresStatsRepository
+    user_data: PostgresUserDataRepository
     admission: ChatAdmission
     # None when authentication is off (no JWT_SECRET nor JWKS_URL).
     verifier: JwtVerifier | None
@@ -47,6 +49,10 @@ class Gateway:
 
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:
+    verifier = build_verifier(settings)
+    # The GDPR export opens stored contents: with authentication on, a missing or malformed
+    # keyring stops the start here (ContentKeyError says what to set). Off, the export is refused.
+    keyring = settings.content_keyring() if verifier is not None else None
     # The gateway does not declare the KOPROGO_* streams (the ledger and the router do): its
     # NATS identity may not create or alter them.
     nc, js = await connect_nats(
@@ -85,8 +91,9 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             registry=registry,
         ),
         stats=PostgresStatsRepository(pool),
+        user_data=PostgresUserDataRepository(pool, keyring),
         admission=_admission(settings, NatsKvCounterStore(counters)),
-        verifier=build_verifier(settings),
+        verifier=verifier,
     )
 
 

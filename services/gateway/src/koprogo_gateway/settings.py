@@ -1,4 +1,4 @@
-"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*, ...)."""
+"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*, CONTENT_KEYS*, ...)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
-from koprogo_shared.settings import ServiceSettings
+from koprogo_shared.settings import ContentKeySettings
 
 # Secrets copied from examples and templates; refused whatever their length.
 PLACEHOLDER_SECRETS = frozenset({"changethis", "changeme", "secret", "your-secret-key", "dev-secret"})
@@ -21,7 +21,10 @@ def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ContentKeySettings):
+    """The content keyring (`CONTENT_KEYS_FILE` or `CONTENT_KEYS`) opens stored contents for the
+    GDPR export: required when authentication is on, unused (the export is refused) when off."""
+
     database_url: str = "postgresql://postgres@127.0.0.1:5432/koprogo"
     # Loopback by default: set GATEWAY_HOST=0.0.0.0 (containers do) to serve the network.
     gateway_host: str = "127.0.0.1"
@@ -61,7 +64,7 @@ class GatewaySettings(ServiceSettings):
 
     @field_validator("jwt_secret", "jwks_url", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
+    def _empty_auth_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @model_validator(mode="after")

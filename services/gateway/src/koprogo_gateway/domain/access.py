@@ -7,10 +7,11 @@ other two and sees every copro. A chat or a stats query names at most one copro 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError
+from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError, UserNotFoundError
 
 READ = "mcp:read"
 WRITE = "mcp:write"
@@ -75,3 +76,26 @@ def stats_copros(caller: Caller, copro_id: str | None) -> list[str] | None:
     if copro_id in caller.copros:
         return [copro_id]
     raise CoproNotFoundError("no statistics for that context")
+
+
+def require_user_data_access(caller: Caller, user_id: str) -> None:
+    """A user's stored data (GDPR export and erasure) is the user's own, or any user's for an admin.
+
+    Refused with 403 when authentication is off (nobody is identified: an open gateway never
+    exports or erases anyone's data); another user's data is a 404, its existence not revealed.
+    """
+    if caller.user_id is None:
+        raise ForbiddenError("authentication is not configured")
+    if caller.is_admin or _same_user(caller.user_id, user_id):
+        return
+    raise UserNotFoundError("no data for that user")
+
+
+def _same_user(a: str, b: str) -> bool:
+    """Equal ids; two UUIDs are equal whatever their spelling (case, braces, hyphens)."""
+    if a == b:
+        return True
+    try:
+        return uuid.UUID(a) == uuid.UUID(b)
+    except ValueError:
+        return False

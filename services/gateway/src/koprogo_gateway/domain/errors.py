@@ -13,7 +13,9 @@ GatewayError
  ├── InvalidQueryError     a query parameter is malformed (422)
  ├── UnauthorizedError     no token, or one that is malformed, expired, badly signed or not for us (401)
  ├── ForbiddenError        the token lacks a scope, or names no right to that copro (403)
- └── CoproNotFoundError    another copro's objects are reported as absent (404)
+ ├── CoproNotFoundError    another copro's objects are reported as absent (404)
+ ├── UserNotFoundError     another user's data is reported as absent (404)
+ └── UserDataUnavailableError PostgreSQL cannot answer a GDPR export (503)
 """
 
 from __future__ import annotations
@@ -104,3 +106,13 @@ class ForbiddenError(GatewayError):
 class CoproNotFoundError(GatewayError):
     status = 404
     error = "not_found"
+
+
+class UserNotFoundError(GatewayError):
+    status = 404
+    error = "not_found"
+
+
+class UserDataUnavailableError(GatewayError):
+    status = 503
+    error = "data_unavailable"

@@ -214,3 +214,30 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
                 latency_ms,
                 execution_info,
             )
+
+    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
+        with _translated():
+            responses = await self._db.execute(
+                "UPDATE mcp_responses AS r SET content = $2, content_ciphertext = NULL, key_id = NULL,"
+                " contents_purged_at = COALESCE(r.contents_purged_at, $3)"
+                " FROM mcp_requests AS q WHERE r.request_id = q.id AND q.user_id = $1"
+                " AND (r.contents_purged_at IS NULL OR r.key_id IS NOT NULL OR r.content <> $2)",
+                user_id,
+                CONTENT_PLACEHOLDER,
+                at,
+            )
+            requests = await self._db.execute(
+                "UPDATE mcp_requests SET messages = $2, messages_ciphertext = NULL, key_id = NULL,"
+                " contents_purged_at = COALESCE(contents_purged_at, $3)"
+                " WHERE user_id = $1"
+                " AND (contents_purged_at IS NULL OR key_id IS NOT NULL OR messages <> $2)",
+                user_id,
+                MESSAGES_PLACEHOLDER,
+                at,
+            )
+        return _count(responses) + _count(requests)
+
+
+def _count(status: str) -> int:
+    """Rows an `UPDATE n` status names."""
+    return int(status.rsplit(" ", 1)[-1])

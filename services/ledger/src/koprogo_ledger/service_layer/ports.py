@@ -82,6 +82,12 @@ class ProjectionUnitOfWork(abc.ABC):
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
     ) -> None: ...
 
+    @abc.abstractmethod
+    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
+        """Remove the contents of every request of `user_id` and of their responses, keeping every
+        other column; rows already without contents keep their `contents_purged_at`. Returns the
+        number of rows changed (0 when applied again)."""
+
 
 UnitOfWorkFactory = Callable[[], ProjectionUnitOfWork]
 

@@ -21,15 +21,22 @@ from koprogo_ledger.domain.errors import (
 from koprogo_ledger.domain.records import (
     delivered_execution_info,
     failure_record,
+    optional_uuid,
     parse_id,
     request_row,
     response_row,
     settled_status,
 )
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
-from koprogo_shared.events import ChatCompleted, ChatDelivered, ChatFailed, ChatRequested
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelivered,
+    ChatFailed,
+    ChatRequested,
+    UserDataErasureRequested,
+)
 
-LedgerEvent = ChatRequested | ChatCompleted | ChatFailed | ChatDelivered
+LedgerEvent = ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested
 
 
 class Projected(enum.Enum):
@@ -89,6 +96,8 @@ async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
             return await _apply_failed(event, uow)
         case ChatDelivered():
             return await _apply_delivered(event, uow)
+        case UserDataErasureRequested():
+            return await _apply_erasure(event, uow)
         case _:
             assert_never(event)
 
@@ -127,4 +136,14 @@ async def _apply_delivered(event: ChatDelivered, uow: ProjectionUnitOfWork) -> P
         raise ResponseNotYetProjectedError(event.request_id)
     info = delivered_execution_info(response.execution_info, event.latency_ms)
     await uow.record_delivery(response.id, event.latency_ms, info)
+    return Projected.APPLIED
+
+
+async def _apply_erasure(event: UserDataErasureRequested, uow: ProjectionUnitOfWork) -> Projected:
+    """GDPR erasure: the user's contents go, every figure stays. A user id that is not a UUID
+    was never stored (see `optional_uuid`): there is nothing to erase."""
+    user_id = optional_uuid(event.user_id)
+    if user_id is None:
+        return Projected.IGNORED
+    await uow.erase_user_contents(user_id, event.time)
     return Projected.APPLIED

@@ -1,0 +1,139 @@
+"""A user's stored requests and responses (GDPR export), read from the ledger's tables and opened
+with the content keyring. The gateway only reads: erasure goes through the ledger (an event).
+
+A row whose contents cannot be opened (a key removed from the keyring, a tampered value) is
+reported as `unavailable`, never as an error of the whole export. Logs name row ids only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+
+from koprogo_gateway.domain.errors import UserDataUnavailableError
+from koprogo_shared.content_crypto import (
+    ContentCryptoError,
+    Keyring,
+    decrypt_request_messages,
+    decrypt_response_content,
+)
+
+log = logging.getLogger(__name__)
+
+ContentsStatus = Literal["available", "purged", "unavailable"]
+
+_EXPORT_SELECT = """
+SELECT q.id, q.created_at, q.model, q.context, q.messages::text AS messages_plain,
+       q.messages_ciphertext, q.key_id, q.contents_purged_at,
+       r.id AS response_id, r.content AS content_plain, r.content_ciphertext,
+       r.key_id AS response_key_id, r.contents_purged_at AS response_purged_at,
+       r.prompt_tokens, r.completion_tokens, r.total_tokens, r.execution_info::text AS execution_info
+FROM mcp_requests AS q
+LEFT JOIN mcp_responses AS r ON r.request_id = q.id
+WHERE q.user_id = $1
+ORDER BY q.created_at, q.id
+"""
+
+
+def _open(
+    purged_at: object, key_id: str | None, sealed: bytes | None, opener: Any, row_id: uuid.UUID
+) -> tuple[Any, ContentsStatus]:
+    """(contents, status) of one row: its plaintext value is passed by the caller when unsealed."""
+    if purged_at is not None:
+        return None, "purged"
+    if key_id is None or sealed is None:
+        return None, "unavailable"
+    try:
+        return opener(key_id, sealed, row_id), "available"
+    except (ContentCryptoError, ValueError) as exc:  # ValueError: JSON or UTF-8 that does not decode
+        log.warning("contents of row %s cannot be opened: %s", row_id, type(exc).__name__)
+        return None, "unavailable"
+
+
+class PostgresUserDataRepository:
+    """Read-only export of one user's requests and responses."""
+
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None) -> None:
+        self._pool = pool
+        self._keyring = keyring
+
+    async def export(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's requests, oldest first, with their response (if any) and opened contents.
+
+        A user id that is not a UUID was never stored (the ledger's `user_id` is a UUID): none.
+        """
+        try:
+            user = uuid.UUID(user_id)
+        except ValueError:
+            return []
+        try:
+            rows = await self._pool.fetch(_EXPORT_SELECT, user, timeout=30)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
+        return [self._request(row) for row in rows]
+
+    def _request(self, row: asyncpg.Record) -> dict[str, Any]:
+        messages, status = self._messages(row)
+        return {
+            "id": str(row["id"]),
+            "created_at": row["created_at"].isoformat(),
+            "model": row["model"],
+            "context": row["context"],
+            "messages": messages,
+            "contents_status": status,
+            "contents_purged_at": _iso(row["contents_purged_at"]),
+            "response": None if row["response_id"] is None else self._response(row),
+        }
+
+    def _messages(self, row: asyncpg.Record) -> tuple[Any, ContentsStatus]:
+        if row["key_id"] is None and row["contents_purged_at"] is None:
+            # Written before contents were encrypted, not sealed yet by the ledger's backfill.
+            return json.loads(row["messages_plain"]), "available"
+        if self._keyring is None:
+            return None, "purged" if row["contents_purged_at"] is not None else "unavailable"
+        keyring = self._keyring
+        return _open(
+            row["contents_purged_at"],
+            row["key_id"],
+            row["messages_ciphertext"],
+            lambda kid, blob, rid: decrypt_request_messages(keyring, kid, blob, rid),
+            row["id"],
+        )
+
+    def _response(self, row: asyncpg.Record) -> dict[str, Any]:
+        purged_at = row["response_purged_at"]
+        content: Any
+        status: ContentsStatus
+        if row["response_key_id"] is None and purged_at is None:
+            content, status = row["content_plain"], "available"
+        elif self._keyring is None:
+            content, status = None, "purged" if purged_at is not None else "unavailable"
+        else:
+            keyring = self._keyring
+            content, status = _open(
+                purged_at,
+                row["response_key_id"],
+                row["content_ciphertext"],
+                lambda kid, blob, rid: decrypt_response_content(keyring, kid, blob, rid),
+                row["response_id"],
+            )
+        return {
+            "id": str(row["response_id"]),
+            "content": content,
+            "contents_status": status,
+            "contents_purged_at": _iso(purged_at),
+            "usage": {
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "total_tokens": row["total_tokens"],
+            },
+            "execution_info": json.loads(row["execution_info"]),
+        }
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else str(moment.isoformat())
