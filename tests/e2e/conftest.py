@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import httpx
+import nats
 import pytest
 import uvicorn
 
@@ -179,3 +181,22 @@ async def _gateway_up(client: httpx.AsyncClient) -> bool:
         return (await client.get("/health")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@asynccontextmanager
+async def published_subjects(stack: RunningStack) -> AsyncIterator[list[str]]:
+    """Every subject published under koprogo.events and koprogo.work while the block runs."""
+    nc = await nats.connect(stack.nats_url)
+    seen: list[str] = []
+
+    async def record(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await nc.subscribe("koprogo.events.>", cb=record)
+    await nc.subscribe("koprogo.work.>", cb=record)
+    try:
+        yield seen
+        await nc.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()

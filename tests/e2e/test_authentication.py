@@ -3,17 +3,13 @@ with the right scope, for the caller's own copros."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import nats
 
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
-from tests.e2e.conftest import RunningStack
+from tests.e2e.conftest import RunningStack, published_subjects
 from tests.jwks_support import SigningKey, jwks_server
 from tests.token_support import AUDIENCE, AUTH_SETTINGS, ISSUER, bad_tokens, bearer, token
 
@@ -40,25 +36,6 @@ PROTECTED_ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/mcp/v1/stats", None, "mcp:read"),
     ("POST", "/mcp/v1/chat", chat_body(), "mcp:write"),
 ]
-
-
-@asynccontextmanager
-async def published_subjects(stack: RunningStack) -> AsyncIterator[list[str]]:
-    """Every subject published under koprogo.events and koprogo.work while the block runs."""
-    nc = await nats.connect(stack.nats_url)
-    seen: list[str] = []
-
-    async def record(msg: Any) -> None:
-        seen.append(msg.subject)
-
-    await nc.subscribe("koprogo.events.>", cb=record)
-    await nc.subscribe("koprogo.work.>", cb=record)
-    try:
-        yield seen
-        await nc.flush()
-        await asyncio.sleep(0.3)
-    finally:
-        await nc.close()
 
 
 async def test_every_protected_route_refuses_each_bad_token_and_publishes_nothing(

@@ -16,7 +16,7 @@ from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE
 from koprogo_shared.content_crypto import Keyring, decrypt_request_messages, decrypt_response_content
 from koprogo_shared.events import NodeHeartbeat
 from tests.conftest import wait_until
-from tests.e2e.conftest import RunningStack
+from tests.e2e.conftest import RunningStack, published_subjects
 from tests.integration.ledger_support import dump_of_contents_tables, readable_in
 
 COPRO = "550e8400-e29b-41d4-a716-446655440000"
@@ -147,15 +147,7 @@ BAD_BODIES: list[tuple[str, Any]] = [
 
 async def test_bad_bodies_get_a_clear_422_and_nothing_reaches_nats(stack_factory: StackFactory) -> None:
     stack = await stack_factory()
-    nc = await nats.connect(stack.nats_url)
-    seen: list[str] = []
-
-    async def record(msg: Any) -> None:
-        seen.append(msg.subject)
-
-    await nc.subscribe("koprogo.events.>", cb=record)
-    await nc.subscribe("koprogo.work.>", cb=record)
-    try:
+    async with published_subjects(stack) as seen:
         for name, body in BAD_BODIES:
             response = await stack.client.post("/mcp/v1/chat", json=body)
             assert response.status_code == 422, (name, response.text)
@@ -166,9 +158,9 @@ async def test_bad_bodies_get_a_clear_422_and_nothing_reaches_nats(stack_factory
             "/mcp/v1/chat", content=b"{not json", headers={"content-type": "application/json"}
         )
         assert not_json.status_code == 422
-        await nc.flush()
-        await asyncio.sleep(0.3)
-        assert seen == []
+    assert seen == []
+    nc = await nats.connect(stack.nats_url)
+    try:
         info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
         assert info.state.messages == 0
     finally:
@@ -179,14 +171,6 @@ async def test_a_body_over_the_size_limit_is_413_before_parsing_and_nothing_reac
     stack_factory: StackFactory,
 ) -> None:
     stack = await stack_factory(edge_nodes=0)
-    nc = await nats.connect(stack.nats_url)
-    seen: list[str] = []
-
-    async def record(msg: Any) -> None:
-        seen.append(msg.subject)
-
-    await nc.subscribe("koprogo.events.>", cb=record)
-    await nc.subscribe("koprogo.work.>", cb=record)
     huge = chat_body("z" * (8 * 1024 * 1024))
 
     async def in_chunks() -> AsyncIterator[bytes]:
@@ -194,7 +178,7 @@ async def test_a_body_over_the_size_limit_is_413_before_parsing_and_nothing_reac
         for _ in range(40):
             yield b"x" * 65536
 
-    try:
+    async with published_subjects(stack) as seen:
         declared = await stack.client.post("/mcp/v1/chat", json=huge)
         chunked = await stack.client.post(
             "/mcp/v1/chat", content=in_chunks(), headers={"content-type": "application/json"}
@@ -208,11 +192,7 @@ async def test_a_body_over_the_size_limit_is_413_before_parsing_and_nothing_reac
         assert "content-length" not in chunked.request.headers
         # The gateway still answers on a fresh connection afterwards.
         assert (await stack.client.get("/health")).status_code == 200
-        await nc.flush()
-        await asyncio.sleep(0.3)
-        assert seen == []
-    finally:
-        await nc.close()
+    assert seen == []
 
 
 async def test_unknown_model_is_404_with_the_known_ids(stack_factory: StackFactory) -> None:
