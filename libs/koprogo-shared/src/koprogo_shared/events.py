@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 Role = Literal["system", "user", "assistant"]
 ExecutionType = Literal["edge", "cloud", "grid"]
 FinishReason = Literal["stop", "length", "content_filter", "error"]
+RoutingPolicyName = Literal["edge_only", "prefer_edge", "lowest_carbon", "fastest"]
 
 
 def new_event_id() -> str:
@@ -70,8 +71,64 @@ class Usage(BaseModel):
     total_tokens: int = Field(ge=0)
 
 
+class RoutingPreference(BaseModel):
+    """A routing policy, as a request or a copro's admin states it (OpenRouter-like).
+
+    Unset fields defer to the copro's default, then to the deployment's. A request may
+    tighten the copro's policy, never loosen it (see the router's `domain/policy.py`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: RoutingPolicyName | None = None
+    max_latency_ms: int | None = Field(default=None, gt=0, le=3_600_000)
+    allow_fallback: bool | None = None
+
+
+class RoutingTarget(BaseModel):
+    """One place a chat may run: an edge pool for a model, a cloud deployment, or the grid."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ExecutionType
+    model: str
+    # The cloud deployment (`inference-cloud` settings) that serves `model`; None for edge.
+    deployment: str | None = None
+
+
+class RoutingPlan(BaseModel):
+    """The router's ordered choice for one request, carried by the work so a failure can fall back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: RoutingPolicyName
+    allow_fallback: bool
+    reason: str
+    targets: list[RoutingTarget] = Field(min_length=1)
+    # 1-based position in `targets` of the attempt this work item is.
+    attempt: int = Field(default=1, ge=1)
+    # Why each earlier attempt failed, in order.
+    failures: list[str] = Field(default_factory=list)
+
+
+class RoutingSummary(BaseModel):
+    """`execution_info.routing`: the policy applied, why this target, how many attempts it took."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: RoutingPolicyName
+    reason: str
+    attempts: int = Field(ge=1)
+
+    @classmethod
+    def of(cls, plan: RoutingPlan | None) -> RoutingSummary | None:
+        if plan is None:
+            return None
+        return cls(policy=plan.policy, reason=plan.reason, attempts=plan.attempt)
+
+
 class ExecutionInfo(BaseModel):
-    """Where and how a chat ran; the seed's `execution_info` plus the saved grams."""
+    """Where and how a chat ran; the seed's `execution_info` plus the saved grams and the routing."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -80,6 +137,7 @@ class ExecutionInfo(BaseModel):
     latency_ms: float = Field(ge=0)
     co2_grams: float
     co2_saved_grams: float
+    routing: RoutingSummary | None = None
 
 
 class Event(BaseModel):
@@ -107,10 +165,17 @@ class ChatRequested(Event):
     user_id: str | None = None
     reply_subject: str
     deadline: datetime
+    # The request's own routing wishes; the router merges them with the copro's default.
+    routing: RoutingPreference | None = None
 
 
 class RunInference(Event):
-    """Work for an edge node: run this chat on the named model (published by the router)."""
+    """Work for an edge node or a cloud deployment: run this chat on the named model (from the router).
+
+    `routing` is the router's plan; the worker copies its summary into `execution_info`
+    and, when the attempt fails for a reason another target might not share, publishes
+    `InferenceAttemptFailed` so the router tries the next target.
+    """
 
     type: Literal["koprogo.inference.run.v1"] = "koprogo.inference.run.v1"
     request_id: str
@@ -120,6 +185,7 @@ class RunInference(Event):
     max_tokens: int | None = None
     reply_subject: str
     deadline: datetime
+    routing: RoutingPlan | None = None
 
 
 class ChatCompleted(Event):
@@ -180,6 +246,47 @@ class InferenceStarted(Event):
     node_id: str
 
 
+class InferenceAttemptFailed(Event):
+    """One target could not answer a work item (provider error, timeout, cooldown...).
+
+    Published by the worker on KOPROGO_EVENTS; the router tries the plan's next target if
+    fallback is allowed, or turns it into the request's ChatFailed. `work` is the failed
+    work item, so the router needs no memory of its own. `status`/`error`/`message` are
+    what the caller gets if no target is left.
+    """
+
+    type: Literal["koprogo.inference.attempt_failed.v1"] = "koprogo.inference.attempt_failed.v1"
+    request_id: str
+    target: RoutingTarget
+    status: int = Field(ge=400, le=599)
+    error: str
+    message: str
+    work: RunInference
+
+
+class CloudDeploymentStatus(Event):
+    """A cloud deployment's heartbeat (core NATS, from `inference-cloud`): what it serves and its footprint.
+
+    `available` is false when the provider has no key configured or the deployment is in
+    cooldown after repeated failures (`cooldown_until`); the router skips it and
+    `/mcp/v1/models` says why.
+    """
+
+    type: Literal["koprogo.cloud.status.v1"] = "koprogo.cloud.status.v1"
+    deployment: str
+    provider: str
+    models: list[str]
+    available: bool
+    unavailable_reason: str | None = None
+    cooldown_until: datetime | None = None
+    region: str | None = None
+    wh_per_1k_tokens: float = Field(ge=0)
+    intensity_g_per_kwh: float = Field(ge=0)
+    # Median end-to-end latency of recent calls (ms), 0 when none yet.
+    typical_latency_ms: float = Field(default=0.0, ge=0)
+    interval_s: float = Field(gt=0)
+
+
 class UserDataErasureRequested(Event):
     """A user's stored contents must be erased (GDPR; published by the gateway, applied by the ledger).
 
@@ -199,9 +306,19 @@ ReplyMessage = Annotated[ChatCompleted | ChatFailed | InferenceStarted, Field(di
 reply_message_adapter: TypeAdapter[ChatCompleted | ChatFailed | InferenceStarted] = TypeAdapter(ReplyMessage)
 
 LedgerEvent = Annotated[
-    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested,
+    ChatRequested
+    | ChatCompleted
+    | ChatFailed
+    | ChatDelivered
+    | UserDataErasureRequested
+    | InferenceAttemptFailed,
     Field(discriminator="type"),
 ]
 ledger_event_adapter: TypeAdapter[
-    ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested
+    ChatRequested
+    | ChatCompleted
+    | ChatFailed
+    | ChatDelivered
+    | UserDataErasureRequested
+    | InferenceAttemptFailed
 ] = TypeAdapter(LedgerEvent)

@@ -28,6 +28,8 @@ DEADLETTER_PREFIX = "koprogo.deadletter"
 
 NODE_HEARTBEAT_ALL = "koprogo.nodes.heartbeat.*"
 NODES_ANNOUNCE = "koprogo.nodes.announce"
+CLOUD_STATUS_ALL = "koprogo.nodes.cloud.*"
+INFERENCE_ATTEMPT_FAILED_ALL = "koprogo.events.inference.attempt_failed.>"
 
 _UNSAFE = re.compile(r"[.*>\s]")
 
@@ -66,6 +68,18 @@ def run_inference_edge(model: str) -> str:
     return f"koprogo.work.edge.{subject_token(model)}"
 
 
+def inference_attempt_failed(copro_id: str | None) -> str:
+    return f"koprogo.events.inference.attempt_failed.{subject_token(copro_id)}"
+
+
+def run_inference_cloud(deployment: str) -> str:
+    return f"koprogo.work.cloud.{subject_token(deployment)}"
+
+
+def cloud_status(deployment: str) -> str:
+    return f"koprogo.nodes.cloud.{subject_token(deployment)}"
+
+
 def node_heartbeat(node_id: str) -> str:
     return f"koprogo.nodes.heartbeat.{subject_token(node_id)}"
 
@@ -100,12 +114,18 @@ def durable_name(prefix: str, value: str) -> str:
 
 
 ROUTER_DURABLE = "router"
+ROUTER_FALLBACK_DURABLE = "router-fallback"
 LEDGER_DURABLE = "ledger"
 
 
 def edge_work_durable(model: str) -> str:
     """The durable every node serving `model` shares on KOPROGO_WORK."""
     return durable_name("edge", model)
+
+
+def cloud_work_durable(deployment: str) -> str:
+    """The durable every `inference-cloud` replica serving `deployment` shares on KOPROGO_WORK."""
+    return durable_name("cloud", deployment)
 
 
 def inbox_prefix(public_key: str) -> str:

@@ -33,10 +33,18 @@ from koprogo_shared.events import (
     ChatDelivered,
     ChatFailed,
     ChatRequested,
+    InferenceAttemptFailed,
     UserDataErasureRequested,
 )
 
-LedgerEvent = ChatRequested | ChatCompleted | ChatFailed | ChatDelivered | UserDataErasureRequested
+LedgerEvent = (
+    ChatRequested
+    | ChatCompleted
+    | ChatFailed
+    | ChatDelivered
+    | UserDataErasureRequested
+    | InferenceAttemptFailed
+)
 
 
 class Projected(enum.Enum):
@@ -98,6 +106,10 @@ async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
             return await _apply_delivered(event, uow)
         case UserDataErasureRequested():
             return await _apply_erasure(event, uow)
+        case InferenceAttemptFailed():
+            # The router's business (it falls back); the request settles on the final
+            # ChatCompleted or ChatFailed. Claimed so the audit trail shows it was seen.
+            return Projected.IGNORED
         case _:
             assert_never(event)
 
