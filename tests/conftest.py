@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -62,11 +65,27 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         with PostgresContainer("postgres:17", driver=None, dbname="postgres") as container:
             yield container.get_connection_url()
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), port=free_port(), database="postgres").start()
+    with postgres_dir() as data_dir:
+        server = EmbeddedPostgres(data_dir, port=free_port(), database="postgres").start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def postgres_dir() -> Iterator[Path]:
+    """A folder for an embedded PostgreSQL, outside pytest's temporary tree.
+
+    As root, the server runs as the `embedded_postgres` user, which needs to traverse the
+    folder's parents; any other pytest session starting on the machine resets pytest's
+    `pytest-of-<user>` folder to mode 0700 and the server then PANICs on its own files.
+    """
+    path = Path(tempfile.mkdtemp(prefix="koprogo-test-pg-"))
     try:
-        yield server.url
+        yield path
     finally:
-        server.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

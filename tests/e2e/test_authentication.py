@@ -145,3 +145,26 @@ async def test_tokens_signed_by_the_platforms_keys_are_checked_against_its_jwks(
         assert (await stack.client.get("/mcp/v1/models", headers=bearer(forged))).status_code == 401
         hmac = token(user=RESIDENT, copros=[COPRO], scopes=("mcp:read",))
         assert (await stack.client.get("/mcp/v1/models", headers=bearer(hmac))).status_code == 401
+
+
+async def test_an_unauthenticated_caller_learns_nothing_from_validation(stack_factory: StackFactory) -> None:
+    """401 comes before 422 and 413: without a token, a malformed body says nothing about the API."""
+    stack = await stack_factory(edge_nodes=0, **AUTH_SETTINGS)
+    bad_bodies: list[dict[str, Any]] = [
+        {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+        {"json": {"model": BUNDLED_MODEL_ID}},
+        {"json": chat_body() | {"max_tokens": -1}},
+        {"json": {"model": "no-such-model", "messages": []}},
+    ]
+    async with published_subjects(stack) as seen:
+        for body in bad_bodies:
+            refused = await stack.client.post("/mcp/v1/chat", **body)
+            assert refused.status_code == 401, (body, refused.text)
+            assert refused.json()["error"] == "unauthorized"
+        stats = await stack.client.get("/mcp/v1/stats", params={"from": "not-a-date"})
+        assert stats.status_code == 401, stats.text
+    assert seen == []
+    # With a token the same mistakes get their usual clear 422.
+    resident = bearer(token(user=RESIDENT, copros=[COPRO], scopes=READ_WRITE))
+    invalid = await stack.client.post("/mcp/v1/chat", json={"model": BUNDLED_MODEL_ID}, headers=resident)
+    assert invalid.status_code == 422, invalid.text

@@ -16,9 +16,11 @@ import nats
 import nats.errors
 import pytest
 
+from koprogo_cli.dev_auth import dev_token_path, jwt_secret_path
 from koprogo_cli.embedded import free_port
 from koprogo_cli.secrets import content_keys_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from tests.conftest import postgres_dir
 
 
 def koprogo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -31,12 +33,17 @@ def koprogo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
+def test_up_answers_a_chat_and_a_restart_keeps_the_data() -> None:
+    with postgres_dir() as folder:  # `koprogo up` keeps an embedded PostgreSQL in its data folder
+        up_chat_restart(folder)
+
+
+def up_chat_restart(tmp_path: Path) -> None:
     # Without CONTENT_KEYS*: `koprogo up` makes the content keys itself, in the data folder.
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("NATS_URL", "DATABASE_URL") and not k.startswith("CONTENT_KEY")
+        if k not in ("NATS_URL", "DATABASE_URL", "JWT_SECRET", "JWKS_URL") and not k.startswith("CONTENT_KEY")
     }
     port = free_port()
     data = str(tmp_path / "data")
@@ -50,13 +57,26 @@ def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
     try:
         up = koprogo("up", "--detach", "--no-demo", "--data-dir", data, "--port", str(port), env=env)
         assert up.returncode == 0, up.stdout + up.stderr
-        chat = httpx.post(f"{url}/mcp/v1/chat", json=body, timeout=120)
+        # Authentication is on: no token, no chat; the dev token is for the demo copro only.
+        assert httpx.post(f"{url}/mcp/v1/chat", json=body, timeout=30).status_code == 401
+        dev_token_file = dev_token_path(Path(data))
+        assert stat.S_IMODE(dev_token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(jwt_secret_path(Path(data)).stat().st_mode) == 0o600
+        dev = {"Authorization": f"Bearer {dev_token_file.read_text().strip()}"}
+        assert httpx.post(f"{url}/mcp/v1/chat", json=body, headers=dev, timeout=30).status_code == 403
+        minted = koprogo(
+            "token", "--user", "alice", "--copro", body["context"].removeprefix("copro:"),
+            "--data-dir", data, env=env,
+        )  # fmt: skip
+        assert minted.returncode == 0, minted.stderr
+        alice = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        chat = httpx.post(f"{url}/mcp/v1/chat", json=body, headers=alice, timeout=120)
         assert chat.status_code == 200, chat.text
         assert chat.json()["execution_info"]["execution_type"] == "edge"
         assert_nats_admits_only_the_stacks_own_keys(Path(data))
         # The router's refusal path, within its permissions too (no node serves this model).
         unserved = httpx.post(
-            f"{url}/mcp/v1/chat", json=body | {"model": "mistral:7b-instruct-q4"}, timeout=30
+            f"{url}/mcp/v1/chat", json=body | {"model": "mistral:7b-instruct-q4"}, headers=alice, timeout=30
         )
         assert unserved.status_code == 503, unserved.text
         keys_file = content_keys_path(Path(data))
@@ -70,7 +90,9 @@ def test_up_answers_a_chat_and_a_restart_keeps_the_data(tmp_path: Path) -> None:
         assert up_again.returncode == 0, up_again.stdout + up_again.stderr
         # The ledger may still be catching up on its durable consumer after the restart.
         deadline = time.monotonic() + 15
-        while (stats := httpx.get(f"{url}/mcp/v1/stats", timeout=10).json())["total_requests"] == 0:
+        stats_url = f"{url}/mcp/v1/stats?context={body['context']}"
+        # Tokens minted before the restart still verify: the local secret is kept.
+        while (stats := httpx.get(stats_url, headers=alice, timeout=10).json())["total_requests"] == 0:
             assert time.monotonic() < deadline, "the first run's chat is missing after the restart"
             time.sleep(0.2)
         assert stats["total_requests"] == 1

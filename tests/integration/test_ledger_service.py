@@ -14,7 +14,7 @@ import pytest
 from koprogo_cli.embedded import EmbeddedPostgres, free_port
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
-from tests.conftest import TEST_CONTENT_KEYS, wait_until
+from tests.conftest import TEST_CONTENT_KEYS, postgres_dir, wait_until
 from tests.integration.ledger_support import (
     chat_completed,
     chat_delivered,
@@ -27,9 +27,12 @@ from tests.integration.ledger_support import (
 pytestmark = pytest.mark.integration
 
 
-async def test_postgres_restarting_holds_events_instead_of_dead_lettering_them(
-    clean_jetstream: str, tmp_path: Path
-) -> None:
+async def test_postgres_restarting_holds_events_instead_of_dead_lettering_them(clean_jetstream: str) -> None:
+    with postgres_dir() as folder:
+        await _postgres_restart_holds_events(clean_jetstream, folder)
+
+
+async def _postgres_restart_holds_events(clean_jetstream: str, tmp_path: Path) -> None:
     postgres = EmbeddedPostgres(tmp_path / "pg", port=free_port(), database="ledger")
     await asyncio.to_thread(postgres.start)
     try:

@@ -9,20 +9,27 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
+from koprogo_cli.dev_auth import (
+    DEMO_COPRO_ID,
+    DevAuthError,
+    dev_token_path,
+    jwt_secret_path,
+    mint_local_token,
+)
 from koprogo_cli.embedded import EmbeddedServerError
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
 from koprogo_cli.stack import NODE_PORT, Stack, StackError, preferred_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
-# The demo chat has its own copro id so that it does not mix with a user's figures.
 DEMO_CHAT = {
     "model": BUNDLED_MODEL_ID,
     "messages": [{"role": "user", "content": "Bonjour, résume ce PV en une phrase."}],
-    "context": "copro:00000000-0000-4000-8000-00000000de00",
+    "context": f"copro:{DEMO_COPRO_ID}",
 }
 
 
@@ -58,8 +65,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.start()
         stack.wait_for_model(BUNDLED_MODEL_ID)
         print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (data in {data_dir}, logs in {data_dir}/logs)")
+        if stack.dev_token:
+            print(
+                f"Authentication is on. Dev token (read+write, copro {DEMO_COPRO_ID}, 30 days) in "
+                f"{dev_token_path(data_dir)}:\n{stack.dev_token}\n"
+                "More tokens: koprogo token --user U --copro C --scopes mcp:read,mcp:write"
+            )
         if not args.no_demo:
-            _demo_chat(stack.gateway_url)
+            _demo_chat(stack.gateway_url, stack.dev_token, dev_token_path(data_dir))
         print(READY_LINE, flush=True)
         running = True
         while not stopping:
@@ -86,11 +99,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 READY_LINE = "Ctrl-C stops everything."
 
 
-def _demo_chat(gateway_url: str) -> None:
-    print(f"\n$ curl -s -X POST {gateway_url}/mcp/v1/chat -d '{json.dumps(DEMO_CHAT, ensure_ascii=False)}'")
+def _demo_chat(gateway_url: str, token: str | None, token_file: Path) -> None:
+    auth = f'-H "Authorization: Bearer $(cat {token_file})" ' if token else ""
+    print(
+        f"\n$ curl -s -X POST {gateway_url}/mcp/v1/chat {auth}"
+        f"-d '{json.dumps(DEMO_CHAT, ensure_ascii=False)}'"
+    )
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         # Longer than the gateway's own timeout, so its 504 arrives before ours.
-        response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, timeout=150)
+        response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, headers=headers, timeout=150)
         print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
     except (httpx.HTTPError, ValueError) as exc:
         print(f"the demo chat failed ({exc!r}); the stack stays up, see the logs", file=sys.stderr)
@@ -177,6 +195,26 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a token with the stack's local secret (the dev counterpart of the platform's tokens)."""
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    data_dir = _data_dir(args)
+    try:
+        token = mint_local_token(
+            data_dir, user=args.user, copros=args.copro, scopes=scopes, ttl=timedelta(hours=args.hours)
+        )
+    except (DevAuthError, ValueError) as exc:
+        print(f"koprogo token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(
+        f"# signed with {jwt_secret_path(data_dir)}: user {args.user}, copros {', '.join(args.copro) or '-'}, "
+        f"scopes {' '.join(scopes)}, valid {args.hours} h",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _keys_dir(args: argparse.Namespace) -> Path:
     return Path(args.keys_dir).resolve() if args.keys_dir else _data_dir(args) / "secrets" / "nats"
 
@@ -228,6 +266,13 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_hours(text: str) -> float:
+    hours = float(text)
+    if not 0 < hours <= 8760:
+        raise argparse.ArgumentTypeError("between 0 and 8760 hours")
+    return hours
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koprogo", description="KoproGo Symbiose on one machine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="ask the gateway whether it is ready")
     health.add_argument("--url", default=os.environ.get("KOPROGO_URL", "http://127.0.0.1:8080"))
     health.set_defaults(func=cmd_health)
+    token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
+    token.add_argument("--user", required=True, help="the user id (the token's sub)")
+    token.add_argument(
+        "--copro", action="append", default=[], help="a copro id the user belongs to (repeat for several)"
+    )
+    token.add_argument(
+        "--scopes", default="mcp:read,mcp:write", help="comma-separated: mcp:read, mcp:write, mcp:admin"
+    )
+    token.add_argument(
+        "--hours", type=_positive_hours, default=8, help="validity in hours (default 8, at most 8760)"
+    )
+    token.add_argument("--data-dir")
+    token.set_defaults(func=cmd_token)
     keys_help = "where the nkey seeds live (default <data dir>/secrets/nats)"
     node_key = sub.add_parser(
         "nats-node-key",

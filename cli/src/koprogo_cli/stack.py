@@ -2,7 +2,8 @@
 
 Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
 then the ledger (it owns the migrations), the router, the edge node with the bundled
-model and the gateway. The embedded nats-server admits only the stack's own nkeys (minted
+model and the gateway, with authentication on (a local signing secret and a dev token
+under <data>/secrets/, see dev_auth.py). The embedded nats-server admits only the stack's own nkeys (minted
 once under <data>/secrets/nats/), each service with its own key and permissions. Ctrl-C
 (or SIGTERM) stops everything in reverse order. The data lives under the data folder, so a
 restart keeps it.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from koprogo_cli.dev_auth import ensure_jwt_secret, write_dev_token
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
 from koprogo_cli.nats_auth import NatsAuthError, identities, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
@@ -88,6 +90,8 @@ class Stack:
     # Identity -> nkey seed file, for the embedded nats-server only (empty with NATS_URL).
     nats_seed_files: dict[str, Path] = field(default_factory=dict, init=False)
     node_id: str = field(default_factory=bundled_node_id, init=False)
+    # The token `koprogo up` minted for the demo copro (None when the operator set a verifier).
+    dev_token: str | None = field(default=None, init=False)
 
     @property
     def gateway_url(self) -> str:
@@ -99,6 +103,9 @@ class Stack:
         database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
         base_env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
         content_keys = self._content_keys()
+        verifier = ensure_jwt_secret(self.data_dir)
+        # Minted only with the stack's own secret; an operator's verifier brings its own tokens.
+        self.dev_token = write_dev_token(self.data_dir) if verifier else None
         self._launch(
             Service(
                 "ledger",
@@ -145,6 +152,7 @@ class Stack:
                 {
                     **base_env,
                     **content_keys,
+                    **verifier,
                     **self._nats_identity("gateway"),
                     "GATEWAY_PORT": str(self.gateway_port),
                 },
@@ -231,10 +239,17 @@ class Stack:
         raise StackError(f"{service.name} not ready after {timeout}s; see {log_path}:\n" + tail_of(log_path))
 
     def wait_for_model(self, model: str, timeout: float = 30.0) -> None:
+        """Wait until the gateway sees a live node serving `model` (asked with the dev token)."""
+        if self.dev_token is None:
+            self.log("the operator's verifier is configured: not waiting for the model (no token here)")
+            return
+        headers = {"Authorization": f"Bearer {self.dev_token}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            models = httpx.get(f"{self.gateway_url}/mcp/v1/models", timeout=2.0).json()["models"]
-            if any(m["id"] == model and m["is_available"] for m in models):
+            response = httpx.get(f"{self.gateway_url}/mcp/v1/models", headers=headers, timeout=2.0)
+            if response.status_code != 200:
+                raise StackError(f"GET /mcp/v1/models answered {response.status_code}: {response.text[:200]}")
+            if any(m["id"] == model and m["is_available"] for m in response.json()["models"]):
                 return
             time.sleep(0.2)
         raise StackError(f"model {model} not available after {timeout}s")

@@ -37,13 +37,24 @@ async def get_caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """The caller named by the bearer token; everyone, as before tokens, when authentication is off."""
+    return await authenticate(gateway, credentials.credentials if credentials else None)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if the request has one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def authenticate(gateway: Gateway, token: str | None) -> Caller:
+    """Verify `token` (raises UnauthorizedError); OPEN_ACCESS when authentication is off."""
     if gateway.verifier is None:
         return OPEN_ACCESS
-    if credentials is None:
+    if token is None:
         AUTH_REFUSALS.labels(status="401").inc()
         raise UnauthorizedError("an 'Authorization: Bearer <token>' header is required")
     try:
-        caller = await gateway.verifier.verify(credentials.credentials)
+        caller = await gateway.verifier.verify(token)
     except UnauthorizedError as exc:
         AUTH_REFUSALS.labels(status="401").inc()
         log.info("token refused: %s", exc.message)  # the reason only: never the token

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from koprogo_gateway.domain.errors import GatewayError
+from koprogo_gateway.entrypoints.http.deps import authenticate, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,13 @@ def _field(loc: tuple[object, ...]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI reads and validates the body before the routes' dependencies run; a caller
+        # without a valid token must get its 401, not learn the API's shape from a 422.
+        try:
+            await authenticate(request.app.state.gateway, bearer_token(request))
+        except GatewayError as refused:
+            return await gateway_error(request, refused)
         details = [
             {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
             for e in exc.errors()
