@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import jwt
 import pytest
 
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
@@ -44,8 +47,6 @@ async def test_a_key_the_jwks_does_not_publish_is_refused() -> None:
 
 
 async def test_an_hmac_token_signed_with_the_public_key_is_refused_before_any_fetch() -> None:
-    import jwt
-
     public_pem = RSA_KEY.public_jwk()["n"]  # any text the attacker can read, as the HMAC key
     forged = jwt.encode({"sub": "mallory", "iss": ISSUER, "aud": AUDIENCE}, public_pem, algorithm="HS256")
     hs = jwt.encode({"sub": "mallory", "iss": ISSUER, "aud": AUDIENCE}, SECRET, algorithm="HS256")
@@ -63,3 +64,28 @@ async def test_an_unreachable_jwks_is_a_401_not_a_500() -> None:
     verifier = _verifier(url)  # the server is gone
     with pytest.raises(UnauthorizedError, match="cannot be fetched"):
         await verifier.verify(RSA_KEY.sign(issuer=ISSUER, audience=AUDIENCE, sub="alice"))
+
+
+async def test_made_up_kids_cost_one_refetch_per_cooldown_and_a_rotation_is_still_picked_up() -> None:
+    with jwks_server(RSA_KEY) as jwks:
+        verifier = JwtVerifier(
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            leeway_s=0,
+            jwks_client=jwt.PyJWKClient(jwks.url, cache_keys=True, lifespan=300),
+            jwks_refetch_cooldown_s=2.0,
+        )
+        await verifier.verify(RSA_KEY.sign(issuer=ISSUER, audience=AUDIENCE, sub="alice"))
+        mallory = SigningKey.rsa("made-up")
+        for n in range(20):
+            forged = SigningKey(f"made-up-{n}", "RS256", mallory.private_key).sign(
+                issuer=ISSUER, audience=AUDIENCE, sub="mallory"
+            )
+            with pytest.raises(UnauthorizedError, match="no known signing key"):
+                await verifier.verify(forged)
+        assert len(jwks.fetches) == 2  # the first fill, then one refetch for twenty unknown kids
+        rotated = SigningKey.rsa("rsa-2")
+        jwks.keys.append(rotated)
+        await asyncio.sleep(2.1)
+        caller = await verifier.verify(rotated.sign(issuer=ISSUER, audience=AUDIENCE, sub="alice"))
+        assert caller.user_id == "alice" and len(jwks.fetches) == 3

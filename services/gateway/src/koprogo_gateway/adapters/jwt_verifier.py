@@ -8,6 +8,7 @@ key are both refused. `iss`, `aud`, `exp` and `sub` are required and checked.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ class JwtVerifier:
         leeway_s: float,
         secret: str | None = None,
         jwks_client: jwt.PyJWKClient | None = None,
+        jwks_refetch_cooldown_s: float = 30.0,
     ) -> None:
         if (secret is None) == (jwks_client is None):
             raise ValueError("a JwtVerifier needs exactly one of a secret and a JWKS client")
@@ -41,6 +43,8 @@ class JwtVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
+        self._refetch_cooldown_s = jwks_refetch_cooldown_s
+        self._last_refetch = -jwks_refetch_cooldown_s
 
     async def verify(self, token: str) -> Caller:
         try:
@@ -80,15 +84,34 @@ class JwtVerifier:
         return _caller(claims)
 
     async def _signing_key(self, token: str) -> Any:
+        """The JWKS key named by the token's `kid`, refetching the set at most once per cooldown.
+
+        PyJWKClient refetches the whole set on every unknown `kid`; tokens with made-up kids
+        would then turn each request into a fetch from the platform. A key rotation is still
+        picked up: the first unknown kid after the cooldown refetches.
+        """
         assert self._jwks is not None
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
             # PyJWKClient fetches with blocking urllib (cached for JWKS_CACHE_S): off the event loop.
-            signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            keys = await asyncio.to_thread(self._jwks.get_signing_keys)
+            key = _key_with_kid(keys, kid)
+            now = time.monotonic()
+            if key is None and now - self._last_refetch >= self._refetch_cooldown_s:
+                self._last_refetch = now
+                keys = await asyncio.to_thread(self._jwks.get_signing_keys, True)
+                key = _key_with_kid(keys, kid)
         except jwt.PyJWKClientConnectionError:
             raise UnauthorizedError("the token's signing keys cannot be fetched now") from None
         except (jwt.PyJWKClientError, jwt.InvalidTokenError):
             raise UnauthorizedError("no known signing key for this token") from None
-        return signing_key
+        if key is None:
+            raise UnauthorizedError("no known signing key for this token")
+        return key
+
+
+def _key_with_kid(keys: Sequence[jwt.PyJWK], kid: object) -> jwt.PyJWK | None:
+    return next((k for k in keys if k.key_id == kid), None)
 
 
 def _caller(claims: dict[str, Any]) -> Caller:
