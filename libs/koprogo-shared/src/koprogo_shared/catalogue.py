@@ -40,6 +40,27 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
 
 _BY_ID = {m.id: m for m in CATALOGUE}
 
+AUTO = "auto"
+# `model: "auto"` (or a class) lets the router pick the model too, among these, in order of
+# preference when their carbon and latency tie. Small models first: on a Pi they answer at
+# close to 0 g, which is where carbon-aware routing pays off.
+AUTO_CLASSES: dict[str, tuple[str, ...]] = {
+    AUTO: (
+        BUNDLED_MODEL_ID,
+        "llama3:8b-instruct-q4",
+        "mistral:7b-instruct-q4",
+        "gpt-4o-mini",
+        "claude-3-haiku",
+    ),
+    "auto:small": (BUNDLED_MODEL_ID, "phi-2:2.7b-q4", "gpt-4o-mini", "claude-3-haiku"),
+    "auto:large": ("llama3:8b-instruct-q4", "mistral:7b-instruct-q4", "gpt-4o", "claude-3-sonnet"),
+}
+
+
+def auto_class(model_id: str) -> tuple[str, ...] | None:
+    """The models an `auto` class may use, or None when `model_id` names no class."""
+    return AUTO_CLASSES.get(model_id)
+
 
 def find_model(model_id: str) -> CatalogueModel | None:
     """The catalogue entry for `model_id`, or None when the id is unknown."""

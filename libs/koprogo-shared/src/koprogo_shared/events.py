@@ -232,6 +232,8 @@ class NodeHeartbeat(Event):
     intensity_g_per_kwh: float = Field(ge=0)
     renewable_attested: bool
     interval_s: float = Field(gt=0)
+    # The node's last word when it stops on purpose: routers stop sending it work at once.
+    leaving: bool = False
 
 
 class InferenceStarted(Event):

@@ -1,15 +1,17 @@
-"""Which edge nodes are alive, from their heartbeats. Pure: the caller passes the clock.
+"""Which edge nodes and cloud deployments are alive, from their heartbeats. Pure: the caller passes the clock.
 
 The router uses it to choose a target, the gateway to say whether a model is
-available now. A node is alive while its last heartbeat is younger than three of
-its own intervals (one lost heartbeat is not a death).
+available now. A node or deployment is alive while its last heartbeat is younger than
+three of its own intervals (one lost heartbeat is not a death); a cloud deployment
+that is alive may still be unavailable (no API key, cooldown), and says why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from koprogo_shared.events import NodeHeartbeat
+from koprogo_shared.co2 import CloudFootprint
+from koprogo_shared.events import CloudDeploymentStatus, NodeHeartbeat
 
 MISSED_HEARTBEATS_BEFORE_DEAD = 3
 
@@ -31,9 +33,45 @@ class EdgeCandidate:
         return self.in_flight / self.capacity
 
 
+@dataclass(frozen=True, slots=True)
+class CloudCandidate:
+    deployment: str
+    provider: str
+    models: tuple[str, ...]
+    available: bool
+    unavailable_reason: str | None
+    footprint: CloudFootprint
+    typical_latency_ms: float
+    region: str | None
+
+
 class NodeRegistry:
     def __init__(self) -> None:
         self._nodes: dict[str, tuple[EdgeCandidate, float]] = {}
+        self._cloud: dict[str, tuple[CloudCandidate, float]] = {}
+
+    def observe_cloud(self, status: CloudDeploymentStatus, now: float) -> None:
+        candidate = CloudCandidate(
+            deployment=status.deployment,
+            provider=status.provider,
+            models=tuple(status.models),
+            available=status.available,
+            unavailable_reason=status.unavailable_reason,
+            footprint=CloudFootprint(status.wh_per_1k_tokens, status.intensity_g_per_kwh),
+            typical_latency_ms=status.typical_latency_ms,
+            region=status.region,
+        )
+        self._cloud[status.deployment] = (candidate, now + status.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
+
+    def cloud(self, now: float) -> list[CloudCandidate]:
+        """Every cloud deployment heard from recently, available or not."""
+        for name in [n for n, (_, expires) in self._cloud.items() if expires < now]:
+            del self._cloud[name]
+        return [candidate for candidate, _ in self._cloud.values()]
+
+    def forget(self, node_id: str) -> None:
+        """A node said it is leaving: stop routing to it now rather than after three heartbeats."""
+        self._nodes.pop(node_id, None)
 
     def observe(self, beat: NodeHeartbeat, now: float) -> None:
         candidate = EdgeCandidate(
@@ -58,4 +96,6 @@ class NodeRegistry:
         return [c for c in self.alive(now) if model in c.models]
 
     def available_models(self, now: float) -> set[str]:
-        return {m for c in self.alive(now) for m in c.models}
+        """Models a live edge node or an available cloud deployment serves now."""
+        edge = {m for c in self.alive(now) for m in c.models}
+        return edge | {m for c in self.cloud(now) if c.available for m in c.models}

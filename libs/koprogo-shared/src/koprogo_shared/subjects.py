@@ -20,6 +20,10 @@ DEADLETTER_STREAM = "KOPROGO_DEADLETTER"
 # The gateways' rate-limit counters: a JetStream key-value bucket (stream `KV_<bucket>`,
 # subjects `$KV.<bucket>.>`), declared by the gateway (`adapters/rate_limit_store.py`).
 RATE_LIMIT_BUCKET = "KOPROGO_RATE_LIMITS"
+# Each copro's default routing policy (`PUT /mcp/v1/copros/{id}/routing`): a JetStream
+# key-value bucket written by the gateway (admins only), watched by the routers. Key:
+# `routing_policy_key(copro_id)`; value: a RoutingPreference as JSON.
+ROUTING_POLICY_BUCKET = "KOPROGO_ROUTING_POLICIES"
 
 EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
@@ -121,6 +125,16 @@ LEDGER_DURABLE = "ledger"
 def edge_work_durable(model: str) -> str:
     """The durable every node serving `model` shares on KOPROGO_WORK."""
     return durable_name("edge", model)
+
+
+_KV_KEY = re.compile(r"^[-_=A-Za-z0-9]{1,200}$")
+
+
+def routing_policy_key(copro_id: str) -> str:
+    """The ROUTING_POLICY_BUCKET key of a copro; ValueError for an id that cannot be one."""
+    if not _KV_KEY.match(copro_id):
+        raise ValueError(f"copro id {copro_id!r}: use 1-200 letters, digits, '-', '_' or '='")
+    return copro_id
 
 
 def cloud_work_durable(deployment: str) -> str:

@@ -112,8 +112,12 @@ class ChatService:
                 node_id = self.replies.running_on(request.id)
                 if node_id is None:
                     continue
-                alive = {c.node_id for c in self.registry.serving(request.model, time.monotonic())}
-                if node_id not in alive and not alive:
+                now = time.monotonic()
+                # `request.model` may be a class (`auto`) that no node names: the node itself
+                # must be gone, and no live node serve the requested model, to give up.
+                if node_id not in {c.node_id for c in self.registry.alive(now)} and not self.registry.serving(
+                    request.model, now
+                ):
                     raise NodeLostError(
                         f"edge node {node_id} stopped answering while running this request, "
                         f"and no other live node serves '{request.model}'"

@@ -35,6 +35,7 @@ class HeartbeatPublisher:
         self._task = asyncio.create_task(self._every_interval())
 
     async def stop(self) -> None:
+        """Stop beating and say the node is leaving, so routers fall back to other targets at once."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -42,10 +43,15 @@ class HeartbeatPublisher:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
+        await self.beat(leaving=True)
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=1)
 
-    async def beat(self) -> None:
+    async def beat(self, *, leaving: bool = False) -> None:
         """Publish the node's state now; a failed publish is replaced by the next one."""
         beat = self._service.heartbeat(self._interval_s)
+        if leaving:
+            beat = beat.model_copy(update={"leaving": True})
         try:
             await self._nc.publish(self._subject, beat.model_dump_json().encode())
         except Exception as exc:  # heartbeats are best effort by design
