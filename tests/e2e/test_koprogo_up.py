@@ -115,7 +115,7 @@ def assert_nats_admits_only_the_stacks_own_keys(data: Path) -> None:
     keys_dir = data / "secrets" / "nats"
     seeds = sorted(str(p.relative_to(keys_dir)) for p in keys_dir.rglob("*.nk"))
     nodes = [seed for seed in seeds if seed.startswith("nodes/")]
-    assert sorted(set(seeds) - set(nodes)) == ["admin.nk", "gateway.nk", "ledger.nk", "router.nk"]
+    assert sorted(set(seeds) - set(nodes)) == ["admin.nk", "cloud.nk", "gateway.nk", "ledger.nk", "router.nk"]
     assert len(nodes) == 1, nodes  # the bundled node's
     for seed in seeds:
         assert stat.S_IMODE((keys_dir / seed).stat().st_mode) == 0o600

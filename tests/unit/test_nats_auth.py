@@ -78,10 +78,10 @@ def test_a_node_identity_needs_a_plain_id_and_plain_model_ids(node_id: str, mode
 def test_the_authorization_block_lists_every_service_the_operator_and_each_node(tmp_path: Path) -> None:
     found = identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]})
     text = render_authorization(found.users)
-    assert set(found.seed_files) == {"ledger", "router", "gateway", "admin", "node:pi-1"}
+    assert set(found.seed_files) == {"ledger", "router", "gateway", "cloud", "admin", "node:pi-1"}
     for seed_file in found.seed_files.values():
         assert f'nkey: "{nkey_public_key(seed_file)}"' in text
-    assert text.count("permissions:") == 4  # the operator's identity alone is unrestricted
+    assert text.count("permissions:") == 5  # the operator's identity alone is unrestricted
     # Minted once: a second run gives the same keys.
     assert identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]}).users == found.users
 

@@ -23,7 +23,7 @@ from koprogo_cli.dev_auth import (
 )
 from koprogo_cli.embedded import EmbeddedServerError
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
-from koprogo_cli.stack import NODE_PORT, Stack, StackError, preferred_port
+from koprogo_cli.stack import NODE_PORT, Stack, StackError, cloud_deployment_ids, preferred_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 DEMO_CHAT = {
@@ -247,8 +247,8 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
         nodes.setdefault(node_id, []).append(model)
     keys_dir = _keys_dir(args)
     try:
-        found = identities(keys_dir, nodes)
-    except NatsAuthError as exc:
+        found = identities(keys_dir, nodes, cloud_deployment_ids())
+    except (NatsAuthError, StackError) as exc:
         print(f"koprogo nats-config: {exc}", file=sys.stderr)
         return 2
     text = (
@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NODE_ID=MODEL",
-        help="an edge node and a model it serves (repeat for several)",
+        help="an edge node and a model it serves (repeat for several); the cloud worker's deployments "
+        "come from CLOUD_DEPLOYMENTS_FILE (or the defaults)",
     )
     config.add_argument("--out", default="-", help="the file to write (default: standard output)")
     config.add_argument("--keys-dir", help=keys_help)

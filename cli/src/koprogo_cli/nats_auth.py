@@ -15,15 +15,23 @@ operator's (`admin`, given to no service) may delete or purge a stream.
     ledger     streams: info/create/update; consumer `ledger`     its inbox
                on KOPROGO_EVENTS (create, info, next, ack);
                koprogo.deadletter.koprogo.events.>
-    router     streams: info/create/update; consumer `router`     its inbox,
-               on KOPROGO_EVENTS; koprogo.work.edge.>,            koprogo.nodes.heartbeat.*
+    router     streams: info/create/update; consumers `router`   its inbox,
+               and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
+               koprogo.work.{edge,cloud}.>,                       koprogo.nodes.cloud.*
                koprogo.events.chat.failed.>, koprogo.reply.>,
-               koprogo.nodes.announce,
-               koprogo.deadletter.koprogo.events.chat.requested.>
+               koprogo.nodes.announce, their dead letters; read
+               and watch the routing-policy bucket
+    cloud      per deployment D: consumer `cloud-D` on            its inbox,
+               KOPROGO_WORK (filter koprogo.work.cloud.D), its    koprogo.nodes.announce
+               dead letters, koprogo.nodes.cloud.D;
+               koprogo.events.chat.{completed,failed}.>,
+               koprogo.events.inference.attempt_failed.>,
+               koprogo.reply.>
     gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
-               koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*
-               koprogo.nodes.announce; the rate-limit bucket
-               KOPROGO_RATE_LIMITS (declare, get, put)
+               koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*,
+               koprogo.nodes.announce; the buckets                koprogo.nodes.cloud.*
+               KOPROGO_RATE_LIMITS and KOPROGO_ROUTING_POLICIES
+               (declare, get, put, delete)
     node       per model M: stream info of KOPROGO_WORK, consumer its inbox,
                `edge-M` (create with filter koprogo.work.edge.M    koprogo.nodes.announce
                only, info, next, ack), its dead letters
@@ -51,7 +59,7 @@ import nkeys
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import nkey_public_key
 
-SERVICES = ("ledger", "router", "gateway")
+SERVICES = ("ledger", "router", "gateway", "cloud")
 ADMIN = "admin"
 # Node ids name a seed file and a heartbeat subject token; model ids a subject token.
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -127,18 +135,68 @@ def router_permissions(public_key: str) -> Permissions:
             *_declare_streams(),
             *_pull_consumer(subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, subjects.CHAT_REQUESTED_ALL),
             subjects.deadletter_for(subjects.CHAT_REQUESTED_ALL),
+            *_pull_consumer(
+                subjects.EVENTS_STREAM,
+                subjects.ROUTER_FALLBACK_DURABLE,
+                subjects.INFERENCE_ATTEMPT_FAILED_ALL,
+            ),
+            subjects.deadletter_for(subjects.INFERENCE_ATTEMPT_FAILED_ALL),
             _every(subjects.run_inference_edge),
+            _every(subjects.run_inference_cloud),
             _every(subjects.chat_failed),
             _every(subjects.gateway_reply),
             subjects.NODES_ANNOUNCE,
+            *_routing_policies_read(),
         ),
-        subscribe=(_inbox(public_key), subjects.NODE_HEARTBEAT_ALL),
+        subscribe=(
+            _inbox(public_key),
+            subjects.NODE_HEARTBEAT_ALL,
+            subjects.CLOUD_STATUS_ALL,
+        ),
     )
 
 
-def _rate_limit_bucket() -> list[str]:
-    """The gateways' key-value bucket of rate-limit counters: declare it, read and write keys."""
-    bucket = subjects.RATE_LIMIT_BUCKET
+def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permissions:
+    """Only its deployments' work in; results, attempt failures, replies and its statuses out."""
+    work: list[str] = [
+        f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}",
+        f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
+    ]
+    for deployment in deployments:
+        subject = subjects.run_inference_cloud(deployment)
+        work += _pull_consumer(subjects.WORK_STREAM, subjects.cloud_work_durable(deployment), subject)
+        work.append(subjects.deadletter_for(subject))
+        work.append(subjects.cloud_status(deployment))
+    return Permissions(
+        publish=(
+            *work,
+            _every(subjects.chat_completed),
+            _every(subjects.chat_failed),
+            _every(subjects.inference_attempt_failed),
+            _every(subjects.gateway_reply),
+        ),
+        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE),
+    )
+
+
+def _routing_policies_read() -> list[str]:
+    """Read and watch the copros' routing policies (the router's view of the bucket)."""
+    stream = f"KV_{subjects.ROUTING_POLICY_BUCKET}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        # A watch is an ephemeral ordered push consumer on the bucket's subjects.
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _kv_bucket_read_write(bucket: str) -> list[str]:
+    """A key-value bucket the gateways own: declare it, read and write (and delete) keys."""
     stream = f"KV_{bucket}"
     return [
         *(f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")),
@@ -157,10 +215,16 @@ def gateway_permissions(public_key: str) -> Permissions:
             _every(subjects.chat_delivered),
             _every(subjects.user_erasure_requested),
             subjects.NODES_ANNOUNCE,
-            *_rate_limit_bucket(),
+            *_kv_bucket_read_write(subjects.RATE_LIMIT_BUCKET),
+            *_kv_bucket_read_write(subjects.ROUTING_POLICY_BUCKET),
         ),
         # Every gateway reply subject: replicas may share this identity, each with its own id.
-        subscribe=(_inbox(public_key), _every(subjects.gateway_reply), subjects.NODE_HEARTBEAT_ALL),
+        subscribe=(
+            _inbox(public_key),
+            _every(subjects.gateway_reply),
+            subjects.NODE_HEARTBEAT_ALL,
+            subjects.CLOUD_STATUS_ALL,
+        ),
     )
 
 
@@ -220,9 +284,19 @@ def node_user(keys_dir: Path, node_id: str, models: Sequence[str]) -> tuple[Nats
     return NatsUser(label, public_key, node_permissions(public_key, node_id, models)), seed_file
 
 
-def identities(keys_dir: Path, nodes: Mapping[str, Sequence[str]]) -> Identities:
-    """The services', the operator's and these nodes' identities, keys minted where missing."""
-    rules = {"ledger": ledger_permissions, "router": router_permissions, "gateway": gateway_permissions}
+def identities(
+    keys_dir: Path, nodes: Mapping[str, Sequence[str]], cloud_deployments: Sequence[str] = ()
+) -> Identities:
+    """The services', the operator's and these nodes' identities, keys minted where missing.
+
+    `cloud_deployments`: the deployment ids the cloud worker may serve (its work subjects).
+    """
+    rules: dict[str, Callable[[str], Permissions]] = {
+        "ledger": ledger_permissions,
+        "router": router_permissions,
+        "gateway": gateway_permissions,
+        "cloud": lambda public_key: cloud_permissions(public_key, cloud_deployments),
+    }
     found = Identities(users=[])
     for service in SERVICES:
         seed_file = keys_dir / f"{service}.nk"

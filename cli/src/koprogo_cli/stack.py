@@ -1,8 +1,8 @@
 """`koprogo up`: the whole stack on one machine, each service its own process.
 
 Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
-then the ledger (it owns the migrations), the router, the edge node with the bundled
-model and the gateway, with authentication on (a local signing secret and a dev token
+then the ledger (it owns the migrations), the router, the cloud worker (its deployments
+report "no API key" until one is set), the edge node with the bundled model and the gateway, with authentication on (a local signing secret and a dev token
 under <data>/secrets/, see dev_auth.py). The embedded nats-server admits only the stack's own nkeys (minted
 once under <data>/secrets/nats/), each service with its own key and permissions. Ctrl-C
 (or SIGTERM) stops everything in reverse order. The data lives under the data folder, so a
@@ -28,6 +28,8 @@ from koprogo_cli.dev_auth import ensure_jwt_secret, write_dev_token
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
 from koprogo_cli.nats_auth import NatsAuthError, identities, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
+from koprogo_cloud.domain.errors import DeploymentConfigError
+from koprogo_cloud.settings import CloudSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
 
@@ -35,6 +37,7 @@ GATEWAY_PORT = 8080
 NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
 LEDGER_OPS_PORT = 8082
+CLOUD_OPS_PORT = 8083
 
 
 class StackError(RuntimeError):
@@ -56,6 +59,14 @@ def preferred_port(port: int) -> int:
 
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def cloud_deployment_ids() -> list[str]:
+    """The cloud worker's deployments (CLOUD_DEPLOYMENTS_FILE or the defaults): its NATS subjects."""
+    try:
+        return [d.id for d in CloudSettings().deployments()]
+    except DeploymentConfigError as exc:
+        raise StackError(f"cloud deployments: {exc}") from None
 
 
 def bundled_node_id() -> str:
@@ -134,6 +145,18 @@ class Stack:
         )
         self._launch(
             Service(
+                "cloud",
+                [_script("koprogo-cloud")],
+                {
+                    **base_env,
+                    **self._nats_identity("cloud"),
+                    "OPS_PORT": str(preferred_port(CLOUD_OPS_PORT)),
+                },
+                "",
+            )
+        )
+        self._launch(
+            Service(
                 "edge-node",
                 [_script("koprogo-node"), "--port", str(self.node_port)],
                 {
@@ -165,7 +188,9 @@ class Stack:
     def _start_nats(self) -> str:
         try:
             stack_identities = identities(
-                self.data_dir / "secrets" / "nats", {self.node_id: [BUNDLED_MODEL_ID]}
+                self.data_dir / "secrets" / "nats",
+                {self.node_id: [BUNDLED_MODEL_ID]},
+                cloud_deployment_ids(),
             )
         except NatsAuthError as exc:
             raise StackError(f"NATS identities: {exc}") from None

@@ -1,1 +1,1 @@
-"""Cloud inference through the providers' official SDKs. Empty until the cloud issue is built."""
+"""KoproGo Symbiose cloud inference: RunInference work answered by provider SDKs (Anthropic, OpenAI, Mistral)."""

@@ -1,0 +1,105 @@
+"""Composition root: the cloud worker's adapters are built here and nowhere else.
+
+Start-up: the ops port (/health at once, /ready once NATS is connected), NATS, the
+streams (declared by the router or the ledger: this identity only waits for them), the
+first statuses, then `concurrency` pull loops per deployment on its work subject. A
+deployment without a key still gets its consumer: its work is answered with a
+fallback-worthy failure instead of waiting in the queue, and its status says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+
+from koprogo_cloud.adapters.outcomes import NatsOutcomeSink, OutcomeSink
+from koprogo_cloud.adapters.providers import ChatProvider, build_provider
+from koprogo_cloud.domain.deployments import Deployment, key_status
+from koprogo_cloud.entrypoints.nats_worker import CloudWorkWorker, work_consumer
+from koprogo_cloud.entrypoints.status import StatusPublisher
+from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
+from koprogo_cloud.settings import CloudSettings
+from koprogo_shared import subjects
+from koprogo_shared.consumer import run_pull_consumer
+from koprogo_shared.nats_connection import connect_nats, wait_for_streams
+from koprogo_shared.ops_http import ops_server
+from koprogo_shared.service_runtime import until_stopped_or_failed
+
+log = logging.getLogger(__name__)
+
+
+def build_runtimes(deployments: list[Deployment], environ: Mapping[str, str]) -> list[DeploymentRuntime]:
+    """Each deployment with its provider client, or with the reason it has none (never the key)."""
+    runtimes = []
+    for dep in deployments:
+        key, reason = key_status(dep, environ)
+        provider: ChatProvider | None = None
+        if reason is None:
+            provider = build_provider(dep, key)
+            log.info("deployment %s (%s): %s", dep.id, dep.provider, ", ".join(sorted(dep.models)))
+        else:
+            log.warning("deployment %s (%s) unavailable: %s", dep.id, dep.provider, reason)
+        runtimes.append(DeploymentRuntime(dep, provider, reason))
+    return runtimes
+
+
+async def run_cloud(
+    settings: CloudSettings, stop: asyncio.Event, *, environ: Mapping[str, str] | None = None
+) -> None:
+    """Run the cloud worker until `stop` is set (raises DeploymentConfigError on a bad configuration)."""
+    env = os.environ if environ is None else environ
+    runtimes = build_runtimes(settings.deployments(env), env)
+    nc, js = await connect_nats(
+        settings.nats_url, "koprogo-cloud", nkey_seed_file=settings.nats_nkey_seed_file
+    )
+
+    async def ready() -> dict[str, bool]:
+        return {"nats": nc.is_connected}
+
+    server = None
+    ops_task: asyncio.Task[None] | None = None
+    if settings.ops_port:
+        server = ops_server(settings.ops_host, settings.ops_port, ready)
+        ops_task = asyncio.create_task(server.serve(), name="cloud-ops")
+    sink: OutcomeSink = NatsOutcomeSink(nc, js)
+    service = CloudInferenceService(runtimes, sink)
+    statuses = StatusPublisher(nc, service, settings.status_interval_s)
+    consumers: list[asyncio.Task[None]] = []
+    try:
+        await wait_for_streams(js, [subjects.WORK_STREAM, subjects.EVENTS_STREAM])
+        await statuses.start()
+        for runtime in runtimes:
+            dep = runtime.deployment
+            spec = work_consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
+            worker = CloudWorkWorker(service, dep.id, settings.ack_wait_s, settings.max_deliver)
+            for n in range(dep.concurrency):
+                consumers.append(
+                    asyncio.create_task(
+                        run_pull_consumer(js, spec, worker.handle, stop), name=f"cloud-{dep.id}-{n}"
+                    )
+                )
+        log.info("cloud worker ready: %s", ", ".join(service.runtimes))
+        await until_stopped_or_failed(stop, consumers)
+    finally:
+        stop.set()
+        if consumers:
+            # Consumers stop fetching once `stop` is set; let the in-flight calls finish.
+            await asyncio.wait(consumers, timeout=settings.shutdown_grace_s)
+            for task in consumers:
+                task.cancel()  # the shared consumer NAKs what it still holds
+            await asyncio.gather(*consumers, return_exceptions=True)
+        await statuses.stop()
+        if server is not None:
+            server.should_exit = True
+        if ops_task is not None:
+            await asyncio.gather(ops_task, return_exceptions=True)
+        for runtime in runtimes:
+            if runtime.provider is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.provider.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        log.info("cloud worker stopped")

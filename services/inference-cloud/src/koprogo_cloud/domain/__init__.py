@@ -1,0 +1,1 @@
+"""Pure rules of the cloud worker: deployments, retries, cooldowns, failure classification."""

@@ -1,0 +1,308 @@
+"""Use case: answer one RunInference on a cloud deployment and publish what came of it.
+
+Success -> ChatCompleted (durably, then to the waiting gateway). A failure another target
+may not share (provider down, slow, rate-limited, cooling down) -> InferenceAttemptFailed
+for the router, which falls back or fails the request; without a routing plan, or for a
+request the provider rejects as such, -> ChatFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from koprogo_cloud.adapters import metrics
+from koprogo_cloud.adapters.outcomes import OutcomeSink
+from koprogo_cloud.adapters.providers import ChatProvider, ProviderResult
+from koprogo_cloud.domain.cooldown import Cooldown
+from koprogo_cloud.domain.deployments import Deployment
+from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError
+from koprogo_cloud.domain.failures import FailureOutcome, classify
+from koprogo_cloud.domain.retry_policy import retry_delay
+from koprogo_shared import co2
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatFailed,
+    CloudDeploymentStatus,
+    ExecutionInfo,
+    InferenceAttemptFailed,
+    RoutingSummary,
+    RoutingTarget,
+    RunInference,
+    Usage,
+    derived_event_id,
+    utc_now,
+)
+
+Outcome = ChatCompleted | ChatFailed | InferenceAttemptFailed
+
+
+@dataclass
+class DeploymentRuntime:
+    """A configured deployment and its live state: its provider client (None: unavailable), cooldown, latencies."""
+
+    deployment: Deployment
+    provider: ChatProvider | None
+    unavailable_reason: str | None = None
+    cooldown: Cooldown = field(init=False)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+
+    def __post_init__(self) -> None:
+        d = self.deployment
+        self.cooldown = Cooldown(d.cooldown_after_failures, d.cooldown_s)
+
+
+class CloudInferenceService:
+    """Runs work items on the deployments' providers, with retries, cooldowns and usage accounting."""
+
+    def __init__(
+        self,
+        runtimes: Iterable[DeploymentRuntime],
+        sink: OutcomeSink,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.runtimes = {r.deployment.id: r for r in runtimes}
+        self._sink = sink
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+
+    async def run(self, deployment_id: str, work: RunInference) -> Outcome:
+        """Answer `work` on `deployment_id` and publish the outcome; publishing errors propagate (retry)."""
+        runtime = self.runtimes[deployment_id]
+        dep = runtime.deployment
+        completed_id = _derived(work, work.request_id, "completed")
+        _derived(work, work.id, "failed")  # an unusable id is refused before any work
+        now = self._clock()
+        if now >= work.deadline:
+            return await self._fail(
+                runtime,
+                work,
+                FailureOutcome(
+                    504,
+                    "deadline_exceeded",
+                    "the request expired before a cloud deployment could run it",
+                    False,
+                    False,
+                ),
+            )
+        if runtime.provider is None:
+            return await self._fail(
+                runtime,
+                work,
+                FailureOutcome(
+                    503,
+                    "deployment_unavailable",
+                    f"cloud deployment {dep.id!r} is unavailable: {runtime.unavailable_reason}",
+                    True,
+                    False,
+                ),
+            )
+        provider_model = dep.models.get(work.model)
+        if provider_model is None:
+            return await self._fail(
+                runtime,
+                work,
+                FailureOutcome(
+                    404,
+                    "model_not_served",
+                    f"cloud deployment {dep.id!r} does not serve {work.model!r}",
+                    True,
+                    False,
+                ),
+            )
+        if runtime.cooldown.active(now):
+            until = runtime.cooldown.until
+            return await self._fail(
+                runtime,
+                work,
+                FailureOutcome(
+                    503,
+                    "deployment_cooling_down",
+                    f"cloud deployment {dep.id!r} is cooling down after repeated failures "
+                    f"(until {until.isoformat() if until else '?'})",
+                    True,
+                    False,
+                ),
+            )
+        started = time.perf_counter()
+        try:
+            result = await self._call_with_retries(runtime, runtime.provider, provider_model, work)
+        except _Failed as failed:
+            return await self._fail(runtime, work, failed.outcome)
+        seconds = time.perf_counter() - started
+        runtime.cooldown.record_success()
+        metrics.IN_COOLDOWN.labels(dep.id).set(0)
+        runtime.latencies_ms.append(seconds * 1000.0)
+        completed = self._completed(dep, work, completed_id, result, seconds)
+        metrics.TOKENS.labels(dep.id, "prompt").inc(result.prompt_tokens)
+        metrics.TOKENS.labels(dep.id, "completion").inc(result.completion_tokens)
+        metrics.CALL_SECONDS.labels(dep.id).observe(seconds)
+        await self._sink.publish(completed, work.reply_subject)
+        return completed
+
+    async def _call_with_retries(
+        self, runtime: DeploymentRuntime, provider: ChatProvider, provider_model: str, work: RunInference
+    ) -> ProviderResult:
+        dep = runtime.deployment
+        max_tokens = work.max_tokens or dep.default_max_tokens
+        calls = 0
+        while True:
+            remaining = (work.deadline - self._clock()).total_seconds()
+            if remaining <= 0:
+                raise _Failed(
+                    FailureOutcome(
+                        504,
+                        "deadline_exceeded",
+                        f"the request expired while cloud deployment {dep.id!r} was retrying ({calls} calls)",
+                        False,
+                        False,
+                    )
+                )
+            calls += 1
+            try:
+                result = await provider.complete(
+                    provider_model, work.messages, work.temperature, max_tokens, min(dep.timeout_s, remaining)
+                )
+            except ProviderError as exc:
+                metrics.CALLS.labels(dep.id, exc.kind if exc.status is None else str(exc.status)).inc()
+                delay = retry_delay(
+                    exc,
+                    calls,
+                    dep.max_retries,
+                    base_s=dep.retry_base_s,
+                    jitter=self._jitter(),
+                    remaining_s=(work.deadline - self._clock()).total_seconds(),
+                )
+                if delay is None:
+                    outcome = classify(exc, dep.id, calls)
+                    if outcome.counts_for_cooldown and runtime.cooldown.record_failure(self._clock()):
+                        metrics.COOLDOWNS.labels(dep.id).inc()
+                        metrics.IN_COOLDOWN.labels(dep.id).set(1)
+                    raise _Failed(outcome) from None
+                metrics.RETRIES.labels(dep.id).inc()
+                await self._sleep(delay)
+                continue
+            metrics.CALLS.labels(dep.id, "ok").inc()
+            return result
+
+    async def _fail(self, runtime: DeploymentRuntime, work: RunInference, outcome: FailureOutcome) -> Outcome:
+        dep = runtime.deployment
+        metrics.FAILURES.labels(dep.id, outcome.error).inc()
+        if outcome.fallback_worthy and work.routing is not None:
+            failed = InferenceAttemptFailed(
+                id=_derived(work, work.id, "attempt_failed"),
+                source=dep.source,
+                copro_id=work.copro_id,
+                request_id=work.request_id,
+                target=RoutingTarget(kind="cloud", model=work.model, deployment=dep.id),
+                status=outcome.status,
+                error=outcome.error,
+                message=outcome.message,
+                work=work,
+            )
+            await self._sink.attempt_failed(failed)
+            return failed
+        chat_failed = self.chat_failed(dep, work, outcome.status, outcome.error, outcome.message)
+        await self._sink.publish(chat_failed, work.reply_subject)
+        return chat_failed
+
+    def chat_failed(
+        self, dep: Deployment, work: RunInference, status: int, error: str, message: str
+    ) -> ChatFailed:
+        # Derived from the work item, not the request: the router's own refusal of the same
+        # request must not be de-duplicated against this one (as on the edge node).
+        return ChatFailed(
+            id=_derived(work, work.id, "failed"),
+            source=dep.source,
+            copro_id=work.copro_id,
+            request_id=work.request_id,
+            status=status,
+            error=error,
+            message=message,
+        )
+
+    async def report_failure(self, deployment_id: str, work: RunInference, message: str) -> ChatFailed:
+        """The work item will not be answered (it failed on every delivery): tell the caller."""
+        failed = self.chat_failed(
+            self.runtimes[deployment_id].deployment, work, 500, "inference_failed", message
+        )
+        await self._sink.publish(failed, work.reply_subject)
+        return failed
+
+    def _completed(
+        self, dep: Deployment, work: RunInference, event_id: str, result: ProviderResult, seconds: float
+    ) -> ChatCompleted:
+        total = result.total_tokens
+        grams = co2.cloud_grams(total, dep.footprint)
+        return ChatCompleted(
+            id=event_id,
+            source=dep.source,
+            copro_id=work.copro_id,
+            request_id=work.request_id,
+            model=work.model,
+            content=result.content,
+            finish_reason=result.finish_reason,
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=total,
+            ),
+            execution_info=ExecutionInfo(
+                execution_type="cloud",
+                node_id=dep.id,
+                latency_ms=round(seconds * 1000.0, 3),
+                co2_grams=grams,
+                co2_saved_grams=co2.saved_grams(total, grams),
+                routing=RoutingSummary.of(work.routing),
+            ),
+        )
+
+    def status(self, deployment_id: str, interval_s: float) -> CloudDeploymentStatus:
+        """The deployment's heartbeat: available unless keyless or cooling down."""
+        runtime = self.runtimes[deployment_id]
+        dep = runtime.deployment
+        now = self._clock()
+        reason = runtime.unavailable_reason if runtime.provider is None else None
+        cooling = runtime.cooldown.active(now)
+        if reason is None and cooling:
+            reason = "cooling down after repeated failures"
+        latencies = list(runtime.latencies_ms)
+        return CloudDeploymentStatus(
+            source=dep.source,
+            deployment=dep.id,
+            provider=dep.provider,
+            models=sorted(dep.models),
+            available=reason is None,
+            unavailable_reason=reason,
+            cooldown_until=runtime.cooldown.until if cooling else None,
+            region=dep.region,
+            wh_per_1k_tokens=dep.wh_per_1k_tokens,
+            intensity_g_per_kwh=dep.intensity_g_per_kwh,
+            typical_latency_ms=round(statistics.median(latencies), 3) if latencies else 0.0,
+            interval_s=interval_s,
+        )
+
+
+class _Failed(Exception):
+    def __init__(self, outcome: FailureOutcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
+
+
+def _derived(work: RunInference, parent: str, what: str) -> str:
+    try:
+        return derived_event_id(parent, what)
+    except ValueError:
+        raise InvalidCommandError(
+            f"work item {work.id!r} / request {work.request_id!r}: ids must be UUIDs"
+        ) from None
