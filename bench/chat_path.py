@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from llama_cpp import Llama
 
+from koprogo_cli.dev_auth import DEMO_COPRO_ID
 from koprogo_cli.embedded import free_port
 from koprogo_cli.stack import Stack
 from koprogo_node.adapters.model_files import bundled_model_path
@@ -50,7 +51,7 @@ def through_gateway(client: httpx.Client, prompt: str, max_tokens: int) -> tuple
     body = {
         "model": BUNDLED_MODEL_ID,
         "messages": [{"role": "user", "content": prompt}],
-        "context": "copro:bench",
+        "context": f"copro:{DEMO_COPRO_ID}",  # the copro of the stack's dev token
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
@@ -78,7 +79,9 @@ def main() -> int:
     try:
         stack.wait_for_model(BUNDLED_MODEL_ID)
         llm = Llama(model_path=str(bundled_model_path()), n_ctx=2048, verbose=False)
-        client = httpx.Client(base_url=stack.gateway_url, timeout=120)
+        client = httpx.Client(
+            base_url=stack.gateway_url, timeout=120, headers={"Authorization": f"Bearer {stack.dev_token}"}
+        )
         for _ in range(3):  # warm both sides
             direct(llm, SHORT, 1)
             through_gateway(client, SHORT, 1)

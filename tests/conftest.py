@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node
-from koprogo_shared.subjects import RATE_LIMIT_BUCKET, STREAMS
+from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, STREAMS
 
 
 def _containers_requested() -> bool:
@@ -121,7 +121,7 @@ async def _admin(server_url: str, sql: str, attempts: int = 5) -> None:
 
 @pytest.fixture
 async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
-    """NATS with none of KoproGo's streams (nor the rate-limit bucket): each test declares them afresh."""
+    """NATS with none of KoproGo's streams (nor its key-value buckets): each test declares them afresh."""
 
     async def drop() -> None:
         nc = await nats.connect(nats_url)
@@ -131,10 +131,11 @@ async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
                 await js.delete_stream(spec.name)
             except NotFoundError:
                 pass
-        try:
-            await js.delete_key_value(RATE_LIMIT_BUCKET)
-        except NotFoundError:
-            pass
+        for bucket in (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET):
+            try:
+                await js.delete_key_value(bucket)
+            except NotFoundError:
+                pass
         await nc.close()
 
     await drop()

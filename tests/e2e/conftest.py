@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +19,8 @@ import pytest
 import uvicorn
 
 from koprogo_cli.embedded import free_port
+from koprogo_cloud.bootstrap import run_cloud
+from koprogo_cloud.settings import CloudSettings
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.bootstrap import run_ledger
@@ -37,6 +41,8 @@ class RunningStack:
     client: httpx.AsyncClient
     # One client per gateway replica, all on the same NATS; `client` is the first.
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    # Each edge node's stop: setting one stops that node alone (as its operator would).
+    node_stops: dict[str, asyncio.Event] = field(default_factory=dict)
     _stops: list[asyncio.Event] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -58,7 +64,7 @@ class RunningStack:
             stop.set()
         results = await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout=30)
         errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, errors
+        assert not errors, "\n".join("".join(traceback.format_exception(e)) for e in errors)
 
 
 async def _schema_ready(database_url: str) -> bool:
@@ -96,11 +102,13 @@ async def stack_factory(
         chat_timeout_s: float = 60.0,
         gateways: int = 1,
         probe_token: str | None = None,
+        cloud_deployments_file: Path | None = None,
         **gateway_settings: Any,
     ) -> RunningStack:
         """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one.
 
         With authentication on, `probe_token` (mcp:read) lets start-up see the models' availability.
+        With `cloud_deployments_file`, a cloud worker serves those deployments.
         """
         gateway_ports = [free_port() for _ in range(gateways)]
         clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=90) for p in gateway_ports]
@@ -128,7 +136,17 @@ async def stack_factory(
                 nats_url=clean_jetstream, ops_port=free_port(), node_id=f"edge-test-{i}"
             )
             node_ports.append(node_settings.ops_port)
-            await stack.start(lambda stop, s=node_settings: run_node(s, stop))
+            stack.node_stops[node_settings.node_id] = await stack.start(
+                lambda stop, s=node_settings: run_node(s, stop)
+            )
+        if cloud_deployments_file is not None:
+            cloud = CloudSettings(
+                nats_url=clean_jetstream,
+                ops_port=0,
+                cloud_deployments_file=cloud_deployments_file,
+                status_interval_s=0.5,
+            )
+            await stack.start(lambda stop: run_cloud(cloud, stop))
         for port in node_ports:
             await wait_until(lambda port=port: _http_ok(f"http://127.0.0.1:{port}/ready"), timeout=60)
         for gateway_port in gateway_ports:

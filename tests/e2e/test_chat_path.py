@@ -12,7 +12,7 @@ import nats
 import pytest
 
 from koprogo_shared import subjects
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID, CATALOGUE
+from koprogo_shared.catalogue import AUTO_CLASSES, BUNDLED_MODEL_ID, CATALOGUE
 from koprogo_shared.content_crypto import Keyring, decrypt_request_messages, decrypt_response_content
 from koprogo_shared.events import NodeHeartbeat
 from tests.conftest import wait_until
@@ -104,7 +104,9 @@ async def test_models_lists_the_seed_models_and_the_bundled_one_available(
 ) -> None:
     stack = await stack_factory()
     models = {m["id"]: m for m in (await stack.client.get("/mcp/v1/models")).json()["models"]}
-    assert SEED_MODELS | {BUNDLED_MODEL_ID} == set(models)
+    assert SEED_MODELS | {BUNDLED_MODEL_ID} | set(AUTO_CLASSES) == set(models)
+    # `auto` may use the bundled model, which a live node serves.
+    assert models["auto"]["provider"] == "auto" and models["auto"]["is_available"] is True
     assert models[BUNDLED_MODEL_ID]["is_available"] is True
     assert models[BUNDLED_MODEL_ID]["edge_compatible"] is True
     assert models["gpt-4o"]["is_available"] is False  # no provider configured

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -239,3 +242,49 @@ async def collecting(nc: NATS, subject: str) -> AsyncIterator[Collector]:
 
 def reply_subject() -> str:
     return subjects.gateway_reply(f"test-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def openai_compatible_server(model_path: Path, alias: str, log_dir: Path) -> Iterator[int]:
+    """`python -m llama_cpp.server` serving `model_path` as `alias` (a cloud model's name); yields its port.
+
+    A real OpenAI-compatible server for the cloud path, as a co-op's own llama.cpp server is.
+    """
+    port = free_port()
+    log = log_dir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model_path),
+                "--model_alias",
+                alias,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"llama_cpp.server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, chat_outcome_adapter
 from tests.integration.cloud_support import (
@@ -19,6 +14,7 @@ from tests.integration.cloud_support import (
     collecting,
     deployments_file,
     nats_client,
+    openai_compatible_server,
     reply_subject,
     running_cloud,
     submit,
@@ -32,44 +28,8 @@ MODEL = "gpt-4o-mini"
 @pytest.fixture(scope="module")
 def llama_openai_server(bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """`python -m llama_cpp.server` serving the bundled model as `gpt-4o-mini`; yields its port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(bundled_model_path),
-                "--model_alias",
-                MODEL,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "2048",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"llama_cpp.server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+    with openai_compatible_server(bundled_model_path, MODEL, tmp_path_factory.mktemp("llama-server")) as port:
         yield port
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 async def test_openai_compatible_deployment_answers_with_the_servers_usage(

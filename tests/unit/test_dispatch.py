@@ -5,16 +5,30 @@ from __future__ import annotations
 from datetime import timedelta
 
 from koprogo_router.adapters.bus import FakeBus
+from koprogo_router.adapters.policy_book import FakePolicyBook
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from koprogo_shared.events import ChatFailed, ChatMessage, ChatRequested, RunInference, utc_now
+from koprogo_shared.co2 import CloudFootprint
+from koprogo_shared.events import (
+    ChatFailed,
+    ChatMessage,
+    ChatRequested,
+    CloudDeploymentStatus,
+    InferenceAttemptFailed,
+    RoutingPreference,
+    RunInference,
+    utc_now,
+)
 from koprogo_shared.node_registry import NodeRegistry
 from tests.unit.test_node_registry import beat
 
 
-def requested(model: str, seconds_left: float = 30.0) -> ChatRequested:
+def requested(
+    model: str, seconds_left: float = 30.0, routing: RoutingPreference | None = None
+) -> ChatRequested:
     return ChatRequested(
+        routing=routing,
         source="test",
         copro_id="c1",
         model=model,
@@ -36,7 +50,7 @@ def live_registry() -> NodeRegistry:
 async def test_a_servable_request_becomes_work_for_the_models_edge_pool() -> None:
     bus = FakeBus()
     request = requested(BUNDLED_MODEL_ID)
-    await Dispatcher(bus, live_registry()).on_chat_requested(request)
+    await Dispatcher(bus, live_registry(), FakePolicyBook()).on_chat_requested(request)
     [(subject, work)] = bus.published
     assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID)
     assert isinstance(work, RunInference)
@@ -47,7 +61,7 @@ async def test_a_servable_request_becomes_work_for_the_models_edge_pool() -> Non
 async def test_redelivered_request_produces_the_same_work_id() -> None:
     bus = FakeBus()
     request = requested(BUNDLED_MODEL_ID)
-    dispatcher = Dispatcher(bus, live_registry())
+    dispatcher = Dispatcher(bus, live_registry(), FakePolicyBook())
     await dispatcher.on_chat_requested(request)
     await dispatcher.on_chat_requested(request)
     assert bus.published[0][1].id == bus.published[1][1].id
@@ -55,7 +69,7 @@ async def test_redelivered_request_produces_the_same_work_id() -> None:
 
 async def test_an_unknown_model_is_answered_404_durably_and_directly() -> None:
     bus = FakeBus()
-    await Dispatcher(bus, live_registry()).on_chat_requested(requested("nope:1b"))
+    await Dispatcher(bus, live_registry(), FakePolicyBook()).on_chat_requested(requested("nope:1b"))
     [(subject, failed)] = bus.published
     assert subject == subjects.chat_failed("c1")
     assert isinstance(failed, ChatFailed) and failed.status == 404
@@ -64,6 +78,80 @@ async def test_an_unknown_model_is_answered_404_durably_and_directly() -> None:
 
 async def test_an_expired_request_is_not_routed() -> None:
     bus = FakeBus()
-    await Dispatcher(bus, live_registry()).on_chat_requested(requested(BUNDLED_MODEL_ID, seconds_left=-1))
+    await Dispatcher(bus, live_registry(), FakePolicyBook()).on_chat_requested(
+        requested(BUNDLED_MODEL_ID, seconds_left=-1)
+    )
     [(_, failed)] = bus.published
     assert isinstance(failed, ChatFailed) and failed.status == 504
+
+
+def with_cloud(registry: NodeRegistry) -> NodeRegistry:
+    import time
+
+    registry.observe_cloud(
+        CloudDeploymentStatus(
+            source="test",
+            deployment="openai",
+            provider="openai",
+            models=["gpt-4o-mini"],
+            available=True,
+            wh_per_1k_tokens=CloudFootprint().wh_per_1k_tokens,
+            intensity_g_per_kwh=CloudFootprint().intensity_g_per_kwh,
+            interval_s=2.0,
+        ),
+        time.monotonic(),
+    )
+    return registry
+
+
+def attempt_failed(
+    work: RunInference, status: int = 502, error: str = "provider_error"
+) -> InferenceAttemptFailed:
+    assert work.routing is not None
+    return InferenceAttemptFailed(
+        source="test",
+        copro_id=work.copro_id,
+        request_id=work.request_id,
+        target=work.routing.targets[work.routing.attempt - 1],
+        status=status,
+        error=error,
+        message="the provider failed",
+        work=work,
+    )
+
+
+async def test_auto_runs_on_the_edge_first_and_a_failed_attempt_falls_back_to_the_cloud() -> None:
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook())
+    request = requested("auto")
+    await dispatcher.on_chat_requested(request)
+    [(subject, first)] = bus.published
+    assert isinstance(first, RunInference) and first.routing is not None
+    assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID)
+    assert [t.kind for t in first.routing.targets] == ["edge", "cloud"]
+    await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"))
+    subject, second = bus.published[1]
+    assert subject == subjects.run_inference_cloud("openai")
+    assert isinstance(second, RunInference) and second.routing is not None
+    assert second.model == "gpt-4o-mini" and second.routing.attempt == 2
+    assert second.id != first.id and second.request_id == request.id
+    assert second.routing.failures == [f"edge {BUNDLED_MODEL_ID}: engine_unavailable"]
+    # The last target failing too: the request fails with the last error and the history.
+    await dispatcher.on_attempt_failed(attempt_failed(second))
+    subject, failed = bus.published[2]
+    assert subject == subjects.chat_failed("c1")
+    assert isinstance(failed, ChatFailed) and failed.status == 502 and "after 2 attempts" in failed.message
+    assert bus.replies == [("koprogo.reply.gw1", failed)]
+
+
+async def test_a_copro_policy_of_edge_only_is_applied_and_cannot_be_loosened_by_a_request() -> None:
+    bus = FakeBus()
+    book = FakePolicyBook({"c1": RoutingPreference(policy="edge_only")})
+    dispatcher = Dispatcher(bus, with_cloud(NodeRegistry()), book)
+    await dispatcher.on_chat_requested(requested("auto"))
+    [(_, failed)] = bus.published
+    assert isinstance(failed, ChatFailed) and failed.status == 503 and "edge_only" in failed.message
+    await dispatcher.on_chat_requested(requested("auto", routing=RoutingPreference(policy="lowest_carbon")))
+    _, refused = bus.published[1]
+    assert isinstance(refused, ChatFailed) and refused.status == 403
+    assert refused.error == "routing_policy_violation"

@@ -1,18 +1,58 @@
-"""The routing decision, as a pure function."""
+"""The routing decision and the policy merge, as pure functions."""
 
 from __future__ import annotations
 
+import pytest
+
+from koprogo_router.domain.policy import EffectivePolicy, PolicyViolation, effective_policy
 from koprogo_router.domain.routing import Refusal, Route, RoutingRequest, choose_target
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID, find_model, known_model_ids
-from koprogo_shared.node_registry import EdgeCandidate
+from koprogo_router.service_layer.dispatch import default_catalogue
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.co2 import CloudFootprint
+from koprogo_shared.events import RoutingPolicyName, RoutingPreference
+from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
+
+PREFER_EDGE = EffectivePolicy("prefer_edge", None, True)
 
 
-def node(node_id: str, models: tuple[str, ...] = (BUNDLED_MODEL_ID,), in_flight: int = 0) -> EdgeCandidate:
-    return EdgeCandidate(node_id, models, in_flight, 1, 50.0, 7.0, 150.0, False, 0.0)
+def node(
+    node_id: str,
+    models: tuple[str, ...] = (BUNDLED_MODEL_ID,),
+    in_flight: int = 0,
+    tokens_per_second: float = 50.0,
+    intensity: float = 150.0,
+    renewable: bool = False,
+) -> EdgeCandidate:
+    return EdgeCandidate(node_id, models, in_flight, 1, tokens_per_second, 7.0, intensity, renewable, 0.0)
 
 
-def decide(model: str, nodes: list[EdgeCandidate]) -> Route | Refusal:
-    return choose_target(RoutingRequest(model), nodes, find_model, known_model_ids())
+def cloud(
+    deployment: str = "openai",
+    models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o"),
+    available: bool = True,
+    intensity: float = 300.0,
+    latency_ms: float = 800.0,
+    reason: str | None = None,
+) -> CloudCandidate:
+    return CloudCandidate(
+        deployment, "openai", models, available, reason, CloudFootprint(1.0, intensity), latency_ms, "eu"
+    )
+
+
+def decide(
+    model: str,
+    nodes: list[EdgeCandidate],
+    clouds: list[CloudCandidate] | None = None,
+    policy: EffectivePolicy = PREFER_EDGE,
+    max_tokens: int | None = None,
+) -> Route | Refusal:
+    return choose_target(RoutingRequest(model, policy, max_tokens), nodes, clouds or [], default_catalogue())
+
+
+def policy(
+    name: RoutingPolicyName, max_latency_ms: int | None = None, fallback: bool = True
+) -> EffectivePolicy:
+    return EffectivePolicy(name, max_latency_ms, fallback)
 
 
 def test_unknown_model_is_refused_with_404_and_the_known_ids() -> None:
@@ -34,7 +74,6 @@ def test_least_loaded_node_comes_first() -> None:
     decision = decide(BUNDLED_MODEL_ID, [node("busy", in_flight=1), node("idle")])
     assert isinstance(decision, Route)
     assert decision.targets[0].node_ids == ("idle", "busy")
-    assert "idle" in decision.reason
 
 
 def test_edge_model_without_a_node_is_503_naming_what_is_missing() -> None:
@@ -44,11 +83,113 @@ def test_edge_model_without_a_node_is_503_naming_what_is_missing() -> None:
     assert "no live edge node serves 'mistral:7b-instruct-q4'" in decision.message
 
 
-def test_cloud_model_without_a_provider_is_503_naming_the_provider() -> None:
-    decision = decide("claude-3-haiku", [])
+def test_cloud_model_without_a_deployment_is_503_naming_the_provider_and_the_missing_key() -> None:
+    keyless = cloud("anthropic", ("claude-3-haiku",), available=False, reason="ANTHROPIC_API_KEY is not set")
+    decision = decide("claude-3-haiku", [], [keyless])
     assert isinstance(decision, Refusal)
     assert decision.status == 503
-    assert "anthropic" in decision.message
+    assert "anthropic" in decision.message and "ANTHROPIC_API_KEY is not set" in decision.message
+
+
+def test_a_cloud_model_runs_on_an_available_deployment_with_its_grams_estimated() -> None:
+    decision = decide("gpt-4o-mini", [node("a")], [cloud()], max_tokens=1000)
+    assert isinstance(decision, Route)
+    [target] = decision.targets
+    assert (target.kind, target.deployment, target.model) == ("cloud", "openai", "gpt-4o-mini")
+    assert target.expected_grams == pytest.approx(0.3)  # 1 Wh/1000 tokens x 300 g/kWh
+
+
+def test_auto_under_prefer_edge_runs_on_the_edge_with_the_cloud_as_fallback() -> None:
+    decision = decide("auto", [node("pi")], [cloud()])
+    assert isinstance(decision, Route)
+    assert [(t.kind, t.model) for t in decision.targets] == [
+        ("edge", BUNDLED_MODEL_ID),
+        ("cloud", "gpt-4o-mini"),
+    ]
+    assert decision.reason.startswith("prefer_edge: ")
+
+
+def test_auto_without_an_edge_node_falls_back_to_the_cloud() -> None:
+    decision = decide("auto", [], [cloud()])
+    assert isinstance(decision, Route)
+    assert decision.targets[0].kind == "cloud"
+
+
+def test_edge_only_never_chooses_the_cloud_and_says_so_when_no_node_is_left() -> None:
+    decision = decide("auto", [], [cloud()], policy("edge_only"))
+    assert isinstance(decision, Refusal)
+    assert decision.status == 503 and "edge_only" in decision.message
+    routed = decide("auto", [node("pi")], [cloud()], policy("edge_only"))
+    assert isinstance(routed, Route) and {t.kind for t in routed.targets} == {"edge"}
+
+
+def test_lowest_carbon_prefers_a_clean_cloud_over_a_slow_node_on_a_dirty_grid() -> None:
+    slow_dirty = node("coal-pi", tokens_per_second=1.0, intensity=900.0)
+    green_cloud = cloud(intensity=20.0)
+    decision = decide("auto", [slow_dirty], [green_cloud], policy("lowest_carbon"), max_tokens=500)
+    assert isinstance(decision, Route)
+    assert decision.targets[0].kind == "cloud"
+    # ... while prefer_edge keeps the edge first whatever it emits.
+    edge_first = decide("auto", [slow_dirty], [green_cloud], PREFER_EDGE, max_tokens=500)
+    assert isinstance(edge_first, Route) and edge_first.targets[0].kind == "edge"
+
+
+def test_a_renewable_node_is_the_lowest_carbon_target() -> None:
+    decision = decide(
+        "auto", [node("solar-pi", renewable=True)], [cloud(intensity=20.0)], policy("lowest_carbon")
+    )
+    assert isinstance(decision, Route)
+    assert decision.targets[0].kind == "edge" and decision.targets[0].expected_grams == 0.0
+
+
+def test_fastest_orders_by_expected_latency() -> None:
+    decision = decide(
+        "auto", [node("pi", tokens_per_second=5.0)], [cloud(latency_ms=700.0)], policy("fastest")
+    )
+    assert isinstance(decision, Route)
+    assert decision.targets[0].kind == "cloud"  # 256 tokens at 5 tok/s is ~51 s
+
+
+def test_max_latency_drops_slow_targets_and_refuses_when_none_is_fast_enough() -> None:
+    decision = decide("auto", [node("pi", tokens_per_second=5.0)], [cloud()], policy("prefer_edge", 2000))
+    assert isinstance(decision, Route)
+    assert [t.kind for t in decision.targets] == ["cloud"]
+    refused = decide("auto", [node("pi", tokens_per_second=5.0)], [], policy("prefer_edge", 2000))
+    assert isinstance(refused, Refusal) and "max_latency_ms=2000" in refused.message
+
+
+def test_without_fallback_only_the_first_target_is_kept() -> None:
+    decision = decide("auto", [node("pi")], [cloud()], policy("prefer_edge", fallback=False))
+    assert isinstance(decision, Route) and len(decision.targets) == 1
+
+
+def test_a_deployment_in_cooldown_is_skipped() -> None:
+    decision = decide("gpt-4o-mini", [], [cloud("a", available=False, reason="cooling down"), cloud("b")])
+    assert isinstance(decision, Route)
+    assert [t.deployment for t in decision.targets] == ["b"]
+
+
+def test_a_request_may_tighten_its_copros_policy_but_not_loosen_edge_only() -> None:
+    edge_only = RoutingPreference(policy="edge_only")
+    assert effective_policy(edge_only, None) == EffectivePolicy("edge_only", None, True)
+    loosened = effective_policy(edge_only, RoutingPreference(policy="lowest_carbon"))
+    assert isinstance(loosened, PolicyViolation) and "edge_only" in loosened.message
+    tightened = effective_policy(
+        RoutingPreference(policy="prefer_edge"), RoutingPreference(policy="edge_only")
+    )
+    assert tightened == EffectivePolicy("edge_only", None, True)
+
+
+def test_latency_and_fallback_take_the_stricter_of_copro_and_request() -> None:
+    copro = RoutingPreference(max_latency_ms=5000, allow_fallback=False)
+    merged = effective_policy(copro, RoutingPreference(max_latency_ms=9000, allow_fallback=True))
+    assert merged == EffectivePolicy("prefer_edge", 5000, False)
+    assert effective_policy(None, RoutingPreference(max_latency_ms=100)) == EffectivePolicy(
+        "prefer_edge", 100, True
+    )
+    assert effective_policy(None, None, default="lowest_carbon") == EffectivePolicy(
+        "lowest_carbon", None, True
+    )
 
 
 def test_consumer_names_of_distinct_model_ids_never_collide() -> None:

@@ -183,13 +183,16 @@ def _routing_policies_read() -> list[str]:
     """Read and watch the copros' routing policies (the router's view of the bucket)."""
     stream = f"KV_{subjects.ROUTING_POLICY_BUCKET}"
     return [
+        # Declared by whoever starts first (koprogo_shared.routing_policies), same configuration.
         f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         # A watch is an ephemeral ordered push consumer on the bucket's subjects.
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]

@@ -21,7 +21,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from koprogo_shared.events import Event
+from koprogo_shared import subjects
+from koprogo_shared.events import ChatCompleted, ChatFailed, Event
 from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -173,3 +174,19 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
     raise AssertionError("unreachable")
+
+
+async def deliver_chat_outcome(
+    nc: NATS, js: JetStreamContext, outcome: ChatCompleted | ChatFailed, reply_subject: str
+) -> None:
+    """A worker's answer: durably to KOPROGO_EVENTS (for the ledger), then to the waiting gateway.
+
+    The durable copy goes first: if it cannot be stored the publish raises and the work item
+    is retried, so the gateway never receives an answer the ledger never sees.
+    """
+    if isinstance(outcome, ChatCompleted):
+        subject = subjects.chat_completed(outcome.copro_id)
+    else:
+        subject = subjects.chat_failed(outcome.copro_id)
+    await publish_event(js, subject, outcome)
+    await nc.publish(reply_subject, outcome.model_dump_json().encode())

@@ -14,17 +14,22 @@ from nats.js import JetStreamContext
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_gateway.adapters.replies import ReplyWaiter
+from koprogo_gateway.adapters.routing_policy_store import (
+    NatsKvRoutingPolicyStore,
+)
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
+from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.node_registry import NodeRegistry
-from koprogo_shared.subjects import RATE_LIMIT_BUCKET
+from koprogo_shared.routing_policies import ensure_routing_policy_bucket
+from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Gateway:
     stats: PostgresStatsRepository
     user_data: PostgresUserDataRepository
     admission: ChatAdmission
+    routing_policies: CoproRoutingPolicies
     # None when authentication is off (no JWT_SECRET nor JWKS_URL).
     verifier: JwtVerifier | None
 
@@ -67,6 +73,10 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         counters = await nc.jetstream(timeout=settings.rate_limit_store_timeout_s).key_value(
             RATE_LIMIT_BUCKET
         )
+        await ensure_routing_policy_bucket(js)
+        policies = await nc.jetstream(timeout=settings.routing_policy_store_timeout_s).key_value(
+            ROUTING_POLICY_BUCKET
+        )
         # The ledger owns the schema; the gateway only reads it.
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     except BaseException:
@@ -93,6 +103,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         stats=PostgresStatsRepository(pool),
         user_data=PostgresUserDataRepository(pool, keyring),
         admission=_admission(settings, NatsKvCounterStore(counters)),
+        routing_policies=CoproRoutingPolicies(NatsKvRoutingPolicyStore(policies)),
         verifier=verifier,
     )
 

@@ -45,6 +45,10 @@ class GatewaySettings(ContentKeySettings):
     # How long one counter read or write may take before the store counts as unreachable.
     rate_limit_store_timeout_s: float = Field(default=1.0, gt=0)
 
+    # How long one read or write of the copros' routing policies may take before the store
+    # (NATS JetStream KV) counts as unreachable (503).
+    routing_policy_store_timeout_s: float = Field(default=2.0, gt=0)
+
     # Limits on input: the body is refused with 413 before it is parsed, the rest with 422.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     chat_max_messages: int = Field(default=256, ge=1)

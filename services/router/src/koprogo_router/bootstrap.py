@@ -9,11 +9,12 @@ import logging
 from nats.aio.msg import Msg
 
 from koprogo_router.adapters.bus import NatsBus
+from koprogo_router.adapters.policy_book import WatchedPolicyBook
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_router.settings import RouterSettings
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
-from koprogo_shared.events import ChatRequested
+from koprogo_shared.events import ChatRequested, InferenceAttemptFailed
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
@@ -30,6 +31,14 @@ CONSUMER = ConsumerSpec(
     max_deliver=5,
     batch=16,
 )
+FALLBACK_CONSUMER = ConsumerSpec(
+    stream=subjects.EVENTS_STREAM,
+    durable=subjects.ROUTER_FALLBACK_DURABLE,
+    filter_subject=subjects.INFERENCE_ATTEMPT_FAILED_ALL,
+    ack_wait_s=10.0,
+    max_deliver=5,
+    batch=16,
+)
 
 
 async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
@@ -41,16 +50,26 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         await ensure_streams(js)
         registry = NodeRegistry()
         await follow_heartbeats(nc, registry)
+        policies = WatchedPolicyBook()
+        await policies.follow(js)  # every copro's policy known before the first request
         await asyncio.sleep(settings.warmup_s)
-        dispatcher = Dispatcher(NatsBus(nc, js), registry)
+        dispatcher = Dispatcher(
+            NatsBus(nc, js), registry, policies, default_policy=settings.default_routing_policy
+        )
 
         async def handle(msg: Msg) -> None:
             await dispatcher.on_chat_requested(ChatRequested.model_validate_json(msg.data))
+
+        async def handle_attempt_failed(msg: Msg) -> None:
+            await dispatcher.on_attempt_failed(InferenceAttemptFailed.model_validate_json(msg.data))
 
         async def ready() -> dict[str, bool]:
             return {"nats": nc.is_connected}
 
         consumer = asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop), name="router-consumer")
+        fallback = asyncio.create_task(
+            run_pull_consumer(js, FALLBACK_CONSUMER, handle_attempt_failed, stop), name="router-fallback"
+        )
         server = None
         ops_task = None
         if settings.ops_port:
@@ -58,12 +77,15 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
             ops_task = asyncio.create_task(server.serve(), name="router-ops")
         log.info("router ready")
         try:
-            await until_stopped_or_failed(stop, [consumer])
+            await until_stopped_or_failed(stop, [consumer, fallback])
         finally:
             stop.set()
             if server:
                 server.should_exit = True
-            await asyncio.gather(consumer, *([ops_task] if ops_task else []), return_exceptions=True)
+            await asyncio.gather(
+                consumer, fallback, *([ops_task] if ops_task else []), return_exceptions=True
+            )
+            await policies.close()
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from koprogo_shared.events import RoutingPolicyName
 from koprogo_shared.settings import ServiceSettings
 
 
@@ -10,3 +11,5 @@ class RouterSettings(ServiceSettings):
     # How long to listen for node announcements before taking requests, so the
     # first request after a restart is not refused for want of a heartbeat.
     warmup_s: float = 0.5
+    # The policy of a copro whose admin set none (DEFAULT_ROUTING_POLICY).
+    default_routing_policy: RoutingPolicyName = "prefer_edge"

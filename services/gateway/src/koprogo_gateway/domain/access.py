@@ -78,6 +78,19 @@ def stats_copros(caller: Caller, copro_id: str | None) -> list[str] | None:
     raise CoproNotFoundError("no statistics for that context")
 
 
+def require_admin(caller: Caller) -> None:
+    """Deployment-wide settings (a copro's routing policy, the node list) are an admin's (403 otherwise)."""
+    if not caller.is_admin:
+        raise ForbiddenError(f"this token lacks the '{ADMIN}' scope")
+
+
+def require_copro_member(caller: Caller, copro_id: str) -> None:
+    """A copro's own settings are readable by its residents and admins; to anyone else it does not exist (404)."""
+    if caller.is_admin or copro_id in caller.copros:
+        return
+    raise CoproNotFoundError("no such copro")
+
+
 def require_user_data_access(caller: Caller, user_id: str) -> None:
     """A user's stored data (GDPR export and erasure) is the user's own, or any user's for an admin.
 

@@ -6,14 +6,19 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from koprogo_shared.catalogue import find_model
+from koprogo_gateway.domain.model_classes import context_length_of
+from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
 
 
 class ChatRequestIn(BaseModel):
-    """`POST /mcp/v1/chat` body (the seed's shape)."""
+    """`POST /mcp/v1/chat` body: the seed's shape, plus an optional `routing` preference.
+
+    `model` is a catalogue id or an `auto` class (`auto`, `auto:small`, `auto:large`) the
+    router picks a model from; an unknown id is the router's 404 (it lists the known ones).
+    """
 
     # strict: `"max_tokens": "48"` or `"temperature": true` is an error, not a coercion.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -23,6 +28,7 @@ class ChatRequestIn(BaseModel):
     context: str | None = Field(default=None, max_length=255)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=100000)
+    routing: RoutingPreferenceIn | None = None
 
     @field_validator("model")
     @classmethod
@@ -40,10 +46,11 @@ class ChatRequestIn(BaseModel):
 
     @model_validator(mode="after")
     def max_tokens_fit_the_model(self) -> ChatRequestIn:
-        known = find_model(self.model)
-        if known and self.max_tokens is not None and self.max_tokens > known.context_length:
+        # For a class, the smallest context among its models: any of them may be picked.
+        context_length = context_length_of(self.model)
+        if context_length is not None and self.max_tokens is not None and self.max_tokens > context_length:
             raise ValueError(
-                f"max_tokens ({self.max_tokens}) exceeds the context of {self.model} ({known.context_length})"
+                f"max_tokens ({self.max_tokens}) exceeds the context of {self.model} ({context_length})"
             )
         return self
 

@@ -11,11 +11,13 @@ GatewayError
  ├── RateLimitUnavailableError the rate-limit store cannot decide, and the gateway fails closed (503)
  ├── StatsUnavailableError PostgreSQL (the ledger's read model) cannot answer (503)
  ├── InvalidQueryError     a query parameter is malformed (422)
+ ├── InvalidCoproIdError   a copro id in the path cannot be a routing-policy key (422)
  ├── UnauthorizedError     no token, or one that is malformed, expired, badly signed or not for us (401)
  ├── ForbiddenError        the token lacks a scope, or names no right to that copro (403)
  ├── CoproNotFoundError    another copro's objects are reported as absent (404)
  ├── UserNotFoundError     another user's data is reported as absent (404)
- └── UserDataUnavailableError PostgreSQL cannot answer a GDPR export (503)
+ ├── UserDataUnavailableError PostgreSQL cannot answer a GDPR export (503)
+ └── RoutingPolicyUnavailableError the routing-policy store (NATS JetStream KV) cannot answer (503)
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class InvalidQueryError(GatewayError):
     error = "validation_error"
 
 
+class InvalidCoproIdError(GatewayError):
+    status = 422
+    error = "validation_error"
+
+
 class NodeLostError(GatewayError):
     status = 503
     error = "node_lost"
@@ -116,3 +123,8 @@ class UserNotFoundError(GatewayError):
 class UserDataUnavailableError(GatewayError):
     status = 503
     error = "data_unavailable"
+
+
+class RoutingPolicyUnavailableError(GatewayError):
+    status = 503
+    error = "routing_policy_unavailable"

@@ -72,6 +72,7 @@ class ChatService:
             user_id=user_id,
             reply_subject=self.reply_subject,
             deadline=utc_now() + timedelta(seconds=self.timeout_s),
+            routing=body.routing.as_preference() if body.routing is not None else None,
         )
         waiting = self.replies.expect(request.id)
         try:

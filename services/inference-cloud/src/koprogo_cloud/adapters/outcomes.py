@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, InferenceAttemptFailed
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.nats_connection import deliver_chat_outcome, publish_event
 
 
 class OutcomeSink(ABC):
@@ -26,8 +26,7 @@ class OutcomeSink(ABC):
 class NatsOutcomeSink(OutcomeSink):
     """JetStream (KOPROGO_EVENTS) then core NATS to `reply_subject`, as the edge node does.
 
-    The durable copy goes first: if it cannot be stored the publish raises and the work
-    item is retried, so the gateway never receives an answer the ledger never sees.
+    (`deliver_chat_outcome`: the durable copy goes first.)
     """
 
     def __init__(self, nc: NATS, js: JetStreamContext) -> None:
@@ -35,12 +34,7 @@ class NatsOutcomeSink(OutcomeSink):
         self._js = js
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
-        if isinstance(outcome, ChatCompleted):
-            subject = subjects.chat_completed(outcome.copro_id)
-        else:
-            subject = subjects.chat_failed(outcome.copro_id)
-        await publish_event(self._js, subject, outcome)
-        await self._nc.publish(reply_subject, outcome.model_dump_json().encode())
+        await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject)
 
     async def attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         await publish_event(self._js, subjects.inference_attempt_failed(failed.copro_id), failed)

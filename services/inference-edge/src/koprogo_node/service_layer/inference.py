@@ -18,6 +18,7 @@ from koprogo_shared.events import (
     ExecutionInfo,
     InferenceStarted,
     NodeHeartbeat,
+    RoutingSummary,
     RunInference,
     Usage,
     derived_event_id,
@@ -151,6 +152,7 @@ class InferenceService:
                 latency_ms=round(seconds * 1000.0, 3),
                 co2_grams=grams,
                 co2_saved_grams=co2.saved_grams(result.total_tokens, grams),
+                routing=RoutingSummary.of(cmd.routing),
             ),
         )
 

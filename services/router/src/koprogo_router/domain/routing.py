@@ -1,9 +1,21 @@
 """Where a chat runs: a pure decision over the candidates that exist right now.
 
-`choose_target` takes the request, the live edge candidates and the catalogue, and
-returns either an ordered list of targets with the reason, or a refusal carrying
-the HTTP status the caller will get. Cloud deployments, copro policies and carbon
-scoring extend this function (issue 4); nothing here does I/O.
+`choose_target(request, edge candidates, cloud candidates, catalogue)` returns either an
+ordered list of targets with the reason, or a refusal carrying the HTTP status the caller
+will get. Nothing here does I/O.
+
+1. The models: the requested one, or for `auto` / `auto:<class>` every model of the class.
+2. The targets: per model, the pool of live edge nodes serving it, and every available
+   cloud deployment serving it (one without a key or in cooldown is skipped, and named in
+   the refusal if nothing else is left).
+3. Each target gets an estimate for the request's expected size (`max_tokens`, or
+   `DEFAULT_EXPECTED_TOKENS`; the same size for every target, used only to rank them): CO₂
+   by the method of `koprogo_shared.co2`, latency from the node's measured tokens/s and load
+   or the deployment's recent latency.
+4. The policy orders them: `edge_only` keeps the edge alone; `prefer_edge` puts the edge
+   first, then the cloud by grams; `lowest_carbon` sorts everything by grams; `fastest` by
+   expected latency. `max_latency_ms` drops targets expected to be slower; without
+   `allow_fallback` only the first is kept.
 """
 
 from __future__ import annotations
@@ -12,13 +24,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from koprogo_router.domain.policy import EffectivePolicy
+from koprogo_shared import co2
 from koprogo_shared.catalogue import CatalogueModel
-from koprogo_shared.node_registry import EdgeCandidate
+from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
+
+# What ranking assumes when the request sets no max_tokens (an answer of a few paragraphs).
+DEFAULT_EXPECTED_TOKENS = 256
+# A node that has not measured its speed yet (no answer since it started): a Pi-class guess.
+UNMEASURED_TOKENS_PER_SECOND = 5.0
+# A deployment without recent calls: a typical hosted-model answer of a few hundred tokens.
+UNMEASURED_CLOUD_LATENCY_MS = 2000.0
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingRequest:
     model: str
+    policy: EffectivePolicy
+    max_tokens: int | None = None
+
+    @property
+    def expected_tokens(self) -> int:
+        return self.max_tokens or DEFAULT_EXPECTED_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +54,17 @@ class Target:
     model: str
     # For the edge, the pool of nodes that may take the work (they pull it from one
     # shared durable consumer, so the least busy node takes it first).
-    node_ids: tuple[str, ...]
+    node_ids: tuple[str, ...] = ()
+    # For the cloud, the deployment that serves `model`.
+    deployment: str | None = None
+    expected_grams: float = 0.0
+    expected_latency_ms: float = 0.0
+
+    def describe(self) -> str:
+        where = (
+            f"edge pool [{', '.join(self.node_ids)}]" if self.kind == "edge" else f"cloud {self.deployment}"
+        )
+        return f"{self.model} on {where} (~{self.expected_grams:.4f} g, ~{self.expected_latency_ms:.0f} ms)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,38 +84,152 @@ class Refusal:
 RoutingDecision = Route | Refusal
 
 
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What the router knows of models: the catalogue and the auto classes."""
+
+    find_model: Callable[[str], CatalogueModel | None]
+    known_models: Sequence[str]
+    auto_class: Callable[[str], tuple[str, ...] | None]
+
+
 def choose_target(
     request: RoutingRequest,
     edge_candidates: Sequence[EdgeCandidate],
-    find_model: Callable[[str], CatalogueModel | None],
-    known_models: Sequence[str],
+    cloud_candidates: Sequence[CloudCandidate],
+    catalogue: Catalogue,
 ) -> RoutingDecision:
-    model = find_model(request.model)
-    if model is None:
-        return Refusal(
-            status=404,
-            error="model_not_found",
-            message=f"unknown model '{request.model}'; known models: {', '.join(known_models)}",
-            known_models=tuple(known_models),
-        )
+    models = catalogue.auto_class(request.model)
+    if models is None:
+        served_by_cloud = any(request.model in c.models for c in cloud_candidates)
+        if catalogue.find_model(request.model) is None and not served_by_cloud:
+            return Refusal(
+                status=404,
+                error="model_not_found",
+                message=f"unknown model '{request.model}'; known models: {', '.join(catalogue.known_models)}",
+                known_models=tuple(catalogue.known_models),
+            )
+        models = (request.model,)
+    policy = request.policy
+    targets = [t for m in models for t in _targets_for(m, request, edge_candidates, cloud_candidates)]
+    if policy.policy == "edge_only":
+        targets = [t for t in targets if t.kind == "edge"]
+    if not targets:
+        return _nothing_serves(request, models, cloud_candidates, catalogue)
+    ordered = _order(targets, models, policy)
+    if policy.max_latency_ms is not None:
+        fast_enough = [t for t in ordered if t.expected_latency_ms <= policy.max_latency_ms]
+        if not fast_enough:
+            return Refusal(
+                status=503,
+                error="no_target_available",
+                message=(
+                    f"no target is expected to answer within max_latency_ms={policy.max_latency_ms}; "
+                    f"the fastest is {min(ordered, key=lambda t: t.expected_latency_ms).describe()}"
+                ),
+            )
+        ordered = fast_enough
+    if not policy.allow_fallback:
+        ordered = ordered[:1]
+    first, rest = ordered[0], ordered[1:]
+    reason = f"{policy.policy}: {first.describe()}"
+    if rest:
+        reason += f"; fallback: {', '.join(f'{t.kind} {t.deployment or t.model}' for t in rest)}"
+    return Route(targets=tuple(ordered), reason=reason)
+
+
+def _targets_for(
+    model: str,
+    request: RoutingRequest,
+    edge_candidates: Sequence[EdgeCandidate],
+    cloud_candidates: Sequence[CloudCandidate],
+) -> list[Target]:
+    tokens = request.expected_tokens
+    targets: list[Target] = []
     serving = sorted(
-        (c for c in edge_candidates if request.model in c.models),
+        (c for c in edge_candidates if model in c.models),
         key=lambda c: (c.load, -c.tokens_per_second, c.node_id),
     )
     if serving:
         best = serving[0]
-        return Route(
-            targets=(Target("edge", request.model, tuple(c.node_id for c in serving)),),
-            reason=(
-                f"edge: {len(serving)} live node(s) serve {request.model}; "
-                f"least loaded {best.node_id} ({best.in_flight}/{best.capacity})"
+        speed = best.tokens_per_second or UNMEASURED_TOKENS_PER_SECOND
+        # The work waits for what the node already has in hand, then runs.
+        seconds = tokens / speed * (1 + best.load)
+        footprint = co2.EdgeFootprint(best.power_watts, best.intensity_g_per_kwh, best.renewable_attested)
+        targets.append(
+            Target(
+                "edge",
+                model,
+                node_ids=tuple(c.node_id for c in serving),
+                expected_grams=co2.edge_grams(seconds, footprint),
+                expected_latency_ms=seconds * 1000.0,
+            )
+        )
+    for deployment in sorted(cloud_candidates, key=lambda c: c.deployment):
+        if deployment.available and model in deployment.models:
+            targets.append(
+                Target(
+                    "cloud",
+                    model,
+                    deployment=deployment.deployment,
+                    expected_grams=co2.cloud_grams(tokens, deployment.footprint),
+                    expected_latency_ms=deployment.typical_latency_ms or UNMEASURED_CLOUD_LATENCY_MS,
+                )
+            )
+    return targets
+
+
+def _order(targets: list[Target], models: Sequence[str], policy: EffectivePolicy) -> list[Target]:
+    preference = {m: i for i, m in enumerate(models)}
+    match policy.policy:
+        case "edge_only" | "prefer_edge":
+            return sorted(
+                targets,
+                key=lambda t: (
+                    t.kind != "edge",
+                    preference[t.model],
+                    t.expected_grams,
+                    t.expected_latency_ms,
+                ),
+            )
+        case "lowest_carbon":
+            return sorted(
+                targets, key=lambda t: (t.expected_grams, t.expected_latency_ms, preference[t.model])
+            )
+        case "fastest":
+            return sorted(
+                targets, key=lambda t: (t.expected_latency_ms, t.expected_grams, preference[t.model])
+            )
+
+
+def _nothing_serves(
+    request: RoutingRequest,
+    models: Sequence[str],
+    cloud_candidates: Sequence[CloudCandidate],
+    catalogue: Catalogue,
+) -> Refusal:
+    asked = f"'{request.model}'" + (f" (any of {', '.join(models)})" if len(models) > 1 else "")
+    if request.policy.policy == "edge_only":
+        return Refusal(
+            status=503,
+            error="no_target_available",
+            message=(
+                f"policy edge_only: no live edge node serves {asked}, and this request's data may not "
+                "leave the edge (start one: koprogo-node -m <model>)"
             ),
         )
-    if model.edge_compatible:
-        missing = f"no live edge node serves '{request.model}' (start one: koprogo-node -m {request.model})"
+    unavailable = [
+        f"{c.deployment}: {c.unavailable_reason or 'unavailable'}"
+        for c in cloud_candidates
+        if not c.available and any(m in c.models for m in models)
+    ]
+    model = catalogue.find_model(models[0]) if len(models) == 1 else None
+    if model is not None and model.edge_compatible:
+        message = f"no live edge node serves {asked} (start one: koprogo-node -m {model.id})"
+    elif model is not None:
+        message = f"{asked} is a {model.provider} cloud model and no {model.provider} deployment is available"
     else:
-        missing = (
-            f"'{request.model}' is a {model.provider} cloud model and no {model.provider} provider is "
-            "configured in this deployment"
-        )
-    return Refusal(status=503, error="no_target_available", message=missing)
+        message = f"no live edge node or available cloud deployment serves {asked}"
+    if unavailable:
+        message += f" ({'; '.join(unavailable)})"
+    return Refusal(status=503, error="no_target_available", message=message)

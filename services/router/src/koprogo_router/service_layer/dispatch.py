@@ -1,18 +1,28 @@
-"""Use case: a chat was requested; send it where it can run, or tell the caller why not."""
+"""Use cases: a chat was requested, send it where it can run; an attempt failed, try the next target.
+
+The router keeps no memory of requests: the plan travels with the work (`RunInference.routing`)
+and comes back with an `InferenceAttemptFailed`, so any router replica can fall back.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from koprogo_router.adapters.bus import Bus
-from koprogo_router.domain.routing import Refusal, RoutingRequest, choose_target
+from koprogo_router.adapters.policy_book import PolicyBook
+from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, effective_policy
+from koprogo_router.domain.routing import Catalogue, Refusal, RoutingRequest, Target, choose_target
 from koprogo_shared import subjects
-from koprogo_shared.catalogue import find_model, known_model_ids
+from koprogo_shared.catalogue import auto_class, find_model, known_model_ids
 from koprogo_shared.events import (
     ChatFailed,
     ChatRequested,
+    InferenceAttemptFailed,
+    RoutingPlan,
+    RoutingPolicyName,
+    RoutingTarget,
     RunInference,
     chat_failed_id,
     derived_event_id,
@@ -23,10 +33,17 @@ from koprogo_shared.node_registry import NodeRegistry
 SOURCE = "koprogo/router"
 
 
+def default_catalogue() -> Catalogue:
+    return Catalogue(find_model=find_model, known_models=known_model_ids(), auto_class=auto_class)
+
+
 @dataclass
 class Dispatcher:
     bus: Bus
     registry: NodeRegistry
+    policies: PolicyBook
+    catalogue: Catalogue = field(default_factory=default_catalogue)
+    default_policy: RoutingPolicyName = DEFAULT_POLICY
 
     async def on_chat_requested(self, request: ChatRequested) -> None:
         if _expired(request.deadline):
@@ -34,44 +51,125 @@ class Dispatcher:
                 request, Refusal(504, "deadline_exceeded", "the request expired before routing")
             )
             return
+        policy = effective_policy(
+            self.policies.policy_of(request.copro_id), request.routing, self.default_policy
+        )
+        if isinstance(policy, PolicyViolation):
+            await self._refuse(request, Refusal(403, "routing_policy_violation", policy.message))
+            return
+        now = time.monotonic()
         decision = choose_target(
-            RoutingRequest(model=request.model),
-            self.registry.alive(time.monotonic()),
-            find_model,
-            known_model_ids(),
+            RoutingRequest(request.model, policy, request.max_tokens),
+            self.registry.alive(now),
+            self.registry.cloud(now),
+            self.catalogue,
         )
         if isinstance(decision, Refusal):
             await self._refuse(request, decision)
             return
-        target = decision.targets[0]
-        work = RunInference(
-            id=derived_event_id(request.id, "run"),
-            source=SOURCE,
-            copro_id=request.copro_id,
-            request_id=request.id,
-            model=target.model,
-            messages=request.messages,
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            reply_subject=request.reply_subject,
-            deadline=request.deadline,
+        plan = RoutingPlan(
+            policy=policy.policy,
+            allow_fallback=policy.allow_fallback,
+            reason=decision.reason,
+            targets=[_routing_target(t) for t in decision.targets],
         )
-        await self.bus.publish(subjects.run_inference_edge(target.model), work)
+        await self._send(
+            RunInference(
+                id=derived_event_id(request.id, "run"),
+                source=SOURCE,
+                copro_id=request.copro_id,
+                request_id=request.id,
+                model=plan.targets[0].model,
+                messages=request.messages,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                reply_subject=request.reply_subject,
+                deadline=request.deadline,
+                routing=plan,
+            )
+        )
+
+    async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
+        """Try the plan's next target if fallback is allowed and time is left; else fail the request."""
+        work = failed.work
+        plan = work.routing
+        failures = [*(plan.failures if plan else []), f"{_where(failed.target)}: {failed.error}"]
+        if plan is None or not plan.allow_fallback or plan.attempt >= len(plan.targets):
+            await self._fail(work, failed.status, failed.error, _final_message(failed, failures))
+            return
+        if _expired(work.deadline):
+            await self._fail(work, 504, "deadline_exceeded", _final_message(failed, failures))
+            return
+        attempt = plan.attempt + 1
+        target = plan.targets[attempt - 1]
+        await self._send(
+            work.model_copy(
+                update={
+                    "id": derived_event_id(work.request_id, f"run-{attempt}"),
+                    "source": SOURCE,
+                    "time": utc_now(),
+                    "model": target.model,
+                    "routing": plan.model_copy(update={"attempt": attempt, "failures": failures}),
+                }
+            )
+        )
+
+    async def _send(self, work: RunInference) -> None:
+        assert work.routing is not None
+        target = work.routing.targets[work.routing.attempt - 1]
+        if target.kind == "cloud" and target.deployment is not None:
+            subject = subjects.run_inference_cloud(target.deployment)
+        else:
+            subject = subjects.run_inference_edge(target.model)
+        await self.bus.publish(subject, work)
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
-        failed = ChatFailed(
-            id=chat_failed_id(request.id),
-            source=SOURCE,
-            copro_id=request.copro_id,
-            request_id=request.id,
-            status=refusal.status,
-            error=refusal.error,
-            message=refusal.message,
-            known_models=list(refusal.known_models) or None,
+        await self._publish_failure(
+            ChatFailed(
+                id=chat_failed_id(request.id),
+                source=SOURCE,
+                copro_id=request.copro_id,
+                request_id=request.id,
+                status=refusal.status,
+                error=refusal.error,
+                message=refusal.message,
+                known_models=list(refusal.known_models) or None,
+            ),
+            request.reply_subject,
         )
+
+    async def _fail(self, work: RunInference, status: int, error: str, message: str) -> None:
+        await self._publish_failure(
+            ChatFailed(
+                id=chat_failed_id(work.request_id),
+                source=SOURCE,
+                copro_id=work.copro_id,
+                request_id=work.request_id,
+                status=status,
+                error=error,
+                message=message,
+            ),
+            work.reply_subject,
+        )
+
+    async def _publish_failure(self, failed: ChatFailed, reply_subject: str) -> None:
         # Durable first (the ledger records the failure), then straight to the waiting gateway.
-        await self.bus.publish(subjects.chat_failed(request.copro_id), failed)
-        await self.bus.reply(request.reply_subject, failed)
+        await self.bus.publish(subjects.chat_failed(failed.copro_id), failed)
+        await self.bus.reply(reply_subject, failed)
+
+
+def _routing_target(target: Target) -> RoutingTarget:
+    return RoutingTarget(kind=target.kind, model=target.model, deployment=target.deployment)
+
+
+def _where(target: RoutingTarget) -> str:
+    return f"{target.kind} {target.deployment or target.model}"
+
+
+def _final_message(failed: InferenceAttemptFailed, failures: list[str]) -> str:
+    if len(failures) == 1:
+        return failed.message
+    return f"{failed.message} (after {len(failures)} attempts: {'; '.join(failures)})"
 
 
 def _expired(deadline: datetime) -> bool:

@@ -8,7 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from koprogo_gateway.bootstrap import Gateway, bootstrap
-from koprogo_gateway.entrypoints.http import routes_chat, routes_models, routes_stats, routes_user_data
+from koprogo_gateway.entrypoints.http import (
+    routes_chat,
+    routes_models,
+    routes_nodes,
+    routes_routing,
+    routes_stats,
+    routes_user_data,
+)
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.settings import GatewaySettings
@@ -31,6 +38,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
     app.include_router(routes_user_data.router)
+    app.include_router(routes_routing.router)
+    app.include_router(routes_nodes.router)
 
     async def ready() -> dict[str, bool]:
         """Ready when NATS and PostgreSQL are reachable."""

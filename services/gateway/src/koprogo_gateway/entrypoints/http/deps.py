@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 
 from koprogo_gateway.bootstrap import Gateway
-from koprogo_gateway.domain.access import OPEN_ACCESS, READ, WRITE, Caller, require_scope
+from koprogo_gateway.domain.access import ADMIN, OPEN_ACCESS, READ, WRITE, Caller, require_scope
 from koprogo_gateway.domain.errors import ForbiddenError, UnauthorizedError
 
 log = logging.getLogger(__name__)
@@ -80,3 +80,4 @@ def _with_scope(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
 
 Reader = Annotated[Caller, Depends(_with_scope(READ))]
 Writer = Annotated[Caller, Depends(_with_scope(WRITE))]
+Admin = Annotated[Caller, Depends(_with_scope(ADMIN))]

@@ -13,7 +13,7 @@ from koprogo_gateway.domain.errors import GatewayError, RateLimitedError
 from koprogo_gateway.domain.rate_limit import RateLimitDecision
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Writer
 from koprogo_gateway.entrypoints.http.rate_limit_headers import rate_limit_headers, refusal_headers
-from koprogo_shared.events import ChatCompleted, ExecutionInfo, copro_id_from_context
+from koprogo_shared.events import ChatCompleted, copro_id_from_context
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mcp/v1", tags=["chat"])
@@ -34,13 +34,8 @@ def _response(completion: ChatCompleted, latency_ms: float) -> ChatResponseOut:
         content=completion.content,
         finish_reason=completion.finish_reason,
         usage=completion.usage,
-        execution_info=ExecutionInfo(
-            execution_type=info.execution_type,
-            node_id=info.node_id,
-            latency_ms=round(latency_ms, 3),
-            co2_grams=info.co2_grams,
-            co2_saved_grams=info.co2_saved_grams,
-        ),
+        # What the caller saw, not the node's inference time; the rest as the worker reported it.
+        execution_info=info.model_copy(update={"latency_ms": round(latency_ms, 3)}),
     )
 
 
@@ -51,7 +46,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     },
     404: {"description": "Unknown model; `known_models` lists the ids."},
     413: {"description": "The body is larger than MAX_BODY_BYTES (refused before parsing)."},
-    422: {"description": "Invalid body, or over the input limits (messages, characters, max_tokens)."},
+    422: {
+        "description": "Invalid body (an unknown `routing.policy` too), or over the input limits "
+        "(messages, characters, max_tokens; for an `auto` class, its smallest model's context)."
+    },
     429: {
         "description": "A rate-limit policy is exhausted: `Retry-After` and `RateLimit*` fields say until when."
     },
@@ -64,7 +62,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 async def chat(
     body: ChatRequestIn, caller: Writer, gateway: GatewayDep, background: BackgroundTasks, response: Response
 ) -> ChatResponseOut:
-    """Answer a chat through the best available target (edge node today); rate-limited per user and copro."""
+    """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro."""
     try:
         # Into one of the caller's copros only; refused before anything is counted or published.
         require_chat_copro(caller, copro_id_from_context(body.context))

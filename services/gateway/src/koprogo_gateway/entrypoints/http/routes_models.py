@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from koprogo_gateway.domain.model_classes import auto_classes
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
 from koprogo_shared.catalogue import CATALOGUE
 
@@ -28,8 +29,19 @@ class ModelsPublic(BaseModel):
 
 @router.get("/models", response_model=ModelsPublic)
 async def list_models(gateway: GatewayDep, _caller: Reader) -> ModelsPublic:
-    """The catalogue, with `is_available` true only when a live node or provider serves the model now."""
+    """The catalogue, `is_available` true only when a live node or cloud deployment serves the model now; then the `auto` classes (provider `auto`: the smallest context of their models, available and edge-compatible when one of them is)."""
     live = gateway.registry.available_models(time.monotonic())
+    classes = [
+        ModelPublic(
+            id=c.id,
+            name=f"Automatic choice ({c.id})",
+            provider="auto",
+            context_length=c.context_length,
+            is_available=c.available(live),
+            edge_compatible=c.edge_compatible,
+        )
+        for c in auto_classes()
+    ]
     return ModelsPublic(
         models=[
             ModelPublic(
@@ -42,4 +54,5 @@ async def list_models(gateway: GatewayDep, _caller: Reader) -> ModelsPublic:
             )
             for m in CATALOGUE
         ]
+        + classes
     )

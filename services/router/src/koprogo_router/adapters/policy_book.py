@@ -1,0 +1,130 @@
+"""The copros' routing policies, as the router sees them: a local copy kept by watching the bucket.
+
+Looking a policy up is on the hot path, so it reads memory; the watch keeps the copy
+current within milliseconds of an admin's change. The router takes no request before the
+watch has delivered every stored policy (`follow` returns only then): an `edge_only` copro
+must never be routed by a default it does not know it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from koprogo_shared.events import RoutingPreference
+from koprogo_shared.routing_policies import ensure_routing_policy_bucket
+from koprogo_shared.subjects import ROUTING_POLICY_BUCKET, routing_policy_key
+
+log = logging.getLogger(__name__)
+_BUCKET_STREAM = f"KV_{ROUTING_POLICY_BUCKET}"
+
+
+class PolicyBook(abc.ABC):
+    @abc.abstractmethod
+    def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
+        """The copro's default routing policy, or None when it has none (or names no copro)."""
+
+
+class FakePolicyBook(PolicyBook):
+    def __init__(self, policies: dict[str, RoutingPreference] | None = None) -> None:
+        self.policies = dict(policies or {})
+
+    def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
+        return self.policies.get(copro_id) if copro_id else None
+
+
+class WatchedPolicyBook(PolicyBook):
+    def __init__(self, check_interval_s: float = 5.0) -> None:
+        self._policies: dict[str, RoutingPreference] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.check_interval_s = check_interval_s
+
+    def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
+        if not copro_id:
+            return None
+        try:
+            return self._policies.get(routing_policy_key(copro_id))
+        except ValueError:
+            return None  # an id that cannot be a key has no stored policy
+
+    async def follow(self, js: JetStreamContext) -> None:
+        """Load every stored policy, then keep following changes in the background."""
+        loaded = await self._load_until_done(js)
+        self._task = asyncio.create_task(self._follow_changes(js, loaded), name="routing-policies")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _load(self, js: JetStreamContext) -> tuple[KeyValue.KeyWatcher, object]:
+        """Every stored policy, and a watch from there on; with the bucket's creation time."""
+        kv = await ensure_routing_policy_bucket(js)
+        created = (await js.stream_info(_BUCKET_STREAM)).created
+        watcher = await kv.watchall()
+        loaded: dict[str, RoutingPreference] = {}
+        while (entry := await watcher.updates(timeout=30)) is not None:  # None: caught up
+            self._apply(entry, loaded)
+        self._policies = loaded
+        log.info("routing policies loaded: %d copro(s) with their own", len(loaded))
+        return watcher, created
+
+    async def _follow_changes(self, js: JetStreamContext, first: tuple[KeyValue.KeyWatcher, object]) -> None:
+        watcher, created = first
+        while True:
+            applying = asyncio.create_task(self._apply_changes(watcher))
+            try:
+                # A deleted (or re-created) bucket leaves the watch silent rather than failing:
+                # look at the bucket itself every few seconds.
+                while not applying.done():
+                    await asyncio.wait({applying}, timeout=self.check_interval_s)
+                    if applying.done() or (await js.stream_info(_BUCKET_STREAM)).created != created:
+                        break
+            except asyncio.CancelledError:
+                applying.cancel()
+                raise
+            except Exception as exc:
+                log.warning("routing-policy bucket unreadable (%r)", exc)
+            applying.cancel()
+            # The last known policies stay in force (never a silent fall back to the default)
+            # until the watch is back on the bucket.
+            log.warning("routing-policy watch lost; following the bucket again")
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+            watcher, created = await self._load_until_done(js)
+
+    async def _load_until_done(self, js: JetStreamContext) -> tuple[KeyValue.KeyWatcher, object]:
+        """`_load`, again every second while the bucket cannot be read (deleted meanwhile, NATS away)."""
+        while True:
+            try:
+                return await self._load(js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("routing policies cannot be loaded yet (%r); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _apply_changes(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._apply(entry, self._policies)
+
+    @staticmethod
+    def _apply(entry: KeyValue.Entry, policies: dict[str, RoutingPreference]) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            policies.pop(entry.key, None)
+            return
+        try:
+            policies[entry.key] = RoutingPreference.model_validate_json(entry.value)
+        except ValidationError as exc:
+            # Only the gateway writes here, after validating; keep the last good policy.
+            log.error(
+                "ignoring an unreadable routing policy for %s: %d error(s)", entry.key, exc.error_count()
+            )
