@@ -50,8 +50,14 @@ async def test_models_stats_and_health_print_tables_or_json(stack_factory: Stack
     )
     assert code == 0, err
     assert json.loads(out)["execution_info"]["execution_type"] == "edge"
+    # Without --json the answer streams to the terminal, then where it ran goes to stderr.
+    code, out, err = await koprogo(
+        stack, "chat", "Bonjour", "--copro", COPRO, "--max-tokens", "8", user_token=resident
+    )
+    assert code == 0, err
+    assert out.strip() and f"[{BUNDLED_MODEL_ID} · edge edge-test-0 · " in err
     code, out, err = await koprogo(stack, "stats", "--copro", COPRO, "--json", user_token=resident)
-    assert code == 0 and json.loads(out)["total_requests"] in (0, 1), err  # the ledger may lag
+    assert code == 0 and json.loads(out)["total_requests"] in (0, 1, 2), err  # the ledger may lag
     code, out, _ = await koprogo(stack, "health")
     assert code == 0 and "nats" in out
 

@@ -11,12 +11,13 @@ from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 
 def test_defaults_are_the_seeds_port_and_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("OPS_PORT", "NODE_MODEL", "NODE_ID"):
+    for var in ("OPS_PORT", "NODE_MODEL", "NODE_ID", "KOPROGO_MODELS_DIR", "MODELS_DIR"):
         monkeypatch.delenv(var, raising=False)
     settings = settings_from_args([])
     assert settings.ops_port == 3031
     assert settings.node_model == BUNDLED_MODEL_ID
-    assert settings.models_dir == Path("models")
+    assert settings.models_dir == Path.home() / ".local/share/koprogo/models"
+    assert settings.keep_alive_s == 300
     assert settings.node_id  # hostname-derived
 
 
@@ -45,6 +46,8 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
             "--n-ctx",
             "4096",
             "--mcp",
+            "--keep-alive",
+            "60",
         ]
     )
     assert settings.ops_port == 4000 and settings.node_model == "phi-2:2.7b-q4"
@@ -52,6 +55,12 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.nats_url == "nats://flag:4222" and settings.node_id == "pi-1"
     assert settings.power_watts == 5 and settings.intensity_g_per_kwh == 20 and settings.renewable_attested
     assert settings.llama_threads == 4 and settings.llama_n_ctx == 4096 and settings.mcp_enabled
+    assert settings.keep_alive_s == 60
+
+
+def test_the_models_dir_comes_from_koprogo_models_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOPROGO_MODELS_DIR", "/srv/koprogo-models")
+    assert settings_from_args([]).models_dir == Path("/srv/koprogo-models")
 
 
 def test_help_says_the_grid_and_mcp_come_later() -> None:
@@ -66,4 +75,5 @@ def test_a_missing_model_file_exits_2_naming_the_expected_file(
     with pytest.raises(SystemExit) as exited:
         main(["-m", "llama3:8b", "--models-dir", str(tmp_path), "-p", "0"])
     assert exited.value.code == 2
-    assert str(tmp_path / "llama3-8b.gguf") in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "llama3-8b.gguf") in err and "koprogo-node models pull llama3:8b" in err

@@ -64,7 +64,7 @@ def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat
         "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
         in publish
     )
-    assert set(allowed.subscribe) == {"_INBOX.UNODE.>", "koprogo.nodes.announce"}
+    assert set(allowed.subscribe) == {"_INBOX.UNODE.>", "koprogo.nodes.announce", "koprogo.cancel.*"}
 
 
 @pytest.mark.parametrize(

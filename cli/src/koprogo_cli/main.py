@@ -23,6 +23,7 @@ from koprogo_cli.dev_auth import (
     mint_local_token,
 )
 from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
 from koprogo_cli.stack import NODE_PORT, Stack, StackError, cloud_deployment_ids, preferred_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--data-dir")
     down.set_defaults(func=cmd_down)
     add_client_parsers(sub)
+    add_mcp_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(

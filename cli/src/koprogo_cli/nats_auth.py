@@ -37,7 +37,7 @@ operator's (`admin`, given to no service) may delete or purge a stream.
                only, info, next, ack), its dead letters
                koprogo.deadletter.koprogo.work.edge.M;
                koprogo.events.chat.{completed,failed}.>,
-               koprogo.reply.>, koprogo.nodes.heartbeat.<its id>
+               koprogo.reply.>, koprogo.nodes.heartbeat.<its id>   koprogo.cancel.*
 
 "Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
 (`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
@@ -217,6 +217,7 @@ def gateway_permissions(public_key: str) -> Permissions:
             _every(subjects.chat_failed),
             _every(subjects.chat_delivered),
             _every(subjects.user_erasure_requested),
+            _every(subjects.chat_cancel),
             subjects.NODES_ANNOUNCE,
             *_kv_bucket_read_write(subjects.RATE_LIMIT_BUCKET),
             *_kv_bucket_read_write(subjects.ROUTING_POLICY_BUCKET),
@@ -247,7 +248,7 @@ def node_permissions(public_key: str, node_id: str, models: Sequence[str]) -> Pe
             _every(subjects.gateway_reply),
             subjects.node_heartbeat(node_id),
         ),
-        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE),
+        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, subjects.CHAT_CANCEL_ALL),
     )
 
 

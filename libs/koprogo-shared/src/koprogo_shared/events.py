@@ -186,6 +186,9 @@ class RunInference(Event):
     reply_subject: str
     deadline: datetime
     routing: RoutingPlan | None = None
+    # The caller reads the answer as it is generated: the worker sends ChatDelta to
+    # `reply_subject` and stops early on `subjects.chat_cancel(request_id)`.
+    stream: bool = False
 
 
 class ChatCompleted(Event):
@@ -234,6 +237,9 @@ class NodeHeartbeat(Event):
     interval_s: float = Field(gt=0)
     # The node's last word when it stops on purpose: routers stop sending it work at once.
     leaving: bool = False
+    # False while the model is unloaded after its idle keep-alive: the node still serves it,
+    # but the next request first loads it (seconds on a Pi).
+    resident: bool = True
 
 
 class InferenceStarted(Event):
@@ -246,6 +252,20 @@ class InferenceStarted(Event):
     type: Literal["koprogo.inference.started.v1"] = "koprogo.inference.started.v1"
     request_id: str
     node_id: str
+
+
+class ChatDelta(Event):
+    """The next piece of a streamed answer (core NATS to the waiting gateway only, never stored).
+
+    `index` counts from 0 per request, so the gateway can tell a gap; the durable record of
+    the answer stays the final ChatCompleted. A worker that cannot stream (the cloud worker)
+    sends none: the gateway then streams the completion's content as one piece.
+    """
+
+    type: Literal["koprogo.chat.delta.v1"] = "koprogo.chat.delta.v1"
+    request_id: str
+    index: int = Field(ge=0)
+    delta: str
 
 
 class InferenceAttemptFailed(Event):
@@ -304,8 +324,12 @@ class UserDataErasureRequested(Event):
 ChatOutcome = Annotated[ChatCompleted | ChatFailed, Field(discriminator="type")]
 chat_outcome_adapter: TypeAdapter[ChatCompleted | ChatFailed] = TypeAdapter(ChatOutcome)
 
-ReplyMessage = Annotated[ChatCompleted | ChatFailed | InferenceStarted, Field(discriminator="type")]
-reply_message_adapter: TypeAdapter[ChatCompleted | ChatFailed | InferenceStarted] = TypeAdapter(ReplyMessage)
+ReplyMessage = Annotated[
+    ChatCompleted | ChatFailed | InferenceStarted | ChatDelta, Field(discriminator="type")
+]
+reply_message_adapter: TypeAdapter[ChatCompleted | ChatFailed | InferenceStarted | ChatDelta] = TypeAdapter(
+    ReplyMessage
+)
 
 LedgerEvent = Annotated[
     ChatRequested

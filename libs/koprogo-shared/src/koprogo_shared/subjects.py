@@ -5,6 +5,8 @@
 * `koprogo.deadletter.>` what a consumer could not handle, kept for an operator.
 * `koprogo.nodes.*`   core NATS (not persisted): heartbeats and announce requests.
 * `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting.
+* `koprogo.cancel.<request id>` core NATS: the caller of a streamed chat left; the worker
+  generating it stops at the next token (gateways publish, nodes subscribe).
 * `_INBOX.<public nkey>.>` a client's own replies (JetStream acks, fetched messages), so an
   identity's subscribe permission covers its inbox and nobody else's.
 """
@@ -90,6 +92,13 @@ def node_heartbeat(node_id: str) -> str:
 
 def gateway_reply(gateway_id: str) -> str:
     return f"koprogo.reply.{subject_token(gateway_id)}"
+
+
+CHAT_CANCEL_ALL = "koprogo.cancel.*"
+
+
+def chat_cancel(request_id: str) -> str:
+    return f"koprogo.cancel.{subject_token(request_id)}"
 
 
 def deadletter_for(subject: str) -> str:

@@ -99,6 +99,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             reply_subject=reply_subject,
             timeout_s=settings.chat_timeout_s,
             registry=registry,
+            nc=nc,
         ),
         stats=PostgresStatsRepository(pool),
         user_data=PostgresUserDataRepository(pool, keyring),

@@ -12,24 +12,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_node.adapters.host_resources import LocalHostResources
+from koprogo_node.adapters.http_download import HttpDownloader
 from koprogo_node.adapters.inference import InferenceEngine
 from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.adapters.model_files import resolve_model
+from koprogo_node.adapters.on_demand_engine import OnDemandEngine
 from koprogo_node.adapters.outcomes import NatsOutcomeSink
 from koprogo_node.domain.errors import NodeError
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.nats_worker import RunInferenceWorker, work_consumer
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService
+from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.consumer import run_pull_consumer
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
@@ -39,12 +44,24 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def build_model_store(settings: NodeSettings) -> ModelStore:
+    """The `koprogo-node models` use cases over this host's disk, RAM and network."""
+    return ModelStore(settings.models_dir, LocalHostResources(), HttpDownloader())
+
+
 def build_engine(settings: NodeSettings) -> tuple[str, InferenceEngine]:
     """The model id to serve and the llama.cpp engine for it (raises ModelFileError)."""
     model = resolve_model(settings.node_model, settings.models_dir, settings.node_model_id)
-    engine = LlamaEngine(model.path, n_ctx=settings.llama_n_ctx, threads=settings.llama_threads)
+
+    def llama() -> InferenceEngine:
+        return LlamaEngine(model.path, n_ctx=settings.llama_n_ctx, threads=settings.llama_threads)
+
     log.info("model %s from %s", model.model_id, model.path)
-    return model.model_id, engine
+    # The bundled model is 100 MB: it stays resident. A pulled one is unloaded when idle.
+    if model.model_id == BUNDLED_MODEL_ID or not settings.keep_alive_s:
+        return model.model_id, llama()
+    log.info("model %s is unloaded after %.0fs idle", model.model_id, settings.keep_alive_s)
+    return model.model_id, OnDemandEngine(llama, settings.keep_alive_s)
 
 
 async def run_node(
@@ -82,7 +99,8 @@ async def run_node(
         # A node may not declare streams (its NATS identity cannot): the ledger or the router does.
         if await _unless_stopped(wait_for_streams(js, [subjects.WORK_STREAM]), stop) is None:
             return
-        await _serve(settings, InferenceService(node, engine, NatsOutcomeSink(nc, js)), nc, js, stop)
+        service = InferenceService(node, engine, NatsOutcomeSink(nc, js))
+        await _serve(settings, service, nc, js, stop, resident=_residency(engine))
     finally:
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -92,6 +110,13 @@ async def run_node(
             await asyncio.gather(server_task, return_exceptions=True)
         await engine.close()
         log.info("node %s stopped", node.node_id)
+
+
+def _residency(engine: InferenceEngine) -> Callable[[], bool]:
+    """What the heartbeat says of the model: in memory now, or loaded again on the next request."""
+    if isinstance(engine, OnDemandEngine):
+        return lambda: engine.resident
+    return lambda: True
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> asyncio.Task[T] | None:
@@ -130,12 +155,18 @@ async def _connect_unless_stopped(
 
 
 async def _serve(
-    settings: NodeSettings, service: InferenceService, nc: NATS, js: JetStreamContext, stop: asyncio.Event
+    settings: NodeSettings,
+    service: InferenceService,
+    nc: NATS,
+    js: JetStreamContext,
+    stop: asyncio.Event,
+    *,
+    resident: Callable[[], bool],
 ) -> None:
     """Heartbeats and the work consumer, until `stop`; then the in-flight item is settled."""
     if settings.grid_url:
         log.info("grid URL %s noted; joining the grid comes with a later issue", settings.grid_url)
-    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s)
+    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s, resident)
     await heartbeats.start()
     model_id = service.node.model_id
     worker = RunInferenceWorker(service, settings.ack_wait_s, settings.max_deliver)

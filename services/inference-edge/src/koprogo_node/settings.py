@@ -2,7 +2,7 @@
 
 Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
-MODELS_DIR, GRID_URL, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
+KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_URL, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
 LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S.
 The `koprogo-node` flags override them.
 """
@@ -14,7 +14,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from koprogo_shared import co2
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -38,7 +38,15 @@ class NodeSettings(ServiceSettings):
     node_model: str = BUNDLED_MODEL_ID
     # The id to serve a .gguf path under (ignored for the bundled model's default id).
     node_model_id: str | None = None
-    models_dir: Path = Path("models")
+    # Where `models pull` writes and `-m <id>` looks; the XDG data folder, so the node and the
+    # `models` commands agree whatever the current directory.
+    models_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "koprogo" / "models",
+        validation_alias=AliasChoices("koprogo_models_dir", "models_dir"),
+    )
+    # A pulled model is unloaded after this many idle seconds and loaded again on the next
+    # request (0: keep it loaded); the bundled model stays resident.
+    keep_alive_s: float = Field(default=300.0, ge=0)
     # Accepted and kept for the grid (a later issue); the node does not contact it yet.
     grid_url: str | None = None
     mcp_enabled: bool = False

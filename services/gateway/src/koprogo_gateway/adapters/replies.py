@@ -10,7 +10,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from koprogo_shared.events import ChatCompleted, ChatFailed, InferenceStarted, reply_message_adapter
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
+    InferenceStarted,
+    reply_message_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +25,8 @@ class ReplyWaiter:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[ChatCompleted | ChatFailed]] = {}
         self._running_on: dict[str, str] = {}
+        # Streamed requests: their pieces, in arrival order (the node sends them in order).
+        self._pieces: dict[str, asyncio.Queue[ChatDelta]] = {}
         self._sub: Subscription | None = None
 
     async def start(self, nc: NATS, subject: str) -> None:
@@ -29,9 +37,14 @@ class ReplyWaiter:
         self._waiting[request_id] = future
         return future
 
+    def pieces(self, request_id: str) -> asyncio.Queue[ChatDelta]:
+        """The queue a streamed request's ChatDelta messages go to (call after `expect`)."""
+        return self._pieces.setdefault(request_id, asyncio.Queue())
+
     def forget(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
         self._running_on.pop(request_id, None)
+        self._pieces.pop(request_id, None)
 
     def running_on(self, request_id: str) -> str | None:
         """The node that said it is generating this request's answer, if any."""
@@ -50,6 +63,11 @@ class ReplyWaiter:
         if isinstance(outcome, InferenceStarted):
             if outcome.request_id in self._waiting:
                 self._running_on[outcome.request_id] = outcome.node_id
+            return
+        if isinstance(outcome, ChatDelta):
+            queue = self._pieces.get(outcome.request_id)
+            if queue is not None:
+                queue.put_nowait(outcome)
             return
         future = self._waiting.pop(outcome.request_id, None)
         # A reply for a request that already timed out (or a redelivered duplicate) has

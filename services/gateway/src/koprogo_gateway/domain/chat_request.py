@@ -29,6 +29,8 @@ class ChatRequestIn(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=100000)
     routing: RoutingPreferenceIn | None = None
+    # Server-Sent Events: the answer's pieces as the model produces them, then the whole.
+    stream: bool = False
 
     @field_validator("model")
     @classmethod

@@ -12,6 +12,7 @@ GatewayError
  ├── StatsUnavailableError PostgreSQL (the ledger's read model) cannot answer (503)
  ├── InvalidQueryError     a query parameter is malformed (422)
  ├── InvalidCoproIdError   a copro id in the path cannot be a routing-policy key (422)
+ ├── InvalidChatRequestError an OpenAI-shaped body that is no valid KoproGo chat, or names no copro (422)
  ├── UnauthorizedError     no token, or one that is malformed, expired, badly signed or not for us (401)
  ├── ForbiddenError        the token lacks a scope, or names no right to that copro (403)
  ├── CoproNotFoundError    another copro's objects are reported as absent (404)
@@ -83,6 +84,11 @@ class InvalidQueryError(GatewayError):
 
 
 class InvalidCoproIdError(GatewayError):
+    status = 422
+    error = "validation_error"
+
+
+class InvalidChatRequestError(GatewayError):
     status = 422
     error = "validation_error"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,10 +62,21 @@ class InferenceEngine(ABC):
 
     @abstractmethod
     async def chat(
-        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float,
+        max_tokens: int | None,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        caller_gone: threading.Event | None = None,
     ) -> EngineResult:
         """Answer the conversation. Raises ContextOverflowError when the prompt does not fit,
-        InferenceCancelledError when the caller was cancelled mid-generation."""
+        InferenceCancelledError when the caller was cancelled mid-generation.
+
+        With `on_delta`, each generated piece is passed to it (on the event loop) as it comes,
+        and setting `caller_gone` ends the answer at the next token: the result holds what was
+        generated until then, with its real token counts.
+        """
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -77,6 +89,8 @@ class FakeInferenceEngine(InferenceEngine):
     reply: str = "Bonjour, je suis un nœud de test."
     n_ctx: int = 2048
     delay_s: float = 0.0
+    # Streaming only: the pause after each word, so a test can leave mid-answer.
+    delay_per_word_s: float = 0.0
     calls: list[tuple[list[ChatMessage], float, int]] = field(default_factory=list)
     _loaded: bool = False
 
@@ -98,16 +112,29 @@ class FakeInferenceEngine(InferenceEngine):
         return sum(len(m.content.split()) + 1 for m in messages)
 
     async def chat(
-        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float,
+        max_tokens: int | None,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        caller_gone: threading.Event | None = None,
     ) -> EngineResult:
         prompt_tokens = await self.count_tokens(messages)
         budget = answer_budget(max_tokens, prompt_tokens, self.n_ctx)
         self.calls.append((list(messages), temperature, budget))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        words = self.reply.split()
-        finish: EngineFinish = "length" if len(words) > budget else "stop"
-        return EngineResult(" ".join(words[:budget]), finish, prompt_tokens, min(len(words), budget))
+        words = self.reply.split()[:budget]
+        finish: EngineFinish = "length" if len(self.reply.split()) > budget else "stop"
+        if on_delta is not None:
+            for i, word in enumerate(words):
+                if caller_gone is not None and caller_gone.is_set():
+                    words, finish = words[:i], "stop"
+                    break
+                on_delta(word if i == 0 else " " + word)
+                await asyncio.sleep(self.delay_per_word_s)
+        return EngineResult(" ".join(words), finish, prompt_tokens, len(words))
 
     async def close(self) -> None:
         self._loaded = False

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -60,6 +60,8 @@ class LlamaEngine(InferenceEngine):
         self._info = ModelInfo(name=None, trained_context_length=None)
         # Only read and written on the llama thread: the cancel flag of the generation running now.
         self._active_cancel: threading.Event | None = None
+        # Likewise: set when the caller of the streamed answer running now left (answer kept).
+        self._active_stop: threading.Event | None = None
 
     async def _on_llama_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -136,12 +138,34 @@ class LlamaEngine(InferenceEngine):
         return len(llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True))
 
     async def chat(
-        self, messages: Sequence[ChatMessage], temperature: float, max_tokens: int | None
+        self,
+        messages: Sequence[ChatMessage],
+        temperature: float,
+        max_tokens: int | None,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        caller_gone: threading.Event | None = None,
     ) -> EngineResult:
         cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        llama_messages = _as_llama_messages(messages)
         try:
+            if on_delta is None:
+                return await self._on_llama_thread(
+                    self._generate, llama_messages, temperature, max_tokens, cancel
+                )
+
+            def deliver(piece: str) -> None:  # on the llama thread: hand the piece to the loop
+                loop.call_soon_threadsafe(on_delta, piece)
+
             return await self._on_llama_thread(
-                self._generate, _as_llama_messages(messages), temperature, max_tokens, cancel
+                self._generate_streaming,
+                llama_messages,
+                temperature,
+                max_tokens,
+                cancel,
+                deliver,
+                caller_gone or threading.Event(),
             )
         except asyncio.CancelledError:
             # The thread cannot be interrupted, but it checks this flag after every token.
@@ -186,8 +210,59 @@ class LlamaEngine(InferenceEngine):
             completion_tokens=int(usage["completion_tokens"]),
         )
 
+    def _generate_streaming(
+        self,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int | None,
+        cancel: threading.Event,
+        deliver: Callable[[str], None],
+        caller_gone: threading.Event,
+    ) -> EngineResult:
+        """Generate token by token, handing each piece to `deliver`; stop early when the caller left.
+
+        llama-cpp-python's stream carries no usage: the prompt is counted with the same
+        tokenizer call its handler makes, and each streamed chunk is one generated token
+        (its stream yields per token), so the counts match the non-streamed path's.
+        """
+        llama, _ = self._require()
+        prompt_tokens = self._count_prompt_tokens(messages)
+        self._active_cancel = cancel
+        self._active_stop = caller_gone
+        pieces: list[str] = []
+        completion_tokens = 0
+        finish: EngineFinish = "stop"
+        try:
+            chunks = llama.create_chat_completion(
+                messages=cast(Any, messages),
+                temperature=temperature,
+                max_tokens=requested_budget(max_tokens),
+                stream=True,
+            )
+            for chunk in cast(Iterator[dict[str, Any]], chunks):
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason") == "length":
+                    finish = "length"
+                piece = choice["delta"].get("content")
+                if piece is None:
+                    continue  # the role chunk and the closing chunk carry no token
+                completion_tokens += 1
+                if piece:
+                    pieces.append(piece)
+                    deliver(piece)
+        except ValueError as exc:
+            if "context window" in str(exc):
+                raise ContextOverflowError(prompt_tokens, llama.n_ctx()) from None
+            raise
+        finally:
+            self._active_cancel = None
+            self._active_stop = None
+        if cancel.is_set():
+            raise InferenceCancelledError("generation abandoned")
+        return EngineResult("".join(pieces), finish, prompt_tokens, completion_tokens)
+
     def _is_cancelled(self) -> bool:
-        return self._active_cancel is not None and self._active_cancel.is_set()
+        return any(flag is not None and flag.is_set() for flag in (self._active_cancel, self._active_stop))
 
     def _require(self) -> tuple[Llama, chat_format.ChatFormatter]:
         if self._llama is None or self._formatter is None:

@@ -1,6 +1,7 @@
 """Where a node's GGUF file is: the bundled SmolLM2, a catalogue id under the models folder, or a path.
 
-Nothing is ever downloaded: a missing file is a clear error naming the file expected.
+Nothing is downloaded here: a missing file is a clear error naming the file expected and
+the `koprogo-node models pull` command that fetches it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def resolve_model(model: str, models_dir: Path, model_id: str | None = None) -> 
         known = "" if entry else " (it is not in the catalogue either)"
         raise ModelFileError(
             f"model {model!r} needs the file {expected}, which does not exist{known}; nothing is "
-            f"downloaded: copy the GGUF there, or pass -m /path/to/file.gguf --model-id {model}"
+            f"downloaded at start-up: run `koprogo-node models pull {model}`, copy the GGUF there, "
+            f"or pass -m /path/to/file.gguf --model-id {model}"
         )
     return ModelFile(model_id or model, expected)
 

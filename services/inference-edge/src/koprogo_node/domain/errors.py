@@ -6,7 +6,13 @@ NodeError
 │   └── ModelNotServedError   the work names a model this node does not hold
 ├── InferenceCancelledError   generation stopped because the node is shutting down
 ├── InvalidCommandError       a work item that can never be handled (dead-lettered)
-└── ModelFileError            the model to load cannot be found (start-up, not per request)
+├── ModelFileError            the model to load cannot be found (start-up, not per request)
+└── ModelPullError            `models pull` refused or failed
+    ├── UnknownModelError     not a pullable id nor a URL
+    ├── NotEnoughDiskError    refused before downloading
+    ├── NotEnoughMemoryError  refused before downloading (--force overrides)
+    ├── DownloadFailedError   cut or refused transfer; the .part is kept for a resume
+    └── ChecksumMismatchError sha256 differs; the .part is deleted
 """
 
 from __future__ import annotations
@@ -53,3 +59,27 @@ class ModelFileError(NodeError):
 
 class InvalidCommandError(NodeError):
     """The work item can never be handled (e.g. ids that are not UUIDs): dead-letter it."""
+
+
+class ModelPullError(NodeError):
+    """`koprogo-node models pull` cannot (or must not) fetch this model; nothing is left half-done."""
+
+
+class UnknownModelError(ModelPullError):
+    """Neither a pullable catalogue id nor an http(s) URL."""
+
+
+class NotEnoughDiskError(ModelPullError):
+    """The models folder's disk cannot hold the file: refused before downloading."""
+
+
+class NotEnoughMemoryError(ModelPullError):
+    """The host's RAM cannot serve the model: refused before downloading (`--force` overrides)."""
+
+
+class DownloadFailedError(ModelPullError):
+    """The transfer failed or was cut; the `.part` file is kept, so the same command resumes."""
+
+
+class ChecksumMismatchError(ModelPullError):
+    """The file's sha256 is not the expected one; its `.part` was deleted."""

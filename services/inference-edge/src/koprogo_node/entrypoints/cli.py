@@ -1,5 +1,7 @@
 """`koprogo-node`: run an edge node (llama.cpp) that takes work from NATS.
 
+`koprogo-node models pull|list|rm` manages the GGUF files (entrypoints.models_cli).
+
 Flags override the environment (see koprogo_node.settings), which overrides the defaults.
 """
 
@@ -41,6 +43,7 @@ _FIELDS = {
     "renewable": "renewable_attested",
     "threads": "llama_threads",
     "n_ctx": "llama_n_ctx",
+    "keep_alive": "keep_alive_s",
     "log_level": "log_level",
 }
 
@@ -48,7 +51,8 @@ _FIELDS = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="koprogo-node",
-        description="KoproGo Symbiose edge node: serves a GGUF model with llama.cpp, taking work from NATS.",
+        description="KoproGo Symbiose edge node: serves a GGUF model with llama.cpp, taking work from NATS. "
+        "`koprogo-node models pull|list|rm` downloads and manages models (see `koprogo-node models -h`).",
     )
     p.add_argument(
         "-p",
@@ -67,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models-dir",
         type=Path,
-        help="where model ids are looked up (default ./models); nothing is downloaded",
+        help="where model ids are looked up (default: $KOPROGO_MODELS_DIR, else "
+        "~/.local/share/koprogo/models); nothing is downloaded here: see `koprogo-node models pull`",
     )
     p.add_argument("--model-id", help="the model id to serve a .gguf path under (default: the file name)")
     p.add_argument(
@@ -101,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: half the CPUs)")
     p.add_argument("--n-ctx", type=int, help="context size in tokens, prompt plus answer (default 2048)")
+    p.add_argument(
+        "--keep-alive",
+        type=float,
+        help="seconds a pulled model stays loaded while idle; it loads again on the next request "
+        "(default 300; 0 keeps it loaded; the bundled model always stays loaded)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default INFO)")
     return p
 
@@ -113,6 +124,11 @@ def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:
+        from koprogo_node.entrypoints.models_cli import models_main
+
+        sys.exit(models_main(argv[1:]))
     settings = settings_from_args(argv)
     configure_logging(settings.log_level, "node")
     if settings.mcp_enabled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,8 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class HeartbeatPublisher:
-    def __init__(self, nc: NATS, service: InferenceService, interval_s: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        service: InferenceService,
+        interval_s: float,
+        resident: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._nc = nc
+        self._resident = resident
         self._service = service
         self._interval_s = interval_s
         self._subject = subjects.node_heartbeat(service.node.node_id)
@@ -50,8 +58,8 @@ class HeartbeatPublisher:
     async def beat(self, *, leaving: bool = False) -> None:
         """Publish the node's state now; a failed publish is replaced by the next one."""
         beat = self._service.heartbeat(self._interval_s)
-        if leaving:
-            beat = beat.model_copy(update={"leaving": True})
+        update = {"resident": self._resident()} | ({"leaving": True} if leaving else {})
+        beat = beat.model_copy(update=update)
         try:
             await self._nc.publish(self._subject, beat.model_dump_json().encode())
         except Exception as exc:  # heartbeats are best effort by design

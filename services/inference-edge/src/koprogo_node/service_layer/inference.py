@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from koprogo_node.domain.generation import DEFAULT_TEMPERATURE, TokenRate, deadl
 from koprogo_shared import co2
 from koprogo_shared.events import (
     ChatCompleted,
+    ChatDelta,
     ChatFailed,
     ExecutionInfo,
     InferenceStarted,
@@ -124,10 +126,45 @@ class InferenceService:
         self.load.in_flight += 1
         started = time.perf_counter()
         try:
-            result = await self._engine.chat(cmd.messages, temperature, cmd.max_tokens)
+            if cmd.stream:
+                result = await self._stream(cmd, temperature)
+            else:
+                result = await self._engine.chat(cmd.messages, temperature, cmd.max_tokens)
         finally:
             self.load.in_flight -= 1
         return result, time.perf_counter() - started
+
+    async def _stream(self, cmd: RunInference, temperature: float) -> EngineResult:
+        """Generate while sending each piece to the caller, in order; stop early if the caller leaves.
+
+        An answer cut short by the caller leaving is still a ChatCompleted (`finish_reason`
+        "stop", the tokens really spent): the ledger counts what the node did.
+        """
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def send_pieces() -> None:
+            index = 0
+            while (piece := await pieces.get()) is not None:
+                delta = ChatDelta(
+                    source=self.node.source,
+                    copro_id=cmd.copro_id,
+                    request_id=cmd.request_id,
+                    index=index,
+                    delta=piece,
+                )
+                await self._sink.delta(delta, cmd.reply_subject)
+                index += 1
+
+        async with self._sink.caller_gone(cmd.request_id) as gone:
+            sender = asyncio.create_task(send_pieces())
+            try:
+                return await self._engine.chat(
+                    cmd.messages, temperature, cmd.max_tokens, on_delta=pieces.put_nowait, caller_gone=gone
+                )
+            finally:
+                pieces.put_nowait(None)
+                # Every piece leaves before the completion does (same connection, same order).
+                await asyncio.gather(sender, return_exceptions=True)
 
     def _completed(
         self, cmd: RunInference, event_id: str, result: EngineResult, seconds: float

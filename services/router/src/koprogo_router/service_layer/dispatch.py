@@ -86,6 +86,7 @@ class Dispatcher:
                 reply_subject=request.reply_subject,
                 deadline=request.deadline,
                 routing=plan,
+                stream=request.stream,
             )
         )
 

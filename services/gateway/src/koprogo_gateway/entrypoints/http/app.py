@@ -9,15 +9,18 @@ from fastapi import FastAPI
 
 from koprogo_gateway.bootstrap import Gateway, bootstrap
 from koprogo_gateway.entrypoints.http import (
+    routes_asyncapi,
     routes_chat,
     routes_models,
     routes_nodes,
+    routes_openai,
     routes_routing,
     routes_stats,
     routes_user_data,
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
+from koprogo_gateway.entrypoints.mcp.server import mount_mcp
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.ops_http import ops_routes
 
@@ -27,7 +30,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gateway = await bootstrap(settings)
         try:
-            yield
+            # The MCP endpoint's session manager lives as long as the app.
+            async with mcp_sessions:
+                yield
         finally:
             await app.state.gateway.close()
 
@@ -40,6 +45,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_user_data.router)
     app.include_router(routes_routing.router)
     app.include_router(routes_nodes.router)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_asyncapi.router)
+    # After the routers: `/mcp` is an exact route, the Model Context Protocol over streamable HTTP.
+    mcp_sessions = mount_mcp(app, settings)
 
     async def ready() -> dict[str, bool]:
         """Ready when NATS and PostgreSQL are reachable."""

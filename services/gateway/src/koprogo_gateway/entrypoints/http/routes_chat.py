@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, BackgroundTasks, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from koprogo_gateway.domain.access import require_chat_copro
+from koprogo_gateway.bootstrap import Gateway
+from koprogo_gateway.domain.access import Caller, require_chat_copro
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.errors import GatewayError, RateLimitedError
 from koprogo_gateway.domain.rate_limit import RateLimitDecision
+from koprogo_gateway.domain.stream_format import delta_event, error_event, sse
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Writer
 from koprogo_gateway.entrypoints.http.rate_limit_headers import rate_limit_headers, refusal_headers
-from koprogo_shared.events import ChatCompleted, copro_id_from_context
+from koprogo_shared.events import ChatCompleted, ChatDelta, copro_id_from_context
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mcp/v1", tags=["chat"])
@@ -58,22 +64,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
-async def chat(
+@router.post("/chat", name="chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
+async def chat_or_stream(
     body: ChatRequestIn, caller: Writer, gateway: GatewayDep, background: BackgroundTasks, response: Response
+) -> ChatResponseOut | StreamingResponse:
+    """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro. With `stream: true`, Server-Sent Events: `delta` events, then `done` (this response's JSON) or `error`."""
+    if body.stream:
+        limit_headers = await admit_chat(body, caller, gateway)
+        return StreamingResponse(
+            sse_answer(gateway, body, caller.user_id),
+            media_type="text/event-stream",
+            headers=limit_headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await chat(body, caller, gateway, background, response)
+
+
+async def chat(
+    body: ChatRequestIn, caller: Caller, gateway: Gateway, background: BackgroundTasks, response: Response
 ) -> ChatResponseOut:
-    """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro."""
-    try:
-        # Into one of the caller's copros only; refused before anything is counted or published.
-        require_chat_copro(caller, copro_id_from_context(body.context))
-        decision = await gateway.admission.admit(body, user_id=caller.user_id)
-    except GatewayError as exc:
-        CHATS.labels(outcome=exc.error).inc()
-        raise
-    if not decision.admitted:
-        CHATS.labels(outcome="rate_limited").inc()
-        raise RateLimitedError(_refusal_message(decision), headers=refusal_headers(decision))
-    limit_headers = rate_limit_headers(decision)
+    """The non-streamed answer (also what the MCP endpoint calls)."""
+    limit_headers = await admit_chat(body, caller, gateway)
     response.headers.update(limit_headers)
     try:
         completion, latency_ms = await gateway.chat.ask(body, user_id=caller.user_id)
@@ -84,8 +94,41 @@ async def chat(
     CHATS.labels(outcome="completed").inc()
     log.info("chat %s answered for user %s", completion.request_id, caller.user_id)
     LATENCY.observe(latency_ms / 1000.0)
-    background.add_task(_record_delivery, gateway, completion, latency_ms)
+    background.add_task(record_delivery, gateway, completion, latency_ms)
     return _response(completion, latency_ms)
+
+
+async def admit_chat(body: ChatRequestIn, caller: Caller, gateway: Gateway) -> dict[str, str]:
+    """The copro check, input limits and rate limits (raises GatewayError); the RateLimit headers."""
+    try:
+        # Into one of the caller's copros only; refused before anything is counted or published.
+        require_chat_copro(caller, copro_id_from_context(body.context))
+        decision = await gateway.admission.admit(body, user_id=caller.user_id)
+    except GatewayError as exc:
+        CHATS.labels(outcome=exc.error).inc()
+        raise
+    if not decision.admitted:
+        CHATS.labels(outcome="rate_limited").inc()
+        raise RateLimitedError(_refusal_message(decision), headers=refusal_headers(decision))
+    return rate_limit_headers(decision)
+
+
+async def sse_answer(gateway: Gateway, body: ChatRequestIn, user_id: str | None) -> AsyncIterator[str]:
+    started = time.perf_counter()
+    async with aclosing(gateway.chat.stream(body, user_id=user_id)) as pieces:
+        try:
+            async for piece in pieces:
+                if isinstance(piece, ChatDelta):
+                    yield delta_event(piece.index, piece.delta)
+                    continue
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                CHATS.labels(outcome="completed").inc()
+                LATENCY.observe(latency_ms / 1000.0)
+                yield sse(_response(piece, latency_ms).model_dump(mode="json"), "done")
+                await record_delivery(gateway, piece, latency_ms)
+        except GatewayError as exc:
+            CHATS.labels(outcome=exc.error).inc()
+            yield error_event(exc.error, exc.message, exc.extra)
 
 
 def _refusal_message(decision: RateLimitDecision) -> str:
@@ -96,7 +139,8 @@ def _refusal_message(decision: RateLimitDecision) -> str:
     return f"rate limit reached ({names}); retry in {decision.retry_after_s}s"
 
 
-async def _record_delivery(gateway: GatewayDep, completion: ChatCompleted, latency_ms: float) -> None:
+async def record_delivery(gateway: Gateway, completion: ChatCompleted, latency_ms: float) -> None:
+    """Off the hot path: the latency the caller saw, for the ledger (a failure is only logged)."""
     try:
         await gateway.chat.record_delivery(completion, latency_ms)
     except GatewayError as exc:

@@ -1,0 +1,314 @@
+"""The AsyncAPI 3.0.0 catalogue of every NATS subject, generated from the code.
+
+`CHANNELS` is the one table of subject -> message types -> who sends, who receives. The
+addresses come from `subjects.py` (a subject function's argument becomes the channel
+parameter: `chat_completed(copro_id)` -> `koprogo.events.chat.completed.{copro_id}`), the
+payloads from the pydantic models of `events.py`, and the stream a channel lives in from
+`subjects.STREAMS`. Every JetStream channel also gets its dead-letter channel.
+
+`catalogue_gaps()` names the event classes and subject functions the table does not cover;
+a unit test keeps it empty, so the catalogue cannot silently drift from the code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from koprogo_shared import events, subjects
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelivered,
+    ChatDelta,
+    ChatFailed,
+    ChatRequested,
+    CloudDeploymentStatus,
+    Event,
+    InferenceAttemptFailed,
+    InferenceStarted,
+    NodeHeartbeat,
+    RoutingPreference,
+    RunInference,
+    UserDataErasureRequested,
+)
+
+ASYNCAPI_VERSION = "3.0.0"
+CATALOGUE_VERSION = "1.0.0"
+SERVER = "nats"
+OPERATOR = "operator"
+
+# Subject functions that do not name a channel: they make tokens, names and prefixes.
+# (`deadletter_for` names the dead-letter channels the builder derives from each stream channel.)
+NOT_CHANNELS = frozenset(
+    {
+        "subject_token",
+        "durable_name",
+        "edge_work_durable",
+        "cloud_work_durable",
+        "routing_policy_key",
+        "inbox_prefix",
+        "deadletter_for",
+    }
+)
+
+SubjectOf = Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One row of the catalogue: a subject (function or address template) and its contract."""
+
+    key: str
+    subject: SubjectOf | str
+    messages: tuple[type[BaseModel], ...]
+    senders: tuple[str, ...]
+    receivers: tuple[str, ...]
+    summary: str
+    # A payload that is no model: (name, JSON Schema), e.g. the empty announce request.
+    raw_payload: tuple[str, dict[str, Any]] | None = None
+
+
+_REPLY = (ChatCompleted, ChatFailed, InferenceStarted, ChatDelta)
+_KV_ROUTING = f"$KV.{subjects.ROUTING_POLICY_BUCKET}.{{copro_id}}"
+_KV_RATE = f"$KV.{subjects.RATE_LIMIT_BUCKET}.{{counter}}"
+
+CHANNELS: tuple[Channel, ...] = (
+    Channel("chatRequested", subjects.chat_requested, (ChatRequested,), ("gateway",), ("router", "ledger"),
+            "A user asked for a chat completion; the router plans it, the ledger records it."),
+    Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), ("edge", "cloud"), ("ledger",),
+            "A model answered a chat: content, usage, where it ran and its CO2."),
+    Channel("chatFailed", subjects.chat_failed, (ChatFailed,), ("router", "gateway", "edge", "cloud"),
+            ("ledger",), "A chat could not be answered; `status` is the caller's HTTP status."),
+    Channel("chatDelivered", subjects.chat_delivered, (ChatDelivered,), ("gateway",), ("ledger",),
+            "The gateway handed the answer to the caller."),
+    Channel("userErasureRequested", subjects.user_erasure_requested, (UserDataErasureRequested,),
+            ("gateway",), ("ledger",), "A user's stored contents must be erased (GDPR)."),
+    Channel("inferenceAttemptFailed", subjects.inference_attempt_failed, (InferenceAttemptFailed,),
+            ("cloud",), ("router", "ledger"), "One target failed a work item; the router falls back."),
+    Channel("runInferenceEdge", subjects.run_inference_edge, (RunInference,), ("router",), ("edge",),
+            "Work for the edge nodes serving `model` (shared durable `edge-<model>`: one node takes it)."),
+    Channel("runInferenceCloud", subjects.run_inference_cloud, (RunInference,), ("router",), ("cloud",),
+            "Work for a cloud deployment (shared durable `cloud-<deployment>`)."),
+    Channel("nodeHeartbeat", subjects.node_heartbeat, (NodeHeartbeat,), ("edge",), ("router", "gateway"),
+            "An edge node is alive: what it serves, how busy it is, what it emits."),
+    Channel("cloudStatus", subjects.cloud_status, (CloudDeploymentStatus,), ("cloud",), ("router", "gateway"),
+            "A cloud deployment's heartbeat: models, availability, footprint."),
+    Channel("nodesAnnounce", subjects.NODES_ANNOUNCE, (), ("router", "gateway"), ("edge", "cloud"),
+            "A newcomer asks every node and deployment to send its heartbeat now.",
+            raw_payload=("AnnounceRequest", {"type": "string", "maxLength": 0, "description": "Empty."})),
+    Channel("gatewayReply", subjects.gateway_reply, _REPLY, ("router", "edge", "cloud"), ("gateway",),
+            "Answers for the gateway instance waiting on the request (`reply_subject`), deltas when streamed."),
+    Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("edge",),
+            "The caller of a streamed chat left: the node generating it stops at the next token.",
+            raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
+    Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router",),
+            f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
+    Channel("rateLimitCounter", _KV_RATE, (), ("gateway",), ("gateway",),
+            f"The gateways' rate-limit counters: key-value bucket {subjects.RATE_LIMIT_BUCKET} (internal).",
+            raw_payload=("RateLimitCount", {"type": "string", "pattern": "^[0-9]+$"})),
+)  # fmt: skip
+
+_PARAM = "koprogoparam"
+_JETSTREAM_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "Nats-Msg-Id": {"type": "string", "description": "The event `id`: JetStream de-duplicates retries."},
+        "ce-type": {"type": "string", "description": "The event `type` (CloudEvents)."},
+        "ce-source": {"type": "string", "description": "The event `source` (CloudEvents)."},
+    },
+}
+
+
+def channel_address(channel: Channel) -> str:
+    """`koprogo.events.chat.completed.{copro_id}` from `subjects.chat_completed`."""
+    if isinstance(channel.subject, str):
+        return channel.subject
+    (name,) = inspect.signature(channel.subject).parameters
+    return channel.subject(_PARAM).replace(_PARAM, "{" + name + "}")
+
+
+def address_pattern(address: str) -> str:
+    """The NATS pattern an address stands for: each `{parameter}` is one token (`*`)."""
+    return ".".join("*" if token.startswith("{") else token for token in address.split("."))
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """True when some subject matches both NATS patterns (`*` one token, `>` the rest)."""
+    left, right = a.split("."), b.split(".")
+    for i, token in enumerate(left):
+        if i >= len(right):
+            return False
+        if token == ">" or right[i] == ">":
+            return True
+        if token != right[i] and "*" not in (token, right[i]):
+            return False
+    return len(left) == len(right)
+
+
+def stream_of(address: str) -> subjects.StreamSpec | None:
+    pattern = address_pattern(address)
+    for spec in subjects.STREAMS:
+        if any(subjects_overlap(pattern, s) for s in spec.subjects):
+            return spec
+    return None
+
+
+def catalogue_gaps() -> list[str]:
+    """Event classes and subject functions of the code that `CHANNELS` does not cover."""
+    listed_models = {m for c in CHANNELS for m in c.messages}
+    gaps = [
+        f"event {name}: no channel in CHANNELS carries it"
+        for name, cls in inspect.getmembers(events, inspect.isclass)
+        if issubclass(cls, Event) and cls is not Event and cls not in listed_models
+    ]
+    listed_functions = {c.subject.__name__ for c in CHANNELS if not isinstance(c.subject, str)}
+    gaps += [
+        f"subject function {name}: add a channel to CHANNELS (or to NOT_CHANNELS if it names none)"
+        for name, fn in inspect.getmembers(subjects, inspect.isfunction)
+        if fn.__module__ == subjects.__name__ and not name.startswith("_")
+        if name not in listed_functions and name not in NOT_CHANNELS
+    ]
+    return gaps
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _model_messages() -> tuple[dict[str, Any], dict[str, Any]]:
+    models = sorted({m for c in CHANNELS for m in c.messages}, key=lambda m: m.__name__)
+    _, top = models_json_schema(
+        [(m, "serialization") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    for schema in schemas.values():
+        # Publishers write every field (`model_dump_json()`), defaults and nulls included.
+        if "properties" in schema:
+            schema["required"] = list(schema["properties"])
+    messages: dict[str, Any] = {}
+    for model in models:
+        message: dict[str, Any] = {
+            "name": model.__name__,
+            "title": model.__name__,
+            "summary": _first_line(model.__doc__),
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+        }
+        event_type = model.model_fields.get("type")
+        if event_type is not None and isinstance(event_type.default, str):
+            message["name"] = event_type.default
+        messages[model.__name__] = message
+    for channel in CHANNELS:
+        if channel.raw_payload is not None:
+            name, payload = channel.raw_payload
+            messages[name] = {"name": name, "title": name, "summary": channel.summary, "payload": payload}
+    return messages, schemas
+
+
+def _message_names(channel: Channel) -> list[str]:
+    names = [m.__name__ for m in channel.messages]
+    return names + ([channel.raw_payload[0]] if channel.raw_payload else [])
+
+
+def _channel_object(channel: Channel, address: str, summary: str, names: list[str]) -> dict[str, Any]:
+    spec = stream_of(address)
+    if spec is not None:
+        where = f"JetStream stream {spec.name} ({spec.retention} retention, kept {spec.max_age_s / 86400:g} days)."
+        stream: dict[str, Any] = {
+            "stream": spec.name,
+            "retention": spec.retention,
+            "max_age_s": spec.max_age_s,
+        }
+    elif address.startswith("$KV."):
+        where = "JetStream key-value bucket (latest value per key)."
+        stream = {"stream": "KV_" + address.split(".")[1], "retention": "limits"}
+    else:
+        where = "Core NATS: not persisted, only live subscribers receive it."
+        stream = {"stream": None}
+    parameters = {
+        token[1:-1]: {"description": f"`{token[1:-1]}` as one subject token (`subjects.subject_token`)."}
+        for token in address.split(".")
+        if token.startswith("{")
+    }
+    obj: dict[str, Any] = {
+        "address": address,
+        "title": summary.split(":")[0].split(";")[0][:80],
+        "description": f"{summary} {where}",
+        "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in names},
+        "servers": [{"$ref": f"#/servers/{SERVER}"}],
+        "x-koprogo-stream": stream,
+    }
+    if parameters:
+        obj["parameters"] = parameters
+    return obj
+
+
+def _operations(key: str, channel: Channel, senders: tuple[str, ...], receivers: tuple[str, ...]) -> dict:
+    names = _message_names(channel)
+    ops: dict[str, Any] = {}
+    for action, services in (("send", senders), ("receive", receivers)):
+        for service in services:
+            ops[f"{service}{action.title()}{key[0].upper()}{key[1:]}"] = {
+                "action": action,
+                "channel": {"$ref": f"#/channels/{key}"},
+                "messages": [{"$ref": f"#/channels/{key}/messages/{name}"} for name in names],
+                "summary": f"{service} {action}s on {key}.",
+                "tags": [{"name": service}],
+                "x-koprogo-service": service,
+            }
+    return ops
+
+
+def build_document(nats_host: str = "localhost:4222") -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document (a JSON-ready dict) of every KoproGo subject."""
+    messages, schemas = _model_messages()
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for channel in CHANNELS:
+        address = channel_address(channel)
+        names = _message_names(channel)
+        channels[channel.key] = _channel_object(channel, address, channel.summary, names)
+        operations |= _operations(channel.key, channel, channel.senders, channel.receivers)
+        if stream_of(address) is not None:
+            # Whoever consumes it dead-letters what it can never handle, headers saying why.
+            dead_key = f"deadLetter{channel.key[0].upper()}{channel.key[1:]}"
+            summary = (
+                f"{channel.key} messages a consumer could not handle (headers KoproGo-Dead-Reason, "
+                "KoproGo-Original-Subject); kept for an operator."
+            )
+            dead_address = subjects.deadletter_for(address)
+            channels[dead_key] = _channel_object(channel, dead_address, summary, names)
+            operations |= _operations(dead_key, channel, channel.receivers, (OPERATOR,))
+    # Events published with `publish_event` carry their id and type in headers too.
+    for name in {m.__name__ for c in CHANNELS for m in c.messages if stream_of(channel_address(c))}:
+        messages[name]["headers"] = _JETSTREAM_HEADERS
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "KoproGo Symbiose events",
+            "version": CATALOGUE_VERSION,
+            "description": (
+                "Every NATS subject of KoproGo Symbiose: facts in KOPROGO_EVENTS (the audit log), work in "
+                "KOPROGO_WORK (one consumer takes each item), heartbeats and replies on core NATS. "
+                "Payloads are JSON with a CloudEvents-like envelope (`specversion`, `id`, `source`, "
+                "`type`, `time`); `copro_id` is the tenant. Generated from the code "
+                "(`koprogo_shared.asyncapi`)."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            SERVER: {
+                "host": nats_host,
+                "protocol": "nats",
+                "description": "The deployment's NATS server; each client authenticates with its own nkey.",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }

@@ -1,0 +1,99 @@
+"""The OpenAI-compatible request (`POST /v1/chat/completions`) and its translation to KoproGo's chat.
+
+The copro a request runs for comes from the `X-KoproGo-Context: copro:<id>` header; without
+it, from the token when the token names exactly one copro; a token naming several is refused
+(422), and a caller naming none (authentication off, or no copro) runs with no copro, as
+`/mcp/v1/chat` without `context` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.errors import InvalidChatRequestError
+
+CONTEXT_HEADER = "X-KoproGo-Context"
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class OpenAIMessageIn(BaseModel):
+    # OpenAI clients send fields KoproGo has no use for (name, ...): ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class OpenAIChatIn(BaseModel):
+    """The subset of OpenAI's chat-completions body KoproGo honours; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[OpenAIMessageIn] = Field(min_length=1)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+def openai_context(header: str | None, caller_copros: Set[str]) -> str | None:
+    """The KoproGo `context` of an OpenAI-shaped request (see the module docstring)."""
+    if header:
+        return header.strip()
+    if len(caller_copros) == 1:
+        return f"copro:{next(iter(caller_copros))}"
+    if caller_copros:
+        raise InvalidChatRequestError(
+            f"your token names several copros: say which one with a '{CONTEXT_HEADER}: copro:<id>' header"
+        )
+    return None
+
+
+def to_chat_request(body: OpenAIChatIn, context: str | None) -> ChatRequestIn:
+    """The `/mcp/v1/chat` body this request is, validated by the same rules (422 otherwise)."""
+    try:
+        return ChatRequestIn.model_validate(
+            {
+                "model": body.model,
+                "messages": [
+                    {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages
+                ],
+                "context": context,
+                "temperature": body.temperature,
+                "max_tokens": body.max_completion_tokens or body.max_tokens,
+                "stream": body.stream,
+            }
+        )
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()
+        ]
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        raise InvalidChatRequestError(f"invalid request: {summary}", extra={"details": details}) from None

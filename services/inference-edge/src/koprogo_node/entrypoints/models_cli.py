@@ -1,0 +1,97 @@
+"""`koprogo-node models pull|list|rm`: manage the GGUF files a node can serve.
+
+Nothing is downloaded unless `pull` is asked for. Exit codes: 0 done, 1 a refusal or a
+failed pull (the message says why and what to do), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from koprogo_node.bootstrap import build_model_store
+from koprogo_node.domain.errors import ModelPullError
+from koprogo_node.domain.model_catalogue import human_bytes
+from koprogo_node.entrypoints.progress import ProgressBar
+from koprogo_node.service_layer.model_store import ModelStore, StoredModel, as_json_rows
+from koprogo_node.settings import NodeSettings
+
+
+def build_models_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="koprogo-node models", description="Manage the node's GGUF models.")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help="the models folder (default: $KOPROGO_MODELS_DIR, else ~/.local/share/koprogo/models)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    pull = sub.add_parser("pull", help="download a catalogue model (by id) or a GGUF URL")
+    pull.add_argument("target", help="a model id (see `models list`) or an http(s) URL to a .gguf")
+    pull.add_argument("--sha256", help="the expected sha256 (hex); a mismatch deletes the download")
+    pull.add_argument("--id", dest="model_id", help="the id to serve a URL's file under (default: its name)")
+    pull.add_argument("--force", action="store_true", help="pull even when the RAM looks too small")
+    listing = sub.add_parser("list", help="the models this node has or can pull")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    rm = sub.add_parser("rm", help="delete a pulled model")
+    rm.add_argument("model_id")
+    return p
+
+
+def models_main(argv: list[str]) -> int:
+    args = build_models_parser().parse_args(argv)
+    settings = NodeSettings(**({"models_dir": args.models_dir} if args.models_dir else {}))
+    store = build_model_store(settings)
+    try:
+        if args.command == "pull":
+            return _pull(store, args.target, args.sha256, args.model_id, args.force)
+        if args.command == "list":
+            rows = store.inventory()
+            print(json.dumps(as_json_rows(rows), indent=2) if args.json else _table(rows))
+            return 0
+        for path in store.remove(args.model_id):
+            print(f"removed {path}")
+        return 0
+    except ModelPullError as exc:
+        print(f"koprogo-node models: {exc}", file=sys.stderr)
+        return 1
+
+
+def _pull(store: ModelStore, target: str, sha256: str | None, model_id: str | None, force: bool) -> int:
+    bar = ProgressBar(model_id or target)
+    try:
+        result = store.pull(
+            target, sha256=sha256, force=force, model_id=model_id, on_start=bar.start, on_progress=bar.update
+        )
+    finally:
+        bar.finish()
+    if not result.downloaded:
+        print(f"{result.model_id} is already in {result.path}", file=sys.stderr)
+    elif result.verified:
+        print(f"sha256 verified: {result.sha256}", file=sys.stderr)
+    else:
+        print(
+            f"sha256 {result.sha256} (not verified: no known digest; pass --sha256 to check one)",
+            file=sys.stderr,
+        )
+    print(result.path)
+    return 0
+
+
+def _table(rows: list[StoredModel]) -> str:
+    header = ("ID", "FILE", "SIZE", "SHA256", "PRESENT")
+    lines = [header] + [
+        (
+            r.id,
+            r.file,
+            human_bytes(r.size) if r.size is not None else "?",
+            ("verified" if r.verified else "unverified") if r.present else "-",
+            "yes" if r.present else "no",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

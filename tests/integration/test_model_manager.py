@@ -1,0 +1,259 @@
+"""`koprogo-node models`: pull (progress, resume, sha256, refusals), list and rm, against a
+real local HTTP server that serves a file the test makes; then a pulled model served with
+an idle keep-alive (real llama.cpp with the bundled SmolLM2 file, real NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from koprogo_node.adapters.host_resources import FakeHostResources
+from koprogo_node.adapters.http_download import HttpDownloader
+from koprogo_node.adapters.llama_engine import LlamaEngine
+from koprogo_node.adapters.on_demand_engine import OnDemandEngine
+from koprogo_node.domain.errors import DownloadFailedError, NotEnoughDiskError, NotEnoughMemoryError
+from koprogo_node.domain.model_catalogue import EdgeModelSpec
+from koprogo_node.entrypoints.cli import main
+from koprogo_node.service_layer.model_store import ModelStore
+from koprogo_shared import subjects
+from koprogo_shared.events import ChatCompleted, ChatMessage, NodeHeartbeat
+from koprogo_shared.nats_connection import publish_event
+from tests.integration.edge_support import (
+    listening,
+    nats_client,
+    node_settings,
+    reply_subject,
+    run_inference,
+    running_node,
+)
+
+BODY = os.urandom(3 * 1024 * 1024 + 123)  # several read chunks, not a round number
+DIGEST = hashlib.sha256(BODY).hexdigest()
+GIB = 1024**3
+
+
+@dataclass
+class FileServer:
+    """What the test server does and what it was asked."""
+
+    url: str
+    ranges: bool = True
+    drop_after: int | None = None  # cut the next response after this many body bytes
+    range_headers: list[str | None] = field(default_factory=list)
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    state = FileServer(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.range_headers.append(self.headers.get("Range"))
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            if state.ranges and match:
+                start = int(match.group(1))
+                if start >= len(BODY):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(BODY)}")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY) - start))
+            self.end_headers()
+            body = BODY[start:]
+            if state.drop_after is not None:
+                body, state.drop_after = body[: state.drop_after], None
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/files/Tiny-Model.Q4_K_M.gguf"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def models(tmp_path: Path, *args: str) -> int:
+    with pytest.raises(SystemExit) as exited:
+        main(["models", "--models-dir", str(tmp_path), *args])
+    return int(exited.value.code or 0)
+
+
+def store(tmp_path: Path, url: str, *, disk: int = 100 * GIB, ram: int | None = 64 * GIB) -> ModelStore:
+    spec = EdgeModelSpec("tiny:q4", "Tiny-Model.Q4_K_M.gguf", len(BODY), url, DIGEST)
+    return ModelStore(tmp_path, FakeHostResources(disk, ram), HttpDownloader(), (spec,))
+
+
+def test_a_url_pull_shows_progress_checks_the_sha256_and_is_served_by_its_id(
+    tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models(tmp_path, "pull", file_server.url, "--sha256", DIGEST) == 0
+    out, err = capsys.readouterr()
+    path = tmp_path / "Tiny-Model.Q4_K_M.gguf"
+    assert out.strip() == str(path) and path.read_bytes() == BODY
+    assert "100%" in err and f"sha256 verified: {DIGEST}" in err
+    assert not (tmp_path / "Tiny-Model.Q4_K_M.gguf.part").exists()
+    assert file_server.range_headers == [None]
+
+
+def test_a_catalogue_pull_checks_its_known_digest(tmp_path: Path, file_server: FileServer) -> None:
+    result = store(tmp_path, file_server.url).pull("tiny:q4")
+    assert result.verified and result.sha256 == DIGEST
+    assert result.path == tmp_path / "tiny-q4.gguf" and result.path.read_bytes() == BODY
+
+
+def test_a_cut_download_resumes_with_a_range_request(
+    tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file_server.drop_after = 1_000_000
+    assert models(tmp_path, "pull", file_server.url, "--sha256", DIGEST) == 1
+    assert "run the same command again to resume" in capsys.readouterr().err
+    part = tmp_path / "Tiny-Model.Q4_K_M.gguf.part"
+    assert part.stat().st_size == 1_000_000
+
+    assert models(tmp_path, "pull", file_server.url, "--sha256", DIGEST) == 0
+    assert file_server.range_headers == [None, "bytes=1000000-"]
+    assert "resuming at 1.0 MB" in capsys.readouterr().err
+    assert hashlib.sha256((tmp_path / "Tiny-Model.Q4_K_M.gguf").read_bytes()).hexdigest() == DIGEST
+
+
+def test_a_server_without_range_support_restarts_the_file_cleanly(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    file_server.ranges, file_server.drop_after = False, 700_000
+    pulls = store(tmp_path, file_server.url)
+    with pytest.raises(DownloadFailedError):
+        pulls.pull("tiny:q4")
+    result = pulls.pull("tiny:q4")
+    assert file_server.range_headers == [None, "bytes=700000-"]  # asked, got a 200: started over
+    assert result.sha256 == DIGEST and result.path.read_bytes() == BODY
+
+
+def test_a_sha256_mismatch_deletes_the_part_and_says_so(
+    tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models(tmp_path, "pull", file_server.url, "--sha256", "0" * 64) == 1
+    err = capsys.readouterr().err
+    assert "sha256 mismatch" in err and DIGEST in err and "was deleted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_little_disk_is_refused_before_any_request(tmp_path: Path, file_server: FileServer) -> None:
+    with pytest.raises(NotEnoughDiskError, match=r"not enough disk.*nothing was downloaded"):
+        store(tmp_path, file_server.url, disk=len(BODY) - 1).pull("tiny:q4")
+    assert file_server.range_headers == []
+
+
+def test_too_little_disk_for_a_url_is_refused_before_reading_the_body(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    with pytest.raises(NotEnoughDiskError):
+        store(tmp_path, file_server.url, disk=1000).pull(file_server.url)
+    assert not (tmp_path / "Tiny-Model.Q4_K_M.gguf.part").exists()
+
+
+def test_too_little_ram_is_refused_unless_forced(tmp_path: Path, file_server: FileServer) -> None:
+    pulls = store(tmp_path, file_server.url, ram=512 * 1024 * 1024)
+    with pytest.raises(NotEnoughMemoryError, match="--force"):
+        pulls.pull("tiny:q4")
+    assert file_server.range_headers == []
+    assert pulls.pull("tiny:q4", force=True).sha256 == DIGEST
+
+
+def test_list_shows_what_is_here_and_what_can_be_pulled_then_rm_deletes_it(
+    tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models(tmp_path, "pull", file_server.url) == 0  # no digest given: reported, unverified
+    assert f"sha256 {DIGEST} (not verified" in capsys.readouterr().err
+    assert models(tmp_path, "list", "--json") == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Tiny-Model.Q4_K_M"] == {
+        "id": "Tiny-Model.Q4_K_M",
+        "file": "Tiny-Model.Q4_K_M.gguf",
+        "size": len(BODY),
+        "sha256": DIGEST,
+        "verified": False,
+        "present": True,
+    }
+    assert rows["phi-2:2.7b-q4"]["present"] is False and rows["smollm2:135m-instruct-q4"]["present"]
+
+    assert models(tmp_path, "list") == 0
+    table = capsys.readouterr().out
+    assert table.startswith("ID") and "phi-2:2.7b-q4" in table and "unverified" in table
+
+    assert models(tmp_path, "rm", "Tiny-Model.Q4_K_M") == 0
+    assert list(tmp_path.iterdir()) == []
+    assert models(tmp_path, "rm", "Tiny-Model.Q4_K_M") == 1
+    assert "is not in" in capsys.readouterr().err
+
+
+async def test_an_on_demand_model_unloads_when_idle_and_loads_again_for_the_next_request(
+    bundled_model_path: Path,
+) -> None:
+    engine = OnDemandEngine(lambda: LlamaEngine(bundled_model_path, n_ctx=512), keep_alive_s=0.3)
+    await engine.load()
+    try:
+        assert engine.resident and engine.loaded
+        await asyncio.sleep(0.8)
+        assert not engine.resident and engine.loaded  # still served, no longer in memory
+        result = await engine.chat([ChatMessage(role="user", content="Bonjour")], 0.0, 4)
+        assert engine.resident and result.completion_tokens > 0
+    finally:
+        await engine.close()
+    assert not engine.resident
+
+
+async def test_a_pulled_models_heartbeat_reports_when_it_is_not_resident(
+    clean_jetstream: str, bundled_model_path: Path
+) -> None:
+    model = "pulled:tiny"
+    settings = node_settings(
+        clean_jetstream,
+        "edge-keep",
+        node_model=str(bundled_model_path),
+        node_model_id=model,
+        keep_alive_s=1.0,
+        heartbeat_interval_s=0.2,
+        llama_n_ctx=512,
+    )
+    async with nats_client(clean_jetstream) as (nc, js):
+        reply = reply_subject()
+        async with (
+            listening(nc, subjects.node_heartbeat("edge-keep"), "heartbeat") as beats,
+            listening(nc, reply, "outcome") as replies,
+            running_node(settings),
+        ):
+            first: NodeHeartbeat = await beats.next(30)
+            assert first.models == [model] and first.resident
+            while (await beats.next(2)).resident:
+                pass  # unloaded after 1 s idle
+            cmd = run_inference("Bonjour", reply_subject=reply, max_tokens=8).model_copy(
+                update={"model": model}
+            )
+            await publish_event(js, subjects.run_inference_edge(model), cmd)
+            outcome = await replies.next(60)
+            assert isinstance(outcome, ChatCompleted)
+            while not beats.items.empty():  # beats sent before the answer
+                beats.items.get_nowait()
+            await nc.publish(subjects.NODES_ANNOUNCE, b"")
+            assert (await beats.next(2)).resident  # loaded again for the request
