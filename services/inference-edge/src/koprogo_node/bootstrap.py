@@ -29,8 +29,9 @@ from koprogo_node.adapters.outcomes import NatsOutcomeSink
 from koprogo_node.domain.errors import NodeError
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
+from koprogo_node.entrypoints.mcp import node_mcp
 from koprogo_node.entrypoints.nats_worker import RunInferenceWorker, work_consumer
-from koprogo_node.service_layer.inference import EdgeNode, InferenceService
+from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
@@ -77,6 +78,7 @@ async def run_node(
     else:
         model_id = settings.node_model_id or settings.node_model
     node = EdgeNode(settings.node_id, model_id, settings.footprint())
+    load = NodeLoad()
     nc: NATS | None = None
     loaded_engine = engine
 
@@ -85,8 +87,16 @@ async def run_node(
 
     server = None
     server_task: asyncio.Task[None] | None = None
+    lifespans = contextlib.AsyncExitStack()
     if settings.ops_port:
-        server = ops_server(settings.ops_host, settings.ops_port, ready, node_routes(model_id, engine))
+        routes = node_routes(model_id, engine)
+        if settings.mcp_enabled:
+            token = settings.node_mcp_token.get_secret_value() if settings.node_mcp_token else None
+            mcp_routes, mcp_lifespan = node_mcp(node, engine, load, settings.ops_host, token)
+            routes += mcp_routes
+            await lifespans.enter_async_context(mcp_lifespan)
+            log.info("MCP server at http://%s:%d/mcp", settings.ops_host, settings.ops_port)
+        server = ops_server(settings.ops_host, settings.ops_port, ready, routes)
         server_task = asyncio.create_task(server.serve())
     try:
         started = time.perf_counter()
@@ -99,7 +109,7 @@ async def run_node(
         # A node may not declare streams (its NATS identity cannot): the ledger or the router does.
         if await _unless_stopped(wait_for_streams(js, [subjects.WORK_STREAM]), stop) is None:
             return
-        service = InferenceService(node, engine, NatsOutcomeSink(nc, js))
+        service = InferenceService(node, engine, NatsOutcomeSink(nc, js), load=load)
         await _serve(settings, service, nc, js, stop, resident=_residency(engine))
     finally:
         if nc is not None:
@@ -108,6 +118,7 @@ async def run_node(
         if server is not None and server_task is not None:
             server.should_exit = True
             await asyncio.gather(server_task, return_exceptions=True)
+        await lifespans.aclose()
         await engine.close()
         log.info("node %s stopped", node.node_id)
 

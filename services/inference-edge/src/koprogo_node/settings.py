@@ -14,7 +14,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 
 from koprogo_shared import co2
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -49,7 +49,10 @@ class NodeSettings(ServiceSettings):
     keep_alive_s: float = Field(default=300.0, ge=0)
     # Accepted and kept for the grid (a later issue); the node does not contact it yet.
     grid_url: str | None = None
+    # `--mcp`: the node's own MCP server at /mcp on the node port (entrypoints/mcp.py); callers
+    # send NODE_MCP_TOKEN as a bearer token, required unless the port is on loopback.
     mcp_enabled: bool = False
+    node_mcp_token: SecretStr | None = None
     power_watts: float = Field(default=co2.DEFAULT_EDGE_POWER_WATTS, ge=0)
     intensity_g_per_kwh: float = Field(default=co2.DEFAULT_EDGE_INTENSITY_G_PER_KWH, ge=0)
     renewable_attested: bool = False

@@ -22,10 +22,6 @@ from koprogo_shared.service_runtime import run_until_signalled
 
 log = logging.getLogger(__name__)
 
-MCP_NOTICE = (
-    "koprogo-node: --mcp accepted; the node's MCP server comes with a later issue and is not started."
-)
-
 # argparse destination -> NodeSettings field.
 _FIELDS = {
     "port": "ops_port",
@@ -84,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mcp",
         action="store_true",
         default=None,
-        help="the node's MCP server: accepted, comes with a later issue",
+        help="serve the node's own MCP tools (chat, node_status) at /mcp on the node port; "
+        "set NODE_MCP_TOKEN to require it as a bearer token (required off loopback)",
     )
     p.add_argument("--nats-url", help="NATS server (default: $NATS_URL or nats://127.0.0.1:4222)")
     p.add_argument(
@@ -131,8 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(models_main(argv[1:]))
     settings = settings_from_args(argv)
     configure_logging(settings.log_level, "node")
-    if settings.mcp_enabled:
-        print(MCP_NOTICE, file=sys.stderr)
     try:
         run_until_signalled(lambda stop: run_node(settings, stop))
     except NodeError as exc:

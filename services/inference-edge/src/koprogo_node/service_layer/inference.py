@@ -59,9 +59,12 @@ class InferenceService:
         engine: InferenceEngine,
         sink: OutcomeSink,
         clock: Callable[[], datetime] = utc_now,
+        load: NodeLoad | None = None,
     ) -> None:
         self.node = node
-        self.load = NodeLoad()
+        # Shared with whatever else runs on the engine (the node's MCP tools), so the
+        # heartbeat's measured speed counts every answer.
+        self.load = load or NodeLoad()
         self._engine = engine
         self._sink = sink
         self._clock = clock
