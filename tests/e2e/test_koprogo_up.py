@@ -22,6 +22,8 @@ from koprogo_cli.secrets import content_keys_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir
 
+ALICE = "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+
 
 def koprogo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -65,7 +67,7 @@ def up_chat_restart(tmp_path: Path) -> None:
         dev = {"Authorization": f"Bearer {dev_token_file.read_text().strip()}"}
         assert httpx.post(f"{url}/mcp/v1/chat", json=body, headers=dev, timeout=30).status_code == 403
         minted = koprogo(
-            "token", "--user", "alice", "--copro", body["context"].removeprefix("copro:"),
+            "token", "--user", ALICE, "--copro", body["context"].removeprefix("copro:"),
             "--data-dir", data, env=env,
         )  # fmt: skip
         assert minted.returncode == 0, minted.stderr
@@ -79,6 +81,9 @@ def up_chat_restart(tmp_path: Path) -> None:
             f"{url}/mcp/v1/chat", json=body | {"model": "mistral:7b-instruct-q4"}, headers=alice, timeout=30
         )
         assert unserved.status_code == 503, unserved.text
+        # GDPR erasure, within the ledger's permissions too: it scrubs the audit log as well.
+        erased = httpx.delete(f"{url}/mcp/v1/users/{ALICE}/data", headers=alice, timeout=30)
+        assert erased.status_code == 202, erased.text
         keys_file = content_keys_path(Path(data))
         assert keys_file.stat().st_mode & 0o777 == 0o600
         keys_before = keys_file.read_text()

@@ -30,6 +30,7 @@ from koprogo_shared.events import (
     ExecutionInfo,
     ExecutionType,
     Usage,
+    UserDataErasureRequested,
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
 from tests.conftest import TEST_CONTENT_KEYS, settings_fields
@@ -113,6 +114,8 @@ def chat_failed(request: ChatRequested, status: int = 504) -> ChatFailed:
 
 
 def subject_of(event: Event) -> str:
+    if isinstance(event, UserDataErasureRequested):
+        return subjects.user_erasure_requested(event.user_id)
     by_type = {
         ChatRequested: subjects.chat_requested,
         ChatCompleted: subjects.chat_completed,

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import nats
@@ -30,10 +32,11 @@ from nats.js.errors import NotFoundError
 from koprogo_cli.embedded import nats_server_binary
 from koprogo_cli.nats_auth import mint_seed
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
+from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted
+from koprogo_shared.events import ChatCompleted, ChatMessage, ChatRequested, utc_now
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, nkey_public_key, publish_event
 from tests.conftest import SECURED_NODES, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
@@ -377,3 +380,33 @@ def test_the_shipped_server_config_with_its_written_authorization_block_is_valid
     assert checked.returncode == 0 and "is valid" in checked.stdout + checked.stderr, checked.stderr
     assert "sync_interval: always" in shipped.read_text()
     assert f"node:pi-1: NATS_NKEY_SEED_FILE={tmp_path / 'keys' / 'nodes' / 'pi-1.nk'}" in written.stderr
+
+
+async def test_the_ledger_may_delete_a_users_messages_from_the_audit_log_and_the_router_may_not(
+    secured: SecuredNats,
+) -> None:
+    request = ChatRequested(
+        source="tests",
+        copro_id="copro-a",
+        model=MODEL,
+        messages=[ChatMessage(role="user", content="Mon numéro de lot est le 12.")],
+        user_id=str(uuid.uuid4()),
+        reply_subject="koprogo.reply.tests",
+        deadline=utc_now() + timedelta(seconds=30),
+    )
+    async with connected_as(secured, "gateway") as gateway:
+        ack = await gateway.js.publish(subjects.chat_requested("copro-a"), request.model_dump_json().encode())
+
+    class RequestsOfTheUser:
+        async def fetch(self, _query: str, *_args: object) -> list[dict[str, uuid.UUID]]:
+            return [{"id": uuid.UUID(request.id)}]
+
+    async with connected_as(secured, "router") as router:
+        await _request_refused(router.js.delete_msg(subjects.EVENTS_STREAM, ack.seq))
+    async with connected_as(secured, "ledger") as ledger:
+        scrubber = NatsStreamScrubber(ledger.js, RequestsOfTheUser())  # type: ignore[arg-type]
+        assert await scrubber.erase_user(uuid.UUID(int=1)) == 1
+        assert ledger.refusals.errors.empty()
+    async with connected_as(secured, "admin") as admin:
+        with pytest.raises(NotFoundError):
+            await admin.js.get_msg(subjects.EVENTS_STREAM, ack.seq)

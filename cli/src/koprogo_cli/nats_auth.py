@@ -9,12 +9,15 @@ Every identity is a user of the one global account: all of them work on the same
 streams, which separate accounts could share only through exports and imports of every
 JetStream API subject involved. The separation lives in each user's allow-lists; anything
 not listed is refused by the server ("permissions violation"). No identity but the
-operator's (`admin`, given to no service) may delete or purge a stream.
+operator's (`admin`, given to no service) may delete or purge a stream; the ledger alone may
+delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
 
     identity   publish                                           subscribe
     ledger     streams: info/create/update; consumer `ledger`     its inbox
                on KOPROGO_EVENTS (create, info, next, ack);
-               koprogo.deadletter.koprogo.events.>
+               koprogo.deadletter.koprogo.events.>; for GDPR
+               erasure, ordered consumers on KOPROGO_EVENTS and
+               deleting single messages from it
     router     streams: info/create/update; consumers `router`   its inbox,
                and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
                koprogo.work.{edge,cloud}.>,                       koprogo.nodes.cloud.*
@@ -119,11 +122,20 @@ def _inbox(public_key: str) -> str:
 
 
 def ledger_permissions(public_key: str) -> Permissions:
+    stream = subjects.EVENTS_STREAM
     return Permissions(
         publish=(
             *_declare_streams(),
-            *_pull_consumer(subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE, subjects.EVENTS_ALL),
+            *_pull_consumer(stream, subjects.LEDGER_DURABLE, subjects.EVENTS_ALL),
             subjects.deadletter_for(subjects.EVENTS_ALL),
+            # GDPR erasure (koprogo_ledger.adapters.stream_scrubber): read the chat subjects
+            # with an ordered consumer, delete the user's messages one by one.
+            f"$JS.API.STREAM.MSG.DELETE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+            f"$JS.FC.{stream}.>",
         ),
         subscribe=(_inbox(public_key),),
     )

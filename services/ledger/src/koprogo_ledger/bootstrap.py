@@ -16,6 +16,7 @@ from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
+from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
 from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
@@ -47,7 +48,7 @@ class Ledger:
 
     async def consume(self, stop: asyncio.Event) -> None:
         """Project events, a transaction per fetched batch, until `stop` is set; the batch in hand is finished."""
-        handler = event_batch_handler(self.unit_of_work, stop)
+        handler = event_batch_handler(self.unit_of_work, stop, NatsStreamScrubber(self.js, self.pool))
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
 
     async def readiness(self) -> dict[str, bool]:

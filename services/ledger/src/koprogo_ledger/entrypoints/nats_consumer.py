@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from koprogo_ledger.adapters.stream_scrubber import StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
+from koprogo_ledger.domain.records import optional_uuid
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
@@ -36,7 +38,7 @@ from koprogo_shared.consumer import (
     Retry,
     failure_decision,
 )
-from koprogo_shared.events import ledger_event_adapter
+from koprogo_shared.events import UserDataErasureRequested, ledger_event_adapter
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,15 @@ def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
     )
 
 
-def event_batch_handler(unit_of_work: UnitOfWorkFactory, stop: asyncio.Event) -> BatchHandler:
-    """The batch handler; no per-message logging (hot path), outcomes and failures are counted."""
+def event_batch_handler(
+    unit_of_work: UnitOfWorkFactory, stop: asyncio.Event, scrubber: StreamScrubber | None = None
+) -> BatchHandler:
+    """The batch handler; no per-message logging (hot path), outcomes and failures are counted.
+
+    With `scrubber`, a committed GDPR erasure also deletes the user's messages from the audit
+    log before it is acknowledged; if that fails, the erasure is redelivered (applying it
+    again is a no-op, scrubbing again is safe).
+    """
 
     async def handle(msgs: Sequence[Msg]) -> list[Decision]:
         decisions: list[Decision] = [ACK] * len(msgs)  # each decoded event's is set from its outcome below
@@ -87,9 +96,25 @@ def event_batch_handler(unit_of_work: UnitOfWorkFactory, stop: asyncio.Event) ->
         BATCH_EVENTS.observe(len(events))
         for (i, event), outcome in zip(decoded, outcomes, strict=True):
             decisions[i] = _decision(event, outcome)
+            if scrubber is not None and isinstance(event, UserDataErasureRequested):
+                if outcome in (Projected.APPLIED, Projected.DUPLICATE):
+                    decisions[i] = await _scrubbed(scrubber, event, decisions[i])
         return decisions
 
     return handle
+
+
+async def _scrubbed(scrubber: StreamScrubber, event: UserDataErasureRequested, decided: Decision) -> Decision:
+    user_id = optional_uuid(event.user_id)
+    if user_id is None:
+        return decided
+    try:
+        await scrubber.erase_user(user_id)
+    except Exception as exc:
+        FAILURES.labels("transient").inc()
+        log.warning("erasure %s: the audit log could not be scrubbed yet: %r", event.id, exc)
+        return Retry(repr(exc))
+    return decided
 
 
 def _decision(event: LedgerEvent, outcome: Projected | Exception) -> Decision:
