@@ -15,16 +15,13 @@ import logging
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -37,69 +34,15 @@ from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatMessage, ChatRequested, utc_now
-from koprogo_shared.nats_connection import connect_nats, ensure_streams, nkey_public_key, publish_event
+from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
 from tests.conftest import SECURED_NODES, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
+from tests.integration.nats_permissions_support import Client, connected_as, request_refused
 
 pytestmark = pytest.mark.integration
 
 MODEL = SECURED_NODES["pi-1"][0]  # the bundled model, which pi-1 serves
 OTHER_MODEL = SECURED_NODES["pi-2"][0]  # served by pi-2 only
-
-
-class Refusals:
-    """What the server refused this client, as nats-py reports it (lower case)."""
-
-    def __init__(self) -> None:
-        self.errors: asyncio.Queue[str] = asyncio.Queue()
-
-    async def on_error(self, exc: Exception) -> None:
-        self.errors.put_nowait(str(exc).lower())
-
-    async def next(self, timeout: float = 5.0) -> str:
-        return await asyncio.wait_for(self.errors.get(), timeout)
-
-
-@dataclass
-class Client:
-    nc: NATS
-    js: JetStreamContext
-    refusals: Refusals
-
-
-@asynccontextmanager
-async def connected_as(server: SecuredNats, identity: str) -> AsyncIterator[Client]:
-    """A raw client holding `identity`'s nkey, with the inbox its permissions allow."""
-    seed_file = server.seed_files[identity]
-    refusals = Refusals()
-    nc = await nats.connect(
-        server.url,
-        nkeys_seed=str(seed_file),
-        inbox_prefix=subjects.inbox_prefix(nkey_public_key(seed_file)),
-        error_cb=refusals.on_error,
-        allow_reconnect=False,
-    )
-    try:
-        yield Client(nc, nc.jetstream(timeout=2), refusals)
-    finally:
-        await nc.close()
-
-
-@pytest.fixture
-async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
-    """The secured server with fresh KOPROGO_* streams, declared by the router's identity."""
-
-    async def drop_streams() -> None:
-        async with connected_as(secured_nats, "admin") as admin:
-            for name in [spec.name for spec in subjects.STREAMS] + [f"KV_{subjects.RATE_LIMIT_BUCKET}"]:
-                with contextlib.suppress(NotFoundError):
-                    await admin.js.delete_stream(name)
-
-    await drop_streams()
-    async with connected_as(secured_nats, "router") as router:
-        await ensure_streams(router.js)
-    yield secured_nats
-    await drop_streams()
 
 
 async def work_items(js: JetStreamContext) -> int:
@@ -176,15 +119,9 @@ def _consumer(name: str | None, durable: str, model: str) -> js_api.ConsumerConf
     )
 
 
-async def _request_refused(action: Awaitable[object]) -> None:
-    """A refused JetStream API request is dropped by the server: no answer comes."""
-    with pytest.raises(nats.errors.TimeoutError):
-        await action
-
-
 async def _alter_work_stream(client: Client) -> None:
     config = js_api.StreamConfig(name=subjects.WORK_STREAM, subjects=[subjects.WORK_ALL], max_age=1.0)
-    await _request_refused(client.js.update_stream(config))
+    await request_refused(client.js.update_stream(config))
 
 
 async def _subscribe(client: Client, subject: str) -> None:
@@ -203,17 +140,17 @@ REFUSED_TO_A_NODE: dict[str, tuple[Action, str]] = {
         f'publish to "$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{OTHER_DURABLE}"',
     ),
     "look up another model's consumer": (
-        lambda c: _request_refused(c.js.consumer_info(subjects.WORK_STREAM, OTHER_DURABLE)),
+        lambda c: request_refused(c.js.consumer_info(subjects.WORK_STREAM, OTHER_DURABLE)),
         f"$JS.API.CONSUMER.INFO.{subjects.WORK_STREAM}.{OTHER_DURABLE}",
     ),
     "point its own durable at another model's work": (
-        lambda c: _request_refused(
+        lambda c: request_refused(
             c.js.add_consumer(subjects.WORK_STREAM, _consumer(MY_DURABLE, MY_DURABLE, OTHER_MODEL))
         ),
         f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{MY_DURABLE}.{subjects.run_inference_edge(OTHER_MODEL)}",
     ),
     "create a durable without naming its filter": (
-        lambda c: _request_refused(
+        lambda c: request_refused(
             c.js.add_consumer(subjects.WORK_STREAM, _consumer(None, MY_DURABLE, OTHER_MODEL))
         ),
         f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.WORK_STREAM}.{MY_DURABLE}",
@@ -231,16 +168,16 @@ REFUSED_TO_A_NODE: dict[str, tuple[Action, str]] = {
         f'publish to "{subjects.chat_requested("copro-x")}"',
     ),
     "delete the work stream": (
-        lambda c: _request_refused(c.js.delete_stream(subjects.WORK_STREAM)),
+        lambda c: request_refused(c.js.delete_stream(subjects.WORK_STREAM)),
         f"$JS.API.STREAM.DELETE.{subjects.WORK_STREAM}",
     ),
     "purge the work stream": (
-        lambda c: _request_refused(c.js.purge_stream(subjects.WORK_STREAM)),
+        lambda c: request_refused(c.js.purge_stream(subjects.WORK_STREAM)),
         f"$JS.API.STREAM.PURGE.{subjects.WORK_STREAM}",
     ),
     "alter the work stream": (_alter_work_stream, f"$JS.API.STREAM.UPDATE.{subjects.WORK_STREAM}"),
     "create a stream over the work": (
-        lambda c: _request_refused(c.js.add_stream(name="STOLEN", subjects=["koprogo.work.edge.>"])),
+        lambda c: request_refused(c.js.add_stream(name="STOLEN", subjects=["koprogo.work.edge.>"])),
         "$JS.API.STREAM.CREATE.STOLEN",
     ),
     "listen to work as it is published": (
@@ -317,7 +254,7 @@ async def test_the_ledger_and_the_router_declare_the_streams_and_neither_may_del
     for identity in ("ledger", "router"):
         async with connected_as(secured, identity) as service:
             await ensure_streams(service.js)
-            await _request_refused(service.js.delete_stream(subjects.EVENTS_STREAM))
+            await request_refused(service.js.delete_stream(subjects.EVENTS_STREAM))
             refusal = await service.refusals.next()
         assert f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}".lower() in refusal, (identity, refusal)
 
@@ -342,7 +279,7 @@ async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_
 
         await gateway.nc.publish(subjects.run_inference_edge(MODEL), b"{}")
         work_refusal = await gateway.refusals.next()
-        await _request_refused(gateway.js.add_stream(name=subjects.EVENTS_STREAM, subjects=["koprogo.>"]))
+        await request_refused(gateway.js.add_stream(name=subjects.EVENTS_STREAM, subjects=["koprogo.>"]))
         stream_refusal = await gateway.refusals.next()
     assert counted is not None and counted.count == 2
     assert ack.stream == subjects.EVENTS_STREAM
@@ -402,7 +339,7 @@ async def test_the_ledger_may_delete_a_users_messages_from_the_audit_log_and_the
             return [{"id": uuid.UUID(request.id)}]
 
     async with connected_as(secured, "router") as router:
-        await _request_refused(router.js.delete_msg(subjects.EVENTS_STREAM, ack.seq))
+        await request_refused(router.js.delete_msg(subjects.EVENTS_STREAM, ack.seq))
     async with connected_as(secured, "ledger") as ledger:
         scrubber = NatsStreamScrubber(ledger.js, RequestsOfTheUser())  # type: ignore[arg-type]
         assert await scrubber.erase_user(uuid.UUID(int=1)) == 1

@@ -1,0 +1,31 @@
+"""Fixtures of the integration tests beyond the servers of tests/conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from koprogo_shared import subjects
+from koprogo_shared.nats_connection import ensure_streams
+from tests.conftest import SecuredNats
+from tests.integration.nats_permissions_support import connected_as
+
+
+@pytest.fixture
+async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
+    """The secured server with fresh KOPROGO_* streams, declared by the router's identity."""
+
+    async def drop_streams() -> None:
+        async with connected_as(secured_nats, "admin") as admin:
+            for name in [spec.name for spec in subjects.STREAMS] + [f"KV_{subjects.RATE_LIMIT_BUCKET}"]:
+                with contextlib.suppress(NotFoundError):
+                    await admin.js.delete_stream(name)
+
+    await drop_streams()
+    async with connected_as(secured_nats, "router") as router:
+        await ensure_streams(router.js)
+    yield secured_nats
+    await drop_streams()
