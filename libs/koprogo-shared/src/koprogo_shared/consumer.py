@@ -272,3 +272,8 @@ async def _linger(seconds: float, stop: asyncio.Event | None) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+def keep_alive_interval(ack_wait_s: float) -> float:
+    """Three in-progress acks per ack_wait, at most every 5 s: one lost ack is not a redelivery."""
+    return max(0.1, min(ack_wait_s / 3.0, 5.0))

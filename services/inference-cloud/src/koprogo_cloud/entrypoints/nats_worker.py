@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from koprogo_cloud.domain.errors import InvalidCommandError
 from koprogo_cloud.service_layer.inference import CloudInferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError
+from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError, keep_alive_interval
 from koprogo_shared.events import RunInference
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,6 @@ def work_consumer(deployment_id: str, ack_wait_s: float, max_deliver: int, concu
         batch=1,
         max_ack_pending=max(concurrency * 4, 16),
     )
-
-
-def keep_alive_interval(ack_wait_s: float) -> float:
-    """Three in-progress acks per ack_wait, at most every 5 s: one lost ack is not a redelivery."""
-    return max(0.1, min(ack_wait_s / 3.0, 5.0))
 
 
 class CloudWorkWorker:

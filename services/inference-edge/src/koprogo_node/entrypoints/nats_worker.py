@@ -18,7 +18,7 @@ from koprogo_node.adapters import metrics
 from koprogo_node.domain.errors import InvalidCommandError
 from koprogo_node.service_layer.inference import InferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError
+from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError, keep_alive_interval
 from koprogo_shared.events import ChatCompleted, RunInference
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,6 @@ def work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> Consume
         max_deliver=max_deliver,
         batch=1,
     )
-
-
-def keep_alive_interval(ack_wait_s: float) -> float:
-    """Three in-progress acks per ack_wait, at most every 5 s: one lost ack is not a redelivery."""
-    return max(0.1, min(ack_wait_s / 3.0, 5.0))
 
 
 class RunInferenceWorker:
