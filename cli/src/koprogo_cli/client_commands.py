@@ -3,7 +3,8 @@
 Each command talks to `KOPROGO_URL` (default http://127.0.0.1:8080) with the token of
 `KOPROGO_TOKEN`, else the dev token `koprogo up` wrote in the data folder. Output is a
 readable table by default, the API's JSON with `--json`. Errors print the gateway's own
-`{error, message}` and exit 1; an unreachable gateway says so and exits 1.
+`{error, message}` on one line and exit 1; a 401 adds which token was sent and where the CLI
+looked for one; an unreachable gateway says so (and, on this machine, how to start the stack).
 """
 
 from __future__ import annotations
@@ -15,17 +16,25 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from koprogo_cli.dev_auth import DEMO_COPRO_ID, cli_token
+from koprogo_cli.dev_auth import DEMO_COPRO_ID, cli_token, dev_token_path
+from koprogo_cli.invocation import command_hint
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_PORT = 8080
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class GatewayError(Exception):
-    """The gateway refused, or could not be reached; the message says which and why."""
+    """The gateway refused (with its HTTP status), or its stream reported an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -44,7 +53,10 @@ def _checked(response: httpx.Response) -> Any:
     except ValueError:
         body = {"error": "http_error", "message": response.text[:300]}
     if response.status_code >= 400:
-        raise GatewayError(f"{response.status_code} {body.get('error', '')}: {body.get('message', body)}")
+        raise GatewayError(
+            f"{response.status_code} {body.get('error', '')}: {body.get('message', body)}",
+            status=response.status_code,
+        )
     return body
 
 
@@ -177,7 +189,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     chat = sub.add_parser("chat", help="ask a question; the answer streams to the terminal")
     chat.add_argument("message")
     chat.add_argument(
-        "--model", default=BUNDLED_MODEL_ID, help=f"a model id or auto (default {BUNDLED_MODEL_ID})"
+        "-m", "--model", default=BUNDLED_MODEL_ID, help=f"a model id or auto (default {BUNDLED_MODEL_ID})"
     )
     chat.add_argument(
         "--copro", default=DEMO_COPRO_ID, help="the copro (default: the dev token's demo copro)"
@@ -206,8 +218,44 @@ def run_client_command(args: argparse.Namespace) -> int:
         code: int = args.func(args)
         return code
     except GatewayError as exc:
-        print(f"koprogo {args.command}: {exc}", file=sys.stderr)
+        advice = f" — {_token_advice(args)}" if exc.status == 401 else ""
+        print(f"koprogo {args.command}: {exc}{advice}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"koprogo {args.command}: gateway unreachable at {args.url}: {exc}", file=sys.stderr)
+        print(
+            f"koprogo {args.command}: gateway unreachable at {args.url}: {exc}{_start_advice(args.url)}",
+            file=sys.stderr,
+        )
         return 1
+
+
+def _token_advice(args: argparse.Namespace) -> str:
+    """After a 401: which token the CLI sent, where it looked for one, and how to point it elsewhere."""
+    data_dir = _data_dir(args)
+    token_file = dev_token_path(data_dir)
+    # cli_token's order: KOPROGO_TOKEN first, then the dev token file.
+    if os.environ.get("KOPROGO_TOKEN", "").strip():
+        return (
+            "the token in KOPROGO_TOKEN was refused (expired, or not signed for this gateway); "
+            f"set a valid one, or unset it to send the dev token at {token_file}"
+        )
+    restart = command_hint("up", *(("--data-dir", str(data_dir)) if args.data_dir else ()))
+    if cli_token(data_dir, environ={}) is not None:
+        return (
+            f"the dev token at {token_file} was refused (expired, or from another stack than {args.url}): "
+            f"restart the stack (`{restart}` writes a fresh one), or set KOPROGO_TOKEN or --data-dir DIR"
+        )
+    return (
+        f"no token sent: no KOPROGO_TOKEN and no dev token at {token_file}; run from the folder where "
+        "`make up` ran, or set KOPROGO_TOKEN=<token>, --data-dir DIR or KOPROGO_DATA_DIR=DIR"
+    )
+
+
+def _start_advice(url: str) -> str:
+    """After a failed connection to this machine: the command that starts a stack there."""
+    parts = urlsplit(url)
+    if parts.hostname not in LOOPBACK_HOSTS:
+        return ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    up = command_hint("up", *(("--port", str(port)) if port != DEFAULT_PORT else ()))
+    return f"; is the stack up? `{up}` starts it"

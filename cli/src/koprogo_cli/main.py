@@ -23,6 +23,7 @@ from koprogo_cli.dev_auth import (
     mint_local_token,
 )
 from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.invocation import installed_version
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
 from koprogo_cli.stack import NODE_PORT, Stack, StackError, cloud_deployment_ids, preferred_port
@@ -267,6 +268,7 @@ def _positive_hours(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koprogo", description="KoproGo Symbiose on one machine.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser(
         "up", help="start the whole stack (embedded NATS and PostgreSQL unless URLs are given)"
@@ -326,8 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    sys.exit(run_client_command(args))
+    try:
+        try:
+            code = run_client_command(build_parser().parse_args())
+        finally:
+            # Inside the try, so that a closed pipe surfaces here and not at interpreter exit;
+            # also when argparse exits on its own (`koprogo --help | head -1`).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`koprogo models --json | head -1`): nothing more to say. Python
+        # flushes stdout again at exit; pointing it at devnull keeps that flush quiet too.
+        # (The recipe of the Python docs' "Note on SIGPIPE".)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
