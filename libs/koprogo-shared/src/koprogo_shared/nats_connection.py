@@ -66,20 +66,34 @@ async def connect_nats(
         public_key = nkey_public_key(nkey_seed_file)
         credentials = {"nkeys_seed": str(nkey_seed_file), "inbox_prefix": inbox_prefix(public_key)}
 
+    nc = NATS()
+    last_reported: Exception | None = None
+
     async def on_error(exc: Exception) -> None:
+        nonlocal last_reported
+        last_reported = exc
         log.warning("nats error (%s): %s", name, exc)
 
     async def on_disconnected() -> None:
-        log.warning("nats disconnected (%s)", name)
+        # nats-py calls this on our own close() and drain() too, after marking the client
+        # closed: a service's normal stop is no warning. A lost connection arrives while the
+        # client is still reconnecting; a server's -ERR closes it with `last_error` set to an
+        # error that never went through on_error (every other error does).
+        if not nc.is_closed:
+            log.warning("nats disconnected (%s); reconnecting", name)
+        elif nc.last_error is not None and nc.last_error is not last_reported:
+            log.warning("nats connection closed by the server (%s): %s", name, nc.last_error)
+        else:
+            log.info("nats connection closed (%s)", name)
 
     async def on_reconnected() -> None:
         log.info("nats reconnected (%s)", name)
 
-    nc = await nats.connect(
+    await nc.connect(
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; it is slept as given
         connect_timeout=5,
         error_cb=on_error,
         disconnected_cb=on_disconnected,

@@ -18,4 +18,7 @@ def main() -> None:
         port=settings.gateway_port,
         log_level="warning",
         access_log=False,
+        # uvicorn's records go through configure_logging's handler (LOG_FILE, rotated) instead
+        # of a stderr handler of uvicorn's own.
+        log_config=None,
     )
