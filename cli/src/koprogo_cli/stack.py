@@ -227,9 +227,15 @@ class Stack:
         return self.postgres.url
 
     def _launch(self, service: Service) -> None:
+        from koprogo_cli.embedded import open_private_log
+
         logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
-        with (logs / f"{service.name}.log").open("ab") as out:
+        logs.mkdir(mode=0o700, exist_ok=True)
+        # The service logs through its own rotating handler (LOG_MAX_BYTES, LOG_BACKUP_COUNT
+        # pass through); its raw output (a traceback, llama.cpp's prints) goes beside it.
+        # Always one file per service, even when the operator's environment has a LOG_FILE.
+        service.env = {**service.env, "LOG_FILE": str(logs / f"{service.name}.log")}
+        with open_private_log(logs / f"{service.name}.stderr.log") as out:
             # Own session: a terminal's Ctrl-C reaches `koprogo up` alone, which then
             # stops the services in order (gateway first, ledger last, servers after).
             service.proc = subprocess.Popen(
