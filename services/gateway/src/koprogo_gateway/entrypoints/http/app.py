@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from koprogo_gateway.bootstrap import Gateway, bootstrap
 from koprogo_gateway.entrypoints.http import (
@@ -20,6 +21,7 @@ from koprogo_gateway.entrypoints.http import (
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
+from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.ops_http import ops_routes
@@ -36,8 +38,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await app.state.gateway.close()
 
-    app = FastAPI(title="KoproGo Symbiose gateway", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI's and ReDoc's files served by the gateway itself (from
+    # the fastapi-offline package), not a CDN: a building's Pi is often offline. Public pages:
+    # "Authorize" takes the bearer token that the API calls made from them then carry.
+    app = FastAPIOffline(title="KoproGo Symbiose gateway", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    # Added first so it runs inside the body limit: a body over the limit is refused unread.
+    app.add_middleware(JsonBodyContentType)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.domain.stream_format import openai_error
 from koprogo_gateway.entrypoints.http.deps import authenticate, bearer_token
+from koprogo_gateway.entrypoints.http.json_body import (
+    READ_AS_JSON,
+    SEND_JSON_HINT,
+    is_json,
+    sent_content_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +28,22 @@ OPENAI_PREFIX = "/v1/"
 def _field(loc: tuple[object, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query")]
     return ".".join(parts) or "body"
+
+
+def _detail(error: Any) -> dict[str, str]:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the character offset where a field name would be.
+        reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return {"field": "body", "message": f"not valid JSON: {reason}{at}"}
+    return {"field": _field(loc), "message": error.get("msg", "invalid")}
+
+
+def _came_as(sent: str) -> str:
+    if sent == "application/x-www-form-urlencoded":
+        return f"it came as {sent}, curl's default for -d"
+    return f"it came as {sent}" if sent else "it came without a Content-Type"
 
 
 def _error_json(
@@ -41,11 +64,21 @@ def install_error_handlers(app: FastAPI) -> None:
             await authenticate(request.app.state.gateway, bearer_token(request))
         except GatewayError as refused:
             return await gateway_error(request, refused)
-        details = [
-            {"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        errors = exc.errors()
+        sent = sent_content_type(request.scope)
+        body_refused = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+        if sent is not None and body_refused and not is_json(sent) and sent not in READ_AS_JSON:
+            # multipart, XML...: nothing to read as JSON, so say which header to send.
+            message = f"the body must be JSON, not {sent}: {SEND_JSON_HINT}"
+            return JSONResponse(
+                status_code=415,
+                content=_error_json(request, 415, "unsupported_media_type", message),
+            )
+        details = [_detail(e) for e in errors]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        if sent in READ_AS_JSON and any(e.get("type") == "json_invalid" for e in errors):
+            # Relabelled by json_body.py: most likely `curl -d` with something that is not JSON.
+            summary += f"; {_came_as(sent)}: {SEND_JSON_HINT}"
         return JSONResponse(
             status_code=422,
             content=_error_json(
