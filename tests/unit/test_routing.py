@@ -83,6 +83,22 @@ def test_edge_model_without_a_node_is_503_naming_what_is_missing() -> None:
     assert "no live edge node serves 'mistral:7b-instruct-q4'" in decision.message
 
 
+def test_the_503_for_a_pullable_model_names_the_pull_and_the_serve_commands() -> None:
+    decision = decide("llama3:8b", [node("a")])
+    assert isinstance(decision, Refusal) and decision.status == 503
+    assert "`.venv/bin/koprogo models pull llama3:8b`, then `.venv/bin/koprogo up --model llama3:8b`" in (
+        decision.message
+    )
+    edge_only = decide("llama3:8b", [node("a")], policy=policy("edge_only"))
+    assert isinstance(edge_only, Refusal) and "models pull llama3:8b" in edge_only.message
+
+
+def test_a_model_outside_the_catalogue_is_known_while_a_node_serves_it() -> None:
+    decision = decide("house-model", [node("a"), node("b", models=("house-model",))])
+    assert isinstance(decision, Route) and decision.targets[0].node_ids == ("b",)
+    assert isinstance(refused := decide("house-model", [node("a")]), Refusal) and refused.status == 404
+
+
 def test_cloud_model_without_a_deployment_is_503_naming_the_provider_and_the_missing_key() -> None:
     keyless = cloud("anthropic", ("claude-3-haiku",), available=False, reason="ANTHROPIC_API_KEY is not set")
     decision = decide("claude-3-haiku", [], [keyless])

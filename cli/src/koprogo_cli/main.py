@@ -3,189 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
-
 from koprogo_cli.client_commands import add_client_parsers, run_client_command
 from koprogo_cli.dev_auth import (
-    DEMO_COPRO_ID,
     DevAuthError,
-    dev_token_path,
     jwt_secret_path,
     mint_local_token,
 )
-from koprogo_cli.embedded import EmbeddedServerError
 from koprogo_cli.invocation import installed_version
 from koprogo_cli.mcp_stdio import add_mcp_parser
+from koprogo_cli.model_commands import local_models_command
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
-from koprogo_cli.stack import NODE_PORT, Stack, StackError, cloud_deployment_ids, preferred_port
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-
-DEMO_CHAT = {
-    "model": BUNDLED_MODEL_ID,
-    "messages": [{"role": "user", "content": "Bonjour, résume ce PV en une phrase."}],
-    "context": f"copro:{DEMO_COPRO_ID}",
-}
-
-
-class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived while the stack was starting."""
+from koprogo_cli.stack import StackError, cloud_deployment_ids
+from koprogo_cli.up_command import add_up_parsers, data_dir_of
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", "data")).resolve()
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
-    if args.detach:
-        return _up_detached(args, data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pid_file = data_dir / "koprogo.pid"
-    pid_file.write_text(str(os.getpid()))
-    stack = Stack(data_dir, gateway_port=args.port, node_port=preferred_port(NODE_PORT))
-    running = False
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if not running:
-            raise StopRequested(signal.Signals(signum).name)
-
-    # Explicit handlers: a process started in the background inherits SIGINT ignored.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        stack.start()
-        stack.wait_for_model(BUNDLED_MODEL_ID)
-        print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (data in {data_dir}, logs in {data_dir}/logs)")
-        if stack.dev_token:
-            print(
-                f"Authentication is on. Dev token (read+write, copro {DEMO_COPRO_ID}, 30 days) in "
-                f"{dev_token_path(data_dir)}:\n{stack.dev_token}\n"
-                "More tokens: koprogo token --user U --copro C --scopes mcp:read,mcp:write"
-            )
-        if not args.no_demo:
-            _demo_chat(stack.gateway_url, stack.dev_token, dev_token_path(data_dir))
-        print(READY_LINE, flush=True)
-        running = True
-        while not stopping:
-            time.sleep(0.5)
-            if dead := stack.dead_services():
-                print(f"stopping: {', '.join(dead)} exited; see {data_dir}/logs", file=sys.stderr)
-                return 1
-    except StopRequested:
-        pass
-    except (StackError, EmbeddedServerError) as exc:
-        print(f"koprogo up failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        # A second Ctrl-C must not interrupt the orderly stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("stopping KoproGo Symbiose ...", flush=True)
-        stack.stop()
-        pid_file.unlink(missing_ok=True)
-        print("stopped", flush=True)
-    return 0
-
-
-READY_LINE = "Ctrl-C stops everything."
-
-
-def _demo_chat(gateway_url: str, token: str | None, token_file: Path) -> None:
-    auth = f'-H "Authorization: Bearer $(cat {token_file})" ' if token else ""
-    print(
-        f"\n$ curl -s -X POST {gateway_url}/mcp/v1/chat {auth}"
-        f"-d '{json.dumps(DEMO_CHAT, ensure_ascii=False)}'"
-    )
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        # Longer than the gateway's own timeout, so its 504 arrives before ours.
-        response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=DEMO_CHAT, headers=headers, timeout=150)
-        print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
-    except (httpx.HTTPError, ValueError) as exc:
-        print(f"the demo chat failed ({exc!r}); the stack stays up, see the logs", file=sys.stderr)
-
-
-def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "koprogo.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "koprogo_cli.main",
-        "up",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(args.port),
-    ]
-    if args.no_demo:
-        argv.append("--no-demo")
-    offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"koprogo up failed; see {log}", file=sys.stderr)
-            return 1
-        with log.open("rb") as f:
-            f.seek(offset)
-            if READY_LINE.encode() in f.read():
-                print(
-                    f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}"
-                )
-                print(f"log: {log}; stop with `koprogo down`")
-                return 0
-        time.sleep(0.5)
-    print(f"koprogo up did not become ready in time; see {log}", file=sys.stderr)
-    return 1
-
-
-def _is_koprogo(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"koprogo" in cmdline
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    pid_file = _data_dir(args) / "koprogo.pid"
-    if not pid_file.exists():
-        print("KoproGo Symbiose is not running (no pid file)")
-        return 0
-    pid = int(pid_file.read_text())
-    if not _is_koprogo(pid):
-        pid_file.unlink(missing_ok=True)
-        print("KoproGo Symbiose was not running (stale pid file removed)")
-        return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pid_file.unlink(missing_ok=True)
-        print("KoproGo Symbiose was not running")
-        return 0
-    for _ in range(120):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            print("KoproGo Symbiose stopped")
-            return 0
-        time.sleep(0.5)
-    print(f"process {pid} did not stop within 60 s", file=sys.stderr)
-    return 1
+    return data_dir_of(args)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -270,17 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koprogo", description="KoproGo Symbiose on one machine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser(
-        "up", help="start the whole stack (embedded NATS and PostgreSQL unless URLs are given)"
-    )
-    up.add_argument("--data-dir", help="where NATS, PostgreSQL and logs keep their data (default ./data)")
-    up.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
-    up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
-    up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")
-    up.set_defaults(func=cmd_up)
-    down = sub.add_parser("down", help="stop a stack started with `koprogo up --detach`")
-    down.add_argument("--data-dir")
-    down.set_defaults(func=cmd_down)
+    add_up_parsers(sub)
     add_client_parsers(sub)
     add_mcp_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
@@ -330,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     try:
         try:
-            code = run_client_command(build_parser().parse_args())
+            local = local_models_command(sys.argv[1:])  # `models pull|list|rm`: the node's model manager
+            code = local if local is not None else run_client_command(build_parser().parse_args())
         finally:
             # Inside the try, so that a closed pipe surfaces here and not at interpreter exit;
             # also when argparse exits on its own (`koprogo --help | head -1`).

@@ -2,8 +2,9 @@
 
 Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
 then the ledger (it owns the migrations), the router, the cloud worker (its deployments
-report "no API key" until one is set), the edge node with the bundled model and the gateway, with authentication on (a local signing secret and a dev token
-under <data>/secrets/, see dev_auth.py). The embedded nats-server admits only the stack's own nkeys (minted
+report "no API key" until one is set), the edge node with the bundled model, one more edge
+node per `--model` (a pulled model or a GGUF file), and the gateway, with authentication on
+(a local signing secret and a dev token under <data>/secrets/, see dev_auth.py). The embedded nats-server admits only the stack's own nkeys (minted
 once under <data>/secrets/nats/), each service with its own key and permissions. Ctrl-C
 (or SIGTERM) stops everything in reverse order. The data lives under the data folder, so a
 restart keeps it.
@@ -26,11 +27,15 @@ import httpx
 
 from koprogo_cli.dev_auth import ensure_jwt_secret, write_dev_token
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
+from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import NatsAuthError, identities, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cloud.domain.errors import DeploymentConfigError
 from koprogo_cloud.settings import CloudSettings
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_node.adapters.model_files import expected_file_name, resolve_model
+from koprogo_node.domain.errors import ModelFileError
+from koprogo_node.settings import NodeSettings
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID, find_model, serve_hint
 from koprogo_shared.content_crypto import ContentKeyError
 
 GATEWAY_PORT = 8080
@@ -69,12 +74,71 @@ def cloud_deployment_ids() -> list[str]:
         raise StackError(f"cloud deployments: {exc}") from None
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "node"
+
+
 def bundled_node_id() -> str:
     """The bundled node's id: $NODE_ID, or stable per host (its NATS permissions name it)."""
     if node_id := os.environ.get("NODE_ID"):
         return node_id
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "node"
-    return f"{host}-bundled"
+    return f"{_host()}-bundled"
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A `koprogo up --model`: the id it is served under and the GGUF file, resolved before anything starts."""
+
+    model_id: str
+    path: Path
+
+    @property
+    def node_id(self) -> str:
+        """Stable per host and model, so the node keeps its NATS key across restarts."""
+        return f"{_host()}-{re.sub(r'[^A-Za-z0-9_.-]', '-', self.model_id)}"[:64]
+
+
+def models_dir() -> Path:
+    """The models folder every node of this machine and `koprogo models` share ($KOPROGO_MODELS_DIR or the default)."""
+    return NodeSettings().models_dir
+
+
+def served_model(spec: str) -> ServedModel:
+    """`ID`, `PATH` or `ID=PATH` as a model file to serve; a clear StackError naming the fix otherwise."""
+    model_id, sep, path = spec.partition("=")
+    target = path if sep else spec
+    folder = models_dir()
+    if not sep and not target.endswith(".gguf") and not Path(target).expanduser().is_file():
+        _check_servable_id(target, folder)
+    try:
+        found = resolve_model(target, folder, model_id if sep else None)
+    except ModelFileError as exc:
+        raise StackError(f"--model {spec}: {exc}") from None
+    if found.model_id == BUNDLED_MODEL_ID:
+        raise StackError(
+            f"--model {spec}: {BUNDLED_MODEL_ID} is always served; {serve_hint(BUNDLED_MODEL_ID)}"
+        )
+    return ServedModel(found.model_id, found.path)
+
+
+def _check_servable_id(model_id: str, folder: Path) -> None:
+    """A model id given to `up --model` must name a pulled file; say how to get one in `koprogo` commands."""
+    model = find_model(model_id)
+    if model is not None and not model.edge_compatible:
+        raise StackError(
+            f"--model {model_id}: a {model.provider} cloud model runs in the cloud worker once its API key is set, "
+            "not in an edge node"
+        )
+    if model_id == BUNDLED_MODEL_ID or (folder / expected_file_name(model_id)).is_file():
+        return
+    if model is not None and model.gguf is not None:
+        fix = f"pull it first: `{command_hint('models', 'pull', model_id)}`"
+    else:
+        fix = (
+            f"{'it is not in the catalogue; ' if model is None else ''}serve a GGUF file under that id: "
+            f"`{command_hint('up', '--model', f'{model_id}=/path/to/model.gguf')}`"
+        )
+    raise StackError(f"--model {model_id}: not in the models folder {folder}; {fix}")
 
 
 @dataclass
@@ -87,6 +151,7 @@ class Service:
     # Background work (the ledger's projection) yields the CPU to the request path:
     # on a 2-core Pi the chat's hops would otherwise queue behind PostgreSQL commits.
     niceness: int = 0
+    ready_timeout: float = 120.0
 
 
 @dataclass
@@ -95,6 +160,10 @@ class Stack:
     gateway_port: int = GATEWAY_PORT
     node_port: int = NODE_PORT
     log: Callable[[str], None] = print
+    # `koprogo up --model`: each served by an edge node of its own, beside the bundled one.
+    models: list[ServedModel] = field(default_factory=list)
+    # Told the pids of the processes started so far (servers first), to stop them if we die.
+    on_processes: Callable[[list[int]], None] | None = None
     nats: EmbeddedNats | None = field(default=None, init=False)
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     services: list[Service] = field(default_factory=list, init=False)
@@ -112,7 +181,14 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
         database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
-        base_env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        self._processes_changed()
+        base_env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            # Names the stack a process belongs to (`koprogo down` finds a killed stack's leftovers by it).
+            "KOPROGO_DATA_DIR": str(self.data_dir),
+        }
         content_keys = self._content_keys()
         verifier = ensure_jwt_secret(self.data_dir)
         # Minted only with the stack's own secret; an operator's verifier brings its own tokens.
@@ -168,6 +244,24 @@ class Stack:
                 f"http://127.0.0.1:{self.node_port}/ready",
             )
         )
+        for model in self.models:
+            port = free_port()
+            self._launch(
+                Service(
+                    f"edge-node-{model.node_id}",
+                    [_script("koprogo-node"), "--port", str(port)],
+                    {
+                        **base_env,
+                        **self._nats_identity(f"node:{model.node_id}"),
+                        "NODE_ID": model.node_id,
+                        "NODE_MODEL": str(model.path),
+                        "NODE_MODEL_ID": model.model_id,
+                    },
+                    f"http://127.0.0.1:{port}/ready",
+                    # A 5 GB model takes a while to map on a Pi's SD card.
+                    ready_timeout=600.0,
+                )
+            )
         self._launch(
             Service(
                 "gateway",
@@ -182,14 +276,25 @@ class Stack:
                 f"{self.gateway_url}/ready",
             )
         )
+        self._processes_changed()
         for service in self.services:
-            self._wait_ready(service)
+            self._wait_ready(service, service.ready_timeout)
+
+    def pids(self) -> list[int]:
+        """The processes this stack started, servers first, services in start order."""
+        procs = [self.nats.proc if self.nats else None, self.postgres.proc if self.postgres else None]
+        procs += [s.proc for s in self.services]
+        return [p.pid for p in procs if p is not None]
+
+    def _processes_changed(self) -> None:
+        if self.on_processes is not None:
+            self.on_processes(self.pids())
 
     def _start_nats(self) -> str:
         try:
             stack_identities = identities(
                 self.data_dir / "secrets" / "nats",
-                {self.node_id: [BUNDLED_MODEL_ID]},
+                {self.node_id: [BUNDLED_MODEL_ID], **{m.node_id: [m.model_id] for m in self.models}},
                 cloud_deployment_ids(),
             )
         except NatsAuthError as exc:

@@ -1,8 +1,14 @@
 """The model catalogue: which model ids exist, who provides them, their context length.
 
 This is static knowledge shared by the gateway (validation, `/mcp/v1/models`), the
-router (unknown model -> 404) and the ledger (seed rows of `mcp_models`). Whether a
+router (unknown model -> 404), the ledger (seed rows of `mcp_models`), the node's model
+manager (which GGUF file a local model is pulled from) and every hint that tells a user
+how to serve a model (`serve_hint`), so no hint names a command that refuses it. Whether a
 model is *available now* is live data and comes from node heartbeats, not from here.
+
+GGUF sizes are the model cards' figures (decimal GB), close but not exact. No sha256 is
+listed: none could be verified while writing this catalogue (no network), and an invented
+digest would refuse every good download; a pull reports the digest it computed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,29 @@ from typing import Literal
 Provider = Literal["local", "anthropic", "openai", "mistral"]
 
 BUNDLED_MODEL_ID = "smollm2:135m-instruct-q4"
+# The model to pull for useful French and Dutch answers on a node with 8 GB of RAM (a
+# Raspberry Pi 5 8 GB, or any server); the bundled 135M model only proves the path works.
+RECOMMENDED_MODEL_ID = "llama3:8b-instruct-q4"
+
+_GB = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class GgufSource:
+    """Where a local model's GGUF file is pulled from (only when a user asks: `koprogo models pull`)."""
+
+    upstream_file: str
+    size_bytes: int
+    url: str
+    sha256: str | None = None
+
+
+_LLAMA3_8B_Q4 = GgufSource(
+    "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
+    int(4.92 * _GB),
+    "https://huggingface.co/QuantFactory/Meta-Llama-3-8B-Instruct-GGUF/resolve/main/"
+    "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,13 +52,41 @@ class CatalogueModel:
     context_length: int
     edge_compatible: bool
     supports_streaming: bool = True
+    # A local model's pullable file; None for cloud models and for the bundled one.
+    gguf: GgufSource | None = None
 
 
 CATALOGUE: tuple[CatalogueModel, ...] = (
-    CatalogueModel("llama3:8b", "Llama 3 8B Instruct", "local", 8192, True),
-    CatalogueModel("llama3:8b-instruct-q4", "Llama 3 8B Instruct Q4", "local", 8192, True),
-    CatalogueModel("mistral:7b-instruct-q4", "Mistral 7B Instruct Q4", "local", 8192, True),
-    CatalogueModel("phi-2:2.7b-q4", "Phi-2 2.7B Q4", "local", 2048, True),
+    # The seed's `llama3:8b`: on an edge node that is the same Q4_K_M file as the next entry.
+    CatalogueModel("llama3:8b", "Llama 3 8B Instruct", "local", 8192, True, gguf=_LLAMA3_8B_Q4),
+    CatalogueModel(
+        "llama3:8b-instruct-q4", "Llama 3 8B Instruct Q4", "local", 8192, True, gguf=_LLAMA3_8B_Q4
+    ),
+    CatalogueModel(
+        "mistral:7b-instruct-q4",
+        "Mistral 7B Instruct Q4",
+        "local",
+        8192,
+        True,
+        gguf=GgufSource(
+            "mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+            int(4.37 * _GB),
+            "https://huggingface.co/TheBloke/Mistral-7B-Instruct-v0.2-GGUF/resolve/main/"
+            "mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+        ),
+    ),
+    CatalogueModel(
+        "phi-2:2.7b-q4",
+        "Phi-2 2.7B Q4",
+        "local",
+        2048,
+        True,
+        gguf=GgufSource(
+            "phi-2.Q4_K_M.gguf",
+            int(1.79 * _GB),
+            "https://huggingface.co/TheBloke/phi-2-GGUF/resolve/main/phi-2.Q4_K_M.gguf",
+        ),
+    ),
     CatalogueModel("claude-3-opus", "Claude 3 Opus", "anthropic", 200000, False),
     CatalogueModel("claude-3-sonnet", "Claude 3 Sonnet", "anthropic", 200000, False),
     CatalogueModel("claude-3-haiku", "Claude 3 Haiku", "anthropic", 200000, False),
@@ -69,3 +126,33 @@ def find_model(model_id: str) -> CatalogueModel | None:
 
 def known_model_ids() -> list[str]:
     return [m.id for m in CATALOGUE]
+
+
+def pullable_model_ids() -> list[str]:
+    """The local models `koprogo models pull <id>` can fetch."""
+    return [m.id for m in CATALOGUE if m.gguf is not None]
+
+
+# How users run the CLI from the project folder, where `make up` installed it; elsewhere
+# (a node installed from its wheels) the same sub-commands exist under that install's bin.
+CLI = ".venv/bin/koprogo"
+
+
+def serve_hint(model_id: str) -> str:
+    """How to get `model_id` served, in commands that accept it (for the messages of every service).
+
+    A pullable model: pull, then serve with the stack. Another local model: serve a GGUF of it
+    under that id. A cloud model: its provider's key. An unknown id: the pullable ones.
+    """
+    model = find_model(model_id)
+    if model is None:
+        return f"models you can pull: {', '.join(pullable_model_ids())} (`{CLI} models pull <id>`)"
+    if not model.edge_compatible:
+        return (
+            f"{model_id} is a {model.provider} cloud model: set the provider's API key for the cloud worker"
+        )
+    if model.id == BUNDLED_MODEL_ID:
+        return f"`{CLI} up` serves it (it ships with the stack)"
+    if model.gguf is not None:
+        return f"`{CLI} models pull {model_id}`, then `{CLI} up --model {model_id}`"
+    return f"`{CLI} up --model {model_id}=/path/to/its.gguf`"

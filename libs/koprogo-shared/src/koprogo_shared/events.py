@@ -240,6 +240,9 @@ class NodeHeartbeat(Event):
     # False while the model is unloaded after its idle keep-alive: the node still serves it,
     # but the next request first loads it (seconds on a Pi).
     resident: bool = True
+    # The node's context size (prompt plus answer), so a model outside the catalogue, served
+    # from a GGUF under the node's own id, still shows its context in `/mcp/v1/models`.
+    context_length: int | None = Field(default=None, ge=1)
 
 
 class InferenceStarted(Event):

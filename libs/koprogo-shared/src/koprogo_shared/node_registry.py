@@ -27,6 +27,7 @@ class EdgeCandidate:
     intensity_g_per_kwh: float
     renewable_attested: bool
     seen_at: float
+    context_length: int | None = None
 
     @property
     def load(self) -> float:
@@ -84,6 +85,7 @@ class NodeRegistry:
             intensity_g_per_kwh=beat.intensity_g_per_kwh,
             renewable_attested=beat.renewable_attested,
             seen_at=now,
+            context_length=beat.context_length,
         )
         self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
 
@@ -94,6 +96,15 @@ class NodeRegistry:
 
     def serving(self, model: str, now: float) -> list[EdgeCandidate]:
         return [c for c in self.alive(now) if model in c.models]
+
+    def edge_contexts(self, now: float) -> dict[str, int | None]:
+        """Each model a live edge node serves, with the smallest context a node serving it declared."""
+        found: dict[str, int | None] = {}
+        for node in self.alive(now):
+            for model in node.models:
+                known = [c for c in (found.get(model), node.context_length) if c is not None]
+                found[model] = min(known) if known else None
+        return found
 
     def available_models(self, now: float) -> set[str]:
         """Models a live edge node or an available cloud deployment serves now."""

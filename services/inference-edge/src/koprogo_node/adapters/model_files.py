@@ -68,11 +68,17 @@ def resolve_model(model: str, models_dir: Path, model_id: str | None = None) -> 
         return ModelFile(model_id or model, bundled_model_path())
     expected = models_dir / expected_file_name(model)
     if not expected.is_file():
-        known = "" if entry else " (it is not in the catalogue either)"
+        # Only a pullable id is worth a `pull`: one catalogue behind every hint.
+        fetch = (
+            f"run `koprogo-node models pull {model}` (from the stack's folder: "
+            f"`.venv/bin/koprogo models pull {model}`), copy a GGUF there, or pass "
+            if entry is not None and entry.gguf is not None
+            else f"{'it is not in the catalogue, and ' if entry is None else ''}no GGUF is known for it: "
+            f"copy one there, or pass "
+        )
         raise ModelFileError(
-            f"model {model!r} needs the file {expected}, which does not exist{known}; nothing is "
-            f"downloaded at start-up: run `koprogo-node models pull {model}`, copy the GGUF there, "
-            f"or pass -m /path/to/file.gguf --model-id {model}"
+            f"model {model!r} needs the file {expected}, which does not exist; nothing is downloaded "
+            f"at start-up: {fetch}-m /path/to/file.gguf --model-id {model}"
         )
     return ModelFile(model_id or model, expected)
 

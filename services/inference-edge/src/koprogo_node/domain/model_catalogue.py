@@ -1,12 +1,11 @@
 """The edge models a node can pull: where each GGUF lives, how big it is, what RAM it needs.
 
-Pure data and pure rules, no I/O. Sizes are the model cards' figures (decimal GB), so
-they are close but not exact: the disk check uses the server's Content-Length once the
-download answers, and this size only before the first request.
-
-No sha256 is listed: none could be verified while writing this catalogue (no network), and
-an invented digest would refuse every good download. A pull of these models therefore
-reports the digest it computed, marks the file "unverified", and `--sha256` checks one.
+Pure data and pure rules, no I/O. The sources are the shared catalogue's
+(`koprogo_shared.catalogue`, `gguf`), so the model manager and every hint agree on what
+is pullable. Sizes are the model cards' figures: the disk check uses the server's
+Content-Length once the download answers, and this size only before the first request.
+No sha256 is listed (see the shared catalogue): a pull reports the digest it computed,
+marks the file "unverified", and `--sha256` checks one.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
-_GB = 1_000_000_000
+from koprogo_shared.catalogue import CATALOGUE
+
 _GiB = 1024**3
 
 # What llama.cpp needs besides the weights (mmapped, so they count once): the KV cache at
@@ -44,27 +44,10 @@ class EdgeModelSpec:
         return estimated_ram_bytes(self.size_bytes)
 
 
-EDGE_MODELS: tuple[EdgeModelSpec, ...] = (
-    EdgeModelSpec(
-        "llama3:8b-instruct-q4",
-        "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
-        int(4.92 * _GB),
-        "https://huggingface.co/QuantFactory/Meta-Llama-3-8B-Instruct-GGUF/resolve/main/"
-        "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
-    ),
-    EdgeModelSpec(
-        "mistral:7b-instruct-q4",
-        "mistral-7b-instruct-v0.2.Q4_K_M.gguf",
-        int(4.37 * _GB),
-        "https://huggingface.co/TheBloke/Mistral-7B-Instruct-v0.2-GGUF/resolve/main/"
-        "mistral-7b-instruct-v0.2.Q4_K_M.gguf",
-    ),
-    EdgeModelSpec(
-        "phi-2:2.7b-q4",
-        "phi-2.Q4_K_M.gguf",
-        int(1.79 * _GB),
-        "https://huggingface.co/TheBloke/phi-2-GGUF/resolve/main/phi-2.Q4_K_M.gguf",
-    ),
+EDGE_MODELS: tuple[EdgeModelSpec, ...] = tuple(
+    EdgeModelSpec(m.id, m.gguf.upstream_file, m.gguf.size_bytes, m.gguf.url, m.gguf.sha256)
+    for m in CATALOGUE
+    if m.gguf is not None
 )
 
 

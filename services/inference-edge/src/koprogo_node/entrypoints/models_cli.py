@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from koprogo_node.bootstrap import build_model_store
@@ -19,8 +20,8 @@ from koprogo_node.service_layer.model_store import ModelStore, StoredModel, as_j
 from koprogo_node.settings import NodeSettings
 
 
-def build_models_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="koprogo-node models", description="Manage the node's GGUF models.")
+def build_models_parser(prog: str = "koprogo-node models") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Manage the node's GGUF models.")
     p.add_argument(
         "--models-dir",
         type=Path,
@@ -39,13 +40,20 @@ def build_models_parser() -> argparse.ArgumentParser:
     return p
 
 
-def models_main(argv: list[str]) -> int:
-    args = build_models_parser().parse_args(argv)
+def _serve_on_this_node(model_id: str) -> str:
+    return f"koprogo-node -m {model_id}"
+
+
+def models_main(
+    argv: list[str], prog: str = "koprogo-node models", serve_with: Callable[[str], str] = _serve_on_this_node
+) -> int:
+    """Run one `models` command; `serve_with(id)` is the command that serves a pulled model (printed after a pull)."""
+    args = build_models_parser(prog).parse_args(argv)
     settings = NodeSettings(**({"models_dir": args.models_dir} if args.models_dir else {}))
     store = build_model_store(settings)
     try:
         if args.command == "pull":
-            return _pull(store, args.target, args.sha256, args.model_id, args.force)
+            return _pull(store, args.target, args.sha256, args.model_id, args.force, serve_with)
         if args.command == "list":
             rows = store.inventory()
             print(json.dumps(as_json_rows(rows), indent=2) if args.json else _table(rows))
@@ -54,11 +62,18 @@ def models_main(argv: list[str]) -> int:
             print(f"removed {path}")
         return 0
     except ModelPullError as exc:
-        print(f"koprogo-node models: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
 
 
-def _pull(store: ModelStore, target: str, sha256: str | None, model_id: str | None, force: bool) -> int:
+def _pull(
+    store: ModelStore,
+    target: str,
+    sha256: str | None,
+    model_id: str | None,
+    force: bool,
+    serve_with: Callable[[str], str],
+) -> int:
     bar = ProgressBar(model_id or target)
     try:
         result = store.pull(
@@ -76,6 +91,7 @@ def _pull(store: ModelStore, target: str, sha256: str | None, model_id: str | No
             file=sys.stderr,
         )
     print(result.path)
+    print(f"serve it: `{serve_with(result.model_id)}`", file=sys.stderr)
     return 0
 
 

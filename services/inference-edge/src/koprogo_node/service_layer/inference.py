@@ -111,6 +111,7 @@ class InferenceService:
             intensity_g_per_kwh=fp.intensity_g_per_kwh,
             renewable_attested=fp.renewable_attested,
             interval_s=interval_s,
+            context_length=self._engine.context_length,
         )
 
     async def _generate(self, cmd: RunInference) -> tuple[EngineResult, float]:

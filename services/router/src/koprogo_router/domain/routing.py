@@ -26,7 +26,7 @@ from typing import Literal
 
 from koprogo_router.domain.policy import EffectivePolicy
 from koprogo_shared import co2
-from koprogo_shared.catalogue import CatalogueModel
+from koprogo_shared.catalogue import CatalogueModel, serve_hint
 from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
 
 # What ranking assumes when the request sets no max_tokens (an answer of a few paragraphs).
@@ -101,8 +101,12 @@ def choose_target(
 ) -> RoutingDecision:
     models = catalogue.auto_class(request.model)
     if models is None:
-        served_by_cloud = any(request.model in c.models for c in cloud_candidates)
-        if catalogue.find_model(request.model) is None and not served_by_cloud:
+        # A model outside the catalogue is known while something serves it: a GGUF a node
+        # serves under its own id (`koprogo up --model id=file.gguf`), or a cloud deployment's.
+        served = any(request.model in c.models for c in cloud_candidates) or any(
+            request.model in c.models for c in edge_candidates
+        )
+        if catalogue.find_model(request.model) is None and not served:
             return Refusal(
                 status=404,
                 error="model_not_found",
@@ -215,7 +219,7 @@ def _nothing_serves(
             error="no_target_available",
             message=(
                 f"policy edge_only: no live edge node serves {asked}, and this request's data may not "
-                "leave the edge (start one: koprogo-node -m <model>)"
+                f"leave the edge; {_serve_on_edge(models, catalogue)}"
             ),
         )
     unavailable = [
@@ -225,7 +229,7 @@ def _nothing_serves(
     ]
     model = catalogue.find_model(models[0]) if len(models) == 1 else None
     if model is not None and model.edge_compatible:
-        message = f"no live edge node serves {asked} (start one: koprogo-node -m {model.id})"
+        message = f"no live edge node serves {asked}; to serve it: {serve_hint(model.id)}"
     elif model is not None:
         message = f"{asked} is a {model.provider} cloud model and no {model.provider} deployment is available"
     else:
@@ -233,3 +237,12 @@ def _nothing_serves(
     if unavailable:
         message += f" ({'; '.join(unavailable)})"
     return Refusal(status=503, error="no_target_available", message=message)
+
+
+def _serve_on_edge(models: Sequence[str], catalogue: Catalogue) -> str:
+    """How to serve the first edge-capable model of `models` (the catalogue's hint)."""
+    for model_id in models:
+        model = catalogue.find_model(model_id)
+        if model is None or model.edge_compatible:
+            return f"to serve {model_id}: {serve_hint(model_id)}"
+    return f"{', '.join(models)} cannot run on an edge node: ask for a local model or `auto`"

@@ -1,0 +1,156 @@
+"""One stack per data folder: the lock a running `koprogo up` holds, and what it records.
+
+`koprogo up` takes an exclusive `flock` on `<data>/koprogo.lock` for as long as it runs and
+writes there, as JSON, its pid, the gateway's URL and the pids of the processes it started.
+The kernel drops the lock when the process dies, however it dies, so a second `up` knows
+for sure whether a stack is running on this folder (a pid file alone cannot tell a live
+stack from a reused pid), and `down` knows what to stop: the stack itself, or the leftovers
+of one that was killed before it could stop its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+@dataclass(frozen=True, slots=True)
+class StackRecord:
+    """What a running (or killed) `koprogo up` wrote about itself."""
+
+    pid: int
+    gateway_url: str = ""
+    # The processes it started, in start order (servers first): what to stop if it died.
+    children: list[int] = field(default_factory=list)
+
+
+def lock_path(data_dir: Path) -> Path:
+    return data_dir / "koprogo.lock"
+
+
+class StackLock:
+    """The running stack's hold on its data folder; `acquire` fails while another holds it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = lock_path(data_dir)
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        handle = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        self.record(StackRecord(os.getpid()))
+        return True
+
+    def record(self, record: StackRecord) -> None:
+        """Replace what the lock file says (readers never see a half-written record: one small write)."""
+        assert self._file is not None, "record() before acquire()"
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(json.dumps(asdict(record)))
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._file.close()  # closing drops the flock
+        self._file = None
+
+
+def read_record(data_dir: Path) -> StackRecord | None:
+    try:
+        raw = json.loads(lock_path(data_dir).read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("pid"), int):
+        return None
+    children = [p for p in raw.get("children", []) if isinstance(p, int)]
+    return StackRecord(raw["pid"], str(raw.get("gateway_url", "")), children)
+
+
+def is_locked(data_dir: Path) -> bool:
+    """Whether a live `koprogo up` holds this data folder."""
+    path = lock_path(data_dir)
+    try:
+        handle = path.open("r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def running_stack(data_dir: Path) -> StackRecord | None:
+    """The stack running on `data_dir` now, or None."""
+    if not is_locked(data_dir):
+        return None
+    return read_record(data_dir) or StackRecord(pid=0)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive, not ours to signal
+        return True
+    try:
+        # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces and parentheses.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def leftovers(data_dir: Path) -> list[int]:
+    """Children of a stack that died without stopping them (nothing while a stack holds the lock)."""
+    if is_locked(data_dir):
+        return []
+    record = read_record(data_dir)
+    if record is None:
+        return []
+    return [pid for pid in record.children if alive(pid) and _started_from(pid, data_dir)]
+
+
+def _started_from(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` still is one of ours (a recycled pid belongs to another program).
+
+    The servers carry the data folder in their arguments; the services, in their environment.
+    """
+    marker = str(data_dir).encode()
+    for name in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/{name}").read_bytes():
+                return True
+    return False
+
+
+def terminate(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """SIGTERM each pid, last started first, each waited for; returns those still alive after `timeout`."""
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]

@@ -1,0 +1,299 @@
+"""`koprogo up` and `koprogo down`: one stack per data folder, every message with its next step.
+
+A second `up` on a folder whose stack runs says so (pid, URL, how to stop it) and exits 0
+without touching it; a busy port or leftovers of a killed stack are one line naming the
+cause and the fix, before anything starts. `--model` (repeatable) serves pulled or local
+GGUF models beside the bundled one, each in an edge node of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
+from koprogo_cli.embedded import EmbeddedServerError, free_port, open_private_log
+from koprogo_cli.instance import StackLock, StackRecord, leftovers, running_stack, terminate
+from koprogo_cli.invocation import command_hint
+from koprogo_cli.stack import (
+    NODE_PORT,
+    ServedModel,
+    Stack,
+    StackError,
+    port_free,
+    preferred_port,
+    served_model,
+)
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
+
+READY_LINE = "Ctrl-C stops everything."
+DEFAULT_DATA_DIR = "data"
+DEMO_QUESTION = "Bonjour, résume ce PV en une phrase."
+# Long enough to show an answer, short enough for a first start on a Pi.
+DEMO_MAX_TOKENS = 64
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived while the stack was starting."""
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+
+
+def _folder_args(data_dir: Path) -> list[str]:
+    """`--data-dir DIR` when the folder is not the one the commands find by default."""
+    default = Path(os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+    return [] if data_dir == default else ["--data-dir", str(data_dir)]
+
+
+def _already_running(record: StackRecord, data_dir: Path) -> int:
+    where = record.gateway_url or "its gateway"
+    print(
+        f"KoproGo Symbiose is already running on {data_dir} (pid {record.pid}): {where}\n"
+        f"Stop it with `{command_hint('down', *_folder_args(data_dir))}`; "
+        f"start another stack with its own folder and port: "
+        f"`{command_hint('up', '--data-dir', 'OTHER_FOLDER', '--port', str(free_port()))}`"
+    )
+    return 0
+
+
+def _refuse_to_start(data_dir: Path, port: int) -> str | None:
+    """Why a stack cannot start on `data_dir` and `port` now (one line with the fix), or None."""
+    if pids := leftovers(data_dir):
+        return (
+            f"processes of an earlier stack on {data_dir} are still running (pids "
+            f"{', '.join(map(str, pids))}): stop them with `{command_hint('down', *_folder_args(data_dir))}`, "
+            "then start again"
+        )
+    if not port_free(port):
+        return (
+            f"port {port} is in use by another program: stop it, or start on another port: "
+            f"`{command_hint('up', *_folder_args(data_dir), '--port', str(free_port()))}`"
+        )
+    return None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = data_dir_of(args)
+    if (record := running_stack(data_dir)) is not None:
+        return _already_running(record, data_dir)
+    if reason := _refuse_to_start(data_dir, args.port):
+        print(f"koprogo up: {reason}", file=sys.stderr)
+        return 1
+    try:
+        models = [served_model(spec) for spec in args.model]
+    except StackError as exc:
+        print(f"koprogo up: {exc}", file=sys.stderr)
+        return 2
+    if args.detach:
+        return _up_detached(args, data_dir)
+    lock = StackLock(data_dir)
+    if not lock.acquire():  # another `up` won the race since the check above
+        return _already_running(running_stack(data_dir) or StackRecord(0), data_dir)
+    try:
+        return _run_stack(args, data_dir, models, lock)
+    finally:
+        lock.release()
+
+
+def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedModel], lock: StackLock) -> int:
+    stack = Stack(
+        data_dir,
+        gateway_port=args.port,
+        node_port=preferred_port(NODE_PORT),
+        models=models,
+        on_processes=lambda pids: lock.record(
+            StackRecord(os.getpid(), f"http://127.0.0.1:{args.port}", pids)
+        ),
+    )
+    running = False
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if not running:
+            raise StopRequested(signal.Signals(signum).name)
+
+    # Explicit handlers: a process started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start()
+        for model_id in [BUNDLED_MODEL_ID, *(m.model_id for m in models)]:
+            stack.wait_for_model(model_id, timeout=30.0 if model_id == BUNDLED_MODEL_ID else 600.0)
+        _print_welcome(stack, data_dir, models)
+        if not args.no_demo:
+            demo_model = models[0].model_id if models else BUNDLED_MODEL_ID
+            _demo_chat(stack.gateway_url, stack.dev_token, dev_token_path(data_dir), demo_model)
+        print(READY_LINE, flush=True)
+        running = True
+        while not stopping:
+            time.sleep(0.5)
+            if dead := stack.dead_services():
+                print(f"stopping: {', '.join(dead)} exited; see {data_dir}/logs", file=sys.stderr)
+                return 1
+    except StopRequested:
+        pass
+    except (StackError, EmbeddedServerError) as exc:
+        print(f"koprogo up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # A second Ctrl-C must not interrupt the orderly stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping KoproGo Symbiose ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _print_welcome(stack: Stack, data_dir: Path, models: list[ServedModel]) -> None:
+    folder = _folder_args(data_dir)
+    print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (API docs: {stack.gateway_url}/docs)")
+    print(f"data in {data_dir}, logs in {data_dir / 'logs'}")
+    served = ", ".join([BUNDLED_MODEL_ID, *(m.model_id for m in models)])
+    print(f"models served here: {served}")
+    if not models:
+        print(
+            f"Note: the bundled {BUNDLED_MODEL_ID} (135M parameters) is a smoke test: it proves the path "
+            "works, its answers are not useful.\nFor useful French and Dutch answers (4.9 GB, about 6 GB of "
+            f"RAM): `{command_hint('models', 'pull', RECOMMENDED_MODEL_ID)}`, then "
+            f"`{command_hint('up', *folder, '--model', RECOMMENDED_MODEL_ID)}`"
+        )
+    if stack.dev_token:
+        print(
+            f"Authentication is on. The dev token (read+write for the demo copro {DEMO_COPRO_ID}, 30 days) is in "
+            f"{dev_token_path(data_dir)}; more tokens: "
+            f"`{command_hint('token', *folder, '--user', 'alice', '--copro', DEMO_COPRO_ID)}`"
+        )
+
+
+def demo_curl(gateway_url: str, token_file: Path | None, body: dict[str, object]) -> str:
+    """The curl line for a chat, as a user pastes it (the token read from its file, never printed)."""
+    auth = f'-H "Authorization: Bearer $(cat {token_file})" ' if token_file else ""
+    return (
+        f"curl -s -X POST {gateway_url}/mcp/v1/chat {auth}-H 'Content-Type: application/json' "
+        f"-d '{json.dumps(body, ensure_ascii=False)}'"
+    )
+
+
+def demo_body(model: str) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": DEMO_QUESTION}],
+        "context": f"copro:{DEMO_COPRO_ID}",
+        "max_tokens": DEMO_MAX_TOKENS,
+    }
+
+
+def _demo_chat(gateway_url: str, token: str | None, token_file: Path, model: str) -> None:
+    body = demo_body(model)
+    print(f"\n$ {demo_curl(gateway_url, token_file if token else None, body)}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        # Longer than the gateway's own timeout, so its 504 arrives before ours.
+        response = httpx.post(f"{gateway_url}/mcp/v1/chat", json=body, headers=headers, timeout=150)
+        print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"the demo chat failed ({exc!r}); the stack stays up, see the logs", file=sys.stderr)
+
+
+def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "koprogo.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "koprogo_cli.main",
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(args.port),
+    ]
+    for spec in args.model:
+        argv += ["--model", spec]
+    if args.no_demo:
+        argv.append("--no-demo")
+    offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
+    with open_private_log(log) as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300 + 600 * len(args.model)
+    while time.monotonic() < deadline:
+        with log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace")
+        if proc.poll() is not None:
+            # Exit 0 before ready: another `up` won the race and this one said so.
+            print(
+                lines.strip() if proc.returncode == 0 else f"koprogo up failed; see {log}:\n{lines.strip()}"
+            )
+            return proc.returncode
+        if READY_LINE in lines:
+            print(f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}")
+            print(f"log: {log}; stop it with `{command_hint('down', *_folder_args(data_dir))}`")
+            return 0
+        time.sleep(0.5)
+    print(f"koprogo up did not become ready in time; see {log}", file=sys.stderr)
+    return 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    data_dir = data_dir_of(args)
+    record = running_stack(data_dir)
+    if record is None:
+        if pids := leftovers(data_dir):
+            print(f"stopping what an earlier stack left running (pids {', '.join(map(str, pids))}) ...")
+            if still := terminate(pids):
+                print(f"processes {', '.join(map(str, still))} did not stop within 20 s", file=sys.stderr)
+                return 1
+            print("KoproGo Symbiose stopped")
+            return 0
+        print(f"KoproGo Symbiose is not running on {data_dir}")
+        return 0
+    try:
+        os.kill(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 60
+    while running_stack(data_dir) is not None:
+        if time.monotonic() > deadline:
+            print(f"process {record.pid} did not stop within 60 s", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print("KoproGo Symbiose stopped")
+    return 0
+
+
+def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser(
+        "up", help="start the whole stack (embedded NATS and PostgreSQL unless URLs are given)"
+    )
+    up.add_argument("--data-dir", help="where NATS, PostgreSQL and logs keep their data (default ./data)")
+    up.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    up.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID|PATH|ID=PATH",
+        help="also serve this model, in an edge node of its own (repeat for several): a pulled model's id "
+        f"(`koprogo models pull {RECOMMENDED_MODEL_ID}`), a .gguf file (served under its file name), or "
+        "ID=PATH to serve a file under an id",
+    )
+    up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
+    up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop the stack running on the data folder")
+    down.add_argument("--data-dir", help="the stack's data folder (default ./data)")
+    down.set_defaults(func=cmd_down)
