@@ -115,7 +115,11 @@ async def _projected(stack: RunningStack, responses: int) -> bool:
 
 
 async def test_the_user_rate_limit_counts_the_tokens_user(stack_factory: StackFactory) -> None:
-    stack = await stack_factory(edge_nodes=0, rate_limit_per_user=1, **AUTH_SETTINGS)
+    # An hour's window: a minute's could roll over between the two requests (windows are
+    # aligned on the clock), and the second would then be rightly admitted.
+    stack = await stack_factory(
+        edge_nodes=0, rate_limit_per_user=1, rate_limit_window_s=3600, **AUTH_SETTINGS
+    )
     resident = bearer(token(user=RESIDENT, copros=[COPRO, OTHER_COPRO], scopes=READ_WRITE))
     first = await stack.client.post("/mcp/v1/chat", json=chat_body(COPRO), headers=resident)
     assert first.status_code == 503, first.text  # admitted and counted; no node serves the model

@@ -30,10 +30,11 @@ def cloud_server(bundled_model_path: Path, tmp_path_factory: pytest.TempPathFact
         yield port
 
 
-def deployment(deployment_id: str, base_url: str) -> str:
+def deployment(deployment_id: str, base_url: str, intensity_g_per_kwh: float = 300.0) -> str:
     return f"""
 [[deployments]]
 id = "{deployment_id}"
+intensity_g_per_kwh = {intensity_g_per_kwh}
 provider = "openai_compatible"
 base_url = "{base_url}"
 api_key_env = ""
@@ -102,9 +103,10 @@ async def test_a_failing_deployment_falls_back_to_the_next_and_says_how_many_att
     stack_factory: StackFactory, cloud_server: int, tmp_path: Path
 ) -> None:
     file = tmp_path / "deployments.toml"
-    # Sorted first (same footprint, name order), and nothing listens there.
+    # Sorted first (fewer grams: the order holds even once the other's measured latency is
+    # heard, which broke a tie on name order), and nothing listens there.
     file.write_text(
-        deployment("a-unreachable", f"http://127.0.0.1:{free_port()}/v1")
+        deployment("a-unreachable", f"http://127.0.0.1:{free_port()}/v1", intensity_g_per_kwh=100.0)
         + deployment("local-openai", f"http://127.0.0.1:{cloud_server}/v1")
     )
     stack = await stack_factory(edge_nodes=0, cloud_deployments_file=file)

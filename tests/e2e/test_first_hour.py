@@ -11,6 +11,8 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +120,19 @@ def test_the_readmes_and_ups_printed_commands_work_and_a_second_up_leaves_the_fi
                 assert ran.returncode == 0 and ran.stdout.strip(), (command, ran.stdout, ran.stderr)
                 assert '"error"' not in ran.stdout, (command, ran.stdout)
 
+        # The README's OpenAI SDK example, as printed.
+        for snippet in re.findall(r"^ *```python\n(.*?)^ *```", README.read_text(), re.MULTILINE | re.DOTALL):
+            code = textwrap.dedent(snippet).replace("localhost:8080", f"localhost:{port}")
+            ran = subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
+
         # A second start, in the background or not, says a stack runs and leaves it serving.
         record = running_stack(project / "data")
         assert record is not None
@@ -180,6 +195,16 @@ def test_up_serves_a_gguf_under_its_own_id_beside_the_bundled_model(
         assert chat.json()["execution_info"]["node_id"].endswith("-house-model")
         log = (project / "data" / "koprogo.log").read_text()
         assert "models served here: smollm2:135m-instruct-q4, house-model" in log
+        # Asked again for what it serves: it runs, nothing to do. For more: how to restart with them.
+        same = koprogo(
+            "up", "--detach", "--data-dir", "data", "--model", f"house-model={house}", cwd=project, env=env
+        )
+        assert same.returncode == 0 and "already running" in same.stdout, same.stdout + same.stderr
+        more = koprogo(
+            "up", "--detach", "--data-dir", "data", "--model", f"annex={house}", cwd=project, env=env
+        )
+        assert more.returncode == 1 and "It does not serve annex: restart it with them" in more.stdout
+        assert hints(more.stdout, f" up --model annex={house}"), more.stdout
     finally:
         koprogo("down", cwd=project, env=env)
 
@@ -212,3 +237,58 @@ def test_models_commands_work_on_the_stacks_models_folder(project: Path) -> None
     assert unknown.returncode == 1 and "llama3:8b-instruct-q4" in unknown.stderr
     removed = koprogo("models", "rm", "phi-2:2.7b-q4", cwd=project, env=env)
     assert removed.returncode == 1 and f"is not in {project / 'models'}" in removed.stderr, removed.stderr
+
+
+def test_a_node_of_another_machine_joins_a_running_stack_with_the_command_join_prints(
+    project: Path, bundled_model_path: Path
+) -> None:
+    port, node_port = free_port(), free_port()
+    env = clean_env()
+    up = koprogo(
+        "up", "--detach", "--no-demo", "--lan", "--data-dir", "data", "--port", str(port), cwd=project, env=env
+    )  # fmt: skip
+    node: subprocess.Popen[bytes] | None = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        conf = (project / "data" / "nats" / "nats-server.conf").read_text()
+        assert "host: 0.0.0.0" in conf and 'http: "127.0.0.1:' in conf  # monitoring stays on loopback
+        joined = koprogo(
+            "node", "join", "--node-id", "pi-cave", "--model", "house-model", cwd=project, env=env
+        )
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        assert "the running stack's NATS admits it now" in joined.stdout
+        # Step 4 of what it printed, run as printed but for the key's path and the host name
+        # (the node runs here, not on another machine).
+        (run,) = re.findall(r"`(NATS_URL=[^`]+ koprogo-node -m house-model)`", joined.stdout)
+        assignments = dict(word.split("=", 1) for word in run.split() if "=" in word)
+        assert assignments["NODE_ID"] == "pi-cave"
+        seed = project / "data" / "secrets" / "nats" / "nodes" / "pi-cave.nk"
+        assert seed.is_file() and str(seed) in joined.stdout
+        nats_url = re.sub(r"//[^:]+:", "//127.0.0.1:", assignments["NATS_URL"])
+        node_env = env | {"NATS_URL": nats_url, "NATS_NKEY_SEED_FILE": str(seed), "NODE_ID": "pi-cave"}
+        node = subprocess.Popen(
+            [str(REPO / ".venv/bin/koprogo-node"), "-m", str(bundled_model_path), "--model-id", "house-model",
+             "--port", str(node_port)],
+            env=node_env,
+        )  # fmt: skip
+        dev = {"Authorization": f"Bearer {dev_token_path(project / 'data').read_text().strip()}"}
+        body = {
+            "model": "house-model",
+            "messages": [{"role": "user", "content": "Bonjour"}],
+            "context": f"copro:{DEMO_COPRO_ID}",
+            "max_tokens": 8,
+        }
+        deadline = time.monotonic() + 90
+        while True:
+            chat = httpx.post(f"http://127.0.0.1:{port}/mcp/v1/chat", json=body, headers=dev, timeout=60)
+            if chat.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert node.poll() is None, "the joined node exited (refused by NATS?)"
+            time.sleep(1)
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["execution_info"]["node_id"] == "pi-cave"
+    finally:
+        if node is not None:
+            node.terminate()
+            node.wait(30)
+        koprogo("down", cwd=project, env=env)

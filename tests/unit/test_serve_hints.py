@@ -34,7 +34,7 @@ def test_every_local_model_but_the_bundled_one_can_be_served_by_the_hint_it_gets
         if model.provider != "local":
             assert "API key" in hint and "pull" not in hint
         elif model.id == BUNDLED_MODEL_ID:
-            assert "ships with the stack" in hint
+            assert "ships with it" in hint
         else:
             assert f"up --model {model.id}" in hint, hint
 

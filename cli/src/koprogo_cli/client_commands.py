@@ -14,18 +14,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, cli_token, dev_token_path
+from koprogo_cli.instance import DEFAULT_GATEWAY_URL, GATEWAY_PORT, data_dir_of
 from koprogo_cli.invocation import command_hint
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-DEFAULT_PORT = 8080
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -37,12 +35,8 @@ class GatewayError(Exception):
         self.status = status
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", "data")).resolve()
-
-
 def _client(args: argparse.Namespace, timeout: float = 30.0) -> httpx.Client:
-    token = cli_token(_data_dir(args))
+    token = cli_token(data_dir_of(args))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=args.url, headers=headers, timeout=timeout)
 
@@ -182,7 +176,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default=os.environ.get("KOPROGO_URL", DEFAULT_URL), help="the gateway")
+        parser.add_argument(
+            "--url", default=os.environ.get("KOPROGO_URL", DEFAULT_GATEWAY_URL), help="the gateway"
+        )
         parser.add_argument("--data-dir", help="where `koprogo up` keeps the dev token (default ./data)")
         parser.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
 
@@ -198,7 +194,11 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     chat.add_argument("--policy", choices=("edge_only", "prefer_edge", "lowest_carbon", "fastest"))
     common(chat)
     chat.set_defaults(func=cmd_chat)
-    models = sub.add_parser("models", help="the models and whether something serves them now")
+    models = sub.add_parser(
+        "models",
+        help="the models and whether something serves them now; `models pull|list|rm` manage this "
+        "machine's GGUF files (`koprogo models pull -h`)",
+    )
     common(models)
     models.set_defaults(func=cmd_models)
     stats = sub.add_parser("stats", help="tokens, CO₂, latency and where requests ran")
@@ -231,7 +231,7 @@ def run_client_command(args: argparse.Namespace) -> int:
 
 def _token_advice(args: argparse.Namespace) -> str:
     """After a 401: which token the CLI sent, where it looked for one, and how to point it elsewhere."""
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     token_file = dev_token_path(data_dir)
     # cli_token's order: KOPROGO_TOKEN first, then the dev token file.
     if os.environ.get("KOPROGO_TOKEN", "").strip():
@@ -257,5 +257,5 @@ def _start_advice(url: str) -> str:
     if parts.hostname not in LOOPBACK_HOSTS:
         return ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    up = command_hint("up", *(("--port", str(port)) if port != DEFAULT_PORT else ()))
+    up = command_hint("up", *(("--port", str(port)) if port != GATEWAY_PORT else ()))
     return f"; is the stack up? `{up}` starts it"

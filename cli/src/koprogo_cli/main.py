@@ -14,22 +14,20 @@ from koprogo_cli.dev_auth import (
     jwt_secret_path,
     mint_local_token,
 )
+from koprogo_cli.instance import data_dir_of
 from koprogo_cli.invocation import installed_version
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.model_commands import local_models_command
 from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
+from koprogo_cli.node_join import add_node_parser
 from koprogo_cli.stack import StackError, cloud_deployment_ids
-from koprogo_cli.up_command import add_up_parsers, data_dir_of
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    return data_dir_of(args)
+from koprogo_cli.up_command import add_up_parsers
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Mint a token with the stack's local secret (the dev counterpart of the platform's tokens)."""
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     try:
         token = mint_local_token(
             data_dir, user=args.user, copros=args.copro, scopes=scopes, ttl=timedelta(hours=args.hours)
@@ -47,7 +45,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _keys_dir(args: argparse.Namespace) -> Path:
-    return Path(args.keys_dir).resolve() if args.keys_dir else _data_dir(args) / "secrets" / "nats"
+    return Path(args.keys_dir).resolve() if args.keys_dir else data_dir_of(args) / "secrets" / "nats"
 
 
 def cmd_nats_node_key(args: argparse.Namespace) -> int:
@@ -111,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_parsers(sub)
     add_client_parsers(sub)
     add_mcp_parser(sub)
+    add_node_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(

@@ -16,16 +16,15 @@ import argparse
 import asyncio
 import os
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from koprogo_cli.dev_auth import cli_token
+from koprogo_cli.instance import DEFAULT_GATEWAY_URL, data_dir_of
 from koprogo_gateway.entrypoints.mcp.backend import BackendRefusedError, KoproGoBackend
 from koprogo_gateway.entrypoints.mcp.server import build_mcp_server
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 # A long document is many chat requests; one of them may wait for a busy node.
 REQUEST_TIMEOUT_S = 300.0
 
@@ -92,8 +91,7 @@ async def serve_stdio(url: str, token: str | None) -> None:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", "data")).resolve()
-    asyncio.run(serve_stdio(args.url, cli_token(data_dir)))
+    asyncio.run(serve_stdio(args.url, cli_token(data_dir_of(args))))
     return 0
 
 
@@ -101,6 +99,6 @@ def add_mcp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     mcp = sub.add_parser(
         "mcp", help="serve the MCP tools over stdio (for Claude Desktop and other MCP clients)"
     )
-    mcp.add_argument("--url", default=os.environ.get("KOPROGO_URL", DEFAULT_URL), help="the gateway")
+    mcp.add_argument("--url", default=os.environ.get("KOPROGO_URL", DEFAULT_GATEWAY_URL), help="the gateway")
     mcp.add_argument("--data-dir", help="where `koprogo up` keeps the dev token (default ./data)")
     mcp.set_defaults(func=cmd_mcp)

@@ -291,6 +291,28 @@ def node_seed_file(keys_dir: Path, node_id: str) -> Path:
     return keys_dir / "nodes" / f"{node_id}.nk"
 
 
+def record_joined_node(keys_dir: Path, node_id: str, models: Sequence[str]) -> None:
+    """Remember a node of another machine (`koprogo node join`): the stack admits it at every start."""
+    check_node(node_id, models)
+    path = keys_dir / "nodes" / f"{node_id}.json"
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    path.write_text(json.dumps({"models": list(models)}) + "\n")
+
+
+def joined_nodes(keys_dir: Path) -> dict[str, list[str]]:
+    """The nodes `koprogo node join` admitted, with their models."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((keys_dir / "nodes").glob("*.json")):
+        try:
+            models = json.loads(path.read_text())["models"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise NatsAuthError(
+                f"{path} is not a joined node's record: remove it, or join the node again"
+            ) from None
+        found[path.stem] = [str(m) for m in models]
+    return found
+
+
 def node_user(keys_dir: Path, node_id: str, models: Sequence[str]) -> tuple[NatsUser, Path]:
     """A node's identity: its seed file (minted once) and its users entry."""
     check_node(node_id, models)

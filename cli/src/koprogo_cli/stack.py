@@ -26,9 +26,17 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.dev_auth import ensure_jwt_secret, write_dev_token
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port, tail_of
+from koprogo_cli.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    free_port,
+    open_private_log,
+    tails_of,
+)
+from koprogo_cli.instance import StackRecord
 from koprogo_cli.invocation import command_hint
-from koprogo_cli.nats_auth import NatsAuthError, identities, render_authorization
+from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cloud.domain.errors import DeploymentConfigError
 from koprogo_cloud.settings import CloudSettings
@@ -162,8 +170,10 @@ class Stack:
     log: Callable[[str], None] = print
     # `koprogo up --model`: each served by an edge node of its own, beside the bundled one.
     models: list[ServedModel] = field(default_factory=list)
-    # Told the pids of the processes started so far (servers first), to stop them if we die.
-    on_processes: Callable[[list[int]], None] | None = None
+    # Told what runs so far (pids, servers first; NATS; nodes), to stop them if we die.
+    on_processes: Callable[[StackRecord], None] | None = None
+    # `koprogo up --lan`: the embedded NATS listens on every interface, for other machines' nodes.
+    lan: bool = False
     nats: EmbeddedNats | None = field(default=None, init=False)
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     services: list[Service] = field(default_factory=list, init=False)
@@ -286,16 +296,31 @@ class Stack:
         procs += [s.proc for s in self.services]
         return [p.pid for p in procs if p is not None]
 
+    def own_nodes(self) -> dict[str, list[str]]:
+        """The edge nodes this stack runs itself, with their models."""
+        return {self.node_id: [BUNDLED_MODEL_ID], **{m.node_id: [m.model_id] for m in self.models}}
+
     def _processes_changed(self) -> None:
         if self.on_processes is not None:
-            self.on_processes(self.pids())
+            nats = self.nats
+            self.on_processes(
+                StackRecord(
+                    os.getpid(),
+                    self.gateway_url,
+                    self.pids(),
+                    nats_pid=nats.proc.pid if nats is not None and nats.proc is not None else 0,
+                    nats_url=nats.url if nats is not None else os.environ.get("NATS_URL", ""),
+                    lan=self.lan,
+                    nodes=self.own_nodes(),
+                )
+            )
 
     def _start_nats(self) -> str:
         try:
+            keys_dir = self.data_dir / "secrets" / "nats"
+            # Other machines' nodes `koprogo node join` admitted, then this stack's own.
             stack_identities = identities(
-                self.data_dir / "secrets" / "nats",
-                {self.node_id: [BUNDLED_MODEL_ID], **{m.node_id: [m.model_id] for m in self.models}},
-                cloud_deployment_ids(),
+                keys_dir, {**joined_nodes(keys_dir), **self.own_nodes()}, cloud_deployment_ids()
             )
         except NatsAuthError as exc:
             raise StackError(f"NATS identities: {exc}") from None
@@ -306,6 +331,7 @@ class Stack:
             port=port,
             monitor_port=preferred_port(8222),
             authorization=render_authorization(stack_identities.users),
+            host="0.0.0.0" if self.lan else "127.0.0.1",
         ).start()
         self.log(
             f"nats-server (embedded, JetStream on, fsync always, {len(stack_identities.users)} nkey "
@@ -332,8 +358,6 @@ class Stack:
         return self.postgres.url
 
     def _launch(self, service: Service) -> None:
-        from koprogo_cli.embedded import open_private_log
-
         logs = self.data_dir / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         # The service logs through its own rotating handler (LOG_MAX_BYTES, LOG_BACKUP_COUNT
@@ -357,13 +381,14 @@ class Stack:
 
     def _wait_ready(self, service: Service, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        log_path = self.data_dir / "logs" / f"{service.name}.log"
+        logs = self.data_dir / "logs"
+        # Its log, then its raw stderr (a traceback before logging was set up, llama.cpp's prints).
+        service_logs = [logs / f"{service.name}.log", logs / f"{service.name}.stderr.log"]
         while time.monotonic() < deadline:
             assert service.proc is not None
             if service.proc.poll() is not None:
                 raise StackError(
-                    f"{service.name} exited with {service.proc.returncode}; see {log_path}:\n"
-                    + tail_of(log_path)
+                    f"{service.name} exited with {service.proc.returncode}; {tails_of(service_logs)}"
                 )
             try:
                 if httpx.get(service.ready_url, timeout=1.0).status_code == 200:
@@ -372,7 +397,7 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise StackError(f"{service.name} not ready after {timeout}s; see {log_path}:\n" + tail_of(log_path))
+        raise StackError(f"{service.name} not ready after {timeout}s; {tails_of(service_logs)}")
 
     def wait_for_model(self, model: str, timeout: float = 30.0) -> None:
         """Wait until the gateway sees a live node serving `model` (asked with the dev token)."""

@@ -21,7 +21,16 @@ import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
 from koprogo_cli.embedded import EmbeddedServerError, free_port, open_private_log
-from koprogo_cli.instance import StackLock, StackRecord, leftovers, running_stack, terminate
+from koprogo_cli.instance import (
+    DEFAULT_DATA_DIR,
+    GATEWAY_PORT,
+    StackLock,
+    StackRecord,
+    data_dir_of,
+    leftovers,
+    running_stack,
+    terminate,
+)
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.stack import (
     NODE_PORT,
@@ -35,7 +44,6 @@ from koprogo_cli.stack import (
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
 
 READY_LINE = "Ctrl-C stops everything."
-DEFAULT_DATA_DIR = "data"
 DEMO_QUESTION = "Bonjour, résume ce PV en une phrase."
 # Long enough to show an answer, short enough for a first start on a Pi.
 DEMO_MAX_TOKENS = 64
@@ -45,20 +53,25 @@ class StopRequested(Exception):
     """SIGINT or SIGTERM arrived while the stack was starting."""
 
 
-def data_dir_of(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
-
-
 def _folder_args(data_dir: Path) -> list[str]:
     """`--data-dir DIR` when the folder is not the one the commands find by default."""
     default = Path(os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
     return [] if data_dir == default else ["--data-dir", str(data_dir)]
 
 
-def _already_running(record: StackRecord, data_dir: Path) -> int:
+def _already_running(record: StackRecord, data_dir: Path, models: list[ServedModel], specs: list[str]) -> int:
+    """Say a stack runs on this folder and leave it alone: 0, unless it lacks a model asked for."""
     where = record.gateway_url or "its gateway"
+    print(f"KoproGo Symbiose is already running on {data_dir} (pid {record.pid}): {where}")
+    served = {m for ids in record.nodes.values() for m in ids}
+    if missing := [m.model_id for m in models if m.model_id not in served]:
+        again = command_hint("up", *_folder_args(data_dir), *(f for spec in specs for f in ("--model", spec)))
+        print(
+            f"It does not serve {', '.join(missing)}: restart it with them, "
+            f"`{command_hint('down', *_folder_args(data_dir))}` then `{again}`"
+        )
+        return 1
     print(
-        f"KoproGo Symbiose is already running on {data_dir} (pid {record.pid}): {where}\n"
         f"Stop it with `{command_hint('down', *_folder_args(data_dir))}`; "
         f"start another stack with its own folder and port: "
         f"`{command_hint('up', '--data-dir', 'OTHER_FOLDER', '--port', str(free_port()))}`"
@@ -84,21 +97,21 @@ def _refuse_to_start(data_dir: Path, port: int) -> str | None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
-    if (record := running_stack(data_dir)) is not None:
-        return _already_running(record, data_dir)
-    if reason := _refuse_to_start(data_dir, args.port):
-        print(f"koprogo up: {reason}", file=sys.stderr)
-        return 1
-    try:
+    try:  # first: a model that cannot be served is the thing to fix, running stack or not
         models = [served_model(spec) for spec in args.model]
     except StackError as exc:
         print(f"koprogo up: {exc}", file=sys.stderr)
         return 2
+    if (record := running_stack(data_dir)) is not None:
+        return _already_running(record, data_dir, models, args.model)
+    if reason := _refuse_to_start(data_dir, args.port):
+        print(f"koprogo up: {reason}", file=sys.stderr)
+        return 1
     if args.detach:
         return _up_detached(args, data_dir)
     lock = StackLock(data_dir)
     if not lock.acquire():  # another `up` won the race since the check above
-        return _already_running(running_stack(data_dir) or StackRecord(0), data_dir)
+        return _already_running(running_stack(data_dir) or StackRecord(0), data_dir, models, args.model)
     try:
         return _run_stack(args, data_dir, models, lock)
     finally:
@@ -111,9 +124,8 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
         gateway_port=args.port,
         node_port=preferred_port(NODE_PORT),
         models=models,
-        on_processes=lambda pids: lock.record(
-            StackRecord(os.getpid(), f"http://127.0.0.1:{args.port}", pids)
-        ),
+        on_processes=lock.record,
+        lan=args.lan,
     )
     running = False
     stopping = False
@@ -223,6 +235,8 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
     ]
     for spec in args.model:
         argv += ["--model", spec]
+    if args.lan:
+        argv.append("--lan")
     if args.no_demo:
         argv.append("--no-demo")
     offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
@@ -280,7 +294,7 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "up", help="start the whole stack (embedded NATS and PostgreSQL unless URLs are given)"
     )
     up.add_argument("--data-dir", help="where NATS, PostgreSQL and logs keep their data (default ./data)")
-    up.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    up.add_argument("--port", type=int, default=GATEWAY_PORT, help=f"gateway port (default {GATEWAY_PORT})")
     up.add_argument(
         "-m",
         "--model",
@@ -290,6 +304,12 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="also serve this model, in an edge node of its own (repeat for several): a pulled model's id "
         f"(`koprogo models pull {RECOMMENDED_MODEL_ID}`), a .gguf file (served under its file name), or "
         "ID=PATH to serve a file under an id",
+    )
+    up.add_argument(
+        "--lan",
+        action="store_true",
+        help="let edge nodes of other machines join (`koprogo node join`): the embedded NATS listens on every "
+        "interface; only the stack's own nkeys get in, and its monitoring stays on loopback",
     )
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
     up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")

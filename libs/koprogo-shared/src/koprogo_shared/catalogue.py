@@ -152,7 +152,7 @@ def serve_hint(model_id: str) -> str:
             f"{model_id} is a {model.provider} cloud model: set the provider's API key for the cloud worker"
         )
     if model.id == BUNDLED_MODEL_ID:
-        return f"`{CLI} up` serves it (it ships with the stack)"
+        return f"start the stack, which ships with it: `{CLI} up`"
     if model.gguf is not None:
         return f"`{CLI} models pull {model_id}`, then `{CLI} up --model {model_id}`"
     return f"`{CLI} up --model {model_id}=/path/to/its.gguf`"

@@ -37,7 +37,10 @@ def ops_server(
 ) -> uvicorn.Server:
     """A uvicorn server to run inside the service's event loop (`await server.serve()`)."""
     app = Starlette(routes=[*ops_routes(ready), *extra_routes])
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    # log_config=None: uvicorn's messages go through the service's own handlers (LOG_FILE, rotated).
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", log_config=None
+    )
     server = uvicorn.Server(config)
     # uvicorn's serve() installs its own SIGINT/SIGTERM handlers; the service owns
     # shutdown (it sets `should_exit`), so keep the service's handlers in place.

@@ -41,7 +41,8 @@ def build_runtimes(deployments: list[Deployment], environ: Mapping[str, str]) ->
             provider = build_provider(dep, key)
             log.info("deployment %s (%s): %s", dep.id, dep.provider, ", ".join(sorted(dep.models)))
         else:
-            log.warning("deployment %s (%s) unavailable: %s", dep.id, dep.provider, reason)
+            # A provider without a key is the normal state of a stack that uses none: not a warning.
+            log.info("deployment %s (%s) unavailable: %s", dep.id, dep.provider, reason)
         runtimes.append(DeploymentRuntime(dep, provider, reason))
     return runtimes
 

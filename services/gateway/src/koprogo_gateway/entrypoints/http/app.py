@@ -20,6 +20,7 @@ from koprogo_gateway.entrypoints.http import (
     routes_user_data,
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
+from koprogo_gateway.entrypoints.http.docs_policy import DocsContentSecurityPolicy
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
@@ -46,6 +47,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Added first so it runs inside the body limit: a body over the limit is refused unread.
     app.add_middleware(JsonBodyContentType)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(DocsContentSecurityPolicy)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
