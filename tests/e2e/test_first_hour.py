@@ -6,8 +6,10 @@ the README's commands run verbatim; the only change made to them is the gateway'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +110,7 @@ def test_the_readmes_and_ups_printed_commands_work_and_a_second_up_leaves_the_fi
         assert "smoke test" in log and "models pull llama3:8b-instruct-q4" in log
         token = dev_token_path(project / "data").read_text().strip()
         assert token not in log, "the dev token is never printed into a log"
+        assert (project / "data" / "secrets").stat().st_mode & 0o777 == 0o700
 
         commands = first_hour_commands(README.read_text())
         assert commands[0] == "TOKEN=$(cat data/secrets/dev-token)", commands
@@ -291,4 +294,41 @@ def test_a_node_of_another_machine_joins_a_running_stack_with_the_command_join_p
         if node is not None:
             node.terminate()
             node.wait(30)
+        koprogo("down", cwd=project, env=env)
+
+
+def test_a_killed_stacks_leftovers_are_named_by_up_and_stopped_by_down(project: Path) -> None:
+    port = free_port()
+    env = clean_env()
+    up = koprogo(
+        "up", "--detach", "--no-demo", "--data-dir", "data", "--port", str(port), cwd=project, env=env
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    record = running_stack(project / "data")
+    assert record is not None and len(record.children) >= 7  # NATS, PostgreSQL, five services
+    try:
+        os.kill(record.pid, signal.SIGKILL)  # `up` dies at once: its children, in their own sessions, live on
+        deadline = time.monotonic() + 10
+        while running_stack(project / "data") is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        again = koprogo(
+            "up", "--data-dir", "data", "--port", str(free_port()), cwd=project, env=env, timeout=60
+        )
+        assert again.returncode == 1 and len(again.stderr.splitlines()) == 1, again.stdout + again.stderr
+        assert "processes of an earlier stack" in again.stderr and str(record.children[0]) in again.stderr
+        (stop,) = hints(again.stderr, " down")
+        down = run_shell(stop, project, env)
+        assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+        assert not any(alive(pid) for pid in record.children)
+    finally:
+        for pid in record.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    restarted = koprogo(
+        "up", "--detach", "--no-demo", "--data-dir", "data", "--port", str(port), cwd=project, env=env
+    )
+    try:
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    finally:
         koprogo("down", cwd=project, env=env)

@@ -52,6 +52,8 @@ port: {port}
 # Monitoring answers without credentials: loopback only, whatever `host` is.
 http: "127.0.0.1:{monitor_port}"
 max_payload: 8MB
+# Read by `koprogo up` / `down` to find a server that outlived the stack that started it.
+pid_file: "{pid_file}"
 logfile: "{logfile}"
 logfile_size_limit: {logfile_size_limit}
 logfile_max_num: {logfile_max_num}
@@ -147,6 +149,7 @@ class EmbeddedNats:
             NATS_CONFIG.format(
                 host=self.host,
                 port=self.port,
+                pid_file=self.data_dir / "nats-server.pid",
                 monitor_port=self.monitor_port,
                 logfile=log,
                 logfile_size_limit=DEFAULT_MAX_BYTES,

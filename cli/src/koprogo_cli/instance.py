@@ -148,14 +148,27 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+# The embedded servers' own pid files: they name a server even when the stack that started it
+# was killed before it could record it.
+SERVER_PID_FILES = ("nats/nats-server.pid", "postgres/pgdata/postmaster.pid")
+
+
 def leftovers(data_dir: Path) -> list[int]:
-    """Children of a stack that died without stopping them (nothing while a stack holds the lock)."""
+    """Processes of a stack that died without stopping them (nothing while a stack holds the lock)."""
     if is_locked(data_dir):
         return []
     record = read_record(data_dir)
-    if record is None:
-        return []
-    return [pid for pid in record.children if alive(pid) and _started_from(pid, data_dir)]
+    recorded = record.children if record is not None else []
+    servers = [pid for name in SERVER_PID_FILES if (pid := _pid_in(data_dir / name)) and pid not in recorded]
+    return [pid for pid in [*servers, *recorded] if alive(pid) and _started_from(pid, data_dir)]
+
+
+def _pid_in(path: Path) -> int:
+    """The pid on the first line of a pid file, or 0."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _started_from(pid: int, data_dir: Path) -> bool:

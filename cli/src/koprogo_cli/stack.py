@@ -189,6 +189,9 @@ class Stack:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        secrets_dir = self.data_dir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        secrets_dir.chmod(0o700)  # also a folder an earlier version made with the default mode
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
         database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
         self._processes_changed()
