@@ -122,6 +122,22 @@ def test_a_catalogue_pull_checks_its_known_digest(tmp_path: Path, file_server: F
     assert result.path == tmp_path / "tiny-q4.gguf" and result.path.read_bytes() == BODY
 
 
+def test_two_ids_of_one_file_share_one_download(tmp_path: Path, file_server: FileServer) -> None:
+    same = [
+        EdgeModelSpec(i, "Tiny-Model.Q4_K_M.gguf", len(BODY), file_server.url, DIGEST)
+        for i in ("tiny", "tiny:q4")
+    ]
+    models_store = ModelStore(tmp_path, FakeHostResources(100 * GIB, 64 * GIB), HttpDownloader(), tuple(same))
+    first = models_store.pull("tiny")
+    second = models_store.pull("tiny:q4")
+    assert first.downloaded and not second.downloaded and second.verified
+    assert file_server.range_headers == [None]  # one request in all
+    assert second.path.read_bytes() == BODY and second.path.stat().st_ino == first.path.stat().st_ino
+    # Removing one id leaves the other's file whole.
+    models_store.remove("tiny")
+    assert second.path.read_bytes() == BODY
+
+
 def test_a_cut_download_resumes_with_a_range_request(
     tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,5 +76,34 @@ def test_children_of_a_killed_stack_are_found_by_their_folder_and_stopped(tmp_pa
 
 def test_a_missing_or_garbled_record_reads_as_none(tmp_path: Path) -> None:
     assert read_record(tmp_path) is None
-    (tmp_path / "koprogo.lock").write_text("{not json")
+    (tmp_path / "koprogo.json").write_text("{not json")
     assert read_record(tmp_path) is None and leftovers(tmp_path) == []
+
+
+def test_down_never_signals_a_stack_whose_record_is_not_written_yet(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from koprogo_cli.instance import StackLock;"
+            f"lock = StackLock(Path({str(tmp_path)!r})); assert lock.acquire(); lock.record_file.unlink();"
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert running_stack(tmp_path) == StackRecord(0)
+        down = subprocess.run(
+            [sys.executable, "-m", "koprogo_cli.main", "down", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        # pid 0 would have been this test's own process group.
+        assert down.returncode == 1 and "starting or stopping" in down.stderr, down.stdout + down.stderr
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, cli_token, dev_token_path
-from koprogo_cli.instance import DEFAULT_GATEWAY_URL, GATEWAY_PORT, data_dir_of
+from koprogo_cli.instance import DEFAULT_GATEWAY_URL, GATEWAY_PORT, data_dir_of, folder_args
 from koprogo_cli.invocation import command_hint
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
@@ -239,11 +239,11 @@ def _token_advice(args: argparse.Namespace) -> str:
             "the token in KOPROGO_TOKEN was refused (expired, or not signed for this gateway); "
             f"set a valid one, or unset it to send the dev token at {token_file}"
         )
-    restart = command_hint("up", *(("--data-dir", str(data_dir)) if args.data_dir else ()))
+    stop, restart = (command_hint(verb, *folder_args(data_dir)) for verb in ("down", "up"))
     if cli_token(data_dir, environ={}) is not None:
         return (
             f"the dev token at {token_file} was refused (expired, or from another stack than {args.url}): "
-            f"restart the stack (`{restart}` writes a fresh one), or set KOPROGO_TOKEN or --data-dir DIR"
+            f"restart the stack (`{stop}`, then `{restart}` writes a fresh one), or set KOPROGO_TOKEN or --data-dir DIR"
         )
     return (
         f"no token sent: no KOPROGO_TOKEN and no dev token at {token_file}; run from the folder where "

