@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from koprogo_cli.instance import (
@@ -28,13 +30,15 @@ def test_a_second_lock_on_the_same_folder_is_refused_until_the_first_is_released
     assert running_stack(tmp_path) is None and StackLock(tmp_path).acquire()
 
 
-def test_the_lock_dies_with_its_process_whatever_kills_it(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def lock_held_elsewhere(data_dir: Path, then: str = "") -> Iterator[subprocess.Popen[str]]:
+    """Another process that takes the folder's lock, runs `then` (Python, `lock` in scope) and keeps it."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from koprogo_cli.instance import StackLock;"
-            f"lock = StackLock(Path({str(tmp_path)!r})); assert lock.acquire();"
+            "import time; from pathlib import Path; from koprogo_cli.instance import StackLock;"
+            f"lock = StackLock(Path({str(data_dir)!r})); assert lock.acquire(); {then or 'pass'};"
             "print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -42,11 +46,16 @@ def test_the_lock_dies_with_its_process_whatever_kills_it(tmp_path: Path) -> Non
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        record = running_stack(tmp_path)
-        assert record is not None and record.pid == holder.pid
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_lock_dies_with_its_process_whatever_kills_it(tmp_path: Path) -> None:
+    with lock_held_elsewhere(tmp_path) as holder:
+        record = running_stack(tmp_path)
+        assert record is not None and record.pid == holder.pid
     # A pid file would still say "running" here; the kernel dropped the lock.
     assert running_stack(tmp_path) is None
 
@@ -81,19 +90,7 @@ def test_a_missing_or_garbled_record_reads_as_none(tmp_path: Path) -> None:
 
 
 def test_down_never_signals_a_stack_whose_record_is_not_written_yet(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from pathlib import Path; from koprogo_cli.instance import StackLock;"
-            f"lock = StackLock(Path({str(tmp_path)!r})); assert lock.acquire(); lock.record_file.unlink();"
-            "print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path, then="lock.record_file.unlink()") as holder:
         assert running_stack(tmp_path) == StackRecord(0)
         down = subprocess.run(
             [sys.executable, "-m", "koprogo_cli.main", "down", "--data-dir", str(tmp_path)],
@@ -104,6 +101,3 @@ def test_down_never_signals_a_stack_whose_record_is_not_written_yet(tmp_path: Pa
         # pid 0 would have been this test's own process group.
         assert down.returncode == 1 and "starting or stopping" in down.stderr, down.stdout + down.stderr
         assert holder.poll() is None
-    finally:
-        holder.kill()
-        holder.wait()
