@@ -129,6 +129,10 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("unknown role", chat_body() | {"messages": [{"role": "wizard", "content": "hi"}]}),
     ("message without content", chat_body() | {"messages": [{"role": "user"}]}),
     ("context without a colon", chat_body(context="copro")),
+    # A typo used to read as "no copro": no membership check, the shared rate-limit counter.
+    ("context with a misspelt prefix", chat_body(context="copr:550e8400-e29b-41d4-a716-446655440000")),
+    ("context naming no copro id", chat_body(context="copro:")),
+    ("copro id with a space", chat_body(context="copro:les tilleuls")),
     ("max_tokens zero", chat_body(max_tokens=0)),
     ("max_tokens too large", chat_body(max_tokens=100001)),
     ("max_tokens above the model context", chat_body(model="phi-2:2.7b-q4", max_tokens=4096)),
@@ -160,6 +164,8 @@ async def test_bad_bodies_get_a_clear_422_and_nothing_reaches_nats(stack_factory
             "/mcp/v1/chat", content=b"{not json", headers={"content-type": "application/json"}
         )
         assert not_json.status_code == 422
+        misspelt = await stack.client.get("/mcp/v1/stats", params={"context": "copr:42"})
+        assert misspelt.status_code == 422 and "'copr:42'" in misspelt.json()["message"], misspelt.text
     assert seen == []
     nc = await nats.connect(stack.nats_url)
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
-from tests.e2e.conftest import RunningStack
+from tests.e2e.conftest import RunningStack, published_subjects
 from tests.token_support import AUTH_SETTINGS, token
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
@@ -137,3 +137,43 @@ async def _copros_of(stack: RunningStack, answer_ids: list[str], expected: list[
     finally:
         await conn.close()
     return [rows.get(a.removeprefix("chatcmpl-")) for a in answer_ids] == expected
+
+
+async def test_the_sdk_gets_a_400_naming_each_parameter_koprogo_does_not_honour(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory()
+    client = sdk(stack)
+    refused: dict[str, dict[str, Any]] = {
+        "stop": {"stop": ["."]},
+        "seed": {"seed": 7},
+        "top_p": {"top_p": 0.5},
+        "n": {"n": 2},
+        "response_format": {"response_format": {"type": "json_object"}},
+        "tools": {
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+        },
+        "logprobs": {"logprobs": True},
+        "presence_penalty": {"presence_penalty": 0.5},
+    }
+    async with published_subjects(stack) as published:
+        for name, params in refused.items():
+            with pytest.raises(openai.BadRequestError) as error:
+                await client.chat.completions.create(
+                    model=BUNDLED_MODEL_ID, messages=QUESTION, max_tokens=8, **params
+                )
+            assert error.value.status_code == 400
+            assert error.value.code == "unsupported_parameter" and error.value.param == name, error.value.body
+            assert f"'{name}'" in error.value.message
+        # At values that change nothing, the same parameters are served.
+        served = await client.chat.completions.create(
+            model=BUNDLED_MODEL_ID,
+            messages=QUESTION,
+            max_tokens=8,
+            n=1,
+            top_p=1,
+            presence_penalty=0,
+            logprobs=False,
+        )
+        assert served.choices[0].message.content
+    assert sum(s.startswith("koprogo.events.chat.requested") for s in published) == 1, published

@@ -6,6 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.model_classes import context_length_of
 from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
@@ -41,9 +42,8 @@ class ChatRequestIn(BaseModel):
 
     @field_validator("context")
     @classmethod
-    def context_names_a_resource(cls, value: str | None) -> str | None:
-        if value is not None and ":" not in value:
-            raise ValueError("context must look like 'copro:<id>'")
+    def context_names_a_copro(cls, value: str | None) -> str | None:
+        copro_of_context(value)  # a malformed context is refused, never read as "no copro"
         return value
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ GatewayError
  ├── InvalidQueryError     a query parameter is malformed (422)
  ├── InvalidCoproIdError   a copro id in the path cannot be a routing-policy key (422)
  ├── InvalidChatRequestError an OpenAI-shaped body that is no valid KoproGo chat, or names no copro (422)
+ ├── UnsupportedParameterError an OpenAI parameter KoproGo does not honour, named, never dropped (400)
  ├── UnauthorizedError     no token, or one that is malformed, expired, badly signed or not for us (401)
  ├── ForbiddenError        the token lacks a scope, or names no right to that copro (403)
  ├── CoproNotFoundError    another copro's objects are reported as absent (404)
@@ -91,6 +92,15 @@ class InvalidCoproIdError(GatewayError):
 class InvalidChatRequestError(GatewayError):
     status = 422
     error = "validation_error"
+
+
+class UnsupportedParameterError(GatewayError):
+    status = 400
+    error = "unsupported_parameter"
+
+    def __init__(self, message: str, params: list[str]) -> None:
+        # `param` is OpenAI's field for the offending parameter (the first, when several).
+        super().__init__(message, extra={"param": params[0], "params": params})
 
 
 class NodeLostError(GatewayError):

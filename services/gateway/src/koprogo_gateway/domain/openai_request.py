@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn
-from koprogo_gateway.domain.errors import InvalidChatRequestError
+from koprogo_gateway.domain.copro_context import copro_of_context
+from koprogo_gateway.domain.errors import InvalidChatRequestError, UnsupportedParameterError
+from koprogo_gateway.domain.openai_params import refusal_message, unsupported_parameters
 
 CONTEXT_HEADER = "X-KoproGo-Context"
 
@@ -27,11 +29,13 @@ class TextPart(BaseModel):
 
 
 class OpenAIMessageIn(BaseModel):
-    # OpenAI clients send fields KoproGo has no use for (name, ...): ignored, not refused.
-    model_config = ConfigDict(extra="ignore")
+    # Other fields (tool_calls, ...) are kept to be refused by name (domain/openai_params.py).
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+    # A participant's label: chat templates of the edge models have no place for it.
+    name: str | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -44,9 +48,10 @@ class StreamOptions(BaseModel):
 
 
 class OpenAIChatIn(BaseModel):
-    """The subset of OpenAI's chat-completions body KoproGo honours; other fields are ignored."""
+    """The subset of OpenAI's chat-completions body KoproGo honours; any other parameter is kept
+    to be refused by name unless it is at a value that changes nothing (domain/openai_params.py)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[OpenAIMessageIn] = Field(min_length=1)
@@ -65,6 +70,10 @@ class OpenAIChatIn(BaseModel):
 def openai_context(header: str | None, caller_copros: Set[str]) -> str | None:
     """The KoproGo `context` of an OpenAI-shaped request (see the module docstring)."""
     if header:
+        try:
+            copro_of_context(header.strip())
+        except ValueError as exc:
+            raise InvalidChatRequestError(f"{CONTEXT_HEADER}: {exc}") from None
         return header.strip()
     if len(caller_copros) == 1:
         return f"copro:{next(iter(caller_copros))}"
@@ -76,7 +85,11 @@ def openai_context(header: str | None, caller_copros: Set[str]) -> str | None:
 
 
 def to_chat_request(body: OpenAIChatIn, context: str | None) -> ChatRequestIn:
-    """The `/mcp/v1/chat` body this request is, validated by the same rules (422 otherwise)."""
+    """The `/mcp/v1/chat` body this request is, validated by the same rules (422 otherwise);
+    a parameter KoproGo would not honour is a 400 naming it."""
+    unsupported = unsupported_parameters(body.model_extra or {}, [m.model_extra or {} for m in body.messages])
+    if unsupported:
+        raise UnsupportedParameterError(refusal_message(unsupported), unsupported)
     try:
         return ChatRequestIn.model_validate(
             {

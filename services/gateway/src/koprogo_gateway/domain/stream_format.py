@@ -111,7 +111,7 @@ _OPENAI_TYPES = {
 }
 
 
-def openai_error(status: int, error: str, message: str) -> dict[str, Any]:
-    """OpenAI's error JSON: `{"error": {"message", "type", "code"}}`; `code` is KoproGo's error id."""
+def openai_error(status: int, error: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`; `code` is KoproGo's error id."""
     kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": error}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": error}}

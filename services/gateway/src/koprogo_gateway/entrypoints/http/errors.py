@@ -51,7 +51,8 @@ def _error_json(
 ) -> dict[str, object]:
     """KoproGo's `{error, message, ...}`, or OpenAI's `{"error": {...}}` on the OpenAI-compatible `/v1/`."""
     if request.url.path.startswith(OPENAI_PREFIX):
-        return openai_error(status, error, message)
+        param = (extra or {}).get("param")
+        return openai_error(status, error, message, param if isinstance(param, str) else None)
     return {"error": error, "message": message, **(extra or {})}
 
 

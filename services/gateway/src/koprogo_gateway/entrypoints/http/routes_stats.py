@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from koprogo_gateway.domain.access import stats_copros
+from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import InvalidQueryError
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
-from koprogo_shared.events import copro_id_from_context
 
 router = APIRouter(prefix="/mcp/v1", tags=["stats"])
 
@@ -45,11 +45,13 @@ async def stats(
     context: Annotated[str | None, Query(max_length=255)] = None,
 ) -> StatsPublic:
     """Totals over answered requests of the caller's copros, optionally between `from` and `to` and for one `context` (copro:<id>)."""
-    if context is not None and ":" not in context:
-        raise InvalidQueryError("context must look like 'copro:<id>'")
+    try:
+        copro_id = copro_of_context(context)
+    except ValueError as exc:
+        raise InvalidQueryError(str(exc)) from None
     if date_from and date_to and date_from >= date_to:
         raise InvalidQueryError("'from' must be before 'to'")
     # Another copro's figures are a 404, as if it did not exist; admins see every copro.
-    copro_ids = stats_copros(caller, copro_id_from_context(context))
+    copro_ids = stats_copros(caller, copro_id)
     figures = await gateway.stats.stats(date_from=date_from, date_to=date_to, copro_ids=copro_ids)
     return StatsPublic(**figures)
