@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
+import pytest
 
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
@@ -109,6 +111,42 @@ async def test_a_caller_who_leaves_stops_the_generation_on_the_node(stack_factor
     assert row is not None
     # The node stopped soon after: the durable completion counts the tokens really spent.
     assert row["completion_tokens"] < full_tokens // 2, (row["completion_tokens"], full_tokens)
+    assert row["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("path", ["/mcp/v1/chat", "/v1/chat/completions"])
+async def test_a_caller_who_leaves_an_unstreamed_chat_stops_the_generation_too(
+    stack_factory: StackFactory, path: str
+) -> None:
+    stack = await stack_factory()
+    budget = 200
+    full = await stack.client.post("/mcp/v1/chat", json=chat_body(LONG_ANSWER, max_tokens=budget))
+    assert full.status_code == 200, full.text
+    full_tokens = full.json()["usage"]["completion_tokens"]
+    assert full_tokens > 60, "the prompt must make the model talk long enough to be cut"
+    started = time.perf_counter()
+    full_again = await stack.client.post("/mcp/v1/chat", json=chat_body(LONG_ANSWER, max_tokens=budget))
+    full_seconds = time.perf_counter() - started
+    assert full_again.status_code == 200
+    body = chat_body(LONG_ANSWER, max_tokens=budget)
+    headers = dict(stack.client.headers)
+    if path.startswith("/v1/"):  # OpenAI's shape: the copro travels in a header
+        headers["X-KoproGo-Context"] = body.pop("context")
+    # A client of its own, closed when it gives up: its connection goes with it.
+    async with httpx.AsyncClient(base_url=stack.gateway_url, headers=headers) as leaving:
+        with pytest.raises(httpx.ReadTimeout):
+            await leaving.post(path, json=body, timeout=full_seconds / 4)
+    await wait_until(lambda: _responses_are(stack, 3), timeout=30)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT completion_tokens, finish_reason FROM mcp_responses ORDER BY created_at DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    # The node stopped soon after the caller left; the completion counts the tokens really spent.
+    assert row["completion_tokens"] < full_tokens * 3 // 4, (row["completion_tokens"], full_tokens)
     assert row["finish_reason"] == "stop"
 
 

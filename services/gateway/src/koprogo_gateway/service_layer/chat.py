@@ -61,7 +61,7 @@ class ChatService:
     registry: NodeRegistry
     # How often a waiting request checks that the node running it is still alive.
     watch_interval_s: float = 1.0
-    # Core NATS, for the cancel of a streamed request whose caller left; None: no cancel.
+    # Core NATS, for the cancel of a request whose caller left or timed out; None: no cancel.
     nc: NATS | None = None
 
     async def _publish(self, subject: str, event: Event) -> None:
@@ -102,6 +102,9 @@ class ChatService:
         except (TimeoutError, NodeLostError) as exc:
             raise await self._give_up(request, exc) from None
         finally:
+            # Timed out (504), node lost, or the caller left (this task cancelled): stop the generation.
+            if not waiting.done():
+                await asyncio.shield(self._cancel(request))
             self.replies.forget(request.id)
         return _completed(outcome), (time.perf_counter() - started) * 1000.0
 

@@ -127,12 +127,13 @@ class FakeInferenceEngine(InferenceEngine):
             await asyncio.sleep(self.delay_s)
         words = self.reply.split()[:budget]
         finish: EngineFinish = "length" if len(self.reply.split()) > budget else "stop"
-        if on_delta is not None:
+        if on_delta is not None or caller_gone is not None:
             for i, word in enumerate(words):
                 if caller_gone is not None and caller_gone.is_set():
                     words, finish = words[:i], "stop"
                     break
-                on_delta(word if i == 0 else " " + word)
+                if on_delta is not None:
+                    on_delta(word if i == 0 else " " + word)
                 await asyncio.sleep(self.delay_per_word_s)
         return EngineResult(" ".join(words), finish, prompt_tokens, len(words))
 

@@ -152,7 +152,12 @@ class LlamaEngine(InferenceEngine):
         try:
             if on_delta is None:
                 return await self._on_llama_thread(
-                    self._generate, llama_messages, temperature, max_tokens, cancel
+                    self._generate,
+                    llama_messages,
+                    temperature,
+                    max_tokens,
+                    cancel,
+                    caller_gone or threading.Event(),
                 )
 
             def deliver(piece: str) -> None:  # on the llama thread: hand the piece to the loop
@@ -178,13 +183,17 @@ class LlamaEngine(InferenceEngine):
         temperature: float,
         max_tokens: int | None,
         cancel: threading.Event,
+        caller_gone: threading.Event,
     ) -> EngineResult:
+        """The whole answer at once; it ends at the next token when the caller left (a shorter answer,
+        finish "stop", the tokens really spent), or is abandoned on `cancel`."""
         llama, _ = self._require()
         # No separate count of the prompt first: llama-cpp-python tokenises it anyway, caps
         # the answer at the free context and refuses a prompt that does not fit (below), so
         # a pre-count would tokenise every prompt twice on the hot path.
         budget = requested_budget(max_tokens)
         self._active_cancel = cancel
+        self._active_stop = caller_gone
         try:
             response = cast(
                 dict[str, Any],
@@ -198,6 +207,7 @@ class LlamaEngine(InferenceEngine):
             raise
         finally:
             self._active_cancel = None
+            self._active_stop = None
         if cancel.is_set():
             raise InferenceCancelledError("generation abandoned")
         choice = response["choices"][0]

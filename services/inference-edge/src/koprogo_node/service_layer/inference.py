@@ -133,7 +133,11 @@ class InferenceService:
             if cmd.stream:
                 result = await self._stream(cmd, temperature)
             else:
-                result = await self._engine.chat(cmd.messages, temperature, cmd.max_tokens)
+                # A caller that left (or timed out) stops this answer too, not only a streamed one.
+                async with self._sink.caller_gone(cmd.request_id) as gone:
+                    result = await self._engine.chat(
+                        cmd.messages, temperature, cmd.max_tokens, caller_gone=gone
+                    )
         finally:
             self.load.in_flight -= 1
         return result, time.perf_counter() - started

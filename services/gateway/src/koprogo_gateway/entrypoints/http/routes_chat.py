@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
+from typing import TypeVar
 
-from fastapi import APIRouter, BackgroundTasks, Response
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter, Histogram
 
@@ -22,6 +24,7 @@ from koprogo_gateway.entrypoints.http.rate_limit_headers import rate_limit_heade
 from koprogo_shared.events import ChatCompleted, ChatDelta, copro_id_from_context
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 router = APIRouter(prefix="/mcp/v1", tags=["chat"])
 
 CHATS = Counter("koprogo_gateway_chats_total", "Chat requests by outcome", ["outcome"])
@@ -64,10 +67,38 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+async def unless_caller_leaves(request: Request, work: Awaitable[T]) -> T | Response:
+    """`work`'s result, or, when the caller disconnects first, `work` cancelled (the chat use case
+    then tells the node to stop generating) and an empty 499 nobody reads."""
+    task = asyncio.ensure_future(work)
+
+    async def caller_left() -> None:
+        # The body is read: the next ASGI message is the disconnect (as StreamingResponse listens).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(caller_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        CHATS.labels(outcome="caller_left").inc()
+        return Response(status_code=499)
+    return task.result()
+
+
 @router.post("/chat", name="chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
 async def chat_or_stream(
-    body: ChatRequestIn, caller: Writer, gateway: GatewayDep, background: BackgroundTasks, response: Response
-) -> ChatResponseOut | StreamingResponse:
+    body: ChatRequestIn,
+    caller: Writer,
+    gateway: GatewayDep,
+    background: BackgroundTasks,
+    response: Response,
+    request: Request,
+) -> ChatResponseOut | StreamingResponse | Response:
     """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro. With `stream: true`, Server-Sent Events: `delta` events, then `done` (this response's JSON) or `error`."""
     if body.stream:
         limit_headers = await admit_chat(body, caller, gateway)
@@ -76,7 +107,7 @@ async def chat_or_stream(
             media_type="text/event-stream",
             headers=limit_headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await chat(body, caller, gateway, background, response)
+    return await unless_caller_leaves(request, chat(body, caller, gateway, background, response))
 
 
 async def chat(

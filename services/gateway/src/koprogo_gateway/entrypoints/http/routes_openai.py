@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Header, Response
+from fastapi import APIRouter, BackgroundTasks, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from koprogo_gateway.bootstrap import Gateway
@@ -48,14 +48,17 @@ async def chat_completions(
     gateway: GatewayDep,
     background: BackgroundTasks,
     response: Response,
+    http_request: Request,
     context: Annotated[str | None, Header(alias=CONTEXT_HEADER)] = None,
 ) -> Any:
     """OpenAI's chat completions (plain, or `stream: true` as `chat.completion.chunk` events); `model` is any id `/mcp/v1/chat` accepts, `auto` too."""
     request = to_chat_request(body, openai_context(context, caller.copros))
     created = int(time.time())
     if not body.stream:
-        answer = await routes_chat.chat(request, caller, gateway, background, response)
-        return openai_completion(answer, created)
+        answer = await routes_chat.unless_caller_leaves(
+            http_request, routes_chat.chat(request, caller, gateway, background, response)
+        )
+        return answer if isinstance(answer, Response) else openai_completion(answer, created)
     limit_headers = await routes_chat.admit_chat(request, caller, gateway)
     started = time.perf_counter()
     pieces: Pieces = gateway.chat.stream(request, user_id=caller.user_id)
