@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +104,63 @@ async def test_models_json_into_a_closed_pipe_ends_quietly(stack_factory: StackF
         os.close(write_end)
     _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert err.decode() == "" and proc.returncode == 1
+
+
+def test_models_list_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    write_end = _closed_reader()
+    try:
+        done = subprocess.run(
+            [*CLI, "models", "list", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=_shell_env() | {"KOPROGO_MODELS_DIR": str(tmp_path)},
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == b"" and done.returncode == 1
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_models_pull_speaks_as_koprogo_and_names_the_up_that_serves_the_model(tmp_path: Path) -> None:
+    """The node's model manager runs it, but a `koprogo` user is told `koprogo` commands."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "house.gguf").write_bytes(os.urandom(100_000))
+    env = _shell_env() | {"KOPROGO_MODELS_DIR": str(tmp_path / "models")}
+    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(served)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{files.server_address[1]}/house.gguf"
+        pulled = subprocess.run(
+            [*CLI, "models", "pull", url, "--id", "house-model"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout == f"{tmp_path / 'models' / 'house-model.gguf'}\n"
+    assert f"serve it: `{command_hint('up', '--model', 'house-model')}`" in pulled.stderr
+    refused = subprocess.run(
+        [*CLI, "models", "rm", "llama3:8b"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"koprogo models: llama3:8b is not in {tmp_path / 'models'}"), (
+        refused.stderr
+    )
+    usage = subprocess.run(
+        [*CLI, "models", "pull", "-h"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: koprogo models pull "), usage.stdout
 
 
 async def test_chat_takes_dash_m_for_the_model(stack_factory: StackFactory, tmp_path: Path) -> None:

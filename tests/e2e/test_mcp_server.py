@@ -17,6 +17,7 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
+from koprogo_cli.embedded import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
@@ -176,17 +177,43 @@ async def test_the_mcp_endpoint_answers_401_json_without_a_valid_token(stack_fac
     assert (await stack.client.get("/mcp/v1/chat")).status_code == 405
 
 
-async def test_koprogo_mcp_serves_the_same_tools_over_stdio(stack_factory: StackFactory) -> None:
-    resident = token(user="resident-2", copros=[COPRO])
-    stack = await stack_factory(probe_token=resident, **AUTH_SETTINGS)
+@asynccontextmanager
+async def stdio_session(gateway_url: str, bearer_token: str) -> AsyncIterator[ClientSession]:
+    """`koprogo mcp` as Claude Desktop starts it: a child process speaking MCP on its stdio."""
     server = StdioServerParameters(
         command=sys.executable,
         args=["-m", "koprogo_cli.main", "mcp"],
-        env={"KOPROGO_URL": stack.gateway_url, "KOPROGO_TOKEN": resident},
+        env={"KOPROGO_URL": gateway_url, "KOPROGO_TOKEN": bearer_token},
     )
     async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        assert {t.name for t in (await session.list_tools()).tools} == TOOLS
+        yield session
+
+
+async def test_koprogo_mcp_serves_the_gateways_own_tools_prompts_and_resources_over_stdio(
+    stack_factory: StackFactory,
+) -> None:
+    resident = token(user="resident-2", copros=[COPRO])
+    stack = await stack_factory(probe_token=resident, **AUTH_SETTINGS)
+    async with (
+        mcp_session(stack, resident) as over_http,
+        stdio_session(stack.gateway_url, resident) as session,
+    ):
+        # Defined once, in the gateway: stdio lists exactly what /mcp lists.
+        tools = (await session.list_tools()).tools
+        assert {t.name for t in tools} == TOOLS
+        assert tools == (await over_http.list_tools()).tools
+        assert (await session.list_prompts()).prompts == (await over_http.list_prompts()).prompts
+        templates = (await session.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["koprogo://copros/{copro_id}/stats"]
+        assert templates == (await over_http.list_resource_templates()).resource_templates
+        instructions = session.initialize_result.instructions if session.initialize_result else None
+        assert instructions and "copro_id" in instructions
+        assert over_http.initialize_result is not None
+        assert instructions == over_http.initialize_result.instructions
+
+        share = await session.get_prompt("calculer_charges", {"montant": "1 200,00", "quotites": "250"})
+        assert "30.00 €" in str(share.messages[0].content)
         models = structured(await session.call_tool("list_models", {}))
         assert any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models["models"])
         elsewhere = await session.call_tool("get_stats", {"copro_id": OTHER_COPRO})
@@ -196,3 +223,29 @@ async def test_koprogo_mcp_serves_the_same_tools_over_stdio(stack_factory: Stack
         )
         assert said["content"].strip()
         assert said["model"] == BUNDLED_MODEL_ID
+
+        await wait_until(lambda: _equals(responses_of(stack, COPRO), 1), timeout=30)
+        resource = await session.read_resource(f"koprogo://copros/{COPRO}/stats")
+        assert json.loads(resource.contents[0].text)["total_requests"] == 1  # type: ignore[union-attr]
+        with pytest.raises(MCPError):
+            await session.read_resource(f"koprogo://copros/{OTHER_COPRO}/stats")
+
+
+async def test_koprogo_mcp_says_when_the_gateway_refuses_its_token_or_is_not_up(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(edge_nodes=0, **AUTH_SETTINGS)
+    async with stdio_session(stack.gateway_url, "not-a-jwt") as session:
+        refused = error_text(await session.call_tool("list_models", {}))
+        assert f"the gateway at {stack.gateway_url} refused: unauthorized (401)" in refused
+        assert "the token in KOPROGO_TOKEN was refused" in refused
+        with pytest.raises(MCPError, match=r"unauthorized \(401\)"):
+            await session.list_tools()
+
+    port = free_port()
+    async with stdio_session(f"http://127.0.0.1:{port}", token(copros=[COPRO])) as session:
+        down = error_text(await session.call_tool("chat", {"prompt": "Bonjour", "copro_id": COPRO}))
+        assert f"gateway unreachable at http://127.0.0.1:{port}" in down
+        assert f"up --port {port}` starts it" in down
+        with pytest.raises(MCPError, match="gateway unreachable"):
+            await session.list_prompts()

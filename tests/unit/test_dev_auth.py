@@ -19,7 +19,9 @@ from koprogo_cli.dev_auth import (
     write_dev_token,
 )
 from koprogo_gateway.bootstrap import build_verifier
+from koprogo_gateway.domain.access import KNOWN_SCOPES as GATEWAY_SCOPES
 from koprogo_gateway.settings import GatewaySettings
+from koprogo_shared.local_tokens import KNOWN_SCOPES as MINTABLE_SCOPES
 
 
 def test_the_local_secret_is_made_once_private_and_accepted_by_the_gateway(tmp_path: Path) -> None:
@@ -59,6 +61,11 @@ async def test_minted_tokens_carry_what_was_asked_and_unknown_scopes_are_refused
     assert (caller.user_id, caller.copros, caller.is_admin) == ("syndic-1", frozenset({"c1", "c2"}), True)
     with pytest.raises(ValueError, match="unknown scopes"):
         mint_local_token(tmp_path, user="u", copros=[], scopes=["mcp:root"], ttl=timedelta(hours=1))
+
+
+def test_the_minter_knows_exactly_the_scopes_the_gateway_checks() -> None:
+    # The minter lives in libs (the CLI imports no service); the two lists must not drift.
+    assert MINTABLE_SCOPES == GATEWAY_SCOPES
 
 
 def test_minting_without_a_local_secret_says_how_to_get_one(tmp_path: Path) -> None:

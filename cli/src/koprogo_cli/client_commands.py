@@ -218,18 +218,18 @@ def run_client_command(args: argparse.Namespace) -> int:
         code: int = args.func(args)
         return code
     except GatewayError as exc:
-        advice = f" — {_token_advice(args)}" if exc.status == 401 else ""
+        advice = f" — {token_advice(args)}" if exc.status == 401 else ""
         print(f"koprogo {args.command}: {exc}{advice}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
         print(
-            f"koprogo {args.command}: gateway unreachable at {args.url}: {exc}{_start_advice(args.url)}",
+            f"koprogo {args.command}: gateway unreachable at {args.url}: {exc}{start_advice(args.url)}",
             file=sys.stderr,
         )
         return 1
 
 
-def _token_advice(args: argparse.Namespace) -> str:
+def token_advice(args: argparse.Namespace) -> str:
     """After a 401: which token the CLI sent, where it looked for one, and how to point it elsewhere."""
     data_dir = data_dir_of(args)
     token_file = dev_token_path(data_dir)
@@ -251,7 +251,7 @@ def _token_advice(args: argparse.Namespace) -> str:
     )
 
 
-def _start_advice(url: str) -> str:
+def start_advice(url: str) -> str:
     """After a failed connection to this machine: the command that starts a stack there."""
     parts = urlsplit(url)
     if parts.hostname not in LOOPBACK_HOSTS:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
-from koprogo_gateway.local_tokens import mint_token
+from koprogo_shared.local_tokens import mint_token
 
 # The demo chat's copro: its own id, so that it does not mix with a user's figures.
 DEMO_COPRO_ID = "00000000-0000-4000-8000-00000000de00"

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from koprogo_cli.invocation import command_hint
-from koprogo_node.adapters.model_files import expected_file_name, resolve_model
-from koprogo_node.domain.errors import ModelFileError
-from koprogo_node.settings import NodeSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, find_model
+from koprogo_shared.model_files import ModelFileError, ModelsFolderSettings, expected_file_name, resolve_model
 
 
 class ServedModelError(ValueError):
@@ -44,7 +42,7 @@ class ServedModel:
 
 def models_dir() -> Path:
     """The models folder every node of this machine and `koprogo models` share ($KOPROGO_MODELS_DIR or the default)."""
-    return NodeSettings().models_dir
+    return ModelsFolderSettings().models_dir
 
 
 def served_model(spec: str) -> ServedModel:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 import socket
 import uuid
-from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from koprogo_shared import co2
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.model_files import ModelsFolderSettings
 from koprogo_shared.settings import ServiceSettings
 
 DEFAULT_NODE_PORT = 3031
@@ -29,7 +29,7 @@ def default_node_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:6]}"
 
 
-class NodeSettings(ServiceSettings):
+class NodeSettings(ServiceSettings, ModelsFolderSettings):
     """What one edge node serves, how it runs llama.cpp and what it declares about its energy."""
 
     ops_port: int = DEFAULT_NODE_PORT  # /health, /ready, /metrics and /mcp/v1/models
@@ -38,12 +38,8 @@ class NodeSettings(ServiceSettings):
     node_model: str = BUNDLED_MODEL_ID
     # The id to serve a .gguf path under (ignored for the bundled model's default id).
     node_model_id: str | None = None
-    # Where `models pull` writes and `-m <id>` looks; the XDG data folder, so the node and the
-    # `models` commands agree whatever the current directory.
-    models_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".local" / "share" / "koprogo" / "models",
-        validation_alias=AliasChoices("koprogo_models_dir", "models_dir"),
-    )
+    # `models_dir` (KOPROGO_MODELS_DIR): where `models pull` writes and `-m <id>` looks, shared
+    # with the `koprogo` CLI through ModelsFolderSettings.
     # A pulled model is unloaded after this many idle seconds and loaded again on the next
     # request (0: keep it loaded); the bundled model stays resident.
     keep_alive_s: float = Field(default=300.0, ge=0)

@@ -3,7 +3,8 @@
 NodeError
 ├── InferenceError            a request this node cannot answer (-> ChatFailed 4xx)
 │   ├── ContextOverflowError  the prompt does not fit in the model's context
-│   └── ModelNotServedError   the work names a model this node does not hold
+│   ├── ModelNotServedError   the work names a model this node does not hold
+│   └── InvalidModelOutputError  a JSON answer escaped its grammar (-> 502, never passed on)
 ├── InferenceCancelledError   generation stopped because the node is shutting down
 ├── InvalidCommandError       a work item that can never be handled (dead-lettered)
 ├── ModelFileError            the model to load cannot be found (start-up, not per request)
@@ -16,6 +17,8 @@ NodeError
 """
 
 from __future__ import annotations
+
+from koprogo_shared.model_files import ModelFileError as SharedModelFileError
 
 
 class NodeError(Exception):
@@ -49,12 +52,22 @@ class ModelNotServedError(InferenceError):
         super().__init__(f"this node serves {served!r}, not {requested!r}")
 
 
+class InvalidModelOutputError(InferenceError):
+    status = 502
+    error = "invalid_model_output"
+
+
 class InferenceCancelledError(NodeError):
     """Generation was abandoned (shutdown); the work item goes back to the queue."""
 
 
-class ModelFileError(NodeError):
-    """The model file is missing or unusable; the message says which file was expected."""
+class ModelFileError(NodeError, SharedModelFileError):
+    """The model file is missing or unusable; the message says which file was expected.
+
+    The node's own kind of `koprogo_shared.model_files.ModelFileError` (what the shared
+    resolver raises; `adapters.model_files` translates it), so `koprogo-node` reports it as
+    a NodeError.
+    """
 
 
 class InvalidCommandError(NodeError):
