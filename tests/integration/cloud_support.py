@@ -1,16 +1,18 @@
-"""Helpers for cloud-worker integration tests: a scripted Messages API server, work items, the worker in-process."""
+"""Helpers for cloud-worker integration tests: scripted Messages and Chat Completions servers (whole
+answers and SSE streams, every payload recorded), work items, the worker in-process, answers read back."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from koprogo_cli.embedded import free_port
@@ -30,12 +32,17 @@ from koprogo_cloud.bootstrap import run_cloud
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared import subjects
 from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelta,
+    ChatFailed,
     ChatMessage,
     RoutingPlan,
     RoutingTarget,
     RunInference,
+    chat_outcome_adapter,
     utc_now,
 )
+from koprogo_shared.generation import GenerationControls
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 
 FAKE_ANTHROPIC_KEY = "sk-ant-api03-FAKEfakeFAKE0123456789-test-only"
@@ -43,12 +50,15 @@ FAKE_ANTHROPIC_KEY = "sk-ant-api03-FAKEfakeFAKE0123456789-test-only"
 
 @dataclass
 class Reply:
-    """One scripted answer of the fake Messages API."""
+    """One scripted answer: a JSON body, or (`events`) a stream of server-sent events."""
 
     status: int = 200
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    events: list[dict[str, Any]] | None = None
+    # Between two events of a stream, so that a test can leave in the middle of it.
+    event_delay_s: float = 0.0
 
 
 def message_body(
@@ -70,6 +80,139 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
+def message_events(
+    pieces: Sequence[str] = ("Bon", "jour"),
+    tool_uses: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    *,
+    stop_reason: str | None = None,
+    input_tokens: int = 12,
+    output_tokens: int = 5,
+) -> list[dict[str, Any]]:
+    """A Messages API stream: message_start (input usage), text deltas, tool_use blocks whose input
+    comes in partial JSON pieces, then message_delta (stop reason, final output usage) and message_stop."""
+    start = message_body("", input_tokens=input_tokens, output_tokens=1)
+    start |= {"content": [], "stop_reason": None}
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
+    index = 0
+    if pieces:
+        events.append(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        )
+        events += [
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+            for piece in pieces
+        ]
+        events.append({"type": "content_block_stop", "index": 0})
+        index = 1
+    for use_id, name, arguments in tool_uses:
+        block = {"type": "tool_use", "id": use_id, "name": name, "input": {}}
+        events.append({"type": "content_block_start", "index": index, "content_block": block})
+        text = json.dumps(arguments)
+        for part in (text[: len(text) // 2], text[len(text) // 2 :]):
+            delta = {"type": "input_json_delta", "partial_json": part}
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        events.append({"type": "content_block_stop", "index": index})
+        index += 1
+    stop = stop_reason or ("tool_use" if tool_uses else "end_turn")
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": output_tokens},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events
+
+
+def tool_use_body(
+    use_id: str,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    text: str = "",
+    input_tokens: int = 40,
+    output_tokens: int = 12,
+) -> dict[str, Any]:
+    """A whole Messages API answer that calls a tool (stop_reason tool_use)."""
+    body = message_body(text, stop_reason="tool_use", input_tokens=input_tokens, output_tokens=output_tokens)
+    blocks = [{"type": "text", "text": text}] if text else []
+    body["content"] = [*blocks, {"type": "tool_use", "id": use_id, "name": name, "input": arguments}]
+    return body
+
+
+_CHUNK = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o"}
+
+
+def completion_body(
+    content: str | None = "Bonjour",
+    tool_calls: Sequence[tuple[str, str, str]] = (),
+    *,
+    finish_reason: str | None = None,
+    prompt_tokens: int = 12,
+    completion_tokens: int = 5,
+) -> dict[str, Any]:
+    """A whole Chat Completions answer; `tool_calls` as (id, name, arguments JSON text)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in tool_calls
+        ]
+    return _CHUNK | {
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason or ("tool_calls" if tool_calls else "stop"),
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+def completion_chunks(
+    pieces: Sequence[str] = ("Bon", "jour"),
+    tool_calls: Sequence[tuple[str, str, str]] = (),
+    *,
+    finish_reason: str | None = None,
+    prompt_tokens: int = 12,
+    completion_tokens: int = 5,
+    usage: bool = True,
+) -> list[dict[str, Any]]:
+    """A Chat Completions stream: a role chunk, text pieces, each tool call in two chunks (its
+    arguments split), the finish chunk and, with `usage`, the include_usage chunk (no choices)."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return _CHUNK | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in pieces]
+    for n, (call_id, name, arguments) in enumerate(tool_calls):
+        half = len(arguments) // 2
+        first = {
+            "index": n,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": arguments[:half]},
+        }
+        chunks.append(chunk({"tool_calls": [first]}))
+        chunks.append(chunk({"tool_calls": [{"index": n, "function": {"arguments": arguments[half:]}}]}))
+    chunks.append(chunk({}, finish_reason or ("tool_calls" if tool_calls else "stop")))
+    if usage:
+        chunks.append(_CHUNK | {"choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+    return chunks
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 @dataclass
 class Call:
     at: float
@@ -85,30 +228,82 @@ def _api_key(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-class FakeMessagesApi:
-    """`POST /v1/messages` answering from a script; the last reply repeats once the script runs out."""
+class ScriptedApi:
+    """`POST <path>` answering from a script; the last reply repeats once the script runs out.
 
-    def __init__(self) -> None:
-        self.script: list[Reply] = [Reply(body=message_body())]
+    Every payload is recorded (`calls`); every stream served is recorded as "complete" or
+    "cut" (the client closed it before its end) in `streams`.
+    """
+
+    path = "/"
+    end_of_stream = ""
+
+    def __init__(self, first: Reply) -> None:
+        self.script: list[Reply] = [first]
         self.calls: list[Call] = []
+        self.streams: list[str] = []
         self._lock = threading.Lock()
 
     def reset(self, *replies: Reply) -> None:
         with self._lock:
             self.script = list(replies)
             self.calls = []
+            self.streams = []
 
-    async def _messages(self, request: Request) -> Response:
+    def frame(self, event: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    async def _answer(self, request: Request) -> Response:
         payload = await request.json()
         with self._lock:
             self.calls.append(Call(time.monotonic(), _api_key(request), payload))
             reply = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.events is not None:
+            return StreamingResponse(self._sse(reply), media_type="text/event-stream", headers=reply.headers)
         return JSONResponse(reply.body or {}, status_code=reply.status, headers=reply.headers)
 
+    async def _sse(self, reply: Reply) -> AsyncIterator[str]:
+        try:
+            for event in reply.events or ():
+                if reply.event_delay_s:
+                    await asyncio.sleep(reply.event_delay_s)
+                yield self.frame(event)
+            if self.end_of_stream:
+                yield self.end_of_stream
+        except BaseException:
+            self.streams.append("cut")
+            raise
+        self.streams.append("complete")
+
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+        return Starlette(routes=[Route(self.path, self._answer, methods=["POST"])])
+
+
+class FakeMessagesApi(ScriptedApi):
+    """Anthropic's `POST /v1/messages`: JSON answers, or `event: <type>` SSE streams."""
+
+    path = "/v1/messages"
+
+    def __init__(self) -> None:
+        super().__init__(Reply(body=message_body()))
+
+    def frame(self, event: dict[str, Any]) -> str:
+        return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+
+class FakeChatCompletionsApi(ScriptedApi):
+    """OpenAI's `POST /v1/chat/completions`: JSON answers, or `data:` SSE streams ending with [DONE]."""
+
+    path = "/v1/chat/completions"
+    end_of_stream = "data: [DONE]\n\n"
+
+    def __init__(self) -> None:
+        super().__init__(Reply(body=completion_body()))
+
+    def frame(self, event: dict[str, Any]) -> str:
+        return f"data: {json.dumps(event)}\n\n"
 
 
 @contextlib.contextmanager
@@ -184,9 +379,16 @@ def work_item(
     with_plan: bool = True,
     deadline_s: float = 60.0,
     system: str | None = None,
+    messages: list[ChatMessage] | None = None,
+    controls: GenerationControls | None = None,
+    stream: bool = False,
+    max_tokens: int = 32,
+    temperature: float | None = None,
 ) -> RunInference:
-    messages = [ChatMessage(role="system", content=system)] if system else []
-    messages.append(ChatMessage(role="user", content=content))
+    """A work item for `deployment`: `messages` as given, else an optional system turn and `content`."""
+    if messages is None:
+        messages = [ChatMessage(role="system", content=system)] if system else []
+        messages.append(ChatMessage(role="user", content=content))
     plan = RoutingPlan(
         policy="prefer_edge",
         allow_fallback=True,
@@ -199,10 +401,13 @@ def work_item(
         request_id=str(uuid.uuid4()),
         model=model,
         messages=messages,
-        max_tokens=32,
+        max_tokens=max_tokens,
+        temperature=temperature,
         reply_subject=reply_subject,
         deadline=utc_now() + timedelta(seconds=deadline_s),
         routing=plan if with_plan else None,
+        controls=controls,
+        stream=stream,
     )
 
 
@@ -238,6 +443,19 @@ async def collecting(nc: NATS, subject: str) -> AsyncIterator[Collector]:
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def read_answer(
+    collector: Collector, timeout: float = 20.0
+) -> tuple[list[ChatDelta], ChatCompleted | ChatFailed]:
+    """The pieces that came on a reply subject, in order, then the outcome that ended them."""
+    deltas: list[ChatDelta] = []
+    while True:
+        raw = await collector.next(timeout)
+        if json.loads(raw).get("type") == ChatDelta.model_fields["type"].default:
+            deltas.append(ChatDelta.model_validate_json(raw))
+            continue
+        return deltas, chat_outcome_adapter.validate_json(raw)
 
 
 def reply_subject() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +12,15 @@ import pytest
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
+    ChatDelta,
     ChatFailed,
+    ChatMessage,
     CloudDeploymentStatus,
     InferenceAttemptFailed,
     chat_outcome_adapter,
 )
+from koprogo_shared.generation import FunctionCall, GenerationControls, ToolCall, ToolSpec
+from tests.conftest import wait_until
 from tests.integration.cloud_support import (
     FAKE_ANTHROPIC_KEY,
     FakeMessagesApi,
@@ -25,11 +30,14 @@ from tests.integration.cloud_support import (
     deployments_file,
     error_body,
     message_body,
+    message_events,
     nats_client,
+    read_answer,
     reply_subject,
     running_cloud,
     serving_in_thread,
     submit,
+    tool_use_body,
     work_item,
 )
 
@@ -213,3 +221,215 @@ async def test_without_a_plan_a_fallback_worthy_failure_fails_the_chat(
             outcome = chat_outcome_adapter.validate_json(await answers.next())
     assert isinstance(outcome, ChatFailed)
     assert (outcome.status, outcome.error) == (502, "provider_error")
+
+
+WEATHER = ToolSpec.model_validate(
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Today's weather in a Belgian city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+                "required": ["city", "unit"],
+            },
+        },
+    }
+)
+
+
+async def test_tools_go_in_anthropics_shape_and_a_tool_use_answer_becomes_tool_calls(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    arguments = {"city": "Liège", "unit": "C"}
+    api.reset(Reply(body=tool_use_body("toolu_01A", "get_weather", arguments, text="Je regarde.")))
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    controls = GenerationControls(tools=[WEATHER], tool_choice="required", stop=["FIN"], top_p=0.9)
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(
+            dep, MODEL, "Quel temps à Liège ?", reply_subject=reply, controls=controls, temperature=0.4
+        )
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            outcome = chat_outcome_adapter.validate_json(await answers.next())
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert outcome.finish_reason == "tool_calls"
+    assert outcome.content == "Je regarde."
+    assert outcome.tool_calls is not None
+    (call,) = outcome.tool_calls
+    assert call.id == "toolu_01A" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == arguments
+    assert (outcome.usage.prompt_tokens, outcome.usage.completion_tokens) == (40, 12)
+    (sent,) = api.calls
+    assert sent.payload["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Today's weather in a Belgian city",
+            "input_schema": WEATHER.function.parameters,
+        }
+    ]
+    assert sent.payload["tool_choice"] == {"type": "any"}
+    assert sent.payload["stop_sequences"] == ["FIN"] and sent.payload["top_p"] == 0.9
+    assert sent.payload["temperature"] == 0.4
+    assert "stream" not in sent.payload or sent.payload["stream"] is False
+
+
+async def test_a_tool_result_round_trip_is_sent_as_tool_use_and_tool_result_blocks(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    api.reset(
+        Reply(
+            body=message_body("Il pleut à Liège et il fait beau à Namur.", input_tokens=80, output_tokens=14)
+        )
+    )
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    calls = [
+        ToolCall(
+            id="toolu_1",
+            function=FunctionCall(name="get_weather", arguments='{"city": "Liège", "unit": "C"}'),
+        ),
+        ToolCall(
+            id="toolu_2",
+            function=FunctionCall(name="get_weather", arguments='{"city": "Namur", "unit": "C"}'),
+        ),
+    ]
+    history = [
+        ChatMessage(role="system", content="Réponds en français."),
+        ChatMessage(role="user", content="Quel temps à Liège et à Namur ?"),
+        ChatMessage(role="assistant", content="", tool_calls=calls),
+        ChatMessage(role="tool", content="12 C, pluie", tool_call_id="toolu_1"),
+        ChatMessage(role="tool", content="15 C, soleil", tool_call_id="toolu_2"),
+    ]
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(
+            dep, MODEL, reply_subject=reply, messages=history, controls=GenerationControls(tools=[WEATHER])
+        )
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            outcome = chat_outcome_adapter.validate_json(await answers.next())
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert outcome.finish_reason == "stop" and outcome.tool_calls is None
+    assert outcome.content == "Il pleut à Liège et il fait beau à Namur."
+    (sent,) = api.calls
+    assert sent.payload["system"] == "Réponds en français."
+    user, assistant, results = sent.payload["messages"]
+    assert user == {"role": "user", "content": "Quel temps à Liège et à Namur ?"}
+    assert assistant["role"] == "assistant"
+    assert [(b["type"], b["id"], b["input"]["city"]) for b in assistant["content"]] == [
+        ("tool_use", "toolu_1", "Liège"),
+        ("tool_use", "toolu_2", "Namur"),
+    ]
+    assert results == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12 C, pluie"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "15 C, soleil"},
+        ],
+    }
+
+
+async def test_a_streamed_answer_sends_each_piece_and_takes_the_usage_from_the_stream_events(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    pieces = ["Bonjour", ", voici", " le résumé", " du PV."]
+    api.reset(Reply(events=message_events(pieces, input_tokens=33, output_tokens=9)))
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(dep, MODEL, reply_subject=reply, stream=True)
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            deltas, outcome = await read_answer(answers)
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert [d.delta for d in deltas] == pieces
+    assert [d.index for d in deltas] == [0, 1, 2, 3]
+    assert {d.request_id for d in deltas} == {work.request_id}
+    assert "".join(d.delta for d in deltas) == outcome.content
+    # input from message_start, output from message_delta (message_start said 1).
+    assert (outcome.usage.prompt_tokens, outcome.usage.completion_tokens) == (33, 9)
+    assert outcome.finish_reason == "stop"
+    (sent,) = api.calls
+    assert sent.payload["stream"] is True
+    assert api.streams == ["complete"]
+
+
+async def test_a_streamed_tool_use_comes_whole_in_the_completion_never_as_pieces(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    arguments = {"city": "Namur", "unit": "C"}
+    events = message_events(
+        ["Je regarde."], [("toolu_9", "get_weather", arguments)], input_tokens=50, output_tokens=20
+    )
+    api.reset(Reply(events=events))
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(
+            dep, MODEL, reply_subject=reply, stream=True, controls=GenerationControls(tools=[WEATHER])
+        )
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            deltas, outcome = await read_answer(answers)
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert [d.delta for d in deltas] == ["Je regarde."]
+    assert outcome.finish_reason == "tool_calls"
+    assert outcome.tool_calls is not None
+    (call,) = outcome.tool_calls
+    assert (call.id, call.function.name) == ("toolu_9", "get_weather")
+    assert json.loads(call.function.arguments) == arguments
+    assert (outcome.usage.prompt_tokens, outcome.usage.completion_tokens) == (50, 20)
+
+
+async def test_a_caller_that_leaves_mid_stream_closes_the_providers_stream(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    pieces = [f"mot{n} " for n in range(40)]
+    api.reset(Reply(events=message_events(pieces), event_delay_s=0.1))
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(dep, MODEL, reply_subject=reply, stream=True)
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            first = ChatDelta.model_validate_json(await answers.next())
+            await nc.publish(subjects.chat_cancel(work.request_id), b"")
+            deltas, outcome = await read_answer(answers, timeout=3)
+        await wait_until(lambda: api.streams != [], timeout=5)
+    assert first.index == 0
+    assert isinstance(outcome, ChatFailed), outcome
+    assert (outcome.status, outcome.error) == (499, "caller_gone")
+    assert len(deltas) < 5  # the 40 pieces take 4 s: the worker stopped reading at once
+    assert api.streams == ["cut"]  # the provider saw its stream closed
+    assert len(api.calls) == 1
+
+
+async def test_a_control_anthropic_lacks_is_refused_by_name_without_calling_it(
+    clean_jetstream: str, fake_api: tuple[FakeMessagesApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_api
+    api.reset(Reply(body=message_body()))
+    dep = new_dep_id()
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, anthropic_deployment(port, dep)))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(dep, MODEL, reply_subject=reply, controls=GenerationControls(seed=42))
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            outcome = chat_outcome_adapter.validate_json(await answers.next())
+    assert isinstance(outcome, ChatFailed)
+    assert (outcome.status, outcome.error) == (400, "unsupported_parameter")
+    assert "seed" in outcome.message
+    assert api.calls == []

@@ -1,22 +1,38 @@
-"""The OpenAI path for real: the OpenAI SDK against llama.cpp's OpenAI-compatible server (bundled model)."""
+"""The OpenAI path for real: the OpenAI SDK against llama.cpp's OpenAI-compatible server (bundled model):
+stop, seed and streaming; then against a scripted Chat Completions server for what only OpenAI's own
+endpoint would show (every control's shape, tool calls, a stream's usage chunk)."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, chat_outcome_adapter
+from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, ChatMessage, chat_outcome_adapter
+from koprogo_shared.generation import GenerationControls, ToolSpec
+from tests.conftest import wait_until
 from tests.integration.cloud_support import (
+    FakeChatCompletionsApi,
+    Reply,
     cloud_settings,
     collecting,
+    completion_body,
+    completion_chunks,
     deployments_file,
     nats_client,
     openai_compatible_server,
+    read_answer,
     reply_subject,
     running_cloud,
+    serving_in_thread,
     submit,
     work_item,
 )
@@ -61,3 +77,287 @@ timeout_s = 30
     assert outcome.finish_reason in ("stop", "length")
     assert stored.data is not None
     assert ChatCompleted.model_validate_json(stored.data).id == outcome.id
+
+
+def llama_deployment(port: int, dep_id: str = "local-openai", extra: str = "") -> str:
+    return f"""
+[[deployments]]
+id = "{dep_id}"
+provider = "openai_compatible"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = ""
+models = {{ "{MODEL}" = "{MODEL}" }}
+timeout_s = 30
+max_retries = 0
+{extra}
+"""
+
+
+STORY = "Write a short story about a cat named Felix. It has several sentences."
+
+
+async def ask(
+    js: JetStreamContext, nc: NATS, dep_id: str, **fields: Any
+) -> tuple[list[ChatDelta], ChatCompleted | ChatFailed]:
+    """Submit one work item to `dep_id` and read its pieces and outcome."""
+    reply = reply_subject()
+    work = work_item(dep_id, MODEL, fields.pop("content", STORY), reply_subject=reply, **fields)
+    async with collecting(nc, reply) as answers:
+        await submit(js, dep_id, work)
+        return await read_answer(answers, timeout=90)
+
+
+async def test_stop_ends_the_text_before_the_stop_string(
+    clean_jetstream: str, llama_openai_server: int, tmp_path: Path
+) -> None:
+    settings = cloud_settings(
+        clean_jetstream, deployments_file(tmp_path, llama_deployment(llama_openai_server))
+    )
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        _, whole = await ask(js, nc, "local-openai", temperature=0.0, max_tokens=48)
+        _, stopped = await ask(
+            js, nc, "local-openai", temperature=0.0, max_tokens=48, controls=GenerationControls(stop=["."])
+        )
+    assert isinstance(whole, ChatCompleted) and isinstance(stopped, ChatCompleted), (whole, stopped)
+    assert "." in whole.content  # the same answer, unstopped, goes past a full stop
+    assert stopped.content == whole.content.split(".")[0]
+    assert stopped.finish_reason == "stop"
+    assert 0 < stopped.usage.completion_tokens < whole.usage.completion_tokens
+
+
+async def test_the_same_seed_gives_the_same_text_and_another_seed_another(
+    clean_jetstream: str, llama_openai_server: int, tmp_path: Path
+) -> None:
+    settings = cloud_settings(
+        clean_jetstream, deployments_file(tmp_path, llama_deployment(llama_openai_server))
+    )
+    texts: list[str] = []
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        for seed in (1, 1, 2):
+            controls = GenerationControls(seed=seed)
+            _, outcome = await ask(js, nc, "local-openai", temperature=0.8, max_tokens=32, controls=controls)
+            assert isinstance(outcome, ChatCompleted), outcome
+            texts.append(outcome.content)
+    first, again, other = texts
+    assert first == again
+    assert first != other
+
+
+async def test_by_default_a_generic_server_answers_a_streamed_request_whole_with_its_usage(
+    clean_jetstream: str, llama_openai_server: int, tmp_path: Path
+) -> None:
+    settings = cloud_settings(
+        clean_jetstream, deployments_file(tmp_path, llama_deployment(llama_openai_server))
+    )
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        deltas, outcome = await ask(js, nc, "local-openai", temperature=0.0, max_tokens=16, stream=True)
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert deltas == []  # the gateway streams the content as one piece
+    assert outcome.usage.prompt_tokens > 0 and outcome.usage.completion_tokens > 0
+
+
+async def test_a_stream_without_usage_sends_the_servers_pieces_then_fails_rather_than_guess_tokens(
+    clean_jetstream: str, llama_openai_server: int, tmp_path: Path
+) -> None:
+    """llama-cpp-python's server ignores stream_options.include_usage: its streams carry no usage."""
+    file = deployments_file(tmp_path, llama_deployment(llama_openai_server, "llama-streams", "stream = true"))
+    settings = cloud_settings(clean_jetstream, file)
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        deltas, failed = await ask(js, nc, "llama-streams", temperature=0.0, max_tokens=24, stream=True)
+        _, whole = await ask(js, nc, "llama-streams", temperature=0.0, max_tokens=24)
+    assert isinstance(whole, ChatCompleted), whole
+    assert len(deltas) > 3 and [d.index for d in deltas] == list(range(len(deltas)))
+    assert "".join(d.delta for d in deltas) == whole.content  # the server's own tokens, as they came
+    assert isinstance(failed, ChatFailed), failed
+    assert (failed.status, failed.error) == (502, "provider_bad_response")
+    assert "no token usage" in failed.message and "stream = false" in failed.message
+
+
+# --- OpenAI itself, scripted (its endpoint is out of reach): what is sent, how answers come back ---
+
+OPENAI_KEY = "sk-proj-FAKEfakeFAKE0123456789-test-only"
+WEATHER = ToolSpec.model_validate(
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                "required": ["city", "unit"],
+            },
+        },
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[tuple[FakeChatCompletionsApi, int]]:
+    api = FakeChatCompletionsApi()
+    with serving_in_thread(api.app()) as port:
+        yield api, port
+
+
+def openai_deployment(port: int, provider: str = "openai") -> tuple[str, str]:
+    dep_id = f"{provider}-{uuid.uuid4().hex[:6]}"
+    table = f"""
+[[deployments]]
+id = "{dep_id}"
+provider = "{provider}"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = "OPENAI_API_KEY"
+models = {{ "{MODEL}" = "gpt-4o-mini-2024-07-18" }}
+max_retries = 0
+"""
+    return dep_id, table
+
+
+async def test_every_control_is_sent_to_openai_in_its_own_shape(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    api.reset(Reply(body=completion_body('{"total": 12.5}', prompt_tokens=30, completion_tokens=8)))
+    dep, table = openai_deployment(port)
+    schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+    controls = GenerationControls.model_validate(
+        {
+            "stop": ["FIN"],
+            "seed": 11,
+            "top_p": 0.9,
+            "presence_penalty": 0.2,
+            "frequency_penalty": 0.3,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "bill", "schema": schema, "strict": True},
+            },
+        }
+    )
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    async with (
+        nats_client(clean_jetstream) as (nc, js),
+        running_cloud(settings, {"OPENAI_API_KEY": OPENAI_KEY}),
+    ):
+        _, outcome = await ask(js, nc, dep, content="Total de la facture ?", controls=controls)
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert outcome.content == '{"total": 12.5}' and outcome.usage.total_tokens == 38
+    (sent,) = api.calls
+    assert sent.api_key == OPENAI_KEY
+    assert sent.payload["model"] == "gpt-4o-mini-2024-07-18"
+    assert {
+        k: sent.payload[k] for k in ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty")
+    } == {
+        "stop": ["FIN"],
+        "seed": 11,
+        "top_p": 0.9,
+        "presence_penalty": 0.2,
+        "frequency_penalty": 0.3,
+    }
+    assert sent.payload["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "bill", "schema": schema, "strict": True},
+    }
+
+
+async def test_openai_tool_calls_come_back_and_a_tool_round_trip_is_sent_in_openais_shape(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    arguments = json.dumps({"city": "Liège", "unit": "C"})
+    api.reset(
+        Reply(body=completion_body(None, [("call_abc", "get_weather", arguments)])),
+        Reply(body=completion_body("Il pleut à Liège.")),
+    )
+    dep, table = openai_deployment(port)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    controls = GenerationControls.model_validate({"tools": [WEATHER.model_dump()], "tool_choice": named})
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    async with (
+        nats_client(clean_jetstream) as (nc, js),
+        running_cloud(settings, {"OPENAI_API_KEY": OPENAI_KEY}),
+    ):
+        question = ChatMessage(role="user", content="Quel temps à Liège ?")
+        _, called = await ask(js, nc, dep, messages=[question], controls=controls)
+        assert isinstance(called, ChatCompleted) and called.tool_calls is not None, called
+        history = [
+            question,
+            ChatMessage(role="assistant", content=called.content, tool_calls=called.tool_calls),
+            ChatMessage(role="tool", content="12 C, pluie", tool_call_id=called.tool_calls[0].id),
+        ]
+        _, answered = await ask(js, nc, dep, messages=history, controls=GenerationControls(tools=[WEATHER]))
+    assert called.finish_reason == "tool_calls" and called.content == ""
+    assert [(c.id, c.function.name, c.function.arguments) for c in called.tool_calls] == [
+        ("call_abc", "get_weather", arguments)
+    ]
+    assert isinstance(answered, ChatCompleted) and answered.content == "Il pleut à Liège."
+    first, second = api.calls
+    assert first.payload["tools"] == [WEATHER.model_dump(exclude_none=True)]
+    assert first.payload["tool_choice"] == named
+    assert second.payload["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        },
+        {"role": "tool", "content": "12 C, pluie", "tool_call_id": "call_abc"},
+    ]
+
+
+@pytest.mark.parametrize("provider", ["openai", "mistral"])
+async def test_an_openai_stream_sends_its_pieces_and_the_usage_of_its_last_chunk(
+    provider: str, clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    pieces = ["Bon", "jour", ", je", " regarde."]
+    arguments = json.dumps({"city": "Namur", "unit": "C"})
+    chunks = completion_chunks(
+        pieces, [("call_n", "get_weather", arguments)], prompt_tokens=41, completion_tokens=17
+    )
+    api.reset(Reply(events=chunks))
+    dep, table = openai_deployment(port, provider)
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    env = {"OPENAI_API_KEY": OPENAI_KEY}
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, env):
+        deltas, outcome = await ask(js, nc, dep, stream=True, controls=GenerationControls(tools=[WEATHER]))
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert [d.delta for d in deltas] == pieces and [d.index for d in deltas] == [0, 1, 2, 3]
+    assert outcome.content == "".join(pieces)
+    assert outcome.finish_reason == "tool_calls"
+    assert outcome.tool_calls is not None
+    assert [(c.id, c.function.arguments) for c in outcome.tool_calls] == [("call_n", arguments)]
+    assert (outcome.usage.prompt_tokens, outcome.usage.completion_tokens) == (41, 17)
+    (sent,) = api.calls
+    assert sent.payload["stream"] is True
+    # Mistral ends its streams with the usage unasked and has no stream_options.
+    expected = None if provider == "mistral" else {"include_usage": True}
+    assert sent.payload.get("stream_options") == expected
+
+
+async def test_a_caller_that_leaves_stops_a_whole_answer_call_too(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    api.reset(Reply(body=completion_body(), delay_s=8.0))
+    dep, table = openai_deployment(port)
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    async with (
+        nats_client(clean_jetstream) as (nc, js),
+        running_cloud(settings, {"OPENAI_API_KEY": OPENAI_KEY}),
+    ):
+        reply = reply_subject()
+        work = work_item(dep, MODEL, reply_subject=reply)
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            await wait_until(lambda: len(api.calls) == 1, timeout=10)
+            left_at = time.monotonic()
+            await nc.publish(subjects.chat_cancel(work.request_id), b"")
+            _, outcome = await read_answer(answers, timeout=5)
+            waited = time.monotonic() - left_at
+    assert isinstance(outcome, ChatFailed), outcome
+    assert (outcome.status, outcome.error) == (499, "caller_gone")
+    assert waited < 3  # not the provider's 8 s

@@ -44,6 +44,8 @@ async def test_deployment_without_key_is_announced_unavailable_naming_the_variab
         assert not status.available
         assert status.unavailable_reason == "KOPROGO_TEST_ANTHROPIC_KEY is not set"
         assert status.models == ["claude-3-haiku"] and status.provider == "anthropic"
+        # What the router filters on: the controls Anthropic's adapter passes on.
+        assert status.features == ["stop", "tools", "top_p"]
 
         async with collecting(nc, subjects.inference_attempt_failed("copro-cloud")) as failures:
             await submit(

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from koprogo_cloud.adapters.outcomes import OutcomeSink
-from koprogo_cloud.adapters.providers import ChatProvider, ProviderResult
+from koprogo_cloud.adapters.providers import ChatProvider, OnDelta, ProviderCall, ProviderResult
 from koprogo_cloud.domain.deployments import Deployment
-from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError
+from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError, UnmappableRequestError
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_shared.events import (
     ChatCompleted,
+    ChatDelta,
     ChatFailed,
     ChatMessage,
     InferenceAttemptFailed,
@@ -26,6 +29,7 @@ from koprogo_shared.events import (
     RunInference,
     derived_event_id,
 )
+from koprogo_shared.generation import ALL_FEATURES, FunctionCall, GenerationControls, ToolCall, ToolSpec
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -44,20 +48,32 @@ class FakeClock:
 
 
 class FakeProvider(ChatProvider):
-    def __init__(self, *answers: ProviderResult | ProviderError) -> None:
-        self.answers = list(answers)
-        self.calls: list[tuple[str, float]] = []
+    """Answers from a script; a streamed call first hands `pieces` to the caller, then fails or answers."""
 
-    async def complete(
-        self,
-        provider_model: str,
-        messages: Sequence[ChatMessage],
-        temperature: float | None,
-        max_tokens: int,
-        timeout_s: float,
-    ) -> ProviderResult:
-        self.calls.append((provider_model, timeout_s))
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+    def __init__(self, *answers: ProviderResult | ProviderError, pieces: Sequence[str] = ()) -> None:
+        self.answers = list(answers)
+        self.pieces = list(pieces)
+        self.calls: list[tuple[str, float]] = []
+        self.requests: list[ProviderCall] = []
+        self.streamed: list[bool] = []
+
+    def _next(self, call: ProviderCall) -> ProviderResult | ProviderError:
+        self.calls.append((call.provider_model, call.timeout_s))
+        self.requests.append(call)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    async def complete(self, call: ProviderCall) -> ProviderResult:
+        self.streamed.append(False)
+        answer = self._next(call)
+        if isinstance(answer, ProviderError):
+            raise answer
+        return answer
+
+    async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
+        self.streamed.append(True)
+        answer = self._next(call)
+        for piece in self.pieces:
+            await on_delta(piece)
         if isinstance(answer, ProviderError):
             raise answer
         return answer
@@ -67,6 +83,17 @@ class FakeSink(OutcomeSink):
     def __init__(self) -> None:
         self.published: list[ChatCompleted | ChatFailed] = []
         self.attempts: list[InferenceAttemptFailed] = []
+        self.deltas: list[ChatDelta] = []
+        self.gone = asyncio.Event()
+        self.listened: list[str] = []
+
+    async def delta(self, delta: ChatDelta, reply_subject: str) -> None:
+        self.deltas.append(delta)
+
+    @asynccontextmanager
+    async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        self.listened.append(request_id)
+        yield self.gone
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
         self.published.append(outcome)
@@ -79,7 +106,7 @@ OK = ProviderResult("hi", "stop", prompt_tokens=10, completion_tokens=3)
 
 
 def service(
-    provider: FakeProvider | None, **fields: object
+    provider: ChatProvider | None, **fields: object
 ) -> tuple[CloudInferenceService, FakeSink, FakeClock]:
     dep = Deployment.model_validate(
         {"id": "dep", "provider": "openai", "models": {"gpt-4o": "gpt-4o-2024"}, "retry_base_s": 0.5} | fields
@@ -94,8 +121,11 @@ def service(
     )
 
 
-def work(*, deadline_s: float = 60, model: str = "gpt-4o", plan: bool = True) -> RunInference:
-    return RunInference(
+def work(
+    *, deadline_s: float = 60, model: str = "gpt-4o", plan: bool = True, **fields: object
+) -> RunInference:
+    """A work item; `fields` (stream, controls, messages) set on top, validated."""
+    item = RunInference(
         source="test",
         copro_id="c1",
         request_id=str(uuid.uuid4()),
@@ -112,6 +142,7 @@ def work(*, deadline_s: float = 60, model: str = "gpt-4o", plan: bool = True) ->
         if plan
         else None,
     )
+    return RunInference.model_validate(item.model_dump() | fields)
 
 
 async def test_a_redelivered_work_item_completes_with_the_same_event_id() -> None:
@@ -216,3 +247,151 @@ def test_koprogo_cloud_refuses_a_bad_deployments_file(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "deployment x: provider" in done.stderr
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CALL = ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments='{"city": "Spa"}'))
+
+
+async def test_the_controls_and_the_deployments_features_reach_the_provider() -> None:
+    provider = FakeProvider(OK)
+    svc, _, _ = service(provider)
+    controls = GenerationControls(stop=["."], seed=3, tools=[ToolSpec.model_validate(WEATHER)])
+    await svc.run("dep", work(controls=controls))
+    (request,) = provider.requests
+    assert request.controls == controls
+    assert request.features == frozenset(ALL_FEATURES)
+
+
+async def test_a_control_the_deployment_does_not_pass_on_is_refused_by_name_never_dropped() -> None:
+    provider = FakeProvider(OK)
+    svc, sink, _ = service(provider, features=["stop", "top_p", "tools"])
+    outcome = await svc.run(
+        "dep", work(controls=GenerationControls(seed=1, presence_penalty=0.5, stop=["x"]))
+    )
+    assert isinstance(outcome, ChatFailed)
+    assert (outcome.status, outcome.error) == (400, "unsupported_parameter")
+    assert "presence_penalty, seed" in outcome.message and "stop" not in outcome.message
+    assert provider.calls == [] and sink.published == [outcome]
+
+
+async def test_a_history_with_tool_turns_needs_the_tools_feature() -> None:
+    svc, _, _ = service(FakeProvider(OK), features=["stop"])
+    history = [
+        ChatMessage(role="user", content="weather?"),
+        ChatMessage(role="assistant", content="", tool_calls=[CALL]),
+        ChatMessage(role="tool", content="sunny", tool_call_id="call_1"),
+    ]
+    outcome = await svc.run("dep", work(messages=history))
+    assert isinstance(outcome, ChatFailed) and outcome.error == "unsupported_parameter"
+    assert "tools" in outcome.message
+
+
+async def test_tool_calls_of_the_answer_end_in_the_completion() -> None:
+    answer = ProviderResult("", "tool_calls", prompt_tokens=30, completion_tokens=9, tool_calls=[CALL])
+    svc, _, _ = service(FakeProvider(answer))
+    outcome = await svc.run(
+        "dep", work(controls=GenerationControls(tools=[ToolSpec.model_validate(WEATHER)]))
+    )
+    assert isinstance(outcome, ChatCompleted)
+    assert outcome.finish_reason == "tool_calls" and outcome.tool_calls == [CALL]
+
+
+async def test_a_streamed_request_sends_numbered_pieces_then_the_completion() -> None:
+    provider = FakeProvider(ProviderResult("Bonjour !", "stop", 10, 3), pieces=["Bon", "jour", " !"])
+    svc, sink, _ = service(provider)
+    item = work(stream=True)
+    outcome = await svc.run("dep", item)
+    assert provider.streamed == [True]
+    assert [(d.index, d.delta) for d in sink.deltas] == [(0, "Bon"), (1, "jour"), (2, " !")]
+    assert {d.request_id for d in sink.deltas} == {item.request_id}
+    assert isinstance(outcome, ChatCompleted) and outcome.content == "Bonjour !"
+    assert outcome.usage.total_tokens == 13
+
+
+async def test_a_deployment_that_does_not_stream_answers_a_streamed_request_whole() -> None:
+    provider = FakeProvider(OK, pieces=["never"])
+    svc, sink, _ = service(provider, stream=False)
+    assert isinstance(await svc.run("dep", work(stream=True)), ChatCompleted)
+    assert provider.streamed == [False] and sink.deltas == []
+
+
+async def test_a_stream_that_fails_before_its_first_piece_is_retried() -> None:
+    provider = FakeProvider(ProviderError("status", "", status=503), OK)
+    svc, _, _ = service(provider)
+    outcome = await svc.run("dep", work(stream=True))
+    assert isinstance(outcome, ChatCompleted) and provider.streamed == [True, True]
+
+
+async def test_a_stream_that_fails_after_a_piece_fails_the_chat_without_retry_or_fallback() -> None:
+    provider = FakeProvider(ProviderError("status", "", status=503), OK, pieces=["Bon"])
+    svc, sink, _ = service(provider)
+    outcome = await svc.run("dep", work(stream=True))
+    assert isinstance(outcome, ChatFailed)  # not InferenceAttemptFailed: another target would start over
+    assert (outcome.status, outcome.error) == (502, "provider_error")
+    assert "after 1 streamed pieces" in outcome.message
+    assert len(provider.calls) == 1 and sink.attempts == []
+
+
+class HangingProvider(ChatProvider):
+    """A provider that never answers until cancelled; says whether it was."""
+
+    def __init__(self, pieces: Sequence[str] = ()) -> None:
+        self.pieces = pieces
+        self.cancelled = False
+
+    async def _hang(self) -> ProviderResult:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("unreachable")
+
+    async def complete(self, call: ProviderCall) -> ProviderResult:
+        return await self._hang()
+
+    async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
+        for piece in self.pieces:
+            await on_delta(piece)
+        return await self._hang()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_that_leaves_stops_the_provider_call(stream: bool) -> None:
+    provider = HangingProvider(pieces=["Bon"])
+    svc, sink, _ = service(provider)
+    item = work(stream=stream)
+    running = asyncio.create_task(svc.run("dep", item))
+    await asyncio.sleep(0.05)
+    assert not running.done() and sink.listened == [item.request_id]
+    sink.gone.set()
+    outcome = await asyncio.wait_for(running, timeout=2)
+    assert provider.cancelled
+    assert isinstance(outcome, ChatFailed) and (outcome.status, outcome.error) == (499, "caller_gone")
+    assert "abandoned before the provider reported its token usage" in outcome.message
+    assert sink.published == [outcome] and sink.attempts == []
+    assert len(sink.deltas) == (1 if stream else 0)
+
+
+async def test_a_tool_call_anthropic_cannot_express_is_a_bad_request() -> None:
+    class Unmappable(FakeProvider):
+        async def complete(self, call: ProviderCall) -> ProviderResult:
+            raise UnmappableRequestError("tool call 'c1' (f): its arguments are not a JSON object")
+
+    svc, _, _ = service(Unmappable(OK))
+    outcome = await svc.run("dep", work())
+    assert isinstance(outcome, ChatFailed) and (outcome.status, outcome.error) == (400, "invalid_request")
+
+
+def test_the_status_names_the_features_the_deployment_passes_on() -> None:
+    svc, _, _ = service(FakeProvider(OK), features=["tools", "stop", "top_p"])
+    assert svc.status("dep", 2.0).features == ["stop", "tools", "top_p"]
+    every, _, _ = service(FakeProvider(OK))
+    assert set(every.status("dep", 2.0).features) == set(ALL_FEATURES)

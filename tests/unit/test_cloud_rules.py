@@ -122,7 +122,7 @@ def test_a_failed_probe_after_cooldown_rests_again_at_once() -> None:
     [
         ("end_turn", "stop"),
         ("stop_sequence", "stop"),
-        ("tool_use", "stop"),
+        ("tool_use", "tool_calls"),
         ("max_tokens", "length"),
         ("model_context_window_exceeded", "length"),
         ("refusal", "content_filter"),
@@ -139,7 +139,7 @@ def test_anthropic_stop_reasons_map_to_finish_reasons(stop_reason: str, expected
         ("stop", "stop"),
         ("length", "length"),
         ("content_filter", "content_filter"),
-        ("tool_calls", "stop"),
+        ("tool_calls", "tool_calls"),
         ("model_length", "length"),
         ("weird", "error"),
         (None, "stop"),

@@ -99,3 +99,27 @@ def test_mistral_defaults_to_its_own_api() -> None:
     dep = Deployment(id="m", provider="mistral", models={"mistral-small": "mistral-small-latest"})
     assert dep.effective_base_url == "https://api.mistral.ai/v1"
     assert dep.key_env == "MISTRAL_API_KEY"
+
+
+def test_a_deployment_lists_the_controls_it_passes_on_and_whether_it_streams(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'api_key_env = ""', 'api_key_env = ""\nfeatures = ["stop", "seed", "json_object"]\nstream = true'
+    )
+    _, local = load_deployments_file(write(tmp_path, text))
+    assert local.effective_features == {"stop", "seed", "json_object"}
+    assert local.streams
+
+
+def test_an_unknown_feature_is_refused_by_name(tmp_path: Path) -> None:
+    text = '[[deployments]]\nid = "x"\nprovider = "openai"\nmodels = { "a" = "b" }\nfeatures = ["seeds"]\n'
+    with pytest.raises(DeploymentConfigError, match=r"deployment x: features\.0"):
+        load_deployments_file(write(tmp_path, text))
+
+
+def test_an_anthropic_deployment_cannot_list_what_the_messages_api_lacks(tmp_path: Path) -> None:
+    text = (
+        '[[deployments]]\nid = "claude"\nprovider = "anthropic"\nmodels = { "a" = "b" }\n'
+        'features = ["stop", "seed", "json_schema"]\n'
+    )
+    with pytest.raises(DeploymentConfigError, match="Anthropic's Messages API has no json_schema, seed"):
+        load_deployments_file(write(tmp_path, text))

@@ -15,8 +15,10 @@ import logging
 import os
 from collections.abc import Mapping
 
+from koprogo_cloud.adapters.anthropic_provider import AnthropicProvider
+from koprogo_cloud.adapters.openai_provider import OpenAIProvider
 from koprogo_cloud.adapters.outcomes import NatsOutcomeSink, OutcomeSink
-from koprogo_cloud.adapters.providers import ChatProvider, build_provider
+from koprogo_cloud.adapters.providers import ChatProvider
 from koprogo_cloud.domain.deployments import Deployment, key_status
 from koprogo_cloud.entrypoints.nats_worker import CloudWorkWorker, work_consumer
 from koprogo_cloud.entrypoints.status import StatusPublisher
@@ -31,6 +33,14 @@ from koprogo_shared.service_runtime import until_stopped_or_failed
 log = logging.getLogger(__name__)
 
 
+def build_provider(deployment: Deployment, api_key: str | None) -> ChatProvider:
+    if deployment.provider == "anthropic":
+        if api_key is None:
+            raise ValueError("an Anthropic deployment needs a key")
+        return AnthropicProvider(deployment, api_key)
+    return OpenAIProvider(deployment, api_key)
+
+
 def build_runtimes(deployments: list[Deployment], environ: Mapping[str, str]) -> list[DeploymentRuntime]:
     """Each deployment with its provider client, or with the reason it has none (never the key)."""
     runtimes = []
@@ -39,7 +49,14 @@ def build_runtimes(deployments: list[Deployment], environ: Mapping[str, str]) ->
         provider: ChatProvider | None = None
         if reason is None:
             provider = build_provider(dep, key)
-            log.info("deployment %s (%s): %s", dep.id, dep.provider, ", ".join(sorted(dep.models)))
+            log.info(
+                "deployment %s (%s): %s; passes %s%s",
+                dep.id,
+                dep.provider,
+                ", ".join(sorted(dep.models)),
+                ", ".join(sorted(dep.effective_features)) or "no controls",
+                "; streams" if dep.streams else "; answers whole",
+            )
         else:
             # A provider without a key is the normal state of a stack that uses none: not a warning.
             log.info("deployment %s (%s) unavailable: %s", dep.id, dep.provider, reason)

@@ -1,33 +1,43 @@
-"""Provider SDK adapters behind one port, `ChatProvider`.
+"""The port behind which every provider SDK sits: `ChatProvider` (one call, whole or streamed).
 
 Every SDK client is built with `max_retries=0`: the service retries with its own policy
 (Retry-After, deadline-bounded, counted in metrics) instead of the SDK retrying out of
 sight. SDK exceptions become `ProviderError`; their text (which quotes the raw response
 body, possibly an echoed key) is never passed on, only a short sanitized detail.
-Token counts come from the provider's `usage` only.
+Token counts come from the provider's `usage` only. The adapters: `anthropic_provider`,
+`openai_provider` (OpenAI, Mistral, OpenAI-compatible servers).
 """
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import anthropic
-import openai
-
-from koprogo_cloud.domain.deployments import Deployment
 from koprogo_cloud.domain.errors import ProviderError
-from koprogo_cloud.domain.failures import anthropic_finish_reason, openai_finish_reason, safe_detail
+from koprogo_cloud.domain.failures import safe_detail
 from koprogo_cloud.domain.retry_policy import parse_retry_after
 from koprogo_shared.events import ChatMessage, FinishReason, utc_now
+from koprogo_shared.generation import GenerationControls, ToolCall
 
-log = logging.getLogger(__name__)
+# Receives each piece of text of a streamed answer, in order.
+OnDelta = Callable[[str], Awaitable[None]]
 
-# The OpenAI SDK refuses to start without a key; a keyless local server ignores this one.
-NO_KEY_PLACEHOLDER = "no-key"
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """One call: the provider's model, the chat, its limits, and the controls to pass on."""
+
+    provider_model: str
+    messages: Sequence[ChatMessage]
+    temperature: float | None
+    max_tokens: int
+    timeout_s: float
+    # Tool calls the provider leaves without an id get one derived from the request.
+    request_id: str
+    controls: GenerationControls | None = None
+    # The deployment's features (the controls already fit them; see the mapping modules).
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,7 @@ class ProviderResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[ToolCall] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -43,32 +54,33 @@ class ProviderResult:
 
 
 class ChatProvider(ABC):
-    """One provider account: completes a chat or raises ProviderError."""
+    """One provider account: completes a chat or raises ProviderError (or UnmappableRequestError)."""
 
     @abstractmethod
-    async def complete(
-        self,
-        provider_model: str,
-        messages: Sequence[ChatMessage],
-        temperature: float | None,
-        max_tokens: int,
-        timeout_s: float,
-    ) -> ProviderResult: ...
+    async def complete(self, call: ProviderCall) -> ProviderResult: ...
+
+    @abstractmethod
+    async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
+        """The same answer, its text handed to `on_delta` piece by piece as the provider sends it.
+
+        Tool calls are not pieces: they come whole in the result. The usage is the one the
+        provider reports at the end of the stream; a stream that ends without it is a
+        `bad_response`. Cancelling the call closes the stream (the provider stops generating).
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP client."""
 
 
-def _status_error(
-    exc: anthropic.APIStatusError | openai.APIStatusError, secrets: tuple[str, ...]
-) -> ProviderError:
-    headers = exc.response.headers
-    retry_after = parse_retry_after(headers.get("retry-after"), headers.get("retry-after-ms"), now=utc_now())
+def status_error(status: int, headers: object, body: object, secrets: tuple[str, ...]) -> ProviderError:
+    """A provider's HTTP error status as ProviderError, with its Retry-After and, for a rejected request, why."""
+    get = getattr(headers, "get", lambda _name: None)
+    retry_after = parse_retry_after(get("retry-after"), get("retry-after-ms"), now=utc_now())
     detail = ""
-    if exc.status_code in (400, 413, 422):
+    if status in (400, 413, 422):
         # Only a rejected request's explanation is useful to the caller ("prompt is too long").
-        detail = safe_detail(_body_message(exc.body), secrets)
-    return ProviderError("status", detail, status=exc.status_code, retry_after_s=retry_after)
+        detail = safe_detail(_body_message(body), secrets)
+    return ProviderError("status", detail, status=status, retry_after_s=retry_after)
 
 
 def _body_message(body: object) -> str | None:
@@ -79,119 +91,3 @@ def _body_message(body: object) -> str | None:
         if isinstance(body.get("message"), str):
             return str(body["message"])
     return None
-
-
-class AnthropicProvider(ChatProvider):
-    """Anthropic's Messages API: system messages go to `system=`, `max_tokens` is required."""
-
-    def __init__(self, deployment: Deployment, api_key: str) -> None:
-        self._secrets = (api_key,)
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=deployment.effective_base_url,
-            timeout=deployment.timeout_s,
-            max_retries=0,
-        )
-
-    async def complete(
-        self,
-        provider_model: str,
-        messages: Sequence[ChatMessage],
-        temperature: float | None,
-        max_tokens: int,
-        timeout_s: float,
-    ) -> ProviderResult:
-        system = "\n\n".join(m.content for m in messages if m.role == "system")
-        turns: list[Any] = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
-        extra: dict[str, Any] = {}
-        if system:
-            extra["system"] = system
-        if temperature is not None:
-            extra["temperature"] = min(max(temperature, 0.0), 1.0)  # Anthropic accepts 0..1
-        try:
-            response = await self._client.messages.create(
-                model=provider_model, messages=turns, max_tokens=max_tokens, timeout=timeout_s, **extra
-            )
-        except anthropic.APITimeoutError:
-            raise ProviderError("timeout", "no answer in time") from None
-        except anthropic.APIConnectionError:
-            raise ProviderError("connection", "unreachable") from None
-        except anthropic.APIStatusError as exc:
-            raise _status_error(exc, self._secrets) from None
-        except anthropic.APIResponseValidationError:
-            raise ProviderError("bad_response", "the answer does not match the Messages API") from None
-        usage = getattr(response, "usage", None)
-        if usage is None:
-            raise ProviderError("bad_response", "the answer carries no token usage")
-        content = "".join(getattr(block, "text", "") for block in response.content if block.type == "text")
-        return ProviderResult(
-            content=content,
-            finish_reason=anthropic_finish_reason(response.stop_reason),
-            prompt_tokens=usage.input_tokens,
-            completion_tokens=usage.output_tokens,
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class OpenAIProvider(ChatProvider):
-    """OpenAI's Chat Completions API; also Mistral and any OpenAI-compatible server (`base_url`)."""
-
-    def __init__(self, deployment: Deployment, api_key: str | None) -> None:
-        self._secrets = (api_key,) if api_key else ()
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key or NO_KEY_PLACEHOLDER,
-            base_url=deployment.effective_base_url,
-            timeout=deployment.timeout_s,
-            max_retries=0,
-        )
-
-    async def complete(
-        self,
-        provider_model: str,
-        messages: Sequence[ChatMessage],
-        temperature: float | None,
-        max_tokens: int,
-        timeout_s: float,
-    ) -> ProviderResult:
-        turns: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
-        extra: dict[str, Any] = {}
-        if temperature is not None:
-            extra["temperature"] = temperature
-        try:
-            response = await self._client.chat.completions.create(
-                model=provider_model, messages=turns, max_tokens=max_tokens, timeout=timeout_s, **extra
-            )
-        except openai.APITimeoutError:
-            raise ProviderError("timeout", "no answer in time") from None
-        except openai.APIConnectionError:
-            raise ProviderError("connection", "unreachable") from None
-        except openai.APIStatusError as exc:
-            raise _status_error(exc, self._secrets) from None
-        except openai.APIResponseValidationError:
-            raise ProviderError(
-                "bad_response", "the answer does not match the Chat Completions API"
-            ) from None
-        if not response.choices:
-            raise ProviderError("bad_response", "the answer has no choices")
-        if response.usage is None:
-            raise ProviderError("bad_response", "the answer carries no token usage")
-        choice = response.choices[0]
-        return ProviderResult(
-            content=choice.message.content or "",
-            finish_reason=openai_finish_reason(choice.finish_reason),
-            prompt_tokens=response.usage.prompt_tokens,
-            completion_tokens=response.usage.completion_tokens,
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-def build_provider(deployment: Deployment, api_key: str | None) -> ChatProvider:
-    if deployment.provider == "anthropic":
-        if api_key is None:
-            raise ValueError("an Anthropic deployment needs a key")
-        return AnthropicProvider(deployment, api_key)
-    return OpenAIProvider(deployment, api_key)

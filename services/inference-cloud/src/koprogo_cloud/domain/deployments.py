@@ -15,8 +15,31 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from koprogo_shared import co2
+from koprogo_shared.generation import ALL_FEATURES, Feature
 
 ProviderName = Literal["anthropic", "openai", "mistral", "openai_compatible"]
+
+# The generation controls each provider's adapter passes on, unless the file lists its own.
+# Mistral has no `seed` (its API calls it `random_seed`); Anthropic's Messages API has no seed,
+# penalties or JSON output modes; a generic OpenAI-compatible server is trusted with the
+# sampling controls only: its operator lists more (llama.cpp's server also does json_object,
+# but not OpenAI's json_schema type).
+DEFAULT_FEATURES: dict[str, tuple[Feature, ...]] = {
+    "openai": ALL_FEATURES,
+    "mistral": (
+        "stop",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "json_object",
+        "json_schema",
+        "tools",
+    ),
+    "anthropic": ("stop", "top_p", "tools"),
+    "openai_compatible": ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty"),
+}
+# What the Anthropic adapter can pass at all (the others pass every control in OpenAI's shape).
+ANTHROPIC_FEATURES: frozenset[str] = frozenset(DEFAULT_FEATURES["anthropic"])
 
 DEFAULT_API_KEY_ENV: dict[str, str] = {
     "anthropic": "ANTHROPIC_API_KEY",
@@ -54,6 +77,15 @@ class Deployment(BaseModel):
     concurrency: int = Field(default=4, ge=1, le=64)
     # `max_tokens` when the request sets none (Anthropic's Messages API requires one).
     default_max_tokens: int = Field(default=1024, ge=1)
+    # The generation controls passed on to the provider (`koprogo_shared.generation.Feature`);
+    # None: the provider's defaults (`DEFAULT_FEATURES`). The router sends a request only to a
+    # deployment that has every feature it needs.
+    features: list[Feature] | None = None
+    # Streamed requests are answered token by token; None: yes, except for openai_compatible,
+    # since a generic server's stream may end without the usage chunk
+    # (`stream_options.include_usage`): llama-cpp-python's `llama_cpp.server` sends none, vLLM
+    # and llama.cpp's own `llama-server` do. Without streaming, the answer arrives whole.
+    stream: bool | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> Deployment:
@@ -63,7 +95,25 @@ class Deployment(BaseModel):
             raise ValueError(f"deployment {self.id!r}: only an openai_compatible deployment may have no key")
         if self.provider == "openai_compatible" and not self.base_url:
             raise ValueError(f"deployment {self.id!r}: an openai_compatible deployment needs base_url")
+        if self.provider == "anthropic" and self.features is not None:
+            beyond = sorted(set(self.features) - ANTHROPIC_FEATURES)
+            if beyond:
+                raise ValueError(
+                    f"deployment {self.id!r}: Anthropic's Messages API has no {', '.join(beyond)} "
+                    f"(it takes {', '.join(sorted(ANTHROPIC_FEATURES))})"
+                )
         return self
+
+    @property
+    def effective_features(self) -> frozenset[str]:
+        """The controls this deployment passes on: the file's list, else its provider's defaults."""
+        listed = self.features if self.features is not None else DEFAULT_FEATURES[self.provider]
+        return frozenset(listed)
+
+    @property
+    def streams(self) -> bool:
+        """Whether streamed requests are answered token by token (else whole)."""
+        return self.stream if self.stream is not None else self.provider != "openai_compatible"
 
     @property
     def key_env(self) -> str | None:

@@ -3,6 +3,7 @@
 CloudError
 ├── ProviderError            a provider call failed (status, timeout, unreachable, bad answer)
 ├── InvalidCommandError      a work item that can never be handled (dead-lettered)
+├── UnmappableRequestError   a chat the provider's API cannot express (the caller gets a 400)
 └── DeploymentConfigError    the deployments file is unreadable or invalid (start-up)
 """
 
@@ -42,6 +43,10 @@ class ProviderError(CloudError):
 
 class InvalidCommandError(CloudError):
     """A work item that can never be handled (its ids are not UUIDs)."""
+
+
+class UnmappableRequestError(CloudError):
+    """A chat that cannot be put in the provider's shape (a tool call whose arguments are not an object)."""
 
 
 class DeploymentConfigError(CloudError):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from koprogo_cloud.domain.errors import ProviderError
 from koprogo_shared.events import FinishReason
+from koprogo_shared.generation import ToolCall
 
 _ANTHROPIC_FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "tool_use": "stop",
+    "tool_use": "tool_calls",
     "pause_turn": "stop",
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
@@ -27,8 +28,8 @@ _OPENAI_FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
     "content_filter": "content_filter",
-    "tool_calls": "stop",
-    "function_call": "stop",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
     # Mistral's own values, through its OpenAI-compatible API.
     "model_length": "length",
     "error": "error",
@@ -41,6 +42,33 @@ def anthropic_finish_reason(stop_reason: str | None) -> FinishReason:
 
 def openai_finish_reason(finish_reason: str | None) -> FinishReason:
     return _OPENAI_FINISH.get(finish_reason or "", "stop" if finish_reason is None else "error")
+
+
+def answer_finish_reason(reason: FinishReason, tool_calls: list[ToolCall] | None) -> FinishReason:
+    """`tool_calls` when the answer calls tools (unless cut by the length limit), never without calls."""
+    if tool_calls:
+        return reason if reason == "length" else "tool_calls"
+    return "stop" if reason == "tool_calls" else reason
+
+
+# Anthropic's error types, for an error event in the middle of a stream (its HTTP status was 200).
+ANTHROPIC_ERROR_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+def stream_error_status(body: object) -> int:
+    """The status an error event stands for (`{"type": "error", "error": {"type": ...}}`); 502 if unknown."""
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return ANTHROPIC_ERROR_STATUS.get(kind, 502) if isinstance(kind, str) else 502
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,18 @@ Success -> ChatCompleted (durably, then to the waiting gateway). A failure anoth
 may not share (provider down, slow, rate-limited, cooling down) -> InferenceAttemptFailed
 for the router, which falls back or fails the request; without a routing plan, or for a
 request the provider rejects as such, -> ChatFailed.
+
+A streamed request on a deployment that streams sends each piece of text as a ChatDelta
+while the provider writes it; once a piece is out, a failing call is not retried nor handed
+to another target (the caller already has part of an answer): the chat fails. Whether
+streamed or not, the call stops when the caller leaves (`OutcomeSink.caller_gone`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import random
 import statistics
 import time
@@ -19,12 +26,14 @@ from datetime import datetime
 
 from koprogo_cloud.adapters import metrics
 from koprogo_cloud.adapters.outcomes import OutcomeSink
-from koprogo_cloud.adapters.providers import ChatProvider, ProviderResult
+from koprogo_cloud.adapters.providers import ChatProvider, ProviderCall, ProviderResult
+from koprogo_cloud.domain.admission import refusal
 from koprogo_cloud.domain.cooldown import Cooldown
 from koprogo_cloud.domain.deployments import Deployment
-from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError
+from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError, UnmappableRequestError
 from koprogo_cloud.domain.failures import FailureOutcome, classify
 from koprogo_cloud.domain.retry_policy import retry_delay
+from koprogo_cloud.service_layer.streaming import DeltaSender, unless_caller_leaves
 from koprogo_shared import co2
 from koprogo_shared.events import (
     ChatCompleted,
@@ -39,6 +48,8 @@ from koprogo_shared.events import (
     derived_event_id,
     utc_now,
 )
+
+log = logging.getLogger(__name__)
 
 Outcome = ChatCompleted | ChatFailed | InferenceAttemptFailed
 
@@ -83,60 +94,42 @@ class CloudInferenceService:
         completed_id = _derived(work, work.request_id, "completed")
         _derived(work, work.id, "failed")  # an unusable id is refused before any work
         now = self._clock()
-        if now >= work.deadline:
-            return await self._fail(
-                runtime,
-                work,
-                FailureOutcome(
-                    504,
-                    "deadline_exceeded",
-                    "the request expired before a cloud deployment could run it",
-                    False,
-                    False,
-                ),
-            )
-        if runtime.provider is None:
-            return await self._fail(
-                runtime,
-                work,
-                FailureOutcome(
-                    503,
-                    "deployment_unavailable",
-                    f"cloud deployment {dep.id!r} is unavailable: {runtime.unavailable_reason}",
-                    True,
-                    False,
-                ),
-            )
-        provider_model = dep.models.get(work.model)
-        if provider_model is None:
-            return await self._fail(
-                runtime,
-                work,
-                FailureOutcome(
-                    404,
-                    "model_not_served",
-                    f"cloud deployment {dep.id!r} does not serve {work.model!r}",
-                    True,
-                    False,
-                ),
-            )
-        if runtime.cooldown.active(now):
-            until = runtime.cooldown.until
-            return await self._fail(
-                runtime,
-                work,
-                FailureOutcome(
-                    503,
-                    "deployment_cooling_down",
-                    f"cloud deployment {dep.id!r} is cooling down after repeated failures "
-                    f"(until {until.isoformat() if until else '?'})",
-                    True,
-                    False,
-                ),
-            )
+        provider = runtime.provider
+        refused = refusal(
+            dep,
+            work,
+            now,
+            unavailable_reason=None if provider else (runtime.unavailable_reason or "no provider client"),
+            cooling_until=runtime.cooldown.until if runtime.cooldown.active(now) else None,
+        )
+        if refused is not None:
+            return await self._fail(runtime, work, refused)
+        assert provider is not None  # refused above otherwise
         started = time.perf_counter()
+        deltas = DeltaSender(self._sink, dep.source, work) if work.stream and dep.streams else None
+        async with self._sink.caller_gone(work.request_id) as gone:
+            call = await unless_caller_leaves(
+                self._call_with_retries(runtime, provider, dep.models[work.model], work, deltas), gone
+            )
+        if call.cancelled():
+            # The provider reports usage only with the end of an answer: a call stopped before it
+            # is abandoned, and the tokens it spent are not known to record.
+            log.info("request %s: the caller left; the call to %s was abandoned", work.request_id, dep.id)
+            sent = f" after {deltas.sent} streamed pieces" if deltas is not None and deltas.sent else ""
+            return await self._fail(
+                runtime,
+                work,
+                FailureOutcome(
+                    499,
+                    "caller_gone",
+                    f"the caller left{sent}; the call to cloud deployment {dep.id!r} was abandoned "
+                    "before the provider reported its token usage",
+                    False,
+                    False,
+                ),
+            )
         try:
-            result = await self._call_with_retries(runtime, runtime.provider, provider_model, work)
+            result = call.result()
         except _Failed as failed:
             return await self._fail(runtime, work, failed.outcome)
         seconds = time.perf_counter() - started
@@ -151,7 +144,12 @@ class CloudInferenceService:
         return completed
 
     async def _call_with_retries(
-        self, runtime: DeploymentRuntime, provider: ChatProvider, provider_model: str, work: RunInference
+        self,
+        runtime: DeploymentRuntime,
+        provider: ChatProvider,
+        provider_model: str,
+        work: RunInference,
+        deltas: DeltaSender | None,
     ) -> ProviderResult:
         dep = runtime.deployment
         max_tokens = work.max_tokens or dep.default_max_tokens
@@ -169,25 +167,47 @@ class CloudInferenceService:
                     )
                 )
             calls += 1
+            request = ProviderCall(
+                provider_model=provider_model,
+                messages=work.messages,
+                temperature=work.temperature,
+                max_tokens=max_tokens,
+                timeout_s=min(dep.timeout_s, remaining),
+                request_id=work.request_id,
+                controls=work.controls,
+                features=dep.effective_features,
+            )
             try:
-                result = await provider.complete(
-                    provider_model, work.messages, work.temperature, max_tokens, min(dep.timeout_s, remaining)
-                )
+                if deltas is None:
+                    result = await provider.complete(request)
+                else:
+                    result = await provider.stream(request, deltas.send)
+            except UnmappableRequestError as exc:
+                raise _Failed(FailureOutcome(400, "invalid_request", str(exc), False, False)) from None
             except ProviderError as exc:
                 metrics.CALLS.labels(dep.id, exc.kind if exc.status is None else str(exc.status)).inc()
-                delay = retry_delay(
-                    exc,
-                    calls,
-                    dep.max_retries,
-                    base_s=dep.retry_base_s,
-                    jitter=self._jitter(),
-                    remaining_s=(work.deadline - self._clock()).total_seconds(),
-                )
+                delay = None
+                if deltas is None or not deltas.sent:
+                    delay = retry_delay(
+                        exc,
+                        calls,
+                        dep.max_retries,
+                        base_s=dep.retry_base_s,
+                        jitter=self._jitter(),
+                        remaining_s=(work.deadline - self._clock()).total_seconds(),
+                    )
                 if delay is None:
                     outcome = classify(exc, dep.id, calls)
                     if outcome.counts_for_cooldown and runtime.cooldown.record_failure(self._clock()):
                         metrics.COOLDOWNS.labels(dep.id).inc()
                         metrics.IN_COOLDOWN.labels(dep.id).set(1)
+                    if deltas is not None and deltas.sent:
+                        # Neither retried nor handed to another target: the caller has part of this answer.
+                        outcome = dataclasses.replace(
+                            outcome,
+                            message=f"{outcome.message} (after {deltas.sent} streamed pieces of the answer)",
+                            fallback_worthy=False,
+                        )
                     raise _Failed(outcome) from None
                 metrics.RETRIES.labels(dep.id).inc()
                 await self._sleep(delay)
@@ -252,6 +272,7 @@ class CloudInferenceService:
             model=work.model,
             content=result.content,
             finish_reason=result.finish_reason,
+            tool_calls=result.tool_calls,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
@@ -290,6 +311,7 @@ class CloudInferenceService:
             intensity_g_per_kwh=dep.intensity_g_per_kwh,
             typical_latency_ms=round(statistics.median(latencies), 3) if latencies else 0.0,
             interval_s=interval_s,
+            features=sorted(dep.effective_features),
         )
 
 
