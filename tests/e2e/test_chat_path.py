@@ -118,7 +118,10 @@ async def test_models_lists_the_seed_models_and_the_bundled_one_available(
         "context_length",
         "is_available",
         "edge_compatible",
+        "supports",
     }
+    # What a live target serving the model honours; nothing serves gpt-4o, so nothing.
+    assert models["gpt-4o"]["supports"] == []
 
 
 BAD_BODIES: list[tuple[str, Any]] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ import jwt
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
-from koprogo_gateway.adapters.replies import ReplyWaiter
 from koprogo_gateway.adapters.routing_policy_store import (
     NatsKvRoutingPolicyStore,
 )
@@ -42,12 +43,14 @@ class Gateway:
     chat: ChatService
     stats: PostgresStatsRepository
     user_data: PostgresUserDataRepository
-    admission: ChatAdmission
     routing_policies: CoproRoutingPolicies
     # None when authentication is off (no JWT_SECRET nor JWKS_URL).
     verifier: JwtVerifier | None
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            # The delivery records of answers already sent, before the connection goes.
+            await asyncio.wait_for(self.chat.settle(), timeout=5)
         with contextlib.suppress(Exception):
             await self.nc.drain()
         with contextlib.suppress(Exception):
@@ -82,9 +85,8 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
     except BaseException:
         await nc.close()
         raise
-    replies = ReplyWaiter()
-    reply_subject = subjects.gateway_reply(settings.gateway_id)
-    await replies.start(nc, reply_subject)
+    bus = NatsChatBus(nc, js, subjects.gateway_reply(settings.gateway_id))
+    await bus.start()
     registry = NodeRegistry()
     await follow_heartbeats(nc, registry)
     return Gateway(
@@ -94,16 +96,13 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         pool=pool,
         registry=registry,
         chat=ChatService(
-            js=js,
-            replies=replies,
-            reply_subject=reply_subject,
-            timeout_s=settings.chat_timeout_s,
+            bus=bus,
+            admission=_admission(settings, NatsKvCounterStore(counters)),
             registry=registry,
-            nc=nc,
+            timeout_s=settings.chat_timeout_s,
         ),
         stats=PostgresStatsRepository(pool),
         user_data=PostgresUserDataRepository(pool, keyring),
-        admission=_admission(settings, NatsKvCounterStore(counters)),
         routing_policies=CoproRoutingPolicies(NatsKvRoutingPolicyStore(policies)),
         verifier=verifier,
     )

@@ -8,8 +8,8 @@ from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.errors import InputTooLargeError
 from koprogo_gateway.domain.input_limits import InputLimits, input_limit_violations
 from koprogo_gateway.domain.rate_limit import RateLimitDecision, RateLimitPolicy
+from koprogo_gateway.service_layer.copro import CoproId
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
-from koprogo_shared.events import copro_id_from_context
 
 
 @dataclass
@@ -19,7 +19,9 @@ class ChatAdmission:
     copro_policy: RateLimitPolicy | None
     user_policy: RateLimitPolicy | None
 
-    async def admit(self, body: ChatRequestIn, *, user_id: str | None = None) -> RateLimitDecision:
+    async def admit(
+        self, body: ChatRequestIn, *, copro_id: CoproId | None, user_id: str | None = None
+    ) -> RateLimitDecision:
         """Input limits first (422, counts nothing), then the rate limits of the user and the copro.
 
         The decision says whether the request was admitted; a refused one was counted nowhere.
@@ -35,7 +37,7 @@ class ChatAdmission:
             chat_claims(
                 copro_policy=self.copro_policy,
                 user_policy=self.user_policy,
-                copro_id=copro_id_from_context(body.context),
+                copro_id=copro_id,
                 user_id=user_id,
             )
         )
@@ -59,3 +61,12 @@ def chat_claims(
     if copro_policy is not None:
         claims.append((copro_policy, copro_id or ""))
     return claims
+
+
+def refusal_message(decision: RateLimitDecision) -> str:
+    """What a refused request is told: which policies are exhausted, and when to retry."""
+    refusing = [u for u in decision.usages if u.exhausted]
+    names = " and ".join(
+        f"{u.policy.limit} requests per {u.policy.window_s}s per {u.policy.name}" for u in refusing
+    )
+    return f"rate limit reached ({names}); retry in {decision.retry_after_s}s"

@@ -12,10 +12,9 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Header, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from koprogo_gateway.bootstrap import Gateway
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.domain.openai_request import (
     CONTEXT_HEADER,
@@ -29,25 +28,31 @@ from koprogo_gateway.domain.stream_format import (
     openai_chunk,
     openai_completion,
     openai_error,
+    openai_tool_call_deltas,
     openai_usage_chunk,
     sse,
 )
-from koprogo_gateway.entrypoints.http import routes_chat, routes_models
+from koprogo_gateway.entrypoints.http.chat_http import (
+    CALLER_LEFT,
+    ERROR_RESPONSES,
+    STREAM_HEADERS,
+    unless_caller_leaves,
+)
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader, Writer
-from koprogo_shared.events import ChatCompleted, ChatDelta
+from koprogo_gateway.service_layer import models
+from koprogo_gateway.service_layer.chat import ChatAnswer
+from koprogo_shared.events import ChatDelta
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-Pieces = AsyncGenerator[ChatDelta | ChatCompleted, None]
+Pieces = AsyncGenerator[ChatDelta | ChatAnswer, None]
 
 
-@router.post("/chat/completions", responses=routes_chat.ERROR_RESPONSES)
+@router.post("/chat/completions", responses=ERROR_RESPONSES)
 async def chat_completions(
     body: OpenAIChatIn,
     caller: Writer,
     gateway: GatewayDep,
-    background: BackgroundTasks,
-    response: Response,
     http_request: Request,
     context: Annotated[str | None, Header(alias=CONTEXT_HEADER)] = None,
 ) -> Any:
@@ -55,63 +60,52 @@ async def chat_completions(
     request = to_chat_request(body, openai_context(context, caller.copros))
     created = int(time.time())
     if not body.stream:
-        answer = await routes_chat.unless_caller_leaves(
-            http_request, routes_chat.chat(request, caller, gateway, background, response)
-        )
-        return answer if isinstance(answer, Response) else openai_completion(answer, created)
-    limit_headers = await routes_chat.admit_chat(request, caller, gateway)
-    started = time.perf_counter()
-    pieces: Pieces = gateway.chat.stream(request, user_id=caller.user_id)
+        answer = await unless_caller_leaves(http_request, gateway.chat.answer(caller, request))
+        if answer is None:
+            return Response(status_code=CALLER_LEFT)
+        return JSONResponse(openai_completion(answer.response(), created), headers=answer.rate_limit_headers)
+    stream = await gateway.chat.stream(caller, request)
+    pieces = stream.pieces
     try:
         # Wait for the first piece before answering: a refusal (unknown model...) keeps its
         # HTTP status, as OpenAI's API does, instead of becoming an error inside a 200 stream.
         first = await anext(pieces)
-    except GatewayError as exc:
-        routes_chat.CHATS.labels(outcome=exc.error).inc()
-        exc.headers = limit_headers | exc.headers
-        raise
     except BaseException:
         await pieces.aclose()
         raise
     return StreamingResponse(
-        _chunks(gateway, first, pieces, request.model, body.include_usage, created, started),
+        _chunks(first, pieces, request.model, body.include_usage, created),
         media_type="text/event-stream",
-        headers=limit_headers | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=stream.rate_limit_headers | STREAM_HEADERS,
     )
 
 
 async def _chunks(
-    gateway: Gateway,
-    first: ChatDelta | ChatCompleted,
-    rest: Pieces,
-    model: str,
-    include_usage: bool,
-    created: int,
-    started: float,
+    first: ChatDelta | ChatAnswer, rest: Pieces, model: str, include_usage: bool, created: int
 ) -> AsyncIterator[str]:
     # The requested id until the completion names the model that answered (`auto` picks one).
-    answer_id = first.request_id
+    answer_id = first.request_id if isinstance(first, ChatDelta) else first.completion.request_id
     try:
         yield openai_chunk(answer_id, model, created, {"role": "assistant", "content": ""})
         piece = first
-        while True:
-            if isinstance(piece, ChatCompleted):
-                latency_ms = (time.perf_counter() - started) * 1000.0
-                routes_chat.CHATS.labels(outcome="completed").inc()
-                routes_chat.LATENCY.observe(latency_ms / 1000.0)
-                info = piece.execution_info.model_copy(update={"latency_ms": round(latency_ms, 3)})
-                yield openai_chunk(
-                    answer_id, piece.model, created, {}, piece.finish_reason, koprogo=koprogo_extras(info)
-                )
-                if include_usage:
-                    yield openai_usage_chunk(answer_id, piece.model, created, piece.usage)
-                yield DONE
-                await routes_chat.record_delivery(gateway, piece, latency_ms)
-                return
+        while isinstance(piece, ChatDelta):
             yield openai_chunk(answer_id, model, created, {"content": piece.delta})
             piece = await anext(rest)
+        answer = piece.response()
+        if answer.tool_calls:
+            yield openai_chunk(answer_id, answer.model, created, openai_tool_call_deltas(answer.tool_calls))
+        yield openai_chunk(
+            answer_id,
+            answer.model,
+            created,
+            {},
+            answer.finish_reason,
+            koprogo=koprogo_extras(answer.execution_info),
+        )
+        if include_usage:
+            yield openai_usage_chunk(answer_id, answer.model, created, answer.usage)
+        yield DONE
     except GatewayError as exc:
-        routes_chat.CHATS.labels(outcome=exc.error).inc()
         yield sse(openai_error(exc.status, exc.error, exc.message))
     finally:
         await rest.aclose()
@@ -119,12 +113,12 @@ async def _chunks(
 
 @router.get("/models")
 async def list_models(gateway: GatewayDep, caller: Reader) -> dict[str, Any]:
-    """OpenAI's model list: the catalogue and the `auto` classes; `koprogo` says which serve now."""
-    models = await routes_models.list_models(gateway, caller)
-    return {"object": "list", "data": [_model(m) for m in models.models]}
+    """OpenAI's model list: the catalogue and the `auto` classes; `koprogo` says which serve now and what each honours."""
+    listed = models.list_models(gateway.registry, caller)
+    return {"object": "list", "data": [_model(m) for m in listed.models]}
 
 
-def _model(m: routes_models.ModelPublic) -> dict[str, Any]:
+def _model(m: models.ModelPublic) -> dict[str, Any]:
     return {
         "id": m.id,
         "object": "model",
@@ -135,5 +129,6 @@ def _model(m: routes_models.ModelPublic) -> dict[str, Any]:
             "context_length": m.context_length,
             "is_available": m.is_available,
             "edge_compatible": m.edge_compatible,
+            "supports": m.supports,
         },
     }

@@ -6,26 +6,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
-from koprogo_gateway.domain.access import stats_copros
-from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import InvalidQueryError
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
+from koprogo_gateway.service_layer.copro import copro_id_of
+from koprogo_gateway.service_layer.stats import StatsPublic, usage_stats
 
 router = APIRouter(prefix="/mcp/v1", tags=["stats"])
-
-
-class StatsPublic(BaseModel):
-    total_requests: int
-    total_tokens: int
-    total_co2_grams: float
-    co2_saved_grams: float
-    edge_requests: int
-    cloud_requests: int
-    grid_requests: int
-    avg_latency_ms: float
-    models_used: list[str]
 
 
 @router.get(
@@ -46,12 +33,7 @@ async def stats(
 ) -> StatsPublic:
     """Totals over answered requests of the caller's copros, optionally between `from` and `to` and for one `context` (copro:<id>)."""
     try:
-        copro_id = copro_of_context(context)
+        copro_id = copro_id_of(context)
     except ValueError as exc:
         raise InvalidQueryError(str(exc)) from None
-    if date_from and date_to and date_from >= date_to:
-        raise InvalidQueryError("'from' must be before 'to'")
-    # Another copro's figures are a 404, as if it did not exist; admins see every copro.
-    copro_ids = stats_copros(caller, copro_id)
-    figures = await gateway.stats.stats(date_from=date_from, date_to=date_to, copro_ids=copro_ids)
-    return StatsPublic(**figures)
+    return await usage_stats(gateway.stats, caller, copro_id, date_from, date_to)

@@ -10,14 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from fastapi import BackgroundTasks, Response
 from starlette.requests import Request
 
 from koprogo_gateway.bootstrap import Gateway
-from koprogo_gateway.domain.access import READ, WRITE, Caller, require_scope
+from koprogo_gateway.domain.access import Caller
 from koprogo_gateway.domain.chat_request import ChatRequestIn
-from koprogo_gateway.domain.errors import GatewayError
-from koprogo_gateway.entrypoints.http import routes_chat, routes_models, routes_stats
+from koprogo_gateway.domain.errors import GatewayError, InvalidQueryError
+from koprogo_gateway.service_layer.copro import copro_id_of
+from koprogo_gateway.service_layer.models import list_models
+from koprogo_gateway.service_layer.stats import usage_stats
 
 # Where the MCP endpoint's authentication leaves the request's backend (its gateway and its
 # verified caller), in the ASGI scope's state.
@@ -59,10 +60,10 @@ class BackendFactory(Protocol):
 
 
 class InProcessBackend:
-    """The HTTP routes' own functions, called with the caller the MCP endpoint authenticated.
+    """The gateway's use cases, called with the caller the MCP endpoint authenticated.
 
-    The routes' scope checks live in their FastAPI dependencies, so they are repeated here:
-    chat needs `mcp:write`, stats and models `mcp:read`; copro rules are the routes' own.
+    Each checks its own scope (chat needs `mcp:write`, stats and models `mcp:read`) and copro
+    rules, as behind the HTTP routes; the answers are the HTTP API's JSON shapes.
     """
 
     def __init__(self, gateway: Gateway, caller: Caller) -> None:
@@ -70,33 +71,31 @@ class InProcessBackend:
         self.caller = caller
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = ChatRequestIn.model_validate(body)
         try:
-            require_scope(self.caller, WRITE)
-            request = ChatRequestIn.model_validate(body)
-            background = BackgroundTasks()
-            answer = await routes_chat.chat(request, self.caller, self.gateway, background, Response())
+            answer = await self.gateway.chat.answer(self.caller, request)
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
-        await background()  # the delivery record; its errors are logged by the route's task
-        return answer.model_dump(mode="json")
+        return answer.response().model_dump(mode="json")
 
     async def stats(
         self, copro_id: str | None, date_from: datetime | None, date_to: datetime | None
     ) -> dict[str, Any]:
-        context = f"copro:{copro_id}" if copro_id else None
         try:
-            require_scope(self.caller, READ)
-            figures = await routes_stats.stats(self.gateway, self.caller, date_from, date_to, context)
+            try:
+                copro = copro_id_of(f"copro:{copro_id}") if copro_id else None
+            except ValueError as exc:
+                raise InvalidQueryError(str(exc)) from None
+            figures = await usage_stats(self.gateway.stats, self.caller, copro, date_from, date_to)
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
         return figures.model_dump(mode="json")
 
     async def models(self) -> dict[str, Any]:
         try:
-            require_scope(self.caller, READ)
+            listed = list_models(self.gateway.registry, self.caller)
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
-        listed = await routes_models.list_models(self.gateway, self.caller)
         return listed.model_dump(mode="json")
 
 

@@ -1,0 +1,137 @@
+"""The chat use case's port to the message bus, its NATS adapter and an in-memory fake.
+
+What a chat needs from the bus: store an event durably (`ChatRequested`, `ChatFailed`,
+`ChatDelivered`), wait for the replies of a request (its outcome, its streamed pieces, which
+node runs it), tell the worker to stop (`subjects.chat_cancel`), and forget the request.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from koprogo_gateway.adapters.replies import ExpectedReplies, ReplyEvent, ReplyWaiter
+from koprogo_gateway.domain.errors import BusUnavailableError, RequestTooLargeError
+from koprogo_shared import subjects
+from koprogo_shared.events import ChatRequested, Event
+from koprogo_shared.nats_connection import publish_event
+
+log = logging.getLogger(__name__)
+E = TypeVar("E", bound=Event)
+
+
+class ChatBus(abc.ABC):
+    """The bus as the chat use case sees it; replies come to `reply_subject`."""
+
+    reply_subject: str
+
+    @abc.abstractmethod
+    async def publish(self, subject: str, event: Event) -> None:
+        """Store `event` durably; RequestTooLargeError (413) or BusUnavailableError (503) when refused."""
+
+    @abc.abstractmethod
+    def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
+        """Start collecting the replies of `request_id` (call before publishing the request)."""
+
+    @abc.abstractmethod
+    async def cancel(self, request_id: str) -> None:
+        """Tell whoever generates `request_id` that nobody reads it any more (best effort, never raises)."""
+
+    @abc.abstractmethod
+    def forget(self, request_id: str) -> None:
+        """Stop collecting the replies of `request_id`; later ones are dropped."""
+
+
+class NatsChatBus(ChatBus):
+    """JetStream for the durable events, core NATS for the replies and the cancel."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, reply_subject: str) -> None:
+        self.nc = nc
+        self.js = js
+        self.reply_subject = reply_subject
+        self.replies = ReplyWaiter()
+
+    async def start(self) -> None:
+        await self.replies.start(self.nc, self.reply_subject)
+
+    async def publish(self, subject: str, event: Event) -> None:
+        try:
+            await publish_event(self.js, subject, event)
+        except nats.errors.MaxPayloadError:
+            raise RequestTooLargeError("the request is larger than the message bus accepts") from None
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise BusUnavailableError(
+                f"the message bus did not accept the request: {type(exc).__name__}"
+            ) from exc
+
+    def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
+        return self.replies.expect(request_id, streamed=streamed)
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self.nc.publish(subjects.chat_cancel(request_id), b"")
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("could not cancel %s: %r", request_id, exc)
+
+    def forget(self, request_id: str) -> None:
+        self.replies.forget(request_id)
+
+
+# What the fake answers a published request with: replies, and pauses (seconds) between them.
+Script = Callable[[ChatRequested], Sequence[ReplyEvent | float]]
+
+
+class FakeChatBus(ChatBus):
+    """In memory: records what is published and cancelled; `script` says how each request is answered.
+
+    Each published `ChatRequested` gets the replies `script(request)` returns, in order, from
+    a task of its own (a float there is a pause, in seconds); an empty script is silence.
+    `refuse_with` makes every publish raise that error, as an unreachable bus does.
+    """
+
+    def __init__(self, script: Script | None = None, reply_subject: str = "koprogo.reply.fake") -> None:
+        self.reply_subject = reply_subject
+        self.script: Script = script or (lambda _: ())
+        self.published: list[tuple[str, Event]] = []
+        self.cancelled: list[str] = []
+        self.refuse_with: Exception | None = None
+        self.replies = ReplyWaiter()
+        self._answering: set[asyncio.Task[None]] = set()
+
+    async def publish(self, subject: str, event: Event) -> None:
+        await asyncio.sleep(0)
+        if self.refuse_with is not None:
+            raise self.refuse_with
+        self.published.append((subject, event))
+        if isinstance(event, ChatRequested):
+            task = asyncio.create_task(self._answer(self.script(event)))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, replies: Sequence[ReplyEvent | float]) -> None:
+        for reply in replies:
+            if isinstance(reply, float | int):
+                await asyncio.sleep(reply)
+            else:
+                await asyncio.sleep(0)
+                self.replies.deliver(reply)
+
+    def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
+        return self.replies.expect(request_id, streamed=streamed)
+
+    async def cancel(self, request_id: str) -> None:
+        self.cancelled.append(request_id)
+
+    def forget(self, request_id: str) -> None:
+        self.replies.forget(request_id)
+
+    def events(self, kind: type[E]) -> list[E]:
+        """The published events of one type, in order."""
+        return [event for _, event in self.published if isinstance(event, kind)]
