@@ -144,17 +144,12 @@ async def test_the_sdk_gets_a_400_naming_each_parameter_koprogo_does_not_honour(
 ) -> None:
     stack = await stack_factory()
     client = sdk(stack)
+    # What no target honours (the controls that are honoured: tests/e2e/test_generation_controls.py).
     refused: dict[str, dict[str, Any]] = {
-        "stop": {"stop": ["."]},
-        "seed": {"seed": 7},
-        "top_p": {"top_p": 0.5},
         "n": {"n": 2},
-        "response_format": {"response_format": {"type": "json_object"}},
-        "tools": {
-            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-        },
         "logprobs": {"logprobs": True},
-        "presence_penalty": {"presence_penalty": 0.5},
+        "top_logprobs": {"top_logprobs": 2},
+        "logit_bias": {"logit_bias": {"1": 3}},
     }
     async with published_subjects(stack) as published:
         for name, params in refused.items():

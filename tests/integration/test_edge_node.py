@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from koprogo_cli.embedded import free_port
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.adapters.llama_engine import LlamaEngine
+from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.errors import ContextOverflowError
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, ChatMessage, NodeHeartbeat, RunInference
@@ -51,7 +52,7 @@ async def test_the_llama_engine_answers_in_french_with_counts_from_the_tokenizer
     await engine.load()
     try:
         counted = await engine.count_tokens(messages)
-        result = await engine.chat(messages, 0.7, 64)
+        result = await engine.chat(messages, Sampling(0.7), 64)
     finally:
         await engine.close()
 
@@ -81,9 +82,9 @@ async def test_a_prompt_longer_than_the_context_is_a_domain_error_not_a_crash(
     await engine.load()
     try:
         with pytest.raises(ContextOverflowError) as caught:
-            await engine.chat([ChatMessage(role="user", content="copropriété " * 300)], 0.7, None)
+            await engine.chat([ChatMessage(role="user", content="copropriété " * 300)], Sampling(0.7), None)
         # The engine is still usable afterwards.
-        after = await engine.chat([ChatMessage(role="user", content="Bonjour")], 0.7, 8)
+        after = await engine.chat([ChatMessage(role="user", content="Bonjour")], Sampling(0.7), 8)
     finally:
         await engine.close()
     assert caught.value.n_ctx == 256 and caught.value.prompt_tokens > 256

@@ -21,6 +21,7 @@ from koprogo_node.adapters.host_resources import FakeHostResources
 from koprogo_node.adapters.http_download import HttpDownloader
 from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.adapters.on_demand_engine import OnDemandEngine
+from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.errors import DownloadFailedError, NotEnoughDiskError, NotEnoughMemoryError
 from koprogo_node.domain.model_catalogue import EdgeModelSpec
 from koprogo_node.entrypoints.cli import main
@@ -232,7 +233,7 @@ async def test_an_on_demand_model_unloads_when_idle_and_loads_again_for_the_next
         assert engine.resident and engine.loaded
         await asyncio.sleep(0.8)
         assert not engine.resident and engine.loaded  # still served, no longer in memory
-        result = await engine.chat([ChatMessage(role="user", content="Bonjour")], 0.0, 4)
+        result = await engine.chat([ChatMessage(role="user", content="Bonjour")], Sampling(0.0), 4)
         assert engine.resident and result.completion_tokens > 0
     finally:
         await engine.close()

@@ -197,3 +197,133 @@ async def test_the_waiting_gateway_learns_which_node_is_generating_before_the_an
     await svc.run(cmd)
     [started] = sink.started_events
     assert (started.request_id, started.node_id) == (cmd.request_id, "node-a")
+
+
+async def test_the_controls_reach_the_engine_and_a_call_comes_back_as_tool_calls() -> None:
+    from koprogo_shared.generation import GenerationControls, tool_call_id
+
+    engine = FakeInferenceEngine(reply='{"name": "get_charges", "arguments": {"lot": 12}}')
+    await engine.load()
+    svc, _ = service(engine)
+    controls = GenerationControls.model_validate(
+        {
+            "stop": ["\n\n"],
+            "seed": 5,
+            "tools": [{"type": "function", "function": {"name": "get_charges"}}],
+            "tool_choice": "required",
+        }
+    )
+    # Streamed, but an answer that may be a call travels whole: no pieces are sent.
+    cmd = work(controls=controls, stream=True)
+
+    outcome = await svc.run(cmd)
+
+    assert isinstance(outcome, ChatCompleted)
+    assert (outcome.content, outcome.finish_reason) == ("", "tool_calls")
+    assert outcome.tool_calls is not None
+    assert outcome.tool_calls[0].id == tool_call_id(cmd.request_id, 0)
+    assert (outcome.tool_calls[0].function.name, outcome.tool_calls[0].function.arguments) == (
+        "get_charges",
+        '{"lot": 12}',
+    )
+    sampling = engine.samplings[-1]
+    assert (sampling.stop, sampling.seed) == (("\n\n",), 5)
+    assert sampling.constraint is not None and not sampling.constraint.or_text
+    # The model read which functions exist.
+    prompt = engine.calls[-1][0]
+    assert prompt[0].role == "system" and "get_charges" in prompt[0].content
+
+
+async def test_a_json_answer_that_does_not_parse_is_a_502_not_passed_on() -> None:
+    from koprogo_shared.generation import GenerationControls
+
+    engine = FakeInferenceEngine(reply='{"supplier": "Dubois",')  # as if the grammar had let it out
+    await engine.load()
+    svc, sink = service(engine)
+    controls = GenerationControls.model_validate({"response_format": {"type": "json_object"}})
+
+    outcome = await svc.run(work(controls=controls))
+
+    assert isinstance(outcome, ChatFailed)
+    assert (outcome.status, outcome.error) == (502, "invalid_model_output")
+    assert sink.published == [(outcome, "koprogo.reply.test")]
+    # Cut short by max_tokens it is the caller's "length" answer, as OpenAI gives it.
+    cut = await svc.run(work(controls=controls, max_tokens=1))
+    assert isinstance(cut, ChatCompleted) and cut.finish_reason == "length"
+
+
+def test_the_heartbeat_announces_every_control_the_node_honours() -> None:
+    from koprogo_shared.generation import ALL_FEATURES
+
+    svc, _ = service(FakeInferenceEngine())
+    assert set(svc.heartbeat(5.0).features) == set(ALL_FEATURES)
+
+
+class ScriptedEngine(FakeInferenceEngine):
+    """Answers each call with the next of `replies` (one token per word, as the fake counts)."""
+
+    def __init__(self, *replies: str) -> None:
+        super().__init__()
+        self.replies = list(replies)
+
+    async def chat(self, messages: Any, sampling: Any, max_tokens: int | None, **kw: Any) -> Any:
+        self.reply = self.replies.pop(0)
+        return await super().chat(messages, sampling, max_tokens, **kw)
+
+
+async def test_a_call_that_breaks_its_functions_schema_is_generated_again_and_every_token_counted() -> None:
+    from koprogo_shared.generation import GenerationControls
+
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_charges",
+            "parameters": {
+                "type": "object",
+                "properties": {"lot": {"type": "integer", "maximum": 999}},
+                "required": ["lot"],
+            },
+        },
+    }
+    controls = GenerationControls.model_validate({"tools": [tool], "tool_choice": "required", "seed": 40})
+    engine = ScriptedEngine(
+        '{"name": "get_charges", "arguments": {"lot": 2024}}',  # the grammar cannot say "at most 999"
+        '{"name": "get_charges", "arguments": {"lot": 12}}',
+    )
+    await engine.load()
+    svc, _ = service(engine)
+
+    outcome = await svc.run(work(controls=controls, temperature=0.0))
+
+    assert isinstance(outcome, ChatCompleted) and outcome.tool_calls is not None
+    assert outcome.tool_calls[0].function.arguments == '{"lot": 12}'
+    # Two answers generated, both counted; the second with a derived seed, not greedy.
+    assert outcome.usage.completion_tokens == 2 * 5  # five words each, as the fake counts
+    assert [(s.seed, s.temperature) for s in engine.samplings] == [(40, 0.0), (41, 0.7)]
+
+    # Broken on every try: a 502 naming the violation, never the broken call.
+    stubborn = ScriptedEngine(*['{"name": "get_charges", "arguments": {"lot": 2024}}'] * 3)
+    await stubborn.load()
+    svc, _ = service(stubborn)
+    failed = await svc.run(work(controls=controls))
+    assert isinstance(failed, ChatFailed) and failed.status == 502
+    assert "2024 is greater than the maximum of 999" in failed.message
+    assert len(stubborn.samplings) == 3
+
+
+async def test_a_schema_that_is_not_a_schema_is_the_callers_400() -> None:
+    from koprogo_shared.generation import GenerationControls
+
+    controls = GenerationControls.model_validate(
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nombre"}},
+            }
+        }
+    )
+    engine = FakeInferenceEngine(reply="12")
+    await engine.load()
+    svc, _ = service(engine)
+    failed = await svc.run(work(controls=controls))
+    assert isinstance(failed, ChatFailed) and (failed.status, failed.error) == (400, "invalid_schema")

@@ -134,3 +134,23 @@ def test_delivered_latency_replaces_latency_and_keeps_the_node_time_as_inference
     assert once == {"execution_type": "edge", "latency_ms": 512.5, "inference_ms": 420.0}
     assert info["latency_ms"] == 420.0, "the input is not modified"
     assert delivered_execution_info(once, 600.0)["inference_ms"] == 420.0
+
+
+def test_an_answer_that_called_tools_keeps_its_calls_in_the_stored_content() -> None:
+    import json
+
+    from koprogo_shared.generation import FunctionCall, ToolCall
+
+    request = requested()
+    call = ToolCall(id="call_1", function=FunctionCall(name="get_charges", arguments='{"lot": 12}'))
+    event = completed(request.id).model_copy(
+        update={"content": "", "tool_calls": [call], "finish_reason": "tool_calls"}
+    )
+    row = response_row(event, RequestState("pending", None))
+    assert json.loads(row.content) == {"content": None, "tool_calls": [call.model_dump(mode="json")]}
+    assert row.finish_reason == "tool_calls"
+    # A text answer is stored as it is.
+    assert (
+        response_row(completed(request.id), RequestState("pending", None)).content
+        == completed(request.id).content
+    )

@@ -217,3 +217,46 @@ def test_consumer_names_of_distinct_model_ids_never_collide() -> None:
     assert all(
         set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") for n in names
     )
+
+
+def test_a_request_goes_only_to_targets_that_honour_its_controls() -> None:
+    from dataclasses import replace
+
+    edge = replace(node("a", models=("gpt-4o-mini",)), features=frozenset({"stop", "seed", "json_schema"}))
+    api = replace(cloud(), features=frozenset({"stop", "tools"}))
+    needs_schema = RoutingRequest("gpt-4o-mini", PREFER_EDGE, None, frozenset({"json_schema"}))
+    decision = choose_target(needs_schema, [edge], [api], default_catalogue())
+    assert isinstance(decision, Route)
+    assert [t.kind for t in decision.targets] == [
+        "edge"
+    ]  # the cloud would ignore the schema: no fallback there
+
+    needs_tools = RoutingRequest("gpt-4o-mini", PREFER_EDGE, None, frozenset({"tools"}))
+    decision = choose_target(needs_tools, [edge], [api], default_catalogue())
+    assert isinstance(decision, Route)
+    assert [t.kind for t in decision.targets] == ["cloud"]
+
+    # Nothing honours both: a 400 naming what each target lacks, not a silent drop.
+    both = RoutingRequest("gpt-4o-mini", PREFER_EDGE, None, frozenset({"tools", "json_schema"}))
+    refusal = choose_target(both, [edge], [api], default_catalogue())
+    assert isinstance(refusal, Refusal)
+    assert (refusal.status, refusal.error) == (400, "unsupported_parameter")
+    assert "edge gpt-4o-mini lacks tools" in refusal.message
+    assert "cloud openai lacks json_schema" in refusal.message
+
+
+def test_an_edge_pool_keeps_the_nodes_that_honour_the_request() -> None:
+    from dataclasses import replace
+
+    new = replace(node("new"), features=frozenset({"stop"}))
+    old = node("old")  # an older node announces no features
+    decision = choose_target(
+        RoutingRequest(BUNDLED_MODEL_ID, PREFER_EDGE, None, frozenset({"stop"})),
+        [new, old],
+        [],
+        default_catalogue(),
+    )
+    assert isinstance(decision, Route)
+    assert decision.targets[0].node_ids == ("new",)
+    plain = decide(BUNDLED_MODEL_ID, [new, old])
+    assert isinstance(plain, Route) and set(plain.targets[0].node_ids) == {"new", "old"}

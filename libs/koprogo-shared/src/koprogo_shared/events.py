@@ -16,11 +16,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-Role = Literal["system", "user", "assistant"]
+from koprogo_shared.generation import GenerationControls, ToolCall
+
+Role = Literal["system", "user", "assistant", "tool"]
 ExecutionType = Literal["edge", "cloud", "grid"]
-FinishReason = Literal["stop", "length", "content_filter", "error"]
+FinishReason = Literal["stop", "length", "content_filter", "error", "tool_calls"]
 RoutingPolicyName = Literal["edge_only", "prefer_edge", "lowest_carbon", "fastest"]
 
 
@@ -57,10 +59,35 @@ def copro_id_from_context(context: str | None) -> str | None:
 
 
 class ChatMessage(BaseModel):
+    """One turn. An assistant turn may carry the tool calls the model made (its content may then be
+    empty); a `tool` turn carries one call's result and the `tool_call_id` it answers."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Role
     content: str
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only a tool message, carries the tool_call_id it answers")
+        return self
+
+    @property
+    def uses_tools(self) -> bool:
+        return self.role == "tool" or bool(self.tool_calls)
+
+
+def required_features(messages: list[ChatMessage], controls: GenerationControls | None) -> frozenset[str]:
+    """The features a target needs for this chat: its controls', and `tools` for a history with tool turns."""
+    needed = set() if controls is None else set(controls.required_features())
+    if any(m.uses_tools for m in messages):
+        needed.add("tools")
+    return frozenset(needed)
 
 
 class Usage(BaseModel):
@@ -167,6 +194,9 @@ class ChatRequested(Event):
     deadline: datetime
     # The request's own routing wishes; the router merges them with the copro's default.
     routing: RoutingPreference | None = None
+    # stop, seed, top_p, penalties, JSON output, tools: the router sends the request only to a
+    # target announcing every feature they need (`required_features`).
+    controls: GenerationControls | None = None
 
 
 class RunInference(Event):
@@ -189,6 +219,8 @@ class RunInference(Event):
     # The caller reads the answer as it is generated: the worker sends ChatDelta to
     # `reply_subject` and stops early on `subjects.chat_cancel(request_id)`.
     stream: bool = False
+    # The request's controls, copied from ChatRequested; the chosen target supports them all.
+    controls: GenerationControls | None = None
 
 
 class ChatCompleted(Event):
@@ -201,6 +233,8 @@ class ChatCompleted(Event):
     finish_reason: FinishReason
     usage: Usage
     execution_info: ExecutionInfo
+    # The functions the model called (`finish_reason` "tool_calls"); None when it answered in text.
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatFailed(Event):
@@ -243,6 +277,8 @@ class NodeHeartbeat(Event):
     # The node's context size (prompt plus answer), so a model outside the catalogue, served
     # from a GGUF under the node's own id, still shows its context in `/mcp/v1/models`.
     context_length: int | None = Field(default=None, ge=1)
+    # The generation controls it honours (`koprogo_shared.generation.Feature`); none when absent.
+    features: list[str] = Field(default_factory=list)
 
 
 class InferenceStarted(Event):
@@ -261,8 +297,9 @@ class ChatDelta(Event):
     """The next piece of a streamed answer (core NATS to the waiting gateway only, never stored).
 
     `index` counts from 0 per request, so the gateway can tell a gap; the durable record of
-    the answer stays the final ChatCompleted. A worker that cannot stream (the cloud worker)
-    sends none: the gateway then streams the completion's content as one piece.
+    the answer stays the final ChatCompleted. A worker that sends none gets the completion's
+    content streamed as one piece. Tool calls are never deltas: they travel whole in the
+    ChatCompleted, and the gateway streams them in OpenAI's chunk shape.
     """
 
     type: Literal["koprogo.chat.delta.v1"] = "koprogo.chat.delta.v1"
@@ -310,6 +347,8 @@ class CloudDeploymentStatus(Event):
     # Median end-to-end latency of recent calls (ms), 0 when none yet.
     typical_latency_ms: float = Field(default=0.0, ge=0)
     interval_s: float = Field(gt=0)
+    # The generation controls this deployment passes to its provider (`generation.Feature`).
+    features: list[str] = Field(default_factory=list)
 
 
 class UserDataErasureRequested(Event):

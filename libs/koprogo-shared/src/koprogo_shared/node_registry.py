@@ -28,6 +28,8 @@ class EdgeCandidate:
     renewable_attested: bool
     seen_at: float
     context_length: int | None = None
+    # The generation controls the node honours (koprogo_shared.generation.Feature).
+    features: frozenset[str] = frozenset()
 
     @property
     def load(self) -> float:
@@ -44,6 +46,7 @@ class CloudCandidate:
     footprint: CloudFootprint
     typical_latency_ms: float
     region: str | None
+    features: frozenset[str] = frozenset()
 
 
 class NodeRegistry:
@@ -61,6 +64,7 @@ class NodeRegistry:
             footprint=CloudFootprint(status.wh_per_1k_tokens, status.intensity_g_per_kwh),
             typical_latency_ms=status.typical_latency_ms,
             region=status.region,
+            features=frozenset(status.features),
         )
         self._cloud[status.deployment] = (candidate, now + status.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
 
@@ -86,6 +90,7 @@ class NodeRegistry:
             renewable_attested=beat.renewable_attested,
             seen_at=now,
             context_length=beat.context_length,
+            features=frozenset(beat.features),
         )
         self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
 
@@ -104,6 +109,18 @@ class NodeRegistry:
             for model in node.models:
                 known = [c for c in (found.get(model), node.context_length) if c is not None]
                 found[model] = min(known) if known else None
+        return found
+
+    def model_features(self, now: float) -> dict[str, set[str]]:
+        """Per model served now, the controls at least one live target serving it honours."""
+        found: dict[str, set[str]] = {}
+        for node in self.alive(now):
+            for model in node.models:
+                found.setdefault(model, set()).update(node.features)
+        for dep in self.cloud(now):
+            if dep.available:
+                for model in dep.models:
+                    found.setdefault(model, set()).update(dep.features)
         return found
 
     def available_models(self, now: float) -> set[str]:

@@ -10,6 +10,7 @@ from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.model_classes import context_length_of
 from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
+from koprogo_shared.generation import GenerationControls, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
 
@@ -32,6 +33,20 @@ class ChatRequestIn(BaseModel):
     routing: RoutingPreferenceIn | None = None
     # Server-Sent Events: the answer's pieces as the model produces them, then the whole.
     stream: bool = False
+    # Generation controls, with OpenAI's names and shapes (koprogo_shared.generation); the router
+    # sends the request only to a target that honours every one set.
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+
+    def controls(self) -> GenerationControls | None:
+        """The controls this request sets, or None; validated when the body is."""
+        return _controls_of(self)
 
     @field_validator("model")
     @classmethod
@@ -47,6 +62,11 @@ class ChatRequestIn(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def controls_are_coherent(self) -> ChatRequestIn:
+        _controls_of(self)  # raises ValueError: a 422 naming what does not fit
+        return self
+
+    @model_validator(mode="after")
     def max_tokens_fit_the_model(self) -> ChatRequestIn:
         # For a class, the smallest context among its models: any of them may be picked.
         context_length = context_length_of(self.model)
@@ -57,8 +77,32 @@ class ChatRequestIn(BaseModel):
         return self
 
 
+def _controls_of(body: ChatRequestIn) -> GenerationControls | None:
+    fields = {
+        name: getattr(body, name)
+        for name in (
+            "seed",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "response_format",
+            "tools",
+            "tool_choice",
+        )
+        if getattr(body, name) is not None
+    }
+    if body.stop is not None:
+        stops = [body.stop] if isinstance(body.stop, str) else body.stop
+        if stops:  # `stop: []` asks for nothing
+            fields["stop"] = stops
+    if not fields:
+        return None
+    return GenerationControls.model_validate(fields)
+
+
 class ChatResponseOut(BaseModel):
-    """`POST /mcp/v1/chat` answer (the seed's shape; `co2_saved_grams` added in execution_info)."""
+    """`POST /mcp/v1/chat` answer (the seed's shape; `co2_saved_grams` added in execution_info,
+    `tool_calls` when the model called functions)."""
 
     id: str
     model: str
@@ -66,3 +110,4 @@ class ChatResponseOut(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     execution_info: ExecutionInfo
+    tool_calls: list[ToolCall] | None = None

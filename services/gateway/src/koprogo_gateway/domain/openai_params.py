@@ -15,17 +15,12 @@ from typing import Any
 # Parameters that change nothing at these values (what OpenAI itself defaults them to).
 NO_OP_VALUES: Mapping[str, tuple[Any, ...]] = {
     "n": (1,),
-    "top_p": (1, 1.0),
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
     "logprobs": (False,),
     "top_logprobs": (0,),
     "logit_bias": ({},),
-    "stop": ([],),
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "parallel_tool_calls": (True, False),  # only means something with tools, which are refused
-    "response_format": ({"type": "text"},),
+    # Targets make at most the calls the model asks for, one per answer on the edge: allowed
+    # either way, a call is never split over turns.
+    "parallel_tool_calls": (True, False),
     "store": (False,),
     "service_tier": ("auto", "default"),
     "modalities": (["text"],),
@@ -41,6 +36,14 @@ HONOURED = (
     "max_completion_tokens",
     "stream",
     "stream_options",
+    "stop",
+    "seed",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
 )
 
 
@@ -50,7 +53,8 @@ def unsupported_parameters(
     """The parameters KoproGo would not honour, by name (`messages[2].tool_calls` for a message's).
 
     `extras`: the body's fields beyond those the chat request reads; `message_extras`: each
-    message's fields beyond role, content and name (a participant's label, kept out of the prompt).
+    message's fields beyond role, content, name (a participant's label, kept out of the prompt),
+    tool_calls and tool_call_id.
     """
     found = [
         name

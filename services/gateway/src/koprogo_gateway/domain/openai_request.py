@@ -9,7 +9,7 @@ it, from the token when the token names exactly one copro; a token naming severa
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,16 +29,33 @@ class TextPart(BaseModel):
 
 
 class OpenAIMessageIn(BaseModel):
-    # Other fields (tool_calls, ...) are kept to be refused by name (domain/openai_params.py).
+    # Other fields (audio, refusal...) are kept to be refused by name (domain/openai_params.py).
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Null for an assistant turn that only called tools.
+    content: str | list[TextPart] | None = None
     # A participant's label: chat templates of the edge models have no place for it.
     name: str | None = None
+    # An assistant turn's calls, and a tool turn's answer to one (checked by ChatMessage).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_chat_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text(),
+        }
+        if self.tool_calls is not None:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class StreamOptions(BaseModel):
@@ -61,10 +78,50 @@ class OpenAIChatIn(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Generation controls, checked as `/mcp/v1/chat` checks them (ChatRequestIn).
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+# The generation controls passed on to `/mcp/v1/chat`'s rules.
+CONTROLS = (
+    "stop",
+    "seed",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
+)
+
+
+# Control values that ask for nothing (what OpenAI defaults them to): not passed on, so they
+# need no feature of the target.
+_NOTHING: dict[str, tuple[Any, ...]] = {
+    "stop": ([],),
+    "top_p": (1, 1.0),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+}
+
+
+def _asks_nothing(name: str, value: Any, body: OpenAIChatIn) -> bool:
+    if name == "tool_choice":
+        return value == "none" and not body.tools  # with tools, "none" forbids calling them
+    return value in _NOTHING.get(name, ())
 
 
 def openai_context(header: str | None, caller_copros: Set[str]) -> str | None:
@@ -94,14 +151,16 @@ def to_chat_request(body: OpenAIChatIn, context: str | None) -> ChatRequestIn:
         return ChatRequestIn.model_validate(
             {
                 "model": body.model,
-                "messages": [
-                    {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages
-                ],
+                "messages": [m.as_chat_message() for m in body.messages],
                 "context": context,
                 "temperature": body.temperature,
                 "max_tokens": body.max_completion_tokens or body.max_tokens,
                 "stream": body.stream,
+                **{
+                    name: value
+                    for name in CONTROLS
+                    if (value := getattr(body, name)) is not None and not _asks_nothing(name, value, body)
+                },
             }
         )
     except ValidationError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from koprogo_gateway.domain.chat_request import ChatResponseOut
 from koprogo_shared.events import ExecutionInfo, Usage
+from koprogo_shared.generation import ToolCall
 
 DONE = "data: [DONE]\n\n"
 
@@ -47,6 +48,22 @@ def openai_usage(usage: Usage) -> dict[str, int]:
     return usage.model_dump()
 
 
+def openai_message(content: str, tool_calls: list[ToolCall] | None) -> dict[str, Any]:
+    """The assistant's message: its text, or (content null, as OpenAI sends it) its tool calls."""
+    if tool_calls:
+        return {
+            "role": "assistant",
+            "content": content or None,
+            "tool_calls": [c.model_dump() for c in tool_calls],
+        }
+    return {"role": "assistant", "content": content}
+
+
+def openai_tool_call_deltas(tool_calls: list[ToolCall]) -> dict[str, Any]:
+    """A chunk's `delta` carrying whole tool calls, in OpenAI's streamed shape (with `index`)."""
+    return {"tool_calls": [{"index": i, **c.model_dump()} for i, c in enumerate(tool_calls)]}
+
+
 def openai_completion(answer: ChatResponseOut, created: int) -> dict[str, Any]:
     """A `chat.completion` object."""
     return {
@@ -57,7 +74,7 @@ def openai_completion(answer: ChatResponseOut, created: int) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.content},
+                "message": openai_message(answer.content, answer.tool_calls),
                 "finish_reason": answer.finish_reason,
             }
         ],
@@ -70,7 +87,7 @@ def openai_chunk(
     answer_id: str,
     model: str,
     created: int,
-    delta: dict[str, str],
+    delta: dict[str, Any],
     finish_reason: str | None = None,
     **extra: Any,
 ) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.generation import answer_budget
 from koprogo_shared.events import ChatMessage
 
@@ -64,13 +65,14 @@ class InferenceEngine(ABC):
     async def chat(
         self,
         messages: Sequence[ChatMessage],
-        temperature: float,
+        sampling: Sampling,
         max_tokens: int | None,
         *,
         on_delta: Callable[[str], None] | None = None,
         caller_gone: threading.Event | None = None,
     ) -> EngineResult:
-        """Answer the conversation. Raises ContextOverflowError when the prompt does not fit,
+        """Answer the conversation with `sampling`'s settings (its stop strings end the answer
+        before them, its constraint's grammar shapes every token). Raises ContextOverflowError when the prompt does not fit,
         InferenceCancelledError when the caller was cancelled mid-generation.
 
         With `on_delta`, each generated piece is passed to it (on the event loop) as it comes,
@@ -92,6 +94,7 @@ class FakeInferenceEngine(InferenceEngine):
     # Streaming only: the pause after each word, so a test can leave mid-answer.
     delay_per_word_s: float = 0.0
     calls: list[tuple[list[ChatMessage], float, int]] = field(default_factory=list)
+    samplings: list[Sampling] = field(default_factory=list)
     _loaded: bool = False
 
     async def load(self) -> None:
@@ -114,7 +117,7 @@ class FakeInferenceEngine(InferenceEngine):
     async def chat(
         self,
         messages: Sequence[ChatMessage],
-        temperature: float,
+        sampling: Sampling,
         max_tokens: int | None,
         *,
         on_delta: Callable[[str], None] | None = None,
@@ -122,7 +125,8 @@ class FakeInferenceEngine(InferenceEngine):
     ) -> EngineResult:
         prompt_tokens = await self.count_tokens(messages)
         budget = answer_budget(max_tokens, prompt_tokens, self.n_ctx)
-        self.calls.append((list(messages), temperature, budget))
+        self.calls.append((list(messages), sampling.temperature, budget))
+        self.samplings.append(sampling)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         words = self.reply.split()[:budget]

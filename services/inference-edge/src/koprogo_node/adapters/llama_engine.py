@@ -10,41 +10,32 @@ the model's tokenizer (llama's `usage`), never from the text length.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import codecs
+import json
 import logging
+import random
+import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from llama_cpp import Llama, StoppingCriteriaList
+import jinja2
+import llama_cpp
+from llama_cpp import Llama, LlamaGrammar
 from llama_cpp import llama_chat_format as chat_format
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from koprogo_node.adapters.inference import EngineFinish, EngineResult, InferenceEngine, ModelInfo
+from koprogo_node.domain.controls import OutputConstraint, Sampling, tool_turns_as_user
 from koprogo_node.domain.errors import ContextOverflowError, InferenceCancelledError, ModelFileError
-from koprogo_node.domain.generation import requested_budget
+from koprogo_node.domain.generation import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, requested_budget
 from koprogo_shared.events import ChatMessage
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _CancellableFormatter:
-    """The model's chat formatter plus one stopping rule: stop when the caller gave up."""
-
-    def __init__(self, inner: chat_format.ChatFormatter, cancelled: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._cancelled = cancelled
-
-    def __call__(self, **kwargs: Any) -> chat_format.ChatFormatterResponse:
-        response = self._inner(**kwargs)
-        criteria = StoppingCriteriaList([*(response.stopping_criteria or []), self._stop_if_cancelled])
-        return dataclasses.replace(response, stopping_criteria=criteria)
-
-    def _stop_if_cancelled(self, _ids: Any, _logits: Any) -> bool:
-        return self._cancelled()
 
 
 class LlamaEngine(InferenceEngine):
@@ -58,10 +49,8 @@ class LlamaEngine(InferenceEngine):
         self._llama: Llama | None = None
         self._formatter: chat_format.ChatFormatter | None = None
         self._info = ModelInfo(name=None, trained_context_length=None)
-        # Only read and written on the llama thread: the cancel flag of the generation running now.
-        self._active_cancel: threading.Event | None = None
-        # Likewise: set when the caller of the streamed answer running now left (answer kept).
-        self._active_stop: threading.Event | None = None
+        # Grammars built from output constraints, by constraint (building one parses GBNF).
+        self._grammars: dict[str, LlamaGrammar] = {}
 
     async def _on_llama_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -91,9 +80,7 @@ class LlamaEngine(InferenceEngine):
             log.warning("%s has no chat template; using ChatML", self._path.name)
             inner = chat_format.format_chatml
         self._formatter = inner
-        llama.chat_handler = chat_format.chat_formatter_to_chat_completion_handler(
-            _CancellableFormatter(inner, self._is_cancelled)
-        )
+        llama.chat_handler = chat_format.chat_formatter_to_chat_completion_handler(inner)
         arch = llama.metadata.get("general.architecture", "")
         trained = llama.metadata.get(f"{arch}.context_length")
         self._info = ModelInfo(
@@ -129,18 +116,16 @@ class LlamaEngine(InferenceEngine):
     # -- inference -------------------------------------------------------------------
 
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return await self._on_llama_thread(self._count_prompt_tokens, _as_llama_messages(messages))
+        return await self._on_llama_thread(self._count_prompt_tokens, list(messages))
 
-    def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+    def _count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         llama, formatter = self._require()
-        # Exactly what llama-cpp's chat handler does with the rendered prompt.
-        rendered = formatter(messages=cast(Any, messages))
-        return len(llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True))
+        return len(self._prompt(llama, formatter, messages)[0])
 
     async def chat(
         self,
         messages: Sequence[ChatMessage],
-        temperature: float,
+        sampling: Sampling,
         max_tokens: int | None,
         *,
         on_delta: Callable[[str], None] | None = None,
@@ -148,29 +133,21 @@ class LlamaEngine(InferenceEngine):
     ) -> EngineResult:
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
-        llama_messages = _as_llama_messages(messages)
-        try:
-            if on_delta is None:
-                return await self._on_llama_thread(
-                    self._generate,
-                    llama_messages,
-                    temperature,
-                    max_tokens,
-                    cancel,
-                    caller_gone or threading.Event(),
-                )
+        deliver: Callable[[str], None] | None = None
+        if on_delta is not None:
 
             def deliver(piece: str) -> None:  # on the llama thread: hand the piece to the loop
                 loop.call_soon_threadsafe(on_delta, piece)
 
+        try:
             return await self._on_llama_thread(
-                self._generate_streaming,
-                llama_messages,
-                temperature,
+                self._generate,
+                list(messages),
+                sampling,
                 max_tokens,
                 cancel,
-                deliver,
                 caller_gone or threading.Event(),
+                deliver,
             )
         except asyncio.CancelledError:
             # The thread cannot be interrupted, but it checks this flag after every token.
@@ -179,100 +156,105 @@ class LlamaEngine(InferenceEngine):
 
     def _generate(
         self,
-        messages: list[dict[str, str]],
-        temperature: float,
+        messages: list[ChatMessage],
+        sampling: Sampling,
         max_tokens: int | None,
         cancel: threading.Event,
         caller_gone: threading.Event,
+        deliver: Callable[[str], None] | None,
     ) -> EngineResult:
-        """The whole answer at once; it ends at the next token when the caller left (a shorter answer,
-        finish "stop", the tokens really spent), or is abandoned on `cancel`."""
-        llama, _ = self._require()
-        # No separate count of the prompt first: llama-cpp-python tokenises it anyway, caps
-        # the answer at the free context and refuses a prompt that does not fit (below), so
-        # a pre-count would tokenise every prompt twice on the hot path.
-        budget = requested_budget(max_tokens)
-        self._active_cancel = cancel
-        self._active_stop = caller_gone
-        try:
-            response = cast(
-                dict[str, Any],
-                llama.create_chat_completion(
-                    messages=cast(Any, messages), temperature=temperature, max_tokens=budget
-                ),
-            )
-        except ValueError as exc:
-            if "context window" in str(exc):
-                raise ContextOverflowError(self._count_prompt_tokens(messages), llama.n_ctx()) from None
-            raise
-        finally:
-            self._active_cancel = None
-            self._active_stop = None
-        if cancel.is_set():
-            raise InferenceCancelledError("generation abandoned")
-        choice = response["choices"][0]
-        usage = response["usage"]
-        finish: EngineFinish = "length" if choice["finish_reason"] == "length" else "stop"
-        return EngineResult(
-            content=choice["message"].get("content") or "",
-            finish_reason=finish,
-            prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=int(usage["completion_tokens"]),
-        )
+        """Generate token by token over llama.cpp's sampler (`Llama.generate`), one path for plain
+        and streamed answers.
 
-    def _generate_streaming(
-        self,
-        messages: list[dict[str, str]],
-        temperature: float,
-        max_tokens: int | None,
-        cancel: threading.Event,
-        deliver: Callable[[str], None],
-        caller_gone: threading.Event,
-    ) -> EngineResult:
-        """Generate token by token, handing each piece to `deliver`; stop early when the caller left.
-
-        llama-cpp-python's stream carries no usage: the prompt is counted with the same
-        tokenizer call its handler makes, and each streamed chunk is one generated token
-        (its stream yields per token), so the counts match the non-streamed path's.
+        Not `create_chat_completion`: its stream carries no usage, its stop-string hold-back
+        merges tokens so chunks cannot be counted, and its JSON mode let the bundled model out
+        of the grammar (docs: ARCHITECTURE, Known traps). Here every sampled token is counted
+        (the end-of-generation token excepted, as llama's usage does), the grammar constrains
+        every token, stop strings are cut with the text held back until it cannot be one, and
+        the answer ends at the next token when the caller left (`caller_gone`: what was
+        generated is kept, finish "stop") or is abandoned on `cancel`.
         """
-        llama, _ = self._require()
-        prompt_tokens = self._count_prompt_tokens(messages)
-        self._active_cancel = cancel
-        self._active_stop = caller_gone
-        pieces: list[str] = []
-        completion_tokens = 0
-        finish: EngineFinish = "stop"
-        try:
-            chunks = llama.create_chat_completion(
-                messages=cast(Any, messages),
-                temperature=temperature,
-                max_tokens=requested_budget(max_tokens),
-                stream=True,
-            )
-            for chunk in cast(Iterator[dict[str, Any]], chunks):
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason") == "length":
-                    finish = "length"
-                piece = choice["delta"].get("content")
-                if piece is None:
-                    continue  # the role chunk and the closing chunk carry no token
-                completion_tokens += 1
-                if piece:
-                    pieces.append(piece)
-                    deliver(piece)
-        except ValueError as exc:
-            if "context window" in str(exc):
-                raise ContextOverflowError(prompt_tokens, llama.n_ctx()) from None
-            raise
-        finally:
-            self._active_cancel = None
-            self._active_stop = None
+        llama, formatter = self._require()
+        prompt_tokens, stops = self._prompt(llama, formatter, messages)
+        free = llama.n_ctx() - len(prompt_tokens)
+        if free < 1:
+            raise ContextOverflowError(len(prompt_tokens), llama.n_ctx())
+        budget = min(requested_budget(max_tokens), free)
+        all_stops = tuple(dict.fromkeys((*sampling.stop, *stops)))
+        # llama.cpp's sampler keeps the last seed: an unseeded answer gets a fresh one.
+        llama.set_seed(random.getrandbits(32) if sampling.seed is None else sampling.seed % 2**32)
+        if sampling.seed is not None:
+            # A prompt partly in the KV cache has its last tokens evaluated apart from the rest,
+            # which moves the logits by a rounding error, enough to change a sample at
+            # temperature 0.8: a seeded answer evaluates its whole prompt, so it repeats.
+            llama.reset()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
+        sent = 0
+        generated: list[int] = []
+        finish: EngineFinish = "length"
+        cut = None
+        tokens = llama.generate(
+            prompt_tokens,
+            temp=sampling.temperature,
+            top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
+            top_k=DEFAULT_TOP_K,
+            min_p=DEFAULT_MIN_P,
+            presence_penalty=sampling.presence_penalty or 0.0,
+            frequency_penalty=sampling.frequency_penalty or 0.0,
+            grammar=self._grammar(sampling.constraint),
+        )
+        for token in tokens:
+            if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
+                finish = "stop"
+                break
+            text += decoder.decode(llama.detokenize([token], prev_tokens=prompt_tokens + generated))
+            generated.append(token)
+            cut = stop_position(text, all_stops)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+                break
+            if deliver is not None:
+                safe = len(text) - held_back(text, all_stops)
+                if safe > sent:
+                    deliver(text[sent:safe])
+                    sent = safe
+            if len(generated) >= budget:
+                break
+            if cancel.is_set() or caller_gone.is_set():
+                finish = "stop"
+                break
         if cancel.is_set():
             raise InferenceCancelledError("generation abandoned")
-        return EngineResult("".join(pieces), finish, prompt_tokens, completion_tokens)
+        if cut is None:
+            text += decoder.decode(b"", final=True)  # a character cut in half by the budget
+        if deliver is not None and len(text) > sent:
+            deliver(text[sent:])
+        return EngineResult(text, finish, len(prompt_tokens), len(generated))
 
-    def _is_cancelled(self) -> bool:
-        return any(flag is not None and flag.is_set() for flag in (self._active_cancel, self._active_stop))
+    def _prompt(
+        self, llama: Llama, formatter: chat_format.ChatFormatter, messages: list[ChatMessage]
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens as the chat template renders it, and the template's stop strings."""
+        try:
+            rendered = formatter(messages=cast(Any, _as_llama_messages(messages)))
+        except jinja2.TemplateError:
+            # A template that knows no `tool` role: the results become user turns that say so.
+            rendered = formatter(messages=cast(Any, _as_llama_messages(tool_turns_as_user(messages))))
+        tokens = llama.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+        stop = rendered.stop
+        stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+        return tokens, stops
+
+    def _grammar(self, constraint: OutputConstraint | None) -> LlamaGrammar | None:
+        if constraint is None:
+            return None
+        key = json.dumps([constraint.schema, constraint.or_text], sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            grammar = LlamaGrammar.from_string(grammar_text(constraint), verbose=False)
+            self._grammars[key] = grammar
+        return grammar
 
     def _require(self) -> tuple[Llama, chat_format.ChatFormatter]:
         if self._llama is None or self._formatter is None:
@@ -286,3 +268,42 @@ def _token_text(llama: Llama, token: int) -> str:
 
 def _as_llama_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def grammar_text(constraint: OutputConstraint) -> str:
+    """The GBNF of a constraint: llama.cpp's JSON grammar, or its converter's for a schema; with
+    `or_text`, that or free text whose first character is not `{` or a space."""
+    if constraint.schema is None:
+        json_rules = JSON_GBNF
+    else:
+        json_rules = json_schema_to_gbnf(json.dumps(constraint.schema), prop_order=["name", "arguments"])
+        # llama-cpp-python's converter lets a string hold raw control characters (a newline),
+        # which JSON forbids and parsers refuse; llama.cpp's own converter and JSON_GBNF exclude them.
+        json_rules = re.sub(
+            r'^char ::= \[\^"\\\\\] \|',
+            lambda _: 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |',
+            json_rules,
+            count=1,
+            flags=re.MULTILINE,
+        )
+    if not constraint.or_text:
+        return json_rules
+    renamed = re.sub(r"^root\s*::=", "json-answer ::=", json_rules, count=1, flags=re.MULTILINE)
+    return f"root ::= json-answer | text-answer\ntext-answer ::= [^{{ \\t\\n] [^\\x00]*\n{renamed}"
+
+
+def stop_position(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string found in `text` begins, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of `text` could still grow into a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from koprogo_node.adapters.inference import EngineResult, InferenceEngine, ModelInfo
+from koprogo_node.domain.controls import Sampling
 from koprogo_shared.events import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class OnDemandEngine(InferenceEngine):
     async def chat(
         self,
         messages: Sequence[ChatMessage],
-        temperature: float,
+        sampling: Sampling,
         max_tokens: int | None,
         *,
         on_delta: Callable[[str], None] | None = None,
@@ -83,7 +84,7 @@ class OnDemandEngine(InferenceEngine):
     ) -> EngineResult:
         async with self._using() as engine:
             return await engine.chat(
-                messages, temperature, max_tokens, on_delta=on_delta, caller_gone=caller_gone
+                messages, sampling, max_tokens, on_delta=on_delta, caller_gone=caller_gone
             )
 
     async def close(self) -> None:

@@ -4,7 +4,8 @@ NodeError
 ├── InferenceError            a request this node cannot answer (-> ChatFailed 4xx)
 │   ├── ContextOverflowError  the prompt does not fit in the model's context
 │   ├── ModelNotServedError   the work names a model this node does not hold
-│   └── InvalidModelOutputError  a JSON answer escaped its grammar (-> 502, never passed on)
+│   ├── InvalidSchemaError    the request's JSON schema is not a schema
+│   └── InvalidModelOutputError  an answer broke its schema on every try (-> 502, never passed on)
 ├── InferenceCancelledError   generation stopped because the node is shutting down
 ├── InvalidCommandError       a work item that can never be handled (dead-lettered)
 ├── ModelFileError            the model to load cannot be found (start-up, not per request)
@@ -50,6 +51,10 @@ class ModelNotServedError(InferenceError):
 
     def __init__(self, requested: str, served: str) -> None:
         super().__init__(f"this node serves {served!r}, not {requested!r}")
+
+
+class InvalidSchemaError(InferenceError):
+    error = "invalid_schema"
 
 
 class InvalidModelOutputError(InferenceError):

@@ -9,6 +9,10 @@ from koprogo_node.domain.errors import ContextOverflowError
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.7
+# llama-cpp-python's chat defaults, kept when a request sets none.
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
 
 
 def answer_budget(requested: int | None, prompt_tokens: int, n_ctx: int) -> int:

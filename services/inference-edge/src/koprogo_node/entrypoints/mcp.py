@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from koprogo_node.adapters.inference import InferenceEngine
+from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.errors import NodeError
 from koprogo_node.domain.generation import DEFAULT_TEMPERATURE
 from koprogo_node.service_layer.inference import EdgeNode, NodeLoad
@@ -65,7 +66,7 @@ def node_mcp(
         messages = [ChatMessage(role="system", content=system)] if system else []
         messages.append(ChatMessage(role="user", content=prompt))
         started = time.perf_counter()
-        result = await engine.chat(messages, temperature, max_tokens)
+        result = await engine.chat(messages, Sampling(temperature), max_tokens)
         seconds = time.perf_counter() - started
         load.rate.observe(result.completion_tokens, seconds)
         grams = co2.edge_grams(seconds, node.footprint)

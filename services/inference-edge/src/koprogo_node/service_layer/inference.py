@@ -5,18 +5,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+import jsonschema
 
 from koprogo_node.adapters.inference import EngineResult, InferenceEngine
 from koprogo_node.adapters.outcomes import OutcomeSink
-from koprogo_node.domain.errors import InferenceError, InvalidCommandError, ModelNotServedError
+from koprogo_node.domain.controls import (
+    MAX_SAMPLES,
+    Sampling,
+    output_problem,
+    read_answer,
+    resampled,
+    sampling_of,
+    with_tool_prompt,
+)
+from koprogo_node.domain.errors import (
+    InferenceError,
+    InvalidCommandError,
+    InvalidModelOutputError,
+    InvalidSchemaError,
+    ModelNotServedError,
+)
 from koprogo_node.domain.generation import DEFAULT_TEMPERATURE, TokenRate, deadline_passed
 from koprogo_shared import co2
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelta,
     ChatFailed,
+    ChatMessage,
     ExecutionInfo,
     InferenceStarted,
     NodeHeartbeat,
@@ -26,6 +44,7 @@ from koprogo_shared.events import (
     derived_event_id,
     utc_now,
 )
+from koprogo_shared.generation import ALL_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +131,17 @@ class InferenceService:
             renewable_attested=fp.renewable_attested,
             interval_s=interval_s,
             context_length=self._engine.context_length,
+            # llama.cpp's sampler and grammars honour every control (domain/controls.py).
+            features=list(ALL_FEATURES),
         )
 
     async def _generate(self, cmd: RunInference) -> tuple[EngineResult, float]:
         if cmd.model != self.node.model_id:
             raise ModelNotServedError(cmd.model, self.node.model_id)
-        temperature = DEFAULT_TEMPERATURE if cmd.temperature is None else cmd.temperature
+        sampling = sampling_of(
+            cmd.controls, DEFAULT_TEMPERATURE if cmd.temperature is None else cmd.temperature
+        )
+        messages = with_tool_prompt(cmd.messages, cmd.controls)
         await self._sink.started(
             InferenceStarted(
                 source=self.node.source,
@@ -130,19 +154,39 @@ class InferenceService:
         self.load.in_flight += 1
         started = time.perf_counter()
         try:
-            if cmd.stream:
-                result = await self._stream(cmd, temperature)
+            # An answer that may be a tool call is not streamed: a call travels whole.
+            if cmd.stream and not (cmd.controls is not None and cmd.controls.calls_tools):
+                # Pieces already reached the caller: a schema-breaking answer is not tried again.
+                result = await self._stream(cmd, messages, sampling)
+                problem = _output_problem(result, cmd)
             else:
-                # A caller that left (or timed out) stops this answer too, not only a streamed one.
-                async with self._sink.caller_gone(cmd.request_id) as gone:
-                    result = await self._engine.chat(
-                        cmd.messages, temperature, cmd.max_tokens, caller_gone=gone
-                    )
+                result, problem = await self._answer(cmd, messages, sampling)
         finally:
             self.load.in_flight -= 1
+        if problem is not None:
+            raise InvalidModelOutputError(problem)
         return result, time.perf_counter() - started
 
-    async def _stream(self, cmd: RunInference, temperature: float) -> EngineResult:
+    async def _answer(
+        self, cmd: RunInference, messages: list[ChatMessage], sampling: Sampling
+    ) -> tuple[EngineResult, str | None]:
+        """The whole answer; one that breaks the caller's schema is generated again (up to
+        MAX_SAMPLES in all), and every token generated is counted."""
+        spent = 0
+        # A caller that left (or timed out) stops this answer too, not only a streamed one.
+        async with self._sink.caller_gone(cmd.request_id) as gone:
+            for attempt in range(MAX_SAMPLES):
+                tried = resampled(sampling, attempt) if attempt else sampling
+                result = await self._engine.chat(messages, tried, cmd.max_tokens, caller_gone=gone)
+                spent += result.completion_tokens
+                problem = _output_problem(result, cmd)
+                if problem is None or gone.is_set():
+                    break
+        return replace(result, completion_tokens=spent), problem
+
+    async def _stream(
+        self, cmd: RunInference, messages: list[ChatMessage], sampling: Sampling
+    ) -> EngineResult:
         """Generate while sending each piece to the caller, in order; stop early if the caller leaves.
 
         An answer cut short by the caller leaving is still a ChatCompleted (`finish_reason`
@@ -167,7 +211,7 @@ class InferenceService:
             sender = asyncio.create_task(send_pieces())
             try:
                 return await self._engine.chat(
-                    cmd.messages, temperature, cmd.max_tokens, on_delta=pieces.put_nowait, caller_gone=gone
+                    messages, sampling, cmd.max_tokens, on_delta=pieces.put_nowait, caller_gone=gone
                 )
             finally:
                 pieces.put_nowait(None)
@@ -178,14 +222,16 @@ class InferenceService:
         self, cmd: RunInference, event_id: str, result: EngineResult, seconds: float
     ) -> ChatCompleted:
         grams = co2.edge_grams(seconds, self.node.footprint)
+        content, tool_calls = read_answer(result.content, cmd.controls, cmd.request_id)
         return ChatCompleted(
             id=event_id,
             source=self.node.source,
             copro_id=cmd.copro_id,
             request_id=cmd.request_id,
             model=self.node.model_id,
-            content=result.content,
-            finish_reason=result.finish_reason,
+            content=content,
+            finish_reason="tool_calls" if tool_calls else result.finish_reason,
+            tool_calls=tool_calls,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
@@ -211,6 +257,13 @@ class InferenceService:
             error=error,
             message=message,
         )
+
+
+def _output_problem(result: EngineResult, cmd: RunInference) -> str | None:
+    try:
+        return output_problem(result.content, cmd.controls, result.finish_reason)
+    except jsonschema.SchemaError as exc:
+        raise InvalidSchemaError(f"the JSON schema given is not valid: {exc.message}") from None
 
 
 def _event_ids(cmd: RunInference) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def request_row(event: ChatRequested) -> RequestRow:
     return RequestRow(
         id=parse_id(event.id, "request id"),
         model=event.model,
-        messages=[m.model_dump(mode="json") for m in event.messages],
+        messages=[m.model_dump(mode="json", exclude_none=True) for m in event.messages],
         context=event.context,
         max_tokens=event.max_tokens,
         temperature=event.temperature,
@@ -92,13 +93,18 @@ def request_row(event: ChatRequested) -> RequestRow:
 
 
 def response_row(event: ChatCompleted, request: RequestState) -> ResponseRow:
-    """The `mcp_responses` row of a completion; the request's copro wins (the gateway authenticated it)."""
+    """The `mcp_responses` row of a completion; the request's copro wins (the gateway authenticated it).
+
+    An answer that called tools is stored as its calls' JSON (OpenAI's `tool_calls` shape, with
+    any text beside them), sealed like any content: the seed's `content` column is the one place
+    a response's contents live, and a call's arguments are contents too.
+    """
     info = event.execution_info
     return ResponseRow(
         id=parse_id(event.id, "response id"),
         request_id=parse_id(event.request_id, "request id"),
         model=event.model,
-        content=event.content,
+        content=stored_content(event),
         finish_reason=event.finish_reason,
         prompt_tokens=event.usage.prompt_tokens,
         completion_tokens=event.usage.completion_tokens,
@@ -112,6 +118,13 @@ def response_row(event: ChatCompleted, request: RequestState) -> ResponseRow:
         copro_id=request.copro_id or event.copro_id,
         created_at=event.time,
     )
+
+
+def stored_content(event: ChatCompleted) -> str:
+    if not event.tool_calls:
+        return event.content
+    calls = [c.model_dump(mode="json") for c in event.tool_calls]
+    return json.dumps({"content": event.content or None, "tool_calls": calls}, ensure_ascii=False)
 
 
 def failure_record(event: ChatFailed) -> dict[str, Any]:

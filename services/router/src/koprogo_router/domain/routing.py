@@ -12,6 +12,9 @@ will get. Nothing here does I/O.
    `DEFAULT_EXPECTED_TOKENS`; the same size for every target, used only to rank them): CO₂
    by the method of `koprogo_shared.co2`, latency from the node's measured tokens/s and load
    or the deployment's recent latency.
+   A target that lacks a feature the request needs (stop, seed, a JSON schema, tools...:
+   `koprogo_shared.generation`) is left out: it would ignore the constraint. When that
+   leaves nothing, the refusal is a 400 `unsupported_parameter` naming what is missing.
 4. The policy orders them: `edge_only` keeps the edge alone; `prefer_edge` puts the edge
    first, then the cloud by grams; `lowest_carbon` sorts everything by grams; `fastest` by
    expected latency. `max_latency_ms` drops targets expected to be slower; without
@@ -42,6 +45,8 @@ class RoutingRequest:
     model: str
     policy: EffectivePolicy
     max_tokens: int | None = None
+    # The generation controls the request sets (`events.required_features`).
+    features: frozenset[str] = frozenset()
 
     @property
     def expected_tokens(self) -> int:
@@ -59,6 +64,8 @@ class Target:
     deployment: str | None = None
     expected_grams: float = 0.0
     expected_latency_ms: float = 0.0
+    # The generation controls every node of the pool (or the deployment) honours.
+    features: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         where = (
@@ -115,11 +122,14 @@ def choose_target(
             )
         models = (request.model,)
     policy = request.policy
-    targets = [t for m in models for t in _targets_for(m, request, edge_candidates, cloud_candidates)]
+    every = [t for m in models for t in _targets_for(m, request, edge_candidates, cloud_candidates)]
     if policy.policy == "edge_only":
-        targets = [t for t in targets if t.kind == "edge"]
-    if not targets:
+        every = [t for t in every if t.kind == "edge"]
+    if not every:
         return _nothing_serves(request, models, cloud_candidates, catalogue)
+    targets = [t for t in every if request.features <= t.features]
+    if not targets:
+        return _lacking_features(request, every)
     ordered = _order(targets, models, policy)
     if policy.max_latency_ms is not None:
         fast_enough = [t for t in ordered if t.expected_latency_ms <= policy.max_latency_ms]
@@ -154,6 +164,10 @@ def _targets_for(
         (c for c in edge_candidates if model in c.models),
         key=lambda c: (c.load, -c.tokens_per_second, c.node_id),
     )
+    if request.features:
+        # A pool is one shared consumer: any of its nodes may take the work, so keep the nodes
+        # that honour the request (another pool would need its own subject).
+        serving = [c for c in serving if request.features <= c.features] or serving
     if serving:
         best = serving[0]
         speed = best.tokens_per_second or UNMEASURED_TOKENS_PER_SECOND
@@ -167,6 +181,7 @@ def _targets_for(
                 node_ids=tuple(c.node_id for c in serving),
                 expected_grams=co2.edge_grams(seconds, footprint),
                 expected_latency_ms=seconds * 1000.0,
+                features=frozenset.intersection(*(c.features for c in serving)),
             )
         )
     for deployment in sorted(cloud_candidates, key=lambda c: c.deployment):
@@ -178,6 +193,7 @@ def _targets_for(
                     deployment=deployment.deployment,
                     expected_grams=co2.cloud_grams(tokens, deployment.footprint),
                     expected_latency_ms=deployment.typical_latency_ms or UNMEASURED_CLOUD_LATENCY_MS,
+                    features=deployment.features,
                 )
             )
     return targets
@@ -237,6 +253,24 @@ def _nothing_serves(
     if unavailable:
         message += f" ({'; '.join(unavailable)})"
     return Refusal(status=503, error="no_target_available", message=message)
+
+
+def _lacking_features(request: RoutingRequest, targets: Sequence[Target]) -> Refusal:
+    """Targets serve the model, but none honours everything the request sets."""
+    lacking = "; ".join(
+        f"{t.kind} {t.deployment or t.model} lacks {', '.join(sorted(request.features - t.features))}"
+        for t in targets
+    )
+    missing = sorted(set().union(*(request.features - t.features for t in targets)))
+    return Refusal(
+        status=400,
+        error="unsupported_parameter",
+        message=(
+            f"no target serving '{request.model}' honours every parameter this request sets ({lacking}); "
+            f"send it without {', '.join(repr(m) for m in missing)} or ask for a model whose target "
+            "honours it (/mcp/v1/models lists each model's `supports`)"
+        ),
+    )
 
 
 def _serve_on_edge(models: Sequence[str], catalogue: Catalogue) -> str:

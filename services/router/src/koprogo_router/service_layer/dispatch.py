@@ -26,6 +26,7 @@ from koprogo_shared.events import (
     RunInference,
     chat_failed_id,
     derived_event_id,
+    required_features,
     utc_now,
 )
 from koprogo_shared.node_registry import NodeRegistry
@@ -59,7 +60,12 @@ class Dispatcher:
             return
         now = time.monotonic()
         decision = choose_target(
-            RoutingRequest(request.model, policy, request.max_tokens),
+            RoutingRequest(
+                request.model,
+                policy,
+                request.max_tokens,
+                required_features(request.messages, request.controls),
+            ),
             self.registry.alive(now),
             self.registry.cloud(now),
             self.catalogue,
@@ -87,6 +93,7 @@ class Dispatcher:
                 deadline=request.deadline,
                 routing=plan,
                 stream=request.stream,
+                controls=request.controls,
             )
         )
 
