@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -347,3 +348,24 @@ async def test_the_ledger_may_delete_a_users_messages_from_the_audit_log_and_the
     async with connected_as(secured, "admin") as admin:
         with pytest.raises(NotFoundError):
             await admin.js.get_msg(subjects.EVENTS_STREAM, ack.seq)
+
+
+async def test_the_cloud_worker_hears_the_gateways_cancel_and_cannot_cancel_itself(
+    secured: SecuredNats,
+) -> None:
+    request_id = "7b3c1a2e-9c1d-4e0b-8f7a-5d2c1b0a9e8f"
+    async with connected_as(secured, "cloud") as cloud, connected_as(secured, "gateway") as gateway:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+
+        async def on_cancel(msg: Any) -> None:
+            await heard.put(msg.subject)
+
+        await cloud.nc.subscribe(subjects.chat_cancel(request_id), cb=on_cancel)
+        await cloud.nc.flush()
+        await gateway.nc.publish(subjects.chat_cancel(request_id), b"")
+        assert await asyncio.wait_for(heard.get(), 5) == subjects.chat_cancel(request_id)
+        assert cloud.refusals.errors.empty()
+
+        await cloud.nc.publish(subjects.chat_cancel(request_id), b"")
+        refusal = await cloud.refusals.next()
+    assert f'publish to "{subjects.chat_cancel(request_id)}"' in refusal

@@ -25,8 +25,8 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.nodes.announce, their dead letters; read
                and watch the routing-policy bucket
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
-               KOPROGO_WORK (filter koprogo.work.cloud.D), its    koprogo.nodes.announce
-               dead letters, koprogo.nodes.cloud.D;
+               KOPROGO_WORK (filter koprogo.work.cloud.D), its    koprogo.nodes.announce,
+               dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
                koprogo.events.chat.{completed,failed}.>,
                koprogo.events.inference.attempt_failed.>,
                koprogo.reply.>
@@ -187,7 +187,8 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
             _every(subjects.inference_attempt_failed),
             _every(subjects.gateway_reply),
         ),
-        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE),
+        # The cancels of requests it answers: a caller that left stops the provider call.
+        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, _every(subjects.chat_cancel)),
     )
 
 

@@ -103,8 +103,9 @@ CHANNELS: tuple[Channel, ...] = (
             raw_payload=("AnnounceRequest", {"type": "string", "maxLength": 0, "description": "Empty."})),
     Channel("gatewayReply", subjects.gateway_reply, _REPLY, ("router", "edge", "cloud"), ("gateway",),
             "Answers for the gateway instance waiting on the request (`reply_subject`), deltas when streamed."),
-    Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("edge",),
-            "The caller of a streamed chat left: the node generating it stops at the next token.",
+    Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("edge", "cloud"),
+            "The caller of a chat left or timed out: the node generating it stops at the next token, "
+            "the cloud worker closes the provider call.",
             raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router",),
             f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
