@@ -36,10 +36,9 @@ from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
-from koprogo_cloud.domain.errors import DeploymentConfigError
-from koprogo_cloud.settings import CloudSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
+from koprogo_shared.deployments import DeploymentConfigError, DeploymentsFileSettings
 from koprogo_shared.logging_setup import open_private_log
 
 NODE_PORT = 3031
@@ -72,7 +71,7 @@ def _script(name: str) -> str:
 def cloud_deployment_ids() -> list[str]:
     """The cloud worker's deployments (CLOUD_DEPLOYMENTS_FILE or the defaults): its NATS subjects."""
     try:
-        return [d.id for d in CloudSettings().deployments()]
+        return [d.id for d in DeploymentsFileSettings().deployments()]
     except DeploymentConfigError as exc:
         raise StackError(f"cloud deployments: {exc}") from None
 

@@ -3,13 +3,17 @@
 CloudError
 ├── ProviderError            a provider call failed (status, timeout, unreachable, bad answer)
 ├── InvalidCommandError      a work item that can never be handled (dead-lettered)
-├── UnmappableRequestError   a chat the provider's API cannot express (the caller gets a 400)
-└── DeploymentConfigError    the deployments file is unreadable or invalid (start-up)
+└── UnmappableRequestError   a chat the provider's API cannot express (the caller gets a 400)
+
+DeploymentConfigError (koprogo_shared.deployments): the deployments file is unreadable or
+invalid (start-up); shared with the `koprogo` CLI, which checks the file before a stack starts.
 """
 
 from __future__ import annotations
 
 from typing import Literal
+
+from koprogo_shared.deployments import DeploymentConfigError
 
 FailureKind = Literal["status", "timeout", "connection", "bad_response"]
 
@@ -49,5 +53,11 @@ class UnmappableRequestError(CloudError):
     """A chat that cannot be put in the provider's shape (a tool call whose arguments are not an object)."""
 
 
-class DeploymentConfigError(CloudError):
-    """The deployments configuration cannot be used; the message says which file and what to fix."""
+__all__ = [
+    "CloudError",
+    "DeploymentConfigError",
+    "FailureKind",
+    "InvalidCommandError",
+    "ProviderError",
+    "UnmappableRequestError",
+]
