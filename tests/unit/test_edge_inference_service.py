@@ -12,7 +12,7 @@ import pytest
 
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.adapters.outcomes import OutcomeSink
-from koprogo_node.entrypoints.nats_worker import RunInferenceWorker
+from koprogo_node.entrypoints.nats_worker import work_item_handler
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService
 from koprogo_shared import co2
 from koprogo_shared.consumer import PoisonMessageError
@@ -161,7 +161,7 @@ class BrokenEngine(FakeInferenceEngine):
 
 async def test_an_unexpected_failure_is_retried_silently_before_the_last_delivery() -> None:
     svc, sink = service(BrokenEngine())
-    worker = RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3)
+    worker = work_item_handler(svc, ack_wait_s=3, max_deliver=3)
     with pytest.raises(RuntimeError):
         await worker.handle(fake_msg(work(), delivered=2))
     assert sink.published == []
@@ -169,7 +169,7 @@ async def test_an_unexpected_failure_is_retried_silently_before_the_last_deliver
 
 async def test_the_caller_learns_of_a_failure_on_the_last_delivery() -> None:
     svc, sink = service(BrokenEngine())
-    worker = RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3)
+    worker = work_item_handler(svc, ack_wait_s=3, max_deliver=3)
     cmd = work()
     with pytest.raises(RuntimeError):  # the shared consumer then dead-letters the item
         await worker.handle(fake_msg(cmd, delivered=3))
@@ -187,7 +187,7 @@ async def test_a_work_item_with_unusable_ids_is_poison() -> None:
     svc, sink = service(FakeInferenceEngine())
     cmd = work().model_copy(update={"request_id": "not-a-uuid"})
     with pytest.raises(PoisonMessageError):
-        await RunInferenceWorker(svc, ack_wait_s=3, max_deliver=3).handle(fake_msg(cmd, 1))
+        await work_item_handler(svc, ack_wait_s=3, max_deliver=3).handle(fake_msg(cmd, 1))
     assert sink.published == []
 
 

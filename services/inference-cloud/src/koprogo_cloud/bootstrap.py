@@ -20,7 +20,7 @@ from koprogo_cloud.adapters.openai_provider import OpenAIProvider
 from koprogo_cloud.adapters.outcomes import NatsOutcomeSink, OutcomeSink
 from koprogo_cloud.adapters.providers import ChatProvider
 from koprogo_cloud.domain.deployments import Deployment, key_status
-from koprogo_cloud.entrypoints.nats_worker import CloudWorkWorker, work_consumer
+from koprogo_cloud.entrypoints.nats_worker import work_consumer, work_item_handler
 from koprogo_cloud.entrypoints.status import StatusPublisher
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_cloud.settings import CloudSettings
@@ -92,11 +92,11 @@ async def run_cloud(
         for runtime in runtimes:
             dep = runtime.deployment
             spec = work_consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
-            worker = CloudWorkWorker(service, dep.id, settings.ack_wait_s, settings.max_deliver)
+            handler = work_item_handler(service, dep.id, settings.ack_wait_s, settings.max_deliver)
             for n in range(dep.concurrency):
                 consumers.append(
                     asyncio.create_task(
-                        run_pull_consumer(js, spec, worker.handle, stop), name=f"cloud-{dep.id}-{n}"
+                        run_pull_consumer(js, spec, handler.handle, stop), name=f"cloud-{dep.id}-{n}"
                     )
                 )
         log.info("cloud worker ready: %s", ", ".join(service.runtimes))

@@ -30,7 +30,7 @@ from koprogo_node.domain.errors import NodeError
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
-from koprogo_node.entrypoints.nats_worker import RunInferenceWorker, work_consumer
+from koprogo_node.entrypoints.nats_worker import work_consumer, work_item_handler
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_node.settings import NodeSettings
@@ -180,9 +180,9 @@ async def _serve(
     heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s, resident)
     await heartbeats.start()
     model_id = service.node.model_id
-    worker = RunInferenceWorker(service, settings.ack_wait_s, settings.max_deliver)
+    handler = work_item_handler(service, settings.ack_wait_s, settings.max_deliver)
     spec = work_consumer(model_id, settings.ack_wait_s, settings.max_deliver)
-    consumer = asyncio.create_task(run_pull_consumer(js, spec, worker.handle, stop))
+    consumer = asyncio.create_task(run_pull_consumer(js, spec, handler.handle, stop))
     log.info("node %s serving %s (durable %s)", service.node.node_id, model_id, spec.durable)
     try:
         await _until_stopped(stop, consumer)

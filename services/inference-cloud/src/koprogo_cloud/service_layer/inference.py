@@ -34,18 +34,14 @@ from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError, Unma
 from koprogo_cloud.domain.failures import FailureOutcome, classify
 from koprogo_cloud.domain.retry_policy import retry_delay
 from koprogo_cloud.service_layer.streaming import DeltaSender, unless_caller_leaves
-from koprogo_shared import co2
+from koprogo_shared import chat_outcomes, co2
 from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,
     CloudDeploymentStatus,
-    ExecutionInfo,
     InferenceAttemptFailed,
-    RoutingSummary,
     RoutingTarget,
     RunInference,
-    Usage,
-    derived_event_id,
     utc_now,
 )
 
@@ -91,8 +87,7 @@ class CloudInferenceService:
         """Answer `work` on `deployment_id` and publish the outcome; publishing errors propagate (retry)."""
         runtime = self.runtimes[deployment_id]
         dep = runtime.deployment
-        completed_id = _derived(work, work.request_id, "completed")
-        _derived(work, work.id, "failed")  # an unusable id is refused before any work
+        _check_ids(work)  # an unusable id is refused before any work
         now = self._clock()
         provider = runtime.provider
         refused = refusal(
@@ -136,7 +131,7 @@ class CloudInferenceService:
         runtime.cooldown.record_success()
         metrics.IN_COOLDOWN.labels(dep.id).set(0)
         runtime.latencies_ms.append(seconds * 1000.0)
-        completed = self._completed(dep, work, completed_id, result, seconds)
+        completed = _completed(dep, work, result, seconds)
         metrics.TOKENS.labels(dep.id, "prompt").inc(result.prompt_tokens)
         metrics.TOKENS.labels(dep.id, "completion").inc(result.completion_tokens)
         metrics.CALL_SECONDS.labels(dep.id).observe(seconds)
@@ -220,7 +215,7 @@ class CloudInferenceService:
         metrics.FAILURES.labels(dep.id, outcome.error).inc()
         if outcome.fallback_worthy and work.routing is not None:
             failed = InferenceAttemptFailed(
-                id=_derived(work, work.id, "attempt_failed"),
+                id=chat_outcomes.attempt_failed_id(work),
                 source=dep.source,
                 copro_id=work.copro_id,
                 request_id=work.request_id,
@@ -232,61 +227,23 @@ class CloudInferenceService:
             )
             await self._sink.attempt_failed(failed)
             return failed
-        chat_failed = self.chat_failed(dep, work, outcome.status, outcome.error, outcome.message)
-        await self._sink.publish(chat_failed, work.reply_subject)
-        return chat_failed
+        return await self.report_failure(dep.id, work, outcome.status, outcome.error, outcome.message)
 
-    def chat_failed(
-        self, dep: Deployment, work: RunInference, status: int, error: str, message: str
+    async def report_failure(
+        self, deployment_id: str, work: RunInference, status: int, error: str, message: str
     ) -> ChatFailed:
-        # Derived from the work item, not the request: the router's own refusal of the same
-        # request must not be de-duplicated against this one (as on the edge node).
-        return ChatFailed(
-            id=_derived(work, work.id, "failed"),
-            source=dep.source,
-            copro_id=work.copro_id,
-            request_id=work.request_id,
+        """Tell the caller (and the ledger) that this work item will not be answered."""
+        # Its id derives from the work item, not the request: the router's own refusal of the
+        # same request must not be de-duplicated against it (`chat_outcomes`, as on the edge).
+        failed = chat_outcomes.failed(
+            work,
+            source=self.runtimes[deployment_id].deployment.source,
             status=status,
             error=error,
             message=message,
         )
-
-    async def report_failure(self, deployment_id: str, work: RunInference, message: str) -> ChatFailed:
-        """The work item will not be answered (it failed on every delivery): tell the caller."""
-        failed = self.chat_failed(
-            self.runtimes[deployment_id].deployment, work, 500, "inference_failed", message
-        )
         await self._sink.publish(failed, work.reply_subject)
         return failed
-
-    def _completed(
-        self, dep: Deployment, work: RunInference, event_id: str, result: ProviderResult, seconds: float
-    ) -> ChatCompleted:
-        total = result.total_tokens
-        grams = co2.cloud_grams(total, dep.footprint)
-        return ChatCompleted(
-            id=event_id,
-            source=dep.source,
-            copro_id=work.copro_id,
-            request_id=work.request_id,
-            model=work.model,
-            content=result.content,
-            finish_reason=result.finish_reason,
-            tool_calls=result.tool_calls,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=total,
-            ),
-            execution_info=ExecutionInfo(
-                execution_type="cloud",
-                node_id=dep.id,
-                latency_ms=round(seconds * 1000.0, 3),
-                co2_grams=grams,
-                co2_saved_grams=co2.saved_grams(total, grams),
-                routing=RoutingSummary.of(work.routing),
-            ),
-        )
 
     def status(self, deployment_id: str, interval_s: float) -> CloudDeploymentStatus:
         """The deployment's heartbeat: available unless keyless or cooling down."""
@@ -321,10 +278,24 @@ class _Failed(Exception):
         self.outcome = outcome
 
 
-def _derived(work: RunInference, parent: str, what: str) -> str:
+def _completed(dep: Deployment, work: RunInference, result: ProviderResult, seconds: float) -> ChatCompleted:
+    return chat_outcomes.completed(
+        work,
+        source=dep.source,
+        content=result.content,
+        finish_reason=result.finish_reason,
+        tool_calls=result.tool_calls,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        execution_type="cloud",
+        node_id=dep.id,
+        seconds=seconds,
+        co2_grams=co2.cloud_grams(result.total_tokens, dep.footprint),
+    )
+
+
+def _check_ids(work: RunInference) -> None:
     try:
-        return derived_event_id(parent, what)
-    except ValueError:
-        raise InvalidCommandError(
-            f"work item {work.id!r} / request {work.request_id!r}: ids must be UUIDs"
-        ) from None
+        chat_outcomes.check_ids(work)
+    except chat_outcomes.UnusableIdsError as exc:
+        raise InvalidCommandError(str(exc)) from None

@@ -8,7 +8,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from koprogo_cloud.adapters.outcomes import OutcomeSink
-from koprogo_shared.events import ChatDelta, RunInference
+from koprogo_shared import chat_outcomes
+from koprogo_shared.events import RunInference
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,13 +25,7 @@ class DeltaSender:
         self.sent = 0
 
     async def send(self, piece: str) -> None:
-        delta = ChatDelta(
-            source=self._source,
-            copro_id=self._work.copro_id,
-            request_id=self._work.request_id,
-            index=self.sent,
-            delta=piece,
-        )
+        delta = chat_outcomes.delta(self._work, source=self._source, index=self.sent, piece=piece)
         self.sent += 1
         try:
             await self._sink.delta(delta, self._work.reply_subject)

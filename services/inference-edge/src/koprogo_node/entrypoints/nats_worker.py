@@ -1,27 +1,21 @@
 """Thin NATS subscriber for work: RunInference items of this node's model, one at a time.
 
 All nodes serving a model share one durable pull consumer, so they share the load: a
-node fetches the next item only when it is idle. While generating it sends in-progress
-acks, so the item stays with it; if the node dies, the server hands the item to another
-node `ack_wait` after the last in-progress ack.
+node fetches the next item only when it is idle. The shared work-item handler
+(`koprogo_shared.work_items`) keeps the item with this node while it generates, dead-letters
+poison and tells the caller when the last delivery fails; this module adds the node's
+request and token counters.
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-import logging
-
-from nats.aio.msg import Msg
 
 from koprogo_node.adapters import metrics
 from koprogo_node.domain.errors import InvalidCommandError
 from koprogo_node.service_layer.inference import InferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError, keep_alive_interval
-from koprogo_shared.events import ChatCompleted, RunInference
-
-log = logging.getLogger(__name__)
+from koprogo_shared.consumer import ConsumerSpec
+from koprogo_shared.events import ChatCompleted, ChatFailed, RunInference
+from koprogo_shared.work_items import WorkItemHandler
 
 
 def work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> ConsumerSpec:
@@ -36,54 +30,36 @@ def work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> Consume
     )
 
 
-class RunInferenceWorker:
-    """Decodes a work item, keeps its ack deadline alive, and hands it to the service."""
+def work_item_handler(service: InferenceService, ack_wait_s: float, max_deliver: int) -> WorkItemHandler:
+    """The shared handler over this node's use case, counting what came of each item."""
+    model = service.node.model_id
 
-    def __init__(self, service: InferenceService, ack_wait_s: float, max_deliver: int) -> None:
-        self._service = service
-        self._keep_alive_s = keep_alive_interval(ack_wait_s)
-        self._max_deliver = max_deliver
-        self._model = service.node.model_id
-
-    async def handle(self, msg: Msg) -> None:
-        """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
-        cmd = RunInference.model_validate_json(msg.data)  # malformed -> dead-lettered by the consumer
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
+    async def run_counted(cmd: RunInference) -> None:
         try:
-            outcome = await self._service.run(cmd)
-        except InvalidCommandError as exc:
-            metrics.REQUESTS.labels(self._model, "invalid").inc()
-            raise PoisonMessageError(str(exc)) from None
-        except Exception as exc:
-            metrics.REQUESTS.labels(self._model, "error").inc()
-            if msg.metadata.num_delivered >= self._max_deliver:
-                # The consumer dead-letters this item now; the caller must not wait for nothing.
-                await self._report_final_failure(cmd, exc)
+            outcome = await service.run(cmd)
+        except InvalidCommandError:
+            metrics.REQUESTS.labels(model, "invalid").inc()
             raise
-        finally:
-            keep_alive.cancel()
-        if isinstance(outcome, ChatCompleted):
-            metrics.REQUESTS.labels(self._model, "completed").inc()
-            metrics.TOKENS.labels(self._model, "prompt").inc(outcome.usage.prompt_tokens)
-            metrics.TOKENS.labels(self._model, "completion").inc(outcome.usage.completion_tokens)
-            metrics.INFERENCE_SECONDS.labels(self._model).observe(outcome.execution_info.latency_ms / 1000.0)
-        else:
-            metrics.REQUESTS.labels(self._model, f"failed_{outcome.status}").inc()
+        except Exception:
+            metrics.REQUESTS.labels(model, "error").inc()
+            raise
+        _count(model, outcome)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self._keep_alive_s)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # a lost in-progress ack only risks a redelivery
-                log.debug("in-progress ack failed: %r", exc)
+    return WorkItemHandler(
+        run_counted,
+        service.report_failure,
+        ack_wait_s=ack_wait_s,
+        max_deliver=max_deliver,
+        worker_name="the edge node",
+        poison=(InvalidCommandError,),
+    )
 
-    async def _report_final_failure(self, cmd: RunInference, exc: Exception) -> None:
-        log.error("request %s failed on its last delivery: %s", cmd.request_id, type(exc).__name__)
-        with contextlib.suppress(Exception):
-            await self._service.report_failure(
-                cmd,
-                500,
-                "inference_failed",
-                f"the edge node could not answer after {self._max_deliver} attempts",
-            )
+
+def _count(model: str, outcome: ChatCompleted | ChatFailed) -> None:
+    if isinstance(outcome, ChatCompleted):
+        metrics.REQUESTS.labels(model, "completed").inc()
+        metrics.TOKENS.labels(model, "prompt").inc(outcome.usage.prompt_tokens)
+        metrics.TOKENS.labels(model, "completion").inc(outcome.usage.completion_tokens)
+        metrics.INFERENCE_SECONDS.labels(model).observe(outcome.execution_info.latency_ms / 1000.0)
+    else:
+        metrics.REQUESTS.labels(model, f"failed_{outcome.status}").inc()

@@ -29,19 +29,14 @@ from koprogo_node.domain.errors import (
     ModelNotServedError,
 )
 from koprogo_node.domain.generation import DEFAULT_TEMPERATURE, TokenRate, deadline_passed
-from koprogo_shared import co2
+from koprogo_shared import chat_outcomes, co2
 from koprogo_shared.events import (
     ChatCompleted,
-    ChatDelta,
     ChatFailed,
     ChatMessage,
-    ExecutionInfo,
     InferenceStarted,
     NodeHeartbeat,
-    RoutingSummary,
     RunInference,
-    Usage,
-    derived_event_id,
     utc_now,
 )
 from koprogo_shared.generation import ALL_FEATURES
@@ -92,9 +87,9 @@ class InferenceService:
         """Answer `cmd` unless nobody waits any more; domain errors become ChatFailed (4xx).
 
         Any other exception propagates: the work item is retried, and on its last
-        delivery the caller reports `report_failure`.
+        delivery the work-item handler (`koprogo_shared.work_items`) calls `report_failure`.
         """
-        completed_id, _ = _event_ids(cmd)  # an unusable id is refused before any work
+        _check_ids(cmd)  # an unusable id is refused before any work
         outcome: ChatCompleted | ChatFailed
         if deadline_passed(cmd.deadline, self._clock()):
             outcome = self._failed(
@@ -107,7 +102,7 @@ class InferenceService:
                 outcome = self._failed(cmd, exc.status, exc.error, str(exc))
             else:
                 self.load.rate.observe(result.completion_tokens, seconds)
-                outcome = self._completed(cmd, completed_id, result, seconds)
+                outcome = self._completed(cmd, result, seconds)
         await self._sink.publish(outcome, cmd.reply_subject)
         return outcome
 
@@ -197,13 +192,7 @@ class InferenceService:
         async def send_pieces() -> None:
             index = 0
             while (piece := await pieces.get()) is not None:
-                delta = ChatDelta(
-                    source=self.node.source,
-                    copro_id=cmd.copro_id,
-                    request_id=cmd.request_id,
-                    index=index,
-                    delta=piece,
-                )
+                delta = chat_outcomes.delta(cmd, source=self.node.source, index=index, piece=piece)
                 await self._sink.delta(delta, cmd.reply_subject)
                 index += 1
 
@@ -218,45 +207,24 @@ class InferenceService:
                 # Every piece leaves before the completion does (same connection, same order).
                 await asyncio.gather(sender, return_exceptions=True)
 
-    def _completed(
-        self, cmd: RunInference, event_id: str, result: EngineResult, seconds: float
-    ) -> ChatCompleted:
-        grams = co2.edge_grams(seconds, self.node.footprint)
+    def _completed(self, cmd: RunInference, result: EngineResult, seconds: float) -> ChatCompleted:
         content, tool_calls = read_answer(result.content, cmd.controls, cmd.request_id)
-        return ChatCompleted(
-            id=event_id,
+        return chat_outcomes.completed(
+            cmd,
             source=self.node.source,
-            copro_id=cmd.copro_id,
-            request_id=cmd.request_id,
-            model=self.node.model_id,
             content=content,
             finish_reason="tool_calls" if tool_calls else result.finish_reason,
             tool_calls=tool_calls,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=result.total_tokens,
-            ),
-            execution_info=ExecutionInfo(
-                execution_type="edge",
-                node_id=self.node.node_id,
-                latency_ms=round(seconds * 1000.0, 3),
-                co2_grams=grams,
-                co2_saved_grams=co2.saved_grams(result.total_tokens, grams),
-                routing=RoutingSummary.of(cmd.routing),
-            ),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            execution_type="edge",
+            node_id=self.node.node_id,
+            seconds=seconds,
+            co2_grams=co2.edge_grams(seconds, self.node.footprint),
         )
 
     def _failed(self, cmd: RunInference, status: int, error: str, message: str) -> ChatFailed:
-        return ChatFailed(
-            id=_event_ids(cmd)[1],
-            source=self.node.source,
-            copro_id=cmd.copro_id,
-            request_id=cmd.request_id,
-            status=status,
-            error=error,
-            message=message,
-        )
+        return chat_outcomes.failed(cmd, source=self.node.source, status=status, error=error, message=message)
 
 
 def _output_problem(result: EngineResult, cmd: RunInference) -> str | None:
@@ -266,15 +234,10 @@ def _output_problem(result: EngineResult, cmd: RunInference) -> str | None:
         raise InvalidSchemaError(f"the JSON schema given is not valid: {exc.message}") from None
 
 
-def _event_ids(cmd: RunInference) -> tuple[str, str]:
-    """Ids of the ChatCompleted and ChatFailed this work item may produce; same on redelivery.
-
-    The failure id derives from the work item, not the request: the router's refusal of
-    the same request derives from the request id and must not be de-duplicated against it.
-    """
+def _check_ids(cmd: RunInference) -> None:
+    """Every outcome id derives from the work item (`chat_outcomes`: why the failure's comes
+    from the work item's id, not the request's); one that cannot is poison."""
     try:
-        return derived_event_id(cmd.request_id, "completed"), derived_event_id(cmd.id, "failed")
-    except ValueError:
-        raise InvalidCommandError(
-            f"work item {cmd.id!r} / request {cmd.request_id!r}: ids must be UUIDs"
-        ) from None
+        chat_outcomes.check_ids(cmd)
+    except chat_outcomes.UnusableIdsError as exc:
+        raise InvalidCommandError(str(exc)) from None

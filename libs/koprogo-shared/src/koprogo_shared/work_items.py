@@ -1,0 +1,108 @@
+"""One way for a worker (edge node, cloud deployment) to handle a RunInference work item.
+
+`WorkItemHandler.handle` is the per-message handler given to `consumer.run_pull_consumer`;
+it decides as the consumer expects, by returning or raising:
+
+    the payload is no RunInference   ValidationError: dead-lettered
+    its ids are not UUIDs, or the    PoisonMessageError: dead-lettered
+    use case raises a `poison` error
+    the use case returns             ack (it published the outcome itself)
+    the use case raises anything     re-raised: NAKed and retried; on the last delivery the
+    else                             caller is told first (`report_failure`: a ChatFailed
+                                     500 "inference_failed"), then the item is dead-lettered
+
+While the use case runs, in-progress acks keep the item with this worker; if the worker
+dies, the server hands it to another one `ack_wait` after the last of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+
+from koprogo_shared.chat_outcomes import UnusableIdsError
+from koprogo_shared.consumer import PoisonMessageError, keep_alive_interval
+from koprogo_shared.events import RunInference
+
+log = logging.getLogger(__name__)
+
+# Runs the work item and publishes its outcome (ChatCompleted, ChatFailed...).
+RunWork = Callable[[RunInference], Awaitable[object]]
+# Publishes a ChatFailed(status, error, message) for the work item.
+ReportFailure = Callable[[RunInference, int, str, str], Awaitable[object]]
+
+LAST_DELIVERY_STATUS = 500
+LAST_DELIVERY_ERROR = "inference_failed"
+
+
+def is_last_delivery(num_delivered: int, max_deliver: int) -> bool:
+    """Whether the consumer dead-letters the item if this delivery fails too."""
+    return num_delivered >= max_deliver
+
+
+def last_delivery_message(worker_name: str, max_deliver: int) -> str:
+    """What the caller reads when every delivery of its work item failed."""
+    return f"{worker_name} could not answer after {max_deliver} attempts"
+
+
+class WorkItemHandler:
+    """Decodes a work item, keeps its ack deadline alive, runs the use case, reports a final failure.
+
+    `worker_name` names this worker in the caller's error ("the edge node"); `poison` are
+    the use case's errors for a work item that can never be handled.
+    """
+
+    def __init__(
+        self,
+        run: RunWork,
+        report_failure: ReportFailure,
+        *,
+        ack_wait_s: float,
+        max_deliver: int,
+        worker_name: str,
+        poison: tuple[type[Exception], ...] = (),
+    ) -> None:
+        self._run = run
+        self._report_failure = report_failure
+        self._keep_alive_s = keep_alive_interval(ack_wait_s)
+        self._max_deliver = max_deliver
+        self._worker_name = worker_name
+        self._poison: tuple[type[Exception], ...] = (UnusableIdsError, *poison)
+
+    async def handle(self, msg: Msg) -> None:
+        """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
+        work = RunInference.model_validate_json(msg.data)  # malformed -> dead-lettered by the consumer
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self._run(work)
+        except self._poison as exc:
+            raise PoisonMessageError(str(exc)) from None
+        except Exception as exc:
+            if is_last_delivery(msg.metadata.num_delivered, self._max_deliver):
+                # The consumer dead-letters this item now; the caller must not wait for nothing.
+                await self._report_final_failure(work, exc)
+            raise
+        finally:
+            keep_alive.cancel()
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self._keep_alive_s)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # a lost in-progress ack only risks a redelivery
+                log.debug("in-progress ack failed: %r", exc)
+
+    async def _report_final_failure(self, work: RunInference, exc: Exception) -> None:
+        log.error("request %s failed on its last delivery: %s", work.request_id, type(exc).__name__)
+        with contextlib.suppress(Exception):
+            await self._report_failure(
+                work,
+                LAST_DELIVERY_STATUS,
+                LAST_DELIVERY_ERROR,
+                last_delivery_message(self._worker_name, self._max_deliver),
+            )
