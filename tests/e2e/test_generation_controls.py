@@ -302,7 +302,7 @@ async def test_named_and_auto_tool_choices_and_streamed_tool_calls(stack: Runnin
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("n", 2), ("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"1": 5}), ("frobnicate", 1)],
+    [("n", 2), ("logit_bias", {"1": 5}), ("modalities", ["audio"]), ("frobnicate", 1)],
 )
 async def test_what_no_target_honours_is_refused_by_name(stack: RunningStack, param: str, value: Any) -> None:
     client = sdk(stack)
@@ -356,3 +356,49 @@ async def test_mcp_chat_takes_the_same_controls_and_refuses_incoherent_ones(stac
         )
         assert typo.status_code == 422
         assert "top_k" in typo.text
+
+
+async def test_logprobs_are_the_models_own_for_each_token_with_the_likeliest_alternatives(
+    stack: RunningStack,
+) -> None:
+    client = sdk(stack)
+    completion = await client.chat.completions.create(
+        model=BUNDLED_MODEL_ID,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert completion.usage is not None
+    # One entry per generated token (the end-of-answer token is not part of the answer).
+    assert len(tokens) == completion.usage.completion_tokens
+    # A character split over two tokens is in their bytes, not in their texts.
+    assert b"".join(bytes(t.bytes or []) for t in tokens).decode() == choice.message.content
+    for t in tokens:
+        assert t.logprob <= 0.0
+        assert len(t.top_logprobs) == 3
+        ranked = [alt.logprob for alt in t.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True)
+        # Greedy decoding: the chosen token is the likeliest one.
+        assert t.token == t.top_logprobs[0].token and t.logprob == pytest.approx(ranked[0])
+
+    # Streamed, the answer's log probabilities come with its last chunk, the same as unstreamed.
+    stream = await client.chat.completions.create(
+        model=BUNDLED_MODEL_ID,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0.0,
+        logprobs=True,
+        stream=True,
+    )
+    chunks = [c async for c in stream]
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in tokens]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in tokens], abs=1e-6)
+    assert all(t.top_logprobs == [] for t in streamed)  # none asked for

@@ -147,9 +147,8 @@ async def test_the_sdk_gets_a_400_naming_each_parameter_koprogo_does_not_honour(
     # What no target honours (the controls that are honoured: tests/e2e/test_generation_controls.py).
     refused: dict[str, dict[str, Any]] = {
         "n": {"n": 2},
-        "logprobs": {"logprobs": True},
-        "top_logprobs": {"top_logprobs": 2},
         "logit_bias": {"logit_bias": {"1": 3}},
+        "modalities": {"modalities": ["text", "audio"]},
     }
     async with published_subjects(stack) as published:
         for name, params in refused.items():

@@ -256,7 +256,7 @@ def test_the_heartbeat_announces_every_control_the_node_honours() -> None:
     from koprogo_shared.generation import ALL_FEATURES
 
     svc, _ = service(FakeInferenceEngine())
-    assert set(svc.heartbeat(5.0).features) == set(ALL_FEATURES)
+    assert set(svc.heartbeat(5.0).features) == {*ALL_FEATURES, "logprobs"}
 
 
 class ScriptedEngine(FakeInferenceEngine):

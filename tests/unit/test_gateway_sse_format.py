@@ -60,7 +60,12 @@ def test_a_completion_has_openai_fields_and_the_koprogo_extras() -> None:
     assert body["object"] == "chat.completion"
     assert body["id"] == "chatcmpl-c1"
     assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Bonjour"}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Bonjour"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert body["koprogo"]["execution_type"] == "edge"

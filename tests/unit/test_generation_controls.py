@@ -189,3 +189,15 @@ def test_schema_strings_never_hold_raw_control_characters() -> None:
     text = grammar_text(OutputConstraint({"type": "object", "properties": {"a": {"type": "string"}}}))
     char_rule = next(line for line in text.splitlines() if line.startswith("char ::="))
     assert char_rule.startswith('char ::= [^"\\\\\\x7F\\x00-\\x1F] |'), char_rule
+
+
+def test_logprobs_are_a_feature_and_top_logprobs_needs_them() -> None:
+    assert controls(logprobs=True, top_logprobs=2).required_features() == {"logprobs"}
+    assert controls(logprobs=False).required_features() == frozenset()
+    assert sampling_of(controls(logprobs=True), 0.2).top_logprobs == 0
+    assert sampling_of(controls(logprobs=True, top_logprobs=5), 0.2).top_logprobs == 5
+    assert sampling_of(controls(seed=1), 0.2).top_logprobs is None
+    with pytest.raises(ValidationError, match="needs logprobs"):
+        controls(top_logprobs=2)
+    with pytest.raises(ValidationError, match="less than or equal to 20"):
+        controls(logprobs=True, top_logprobs=21)

@@ -21,9 +21,8 @@ def body(**fields: Any) -> OpenAIChatIn:
     "name, value",
     [
         ("n", 2),
-        ("logprobs", True),
-        ("top_logprobs", 3),
         ("logit_bias", {"50256": -100}),
+        ("modalities", ["text", "audio"]),
         ("audio", {"voice": "alloy"}),
         ("reasoning_effort", "low"),
         ("temprature", 0.2),  # a typo is not a silent default either
@@ -63,10 +62,10 @@ def test_parameters_at_values_that_change_nothing_are_served() -> None:
 
 def test_every_refused_parameter_is_named_messages_too() -> None:
     names = unsupported_parameters(
-        {"logprobs": True, "n": 2, "top_p": 1},
+        {"logit_bias": {"1": 2}, "n": 2, "top_p": 1},
         [{}, {"audio": {"id": "a1"}}, {"refusal": None}],
     )
-    assert names == ["logprobs", "n", "top_p", "messages[1].audio"]
+    assert names == ["logit_bias", "n", "top_p", "messages[1].audio"]
     with pytest.raises(UnsupportedParameterError) as refused:
         to_chat_request(
             OpenAIChatIn.model_validate(

@@ -30,7 +30,7 @@ from koprogo_shared.events import (
     Usage,
     derived_event_id,
 )
-from koprogo_shared.generation import ToolCall
+from koprogo_shared.generation import TokenLogprob, ToolCall
 
 
 class UnusableIdsError(ValueError):
@@ -81,6 +81,7 @@ def completed(
     node_id: str,
     seconds: float,
     co2_grams: float,
+    logprobs: list[TokenLogprob] | None = None,
 ) -> ChatCompleted:
     """The answer to `work`: usage as counted (tokenizer or provider), CO₂ and what it saved.
 
@@ -97,6 +98,7 @@ def completed(
         content=content,
         finish_reason=finish_reason,
         tool_calls=tool_calls,
+        logprobs=logprobs,
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total),
         execution_info=ExecutionInfo(
             execution_type=execution_type,

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from koprogo_shared.generation import GenerationControls, ToolCall
+from koprogo_shared.generation import GenerationControls, TokenLogprob, ToolCall
 
 Role = Literal["system", "user", "assistant", "tool"]
 ExecutionType = Literal["edge", "cloud", "grid"]
@@ -235,6 +235,8 @@ class ChatCompleted(Event):
     execution_info: ExecutionInfo
     # The functions the model called (`finish_reason` "tool_calls"); None when it answered in text.
     tool_calls: list[ToolCall] | None = None
+    # Per generated token, when the request asked for `logprobs`.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class ChatFailed(Event):

@@ -26,7 +26,9 @@ Feature = Literal[
     "json_object",
     "json_schema",
     "tools",
+    "logprobs",
 ]
+# The controls every full target honours (logprobs apart: only some targets can give them).
 ALL_FEATURES: tuple[Feature, ...] = (
     "stop",
     "seed",
@@ -142,6 +144,30 @@ def tool_call_id(request_id: str, index: int) -> str:
     return "call_" + uuid.uuid5(uuid.UUID(request_id), f"tool_call:{index}").hex[:24]
 
 
+class TopLogprob(BaseModel):
+    """One candidate token at a position and its log probability (OpenAI's shape)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """A generated token, its log probability under the model, and the likeliest alternatives."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+MAX_TOP_LOGPROBS = 20
+
+
 class GenerationControls(BaseModel):
     """The controls a chat sets; unset ones leave the target's defaults."""
 
@@ -160,9 +186,14 @@ class GenerationControls(BaseModel):
     response_format: ResponseFormat | None = None
     tools: list[ToolSpec] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
+    # The log probability of each token of the answer, with the `top_logprobs` likeliest others.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _coherent(self) -> GenerationControls:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         names = [t.function.name for t in self.tools or ()]
         if len(set(names)) != len(names):
             raise ValueError("tools: two functions have the same name")
@@ -208,6 +239,8 @@ class GenerationControls(BaseModel):
             needed.add(rf.type)
         if self.calls_tools:
             needed.add("tools")
+        if self.logprobs:
+            needed.add("logprobs")
         return frozenset(needed)
 
 

@@ -10,7 +10,14 @@ from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.model_classes import context_length_of
 from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
-from koprogo_shared.generation import GenerationControls, ResponseFormat, ToolCall, ToolChoice, ToolSpec
+from koprogo_shared.generation import (
+    GenerationControls,
+    ResponseFormat,
+    TokenLogprob,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9:._-]+$")
 
@@ -43,6 +50,8 @@ class ChatRequestIn(BaseModel):
     response_format: ResponseFormat | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     def controls(self) -> GenerationControls | None:
         """The controls this request sets, or None; validated when the body is."""
@@ -88,6 +97,8 @@ def _controls_of(body: ChatRequestIn) -> GenerationControls | None:
             "response_format",
             "tools",
             "tool_choice",
+            "logprobs",
+            "top_logprobs",
         )
         if getattr(body, name) is not None
     }
@@ -111,3 +122,5 @@ class ChatResponseOut(BaseModel):
     usage: Usage
     execution_info: ExecutionInfo
     tool_calls: list[ToolCall] | None = None
+    # Per generated token, when the request asked for `logprobs`.
+    logprobs: list[TokenLogprob] | None = None

@@ -15,8 +15,6 @@ from typing import Any
 # Parameters that change nothing at these values (what OpenAI itself defaults them to).
 NO_OP_VALUES: Mapping[str, tuple[Any, ...]] = {
     "n": (1,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
     # Targets make at most the calls the model asks for, one per answer on the edge: allowed
     # either way, a call is never split over turns.
@@ -44,6 +42,8 @@ HONOURED = (
     "response_format",
     "tools",
     "tool_choice",
+    "logprobs",
+    "top_logprobs",
 )
 
 

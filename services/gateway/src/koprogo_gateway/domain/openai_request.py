@@ -87,6 +87,8 @@ class OpenAIChatIn(BaseModel):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -103,6 +105,8 @@ CONTROLS = (
     "response_format",
     "tools",
     "tool_choice",
+    "logprobs",
+    "top_logprobs",
 )
 
 
@@ -115,12 +119,15 @@ _NOTHING: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0),
     "response_format": ({"type": "text"},),
     "tools": ([],),
+    "logprobs": (False,),
 }
 
 
 def _asks_nothing(name: str, value: Any, body: OpenAIChatIn) -> bool:
     if name == "tool_choice":
         return value == "none" and not body.tools  # with tools, "none" forbids calling them
+    if name == "top_logprobs":
+        return value == 0 and not body.logprobs
     return value in _NOTHING.get(name, ())
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from koprogo_gateway.domain.chat_request import ChatResponseOut
 from koprogo_shared.events import ExecutionInfo, Usage
-from koprogo_shared.generation import ToolCall
+from koprogo_shared.generation import TokenLogprob, ToolCall
 
 DONE = "data: [DONE]\n\n"
 
@@ -64,6 +64,13 @@ def openai_tool_call_deltas(tool_calls: list[ToolCall]) -> dict[str, Any]:
     return {"tool_calls": [{"index": i, **c.model_dump()} for i, c in enumerate(tool_calls)]}
 
 
+def openai_logprobs(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A choice's `logprobs`: `{"content": [...], "refusal": null}`, or null when not asked for."""
+    if logprobs is None:
+        return None
+    return {"content": [lp.model_dump() for lp in logprobs], "refusal": None}
+
+
 def openai_completion(answer: ChatResponseOut, created: int) -> dict[str, Any]:
     """A `chat.completion` object."""
     return {
@@ -75,6 +82,7 @@ def openai_completion(answer: ChatResponseOut, created: int) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": openai_message(answer.content, answer.tool_calls),
+                "logprobs": openai_logprobs(answer.logprobs),
                 "finish_reason": answer.finish_reason,
             }
         ],
@@ -89,15 +97,19 @@ def openai_chunk(
     created: int,
     delta: dict[str, Any],
     finish_reason: str | None = None,
+    logprobs: list[TokenLogprob] | None = None,
     **extra: Any,
 ) -> str:
     """One `chat.completion.chunk` as an SSE `data:` line."""
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = openai_logprobs(logprobs)
     chunk = {
         "id": f"chatcmpl-{answer_id}",
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [choice],
         **extra,
     }
     return sse(chunk)

@@ -81,6 +81,7 @@ class ChatAnswer:
                 update={"latency_ms": round(self.latency_ms, 3)}
             ),
             tool_calls=completion.tool_calls,
+            logprobs=completion.logprobs,
         )
 
 

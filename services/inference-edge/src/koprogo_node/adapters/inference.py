@@ -12,6 +12,7 @@ from typing import Literal
 from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.generation import answer_budget
 from koprogo_shared.events import ChatMessage
+from koprogo_shared.generation import TokenLogprob
 
 EngineFinish = Literal["stop", "length"]
 
@@ -24,6 +25,8 @@ class EngineResult:
     finish_reason: EngineFinish
     prompt_tokens: int
     completion_tokens: int
+    # Per token of `content`, when the sampling asked for them.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def total_tokens(self) -> int:

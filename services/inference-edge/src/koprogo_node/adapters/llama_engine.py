@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 import jinja2
 import llama_cpp
+import numpy as np
 from llama_cpp import Llama, LlamaGrammar
 from llama_cpp import llama_chat_format as chat_format
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -32,6 +33,7 @@ from koprogo_node.domain.controls import OutputConstraint, Sampling, tool_turns_
 from koprogo_node.domain.errors import ContextOverflowError, InferenceCancelledError, ModelFileError
 from koprogo_node.domain.generation import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, requested_budget
 from koprogo_shared.events import ChatMessage
+from koprogo_shared.generation import TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +185,18 @@ class LlamaEngine(InferenceEngine):
         all_stops = tuple(dict.fromkeys((*sampling.stop, *stops)))
         # llama.cpp's sampler keeps the last seed: an unseeded answer gets a fresh one.
         llama.set_seed(random.getrandbits(32) if sampling.seed is None else sampling.seed % 2**32)
-        if sampling.seed is not None:
+        if sampling.seed is not None or sampling.top_logprobs is not None:
             # A prompt partly in the KV cache has its last tokens evaluated apart from the rest,
-            # which moves the logits by a rounding error, enough to change a sample at
-            # temperature 0.8: a seeded answer evaluates its whole prompt, so it repeats.
+            # through other kernels: the logits move (log probabilities by up to 0.09 on the
+            # bundled model), enough to change a sample at temperature 0.8. A seeded answer, or
+            # one whose log probabilities are asked for, evaluates its whole prompt: it repeats.
             llama.reset()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
         sent = 0
         generated: list[int] = []
+        # With logprobs: each token's, and where its text starts in `text` (to drop those a stop cuts).
+        logprobs: list[tuple[int, TokenLogprob]] | None = None if sampling.top_logprobs is None else []
         finish: EngineFinish = "length"
         cut = None
         tokens = llama.generate(
@@ -208,6 +213,8 @@ class LlamaEngine(InferenceEngine):
             if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
                 finish = "stop"
                 break
+            if logprobs is not None:
+                logprobs.append((len(text), _token_logprob(llama, token, sampling.top_logprobs or 0)))
             text += decoder.decode(llama.detokenize([token], prev_tokens=prompt_tokens + generated))
             generated.append(token)
             cut = stop_position(text, all_stops)
@@ -230,7 +237,8 @@ class LlamaEngine(InferenceEngine):
             text += decoder.decode(b"", final=True)  # a character cut in half by the budget
         if deliver is not None and len(text) > sent:
             deliver(text[sent:])
-        return EngineResult(text, finish, len(prompt_tokens), len(generated))
+        kept = None if logprobs is None else tuple(lp for start, lp in logprobs if start < len(text))
+        return EngineResult(text, finish, len(prompt_tokens), len(generated), kept)
 
     def _prompt(
         self, llama: Llama, formatter: chat_format.ChatFormatter, messages: list[ChatMessage]
@@ -260,6 +268,26 @@ class LlamaEngine(InferenceEngine):
         if self._llama is None or self._formatter is None:
             raise RuntimeError("the model is not loaded")
         return self._llama, self._formatter
+
+
+def _token_logprob(llama: Llama, token: int, top: int) -> TokenLogprob:
+    """The log probability the model gave `token`, read from the logits it was sampled from (the
+    last decode's row: llama.cpp's sampler works on a copy), and the `top` likeliest tokens."""
+    logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
+    logprobs = Llama.logits_to_logprobs(logits)
+    best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=np.intp)
+    return TokenLogprob(
+        **_candidate(llama, token, float(logprobs[token])),
+        top_logprobs=[
+            TopLogprob(**_candidate(llama, int(t), float(logprobs[t])))
+            for t in sorted(best, key=lambda t: -logprobs[t])
+        ],
+    )
+
+
+def _candidate(llama: Llama, token: int, logprob: float) -> dict[str, Any]:
+    raw = llama.detokenize([token], special=True)
+    return {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
 
 def _token_text(llama: Llama, token: int) -> str:

@@ -54,6 +54,8 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     constraint: OutputConstraint | None = None
+    # None: no log probabilities; n: each token's, with its n likeliest alternatives.
+    top_logprobs: int | None = None
 
 
 def sampling_of(controls: GenerationControls | None, temperature: float) -> Sampling:
@@ -67,6 +69,7 @@ def sampling_of(controls: GenerationControls | None, temperature: float) -> Samp
         presence_penalty=controls.presence_penalty,
         frequency_penalty=controls.frequency_penalty,
         constraint=output_constraint(controls),
+        top_logprobs=(controls.top_logprobs or 0) if controls.logprobs else None,
     )
 
 

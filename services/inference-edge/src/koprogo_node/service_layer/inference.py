@@ -126,8 +126,9 @@ class InferenceService:
             renewable_attested=fp.renewable_attested,
             interval_s=interval_s,
             context_length=self._engine.context_length,
-            # llama.cpp's sampler and grammars honour every control (domain/controls.py).
-            features=list(ALL_FEATURES),
+            # llama.cpp's sampler and grammars honour every control (domain/controls.py), and
+            # the engine reads each token's log probability from the logits it was sampled from.
+            features=[*ALL_FEATURES, "logprobs"],
         )
 
     async def _generate(self, cmd: RunInference) -> tuple[EngineResult, float]:
@@ -221,6 +222,7 @@ class InferenceService:
             node_id=self.node.node_id,
             seconds=seconds,
             co2_grams=co2.edge_grams(seconds, self.node.footprint),
+            logprobs=None if result.logprobs is None else list(result.logprobs),
         )
 
     def _failed(self, cmd: RunInference, status: int, error: str, message: str) -> ChatFailed:

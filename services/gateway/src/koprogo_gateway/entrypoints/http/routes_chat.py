@@ -44,8 +44,10 @@ async def chat_or_stream(
 
 
 def seed_json(response: ChatResponseOut) -> dict[str, Any]:
-    """The seed's JSON shape: `tool_calls` only when the model called functions."""
-    return response.model_dump(mode="json", exclude={"tool_calls"} if response.tool_calls is None else None)
+    """The seed's JSON shape: `tool_calls` only when the model called functions, `logprobs` only
+    when asked for."""
+    absent = {name for name in ("tool_calls", "logprobs") if getattr(response, name) is None}
+    return response.model_dump(mode="json", exclude=absent or None)
 
 
 async def _events(pieces: AsyncGenerator[ChatDelta | ChatAnswer, None]) -> AsyncIterator[str]:

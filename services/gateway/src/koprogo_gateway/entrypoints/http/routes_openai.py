@@ -100,6 +100,8 @@ async def _chunks(
             created,
             {},
             answer.finish_reason,
+            # Pieces carry text only: the answer's token log probabilities come with its last chunk.
+            logprobs=answer.logprobs,
             koprogo=koprogo_extras(answer.execution_info),
         )
         if include_usage:
