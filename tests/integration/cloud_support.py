@@ -151,8 +151,10 @@ def completion_body(
     finish_reason: str | None = None,
     prompt_tokens: int = 12,
     completion_tokens: int = 5,
+    logprobs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A whole Chat Completions answer; `tool_calls` as (id, name, arguments JSON text)."""
+    """A whole Chat Completions answer; `tool_calls` as (id, name, arguments JSON text), `logprobs`
+    as the entries of `choices[0].logprobs.content`."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = [
@@ -165,7 +167,7 @@ def completion_body(
                 "index": 0,
                 "message": message,
                 "finish_reason": finish_reason or ("tool_calls" if tool_calls else "stop"),
-                "logprobs": None,
+                "logprobs": _logprobs(logprobs),
             }
         ],
         "usage": _usage(prompt_tokens, completion_tokens),
@@ -180,15 +182,23 @@ def completion_chunks(
     prompt_tokens: int = 12,
     completion_tokens: int = 5,
     usage: bool = True,
+    logprobs: Sequence[Sequence[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """A Chat Completions stream: a role chunk, text pieces, each tool call in two chunks (its
-    arguments split), the finish chunk and, with `usage`, the include_usage chunk (no choices)."""
+    arguments split), the finish chunk and, with `usage`, the include_usage chunk (no choices).
+    `logprobs`: the `logprobs.content` entries of each piece's chunk, in order."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return _CHUNK | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, entries: Sequence[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": _logprobs(entries)}
+        return _CHUNK | {"choices": [choice]}
 
     chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks += [chunk({"content": piece}) for piece in pieces]
+    per_piece = list(logprobs) if logprobs is not None else [None] * len(pieces)
+    chunks += [
+        chunk({"content": piece}, entries=entries) for piece, entries in zip(pieces, per_piece, strict=True)
+    ]
     for n, (call_id, name, arguments) in enumerate(tool_calls):
         half = len(arguments) // 2
         first = {
@@ -203,6 +213,10 @@ def completion_chunks(
     if usage:
         chunks.append(_CHUNK | {"choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
     return chunks
+
+
+def _logprobs(entries: Sequence[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": list(entries), "refusal": None}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

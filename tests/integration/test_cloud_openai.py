@@ -1,6 +1,6 @@
 """The OpenAI path for real: the OpenAI SDK against llama.cpp's OpenAI-compatible server (bundled model):
-stop, seed and streaming; then against a scripted Chat Completions server for what only OpenAI's own
-endpoint would show (every control's shape, tool calls, a stream's usage chunk)."""
+stop, seed, logprobs and streaming; then against a scripted Chat Completions server for what only OpenAI's
+own endpoint would show (every control's shape, tool calls, a stream's usage chunk and logprobs)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, ChatMessage, chat_outcome_adapter
-from koprogo_shared.generation import GenerationControls, ToolSpec
+from koprogo_shared.generation import GenerationControls, TokenLogprob, ToolSpec
 from tests.conftest import wait_until
 from tests.integration.cloud_support import (
     FakeChatCompletionsApi,
@@ -171,6 +171,43 @@ async def test_a_stream_without_usage_sends_the_servers_pieces_then_fails_rather
     assert isinstance(failed, ChatFailed), failed
     assert (failed.status, failed.error) == (502, "provider_bad_response")
     assert "no token usage" in failed.message and "stream = false" in failed.message
+
+
+async def test_a_server_listed_with_logprobs_gives_each_tokens_logprob_and_the_alternatives_asked_for(
+    clean_jetstream: str, llama_openai_server: int, tmp_path: Path
+) -> None:
+    tables = (
+        llama_deployment(llama_openai_server),  # the default features: no logprobs
+        llama_deployment(llama_openai_server, "llama-logprobs", 'features = ["stop", "logprobs"]'),
+    )
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, *tables))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        asked = dict(temperature=0.0, max_tokens=40)
+        _, top3 = await ask(
+            js, nc, "llama-logprobs", controls=GenerationControls(logprobs=True, top_logprobs=3), **asked
+        )
+        _, bare = await ask(js, nc, "llama-logprobs", controls=GenerationControls(logprobs=True), **asked)
+        _, refused = await ask(js, nc, "local-openai", controls=GenerationControls(logprobs=True), **asked)
+        _, plain = await ask(js, nc, "llama-logprobs", **asked)
+    for answer in (top3, bare):
+        assert isinstance(answer, ChatCompleted) and answer.logprobs is not None, answer
+        assert len(answer.logprobs) == answer.usage.completion_tokens > 0  # one entry per completion token
+        assert "".join(t.token for t in answer.logprobs) == answer.content
+        assert all(t.logprob <= 0 for t in answer.logprobs)
+    assert isinstance(top3, ChatCompleted) and top3.logprobs is not None
+    for t in top3.logprobs:
+        ranked = [alt.logprob for alt in t.top_logprobs]
+        assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+        assert len({alt.token for alt in t.top_logprobs}) == 3
+        assert t.logprob <= ranked[0] + 1e-6  # nothing is likelier than the likeliest
+        same = [alt.logprob for alt in t.top_logprobs if alt.token == t.token]
+        assert same == [] or same[0] == pytest.approx(t.logprob)
+    # The server adds the sampled token to the alternatives: none asked for, none kept.
+    assert isinstance(bare, ChatCompleted) and bare.logprobs is not None
+    assert all(t.top_logprobs == [] for t in bare.logprobs)
+    assert isinstance(plain, ChatCompleted) and plain.logprobs is None  # not asked for, not carried
+    assert isinstance(refused, ChatFailed), refused
+    assert (refused.status, refused.error) == (400, "unsupported_parameter") and "logprobs" in refused.message
 
 
 # --- OpenAI itself, scripted (its endpoint is out of reach): what is sent, how answers come back ---
@@ -361,3 +398,69 @@ async def test_a_caller_that_leaves_stops_a_whole_answer_call_too(
     assert isinstance(outcome, ChatFailed), outcome
     assert (outcome.status, outcome.error) == (499, "caller_gone")
     assert waited < 3  # not the provider's 8 s
+
+
+def logprob_entry(token: str, logprob: float, *alternatives: tuple[str, float]) -> dict[str, Any]:
+    """One token of OpenAI's `choices[0].logprobs.content`."""
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives],
+    }
+
+
+async def test_openai_logprobs_come_back_whole_and_an_answer_without_them_is_not_used(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    entries = [logprob_entry("Bon", -0.01), logprob_entry("jour", -0.2)]
+    api.reset(
+        Reply(body=completion_body("Bonjour", logprobs=entries, completion_tokens=2)),
+        Reply(body=completion_body("Bonjour", completion_tokens=2)),  # asked for, not given
+    )
+    dep, table = openai_deployment(port)
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    env = {"OPENAI_API_KEY": OPENAI_KEY}
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, env):
+        _, given = await ask(js, nc, dep, controls=GenerationControls(logprobs=True))
+        _, missing = await ask(js, nc, dep, with_plan=False, controls=GenerationControls(logprobs=True))
+    assert isinstance(given, ChatCompleted), given
+    assert given.logprobs == [TokenLogprob.model_validate(e) for e in entries]
+    assert isinstance(missing, ChatFailed), missing
+    assert (missing.status, missing.error) == (502, "provider_bad_response")
+    assert "logprobs were asked for and the answer carries none" in missing.message
+    first, _ = api.calls
+    assert (first.payload["logprobs"], first.payload["top_logprobs"]) == (True, 0)
+
+
+async def test_a_streamed_answers_logprobs_are_gathered_from_its_chunks_into_the_completion(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    pieces = ["Bon", "jour", " à tous."]
+    per_chunk = [
+        [logprob_entry("Bon", -0.01, ("Bon", -0.01), ("Sal", -4.6))],
+        [logprob_entry("jour", -0.2, ("jour", -0.2), ("soir", -1.7))],
+        [  # a chunk may carry several tokens
+            logprob_entry(" à", -0.9, (",", -0.6), (" à", -0.9)),
+            logprob_entry(" tous", -0.3, (" tous", -0.3), (" toi", -1.4)),
+            logprob_entry(".", -0.05, (".", -0.05), ("!", -3.1)),
+        ],
+    ]
+    api.reset(
+        Reply(events=completion_chunks(pieces, logprobs=per_chunk, prompt_tokens=9, completion_tokens=5))
+    )
+    dep, table = openai_deployment(port)
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
+    env = {"OPENAI_API_KEY": OPENAI_KEY}
+    controls = GenerationControls(logprobs=True, top_logprobs=2)
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, env):
+        deltas, outcome = await ask(js, nc, dep, stream=True, controls=controls)
+    assert [d.delta for d in deltas] == pieces  # the pieces stay text
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert outcome.content == "Bonjour à tous."
+    assert outcome.logprobs == [TokenLogprob.model_validate(e) for chunk in per_chunk for e in chunk]
+    assert len(outcome.logprobs) == outcome.usage.completion_tokens
+    (sent,) = api.calls
+    assert (sent.payload["stream"], sent.payload["logprobs"], sent.payload["top_logprobs"]) == (True, True, 2)

@@ -29,7 +29,15 @@ from koprogo_shared.events import (
     RunInference,
     derived_event_id,
 )
-from koprogo_shared.generation import ALL_FEATURES, FunctionCall, GenerationControls, ToolCall, ToolSpec
+from koprogo_shared.generation import (
+    ALL_FEATURES,
+    FunctionCall,
+    GenerationControls,
+    TokenLogprob,
+    ToolCall,
+    ToolSpec,
+    TopLogprob,
+)
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -266,7 +274,7 @@ async def test_the_controls_and_the_deployments_features_reach_the_provider() ->
     await svc.run("dep", work(controls=controls))
     (request,) = provider.requests
     assert request.controls == controls
-    assert request.features == frozenset(ALL_FEATURES)
+    assert request.features == {*ALL_FEATURES, "logprobs"}
 
 
 async def test_a_control_the_deployment_does_not_pass_on_is_refused_by_name_never_dropped() -> None:
@@ -394,4 +402,23 @@ def test_the_status_names_the_features_the_deployment_passes_on() -> None:
     svc, _, _ = service(FakeProvider(OK), features=["tools", "stop", "top_p"])
     assert svc.status("dep", 2.0).features == ["stop", "tools", "top_p"]
     every, _, _ = service(FakeProvider(OK))
-    assert set(every.status("dep", 2.0).features) == set(ALL_FEATURES)
+    assert set(every.status("dep", 2.0).features) == {*ALL_FEATURES, "logprobs"}
+
+
+async def test_the_providers_log_probabilities_come_with_the_answer() -> None:
+    given = [
+        TokenLogprob(token="h", logprob=-0.2, top_logprobs=[TopLogprob(token="h", logprob=-0.2)]),
+        TokenLogprob(token="i", logprob=-1.5, top_logprobs=[TopLogprob(token="o", logprob=-0.4)]),
+    ]
+    answer = ProviderResult("hi", "stop", prompt_tokens=10, completion_tokens=2, logprobs=given)
+    svc, sink, _ = service(FakeProvider(answer))
+    outcome = await svc.run("dep", work(controls=GenerationControls(logprobs=True, top_logprobs=1)))
+    assert isinstance(outcome, ChatCompleted) and outcome.logprobs == given
+    assert sink.published == [outcome]
+    refusing, _, _ = service(FakeProvider(answer), features=list(ALL_FEATURES))
+    refused = await refusing.run("dep", work(plan=False, controls=GenerationControls(logprobs=True)))
+    assert isinstance(refused, ChatFailed) and (refused.status, refused.error) == (
+        400,
+        "unsupported_parameter",
+    )
+    assert "logprobs" in refused.message

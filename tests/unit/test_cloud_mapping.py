@@ -15,11 +15,25 @@ from koprogo_cloud.domain.anthropic_mapping import (
     anthropic_tool_choice,
 )
 from koprogo_cloud.domain.deployments import DEFAULT_FEATURES, Deployment
-from koprogo_cloud.domain.errors import UnmappableRequestError
+from koprogo_cloud.domain.errors import ProviderError, UnmappableRequestError
 from koprogo_cloud.domain.failures import answer_finish_reason, stream_error_status
-from koprogo_cloud.domain.openai_mapping import StreamedToolCalls, openai_messages, openai_params
+from koprogo_cloud.domain.openai_mapping import (
+    StreamedToolCalls,
+    answer_logprobs,
+    asked_top_logprobs,
+    openai_messages,
+    openai_params,
+)
 from koprogo_shared.events import ChatMessage
-from koprogo_shared.generation import ALL_FEATURES, FunctionCall, GenerationControls, ToolCall, tool_call_id
+from koprogo_shared.generation import (
+    ALL_FEATURES,
+    FunctionCall,
+    GenerationControls,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    tool_call_id,
+)
 
 REQUEST_ID = str(uuid.uuid4())
 WEATHER = {
@@ -113,6 +127,72 @@ def test_tools_the_model_may_not_call_go_unsent_to_a_deployment_without_tools() 
     assert anthropic_params(controls(tools=[WEATHER], tool_choice="none"), frozenset({"stop"})) == {}
     with_tools = openai_params(controls(tools=[WEATHER], tool_choice="none"), ALL)
     assert with_tools["tool_choice"] == "none" and len(with_tools["tools"]) == 1
+
+
+def test_logprobs_always_go_with_top_logprobs() -> None:
+    """llama-cpp-python's server gives no log probabilities for `logprobs` without `top_logprobs`."""
+    with_logprobs = ALL | {"logprobs"}
+    assert openai_params(controls(logprobs=True, top_logprobs=4), with_logprobs) == {
+        "logprobs": True,
+        "top_logprobs": 4,
+    }
+    assert openai_params(controls(logprobs=True), with_logprobs) == {"logprobs": True, "top_logprobs": 0}
+    assert openai_params(controls(logprobs=False), with_logprobs) == {}
+    assert asked_top_logprobs(controls(logprobs=True)) == 0
+    assert asked_top_logprobs(controls(logprobs=False)) is None
+    assert asked_top_logprobs(None) is None
+
+
+def entry(token: str, logprob: float, *alternatives: tuple[str, float]) -> dict[str, Any]:
+    """One token of `choices[0].logprobs.content`, as the SDK's model_dump gives it."""
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in alternatives],
+    }
+
+
+def test_an_answers_logprobs_map_token_by_token_with_the_likeliest_alternatives_asked_for() -> None:
+    # llama-cpp-python's server adds the sampled token to the alternatives: " chat" is one too many.
+    given = [
+        entry("Le", -0.1, ("Le", -0.1), ("Un", -2.5)),
+        entry(" chat", -3.0, ("chien", -0.5), ("loup", -1.0), (" chat", -3.0)),
+    ]
+    assert answer_logprobs(given, 2, content="Le chat") == [
+        TokenLogprob(
+            token="Le",
+            logprob=-0.1,
+            bytes=[76, 101],
+            top_logprobs=[TopLogprob(token="Le", logprob=-0.1), TopLogprob(token="Un", logprob=-2.5)],
+        ),
+        TokenLogprob(
+            token=" chat",
+            logprob=-3.0,
+            bytes=list(b" chat"),
+            top_logprobs=[TopLogprob(token="chien", logprob=-0.5), TopLogprob(token="loup", logprob=-1.0)],
+        ),
+    ]
+    # Alternatives out of order come back likeliest first; none asked for, none kept.
+    shuffled = [entry("a", -1.0, ("b", -2.0), ("a", -1.0), ("c", -0.5))]
+    (token,) = answer_logprobs(shuffled, 3, content="a") or []
+    assert [alt.token for alt in token.top_logprobs] == ["c", "a", "b"]
+    assert answer_logprobs(given, 0, content="Le chat") == [
+        TokenLogprob(token="Le", logprob=-0.1, bytes=[76, 101]),
+        TokenLogprob(token=" chat", logprob=-3.0, bytes=list(b" chat")),
+    ]
+
+
+def test_logprobs_not_asked_for_are_not_carried_and_asked_for_are_never_dropped() -> None:
+    assert answer_logprobs([entry("a", -1.0)], None, content="a") is None
+    assert answer_logprobs(None, None, content="a") is None
+    # A tool call or an empty answer has no text tokens to give.
+    assert answer_logprobs(None, 0, content="") == []
+    with pytest.raises(ProviderError, match="logprobs were asked for and the answer carries none") as missing:
+        answer_logprobs(None, 2, content="Bonjour")
+    assert missing.value.kind == "bad_response"
+    with pytest.raises(ProviderError, match="do not match the Chat Completions API"):
+        answer_logprobs([{"token": "a"}], 0, content="a")
 
 
 def test_openai_messages_carry_tool_calls_and_tool_results() -> None:
@@ -284,7 +364,8 @@ def test_each_provider_passes_its_own_default_features() -> None:
             {"id": "d", "provider": provider, "models": {"m": "m"}, "base_url": "http://x/v1"} | fields
         )
 
-    assert dep("openai").effective_features == ALL
+    assert dep("openai").effective_features == ALL | {"logprobs"}
+    assert "logprobs" not in dep("mistral").effective_features
     assert "seed" not in dep("mistral").effective_features
     assert {"json_schema", "tools"} <= dep("mistral").effective_features
     assert dep("anthropic").effective_features == {"stop", "top_p", "tools"}

@@ -123,3 +123,6 @@ def test_an_anthropic_deployment_cannot_list_what_the_messages_api_lacks(tmp_pat
     )
     with pytest.raises(DeploymentConfigError, match="Anthropic's Messages API has no json_schema, seed"):
         load_deployments_file(write(tmp_path, text))
+    logprobs = text.replace('"stop", "seed", "json_schema"', '"stop", "logprobs"')
+    with pytest.raises(DeploymentConfigError, match="Anthropic's Messages API has no logprobs"):
+        load_deployments_file(write(tmp_path, logprobs))

@@ -27,12 +27,13 @@ from koprogo_shared.generation import ALL_FEATURES, Feature
 ProviderName = Literal["anthropic", "openai", "mistral", "openai_compatible"]
 
 # The generation controls each provider's adapter passes on, unless the file lists its own.
-# Mistral has no `seed` (its API calls it `random_seed`); Anthropic's Messages API has no seed,
-# penalties or JSON output modes; a generic OpenAI-compatible server is trusted with the
-# sampling controls only: its operator lists more (llama.cpp's server also does json_object,
-# but not OpenAI's json_schema type).
+# OpenAI also gives each token's log probability (`logprobs`); Mistral has no `seed` (its API
+# calls it `random_seed`) and no log probabilities; Anthropic's Messages API has no seed,
+# penalties, JSON output modes or log probabilities; a generic OpenAI-compatible server is
+# trusted with the sampling controls only: its operator lists more (llama.cpp's server also
+# does json_object and logprobs, but not OpenAI's json_schema type).
 DEFAULT_FEATURES: dict[str, tuple[Feature, ...]] = {
-    "openai": ALL_FEATURES,
+    "openai": (*ALL_FEATURES, "logprobs"),
     "mistral": (
         "stop",
         "top_p",

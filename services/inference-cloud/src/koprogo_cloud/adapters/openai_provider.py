@@ -14,7 +14,9 @@ from koprogo_cloud.domain.errors import ProviderError
 from koprogo_cloud.domain.failures import answer_finish_reason, openai_finish_reason
 from koprogo_cloud.domain.openai_mapping import (
     StreamedToolCalls,
+    answer_logprobs,
     answered_tool_calls,
+    asked_top_logprobs,
     openai_messages,
     openai_params,
 )
@@ -64,12 +66,19 @@ class OpenAIProvider(ChatProvider):
             ],
             call.request_id,
         )
+        content = choice.message.content or ""
+        given = choice.logprobs.content if choice.logprobs is not None else None
         return ProviderResult(
-            content=choice.message.content or "",
+            content=content,
             finish_reason=answer_finish_reason(openai_finish_reason(choice.finish_reason), calls),
             prompt_tokens=response.usage.prompt_tokens,
             completion_tokens=response.usage.completion_tokens,
             tool_calls=calls,
+            logprobs=answer_logprobs(
+                None if given is None else [lp.model_dump() for lp in given],
+                asked_top_logprobs(call.controls),
+                content=content,
+            ),
         )
 
     async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
@@ -78,6 +87,8 @@ class OpenAIProvider(ChatProvider):
             request["stream_options"] = {"include_usage": True}
         text: list[str] = []
         tool_calls = StreamedToolCalls()
+        # Each chunk's tokens, end to end; None until a chunk carries some.
+        logprobs: list[dict[str, Any]] | None = None
         finish: str | None = None
         usage = None
         with self._errors():
@@ -97,6 +108,10 @@ class OpenAIProvider(ChatProvider):
                             tool_calls.add(
                                 tc.index, tc.id, fn.name if fn else None, fn.arguments if fn else None
                             )
+                        if choice.logprobs is not None and choice.logprobs.content is not None:
+                            if logprobs is None:
+                                logprobs = []
+                            logprobs.extend(lp.model_dump() for lp in choice.logprobs.content)
                         if choice.finish_reason is not None:
                             finish = choice.finish_reason
         if usage is None:
@@ -106,12 +121,14 @@ class OpenAIProvider(ChatProvider):
                 "set stream = false for this deployment)",
             )
         calls = tool_calls.calls(call.request_id)
+        content = "".join(text)
         return ProviderResult(
-            content="".join(text),
+            content=content,
             finish_reason=answer_finish_reason(openai_finish_reason(finish), calls),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             tool_calls=calls,
+            logprobs=answer_logprobs(logprobs, asked_top_logprobs(call.controls), content=content),
         )
 
     @contextmanager

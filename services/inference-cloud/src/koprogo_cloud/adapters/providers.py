@@ -18,7 +18,7 @@ from koprogo_cloud.domain.errors import ProviderError
 from koprogo_cloud.domain.failures import safe_detail
 from koprogo_cloud.domain.retry_policy import parse_retry_after
 from koprogo_shared.events import ChatMessage, FinishReason, utc_now
-from koprogo_shared.generation import GenerationControls, ToolCall
+from koprogo_shared.generation import GenerationControls, TokenLogprob, ToolCall
 
 # Receives each piece of text of a streamed answer, in order.
 OnDelta = Callable[[str], Awaitable[None]]
@@ -47,6 +47,8 @@ class ProviderResult:
     prompt_tokens: int
     completion_tokens: int
     tool_calls: list[ToolCall] | None = None
+    # Per generated token, when the controls asked for `logprobs` (None otherwise).
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -63,9 +65,10 @@ class ChatProvider(ABC):
     async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
         """The same answer, its text handed to `on_delta` piece by piece as the provider sends it.
 
-        Tool calls are not pieces: they come whole in the result. The usage is the one the
-        provider reports at the end of the stream; a stream that ends without it is a
-        `bad_response`. Cancelling the call closes the stream (the provider stops generating).
+        Tool calls and log probabilities are not pieces: they come whole in the result. The
+        usage is the one the provider reports at the end of the stream; a stream that ends
+        without it is a `bad_response`. Cancelling the call closes the stream (the provider
+        stops generating).
         """
 
     async def close(self) -> None:  # noqa: B027 - optional hook

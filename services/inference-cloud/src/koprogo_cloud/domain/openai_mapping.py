@@ -1,4 +1,5 @@
-"""KoproGo's chat in OpenAI's Chat Completions shape, and OpenAI's tool calls back (pure, no I/O).
+"""KoproGo's chat in OpenAI's Chat Completions shape, and OpenAI's tool calls and log probabilities back
+(pure, no I/O).
 
 Used for OpenAI, Mistral and any OpenAI-compatible server: the controls already use
 OpenAI's names and shapes (`koprogo_shared.generation`), so they pass through as they are.
@@ -6,12 +7,20 @@ OpenAI's names and shapes (`koprogo_shared.generation`), so they pass through as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from koprogo_cloud.domain.errors import ProviderError
 from koprogo_shared.events import ChatMessage
-from koprogo_shared.generation import FunctionCall, GenerationControls, ToolCall, tool_call_id
+from koprogo_shared.generation import (
+    FunctionCall,
+    GenerationControls,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    tool_call_id,
+)
 
 _SAMPLING = ("stop", "seed", "top_p", "presence_penalty", "frequency_penalty")
 MAX_TOOL_CALL_ID = 128
@@ -51,7 +60,60 @@ def openai_params(controls: GenerationControls | None, features: frozenset[str])
         if controls.tool_choice is not None:
             choice = controls.tool_choice
             params["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+    if (top := asked_top_logprobs(controls)) is not None:
+        # `top_logprobs` always goes with `logprobs`, 0 when unset (OpenAI's default):
+        # llama-cpp-python's server gives no log probabilities at all without it.
+        params["logprobs"] = True
+        params["top_logprobs"] = top
     return params
+
+
+def asked_top_logprobs(controls: GenerationControls | None) -> int | None:
+    """How many alternatives each token's log probability comes with; None when none are asked for."""
+    if controls is None or not controls.logprobs:
+        return None
+    return controls.top_logprobs or 0
+
+
+def answer_logprobs(
+    entries: Sequence[Mapping[str, Any]] | None, top: int | None, *, content: str
+) -> list[TokenLogprob] | None:
+    """An answer's `choices[0].logprobs.content` (whole, or a stream's chunks end to end) as asked.
+
+    `top`: `asked_top_logprobs`; None (not asked for) gives None whatever the provider sent.
+    Each token keeps its `top` likeliest alternatives: llama-cpp-python's server adds the
+    sampled token to them (one too many when it is not among them). An answer with text but
+    without log probabilities is not used: a server that gives none must not list `logprobs`.
+    """
+    if top is None:
+        return None
+    if entries is None:
+        if content:
+            raise ProviderError(
+                "bad_response",
+                "logprobs were asked for and the answer carries none (list logprobs in a deployment's "
+                "features only if its server gives them)",
+            )
+        return []
+    try:
+        return [_token_logprob(entry, top) for entry in entries]
+    except (KeyError, TypeError, ValueError):  # the SDK does not validate answers
+        raise ProviderError(
+            "bad_response", "the answer's logprobs do not match the Chat Completions API"
+        ) from None
+
+
+def _token_logprob(entry: Mapping[str, Any], top: int) -> TokenLogprob:
+    alternatives = sorted(entry.get("top_logprobs") or (), key=lambda alt: -float(alt["logprob"]))
+    return TokenLogprob(
+        token=entry["token"],
+        logprob=entry["logprob"],
+        bytes=entry.get("bytes"),
+        top_logprobs=[
+            TopLogprob(token=alt["token"], logprob=alt["logprob"], bytes=alt.get("bytes"))
+            for alt in alternatives[:top]
+        ],
+    )
 
 
 def tool_call(call_id: str | None, name: str, arguments: str, request_id: str, index: int) -> ToolCall:

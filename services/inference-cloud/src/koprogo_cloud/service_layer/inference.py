@@ -291,6 +291,7 @@ def _completed(dep: Deployment, work: RunInference, result: ProviderResult, seco
         node_id=dep.id,
         seconds=seconds,
         co2_grams=co2.cloud_grams(result.total_tokens, dep.footprint),
+        logprobs=result.logprobs,
     )
 
 
