@@ -201,3 +201,18 @@ def test_logprobs_are_a_feature_and_top_logprobs_needs_them() -> None:
         controls(top_logprobs=2)
     with pytest.raises(ValidationError, match="less than or equal to 20"):
         controls(logprobs=True, top_logprobs=21)
+
+
+def test_a_json_answer_is_asked_for_in_words_too() -> None:
+    question = [ChatMessage(role="user", content="Le lot 42 appartient à Mme Janssens.")]
+    schema = {"type": "object", "properties": {"lot": {"type": "integer"}}}
+    with_schema = with_tool_prompt(
+        question,
+        controls(response_format={"type": "json_schema", "json_schema": {"name": "lot", "schema": schema}}),
+    )
+    assert with_schema[0].role == "system" and json.dumps(schema) in with_schema[0].content
+    assert with_schema[1:] == question
+    any_object = with_tool_prompt(question, controls(response_format={"type": "json_object"}))
+    assert "JSON object" in any_object[0].content
+    assert with_tool_prompt(question, controls(response_format={"type": "text"})) == question
+    assert with_tool_prompt(question, None) == question

@@ -110,32 +110,45 @@ def _call_schema(tools: list[ToolSpec]) -> dict[str, Any]:
 
 
 def with_tool_prompt(messages: list[ChatMessage], controls: GenerationControls | None) -> list[ChatMessage]:
-    """The conversation as the model reads it: the functions it may call described in a system
-    turn, and earlier calls written as the JSON it would have produced."""
+    """The conversation as the model reads it: the functions it may call, or the JSON it must
+    write, said in a system turn (the grammar makes the shape hold; saying it keeps a small model
+    from wandering inside it, as Ollama advises for its JSON mode), and earlier calls written as
+    the JSON it would have produced."""
     rendered = [_as_text_turn(m) for m in messages]
-    if controls is None or not controls.calls_tools:
+    prompt = _instructions(controls)
+    if prompt is None:
         return rendered
-    tools = _callable_tools(controls)
-    described = json.dumps(
-        [
-            {
-                "name": t.function.name,
-                "description": t.function.description or "",
-                "parameters": t.function.arguments_schema,
-            }
-            for t in tools
-        ],
-        ensure_ascii=False,
-    )
-    how = (
-        'To call one, answer with only a JSON object {"name": <function name>, "arguments": <its arguments>}.'
-    )
-    if controls.effective_tool_choice == "auto":
-        how += " If no function is needed, answer in plain text."
-    prompt = f"You can call these functions:\n{described}\n{how}"
     if rendered and rendered[0].role == "system":
         return [ChatMessage(role="system", content=f"{rendered[0].content}\n\n{prompt}"), *rendered[1:]]
     return [ChatMessage(role="system", content=prompt), *rendered]
+
+
+def _instructions(controls: GenerationControls | None) -> str | None:
+    if controls is None:
+        return None
+    if controls.calls_tools:
+        described = json.dumps(
+            [
+                {
+                    "name": t.function.name,
+                    "description": t.function.description or "",
+                    "parameters": t.function.arguments_schema,
+                }
+                for t in _callable_tools(controls)
+            ],
+            ensure_ascii=False,
+        )
+        how = 'To call one, answer with only a JSON object {"name": <function name>, "arguments": <its arguments>}.'
+        if controls.effective_tool_choice == "auto":
+            how += " If no function is needed, answer in plain text."
+        return f"You can call these functions:\n{described}\n{how}"
+    rf = controls.json_format
+    if rf is None:
+        return None
+    if rf.json_schema is not None:
+        schema = json.dumps(rf.json_schema.json_schema, ensure_ascii=False)
+        return f"Answer with only a short JSON object that follows this JSON schema:\n{schema}"
+    return "Answer with only a short JSON object, its keys and values taken from the conversation."
 
 
 def _as_text_turn(message: ChatMessage) -> ChatMessage:
