@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from koprogo_gateway.domain.copro_context import copro_of_context
+from koprogo_gateway.domain.copro_context import CoproId, copro_of_context
 from koprogo_gateway.domain.model_classes import context_length_of
 from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
@@ -64,11 +64,18 @@ class ChatRequestIn(BaseModel):
             raise ValueError("model must contain only letters, digits and ':._-'")
         return value
 
-    @field_validator("context")
-    @classmethod
-    def context_names_a_copro(cls, value: str | None) -> str | None:
-        copro_of_context(value)  # a malformed context is refused, never read as "no copro"
-        return value
+    # The copro `context` names, parsed once when the body is validated (`copro_id`).
+    _copro_id: CoproId | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def context_names_a_copro(self) -> ChatRequestIn:
+        # A malformed context is refused (a 422 naming it), never read as "no copro".
+        self._copro_id = copro_of_context(self.context)
+        return self
+
+    @property
+    def copro_id(self) -> CoproId | None:
+        return self._copro_id
 
     @model_validator(mode="after")
     def controls_are_coherent(self) -> ChatRequestIn:

@@ -7,12 +7,18 @@ chat body, the stats query, the OpenAI route's `X-KoproGo-Context` header). Pure
 
 from __future__ import annotations
 
+from typing import NewType
+
 from koprogo_shared.subjects import routing_policy_key
 
 PREFIX = "copro:"
 
+# A copro id that passed `copro_of_context`'s rule (the rate-limit and routing-policy key rule):
+# parsed once where a context arrives, then passed on as this value, never read again as text.
+CoproId = NewType("CoproId", str)
 
-def copro_of_context(context: str | None) -> str | None:
+
+def copro_of_context(context: str | None) -> CoproId | None:
     """The copro id `context` names (None for no context); ValueError naming a malformed one."""
     if context is None:
         return None
@@ -20,6 +26,6 @@ def copro_of_context(context: str | None) -> str | None:
         raise ValueError(f"context {context!r} must be 'copro:<id>'")
     try:
         # The same rule as everywhere a copro id becomes a key (rate limits, routing policies).
-        return routing_policy_key(context.removeprefix(PREFIX))
+        return CoproId(routing_policy_key(context.removeprefix(PREFIX)))
     except ValueError as exc:
         raise ValueError(f"context {context!r}: {exc}") from None

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import InputTooLargeError
 from koprogo_gateway.domain.input_limits import InputLimits, input_limit_violations
 from koprogo_gateway.domain.rate_limit import RateLimitDecision, RateLimitPolicy
-from koprogo_gateway.service_layer.copro import CoproId
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 
 

@@ -26,6 +26,7 @@ from koprogo_gateway.adapters.chat_bus import ChatBus
 from koprogo_gateway.adapters.replies import ExpectedReplies
 from koprogo_gateway.domain.access import WRITE, Caller, require_chat_copro, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
+from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import (
     ChatRefusedError,
     ChatTimeoutError,
@@ -34,7 +35,6 @@ from koprogo_gateway.domain.errors import (
     RateLimitedError,
 )
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
-from koprogo_gateway.service_layer.copro import CoproId, copro_id_of
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
 from koprogo_shared.events import (
@@ -120,7 +120,7 @@ class ChatService:
 
         Cancelling the calling task (the caller left) tells the worker to stop generating.
         """
-        copro_id = copro_id_of(body.context)
+        copro_id = body.copro_id
         headers = await self._admit(caller, body, copro_id)
         started = time.perf_counter()
         request = self._request(body, copro_id, caller.user_id, stream=False)
@@ -151,7 +151,7 @@ class ChatService:
         A worker that sends no pieces (a cloud deployment answering in one go) gets its whole
         content as one piece.
         """
-        copro_id = copro_id_of(body.context)
+        copro_id = body.copro_id
         headers = await self._admit(caller, body, copro_id)
         return ChatStream(headers, self._pieces(body, copro_id, caller.user_id, headers))
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.domain.access import READ, Caller, require_scope, stats_copros
+from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import InvalidQueryError
-from koprogo_gateway.service_layer.copro import CoproId
 
 
 class StatsPublic(BaseModel):

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import InvalidQueryError
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
-from koprogo_gateway.service_layer.copro import copro_id_of
 from koprogo_gateway.service_layer.stats import StatsPublic, usage_stats
 
 router = APIRouter(prefix="/mcp/v1", tags=["stats"])
@@ -33,7 +33,7 @@ async def stats(
 ) -> StatsPublic:
     """Totals over answered requests of the caller's copros, optionally between `from` and `to` and for one `context` (copro:<id>)."""
     try:
-        copro_id = copro_id_of(context)
+        copro_id = copro_of_context(context)
     except ValueError as exc:
         raise InvalidQueryError(str(exc)) from None
     return await usage_stats(gateway.stats, caller, copro_id, date_from, date_to)

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from koprogo_gateway.bootstrap import Gateway
 from koprogo_gateway.domain.access import Caller
 from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import GatewayError, InvalidQueryError
-from koprogo_gateway.service_layer.copro import copro_id_of
 from koprogo_gateway.service_layer.models import list_models
 from koprogo_gateway.service_layer.stats import usage_stats
 
@@ -83,7 +83,7 @@ class InProcessBackend:
     ) -> dict[str, Any]:
         try:
             try:
-                copro = copro_id_of(f"copro:{copro_id}") if copro_id else None
+                copro = copro_of_context(f"copro:{copro_id}") if copro_id else None
             except ValueError as exc:
                 raise InvalidQueryError(str(exc)) from None
             figures = await usage_stats(self.gateway.stats, self.caller, copro, date_from, date_to)
