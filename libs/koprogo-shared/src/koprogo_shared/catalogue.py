@@ -6,13 +6,20 @@ manager (which GGUF file a local model is pulled from) and every hint that tells
 how to serve a model (`serve_hint`), so no hint names a command that refuses it. Whether a
 model is *available now* is live data and comes from node heartbeats, not from here.
 
-GGUF sizes are the model cards' figures (decimal GB), close but not exact. No sha256 is
-listed: none could be verified while writing this catalogue (no network), and an invented
-digest would refuse every good download; a pull reports the digest it computed.
+GGUF sizes are the model cards' figures (decimal GB), close but not exact. Every GGUF source
+names its sha256 (the digest Hugging Face lists on the file's page for an LFS file) or says
+`UNPINNED`: a pull of an unpinned model needs `--allow-unpinned` (or `--sha256 <hex>`), and
+reports the digest it computed. The three below are unpinned: this catalogue was written
+without network access, and a digest copied from anywhere but the publisher's page for the
+exact file the URL serves would either refuse every good download or vouch for a file nobody
+checked (QuantFactory re-uploaded its Llama 3 GGUFs after release, so older digests found in
+other projects' lists no longer match `resolve/main`). Pin one by reading the "SHA256" line
+on the file's Hugging Face page (or `huggingface-cli` / the Hub API's `lfs.sha256`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,15 +32,34 @@ RECOMMENDED_MODEL_ID = "llama3:8b-instruct-q4"
 
 _GB = 1_000_000_000
 
+# A GGUF source whose publisher's digest could not be read: pulled only with `--allow-unpinned`.
+UNPINNED = "unpinned"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
 
 @dataclass(frozen=True, slots=True)
 class GgufSource:
-    """Where a local model's GGUF file is pulled from (only when a user asks: `koprogo models pull`)."""
+    """Where a local model's GGUF file is pulled from (only when a user asks: `koprogo models pull`).
+
+    `sha256` is required: the publisher's digest of that file (64 lower-case hex digits), or
+    `UNPINNED`, never left out and never a guess.
+    """
 
     upstream_file: str
     size_bytes: int
     url: str
-    sha256: str | None = None
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.sha256 != UNPINNED and not _SHA256_HEX.fullmatch(self.sha256):
+            raise ValueError(
+                f"{self.upstream_file}: sha256 must be 64 lower-case hex digits or {UNPINNED!r}, "
+                f"not {self.sha256!r}"
+            )
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 != UNPINNED
 
 
 _LLAMA3_8B_Q4 = GgufSource(
@@ -41,6 +67,7 @@ _LLAMA3_8B_Q4 = GgufSource(
     int(4.92 * _GB),
     "https://huggingface.co/QuantFactory/Meta-Llama-3-8B-Instruct-GGUF/resolve/main/"
     "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf",
+    UNPINNED,
 )
 
 
@@ -73,6 +100,7 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
             int(4.37 * _GB),
             "https://huggingface.co/TheBloke/Mistral-7B-Instruct-v0.2-GGUF/resolve/main/"
             "mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+            UNPINNED,
         ),
     ),
     CatalogueModel(
@@ -85,6 +113,7 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
             "phi-2.Q4_K_M.gguf",
             int(1.79 * _GB),
             "https://huggingface.co/TheBloke/phi-2-GGUF/resolve/main/phi-2.Q4_K_M.gguf",
+            UNPINNED,
         ),
     ),
     CatalogueModel("claude-3-opus", "Claude 3 Opus", "anthropic", 200000, False),
@@ -154,5 +183,11 @@ def serve_hint(model_id: str) -> str:
     if model.id == BUNDLED_MODEL_ID:
         return f"start the stack, which ships with it: `{CLI} up`"
     if model.gguf is not None:
-        return f"`{CLI} models pull {model_id}`, then `{CLI} up --model {model_id}`"
+        pull = f"`{CLI} models pull {model_id}`, then `{CLI} up --model {model_id}`"
+        if model.gguf.pinned:
+            return pull
+        return (
+            f"{pull} (no published sha256 is pinned for {model_id} yet: add `--allow-unpinned` to the "
+            "pull, or `--sha256 <hex>` from the file's Hugging Face page)"
+        )
     return f"`{CLI} up --model {model_id}=/path/to/its.gguf`"

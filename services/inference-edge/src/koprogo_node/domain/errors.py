@@ -14,7 +14,10 @@ NodeError
     ├── NotEnoughDiskError    refused before downloading
     ├── NotEnoughMemoryError  refused before downloading (--force overrides)
     ├── DownloadFailedError   cut or refused transfer; the .part is kept for a resume
-    └── ChecksumMismatchError sha256 differs; the .part is deleted
+    ├── ChecksumMismatchError sha256 differs (or contradicts the pin); the .part is deleted
+    ├── UnsafeSourceError     not https, or an internal/loopback host: refused before a byte is sent
+    ├── UnpinnedModelError    no digest to check: refused unless --allow-unpinned or --sha256
+    └── NotAGgufError         the file does not start with the GGUF magic number; nothing is kept
 """
 
 from __future__ import annotations
@@ -101,3 +104,17 @@ class DownloadFailedError(ModelPullError):
 
 class ChecksumMismatchError(ModelPullError):
     """The file's sha256 is not the expected one; its `.part` was deleted."""
+
+
+class UnsafeSourceError(ModelPullError):
+    """The URL (or a redirect, or the address it reached) is not https to a public host: refused
+    before any request is sent to it (loopback is opened by `--allow-http-loopback` only)."""
+
+
+class UnpinnedModelError(ModelPullError):
+    """No digest is known for this file: refused before downloading unless `--allow-unpinned`
+    (or `--sha256 <hex>` gives one)."""
+
+
+class NotAGgufError(ModelPullError):
+    """The file does not start with the GGUF magic number; its partial download was deleted."""

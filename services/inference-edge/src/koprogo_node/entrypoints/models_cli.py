@@ -28,11 +28,26 @@ def build_models_parser(prog: str = "koprogo-node models") -> argparse.ArgumentP
         help="the models folder (default: $KOPROGO_MODELS_DIR, else ~/.local/share/koprogo/models)",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    pull = sub.add_parser("pull", help="download a catalogue model (by id) or a GGUF URL")
-    pull.add_argument("target", help="a model id (see `models list`) or an http(s) URL to a .gguf")
-    pull.add_argument("--sha256", help="the expected sha256 (hex); a mismatch deletes the download")
+    pull = sub.add_parser("pull", help="download a catalogue model (by id) or a GGUF URL (https)")
+    pull.add_argument("target", help="a model id (see `models list`) or an https URL to a .gguf")
+    pull.add_argument(
+        "--sha256",
+        help="the expected sha256 (hex) of a URL or an unpinned model; a mismatch deletes the download",
+    )
     pull.add_argument("--id", dest="model_id", help="the id to serve a URL's file under (default: its name)")
     pull.add_argument("--force", action="store_true", help="pull even when the RAM looks too small")
+    pull.add_argument(
+        "--allow-unpinned",
+        action="store_true",
+        help="pull a file no digest vouches for (an unpinned model, a URL without --sha256); "
+        "the digest computed is printed",
+    )
+    pull.add_argument(
+        "--allow-http-loopback",
+        action="store_true",
+        help="allow a server on this machine (127.0.0.1, ::1, localhost), over plain http too; "
+        "other hosts stay https-only and public",
+    )
     listing = sub.add_parser("list", help="the models this node has or can pull")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     rm = sub.add_parser("rm", help="delete a pulled model")
@@ -53,7 +68,7 @@ def models_main(
     store = build_model_store(settings)
     try:
         if args.command == "pull":
-            return _pull(store, args.target, args.sha256, args.model_id, args.force, serve_with)
+            return _pull(store, args, serve_with)
         if args.command == "list":
             rows = store.inventory()
             print(json.dumps(as_json_rows(rows), indent=2) if args.json else _table(rows))
@@ -66,18 +81,18 @@ def models_main(
         return 1
 
 
-def _pull(
-    store: ModelStore,
-    target: str,
-    sha256: str | None,
-    model_id: str | None,
-    force: bool,
-    serve_with: Callable[[str], str],
-) -> int:
-    bar = ProgressBar(model_id or target)
+def _pull(store: ModelStore, args: argparse.Namespace, serve_with: Callable[[str], str]) -> int:
+    bar = ProgressBar(args.model_id or args.target)
     try:
         result = store.pull(
-            target, sha256=sha256, force=force, model_id=model_id, on_start=bar.start, on_progress=bar.update
+            args.target,
+            sha256=args.sha256,
+            force=args.force,
+            model_id=args.model_id,
+            allow_unpinned=args.allow_unpinned,
+            allow_http_loopback=args.allow_http_loopback,
+            on_start=bar.start,
+            on_progress=bar.update,
         )
     finally:
         bar.finish()
@@ -87,7 +102,8 @@ def _pull(
         print(f"sha256 verified: {result.sha256}", file=sys.stderr)
     else:
         print(
-            f"sha256 {result.sha256} (not verified: no known digest; pass --sha256 to check one)",
+            f"sha256 {result.sha256} (not verified: pulled with --allow-unpinned; compare it with the "
+            "digest on the file's Hugging Face page)",
             file=sys.stderr,
         )
     print(result.path)

@@ -3,6 +3,14 @@
 A pulled file is `<models_dir>/<id as a file name>.gguf` (adapters.model_files resolves
 `-m <id>` to the same name), written as `<file>.part` until it is whole and checked, with
 a `<file>.json` beside it saying where it came from and whether its sha256 was verified.
+
+Before anything is downloaded: the source must pass the `SourcePolicy` (https to a public
+host; loopback only with `allow_http_loopback`), and the file must have a digest to check
+(the catalogue's pin, or `sha256` for an unpinned entry or a URL) unless `allow_unpinned`.
+A `sha256` that contradicts a pin is refused: the pin is the publisher's. While and after
+downloading: the GGUF magic number on the first bytes (the transfer stops there when they
+are wrong) and again on the whole file before the rename, then the digest. A refused file
+is deleted, never kept.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ from koprogo_node.domain.errors import (
     ChecksumMismatchError,
     ModelFileError,
     ModelPullError,
+    NotAGgufError,
     NotEnoughDiskError,
     NotEnoughMemoryError,
     UnknownModelError,
+    UnpinnedModelError,
 )
 from koprogo_node.domain.model_catalogue import (
     EDGE_MODELS,
     EdgeModelSpec,
+    SourcePolicy,
+    check_gguf_head,
     estimated_ram_bytes,
     find_edge_model,
     human_bytes,
@@ -84,16 +96,23 @@ class ModelStore:
         sha256: str | None = None,
         force: bool = False,
         model_id: str | None = None,
+        allow_unpinned: bool = False,
+        allow_http_loopback: bool = False,
         on_start: OnStart | None = None,
         on_progress: OnProgress = _no_progress,
     ) -> PullResult:
-        """Fetch `target` (a catalogue id or an http(s) URL) unless it is already here.
+        """Fetch `target` (a catalogue id or an https URL) unless it is already here.
 
-        Refuses before downloading when the disk or (unless `force`) the RAM is too small.
+        Refuses before downloading when the source is not https to a public host (loopback
+        needs `allow_http_loopback`), when there is no digest to check (unless
+        `allow_unpinned`), when `sha256` contradicts the catalogue's pin, and when the disk
+        or (unless `force`) the RAM is too small.
         """
+        policy = SourcePolicy(allow_http_loopback=allow_http_loopback)
         spec = find_edge_model(target, self._catalogue)
         if spec is not None:
-            url, model_id, expected = spec.url, model_id or spec.id, sha256 or spec.sha256
+            url, model_id = spec.url, model_id or spec.id
+            expected = self._expected_digest(spec, sha256)
         elif is_url(target):
             url, model_id, expected = target, model_id or model_id_from_url(target), sha256
         elif target == BUNDLED_MODEL_ID:
@@ -103,8 +122,9 @@ class ModelStore:
             )
         else:
             ids = ", ".join(m.id for m in self._catalogue)
-            raise UnknownModelError(f"{target!r} is neither a pullable model ({ids}) nor an http(s) URL")
+            raise UnknownModelError(f"{target!r} is neither a pullable model ({ids}) nor an https URL")
         expected = expected.lower() if expected else None
+        policy.check_url(url)
         dest = self.models_dir / expected_file_name(model_id)
         if not dest.is_file() and spec is not None:
             self._link_same_file(spec, dest)
@@ -112,6 +132,14 @@ class ModelStore:
             meta = self._metadata(dest)
             return PullResult(
                 model_id, dest, str(meta.get("sha256", "")), bool(meta.get("verified")), downloaded=False
+            )
+        if expected is None and not allow_unpinned:
+            known = "is pinned in the catalogue" if spec is not None else "was given"
+            raise UnpinnedModelError(
+                f"no sha256 {known} for {model_id}, so nothing could tell a tampered file from a good "
+                "one: pass --sha256 <hex> (the digest on the file's Hugging Face page), or "
+                "--allow-unpinned to pull it unverified (the digest computed is printed); nothing was "
+                "downloaded"
             )
         self.models_dir.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
@@ -125,7 +153,14 @@ class ModelStore:
             if on_start is not None:
                 on_start(total, resumed_from)
 
-        done = self._downloader.download(url, part, start, on_progress)
+        try:
+            done = self._downloader.download(
+                url, part, start, on_progress, policy=policy, check_head=check_gguf_head
+            )
+            check_gguf_head(_head_of(part))  # again on the whole file, whatever path it came by
+        except NotAGgufError:
+            part.unlink(missing_ok=True)
+            raise
         if expected is not None and done.sha256 != expected:
             part.unlink(missing_ok=True)
             raise ChecksumMismatchError(
@@ -136,6 +171,18 @@ class ModelStore:
         meta_out = {"id": model_id, "url": url, "sha256": done.sha256, "verified": expected is not None}
         _metadata_path(dest).write_text(json.dumps(meta_out, indent=2) + "\n")
         return PullResult(model_id, dest, done.sha256, expected is not None, downloaded=True)
+
+    @staticmethod
+    def _expected_digest(spec: EdgeModelSpec, given: str | None) -> str | None:
+        """The pin when there is one (a `given` digest must agree with it), else `given`."""
+        if spec.sha256 is None:
+            return given
+        if given is not None and given.lower() != spec.sha256:
+            raise ChecksumMismatchError(
+                f"the catalogue pins {spec.id} to sha256 {spec.sha256} (the publisher's digest); "
+                f"--sha256 {given} disagrees: nothing was downloaded"
+            )
+        return spec.sha256
 
     def _check_fits(self, model_id: str, size: int, have: int, ram_need: int, force: bool) -> None:
         free = self._resources.free_disk_bytes(self.models_dir)
@@ -214,6 +261,14 @@ class ModelStore:
         except (OSError, ValueError):
             return {}
         return loaded if isinstance(loaded, dict) else {}
+
+
+def _head_of(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
 
 
 def _metadata_path(model_path: Path) -> Path:
