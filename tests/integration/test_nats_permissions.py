@@ -14,6 +14,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -26,16 +27,20 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 
 from koprogo_cli.embedded import nats_server_binary
-from koprogo_cli.nats_auth import mint_seed
+from koprogo_cli.nats_auth import mint_seed, roster_file
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatMessage, ChatRequested, utc_now
+from koprogo_shared.events import ChatCompleted, ChatMessage, ChatRequested, NodeHeartbeat, utc_now
+from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.node_roster import RosterFile
 from tests.conftest import SECURED_NODES, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
 from tests.integration.nats_permissions_support import Client, connected_as, request_refused
@@ -369,3 +374,61 @@ async def test_the_cloud_worker_hears_the_gateways_cancel_and_cannot_cancel_itse
         await cloud.nc.publish(subjects.chat_cancel(request_id), b"")
         refusal = await cloud.refusals.next()
     assert f'publish to "{subjects.chat_cancel(request_id)}"' in refusal
+
+
+def _heartbeat(node_id: str, model: str, *, leaving: bool = False) -> bytes:
+    beat = NodeHeartbeat(
+        source="tests",
+        node_id=node_id,
+        models=[model],
+        in_flight=0,
+        capacity=1,
+        tokens_per_second=10.0,
+        power_watts=0.0,  # the claim a forger would make: 0 g CO2
+        intensity_g_per_kwh=0.0,
+        renewable_attested=True,
+        interval_s=30.0,
+        leaving=leaving,
+    )
+    return beat.model_dump_json().encode()
+
+
+def _serving(registry: NodeRegistry, model: str) -> list[str]:
+    return [c.node_id for c in registry.serving(model, time.monotonic())]
+
+
+def _heartbeats_refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("koprogo_heartbeats_refused_total", {"reason": reason}) or 0.0
+
+
+async def test_a_node_cannot_say_that_another_node_leaves_nor_speak_for_it(secured: SecuredNats) -> None:
+    registry = NodeRegistry()
+    refused = _heartbeats_refused("node_id_not_its_subject")
+    async with (
+        connected_as(secured, "router") as router,
+        connected_as(secured, "node:pi-1") as pi_1,
+        connected_as(secured, "node:pi-2") as pi_2,
+    ):
+        await follow_heartbeats(router.nc, registry)
+        await pi_1.nc.publish(subjects.node_heartbeat("pi-1"), _heartbeat("pi-1", MODEL))
+        await wait_until(lambda: _serving(registry, MODEL) == ["pi-1"], timeout=5)
+        # On the one heartbeat subject its key may use, pi-2 says pi-1 leaves, then speaks as pi-1.
+        await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-1", MODEL, leaving=True))
+        await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-1", OTHER_MODEL))
+        await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL))
+        await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
+        assert pi_2.refusals.errors.empty()
+    assert _serving(registry, MODEL) == ["pi-1"]
+    assert _heartbeats_refused("node_id_not_its_subject") - refused == 2
+
+
+async def test_a_node_cannot_announce_a_model_its_key_was_not_minted_for(secured: SecuredNats) -> None:
+    registry = NodeRegistry(RosterFile(roster_file(secured.keys_dir)))
+    refused = _heartbeats_refused("model_not_granted")
+    async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
+        await follow_heartbeats(router.nc, registry)
+        await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", MODEL))  # pi-1's model
+        await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL))
+        await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
+    assert _serving(registry, MODEL) == []
+    assert _heartbeats_refused("model_not_granted") - refused == 1

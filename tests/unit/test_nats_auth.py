@@ -15,9 +15,11 @@ from koprogo_cli.nats_auth import (
     mint_seed,
     node_permissions,
     render_authorization,
+    roster_file,
 )
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import NatsCredentialsError, nkey_public_key
+from koprogo_shared.node_roster import NodeGrant, parse_roster
 
 
 def mode(path: Path) -> int:
@@ -115,3 +117,12 @@ def test_the_gateway_may_publish_erasure_requests_and_a_node_may_not() -> None:
     assert not any(
         s.startswith("koprogo.events.user") for s in node_permissions("UNODE", "pi-1", ["m"]).publish
     )
+
+
+def test_what_each_nodes_key_was_minted_for_is_written_to_the_roster_beside_the_keys(tmp_path: Path) -> None:
+    identities(tmp_path, {"pi-1": ["m1", "m2"]})
+    identities(tmp_path, {"pi-2": ["m3"]})  # another node joins: pi-1 stays
+    assert parse_roster(roster_file(tmp_path).read_text()) == {
+        "pi-1": NodeGrant(frozenset({"m1", "m2"})),
+        "pi-2": NodeGrant(frozenset({"m3"})),
+    }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.node_roster import NodeGrant
 
 
 def beat(node_id: str, models: list[str], interval_s: float = 2.0) -> NodeHeartbeat:
@@ -34,3 +36,28 @@ def test_available_models_are_the_union_of_live_nodes_models() -> None:
     registry.observe(beat("b", ["m2", "m1"]), now=0.0)
     assert registry.available_models(now=1.0) == {"m1", "m2"}
     assert [c.node_id for c in registry.serving("m2", now=1.0)] == ["b"]
+
+
+def heard_on_its_subject(registry: NodeRegistry, heartbeat: NodeHeartbeat, now: float = 0.0) -> str | None:
+    return registry.heard(subjects.node_heartbeat(heartbeat.node_id), heartbeat, now)
+
+
+def test_a_heartbeat_naming_another_node_than_its_subject_is_refused_leaving_included() -> None:
+    registry = NodeRegistry()
+    assert heard_on_its_subject(registry, beat("a", ["m1"])) is None
+    forged_leave = beat("a", ["m1"]).model_copy(update={"leaving": True})
+    assert registry.heard(subjects.node_heartbeat("b"), forged_leave, 1.0) == "node_id_not_its_subject"
+    assert registry.heard(subjects.node_heartbeat("b"), beat("a", ["m2"]), 1.0) == "node_id_not_its_subject"
+    assert [(c.node_id, c.models) for c in registry.alive(now=1.0)] == [("a", ("m1",))]
+    assert heard_on_its_subject(registry, forged_leave) is None  # its own leaving is taken
+    assert registry.alive(now=1.0) == []
+
+
+def test_with_a_roster_a_node_announces_only_the_models_its_key_was_minted_for() -> None:
+    roster = {"a": NodeGrant(frozenset({"m1", "m2"}))}
+    registry = NodeRegistry(lambda: roster)
+    assert heard_on_its_subject(registry, beat("a", ["m1", "m3"])) == "model_not_granted"
+    assert heard_on_its_subject(registry, beat("stranger", ["m1"])) == "node_not_in_roster"
+    assert registry.alive(now=1.0) == []
+    assert heard_on_its_subject(registry, beat("a", ["m2"])) is None
+    assert [c.node_id for c in registry.serving("m2", now=1.0)] == ["a"]

@@ -45,6 +45,10 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
 "Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
 (`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
 could otherwise read the chats the router and the ledger fetch).
+
+What a node's key was minted for is also written to the node roster, `<keys>/roster.json`
+(`koprogo_shared.node_roster`): the server tells no subscriber who published, so the router
+checks each heartbeat's models (and pools) against it (`NODE_ROSTER_FILE`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import nkeys
 
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import nkey_public_key
+from koprogo_shared.node_roster import NodeGrant, parse_roster, render_roster
 
 SERVICES = ("ledger", "router", "gateway", "cloud")
 ADMIN = "admin"
@@ -314,11 +319,36 @@ def joined_nodes(keys_dir: Path) -> dict[str, list[str]]:
     return found
 
 
+def roster_file(keys_dir: Path) -> Path:
+    """The node roster beside the keys: what each node's key was minted for."""
+    return keys_dir / "roster.json"
+
+
+def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
+    """Write (or replace) a node's entry in the roster, the others kept."""
+    path = roster_file(keys_dir)
+    try:
+        grants = parse_roster(path.read_text())
+    except FileNotFoundError:
+        grants = {}
+    except ValueError:
+        raise NatsAuthError(f"{path} is not a node roster: remove it, it is written again") from None
+    if grants.get(node_id) == grant:
+        return
+    grants[node_id] = grant
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    # Written whole then renamed: a router reading it never sees half a file.
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(render_roster(grants))
+    partial.replace(path)
+
+
 def node_user(keys_dir: Path, node_id: str, models: Sequence[str]) -> tuple[NatsUser, Path]:
-    """A node's identity: its seed file (minted once) and its users entry."""
+    """A node's identity: its seed file (minted once) and its users entry, its grant in the roster."""
     check_node(node_id, models)
     seed_file = node_seed_file(keys_dir, node_id)
     public_key = mint_seed(seed_file)
+    record_grant(keys_dir, node_id, NodeGrant(frozenset(models)))
     label = f"edge node {node_id}: {', '.join(models)}"
     return NatsUser(label, public_key, node_permissions(public_key, node_id, models)), seed_file
 

@@ -4,14 +4,22 @@ The router uses it to choose a target, the gateway to say whether a model is
 available now. A node or deployment is alive while its last heartbeat is younger than
 three of its own intervals (one lost heartbeat is not a death); a cloud deployment
 that is alive may still be unavailable (no API key, cooldown), and says why.
+
+A heartbeat is believed only as far as its sender's identity goes (`heartbeat_refusal`): the
+NATS server lets a node publish on `koprogo.nodes.heartbeat.<its own id>` alone, so the body
+must name that id (`leaving` included), and with a node roster (`koprogo_shared.node_roster`)
+its models and pools must be among those its key was minted for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from koprogo_shared import subjects
 from koprogo_shared.co2 import CloudFootprint
 from koprogo_shared.events import CloudDeploymentStatus, NodeHeartbeat
+from koprogo_shared.node_roster import Roster
 
 MISSED_HEARTBEATS_BEFORE_DEAD = 3
 
@@ -49,10 +57,43 @@ class CloudCandidate:
     features: frozenset[str] = frozenset()
 
 
+def heartbeat_refusal(subject: str, beat: NodeHeartbeat, roster: Roster | None) -> str | None:
+    """Why a heartbeat heard on `subject` is not to be believed, or None when it may be.
+
+    Without a roster (a NATS server without keys, where any client may say anything) only
+    the subject is checked.
+    """
+    if subject != subjects.node_heartbeat(beat.node_id):
+        return "node_id_not_its_subject"
+    if roster is None:
+        return None
+    grant = roster.get(beat.node_id)
+    if grant is None:
+        return "node_not_in_roster"
+    if beat.leaving:
+        return None
+    if not set(beat.models) <= grant.models:
+        return "model_not_granted"
+    return None
+
+
 class NodeRegistry:
-    def __init__(self) -> None:
+    def __init__(self, roster: Callable[[], Roster | None] = lambda: None) -> None:
+        """`roster`: the grants of the nodes' keys, read at each heartbeat (None: no roster)."""
+        self._roster = roster
         self._nodes: dict[str, tuple[EdgeCandidate, float]] = {}
         self._cloud: dict[str, tuple[CloudCandidate, float]] = {}
+
+    def heard(self, subject: str, beat: NodeHeartbeat, now: float) -> str | None:
+        """Take a heartbeat heard on `subject`; the reason it was refused, or None when taken."""
+        refusal = heartbeat_refusal(subject, beat, self._roster())
+        if refusal is not None:
+            return refusal
+        if beat.leaving:
+            self.forget(beat.node_id)
+        else:
+            self.observe(beat, now)
+        return None
 
     def observe_cloud(self, status: CloudDeploymentStatus, now: float) -> None:
         candidate = CloudCandidate(

@@ -33,6 +33,9 @@ WORK_ALL = "koprogo.work.>"
 DEADLETTER_PREFIX = "koprogo.deadletter"
 
 NODE_HEARTBEAT_ALL = "koprogo.nodes.heartbeat.*"
+# The edge pool of nodes any copro may use (its policy permitting); a copro's own nodes form
+# `copro_pool(copro_id)` (its NATS key says which: `koprogo nats-node-key --copro`).
+SHARED_POOL = "shared"
 NODES_ANNOUNCE = "koprogo.nodes.announce"
 CLOUD_STATUS_ALL = "koprogo.nodes.cloud.*"
 INFERENCE_ATTEMPT_FAILED_ALL = "koprogo.events.inference.attempt_failed.>"

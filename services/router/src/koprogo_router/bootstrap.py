@@ -18,6 +18,7 @@ from koprogo_shared.events import ChatRequested, InferenceAttemptFailed
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
 
@@ -48,7 +49,11 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
     )
     try:
         await ensure_streams(js)
-        registry = NodeRegistry()
+        registry = (
+            NodeRegistry(RosterFile(settings.node_roster_file))
+            if settings.node_roster_file
+            else NodeRegistry()
+        )
         await follow_heartbeats(nc, registry)
         policies = WatchedPolicyBook()
         await policies.follow(js)  # every copro's policy known before the first request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from koprogo_shared.events import RoutingPolicyName
 from koprogo_shared.settings import ServiceSettings
 
@@ -13,3 +15,7 @@ class RouterSettings(ServiceSettings):
     warmup_s: float = 0.5
     # The policy of a copro whose admin set none (DEFAULT_ROUTING_POLICY).
     default_routing_policy: RoutingPolicyName = "prefer_edge"
+    # What each node's NATS key was minted for (`<keys>/roster.json`, written by `koprogo up`,
+    # `nats-config`, `nats-node-key`, `node join`): a heartbeat claiming more is refused.
+    # Unset: only the heartbeat's subject is checked (a NATS server without keys).
+    node_roster_file: Path | None = None
