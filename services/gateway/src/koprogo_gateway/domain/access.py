@@ -2,7 +2,8 @@
 
 A token's `scope` claim is space-separated (`mcp:read mcp:write`); `mcp:admin` implies the
 other two and sees every copro. A chat or a stats query names at most one copro (its
-`context`), which must be one of the token's `copros` unless the caller is an admin.
+`context`), which must be one of the token's `copros` unless the caller is an admin. A chat
+that names none runs for the token's only copro (`chat_copro`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from koprogo_gateway.domain.errors import CoproNotFoundError, ForbiddenError, UserNotFoundError
+from koprogo_gateway.domain.copro_context import PREFIX, CoproId, copro_of_context
+from koprogo_gateway.domain.errors import (
+    CoproNotFoundError,
+    ForbiddenError,
+    InvalidChatRequestError,
+    UserNotFoundError,
+)
 
 READ = "mcp:read"
 WRITE = "mcp:write"
@@ -62,6 +69,31 @@ def require_chat_copro(caller: Caller, copro_id: str | None) -> None:
     if copro_id is None or caller.is_admin or copro_id in caller.copros:
         return
     raise ForbiddenError("this token does not give access to that copro")
+
+
+def chat_copro(caller: Caller, named: CoproId | None) -> CoproId | None:
+    """The copro a chat runs for, whose routing policy, quota and figures apply to it.
+
+    The one the request names, if the caller may chat there (403 otherwise); without one, the
+    token's only copro, so that leaving `context` out never escapes a copro's `edge_only`, quota
+    or statistics; a token naming several must say which (422); a token naming none (an
+    operator's, or authentication off) runs with no copro. The OpenAI route's rule too
+    (`openai_context`), before its request gets here.
+    """
+    if named is not None:
+        require_chat_copro(caller, named)
+        return named
+    if len(caller.copros) > 1:
+        raise InvalidChatRequestError(
+            "your token names several copros: say which one this request is for "
+            "('context': 'copro:<id>'; 'copro_id' in the MCP tools)"
+        )
+    for only in caller.copros:
+        try:
+            return copro_of_context(PREFIX + only)
+        except ValueError as exc:
+            raise InvalidChatRequestError(f"your token's copro: {exc}") from None
+    return None
 
 
 def stats_copros(caller: Caller, copro_id: str | None) -> list[str] | None:

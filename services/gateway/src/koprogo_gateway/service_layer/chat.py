@@ -1,8 +1,9 @@
 """Use case: a chat, answered whole (`answer`) or piece by piece (`stream`), for every surface.
 
 `/mcp/v1/chat`, `/v1/chat/completions` and the MCP tools each make one call here and
-translate the result into their own wire format. One call does, in order: the caller's scope
-and copro check, the input and rate limits (`ChatAdmission`), publishing `ChatRequested`,
+translate the result into their own wire format. One call does, in order: the caller's scope,
+the copro the chat is for (the one it names, or the token's only one: `chat_copro`), the input
+and rate limits (`ChatAdmission`), publishing `ChatRequested`,
 waiting for the outcome (504 after `timeout_s`; 503 `node_lost` when the node running it dies
 and no other serves the model; both recorded as `ChatFailed`), the stream's pieces in order,
 the metrics, and, off the hot path, the delivery record (`ChatDelivered`: the latency the
@@ -24,7 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from koprogo_gateway.adapters.chat_bus import ChatBus
 from koprogo_gateway.adapters.replies import ExpectedReplies
-from koprogo_gateway.domain.access import WRITE, Caller, require_chat_copro, require_scope
+from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import (
@@ -120,8 +121,7 @@ class ChatService:
 
         Cancelling the calling task (the caller left) tells the worker to stop generating.
         """
-        copro_id = body.copro_id
-        headers = await self._admit(caller, body, copro_id)
+        copro_id, headers = await self._admit(caller, body)
         started = time.perf_counter()
         request = self._request(body, copro_id, caller.user_id, stream=False)
         expected = self.bus.expect(request.id)
@@ -151,8 +151,7 @@ class ChatService:
         A worker that sends no pieces (a cloud deployment answering in one go) gets its whole
         content as one piece.
         """
-        copro_id = body.copro_id
-        headers = await self._admit(caller, body, copro_id)
+        copro_id, headers = await self._admit(caller, body)
         return ChatStream(headers, self._pieces(body, copro_id, caller.user_id, headers))
 
     async def settle(self) -> None:
@@ -160,12 +159,14 @@ class ChatService:
         while self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
 
-    async def _admit(self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None) -> dict[str, str]:
-        """The scope and copro checks, input limits and rate limits (raises GatewayError); the RateLimit fields."""
+    async def _admit(self, caller: Caller, body: ChatRequestIn) -> tuple[CoproId | None, dict[str, str]]:
+        """The scope check, the copro the chat is for, input limits and rate limits (raises
+        GatewayError); that copro and the RateLimit fields."""
         try:
             require_scope(caller, WRITE)
-            # Into one of the caller's copros only; refused before anything is counted or published.
-            require_chat_copro(caller, copro_id)
+            # Named (one of the caller's) or the token's only copro: its policy, quota and figures
+            # apply. Refused before anything is counted or published.
+            copro_id = chat_copro(caller, body.copro_id)
             decision = await self.admission.admit(body, copro_id=copro_id, user_id=caller.user_id)
         except GatewayError as exc:
             CHATS.labels(outcome=exc.error).inc()
@@ -173,7 +174,7 @@ class ChatService:
         if not decision.admitted:
             CHATS.labels(outcome="rate_limited").inc()
             raise RateLimitedError(refusal_message(decision), headers=refusal_headers(decision))
-        return rate_limit_headers(decision)
+        return copro_id, rate_limit_headers(decision)
 
     def _request(
         self, body: ChatRequestIn, copro_id: CoproId | None, user_id: str | None, *, stream: bool
