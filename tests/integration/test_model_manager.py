@@ -7,11 +7,15 @@ keep-alive (real llama.cpp with the bundled SmolLM2 file, real NATS)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import hashlib
 import http.server
+import ipaddress
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +25,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from koprogo_node.adapters.host_resources import FakeHostResources
 from koprogo_node.adapters.http_download import (
@@ -74,11 +82,14 @@ class FileServer:
     drop_after: int | None = None  # cut the next response after this many body bytes
     redirect_to: str | None = None  # where /moved/... sends the client (default: url)
     range_headers: list[str | None] = field(default_factory=list)
+    tls_hellos: list[str | None] = field(default_factory=list)  # the server name of each TLS ClientHello
 
 
-@pytest.fixture
-def file_server() -> Iterator[FileServer]:
-    state = FileServer(url="")
+@contextlib.contextmanager
+def serving(
+    state: FileServer, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[FileServer]:
+    """A file server on loopback for `state`, over http, or https with `tls`."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -117,7 +128,10 @@ def file_server() -> Iterator[FileServer]:
             return None
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/files/Tiny-Model.Q4_K_M.gguf"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    state.url = f"{scheme}://{host}:{server.server_address[1]}/files/Tiny-Model.Q4_K_M.gguf"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -125,6 +139,87 @@ def file_server() -> Iterator[FileServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    with serving(FileServer(url="")) as state:
+        yield state
+
+
+@pytest.fixture
+def tls_file_server(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FileServer]:
+    """The same server over https as `localhost`, its certificate signed by a CA this process trusts
+    (SSL_CERT_FILE, read by OpenSSL when the default context is made): the real TLS path of a pull."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca_file, context = _test_ca_and_server_context(folder)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    state = FileServer(url="")
+
+    def hello(_socket: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
+        state.tls_hellos.append(server_name)
+
+    context.sni_callback = hello  # type: ignore[assignment]
+    with serving(state, tls=context, host="localhost"):
+        yield state
+
+
+def _test_ca_and_server_context(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = key(), key()
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("koprogo test CA"))
+        .issuer_name(name("koprogo test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return ca_file, context
 
 
 def models(tmp_path: Path, *args: str) -> int:
@@ -355,6 +450,20 @@ def test_loopback_over_https_is_refused_without_the_flag_even_behind_a_host_name
             store(tmp_path, url).pull(url, sha256=DIGEST)
     # `localhost` is refused once resolved, on the connected address: no request was sent.
     assert file_server.range_headers == [] and list(tmp_path.iterdir()) == []
+
+
+def test_an_https_pull_has_its_address_checked_before_the_tls_handshake(
+    tmp_path: Path, tls_file_server: FileServer
+) -> None:
+    # Without the flag, `localhost` is refused on the address it reached: no TLS, no request.
+    with pytest.raises(UnsafeSourceError, match="loopback"):
+        store(tmp_path, tls_file_server.url).pull(tls_file_server.url, sha256=DIGEST)
+    assert tls_file_server.tls_hellos == [] and tls_file_server.range_headers == []
+    assert list(tmp_path.iterdir()) == []
+    # With it, the same connection goes on to a verified TLS handshake and the file.
+    result = store(tmp_path, tls_file_server.url).pull(tls_file_server.url, sha256=DIGEST, **LOOPBACK)
+    assert result.verified and result.path.read_bytes() == BODY
+    assert tls_file_server.tls_hellos == ["localhost"] and tls_file_server.range_headers == [None]
 
 
 @pytest.mark.parametrize("target", ["http://10.0.0.1/x.gguf", "https://192.168.0.1/x.gguf"])
