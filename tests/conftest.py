@@ -30,6 +30,10 @@ from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, STREAMS
 
+# The gateways these tests start without a verifier (the e2e stack's default) serve every caller
+# as an admin, which the gateway does only when told so explicitly; tests of its refusal unset it.
+os.environ.setdefault("AUTH_DISABLED", "true")
+
 
 def _containers_requested() -> bool:
     return os.environ.get("KOPROGO_TEST_CONTAINERS") == "1"

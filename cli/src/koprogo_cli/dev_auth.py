@@ -2,9 +2,12 @@
 
 `koprogo up` turns authentication on with a secret of its own, `<data dir>/secrets/jwt-secret`
 (48 random bytes, mode 0600, made once), unless the operator configured a verifier
-(`JWT_SECRET` or `JWKS_URL`), which then wins. It mints a token (read + write for the demo
-copro) into `<data dir>/secrets/dev-token`, where `koprogo` commands (and a PWA served by the
-stack) find it; `koprogo token` mints more with the same secret.
+(`JWT_SECRET_FILE` or `JWKS_URL`), which then wins. The gateway is handed the secret's path
+(`JWT_SECRET_FILE`), never the secret: a long-running service's environment is inherited by
+whatever it starts and shown by tools that list processes, and this secret mints admin tokens.
+For the same reason `koprogo up` refuses an operator's `JWT_SECRET`. It mints a token (read +
+write for the demo copro) into `<data dir>/secrets/dev-token`, where `koprogo` commands (and a
+PWA served by the stack) find it; `koprogo token` mints more with the same secret.
 
 Production deployments do not use this: their tokens come from the KoproGo platform, and the
 gateway refuses to start in production without a configured verifier.
@@ -25,7 +28,7 @@ DEMO_COPRO_ID = "00000000-0000-4000-8000-00000000de00"
 DEV_USER = "dev-user"
 DEV_SCOPES = ("mcp:read", "mcp:write")
 DEV_TOKEN_TTL = timedelta(days=30)
-VERIFIER_ENV = ("JWT_SECRET", "JWKS_URL")
+VERIFIER_ENV = ("JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL")
 
 
 class DevAuthError(RuntimeError):
@@ -49,20 +52,35 @@ def _write_private(path: Path, text: str, *, exclusive: bool) -> None:
 
 
 def operator_verifier(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the operator configured the gateway's verifier (JWT_SECRET or JWKS_URL)."""
+    """Whether the operator configured the gateway's verifier (JWT_SECRET_FILE, JWKS_URL or JWT_SECRET)."""
     env = os.environ if environ is None else environ
     return any(env.get(name) for name in VERIFIER_ENV)
 
 
+def operator_verifier_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The operator's verifier settings for the gateway `koprogo up` starts (empty: none configured).
+
+    Raises DevAuthError for `JWT_SECRET`: the stack's services get secrets as files only.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("JWT_SECRET"):
+        raise DevAuthError(
+            "JWT_SECRET is set: koprogo up hands the gateway its secret as a file, never in its "
+            "environment; write the secret to a file (mode 0600) and set JWT_SECRET_FILE to its path instead"
+        )
+    return {name: env[name] for name in ("JWT_SECRET_FILE", "JWKS_URL") if env.get(name)}
+
+
 def ensure_jwt_secret(data_dir: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The gateway's verifier environment: the operator's (nothing added) or the local secret.
+    """The gateway's verifier environment: the operator's (nothing added) or the local secret's file.
 
     The local secret is created the first time and never rewritten, so tokens minted earlier
     keep working across restarts.
     """
     if operator_verifier(environ):
         return {}
-    return {"JWT_SECRET": read_local_secret(data_dir, create=True)}
+    read_local_secret(data_dir, create=True)  # made, private and usable before the gateway reads it
+    return {"JWT_SECRET_FILE": str(jwt_secret_path(data_dir))}
 
 
 def read_local_secret(data_dir: Path, *, create: bool = False) -> str:

@@ -4,10 +4,13 @@ Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name se
 then the ledger (it owns the migrations), the router, the cloud worker (its deployments
 report "no API key" until one is set), the edge node with the bundled model, one more edge
 node per `--model` (a pulled model or a GGUF file), and the gateway, with authentication on
-(a local signing secret and a dev token under <data>/secrets/, see dev_auth.py). The embedded nats-server admits only the stack's own nkeys (minted
-once under <data>/secrets/nats/), each service with its own key and permissions. Ctrl-C
-(or SIGTERM) stops everything in reverse order. The data lives under the data folder, so a
-restart keeps it.
+(a local signing secret and a dev token under <data>/secrets/, see dev_auth.py). The embedded
+nats-server admits only the stack's own nkeys (minted once under <data>/secrets/nats/), each
+service with its own key and permissions; the embedded PostgreSQL asks for a password
+(generated once into <data>/secrets/postgres-password). Each service gets only the secrets it
+uses: DATABASE_URL (with that password) the ledger and the gateway alone, the signing secret
+the gateway alone and as a file (JWT_SECRET_FILE). Ctrl-C (or SIGTERM) stops everything in
+reverse order. The data lives under the data folder, so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from koprogo_cli.dev_auth import ensure_jwt_secret, write_dev_token
+from koprogo_cli.dev_auth import DevAuthError, ensure_jwt_secret, operator_verifier_env, write_dev_token
 from koprogo_cli.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
@@ -45,6 +48,9 @@ NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
 LEDGER_OPS_PORT = 8082
 CLOUD_OPS_PORT = 8083
+# Set in the environment of `koprogo up`, these reach only the services that use them (added
+# back by name below), never every process the stack starts.
+SCOPED_ENV = ("DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL", "AUTH_DISABLED")
 
 
 class StackError(RuntimeError):
@@ -129,26 +135,24 @@ class Stack:
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         secrets_dir.chmod(0o700)  # also a folder an earlier version made with the default mode
+        verifier = self._verifier()
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
-        database_url = os.environ.get("DATABASE_URL") or self._start_postgres()
+        database = {"DATABASE_URL": os.environ.get("DATABASE_URL") or self._start_postgres()}
         self._processes_changed()
         base_env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name not in SCOPED_ENV},
             "NATS_URL": nats_url,
-            "DATABASE_URL": database_url,
             # Names the stack a process belongs to (`koprogo down` finds a killed stack's leftovers by it).
             "KOPROGO_DATA_DIR": str(self.data_dir),
         }
         content_keys = self._content_keys()
-        verifier = ensure_jwt_secret(self.data_dir)
-        # Minted only with the stack's own secret; an operator's verifier brings its own tokens.
-        self.dev_token = write_dev_token(self.data_dir) if verifier else None
         self._launch(
             Service(
                 "ledger",
                 [_script("koprogo-ledger")],
                 {
                     **base_env,
+                    **database,
                     **content_keys,
                     **self._nats_identity("ledger"),
                     "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT)),
@@ -218,6 +222,7 @@ class Stack:
                 [_script("koprogo-gateway")],
                 {
                     **base_env,
+                    **database,
                     **content_keys,
                     **verifier,
                     **self._nats_identity("gateway"),
@@ -270,7 +275,7 @@ class Stack:
         self.nats = EmbeddedNats(
             self.data_dir / "nats",
             port=port,
-            monitor_port=preferred_port(8222),
+            # Monitoring off: it answers anyone on the machine with the list of connections.
             authorization=render_authorization(stack_identities.users),
             host="0.0.0.0" if self.lan else "127.0.0.1",
         ).start()
@@ -279,6 +284,17 @@ class Stack:
             f"identities in {self.data_dir / 'secrets' / 'nats'}) at {self.nats.url}"
         )
         return self.nats.url
+
+    def _verifier(self) -> dict[str, str]:
+        """The gateway's verifier settings: the operator's, or the stack's own secret (and a dev token)."""
+        try:
+            if operator := operator_verifier_env():
+                return operator  # an operator's verifier brings its own tokens
+            local = ensure_jwt_secret(self.data_dir, environ={})
+            self.dev_token = write_dev_token(self.data_dir)
+        except DevAuthError as exc:
+            raise StackError(f"authentication: {exc}") from None
+        return local
 
     def _content_keys(self) -> dict[str, str]:
         """The ledger's and the gateway's content keys: the operator's, or <data>/secrets/content-keys."""
@@ -294,8 +310,15 @@ class Stack:
         return {"NATS_NKEY_SEED_FILE": str(self.nats_seed_files[name])}
 
     def _start_postgres(self) -> str:
-        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=preferred_port(5432)).start()
-        self.log(f"PostgreSQL (embedded) at {self.postgres.url}")
+        self.postgres = EmbeddedPostgres(
+            self.data_dir / "postgres",
+            port=preferred_port(5432),
+            password_file=self.data_dir / "secrets" / "postgres-password",
+        ).start()
+        self.log(
+            f"PostgreSQL (embedded, scram-sha-256, password in {self.postgres.secret_path}) "
+            f"at {self.postgres.public_url}"
+        )
         return self.postgres.url
 
     def _launch(self, service: Service) -> None:

@@ -316,7 +316,7 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--lan",
         action="store_true",
         help="let edge nodes of other machines join (`koprogo node join`): the embedded NATS listens on every "
-        "interface; only the stack's own nkeys get in, and its monitoring stays on loopback",
+        "interface; only the stack's own nkeys get in, and it serves no monitoring port",
     )
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
     up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Gateway:
@@ -44,7 +47,7 @@ class Gateway:
     stats: PostgresStatsRepository
     user_data: PostgresUserDataRepository
     routing_policies: CoproRoutingPolicies
-    # None when authentication is off (no JWT_SECRET nor JWKS_URL).
+    # None when authentication is off (AUTH_DISABLED=true and no verifier).
     verifier: JwtVerifier | None
 
     async def close(self) -> None:
@@ -59,6 +62,7 @@ class Gateway:
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:
     verifier = build_verifier(settings)
+    _say_how_tokens_are_checked(settings)
     # The GDPR export opens stored contents: with authentication on, a missing or malformed
     # keyring stops the start here (ContentKeyError says what to set). Off, the export is refused.
     keyring = settings.content_keyring() if verifier is not None else None
@@ -108,8 +112,21 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
     )
 
 
+def _say_how_tokens_are_checked(settings: GatewaySettings) -> None:
+    if not settings.authentication_on:
+        # Loud on purpose: this gateway serves every caller, token or not, as an admin.
+        log.warning(
+            "AUTHENTICATION IS DISABLED (AUTH_DISABLED=true, no verifier): every caller is served as an "
+            "admin of every copro; set JWT_SECRET_FILE or JWKS_URL to check tokens"
+        )
+    elif settings.auth_disabled:
+        log.warning("AUTH_DISABLED=true is ignored: a verifier is configured, tokens are checked")
+    else:
+        log.info("tokens checked with %s", "JWKS_URL" if settings.jwks_url else "the HS256 secret")
+
+
 def build_verifier(settings: GatewaySettings) -> JwtVerifier | None:
-    """The token verifier the settings describe; None when authentication is off."""
+    """The token verifier the settings describe; None when authentication is off (AUTH_DISABLED=true)."""
     if settings.jwt_secret is None and settings.jwks_url is None:
         return None
     jwks_client = None

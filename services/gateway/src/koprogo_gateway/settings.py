@@ -1,9 +1,11 @@
-"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*, CONTENT_KEYS*, ...)."""
+"""Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*,
+JWKS_*, AUTH_DISABLED, CONTENT_KEYS*, ...)."""
 
 from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -55,43 +57,67 @@ class GatewaySettings(ContentKeySettings):
     chat_max_message_chars: int = Field(default=200_000, ge=1)
     chat_max_total_chars: int = Field(default=400_000, ge=1)
 
-    # Authentication: on when a verifier is configured (JWT_SECRET for HS256, or JWKS_URL for
-    # RS256/ES256), off otherwise; ENVIRONMENT=production refuses to start without one.
+    # Authentication: closed by default. A verifier is required: JWT_SECRET_FILE (a file holding
+    # the HS256 secret; JWT_SECRET, the secret itself, is accepted too) or JWKS_URL (RS256/ES256).
+    # Without one the gateway refuses to start, unless AUTH_DISABLED=true says on purpose that
+    # every caller is to be served as an admin (development only: production refuses it).
+    # AUTH_DISABLED never switches a configured verifier off.
     environment: Literal["development", "production"] = "development"
     jwt_secret: SecretStr | None = None
+    jwt_secret_file: Path | None = None
     jwks_url: str | None = None
+    auth_disabled: bool = False
     jwt_issuer: str = "koprogo"
     jwt_audience: str = "koprogo-symbiose"
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # How long the JWKS keys are cached before they are fetched again.
     jwks_cache_s: int = Field(default=300, ge=1)
 
-    @field_validator("jwt_secret", "jwks_url", mode="before")
+    @field_validator("jwt_secret", "jwt_secret_file", "jwks_url", mode="before")
     @classmethod
     def _empty_auth_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @model_validator(mode="after")
     def _authentication_is_sound(self) -> Self:
+        if self.jwt_secret_file is not None:
+            if self.jwt_secret is not None:
+                raise ValueError("set JWT_SECRET_FILE or JWT_SECRET, not both")
+            self.jwt_secret = SecretStr(_read_secret_file(self.jwt_secret_file))
         if self.jwt_secret is not None and self.jwks_url is not None:
-            raise ValueError("set JWT_SECRET (HS256) or JWKS_URL (RS256/ES256), not both")
+            raise ValueError("set JWT_SECRET_FILE (HS256) or JWKS_URL (RS256/ES256), not both")
         if self.jwt_secret is not None:
             secret = self.jwt_secret.get_secret_value()
             if secret.strip().lower() in PLACEHOLDER_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES:
                 raise ValueError(
-                    f"JWT_SECRET is a placeholder or shorter than {MIN_SECRET_BYTES} bytes; "
+                    f"the JWT secret is a placeholder or shorter than {MIN_SECRET_BYTES} bytes; "
                     "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
                 )
+        verifier = self.jwt_secret is not None or self.jwks_url is not None
         if self.environment == "production":
-            if self.jwt_secret is None and self.jwks_url is None:
-                raise ValueError("ENVIRONMENT=production needs JWT_SECRET or JWKS_URL: authentication is off")
+            if not verifier:
+                raise ValueError(
+                    "ENVIRONMENT=production needs JWT_SECRET_FILE or JWKS_URL: the gateway does not run open"
+                    + (" (AUTH_DISABLED=true is refused in production)" if self.auth_disabled else "")
+                )
             if self.jwks_url is not None and not self.jwks_url.startswith("https://"):
                 raise ValueError("ENVIRONMENT=production needs an https:// JWKS_URL")
+        if not verifier and not self.auth_disabled:
+            raise ValueError(
+                "no token verifier: set JWT_SECRET_FILE (a file holding a secret of 32 bytes or more) or "
+                "JWKS_URL; to serve every caller as an admin without tokens (development only), "
+                "set AUTH_DISABLED=true"
+            )
         return self
 
     @property
     def authentication_on(self) -> bool:
         return self.jwt_secret is not None or self.jwks_url is not None
+
+    @property
+    def auth_status(self) -> Literal["on", "disabled"]:
+        """What /health reports: "disabled" only when AUTH_DISABLED=true let it start without a verifier."""
+        return "on" if self.authentication_on else "disabled"
 
     def rate_limit_policies(self) -> tuple[RateLimitPolicy | None, RateLimitPolicy | None]:
         """(copro policy, user policy); None for a policy switched off."""
@@ -108,3 +134,11 @@ class GatewaySettings(ContentKeySettings):
             max_message_chars=self.chat_max_message_chars,
             max_total_chars=self.chat_max_total_chars,
         )
+
+
+def _read_secret_file(path: Path) -> str:
+    """The secret in `path`, without the trailing newline an editor or `echo` leaves."""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"JWT_SECRET_FILE {path} cannot be read: {exc.strerror}") from None

@@ -23,6 +23,7 @@ from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.docs_policy import DocsContentSecurityPolicy
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
+from koprogo_gateway.entrypoints.http.routes_health import health_route
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.ops_http import ops_routes
@@ -64,6 +65,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         gateway: Gateway = app.state.gateway
         return {"nats": gateway.nc.is_connected, "postgres": await gateway.stats.ping()}
 
-    # /health, /ready, /metrics: the same ops routes as every other service.
-    app.router.routes.extend(ops_routes(ready))
+    # /health, /ready, /metrics: the same ops routes as every other service, but a /health that
+    # also says whether tokens are checked.
+    app.router.routes.append(health_route(settings))
+    app.router.routes.extend(r for r in ops_routes(ready) if getattr(r, "path", None) != "/health")
     return app

@@ -1,0 +1,80 @@
+"""The shipped deploy files run the gateway closed: ENVIRONMENT=production, a token verifier from a
+secret mounted as a file, ports published on loopback unless told otherwise, no NATS monitoring."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}` and `${VAR:?error}` against `env`."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if op == ":-":
+            return env.get(name) or arg
+        if op == "-":
+            return env.get(name, arg)
+        if op == ":?":
+            return env.get(name) or "<required>"
+        return env.get(name, "")
+
+    return re.sub(r"\$\{(\w+)(:-|-|:\?)?([^}]*)\}", one, value)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+
+
+def test_compose_publishes_every_port_on_loopback_unless_told_otherwise() -> None:
+    published = [(name, p) for name, svc in compose()["services"].items() for p in svc.get("ports", [])]
+    assert published, "the gateway at least is published"
+    for name, port in published:
+        assert interpolate(port, {}).startswith("127.0.0.1:"), (name, port)
+        assert interpolate(port, {"KOPROGO_BIND": "0.0.0.0"}).startswith("0.0.0.0:"), (name, port)
+
+
+def test_compose_runs_the_gateway_in_production_with_its_secret_from_a_file() -> None:
+    spec = compose()
+    gateway = spec["services"]["gateway"]
+    env = {k: interpolate(str(v), {}) for k, v in gateway["environment"].items()}
+    assert env["ENVIRONMENT"] == "production"
+    assert "JWT_SECRET" not in env
+    assert env["JWT_SECRET_FILE"] == "/run/secrets/jwt-secret"
+    assert "jwt-secret" in gateway["secrets"] and "file" in spec["secrets"]["jwt-secret"]
+    # No password anyone can read in the file: PostgreSQL's comes from the operator's .env.
+    assert ":koprogo@" not in env["DATABASE_URL"]
+    assert spec["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${POSTGRES_PASSWORD:?"
+    )
+
+
+def k8s_gateway() -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
+    (deployment,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "koprogo-gateway"
+    ]
+    return dict(deployment["spec"]["template"]["spec"])
+
+
+def test_k8s_runs_the_gateway_in_production_with_its_secret_mounted_as_a_file() -> None:
+    pod = k8s_gateway()
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ENVIRONMENT"] == "production"
+    assert "JWT_SECRET" not in env
+    secret_dir = str(Path(env["JWT_SECRET_FILE"]).parent)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == secret_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] and volume["secret"]["defaultMode"] == 0o400
+
+
+def test_the_shipped_nats_configuration_serves_no_monitoring_port() -> None:
+    conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    assert not re.search(r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]", conf, re.MULTILINE)
