@@ -8,7 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import nats
+import pytest
+from nats.js.errors import NotFoundError
 
+from koprogo_shared import subjects
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_authentication import COPRO, READ_WRITE, chat_body
@@ -75,6 +79,7 @@ async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_fa
     erased = await stack.client.delete(f"/mcp/v1/users/{resident_id}/data", headers=resident)
     assert erased.status_code == 202, erased.text
     assert erased.json()["status"] == "accepted" and erased.json()["request_id"]
+    assert erased.json()["requests"] == 1
     by_admin = await stack.client.delete(f"/mcp/v1/users/{neighbour_id}/data", headers=admin)
     assert by_admin.status_code == 202, by_admin.text
 
@@ -100,6 +105,75 @@ async def test_an_open_gateway_neither_exports_nor_erases(stack_factory: StackFa
         response = await stack.client.request(method, f"/mcp/v1/users/{user}/data")
         assert response.status_code == 403, (method, response.text)
         assert response.json() == {"error": "forbidden", "message": "authentication is not configured"}
+
+
+ANY_SHAPE = ["dev-user", "alice", "alice.martin@example.be", str(uuid.uuid4())]
+
+
+async def test_users_of_any_id_shape_export_and_erase_their_own_data(stack_factory: StackFactory) -> None:
+    """The dev token's `dev-user`, `koprogo token --user alice`, an identity provider's e-mail, a UUID."""
+    stack = await stack_factory(
+        probe_token=token(user=ANY_SHAPE[0], copros=[COPRO], scopes=("mcp:read",)), **AUTH_SETTINGS
+    )
+    users = {user: bearer(token(user=user, copros=[COPRO], scopes=READ_WRITE)) for user in ANY_SHAPE}
+    body = chat_body()
+    answers = {}
+    for user, headers in users.items():
+        chat = await stack.client.post("/mcp/v1/chat", json=body, headers=headers)
+        assert chat.status_code == 200, chat.text
+        answers[user] = chat.json()
+    await wait_until(lambda: _delivered(stack, len(users)), timeout=30)
+
+    for user, headers in users.items():
+        [request] = (await _export(stack, user, headers))["requests"]
+        assert request["messages"] == body["messages"] and request["contents_status"] == "available", user
+        assert request["response"]["content"] == answers[user]["content"], user
+
+    erased: list[str] = []
+    for user, headers in users.items():
+        erasure = await stack.client.delete(f"/mcp/v1/users/{user}/data", headers=headers)
+        assert erasure.status_code == 202, erasure.text
+        assert erasure.json()["status"] == "accepted" and erasure.json()["requests"] == 1
+        erased.append(user)
+        await wait_until(lambda user=user: _all_purged(stack, user, users[user]), timeout=15, interval=0.25)
+        for other, other_headers in users.items():
+            [request] = (await _export(stack, other, other_headers))["requests"]
+            assert (request["contents_status"] == "purged") == (other in erased), (user, other)
+            assert request["response"]["usage"] == answers[other]["usage"]
+    assert await _ciphertexts_left(stack) == 0
+
+
+async def test_an_erasure_the_ledger_could_not_perform_is_refused_not_accepted(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(edge_nodes=0, **AUTH_SETTINGS)
+    alice = bearer(token(user="alice", copros=[COPRO], scopes=READ_WRITE))
+    admin = bearer(token(user=str(uuid.uuid4()), scopes=("mcp:admin",)))
+    # An id PostgreSQL cannot hold as text (a NUL) is refused before anything is published.
+    unstorable = await stack.client.delete("/mcp/v1/users/al%00ice/data", headers=admin)
+    assert unstorable.status_code == 422, unstorable.text
+    # A ledger whose schema predates text user ids could only erase UUID users: an error, never a 202.
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute("ALTER TABLE mcp_requests DROP COLUMN user_ref")
+        refused = await stack.client.delete("/mcp/v1/users/alice/data", headers=alice)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "data_unavailable"
+    finally:
+        await conn.close()
+    nc = await nats.connect(stack.nats_url)
+    try:
+        with pytest.raises(NotFoundError):  # nothing was put on the bus for the ledger
+            await nc.jetstream().get_last_msg(
+                subjects.EVENTS_STREAM, subjects.user_erasure_requested("alice")
+            )
+    finally:
+        await nc.close()
+
+
+async def _all_purged(stack: RunningStack, user: str, headers: dict[str, str]) -> bool:
+    requests = (await _export(stack, user, headers))["requests"]
+    return all(r["contents_purged_at"] and r["response"]["contents_purged_at"] for r in requests)
 
 
 async def _delivered(stack: RunningStack, responses: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -19,11 +21,12 @@ from tests.integration.ledger_support import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("user", ["dev-user", "alice", "alice.martin@example.be", str(uuid.uuid4())])
 async def test_an_erasure_deletes_the_users_messages_from_the_stream_and_keeps_everyone_elses(
-    database_url: str, clean_jetstream: str
+    database_url: str, clean_jetstream: str, user: str
 ) -> None:
     async with running_ledger(database_url, clean_jetstream) as ledger:
-        erased, kept = chat_requested(), chat_requested()
+        erased, kept = chat_requested().model_copy(update={"user_id": user}), chat_requested()
         erased_answer, kept_answer = chat_completed(erased), chat_completed(kept)
         unanswered = chat_requested().model_copy(update={"user_id": erased.user_id})
         refusal = chat_failed(unanswered)

@@ -22,6 +22,7 @@ SEED_COLUMNS = {
     "mcp_requests": {
         "id", "model", "messages", "context", "max_tokens", "temperature", "stream", "user_id", "created_at",
         "copro_id", "status", "error", "completed_at", "messages_ciphertext", "key_id", "contents_purged_at",
+        "user_ref",
     },
     "mcp_responses": {
         "id", "request_id", "model", "content", "finish_reason", "prompt_tokens", "completion_tokens",
@@ -81,17 +82,19 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
-    assert first == [m.version for m in load_migrations()] == [1, 2, 3]
+    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4]
     assert second == []
     assert [(r["version"], r["name"]) for r in recorded] == [
         (1, "seed_schema"),
         (2, "ledger_projection"),
         (3, "contents_encrypted"),
+        (4, "user_ref"),
     ]
     for table, expected in SEED_COLUMNS.items():
         assert expected <= columns.get(table, set()), table
     for table, key in INDEXED:
         assert any(f"ON public.{table} USING btree ({key})" in d for d in indexes), (table, key)
+    assert any("ON public.mcp_requests USING hash (user_ref)" in d for d in indexes)
 
 
 async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(database_url: str) -> None:
@@ -102,8 +105,8 @@ async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(databa
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
-    assert count == 3
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4]
+    assert count == 4
 
 
 async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
@@ -124,7 +127,7 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
             " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
             json.dumps(info),
         )
-        assert await apply_migrations(conn) == [1, 2, 3]
+        assert await apply_migrations(conn) == [1, 2, 3, 4]
         row = await conn.fetchrow(
             "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
         )
@@ -139,6 +142,30 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
         "co2_saved_grams": 0.0,
     }
     assert status == "pending"
+
+
+async def test_requests_from_before_text_user_ids_take_their_user_ref_from_the_seeds_uuid(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn, load_migrations()[:3])
+        await conn.execute(
+            "INSERT INTO mcp_requests (id, model, messages, user_id) VALUES"
+            " ('00000000-0000-0000-0000-000000000001', 'llama3:8b', '[]', '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B'),"
+            " ('00000000-0000-0000-0000-000000000002', 'llama3:8b', '[]', NULL)"
+        )
+        assert await apply_migrations(conn) == [4]
+        rows = await conn.fetch("SELECT user_id::text AS user_id, user_ref FROM mcp_requests ORDER BY id")
+    finally:
+        await conn.close()
+    assert [dict(r) for r in rows] == [
+        {
+            "user_id": "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+            "user_ref": "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        },
+        {"user_id": None, "user_ref": None},
+    ]
 
 
 async def test_models_are_seeded_from_the_catalogue_and_kept_in_step_with_it(database_url: str) -> None:

@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
-from koprogo_ledger.domain.errors import RequestNotYetProjectedError, ResponseNotYetProjectedError
-from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
+from koprogo_ledger.domain.errors import (
+    InvalidEventError,
+    RequestNotYetProjectedError,
+    ResponseNotYetProjectedError,
+)
+from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
 from koprogo_ledger.service_layer.projection import Projected, project
 from koprogo_shared.events import ChatDelivered, ChatFailed, UserDataErasureRequested
@@ -71,7 +75,14 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
 
     async def insert_request(self, row: RequestRow) -> None:
         self.requests.setdefault(
-            row.id, {"status": "pending", "copro_id": row.copro_id, "error": None, "user_id": row.user_id}
+            row.id,
+            {
+                "status": "pending",
+                "copro_id": row.copro_id,
+                "error": None,
+                "user_id": row.user_id,
+                "user_ref": row.user_ref,
+            },
         )
 
     async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
@@ -106,11 +117,14 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
     ) -> None:
         self.responses[response_id].update(latency=latency_ms, info=execution_info)
 
-    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
-        self.erased = [*getattr(self, "erased", []), user_id]
+    async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
+        self.erased = [*getattr(self, "erased", []), user]
         changed = 0
         for row in self.requests.values():
-            if row.get("user_id") == user_id and row.get("contents", True):
+            owned = row["user_ref"] == user.ref or (
+                user.as_uuid is not None and row["user_id"] == user.as_uuid
+            )
+            if owned and row.get("contents", True):
                 row["contents"] = False
                 changed += 1
         return changed
@@ -185,16 +199,34 @@ async def test_a_failure_after_an_answer_is_recorded_without_changing_the_status
     assert row["error"]["status"] == 504
 
 
-async def test_an_erasure_removes_the_users_contents_once_and_ignores_ids_never_stored(
-    ledger: FakeLedger,
+UUID_USER = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize(
+    ("user", "erased_as"),
+    # A UUID is the same user however it is spelt.
+    [
+        ("dev-user", "dev-user"),
+        ("alice", "alice"),
+        ("a.b@example.be", "a.b@example.be"),
+        (UUID_USER, UUID_USER.upper()),
+    ],
+)
+async def test_an_erasure_removes_the_users_contents_once_whatever_the_shape_of_their_id(
+    ledger: FakeLedger, user: str, erased_as: str
 ) -> None:
-    user = uuid.uuid4()
-    await project(requested(user_id=str(user)), FakeUnitOfWork(ledger))
+    await project(requested(user_id=user), FakeUnitOfWork(ledger))
+    await project(requested(user_id=user), FakeUnitOfWork(ledger))
     await project(requested(user_id=str(uuid.uuid4())), FakeUnitOfWork(ledger))
-    erasure = UserDataErasureRequested(source="tests", user_id=str(user), requested_by=str(user))
+    await project(requested(user_id="bob"), FakeUnitOfWork(ledger))
+    erasure = UserDataErasureRequested(source="tests", user_id=erased_as, requested_by="admin")
     assert await project(erasure, FakeUnitOfWork(ledger)) is Projected.APPLIED
-    assert [row["contents"] for row in ledger.requests.values() if row["user_id"] == user] == [False]
-    assert all(row.get("contents", True) for row in ledger.requests.values() if row["user_id"] != user)
+    assert [row.get("contents", True) for row in ledger.requests.values()] == [False, False, True, True]
     assert await project(erasure, FakeUnitOfWork(ledger)) is Projected.DUPLICATE
-    not_a_uuid = UserDataErasureRequested(source="tests", user_id="alice", requested_by="admin")
-    assert await project(not_a_uuid, FakeUnitOfWork(ledger)) is Projected.IGNORED
+
+
+async def test_an_erasure_no_row_could_match_is_an_error_not_a_silent_no_op(ledger: FakeLedger) -> None:
+    unstorable = UserDataErasureRequested(source="tests", user_id="al\x00ice", requested_by="admin")
+    with pytest.raises(InvalidEventError):
+        await project(unstorable, FakeUnitOfWork(ledger))
+    assert unstorable.id not in ledger.applied

@@ -10,11 +10,13 @@ import pytest
 from koprogo_ledger.domain.errors import InvalidEventError
 from koprogo_ledger.domain.records import (
     RequestState,
+    UserKey,
     delivered_execution_info,
     failure_record,
     request_row,
     response_row,
     settled_status,
+    user_key,
 )
 from koprogo_shared.events import (
     ChatCompleted,
@@ -76,10 +78,32 @@ def test_request_whose_id_is_not_a_uuid_can_never_be_stored() -> None:
         request_row(requested(id="request-42"))
 
 
-def test_user_id_that_is_not_a_uuid_is_left_out_rather_than_losing_the_request() -> None:
-    assert request_row(requested(user_id="alice")).user_id is None
+UUID_USER = uuid.uuid4()
+
+
+@pytest.mark.parametrize(
+    ("user", "seed_user_id"),
+    [("dev-user", None), ("alice", None), ("alice.martin@example.be", None), (str(UUID_USER), UUID_USER)],
+)
+def test_every_user_id_is_kept_as_text_and_a_uuid_in_the_seeds_column_too(
+    user: str, seed_user_id: uuid.UUID | None
+) -> None:
+    row = request_row(requested(user_id=user))
+    assert (row.user_ref, row.user_id) == (user, seed_user_id)
+
+
+def test_a_user_id_no_row_can_carry_is_left_out_of_the_request_and_refused_for_an_erasure() -> None:
+    row = request_row(requested(user_id="al\x00ice"))
+    assert (row.user_ref, row.user_id) == (None, None)
+    assert request_row(requested()).user_ref is None
+    with pytest.raises(InvalidEventError, match="NUL"):
+        user_key("al\x00ice")
+
+
+def test_a_users_key_is_their_id_as_written_and_its_uuid_value_when_it_is_one() -> None:
     user = uuid.uuid4()
-    assert request_row(requested(user_id=str(user))).user_id == user
+    assert user_key("alice") == UserKey(ref="alice", as_uuid=None)
+    assert user_key(str(user).upper()) == UserKey(ref=str(user).upper(), as_uuid=user)
 
 
 def test_response_row_copies_the_figures_and_prefers_the_request_copro() -> None:

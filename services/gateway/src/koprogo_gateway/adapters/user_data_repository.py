@@ -1,6 +1,10 @@
 """A user's stored requests and responses (GDPR export), read from the ledger's tables and opened
 with the content keyring. The gateway only reads: erasure goes through the ledger (an event).
 
+A user's requests are found as the ledger finds them for an erasure (its migration 0004):
+`user_ref`, the id as the token's `sub` spells it (any shape), or `user_id`, the seed's UUID
+column, which matches a UUID whatever its spelling and alone names rows from before `user_ref`.
+
 A row whose contents cannot be opened (a key removed from the keyring, a tampered value) is
 reported as `unavailable`, never as an error of the whole export. Logs name row ids only.
 """
@@ -34,9 +38,11 @@ SELECT q.id, q.created_at, q.model, q.context, q.messages::text AS messages_plai
        r.prompt_tokens, r.completion_tokens, r.total_tokens, r.execution_info::text AS execution_info
 FROM mcp_requests AS q
 LEFT JOIN mcp_responses AS r ON r.request_id = q.id
-WHERE q.user_id = $1
+WHERE q.user_ref = $1 OR q.user_id = $2
 ORDER BY q.created_at, q.id
 """
+_COUNT_SELECT = "SELECT count(*) FROM mcp_requests AS q WHERE q.user_ref = $1 OR q.user_id = $2"
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _open(
@@ -62,19 +68,24 @@ class PostgresUserDataRepository:
         self._keyring = keyring
 
     async def export(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's requests, oldest first, with their response (if any) and opened contents.
-
-        A user id that is not a UUID was never stored (the ledger's `user_id` is a UUID): none.
-        """
+        """The user's requests, oldest first, with their response (if any) and opened contents."""
         try:
-            user = uuid.UUID(user_id)
-        except ValueError:
-            return []
-        try:
-            rows = await self._pool.fetch(_EXPORT_SELECT, user, timeout=30)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            rows = await self._pool.fetch(_EXPORT_SELECT, user_id, _as_uuid(user_id), timeout=30)
+        except _DB_ERRORS as exc:
             raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
         return [self._request(row) for row in rows]
+
+    async def count_requests(self, user_id: str) -> int:
+        """How many stored requests the user has; raises `UserDataUnavailableError` when the ledger's
+        tables cannot answer (the database unreachable, or a schema from before text user ids)."""
+        try:
+            return int(await self._pool.fetchval(_COUNT_SELECT, user_id, _as_uuid(user_id), timeout=30))
+        except asyncpg.UndefinedColumnError:
+            raise UserDataUnavailableError(
+                "the ledger's schema predates text user ids (migration 0004): it cannot find this user's data"
+            ) from None
+        except _DB_ERRORS as exc:
+            raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
 
     def _request(self, row: asyncpg.Record) -> dict[str, Any]:
         messages, status = self._messages(row)
@@ -133,6 +144,13 @@ class PostgresUserDataRepository:
             },
             "execution_info": json.loads(row["execution_info"]),
         }
+
+
+def _as_uuid(user_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(user_id)
+    except ValueError:
+        return None
 
 
 def _iso(moment: Any) -> str | None:

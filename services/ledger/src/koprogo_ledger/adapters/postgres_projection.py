@@ -22,7 +22,7 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
-from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
+from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
 
@@ -40,6 +40,10 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
 )
 
+
+# The requests of a user (`$1` its `user_ref`, `$2` its UUID or NULL), as `q`: rows from before
+# `user_ref` carry `user_id` alone, and a UUID matches whatever its spelling (see migration 0004).
+USER_REQUESTS = "(q.user_ref = $1 OR q.user_id = $2)"
 
 # What the seed's plaintext columns hold once the contents are sealed (they stay NOT NULL).
 MESSAGES_PLACEHOLDER: list[dict[str, Any]] = []
@@ -215,23 +219,25 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
                 execution_info,
             )
 
-    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
+    async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
         with _translated():
             responses = await self._db.execute(
-                "UPDATE mcp_responses AS r SET content = $2, content_ciphertext = NULL, key_id = NULL,"
-                " contents_purged_at = COALESCE(r.contents_purged_at, $3)"
-                " FROM mcp_requests AS q WHERE r.request_id = q.id AND q.user_id = $1"
-                " AND (r.contents_purged_at IS NULL OR r.key_id IS NOT NULL OR r.content <> $2)",
-                user_id,
+                "UPDATE mcp_responses AS r SET content = $3, content_ciphertext = NULL, key_id = NULL,"
+                " contents_purged_at = COALESCE(r.contents_purged_at, $4)"
+                f" FROM mcp_requests AS q WHERE r.request_id = q.id AND {USER_REQUESTS}"
+                " AND (r.contents_purged_at IS NULL OR r.key_id IS NOT NULL OR r.content <> $3)",
+                user.ref,
+                user.as_uuid,
                 CONTENT_PLACEHOLDER,
                 at,
             )
             requests = await self._db.execute(
-                "UPDATE mcp_requests SET messages = $2, messages_ciphertext = NULL, key_id = NULL,"
-                " contents_purged_at = COALESCE(contents_purged_at, $3)"
-                " WHERE user_id = $1"
-                " AND (contents_purged_at IS NULL OR key_id IS NOT NULL OR messages <> $2)",
-                user_id,
+                "UPDATE mcp_requests AS q SET messages = $3, messages_ciphertext = NULL, key_id = NULL,"
+                " contents_purged_at = COALESCE(q.contents_purged_at, $4)"
+                f" WHERE {USER_REQUESTS}"
+                " AND (q.contents_purged_at IS NULL OR q.key_id IS NOT NULL OR q.messages <> $3)",
+                user.ref,
+                user.as_uuid,
                 MESSAGES_PLACEHOLDER,
                 at,
             )

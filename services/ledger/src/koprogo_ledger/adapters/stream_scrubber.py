@@ -20,7 +20,6 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import uuid
 
 import asyncpg
 import nats.errors
@@ -28,6 +27,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
+from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
+from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,15 @@ IDLE_S = 1.0
 
 class StreamScrubber(abc.ABC):
     @abc.abstractmethod
-    async def erase_user(self, user_id: uuid.UUID) -> int:
-        """Delete the user's content-bearing events from the audit log; how many were deleted."""
+    async def erase_user(self, user_id: str) -> int:
+        """Delete the content-bearing events of the user (any id shape) from the audit log; how many were deleted."""
 
 
 class FakeStreamScrubber(StreamScrubber):
     def __init__(self) -> None:
-        self.erased: list[uuid.UUID] = []
+        self.erased: list[str] = []
 
-    async def erase_user(self, user_id: uuid.UUID) -> int:
+    async def erase_user(self, user_id: str) -> int:
         self.erased.append(user_id)
         return 0
 
@@ -61,8 +62,11 @@ class NatsStreamScrubber(StreamScrubber):
         self._js = js
         self._db = db
 
-    async def erase_user(self, user_id: uuid.UUID) -> int:
-        rows = await self._db.fetch("SELECT id FROM mcp_requests WHERE user_id = $1", user_id)
+    async def erase_user(self, user_id: str) -> int:
+        user = user_key(str(user_id))
+        rows = await self._db.fetch(
+            f"SELECT q.id FROM mcp_requests AS q WHERE {USER_REQUESTS}", user.ref, user.as_uuid
+        )
         request_ids = {str(r["id"]) for r in rows}
         if not request_ids:
             return 0

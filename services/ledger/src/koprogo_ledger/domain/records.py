@@ -28,6 +28,17 @@ class RequestRow:
     user_id: uuid.UUID | None
     copro_id: str | None
     created_at: datetime
+    user_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    """How the ledger finds a user's rows: `ref` is the id as the token's `sub` spells it
+    (`user_ref`, any shape); `as_uuid` its value when it is a UUID (the seed's `user_id`, which
+    matches it whatever its spelling, and which rows from before `user_ref` alone carry)."""
+
+    ref: str
+    as_uuid: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +78,29 @@ def parse_id(value: str, what: str) -> uuid.UUID:
 
 
 def optional_uuid(value: str | None) -> uuid.UUID | None:
-    """The seed's `user_id` is a UUID; a user id of another shape is not stored rather than lose the request."""
+    """The seed's `user_id` is a UUID: a user id of another shape is kept in `user_ref` only."""
     if value is None:
         return None
     try:
         return uuid.UUID(value)
     except ValueError:
         return None
+
+
+def user_ref(value: str | None) -> str | None:
+    """The user id as stored in `user_ref`: as the token spelt it; PostgreSQL text cannot hold a NUL,
+    so such an id (no identity provider issues one) is left out rather than lose the request."""
+    if value is None or "\x00" in value:
+        return None
+    return value
+
+
+def user_key(user_id: str) -> UserKey:
+    """The rows of `user_id` to export or erase; an id no row can carry is an error, never a no-op."""
+    ref = user_ref(user_id)
+    if ref is None:
+        raise InvalidEventError("the user id holds a NUL character: no row can carry it")
+    return UserKey(ref=ref, as_uuid=optional_uuid(user_id))
 
 
 def request_row(event: ChatRequested) -> RequestRow:
@@ -89,6 +116,7 @@ def request_row(event: ChatRequested) -> RequestRow:
         user_id=optional_uuid(event.user_id),
         copro_id=event.copro_id or copro_id_from_context(event.context),
         created_at=event.time,
+        user_ref=user_ref(event.user_id),
     )
 
 

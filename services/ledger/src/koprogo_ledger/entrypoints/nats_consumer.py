@@ -24,7 +24,6 @@ from pydantic import ValidationError
 
 from koprogo_ledger.adapters.stream_scrubber import StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
-from koprogo_ledger.domain.records import optional_uuid
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
@@ -105,11 +104,8 @@ def event_batch_handler(
 
 
 async def _scrubbed(scrubber: StreamScrubber, event: UserDataErasureRequested, decided: Decision) -> Decision:
-    user_id = optional_uuid(event.user_id)
-    if user_id is None:
-        return decided
     try:
-        await scrubber.erase_user(user_id)
+        await scrubber.erase_user(event.user_id)
     except Exception as exc:
         FAILURES.labels("transient").inc()
         log.warning("erasure %s: the audit log could not be scrubbed yet: %r", event.id, exc)

@@ -11,7 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow
+from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +83,8 @@ class ProjectionUnitOfWork(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def erase_user_contents(self, user_id: uuid.UUID, at: datetime) -> int:
-        """Remove the contents of every request of `user_id` and of their responses, keeping every
+    async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
+        """Remove the contents of every request of `user` and of their responses, keeping every
         other column; rows already without contents keep their `contents_purged_at`. Returns the
         number of rows changed (0 when applied again)."""
 

@@ -21,11 +21,11 @@ from koprogo_ledger.domain.errors import (
 from koprogo_ledger.domain.records import (
     delivered_execution_info,
     failure_record,
-    optional_uuid,
     parse_id,
     request_row,
     response_row,
     settled_status,
+    user_key,
 )
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
 from koprogo_shared.events import (
@@ -152,10 +152,7 @@ async def _apply_delivered(event: ChatDelivered, uow: ProjectionUnitOfWork) -> P
 
 
 async def _apply_erasure(event: UserDataErasureRequested, uow: ProjectionUnitOfWork) -> Projected:
-    """GDPR erasure: the user's contents go, every figure stays. A user id that is not a UUID
-    was never stored (see `optional_uuid`): there is nothing to erase."""
-    user_id = optional_uuid(event.user_id)
-    if user_id is None:
-        return Projected.IGNORED
-    await uow.erase_user_contents(user_id, event.time)
+    """GDPR erasure: the user's contents go, every figure stays; any id the ledger stores is
+    erased (`InvalidEventError`, a dead letter, for one no row can carry: never a silent no-op)."""
+    await uow.erase_user_contents(user_key(event.user_id), event.time)
     return Projected.APPLIED
