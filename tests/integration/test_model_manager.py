@@ -161,7 +161,7 @@ def tls_file_server(
     def hello(_socket: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
         state.tls_hellos.append(server_name)
 
-    context.sni_callback = hello  # type: ignore[assignment]
+    context.sni_callback = hello
     with serving(state, tls=context, host="localhost"):
         yield state
 
@@ -241,9 +241,6 @@ def store(
     return ModelStore(tmp_path, FakeHostResources(disk, ram), HttpDownloader(timeout_s=3), (spec,))
 
 
-LOOPBACK = {"allow_http_loopback": True}  # the test server listens on 127.0.0.1, over http
-
-
 def test_a_url_pull_shows_progress_checks_the_sha256_and_is_served_by_its_id(
     tmp_path: Path, file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,7 +264,7 @@ def test_a_url_pull_shows_progress_checks_the_sha256_and_is_served_by_its_id(
 
 
 def test_a_catalogue_pull_checks_its_known_digest(tmp_path: Path, file_server: FileServer) -> None:
-    result = store(tmp_path, file_server.url).pull("tiny:q4", **LOOPBACK)
+    result = store(tmp_path, file_server.url).pull("tiny:q4", allow_http_loopback=True)
     assert result.verified and result.sha256 == DIGEST
     assert result.path == tmp_path / "tiny-q4.gguf" and result.path.read_bytes() == BODY
 
@@ -278,8 +275,8 @@ def test_two_ids_of_one_file_share_one_download(tmp_path: Path, file_server: Fil
         for i in ("tiny", "tiny:q4")
     ]
     models_store = ModelStore(tmp_path, FakeHostResources(100 * GIB, 64 * GIB), HttpDownloader(), tuple(same))
-    first = models_store.pull("tiny", **LOOPBACK)
-    second = models_store.pull("tiny:q4", **LOOPBACK)
+    first = models_store.pull("tiny", allow_http_loopback=True)
+    second = models_store.pull("tiny:q4", allow_http_loopback=True)
     assert first.downloaded and not second.downloaded and second.verified
     assert file_server.range_headers == [None]  # one request in all
     assert second.path.read_bytes() == BODY and second.path.stat().st_ino == first.path.stat().st_ino
@@ -310,8 +307,8 @@ def test_a_server_without_range_support_restarts_the_file_cleanly(
     file_server.ranges, file_server.drop_after = False, 700_000
     pulls = store(tmp_path, file_server.url)
     with pytest.raises(DownloadFailedError):
-        pulls.pull("tiny:q4", **LOOPBACK)
-    result = pulls.pull("tiny:q4", **LOOPBACK)
+        pulls.pull("tiny:q4", allow_http_loopback=True)
+    result = pulls.pull("tiny:q4", allow_http_loopback=True)
     assert file_server.range_headers == [
         None,
         "bytes=700000-",
@@ -340,7 +337,7 @@ def test_a_sha256_mismatch_deletes_the_part_and_says_so(
 
 def test_too_little_disk_is_refused_before_any_request(tmp_path: Path, file_server: FileServer) -> None:
     with pytest.raises(NotEnoughDiskError, match=r"not enough disk.*nothing was downloaded"):
-        store(tmp_path, file_server.url, disk=len(BODY) - 1).pull("tiny:q4", **LOOPBACK)
+        store(tmp_path, file_server.url, disk=len(BODY) - 1).pull("tiny:q4", allow_http_loopback=True)
     assert file_server.range_headers == []
 
 
@@ -348,16 +345,18 @@ def test_too_little_disk_for_a_url_is_refused_before_reading_the_body(
     tmp_path: Path, file_server: FileServer
 ) -> None:
     with pytest.raises(NotEnoughDiskError):
-        store(tmp_path, file_server.url, disk=1000).pull(file_server.url, sha256=DIGEST, **LOOPBACK)
+        store(tmp_path, file_server.url, disk=1000).pull(
+            file_server.url, sha256=DIGEST, allow_http_loopback=True
+        )
     assert not (tmp_path / "Tiny-Model.Q4_K_M.gguf.part").exists()
 
 
 def test_too_little_ram_is_refused_unless_forced(tmp_path: Path, file_server: FileServer) -> None:
     pulls = store(tmp_path, file_server.url, ram=512 * 1024 * 1024)
     with pytest.raises(NotEnoughMemoryError, match="--force"):
-        pulls.pull("tiny:q4", **LOOPBACK)
+        pulls.pull("tiny:q4", allow_http_loopback=True)
     assert file_server.range_headers == []
-    assert pulls.pull("tiny:q4", force=True, **LOOPBACK).sha256 == DIGEST
+    assert pulls.pull("tiny:q4", force=True, allow_http_loopback=True).sha256 == DIGEST
 
 
 def test_list_shows_what_is_here_and_what_can_be_pulled_then_rm_deletes_it(
@@ -461,7 +460,9 @@ def test_an_https_pull_has_its_address_checked_before_the_tls_handshake(
     assert tls_file_server.tls_hellos == [] and tls_file_server.range_headers == []
     assert list(tmp_path.iterdir()) == []
     # With it, the same connection goes on to a verified TLS handshake and the file.
-    result = store(tmp_path, tls_file_server.url).pull(tls_file_server.url, sha256=DIGEST, **LOOPBACK)
+    result = store(tmp_path, tls_file_server.url).pull(
+        tls_file_server.url, sha256=DIGEST, allow_http_loopback=True
+    )
     assert result.verified and result.path.read_bytes() == BODY
     assert tls_file_server.tls_hellos == ["localhost"] and tls_file_server.range_headers == [None]
 
@@ -473,13 +474,13 @@ def test_a_redirect_to_an_internal_host_is_refused(
     file_server.redirect_to = target
     moved = file_server.url.replace("/files/", "/moved/")
     with pytest.raises(UnsafeSourceError):
-        store(tmp_path, moved).pull(moved, sha256=DIGEST, **LOOPBACK)
+        store(tmp_path, moved).pull(moved, sha256=DIGEST, allow_http_loopback=True)
     assert file_server.range_headers == [None] and list(tmp_path.iterdir()) == []
 
 
 def test_a_redirect_that_passes_the_same_checks_is_followed(tmp_path: Path, file_server: FileServer) -> None:
     moved = file_server.url.replace("/files/", "/moved/")
-    result = store(tmp_path, moved).pull(moved, sha256=DIGEST, **LOOPBACK)
+    result = store(tmp_path, moved).pull(moved, sha256=DIGEST, allow_http_loopback=True)
     assert result.verified and result.path.read_bytes() == BODY
     assert file_server.range_headers == [None, None]
 
@@ -495,7 +496,7 @@ def test_a_file_that_is_not_a_gguf_is_refused_on_its_first_bytes_and_nothing_is_
             file_server.url,
             sha256=hashlib.sha256(NOT_GGUF).hexdigest(),
             on_progress=written.append,
-            **LOOPBACK,
+            allow_http_loopback=True,
         )
     assert written == [] and list(tmp_path.iterdir()) == []
 
@@ -505,7 +506,7 @@ def test_a_partial_file_that_does_not_start_as_a_gguf_is_refused_and_deleted(
 ) -> None:
     (tmp_path / "tiny-q4.gguf.part").write_bytes(b"<htm" + BODY[4:1000])
     with pytest.raises(NotAGgufError):
-        store(tmp_path, file_server.url).pull("tiny:q4", **LOOPBACK)
+        store(tmp_path, file_server.url).pull("tiny:q4", allow_http_loopback=True)
     assert file_server.range_headers == [] and list(tmp_path.iterdir()) == []
 
 
@@ -540,11 +541,11 @@ def test_an_unpinned_entry_is_pulled_only_with_allow_unpinned_or_a_digest_given(
 ) -> None:
     pulls = store(tmp_path, file_server.url, sha256=None)
     with pytest.raises(UnpinnedModelError, match="--allow-unpinned"):
-        pulls.pull("tiny:q4", **LOOPBACK)
+        pulls.pull("tiny:q4", allow_http_loopback=True)
     assert file_server.range_headers == [] and list(tmp_path.iterdir()) == []
-    assert pulls.pull("tiny:q4", sha256=DIGEST, **LOOPBACK).verified
+    assert pulls.pull("tiny:q4", sha256=DIGEST, allow_http_loopback=True).verified
     pulls.remove("tiny:q4")
-    allowed = pulls.pull("tiny:q4", allow_unpinned=True, **LOOPBACK)
+    allowed = pulls.pull("tiny:q4", allow_unpinned=True, allow_http_loopback=True)
     assert allowed.downloaded and not allowed.verified and allowed.sha256 == DIGEST
 
 
@@ -561,12 +562,12 @@ def test_a_pinned_entry_is_checked_against_its_pin_and_nothing_else(
 ) -> None:
     pulls = store(tmp_path, file_server.url, sha256="0" * 64)
     with pytest.raises(ChecksumMismatchError, match="sha256 mismatch"):
-        pulls.pull("tiny:q4", allow_unpinned=True, **LOOPBACK)  # the flag does not loosen a pin
+        pulls.pull("tiny:q4", allow_unpinned=True, allow_http_loopback=True)  # the flag does not loosen a pin
     assert list(tmp_path.iterdir()) == []
     # A --sha256 that disagrees with the pin cannot replace it: refused before any request.
     requests = len(file_server.range_headers)
     with pytest.raises(ChecksumMismatchError, match="pins"):
-        pulls.pull("tiny:q4", sha256=DIGEST, **LOOPBACK)
+        pulls.pull("tiny:q4", sha256=DIGEST, allow_http_loopback=True)
     assert len(file_server.range_headers) == requests and list(tmp_path.iterdir()) == []
 
 
