@@ -1,9 +1,11 @@
-"""Rate limits across gateway replicas: exact under a burst, 429 with its headers, fail closed."""
+"""Rate limits across gateway replicas: exact under a burst, 429 with its headers, fail closed; every
+authenticated route counted against its user's quota; stats ranges bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from koprogo_shared.subjects import RATE_LIMIT_BUCKET
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack, _gateway_up, _serve_gateway
 from tests.e2e.test_chat_path import chat_body
+from tests.token_support import AUTH_SETTINGS, bearer, token
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
 
@@ -133,3 +136,76 @@ async def test_an_unreachable_counter_store_refuses_with_503_unless_configured_t
         let_through = await fail_open.post("/mcp/v1/chat", json=body)
         assert let_through.status_code == 200, let_through.text
         assert "RateLimit-Remaining" not in let_through.headers  # nothing was counted
+
+
+# Issue 11, finding 8: every authenticated route counts against its user's quota, not only chat.
+
+
+async def test_the_101st_get_of_a_user_in_a_minute_is_a_429(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=0, **AUTH_SETTINGS)  # the defaults: 100 per 60 s per user
+    reader = bearer(token(user=str(uuid.uuid4()), scopes=("mcp:read",)))
+    await _clear_of_the_window_end(60, margin_s=20)
+    answers = [await stack.client.get("/mcp/v1/models", headers=reader) for _ in range(100)]
+    assert [a.status_code for a in answers] == [200] * 100
+    assert [int(a.headers["RateLimit-Remaining"]) for a in answers] == list(range(99, -1, -1))
+    assert answers[0].headers["RateLimit-Policy"] == '"user";q=100;w=60'
+
+    refused = await stack.client.get("/mcp/v1/models", headers=reader)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"] == "rate_limited"
+    assert "100 requests per 60s per user" in refused.json()["message"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    # Every route of that user, in either API's shape, until the window turns.
+    openai_shaped = await stack.client.get("/v1/models", headers=reader)
+    assert openai_shaped.status_code == 429, openai_shaped.text
+    assert openai_shaped.json()["error"]["code"] == "rate_limited"
+    assert (await stack.client.get("/mcp/v1/stats", headers=reader)).status_code == 429
+    # Another user keeps their own quota.
+    someone_else = bearer(token(user=str(uuid.uuid4()), scopes=("mcp:read",)))
+    assert (await stack.client.get("/mcp/v1/models", headers=someone_else)).status_code == 200
+
+
+async def test_every_route_counts_a_request_once_chats_included(stack_factory: StackFactory) -> None:
+    copro = str(uuid.uuid4())
+    stack = await stack_factory(
+        edge_nodes=0, rate_limit_per_user=6, rate_limit_window_s=WINDOW_S, **AUTH_SETTINGS
+    )
+    member = bearer(token(user=str(uuid.uuid4()), copros=[copro]))
+    await _clear_of_the_window_end(WINDOW_S)
+    chat = chat_body("Bonjour.", max_tokens=1) | {"context": f"copro:{copro}"}
+    statuses = [
+        (await stack.client.get("/mcp/v1/models", headers=member)).status_code,
+        (await stack.client.get("/mcp/v1/stats", headers=member)).status_code,
+        (await stack.client.get(f"/mcp/v1/copros/{copro}/routing", headers=member)).status_code,
+        # Admitted and counted once each (no node serves the model: 503).
+        (await stack.client.post("/mcp/v1/chat", json=chat, headers=member)).status_code,
+        (
+            await stack.client.post(
+                "/v1/chat/completions",
+                json={"model": chat["model"], "messages": chat["messages"], "max_tokens": 1},
+                headers=member,
+            )
+        ).status_code,
+        (await stack.client.get("/v1/models", headers=member)).status_code,
+    ]
+    assert statuses == [200, 200, 200, 503, 503, 200]
+    assert (await stack.client.get("/mcp/v1/models", headers=member)).status_code == 429
+    assert (await stack.client.post("/mcp/v1/chat", json=chat, headers=member)).status_code == 429
+
+
+async def test_a_stats_range_over_366_days_is_a_422_naming_the_limit(stack_factory: StackFactory) -> None:
+    stack = await stack_factory(edge_nodes=0, **AUTH_SETTINGS)
+    reader = bearer(token(user=str(uuid.uuid4()), scopes=("mcp:read",)))
+    ten_years = {"from": "2016-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    for params in (ten_years, {"from": "2016-01-01T00:00:00Z"}):
+        refused = await stack.client.get("/mcp/v1/stats", params=params, headers=reader)
+        assert refused.status_code == 422, (params, refused.text)
+        assert refused.json()["error"] == "validation_error"
+        assert "366 days" in refused.json()["message"]
+    a_year = {"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}
+    assert (await stack.client.get("/mcp/v1/stats", params=a_year, headers=reader)).status_code == 200
+    # No range at all is every answered request, as before (the statement timeout bounds its cost).
+    assert (await stack.client.get("/mcp/v1/stats", headers=reader)).status_code == 200
+    # A time without a zone is UTC, mixed with one that has a zone: compared, not a 500.
+    mixed = {"from": "2025-06-01T00:00:00", "to": "2025-07-01T00:00:00Z"}
+    assert (await stack.client.get("/mcp/v1/stats", params=mixed, headers=reader)).status_code == 200

@@ -3,6 +3,10 @@
 Every figure is computed per response row and then aggregated in one pass: sums of
 per-row tokens and grams, an average of per-row latencies. Nothing is multiplied by a
 count (the upstream seed multiplied the number of requests by summed columns).
+
+Each query runs under a `statement_timeout` set in its own read-only transaction: PostgreSQL
+itself stops a query that runs longer (a lock it waits for, a scan of years of rows), even if
+the gateway that asked is gone; the caller gets a clear 503 saying so.
 """
 
 from __future__ import annotations
@@ -55,11 +59,17 @@ def _where(
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
+# The client waits this much longer than the statement timeout, so that the server's own stop
+# (which leaves nothing running) is what ends a long query, not the client giving up.
+_CLIENT_MARGIN_S = 2.0
+
+
 class PostgresStatsRepository:
     """Read-only queries over `mcp_responses` for the gateway."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, statement_timeout_s: float = 10.0) -> None:
         self._pool = pool
+        self._statement_timeout_s = statement_timeout_s
 
     async def stats(
         self,
@@ -74,11 +84,19 @@ class PostgresStatsRepository:
         list gives zero figures).
         """
         where, args = _where(date_from, date_to, copro_ids)
+        timeout_s = self._statement_timeout_s
         try:
-            row = await self._pool.fetchrow(_STATS_SELECT + where, *args, timeout=10)
+            async with self._pool.acquire(timeout=timeout_s) as conn, conn.transaction(readonly=True):
+                await conn.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout_s * 1000))}")
+                row = await conn.fetchrow(_STATS_SELECT + where, *args, timeout=timeout_s + _CLIENT_MARGIN_S)
         except asyncpg.UndefinedTableError:
             raise StatsUnavailableError(
                 "statistics are not available yet: the ledger has not created its tables"
+            ) from None
+        except asyncpg.QueryCanceledError:
+            raise StatsUnavailableError(
+                f"the statistics query took longer than {timeout_s:g}s and was stopped; "
+                "ask for a shorter range or one copro, or retry when the database is less busy"
             ) from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StatsUnavailableError(

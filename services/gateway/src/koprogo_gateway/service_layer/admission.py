@@ -1,4 +1,9 @@
-"""Use case: decide whether a parsed chat request may go on, before anything is published."""
+"""Use case: decide whether a request may go on: a chat before anything is published (`admit`),
+any other authenticated request before its route runs (`admit_request`).
+
+Both count against the same per-user counter (the seed's rule: 100 requests per minute per
+user, every request); a chat counts against its copro's too.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ from dataclasses import dataclass
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import CoproId
-from koprogo_gateway.domain.errors import InputTooLargeError
+from koprogo_gateway.domain.errors import InputTooLargeError, RateLimitedError
 from koprogo_gateway.domain.input_limits import InputLimits, input_limit_violations
 from koprogo_gateway.domain.rate_limit import RateLimitDecision, RateLimitPolicy
-from koprogo_gateway.service_layer.rate_limits import RateLimiter
+from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
+from koprogo_gateway.service_layer.rate_limits import Claims, RateLimiter
 
 
 @dataclass
@@ -42,6 +48,25 @@ class ChatAdmission:
             )
         )
 
+    async def admit_request(self, user_id: str | None) -> dict[str, str]:
+        """Count a request of any other route against its user's policy; its RateLimit fields.
+
+        Raises RateLimitedError (429, with `Retry-After`) when the user's quota for the window
+        is used up, RateLimitUnavailableError (503) when the store cannot decide. Nobody
+        identified (authentication off) is counted nowhere.
+        """
+        decision = await self.limiter.admit(user_claims(self.user_policy, user_id))
+        if not decision.admitted:
+            raise RateLimitedError(refusal_message(decision), headers=refusal_headers(decision))
+        return rate_limit_headers(decision)
+
+
+def user_claims(user_policy: RateLimitPolicy | None, user_id: str | None) -> Claims:
+    """What any request is counted against: its user, when a token names one and the policy is on."""
+    if user_policy is None or user_id is None:
+        return []
+    return [(user_policy, user_id)]
+
 
 def chat_claims(
     *,
@@ -52,12 +77,10 @@ def chat_claims(
 ) -> list[tuple[RateLimitPolicy, str]]:
     """What one chat request is counted against: its user (when a token names one), then its copro.
 
-    Requests that name no copro share one counter (the empty copro id's), so leaving out
-    `context` does not escape the copro policy.
+    `copro_id` is the copro the chat runs for (`chat_copro`: named, or the token's only one);
+    chats that run for no copro share one counter (the empty copro id's).
     """
-    claims: list[tuple[RateLimitPolicy, str]] = []
-    if user_policy is not None and user_id is not None:
-        claims.append((user_policy, user_id))
+    claims = list(user_claims(user_policy, user_id))
     if copro_policy is not None:
         claims.append((copro_policy, copro_id or ""))
     return claims

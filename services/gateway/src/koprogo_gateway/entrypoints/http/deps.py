@@ -1,4 +1,9 @@
-"""FastAPI dependency aliases: the gateway, and the authenticated caller with the scope a route needs."""
+"""FastAPI dependency aliases: the gateway, and the authenticated caller with the scope a route needs.
+
+Every request a `Reader`, `Writer` or `Admin` route takes is counted against its user's rate
+limit (the seed's 100 requests per minute per user) before the route runs; a chat is counted by
+its use case instead, with its copro, in one step.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 
@@ -64,9 +69,25 @@ async def authenticate(gateway: Gateway, token: str | None) -> Caller:
 
 Principal = Annotated[Caller, Depends(get_caller)]
 
+# Routes whose use case counts the request itself: a chat is counted against its user and its copro
+# together (service_layer/admission.py), so that one refused by either policy uses up neither.
+COUNTED_BY_THEIR_USE_CASE = frozenset({"chat", "chat_completions"})
 
-def _with_scope(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
-    async def caller_with_scope(caller: Principal) -> Caller:
+
+async def count_request(gateway: Gateway, caller: Caller, request: Request, response: Response) -> None:
+    """Count the request against its user's rate limit (429 when used up); its RateLimit fields go on the answer."""
+    route = request.scope.get("route")
+    if getattr(route, "name", None) in COUNTED_BY_THEIR_USE_CASE:
+        return
+    response.headers.update(await gateway.chat.admission.admit_request(caller.user_id))
+
+
+def _with_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
+    async def caller_with_scope(
+        caller: Principal, gateway: GatewayDep, request: Request, response: Response
+    ) -> Caller:
+        # Counted before the scope check: a token that lacks the scope knocks within the limit too.
+        await count_request(gateway, caller, request, response)
         try:
             require_scope(caller, scope)
         except ForbiddenError:

@@ -22,6 +22,12 @@ router = APIRouter(prefix="/mcp/v1", tags=["stats"])
         401: {"description": "No valid bearer token (when authentication is on)."},
         403: {"description": "The token lacks `mcp:read`."},
         404: {"description": "The `context` names a copro the token does not give access to."},
+        422: {
+            "description": "A malformed `context` or time, `from` not before `to`, "
+            "or a range over 366 days (`to` defaults to now)."
+        },
+        429: {"description": "The user's rate limit is used up: `Retry-After` says until when."},
+        503: {"description": "PostgreSQL cannot answer, or the query ran past its statement timeout."},
     },
 )
 async def stats(
@@ -31,7 +37,7 @@ async def stats(
     date_to: Annotated[datetime | None, Query(alias="to")] = None,
     context: Annotated[str | None, Query(max_length=255)] = None,
 ) -> StatsPublic:
-    """Totals over answered requests of the caller's copros, optionally between `from` and `to` and for one `context` (copro:<id>)."""
+    """Totals over answered requests of the caller's copros, optionally between `from` and `to` (at most 366 days apart) and for one `context` (copro:<id>)."""
     try:
         copro_id = copro_of_context(context)
     except ValueError as exc:

@@ -63,7 +63,8 @@ class InProcessBackend:
     """The gateway's use cases, called with the caller the MCP endpoint authenticated.
 
     Each checks its own scope (chat needs `mcp:write`, stats and models `mcp:read`) and copro
-    rules, as behind the HTTP routes; the answers are the HTTP API's JSON shapes.
+    rules, and counts against the caller's rate limit, as behind the HTTP routes (a chat is
+    counted by its use case, stats and models here); the answers are the HTTP API's JSON shapes.
     """
 
     def __init__(self, gateway: Gateway, caller: Caller) -> None:
@@ -82,6 +83,7 @@ class InProcessBackend:
         self, copro_id: str | None, date_from: datetime | None, date_to: datetime | None
     ) -> dict[str, Any]:
         try:
+            await self.gateway.chat.admission.admit_request(self.caller.user_id)
             try:
                 copro = copro_of_context(f"copro:{copro_id}") if copro_id else None
             except ValueError as exc:
@@ -93,6 +95,7 @@ class InProcessBackend:
 
     async def models(self) -> dict[str, Any]:
         try:
+            await self.gateway.chat.admission.admit_request(self.caller.user_id)
             listed = list_models(self.gateway.registry, self.caller)
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None

@@ -153,9 +153,7 @@ async def get_stats(
         datetime | None, Field(description="Only requests before this time (ISO 8601).")
     ] = None,
 ) -> dict[str, Any]:
-    """Requests, tokens, CO₂ (emitted and saved), latency and models used, as GET /mcp/v1/stats."""
-    if date_from and date_to and date_from >= date_to:
-        raise ToolError("'date_from' must be before 'date_to'")
+    """Requests, tokens, CO₂ (emitted and saved), latency and models used, as GET /mcp/v1/stats (at most 366 days at a time)."""
     try:
         figures = await backend_of(ctx).stats(copro_id, date_from, date_to)
     except BackendRefusedError as exc:
