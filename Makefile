@@ -80,6 +80,7 @@ node-build: install
 	$(BIN)/pip wheel -q --no-deps -w dist/node libs/koprogo-shared services/inference-edge
 
 # Pull MODEL into the models folder the stack's nodes read (only when asked: nothing is pulled
-# at run time); then `make up MODELS=<id>` serves it.
+# at run time); then `make up MODELS=<id>` serves it. PULL_FLAGS: e.g. --allow-unpinned for a
+# catalogue entry that pins no sha256 yet, or --sha256 <hex> from the file's publisher.
 models-pull mcp-download-model: install
-	$(BIN)/koprogo models pull "$(MODEL)"
+	$(BIN)/koprogo models pull "$(MODEL)" $(PULL_FLAGS)
