@@ -94,9 +94,10 @@ def resolve_model(model: str, models_dir: Path, model_id: str | None = None) -> 
     expected = models_dir / expected_file_name(model)
     if not expected.is_file():
         # Only a pullable id is worth a `pull`: one catalogue behind every hint.
+        unpinned = "" if entry is None or entry.gguf is None or entry.gguf.pinned else " --allow-unpinned"
         fetch = (
-            f"run `koprogo-node models pull {model}` (from the stack's folder: "
-            f"`.venv/bin/koprogo models pull {model}`), copy a GGUF there, or pass "
+            f"run `koprogo-node models pull {model}{unpinned}` (from the stack's folder: "
+            f"`.venv/bin/koprogo models pull {model}{unpinned}`), copy a GGUF there, or pass "
             if entry is not None and entry.gguf is not None
             else f"{'it is not in the catalogue, and ' if entry is None else ''}no GGUF is known for it: "
             f"copy one there, or pass "
