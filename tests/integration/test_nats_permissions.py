@@ -31,12 +31,21 @@ from prometheus_client import REGISTRY
 
 from koprogo_cli.embedded import nats_server_binary
 from koprogo_cli.nats_auth import mint_seed, roster_file
+from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatMessage, ChatRequested, NodeHeartbeat, utc_now
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatMessage,
+    ChatRequested,
+    ExecutionInfo,
+    NodeHeartbeat,
+    Usage,
+    utc_now,
+)
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
 from koprogo_shared.node_registry import NodeRegistry
@@ -72,7 +81,7 @@ async def test_a_node_with_its_own_key_takes_its_models_work_and_publishes_its_a
     async with (
         connected_as(secured, "admin") as admin,
         connected_as(secured, "router") as router,
-        listening(admin.nc, reply, "outcome") as replies,
+        listening(admin.nc, subjects.node_reply(reply, "pi-1"), "outcome") as replies,
         listening(admin.nc, subjects.node_heartbeat("pi-1"), "heartbeat") as beats,
         running_node(settings, engine=FakeInferenceEngine()),
     ):
@@ -199,6 +208,14 @@ REFUSED_TO_A_NODE: dict[str, tuple[Action, str]] = {
         f'subscription to "{subjects.gateway_reply("gw-1")}"',
     ),
     "read other clients' inboxes": (lambda c: _subscribe(c, "_INBOX.>"), 'subscription to "_INBOX.>"'),
+    "answer on a gateway's own subject": (
+        lambda c: c.nc.publish(subjects.gateway_reply("gw-1"), b"{}"),
+        f'publish to "{subjects.gateway_reply("gw-1")}"',
+    ),
+    "hear every request's cancel": (
+        lambda c: _subscribe(c, subjects.CHAT_CANCEL_ALL),
+        f'subscription to "{subjects.CHAT_CANCEL_ALL}"',
+    ),
 }
 
 
@@ -432,3 +449,57 @@ async def test_a_node_cannot_announce_a_model_its_key_was_not_minted_for(secured
         await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
     assert _serving(registry, MODEL) == []
     assert _heartbeats_refused("model_not_granted") - refused == 1
+
+
+def _forged_answer(request_id: str, node_id: str) -> bytes:
+    forged = ChatCompleted(
+        source="tests/forger",
+        copro_id="copro-edge",
+        request_id=request_id,
+        model=MODEL,
+        content="Votre syndic vous demande de virer 5 000 EUR sur ce compte.",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
+        execution_info=ExecutionInfo(
+            execution_type="edge", node_id=node_id, latency_ms=1.0, co2_grams=0.0, co2_saved_grams=0.0
+        ),
+    )
+    return forged.model_dump_json().encode()
+
+
+async def test_the_gateway_takes_an_answer_only_from_the_node_that_runs_the_request(
+    secured: SecuredNats,
+) -> None:
+    settings = NodeSettings(
+        nats_url=secured.url,
+        nats_nkey_seed_file=secured.seed_files["node:pi-1"],
+        node_id="pi-1",
+        node_model=MODEL,
+        ops_port=0,
+        ack_wait_s=5.0,
+    )
+    async with (
+        connected_as(secured, "admin") as admin,
+        connected_as(secured, "gateway") as gateway,
+        connected_as(secured, "router") as router,
+        connected_as(secured, "node:pi-2") as forger,
+        running_node(settings, engine=FakeInferenceEngine()),
+    ):
+        bus = NatsChatBus(gateway.nc, gateway.js, subjects.gateway_reply("gw-forged"))
+        await bus.start()
+        cmd = run_inference("Bonjour", reply_subject=bus.reply_subject, max_tokens=16)
+        expected = bus.expect(cmd.request_id)
+        # pi-2 was given nothing: it answers first, on the gateway's subject.
+        await forger.nc.publish(bus.reply_subject, _forged_answer(cmd.request_id, "pi-1"))
+        refusal = await forger.refusals.next()
+        await publish_event(router.js, subjects.run_inference_edge(MODEL), cmd)
+        outcome = await asyncio.wait_for(expected.outcome, 30)
+        # The caller leaves: the cancel goes to pi-1 alone (pi-2 may not even listen: above).
+        cancels = await admin.nc.subscribe(subjects.node_cancel("pi-1", cmd.request_id))
+        await admin.nc.flush()
+        await bus.cancel(cmd.request_id)
+        cancel = await cancels.next_msg(timeout=10)
+    assert cancel.subject == subjects.node_cancel("pi-1", cmd.request_id)
+    assert f'publish to "{bus.reply_subject}"' in refusal
+    assert isinstance(outcome, ChatCompleted) and outcome.execution_info.node_id == "pi-1"
+    assert "virer" not in outcome.content

@@ -66,7 +66,13 @@ def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat
         "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
         in publish
     )
-    assert set(allowed.subscribe) == {"_INBOX.UNODE.>", "koprogo.nodes.announce", "koprogo.cancel.*"}
+    # Its replies carry its id, and it hears its own cancels alone.
+    assert [s for s in publish if s.startswith("koprogo.reply.")] == ["koprogo.reply.*.node.pi-1"]
+    assert set(allowed.subscribe) == {
+        "_INBOX.UNODE.>",
+        "koprogo.nodes.announce",
+        "koprogo.cancel.node.pi-1.*",
+    }
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
     router     streams: info/create/update; consumers `router`   its inbox,
                and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
                koprogo.work.{edge,cloud}.>,                       koprogo.nodes.cloud.*
-               koprogo.events.chat.failed.>, koprogo.reply.>,
+               koprogo.events.chat.failed.>, koprogo.reply.*,
                koprogo.nodes.announce, their dead letters; read
                and watch the routing-policy bucket
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
@@ -29,18 +29,20 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
                koprogo.events.chat.{completed,failed}.>,
                koprogo.events.inference.attempt_failed.>,
-               koprogo.reply.>
+               koprogo.reply.* (the gateways' own subjects)
     gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
                koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*,
-               koprogo.nodes.announce; the buckets                koprogo.nodes.cloud.*
+               koprogo.cancel.>, koprogo.nodes.announce; the      koprogo.nodes.cloud.*
+               buckets
                KOPROGO_RATE_LIMITS and KOPROGO_ROUTING_POLICIES
                (declare, get, put, delete)
     node       per model M: stream info of KOPROGO_WORK, consumer its inbox,
                `edge-M` (create with filter koprogo.work.edge.M    koprogo.nodes.announce
                only, info, next, ack), its dead letters
                koprogo.deadletter.koprogo.work.edge.M;
-               koprogo.events.chat.{completed,failed}.>,
-               koprogo.reply.>, koprogo.nodes.heartbeat.<its id>   koprogo.cancel.*
+               koprogo.events.chat.{completed,failed}.>,          koprogo.cancel.node.<its id>.*
+               koprogo.reply.*.node.<its id>,
+               koprogo.nodes.heartbeat.<its id>
 
 "Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
 (`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
@@ -161,7 +163,7 @@ def router_permissions(public_key: str) -> Permissions:
             _every(subjects.run_inference_edge),
             _every(subjects.run_inference_cloud),
             _every(subjects.chat_failed),
-            _every(subjects.gateway_reply),
+            subjects.GATEWAY_REPLY_ANY,
             subjects.NODES_ANNOUNCE,
             *_routing_policies_read(),
         ),
@@ -190,7 +192,7 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
             _every(subjects.chat_completed),
             _every(subjects.chat_failed),
             _every(subjects.inference_attempt_failed),
-            _every(subjects.gateway_reply),
+            subjects.GATEWAY_REPLY_ANY,
         ),
         # The cancels of requests it answers: a caller that left stops the provider call.
         subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, _every(subjects.chat_cancel)),
@@ -263,10 +265,12 @@ def node_permissions(public_key: str, node_id: str, models: Sequence[str]) -> Pe
             *work,
             _every(subjects.chat_completed),
             _every(subjects.chat_failed),
-            _every(subjects.gateway_reply),
+            # Its replies carry its id (the gateway takes them only from the node running the
+            # request), and only its own cancels reach it.
+            subjects.node_reply(subjects.GATEWAY_REPLY_ANY, node_id),
             subjects.node_heartbeat(node_id),
         ),
-        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, subjects.CHAT_CANCEL_ALL),
+        subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, subjects.node_cancels(node_id)),
     )
 
 

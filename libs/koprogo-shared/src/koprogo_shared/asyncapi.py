@@ -53,6 +53,11 @@ NOT_CHANNELS = frozenset(
         "routing_policy_key",
         "inbox_prefix",
         "deadletter_for",
+        # The node-scoped replies and cancels: the `nodeReply` and `nodeCancel` channels.
+        "node_reply",
+        "node_replies",
+        "node_cancel",
+        "node_cancels",
     }
 )
 
@@ -101,12 +106,18 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("nodesAnnounce", subjects.NODES_ANNOUNCE, (), ("router", "gateway"), ("edge", "cloud"),
             "A newcomer asks every node and deployment to send its heartbeat now.",
             raw_payload=("AnnounceRequest", {"type": "string", "maxLength": 0, "description": "Empty."})),
-    Channel("gatewayReply", subjects.gateway_reply, _REPLY, ("router", "edge", "cloud"), ("gateway",),
+    Channel("gatewayReply", subjects.gateway_reply, _REPLY, ("router", "cloud"), ("gateway",),
             "Answers for the gateway instance waiting on the request (`reply_subject`), deltas when streamed."),
-    Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("edge", "cloud"),
-            "The caller of a chat left or timed out: the node generating it stops at the next token, "
-            "the cloud worker closes the provider call.",
+    Channel("nodeReply", "koprogo.reply.{gateway_id}.node.{node_id}", _REPLY, ("edge",), ("gateway",),
+            "An edge node's answers to the gateway (`subjects.node_reply`): taken only from the node "
+            "that said it runs the request."),
+    Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("cloud",),
+            "The caller of a chat left or timed out: the cloud worker closes the provider call.",
             raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
+    Channel("nodeCancel", "koprogo.cancel.node.{node_id}.{request_id}", (), ("gateway",), ("edge",),
+            "The caller of a chat left or timed out: the edge node running it (and no other) stops "
+            "at the next token.",
+            raw_payload=("NodeCancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router",),
             f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
     Channel("rateLimitCounter", _KV_RATE, (), ("gateway",), ("gateway",),

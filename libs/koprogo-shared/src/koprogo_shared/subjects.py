@@ -4,9 +4,12 @@
 * `koprogo.work.>`    work, in the KOPROGO_WORK stream (work-queue retention: one consumer takes it).
 * `koprogo.deadletter.>` what a consumer could not handle, kept for an operator.
 * `koprogo.nodes.*`   core NATS (not persisted): heartbeats and announce requests.
-* `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting.
+* `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting, from the
+  stack's services; `koprogo.reply.<gateway>.node.<node id>` from an edge node holding a key
+  (its key may publish there alone, so the gateway knows who answered).
 * `koprogo.cancel.<request id>` core NATS: the caller of a streamed chat left; the worker
-  generating it stops at the next token (gateways publish, nodes subscribe).
+  generating it stops at the next token (gateways publish, the cloud worker subscribes);
+  `koprogo.cancel.node.<node id>.<request id>` for the edge node running it, which alone hears it.
 * `_INBOX.<public nkey>.>` a client's own replies (JetStream acks, fetched messages), so an
   identity's subscribe permission covers its inbox and nobody else's.
 """
@@ -98,10 +101,32 @@ def gateway_reply(gateway_id: str) -> str:
 
 
 CHAT_CANCEL_ALL = "koprogo.cancel.*"
+# Every gateway's own reply subject (the services reply there; nodes with a key never do).
+GATEWAY_REPLY_ANY = "koprogo.reply.*"
 
 
 def chat_cancel(request_id: str) -> str:
     return f"koprogo.cancel.{subject_token(request_id)}"
+
+
+def node_reply(reply_subject: str, node_id: str) -> str:
+    """Where an edge node holding a key sends what it replies to `reply_subject`."""
+    return f"{reply_subject}.node.{subject_token(node_id)}"
+
+
+def node_replies(reply_subject: str) -> str:
+    """Every node's replies to `reply_subject` (the gateway subscribes)."""
+    return f"{reply_subject}.node.*"
+
+
+def node_cancel(node_id: str, request_id: str) -> str:
+    """The cancel of `request_id` for the edge node running it."""
+    return f"koprogo.cancel.node.{subject_token(node_id)}.{subject_token(request_id)}"
+
+
+def node_cancels(node_id: str) -> str:
+    """The cancels for one edge node (it may hear these alone)."""
+    return f"koprogo.cancel.node.{subject_token(node_id)}.*"
 
 
 def deadletter_for(subject: str) -> str:

@@ -109,7 +109,9 @@ async def run_node(
         # A node may not declare streams (its NATS identity cannot): the ledger or the router does.
         if await _unless_stopped(wait_for_streams(js, [subjects.WORK_STREAM]), stop) is None:
             return
-        service = InferenceService(node, engine, NatsOutcomeSink(nc, js), load=load)
+        # With a key, its replies and cancels carry its id (adapters/outcomes.py).
+        keyed_node_id = node.node_id if settings.nats_nkey_seed_file else None
+        service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id), load=load)
         await _serve(settings, service, nc, js, stop, resident=_residency(engine))
     finally:
         if nc is not None:

@@ -75,8 +75,12 @@ class NatsChatBus(ChatBus):
         return self.replies.expect(request_id, streamed=streamed)
 
     async def cancel(self, request_id: str) -> None:
+        # To the node running it when it holds a key (it alone hears it); else to the cloud
+        # worker, or a node on a NATS server without keys, on the request's own subject.
+        node = self.replies.sender_of(request_id)
+        subject = subjects.chat_cancel(request_id) if node is None else subjects.node_cancel(node, request_id)
         try:
-            await self.nc.publish(subjects.chat_cancel(request_id), b"")
+            await self.nc.publish(subject, b"")
         except (nats.errors.Error, OSError) as exc:
             log.warning("could not cancel %s: %r", request_id, exc)
 

@@ -3,6 +3,14 @@
 `ReplyWaiter` sorts the replies (`InferenceStarted`, `ChatDelta`, `ChatCompleted`,
 `ChatFailed`) to the request they answer; the NATS subscription only parses them. The fake
 chat bus hands it scripted replies the same way (`adapters/chat_bus.py`).
+
+Who sent a reply is known from its subject. An edge node with a NATS key may publish only on
+`<reply subject>.node.<its id>` (`subjects.node_reply`; the server refuses it the rest), so a
+reply there comes from that node: it is taken only from the node that said it runs the
+request (its `InferenceStarted`, the latest one: a work item redelivered after its node died
+goes to another), and every node id in it must be the sender's. The gateway's own subject is
+for the stack's services (router, cloud worker) and, on a NATS server without keys, nodes.
+A refused reply is logged and counted (`koprogo_gateway_replies_refused_total`).
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 from pydantic import ValidationError
 
+from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelta,
@@ -25,6 +35,12 @@ from koprogo_shared.events import (
 )
 
 log = logging.getLogger(__name__)
+
+REPLIES_REFUSED = Counter(
+    "koprogo_gateway_replies_refused_total",
+    "Replies from an edge node that does not run the request, or naming another node",
+    ["reason"],
+)
 
 ReplyEvent = ChatCompleted | ChatFailed | InferenceStarted | ChatDelta
 
@@ -39,15 +55,23 @@ class ExpectedReplies:
     streamed: bool = False
     # The node that said it is generating this request's answer, if any.
     node_id: str | None = None
+    # The subject token of that node when it said so on its own reply subject (it holds a key);
+    # None when it came on the gateway's subject.
+    sender: str | None = None
 
 
 class ReplyWaiter:
     def __init__(self) -> None:
         self._expected: dict[str, ExpectedReplies] = {}
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
+        self._subject = ""
 
     async def start(self, nc: NATS, subject: str) -> None:
-        self._sub = await nc.subscribe(subject, cb=self._on_reply)
+        self._subject = subject
+        self._subs = [
+            await nc.subscribe(subject, cb=self._on_reply),
+            await nc.subscribe(subjects.node_replies(subject), cb=self._on_reply),
+        ]
 
     def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
         expected = ExpectedReplies(asyncio.get_running_loop().create_future(), streamed=streamed)
@@ -61,15 +85,32 @@ class ReplyWaiter:
     def pending(self) -> int:
         return len(self._expected)
 
-    def deliver(self, reply: ReplyEvent) -> None:
-        """Hand `reply` to the request it answers; nobody waiting (timed out, a duplicate): dropped."""
+    def sender_of(self, request_id: str) -> str | None:
+        """The node (subject token) running `request_id` that holds a key, if that is known."""
+        expected = self._expected.get(request_id)
+        return expected.sender if expected is not None else None
+
+    def deliver(self, reply: ReplyEvent, sender: str | None = None) -> None:
+        """Hand `reply` to the request it answers; nobody waiting (timed out, a duplicate): dropped.
+
+        `sender`: the node whose own reply subject it came on (None: the gateway's subject).
+        """
         expected = self._expected.get(reply.request_id)
         # A reply for a request that already timed out (or a redelivered duplicate) has
         # nobody waiting; the durable copy of an outcome is in KOPROGO_EVENTS for the ledger.
         if expected is None:
             return
+        if sender is not None:
+            refusal = _refusal(reply, sender, expected)
+            if refusal is not None:
+                REPLIES_REFUSED.labels(refusal).inc()
+                log.warning(
+                    "refused a %s for %s from node %s: %s", reply.type, reply.request_id, sender, refusal
+                )
+                return
         if isinstance(reply, InferenceStarted):
             expected.node_id = reply.node_id
+            expected.sender = sender
         elif isinstance(reply, ChatDelta):
             if expected.streamed:
                 expected.pieces.put_nowait(reply)
@@ -82,4 +123,19 @@ class ReplyWaiter:
         except ValidationError as exc:
             log.error("malformed reply on %s: %d errors", msg.subject, exc.error_count())
             return
-        self.deliver(reply)
+        self.deliver(reply, None if msg.subject == self._subject else msg.subject.rsplit(".", 1)[1])
+
+
+def _refusal(reply: ReplyEvent, sender: str, expected: ExpectedReplies) -> str | None:
+    """Why a reply from node `sender` (on its own subject) is not taken, or None."""
+    if isinstance(reply, InferenceStarted):
+        return None if subjects.subject_token(reply.node_id) == sender else "node_id_not_its_subject"
+    if isinstance(reply, ChatFailed) and expected.node_id is None:
+        # A node may fail a request before generating (it cannot run it): that ends the
+        # request with an error, it never answers it.
+        return None
+    if expected.sender != sender:
+        return "not_the_node_running_it"
+    if isinstance(reply, ChatCompleted) and subjects.subject_token(reply.execution_info.node_id) != sender:
+        return "node_id_not_its_subject"
+    return None

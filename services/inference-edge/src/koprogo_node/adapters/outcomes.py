@@ -2,6 +2,10 @@
 
 Streamed answers also go out piece by piece (core NATS, not stored), and the node listens
 for the caller leaving (`subjects.chat_cancel`), so it stops generating for nobody.
+
+A node holding a NATS key replies on `subjects.node_reply` (the gateway's subject with its id
+appended, which its key alone may publish on) and hears the cancels addressed to it alone
+(`subjects.node_cancel`): the gateway knows who answered, and no node hears another's cancels.
 """
 
 from __future__ import annotations
@@ -42,21 +46,26 @@ class OutcomeSink(ABC):
 class NatsOutcomeSink(OutcomeSink):
     """JetStream (KOPROGO_EVENTS, for the ledger) then core NATS to `reply_subject` (the gateway).
 
-    (`deliver_chat_outcome`: the durable copy goes first.)
+    (`deliver_chat_outcome`: the durable copy goes first.) `keyed_node_id`: the node's id when
+    it holds a NATS key (its replies and cancels are then scoped to it), else None.
     """
 
-    def __init__(self, nc: NATS, js: JetStreamContext) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, keyed_node_id: str | None = None) -> None:
         self._nc = nc
         self._js = js
+        self._node_id = keyed_node_id
+
+    def _reply(self, reply_subject: str) -> str:
+        return reply_subject if self._node_id is None else subjects.node_reply(reply_subject, self._node_id)
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
-        await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject)
+        await deliver_chat_outcome(self._nc, self._js, outcome, self._reply(reply_subject))
 
     async def started(self, started: InferenceStarted, reply_subject: str) -> None:
-        await self._nc.publish(reply_subject, started.model_dump_json().encode())
+        await self._nc.publish(self._reply(reply_subject), started.model_dump_json().encode())
 
     async def delta(self, delta: ChatDelta, reply_subject: str) -> None:
-        await self._nc.publish(reply_subject, delta.model_dump_json().encode())
+        await self._nc.publish(self._reply(reply_subject), delta.model_dump_json().encode())
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[threading.Event]:
@@ -65,7 +74,12 @@ class NatsOutcomeSink(OutcomeSink):
         async def on_cancel(_: Msg) -> None:
             gone.set()
 
-        sub = await self._nc.subscribe(subjects.chat_cancel(request_id), cb=on_cancel)
+        subject = (
+            subjects.chat_cancel(request_id)
+            if self._node_id is None
+            else subjects.node_cancel(self._node_id, request_id)
+        )
+        sub = await self._nc.subscribe(subject, cb=on_cancel)
         try:
             yield gone
         finally:
