@@ -19,6 +19,7 @@ from koprogo_shared.subjects import RATE_LIMIT_BUCKET
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack, _gateway_up, _serve_gateway
 from tests.e2e.test_chat_path import chat_body
+from tests.e2e.test_mcp_server import error_text, mcp_session, structured
 from tests.token_support import AUTH_SETTINGS, bearer, token
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
@@ -209,3 +210,23 @@ async def test_a_stats_range_over_366_days_is_a_422_naming_the_limit(stack_facto
     # A time without a zone is UTC, mixed with one that has a zone: compared, not a 500.
     mixed = {"from": "2025-06-01T00:00:00", "to": "2025-07-01T00:00:00Z"}
     assert (await stack.client.get("/mcp/v1/stats", params=mixed, headers=reader)).status_code == 200
+
+
+async def test_mcp_tools_count_against_the_users_quota_and_keep_the_stats_range(
+    stack_factory: StackFactory,
+) -> None:
+    stack = await stack_factory(
+        edge_nodes=0, rate_limit_per_user=3, rate_limit_window_s=WINDOW_S, **AUTH_SETTINGS
+    )
+    reader = token(user=str(uuid.uuid4()), scopes=("mcp:read",))
+    await _clear_of_the_window_end(WINDOW_S)
+    async with mcp_session(stack, reader) as session:
+        structured(await session.call_tool("list_models", {}))
+        structured(await session.call_tool("get_stats", {}))
+        ten_years = await session.call_tool(
+            "get_stats", {"date_from": "2016-01-01T00:00:00Z", "date_to": "2026-01-01T00:00:00Z"}
+        )
+        assert "validation_error (422)" in error_text(ten_years)
+        assert "366 days" in error_text(ten_years)
+        refused = await session.call_tool("list_models", {})
+        assert "rate_limited (429)" in error_text(refused)
