@@ -110,3 +110,36 @@ async def test_every_users_rows_are_exported_and_erased_whatever_the_shape_of_th
                 assert [r["response"]["usage"] for r in requests] == [
                     r["response"]["usage"] for r in before[other]
                 ]
+
+
+async def test_requests_stored_before_text_user_ids_get_their_owner_back_from_the_audit_log(
+    database_url: str, clean_jetstream: str
+) -> None:
+    chats = {user: chats_of(user) for user in ("alice", "dev-user")}
+    anonymous = chat_requested().model_copy(update={"user_id": None})  # authentication off
+    events = [*chats["alice"], *chats["dev-user"], anonymous]
+    async with running_ledger(database_url, clean_jetstream, retention_days=KEEP_EVERYTHING) as ledger:
+        for event in events:
+            await ledger.publish(event)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=30)
+        # As a ledger from before migration 0004 left them: no user on the rows of non-UUID ids.
+        await ledger.db.execute("UPDATE mcp_requests SET user_ref = NULL")
+        await ledger.db.execute("UPDATE schema_migrations SET applied_at = now() WHERE version = 4")
+        assert (await exports(ledger.db))["alice"] == []
+
+    async with running_ledger(database_url, clean_jetstream, retention_days=KEEP_EVERYTHING) as ledger:
+
+        async def owners_back() -> bool:
+            found = await exports(ledger.db)
+            return len(found["alice"]) == len(found["dev-user"]) == 2
+
+        await wait_until(owners_back, timeout=20)
+        found = await exports(ledger.db)
+        for user in ("alice", "dev-user"):
+            assert [r["id"] for r in found[user]] == [chats[user][0].id, chats[user][2].id]
+        assert await ledger.db.fetchval(
+            "SELECT user_ref IS NULL FROM mcp_requests WHERE id = $1", uuid.UUID(anonymous.id)
+        )
+        await erase(ledger, "alice")
+        assert statuses((await exports(ledger.db))["alice"]) == [PURGED, PURGED]
+        assert statuses((await exports(ledger.db))["dev-user"]) == [AVAILABLE, AVAILABLE]

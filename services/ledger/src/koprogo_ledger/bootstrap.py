@@ -16,6 +16,7 @@ from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
+from koprogo_ledger.adapters.request_owners import recover_request_owners
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
@@ -50,6 +51,14 @@ class Ledger:
         """Project events, a transaction per fetched batch, until `stop` is set; the batch in hand is finished."""
         handler = event_batch_handler(self.unit_of_work, stop, NatsStreamScrubber(self.js, self.pool))
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
+
+    async def recover_owners(self) -> None:
+        """Give rows stored before text user ids their owner, from the audit log; a failure is
+        logged and the next start tries again (the projection goes on meanwhile)."""
+        try:
+            await recover_request_owners(self.js, self.pool)
+        except Exception as exc:
+            log.warning("request owners not recovered from the audit log, tried at next start: %r", exc)
 
     async def readiness(self) -> dict[str, bool]:
         return {"nats": self.nc.is_connected, "postgres": await self._postgres_answers()}
@@ -105,7 +114,8 @@ async def run_ledger(
     `started` is set once the schema is migrated and the consumer is about to run. The
     ops server (/health, /ready, /metrics) runs when `settings.ops_port` is not 0. Beside
     the projection, rows left in plaintext are sealed and contents past retention purged,
-    at start and then every `settings.retention_interval_s`.
+    at start and then every `settings.retention_interval_s`; rows stored before text user
+    ids get their owner back from the audit log, once, at start.
     """
     ledger = await bootstrap(settings)
     ops = None
@@ -113,6 +123,7 @@ async def run_ledger(
     maintenance = asyncio.create_task(
         run_content_maintenance(ledger.contents(), settings, stop), name="ledger-contents"
     )
+    owners = asyncio.create_task(ledger.recover_owners(), name="ledger-request-owners")
     try:
         if settings.ops_port:
             ops = ops_server(settings.ops_host, settings.ops_port, ledger.readiness)
@@ -126,8 +137,10 @@ async def run_ledger(
             raise RuntimeError("the NATS connection closed; the ledger cannot consume")
     finally:
         maintenance.cancel()  # a batch in flight is rolled back; the next round takes it again
-        with contextlib.suppress(asyncio.CancelledError):
-            await maintenance
+        owners.cancel()  # an update not committed is done again at the next start
+        for task in (maintenance, owners):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if ops is not None and ops_task is not None:
             ops.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

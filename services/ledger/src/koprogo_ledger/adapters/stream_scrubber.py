@@ -4,7 +4,7 @@ PostgreSQL loses the user's contents when the ledger applies `UserDataErasureReq
 the same contents also sit in the JetStream file store until the stream's own 30-day limit
 (`ChatRequested` holds the messages, `ChatCompleted` the answer, `InferenceAttemptFailed`
 the work). After the erasure is committed, the ledger finds the user's request ids in
-PostgreSQL, reads the stream's chat subjects once with an ordered consumer and deletes
+PostgreSQL, reads the stream's chat subjects once (`audit_log.read_events`) and deletes
 (`STREAM.MSG.DELETE`, the message is erased from the store) every message of those
 requests. Deleting an already deleted message is not an error, so a redelivered erasure
 scrubs again safely. Events without contents (failures, deliveries) are kept: the audit
@@ -18,15 +18,14 @@ scrubbed yet.
 from __future__ import annotations
 
 import abc
-import json
 import logging
+from typing import Any
 
 import asyncpg
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
+from koprogo_ledger.adapters.audit_log import read_events
 from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
 from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
@@ -39,7 +38,6 @@ CONTENT_SUBJECTS = (
     "koprogo.events.chat.completed.>",
     subjects.INFERENCE_ATTEMPT_FAILED_ALL,
 )
-IDLE_S = 1.0
 
 
 class StreamScrubber(abc.ABC):
@@ -83,33 +81,11 @@ class NatsStreamScrubber(StreamScrubber):
 
     async def _sequences_of(self, subject: str, request_ids: set[str]) -> list[int]:
         """Stream sequences of the messages on `subject` that belong to `request_ids`."""
-        sub = await self._js.subscribe(
-            subject,
-            stream=subjects.EVENTS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-        )
-        found: list[int] = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=IDLE_S)
-                except nats.errors.TimeoutError:
-                    return found  # nothing (more) on this subject
-                if _request_id(msg.data) in request_ids:
-                    found.append(msg.metadata.sequence.stream)
-                if msg.metadata.num_pending == 0:
-                    return found
-        finally:
-            await sub.unsubscribe()
+        return [
+            seq async for seq, event in read_events(self._js, subject) if _request_id(event) in request_ids
+        ]
 
 
-def _request_id(data: bytes) -> str | None:
-    try:
-        event = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(event, dict):
-        return None
+def _request_id(event: dict[str, Any]) -> str | None:
     value = event.get("request_id") or event.get("id")
     return value if isinstance(value, str) else None
