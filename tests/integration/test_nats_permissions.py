@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
-from koprogo_cli.embedded import nats_server_binary
-from koprogo_cli.nats_auth import mint_seed, roster_file
+from koprogo_cli.embedded import EmbeddedNats, free_port, nats_server_binary
+from koprogo_cli.nats_auth import identities, mint_seed, render_authorization, roster_file
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
@@ -43,6 +43,7 @@ from koprogo_shared.events import (
     ChatRequested,
     ExecutionInfo,
     NodeHeartbeat,
+    RunInference,
     Usage,
     utc_now,
 )
@@ -117,19 +118,21 @@ async def _none_left(js: JetStreamContext) -> bool:
     return await work_items(js) == 0
 
 
-async def _fetch_once(client: Client, model: str) -> None:
+async def _fetch_once(client: Client, model: str, pool: str = subjects.SHARED_POOL) -> None:
     sub = await client.js.pull_subscribe_bind(
-        durable=subjects.edge_work_durable(model), stream=subjects.WORK_STREAM
+        durable=subjects.edge_work_durable(model, pool), stream=subjects.WORK_STREAM
     )
     with contextlib.suppress(nats.errors.TimeoutError):
         await sub.fetch(1, timeout=1)
 
 
-def _consumer(name: str | None, durable: str, model: str) -> js_api.ConsumerConfig:
+def _consumer(
+    name: str | None, durable: str, model: str, pool: str = subjects.SHARED_POOL
+) -> js_api.ConsumerConfig:
     return js_api.ConsumerConfig(
         name=name,
         durable_name=durable,
-        filter_subject=subjects.run_inference_edge(model),
+        filter_subject=subjects.run_inference_edge(model, pool),
         ack_policy=js_api.AckPolicy.EXPLICIT,
     )
 
@@ -503,3 +506,107 @@ async def test_the_gateway_takes_an_answer_only_from_the_node_that_runs_the_requ
     assert f'publish to "{bus.reply_subject}"' in refusal
     assert isinstance(outcome, ChatCompleted) and outcome.execution_info.node_id == "pi-1"
     assert "virer" not in outcome.content
+
+
+POOL_X, POOL_Y = subjects.copro_pool("copro-x"), subjects.copro_pool("copro-y")
+
+
+@pytest.fixture(scope="module")
+def copro_pools_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNats]:
+    """A secured server whose nodes serve the same model: pi-x for copro-x, pi-y for copro-y, pi-s shared."""
+    keys_dir = tmp_path_factory.mktemp("nats-keys-pools")
+    found = identities(
+        keys_dir,
+        {"pi-x": [MODEL], "pi-y": [MODEL], "pi-s": [MODEL]},
+        node_copros={"pi-x": ["copro-x"], "pi-y": ["copro-y"]},
+    )
+    server = EmbeddedNats(
+        tmp_path_factory.mktemp("nats-pools"),
+        port=free_port(),
+        monitor_port=free_port(),
+        authorization=render_authorization(found.users),
+    ).start()
+    try:
+        yield SecuredNats(server.url, found.seed_files, keys_dir)
+    finally:
+        server.stop()
+
+
+async def _take_one(client: Client, pool: str) -> RunInference:
+    durable = subjects.edge_work_durable(MODEL, pool)
+    config = js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subjects.run_inference_edge(MODEL, pool),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+    )
+    await client.js.add_consumer(subjects.WORK_STREAM, config)
+    sub = await client.js.pull_subscribe_bind(durable=durable, stream=subjects.WORK_STREAM)
+    [msg] = await sub.fetch(1, timeout=5)
+    await msg.ack()
+    return RunInference.model_validate_json(msg.data)
+
+
+async def test_a_copros_work_is_taken_by_its_own_node_and_no_other_copros_or_shared_node(
+    copro_pools_nats: SecuredNats,
+) -> None:
+    server = copro_pools_nats
+    async with connected_as(server, "router") as router:
+        await ensure_streams(router.js)
+        work = run_inference(
+            "Le PV de l'AG de la copro Y", reply_subject="koprogo.reply.gw-1", copro_id="copro-y"
+        )
+        await publish_event(router.js, subjects.run_inference_edge(MODEL, POOL_Y), work)
+    refusals = []
+    for intruder in ("node:pi-x", "node:pi-s"):
+        async with connected_as(server, intruder) as node:
+            await _fetch_once(node, MODEL, POOL_Y)
+            refusals.append(await node.refusals.next())
+            # Nor its own durable pointed at copro-y's work.
+            own_pool = POOL_X if intruder == "node:pi-x" else subjects.SHARED_POOL
+            mine = subjects.edge_work_durable(MODEL, own_pool)
+            await request_refused(
+                node.js.add_consumer(subjects.WORK_STREAM, _consumer(mine, mine, MODEL, POOL_Y))
+            )
+            refusals.append(await node.refusals.next())
+    async with connected_as(server, "node:pi-y") as pi_y:
+        taken = await _take_one(pi_y, POOL_Y)
+        assert pi_y.refusals.errors.empty()
+    assert all("permissions violation" in r for r in refusals), refusals
+    assert (
+        f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{subjects.edge_work_durable(MODEL, POOL_Y)}".lower()
+        in refusals[0]
+    )
+    assert taken.request_id == work.request_id and "copro Y" in taken.messages[0].content
+
+
+async def test_a_node_of_a_copros_pool_serves_that_copros_work_and_announces_its_pool(
+    copro_pools_nats: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="koprogo_shared.nats_connection")
+    server = copro_pools_nats
+    settings = NodeSettings(
+        nats_url=server.url,
+        nats_nkey_seed_file=server.seed_files["node:pi-x"],
+        node_id="pi-x",
+        node_model=MODEL,
+        node_copros=["copro-x"],
+        ops_port=0,
+        ack_wait_s=5.0,
+        heartbeat_interval_s=0.5,
+    )
+    reply = subjects.gateway_reply("gw-pools")
+    async with connected_as(server, "admin") as admin, connected_as(server, "router") as router:
+        await ensure_streams(router.js)
+        async with (
+            listening(admin.nc, subjects.node_reply(reply, "pi-x"), "outcome") as replies,
+            listening(admin.nc, subjects.node_heartbeat("pi-x"), "heartbeat") as beats,
+            running_node(settings, engine=FakeInferenceEngine()),
+        ):
+            beat = await beats.next(30)
+            cmd = run_inference("Bonjour", reply_subject=reply, max_tokens=16, copro_id="copro-x")
+            await publish_event(router.js, subjects.run_inference_edge(MODEL, POOL_X), cmd)
+            outcome = await replies.next(30)
+    assert beat.pools == [POOL_X]
+    assert isinstance(outcome, ChatCompleted) and outcome.request_id == cmd.request_id
+    assert "permissions violation" not in caplog.text.lower()

@@ -155,3 +155,22 @@ async def test_a_copro_policy_of_edge_only_is_applied_and_cannot_be_loosened_by_
     _, refused = bus.published[1]
     assert isinstance(refused, ChatFailed) and refused.status == 403
     assert refused.error == "routing_policy_violation"
+
+
+async def test_a_copros_work_goes_to_its_own_pools_subject_and_never_to_another_copros() -> None:
+    import time
+
+    registry = NodeRegistry()
+    own = beat("own", [BUNDLED_MODEL_ID]).model_copy(update={"pools": [subjects.copro_pool("c1")]})
+    theirs = beat("theirs", [BUNDLED_MODEL_ID]).model_copy(update={"pools": [subjects.copro_pool("c2")]})
+    registry.observe(theirs, time.monotonic())
+    bus = FakeBus()
+    await Dispatcher(bus, registry, FakePolicyBook()).on_chat_requested(requested(BUNDLED_MODEL_ID))
+    assert [type(e) for _, e in bus.replies] == [ChatFailed]  # c2's node is not c1's to use
+    registry.observe(own, time.monotonic())
+    bus = FakeBus()
+    await Dispatcher(bus, registry, FakePolicyBook()).on_chat_requested(requested(BUNDLED_MODEL_ID))
+    [(subject, work)] = bus.published
+    assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID, subjects.copro_pool("c1"))
+    assert isinstance(work, RunInference) and work.routing is not None
+    assert work.routing.targets[0].pool == subjects.copro_pool("c1")

@@ -63,8 +63,8 @@ def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat
     assert not any(".STREAM." in s and not s.startswith("$JS.API.STREAM.INFO.") for s in publish)
     assert not any(s.endswith(".>") and s.startswith("$JS.API") for s in publish)
     assert (
-        "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4.koprogo.work.edge.smollm2:135m-instruct-q4"
-        in publish
+        "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4"
+        ".koprogo.work.edge.shared.smollm2:135m-instruct-q4" in publish
     )
     # Its replies carry its id, and it hears its own cancels alone.
     assert [s for s in publish if s.startswith("koprogo.reply.")] == ["koprogo.reply.*.node.pi-1"]
@@ -132,3 +132,39 @@ def test_what_each_nodes_key_was_minted_for_is_written_to_the_roster_beside_the_
         "pi-1": NodeGrant(frozenset({"m1", "m2"})),
         "pi-2": NodeGrant(frozenset({"m3"})),
     }
+
+
+def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_in_the_roster(
+    tmp_path: Path,
+) -> None:
+    found = identities(
+        tmp_path, {"pi-x": ["m1"], "pi-s": ["m1"]}, node_copros={"pi-x": ["copro-x", "copro-z"]}
+    )
+    users = {u.label.split(":")[0]: u for u in found.users}
+    creates = {
+        name: [
+            s
+            for s in users[f"edge node {name}"].permissions.publish
+            if s.startswith("$JS.API.CONSUMER.CREATE.")
+        ]
+        for name in ("pi-x", "pi-s")
+    }
+    pools_x = [subjects.copro_pool("copro-x"), subjects.copro_pool("copro-z")]
+    assert creates["pi-x"] == [
+        f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{subjects.edge_work_durable('m1', pool)}."
+        f"{subjects.run_inference_edge('m1', pool)}"
+        for pool in pools_x
+    ]
+    assert creates["pi-s"] == [
+        f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{subjects.edge_work_durable('m1')}."
+        f"{subjects.run_inference_edge('m1', subjects.SHARED_POOL)}"
+    ]
+    assert parse_roster(roster_file(tmp_path).read_text()) == {
+        "pi-x": NodeGrant(frozenset({"m1"}), frozenset(pools_x)),
+        "pi-s": NodeGrant(frozenset({"m1"}), frozenset({subjects.SHARED_POOL})),
+    }
+    # Two (pool, model) pairs never share a consumer, whatever dashes they hold.
+    assert subjects.edge_work_durable("b-c", "copro-a") != subjects.edge_work_durable("c", "copro-a-b")
+    assert subjects.edge_work_durable("m", "copro-a") != subjects.edge_work_durable("pool-copro-a.m")
+    with pytest.raises(NatsAuthError, match="copro id"):
+        identities(tmp_path, {"pi-y": ["m1"]}, node_copros={"pi-y": ["copro.y"]})

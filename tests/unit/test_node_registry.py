@@ -61,3 +61,13 @@ def test_with_a_roster_a_node_announces_only_the_models_its_key_was_minted_for()
     assert registry.alive(now=1.0) == []
     assert heard_on_its_subject(registry, beat("a", ["m2"])) is None
     assert [c.node_id for c in registry.serving("m2", now=1.0)] == ["a"]
+
+
+def test_with_a_roster_a_node_announces_only_the_pools_its_key_was_minted_for() -> None:
+    roster = {"a": NodeGrant(frozenset({"m1"}), frozenset({subjects.copro_pool("c1")}))}
+    registry = NodeRegistry(lambda: roster)
+    shared = beat("a", ["m1"])  # a heartbeat says the shared pool unless told otherwise
+    assert heard_on_its_subject(registry, shared) == "pool_not_granted"
+    own = shared.model_copy(update={"pools": [subjects.copro_pool("c1")]})
+    assert heard_on_its_subject(registry, own) is None
+    assert [c.pools for c in registry.alive(now=1.0)] == [frozenset({subjects.copro_pool("c1")})]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from koprogo_router.domain.policy import EffectivePolicy, PolicyViolation, effective_policy
+from koprogo_router.domain.policy import EffectivePolicy, PolicyViolation, edge_pools, effective_policy
 from koprogo_router.domain.routing import Refusal, Route, RoutingRequest, choose_target
 from koprogo_router.service_layer.dispatch import default_catalogue
+from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.co2 import CloudFootprint
 from koprogo_shared.events import RoutingPolicyName, RoutingPreference
@@ -187,7 +190,8 @@ def test_a_deployment_in_cooldown_is_skipped() -> None:
 
 def test_a_request_may_tighten_its_copros_policy_but_not_loosen_edge_only() -> None:
     edge_only = RoutingPreference(policy="edge_only")
-    assert effective_policy(edge_only, None) == EffectivePolicy("edge_only", None, True)
+    # The copro's own edge_only also keeps its work on its own nodes (`edge_pools`).
+    assert effective_policy(edge_only, None) == EffectivePolicy("edge_only", None, True, own_nodes_only=True)
     loosened = effective_policy(edge_only, RoutingPreference(policy="lowest_carbon"))
     assert isinstance(loosened, PolicyViolation) and "edge_only" in loosened.message
     tightened = effective_policy(
@@ -260,3 +264,43 @@ def test_an_edge_pool_keeps_the_nodes_that_honour_the_request() -> None:
     assert decision.targets[0].node_ids == ("new",)
     plain = decide(BUNDLED_MODEL_ID, [new, old])
     assert isinstance(plain, Route) and set(plain.targets[0].node_ids) == {"new", "old"}
+
+
+OWN = subjects.copro_pool("c1")
+
+
+def in_pool(candidate: EdgeCandidate, *pools: str) -> EdgeCandidate:
+    return dataclasses.replace(candidate, pools=frozenset(pools))
+
+
+def decide_for_copro(nodes: list[EdgeCandidate], policy_: EffectivePolicy) -> Route | Refusal:
+    request = RoutingRequest(BUNDLED_MODEL_ID, policy_, pools=edge_pools("c1", policy_))
+    return choose_target(request, nodes, [cloud()], default_catalogue())
+
+
+def test_a_copros_work_goes_to_its_own_nodes_first_then_to_the_shared_pool() -> None:
+    own = in_pool(node("own", tokens_per_second=5.0), OWN)
+    shared = node("shared", tokens_per_second=80.0)
+    other_copro = in_pool(node("theirs", tokens_per_second=200.0), subjects.copro_pool("c2"))
+    decision = decide_for_copro([own, shared, other_copro], PREFER_EDGE)
+    assert isinstance(decision, Route)
+    edge = [(t.pool, t.node_ids) for t in decision.targets if t.kind == "edge"]
+    assert edge == [(OWN, ("own",)), (subjects.SHARED_POOL, ("shared",))]
+
+
+def test_an_edge_only_copros_work_goes_to_its_own_nodes_alone() -> None:
+    edge_only = effective_policy(RoutingPreference(policy="edge_only"), None)
+    assert isinstance(edge_only, EffectivePolicy) and edge_only.own_nodes_only
+    shared = node("shared")
+    refused = decide_for_copro([shared], edge_only)
+    assert isinstance(refused, Refusal) and refused.status == 503
+    decision = decide_for_copro([shared, in_pool(node("own"), OWN, subjects.copro_pool("c2"))], edge_only)
+    assert isinstance(decision, Route)
+    assert [(t.kind, t.pool, t.node_ids) for t in decision.targets] == [("edge", OWN, ("own",))]
+
+
+def test_a_request_asking_edge_only_of_a_copro_that_allows_the_shared_pool_may_use_it() -> None:
+    asked = effective_policy(RoutingPreference(policy="prefer_edge"), RoutingPreference(policy="edge_only"))
+    assert isinstance(asked, EffectivePolicy) and not asked.own_nodes_only
+    assert edge_pools("c1", asked) == (OWN, subjects.SHARED_POOL)
+    assert edge_pools(None, asked) == (subjects.SHARED_POOL,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import timedelta
@@ -51,13 +52,15 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 def cmd_nats_node_key(args: argparse.Namespace) -> int:
     """Mint (once) an edge node's nkey and print its `users` entry for the NATS server."""
     try:
-        user, seed_file = node_user(_keys_dir(args), args.node_id, args.model)
+        user, seed_file = node_user(_keys_dir(args), args.node_id, args.model, args.copro)
     except NatsAuthError as exc:
         print(f"koprogo nats-node-key: {exc}", file=sys.stderr)
         return 2
     print(f"seed: {seed_file}")
     print(
-        f"# On the node (copy the seed there, mode 0600): NATS_NKEY_SEED_FILE=<its path> NODE_ID={args.node_id}\n"
+        f"# On the node (copy the seed there, mode 0600): NATS_NKEY_SEED_FILE=<its path> NODE_ID={args.node_id}"
+        + (f" NODE_COPROS='{json.dumps(args.copro)}'" if args.copro else "")
+        + "\n"
         "# Add this entry to `authorization { users = [...] }` in the NATS server's configuration\n"
         "# (deploy/nats/authorization.conf), then reload the server (nats-server --signal reload):"
     )
@@ -74,9 +77,19 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
             print(f"koprogo nats-config: --node {item!r}: use NODE_ID=MODEL", file=sys.stderr)
             return 2
         nodes.setdefault(node_id, []).append(model)
+    copros: dict[str, list[str]] = {}
+    for item in args.node_copro:
+        node_id, _, copro = item.partition("=")
+        if not copro or node_id not in nodes:
+            print(
+                f"koprogo nats-config: --node-copro {item!r}: use NODE_ID=COPRO_ID of a --node",
+                file=sys.stderr,
+            )
+            return 2
+        copros.setdefault(node_id, []).append(copro)
     keys_dir = _keys_dir(args)
     try:
-        found = identities(keys_dir, nodes, cloud_deployment_ids())
+        found = identities(keys_dir, nodes, cloud_deployment_ids(), copros)
     except (NatsAuthError, StackError) as exc:
         print(f"koprogo nats-config: {exc}", file=sys.stderr)
         return 2
@@ -132,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     node_key.add_argument(
         "--model", action="append", required=True, help="a model id the node serves (repeat for several)"
     )
+    node_key.add_argument(
+        "--copro",
+        action="append",
+        default=[],
+        help="a copro whose own pool the node belongs to: it takes that copro's work only (repeat for "
+        "several; default: the shared pool, work of every copro whose policy is not edge_only)",
+    )
     node_key.add_argument("--keys-dir", help=keys_help)
     node_key.add_argument("--data-dir")
     node_key.set_defaults(func=cmd_nats_node_key)
@@ -146,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE_ID=MODEL",
         help="an edge node and a model it serves (repeat for several); the cloud worker's deployments "
         "come from CLOUD_DEPLOYMENTS_FILE (or the defaults)",
+    )
+    config.add_argument(
+        "--node-copro",
+        action="append",
+        default=[],
+        metavar="NODE_ID=COPRO_ID",
+        help="put a --node in that copro's own pool instead of the shared one (repeat for several)",
     )
     config.add_argument("--out", default="-", help="the file to write (default: standard output)")
     config.add_argument("--keys-dir", help=keys_help)

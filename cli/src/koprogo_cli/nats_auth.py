@@ -36,10 +36,12 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                buckets
                KOPROGO_RATE_LIMITS and KOPROGO_ROUTING_POLICIES
                (declare, get, put, delete)
-    node       per model M: stream info of KOPROGO_WORK, consumer its inbox,
-               `edge-M` (create with filter koprogo.work.edge.M    koprogo.nodes.announce
-               only, info, next, ack), its dead letters
-               koprogo.deadletter.koprogo.work.edge.M;
+    node       per pool P and model M: stream info of          its inbox,
+               KOPROGO_WORK, consumer `edge-M` (P shared) or      koprogo.nodes.announce
+               `edge_pool-P_dM` (create with filter
+               koprogo.work.edge.P.M only, info, next, ack), its
+               dead letters; P is `shared` or, for a node minted
+               with `--copro C`, `copro-C` (each C);
                koprogo.events.chat.{completed,failed}.>,          koprogo.cancel.node.<its id>.*
                koprogo.reply.*.node.<its id>,
                koprogo.nodes.heartbeat.<its id>
@@ -74,6 +76,8 @@ ADMIN = "admin"
 # Node ids name a seed file and a heartbeat subject token; model ids a subject token.
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9_.:+-]{1,128}$")
+# Copro ids name a pool: a subject token and part of a consumer name.
+COPRO_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 class NatsAuthError(ValueError):
@@ -160,7 +164,7 @@ def router_permissions(public_key: str) -> Permissions:
                 subjects.INFERENCE_ATTEMPT_FAILED_ALL,
             ),
             subjects.deadletter_for(subjects.INFERENCE_ATTEMPT_FAILED_ALL),
-            _every(subjects.run_inference_edge),
+            subjects.EDGE_WORK_ALL,
             _every(subjects.run_inference_cloud),
             _every(subjects.chat_failed),
             subjects.GATEWAY_REPLY_ANY,
@@ -252,14 +256,25 @@ def gateway_permissions(public_key: str) -> Permissions:
     )
 
 
-def node_permissions(public_key: str, node_id: str, models: Sequence[str]) -> Permissions:
-    """Only its models' work in, only its own results and heartbeat out."""
+def node_pools(copros: Sequence[str]) -> list[str]:
+    """A node's edge pools: its copros' own, or the shared pool when it names none."""
+    for copro in copros:
+        if not COPRO_ID.match(copro):
+            raise NatsAuthError(f"copro id {copro!r}: use 1-100 letters, digits, '-' or '_'")
+    return [subjects.copro_pool(c) for c in dict.fromkeys(copros)] or [subjects.SHARED_POOL]
+
+
+def node_permissions(
+    public_key: str, node_id: str, models: Sequence[str], copros: Sequence[str] = ()
+) -> Permissions:
+    """Only its models' work of its pools in, only its own results and heartbeat out."""
     check_node(node_id, models)
     work: list[str] = [f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}"]
-    for model in models:
-        subject = subjects.run_inference_edge(model)
-        work += _pull_consumer(subjects.WORK_STREAM, subjects.edge_work_durable(model), subject)
-        work.append(subjects.deadletter_for(subject))
+    for pool in node_pools(copros):
+        for model in models:
+            subject = subjects.run_inference_edge(model, pool)
+            work += _pull_consumer(subjects.WORK_STREAM, subjects.edge_work_durable(model, pool), subject)
+            work.append(subjects.deadletter_for(subject))
     return Permissions(
         publish=(
             *work,
@@ -301,12 +316,26 @@ def node_seed_file(keys_dir: Path, node_id: str) -> Path:
     return keys_dir / "nodes" / f"{node_id}.nk"
 
 
-def record_joined_node(keys_dir: Path, node_id: str, models: Sequence[str]) -> None:
+def record_joined_node(
+    keys_dir: Path, node_id: str, models: Sequence[str], copros: Sequence[str] = ()
+) -> None:
     """Remember a node of another machine (`koprogo node join`): the stack admits it at every start."""
     check_node(node_id, models)
+    node_pools(copros)
     path = keys_dir / "nodes" / f"{node_id}.json"
     path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-    path.write_text(json.dumps({"models": list(models)}) + "\n")
+    path.write_text(json.dumps({"models": list(models), "copros": list(copros)}) + "\n")
+
+
+def joined_copros(keys_dir: Path) -> dict[str, list[str]]:
+    """The copros whose pool each joined node belongs to (none: the shared pool)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((keys_dir / "nodes").glob("*.json")):
+        try:
+            found[path.stem] = [str(c) for c in json.loads(path.read_text()).get("copros", [])]
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # joined_nodes() names the broken record
+    return found
 
 
 def joined_nodes(keys_dir: Path) -> dict[str, list[str]]:
@@ -347,23 +376,35 @@ def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
     partial.replace(path)
 
 
-def node_user(keys_dir: Path, node_id: str, models: Sequence[str]) -> tuple[NatsUser, Path]:
-    """A node's identity: its seed file (minted once) and its users entry, its grant in the roster."""
+def node_user(
+    keys_dir: Path, node_id: str, models: Sequence[str], copros: Sequence[str] = ()
+) -> tuple[NatsUser, Path]:
+    """A node's identity: its seed file (minted once) and its users entry, its grant in the roster.
+
+    `copros`: the copros whose own pool it belongs to (their work only); none: the shared pool.
+    """
     check_node(node_id, models)
+    pools = node_pools(copros)
     seed_file = node_seed_file(keys_dir, node_id)
     public_key = mint_seed(seed_file)
-    record_grant(keys_dir, node_id, NodeGrant(frozenset(models)))
-    label = f"edge node {node_id}: {', '.join(models)}"
-    return NatsUser(label, public_key, node_permissions(public_key, node_id, models)), seed_file
+    record_grant(keys_dir, node_id, NodeGrant(frozenset(models), frozenset(pools)))
+    label = f"edge node {node_id}: {', '.join(models)} (pools {', '.join(pools)})"
+    return NatsUser(label, public_key, node_permissions(public_key, node_id, models, copros)), seed_file
 
 
 def identities(
-    keys_dir: Path, nodes: Mapping[str, Sequence[str]], cloud_deployments: Sequence[str] = ()
+    keys_dir: Path,
+    nodes: Mapping[str, Sequence[str]],
+    cloud_deployments: Sequence[str] = (),
+    node_copros: Mapping[str, Sequence[str]] | None = None,
 ) -> Identities:
     """The services', the operator's and these nodes' identities, keys minted where missing.
 
     `cloud_deployments`: the deployment ids the cloud worker may serve (its work subjects).
+    `node_copros`: per node, the copros whose pool it belongs to; a node not named there keeps
+    what `koprogo node join --copro` recorded, else the shared pool.
     """
+    copros_of = {**joined_copros(keys_dir), **(node_copros or {})}
     rules: dict[str, Callable[[str], Permissions]] = {
         "ledger": ledger_permissions,
         "router": router_permissions,
@@ -380,7 +421,7 @@ def identities(
     found.users.append(NatsUser("operator (admin): given to no service", mint_seed(admin_seed), None))
     found.seed_files[ADMIN] = admin_seed
     for node_id, models in nodes.items():
-        user, seed_file = node_user(keys_dir, node_id, models)
+        user, seed_file = node_user(keys_dir, node_id, models, copros_of.get(node_id, ()))
         found.users.append(user)
         found.seed_files[f"node:{node_id}"] = seed_file
     return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import sys
 import time
@@ -56,8 +57,8 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        user, seed_file = node_user(keys_dir, args.node_id, models)
-        record_joined_node(keys_dir, args.node_id, models)
+        user, seed_file = node_user(keys_dir, args.node_id, models, args.copro)
+        record_joined_node(keys_dir, args.node_id, models, args.copro)
         admitted = _admit_now(record, keys_dir, data_dir, seed_file)
     except (NatsAuthError, EmbeddedServerError, StackError, JoinError) as exc:
         print(f"koprogo node join: {exc}", file=sys.stderr)
@@ -74,14 +75,21 @@ def cmd_node_join(args: argparse.Namespace) -> int:
             f"`{command_hint('down', *folder_args(data_dir))}` then "
             f"`{command_hint('up', '--lan', *folder_args(data_dir))}` so that other machines reach it"
         )
-    print("\nOn the node's machine:\n" + _steps_on_the_node(args.node_id, models[0], seed_file, record))
+    print(
+        "\nOn the node's machine:\n"
+        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro)
+    )
     return 0
 
 
-def _steps_on_the_node(node_id: str, model_id: str, seed_file: Path, record: StackRecord | None) -> str:
+def _steps_on_the_node(
+    node_id: str, model_id: str, seed_file: Path, record: StackRecord | None, copros: list[str]
+) -> str:
     """What to run there, each command accepted as printed (the model pulled only when pullable)."""
     entry = find_model(model_id)
     env = f"NATS_URL={_nats_url_for_others(record)} NATS_NKEY_SEED_FILE={NODE_KEY_PATH} NODE_ID={node_id}"
+    if copros:
+        env += f" NODE_COPROS='{json.dumps(copros)}'"
     if entry is not None and entry.gguf is not None:
         get_model = f"`koprogo-node models pull {model_id}`"
         run = f"{env} koprogo-node -m {model_id}"
@@ -151,6 +159,13 @@ def add_node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     join.add_argument("--node-id", required=True, help="the node's id (its NODE_ID), e.g. pi-cave")
     join.add_argument(
         "--model", "-m", action="append", required=True, help="a model id it serves (repeatable)"
+    )
+    join.add_argument(
+        "--copro",
+        action="append",
+        default=[],
+        help="a copro whose own pool the node belongs to: it takes that copro's work only "
+        "(repeatable; default: the shared pool)",
     )
     join.add_argument("--data-dir", help="the stack's data folder (default ./data)")
     join.set_defaults(func=cmd_node_join)

@@ -51,6 +51,7 @@ NOT_CHANNELS = frozenset(
         "edge_work_durable",
         "cloud_work_durable",
         "routing_policy_key",
+        "copro_pool",
         "inbox_prefix",
         "deadletter_for",
         # The node-scoped replies and cancels: the `nodeReply` and `nodeCancel` channels.
@@ -96,7 +97,8 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("inferenceAttemptFailed", subjects.inference_attempt_failed, (InferenceAttemptFailed,),
             ("cloud",), ("router", "ledger"), "One target failed a work item; the router falls back."),
     Channel("runInferenceEdge", subjects.run_inference_edge, (RunInference,), ("router",), ("edge",),
-            "Work for the edge nodes serving `model` (shared durable `edge-<model>`: one node takes it)."),
+            "Work for the edge nodes of `pool` (the shared pool, or a copro's own) serving `model` (one "
+            "durable per pool and model: one node takes it)."),
     Channel("runInferenceCloud", subjects.run_inference_cloud, (RunInference,), ("router",), ("cloud",),
             "Work for a cloud deployment (shared durable `cloud-<deployment>`)."),
     Channel("nodeHeartbeat", subjects.node_heartbeat, (NodeHeartbeat,), ("edge",), ("router", "gateway"),
@@ -140,8 +142,11 @@ def channel_address(channel: Channel) -> str:
     """`koprogo.events.chat.completed.{copro_id}` from `subjects.chat_completed`."""
     if isinstance(channel.subject, str):
         return channel.subject
-    (name,) = inspect.signature(channel.subject).parameters
-    return channel.subject(_PARAM).replace(_PARAM, "{" + name + "}")
+    names = list(inspect.signature(channel.subject).parameters)
+    address = channel.subject(*(f"{_PARAM}{i}" for i in range(len(names))))
+    for i, name in enumerate(names):
+        address = address.replace(f"{_PARAM}{i}", "{" + name + "}")
+    return address
 
 
 def address_pattern(address: str) -> str:

@@ -121,6 +121,8 @@ class RoutingTarget(BaseModel):
     model: str
     # The cloud deployment (`inference-cloud` settings) that serves `model`; None for edge.
     deployment: str | None = None
+    # The edge pool whose nodes take it (`subjects.run_inference_edge`); None: the shared one.
+    pool: str | None = None
 
 
 class RoutingPlan(BaseModel):
@@ -281,6 +283,8 @@ class NodeHeartbeat(Event):
     context_length: int | None = Field(default=None, ge=1)
     # The generation controls it honours (`koprogo_shared.generation.Feature`); none when absent.
     features: list[str] = Field(default_factory=list)
+    # The edge pools it takes work from: "shared", or its copros' "copro-<id>" (as its key was minted).
+    pools: list[str] = Field(default_factory=lambda: ["shared"])
 
 
 class InferenceStarted(Event):

@@ -38,6 +38,8 @@ class EdgeCandidate:
     context_length: int | None = None
     # The generation controls the node honours (koprogo_shared.generation.Feature).
     features: frozenset[str] = frozenset()
+    # The edge pools it takes work from (`subjects.SHARED_POOL`, `subjects.copro_pool`).
+    pools: frozenset[str] = frozenset({subjects.SHARED_POOL})
 
     @property
     def load(self) -> float:
@@ -74,6 +76,8 @@ def heartbeat_refusal(subject: str, beat: NodeHeartbeat, roster: Roster | None) 
         return None
     if not set(beat.models) <= grant.models:
         return "model_not_granted"
+    if not set(beat.pools) <= grant.pools:
+        return "pool_not_granted"
     return None
 
 
@@ -132,6 +136,7 @@ class NodeRegistry:
             seen_at=now,
             context_length=beat.context_length,
             features=frozenset(beat.features),
+            pools=frozenset(beat.pools),
         )
         self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
 

@@ -1,7 +1,9 @@
 """Subject and stream names, declared once.
 
 * `koprogo.events.>`  facts, kept in the KOPROGO_EVENTS stream (limits retention: the audit log).
-* `koprogo.work.>`    work, in the KOPROGO_WORK stream (work-queue retention: one consumer takes it).
+* `koprogo.work.>`    work, in the KOPROGO_WORK stream (work-queue retention: one consumer takes it);
+  edge work per pool and model, `koprogo.work.edge.<pool>.<model>`, so a node pulls only the
+  work of the pools its key names (the shared pool, or its copros' own).
 * `koprogo.deadletter.>` what a consumer could not handle, kept for an operator.
 * `koprogo.nodes.*`   core NATS (not persisted): heartbeats and announce requests.
 * `koprogo.reply.<gateway>` core NATS: answers to the gateway that is waiting, from the
@@ -33,6 +35,7 @@ ROUTING_POLICY_BUCKET = "KOPROGO_ROUTING_POLICIES"
 EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
 WORK_ALL = "koprogo.work.>"
+EDGE_WORK_ALL = "koprogo.work.edge.>"
 DEADLETTER_PREFIX = "koprogo.deadletter"
 
 NODE_HEARTBEAT_ALL = "koprogo.nodes.heartbeat.*"
@@ -76,8 +79,13 @@ def user_erasure_requested(user_id: str | None) -> str:
     return f"koprogo.events.user.erasure_requested.{subject_token(user_id)}"
 
 
-def run_inference_edge(model: str) -> str:
-    return f"koprogo.work.edge.{subject_token(model)}"
+def copro_pool(copro_id: str) -> str:
+    """The edge pool of one copro's own nodes (a subject token and a consumer-name part)."""
+    return f"copro-{copro_id}"
+
+
+def run_inference_edge(model: str, pool: str = SHARED_POOL) -> str:
+    return f"koprogo.work.edge.{subject_token(pool)}.{subject_token(model)}"
 
 
 def inference_attempt_failed(copro_id: str | None) -> str:
@@ -159,9 +167,16 @@ ROUTER_FALLBACK_DURABLE = "router-fallback"
 LEDGER_DURABLE = "ledger"
 
 
-def edge_work_durable(model: str) -> str:
-    """The durable every node serving `model` shares on KOPROGO_WORK."""
-    return durable_name("edge", model)
+def edge_work_durable(model: str, pool: str = SHARED_POOL) -> str:
+    """The durable every node of `pool` serving `model` shares on KOPROGO_WORK.
+
+    The shared pool's is `edge-<model>` (as before pools); a copro pool's
+    `edge_pool-<pool>_d<model>`, `<pool>.<model>` escaped as one value (a pool has no `.`).
+    No two (pool, model) pairs share a consumer, nor its permissions.
+    """
+    if pool == SHARED_POOL:
+        return durable_name("edge", model)
+    return durable_name("edge_pool", f"{pool}.{model}")
 
 
 _KV_KEY = re.compile(r"^[-_=A-Za-z0-9]{1,200}$")

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_node.adapters.host_resources import LocalHostResources
@@ -36,7 +37,7 @@ from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from koprogo_shared.consumer import run_pull_consumer
+from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 
@@ -179,18 +180,41 @@ async def _serve(
     """Heartbeats and the work consumer, until `stop`; then the in-flight item is settled."""
     if settings.grid_url:
         log.info("grid URL %s noted; joining the grid comes with a later issue", settings.grid_url)
-    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s, resident)
+    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s, resident, settings.pools)
     await heartbeats.start()
     model_id = service.node.model_id
     handler = work_item_handler(service, settings.ack_wait_s, settings.max_deliver)
-    spec = work_consumer(model_id, settings.ack_wait_s, settings.max_deliver)
-    consumer = asyncio.create_task(run_pull_consumer(js, spec, handler.handle, stop))
-    log.info("node %s serving %s (durable %s)", service.node.node_id, model_id, spec.durable)
+    specs = [work_consumer(model_id, settings.ack_wait_s, settings.max_deliver, p) for p in settings.pools]
+    consumer = asyncio.create_task(_consume(js, specs, handler.handle, stop))
+    log.info(
+        "node %s serving %s (durables %s)",
+        service.node.node_id,
+        model_id,
+        ", ".join(s.durable for s in specs),
+    )
     try:
         await _until_stopped(stop, consumer)
     finally:
         await _finish_in_flight(consumer, settings.shutdown_grace_s)
         await heartbeats.stop()
+
+
+async def _consume(
+    js: JetStreamContext, specs: Sequence[ConsumerSpec], handle: Handler, stop: asyncio.Event
+) -> None:
+    """One pull consumer per pool; a node of several pools still runs one item at a time."""
+    if len(specs) == 1:
+        await run_pull_consumer(js, specs[0], handle, stop)
+        return
+    in_turn = asyncio.Lock()
+
+    async def handle_in_turn(msg: Msg) -> None:
+        async with in_turn:
+            await handle(msg)
+
+    async with asyncio.TaskGroup() as consumers:
+        for spec in specs:
+            consumers.create_task(run_pull_consumer(js, spec, handle_in_turn, stop))
 
 
 async def _until_stopped(stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:

@@ -3,7 +3,8 @@
 Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
 KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_URL, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
-LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S.
+LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S,
+NODE_COPROS (a JSON list).
 The `koprogo-node` flags override them.
 """
 
@@ -15,7 +16,7 @@ import uuid
 
 from pydantic import Field, SecretStr
 
-from koprogo_shared import co2
+from koprogo_shared import co2, subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.model_files import ModelsFolderSettings
 from koprogo_shared.settings import ServiceSettings
@@ -52,6 +53,9 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings):
     power_watts: float = Field(default=co2.DEFAULT_EDGE_POWER_WATTS, ge=0)
     intensity_g_per_kwh: float = Field(default=co2.DEFAULT_EDGE_INTENSITY_G_PER_KWH, ge=0)
     renewable_attested: bool = False
+    # The copros whose own edge pool the node belongs to, as its NATS key was minted
+    # (`koprogo nats-node-key --copro C`): it takes their work only. Empty: the shared pool.
+    node_copros: list[str] = Field(default_factory=list)
     llama_threads: int | None = Field(default=None, ge=1)
     # 2048 keeps the KV cache small on a Pi; a bigger model or longer chats may want more.
     llama_n_ctx: int = Field(default=2048, ge=128)
@@ -62,6 +66,11 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings):
     max_deliver: int = Field(default=3, ge=1)
     # On SIGTERM, how long the in-flight answer may take before it is abandoned and NAKed.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @property
+    def pools(self) -> list[str]:
+        """The edge pools it takes work from (`subjects.run_inference_edge`)."""
+        return [subjects.copro_pool(c) for c in dict.fromkeys(self.node_copros)] or [subjects.SHARED_POOL]
 
     def footprint(self) -> co2.EdgeFootprint:
         return co2.EdgeFootprint(self.power_watts, self.intensity_g_per_kwh, self.renewable_attested)

@@ -34,6 +34,7 @@ _FIELDS = {
     "nats_url": "nats_url",
     "nats_nkey_seed_file": "nats_nkey_seed_file",
     "node_id": "node_id",
+    "copro": "node_copros",
     "power_watts": "power_watts",
     "intensity": "intensity_g_per_kwh",
     "renewable": "renewable_attested",
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "else no credentials)",
     )
     p.add_argument("--node-id", help="this node's id (default: <hostname>-<random>)")
+    p.add_argument(
+        "--copro",
+        action="append",
+        help="a copro whose own pool this node belongs to, as its key was minted (repeatable; "
+        "default: $NODE_COPROS, else the shared pool)",
+    )
     p.add_argument("--power-watts", type=float, help="the node's power draw under load, W (default 7)")
     p.add_argument(
         "--intensity", type=float, help="carbon intensity of its electricity, g CO2e/kWh (default 150)"

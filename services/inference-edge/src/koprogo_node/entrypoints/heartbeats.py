@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,8 +28,10 @@ class HeartbeatPublisher:
         service: InferenceService,
         interval_s: float,
         resident: Callable[[], bool] = lambda: True,
+        pools: Sequence[str] = (subjects.SHARED_POOL,),
     ) -> None:
         self._nc = nc
+        self._pools = list(pools)
         self._resident = resident
         self._service = service
         self._interval_s = interval_s
@@ -58,7 +60,7 @@ class HeartbeatPublisher:
     async def beat(self, *, leaving: bool = False) -> None:
         """Publish the node's state now; a failed publish is replaced by the next one."""
         beat = self._service.heartbeat(self._interval_s)
-        update = {"resident": self._resident()} | ({"leaving": True} if leaving else {})
+        update = {"resident": self._resident(), "pools": self._pools} | ({"leaving": True} if leaving else {})
         beat = beat.model_copy(update=update)
         try:
             await self._nc.publish(self._subject, beat.model_dump_json().encode())

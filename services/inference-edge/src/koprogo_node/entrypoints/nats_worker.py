@@ -1,7 +1,8 @@
 """Thin NATS subscriber for work: RunInference items of this node's model, one at a time.
 
-All nodes serving a model share one durable pull consumer, so they share the load: a
-node fetches the next item only when it is idle. The shared work-item handler
+All nodes of one pool serving a model share one durable pull consumer, so they share the
+load: a node fetches the next item only when it is idle. A node takes the work of its own
+pools alone (the shared one, or its copros'), as its NATS key allows. The shared work-item handler
 (`koprogo_shared.work_items`) keeps the item with this node while it generates, dead-letters
 poison and tells the caller when the last delivery fails; this module adds the node's
 request and token counters.
@@ -18,12 +19,14 @@ from koprogo_shared.events import ChatCompleted, ChatFailed, RunInference
 from koprogo_shared.work_items import WorkItemHandler
 
 
-def work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> ConsumerSpec:
-    """The consumer every node serving `model_id` binds to (same durable, same configuration)."""
+def work_consumer(
+    model_id: str, ack_wait_s: float, max_deliver: int, pool: str = subjects.SHARED_POOL
+) -> ConsumerSpec:
+    """The consumer every node of `pool` serving `model_id` binds to (same durable, same configuration)."""
     return ConsumerSpec(
         stream=subjects.WORK_STREAM,
-        durable=subjects.edge_work_durable(model_id),
-        filter_subject=subjects.run_inference_edge(model_id),
+        durable=subjects.edge_work_durable(model_id, pool),
+        filter_subject=subjects.run_inference_edge(model_id, pool),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
         batch=1,

@@ -10,6 +10,10 @@ stricter, never looser:
 * `max_latency_ms`: the smaller of the two.
 * `allow_fallback`: false if either says false.
 
+Which edge nodes may take a copro's work (`edge_pools`): its own nodes' pool first, then the
+shared pool, unless the copro's policy is edge_only (its own nodes only: a node of the shared
+pool is run by someone else). A request that names no copro goes to the shared pool.
+
 Pure: no I/O.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from koprogo_shared import subjects
 from koprogo_shared.events import RoutingPolicyName, RoutingPreference
 
 DEFAULT_POLICY: RoutingPolicyName = "prefer_edge"
@@ -27,6 +32,8 @@ class EffectivePolicy:
     policy: RoutingPolicyName
     max_latency_ms: int | None
     allow_fallback: bool
+    # The copro's own policy is edge_only: its work goes to its own nodes alone.
+    own_nodes_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,4 +61,13 @@ def effective_policy(
         policy=request.policy or base,
         max_latency_ms=min(latencies) if latencies else None,
         allow_fallback=copro.allow_fallback is not False and request.allow_fallback is not False,
+        own_nodes_only=base == "edge_only",
     )
+
+
+def edge_pools(copro_id: str | None, policy: EffectivePolicy) -> tuple[str, ...]:
+    """The edge pools whose nodes may take this copro's work, the preferred first."""
+    if not copro_id:
+        return (subjects.SHARED_POOL,)
+    own = subjects.copro_pool(copro_id)
+    return (own,) if policy.own_nodes_only else (own, subjects.SHARED_POOL)

@@ -5,9 +5,11 @@ ordered list of targets with the reason, or a refusal carrying the HTTP status t
 will get. Nothing here does I/O.
 
 1. The models: the requested one, or for `auto` / `auto:<class>` every model of the class.
-2. The targets: per model, the pool of live edge nodes serving it, and every available
-   cloud deployment serving it (one without a key or in cooldown is skipped, and named in
-   the refusal if nothing else is left).
+2. The targets: per model, the live edge nodes serving it in each edge pool the request's
+   copro may use (`RoutingRequest.pools`: its own nodes' pool, then the shared one unless
+   its policy is edge_only), one target per pool, and every available cloud deployment
+   serving it (one without a key or in cooldown is skipped, and named in the refusal if
+   nothing else is left).
 3. Each target gets an estimate for the request's expected size (`max_tokens`, or
    `DEFAULT_EXPECTED_TOKENS`; the same size for every target, used only to rank them): CO₂
    by the method of `koprogo_shared.co2`, latency from the node's measured tokens/s and load
@@ -16,7 +18,7 @@ will get. Nothing here does I/O.
    `koprogo_shared.generation`) is left out: it would ignore the constraint. When that
    leaves nothing, the refusal is a 400 `unsupported_parameter` naming what is missing.
 4. The policy orders them: `edge_only` keeps the edge alone; `prefer_edge` puts the edge
-   first, then the cloud by grams; `lowest_carbon` sorts everything by grams; `fastest` by
+   first (the copro's own pool before the shared one), then the cloud by grams; `lowest_carbon` sorts everything by grams; `fastest` by
    expected latency. `max_latency_ms` drops targets expected to be slower; without
    `allow_fallback` only the first is kept.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from koprogo_router.domain.policy import EffectivePolicy
-from koprogo_shared import co2
+from koprogo_shared import co2, subjects
 from koprogo_shared.catalogue import CatalogueModel, serve_hint
 from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
 
@@ -47,6 +49,8 @@ class RoutingRequest:
     max_tokens: int | None = None
     # The generation controls the request sets (`events.required_features`).
     features: frozenset[str] = frozenset()
+    # The edge pools whose nodes may take this work, the preferred first (`policy.edge_pools`).
+    pools: tuple[str, ...] = (subjects.SHARED_POOL,)
 
     @property
     def expected_tokens(self) -> int:
@@ -57,9 +61,10 @@ class RoutingRequest:
 class Target:
     kind: Literal["edge", "cloud", "grid"]
     model: str
-    # For the edge, the pool of nodes that may take the work (they pull it from one
-    # shared durable consumer, so the least busy node takes it first).
+    # For the edge, the nodes of one pool that may take the work (they pull it from one
+    # shared durable consumer, so the least busy node takes it first), and that pool.
     node_ids: tuple[str, ...] = ()
+    pool: str | None = None
     # For the cloud, the deployment that serves `model`.
     deployment: str | None = None
     expected_grams: float = 0.0
@@ -69,7 +74,9 @@ class Target:
 
     def describe(self) -> str:
         where = (
-            f"edge pool [{', '.join(self.node_ids)}]" if self.kind == "edge" else f"cloud {self.deployment}"
+            f"edge pool {self.pool} [{', '.join(self.node_ids)}]"
+            if self.kind == "edge"
+            else f"cloud {self.deployment}"
         )
         return f"{self.model} on {where} (~{self.expected_grams:.4f} g, ~{self.expected_latency_ms:.0f} ms)"
 
@@ -130,7 +137,7 @@ def choose_target(
     targets = [t for t in every if request.features <= t.features]
     if not targets:
         return _lacking_features(request, every)
-    ordered = _order(targets, models, policy)
+    ordered = _order(targets, models, policy, request.pools)
     if policy.max_latency_ms is not None:
         fast_enough = [t for t in ordered if t.expected_latency_ms <= policy.max_latency_ms]
         if not fast_enough:
@@ -158,32 +165,11 @@ def _targets_for(
     edge_candidates: Sequence[EdgeCandidate],
     cloud_candidates: Sequence[CloudCandidate],
 ) -> list[Target]:
-    tokens = request.expected_tokens
-    targets: list[Target] = []
-    serving = sorted(
-        (c for c in edge_candidates if model in c.models),
-        key=lambda c: (c.load, -c.tokens_per_second, c.node_id),
-    )
-    if request.features:
-        # A pool is one shared consumer: any of its nodes may take the work, so keep the nodes
-        # that honour the request (another pool would need its own subject).
-        serving = [c for c in serving if request.features <= c.features] or serving
-    if serving:
-        best = serving[0]
-        speed = best.tokens_per_second or UNMEASURED_TOKENS_PER_SECOND
-        # The work waits for what the node already has in hand, then runs.
-        seconds = tokens / speed * (1 + best.load)
-        footprint = co2.EdgeFootprint(best.power_watts, best.intensity_g_per_kwh, best.renewable_attested)
-        targets.append(
-            Target(
-                "edge",
-                model,
-                node_ids=tuple(c.node_id for c in serving),
-                expected_grams=co2.edge_grams(seconds, footprint),
-                expected_latency_ms=seconds * 1000.0,
-                features=frozenset.intersection(*(c.features for c in serving)),
-            )
-        )
+    targets = [
+        target
+        for pool in request.pools
+        if (target := _edge_target(model, pool, request, edge_candidates)) is not None
+    ]
     for deployment in sorted(cloud_candidates, key=lambda c: c.deployment):
         if deployment.available and model in deployment.models:
             targets.append(
@@ -191,7 +177,7 @@ def _targets_for(
                     "cloud",
                     model,
                     deployment=deployment.deployment,
-                    expected_grams=co2.cloud_grams(tokens, deployment.footprint),
+                    expected_grams=co2.cloud_grams(request.expected_tokens, deployment.footprint),
                     expected_latency_ms=deployment.typical_latency_ms or UNMEASURED_CLOUD_LATENCY_MS,
                     features=deployment.features,
                 )
@@ -199,8 +185,41 @@ def _targets_for(
     return targets
 
 
-def _order(targets: list[Target], models: Sequence[str], policy: EffectivePolicy) -> list[Target]:
+def _edge_target(
+    model: str, pool: str, request: RoutingRequest, edge_candidates: Sequence[EdgeCandidate]
+) -> Target | None:
+    """The live nodes of `pool` serving `model`, as one target (None when there are none)."""
+    serving = sorted(
+        (c for c in edge_candidates if model in c.models and pool in c.pools),
+        key=lambda c: (c.load, -c.tokens_per_second, c.node_id),
+    )
+    if request.features:
+        # A pool is one shared consumer: any of its nodes may take the work, so keep the nodes
+        # that honour the request (another pool would need its own subject).
+        serving = [c for c in serving if request.features <= c.features] or serving
+    if not serving:
+        return None
+    best = serving[0]
+    speed = best.tokens_per_second or UNMEASURED_TOKENS_PER_SECOND
+    # The work waits for what the node already has in hand, then runs.
+    seconds = request.expected_tokens / speed * (1 + best.load)
+    footprint = co2.EdgeFootprint(best.power_watts, best.intensity_g_per_kwh, best.renewable_attested)
+    return Target(
+        "edge",
+        model,
+        node_ids=tuple(c.node_id for c in serving),
+        pool=pool,
+        expected_grams=co2.edge_grams(seconds, footprint),
+        expected_latency_ms=seconds * 1000.0,
+        features=frozenset.intersection(*(c.features for c in serving)),
+    )
+
+
+def _order(
+    targets: list[Target], models: Sequence[str], policy: EffectivePolicy, pools: Sequence[str]
+) -> list[Target]:
     preference = {m: i for i, m in enumerate(models)}
+    pool_rank = {p: i for i, p in enumerate(pools)}
     match policy.policy:
         case "edge_only" | "prefer_edge":
             return sorted(
@@ -208,6 +227,7 @@ def _order(targets: list[Target], models: Sequence[str], policy: EffectivePolicy
                 key=lambda t: (
                     t.kind != "edge",
                     preference[t.model],
+                    pool_rank.get(t.pool or "", 0),
                     t.expected_grams,
                     t.expected_latency_ms,
                 ),

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from koprogo_router.adapters.bus import Bus
 from koprogo_router.adapters.policy_book import PolicyBook
-from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, effective_policy
+from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, edge_pools, effective_policy
 from koprogo_router.domain.routing import Catalogue, Refusal, RoutingRequest, Target, choose_target
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import auto_class, find_model, known_model_ids
@@ -65,6 +65,7 @@ class Dispatcher:
                 policy,
                 request.max_tokens,
                 required_features(request.messages, request.controls),
+                edge_pools(request.copro_id, policy),
             ),
             self.registry.alive(now),
             self.registry.cloud(now),
@@ -128,7 +129,7 @@ class Dispatcher:
         if target.kind == "cloud" and target.deployment is not None:
             subject = subjects.run_inference_cloud(target.deployment)
         else:
-            subject = subjects.run_inference_edge(target.model)
+            subject = subjects.run_inference_edge(target.model, target.pool or subjects.SHARED_POOL)
         await self.bus.publish(subject, work)
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
@@ -167,7 +168,7 @@ class Dispatcher:
 
 
 def _routing_target(target: Target) -> RoutingTarget:
-    return RoutingTarget(kind=target.kind, model=target.model, deployment=target.deployment)
+    return RoutingTarget(kind=target.kind, model=target.model, deployment=target.deployment, pool=target.pool)
 
 
 def _where(target: RoutingTarget) -> str:
