@@ -19,6 +19,7 @@ from koprogo_cli.dev_auth import (
     operator_verifier_env,
     write_dev_token,
 )
+from koprogo_cli.stack import Stack, StackError
 from koprogo_gateway.bootstrap import build_verifier
 from koprogo_gateway.domain.access import KNOWN_SCOPES as GATEWAY_SCOPES
 from koprogo_gateway.settings import GatewaySettings
@@ -48,6 +49,17 @@ def test_koprogo_up_refuses_a_secret_in_the_environment_and_passes_an_operators_
         "JWKS_URL": "https://id.example/jwks"
     }
     assert operator_verifier_env({}) == {}
+
+
+def test_koprogo_up_with_jwt_secret_in_its_environment_stops_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_SECRET", "s" * 48)
+    stack = Stack(tmp_path / "data")
+    with pytest.raises(StackError, match="set JWT_SECRET_FILE"):
+        stack.start()
+    assert stack.pids() == []
+    assert not dev_token_path(tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("variable", ["JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL"])
