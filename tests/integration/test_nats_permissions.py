@@ -513,12 +513,13 @@ POOL_X, POOL_Y = subjects.copro_pool("copro-x"), subjects.copro_pool("copro-y")
 
 @pytest.fixture(scope="module")
 def copro_pools_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNats]:
-    """A secured server whose nodes serve the same model: pi-x for copro-x, pi-y for copro-y, pi-s shared."""
+    """A secured server whose nodes serve the same model: pi-x for copro-x, pi-y for copro-y, pi-xy
+    for both, pi-s shared."""
     keys_dir = tmp_path_factory.mktemp("nats-keys-pools")
     found = identities(
         keys_dir,
-        {"pi-x": [MODEL], "pi-y": [MODEL], "pi-s": [MODEL]},
-        node_copros={"pi-x": ["copro-x"], "pi-y": ["copro-y"]},
+        {"pi-x": [MODEL], "pi-y": [MODEL], "pi-s": [MODEL], "pi-xy": [MODEL]},
+        node_copros={"pi-x": ["copro-x"], "pi-y": ["copro-y"], "pi-xy": ["copro-x", "copro-y"]},
     )
     server = EmbeddedNats(
         tmp_path_factory.mktemp("nats-pools"),
@@ -610,3 +611,33 @@ async def test_a_node_of_a_copros_pool_serves_that_copros_work_and_announces_its
     assert beat.pools == [POOL_X]
     assert isinstance(outcome, ChatCompleted) and outcome.request_id == cmd.request_id
     assert "permissions violation" not in caplog.text.lower()
+
+
+async def test_a_node_of_two_copros_takes_the_work_of_both_one_item_at_a_time(
+    copro_pools_nats: SecuredNats,
+) -> None:
+    server = copro_pools_nats
+    settings = NodeSettings(
+        nats_url=server.url,
+        nats_nkey_seed_file=server.seed_files["node:pi-xy"],
+        node_id="pi-xy",
+        node_model=MODEL,
+        node_copros=["copro-x", "copro-y"],
+        ops_port=0,
+        ack_wait_s=5.0,
+    )
+    reply = subjects.gateway_reply("gw-two-pools")
+    async with connected_as(server, "admin") as admin, connected_as(server, "router") as router:
+        await ensure_streams(router.js)
+        async with (
+            listening(admin.nc, subjects.node_reply(reply, "pi-xy"), "outcome") as replies,
+            running_node(settings, engine=FakeInferenceEngine()),
+        ):
+            sent = {}
+            for copro, pool in (("copro-x", POOL_X), ("copro-y", POOL_Y)):
+                cmd = run_inference(f"Bonjour de {copro}", reply_subject=reply, max_tokens=16, copro_id=copro)
+                await publish_event(router.js, subjects.run_inference_edge(MODEL, pool), cmd)
+                sent[cmd.request_id] = copro
+            outcomes = [await replies.next(30), await replies.next(30)]
+    assert {o.request_id: o.copro_id for o in outcomes} == sent
+    assert all(isinstance(o, ChatCompleted) and o.execution_info.node_id == "pi-xy" for o in outcomes)
