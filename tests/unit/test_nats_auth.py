@@ -168,3 +168,29 @@ def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_i
     assert subjects.edge_work_durable("m", "copro-a") != subjects.edge_work_durable("pool-copro-a.m")
     with pytest.raises(NatsAuthError, match="copro id"):
         identities(tmp_path, {"pi-y": ["m1"]}, node_copros={"pi-y": ["copro.y"]})
+
+
+def test_nats_node_key_for_a_copro_names_its_pool_and_tells_the_node_its_copro(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copro = "550e8400-e29b-41d4-a716-446655440000"
+    argv = [
+        "nats-node-key",
+        "--keys-dir",
+        str(tmp_path),
+        "--node-id",
+        "pi-8",
+        "--model",
+        "m1",
+        "--copro",
+        copro,
+    ]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"""NODE_COPROS='["{copro}"]'""" in out
+    assert (
+        f'.{subjects.run_inference_edge("m1", subjects.copro_pool(copro))}"' in out
+    )  # its consumer's filter
+    assert subjects.run_inference_edge("m1") not in out
+    assert parse_roster(roster_file(tmp_path).read_text())["pi-8"].pools == {subjects.copro_pool(copro)}
