@@ -36,7 +36,7 @@ from koprogo_cli.embedded import (
     tails_of,
 )
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
-from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization
+from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization, roster_file
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -307,7 +307,9 @@ class Stack:
         """The environment that hands a service its own nkey (nothing for a server given by NATS_URL)."""
         if not self.nats_seed_files:
             return {}
-        return {"NATS_NKEY_SEED_FILE": str(self.nats_seed_files[name])}
+        # The router checks each heartbeat against the node roster beside the keys (nats_auth).
+        seed_file = self.nats_seed_files[name]
+        return {"NATS_NKEY_SEED_FILE": str(seed_file), "NODE_ROSTER_FILE": str(roster_file(seed_file.parent))}
 
     def _start_postgres(self) -> str:
         self.postgres = EmbeddedPostgres(
