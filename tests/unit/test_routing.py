@@ -294,6 +294,7 @@ def test_an_edge_only_copros_work_goes_to_its_own_nodes_alone() -> None:
     shared = node("shared")
     refused = decide_for_copro([shared], edge_only)
     assert isinstance(refused, Refusal) and refused.status == 503
+    assert "own edge nodes" in refused.message and "--copro" in refused.message
     decision = decide_for_copro([shared, in_pool(node("own"), OWN, subjects.copro_pool("c2"))], edge_only)
     assert isinstance(decision, Route)
     assert [(t.kind, t.pool, t.node_ids) for t in decision.targets] == [("edge", OWN, ("own",))]

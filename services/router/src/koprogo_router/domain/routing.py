@@ -249,6 +249,16 @@ def _nothing_serves(
     catalogue: Catalogue,
 ) -> Refusal:
     asked = f"'{request.model}'" + (f" (any of {', '.join(models)})" if len(models) > 1 else "")
+    if request.policy.own_nodes_only:
+        return Refusal(
+            status=503,
+            error="no_target_available",
+            message=(
+                f"policy edge_only: none of this copro's own edge nodes serves {asked}, and its data "
+                "goes to no other node (`koprogo node join --copro <copro id>` adds one to its pool); "
+                f"{_serve_on_edge(models, catalogue)}"
+            ),
+        )
     if request.policy.policy == "edge_only":
         return Refusal(
             status=503,
