@@ -30,6 +30,7 @@ from koprogo_shared import subjects
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
@@ -91,7 +92,9 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         raise
     bus = NatsChatBus(nc, js, subjects.gateway_reply(settings.gateway_id))
     await bus.start()
-    registry = NodeRegistry()
+    registry = (
+        NodeRegistry(RosterFile(settings.node_roster_file)) if settings.node_roster_file else NodeRegistry()
+    )
     await follow_heartbeats(nc, registry)
     return Gateway(
         settings=settings,

@@ -35,8 +35,12 @@ class GatewaySettings(ContentKeySettings):
     chat_timeout_s: float = Field(default=120.0, gt=0)
     gateway_id: str = Field(default_factory=_default_gateway_id)
     db_pool_max: int = 10
+    # What each node's NATS key was minted for (`<keys>/roster.json`, as the router reads it): a
+    # heartbeat claiming other models or pools is refused, so `/mcp/v1/models` shows no model a
+    # node cannot serve. Unset: only the heartbeat's subject is checked (a NATS server without keys).
+    node_roster_file: Path | None = None
 
-    # Rate limits (POST /mcp/v1/chat): requests per window per copro and per user (the user
+    # Rate limits: chats per window per copro, and every authenticated request per user (the user
     # policy applies when authentication is on); 0 switches a policy off.
     rate_limit_per_copro: int = Field(default=1000, ge=0)
     rate_limit_per_user: int = Field(default=100, ge=0)
