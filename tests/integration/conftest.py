@@ -16,7 +16,7 @@ from tests.integration.nats_permissions_support import connected_as
 
 @pytest.fixture
 async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
-    """The secured server with fresh KOPROGO_* streams, declared by the router's identity."""
+    """The secured server with fresh KOPROGO_* streams, declared by the operator's (`admin`), as `koprogo up` does."""
 
     async def drop_streams() -> None:
         async with connected_as(secured_nats, "admin") as admin:
@@ -25,7 +25,7 @@ async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
                     await admin.js.delete_stream(name)
 
     await drop_streams()
-    async with connected_as(secured_nats, "router") as router:
-        await ensure_streams(router.js)
+    async with connected_as(secured_nats, "admin") as admin:
+        await ensure_streams(admin.js)
     yield secured_nats
     await drop_streams()

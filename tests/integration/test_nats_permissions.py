@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -33,10 +34,17 @@ from koprogo_cli.embedded import EmbeddedNats, free_port, nats_server_binary
 from koprogo_cli.nats_auth import identities, mint_seed, render_authorization, roster_file
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
+from koprogo_ledger.adapters.migrations import apply_migrations
+from koprogo_ledger.adapters.postgres_pool import create_pool
+from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
+from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
+from koprogo_ledger.service_layer.projection import project
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
+from koprogo_shared.consumer import ACK, DeadLetter
+from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.events import (
     ChatCompleted,
     ChatMessage,
@@ -48,17 +56,25 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.heartbeats import follow_heartbeats
-from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from koprogo_shared.nats_connection import (
+    StreamsMissingError,
+    connect_nats,
+    ensure_streams,
+    publish_event,
+    streams_for_service,
+)
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
-from tests.conftest import SECURED_NODES, SecuredNats, wait_until
+from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
+from tests.integration.ledger_support import chat_requested
 from tests.integration.nats_permissions_support import Client, connected_as, request_refused
 
 pytestmark = pytest.mark.integration
 
 MODEL = SECURED_NODES["pi-1"][0]  # the bundled model, which pi-1 serves
 OTHER_MODEL = SECURED_NODES["pi-2"][0]  # served by pi-2 only
+LEDGER_KEYRING = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"])
 
 
 async def work_items(js: JetStreamContext) -> int:
@@ -90,7 +106,9 @@ async def test_a_node_with_its_own_key_takes_its_models_work_and_publishes_its_a
         cmd = run_inference("Bonjour", reply_subject=reply, max_tokens=16)
         await publish_event(router.js, subjects.run_inference_edge(MODEL), cmd)
         outcome = await replies.next(30)
-        stored = await admin.js.get_last_msg(subjects.EVENTS_STREAM, subjects.chat_completed("copro-edge"))
+        stored = await admin.js.get_last_msg(
+            subjects.EVENTS_STREAM, subjects.node_chat_completed("copro-edge", "pi-1")
+        )
         await wait_until(lambda: _none_left(admin.js), timeout=10)  # acked: gone from the work queue
 
         # Poison: the node may dead-letter its own model's work, and only that.
@@ -274,15 +292,59 @@ async def test_a_service_with_an_unknown_key_keeps_being_refused_and_says_so(
     assert "authorization violation" in caplog.text.lower()
 
 
-async def test_the_ledger_and_the_router_declare_the_streams_and_neither_may_delete_them(
+async def test_the_ledger_and_the_router_look_the_streams_up_but_may_neither_update_nor_delete_them(
     secured: SecuredNats,
 ) -> None:
+    # Shrinking max_age (or max_bytes) purges what is older at once: only the operator may.
+    events = next(spec for spec in subjects.STREAMS if spec.name == subjects.EVENTS_STREAM)
+    shrunk = js_api.StreamConfig(
+        name=events.name, subjects=events.subjects, max_age=1.0, storage=js_api.StorageType.FILE
+    )
     for identity in ("ledger", "router"):
         async with connected_as(secured, identity) as service:
-            await ensure_streams(service.js)
+            await service.js.stream_info(subjects.EVENTS_STREAM)  # looking up is theirs
+            await request_refused(service.js.update_stream(shrunk))
+            updating = await service.refusals.next()
+            await request_refused(service.js.add_stream(shrunk))
+            creating = await service.refusals.next()
             await request_refused(service.js.delete_stream(subjects.EVENTS_STREAM))
-            refusal = await service.refusals.next()
-        assert f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}".lower() in refusal, (identity, refusal)
+            deleting = await service.refusals.next()
+        assert f"$JS.API.STREAM.UPDATE.{subjects.EVENTS_STREAM}".lower() in updating, (identity, updating)
+        assert f"$JS.API.STREAM.CREATE.{subjects.EVENTS_STREAM}".lower() in creating, (identity, creating)
+        assert f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}".lower() in deleting, (identity, deleting)
+    async with connected_as(secured, "admin") as admin:
+        kept = (await admin.js.stream_info(subjects.EVENTS_STREAM)).config.max_age
+    assert kept == events.max_age_s
+
+
+async def test_the_ledger_and_the_router_wait_for_the_streams_the_operator_declares(
+    secured: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="koprogo_shared.nats_connection")
+    async with connected_as(secured, "admin") as admin:
+        await admin.js.delete_stream(subjects.WORK_STREAM)
+    async with connected_as(secured, "router") as router:
+        with pytest.raises(StreamsMissingError, match=rf"{subjects.WORK_STREAM} still missing after 1s"):
+            await streams_for_service(router.js, secured.seed_files["router"], timeout_s=1.0)
+        assert f"waiting for stream {subjects.WORK_STREAM}" in caplog.text
+        assert router.refusals.errors.empty()  # it only looked
+        async with connected_as(secured, "ledger") as ledger:
+            waiting = asyncio.ensure_future(
+                streams_for_service(ledger.js, secured.seed_files["ledger"], timeout_s=30.0)
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            # The deployments' setup step (a k8s Job, a compose one-shot service), as the operator.
+            setup = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "koprogo_shared.nats_connection",
+                env={**os.environ, "NATS_URL": secured.url, "NATS_NKEY_SEED_FILE": str(secured.seed_files["admin"])},
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(setup.communicate(), 60)
+            assert setup.returncode == 0, err.decode()
+            await asyncio.wait_for(waiting, 10)
+            assert ledger.refusals.errors.empty()
+    assert f"declared streams {subjects.EVENTS_STREAM}" in err.decode()
 
 
 async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_touch_streams_or_work(
@@ -552,8 +614,8 @@ async def test_a_copros_work_is_taken_by_its_own_node_and_no_other_copros_or_sha
     copro_pools_nats: SecuredNats,
 ) -> None:
     server = copro_pools_nats
-    async with connected_as(server, "router") as router:
-        await ensure_streams(router.js)
+    async with connected_as(server, "admin") as admin, connected_as(server, "router") as router:
+        await ensure_streams(admin.js)
         work = run_inference(
             "Le PV de l'AG de la copro Y", reply_subject="koprogo.reply.gw-1", copro_id="copro-y"
         )
@@ -598,7 +660,7 @@ async def test_a_node_of_a_copros_pool_serves_that_copros_work_and_announces_its
     )
     reply = subjects.gateway_reply("gw-pools")
     async with connected_as(server, "admin") as admin, connected_as(server, "router") as router:
-        await ensure_streams(router.js)
+        await ensure_streams(admin.js)
         async with (
             listening(admin.nc, subjects.node_reply(reply, "pi-x"), "outcome") as replies,
             listening(admin.nc, subjects.node_heartbeat("pi-x"), "heartbeat") as beats,
@@ -628,7 +690,7 @@ async def test_a_node_of_two_copros_takes_the_work_of_both_one_item_at_a_time(
     )
     reply = subjects.gateway_reply("gw-two-pools")
     async with connected_as(server, "admin") as admin, connected_as(server, "router") as router:
-        await ensure_streams(router.js)
+        await ensure_streams(admin.js)
         async with (
             listening(admin.nc, subjects.node_reply(reply, "pi-xy"), "outcome") as replies,
             running_node(settings, engine=FakeInferenceEngine()),
@@ -641,3 +703,61 @@ async def test_a_node_of_two_copros_takes_the_work_of_both_one_item_at_a_time(
             outcomes = [await replies.next(30), await replies.next(30)]
     assert {o.request_id: o.copro_id for o in outcomes} == sent
     assert all(isinstance(o, ChatCompleted) and o.execution_info.node_id == "pi-xy" for o in outcomes)
+
+
+async def _stored_on(admin: Client, subject: str) -> Any:
+    """The last message on `subject` of KOPROGO_EVENTS, as the ledger's consumer receives it."""
+    sub = await admin.js.pull_subscribe(
+        subject,
+        stream=subjects.EVENTS_STREAM,
+        config=js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.LAST),
+    )
+    try:
+        return (await sub.fetch(1, timeout=5))[0]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_a_node_cannot_put_its_answer_to_another_nodes_request_in_the_ledger(
+    secured: SecuredNats, database_url: str
+) -> None:
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        request = chat_requested("copro-edge")
+        await project(request, PostgresProjectionUnitOfWork(pool, LEDGER_KEYRING))
+        handler = event_batch_handler(
+            lambda: PostgresProjectionUnitOfWork(pool, LEDGER_KEYRING), asyncio.Event(), nodes_keyed=True
+        )
+        forged = _forged_answer(request.id, "pi-1")  # pi-2 answers, naming pi-1 which runs it
+        own = subjects.node_chat_completed("copro-edge", "pi-2")
+        async with (
+            connected_as(secured, "admin") as admin,
+            connected_as(secured, "node:pi-1") as runner,
+            connected_as(secured, "node:pi-2") as forger,
+        ):
+            refusals = []
+            for subject in (
+                subjects.chat_completed("copro-edge"),
+                subjects.node_chat_completed("copro-edge", "pi-1"),
+            ):
+                await forger.nc.publish(subject, forged)
+                refusals.append((subject, await forger.refusals.next()))
+            # On its own subject the server takes it: the ledger refuses the body naming pi-1.
+            await forger.js.publish(own, forged, timeout=2)
+            forged_decisions = await handler([await _stored_on(admin, own)])
+            stored_forged = await pool.fetchval("SELECT count(*) FROM mcp_responses")
+            # pi-1's own answer, on its own subject, is kept.
+            mine = subjects.node_chat_completed("copro-edge", "pi-1")
+            await runner.js.publish(mine, _forged_answer(request.id, "pi-1"), timeout=2)
+            genuine_decisions = await handler([await _stored_on(admin, mine)])
+            node_ids = await pool.fetch("SELECT execution_info->>'node_id' AS node FROM mcp_responses")
+    finally:
+        await pool.close()
+    for subject, refusal in refusals:
+        assert "permissions violation" in refusal and f'publish to "{subject}"' in refusal, refusal
+    assert isinstance(forged_decisions[0], DeadLetter), forged_decisions
+    assert "node pi-2 sent a completion naming edge 'pi-1'" in forged_decisions[0].reason
+    assert stored_forged == 0
+    assert genuine_decisions == [ACK] and [r["node"] for r in node_ids] == ["pi-1"]

@@ -194,3 +194,27 @@ def test_nats_node_key_for_a_copro_names_its_pool_and_tells_the_node_its_copro(
     )  # its consumer's filter
     assert subjects.run_inference_edge("m1") not in out
     assert parse_roster(roster_file(tmp_path).read_text())["pi-8"].pools == {subjects.copro_pool(copro)}
+
+
+def test_only_the_operator_may_create_or_update_the_koprogo_streams(tmp_path: Path) -> None:
+    found = identities(tmp_path / "keys", {"pi-1": ["m1"]}, ["openai-gpt-4o-mini"])
+    streams = [spec.name for spec in subjects.STREAMS]
+    changing = {
+        user.label: [
+            s
+            for s in user.permissions.publish
+            for name in streams
+            if s in (f"$JS.API.STREAM.CREATE.{name}", f"$JS.API.STREAM.UPDATE.{name}")
+            or s.startswith(("$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", "$JS.API.>", "$JS.>", ">"))
+        ]
+        for user in found.users
+        if user.permissions is not None
+    }
+    looking_up = {
+        user.label: f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}" in user.permissions.publish
+        for user in found.users
+        if user.permissions is not None and user.label in ("ledger", "router")
+    }
+    assert changing == {label: [] for label in changing} and set(changing) >= {"ledger", "router", "gateway"}
+    assert looking_up == {"ledger": True, "router": True}
+    assert [u.permissions for u in found.users if u.label.startswith("operator")] == [None]

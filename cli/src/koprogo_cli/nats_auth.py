@@ -9,16 +9,18 @@ Every identity is a user of the one global account: all of them work on the same
 streams, which separate accounts could share only through exports and imports of every
 JetStream API subject involved. The separation lives in each user's allow-lists; anything
 not listed is refused by the server ("permissions violation"). No identity but the
-operator's (`admin`, given to no service) may delete or purge a stream; the ledger alone may
-delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
+operator's (`admin`, given to no service) may create, update, delete or purge a stream (it
+declares them before the services start: `koprogo up`, or a deployment's setup step running
+`python -m koprogo_shared.nats_connection`); the ledger alone may delete single messages
+of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
 
     identity   publish                                           subscribe
-    ledger     streams: info/create/update; consumer `ledger`     its inbox
+    ledger     streams: info only; consumer `ledger`              its inbox
                on KOPROGO_EVENTS (create, info, next, ack);
                koprogo.deadletter.koprogo.events.>; for GDPR
                erasure, ordered consumers on KOPROGO_EVENTS and
                deleting single messages from it
-    router     streams: info/create/update; consumers `router`   its inbox,
+    router     streams: info only; consumers `router`             its inbox,
                and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
                koprogo.work.{edge,cloud}.>,                       koprogo.nodes.cloud.*
                koprogo.events.chat.failed.>, koprogo.reply.*,
@@ -42,7 +44,8 @@ delete single messages of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.work.edge.P.M only, info, next, ack), its
                dead letters; P is `shared` or, for a node minted
                with `--copro C`, `copro-C` (each C);
-               koprogo.events.chat.{completed,failed}.>,          koprogo.cancel.node.<its id>.*
+               koprogo.events.chat.{completed,failed}.*.node.     koprogo.cancel.node.<its id>.*
+               <its id>,
                koprogo.reply.*.node.<its id>,
                koprogo.nodes.heartbeat.<its id>
 
@@ -107,10 +110,10 @@ class Identities:
     seed_files: dict[str, Path] = field(default_factory=dict)
 
 
-def _declare_streams() -> list[str]:
-    return [
-        f"$JS.API.STREAM.{op}.{spec.name}" for spec in subjects.STREAMS for op in ("INFO", "CREATE", "UPDATE")
-    ]
+def _stream_info() -> list[str]:
+    """Look the streams up, never create or update them: the operator (`admin`) declares them
+    (`koprogo up`, or a deployment's stream setup step); an update could shrink `max_age` and purge."""
+    return [f"$JS.API.STREAM.INFO.{spec.name}" for spec in subjects.STREAMS]
 
 
 def _pull_consumer(stream: str, durable: str, filter_subject: str) -> list[str]:
@@ -136,7 +139,7 @@ def ledger_permissions(public_key: str) -> Permissions:
     stream = subjects.EVENTS_STREAM
     return Permissions(
         publish=(
-            *_declare_streams(),
+            *_stream_info(),
             *_pull_consumer(stream, subjects.LEDGER_DURABLE, subjects.EVENTS_ALL),
             subjects.deadletter_for(subjects.EVENTS_ALL),
             # GDPR erasure (koprogo_ledger.adapters.stream_scrubber): read the chat subjects
@@ -155,7 +158,7 @@ def ledger_permissions(public_key: str) -> Permissions:
 def router_permissions(public_key: str) -> Permissions:
     return Permissions(
         publish=(
-            *_declare_streams(),
+            *_stream_info(),
             *_pull_consumer(subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, subjects.CHAT_REQUESTED_ALL),
             subjects.deadletter_for(subjects.CHAT_REQUESTED_ALL),
             *_pull_consumer(
@@ -278,10 +281,10 @@ def node_permissions(
     return Permissions(
         publish=(
             *work,
-            _every(subjects.chat_completed),
-            _every(subjects.chat_failed),
-            # Its replies carry its id (the gateway takes them only from the node running the
+            # Its outcomes carry its id (the ledger keeps a completion only from the node it
+            # names), as do its replies (the gateway takes them only from the node running the
             # request), and only its own cancels reach it.
+            *subjects.node_outcomes(node_id),
             subjects.node_reply(subjects.GATEWAY_REPLY_ANY, node_id),
             subjects.node_heartbeat(node_id),
         ),

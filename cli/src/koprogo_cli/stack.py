@@ -15,6 +15,7 @@ reverse order. The data lives under the data folder, so a restart keeps it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats.errors
 
 from koprogo_cli.dev_auth import DevAuthError, ensure_jwt_secret, operator_verifier_env, write_dev_token
 from koprogo_cli.embedded import (
@@ -36,13 +38,21 @@ from koprogo_cli.embedded import (
     tails_of,
 )
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
-from koprogo_cli.nats_auth import NatsAuthError, identities, joined_nodes, render_authorization, roster_file
+from koprogo_cli.nats_auth import (
+    ADMIN,
+    NatsAuthError,
+    identities,
+    joined_nodes,
+    render_authorization,
+    roster_file,
+)
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
 from koprogo_shared.deployments import DeploymentConfigError, DeploymentsFileSettings
 from koprogo_shared.logging_setup import open_private_log
+from koprogo_shared.nats_connection import NatsCredentialsError, declare_streams
 
 NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
@@ -137,6 +147,7 @@ class Stack:
         secrets_dir.chmod(0o700)  # also a folder an earlier version made with the default mode
         verifier = self._verifier()
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
+        self._declare_streams(nats_url)
         database = {"DATABASE_URL": os.environ.get("DATABASE_URL") or self._start_postgres()}
         self._processes_changed()
         base_env = {
@@ -284,6 +295,25 @@ class Stack:
             f"identities in {self.data_dir / 'secrets' / 'nats'}) at {self.nats.url}"
         )
         return self.nats.url
+
+    def _declare_streams(self, nats_url: str) -> None:
+        """The embedded server's streams, declared as the operator (`admin`) before any service.
+
+        The ledger and the router may not create or update streams (nats_auth): they wait for
+        these. With a server given by NATS_URL the services connect without keys and declare
+        the streams themselves, as on any development server.
+        """
+        if not self.nats_seed_files:
+            return
+        try:
+            asyncio.run(
+                asyncio.wait_for(declare_streams(nats_url, nkey_seed_file=self.nats_seed_files[ADMIN]), 60)
+            )
+        except (NatsCredentialsError, TimeoutError, OSError, nats.errors.Error) as exc:
+            raise StackError(
+                f"declaring the NATS streams at {nats_url}: {exc or type(exc).__name__}"
+            ) from None
+        self.log("NATS streams declared as the operator (admin); the services only look them up")
 
     def _verifier(self) -> dict[str, str]:
         """The gateway's verifier settings: the operator's, or the stack's own secret (and a dev token)."""

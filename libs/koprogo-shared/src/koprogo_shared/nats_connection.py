@@ -1,5 +1,9 @@
 """The one NATS helper: connect (with the identity's nkey), declare or await streams, publish events.
 
+`python -m koprogo_shared.nats_connection` is a deployment's stream setup step: it declares
+every KOPROGO_* stream at NATS_URL as the identity of NATS_NKEY_SEED_FILE (the operator's,
+`admin`), before the services start.
+
 Each service and each edge node has its own nkey (a user seed in a file, `NATS_NKEY_SEED_FILE`);
 the server's configuration gives each public key its subject permissions (see
 `koprogo_cli.nats_auth`). Without a seed file the client connects anonymously, as a
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -121,8 +127,9 @@ def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create every stream, or bring an existing one to the declared configuration.
 
-    Only the ledger and the router (and an operator) may: their permissions allow stream
-    create/update; the gateway and the nodes `wait_for_streams` instead.
+    Only the operator's identity (`admin`) may on a secured server: `koprogo up` and the
+    deployments' setup step (`declare_streams`) run this before the services start; the
+    services `wait_for_streams`. An anonymous client of a development server may too.
     """
     for spec in STREAMS:
         config = _stream_config(spec)
@@ -138,13 +145,34 @@ async def ensure_streams(js: JetStreamContext) -> None:
             await js.update_stream(config)
 
 
-async def wait_for_streams(js: JetStreamContext, names: Iterable[str], *, poll_s: float = 0.5) -> None:
+async def declare_streams(url: str, *, nkey_seed_file: Path | None = None) -> None:
+    """Connect (as the operator, given its seed), declare every KOPROGO_* stream, disconnect."""
+    nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
+    try:
+        await ensure_streams(js)
+    finally:
+        await nc.close()
+
+
+class StreamsMissingError(RuntimeError):
+    """A stream the service needs was not declared in time (the setup step did not run)."""
+
+
+STREAMS_WAIT_S = 300.0
+
+
+async def wait_for_streams(
+    js: JetStreamContext, names: Iterable[str], *, poll_s: float = 0.5, timeout_s: float | None = None
+) -> None:
     """Return once every named stream exists, for identities that may not declare streams.
 
-    A node may start before the ledger or the router has declared them (a Pi boots first).
-    Timeouts are retried too: a permission missing from the server's configuration shows
-    in the log as a permissions violation while this waits.
+    A node may start before the streams are declared (a Pi boots first). Timeouts are
+    retried too: a permission missing from the server's configuration shows in the log as
+    a permissions violation while this waits. With `timeout_s`, raises StreamsMissingError
+    when a stream is still missing after that long.
     """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
     for name in names:
         said = False
         while True:
@@ -153,11 +181,34 @@ async def wait_for_streams(js: JetStreamContext, names: Iterable[str], *, poll_s
                 break
             except NotFoundError:
                 if not said:
-                    log.info("waiting for stream %s (the ledger or the router declares it)", name)
+                    log.info(
+                        "waiting for stream %s (declared by `koprogo up` or the deployment's "
+                        "stream setup step, as the admin identity)",
+                        name,
+                    )
                     said = True
             except (TimeoutError, nats.errors.TimeoutError):
                 log.warning("no answer about stream %s; asking again", name)
+            if deadline is not None and loop.time() >= deadline:
+                raise StreamsMissingError(
+                    f"stream {name} still missing after {timeout_s:g}s: declare the streams "
+                    "as the admin identity first (`koprogo up` does; in a deployment, the "
+                    "stream setup step: python -m koprogo_shared.nats_connection)"
+                )
             await asyncio.sleep(poll_s)
+
+
+async def streams_for_service(js: JetStreamContext, nkey_seed_file: Path | None, *, timeout_s: float) -> None:
+    """The ledger's and the router's start: wait for the streams an operator declared.
+
+    With an nkey (a secured server) the service may not create or update streams (least
+    privilege: shrinking `max_age` would purge them), so it waits for them. Anonymous, on a
+    development server without authorization, it declares them as before.
+    """
+    if nkey_seed_file is None:
+        await ensure_streams(js)
+    else:
+        await wait_for_streams(js, [spec.name for spec in STREAMS], timeout_s=timeout_s)
 
 
 def event_headers(event: Event) -> dict[str, str]:
@@ -191,16 +242,50 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
 
 
 async def deliver_chat_outcome(
-    nc: NATS, js: JetStreamContext, outcome: ChatCompleted | ChatFailed, reply_subject: str
+    nc: NATS,
+    js: JetStreamContext,
+    outcome: ChatCompleted | ChatFailed,
+    reply_subject: str,
+    node_id: str | None = None,
 ) -> None:
     """A worker's answer: durably to KOPROGO_EVENTS (for the ledger), then to the waiting gateway.
 
     The durable copy goes first: if it cannot be stored the publish raises and the work item
-    is retried, so the gateway never receives an answer the ledger never sees.
+    is retried, so the gateway never receives an answer the ledger never sees. `node_id`: an
+    edge node holding a key, whose outcomes go to subjects carrying its id (the only ones its
+    key may publish outcomes on; the ledger checks the completion names it).
     """
     if isinstance(outcome, ChatCompleted):
-        subject = subjects.chat_completed(outcome.copro_id)
+        subject = (
+            subjects.chat_completed(outcome.copro_id)
+            if node_id is None
+            else subjects.node_chat_completed(outcome.copro_id, node_id)
+        )
     else:
-        subject = subjects.chat_failed(outcome.copro_id)
+        subject = (
+            subjects.chat_failed(outcome.copro_id)
+            if node_id is None
+            else subjects.node_chat_failed(outcome.copro_id, node_id)
+        )
     await publish_event(js, subject, outcome)
     await nc.publish(reply_subject, outcome.model_dump_json().encode())
+
+
+def main() -> int:
+    """The stream setup step: declare the streams at $NATS_URL as $NATS_NKEY_SEED_FILE's identity."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+    seed = os.environ.get("NATS_NKEY_SEED_FILE")
+    try:
+        asyncio.run(asyncio.wait_for(declare_streams(url, nkey_seed_file=Path(seed) if seed else None), 120))
+    except (NatsCredentialsError, TimeoutError, nats.errors.Error) as exc:
+        print(
+            f"stream setup: cannot declare the streams at {url}: {exc or type(exc).__name__}", file=sys.stderr
+        )
+        return 1
+    log.info("declared streams %s at %s", ", ".join(spec.name for spec in STREAMS), url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

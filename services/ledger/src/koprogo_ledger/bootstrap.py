@@ -25,7 +25,7 @@ from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.content_crypto import Keyring
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
 from koprogo_shared.ops_http import ops_server
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         await pool.close()
         raise
     try:
-        await ensure_streams(js)
+        await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
     except BaseException:
         await nc.close()
         await pool.close()
