@@ -9,10 +9,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from koprogo_ledger.domain.errors import InvalidEventError, RequestNotYetProjectedError, StoreUnavailableError
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_ledger.service_layer.projection import Projected, project_batch
+from koprogo_shared import subjects
 from koprogo_shared.consumer import ACK, DeadLetter, Retry
 from koprogo_shared.events import Event
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
@@ -40,13 +42,13 @@ def down_once(ledger: FakeLedger) -> Callable[[], FakeUnitOfWork]:
     return make
 
 
-def fake_msg(payload: Event | bytes) -> Any:
+def fake_msg(payload: Event | bytes, subject: str = "koprogo.events.chat.completed._") -> Any:
     async def in_progress() -> None:
         progress.append(1)
 
     progress: list[int] = []
     data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
-    return SimpleNamespace(data=data, in_progress=in_progress, progress=progress)
+    return SimpleNamespace(data=data, subject=subject, in_progress=in_progress, progress=progress)
 
 
 @pytest.fixture
@@ -127,3 +129,45 @@ async def test_a_batch_held_when_the_ledger_stops_is_retried_not_acknowledged(le
     decisions = await event_batch_handler(down_once(ledger), stop)(msgs)
     assert [type(d) for d in decisions] == [Retry]
     assert ledger.applied == set()
+
+
+def _forged() -> float:
+    return REGISTRY.get_sample_value("koprogo_ledger_event_failures_total", {"kind": "forged"}) or 0.0
+
+
+async def test_a_completion_not_from_the_node_it_names_is_dead_lettered_and_never_stored(
+    ledger: FakeLedger,
+) -> None:
+    request = requested()
+    answer = completed(request.id)  # names pi-1
+    before = _forged()
+    msgs = [
+        fake_msg(request, subjects.chat_requested(None)),
+        fake_msg(answer, subjects.node_chat_completed(None, "pi-2")),  # pi-2 speaks for pi-1
+        fake_msg(answer, subjects.chat_completed(None)),  # no node id: a keyed node cannot send here
+    ]
+    decisions = await event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event(), nodes_keyed=True)(
+        msgs
+    )
+    assert decisions[0] == ACK
+    assert (
+        isinstance(decisions[1], DeadLetter)
+        and "node pi-2 sent a completion naming edge 'pi-1'" in decisions[1].reason
+    )
+    assert isinstance(decisions[2], DeadLetter) and "which names no node" in decisions[2].reason
+    assert _forged() - before == 2
+    assert ledger.applied == {request.id} and ledger.requests[uuid.UUID(request.id)]["status"] == "pending"
+
+
+async def test_a_completion_from_the_node_it_names_is_stored(ledger: FakeLedger) -> None:
+    request = requested()
+    answer = completed(request.id)
+    msgs = [
+        fake_msg(request, subjects.chat_requested(None)),
+        fake_msg(answer, subjects.node_chat_completed(None, "pi-1")),
+    ]
+    decisions = await event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event(), nodes_keyed=True)(
+        msgs
+    )
+    assert decisions == [ACK, ACK]
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"

@@ -13,11 +13,13 @@ from koprogo_ledger.domain.records import (
     UserKey,
     delivered_execution_info,
     failure_record,
+    forged_sender,
     request_row,
     response_row,
     settled_status,
     user_key,
 )
+from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,
@@ -178,3 +180,41 @@ def test_an_answer_that_called_tools_keeps_its_calls_in_the_stored_content() -> 
         response_row(completed(request.id), RequestState("pending", None)).content
         == completed(request.id).content
     )
+
+
+def _as(answer: ChatCompleted, execution_type: str, node_id: str | None) -> ChatCompleted:
+    info = answer.execution_info.model_copy(update={"execution_type": execution_type, "node_id": node_id})
+    return answer.model_copy(update={"execution_info": info})
+
+
+NODE_SUBJECT = subjects.node_chat_completed("copro-7", "pi-1")
+PLAIN_SUBJECT = subjects.chat_completed("copro-7")
+
+
+@pytest.mark.parametrize(
+    ("subject", "execution_type", "node_id", "nodes_keyed", "refused"),
+    [
+        (NODE_SUBJECT, "edge", "pi-1", True, False),  # the node it names sent it
+        (subjects.node_chat_completed("copro-7", "pi.lan-1"), "edge", "pi.lan-1", True, False),
+        (subjects.node_chat_completed("copro-7", "pi-2"), "edge", "pi-1", True, True),  # speaks for pi-1
+        (NODE_SUBJECT, "edge", None, True, True),
+        (NODE_SUBJECT, "cloud", "openai-main", True, True),  # a node posing as the cloud worker
+        (PLAIN_SUBJECT, "cloud", "openai-main", True, False),  # the cloud worker's own subject
+        (PLAIN_SUBJECT, "edge", "pi-1", True, True),  # no keyed node may send here
+        (PLAIN_SUBJECT, "edge", "pi-1", False, False),  # nodes without keys: as before
+    ],
+)
+def test_a_completion_is_believed_only_from_the_node_it_names(
+    subject: str, execution_type: str, node_id: str | None, nodes_keyed: bool, refused: bool
+) -> None:
+    answer = _as(completed(str(uuid.uuid4()), "copro-7"), execution_type, node_id)
+    assert (forged_sender(subject, answer, nodes_keyed=nodes_keyed) is not None) is refused
+
+
+def test_a_failure_names_no_node_and_is_left_to_its_subjects_permission() -> None:
+    failed = ChatFailed(
+        source="tests", request_id=str(uuid.uuid4()), status=504, error="timeout", message="m"
+    )
+    assert forged_sender(subjects.node_chat_failed(None, "pi-2"), failed, nodes_keyed=True) is None
+    assert subjects.outcome_sender(subjects.node_chat_failed("c", "pi-2")) == "pi-2"
+    assert subjects.outcome_sender(subjects.chat_failed("c")) is None

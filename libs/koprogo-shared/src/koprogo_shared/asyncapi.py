@@ -59,6 +59,12 @@ NOT_CHANNELS = frozenset(
         "node_replies",
         "node_cancel",
         "node_cancels",
+        # The node-scoped outcomes (two parameters): the `nodeChatCompleted` and `nodeChatFailed`
+        # channels, their patterns and their parser.
+        "node_chat_completed",
+        "node_chat_failed",
+        "node_outcomes",
+        "outcome_sender",
     }
 )
 
@@ -86,10 +92,16 @@ _KV_RATE = f"$KV.{subjects.RATE_LIMIT_BUCKET}.{{counter}}"
 CHANNELS: tuple[Channel, ...] = (
     Channel("chatRequested", subjects.chat_requested, (ChatRequested,), ("gateway",), ("router", "ledger"),
             "A user asked for a chat completion; the router plans it, the ledger records it."),
-    Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), ("edge", "cloud"), ("ledger",),
-            "A model answered a chat: content, usage, where it ran and its CO2."),
-    Channel("chatFailed", subjects.chat_failed, (ChatFailed,), ("router", "gateway", "edge", "cloud"),
+    Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), ("cloud",), ("ledger",),
+            "A model answered a chat: content, usage, where it ran and its CO2 (the cloud worker; an "
+            "edge node without a key, on a server without authorization, too)."),
+    Channel("chatFailed", subjects.chat_failed, (ChatFailed,), ("router", "gateway", "cloud"),
             ("ledger",), "A chat could not be answered; `status` is the caller's HTTP status."),
+    Channel("nodeChatCompleted", "koprogo.events.chat.completed.{copro_id}.node.{node_id}", (ChatCompleted,), ("edge",), ("ledger",),
+            "An edge node holding a key answered a chat: only its key may publish on its `node_id`; "
+            "the ledger dead-letters a completion naming another node."),
+    Channel("nodeChatFailed", "koprogo.events.chat.failed.{copro_id}.node.{node_id}", (ChatFailed,), ("edge",), ("ledger",),
+            "An edge node holding a key could not answer a chat (only its key may publish on its `node_id`)."),
     Channel("chatDelivered", subjects.chat_delivered, (ChatDelivered,), ("gateway",), ("ledger",),
             "The gateway handed the answer to the caller."),
     Channel("userErasureRequested", subjects.user_erasure_requested, (UserDataErasureRequested,),

@@ -1,6 +1,8 @@
 """Subject and stream names, declared once.
 
-* `koprogo.events.>`  facts, kept in the KOPROGO_EVENTS stream (limits retention: the audit log).
+* `koprogo.events.>`  facts, kept in the KOPROGO_EVENTS stream (limits retention: the audit log);
+  an edge node holding a key publishes its outcomes on `koprogo.events.chat.{completed,failed}.
+  <copro>.node.<node id>` (its key may publish there alone; the ledger checks the body's node).
 * `koprogo.work.>`    work, in the KOPROGO_WORK stream (work-queue retention: one consumer takes it);
   edge work per pool and model, `koprogo.work.edge.<pool>.<model>`, so a node pulls only the
   work of the pools its key names (the shared pool, or its copros' own).
@@ -69,6 +71,37 @@ def chat_completed(copro_id: str | None) -> str:
 
 def chat_failed(copro_id: str | None) -> str:
     return f"koprogo.events.chat.failed.{subject_token(copro_id)}"
+
+
+# An edge node holding a key publishes its outcomes with its id appended (its key may publish
+# there alone), so the ledger knows which node sent a completion; the cloud worker (one
+# trusted identity) and nodes without a key keep the subjects above.
+_NODE_MARK = "node"
+
+
+def node_chat_completed(copro_id: str | None, node_id: str) -> str:
+    return f"{chat_completed(copro_id)}.{_NODE_MARK}.{subject_token(node_id)}"
+
+
+def node_chat_failed(copro_id: str | None, node_id: str) -> str:
+    return f"{chat_failed(copro_id)}.{_NODE_MARK}.{subject_token(node_id)}"
+
+
+def node_outcomes(node_id: str) -> tuple[str, str]:
+    """The subjects one node may publish its durable outcomes on (any copro)."""
+    node = subject_token(node_id)
+    return (
+        f"koprogo.events.chat.completed.*.{_NODE_MARK}.{node}",
+        f"koprogo.events.chat.failed.*.{_NODE_MARK}.{node}",
+    )
+
+
+def outcome_sender(subject: str) -> str | None:
+    """The node token of a `node_chat_completed`/`node_chat_failed` subject, else None."""
+    tokens = subject.split(".")
+    if len(tokens) == 7 and tokens[:3] == ["koprogo", "events", "chat"] and tokens[5] == _NODE_MARK:
+        return tokens[6]
+    return None
 
 
 def chat_delivered(copro_id: str | None) -> str:

@@ -6,6 +6,8 @@ for the caller leaving (`subjects.chat_cancel`), so it stops generating for nobo
 A node holding a NATS key replies on `subjects.node_reply` (the gateway's subject with its id
 appended, which its key alone may publish on) and hears the cancels addressed to it alone
 (`subjects.node_cancel`): the gateway knows who answered, and no node hears another's cancels.
+Its durable outcomes go to `subjects.node_chat_completed`/`node_chat_failed` likewise, so the
+ledger keeps a completion only from the node it names.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class NatsOutcomeSink(OutcomeSink):
         return reply_subject if self._node_id is None else subjects.node_reply(reply_subject, self._node_id)
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
-        await deliver_chat_outcome(self._nc, self._js, outcome, self._reply(reply_subject))
+        await deliver_chat_outcome(self._nc, self._js, outcome, self._reply(reply_subject), self._node_id)
 
     async def started(self, started: InferenceStarted, reply_subject: str) -> None:
         await self._nc.publish(self._reply(reply_subject), started.model_dump_json().encode())

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from koprogo_ledger.domain.errors import InvalidEventError
+from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, ChatRequested, copro_id_from_context
 
 RequestStatus = Literal["pending", "completed", "failed"]
@@ -175,3 +176,30 @@ def delivered_execution_info(info: Mapping[str, Any], delivered_latency_ms: floa
         updated["inference_ms"] = updated["latency_ms"]
     updated["latency_ms"] = delivered_latency_ms
     return updated
+
+
+def forged_sender(subject: str, event: object, *, nodes_keyed: bool) -> str | None:
+    """Why a completion must not be believed from the subject it arrived on, else None.
+
+    An edge node holding a key may publish its outcomes only on subjects carrying its id
+    (`subjects.node_chat_completed`): a completion there must be an edge one naming that node.
+    With `nodes_keyed` (the server gives every node a key), an edge completion on a subject
+    without a node id came from no node, so it is refused too; without keys nothing is
+    checked there (anyone may publish anything). The cloud worker and the router keep the
+    plain subjects. A ChatFailed names no node: its subject's permission is its check.
+    """
+    if not isinstance(event, ChatCompleted):
+        return None
+    sender = subjects.outcome_sender(subject)
+    info = event.execution_info
+    if sender is not None:
+        if (
+            info.execution_type != "edge"
+            or info.node_id is None
+            or subjects.subject_token(info.node_id) != sender
+        ):
+            return f"node {sender} sent a completion naming {info.execution_type} {info.node_id!r}"
+        return None
+    if nodes_keyed and info.execution_type == "edge":
+        return f"an edge completion naming node {info.node_id!r} on {subject}, which names no node"
+    return None

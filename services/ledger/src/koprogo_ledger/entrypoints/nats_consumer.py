@@ -3,7 +3,7 @@
 A batch is projected in one transaction, one savepoint per event, committed once; only
 then are its messages settled (by `koprogo_shared.consumer`). Per message: applied, a
 duplicate or ignored -> ack; a payload that is not a known ledger event, or an event
-PostgreSQL can never store -> dead-letter; an event whose predecessor is not applied yet
+PostgreSQL can never store, or a completion not from the node it names -> dead-letter; an event whose predecessor is not applied yet
 -> NAK with back-off, dead-lettered after `max_deliver` deliveries. If the commit fails,
 nothing of the batch is acknowledged: every event is retried (applying one twice is a
 no-op). While PostgreSQL is unreachable the batch is held (JetStream is told it is in
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from koprogo_ledger.adapters.stream_scrubber import StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
+from koprogo_ledger.domain.records import forged_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
@@ -60,9 +61,17 @@ def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
 
 
 def event_batch_handler(
-    unit_of_work: UnitOfWorkFactory, stop: asyncio.Event, scrubber: StreamScrubber | None = None
+    unit_of_work: UnitOfWorkFactory,
+    stop: asyncio.Event,
+    scrubber: StreamScrubber | None = None,
+    *,
+    nodes_keyed: bool = False,
 ) -> BatchHandler:
     """The batch handler; no per-message logging (hot path), outcomes and failures are counted.
+
+    A completion whose subject and body disagree on the node that sent it
+    (`records.forged_sender`; `nodes_keyed`: the server gives every node a key) is
+    dead-lettered before it reaches the ledger, counted as `forged` and logged.
 
     With `scrubber`, a committed GDPR erasure also deletes the user's messages from the audit
     log before it is acknowledged; if that fails, the erasure is redelivered (applying it
@@ -74,10 +83,18 @@ def event_batch_handler(
         decoded: list[tuple[int, LedgerEvent]] = []
         for i, msg in enumerate(msgs):
             try:
-                decoded.append((i, ledger_event_adapter.validate_json(msg.data)))
+                event = ledger_event_adapter.validate_json(msg.data)
             except ValidationError as exc:
                 FAILURES.labels("poison").inc()
                 decisions[i] = failure_decision(exc)
+                continue
+            forged = forged_sender(msg.subject, event, nodes_keyed=nodes_keyed)
+            if forged is not None:
+                FAILURES.labels("forged").inc()
+                log.warning("event %s refused: %s", event.id, forged)
+                decisions[i] = failure_decision(PoisonMessageError(f"event {event.id}: {forged}"))
+                continue
+            decoded.append((i, event))
         if not decoded:
             return decisions
         events = [event for _, event in decoded]
