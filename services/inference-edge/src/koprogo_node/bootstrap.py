@@ -107,7 +107,7 @@ async def run_node(
         if connected is None:
             return
         nc, js = connected
-        # A node may not declare streams (its NATS identity cannot): the ledger or the router does.
+        # A node may not declare streams (its NATS identity cannot): the operator's setup step does.
         if await _unless_stopped(wait_for_streams(js, [subjects.WORK_STREAM]), stop) is None:
             return
         # With a key, its replies and cancels carry its id (adapters/outcomes.py).
