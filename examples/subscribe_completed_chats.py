@@ -54,9 +54,11 @@ async def run(args: argparse.Namespace) -> int:
     else:
         since = args.since if args.since.tzinfo else args.since.replace(tzinfo=UTC)
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=since)
-    subject = chat_completed(args.copro)
+    # A node with a NATS key publishes on `<that subject>.node.<its id>`, the cloud worker on the
+    # subject itself: both are under `koprogo.events.chat.completed.>`, filtered here by copro.
+    subject = chat_completed(args.copro).rsplit(".", 1)[0] + ".>"
     sub = await js.subscribe(subject, stream=EVENTS_STREAM, ordered_consumer=True, config=config)
-    print(f"listening on {subject}", file=sys.stderr, flush=True)
+    print(f"listening on {subject} for copro {args.copro}", file=sys.stderr, flush=True)
     printed = 0
     try:
         async for msg in sub.messages:
@@ -66,6 +68,8 @@ async def run(args: argparse.Namespace) -> int:
                 print(
                     f"skipped a message that is no ChatCompleted: {exc.error_count()} errors", file=sys.stderr
                 )
+                continue
+            if chat.copro_id != args.copro:
                 continue
             print(json.dumps(chat.model_dump(mode="json")) if args.json else describe(chat), flush=True)
             printed += 1

@@ -11,7 +11,7 @@ import nats
 
 from koprogo_shared.events import ChatCompleted, ExecutionInfo, Usage, utc_now
 from koprogo_shared.nats_connection import ensure_streams, publish_event
-from koprogo_shared.subjects import chat_completed
+from koprogo_shared.subjects import chat_completed, node_chat_completed
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "subscribe_completed_chats.py"
 
@@ -66,6 +66,24 @@ async def test_the_example_prints_a_copros_completed_chats_since_a_time(clean_je
     assert "not-ours" not in printed
 
 
+async def test_the_example_prints_what_a_keyed_node_published_on_its_own_subject(
+    clean_jetstream: str,
+) -> None:
+    nc = await nats.connect(clean_jetstream)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    # A node with a NATS key publishes its answers on its own subject (issue 11, finding 5).
+    await publish_event(js, node_chat_completed("copro-a", "pi-1"), completed_chat("copro-a", "keyed"))
+    await nc.close()
+    since = (utc_now() - timedelta(minutes=1)).isoformat()
+    script = await start_script(
+        "--copro", "copro-a", "--nats-url", clean_jetstream, "--since", since, "--max-messages", "1"
+    )
+    stdout, stderr = await asyncio.wait_for(script.communicate(), timeout=30)
+    assert script.returncode == 0, stderr.decode()
+    assert stdout.decode().rstrip().endswith("  keyed")
+
+
 async def test_the_example_starts_from_now_without_since(clean_jetstream: str) -> None:
     await publish(clean_jetstream, completed_chat("copro-a", "before"))
     script = await start_script(
@@ -73,7 +91,7 @@ async def test_the_example_starts_from_now_without_since(clean_jetstream: str) -
     )
     assert script.stderr is not None
     listening = await asyncio.wait_for(script.stderr.readline(), timeout=30)
-    assert listening.decode().strip() == "listening on koprogo.events.chat.completed.copro-a"
+    assert listening.decode().strip() == "listening on koprogo.events.chat.completed.> for copro copro-a"
     await publish(clean_jetstream, completed_chat("copro-a", "after"))
     stdout, stderr = await asyncio.wait_for(script.communicate(), timeout=30)
     assert script.returncode == 0, stderr.decode()

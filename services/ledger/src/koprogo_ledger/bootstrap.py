@@ -40,6 +40,8 @@ class Ledger:
     js: JetStreamContext
     spec: ConsumerSpec
     keyring: Keyring
+    # Nodes publish with NATS keys: an edge completion must come on its node's own subject.
+    nodes_keyed: bool = False
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
         return PostgresProjectionUnitOfWork(self.pool, self.keyring)
@@ -49,7 +51,13 @@ class Ledger:
 
     async def consume(self, stop: asyncio.Event) -> None:
         """Project events, a transaction per fetched batch, until `stop` is set; the batch in hand is finished."""
-        handler = event_batch_handler(self.unit_of_work, stop, NatsStreamScrubber(self.js, self.pool))
+        # With NATS keys, an edge completion must come on its node's own subject (issue 11, finding 5).
+        handler = event_batch_handler(
+            self.unit_of_work,
+            stop,
+            NatsStreamScrubber(self.js, self.pool),
+            nodes_keyed=self.nodes_keyed,
+        )
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
 
     async def recover_owners(self) -> None:
@@ -103,7 +111,14 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         await nc.close()
         await pool.close()
         raise
-    return Ledger(pool=pool, nc=nc, js=js, spec=ledger_consumer_spec(settings), keyring=keyring)
+    return Ledger(
+        pool=pool,
+        nc=nc,
+        js=js,
+        spec=ledger_consumer_spec(settings),
+        keyring=keyring,
+        nodes_keyed=settings.nats_nkey_seed_file is not None,
+    )
 
 
 async def run_ledger(

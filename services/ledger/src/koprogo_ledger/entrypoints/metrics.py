@@ -11,7 +11,8 @@ EVENTS = Counter(
 )
 FAILURES = Counter(
     "koprogo_ledger_event_failures_total",
-    "Attempts that failed: transient (NAK, retried), poison (dead-lettered), unavailable (PostgreSQL down, held).",
+    "Attempts that failed: transient (NAK, retried), poison (dead-lettered), unavailable (PostgreSQL down, "
+    "held), forged (an edge answer not from the node it names: dead-lettered).",
     ["kind"],
 )
 BATCH_SECONDS = Histogram(
