@@ -78,3 +78,21 @@ def test_k8s_runs_the_gateway_in_production_with_its_secret_mounted_as_a_file() 
 def test_the_shipped_nats_configuration_serves_no_monitoring_port() -> None:
     conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
     assert not re.search(r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]", conf, re.MULTILINE)
+
+
+def test_the_router_and_the_gateway_read_the_node_roster_in_both_deploy_files() -> None:
+    services = compose()["services"]
+    for name in ("router", "gateway"):
+        svc = services[name]
+        assert svc["environment"]["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
+        assert "../nats/keys/roster.json:/run/koprogo/nats/roster.json:ro" in svc["volumes"], name
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
+    for name in ("router", "gateway"):
+        (deployment,) = [
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == f"koprogo-{name}"
+        ]
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
+        keys = next(v for v in pod["volumes"] if v["name"] == "nats-keys")
+        assert {"key": "roster.json", "path": "roster.json"} in keys["secret"]["items"], name
