@@ -244,6 +244,10 @@ class GenerationControls(BaseModel):
         return frozenset(needed)
 
 
+# The controls' names, as a request sets them (OpenAI's parameter names).
+CONTROL_NAMES: tuple[str, ...] = tuple(GenerationControls.model_fields)
+
+
 def required_features(controls: GenerationControls | None) -> frozenset[str]:
     return NO_FEATURES if controls is None else controls.required_features()
 

@@ -11,6 +11,7 @@ from koprogo_gateway.domain.model_classes import context_length_of
 from koprogo_gateway.domain.routing_policy import RoutingPreferenceIn
 from koprogo_shared.events import ChatMessage, ExecutionInfo, FinishReason, Usage
 from koprogo_shared.generation import (
+    CONTROL_NAMES,
     GenerationControls,
     ResponseFormat,
     TokenLogprob,
@@ -96,18 +97,8 @@ class ChatRequestIn(BaseModel):
 def _controls_of(body: ChatRequestIn) -> GenerationControls | None:
     fields = {
         name: getattr(body, name)
-        for name in (
-            "seed",
-            "top_p",
-            "presence_penalty",
-            "frequency_penalty",
-            "response_format",
-            "tools",
-            "tool_choice",
-            "logprobs",
-            "top_logprobs",
-        )
-        if getattr(body, name) is not None
+        for name in CONTROL_NAMES
+        if name != "stop" and getattr(body, name) is not None
     }
     if body.stop is not None:
         stops = [body.stop] if isinstance(body.stop, str) else body.stop

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from koprogo_shared.generation import CONTROL_NAMES
+
 # Parameters that change nothing at these values (what OpenAI itself defaults them to).
 NO_OP_VALUES: Mapping[str, tuple[Any, ...]] = {
     "n": (1,),
@@ -34,16 +36,7 @@ HONOURED = (
     "max_completion_tokens",
     "stream",
     "stream_options",
-    "stop",
-    "seed",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "logprobs",
-    "top_logprobs",
+    *CONTROL_NAMES,
 )
 
 

@@ -17,6 +17,7 @@ from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import InvalidChatRequestError, UnsupportedParameterError
 from koprogo_gateway.domain.openai_params import refusal_message, unsupported_parameters
+from koprogo_shared.generation import CONTROL_NAMES
 
 CONTEXT_HEADER = "X-KoproGo-Context"
 
@@ -95,21 +96,6 @@ class OpenAIChatIn(BaseModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-# The generation controls passed on to `/mcp/v1/chat`'s rules.
-CONTROLS = (
-    "stop",
-    "seed",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "logprobs",
-    "top_logprobs",
-)
-
-
 # Control values that ask for nothing (what OpenAI defaults them to): not passed on, so they
 # need no feature of the target.
 _NOTHING: dict[str, tuple[Any, ...]] = {
@@ -165,7 +151,7 @@ def to_chat_request(body: OpenAIChatIn, context: str | None) -> ChatRequestIn:
                 "stream": body.stream,
                 **{
                     name: value
-                    for name in CONTROLS
+                    for name in CONTROL_NAMES
                     if (value := getattr(body, name)) is not None and not _asks_nothing(name, value, body)
                 },
             }
