@@ -263,7 +263,9 @@ def test_a_node_of_another_machine_joins_a_running_stack_with_the_command_join_p
         # Step 4 of what it printed, run as printed, but here: the key where it lies, this
         # machine's loopback for its name, a GGUF for the placeholder, a free node port.
         (run,) = re.findall(
-            r"`(NATS_URL=\S+ NATS_NKEY_SEED_FILE=\S+ NODE_ID=pi-cave koprogo-node [^`]+)`", joined.stdout
+            r"`(NATS_URL=\S+ NATS_NKEY_SEED_FILE=\S+ NODE_ID=pi-cave "
+            r"POWER_WATTS=7 INTENSITY_G_PER_KWH=150 koprogo-node [^`]+)`",  # the energy its key declares
+            joined.stdout,
         )
         assert "-m /path/to/model.gguf --model-id house-model" in run  # not pullable: a file of one's own
         seed = project / "data" / "secrets" / "nats" / "nodes" / "pi-cave.nk"

@@ -14,6 +14,7 @@ import nats
 
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.node_roster import NodeGrant, render_roster
 from tests.conftest import wait_until
@@ -51,7 +52,9 @@ async def test_a_heartbeat_claiming_a_model_its_key_was_not_minted_for_is_not_be
     stack_factory: StackFactory, tmp_path: Path
 ) -> None:
     roster = tmp_path / "roster.json"
-    roster.write_text(render_roster({"pi-1": NodeGrant(frozenset({BUNDLED_MODEL_ID}))}))
+    # Declared as the heartbeats below claim it: a renewable supply (an undeclared one is refused).
+    green = EdgeFootprint(power_watts=5.0, intensity_g_per_kwh=0.0, renewable_attested=True)
+    roster.write_text(render_roster({"pi-1": NodeGrant(frozenset({BUNDLED_MODEL_ID}), footprint=green)}))
     stack = await stack_factory(edge_nodes=0, node_roster_file=roster)
     nc = await nats.connect(stack.nats_url)
     try:

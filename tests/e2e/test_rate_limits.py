@@ -215,8 +215,10 @@ async def test_a_stats_range_over_366_days_is_a_422_naming_the_limit(stack_facto
 async def test_mcp_tools_count_against_the_users_quota_and_keep_the_stats_range(
     stack_factory: StackFactory,
 ) -> None:
+    # Six: the client's initialize and initialized notification, the first tool call and the
+    # tools/list the client sends to check its result, two get_stats; the next call is refused.
     stack = await stack_factory(
-        edge_nodes=0, rate_limit_per_user=3, rate_limit_window_s=WINDOW_S, **AUTH_SETTINGS
+        edge_nodes=0, rate_limit_per_user=6, rate_limit_window_s=WINDOW_S, **AUTH_SETTINGS
     )
     reader = token(user=str(uuid.uuid4()), scopes=("mcp:read",))
     await _clear_of_the_window_end(WINDOW_S)
@@ -230,3 +232,40 @@ async def test_mcp_tools_count_against_the_users_quota_and_keep_the_stats_range(
         assert "366 days" in error_text(ten_years)
         refused = await session.call_tool("list_models", {})
         assert "rate_limited (429)" in error_text(refused)
+
+
+async def test_every_mcp_message_counts_once_protocol_messages_included(stack_factory: StackFactory) -> None:
+    # initialize, tools/list, prompts/get used not to count: a client could list tools all day.
+    stack = await stack_factory(
+        edge_nodes=0, rate_limit_per_user=4, rate_limit_window_s=WINDOW_S, **AUTH_SETTINGS
+    )
+    reader = bearer(token(user=str(uuid.uuid4()), scopes=("mcp:read",)))
+    headers = reader | {"Accept": "application/json, text/event-stream"}
+
+    def message(number: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": number, "method": method, "params": params or {}}
+
+    initialize = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    }
+    await _clear_of_the_window_end(WINDOW_S)
+    answers = []
+    for number, (method, params) in enumerate(
+        [
+            ("initialize", initialize),
+            ("tools/list", None),
+            ("prompts/get", {"name": "traduire", "arguments": {"texte": "Bonjour"}}),
+            # A tool call is counted once, by the backend it calls, not also at the door.
+            ("tools/call", {"name": "list_models", "arguments": {}}),
+            ("tools/list", None),
+        ],
+        start=1,
+    ):
+        answers.append(await stack.client.post("/mcp", json=message(number, method, params), headers=headers))
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429], [a.text for a in answers]
+    assert [a.headers.get("RateLimit-Remaining") for a in answers[:3]] == ["3", "2", "1"]
+    assert answers[3].json()["result"].get("isError") is not True, answers[3].text
+    assert answers[4].json()["error"] == "rate_limited"
+    assert int(answers[4].headers["Retry-After"]) > 0

@@ -33,7 +33,7 @@ from prometheus_client import REGISTRY
 from koprogo_cli.embedded import EmbeddedNats, free_port, nats_server_binary
 from koprogo_cli.nats_auth import identities, mint_seed, render_authorization, roster_file
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
-from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
+from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
@@ -43,10 +43,12 @@ from koprogo_ledger.service_layer.projection import project
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.consumer import ACK, DeadLetter
 from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.events import (
     ChatCompleted,
+    ChatFailed,
     ChatMessage,
     ChatRequested,
     ExecutionInfo,
@@ -56,8 +58,10 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.kv_buckets import RateLimitBucketError, bucket_stream, rate_limit_ttl_s
 from koprogo_shared.nats_connection import (
     StreamsMissingError,
+    buckets_for_service,
     connect_nats,
     ensure_streams,
     publish_event,
@@ -351,7 +355,9 @@ async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_
     secured: SecuredNats,
 ) -> None:
     async with connected_as(secured, "gateway") as gateway:
-        await ensure_rate_limit_bucket(gateway.js, ttl_s=120)
+        await buckets_for_service(
+            gateway.js, secured.seed_files["gateway"], rate_limit_window_s=60, timeout_s=5
+        )
         counters = NatsKvCounterStore(await gateway.js.key_value(subjects.RATE_LIMIT_BUCKET))
         first = await counters.create("user-1", 1)
         await counters.replace("user-1", 2, first.revision)
@@ -373,6 +379,56 @@ async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_
     assert ack.stream == subjects.EVENTS_STREAM
     assert f'publish to "{subjects.run_inference_edge(MODEL)}"' in work_refusal
     assert f"$JS.API.STREAM.CREATE.{subjects.EVENTS_STREAM}".lower() in stream_refusal
+
+
+async def test_the_gateway_and_the_router_may_neither_shrink_nor_redeclare_the_buckets(
+    secured: SecuredNats,
+) -> None:
+    # Shrinking the counters' max_age forgives every user's window; an emptied policies'
+    # bucket drops every copro's edge_only. Only the setup step (admin) declares them.
+    async with connected_as(secured, "admin") as admin:
+        counters_config = (await admin.js.stream_info(bucket_stream(subjects.RATE_LIMIT_BUCKET))).config
+    counters_config.max_age = 1.0
+    refused: dict[str, list[str]] = {}
+    for identity in ("gateway", "router"):
+        async with connected_as(secured, identity) as service:
+            await buckets_for_service(
+                service.js,
+                secured.seed_files[identity],
+                rate_limit_window_s=60 if identity == "gateway" else None,
+                timeout_s=5,
+            )
+            assert service.refusals.errors.empty()  # waiting for them is only looking
+            found = []
+            await request_refused(service.js.update_stream(counters_config))
+            found.append(await service.refusals.next())
+            await request_refused(service.js.delete_key_value(subjects.ROUTING_POLICY_BUCKET))
+            found.append(await service.refusals.next())
+            await request_refused(service.js.create_key_value(bucket="KOPROGO_STOLEN"))
+            found.append(await service.refusals.next())
+            refused[identity] = found
+    async with connected_as(secured, "admin") as admin:
+        kept = (await admin.js.stream_info(bucket_stream(subjects.RATE_LIMIT_BUCKET))).config.max_age
+    assert kept == rate_limit_ttl_s(60)
+    for identity, found in refused.items():
+        assert f"$JS.API.STREAM.UPDATE.{bucket_stream(subjects.RATE_LIMIT_BUCKET)}".lower() in found[0], (
+            identity
+        )
+        assert f"$JS.API.STREAM.DELETE.{bucket_stream(subjects.ROUTING_POLICY_BUCKET)}".lower() in found[1]
+        assert "$JS.API.STREAM.CREATE.KV_KOPROGO_STOLEN".lower() in found[2], (identity, found[2])
+
+
+async def test_a_gateway_whose_window_outlives_the_declared_counters_refuses_to_start(
+    secured: SecuredNats,
+) -> None:
+    async with connected_as(secured, "gateway") as gateway:
+        with pytest.raises(
+            RateLimitBucketError, match=r"keeps counters 120 s, but a 300 s window needs 600 s"
+        ):
+            await buckets_for_service(
+                gateway.js, secured.seed_files["gateway"], rate_limit_window_s=300, timeout_s=5
+            )
+        assert gateway.refusals.errors.empty()
 
 
 def test_the_shipped_server_config_with_its_written_authorization_block_is_valid(tmp_path: Path) -> None:
@@ -458,7 +514,10 @@ async def test_the_cloud_worker_hears_the_gateways_cancel_and_cannot_cancel_itse
     assert f'publish to "{subjects.chat_cancel(request_id)}"' in refusal
 
 
-def _heartbeat(node_id: str, model: str, *, leaving: bool = False) -> bytes:
+def _heartbeat(
+    node_id: str, model: str, *, leaving: bool = False, footprint: EdgeFootprint | None = None
+) -> bytes:
+    footprint = footprint or EdgeFootprint()
     beat = NodeHeartbeat(
         source="tests",
         node_id=node_id,
@@ -466,9 +525,9 @@ def _heartbeat(node_id: str, model: str, *, leaving: bool = False) -> bytes:
         in_flight=0,
         capacity=1,
         tokens_per_second=10.0,
-        power_watts=0.0,  # the claim a forger would make: 0 g CO2
-        intensity_g_per_kwh=0.0,
-        renewable_attested=True,
+        power_watts=footprint.power_watts,
+        intensity_g_per_kwh=footprint.intensity_g_per_kwh,
+        renewable_attested=footprint.renewable_attested,
         interval_s=30.0,
         leaving=leaving,
     )
@@ -514,6 +573,29 @@ async def test_a_node_cannot_announce_a_model_its_key_was_not_minted_for(secured
         await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
     assert _serving(registry, MODEL) == []
     assert _heartbeats_refused("model_not_granted") - refused == 1
+
+
+async def test_a_node_cannot_claim_a_cleaner_energy_than_its_operator_declared(secured: SecuredNats) -> None:
+    # pi-2's key was minted with the default footprint (7 W on a 150 g/kWh grid, no renewable).
+    registry = NodeRegistry(RosterFile(roster_file(secured.keys_dir)))
+    refused = _heartbeats_refused("footprint_not_declared")
+    zero_grams = EdgeFootprint(power_watts=0.0, intensity_g_per_kwh=0.0, renewable_attested=True)
+    dirtier_hour = EdgeFootprint(power_watts=7.0, intensity_g_per_kwh=400.0)
+    async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
+        await follow_heartbeats(router.nc, registry)
+        await pi_2.nc.publish(
+            subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL, footprint=zero_grams)
+        )
+        await pi_2.nc.flush()
+        await wait_until(lambda: _heartbeats_refused("footprint_not_declared") - refused == 1, timeout=5)
+        assert _serving(registry, OTHER_MODEL) == []
+        # Worse than declared is believed: an honest node on a dirtier grid this hour.
+        await pi_2.nc.publish(
+            subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL, footprint=dirtier_hour)
+        )
+        await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
+    [candidate] = registry.serving(OTHER_MODEL, time.monotonic())
+    assert candidate.intensity_g_per_kwh == 400.0 and not candidate.renewable_attested
 
 
 def _forged_answer(request_id: str, node_id: str) -> bytes:
@@ -761,3 +843,63 @@ async def test_a_node_cannot_put_its_answer_to_another_nodes_request_in_the_ledg
     assert "node pi-2 sent a completion naming edge 'pi-1'" in forged_decisions[0].reason
     assert stored_forged == 0
     assert genuine_decisions == [ACK] and [r["node"] for r in node_ids] == ["pi-1"]
+
+
+def _failed(request_id: str, copro_id: str) -> bytes:
+    failure = ChatFailed(
+        source="tests/forger",
+        copro_id=copro_id,
+        request_id=request_id,
+        status=503,
+        error="node_failed",
+        message="Le modèle a échoué.",
+    )
+    return failure.model_dump_json().encode()
+
+
+async def test_a_copros_node_cannot_fail_or_answer_another_copros_request_in_the_ledger(
+    copro_pools_nats: SecuredNats, database_url: str
+) -> None:
+    server = copro_pools_nats
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        request = chat_requested("copro-y", model=MODEL)
+        await project(request, PostgresProjectionUnitOfWork(pool, LEDGER_KEYRING))
+        handler = event_batch_handler(
+            lambda: PostgresProjectionUnitOfWork(pool, LEDGER_KEYRING),
+            asyncio.Event(),
+            nodes_keyed=True,
+            roster=RosterFile(roster_file(server.keys_dir)),
+        )
+        decisions = []
+        async with connected_as(server, "admin") as admin:
+            await ensure_streams(admin.js)
+            async with connected_as(server, "node:pi-x") as pi_x:
+                # Its key may publish outcomes under any copro, on its own subjects: the ledger judges.
+                for subject, body in (
+                    (subjects.node_chat_failed("copro-y", "pi-x"), _failed(request.id, "copro-y")),
+                    (subjects.node_chat_failed("copro-x", "pi-x"), _failed(request.id, "copro-x")),
+                    (subjects.node_chat_completed("copro-y", "pi-x"), _forged_answer(request.id, "pi-x")),
+                ):
+                    await pi_x.js.publish(subject, body, timeout=2)
+                    decisions.append(await handler([await _stored_on(admin, subject)]))
+            status_after_forgeries = await pool.fetchval(
+                "SELECT status FROM mcp_requests WHERE id = $1", uuid.UUID(request.id)
+            )
+            async with connected_as(server, "node:pi-y") as pi_y:
+                genuine = subjects.node_chat_failed("copro-y", "pi-y")
+                await pi_y.js.publish(genuine, _failed(request.id, "copro-y"), timeout=2)
+                genuine_decisions = await handler([await _stored_on(admin, genuine)])
+            status = await pool.fetchval(
+                "SELECT status FROM mcp_requests WHERE id = $1", uuid.UUID(request.id)
+            )
+    finally:
+        await pool.close()
+    reasons = [d[0].reason if isinstance(d[0], DeadLetter) else d for d in decisions]
+    assert "node pi-x takes no work of copro copro-y" in reasons[0], reasons
+    assert "names copro copro-x, its request copro copro-y" in reasons[1], reasons
+    assert "node pi-x takes no work of copro copro-edge" in reasons[2], reasons
+    assert status_after_forgeries == "pending"
+    assert genuine_decisions == [ACK] and status == "failed"

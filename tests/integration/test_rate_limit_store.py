@@ -15,11 +15,11 @@ from koprogo_gateway.adapters.rate_limit_store import (
     CounterConflictError,
     CounterStoreUnavailableError,
     NatsKvCounterStore,
-    ensure_rate_limit_bucket,
 )
 from koprogo_gateway.domain.errors import RateLimitUnavailableError
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
+from koprogo_shared.kv_buckets import ensure_rate_limit_bucket
 from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET
 

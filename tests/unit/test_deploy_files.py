@@ -80,14 +80,14 @@ def test_the_shipped_nats_configuration_serves_no_monitoring_port() -> None:
     assert not re.search(r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]", conf, re.MULTILINE)
 
 
-def test_the_router_and_the_gateway_read_the_node_roster_in_both_deploy_files() -> None:
+def test_the_router_the_gateway_and_the_ledger_read_the_node_roster_in_both_deploy_files() -> None:
     services = compose()["services"]
-    for name in ("router", "gateway"):
+    for name in ("router", "gateway", "ledger"):
         svc = services[name]
         assert svc["environment"]["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
         assert "../nats/keys/roster.json:/run/koprogo/nats/roster.json:ro" in svc["volumes"], name
     docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
-    for name in ("router", "gateway"):
+    for name in ("router", "gateway", "ledger"):
         (deployment,) = [
             d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == f"koprogo-{name}"
         ]

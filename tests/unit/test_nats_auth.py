@@ -18,6 +18,8 @@ from koprogo_cli.nats_auth import (
     roster_file,
 )
 from koprogo_shared import subjects
+from koprogo_shared.co2 import EdgeFootprint
+from koprogo_shared.kv_buckets import BUCKETS, bucket_stream
 from koprogo_shared.nats_connection import NatsCredentialsError, nkey_public_key
 from koprogo_shared.node_roster import NodeGrant, parse_roster
 
@@ -196,16 +198,26 @@ def test_nats_node_key_for_a_copro_names_its_pool_and_tells_the_node_its_copro(
     assert parse_roster(roster_file(tmp_path).read_text())["pi-8"].pools == {subjects.copro_pool(copro)}
 
 
-def test_only_the_operator_may_create_or_update_the_koprogo_streams(tmp_path: Path) -> None:
+WILDCARDS = (
+    "$JS.API.STREAM.CREATE.*",
+    "$JS.API.STREAM.UPDATE.*",
+    "$JS.API.STREAM.DELETE.*",
+    "$JS.API.>",
+    "$JS.>",
+    ">",
+)
+
+
+def test_only_the_operator_may_create_or_update_the_koprogo_streams_and_buckets(tmp_path: Path) -> None:
     found = identities(tmp_path / "keys", {"pi-1": ["m1"]}, ["openai-gpt-4o-mini"])
-    streams = [spec.name for spec in subjects.STREAMS]
+    streams = [spec.name for spec in subjects.STREAMS] + [bucket_stream(b) for b in BUCKETS]
     changing = {
         user.label: [
             s
             for s in user.permissions.publish
             for name in streams
-            if s in (f"$JS.API.STREAM.CREATE.{name}", f"$JS.API.STREAM.UPDATE.{name}")
-            or s.startswith(("$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*", "$JS.API.>", "$JS.>", ">"))
+            if s in tuple(f"$JS.API.STREAM.{op}.{name}" for op in ("CREATE", "UPDATE", "DELETE", "PURGE"))
+            or s.startswith(WILDCARDS)
         ]
         for user in found.users
         if user.permissions is not None
@@ -218,3 +230,32 @@ def test_only_the_operator_may_create_or_update_the_koprogo_streams(tmp_path: Pa
     assert changing == {label: [] for label in changing} and set(changing) >= {"ledger", "router", "gateway"}
     assert looking_up == {"ledger": True, "router": True}
     assert [u.permissions for u in found.users if u.label.startswith("operator")] == [None]
+
+
+def test_nats_node_key_declares_the_nodes_energy_in_the_roster_and_tells_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["nats-node-key", "--keys-dir", str(tmp_path), "--node-id", "pi-sun", "--model", "m1"]
+    args = build_parser().parse_args([*base, "--power-watts", "5", "--intensity", "20", "--renewable"])
+    assert args.func(args) == 0
+    said = capsys.readouterr().out
+    declared = EdgeFootprint(5.0, 20.0, renewable_attested=True)
+    assert parse_roster(roster_file(tmp_path).read_text())["pi-sun"].footprint == declared
+    assert "POWER_WATTS=5 INTENSITY_G_PER_KWH=20 RENEWABLE_ATTESTED=true" in said
+    # Minting again without the flags (a stack restart, `nats-config`) keeps the declaration.
+    identities(tmp_path, {"pi-sun": ["m1"]})
+    args = build_parser().parse_args(base)
+    assert args.func(args) == 0
+    assert parse_roster(roster_file(tmp_path).read_text())["pi-sun"].footprint == declared
+    assert "RENEWABLE_ATTESTED=true" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--power-watts", "-1"])
+
+
+def test_a_roster_written_before_footprints_reads_as_the_default_declaration() -> None:
+    old = '{"nodes": {"pi-1": {"models": ["m1"], "pools": ["shared"]}}}'
+    assert parse_roster(old)["pi-1"].footprint == EdgeFootprint()
+    with pytest.raises(ValueError, match="not a node roster"):
+        parse_roster('{"nodes": {"pi-1": {"models": ["m1"], "footprint": {"power_watts": -3}}}}')
+    with pytest.raises(ValueError, match="not a node roster"):
+        parse_roster('{"nodes": {"pi-1": {"models": ["m1"], "footprint": {"solar": true}}}}')

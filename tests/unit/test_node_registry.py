@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from koprogo_shared import subjects
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import NodeGrant
@@ -71,3 +72,21 @@ def test_with_a_roster_a_node_announces_only_the_pools_its_key_was_minted_for() 
     own = shared.model_copy(update={"pools": [subjects.copro_pool("c1")]})
     assert heard_on_its_subject(registry, own) is None
     assert [c.pools for c in registry.alive(now=1.0)] == [frozenset({subjects.copro_pool("c1")})]
+
+
+def test_with_a_roster_a_node_claims_no_cleaner_energy_than_declared_but_may_claim_dirtier() -> None:
+    roster = {
+        "a": NodeGrant(frozenset({"m1"})),  # declared with the defaults: 7 W, 150 g/kWh
+        "green": NodeGrant(frozenset({"m1"}), footprint=EdgeFootprint(5.0, 20.0, renewable_attested=True)),
+    }
+    registry = NodeRegistry(lambda: roster)
+    honest = beat("a", ["m1"])
+    for claim in ({"power_watts": 0.5}, {"intensity_g_per_kwh": 0.0}, {"renewable_attested": True}):
+        assert heard_on_its_subject(registry, honest.model_copy(update=claim)) == "footprint_not_declared"
+    assert registry.alive(now=1.0) == []
+    assert heard_on_its_subject(registry, honest.model_copy(update={"intensity_g_per_kwh": 390.0})) is None
+    attested = beat("green", ["m1"]).model_copy(
+        update={"power_watts": 5.0, "intensity_g_per_kwh": 20.0, "renewable_attested": True}
+    )
+    assert heard_on_its_subject(registry, attested) is None
+    assert {c.node_id: c.renewable_attested for c in registry.alive(now=1.0)} == {"a": False, "green": True}

@@ -19,7 +19,15 @@ from koprogo_cli.instance import data_dir_of
 from koprogo_cli.invocation import installed_version
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.model_commands import local_models_command
-from koprogo_cli.nats_auth import NatsAuthError, identities, node_user, render_authorization, render_user
+from koprogo_cli.nats_auth import (
+    NatsAuthError,
+    identities,
+    node_user,
+    recorded_footprint,
+    render_authorization,
+    render_user,
+)
+from koprogo_cli.node_footprint import add_footprint_args, declared_footprint, footprint_env
 from koprogo_cli.node_join import add_node_parser
 from koprogo_cli.stack import StackError, cloud_deployment_ids
 from koprogo_cli.up_command import add_up_parsers
@@ -52,7 +60,9 @@ def _keys_dir(args: argparse.Namespace) -> Path:
 def cmd_nats_node_key(args: argparse.Namespace) -> int:
     """Mint (once) an edge node's nkey and print its `users` entry for the NATS server."""
     try:
-        user, seed_file = node_user(_keys_dir(args), args.node_id, args.model, args.copro)
+        keys_dir = _keys_dir(args)
+        user, seed_file = node_user(keys_dir, args.node_id, args.model, args.copro, declared_footprint(args))
+        footprint = recorded_footprint(keys_dir, args.node_id)
     except NatsAuthError as exc:
         print(f"koprogo nats-node-key: {exc}", file=sys.stderr)
         return 2
@@ -60,6 +70,7 @@ def cmd_nats_node_key(args: argparse.Namespace) -> int:
     print(
         f"# On the node (copy the seed there, mode 0600): NATS_NKEY_SEED_FILE=<its path> NODE_ID={args.node_id}"
         + (f" NODE_COPROS='{json.dumps(args.copro)}'" if args.copro else "")
+        + f" {footprint_env(footprint)}"
         + "\n"
         "# Add this entry to `authorization { users = [...] }` in the NATS server's configuration\n"
         "# (deploy/nats/authorization.conf), then reload the server (nats-server --signal reload):"
@@ -152,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a copro whose own pool the node belongs to: it takes that copro's work only (repeat for "
         "several; default: the shared pool, work of every copro whose policy is not edge_only)",
     )
+    add_footprint_args(node_key)
     node_key.add_argument("--keys-dir", help=keys_help)
     node_key.add_argument("--data-dir")
     node_key.set_defaults(func=cmd_nats_node_key)

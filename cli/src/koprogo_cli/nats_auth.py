@@ -71,6 +71,7 @@ from pathlib import Path
 import nkeys
 
 from koprogo_shared import subjects
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.nats_connection import nkey_public_key
 from koprogo_shared.node_roster import NodeGrant, parse_roster, render_roster
 
@@ -210,9 +211,8 @@ def _routing_policies_read() -> list[str]:
     """Read and watch the copros' routing policies (the router's view of the bucket)."""
     stream = f"KV_{subjects.ROUTING_POLICY_BUCKET}"
     return [
-        # Declared by whoever starts first (koprogo_shared.routing_policies), same configuration.
+        # Declared by the setup step (koprogo_shared.kv_buckets), as the admin identity.
         f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.STREAM.CREATE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
@@ -226,10 +226,10 @@ def _routing_policies_read() -> list[str]:
 
 
 def _kv_bucket_read_write(bucket: str) -> list[str]:
-    """A key-value bucket the gateways own: declare it, read and write (and delete) keys."""
+    """A key-value bucket the gateways read and write (and delete) keys of; the setup step declares it."""
     stream = f"KV_{bucket}"
     return [
-        *(f"$JS.API.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")),
+        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
@@ -360,15 +360,26 @@ def roster_file(keys_dir: Path) -> Path:
     return keys_dir / "roster.json"
 
 
+def _recorded_grants(keys_dir: Path) -> dict[str, NodeGrant]:
+    path = roster_file(keys_dir)
+    try:
+        return parse_roster(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise NatsAuthError(f"{path} is not a node roster: remove it, it is written again") from None
+
+
+def recorded_footprint(keys_dir: Path, node_id: str) -> EdgeFootprint:
+    """The energy declared for a node in the roster (the defaults when it has no entry)."""
+    recorded = _recorded_grants(keys_dir).get(node_id)
+    return recorded.footprint if recorded is not None else EdgeFootprint()
+
+
 def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
     """Write (or replace) a node's entry in the roster, the others kept."""
     path = roster_file(keys_dir)
-    try:
-        grants = parse_roster(path.read_text())
-    except FileNotFoundError:
-        grants = {}
-    except ValueError:
-        raise NatsAuthError(f"{path} is not a node roster: remove it, it is written again") from None
+    grants = _recorded_grants(keys_dir)
     if grants.get(node_id) == grant:
         return
     grants[node_id] = grant
@@ -380,17 +391,25 @@ def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
 
 
 def node_user(
-    keys_dir: Path, node_id: str, models: Sequence[str], copros: Sequence[str] = ()
+    keys_dir: Path,
+    node_id: str,
+    models: Sequence[str],
+    copros: Sequence[str] = (),
+    footprint: EdgeFootprint | None = None,
 ) -> tuple[NatsUser, Path]:
     """A node's identity: its seed file (minted once) and its users entry, its grant in the roster.
 
     `copros`: the copros whose own pool it belongs to (their work only); none: the shared pool.
+    `footprint`: the energy its operator declares (its heartbeats may claim no better); None
+    keeps what the roster holds for it, else `co2`'s defaults.
     """
     check_node(node_id, models)
     pools = node_pools(copros)
     seed_file = node_seed_file(keys_dir, node_id)
     public_key = mint_seed(seed_file)
-    record_grant(keys_dir, node_id, NodeGrant(frozenset(models), frozenset(pools)))
+    if footprint is None:
+        footprint = recorded_footprint(keys_dir, node_id)
+    record_grant(keys_dir, node_id, NodeGrant(frozenset(models), frozenset(pools), footprint))
     label = f"edge node {node_id}: {', '.join(models)} (pools {', '.join(pools)})"
     return NatsUser(label, public_key, node_permissions(public_key, node_id, models, copros)), seed_file
 
@@ -400,12 +419,15 @@ def identities(
     nodes: Mapping[str, Sequence[str]],
     cloud_deployments: Sequence[str] = (),
     node_copros: Mapping[str, Sequence[str]] | None = None,
+    node_footprints: Mapping[str, EdgeFootprint] | None = None,
 ) -> Identities:
     """The services', the operator's and these nodes' identities, keys minted where missing.
 
     `cloud_deployments`: the deployment ids the cloud worker may serve (its work subjects).
     `node_copros`: per node, the copros whose pool it belongs to; a node not named there keeps
     what `koprogo node join --copro` recorded, else the shared pool.
+    `node_footprints`: per node, the energy declared for it; a node not named there keeps the
+    roster's (as `koprogo node join` declared it), else the defaults.
     """
     copros_of = {**joined_copros(keys_dir), **(node_copros or {})}
     rules: dict[str, Callable[[str], Permissions]] = {
@@ -424,7 +446,9 @@ def identities(
     found.users.append(NatsUser("operator (admin): given to no service", mint_seed(admin_seed), None))
     found.seed_files[ADMIN] = admin_seed
     for node_id, models in nodes.items():
-        user, seed_file = node_user(keys_dir, node_id, models, copros_of.get(node_id, ()))
+        user, seed_file = node_user(
+            keys_dir, node_id, models, copros_of.get(node_id, ()), (node_footprints or {}).get(node_id)
+        )
         found.users.append(user)
         found.seed_files[f"node:{node_id}"] = seed_file
     return found

@@ -30,11 +30,14 @@ from koprogo_cli.nats_auth import (
     joined_nodes,
     node_user,
     record_joined_node,
+    recorded_footprint,
     render_authorization,
     render_user,
 )
+from koprogo_cli.node_footprint import add_footprint_args, declared_footprint, footprint_env
 from koprogo_cli.stack import StackError, cloud_deployment_ids
 from koprogo_shared.catalogue import find_model
+from koprogo_shared.co2 import EdgeFootprint
 
 # Where the node keeps its key on its own machine (any path works; this one is the README's).
 NODE_KEY_PATH = "~/.config/koprogo/node.nk"
@@ -57,7 +60,8 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        user, seed_file = node_user(keys_dir, args.node_id, models, args.copro)
+        user, seed_file = node_user(keys_dir, args.node_id, models, args.copro, declared_footprint(args))
+        footprint = recorded_footprint(keys_dir, args.node_id)
         record_joined_node(keys_dir, args.node_id, models, args.copro)
         admitted = _admit_now(record, keys_dir, data_dir, seed_file)
     except (NatsAuthError, EmbeddedServerError, StackError, JoinError) as exc:
@@ -77,19 +81,26 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
     print(
         "\nOn the node's machine:\n"
-        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro)
+        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro, footprint)
     )
     return 0
 
 
 def _steps_on_the_node(
-    node_id: str, model_id: str, seed_file: Path, record: StackRecord | None, copros: list[str]
+    node_id: str,
+    model_id: str,
+    seed_file: Path,
+    record: StackRecord | None,
+    copros: list[str],
+    footprint: EdgeFootprint,
 ) -> str:
     """What to run there, each command accepted as printed (the model pulled only when pullable)."""
     entry = find_model(model_id)
     env = f"NATS_URL={_nats_url_for_others(record)} NATS_NKEY_SEED_FILE={NODE_KEY_PATH} NODE_ID={node_id}"
     if copros:
         env += f" NODE_COPROS='{json.dumps(copros)}'"
+    # The energy declared for its key: a node announcing less is refused by the routers.
+    env += f" {footprint_env(footprint)}"
     if entry is not None and entry.gguf is not None:
         get_model = f"`koprogo-node models pull {model_id}`"
         run = f"{env} koprogo-node -m {model_id}"
@@ -167,5 +178,6 @@ def add_node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a copro whose own pool the node belongs to: it takes that copro's work only "
         "(repeatable; default: the shared pool)",
     )
+    add_footprint_args(join)
     join.add_argument("--data-dir", help="the stack's data folder (default ./data)")
     join.set_defaults(func=cmd_node_join)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import nats.errors
+from pydantic import ValidationError
 
 from koprogo_cli.dev_auth import DevAuthError, ensure_jwt_secret, operator_verifier_env, write_dev_token
 from koprogo_cli.embedded import (
@@ -51,8 +52,10 @@ from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
 from koprogo_shared.deployments import DeploymentConfigError, DeploymentsFileSettings
+from koprogo_shared.kv_buckets import rate_limit_window_from
 from koprogo_shared.logging_setup import open_private_log
 from koprogo_shared.nats_connection import NatsCredentialsError, declare_streams
+from koprogo_shared.settings import EdgeFootprintSettings
 
 NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
@@ -276,9 +279,19 @@ class Stack:
         try:
             keys_dir = self.data_dir / "secrets" / "nats"
             # Other machines' nodes `koprogo node join` admitted, then this stack's own.
+            # Its own nodes run with this environment's POWER_WATTS, INTENSITY_G_PER_KWH and
+            # RENEWABLE_ATTESTED: their keys are declared with the same, no better.
+            own_footprint = EdgeFootprintSettings().footprint()
             stack_identities = identities(
-                keys_dir, {**joined_nodes(keys_dir), **self.own_nodes()}, self.cloud_deployments
+                keys_dir,
+                {**joined_nodes(keys_dir), **self.own_nodes()},
+                self.cloud_deployments,
+                node_footprints={node_id: own_footprint for node_id in self.own_nodes()},
             )
+        except ValidationError as exc:
+            raise StackError(
+                f"the edge nodes' energy (POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED): {exc}"
+            ) from None
         except NatsAuthError as exc:
             raise StackError(f"NATS identities: {exc}") from None
         self.nats_seed_files = stack_identities.seed_files
@@ -306,14 +319,21 @@ class Stack:
         if not self.nats_seed_files:
             return
         try:
+            # The counters' bucket is kept for the gateway's window (its own RATE_LIMIT_WINDOW_S).
+            window = rate_limit_window_from(os.environ)
             asyncio.run(
-                asyncio.wait_for(declare_streams(nats_url, nkey_seed_file=self.nats_seed_files[ADMIN]), 60)
+                asyncio.wait_for(
+                    declare_streams(
+                        nats_url, nkey_seed_file=self.nats_seed_files[ADMIN], rate_limit_window_s=window
+                    ),
+                    60,
+                )
             )
-        except (NatsCredentialsError, TimeoutError, OSError, nats.errors.Error) as exc:
+        except (NatsCredentialsError, TimeoutError, OSError, ValueError, nats.errors.Error) as exc:
             raise StackError(
                 f"declaring the NATS streams at {nats_url}: {exc or type(exc).__name__}"
             ) from None
-        self.log("NATS streams declared as the operator (admin); the services only look them up")
+        self.log("NATS streams and buckets declared as the operator (admin); the services only look them up")
 
     def _verifier(self) -> dict[str, str]:
         """The gateway's verifier settings: the operator's, or the stack's own secret (and a dev token)."""

@@ -1,8 +1,9 @@
 """The one NATS helper: connect (with the identity's nkey), declare or await streams, publish events.
 
 `python -m koprogo_shared.nats_connection` is a deployment's stream setup step: it declares
-every KOPROGO_* stream at NATS_URL as the identity of NATS_NKEY_SEED_FILE (the operator's,
-`admin`), before the services start.
+every KOPROGO_* stream and both key-value buckets (`koprogo_shared.kv_buckets`) at NATS_URL as
+the identity of NATS_NKEY_SEED_FILE (the operator's, `admin`), before the services start; the
+counters' bucket keeps them for the gateways' RATE_LIMIT_WINDOW_S (default 60).
 
 Each service and each edge node has its own nkey (a user seed in a file, `NATS_NKEY_SEED_FILE`);
 the server's configuration gives each public key its subject permissions (see
@@ -29,6 +30,17 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, Event
+from koprogo_shared.kv_buckets import (
+    BUCKETS,
+    DEFAULT_RATE_LIMIT_WINDOW_S,
+    bucket_stream,
+    check_rate_limit_ttl,
+    declare_buckets,
+    ensure_rate_limit_bucket,
+    rate_limit_ttl_s,
+    rate_limit_window_from,
+)
+from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -145,11 +157,17 @@ async def ensure_streams(js: JetStreamContext) -> None:
             await js.update_stream(config)
 
 
-async def declare_streams(url: str, *, nkey_seed_file: Path | None = None) -> None:
-    """Connect (as the operator, given its seed), declare every KOPROGO_* stream, disconnect."""
+async def declare_streams(
+    url: str,
+    *,
+    nkey_seed_file: Path | None = None,
+    rate_limit_window_s: float = DEFAULT_RATE_LIMIT_WINDOW_S,
+) -> None:
+    """Connect (as the operator, given its seed), declare every KOPROGO_* stream and bucket, disconnect."""
     nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
     try:
         await ensure_streams(js)
+        await declare_buckets(js, rate_limit_window_s=rate_limit_window_s)
     finally:
         await nc.close()
 
@@ -209,6 +227,34 @@ async def streams_for_service(js: JetStreamContext, nkey_seed_file: Path | None,
         await ensure_streams(js)
     else:
         await wait_for_streams(js, [spec.name for spec in STREAMS], timeout_s=timeout_s)
+
+
+async def buckets_for_service(
+    js: JetStreamContext,
+    nkey_seed_file: Path | None,
+    *,
+    rate_limit_window_s: float | None,
+    timeout_s: float,
+) -> None:
+    """The gateway's and the router's start: the routing policies' bucket, and the counters'
+    when `rate_limit_window_s` is given (the gateway's).
+
+    With an nkey the service may not create or alter a bucket (it would purge counters or
+    policies), so it waits for the setup step's and checks the counters are kept long enough
+    for its window (`kv_buckets.RateLimitBucketError` otherwise). Anonymous, it declares them.
+    """
+    if nkey_seed_file is None:
+        if rate_limit_window_s is not None:
+            await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s))
+        await ensure_routing_policy_bucket(js)
+        return
+    names = [bucket_stream(subjects.ROUTING_POLICY_BUCKET)]
+    if rate_limit_window_s is not None:
+        names.append(bucket_stream(subjects.RATE_LIMIT_BUCKET))
+    await wait_for_streams(js, names, timeout_s=timeout_s)
+    if rate_limit_window_s is not None:
+        counters = await js.stream_info(bucket_stream(subjects.RATE_LIMIT_BUCKET))
+        check_rate_limit_ttl(counters.config.max_age, rate_limit_window_s)
 
 
 def event_headers(event: Event) -> dict[str, str]:
@@ -272,18 +318,25 @@ async def deliver_chat_outcome(
 
 
 def main() -> int:
-    """The stream setup step: declare the streams at $NATS_URL as $NATS_NKEY_SEED_FILE's identity."""
+    """The stream setup step: declare the streams and buckets at $NATS_URL as $NATS_NKEY_SEED_FILE's identity."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
     seed = os.environ.get("NATS_NKEY_SEED_FILE")
     try:
-        asyncio.run(asyncio.wait_for(declare_streams(url, nkey_seed_file=Path(seed) if seed else None), 120))
+        window = rate_limit_window_from(os.environ)
+    except ValueError:
+        print("stream setup: RATE_LIMIT_WINDOW_S must be a positive number of seconds", file=sys.stderr)
+        return 1
+    declaring = declare_streams(url, nkey_seed_file=Path(seed) if seed else None, rate_limit_window_s=window)
+    try:
+        asyncio.run(asyncio.wait_for(declaring, 120))
     except (NatsCredentialsError, TimeoutError, nats.errors.Error) as exc:
         print(
             f"stream setup: cannot declare the streams at {url}: {exc or type(exc).__name__}", file=sys.stderr
         )
         return 1
     log.info("declared streams %s at %s", ", ".join(spec.name for spec in STREAMS), url)
+    log.info("declared buckets %s (counters kept %g s)", ", ".join(BUCKETS), rate_limit_ttl_s(window))
     return 0
 
 

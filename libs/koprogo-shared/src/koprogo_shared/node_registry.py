@@ -8,7 +8,8 @@ that is alive may still be unavailable (no API key, cooldown), and says why.
 A heartbeat is believed only as far as its sender's identity goes (`heartbeat_refusal`): the
 NATS server lets a node publish on `koprogo.nodes.heartbeat.<its own id>` alone, so the body
 must name that id (`leaving` included), and with a node roster (`koprogo_shared.node_roster`)
-its models and pools must be among those its key was minted for.
+its models and pools must be among those its key was minted for, and it may claim no less
+power, no cleaner grid and no renewable supply than its operator declared.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def heartbeat_refusal(subject: str, beat: NodeHeartbeat, roster: Roster | None) 
         return "model_not_granted"
     if not set(beat.pools) <= grant.pools:
         return "pool_not_granted"
+    declared = grant.footprint
+    if (
+        beat.power_watts < declared.power_watts
+        or beat.intensity_g_per_kwh < declared.intensity_g_per_kwh
+        or (beat.renewable_attested and not declared.renewable_attested)
+    ):
+        # Claiming worse than declared is allowed (a dirtier hour); better never is.
+        return "footprint_not_declared"
     return None
 
 

@@ -1,4 +1,4 @@
-"""What each edge node's NATS key was minted for: its models and its pools (the node roster).
+"""What each edge node's NATS key was minted for: its models, its pools and its declared energy (the node roster).
 
 `koprogo up`, `koprogo nats-config`, `koprogo nats-node-key` and `koprogo node join` mint a
 node's key with the permissions of its models and pools (`koprogo_cli.nats_auth`) and write
@@ -6,7 +6,15 @@ the same grant into the roster file beside the keys (`<keys>/roster.json`). The 
 holds the permissions but tells no subscriber who published a message, so the router reads
 the roster to check what a heartbeat claims against what its sender's key may do:
 
-    {"nodes": {"<node id>": {"models": ["<model id>", ...], "pools": ["shared" | "copro-<id>", ...]}}}
+    {"nodes": {"<node id>": {"models": ["<model id>", ...], "pools": ["shared" | "copro-<id>", ...],
+                             "footprint": {"power_watts": 7.0, "intensity_g_per_kwh": 150.0,
+                                           "renewable_attested": false}}}}
+
+The footprint is what the operator declared for the node's energy (`--power-watts`,
+`--intensity`, `--renewable`; the defaults of `koprogo_shared.co2` when not said, as for an
+entry written before it existed): a heartbeat claiming less power, a cleaner grid or a
+renewable supply not declared is refused, so a node cannot buy its way to the front of the
+carbon-aware routing with a 0 g claim.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.subjects import SHARED_POOL
 
 log = logging.getLogger(__name__)
@@ -24,10 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class NodeGrant:
-    """The models a node's key may pull work for, and the pools it may pull it from."""
+    """The models a node's key may pull work for, the pools it may pull it from, its declared energy."""
 
     models: frozenset[str]
     pools: frozenset[str] = frozenset({SHARED_POOL})
+    footprint: EdgeFootprint = field(default_factory=EdgeFootprint)
 
 
 Roster = Mapping[str, NodeGrant]
@@ -41,18 +52,37 @@ def parse_roster(text: str) -> dict[str, NodeGrant]:
             str(node_id): NodeGrant(
                 frozenset(str(m) for m in grant["models"]),
                 frozenset(str(p) for p in grant.get("pools") or [SHARED_POOL]),
+                _footprint(grant.get("footprint")),
             )
             for node_id, grant in nodes.items()
         }
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(
-            'not a node roster: expected {"nodes": {id: {"models": [...], "pools": [...]}}}'
+            'not a node roster: expected {"nodes": {id: {"models": [...], "pools": [...], '
+            '"footprint": {...}}}}'
         ) from None
+
+
+def _footprint(declared: Mapping[str, Any] | None) -> EdgeFootprint:
+    """A grant's declared footprint (TypeError/ValueError when malformed); the defaults when absent."""
+    found = EdgeFootprint(**(declared or {}))
+    power, intensity = float(found.power_watts), float(found.intensity_g_per_kwh)
+    if power < 0 or intensity < 0 or not isinstance(found.renewable_attested, bool):
+        raise ValueError("a footprint needs power and intensity >= 0 and renewable_attested true or false")
+    return EdgeFootprint(power, intensity, found.renewable_attested)
 
 
 def render_roster(grants: Mapping[str, NodeGrant]) -> str:
     nodes = {
-        node_id: {"models": sorted(grant.models), "pools": sorted(grant.pools)}
+        node_id: {
+            "models": sorted(grant.models),
+            "pools": sorted(grant.pools),
+            "footprint": {
+                "power_watts": grant.footprint.power_watts,
+                "intensity_g_per_kwh": grant.footprint.intensity_g_per_kwh,
+                "renewable_attested": grant.footprint.renewable_attested,
+            },
+        }
         for node_id, grant in sorted(grants.items())
     }
     return json.dumps({"nodes": nodes}, indent=2) + "\n"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from koprogo_shared import co2
 
 if TYPE_CHECKING:
     from koprogo_shared.content_crypto import Keyring
@@ -52,3 +54,21 @@ class ContentKeySettings(ServiceSettings):
 
         keys = self.content_keys.get_secret_value() if self.content_keys is not None else None
         return load_keyring(keys, self.content_key_id, self.content_keys_file)
+
+
+class EdgeFootprintSettings(BaseSettings):
+    """What an edge node declares about its energy: POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED.
+
+    The node announces it in its heartbeats; the operator declares the same when minting the
+    node's key (`koprogo nats-node-key --power-watts ...`, `koprogo up` for its own nodes from
+    these variables), and routers refuse a heartbeat claiming less than that (`node_registry`).
+    """
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    power_watts: float = Field(default=co2.DEFAULT_EDGE_POWER_WATTS, ge=0)
+    intensity_g_per_kwh: float = Field(default=co2.DEFAULT_EDGE_INTENSITY_G_PER_KWH, ge=0)
+    renewable_attested: bool = False
+
+    def footprint(self) -> co2.EdgeFootprint:
+        return co2.EdgeFootprint(self.power_watts, self.intensity_g_per_kwh, self.renewable_attested)

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
-from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore, ensure_rate_limit_bucket
+from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_gateway.adapters.routing_policy_store import (
     NatsKvRoutingPolicyStore,
 )
@@ -28,10 +28,9 @@ from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
 from koprogo_shared.heartbeats import follow_heartbeats
-from koprogo_shared.nats_connection import connect_nats
+from koprogo_shared.nats_connection import STREAMS_WAIT_S, buckets_for_service, connect_nats
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
-from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
@@ -75,13 +74,18 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         nkey_seed_file=settings.nats_nkey_seed_file,
     )
     try:
-        # Counters outlive their window by one more window (margin for replicas' clock skew).
-        await ensure_rate_limit_bucket(js, ttl_s=2.0 * settings.rate_limit_window_s)
+        # With a key the setup step declared both buckets (counters kept two windows); the
+        # gateway may only read and write their keys.
+        await buckets_for_service(
+            js,
+            settings.nats_nkey_seed_file,
+            rate_limit_window_s=settings.rate_limit_window_s,
+            timeout_s=STREAMS_WAIT_S,
+        )
         # On the chat path, a store that does not answer within its own short timeout is unreachable.
         counters = await nc.jetstream(timeout=settings.rate_limit_store_timeout_s).key_value(
             RATE_LIMIT_BUCKET
         )
-        await ensure_routing_policy_bucket(js)
         policies = await nc.jetstream(timeout=settings.routing_policy_store_timeout_s).key_value(
             ROUTING_POLICY_BUCKET
         )

@@ -16,10 +16,10 @@ import uuid
 
 from pydantic import Field, SecretStr
 
-from koprogo_shared import co2, subjects
+from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.model_files import ModelsFolderSettings
-from koprogo_shared.settings import ServiceSettings
+from koprogo_shared.settings import EdgeFootprintSettings, ServiceSettings
 
 DEFAULT_NODE_PORT = 3031
 
@@ -30,7 +30,7 @@ def default_node_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:6]}"
 
 
-class NodeSettings(ServiceSettings, ModelsFolderSettings):
+class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings):
     """What one edge node serves, how it runs llama.cpp and what it declares about its energy."""
 
     ops_port: int = DEFAULT_NODE_PORT  # /health, /ready, /metrics and /mcp/v1/models
@@ -50,9 +50,6 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings):
     # send NODE_MCP_TOKEN as a bearer token, required unless the port is on loopback.
     mcp_enabled: bool = False
     node_mcp_token: SecretStr | None = None
-    power_watts: float = Field(default=co2.DEFAULT_EDGE_POWER_WATTS, ge=0)
-    intensity_g_per_kwh: float = Field(default=co2.DEFAULT_EDGE_INTENSITY_G_PER_KWH, ge=0)
-    renewable_attested: bool = False
     # The copros whose own edge pool the node belongs to, as its NATS key was minted
     # (`koprogo nats-node-key --copro C`): it takes their work only. Empty: the shared pool.
     node_copros: list[str] = Field(default_factory=list)
@@ -71,6 +68,3 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings):
     def pools(self) -> list[str]:
         """The edge pools it takes work from (`subjects.run_inference_edge`)."""
         return [subjects.copro_pool(c) for c in dict.fromkeys(self.node_copros)] or [subjects.SHARED_POOL]
-
-    def footprint(self) -> co2.EdgeFootprint:
-        return co2.EdgeFootprint(self.power_watts, self.intensity_g_per_kwh, self.renewable_attested)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -26,6 +27,7 @@ from koprogo_shared.catalogue import CATALOGUE
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
+from koprogo_shared.node_roster import Roster, RosterFile
 from koprogo_shared.ops_http import ops_server
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class Ledger:
     keyring: Keyring
     # Nodes publish with NATS keys: an edge completion must come on its node's own subject.
     nodes_keyed: bool = False
+    # What each node's key was minted for: its outcomes only for copros and models it serves.
+    roster: Callable[[], Roster | None] = lambda: None
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
         return PostgresProjectionUnitOfWork(self.pool, self.keyring)
@@ -57,6 +61,7 @@ class Ledger:
             stop,
             NatsStreamScrubber(self.js, self.pool),
             nodes_keyed=self.nodes_keyed,
+            roster=self.roster,
         )
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
 
@@ -118,6 +123,7 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         spec=ledger_consumer_spec(settings),
         keyring=keyring,
         nodes_keyed=settings.nats_nkey_seed_file is not None,
+        roster=RosterFile(settings.node_roster_file) if settings.node_roster_file else lambda: None,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from koprogo_shared import subjects
@@ -17,6 +19,9 @@ class LedgerSettings(ContentKeySettings):
 
     database_url: str
     ops_port: int = 8082
+    # What each edge node's key was minted for (`koprogo_shared.node_roster`): a node's outcome
+    # for a copro or model it serves no work of is refused. Unset: only the subject is checked.
+    node_roster_file: Path | None = None
     db_pool_max: int = Field(default=4, ge=2)
     # The NATS permissions `koprogo up` writes name this durable: change both together.
     ledger_durable: str = subjects.LEDGER_DURABLE

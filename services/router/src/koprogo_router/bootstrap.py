@@ -16,7 +16,12 @@ from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.events import ChatRequested, InferenceAttemptFailed
 from koprogo_shared.heartbeats import follow_heartbeats
-from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
+from koprogo_shared.nats_connection import (
+    STREAMS_WAIT_S,
+    buckets_for_service,
+    connect_nats,
+    streams_for_service,
+)
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.ops_http import ops_server
@@ -49,6 +54,9 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
     )
     try:
         await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
+        await buckets_for_service(
+            js, settings.nats_nkey_seed_file, rate_limit_window_s=None, timeout_s=STREAMS_WAIT_S
+        )
         registry = (
             NodeRegistry(RosterFile(settings.node_roster_file))
             if settings.node_roster_file

@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js import api as js_api
 from nats.js.kv import KeyValue
-
-from koprogo_shared.subjects import RATE_LIMIT_BUCKET
-
-log = logging.getLogger(__name__)
 
 
 class CounterStoreError(Exception):
@@ -99,34 +92,6 @@ class NatsKvCounterStore(CounterStore):
         except _UNAVAILABLE as exc:
             raise CounterStoreUnavailableError(f"updating a counter failed: {type(exc).__name__}") from exc
         return Counter(count, new_revision)
-
-
-async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float) -> None:
-    """Create the counters' bucket, or make sure the existing one keeps counters for `ttl_s`.
-
-    File storage like every stream (a NATS restart does not forgive a window); history 1,
-    since only the latest count matters; the TTL removes the keys of past windows. Reads
-    are not `direct`, so they are served by the stream's leader, which also orders writes.
-    """
-    config = js_api.KeyValueConfig(
-        bucket=RATE_LIMIT_BUCKET,
-        description="Rate-limit counters of the gateways, one key per policy, subject and window.",
-        history=1,
-        ttl=ttl_s,
-        storage=js_api.StorageType.FILE,
-        replicas=1,
-    )
-    try:
-        await js.create_key_value(config)
-    except nats.js.errors.BadRequestError:
-        # The bucket exists with another configuration (a replica with another window):
-        # keep it, but never with a TTL that would expire a counter inside its window.
-        stream = f"KV_{RATE_LIMIT_BUCKET}"
-        info = await js.stream_info(stream)
-        if (info.config.max_age or 0) < ttl_s:
-            info.config.max_age = ttl_s
-            await js.update_stream(info.config)
-            log.info("rate-limit bucket TTL raised to %ss", ttl_s)
 
 
 class FakeCounterStore(CounterStore):

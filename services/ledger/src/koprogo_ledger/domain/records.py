@@ -12,6 +12,7 @@ from typing import Any, Literal
 from koprogo_ledger.domain.errors import InvalidEventError
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, ChatRequested, copro_id_from_context
+from koprogo_shared.node_roster import Roster
 
 RequestStatus = Literal["pending", "completed", "failed"]
 Outcome = Literal["completed", "failed"]
@@ -178,28 +179,54 @@ def delivered_execution_info(info: Mapping[str, Any], delivered_latency_ms: floa
     return updated
 
 
-def forged_sender(subject: str, event: object, *, nodes_keyed: bool) -> str | None:
-    """Why a completion must not be believed from the subject it arrived on, else None.
+def forged_sender(
+    subject: str, event: object, *, nodes_keyed: bool, roster: Roster | None = None
+) -> str | None:
+    """Why an outcome must not be believed from the subject it arrived on, else None.
 
     An edge node holding a key may publish its outcomes only on subjects carrying its id
-    (`subjects.node_chat_completed`): a completion there must be an edge one naming that node.
-    With `nodes_keyed` (the server gives every node a key), an edge completion on a subject
-    without a node id came from no node, so it is refused too; without keys nothing is
-    checked there (anyone may publish anything). The cloud worker and the router keep the
-    plain subjects. A ChatFailed names no node: its subject's permission is its check.
+    (`subjects.node_chat_completed`, `node_chat_failed`): a completion there must be an edge
+    one naming that node. With `nodes_keyed` (the server gives every node a key), an edge
+    completion on a subject without a node id came from no node, so it is refused too;
+    without keys nothing is checked there (anyone may publish anything). With the node
+    roster, a node's outcome (completion or failure) must be one it could have been given
+    work for: a copro's whose work its pools take, and for a completion one of its models.
+    The cloud worker, the router and the gateway keep the plain subjects.
     """
-    if not isinstance(event, ChatCompleted):
+    if not isinstance(event, ChatCompleted | ChatFailed):
         return None
     sender = subjects.outcome_sender(subject)
-    info = event.execution_info
-    if sender is not None:
-        if (
+    if isinstance(event, ChatCompleted):
+        info = event.execution_info
+        if sender is not None and (
             info.execution_type != "edge"
             or info.node_id is None
             or subjects.subject_token(info.node_id) != sender
         ):
             return f"node {sender} sent a completion naming {info.execution_type} {info.node_id!r}"
+        if sender is None and nodes_keyed and info.execution_type == "edge":
+            return f"an edge completion naming node {info.node_id!r} on {subject}, which names no node"
+    if sender is None or roster is None:
         return None
-    if nodes_keyed and info.execution_type == "edge":
-        return f"an edge completion naming node {info.node_id!r} on {subject}, which names no node"
+    grant = next((g for node_id, g in roster.items() if subjects.subject_token(node_id) == sender), None)
+    if grant is None:
+        return f"node {sender} is not in the node roster"
+    pool = subjects.SHARED_POOL if event.copro_id is None else subjects.copro_pool(event.copro_id)
+    if not grant.pools & {subjects.SHARED_POOL, pool}:
+        return f"node {sender} takes no work of copro {event.copro_id}"
+    if isinstance(event, ChatCompleted) and event.model not in grant.models:
+        return f"node {sender} was not given work for model {event.model}"
     return None
+
+
+def check_outcome_copro(event: ChatCompleted | ChatFailed, request: RequestState) -> None:
+    """An outcome naming another copro than its request's is refused (InvalidEventError).
+
+    A node may publish outcomes only under copros its pools serve (`forged_sender`); this
+    stops one from answering, or failing, a request of another copro under its own.
+    """
+    if event.copro_id is not None and request.copro_id is not None and event.copro_id != request.copro_id:
+        raise InvalidEventError(
+            f"{event.type} for request {event.request_id} names copro {event.copro_id}, "
+            f"its request copro {request.copro_id}"
+        )

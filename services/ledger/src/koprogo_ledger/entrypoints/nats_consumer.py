@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
@@ -39,6 +39,7 @@ from koprogo_shared.consumer import (
     failure_decision,
 )
 from koprogo_shared.events import UserDataErasureRequested, ledger_event_adapter
+from koprogo_shared.node_roster import Roster
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,13 @@ def event_batch_handler(
     scrubber: StreamScrubber | None = None,
     *,
     nodes_keyed: bool = False,
+    roster: Callable[[], Roster | None] = lambda: None,
 ) -> BatchHandler:
     """The batch handler; no per-message logging (hot path), outcomes and failures are counted.
 
-    A completion whose subject and body disagree on the node that sent it
-    (`records.forged_sender`; `nodes_keyed`: the server gives every node a key) is
+    An outcome whose subject and body disagree on the node that sent it, or that its node
+    could not have been given (`records.forged_sender`; `nodes_keyed`: the server gives every
+    node a key; `roster`: what each node's key was minted for, read per batch) is
     dead-lettered before it reaches the ledger, counted as `forged` and logged.
 
     With `scrubber`, a committed GDPR erasure also deletes the user's messages from the audit
@@ -81,6 +84,7 @@ def event_batch_handler(
     async def handle(msgs: Sequence[Msg]) -> list[Decision]:
         decisions: list[Decision] = [ACK] * len(msgs)  # each decoded event's is set from its outcome below
         decoded: list[tuple[int, LedgerEvent]] = []
+        grants = roster()
         for i, msg in enumerate(msgs):
             try:
                 event = ledger_event_adapter.validate_json(msg.data)
@@ -88,7 +92,7 @@ def event_batch_handler(
                 FAILURES.labels("poison").inc()
                 decisions[i] = failure_decision(exc)
                 continue
-            forged = forged_sender(msg.subject, event, nodes_keyed=nodes_keyed)
+            forged = forged_sender(msg.subject, event, nodes_keyed=nodes_keyed, roster=grants)
             if forged is not None:
                 FAILURES.labels("forged").inc()
                 log.warning("event %s refused: %s", event.id, forged)

@@ -19,6 +19,7 @@ from koprogo_ledger.domain.errors import (
     StoreUnavailableError,
 )
 from koprogo_ledger.domain.records import (
+    check_outcome_copro,
     delivered_execution_info,
     failure_record,
     parse_id,
@@ -119,6 +120,7 @@ async def _apply_completed(event: ChatCompleted, uow: ProjectionUnitOfWork) -> P
     request = await uow.lock_request(request_id)
     if request is None:
         raise RequestNotYetProjectedError(event.request_id)
+    check_outcome_copro(event, request)
     if not await uow.insert_response(response_row(event, request)):
         return Projected.IGNORED
     await uow.settle_request(request_id, settled_status(request.status, "completed"), None, event.time)
@@ -130,6 +132,7 @@ async def _apply_failed(event: ChatFailed, uow: ProjectionUnitOfWork) -> Project
     request = await uow.lock_request(request_id)
     if request is None:
         raise RequestNotYetProjectedError(event.request_id)
+    check_outcome_copro(event, request)
     status = settled_status(request.status, "failed")
     await uow.settle_request(request_id, status, failure_record(event), event.time)
     return Projected.APPLIED

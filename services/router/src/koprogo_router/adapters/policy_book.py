@@ -18,7 +18,6 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from koprogo_shared.events import RoutingPreference
-from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import ROUTING_POLICY_BUCKET, routing_policy_key
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,9 @@ class WatchedPolicyBook(PolicyBook):
 
     async def _load(self, js: JetStreamContext) -> tuple[KeyValue.KeyWatcher, object]:
         """Every stored policy, and a watch from there on; with the bucket's creation time."""
-        kv = await ensure_routing_policy_bucket(js)
+        # Declared before the router starts (`nats_connection.buckets_for_service`); a deleted
+        # bucket is waited for, never declared again here (an empty one would look like no policies).
+        kv = await js.key_value(ROUTING_POLICY_BUCKET)
         created = (await js.stream_info(_BUCKET_STREAM)).created
         watcher = await kv.watchall()
         loaded: dict[str, RoutingPreference] = {}

@@ -6,6 +6,7 @@ over streamable HTTP (`mcp_endpoint`), `koprogo mcp` over stdio with an HTTP bac
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from mcp.server.mcpserver import MCPServer
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.entrypoints.http.deps import authenticate
@@ -53,12 +54,19 @@ def build_mcp_server(backends: BackendFactory) -> MCPServer[BackendFactory]:
     return server
 
 
+# JSON-RPC methods whose work goes through the backend, which counts it against the caller's
+# rate limit once (a chat by its use case, with its copro; stats and models by the backend).
+# Every other MCP message (initialize, tools/list, prompts/get, ping...) is counted at the door.
+COUNTED_BY_THEIR_BACKEND = frozenset({"tools/call", "resources/read"})
+
+
 class AuthenticatedMcp:
-    """The SDK's streamable HTTP app behind the gateway's own authentication.
+    """The SDK's streamable HTTP app behind the gateway's own authentication and rate limit.
 
     A request without a valid token gets the same 401 JSON as the HTTP API; an accepted one
     carries its backend (gateway and caller) in the request state, where the tools find it;
-    each tool checks its own scope.
+    each tool checks its own scope. Every request counts against its user's limit once, as
+    on the HTTP API: at the door, or by the backend for a tool call or a resource read.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -72,15 +80,73 @@ class AuthenticatedMcp:
         try:
             caller = await authenticate(gateway, _bearer_token(scope))
         except GatewayError as exc:
-            response = JSONResponse(
-                status_code=exc.status,
-                content={"error": exc.error, "message": exc.message, **exc.extra},
-                headers=exc.headers or None,
-            )
-            await response(scope, receive, send)
+            await _refusal(exc)(scope, receive, send)
+            return
+        # The body is bounded by the app's BodySizeLimit; read once, then handed on as it came.
+        body = await _read_body(receive)
+        rate_headers: dict[str, str] = {}
+        try:
+            if _jsonrpc_method(body) not in COUNTED_BY_THEIR_BACKEND:
+                rate_headers = await gateway.chat.admission.admit_request(caller.user_id)
+        except GatewayError as exc:
+            await _refusal(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})[BACKEND_STATE_KEY] = InProcessBackend(gateway, caller)
-        await self.app(scope, receive, send)
+        await self.app(scope, _replay(body, receive), _with_headers(send, rate_headers))
+
+
+def _refusal(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(
+        status_code=exc.status,
+        content={"error": exc.error, "message": exc.message, **exc.extra},
+        headers=exc.headers or None,
+    )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client left: the SDK sees an empty body and the disconnect next
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` again, its body already read: that body first, then whatever comes next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send`, with `headers` (the RateLimit fields) added to the response's start."""
+    if not headers:
+        return send
+    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
+
+
+def _jsonrpc_method(body: bytes) -> str | None:
+    """The JSON-RPC method of an MCP message, or None (a batch, a response, not JSON)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    method = message.get("method") if isinstance(message, dict) else None
+    return method if isinstance(method, str) else None
 
 
 def _bearer_token(scope: Scope) -> str | None:
