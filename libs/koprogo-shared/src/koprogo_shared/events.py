@@ -250,6 +250,10 @@ class ChatFailed(Event):
     error: str
     message: str
     known_models: list[str] | None = None
+    # True when the gateway gave the caller this error itself (timeout, node lost) while the work
+    # may still finish: an answer stored before or after it was not delivered, so the ledger keeps
+    # it as the failure's `late_answer`, never as an answer.
+    caller_verdict: bool = False
 
 
 class ChatDelivered(Event):

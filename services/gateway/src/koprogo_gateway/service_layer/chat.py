@@ -318,6 +318,8 @@ class ChatService:
                 status=status,
                 error=error,
                 message=message,
+                # The caller gets this error: an answer stored before or after it was not delivered.
+                caller_verdict=True,
             ),
         )
 
