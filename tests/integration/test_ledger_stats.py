@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,7 +12,7 @@ import asyncpg
 import pytest
 
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
-from koprogo_shared.events import ChatCompleted, Event
+from koprogo_shared.events import ChatCompleted, ChatFailed, ChatRequested, Event, chat_failed_id
 from tests.conftest import wait_until
 from tests.integration.ledger_support import (
     T0,
@@ -154,3 +155,65 @@ async def test_stats_types_match_the_seed_shape(database_url: str, clean_jetstre
         "avg_latency_ms": float,
         "models_used": list,
     }
+
+
+def _gave_up(request: ChatRequested, after: timedelta) -> ChatFailed:
+    """The gateway's own verdict: it answered the caller 504 (the generation may still finish)."""
+    return ChatFailed(
+        id=chat_failed_id(request.id),
+        source="koprogo/gateway",
+        time=request.time + after,
+        copro_id=request.copro_id,
+        request_id=request.id,
+        status=504,
+        error="timeout",
+        message="no node answered within 30s",
+        caller_verdict=True,
+    )
+
+
+async def test_an_answer_the_caller_did_not_get_is_not_counted_and_says_why(
+    database_url: str, clean_jetstream: str
+) -> None:
+    # Issue 12, findings 1 and 2: the caller got a 504 (its wait ended, or the core reply was lost)
+    # while the node's answer was stored before or after that verdict.
+    answered = chat_requested("copro-late")
+    late = chat_requested("copro-late", at=T0 + timedelta(minutes=1))  # the answer came after the 504
+    lost = chat_requested("copro-late", at=T0 + timedelta(minutes=2))  # stored, its reply lost: 504
+    events: list[Event] = [
+        answered,
+        chat_completed(answered, completion_tokens=5),
+        late,
+        _gave_up(late, timedelta(seconds=30)),
+        chat_completed(late, completion_tokens=40, after=timedelta(seconds=31)),
+        lost,
+        chat_completed(lost, completion_tokens=50, after=timedelta(seconds=2)),
+        _gave_up(lost, timedelta(seconds=30)),
+    ]
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        for event in events:
+            await ledger.publish(event)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=30)
+        rows = {
+            str(r["id"]): r
+            for r in await ledger.db.fetch(
+                "SELECT id, status, error FROM mcp_requests WHERE copro_id = 'copro-late'"
+            )
+        }
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            figures = await PostgresStatsRepository(pool).stats(
+                date_from=None, date_to=None, copro_ids=["copro-late"]
+            )
+        finally:
+            await pool.close()
+    assert (figures["total_requests"], figures["total_tokens"]) == (1, 12 + 5)
+    assert rows[answered.id]["status"] == "completed"
+    for request, tokens in ((late, 52), (lost, 62)):
+        row = rows[request.id]
+        error = json.loads(row["error"]) if isinstance(row["error"], str) else row["error"]
+        assert row["status"] == "failed" and error["error"] == "timeout", row
+        # The late answer's figures are kept with the failure (its CO2 was emitted), not as an answer.
+        assert error["late_answer"]["total_tokens"] == tokens, error
+        assert "not counted as an answer" in error["late_answer"]["why"], error

@@ -15,7 +15,14 @@ from koprogo_ledger.domain.errors import (
     RequestNotYetProjectedError,
     ResponseNotYetProjectedError,
 )
-from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
+from koprogo_ledger.domain.records import (
+    LATE_ANSWER_FIELDS,
+    RequestRow,
+    RequestState,
+    RequestStatus,
+    ResponseRow,
+    UserKey,
+)
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
 from koprogo_ledger.service_layer.projection import Projected, project
 from koprogo_shared.events import ChatDelivered, ChatFailed, UserDataErasureRequested
@@ -103,6 +110,7 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
             "request_id": row.request_id,
             "info": row.execution_info,
             "latency": row.latency_ms,
+            "figures": {name: getattr(row, name) for name in LATE_ANSWER_FIELDS},
         }
         return True
 
@@ -116,6 +124,17 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
     ) -> None:
         self.responses[response_id].update(latency=latency_ms, info=execution_info)
+
+    async def withdraw_response(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        for response_id, r in list(self.responses.items()):
+            if r["request_id"] == request_id:
+                del self.responses[response_id]
+                return dict(r["figures"])
+        return None
+
+    async def record_late_answer(self, request_id: uuid.UUID, late: dict[str, Any]) -> None:
+        row = self.requests[request_id]
+        row["error"] = (row["error"] or {}) | {"late_answer": late}
 
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
         self.erased = [*getattr(self, "erased", []), user]
@@ -230,3 +249,44 @@ async def test_an_erasure_no_row_could_match_is_an_error_not_a_silent_no_op(ledg
     with pytest.raises(InvalidEventError):
         await project(unstorable, FakeUnitOfWork(ledger))
     assert unstorable.id not in ledger.applied
+
+
+def _verdict(request_id: str, *, caller_verdict: bool = True) -> ChatFailed:
+    return ChatFailed(
+        source="koprogo/gateway",
+        request_id=request_id,
+        status=504,
+        error="timeout",
+        message="no answer within 30s",
+        caller_verdict=caller_verdict,
+    )
+
+
+async def test_the_gateways_verdict_withdraws_a_stored_answer_and_a_later_one_is_only_noted(
+    ledger: FakeLedger,
+) -> None:
+    stored_first, came_late = requested(), requested()
+    for event in (
+        stored_first,
+        completed(stored_first.id),
+        _verdict(stored_first.id),
+        came_late,
+        _verdict(came_late.id),
+        completed(came_late.id),
+    ):
+        assert await project(event, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert ledger.responses == {}
+    for request in (stored_first, came_late):
+        row = ledger.requests[uuid.UUID(request.id)]
+        assert row["status"] == "failed" and row["error"]["error"] == "timeout"
+        assert row["error"]["late_answer"]["total_tokens"] == 7
+        assert row["error"]["late_answer"]["node_id"] == "pi-1"
+
+
+async def test_a_workers_failure_after_the_answer_leaves_the_answer_counted(ledger: FakeLedger) -> None:
+    # Only the gateway knows what the caller got: a redelivered attempt failing later changes nothing.
+    request = requested()
+    for event in (request, completed(request.id), _verdict(request.id, caller_verdict=False)):
+        await project(event, FakeUnitOfWork(ledger))
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
+    assert len(ledger.responses) == 1

@@ -22,7 +22,14 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
-from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
+from koprogo_ledger.domain.records import (
+    LATE_ANSWER_FIELDS,
+    RequestRow,
+    RequestState,
+    RequestStatus,
+    ResponseRow,
+    UserKey,
+)
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
 
@@ -207,6 +214,23 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
                 "SELECT id, execution_info FROM mcp_responses WHERE request_id = $1 FOR UPDATE", request_id
             )
         return None if row is None else ResponseState(id=row["id"], execution_info=row["execution_info"])
+
+    async def withdraw_response(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        with _translated():
+            row = await self._db.fetchrow(
+                f"DELETE FROM mcp_responses WHERE request_id = $1 RETURNING {', '.join(LATE_ANSWER_FIELDS)}",
+                request_id,
+            )
+        return None if row is None else dict(row)
+
+    async def record_late_answer(self, request_id: uuid.UUID, late: dict[str, Any]) -> None:
+        with _translated():
+            await self._db.execute(
+                "UPDATE mcp_requests SET error = COALESCE(error, '{}'::jsonb) || jsonb_build_object('late_answer', $2::jsonb)"
+                " WHERE id = $1",
+                request_id,
+                late,
+            )
 
     async def record_delivery(
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]

@@ -165,6 +165,43 @@ def failure_record(event: ChatFailed) -> dict[str, Any]:
     return record
 
 
+# The figures of an answer the caller did not get, kept in its request's `error` as `late_answer`.
+LATE_ANSWER_FIELDS = (
+    "model",
+    "execution_type",
+    "node_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "co2_grams",
+)
+CAME_AFTER_THE_ERROR = (
+    "arrived after the caller was answered with this error: not delivered, not counted as an answer"
+)
+NEVER_REACHED_THE_CALLER = (
+    "stored, but the caller was answered with this error (the answer did not reach it in time): "
+    "not delivered, not counted as an answer"
+)
+
+
+def late_answer(figures: Mapping[str, Any], why: str) -> dict[str, Any]:
+    """The `late_answer` record of an answer the caller did not get: its figures (its CO2 was
+    emitted all the same) and why it is not an answer."""
+    return {name: figures[name] for name in LATE_ANSWER_FIELDS} | {"why": why}
+
+
+def late_answer_of(event: ChatCompleted) -> dict[str, Any]:
+    """A completion that came for a request already failed (the caller had its error)."""
+    row = response_row(event, RequestState(status="failed", copro_id=event.copro_id))
+    return late_answer({name: getattr(row, name) for name in LATE_ANSWER_FIELDS}, CAME_AFTER_THE_ERROR)
+
+
+def undelivered(status: RequestStatus, event: ChatFailed) -> bool:
+    """A completion already stored must give way to this failure: the gateway's own verdict says the
+    caller got the error, not the answer (it timed out, or the node seemed lost, or the reply was lost)."""
+    return event.caller_verdict and status == "completed"
+
+
 def settled_status(current: RequestStatus, outcome: Outcome) -> RequestStatus:
     """The first outcome wins: the gateway hands the caller the first answer it receives."""
     return outcome if current == "pending" else current

@@ -78,6 +78,15 @@ class ProjectionUnitOfWork(abc.ABC):
     async def lock_response_of(self, request_id: uuid.UUID) -> ResponseState | None: ...
 
     @abc.abstractmethod
+    async def withdraw_response(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        """Delete the request's response (an answer the caller did not get); its figures
+        (`records.LATE_ANSWER_FIELDS`), or None when it has none."""
+
+    @abc.abstractmethod
+    async def record_late_answer(self, request_id: uuid.UUID, late: dict[str, Any]) -> None:
+        """Keep `late` in the request's `error` document as `late_answer`."""
+
+    @abc.abstractmethod
     async def record_delivery(
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
     ) -> None: ...

@@ -19,13 +19,17 @@ from koprogo_ledger.domain.errors import (
     StoreUnavailableError,
 )
 from koprogo_ledger.domain.records import (
+    NEVER_REACHED_THE_CALLER,
     check_outcome_copro,
     delivered_execution_info,
     failure_record,
+    late_answer,
+    late_answer_of,
     parse_id,
     request_row,
     response_row,
     settled_status,
+    undelivered,
     user_key,
 )
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
@@ -121,6 +125,11 @@ async def _apply_completed(event: ChatCompleted, uow: ProjectionUnitOfWork) -> P
     if request is None:
         raise RequestNotYetProjectedError(event.request_id)
     check_outcome_copro(event, request)
+    if request.status == "failed":
+        # The caller already had its error: this answer is kept as the failure's late answer
+        # (its figures, its CO2), never counted as one (issue 12, finding 1).
+        await uow.record_late_answer(request_id, late_answer_of(event))
+        return Projected.APPLIED
     if not await uow.insert_response(response_row(event, request)):
         return Projected.IGNORED
     await uow.settle_request(request_id, settled_status(request.status, "completed"), None, event.time)
@@ -133,6 +142,15 @@ async def _apply_failed(event: ChatFailed, uow: ProjectionUnitOfWork) -> Project
     if request is None:
         raise RequestNotYetProjectedError(event.request_id)
     check_outcome_copro(event, request)
+    if undelivered(request.status, event):
+        # The answer was stored but the caller got this error (its reply lost or too late): the
+        # ledger agrees with the caller (issue 12, finding 2).
+        withdrawn = await uow.withdraw_response(request_id)
+        record = failure_record(event)
+        if withdrawn is not None:
+            record["late_answer"] = late_answer(withdrawn, NEVER_REACHED_THE_CALLER)
+        await uow.settle_request(request_id, "failed", record, event.time)
+        return Projected.APPLIED
     status = settled_status(request.status, "failed")
     await uow.settle_request(request_id, status, failure_record(event), event.time)
     return Projected.APPLIED
