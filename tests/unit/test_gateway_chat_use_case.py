@@ -21,6 +21,7 @@ from koprogo_gateway.domain.errors import (
     ForbiddenError,
     GatewayError,
     InputTooLargeError,
+    NodeChangedError,
     RateLimitedError,
 )
 from koprogo_gateway.domain.input_limits import InputLimits
@@ -280,6 +281,88 @@ async def test_a_stream_nobody_answers_raises_the_504_while_iterating_and_cancel
     [request] = bus.events(ChatRequested)
     assert [f.error for f in bus.events(ChatFailed)] == ["timeout"]
     assert bus.cancelled == [request.id]
+
+
+def from_node(event: ReplyEvent, node_id: str) -> ReplyEvent:
+    """`event` as node `node_id` sends it (its `source`)."""
+    return event.model_copy(update={"source": f"koprogo/node/{node_id}"})
+
+
+async def test_a_stream_redelivered_to_another_node_mid_answer_ends_with_node_changed_not_a_mix() -> None:
+    # pi-1 streams two pieces and dies; its work item is redelivered to pi-2, which starts over.
+    bus = FakeChatBus(
+        lambda r: replies(
+            from_node(started(r, "pi-1"), "pi-1"),
+            from_node(delta(r, 0, "Il était"), "pi-1"),
+            from_node(delta(r, 1, " une fois"), "pi-1"),
+            0.05,
+            from_node(started(r, "pi-2"), "pi-2"),
+            from_node(delta(r, 0, "Once"), "pi-2"),
+            from_node(delta(r, 1, " upon a time"), "pi-2"),
+            0.05,
+            from_node(completed(r, "Once upon a time", node_id="pi-2"), "pi-2"),
+        )
+    )
+    chats = service(bus)
+
+    stream = await chats.stream(RESIDENT, body())
+    seen: list[str] = []
+    changed: NodeChangedError | None = None
+    try:
+        async for piece in stream.pieces:
+            seen.append(
+                piece.delta if isinstance(piece, ChatDelta) else f"<answer: {piece.completion.content}>"
+            )
+    except NodeChangedError as exc:
+        changed = exc
+
+    assert seen == ["Il était", " une fois"]  # never followed by pi-2's text
+    assert changed is not None and (changed.status, changed.error) == (503, "node_changed")
+    assert "pi-1" in changed.message and "pi-2" in changed.message
+    [request] = bus.events(ChatRequested)
+    [failed] = bus.events(ChatFailed)  # the ledger learns the caller got no answer
+    assert (failed.request_id, failed.error) == (request.id, "node_changed")
+    assert bus.cancelled == [request.id]  # pi-2 stops generating for nobody
+
+
+async def test_a_stream_whose_node_changed_before_any_piece_sends_the_new_nodes_answer_only() -> None:
+    bus = FakeChatBus(
+        lambda r: replies(
+            from_node(started(r, "pi-1"), "pi-1"),
+            from_node(started(r, "pi-2"), "pi-2"),
+            from_node(delta(r, 0, "stale piece"), "pi-1"),
+            from_node(delta(r, 0, "Once"), "pi-2"),
+            from_node(delta(r, 1, " upon a time"), "pi-2"),
+            from_node(completed(r, "Once upon a time", node_id="pi-2"), "pi-2"),
+        )
+    )
+    chats = service(bus)
+
+    stream = await chats.stream(RESIDENT, body())
+    pieces = [piece async for piece in stream.pieces]
+
+    assert [p.delta for p in pieces if isinstance(p, ChatDelta)] == ["Once", " upon a time"]
+    assert isinstance(pieces[-1], ChatAnswer) and pieces[-1].completion.content == "Once upon a time"
+
+
+async def test_a_stream_that_lost_a_piece_sends_the_rest_of_the_answer_in_one_piece() -> None:
+    bus = FakeChatBus(
+        lambda r: replies(
+            started(r),
+            delta(r, 0, "Il était"),
+            delta(r, 2, " fois"),  # piece 1 was lost on the way
+            completed(r, "Il était une fois"),
+        )
+    )
+    chats = service(bus)
+
+    stream = await chats.stream(RESIDENT, body())
+    pieces = [piece async for piece in stream.pieces]
+
+    assert [(p.index, p.delta) for p in pieces if isinstance(p, ChatDelta)] == [
+        (0, "Il était"),
+        (1, " une fois"),
+    ]
 
 
 @pytest.mark.parametrize("streamed", [False, True])

@@ -6,8 +6,8 @@ told who sent each reply and refuses what that node may not say.
 
 from __future__ import annotations
 
-from koprogo_gateway.adapters.replies import ReplyWaiter
-from koprogo_shared.events import ChatCompleted, ChatFailed, ExecutionInfo, InferenceStarted, Usage
+from koprogo_gateway.adapters.replies import ExpectedReplies, ReplyWaiter, RunnerChanged
+from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, ExecutionInfo, InferenceStarted, Usage
 
 
 def started(node_id: str) -> InferenceStarted:
@@ -67,3 +67,97 @@ async def test_replies_on_the_gateways_own_subject_are_the_services_and_taken_as
     waiter.deliver(completed("cloud:openai"))
     assert expected.outcome.done() and expected.node_id == "cloud:openai"
     assert waiter.sender_of("r1") is None  # a cancel then goes to the request's own subject
+
+
+# A streamed request redelivered to another node mid-answer (issue 12, finding 4): the caller
+# must never get node A's first pieces followed by node B's whole text.
+
+
+def node_started(node_id: str) -> InferenceStarted:
+    return InferenceStarted(source=f"koprogo/node/{node_id}", request_id="r1", node_id=node_id)
+
+
+def piece(node_id: str, index: int, text: str) -> ChatDelta:
+    return ChatDelta(source=f"koprogo/node/{node_id}", request_id="r1", index=index, delta=text)
+
+
+def node_completed(node_id: str, content: str) -> ChatCompleted:
+    return completed(node_id, content).model_copy(update={"source": f"koprogo/node/{node_id}"})
+
+
+def queued(expected: ExpectedReplies) -> list[ChatDelta | RunnerChanged]:
+    items = []
+    while not expected.pieces.empty():
+        items.append(expected.pieces.get_nowait())
+    return items
+
+
+async def test_a_stream_takes_each_piece_once_in_index_order_and_holds_back_what_follows_a_gap() -> None:
+    waiter = ReplyWaiter()
+    expected = waiter.expect("r1", streamed=True)
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(piece("pi-1", 0, "Il était"))
+    waiter.deliver(piece("pi-1", 0, "Il était"))  # the same piece twice
+    waiter.deliver(piece("pi-1", 1, " une fois"))
+    waiter.deliver(piece("pi-1", 3, " after a lost piece"))  # index 2 never came
+    waiter.deliver(piece("pi-1", 4, " and the next"))
+
+    assert [(p.index, p.delta) for p in queued(expected) if isinstance(p, ChatDelta)] == [
+        (0, "Il était"),
+        (1, " une fois"),
+    ]
+    assert expected.pieces_lost
+
+
+async def test_a_node_change_after_pieces_were_taken_ends_the_pieces_with_the_change() -> None:
+    waiter = ReplyWaiter()
+    expected = waiter.expect("r1", streamed=True)
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(piece("pi-1", 0, "Il était"))
+    waiter.deliver(piece("pi-1", 1, " une fois"))
+    waiter.deliver(node_started("pi-2"))  # pi-1 died; its work item went to pi-2
+    waiter.deliver(piece("pi-2", 0, "Once"))
+    waiter.deliver(piece("pi-2", 1, " upon a time"))
+    waiter.deliver(node_completed("pi-2", "Once upon a time"))
+
+    items = queued(expected)
+    assert [p.delta for p in items if isinstance(p, ChatDelta)] == ["Il était", " une fois"]
+    assert items[-1] == RunnerChanged(previous="pi-1", current="pi-2")
+    assert expected.node_id == "pi-2"  # a cancel now reaches the node that runs it
+    outcome = expected.outcome.result()  # pi-2's whole answer, for a retry with an idempotency key
+    assert isinstance(outcome, ChatCompleted) and outcome.content == "Once upon a time"
+
+
+async def test_a_node_change_before_any_piece_switches_to_the_new_node() -> None:
+    waiter = ReplyWaiter()
+    expected = waiter.expect("r1", streamed=True)
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(node_started("pi-2"))
+    waiter.deliver(piece("pi-1", 0, "late piece of the node that lost it"))
+    waiter.deliver(piece("pi-2", 0, "Once"))
+    waiter.deliver(node_completed("pi-1", "late answer of the node that lost it"))
+    assert not expected.outcome.done()
+    waiter.deliver(node_completed("pi-2", "Once"))
+
+    assert [p.delta for p in queued(expected) if isinstance(p, ChatDelta)] == ["Once"]
+    outcome = expected.outcome.result()
+    assert isinstance(outcome, ChatCompleted) and outcome.content == "Once"
+
+
+async def test_an_answer_from_another_target_after_pieces_were_taken_is_a_change_not_their_end() -> None:
+    # pi-1 streamed a piece, then failed; the router fell back to a cloud deployment, which
+    # answers whole without saying it started.
+    waiter = ReplyWaiter()
+    expected = waiter.expect("r1", streamed=True)
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(piece("pi-1", 0, "Il était"))
+    cloud = completed("cloud:openai", "Once upon a time").model_copy(
+        update={"source": "koprogo/cloud/openai"}
+    )
+    waiter.deliver(cloud)
+
+    items = queued(expected)
+    assert [type(i) for i in items] == [ChatDelta, RunnerChanged]
+    assert items[-1] == RunnerChanged(previous="pi-1", current="koprogo/cloud/openai")
+    # Kept for a retry with the same idempotency key, which gets it whole.
+    assert expected.outcome.result() == cloud

@@ -72,6 +72,7 @@ import nkeys
 
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import nkey_public_key
 from koprogo_shared.node_roster import NodeGrant, parse_roster, render_roster
 
@@ -248,6 +249,7 @@ def gateway_permissions(public_key: str) -> Permissions:
             subjects.NODES_ANNOUNCE,
             *_kv_bucket_read_write(subjects.RATE_LIMIT_BUCKET),
             *_kv_bucket_read_write(subjects.ROUTING_POLICY_BUCKET),
+            *_kv_bucket_read_write(IDEMPOTENCY_BUCKET),
         ),
         # Every gateway reply subject: replicas may share this identity, each with its own id.
         subscribe=(

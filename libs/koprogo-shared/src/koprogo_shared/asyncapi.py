@@ -36,6 +36,7 @@ from koprogo_shared.events import (
     RunInference,
     UserDataErasureRequested,
 )
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 
 ASYNCAPI_VERSION = "3.0.0"
 CATALOGUE_VERSION = "1.0.0"
@@ -88,6 +89,7 @@ class Channel:
 _REPLY = (ChatCompleted, ChatFailed, InferenceStarted, ChatDelta)
 _KV_ROUTING = f"$KV.{subjects.ROUTING_POLICY_BUCKET}.{{copro_id}}"
 _KV_RATE = f"$KV.{subjects.RATE_LIMIT_BUCKET}.{{counter}}"
+_KV_IDEMPOTENCY = f"$KV.{IDEMPOTENCY_BUCKET}.{{key}}"
 
 CHANNELS: tuple[Channel, ...] = (
     Channel("chatRequested", subjects.chat_requested, (ChatRequested,), ("gateway",), ("router", "ledger"),
@@ -137,6 +139,11 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("rateLimitCounter", _KV_RATE, (), ("gateway",), ("gateway",),
             f"The gateways' rate-limit counters: key-value bucket {subjects.RATE_LIMIT_BUCKET} (internal).",
             raw_payload=("RateLimitCount", {"type": "string", "pattern": "^[0-9]+$"})),
+    Channel("idempotencyKey", _KV_IDEMPOTENCY, (), ("gateway",), ("gateway",),
+            f"The gateways' idempotency keys: key-value bucket {IDEMPOTENCY_BUCKET} (internal), one entry "
+            "per user and `Idempotency-Key` (the key is a hash of both), kept 24 h.",
+            raw_payload=("IdempotencyEntry", {"type": "object", "description": "JSON: the request id a key "
+                         "runs as, a fingerprint of its body, its deadline and reply subject, its outcome once known."})),
 )  # fmt: skip
 
 _PARAM = "koprogoparam"

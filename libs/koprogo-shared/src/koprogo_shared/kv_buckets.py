@@ -1,7 +1,9 @@
-"""The stack's two JetStream key-value buckets, declared in one place.
+"""The stack's JetStream key-value buckets, declared in one place.
 
 * `RATE_LIMIT_BUCKET`: the gateways' rate-limit counters (one key per policy, subject and window).
 * `ROUTING_POLICY_BUCKET`: each copro's routing policy, written by the gateway, watched by routers.
+* `IDEMPOTENCY_BUCKET`: the gateways' idempotency keys (one entry per user and `Idempotency-Key`,
+  the request it runs as and its outcome), kept 24 h.
 
 A bucket is a stream (`KV_<bucket>`), and altering it is as dangerous as altering the event
 streams: shrinking the counters' `max_age` forgives every window at once, deleting the policies'
@@ -24,6 +26,10 @@ from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENCY_BUCKET = "KOPROGO_IDEMPOTENCY"
+# How long a chat's outcome answers the retries with its key.
+IDEMPOTENCY_TTL_S = 24 * 3600.0
 
 # The gateways' window when the setup step is not told theirs (`RATE_LIMIT_WINDOW_S`).
 DEFAULT_RATE_LIMIT_WINDOW_S = 60.0
@@ -90,10 +96,31 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float) -> None:
             log.info("rate-limit bucket TTL raised to %ss", ttl_s)
 
 
+async def ensure_idempotency_bucket(js: JetStreamContext) -> None:
+    """Create the idempotency keys' bucket, or keep the existing one.
+
+    File storage like every stream (a NATS restart must not run a request twice); history 1,
+    since an entry is only ever created, then settled; the TTL forgets keys after 24 h.
+    """
+    config = js_api.KeyValueConfig(
+        bucket=IDEMPOTENCY_BUCKET,
+        description="Idempotency keys of the gateways' chats: the request each runs as, and its outcome.",
+        history=1,
+        ttl=IDEMPOTENCY_TTL_S,
+        storage=js_api.StorageType.FILE,
+        replicas=1,
+    )
+    try:
+        await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        log.info("idempotency bucket kept with its existing configuration")
+
+
 async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float) -> None:
-    """Both buckets, as the setup step declares them (the counters kept for `rate_limit_window_s`)."""
+    """Every bucket, as the setup step declares them (the counters kept for `rate_limit_window_s`)."""
     await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s))
     await ensure_routing_policy_bucket(js)
+    await ensure_idempotency_bucket(js)
 
 
-BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET)
+BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET)

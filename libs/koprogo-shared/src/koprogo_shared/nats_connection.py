@@ -33,9 +33,11 @@ from koprogo_shared.events import ChatCompleted, ChatFailed, Event
 from koprogo_shared.kv_buckets import (
     BUCKETS,
     DEFAULT_RATE_LIMIT_WINDOW_S,
+    IDEMPOTENCY_BUCKET,
     bucket_stream,
     check_rate_limit_ttl,
     declare_buckets,
+    ensure_idempotency_bucket,
     ensure_rate_limit_bucket,
     rate_limit_ttl_s,
     rate_limit_window_from,
@@ -236,8 +238,8 @@ async def buckets_for_service(
     rate_limit_window_s: float | None,
     timeout_s: float,
 ) -> None:
-    """The gateway's and the router's start: the routing policies' bucket, and the counters'
-    when `rate_limit_window_s` is given (the gateway's).
+    """The gateway's and the router's start: the routing policies' bucket, and the counters' and
+    the idempotency keys' when `rate_limit_window_s` is given (the gateway's).
 
     With an nkey the service may not create or alter a bucket (it would purge counters or
     policies), so it waits for the setup step's and checks the counters are kept long enough
@@ -246,11 +248,12 @@ async def buckets_for_service(
     if nkey_seed_file is None:
         if rate_limit_window_s is not None:
             await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s))
+            await ensure_idempotency_bucket(js)
         await ensure_routing_policy_bucket(js)
         return
     names = [bucket_stream(subjects.ROUTING_POLICY_BUCKET)]
     if rate_limit_window_s is not None:
-        names.append(bucket_stream(subjects.RATE_LIMIT_BUCKET))
+        names += [bucket_stream(subjects.RATE_LIMIT_BUCKET), bucket_stream(IDEMPOTENCY_BUCKET)]
     await wait_for_streams(js, names, timeout_s=timeout_s)
     if rate_limit_window_s is not None:
         counters = await js.stream_info(bucket_stream(subjects.RATE_LIMIT_BUCKET))

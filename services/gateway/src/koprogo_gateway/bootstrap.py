@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
+from koprogo_gateway.adapters.idempotency_store import NatsKvIdempotencyStore
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_gateway.adapters.routing_policy_store import (
@@ -23,11 +24,13 @@ from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
+from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
 from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, buckets_for_service, connect_nats
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
@@ -89,6 +92,10 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         policies = await nc.jetstream(timeout=settings.routing_policy_store_timeout_s).key_value(
             ROUTING_POLICY_BUCKET
         )
+        # On the chat path too: the same short timeout as the counters.
+        idempotency_keys = await nc.jetstream(timeout=settings.rate_limit_store_timeout_s).key_value(
+            IDEMPOTENCY_BUCKET
+        )
         # The ledger owns the schema; the gateway only reads it.
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     except BaseException:
@@ -110,6 +117,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             bus=bus,
             admission=_admission(settings, NatsKvCounterStore(counters)),
             registry=registry,
+            keys=IdempotencyKeys(NatsKvIdempotencyStore(idempotency_keys)),
             timeout_s=settings.chat_timeout_s,
         ),
         stats=PostgresStatsRepository(pool),

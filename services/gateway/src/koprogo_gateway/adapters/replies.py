@@ -11,6 +11,13 @@ request (its `InferenceStarted`, the latest one: a work item redelivered after i
 goes to another), and every node id in it must be the sender's. The gateway's own subject is
 for the stack's services (router, cloud worker) and, on a NATS server without keys, nodes.
 A refused reply is logged and counted (`koprogo_gateway_replies_refused_total`).
+
+A streamed request takes its pieces in index order, from the target running it only (each
+piece's `source` is its emitter): a repeated index is dropped, and after a missing one the rest
+is held back (the completion has it all). When the target changes after pieces were taken (the
+work item redelivered to another node, or the router falling back to the cloud), what the new
+one says cannot follow what the caller has: the pieces end with `RunnerChanged`, and the caller
+never gets a mix of two answers.
 """
 
 from __future__ import annotations
@@ -45,19 +52,83 @@ REPLIES_REFUSED = Counter(
 ReplyEvent = ChatCompleted | ChatFailed | InferenceStarted | ChatDelta
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerChanged:
+    """Ends a stream's pieces: the target running it changed after pieces of the first were taken."""
+
+    previous: str
+    current: str
+
+
 @dataclass
 class ExpectedReplies:
     """What one request waits for: its outcome, its streamed pieces in order, the node running it."""
 
     outcome: asyncio.Future[ChatCompleted | ChatFailed]
-    # Streamed requests only (the node sends the pieces in order); stays empty otherwise.
-    pieces: asyncio.Queue[ChatDelta] = field(default_factory=asyncio.Queue)
+    # Streamed requests only (pieces of one target, in index order, or its change last); empty otherwise.
+    pieces: asyncio.Queue[ChatDelta | RunnerChanged] = field(default_factory=asyncio.Queue)
     streamed: bool = False
     # The node that said it is generating this request's answer, if any.
     node_id: str | None = None
     # The subject token of that node when it said so on its own reply subject (it holds a key);
     # None when it came on the gateway's subject.
     sender: str | None = None
+    # A piece went missing (an index skipped): later pieces are held back, the completion has them.
+    pieces_lost: bool = False
+    # The emitter (`source`) whose pieces are taken, and how many were; emitters replaced since.
+    _runner: str | None = None
+    _runner_name: str | None = None
+    _taken: int = 0
+    _replaced: set[str] = field(default_factory=set)
+    _changed: bool = False
+
+    def started(self, reply: InferenceStarted, sender: str | None) -> None:
+        self.node_id = reply.node_id
+        self.sender = sender
+        if self.streamed:
+            self._run_by(reply.source, reply.node_id)
+
+    def piece(self, delta: ChatDelta) -> None:
+        if not self.streamed or self._changed or delta.source in self._replaced:
+            return
+        if self._runner != delta.source:
+            self._run_by(delta.source, delta.source)  # a target that never said it started
+            if self._changed:
+                return
+        if delta.index < self._taken:
+            return  # the same piece again
+        if delta.index > self._taken or self.pieces_lost:
+            self.pieces_lost = True
+            return
+        self._taken += 1
+        self.pieces.put_nowait(delta)
+
+    def ended(self, reply: ChatCompleted | ChatFailed) -> None:
+        if self.outcome.done():
+            return
+        if self.streamed and isinstance(reply, ChatCompleted):
+            if reply.source in self._replaced:
+                return  # the answer of a target that no longer runs it
+            if self._runner is not None:
+                self._run_by(reply.source, reply.source)
+        # Kept even after a change (the pieces ended): a retry with an idempotency key gets it.
+        self.outcome.set_result(reply)
+
+    @property
+    def runner_changed(self) -> bool:
+        return self._changed
+
+    def _run_by(self, source: str, name: str) -> None:
+        """`source` runs the request from now on; a change after pieces were taken ends them."""
+        if self._runner == source:
+            return
+        if self._runner is not None:
+            self._replaced.add(self._runner)
+            self._replaced.discard(source)
+            if self._taken and not self._changed:
+                self._changed = True
+                self.pieces.put_nowait(RunnerChanged(self._runner_name or self._runner, name))
+        self._runner, self._runner_name = source, name
 
 
 class ReplyWaiter:
@@ -109,13 +180,11 @@ class ReplyWaiter:
                 )
                 return
         if isinstance(reply, InferenceStarted):
-            expected.node_id = reply.node_id
-            expected.sender = sender
+            expected.started(reply, sender)
         elif isinstance(reply, ChatDelta):
-            if expected.streamed:
-                expected.pieces.put_nowait(reply)
-        elif not expected.outcome.done():
-            expected.outcome.set_result(reply)
+            expected.piece(reply)
+        else:
+            expected.ended(reply)
 
     async def _on_reply(self, msg: Msg) -> None:
         try:

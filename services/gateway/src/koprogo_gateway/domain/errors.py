@@ -5,6 +5,7 @@ GatewayError
  ├── ChatTimeoutError      nobody answered in time (504)
  ├── NodeLostError         the node running the request died, none other serves the model (503)
  ├── BusUnavailableError   NATS did not take the request (503)
+ │    └── BusFullError      the event log (a JetStream stream) is full and refuses new events (503)
  ├── RequestTooLargeError  larger than the body limit or a NATS message may be (413)
  ├── InputTooLargeError    more messages or characters than the input limits allow (422)
  ├── RateLimitedError      a rate-limit policy is exhausted for this window (429)
@@ -19,7 +20,12 @@ GatewayError
  ├── CoproNotFoundError    another copro's objects are reported as absent (404)
  ├── UserNotFoundError     another user's data is reported as absent (404)
  ├── UserDataUnavailableError PostgreSQL cannot answer a GDPR export (503)
- └── RoutingPolicyUnavailableError the routing-policy store (NATS JetStream KV) cannot answer (503)
+ ├── RoutingPolicyUnavailableError the routing-policy store (NATS JetStream KV) cannot answer (503)
+ ├── NodeChangedError      another node took a streamed request over after pieces were sent (503)
+ ├── StreamIncompleteError a streamed piece was lost and the answer cannot be completed (502)
+ ├── InvalidIdempotencyKeyError an `Idempotency-Key` that is empty, too long or not printable ASCII (422)
+ ├── IdempotencyKeyReusedError  an `Idempotency-Key` already used with another body (422)
+ └── IdempotencyUnavailableError the idempotency keys' store (NATS JetStream KV) cannot answer (503)
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ class ChatTimeoutError(GatewayError):
 class BusUnavailableError(GatewayError):
     status = 503
     error = "bus_unavailable"
+
+
+class BusFullError(BusUnavailableError):
+    """Nothing is down: the stream refuses new events until old ones expire or an operator makes room."""
+
+    error = "bus_full"
 
 
 class RequestTooLargeError(GatewayError):
@@ -144,3 +156,28 @@ class UserDataUnavailableError(GatewayError):
 class RoutingPolicyUnavailableError(GatewayError):
     status = 503
     error = "routing_policy_unavailable"
+
+
+class NodeChangedError(GatewayError):
+    status = 503
+    error = "node_changed"
+
+
+class StreamIncompleteError(GatewayError):
+    status = 502
+    error = "stream_incomplete"
+
+
+class InvalidIdempotencyKeyError(GatewayError):
+    status = 422
+    error = "validation_error"
+
+
+class IdempotencyKeyReusedError(GatewayError):
+    status = 422
+    error = "idempotency_key_reused"
+
+
+class IdempotencyUnavailableError(GatewayError):
+    status = 503
+    error = "idempotency_unavailable"

@@ -9,6 +9,19 @@ and no other serves the model; both recorded as `ChatFailed`), the stream's piec
 the metrics, and, off the hot path, the delivery record (`ChatDelivered`: the latency the
 caller saw). Whenever the wait ends without an outcome (timeout, node lost, the caller left:
 the calling task cancelled or the stream closed), the worker is told to stop generating.
+
+A stream sends one node's pieces only: when another node takes the request over after pieces
+were sent (a redelivered work item, a fallback), it ends with 503 `node_changed` instead of a
+mix (`adapters/replies.py`).
+
+With an `Idempotency-Key` (`domain/idempotency.py`), the request runs at most once per key: the
+first request stores an entry before publishing, and a keeper task stores the outcome whatever
+happens to its caller (who left, or got a 503 because the bus did not confirm the publish: the
+request may run all the same). A retry with the key gets that outcome (`Idempotent-Replayed`),
+waiting for it while the first runs; if the first publish may not have been stored, the retry
+publishes the same event id again, which the stream's de-duplication stores at most once. A
+keyed request is not stopped when its caller leaves (its retry gets the answer); a streamed
+retry gets the stored answer as one piece.
 """
 
 from __future__ import annotations
@@ -16,26 +29,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Histogram
 
 from koprogo_gateway.adapters.chat_bus import ChatBus
-from koprogo_gateway.adapters.replies import ExpectedReplies
+from koprogo_gateway.adapters.idempotency_store import StoredEntry
+from koprogo_gateway.adapters.replies import ExpectedReplies, RunnerChanged
 from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import (
+    BusUnavailableError,
     ChatRefusedError,
     ChatTimeoutError,
     GatewayError,
+    NodeChangedError,
     NodeLostError,
     RateLimitedError,
+    StreamIncompleteError,
+)
+from koprogo_gateway.domain.idempotency import (
+    REPLAYED_HEADER,
+    IdempotencyEntry,
+    StoredError,
+    StoredOutcome,
+    body_fingerprint,
+    store_key,
 )
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
+from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest, same_body
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
 from koprogo_shared.events import (
@@ -51,6 +78,7 @@ from koprogo_shared.events import (
 from koprogo_shared.node_registry import NodeRegistry
 
 SOURCE = "koprogo/gateway"
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHATS = Counter("koprogo_gateway_chats_total", "Chat requests by outcome", ["outcome"])
@@ -63,11 +91,20 @@ LATENCY = Histogram(
 
 @dataclass(frozen=True)
 class ChatAnswer:
-    """A completed chat: the worker's completion, the latency the caller saw, the rate-limit fields."""
+    """A completed chat: the worker's completion, the latency the caller saw, the rate-limit fields.
+
+    `replayed`: the stored answer of an earlier request with the same idempotency key.
+    """
 
     completion: ChatCompleted
     latency_ms: float
     rate_limit_headers: dict[str, str]
+    replayed: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response's header fields: the rate-limit ones, and `Idempotent-Replayed` on a replay."""
+        return self.rate_limit_headers | _replayed_headers(self.replayed)
 
     def response(self) -> ChatResponseOut:
         """The seed's response shape, with the latency the caller saw instead of the node's."""
@@ -90,12 +127,22 @@ class ChatAnswer:
 class ChatStream:
     """An admitted streamed chat: its rate-limit fields, then its pieces in order and its answer last.
 
-    Iterating `pieces` may raise a GatewayError (refused, timed out, node lost); closing it
-    before the answer (the caller left) stops the generation.
+    Iterating `pieces` may raise a GatewayError (refused, timed out, node lost or changed);
+    closing it before the answer (the caller left) stops the generation, unless the request has
+    an idempotency key. `replayed`: the pieces are an earlier request's stored answer.
     """
 
     rate_limit_headers: dict[str, str]
     pieces: AsyncGenerator[ChatDelta | ChatAnswer, None]
+    replayed: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.rate_limit_headers | _replayed_headers(self.replayed)
+
+
+def _replayed_headers(replayed: bool) -> dict[str, str]:
+    return {REPLAYED_HEADER: "true"} if replayed else {}
 
 
 def _completed(outcome: ChatCompleted | ChatFailed) -> ChatCompleted:
@@ -114,14 +161,24 @@ class ChatService:
     timeout_s: float
     # How often a waiting request checks that the node running it is still alive.
     watch_interval_s: float = 1.0
+    # The idempotency keys' entries; without a store, a request with a key is refused (503).
+    keys: IdempotencyKeys = field(default_factory=lambda: IdempotencyKeys(None))
     _deliveries: set[asyncio.Task[None]] = field(default_factory=set)
+    _keepers: set[asyncio.Task[StoredOutcome]] = field(default_factory=set)
 
-    async def answer(self, caller: Caller, body: ChatRequestIn) -> ChatAnswer:
+    async def answer(
+        self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
+    ) -> ChatAnswer:
         """The whole answer; raises a GatewayError carrying the rate-limit fields once admitted.
 
-        Cancelling the calling task (the caller left) tells the worker to stop generating.
+        Cancelling the calling task (the caller left) tells the worker to stop generating,
+        unless the request has an idempotency key: then it runs on and its outcome is kept.
+        With a key already used, the first request's outcome (waited for if need be).
         """
-        copro_id, headers = await self._admit(caller, body)
+        copro_id = self._scope(caller, body)
+        if idempotency_key is not None:
+            return await self._answer_keyed(caller, body, copro_id, idempotency_key)
+        headers = await self._limit(caller, body, copro_id)
         started = time.perf_counter()
         request = self._request(body, copro_id, caller.user_id, stream=False)
         expected = self.bus.expect(request.id)
@@ -145,28 +202,56 @@ class ChatService:
         log.info("chat %s answered for user %s", request.id, caller.user_id)
         return self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
 
-    async def stream(self, caller: Caller, body: ChatRequestIn) -> ChatStream:
+    async def stream(
+        self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
+    ) -> ChatStream:
         """Admit a streamed chat (raises a GatewayError before anything is published); its pieces.
 
         A worker that sends no pieces (a cloud deployment answering in one go) gets its whole
-        content as one piece.
+        content as one piece, and so does a retry with an idempotency key already used.
         """
-        copro_id, headers = await self._admit(caller, body)
-        return ChatStream(headers, self._pieces(body, copro_id, caller.user_id, headers))
+        copro_id = self._scope(caller, body)
+        if idempotency_key is None:
+            headers = await self._limit(caller, body, copro_id)
+            request = self._request(body, copro_id, caller.user_id, stream=True)
+            return ChatStream(headers, self._pieces(request, headers))
+        key, fingerprint = self._key(caller, body, idempotency_key)
+        stored = await self._counted(self.keys.read(key))
+        if stored is None:
+            headers = await self._limit(caller, body, copro_id)
+            request = self._request(body, copro_id, caller.user_id, stream=True)
+            keyed = await self._claim(key, request, fingerprint, headers)
+            if keyed is not None:
+                return ChatStream(headers, self._pieces(request, headers, keyed))
+            stored = await self._counted(self.keys.read_again(key))
+        try:
+            same_body(stored, fingerprint)  # refused before the stream's 200
+        except GatewayError as exc:
+            CHATS.labels(outcome=exc.error).inc()
+            raise
+        replay = partial(self._replayed, key, stored, fingerprint, body, copro_id, caller.user_id)
+        return ChatStream({}, _replayed_pieces(replay), replayed=True)
 
     async def settle(self) -> None:
-        """Wait for the delivery records still being published (at shutdown)."""
-        while self._deliveries:
-            await asyncio.gather(*self._deliveries, return_exceptions=True)
+        """Wait for the delivery records still being published, and for the keyed requests still
+        running to store their outcomes (at shutdown, within the time the gateway gives it)."""
+        while self._deliveries or self._keepers:
+            await asyncio.gather(*self._deliveries, *self._keepers, return_exceptions=True)
 
-    async def _admit(self, caller: Caller, body: ChatRequestIn) -> tuple[CoproId | None, dict[str, str]]:
-        """The scope check, the copro the chat is for, input limits and rate limits (raises
-        GatewayError); that copro and the RateLimit fields."""
+    def _scope(self, caller: Caller, body: ChatRequestIn) -> CoproId | None:
+        """The scope check and the copro the chat is for (raises GatewayError)."""
         try:
             require_scope(caller, WRITE)
             # Named (one of the caller's) or the token's only copro: its policy, quota and figures
             # apply. Refused before anything is counted or published.
-            copro_id = chat_copro(caller, body.copro_id)
+            return chat_copro(caller, body.copro_id)
+        except GatewayError as exc:
+            CHATS.labels(outcome=exc.error).inc()
+            raise
+
+    async def _limit(self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None) -> dict[str, str]:
+        """Input limits and rate limits (raises GatewayError); the RateLimit fields."""
+        try:
             decision = await self.admission.admit(body, copro_id=copro_id, user_id=caller.user_id)
         except GatewayError as exc:
             CHATS.labels(outcome=exc.error).inc()
@@ -174,11 +259,28 @@ class ChatService:
         if not decision.admitted:
             CHATS.labels(outcome="rate_limited").inc()
             raise RateLimitedError(refusal_message(decision), headers=refusal_headers(decision))
-        return copro_id, rate_limit_headers(decision)
+        return rate_limit_headers(decision)
 
     def _request(
-        self, body: ChatRequestIn, copro_id: CoproId | None, user_id: str | None, *, stream: bool
+        self,
+        body: ChatRequestIn,
+        copro_id: CoproId | None,
+        user_id: str | None,
+        *,
+        stream: bool,
+        again: IdempotencyEntry | None = None,
     ) -> ChatRequested:
+        """The request to publish; `again`: the same request as a keyed entry's (its id, deadline, replies)."""
+        fields: dict[str, Any] = {
+            "reply_subject": self.bus.reply_subject,
+            "deadline": utc_now() + timedelta(seconds=self.timeout_s),
+        }
+        if again is not None:
+            fields = {
+                "id": again.request_id,
+                "reply_subject": again.reply_subject,
+                "deadline": again.deadline,
+            }
         return ChatRequested(
             source=SOURCE,
             copro_id=copro_id,
@@ -189,71 +291,92 @@ class ChatService:
             max_tokens=body.max_tokens,
             stream=stream,
             user_id=user_id,
-            reply_subject=self.bus.reply_subject,
-            deadline=utc_now() + timedelta(seconds=self.timeout_s),
             routing=body.routing.as_preference() if body.routing is not None else None,
             controls=body.controls(),
+            **fields,
         )
 
     async def _pieces(
-        self, body: ChatRequestIn, copro_id: CoproId | None, user_id: str | None, headers: dict[str, str]
+        self, request: ChatRequested, headers: dict[str, str], keyed: KeyedRequest | None = None
     ) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
         started = time.perf_counter()
-        request = self._request(body, copro_id, user_id, stream=True)
         expected = self.bus.expect(request.id, streamed=True)
         pieces = expected.pieces
-        sent = 0
+        sent: list[str] = []
+        # A keyed request outlives its stream when the caller leaves, the publish is not
+        # confirmed or the node changes: a keeper then waits for its outcome and stores it.
+        kept = False
         try:
             try:
-                await self.bus.publish(subjects.chat_requested(copro_id), request)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.timeout_s
-                while not expected.outcome.done() or not pieces.empty():
-                    if not pieces.empty():
-                        sent += 1
-                        yield pieces.get_nowait()
-                        continue
-                    next_piece = asyncio.ensure_future(pieces.get())
-                    either: set[asyncio.Future[Any]] = {next_piece, expected.outcome}
-                    try:
-                        done, _ = await asyncio.wait(
-                            either,
-                            timeout=min(deadline - loop.time(), self.watch_interval_s),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    finally:
-                        if not next_piece.done():
-                            next_piece.cancel()
-                    if next_piece in done:
-                        sent += 1
-                        yield next_piece.result()  # the oldest piece: later ones wait in the queue
-                    elif not done:
-                        if loop.time() >= deadline:
-                            raise TimeoutError
-                        self._check_node(request, expected)
-            except (TimeoutError, NodeLostError) as exc:
-                raise await self._give_up(request, exc) from None
-            finally:
-                # The caller left (or the wait gave up) before the end: stop the generation.
-                if not expected.outcome.done():
-                    await self.bus.cancel(request.id)
-                self.bus.forget(request.id)
-            completion = _completed(expected.outcome.result())
+                try:
+                    await self.bus.publish(subjects.chat_requested(request.copro_id), request)
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + self.timeout_s
+                    while not expected.outcome.done() or not pieces.empty():
+                        if not pieces.empty():
+                            piece = _delta(pieces.get_nowait())
+                            sent.append(piece.delta)
+                            yield piece
+                            continue
+                        next_piece = asyncio.ensure_future(pieces.get())
+                        either: set[asyncio.Future[Any]] = {next_piece, expected.outcome}
+                        try:
+                            done, _ = await asyncio.wait(
+                                either,
+                                timeout=min(deadline - loop.time(), self.watch_interval_s),
+                                return_when=asyncio.FIRST_COMPLETED,
+                            )
+                        finally:
+                            if not next_piece.done():
+                                next_piece.cancel()
+                        if next_piece in done:
+                            # The oldest piece: later ones wait in the queue.
+                            piece = _delta(next_piece.result())
+                            sent.append(piece.delta)
+                            yield piece
+                        elif not done:
+                            if loop.time() >= deadline:
+                                raise TimeoutError
+                            self._check_node(request, expected)
+                except (TimeoutError, NodeLostError) as exc:
+                    raise await self._give_up(request, exc) from None
+                except (BusUnavailableError, NodeChangedError, GeneratorExit, asyncio.CancelledError) as exc:
+                    if keyed is not None:
+                        kept = True
+                        self._keep(keyed, request, expected, started)
+                    elif isinstance(exc, NodeChangedError):
+                        await self._record_failure_quietly(request, 503, exc.error, exc.message)
+                    raise
+                finally:
+                    # The caller left (or the wait gave up) before the end: stop the generation.
+                    if not kept:
+                        if not expected.outcome.done():
+                            await self.bus.cancel(request.id)
+                        self.bus.forget(request.id)
+                completion = _completed(expected.outcome.result())
+            except GatewayError as exc:
+                if keyed is not None and not kept:
+                    await self.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
+                raise
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            if keyed is not None:
+                await self.keys.settle(keyed, StoredOutcome(completion=completion, latency_ms=latency_ms))
+            rest = _rest(completion, sent, expected.pieces_lost)
         except GatewayError as exc:
             _not_answered(exc, headers)
             raise
         except (GeneratorExit, asyncio.CancelledError):
             CHATS.labels(outcome="caller_left").inc()
             raise
-        if sent == 0 and completion.content:
+        if rest:
             yield ChatDelta(
                 source=completion.source,
                 copro_id=completion.copro_id,
                 request_id=request.id,
-                index=0,
-                delta=completion.content,
+                index=len(sent),
+                delta=rest,
             )
-        yield self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
+        yield self._answered(completion, latency_ms, headers)
 
     def _answered(self, completion: ChatCompleted, latency_ms: float, headers: dict[str, str]) -> ChatAnswer:
         """Count the answer and record its delivery off the hot path (a task of its own)."""
@@ -341,8 +464,209 @@ class ChatService:
             # ledger, which then keeps the node's own latency for this response.
             log.warning("could not record delivery of %s: %s", completion.request_id, exc.message)
 
+    # Idempotency keys (domain/idempotency.py): one generation per key, whatever the retries.
+
+    async def _answer_keyed(
+        self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None, idempotency_key: str
+    ) -> ChatAnswer:
+        key, fingerprint = self._key(caller, body, idempotency_key)
+        stored = await self._counted(self.keys.read(key))
+        if stored is None:
+            headers = await self._limit(caller, body, copro_id)
+            request = self._request(body, copro_id, caller.user_id, stream=False)
+            keyed = await self._claim(key, request, fingerprint, headers)
+            if keyed is not None:
+                return await self._first_answer(keyed, request, headers)
+            stored = await self._counted(self.keys.read_again(key))  # another request with it came first
+        return _replay(await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id))
+
+    async def _first_answer(
+        self, keyed: KeyedRequest, request: ChatRequested, headers: dict[str, str]
+    ) -> ChatAnswer:
+        """Run a keyed request: its outcome is stored whatever happens to this caller."""
+        started = time.perf_counter()
+        expected = self.bus.expect(request.id)
+        try:
+            try:
+                await self.bus.publish(subjects.chat_requested(request.copro_id), request)
+            except BusUnavailableError as exc:
+                # Perhaps stored all the same (its acknowledgement lost): wait for an outcome in
+                # the background, so the retry gets it instead of running the request again.
+                self._keep(keyed, request, expected, started)
+                exc.message += "; a retry with the same Idempotency-Key runs it at most once"
+                raise
+            except GatewayError as exc:
+                self.bus.forget(request.id)  # never stored (too large for the bus)
+                await self.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
+                raise
+            # Shielded: a caller who leaves does not stop a keyed request; its retry gets the outcome.
+            outcome = await asyncio.shield(self._keep(keyed, request, expected, started))
+            if outcome.error is not None:
+                raise _error_of(outcome.error)
+        except GatewayError as exc:
+            _not_answered(exc, headers)
+            raise
+        except asyncio.CancelledError:
+            CHATS.labels(outcome="caller_left").inc()
+            raise
+        assert outcome.completion is not None
+        return self._answered(outcome.completion, outcome.latency_ms, headers)
+
+    def _key(self, caller: Caller, body: ChatRequestIn, idempotency_key: str) -> tuple[str, str]:
+        try:
+            return store_key(caller.user_id, idempotency_key), body_fingerprint(body)
+        except GatewayError as exc:
+            CHATS.labels(outcome=exc.error).inc()
+            raise
+
+    async def _counted(self, reading: Awaitable[T]) -> T:
+        try:
+            return await reading
+        except GatewayError as exc:
+            CHATS.labels(outcome=exc.error).inc()
+            raise
+
+    async def _claim(
+        self, key: str, request: ChatRequested, fingerprint: str, headers: dict[str, str]
+    ) -> KeyedRequest | None:
+        try:
+            return await self.keys.claim(key, request, fingerprint)
+        except GatewayError as exc:
+            _not_answered(exc, headers)
+            raise
+
+    def _keep(
+        self, keyed: KeyedRequest, request: ChatRequested, expected: ExpectedReplies, started: float
+    ) -> asyncio.Task[StoredOutcome]:
+        """Wait for a keyed request's outcome in a task of its own, whoever still waits for it."""
+        keeper = asyncio.create_task(self._kept(keyed, request, expected, started))
+        self._keepers.add(keeper)
+        keeper.add_done_callback(self._keepers.discard)
+        return keeper
+
+    async def _kept(
+        self, keyed: KeyedRequest, request: ChatRequested, expected: ExpectedReplies, started: float
+    ) -> StoredOutcome:
+        try:
+            try:
+                outcome = _completed(await self._wait(request, expected))
+                result = StoredOutcome(
+                    completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0
+                )
+            except (TimeoutError, NodeLostError) as exc:
+                result = StoredOutcome(error=StoredError.of(await self._give_up_quietly(request, exc)))
+            except GatewayError as exc:
+                result = StoredOutcome(error=StoredError.of(exc))
+        finally:
+            if not expected.outcome.done():
+                await asyncio.shield(self.bus.cancel(request.id))
+            self.bus.forget(request.id)
+        await self.keys.settle(keyed, result)
+        return result
+
+    async def _replayed(
+        self,
+        key: str,
+        stored: StoredEntry,
+        fingerprint: str,
+        body: ChatRequestIn,
+        copro_id: CoproId | None,
+        user_id: str | None,
+    ) -> StoredOutcome:
+        """The first request's outcome, waited for while it runs; the retry runs nothing new."""
+
+        async def publish_again(entry: IdempotencyEntry) -> None:
+            again = self._request(body, copro_id, user_id, stream=False, again=entry)
+            await self.bus.publish(subjects.chat_requested(copro_id), again)
+
+        async def record_failure(entry: IdempotencyEntry, error: GatewayError) -> None:
+            again = self._request(body, copro_id, user_id, stream=False, again=entry)
+            await self._record_failure_quietly(again, error.status, error.error, error.message)
+
+        outcome = await self._counted(
+            self.keys.outcome(key, stored, fingerprint, publish_again, record_failure)
+        )
+        CHATS.labels(outcome="replayed").inc()
+        return outcome
+
+    async def _give_up_quietly(self, request: ChatRequested, exc: Exception) -> GatewayError:
+        """`_give_up` for a request nobody may be waiting for: a bus that refuses the record is logged."""
+        try:
+            return await self._give_up(request, exc)
+        except GatewayError as refused:
+            log.warning("could not record the failure of %s: %s", request.id, refused.message)
+            if isinstance(exc, NodeLostError):
+                return ChatRefusedError(503, "node_lost", str(exc))
+            return ChatTimeoutError(f"no node answered within {self.timeout_s:g}s")
+
+    async def _record_failure_quietly(
+        self, request: ChatRequested, status: int, error: str, message: str
+    ) -> None:
+        try:
+            await self._record_failure(request, status, error, message)
+        except GatewayError as refused:
+            log.warning("could not record the failure of %s: %s", request.id, refused.message)
+
 
 def _not_answered(exc: GatewayError, headers: dict[str, str]) -> None:
     """Count a request that got no answer; its error carries the rate-limit fields it was admitted with."""
     CHATS.labels(outcome=exc.error).inc()
     exc.headers = headers | exc.headers
+
+
+def _error_of(stored: StoredError, *, replayed: bool = False) -> GatewayError:
+    error = ChatRefusedError(stored.status, stored.error, stored.message, dict(stored.extra))
+    error.headers = _replayed_headers(replayed)
+    return error
+
+
+def _replay(outcome: StoredOutcome) -> ChatAnswer:
+    """The stored outcome as this retry's answer, or its error (both say they are replayed)."""
+    if outcome.error is not None:
+        raise _error_of(outcome.error, replayed=True)
+    assert outcome.completion is not None
+    return ChatAnswer(outcome.completion, outcome.latency_ms, {}, replayed=True)
+
+
+async def _replayed_pieces(
+    replay: Callable[[], Awaitable[StoredOutcome]],
+) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
+    """A stored (or awaited) answer as a stream: its whole content as one piece, then the answer."""
+    answer = _replay(await replay())
+    completion = answer.completion
+    if completion.content:
+        yield ChatDelta(
+            source=completion.source,
+            copro_id=completion.copro_id,
+            request_id=completion.request_id,
+            index=0,
+            delta=completion.content,
+        )
+    yield answer
+
+
+def _delta(item: ChatDelta | RunnerChanged) -> ChatDelta:
+    """The next piece, or NodeChangedError when another node took the request over."""
+    if isinstance(item, RunnerChanged):
+        raise NodeChangedError(
+            f"the request moved from {item.previous} to {item.current} after part of the answer was "
+            "sent, and the new answer cannot follow the first one's pieces: send it again (with an "
+            "Idempotency-Key, the retry gets the whole answer of the node that took it over)"
+        )
+    return item
+
+
+def _rest(completion: ChatCompleted, sent: list[str], pieces_lost: bool) -> str:
+    """What the caller has not been sent of the completion: all of it when no piece came, the
+    end after a lost piece (the pieces it got are the content's beginning)."""
+    if not sent:
+        return completion.content
+    if not pieces_lost:
+        return ""
+    so_far = "".join(sent)
+    if not completion.content.startswith(so_far):
+        raise StreamIncompleteError(
+            "a piece of the streamed answer was lost on the way and the answer does not continue "
+            "the pieces sent: send the request again"
+        )
+    return completion.content[len(so_far) :]

@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Header, Request
+
+from koprogo_gateway.domain.idempotency import IDEMPOTENCY_HEADER
 
 T = TypeVar("T")
+
+# The optional `Idempotency-Key` of both chat routes, as OpenAPI shows it.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="At most one generation per key (1-255 printable ASCII characters, e.g. a UUID): "
+        "a retry within 24 h with the same key and body gets the first request's outcome as it was "
+        "(header `Idempotent-Replayed: true`), waiting for it while it runs; another body with the "
+        "same key is a 422 `idempotency_key_reused`. Keys are per user.",
+    ),
+]
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"description": "No valid bearer token (when authentication is on)."},
@@ -20,12 +34,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     413: {"description": "The body is larger than MAX_BODY_BYTES (refused before parsing)."},
     422: {
         "description": "Invalid body (an unknown `routing.policy` too), or over the input limits "
-        "(messages, characters, max_tokens; for an `auto` class, its smallest model's context)."
+        "(messages, characters, max_tokens; for an `auto` class, its smallest model's context); "
+        "`idempotency_key_reused`: the `Idempotency-Key` came with another body."
     },
     429: {
         "description": "A rate-limit policy is exhausted: `Retry-After` and `RateLimit*` fields say until when."
     },
-    503: {"description": "Nothing can serve the model now, or the rate-limit store cannot be reached."},
+    503: {
+        "description": "Nothing can serve the model now, the rate-limit or idempotency-key store cannot be "
+        "reached, or (streamed) another node took the request over after pieces were sent (`node_changed`)."
+    },
     504: {"description": "No answer within CHAT_TIMEOUT_S."},
 }
 

@@ -16,6 +16,7 @@ from koprogo_gateway.entrypoints.http.chat_http import (
     CALLER_LEFT,
     ERROR_RESPONSES,
     STREAM_HEADERS,
+    IdempotencyKey,
     unless_caller_leaves,
 )
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Writer
@@ -27,20 +28,24 @@ router = APIRouter(prefix="/mcp/v1", tags=["chat"])
 
 @router.post("/chat", name="chat", response_model=ChatResponseOut, responses=ERROR_RESPONSES)
 async def chat_or_stream(
-    body: ChatRequestIn, caller: Writer, gateway: GatewayDep, request: Request
+    body: ChatRequestIn,
+    caller: Writer,
+    gateway: GatewayDep,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro. With `stream: true`, Server-Sent Events: `delta` events, then `done` (this response's JSON) or `error`."""
+    """Answer a chat through the target the router picks (`model` may be an `auto` class; `routing` states a preference); rate-limited per user and copro; at most once per `Idempotency-Key`. With `stream: true`, Server-Sent Events: `delta` events, then `done` (this response's JSON) or `error`."""
     if body.stream:
-        stream = await gateway.chat.stream(caller, body)
+        stream = await gateway.chat.stream(caller, body, idempotency_key)
         return StreamingResponse(
             _events(stream.pieces),
             media_type="text/event-stream",
-            headers=stream.rate_limit_headers | STREAM_HEADERS,
+            headers=stream.headers | STREAM_HEADERS,
         )
-    answer = await unless_caller_leaves(request, gateway.chat.answer(caller, body))
+    answer = await unless_caller_leaves(request, gateway.chat.answer(caller, body, idempotency_key))
     if answer is None:
         return Response(status_code=CALLER_LEFT)
-    return JSONResponse(seed_json(answer.response()), headers=answer.rate_limit_headers)
+    return JSONResponse(seed_json(answer.response()), headers=answer.headers)
 
 
 def seed_json(response: ChatResponseOut) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from koprogo_gateway.entrypoints.http.chat_http import (
     CALLER_LEFT,
     ERROR_RESPONSES,
     STREAM_HEADERS,
+    IdempotencyKey,
     unless_caller_leaves,
 )
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader, Writer
@@ -55,16 +56,19 @@ async def chat_completions(
     gateway: GatewayDep,
     http_request: Request,
     context: Annotated[str | None, Header(alias=CONTEXT_HEADER)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    """OpenAI's chat completions (plain, or `stream: true` as `chat.completion.chunk` events); `model` is any id `/mcp/v1/chat` accepts, `auto` too."""
+    """OpenAI's chat completions (plain, or `stream: true` as `chat.completion.chunk` events); `model` is any id `/mcp/v1/chat` accepts, `auto` too; at most once per `Idempotency-Key`."""
     request = to_chat_request(body, openai_context(context, caller.copros))
     created = int(time.time())
     if not body.stream:
-        answer = await unless_caller_leaves(http_request, gateway.chat.answer(caller, request))
+        answer = await unless_caller_leaves(
+            http_request, gateway.chat.answer(caller, request, idempotency_key)
+        )
         if answer is None:
             return Response(status_code=CALLER_LEFT)
-        return JSONResponse(openai_completion(answer.response(), created), headers=answer.rate_limit_headers)
-    stream = await gateway.chat.stream(caller, request)
+        return JSONResponse(openai_completion(answer.response(), created), headers=answer.headers)
+    stream = await gateway.chat.stream(caller, request, idempotency_key)
     pieces = stream.pieces
     try:
         # Wait for the first piece before answering: a refusal (unknown model...) keeps its
@@ -76,7 +80,7 @@ async def chat_completions(
     return StreamingResponse(
         _chunks(first, pieces, request.model, body.include_usage, created),
         media_type="text/event-stream",
-        headers=stream.rate_limit_headers | STREAM_HEADERS,
+        headers=stream.headers | STREAM_HEADERS,
     )
 
 

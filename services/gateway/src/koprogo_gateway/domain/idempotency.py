@@ -1,0 +1,108 @@
+"""Idempotency keys: one generation per key, whatever the retries (Stripe's model, for chats).
+
+A client may send `Idempotency-Key` with a chat. The first request with a key stores an entry
+(`IdempotencyEntry`) before anything is published: the request id it runs under, a fingerprint
+of its body, its deadline and the reply subject its answers come to. Once its outcome is known
+(the completion, or the error its caller got) the outcome is stored in the entry. A retry with
+the same key and body gets that outcome, or waits for it, and never runs a request of its own;
+the same key with another body is refused (422 `idempotency_key_reused`). Keys are the
+caller's: the stored key is a hash of the user id and the header, so users never meet.
+
+Pure rules and values here; the store is `adapters/idempotency_store.py`, the use case
+`service_layer/chat.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.errors import GatewayError, InvalidIdempotencyKeyError
+from koprogo_shared.events import ChatCompleted
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_CHARS = 255
+# How long an outcome is kept for retries (the bucket's TTL).
+KEPT_S = 24 * 3600.0
+
+
+def store_key(user_id: str | None, header: str) -> str:
+    """The key an `Idempotency-Key` header is stored under for this user; InvalidIdempotencyKeyError
+    when the header is empty, longer than 255 characters, or not printable ASCII."""
+    if not 1 <= len(header) <= MAX_KEY_CHARS or not all(" " <= c <= "~" for c in header):
+        raise InvalidIdempotencyKeyError(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_CHARS} printable ASCII characters (a UUID is a good one)"
+        )
+    # A hash: the bucket never holds a user id, and one user's key cannot reach another's entry.
+    return hashlib.sha256(f"{user_id or ''}\n{header}".encode()).hexdigest()
+
+
+def body_fingerprint(body: ChatRequestIn) -> str:
+    """What makes two bodies the same request. `stream` is left out: a retry may ask for the
+    same answer whole or in pieces."""
+    fields = body.model_dump(mode="json", exclude={"stream"})
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class StoredError(BaseModel):
+    """The error a keyed request's caller got: its HTTP status and JSON fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: int
+    error: str
+    message: str
+    extra: dict[str, object] = {}
+
+    @classmethod
+    def of(cls, exc: GatewayError) -> StoredError:
+        return cls(status=exc.status, error=exc.error, message=exc.message, extra=exc.extra)
+
+
+class StoredOutcome(BaseModel):
+    """How a keyed request ended: its completion (and the latency its first caller saw), or an error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    completion: ChatCompleted | None = None
+    latency_ms: float = 0.0
+    error: StoredError | None = None
+
+
+class IdempotencyEntry(BaseModel):
+    """A keyed request: what it runs as, and its outcome once known (None while it runs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    fingerprint: str
+    created_at: datetime
+    deadline: datetime
+    reply_subject: str
+    outcome: StoredOutcome | None = None
+
+    def settled(self, outcome: StoredOutcome) -> IdempotencyEntry:
+        return self.model_copy(update={"outcome": outcome})
+
+
+def may_publish_again(entry: IdempotencyEntry, now: datetime, duplicate_window_s: float) -> bool:
+    """Whether a retry may publish the entry's request again, under the same id.
+
+    The first publish may have failed from the gateway's view and yet been stored (its
+    acknowledgement lost), or not: publishing the same event id again is stored at most once,
+    as long as the stream still remembers the id (its de-duplication window; half of it, for
+    clock skew between gateways). Past the deadline no worker would run it anyway.
+    """
+    if entry.outcome is not None or now >= entry.deadline:
+        return False
+    return now < entry.created_at + timedelta(seconds=duplicate_window_s / 2)
+
+
+def abandoned(entry: IdempotencyEntry, now: datetime, grace_s: float) -> bool:
+    """No outcome well past the deadline: the gateway that ran it stopped before storing one."""
+    return entry.outcome is None and now >= entry.deadline + timedelta(seconds=grace_s)

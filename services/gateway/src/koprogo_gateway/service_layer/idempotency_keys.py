@@ -1,0 +1,158 @@
+"""The chat use case's idempotency keys: claim a key's entry, store its outcome, wait for it.
+
+`ChatService` (service_layer/chat.py) runs the request; this keeps its entry (the port is
+`adapters/idempotency_store.py`, the rules `domain/idempotency.py`). A retry that finds the
+entry still running waits for its outcome by reading it again every `poll_s`; it publishes the
+first request again, under the same event id, while the stream would still de-duplicate it
+(the first publish may never have been stored); and when no outcome came well past the
+deadline (the gateway running it stopped), it stores the 504 every retry then gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from koprogo_gateway.adapters.idempotency_store import (
+    IdempotencyConflictError,
+    IdempotencyStore,
+    IdempotencyStoreError,
+    StoredEntry,
+)
+from koprogo_gateway.domain.errors import (
+    ChatTimeoutError,
+    GatewayError,
+    IdempotencyKeyReusedError,
+    IdempotencyUnavailableError,
+)
+from koprogo_gateway.domain.idempotency import (
+    IdempotencyEntry,
+    StoredError,
+    StoredOutcome,
+    abandoned,
+    may_publish_again,
+)
+from koprogo_shared.events import ChatRequested, utc_now
+from koprogo_shared.subjects import EVENTS_STREAM, STREAMS
+
+log = logging.getLogger(__name__)
+
+# How long the chat requests' stream remembers an event id (a publish again within it is dropped).
+DUPLICATE_WINDOW_S = next(spec.duplicate_window_s for spec in STREAMS if spec.name == EVENTS_STREAM)
+# How long past a keyed request's deadline its retries wait for its gateway to store the outcome.
+SETTLE_GRACE_S = 5.0
+
+# Publish the entry's request again (same id); record that a request got no answer (status, error, message).
+PublishAgain = Callable[[IdempotencyEntry], Awaitable[None]]
+RecordFailure = Callable[[IdempotencyEntry, GatewayError], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    """A request running under an idempotency key: where its entry is, and the entry as created."""
+
+    key: str
+    stored: StoredEntry
+
+
+@dataclass
+class IdempotencyKeys:
+    # None: this gateway keeps no keys, and a request with one is refused (503).
+    store: IdempotencyStore | None
+    poll_s: float = 0.2
+    settle_grace_s: float = SETTLE_GRACE_S
+
+    async def read(self, key: str) -> StoredEntry | None:
+        """The key's entry, or None; IdempotencyUnavailableError when the store cannot say."""
+        if self.store is None:
+            raise IdempotencyUnavailableError("this gateway keeps no idempotency keys")
+        try:
+            return await self.store.read(key)
+        except IdempotencyStoreError as exc:
+            raise IdempotencyUnavailableError(f"the idempotency keys cannot be read: {exc}") from None
+
+    async def read_again(self, key: str) -> StoredEntry:
+        stored = await self.read(key)
+        if stored is None:
+            raise IdempotencyUnavailableError("the idempotency key's entry expired: send the request again")
+        return stored
+
+    async def claim(self, key: str, request: ChatRequested, fingerprint: str) -> KeyedRequest | None:
+        """Store the key's entry before `request` is published; None when another request with
+        the key came first."""
+        if self.store is None:
+            raise IdempotencyUnavailableError("this gateway keeps no idempotency keys")
+        entry = IdempotencyEntry(
+            request_id=request.id,
+            fingerprint=fingerprint,
+            created_at=utc_now(),
+            deadline=request.deadline,
+            reply_subject=request.reply_subject,
+        )
+        try:
+            return KeyedRequest(key, await self.store.create(key, entry))
+        except IdempotencyConflictError:
+            return None
+        except IdempotencyStoreError as exc:
+            raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
+
+    async def settle(self, keyed: KeyedRequest, outcome: StoredOutcome) -> None:
+        """Store a keyed request's outcome for its retries (a failure is logged: they then wait
+        for the deadline and get a 504)."""
+        assert self.store is not None
+        stored = keyed.stored
+        try:
+            await self.store.replace(keyed.key, stored.entry.settled(outcome), stored.revision)
+        except IdempotencyStoreError as exc:
+            log.warning("could not store the outcome of %s: %r", stored.entry.request_id, exc)
+
+    async def outcome(
+        self,
+        key: str,
+        stored: StoredEntry,
+        fingerprint: str,
+        publish_again: PublishAgain,
+        record_failure: RecordFailure,
+    ) -> StoredOutcome:
+        """The outcome of the first request with this key, waited for while it runs; never a new request."""
+        same_body(stored, fingerprint)
+        published = False
+        while stored.entry.outcome is None:
+            now = utc_now()
+            if not published and may_publish_again(stored.entry, now, DUPLICATE_WINDOW_S):
+                # If the first publish was not stored, this one runs it; if it was, the stream's
+                # de-duplication drops this one.
+                await publish_again(stored.entry)
+                published = True
+            elif abandoned(stored.entry, now, self.settle_grace_s):
+                return await self._abandon(key, stored, record_failure)
+            await asyncio.sleep(self.poll_s)
+            stored = await self.read_again(key)
+        return stored.entry.outcome
+
+    async def _abandon(self, key: str, stored: StoredEntry, record_failure: RecordFailure) -> StoredOutcome:
+        """The first request's gateway stopped before storing an outcome: store the 504 its retries get."""
+        assert self.store is not None
+        error = ChatTimeoutError(
+            "the first request with this Idempotency-Key got no outcome by its deadline "
+            "(the gateway running it stopped); its answer, if any, was not kept"
+        )
+        outcome = StoredOutcome(error=StoredError.of(error))
+        await record_failure(stored.entry, error)
+        try:
+            await self.store.replace(key, stored.entry.settled(outcome), stored.revision)
+        except IdempotencyConflictError:
+            return (await self.read_again(key)).entry.outcome or outcome  # stored just now by its gateway
+        except IdempotencyStoreError as exc:
+            log.warning("could not store the outcome of %s: %r", stored.entry.request_id, exc)
+        return outcome
+
+
+def same_body(stored: StoredEntry, fingerprint: str) -> None:
+    """IdempotencyKeyReusedError when the key came first with another body."""
+    if stored.entry.fingerprint != fingerprint:
+        raise IdempotencyKeyReusedError(
+            "this Idempotency-Key was used with another request body: send a new key for a new request"
+        )

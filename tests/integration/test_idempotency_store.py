@@ -1,0 +1,61 @@
+"""Idempotency keys in a real JetStream key-value bucket: one creator per key, compare-and-set
+outcomes, the bucket as the setup step declares it (24 h, history 1, file storage)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from nats.js import api as js_api
+
+from koprogo_gateway.adapters.idempotency_store import (
+    IdempotencyConflictError,
+    IdempotencyStoreUnavailableError,
+    NatsKvIdempotencyStore,
+)
+from koprogo_gateway.domain.idempotency import IdempotencyEntry, StoredError, StoredOutcome
+from koprogo_shared.events import utc_now
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET, bucket_stream, ensure_idempotency_bucket
+from koprogo_shared.nats_connection import connect_nats
+
+pytestmark = pytest.mark.integration
+
+
+def entry(request_id: str = "0d1e7a7e-6c0e-4a8e-9d7e-000000000001") -> IdempotencyEntry:
+    now = utc_now()
+    return IdempotencyEntry(
+        request_id=request_id,
+        fingerprint="f" * 64,
+        created_at=now,
+        deadline=now + timedelta(seconds=60),
+        reply_subject="koprogo.reply.gw-1",
+    )
+
+
+async def test_one_creator_per_key_and_an_outcome_stored_once(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "idem-store")
+    try:
+        await ensure_idempotency_bucket(js)
+        await ensure_idempotency_bucket(js)  # declared again by another setup run: kept as is
+        config = (await js.stream_info(bucket_stream(IDEMPOTENCY_BUCKET))).config
+        store = NatsKvIdempotencyStore(await nc.jetstream(timeout=1.0).key_value(IDEMPOTENCY_BUCKET))
+
+        first = await store.create("k1", entry())
+        with pytest.raises(IdempotencyConflictError):
+            await store.create("k1", entry("0d1e7a7e-6c0e-4a8e-9d7e-000000000002"))
+        outcome = StoredOutcome(error=StoredError(status=504, error="timeout", message="no answer"))
+        settled = await store.replace("k1", first.entry.settled(outcome), first.revision)
+        with pytest.raises(IdempotencyConflictError):
+            await store.replace("k1", first.entry.settled(outcome), first.revision)  # a second settler
+
+        assert await store.read("k1") == settled
+        assert settled.entry.outcome == outcome
+        assert await store.read("k2") is None
+        await nc.close()
+        with pytest.raises(IdempotencyStoreUnavailableError):
+            await store.read("k1")
+    finally:
+        await nc.close()
+    assert config.max_age == 24 * 3600
+    assert config.max_msgs_per_subject == 1
+    assert config.storage == js_api.StorageType.FILE
