@@ -9,6 +9,9 @@ Each service and each edge node has its own nkey (a user seed in a file, `NATS_N
 the server's configuration gives each public key its subject permissions (see
 `koprogo_cli.nats_auth`). Without a seed file the client connects anonymously, as a
 development server without authorization expects.
+
+The work, event and dead-letter streams refuse a message when full (`discard: new`): the
+publisher gets `StreamFullError`, and nothing already stored is dropped to make room.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 5
+
+# JetStream's "stream store failed" error, which a full `discard: new` stream answers with
+# ("maximum bytes exceeded", "maximum messages exceeded", ...).
+JS_STREAM_STORE_FAILED = 10077
 
 
 class NatsCredentialsError(RuntimeError):
@@ -133,7 +140,7 @@ def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
         max_age=spec.max_age_s,
         max_bytes=spec.max_bytes,
         duplicate_window=spec.duplicate_window_s,
-        discard=js_api.DiscardPolicy.OLD,
+        discard=js_api.DiscardPolicy(spec.discard),
         num_replicas=1,
     )
 
@@ -260,6 +267,22 @@ async def buckets_for_service(
         check_rate_limit_ttl(counters.config.max_age, rate_limit_window_s)
 
 
+class StreamFullError(nats.js.errors.ServiceUnavailableError):
+    """The stream refused the message: it is full (`discard: new`), and keeps every older message.
+
+    A 503 from JetStream like the one it replaces, so handlers of the bus's refusals still
+    catch it; callers that can say more (the gateway's `bus_full`) catch it first.
+    """
+
+    def __str__(self) -> str:
+        return f"stream {self.stream or '?'} is full ({self.description}): the message was not stored"
+
+
+def stream_full(exc: nats.js.errors.APIError) -> bool:
+    """Whether JetStream refused a publish because the stream is full."""
+    return exc.err_code == JS_STREAM_STORE_FAILED and "exceeded" in (exc.description or "")
+
+
 def event_headers(event: Event) -> dict[str, str]:
     return {"Nats-Msg-Id": event.id, "ce-type": getattr(event, "type", ""), "ce-source": event.source}
 
@@ -268,7 +291,8 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
     """Publish to JetStream and wait for the stream's ack, retrying with the same `Nats-Msg-Id`.
 
     Retries are de-duplicated by the stream, so a publish that was stored but whose ack
-    was lost is not stored twice. Raises the last error when every attempt failed.
+    was lost is not stored twice. Raises the last error when every attempt failed, and
+    StreamFullError at once when the stream is full (retrying would not empty it).
     """
     payload = event.model_dump_json().encode()
     headers = event_headers(event)
@@ -276,6 +300,12 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=headers)
+        except nats.js.errors.ServiceUnavailableError as exc:
+            if not stream_full(exc):
+                raise
+            raise StreamFullError(
+                code=exc.code, description=exc.description, err_code=exc.err_code, stream=_stream_of(subject)
+            ) from None
         except (
             TimeoutError,
             nats.errors.TimeoutError,
@@ -288,6 +318,15 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
     raise AssertionError("unreachable")
+
+
+def _stream_of(subject: str) -> str | None:
+    """The KOPROGO_* stream a subject is stored in (JetStream's refusal does not name it)."""
+    for spec in STREAMS:
+        for pattern in spec.subjects:
+            if pattern.endswith(".>") and subject.startswith(pattern[:-1]):
+                return spec.name
+    return None
 
 
 async def deliver_chat_outcome(

@@ -242,6 +242,10 @@ class StreamSpec:
     duplicate_window_s: float = 120.0
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    # What a full stream does: "new" refuses the message that does not fit (its publisher gets
+    # an error, `nats_connection.StreamFullError`); "old" would drop the oldest message to make
+    # room, whether its consumers had it or not. Messages still leave by age (`max_age_s`).
+    discard: str = "new"
 
 
 DAY_S = 86400.0
@@ -270,5 +274,10 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_age_s=90 * DAY_S,
         max_bytes=512 * 1024**2,
         description="Messages a consumer could not handle, with the reason in headers.",
+        # Full, it refuses too: a refused dead-letter publish leaves the message unacknowledged
+        # in its own stream (`consumer._dead_letter_then_term` logs the refusal and NAKs it), so
+        # nothing is dropped while the operator reads and purges dead letters (or raises
+        # `max_bytes`). Discarding the oldest would lose dead letters nobody had read yet.
+        discard="new",
     ),
 )

@@ -18,10 +18,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.replies import ExpectedReplies, ReplyEvent, ReplyWaiter
-from koprogo_gateway.domain.errors import BusUnavailableError, RequestTooLargeError
+from koprogo_gateway.domain.errors import BusFullError, BusUnavailableError, RequestTooLargeError
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatRequested, Event
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.nats_connection import StreamFullError, publish_event
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
@@ -34,7 +34,7 @@ class ChatBus(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, subject: str, event: Event) -> None:
-        """Store `event` durably; RequestTooLargeError (413) or BusUnavailableError (503) when refused."""
+        """Store `event` durably; RequestTooLargeError (413), BusFullError or BusUnavailableError (503) if not."""
 
     @abc.abstractmethod
     def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
@@ -66,6 +66,11 @@ class NatsChatBus(ChatBus):
             await publish_event(self.js, subject, event)
         except nats.errors.MaxPayloadError:
             raise RequestTooLargeError("the request is larger than the message bus accepts") from None
+        except StreamFullError as exc:
+            raise BusFullError(
+                f"the event log is full ({exc.stream}): the request was not accepted and nothing "
+                "stored was dropped; retry later (an operator must make room)"
+            ) from exc
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             raise BusUnavailableError(
                 f"the message bus did not accept the request: {type(exc).__name__}"
