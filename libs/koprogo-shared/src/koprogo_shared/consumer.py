@@ -3,8 +3,10 @@
 Every message ends in one `Decision`, carried out by `settle`:
 
     Ack          handled: acknowledge
-    Retry        not this time: NAK with a growing delay; on the last allowed delivery,
-                 dead-letter then TERM
+    Retry        not this time: NAK with a growing delay; from the last allowed delivery
+                 (`ConsumerSpec.max_deliver`) on, dead-letter then TERM
+    Defer        not yet (it waits on another consumer): NAK with a growing delay, however
+                 many deliveries it took; never dead-lettered for it
     DeadLetter   never handleable (poison): dead-letter, then TERM
 
 A per-message handler decides by returning (Ack) or raising (`failure_decision`: a
@@ -12,7 +14,12 @@ A per-message handler decides by returning (Ack) or raising (`failure_decision`:
 A batch handler receives every message of a fetch and returns one decision per message,
 so it can, for instance, commit the whole batch once before anything is acknowledged.
 Nothing is dropped silently: what cannot be handled lands in KOPROGO_DEADLETTER with the
-reason in its headers.
+reason in its headers. The delivery limit is the loop's, not the server's: consumers are
+created with unlimited deliveries (`max_deliver=-1`), so a message whose dead-letter publish
+fails is NAKed and comes back until the dead-letter stream takes it. (With the limit on the
+server, a message whose last delivery failed that way was never delivered again: neither
+handled nor dead-lettered.) A message whose handler never returns (the process dies with it)
+is redelivered after `ack_wait` every time; the workers' deadlines end that for work items.
 """
 
 from __future__ import annotations
@@ -68,13 +75,20 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class Defer:
+    """Not yet: it waits on something outside this consumer. NAK with back-off, never dead-lettered for it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """Can never be handled: dead-letter with `reason` (no message content), then TERM."""
 
     reason: str
 
 
-Decision = Ack | Retry | DeadLetter
+Decision = Ack | Retry | Defer | DeadLetter
 ACK = Ack()
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -110,8 +124,10 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
 async def settle(js: JetStreamContext, msg: Msg, decision: Decision, max_deliver: int) -> None:
     """Carry out the decision taken for one message.
 
-    If settling itself fails (the dead-letter publish or the ack cannot reach the
-    server), the message is left unacked: JetStream redelivers it after `ack_wait`.
+    `max_deliver` is the consumer's limit (`ConsumerSpec.max_deliver`): a retried message is
+    dead-lettered on that delivery or any later one. If the dead-letter publish fails, the
+    message is NAKed and comes back; if the ack or NAK cannot reach the server, it is left
+    unacked and JetStream redelivers it after `ack_wait`.
     """
     match decision:
         case Ack():
@@ -127,6 +143,10 @@ async def settle(js: JetStreamContext, msg: Msg, decision: Decision, max_deliver
             else:
                 log.warning("retrying %s (delivery %d): %s", msg.subject, delivered, reason)
                 await _quietly(msg.nak(delay=nak_delay(delivered)))
+        case Defer(reason):
+            delivered = msg.metadata.num_delivered
+            log.info("deferring %s (delivery %d): %s", msg.subject, delivered, reason)
+            await _quietly(msg.nak(delay=nak_delay(delivered)))
         case _:
             assert_never(decision)
 
@@ -165,7 +185,8 @@ async def _dead_letter_then_term(js: JetStreamContext, msg: Msg, reason: str) ->
     try:
         await dead_letter(js, msg, reason)
     except Exception as exc:
-        # Not stored in the dead-letter stream: keep the original, try again later.
+        # Not stored in the dead-letter stream: keep the original, try again later. The
+        # server redelivers it whatever its delivery count (see `consumer_config`).
         log.error("dead-letter publish failed for %s: %r; will retry", msg.subject, exc)
         await _quietly(msg.nak(delay=nak_delay(msg.metadata.num_delivered)))
         return
@@ -187,12 +208,15 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
     # `name` makes nats-py create it on `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`,
     # where the server checks the filter against the subject: a node allowed only its own
     # model's subject there cannot give its durable another model's filter.
+    # No delivery limit on the server: `settle` keeps `spec.max_deliver` itself, so a message
+    # is redelivered until it is acknowledged or dead-lettered (a server-side limit would stop
+    # delivering one whose dead-letter publish failed, and it would be lost to every consumer).
     return js_api.ConsumerConfig(
         name=spec.durable,
         durable_name=spec.durable,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
+        max_deliver=-1,
         filter_subject=spec.filter_subject,
         max_ack_pending=spec.max_ack_pending,
         deliver_policy=js_api.DeliverPolicy.ALL,
@@ -220,7 +244,8 @@ async def run_pull_consumer(
     config = consumer_config(spec)
     try:
         # Create, or bring an existing durable to the declared configuration
-        # (pull_subscribe alone leaves an existing consumer as it was).
+        # (pull_subscribe alone leaves an existing consumer as it was); this is also how a
+        # durable created with a server-side `max_deliver` gets unlimited deliveries.
         await js.add_consumer(spec.stream, config)
     except nats.js.errors.APIError as exc:
         log.warning("consumer %s keeps its existing configuration: %s", spec.durable, exc)
