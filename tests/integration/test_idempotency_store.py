@@ -3,6 +3,7 @@ outcomes, the bucket as the setup step declares it (24 h, history 1, file storag
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -39,21 +40,23 @@ async def test_one_creator_per_key_and_an_outcome_stored_once(clean_jetstream: s
         await ensure_idempotency_bucket(js)  # declared again by another setup run: kept as is
         config = (await js.stream_info(bucket_stream(IDEMPOTENCY_BUCKET))).config
         store = NatsKvIdempotencyStore(await nc.jetstream(timeout=1.0).key_value(IDEMPOTENCY_BUCKET))
+        # The bucket outlives a test (24 h): keys of this run only.
+        k1, k2 = f"k1-{uuid.uuid4().hex}", f"k2-{uuid.uuid4().hex}"
 
-        first = await store.create("k1", entry())
+        first = await store.create(k1, entry())
         with pytest.raises(IdempotencyConflictError):
-            await store.create("k1", entry("0d1e7a7e-6c0e-4a8e-9d7e-000000000002"))
+            await store.create(k1, entry("0d1e7a7e-6c0e-4a8e-9d7e-000000000002"))
         outcome = StoredOutcome(error=StoredError(status=504, error="timeout", message="no answer"))
-        settled = await store.replace("k1", first.entry.settled(outcome), first.revision)
+        settled = await store.replace(k1, first.entry.settled(outcome), first.revision)
         with pytest.raises(IdempotencyConflictError):
-            await store.replace("k1", first.entry.settled(outcome), first.revision)  # a second settler
+            await store.replace(k1, first.entry.settled(outcome), first.revision)  # a second settler
 
-        assert await store.read("k1") == settled
+        assert await store.read(k1) == settled
         assert settled.entry.outcome == outcome
-        assert await store.read("k2") is None
+        assert await store.read(k2) is None
         await nc.close()
         with pytest.raises(IdempotencyStoreUnavailableError):
-            await store.read("k1")
+            await store.read(k1)
     finally:
         await nc.close()
     assert config.max_age == 24 * 3600
