@@ -486,7 +486,7 @@ async def test_the_ledger_may_delete_a_users_messages_from_the_audit_log_and_the
         await request_refused(router.js.delete_msg(subjects.EVENTS_STREAM, ack.seq))
     async with connected_as(secured, "ledger") as ledger:
         scrubber = NatsStreamScrubber(ledger.js, RequestsOfTheUser())  # type: ignore[arg-type]
-        assert await scrubber.erase_user(uuid.UUID(int=1)) == 1
+        assert await scrubber.erase_user(uuid.UUID(int=1), before=ack.seq + 1) == 1
         assert ledger.refusals.errors.empty()
     async with connected_as(secured, "admin") as admin:
         with pytest.raises(NotFoundError):

@@ -59,7 +59,7 @@ class Ledger:
         handler = event_batch_handler(
             self.unit_of_work,
             stop,
-            NatsStreamScrubber(self.js, self.pool),
+            NatsStreamScrubber(self.js, self.pool, ledger_durable=self.spec.durable),
             nodes_keyed=self.nodes_keyed,
             roster=self.roster,
         )

@@ -4,11 +4,19 @@ PostgreSQL loses the user's contents when the ledger applies `UserDataErasureReq
 the same contents also sit in the JetStream file store until the stream's own 30-day limit
 (`ChatRequested` holds the messages, `ChatCompleted` the answer, `InferenceAttemptFailed`
 the work). After the erasure is committed, the ledger finds the user's request ids in
-PostgreSQL, reads the stream's chat subjects once (`audit_log.read_events`) and deletes
-(`STREAM.MSG.DELETE`, the message is erased from the store) every message of those
-requests. Deleting an already deleted message is not an error, so a redelivered erasure
-scrubs again safely. Events without contents (failures, deliveries) are kept: the audit
-log still shows that the requests happened.
+PostgreSQL, reads the stream's chat subjects once, up to the erasure's own position
+(`audit_log.read_messages`), and deletes (`STREAM.MSG.DELETE`, the message is erased from
+the store) every message of those requests. Chats the user sends after the erasure stay.
+Deleting an already deleted message is not an error, so a redelivered erasure scrubs again
+safely. Events without contents (failures, deliveries) are kept: the audit log still shows
+that the requests happened.
+
+A message is deleted only once every durable consumer of it (`CONSUMERS`: the router's two,
+and the ledger's own) has acknowledged it, read from their ack floors: a chat in flight
+still reaches the router and the ledger. While some are not, `erase_user` deletes the rest
+and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
+(`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
+holds nothing back.
 
 Reading the whole window once per erasure is linear in the stream's size; erasures are rare
 and a copro's 30-day stream is small. Dead letters (KOPROGO_DEADLETTER, 90 days) are not
@@ -19,13 +27,15 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from koprogo_ledger.adapters.audit_log import read_events
+from koprogo_ledger.adapters.audit_log import read_messages
 from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
 from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
@@ -38,29 +48,55 @@ CONTENT_SUBJECTS = (
     "koprogo.events.chat.completed.>",
     subjects.INFERENCE_ATTEMPT_FAILED_ALL,
 )
+# The durable consumers of those subjects besides the ledger's own: a message waits for them.
+OTHER_CONSUMERS = (subjects.ROUTER_DURABLE, subjects.ROUTER_FALLBACK_DURABLE)
+
+
+class ScrubPendingError(Exception):
+    """Some of the user's messages are not yet acknowledged by a consumer: scrub again later."""
+
+    def __init__(self, deleted: int, waiting: int, consumers: Iterable[str]) -> None:
+        super().__init__(
+            f"{waiting} message(s) not yet acknowledged by {', '.join(sorted(consumers))} ({deleted} deleted)"
+        )
+        self.deleted = deleted
+        self.waiting = waiting
 
 
 class StreamScrubber(abc.ABC):
     @abc.abstractmethod
-    async def erase_user(self, user_id: str) -> int:
-        """Delete the content-bearing events of the user (any id shape) from the audit log; how many were deleted."""
+    async def erase_user(self, user_id: str, *, before: int) -> int:
+        """Delete the user's (any id shape) content-bearing events stored before stream sequence `before`; how many.
+
+        Raises ScrubPendingError when some could not be deleted yet (see the module's docstring).
+        """
 
 
 class FakeStreamScrubber(StreamScrubber):
     def __init__(self) -> None:
-        self.erased: list[str] = []
+        self.erased: list[tuple[str, int]] = []
 
-    async def erase_user(self, user_id: str) -> int:
-        self.erased.append(user_id)
+    async def erase_user(self, user_id: str, *, before: int) -> int:
+        self.erased.append((user_id, before))
         return 0
 
 
+@dataclass(frozen=True, slots=True)
+class _AckFloor:
+    consumer: str
+    filters: tuple[str, ...]
+    stream_seq: int  # every message of `filters` up to this sequence is acknowledged
+
+
 class NatsStreamScrubber(StreamScrubber):
-    def __init__(self, js: JetStreamContext, db: asyncpg.Pool) -> None:
+    def __init__(
+        self, js: JetStreamContext, db: asyncpg.Pool, *, ledger_durable: str = subjects.LEDGER_DURABLE
+    ) -> None:
         self._js = js
         self._db = db
+        self._consumers = (*OTHER_CONSUMERS, ledger_durable)
 
-    async def erase_user(self, user_id: str) -> int:
+    async def erase_user(self, user_id: str, *, before: int) -> int:
         user = user_key(str(user_id))
         rows = await self._db.fetch(
             f"SELECT q.id FROM mcp_requests AS q WHERE {USER_REQUESTS}", user.ref, user.as_uuid
@@ -68,22 +104,55 @@ class NatsStreamScrubber(StreamScrubber):
         request_ids = {str(r["id"]) for r in rows}
         if not request_ids:
             return 0
-        deleted = 0
+        floors = await self._ack_floors()
+        deleted = waiting = 0
+        waiting_for: set[str] = set()
         for subject in CONTENT_SUBJECTS:
-            for seq in await self._sequences_of(subject, request_ids):
+            async for message in read_messages(self._js, subject, before=before):
+                if _request_id(message.event) not in request_ids:
+                    continue
+                behind = [
+                    f.consumer
+                    for f in floors
+                    if message.seq > f.stream_seq and any(_matches(message.subject, p) for p in f.filters)
+                ]
+                if behind:
+                    waiting += 1
+                    waiting_for.update(behind)
+                    continue
                 try:
-                    await self._js.delete_msg(subjects.EVENTS_STREAM, seq)
+                    await self._js.delete_msg(subjects.EVENTS_STREAM, message.seq)
                     deleted += 1
                 except NotFoundError:
                     pass  # already gone (an earlier delivery of this erasure, or the age limit)
         log.info("erasure: %d audit-log messages of %d request(s) deleted", deleted, len(request_ids))
+        if waiting:
+            raise ScrubPendingError(deleted, waiting, waiting_for)
         return deleted
 
-    async def _sequences_of(self, subject: str, request_ids: set[str]) -> list[int]:
-        """Stream sequences of the messages on `subject` that belong to `request_ids`."""
-        return [
-            seq async for seq, event in read_events(self._js, subject) if _request_id(event) in request_ids
-        ]
+    async def _ack_floors(self) -> list[_AckFloor]:
+        floors = []
+        for name in self._consumers:
+            try:
+                info = await self._js.consumer_info(subjects.EVENTS_STREAM, name)
+            except NotFoundError:
+                continue  # no such consumer: nothing of it is in flight
+            config = info.config
+            filters = tuple(config.filter_subjects or ()) or (config.filter_subject or ">",)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            floors.append(_AckFloor(name, filters, floor))
+        return floors
+
+
+def _matches(subject: str, pattern: str) -> bool:
+    """Whether a NATS subject matches a filter (`*` one token, `>` one or more at the end)."""
+    tokens, wanted = subject.split("."), pattern.split(".")
+    for i, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (token != "*" and token != tokens[i]):
+            return False
+    return len(tokens) == len(wanted)
 
 
 def _request_id(event: dict[str, Any]) -> str | None:

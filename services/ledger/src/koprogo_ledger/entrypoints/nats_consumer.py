@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from koprogo_ledger.adapters.stream_scrubber import StreamScrubber
+from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
@@ -34,6 +34,7 @@ from koprogo_shared.consumer import (
     BatchHandler,
     ConsumerSpec,
     Decision,
+    Defer,
     PoisonMessageError,
     Retry,
     failure_decision,
@@ -76,9 +77,11 @@ def event_batch_handler(
     node a key; `roster`: what each node's key was minted for, read per batch) is
     dead-lettered before it reaches the ledger, counted as `forged` and logged.
 
-    With `scrubber`, a committed GDPR erasure also deletes the user's messages from the audit
-    log before it is acknowledged; if that fails, the erasure is redelivered (applying it
-    again is a no-op, scrubbing again is safe).
+    With `scrubber`, a committed GDPR erasure also deletes the user's messages stored before it
+    from the audit log before it is acknowledged; if that fails, the erasure is redelivered
+    (applying it again is a no-op, scrubbing again is safe). While a consumer has not yet
+    acknowledged some of those messages, the erasure is deferred (redelivered, never
+    dead-lettered for it) and scrubs again until nothing is left.
     """
 
     async def handle(msgs: Sequence[Msg]) -> list[Decision]:
@@ -118,15 +121,21 @@ def event_batch_handler(
             decisions[i] = _decision(event, outcome)
             if scrubber is not None and isinstance(event, UserDataErasureRequested):
                 if outcome in (Projected.APPLIED, Projected.DUPLICATE):
-                    decisions[i] = await _scrubbed(scrubber, event, decisions[i])
+                    decisions[i] = await _scrubbed(scrubber, event, msgs[i], decisions[i])
         return decisions
 
     return handle
 
 
-async def _scrubbed(scrubber: StreamScrubber, event: UserDataErasureRequested, decided: Decision) -> Decision:
+async def _scrubbed(
+    scrubber: StreamScrubber, event: UserDataErasureRequested, msg: Msg, decided: Decision
+) -> Decision:
     try:
-        await scrubber.erase_user(event.user_id)
+        # Only what was stored before the erasure: the user's later chats stay.
+        await scrubber.erase_user(event.user_id, before=msg.metadata.sequence.stream)
+    except ScrubPendingError as exc:
+        log.info("erasure %s: %s; scrubbing again later", event.id, exc)
+        return Defer(f"erasure {event.id}: {exc}")
     except Exception as exc:
         FAILURES.labels("transient").inc()
         log.warning("erasure %s: the audit log could not be scrubbed yet: %r", event.id, exc)
