@@ -17,7 +17,9 @@ from koprogo_gateway.adapters.idempotency_store import (
 from koprogo_gateway.domain.idempotency import IdempotencyEntry, StoredError, StoredOutcome
 from koprogo_shared.events import utc_now
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET, bucket_stream, ensure_idempotency_bucket
-from koprogo_shared.nats_connection import connect_nats
+from koprogo_shared.nats_connection import buckets_for_service, connect_nats
+from tests.conftest import SecuredNats
+from tests.integration.nats_permissions_support import connected_as, request_refused
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +64,24 @@ async def test_one_creator_per_key_and_an_outcome_stored_once(clean_jetstream: s
     assert config.max_age == 24 * 3600
     assert config.max_msgs_per_subject == 1
     assert config.storage == js_api.StorageType.FILE
+
+
+async def test_the_gateway_with_its_key_keeps_idempotency_keys_but_cannot_drop_the_bucket(
+    secured: SecuredNats,
+) -> None:
+    # The setup step (admin) declared every bucket: the gateway waits for them, then only uses keys.
+    async with connected_as(secured, "gateway") as gateway:
+        await buckets_for_service(
+            gateway.js, secured.seed_files["gateway"], rate_limit_window_s=60, timeout_s=5
+        )
+        store = NatsKvIdempotencyStore(await gateway.js.key_value(IDEMPOTENCY_BUCKET))
+        key = f"k-{uuid.uuid4().hex}"
+        first = await store.create(key, entry())
+        outcome = StoredOutcome(error=StoredError(status=503, error="node_changed", message="moved"))
+        await store.replace(key, first.entry.settled(outcome), first.revision)
+        stored = await store.read(key)
+        assert gateway.refusals.errors.empty()
+        await request_refused(gateway.js.delete_key_value(IDEMPOTENCY_BUCKET))
+        refusal = await gateway.refusals.next()
+    assert stored is not None and stored.entry.outcome == outcome
+    assert f"$JS.API.STREAM.DELETE.{bucket_stream(IDEMPOTENCY_BUCKET)}".lower() in refusal
