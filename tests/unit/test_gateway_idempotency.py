@@ -261,18 +261,56 @@ async def test_a_streamed_retry_gets_the_stored_answer_as_one_piece() -> None:
 
 async def test_a_first_request_whose_gateway_stopped_before_an_outcome_is_a_504_for_its_retries() -> None:
     bus = LossyBus()  # silence: nobody ever answers
-    chats = keyed_service(bus, timeout_s=0.1)
+    store = FakeIdempotencyStore()
+    chats = keyed_service(bus, store, timeout_s=0.1)
     bus.acks_lost = True
     with pytest.raises(BusUnavailableError):
         await chats.answer(RESIDENT, body(), idempotency_key=KEY)
     # The gateway running it stops before the deadline: its keeper never stores an outcome.
     for keeper in list(chats._keepers):
         keeper.cancel()
-    bus.acks_lost = False
+    # The retry reaches another gateway replica (its own reply subject), on the same stream.
+    other_bus = LossyBus(reply_subject="koprogo.reply.other")
+    other_bus.stored_ids = bus.stored_ids
+    other = keyed_service(other_bus, store, timeout_s=0.1)
 
     with pytest.raises(GatewayError) as refused:
-        await asyncio.wait_for(chats.answer(RESIDENT, body(), idempotency_key=KEY), timeout=10)
+        await asyncio.wait_for(other.answer(RESIDENT, body(), idempotency_key=KEY), timeout=10)
 
     assert (refused.value.status, refused.value.error) == (504, "timeout")
+    assert "the gateway running it stopped" in refused.value.message
+    assert bus.generations + other_bus.generations == 1
+    assert [f.error for f in other_bus.events(ChatFailed)] == ["timeout"]
+
+
+async def test_a_retry_on_the_restarted_gateway_that_ran_it_waits_for_its_replies_itself() -> None:
+    # The request was stored (its acknowledgement lost) and runs; the gateway restarts before
+    # the answer comes: same reply subject, nothing waiting for the request any more.
+    bus = answering("Bonjour", pause=0.2)
+    store = FakeIdempotencyStore()
+    before = keyed_service(bus, store, timeout_s=1.0)
+    bus.acks_lost = True
+    with pytest.raises(BusUnavailableError):
+        await before.answer(RESIDENT, body(), idempotency_key=KEY)
+    for keeper in list(before._keepers):
+        keeper.cancel()
+    await asyncio.sleep(0)
+    bus.acks_lost = False
+    after = keyed_service(bus, store, timeout_s=1.0)
+
+    answer = await after.answer(RESIDENT, body(), idempotency_key=KEY)
+
+    assert answer.completion.content == "Bonjour" and answer.replayed
     assert bus.generations == 1
-    assert [f.error for f in bus.events(ChatFailed)] == ["timeout"]
+
+
+async def test_a_keyed_stream_never_read_runs_on_its_retry() -> None:
+    bus = answering("Bonjour")
+    chats = keyed_service(bus, timeout_s=1.0)
+    stream = await chats.stream(RESIDENT, body(stream=True), idempotency_key=KEY)
+    await stream.pieces.aclose()  # the caller left before the first piece was asked for
+
+    answer = await chats.answer(RESIDENT, body(), idempotency_key=KEY)
+
+    assert answer.completion.content == "Bonjour"
+    assert bus.generations == 1

@@ -165,6 +165,8 @@ class ChatService:
     keys: IdempotencyKeys = field(default_factory=lambda: IdempotencyKeys(None))
     _deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     _keepers: set[asyncio.Task[StoredOutcome]] = field(default_factory=set)
+    # The requests this gateway waits for the replies of.
+    _waiting: set[str] = field(default_factory=set)
 
     async def answer(
         self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
@@ -181,7 +183,7 @@ class ChatService:
         headers = await self._limit(caller, body, copro_id)
         started = time.perf_counter()
         request = self._request(body, copro_id, caller.user_id, stream=False)
-        expected = self.bus.expect(request.id)
+        expected = self._expect(request.id)
         try:
             try:
                 await self.bus.publish(subjects.chat_requested(copro_id), request)
@@ -191,7 +193,7 @@ class ChatService:
             finally:
                 if not expected.outcome.done():
                     await asyncio.shield(self.bus.cancel(request.id))
-                self.bus.forget(request.id)
+                self._forget(request.id)
             completion = _completed(outcome)
         except GatewayError as exc:
             _not_answered(exc, headers)
@@ -300,7 +302,7 @@ class ChatService:
         self, request: ChatRequested, headers: dict[str, str], keyed: KeyedRequest | None = None
     ) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
         started = time.perf_counter()
-        expected = self.bus.expect(request.id, streamed=True)
+        expected = self._expect(request.id, streamed=True)
         pieces = expected.pieces
         sent: list[str] = []
         # A keyed request outlives its stream when the caller leaves, the publish is not
@@ -352,7 +354,7 @@ class ChatService:
                     if not kept:
                         if not expected.outcome.done():
                             await self.bus.cancel(request.id)
-                        self.bus.forget(request.id)
+                        self._forget(request.id)
                 completion = _completed(expected.outcome.result())
             except GatewayError as exc:
                 if keyed is not None and not kept:
@@ -377,6 +379,14 @@ class ChatService:
                 delta=rest,
             )
         yield self._answered(completion, latency_ms, headers)
+
+    def _expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
+        self._waiting.add(request_id)
+        return self.bus.expect(request_id, streamed=streamed)
+
+    def _forget(self, request_id: str) -> None:
+        self._waiting.discard(request_id)
+        self.bus.forget(request_id)
 
     def _answered(self, completion: ChatCompleted, latency_ms: float, headers: dict[str, str]) -> ChatAnswer:
         """Count the answer and record its delivery off the hot path (a task of its own)."""
@@ -485,7 +495,7 @@ class ChatService:
     ) -> ChatAnswer:
         """Run a keyed request: its outcome is stored whatever happens to this caller."""
         started = time.perf_counter()
-        expected = self.bus.expect(request.id)
+        expected = self._expect(request.id)
         try:
             try:
                 await self.bus.publish(subjects.chat_requested(request.copro_id), request)
@@ -496,7 +506,7 @@ class ChatService:
                 exc.message += "; a retry with the same Idempotency-Key runs it at most once"
                 raise
             except GatewayError as exc:
-                self.bus.forget(request.id)  # never stored (too large for the bus)
+                self._forget(request.id)  # never stored (too large for the bus)
                 await self.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
                 raise
             # Shielded: a caller who leaves does not stop a keyed request; its retry gets the outcome.
@@ -560,7 +570,7 @@ class ChatService:
         finally:
             if not expected.outcome.done():
                 await asyncio.shield(self.bus.cancel(request.id))
-            self.bus.forget(request.id)
+            self._forget(request.id)
         await self.keys.settle(keyed, result)
         return result
 
@@ -575,17 +585,28 @@ class ChatService:
     ) -> StoredOutcome:
         """The first request's outcome, waited for while it runs; the retry runs nothing new."""
 
-        async def publish_again(entry: IdempotencyEntry) -> None:
+        async def resume(stored: StoredEntry, publish: bool) -> None:
+            entry = stored.entry
             again = self._request(body, copro_id, user_id, stream=False, again=entry)
-            await self.bus.publish(subjects.chat_requested(copro_id), again)
+            # Its replies come here, and nothing here waits for them any more (this gateway
+            # restarted, or the stream was never read): wait for them, and store the outcome.
+            adopt = entry.reply_subject == self.bus.reply_subject and entry.request_id not in self._waiting
+            expected = self._expect(again.id) if adopt else None
+            try:
+                if publish:
+                    await self.bus.publish(subjects.chat_requested(copro_id), again)
+            except GatewayError:
+                if expected is not None:
+                    self._forget(again.id)
+                raise
+            if expected is not None:
+                self._keep(KeyedRequest(key, stored), again, expected, time.perf_counter())
 
         async def record_failure(entry: IdempotencyEntry, error: GatewayError) -> None:
             again = self._request(body, copro_id, user_id, stream=False, again=entry)
             await self._record_failure_quietly(again, error.status, error.error, error.message)
 
-        outcome = await self._counted(
-            self.keys.outcome(key, stored, fingerprint, publish_again, record_failure)
-        )
+        outcome = await self._counted(self.keys.outcome(key, stored, fingerprint, resume, record_failure))
         CHATS.labels(outcome="replayed").inc()
         return outcome
 

@@ -2,10 +2,12 @@
 
 `ChatService` (service_layer/chat.py) runs the request; this keeps its entry (the port is
 `adapters/idempotency_store.py`, the rules `domain/idempotency.py`). A retry that finds the
-entry still running waits for its outcome by reading it again every `poll_s`; it publishes the
-first request again, under the same event id, while the stream would still de-duplicate it
-(the first publish may never have been stored); and when no outcome came well past the
-deadline (the gateway running it stopped), it stores the 504 every retry then gets.
+entry still running waits for its outcome by reading it again every `poll_s`; it first takes the
+request up again (`resume`): publishing it under the same event id while the stream would still
+de-duplicate it (the first publish may never have been stored), and waiting for its replies
+itself when they come to this gateway and nothing here waits for them any more (it restarted,
+or the stream was never read); when no outcome came well past the deadline (the gateway
+running it stopped), it stores the 504 every retry then gets.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ DUPLICATE_WINDOW_S = next(spec.duplicate_window_s for spec in STREAMS if spec.na
 # How long past a keyed request's deadline its retries wait for its gateway to store the outcome.
 SETTLE_GRACE_S = 5.0
 
-# Publish the entry's request again (same id); record that a request got no answer (status, error, message).
-PublishAgain = Callable[[IdempotencyEntry], Awaitable[None]]
+# Take a running entry's request up again, publishing it (same id) when the flag says it may be;
+# record that a request got no answer.
+Resume = Callable[[StoredEntry, bool], Awaitable[None]]
 RecordFailure = Callable[[IdempotencyEntry, GatewayError], Awaitable[None]]
 
 
@@ -113,21 +116,21 @@ class IdempotencyKeys:
         key: str,
         stored: StoredEntry,
         fingerprint: str,
-        publish_again: PublishAgain,
+        resume: Resume,
         record_failure: RecordFailure,
     ) -> StoredOutcome:
         """The outcome of the first request with this key, waited for while it runs; never a new request."""
         same_body(stored, fingerprint)
-        published = False
+        resumed = False
         while stored.entry.outcome is None:
             now = utc_now()
-            if not published and may_publish_again(stored.entry, now, DUPLICATE_WINDOW_S):
-                # If the first publish was not stored, this one runs it; if it was, the stream's
-                # de-duplication drops this one.
-                await publish_again(stored.entry)
-                published = True
-            elif abandoned(stored.entry, now, self.settle_grace_s):
+            if abandoned(stored.entry, now, self.settle_grace_s):
                 return await self._abandon(key, stored, record_failure)
+            if not resumed:
+                # If the first publish was not stored, publishing it again runs it; if it was,
+                # the stream's de-duplication drops this one.
+                await resume(stored, may_publish_again(stored.entry, now, DUPLICATE_WINDOW_S))
+                resumed = True
             await asyncio.sleep(self.poll_s)
             stored = await self.read_again(key)
         return stored.entry.outcome
