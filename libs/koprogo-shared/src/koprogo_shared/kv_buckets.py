@@ -69,12 +69,22 @@ def check_rate_limit_ttl(max_age_s: float | None, window_s: float) -> None:
         )
 
 
-async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float) -> None:
+async def raise_replicas(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    """Give an existing bucket at least `replicas` replicas (the streams' count); never fewer."""
+    info = await js.stream_info(bucket_stream(bucket))
+    if (info.config.num_replicas or 1) < replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+        log.info("bucket %s raised to %d replicas", bucket, replicas)
+
+
+async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replicas: int = 1) -> None:
     """Create the counters' bucket, or make sure the existing one keeps counters for `ttl_s`.
 
     File storage like every stream (a NATS restart does not forgive a window); history 1,
     since only the latest count matters; the TTL removes the keys of past windows. Reads
     are not `direct`, so they are served by the stream's leader, which also orders writes.
+    `replicas`: the streams' count (`nats_connection.stream_replicas`), raised, never lowered.
     """
     config = js_api.KeyValueConfig(
         bucket=RATE_LIMIT_BUCKET,
@@ -82,7 +92,7 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float) -> None:
         history=1,
         ttl=ttl_s,
         storage=js_api.StorageType.FILE,
-        replicas=1,
+        replicas=replicas,
     )
     try:
         await js.create_key_value(config)
@@ -94,9 +104,10 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float) -> None:
             info.config.max_age = ttl_s
             await js.update_stream(info.config)
             log.info("rate-limit bucket TTL raised to %ss", ttl_s)
+        await raise_replicas(js, RATE_LIMIT_BUCKET, replicas)
 
 
-async def ensure_idempotency_bucket(js: JetStreamContext) -> None:
+async def ensure_idempotency_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
     """Create the idempotency keys' bucket, or keep the existing one.
 
     File storage like every stream (a NATS restart must not run a request twice); history 1,
@@ -108,19 +119,21 @@ async def ensure_idempotency_bucket(js: JetStreamContext) -> None:
         history=1,
         ttl=IDEMPOTENCY_TTL_S,
         storage=js_api.StorageType.FILE,
-        replicas=1,
+        replicas=replicas,
     )
     try:
         await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
         log.info("idempotency bucket kept with its existing configuration")
+        await raise_replicas(js, IDEMPOTENCY_BUCKET, replicas)
 
 
-async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float) -> None:
-    """Every bucket, as the setup step declares them (the counters kept for `rate_limit_window_s`)."""
-    await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s))
-    await ensure_routing_policy_bucket(js)
-    await ensure_idempotency_bucket(js)
+async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float, replicas: int = 1) -> None:
+    """Every bucket, as the setup step declares them (the counters kept for `rate_limit_window_s`),
+    each with at least `replicas` replicas."""
+    await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s), replicas=replicas)
+    await ensure_routing_policy_bucket(js, replicas=replicas)
+    await ensure_idempotency_bucket(js, replicas=replicas)
 
 
 BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET)

@@ -5,6 +5,12 @@ every KOPROGO_* stream and both key-value buckets (`koprogo_shared.kv_buckets`) 
 the identity of NATS_NKEY_SEED_FILE (the operator's, `admin`), before the services start; the
 counters' bucket keeps them for the gateways' RATE_LIMIT_WINDOW_S (default 60).
 
+NATS_URL may list several servers, comma-separated (`nats://a:4222,nats://b:4222`), as a cluster's
+clients are configured: the client connects to any of them and moves to another by itself.
+Streams and buckets get NATS_REPLICAS replicas; unset, 3 when the server is in a cluster of at
+least three servers, else 1 (`stream_replicas`). The setup step raises an existing stream's or
+bucket's replicas to that count (an R1 stream of an earlier version becomes R3), never lowers them.
+
 Each service and each edge node has its own nkey (a user seed in a file, `NATS_NKEY_SEED_FILE`);
 the server's configuration gives each public key its subject permissions (see
 `koprogo_cli.nats_auth`). Without a seed file the client connects anonymously, as a
@@ -20,7 +26,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,10 @@ log = logging.getLogger(__name__)
 
 PUBLISH_ATTEMPTS = 5
 
+# The setting of the streams' and buckets' replica count (1 to 5, JetStream's maximum).
+REPLICAS_ENV = "NATS_REPLICAS"
+MAX_REPLICAS = 5
+
 # JetStream's "stream store failed" error, which a full `discard: new` stream answers with
 # ("maximum bytes exceeded", "maximum messages exceeded", ...).
 JS_STREAM_STORE_FAILED = 10077
@@ -78,10 +88,57 @@ def nkey_public_key(seed_file: Path) -> str:
     return public_key
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of NATS_URL: one URL, or several separated by commas (a cluster's); ValueError when none."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
+    if not servers:
+        raise ValueError(f"NATS_URL names no server: {url!r} (e.g. nats://a:4222,nats://b:4222)")
+    return servers
+
+
+def replicas_setting(environ: Mapping[str, str]) -> int | None:
+    """NATS_REPLICAS as a count, None when unset; ValueError when it is not 1 to 5."""
+    raw = environ.get(REPLICAS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_REPLICAS:
+        raise ValueError(f"{REPLICAS_ENV} must be a whole number from 1 to {MAX_REPLICAS}, not {raw!r}")
+    return count
+
+
+def cluster_replicas(server_info: Mapping[str, Any]) -> int:
+    """3 when the server is in a cluster of at least three servers (its INFO's `cluster` and
+    `connect_urls`, which lists every server of the cluster, itself included), else 1.
+
+    Two servers cannot keep a majority when one is lost, so they get no more than one. A
+    cluster whose servers do not all run JetStream makes the R3 declaration fail with
+    "insufficient resources": set NATS_REPLICAS then.
+    """
+    if server_info.get("cluster") and len(server_info.get("connect_urls") or []) >= 3:
+        return 3
+    return 1
+
+
+def stream_replicas(nc: NATS, environ: Mapping[str, str] | None = None) -> int:
+    """The replicas of every stream and bucket: NATS_REPLICAS, else what the cluster allows."""
+    explicit = replicas_setting(os.environ if environ is None else environ)
+    if explicit is not None:
+        return explicit
+    # nats-py keeps the server's INFO privately; it is the only place the cluster shows.
+    return cluster_replicas(nc._server_info)
+
+
 async def connect_nats(
     url: str, name: str, *, nkey_seed_file: Path | None = None
 ) -> tuple[NATS, JetStreamContext]:
     """Connect with unlimited reconnects; errors are logged, never swallowed silently.
+
+    `url` may list several servers, comma-separated: the client takes any and, when it is
+    lost, reconnects to another (and to the servers the cluster announces).
 
     With `nkey_seed_file` the client proves it holds that nkey (the seed never leaves the
     process) and takes its replies under `_INBOX.<public key>`, the only inbox its
@@ -117,7 +174,7 @@ async def connect_nats(
         log.info("nats reconnected (%s)", name)
 
     await nc.connect(
-        servers=[url],
+        servers=nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; it is slept as given
@@ -130,7 +187,7 @@ async def connect_nats(
     return nc, nc.jetstream(timeout=5)
 
 
-def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
+def _stream_config(spec: StreamSpec, replicas: int) -> js_api.StreamConfig:
     return js_api.StreamConfig(
         name=spec.name,
         description=spec.description,
@@ -141,29 +198,41 @@ def _stream_config(spec: StreamSpec) -> js_api.StreamConfig:
         max_bytes=spec.max_bytes,
         duplicate_window=spec.duplicate_window_s,
         discard=js_api.DiscardPolicy(spec.discard),
-        num_replicas=1,
+        num_replicas=replicas,
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+def _client_of(js: JetStreamContext) -> NATS:
+    # nats-py keeps the connection a JetStreamContext was made from as `_nc`.
+    nc: NATS = js._nc
+    return nc
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Create every stream, or bring an existing one to the declared configuration.
 
     Only the operator's identity (`admin`) may on a secured server: `koprogo up` and the
     deployments' setup step (`declare_streams`) run this before the services start; the
     services `wait_for_streams`. An anonymous client of a development server may too.
+    `replicas` (default: `stream_replicas`) raises an existing stream's replicas, never
+    lowers them: a service started with another count does not strip a cluster's copies
+    (lower them by hand, `nats stream edit --replicas`).
     """
+    wanted = stream_replicas(_client_of(js)) if replicas is None else replicas
     for spec in STREAMS:
-        config = _stream_config(spec)
         try:
-            await js.stream_info(spec.name)
+            info = await js.stream_info(spec.name)
         except NotFoundError:
             try:
-                await js.add_stream(config)
+                await js.add_stream(_stream_config(spec, wanted))
+                continue
             except BadRequestError:
                 # Another service created it between our two calls.
-                await js.update_stream(config)
-        else:
-            await js.update_stream(config)
+                info = await js.stream_info(spec.name)
+        current = info.config.num_replicas or 1
+        if current < wanted:
+            log.info("stream %s: %d replica(s) raised to %d", spec.name, current, wanted)
+        await js.update_stream(_stream_config(spec, max(current, wanted)))
 
 
 async def declare_streams(
@@ -172,11 +241,24 @@ async def declare_streams(
     nkey_seed_file: Path | None = None,
     rate_limit_window_s: float = DEFAULT_RATE_LIMIT_WINDOW_S,
 ) -> None:
-    """Connect (as the operator, given its seed), declare every KOPROGO_* stream and bucket, disconnect."""
+    """Connect (as the operator, given its seed), declare every KOPROGO_* stream and bucket, disconnect.
+
+    Each gets `stream_replicas` replicas (NATS_REPLICAS, else what the cluster allows). A
+    cluster that just started answers nothing, or "JetStream system temporarily unavailable",
+    until it has elected its leader: asked again until it does (the caller bounds the wait).
+    """
     nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
     try:
-        await ensure_streams(js)
-        await declare_buckets(js, rate_limit_window_s=rate_limit_window_s)
+        replicas = stream_replicas(nc)
+        log.info("streams and buckets at %s: %d replica(s)", url, replicas)
+        while True:
+            try:
+                await ensure_streams(js, replicas=replicas)
+                await declare_buckets(js, rate_limit_window_s=rate_limit_window_s, replicas=replicas)
+                return
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
+                log.warning("JetStream at %s not ready (%s); asking again", url, exc or type(exc).__name__)
+                await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
@@ -253,10 +335,11 @@ async def buckets_for_service(
     for its window (`kv_buckets.RateLimitBucketError` otherwise). Anonymous, it declares them.
     """
     if nkey_seed_file is None:
+        replicas = stream_replicas(_client_of(js))
         if rate_limit_window_s is not None:
-            await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s))
-            await ensure_idempotency_bucket(js)
-        await ensure_routing_policy_bucket(js)
+            await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s), replicas=replicas)
+            await ensure_idempotency_bucket(js, replicas=replicas)
+        await ensure_routing_policy_bucket(js, replicas=replicas)
         return
     names = [bucket_stream(subjects.ROUTING_POLICY_BUCKET)]
     if rate_limit_window_s is not None:
@@ -368,6 +451,11 @@ def main() -> int:
         window = rate_limit_window_from(os.environ)
     except ValueError:
         print("stream setup: RATE_LIMIT_WINDOW_S must be a positive number of seconds", file=sys.stderr)
+        return 1
+    try:
+        replicas_setting(os.environ)
+    except ValueError as exc:
+        print(f"stream setup: {exc}", file=sys.stderr)
         return 1
     declaring = declare_streams(url, nkey_seed_file=Path(seed) if seed else None, rate_limit_window_s=window)
     try:
