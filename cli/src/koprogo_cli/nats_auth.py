@@ -189,6 +189,9 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
     work: list[str] = [
         f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}",
         f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
+        # A redelivered item's stored answer is looked up by its subject (the answer keyed by
+        # request) instead of paying the provider again; a trusted service, like the ledger.
+        f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
     ]
     for deployment in deployments:
         subject = subjects.run_inference_cloud(deployment)
@@ -198,7 +201,7 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
     return Permissions(
         publish=(
             *work,
-            _every(subjects.chat_completed),
+            subjects.CLOUD_COMPLETED_ANY,
             _every(subjects.chat_failed),
             _every(subjects.inference_attempt_failed),
             subjects.GATEWAY_REPLY_ANY,

@@ -66,6 +66,10 @@ NOT_CHANNELS = frozenset(
         "node_chat_failed",
         "node_outcomes",
         "outcome_sender",
+        # The cloud worker's answers keyed by request (two parameters): the `cloudChatCompleted`
+        # channel and its parser.
+        "cloud_chat_completed",
+        "cloud_answered_request",
     }
 )
 
@@ -94,9 +98,13 @@ _KV_IDEMPOTENCY = f"$KV.{IDEMPOTENCY_BUCKET}.{{key}}"
 CHANNELS: tuple[Channel, ...] = (
     Channel("chatRequested", subjects.chat_requested, (ChatRequested,), ("gateway",), ("router", "ledger"),
             "A user asked for a chat completion; the router plans it, the ledger records it."),
-    Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), ("cloud",), ("ledger",),
-            "A model answered a chat: content, usage, where it ran and its CO2 (the cloud worker; an "
-            "edge node without a key, on a server without authorization, too)."),
+    Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), (), ("ledger",),
+            "A model answered a chat: content, usage, where it ran and its CO2. Only an edge node "
+            "without a key sends here, on a server without authorization; with keys, nodes and the "
+            "cloud worker have their own subjects (nodeChatCompleted, cloudChatCompleted)."),
+    Channel("cloudChatCompleted", "koprogo.events.chat.completed.{copro_id}.cloud.{request_id}", (ChatCompleted,), ("cloud",), ("ledger",),
+            "A cloud deployment answered a chat, keyed by request: a work item redelivered after its "
+            "answer was stored is answered from it, the provider is not paid twice."),
     Channel("chatFailed", subjects.chat_failed, (ChatFailed,), ("router", "gateway", "cloud"),
             ("ledger",), "A chat could not be answered; `status` is the caller's HTTP status."),
     Channel("nodeChatCompleted", "koprogo.events.chat.completed.{copro_id}.node.{node_id}", (ChatCompleted,), ("edge",), ("ledger",),

@@ -418,15 +418,19 @@ async def deliver_chat_outcome(
     outcome: ChatCompleted | ChatFailed,
     reply_subject: str,
     node_id: str | None = None,
+    durable_subject: str | None = None,
 ) -> None:
     """A worker's answer: durably to KOPROGO_EVENTS (for the ledger), then to the waiting gateway.
 
     The durable copy goes first: if it cannot be stored the publish raises and the work item
     is retried, so the gateway never receives an answer the ledger never sees. `node_id`: an
     edge node holding a key, whose outcomes go to subjects carrying its id (the only ones its
-    key may publish outcomes on; the ledger checks the completion names it).
+    key may publish outcomes on; the ledger checks the completion names it). `durable_subject`:
+    where the durable copy goes instead (`subjects.cloud_chat_completed`).
     """
-    if isinstance(outcome, ChatCompleted):
+    if durable_subject is not None:
+        subject = durable_subject  # the cloud worker's answers, keyed by request
+    elif isinstance(outcome, ChatCompleted):
         subject = (
             subjects.chat_completed(outcome.copro_id)
             if node_id is None

@@ -96,6 +96,29 @@ def node_outcomes(node_id: str) -> tuple[str, str]:
     )
 
 
+# The cloud worker keys its answers by request, so that a redelivered work item whose answer
+# was already stored (the worker died between storing it and acking the item) is looked up by
+# subject and sent again instead of paying the provider a second time.
+_CLOUD_MARK = "cloud"
+CLOUD_COMPLETED_ANY = f"koprogo.events.chat.completed.*.{_CLOUD_MARK}.*"
+
+
+def cloud_chat_completed(copro_id: str | None, request_id: str) -> str:
+    return f"{chat_completed(copro_id)}.{_CLOUD_MARK}.{subject_token(request_id)}"
+
+
+def cloud_answered_request(subject: str) -> str | None:
+    """The request token of a `cloud_chat_completed` subject, else None."""
+    tokens = subject.split(".")
+    if (
+        len(tokens) == 7
+        and tokens[:4] == ["koprogo", "events", "chat", "completed"]
+        and tokens[5] == _CLOUD_MARK
+    ):
+        return tokens[6]
+    return None
+
+
 def outcome_sender(subject: str) -> str | None:
     """The node token of a `node_chat_completed`/`node_chat_failed` subject, else None."""
     tokens = subject.split(".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +16,14 @@ from contextlib import asynccontextmanager
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed
+from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
 from koprogo_shared.nats_connection import deliver_chat_outcome, publish_event
+
+log = logging.getLogger(__name__)
 
 
 class OutcomeSink(ABC):
@@ -33,6 +38,11 @@ class OutcomeSink(ABC):
 
     async def delta(self, delta: ChatDelta, reply_subject: str) -> None:  # noqa: B027 (optional)
         """Send the next piece of a streamed answer (not stored: core NATS only)."""
+
+    async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
+        """The answer already stored for `work`'s request (a redelivered item whose answer was
+        stored before the worker could ack it), or None."""
+        return None
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
@@ -51,7 +61,28 @@ class NatsOutcomeSink(OutcomeSink):
         self._js = js
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
-        await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject)
+        # An answer goes to its request's own subject, where `stored_answer` finds it again.
+        keyed = (
+            subjects.cloud_chat_completed(outcome.copro_id, outcome.request_id)
+            if isinstance(outcome, ChatCompleted)
+            else None
+        )
+        await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject, durable_subject=keyed)
+
+    async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
+        subject = subjects.cloud_chat_completed(work.copro_id, work.request_id)
+        try:
+            stored = await self._js.get_last_msg(subjects.EVENTS_STREAM, subject)
+        except NotFoundError:
+            return None
+        # Not one: the item is answered as if nothing were stored (and the stream de-duplicates).
+        if not stored.data:
+            return None
+        try:
+            return ChatCompleted.model_validate_json(stored.data)
+        except ValidationError:
+            log.error("the stored answer of request %s is unreadable; answering again", work.request_id)
+            return None
 
     async def attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         await publish_event(self._js, subjects.inference_attempt_failed(failed.copro_id), failed)

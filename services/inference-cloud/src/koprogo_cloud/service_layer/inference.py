@@ -88,6 +88,13 @@ class CloudInferenceService:
         runtime = self.runtimes[deployment_id]
         dep = runtime.deployment
         _check_ids(work)  # an unusable id is refused before any work
+        stored = await self._sink.stored_answer(work)
+        if stored is not None:
+            # Redelivered after its answer was stored (the worker died before acking it): the
+            # caller gets that answer again; the provider is not paid twice (issue 12, finding 4).
+            log.info("request %s: answered before; sending the stored answer again", work.request_id)
+            await self._sink.publish(stored, work.reply_subject)
+            return stored
         now = self._clock()
         provider = runtime.provider
         refused = refusal(

@@ -233,6 +233,13 @@ def forged_sender(
     if not isinstance(event, ChatCompleted | ChatFailed):
         return None
     sender = subjects.outcome_sender(subject)
+    keyed_request = subjects.cloud_answered_request(subject)
+    if keyed_request is not None and (
+        not isinstance(event, ChatCompleted)
+        or event.execution_info.execution_type != "cloud"
+        or subjects.subject_token(event.request_id) != keyed_request
+    ):
+        return f"a cloud answer's subject names request {keyed_request}, its body another answer"
     if isinstance(event, ChatCompleted):
         info = event.execution_info
         if sender is not None and (
