@@ -270,3 +270,16 @@ async def test_a_long_item_is_kept_with_in_progress_acks_until_it_ends() -> None
     assert 3 <= sent <= 5
     await asyncio.sleep(0.25)
     assert msg.in_progress_acks == sent  # none once the item is settled
+
+
+async def test_an_item_delivered_past_its_limit_is_reported_and_dead_lettered_without_running() -> None:
+    # The server redelivers without end (the consumer keeps the limit): a dead-letter publish that
+    # failed, or a worker that died on the last delivery, must not run the model once more.
+    service = Service()
+    item = work()
+    decision = await decide(msg_of(item, delivered=4), handler(service, max_deliver=3).handle)
+    assert isinstance(decision, DeadLetter) and "past the limit of 3: not run again" in decision.reason
+    assert service.ran == []
+    assert service.reported == [
+        (item.request_id, 500, "inference_failed", "the test worker could not answer after 3 attempts")
+    ]

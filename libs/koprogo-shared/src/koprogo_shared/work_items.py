@@ -76,6 +76,15 @@ class WorkItemHandler:
     async def handle(self, msg: Msg) -> None:
         """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
         work = RunInference.model_validate_json(msg.data)  # malformed -> dead-lettered by the consumer
+        delivered = msg.metadata.num_delivered
+        if delivered > self._max_deliver:
+            # Past its last allowed delivery (its dead-letter publish failed, or the worker died on
+            # it; the server keeps redelivering, see `consumer`): never run again. The caller is
+            # told (again, if it was: the failure's id is de-duplicated), then it is dead-lettered.
+            await self._report_final_failure(work, f"delivery {delivered}, past the limit")
+            raise PoisonMessageError(
+                f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
+            )
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             await self._run(work)
@@ -84,7 +93,7 @@ class WorkItemHandler:
         except Exception as exc:
             if is_last_delivery(msg.metadata.num_delivered, self._max_deliver):
                 # The consumer dead-letters this item now; the caller must not wait for nothing.
-                await self._report_final_failure(work, exc)
+                await self._report_final_failure(work, type(exc).__name__)
             raise
         finally:
             keep_alive.cancel()
@@ -97,8 +106,8 @@ class WorkItemHandler:
             except Exception as exc:  # a lost in-progress ack only risks a redelivery
                 log.debug("in-progress ack failed: %r", exc)
 
-    async def _report_final_failure(self, work: RunInference, exc: Exception) -> None:
-        log.error("request %s failed on its last delivery: %s", work.request_id, type(exc).__name__)
+    async def _report_final_failure(self, work: RunInference, why: str) -> None:
+        log.error("request %s failed on its last delivery: %s", work.request_id, why)
         with contextlib.suppress(Exception):
             await self._report_failure(
                 work,
