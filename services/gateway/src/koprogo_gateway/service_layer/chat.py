@@ -22,6 +22,9 @@ waiting for it while the first runs; if the first publish may not have been stor
 publishes the same event id again, which the stream's de-duplication stores at most once. A
 keyed request is not stopped when its caller leaves (its retry gets the answer); a streamed
 retry gets the stored answer as one piece.
+
+What it returns (`ChatAnswer`, `ChatStream`) and the rules of pieces and replays are in
+`chat_answers.py`; the keys' entries are kept by `idempotency_keys.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -39,9 +42,9 @@ from prometheus_client import Counter, Histogram
 
 from koprogo_gateway.adapters.chat_bus import ChatBus
 from koprogo_gateway.adapters.idempotency_store import StoredEntry
-from koprogo_gateway.adapters.replies import ExpectedReplies, RunnerChanged
+from koprogo_gateway.adapters.replies import ExpectedReplies
 from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_scope
-from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
+from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import (
     BusUnavailableError,
@@ -51,10 +54,8 @@ from koprogo_gateway.domain.errors import (
     NodeChangedError,
     NodeLostError,
     RateLimitedError,
-    StreamIncompleteError,
 )
 from koprogo_gateway.domain.idempotency import (
-    REPLAYED_HEADER,
     IdempotencyEntry,
     StoredError,
     StoredOutcome,
@@ -62,6 +63,16 @@ from koprogo_gateway.domain.idempotency import (
     store_key,
 )
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
+from koprogo_gateway.service_layer.chat_answers import (
+    ChatAnswer,
+    ChatStream,
+    completed,
+    error_of,
+    next_delta,
+    replay,
+    replayed_pieces,
+    rest_of,
+)
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest, same_body
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
@@ -87,70 +98,6 @@ LATENCY = Histogram(
     "End-to-end chat latency",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
-
-
-@dataclass(frozen=True)
-class ChatAnswer:
-    """A completed chat: the worker's completion, the latency the caller saw, the rate-limit fields.
-
-    `replayed`: the stored answer of an earlier request with the same idempotency key.
-    """
-
-    completion: ChatCompleted
-    latency_ms: float
-    rate_limit_headers: dict[str, str]
-    replayed: bool = False
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The response's header fields: the rate-limit ones, and `Idempotent-Replayed` on a replay."""
-        return self.rate_limit_headers | _replayed_headers(self.replayed)
-
-    def response(self) -> ChatResponseOut:
-        """The seed's response shape, with the latency the caller saw instead of the node's."""
-        completion = self.completion
-        return ChatResponseOut(
-            id=completion.id,
-            model=completion.model,
-            content=completion.content,
-            finish_reason=completion.finish_reason,
-            usage=completion.usage,
-            execution_info=completion.execution_info.model_copy(
-                update={"latency_ms": round(self.latency_ms, 3)}
-            ),
-            tool_calls=completion.tool_calls,
-            logprobs=completion.logprobs,
-        )
-
-
-@dataclass(frozen=True)
-class ChatStream:
-    """An admitted streamed chat: its rate-limit fields, then its pieces in order and its answer last.
-
-    Iterating `pieces` may raise a GatewayError (refused, timed out, node lost or changed);
-    closing it before the answer (the caller left) stops the generation, unless the request has
-    an idempotency key. `replayed`: the pieces are an earlier request's stored answer.
-    """
-
-    rate_limit_headers: dict[str, str]
-    pieces: AsyncGenerator[ChatDelta | ChatAnswer, None]
-    replayed: bool = False
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.rate_limit_headers | _replayed_headers(self.replayed)
-
-
-def _replayed_headers(replayed: bool) -> dict[str, str]:
-    return {REPLAYED_HEADER: "true"} if replayed else {}
-
-
-def _completed(outcome: ChatCompleted | ChatFailed) -> ChatCompleted:
-    """The completion, or the refusal the worker or router reported as a GatewayError."""
-    if isinstance(outcome, ChatFailed):
-        extra: dict[str, object] = {"known_models": outcome.known_models} if outcome.known_models else {}
-        raise ChatRefusedError(outcome.status, outcome.error, outcome.message, extra)
-    return outcome
 
 
 @dataclass
@@ -194,7 +141,7 @@ class ChatService:
                 if not expected.outcome.done():
                     await asyncio.shield(self.bus.cancel(request.id))
                 self._forget(request.id)
-            completion = _completed(outcome)
+            completion = completed(outcome)
         except GatewayError as exc:
             _not_answered(exc, headers)
             raise
@@ -231,8 +178,8 @@ class ChatService:
         except GatewayError as exc:
             CHATS.labels(outcome=exc.error).inc()
             raise
-        replay = partial(self._replayed, key, stored, fingerprint, body, copro_id, caller.user_id)
-        return ChatStream({}, _replayed_pieces(replay), replayed=True)
+        outcome = partial(self._replayed, key, stored, fingerprint, body, copro_id, caller.user_id)
+        return ChatStream({}, replayed_pieces(outcome), replayed=True)
 
     async def settle(self) -> None:
         """Wait for the delivery records still being published, and for the keyed requests still
@@ -316,7 +263,7 @@ class ChatService:
                     deadline = loop.time() + self.timeout_s
                     while not expected.outcome.done() or not pieces.empty():
                         if not pieces.empty():
-                            piece = _delta(pieces.get_nowait())
+                            piece = next_delta(pieces.get_nowait())
                             sent.append(piece.delta)
                             yield piece
                             continue
@@ -333,7 +280,7 @@ class ChatService:
                                 next_piece.cancel()
                         if next_piece in done:
                             # The oldest piece: later ones wait in the queue.
-                            piece = _delta(next_piece.result())
+                            piece = next_delta(next_piece.result())
                             sent.append(piece.delta)
                             yield piece
                         elif not done:
@@ -355,7 +302,7 @@ class ChatService:
                         if not expected.outcome.done():
                             await self.bus.cancel(request.id)
                         self._forget(request.id)
-                completion = _completed(expected.outcome.result())
+                completion = completed(expected.outcome.result())
             except GatewayError as exc:
                 if keyed is not None and not kept:
                     await self.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
@@ -363,7 +310,7 @@ class ChatService:
             latency_ms = (time.perf_counter() - started) * 1000.0
             if keyed is not None:
                 await self.keys.settle(keyed, StoredOutcome(completion=completion, latency_ms=latency_ms))
-            rest = _rest(completion, sent, expected.pieces_lost)
+            rest = rest_of(completion, sent, expected.pieces_lost)
         except GatewayError as exc:
             _not_answered(exc, headers)
             raise
@@ -488,7 +435,7 @@ class ChatService:
             if keyed is not None:
                 return await self._first_answer(keyed, request, headers)
             stored = await self._counted(self.keys.read_again(key))  # another request with it came first
-        return _replay(await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id))
+        return replay(await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id))
 
     async def _first_answer(
         self, keyed: KeyedRequest, request: ChatRequested, headers: dict[str, str]
@@ -512,7 +459,7 @@ class ChatService:
             # Shielded: a caller who leaves does not stop a keyed request; its retry gets the outcome.
             outcome = await asyncio.shield(self._keep(keyed, request, expected, started))
             if outcome.error is not None:
-                raise _error_of(outcome.error)
+                raise error_of(outcome.error)
         except GatewayError as exc:
             _not_answered(exc, headers)
             raise
@@ -559,7 +506,7 @@ class ChatService:
     ) -> StoredOutcome:
         try:
             try:
-                outcome = _completed(await self._wait(request, expected))
+                outcome = completed(await self._wait(request, expected))
                 result = StoredOutcome(
                     completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0
                 )
@@ -633,61 +580,3 @@ def _not_answered(exc: GatewayError, headers: dict[str, str]) -> None:
     """Count a request that got no answer; its error carries the rate-limit fields it was admitted with."""
     CHATS.labels(outcome=exc.error).inc()
     exc.headers = headers | exc.headers
-
-
-def _error_of(stored: StoredError, *, replayed: bool = False) -> GatewayError:
-    error = ChatRefusedError(stored.status, stored.error, stored.message, dict(stored.extra))
-    error.headers = _replayed_headers(replayed)
-    return error
-
-
-def _replay(outcome: StoredOutcome) -> ChatAnswer:
-    """The stored outcome as this retry's answer, or its error (both say they are replayed)."""
-    if outcome.error is not None:
-        raise _error_of(outcome.error, replayed=True)
-    assert outcome.completion is not None
-    return ChatAnswer(outcome.completion, outcome.latency_ms, {}, replayed=True)
-
-
-async def _replayed_pieces(
-    replay: Callable[[], Awaitable[StoredOutcome]],
-) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
-    """A stored (or awaited) answer as a stream: its whole content as one piece, then the answer."""
-    answer = _replay(await replay())
-    completion = answer.completion
-    if completion.content:
-        yield ChatDelta(
-            source=completion.source,
-            copro_id=completion.copro_id,
-            request_id=completion.request_id,
-            index=0,
-            delta=completion.content,
-        )
-    yield answer
-
-
-def _delta(item: ChatDelta | RunnerChanged) -> ChatDelta:
-    """The next piece, or NodeChangedError when another node took the request over."""
-    if isinstance(item, RunnerChanged):
-        raise NodeChangedError(
-            f"the request moved from {item.previous} to {item.current} after part of the answer was "
-            "sent, and the new answer cannot follow the first one's pieces: send it again (with an "
-            "Idempotency-Key, the retry gets the whole answer of the node that took it over)"
-        )
-    return item
-
-
-def _rest(completion: ChatCompleted, sent: list[str], pieces_lost: bool) -> str:
-    """What the caller has not been sent of the completion: all of it when no piece came, the
-    end after a lost piece (the pieces it got are the content's beginning)."""
-    if not sent:
-        return completion.content
-    if not pieces_lost:
-        return ""
-    so_far = "".join(sent)
-    if not completion.content.startswith(so_far):
-        raise StreamIncompleteError(
-            "a piece of the streamed answer was lost on the way and the answer does not continue "
-            "the pieces sent: send the request again"
-        )
-    return completion.content[len(so_far) :]
