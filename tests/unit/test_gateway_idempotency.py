@@ -314,3 +314,21 @@ async def test_a_keyed_stream_never_read_runs_on_its_retry() -> None:
 
     assert answer.completion.content == "Bonjour"
     assert bus.generations == 1
+
+
+async def test_a_retry_racing_a_stream_not_yet_read_records_no_failure_for_the_answer_it_got() -> None:
+    # The retry comes in before the first request's stream is read: both wait for the same request.
+    bus = answering("Bonjour", pause=0.05)
+    chats = keyed_service(bus, timeout_s=0.3)
+    stream = await chats.stream(RESIDENT, body(stream=True), idempotency_key=KEY)
+    retry = asyncio.create_task(chats.answer(RESIDENT, body(), idempotency_key=KEY))
+    await asyncio.sleep(0.01)
+
+    pieces = [piece async for piece in stream.pieces]
+    answer = await retry
+    await asyncio.sleep(0.5)  # past the time any waiter of the request gives up
+    await chats.settle()
+
+    assert isinstance(pieces[-1], ChatAnswer) and answer.completion == pieces[-1].completion
+    assert bus.events(ChatFailed) == []  # the ledger is not told an answered request failed
+    assert bus.generations == 1

@@ -511,6 +511,11 @@ class ChatService:
                     completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0
                 )
             except (TimeoutError, NodeLostError) as exc:
+                # Another waiter of the same request (a retry that took it up at the same time)
+                # may have stored its outcome: then nobody went without an answer.
+                settled = await self.keys.settled(keyed.key)
+                if settled is not None:
+                    return settled
                 result = StoredOutcome(error=StoredError.of(await self._give_up_quietly(request, exc)))
             except GatewayError as exc:
                 result = StoredOutcome(error=StoredError.of(exc))

@@ -101,6 +101,14 @@ class IdempotencyKeys:
         except IdempotencyStoreError as exc:
             raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
 
+    async def settled(self, key: str) -> StoredOutcome | None:
+        """The outcome stored under `key`, if any (None as well when the store cannot say)."""
+        try:
+            stored = await self.read(key)
+        except IdempotencyUnavailableError:
+            return None
+        return stored.entry.outcome if stored is not None else None
+
     async def settle(self, keyed: KeyedRequest, outcome: StoredOutcome) -> None:
         """Store a keyed request's outcome for its retries (a failure is logged: they then wait
         for the deadline and get a 504)."""
@@ -143,13 +151,14 @@ class IdempotencyKeys:
             "(the gateway running it stopped); its answer, if any, was not kept"
         )
         outcome = StoredOutcome(error=StoredError.of(error))
-        await record_failure(stored.entry, error)
         try:
             await self.store.replace(key, stored.entry.settled(outcome), stored.revision)
         except IdempotencyConflictError:
             return (await self.read_again(key)).entry.outcome or outcome  # stored just now by its gateway
         except IdempotencyStoreError as exc:
             log.warning("could not store the outcome of %s: %r", stored.entry.request_id, exc)
+        # Stored (or not storable): the request got no answer, and the ledger is told so.
+        await record_failure(stored.entry, error)
         return outcome
 
 
