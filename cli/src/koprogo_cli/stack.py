@@ -52,9 +52,11 @@ from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
 from koprogo_shared.deployments import DeploymentConfigError, DeploymentsFileSettings
+from koprogo_shared.durability import DurabilityError, Finding
+from koprogo_shared.durability import check as check_durability
 from koprogo_shared.kv_buckets import rate_limit_window_from
 from koprogo_shared.logging_setup import open_private_log
-from koprogo_shared.nats_connection import NatsCredentialsError, declare_streams
+from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, declare_streams
 from koprogo_shared.settings import EdgeFootprintSettings
 
 NODE_PORT = 3031
@@ -151,6 +153,9 @@ class Stack:
         verifier = self._verifier()
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
         self._declare_streams(nats_url)
+        if os.environ.get("NATS_URL"):
+            # The embedded server fsyncs every write (its configuration is ours); another is checked.
+            self._check_durability(nats_url)
         database = {"DATABASE_URL": os.environ.get("DATABASE_URL") or self._start_postgres()}
         self._processes_changed()
         base_env = {
@@ -308,6 +313,24 @@ class Stack:
             f"identities in {self.data_dir / 'secrets' / 'nats'}) at {self.nats.url}"
         )
         return self.nats.url
+
+    def _check_durability(self, nats_url: str) -> None:
+        """Refuse (or warn about) a NATS_URL server that may lose acknowledged events (durability)."""
+
+        async def checking() -> Finding:
+            nc, js = await connect_nats(nats_url, "koprogo-durability-check")
+            try:
+                return await check_durability(js, os.environ)
+            finally:
+                await nc.close()
+
+        try:
+            finding = asyncio.run(asyncio.wait_for(checking(), 30))
+        except (DurabilityError, ValueError) as exc:
+            raise StackError(str(exc)) from None
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise StackError(f"checking the NATS server at {nats_url}: {exc or type(exc).__name__}") from None
+        self.log(f"NATS durability: {finding.durability.value} ({finding.detail})")
 
     def _declare_streams(self, nats_url: str) -> None:
         """The embedded server's streams, declared as the operator (`admin`) before any service.
