@@ -332,3 +332,28 @@ async def test_a_retry_racing_a_stream_not_yet_read_records_no_failure_for_the_a
     assert isinstance(pieces[-1], ChatAnswer) and answer.completion == pieces[-1].completion
     assert bus.events(ChatFailed) == []  # the ledger is not told an answered request failed
     assert bus.generations == 1
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_without_a_key_a_request_answered_503_but_stored_is_recorded_as_the_callers_failure(
+    streamed: bool,
+) -> None:
+    # The finding's case without a key: the request runs, but the caller got a 503; the ledger
+    # must not count its answer as given.
+    bus = answering("Bonjour")
+    chats = keyed_service(bus)
+    bus.acks_lost = True
+
+    with pytest.raises(BusUnavailableError):
+        if streamed:
+            stream = await chats.stream(RESIDENT, body(stream=True))
+            async for _ in stream.pieces:
+                pass
+        else:
+            await chats.answer(RESIDENT, body())
+    await chats.settle()
+
+    [request] = bus.events(ChatRequested)
+    [failed] = bus.events(ChatFailed)
+    assert (failed.request_id, failed.status, failed.error) == (request.id, 503, "bus_unavailable")
+    assert failed.caller_verdict

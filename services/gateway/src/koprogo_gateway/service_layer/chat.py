@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -137,6 +137,9 @@ class ChatService:
                 outcome = await self._wait(request, expected)
             except (TimeoutError, NodeLostError) as exc:
                 raise await self._give_up(request, exc) from None
+            except BusUnavailableError as exc:
+                self._unconfirmed(request, exc)
+                raise
             finally:
                 if not expected.outcome.done():
                     await asyncio.shield(self.bus.cancel(request.id))
@@ -295,6 +298,8 @@ class ChatService:
                         self._keep(keyed, request, expected, started)
                     elif isinstance(exc, NodeChangedError):
                         await self._record_failure_quietly(request, 503, exc.error, exc.message)
+                    elif isinstance(exc, BusUnavailableError):
+                        self._unconfirmed(request, exc)
                     raise
                 finally:
                     # The caller left (or the wait gave up) before the end: stop the generation.
@@ -339,10 +344,20 @@ class ChatService:
         """Count the answer and record its delivery off the hot path (a task of its own)."""
         CHATS.labels(outcome="completed").inc()
         LATENCY.observe(latency_ms / 1000.0)
-        delivery = asyncio.create_task(self._record_delivery(completion, latency_ms))
-        self._deliveries.add(delivery)
-        delivery.add_done_callback(self._deliveries.discard)
+        self._in_background(self._record_delivery(completion, latency_ms))
         return ChatAnswer(completion, latency_ms, headers)
+
+    def _unconfirmed(self, request: ChatRequested, exc: BusUnavailableError) -> None:
+        """The bus did not confirm the request: it may be stored all the same (its acknowledgement
+        lost) and run, so the ledger is told the caller got this 503, not the answer. Off the
+        caller's path: with the bus down, this publish waits out its own retries."""
+        self._in_background(self._record_failure_quietly(request, exc.status, exc.error, exc.message))
+
+    def _in_background(self, record: Coroutine[Any, Any, None]) -> None:
+        """Publish a record in a task of its own (`settle` waits for it at shutdown)."""
+        task = asyncio.create_task(record)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
     async def _wait(self, request: ChatRequested, expected: ExpectedReplies) -> ChatCompleted | ChatFailed:
         """Wait for the outcome; give up early when the node running it died and no other can take over.
