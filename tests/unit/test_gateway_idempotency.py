@@ -19,7 +19,7 @@ from koprogo_gateway.domain.errors import (
     IdempotencyUnavailableError,
     InvalidIdempotencyKeyError,
 )
-from koprogo_gateway.domain.idempotency import REPLAYED_HEADER
+from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, store_key, user_keys
 from koprogo_gateway.service_layer.chat import ChatAnswer, ChatService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_shared.events import ChatDelta, ChatFailed, ChatRequested, Event
@@ -357,3 +357,15 @@ async def test_without_a_key_a_request_answered_503_but_stored_is_recorded_as_th
     [failed] = bus.events(ChatFailed)
     assert (failed.request_id, failed.status, failed.error) == (request.id, 503, "bus_unavailable")
     assert failed.caller_verdict
+
+
+def test_a_users_keys_share_a_prefix_an_erasure_can_remove_and_name_no_user() -> None:
+    mine, again, theirs = (
+        store_key("alice@example.org", "k1"),
+        store_key("alice@example.org", "k2"),
+        store_key("bob", "k1"),
+    )
+
+    assert user_keys("alice@example.org") == mine.split(".")[0] + ".>" == again.split(".")[0] + ".>"
+    assert theirs.split(".")[0] != mine.split(".")[0] and theirs != mine
+    assert "alice" not in mine and all(c.isalnum() or c == "." for c in mine)

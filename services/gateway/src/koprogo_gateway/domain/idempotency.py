@@ -27,8 +27,6 @@ from koprogo_shared.events import ChatCompleted
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_CHARS = 255
-# How long an outcome is kept for retries (the bucket's TTL).
-KEPT_S = 24 * 3600.0
 
 
 def store_key(user_id: str | None, header: str) -> str:
@@ -38,8 +36,15 @@ def store_key(user_id: str | None, header: str) -> str:
         raise InvalidIdempotencyKeyError(
             f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_CHARS} printable ASCII characters (a UUID is a good one)"
         )
-    # A hash: the bucket never holds a user id, and one user's key cannot reach another's entry.
-    return hashlib.sha256(f"{user_id or ''}\n{header}".encode()).hexdigest()
+    # Hashes: the bucket never holds a user id, and one user's key cannot reach another's entry;
+    # the user's own prefix lets an erasure remove every entry of theirs (`user_keys`).
+    entry = hashlib.sha256(f"{user_id or ''}\n{header}".encode()).hexdigest()
+    return f"{user_keys(user_id).removesuffix('.>')}.{entry}"
+
+
+def user_keys(user_id: str | None) -> str:
+    """The store keys of one user's entries, as a key-value filter (`<user hash>.>`)."""
+    return f"u{hashlib.sha256((user_id or '').encode()).hexdigest()[:32]}.>"
 
 
 def body_fingerprint(body: ChatRequestIn) -> str:
