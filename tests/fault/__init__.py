@@ -1,0 +1,1 @@
+"""Fault injection on the chat path: services killed under load (issue 12)."""

@@ -1,0 +1,83 @@
+"""Fault injection: the chat path as separate processes, on the real NATS and PostgreSQL fixtures.
+
+`fault_stack` starts the services `koprogo up` runs, each its own OS process
+(`stack_processes.py`), so a test can SIGKILL one of them under load and start it again with
+the same environment. `cloud_server` is a real OpenAI-compatible server (llama.cpp's, with the
+bundled model under a cloud model's name) for the cloud worker. `restartable_postgres` is a
+PostgreSQL server of the test's own, which it may stop and start again (the session's server
+is shared with every other test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from koprogo_cli.embedded import EmbeddedPostgres, free_port
+from tests.conftest import postgres_dir
+from tests.fault.stack_processes import ProcessStack, process_stack
+from tests.integration.cloud_support import openai_compatible_server
+
+CLOUD_MODEL = "gpt-4o-mini"
+CLOUD_DEPLOYMENT = "local-openai"
+
+FaultStackFactory = Callable[..., Awaitable[ProcessStack]]
+
+
+@pytest.fixture
+async def fault_stack(
+    clean_jetstream: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[FaultStackFactory]:
+    """Start a stack of processes (`process_stack`'s options); every process is stopped afterwards."""
+    stacks: list[ProcessStack] = []
+
+    async def make(*, database: str | None = None, **options: Any) -> ProcessStack:
+        logs = tmp_path / f"logs-{len(stacks)}"
+        logs.mkdir()
+        stack = process_stack(clean_jetstream, database or database_url, logs, **options)
+        stacks.append(stack)
+        await stack.start()
+        return stack
+
+    yield make
+    for stack in stacks:
+        await stack.stop()
+
+
+@pytest.fixture(scope="module")
+def cloud_server(bundled_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """llama.cpp's OpenAI-compatible server, the bundled model served as `gpt-4o-mini`; its port."""
+    with openai_compatible_server(bundled_model_path, CLOUD_MODEL, tmp_path_factory.mktemp("cloud")) as port:
+        yield port
+
+
+def cloud_deployments(tmp_path: Path, port: int) -> Path:
+    """A deployments file naming the OpenAI-compatible server at `port`."""
+    path = tmp_path / "deployments.toml"
+    path.write_text(
+        f"""
+[[deployments]]
+id = "{CLOUD_DEPLOYMENT}"
+provider = "openai_compatible"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = ""
+models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
+timeout_s = 30
+max_retries = 0
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own (its `koprogo` database), stopped afterwards."""
+    with postgres_dir() as folder:
+        server = EmbeddedPostgres(folder, port=free_port(), database="koprogo").start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -1,0 +1,232 @@
+"""Whatever dies under load, nothing is lost, nothing is counted twice, every caller gets an answer
+or a clear error, and `/mcp/v1/stats` counts exactly the answers given (issue 12).
+
+Each test runs the chat path as separate processes (`fault_stack`), has three clients send
+chats one after another (one of them streamed), SIGKILLs one service while they do (PostgreSQL: an immediate
+shutdown), starts it again with the same environment, lets the clients go on until the stack
+answers again, waits until JetStream has delivered and had acknowledged everything, and then
+sets each client's outcome beside the ledger's rows and the stats (`chat_load.Agreement`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from koprogo_cli.embedded import EmbeddedPostgres
+from koprogo_shared import subjects
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from tests.conftest import wait_until
+from tests.fault.chat_load import Agreement, ChatLoad, NodesAtWork, ledger_rows, settled, stats, when_held
+from tests.fault.conftest import (
+    CLOUD_DEPLOYMENT,
+    CLOUD_MODEL,
+    FaultStackFactory,
+    cloud_deployments,
+)
+from tests.fault.stack_processes import ProcessStack
+
+pytestmark = pytest.mark.integration
+
+Fault = Callable[[ProcessStack, ChatLoad], Awaitable[str]]
+# A probe's answer: long enough (about a second on two cores) to be still generating when its node dies.
+LONG_ANSWER_TOKENS = 64
+
+
+async def model_available(stack: ProcessStack, model: str) -> bool:
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=5) as client:
+        try:
+            models = (await client.get("/mcp/v1/models")).json()["models"]
+        except httpx.HTTPError:
+            return False
+    return any(m["id"] == model and m["is_available"] for m in models)
+
+
+async def under_load(
+    stack: ProcessStack, model: str, fault: Fault, *, transport_errors_allowed: bool = False
+) -> str:
+    """Run the load, inject `fault` once a few answers came, go on until the stack answers again,
+    then compare. Returns the summary line; fails with every disagreement found."""
+    await wait_until(lambda: model_available(stack, model), timeout=30)
+    load = ChatLoad(stack.gateway_url, model, stack.chat_timeout_s)
+    began = time.monotonic()
+    load.start()
+    try:
+        await load.answers(at_least=3)
+        what = await fault(stack, load)
+        after = sum(o.answered for o in load.outcomes)
+        # Served again: three more answers (requests sent during the fault among them).
+        await load.answers(at_least=after + 3, timeout=stack.chat_timeout_s + 20)
+    finally:
+        await load.stop()
+    loaded_s = time.monotonic() - began
+    await settled(stack.nats_url)
+    agreement = Agreement(
+        load.outcomes,
+        await ledger_rows(stack.database_url),
+        await stats(stack.gateway_url),
+        transport_errors_allowed=transport_errors_allowed,
+    )
+    summary = (
+        f"{what}; {load.summary()}, under load for {loaded_s:.1f}s; "
+        f"the ledger kept {agreement.late_answers()} late answer(s) aside"
+    )
+    problems = agreement.problems()
+    assert not problems, f"{summary}\n{agreement.report()}\nlogs in {stack['gateway'].log_dir}"
+    return summary
+
+
+async def test_killing_the_router_under_load_loses_nothing_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory,
+) -> None:
+    stack = await fault_stack(edge_nodes=1)
+
+    async def kill_router(stack: ProcessStack, load: ChatLoad) -> str:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            # It holds a request only while it routes it (about a millisecond): often missed.
+            held = await when_held(nc.jetstream(), subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, timeout=2)
+        finally:
+            await nc.close()
+        await stack["router"].kill()
+        await asyncio.sleep(1.0)  # requests keep coming while no router runs
+        await stack["router"].restart()
+        return f"router killed {'holding a request' if held else 'between requests'}, restarted"
+
+    print(await under_load(stack, BUNDLED_MODEL_ID, kill_router))
+
+
+def kill_the_node_running_a_long_answer(*, streamed: bool, restart_once_its_caller_answered: bool) -> Fault:
+    """SIGKILL the edge node generating a long answer (a probe beside the load; streamed, once
+    its caller had its first pieces), then start it again: at once, or once the probe's caller
+    got its outcome (so that the work item, never acknowledged, runs again on the restarted node
+    after its caller gave up: a late answer)."""
+
+    async def fault(stack: ProcessStack, load: ChatLoad) -> str:
+        async with NodesAtWork(stack.nats_url) as at_work:
+            seen, probe = load.probe(max_tokens=LONG_ANSWER_TOKENS, streamed=streamed)
+            node = await at_work.node_running(seen.copro_id)
+        if streamed:
+            await wait_until(lambda: len(seen.pieces) >= 2 or probe.done(), timeout=10, interval=0.005)
+        pieces_before = len(seen.pieces)
+        assert not probe.done(), f"the long answer ended before {node} was killed: {seen.seen()}"
+        await stack[node].kill()
+        if restart_once_its_caller_answered:
+            await probe
+        else:
+            await asyncio.sleep(0.5)
+        await stack[node].restart()
+        await probe
+        answered_by = f" from {seen.answer['execution_info']['node_id']}" if seen.answer else ""
+        got = f"{seen.seen()}{answered_by}" + (f", {len(seen.pieces)} pieces in all" if streamed else "")
+        kind = f"streamed probe, {pieces_before} pieces received" if streamed else "whole probe"
+        return f"{node} killed mid-answer ({kind}; its caller then got {got}), restarted"
+
+    return fault
+
+
+async def test_killing_an_edge_node_mid_answer_while_another_serves_the_model_loses_nothing_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory,
+) -> None:
+    stack = await fault_stack(edge_nodes=2)
+    fault = kill_the_node_running_a_long_answer(streamed=True, restart_once_its_caller_answered=False)
+    print(await under_load(stack, BUNDLED_MODEL_ID, fault))
+
+
+async def test_killing_the_only_edge_node_mid_answer_gives_a_clear_error_and_counts_only_answers(
+    fault_stack: FaultStackFactory,
+) -> None:
+    stack = await fault_stack(edge_nodes=1)
+    fault = kill_the_node_running_a_long_answer(streamed=False, restart_once_its_caller_answered=True)
+    print(await under_load(stack, BUNDLED_MODEL_ID, fault))
+
+
+async def test_killing_the_cloud_worker_mid_call_loses_nothing_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory, cloud_server: int, tmp_path: Path
+) -> None:
+    stack = await fault_stack(edge_nodes=0, cloud_deployments_file=cloud_deployments(tmp_path, cloud_server))
+
+    async def kill_the_cloud_worker_mid_call(stack: ProcessStack, load: ChatLoad) -> str:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            held = await when_held(
+                nc.jetstream(), subjects.WORK_STREAM, subjects.cloud_work_durable(CLOUD_DEPLOYMENT)
+            )
+        finally:
+            await nc.close()
+        await stack["cloud"].kill()
+        await asyncio.sleep(0.5)
+        await stack["cloud"].restart()
+        return f"cloud worker killed {'holding a work item' if held else 'between work items'}, restarted"
+
+    print(await under_load(stack, CLOUD_MODEL, kill_the_cloud_worker_mid_call))
+
+
+async def test_killing_the_ledger_under_load_loses_nothing_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory,
+) -> None:
+    stack = await fault_stack(edge_nodes=1)
+
+    async def kill_the_ledger_mid_batch(stack: ProcessStack, load: ChatLoad) -> str:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            held = await when_held(nc.jetstream(), subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE, timeout=3)
+        finally:
+            await nc.close()
+        await stack["ledger"].kill()
+        await asyncio.sleep(1.0)
+        await stack["ledger"].restart()
+        return f"ledger killed {'holding a batch' if held else 'between batches'}, restarted"
+
+    print(await under_load(stack, BUNDLED_MODEL_ID, kill_the_ledger_mid_batch))
+
+
+async def test_killing_the_gateway_under_load_gives_each_caller_an_answer_or_an_error_and_counts_only_answers(
+    fault_stack: FaultStackFactory,
+) -> None:
+    stack = await fault_stack(edge_nodes=1)
+
+    async def kill_the_gateway_mid_requests(stack: ProcessStack, load: ChatLoad) -> str:
+        await wait_until(lambda: load.in_flight >= 2, timeout=10, interval=0.005)
+        in_flight = load.in_flight
+        await stack["gateway"].kill()
+        await asyncio.sleep(0.5)
+        await stack["gateway"].restart()
+        return f"gateway killed with {in_flight} requests in flight, restarted"
+
+    # The requests the killed gateway held end without an HTTP answer (connection closed):
+    # for a caller of a dead server that is the clear error; what matters is that none of them
+    # is counted as answered. Fails today, and not because of findings 1 or 2 (fixed: the
+    # gateway's own ChatFailed with caller_verdict withholds a late answer): a gateway killed
+    # while callers wait publishes no verdict at all, so the answers its nodes finish for them
+    # are stored and counted (`counted though not given`; docs/decisions.md, "Still open").
+    print(
+        await under_load(
+            stack, BUNDLED_MODEL_ID, kill_the_gateway_mid_requests, transport_errors_allowed=True
+        )
+    )
+
+
+async def test_restarting_postgresql_under_load_the_ledger_catches_up_and_the_stats_are_right(
+    fault_stack: FaultStackFactory, restartable_postgres: EmbeddedPostgres
+) -> None:
+    stack = await fault_stack(edge_nodes=1, database=restartable_postgres.url)
+
+    async def restart_postgres(stack: ProcessStack, load: ChatLoad) -> str:
+        server = restartable_postgres
+        assert server.proc is not None
+        # Immediate shutdown: every session cut, no checkpoint; the next start recovers from the WAL.
+        server.proc.send_signal(signal.SIGQUIT)
+        await asyncio.to_thread(server.proc.wait, 30)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.start)
+        return "PostgreSQL shut down (immediate), started again"
+
+    print(await under_load(stack, BUNDLED_MODEL_ID, restart_postgres))
