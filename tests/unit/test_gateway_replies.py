@@ -161,3 +161,20 @@ async def test_an_answer_from_another_target_after_pieces_were_taken_is_a_change
     assert items[-1] == RunnerChanged(previous="pi-1", current="koprogo/cloud/openai")
     # Kept for a retry with the same idempotency key, which gets it whole.
     assert expected.outcome.result() == cloud
+
+
+async def test_a_node_that_starts_the_request_again_after_pieces_ends_them_too() -> None:
+    # pi-1 restarted and got the work item back: its new answer cannot follow the old pieces.
+    waiter = ReplyWaiter()
+    expected = waiter.expect("r1", streamed=True)
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(piece("pi-1", 0, "Il était"))
+    waiter.deliver(piece("pi-1", 1, " une fois"))
+    waiter.deliver(node_started("pi-1"))
+    waiter.deliver(piece("pi-1", 0, "Once"))
+    waiter.deliver(piece("pi-1", 1, " upon"))
+    waiter.deliver(piece("pi-1", 2, " a time"))
+
+    items = queued(expected)
+    assert [p.delta for p in items if isinstance(p, ChatDelta)] == ["Il était", " une fois"]
+    assert items[-1] == RunnerChanged(previous="pi-1", current="pi-1")

@@ -15,9 +15,9 @@ A refused reply is logged and counted (`koprogo_gateway_replies_refused_total`).
 A streamed request takes its pieces in index order, from the target running it only (each
 piece's `source` is its emitter): a repeated index is dropped, and after a missing one the rest
 is held back (the completion has it all). When the target changes after pieces were taken (the
-work item redelivered to another node, or the router falling back to the cloud), what the new
-one says cannot follow what the caller has: the pieces end with `RunnerChanged`, and the caller
-never gets a mix of two answers.
+work item redelivered to another node, or to the same one restarted, or the router falling back
+to the cloud), what the new one says cannot follow what the caller has: the pieces end with
+`RunnerChanged`, and the caller never gets a mix of two answers.
 """
 
 from __future__ import annotations
@@ -85,8 +85,15 @@ class ExpectedReplies:
     def started(self, reply: InferenceStarted, sender: str | None) -> None:
         self.node_id = reply.node_id
         self.sender = sender
-        if self.streamed:
-            self._run_by(reply.source, reply.node_id)
+        if not self.streamed:
+            return
+        if reply.source == self._runner and self._taken and not self._changed:
+            # The same node started it again (it restarted and got the work item back): a new
+            # answer, which cannot follow the first one's pieces either.
+            self._changed = True
+            self.pieces.put_nowait(RunnerChanged(self._runner_name or reply.source, reply.node_id))
+            return
+        self._run_by(reply.source, reply.node_id)
 
     def piece(self, delta: ChatDelta) -> None:
         if not self.streamed or self._changed or delta.source in self._replaced:

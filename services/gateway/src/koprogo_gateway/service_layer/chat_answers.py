@@ -118,12 +118,17 @@ async def replayed_pieces(
 
 
 def next_delta(item: ChatDelta | RunnerChanged) -> ChatDelta:
-    """The next piece, or NodeChangedError when another node took the request over."""
+    """The next piece, or NodeChangedError when another run of the request took it over."""
     if isinstance(item, RunnerChanged):
+        moved = (
+            f"started over on {item.current}"
+            if item.previous == item.current
+            else f"moved from {item.previous} to {item.current}"
+        )
         raise NodeChangedError(
-            f"the request moved from {item.previous} to {item.current} after part of the answer was "
-            "sent, and the new answer cannot follow the first one's pieces: send it again (with an "
-            "Idempotency-Key, the retry gets the whole answer of the node that took it over)"
+            f"the request {moved} after part of the answer was sent, and the new answer cannot "
+            "follow the first one's pieces: send it again (with an Idempotency-Key, the retry gets "
+            "the whole new answer)"
         )
     return item
 
