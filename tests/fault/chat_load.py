@@ -324,16 +324,31 @@ async def _busy_consumers(js: JetStreamContext) -> tuple[list[str], tuple[int, .
     return busy, tuple(marks)
 
 
-async def when_held(js: JetStreamContext, stream: str, durable: str, timeout: float = 10.0) -> bool:
+async def when_held(nats_url: str, stream: str, durable: str, timeout: float = 10.0) -> bool:
     """Until `durable` holds a message it has not acknowledged (its worker is busy with it);
     False if that did not happen within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(nats.errors.Error):
-            if (await js.consumer_info(stream, durable)).num_ack_pending:
-                return True
-        await asyncio.sleep(0.005)
-    return False
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(nats.errors.Error):
+                if (await js.consumer_info(stream, durable)).num_ack_pending:
+                    return True
+            await asyncio.sleep(0.005)
+        return False
+    finally:
+        await nc.close()
+
+
+async def backlog(nats_url: str, stream: str, durable: str) -> int:
+    """The messages `durable` has not had acknowledged yet: not delivered, or delivered and held."""
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await nc.close()
 
 
 @dataclass(frozen=True)
@@ -400,9 +415,11 @@ class Agreement:
 
         for o in self.outcomes:
             if (why := o.unclear()) is not None:
-                found.append(f"no answer nor clear error: {why}")
+                found.append(f"neither a sound answer nor a clear error: {why}")
             elif o.transport_error is not None and not self.transport_errors_allowed:
-                found.append(f"no answer nor clear error: the gateway dropped a request: {o.transport_error}")
+                found.append(
+                    f"neither an answer nor a clear error: the gateway dropped a request: {o.transport_error}"
+                )
 
         for o in answered:
             rows = rows_of.get(o.copro_id, [])

@@ -17,14 +17,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 
 from koprogo_cli.embedded import EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
-from tests.fault.chat_load import Agreement, ChatLoad, NodesAtWork, ledger_rows, settled, stats, when_held
+from tests.fault.chat_load import (
+    Agreement,
+    ChatLoad,
+    NodesAtWork,
+    backlog,
+    ledger_rows,
+    settled,
+    stats,
+    when_held,
+)
 from tests.fault.conftest import (
     CLOUD_DEPLOYMENT,
     CLOUD_MODEL,
@@ -89,16 +97,16 @@ async def test_killing_the_router_under_load_loses_nothing_and_counts_each_answe
     stack = await fault_stack(edge_nodes=1)
 
     async def kill_router(stack: ProcessStack, load: ChatLoad) -> str:
-        nc = await nats.connect(stack.nats_url)
-        try:
-            # It holds a request only while it routes it (about a millisecond): often missed.
-            held = await when_held(nc.jetstream(), subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, timeout=2)
-        finally:
-            await nc.close()
+        # It holds a request only while it routes it (about a millisecond): often missed.
+        held = await when_held(stack.nats_url, subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, timeout=2)
         await stack["router"].kill()
         await asyncio.sleep(1.0)  # requests keep coming while no router runs
+        waiting = await backlog(stack.nats_url, subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE)
         await stack["router"].restart()
-        return f"router killed {'holding a request' if held else 'between requests'}, restarted"
+        return (
+            f"router killed {'holding a request' if held else 'between requests'}, "
+            f"restarted with {waiting} request(s) waiting for it"
+        )
 
     print(await under_load(stack, BUNDLED_MODEL_ID, kill_router))
 
@@ -154,17 +162,16 @@ async def test_killing_the_cloud_worker_mid_call_loses_nothing_and_counts_each_a
     stack = await fault_stack(edge_nodes=0, cloud_deployments_file=cloud_deployments(tmp_path, cloud_server))
 
     async def kill_the_cloud_worker_mid_call(stack: ProcessStack, load: ChatLoad) -> str:
-        nc = await nats.connect(stack.nats_url)
-        try:
-            held = await when_held(
-                nc.jetstream(), subjects.WORK_STREAM, subjects.cloud_work_durable(CLOUD_DEPLOYMENT)
-            )
-        finally:
-            await nc.close()
+        durable = subjects.cloud_work_durable(CLOUD_DEPLOYMENT)
+        held = await when_held(stack.nats_url, subjects.WORK_STREAM, durable)
         await stack["cloud"].kill()
         await asyncio.sleep(0.5)
+        waiting = await backlog(stack.nats_url, subjects.WORK_STREAM, durable)
         await stack["cloud"].restart()
-        return f"cloud worker killed {'holding a work item' if held else 'between work items'}, restarted"
+        return (
+            f"cloud worker killed {'holding a work item' if held else 'between work items'}, "
+            f"restarted with {waiting} item(s) waiting for it"
+        )
 
     print(await under_load(stack, CLOUD_MODEL, kill_the_cloud_worker_mid_call))
 
@@ -175,15 +182,15 @@ async def test_killing_the_ledger_under_load_loses_nothing_and_counts_each_answe
     stack = await fault_stack(edge_nodes=1)
 
     async def kill_the_ledger_mid_batch(stack: ProcessStack, load: ChatLoad) -> str:
-        nc = await nats.connect(stack.nats_url)
-        try:
-            held = await when_held(nc.jetstream(), subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE, timeout=3)
-        finally:
-            await nc.close()
+        held = await when_held(stack.nats_url, subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE, timeout=3)
         await stack["ledger"].kill()
         await asyncio.sleep(1.0)
+        waiting = await backlog(stack.nats_url, subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE)
         await stack["ledger"].restart()
-        return f"ledger killed {'holding a batch' if held else 'between batches'}, restarted"
+        return (
+            f"ledger killed {'holding a batch' if held else 'between batches'}, "
+            f"restarted with {waiting} event(s) waiting for it"
+        )
 
     print(await under_load(stack, BUNDLED_MODEL_ID, kill_the_ledger_mid_batch))
 
@@ -226,7 +233,10 @@ async def test_restarting_postgresql_under_load_the_ledger_catches_up_and_the_st
         server.proc.send_signal(signal.SIGQUIT)
         await asyncio.to_thread(server.proc.wait, 30)
         await asyncio.sleep(1.0)
+        waiting = await backlog(stack.nats_url, subjects.EVENTS_STREAM, subjects.LEDGER_DURABLE)
         await asyncio.to_thread(server.start)
-        return "PostgreSQL shut down (immediate), started again"
+        return (
+            f"PostgreSQL shut down (immediate), started again with {waiting} event(s) waiting for the ledger"
+        )
 
     print(await under_load(stack, BUNDLED_MODEL_ID, restart_postgres))
