@@ -17,7 +17,10 @@ from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
+from tests.e2e.test_authentication import COPRO, READ_WRITE
+from tests.e2e.test_authentication import chat_body as auth_chat_body
 from tests.e2e.test_chat_path import chat_body
+from tests.token_support import AUTH_SETTINGS, bearer, token
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
 REPLAYED = "Idempotent-Replayed"
@@ -117,3 +120,25 @@ async def test_the_openai_route_replays_a_keyed_completion_whole_or_streamed(
     headers = await stack.client.get("/openapi.json")
     parameters = headers.json()["paths"]["/v1/chat/completions"]["post"]["parameters"]
     assert "Idempotency-Key" in [p["name"] for p in parameters]
+
+
+async def test_a_users_erasure_forgets_the_answers_kept_for_their_keys(stack_factory: StackFactory) -> None:
+    resident_id = str(uuid.uuid4())
+    stack = await stack_factory(
+        probe_token=token(user=resident_id, copros=[COPRO], scopes=("mcp:read",)), **AUTH_SETTINGS
+    )
+    resident = bearer(token(user=resident_id, copros=[COPRO], scopes=READ_WRITE))
+    keyed = resident | {"Idempotency-Key": str(uuid.uuid4())}
+    first = await stack.client.post("/mcp/v1/chat", json=auth_chat_body(), headers=keyed)
+    assert first.status_code == 200, first.text
+    assert (await stack.client.post("/mcp/v1/chat", json=auth_chat_body(), headers=keyed)).headers[
+        REPLAYED
+    ] == "true"
+
+    erased = await stack.client.delete(f"/mcp/v1/users/{resident_id}/data", headers=resident)
+    assert erased.status_code == 202, erased.text
+    again = await stack.client.post("/mcp/v1/chat", json=auth_chat_body(), headers=keyed)
+
+    # The answer kept for the key went with the erasure: the key now runs a new request.
+    assert again.status_code == 200 and REPLAYED not in again.headers
+    assert again.json()["id"] != first.json()["id"]

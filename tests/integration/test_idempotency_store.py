@@ -14,7 +14,13 @@ from koprogo_gateway.adapters.idempotency_store import (
     IdempotencyStoreUnavailableError,
     NatsKvIdempotencyStore,
 )
-from koprogo_gateway.domain.idempotency import IdempotencyEntry, StoredError, StoredOutcome
+from koprogo_gateway.domain.idempotency import (
+    IdempotencyEntry,
+    StoredError,
+    StoredOutcome,
+    store_key,
+    user_keys,
+)
 from koprogo_shared.events import utc_now
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET, bucket_stream, ensure_idempotency_bucket
 from koprogo_shared.nats_connection import buckets_for_service, connect_nats
@@ -41,7 +47,8 @@ async def test_one_creator_per_key_and_an_outcome_stored_once(clean_jetstream: s
         await ensure_idempotency_bucket(js)
         await ensure_idempotency_bucket(js)  # declared again by another setup run: kept as is
         config = (await js.stream_info(bucket_stream(IDEMPOTENCY_BUCKET))).config
-        store = NatsKvIdempotencyStore(await nc.jetstream(timeout=1.0).key_value(IDEMPOTENCY_BUCKET))
+        short = nc.jetstream(timeout=1.0)
+        store = NatsKvIdempotencyStore(await short.key_value(IDEMPOTENCY_BUCKET), short)
         # The bucket outlives a test (24 h): keys of this run only.
         k1, k2 = f"k1-{uuid.uuid4().hex}", f"k2-{uuid.uuid4().hex}"
 
@@ -74,7 +81,7 @@ async def test_the_gateway_with_its_key_keeps_idempotency_keys_but_cannot_drop_t
         await buckets_for_service(
             gateway.js, secured.seed_files["gateway"], rate_limit_window_s=60, timeout_s=5
         )
-        store = NatsKvIdempotencyStore(await gateway.js.key_value(IDEMPOTENCY_BUCKET))
+        store = NatsKvIdempotencyStore(await gateway.js.key_value(IDEMPOTENCY_BUCKET), gateway.js)
         key = f"k-{uuid.uuid4().hex}"
         first = await store.create(key, entry())
         outcome = StoredOutcome(error=StoredError(status=503, error="node_changed", message="moved"))
@@ -85,3 +92,22 @@ async def test_the_gateway_with_its_key_keeps_idempotency_keys_but_cannot_drop_t
         refusal = await gateway.refusals.next()
     assert stored is not None and stored.entry.outcome == outcome
     assert f"$JS.API.STREAM.DELETE.{bucket_stream(IDEMPOTENCY_BUCKET)}".lower() in refusal
+
+
+async def test_the_gateway_forgets_every_entry_of_one_user_and_only_theirs(secured: SecuredNats) -> None:
+    async with connected_as(secured, "gateway") as gateway:
+        await buckets_for_service(
+            gateway.js, secured.seed_files["gateway"], rate_limit_window_s=60, timeout_s=5
+        )
+        store = NatsKvIdempotencyStore(await gateway.js.key_value(IDEMPOTENCY_BUCKET), gateway.js)
+        alice, bob = f"alice-{uuid.uuid4()}", f"bob-{uuid.uuid4()}"
+        for user, header in ((alice, "k1"), (alice, "k2"), (bob, "k1")):
+            created = await store.create(store_key(user, header), entry())
+        forgotten = await store.forget(user_keys(alice))
+        again = await store.forget(user_keys(alice))
+        left = [await store.read(store_key(u, h)) for u, h in ((alice, "k1"), (alice, "k2"), (bob, "k1"))]
+        recreated = await store.create(store_key(alice, "k1"), entry())  # a fresh request may use it again
+        assert gateway.refusals.errors.empty()
+    assert (forgotten, again) == (2, 0)
+    assert left[0] is None and left[1] is None and left[2] == created
+    assert recreated.revision > created.revision

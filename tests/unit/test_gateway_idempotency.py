@@ -369,3 +369,20 @@ def test_a_users_keys_share_a_prefix_an_erasure_can_remove_and_name_no_user() ->
     assert user_keys("alice@example.org") == mine.split(".")[0] + ".>" == again.split(".")[0] + ".>"
     assert theirs.split(".")[0] != mine.split(".")[0] and theirs != mine
     assert "alice" not in mine and all(c.isalnum() or c == "." for c in mine)
+
+
+async def test_a_users_erasure_forgets_their_idempotency_entries_only() -> None:
+    bus = answering("Bonjour")
+    store = FakeIdempotencyStore()
+    chats = keyed_service(bus, store)
+    neighbour = caller_from_claims("u2", [COPRO], frozenset({READ, WRITE}))
+    await chats.answer(RESIDENT, body(), idempotency_key=KEY)
+    await chats.answer(RESIDENT, body(), idempotency_key="another")
+    await chats.answer(neighbour, body(), idempotency_key=KEY)
+
+    await chats.keys.forget_user(RESIDENT.user_id)
+
+    assert list(store.entries) == [store_key(neighbour.user_id, KEY)]  # the answers they held are gone
+    store.unavailable = True
+    with pytest.raises(IdempotencyUnavailableError):
+        await chats.keys.forget_user(RESIDENT.user_id)

@@ -93,9 +93,8 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             ROUTING_POLICY_BUCKET
         )
         # On the chat path too: the same short timeout as the counters.
-        idempotency_keys = await nc.jetstream(timeout=settings.rate_limit_store_timeout_s).key_value(
-            IDEMPOTENCY_BUCKET
-        )
+        keys_js = nc.jetstream(timeout=settings.rate_limit_store_timeout_s)
+        idempotency_keys = NatsKvIdempotencyStore(await keys_js.key_value(IDEMPOTENCY_BUCKET), keys_js)
         # The ledger owns the schema; the gateway only reads it.
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     except BaseException:
@@ -117,7 +116,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             bus=bus,
             admission=_admission(settings, NatsKvCounterStore(counters)),
             registry=registry,
-            keys=IdempotencyKeys(NatsKvIdempotencyStore(idempotency_keys)),
+            keys=IdempotencyKeys(idempotency_keys),
             timeout_s=settings.chat_timeout_s,
         ),
         stats=PostgresStatsRepository(pool),

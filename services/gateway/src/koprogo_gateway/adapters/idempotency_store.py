@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from koprogo_gateway.domain.idempotency import IdempotencyEntry
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET, bucket_stream
 
 
 class IdempotencyStoreError(Exception):
@@ -55,15 +57,21 @@ class IdempotencyStore(abc.ABC):
     async def replace(self, key: str, entry: IdempotencyEntry, revision: int) -> StoredEntry:
         """Store `entry` only if `key` is still at `revision`; IdempotencyConflictError otherwise."""
 
+    @abc.abstractmethod
+    async def forget(self, keys: str) -> int:
+        """Remove every entry whose key matches `keys` (`<prefix>.>`, a user's); how many there were."""
+
 
 _UNAVAILABLE = (nats.errors.Error, TimeoutError, OSError)
 
 
 class NatsKvIdempotencyStore(IdempotencyStore):
-    """Entries as JSON in a JetStream key-value bucket."""
+    """Entries as JSON in a JetStream key-value bucket (`js` reads its messages to find a user's keys)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str = IDEMPOTENCY_BUCKET) -> None:
         self.kv = kv
+        self.js = js
+        self.bucket = bucket
 
     async def read(self, key: str) -> StoredEntry | None:
         try:
@@ -96,6 +104,33 @@ class NatsKvIdempotencyStore(IdempotencyStore):
         except _UNAVAILABLE as exc:
             raise IdempotencyStoreUnavailableError(f"updating a key failed: {type(exc).__name__}") from exc
         return StoredEntry(entry, new_revision)
+
+    async def forget(self, keys: str) -> int:
+        # The bucket's latest message per key, found by subject from the first sequence on (a
+        # message read, not a consumer: the gateway may read the bucket's messages); each
+        # found key is purged (its history and content removed) once the reading is done.
+        prefix = f"$KV.{self.bucket}."
+        stream = bucket_stream(self.bucket)
+        found: set[str] = set()
+        seq = 1
+        try:
+            while True:
+                try:
+                    msg = await self.js.get_msg(stream, seq=seq, subject=prefix + keys, next=True)
+                except nats.js.errors.NotFoundError:
+                    break
+                operation = (msg.headers or {}).get("KV-Operation")
+                key = (msg.subject or "").removeprefix(prefix)
+                if operation in ("DEL", "PURGE"):
+                    found.discard(key)
+                else:
+                    found.add(key)
+                seq = (msg.seq or seq) + 1
+            for key in found:
+                await self.kv.purge(key)
+        except _UNAVAILABLE as exc:
+            raise IdempotencyStoreUnavailableError(f"forgetting keys failed: {type(exc).__name__}") from exc
+        return len(found)
 
 
 class FakeIdempotencyStore(IdempotencyStore):
@@ -135,3 +170,11 @@ class FakeIdempotencyStore(IdempotencyStore):
         if current is None or current.revision != revision:
             raise IdempotencyConflictError(key)
         return self._store(key, entry)
+
+    async def forget(self, keys: str) -> int:
+        await self._enter()
+        prefix = keys.removesuffix(">")
+        found = [key for key in self.entries if key.startswith(prefix)]
+        for key in found:
+            del self.entries[key]
+        return len(found)

@@ -35,6 +35,7 @@ from koprogo_gateway.domain.idempotency import (
     StoredOutcome,
     abandoned,
     may_publish_again,
+    user_keys,
 )
 from koprogo_shared.events import ChatRequested, utc_now
 from koprogo_shared.subjects import EVENTS_STREAM, STREAMS
@@ -100,6 +101,18 @@ class IdempotencyKeys:
             return None
         except IdempotencyStoreError as exc:
             raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
+
+    async def forget_user(self, user_id: str) -> None:
+        """Remove every entry of `user_id` (their erasure: the entries hold answers); a retry with
+        one of their keys then runs as a new request. IdempotencyUnavailableError when the store
+        cannot do it."""
+        if self.store is None:
+            return
+        try:
+            forgotten = await self.store.forget(user_keys(user_id))
+        except IdempotencyStoreError as exc:
+            raise IdempotencyUnavailableError(f"the idempotency keys cannot be erased: {exc}") from None
+        log.info("forgot %d idempotency keys of an erased user", forgotten)
 
     async def settled(self, key: str) -> StoredOutcome | None:
         """The outcome stored under `key`, if any (None as well when the store cannot say)."""

@@ -39,12 +39,21 @@ async def export_user_data(
 
 
 async def request_erasure(
-    store: PostgresUserDataRepository, publish: PublishErasure, caller: Caller, user_id: str
+    store: PostgresUserDataRepository,
+    publish: PublishErasure,
+    caller: Caller,
+    user_id: str,
+    forget_idempotency_keys: Callable[[str], Awaitable[None]] | None = None,
 ) -> ErasureAccepted:
-    """Ask the ledger to erase the contents of every stored request of `user_id` and of its answers."""
+    """Ask the ledger to erase the contents of every stored request of `user_id` and of its answers.
+
+    The gateway's own copies go first: the answers kept 24 h for retries with an idempotency key
+    (`forget_idempotency_keys`; a store that cannot do it refuses the erasure, 503)."""
     require_user_data_access(caller, user_id)
     assert caller.user_id is not None  # require_user_data_access refuses anonymous callers
     requests = await store.count_requests(user_id)
+    if forget_idempotency_keys is not None:
+        await forget_idempotency_keys(user_id)
     event = UserDataErasureRequested(source=SOURCE, user_id=user_id, requested_by=caller.user_id)
     await publish(event)
     return ErasureAccepted(event_id=event.id, requests=requests)

@@ -55,7 +55,10 @@ async def export_user_data(gateway: GatewayDep, caller: Reader, user_id: UserId)
     status_code=202,
     responses={
         **_REFUSALS,
-        503: {"description": "The ledger's tables or the message bus cannot take the erasure."},
+        503: {
+            "description": "The ledger's tables, the message bus or the idempotency keys' store "
+            "cannot take the erasure."
+        },
     },
 )
 async def erase_user_data(gateway: GatewayDep, caller: Writer, user_id: UserId) -> JSONResponse:
@@ -71,7 +74,9 @@ async def erase_user_data(gateway: GatewayDep, caller: Writer, user_id: UserId) 
                 f"the message bus did not accept the erasure: {type(exc).__name__}"
             ) from exc
 
-    accepted = await user_data.request_erasure(gateway.user_data, publish, caller, user_id)
+    accepted = await user_data.request_erasure(
+        gateway.user_data, publish, caller, user_id, gateway.chat.keys.forget_user
+    )
     log.info(
         "erasure of user %s (%d requests) requested by %s (event %s)",
         user_id,
