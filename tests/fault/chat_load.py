@@ -34,6 +34,8 @@ QUESTION = "Quand a lieu la prochaine assemblée générale ?"
 ERRORS_AFTER_STORING = frozenset(
     {"timeout", "node_lost", "node_changed", "stream_incomplete", "no_target_available", "deadline_exceeded"}
 )
+# How much later than the gateway's timeout a caller may get its 504 (scheduling on a busy machine).
+TIMEOUT_SLACK_S = 2.0
 # What may end a request without an HTTP answer: the gateway's process is gone (connection
 # refused, reset or closed mid-request). A timeout is never one of them: it is a hang.
 TRANSPORT_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -401,18 +403,25 @@ class Agreement:
     outcomes: list[ChatOutcome]
     rows: list[LedgerRow]
     stats: dict[str, Any]
+    # The gateway's timeout: no caller waits longer (plus `TIMEOUT_SLACK_S`) for its outcome.
+    chat_timeout_s: float
     # The gateway's own death ends its requests without an HTTP answer: that is their clear error.
     transport_errors_allowed: bool = False
 
     def problems(self) -> list[str]:
         """Every disagreement, one line each, prefixed with the guarantee it breaks."""
-        by_copro = {o.copro_id: o for o in self.outcomes}
         rows_of: dict[str, list[LedgerRow]] = {}
         for row in self.rows:
             rows_of.setdefault(row.copro_id, []).append(row)
-        answered = [o for o in self.outcomes if o.answered]
-        found: list[str] = []
+        return [
+            *self._each_caller_got_an_answer_or_a_clear_error(),
+            *self._no_answer_lost(rows_of),
+            *self._no_request_counted_twice_or_without_its_caller(rows_of),
+            *self._stats_equal_the_answers_given(),
+        ]
 
+    def _each_caller_got_an_answer_or_a_clear_error(self) -> list[str]:
+        found = []
         for o in self.outcomes:
             if (why := o.unclear()) is not None:
                 found.append(f"neither a sound answer nor a clear error: {why}")
@@ -420,24 +429,36 @@ class Agreement:
                 found.append(
                     f"neither an answer nor a clear error: the gateway dropped a request: {o.transport_error}"
                 )
-
-        for o in answered:
-            rows = rows_of.get(o.copro_id, [])
-            mine = [r for r in rows if o.answer is not None and r.response_id == o.answer["id"]]
-            if not mine:
-                found.append(f"answer lost: {o.seen()} is not in mcp_responses (ledger: {_rows(rows)})")
-            elif mine[0].status != "completed" or mine[0].total_tokens != o.tokens:
-                found.append(f"answer recorded otherwise: client got {o.seen()}, ledger has {_rows(mine)}")
-
-        for o in self.outcomes:
-            code = o.error.get("error") if isinstance(o.error, dict) else None
-            if code in ERRORS_AFTER_STORING and not any(
-                r.status == "failed" for r in rows_of.get(o.copro_id, [])
-            ):
+            if o.elapsed_s > self.chat_timeout_s + TIMEOUT_SLACK_S:
                 found.append(
-                    f"error not recorded: client got {o.seen()}; ledger: {_rows(rows_of.get(o.copro_id, []))}"
+                    f"waited past the gateway's {self.chat_timeout_s:g}s timeout: {o.elapsed_s:.1f}s for {o.seen()}"
                 )
+        return found
 
+    def _no_answer_lost(self, rows_of: dict[str, list[LedgerRow]]) -> list[str]:
+        """Every answer given is in the ledger as given; every error given after the request was
+        stored is recorded as the request's failure."""
+        found = []
+        for o in self.outcomes:
+            rows = rows_of.get(o.copro_id, [])
+            if o.answer is not None:
+                mine = [r for r in rows if r.response_id == o.answer["id"]]
+                if not mine:
+                    found.append(f"answer lost: {o.seen()} is not in mcp_responses (ledger: {_rows(rows)})")
+                elif mine[0].status != "completed" or mine[0].total_tokens != o.tokens:
+                    found.append(
+                        f"answer recorded otherwise: client got {o.seen()}, ledger has {_rows(mine)}"
+                    )
+            code = o.error.get("error") if isinstance(o.error, dict) else None
+            if code in ERRORS_AFTER_STORING and not any(r.status == "failed" for r in rows):
+                found.append(f"error not recorded: client got {o.seen()}; ledger: {_rows(rows)}")
+        return found
+
+    def _no_request_counted_twice_or_without_its_caller(
+        self, rows_of: dict[str, list[LedgerRow]]
+    ) -> list[str]:
+        by_copro = {o.copro_id: o for o in self.outcomes}
+        found = []
         for copro_id, rows in rows_of.items():
             outcome = by_copro.get(copro_id)
             if outcome is None:
@@ -451,14 +472,18 @@ class Agreement:
                 )
             if not outcome.answered and any(r.response_id is not None for r in rows):
                 found.append(f"counted though not given: client got {outcome.seen()}; ledger: {_rows(rows)}")
+        return found
 
+    def _stats_equal_the_answers_given(self) -> list[str]:
+        answered = [o for o in self.outcomes if o.answered]
         tokens = sum(o.tokens for o in answered)
         co2 = sum(o.co2_grams for o in answered)
-        got = (self.stats["total_requests"], self.stats["total_tokens"])
-        if got != (len(answered), tokens):
+        counted = (self.stats["total_requests"], self.stats["total_tokens"])
+        found = []
+        if counted != (len(answered), tokens):
             found.append(
-                f"stats differ from the answers given: /mcp/v1/stats counts {got[0]} requests and "
-                f"{got[1]} tokens, the clients got {len(answered)} answers and {tokens} tokens"
+                f"stats differ from the answers given: /mcp/v1/stats counts {counted[0]} requests and "
+                f"{counted[1]} tokens, the clients got {len(answered)} answers and {tokens} tokens"
             )
         if not math.isclose(self.stats["total_co2_grams"], co2, rel_tol=1e-9, abs_tol=1e-12):
             found.append(

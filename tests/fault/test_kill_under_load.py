@@ -80,6 +80,7 @@ async def under_load(
         load.outcomes,
         await ledger_rows(stack.database_url),
         await stats(stack.gateway_url),
+        stack.chat_timeout_s,
         transport_errors_allowed=transport_errors_allowed,
     )
     summary = (
