@@ -18,8 +18,10 @@ from koprogo_gateway.domain.errors import (
     IdempotencyKeyReusedError,
     IdempotencyUnavailableError,
     InvalidIdempotencyKeyError,
+    RateLimitedError,
 )
 from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, store_key, user_keys
+from koprogo_gateway.domain.rate_limit import RateLimitPolicy
 from koprogo_gateway.service_layer.chat import ChatAnswer, ChatService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_shared.events import ChatDelta, ChatFailed, ChatRequested, Event
@@ -132,7 +134,7 @@ async def test_a_finished_request_is_replayed_with_the_same_answer_and_latency()
 
     assert not first.replayed and REPLAYED_HEADER not in first.headers
     assert again.replayed and again.response() == first.response()
-    assert again.rate_limit_headers == {}  # a replay runs nothing and is not counted
+    assert again.headers[REPLAYED_HEADER] == "true"
     assert bus.generations == 1
 
 
@@ -386,3 +388,19 @@ async def test_a_users_erasure_forgets_their_idempotency_entries_only() -> None:
     store.unavailable = True
     with pytest.raises(IdempotencyUnavailableError):
         await chats.keys.forget_user(RESIDENT.user_id)
+
+
+async def test_a_replay_counts_against_its_users_request_quota_but_not_the_copros_chats() -> None:
+    bus = answering("Bonjour")
+    chats = keyed_service(bus, copro_limit=1)
+    chats.admission.user_policy = RateLimitPolicy("user", 2, 3600)
+
+    first = await chats.answer(RESIDENT, body(), idempotency_key=KEY)  # the copro's only chat
+    replayed = await chats.answer(RESIDENT, body(), idempotency_key=KEY)
+    with pytest.raises(RateLimitedError):
+        await chats.answer(RESIDENT, body(), idempotency_key=KEY)
+
+    assert first.headers["RateLimit-Remaining"] == "0"
+    assert replayed.replayed and replayed.headers["RateLimit-Remaining"] == "0"
+    assert replayed.headers[REPLAYED_HEADER] == "true"
+    assert bus.generations == 1

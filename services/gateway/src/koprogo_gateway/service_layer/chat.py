@@ -176,13 +176,14 @@ class ChatService:
             if keyed is not None:
                 return ChatStream(headers, self._pieces(request, headers, keyed))
             stored = await self._counted(self.keys.read_again(key))
+        headers = await self._replay_counted(caller)
         try:
             same_body(stored, fingerprint)  # refused before the stream's 200
         except GatewayError as exc:
-            CHATS.labels(outcome=exc.error).inc()
+            _not_answered(exc, headers)
             raise
         outcome = partial(self._replayed, key, stored, fingerprint, body, copro_id, caller.user_id)
-        return ChatStream({}, replayed_pieces(outcome), replayed=True)
+        return ChatStream(headers, replayed_pieces(outcome, headers), replayed=True)
 
     async def settle(self) -> None:
         """Wait for the delivery records still being published, and for the keyed requests still
@@ -450,7 +451,18 @@ class ChatService:
             if keyed is not None:
                 return await self._first_answer(keyed, request, headers)
             stored = await self._counted(self.keys.read_again(key))  # another request with it came first
-        return replay(await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id))
+        headers = await self._replay_counted(caller)
+        try:
+            outcome = await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id)
+        except GatewayError as exc:
+            exc.headers = headers | exc.headers
+            raise
+        return replay(outcome, headers)
+
+    async def _replay_counted(self, caller: Caller) -> dict[str, str]:
+        """A replay runs nothing: it counts against its user's request quota only, not the copro's
+        chats; its RateLimit fields."""
+        return await self._counted(self.admission.admit_request(caller.user_id))
 
     async def _first_answer(
         self, keyed: KeyedRequest, request: ChatRequested, headers: dict[str, str]

@@ -92,19 +92,21 @@ def error_of(stored: StoredError, *, replayed: bool = False) -> GatewayError:
     return error
 
 
-def replay(outcome: StoredOutcome) -> ChatAnswer:
+def replay(outcome: StoredOutcome, rate_limit_headers: dict[str, str]) -> ChatAnswer:
     """The stored outcome as this retry's answer, or its error (both say they are replayed)."""
     if outcome.error is not None:
-        raise error_of(outcome.error, replayed=True)
+        error = error_of(outcome.error, replayed=True)
+        error.headers = rate_limit_headers | error.headers
+        raise error
     assert outcome.completion is not None
-    return ChatAnswer(outcome.completion, outcome.latency_ms, {}, replayed=True)
+    return ChatAnswer(outcome.completion, outcome.latency_ms, rate_limit_headers, replayed=True)
 
 
 async def replayed_pieces(
-    outcome: Callable[[], Awaitable[StoredOutcome]],
+    outcome: Callable[[], Awaitable[StoredOutcome]], rate_limit_headers: dict[str, str]
 ) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
     """A stored (or awaited) answer as a stream: its whole content as one piece, then the answer."""
-    answer = replay(await outcome())
+    answer = replay(await outcome(), rate_limit_headers)
     completion = answer.completion
     if completion.content:
         yield ChatDelta(
