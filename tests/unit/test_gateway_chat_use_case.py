@@ -23,6 +23,7 @@ from koprogo_gateway.domain.errors import (
     InputTooLargeError,
     NodeChangedError,
     RateLimitedError,
+    StreamIncompleteError,
 )
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
@@ -495,3 +496,21 @@ def _serving(node_id: str) -> NodeRegistry:
     registry = NodeRegistry()
     registry.observe(heartbeat(node_id, interval_s=60.0), time.monotonic())
     return registry
+
+
+async def test_a_stream_that_lost_a_piece_of_an_answer_it_cannot_continue_ends_with_a_502() -> None:
+    bus = FakeChatBus(
+        lambda r: replies(
+            started(r), delta(r, 0, "Il était"), delta(r, 2, " fois"), completed(r, "Once upon a time")
+        )
+    )
+    chats = service(bus)
+
+    stream = await chats.stream(RESIDENT, body())
+    seen: list[str] = []
+    with pytest.raises(StreamIncompleteError) as refused:
+        async for piece in stream.pieces:
+            seen.append(piece.delta if isinstance(piece, ChatDelta) else "<answer>")
+
+    assert seen == ["Il était"]  # never a text that does not follow what the caller has
+    assert (refused.value.status, refused.value.error) == (502, "stream_incomplete")
