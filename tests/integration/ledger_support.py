@@ -202,8 +202,10 @@ def readable_in(dump: str, text: str) -> bool:
 
 
 def ledger_settings(database_url: str, nats_url: str, **overrides: Any) -> LedgerSettings:
-    """A ledger's settings for a test: no ops port, the run's test content keys unless overridden."""
-    fields = {"ops_port": 0, **settings_fields(TEST_CONTENT_KEYS), **overrides}
+    """A ledger's settings for a test: no ops port, the run's test content keys unless overridden,
+    and no sweep of undelivered answers (these tests' answers have past deadlines and are
+    delivered or not as each test says; the sweep's own tests turn it on)."""
+    fields = {"ops_port": 0, "ledger_sweep_interval_s": 0, **settings_fields(TEST_CONTENT_KEYS), **overrides}
     return LedgerSettings(database_url=database_url, nats_url=nats_url, **fields)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -217,3 +218,53 @@ async def test_an_answer_the_caller_did_not_get_is_not_counted_and_says_why(
         # The late answer's figures are kept with the failure (its CO2 was emitted), not as an answer.
         assert error["late_answer"]["total_tokens"] == tokens, error
         assert "not counted as an answer" in error["late_answer"]["why"], error
+
+
+async def test_an_answer_no_gateway_delivered_by_its_deadline_is_settled_as_failed(
+    database_url: str, clean_jetstream: str
+) -> None:
+    # A gateway killed while its caller waited publishes no verdict: the node's answer is stored,
+    # the caller's connection dropped. Past the deadline (here with no grace) the sweep settles it.
+    delivered = chat_requested("copro-sweep")
+    dropped = chat_requested("copro-sweep", at=T0 + timedelta(minutes=1))
+    events: list[Event] = [
+        delivered,
+        chat_completed(delivered, completion_tokens=5),
+        chat_delivered(delivered, 900.0),
+        dropped,
+        chat_completed(dropped, completion_tokens=40),
+    ]
+    async with running_ledger(
+        database_url, clean_jetstream, ledger_sweep_interval_s=0.2, ledger_undelivered_grace_s=0
+    ) as ledger:
+        for event in events:
+            await ledger.publish(event)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=30)
+
+        async def settled() -> bool:
+            status = await ledger.db.fetchval(
+                "SELECT status FROM mcp_requests WHERE id = $1", uuid.UUID(dropped.id)
+            )
+            return bool(status == "failed")
+
+        await wait_until(settled, timeout=10)
+        rows = {
+            str(r["id"]): r
+            for r in await ledger.db.fetch(
+                "SELECT id, status, error FROM mcp_requests WHERE copro_id = 'copro-sweep'"
+            )
+        }
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            figures = await PostgresStatsRepository(pool).stats(
+                date_from=None, date_to=None, copro_ids=["copro-sweep"]
+            )
+        finally:
+            await pool.close()
+    assert (figures["total_requests"], figures["total_tokens"]) == (1, 12 + 5)
+    assert rows[delivered.id]["status"] == "completed"
+    error = rows[dropped.id]["error"]
+    error = json.loads(error) if isinstance(error, str) else error
+    assert error["error"] == "undelivered" and error["late_answer"]["total_tokens"] == 52
+    assert "no gateway handed it to its caller" in error["late_answer"]["why"]

@@ -121,7 +121,7 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
         return None
 
     async def record_delivery(
-        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
+        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any], at: datetime
     ) -> None:
         self.responses[response_id].update(latency=latency_ms, info=execution_info)
 

@@ -16,10 +16,14 @@ from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
-from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
+from koprogo_ledger.adapters.postgres_projection import (
+    PostgresProjectionUnitOfWork,
+    PostgresUndeliveredAnswers,
+)
 from koprogo_ledger.adapters.request_owners import recover_request_owners
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
+from koprogo_ledger.entrypoints.delivery_sweep import run_delivery_sweep
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
 from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
 from koprogo_ledger.settings import LedgerSettings
@@ -49,6 +53,11 @@ class Ledger:
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
         return PostgresProjectionUnitOfWork(self.pool, self.keyring)
+
+    async def caught_up(self) -> bool:
+        """Whether every event stored so far was delivered to the ledger's consumer."""
+        info = await self.js.consumer_info(self.spec.stream, self.spec.durable)
+        return info.num_pending == 0
 
     def contents(self) -> ContentStore:
         return PostgresContentStore(self.pool, self.keyring)
@@ -145,6 +154,10 @@ async def run_ledger(
         run_content_maintenance(ledger.contents(), settings, stop), name="ledger-contents"
     )
     owners = asyncio.create_task(ledger.recover_owners(), name="ledger-request-owners")
+    sweep = asyncio.create_task(
+        run_delivery_sweep(PostgresUndeliveredAnswers(ledger.pool), ledger.caught_up, settings, stop),
+        name="ledger-undelivered",
+    )
     try:
         if settings.ops_port:
             ops = ops_server(settings.ops_host, settings.ops_port, ledger.readiness)
@@ -159,7 +172,8 @@ async def run_ledger(
     finally:
         maintenance.cancel()  # a batch in flight is rolled back; the next round takes it again
         owners.cancel()  # an update not committed is done again at the next start
-        for task in (maintenance, owners):
+        sweep.cancel()  # a sweep not committed is done again at the next round
+        for task in (maintenance, owners, sweep):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if ops is not None and ops_task is not None:

@@ -39,5 +39,9 @@ class LedgerSettings(ContentKeySettings):
     retention_days: int = Field(default=30, ge=1)
     # How often the purge (and the sealing of rows left in plaintext) runs, the first time at start.
     retention_interval_s: float = Field(default=3600.0, gt=0)
+    # An answer no gateway delivered by its request's deadline plus this grace is settled as
+    # failed (a gateway stopped while its caller waited); swept every interval (0: never).
+    ledger_undelivered_grace_s: float = Field(default=60.0, ge=0)
+    ledger_sweep_interval_s: float = Field(default=10.0, ge=0)
     # Rows sealed, re-sealed or purged per transaction.
     contents_batch: int = Field(default=500, ge=1)

@@ -24,13 +24,14 @@ from asyncpg.transaction import Transaction
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import (
     LATE_ANSWER_FIELDS,
+    NO_GATEWAY_DELIVERED_IT,
     RequestRow,
     RequestState,
     RequestStatus,
     ResponseRow,
     UserKey,
 )
-from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
+from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState, UndeliveredAnswers
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
 
 # The same values fail the same way on every retry.
@@ -233,14 +234,16 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
             )
 
     async def record_delivery(
-        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
+        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any], at: datetime
     ) -> None:
         with _translated():
             await self._db.execute(
-                "UPDATE mcp_responses SET latency_ms = $2, execution_info = $3 WHERE id = $1",
+                "UPDATE mcp_responses SET latency_ms = $2, execution_info = $3,"
+                " delivered_at = COALESCE(delivered_at, $4) WHERE id = $1",
                 response_id,
                 latency_ms,
                 execution_info,
+                at,
             )
 
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
@@ -271,3 +274,45 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
 def _count(status: str) -> int:
     """Rows an `UPDATE n` status names."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+# The oldest undelivered answers past their deadline, locked (others' sweeps skip them); their
+# responses leave the stats; their requests fail, keeping the answer's figures as a late answer.
+_SETTLE_UNDELIVERED = f"""
+WITH undelivered AS (
+    SELECT q.id AS request_id, r.id AS response_id
+    FROM mcp_responses AS r JOIN mcp_requests AS q ON q.id = r.request_id
+    WHERE r.delivered_at IS NULL AND q.status = 'completed' AND q.deadline < $1
+    ORDER BY q.deadline
+    LIMIT $2
+    FOR UPDATE OF q, r SKIP LOCKED
+), withdrawn AS (
+    DELETE FROM mcp_responses AS r USING undelivered AS u WHERE r.id = u.response_id
+    RETURNING u.request_id, {", ".join(f"r.{name}" for name in LATE_ANSWER_FIELDS)}
+)
+UPDATE mcp_requests AS q SET
+    status = 'failed',
+    error = COALESCE(q.error, '{{}}'::jsonb) || jsonb_build_object(
+        'error', 'undelivered',
+        'status', 502,
+        'message', 'the answer was generated but no gateway handed it to the caller',
+        'late_answer', jsonb_build_object(
+            {", ".join(f"'{name}', w.{name}" for name in LATE_ANSWER_FIELDS)},
+            'why', $3::text
+        )
+    )
+FROM withdrawn AS w WHERE q.id = w.request_id
+"""
+
+
+class PostgresUndeliveredAnswers(UndeliveredAnswers):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def settle(self, deadline_before: datetime, limit: int) -> int:
+        with _translated():
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(
+                    _SETTLE_UNDELIVERED, deadline_before, limit, NO_GATEWAY_DELIVERED_IT
+                )
+        return int(status.split()[-1])

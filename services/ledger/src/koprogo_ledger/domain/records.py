@@ -31,6 +31,8 @@ class RequestRow:
     copro_id: str | None
     created_at: datetime
     user_ref: str | None
+    # When its caller stops waiting: an answer no gateway delivered by then is not an answer.
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ def request_row(event: ChatRequested) -> RequestRow:
         copro_id=event.copro_id or copro_id_from_context(event.context),
         created_at=event.time,
         user_ref=user_ref(event.user_id),
+        deadline=event.deadline,
     )
 
 
@@ -177,6 +180,10 @@ LATE_ANSWER_FIELDS = (
 )
 CAME_AFTER_THE_ERROR = (
     "arrived after the caller was answered with this error: not delivered, not counted as an answer"
+)
+NO_GATEWAY_DELIVERED_IT = (
+    "stored, but no gateway handed it to its caller by the request's deadline (the gateway "
+    "stopped while its caller waited): not delivered, not counted as an answer"
 )
 NEVER_REACHED_THE_CALLER = (
     "stored, but the caller was answered with this error (the answer did not reach it in time): "

@@ -44,3 +44,8 @@ CONTENT_MAINTENANCE_LAST_SUCCESS = Gauge(
     "koprogo_ledger_content_maintenance_last_success_timestamp_seconds",
     "When a round of sealing and retention last completed in this process (Unix time).",
 )
+UNDELIVERED_SETTLED = Counter(
+    "koprogo_ledger_undelivered_answers_total",
+    "Answers stored but handed to no caller by their request's deadline (a gateway stopped while its "
+    "caller waited), settled as failed: not counted in the stats.",
+)

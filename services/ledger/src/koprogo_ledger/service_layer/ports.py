@@ -88,8 +88,9 @@ class ProjectionUnitOfWork(abc.ABC):
 
     @abc.abstractmethod
     async def record_delivery(
-        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any]
-    ) -> None: ...
+        self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any], at: datetime
+    ) -> None:
+        """The caller got the answer at `at`, having waited `latency_ms`."""
 
     @abc.abstractmethod
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
@@ -99,6 +100,16 @@ class ProjectionUnitOfWork(abc.ABC):
 
 
 UnitOfWorkFactory = Callable[[], ProjectionUnitOfWork]
+
+
+class UndeliveredAnswers(abc.ABC):
+    """The answers stored but never handed to their caller (`records.NO_GATEWAY_DELIVERED_IT`)."""
+
+    @abc.abstractmethod
+    async def settle(self, deadline_before: datetime, limit: int) -> int:
+        """Settle as failed up to `limit` completed requests whose deadline is before
+        `deadline_before` and whose answer no gateway delivered: their response leaves the stats
+        and is kept as the request's `error.late_answer`. Returns how many."""
 
 
 ContentTable = Literal["mcp_requests", "mcp_responses"]

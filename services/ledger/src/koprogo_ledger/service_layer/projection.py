@@ -168,7 +168,7 @@ async def _apply_delivered(event: ChatDelivered, uow: ProjectionUnitOfWork) -> P
             return Projected.IGNORED
         raise ResponseNotYetProjectedError(event.request_id)
     info = delivered_execution_info(response.execution_info, event.latency_ms)
-    await uow.record_delivery(response.id, event.latency_ms, info)
+    await uow.record_delivery(response.id, event.latency_ms, info, event.time)
     return Projected.APPLIED
 
 
