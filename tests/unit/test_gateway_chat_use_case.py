@@ -37,6 +37,7 @@ from koprogo_shared.events import (
     ChatDelta,
     ChatFailed,
     ChatRequested,
+    Event,
     ExecutionInfo,
     InferenceStarted,
     NodeHeartbeat,
@@ -388,15 +389,31 @@ async def test_the_delivery_record_carries_the_latency_the_caller_saw(streamed: 
     assert (subject_of(bus, delivered), delivered.copro_id) == (subjects.chat_delivered(COPRO), COPRO)
 
 
-async def test_a_delivery_record_the_bus_refuses_does_not_take_the_answer_back() -> None:
-    bus = FakeChatBus(lambda r: replies(completed(r, "Bonjour")))
+class DeliveriesRefused(FakeChatBus):
+    """A bus that stores everything but the delivery records (NATS gone at that moment)."""
+
+    async def publish(self, subject: str, event: Event) -> None:
+        if isinstance(event, ChatDelivered):
+            raise BusUnavailableError("the bus is down")
+        await super().publish(subject, event)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_answer_whose_delivery_cannot_be_recorded_is_a_503_not_an_uncounted_answer(
+    streamed: bool,
+) -> None:
+    # The ledger counts an answer once delivered (issue 12): the record is stored before the
+    # caller gets the answer, so a caller never holds an answer the ledger would not count.
+    bus = DeliveriesRefused(lambda r: replies(completed(r, "Bonjour")))
     chats = service(bus)
-    answer = await chats.answer(RESIDENT, body())
-    bus.refuse_with = BusUnavailableError("the bus is down")
-
+    with pytest.raises(BusUnavailableError) as refused:
+        if streamed:
+            stream = await chats.stream(RESIDENT, body())
+            [piece async for piece in stream.pieces]
+        else:
+            await chats.answer(RESIDENT, body())
     await chats.settle()
-
-    assert answer.completion.content == "Bonjour"
+    assert refused.value.status == 503
     assert bus.events(ChatDelivered) == []
 
 

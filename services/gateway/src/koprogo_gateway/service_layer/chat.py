@@ -152,7 +152,7 @@ class ChatService:
             CHATS.labels(outcome="caller_left").inc()
             raise
         log.info("chat %s answered for user %s", request.id, caller.user_id)
-        return self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
+        return await self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
 
     async def stream(
         self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
@@ -331,7 +331,7 @@ class ChatService:
                 index=len(sent),
                 delta=rest,
             )
-        yield self._answered(completion, latency_ms, headers)
+        yield await self._answered(completion, latency_ms, headers)
 
     def _expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
         self._waiting.add(request_id)
@@ -341,11 +341,22 @@ class ChatService:
         self._waiting.discard(request_id)
         self.bus.forget(request_id)
 
-    def _answered(self, completion: ChatCompleted, latency_ms: float, headers: dict[str, str]) -> ChatAnswer:
-        """Count the answer and record its delivery off the hot path (a task of its own)."""
+    async def _answered(
+        self, completion: ChatCompleted, latency_ms: float, headers: dict[str, str]
+    ) -> ChatAnswer:
+        """Record the delivery, durably, before the caller gets the answer; count it.
+
+        The ledger counts an answer once a gateway delivered it (one stored without its
+        ChatDelivered is settled as undelivered at its deadline): when the record cannot be
+        stored, the caller gets that error (503 bus_unavailable), not an answer left uncounted.
+        """
+        try:
+            await self._record_delivery(completion, latency_ms)
+        except GatewayError as exc:
+            _not_answered(exc, headers)
+            raise
         CHATS.labels(outcome="completed").inc()
         LATENCY.observe(latency_ms / 1000.0)
-        self._in_background(self._record_delivery(completion, latency_ms))
         return ChatAnswer(completion, latency_ms, headers)
 
     def _unconfirmed(self, request: ChatRequested, exc: BusUnavailableError) -> None:
@@ -420,22 +431,17 @@ class ChatService:
         )
 
     async def _record_delivery(self, completion: ChatCompleted, latency_ms: float) -> None:
-        """Tell the ledger what latency the caller saw (a failure is only logged)."""
-        try:
-            await self.bus.publish(
-                subjects.chat_delivered(completion.copro_id),
-                ChatDelivered(
-                    id=derived_event_id(completion.request_id, "delivered"),
-                    source=SOURCE,
-                    copro_id=completion.copro_id,
-                    request_id=completion.request_id,
-                    latency_ms=latency_ms,
-                ),
-            )
-        except GatewayError as exc:
-            # The answer reached the caller; only the end-to-end latency is missing from the
-            # ledger, which then keeps the node's own latency for this response.
-            log.warning("could not record delivery of %s: %s", completion.request_id, exc.message)
+        """Tell the ledger the caller gets this answer, and the latency it saw (raises GatewayError)."""
+        await self.bus.publish(
+            subjects.chat_delivered(completion.copro_id),
+            ChatDelivered(
+                id=derived_event_id(completion.request_id, "delivered"),
+                source=SOURCE,
+                copro_id=completion.copro_id,
+                request_id=completion.request_id,
+                latency_ms=latency_ms,
+            ),
+        )
 
     # Idempotency keys (domain/idempotency.py): one generation per key, whatever the retries.
 
@@ -494,7 +500,7 @@ class ChatService:
             CHATS.labels(outcome="caller_left").inc()
             raise
         assert outcome.completion is not None
-        return self._answered(outcome.completion, outcome.latency_ms, headers)
+        return await self._answered(outcome.completion, outcome.latency_ms, headers)
 
     def _key(self, caller: Caller, body: ChatRequestIn, idempotency_key: str) -> tuple[str, str]:
         try:
