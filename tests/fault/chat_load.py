@@ -26,7 +26,9 @@ import nats
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
+from koprogo_shared.content_crypto import Keyring, decrypt_response_content
 from koprogo_shared.events import InferenceStarted
+from tests.conftest import TEST_CONTENT_KEYS
 
 QUESTION = "Quand a lieu la prochaine assemblée générale ?"
 # Errors a caller gets only after its request was stored (ChatRequested published): the gateway's
@@ -34,6 +36,8 @@ QUESTION = "Quand a lieu la prochaine assemblée générale ?"
 ERRORS_AFTER_STORING = frozenset(
     {"timeout", "node_lost", "node_changed", "stream_incomplete", "no_target_available", "deadline_exceeded"}
 )
+# A client's pause after an error (a refused connection, a 503) before its next request.
+ERROR_PAUSE_S = 0.1
 # How much later than the gateway's timeout a caller may get its 504 (scheduling on a busy machine).
 TIMEOUT_SLACK_S = 2.0
 # What may end a request without an HTTP answer: the gateway's process is gone (connection
@@ -187,8 +191,10 @@ class ChatLoad:
                 outcome = ChatOutcome(copro_id=str(uuid.uuid4()), started=time.monotonic(), streamed=streamed)
                 await self._one(client, self.max_tokens, outcome)
                 self.outcomes.append(outcome)
-                # A refused connection comes back at once: do not spin while the gateway is down.
-                await asyncio.sleep(0.2 if outcome.transport_error else self.pause_s)
+                # An error comes back at once: do not spin on it. A 503's Retry-After is not
+                # waited for: the few clients here stand for many independent callers, whose
+                # requests keep arriving whatever one of them was told.
+                await asyncio.sleep(self.pause_s if outcome.answered else ERROR_PAUSE_S)
 
     async def _one(self, client: httpx.AsyncClient, max_tokens: int, outcome: ChatOutcome) -> None:
         """Send one chat and fill in `outcome` with what came back."""
@@ -355,6 +361,8 @@ async def backlog(nats_url: str, stream: str, durable: str) -> int:
 
 @dataclass(frozen=True)
 class LedgerRow:
+    """A request the ledger holds, with its response if it has one (the answer's text opened)."""
+
     copro_id: str
     request_id: str
     status: str
@@ -363,14 +371,17 @@ class LedgerRow:
     total_tokens: int | None
     co2_grams: float | None
     node_id: str | None
+    content: str | None
 
 
 async def ledger_rows(database_url: str) -> list[LedgerRow]:
+    keyring = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"], TEST_CONTENT_KEYS["CONTENT_KEY_ID"])
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
             "SELECT q.copro_id, q.id::text AS request_id, q.status, q.error::text AS error,"
-            " r.id::text AS response_id, r.total_tokens, r.co2_grams, r.node_id"
+            " r.id AS response_id, r.total_tokens, r.co2_grams, r.node_id, r.content, r.content_ciphertext,"
+            " r.key_id"
             " FROM mcp_requests AS q LEFT JOIN mcp_responses AS r ON r.request_id = q.id"
         )
         orphans = await conn.fetchval(
@@ -380,7 +391,24 @@ async def ledger_rows(database_url: str) -> list[LedgerRow]:
     finally:
         await conn.close()
     assert orphans == 0, f"{orphans} responses without their request"
-    return [LedgerRow(**dict(r)) for r in rows]
+    return [
+        LedgerRow(
+            copro_id=r["copro_id"],
+            request_id=r["request_id"],
+            status=r["status"],
+            error=r["error"],
+            response_id=str(r["response_id"]) if r["response_id"] else None,
+            total_tokens=r["total_tokens"],
+            co2_grams=r["co2_grams"],
+            node_id=r["node_id"],
+            content=(
+                decrypt_response_content(keyring, r["key_id"], r["content_ciphertext"], r["response_id"])
+                if r["content_ciphertext"] is not None
+                else r["content"]
+            ),
+        )
+        for r in rows
+    ]
 
 
 async def stats(gateway_url: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -445,9 +473,11 @@ class Agreement:
                 mine = [r for r in rows if r.response_id == o.answer["id"]]
                 if not mine:
                     found.append(f"answer lost: {o.seen()} is not in mcp_responses (ledger: {_rows(rows)})")
-                elif mine[0].status != "completed" or mine[0].total_tokens != o.tokens:
+                elif not _same_answer(o, mine[0]):
                     found.append(
-                        f"answer recorded otherwise: client got {o.seen()}, ledger has {_rows(mine)}"
+                        f"answer recorded otherwise: client got {o.seen()}, {o.co2_grams!r} g, "
+                        f"{o.answer['content']!r}; ledger has {_rows(mine)}, {mine[0].co2_grams!r} g, "
+                        f"{mine[0].content!r}"
                     )
             code = o.error.get("error") if isinstance(o.error, dict) else None
             if code in ERRORS_AFTER_STORING and not any(r.status == "failed" for r in rows):
@@ -500,6 +530,18 @@ class Agreement:
         """Every disagreement, one per line."""
         problems = self.problems()
         return "\n".join([f"{len(problems)} disagreement(s):", *(f"  - {p}" for p in problems)])
+
+
+def _same_answer(given: ChatOutcome, row: LedgerRow) -> bool:
+    """The ledger holds, completed, the very answer the caller got: its text, tokens and grams."""
+    assert given.answer is not None
+    return (
+        row.status == "completed"
+        and row.content == given.answer["content"]
+        and row.total_tokens == given.tokens
+        and row.co2_grams is not None
+        and math.isclose(row.co2_grams, given.co2_grams, rel_tol=1e-9, abs_tol=1e-15)
+    )
 
 
 def _rows(rows: list[LedgerRow]) -> str:

@@ -3,9 +3,9 @@
 `fault_stack` starts the services `koprogo up` runs, each its own OS process
 (`stack_processes.py`), so a test can SIGKILL one of them under load and start it again with
 the same environment. `cloud_server` is a real OpenAI-compatible server (llama.cpp's, with the
-bundled model under a cloud model's name) for the cloud worker. `restartable_postgres` is a
-PostgreSQL server of the test's own, which it may stop and start again (the session's server
-is shared with every other test).
+bundled model under a cloud model's name) for the cloud worker. `restartable_postgres` and
+`restartable_nats` are servers of the test's own, which it may stop and start again (the
+session's servers are shared with every other test).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from koprogo_cli.embedded import EmbeddedPostgres, free_port
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.conftest import postgres_dir
 from tests.fault.stack_processes import ProcessStack, process_stack
 from tests.integration.cloud_support import openai_compatible_server
@@ -31,13 +31,14 @@ FaultStackFactory = Callable[..., Awaitable[ProcessStack]]
 async def fault_stack(
     clean_jetstream: str, database_url: str, tmp_path: Path
 ) -> AsyncIterator[FaultStackFactory]:
-    """Start a stack of processes (`process_stack`'s options); every process is stopped afterwards."""
+    """Start a stack of processes (`process_stack`'s options) on the session's NATS and a fresh
+    database, or on the `nats` and `database` URLs given; every process is stopped afterwards."""
     stacks: list[ProcessStack] = []
 
-    async def make(*, database: str | None = None, **options: Any) -> ProcessStack:
+    async def make(*, database: str | None = None, nats: str | None = None, **options: Any) -> ProcessStack:
         logs = tmp_path / f"logs-{len(stacks)}"
         logs.mkdir()
-        stack = process_stack(clean_jetstream, database or database_url, logs, **options)
+        stack = process_stack(nats or clean_jetstream, database or database_url, logs, **options)
         stacks.append(stack)
         await stack.start()
         return stack
@@ -81,3 +82,13 @@ def restartable_postgres() -> Iterator[EmbeddedPostgres]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture
+def restartable_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own (JetStream on file, fsync always, as `koprogo up` runs it)."""
+    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()

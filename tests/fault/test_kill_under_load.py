@@ -1,11 +1,12 @@
 """Whatever dies under load, nothing is lost, nothing is counted twice, every caller gets an answer
 or a clear error, and `/mcp/v1/stats` counts exactly the answers given (issue 12).
 
-Each test runs the chat path as separate processes (`fault_stack`), has three clients send
-chats one after another (one of them streamed), SIGKILLs one service while they do (PostgreSQL: an immediate
-shutdown), starts it again with the same environment, lets the clients go on until the stack
-answers again, waits until JetStream has delivered and had acknowledged everything, and then
-sets each client's outcome beside the ledger's rows and the stats (`chat_load.Agreement`).
+Each test runs the chat path as separate processes (`fault_stack`), has three clients send chats
+one after another (one of them streamed), SIGKILLs one service while they do (PostgreSQL: an
+immediate shutdown; NATS: nats-server itself, restarted on its own data), starts it again with
+the same environment, lets the clients go on until the stack answers again, waits until
+JetStream has delivered and had acknowledged everything, and then sets each client's outcome
+beside the ledger's rows and the stats (`chat_load.Agreement`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from koprogo_cli.embedded import EmbeddedPostgres
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
@@ -66,12 +67,16 @@ async def under_load(
     load = ChatLoad(stack.gateway_url, model, stack.chat_timeout_s)
     began = time.monotonic()
     load.start()
+    not_served_again = None
     try:
         await load.answers(at_least=3)
         what = await fault(stack, load)
         after = sum(o.answered for o in load.outcomes)
         # Served again: three more answers (requests sent during the fault among them).
-        await load.answers(at_least=after + 3, timeout=stack.chat_timeout_s + 20)
+        try:
+            await load.answers(at_least=after + 3, timeout=stack.chat_timeout_s + 20)
+        except AssertionError as exc:
+            not_served_again = f"not served again after the fault: {exc}"
     finally:
         await load.stop()
     loaded_s = time.monotonic() - began
@@ -88,7 +93,10 @@ async def under_load(
         f"the ledger kept {agreement.late_answers()} late answer(s) aside"
     )
     problems = agreement.problems()
-    assert not problems, f"{summary}\n{agreement.report()}\nlogs in {stack['gateway'].log_dir}"
+    assert not_served_again is None and not problems, (
+        f"{summary}\n{not_served_again or 'served again after the fault'}\n{agreement.report()}\n"
+        f"logs in {stack['gateway'].log_dir}"
+    )
     return summary
 
 
@@ -241,3 +249,31 @@ async def test_restarting_postgresql_under_load_the_ledger_catches_up_and_the_st
         )
 
     print(await under_load(stack, BUNDLED_MODEL_ID, restart_postgres))
+
+
+async def test_killing_nats_under_load_loses_no_acknowledged_request_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory, restartable_nats: EmbeddedNats
+) -> None:
+    # Fails today, on either of two bugs outside this suite (about half the runs each way here):
+    # - the gateway refuses every chat with 503 rate_limit_unavailable for as long as the load
+    #   lasts: once its counters' store failed (NATS down), each request it refuses without asking
+    #   the store (`RateLimiter._check_store`) re-arms the 1 s back-off (gateway
+    #   service_layer/rate_limits.py, `admit`'s `except CounterStoreUnavailableError`), so under
+    #   steady traffic it never asks the store again;
+    # - `answer recorded otherwise`: the caller gets one generation's text and CO2 while the ledger
+    #   stores another's under the same response id (the work item ran twice around the restart;
+    #   JetStream de-duplicated the second ChatCompleted, whose core reply reached the caller):
+    #   finding 4's "run again after its result was stored", on the non-streamed path.
+    stack = await fault_stack(edge_nodes=1, nats=restartable_nats.url)
+
+    async def kill_nats(stack: ProcessStack, load: ChatLoad) -> str:
+        server = restartable_nats
+        assert server.proc is not None
+        # SIGKILL: what JetStream acknowledged must be on disk already (sync_interval: always).
+        server.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(server.proc.wait, 30)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.start)
+        return "nats-server killed, started again on its data"
+
+    print(await under_load(stack, BUNDLED_MODEL_ID, kill_nats))
