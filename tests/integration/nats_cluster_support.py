@@ -166,10 +166,11 @@ async def wait_until_replicas_current(
     """Until the stream has a leader and `replicas - 1` followers, every one current."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    last: object = None
     while True:
         try:
             info = await js.stream_info(stream)
-            cluster = info.cluster
+            cluster = last = info.cluster
             followers = (cluster.replicas or []) if cluster is not None else []
             if (
                 cluster is not None
@@ -178,8 +179,8 @@ async def wait_until_replicas_current(
                 and all(peer.current and not peer.offline for peer in followers)
             ):
                 return
-        except (TimeoutError, nats.errors.Error):
-            pass  # a stream without a leader answers nothing, or 503, for a while
+        except (TimeoutError, nats.errors.Error) as exc:
+            last = exc  # a stream without a leader answers nothing, or 503, for a while
         if loop.time() > deadline:
-            raise AssertionError(f"{stream}: replicas not current after {timeout}s")
+            raise AssertionError(f"{stream}: replicas not current after {timeout}s; last seen: {last!r}")
         await asyncio.sleep(0.2)

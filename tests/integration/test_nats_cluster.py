@@ -78,8 +78,9 @@ async def setup_step(environ: dict[str, str]) -> tuple[int, str]:
 async def test_the_setup_step_gives_every_stream_and_bucket_three_replicas_on_a_cluster(
     cluster: NatsCluster, no_replicas_setting: None
 ) -> None:
-    # NATS_URL as a cluster's clients are given it; the step runs as soon as the servers listen.
-    returncode, err = await setup_step({"NATS_URL": cluster.url})
+    # One server's address, as a Kubernetes service names the cluster; the step runs as soon as
+    # the servers listen, while they are still meeting each other.
+    returncode, err = await setup_step({"NATS_URL": cluster.nodes[0].url})
     assert returncode == 0, err
     assert "3 replica(s)" in err
 

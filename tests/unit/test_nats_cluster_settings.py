@@ -52,3 +52,9 @@ def urls(count: int) -> list[str]:
 )
 def test_without_a_setting_replicas_follow_the_cluster(info: dict[str, object], expected: int) -> None:
     assert cluster_replicas(info) == expected
+
+
+def test_servers_the_cluster_announced_after_the_connection_count_too() -> None:
+    # The client connected while the third server was still meeting the others.
+    assert cluster_replicas({"cluster": "c", "connect_urls": urls(2)}, known_servers=3) == 3
+    assert cluster_replicas({"connect_urls": urls(2)}, known_servers=3) == 1  # three URLs, no cluster

@@ -56,7 +56,11 @@ from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 
 log = logging.getLogger(__name__)
 
-PUBLISH_ATTEMPTS = 5
+# How long a publish is retried (with the same Nats-Msg-Id, far inside the de-dup window) while
+# NATS cannot store it: a lost connection, or a clustered stream whose leader died, which
+# answers no one until its replicas elect another (4 to 9 s in nats-server; ~7 s measured by
+# tests/integration/test_nats_faults.py after a SIGKILL).
+PUBLISH_RETRY_S = 12.0
 
 # The setting of the streams' and buckets' replica count (1 to 5, JetStream's maximum).
 REPLICAS_ENV = "NATS_REPLICAS"
@@ -110,17 +114,17 @@ def replicas_setting(environ: Mapping[str, str]) -> int | None:
     return count
 
 
-def cluster_replicas(server_info: Mapping[str, Any]) -> int:
-    """3 when the server is in a cluster of at least three servers (its INFO's `cluster` and
-    `connect_urls`, which lists every server of the cluster, itself included), else 1.
+def cluster_replicas(server_info: Mapping[str, Any], known_servers: int = 0) -> int:
+    """3 when the server is in a cluster of at least three servers, else 1: its INFO's `cluster`
+    and `connect_urls` (every server of the cluster, itself included, as of the connection),
+    or the `known_servers` the client has learnt since (the cluster announces new ones).
 
     Two servers cannot keep a majority when one is lost, so they get no more than one. A
     cluster whose servers do not all run JetStream makes the R3 declaration fail with
     "insufficient resources": set NATS_REPLICAS then.
     """
-    if server_info.get("cluster") and len(server_info.get("connect_urls") or []) >= 3:
-        return 3
-    return 1
+    servers = max(len(server_info.get("connect_urls") or []), known_servers)
+    return 3 if server_info.get("cluster") and servers >= 3 else 1
 
 
 def stream_replicas(nc: NATS, environ: Mapping[str, str] | None = None) -> int:
@@ -129,7 +133,26 @@ def stream_replicas(nc: NATS, environ: Mapping[str, str] | None = None) -> int:
     if explicit is not None:
         return explicit
     # nats-py keeps the server's INFO privately; it is the only place the cluster shows.
-    return cluster_replicas(nc._server_info)
+    return cluster_replicas(nc._server_info, len(nc.servers))
+
+
+# How long the setup step lets a cluster that is still forming announce its servers.
+CLUSTER_SETTLE_S = 5.0
+
+
+async def _settled_replicas(nc: NATS) -> int:
+    """`stream_replicas`, once a cluster of fewer than three known servers had a moment to
+    announce the others (the setup step may run while the servers are still meeting)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + CLUSTER_SETTLE_S
+    replicas = stream_replicas(nc)
+    while replicas < 3 and nc._server_info.get("cluster") and replicas_setting(os.environ) is None:
+        if loop.time() >= until:
+            log.warning("NATS cluster of fewer than three servers: streams get %d replica(s)", replicas)
+            break
+        await asyncio.sleep(0.2)
+        replicas = stream_replicas(nc)
+    return replicas
 
 
 async def connect_nats(
@@ -249,7 +272,7 @@ async def declare_streams(
     """
     nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
     try:
-        replicas = stream_replicas(nc)
+        replicas = await _settled_replicas(nc)
         log.info("streams and buckets at %s: %d replica(s)", url, replicas)
         while True:
             try:
@@ -374,13 +397,15 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
     """Publish to JetStream and wait for the stream's ack, retrying with the same `Nats-Msg-Id`.
 
     Retries are de-duplicated by the stream, so a publish that was stored but whose ack
-    was lost is not stored twice. Raises the last error when every attempt failed, and
-    StreamFullError at once when the stream is full (retrying would not empty it).
+    was lost is not stored twice. Retried for PUBLISH_RETRY_S, then raises the last error;
+    raises StreamFullError at once when the stream is full (retrying would not empty it).
     """
     payload = event.model_dump_json().encode()
     headers = event_headers(event)
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + PUBLISH_RETRY_S
     delay = 0.05
-    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+    while True:
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=headers)
         except nats.js.errors.ServiceUnavailableError as exc:
@@ -396,11 +421,10 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
             nats.js.errors.NoStreamResponseError,
             nats.errors.ConnectionReconnectingError,
         ):
-            if attempt == PUBLISH_ATTEMPTS:
+            if loop.time() + delay >= give_up_at:
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-    raise AssertionError("unreachable")
 
 
 def _stream_of(subject: str) -> str | None:
