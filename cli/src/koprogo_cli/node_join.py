@@ -156,6 +156,8 @@ async def _wait_admitted(url: str, seed_file: Path) -> None:
 
 def _nats_url_for_others(record: StackRecord | None) -> str:
     """The stack's NATS address as another machine names it (this host's name, the server's port)."""
+    if record is not None and "," in record.nats_url:
+        return record.nats_url  # a cluster's servers, as the stack was given them (NATS_URL)
     port = (urlsplit(record.nats_url).port if record is not None and record.nats_url else None) or 4222
     return f"nats://{socket.gethostname()}:{port}"
 
