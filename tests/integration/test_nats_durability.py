@@ -124,3 +124,23 @@ def test_koprogo_up_on_a_server_that_fsyncs_late_stops_before_starting_anything(
     assert up.returncode != 0, up.stdout
     assert "NATS may lose acknowledged events" in up.stderr, up.stderr
     assert "fsyncs every 120 s" in up.stderr and "sync_interval: always" in up.stderr
+
+
+def test_the_setup_step_refuses_a_server_that_fsyncs_late_and_passes_with_warn(tmp_path: Path) -> None:
+    with server_with_default_sync(tmp_path) as (url, monitor_url):
+        env = {k: v for k, v in os.environ.items() if k not in ("NATS_NKEY_SEED_FILE", "NATS_DURABILITY")}
+        env |= {"NATS_URL": url, "NATS_MONITOR_URL": monitor_url}
+
+        def setup(**extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "koprogo_shared.nats_connection"],
+                env=env | extra,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        refused, accepted = setup(), setup(NATS_DURABILITY="warn")
+    assert refused.returncode == 1 and "NATS may lose acknowledged events" in refused.stderr, refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert "NATS MAY LOSE ACKNOWLEDGED EVENTS" in accepted.stderr

@@ -38,6 +38,8 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from koprogo_shared import subjects
+from koprogo_shared.durability import DurabilityError, policy_from
+from koprogo_shared.durability import check as check_durability
 from koprogo_shared.events import ChatCompleted, ChatFailed, Event
 from koprogo_shared.kv_buckets import (
     BUCKETS,
@@ -263,12 +265,15 @@ async def declare_streams(
     *,
     nkey_seed_file: Path | None = None,
     rate_limit_window_s: float = DEFAULT_RATE_LIMIT_WINDOW_S,
+    durability_environ: Mapping[str, str] | None = None,
 ) -> None:
     """Connect (as the operator, given its seed), declare every KOPROGO_* stream and bucket, disconnect.
 
     Each gets `stream_replicas` replicas (NATS_REPLICAS, else what the cluster allows). A
     cluster that just started answers nothing, or "JetStream system temporarily unavailable",
     until it has elected its leader: asked again until it does (the caller bounds the wait).
+    With `durability_environ` (NATS_MONITOR_URL, NATS_DURABILITY), the server's durability is
+    then checked (`durability.check`: raises DurabilityError when refused).
     """
     nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
     try:
@@ -278,10 +283,12 @@ async def declare_streams(
             try:
                 await ensure_streams(js, replicas=replicas)
                 await declare_buckets(js, rate_limit_window_s=rate_limit_window_s, replicas=replicas)
-                return
+                break
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
                 log.warning("JetStream at %s not ready (%s); asking again", url, exc or type(exc).__name__)
                 await asyncio.sleep(0.5)
+        if durability_environ is not None:
+            await check_durability(js, durability_environ)
     finally:
         await nc.close()
 
@@ -485,9 +492,22 @@ def main() -> int:
     except ValueError as exc:
         print(f"stream setup: {exc}", file=sys.stderr)
         return 1
-    declaring = declare_streams(url, nkey_seed_file=Path(seed) if seed else None, rate_limit_window_s=window)
+    try:
+        policy_from(os.environ)
+    except ValueError as exc:
+        print(f"stream setup: {exc}", file=sys.stderr)
+        return 1
+    declaring = declare_streams(
+        url,
+        nkey_seed_file=Path(seed) if seed else None,
+        rate_limit_window_s=window,
+        durability_environ=os.environ,
+    )
     try:
         asyncio.run(asyncio.wait_for(declaring, 120))
+    except DurabilityError as exc:
+        print(f"stream setup: {exc}", file=sys.stderr)
+        return 1
     except (NatsCredentialsError, TimeoutError, nats.errors.Error) as exc:
         print(
             f"stream setup: cannot declare the streams at {url}: {exc or type(exc).__name__}", file=sys.stderr
