@@ -149,3 +149,23 @@ async def test_requests_queued_behind_a_failing_store_fail_fast_then_the_store_i
     with pytest.raises(RateLimitUnavailableError):
         await gateway.admit([(COPRO, "a")])
     assert SlowlyDown.calls == 2
+
+
+async def test_steady_traffic_during_the_back_off_does_not_keep_the_store_unasked() -> None:
+    # A refusal decided without the store (its back-off) must not re-arm the back-off: under
+    # steady traffic the store was never asked again after NATS came back (tests/fault, NATS kill).
+    clock = Clock()
+    store = FakeCounterStore()
+    gateway = limiter(store, clock)
+    store.unavailable = True
+    with pytest.raises(RateLimitUnavailableError):
+        await gateway.admit([(COPRO, "a")])
+    store.unavailable = False  # NATS is back
+    for _ in range(9):  # a request every 0.2 s, inside and past the 1 s back-off
+        clock.now += 0.2
+        try:
+            await gateway.admit([(COPRO, "a")])
+        except RateLimitUnavailableError:
+            continue
+        break
+    assert clock.now < 1_000_040.0 + 1.3, "admitted again once the back-off ran out"

@@ -73,6 +73,10 @@ class _KeyTurns:
                 self._locks[key] = (lock, users - 1)
 
 
+class _StoreBackingOff(CounterStoreUnavailableError):
+    """Refused without asking the store: it failed moments ago (the back-off is running)."""
+
+
 @dataclass
 class RateLimiter:
     store: CounterStore
@@ -118,7 +122,10 @@ class RateLimiter:
             raise
         except CounterStoreUnavailableError as exc:
             await self._give_back(counted)
-            self._store_down_until = max(self._store_down_until, self.clock() + self.store_retry_s)
+            if not isinstance(exc, _StoreBackingOff):
+                # Only a failure of the store itself arms the back-off: a refusal decided during
+                # it must not extend it, or steady traffic keeps the store unasked for ever.
+                self._store_down_until = max(self._store_down_until, self.clock() + self.store_retry_s)
             if self.fail_open:
                 DECISIONS.labels(outcome="store_unavailable_let_through").inc()
                 return RateLimitDecision(admitted=True)
@@ -170,7 +177,7 @@ class RateLimiter:
 
     def _check_store(self) -> None:
         if self.clock() < self._store_down_until:
-            raise CounterStoreUnavailableError("the store failed moments ago")
+            raise _StoreBackingOff("the store failed moments ago")
 
     async def _decrement(self, key: str) -> None:
         async with self._turns.hold(key):
