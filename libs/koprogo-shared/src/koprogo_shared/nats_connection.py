@@ -407,14 +407,22 @@ async def publish_event(js: JetStreamContext, subject: str, event: Event, *, tim
     was lost is not stored twice. Retried for PUBLISH_RETRY_S, then raises the last error;
     raises StreamFullError at once when the stream is full (retrying would not empty it).
     """
+    ack, _ = await _publish(js, subject, event, timeout)
+    return ack
+
+
+async def _publish(js: JetStreamContext, subject: str, event: Event, timeout: float) -> tuple[Any, int]:
+    """`publish_event`'s work: the stream's ack, and the attempt that got it (1: the first)."""
     payload = event.model_dump_json().encode()
     headers = event_headers(event)
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + PUBLISH_RETRY_S
     delay = 0.05
+    attempt = 0
     while True:
+        attempt += 1
         try:
-            return await js.publish(subject, payload, timeout=timeout, headers=headers)
+            return await js.publish(subject, payload, timeout=timeout, headers=headers), attempt
         except nats.js.errors.ServiceUnavailableError as exc:
             if not stream_full(exc):
                 raise
@@ -454,7 +462,9 @@ async def deliver_chat_outcome(
     """A worker's answer: durably to KOPROGO_EVENTS (for the ledger), then to the waiting gateway.
 
     The durable copy goes first: if it cannot be stored the publish raises and the work item
-    is retried, so the gateway never receives an answer the ledger never sees. `node_id`: an
+    is retried, so the gateway never receives an answer the ledger never sees; and when another
+    run of the item stored its outcome first, this one is not sent (the caller never gets a text
+    the ledger does not keep). `node_id`: an
     edge node holding a key, whose outcomes go to subjects carrying its id (the only ones its
     key may publish outcomes on; the ledger checks the completion names it). `durable_subject`:
     where the durable copy goes instead (`subjects.cloud_chat_completed`).
@@ -473,7 +483,18 @@ async def deliver_chat_outcome(
             if node_id is None
             else subjects.node_chat_failed(outcome.copro_id, node_id)
         )
-    await publish_event(js, subject, outcome)
+    ack, attempt = await _publish(js, subject, outcome, 2.0)
+    if getattr(ack, "duplicate", False) and attempt == 1:
+        # Stored before this run published anything: another run of the same item (a
+        # redelivery after NATS restarted) stored its own outcome under this id. Ours is not
+        # what the ledger keeps, so the caller must not get it: it gets the stored one's reply,
+        # or, if that was lost, its timeout (the ledger then withholds the stored answer).
+        log.warning(
+            "outcome %s of request %s was already stored by another run: not sent to the caller",
+            outcome.id,
+            outcome.request_id,
+        )
+        return
     await nc.publish(reply_subject, outcome.model_dump_json().encode())
 
 

@@ -44,6 +44,10 @@ class OutcomeSink(ABC):
         stored before the worker could ack it), or None."""
         return None
 
+    async def resend(self, stored: ChatCompleted, reply_subject: str) -> None:
+        """Send a stored answer to the waiting gateway again (it is stored already)."""
+        await self.publish(stored, reply_subject)
+
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set when the caller of this request leaves, while the block runs."""
@@ -68,6 +72,9 @@ class NatsOutcomeSink(OutcomeSink):
             else None
         )
         await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject, durable_subject=keyed)
+
+    async def resend(self, stored: ChatCompleted, reply_subject: str) -> None:
+        await self._nc.publish(reply_subject, stored.model_dump_json().encode())
 
     async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
         subject = subjects.cloud_chat_completed(work.copro_id, work.request_id)

@@ -93,7 +93,7 @@ class CloudInferenceService:
             # Redelivered after its answer was stored (the worker died before acking it): the
             # caller gets that answer again; the provider is not paid twice (issue 12, finding 4).
             log.info("request %s: answered before; sending the stored answer again", work.request_id)
-            await self._sink.publish(stored, work.reply_subject)
+            await self._sink.resend(stored, work.reply_subject)
             return stored
         now = self._clock()
         provider = runtime.provider
