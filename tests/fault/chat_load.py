@@ -128,8 +128,10 @@ class ChatOutcome:
 
 @dataclass
 class ChatLoad:
-    """`clients` callers sending chats one after another to `gateway_url` until `stop()`; the
-    first `streamed_clients` of them ask for Server-Sent Events."""
+    """`clients` callers sending chats one after another to `gateway_url` until `stop()` (the
+    first `streamed_clients` of them ask for Server-Sent Events), and callers arriving on their
+    own, `arrivals_per_s`, whatever the others wait for: while every client waits for a slow
+    answer, requests still come, as they do from many independent users."""
 
     gateway_url: str
     model: str
@@ -140,6 +142,7 @@ class ChatLoad:
     max_tokens: int = 8
     margin_s: float = 5.0
     pause_s: float = 0.02
+    arrivals_per_s: float = 2.0
     outcomes: list[ChatOutcome] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -149,11 +152,19 @@ class ChatLoad:
         self._tasks = [
             asyncio.create_task(self._client(streamed=n < self.streamed_clients)) for n in range(self.clients)
         ]
+        self._tasks.append(asyncio.create_task(self._arrivals()))
 
     async def stop(self) -> None:
         """No new request; wait for those in flight (each ends within its client timeout)."""
         self._stop.set()
-        await asyncio.gather(*self._tasks)
+        while not all(task.done() for task in self._tasks):
+            await asyncio.gather(*self._tasks)  # arrivals may have added theirs meanwhile
+
+    async def _arrivals(self) -> None:
+        while not self._stop.is_set():
+            self.probe(self.max_tokens)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0 / self.arrivals_per_s)
 
     async def answers(self, at_least: int, timeout: float = 30.0) -> None:
         """Wait until `at_least` answers came (in total)."""
@@ -164,9 +175,9 @@ class ChatLoad:
             await asyncio.sleep(0.05)
 
     def probe(self, max_tokens: int, *, streamed: bool = False) -> tuple[ChatOutcome, asyncio.Task[None]]:
-        """One more request, beside the clients', asking for a longer answer (so that it is
-        surely still being generated when something dies); its outcome (filled in as it comes:
-        `pieces` grow while it streams) and its task."""
+        """One more request, beside the clients' (a test's probe may ask for a longer answer, so
+        that it is surely still being generated when something dies); its outcome (filled in as
+        it comes: `pieces` grow while it streams) and its task."""
         outcome = ChatOutcome(copro_id=str(uuid.uuid4()), started=time.monotonic(), streamed=streamed)
 
         async def send() -> None:

@@ -255,7 +255,8 @@ async def test_restarting_postgresql_under_load_the_ledger_catches_up_and_the_st
 async def test_killing_nats_under_load_loses_no_acknowledged_request_and_counts_each_answer_once(
     fault_stack: FaultStackFactory, restartable_nats: EmbeddedNats
 ) -> None:
-    # Fails today (every run here), on bugs outside this suite, whichever the timing shows first:
+    # Fails today, on bugs outside this suite (the first every run here, the others when the
+    # timing shows them):
     # - `not served again`: the gateway refuses every chat with 503 rate_limit_unavailable for as
     #   long as the load lasts: once its counters' store failed (NATS down), each request it
     #   refuses without asking the store (`RateLimiter._check_store`) re-arms the 1 s back-off
