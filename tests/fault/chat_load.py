@@ -422,17 +422,29 @@ async def ledger_rows(database_url: str) -> list[LedgerRow]:
     ]
 
 
-async def stats(gateway_url: str, timeout: float = 20.0) -> dict[str, Any]:
-    """`/mcp/v1/stats`, asked again while it answers 503 (the gateway still reconnecting to PostgreSQL)."""
+async def stats(gateway_url: str, copro_id: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+    """`/mcp/v1/stats` (of one copro, or all), asked again while it answers 503 (the gateway still
+    reconnecting to PostgreSQL)."""
+    params = {"context": f"copro:{copro_id}"} if copro_id else {}
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
         while True:
-            response = await client.get("/mcp/v1/stats")
+            response = await client.get("/mcp/v1/stats", params=params)
             if response.status_code == 200:
                 return dict(response.json())
             if response.status_code != 503 or time.monotonic() > deadline:
                 raise AssertionError(f"/mcp/v1/stats answered {response.status_code}: {response.text}")
             await asyncio.sleep(0.5)
+
+
+async def counted_per_request(gateway_url: str, outcomes: list[ChatOutcome]) -> dict[str, tuple[int, int]]:
+    """What `/mcp/v1/stats` counts for each request (its copro's answers and tokens): the
+    stats' own idea of an answer, whatever the ledger stores beside it."""
+    counted = {}
+    for o in outcomes:
+        figures = await stats(gateway_url, o.copro_id)
+        counted[o.copro_id] = (int(figures["total_requests"]), int(figures["total_tokens"]))
+    return counted
 
 
 @dataclass
@@ -442,6 +454,8 @@ class Agreement:
     outcomes: list[ChatOutcome]
     rows: list[LedgerRow]
     stats: dict[str, Any]
+    # Per request (its copro): the answers and tokens /mcp/v1/stats counts (`counted_per_request`).
+    counted: dict[str, tuple[int, int]]
     # The gateway's timeout: no caller waits longer (plus `TIMEOUT_SLACK_S`) for its outcome.
     chat_timeout_s: float
     # The gateway's own death ends its requests without an HTTP answer: that is their clear error.
@@ -455,7 +469,8 @@ class Agreement:
         return [
             *self._each_caller_got_an_answer_or_a_clear_error(),
             *self._no_answer_lost(rows_of),
-            *self._no_request_counted_twice_or_without_its_caller(rows_of),
+            *self._no_request_projected_twice_or_left_pending(rows_of),
+            *self._each_answer_counted_once_and_nothing_else(),
             *self._stats_equal_the_answers_given(),
         ]
 
@@ -495,9 +510,7 @@ class Agreement:
                 found.append(f"error not recorded: client got {o.seen()}; ledger: {_rows(rows)}")
         return found
 
-    def _no_request_counted_twice_or_without_its_caller(
-        self, rows_of: dict[str, list[LedgerRow]]
-    ) -> list[str]:
+    def _no_request_projected_twice_or_left_pending(self, rows_of: dict[str, list[LedgerRow]]) -> list[str]:
         by_copro = {o.copro_id: o for o in self.outcomes}
         found = []
         for copro_id, rows in rows_of.items():
@@ -511,9 +524,38 @@ class Agreement:
                 found.append(
                     f"never settled: client got {outcome.seen()}, ledger still pending: {_rows(rows)}"
                 )
-            if not outcome.answered and any(r.response_id is not None for r in rows):
-                found.append(f"counted though not given: client got {outcome.seen()}; ledger: {_rows(rows)}")
         return found
+
+    def _each_answer_counted_once_and_nothing_else(self) -> list[str]:
+        rows_of: dict[str, list[LedgerRow]] = {}
+        for row in self.rows:
+            rows_of.setdefault(row.copro_id, []).append(row)
+        found = []
+        for o in self.outcomes:
+            requests, tokens = self.counted[o.copro_id]
+            ledger = _rows(rows_of.get(o.copro_id, []))
+            if o.answered and (requests, tokens) != (1, o.tokens):
+                found.append(
+                    f"answer not counted as given: client got {o.seen()}; /mcp/v1/stats counts "
+                    f"{requests} answer(s), {tokens} tokens; ledger: {ledger}"
+                )
+            elif not o.answered and requests:
+                found.append(
+                    f"counted though not given: client got {o.seen()}; /mcp/v1/stats counts "
+                    f"{requests} answer(s), {tokens} tokens; ledger: {ledger}"
+                )
+        return found
+
+    def undelivered(self) -> int:
+        """Answers the ledger stores though their caller got an error, and does not count."""
+        got = {o.copro_id: o.answered for o in self.outcomes}
+        return sum(
+            1
+            for r in self.rows
+            if r.response_id is not None
+            and not got.get(r.copro_id, False)
+            and not self.counted.get(r.copro_id, (0, 0))[0]
+        )
 
     def _stats_equal_the_answers_given(self) -> list[str]:
         answered = [o for o in self.outcomes if o.answered]

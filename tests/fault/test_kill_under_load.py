@@ -29,6 +29,7 @@ from tests.fault.chat_load import (
     ChatLoad,
     NodesAtWork,
     backlog,
+    counted_per_request,
     ledger_rows,
     settled,
     stats,
@@ -86,12 +87,14 @@ async def under_load(
         load.outcomes,
         await ledger_rows(stack.database_url),
         await stats(stack.gateway_url),
+        await counted_per_request(stack.gateway_url, load.outcomes),
         stack.chat_timeout_s,
         transport_errors_allowed=transport_errors_allowed,
     )
     summary = (
         f"{what}; {load.summary()}, under load for {loaded_s:.1f}s; "
-        f"the ledger kept {agreement.late_answers()} late answer(s) aside"
+        f"the ledger kept {agreement.late_answers()} late answer(s) aside, "
+        f"{agreement.undelivered()} undelivered answer(s) stored uncounted"
     )
     problems = agreement.problems()
     assert not_served_again is None and not problems, (
@@ -220,10 +223,8 @@ async def test_killing_the_gateway_under_load_gives_each_caller_an_answer_or_an_
 
     # The requests the killed gateway held end without an HTTP answer (connection closed):
     # for a caller of a dead server that is the clear error; what matters is that none of them
-    # is counted as answered. Fails today, and not because of findings 1 or 2 (fixed: the
-    # gateway's own ChatFailed with caller_verdict withholds a late answer): a gateway killed
-    # while callers wait publishes no verdict at all, so the answers its nodes finish for them
-    # are stored and counted (`counted though not given`; docs/decisions.md, "Still open").
+    # is counted as answered, though their nodes finish them and the ledger stores the answers
+    # (no gateway is left to give a verdict, findings 1 and 2's mechanism does not apply).
     print(
         await under_load(
             stack, BUNDLED_MODEL_ID, kill_the_gateway_mid_requests, transport_errors_allowed=True
@@ -255,22 +256,11 @@ async def test_restarting_postgresql_under_load_the_ledger_catches_up_and_the_st
 async def test_killing_nats_under_load_loses_no_acknowledged_request_and_counts_each_answer_once(
     fault_stack: FaultStackFactory, restartable_nats: EmbeddedNats
 ) -> None:
-    # Fails today, on bugs outside this suite (the first every run here, the others when the
-    # timing shows them):
-    # - `not served again`: the gateway refuses every chat with 503 rate_limit_unavailable for as
-    #   long as the load lasts: once its counters' store failed (NATS down), each request it
-    #   refuses without asking the store (`RateLimiter._check_store`) re-arms the 1 s back-off
-    #   (gateway service_layer/rate_limits.py, `admit`'s `except CounterStoreUnavailableError`),
-    #   so under steady traffic it never asks the store again;
-    # - `answer lost`: the caller got its answer, the ledger has the request failed with the
-    #   router's 503 no_target_available: the router's ack of a ChatRequested it had dispatched was
-    #   lost, the redelivery found no live node yet (no heartbeat since the restart) and refused it;
-    #   the ledger's first outcome wins (the refusal was stored before the node's completion) and
-    #   a ChatDelivered for a failed request is ignored, so the answer given is not counted;
-    # - `answer recorded otherwise`: the caller gets one generation's text and CO2 while the ledger
-    #   stores another's under the same response id (the work item ran twice around the restart;
-    #   JetStream de-duplicated the second ChatCompleted, whose core reply reached the caller):
-    #   finding 4's "run again after its result was stored", on the non-streamed path.
+    # What this found, each in some runs only (the timing decides): the rate limiter refusing
+    # every chat for as long as traffic lasted (its back-off re-armed by its own refusals);
+    # an answer the caller got counted as failed, or one it did not get counted (the router
+    # refused a redelivered ChatRequested it had already dispatched: its ack was lost with the
+    # server); the caller's text and CO2 differing from the stored ones (the item ran twice).
     stack = await fault_stack(edge_nodes=1, nats=restartable_nats.url)
 
     async def kill_nats(stack: ProcessStack, load: ChatLoad) -> str:
