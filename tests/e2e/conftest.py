@@ -52,10 +52,13 @@ class RunningStack:
         self._tasks.append(asyncio.create_task(run(stop)))
         return stop
 
-    async def projected_responses(self) -> int:
+    async def projected_responses(self, *, delivered_only: bool = False) -> int:
+        """The responses the ledger stored; `delivered_only`: those /stats counts (their
+        ChatDelivered projected: a caller got them)."""
+        where = " WHERE delivered_at IS NOT NULL" if delivered_only else ""
         conn = await asyncpg.connect(self.database_url)
         try:
-            return int(await conn.fetchval("SELECT count(*) FROM mcp_responses"))
+            return int(await conn.fetchval("SELECT count(*) FROM mcp_responses" + where))
         finally:
             await conn.close()
 

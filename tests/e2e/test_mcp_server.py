@@ -59,7 +59,11 @@ async def responses_of(stack: RunningStack, copro_id: str) -> int:
     conn = await asyncpg.connect(stack.database_url)
     try:
         return int(
-            await conn.fetchval("SELECT count(*) FROM mcp_responses WHERE copro_id::text = $1", copro_id)
+            await conn.fetchval(
+                # What the stats count: stored and delivered (its ChatDelivered projected).
+                "SELECT count(*) FROM mcp_responses WHERE copro_id::text = $1 AND delivered_at IS NOT NULL",
+                copro_id,
+            )
         )
     finally:
         await conn.close()

@@ -94,7 +94,10 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
 
     async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
         row = self.requests.get(request_id)
-        return None if row is None else RequestState(row["status"], row["copro_id"])
+        if row is None:
+            return None
+        verdict = bool((row["error"] or {}).get("caller_verdict"))
+        return RequestState(row["status"], row["copro_id"], verdict)
 
     async def settle_request(
         self, request_id: uuid.UUID, status: RequestStatus, error: dict[str, Any] | None, at: datetime
@@ -123,7 +126,7 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
     async def record_delivery(
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any], at: datetime
     ) -> None:
-        self.responses[response_id].update(latency=latency_ms, info=execution_info)
+        self.responses[response_id].update(latency=latency_ms, info=execution_info, delivered=at)
 
     async def withdraw_response(self, request_id: uuid.UUID) -> dict[str, Any] | None:
         for response_id, r in list(self.responses.items()):
@@ -290,3 +293,23 @@ async def test_a_workers_failure_after_the_answer_leaves_the_answer_counted(ledg
         await project(event, FakeUnitOfWork(ledger))
     assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
     assert len(ledger.responses) == 1
+
+
+async def test_an_answer_delivered_after_the_routers_refusal_is_what_the_caller_got(
+    ledger: FakeLedger,
+) -> None:
+    # The fault suite's NATS kill: the router refused a redelivered ChatRequested it had already
+    # dispatched; its failure came first in the log, but the gateway handed the node's answer over.
+    request = requested()
+    refusal = _verdict(request.id, caller_verdict=False)
+    answer = completed(request.id)
+    for event in (
+        request,
+        refusal,
+        answer,
+        ChatDelivered(source="gw", request_id=request.id, latency_ms=900.0),
+    ):
+        assert await project(event, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
+    [stored] = ledger.responses.values()
+    assert stored["latency"] == 900.0 and stored["delivered"] is not None

@@ -19,7 +19,7 @@ import asyncpg
 
 from koprogo_gateway.domain.errors import StatsUnavailableError
 
-# One row per answered request (the ledger keeps one response per request).
+# One row per answered request (the ledger keeps one response per request; counted once delivered).
 _STATS_SELECT = """
 SELECT
     count(*)                                              AS total_requests,
@@ -45,8 +45,9 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _where(
     date_from: datetime | None, date_to: datetime | None, copro_ids: Sequence[str] | None
 ) -> tuple[str, list[Any]]:
-    """Only the filters given, so the planner can use the (copro_id, created_at) index."""
-    clauses: list[str] = []
+    """Only the filters given, so the planner can use the (copro_id, created_at) index; and only
+    answers a gateway handed to their caller (`delivered_at`: its ChatDelivered)."""
+    clauses: list[str] = ["delivered_at IS NOT NULL"]
     args: list[Any] = []
     for clause, value in (
         ("created_at >= ${}", _aware(date_from)),

@@ -187,9 +187,13 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
     async def lock_request(self, request_id: uuid.UUID) -> RequestState | None:
         with _translated():
             row = await self._db.fetchrow(
-                "SELECT status, copro_id FROM mcp_requests WHERE id = $1 FOR UPDATE", request_id
+                "SELECT status, copro_id, COALESCE((error->>'caller_verdict')::boolean, false) AS verdict"
+                " FROM mcp_requests WHERE id = $1 FOR UPDATE",
+                request_id,
             )
-        return None if row is None else RequestState(status=row["status"], copro_id=row["copro_id"])
+        if row is None:
+            return None
+        return RequestState(status=row["status"], copro_id=row["copro_id"], verdict=row["verdict"])
 
     async def settle_request(
         self, request_id: uuid.UUID, status: RequestStatus, error: dict[str, Any] | None, at: datetime
@@ -295,6 +299,7 @@ UPDATE mcp_requests AS q SET
     error = COALESCE(q.error, '{{}}'::jsonb) || jsonb_build_object(
         'error', 'undelivered',
         'status', 502,
+        'caller_verdict', true,
         'message', 'the answer was generated but no gateway handed it to the caller',
         'late_answer', jsonb_build_object(
             {", ".join(f"'{name}', w.{name}" for name in LATE_ANSWER_FIELDS)},

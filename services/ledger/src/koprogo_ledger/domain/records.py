@@ -51,6 +51,9 @@ class RequestState:
 
     status: RequestStatus
     copro_id: str | None
+    # Failed by the caller's own verdict (the gateway's timeout or node lost, or no gateway
+    # delivered its answer): an answer arriving later is not one.
+    verdict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,8 @@ def failure_record(event: ChatFailed) -> dict[str, Any]:
     record: dict[str, Any] = {"error": event.error, "status": event.status, "message": event.message}
     if event.known_models is not None:
         record["known_models"] = event.known_models
+    if event.caller_verdict:
+        record["caller_verdict"] = True
     return record
 
 

@@ -125,9 +125,11 @@ async def _apply_completed(event: ChatCompleted, uow: ProjectionUnitOfWork) -> P
     if request is None:
         raise RequestNotYetProjectedError(event.request_id)
     check_outcome_copro(event, request)
-    if request.status == "failed":
+    if request.status == "failed" and request.verdict:
         # The caller already had its error: this answer is kept as the failure's late answer
-        # (its figures, its CO2), never counted as one (issue 12, finding 1).
+        # (its figures, its CO2), never counted as one (issue 12, finding 1). After another
+        # failure (the router's, a worker's) it is stored: the caller may still get it, and it
+        # counts once a gateway delivers it.
         await uow.record_late_answer(request_id, late_answer_of(event))
         return Projected.APPLIED
     if not await uow.insert_response(response_row(event, request)):
@@ -169,6 +171,10 @@ async def _apply_delivered(event: ChatDelivered, uow: ProjectionUnitOfWork) -> P
         raise ResponseNotYetProjectedError(event.request_id)
     info = delivered_execution_info(response.execution_info, event.latency_ms)
     await uow.record_delivery(response.id, event.latency_ms, info, event.time)
+    if request.status == "failed":
+        # Another outcome came first in the log (a redelivered request refused by the router),
+        # but the caller got this answer: it is what happened.
+        await uow.settle_request(request_id, "completed", None, event.time)
     return Projected.APPLIED
 
 
