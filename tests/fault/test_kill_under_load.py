@@ -24,23 +24,15 @@ from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import wait_until
-from tests.fault.chat_load import (
-    Agreement,
-    ChatLoad,
-    NodesAtWork,
-    backlog,
-    counted_per_request,
-    ledger_rows,
-    settled,
-    stats,
-    when_held,
-)
+from tests.fault.agreement import Agreement, counted_per_request, ledger_rows, stats
+from tests.fault.chat_load import ChatLoad, NodesAtWork
 from tests.fault.conftest import (
     CLOUD_DEPLOYMENT,
     CLOUD_MODEL,
     FaultStackFactory,
     cloud_deployments,
 )
+from tests.fault.jetstream_state import backlog, settled, when_held
 from tests.fault.stack_processes import ProcessStack
 
 pytestmark = pytest.mark.integration
