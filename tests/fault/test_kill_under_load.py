@@ -6,7 +6,7 @@ one after another (one of them streamed), SIGKILLs one service while they do (Po
 immediate shutdown; NATS: nats-server itself, restarted on its own data), starts it again with
 the same environment, lets the clients go on until the stack answers again, waits until
 JetStream has delivered and had acknowledged everything, and then sets each client's outcome
-beside the ledger's rows and the stats (`chat_load.Agreement`).
+beside the ledger's rows and the stats (`agreement.Agreement`).
 """
 
 from __future__ import annotations
