@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from koprogo_router.adapters.bus import FakeBus
 from koprogo_router.adapters.policy_book import FakePolicyBook
-from koprogo_router.service_layer.dispatch import Dispatcher
+from koprogo_router.service_layer.dispatch import Dispatcher, TargetsAwayError
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.co2 import CloudFootprint
@@ -174,3 +176,25 @@ async def test_a_copros_work_goes_to_its_own_pools_subject_and_never_to_another_
     assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID, subjects.copro_pool("c1"))
     assert isinstance(work, RunInference) and work.routing is not None
     assert work.routing.targets[0].pool == subjects.copro_pool("c1")
+
+
+async def test_a_redelivered_request_finding_no_target_waits_rather_than_failing_work_it_may_have_sent() -> (
+    None
+):
+    # The fault suite's NATS kill: the router's ack of a dispatched request was lost with NATS;
+    # redelivered while every node still looked dead, it was refused (503) although its work was
+    # running. A redelivered request finding no live target is retried later, never refused.
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, NodeRegistry(), FakePolicyBook())
+    with pytest.raises(TargetsAwayError, match="no_target_available"):
+        await dispatcher.on_chat_requested(requested(BUNDLED_MODEL_ID), redelivered=True)
+    assert bus.published == [] and bus.replies == []
+    # A first delivery with no target is refused at once, as before: its caller must not wait.
+    await dispatcher.on_chat_requested(requested(BUNDLED_MODEL_ID))
+    [(_, failed)] = bus.published
+    assert isinstance(failed, ChatFailed) and failed.status == 503
+    # And a redelivered request with a target is routed again (its work id de-duplicated).
+    await Dispatcher(bus, live_registry(), FakePolicyBook()).on_chat_requested(
+        requested(BUNDLED_MODEL_ID), redelivered=True
+    )
+    assert isinstance(bus.published[-1][1], RunInference)

@@ -71,7 +71,9 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         )
 
         async def handle(msg: Msg) -> None:
-            await dispatcher.on_chat_requested(ChatRequested.model_validate_json(msg.data))
+            await dispatcher.on_chat_requested(
+                ChatRequested.model_validate_json(msg.data), redelivered=msg.metadata.num_delivered > 1
+            )
 
         async def handle_attempt_failed(msg: Msg) -> None:
             await dispatcher.on_attempt_failed(InferenceAttemptFailed.model_validate_json(msg.data))

@@ -38,6 +38,10 @@ def default_catalogue() -> Catalogue:
     return Catalogue(find_model=find_model, known_models=known_model_ids(), auto_class=auto_class)
 
 
+class TargetsAwayError(Exception):
+    """A redelivered request found no live target: retried later (its work may be running)."""
+
+
 @dataclass
 class Dispatcher:
     bus: Bus
@@ -46,7 +50,14 @@ class Dispatcher:
     catalogue: Catalogue = field(default_factory=default_catalogue)
     default_policy: RoutingPolicyName = DEFAULT_POLICY
 
-    async def on_chat_requested(self, request: ChatRequested) -> None:
+    async def on_chat_requested(self, request: ChatRequested, *, redelivered: bool = False) -> None:
+        """Route the request, or refuse it durably (the gateway answers its caller).
+
+        `redelivered`: this delivery is not the first (the router's ack of an earlier one may
+        have been lost, e.g. with NATS): its work may be running already. Finding no live target
+        then raises TargetsAwayError (retried later) rather than refusing work that may be
+        answered; any other decision is taken again (the work id is de-duplicated).
+        """
         if _expired(request.deadline):
             await self._refuse(
                 request, Refusal(504, "deadline_exceeded", "the request expired before routing")
@@ -72,6 +83,8 @@ class Dispatcher:
             self.catalogue,
         )
         if isinstance(decision, Refusal):
+            if redelivered and decision.status == 503:
+                raise TargetsAwayError(f"{decision.error}: {decision.message}")
             await self._refuse(request, decision)
             return
         plan = RoutingPlan(
