@@ -18,10 +18,15 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.replies import ExpectedReplies, ReplyEvent, ReplyWaiter
-from koprogo_gateway.domain.errors import BusFullError, BusUnavailableError, RequestTooLargeError
+from koprogo_gateway.domain.errors import (
+    BusFullError,
+    BusUnavailableError,
+    GatewayError,
+    RequestTooLargeError,
+)
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatRequested, Event
-from koprogo_shared.nats_connection import StreamFullError, publish_event
+from koprogo_shared.nats_connection import PUBLISH_RETRY_S, StreamFullError, publish_event
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
@@ -64,17 +69,8 @@ class NatsChatBus(ChatBus):
     async def publish(self, subject: str, event: Event) -> None:
         try:
             await publish_event(self.js, subject, event)
-        except nats.errors.MaxPayloadError:
-            raise RequestTooLargeError("the request is larger than the message bus accepts") from None
-        except StreamFullError as exc:
-            raise BusFullError(
-                f"the event log is full ({exc.stream}): the request was not accepted and nothing "
-                "stored was dropped; retry later (an operator must make room)"
-            ) from exc
         except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise BusUnavailableError(
-                f"the message bus did not accept the request: {type(exc).__name__}"
-            ) from exc
+            raise publish_refused(exc) from exc
 
     def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
         return self.replies.expect(request_id, streamed=streamed)
@@ -91,6 +87,26 @@ class NatsChatBus(ChatBus):
 
     def forget(self, request_id: str) -> None:
         self.replies.forget(request_id)
+
+
+def publish_refused(exc: nats.errors.Error | TimeoutError | OSError) -> GatewayError:
+    """What the caller is told when `publish_event` raised `exc`."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return RequestTooLargeError("the request is larger than the message bus accepts")
+    if isinstance(exc, StreamFullError):
+        return BusFullError(
+            f"the event log is full ({exc.stream}): the request was not accepted and nothing "
+            "stored was dropped; retry later (an operator must make room)"
+        )
+    if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError is one
+        # No answer for PUBLISH_RETRY_S. A stream whose disk filled answers no publish until
+        # nats-server restarts (tests/integration/test_jetstream_disk_full.py): from here it looks
+        # like an unreachable server or a stream without a leader.
+        return BusUnavailableError(
+            f"the message bus did not confirm the request within {PUBLISH_RETRY_S:g} s (NATS "
+            "unreachable, or a stream that cannot store it: no leader, or a full disk); retry later"
+        )
+    return BusUnavailableError(f"the message bus did not accept the request: {type(exc).__name__}")
 
 
 # What the fake answers a published request with: replies, and pauses (seconds) between them.
