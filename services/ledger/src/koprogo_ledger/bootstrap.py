@@ -25,6 +25,7 @@ from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.delivery_sweep import run_delivery_sweep
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
+from koprogo_ledger.entrypoints.stream_watch import watch_streams
 from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
@@ -154,6 +155,7 @@ async def run_ledger(
         run_content_maintenance(ledger.contents(), settings, stop), name="ledger-contents"
     )
     owners = asyncio.create_task(ledger.recover_owners(), name="ledger-request-owners")
+    streams = asyncio.create_task(watch_streams(ledger.js, stop), name="ledger-stream-fill")
     sweep = asyncio.create_task(
         run_delivery_sweep(PostgresUndeliveredAnswers(ledger.pool), ledger.caught_up, settings, stop),
         name="ledger-undelivered",
@@ -173,7 +175,8 @@ async def run_ledger(
         maintenance.cancel()  # a batch in flight is rolled back; the next round takes it again
         owners.cancel()  # an update not committed is done again at the next start
         sweep.cancel()  # a sweep not committed is done again at the next round
-        for task in (maintenance, owners, sweep):
+        streams.cancel()
+        for task in (maintenance, owners, sweep, streams):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if ops is not None and ops_task is not None:

@@ -49,3 +49,10 @@ UNDELIVERED_SETTLED = Counter(
     "Answers stored but handed to no caller by their request's deadline (a gateway stopped while its "
     "caller waited), settled as failed: not counted in the stats.",
 )
+STREAM_FILL = Gauge(
+    "koprogo_stream_fill_ratio",
+    "Bytes stored over max_bytes, per KOPROGO stream, read by the ledger every few seconds. At 1 the "
+    "stream refuses new messages (discard: new: callers get 503 bus_full): alert well before "
+    "(deploy/prometheus/alerts.yml fires at 0.8).",
+    ["stream"],
+)
