@@ -520,3 +520,18 @@ def openai_compatible_server(model_path: Path, alias: str, log_dir: Path) -> Ite
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def openai_deployment(port: int, provider: str = "openai", model: str = "gpt-4o-mini") -> tuple[str, str]:
+    """A deployment of `provider` at the fake's port, under a fresh id: its id and its TOML table."""
+    dep_id = f"{provider}-{uuid.uuid4().hex[:6]}"
+    table = f"""
+[[deployments]]
+id = "{dep_id}"
+provider = "{provider}"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = "OPENAI_API_KEY"
+models = {{ "{model}" = "gpt-4o-mini-2024-07-18" }}
+max_retries = 0
+"""
+    return dep_id, table

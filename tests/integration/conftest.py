@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from nats.js.errors import NotFoundError
@@ -12,6 +12,7 @@ from koprogo_shared import subjects
 from koprogo_shared.kv_buckets import BUCKETS, bucket_stream, declare_buckets
 from koprogo_shared.nats_connection import ensure_streams
 from tests.conftest import SecuredNats
+from tests.integration.cloud_support import FakeChatCompletionsApi, serving_in_thread
 from tests.integration.nats_permissions_support import connected_as
 
 
@@ -31,3 +32,11 @@ async def secured(secured_nats: SecuredNats) -> AsyncIterator[SecuredNats]:
         await declare_buckets(admin.js, rate_limit_window_s=60)
     yield secured_nats
     await drop_streams()
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[tuple[FakeChatCompletionsApi, int]]:
+    """OpenAI's API at the HTTP boundary (the real one is out of reach here): it and its port."""
+    api = FakeChatCompletionsApi()
+    with serving_in_thread(api.app()) as port:
+        yield api, port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from tests.integration.cloud_support import (
     deployments_file,
     nats_client,
     openai_compatible_server,
+    openai_deployment,
     read_answer,
     reply_subject,
     running_cloud,
-    serving_in_thread,
     submit,
     work_item,
 )
@@ -228,27 +227,6 @@ WEATHER = ToolSpec.model_validate(
         },
     }
 )
-
-
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[tuple[FakeChatCompletionsApi, int]]:
-    api = FakeChatCompletionsApi()
-    with serving_in_thread(api.app()) as port:
-        yield api, port
-
-
-def openai_deployment(port: int, provider: str = "openai") -> tuple[str, str]:
-    dep_id = f"{provider}-{uuid.uuid4().hex[:6]}"
-    table = f"""
-[[deployments]]
-id = "{dep_id}"
-provider = "{provider}"
-base_url = "http://127.0.0.1:{port}/v1"
-api_key_env = "OPENAI_API_KEY"
-models = {{ "{MODEL}" = "gpt-4o-mini-2024-07-18" }}
-max_retries = 0
-"""
-    return dep_id, table
 
 
 async def test_every_control_is_sent_to_openai_in_its_own_shape(

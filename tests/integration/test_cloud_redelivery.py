@@ -3,8 +3,6 @@ not by paying the provider again (issue 12, finding 4)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,9 @@ from tests.integration.cloud_support import (
     completion_body,
     deployments_file,
     nats_client,
+    openai_deployment,
     reply_subject,
     running_cloud,
-    serving_in_thread,
     submit,
     work_item,
 )
@@ -32,28 +30,12 @@ pytestmark = pytest.mark.integration
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[tuple[FakeChatCompletionsApi, int]]:
-    api = FakeChatCompletionsApi()
-    with serving_in_thread(api.app()) as port:
-        yield api, port
-
-
 async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_without_a_provider_call(
     clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
 ) -> None:
     api, port = fake_openai
     api.reset(Reply(body=completion_body("Bonjour !", prompt_tokens=9, completion_tokens=3)))
-    dep = f"openai-{uuid.uuid4().hex[:6]}"
-    table = f"""
-[[deployments]]
-id = "{dep}"
-provider = "openai"
-base_url = "http://127.0.0.1:{port}/v1"
-api_key_env = "OPENAI_API_KEY"
-models = {{ "{MODEL}" = "gpt-4o-mini-2024-07-18" }}
-max_retries = 0
-"""
+    dep, table = openai_deployment(port)
     settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
     environ = {"OPENAI_API_KEY": "sk-test"}
     async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, environ):

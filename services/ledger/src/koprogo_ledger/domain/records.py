@@ -228,6 +228,11 @@ def delivered_execution_info(info: Mapping[str, Any], delivered_latency_ms: floa
     return updated
 
 
+def grants_by_token(roster: Roster | None) -> Roster | None:
+    """The roster keyed by each node id's subject token, as outcome subjects carry it."""
+    return None if roster is None else {subjects.subject_token(n): g for n, g in roster.items()}
+
+
 def forged_sender(
     subject: str, event: object, *, nodes_keyed: bool, roster: Roster | None = None
 ) -> str | None:
@@ -239,7 +244,8 @@ def forged_sender(
     completion on a subject without a node id came from no node, so it is refused too;
     without keys nothing is checked there (anyone may publish anything). With the node
     roster, a node's outcome (completion or failure) must be one it could have been given
-    work for: a copro's whose work its pools take, and for a completion one of its models.
+    work for: a copro's whose work its pools take, and for a completion one of its models
+    (`roster` keyed by subject token: `grants_by_token`).
     The cloud worker, the router and the gateway keep the plain subjects.
     """
     if not isinstance(event, ChatCompleted | ChatFailed):
@@ -264,7 +270,7 @@ def forged_sender(
             return f"an edge completion naming node {info.node_id!r} on {subject}, which names no node"
     if sender is None or roster is None:
         return None
-    grant = next((g for node_id, g in roster.items() if subjects.subject_token(node_id) == sender), None)
+    grant = roster.get(sender)
     if grant is None:
         return f"node {sender} is not in the node roster"
     pool = subjects.SHARED_POOL if event.copro_id is None else subjects.copro_pool(event.copro_id)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
-from koprogo_ledger.domain.records import forged_sender
+from koprogo_ledger.domain.records import forged_sender, grants_by_token
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
@@ -87,7 +87,7 @@ def event_batch_handler(
     async def handle(msgs: Sequence[Msg]) -> list[Decision]:
         decisions: list[Decision] = [ACK] * len(msgs)  # each decoded event's is set from its outcome below
         decoded: list[tuple[int, LedgerEvent]] = []
-        grants = roster()
+        grants = grants_by_token(roster())  # once per batch, not per outcome
         for i, msg in enumerate(msgs):
             try:
                 event = ledger_event_adapter.validate_json(msg.data)
