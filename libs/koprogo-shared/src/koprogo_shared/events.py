@@ -289,6 +289,8 @@ class NodeHeartbeat(Event):
     features: list[str] = Field(default_factory=list)
     # The edge pools it takes work from: "shared", or its copros' "copro-<id>" (as its key was minted).
     pools: list[str] = Field(default_factory=lambda: ["shared"])
+    # The grid task types it runs (`task_events.TASK_TYPES`); empty: it serves chat only.
+    task_types: list[str] = Field(default_factory=list)
 
 
 class InferenceStarted(Event):

@@ -4,6 +4,7 @@
 * `ROUTING_POLICY_BUCKET`: each copro's routing policy, written by the gateway, watched by routers.
 * `IDEMPOTENCY_BUCKET`: the gateways' idempotency keys (one entry per user and `Idempotency-Key`,
   the request it runs as and its outcome), kept 24 h.
+* `GRID_TASKS_BUCKET`, `DOCUMENTS_BUCKET`: the grid's (`grid_stores.py`).
 
 A bucket is a stream (`KV_<bucket>`), and altering it is as dangerous as altering the event
 streams: shrinking the counters' `max_age` forgives every window at once, deleting the policies'
@@ -22,8 +23,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
-from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
+from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_TASKS_BUCKET, RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float, r
     await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s), replicas=replicas)
     await ensure_routing_policy_bucket(js, replicas=replicas)
     await ensure_idempotency_bucket(js, replicas=replicas)
+    await declare_grid_stores(js, replicas=replicas)
 
 
-BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET)
+BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET, GRID_TASKS_BUCKET, DOCUMENTS_BUCKET)

@@ -14,6 +14,9 @@
 * `koprogo.cancel.<request id>` core NATS: the caller of a streamed chat left; the worker
   generating it stops at the next token (gateways publish, the cloud worker subscribes);
   `koprogo.cancel.node.<node id>.<request id>` for the edge node running it, which alone hears it.
+* `koprogo.events.task.<step>.<copro>` the grid's task events (`task_events.py`); a node publishes
+  its `started`/`result_reported` with `.node.<node id>` appended (its key may publish there alone).
+* `koprogo.grid.poll.<node id>` core NATS: a node asks the scheduler for work (`GridPoll`).
 * `_INBOX.<public nkey>.>` a client's own replies (JetStream acks, fetched messages), so an
   identity's subscribe permission covers its inbox and nobody else's.
 """
@@ -33,6 +36,12 @@ RATE_LIMIT_BUCKET = "KOPROGO_RATE_LIMITS"
 # key-value bucket written by the gateway (admins only), watched by the routers. Key:
 # `routing_policy_key(copro_id)`; value: a RoutingPreference as JSON.
 ROUTING_POLICY_BUCKET = "KOPROGO_ROUTING_POLICIES"
+# The grid scheduler's state: one key per task (`TaskState` as JSON), the single source it rebuilds
+# its queues from after a restart (`services/grid-scheduler`).
+GRID_TASKS_BUCKET = "KOPROGO_GRID_TASKS"
+# Task documents (JetStream object store, stream `OBJ_<bucket>`): written by the gateway, read by
+# the node running the task; events carry `task_events.DocumentRef`s, never the bytes.
+DOCUMENTS_BUCKET = "KOPROGO_DOCUMENTS"
 
 EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
@@ -191,6 +200,59 @@ def node_cancel(node_id: str, request_id: str) -> str:
 def node_cancels(node_id: str) -> str:
     """The cancels for one edge node (it may hear these alone)."""
     return f"koprogo.cancel.node.{subject_token(node_id)}.*"
+
+
+# The grid. Task events: `koprogo.events.task.<step>.<copro>`.
+TASK_EVENTS_ALL = "koprogo.events.task.>"
+TASK_SUBMITTED_ALL = "koprogo.events.task.submitted.>"
+TASK_CANCEL_REQUESTED_ALL = "koprogo.events.task.cancel_requested.>"
+TASK_STARTED_ALL = "koprogo.events.task.started.>"
+TASK_REPORTED_ALL = "koprogo.events.task.result_reported.>"
+GRID_POLL_ALL = "koprogo.grid.poll.*"
+GRID_SCHEDULER_DURABLE = "grid-scheduler"
+
+
+def task_event(step: str, copro_id: str | None) -> str:
+    """Where the gateway and the scheduler publish a task's `step` (submitted, assigned, completed...)."""
+    return f"koprogo.events.task.{step}.{subject_token(copro_id)}"
+
+
+def node_task_event(step: str, copro_id: str | None, node_id: str) -> str:
+    """Where a node publishes its `started`/`result_reported` (its key may publish there alone)."""
+    return f"{task_event(step, copro_id)}.{_NODE_MARK}.{subject_token(node_id)}"
+
+
+def node_task_events(node_id: str) -> tuple[str, str]:
+    """The task subjects one node may publish on (any copro)."""
+    node = subject_token(node_id)
+    return (
+        f"koprogo.events.task.started.*.{_NODE_MARK}.{node}",
+        f"koprogo.events.task.result_reported.*.{_NODE_MARK}.{node}",
+    )
+
+
+def task_sender(subject: str) -> str | None:
+    """The node token of a `node_task_event` subject, else None."""
+    tokens = subject.split(".")
+    if len(tokens) == 7 and tokens[:3] == ["koprogo", "events", "task"] and tokens[5] == _NODE_MARK:
+        return tokens[6]
+    return None
+
+
+def task_submitted_key(copro_id: str | None, task_id: str) -> str:
+    """The subject a task's TaskSubmitted is stored under, so it can be read back by id."""
+    return f"{task_event('submitted', copro_id)}.{subject_token(task_id)}"
+
+
+def grid_poll(node_id: str) -> str:
+    return f"koprogo.grid.poll.{subject_token(node_id)}"
+
+
+def poll_sender(subject: str) -> str | None:
+    tokens = subject.split(".")
+    if len(tokens) == 4 and tokens[:3] == ["koprogo", "grid", "poll"]:
+        return tokens[3]
+    return None
 
 
 def deadletter_for(subject: str) -> str:

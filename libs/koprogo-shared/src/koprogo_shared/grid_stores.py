@@ -1,0 +1,80 @@
+"""The grid's JetStream stores, declared with the other buckets by the setup step (`kv_buckets`).
+
+* `GRID_TASKS_BUCKET` (key-value): the scheduler's state, one key per task. File storage and
+  history 1; no TTL (a task's key is deleted by the scheduler once the task is final and kept
+  `FINAL_TASK_KEEP_S` for late reports).
+* `DOCUMENTS_BUCKET` (object store): the documents of tasks, written by the gateway, read by the
+  node that runs the task; kept `DOCUMENT_TTL_S` (like the audit log), capped in bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_TASKS_BUCKET
+
+log = logging.getLogger(__name__)
+
+DOCUMENT_TTL_S = 30 * 86400.0
+DOCUMENTS_MAX_BYTES = 8 * 1024**3
+
+
+def object_store_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+GRID_STREAMS = (kv_stream(GRID_TASKS_BUCKET), object_store_stream(DOCUMENTS_BUCKET))
+
+
+async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    config = js_api.KeyValueConfig(
+        bucket=GRID_TASKS_BUCKET,
+        description="The grid scheduler's state: one key per task still to decide.",
+        history=1,
+        storage=js_api.StorageType.FILE,
+        replicas=replicas,
+    )
+    try:
+        await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        log.info("grid tasks bucket kept with its existing configuration")
+
+
+async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> None:
+    config = js_api.ObjectStoreConfig(
+        bucket=DOCUMENTS_BUCKET,
+        description="Documents of grid tasks (invoices, minutes, charges), read by the node running the task.",
+        ttl=DOCUMENT_TTL_S,
+        max_bytes=DOCUMENTS_MAX_BYTES,
+        storage=js_api.StorageType.FILE,
+        replicas=replicas,
+    )
+    try:
+        await js.create_object_store(config=config)
+    except nats.js.errors.BadRequestError:
+        log.info("documents store kept with its existing configuration")
+
+
+async def declare_grid_stores(js: JetStreamContext, *, replicas: int = 1) -> None:
+    await ensure_grid_tasks_bucket(js, replicas=replicas)
+    await ensure_documents_store(js, replicas=replicas)
+
+
+async def grid_stores_for_service(js: JetStreamContext, nkey_seed_file: Path | None, *, timeout_s: float) -> None:
+    """The gateway's, the scheduler's and a grid node's start: with a key, wait for the setup
+    step's stores (a service may not create or alter them); anonymous, declare them."""
+    from koprogo_shared.nats_connection import _client_of, stream_replicas, wait_for_streams
+
+    if nkey_seed_file is None:
+        await declare_grid_stores(js, replicas=stream_replicas(_client_of(js)))
+        return
+    await wait_for_streams(js, list(GRID_STREAMS), timeout_s=timeout_s)

@@ -1,0 +1,1 @@
+"""Grid task executors: one module per task type, each a `TaskExecutor` (see `executor.py`)."""
