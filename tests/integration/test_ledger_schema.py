@@ -33,7 +33,10 @@ SEED_COLUMNS = {
     "mcp_tasks": {
         "id", "task_type", "input_data", "copro_id", "status", "result", "assigned_node", "created_at",
         "updated_at",
+        "error", "error_message", "co2_grams", "attempts", "expires_at", "user_ref", "user_id", "prompt_tokens",
+        "completion_tokens", "duration_s", "completed_at", "contents_purged_at",
     },
+    "mcp_task_attempts": {"task_id", "attempt", "node_id", "assigned_at", "started_at", "ended_at", "outcome"},
     "applied_events": {"event_id", "event_type", "applied_at"},
     "schema_migrations": {"version", "name", "applied_at"},
 }  # fmt: skip
@@ -82,7 +85,7 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
-    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5]
+    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5, 6]
     assert second == []
     assert [(r["version"], r["name"]) for r in recorded] == [
         (1, "seed_schema"),
@@ -90,12 +93,14 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         (3, "contents_encrypted"),
         (4, "user_ref"),
         (5, "delivered_answers"),
+        (6, "grid_tasks"),
     ]
     for table, expected in SEED_COLUMNS.items():
         assert expected <= columns.get(table, set()), table
     for table, key in INDEXED:
         assert any(f"ON public.{table} USING btree ({key})" in d for d in indexes), (table, key)
     assert any("ON public.mcp_requests USING hash (user_ref)" in d for d in indexes)
+    assert any("ON public.mcp_tasks USING hash (user_ref)" in d for d in indexes)
 
 
 async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(database_url: str) -> None:
@@ -106,8 +111,8 @@ async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(databa
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5]
-    assert count == 5
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5, 6]
+    assert count == 6
 
 
 async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
@@ -128,7 +133,7 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
             " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
             json.dumps(info),
         )
-        assert await apply_migrations(conn) == [1, 2, 3, 4, 5]
+        assert await apply_migrations(conn) == [1, 2, 3, 4, 5, 6]
         row = await conn.fetchrow(
             "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
         )
@@ -156,7 +161,7 @@ async def test_requests_from_before_text_user_ids_take_their_user_ref_from_the_s
             " ('00000000-0000-0000-0000-000000000001', 'llama3:8b', '[]', '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B'),"
             " ('00000000-0000-0000-0000-000000000002', 'llama3:8b', '[]', NULL)"
         )
-        assert await apply_migrations(conn) == [4, 5]
+        assert await apply_migrations(conn) == [4, 5, 6]
         rows = await conn.fetch("SELECT user_id::text AS user_id, user_ref FROM mcp_requests ORDER BY id")
     finally:
         await conn.close()
@@ -166,6 +171,31 @@ async def test_requests_from_before_text_user_ids_take_their_user_ref_from_the_s
             "user_ref": "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b",
         },
         {"user_id": None, "user_ref": None},
+    ]
+
+
+async def test_a_seed_task_keeps_its_copro_as_text_and_new_rows_take_any_copro_id(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn, load_migrations()[:5])
+        await conn.execute(
+            "INSERT INTO mcp_tasks (id, task_type, input_data, copro_id, status) VALUES"
+            " ('00000000-0000-0000-0000-0000000000a1', 'ocr_invoice', '{}',"
+            " '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B', 'pending')"
+        )
+        assert await apply_migrations(conn) == [6]
+        await conn.execute(
+            "INSERT INTO mcp_tasks (id, task_type, input_data, copro_id) VALUES"
+            " ('00000000-0000-0000-0000-0000000000a2', 'ocr_invoice', '{}', 'copro-b')"
+        )
+        rows = await conn.fetch("SELECT copro_id, attempts, co2_grams FROM mcp_tasks ORDER BY id")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE mcp_tasks SET status = 'processing'")
+    finally:
+        await conn.close()
+    assert [tuple(r.values()) for r in rows] == [
+        ("6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b", 0, 0.0),
+        ("copro-b", 0, 0.0),
     ]
 
 
