@@ -14,21 +14,27 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
+from koprogo_gateway.adapters.document_store import NatsDocumentStore
 from koprogo_gateway.adapters.idempotency_store import NatsKvIdempotencyStore
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_gateway.adapters.routing_policy_store import (
     NatsKvRoutingPolicyStore,
 )
+from koprogo_gateway.adapters.s3_documents import S3DocumentSource
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
+from koprogo_gateway.adapters.task_bus import NatsTaskBus
+from koprogo_gateway.adapters.task_repository import PostgresTaskRepository
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
+from koprogo_gateway.service_layer.tasks import TaskService
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
+from koprogo_shared.grid_stores import grid_stores_for_service
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, buckets_for_service, connect_nats
@@ -52,6 +58,7 @@ class Gateway:
     routing_policies: CoproRoutingPolicies
     # None when authentication is off (AUTH_DISABLED=true and no verifier).
     verifier: JwtVerifier | None
+    tasks: TaskService
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -92,6 +99,9 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         policies = await nc.jetstream(timeout=settings.routing_policy_store_timeout_s).key_value(
             ROUTING_POLICY_BUCKET
         )
+        # The grid's object store for task documents (declared by the setup step when keys are used).
+        await grid_stores_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
+        documents = await NatsDocumentStore.open(js)
         # On the chat path too: the same short timeout as the counters.
         keys_js = nc.jetstream(timeout=settings.rate_limit_store_timeout_s)
         idempotency_keys = NatsKvIdempotencyStore(await keys_js.key_value(IDEMPOTENCY_BUCKET), keys_js)
@@ -106,6 +116,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         NodeRegistry(RosterFile(settings.node_roster_file)) if settings.node_roster_file else NodeRegistry()
     )
     await follow_heartbeats(nc, registry)
+    admission = _admission(settings, NatsKvCounterStore(counters))
     return Gateway(
         settings=settings,
         nc=nc,
@@ -114,7 +125,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         registry=registry,
         chat=ChatService(
             bus=bus,
-            admission=_admission(settings, NatsKvCounterStore(counters)),
+            admission=admission,
             registry=registry,
             keys=IdempotencyKeys(idempotency_keys),
             timeout_s=settings.chat_timeout_s,
@@ -123,6 +134,29 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         user_data=PostgresUserDataRepository(pool, keyring),
         routing_policies=CoproRoutingPolicies(NatsKvRoutingPolicyStore(policies)),
         verifier=verifier,
+        tasks=TaskService(
+            bus=NatsTaskBus(js),
+            documents=documents,
+            repository=PostgresTaskRepository(pool),
+            admission=admission,
+            max_document_bytes=settings.task_document_max_bytes,
+            task_ttl_s=settings.task_ttl_s,
+            source=_document_source(settings),
+        ),
+    )
+
+
+def _document_source(settings: GatewaySettings) -> S3DocumentSource | None:
+    """The operator's S3-compatible store for `document_url`, when one is configured."""
+    if not settings.s3_configured:
+        return None
+    secret = settings.s3_secret_access_key
+    return S3DocumentSource(
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret is not None else None,
+        region=settings.s3_region,
+        allowed_buckets=settings.s3_buckets,
     )
 
 

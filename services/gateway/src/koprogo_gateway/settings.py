@@ -1,5 +1,5 @@
 """Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*,
-JWKS_*, AUTH_DISABLED, CONTENT_KEYS*, ...)."""
+JWKS_*, AUTH_DISABLED, CONTENT_KEYS*, TASK_*, S3_*, ...)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ class GatewaySettings(ContentKeySettings):
     chat_max_message_chars: int = Field(default=200_000, ge=1)
     chat_max_total_chars: int = Field(default=400_000, ge=1)
 
+    # Grid tasks: a document's size (a larger one is a 413), and how long a task may wait for a node.
+    task_document_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    task_ttl_s: float = Field(default=86400.0, gt=0)
+    # The operator's S3-compatible store, read for `input_data.document_url: s3://bucket/key` (only
+    # the buckets listed, comma-separated); unset: such URLs are refused.
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_allowed_buckets: str = ""
+
     # Authentication: closed by default. A verifier is required: JWT_SECRET_FILE (a file holding
     # the HS256 secret; JWT_SECRET, the secret itself, is accepted too) or JWKS_URL (RS256/ES256).
     # Without one the gateway refuses to start, unless AUTH_DISABLED=true says on purpose that
@@ -77,7 +88,15 @@ class GatewaySettings(ContentKeySettings):
     # How long the JWKS keys are cached before they are fetched again.
     jwks_cache_s: int = Field(default=300, ge=1)
 
-    @field_validator("jwt_secret", "jwt_secret_file", "jwks_url", mode="before")
+    @field_validator(
+        "jwt_secret",
+        "jwt_secret_file",
+        "jwks_url",
+        "s3_endpoint_url",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        mode="before",
+    )
     @classmethod
     def _empty_auth_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -131,6 +150,20 @@ class GatewaySettings(ContentKeySettings):
         )
         user = RateLimitPolicy("user", self.rate_limit_per_user, window) if self.rate_limit_per_user else None
         return copro, user
+
+    @property
+    def s3_configured(self) -> bool:
+        return self.s3_endpoint_url is not None or self.s3_access_key_id is not None
+
+    @property
+    def s3_buckets(self) -> frozenset[str]:
+        return frozenset(b.strip() for b in self.s3_allowed_buckets.split(",") if b.strip())
+
+    @property
+    def execute_max_body_bytes(self) -> int:
+        """`POST /mcp/v1/execute`'s body limit: a document in base64 (4/3 larger) or a multipart part,
+        plus the rest of the body (MAX_BODY_BYTES)."""
+        return max(self.max_body_bytes, -(-self.task_document_max_bytes // 3) * 4 + self.max_body_bytes)
 
     def input_limits(self) -> InputLimits:
         return InputLimits(

@@ -25,7 +25,17 @@ GatewayError
  ├── StreamIncompleteError a streamed piece was lost and the answer cannot be completed (502)
  ├── InvalidIdempotencyKeyError an `Idempotency-Key` that is empty, too long or not printable ASCII (422)
  ├── IdempotencyKeyReusedError  an `Idempotency-Key` already used with another body (422)
- └── IdempotencyUnavailableError the idempotency keys' store (NATS JetStream KV) cannot answer (503)
+ ├── IdempotencyUnavailableError the idempotency keys' store (NATS JetStream KV) cannot answer (503)
+ ├── UnsupportedMediaTypeError a body that is neither JSON nor what the route also takes (415)
+ ├── InvalidTaskRequestError a grid task that is malformed or lacks what its type needs (422)
+ ├── UnsupportedDocumentError a document whose sniffed type the task type does not take (422)
+ ├── DocumentUrlError       a `document_url` the gateway will not read (422: unsupported scheme,
+ │                          bucket not allowed, no store configured, no such object)
+ ├── DocumentTooLargeError  a document over TASK_DOCUMENT_MAX_BYTES (413)
+ ├── DocumentSourceUnavailableError the operator's S3-compatible store cannot answer (503)
+ ├── TaskNotFoundError      no such task, or another copro's (404)
+ ├── TaskFinalError         cancelling a task that already ended (409)
+ └── TasksUnavailableError  PostgreSQL (the ledger's task projection) cannot answer (503)
 """
 
 from __future__ import annotations
@@ -181,3 +191,53 @@ class IdempotencyKeyReusedError(GatewayError):
 class IdempotencyUnavailableError(GatewayError):
     status = 503
     error = "idempotency_unavailable"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    error = "unsupported_media_type"
+
+
+class InvalidTaskRequestError(GatewayError):
+    status = 422
+    error = "validation_error"
+
+
+class UnsupportedDocumentError(GatewayError):
+    status = 422
+    error = "unsupported_document"
+
+
+class DocumentUrlError(GatewayError):
+    """`error` names the refusal: document_url_unsupported, document_url_not_allowed,
+    document_store_not_configured, document_not_found."""
+
+    status = 422
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class DocumentTooLargeError(RequestTooLargeError):
+    error = "document_too_large"
+
+
+class DocumentSourceUnavailableError(GatewayError):
+    status = 503
+    error = "document_source_unavailable"
+
+
+class TaskNotFoundError(GatewayError):
+    status = 404
+    error = "not_found"
+
+
+class TaskFinalError(GatewayError):
+    status = 409
+    error = "task_final"
+
+
+class TasksUnavailableError(GatewayError):
+    status = 503
+    error = "tasks_unavailable"

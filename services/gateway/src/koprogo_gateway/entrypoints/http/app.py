@@ -17,6 +17,7 @@ from koprogo_gateway.entrypoints.http import (
     routes_openai,
     routes_routing,
     routes_stats,
+    routes_tasks,
     routes_user_data,
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
@@ -47,11 +48,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     # Added first so it runs inside the body limit: a body over the limit is refused unread.
     app.add_middleware(JsonBodyContentType)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=settings.max_body_bytes,
+        # A task's document, in base64 or as a file part, and the rest of its body.
+        route_limits={
+            "/mcp/v1/execute": (
+                settings.execute_max_body_bytes,
+                f" (a task's document may have at most {settings.task_document_max_bytes} bytes, "
+                "TASK_DOCUMENT_MAX_BYTES)",
+            )
+        },
+    )
     app.add_middleware(DocsContentSecurityPolicy)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
+    app.include_router(routes_tasks.router)
     app.include_router(routes_user_data.router)
     app.include_router(routes_routing.router)
     app.include_router(routes_nodes.router)

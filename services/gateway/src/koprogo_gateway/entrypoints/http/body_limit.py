@@ -10,11 +10,15 @@ nginx's lingering close, the rest of the body is read and thrown away, up to
 `DISCARD_AT_MOST` bytes, and only then is the 413 sent; past that, or when the client
 asked `Expect: 100-continue` and so has sent nothing yet, the 413 goes out at once and the
 connection is closed.
+
+A route that takes documents (`POST /mcp/v1/execute`) has a limit of its own (`route_limits`:
+path -> bytes and what the refusal adds), sized for its largest document.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,26 +26,30 @@ DISCARD_AT_MOST = 32 * 1024 * 1024
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, route_limits: Mapping[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, hint = self.route_limits.get(scope.get("path", ""), (self.max_body_bytes, ""))
         headers = dict(scope.get("headers", ()))
         declared = _content_length(headers.get(b"content-length"))
         if declared is not None:
-            if declared <= self.max_body_bytes:
+            if declared <= limit:
                 # HTTP framing stops the body at its declared length: nothing more to count.
                 await self.app(scope, receive, send)
                 return
             if headers.get(b"expect", b"").lower() == b"100-continue" or declared > DISCARD_AT_MOST:
-                await self._refuse(send, close=True)
+                await self._refuse(send, limit, hint, close=True)
                 return
             # After a disconnect the refusal goes nowhere, which is fine.
-            await self._refuse(send, close=not await _discard_rest(receive, already=0))
+            await self._refuse(send, limit, hint, close=not await _discard_rest(receive, already=0))
             return
         chunks: list[bytes] = []
         size = 0
@@ -53,18 +61,18 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             more = bool(message.get("more_body", False))
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 whole = not more or await _discard_rest(receive, already=size)
-                await self._refuse(send, close=not whole)
+                await self._refuse(send, limit, hint, close=not whole)
                 return
             chunks.append(chunk)
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
-    async def _refuse(self, send: Send, *, close: bool) -> None:
+    async def _refuse(self, send: Send, limit: int, hint: str, *, close: bool) -> None:
         body = json.dumps(
             {
                 "error": "request_too_large",
-                "message": f"the request body is larger than {self.max_body_bytes} bytes",
+                "message": f"the request body is larger than {limit} bytes{hint}",
             }
         ).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -69,9 +69,10 @@ async def authenticate(gateway: Gateway, token: str | None) -> Caller:
 
 Principal = Annotated[Caller, Depends(get_caller)]
 
-# Routes whose use case counts the request itself: a chat is counted against its user and its copro
-# together (service_layer/admission.py), so that one refused by either policy uses up neither.
-COUNTED_BY_THEIR_USE_CASE = frozenset({"chat", "chat_completions"})
+# Routes whose use case counts the request itself: a chat (and a grid task) is counted against its
+# user and its copro together (service_layer/admission.py), so that one refused by either policy
+# uses up neither.
+COUNTED_BY_THEIR_USE_CASE = frozenset({"chat", "chat_completions", "execute_task"})
 
 
 async def count_request(gateway: Gateway, caller: Caller, request: Request, response: Response) -> None:
