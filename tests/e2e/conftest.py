@@ -23,6 +23,8 @@ from koprogo_cloud.bootstrap import run_cloud
 from koprogo_cloud.settings import CloudSettings
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
+from koprogo_grid.bootstrap import run_scheduler
+from koprogo_grid.settings import SchedulerSettings
 from koprogo_ledger.bootstrap import run_ledger
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_node.bootstrap import run_node
@@ -106,12 +108,14 @@ async def stack_factory(
         gateways: int = 1,
         probe_token: str | None = None,
         cloud_deployments_file: Path | None = None,
+        grid: bool = False,
         **gateway_settings: Any,
     ) -> RunningStack:
         """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one.
 
         With authentication on, `probe_token` (mcp:read) lets start-up see the models' availability.
         With `cloud_deployments_file`, a cloud worker serves those deployments.
+        With `grid`, the grid scheduler runs and the edge nodes join the grid.
         """
         gateway_ports = [free_port() for _ in range(gateways)]
         clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=90) for p in gateway_ports]
@@ -133,10 +137,14 @@ async def stack_factory(
         )
         await wait_until(lambda: _schema_ready(database_url), timeout=30)
         await stack.start(lambda stop: run_router(RouterSettings(nats_url=clean_jetstream, ops_port=0), stop))
+        if grid:
+            await stack.start(
+                lambda stop: run_scheduler(SchedulerSettings(nats_url=clean_jetstream, ops_port=0), stop)
+            )
         node_ports = []
         for i in range(edge_nodes):
             node_settings = NodeSettings(
-                nats_url=clean_jetstream, ops_port=free_port(), node_id=f"edge-test-{i}"
+                nats_url=clean_jetstream, ops_port=free_port(), node_id=f"edge-test-{i}", grid_enabled=grid
             )
             node_ports.append(node_settings.ops_port)
             stack.node_stops[node_settings.node_id] = await stack.start(

@@ -62,8 +62,18 @@ def test_a_node_may_take_only_its_models_work_and_publish_only_its_own_heartbeat
     )
     assert not any(s.startswith("koprogo.work.") for s in publish)
     assert not any(s.startswith("koprogo.events.chat.requested") for s in publish)
-    assert not any(".STREAM." in s and not s.startswith("$JS.API.STREAM.INFO.") for s in publish)
+    # It reads no stream's messages but the task documents' (the object store its grid tasks name).
+    documents = f"OBJ_{subjects.DOCUMENTS_BUCKET}"
+    assert [s for s in publish if ".STREAM." in s and not s.startswith("$JS.API.STREAM.INFO.")] == [
+        f"$JS.API.STREAM.MSG.GET.{documents}"
+    ]
     assert not any(s.endswith(".>") and s.startswith("$JS.API") for s in publish)
+    # Grid: it polls as itself and reports only on its own subjects.
+    assert [s for s in publish if s.startswith("koprogo.grid.")] == ["koprogo.grid.poll.pi-1"]
+    assert sorted(s for s in publish if s.startswith("koprogo.events.task.")) == [
+        "koprogo.events.task.result_reported.*.node.pi-1",
+        "koprogo.events.task.started.*.node.pi-1",
+    ]
     assert (
         "$JS.API.CONSUMER.CREATE.KOPROGO_WORK.edge-smollm2_c135m-instruct-q4"
         ".koprogo.work.edge.shared.smollm2:135m-instruct-q4" in publish
@@ -88,10 +98,11 @@ def test_a_node_identity_needs_a_plain_id_and_plain_model_ids(node_id: str, mode
 def test_the_authorization_block_lists_every_service_the_operator_and_each_node(tmp_path: Path) -> None:
     found = identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]})
     text = render_authorization(found.users)
-    assert set(found.seed_files) == {"ledger", "router", "gateway", "cloud", "admin", "node:pi-1"}
+    assert set(found.seed_files) == {"ledger", "router", "gateway", "cloud", "grid", "admin", "node:pi-1"}
     for seed_file in found.seed_files.values():
         assert f'nkey: "{nkey_public_key(seed_file)}"' in text
-    assert text.count("permissions:") == 5  # the operator's identity alone is unrestricted
+    assert text.count("permissions:") == 6  # the operator's identity alone is unrestricted
+    assert text.count("allow_responses: true") == 1  # the grid scheduler answers polls
     # Minted once: a second run gives the same keys.
     assert identities(tmp_path, {"pi-1": ["smollm2:135m-instruct-q4"]}).users == found.users
 
@@ -147,7 +158,7 @@ def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_i
         name: [
             s
             for s in users[f"edge node {name}"].permissions.publish
-            if s.startswith("$JS.API.CONSUMER.CREATE.")
+            if s.startswith(f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}")
         ]
         for name in ("pi-x", "pi-s")
     }

@@ -49,6 +49,8 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.reply.*.node.<its id>,
                koprogo.nodes.heartbeat.<its id>
 
+    grid       see `nats_grid_auth` (and what it adds to the gateway's and a node's)
+
 "Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
 (`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
 could otherwise read the chats the router and the ledger fetch).
@@ -70,13 +72,14 @@ from pathlib import Path
 
 import nkeys
 
+from koprogo_cli import nats_grid_auth
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import nkey_public_key
 from koprogo_shared.node_roster import NodeGrant, parse_roster, render_roster
 
-SERVICES = ("ledger", "router", "gateway", "cloud")
+SERVICES = ("ledger", "router", "gateway", "cloud", "grid")
 ADMIN = "admin"
 # Node ids name a seed file and a heartbeat subject token; model ids a subject token.
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -93,6 +96,8 @@ class NatsAuthError(ValueError):
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # May answer the requests it received (their reply inboxes), as the grid scheduler answers polls.
+    allow_responses: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,7 @@ def gateway_permissions(public_key: str) -> Permissions:
             *_kv_bucket_read_write(subjects.RATE_LIMIT_BUCKET),
             *_kv_bucket_read_write(subjects.ROUTING_POLICY_BUCKET),
             *_kv_bucket_read_write(IDEMPOTENCY_BUCKET),
+            *nats_grid_auth.gateway_publish(),
         ),
         # Every gateway reply subject: replicas may share this identity, each with its own id.
         subscribe=(
@@ -261,6 +267,14 @@ def gateway_permissions(public_key: str) -> Permissions:
             subjects.NODE_HEARTBEAT_ALL,
             subjects.CLOUD_STATUS_ALL,
         ),
+    )
+
+
+def grid_permissions(public_key: str) -> Permissions:
+    return Permissions(
+        publish=tuple(nats_grid_auth.scheduler_publish()),
+        subscribe=(_inbox(public_key), *nats_grid_auth.scheduler_subscribe()),
+        allow_responses=True,
     )
 
 
@@ -292,6 +306,7 @@ def node_permissions(
             *subjects.node_outcomes(node_id),
             subjects.node_reply(subjects.GATEWAY_REPLY_ANY, node_id),
             subjects.node_heartbeat(node_id),
+            *nats_grid_auth.node_publish(node_id),
         ),
         subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, subjects.node_cancels(node_id)),
     )
@@ -440,6 +455,7 @@ def identities(
         "router": router_permissions,
         "gateway": gateway_permissions,
         "cloud": lambda public_key: cloud_permissions(public_key, cloud_deployments),
+        "grid": grid_permissions,
     }
     found = Identities(users=[])
     for service in SERVICES:
@@ -474,6 +490,8 @@ def render_user(user: NatsUser, indent: str = "") -> str:
             f"{indent}  permissions: {{",
             f"{inner}publish: {_allow(user.permissions.publish, inner)}",
             f"{inner}subscribe: {_allow(user.permissions.subscribe, inner)}",
+            # A map, not `true`: nats-server's own `allow_responses: true` is max 1 response, no expiry.
+            *([f"{inner}allow_responses: true"] if user.permissions.allow_responses else []),
             f"{indent}  }}",
         ]
     lines.append(f"{indent}}}")

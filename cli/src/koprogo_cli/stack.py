@@ -2,7 +2,8 @@
 
 Embedded nats-server and PostgreSQL start unless NATS_URL / DATABASE_URL name servers;
 then the ledger (it owns the migrations), the router, the cloud worker (its deployments
-report "no API key" until one is set), the edge node with the bundled model, one more edge
+report "no API key" until one is set), the grid scheduler, the edge node with the bundled model
+(which also joins the grid), one more edge
 node per `--model` (a pulled model or a GGUF file), and the gateway, with authentication on
 (a local signing secret and a dev token under <data>/secrets/, see dev_auth.py). The embedded
 nats-server admits only the stack's own nkeys (minted once under <data>/secrets/nats/), each
@@ -63,6 +64,7 @@ NODE_PORT = 3031
 ROUTER_OPS_PORT = 8081
 LEDGER_OPS_PORT = 8082
 CLOUD_OPS_PORT = 8083
+GRID_OPS_PORT = 8084
 # Set in the environment of `koprogo up`, these reach only the services that use them (added
 # back by name below), never every process the stack starts.
 SCOPED_ENV = ("DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL", "AUTH_DISABLED")
@@ -206,8 +208,21 @@ class Stack:
         )
         self._launch(
             Service(
+                "grid-scheduler",
+                [_script("koprogo-grid-scheduler")],
+                {
+                    **base_env,
+                    **self._nats_identity("grid"),
+                    "OPS_PORT": str(preferred_port(GRID_OPS_PORT)),
+                },
+                "",
+            )
+        )
+        self._launch(
+            Service(
                 "edge-node",
-                [_script("koprogo-node"), "--port", str(self.node_port)],
+                # The bundled node also runs grid tasks (`--grid`): OCR, translation, summaries, forecasts.
+                [_script("koprogo-node"), "--port", str(self.node_port), "--grid"],
                 {
                     **base_env,
                     **self._nats_identity(f"node:{self.node_id}"),

@@ -59,7 +59,7 @@ async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> 
         replicas=replicas,
     )
     try:
-        await js.create_object_store(config=config)
+        await js.create_object_store(DOCUMENTS_BUCKET, config=config)
     except nats.js.errors.BadRequestError:
         log.info("documents store kept with its existing configuration")
 
@@ -69,7 +69,9 @@ async def declare_grid_stores(js: JetStreamContext, *, replicas: int = 1) -> Non
     await ensure_documents_store(js, replicas=replicas)
 
 
-async def grid_stores_for_service(js: JetStreamContext, nkey_seed_file: Path | None, *, timeout_s: float) -> None:
+async def grid_stores_for_service(
+    js: JetStreamContext, nkey_seed_file: Path | None, *, timeout_s: float
+) -> None:
     """The gateway's, the scheduler's and a grid node's start: with a key, wait for the setup
     step's stores (a service may not create or alter them); anonymous, declare them."""
     from koprogo_shared.nats_connection import _client_of, stream_replicas, wait_for_streams

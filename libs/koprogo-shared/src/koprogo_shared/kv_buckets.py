@@ -25,7 +25,12 @@ from nats.js import api as js_api
 
 from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
-from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_TASKS_BUCKET, RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
+from koprogo_shared.subjects import (
+    DOCUMENTS_BUCKET,
+    GRID_TASKS_BUCKET,
+    RATE_LIMIT_BUCKET,
+    ROUTING_POLICY_BUCKET,
+)
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,8 @@ class EdgeCandidate:
     features: frozenset[str] = frozenset()
     # The edge pools it takes work from (`subjects.SHARED_POOL`, `subjects.copro_pool`).
     pools: frozenset[str] = frozenset({subjects.SHARED_POOL})
+    # The grid task types it runs (empty: chat only).
+    task_types: frozenset[str] = frozenset()
 
     @property
     def load(self) -> float:
@@ -146,8 +148,16 @@ class NodeRegistry:
             context_length=beat.context_length,
             features=frozenset(beat.features),
             pools=frozenset(beat.pools),
+            task_types=frozenset(beat.task_types),
         )
         self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
+
+    def node(self, node_id: str, now: float) -> EdgeCandidate | None:
+        """One node, while it is alive."""
+        found = self._nodes.get(node_id)
+        if found is None or found[1] < now:
+            return None
+        return found[0]
 
     def alive(self, now: float) -> list[EdgeCandidate]:
         for node_id in [n for n, (_, expires) in self._nodes.items() if expires < now]:

@@ -31,12 +31,24 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from koprogo_shared.events import Event, derived_event_id
 
 TaskType = Literal["ocr_invoice", "translate_document", "summarize_meeting", "predict_expenses"]
-TASK_TYPES: tuple[TaskType, ...] = ("ocr_invoice", "translate_document", "summarize_meeting", "predict_expenses")
+TASK_TYPES: tuple[TaskType, ...] = (
+    "ocr_invoice",
+    "translate_document",
+    "summarize_meeting",
+    "predict_expenses",
+)
 TaskStatus = Literal["pending", "assigned", "running", "completed", "failed", "expired", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 # How one attempt ended (`mcp_task_attempts.outcome`); None while it runs.
 AttemptOutcome = Literal[
-    "completed", "failed", "input_error", "node_lost", "not_started", "deadline_missed", "cancelled", "expired"
+    "completed",
+    "failed",
+    "input_error",
+    "node_lost",
+    "not_started",
+    "deadline_missed",
+    "cancelled",
+    "expired",
 ]
 
 
@@ -155,7 +167,7 @@ class TaskCompleted(Event):
     node_id: str
     result: dict[str, Any]
     usage: TaskUsage
-    # The node's declared power × the seconds it ran × its declared grid intensity.
+    # The node's declared power x the seconds it ran x its declared grid intensity.
     co2_grams: float = Field(ge=0)
 
 

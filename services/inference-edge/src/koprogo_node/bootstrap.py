@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.adapters.host_resources import LocalHostResources
 from koprogo_node.adapters.http_download import HttpDownloader
 from koprogo_node.adapters.inference import InferenceEngine
@@ -28,16 +29,20 @@ from koprogo_node.adapters.model_files import resolve_model
 from koprogo_node.adapters.on_demand_engine import OnDemandEngine
 from koprogo_node.adapters.outcomes import NatsOutcomeSink
 from koprogo_node.domain.errors import NodeError
+from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
 from koprogo_node.entrypoints.nats_worker import work_consumer, work_item_handler
+from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
+from koprogo_node.service_layer.tasks.executor import TaskExecutor
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
+from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 
@@ -113,7 +118,7 @@ async def run_node(
         # With a key, its replies and cancels carry its id (adapters/outcomes.py).
         keyed_node_id = node.node_id if settings.nats_nkey_seed_file else None
         service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id), load=load)
-        await _serve(settings, service, nc, js, stop, resident=_residency(engine))
+        await _serve(settings, service, nc, js, stop, resident=_residency(engine), engine=engine)
     finally:
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -176,16 +181,25 @@ async def _serve(
     stop: asyncio.Event,
     *,
     resident: Callable[[], bool],
+    engine: InferenceEngine,
 ) -> None:
-    """Heartbeats and the work consumer, until `stop`; then the in-flight item is settled."""
-    if settings.grid_url:
-        log.info("grid URL %s noted; joining the grid comes with a later issue", settings.grid_url)
-    heartbeats = HeartbeatPublisher(nc, service, settings.heartbeat_interval_s, resident, settings.pools)
+    """Heartbeats, the work consumer and (with `--grid`) the grid loop, until `stop`; then the
+    in-flight item is settled."""
+    grid = await _grid_worker(settings, service, engine, js) if settings.joins_grid else None
+    heartbeats = HeartbeatPublisher(
+        nc,
+        service,
+        settings.heartbeat_interval_s,
+        resident,
+        settings.pools,
+        grid.task_types if grid else (),
+    )
     await heartbeats.start()
     model_id = service.node.model_id
     handler = work_item_handler(service, settings.ack_wait_s, settings.max_deliver)
     specs = [work_consumer(model_id, settings.ack_wait_s, settings.max_deliver, p) for p in settings.pools]
     consumer = asyncio.create_task(_consume(js, specs, handler.handle, stop))
+    grid_loop = asyncio.create_task(poll_for_tasks(nc, grid, stop)) if grid else None
     log.info(
         "node %s serving %s (durables %s)",
         service.node.node_id,
@@ -196,7 +210,55 @@ async def _serve(
         await _until_stopped(stop, consumer)
     finally:
         await _finish_in_flight(consumer, settings.shutdown_grace_s)
+        if grid_loop is not None:
+            await _finish_in_flight(grid_loop, settings.shutdown_grace_s)
         await heartbeats.stop()
+
+
+async def _grid_worker(
+    settings: NodeSettings, service: InferenceService, engine: InferenceEngine, js: JetStreamContext
+) -> GridWorker:
+    """The grid worker over this node's engine, with the executors of the task types it runs."""
+    if settings.grid_url and settings.grid_url != settings.nats_url:
+        raise NodeError(
+            f"the grid is reached through the node's NATS server: start the node with --nats-url {settings.grid_url}"
+        )
+    # It reads documents only (its key may look up no other grid store).
+    await wait_for_streams(js, [object_store_stream(subjects.DOCUMENTS_BUCKET)])
+    node_id = service.node.node_id
+    return GridWorker(
+        node_id,
+        service.node.source,
+        build_executors(settings.grid_task_types, engine),
+        ObjectStoreDocuments(js),
+        NatsTaskReports(js, node_id),
+    )
+
+
+def build_executors(task_types: Sequence[str], engine: InferenceEngine) -> dict[str, TaskExecutor]:
+    """One executor per task type the node runs; their engines (OCR, PDF, statsmodels) come from
+    the node's `grid` extra, imported only by a node that joins the grid."""
+    executors: dict[str, TaskExecutor] = {}
+    for task_type in task_types:
+        if task_type == "ocr_invoice":
+            from koprogo_node.adapters.tasks.ocr_engine import RapidOcrEngine
+            from koprogo_node.service_layer.tasks.ocr_invoice import OcrInvoiceExecutor
+
+            executors[task_type] = OcrInvoiceExecutor(RapidOcrEngine(), engine)
+        elif task_type == "summarize_meeting":
+            from koprogo_node.service_layer.tasks.summarize_meeting import SummarizeMeetingExecutor
+
+            executors[task_type] = SummarizeMeetingExecutor(engine)
+        elif task_type == "translate_document":
+            from koprogo_node.service_layer.tasks.translate_document import TranslateDocumentExecutor
+
+            executors[task_type] = TranslateDocumentExecutor(engine)
+        elif task_type == "predict_expenses":
+            from koprogo_node.adapters.tasks.forecaster import StatsmodelsExpenseForecaster
+            from koprogo_node.service_layer.tasks.predict_expenses import PredictExpensesExecutor
+
+            executors[task_type] = PredictExpensesExecutor(StatsmodelsExpenseForecaster())
+    return executors
 
 
 async def _consume(

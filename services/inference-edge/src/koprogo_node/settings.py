@@ -2,7 +2,7 @@
 
 Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
-KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_URL, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
+KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_ENABLED, GRID_URL, GRID_TASK_TYPES, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
 LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S,
 NODE_COPROS (a JSON list).
 The `koprogo-node` flags override them.
@@ -14,12 +14,13 @@ import re
 import socket
 import uuid
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.model_files import ModelsFolderSettings
 from koprogo_shared.settings import EdgeFootprintSettings, ServiceSettings
+from koprogo_shared.task_events import TASK_TYPES
 
 DEFAULT_NODE_PORT = 3031
 
@@ -44,8 +45,12 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
     # A pulled model is unloaded after this many idle seconds and loaded again on the next
     # request (0: keep it loaded); the bundled model stays resident.
     keep_alive_s: float = Field(default=300.0, ge=0)
-    # Accepted and kept for the grid (a later issue); the node does not contact it yet.
+    # `--grid`: take grid tasks (service_layer/grid_worker.py) besides chats. `--grid-url`
+    # (GRID_URL) also joins it, through that NATS server (default: NATS_URL).
+    grid_enabled: bool = False
     grid_url: str | None = None
+    # The task types this node runs (GRID_TASK_TYPES, a JSON list; default: every type).
+    grid_task_types: list[str] = Field(default_factory=lambda: [str(t) for t in TASK_TYPES])
     # `--mcp`: the node's own MCP server at /mcp on the node port (entrypoints/mcp.py); callers
     # send NODE_MCP_TOKEN as a bearer token, required unless the port is on loopback.
     mcp_enabled: bool = False
@@ -63,6 +68,18 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
     max_deliver: int = Field(default=3, ge=1)
     # On SIGTERM, how long the in-flight answer may take before it is abandoned and NAKed.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("grid_task_types")
+    @classmethod
+    def _known_task_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in TASK_TYPES]
+        if unknown:
+            raise ValueError(f"unknown grid task types {unknown}: choose among {', '.join(TASK_TYPES)}")
+        return list(dict.fromkeys(value))
+
+    @property
+    def joins_grid(self) -> bool:
+        return self.grid_enabled or bool(self.grid_url)
 
     @property
     def pools(self) -> list[str]:

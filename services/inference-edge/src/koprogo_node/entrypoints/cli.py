@@ -30,6 +30,8 @@ _FIELDS = {
     "model_id": "node_model_id",
     "models_dir": "models_dir",
     "grid_url": "grid_url",
+    "grid": "grid_enabled",
+    "grid_tasks": "grid_task_types",
     "mcp": "mcp_enabled",
     "nats_url": "nats_url",
     "nats_nkey_seed_file": "nats_nkey_seed_file",
@@ -73,9 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-id", help="the model id to serve a .gguf path under (default: the file name)")
     p.add_argument(
+        "--grid",
+        action="store_true",
+        default=None,
+        help="join the grid: run grid tasks (invoice OCR, translation, minutes summaries, expense "
+        "forecasts) handed out by the scheduler, besides chats",
+    )
+    p.add_argument(
         "-g",
         "--grid-url",
-        help="grid scheduler URL: accepted and stored; joining the grid comes with a later issue",
+        help="join the grid through this NATS server (nats://host:4222; default: --nats-url); implies --grid",
+    )
+    p.add_argument(
+        "--grid-tasks",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        help="the grid task types this node runs, comma-separated (default: all: "
+        "ocr_invoice,translate_document,summarize_meeting,predict_expenses)",
     )
     p.add_argument(
         "--mcp",

@@ -29,9 +29,11 @@ class HeartbeatPublisher:
         interval_s: float,
         resident: Callable[[], bool] = lambda: True,
         pools: Sequence[str] = (subjects.SHARED_POOL,),
+        task_types: Sequence[str] = (),
     ) -> None:
         self._nc = nc
         self._pools = list(pools)
+        self._task_types = list(task_types)
         self._resident = resident
         self._service = service
         self._interval_s = interval_s
@@ -60,7 +62,9 @@ class HeartbeatPublisher:
     async def beat(self, *, leaving: bool = False) -> None:
         """Publish the node's state now; a failed publish is replaced by the next one."""
         beat = self._service.heartbeat(self._interval_s)
-        update = {"resident": self._resident(), "pools": self._pools} | ({"leaving": True} if leaving else {})
+        update = {"resident": self._resident(), "pools": self._pools, "task_types": self._task_types} | (
+            {"leaving": True} if leaving else {}
+        )
         beat = beat.model_copy(update=update)
         try:
             await self._nc.publish(self._subject, beat.model_dump_json().encode())

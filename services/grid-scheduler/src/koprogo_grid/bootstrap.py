@@ -1,0 +1,119 @@
+"""Composition root: the scheduler's adapters are built here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge
+
+from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus
+from koprogo_grid.adapters.kv_store import KeyValueTaskStore
+from koprogo_grid.domain.board import TaskBoard
+from koprogo_grid.entrypoints.nats_handlers import on_poll, on_task_event
+from koprogo_grid.service_layer.scheduler import GridScheduler
+from koprogo_grid.settings import SchedulerSettings
+from koprogo_shared import subjects
+from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
+from koprogo_shared.grid_stores import grid_stores_for_service
+from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.node_roster import RosterFile
+from koprogo_shared.ops_http import ops_server
+from koprogo_shared.service_runtime import until_stopped_or_failed
+
+log = logging.getLogger(__name__)
+
+CONSUMER = ConsumerSpec(
+    stream=subjects.EVENTS_STREAM,
+    durable=subjects.GRID_SCHEDULER_DURABLE,
+    filter_subject=subjects.TASK_EVENTS_ALL,
+    ack_wait_s=30.0,
+    max_deliver=10,
+    batch=64,
+)
+
+TASKS = Gauge("koprogo_grid_tasks", "Tasks the scheduler holds, by state", ["state"])
+WAITING_NODES = Gauge("koprogo_grid_waiting_nodes", "Nodes waiting on a poll for work")
+DISPATCHED = Counter("koprogo_grid_tasks_dispatched_total", "Assignments handed to polling nodes")
+
+
+async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> None:
+    """Run the grid scheduler until `stop` is set."""
+    nc, js = await connect_nats(
+        settings.nats_url, "koprogo-grid-scheduler", nkey_seed_file=settings.nats_nkey_seed_file
+    )
+    try:
+        await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
+        await grid_stores_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
+        registry = (
+            NodeRegistry(RosterFile(settings.node_roster_file))
+            if settings.node_roster_file
+            else NodeRegistry()
+        )
+        await follow_heartbeats(nc, registry)
+        answers = NatsPollAnswers(nc)
+        scheduler = GridScheduler(
+            TaskBoard(settings.rules()),
+            await KeyValueTaskStore.open(js),
+            NatsTaskEventBus(js),
+            answers.respond,
+            answers.cancel_node,
+        )
+        await scheduler.start()
+
+        async def handle(msg: Msg) -> None:
+            await on_task_event(scheduler, msg)
+
+        async def handle_poll(msg: Msg) -> None:
+            try:
+                await on_poll(scheduler, registry, msg)
+            except Exception:
+                # The node's request times out and it polls again; its task (if one was assigned and
+                # stored) is taken back after the start grace.
+                log.exception("poll from %s failed", msg.subject)
+
+        polls = await nc.subscribe(subjects.GRID_POLL_ALL, cb=handle_poll, pending_msgs_limit=100_000)
+
+        async def ticks() -> None:
+            dispatched = 0
+            while not stop.is_set():
+                alive = {c.node_id for c in registry.alive(time.monotonic())}
+                try:
+                    await scheduler.tick(alive)
+                except Exception:
+                    log.exception("scheduler tick failed; next one in %.1f s", settings.grid_tick_s)
+                for state, count in scheduler.board.counts().items():
+                    TASKS.labels(state).set(count)
+                WAITING_NODES.set(scheduler.board.waiting_count())
+                DISPATCHED.inc(scheduler.dispatched - dispatched)
+                dispatched = scheduler.dispatched
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.grid_tick_s)
+
+        async def ready() -> dict[str, bool]:
+            return {"nats": nc.is_connected}
+
+        consumer = asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop), name="grid-consumer")
+        ticker = asyncio.create_task(ticks(), name="grid-ticks")
+        server = None
+        ops_task = None
+        if settings.ops_port:
+            server = ops_server(settings.ops_host, settings.ops_port, ready)
+            ops_task = asyncio.create_task(server.serve(), name="grid-ops")
+        log.info("grid scheduler ready")
+        try:
+            await until_stopped_or_failed(stop, [consumer, ticker])
+        finally:
+            stop.set()
+            if server:
+                server.should_exit = True
+            await polls.unsubscribe()
+            await asyncio.gather(consumer, ticker, *([ops_task] if ops_task else []), return_exceptions=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()

@@ -1,0 +1,85 @@
+"""The scheduler's NATS entrypoints: each translates a message and makes one service-layer call."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from nats.aio.msg import Msg
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from koprogo_grid.domain.board import NodeFootprint, PollingNode
+from koprogo_grid.service_layer.scheduler import GridScheduler
+from koprogo_shared import subjects
+from koprogo_shared.consumer import PoisonMessageError
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.task_events import (
+    GridPoll,
+    GridPollReply,
+    TaskCancelRequested,
+    TaskResultReported,
+    TaskStarted,
+    TaskSubmitted,
+    task_event_adapter,
+)
+
+log = logging.getLogger(__name__)
+
+POLLS_REFUSED = Counter(
+    "koprogo_grid_polls_refused_total", "Grid polls not believed or not answerable", ["reason"]
+)
+
+
+async def on_task_event(scheduler: GridScheduler, msg: Msg) -> None:
+    """KOPROGO_EVENTS `koprogo.events.task.>`: submissions, cancels, node reports (its own events pass)."""
+    try:
+        event = task_event_adapter.validate_json(msg.data)
+    except ValidationError as exc:
+        raise PoisonMessageError(f"not a task event: {exc.error_count()} errors") from None
+    if isinstance(event, TaskSubmitted):
+        await scheduler.on_submitted(event)
+    elif isinstance(event, TaskCancelRequested):
+        await scheduler.on_cancel_requested(event)
+    elif isinstance(event, TaskStarted):
+        await scheduler.on_started(event, msg.subject)
+    elif isinstance(event, TaskResultReported):
+        await scheduler.on_reported(event, msg.subject)
+    # The scheduler's own decisions come back on the same subjects: nothing to do.
+
+
+async def on_poll(scheduler: GridScheduler, registry: NodeRegistry, msg: Msg) -> None:
+    """`koprogo.grid.poll.<node>`: a node asks for work; answered now or when a task comes."""
+
+    async def refuse(reason: str) -> None:
+        POLLS_REFUSED.labels(reason).inc()
+        if msg.reply:
+            await msg.respond(GridPollReply(reason=reason).model_dump_json().encode())
+
+    try:
+        poll = GridPoll.model_validate_json(msg.data)
+    except ValidationError:
+        await refuse("malformed")
+        return
+    if subjects.poll_sender(msg.subject) != subjects.subject_token(poll.node_id):
+        await refuse("node_id_not_its_subject")
+        return
+    beat = registry.node(poll.node_id, time.monotonic())
+    if beat is None:
+        await refuse("no_heartbeat")  # the node heartbeats first, then polls
+        return
+    task_types = frozenset(poll.task_types) & beat.task_types
+    if not task_types:
+        await refuse("task_types_not_announced")
+        return
+    node = PollingNode(
+        node_id=poll.node_id,
+        task_types=task_types,
+        pools=beat.pools,
+        footprint=NodeFootprint(
+            power_watts=beat.power_watts,
+            intensity_g_per_kwh=beat.intensity_g_per_kwh,
+            renewable_attested=beat.renewable_attested,
+        ),
+    )
+    await scheduler.poll(node, msg.reply, poll.wait_s)

@@ -1,0 +1,56 @@
+"""The scheduler's ports: where task states are kept, where its events go. Each has a fake."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from koprogo_grid.domain.board import TaskState
+
+
+class TaskStateStore(ABC):
+    """The durable copy of the board (the real one: a JetStream key-value bucket)."""
+
+    @abstractmethod
+    async def load(self) -> list[TaskState]:
+        """Every stored state (the board is rebuilt from them after a restart)."""
+
+    @abstractmethod
+    async def save(self, state: TaskState) -> None:
+        """Store `state` durably before anything is published or answered for it."""
+
+    @abstractmethod
+    async def delete(self, task_id: str) -> None: ...
+
+
+class TaskEventBus(ABC):
+    """Publishes the events of a transition (JetStream, with their ids as `Nats-Msg-Id`)."""
+
+    @abstractmethod
+    async def publish(self, outbox: Sequence[tuple[str, str]]) -> None: ...
+
+
+class FakeTaskStateStore(TaskStateStore):
+    def __init__(self) -> None:
+        self.saved: dict[str, TaskState] = {}
+        self.fail_next_save = False
+
+    async def load(self) -> list[TaskState]:
+        return list(self.saved.values())
+
+    async def save(self, state: TaskState) -> None:
+        if self.fail_next_save:
+            self.fail_next_save = False
+            raise ConnectionError("store unavailable")
+        self.saved[state.task_id] = state
+
+    async def delete(self, task_id: str) -> None:
+        self.saved.pop(task_id, None)
+
+
+class FakeTaskEventBus(TaskEventBus):
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+
+    async def publish(self, outbox: Sequence[tuple[str, str]]) -> None:
+        self.published.extend(outbox)

@@ -1,0 +1,43 @@
+"""The node's grid adapters: documents from the object store, reports on the node's own subjects."""
+
+from __future__ import annotations
+
+import hashlib
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from koprogo_node.service_layer.grid_worker import DocumentUnavailableError, TaskDocuments, TaskReports
+from koprogo_shared import subjects
+from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.task_events import DocumentRef, TaskResultReported, TaskStarted
+
+
+class ObjectStoreDocuments(TaskDocuments):
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def read(self, ref: DocumentRef) -> bytes:
+        try:
+            store = await self._js.object_store(subjects.DOCUMENTS_BUCKET)
+            found = await store.get(ref.object_name)
+        except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError) as exc:
+            raise DocumentUnavailableError(f"document {ref.object_name} is not in the store: {exc}") from None
+        data = found.data or b""
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise DocumentUnavailableError(f"document {ref.object_name} does not match its digest")
+        return data
+
+
+class NatsTaskReports(TaskReports):
+    def __init__(self, js: JetStreamContext, node_id: str) -> None:
+        self._js = js
+        self._node_id = node_id
+
+    async def started(self, event: TaskStarted, copro_id: str | None) -> None:
+        await publish_event(self._js, subjects.node_task_event("started", copro_id, self._node_id), event)
+
+    async def reported(self, event: TaskResultReported, copro_id: str | None) -> None:
+        await publish_event(
+            self._js, subjects.node_task_event("result_reported", copro_id, self._node_id), event
+        )

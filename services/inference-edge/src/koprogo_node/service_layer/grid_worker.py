@@ -1,0 +1,173 @@
+"""The node's side of the grid: run one assignment, report what happened.
+
+The scheduler decides a task's state; the node only reports (`TaskStarted`, then one
+`TaskResultReported`). An executor's `TaskInputError` is reported as "input_error" (no other node
+is tried); any other failure as "failed" (the scheduler may try another node); an assignment past
+its deadline is stopped and reported "failed". A cancelled assignment is not reported: the
+scheduler has already decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from koprogo_node.service_layer.tasks.executor import (
+    TaskCancelledError,
+    TaskDocument,
+    TaskExecutor,
+    TaskInputError,
+    TaskOutput,
+    TaskRun,
+)
+from koprogo_shared.events import utc_now
+from koprogo_shared.task_events import (
+    DocumentRef,
+    TaskAssignment,
+    TaskResultReported,
+    TaskStarted,
+    TaskUsage,
+    task_event_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DocumentUnavailableError(Exception):
+    """The task's document cannot be read (gone from the store, or not what was submitted)."""
+
+
+class TaskDocuments(ABC):
+    """Where the node reads a task's document (the real one: the JetStream object store)."""
+
+    @abstractmethod
+    async def read(self, ref: DocumentRef) -> bytes:
+        """The document's bytes; DocumentUnavailableError when missing or not matching `ref`."""
+
+
+class TaskReports(ABC):
+    """Where the node's reports go (the real one: JetStream, on the node's own subjects)."""
+
+    @abstractmethod
+    async def started(self, event: TaskStarted, copro_id: str | None) -> None: ...
+
+    @abstractmethod
+    async def reported(self, event: TaskResultReported, copro_id: str | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    outcome: Literal["completed", "failed", "input_error"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None
+    output: TaskOutput | None = None
+
+
+class GridWorker:
+    def __init__(
+        self,
+        node_id: str,
+        source: str,
+        executors: Mapping[str, TaskExecutor],
+        documents: TaskDocuments,
+        reports: TaskReports,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.node_id = node_id
+        self._source = source
+        self.executors = dict(executors)
+        self._documents = documents
+        self._reports = reports
+        self._clock = clock
+        self.running: dict[str, threading.Event] = {}
+
+    @property
+    def task_types(self) -> list[str]:
+        return sorted(self.executors)
+
+    def cancel(self, task_id: str) -> None:
+        """The scheduler cancelled the task (or it expired): stop at the executor's next check."""
+        flag = self.running.get(task_id)
+        if flag is not None:
+            flag.set()
+
+    async def run(self, assignment: TaskAssignment) -> TaskResultReported | None:
+        """Run the assignment and report it; the report, or None when it was cancelled."""
+        a = assignment
+        cancelled = self.running.setdefault(a.task_id, threading.Event())
+        try:
+            await self._reports.started(
+                TaskStarted(
+                    id=task_event_id(a.task_id, f"started:{a.attempt}"),
+                    source=self._source,
+                    copro_id=a.copro_id,
+                    task_id=a.task_id,
+                    attempt=a.attempt,
+                    node_id=self.node_id,
+                ),
+                a.copro_id,
+            )
+            began = time.perf_counter()
+            outcome = await self._outcome(a, cancelled)
+            if outcome is None:
+                return None
+            output = outcome.output
+            report = TaskResultReported(
+                id=task_event_id(a.task_id, f"reported:{a.attempt}"),
+                source=self._source,
+                copro_id=a.copro_id,
+                task_id=a.task_id,
+                attempt=a.attempt,
+                node_id=self.node_id,
+                outcome=outcome.outcome,
+                result=outcome.result,
+                error=outcome.error,
+                message=outcome.message,
+                usage=TaskUsage(
+                    prompt_tokens=output.prompt_tokens if output else 0,
+                    completion_tokens=output.completion_tokens if output else 0,
+                    duration_s=round(time.perf_counter() - began, 3),
+                ),
+            )
+            await self._reports.reported(report, a.copro_id)
+            return report
+        finally:
+            self.running.pop(a.task_id, None)
+
+    async def _outcome(self, a: TaskAssignment, cancelled: threading.Event) -> _Outcome | None:
+        executor = self.executors.get(a.task_type)
+        if executor is None:
+            return _Outcome("failed", error="task_type_not_run", message=f"this node runs no {a.task_type}")
+        seconds = (a.deadline - self._clock()).total_seconds()
+        try:
+            document = None
+            if a.document is not None:
+                data = await self._documents.read(a.document)
+                document = TaskDocument(data, a.document.content_type, a.document.filename)
+            run = TaskRun(parameters=dict(a.parameters), document=document, cancelled=cancelled)
+            output = await asyncio.wait_for(executor.run(run), timeout=max(seconds, 0.001))
+        except TaskInputError as exc:
+            return _Outcome("input_error", error="invalid_input", message=exc.message)
+        except TaskCancelledError:
+            return None
+        except TimeoutError:
+            cancelled.set()
+            return _Outcome(
+                "failed", error="deadline_missed", message=f"{a.task_type} did not finish within its deadline"
+            )
+        except DocumentUnavailableError as exc:
+            return _Outcome("failed", error="document_unavailable", message=str(exc))
+        except Exception as exc:
+            log.exception("task %s (%s) failed on this node", a.task_id, a.task_type)
+            return _Outcome("failed", error="executor_error", message=f"{type(exc).__name__}: {exc}")
+        if cancelled.is_set():
+            return None
+        return _Outcome("completed", result=output.result, output=output)

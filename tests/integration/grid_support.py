@@ -1,0 +1,158 @@
+"""Grid nodes for tests: the node's real grid loop and worker, with executors the test chooses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from koprogo_grid.bootstrap import run_scheduler
+from koprogo_grid.settings import SchedulerSettings
+from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
+from koprogo_node.entrypoints.grid_poller import poll_for_tasks
+from koprogo_node.service_layer.grid_worker import GridWorker
+from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, TaskRun
+from koprogo_shared import subjects
+from koprogo_shared.events import NodeHeartbeat
+from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.task_events import TaskSubmitted, task_event_adapter
+
+
+class EchoExecutor(TaskExecutor):
+    """Returns its parameters (and the document's size) after `seconds`; counts its runs."""
+
+    def __init__(self, task_type: str, seconds: float = 0.0) -> None:
+        self.task_type = task_type  # type: ignore[misc]
+        self.seconds = seconds
+        self.runs = 0
+
+    async def run(self, run: TaskRun) -> TaskOutput:
+        self.runs += 1
+        waited = 0.0
+        while waited < self.seconds:
+            if run.cancelled.is_set():
+                from koprogo_node.service_layer.tasks.executor import TaskCancelledError
+
+                raise TaskCancelledError()
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        size = len(run.document.data) if run.document else None
+        return TaskOutput({"echo": run.parameters, "document_bytes": size})
+
+
+def heartbeat(
+    node_id: str, task_types: Sequence[str], *, interval_s: float = 0.5, pools: Sequence[str] = ("shared",)
+) -> NodeHeartbeat:
+    return NodeHeartbeat(
+        source=f"test/{node_id}",
+        node_id=node_id,
+        models=["none"],
+        in_flight=0,
+        capacity=1,
+        tokens_per_second=0,
+        power_watts=10,
+        intensity_g_per_kwh=100,
+        renewable_attested=False,
+        interval_s=interval_s,
+        task_types=list(task_types),
+        pools=list(pools),
+    )
+
+
+@asynccontextmanager
+async def grid_node(
+    nats_url: str, node_id: str, executors: Mapping[str, TaskExecutor], *, interval_s: float = 0.5
+) -> AsyncIterator[asyncio.Event]:
+    """A node that heartbeats and runs the grid loop until the returned event is set (or the block ends).
+
+    Setting the event is a node that dies: no goodbye heartbeat, no report for the task in hand.
+    """
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    worker = GridWorker(
+        node_id, f"test/{node_id}", executors, ObjectStoreDocuments(js), NatsTaskReports(js, node_id)
+    )
+    stop = asyncio.Event()
+    beat = heartbeat(node_id, sorted(executors), interval_s=interval_s)
+
+    async def beats() -> None:
+        while not stop.is_set():
+            await nc.publish(subjects.node_heartbeat(node_id), beat.model_dump_json().encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    beating = asyncio.create_task(beats())
+    polling = asyncio.create_task(poll_for_tasks(nc, worker, stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        polling.cancel()
+        await asyncio.gather(beating, polling, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+@asynccontextmanager
+async def scheduler(nats_url: str, **settings: Any) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_scheduler(SchedulerSettings(nats_url=nats_url, ops_port=0, **settings), stop)
+    )
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def submit(
+    js: JetStreamContext, task_type: str = "predict_expenses", copro: str = "c1", **parameters: Any
+) -> TaskSubmitted:
+    now = datetime.now(UTC)
+    task = TaskSubmitted(
+        source="test",
+        copro_id=copro,
+        task_type=task_type,  # type: ignore[arg-type]
+        parameters=parameters,
+        expires_at=now + timedelta(hours=1),
+    )
+    await publish_event(js, subjects.task_submitted_key(copro, task.id), task)
+    return task
+
+
+class TaskEvents:
+    """Every task event on KOPROGO_EVENTS, as it is stored (read back with an ordered consumer)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self.events: list[Any] = []
+        self._sub: Any = None
+
+    async def start(self) -> TaskEvents:
+        js = self._nc.jetstream()
+
+        async def on(msg: Any) -> None:
+            self.events.append((msg.subject, task_event_adapter.validate_json(msg.data)))
+
+        self._sub = await js.subscribe(subjects.TASK_EVENTS_ALL, cb=on, ordered_consumer=True)
+        return self
+
+    def of(self, task_id: str, kind: str | None = None) -> list[Any]:
+        found = [
+            e
+            for _, e in self.events
+            if getattr(e, "task_id", getattr(e, "id", None)) == task_id or e.id == task_id
+        ]
+        return [e for e in found if kind is None or e.type == f"koprogo.task.{kind}.v1"]
+
+    def done(self, task_id: str) -> Callable[[], bool]:
+        finals = ("completed", "failed", "expired", "cancelled")
+        return lambda: any(self.of(task_id, k) for k in finals)
