@@ -17,11 +17,13 @@ from koprogo_gateway.domain.errors import (
     DocumentUrlError,
     InvalidQueryError,
     InvalidTaskRequestError,
+    RequestTooLargeError,
     TaskNotFoundError,
     UnsupportedDocumentError,
 )
 from koprogo_gateway.domain.task_request import (
     S3Location,
+    check_parameters_size,
     check_task_input,
     filename_of,
     inline_document,
@@ -202,6 +204,16 @@ def test_a_forecast_needs_a_history_list_or_a_csv_document() -> None:
 def test_the_document_is_taken_out_of_the_parameters() -> None:
     data = {"document": "QUJD", "document_url": "s3://b/k", "target_language": "en"}
     assert parameters_of(data) == {"target_language": "en"}
+
+
+def test_parameters_travel_in_the_event_so_they_are_bounded_and_storable() -> None:
+    check_parameters_size({"text": DUTCH_MINUTES, "history": [{"amount": 1.5}]}, 4096)
+    with pytest.raises(RequestTooLargeError, match="as a document"):
+        check_parameters_size({"text": "é" * 3000}, 4096)  # 6000 bytes of UTF-8
+    with pytest.raises(InvalidTaskRequestError, match="NUL"):
+        check_parameters_size({"history": [{"label": "lift\x00"}]}, 4096)
+    # A backslash and "u0000" typed as text is no NUL.
+    check_parameters_size({"text": "\\u0000"}, 4096)
 
 
 def test_base64_documents_are_decoded_with_or_without_a_data_url_prefix() -> None:

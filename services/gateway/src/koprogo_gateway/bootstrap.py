@@ -142,6 +142,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             max_document_bytes=settings.task_document_max_bytes,
             task_ttl_s=settings.task_ttl_s,
             source=_document_source(settings),
+            max_parameters_bytes=settings.task_parameters_max_bytes,
         ),
     )
 

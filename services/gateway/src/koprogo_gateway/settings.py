@@ -64,6 +64,8 @@ class GatewaySettings(ContentKeySettings):
     # Grid tasks: a document's size (a larger one is a 413), and how long a task may wait for a node.
     task_document_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     task_ttl_s: float = Field(default=86400.0, gt=0)
+    # `input_data` without its document, which travels inside the TaskSubmitted event.
+    task_parameters_max_bytes: int = Field(default=512 * 1024, ge=1024)
     # The operator's S3-compatible store, read for `input_data.document_url: s3://bucket/key` (only
     # the buckets listed, comma-separated); unset: such URLs are refused.
     s3_endpoint_url: str | None = None

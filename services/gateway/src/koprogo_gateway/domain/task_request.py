@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, NewType, cast
@@ -29,6 +30,7 @@ from koprogo_gateway.domain.errors import (
     DocumentTooLargeError,
     DocumentUrlError,
     InvalidTaskRequestError,
+    RequestTooLargeError,
     TaskNotFoundError,
     UnsupportedDocumentError,
 )
@@ -53,7 +55,10 @@ class TaskRequestIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_type: str = Field(description=f"One of: {', '.join(TASK_TYPES)}.")
+    # Checked by `parse_task_type`, whose 422 names the allowed ones.
+    task_type: str = Field(
+        description=f"One of: {', '.join(TASK_TYPES)}.", json_schema_extra={"enum": list(TASK_TYPES)}
+    )
     input_data: dict[str, Any] = Field(default_factory=dict)
     copro_id: str | None = Field(default=None, max_length=255)
 
@@ -88,6 +93,29 @@ def parse_task_id(value: str) -> TaskId:
 def parameters_of(input_data: dict[str, Any]) -> dict[str, Any]:
     """What the node reads as its parameters: `input_data` without the document."""
     return {k: v for k, v in input_data.items() if k not in DOCUMENT_KEYS}
+
+
+def check_parameters_size(parameters: dict[str, Any], max_bytes: int) -> None:
+    """The parameters travel inside the event: bounded (413), and free of NUL characters, which
+    PostgreSQL's JSONB (the ledger's projection) cannot store (422)."""
+    if _has_nul(parameters):
+        raise InvalidTaskRequestError("input_data contains a NUL character (\\u0000), which cannot be stored")
+    encoded = json.dumps(parameters, ensure_ascii=False, separators=(",", ":"))
+    if len(encoded.encode()) > max_bytes:
+        raise RequestTooLargeError(
+            f"input_data without its document is larger than {max_bytes} bytes (TASK_PARAMETERS_MAX_BYTES); "
+            "send a long text as a document instead (multipart part 'document' or input_data.document)"
+        )
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def inline_document(input_data: dict[str, Any], max_bytes: int) -> bytes | None:

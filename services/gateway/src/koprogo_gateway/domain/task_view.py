@@ -110,6 +110,8 @@ def pending_record(submitted: TaskSubmitted) -> TaskRecord:
         copro_id=submitted.copro_id,
         created_at=submitted.time,
         updated_at=submitted.time,
+        # As the ledger's projection shows a task that has not run yet.
+        co2_grams=0.0,
     )
 
 

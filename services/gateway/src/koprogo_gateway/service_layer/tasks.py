@@ -40,6 +40,7 @@ from koprogo_gateway.domain.errors import (
 )
 from koprogo_gateway.domain.task_request import (
     S3Location,
+    check_parameters_size,
     check_task_input,
     document_too_large,
     document_url_of,
@@ -106,6 +107,8 @@ class TaskService:
     task_ttl_s: float
     # The operator's S3-compatible store; None when none is configured.
     source: DocumentSource | None = None
+    # `input_data` without its document travels inside the event (NATS messages are small).
+    max_parameters_bytes: int = 512 * 1024
 
     async def submit(self, caller: Caller, submission: TaskSubmission) -> SubmittedTask:
         """Store the task's document, then publish TaskSubmitted; raises a GatewayError if refused."""
@@ -121,6 +124,7 @@ class TaskService:
                 parameters = check_task_input(task_type, parameters, content_type)
             elif location is None:
                 parameters = check_task_input(task_type, parameters, None)
+            check_parameters_size(parameters, self.max_parameters_bytes)
             headers = await self._limit(caller, copro_id)
             if location is not None:
                 data = await self._read(location)

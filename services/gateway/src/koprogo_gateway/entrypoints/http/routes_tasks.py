@@ -56,7 +56,11 @@ _EXECUTE_BODY = {
     openapi_extra=_EXECUTE_BODY,
     responses={
         **_ERRORS,
-        413: {"description": "The document is larger than TASK_DOCUMENT_MAX_BYTES."},
+        413: {
+            "description": "The document is larger than TASK_DOCUMENT_MAX_BYTES, or `input_data` without it "
+            "larger than TASK_PARAMETERS_MAX_BYTES."
+        },
+        415: {"description": "A body that is neither JSON nor multipart/form-data."},
         422: {
             "description": "Unknown `task_type`, missing input for it, `unsupported_document` (its sniffed "
             "type), `document_url_unsupported` (not s3://), `document_url_not_allowed`, "
