@@ -50,26 +50,26 @@ _DAY = r"(?P<day>[0-3]?\d)(?:er|e|ste|de|st|nd|rd|th)?\.?"
 _YEAR = r"(?P<year>(?:19|20)\d{2})"
 
 _NUMERIC_DATE = re.compile(
-    r"(?<![\d/.-])(?P<a>[0-3]?\d)\s?(?P<sep>[/.-])\s?(?P<b>[0-3]?\d)\s?(?P=sep)\s?"
+    r"(?<![\d/])(?<!\d[.-])(?P<a>[0-3]?\d)\s?(?P<sep>[/.-])\s?(?P<b>[0-3]?\d)\s?(?P=sep)\s?"
     r"(?P<year>(?:19|20)\d{2}|\d{2})(?![\d/])"
 )
-_ISO_DATE = re.compile(r"(?<![\d/.-])(?P<year>(?:19|20)\d{2})-(?P<b>[01]\d)-(?P<a>[0-3]\d)(?![\d/])")
-_DAY_MONTH_YEAR = re.compile(rf"(?<!\d){_DAY}\s+(?P<month>{_MONTH_WORD})\s+{_YEAR}(?!\d)")
-_MONTH_DAY_YEAR = re.compile(
-    rf"(?<![A-Za-zÀ-ÿ])(?P<month>{_MONTH_WORD})\s+{_DAY},?\s+{_YEAR}(?!\d)"
-)
+_ISO_DATE = re.compile(r"(?<![\d/])(?<!\d[.-])(?P<year>(?:19|20)\d{2})-(?P<b>[01]\d)-(?P<a>[0-3]\d)(?![\d/])")
+# Spaces optional: OCR often drops them (`3februari2025`).
+_DAY_MONTH_YEAR = re.compile(rf"(?<!\d){_DAY}\s*(?P<month>{_MONTH_WORD})\s*{_YEAR}(?!\d)")
+_MONTH_DAY_YEAR = re.compile(rf"(?<![A-Za-zÀ-ÿ])(?P<month>{_MONTH_WORD})\s*{_DAY},?\s*{_YEAR}(?!\d)")
 
 _CURRENCY_SYMBOLS = {"€": "EUR", "eur": "EUR", "euro": "EUR", "euros": "EUR", "$": "USD", "usd": "USD"}
 _CURRENCY_SYMBOLS.update({"£": "GBP", "gbp": "GBP", "chf": "CHF"})
 _CURRENCY = r"(?:€|EUR\b|EUROS?\b|euros?\b|Euros?\b|\$|USD\b|£|GBP\b|CHF\b)"
 _NUMBER = (
-    r"(?P<sign>[-−])?"
-    r"(?P<number>\d{1,3}(?P<group>[ \u00a0\u202f.,'’])\d{3}(?:(?P=group)\d{3})*(?:[.,]\d{1,2})?"
+    "(?P<sign>[-\u2212])?"  # hyphen or minus sign
+    r"(?P<number>\d{1,3}(?P<group>[ \u00a0\u202f.,'\u2019])\d{3}(?:(?P=group)\d{3})*(?:[.,]\d{1,2})?"
     r"|\d+(?:[.,]\d{1,2})?)"
 )
-# Not glued to a word, a reference (`F-2025-0142`), another number or a date.
+# Not glued to a word, a reference (`F-2025-0142`), another number or a date; a dot or a colon
+# glued to a label is fine (`Total:1512,50`, OCR drops spaces).
 _AMOUNT = re.compile(
-    rf"(?<![\w.,/-])(?:(?P<before>{_CURRENCY})\s?)?{_NUMBER}"
+    rf"(?<![\w/])(?<!\w-)(?<!\d[.,])(?:(?P<before>{_CURRENCY})\s?)?{_NUMBER}"
     rf"(?:\s?(?P<after>{_CURRENCY})|(?![\w/]|[.,]\d))"
 )
 _PERCENT_AFTER = re.compile(r"\s?%")
