@@ -1,8 +1,10 @@
 """`/mcp/v1/stats` figures, read from the ledger's tables (the ledger owns the schema and this SQL).
 
-Every figure is computed per response row and then aggregated in one pass: sums of
-per-row tokens and grams, an average of per-row latencies. Nothing is multiplied by a
-count (the upstream seed multiplied the number of requests by summed columns).
+Every figure is computed per row and then aggregated in one pass: sums of per-row tokens
+and grams, an average of per-row latencies. Nothing is multiplied by a count (the upstream
+seed multiplied the number of requests by summed columns). Grid work counts twice over:
+chats answered on the grid (`execution_type` grid) and the grid's completed tasks, each one
+request in `grid_requests` and `total_requests` with its tokens and CO2 in the totals.
 
 Each query runs under a `statement_timeout` set in its own read-only transaction: PostgreSQL
 itself stops a query that runs longer (a lock it waits for, a scan of years of rows), even if
@@ -19,19 +21,43 @@ import asyncpg
 
 from koprogo_gateway.domain.errors import StatsUnavailableError
 
-# One row per answered request (the ledger keeps one response per request; counted once delivered).
+# Answered chats (one response per request, counted once delivered) and completed grid tasks
+# (`mcp_tasks`, projected from the scheduler's TaskCompleted), each aggregated in one pass, then
+# added: a completed task counts as one grid request with its tokens and CO2; latency and models
+# are the chats' own (a task's time is queueing plus work, and it names no model).
 _STATS_SELECT = """
+WITH answered AS (
+    SELECT
+        count(*)                                              AS requests,
+        COALESCE(sum(total_tokens), 0)::bigint                AS tokens,
+        COALESCE(sum(co2_grams), 0)::double precision         AS co2_grams,
+        COALESCE(sum(co2_saved_grams), 0)::double precision   AS co2_saved_grams,
+        count(*) FILTER (WHERE execution_type = 'edge')       AS edge_requests,
+        count(*) FILTER (WHERE execution_type = 'cloud')      AS cloud_requests,
+        count(*) FILTER (WHERE execution_type = 'grid')       AS grid_requests,
+        COALESCE(avg(latency_ms), 0)::double precision        AS avg_latency_ms,
+        COALESCE(array_agg(DISTINCT model), '{{}}')::text[]   AS models_used
+    FROM mcp_responses
+    {answered_where}
+), tasks AS (
+    SELECT
+        count(*)                                                           AS requests,
+        COALESCE(sum(prompt_tokens + completion_tokens), 0)::bigint        AS tokens,
+        COALESCE(sum(co2_grams), 0)::double precision                      AS co2_grams
+    FROM mcp_tasks
+    {tasks_where}
+)
 SELECT
-    count(*)                                              AS total_requests,
-    COALESCE(sum(total_tokens), 0)::bigint                AS total_tokens,
-    COALESCE(sum(co2_grams), 0)::double precision         AS total_co2_grams,
-    COALESCE(sum(co2_saved_grams), 0)::double precision   AS co2_saved_grams,
-    count(*) FILTER (WHERE execution_type = 'edge')       AS edge_requests,
-    count(*) FILTER (WHERE execution_type = 'cloud')      AS cloud_requests,
-    count(*) FILTER (WHERE execution_type = 'grid')       AS grid_requests,
-    COALESCE(avg(latency_ms), 0)::double precision        AS avg_latency_ms,
-    COALESCE(array_agg(DISTINCT model), '{}')::text[]     AS models_used
-FROM mcp_responses
+    a.requests + t.requests            AS total_requests,
+    a.tokens + t.tokens                AS total_tokens,
+    a.co2_grams + t.co2_grams          AS total_co2_grams,
+    a.co2_saved_grams                  AS co2_saved_grams,
+    a.edge_requests                    AS edge_requests,
+    a.cloud_requests                   AS cloud_requests,
+    a.grid_requests + t.requests       AS grid_requests,
+    a.avg_latency_ms                   AS avg_latency_ms,
+    a.models_used                      AS models_used
+FROM answered AS a CROSS JOIN tasks AS t
 """
 
 
@@ -45,19 +71,30 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _where(
     date_from: datetime | None, date_to: datetime | None, copro_ids: Sequence[str] | None
 ) -> tuple[str, list[Any]]:
-    """Only the filters given, so the planner can use the (copro_id, created_at) index; and only
-    answers a gateway handed to their caller (`delivered_at`: its ChatDelivered)."""
-    clauses: list[str] = ["delivered_at IS NOT NULL"]
+    """The query with only the filters given, so the planner can use the (copro_id, created_at)
+    and (copro_id, completed_at) indexes; and only answers a gateway handed to their caller
+    (`delivered_at`: its ChatDelivered) and tasks the scheduler completed. A task falls in a
+    period by when it completed, as an answer does by when it was stored."""
+    answered: list[str] = ["delivered_at IS NOT NULL"]
+    tasks: list[str] = ["status = 'completed'"]
     args: list[Any] = []
-    for clause, value in (
-        ("created_at >= ${}", _aware(date_from)),
-        ("created_at < ${}", _aware(date_to)),
-        ("copro_id = ANY(${}::text[])", None if copro_ids is None else list(copro_ids)),
+    for answered_clause, task_clause, value in (
+        ("created_at >= ${}", "completed_at >= ${}", _aware(date_from)),
+        ("created_at < ${}", "completed_at < ${}", _aware(date_to)),
+        (
+            "copro_id = ANY(${}::text[])",
+            "copro_id = ANY(${}::text[])",
+            None if copro_ids is None else list(copro_ids),
+        ),
     ):
         if value is not None:
             args.append(value)
-            clauses.append(clause.format(len(args)))
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+            answered.append(answered_clause.format(len(args)))
+            tasks.append(task_clause.format(len(args)))
+    sql = _STATS_SELECT.format(
+        answered_where="WHERE " + " AND ".join(answered), tasks_where="WHERE " + " AND ".join(tasks)
+    )
+    return sql, args
 
 
 # The client waits this much longer than the statement timeout, so that the server's own stop
@@ -66,7 +103,7 @@ _CLIENT_MARGIN_S = 2.0
 
 
 class PostgresStatsRepository:
-    """Read-only queries over `mcp_responses` for the gateway."""
+    """Read-only queries over `mcp_responses` and `mcp_tasks` for the gateway."""
 
     def __init__(self, pool: asyncpg.Pool, *, statement_timeout_s: float = 10.0) -> None:
         self._pool = pool
@@ -79,20 +116,22 @@ class PostgresStatsRepository:
         date_to: datetime | None,
         copro_ids: Sequence[str] | None,
     ) -> dict[str, Any]:
-        """The seed's stats shape over answered requests; `date_from` inclusive, `date_to` exclusive.
+        """The seed's stats shape over answered requests and completed grid tasks; `date_from`
+        inclusive, `date_to` exclusive.
 
         `copro_ids`: None for every copro (and requests without one), else only those (an empty
         list gives zero figures).
         """
-        where, args = _where(date_from, date_to, copro_ids)
+        sql, args = _where(date_from, date_to, copro_ids)
         timeout_s = self._statement_timeout_s
         try:
             async with self._pool.acquire(timeout=timeout_s) as conn, conn.transaction(readonly=True):
                 await conn.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout_s * 1000))}")
-                row = await conn.fetchrow(_STATS_SELECT + where, *args, timeout=timeout_s + _CLIENT_MARGIN_S)
-        except asyncpg.UndefinedTableError:
+                row = await conn.fetchrow(sql, *args, timeout=timeout_s + _CLIENT_MARGIN_S)
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             raise StatsUnavailableError(
-                "statistics are not available yet: the ledger has not created its tables"
+                "statistics are not available yet: the ledger has not created its tables "
+                "(or not migrated them to this gateway's version)"
             ) from None
         except asyncpg.QueryCanceledError:
             raise StatsUnavailableError(

@@ -1,5 +1,5 @@
-"""A user's stored requests and responses (GDPR export), read from the ledger's tables and opened
-with the content keyring. The gateway only reads: erasure goes through the ledger (an event).
+"""A user's stored requests and responses, and their grid tasks (GDPR export), read from the
+ledger's tables and opened with the content keyring (task inputs and results are not sealed). The gateway only reads: erasure goes through the ledger (an event).
 
 A user's requests are found as the ledger finds them for an erasure (its migration 0004):
 `user_ref`, the id as the token's `sub` spells it (any shape), or `user_id`, the seed's UUID
@@ -42,6 +42,16 @@ WHERE q.user_ref = $1 OR q.user_id = $2
 ORDER BY q.created_at, q.id
 """
 _COUNT_SELECT = "SELECT count(*) FROM mcp_requests AS q WHERE q.user_ref = $1 OR q.user_id = $2"
+# The user's grid tasks (the ledger's migration 0006), found as their requests are.
+_TASKS_SELECT = """
+SELECT t.id, t.task_type, t.copro_id, t.status, t.input_data::text AS input_data, t.result::text AS result,
+       t.error, t.error_message, t.attempts, t.co2_grams, t.prompt_tokens, t.completion_tokens,
+       t.duration_s, t.expires_at, t.created_at, t.updated_at, t.completed_at, t.contents_purged_at
+FROM mcp_tasks AS t
+WHERE t.user_ref = $1 OR t.user_id = $2
+ORDER BY t.created_at, t.id
+"""
+_COUNT_TASKS_SELECT = "SELECT count(*) FROM mcp_tasks AS t WHERE t.user_ref = $1 OR t.user_id = $2"
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -61,7 +71,7 @@ def _open(
 
 
 class PostgresUserDataRepository:
-    """Read-only export of one user's requests and responses."""
+    """Read-only export of one user's requests and responses, and of their grid tasks."""
 
     def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None) -> None:
         self._pool = pool
@@ -83,6 +93,29 @@ class PostgresUserDataRepository:
         except asyncpg.UndefinedColumnError:
             raise UserDataUnavailableError(
                 "the ledger's schema predates text user ids (migration 0004): it cannot find this user's data"
+            ) from None
+        except _DB_ERRORS as exc:
+            raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
+
+    async def export_tasks(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's grid tasks, oldest first: input and result (None once erased), status and figures."""
+        try:
+            rows = await self._pool.fetch(_TASKS_SELECT, user_id, _as_uuid(user_id), timeout=30)
+        except asyncpg.UndefinedColumnError:
+            raise UserDataUnavailableError(
+                "the ledger's schema predates grid tasks (migration 0006): it cannot find this user's tasks"
+            ) from None
+        except _DB_ERRORS as exc:
+            raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
+        return [_task(row) for row in rows]
+
+    async def count_tasks(self, user_id: str) -> int:
+        """How many grid tasks the user submitted; raises `UserDataUnavailableError` as `count_requests`."""
+        try:
+            return int(await self._pool.fetchval(_COUNT_TASKS_SELECT, user_id, _as_uuid(user_id), timeout=30))
+        except asyncpg.UndefinedColumnError:
+            raise UserDataUnavailableError(
+                "the ledger's schema predates grid tasks (migration 0006): it cannot find this user's tasks"
             ) from None
         except _DB_ERRORS as exc:
             raise UserDataUnavailableError(f"the database is unavailable ({type(exc).__name__})") from None
@@ -144,6 +177,34 @@ class PostgresUserDataRepository:
             },
             "execution_info": json.loads(row["execution_info"]),
         }
+
+
+def _task(row: asyncpg.Record) -> dict[str, Any]:
+    """One task as exported; its contents are stored in plaintext (no keyring needed)."""
+    purged_at = row["contents_purged_at"]
+    return {
+        "id": str(row["id"]),
+        "task_type": row["task_type"],
+        "copro_id": row["copro_id"],
+        "status": row["status"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "completed_at": _iso(row["completed_at"]),
+        "expires_at": _iso(row["expires_at"]),
+        "input_data": None if purged_at is not None else json.loads(row["input_data"]),
+        "result": None if row["result"] is None else json.loads(row["result"]),
+        "error": row["error"],
+        "error_message": row["error_message"],
+        "contents_status": "purged" if purged_at is not None else "available",
+        "contents_purged_at": _iso(purged_at),
+        "attempts": row["attempts"],
+        "usage": {
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "duration_s": row["duration_s"],
+        },
+        "co2_grams": row["co2_grams"],
+    }
 
 
 def _as_uuid(user_id: str) -> uuid.UUID | None:

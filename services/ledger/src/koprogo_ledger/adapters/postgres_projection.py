@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction
 
+from koprogo_ledger.adapters.postgres_tasks import USER_TASKS, PostgresTaskProjection
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import (
     LATE_ANSWER_FIELDS,
@@ -31,7 +32,12 @@ from koprogo_ledger.domain.records import (
     ResponseRow,
     UserKey,
 )
-from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState, UndeliveredAnswers
+from koprogo_ledger.service_layer.ports import (
+    ProjectionUnitOfWork,
+    ResponseState,
+    TaskProjection,
+    UndeliveredAnswers,
+)
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
 
 # The same values fail the same way on every retry.
@@ -56,6 +62,9 @@ USER_REQUESTS = "(q.user_ref = $1 OR q.user_id = $2)"
 # What the seed's plaintext columns hold once the contents are sealed (they stay NOT NULL).
 MESSAGES_PLACEHOLDER: list[dict[str, Any]] = []
 CONTENT_PLACEHOLDER = ""
+# What an erased task's `input_data` holds (the seed's column is NOT NULL): the shape readers
+# expect, with nothing of the user's in it; `contents_purged_at` says it was erased.
+ERASED_TASK_INPUT: dict[str, Any] = {"parameters": None, "document": None}
 
 
 def _insert_sql(
@@ -250,8 +259,25 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
                 at,
             )
 
+    @property
+    def tasks(self) -> TaskProjection:
+        return PostgresTaskProjection(lambda: self._db, _translated)
+
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
         with _translated():
+            # The task's input (parameters, document reference), result and error message go;
+            # its type, status, attempts, CO2, tokens and times stay (the stats read them).
+            tasks = await self._db.execute(
+                "UPDATE mcp_tasks AS t SET input_data = $3, result = NULL, error_message = NULL,"
+                " contents_purged_at = COALESCE(t.contents_purged_at, $4)"
+                f" WHERE {USER_TASKS}"
+                " AND (t.contents_purged_at IS NULL OR t.input_data <> $3 OR t.result IS NOT NULL"
+                " OR t.error_message IS NOT NULL)",
+                user.ref,
+                user.as_uuid,
+                ERASED_TASK_INPUT,
+                at,
+            )
             responses = await self._db.execute(
                 "UPDATE mcp_responses AS r SET content = $3, content_ciphertext = NULL, key_id = NULL,"
                 " contents_purged_at = COALESCE(r.contents_purged_at, $4)"
@@ -272,7 +298,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
                 MESSAGES_PLACEHOLDER,
                 at,
             )
-        return _count(responses) + _count(requests)
+        return _count(responses) + _count(requests) + _count(tasks)
 
 
 def _count(status: str) -> int:

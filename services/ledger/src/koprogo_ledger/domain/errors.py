@@ -5,7 +5,9 @@
     ├── StoreUnavailableError      PostgreSQL cannot be reached: hold the event until it can
     └── NotYetProjectedError       what the event refers to is not in the ledger yet: retry later
         ├── RequestNotYetProjectedError
-        └── ResponseNotYetProjectedError
+        ├── ResponseNotYetProjectedError
+        ├── TaskNotYetProjectedError
+        └── AttemptNotYetProjectedError
 
 Messages name ids and reasons, never what a user wrote.
 """
@@ -39,3 +41,20 @@ class ResponseNotYetProjectedError(NotYetProjectedError):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"no response for request {request_id} in the ledger yet")
         self.request_id = request_id
+
+
+class TaskNotYetProjectedError(NotYetProjectedError):
+    """A task event came before the task's TaskSubmitted was applied (a redelivery reordered them)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} is not in the ledger yet")
+        self.task_id = task_id
+
+
+class AttemptNotYetProjectedError(NotYetProjectedError):
+    """A node's TaskStarted came before the TaskAssigned that gave it the attempt."""
+
+    def __init__(self, task_id: str, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} of task {task_id} is not in the ledger yet")
+        self.task_id = task_id
+        self.attempt = attempt

@@ -3,7 +3,7 @@
 A batch is projected in one transaction, one savepoint per event, committed once; only
 then are its messages settled (by `koprogo_shared.consumer`). Per message: applied, a
 duplicate or ignored -> ack; a payload that is not a known ledger event, or an event
-PostgreSQL can never store, or a completion not from the node it names -> dead-letter; an event whose predecessor is not applied yet
+PostgreSQL can never store, or a completion (or a task report) not from the node it names -> dead-letter; an event whose predecessor is not applied yet
 -> NAK with back-off, dead-lettered after `max_deliver` deliveries. If the commit fails,
 nothing of the batch is acknowledged: every event is retried (applying one twice is a
 no-op). While PostgreSQL is unreachable the batch is held (JetStream is told it is in
@@ -18,13 +18,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 from nats.aio.msg import Msg
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender, grants_by_token
+from koprogo_ledger.domain.task_records import forged_task_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
@@ -39,11 +41,54 @@ from koprogo_shared.consumer import (
     Retry,
     failure_decision,
 )
-from koprogo_shared.events import UserDataErasureRequested, ledger_event_adapter
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelivered,
+    ChatFailed,
+    ChatRequested,
+    InferenceAttemptFailed,
+    UserDataErasureRequested,
+)
 from koprogo_shared.node_roster import Roster
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
+from koprogo_shared.task_events import (
+    TaskAssigned,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskRequeued,
+    TaskResultReported,
+    TaskStarted,
+    TaskSubmitted,
+)
 
 log = logging.getLogger(__name__)
+
+# Every event the ledger projects: the chat's (`events.ledger_event_adapter`) and the grid's
+# (`task_events.task_event_adapter`), told apart by `type`.
+ledger_events: TypeAdapter[LedgerEvent] = TypeAdapter(
+    Annotated[
+        ChatRequested
+        | ChatCompleted
+        | ChatFailed
+        | ChatDelivered
+        | UserDataErasureRequested
+        | InferenceAttemptFailed
+        | TaskSubmitted
+        | TaskCancelRequested
+        | TaskAssigned
+        | TaskStarted
+        | TaskResultReported
+        | TaskRequeued
+        | TaskCompleted
+        | TaskFailed
+        | TaskExpired
+        | TaskCancelled,
+        Field(discriminator="type"),
+    ]
+)
 
 HOLD_FIRST_WAIT_S = 0.5
 HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the messages ours
@@ -90,12 +135,14 @@ def event_batch_handler(
         grants = grants_by_token(roster())  # once per batch, not per outcome
         for i, msg in enumerate(msgs):
             try:
-                event = ledger_event_adapter.validate_json(msg.data)
+                event = ledger_events.validate_json(msg.data)
             except ValidationError as exc:
                 FAILURES.labels("poison").inc()
                 decisions[i] = failure_decision(exc)
                 continue
-            forged = forged_sender(msg.subject, event, nodes_keyed=nodes_keyed, roster=grants)
+            forged = forged_sender(
+                msg.subject, event, nodes_keyed=nodes_keyed, roster=grants
+            ) or forged_task_sender(msg.subject, event, nodes_keyed=nodes_keyed, roster=grants)
             if forged is not None:
                 FAILURES.labels("forged").inc()
                 log.warning("event %s refused: %s", event.id, forged)

@@ -12,6 +12,8 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
+from koprogo_ledger.domain.task_records import AttemptState, TaskFinish, TaskRow, TaskState
+from koprogo_shared.task_events import AttemptOutcome, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +96,67 @@ class ProjectionUnitOfWork(abc.ABC):
 
     @abc.abstractmethod
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
-        """Remove the contents of every request of `user` and of their responses, keeping every
-        other column; rows already without contents keep their `contents_purged_at`. Returns the
+        """Remove the contents of every request of `user` and of their responses, and the parameters,
+        document reference, result and error message of their grid tasks, keeping every other
+        column; rows already without contents keep their `contents_purged_at`. Returns the
         number of rows changed (0 when applied again)."""
+
+    @property
+    def tasks(self) -> TaskProjection:
+        """The grid's tasks in the same transaction (a unit of work without them projects no task)."""
+        raise NotImplementedError(f"{type(self).__name__} projects no grid task")
+
+
+class TaskProjection(abc.ABC):
+    """`mcp_tasks` and `mcp_task_attempts`, inside the unit of work's transaction.
+
+    An attempt's times keep their first value and its end is the earliest decision that ended
+    it, so a redelivered or late event never rewrites what happened before it. `updated_at` becomes the latest event time the
+    row reflects (`GREATEST`), so an old event applied late does not move it back.
+    """
+
+    @abc.abstractmethod
+    async def insert_task(self, row: TaskRow) -> bool:
+        """False when the task is already there."""
+
+    @abc.abstractmethod
+    async def lock_task(self, task_id: uuid.UUID) -> TaskState | None:
+        """The task, locked until the end of the transaction; None when not projected yet."""
+
+    @abc.abstractmethod
+    async def record_attempt(
+        self,
+        task_id: uuid.UUID,
+        attempt: int,
+        node_id: str,
+        *,
+        assigned_at: datetime | None = None,
+        started_at: datetime | None = None,
+        ended_at: datetime | None = None,
+        outcome: AttemptOutcome | None = None,
+    ) -> None:
+        """Create the attempt's row or fill what it lacks (an existing node_id is kept); an earlier
+        end (`ended_at`, `outcome`) replaces a later one."""
+
+    @abc.abstractmethod
+    async def attempt(self, task_id: uuid.UUID, attempt: int) -> AttemptState | None: ...
+
+    @abc.abstractmethod
+    async def latest_attempt(self, task_id: uuid.UUID) -> AttemptState | None: ...
+
+    @abc.abstractmethod
+    async def end_open_attempts(self, task_id: uuid.UUID, outcome: AttemptOutcome, at: datetime) -> int:
+        """Give every attempt without an outcome this one, ended at `at`; how many."""
+
+    @abc.abstractmethod
+    async def set_progress(
+        self, task_id: uuid.UUID, status: TaskStatus, latest: AttemptState | None, at: datetime
+    ) -> None:
+        """A non-final status; `attempts` and `assigned_node` follow the latest attempt (never go back)."""
+
+    @abc.abstractmethod
+    async def finish(self, task_id: uuid.UUID, finish: TaskFinish, at: datetime) -> None:
+        """A final status with its figures; `completed_at` is `at`."""
 
 
 UnitOfWorkFactory = Callable[[], ProjectionUnitOfWork]

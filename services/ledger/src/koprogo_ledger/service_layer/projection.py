@@ -3,7 +3,7 @@
 The event's id is claimed in the same transaction as its effect, so a redelivered event
 finds its id taken and changes nothing, and a failed one leaves no trace and can be
 retried. In a batch, each event has its own savepoint: one that fails is undone alone and
-the batch is committed once. Errors are the domain's: `NotYetProjectedError` (retry
+the batch is committed once. The grid's task events are applied by `task_projection`. Errors are the domain's: `NotYetProjectedError` (retry
 later), `InvalidEventError` (never storable), `StoreUnavailableError` (wait for the database).
 """
 
@@ -33,6 +33,7 @@ from koprogo_ledger.domain.records import (
     user_key,
 )
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
+from koprogo_ledger.service_layer.task_projection import TaskEvent, apply_task_event
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelivered,
@@ -40,6 +41,18 @@ from koprogo_shared.events import (
     ChatRequested,
     InferenceAttemptFailed,
     UserDataErasureRequested,
+)
+from koprogo_shared.task_events import (
+    TaskAssigned,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskRequeued,
+    TaskResultReported,
+    TaskStarted,
+    TaskSubmitted,
 )
 
 LedgerEvent = (
@@ -49,6 +62,7 @@ LedgerEvent = (
     | ChatDelivered
     | UserDataErasureRequested
     | InferenceAttemptFailed
+    | TaskEvent
 )
 
 
@@ -115,6 +129,19 @@ async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
             # The router's business (it falls back); the request settles on the final
             # ChatCompleted or ChatFailed. Claimed so the audit trail shows it was seen.
             return Projected.IGNORED
+        case (
+            TaskSubmitted()
+            | TaskCancelRequested()
+            | TaskAssigned()
+            | TaskStarted()
+            | TaskResultReported()
+            | TaskRequeued()
+            | TaskCompleted()
+            | TaskFailed()
+            | TaskExpired()
+            | TaskCancelled()
+        ):
+            return Projected.APPLIED if await apply_task_event(event, uow.tasks) else Projected.IGNORED
         case _:
             assert_never(event)
 

@@ -1,0 +1,216 @@
+"""Pure rules turning the grid's task events into `mcp_tasks` and `mcp_task_attempts` rows.
+
+The scheduler alone decides a task's state; the ledger only has to show its decisions whatever
+order JetStream redelivers them in. So the status is not taken from each event in turn but
+derived from what the ledger holds (`task_status`): a final status stays; otherwise the task is
+where its latest attempt is (none or ended: pending; started: running; else: assigned). An old
+event arriving late then changes its own attempt's row and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, assert_never
+
+from koprogo_ledger.domain.errors import InvalidEventError
+from koprogo_ledger.domain.records import optional_uuid, parse_id, user_ref
+from koprogo_shared import subjects
+from koprogo_shared.node_roster import Roster
+from koprogo_shared.task_events import (
+    FINAL_STATUSES,
+    AttemptOutcome,
+    TaskCancelled,
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskResultReported,
+    TaskStarted,
+    TaskStatus,
+    TaskSubmitted,
+)
+
+# TaskFailed.error codes that name how the last attempt ended; any other code ends it as "failed".
+_FAILED_ATTEMPT_OUTCOMES: dict[str, AttemptOutcome] = {"input_error": "input_error"}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A submitted task, as `mcp_tasks` first stores it (pending)."""
+
+    id: uuid.UUID
+    task_type: str
+    # {"parameters": ..., "document": DocumentRef as JSON or None}: a reference, never a document.
+    input_data: dict[str, Any]
+    copro_id: str | None
+    user_ref: str | None
+    user_id: uuid.UUID | None
+    expires_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptState:
+    """One attempt as the ledger holds it."""
+
+    attempt: int
+    node_id: str
+    started: bool
+    ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """What the projection needs to know about a task already in the ledger."""
+
+    status: TaskStatus
+    copro_id: str | None
+    attempts: int
+    # A failed task's code, and when a final decision was applied (None while the task lives).
+    error: str | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinish:
+    """What a final decision writes on the task (its figures stay through a GDPR erasure)."""
+
+    status: TaskStatus
+    attempts: int
+    node_id: str | None = None
+    result: dict[str, Any] | None = None
+    co2_grams: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    duration_s: float | None = None
+    error: str | None = None
+    error_message: str | None = None
+
+
+def task_finish(event: TaskCompleted | TaskFailed | TaskExpired | TaskCancelled) -> TaskFinish:
+    """The task's final figures from the scheduler's decision."""
+    match event:
+        case TaskCompleted():
+            return TaskFinish(
+                status="completed",
+                attempts=event.attempt,
+                node_id=event.node_id,
+                result=event.result,
+                co2_grams=event.co2_grams,
+                prompt_tokens=event.usage.prompt_tokens,
+                completion_tokens=event.usage.completion_tokens,
+                duration_s=event.usage.duration_s,
+            )
+        case TaskFailed():
+            return TaskFinish(
+                status="failed",
+                attempts=event.attempts,
+                co2_grams=event.co2_grams,
+                error=event.error,
+                error_message=event.message,
+            )
+        case TaskExpired():
+            return TaskFinish(status="expired", attempts=event.attempts)
+        case TaskCancelled():
+            return TaskFinish(status="cancelled", attempts=event.attempts)
+        case _:
+            assert_never(event)
+
+
+def task_row(event: TaskSubmitted) -> TaskRow:
+    """The `mcp_tasks` row of a submitted task; the event id is the task id."""
+    document = None if event.document is None else event.document.model_dump(mode="json")
+    return TaskRow(
+        id=parse_id(event.id, "task id"),
+        task_type=event.task_type,
+        input_data={"parameters": event.parameters, "document": document},
+        copro_id=event.copro_id,
+        user_ref=user_ref(event.user_id),
+        user_id=optional_uuid(event.user_id),
+        expires_at=event.expires_at,
+        created_at=event.time,
+    )
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES
+
+
+def task_status(current: TaskStatus, latest: AttemptState | None) -> TaskStatus:
+    """The task's status given its latest attempt: a final status is never left; otherwise the
+    latest attempt says it (none, or ended: pending again; started: running; else: assigned)."""
+    if is_final(current):
+        return current
+    if latest is None or latest.ended:
+        return "pending"
+    return "running" if latest.started else "assigned"
+
+
+def open_attempt_outcome(event: TaskFailed | TaskExpired | TaskCancelled) -> AttemptOutcome:
+    """How an attempt still open when the task ends this way ended."""
+    match event:
+        case TaskFailed():
+            return _FAILED_ATTEMPT_OUTCOMES.get(event.error, "failed")
+        case TaskExpired():
+            return "expired"
+        case TaskCancelled():
+            return "cancelled"
+        case _:
+            assert_never(event)
+
+
+def late_attempt_outcome(task: TaskState) -> AttemptOutcome | None:
+    """How an attempt recorded after its task's final decision ended (its assignment delivered
+    late): as `open_attempt_outcome` would have ended it, had it come in order; None for a
+    completed task (its other attempts were not ended by the completion either) or a live one."""
+    match task.status:
+        case "failed":
+            return _FAILED_ATTEMPT_OUTCOMES.get(task.error or "", "failed")
+        case "expired" | "cancelled":
+            return task.status
+        case _:
+            return None
+
+
+def check_task_copro(event_copro: str | None, event_id: str, task: TaskState) -> None:
+    """An event naming another copro than its task's is refused (InvalidEventError): a node may
+    publish only under the copro of the work it was given."""
+    if event_copro is not None and task.copro_id is not None and event_copro != task.copro_id:
+        raise InvalidEventError(f"event {event_id} names copro {event_copro}, its task copro {task.copro_id}")
+
+
+def check_attempt_node(event: TaskStarted, attempt: AttemptState) -> None:
+    """A node may start only the attempt the scheduler gave it."""
+    if attempt.node_id != event.node_id:
+        raise InvalidEventError(
+            f"node {event.node_id!r} started attempt {event.attempt} of task {event.task_id}, "
+            f"which was assigned to {attempt.node_id!r}"
+        )
+
+
+def forged_task_sender(
+    subject: str, event: object, *, nodes_keyed: bool, roster: Roster | None = None
+) -> str | None:
+    """Why a node's task report must not be believed from the subject it arrived on, else None.
+
+    As for chat outcomes (`records.forged_sender`): a node publishes its TaskStarted and
+    TaskResultReported on `subjects.node_task_event` subjects carrying its id, and its key may
+    publish there alone; the body must name the same node. With `nodes_keyed`, a report on a
+    subject naming no node came from no node. With the roster (keyed by subject token), the
+    node must be in it. Grid work may go to any node that lends itself to the grid, so no
+    pool is checked here: which node may take which task is the scheduler's decision, and the
+    projection checks the node against the attempt the scheduler assigned (`check_attempt_node`).
+    """
+    if not isinstance(event, TaskStarted | TaskResultReported):
+        return None
+    sender = subjects.task_sender(subject)
+    if sender is None:
+        if nodes_keyed:
+            return f"a node's {event.type} naming node {event.node_id!r} on {subject}, which names no node"
+        return None
+    if subjects.subject_token(event.node_id) != sender:
+        return f"node {sender} sent a {event.type} naming node {event.node_id!r}"
+    if roster is not None and sender not in roster:
+        return f"node {sender} is not in the node roster"
+    return None
