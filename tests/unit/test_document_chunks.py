@@ -8,15 +8,15 @@ from decimal import Decimal
 import pytest
 
 from koprogo_gateway.domain.charge_share import charge_share, parse_decimal
-from koprogo_gateway.domain.document_chunks import (
-    EDGE_NODE_CONTEXT_TOKENS,
+from koprogo_gateway.domain.document_chunks import EDGE_NODE_CONTEXT_TOKENS, prompt_context_tokens
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.document_chunks import (
     MIN_CHUNK_CHARS,
     chunk_budget_chars,
     merge_rounds,
-    prompt_context_tokens,
     split_document,
+    split_paragraph_units,
 )
-from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
 MINUTES = "\n\n".join(
     f"{n}. Point {n} de l'ordre du jour. " + "L'assemblée délibère et vote. " * (n * 3) for n in range(1, 9)
@@ -52,6 +52,17 @@ def test_a_paragraph_larger_than_the_budget_is_cut_on_sentences_then_hard() -> N
     assert pieces[:2] == ["Première phrase assez longue.", "Deuxième phrase assez longue."]
     assert all(len(p) <= 45 for p in pieces)
     assert "".join(pieces).replace(" ", "").endswith("x" * 130)
+
+
+def test_paragraph_units_keep_each_paragraph_apart() -> None:
+    text = "Court.\n\n\n  Deuxième.  \n\nPhrase une. Phrase deux est longue."
+    assert split_paragraph_units(text, 20) == [
+        "Court.",
+        "Deuxième.",
+        "Phrase une.",
+        "Phrase deux est long",
+        "ue.",
+    ]
 
 
 def test_an_empty_document_has_no_piece() -> None:

@@ -1,28 +1,35 @@
-"""Long documents cut into pieces a model's context can hold: plain functions, no I/O.
+"""How much of a long document one request to a given model may carry.
 
-A document (meeting minutes, a letter to translate) is split on paragraphs; a paragraph
-larger than the budget is split on sentences, and a sentence larger than the budget is cut
-hard. The budget is in characters: it sizes a prompt, it counts nothing (token counts come
-from the tokenizer, never from here).
+The splitting itself (paragraphs, sentences, packing) is shared with the edge node and lives in
+`koprogo_shared.document_chunks`; what stays here is the gateway's knowledge of models: the
+context a prompt for a model may fill.
 """
 
 from __future__ import annotations
 
-import re
-
 from koprogo_gateway.domain.model_classes import context_length_of, find_auto_class
 from koprogo_shared.catalogue import find_model
+from koprogo_shared.document_chunks import (
+    CHARS_PER_TOKEN_FOR_SIZING,
+    MIN_CHUNK_CHARS,
+    chunk_budget_chars,
+    merge_rounds,
+    split_document,
+)
+
+__all__ = [
+    "CHARS_PER_TOKEN_FOR_SIZING",
+    "EDGE_NODE_CONTEXT_TOKENS",
+    "MIN_CHUNK_CHARS",
+    "chunk_budget_chars",
+    "merge_rounds",
+    "prompt_context_tokens",
+    "split_document",
+]
 
 # An edge node loads its model with this context unless told otherwise (koprogo_node's
 # LLAMA_N_CTX default): smaller than the catalogue's trained context, and what bounds a prompt.
 EDGE_NODE_CONTEXT_TOKENS = 2048
-# Sizing only: few characters per token, so that French text under a small-vocabulary
-# tokenizer still fits. A prompt sized with it stays under the context it was sized for.
-CHARS_PER_TOKEN_FOR_SIZING = 2.5
-MIN_CHUNK_CHARS = 200
-
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 
 
 def prompt_context_tokens(model: str) -> int:
@@ -34,60 +41,3 @@ def prompt_context_tokens(model: str) -> int:
         auto is not None and auto.edge_compatible
     )
     return min(context, EDGE_NODE_CONTEXT_TOKENS) if may_run_on_edge else context
-
-
-def chunk_budget_chars(context_tokens: int, reserved_tokens: int) -> int:
-    """Characters of document one request may carry, once `reserved_tokens` (instructions, answer) are set aside."""
-    free_tokens = max(context_tokens - reserved_tokens, 0)
-    return max(int(free_tokens * CHARS_PER_TOKEN_FOR_SIZING), MIN_CHUNK_CHARS)
-
-
-def split_document(text: str, max_chars: int) -> list[str]:
-    """Consecutive pieces of `text`, each at most `max_chars`, cut on paragraphs where possible.
-
-    Paragraphs are packed together while they fit; nothing but whitespace between pieces is lost.
-    """
-    if max_chars < 1:
-        raise ValueError("max_chars must be positive")
-    units: list[str] = []
-    for paragraph in _PARAGRAPH_BREAK.split(text):
-        paragraph = paragraph.strip()
-        if paragraph:
-            units.extend(_fit(paragraph, max_chars))
-    return _pack(units, max_chars, separator="\n\n")
-
-
-def _fit(paragraph: str, max_chars: int) -> list[str]:
-    """A paragraph as pieces of at most `max_chars`: whole, else by sentences, else cut hard."""
-    if len(paragraph) <= max_chars:
-        return [paragraph]
-    pieces: list[str] = []
-    for sentence in _SENTENCE_END.split(paragraph):
-        sentence = sentence.strip()
-        while len(sentence) > max_chars:
-            pieces.append(sentence[:max_chars])
-            sentence = sentence[max_chars:].lstrip()
-        if sentence:
-            pieces.append(sentence)
-    return _pack(pieces, max_chars, separator=" ")
-
-
-def _pack(units: list[str], max_chars: int, *, separator: str) -> list[str]:
-    chunks: list[str] = []
-    current = ""
-    for unit in units:
-        candidate = f"{current}{separator}{unit}" if current else unit
-        if not current or len(candidate) <= max_chars:
-            current = candidate
-        else:
-            chunks.append(current)
-            current = unit
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def merge_rounds(partials: list[str], max_chars: int) -> list[str]:
-    """Partial summaries grouped into inputs of at most `max_chars` for the next round of summaries."""
-    units = [piece for p in partials if p.strip() for piece in _fit(p.strip(), max_chars)]
-    return _pack(units, max_chars, separator="\n\n")
