@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -267,7 +268,7 @@ async def test_an_executable_renamed_pdf_is_refused_with_what_was_detected(gatew
 
 
 async def test_document_urls_other_than_s3_are_refused_and_s3_reads_only_allowed_buckets(
-    gateway: Client, js: JetStreamContext
+    gateway: Client, js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await gateway()
 
@@ -301,8 +302,14 @@ async def test_document_urls_other_than_s3_are_refused_and_s3_reads_only_allowed
         "copro_id": TILLEULS,
         "input_data": {"document_url": f"s3://{ALLOWED_BUCKET}/2025/huge.pdf"},
     }
-    huge = await small.post("/mcp/v1/execute", json=body, headers=RESIDENT)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        huge = await small.post("/mcp/v1/execute", json=body, headers=RESIDENT)
     assert (huge.status_code, huge.json()["error"]) == (413, "document_too_large")
+    # What the S3 server saw (its own request log).
+    asked = [r.getMessage() for r in caplog.records if "huge.pdf" in r.getMessage()]
+    assert any('"HEAD ' in line for line in asked), asked
+    assert not any('"GET ' in line for line in asked), asked
 
 
 async def test_without_a_configured_store_a_document_url_is_refused_saying_so(gateway: Client) -> None:
