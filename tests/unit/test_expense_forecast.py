@@ -4,6 +4,7 @@ and wide-CSV inputs, and refusals that name the row."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -16,6 +17,7 @@ from koprogo_node.adapters.tasks.forecaster import StatsmodelsExpenseForecaster
 from koprogo_node.domain.tasks.expense_history import Month, history_from_csv
 from koprogo_node.service_layer.tasks.executor import (
     CSV,
+    TEXT,
     TaskCancelledError,
     TaskDocument,
     TaskInputError,
@@ -275,3 +277,52 @@ async def test_a_set_cancel_flag_stops_the_run(executor: PredictExpensesExecutor
 
     with pytest.raises(TaskCancelledError):
         await executor.run(run)
+
+
+async def test_a_json_list_uploaded_as_a_file_reads_like_the_parameter(
+    executor: PredictExpensesExecutor,
+) -> None:
+    records = _records(_other_building(26, seed=4, yearly_growth=0.02), Month(2023, 1))
+    document = TaskDocument(json.dumps(records, indent=1).encode(), TEXT, "charges.json")
+
+    from_file = await executor.run(TaskRun({"horizon_months": 3}, document))
+    from_parameter = await executor.run(TaskRun({"history": records, "horizon_months": 3}))
+
+    assert from_file.result == from_parameter.result
+    assert from_file.result["first_forecast_month"] == "2025-03"
+
+
+async def test_a_broken_json_file_is_refused_naming_its_line(executor: PredictExpensesExecutor) -> None:
+    text = '[\n {"month": "2024-01", "category": "lift", "amount": 1},\n {"month": "2024-02",,}\n]'
+
+    with pytest.raises(TaskInputError, match="line 3") as caught:
+        await executor.run(TaskRun({}, TaskDocument(text.encode(), TEXT)))
+
+    assert caught.value.row == 3
+
+
+async def test_a_fixed_fee_and_an_occasional_works_category_are_forecast_without_negatives(
+    executor: PredictExpensesExecutor,
+) -> None:
+    rng = random.Random(5)
+    series = {
+        "syndic fee": [450.0] * 30,
+        "works": [
+            rng.choice((0.0, 0.0, 0.0, 0.0, 1800.0)) + (120.0 if index % 6 == 0 else 0.0)
+            for index in range(30)
+        ],
+        "lift": [190 + rng.gauss(0, 9) for _ in range(30)],
+    }
+
+    output = await executor.run(TaskRun({"history": _records(series, Month(2022, 7))}))
+    result = output.result
+
+    fee = result["categories"]["syndic fee"]
+    assert fee["model"].startswith("constant")
+    assert {(p["lower_95"], p["mean"], p["upper_95"]) for p in fee["forecast"]} == {(450.0, 450.0, 450.0)}
+    works = result["categories"]["works"]["forecast"]
+    assert all(p["lower_95"] >= 0 for p in works) and max(p["upper_95"] for p in works) > 1800
+    for step, point in enumerate(result["total"]):
+        assert point["mean"] == pytest.approx(
+            sum(c["forecast"][step]["mean"] for c in result["categories"].values()), abs=0.05
+        )

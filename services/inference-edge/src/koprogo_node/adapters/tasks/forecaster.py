@@ -109,7 +109,10 @@ def _fit(series: np.ndarray, candidate: _Candidate) -> ETSResults | None:
         initialization_method="heuristic" if candidate.seasonal else "estimated",
     )
     # A candidate whose likelihood did not converge is dropped from the AICc race (handled here,
-    # hence silenced here only). Multiplicative fits may also overflow on odd series: same fate.
+    # hence turned into an error here only). Multiplicative fits may overflow on odd series: the
+    # finiteness check below drops them, so their RuntimeWarnings are handled too. (Python 3.11's
+    # catch_warnings swaps the process-wide filters; fits are short, and another thread's warning
+    # raised meanwhile is at worst shown or hidden once.)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="statsmodels")

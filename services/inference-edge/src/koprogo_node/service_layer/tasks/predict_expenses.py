@@ -1,7 +1,8 @@
 """`predict_expenses`: a building's monthly charges per category → the next months' forecast.
 
 Input: `history` in the parameters (a JSON list of {month, category, amount|amount_eur}) or a
-CSV document (long `month,category,amount` or wide `month,<category>,...`); `horizon_months`
+document: a CSV (long `month,category,amount` or wide `month,<category>,...`) or that JSON list
+as a file; `horizon_months`
 (1..60, default 12). Result: per category and for the building's total, each future month's
 mean with 80 % and 95 % intervals (docs/tasks/predict_expenses.md).
 """
@@ -9,6 +10,7 @@ mean with 80 % and 95 % intervals (docs/tasks/predict_expenses.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, ClassVar, Protocol
@@ -116,9 +118,24 @@ def _history(parameters: dict[str, Any], document: TaskDocument | None) -> Expen
             raise TaskInputError(
                 f"the document is {document.content_type}, expected a CSV (text/csv)", field="document"
             )
-        return history_from_csv(_decoded(document.data))
+        text = _decoded(document.data)
+        if text.lstrip().startswith("["):
+            # A JSON list uploaded as a file (the gateway sniffs it as text/plain).
+            return history_from_records(_json_list(text))
+        return history_from_csv(text)
     except ExpenseHistoryError as error:
         raise TaskInputError(error.message, field=error.field, row=error.row) from None
+
+
+def _json_list(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TaskInputError(
+            f"line {error.lineno}: the document is not valid JSON ({error.msg})",
+            field="document",
+            row=error.lineno,
+        ) from None
 
 
 def _decoded(data: bytes) -> str:
