@@ -2,8 +2,9 @@
 store and event log), a real PostgreSQL with the ledger's schema, and a real S3-compatible server
 (moto in server mode) for `document_url`.
 
-No ledger runs here: rows are written into `mcp_tasks` / `mcp_task_attempts` as its projection
-would, and a task not yet projected is read back from KOPROGO_EVENTS.
+Most tests run no ledger: rows are written into `mcp_tasks` / `mcp_task_attempts` as its
+projection would, and a task not yet projected is read back from KOPROGO_EVENTS. The last one runs
+the real ledger, so the reader is checked against what the projection really writes.
 """
 
 from __future__ import annotations
@@ -32,10 +33,20 @@ from koprogo_cli.embedded import free_port
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.adapters.migrations import apply_migrations
+from koprogo_ledger.bootstrap import run_ledger
+from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared import subjects
-from koprogo_shared.nats_connection import ensure_streams
-from koprogo_shared.task_events import TaskCancelRequested, TaskSubmitted
-from tests.conftest import settings_fields
+from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.task_events import (
+    TaskAssigned,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskStarted,
+    TaskSubmitted,
+    TaskUsage,
+    task_event_id,
+)
+from tests.conftest import settings_fields, wait_until
 from tests.token_support import AUTH_SETTINGS, bearer, token
 
 pytestmark = pytest.mark.integration
@@ -533,3 +544,100 @@ async def test_delete_publishes_the_cancel_and_a_final_task_is_a_409(
     assert final.status_code == 409
     assert (final.json()["error"], final.json()["status"]) == ("task_final", "completed")
     assert (await client.delete(f"/mcp/v1/tasks/{done_id}", headers=READER)).status_code == 403
+
+
+async def test_once_the_ledger_projects_a_task_get_list_and_delete_show_its_rows(
+    gateway: Client,
+    js: JetStreamContext,
+    clean_jetstream: str,
+    database_url: str,
+    content_keys_env: dict[str, str],
+) -> None:
+    """With the real ledger projecting: the scheduler's and the node's steps, published as they
+    publish them, are what GET shows (attempt, times, outcome, result, grams)."""
+    stop = asyncio.Event()
+    ledger_settings = LedgerSettings(
+        nats_url=clean_jetstream, database_url=database_url, ops_port=0, **settings_fields(content_keys_env)
+    )
+    ledger = asyncio.create_task(run_ledger(ledger_settings, stop))
+    try:
+        client = await gateway()
+        body = {
+            "task_type": "translate_document",
+            "copro_id": LINDE,
+            "input_data": {"text": "De lift wordt in mei vervangen.", "target_language": "fr"},
+        }
+        task_id = (await client.post("/mcp/v1/execute", json=body, headers=NEIGHBOUR)).json()["id"]
+
+        async def status() -> str | None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                value = await conn.fetchval("SELECT status FROM mcp_tasks WHERE id = $1", uuid.UUID(task_id))
+                return str(value) if value is not None else None
+            finally:
+                await conn.close()
+
+        await wait_until(status, timeout=30)
+        source = "koprogo/grid-scheduler"
+        assigned = TaskAssigned(
+            id=task_event_id(task_id, "assigned:1"),
+            source=source,
+            copro_id=LINDE,
+            task_id=task_id,
+            task_type="translate_document",
+            attempt=1,
+            node_id="pi-7",
+            deadline=datetime.now(UTC) + timedelta(minutes=5),
+        )
+        await publish_event(js, subjects.task_event("assigned", LINDE), assigned)
+        started = TaskStarted(
+            id=task_event_id(task_id, "started:1"),
+            source="koprogo/node/pi-7",
+            copro_id=LINDE,
+            task_id=task_id,
+            attempt=1,
+            node_id="pi-7",
+        )
+        await publish_event(js, subjects.node_task_event("started", LINDE, "pi-7"), started)
+        result = {"text": "L'ascenseur sera remplacé en mai.", "target_language": "fr"}
+        completed = TaskCompleted(
+            id=task_event_id(task_id, "completed"),
+            source=source,
+            copro_id=LINDE,
+            task_id=task_id,
+            task_type="translate_document",
+            attempt=1,
+            node_id="pi-7",
+            result=result,
+            usage=TaskUsage(prompt_tokens=40, completion_tokens=12, duration_s=3.5),
+            co2_grams=0.004,
+        )
+        await publish_event(js, subjects.task_event("completed", LINDE), completed)
+
+        async def projected_completed() -> bool:
+            return await status() == "completed"
+
+        await wait_until(projected_completed, timeout=30)
+        view = (await client.get(f"/mcp/v1/tasks/{task_id}", headers=NEIGHBOUR)).json()
+        assert (view["status"], view["result"], view["error"], view["co2_grams"]) == (
+            "completed",
+            result,
+            None,
+            0.004,
+        )
+        [attempt] = view["attempts"]
+        assert (attempt["attempt"], attempt["node_id"], attempt["outcome"]) == (1, "pi-7", "completed")
+        assert attempt["started_at"] is not None and attempt["ended_at"] is not None
+        assert view["copro_id"] == LINDE and view["task_type"] == "translate_document"
+        listed = (await client.get("/mcp/v1/tasks?status=completed", headers=NEIGHBOUR)).json()["tasks"]
+        assert [t["id"] for t in listed] == [task_id]
+        assert (await client.get(f"/mcp/v1/tasks/{task_id}", headers=RESIDENT)).status_code == 404
+        final = await client.delete(f"/mcp/v1/tasks/{task_id}", headers=NEIGHBOUR)
+        assert (final.status_code, final.json()["error"], final.json()["status"]) == (
+            409,
+            "task_final",
+            "completed",
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(ledger, timeout=30)
