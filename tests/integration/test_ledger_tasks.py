@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from nats.js.errors import NotFoundError
 
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
@@ -52,6 +53,9 @@ from tests.integration.ledger_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+# The task events whose payload holds a user's input or result: what an erasure scrubs.
+CONTENT_BEARING = (TaskSubmitted, TaskResultReported, TaskCompleted, TaskFailed)
 
 STEPS = {
     TaskSubmitted: "submitted",
@@ -492,6 +496,56 @@ async def test_an_erasure_removes_the_users_task_inputs_and_results_and_keeps_th
     ] * 2
     assert [t["co2_grams"] for t in exported_after] == [0.009, 0.002] and counted == 2
     assert erased_again == erased, f"applying the erasure again ({again.id}) changes nothing"
+
+
+async def test_an_erasure_deletes_the_users_task_contents_from_the_audit_log(
+    database_url: str, clean_jetstream: str
+) -> None:
+    user = "marie.dupont@example.be"
+    hers, his = Task("copro-a", user_id=user), Task("copro-a", user_id="jan")
+    result = {"total": "312,40", "supplier": "Vivaqua"}
+
+    def life(task: Task) -> list[Event]:
+        return [
+            task.submitted(), task.assigned(1, "pi-a", 1), task.started(1, "pi-a", 2),
+            task.reported(1, "pi-a", 20, result), task.completed(1, "pi-a", 21, result),
+        ]  # fmt: skip
+
+    failed = Task("copro-a", user_id=user)
+    failing = [failed.submitted(), failed.assigned(1, "pi-a", 1), failed.failed(5, 1)]
+    events = [*life(hers), *life(his), *failing]
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        sequences = {}
+        for event in events:
+            ack = await ledger.js.publish(
+                subject_of(event), event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.id}
+            )
+            sequences[event.id] = ack.seq
+        await wait_until(lambda: ledger.applied(*sequences))
+        await _erase(ledger, user)
+
+        async def in_stream(event: Event) -> bool:
+            try:
+                await ledger.js.get_msg(subjects.EVENTS_STREAM, sequences[event.id])
+            except NotFoundError:
+                return False
+            return True
+
+        with_contents = [e for e in life(hers) + failing if isinstance(e, CONTENT_BEARING)]
+
+        async def scrubbed() -> bool:
+            return not any([await in_stream(e) for e in with_contents])
+
+        await wait_until(scrubbed, timeout=15)
+        stayed = {
+            type(e).__name__: await in_stream(e) for e in life(hers) if not isinstance(e, CONTENT_BEARING)
+        }
+        his_stayed = [await in_stream(e) for e in life(his)]
+        letters = await ledger.dead_letters()
+    assert len(with_contents) == 5
+    assert stayed == {"TaskAssigned": True, "TaskStarted": True}
+    assert all(his_stayed)
+    assert letters == []
 
 
 async def test_stats_count_completed_tasks_as_grid_work_within_the_filters(

@@ -3,16 +3,17 @@
 PostgreSQL loses the user's contents when the ledger applies `UserDataErasureRequested`;
 the same contents also sit in the JetStream file store until the stream's own 30-day limit
 (`ChatRequested` holds the messages, `ChatCompleted` the answer, `InferenceAttemptFailed`
-the work). After the erasure is committed, the ledger finds the user's request ids in
-PostgreSQL, reads the stream's chat subjects once, up to the erasure's own position
+the work; a grid task's input and result in its submission, report and decision). After the
+erasure is committed, the ledger finds the user's request and task ids in PostgreSQL, reads
+the stream's content-bearing subjects once, up to the erasure's own position
 (`audit_log.read_messages`), and deletes (`STREAM.MSG.DELETE`, the message is erased from
-the store) every message of those requests. Chats the user sends after the erasure stay.
+the store) every message of those requests and tasks. Chats the user sends after the erasure stay.
 Deleting an already deleted message is not an error, so a redelivered erasure scrubs again
 safely. Events without contents (failures, deliveries) are kept: the audit log still shows
 that the requests happened.
 
 A message is deleted only once every durable consumer of it (`CONSUMERS`: the router's two,
-and the ledger's own) has acknowledged it, read from their ack floors: a chat in flight
+the grid scheduler's, and the ledger's own) has acknowledged it, read from their ack floors: a chat in flight
 still reaches the router and the ledger. While some are not, `erase_user` deletes the rest
 and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
 (`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
@@ -20,7 +21,8 @@ holds nothing back.
 
 Reading the whole window once per erasure is linear in the stream's size; erasures are rare
 and a copro's 30-day stream is small. Dead letters (KOPROGO_DEADLETTER, 90 days) are not
-scrubbed yet.
+scrubbed yet; nor are the grid scheduler's task state (its key-value bucket) and the task
+documents in the object store: those are not the ledger's.
 """
 
 from __future__ import annotations
@@ -37,19 +39,27 @@ from nats.js.errors import NotFoundError
 
 from koprogo_ledger.adapters.audit_log import read_messages
 from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
+from koprogo_ledger.adapters.postgres_tasks import USER_TASKS
 from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
 
 log = logging.getLogger(__name__)
 
-# Subjects whose events carry contents; the request id is `id` (requests) or `request_id`.
+# Subjects whose events carry contents; the request id is `id` (requests) or `request_id`, the
+# task id `id` (submissions) or `task_id`. A task's input is in its TaskSubmitted, its result in
+# the node's TaskResultReported and the scheduler's TaskCompleted, and a failure's message may
+# quote the input; assignments, starts, requeues and the other decisions carry none.
 CONTENT_SUBJECTS = (
     subjects.CHAT_REQUESTED_ALL,
     "koprogo.events.chat.completed.>",
     subjects.INFERENCE_ATTEMPT_FAILED_ALL,
+    subjects.TASK_SUBMITTED_ALL,
+    subjects.TASK_REPORTED_ALL,
+    "koprogo.events.task.completed.>",
+    "koprogo.events.task.failed.>",
 )
 # The durable consumers of those subjects besides the ledger's own: a message waits for them.
-OTHER_CONSUMERS = (subjects.ROUTER_DURABLE, subjects.ROUTER_FALLBACK_DURABLE)
+OTHER_CONSUMERS = (subjects.ROUTER_DURABLE, subjects.ROUTER_FALLBACK_DURABLE, subjects.GRID_SCHEDULER_DURABLE)
 
 
 class ScrubPendingError(Exception):
@@ -99,8 +109,12 @@ class NatsStreamScrubber(StreamScrubber):
     async def erase_user(self, user_id: str, *, before: int) -> int:
         user = user_key(str(user_id))
         rows = await self._db.fetch(
-            f"SELECT q.id FROM mcp_requests AS q WHERE {USER_REQUESTS}", user.ref, user.as_uuid
+            f"SELECT q.id FROM mcp_requests AS q WHERE {USER_REQUESTS}"
+            f" UNION ALL SELECT t.id FROM mcp_tasks AS t WHERE {USER_TASKS}",
+            user.ref,
+            user.as_uuid,
         )
+        # Request and task ids are UUIDs: one set serves both.
         request_ids = {str(r["id"]) for r in rows}
         if not request_ids:
             return 0
@@ -109,7 +123,7 @@ class NatsStreamScrubber(StreamScrubber):
         waiting_for: set[str] = set()
         for subject in CONTENT_SUBJECTS:
             async for message in read_messages(self._js, subject, before=before):
-                if _request_id(message.event) not in request_ids:
+                if _owner_id(message.event) not in request_ids:
                     continue
                 behind = [
                     f.consumer
@@ -155,6 +169,7 @@ def _matches(subject: str, pattern: str) -> bool:
     return len(tokens) == len(wanted)
 
 
-def _request_id(event: dict[str, Any]) -> str | None:
-    value = event.get("request_id") or event.get("id")
+def _owner_id(event: dict[str, Any]) -> str | None:
+    """The request or task an event belongs to."""
+    value = event.get("request_id") or event.get("task_id") or event.get("id")
     return value if isinstance(value, str) else None
