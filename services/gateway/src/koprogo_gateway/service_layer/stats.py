@@ -1,5 +1,9 @@
 """Query: a caller's usage statistics, read from the ledger's tables.
 
+The figures are over answered chats and completed grid tasks: a completed task is one grid
+request (`grid_requests`, `total_requests`) whose tokens and CO2 are in the totals; latency
+and models are the chats' (see `adapters/stats_repository.py`).
+
 One query behind `/mcp/v1/stats` and the MCP `get_stats` tool. A query covers at most
 `MAX_RANGE` (a year): a longer one is refused, so that one request cannot make PostgreSQL
 aggregate years of rows; the repository stops any query that runs longer than its statement
@@ -67,7 +71,8 @@ async def usage_stats(
     date_from: datetime | None,
     date_to: datetime | None,
 ) -> StatsPublic:
-    """Totals over answered requests of the caller's copros (or `copro_id`'s), optionally between two times.
+    """Totals over answered requests and completed grid tasks of the caller's copros (or `copro_id`'s),
+    optionally between two times.
 
     Another copro's figures are a 404, as if it did not exist; admins see every copro.
     """
