@@ -36,6 +36,7 @@ from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.bootstrap import run_ledger
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared import subjects
+from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.nats_connection import ensure_streams, publish_event
 from koprogo_shared.task_events import (
     TaskAssigned,
@@ -46,7 +47,8 @@ from koprogo_shared.task_events import (
     TaskUsage,
     task_event_id,
 )
-from tests.conftest import settings_fields, wait_until
+from tests.conftest import SecuredNats, settings_fields, wait_until
+from tests.integration.nats_permissions_support import connected_as
 from tests.token_support import AUTH_SETTINGS, bearer, token
 
 pytestmark = pytest.mark.integration
@@ -641,3 +643,35 @@ async def test_once_the_ledger_projects_a_task_get_list_and_delete_show_its_rows
     finally:
         stop.set()
         await asyncio.wait_for(ledger, timeout=30)
+
+
+async def test_the_gateways_own_nats_identity_may_store_publish_and_read_back_a_task(
+    gateway: Client, secured: SecuredNats
+) -> None:
+    """On a server that admits only known nkeys, with the gateway's permissions as `koprogo up`
+    writes them: the object store, TaskSubmitted, the read-back by id and the cancel all pass."""
+    async with connected_as(secured, "admin") as admin:
+        await declare_grid_stores(admin.js)
+    client = await gateway(nats_url=secured.url, nats_nkey_seed_file=str(secured.seed_files["gateway"]))
+    body = {
+        "task_type": "ocr_invoice",
+        "copro_id": TILLEULS,
+        "input_data": {"document": base64.b64encode(SCAN).decode(), "filename": "scan.png"},
+    }
+
+    response = await client.post("/mcp/v1/execute", json=body, headers=RESIDENT)
+
+    assert response.status_code == 202, response.text
+    task_id = response.json()["id"]
+    pending = await client.get(f"/mcp/v1/tasks/{task_id}", headers=RESIDENT)
+    assert (pending.status_code, pending.json()["status"]) == (200, "pending")
+    assert (await client.get(f"/mcp/v1/tasks/{task_id}", headers=ADMIN)).json()["status"] == "pending"
+    assert (await client.delete(f"/mcp/v1/tasks/{task_id}", headers=RESIDENT)).status_code == 202
+    async with connected_as(secured, "admin") as admin:
+        assert await stored_document(admin.js, task_id) == SCAN
+        event = await submitted_event(admin.js, TILLEULS, task_id)
+        assert event.document is not None and event.document.content_type == "image/png"
+        msg = await admin.js.get_last_msg(
+            subjects.EVENTS_STREAM, subjects.task_event("cancel_requested", TILLEULS)
+        )
+        assert TaskCancelRequested.model_validate_json(msg.data or b"").task_id == task_id
