@@ -30,6 +30,7 @@ from koprogo_cli.nats_auth import (
 from koprogo_cli.node_footprint import add_footprint_args, declared_footprint, footprint_env
 from koprogo_cli.node_join import add_node_parser
 from koprogo_cli.stack import StackError, cloud_deployment_ids
+from koprogo_cli.task_commands import add_task_parsers
 from koprogo_cli.up_command import add_up_parsers
 
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_up_parsers(sub)
     add_client_parsers(sub)
+    add_task_parsers(sub)
     add_mcp_parser(sub)
     add_node_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")

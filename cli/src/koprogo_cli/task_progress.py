@@ -1,0 +1,203 @@
+"""What `koprogo execute` and `koprogo tasks` make of their arguments and of the gateway's tasks.
+
+Plain functions over plain data (no HTTP, no terminal): `input_data_of` builds a task's
+`input_data` from `--json` and `--param`; `progress_lines` says what changed between two looks
+at a task (its status, a new attempt, how an attempt ended); `spinner_line`, `final_line`,
+`failure_message`, `task_rows` and `task_detail` render for the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+# Exit codes of `koprogo execute`: 0 completed, these otherwise.
+EXIT_TASK_ENDED_WITHOUT_RESULT = 1
+EXIT_USAGE = 2
+EXIT_WAIT_TIMEOUT = 124  # as timeout(1): the task still runs
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+
+
+class TaskInputError(ValueError):
+    """`--json` or `--param` cannot be read; the message says which and why."""
+
+
+def input_data_of(
+    json_arg: str | None, params: Sequence[str], read_text: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """`--json` (an object, or `@file.json`, `@-` for standard input), then each `--param key=value` over it.
+
+    A parameter's value is JSON when it reads as JSON (`6`, `true`, `[...]`, `"12"`), else text,
+    so `--param target_language=nl --param horizon_months=6` gives `{"target_language": "nl",
+    "horizon_months": 6}`.
+    """
+    read = read_text or _read_text
+    data: dict[str, Any] = {}
+    if json_arg is not None:
+        text = read(json_arg[1:]) if json_arg.startswith("@") else json_arg
+        where = f"--json {json_arg}" if json_arg.startswith("@") else "--json"
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TaskInputError(
+                f"{where}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise TaskInputError(f"{where}: must be a JSON object ({{...}}), the task's input_data")
+        data.update(parsed)
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key.strip():
+            raise TaskInputError(f"--param {param!r}: use KEY=VALUE")
+        data[key.strip()] = _param_value(value)
+    return data
+
+
+def _param_value(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _read_text(name: str) -> str:
+    import sys
+
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TaskInputError(f"--json @{name}: {exc.strerror or exc}") from None
+
+
+def poll_interval(elapsed_s: float) -> float:
+    """Seconds between two looks at a running task: often at first, then less (each look is a
+    request against the user's rate limit, 100 a minute by default)."""
+    if elapsed_s < 5:
+        return 0.5
+    if elapsed_s < 30:
+        return 1.0
+    return 2.0
+
+
+def _attempts(task: dict[str, Any]) -> list[dict[str, Any]]:
+    attempts = task.get("attempts") or []
+    return [a for a in attempts if isinstance(a, dict)]
+
+
+def progress_lines(previous: dict[str, Any] | None, task: dict[str, Any], elapsed_s: float) -> list[str]:
+    """What happened to the task since `previous` (None: the first look), one line per change."""
+    lines: list[str] = []
+    before = {a.get("attempt"): a for a in _attempts(previous or {})}
+    for attempt in _attempts(task):
+        seen = before.get(attempt.get("attempt"))
+        if seen is None:
+            lines.append(f"attempt {attempt.get('attempt')} on {attempt.get('node_id')}")
+        if attempt.get("outcome") and (seen is None or not seen.get("outcome")):
+            lines.append(
+                f"attempt {attempt.get('attempt')} on {attempt.get('node_id')} ended: {attempt['outcome']}"
+            )
+    status = task.get("status")
+    if previous is None or previous.get("status") != status:
+        lines.append(str(status))
+    return [f"task {task.get('id')}: {line} ({elapsed_s:.1f} s)" for line in lines]
+
+
+def spinner_line(task: dict[str, Any], elapsed_s: float, frame: int) -> str:
+    """The one line a terminal redraws while waiting: a spinner, the status, the node, the time."""
+    running = [a for a in _attempts(task) if not a.get("outcome")]
+    where = f" on {running[-1].get('node_id')}, attempt {running[-1].get('attempt')}" if running else ""
+    return f"{SPINNER[frame % len(SPINNER)]} {task.get('status')}{where} · {elapsed_s:.1f} s"
+
+
+def final_line(task: dict[str, Any], elapsed_s: float) -> str:
+    """After a completed task: where it ran, how long it took and its grams of CO₂."""
+    attempts = _attempts(task)
+    node = f" on {attempts[-1].get('node_id')}" if attempts else ""
+    tries = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
+    co2 = task.get("co2_grams")
+    grams = f" · {co2:.5f} g CO₂" if isinstance(co2, int | float) else ""
+    return f"task {task.get('id')} {task.get('status')}{node}{tries} in {elapsed_s:.1f} s{grams}"
+
+
+def failure_message(task: dict[str, Any]) -> str:
+    """Why a task ended without a result: its status, its error code and message, its attempts."""
+    error = task.get("error") or {}
+    reason = ""
+    if isinstance(error, dict) and (error.get("error") or error.get("message")):
+        reason = (
+            f": {error.get('error')}: {error.get('message')}"
+            if error.get("message")
+            else f": {error.get('error')}"
+        )
+    attempts = _attempts(task)
+    tried = ""
+    if attempts:
+        tried = (
+            " (attempts: "
+            + ", ".join(f"{a.get('node_id')} {a.get('outcome') or 'unfinished'}" for a in attempts)
+            + ")"
+        )
+    return f"task {task.get('id')} {task.get('status')}{reason}{tried}"
+
+
+def task_rows(tasks: Sequence[dict[str, Any]]) -> list[tuple[object, ...]]:
+    """`koprogo tasks`'s table: one row per task."""
+    rows: list[tuple[object, ...]] = []
+    for task in tasks:
+        attempts = _attempts(task)
+        rows.append(
+            (
+                task.get("id"),
+                task.get("task_type"),
+                task.get("status"),
+                _when(task.get("created_at")),
+                len(attempts),
+                attempts[-1].get("node_id") if attempts else "-",
+                task.get("co2_grams") if task.get("co2_grams") is not None else "-",
+            )
+        )
+    return rows
+
+
+TASK_HEADERS = ("id", "type", "status", "created", "attempts", "node", "g CO₂")
+ATTEMPT_HEADERS = ("attempt", "node", "started", "ended", "outcome")
+
+
+def task_detail(task: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """`koprogo tasks ID`: the task's fields, and its attempts, as table rows."""
+    error = task.get("error") or {}
+    fields: list[tuple[object, ...]] = [
+        ("id", task.get("id")),
+        ("type", task.get("task_type")),
+        ("status", task.get("status")),
+        ("copro", task.get("copro_id") or "-"),
+        ("created", _when(task.get("created_at"))),
+        ("updated", _when(task.get("updated_at"))),
+        ("g CO₂", task.get("co2_grams") if task.get("co2_grams") is not None else "-"),
+    ]
+    if isinstance(error, dict) and error:
+        fields.append(("error", f"{error.get('error')}: {error.get('message')}"))
+    attempts: list[tuple[object, ...]] = [
+        (
+            a.get("attempt"),
+            a.get("node_id"),
+            _when(a.get("started_at")),
+            _when(a.get("ended_at")),
+            a.get("outcome") or "-",
+        )
+        for a in _attempts(task)
+    ]
+    return fields, attempts
+
+
+def _when(value: object) -> str:
+    """An ISO time as `2026-12-02 03:14:07` (UTC as the API gives it), `-` when there is none."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    return value.replace("T", " ").split(".")[0].removesuffix("Z").removesuffix("+00:00")
