@@ -141,6 +141,17 @@ def test_an_executable_or_unknown_binary_renamed_pdf_is_refused_saying_what_it_i
     assert "application/pdf" in refused.value.message  # what is accepted
 
 
+def test_minutes_saved_by_an_old_windows_editor_are_refused_with_how_to_fix_them() -> None:
+    data = "Procès-verbal: la façade sera rénovée en été.\r\n".encode("cp1252")
+    with pytest.raises(UnsupportedDocumentError, match="save it as UTF-8"):
+        sniff_content_type(data, "pv.txt")
+
+
+def test_a_wide_csv_with_quoted_decimal_commas_is_csv() -> None:
+    data = b'month,chauffage,ascenseur\n2024-01,"4 120,50","260,00"\n2024-02,"3 980,10","260,00"\n'
+    assert sniff_content_type(data) == CSV
+
+
 def test_an_empty_document_is_refused() -> None:
     with pytest.raises(UnsupportedDocumentError, match="empty"):
         sniff_content_type(b"")

@@ -65,6 +65,10 @@ def sniff_content_type(data: bytes, filename: str | None = None) -> str:
             return media
     text = _as_text(data)
     if text is None:
+        if _legacy_text(data):
+            raise _refused(
+                "text in another encoding than UTF-8 (Windows-1252 or Latin-1?); save it as UTF-8", filename
+            )
         raise _refused("binary data of an unknown type", filename)
     if (filename or "").lower().endswith(".csv") or looks_like_csv(text):
         return CSV
@@ -106,6 +110,15 @@ def _as_text(data: bytes) -> str | None:
     if any(ord(ch) in _NOT_TEXT for ch in text):
         return None  # NULs and other controls: binary that happens to be valid UTF-8
     return text
+
+
+def _legacy_text(data: bytes) -> bool:
+    """Text an older Windows or Mac editor wrote: bytes over 127, but no controls (cp1252 has no NUL)."""
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(ch) in _NOT_TEXT for ch in text)
 
 
 def _refused(what: str, filename: str | None) -> UnsupportedDocumentError:
