@@ -283,3 +283,11 @@ def test_the_model_schema_asks_for_exactly_the_missing_fields() -> None:
     assert schema["required"] == ["iban", "vat"]
     assert set(schema["properties"]) == {"iban", "vat"}
     assert schema["additionalProperties"] is False
+
+
+def test_a_date_after_an_invoice_label_is_not_an_invoice_number() -> None:
+    found = values(
+        page("Date de facture : 7 avril 2025", "Facture du 14 mars 2025", "Invoice date: 3 May 2025")
+    )
+    assert "invoice_number" not in found
+    assert found["issue_date"] == "2025-04-07"

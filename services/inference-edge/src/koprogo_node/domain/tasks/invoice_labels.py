@@ -67,7 +67,8 @@ INVOICE_NUMBER_HEAD = (
     rf"(?:{_NO}\s*(?:de\s+(?:la\s+)?)?facture|numero\s+de\s+(?:la\s+)?facture"
     rf"|factuur\s*{_NO}|factuurnummer|factuurnr\.?|invoice\s*{_NO}|facture\s*{_NO}|rechnung\s*{_NO}"
     rf"|(?:note\s+de\s+credit|creditnota|credit\s+note)\s*{_NO}?"
-    rf"|(?<!\w)facture|(?<!\w)factuur|(?<!\w)invoice)"
+    # A bare `Facture`, not the one of `Date de facture` / `Invoice date`.
+    rf"|(?<!\w)(?<!date de )(?<!date )facture|(?<!\w)factuur|(?<!\w)invoice(?!\s+date))"
 )
 INVOICE_NUMBER_LABEL = INVOICE_NUMBER_HEAD + r"\s*[:.]?\s*"
 # What an invoice number looks like: letters, digits and separators, at least one digit.
@@ -101,5 +102,5 @@ NOT_A_NAME = (
 )
 
 
-def compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+AMOUNT_LABEL = re.compile("|".join(f"(?P<{name}>{p})" for name, p in AMOUNT_LABELS.items()))
+DATE_LABEL = re.compile("|".join(f"(?P<{name}>{p})" for name, p in DATE_LABELS.items()))
