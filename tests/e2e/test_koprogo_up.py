@@ -21,6 +21,7 @@ from koprogo_cli.embedded import free_port
 from koprogo_cli.secrets import content_keys_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir
+from tests.e2e.test_grid_tasks import FIXTURES
 
 ALICE = "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 
@@ -81,6 +82,24 @@ def up_chat_restart(tmp_path: Path) -> None:
             f"{url}/mcp/v1/chat", json=body | {"model": "mistral:7b-instruct-q4"}, headers=alice, timeout=30
         )
         assert unserved.status_code == 503, unserved.text
+        # A grid task, within the gateway's, the scheduler's and the node's permissions: the
+        # document goes to the object store, the node reads it and reports, the ledger projects.
+        invoice = FIXTURES / "facture-chauffage-F-2025-0142.pdf"
+        submitted = httpx.post(
+            f"{url}/mcp/v1/execute",
+            data={"task_type": "ocr_invoice", "copro_id": body["context"].removeprefix("copro:")},
+            files={"document": (invoice.name, invoice.read_bytes())},
+            headers=alice,
+            timeout=30,
+        )
+        assert submitted.status_code == 202, submitted.text
+        task_url = f"{url}/mcp/v1/tasks/{submitted.json()['id']}"
+        deadline = time.monotonic() + 120
+        while (task := httpx.get(task_url, headers=alice, timeout=10).json())["status"] != "completed":
+            assert task["status"] in ("pending", "assigned", "running"), task
+            assert time.monotonic() < deadline, task
+            time.sleep(0.5)
+        assert task["result"]["fields"]["invoice_number"]["value"] == "F-2025-0142"
         # GDPR erasure, within the ledger's permissions too: it scrubs the audit log as well.
         erased = httpx.delete(f"{url}/mcp/v1/users/{ALICE}/data", headers=alice, timeout=30)
         assert erased.status_code == 202, erased.text
@@ -100,7 +119,7 @@ def up_chat_restart(tmp_path: Path) -> None:
         while (stats := httpx.get(stats_url, headers=alice, timeout=10).json())["total_requests"] == 0:
             assert time.monotonic() < deadline, "the first run's chat is missing after the restart"
             time.sleep(0.2)
-        assert stats["total_requests"] == 1
+        assert stats["total_requests"] == 2 and stats["grid_requests"] == 1
         assert keys_file.read_text() == keys_before, "a restart reuses the content keys, never replaces them"
         assert stats["total_tokens"] == chat.json()["usage"]["total_tokens"]
     finally:
@@ -120,7 +139,14 @@ def assert_nats_admits_only_the_stacks_own_keys(data: Path) -> None:
     keys_dir = data / "secrets" / "nats"
     seeds = sorted(str(p.relative_to(keys_dir)) for p in keys_dir.rglob("*.nk"))
     nodes = [seed for seed in seeds if seed.startswith("nodes/")]
-    assert sorted(set(seeds) - set(nodes)) == ["admin.nk", "cloud.nk", "gateway.nk", "ledger.nk", "router.nk"]
+    assert sorted(set(seeds) - set(nodes)) == [
+        "admin.nk",
+        "cloud.nk",
+        "gateway.nk",
+        "grid.nk",
+        "ledger.nk",
+        "router.nk",
+    ]
     assert len(nodes) == 1, nodes  # the bundled node's
     for seed in seeds:
         assert stat.S_IMODE((keys_dir / seed).stat().st_mode) == 0o600

@@ -61,7 +61,8 @@ def scheduler_publish() -> list[str]:
 
 
 def scheduler_subscribe() -> list[str]:
-    return [subjects.GRID_POLL_ALL, subjects.NODE_HEARTBEAT_ALL]
+    # Cloud statuses too: the heartbeat follower (`koprogo_shared.heartbeats`) is the routers'.
+    return [subjects.GRID_POLL_ALL, subjects.NODE_HEARTBEAT_ALL, subjects.CLOUD_STATUS_ALL]
 
 
 def gateway_publish() -> list[str]:
@@ -89,4 +90,6 @@ def node_publish(node_id: str) -> list[str]:
         f"$JS.API.STREAM.MSG.GET.{documents}",
         f"$JS.API.CONSUMER.CREATE.{documents}",
         f"$JS.FC.{documents}.>",
+        # nats-py finds the stream of the chunks' subject by asking for stream names (names only).
+        "$JS.API.STREAM.NAMES",
     ]
