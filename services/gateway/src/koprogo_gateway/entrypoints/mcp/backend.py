@@ -1,28 +1,38 @@
 """What the MCP tools call: the gateway's own API, in-process here or over HTTP (`koprogo mcp`).
 
 Both backends speak the HTTP API's JSON shapes (`/mcp/v1/chat`, `/mcp/v1/stats`,
-`/mcp/v1/models`), so a tool behaves the same whichever transport carries it. A refusal is
-a `BackendRefusedError` carrying the API's status, error code and message.
+`/mcp/v1/models`, `/mcp/v1/execute` and `/mcp/v1/tasks/{id}`), so a tool behaves the same
+whichever transport carries it. A refusal is a `BackendRefusedError` carrying the API's status,
+error code and message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from typing import Any, Protocol
 
 from starlette.requests import Request
 
 from koprogo_gateway.bootstrap import Gateway
-from koprogo_gateway.domain.access import Caller
+from koprogo_gateway.domain.access import READ, Caller, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import GatewayError, InvalidQueryError
+from koprogo_gateway.domain.task_view import TaskOut
 from koprogo_gateway.service_layer.models import list_models
 from koprogo_gateway.service_layer.stats import usage_stats
+from koprogo_gateway.service_layer.tasks import TaskSubmission
+from koprogo_shared.task_events import FINAL_STATUSES
 
 # Where the MCP endpoint's authentication leaves the request's backend (its gateway and its
 # verified caller), in the ASGI scope's state.
 BACKEND_STATE_KEY = "koprogo_mcp_backend"
+# While a tool waits for its task: how often the task is read again (more often at first, when
+# a short task ends), as seconds since it was submitted -> seconds until the next read.
+POLL_STEPS = ((5.0, 0.25), (30.0, 0.5))
+POLL_SLOWEST_S = 1.0
 
 
 class BackendRefusedError(Exception):
@@ -52,6 +62,17 @@ class KoproGoBackend(Protocol):
         """`GET /mcp/v1/models`."""
         ...
 
+    async def run_task(
+        self, task_type: str, input_data: dict[str, Any], copro_id: str | None, wait_s: float
+    ) -> dict[str, Any]:
+        """`POST /mcp/v1/execute`, then the task as `GET /mcp/v1/tasks/{id}` shows it once it has
+        ended, or after `wait_s` (still pending or running: the grid goes on with it)."""
+        ...
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        """`GET /mcp/v1/tasks/{id}`."""
+        ...
+
 
 class BackendFactory(Protocol):
     """The MCP server's lifespan value: which backend serves the request a tool runs in."""
@@ -62,9 +83,11 @@ class BackendFactory(Protocol):
 class InProcessBackend:
     """The gateway's use cases, called with the caller the MCP endpoint authenticated.
 
-    Each checks its own scope (chat needs `mcp:write`, stats and models `mcp:read`) and copro
-    rules, and counts against the caller's rate limit, as behind the HTTP routes (a chat is
-    counted by its use case, stats and models here); the answers are the HTTP API's JSON shapes.
+    Each checks its own scope (chat needs `mcp:write`, stats, models and a task `mcp:read`, running
+    a task both: it is submitted, then read) and copro rules, and counts against the caller's rate
+    limit, as behind the HTTP routes (a chat and a task's submission are counted by their use case,
+    stats, models and a task's reading here; the reads while a tool waits for its task are not
+    counted); the answers are the HTTP API's JSON shapes.
     """
 
     def __init__(self, gateway: Gateway, caller: Caller) -> None:
@@ -100,6 +123,49 @@ class InProcessBackend:
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
         return listed.model_dump(mode="json")
+
+    async def run_task(
+        self, task_type: str, input_data: dict[str, Any], copro_id: str | None, wait_s: float
+    ) -> dict[str, Any]:
+        try:
+            # Checked first, so that a token that could not read the result submits nothing.
+            require_scope(self.caller, READ)
+            submitted = await self.gateway.tasks.submit(
+                self.caller, TaskSubmission(task_type=task_type, input_data=input_data, copro_id=copro_id)
+            )
+            task = await self._wait(submitted.accepted.id, wait_s)
+        except GatewayError as exc:
+            raise BackendRefusedError(exc.status, exc.error, exc.message) from None
+        return task.model_dump(mode="json")
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        try:
+            await self.gateway.chat.admission.admit_request(self.caller.user_id)
+            task = await self.gateway.tasks.get(self.caller, task_id)
+        except GatewayError as exc:
+            raise BackendRefusedError(exc.status, exc.error, exc.message) from None
+        return task.model_dump(mode="json")
+
+    async def _wait(self, task_id: str, wait_s: float) -> TaskOut:
+        """The task once it has ended, or as it is after `wait_s`.
+
+        The grid's events reach the ledger's projection, which `TaskService.get` reads; reading it
+        again is what the HTTP client does too, with a bounded number of reads per task.
+        """
+        start = time.monotonic()
+        while True:
+            task = await self.gateway.tasks.get(self.caller, task_id)
+            elapsed = time.monotonic() - start
+            if task.status in FINAL_STATUSES or elapsed >= wait_s:
+                return task
+            await asyncio.sleep(min(_poll_interval(elapsed), wait_s - elapsed))
+
+
+def _poll_interval(elapsed_s: float) -> float:
+    for until_s, every_s in POLL_STEPS:
+        if elapsed_s < until_s:
+            return every_s
+    return POLL_SLOWEST_S
 
 
 class InProcessBackends:

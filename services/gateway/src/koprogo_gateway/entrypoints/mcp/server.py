@@ -32,9 +32,11 @@ from koprogo_gateway.settings import GatewaySettings
 
 MCP_PATH = "/mcp"
 INSTRUCTIONS = (
-    "KoproGo Symbiose: the AI layer of a co-ownership (copropriété) platform. Tools answer chats, "
-    "summarise meeting minutes and translate documents through the copro's models (edge first, "
-    "low CO₂), and report the copro's usage statistics. Pass `copro_id` for the copro concerned."
+    "KoproGo Symbiose: the AI layer of a co-ownership (copropriété) platform. Tools answer chats "
+    "through the copro's models (edge first, low CO₂); read invoices, summarise meeting minutes, "
+    "translate documents and forecast charges as tasks on the grid of volunteer nodes (a task "
+    "still running when the tool returns is followed with get_task); and report the copro's usage "
+    "statistics. Pass `copro_id` for the copro concerned."
 )
 
 
@@ -162,13 +164,15 @@ def mount_mcp(app: FastAPI, settings: GatewaySettings) -> AbstractAsyncContextMa
 
     Stateless: any gateway replica answers any request, no session affinity needed. Bound to
     loopback, the SDK's DNS-rebinding protection is on (it allows only loopback Host headers).
+    A request may carry an invoice in base64 (`ocr_invoice`): the SDK takes bodies as large as
+    `POST /mcp/v1/execute` does; the app's BodySizeLimit decides what reaches it.
     """
     server = build_mcp_server(InProcessBackends())
     sdk_app = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=True,
         json_response=True,
-        max_request_body_size=settings.max_body_bytes,
+        max_request_body_size=settings.execute_max_body_bytes,
         host=settings.gateway_host,
     )
     # An exact route, not a mount: `/mcp/v1/...` stays the HTTP API's, with its own 404 and 405.
