@@ -22,7 +22,7 @@ from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, 
 from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.nats_connection import publish_event
-from koprogo_shared.task_events import TaskSubmitted, task_event_adapter
+from koprogo_shared.task_events import DocumentRef, TaskSubmitted, task_event_adapter
 
 
 class EchoExecutor(TaskExecutor):
@@ -114,7 +114,11 @@ async def scheduler(nats_url: str, **settings: Any) -> AsyncIterator[asyncio.Eve
 
 
 async def submit(
-    js: JetStreamContext, task_type: str = "predict_expenses", copro: str = "c1", **parameters: Any
+    js: JetStreamContext,
+    task_type: str = "predict_expenses",
+    copro: str = "c1",
+    document: DocumentRef | None = None,
+    **parameters: Any,
 ) -> TaskSubmitted:
     now = datetime.now(UTC)
     task = TaskSubmitted(
@@ -122,6 +126,7 @@ async def submit(
         copro_id=copro,
         task_type=task_type,  # type: ignore[arg-type]
         parameters=parameters,
+        document=document,
         expires_at=now + timedelta(hours=1),
     )
     await publish_event(js, subjects.task_submitted_key(copro, task.id), task)

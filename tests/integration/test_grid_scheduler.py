@@ -5,14 +5,18 @@ executors that echo (the real executors have their own tests and the e2e suite).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_shared import subjects
 from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.task_events import DocumentRef
 from tests.conftest import wait_until
 from tests.integration.grid_support import EchoExecutor, TaskEvents, grid_node, scheduler, submit
 
@@ -97,5 +101,40 @@ async def test_a_scheduler_restarted_mid_stream_loses_nothing_and_runs_nothing_t
         # stream and was applied, or it was taken back): never more runs than assignments.
         assigned = [e for _, e in events.events if e.type == "koprogo.task.assigned.v1"]
         assert runs <= len(assigned)
+    finally:
+        await nc.close()
+
+
+async def test_the_node_reads_the_document_and_the_scheduler_deletes_it_once_the_task_is_done(
+    clean_jetstream: str,
+) -> None:
+    nc, js, events = await _ready(clean_jetstream)
+    data = b"month,category,amount\n2024-01,chauffage,12.5\n"
+    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+    await store.put("doc-for-t", data)
+    ref = DocumentRef(
+        object_name="doc-for-t",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        content_type="text/csv",
+    )
+    try:
+        async with (
+            scheduler(clean_jetstream),
+            grid_node(clean_jetstream, "n1", {"predict_expenses": EchoExecutor("predict_expenses")}),
+        ):
+            t = await submit(js, document=ref)
+            await wait_until(events.done(t.id), timeout=30)
+            [completed] = events.of(t.id, "completed")
+            assert completed.result["document_bytes"] == len(data)
+
+            async def deleted() -> bool:
+                try:
+                    await store.get("doc-for-t")
+                except nats.js.errors.NotFoundError:
+                    return True
+                return False
+
+            await wait_until(deleted, timeout=10)
     finally:
         await nc.close()

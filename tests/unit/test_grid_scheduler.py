@@ -10,10 +10,11 @@ import pytest
 
 from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState
 from koprogo_grid.domain.rules import GridRules, parse_deadlines
-from koprogo_grid.service_layer.ports import FakeTaskEventBus, FakeTaskStateStore
+from koprogo_grid.service_layer.ports import FakeTaskDocumentBin, FakeTaskEventBus, FakeTaskStateStore
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_shared import subjects
 from koprogo_shared.task_events import (
+    DocumentRef,
     GridPollReply,
     TaskCancelRequested,
     TaskResultReported,
@@ -356,3 +357,32 @@ def test_task_state_round_trips_through_json() -> None:
     state = TaskState(task=task(), outbox=[("s", "{}")])
     assert TaskState.model_validate_json(state.model_dump_json()) == state
     assert uuid.UUID(state.task_id)
+
+
+async def test_a_final_task_forgets_its_contents_once_its_decision_is_published() -> None:
+    clock, replies, store, bus, documents = (
+        Clock(),
+        Replies(),
+        FakeTaskStateStore(),
+        FakeTaskEventBus(),
+        FakeTaskDocumentBin(),
+    )
+    scheduler = GridScheduler(
+        TaskBoard(GridRules()),
+        store,
+        bus,
+        replies.respond,
+        replies.cancel,
+        documents,
+        clock=clock,
+        monotonic=clock.monotonic,
+    )
+    ref = DocumentRef(object_name="doc-1", sha256="0" * 64, size=3, content_type="application/pdf")
+    t = task().model_copy(update={"document": ref})
+    await scheduler.on_submitted(t)
+    await scheduler.poll(node(), "a", wait_s=0)
+    await scheduler.on_reported(*report(t, "n1", result={"iban": "BE71 0961 2345 6769"}))
+    tombstone = store.saved[t.id]
+    assert tombstone.status == "completed" and tombstone.outbox == [] and tombstone.task.parameters == {}
+    assert documents.deleted == ["doc-1"]
+    assert "BE71" in bus.published[-1][1]  # the decision went out before the contents were dropped

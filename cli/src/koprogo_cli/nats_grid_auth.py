@@ -7,7 +7,8 @@ may do with tasks, polls and documents.
                its dead letters; koprogo.events.task.<step>.*    answers polls (allow_responses)
                for its decisions; read, write and watch the
                KOPROGO_GRID_TASKS bucket; koprogo.cancel.node.>;
-               koprogo.nodes.announce
+               koprogo.nodes.announce; delete a final task's
+               document from KOPROGO_DOCUMENTS
     gateway    + koprogo.events.task.{submitted,cancel_requested}.>; write documents to the
                KOPROGO_DOCUMENTS object store; read a TaskSubmitted back from KOPROGO_EVENTS
     node       + koprogo.grid.poll.<its id>, koprogo.events.task.{started,result_reported}.*.
@@ -43,6 +44,7 @@ def _ordered_reader(stream: str) -> list[str]:
 
 def scheduler_publish() -> list[str]:
     tasks = kv_stream(subjects.GRID_TASKS_BUCKET)
+    documents = object_store_stream(subjects.DOCUMENTS_BUCKET)
     return [
         *[f"$JS.API.STREAM.INFO.{spec.name}" for spec in subjects.STREAMS],
         f"$JS.API.STREAM.INFO.{object_store_stream(subjects.DOCUMENTS_BUCKET)}",
@@ -57,6 +59,10 @@ def scheduler_publish() -> list[str]:
         f"$KV.{subjects.GRID_TASKS_BUCKET}.>",
         "koprogo.cancel.node.>",
         subjects.NODES_ANNOUNCE,
+        # A final task's document is deleted (its meta rolled up, its chunks purged by subject).
+        f"$JS.API.STREAM.MSG.GET.{documents}",
+        f"$JS.API.STREAM.PURGE.{documents}",
+        f"$O.{subjects.DOCUMENTS_BUCKET}.>",
     ]
 
 

@@ -10,7 +10,7 @@ import time
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus
+from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus, ObjectStoreDocumentBin
 from koprogo_grid.adapters.kv_store import KeyValueTaskStore
 from koprogo_grid.domain.board import TaskBoard
 from koprogo_grid.entrypoints.nats_handlers import on_poll, on_task_event
@@ -63,6 +63,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
             NatsTaskEventBus(js),
             answers.respond,
             answers.cancel_node,
+            ObjectStoreDocumentBin(js),
         )
         await scheduler.start()
 

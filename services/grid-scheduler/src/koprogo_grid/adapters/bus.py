@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_grid.service_layer.ports import TaskEventBus
+from koprogo_grid.service_layer.ports import TaskDocumentBin, TaskEventBus
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import publish_event
 from koprogo_shared.task_events import GridPollReply, task_event_adapter
@@ -35,3 +36,21 @@ class NatsPollAnswers:
 
     async def cancel_node(self, node_id: str, task_id: str) -> None:
         await self._nc.publish(subjects.node_cancel(node_id, task_id), b"")
+
+
+class ObjectStoreDocumentBin(TaskDocumentBin):
+    """Deletes documents from the JetStream object store (`subjects.DOCUMENTS_BUCKET`)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def delete(self, object_name: str) -> None:
+        store = await self._js.object_store(subjects.DOCUMENTS_BUCKET)
+        try:
+            await store.delete(object_name)
+        except (
+            nats.js.errors.ObjectNotFoundError,
+            nats.js.errors.ObjectDeletedError,
+            nats.js.errors.NotFoundError,
+        ):
+            pass  # already gone: deleted before a restart, or expired

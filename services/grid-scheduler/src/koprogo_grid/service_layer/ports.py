@@ -30,6 +30,22 @@ class TaskEventBus(ABC):
     async def publish(self, outbox: Sequence[tuple[str, str]]) -> None: ...
 
 
+class TaskDocumentBin(ABC):
+    """Removes a finished task's document from the object store (the node that needed it is done)."""
+
+    @abstractmethod
+    async def delete(self, object_name: str) -> None:
+        """Delete it; a document already gone is no error."""
+
+
+class FakeTaskDocumentBin(TaskDocumentBin):
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    async def delete(self, object_name: str) -> None:
+        self.deleted.append(object_name)
+
+
 class FakeTaskStateStore(TaskStateStore):
     def __init__(self) -> None:
         self.saved: dict[str, TaskState] = {}

@@ -5,6 +5,10 @@ is answered, so a scheduler that dies at any point restarts from its store: a ta
 assigned whose node never heard of it is taken back when `start_grace_s` passes; events stored in
 a state's outbox but not published are published again at start (their ids are deterministic).
 Transitions of one task are serialised (a lock per task); different tasks go concurrently.
+
+Once a task is final and its decision published, what the user sent goes: its document is deleted
+from the object store and its tombstone keeps no parameters and no result (GDPR: contents live in
+the ledger alone, where an erasure reaches them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from koprogo_grid.domain.board import PollingNode, TaskBoard, TaskState, Waiter
-from koprogo_grid.service_layer.ports import TaskEventBus, TaskStateStore
+from koprogo_grid.service_layer.ports import TaskDocumentBin, TaskEventBus, TaskStateStore
 from koprogo_shared import subjects
 from koprogo_shared.events import utc_now
 from koprogo_shared.task_events import (
@@ -43,6 +47,7 @@ class GridScheduler:
         bus: TaskEventBus,
         respond: Respond,
         cancel_node: CancelNode,
+        documents: TaskDocumentBin | None = None,
         *,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
@@ -52,6 +57,7 @@ class GridScheduler:
         self._bus = bus
         self._respond = respond
         self._cancel_node = cancel_node
+        self._documents = documents
         self._clock = clock
         self._monotonic = monotonic
         self._locks: dict[str, asyncio.Lock] = {}
@@ -218,6 +224,9 @@ class GridScheduler:
                 # Stored: the tick (or the next start) publishes it again with the same ids.
                 log.warning("task %s: events not published yet (%r)", state.task_id, exc)
                 self._unpublished[state.task_id] = state
+                return
+        if state.final:
+            await self._forget_contents(state)
 
     async def _publish_pending(self) -> None:
         for task_id, state in list(self._unpublished.items()):
@@ -227,6 +236,22 @@ class GridScheduler:
                 log.warning("task %s: events still not published (%r)", task_id, exc)
                 return
             self._unpublished.pop(task_id, None)
+            if state.final:
+                await self._forget_contents(state)
+
+    async def _forget_contents(self, state: TaskState) -> None:
+        """A final, published task: delete its document, keep a tombstone without contents."""
+        try:
+            if state.task.document is not None and self._documents is not None:
+                await self._documents.delete(state.task.document.object_name)
+            tombstone = state.model_copy(
+                update={"task": state.task.model_copy(update={"parameters": {}}), "outbox": []}
+            )
+            await self._store.save(tombstone)
+            self.board.put(tombstone)
+        except Exception as exc:
+            # The next start finds the state final with its outbox, publishes it again and retries this.
+            log.warning("task %s: contents not forgotten yet (%r)", state.task_id, exc)
 
     def _lock(self, task_id: str) -> asyncio.Lock:
         lock = self._locks.get(task_id)
