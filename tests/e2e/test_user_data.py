@@ -38,7 +38,7 @@ async def _stats(stack: RunningStack, headers: dict[str, str]) -> dict[str, Any]
 async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_factory: StackFactory) -> None:
     resident_id, neighbour_id = str(uuid.uuid4()), str(uuid.uuid4())
     stack = await stack_factory(
-        probe_token=token(user=resident_id, copros=[COPRO], scopes=("mcp:read",)), **AUTH_SETTINGS
+        probe_token=token(user=resident_id, copros=[COPRO], scopes=("mcp:read",)), grid=True, **AUTH_SETTINGS
     )
     resident = bearer(token(user=resident_id, copros=[COPRO], scopes=READ_WRITE))
     neighbour = bearer(token(user=neighbour_id, copros=[COPRO], scopes=READ_WRITE))
@@ -50,9 +50,27 @@ async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_fa
         assert chat.status_code == 200, chat.text
         answers.append(chat.json())
     await wait_until(lambda: _delivered(stack, 2), timeout=15)
+    # A grid task of the resident's: exported with what they sent and got, erased with the rest.
+    history = [{"month": f"2024-{m:02d}", "category": "nettoyage", "amount": 500 + m} for m in range(1, 13)]
+    submitted = await stack.client.post(
+        "/mcp/v1/execute",
+        json={"task_type": "predict_expenses", "input_data": {"history": history}, "copro_id": COPRO},
+        headers=resident,
+    )
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["id"]
+
+    async def task_done() -> bool:
+        tasks = (await _export(stack, resident_id, resident))["tasks"]
+        return bool(tasks) and tasks[0]["status"] == "completed"
+
+    await wait_until(task_done, timeout=60)
 
     mine = await _export(stack, resident_id, resident)
     assert mine["user_id"] == resident_id
+    [task] = mine["tasks"]
+    assert task["id"] == task_id and task["input_data"]["parameters"]["history"] == history
+    assert task["result"]["categories"]["nettoyage"]["forecast"]
     [request] = mine["requests"]
     assert request["messages"] == body["messages"] and request["contents_status"] == "available"
     assert request["model"] == body["model"] and request["context"] == body["context"]
@@ -79,7 +97,7 @@ async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_fa
     erased = await stack.client.delete(f"/mcp/v1/users/{resident_id}/data", headers=resident)
     assert erased.status_code == 202, erased.text
     assert erased.json()["status"] == "accepted" and erased.json()["request_id"]
-    assert erased.json()["requests"] == 1
+    assert erased.json()["requests"] == 1 and erased.json()["tasks"] == 1
     by_admin = await stack.client.delete(f"/mcp/v1/users/{neighbour_id}/data", headers=admin)
     assert by_admin.status_code == 202, by_admin.text
 
@@ -96,6 +114,9 @@ async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_fa
         assert gone["response"]["usage"] == answers[0 if user == resident_id else 1]["usage"]
     assert await _stats(stack, admin) == before
     assert await _ciphertexts_left(stack) == 0
+    [erased_task] = (await _export(stack, resident_id, resident))["tasks"]
+    assert erased_task["input_data"] is None and erased_task["result"] is None
+    assert erased_task["contents_status"] == "purged" and erased_task["status"] == "completed"
 
 
 async def test_an_open_gateway_neither_exports_nor_erases(stack_factory: StackFactory) -> None:

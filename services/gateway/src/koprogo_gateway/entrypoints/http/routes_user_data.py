@@ -1,4 +1,4 @@
-"""GDPR: `GET /mcp/v1/users/{id}/data` exports a user's stored requests and responses,
+"""GDPR: `GET /mcp/v1/users/{id}/data` exports a user's stored requests, responses and grid tasks,
 `DELETE /mcp/v1/users/{id}/data` erases their contents.
 
 Only with authentication on, for the user themself or an admin (another user's data is a 404).
@@ -44,10 +44,18 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
 )
 async def export_user_data(gateway: GatewayDep, caller: Reader, user_id: UserId) -> dict[str, Any]:
     """Every stored request of the user, oldest first, with its response; contents decrypted,
-    or `null` with `contents_status` `purged` (retention or erasure) or `unavailable`."""
+    or `null` with `contents_status` `purged` (retention or erasure) or `unavailable`; and every
+    grid task the user submitted, with its parameters and result until erased."""
     requests = await user_data.export_user_data(gateway.user_data, caller, user_id)
-    log.info("user data of %s exported by %s (%d requests)", user_id, caller.user_id, len(requests))
-    return {"user_id": user_id, "requests": requests}
+    tasks = await user_data.export_user_tasks(gateway.user_data, caller, user_id)
+    log.info(
+        "user data of %s exported by %s (%d requests, %d tasks)",
+        user_id,
+        caller.user_id,
+        len(requests),
+        len(tasks),
+    )
+    return {"user_id": user_id, "requests": requests, "tasks": tasks}
 
 
 @router.delete(
@@ -86,5 +94,10 @@ async def erase_user_data(gateway: GatewayDep, caller: Writer, user_id: UserId) 
     )
     return JSONResponse(
         status_code=202,
-        content={"status": "accepted", "request_id": accepted.event_id, "requests": accepted.requests},
+        content={
+            "status": "accepted",
+            "request_id": accepted.event_id,
+            "requests": accepted.requests,
+            "tasks": accepted.tasks,
+        },
     )
