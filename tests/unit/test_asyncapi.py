@@ -11,7 +11,7 @@ import inspect
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 import jsonschema
@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from koprogo_cli import nats_auth
 from koprogo_gateway.entrypoints.http import routes_asyncapi
-from koprogo_shared import asyncapi, events, subjects
+from koprogo_shared import asyncapi, events, grid_stores, subjects, task_events
 from koprogo_shared.asyncapi import address_pattern, build_document, catalogue_gaps, subjects_overlap
 
 SPEC = Path(__file__).parent / "asyncapi_spec" / "asyncapi-3.0.0.json"
@@ -43,7 +43,12 @@ def permissions() -> dict[str, nats_auth.Permissions]:
         "gateway": nats_auth.gateway_permissions(key),
         "cloud": nats_auth.cloud_permissions(key, ["anthropic-eu"]),
         "edge": nats_auth.node_permissions(key, "pi-1", ["qwen2.5-0.5b"]),
+        "grid": nats_auth.grid_permissions(key),
     }
+
+
+def test_every_service_identity_is_checked_against_the_catalogue() -> None:
+    assert set(nats_auth.SERVICES) | {"edge"} == set(permissions())
 
 
 def test_the_catalogue_is_valid_asyncapi_3_0_0() -> None:
@@ -90,6 +95,19 @@ def test_every_reference_resolves_and_operations_use_their_channels_messages() -
         channel_ref = operation["channel"]["$ref"]
         assert operation["messages"], name
         assert all(m["$ref"].startswith(channel_ref + "/messages/") for m in operation["messages"]), name
+        if "reply" in operation:
+            reply_ref = operation["reply"]["channel"]["$ref"]
+            assert operation["reply"]["messages"], name
+            assert all(m["$ref"].startswith(reply_ref + "/messages/") for m in operation["reply"]["messages"])
+
+
+def test_a_grid_poll_is_a_request_answered_on_the_nodes_inbox() -> None:
+    document = build_document()
+    for name in ("edgeSendGridPoll", "gridReceiveGridPoll"):
+        reply = resolve(document, document["operations"][name]["reply"]["channel"]["$ref"])
+        assert reply["address"] == "_INBOX.{public_key}.>"
+        assert list(reply["messages"]) == ["GridPollReply"]
+    assert document["channels"]["gridPoll"]["address"] == "koprogo.grid.poll.{node_id}"
 
 
 def test_message_payloads_are_json_schemas_of_the_event_models() -> None:
@@ -124,20 +142,43 @@ def test_a_new_event_or_subject_function_missing_from_the_table_is_a_gap(
     assert any("chat_abandoned" in gap for gap in gaps)
 
 
+def test_a_new_task_event_missing_from_the_table_is_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    class TaskVerified(events.Event):
+        type: Literal["koprogo.task.verified.v1"] = "koprogo.task.verified.v1"
+
+    monkeypatch.setattr(task_events, "TaskVerified", TaskVerified, raising=False)
+    assert "event TaskVerified: no channel in CHANNELS carries it" in catalogue_gaps()
+
+
+def test_every_task_event_and_grid_message_has_its_json_schema() -> None:
+    document = build_document()
+    messages = document["components"]["messages"]
+    union, _discriminator = get_args(task_events.TaskEvent)
+    for model in (*get_args(union), task_events.GridPoll, task_events.GridPollReply):
+        schema = resolve(document, messages[model.__name__]["payload"]["$ref"])
+        jsonschema.Draft7Validator.check_schema(schema)
+        assert set(schema["required"]) == set(model.model_fields), model.__name__
+    assert messages["TaskSubmitted"]["name"] == "koprogo.task.submitted.v1"
+    assert "headers" in messages["TaskCompleted"] and "headers" not in messages["GridPoll"]
+
+
 def used_subjects() -> list[str]:
     """Every subject the code names: constants, streams, buckets, functions, permissions."""
     found = [s for spec in subjects.STREAMS for s in spec.subjects]
     for name, value in vars(subjects).items():
         if name.isupper() and isinstance(value, str):
             if name.endswith("_BUCKET"):
-                found.append(f"$KV.{value}.>")
+                # An object store's subjects are `$O.<bucket>.>`, a key-value bucket's `$KV.<bucket>.>`.
+                store = grid_stores.object_store_stream(value) in grid_stores.GRID_STREAMS
+                found.append(f"{'$O' if store else '$KV'}.{value}.>")
             elif name.endswith("_PREFIX"):
                 found.append(f"{value}.>")
             elif value.startswith("koprogo."):
                 found.append(value)
     for name, function in inspect.getmembers(subjects, inspect.isfunction):
         if function.__module__ == subjects.__name__ and name not in asyncapi.NOT_CHANNELS:
-            found.append(function("some-value"))
+            required = [p for p in inspect.signature(function).parameters.values() if p.default is p.empty]
+            found.append(function(*["some-value"] * len(required)))
     for granted in permissions().values():
         found += [s for s in (*granted.publish, *granted.subscribe) if not s.startswith(("$JS.", "_INBOX."))]
     return found
@@ -154,12 +195,20 @@ def test_every_subject_the_services_use_maps_to_a_channel() -> None:
 def allowed(granted: nats_auth.Permissions, action: str, address: str) -> bool:
     """May this identity send on / receive from the channel (core subscribe or a consumer's filter)?"""
     pattern = address_pattern(address)
+    if action == "send" and address.startswith("_INBOX."):
+        # A reply to a request's inbox: only an identity allowed to answer what it received.
+        return granted.allow_responses
     if action == "send":
         return any(subjects_overlap(pattern, s) for s in granted.publish)
     if any(subjects_overlap(pattern, s) for s in granted.subscribe):
         return True
     if address.startswith("$KV."):
         return any(f".KV_{address.split('.')[1]}" in s for s in granted.publish)
+    if address.startswith("$O."):
+        # An object's meta is read by subject (last message), its chunks by an ordered consumer.
+        stream = grid_stores.object_store_stream(address.split(".")[1])
+        api = "STREAM.MSG.GET" if address.split(".")[2] == "M" else "CONSUMER.CREATE"
+        return f"$JS.API.{api}.{stream}" in granted.publish
     creates = [s.split(".", 6) for s in granted.publish if s.startswith("$JS.API.CONSUMER.CREATE.")]
     return any(len(parts) == 7 and subjects_overlap(pattern, parts[6]) for parts in creates)
 

@@ -1,10 +1,11 @@
 """The AsyncAPI 3.0.0 catalogue of every NATS subject, generated from the code.
 
 `CHANNELS` is the one table of subject -> message types -> who sends, who receives. The
-addresses come from `subjects.py` (a subject function's argument becomes the channel
-parameter: `chat_completed(copro_id)` -> `koprogo.events.chat.completed.{copro_id}`), the
-payloads from the pydantic models of `events.py`, and the stream a channel lives in from
-`subjects.STREAMS`. Every JetStream channel also gets its dead-letter channel.
+addresses come from `subjects.py` (a subject function's arguments become the channel
+parameters: `chat_completed(copro_id)` -> `koprogo.events.chat.completed.{copro_id}`), the
+payloads from the pydantic models of `events.py` and `task_events.py`, and the stream a channel
+lives in from `subjects.STREAMS`. Every JetStream channel also gets its dead-letter channel. The
+grid's rows (tasks, polls, the scheduler's state, documents) are in `asyncapi_grid`.
 
 `catalogue_gaps()` names the event classes and subject functions the table does not cover;
 a unit test keeps it empty, so the catalogue cannot silently drift from the code.
@@ -15,12 +16,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from koprogo_shared import events, subjects
+from koprogo_shared import asyncapi_grid, events, subjects, task_events
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelivered,
@@ -36,6 +38,7 @@ from koprogo_shared.events import (
     RunInference,
     UserDataErasureRequested,
 )
+from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -45,7 +48,7 @@ OPERATOR = "operator"
 
 # Subject functions that do not name a channel: they make tokens, names and prefixes.
 # (`deadletter_for` names the dead-letter channels the builder derives from each stream channel.)
-NOT_CHANNELS = frozenset(
+NOT_CHANNELS = asyncapi_grid.GRID_NOT_CHANNELS | frozenset(
     {
         "subject_token",
         "durable_name",
@@ -73,7 +76,10 @@ NOT_CHANNELS = frozenset(
     }
 )
 
-SubjectOf = Callable[[str], str]
+# A subject function, or one with its first arguments bound (`partial(subjects.task_event, "failed")`).
+SubjectOf = Callable[..., str]
+# The modules whose `Event` subclasses must each travel on some channel.
+EVENT_MODULES = (events, task_events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,11 @@ class Channel:
     summary: str
     # A payload that is no model: (name, JSON Schema), e.g. the empty announce request.
     raw_payload: tuple[str, dict[str, Any]] | None = None
+    raw_content_type: str | None = None
+    # (name, description) of parameters that are not `subjects.subject_token`s of a free value.
+    parameters: tuple[tuple[str, str], ...] = ()
+    # The key of the channel the receiver answers on (core NATS request/reply).
+    reply: str | None = None
 
 
 _REPLY = (ChatCompleted, ChatFailed, InferenceStarted, ChatDelta)
@@ -123,11 +134,12 @@ CHANNELS: tuple[Channel, ...] = (
             "durable per pool and model: one node takes it)."),
     Channel("runInferenceCloud", subjects.run_inference_cloud, (RunInference,), ("router",), ("cloud",),
             "Work for a cloud deployment (shared durable `cloud-<deployment>`)."),
-    Channel("nodeHeartbeat", subjects.node_heartbeat, (NodeHeartbeat,), ("edge",), ("router", "gateway"),
-            "An edge node is alive: what it serves, how busy it is, what it emits."),
-    Channel("cloudStatus", subjects.cloud_status, (CloudDeploymentStatus,), ("cloud",), ("router", "gateway"),
+    Channel("nodeHeartbeat", subjects.node_heartbeat, (NodeHeartbeat,), ("edge",), ("router", "gateway", "grid"),
+            "An edge node is alive: what it serves, how busy it is, what it emits (the grid scheduler "
+            "believes a poll only from a node that heartbeats the task types it asks for)."),
+    Channel("cloudStatus", subjects.cloud_status, (CloudDeploymentStatus,), ("cloud",), ("router", "gateway", "grid"),
             "A cloud deployment's heartbeat: models, availability, footprint."),
-    Channel("nodesAnnounce", subjects.NODES_ANNOUNCE, (), ("router", "gateway"), ("edge", "cloud"),
+    Channel("nodesAnnounce", subjects.NODES_ANNOUNCE, (), ("router", "gateway", "grid"), ("edge", "cloud"),
             "A newcomer asks every node and deployment to send its heartbeat now.",
             raw_payload=("AnnounceRequest", {"type": "string", "maxLength": 0, "description": "Empty."})),
     Channel("gatewayReply", subjects.gateway_reply, _REPLY, ("router", "cloud"), ("gateway",),
@@ -138,9 +150,10 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("cloud",),
             "The caller of a chat left or timed out: the cloud worker closes the provider call.",
             raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
-    Channel("nodeCancel", "koprogo.cancel.node.{node_id}.{request_id}", (), ("gateway",), ("edge",),
+    Channel("nodeCancel", "koprogo.cancel.node.{node_id}.{request_id}", (), ("gateway", "grid"), ("edge",),
             "The caller of a chat left or timed out: the edge node running it (and no other) stops "
-            "at the next token.",
+            "at the next token; or the grid scheduler took back a task the node runs (`request_id` is "
+            "then the task id: cancelled, expired, or past its attempt's deadline).",
             raw_payload=("NodeCancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router",),
             f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
@@ -152,6 +165,7 @@ CHANNELS: tuple[Channel, ...] = (
             "per user and `Idempotency-Key` (the key is a hash of both), kept 24 h.",
             raw_payload=("IdempotencyEntry", {"type": "object", "description": "JSON: the request id a key "
                          "runs as, a fingerprint of its body, its deadline and reply subject, its outcome once known."})),
+    *asyncapi_grid.grid_channels(),
 )  # fmt: skip
 
 _PARAM = "koprogoparam"
@@ -163,6 +177,11 @@ _JETSTREAM_HEADERS: dict[str, Any] = {
         "ce-source": {"type": "string", "description": "The event `source` (CloudEvents)."},
     },
 }
+
+
+def subject_function_name(subject: SubjectOf) -> str:
+    """`task_event` for `subjects.task_event` and for `partial(subjects.task_event, "failed")`."""
+    return subject.func.__name__ if isinstance(subject, partial) else subject.__name__
 
 
 def channel_address(channel: Channel) -> str:
@@ -205,12 +224,17 @@ def stream_of(address: str) -> subjects.StreamSpec | None:
 def catalogue_gaps() -> list[str]:
     """Event classes and subject functions of the code that `CHANNELS` does not cover."""
     listed_models = {m for c in CHANNELS for m in c.messages}
+    event_classes = {
+        cls
+        for module in EVENT_MODULES
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, Event) and cls is not Event
+    }
     gaps = [
-        f"event {name}: no channel in CHANNELS carries it"
-        for name, cls in inspect.getmembers(events, inspect.isclass)
-        if issubclass(cls, Event) and cls is not Event and cls not in listed_models
+        f"event {cls.__name__}: no channel in CHANNELS carries it"
+        for cls in sorted(event_classes - listed_models, key=lambda cls: cls.__name__)
     ]
-    listed_functions = {c.subject.__name__ for c in CHANNELS if not isinstance(c.subject, str)}
+    listed_functions = {subject_function_name(c.subject) for c in CHANNELS if not isinstance(c.subject, str)}
     gaps += [
         f"subject function {name}: add a channel to CHANNELS (or to NOT_CHANNELS if it names none)"
         for name, fn in inspect.getmembers(subjects, inspect.isfunction)
@@ -251,6 +275,8 @@ def _model_messages() -> tuple[dict[str, Any], dict[str, Any]]:
         if channel.raw_payload is not None:
             name, payload = channel.raw_payload
             messages[name] = {"name": name, "title": name, "summary": channel.summary, "payload": payload}
+            if channel.raw_content_type is not None:
+                messages[name]["contentType"] = channel.raw_content_type
     return messages, schemas
 
 
@@ -271,11 +297,23 @@ def _channel_object(channel: Channel, address: str, summary: str, names: list[st
     elif address.startswith("$KV."):
         where = "JetStream key-value bucket (latest value per key)."
         stream = {"stream": "KV_" + address.split(".")[1], "retention": "limits"}
+    elif address.startswith("$O."):
+        bucket = address.split(".")[1]
+        max_age_s = asyncapi_grid.OBJECT_STORES[bucket]
+        where = (
+            f"JetStream object store (stream {object_store_stream(bucket)}, kept {max_age_s / 86400:g} days)."
+        )
+        stream = {"stream": object_store_stream(bucket), "retention": "limits", "max_age_s": max_age_s}
     else:
         where = "Core NATS: not persisted, only live subscribers receive it."
         stream = {"stream": None}
+    described = dict(channel.parameters)
     parameters = {
-        token[1:-1]: {"description": f"`{token[1:-1]}` as one subject token (`subjects.subject_token`)."}
+        token[1:-1]: {
+            "description": described.get(
+                token[1:-1], f"`{token[1:-1]}` as one subject token (`subjects.subject_token`)."
+            )
+        }
         for token in address.split(".")
         if token.startswith("{")
     }
@@ -292,12 +330,21 @@ def _channel_object(channel: Channel, address: str, summary: str, names: list[st
     return obj
 
 
+def _reply(channel: Channel) -> dict[str, Any]:
+    """The Operation Reply Object of a request channel: the reply channel and its messages."""
+    (answer,) = [c for c in CHANNELS if c.key == channel.reply]
+    return {
+        "channel": {"$ref": f"#/channels/{answer.key}"},
+        "messages": [{"$ref": f"#/channels/{answer.key}/messages/{name}"} for name in _message_names(answer)],
+    }
+
+
 def _operations(key: str, channel: Channel, senders: tuple[str, ...], receivers: tuple[str, ...]) -> dict:
     names = _message_names(channel)
     ops: dict[str, Any] = {}
     for action, services in (("send", senders), ("receive", receivers)):
         for service in services:
-            ops[f"{service}{action.title()}{key[0].upper()}{key[1:]}"] = {
+            op: dict[str, Any] = {
                 "action": action,
                 "channel": {"$ref": f"#/channels/{key}"},
                 "messages": [{"$ref": f"#/channels/{key}/messages/{name}"} for name in names],
@@ -305,6 +352,9 @@ def _operations(key: str, channel: Channel, senders: tuple[str, ...], receivers:
                 "tags": [{"name": service}],
                 "x-koprogo-service": service,
             }
+            if channel.reply is not None and key == channel.key:
+                op["reply"] = _reply(channel)
+            ops[f"{service}{action.title()}{key[0].upper()}{key[1:]}"] = op
     return ops
 
 
@@ -337,8 +387,10 @@ def build_document(nats_host: str = "localhost:4222") -> dict[str, Any]:
             "title": "KoproGo Symbiose events",
             "version": CATALOGUE_VERSION,
             "description": (
-                "Every NATS subject of KoproGo Symbiose: facts in KOPROGO_EVENTS (the audit log), work in "
-                "KOPROGO_WORK (one consumer takes each item), heartbeats and replies on core NATS. "
+                "Every NATS subject of KoproGo Symbiose: facts in KOPROGO_EVENTS (the audit log, the grid's "
+                "task events included), work in KOPROGO_WORK (one consumer takes each item), heartbeats, "
+                "replies and grid polls on core NATS, state in key-value buckets, task documents in an "
+                "object store. "
                 "Payloads are JSON with a CloudEvents-like envelope (`specversion`, `id`, `source`, "
                 "`type`, `time`); `copro_id` is the tenant. Generated from the code "
                 "(`koprogo_shared.asyncapi`)."
