@@ -13,6 +13,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_node.service_layer.tasks.executor import TaskOutput, TaskRun
 from koprogo_shared import subjects
 from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.nats_connection import ensure_streams
@@ -136,5 +137,28 @@ async def test_the_node_reads_the_document_and_the_scheduler_deletes_it_once_the
                 return False
 
             await wait_until(deleted, timeout=10)
+    finally:
+        await nc.close()
+
+
+class _HugeResult(EchoExecutor):
+    async def run(self, run: TaskRun) -> TaskOutput:
+        return TaskOutput({"text": "x" * 9 * 1024 * 1024})  # over the servers' 8 MB max_payload
+
+
+async def test_a_result_too_large_for_one_message_fails_the_task_once_and_says_why(
+    clean_jetstream: str,
+) -> None:
+    nc, js, events = await _ready(clean_jetstream)
+    try:
+        async with (
+            scheduler(clean_jetstream),
+            grid_node(clean_jetstream, "n1", {"translate_document": _HugeResult("translate_document")}),
+        ):
+            t = await submit(js, "translate_document")
+            await wait_until(events.done(t.id), timeout=30)
+        [failed] = events.of(t.id, "failed")
+        assert failed.error == "result_too_large" and "shorter document" in failed.message
+        assert failed.attempts == 1
     finally:
         await nc.close()

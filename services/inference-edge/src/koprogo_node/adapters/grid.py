@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from koprogo_node.service_layer.grid_worker import DocumentUnavailableError, TaskDocuments, TaskReports
+from koprogo_node.service_layer.grid_worker import (
+    DocumentUnavailableError,
+    ReportTooLargeError,
+    TaskDocuments,
+    TaskReports,
+)
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import publish_event
 from koprogo_shared.task_events import DocumentRef, TaskResultReported, TaskStarted
@@ -38,6 +44,8 @@ class NatsTaskReports(TaskReports):
         await publish_event(self._js, subjects.node_task_event("started", copro_id, self._node_id), event)
 
     async def reported(self, event: TaskResultReported, copro_id: str | None) -> None:
-        await publish_event(
-            self._js, subjects.node_task_event("result_reported", copro_id, self._node_id), event
-        )
+        subject = subjects.node_task_event("result_reported", copro_id, self._node_id)
+        try:
+            await publish_event(self._js, subject, event)
+        except nats.errors.MaxPayloadError as exc:
+            raise ReportTooLargeError(str(exc) or "over the server's max_payload") from None

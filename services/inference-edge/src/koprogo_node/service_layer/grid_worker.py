@@ -44,6 +44,10 @@ class DocumentUnavailableError(Exception):
     """The task's document cannot be read (gone from the store, or not what was submitted)."""
 
 
+class ReportTooLargeError(Exception):
+    """The report does not fit one message on the bus (the result is too large)."""
+
+
 class TaskDocuments(ABC):
     """Where the node reads a task's document (the real one: the JetStream object store)."""
 
@@ -59,7 +63,8 @@ class TaskReports(ABC):
     async def started(self, event: TaskStarted, copro_id: str | None) -> None: ...
 
     @abstractmethod
-    async def reported(self, event: TaskResultReported, copro_id: str | None) -> None: ...
+    async def reported(self, event: TaskResultReported, copro_id: str | None) -> None:
+        """Store the report; ReportTooLargeError when it cannot travel as one message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +142,20 @@ class GridWorker:
                     duration_s=round(time.perf_counter() - began, 3),
                 ),
             )
-            await self._reports.reported(report, a.copro_id)
+            try:
+                await self._reports.reported(report, a.copro_id)
+            except ReportTooLargeError as exc:
+                # Another node would make the same result: the task fails for good, and says why.
+                report = report.model_copy(
+                    update={
+                        "id": task_event_id(a.task_id, f"reported-too-large:{a.attempt}"),
+                        "outcome": "input_error",
+                        "result": None,
+                        "error": "result_too_large",
+                        "message": f"the result does not fit one message on the bus ({exc}); send a shorter document",
+                    }
+                )
+                await self._reports.reported(report, a.copro_id)
             return report
         finally:
             self.running.pop(a.task_id, None)
