@@ -95,7 +95,12 @@ async def test_grid_tools_run_tasks_on_the_grid_and_return_their_results(stack_f
         pdf = (FIXTURES / "facture-chauffage-F-2025-0142.pdf").read_bytes()
         read = structured(
             await session.call_tool(
-                "ocr_invoice", {"document": base64.b64encode(pdf).decode(), "filename": "F-2025-0142.pdf"}
+                "ocr_invoice",
+                {
+                    "document": base64.b64encode(pdf).decode(),
+                    "filename": "F-2025-0142.pdf",
+                    "wait_seconds": 120,
+                },
             )
         )
         assert read["status"] == "completed", read
@@ -109,6 +114,7 @@ async def test_grid_tools_run_tasks_on_the_grid_and_return_their_results(stack_f
                 {
                     "text": "The lift will be out of service on 14 March 2025.\n\nThe repair costs 2 350 €.",
                     "target_language": "fr",
+                    "wait_seconds": 120,
                 },
             )
         )

@@ -1,10 +1,10 @@
 """The MCP tools: each one small async function over the gateway's API (see `backend.py`).
 
 The grid's tasks (`ocr_invoice`, `predict_expenses`, `summarize_meeting`, `translate_document`)
-are submitted as `POST /mcp/v1/execute` would, then waited for up to `wait_seconds` (at most
-`MAX_WAIT_S`): a task that ended is returned as `GET /mcp/v1/tasks/{id}` shows it (one that
-failed, expired or was cancelled is a tool error naming it); one still pending or running is
-returned as it is, and `get_task` follows it.
+are submitted as `POST /mcp/v1/execute` would, then waited for up to `wait_seconds` (default
+`DEFAULT_WAIT_S`, at most `MAX_WAIT_S`): a task that ended is returned as `GET /mcp/v1/tasks/{id}`
+shows it (one that failed, expired or was cancelled is a tool error naming it); one still pending
+or running is returned as it is, and `get_task` follows it.
 
 Adding a tool is writing one function here (typed arguments, a docstring, `ctx: Context`)
 and listing it in `TOOLS`; its input schema comes from its signature.
@@ -34,13 +34,17 @@ CoproId = Annotated[
 ]
 Language = Literal["fr", "nl", "en"]
 # A tool call holds an HTTP request open while it waits for its task: bounded, then get_task.
+# By default under 60 s, the request timeout of the MCP TypeScript SDK's clients
+# (DEFAULT_REQUEST_TIMEOUT_MSEC), which a stateless JSON response cannot reset with progress.
+DEFAULT_WAIT_S = 50
 MAX_WAIT_S = 120
 WaitSeconds = Annotated[
     int,
     Field(
         ge=0,
         le=MAX_WAIT_S,
-        description="How long to wait for the task to end before returning it still pending or running.",
+        description="How long to wait for the task to end before returning it still pending or running "
+        "(then call get_task with its id).",
     ),
 ]
 Model = Annotated[
@@ -133,7 +137,7 @@ async def ocr_invoice(
     ],
     filename: Annotated[str | None, Field(max_length=255, description="Its file name, as a label.")] = None,
     copro_id: CoproId = None,
-    wait_seconds: WaitSeconds = MAX_WAIT_S,
+    wait_seconds: WaitSeconds = DEFAULT_WAIT_S,
 ) -> TaskOut:
     """Read an invoice on the grid (OCR + fields: supplier, number, dates, amounts, VAT, IBAN), as POST /mcp/v1/execute; the result is in `result`. Not ended within `wait_seconds`: call get_task with its `id`."""
     input_data: dict[str, Any] = {"document": document}
@@ -162,7 +166,7 @@ async def predict_expenses(
         int | None, Field(ge=1, le=60, description="Months to forecast (default 12).")
     ] = None,
     copro_id: CoproId = None,
-    wait_seconds: WaitSeconds = MAX_WAIT_S,
+    wait_seconds: WaitSeconds = DEFAULT_WAIT_S,
 ) -> TaskOut:
     """Forecast a building's charges per category and in total, month by month with 80 % and 95 % intervals (ETS, on the grid). Not ended within `wait_seconds`: call get_task with its `id`."""
     if (history is None) == (csv is None):
@@ -183,7 +187,7 @@ async def summarize_meeting(
         Language | None, Field(description="The summary's language (default: the minutes' own).")
     ] = None,
     copro_id: CoproId = None,
-    wait_seconds: WaitSeconds = MAX_WAIT_S,
+    wait_seconds: WaitSeconds = DEFAULT_WAIT_S,
 ) -> TaskOut:
     """Summarise meeting minutes on the grid: the decisions, votes, amounts and dates read from the text, and a short summary; the result is in `result`. Not ended within `wait_seconds`: call get_task with its `id`."""
     input_data: dict[str, Any] = {"text": text}
@@ -200,7 +204,7 @@ async def translate_document(
         Language | None, Field(description="The document's language (default: detected).")
     ] = None,
     copro_id: CoproId = None,
-    wait_seconds: WaitSeconds = MAX_WAIT_S,
+    wait_seconds: WaitSeconds = DEFAULT_WAIT_S,
 ) -> TaskOut:
     """Translate a document into French, Dutch or English on the grid, paragraph by paragraph, its layout kept; `result.text` is the translation. Not ended within `wait_seconds`: call get_task with its `id`."""
     input_data: dict[str, Any] = {"text": text, "target_language": target_language}
