@@ -209,3 +209,22 @@ def test_the_language_is_told_by_its_frequent_words() -> None:
     assert detect_language("The meeting approved the budget with 12 votes for.") == "en"
     assert detect_language("12 345 — 2025", default="nl") == "nl"
     assert as_language(" NL ") == "nl" and as_language("de") is None and as_language(3) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "votes"),
+    [
+        ("Vote : pour 5 210, contre 1 160, abstentions 450. La résolution est adoptée.", (5210, 1160, 450)),
+        (
+            "Stemming: voor: 4.400 – tegen: 3.600 – onthoudingen: 120. Het voorstel wordt afgekeurd "  # noqa: RUF001
+            "(tweederdemeerderheid vereist).",
+            (4400, 3600, 120),
+        ),
+        ("Votes: for 4,100; against 3,900. The resolution was passed.", (4100, 3900, None)),
+    ],
+)
+def test_counts_written_words_first(line: str, votes: tuple[int, int | None, int | None]) -> None:
+    [item] = extract_minutes(f"1. Travaux / Werken / Works\n{line}\n").items
+    assert item.votes is not None
+    assert (item.votes.for_, item.votes.against, item.votes.abstain) == votes
+    assert item.vote == ("rejected" if "afgekeurd" in line else "approved")

@@ -54,8 +54,10 @@ def test_a_translation_that_lost_figures_reports_them_once_each() -> None:
 
 @pytest.mark.parametrize(("text", "language"), [(SOURCE, "fr"), (DE_LINDEN_NL, "nl"), (PARK_VIEW_EN, "en")])
 def test_the_prose_built_from_the_extract_passes_every_check(text: str, language: Language) -> None:
-    prose = prose_from_extract(extract_minutes(text), language)
+    extract = extract_minutes(text)
+    prose = prose_from_extract(extract, language)
     assert prose_problems(prose, text, language) == []
+    assert misplaced_sentences(prose, extract) == []
 
 
 def test_prose_in_another_language_looping_or_empty_is_refused() -> None:
@@ -99,10 +101,9 @@ async def test_a_summary_with_an_invented_amount_is_replaced_by_the_prose_of_the
 
 def test_a_sentence_joining_one_items_amount_to_another_items_majority_is_refused() -> None:
     extract = extract_minutes(PARK_VIEW_EN)
-    wrong = "The budget of €3,500.00 per month was approved by a two-thirds majority."
-    assert misplaced_sentences(wrong, extract) == [
-        "a majority the item was not voted by: «The budget of €3,500.00 per month was approved by a two-thirds majority.»"
-    ]
+    wrong = "The budget of €3,500.00 for the reserve fund was approved by a two-thirds majority."
+    [problem] = misplaced_sentences(wrong, extract)
+    assert problem.startswith("a majority the item was not voted by: «The budget of €3,500.00")
     mixed = "The roof works cost €27,600.00 and the budget €45,000.00."
     assert misplaced_sentences(mixed, extract)[0].startswith("figures of different items in one sentence")
     flipped = "Converting the flat for €1,150.00 a month was approved."
@@ -112,3 +113,15 @@ def test_a_sentence_joining_one_items_amount_to_another_items_majority_is_refuse
         "majority. Converting the flat for €1,150.00 a month was rejected."
     )
     assert misplaced_sentences(right, extract) == []
+
+
+def test_a_sentence_in_words_the_minutes_do_not_use_is_refused() -> None:
+    extract = extract_minutes(PARK_VIEW_EN)
+    invented = "The committee will oversee the annual budget of €45,000.00 and report every quarter."
+    [problem] = misplaced_sentences(invented, extract)
+    assert problem.startswith("words not in the item its figures come from: «The committee will oversee")
+    assert misplaced_sentences("A new committee will oversee the gardeners.", extract)[0].startswith(
+        "words not in the minutes"
+    )
+    said = "The ordinary budget was set at €45,000.00, including €3,500.00 for the reserve fund."
+    assert misplaced_sentences(said, extract) == []

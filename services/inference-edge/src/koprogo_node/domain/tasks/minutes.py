@@ -221,6 +221,13 @@ def read_vote(sentences: list[str], votes: VoteCount | None, majority: Majority 
 
 def read_votes(text: str) -> VoteCount | None:
     """The first counts for / against / abstaining in `text` (lower-cased); None without a count for."""
+    line = vocab.VOTE_LINE.search(text)
+    if line is not None:
+        return VoteCount(
+            for_=_count(line.group("for_")) or 0,
+            against=_count(line.group("against")),
+            abstain=_count(line.group("abstain")),
+        )
     count_for = _first_count(vocab.VOTES_FOR, text)
     if count_for is None:
         return None
@@ -235,8 +242,11 @@ def _first_count(pattern: re.Pattern[str], text: str) -> int | None:
     match = pattern.search(text)
     if match is None:
         return None
-    digits = next(g for g in match.groupdict().values() if g is not None)
-    value = parse_amount(digits)
+    return _count(next(g for g in match.groupdict().values() if g is not None))
+
+
+def _count(digits: str | None) -> int | None:
+    value = None if digits is None else parse_amount(digits)
     return None if value is None else int(value)
 
 

@@ -47,13 +47,13 @@ NO_VOTE = re.compile(
 REJECTED = re.compile(
     r"\brejet(?:é|ée|és|ées|te)\b|\brefus(?:é|ée|és|ées|e)\b|\bn.(?:est|a) pas (?:été )?(?:approuv|adopt|accept)"
     r"|\bnon (?:approuv|adopt)|\bverworpen\b|\bafgewezen\b|\bniet (?:goedgekeurd|aangenomen|aanvaard)"
-    r"|\bkeurt\b[^.]*\bniet goed\b|\brejected\b|\bnot (?:approved|adopted|carried|passed)\b|\bdefeated\b"
+    r"|\bafgekeurd\b|\bkeurt\b[^.]*\b(?:niet goed|af)\b|\brejected\b|\bnot (?:approved|adopted|carried|passed)\b|\bdefeated\b"
 )
 # Words that say an item was approved, whatever else the item says.
 APPROVED = re.compile(
     r"\bapprouv(?:é|ée|és|ées|e)\b|\badopt(?:é|ée|és|ées|e)\b|\baccept(?:é|ée|és|ées|e)\b"
     r"|\bgoedgekeurd\b|\baangenomen\b|\baanvaard\b|\bkeurt\b[^.]*\bgoed\b"
-    r"|\bapproved\b|\badopted\b|\bcarried\b(?! out)|\bagreed\b"
+    r"|\bapproved\b|\badopted\b|\bcarried\b(?! out)|\bpassed\b(?! on)|\bagreed\b"
 )
 # Words that state a decision ("décide", "est fixé", "beslist", "resolved"): an approval when the
 # item also gives a vote (counts or a majority); without one, a statement ("the next meeting is
@@ -90,6 +90,11 @@ VOTES_FOR = re.compile(
     rf"(?<![\d€$£])(?<!€ )(?<!\d[.,])(?P<n>{COUNT})\s+{_VOTE_UNIT}\s+{_FOR_WORD}\b"
     rf"|(?<![\d€$£])(?<!€ )(?<!\d[.,])(?P<m>{COUNT})\s+{_FOR_WORD}\b(?=[^.;]{{0,40}}?(?:{COUNT})\s+(?:{_VOTE_UNIT}\s+)?{_AGAINST_WORD}\b)"
     rf"|\b{_FOR_WORD}\s*:\s*(?P<k>{COUNT})"
+)
+# Words first, on one line: `pour 5 210, contre 1 160, abstentions 450`, `voor: 7.400 – tegen: 600`.
+VOTE_LINE = re.compile(
+    rf"\b{_FOR_WORD}\s*:?\s*(?P<for_>{COUNT})\s*[,;–—-]?\s*(?:et |en |and )?{_AGAINST_WORD}\s*:?\s*(?P<against>{COUNT})"
+    rf"(?:\s*[,;–—-]?\s*(?:et |en |and )?{_ABSTAIN_WORD}\s*:?\s*(?P<abstain>{COUNT}))?"
 )
 VOTES_AGAINST = re.compile(
     rf"(?<![\d€$£])(?<!€ )(?<!\d[.,])(?P<n>{COUNT})\s+(?:{_VOTE_UNIT}\s+)?{_AGAINST_WORD}\b|\b{_AGAINST_WORD}\s*:\s*(?P<k>{COUNT})"
