@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import signal
 import sys
@@ -168,6 +169,22 @@ async def test_ctrl_c_cancels_the_task_and_no_wait_leaves_it_pending(stack_facto
     )
     assert (code, out) == (124, "")
     assert "still pending after 1.5 s" in err
+
+    # On a terminal, a spinner line is redrawn under the change lines.
+    terminal, tty = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "execute", "predict_expenses", "--json", history, "--timeout", "1.5",
+            env=_env(stack, resident), stdout=asyncio.subprocess.PIPE, stderr=tty,
+        )  # fmt: skip
+        out_bytes, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        shown = os.read(terminal, 65536).decode()
+    finally:
+        os.close(tty)
+        os.close(terminal)
+    assert (proc.returncode, out_bytes) == (124, b"")
+    assert "\r\x1b[K" in shown and " pending · 1." in shown, repr(shown)
+    assert any(f"\r{frame} pending · " in shown for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
 
     proc = await asyncio.create_subprocess_exec(
         *CLI, "execute", "predict_expenses", "--json", history,
