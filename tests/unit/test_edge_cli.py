@@ -63,10 +63,20 @@ def test_the_models_dir_comes_from_koprogo_models_dir(monkeypatch: pytest.Monkey
     assert settings_from_args([]).models_dir == Path("/srv/koprogo-models")
 
 
-def test_help_says_the_grid_and_mcp_come_later() -> None:
+def test_help_says_how_to_join_the_grid_and_serve_mcp() -> None:
     text = " ".join(build_parser().format_help().split())
-    assert "--grid-url" in text and "joining the grid comes with a later issue" in text
-    assert "--mcp" in text and "comes with a later issue" in text
+    assert "--grid " in text and "join the grid: run grid tasks" in text
+    assert "--grid-url" in text and "implies --grid" in text and "--grid-tasks" in text
+    assert "--mcp" in text and "later issue" not in text
+
+
+def test_grid_flags_join_the_grid_with_the_task_types_named() -> None:
+    assert not settings_from_args([]).joins_grid
+    assert settings_from_args(["--grid"]).joins_grid
+    joined = settings_from_args(["-g", "nats://hub:4222", "--grid-tasks", "ocr_invoice,predict_expenses"])
+    assert joined.joins_grid and joined.grid_task_types == ["ocr_invoice", "predict_expenses"]
+    with pytest.raises(ValueError, match="ocr_invoce"):
+        settings_from_args(["--grid", "--grid-tasks", "ocr_invoce"])
 
 
 def test_a_missing_model_file_exits_2_naming_the_expected_file(
