@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from koprogo_cli.main import build_parser
-from koprogo_cli.task_commands import Progress
 from koprogo_cli.task_progress import (
+    Progress,
     TaskInputError,
     failure_message,
     final_line,

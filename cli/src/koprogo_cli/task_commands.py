@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import Any, get_args
 
 import httpx
 
@@ -36,13 +36,12 @@ from koprogo_cli.task_progress import (
     EXIT_WAIT_TIMEOUT,
     FINAL_STATUSES,
     TASK_HEADERS,
+    Progress,
     TaskInputError,
     failure_message,
     final_line,
     input_data_of,
     poll_interval,
-    progress_lines,
-    spinner_line,
     task_detail,
     task_rows,
 )
@@ -52,39 +51,6 @@ UPLOAD_TIMEOUT_S = 300.0
 # After a cancel, how long to watch for the scheduler's decision before exiting anyway.
 CANCEL_WATCH_S = 10.0
 SPINNER_TICK_S = 0.1
-
-
-class Progress:
-    """The wait's report on stderr: a line per change; on a terminal, a spinner line redrawn below them."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.frame = 0
-        self.last: dict[str, Any] | None = None
-
-    def show(self, task: dict[str, Any], elapsed_s: float) -> None:
-        lines = progress_lines(self.last, task, elapsed_s)
-        self.last = task
-        if lines:
-            self._clear()
-            self.stream.write("".join(line + "\n" for line in lines))
-        self.tick(elapsed_s)
-
-    def tick(self, elapsed_s: float) -> None:
-        if self.tty and self.last is not None:
-            self.frame += 1
-            self.stream.write("\r" + spinner_line(self.last, elapsed_s, self.frame) + "\x1b[K")
-        self.stream.flush()
-
-    def say(self, line: str) -> None:
-        self._clear()
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K")
 
 
 def cmd_execute(args: argparse.Namespace) -> int:

@@ -1,17 +1,19 @@
 """What `koprogo execute` and `koprogo tasks` make of their arguments and of the gateway's tasks.
 
-Plain functions over plain data (no HTTP, no terminal): `input_data_of` builds a task's
-`input_data` from `--json` and `--param`; `progress_lines` says what changed between two looks
-at a task (its status, a new attempt, how an attempt ended); `spinner_line`, `final_line`,
-`failure_message`, `task_rows` and `task_detail` render for the terminal.
+Plain functions over plain data (no HTTP): `input_data_of` builds a task's `input_data` from
+`--json` and `--param`; `progress_lines` says what changed between two looks at a task (its
+status, a new attempt, how an attempt ended); `spinner_line`, `final_line`, `failure_message`,
+`task_rows` and `task_detail` render for the terminal. `Progress` writes the wait's lines to a
+stream, with the spinner only when that stream is a terminal.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -65,8 +67,6 @@ def _param_value(value: str) -> Any:
 
 
 def _read_text(name: str) -> str:
-    import sys
-
     if name == "-":
         return sys.stdin.read()
     try:
@@ -201,3 +201,36 @@ def _when(value: object) -> str:
     if not isinstance(value, str) or not value:
         return "-"
     return value.replace("T", " ").split(".")[0].removesuffix("Z").removesuffix("+00:00")
+
+
+class Progress:
+    """The wait's report on stderr: a line per change; on a terminal, a spinner line redrawn below them."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.frame = 0
+        self.last: dict[str, Any] | None = None
+
+    def show(self, task: dict[str, Any], elapsed_s: float) -> None:
+        lines = progress_lines(self.last, task, elapsed_s)
+        self.last = task
+        if lines:
+            self._clear()
+            self.stream.write("".join(line + "\n" for line in lines))
+        self.tick(elapsed_s)
+
+    def tick(self, elapsed_s: float) -> None:
+        if self.tty and self.last is not None:
+            self.frame += 1
+            self.stream.write("\r" + spinner_line(self.last, elapsed_s, self.frame) + "\x1b[K")
+        self.stream.flush()
+
+    def say(self, line: str) -> None:
+        self._clear()
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
