@@ -52,8 +52,9 @@ def test_the_tilleuls_minutes_hold_the_six_expected_decisions() -> None:
     assert boiler["vote"] == "approved" and boiler["majority"] == "two_thirds"
     assert boiler["votes"] == {"for": 5210, "against": 1160, "abstain": 450}
     assert {"text": "18 450 € HTVA", "value": 18450.0, "currency": "EUR"} in boiler["amounts"]
-    # The other quotes were received, not chosen: they are not in the decision's text.
+    # The other quotes were received, not chosen: they are not in the decision's text nor amounts.
     assert "ThermoServices" not in boiler["decision"]
+    assert _values(boiler["amounts"]) == {18450.0, 12000.0, 10324.5}
 
     call = _decision_with(result, "appel de fonds extraordinaire", "10 324,50 €", "30 juin 2025")
     assert 10324.5 in _values(call["amounts"]) and "2025-06-30" in call["dates"]
@@ -107,6 +108,7 @@ def test_dutch_minutes_of_another_building() -> None:
     }
     assert {"text": "€ 84.300,00 excl. btw", "value": 84300.0, "currency": "EUR"} in facade["amounts"]
     assert "Gevelrenovatie Peeters" not in facade["decision"] and "2025-09-30" in facade["dates"]
+    assert 91750.0 not in _values(facade["amounts"]) and 91750.0 in _values(result["amounts"])
     lift = _decision_with(result, "lift")
     assert (
         lift["vote"] == "rejected"

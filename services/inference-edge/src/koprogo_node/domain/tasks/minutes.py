@@ -14,7 +14,9 @@ The minutes are cut into agenda items at their numbered headings (`3. Titre`, `P
   first; decision wording such as "est fixé" counts only when the item gives a vote); else, when only the counts are given, whether the count for carries the majority
   stated (abstentions left out, as Belgian law counts votes); else `unknown`;
 - decision: its text from the first sentence that states a decision to the item's end (the
-  financing, deadlines and conditions follow the decision in minutes), excluding the closing.
+  financing, deadlines and conditions follow the decision in minutes), excluding the closing;
+- amounts and dates: those of the decision (not the quotes received before it), or, when the
+  decision names none, those of the whole item.
 """
 
 from __future__ import annotations
@@ -175,8 +177,9 @@ def read_item(number: str, title: str, body: str) -> AgendaItem:
         majority=majority,
         votes=votes,
         decision=decision,
-        amounts=tuple(dict.fromkeys(amounts_in(body))),
-        dates=tuple(dict.fromkeys(value for _, value in find_dates(body))),
+        # The decision's own (not the quotes it did not retain), else those the item cites.
+        amounts=tuple(dict.fromkeys(amounts_in(decision) or amounts_in(body))),
+        dates=tuple(dict.fromkeys(value for _, value in (find_dates(decision) or find_dates(body)))),
     )
 
 
