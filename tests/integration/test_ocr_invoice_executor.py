@@ -5,6 +5,8 @@ suppliers and languages made by tests/invoice_documents.py (as PDF, degraded sca
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.adapters.tasks.ocr_engine import RapidOcrEngine
@@ -21,7 +24,17 @@ from koprogo_node.adapters.tasks.pdf_text import read_pdf_text
 from koprogo_node.domain.tasks.iban import iban_checksum_ok
 from koprogo_node.domain.tasks.local_formats import find_amounts, find_dates
 from koprogo_node.domain.tasks.page_layout import rows_of
-from koprogo_node.service_layer.tasks.executor import PDF, PNG, TEXT, TaskDocument, TaskInputError, TaskRun
+from koprogo_node.service_layer.tasks.executor import (
+    JPEG,
+    PDF,
+    PNG,
+    TEXT,
+    TIFF,
+    TaskCancelledError,
+    TaskDocument,
+    TaskInputError,
+    TaskRun,
+)
 from koprogo_node.service_layer.tasks.ocr_invoice import OcrInvoiceExecutor
 from tests.invoice_documents import (
     SPARSE,
@@ -188,6 +201,41 @@ async def test_totals_that_do_not_add_up_are_flagged_and_kept_as_printed(
     assert found["total_incl_vat"] == float(spec.total_incl) == float(spec.total_excl + spec.vat) + 10
     assert (found["total_excl_vat"], found["vat"]) == (float(spec.total_excl), float(spec.vat))
     assert result["checks"] == {"iban_checksum": "ok", "totals": "failed", "vat_rate": "ok"}
+
+
+async def test_a_jpeg_scan_and_a_two_page_tiff_are_read(executor: OcrInvoiceExecutor) -> None:
+    spec = SPECS["nl_loodgieter"]
+    scan = Image.open(io.BytesIO(degraded_scan(invoice_pdf(spec), seed=5, angle=-1.2)))
+    jpeg, tiff = io.BytesIO(), io.BytesIO()
+    scan.convert("RGB").save(jpeg, format="JPEG", quality=80)
+    blank = Image.new("L", scan.size, 255)
+    scan.save(tiff, format="TIFF", save_all=True, append_images=[blank])
+
+    from_jpeg = await extracted(executor, jpeg.getvalue(), JPEG)
+    from_tiff = await extracted(executor, tiff.getvalue(), TIFF)
+
+    truth = spec_truth(spec)
+    assert (from_jpeg["pages"], from_tiff["pages"]) == (1, 2)
+    for result in (from_jpeg, from_tiff):
+        found = read_values(result)
+        for field in ("invoice_number", "issue_date", "total_excl_vat", "vat", "total_incl_vat"):
+            assert found.get(field) == truth[field], field
+
+
+async def test_two_scans_read_at_once_give_what_each_gives_alone(executor: OcrInvoiceExecutor) -> None:
+    scans = [degraded_scan(invoice_pdf(SPECS[name]), seed=9) for name in ("en_cleaning", "fr_ascenseurs")]
+    alone = [await extracted(executor, scan, PNG) for scan in scans]
+
+    together = await asyncio.gather(*(extracted(executor, scan, PNG) for scan in scans))
+
+    assert list(together) == alone
+
+
+async def test_a_cancelled_run_stops_before_reading_a_page(executor: OcrInvoiceExecutor) -> None:
+    run = TaskRun(parameters={}, document=TaskDocument((FIXTURES / f"{INVOICE}-scan.png").read_bytes(), PNG))
+    run.cancelled.set()
+    with pytest.raises(TaskCancelledError):
+        await executor.run(run)
 
 
 @pytest.mark.parametrize(

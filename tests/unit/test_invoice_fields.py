@@ -291,3 +291,40 @@ def test_a_date_after_an_invoice_label_is_not_an_invoice_number() -> None:
     )
     assert "invoice_number" not in found
     assert found["issue_date"] == "2025-04-07"
+
+
+def test_an_iban_with_a_speck_read_as_a_dot_is_still_found_and_a_vat_id_is_never_an_iban() -> None:
+    assert [iban for _, iban in find_ibans("rekening IBAN BE68 5390.0754 7034")] == ["BE68539007547034"]
+    text = "TVA BE 0456 789 123 IBAN BE71 0961 2345 6769"
+    assert [iban for _, iban in find_ibans(text)] == ["BE71096123456769"]
+
+
+def test_an_invoice_number_after_a_dotted_label() -> None:
+    assert values(page("Facture.n°:FA-2025-00318"))["invoice_number"] == "FA-2025-00318"
+
+
+def test_ocr_misreads_give_a_missing_field_or_the_right_one_never_a_wrong_one() -> None:
+    lines = page(
+        "Ascenseurs Lemaire SAS",
+        "Due Date: Aprl 13, 2025",  # a letter of the month lost
+        [(300, "Total HT"), (480, repaired_ocr_text("3:180,00 EUR"))],  # the thousands dot read as a colon
+        [(300, "Total TTC"), (480, "3;816,00 EUR")],  # not repaired here: no amount rather than 816
+        "IBAN FR76 3000 6000 0112 3456 7890 1B9",  # a digit read as a letter: checksum flags it
+    )
+    found = extract_fields(lines, "ocr")
+    assert found["due_date"].value == "2025-04-13"
+    assert found["total_excl_vat"].value == 3180.0
+    assert "total_incl_vat" not in found
+    assert invoice_result(found, "ocr", 1)["checks"]["iban_checksum"] == "failed"
+
+
+def test_a_care_of_line_with_a_legal_form_is_the_customers_side() -> None:
+    lines = page(
+        [(50, "Brightline Cleaning Lid"), (330, "Bill to:")],
+        [(50, "Avenue Louise 331"), (330, "Parkview")],
+        None,
+        None,
+        [(330, "c/o Gestimmo SRL")],
+        [(330, "ACPResidenceLesTilleuls")],
+    )
+    assert values(lines)["supplier"] == "Brightline Cleaning Lid"

@@ -30,6 +30,8 @@ from koprogo_node.domain.tasks.local_formats import find_amounts, find_dates, pa
         ("-12,50 €", "-12.50"),
         ("1.512,50EUR", "1512.50"),
         ("10 324,50 euros", "10324.50"),
+        ("2.200.00", "2200.00"),
+        ("1 512.50", "1512.50"),
     ],
 )
 def test_amounts_in_every_local_format_parse_to_the_same_decimal(text: str, expected: str) -> None:
@@ -102,13 +104,17 @@ def test_dates_in_every_local_format_parse_to_the_same_day(text: str) -> None:
         ("17 oktober 2025", date(2025, 10, 17)),
         ("April 1st, 2025", date(2025, 4, 1)),
         ("05/06/2025", date(2025, 6, 5)),
+        ("Aprl 13, 2025", date(2025, 4, 13)),  # OCR lost a letter: one month is that close
+        ("3februari2025", date(2025, 2, 3)),  # OCR lost the spaces
     ],
 )
 def test_month_names_in_french_dutch_and_english_and_day_first_numbers(text: str, expected: date) -> None:
     assert parse_date(text) == expected
 
 
-@pytest.mark.parametrize("text", ["30 février 2025", "32/01/2025", "13/13/2025", "14 foo 2025", "2025", ""])
+@pytest.mark.parametrize(
+    "text", ["30 février 2025", "32/01/2025", "13/13/2025", "14 foo 2025", "14 jui 2025", "2025", ""]
+)
 def test_impossible_or_absent_dates_parse_to_none(text: str) -> None:
     assert parse_date(text) is None
 

@@ -28,9 +28,12 @@ EURO_AREA = frozenset("AT BE CY DE EE ES FI FR GR HR IE IT LT LU LV MC MT NL PT 
 # Printed in groups of four, or compact; the groups may run into the next word (`BIC`), so a
 # match is cut to its country's length afterwards.
 # Glued to `IBAN` is fine: OCR drops spaces (`IBANBE68...`, read `1BAN` too).
+# A dot between groups is a speck OCR read, or a printer's habit.
 _IBAN = re.compile(
-    r"(?:(?<![A-Z0-9])|(?<=BAN))(?P<country>[A-Z]{2})\s?(?P<check>\d{2})(?P<rest>(?:\s?[A-Z0-9]{1,4}){3,8})"
+    r"(?:(?<![A-Z0-9])|(?<=BAN))(?P<country>[A-Z]{2})\s?(?P<check>\d{2})(?P<rest>(?:[\s.]?[A-Z0-9]{1,4}){3,8})"
 )
+# Countries whose account part is digits only: a letter there means the match ran into a word.
+_DIGITS_ONLY = frozenset("AT BE DE DK EE ES FI HR LT NO PL PT SE SI SK".split())
 
 _BE_VAT = re.compile(
     r"(?:(?<![A-Z0-9])|(?<=TVA)|(?<=BTW)|(?<=VAT))BE\s?[.:-]?\s?(?P<digits>[01]?\s?\d{3}[.\s]?\d{3}[.\s]?\d{3})(?![\d])",
@@ -45,7 +48,7 @@ _DE_VAT = re.compile(r"(?<![A-Z0-9])DE\s?(?P<number>\d{9})(?!\d)")
 
 
 def compact_iban(text: str) -> str:
-    return re.sub(r"\s", "", text).upper()
+    return re.sub(r"[\s.]", "", text).upper()
 
 
 def format_iban(iban: str) -> str:
@@ -82,6 +85,8 @@ def find_ibans(text: str) -> list[tuple[tuple[int, int], str]]:
             continue
         else:
             compact = compact[:expected]
+            if country in _DIGITS_ONLY and not compact[4:].isdigit():
+                continue
         span = (match.start(), _end_of(text, match.start(), len(compact)))
         found.append((span, compact))
         # The next IBAN may start inside what the greedy groups took.
@@ -90,10 +95,10 @@ def find_ibans(text: str) -> list[tuple[tuple[int, int], str]]:
 
 
 def _end_of(text: str, start: int, characters: int) -> int:
-    """Where the `characters`-th non-space character from `start` ends."""
+    """Where the `characters`-th character from `start` ends, spaces and dots not counted."""
     seen = 0
     for index in range(start, len(text)):
-        if not text[index].isspace():
+        if not text[index].isspace() and text[index] != ".":
             seen += 1
             if seen == characters:
                 return index + 1

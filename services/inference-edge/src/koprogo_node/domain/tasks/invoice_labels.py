@@ -65,8 +65,8 @@ DATE_LABELS: dict[str, str] = {
 
 INVOICE_NUMBER_HEAD = (
     rf"(?:{_NO}\s*(?:de\s+(?:la\s+)?)?facture|numero\s+de\s+(?:la\s+)?facture"
-    rf"|factuur\s*{_NO}|factuurnummer|factuurnr\.?|invoice\s*{_NO}|facture\s*{_NO}|rechnung\s*{_NO}"
-    rf"|(?:note\s+de\s+credit|creditnota|credit\s+note)\s*{_NO}?"
+    rf"|factuur[\s.]*{_NO}|factuurnummer|factuurnr\.?|invoice[\s.]*{_NO}|facture[\s.]*{_NO}|rechnung[\s.]*{_NO}"
+    rf"|(?:note\s+de\s+credit|creditnota|credit\s+note)[\s.]*{_NO}?"
     # A bare `Facture`, not the one of `Date de facture` / `Invoice date`.
     rf"|(?<!\w)(?<!date de )(?<!date )facture|(?<!\w)factuur|(?<!\w)invoice(?!\s+date))"
 )
@@ -80,8 +80,12 @@ CUSTOMER_LABEL = (
     r"|destinataire|aan|to|votre\s+reference|uw\s+referentie)\b"
 )
 CUSTOMER_NAME = (
-    r"^\s*(?:a\.?c\.?p\.?|v\.?m\.?e\.?|residence|residentie|copropriete|association\s+des\s+coproprietaires"
-    r"|vereniging\s+van\s+(?:de\s+)?mede-?eigenaars|syndic\b|immeuble|gebouw|building)\b"
+    # `ACP`/`VME` glued to the name that follows (OCR drops spaces: `ACPResidenceLesTilleuls`).
+    r"^\s*(?:a\.?c\.?p|v\.?m\.?e)(?=\W|residen|copro|gebouw|$)"
+    r"|^\s*(?:residence|residentie|copropriete|association\s+des\s+coproprietaires"
+    r"|vereniging\s+van\s+(?:de\s+)?mede-?eigenaars|syndic\b|immeuble|gebouw|building"
+    # Care of: the syndic who receives the building's mail is the customer's side too.
+    r"|c/o|p/a|chez|attn|t\.?a\.?v\.?|co-?ownership|co-?owners)\b"
 )
 # A VAT id or an IBAN on a line that says it is the customer's.
 CUSTOMER_MENTION = r"\b(?:client|klant|customer|votre|uw|your)\b"

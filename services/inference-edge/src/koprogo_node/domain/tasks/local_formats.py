@@ -15,6 +15,7 @@ is read month first only when day first is impossible (`03/14/2025`).
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from datetime import date
@@ -43,6 +44,7 @@ for _number, _names in enumerate(
     for _name in _names.split():
         _MONTHS[_name] = _number
 
+_LONG_MONTH_NAMES = [name for name in _MONTHS if len(name) >= 4]
 # Month words as they may be printed (with or without accents, any case); matched on the
 # original text, then folded to look the number up.
 _MONTH_WORD = r"[A-Za-zÀ-ÿ]{3,10}\.?"
@@ -66,10 +68,10 @@ _NUMBER = (
     r"(?P<number>\d{1,3}(?P<group>[ \u00a0\u202f.,'\u2019])\d{3}(?:(?P=group)\d{3})*(?:[.,]\d{1,2})?"
     r"|\d+(?:[.,]\d{1,2})?)"
 )
-# Not glued to a word, a reference (`F-2025-0142`), another number or a date; a dot or a colon
-# glued to a label is fine (`Total:1512,50`, OCR drops spaces).
+# Not glued to a word, a reference (`F-2025-0142`), another number (`3:180,00` is OCR's
+# `3.180,00`, not 180) or a date; a dot or a colon glued to a label is fine (`Total:1512,50`).
 _AMOUNT = re.compile(
-    rf"(?<![\w/])(?<!\w-)(?<!\d[.,])(?:(?P<before>{_CURRENCY})\s?)?{_NUMBER}"
+    rf"(?<![\w/])(?<!\w-)(?<!\d[.,:;])(?:(?P<before>{_CURRENCY})\s?)?{_NUMBER}"
     rf"(?:\s?(?P<after>{_CURRENCY})|(?![\w/]|[.,]\d))"
 )
 _PERCENT_AFTER = re.compile(r"\s?%")
@@ -81,6 +83,19 @@ def _fold(word: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).lower().rstrip(".")
 
 
+def _month_number(word: str) -> int | None:
+    """The month a name means; one letter misread or dropped is forgiven in names of four
+    letters or more (OCR's `Aprl`), when only one month is that close."""
+    folded = _fold(word)
+    if folded in _MONTHS:
+        return _MONTHS[folded]
+    if len(folded) < 4:
+        return None
+    close = difflib.get_close_matches(folded, _LONG_MONTH_NAMES, n=2, cutoff=0.8)
+    months = {_MONTHS[name] for name in close}
+    return months.pop() if len(months) == 1 else None
+
+
 def _number_value(number: str, group: str | None) -> Decimal | None:
     if group is None:
         digits = number.replace(",", ".")
@@ -88,8 +103,11 @@ def _number_value(number: str, group: str | None) -> Decimal | None:
         # `0,125`: a leading zero means decimals, not thousands.
         digits = number.replace(",", ".")
     else:
-        # Thousands separators out; what is left of `.` or `,` marks the decimals.
-        digits = number.replace(group, "").replace(",", ".")
+        # Cents first (a separator and one or two digits at the end: `2.200.00` is OCR's
+        # `2.200,00`), then the thousands separators out of what is left.
+        cents = re.search(r"[.,](\d{1,2})$", number)
+        whole = number[: cents.start()] if cents else number
+        digits = whole.replace(group, "") + (f".{cents.group(1)}" if cents else "")
     try:
         return Decimal(digits)
     except InvalidOperation:
@@ -162,7 +180,7 @@ def find_dates(text: str) -> list[tuple[Span, date]]:
             found.append((match.span(), numeric))
     for pattern in (_DAY_MONTH_YEAR, _MONTH_DAY_YEAR):
         for match in pattern.finditer(text):
-            month = _MONTHS.get(_fold(match.group("month")))
+            month = _month_number(match.group("month"))
             if month is None:
                 continue
             named = _build_date(match.group("year"), month, int(match.group("day")))
