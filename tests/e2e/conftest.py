@@ -109,6 +109,7 @@ async def stack_factory(
         probe_token: str | None = None,
         cloud_deployments_file: Path | None = None,
         grid: bool = False,
+        router_settings: dict[str, Any] | None = None,
         **gateway_settings: Any,
     ) -> RunningStack:
         """`gateways` replicas, each its own uvicorn on a free port; `gateway_settings` go to every one.
@@ -116,6 +117,7 @@ async def stack_factory(
         With authentication on, `probe_token` (mcp:read) lets start-up see the models' availability.
         With `cloud_deployments_file`, a cloud worker serves those deployments.
         With `grid`, the grid scheduler runs and the edge nodes join the grid.
+        `router_settings` go to the router (e.g. its grid thresholds).
         """
         gateway_ports = [free_port() for _ in range(gateways)]
         clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=90) for p in gateway_ports]
@@ -136,7 +138,8 @@ async def stack_factory(
             )
         )
         await wait_until(lambda: _schema_ready(database_url), timeout=30)
-        await stack.start(lambda stop: run_router(RouterSettings(nats_url=clean_jetstream, ops_port=0), stop))
+        router = RouterSettings(nats_url=clean_jetstream, ops_port=0, **(router_settings or {}))
+        await stack.start(lambda stop: run_router(router, stop))
         if grid:
             await stack.start(
                 lambda stop: run_scheduler(SchedulerSettings(nats_url=clean_jetstream, ops_port=0), stop)

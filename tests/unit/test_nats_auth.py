@@ -16,6 +16,7 @@ from koprogo_cli.nats_auth import (
     node_permissions,
     render_authorization,
     roster_file,
+    router_permissions,
 )
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
@@ -139,6 +140,40 @@ def test_the_gateway_may_publish_erasure_requests_and_a_node_may_not() -> None:
     )
 
 
+def test_a_shared_pool_node_may_pull_the_grids_chats_for_its_models_alone() -> None:
+    publish = set(node_permissions("UNODE", "pi-1", ["smollm2:135m-instruct-q4", "phi-2:2.7b-q4"]).publish)
+    stream = subjects.WORK_STREAM
+    for model, durable in (
+        ("smollm2:135m-instruct-q4", "grid-smollm2_c135m-instruct-q4"),
+        ("phi-2:2.7b-q4", "grid-phi-2_c2_d7b-q4"),
+    ):
+        assert durable == subjects.grid_work_durable(model)
+        assert {
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{subjects.run_inference_grid(model)}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            f"$JS.ACK.{stream}.{durable}.>",
+            f"koprogo.deadletter.{subjects.run_inference_grid(model)}",
+        } <= publish
+    # Its grid consumers are its models' alone, each with exactly its own filter.
+    grid_creates = sorted(s for s in publish if s.startswith(f"$JS.API.CONSUMER.CREATE.{stream}.grid-"))
+    assert grid_creates == [
+        # A dot in a model id is no subject token separator (`subject_token`).
+        f"$JS.API.CONSUMER.CREATE.{stream}.grid-phi-2_c2_d7b-q4.koprogo.work.grid.phi-2:2~7b-q4",
+        f"$JS.API.CONSUMER.CREATE.{stream}.grid-smollm2_c135m-instruct-q4.koprogo.work.grid.smollm2:135m-instruct-q4",
+    ]
+    assert not any(s.startswith("koprogo.work.grid") for s in publish)  # it never sends grid work
+    # A copro's own node works for that copro alone: no grid chats (they come from any copro).
+    copro_node = set(node_permissions("UNODE", "pi-2", ["smollm2:135m-instruct-q4"], ["copro-x"]).publish)
+    assert not any(".grid-" in s or "work.grid" in s for s in copro_node)
+
+
+def test_the_router_may_send_work_to_the_grid_and_the_gateway_may_not() -> None:
+    assert subjects.GRID_WORK_ALL == "koprogo.work.grid.>"
+    assert subjects.GRID_WORK_ALL in router_permissions("UROUTER").publish
+    assert not any(s.startswith("koprogo.work.") for s in gateway_permissions("UGATEWAY").publish)
+
+
 def test_what_each_nodes_key_was_minted_for_is_written_to_the_roster_beside_the_keys(tmp_path: Path) -> None:
     identities(tmp_path, {"pi-1": ["m1", "m2"]})
     identities(tmp_path, {"pi-2": ["m3"]})  # another node joins: pi-1 stays
@@ -169,9 +204,11 @@ def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_i
         f"{subjects.run_inference_edge('m1', pool)}"
         for pool in pools_x
     ]
+    # The shared pool's node may also pull the grid's chats for its model; a copro's node may not.
     assert creates["pi-s"] == [
         f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{subjects.edge_work_durable('m1')}."
-        f"{subjects.run_inference_edge('m1', subjects.SHARED_POOL)}"
+        f"{subjects.run_inference_edge('m1', subjects.SHARED_POOL)}",
+        f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.grid-m1.koprogo.work.grid.m1",
     ]
     assert parse_roster(roster_file(tmp_path).read_text()) == {
         "pi-x": NodeGrant(frozenset({"m1"}), frozenset(pools_x)),

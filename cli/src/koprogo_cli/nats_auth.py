@@ -22,7 +22,7 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                deleting single messages from it
     router     streams: info only; consumers `router`             its inbox,
                and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
-               koprogo.work.{edge,cloud}.>,                       koprogo.nodes.cloud.*
+               koprogo.work.{edge,cloud,grid}.>,                  koprogo.nodes.cloud.*
                koprogo.events.chat.failed.>, koprogo.reply.*,
                koprogo.nodes.announce, their dead letters; read
                and watch the routing-policy bucket
@@ -49,7 +49,7 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.reply.*.node.<its id>,
                koprogo.nodes.heartbeat.<its id>
 
-    grid       see `nats_grid_auth` (and what it adds to the gateway's and a node's)
+    grid       see `nats_grid_auth` (and what it adds to the gateway's, the router's and a node's)
 
 "Its inbox" is `_INBOX.<its public key>.>`: the client takes that prefix
 (`koprogo_shared.subjects.inbox_prefix`), so no identity reads another's replies (a node
@@ -175,6 +175,7 @@ def router_permissions(public_key: str) -> Permissions:
             ),
             subjects.deadletter_for(subjects.INFERENCE_ATTEMPT_FAILED_ALL),
             subjects.EDGE_WORK_ALL,
+            *nats_grid_auth.router_publish(),
             _every(subjects.run_inference_cloud),
             _every(subjects.chat_failed),
             subjects.GATEWAY_REPLY_ANY,
@@ -292,7 +293,8 @@ def node_permissions(
     """Only its models' work of its pools in, only its own results and heartbeat out."""
     check_node(node_id, models)
     work: list[str] = [f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}"]
-    for pool in node_pools(copros):
+    pools = node_pools(copros)
+    for pool in pools:
         for model in models:
             subject = subjects.run_inference_edge(model, pool)
             work += _pull_consumer(subjects.WORK_STREAM, subjects.edge_work_durable(model, pool), subject)
@@ -306,7 +308,7 @@ def node_permissions(
             *subjects.node_outcomes(node_id),
             subjects.node_reply(subjects.GATEWAY_REPLY_ANY, node_id),
             subjects.node_heartbeat(node_id),
-            *nats_grid_auth.node_publish(node_id),
+            *nats_grid_auth.node_publish(node_id, models, pools),
         ),
         subscribe=(_inbox(public_key), subjects.NODES_ANNOUNCE, subjects.node_cancels(node_id)),
     )

@@ -12,13 +12,21 @@ may do with tasks, polls and documents.
     gateway    + koprogo.events.task.{submitted,cancel_requested}.>; write documents to the
                KOPROGO_DOCUMENTS object store; read a TaskSubmitted back from KOPROGO_EVENTS
     node       + koprogo.grid.poll.<its id>, koprogo.events.task.{started,result_reported}.*.
-               node.<its id>; read documents of the KOPROGO_DOCUMENTS object store
+               node.<its id>; read documents of the KOPROGO_DOCUMENTS object store; a node of
+               the shared pool, per model M: consumer `grid-M` on KOPROGO_WORK (create with
+               filter koprogo.work.grid.M only, info, next, ack) and its dead letters
+    router     + koprogo.work.grid.> (long `auto` chats sent to the grid)
+
+Grid chats come from any copro, so only a node of the shared pool may take them (a node minted
+for copros works for those copros alone, as the scheduler's tasks do).
 
 A node may read any document of the store (the object store has no per-object permission); the
 next part of the grid (signed assignments) narrows what a node is handed, not what it may read.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from koprogo_shared import subjects
 from koprogo_shared.grid_stores import GRID_STREAMS, kv_stream, object_store_stream
@@ -85,9 +93,32 @@ def gateway_publish() -> list[str]:
     ]
 
 
-def node_publish(node_id: str) -> list[str]:
+def router_publish() -> list[str]:
+    return [subjects.GRID_WORK_ALL]
+
+
+def _grid_chats(models: Sequence[str], pools: Sequence[str]) -> list[str]:
+    """Pull the grid's chat work of `models` (shared-pool nodes only), as the edge work is pulled."""
+    if subjects.SHARED_POOL not in pools:
+        return []
+    granted: list[str] = []
+    for model in models:
+        durable = subjects.grid_work_durable(model)
+        subject = subjects.run_inference_grid(model)
+        granted += [
+            f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.{durable}.{subject}",
+            f"$JS.API.CONSUMER.INFO.{subjects.WORK_STREAM}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{subjects.WORK_STREAM}.{durable}",
+            f"$JS.ACK.{subjects.WORK_STREAM}.{durable}.>",
+            subjects.deadletter_for(subject),
+        ]
+    return granted
+
+
+def node_publish(node_id: str, models: Sequence[str] = (), pools: Sequence[str] = ()) -> list[str]:
     documents = object_store_stream(subjects.DOCUMENTS_BUCKET)
     return [
+        *_grid_chats(models, pools),
         subjects.grid_poll(node_id),
         *subjects.node_task_events(node_id),
         # Read one document: its info message, then its chunks through an ephemeral ordered consumer

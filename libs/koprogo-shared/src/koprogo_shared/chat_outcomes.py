@@ -62,6 +62,20 @@ def attempt_failed_id(work: RunInference) -> str:
     return _derived(work, work.id, "attempt_failed")
 
 
+def node_execution_type(work: RunInference) -> ExecutionType:
+    """How an edge node's answer to `work` is counted: "grid" when the plan sent it to the grid.
+
+    Read from the plan's current target, not from the consumer that took the item: the plan
+    is what the router decided and what the caller's `execution_info.routing` reports. Work
+    without a plan (published by hand) is edge work.
+    """
+    plan = work.routing
+    if plan is not None and 1 <= plan.attempt <= len(plan.targets):
+        if plan.targets[plan.attempt - 1].kind == "grid":
+            return "grid"
+    return "edge"
+
+
 def check_ids(work: RunInference) -> None:
     """Raise UnusableIdsError unless every outcome id of `work` can be derived."""
     completed_id(work)

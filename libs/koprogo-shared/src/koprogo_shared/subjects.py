@@ -47,6 +47,7 @@ EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
 WORK_ALL = "koprogo.work.>"
 EDGE_WORK_ALL = "koprogo.work.edge.>"
+GRID_WORK_ALL = "koprogo.work.grid.>"
 DEADLETTER_PREFIX = "koprogo.deadletter"
 
 NODE_HEARTBEAT_ALL = "koprogo.nodes.heartbeat.*"
@@ -151,6 +152,11 @@ def copro_pool(copro_id: str) -> str:
 
 def run_inference_edge(model: str, pool: str = SHARED_POOL) -> str:
     return f"koprogo.work.edge.{subject_token(pool)}.{subject_token(model)}"
+
+
+def run_inference_grid(model: str) -> str:
+    """Chat work for the grid: the nodes of the shared pool that joined it and serve `model`."""
+    return f"koprogo.work.grid.{subject_token(model)}"
 
 
 def inference_attempt_failed(copro_id: str | None) -> str:
@@ -295,6 +301,11 @@ def edge_work_durable(model: str, pool: str = SHARED_POOL) -> str:
     if pool == SHARED_POOL:
         return durable_name("edge", model)
     return durable_name("edge_pool", f"{pool}.{model}")
+
+
+def grid_work_durable(model: str) -> str:
+    """The durable every grid node serving `model` shares on KOPROGO_WORK (`run_inference_grid`)."""
+    return durable_name("grid", model)
 
 
 _KV_KEY = re.compile(r"^[-_=A-Za-z0-9]{1,200}$")

@@ -33,7 +33,7 @@ from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
-from koprogo_node.entrypoints.nats_worker import work_consumer, work_item_handler
+from koprogo_node.entrypoints.nats_worker import grid_work_consumer, work_consumer, work_item_handler
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
@@ -198,6 +198,10 @@ async def _serve(
     model_id = service.node.model_id
     handler = work_item_handler(service, settings.ack_wait_s, settings.max_deliver)
     specs = [work_consumer(model_id, settings.ack_wait_s, settings.max_deliver, p) for p in settings.pools]
+    if grid is not None and subjects.SHARED_POOL in settings.pools:
+        # Grid chats may come from any copro: only a shared-pool node takes them (as for grid
+        # tasks, a copro's own node works for that copro alone). `_consume` runs one item at a time.
+        specs.append(grid_work_consumer(model_id, settings.ack_wait_s, settings.max_deliver))
     consumer = asyncio.create_task(_consume(js, specs, handler.handle, stop))
     grid_loop = asyncio.create_task(poll_for_tasks(nc, grid, stop)) if grid else None
     log.info(

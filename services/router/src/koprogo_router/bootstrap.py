@@ -10,6 +10,7 @@ from nats.aio.msg import Msg
 
 from koprogo_router.adapters.bus import NatsBus
 from koprogo_router.adapters.policy_book import WatchedPolicyBook
+from koprogo_router.domain.grid import GridRule
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_router.settings import RouterSettings
 from koprogo_shared import subjects
@@ -67,7 +68,11 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         await policies.follow(js)  # every copro's policy known before the first request
         await asyncio.sleep(settings.warmup_s)
         dispatcher = Dispatcher(
-            NatsBus(nc, js), registry, policies, default_policy=settings.default_routing_policy
+            NatsBus(nc, js),
+            registry,
+            policies,
+            default_policy=settings.default_routing_policy,
+            grid_rule=GridRule(settings.grid_min_prompt_chars, settings.grid_min_max_tokens),
         )
 
         async def handle(msg: Msg) -> None:

@@ -2,7 +2,9 @@
 
 All nodes of one pool serving a model share one durable pull consumer, so they share the
 load: a node fetches the next item only when it is idle. A node takes the work of its own
-pools alone (the shared one, or its copros'), as its NATS key allows. The shared work-item handler
+pools alone (the shared one, or its copros'), as its NATS key allows. A node of the shared pool
+that joined the grid also takes the grid's chat work for its model (`grid_work_consumer`), with
+the same handler. The shared work-item handler
 (`koprogo_shared.work_items`) keeps the item with this node while it generates, dead-letters
 poison and tells the caller when the last delivery fails; this module adds the node's
 request and token counters.
@@ -27,6 +29,19 @@ def work_consumer(
         stream=subjects.WORK_STREAM,
         durable=subjects.edge_work_durable(model_id, pool),
         filter_subject=subjects.run_inference_edge(model_id, pool),
+        ack_wait_s=ack_wait_s,
+        max_deliver=max_deliver,
+        batch=1,
+    )
+
+
+def grid_work_consumer(model_id: str, ack_wait_s: float, max_deliver: int) -> ConsumerSpec:
+    """The consumer every grid node serving `model_id` binds to: the long chats the router sends
+    to the grid (`subjects.run_inference_grid`)."""
+    return ConsumerSpec(
+        stream=subjects.WORK_STREAM,
+        durable=subjects.grid_work_durable(model_id),
+        filter_subject=subjects.run_inference_grid(model_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
         batch=1,

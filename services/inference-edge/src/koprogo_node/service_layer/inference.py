@@ -218,7 +218,8 @@ class InferenceService:
             tool_calls=tool_calls,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            execution_type="edge",
+            # A grid node runs grid chats with the same engine and the same CO₂ method.
+            execution_type=chat_outcomes.node_execution_type(cmd),
             node_id=self.node.node_id,
             seconds=seconds,
             co2_grams=co2.edge_grams(seconds, self.node.footprint),

@@ -9,7 +9,8 @@ will get. Nothing here does I/O.
    copro may use (`RoutingRequest.pools`: its own nodes' pool, then the shared one unless
    its policy is edge_only), one target per pool, and every available cloud deployment
    serving it (one without a key or in cooldown is skipped, and named in the refusal if
-   nothing else is left).
+   nothing else is left). A long `auto` chat (`domain.grid`: never under edge_only) may also
+   go to the grid: the shared pool's live nodes that joined it, one target per model.
 3. Each target gets an estimate for the request's expected size (`max_tokens`, or
    `DEFAULT_EXPECTED_TOKENS`; the same size for every target, used only to rank them): CO₂
    by the method of `koprogo_shared.co2`, latency from the node's measured tokens/s and load
@@ -17,94 +18,54 @@ will get. Nothing here does I/O.
    A target that lacks a feature the request needs (stop, seed, a JSON schema, tools...:
    `koprogo_shared.generation`) is left out: it would ignore the constraint. When that
    leaves nothing, the refusal is a 400 `unsupported_parameter` naming what is missing.
-4. The policy orders them: `edge_only` keeps the edge alone; `prefer_edge` puts the edge
-   first (the copro's own pool before the shared one), then the cloud by grams; `lowest_carbon` sorts everything by grams; `fastest` by
-   expected latency. `max_latency_ms` drops targets expected to be slower; without
+4. The policy orders them: `edge_only` keeps the edge alone; `prefer_edge` puts the grid
+   first (a long chat then leaves the interactive edge nodes free for short ones), then the
+   edge (the copro's own pool before the shared one), then the cloud by grams;
+   `lowest_carbon` sorts everything by grams; `fastest` by expected latency (both put the
+   grid first on a tie: it is the same kind of node). The routing reason says which rule
+   sent a long chat where. `max_latency_ms` drops targets expected to be slower; without
    `allow_fallback` only the first is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
 
+from koprogo_router.domain.grid import GridRule, grid_candidate, grid_target
 from koprogo_router.domain.policy import EffectivePolicy
-from koprogo_shared import co2, subjects
-from koprogo_shared.catalogue import CatalogueModel, serve_hint
+from koprogo_router.domain.targets import (
+    UNMEASURED_CLOUD_LATENCY_MS,
+    Catalogue,
+    Refusal,
+    Route,
+    RoutingDecision,
+    RoutingRequest,
+    Target,
+    node_target,
+)
+from koprogo_shared import co2
+from koprogo_shared.catalogue import serve_hint
 from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
 
-# What ranking assumes when the request sets no max_tokens (an answer of a few paragraphs).
-DEFAULT_EXPECTED_TOKENS = 256
-# A node that has not measured its speed yet (no answer since it started): a Pi-class guess.
-UNMEASURED_TOKENS_PER_SECOND = 5.0
-# A deployment without recent calls: a typical hosted-model answer of a few hundred tokens.
-UNMEASURED_CLOUD_LATENCY_MS = 2000.0
+# Where a long chat's grid target goes in each policy's order (said in the routing reason).
+_GRID_ORDER = {
+    "prefer_edge": "the grid before the interactive edge pools, which stay free for short chats",
+    "lowest_carbon": "the grid ranked with the edge by grams, first on a tie",
+    "fastest": "the grid ranked with the edge by expected latency, first on a tie",
+}
+_KIND_RANK = {"grid": 0, "edge": 1, "cloud": 2}
 
-
-@dataclass(frozen=True, slots=True)
-class RoutingRequest:
-    model: str
-    policy: EffectivePolicy
-    max_tokens: int | None = None
-    # The generation controls the request sets (`events.required_features`).
-    features: frozenset[str] = frozenset()
-    # The edge pools whose nodes may take this work, the preferred first (`policy.edge_pools`).
-    pools: tuple[str, ...] = (subjects.SHARED_POOL,)
-
-    @property
-    def expected_tokens(self) -> int:
-        return self.max_tokens or DEFAULT_EXPECTED_TOKENS
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    kind: Literal["edge", "cloud", "grid"]
-    model: str
-    # For the edge, the nodes of one pool that may take the work (they pull it from one
-    # shared durable consumer, so the least busy node takes it first), and that pool.
-    node_ids: tuple[str, ...] = ()
-    pool: str | None = None
-    # For the cloud, the deployment that serves `model`.
-    deployment: str | None = None
-    expected_grams: float = 0.0
-    expected_latency_ms: float = 0.0
-    # The generation controls every node of the pool (or the deployment) honours.
-    features: frozenset[str] = frozenset()
-
-    def describe(self) -> str:
-        where = (
-            f"edge pool {self.pool} [{', '.join(self.node_ids)}]"
-            if self.kind == "edge"
-            else f"cloud {self.deployment}"
-        )
-        return f"{self.model} on {where} (~{self.expected_grams:.4f} g, ~{self.expected_latency_ms:.0f} ms)"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    targets: tuple[Target, ...]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    error: str
-    message: str
-    known_models: tuple[str, ...] = ()
-
-
-RoutingDecision = Route | Refusal
-
-
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    """What the router knows of models: the catalogue and the auto classes."""
-
-    find_model: Callable[[str], CatalogueModel | None]
-    known_models: Sequence[str]
-    auto_class: Callable[[str], tuple[str, ...] | None]
+# The decision's types live in `targets`; callers take them from here with `choose_target`.
+__all__ = [
+    "Catalogue",
+    "GridRule",
+    "Refusal",
+    "Route",
+    "RoutingDecision",
+    "RoutingRequest",
+    "Target",
+    "choose_target",
+]
 
 
 def choose_target(
@@ -112,8 +73,11 @@ def choose_target(
     edge_candidates: Sequence[EdgeCandidate],
     cloud_candidates: Sequence[CloudCandidate],
     catalogue: Catalogue,
+    grid: GridRule | None = None,
 ) -> RoutingDecision:
+    """Route `request`; with a `grid` rule, a long `auto` chat may go to the grid (`domain.grid`)."""
     models = catalogue.auto_class(request.model)
+    long_chat = None if grid is None else grid_candidate(request, models is not None, grid)
     if models is None:
         # A model outside the catalogue is known while something serves it: a GGUF a node
         # serves under its own id (`koprogo up --model id=file.gguf`), or a cloud deployment's.
@@ -130,6 +94,8 @@ def choose_target(
         models = (request.model,)
     policy = request.policy
     every = [t for m in models for t in _targets_for(m, request, edge_candidates, cloud_candidates)]
+    if long_chat is not None:
+        every += [t for m in models if (t := grid_target(m, request, edge_candidates)) is not None]
     if policy.policy == "edge_only":
         every = [t for t in every if t.kind == "edge"]
     if not every:
@@ -154,6 +120,8 @@ def choose_target(
         ordered = ordered[:1]
     first, rest = ordered[0], ordered[1:]
     reason = f"{policy.policy}: {first.describe()}"
+    if long_chat is not None and any(t.kind == "grid" for t in ordered):
+        reason = f"{policy.policy}, long chat ({long_chat}): {_GRID_ORDER[policy.policy]}; {first.describe()}"
     if rest:
         reason += f"; fallback: {', '.join(f'{t.kind} {t.deployment or t.model}' for t in rest)}"
     return Route(targets=tuple(ordered), reason=reason)
@@ -189,30 +157,8 @@ def _edge_target(
     model: str, pool: str, request: RoutingRequest, edge_candidates: Sequence[EdgeCandidate]
 ) -> Target | None:
     """The live nodes of `pool` serving `model`, as one target (None when there are none)."""
-    serving = sorted(
-        (c for c in edge_candidates if model in c.models and pool in c.pools),
-        key=lambda c: (c.load, -c.tokens_per_second, c.node_id),
-    )
-    if request.features:
-        # A pool is one shared consumer: any of its nodes may take the work, so keep the nodes
-        # that honour the request (another pool would need its own subject).
-        serving = [c for c in serving if request.features <= c.features] or serving
-    if not serving:
-        return None
-    best = serving[0]
-    speed = best.tokens_per_second or UNMEASURED_TOKENS_PER_SECOND
-    # The work waits for what the node already has in hand, then runs.
-    seconds = request.expected_tokens / speed * (1 + best.load)
-    footprint = co2.EdgeFootprint(best.power_watts, best.intensity_g_per_kwh, best.renewable_attested)
-    return Target(
-        "edge",
-        model,
-        node_ids=tuple(c.node_id for c in serving),
-        pool=pool,
-        expected_grams=co2.edge_grams(seconds, footprint),
-        expected_latency_ms=seconds * 1000.0,
-        features=frozenset.intersection(*(c.features for c in serving)),
-    )
+    nodes = [c for c in edge_candidates if model in c.models and pool in c.pools]
+    return node_target("edge", model, request, nodes, pool)
 
 
 def _order(
@@ -225,7 +171,7 @@ def _order(
             return sorted(
                 targets,
                 key=lambda t: (
-                    t.kind != "edge",
+                    _KIND_RANK[t.kind],
                     preference[t.model],
                     pool_rank.get(t.pool or "", 0),
                     t.expected_grams,
@@ -234,11 +180,23 @@ def _order(
             )
         case "lowest_carbon":
             return sorted(
-                targets, key=lambda t: (t.expected_grams, t.expected_latency_ms, preference[t.model])
+                targets,
+                key=lambda t: (
+                    t.expected_grams,
+                    t.expected_latency_ms,
+                    _KIND_RANK[t.kind],
+                    preference[t.model],
+                ),
             )
         case "fastest":
             return sorted(
-                targets, key=lambda t: (t.expected_latency_ms, t.expected_grams, preference[t.model])
+                targets,
+                key=lambda t: (
+                    t.expected_latency_ms,
+                    t.expected_grams,
+                    _KIND_RANK[t.kind],
+                    preference[t.model],
+                ),
             )
 
 

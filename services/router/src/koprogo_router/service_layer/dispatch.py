@@ -13,7 +13,14 @@ from datetime import datetime
 from koprogo_router.adapters.bus import Bus
 from koprogo_router.adapters.policy_book import PolicyBook
 from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, edge_pools, effective_policy
-from koprogo_router.domain.routing import Catalogue, Refusal, RoutingRequest, Target, choose_target
+from koprogo_router.domain.routing import (
+    Catalogue,
+    GridRule,
+    Refusal,
+    RoutingRequest,
+    Target,
+    choose_target,
+)
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import auto_class, find_model, known_model_ids
 from koprogo_shared.events import (
@@ -49,6 +56,8 @@ class Dispatcher:
     policies: PolicyBook
     catalogue: Catalogue = field(default_factory=default_catalogue)
     default_policy: RoutingPolicyName = DEFAULT_POLICY
+    # What makes an `auto` chat long enough for the grid (`RouterSettings.grid_min_*`).
+    grid_rule: GridRule = field(default_factory=GridRule)
 
     async def on_chat_requested(self, request: ChatRequested, *, redelivered: bool = False) -> None:
         """Route the request, or refuse it durably (the gateway answers its caller).
@@ -77,10 +86,12 @@ class Dispatcher:
                 request.max_tokens,
                 required_features(request.messages, request.controls),
                 edge_pools(request.copro_id, policy),
+                prompt_chars=sum(len(m.content) for m in request.messages),
             ),
             self.registry.alive(now),
             self.registry.cloud(now),
             self.catalogue,
+            self.grid_rule,
         )
         if isinstance(decision, Refusal):
             if redelivered and decision.status == 503:
@@ -141,6 +152,8 @@ class Dispatcher:
         target = work.routing.targets[work.routing.attempt - 1]
         if target.kind == "cloud" and target.deployment is not None:
             subject = subjects.run_inference_cloud(target.deployment)
+        elif target.kind == "grid":
+            subject = subjects.run_inference_grid(target.model)
         else:
             subject = subjects.run_inference_edge(target.model, target.pool or subjects.SHARED_POOL)
         await self.bus.publish(subject, work)
