@@ -1,4 +1,5 @@
-"""The grid's rows of the AsyncAPI catalogue (`asyncapi.CHANNELS`): tasks, polls, state, documents.
+"""The grid's rows of the AsyncAPI catalogue (`asyncapi.CHANNELS`): tasks, polls, state, documents,
+and the long chats the router sends to the grid.
 
 A task's steps are one subject function with the step as first argument (`subjects.task_event`,
 `subjects.node_task_event`): each step is its own channel, addressed by that function with the
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from koprogo_shared import subjects
+from koprogo_shared.events import RunInference
 from koprogo_shared.grid_stores import DOCUMENT_TTL_S
 from koprogo_shared.task_events import (
     GridPoll,
@@ -46,6 +48,8 @@ GRID_NOT_CHANNELS = frozenset(
         "node_task_events",
         "task_sender",
         "poll_sender",
+        # The consumer name of the grid's chat work (`runInferenceGrid`).
+        "grid_work_durable",
     }
 )
 
@@ -133,6 +137,9 @@ def grid_channels() -> tuple[Channel, ...]:
         node_report("taskStarted", "started", TaskStarted, "A node began running its attempt."),
         node_report("taskResultReported", "result_reported", TaskResultReported,
                     "A node's report of its attempt: a result, or why there is none (the scheduler decides)."),
+        Channel("runInferenceGrid", subjects.run_inference_grid, (RunInference,), ("router",), ("edge",),
+                "Long `auto` chats for the grid: work for the shared pool's nodes that joined the grid and "
+                "serve `model` (one durable `grid-<model>` per model: one node takes it)."),
         Channel("gridPoll", subjects.grid_poll, (GridPoll,), ("edge",), ("grid",),
                 "A node asks the scheduler for work (a request: the scheduler holds it up to `wait_s`, "
                 "then answers on gridPollReply); only the node's key may poll as its `node_id`.",
