@@ -14,8 +14,10 @@ found (404), whatever its id.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -163,6 +165,22 @@ class TaskService:
         )
         return SubmittedTask(accepted, headers)
 
+    async def run(self, caller: Caller, submission: TaskSubmission, wait_s: float) -> TaskOut:
+        """Submit the task and wait for it: the task once it has ended, or as it is after `wait_s`
+        (still pending or running: the grid goes on with it). For callers that hold a request open
+        (the MCP tools); the reads while waiting are not counted against the caller's quota."""
+        # Checked first, so that a token that could not read the result submits nothing.
+        require_scope(caller, READ)
+        submitted = await self.submit(caller, submission)
+        start = time.monotonic()
+        while True:
+            task = await self.get(caller, submitted.accepted.id)
+            elapsed = time.monotonic() - start
+            if task.status in FINAL_STATUSES or elapsed >= wait_s:
+                return task
+            # The ledger's projection is read again, more slowly as the task takes longer.
+            await asyncio.sleep(min(_poll_interval(elapsed), wait_s - elapsed))
+
     async def get(self, caller: Caller, task_id: str) -> TaskOut:
         """The task as the ledger projected it, or pending when only its submission is known yet."""
         require_scope(caller, READ)
@@ -268,3 +286,15 @@ class TaskService:
         if not decision.admitted:
             raise RateLimitedError(refusal_message(decision), headers=refusal_headers(decision))
         return rate_limit_headers(decision)
+
+
+# While `run` waits: every 0.25 s for the first 5 s, every 0.5 s until 30 s, then every second.
+POLL_STEPS = ((5.0, 0.25), (30.0, 0.5))
+POLL_SLOWEST_S = 1.0
+
+
+def _poll_interval(elapsed_s: float) -> float:
+    for until_s, every_s in POLL_STEPS:
+        if elapsed_s < until_s:
+            return every_s
+    return POLL_SLOWEST_S

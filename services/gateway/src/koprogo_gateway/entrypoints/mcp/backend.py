@@ -8,31 +8,23 @@ error code and message.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import datetime
 from typing import Any, Protocol
 
 from starlette.requests import Request
 
 from koprogo_gateway.bootstrap import Gateway
-from koprogo_gateway.domain.access import READ, Caller, require_scope
+from koprogo_gateway.domain.access import Caller
 from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.domain.errors import GatewayError, InvalidQueryError
-from koprogo_gateway.domain.task_view import TaskOut
 from koprogo_gateway.service_layer.models import list_models
 from koprogo_gateway.service_layer.stats import usage_stats
 from koprogo_gateway.service_layer.tasks import TaskSubmission
-from koprogo_shared.task_events import FINAL_STATUSES
 
 # Where the MCP endpoint's authentication leaves the request's backend (its gateway and its
 # verified caller), in the ASGI scope's state.
 BACKEND_STATE_KEY = "koprogo_mcp_backend"
-# While a tool waits for its task: how often the task is read again (more often at first, when
-# a short task ends), as seconds since it was submitted -> seconds until the next read.
-POLL_STEPS = ((5.0, 0.25), (30.0, 0.5))
-POLL_SLOWEST_S = 1.0
 
 
 class BackendRefusedError(Exception):
@@ -128,12 +120,11 @@ class InProcessBackend:
         self, task_type: str, input_data: dict[str, Any], copro_id: str | None, wait_s: float
     ) -> dict[str, Any]:
         try:
-            # Checked first, so that a token that could not read the result submits nothing.
-            require_scope(self.caller, READ)
-            submitted = await self.gateway.tasks.submit(
-                self.caller, TaskSubmission(task_type=task_type, input_data=input_data, copro_id=copro_id)
+            task = await self.gateway.tasks.run(
+                self.caller,
+                TaskSubmission(task_type=task_type, input_data=input_data, copro_id=copro_id),
+                wait_s,
             )
-            task = await self._wait(submitted.accepted.id, wait_s)
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
         return task.model_dump(mode="json")
@@ -145,27 +136,6 @@ class InProcessBackend:
         except GatewayError as exc:
             raise BackendRefusedError(exc.status, exc.error, exc.message) from None
         return task.model_dump(mode="json")
-
-    async def _wait(self, task_id: str, wait_s: float) -> TaskOut:
-        """The task once it has ended, or as it is after `wait_s`.
-
-        The grid's events reach the ledger's projection, which `TaskService.get` reads; reading it
-        again is what the HTTP client does too, with a bounded number of reads per task.
-        """
-        start = time.monotonic()
-        while True:
-            task = await self.gateway.tasks.get(self.caller, task_id)
-            elapsed = time.monotonic() - start
-            if task.status in FINAL_STATUSES or elapsed >= wait_s:
-                return task
-            await asyncio.sleep(min(_poll_interval(elapsed), wait_s - elapsed))
-
-
-def _poll_interval(elapsed_s: float) -> float:
-    for until_s, every_s in POLL_STEPS:
-        if elapsed_s < until_s:
-            return every_s
-    return POLL_SLOWEST_S
 
 
 class InProcessBackends:
