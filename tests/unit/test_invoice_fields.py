@@ -328,3 +328,9 @@ def test_a_care_of_line_with_a_legal_form_is_the_customers_side() -> None:
         [(330, "ACPResidenceLesTilleuls")],
     )
     assert values(lines)["supplier"] == "Brightline Cleaning Lid"
+
+
+def test_a_labelled_enterprise_number_is_read_with_or_without_its_dots() -> None:
+    for printed in ("ondernemingsnummer 0834.567.890", "ondernemingsnummer0834.567890", "KBO 0834 567 890"):
+        assert [vat for _, vat in find_vat_ids(printed)] == ["BE 0834.567.890"], printed
+    assert find_vat_ids("Tel. 0834 567 890") == []  # ten digits without a label are not a VAT id

@@ -41,6 +41,12 @@ _BE_VAT = re.compile(
 )
 # A Belgian enterprise number printed without its `BE` (`ondernemingsnummer 0456.789.123`).
 _BE_ENTERPRISE = re.compile(r"(?<![\d.])(?P<digits>[01]\d{3}\.\d{3}\.\d{3})(?![\d])")
+# After its label, the number's dots may be missing (OCR, or a habit): `ondernemingsnummer0834.567890`.
+_BE_ENTERPRISE_LABELLED = re.compile(
+    r"(?:ondernemingsn\w*|kbo|bce|n°\s*d'entreprise|numero\s+d'entreprise|enterprise\s+n\w*)\W*"
+    r"(?P<digits>[01]\d{3}[.\s]?\d{3}[.\s]?\d{3})(?!\d)",
+    re.IGNORECASE,
+)
 _FR_VAT = re.compile(r"(?<![A-Z0-9])FR\s?(?P<key>[0-9A-HJ-NP-Z]{2})\s?(?P<siren>\d{3}\s?\d{3}\s?\d{3})(?!\d)")
 _NL_VAT = re.compile(r"(?<![A-Z0-9])NL\s?(?P<number>\d{9})\s?B\s?(?P<suffix>\d{2})(?!\d)")
 _LU_VAT = re.compile(r"(?<![A-Z0-9])LU\s?(?P<number>\d{8})(?!\d)")
@@ -111,9 +117,11 @@ def find_vat_ids(text: str) -> list[tuple[tuple[int, int], str]]:
     for match in _BE_VAT.finditer(text):
         digits = re.sub(r"\D", "", match.group("digits"))
         found.append((match.span(), format_be_vat(digits)))
-    for match in _BE_ENTERPRISE.finditer(text):
-        if not any(s <= match.start() < e for (s, e), _ in found):
-            found.append((match.span(), format_be_vat(re.sub(r"\D", "", match.group("digits")))))
+    for pattern in (_BE_ENTERPRISE, _BE_ENTERPRISE_LABELLED):
+        for match in pattern.finditer(text):
+            start, end = match.span("digits")
+            if not any(s <= start < e or start <= s < end for (s, e), _ in found):
+                found.append(((start, end), format_be_vat(re.sub(r"\D", "", match.group("digits")))))
     for match in _FR_VAT.finditer(text):
         siren = re.sub(r"\D", "", match.group("siren"))
         found.append((match.span(), f"FR {match.group('key')} {siren}"))
