@@ -107,6 +107,17 @@ async def test_grid_tools_run_tasks_on_the_grid_and_return_their_results(stack_f
         fields = read["result"]["fields"]
         assert fields["invoice_number"]["value"] == invoice["invoice_number"]
         assert fields["total_incl_vat"]["value"] == invoice["total"]
+        # A scan over the 1 MiB general body limit: /mcp takes a task's document as execute does.
+        scan = _uncompressed_png(FIXTURES / "facture-chauffage-F-2025-0142-scan.png")
+        assert len(scan) > 2 * 1024 * 1024
+        scanned = structured(
+            await session.call_tool(
+                "ocr_invoice",
+                {"document": base64.b64encode(scan).decode(), "filename": "scan.png", "wait_seconds": 120},
+            )
+        )
+        assert scanned["status"] == "completed", scanned
+        assert scanned["result"]["fields"]["invoice_number"]["value"] == invoice["invoice_number"]
 
         translated = structured(
             await session.call_tool(
@@ -185,3 +196,14 @@ async def test_grid_tools_keep_the_http_apis_scopes(stack_factory: StackFactory)
     # The ledger projected this one task: none of the refused calls submitted anything.
     await wait_until(lambda: _equals(tasks_in_db(stack.database_url), 1), timeout=15)
     assert await tasks_in_db(stack.database_url) == 1
+
+
+def _uncompressed_png(path: Path) -> bytes:
+    """The same page saved without compression: the same pixels, about 2 MB."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(path).save(out, "PNG", compress_level=0)
+    return out.getvalue()

@@ -52,12 +52,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         BodySizeLimit,
         max_body_bytes=settings.max_body_bytes,
         # A task's document, in base64 or as a file part, and the rest of its body.
+        # The MCP endpoint too: its `ocr_invoice` tool carries the invoice in base64.
         route_limits={
-            "/mcp/v1/execute": (
+            path: (
                 settings.execute_max_body_bytes,
                 f" (a task's document may have at most {settings.task_document_max_bytes} bytes, "
                 "TASK_DOCUMENT_MAX_BYTES)",
             )
+            for path in ("/mcp/v1/execute", "/mcp")
         },
     )
     app.add_middleware(DocsContentSecurityPolicy)
