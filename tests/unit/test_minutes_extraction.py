@@ -7,11 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from fpdf import FPDF
 
 from koprogo_node.domain.tasks.language import as_language, detect_language
 from koprogo_node.domain.tasks.local_formats import parse_amount
 from koprogo_node.domain.tasks.minutes import extract_minutes, split_items, split_sentences
 from koprogo_node.domain.tasks.minutes_report import minutes_result, prose_from_extract
+from koprogo_node.service_layer.tasks.executor import CSV, PDF, TaskDocument, TaskInputError, TaskRun
+from koprogo_node.service_layer.tasks.text_input import read_task_text
+from tests.invoice_documents import FONT_DIRS
 from tests.unit.minutes_samples import DE_LINDEN_NL, EXPECTED, PARK_VIEW_EN, TILLEULS
 
 
@@ -230,3 +234,39 @@ def test_counts_written_words_first(line: str, votes: tuple[int, int | None, int
     assert item.votes is not None
     assert (item.votes.for_, item.votes.against, item.votes.abstain) == votes
     assert item.vote == ("rejected" if "afgekeurd" in line else "approved")
+
+
+def _minutes_pdf(text: str) -> bytes:
+    """The minutes as an A4 PDF with a text layer, paragraphs wrapped by fpdf2 as a word processor would."""
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.add_page()
+    font = next(d / "DejaVuSans.ttf" for d in FONT_DIRS if (d / "DejaVuSans.ttf").exists())
+    pdf.add_font("DejaVu", "", str(font))
+    pdf.set_font("DejaVu", size=10)
+    for paragraph in text.split("\n\n"):
+        for line in paragraph.splitlines():
+            pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(4)
+    return bytes(pdf.output())
+
+
+async def test_minutes_read_from_a_pdf_text_layer_give_the_same_decisions() -> None:
+    document = TaskDocument(_minutes_pdf(DE_LINDEN_NL), PDF, "notulen-de-linden.pdf")
+    text = await read_task_text(TaskRun(parameters={}, document=document))
+    assert "\n\n" in text  # paragraphs found from the gaps between lines
+    from_pdf, from_text = _result(text), _result(DE_LINDEN_NL)
+    assert [(d["number"], d["vote"], d["majority"], d["votes"]) for d in from_pdf["decisions"]] == [
+        (d["number"], d["vote"], d["majority"], d["votes"]) for d in from_text["decisions"]
+    ]
+    assert from_pdf["amounts"] == from_text["amounts"] and from_pdf["no_vote"] == from_text["no_vote"]
+
+
+async def test_a_document_the_task_cannot_read_is_refused_for_good() -> None:
+    with pytest.raises(TaskInputError):
+        await read_task_text(TaskRun(parameters={}, document=TaskDocument(b"%PDF-1.4 broken", PDF)))
+    with pytest.raises(TaskInputError):
+        await read_task_text(TaskRun(parameters={}, document=TaskDocument(b"\x89PNG\r\n", "image/png")))
+    with pytest.raises(TaskInputError):
+        await read_task_text(TaskRun(parameters={"text": "  "}))
+    text = await read_task_text(TaskRun(parameters={}, document=TaskDocument(b"a;b\r\n1;2\r\n", CSV)))
+    assert text == "a;b\n1;2\n"

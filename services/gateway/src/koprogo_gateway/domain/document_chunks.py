@@ -1,31 +1,14 @@
-"""How much of a long document one request to a given model may carry.
+"""The context a prompt for a given model may fill, in tokens.
 
-The splitting itself (paragraphs, sentences, packing) is shared with the edge node and lives in
-`koprogo_shared.document_chunks`; what stays here is the gateway's knowledge of models: the
-context a prompt for a model may fill.
+Splitting documents into pieces (paragraphs, sentences, packing) is shared with the edge node
+and lives in `koprogo_shared.document_chunks`; what stays here is the gateway's knowledge of
+models.
 """
 
 from __future__ import annotations
 
 from koprogo_gateway.domain.model_classes import context_length_of, find_auto_class
 from koprogo_shared.catalogue import find_model
-from koprogo_shared.document_chunks import (
-    CHARS_PER_TOKEN_FOR_SIZING,
-    MIN_CHUNK_CHARS,
-    chunk_budget_chars,
-    merge_rounds,
-    split_document,
-)
-
-__all__ = [
-    "CHARS_PER_TOKEN_FOR_SIZING",
-    "EDGE_NODE_CONTEXT_TOKENS",
-    "MIN_CHUNK_CHARS",
-    "chunk_budget_chars",
-    "merge_rounds",
-    "prompt_context_tokens",
-    "split_document",
-]
 
 # An edge node loads its model with this context unless told otherwise (koprogo_node's
 # LLAMA_N_CTX default): smaller than the catalogue's trained context, and what bounds a prompt.

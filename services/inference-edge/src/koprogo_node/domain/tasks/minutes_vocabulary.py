@@ -105,9 +105,9 @@ VOTES_ABSTAIN = re.compile(
 
 # Words after an amount that belong to it: VAT included or not.
 VAT_QUALIFIER = re.compile(
-    r"\s*(?:HTVA|TVAC|TTC|HT|H\.T\.V\.A\.|T\.V\.A\.C\.|hors TVA|TVA comprise|excl\.? (?:btw|BTW|VAT)"
-    r"|incl\.? (?:btw|BTW|VAT)|exclusief (?:btw|BTW)|inclusief (?:btw|BTW)|excluding VAT|including VAT"
-    r"|ex(?:cl)?\.? VAT|inc\.? VAT)\b"
+    r"\s*(?:HTVA|TVAC|TTC|HT|H\.T\.V\.A\.|T\.V\.A\.C\.|hors\s+TVA|TVA\s+comprise|excl\.?\s+(?:btw|BTW|VAT)"
+    r"|incl\.?\s+(?:btw|BTW|VAT)|exclusief\s+(?:btw|BTW)|inclusief\s+(?:btw|BTW)|excluding\s+VAT|including\s+VAT"
+    r"|ex(?:cl)?\.?\s+VAT|inc\.?\s+VAT)\b"
 )
 
 # Abbreviations that end with a dot without ending a sentence.

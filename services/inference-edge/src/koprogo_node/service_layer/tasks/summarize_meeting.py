@@ -35,7 +35,7 @@ from koprogo_node.service_layer.tasks.model_pieces import (
     answer,
     fitted_pieces,
 )
-from koprogo_node.service_layer.tasks.text_input import task_text
+from koprogo_node.service_layer.tasks.text_input import read_task_text
 from koprogo_shared.document_chunks import chunk_budget_chars, merge_rounds, split_document
 from koprogo_shared.events import ChatMessage
 
@@ -71,7 +71,7 @@ class SummarizeMeetingExecutor(TaskExecutor):
         self._engine = engine
 
     async def run(self, run: TaskRun) -> TaskOutput:
-        text = task_text(run)
+        text = await read_task_text(run)
         language = _language(run.parameters, text)
         extract = await asyncio.to_thread(extract_minutes, text)
         usage = ModelUsage()

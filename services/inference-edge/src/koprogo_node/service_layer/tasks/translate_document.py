@@ -28,7 +28,7 @@ from koprogo_node.domain.tasks.prose_check import missing_figures
 from koprogo_node.domain.tasks.translation import assemble, clean_translation, layout
 from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskInputError, TaskOutput, TaskRun
 from koprogo_node.service_layer.tasks.model_pieces import ModelUsage, answer, fitted_pieces
-from koprogo_node.service_layer.tasks.text_input import task_text
+from koprogo_node.service_layer.tasks.text_input import read_task_text
 from koprogo_shared.document_chunks import chunk_budget_chars, fit_paragraph
 from koprogo_shared.events import ChatMessage
 
@@ -58,7 +58,7 @@ class TranslateDocumentExecutor(TaskExecutor):
         self._engine = engine
 
     async def run(self, run: TaskRun) -> TaskOutput:
-        text = task_text(run)
+        text = await read_task_text(run)
         target = _required_language(run.parameters, "target_language")
         source = _optional_language(run.parameters, "source_language") or detect_language(text)
         lines = layout(text)
