@@ -150,7 +150,8 @@ async def test_bad_input_found_by_the_node_fails_the_task_with_the_row_named(
     assert task["status"] == "failed"
     assert task["error"]["error"] == "invalid_input"
     assert "1" in task["error"]["message"] or "2" in task["error"]["message"]
-    assert len(task["attempts"]) == 1  # no other node tried for an input nobody can process
+    # No other node tried for an input nobody can process, and the attempt says why it ended.
+    assert [a["outcome"] for a in task["attempts"]] == ["input_error"]
 
 
 async def test_a_task_cancelled_while_pending_never_runs(stack_factory: StackFactory) -> None:

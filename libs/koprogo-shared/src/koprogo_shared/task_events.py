@@ -180,6 +180,8 @@ class TaskFailed(Event):
     message: str
     attempts: int = Field(ge=0)
     co2_grams: float = Field(default=0.0, ge=0)
+    # How the last attempt ended ("input_error", "node_lost"...); None when no attempt ran.
+    last_attempt_outcome: AttemptOutcome | None = None
 
 
 class TaskExpired(Event):

@@ -411,6 +411,7 @@ class TaskBoard:
             error=error,
             message=message,
             attempts=state.attempt,
+            last_attempt_outcome=outcome if state.attempt else None,
         )
         return _with_event(
             state, "failed", event, status="failed", final_at=now, attempts=_end_attempt(state, now, outcome)

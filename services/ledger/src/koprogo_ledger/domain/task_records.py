@@ -31,8 +31,14 @@ from koprogo_shared.task_events import (
     TaskSubmitted,
 )
 
-# TaskFailed.error codes that name how the last attempt ended; any other code ends it as "failed".
-_FAILED_ATTEMPT_OUTCOMES: dict[str, AttemptOutcome] = {"input_error": "input_error"}
+# TaskFailed.error codes that name how the last attempt ended (when the event does not say it in
+# `last_attempt_outcome`); any other code ends it as "failed". A node's input errors: the executor
+# refused the input (`invalid_input`) or its result fits no message (`result_too_large`).
+_FAILED_ATTEMPT_OUTCOMES: dict[str, AttemptOutcome] = {
+    "input_error": "input_error",
+    "invalid_input": "input_error",
+    "result_too_large": "input_error",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +157,7 @@ def open_attempt_outcome(event: TaskFailed | TaskExpired | TaskCancelled) -> Att
     """How an attempt still open when the task ends this way ended."""
     match event:
         case TaskFailed():
-            return _FAILED_ATTEMPT_OUTCOMES.get(event.error, "failed")
+            return event.last_attempt_outcome or _FAILED_ATTEMPT_OUTCOMES.get(event.error, "failed")
         case TaskExpired():
             return "expired"
         case TaskCancelled():
