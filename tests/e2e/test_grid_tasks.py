@@ -165,3 +165,40 @@ async def test_a_task_cancelled_while_pending_never_runs(stack_factory: StackFac
     assert task["status"] == "cancelled" and task["attempts"] == []
     again = await stack.client.delete(f"/mcp/v1/tasks/{task_id}")
     assert again.status_code == 409
+
+
+async def test_documents_of_another_building_supplier_and_language_come_out_right(
+    stack_factory: StackFactory,
+) -> None:
+    """Not the fixtures: a Flemish plumber's invoice as a degraded scan, and Dutch minutes."""
+    from tests.invoice_documents import SPECS, degraded_scan, invoice_pdf
+    from tests.unit.minutes_samples import DE_LINDEN_NL
+
+    stack = await stack_factory(grid=True)
+    spec = SPECS["nl_loodgieter"]
+    scan = await asyncio.to_thread(lambda: degraded_scan(invoice_pdf(spec), seed=7))
+    response = await stack.client.post(
+        "/mcp/v1/execute",
+        data={"task_type": "ocr_invoice", "copro_id": COPRO},
+        files={"document": ("factuur-janssens.png", scan)},
+    )
+    assert response.status_code == 202, response.text
+    invoice_id = response.json()["id"]
+    minutes_id = await execute(stack.client, "summarize_meeting", text=DE_LINDEN_NL)
+
+    invoice = await finished(stack.client, invoice_id)
+    assert invoice["status"] == "completed", invoice
+    fields = invoice["result"]["fields"]
+    assert fields["invoice_number"]["value"] == spec.number
+    assert fields["total_incl_vat"]["value"] == pytest.approx(float(spec.total_incl))
+    assert fields["total_excl_vat"]["value"] == pytest.approx(float(spec.total_excl))
+    assert fields["issue_date"]["value"] == spec.issued.isoformat()
+
+    minutes = await finished(stack.client, minutes_id)
+    assert minutes["status"] == "completed", minutes
+    summary = minutes["result"]
+    assert summary["language"] == "nl" and summary["meeting_date"] == "2025-06-12"
+    decided = " ".join(json.dumps(d, ensure_ascii=False) for d in summary["decisions"])
+    assert "84.300,00" in decided and "Bouwwerken Janssens BV" in decided
+    assert any(d["vote"] == "rejected" for d in summary["decisions"])  # the second lift
+    assert any("zonnepanelen" in title.lower() for title in summary["no_vote"])
