@@ -37,6 +37,9 @@ CONSUMER = ConsumerSpec(
     batch=64,
 )
 
+# Polls answered at once (each may be waiting for its assignment's KV write and event publish).
+POLLS_IN_FLIGHT = 256
+
 TASKS = Gauge("koprogo_grid_tasks", "Tasks the scheduler holds, by state", ["state"])
 WAITING_NODES = Gauge("koprogo_grid_waiting_nodes", "Nodes waiting on a poll for work")
 DISPATCHED = Counter("koprogo_grid_tasks_dispatched_total", "Assignments handed to polling nodes")
@@ -70,13 +73,28 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
         async def handle(msg: Msg) -> None:
             await on_task_event(scheduler, msg)
 
-        async def handle_poll(msg: Msg) -> None:
+        async def answer_poll(msg: Msg) -> None:
             try:
                 await on_poll(scheduler, registry, msg)
             except Exception:
                 # The node's request times out and it polls again; its task (if one was assigned and
                 # stored) is taken back after the start grace.
                 log.exception("poll from %s failed", msg.subject)
+            finally:
+                polls_in_flight.release()
+
+        # Polls are answered concurrently: one waiting for its assignment's durable writes no
+        # longer holds back every poll behind it (the board takes a task off its queue before any
+        # await, and a task's transitions hold its lock). Bounded, so a flood waits in the
+        # subscription's queue instead of in unbounded tasks.
+        polls_in_flight = asyncio.Semaphore(POLLS_IN_FLIGHT)
+        answering: set[asyncio.Task[None]] = set()
+
+        async def handle_poll(msg: Msg) -> None:
+            await polls_in_flight.acquire()
+            task = asyncio.create_task(answer_poll(msg))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
 
         polls = await nc.subscribe(subjects.GRID_POLL_ALL, cb=handle_poll, pending_msgs_limit=100_000)
 
@@ -114,6 +132,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
             if server:
                 server.should_exit = True
             await polls.unsubscribe()
+            await asyncio.gather(*answering, return_exceptions=True)
             await asyncio.gather(consumer, ticker, *([ops_task] if ops_task else []), return_exceptions=True)
     finally:
         with contextlib.suppress(Exception):
