@@ -35,10 +35,12 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,24 +107,27 @@ def rss_mib(pid: int) -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU share of the scheduler, nats-server and this process over a window (100 % = one core)."""
+    """CPU share of each group of processes over a window (100 % = one core)."""
 
-    pids: dict[str, int]
+    pids: dict[str, list[int]]
     started: float = 0.0
     at: dict[str, float] = field(default_factory=dict)
 
+    def _now(self, name: str) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids[name])
+
     def start(self) -> CpuMeter:
         self.started = time.perf_counter()
-        self.at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.at = {name: self._now(name) for name in self.pids}
         return self
 
     def shares(self) -> dict[str, float]:
         wall = time.perf_counter() - self.started
-        return {name: 100 * (cpu_seconds(pid) - self.at[name]) / wall for name, pid in self.pids.items()}
+        return {name: 100 * (self._now(name) - self.at[name]) / wall for name in self.pids}
 
 
 def fmt_cpu(shares: dict[str, float]) -> str:
-    return " / ".join(f"{shares[k]:.0f} %" for k in ("scheduler", "nats", "bench"))
+    return " / ".join(f"{shares[k]:.0f} %" for k in ("scheduler", "nats", "nodes", "bench") if k in shares)
 
 
 class SchedulerProcess:
@@ -486,7 +491,7 @@ async def bench_nats(workdir: Path, n_tasks: int, n_nodes: int) -> dict[str, Any
 
         scheduler = SchedulerProcess(server.url, workdir, GRID_START_GRACE_S="3600")
         await scheduler.ready()
-        pids = {"scheduler": scheduler.pid, "nats": server.proc.pid, "bench": os.getpid()}  # type: ignore[union-attr]
+        pids = {"scheduler": [scheduler.pid], "nats": [server.proc.pid], "bench": [os.getpid()]}  # type: ignore[union-attr]
 
         # Intake: N submissions published (64 in flight), the scheduler stores each.
         out["intake_base"] = await baseline(js, payload, n_base)
@@ -553,6 +558,75 @@ async def bench_nats(workdir: Path, n_tasks: int, n_nodes: int) -> dict[str, Any
 
 
 # ----- (c) a fleet -----------------------------------------------------------------------------
+
+
+class FleetWorker:
+    """Simulated nodes in a process of their own (`grid.py --fleet-worker`): the nodes' event loop
+    is not the probes', and several such processes share the two cores as the OS sees fit."""
+
+    def __init__(self, nats_url: str, first: int, count: int, workdir: Path) -> None:
+        self.stats = workdir / f"fleet-{first}.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--fleet-worker", nats_url, str(first), str(count), str(self.stats)]
+        )
+        self.pid = self.proc.pid
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.stats.read_text()))
+        except (OSError, ValueError):
+            return {"refused": 0, "timed_out": 0, "late": []}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def run_fleet_worker(nats_url: str, first: int, count: int, stats: Path) -> None:
+    """`--fleet-worker`: `count` nodes heartbeating and polling until SIGTERM; every second their
+    troubles and how late this process's event loop woke go to `stats` (JSON)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    conns: list[NATS] = []
+    running: list[asyncio.Task[Any]] = []
+    late: list[tuple[float, float]] = []
+
+    async def lateness() -> None:
+        while not stop.is_set():
+            asked = time.perf_counter()
+            await asyncio.sleep(0.1)
+            late.append((time.time(), time.perf_counter() - asked - 0.1))
+            del late[:-600]
+
+    running.append(asyncio.create_task(lateness()))
+    per_conn = 2500
+    for start in range(first, first + count, per_conn):
+        nc = await nats.connect(nats_url, pending_size=1 << 26)
+        conns.append(nc)
+        ids = [f"f{i}" for i in range(start, min(first + count, start + per_conn))]
+        beats = [(subjects.node_heartbeat(i), heartbeat(i, [TASK_TYPE], HEARTBEAT_S)) for i in ids]
+        running.append(asyncio.create_task(beat_forever(nc, beats, HEARTBEAT_S, stop)))
+        await asyncio.sleep(0.3)  # their first heartbeats before their first polls
+        running.extend(asyncio.create_task(staggered_node(nc, i, stop)) for i in ids)
+    while not stop.is_set():
+        tmp = stats.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"refused": TROUBLES.refused, "timed_out": TROUBLES.timed_out, "late": late})
+        )
+        tmp.replace(stats)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for nc in conns:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def staggered_node(nc: NATS, node_id: str, stop: asyncio.Event) -> None:
@@ -638,6 +712,7 @@ async def bench_fleet(
 ) -> dict[str, Any]:
     server = EmbeddedNats(workdir / "nats-c", port=free_port()).start()
     conns: list[NATS] = []
+    workers: list[FleetWorker] = []
     scheduler: SchedulerProcess | None = None
     stop = asyncio.Event()
     running: list[asyncio.Task[Any]] = []
@@ -652,29 +727,42 @@ async def bench_fleet(
         await scheduler.ready()
         await asyncio.sleep(2)
         out["rss_idle"] = rss_mib(scheduler.pid)
-        pids = {"scheduler": scheduler.pid, "nats": server.proc.pid, "bench": os.getpid()}  # type: ignore[union-attr]
         probe = await nats.connect(server.url)
         conns.append(probe)
         lag_samples: list[float] = []
         running.append(asyncio.create_task(loop_lag(lag_samples, stop)))
-        per_conn = 2500
+        per_worker = 2500
         have = 0
         k = itertools.count()
+
+        def meter() -> CpuMeter:
+            return CpuMeter(
+                {
+                    "scheduler": [scheduler.pid],  # type: ignore[union-attr]
+                    "nats": [server.proc.pid],  # type: ignore[union-attr]
+                    "nodes": [w.pid for w in workers],
+                    "bench": [os.getpid()],
+                }
+            ).start()
+
+        def troubles() -> tuple[int, int]:
+            stats = [w.read() for w in workers]
+            return sum(x["refused"] for x in stats), sum(x["timed_out"] for x in stats)
+
+        def nodes_late(since: float) -> list[float]:
+            return [late for w in workers for t, late in w.read()["late"] if t >= since]
+
         for size in sizes:
             while have < size:
-                nc = await nats.connect(server.url, pending_size=1 << 26)
-                conns.append(nc)
-                ids = [f"f{i}" for i in range(have, min(size, have + per_conn))]
-                beats = [(subjects.node_heartbeat(i), heartbeat(i, [TASK_TYPE], HEARTBEAT_S)) for i in ids]
-                running.append(asyncio.create_task(beat_forever(nc, beats, HEARTBEAT_S, stop)))
-                await asyncio.sleep(0.3)  # their first heartbeats before their first polls
-                running.extend(asyncio.create_task(staggered_node(nc, i, stop)) for i in ids)
-                have += len(ids)
+                count = min(per_worker, size - have)
+                workers.append(FleetWorker(server.url, have, count, workdir))
+                have += count
             log(f"fleet: {size} nodes, settling")
-            await asyncio.sleep(6)  # every node has beaten and polled at least once
+            await asyncio.sleep(10)  # every node started, has beaten and polled at least once
             before = await scheduler.metrics()
-            troubles_before = (TROUBLES.refused, TROUBLES.timed_out)
-            meter = CpuMeter(pids).start()
+            troubles_before = troubles()
+            window_start = time.time()
+            cpu = meter()
             del lag_samples[:]
             hb_lags: list[float] = []
             rtts: list[float] = []
@@ -690,29 +778,32 @@ async def bench_fleet(
                 if before and after
                 else float("nan")
             )
+            troubles_after = troubles()
             step = {
                 "nodes": size,
                 "hb_lag": hb_lags,
                 "rtt": rtts,
-                "cpu": meter.shares(),
+                "cpu": cpu.shares(),
                 "rss": rss_mib(scheduler.pid),
                 "waiting": after.get("koprogo_grid_waiting_nodes", float("nan")),
                 "refused": refused,
                 "loop_lag": list(lag_samples),
-                "node_refused": TROUBLES.refused - troubles_before[0],
-                "node_timeouts": TROUBLES.timed_out - troubles_before[1],
+                "nodes_late": nodes_late(window_start),
+                "node_refused": troubles_after[0] - troubles_before[0],
+                "node_timeouts": troubles_after[1] - troubles_before[1],
                 "load": os.getloadavg()[0],
             }
             out["steps"].append(step)
             log(
                 f"fleet {size}: heartbeat lag p50 {ms(hb_lags)} ms p95 {ms(hb_lags, 0.95)} ms, "
-                f"poll rtt {ms(rtts)} ms, rss {step['rss']:.0f} MiB, waiting {step['waiting']:.0f}"
+                f"poll rtt {ms(rtts)} ms, rss {step['rss']:.0f} MiB, waiting {step['waiting']:.0f}, "
+                f"nodes' loops late p95 {ms(step['nodes_late'], 0.95)} ms, cpu {fmt_cpu(step['cpu'])}"
             )
 
         # Tasks under the largest fleet: submitted in bulk, run end to end by whichever nodes wait.
         completed = EventCounter()
         sub = await completed.follow(probe, "completed")
-        meter = CpuMeter(pids).start()
+        cpu = meter()
         started = time.perf_counter()
         submit = asyncio.create_task(submit_all(js, [new_task(i) for i in range(n_tasks)]))
         hb_during: list[float] = []
@@ -722,7 +813,7 @@ async def bench_fleet(
         await submit
         out["fleet_done"] = len(completed.times)
         out["fleet_e2e"] = rate(completed.times, started)
-        out["fleet_e2e_cpu"] = meter.shares()
+        out["fleet_e2e_cpu"] = cpu.shares()
         out["fleet_hb_during"] = hb_during
         await sub.unsubscribe()
         out["rss_final"] = rss_mib(scheduler.pid)
@@ -733,6 +824,8 @@ async def bench_fleet(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        for worker in workers:
+            worker.stop()
         if scheduler is not None:
             scheduler.stop()
         for nc in conns:
@@ -793,16 +886,18 @@ def report(
         )
         print(
             "| nodes | heartbeat believed after p50 / p95 / max (ms) | poll round trip p50 / p95 (ms) "
-            "| waiting polls | polls refused (scheduler) | node loops refused / timed out | CPU scheduler / nats / bench "
-            "| bench loop late p95 (ms) | load avg | scheduler VmRSS | above idle, per node |"
+            "| waiting polls | polls refused (scheduler) | node loops refused / timed out "
+            "| CPU scheduler / nats / nodes / probes | nodes' loops late p95 / max (ms) | probes' loop late p95 (ms) "
+            "| load avg | scheduler VmRSS | above idle, per node |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in c["steps"]:
             per_node = (s["rss"] - c["rss_idle"]) * 1024 / s["nodes"]
             print(
                 f"| {s['nodes']:,} | {ms(s['hb_lag'])} / {ms(s['hb_lag'], 0.95)} / {ms(s['hb_lag'], 1.0)} "
                 f"| {ms(s['rtt'])} / {ms(s['rtt'], 0.95)} | {s['waiting']:,.0f} | {s['refused']:.0f} "
-                f"| {s['node_refused']} / {s['node_timeouts']} | {fmt_cpu(s['cpu'])} | {ms(s['loop_lag'], 0.95)} "
+                f"| {s['node_refused']} / {s['node_timeouts']} | {fmt_cpu(s['cpu'])} "
+                f"| {ms(s['nodes_late'], 0.95)} / {ms(s['nodes_late'], 1.0)} | {ms(s['loop_lag'], 0.95)} "
                 f"| {s['load']:.1f} | {s['rss']:.1f} MiB | {per_node:.1f} KiB |"
             )
         lags = [x for s in c["steps"][-1:] for x in s["hb_lag"]]
@@ -831,6 +926,9 @@ def main() -> int:
     parser.add_argument("--fleet-tasks", type=int, default=1000)
     parser.add_argument("--step-s", type=float, default=12.0)
     parser.add_argument("--skip", default="", help="comma-separated: board, nats, fleet")
+    parser.add_argument(
+        "--fleet-worker", nargs=4, metavar=("URL", "FIRST", "COUNT", "STATS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     # The node loop's warnings (a refused or timed-out poll) stay visible; asyncio's complaints
     # about sockets of simulated nodes closed at the end do not.
@@ -839,6 +937,11 @@ def main() -> int:
     node_log = logging.getLogger("koprogo_node.entrypoints.grid_poller")
     node_log.addHandler(TROUBLES)
     node_log.propagate = False
+    if args.fleet_worker:
+        url, first, count, stats = args.fleet_worker
+        random.seed(int(first))
+        asyncio.run(run_fleet_worker(url, int(first), int(count), Path(stats)))
+        return 0
     random.seed(7)
     skip = set(filter(None, args.skip.split(",")))
     os.environ.pop("NATS_URL", None)
