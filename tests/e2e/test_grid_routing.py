@@ -8,16 +8,23 @@ notice written here (about 1 100).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from tests.conftest import wait_until
+from koprogo_shared.events import ChatCompleted, RoutingPlan, RoutingTarget
+from koprogo_shared.grid_stores import declare_grid_stores
+from koprogo_shared.nats_connection import ensure_streams, publish_event
+from tests.conftest import SECURED_NODES, SecuredNats, wait_until
 from tests.e2e.conftest import published_subjects
 from tests.e2e.test_chat_path import StackFactory
+from tests.integration.edge_support import listening, run_inference, running_node
+from tests.integration.nats_permissions_support import connected_as
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 MINUTES_FR = (FIXTURES / "pv-ag-2025-les-tilleuls.txt").read_text(encoding="utf-8")
@@ -115,3 +122,52 @@ async def test_long_auto_chats_run_on_the_grid_short_ones_on_the_edge_and_stats_
     grid_tokens = sum(a["usage"]["total_tokens"] for a in (summary, dutch, letter))
     edge_tokens = sum(a["usage"]["total_tokens"] for a in (short, private, explicit))
     assert stats["total_tokens"] == grid_tokens + edge_tokens
+
+
+async def test_a_grid_node_holding_a_key_pulls_the_grids_chats_and_answers_them_as_grid(
+    secured_nats: SecuredNats,
+) -> None:
+    """On a server that knows every key (as `koprogo up` writes it): the router's key may send grid
+    work, a shared-pool node's key (pi-1) may create and pull `grid-<model>`, and its answer says grid."""
+    model = SECURED_NODES["pi-1"][0]
+    async with connected_as(secured_nats, "admin") as admin:
+        await ensure_streams(admin.js)
+        await declare_grid_stores(admin.js)
+    settings = NodeSettings(
+        nats_url=secured_nats.url,
+        nats_nkey_seed_file=secured_nats.seed_files["node:pi-1"],
+        node_id="pi-1",
+        node_model=model,
+        ops_port=0,
+        grid_enabled=True,
+        heartbeat_interval_s=0.5,
+    )
+    reply = subjects.gateway_reply(f"gw-grid-{uuid.uuid4().hex[:8]}")
+    work = run_inference(
+        f"Vat dit verslag samen in één zin.\n\n{NOTICE_NL}", reply_subject=reply, max_tokens=16
+    )
+    plan = RoutingPlan(
+        policy="prefer_edge",
+        allow_fallback=True,
+        reason="prefer_edge, long chat: test",
+        targets=[RoutingTarget(kind="grid", model=model), RoutingTarget(kind="edge", model=model)],
+    )
+    work = work.model_copy(update={"model": model, "routing": plan})
+    async with (
+        connected_as(secured_nats, "admin") as admin,
+        connected_as(secured_nats, "router") as router,
+        listening(router.nc, subjects.node_heartbeat("pi-1"), "heartbeat") as beats,
+        # The gateway hears node replies; the operator's key stands in for it here.
+        listening(admin.nc, subjects.node_reply(reply, "pi-1"), "outcome") as replies,
+        running_node(settings),
+    ):
+        beat = await beats.next(120)
+        assert beat.task_types  # it joined the grid
+        await publish_event(router.js, subjects.run_inference_grid(model), work)
+        answer = await replies.next(CHAT_TIMEOUT_S)
+        assert isinstance(answer, ChatCompleted), answer
+        assert answer.execution_info.execution_type == "grid" and answer.execution_info.node_id == "pi-1"
+        assert answer.usage.prompt_tokens > 0
+        info = await admin.js.consumer_info(subjects.WORK_STREAM, subjects.grid_work_durable(model))
+        assert info.config.filter_subject == subjects.run_inference_grid(model)
+    assert router.refusals.errors.empty()
