@@ -195,6 +195,9 @@ PLAIN_SUBJECT = subjects.chat_completed("copro-7")
     ("subject", "execution_type", "node_id", "nodes_keyed", "refused"),
     [
         (NODE_SUBJECT, "edge", "pi-1", True, False),  # the node it names sent it
+        (NODE_SUBJECT, "grid", "pi-1", True, False),  # a chat the router sent to the grid's nodes
+        (subjects.node_chat_completed("copro-7", "pi-2"), "grid", "pi-1", True, True),
+        (PLAIN_SUBJECT, "grid", "pi-1", True, True),
         (subjects.node_chat_completed("copro-7", "pi.lan-1"), "edge", "pi.lan-1", True, False),
         (subjects.node_chat_completed("copro-7", "pi-2"), "edge", "pi-1", True, True),  # speaks for pi-1
         (NODE_SUBJECT, "edge", None, True, True),

@@ -260,13 +260,14 @@ def forged_sender(
         return f"a cloud answer's subject names request {keyed_request}, its body another answer"
     if isinstance(event, ChatCompleted):
         info = event.execution_info
+        # A node answers as "edge", or as "grid" for a chat the router sent to the grid's nodes.
         if sender is not None and (
-            info.execution_type != "edge"
+            info.execution_type not in ("edge", "grid")
             or info.node_id is None
             or subjects.subject_token(info.node_id) != sender
         ):
             return f"node {sender} sent a completion naming {info.execution_type} {info.node_id!r}"
-        if sender is None and nodes_keyed and info.execution_type == "edge":
+        if sender is None and nodes_keyed and info.execution_type in ("edge", "grid"):
             return f"an edge completion naming node {info.node_id!r} on {subject}, which names no node"
     if sender is None or roster is None:
         return None
