@@ -224,7 +224,9 @@ async def _grid_worker(
 ) -> GridWorker:
     """The grid worker over this node's engine, with the executors of the task types it runs."""
     if settings.grid_url and not settings.grid_url.startswith(("nats://", "tls://")):
-        raise NodeError(f"--grid-url takes the grid's NATS server (nats://host:4222), not {settings.grid_url!r}")
+        raise NodeError(
+            f"--grid-url takes the grid's NATS server (nats://host:4222), not {settings.grid_url!r}"
+        )
     if settings.grid_url and settings.grid_url != settings.nats_url:
         raise NodeError(
             f"the grid is reached through the node's NATS server: start the node with --nats-url {settings.grid_url}"
