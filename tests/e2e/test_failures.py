@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -16,6 +17,24 @@ from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_chat_path import StackFactory, chat_body
 from tests.integration.edge_support import node_process
+
+# The bundled model ends about 1 free answer in 20 within 30 tokens (measured: seeds 0-199 of
+# this prompt at temperature 0.7; seed 100 answers "Est-ce-ce?", 6 tokens, 0.44 s), often before
+# the node's next heartbeat: the answer was then back with a 200 and no beat ever said the node
+# was busy (CI: TimeoutError waiting for one). A schema whose one field holds at least this many
+# characters keeps the model generating (the grammar allows no end before), whatever it samples;
+# the seed is the one that answered in 6 tokens.
+LONG_ANSWER = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "etapes",
+        "schema": {
+            "type": "object",
+            "properties": {"etapes": {"type": "string", "minLength": 1200}},
+            "required": ["etapes"],
+        },
+    },
+}
 
 
 async def test_a_node_dying_mid_answer_with_no_other_node_is_a_quick_503_not_a_hang(
@@ -36,8 +55,19 @@ async def test_a_node_dying_mid_answer_with_no_other_node_is_a_quick_503_not_a_h
             body = chat_body(
                 "Explique en détail, étape par étape, comment se déroule une assemblée générale."
             )
-            answer = asyncio.create_task(stack.client.post("/mcp/v1/chat", json=body | {"max_tokens": 1500}))
-            await asyncio.wait_for(generating.wait(), timeout=30)
+            answer = asyncio.create_task(
+                stack.client.post(
+                    "/mcp/v1/chat",
+                    json=body | {"max_tokens": 1500, "response_format": LONG_ANSWER, "seed": 100},
+                )
+            )
+            busy = asyncio.create_task(generating.wait())
+            await asyncio.wait({answer, busy}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            busy.cancel()
+            if answer.done():  # answered (or refused) before the node was seen generating
+                done = answer.result()
+                pytest.fail(f"answered before the node was killed: {done.status_code} {done.text}")
+            assert generating.is_set(), "no heartbeat of edge-doomed said it was generating within 30 s"
             proc.kill()
             killed_at = time.monotonic()
             response = await asyncio.wait_for(answer, timeout=30)
