@@ -31,6 +31,7 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from tests.integration.nats_permissions_support import subscribed
 
 MODEL = BUNDLED_MODEL_ID
 
@@ -96,7 +97,7 @@ async def listening(nc: NATS, subject: str, kind: str) -> AsyncIterator[Listener
             listener.items.put_nowait(NodeHeartbeat.model_validate_json(msg.data))
 
     sub = await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()
+    await subscribed(nc)  # not flush() alone: the server may not hold the subscription yet
     try:
         yield listener
     finally:
