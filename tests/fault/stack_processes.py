@@ -132,7 +132,8 @@ class ServiceProcess:
 
 @dataclass
 class ProcessStack:
-    """ledger, router, edge nodes, optionally the cloud worker, and the gateway, each its own process."""
+    """ledger, router, optionally the grid scheduler, edge nodes, optionally the cloud worker, and the
+    gateway, each its own process."""
 
     nats_url: str
     database_url: str
@@ -167,6 +168,7 @@ def process_stack(
     edge_nodes: int = 1,
     cloud_deployments_file: Path | None = None,
     chat_timeout_s: float = 12.0,
+    grid: bool = False,
 ) -> ProcessStack:
     """The processes of a stack (not started): what `koprogo up` runs, on the given servers."""
     base = _base_env(nats_url)
@@ -185,12 +187,22 @@ def process_stack(
         {"DATABASE_URL": database_url, **content_keys, "LEDGER_ACK_WAIT_S": ACK_WAIT_S},
     )
     ops("router", [_script("koprogo-router")], {})
+    if grid:
+        # The grid scheduler, and every edge node joins the grid (`--grid`).
+        ops("grid-scheduler", [_script("koprogo-grid-scheduler")], {})
     for i in range(edge_nodes):
         port = free_port()
         node_id = f"edge-{i}"
         services[node_id] = ServiceProcess(
             node_id,
-            [_script("koprogo-node"), "--port", str(port), "--node-id", node_id],
+            [
+                _script("koprogo-node"),
+                "--port",
+                str(port),
+                "--node-id",
+                node_id,
+                *(["--grid"] if grid else []),
+            ],
             base
             | {
                 "NODE_MODEL": BUNDLED_MODEL_ID,
