@@ -58,10 +58,12 @@ INVOICE = (FIXTURES / "facture-chauffage-F-2025-0142.pdf").read_bytes()
 SCAN = (FIXTURES / "facture-chauffage-F-2025-0142-scan.png").read_bytes()
 TILLEULS = "tilleuls"
 LINDE = "de-linde"
-RESIDENT = bearer(token(user="alice", copros=[TILLEULS]))
-NEIGHBOUR = bearer(token(user="bob", copros=[LINDE]))
-READER = bearer(token(user="carol", copros=[TILLEULS], scopes=("mcp:read",)))
-ADMIN = bearer(token(user="ops", scopes=("mcp:admin",)))
+# Minted at import, used when the module's turn comes in a suite of half an hour or more: a day.
+DAY = timedelta(days=1)
+RESIDENT = bearer(token(user="alice", copros=[TILLEULS], ttl=DAY))
+NEIGHBOUR = bearer(token(user="bob", copros=[LINDE], ttl=DAY))
+READER = bearer(token(user="carol", copros=[TILLEULS], scopes=("mcp:read",), ttl=DAY))
+ADMIN = bearer(token(user="ops", scopes=("mcp:admin",), ttl=DAY))
 ALLOWED_BUCKET = "tilleuls-docs"
 OTHER_BUCKET = "syndic-private"
 # A Dutch building's charges, exported by a Belgian spreadsheet (semicolons, decimal commas).

@@ -35,6 +35,15 @@ def kv_stream(bucket: str) -> str:
 GRID_STREAMS = (kv_stream(GRID_TASKS_BUCKET), object_store_stream(DOCUMENTS_BUCKET))
 
 
+async def raise_stream_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Give an existing stream (a bucket's, an object store's) at least `replicas` replicas; never fewer."""
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) < replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+        log.info("stream %s raised to %d replicas", stream, replicas)
+
+
 async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
     config = js_api.KeyValueConfig(
         bucket=GRID_TASKS_BUCKET,
@@ -47,6 +56,7 @@ async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -
         await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
         log.info("grid tasks bucket kept with its existing configuration")
+        await raise_stream_replicas(js, kv_stream(GRID_TASKS_BUCKET), replicas)
 
 
 async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -62,6 +72,7 @@ async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> 
         await js.create_object_store(DOCUMENTS_BUCKET, config=config)
     except nats.js.errors.BadRequestError:
         log.info("documents store kept with its existing configuration")
+        await raise_stream_replicas(js, object_store_stream(DOCUMENTS_BUCKET), replicas)
 
 
 async def declare_grid_stores(js: JetStreamContext, *, replicas: int = 1) -> None:

@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_shared.grid_stores import declare_grid_stores
+from koprogo_shared.grid_stores import declare_grid_stores, object_store_stream, raise_stream_replicas
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import (
     DOCUMENTS_BUCKET,
@@ -52,8 +52,8 @@ def rate_limit_window_from(environ: Mapping[str, str]) -> float:
 
 
 def bucket_stream(bucket: str) -> str:
-    """The stream holding a key-value bucket."""
-    return f"KV_{bucket}"
+    """The stream holding a bucket: `KV_<bucket>`, or `OBJ_<bucket>` for the documents' object store."""
+    return object_store_stream(bucket) if bucket == DOCUMENTS_BUCKET else f"KV_{bucket}"
 
 
 def rate_limit_ttl_s(window_s: float) -> float:
@@ -78,11 +78,7 @@ def check_rate_limit_ttl(max_age_s: float | None, window_s: float) -> None:
 
 async def raise_replicas(js: JetStreamContext, bucket: str, replicas: int) -> None:
     """Give an existing bucket at least `replicas` replicas (the streams' count); never fewer."""
-    info = await js.stream_info(bucket_stream(bucket))
-    if (info.config.num_replicas or 1) < replicas:
-        info.config.num_replicas = replicas
-        await js.update_stream(info.config)
-        log.info("bucket %s raised to %d replicas", bucket, replicas)
+    await raise_stream_replicas(js, bucket_stream(bucket), replicas)
 
 
 async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replicas: int = 1) -> None:
