@@ -130,9 +130,11 @@ async def test_the_node_reads_the_document_and_the_scheduler_deletes_it_once_the
             assert completed.result["document_bytes"] == len(data)
 
             async def deleted() -> bool:
+                # The object's info, not its bytes: a read racing the delete would wait for chunks
+                # that the delete has just purged.
                 try:
-                    await store.get("doc-for-t")
-                except nats.js.errors.NotFoundError:
+                    await store.get_info("doc-for-t")
+                except nats.js.errors.NotFoundError:  # ObjectNotFoundError, ObjectDeletedError
                     return True
                 return False
 
