@@ -165,13 +165,19 @@ class GridWorker:
         if executor is None:
             return _Outcome("failed", error="task_type_not_run", message=f"this node runs no {a.task_type}")
         seconds = (a.deadline - self._clock()).total_seconds()
-        try:
+
+        async def read_and_run() -> TaskOutput:
             document = None
             if a.document is not None:
                 data = await self._documents.read(a.document)
                 document = TaskDocument(data, a.document.content_type, a.document.filename)
-            run = TaskRun(parameters=dict(a.parameters), document=document, cancelled=cancelled)
-            output = await asyncio.wait_for(executor.run(run), timeout=max(seconds, 0.001))
+            return await executor.run(
+                TaskRun(parameters=dict(a.parameters), document=document, cancelled=cancelled)
+            )
+
+        try:
+            # The document's read counts against the deadline too: a stalled read ends the attempt.
+            output = await asyncio.wait_for(read_and_run(), timeout=max(seconds, 0.001))
         except TaskInputError as exc:
             return _Outcome("input_error", error="invalid_input", message=exc.message)
         except TaskCancelledError:
