@@ -245,20 +245,8 @@ def task_event_id(task_id: str, what: str) -> str:
     return derived_event_id(task_id, f"task:{what}")
 
 
-TaskEvent = Annotated[
-    TaskSubmitted
-    | TaskCancelRequested
-    | TaskAssigned
-    | TaskStarted
-    | TaskResultReported
-    | TaskRequeued
-    | TaskCompleted
-    | TaskFailed
-    | TaskExpired
-    | TaskCancelled,
-    Field(discriminator="type"),
-]
-task_event_adapter: TypeAdapter[
+# Every task event, once: the ledger's and the scheduler's decoders are built from it.
+AnyTaskEvent = (
     TaskSubmitted
     | TaskCancelRequested
     | TaskAssigned
@@ -269,4 +257,6 @@ task_event_adapter: TypeAdapter[
     | TaskFailed
     | TaskExpired
     | TaskCancelled
-] = TypeAdapter(TaskEvent)
+)
+TaskEvent = Annotated[AnyTaskEvent, Field(discriminator="type")]
+task_event_adapter: TypeAdapter[AnyTaskEvent] = TypeAdapter(TaskEvent)

@@ -51,18 +51,7 @@ from koprogo_shared.events import (
 )
 from koprogo_shared.node_roster import Roster
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
-from koprogo_shared.task_events import (
-    TaskAssigned,
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskExpired,
-    TaskFailed,
-    TaskRequeued,
-    TaskResultReported,
-    TaskStarted,
-    TaskSubmitted,
-)
+from koprogo_shared.task_events import AnyTaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +65,7 @@ ledger_events: TypeAdapter[LedgerEvent] = TypeAdapter(
         | ChatDelivered
         | UserDataErasureRequested
         | InferenceAttemptFailed
-        | TaskSubmitted
-        | TaskCancelRequested
-        | TaskAssigned
-        | TaskStarted
-        | TaskResultReported
-        | TaskRequeued
-        | TaskCompleted
-        | TaskFailed
-        | TaskExpired
-        | TaskCancelled,
+        | AnyTaskEvent,
         Field(discriminator="type"),
     ]
 )

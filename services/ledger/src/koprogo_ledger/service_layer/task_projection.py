@@ -32,6 +32,7 @@ from koprogo_ledger.domain.task_records import (
 )
 from koprogo_ledger.service_layer.ports import TaskProjection
 from koprogo_shared.task_events import (
+    AnyTaskEvent,
     TaskAssigned,
     TaskCancelled,
     TaskCancelRequested,
@@ -44,18 +45,7 @@ from koprogo_shared.task_events import (
     TaskSubmitted,
 )
 
-TaskEvent = (
-    TaskSubmitted
-    | TaskCancelRequested
-    | TaskAssigned
-    | TaskStarted
-    | TaskResultReported
-    | TaskRequeued
-    | TaskCompleted
-    | TaskFailed
-    | TaskExpired
-    | TaskCancelled
-)
+TaskEvent = AnyTaskEvent
 
 
 async def apply_task_event(event: TaskEvent, tasks: TaskProjection) -> bool:
