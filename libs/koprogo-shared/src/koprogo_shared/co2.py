@@ -59,3 +59,12 @@ def saved_grams(
 ) -> float:
     """What the cloud would have emitted for the same tokens minus what was emitted."""
     return cloud_grams(total_tokens, counterfactual) - actual_grams
+
+
+def attested_grams(wh: float, intensity_g_per_kwh: float, solar_share: float = 0.0) -> float:
+    """Grams of CO2e for an energy attestation (Proof of Green): the part of `wh` that did not
+    come from the node's own solar supply, at the grid's intensity. Solar output is counted as
+    0 g here (its embodied emissions are out of the method's scope, as for `renewable_attested`)."""
+    if wh < 0 or intensity_g_per_kwh < 0 or not 0 <= solar_share <= 1:
+        raise ValueError("wh and intensity must be >= 0 and solar_share within [0, 1]")
+    return wh * (1.0 - solar_share) / 1000.0 * intensity_g_per_kwh

@@ -291,6 +291,10 @@ class NodeHeartbeat(Event):
     pools: list[str] = Field(default_factory=lambda: ["shared"])
     # The grid task types it runs (`task_events.TASK_TYPES`); empty: it serves chat only.
     task_types: list[str] = Field(default_factory=list)
+    # The nkey its grid reports are signed with (`grid_signing`). With a node roster the roster's
+    # key is the one believed (a heartbeat naming another is refused); without one the scheduler
+    # pins the first key a node announces.
+    public_key: str | None = None
 
 
 class InferenceStarted(Event):

@@ -17,6 +17,7 @@
 * `koprogo.events.task.<step>.<copro>` the grid's task events (`task_events.py`); a node publishes
   its `started`/`result_reported` with `.node.<node id>` appended (its key may publish there alone).
 * `koprogo.grid.poll.<node id>` core NATS: a node asks the scheduler for work (`GridPoll`).
+* `koprogo.events.grid.node_trust.<node id>` a node's standing changed (`NodeTrustChanged`, scheduler).
 * `_INBOX.<public nkey>.>` a client's own replies (JetStream acks, fetched messages), so an
   identity's subscribe permission covers its inbox and nobody else's.
 """
@@ -42,6 +43,9 @@ GRID_TASKS_BUCKET = "KOPROGO_GRID_TASKS"
 # Task documents (JetStream object store, stream `OBJ_<bucket>`): written by the gateway, read by
 # the node running the task; events carry `task_events.DocumentRef`s, never the bytes.
 DOCUMENTS_BUCKET = "KOPROGO_DOCUMENTS"
+# The grid scheduler's book of nodes: one key per node (its owner, public key, trust run, counts),
+# so trust earned survives a restart (`services/grid-scheduler`).
+GRID_NODES_BUCKET = "KOPROGO_GRID_NODES"
 
 EVENTS_ALL = "koprogo.events.>"
 CHAT_REQUESTED_ALL = "koprogo.events.chat.requested.>"
@@ -252,6 +256,14 @@ def task_submitted_key(copro_id: str | None, task_id: str) -> str:
 
 def grid_poll(node_id: str) -> str:
     return f"koprogo.grid.poll.{subject_token(node_id)}"
+
+
+GRID_NODE_TRUST_ALL = "koprogo.events.grid.node_trust.*"
+
+
+def grid_node_trust(node_id: str) -> str:
+    """Where the scheduler publishes a node's `NodeTrustChanged`."""
+    return f"koprogo.events.grid.node_trust.{subject_token(node_id)}"
 
 
 def poll_sender(subject: str) -> str | None:

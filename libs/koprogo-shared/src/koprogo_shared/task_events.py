@@ -6,8 +6,9 @@ into `mcp_tasks` and `mcp_task_attempts`:
     TaskSubmitted (gateway) ─► pending
     TaskAssigned (scheduler: a node polled and took it) ─► assigned
     TaskStarted (node) ─► running
-    TaskResultReported (node) ─► the scheduler decides:
-        TaskCompleted ─► completed            (a result)
+    TaskResultReported (node, signed) ─► the scheduler verifies (signature, Proof of Green, quorum):
+        TaskVerifying ─► verifying            (a result is in; more replicas must agree first)
+        TaskCompleted ─► completed            (a result accepted: by quorum, or from a trusted node)
         TaskFailed    ─► failed               (the input cannot be processed, or attempts ran out)
         TaskRequeued  ─► pending              (this attempt failed, another node may succeed)
     TaskRequeued (scheduler: the node died, never started, or missed its deadline) ─► pending
@@ -15,8 +16,14 @@ into `mcp_tasks` and `mcp_task_attempts`:
     TaskCancelRequested (gateway) ─► TaskCancelled (scheduler) ─► cancelled
 
 The scheduler is the only writer of a task's state (its decisions are TaskCompleted, TaskFailed,
-TaskRequeued, TaskExpired, TaskCancelled); a node's word is a report. So the next part of the grid
-(verification by redundancy, signatures, rewards) adds steps between a report and a decision.
+TaskRequeued, TaskExpired, TaskCancelled, TaskVerifying); a node's word is a signed report.
+
+Trust (docs/grid-trust.md): an assignment is signed by the scheduler (`grid_signing`), a report by
+its node, with an energy attestation (Proof of Green). An untrusted node's task is replicated to
+nodes of distinct owners and accepted by quorum (`TaskVerification`); a trusted node is only
+spot-checked. `NodeTrustChanged` records each change of a node's standing; the ledger turns
+TaskCompleted.verification and NodeTrustChanged into token-ledger entries (rewards, escrow, the
+solidarity fund).
 
 Events carry references to documents (the JetStream object store, `DocumentRef`), never documents.
 """
@@ -37,7 +44,9 @@ TASK_TYPES: tuple[TaskType, ...] = (
     "summarize_meeting",
     "predict_expenses",
 )
-TaskStatus = Literal["pending", "assigned", "running", "completed", "failed", "expired", "cancelled"]
+TaskStatus = Literal[
+    "pending", "assigned", "running", "verifying", "completed", "failed", "expired", "cancelled"
+]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
 # How one attempt ended (`mcp_task_attempts.outcome`); None while it runs.
 AttemptOutcome = Literal[
@@ -49,6 +58,11 @@ AttemptOutcome = Literal[
     "deadline_missed",
     "cancelled",
     "expired",
+    # Verification: its result disagreed with the accepted one; its report was refused (signature,
+    # replay); the quorum was reached without it (its replica was no longer needed).
+    "invalid",
+    "refused",
+    "not_needed",
 ]
 
 
@@ -116,6 +130,31 @@ class TaskUsage(BaseModel):
     duration_s: float = Field(ge=0)
 
 
+EnergySource = Literal["solar", "grid", "mixed"]
+
+
+class EnergyAttestation(BaseModel):
+    """What a node says its attempt used (Proof of Green), signed with its report.
+
+    `wh` is a meter's reading over the attempt when the node has a meter (`measured_by` "meter"),
+    else its declared power x the seconds it ran ("declared"). `solar_share` is the part of that
+    energy that came from its own solar supply (1 for "solar", 0 for "grid", between for
+    "mixed"); `intensity_g_per_kwh` the grid's intensity for the rest. The scheduler checks it for
+    plausibility (`koprogo_grid.domain.green`) before it counts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: EnergySource
+    wh: float = Field(ge=0)
+    measured_by: Literal["meter", "declared"]
+    duration_s: float = Field(ge=0)
+    power_watts: float = Field(ge=0)
+    intensity_g_per_kwh: float = Field(ge=0)
+    solar_share: float = Field(default=0.0, ge=0, le=1)
+    device_class: str | None = Field(default=None, max_length=64)
+
+
 class TaskResultReported(Event):
     """A node's report of its attempt (published by the node): a result, or why there is none.
 
@@ -132,6 +171,94 @@ class TaskResultReported(Event):
     error: str | None = None
     message: str | None = None
     usage: TaskUsage
+    # Signed by the node (`grid_signing.sign_report`) over the task, its attempt, the digest of the
+    # assignment it was given, the result's digest, the outcome, the usage and the attestation: a
+    # report signed by another key, replayed for another task or attempt, or altered is refused.
+    assignment_digest: str | None = None
+    result_digest: str | None = None
+    attestation: EnergyAttestation | None = None
+    signer: str | None = None
+    signature: str | None = None
+
+
+ReplicaVerdict = Literal["pending", "valid", "invalid", "unchecked", "flagged", "refused", "lost"]
+
+
+class ReplicaRecord(BaseModel):
+    """One replica of a task as its verification judged it.
+
+    valid: in the accepted quorum; invalid: disagreed with the accepted result; unchecked:
+    accepted alone from a trusted node (not spot-checked this time); flagged: its energy
+    attestation is implausible (it may still agree, it earns nothing); refused: its report failed
+    the signature checks; lost: it never reported (node lost, deadline missed); pending: waiting.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempt: int = Field(ge=1)
+    node_id: str
+    owner: str
+    # The node's standing when its result was judged.
+    trusted: bool = False
+    verdict: ReplicaVerdict = "pending"
+    result_digest: str | None = None
+    # The comparator's digest of the normalised result: replicas with equal keys agree.
+    agreement_key: str | None = None
+    usage: TaskUsage | None = None
+    attestation: EnergyAttestation | None = None
+    co2_grams: float = Field(default=0.0, ge=0)
+    # Why the attestation is not believed ("energy_below_idle", "impossible_speed", "solar_at_night"...).
+    flags: list[str] = Field(default_factory=list)
+
+
+class TaskVerification(BaseModel):
+    """How a task's result was (or is being) verified, as `GET /mcp/v1/tasks/{id}` shows it.
+
+    policy "quorum": the first node was untrusted, `quorum` owners must agree; "spot_check": a
+    trusted node drawn for a check, same rule; "trusted": a trusted node's result taken alone.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: Literal["quorum", "spot_check", "trusted"]
+    quorum: int = Field(ge=1)
+    max_replicas: int = Field(ge=1)
+    replicas: list[ReplicaRecord] = Field(default_factory=list)
+    # Distinct owners agreeing with the accepted result (or with the largest group so far).
+    agreement: int = Field(default=0, ge=0)
+    outcome: Literal["pending", "accepted", "accepted_unchecked", "unverifiable"] = "pending"
+
+
+class TaskVerifying(Event):
+    """A replica's result is in and the task waits for more to agree (scheduler) ─► verifying."""
+
+    type: Literal["koprogo.task.verifying.v1"] = "koprogo.task.verifying.v1"
+    task_id: str
+    verification: TaskVerification
+
+
+NodeTrustReason = Literal["earned", "caught_wrong", "bad_signature", "implausible_attestation"]
+
+
+class NodeTrustChanged(Event):
+    """A node's standing on the grid changed (scheduler; `subjects.grid_node_trust`).
+
+    "earned": a run of valid results made it trusted (the ledger releases its escrow);
+    "caught_wrong": its result disagreed with an accepted quorum, "bad_signature": a report it
+    sent failed the checks (the ledger forfeits its escrow to the solidarity fund, and it is
+    untrusted again); "implausible_attestation": counted, its trust run starts again.
+    `task_id` is the task that caused it (its event id is derived from it, so a redelivery is one).
+    """
+
+    type: Literal["koprogo.grid.node_trust_changed.v1"] = "koprogo.grid.node_trust_changed.v1"
+    node_id: str
+    owner: str
+    trusted: bool
+    reason: NodeTrustReason
+    task_id: str | None = None
+    valid_streak: int = Field(ge=0)
+    validated: int = Field(ge=0)
+    invalid: int = Field(ge=0)
 
 
 class AttemptRecord(BaseModel):
@@ -167,8 +294,11 @@ class TaskCompleted(Event):
     node_id: str
     result: dict[str, Any]
     usage: TaskUsage
-    # The node's declared power x the seconds it ran x its declared grid intensity.
+    # From the accepted replica's energy attestation (`co2.attested_grams`); without one, the
+    # node's declared power x the seconds it ran x its declared grid intensity. Replicas run for
+    # verification emitted too: `verification.replicas[].co2_grams` holds each.
     co2_grams: float = Field(ge=0)
+    verification: TaskVerification | None = None
 
 
 class TaskFailed(Event):
@@ -182,6 +312,8 @@ class TaskFailed(Event):
     co2_grams: float = Field(default=0.0, ge=0)
     # How the last attempt ended ("input_error", "node_lost"...); None when no attempt ran.
     last_attempt_outcome: AttemptOutcome | None = None
+    # error "unverifiable": the replicas never agreed within `max_replicas`.
+    verification: TaskVerification | None = None
 
 
 class TaskExpired(Event):
@@ -212,6 +344,13 @@ class TaskAssignment(BaseModel):
     parameters: dict[str, Any]
     document: DocumentRef | None
     deadline: datetime
+    # Signed by the scheduler (`grid_signing.sign_assignment`): the node checks it before running.
+    # `node_id` is the node the work was given to; `input_digest` covers the type, the parameters
+    # and the document's sha256 (`grid_signing.input_digest`).
+    node_id: str | None = None
+    input_digest: str | None = None
+    signer: str | None = None
+    signature: str | None = None
 
 
 class GridPoll(BaseModel):
@@ -252,11 +391,13 @@ AnyTaskEvent = (
     | TaskAssigned
     | TaskStarted
     | TaskResultReported
+    | TaskVerifying
     | TaskRequeued
     | TaskCompleted
     | TaskFailed
     | TaskExpired
     | TaskCancelled
+    | NodeTrustChanged
 )
 TaskEvent = Annotated[AnyTaskEvent, Field(discriminator="type")]
 task_event_adapter: TypeAdapter[AnyTaskEvent] = TypeAdapter(TaskEvent)
