@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.document_store import NatsDocumentStore
+from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
 from koprogo_gateway.adapters.idempotency_store import NatsKvIdempotencyStore
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
@@ -28,6 +29,7 @@ from koprogo_gateway.adapters.task_repository import PostgresTaskRepository
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
+from koprogo_gateway.service_layer.grid import GridLedgerService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
@@ -59,6 +61,7 @@ class Gateway:
     # None when authentication is off (AUTH_DISABLED=true and no verifier).
     verifier: JwtVerifier | None
     tasks: TaskService
+    grid: GridLedgerService
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -144,6 +147,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             source=_document_source(settings),
             max_parameters_bytes=settings.task_parameters_max_bytes,
         ),
+        grid=GridLedgerService(PostgresGridLedger(pool)),
     )
 
 

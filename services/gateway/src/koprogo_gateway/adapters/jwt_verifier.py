@@ -121,4 +121,8 @@ def _caller(claims: dict[str, Any]) -> Caller:
         raise UnauthorizedError("token 'sub' must be a non-empty string")
     if not isinstance(copros, list) or not all(isinstance(c, str) for c in copros):
         raise UnauthorizedError("token 'copros' must be a list of copro ids")
-    return caller_from_claims(user_id, copros, parse_scopes(claims.get("scope")))
+    # The grid nodes its holder operates (`koprogo token --node ID`); absent on most tokens.
+    nodes = claims.get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(n, str) and n for n in nodes):
+        raise UnauthorizedError("token 'nodes' must be a list of grid node ids")
+    return caller_from_claims(user_id, copros, parse_scopes(claims.get("scope")), nodes)

@@ -4,6 +4,9 @@ A token's `scope` claim is space-separated (`mcp:read mcp:write`); `mcp:admin` i
 other two and sees every copro. A chat or a stats query names at most one copro (its
 `context`), which must be one of the token's `copros` unless the caller is an admin. A chat
 that names none runs for the token's only copro (`chat_copro`).
+
+The grid's nodes (standing, balance, escrow) are an admin's to see, or their operator's: a
+token's `nodes` claim (`koprogo token --node ID`) names the nodes it operates (`grid_nodes_of`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from koprogo_gateway.domain.copro_context import PREFIX, CoproId, copro_of_conte
 from koprogo_gateway.domain.errors import (
     CoproNotFoundError,
     ForbiddenError,
+    GridNodeNotFoundError,
     InvalidChatRequestError,
     UserNotFoundError,
 )
@@ -34,6 +38,8 @@ class Caller:
     copros: frozenset[str]
     scopes: frozenset[str]
     is_admin: bool
+    # The grid nodes this token's holder operates (claim `nodes`): their standing and balance.
+    nodes: frozenset[str] = frozenset()
 
 
 # With no verifier configured the gateway is open, as it was before tokens: everything, no user.
@@ -47,8 +53,16 @@ def parse_scopes(scope_claim: object) -> frozenset[str]:
     return frozenset(scope_claim.split())
 
 
-def caller_from_claims(user_id: str, copros: Iterable[str], scopes: frozenset[str]) -> Caller:
-    return Caller(user_id=user_id, copros=frozenset(copros), scopes=scopes, is_admin=ADMIN in scopes)
+def caller_from_claims(
+    user_id: str, copros: Iterable[str], scopes: frozenset[str], nodes: Iterable[str] = ()
+) -> Caller:
+    return Caller(
+        user_id=user_id,
+        copros=frozenset(copros),
+        scopes=scopes,
+        is_admin=ADMIN in scopes,
+        nodes=frozenset(nodes),
+    )
 
 
 def has_scope(caller: Caller, scope: str) -> bool:
@@ -144,3 +158,23 @@ def _same_user(a: str, b: str) -> bool:
         return uuid.UUID(a) == uuid.UUID(b)
     except ValueError:
         return False
+
+
+def grid_nodes_of(caller: Caller) -> frozenset[str] | None:
+    """The grid nodes whose standing and balance the caller may see: None for every node (admins),
+    else the token's `nodes`; a token naming none is refused (403), whatever node it asks for."""
+    if caller.is_admin:
+        return None
+    if caller.nodes:
+        return caller.nodes
+    raise ForbiddenError(
+        "the grid's nodes are shown to admins and to each node's operator: this token names no node "
+        "(an operator's token carries the claim 'nodes', e.g. `koprogo token --node ID`)"
+    )
+
+
+def require_grid_node(caller: Caller, node_id: str) -> None:
+    """A node's balance and entries: an admin's or its operator's; to anyone else it does not exist (404)."""
+    visible = grid_nodes_of(caller)
+    if visible is not None and node_id not in visible:
+        raise GridNodeNotFoundError(f"no grid node {node_id!r} among this token's nodes")

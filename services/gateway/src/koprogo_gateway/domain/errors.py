@@ -35,7 +35,10 @@ GatewayError
  ├── DocumentSourceUnavailableError the operator's S3-compatible store cannot answer (503)
  ├── TaskNotFoundError      no such task, or another copro's (404)
  ├── TaskFinalError         cancelling a task that already ended (409)
- └── TasksUnavailableError  PostgreSQL (the ledger's task projection) cannot answer (503)
+ ├── TasksUnavailableError  PostgreSQL (the ledger's task projection) cannot answer (503)
+ ├── GridNodeNotFoundError  no such grid node, or one the token does not operate (404)
+ ├── GridLedgerUnavailableError PostgreSQL (the token ledger) cannot answer, or too slowly (503)
+ └── GridLedgerBusyError    as many ledger verifications and exports run as the gateway allows (503)
 """
 
 from __future__ import annotations
@@ -241,3 +244,21 @@ class TaskFinalError(GatewayError):
 class TasksUnavailableError(GatewayError):
     status = 503
     error = "tasks_unavailable"
+
+
+class GridNodeNotFoundError(GatewayError):
+    status = 404
+    error = "not_found"
+
+
+class GridLedgerUnavailableError(GatewayError):
+    status = 503
+    error = "ledger_unavailable"
+
+
+class GridLedgerBusyError(GatewayError):
+    status = 503
+    error = "ledger_busy"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "10"})

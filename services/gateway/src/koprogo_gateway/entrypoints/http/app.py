@@ -12,6 +12,7 @@ from koprogo_gateway.bootstrap import Gateway, bootstrap
 from koprogo_gateway.entrypoints.http import (
     routes_asyncapi,
     routes_chat,
+    routes_grid,
     routes_models,
     routes_nodes,
     routes_openai,
@@ -67,6 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
     app.include_router(routes_tasks.router)
+    app.include_router(routes_grid.router)
     app.include_router(routes_user_data.router)
     app.include_router(routes_routing.router)
     app.include_router(routes_nodes.router)
