@@ -19,7 +19,7 @@ import abc
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -260,19 +260,21 @@ class _CursorRows:
             pass
         else:
             raise RuntimeError("the ledger's chain blocks while it reads: iterate it in asyncio.to_thread")
-        cursor = self._run(self._conn.cursor(self._sql))
+        cursor = self._run(self._open)
         while True:
-            rows = self._run(cursor.fetch(self._batch, timeout=self._timeout_s))
+            rows = self._run(lambda: cursor.fetch(self._batch, timeout=self._timeout_s))
             for row in rows:
                 yield self._convert(row)
             if len(rows) < self._batch:
                 return
 
-    def _run(self, coroutine: Any) -> Any:
+    async def _open(self) -> asyncpg.cursor.Cursor[asyncpg.Record]:
+        return await self._conn.cursor(self._sql)
+
+    def _run(self, step: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         if self.closed:
-            coroutine.close()
             raise GridLedgerUnavailableError("the ledger's snapshot was closed while it was read")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(step(), self._loop).result()
 
 
 def _text(value: Any) -> Any:

@@ -1,0 +1,424 @@
+"""The grid's token ledger over HTTP (`/mcp/v1/grid/...`), on the whole gateway (`create_app`) with a
+real PostgreSQL holding the ledger's schema (its migrations, 0007_token_ledger included) and a real
+NATS. Entries are written as the ledger writes them: each hashed with `token_chain.entry_hash` over
+the one before, heads signed with an Ed25519 nkey, so what the gateway reads back must hash the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import nats
+import nkeys
+import pytest
+from fastapi import FastAPI
+
+from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
+from koprogo_gateway.entrypoints.http.app import create_app
+from koprogo_gateway.settings import GatewaySettings
+from koprogo_ledger.adapters.migrations import apply_migrations, load_migrations
+from koprogo_shared import token_chain as tc
+from koprogo_shared.grid_signing import Signer
+from koprogo_shared.nats_connection import ensure_streams
+from tests.conftest import settings_fields
+from tests.token_support import AUDIENCE, AUTH_SETTINGS, ISSUER, SECRET, bearer, token
+
+pytestmark = pytest.mark.integration
+
+LEDGER_KEY = Signer(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+T0 = datetime(2026, 11, 30, 9, 0, 0, 123456, tzinfo=UTC)
+DAY = timedelta(days=1)
+ADMIN = bearer(token(user="ops", scopes=("mcp:admin",), ttl=DAY))
+MEMBER = bearer(token(user="alice", copros=["tilleuls"], ttl=DAY))
+
+
+def operator_token(*nodes: str) -> dict[str, str]:
+    """A node operator's token, as `koprogo token --node ID` mints it (claim `nodes`)."""
+    now = datetime.now(UTC)
+    claims = {
+        "sub": "olivia",
+        "copros": ["tilleuls"],
+        "scope": "mcp:read",
+        "nodes": list(nodes),
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + DAY,
+    }
+    return bearer(jwt.encode(claims, SECRET, algorithm="HS256"))
+
+
+OPERATOR = operator_token("pi-cave")
+
+# (debit, credit, amount_mt, kind, node, memo)
+Move = tuple[str, str, int, str, str | None, dict[str, Any]]
+MOVES: list[Move] = [
+    ("copro:tilleuls", "escrow:pi-cave", 9000, "reward", "pi-cave", {"task_type": "ocr_invoice"}),
+    ("copro:tilleuls", "fund:solidarity", 1000, "fund_share", "pi-cave", {}),
+    ("copro:tilleuls", "fund:solidarity", 250, "co2_credit", None, {"co2_saved_grams": 2.5}),
+    ("escrow:pi-cave", "node:pi-cave", 9000, "escrow_release", "pi-cave", {"reason": "earned"}),
+    ("copro:de-linde", "node:pi-grenier", 4500, "reward", "pi-grenier", {}),
+    ("copro:de-linde", "escrow:pi-grenier", 1200, "reward", "pi-grenier", {}),
+    (
+        "escrow:pi-grenier",
+        "fund:solidarity",
+        1200,
+        "escrow_forfeit",
+        "pi-grenier",
+        {"reason": "caught_wrong"},
+    ),
+    ("copro:de-linde", "fund:solidarity", 125, "co2_credit", None, {"co2_saved_grams": 1.25}),
+    ("copro:tilleuls", "escrow:pi-cave", 3000, "reward", "pi-cave", {"note": "café, Ré"}),
+]
+NODES = [
+    # node_id, owner, trusted, valid_streak, validated, invalid, refused, flagged
+    ("pi-cave", "olivia", True, 6, 6, 0, 0, 0),
+    ("pi-grenier", "bert", False, 0, 2, 1, 0, 1),
+    ("pi-new", "carla", False, 0, 0, 0, 1, 0),
+]
+
+
+async def append(conn: asyncpg.Connection, moves: list[Move]) -> list[dict[str, Any]]:
+    """Append `moves` to the chain as the ledger does: each entry hashed over the previous one."""
+    last = await conn.fetchrow("SELECT seq, hash FROM grid_ledger_entries ORDER BY seq DESC LIMIT 1")
+    seq, prev = (0, tc.GENESIS) if last is None else (last["seq"], last["hash"])
+    written = []
+    for debit, credit, amount, kind, node, memo in moves:
+        seq += 1
+        entry: dict[str, Any] = {
+            "seq": seq,
+            "entry_id": f"entry-{seq}",
+            "recorded_at": T0 + timedelta(minutes=seq),
+            "debit": debit,
+            "credit": credit,
+            "amount_mt": amount,
+            "kind": kind,
+            "task_id": str(uuid.uuid4()),
+            "node_id": node,
+            "copro_id": debit.removeprefix("copro:") if debit.startswith("copro:") else None,
+            "memo": memo,
+            "prev_hash": prev,
+        }
+        entry["hash"] = prev = tc.entry_hash(entry)
+        await conn.execute(
+            "INSERT INTO grid_ledger_entries (seq, entry_id, recorded_at, debit, credit, amount_mt, kind, task_id,"
+            " node_id, copro_id, memo, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11::jsonb,$12,$13)",
+            *[
+                entry[name] if name != "memo" else json.dumps(entry["memo"])
+                for name in (*tc.ENTRY_FIELDS, "hash")
+            ],
+        )
+        written.append(entry)
+    return written
+
+
+async def sign_head(conn: asyncpg.Connection) -> dict[str, Any]:
+    last = await conn.fetchrow("SELECT seq, hash FROM grid_ledger_entries ORDER BY seq DESC LIMIT 1")
+    head = {
+        "seq": last["seq"],
+        "hash": last["hash"],
+        "signed_at": T0 + timedelta(hours=1, seconds=last["seq"]),
+        "signer": LEDGER_KEY.public_key,
+        "signature": LEDGER_KEY.sign(tc.head_payload(last["seq"], last["hash"])),
+    }
+    await conn.execute(
+        "INSERT INTO grid_ledger_heads (seq, hash, signed_at, signer, signature) VALUES ($1, $2, $3, $4, $5)",
+        *head.values(),
+    )
+    return head
+
+
+@pytest.fixture
+async def ledger_db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """The ledger's schema (its own migrations), its key, three nodes, nine entries and two signed heads."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn)
+        await conn.execute(
+            "INSERT INTO grid_ledger_keys (public_key, since) VALUES ($1, $2)", LEDGER_KEY.public_key, T0
+        )
+        await conn.executemany(
+            "INSERT INTO grid_nodes (node_id, owner, trusted, valid_streak, validated, invalid, refused, flagged,"
+            " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [(*node, T0) for node in NODES],
+        )
+        await append(conn, MOVES[:4])
+        await sign_head(conn)
+        await append(conn, MOVES[4:])
+        await sign_head(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+Client = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture
+async def gateway(
+    clean_jetstream: str, database_url: str, content_keys_env: dict[str, str]
+) -> AsyncIterator[Client]:
+    """Start a gateway (settings overridable) on the test's NATS and database: an HTTP client for it."""
+    nc = await nats.connect(clean_jetstream)
+    await ensure_streams(nc.jetstream())
+    await nc.close()
+    stop = asyncio.Event()
+    running: list[asyncio.Task[None]] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def serve(app: FastAPI, started: asyncio.Event) -> None:
+        async with app.router.lifespan_context(app):
+            started.set()
+            await stop.wait()
+
+    async def start(**overrides: Any) -> httpx.AsyncClient:
+        fields: dict[str, Any] = {
+            "nats_url": clean_jetstream,
+            "database_url": database_url,
+            "gateway_id": f"gw-grid-{uuid.uuid4().hex[:6]}",
+            **AUTH_SETTINGS,
+            **settings_fields(content_keys_env),
+            **overrides,
+        }
+        app = create_app(GatewaySettings(**fields))
+        started = asyncio.Event()
+        running.append(asyncio.create_task(serve(app, started)))
+        await asyncio.wait_for(started.wait(), timeout=60)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60)
+        clients.append(client)
+        return client
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.aclose()
+        stop.set()
+        await asyncio.gather(*running)
+
+
+async def test_admins_see_every_node_operators_their_own_and_members_none(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+
+    every = await client.get("/mcp/v1/grid/nodes", headers=ADMIN)
+    own = await client.get("/mcp/v1/grid/nodes", headers=OPERATOR)
+    member = await client.get("/mcp/v1/grid/nodes", headers=MEMBER)
+    anonymous = await client.get("/mcp/v1/grid/nodes")
+
+    assert every.status_code == 200, every.text
+    nodes = {n["node_id"]: n for n in every.json()["nodes"]}
+    assert list(nodes) == ["pi-cave", "pi-grenier", "pi-new"]
+    assert nodes["pi-cave"] | {"updated_at": None} == {
+        "node_id": "pi-cave",
+        "owner": "olivia",
+        "trusted": True,
+        "valid_streak": 6,
+        "validated": 6,
+        "invalid": 0,
+        "refused": 0,
+        "flagged": 0,
+        "updated_at": None,
+        "balance": 9.0,
+        "escrow": 3.0,
+    }
+    assert (nodes["pi-grenier"]["balance"], nodes["pi-grenier"]["escrow"]) == (4.5, 0.0)
+    assert (nodes["pi-new"]["balance"], nodes["pi-new"]["refused"]) == (0.0, 1)
+    assert own.status_code == 200 and [n["node_id"] for n in own.json()["nodes"]] == ["pi-cave"]
+    assert member.status_code == 403
+    assert member.json()["error"] == "forbidden" and "names no node" in member.json()["message"]
+    assert anonymous.status_code == 401
+
+
+async def test_a_nodes_balance_pages_its_entries_and_hides_other_nodes(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+
+    first = await client.get("/mcp/v1/grid/nodes/pi-cave/balance?limit=2", headers=OPERATOR)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    second = await client.get(
+        f"/mcp/v1/grid/nodes/pi-cave/balance?limit=2&before_seq={page['next_before_seq']}", headers=OPERATOR
+    )
+
+    assert (page["node_id"], page["balance"], page["escrow"]) == ("pi-cave", 9.0, 3.0)
+    assert [e["seq"] for e in page["entries"]] == [9, 4] and page["next_before_seq"] == 4
+    assert [e["seq"] for e in second.json()["entries"]] == [1] and second.json()["next_before_seq"] is None
+    newest = page["entries"][0]
+    assert (newest["kind"], newest["debit"], newest["credit"], newest["amount"], newest["amount_mt"]) == (
+        "reward",
+        "copro:tilleuls",
+        "escrow:pi-cave",
+        3.0,
+        3000,
+    )
+    assert newest["memo"] == {"note": "café, Ré"} and newest["copro_id"] == "tilleuls"
+    for path, headers, status in (
+        ("/mcp/v1/grid/nodes/pi-grenier/balance", OPERATOR, 404),
+        ("/mcp/v1/grid/nodes/pi-grenier/balance", ADMIN, 200),
+        ("/mcp/v1/grid/nodes/pi-nowhere/balance", ADMIN, 404),
+        ("/mcp/v1/grid/nodes/pi-cave/balance", MEMBER, 403),
+        ("/mcp/v1/grid/nodes/pi-cave/balance?limit=0", OPERATOR, 422),
+        ("/mcp/v1/grid/nodes/pi-cave/balance?before_seq=x", OPERATOR, 422),
+    ):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == status, (path, response.text)
+    grenier = await client.get("/mcp/v1/grid/nodes/pi-grenier/balance", headers=ADMIN)
+    assert [e["kind"] for e in grenier.json()["entries"]] == ["escrow_forfeit", "reward", "reward"]
+
+
+async def test_the_solidarity_fund_shows_its_inflows_and_the_co2_they_stand_for(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+    response = await client.get("/mcp/v1/grid/solidarity-fund", headers=MEMBER)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "balance": 2.575,
+        "inflows": {"fund_share": 1.0, "co2_credit": 0.375, "escrow_forfeit": 1.2},
+        "co2_saved_kg": pytest.approx(0.00375),
+    }
+
+
+async def test_verify_passes_then_names_the_entry_edited_by_hand(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+
+    intact = await client.get("/mcp/v1/grid/ledger/verify", headers=MEMBER)
+    assert intact.status_code == 200, intact.text
+    assert intact.json() == {
+        "ok": True,
+        "entries": 9,
+        "signed_heads": 2,
+        "head": {
+            "seq": 9,
+            "hash": await ledger_db.fetchval("SELECT hash FROM grid_ledger_entries WHERE seq = 9"),
+        },
+        "balances_sum_tokens": 0.0,
+        "broken_at": None,
+        "reason": None,
+        "ledger_public_key": LEDGER_KEY.public_key,
+    }
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await ledger_db.execute("UPDATE grid_ledger_entries SET amount_mt = 45000 WHERE seq = 5")
+    # What a superuser can still do: switch the trigger off and edit the row.
+    await ledger_db.execute("ALTER TABLE grid_ledger_entries DISABLE TRIGGER grid_ledger_entries_append_only")
+    await ledger_db.execute("UPDATE grid_ledger_entries SET amount_mt = 45000 WHERE seq = 5")
+    await ledger_db.execute("ALTER TABLE grid_ledger_entries ENABLE TRIGGER grid_ledger_entries_append_only")
+
+    broken = await client.get("/mcp/v1/grid/ledger/verify", headers=MEMBER)
+
+    assert broken.status_code == 200, broken.text
+    assert broken.json()["ok"] is False
+    assert broken.json()["broken_at"] == 5
+    assert broken.json()["reason"] == "entry 5: its fields do not hash to its hash (altered)"
+
+
+async def test_verify_catches_history_rewritten_with_every_hash_recomputed(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+    rows = await ledger_db.fetch("SELECT * FROM grid_ledger_entries ORDER BY seq")
+    await ledger_db.execute("ALTER TABLE grid_ledger_entries DISABLE TRIGGER grid_ledger_entries_append_only")
+    prev = rows[1]["hash"]
+    for row in rows[2:]:
+        entry = {**dict(row), "memo": json.loads(row["memo"]), "prev_hash": prev}
+        if row["seq"] == 3:
+            entry["credit"] = "node:pi-cave"  # the CO2 credit diverted to a node
+        entry["hash"] = prev = tc.entry_hash(entry)
+        await ledger_db.execute(
+            "UPDATE grid_ledger_entries SET credit = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+            row["seq"],
+            entry["credit"],
+            entry["prev_hash"],
+            entry["hash"],
+        )
+
+    report = (await client.get("/mcp/v1/grid/ledger/verify", headers=MEMBER)).json()
+
+    assert report["ok"] is False and report["broken_at"] == 4
+    assert "history rewritten" in report["reason"]
+
+
+async def test_the_export_streams_json_lines_that_verify_offline(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+
+    response = await client.get("/mcp/v1/grid/ledger/export", headers=MEMBER)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-ndjson"
+    lines = response.text.splitlines()
+    assert json.loads(lines[0]) == {"format": tc.EXPORT_FORMAT, "ledger_public_key": LEDGER_KEY.public_key}
+    assert [json.loads(line).keys() for line in lines[1:]] == [{"entry"}] * 9 + [{"head"}] * 2
+    assert json.loads(lines[9])["entry"]["memo"] == {"note": "café, Ré"}
+    report = tc.verify_export(lines)
+    assert report.ok, report.reason
+    assert (report.entries, report.heads) == (9, 2)
+    # What an offline check finds in a copy edited after the export: the entry, by its seq.
+    edited = json.loads(lines[2])
+    edited["entry"]["amount_mt"] = 1
+    assert tc.verify_export([*lines[:2], json.dumps(edited), *lines[3:]]).broken_at == 2
+
+
+async def test_a_chain_longer_than_a_batch_is_read_through_cursors_and_verified(
+    ledger_db: asyncpg.Connection, database_url: str
+) -> None:
+    more: list[Move] = [
+        ("copro:tilleuls", "node:pi-cave", 10 + i, "reward", "pi-cave", {}) for i in range(2491)
+    ]
+    await append(ledger_db, more)
+    await sign_head(ledger_db)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        adapter = PostgresGridLedger(pool, batch=7)
+        async with adapter.chain() as chain:
+            report = await asyncio.to_thread(tc.verify_chain, chain.entries, chain.heads, chain.public_key)
+            with pytest.raises(RuntimeError, match="to_thread"):
+                next(iter(chain.entries))
+    finally:
+        await pool.close()
+    assert report.ok, report.reason
+    assert (report.entries, report.heads, report.head_seq) == (2500, 3, 2500)
+
+
+async def test_every_grid_read_is_counted_against_the_users_rate_limit(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway(rate_limit_per_user=2)
+    answers = [
+        (await client.get(path, headers=MEMBER)).status_code
+        for path in (
+            "/mcp/v1/grid/ledger/verify",
+            "/mcp/v1/grid/solidarity-fund",
+            "/mcp/v1/grid/ledger/export",
+        )
+    ]
+    assert answers == [200, 200, 429]
+
+
+async def test_a_database_without_the_token_ledger_is_a_clear_503(database_url: str, gateway: Client) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn, [m for m in load_migrations() if m.version < 7])
+    finally:
+        await conn.close()
+    client = await gateway()
+    for path in ("/mcp/v1/grid/nodes", "/mcp/v1/grid/ledger/verify", "/mcp/v1/grid/ledger/export"):
+        response = await client.get(path, headers=ADMIN)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"] == "ledger_unavailable"
+        assert "0007_token_ledger" in response.json()["message"]
