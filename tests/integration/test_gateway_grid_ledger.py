@@ -422,3 +422,24 @@ async def test_a_database_without_the_token_ledger_is_a_clear_503(database_url: 
         assert response.status_code == 503, (path, response.text)
         assert response.json()["error"] == "ledger_unavailable"
         assert "0007_token_ledger" in response.json()["message"]
+
+
+async def test_stats_add_the_tokens_a_copros_tasks_paid_the_grids_nodes(
+    ledger_db: asyncpg.Connection, gateway: Client
+) -> None:
+    client = await gateway()
+
+    async def revenue(headers: dict[str, str], query: str = "") -> Any:
+        response = await client.get(f"/mcp/v1/stats{query}", headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["grid_token_revenue"]
+
+    # tilleuls paid pi-cave 9 then 3 tokens; de-linde paid pi-grenier 4.5 and 1.2 (fund shares and
+    # CO2 credits are the fund's, not the nodes').
+    assert await revenue(MEMBER) == 12.0
+    assert await revenue(ADMIN) == 17.7
+    assert await revenue(ADMIN, "?context=copro:de-linde") == 5.7
+    first_minutes = f"?from={T0.isoformat()}&to={(T0 + timedelta(minutes=5)).isoformat()}".replace("+", "%2B")
+    assert await revenue(MEMBER, first_minutes) == 9.0
+    figures = (await client.get("/mcp/v1/stats", headers=MEMBER)).json()
+    assert figures["total_requests"] == 0 and figures["grid_requests"] == 0

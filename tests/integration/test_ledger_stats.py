@@ -80,6 +80,8 @@ def _expected(rows: list[Answered]) -> dict[str, Any]:
         "grid_requests": sum(r.completed.execution_info.execution_type == "grid" for r in rows),
         "avg_latency_ms": pytest.approx(sum(r.latency_ms for r in rows) / len(rows)) if rows else 0.0,
         "models_used": sorted({r.completed.model for r in rows}),
+        # No grid task was paid in these tests: the token ledger is empty.
+        "grid_token_revenue": 0.0,
     }
 
 
@@ -133,6 +135,7 @@ async def test_stats_equal_the_sums_of_the_projected_events_with_and_without_fil
         "grid_requests": 0,
         "avg_latency_ms": 0.0,
         "models_used": [],
+        "grid_token_revenue": 0.0,
     }
     assert all(isinstance(v, float) for v in (nobody["avg_latency_ms"], nobody["total_co2_grams"]))
     assert len(answered) == 27, "neither the six failed requests nor the nine undelivered are answers"
@@ -156,6 +159,7 @@ async def test_stats_types_match_the_seed_shape(database_url: str, clean_jetstre
         "grid_requests": int,
         "avg_latency_ms": float,
         "models_used": list,
+        "grid_token_revenue": float,
     }
 
 

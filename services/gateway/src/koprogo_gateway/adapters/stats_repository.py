@@ -6,6 +6,11 @@ seed multiplied the number of requests by summed columns). Grid work counts twic
 chats answered on the grid (`execution_type` grid) and the grid's completed tasks, each one
 request in `grid_requests` and `total_requests` with its tokens and CO2 in the totals.
 
+`grid_token_revenue`: the tokens the copro paid the grid's nodes for its tasks (the seed's
+"revenus MCP tokens (nodes grid)"): the `reward` entries of the token ledger
+(`grid_ledger_entries`, docs/grid-trust.md) debited from `copro:<id>`, by when they were
+recorded. Fund shares and CO2 credits are the fund's, not the nodes', and are not in it.
+
 Each query runs under a `statement_timeout` set in its own read-only transaction: PostgreSQL
 itself stops a query that runs longer (a lock it waits for, a scan of years of rows), even if
 the gateway that asked is gone; the caller gets a clear 503 saying so.
@@ -20,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from koprogo_gateway.domain.errors import StatsUnavailableError
+from koprogo_shared.token_chain import MILLI
 
 # Answered chats (one response per request, counted once delivered) and completed grid tasks
 # (`mcp_tasks`, projected from the scheduler's TaskCompleted), each aggregated in one pass, then
@@ -46,6 +52,10 @@ WITH answered AS (
         COALESCE(sum(co2_grams), 0)::double precision                      AS co2_grams
     FROM mcp_tasks
     {tasks_where}
+), revenue AS (
+    SELECT COALESCE(sum(amount_mt), 0)::bigint AS amount_mt
+    FROM grid_ledger_entries
+    {revenue_where}
 )
 SELECT
     a.requests + t.requests            AS total_requests,
@@ -56,8 +66,9 @@ SELECT
     a.cloud_requests                   AS cloud_requests,
     a.grid_requests + t.requests       AS grid_requests,
     a.avg_latency_ms                   AS avg_latency_ms,
-    a.models_used                      AS models_used
-FROM answered AS a CROSS JOIN tasks AS t
+    a.models_used                      AS models_used,
+    r.amount_mt                        AS grid_token_revenue_mt
+FROM answered AS a CROSS JOIN tasks AS t CROSS JOIN revenue AS r
 """
 
 
@@ -77,13 +88,17 @@ def _where(
     period by when it completed, as an answer does by when it was stored."""
     answered: list[str] = ["delivered_at IS NOT NULL"]
     tasks: list[str] = ["status = 'completed'"]
+    # Every copro's rewards (`copro:none` too) unless copros are named.
+    revenue: list[str] = ["kind = 'reward'"] + (["debit LIKE 'copro:%'"] if copro_ids is None else [])
     args: list[Any] = []
-    for answered_clause, task_clause, value in (
-        ("created_at >= ${}", "completed_at >= ${}", _aware(date_from)),
-        ("created_at < ${}", "completed_at < ${}", _aware(date_to)),
+    for answered_clause, task_clause, revenue_clause, value in (
+        ("created_at >= ${}", "completed_at >= ${}", "recorded_at >= ${}", _aware(date_from)),
+        ("created_at < ${}", "completed_at < ${}", "recorded_at < ${}", _aware(date_to)),
         (
             "copro_id = ANY(${}::text[])",
             "copro_id = ANY(${}::text[])",
+            # The copros' accounts, so that the (debit, seq) index serves it.
+            "debit = ANY(ARRAY(SELECT 'copro:' || c FROM unnest(${}::text[]) AS c))",
             None if copro_ids is None else list(copro_ids),
         ),
     ):
@@ -91,8 +106,11 @@ def _where(
             args.append(value)
             answered.append(answered_clause.format(len(args)))
             tasks.append(task_clause.format(len(args)))
+            revenue.append(revenue_clause.format(len(args)))
     sql = _STATS_SELECT.format(
-        answered_where="WHERE " + " AND ".join(answered), tasks_where="WHERE " + " AND ".join(tasks)
+        answered_where="WHERE " + " AND ".join(answered),
+        tasks_where="WHERE " + " AND ".join(tasks),
+        revenue_where="WHERE " + " AND ".join(revenue),
     )
     return sql, args
 
@@ -103,7 +121,7 @@ _CLIENT_MARGIN_S = 2.0
 
 
 class PostgresStatsRepository:
-    """Read-only queries over `mcp_responses` and `mcp_tasks` for the gateway."""
+    """Read-only queries over `mcp_responses`, `mcp_tasks` and `grid_ledger_entries` for the gateway."""
 
     def __init__(self, pool: asyncpg.Pool, *, statement_timeout_s: float = 10.0) -> None:
         self._pool = pool
@@ -154,6 +172,7 @@ class PostgresStatsRepository:
             "avg_latency_ms": float(row["avg_latency_ms"]),
             # Sorted here, not by the database's collation, so the order is the same everywhere.
             "models_used": sorted(row["models_used"]),
+            "grid_token_revenue": int(row["grid_token_revenue_mt"]) / MILLI,
         }
 
     async def ping(self) -> bool:

@@ -2,7 +2,8 @@
 
 The figures are over answered chats and completed grid tasks: a completed task is one grid
 request (`grid_requests`, `total_requests`) whose tokens and CO2 are in the totals; latency
-and models are the chats' (see `adapters/stats_repository.py`).
+and models are the chats' (see `adapters/stats_repository.py`). `grid_token_revenue` is the tokens
+the copros' grid tasks paid the nodes in the period (the token ledger's rewards).
 
 One query behind `/mcp/v1/stats` and the MCP `get_stats` tool. A query covers at most
 `MAX_RANGE` (a year): a longer one is refused, so that one request cannot make PostgreSQL
@@ -35,6 +36,8 @@ class StatsPublic(BaseModel):
     grid_requests: int
     avg_latency_ms: float
     models_used: list[str]
+    # Tokens the copro's grid tasks paid the grid's nodes (reward entries of the token ledger).
+    grid_token_revenue: float
 
 
 def _utc(moment: datetime | None) -> datetime | None:
