@@ -177,10 +177,14 @@ def test_the_router_may_send_work_to_the_grid_and_the_gateway_may_not() -> None:
 def test_what_each_nodes_key_was_minted_for_is_written_to_the_roster_beside_the_keys(tmp_path: Path) -> None:
     identities(tmp_path, {"pi-1": ["m1", "m2"]})
     identities(tmp_path, {"pi-2": ["m3"]})  # another node joins: pi-1 stays
+    keys = {n: nkey_public_key(tmp_path / "nodes" / f"{n}.nk") for n in ("pi-1", "pi-2")}
+    # Each entry holds the node's public key (its grid signatures), its owner (itself, when not
+    # said) and the default device.
     assert parse_roster(roster_file(tmp_path).read_text()) == {
-        "pi-1": NodeGrant(frozenset({"m1", "m2"})),
-        "pi-2": NodeGrant(frozenset({"m3"})),
+        "pi-1": NodeGrant(frozenset({"m1", "m2"}), public_key=keys["pi-1"], owner="pi-1"),
+        "pi-2": NodeGrant(frozenset({"m3"}), public_key=keys["pi-2"], owner="pi-2"),
     }
+    assert keys["pi-1"] != keys["pi-2"]
 
 
 def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_in_the_roster(
@@ -210,9 +214,10 @@ def test_a_node_minted_for_copros_pulls_only_their_pools_work_and_its_grant_is_i
         f"{subjects.run_inference_edge('m1', subjects.SHARED_POOL)}",
         f"$JS.API.CONSUMER.CREATE.{subjects.WORK_STREAM}.grid-m1.koprogo.work.grid.m1",
     ]
-    assert parse_roster(roster_file(tmp_path).read_text()) == {
-        "pi-x": NodeGrant(frozenset({"m1"}), frozenset(pools_x)),
-        "pi-s": NodeGrant(frozenset({"m1"}), frozenset({subjects.SHARED_POOL})),
+    roster = parse_roster(roster_file(tmp_path).read_text())
+    assert {node_id: (grant.models, grant.pools) for node_id, grant in roster.items()} == {
+        "pi-x": (frozenset({"m1"}), frozenset(pools_x)),
+        "pi-s": (frozenset({"m1"}), frozenset({subjects.SHARED_POOL})),
     }
     # Two (pool, model) pairs never share a consumer, whatever dashes they hold.
     assert subjects.edge_work_durable("b-c", "copro-a") != subjects.edge_work_durable("c", "copro-a-b")

@@ -90,3 +90,25 @@ def test_with_a_roster_a_node_claims_no_cleaner_energy_than_declared_but_may_cla
     )
     assert heard_on_its_subject(registry, attested) is None
     assert {c.node_id: c.renewable_attested for c in registry.alive(now=1.0)} == {"a": False, "green": True}
+
+
+def test_with_a_roster_a_node_announces_no_other_signing_key_than_the_rosters() -> None:
+    roster = {
+        "a": NodeGrant(frozenset({"m1"}), public_key="UKEYOFA"),
+        "old": NodeGrant(frozenset({"m1"})),  # an entry written before keys were recorded
+    }
+    registry = NodeRegistry(lambda: roster)
+    honest = beat("a", ["m1"]).model_copy(update={"public_key": "UKEYOFA"})
+    assert heard_on_its_subject(registry, honest.model_copy(update={"public_key": "UOTHERKEY"})) == (
+        "key_not_in_roster"
+    )
+    forged_leave = honest.model_copy(update={"public_key": "UOTHERKEY", "leaving": True})
+    assert heard_on_its_subject(registry, forged_leave) == "key_not_in_roster"
+    assert registry.alive(now=1.0) == []
+    assert heard_on_its_subject(registry, honest) is None
+    # A node that announces no key (chat only) is not refused for it; nor is one the roster has no key of.
+    assert heard_on_its_subject(registry, beat("a", ["m1"])) is None
+    assert (
+        heard_on_its_subject(registry, beat("old", ["m1"]).model_copy(update={"public_key": "UANY"})) is None
+    )
+    assert sorted(c.node_id for c in registry.alive(now=1.0)) == ["a", "old"]

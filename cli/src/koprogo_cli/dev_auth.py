@@ -111,9 +111,13 @@ def mint_local_token(
     copros: Iterable[str],
     scopes: Iterable[str],
     ttl: timedelta,
+    nodes: Iterable[str] = (),
 ) -> str:
-    """A token signed with the stack's local secret (raises DevAuthError without one)."""
-    return mint_token(read_local_secret(data_dir), user=user, copros=copros, scopes=scopes, ttl=ttl)
+    """A token signed with the stack's local secret (raises DevAuthError without one);
+    `nodes`: the grid nodes its holder operates (claim `nodes`)."""
+    return mint_token(
+        read_local_secret(data_dir), user=user, copros=copros, scopes=scopes, ttl=ttl, nodes=nodes
+    )
 
 
 def write_dev_token(data_dir: Path) -> str:

@@ -17,17 +17,28 @@ from koprogo_cli.dev_auth import (
 )
 from koprogo_cli.instance import data_dir_of
 from koprogo_cli.invocation import installed_version
+from koprogo_cli.ledger_commands import add_ledger_parsers
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.model_commands import local_models_command
 from koprogo_cli.nats_auth import (
+    NODE_ID,
     NatsAuthError,
+    grid_scheduler_public_key,
     identities,
     node_user,
-    recorded_footprint,
+    recorded_grant,
     render_authorization,
     render_user,
 )
-from koprogo_cli.node_footprint import add_footprint_args, declared_footprint, footprint_env
+from koprogo_cli.node_footprint import (
+    DeclarationError,
+    add_footprint_args,
+    add_grid_args,
+    declared_device,
+    declared_footprint,
+    device_env,
+    footprint_env,
+)
 from koprogo_cli.node_join import add_node_parser
 from koprogo_cli.stack import StackError, cloud_deployment_ids
 from koprogo_cli.task_commands import add_task_parsers
@@ -40,7 +51,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
     try:
         token = mint_local_token(
-            data_dir, user=args.user, copros=args.copro, scopes=scopes, ttl=timedelta(hours=args.hours)
+            data_dir,
+            user=args.user,
+            copros=args.copro,
+            scopes=scopes,
+            ttl=timedelta(hours=args.hours),
+            nodes=args.node,
         )
     except (DevAuthError, ValueError) as exc:
         print(f"koprogo token: {exc}", file=sys.stderr)
@@ -48,10 +64,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     print(token)
     print(
         f"# signed with {jwt_secret_path(data_dir)}: user {args.user}, copros {', '.join(args.copro) or '-'}, "
-        f"scopes {' '.join(scopes)}, valid {args.hours} h",
+        f"scopes {' '.join(scopes)}"
+        + (f", operator of nodes {', '.join(dict.fromkeys(args.node))}" if args.node else "")
+        + f", valid {args.hours} h",
         file=sys.stderr,
     )
     return 0
+
+
+def _node_id(text: str) -> str:
+    if not NODE_ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a node id is 1-64 letters, digits, '.', '-' or '_'")
+    return text
 
 
 def _keys_dir(args: argparse.Namespace) -> Path:
@@ -62,16 +86,28 @@ def cmd_nats_node_key(args: argparse.Namespace) -> int:
     """Mint (once) an edge node's nkey and print its `users` entry for the NATS server."""
     try:
         keys_dir = _keys_dir(args)
-        user, seed_file = node_user(keys_dir, args.node_id, args.model, args.copro, declared_footprint(args))
-        footprint = recorded_footprint(keys_dir, args.node_id)
-    except NatsAuthError as exc:
+        user, seed_file = node_user(
+            keys_dir,
+            args.node_id,
+            args.model,
+            args.copro,
+            declared_footprint(args),
+            args.owner,
+            declared_device(args),
+        )
+        grant = recorded_grant(keys_dir, args.node_id)
+        scheduler_key = grid_scheduler_public_key(keys_dir)
+    except (NatsAuthError, DeclarationError) as exc:
         print(f"koprogo nats-node-key: {exc}", file=sys.stderr)
         return 2
+    assert grant is not None  # node_user recorded it
     print(f"seed: {seed_file}")
+    print(f"# owner {grant.owner_of(args.node_id)}, public key {user.public_key}")
     print(
         f"# On the node (copy the seed there, mode 0600): NATS_NKEY_SEED_FILE=<its path> NODE_ID={args.node_id}"
         + (f" NODE_COPROS='{json.dumps(args.copro)}'" if args.copro else "")
-        + f" {footprint_env(footprint)}"
+        + f" {footprint_env(grant.footprint)} {device_env(grant.device)}"
+        + f" GRID_SCHEDULER_PUBLIC_KEY={scheduler_key}"
         + "\n"
         "# Add this entry to `authorization { users = [...] }` in the NATS server's configuration\n"
         "# (deploy/nats/authorization.conf), then reload the server (nats-server --signal reload):"
@@ -117,6 +153,11 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     for name, seed_file in found.seed_files.items():
         user = "the operator's own (nats CLI: --nkey); give it to no service" if name == "admin" else name
         print(f"{user}: NATS_NKEY_SEED_FILE={seed_file}", file=sys.stderr)
+    print(
+        f"every node: GRID_SCHEDULER_PUBLIC_KEY={grid_scheduler_public_key(keys_dir)} "
+        f"(also in {keys_dir / 'grid.pub'})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -136,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_parsers(sub)
     add_mcp_parser(sub)
     add_node_parser(sub)
+    add_ledger_parsers(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(
@@ -146,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument(
         "--hours", type=_positive_hours, default=8, help="validity in hours (default 8, at most 8760)"
+    )
+    token.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        type=_node_id,
+        metavar="NODE_ID",
+        help="a grid node the user operates (repeatable; claim `nodes`): they see its trust and balance",
     )
     token.add_argument("--data-dir")
     token.set_defaults(func=cmd_token)
@@ -166,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "several; default: the shared pool, work of every copro whose policy is not edge_only)",
     )
     add_footprint_args(node_key)
+    add_grid_args(node_key)
     node_key.add_argument("--keys-dir", help=keys_help)
     node_key.add_argument("--data-dir")
     node_key.set_defaults(func=cmd_nats_node_key)

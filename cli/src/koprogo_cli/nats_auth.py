@@ -57,7 +57,10 @@ could otherwise read the chats the router and the ledger fetch).
 
 What a node's key was minted for is also written to the node roster, `<keys>/roster.json`
 (`koprogo_shared.node_roster`): the server tells no subscriber who published, so the router
-checks each heartbeat's models (and pools) against it (`NODE_ROSTER_FILE`).
+checks each heartbeat's models (and pools) against it (`NODE_ROSTER_FILE`). For the grid the
+roster also holds each node's public key (its grid signatures), its owner and its device; and the
+grid identity's public key is written beside its seed (`grid.pub`): nodes check the scheduler's
+signature on each assignment with it (`GRID_SCHEDULER_PUBLIC_KEY`, docs/grid-trust.md).
 """
 
 from __future__ import annotations
@@ -77,10 +80,12 @@ from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import nkey_public_key
-from koprogo_shared.node_roster import NodeGrant, parse_roster, render_roster
+from koprogo_shared.node_roster import DeviceProfile, NodeGrant, parse_roster, render_roster
 
 SERVICES = ("ledger", "router", "gateway", "cloud", "grid")
 ADMIN = "admin"
+# The identity whose key signs the grid's assignments (the scheduler's).
+GRID_SCHEDULER = "grid"
 # Node ids name a seed file and a heartbeat subject token; model ids a subject token.
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9_.:+-]{1,128}$")
@@ -392,10 +397,30 @@ def _recorded_grants(keys_dir: Path) -> dict[str, NodeGrant]:
         raise NatsAuthError(f"{path} is not a node roster: remove it, it is written again") from None
 
 
+def recorded_grant(keys_dir: Path, node_id: str) -> NodeGrant | None:
+    """A node's entry in the roster, None when it has none."""
+    return _recorded_grants(keys_dir).get(node_id)
+
+
 def recorded_footprint(keys_dir: Path, node_id: str) -> EdgeFootprint:
     """The energy declared for a node in the roster (the defaults when it has no entry)."""
-    recorded = _recorded_grants(keys_dir).get(node_id)
+    recorded = recorded_grant(keys_dir, node_id)
     return recorded.footprint if recorded is not None else EdgeFootprint()
+
+
+def grid_scheduler_public_key(keys_dir: Path) -> str:
+    """The grid scheduler's public nkey (its seed minted once), also written to `<keys>/grid.pub`.
+
+    Nodes are told it (`GRID_SCHEDULER_PUBLIC_KEY`) and run only assignments it signed; the file
+    lets a deployment hand it out without the seed (deploy/compose, deploy/k8s).
+    """
+    public_key = mint_seed(keys_dir / f"{GRID_SCHEDULER}.nk")
+    public_file = keys_dir / f"{GRID_SCHEDULER}.pub"
+    if not public_file.exists() or public_file.read_text().strip() != public_key:
+        partial = public_file.with_suffix(".pub.tmp")
+        partial.write_text(public_key)  # no newline: a Kubernetes secretKeyRef hands the bytes as they are
+        partial.replace(public_file)
+    return public_key
 
 
 def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
@@ -418,20 +443,39 @@ def node_user(
     models: Sequence[str],
     copros: Sequence[str] = (),
     footprint: EdgeFootprint | None = None,
+    owner: str | None = None,
+    device: DeviceProfile | None = None,
 ) -> tuple[NatsUser, Path]:
     """A node's identity: its seed file (minted once) and its users entry, its grant in the roster.
 
     `copros`: the copros whose own pool it belongs to (their work only); none: the shared pool.
     `footprint`: the energy its operator declares (its heartbeats may claim no better); None
     keeps what the roster holds for it, else `co2`'s defaults.
+    `owner`: the operator running it (a grid task's replicas go to distinct owners); None keeps
+    the roster's, else the node id. `device`: its hardware and place (Proof of Green's yardstick);
+    None keeps the roster's, else `DeviceProfile`'s defaults. The roster also records the node's
+    public key, which signs its grid reports.
     """
     check_node(node_id, models)
     pools = node_pools(copros)
     seed_file = node_seed_file(keys_dir, node_id)
     public_key = mint_seed(seed_file)
+    recorded = recorded_grant(keys_dir, node_id)
     if footprint is None:
-        footprint = recorded_footprint(keys_dir, node_id)
-    record_grant(keys_dir, node_id, NodeGrant(frozenset(models), frozenset(pools), footprint))
+        footprint = recorded.footprint if recorded is not None else EdgeFootprint()
+    if owner is None:
+        owner = recorded.owner_of(node_id) if recorded is not None else node_id
+    if device is None:
+        device = recorded.device if recorded is not None else DeviceProfile()
+    if device.idle_watts > footprint.power_watts:
+        # Its declared-energy attestations (power x time) would all fall below idle x time.
+        raise NatsAuthError(
+            f"node {node_id}: an idle draw of {device.idle_watts:g} W above its power under load "
+            f"({footprint.power_watts:g} W) cannot be: declare both (--idle-watts and --power-watts; for "
+            "`koprogo up`'s own nodes IDLE_WATTS and POWER_WATTS)"
+        )
+    grant = NodeGrant(frozenset(models), frozenset(pools), footprint, public_key, owner, device)
+    record_grant(keys_dir, node_id, grant)
     label = f"edge node {node_id}: {', '.join(models)} (pools {', '.join(pools)})"
     return NatsUser(label, public_key, node_permissions(public_key, node_id, models, copros)), seed_file
 
@@ -442,6 +486,8 @@ def identities(
     cloud_deployments: Sequence[str] = (),
     node_copros: Mapping[str, Sequence[str]] | None = None,
     node_footprints: Mapping[str, EdgeFootprint] | None = None,
+    node_owners: Mapping[str, str] | None = None,
+    node_devices: Mapping[str, DeviceProfile] | None = None,
 ) -> Identities:
     """The services', the operator's and these nodes' identities, keys minted where missing.
 
@@ -450,6 +496,8 @@ def identities(
     what `koprogo node join --copro` recorded, else the shared pool.
     `node_footprints`: per node, the energy declared for it; a node not named there keeps the
     roster's (as `koprogo node join` declared it), else the defaults.
+    `node_owners`, `node_devices`: the same for each node's owner and device (`node_user`).
+    The grid scheduler's public key is written beside its seed (`grid_scheduler_public_key`).
     """
     copros_of = {**joined_copros(keys_dir), **(node_copros or {})}
     rules: dict[str, Callable[[str], Permissions]] = {
@@ -465,12 +513,19 @@ def identities(
         public_key = mint_seed(seed_file)
         found.users.append(NatsUser(service, public_key, rules[service](public_key)))
         found.seed_files[service] = seed_file
+    grid_scheduler_public_key(keys_dir)
     admin_seed = keys_dir / f"{ADMIN}.nk"
     found.users.append(NatsUser("operator (admin): given to no service", mint_seed(admin_seed), None))
     found.seed_files[ADMIN] = admin_seed
     for node_id, models in nodes.items():
         user, seed_file = node_user(
-            keys_dir, node_id, models, copros_of.get(node_id, ()), (node_footprints or {}).get(node_id)
+            keys_dir,
+            node_id,
+            models,
+            copros_of.get(node_id, ()),
+            (node_footprints or {}).get(node_id),
+            (node_owners or {}).get(node_id),
+            (node_devices or {}).get(node_id),
         )
         found.users.append(user)
         found.seed_files[f"node:{node_id}"] = seed_file

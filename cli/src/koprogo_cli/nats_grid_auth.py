@@ -5,8 +5,11 @@ may do with tasks, polls and documents.
     grid       streams: info only; consumer `grid-scheduler`     its inbox, koprogo.grid.poll.*,
                on KOPROGO_EVENTS (filter koprogo.events.task.>),  koprogo.nodes.heartbeat.*;
                its dead letters; koprogo.events.task.<step>.*    answers polls (allow_responses)
-               for its decisions; read, write and watch the
-               KOPROGO_GRID_TASKS bucket; koprogo.cancel.node.>;
+               for its decisions (`verifying` included);
+               koprogo.events.grid.node_trust.* (a node's
+               standing, NodeTrustChanged); read, write and watch
+               the KOPROGO_GRID_TASKS and KOPROGO_GRID_NODES (its
+               trust book) buckets; koprogo.cancel.node.>;
                koprogo.nodes.announce; delete a final task's
                document from KOPROGO_DOCUMENTS
     gateway    + koprogo.events.task.{submitted,cancel_requested}.>; write documents to the
@@ -32,7 +35,7 @@ from koprogo_shared import subjects
 from koprogo_shared.grid_stores import GRID_STREAMS, kv_stream, object_store_stream
 
 # The scheduler's decisions (`koprogo.events.task.<step>.<copro>`).
-SCHEDULER_STEPS = ("assigned", "requeued", "completed", "failed", "expired", "cancelled")
+SCHEDULER_STEPS = ("assigned", "requeued", "verifying", "completed", "failed", "expired", "cancelled")
 
 
 def _ordered_reader(stream: str) -> list[str]:
@@ -52,6 +55,7 @@ def _ordered_reader(stream: str) -> list[str]:
 
 def scheduler_publish() -> list[str]:
     tasks = kv_stream(subjects.GRID_TASKS_BUCKET)
+    trust_book = kv_stream(subjects.GRID_NODES_BUCKET)
     documents = object_store_stream(subjects.DOCUMENTS_BUCKET)
     return [
         *[f"$JS.API.STREAM.INFO.{spec.name}" for spec in subjects.STREAMS],
@@ -62,9 +66,12 @@ def scheduler_publish() -> list[str]:
         f"$JS.ACK.{subjects.EVENTS_STREAM}.{subjects.GRID_SCHEDULER_DURABLE}.>",
         subjects.deadletter_for(subjects.TASK_EVENTS_ALL),
         *[f"koprogo.events.task.{step}.*" for step in SCHEDULER_STEPS],
+        subjects.GRID_NODE_TRUST_ALL,
         *_ordered_reader(tasks),
+        *_ordered_reader(trust_book),
         # Keys are written and purged by messages on the bucket's own subjects (never STREAM.PURGE).
         f"$KV.{subjects.GRID_TASKS_BUCKET}.>",
+        f"$KV.{subjects.GRID_NODES_BUCKET}.>",
         "koprogo.cancel.node.>",
         subjects.NODES_ANNOUNCE,
         # A final task's document is deleted (its meta rolled up, its chunks purged by subject).

@@ -26,18 +26,27 @@ from koprogo_cli.instance import StackRecord, data_dir_of, folder_args, running_
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import (
     NatsAuthError,
+    grid_scheduler_public_key,
     identities,
     joined_nodes,
     node_user,
     record_joined_node,
-    recorded_footprint,
+    recorded_grant,
     render_authorization,
     render_user,
 )
-from koprogo_cli.node_footprint import add_footprint_args, declared_footprint, footprint_env
+from koprogo_cli.node_footprint import (
+    DeclarationError,
+    add_footprint_args,
+    add_grid_args,
+    declared_device,
+    declared_footprint,
+    device_env,
+    footprint_env,
+)
 from koprogo_cli.stack import StackError, cloud_deployment_ids
 from koprogo_shared.catalogue import find_model
-from koprogo_shared.co2 import EdgeFootprint
+from koprogo_shared.node_roster import NodeGrant
 
 # Where the node keeps its key on its own machine (any path works; this one is the README's).
 NODE_KEY_PATH = "~/.config/koprogo/node.nk"
@@ -60,14 +69,28 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        user, seed_file = node_user(keys_dir, args.node_id, models, args.copro, declared_footprint(args))
-        footprint = recorded_footprint(keys_dir, args.node_id)
+        user, seed_file = node_user(
+            keys_dir,
+            args.node_id,
+            models,
+            args.copro,
+            declared_footprint(args),
+            args.owner,
+            declared_device(args),
+        )
+        grant = recorded_grant(keys_dir, args.node_id)
+        scheduler_key = grid_scheduler_public_key(keys_dir)
         record_joined_node(keys_dir, args.node_id, models, args.copro)
         admitted = _admit_now(record, keys_dir, data_dir, seed_file)
-    except (NatsAuthError, EmbeddedServerError, StackError, JoinError) as exc:
+    except (NatsAuthError, DeclarationError, EmbeddedServerError, StackError, JoinError) as exc:
         print(f"koprogo node join: {exc}", file=sys.stderr)
         return 2
+    assert grant is not None  # node_user recorded it
     print(f"node {args.node_id} may serve {', '.join(models)} on this stack; {admitted}")
+    print(
+        f"on the grid: owner {grant.owner_of(args.node_id)}, device {grant.device.device_class}, "
+        f"its reports are checked against its key {user.public_key}"
+    )
     if record is not None and record.nats_pid == 0:
         print(
             f"this stack uses the NATS server at {record.nats_url}: add this user to its authorization block"
@@ -81,7 +104,7 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
     print(
         "\nOn the node's machine:\n"
-        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro, footprint)
+        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro, grant, scheduler_key)
     )
     return 0
 
@@ -92,7 +115,8 @@ def _steps_on_the_node(
     seed_file: Path,
     record: StackRecord | None,
     copros: list[str],
-    footprint: EdgeFootprint,
+    grant: NodeGrant,
+    scheduler_key: str,
 ) -> str:
     """What to run there, each command accepted as printed (the model pulled only when pullable)."""
     entry = find_model(model_id)
@@ -100,7 +124,9 @@ def _steps_on_the_node(
     if copros:
         env += f" NODE_COPROS='{json.dumps(copros)}'"
     # The energy declared for its key: a node announcing less is refused by the routers.
-    env += f" {footprint_env(footprint)}"
+    env += f" {footprint_env(grant.footprint)} {device_env(grant.device)}"
+    # The key the scheduler signs assignments with: the node runs no assignment signed by another.
+    env += f" GRID_SCHEDULER_PUBLIC_KEY={scheduler_key}"
     if entry is not None and entry.gguf is not None:
         get_model = f"`koprogo-node models pull {model_id}`"
         run = f"{env} koprogo-node -m {model_id}"
@@ -181,5 +207,6 @@ def add_node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(repeatable; default: the shared pool)",
     )
     add_footprint_args(join)
+    add_grid_args(join)
     join.add_argument("--data-dir", help="the stack's data folder (default ./data)")
     join.set_defaults(func=cmd_node_join)

@@ -12,12 +12,20 @@ service with its own key and permissions; the embedded PostgreSQL asks for a pas
 uses: DATABASE_URL (with that password) the ledger and the gateway alone, the signing secret
 the gateway alone and as a file (JWT_SECRET_FILE). Ctrl-C (or SIGTERM) stops everything in
 reverse order. The data lives under the data folder, so a restart keeps it.
+
+On the grid (docs/grid-trust.md) the scheduler signs assignments with the grid identity's seed
+(`NATS_NKEY_SEED_FILE`, and `GRID_SIGNING_SEED_FILE` naming the same file, also with a NATS_URL
+server and no keys), and every node the stack starts is told its public key
+(`GRID_SCHEDULER_PUBLIC_KEY`). The stack's own nodes are in the roster with owner `local` (they
+never make a quorum together) and the device of this machine: `DEVICE_CLASS` (default `x86` on
+an x86-64 machine, else `pi5`), `IDLE_WATTS`, `LATITUDE` and `LONGITUDE`, which they are given too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -42,7 +50,9 @@ from koprogo_cli.embedded import (
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import (
     ADMIN,
+    GRID_SCHEDULER,
     NatsAuthError,
+    grid_scheduler_public_key,
     identities,
     joined_nodes,
     render_authorization,
@@ -58,6 +68,7 @@ from koprogo_shared.durability import check as check_durability
 from koprogo_shared.kv_buckets import rate_limit_window_from
 from koprogo_shared.logging_setup import open_private_log
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, declare_streams
+from koprogo_shared.node_roster import DeviceProfile
 from koprogo_shared.settings import EdgeFootprintSettings
 
 NODE_PORT = 3031
@@ -68,6 +79,9 @@ GRID_OPS_PORT = 8084
 # Set in the environment of `koprogo up`, these reach only the services that use them (added
 # back by name below), never every process the stack starts.
 SCOPED_ENV = ("DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL", "AUTH_DISABLED")
+# The owner of the nodes a stack runs itself, in the roster: one operator, so never a quorum alone.
+OWN_NODES_OWNER = "local"
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
 
 
 class StackError(RuntimeError):
@@ -97,6 +111,28 @@ def cloud_deployment_ids() -> list[str]:
         return [d.id for d in DeploymentsFileSettings().deployments()]
     except DeploymentConfigError as exc:
         raise StackError(f"cloud deployments: {exc}") from None
+
+
+def own_device(environ: dict[str, str] | None = None, machine: str | None = None) -> DeviceProfile:
+    """The device the stack's own nodes are declared with: DEVICE_CLASS (else guessed from this
+    machine: `x86` on x86, the default otherwise), IDLE_WATTS, LATITUDE and LONGITUDE."""
+    env = os.environ if environ is None else environ
+    default = DeviceProfile()
+    arch = (machine if machine is not None else platform.machine()).lower()
+    device_class = env.get("DEVICE_CLASS") or ("x86" if arch in X86_MACHINES else default.device_class)
+    try:
+        idle = float(env["IDLE_WATTS"]) if env.get("IDLE_WATTS") else default.idle_watts
+        lat = float(env["LATITUDE"]) if env.get("LATITUDE") else None
+        lon = float(env["LONGITUDE"]) if env.get("LONGITUDE") else None
+    except ValueError as exc:
+        raise StackError(f"the edge nodes' device (IDLE_WATTS, LATITUDE, LONGITUDE): {exc}") from None
+    if not idle >= 0:
+        raise StackError("IDLE_WATTS must be a number >= 0")
+    if (lat is None) != (lon is None) or (
+        lat is not None and lon is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180)
+    ):
+        raise StackError("LATITUDE and LONGITUDE go together, within [-90, 90] and [-180, 180]")
+    return DeviceProfile(device_class, idle, lat, lon)
 
 
 def bundled_node_id() -> str:
@@ -141,6 +177,8 @@ class Stack:
     dev_token: str | None = field(default=None, init=False)
     # The cloud worker's deployments (CLOUD_DEPLOYMENTS_FILE or the defaults), read at start.
     cloud_deployments: list[str] = field(default_factory=list, init=False)
+    # The device its own nodes are declared with (`own_device`), read at start.
+    device: DeviceProfile = field(default_factory=DeviceProfile, init=False)
 
     @property
     def gateway_url(self) -> str:
@@ -148,6 +186,7 @@ class Stack:
 
     def start(self) -> None:
         self.cloud_deployments = cloud_deployment_ids()
+        self.device = own_device()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         secrets_dir = self.data_dir / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -167,6 +206,7 @@ class Stack:
             "KOPROGO_DATA_DIR": str(self.data_dir),
         }
         content_keys = self._content_keys()
+        grid_scheduler_key, node_grid_env = self._grid_signing()
         self._launch(
             Service(
                 "ledger",
@@ -213,6 +253,7 @@ class Stack:
                 {
                     **base_env,
                     **self._nats_identity("grid"),
+                    **grid_scheduler_key,
                     "OPS_PORT": str(preferred_port(GRID_OPS_PORT)),
                 },
                 "",
@@ -226,6 +267,7 @@ class Stack:
                 {
                     **base_env,
                     **self._nats_identity(f"node:{self.node_id}"),
+                    **node_grid_env,
                     "NODE_ID": self.node_id,
                     "NODE_MODEL": BUNDLED_MODEL_ID,
                 },
@@ -241,6 +283,7 @@ class Stack:
                     {
                         **base_env,
                         **self._nats_identity(f"node:{model.node_id}"),
+                        **node_grid_env,
                         "NODE_ID": model.node_id,
                         "NODE_MODEL": str(model.path),
                         "NODE_MODEL_ID": model.model_id,
@@ -301,12 +344,15 @@ class Stack:
             # Other machines' nodes `koprogo node join` admitted, then this stack's own.
             # Its own nodes run with this environment's POWER_WATTS, INTENSITY_G_PER_KWH and
             # RENEWABLE_ATTESTED: their keys are declared with the same, no better.
+            # They are one operator's (owner `local`) and run on this machine (`own_device`).
             own_footprint = EdgeFootprintSettings().footprint()
             stack_identities = identities(
                 keys_dir,
                 {**joined_nodes(keys_dir), **self.own_nodes()},
                 self.cloud_deployments,
                 node_footprints={node_id: own_footprint for node_id in self.own_nodes()},
+                node_owners={node_id: OWN_NODES_OWNER for node_id in self.own_nodes()},
+                node_devices={node_id: self.device for node_id in self.own_nodes()},
             )
         except ValidationError as exc:
             raise StackError(
@@ -390,6 +436,18 @@ class Stack:
             return ensure_content_keyring(self.data_dir)
         except ContentKeyError as exc:
             raise StackError(f"content keys: {exc}") from None
+
+    def _grid_signing(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The scheduler's signing seed, and what every node the stack starts is told: the scheduler's
+        public key (it runs only assignments signed with it) and its device class (its attestations')."""
+        keys_dir = self.data_dir / "secrets" / "nats"
+        try:
+            public_key = grid_scheduler_public_key(keys_dir)
+        except (OSError, NatsCredentialsError) as exc:
+            raise StackError(f"the grid scheduler's signing key in {keys_dir}: {exc}") from None
+        scheduler = {"GRID_SIGNING_SEED_FILE": str(keys_dir / f"{GRID_SCHEDULER}.nk")}
+        nodes = {"GRID_SCHEDULER_PUBLIC_KEY": public_key, "DEVICE_CLASS": self.device.device_class}
+        return scheduler, nodes
 
     def _nats_identity(self, name: str) -> dict[str, str]:
         """The environment that hands a service its own nkey (nothing for a server given by NATS_URL)."""

@@ -1,5 +1,5 @@
-"""The grid's rows of the AsyncAPI catalogue (`asyncapi.CHANNELS`): tasks, polls, state, documents,
-and the long chats the router sends to the grid.
+"""The grid's rows of the AsyncAPI catalogue (`asyncapi.CHANNELS`): tasks, their verification, the
+nodes' standing, polls, state, documents, and the long chats the router sends to the grid.
 
 A task's steps are one subject function with the step as first argument (`subjects.task_event`,
 `subjects.node_task_event`): each step is its own channel, addressed by that function with the
@@ -23,6 +23,7 @@ from koprogo_shared.grid_stores import DOCUMENT_TTL_S
 from koprogo_shared.task_events import (
     GridPoll,
     GridPollReply,
+    NodeTrustChanged,
     TaskAssigned,
     TaskCancelled,
     TaskCancelRequested,
@@ -33,6 +34,7 @@ from koprogo_shared.task_events import (
     TaskResultReported,
     TaskStarted,
     TaskSubmitted,
+    TaskVerifying,
 )
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ GRID_NOT_CHANNELS = frozenset(
 OBJECT_STORES: dict[str, float] = {subjects.DOCUMENTS_BUCKET: DOCUMENT_TTL_S}
 
 _KV_GRID_TASKS = f"$KV.{subjects.GRID_TASKS_BUCKET}.{{task_id}}"
+_KV_GRID_NODES = f"$KV.{subjects.GRID_NODES_BUCKET}.{{node_id}}"
 _DOCUMENT_INFO = f"$O.{subjects.DOCUMENTS_BUCKET}.M.{{encoded_name}}"
 _DOCUMENT_CHUNKS = f"$O.{subjects.DOCUMENTS_BUCKET}.C.{{nuid}}"
 # nats-py sends a request from the client's own inbox (`subjects.inbox_prefix`): the reply
@@ -68,6 +71,12 @@ _TASK_STATE: dict[str, Any] = {
     "description": "JSON: the TaskSubmitted, its status, attempt, node, deadlines, attempts so far and "
     "the events its last transition produced (published after the state is stored, again after a "
     "restart); a final task keeps a tombstone without its parameters.",
+}
+_NODE_STANDING: dict[str, Any] = {
+    "type": "object",
+    "description": "JSON: a node's standing in the scheduler's trust book: its owner, the public key it "
+    "signs with (the roster's, or the first it announced without a roster), trusted or not, its run "
+    "of valid results and its validated, invalid, refused and flagged counts.",
 }
 _OBJECT_INFO: dict[str, Any] = {
     "type": "object",
@@ -128,8 +137,13 @@ def grid_channels() -> tuple[Channel, ...]:
         decision("taskRequeued", "requeued", TaskRequeued,
                  "An attempt was taken back (`reason`: the node failed it, died, never started or missed "
                  "its deadline) and the task queued again."),
+        decision("taskVerifying", "verifying", TaskVerifying,
+                 "A replica's signed result is in and the task waits for more to agree (verification by "
+                 "redundancy, docs/grid-trust.md): its `verification` names the policy, the quorum and "
+                 "each replica's node, owner and verdict so far."),
         decision("taskCompleted", "completed", TaskCompleted,
-                 "The scheduler accepted an attempt's result: the task is done, with its usage and CO2."),
+                 "The scheduler accepted a result (by a quorum of distinct owners, or from a trusted node): "
+                 "the task is done, with its usage, CO2 and `verification` (the ledger pays from it)."),
         decision("taskFailed", "failed", TaskFailed,
                  "The task failed for good: its input cannot be processed, or its attempts ran out."),
         decision("taskExpired", "expired", TaskExpired, "No node finished the task before its `expires_at`."),
@@ -148,6 +162,16 @@ def grid_channels() -> tuple[Channel, ...]:
                 "The scheduler's answer to a poll, on the polling node's own inbox (the request's reply "
                 "subject, which the scheduler may answer: allow_responses): an assignment, or none and why.",
                 parameters=(("public_key", "The node's public nkey (its inbox prefix, `subjects.inbox_prefix`)."),)),
+        Channel("nodeTrustChanged", subjects.grid_node_trust, (NodeTrustChanged,), ("grid",), ("ledger",),
+                "A node's standing on the grid changed: it earned trust (the ledger releases its escrow), "
+                "was caught wrong or sent a report that failed the signature checks (its escrow is "
+                "forfeited to the solidarity fund), or its energy attestation was implausible. Only the "
+                "scheduler's key may publish here."),
+        Channel("gridNodes", _KV_GRID_NODES, (), ("grid",), ("grid",),
+                f"The scheduler's trust book: key-value bucket {subjects.GRID_NODES_BUCKET} (internal), one "
+                "key per node, so the trust a node earned survives a restart.",
+                raw_payload=("GridNodeStanding", _NODE_STANDING),
+                parameters=(("node_id", "The node id, the key itself."),)),
         Channel("gridTasks", _KV_GRID_TASKS, (), ("grid",), ("grid",),
                 f"The scheduler's state: key-value bucket {subjects.GRID_TASKS_BUCKET} (internal), one key "
                 "per task, stored before any event or answer goes out, read back at start.",

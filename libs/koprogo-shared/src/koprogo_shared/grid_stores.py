@@ -3,6 +3,9 @@
 * `GRID_TASKS_BUCKET` (key-value): the scheduler's state, one key per task. File storage and
   history 1; no TTL (a task's key is deleted by the scheduler once the task is final and kept
   `FINAL_TASK_KEEP_S` for late reports).
+* `GRID_NODES_BUCKET` (key-value): the scheduler's trust book, one key per node (its owner, public
+  key, trust run, counts), so trust earned survives a restart (docs/grid-trust.md). File storage,
+  history 1, no TTL.
 * `DOCUMENTS_BUCKET` (object store): the documents of tasks, written by the gateway, read by the
   node that runs the task; kept `DOCUMENT_TTL_S` (like the audit log), capped in bytes.
 """
@@ -16,7 +19,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_TASKS_BUCKET
+from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_NODES_BUCKET, GRID_TASKS_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,11 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-GRID_STREAMS = (kv_stream(GRID_TASKS_BUCKET), object_store_stream(DOCUMENTS_BUCKET))
+GRID_STREAMS = (
+    kv_stream(GRID_TASKS_BUCKET),
+    kv_stream(GRID_NODES_BUCKET),
+    object_store_stream(DOCUMENTS_BUCKET),
+)
 
 
 async def raise_stream_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
@@ -59,6 +66,21 @@ async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -
         await raise_stream_replicas(js, kv_stream(GRID_TASKS_BUCKET), replicas)
 
 
+async def ensure_grid_nodes_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    config = js_api.KeyValueConfig(
+        bucket=GRID_NODES_BUCKET,
+        description="The grid scheduler's trust book: one key per node (owner, key, trust run, counts).",
+        history=1,
+        storage=js_api.StorageType.FILE,
+        replicas=replicas,
+    )
+    try:
+        await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        log.info("grid nodes bucket kept with its existing configuration")
+        await raise_stream_replicas(js, kv_stream(GRID_NODES_BUCKET), replicas)
+
+
 async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> None:
     config = js_api.ObjectStoreConfig(
         bucket=DOCUMENTS_BUCKET,
@@ -77,6 +99,7 @@ async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> 
 
 async def declare_grid_stores(js: JetStreamContext, *, replicas: int = 1) -> None:
     await ensure_grid_tasks_bucket(js, replicas=replicas)
+    await ensure_grid_nodes_bucket(js, replicas=replicas)
     await ensure_documents_store(js, replicas=replicas)
 
 

@@ -4,7 +4,7 @@
 * `ROUTING_POLICY_BUCKET`: each copro's routing policy, written by the gateway, watched by routers.
 * `IDEMPOTENCY_BUCKET`: the gateways' idempotency keys (one entry per user and `Idempotency-Key`,
   the request it runs as and its outcome), kept 24 h.
-* `GRID_TASKS_BUCKET`, `DOCUMENTS_BUCKET`: the grid's (`grid_stores.py`).
+* `GRID_TASKS_BUCKET`, `GRID_NODES_BUCKET`, `DOCUMENTS_BUCKET`: the grid's (`grid_stores.py`).
 
 A bucket is a stream (`KV_<bucket>`), and altering it is as dangerous as altering the event
 streams: shrinking the counters' `max_age` forgives every window at once, deleting the policies'
@@ -27,6 +27,7 @@ from koprogo_shared.grid_stores import declare_grid_stores, object_store_stream,
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import (
     DOCUMENTS_BUCKET,
+    GRID_NODES_BUCKET,
     GRID_TASKS_BUCKET,
     RATE_LIMIT_BUCKET,
     ROUTING_POLICY_BUCKET,
@@ -140,4 +141,11 @@ async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float, r
     await declare_grid_stores(js, replicas=replicas)
 
 
-BUCKETS = (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET, GRID_TASKS_BUCKET, DOCUMENTS_BUCKET)
+BUCKETS = (
+    RATE_LIMIT_BUCKET,
+    ROUTING_POLICY_BUCKET,
+    IDEMPOTENCY_BUCKET,
+    GRID_TASKS_BUCKET,
+    GRID_NODES_BUCKET,
+    DOCUMENTS_BUCKET,
+)

@@ -26,14 +26,20 @@ def mint_token(
     issuer: str = "koprogo",
     audience: str = "koprogo-symbiose",
     now: datetime | None = None,
+    nodes: Iterable[str] = (),
 ) -> str:
-    """An HS256 token for `user` in `copros` with `scopes` (mcp:read, mcp:write, mcp:admin)."""
+    """An HS256 token for `user` in `copros` with `scopes` (mcp:read, mcp:write, mcp:admin).
+
+    `nodes`: the grid nodes the user operates (claim `nodes`, only when there are some): the
+    gateway shows them their own nodes' trust and balance (docs/grid-trust.md).
+    """
     scope_list = list(dict.fromkeys(scopes))
     unknown = set(scope_list) - KNOWN_SCOPES
     if unknown:
         raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(KNOWN_SCOPES)}")
     issued = now or datetime.now(UTC)
-    claims = {
+    node_list = list(dict.fromkeys(nodes))
+    claims: dict[str, object] = {
         "sub": user,
         "copros": list(copros),
         "scope": " ".join(scope_list),
@@ -42,4 +48,6 @@ def mint_token(
         "iat": issued,
         "exp": issued + ttl,
     }
+    if node_list:
+        claims["nodes"] = node_list
     return jwt.encode(claims, secret, algorithm="HS256")

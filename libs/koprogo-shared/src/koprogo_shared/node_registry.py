@@ -9,7 +9,10 @@ A heartbeat is believed only as far as its sender's identity goes (`heartbeat_re
 NATS server lets a node publish on `koprogo.nodes.heartbeat.<its own id>` alone, so the body
 must name that id (`leaving` included), and with a node roster (`koprogo_shared.node_roster`)
 its models and pools must be among those its key was minted for, and it may claim no less
-power, no cleaner grid and no renewable supply than its operator declared.
+power, no cleaner grid and no renewable supply than its operator declared. The public key it
+announces for its grid signatures (`NodeHeartbeat.public_key`), when it names one, must be the
+roster's key for that node (docs/grid-trust.md): a node cannot have its reports checked against
+a key of its choosing.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def heartbeat_refusal(subject: str, beat: NodeHeartbeat, roster: Roster | None) 
     grant = roster.get(beat.node_id)
     if grant is None:
         return "node_not_in_roster"
+    if beat.public_key is not None and grant.public_key is not None and beat.public_key != grant.public_key:
+        return "key_not_in_roster"
     if beat.leaving:
         return None
     if not set(beat.models) <= grant.models:
