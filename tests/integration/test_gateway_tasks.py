@@ -512,6 +512,61 @@ async def test_the_list_filters_the_callers_copro_by_status_type_and_time(
     assert (await client.get(f"/mcp/v1/tasks/{ids[3]}", headers=RESIDENT)).status_code == 404
 
 
+async def test_a_task_being_verified_reads_verifying_with_its_replicas(
+    gateway: Client, database_url: str
+) -> None:
+    """The verification the ledger projects (`mcp_tasks.verification`) is what GET shows; one this
+    gateway cannot read is shown as null, never a 500."""
+    client = await gateway()
+    at = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    verifying, unreadable = str(uuid.uuid4()), str(uuid.uuid4())
+    await project(
+        database_url,
+        [
+            {"id": verifying, "task_type": "ocr_invoice", "copro": TILLEULS, "status": "verifying", "at": at,
+             "attempts": [("pi-cave", "completed"), ("pi-grenier", None)]},
+            {"id": unreadable, "task_type": "ocr_invoice", "copro": TILLEULS, "status": "verifying", "at": at},
+        ],
+    )  # fmt: skip
+    verification = {
+        "policy": "quorum",
+        "quorum": 2,
+        "max_replicas": 4,
+        "replicas": [
+            {"attempt": 1, "node_id": "pi-cave", "owner": "olivia", "verdict": "pending", "co2_grams": 0.01},
+            {"attempt": 2, "node_id": "pi-grenier", "owner": "bert", "verdict": "pending"},
+        ],
+        "agreement": 1,
+        "outcome": "pending",
+    }
+    conn = await asyncpg.connect(database_url)
+    try:
+        for task_id, value in ((verifying, verification), (unreadable, {"policy": "by-vibes"})):
+            await conn.execute(
+                "UPDATE mcp_tasks SET verification = $2::jsonb WHERE id = $1",
+                uuid.UUID(task_id),
+                json.dumps(value),
+            )
+    finally:
+        await conn.close()
+
+    view = await client.get(f"/mcp/v1/tasks/{verifying}", headers=RESIDENT)
+    odd = await client.get(f"/mcp/v1/tasks/{unreadable}", headers=RESIDENT)
+    listed = await client.get("/mcp/v1/tasks?status=verifying", headers=RESIDENT)
+
+    assert view.status_code == 200, view.text
+    shown = view.json()
+    assert shown["status"] == "verifying"
+    assert (shown["verification"]["policy"], shown["verification"]["agreement"]) == ("quorum", 1)
+    assert [(r["node_id"], r["owner"], r["verdict"]) for r in shown["verification"]["replicas"]] == [
+        ("pi-cave", "olivia", "pending"),
+        ("pi-grenier", "bert", "pending"),
+    ]
+    assert (odd.status_code, odd.json()["verification"]) == (200, None)
+    assert sorted(t["id"] for t in listed.json()["tasks"]) == sorted([verifying, unreadable])
+    assert (await client.get(f"/mcp/v1/tasks/{verifying}", headers=NEIGHBOUR)).status_code == 404
+
+
 async def test_delete_publishes_the_cancel_and_a_final_task_is_a_409(
     gateway: Client, js: JetStreamContext, database_url: str
 ) -> None:

@@ -16,12 +16,14 @@ from koprogo_shared.task_events import (
     TaskStatus,
     TaskSubmitted,
     TaskType,
+    TaskVerification,
 )
 
 TASK_STATUSES: tuple[TaskStatus, ...] = (
     "pending",
     "assigned",
     "running",
+    "verifying",
     "completed",
     "failed",
     "expired",
@@ -46,6 +48,8 @@ class TaskRecord:
     error_message: str | None = None
     co2_grams: float | None = None
     attempts: tuple[AttemptRecord, ...] = field(default_factory=tuple)
+    # How its result is (being) verified by redundancy (docs/grid-trust.md); None before any result.
+    verification: TaskVerification | None = None
 
 
 class TaskErrorOut(BaseModel):
@@ -54,7 +58,9 @@ class TaskErrorOut(BaseModel):
 
 
 class TaskOut(BaseModel):
-    """`GET /mcp/v1/tasks/{id}`: the task, its attempts (node, start, end, outcome) and its grams."""
+    """`GET /mcp/v1/tasks/{id}`: the task, its attempts (node, start, end, outcome), its grams and its
+    verification (policy, quorum, replicas with their verdicts, agreement, outcome; null before any
+    result)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -68,6 +74,7 @@ class TaskOut(BaseModel):
     copro_id: str | None
     attempts: list[AttemptRecord]
     co2_grams: float | None
+    verification: TaskVerification | None = None
     execution_type: Literal["grid"] = "grid"
 
     @classmethod
@@ -86,6 +93,7 @@ class TaskOut(BaseModel):
             copro_id=record.copro_id,
             attempts=list(record.attempts),
             co2_grams=record.co2_grams,
+            verification=record.verification,
         )
 
 

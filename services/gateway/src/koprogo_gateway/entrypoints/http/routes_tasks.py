@@ -81,7 +81,7 @@ async def execute(request: Request, caller: Writer, gateway: GatewayDep) -> JSON
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=_ERRORS)
 async def get_task(task_id: str, caller: Reader, gateway: GatewayDep) -> TaskOut:
-    """One task: status, result or error, attempts (node, start, end, outcome), grams of CO₂."""
+    """One task: status (`verifying` while replicas must agree), result or error, attempts (node, start, end, outcome), grams of CO₂, and its verification by redundancy (replicas, agreement, outcome)."""
     return await gateway.tasks.get(caller, task_id)
 
 
