@@ -248,3 +248,9 @@ def test_a_run_of_years_is_checked_over_its_last_day_only() -> None:
     day = declared(seconds=86_400.0, source="solar", solar_share=1.0)
     december = datetime(2025, 12, 21, 12, 0, tzinfo=UTC)
     assert flags(day, usage=TaskUsage(duration_s=86_400.0), device=pole, at=december) == ["solar_at_night"]
+
+
+def test_a_text_pdf_read_at_x86_speed_on_the_default_pi5_class_is_not_flagged() -> None:
+    # 0.03 s: a fast x86 parsing the fixture invoice's text layer (0.06 s measured under load).
+    quick = declared(seconds=0.03)
+    assert flags(quick, task_type="ocr_invoice", usage=TaskUsage(duration_s=0.03)) == []
