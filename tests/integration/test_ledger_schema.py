@@ -85,7 +85,7 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
-    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5, 6]
+    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5, 6, 7]
     assert second == []
     assert [(r["version"], r["name"]) for r in recorded] == [
         (1, "seed_schema"),
@@ -94,6 +94,7 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         (4, "user_ref"),
         (5, "delivered_answers"),
         (6, "grid_tasks"),
+        (7, "token_ledger"),
     ]
     for table, expected in SEED_COLUMNS.items():
         assert expected <= columns.get(table, set()), table
@@ -111,8 +112,8 @@ async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(databa
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5, 6]
-    assert count == 6
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5, 6, 7]
+    assert count == 7
 
 
 async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
@@ -133,7 +134,7 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
             " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
             json.dumps(info),
         )
-        assert await apply_migrations(conn) == [1, 2, 3, 4, 5, 6]
+        assert await apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7]
         row = await conn.fetchrow(
             "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
         )
@@ -161,7 +162,7 @@ async def test_requests_from_before_text_user_ids_take_their_user_ref_from_the_s
             " ('00000000-0000-0000-0000-000000000001', 'llama3:8b', '[]', '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B'),"
             " ('00000000-0000-0000-0000-000000000002', 'llama3:8b', '[]', NULL)"
         )
-        assert await apply_migrations(conn) == [4, 5, 6]
+        assert await apply_migrations(conn) == [4, 5, 6, 7]
         rows = await conn.fetch("SELECT user_id::text AS user_id, user_ref FROM mcp_requests ORDER BY id")
     finally:
         await conn.close()
@@ -183,7 +184,7 @@ async def test_a_seed_task_keeps_its_copro_as_text_and_new_rows_take_any_copro_i
             " ('00000000-0000-0000-0000-0000000000a1', 'ocr_invoice', '{}',"
             " '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B', 'pending')"
         )
-        assert await apply_migrations(conn) == [6]
+        assert await apply_migrations(conn) == [6, 7]
         await conn.execute(
             "INSERT INTO mcp_tasks (id, task_type, input_data, copro_id) VALUES"
             " ('00000000-0000-0000-0000-0000000000a2', 'ocr_invoice', '{}', 'copro-b')"

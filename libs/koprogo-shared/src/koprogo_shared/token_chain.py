@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from koprogo_shared.grid_signing import canonical_json, verify
@@ -48,7 +48,12 @@ ENTRY_KINDS = frozenset({"reward", "fund_share", "co2_credit", "escrow_release",
 
 
 def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    """A datetime as one spelling per instant (UTC, microseconds), whatever time zone the reader's
+    database driver hands it back in; a naive datetime is taken as UTC. Anything else as it is."""
+    if not isinstance(value, datetime):
+        return value
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def entry_body(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +146,9 @@ def verify_chain(
         elif seq not in hashes:
             problem = f"head {seq}: the chain has no entry {seq} (entries were removed)"
         elif hashes[seq] != hash_:
-            problem = f"head {seq}: the chain's hash at {seq} differs from the signed head (history rewritten)"
+            problem = (
+                f"head {seq}: the chain's hash at {seq} differs from the signed head (history rewritten)"
+            )
         if problem is not None and (failure is None or seq < failure[0]):
             failure = (seq, problem)
         head_seq = seq if head_seq is None else max(head_seq, seq)

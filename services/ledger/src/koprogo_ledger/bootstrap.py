@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from nats.aio.client import Client as NATS
@@ -20,10 +20,13 @@ from koprogo_ledger.adapters.postgres_projection import (
     PostgresProjectionUnitOfWork,
     PostgresUndeliveredAnswers,
 )
+from koprogo_ledger.adapters.postgres_token_ledger import PostgresLedgerHeads
 from koprogo_ledger.adapters.request_owners import recover_request_owners
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
+from koprogo_ledger.domain.rewards import RewardRules
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.delivery_sweep import run_delivery_sweep
+from koprogo_ledger.entrypoints.head_signing import run_head_signing
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
 from koprogo_ledger.entrypoints.stream_watch import watch_streams
 from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
@@ -31,11 +34,16 @@ from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.content_crypto import Keyring
+from koprogo_shared.events import utc_now
+from koprogo_shared.grid_signing import Signer, load_or_create_signer
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
 from koprogo_shared.node_roster import Roster, RosterFile
 from koprogo_shared.ops_http import ops_server
 
 log = logging.getLogger(__name__)
+
+# How long a stopping ledger waits for its last head to be signed.
+HEAD_SIGNING_STOP_S = 5.0
 
 
 @dataclass
@@ -51,6 +59,9 @@ class Ledger:
     nodes_keyed: bool = False
     # What each node's key was minted for: its outcomes only for copros and models it serves.
     roster: Callable[[], Roster | None] = lambda: None
+    # The token ledger: its rewards, and the key its heads are signed with (registered at start).
+    rules: RewardRules = field(default_factory=RewardRules)
+    signer: Signer | None = None
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
         return PostgresProjectionUnitOfWork(self.pool, self.keyring)
@@ -72,8 +83,12 @@ class Ledger:
             NatsStreamScrubber(self.js, self.pool, ledger_durable=self.spec.durable),
             nodes_keyed=self.nodes_keyed,
             roster=self.roster,
+            rules=self.rules,
         )
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
+
+    def heads(self) -> PostgresLedgerHeads:
+        return PostgresLedgerHeads(self.pool)
 
     async def recover_owners(self) -> None:
         """Give rows stored before text user ids their owner, from the audit log; a failure is
@@ -101,12 +116,23 @@ class Ledger:
             await self.pool.close()
 
 
-async def bootstrap(settings: LedgerSettings) -> Ledger:
-    """Load the content keyring, connect to PostgreSQL and NATS, migrate, seed the models, declare the streams.
+def head_signer(settings: LedgerSettings) -> Signer:
+    """The key the token ledger's heads are signed with (`LedgerSettings.signing_seed_file`)."""
+    path, may_mint = settings.signing_seed_file()
+    return load_or_create_signer(path) if may_mint else Signer.from_seed_file(path)
 
-    Raises `ContentKeyError` before connecting to anything when no usable content key is configured.
+
+async def bootstrap(settings: LedgerSettings) -> Ledger:
+    """Load the content keyring and the heads' signing key, connect to PostgreSQL and NATS, migrate,
+    seed the models, record the signing key, declare the streams.
+
+    Raises `ContentKeyError` before connecting to anything when no usable content key is configured,
+    `SignatureError` when the signing seed cannot be read, `LedgerKeyError` when the ledger's heads
+    were signed with another key.
     """
     keyring = settings.content_keyring()
+    rules = settings.reward_rules()
+    signer = head_signer(settings)
     pool = await create_pool(settings.database_url, settings.db_pool_max)
     try:
         async with pool.acquire() as conn:
@@ -114,6 +140,8 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
             await upsert_catalogue(conn, CATALOGUE)
         if applied:
             log.info("schema migrated to version %d", applied[-1])
+        await PostgresLedgerHeads(pool).register_key(signer.public_key, utc_now())
+        log.info("token ledger heads are signed with %s", signer.public_key)
         nc, js = await connect_nats(
             settings.nats_url, "koprogo-ledger", nkey_seed_file=settings.nats_nkey_seed_file
         )
@@ -134,6 +162,8 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         keyring=keyring,
         nodes_keyed=settings.nats_nkey_seed_file is not None,
         roster=RosterFile(settings.node_roster_file) if settings.node_roster_file else lambda: None,
+        rules=rules,
+        signer=signer,
     )
 
 
@@ -160,6 +190,11 @@ async def run_ledger(
         run_delivery_sweep(PostgresUndeliveredAnswers(ledger.pool), ledger.caught_up, settings, stop),
         name="ledger-undelivered",
     )
+    assert ledger.signer is not None  # bootstrap sets it
+    heads = asyncio.create_task(
+        run_head_signing(ledger.heads(), ledger.signer, settings.ledger_head_interval_s, stop),
+        name="ledger-heads",
+    )
     try:
         if settings.ops_port:
             ops = ops_server(settings.ops_host, settings.ops_port, ledger.readiness)
@@ -179,6 +214,16 @@ async def run_ledger(
         for task in (maintenance, owners, sweep, streams):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if stop.is_set():
+            # Its last round signs what this ledger appended since the previous head.
+            try:
+                await asyncio.wait_for(heads, HEAD_SIGNING_STOP_S)
+            except TimeoutError:
+                log.warning("the token ledger's last head was not signed within %g s", HEAD_SIGNING_STOP_S)
+        else:
+            heads.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heads
         if ops is not None and ops_task is not None:
             ops.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,13 +1,33 @@
-"""Ledger settings, from the environment (`DATABASE_URL`, `NATS_URL`, `OPS_PORT`, `LEDGER_*`, `CONTENT_KEYS*`, `RETENTION_*`)."""
+"""Ledger settings, from the environment (`DATABASE_URL`, `NATS_URL`, `OPS_PORT`, `LEDGER_*`,
+`CONTENT_KEYS*`, `RETENTION_*`, and the token ledger's `GRID_REWARD_*`, `GRID_*_SHARE`,
+`GRID_TOKENS_PER_KG_CO2`, `GRID_DEADLINES`)."""
 
 from __future__ import annotations
 
+import os
+from fractions import Fraction
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from koprogo_ledger.domain.rewards import (
+    DEFAULT_BASE_MT,
+    DEFAULT_CO2_FUND_SHARE,
+    DEFAULT_FUND_SHARE,
+    DEFAULT_PER_1K_TOKENS_MT,
+    DEFAULT_PER_100_KIB_MT,
+    DEFAULT_PER_SECOND_MT,
+    DEFAULT_SECONDS_CAP,
+    DEFAULT_TOKENS_PER_KG_CO2,
+    RewardRules,
+    parse_per_type,
+)
 from koprogo_shared import subjects
 from koprogo_shared.settings import ContentKeySettings
+
+# Where the ledger keeps the seed it signs heads with when it is given none (neither
+# LEDGER_SIGNING_SEED_FILE nor NATS_NKEY_SEED_FILE): beside the stack's secrets.
+SIGNING_SEED_NAME = "ledger-signing.nk"
 
 
 class LedgerSettings(ContentKeySettings):
@@ -45,3 +65,59 @@ class LedgerSettings(ContentKeySettings):
     ledger_sweep_interval_s: float = Field(default=10.0, ge=0)
     # Rows sealed, re-sealed or purged per transaction.
     contents_batch: int = Field(default=500, ge=1)
+
+    # The token ledger (docs/grid-rewards.md). Heads are signed every interval when the chain moved,
+    # with this seed (else the ledger's NATS seed, else `default_signing_seed_file()`, minted once).
+    ledger_head_interval_s: float = Field(default=60.0, gt=0)
+    ledger_signing_seed_file: Path | None = None
+    # "ocr_invoice=500,translate_document=800": milli-tokens per task type (the others keep theirs).
+    grid_reward_base: str = ""
+    grid_reward_per_1k_tokens_mt: int = Field(default=DEFAULT_PER_1K_TOKENS_MT, ge=0)
+    grid_reward_per_second_mt: int = Field(default=DEFAULT_PER_SECOND_MT, ge=0)
+    grid_reward_per_100_kib_mt: int = Field(default=DEFAULT_PER_100_KIB_MT, ge=0)
+    grid_fund_share: float = Field(default=float(DEFAULT_FUND_SHARE), ge=0, le=1)
+    grid_tokens_per_kg_co2: float = Field(default=float(DEFAULT_TOKENS_PER_KG_CO2), ge=0)
+    grid_co2_fund_share: float = Field(default=float(DEFAULT_CO2_FUND_SHARE), ge=0, le=1)
+    # The scheduler's per-type run deadlines (same variable): the seconds a reward pays are capped at them.
+    grid_deadlines: str = ""
+
+    @field_validator("grid_reward_base")
+    @classmethod
+    def _base_parses(cls, value: str) -> str:
+        parse_per_type(value, "GRID_REWARD_BASE", DEFAULT_BASE_MT)
+        return value
+
+    @field_validator("grid_deadlines")
+    @classmethod
+    def _deadlines_parse(cls, value: str) -> str:
+        parse_per_type(value, "GRID_DEADLINES", DEFAULT_SECONDS_CAP)
+        return value
+
+    def reward_rules(self) -> RewardRules:
+        base = parse_per_type(self.grid_reward_base, "GRID_REWARD_BASE", DEFAULT_BASE_MT)
+        return RewardRules(
+            base_mt={name: round(value) for name, value in base.items()},
+            per_1k_tokens_mt=self.grid_reward_per_1k_tokens_mt,
+            per_second_mt=self.grid_reward_per_second_mt,
+            per_100_kib_mt=self.grid_reward_per_100_kib_mt,
+            seconds_cap=parse_per_type(self.grid_deadlines, "GRID_DEADLINES", DEFAULT_SECONDS_CAP),
+            # From the decimal as written (0.1 is 1/10, not the float nearest to it).
+            fund_share=Fraction(str(self.grid_fund_share)),
+            tokens_per_kg_co2=Fraction(str(self.grid_tokens_per_kg_co2)),
+            co2_fund_share=Fraction(str(self.grid_co2_fund_share)),
+        )
+
+    def signing_seed_file(self) -> tuple[Path, bool]:
+        """The seed heads are signed with, and whether it may be minted (only the default one)."""
+        if self.ledger_signing_seed_file is not None:
+            return self.ledger_signing_seed_file, False
+        if self.nats_nkey_seed_file is not None:
+            return self.nats_nkey_seed_file, False
+        return default_signing_seed_file(), True
+
+
+def default_signing_seed_file() -> Path:
+    """`$KOPROGO_DATA_DIR/secrets/ledger-signing.nk` (the stack's), else `~/.koprogo/ledger-signing.nk`."""
+    data_dir = os.environ.get("KOPROGO_DATA_DIR")
+    base = Path(data_dir) / "secrets" if data_dir else Path.home() / ".koprogo"
+    return base / SIGNING_SEED_NAME

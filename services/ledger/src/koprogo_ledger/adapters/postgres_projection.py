@@ -22,6 +22,7 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from koprogo_ledger.adapters.postgres_tasks import USER_TASKS, PostgresTaskProjection
+from koprogo_ledger.adapters.postgres_token_ledger import PostgresGridNodes, PostgresTokenLedger
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import (
     LATE_ANSWER_FIELDS,
@@ -33,9 +34,11 @@ from koprogo_ledger.domain.records import (
     UserKey,
 )
 from koprogo_ledger.service_layer.ports import (
+    GridNodes,
     ProjectionUnitOfWork,
     ResponseState,
     TaskProjection,
+    TokenLedger,
     UndeliveredAnswers,
 )
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
@@ -262,6 +265,14 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
     @property
     def tasks(self) -> TaskProjection:
         return PostgresTaskProjection(lambda: self._db, _translated)
+
+    @property
+    def token_ledger(self) -> TokenLedger:
+        return PostgresTokenLedger(lambda: self._db, _translated)
+
+    @property
+    def grid_nodes(self) -> GridNodes:
+        return PostgresGridNodes(lambda: self._db, _translated)
 
     async def erase_user_contents(self, user: UserKey, at: datetime) -> int:
         with _translated():

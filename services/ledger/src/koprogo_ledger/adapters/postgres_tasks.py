@@ -73,8 +73,23 @@ UPDATE mcp_tasks SET
     error             = $10,
     error_message     = CASE WHEN contents_purged_at IS NULL THEN $11 END,
     completed_at      = $12,
-    updated_at        = GREATEST(updated_at, $12)
+    updated_at        = GREATEST(updated_at, $12),
+    verification      = COALESCE($13::jsonb, verification),
+    verification_at   = CASE WHEN $13::jsonb IS NULL THEN verification_at ELSE $12 END
 WHERE id = $1
+"""
+# A verification in progress: never on a final task, never over one of a later time (a TaskVerifying
+# redelivered late keeps its replicas out of a newer picture).
+_SET_VERIFYING = """
+UPDATE mcp_tasks SET
+    status          = 'verifying',
+    verification    = $2::jsonb,
+    verification_at = $3,
+    updated_at      = GREATEST(updated_at, $3)
+WHERE id = $1
+  AND status NOT IN ('completed', 'failed', 'expired', 'cancelled')
+  AND (verification_at IS NULL OR verification_at <= $3)
+RETURNING true
 """
 
 
@@ -112,7 +127,9 @@ class PostgresTaskProjection(TaskProjection):
 
     async def lock_task(self, task_id: uuid.UUID) -> TaskState | None:
         row = await self._fetchrow(
-            "SELECT status, copro_id, attempts, error, completed_at FROM mcp_tasks WHERE id = $1 FOR UPDATE",
+            "SELECT status, copro_id, attempts, error, completed_at,"
+            " (input_data->'document'->>'size')::bigint AS document_bytes"
+            " FROM mcp_tasks WHERE id = $1 FOR UPDATE",
             task_id,
         )
         if row is None:
@@ -123,6 +140,7 @@ class PostgresTaskProjection(TaskProjection):
             attempts=row["attempts"],
             error=row["error"],
             completed_at=row["completed_at"],
+            document_bytes=row["document_bytes"],
         )
 
     async def record_attempt(
@@ -179,4 +197,8 @@ class PostgresTaskProjection(TaskProjection):
             finish.error,
             finish.error_message,
             at,
+            finish.verification,
         )
+
+    async def set_verifying(self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime) -> bool:
+        return bool(await self._fetchval(_SET_VERIFYING, task_id, verification, at))

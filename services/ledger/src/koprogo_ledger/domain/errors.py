@@ -3,6 +3,7 @@
     LedgerError
     ├── InvalidEventError          the event can never be projected: dead-letter it
     ├── StoreUnavailableError      PostgreSQL cannot be reached: hold the event until it can
+    ├── LedgerKeyError             the heads were signed with another key than this ledger's: refuse to start
     └── NotYetProjectedError       what the event refers to is not in the ledger yet: retry later
         ├── RequestNotYetProjectedError
         ├── ResponseNotYetProjectedError
@@ -25,6 +26,11 @@ class InvalidEventError(LedgerError):
 
 class StoreUnavailableError(LedgerError):
     """The database is down or restarting: waiting helps, spending the message's deliveries does not."""
+
+
+class LedgerKeyError(LedgerError):
+    """The token ledger's heads were signed with another key: heads signed with this one would not
+    verify against the recorded key, nor the old ones against this one."""
 
 
 class NotYetProjectedError(LedgerError):

@@ -2,9 +2,10 @@
 
 The scheduler alone decides a task's state; the ledger only has to show its decisions whatever
 order JetStream redelivers them in. So the status is not taken from each event in turn but
-derived from what the ledger holds (`task_status`): a final status stays; otherwise the task is
-where its latest attempt is (none or ended: pending; started: running; else: assigned). An old
-event arriving late then changes its own attempt's row and nothing else.
+derived from what the ledger holds (`task_status`): a final status stays; `verifying` (a result
+is in, replicas must agree) stays until the decision; otherwise the task is where its latest
+attempt is (none or ended: pending; started: running; else: assigned). An old event arriving
+late then changes its own attempt's row and nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from koprogo_shared.node_roster import Roster
 from koprogo_shared.task_events import (
     FINAL_STATUSES,
     AttemptOutcome,
+    NodeTrustChanged,
     TaskCancelled,
     TaskCompleted,
     TaskExpired,
@@ -76,6 +78,8 @@ class TaskState:
     # A failed task's code, and when a final decision was applied (None while the task lives).
     error: str | None = None
     completed_at: datetime | None = None
+    # The size of its document (what rewards pay for); None without one (or once erased).
+    document_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,8 @@ class TaskFinish:
     duration_s: float | None = None
     error: str | None = None
     error_message: str | None = None
+    # How the result was verified (TaskVerification as JSON); None when the scheduler did not say.
+    verification: dict[str, Any] | None = None
 
 
 def task_finish(event: TaskCompleted | TaskFailed | TaskExpired | TaskCancelled) -> TaskFinish:
@@ -107,6 +113,7 @@ def task_finish(event: TaskCompleted | TaskFailed | TaskExpired | TaskCancelled)
                 prompt_tokens=event.usage.prompt_tokens,
                 completion_tokens=event.usage.completion_tokens,
                 duration_s=event.usage.duration_s,
+                verification=_verification(event),
             )
         case TaskFailed():
             return TaskFinish(
@@ -115,6 +122,7 @@ def task_finish(event: TaskCompleted | TaskFailed | TaskExpired | TaskCancelled)
                 co2_grams=event.co2_grams,
                 error=event.error,
                 error_message=event.message,
+                verification=_verification(event),
             )
         case TaskExpired():
             return TaskFinish(status="expired", attempts=event.attempts)
@@ -122,6 +130,10 @@ def task_finish(event: TaskCompleted | TaskFailed | TaskExpired | TaskCancelled)
             return TaskFinish(status="cancelled", attempts=event.attempts)
         case _:
             assert_never(event)
+
+
+def _verification(event: TaskCompleted | TaskFailed) -> dict[str, Any] | None:
+    return None if event.verification is None else event.verification.model_dump(mode="json")
 
 
 def task_row(event: TaskSubmitted) -> TaskRow:
@@ -144,9 +156,11 @@ def is_final(status: str) -> bool:
 
 
 def task_status(current: TaskStatus, latest: AttemptState | None) -> TaskStatus:
-    """The task's status given its latest attempt: a final status is never left; otherwise the
-    latest attempt says it (none, or ended: pending again; started: running; else: assigned)."""
-    if is_final(current):
+    """The task's status given its latest attempt: a final status is never left, nor `verifying`
+    but for a final one (replicas assigned, started or requeued while the first results wait for
+    agreement do not take it back); otherwise the latest attempt says it (none, or ended: pending
+    again; started: running; else: assigned)."""
+    if is_final(current) or current == "verifying":
         return current
     if latest is None or latest.ended:
         return "pending"
@@ -198,7 +212,7 @@ def check_attempt_node(event: TaskStarted, attempt: AttemptState) -> None:
 def forged_task_sender(
     subject: str, event: object, *, nodes_keyed: bool, roster: Roster | None = None
 ) -> str | None:
-    """Why a node's task report must not be believed from the subject it arrived on, else None.
+    """Why a task event must not be believed from the subject it arrived on, else None.
 
     As for chat outcomes (`records.forged_sender`): a node publishes its TaskStarted and
     TaskResultReported on `subjects.node_task_event` subjects carrying its id, and its key may
@@ -207,10 +221,23 @@ def forged_task_sender(
     node must be in it. Grid work may go to any node that lends itself to the grid, so no
     pool is checked here: which node may take which task is the scheduler's decision, and the
     projection checks the node against the attempt the scheduler assigned (`check_attempt_node`).
+
+    The scheduler's word (its decisions, a node's standing) never comes from a node: on a node's
+    subject it is refused, and a NodeTrustChanged counts only on `subjects.grid_node_trust` of the
+    node it names (the scheduler's subject, which no node's key may publish on): a node's own
+    "earned" would release its escrow.
     """
-    if not isinstance(event, TaskStarted | TaskResultReported):
+    if isinstance(event, NodeTrustChanged):
+        if subject != subjects.grid_node_trust(event.node_id):
+            return (
+                f"a {event.type} for node {event.node_id!r} on {subject}, not the scheduler's subject for it"
+            )
         return None
     sender = subjects.task_sender(subject)
+    if not isinstance(event, TaskStarted | TaskResultReported):
+        if sender is not None:
+            return f"node {sender} sent a {type(event).__name__}, which only the scheduler or the gateway publishes"
+        return None
     if sender is None:
         if nodes_keyed:
             return f"a node's {event.type} naming node {event.node_id!r} on {subject}, which names no node"

@@ -19,9 +19,11 @@ from pathlib import Path
 from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_ledger.bootstrap import run_ledger
+from koprogo_ledger.domain.errors import LedgerKeyError
 from koprogo_ledger.service_layer.contents import reseal_contents
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.content_crypto import ContentCryptoError, add_key_to_file
+from koprogo_shared.grid_signing import SignatureError
 from koprogo_shared.logging_setup import configure_logging
 from koprogo_shared.service_runtime import run_until_signalled
 from koprogo_shared.settings import ContentKeySettings
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             _rotate_keys(args.batch)
         else:
             _run()
-    except ContentCryptoError as exc:
+    except (ContentCryptoError, LedgerKeyError, SignatureError) as exc:
         # Start-up and key errors say what to set; no traceback hides the message.
         raise SystemExit(f"koprogo-ledger: {exc}") from None
 

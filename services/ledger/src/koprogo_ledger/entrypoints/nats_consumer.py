@@ -26,10 +26,11 @@ from pydantic import Field, TypeAdapter, ValidationError
 from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScrubber
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender, grants_by_token
+from koprogo_ledger.domain.rewards import RewardRules
 from koprogo_ledger.domain.task_records import forged_task_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
-from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project_batch
+from koprogo_ledger.service_layer.projection import DEFAULT_RULES, LedgerEvent, Projected, project_batch
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.consumer import (
     ACK,
@@ -94,13 +95,16 @@ def event_batch_handler(
     *,
     nodes_keyed: bool = False,
     roster: Callable[[], Roster | None] = lambda: None,
+    rules: RewardRules = DEFAULT_RULES,
 ) -> BatchHandler:
     """The batch handler; no per-message logging (hot path), outcomes and failures are counted.
 
     An outcome whose subject and body disagree on the node that sent it, or that its node
     could not have been given (`records.forged_sender`; `nodes_keyed`: the server gives every
-    node a key; `roster`: what each node's key was minted for, read per batch) is
-    dead-lettered before it reaches the ledger, counted as `forged` and logged.
+    node a key; `roster`: what each node's key was minted for, read per batch), or a decision of
+    the scheduler's on a subject it does not publish on (`task_records.forged_task_sender`), is
+    dead-lettered before it reaches the ledger, counted as `forged` and logged. `rules`: the
+    token ledger's rewards (`domain.rewards`).
 
     With `scrubber`, a committed GDPR erasure also deletes the user's messages stored before it
     from the audit log before it is acknowledged; if that fails, the erasure is redelivered
@@ -134,7 +138,7 @@ def event_batch_handler(
         events = [event for _, event in decoded]
         started = time.perf_counter()
         try:
-            outcomes = await _project_holding_while_unavailable(events, unit_of_work, msgs, stop)
+            outcomes = await _project_holding_while_unavailable(events, unit_of_work, msgs, stop, rules)
         except Exception as exc:
             # Not committed: nothing of the batch is kept, so nothing of it is acknowledged.
             FAILURES.labels("transient").inc(len(events))
@@ -182,13 +186,17 @@ def _decision(event: LedgerEvent, outcome: Projected | Exception) -> Decision:
 
 
 async def _project_holding_while_unavailable(
-    events: list[LedgerEvent], unit_of_work: UnitOfWorkFactory, msgs: Sequence[Msg], stop: asyncio.Event
+    events: list[LedgerEvent],
+    unit_of_work: UnitOfWorkFactory,
+    msgs: Sequence[Msg],
+    stop: asyncio.Event,
+    rules: RewardRules = DEFAULT_RULES,
 ) -> list[Projected | Exception]:
     wait = HOLD_FIRST_WAIT_S
     held = False
     while True:
         try:
-            outcomes = await project_batch(events, unit_of_work())
+            outcomes = await project_batch(events, unit_of_work(), rules)
         except StoreUnavailableError as exc:
             if stop.is_set():
                 raise  # NAK: whoever consumes next applies them

@@ -11,9 +11,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from koprogo_ledger.domain.ledger_chain import ChainTip
 from koprogo_ledger.domain.records import RequestRow, RequestState, RequestStatus, ResponseRow, UserKey
 from koprogo_ledger.domain.task_records import AttemptState, TaskFinish, TaskRow, TaskState
-from koprogo_shared.task_events import AttemptOutcome, TaskStatus
+from koprogo_shared.task_events import AttemptOutcome, NodeTrustChanged, TaskStatus, TaskVerification
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,16 @@ class ProjectionUnitOfWork(abc.ABC):
         """The grid's tasks in the same transaction (a unit of work without them projects no task)."""
         raise NotImplementedError(f"{type(self).__name__} projects no grid task")
 
+    @property
+    def token_ledger(self) -> TokenLedger:
+        """The token ledger in the same transaction (a unit of work without it moves no token)."""
+        raise NotImplementedError(f"{type(self).__name__} has no token ledger")
+
+    @property
+    def grid_nodes(self) -> GridNodes:
+        """The grid nodes' standings in the same transaction."""
+        raise NotImplementedError(f"{type(self).__name__} has no grid nodes")
+
 
 class TaskProjection(abc.ABC):
     """`mcp_tasks` and `mcp_task_attempts`, inside the unit of work's transaction.
@@ -156,7 +167,73 @@ class TaskProjection(abc.ABC):
 
     @abc.abstractmethod
     async def finish(self, task_id: uuid.UUID, finish: TaskFinish, at: datetime) -> None:
-        """A final status with its figures; `completed_at` is `at`."""
+        """A final status with its figures (and its verification); `completed_at` is `at`."""
+
+    @abc.abstractmethod
+    async def set_verifying(self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime) -> bool:
+        """Status `verifying` with the verification so far, unless the task is final or holds a
+        verification of a later time; False when nothing changed."""
+
+
+class TokenLedger(abc.ABC):
+    """`grid_ledger_entries`, inside the unit of work's transaction (append-only).
+
+    Whoever appends holds `lock()` first, until the transaction ends, so the tip it read stays
+    the tip until its rows are committed, and the balances it read stay true.
+    """
+
+    @abc.abstractmethod
+    async def lock(self) -> None:
+        """Take the ledger's append lock (re-entrant within the transaction)."""
+
+    @abc.abstractmethod
+    async def tip(self) -> ChainTip:
+        """The last entry's seq and hash (seq 0 and GENESIS for an empty ledger)."""
+
+    @abc.abstractmethod
+    async def known_entries(self, entry_ids: list[str]) -> set[str]:
+        """Those of `entry_ids` already in the ledger."""
+
+    @abc.abstractmethod
+    async def balances(self, accounts: list[str]) -> dict[str, int]:
+        """Each account's balance in milli-tokens (0 for an account without entries)."""
+
+    @abc.abstractmethod
+    async def insert(self, rows: list[dict[str, Any]]) -> None:
+        """Append chained rows (`ledger_chain.chained_rows`)."""
+
+
+class GridNodes(abc.ABC):
+    """`grid_nodes` and `grid_task_replicas`, inside the unit of work's transaction."""
+
+    @abc.abstractmethod
+    async def record_replicas(self, task_id: uuid.UUID, verification: TaskVerification, at: datetime) -> None:
+        """Keep each decided replica's verdict (one per task and attempt) and recount its node's."""
+
+    @abc.abstractmethod
+    async def record_trust(self, event: NodeTrustChanged) -> None:
+        """The node's standing as the scheduler says, unless a later change is already recorded."""
+
+
+class LedgerHeads(abc.ABC):
+    """The chain's tip and its signed heads, each call its own transaction."""
+
+    @abc.abstractmethod
+    async def tip(self) -> ChainTip: ...
+
+    @abc.abstractmethod
+    async def last_signed_seq(self) -> int:
+        """The seq of the latest signed head (0 when none)."""
+
+    @abc.abstractmethod
+    async def insert_head(
+        self, seq: int, hash_: str, signed_at: datetime, signer: str, signature: str
+    ) -> bool:
+        """False when a head at `seq` was already signed (by another ledger)."""
+
+    @abc.abstractmethod
+    async def register_key(self, public_key: str, at: datetime) -> None:
+        """Record the key heads are signed with; LedgerKeyError when heads were signed with another."""
 
 
 UnitOfWorkFactory = Callable[[], ProjectionUnitOfWork]

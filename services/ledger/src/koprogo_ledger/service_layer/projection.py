@@ -3,14 +3,20 @@
 The event's id is claimed in the same transaction as its effect, so a redelivered event
 finds its id taken and changes nothing, and a failed one leaves no trace and can be
 retried. In a batch, each event has its own savepoint: one that fails is undone alone and
-the batch is committed once. The grid's task events are applied by `task_projection`. Errors are the domain's: `NotYetProjectedError` (retry
-later), `InvalidEventError` (never storable), `StoreUnavailableError` (wait for the database).
+the batch is committed once. The grid's task events are applied by `task_projection`, and what
+they (and NodeTrustChanged) move in the token ledger by `grid_accounts`, in the same savepoint.
+Errors are the domain's: `NotYetProjectedError` (retry later), `InvalidEventError` (never
+storable), `StoreUnavailableError` (wait for the database).
+
+A batch holding an event that may append to the token ledger takes the ledger's lock first,
+before any row lock of the batch, so two ledgers never wait for each other in a cycle through it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import assert_never
 
 from koprogo_ledger.domain.errors import (
@@ -32,6 +38,8 @@ from koprogo_ledger.domain.records import (
     undelivered,
     user_key,
 )
+from koprogo_ledger.domain.rewards import RewardRules
+from koprogo_ledger.service_layer.grid_accounts import apply_grid_accounts, moves_tokens
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
 from koprogo_ledger.service_layer.task_projection import TaskEvent, apply_task_event
 from koprogo_shared.events import (
@@ -41,8 +49,10 @@ from koprogo_shared.events import (
     ChatRequested,
     InferenceAttemptFailed,
     UserDataErasureRequested,
+    utc_now,
 )
 from koprogo_shared.task_events import (
+    NodeTrustChanged,
     TaskAssigned,
     TaskCancelled,
     TaskCancelRequested,
@@ -53,7 +63,10 @@ from koprogo_shared.task_events import (
     TaskResultReported,
     TaskStarted,
     TaskSubmitted,
+    TaskVerifying,
 )
+
+DEFAULT_RULES = RewardRules()
 
 LedgerEvent = (
     ChatRequested
@@ -74,17 +87,27 @@ class Projected(enum.Enum):
     IGNORED = "ignored"  # recorded as applied, nothing to change (e.g. a second answer)
 
 
-async def project(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
+async def project(
+    event: LedgerEvent,
+    uow: ProjectionUnitOfWork,
+    rules: RewardRules = DEFAULT_RULES,
+    now: Callable[[], datetime] = utc_now,
+) -> Projected:
     """Apply `event` in one transaction with its `applied_events` row."""
     async with uow:
-        outcome = await _claim_and_apply(event, uow)
+        if moves_tokens(event):
+            await uow.token_ledger.lock()
+        outcome = await _claim_and_apply(event, uow, rules, now)
         if outcome is not Projected.DUPLICATE:
             await uow.commit()
         return outcome
 
 
 async def project_batch(
-    events: Sequence[LedgerEvent], uow: ProjectionUnitOfWork
+    events: Sequence[LedgerEvent],
+    uow: ProjectionUnitOfWork,
+    rules: RewardRules = DEFAULT_RULES,
+    now: Callable[[], datetime] = utc_now,
 ) -> list[Projected | Exception]:
     """Apply `events` in order in one transaction, each under its own savepoint; commit once.
 
@@ -94,10 +117,12 @@ async def project_batch(
     """
     outcomes: list[Projected | Exception] = []
     async with uow:
+        if any(moves_tokens(event) for event in events):
+            await uow.token_ledger.lock()
         for event in events:
             try:
                 async with uow.savepoint():
-                    outcomes.append(await _claim_and_apply(event, uow))
+                    outcomes.append(await _claim_and_apply(event, uow, rules, now))
             except StoreUnavailableError:
                 raise
             except Exception as exc:
@@ -106,13 +131,17 @@ async def project_batch(
     return outcomes
 
 
-async def _claim_and_apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
+async def _claim_and_apply(
+    event: LedgerEvent, uow: ProjectionUnitOfWork, rules: RewardRules, now: Callable[[], datetime]
+) -> Projected:
     if not await uow.claim_event(event.id, event.type):
         return Projected.DUPLICATE
-    return await _apply(event, uow)
+    return await _apply(event, uow, rules, now)
 
 
-async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
+async def _apply(
+    event: LedgerEvent, uow: ProjectionUnitOfWork, rules: RewardRules, now: Callable[[], datetime]
+) -> Projected:
     match event:
         case ChatRequested():
             await uow.insert_request(request_row(event))
@@ -135,13 +164,21 @@ async def _apply(event: LedgerEvent, uow: ProjectionUnitOfWork) -> Projected:
             | TaskAssigned()
             | TaskStarted()
             | TaskResultReported()
+            | TaskVerifying()
             | TaskRequeued()
-            | TaskCompleted()
-            | TaskFailed()
             | TaskExpired()
             | TaskCancelled()
         ):
             return Projected.APPLIED if await apply_task_event(event, uow.tasks) else Projected.IGNORED
+        case TaskCompleted() | TaskFailed():
+            changed = await apply_task_event(event, uow.tasks)
+            # Paid and counted even when the task was already final: a re-check's decision pays
+            # only the replicas not paid yet (entry ids per task and attempt).
+            accounted = await apply_grid_accounts(event, uow, rules, now)
+            return Projected.APPLIED if changed or accounted else Projected.IGNORED
+        case NodeTrustChanged():
+            await apply_grid_accounts(event, uow, rules, now)
+            return Projected.APPLIED
         case _:
             assert_never(event)
 

@@ -33,6 +33,7 @@ from koprogo_ledger.domain.task_records import (
 from koprogo_ledger.service_layer.ports import TaskProjection
 from koprogo_shared.task_events import (
     AnyTaskEvent,
+    NodeTrustChanged,
     TaskAssigned,
     TaskCancelled,
     TaskCancelRequested,
@@ -43,6 +44,7 @@ from koprogo_shared.task_events import (
     TaskResultReported,
     TaskStarted,
     TaskSubmitted,
+    TaskVerifying,
 )
 
 TaskEvent = AnyTaskEvent
@@ -59,8 +61,14 @@ async def apply_task_event(event: TaskEvent, tasks: TaskProjection) -> bool:
             return False
         case TaskAssigned() | TaskStarted() | TaskRequeued():
             return await _progress(event, tasks)
+        case TaskVerifying():
+            key, _ = await _locked(event.task_id, event.id, event.copro_id, tasks)
+            return await tasks.set_verifying(key, event.verification.model_dump(mode="json"), event.time)
         case TaskCompleted() | TaskFailed() | TaskExpired() | TaskCancelled():
             return await _finish(event, tasks)
+        case NodeTrustChanged():
+            # A node's standing, not a task's state: `grid_accounts` applies it.
+            return False
         case _:
             assert_never(event)
 
