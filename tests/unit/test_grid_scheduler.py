@@ -1,21 +1,37 @@
-"""The grid scheduler's rules and use cases over fakes: queues, polls, reports, deadlines, restarts."""
+"""The grid scheduler's rules and use cases over fakes: queues, polls, reports, deadlines, restarts.
+
+The harness here (`Grid`) is shared with test_grid_trust.py: nodes sign their reports with their
+own nkeys (pinned by a heartbeat, as without a roster), the scheduler signs assignments.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nkeys
 import pytest
 
 from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState
 from koprogo_grid.domain.rules import GridRules, parse_deadlines
-from koprogo_grid.service_layer.ports import FakeTaskDocumentBin, FakeTaskEventBus, FakeTaskStateStore
+from koprogo_grid.domain.trust import TrustBook
+from koprogo_grid.service_layer.ports import (
+    FakeNodeStandingStore,
+    FakeTaskDocumentBin,
+    FakeTaskEventBus,
+    FakeTaskStateStore,
+)
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_shared import subjects
+from koprogo_shared.grid_signing import Signer, sign_report
+from koprogo_shared.node_roster import Roster
 from koprogo_shared.task_events import (
     DocumentRef,
+    EnergyAttestation,
     GridPollReply,
+    TaskAssignment,
     TaskCancelRequested,
     TaskResultReported,
     TaskStarted,
@@ -25,6 +41,10 @@ from koprogo_shared.task_events import (
 )
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+
+
+def new_signer() -> Signer:
+    return Signer(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
 
 
 class Clock:
@@ -79,6 +99,19 @@ def node(
     )
 
 
+def attestation(seconds: float = 36.0, **changes: Any) -> EnergyAttestation:
+    """What an honest node with node()'s footprint attests for `seconds` (10 W, 200 g/kWh)."""
+    values: dict[str, Any] = {
+        "source": "grid",
+        "wh": 10 * seconds / 3600,
+        "measured_by": "declared",
+        "duration_s": seconds,
+        "power_watts": 10,
+        "intensity_g_per_kwh": 200,
+    }
+    return EnergyAttestation(**(values | changes))
+
+
 def started(state_task: TaskSubmitted, node_id: str, attempt: int = 1) -> tuple[TaskStarted, str]:
     event = TaskStarted(
         source="node", copro_id=state_task.copro_id, task_id=state_task.id, attempt=attempt, node_id=node_id
@@ -89,6 +122,7 @@ def started(state_task: TaskSubmitted, node_id: str, attempt: int = 1) -> tuple[
 def report(
     state_task: TaskSubmitted, node_id: str, attempt: int = 1, **fields: Any
 ) -> tuple[TaskResultReported, str]:
+    """An unsigned report (for reports the scheduler ignores before any signature check)."""
     values: dict[str, Any] = {"outcome": "completed", "result": {"ok": True}} | fields
     event = TaskResultReported(
         source="node",
@@ -102,22 +136,117 @@ def report(
     return event, subjects.node_task_event("result_reported", state_task.copro_id, node_id)
 
 
+class Grid:
+    """A scheduler over fakes, with nodes that sign what they report."""
+
+    def __init__(
+        self,
+        rules: GridRules,
+        *,
+        roster: Roster | None = None,
+        documents: FakeTaskDocumentBin | None = None,
+    ) -> None:
+        self.rules = rules
+        self.roster = roster
+        self.documents = documents
+        self.clock = Clock()
+        self.replies = Replies()
+        self.store = FakeTaskStateStore()
+        self.bus = FakeTaskEventBus()
+        self.standings = FakeNodeStandingStore()
+        self.signer = new_signer()
+        self.node_signers: dict[str, Signer] = {}
+        self.scheduler = self.restarted()
+
+    def restarted(self) -> GridScheduler:
+        """A new scheduler on the same stores (call `start()` on it)."""
+        return GridScheduler(
+            TaskBoard(self.rules),
+            self.store,
+            self.bus,
+            self.replies.respond,
+            self.replies.cancel,
+            self.documents,
+            signer=self.signer,
+            trust=TrustBook(self.rules.trust_after),
+            standings=self.standings,
+            roster=lambda: self.roster,
+            clock=self.clock,
+            monotonic=self.clock.monotonic,
+        )
+
+    async def restart(self) -> GridScheduler:
+        self.scheduler = self.restarted()
+        await self.scheduler.start()
+        for node_id, signer in self.node_signers.items():
+            self.scheduler.heard_key(node_id, signer.public_key)
+        return self.scheduler
+
+    def node_signer(self, node_id: str) -> Signer:
+        """The node's key, announced (pinned) the first time it is asked for."""
+        if node_id not in self.node_signers:
+            self.node_signers[node_id] = new_signer()
+            assert self.scheduler.heard_key(node_id, self.node_signers[node_id].public_key) is None
+        return self.node_signers[node_id]
+
+    async def poll(
+        self, node_id: str, inbox: str | None = None, wait_s: float = 0, **kinds: Any
+    ) -> GridPollReply:
+        self.node_signer(node_id)
+        inbox = inbox or f"inbox-{node_id}-{len(self.replies.sent)}"
+        await self.scheduler.poll(node(node_id, **kinds), inbox, wait_s)
+        answers = self.replies.to(inbox)
+        return answers[-1] if answers else GridPollReply(reason="waiting")
+
+    async def take(self, node_id: str, **kinds: Any) -> TaskAssignment:
+        answer = await self.poll(node_id, **kinds)
+        assert answer.assignment is not None, f"{node_id} got no work: {answer.reason}"
+        return answer.assignment
+
+    def signed(
+        self,
+        assignment: TaskAssignment,
+        node_id: str | None = None,
+        *,
+        result: dict[str, Any] | None = None,
+        outcome: str = "completed",
+        signer: Signer | None = None,
+        attested: EnergyAttestation | None = None,
+        seconds: float = 36.0,
+        **fields: Any,
+    ) -> tuple[TaskResultReported, str]:
+        node_id = node_id or assignment.node_id or ""
+        unsigned = TaskResultReported(
+            source="node",
+            copro_id=assignment.copro_id,
+            task_id=assignment.task_id,
+            attempt=assignment.attempt,
+            node_id=node_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            result=result if result is not None or outcome != "completed" else {"ok": True},
+            usage=TaskUsage(duration_s=seconds),
+            attestation=attested if attested is not None else attestation(seconds),
+            **fields,
+        )
+        signed = sign_report(signer or self.node_signer(node_id), unsigned, assignment)
+        return signed, subjects.node_task_event("result_reported", assignment.copro_id, node_id)
+
+    async def report(self, assignment: TaskAssignment, node_id: str | None = None, **kwargs: Any) -> None:
+        await self.scheduler.on_reported(*self.signed(assignment, node_id, **kwargs))
+
+    def events(self, kind: str | None = None) -> list[Any]:
+        found = [task_event_adapter.validate_json(payload) for _, payload in self.bus.published]
+        return [e for e in found if kind is None or e.type.split(".")[-2] == kind]
+
+
 @pytest.fixture
-def world() -> tuple[GridScheduler, Clock, Replies, FakeTaskStateStore, FakeTaskEventBus]:
-    clock = Clock()
-    replies = Replies()
-    store = FakeTaskStateStore()
-    bus = FakeTaskEventBus()
-    scheduler = GridScheduler(
-        TaskBoard(GridRules(max_attempts=2, start_grace_s=10)),
-        store,
-        bus,
-        replies.respond,
-        replies.cancel,
-        clock=clock,
-        monotonic=clock.monotonic,
-    )
-    return scheduler, clock, replies, store, bus
+def grid() -> Grid:
+    return Grid(GridRules(max_attempts=2, start_grace_s=10, quorum=1))
+
+
+@pytest.fixture
+def world(grid: Grid) -> tuple[GridScheduler, Clock, Replies, FakeTaskStateStore, FakeTaskEventBus]:
+    return grid.scheduler, grid.clock, grid.replies, grid.store, grid.bus
 
 
 def published_types(bus: FakeTaskEventBus) -> list[str]:
@@ -175,23 +304,41 @@ async def test_a_copro_s_own_node_never_gets_another_copro_s_task(world: Any) ->
     assert answer.assignment is not None and answer.assignment.task_id == mine.id
 
 
-async def test_a_completed_report_completes_the_task_with_the_co2_of_the_node_s_declared_footprint(
-    world: Any,
+async def test_a_completed_report_completes_the_task_with_the_co2_of_its_energy_attestation(
+    grid: Grid,
 ) -> None:
-    scheduler, _clock, _replies, store, bus = world
+    scheduler, store = grid.scheduler, grid.store
     t = task()
     await scheduler.on_submitted(t)
-    await scheduler.poll(node(), "inbox-1", wait_s=0)
+    given = await grid.take("n1")
     await scheduler.on_started(*started(t, "n1"))
     assert store.saved[t.id].status == "running"
-    await scheduler.on_reported(*report(t, "n1"))
+    await grid.report(given, attested=attestation(36, wh=0.2, measured_by="meter"))
     state = store.saved[t.id]
     assert state.status == "completed"
-    completed = task_event_adapter.validate_json(bus.published[-1][1])
-    assert completed.type == "koprogo.task.completed.v1"
+    [completed] = grid.events("completed")
+    # The metered 0.2 Wh at 200 g/kWh = 0.04 g (not the declared 10 W x 36 s = 0.02 g).
+    assert completed.co2_grams == pytest.approx(0.04)
+    assert [a.outcome for a in state.attempts] == ["completed"]
+
+
+async def test_without_an_attestation_the_co2_is_the_declared_footprint_s_and_the_replica_is_flagged(
+    grid: Grid,
+) -> None:
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    given = await grid.take("n1")
+    report, subject = grid.signed(given)
+    unattested = report.model_copy(update={"attestation": None})
+    from koprogo_shared.grid_signing import sign_report
+
+    await grid.scheduler.on_reported(sign_report(grid.node_signer("n1"), unattested, given), subject)
+    [completed] = grid.events("completed")
     # 10 W for 36 s = 0.1 Wh at 200 g/kWh = 0.02 g
     assert completed.co2_grams == pytest.approx(0.02)
-    assert [a.outcome for a in state.attempts] == ["completed"]
+    assert completed.verification is not None
+    [replica] = completed.verification.replicas
+    assert replica.verdict == "flagged" and replica.flags == ["no_attestation"]
 
 
 async def test_a_report_from_another_node_or_an_old_attempt_or_another_subject_is_refused(world: Any) -> None:
@@ -243,14 +390,12 @@ async def test_an_assignment_never_started_goes_back_after_the_grace_and_attempt
     assert "n1: not_started; n1: not_started" in str(failed.message)  # type: ignore[union-attr]
 
 
-async def test_an_input_error_fails_the_task_at_once_without_another_attempt(world: Any) -> None:
-    scheduler, _clock, _replies, store, bus = world
+async def test_an_input_error_fails_the_task_at_once_without_another_attempt(grid: Grid) -> None:
+    scheduler, store, bus = grid.scheduler, grid.store, grid.bus
     t = task()
     await scheduler.on_submitted(t)
-    await scheduler.poll(node(), "a", wait_s=0)
-    await scheduler.on_reported(
-        *report(t, "n1", outcome="input_error", result=None, error="invalid_input", message="row 4: text")
-    )
+    given = await grid.take("n1")
+    await grid.report(given, outcome="input_error", error="invalid_input", message="row 4: text")
     state = store.saved[t.id]
     assert state.status == "failed" and state.attempt == 1
     assert task_event_adapter.validate_json(bus.published[-1][1]).message == "row 4: text"  # type: ignore[union-attr]
@@ -260,7 +405,9 @@ async def test_a_deadline_missed_requeues_and_an_expired_task_is_expired_and_its
     world: Any,
 ) -> None:
     scheduler, clock, replies, store, _bus = world
-    scheduler.board.rules = GridRules(max_attempts=3, start_grace_s=10, run_deadlines_s={"ocr_invoice": 60})
+    scheduler.board.rules = GridRules(
+        max_attempts=3, start_grace_s=10, run_deadlines_s={"ocr_invoice": 60}, quorum=1
+    )
     t = task(ttl_s=100)
     await scheduler.on_submitted(t)
     await scheduler.poll(node(), "a", wait_s=0)
@@ -301,27 +448,19 @@ async def test_a_redelivered_submission_is_not_queued_twice(world: Any) -> None:
     assert replies.to("b")[0].reason == "no_work"
 
 
-async def test_a_restarted_scheduler_rebuilds_its_queues_and_publishes_what_it_had_not(world: Any) -> None:
-    scheduler, clock, replies, store, bus = world
+async def test_a_restarted_scheduler_rebuilds_its_queues_and_publishes_what_it_had_not(grid: Grid) -> None:
+    scheduler, replies, bus = grid.scheduler, grid.replies, grid.bus
     first, second = task(at=T0 - timedelta(seconds=1)), task()
     await scheduler.on_submitted(first)
     await scheduler.on_submitted(second)
     await scheduler.poll(node("n1"), "a", wait_s=0)  # first is assigned
     bus.published.clear()
-    restarted = GridScheduler(
-        TaskBoard(GridRules(max_attempts=2, start_grace_s=10)),
-        store,
-        bus,
-        replies.respond,
-        replies.cancel,
-        clock=clock,
-        monotonic=clock.monotonic,
-    )
-    await restarted.start()
+    restarted = await grid.restart()
     # The outboxes are published again (same ids: JetStream and the ledger keep each once).
     assert sorted(published_types(bus)) == ["assigned"]
     await restarted.poll(node("n2"), "b", wait_s=0)
-    assert replies.to("b")[0].assignment.task_id == second.id
+    given = replies.to("b")[0].assignment
+    assert given is not None and given.task_id == second.id
     await restarted.poll(node("n3"), "c", wait_s=0)
     assert replies.to("c")[0].reason == "no_work"  # first stays with n1: not assigned twice
 
@@ -360,29 +499,19 @@ def test_task_state_round_trips_through_json() -> None:
 
 
 async def test_a_final_task_forgets_its_contents_once_its_decision_is_published() -> None:
-    clock, replies, store, bus, documents = (
-        Clock(),
-        Replies(),
-        FakeTaskStateStore(),
-        FakeTaskEventBus(),
-        FakeTaskDocumentBin(),
-    )
-    scheduler = GridScheduler(
-        TaskBoard(GridRules()),
-        store,
-        bus,
-        replies.respond,
-        replies.cancel,
-        documents,
-        clock=clock,
-        monotonic=clock.monotonic,
-    )
+    documents = FakeTaskDocumentBin()
+    grid = Grid(GridRules(), documents=documents)
     ref = DocumentRef(object_name="doc-1", sha256="0" * 64, size=3, content_type="application/pdf")
     t = task().model_copy(update={"document": ref})
-    await scheduler.on_submitted(t)
-    await scheduler.poll(node(), "a", wait_s=0)
-    await scheduler.on_reported(*report(t, "n1", result={"iban": "BE71 0961 2345 6769"}))
-    tombstone = store.saved[t.id]
+    await grid.scheduler.on_submitted(t)
+    result = {"iban": "BE71 0961 2345 6769"}
+    first, second = await grid.take("n1"), await grid.take("n2")
+    await grid.report(first, result=result)
+    assert grid.store.saved[t.id].status == "verifying"
+    assert grid.store.saved[t.id].task.parameters == {"n": 1}  # kept while replicas run
+    await grid.report(second, result=result)
+    tombstone = grid.store.saved[t.id]
     assert tombstone.status == "completed" and tombstone.outbox == [] and tombstone.task.parameters == {}
     assert documents.deleted == ["doc-1"]
-    assert "BE71" in bus.published[-1][1]  # the decision went out before the contents were dropped
+    # The decision went out before the contents were dropped.
+    assert grid.events("completed")[0].result == result

@@ -181,7 +181,9 @@ class TaskResultReported(Event):
     signature: str | None = None
 
 
-ReplicaVerdict = Literal["pending", "valid", "invalid", "unchecked", "flagged", "refused", "lost"]
+ReplicaVerdict = Literal[
+    "pending", "valid", "invalid", "unchecked", "flagged", "refused", "lost", "not_needed"
+]
 
 
 class ReplicaRecord(BaseModel):
@@ -190,7 +192,8 @@ class ReplicaRecord(BaseModel):
     valid: in the accepted quorum; invalid: disagreed with the accepted result; unchecked:
     accepted alone from a trusted node (not spot-checked this time); flagged: its energy
     attestation is implausible (it may still agree, it earns nothing); refused: its report failed
-    the signature checks; lost: it never reported (node lost, deadline missed); pending: waiting.
+    the signature checks; lost: it never reported (node lost, deadline missed); not_needed: still
+    running when the decision was made (its node was told to stop); pending: waiting.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -11,9 +11,10 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus, ObjectStoreDocumentBin
-from koprogo_grid.adapters.kv_store import KeyValueTaskStore
+from koprogo_grid.adapters.kv_store import KeyValueNodeStandingStore, KeyValueTaskStore
 from koprogo_grid.domain.board import TaskBoard
-from koprogo_grid.entrypoints.nats_handlers import on_poll, on_task_event
+from koprogo_grid.domain.trust import TrustBook
+from koprogo_grid.entrypoints.nats_handlers import KeyCheckingRegistry, on_poll, on_task_event
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_grid.settings import SchedulerSettings
 from koprogo_shared import subjects
@@ -21,8 +22,7 @@ from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.grid_stores import grid_stores_for_service
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams_for_service
-from koprogo_shared.node_registry import NodeRegistry
-from koprogo_shared.node_roster import RosterFile
+from koprogo_shared.node_roster import Roster, RosterFile
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
 
@@ -43,6 +43,28 @@ POLLS_IN_FLIGHT = 256
 TASKS = Gauge("koprogo_grid_tasks", "Tasks the scheduler holds, by state", ["state"])
 WAITING_NODES = Gauge("koprogo_grid_waiting_nodes", "Nodes waiting on a poll for work")
 DISPATCHED = Counter("koprogo_grid_tasks_dispatched_total", "Assignments handed to polling nodes")
+VERIFIED = Counter(
+    "koprogo_grid_verification_outcomes_total",
+    "Tasks decided, by verification outcome (accepted, accepted_unchecked, unverifiable, pending "
+    "for a task failed, expired or cancelled before a decision)",
+    ["outcome"],
+)
+REPORTS_REFUSED = Counter(
+    "koprogo_grid_reports_refused_total",
+    "Task reports refused by the signature checks, by reason",
+    ["reason"],
+)
+TRUST_CHANGES = Counter(
+    "koprogo_grid_trust_changes_total", "Changes of nodes' standing, by reason", ["reason"]
+)
+
+
+def _sync(counter: Counter, seen: dict[str, int], counts: dict[str, int]) -> None:
+    """Bring a labelled Prometheus counter up to the scheduler's counts."""
+    for label, count in counts.items():
+        if count > seen.get(label, 0):
+            counter.labels(label).inc(count - seen.get(label, 0))
+            seen[label] = count
 
 
 async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> None:
@@ -53,22 +75,30 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
     try:
         await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
         await grid_stores_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
-        registry = (
-            NodeRegistry(RosterFile(settings.node_roster_file))
-            if settings.node_roster_file
-            else NodeRegistry()
-        )
-        await follow_heartbeats(nc, registry)
+        roster_file = RosterFile(settings.node_roster_file) if settings.node_roster_file else None
+
+        def roster() -> Roster | None:
+            return None if roster_file is None else roster_file()
+
         answers = NatsPollAnswers(nc)
+        signer = settings.signer()
+        rules = settings.rules()
         scheduler = GridScheduler(
-            TaskBoard(settings.rules()),
+            TaskBoard(rules),
             await KeyValueTaskStore.open(js),
             NatsTaskEventBus(js),
             answers.respond,
             answers.cancel_node,
             ObjectStoreDocumentBin(js),
+            signer=signer,
+            trust=TrustBook(rules.trust_after),
+            standings=await KeyValueNodeStandingStore.open(js),
+            roster=roster,
+            salt=settings.salt(),
         )
         await scheduler.start()
+        registry = KeyCheckingRegistry(roster, scheduler.heard_key)
+        await follow_heartbeats(nc, registry)
 
         async def handle(msg: Msg) -> None:
             await on_task_event(scheduler, msg)
@@ -100,6 +130,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
 
         async def ticks() -> None:
             dispatched = 0
+            seen: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
             while not stop.is_set():
                 alive = {c.node_id for c in registry.alive(time.monotonic())}
                 try:
@@ -111,6 +142,9 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
                 WAITING_NODES.set(scheduler.board.waiting_count())
                 DISPATCHED.inc(scheduler.dispatched - dispatched)
                 dispatched = scheduler.dispatched
+                _sync(VERIFIED, seen[0], dict(scheduler.outcomes))
+                _sync(REPORTS_REFUSED, seen[1], dict(scheduler.refusals))
+                _sync(TRUST_CHANGES, seen[2], dict(scheduler.trust_changes))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.grid_tick_s)
 

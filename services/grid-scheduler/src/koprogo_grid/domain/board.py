@@ -1,38 +1,60 @@
-"""The scheduler's board: every task it still has to decide, its queues, and the decisions. Pure.
+"""The scheduler's board: every task it still has to decide, its replicas, its queues, the decisions. Pure.
 
-Each transition returns the task's new `TaskState` with the events it produces in its `outbox`;
-the service layer stores the state (the single source the board is rebuilt from after a restart)
-and then publishes the outbox. A task's state:
+Each transition returns a `Step`: the task's new `TaskState` with the events it produces in its
+`outbox`, the nodes to tell to stop, and the judgments of nodes for the trust book. The service
+layer stores the state (the single source the board is rebuilt from after a restart) and then
+publishes the outbox. A task runs as one or more replicas (attempts), each on a node of a
+distinct owner (docs/grid-trust.md):
 
-    pending ──assign──► assigned ──started──► running ──report──► completed | failed
-       ▲                   │                     │
-       └──── requeue ◄─────┴─────────────────────┘   (node lost, not started, deadline missed,
-                                                        attempt failed; bounded by max_attempts)
-    pending/assigned/running ──► expired (expires_at) | cancelled (on request)
+    pending ──assign──► assigned ──started──► running ──report──► verifying ──► completed | failed
+       ▲                   │                     │                   │ (a quorum of distinct owners
+       └──── requeue ◄─────┴─────────────────────┘                   │  agree; or never: unverifiable)
+          (a replica's node lost, not started, deadline missed,      └─► more replicas queued
+           attempt failed, report refused; bounded by max_attempts)
+    pending/assigned/running/verifying ──► expired (expires_at) | cancelled (on request)
+
+The task's policy is fixed when its first replica is handed out (`verification.policy_for`): an
+untrusted node's task needs `quorum` agreeing results; a trusted node's is taken alone unless the
+draw picks it for a spot check. Up to `quorum` replicas run at once; when results disagree another
+is queued, up to `max_replicas` results. A task's status is the furthest its replicas got:
+verifying once a result waits for others, else running, assigned, or pending.
 
 Queues are FIFO per task type; a node polling for several types gets the oldest task among them
 that it may run (its pools: the shared pool runs every copro's tasks, a copro's own pool only that
-copro's). Nodes that poll when no task waits are kept as waiters, per task type, and get the next
-task that fits at once.
+copro's) and that has no replica of its owner yet. Nodes that poll when no task waits are kept as
+waiters, per task type, and get the next task that fits at once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from koprogo_grid.domain.rules import GridRules
+from koprogo_grid.domain.trust import JudgedVerdict, Judgment
+from koprogo_grid.domain.verification import (
+    Policy,
+    Vote,
+    policy_for,
+    reachable,
+    replicas_wanted,
+    spot_check_drawn,
+    tally,
+)
 from koprogo_shared import subjects
-from koprogo_shared.co2 import EdgeFootprint, edge_grams
+from koprogo_shared.co2 import EdgeFootprint, attested_grams, edge_grams
 from koprogo_shared.task_events import (
     FINAL_STATUSES,
     AttemptOutcome,
     AttemptRecord,
+    EnergyAttestation,
+    ReplicaRecord,
+    ReplicaVerdict,
     TaskAssigned,
     TaskAssignment,
     TaskCancelled,
@@ -44,10 +66,17 @@ from koprogo_shared.task_events import (
     TaskStarted,
     TaskStatus,
     TaskSubmitted,
+    TaskUsage,
+    TaskVerification,
+    TaskVerifying,
     task_event_id,
 )
 
 SOURCE = "koprogo-grid-scheduler"
+
+# How a replica ended when it was taken back: each counts against `max_attempts`.
+TAKEN_BACK: frozenset[str] = frozenset({"node_lost", "not_started", "deadline_missed", "failed", "refused"})
+Outcome = Literal["pending", "accepted", "accepted_unchecked", "unverifiable"]
 
 
 class NodeFootprint(BaseModel):
@@ -57,6 +86,76 @@ class NodeFootprint(BaseModel):
     intensity_g_per_kwh: float = Field(ge=0)
     renewable_attested: bool = False
 
+    def edge(self) -> EdgeFootprint:
+        return EdgeFootprint(self.power_watts, self.intensity_g_per_kwh, self.renewable_attested)
+
+
+class Replica(BaseModel):
+    """One attempt of a task on one node: its deadlines, what it reported, how it was judged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempt: int = Field(ge=1)
+    node_id: str
+    owner: str
+    # The node's standing when it was handed the work, then when its result came.
+    trusted: bool = False
+    # assigned/running: open; reported: its result is in (judged by `verdict`); ended: taken back,
+    # cancelled, or no longer needed.
+    phase: Literal["assigned", "running", "reported", "ended"] = "assigned"
+    outcome: AttemptOutcome | None = None
+    verdict: ReplicaVerdict = "pending"
+    footprint: NodeFootprint | None = None
+    start_by: datetime | None = None
+    run_deadline: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    # The digest of the signed assignment the node was given: its report must name it.
+    assignment_digest: str | None = None
+    result_digest: str | None = None
+    agreement_key: str | None = None
+    usage: TaskUsage | None = None
+    attestation: EnergyAttestation | None = None
+    co2_grams: float = Field(default=0.0, ge=0)
+    flags: list[str] = Field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        return self.phase in ("assigned", "running")
+
+    @property
+    def has_result(self) -> bool:
+        return self.phase == "reported" and self.agreement_key is not None
+
+    def record(self) -> ReplicaRecord:
+        return ReplicaRecord(
+            attempt=self.attempt,
+            node_id=self.node_id,
+            owner=self.owner,
+            trusted=self.trusted,
+            verdict=self.verdict,
+            result_digest=self.result_digest,
+            agreement_key=self.agreement_key,
+            usage=self.usage,
+            attestation=self.attestation,
+            co2_grams=self.co2_grams,
+            flags=list(self.flags),
+        )
+
+    def attempt_record(self) -> AttemptRecord:
+        return AttemptRecord(
+            attempt=self.attempt,
+            node_id=self.node_id,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            outcome=self.outcome,
+        )
+
+    def ended(self, now: datetime, outcome: AttemptOutcome, verdict: ReplicaVerdict) -> Replica:
+        return self.model_copy(
+            update={"phase": "ended", "ended_at": now, "outcome": outcome, "verdict": verdict}
+        )
+
 
 class TaskState(BaseModel):
     """What the scheduler knows of one task (stored as JSON in `subjects.GRID_TASKS_BUCKET`)."""
@@ -65,16 +164,54 @@ class TaskState(BaseModel):
 
     task: TaskSubmitted
     status: TaskStatus = "pending"
+    # The last attempt number handed out (each replica is an attempt).
     attempt: int = 0
-    node_id: str | None = None
-    footprint: NodeFootprint | None = None
-    start_by: datetime | None = None
-    run_deadline: datetime | None = None
-    attempts: list[AttemptRecord] = Field(default_factory=list)
+    # Fixed when the first replica is handed out (None until then).
+    policy: Policy | None = None
+    quorum: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=1, ge=1)
+    outcome: Outcome = "pending"
+    replicas: list[Replica] = Field(default_factory=list)
     final_at: datetime | None = None
     # The events this state's last transition produced, as (subject, event JSON): published after
     # the state is stored, published again after a restart (their ids make the repeat harmless).
     outbox: list[tuple[str, str]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_part_one(cls, data: Any) -> Any:
+        """A state stored by the scheduler before replicas (one attempt at a time) reads as replicas."""
+        if not isinstance(data, dict) or "replicas" in data or "attempts" not in data:
+            return data
+        old = dict(data)
+        node_id = old.pop("node_id", None)
+        footprint = old.pop("footprint", None)
+        start_by = old.pop("start_by", None)
+        run_deadline = old.pop("run_deadline", None)
+        status = old.get("status")
+        replicas = []
+        for record in old.pop("attempts") or []:
+            current = record.get("outcome") is None and record.get("attempt") == old.get("attempt")
+            replica: dict[str, Any] = {
+                "attempt": record["attempt"],
+                "node_id": record["node_id"],
+                "owner": record["node_id"],
+                "started_at": record.get("started_at"),
+                "ended_at": record.get("ended_at"),
+                "outcome": record.get("outcome"),
+                "phase": "ended",
+                "verdict": "lost" if record.get("outcome") in TAKEN_BACK else "pending",
+            }
+            if current and status in ("assigned", "running") and node_id == record["node_id"]:
+                replica |= {
+                    "phase": status,
+                    "footprint": footprint,
+                    "start_by": start_by,
+                    "run_deadline": run_deadline,
+                }
+            replicas.append(replica)
+        old["replicas"] = replicas
+        return old
 
     @property
     def task_id(self) -> str:
@@ -84,15 +221,96 @@ class TaskState(BaseModel):
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @property
+    def open_replicas(self) -> list[Replica]:
+        return [r for r in self.replicas if r.open]
+
+    @property
+    def node_id(self) -> str | None:
+        """The node of the latest replica still running, if any."""
+        found = self.open_replicas
+        return found[-1].node_id if found else None
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        return [r.attempt_record() for r in self.replicas]
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for r in self.replicas if r.outcome in TAKEN_BACK)
+
+    def replica(self, attempt: int) -> Replica | None:
+        return next((r for r in self.replicas if r.attempt == attempt), None)
+
+    def votes(self) -> list[Vote]:
+        return [
+            Vote(r.attempt, r.owner, r.agreement_key)
+            for r in self.replicas
+            if r.has_result and r.agreement_key
+        ]
+
+    def busy_owners(self) -> set[str]:
+        """Owners that may not take another replica: running one, reported one, or refused."""
+        return {r.owner for r in self.replicas if r.open or r.phase == "reported" or r.outcome == "refused"}
+
+    def verification(self) -> TaskVerification | None:
+        if self.policy is None:
+            return None
+        counted = tally(self.votes())
+        agreement = counted.owners
+        if self.outcome in ("accepted", "accepted_unchecked"):
+            agreement = len(
+                {r.owner for r in self.replicas if r.verdict in ("valid", "unchecked", "flagged")}
+            )
+        return TaskVerification(
+            policy=self.policy,
+            quorum=self.quorum,
+            max_replicas=self.max_replicas,
+            replicas=[r.record() for r in self.replicas],
+            agreement=agreement,
+            outcome=self.outcome,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A transition: the new state (its outbox holds its events), the nodes to tell to stop the
+    task, and what the trust book must count."""
+
+    state: TaskState
+    cancel_nodes: list[str] = field(default_factory=list)
+    judgments: list[Judgment] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCheck:
+    """What the service layer found about a report before the board decides on it.
+
+    `refusal`: why the signature checks refused it (None: it is the node's own word on its work);
+    `agreement_key`: the comparator's key of its result; `flags`: why its energy attestation is
+    not believed (empty: plausible); `trusted`: the node's standing now.
+    """
+
+    refusal: str | None = None
+    agreement_key: str | None = None
+    flags: tuple[str, ...] = ()
+    trusted: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class PollingNode:
-    """A node asking for work, as its heartbeat describes it."""
+    """A node asking for work, as its heartbeat describes it, with its owner and standing."""
 
     node_id: str
     task_types: frozenset[str]
     pools: frozenset[str]
     footprint: NodeFootprint
+    owner: str = ""
+    trusted: bool = False
+
+    @property
+    def owner_id(self) -> str:
+        return self.owner or self.node_id
 
 
 @dataclass(slots=True)
@@ -109,25 +327,51 @@ def may_run(node: PollingNode, task: TaskSubmitted) -> bool:
     return task.copro_id is not None and subjects.copro_pool(task.copro_id) in node.pools
 
 
-def _with_event(state: TaskState, subject_step: str, event: Any, **changes: Any) -> TaskState:
-    subject = subjects.task_event(subject_step, state.task.copro_id)
-    return state.model_copy(update={**changes, "outbox": [(subject, event.model_dump_json())]})
+def _status(state: TaskState) -> TaskStatus:
+    if any(r.phase == "reported" and r.verdict == "pending" for r in state.replicas):
+        return "verifying"
+    if any(r.phase == "running" for r in state.replicas):
+        return "running"
+    if any(r.phase == "assigned" for r in state.replicas):
+        return "assigned"
+    return "pending"
 
 
-def _end_attempt(state: TaskState, now: datetime, outcome: AttemptOutcome) -> list[AttemptRecord]:
-    records = list(state.attempts)
-    if records and records[-1].attempt == state.attempt and records[-1].outcome is None:
-        records[-1] = records[-1].model_copy(update={"ended_at": now, "outcome": outcome})
-    return records
+def _with_events(state: TaskState, events: Iterable[tuple[str, Any]], **changes: Any) -> TaskState:
+    outbox = [(subjects.task_event(step, state.task.copro_id), e.model_dump_json()) for step, e in events]
+    updated = state.model_copy(update={**changes, "outbox": outbox})
+    if not updated.final:
+        updated = updated.model_copy(update={"status": _status(updated)})
+    return updated
+
+
+def _replace(state: TaskState, replica: Replica) -> list[Replica]:
+    return [replica if r.attempt == replica.attempt else r for r in state.replicas]
+
+
+def replica_grams(replica: Replica, duration_s: float | None = None) -> float:
+    """A replica's CO2: from its energy attestation when believed, else its declared footprint x time."""
+    a = replica.attestation
+    if a is not None and not replica.flags:
+        return attested_grams(a.wh, a.intensity_g_per_kwh, a.solar_share)
+    seconds = duration_s if duration_s is not None else (replica.usage.duration_s if replica.usage else 0.0)
+    if replica.footprint is None:
+        return 0.0
+    return edge_grams(seconds, replica.footprint.edge())
 
 
 class TaskBoard:
-    """The tasks still to decide, indexed for polling. Holds no I/O and no clock: callers pass `now`."""
+    """The tasks still to decide, indexed for polling. Holds no I/O and no clock: callers pass `now`.
 
-    def __init__(self, rules: GridRules) -> None:
+    `salt`: the scheduler's secret for the spot-check draw (set by the service layer at start).
+    """
+
+    def __init__(self, rules: GridRules, salt: bytes = b"") -> None:
         self.rules = rules
+        self.salt = salt
         self._states: dict[str, TaskState] = {}
         self._queues: dict[str, deque[str]] = {}
+        self._queued: set[str] = set()
         self._waiters: dict[str, OrderedDict[str, Waiter]] = {}
 
     # ----- state -------------------------------------------------------------------------
@@ -139,16 +383,17 @@ class TaskBoard:
         return iter(list(self._states.values()))
 
     def put(self, state: TaskState) -> None:
-        """Record a stored state (and queue it when pending)."""
+        """Record a stored state (and queue it when it wants a replica)."""
         self._states[state.task_id] = state
-        if state.status == "pending":
+        if self.wanted(state) > 0 and state.task_id not in self._queued:
             self._queues.setdefault(state.task.task_type, deque()).append(state.task_id)
+            self._queued.add(state.task_id)
 
     def forget(self, task_id: str) -> None:
         self._states.pop(task_id, None)
 
     def load(self, states: Iterable[TaskState]) -> None:
-        """Rebuild the board from stored states, pending tasks queued by submission time."""
+        """Rebuild the board from stored states, tasks wanting replicas queued by submission time."""
         for state in sorted(states, key=lambda s: s.task.time):
             self.put(state)
 
@@ -158,212 +403,397 @@ class TaskBoard:
             found[state.status] = found.get(state.status, 0) + 1
         return found
 
+    def wanted(self, state: TaskState) -> int:
+        """How many more replicas `state` wants handed out now."""
+        if state.final:
+            return 0
+        running = len(state.open_replicas)
+        if state.policy is None:
+            return 0 if running else 1
+        counted = tally(state.votes())
+        return replicas_wanted(state.quorum, state.max_replicas, counted.owners, counted.results, running)
+
+    def fits(self, state: TaskState, node: PollingNode, now: datetime) -> bool:
+        """Whether `node` may take a replica of `state` now."""
+        return (
+            self.wanted(state) > 0
+            and state.task.expires_at > now
+            and may_run(node, state.task)
+            and node.owner_id not in state.busy_owners()
+            and node.node_id not in {r.node_id for r in state.replicas if r.open or r.phase == "reported"}
+        )
+
     # ----- transitions ----------------------------------------------------------------------
 
-    def submitted(self, task: TaskSubmitted, now: datetime) -> TaskState | None:
+    def submitted(self, task: TaskSubmitted, now: datetime) -> Step | None:
         """The new task's state, or None when it is known already (a redelivered submission)."""
         if task.id in self._states:
             return None
         state = TaskState(task=task)
         if task.expires_at <= now:
             return self._expired(state, now)
-        return state
+        return Step(state)
 
     def next_task(self, node: PollingNode, now: datetime) -> TaskState | None:
-        """The oldest pending task `node` may run, taken off its queue (None: nothing fits)."""
-        best: tuple[datetime, str, str] | None = None
+        """The oldest queued task `node` may take a replica of (None: nothing fits)."""
+        best: tuple[datetime, str] | None = None
         for task_type in node.task_types:
             queue = self._queues.get(task_type)
             while queue and self._stale(queue[0]):
-                queue.popleft()  # cancelled, expired or taken since it was queued
+                self._queued.discard(queue.popleft())  # decided or fully handed out since it was queued
             if not queue:
                 continue
             for task_id in queue:
                 state = self._states.get(task_id)
-                if state is None or state.status != "pending":
-                    continue
-                if may_run(node, state.task) and state.task.expires_at > now:
+                if state is not None and self.fits(state, node, now):
                     if best is None or state.task.time < best[0]:
-                        best = (state.task.time, task_type, task_id)
+                        best = (state.task.time, task_id)
                     break
-        if best is None:
-            return None
-        _, task_type, task_id = best
-        self._queues[task_type].remove(task_id)
-        return self._states[task_id]
+        return None if best is None else self._states[best[1]]
 
     def _stale(self, task_id: str) -> bool:
         state = self._states.get(task_id)
-        return state is None or state.status != "pending"
+        return state is None or self.wanted(state) == 0
 
-    def assign(self, state: TaskState, node: PollingNode, now: datetime) -> TaskState:
+    def assign(self, state: TaskState, node: PollingNode, now: datetime) -> Step:
+        """Hand a replica of `state` to `node` (the policy is fixed with the first one)."""
         attempt = state.attempt + 1
         deadline = min(
             now + timedelta(seconds=self.rules.run_deadline_s(state.task.task_type)), state.task.expires_at
         )
+        policy, quorum, max_replicas = state.policy, state.quorum, state.max_replicas
+        if policy is None:
+            drawn = node.trusted and spot_check_drawn(state.task_id, self.salt, self.rules.spot_check_rate)
+            policy = policy_for(node.trusted, drawn)
+            quorum = 1 if policy == "trusted" else self.rules.quorum
+            max_replicas = max(self.rules.max_replicas, quorum)
+        elif policy == "trusted" and not node.trusted:
+            # The trusted node's replica was taken back: an untrusted node's result needs a quorum.
+            policy, quorum, max_replicas = "quorum", self.rules.quorum, max(self.rules.max_replicas, quorum)
         event = TaskAssigned(
             id=task_event_id(state.task_id, f"assigned:{attempt}"),
             source=SOURCE,
             copro_id=state.task.copro_id,
+            time=now,
             task_id=state.task_id,
             task_type=state.task.task_type,
             attempt=attempt,
             node_id=node.node_id,
             deadline=deadline,
         )
-        return _with_event(
-            state,
-            "assigned",
-            event,
-            status="assigned",
+        replica = Replica(
             attempt=attempt,
             node_id=node.node_id,
+            owner=node.owner_id,
+            trusted=node.trusted,
             footprint=node.footprint,
             start_by=now + timedelta(seconds=self.rules.start_grace_s),
             run_deadline=deadline,
-            attempts=[*state.attempts, AttemptRecord(attempt=attempt, node_id=node.node_id)],
+        )
+        return Step(
+            _with_events(
+                state,
+                [("assigned", event)],
+                attempt=attempt,
+                policy=policy,
+                quorum=quorum,
+                max_replicas=max_replicas,
+                replicas=[*state.replicas, replica],
+            )
         )
 
     @staticmethod
-    def assignment(state: TaskState) -> TaskAssignment:
-        assert state.run_deadline is not None
+    def assignment(state: TaskState, attempt: int) -> TaskAssignment:
+        """What the node given `attempt` receives (unsigned: the service layer signs it)."""
+        replica = state.replica(attempt)
+        assert replica is not None and replica.run_deadline is not None
         return TaskAssignment(
             task_id=state.task_id,
             copro_id=state.task.copro_id,
             task_type=state.task.task_type,
-            attempt=state.attempt,
+            attempt=attempt,
             parameters=state.task.parameters,
             document=state.task.document,
-            deadline=state.run_deadline,
+            deadline=replica.run_deadline,
         )
 
-    def is_current(self, state: TaskState, node_id: str, attempt: int) -> bool:
-        return (
-            not state.final
-            and state.node_id == node_id
-            and state.attempt == attempt
-            and state.status != "pending"
+    @staticmethod
+    def with_assignment_digest(state: TaskState, attempt: int, digest: str) -> TaskState:
+        replica = state.replica(attempt)
+        assert replica is not None
+        return state.model_copy(
+            update={"replicas": _replace(state, replica.model_copy(update={"assignment_digest": digest}))}
         )
 
-    def started(self, state: TaskState, event: TaskStarted, now: datetime) -> TaskState | None:
-        """The running state, or None when the report is not for the current attempt."""
-        if not self.is_current(state, event.node_id, event.attempt) or state.status != "assigned":
+    @staticmethod
+    def current(state: TaskState, node_id: str, attempt: int) -> Replica | None:
+        """The open replica `attempt` of `node_id`, or None (an old attempt, another node, decided)."""
+        if state.final:
             return None
-        records = list(state.attempts)
-        if records and records[-1].attempt == event.attempt:
-            records[-1] = records[-1].model_copy(update={"started_at": event.time})
+        replica = state.replica(attempt)
+        if replica is None or not replica.open or replica.node_id != node_id:
+            return None
+        return replica
+
+    def started(self, state: TaskState, event: TaskStarted, now: datetime) -> Step | None:
+        """The running state, or None when the start is not for an assigned replica."""
+        replica = self.current(state, event.node_id, event.attempt)
+        if replica is None or replica.phase != "assigned":
+            return None
+        running = replica.model_copy(update={"phase": "running", "started_at": event.time})
         # The state carries no event: the node's own TaskStarted is the fact.
-        return state.model_copy(update={"status": "running", "attempts": records, "outbox": []})
+        return Step(_with_events(state, [], replicas=_replace(state, running)))
 
-    def reported(self, state: TaskState, report: TaskResultReported, now: datetime) -> TaskState | None:
-        """The decision on a node's report, or None when it is not for the current attempt."""
-        if not self.is_current(state, report.node_id, report.attempt):
+    def reported(
+        self, state: TaskState, report: TaskResultReported, check: ReportCheck, now: datetime
+    ) -> Step | None:
+        """The decision on a node's report, or None when it is not for an open replica."""
+        replica = self.current(state, report.node_id, report.attempt)
+        if replica is None:
             return None
-        if report.outcome == "completed" and report.result is not None:
-            grams = self.attempt_grams(state, report.usage.duration_s)
-            event = TaskCompleted(
-                id=task_event_id(state.task_id, "completed"),
-                source=SOURCE,
-                copro_id=state.task.copro_id,
-                task_id=state.task_id,
-                task_type=state.task.task_type,
-                attempt=report.attempt,
-                node_id=report.node_id,
-                result=report.result,
-                usage=report.usage,
-                co2_grams=grams,
+        if check.refusal is not None:
+            refused = replica.ended(now, "refused", "refused").model_copy(update={"trusted": check.trusted})
+            judged = Judgment(
+                replica.node_id, replica.owner, "refused", state.task_id, replica.attempt, state.task.copro_id
             )
-            return _with_event(
+            step = self._take_back(
                 state,
-                "completed",
-                event,
-                status="completed",
-                final_at=now,
-                attempts=_end_attempt(state, now, "completed"),
+                refused,
+                "refused",
+                f"node {report.node_id}: its report was refused ({check.refusal})",
+                now,
             )
+            return Step(step.state, step.cancel_nodes, [judged, *step.judgments])
+        if report.outcome == "completed" and report.result is not None and check.agreement_key is not None:
+            done = replica.model_copy(
+                update={
+                    "phase": "reported",
+                    "ended_at": now,
+                    "outcome": "completed",
+                    "trusted": check.trusted,
+                    "result_digest": report.result_digest,
+                    "agreement_key": check.agreement_key,
+                    "usage": report.usage,
+                    "attestation": report.attestation,
+                    "flags": list(check.flags),
+                }
+            )
+            done = done.model_copy(update={"co2_grams": replica_grams(done, report.usage.duration_s)})
+            judgments = []
+            if check.flags:
+                judgments.append(
+                    Judgment(
+                        replica.node_id,
+                        replica.owner,
+                        "flagged",
+                        state.task_id,
+                        replica.attempt,
+                        state.task.copro_id,
+                    )
+                )
+            updated = state.model_copy(update={"replicas": _replace(state, done)})
+            if updated.policy is None:  # a replica handed out before verification existed
+                updated = updated.model_copy(
+                    update={
+                        "policy": "quorum",
+                        "quorum": self.rules.quorum,
+                        "max_replicas": self.rules.max_replicas,
+                    }
+                )
+            if updated.policy == "trusted" and (check.flags or not check.trusted):
+                # Taken alone only from a node still trusted with a believable attestation.
+                updated = updated.model_copy(
+                    update={
+                        "policy": "spot_check" if check.trusted else "quorum",
+                        "quorum": self.rules.quorum,
+                        "max_replicas": max(self.rules.max_replicas, self.rules.quorum),
+                    }
+                )
+            step = self._decide(updated, done, report, now)
+            return Step(step.state, step.cancel_nodes, [*judgments, *step.judgments])
         if report.outcome == "input_error":
+            ended = state.model_copy(
+                update={"replicas": _replace(state, replica.ended(now, "input_error", "lost"))}
+            )
             return self._failed(
-                state,
+                ended,
                 now,
                 report.error or "invalid_input",
                 report.message or "the task's input cannot be processed",
                 "input_error",
             )
         message = report.message or "the node could not run the task"
-        return self.requeue(state, "failed", f"node {report.node_id}: {message}", now)
+        if report.outcome == "completed":
+            message = "the node reported no result"
+        return self._take_back(
+            state, replica.ended(now, "failed", "lost"), "failed", f"node {report.node_id}: {message}", now
+        )
 
-    def requeue(self, state: TaskState, reason: AttemptOutcome, message: str, now: datetime) -> TaskState:
-        """Take the current attempt back: queue the task again, or fail it when attempts ran out."""
-        if state.attempt >= self.rules.max_attempts:
-            ended = state.model_copy(update={"attempts": _end_attempt(state, now, reason)})
-            tried = "; ".join(f"{a.node_id}: {a.outcome}" for a in ended.attempts)
+    def _decide(self, state: TaskState, current: Replica, report: TaskResultReported, now: datetime) -> Step:
+        """After a result: accepted (a quorum agrees), unverifiable (one never can), or verifying."""
+        counted = tally(state.votes(), prefer=current.agreement_key)
+        if counted.key is not None and counted.owners >= state.quorum:
+            return self._accepted(state, counted.key, current, report, now)
+        if not reachable(state.quorum, state.max_replicas, counted.owners, counted.results):
+            return self._unverifiable(state, now)
+        updated = state.model_copy(update={"outcome": "pending"})
+        event = TaskVerifying(
+            id=task_event_id(state.task_id, f"verifying:{current.attempt}"),
+            source=SOURCE,
+            copro_id=state.task.copro_id,
+            time=now,
+            task_id=state.task_id,
+            verification=updated.verification(),  # type: ignore[arg-type]
+        )
+        return Step(_with_events(updated, [("verifying", event)]))
+
+    def _accepted(
+        self, state: TaskState, key: str, current: Replica, report: TaskResultReported, now: datetime
+    ) -> Step:
+        unchecked = state.policy == "trusted"
+        replicas: list[Replica] = []
+        cancel: list[str] = []
+        judgments: list[Judgment] = []
+        for r in state.replicas:
+            if r.has_result and r.verdict == "pending":
+                verdict: JudgedVerdict
+                if r.agreement_key == key:
+                    verdict = "unchecked" if unchecked else ("flagged" if r.flags else "valid")
+                    r = r.model_copy(update={"verdict": verdict, "outcome": "completed"})
+                else:
+                    verdict = "invalid"
+                    r = r.model_copy(update={"verdict": "invalid", "outcome": "invalid"})
+                if verdict != "flagged":  # a flagged one was counted when it reported
+                    judgments.append(
+                        Judgment(r.node_id, r.owner, verdict, state.task_id, r.attempt, state.task.copro_id)
+                    )
+            elif r.open:
+                cancel.append(r.node_id)
+                r = r.ended(now, "not_needed", "not_needed")
+            replicas.append(r)
+        decided = state.model_copy(
+            update={"replicas": replicas, "outcome": "accepted_unchecked" if unchecked else "accepted"}
+        )
+        assert report.result is not None
+        event = TaskCompleted(
+            id=task_event_id(state.task_id, "completed"),
+            source=SOURCE,
+            copro_id=state.task.copro_id,
+            time=now,
+            task_id=state.task_id,
+            task_type=state.task.task_type,
+            attempt=current.attempt,
+            node_id=current.node_id,
+            result=report.result,
+            usage=report.usage,
+            co2_grams=self.task_grams(decided),
+            verification=decided.verification(),
+        )
+        return Step(
+            _with_events(decided, [("completed", event)], status="completed", final_at=now), cancel, judgments
+        )
+
+    def _unverifiable(self, state: TaskState, now: datetime) -> Step:
+        decided = state.model_copy(update={"outcome": "unverifiable"})
+        counted = tally(decided.votes())
+        step = self._failed(
+            decided,
+            now,
+            "unverifiable",
+            f"{counted.results} results from distinct owners never reached a quorum of {state.quorum} "
+            f"(at most {state.max_replicas} asked for; the largest agreeing group had {counted.owners})",
+            "completed",
+            close_as="not_needed",
+        )
+        return step
+
+    @staticmethod
+    def task_grams(state: TaskState) -> float:
+        """The task's CO2: every replica that ran and reported, verification included."""
+        return sum(r.co2_grams for r in state.replicas if r.phase == "reported")
+
+    def requeue(
+        self, state: TaskState, attempt: int, reason: AttemptOutcome, message: str, now: datetime
+    ) -> Step | None:
+        """Take replica `attempt` back (None when it is not open any more)."""
+        replica = state.replica(attempt)
+        if replica is None or not replica.open or state.final:
+            return None
+        return self._take_back(state, replica.ended(now, reason, "lost"), reason, message, now)
+
+    def _take_back(
+        self, state: TaskState, ended: Replica, reason: AttemptOutcome, message: str, now: datetime
+    ) -> Step:
+        """Queue a replica's work again, or fail the task when its attempts ran out."""
+        updated = state.model_copy(update={"replicas": _replace(state, ended)})
+        if updated.failures >= self.rules.max_attempts:
+            tried = "; ".join(f"{a.node_id}: {a.outcome}" for a in updated.attempts)
             return self._failed(
-                ended,
+                updated,
                 now,
                 "attempts_exhausted",
-                f"{state.attempt} attempts failed ({tried}); last: {message}",
+                f"{updated.failures} attempts failed ({tried}); last: {message}",
                 reason,
             )
         event = TaskRequeued(
-            id=task_event_id(state.task_id, f"requeued:{state.attempt}"),
+            id=task_event_id(state.task_id, f"requeued:{ended.attempt}"),
             source=SOURCE,
             copro_id=state.task.copro_id,
+            time=now,
             task_id=state.task_id,
-            attempt=state.attempt,
-            node_id=state.node_id or "",
+            attempt=ended.attempt,
+            node_id=ended.node_id,
             reason=reason,
             message=message,
         )
-        return _with_event(
-            state,
-            "requeued",
-            event,
-            status="pending",
-            node_id=None,
-            start_by=None,
-            run_deadline=None,
-            attempts=_end_attempt(state, now, reason),
-        )
+        return Step(_with_events(updated, [("requeued", event)]))
 
-    def cancel(self, state: TaskState, now: datetime) -> TaskState | None:
-        """The cancelled state, or None when the task is final already."""
+    def cancel(self, state: TaskState, now: datetime) -> Step | None:
+        """The cancelled state (every node running a replica to be told), or None when final already."""
         if state.final:
             return None
+        replicas, nodes = self._close_open(state, now, "cancelled", "not_needed")
         event = TaskCancelled(
             id=task_event_id(state.task_id, "cancelled"),
             source=SOURCE,
             copro_id=state.task.copro_id,
+            time=now,
             task_id=state.task_id,
             attempts=state.attempt,
         )
-        return _with_event(
-            state,
-            "cancelled",
-            event,
-            status="cancelled",
-            final_at=now,
-            attempts=_end_attempt(state, now, "cancelled"),
+        return Step(
+            _with_events(state, [("cancelled", event)], status="cancelled", final_at=now, replicas=replicas),
+            nodes,
         )
 
-    def overdue(self, now: datetime, alive: set[str]) -> list[tuple[TaskState, AttemptOutcome, str]]:
-        """Tasks to take back or end now: expired, node lost, not started in time, deadline missed."""
-        found: list[tuple[TaskState, AttemptOutcome, str]] = []
+    def overdue(
+        self, now: datetime, alive: set[str]
+    ) -> list[tuple[TaskState, int | None, AttemptOutcome, str]]:
+        """Tasks to end (expired: attempt None) and replicas to take back: node lost, not started in
+        time, deadline missed."""
+        found: list[tuple[TaskState, int | None, AttemptOutcome, str]] = []
         for state in self._states.values():
             if state.final:
                 continue
             if state.task.expires_at <= now:
-                found.append((state, "expired", "the task expired before a node finished it"))
-            elif state.status == "pending":
+                found.append((state, None, "expired", "the task expired before a node finished it"))
                 continue
-            elif state.node_id not in alive:
-                found.append((state, "node_lost", f"node {state.node_id} stopped sending heartbeats"))
-            elif state.status == "assigned" and state.start_by is not None and state.start_by <= now:
-                found.append((state, "not_started", f"node {state.node_id} did not start it in time"))
-            elif state.run_deadline is not None and state.run_deadline <= now:
-                found.append((state, "deadline_missed", f"node {state.node_id} missed its deadline"))
+            for r in state.open_replicas:
+                if r.node_id not in alive:
+                    found.append(
+                        (state, r.attempt, "node_lost", f"node {r.node_id} stopped sending heartbeats")
+                    )
+                elif r.phase == "assigned" and r.start_by is not None and r.start_by <= now:
+                    found.append(
+                        (state, r.attempt, "not_started", f"node {r.node_id} did not start it in time")
+                    )
+                elif r.run_deadline is not None and r.run_deadline <= now:
+                    found.append(
+                        (state, r.attempt, "deadline_missed", f"node {r.node_id} missed its deadline")
+                    )
         return found
 
-    def expire(self, state: TaskState, now: datetime) -> TaskState:
+    def expire(self, state: TaskState, now: datetime) -> Step:
         return self._expired(state, now)
 
     def tombstones_before(self, now: datetime) -> list[str]:
@@ -375,47 +805,54 @@ class TaskBoard:
             if s.final and s.final_at is not None and s.final_at < limit
         ]
 
-    def attempt_grams(self, state: TaskState, duration_s: float) -> float:
-        fp = state.footprint
-        if fp is None:
-            return 0.0
-        return edge_grams(
-            duration_s, EdgeFootprint(fp.power_watts, fp.intensity_g_per_kwh, fp.renewable_attested)
-        )
+    def _close_open(
+        self, state: TaskState, now: datetime, outcome: AttemptOutcome, verdict: ReplicaVerdict
+    ) -> tuple[list[Replica], list[str]]:
+        nodes = [r.node_id for r in state.replicas if r.open]
+        replicas = [r.ended(now, outcome, verdict) if r.open else r for r in state.replicas]
+        return replicas, nodes
 
-    def _expired(self, state: TaskState, now: datetime) -> TaskState:
+    def _expired(self, state: TaskState, now: datetime) -> Step:
+        replicas, nodes = self._close_open(state, now, "expired", "lost")
         event = TaskExpired(
             id=task_event_id(state.task_id, "expired"),
             source=SOURCE,
             copro_id=state.task.copro_id,
+            time=now,
             task_id=state.task_id,
             attempts=state.attempt,
         )
-        return _with_event(
-            state,
-            "expired",
-            event,
-            status="expired",
-            final_at=now,
-            attempts=_end_attempt(state, now, "expired"),
+        return Step(
+            _with_events(state, [("expired", event)], status="expired", final_at=now, replicas=replicas),
+            nodes,
         )
 
     def _failed(
-        self, state: TaskState, now: datetime, error: str, message: str, outcome: AttemptOutcome
-    ) -> TaskState:
+        self,
+        state: TaskState,
+        now: datetime,
+        error: str,
+        message: str,
+        outcome: AttemptOutcome,
+        *,
+        close_as: AttemptOutcome = "cancelled",
+    ) -> Step:
+        replicas, nodes = self._close_open(state, now, close_as, "not_needed")
+        closed = state.model_copy(update={"replicas": replicas})
         event = TaskFailed(
             id=task_event_id(state.task_id, "failed"),
             source=SOURCE,
             copro_id=state.task.copro_id,
+            time=now,
             task_id=state.task_id,
             error=error,
             message=message,
             attempts=state.attempt,
+            co2_grams=self.task_grams(closed),
             last_attempt_outcome=outcome if state.attempt else None,
+            verification=closed.verification(),
         )
-        return _with_event(
-            state, "failed", event, status="failed", final_at=now, attempts=_end_attempt(state, now, outcome)
-        )
+        return Step(_with_events(closed, [("failed", event)], status="failed", final_at=now), nodes)
 
     # ----- waiting nodes ----------------------------------------------------------------------
 
@@ -428,20 +865,21 @@ class TaskBoard:
             self._waiters[task_type][waiter.node.node_id] = waiter
         return previous
 
-    def waiter_for(self, state: TaskState) -> Waiter | None:
-        """The longest-waiting node that may run `state`, taken off every waiting list."""
+    def _waiter_for(self, state: TaskState, now: datetime, skip_owners: set[str]) -> Waiter | None:
+        """The longest-waiting node that may take a replica of `state`, taken off every waiting list."""
         waiting = self._waiters.get(state.task.task_type)
         if not waiting:
             return None
         for node_id, waiter in waiting.items():
-            if may_run(waiter.node, state.task):
+            if waiter.node.owner_id not in skip_owners and self.fits(state, waiter.node, now):
                 self._drop_waiter(node_id, waiter)
                 return waiter
         return None
 
-    def matches(self) -> list[Waiter]:
-        """Waiting nodes for which a queued task fits now, taken off the waiting lists (at most one
-        per queued task); the caller assigns each its oldest fitting task."""
+    def matches(self, now: datetime) -> list[Waiter]:
+        """Waiting nodes for which a queued task fits now, taken off the waiting lists (at most as many
+        per queued task as it wants replicas, of distinct owners); the caller assigns each its
+        oldest fitting task."""
         found: list[Waiter] = []
         for task_type, waiting in list(self._waiters.items()):
             queue = self._queues.get(task_type)
@@ -451,10 +889,14 @@ class TaskBoard:
                 if not waiting:
                     break
                 state = self._states.get(task_id)
-                if state is None or state.status != "pending":
+                if state is None:
                     continue
-                waiter = self.waiter_for(state)
-                if waiter is not None:
+                owners: set[str] = set()
+                for _ in range(self.wanted(state)):
+                    waiter = self._waiter_for(state, now, owners)
+                    if waiter is None:
+                        break
+                    owners.add(waiter.node.owner_id)
                     found.append(waiter)
         return found
 

@@ -1,4 +1,4 @@
-"""The scheduler's settings as rules: deadlines per task type, attempts, grace periods. Pure."""
+"""The scheduler's settings as rules: deadlines per task type, attempts, grace periods, verification. Pure."""
 
 from __future__ import annotations
 
@@ -21,12 +21,32 @@ DEFAULT_RUN_DEADLINES_S: Mapping[str, float] = {
 class GridRules:
     """`max_attempts`: attempts before a task fails for good; `start_grace_s`: how long a node
     may take to say it started (its poll reply may have been lost); `final_keep_s`: how long a
-    final task's tombstone is kept (late reports and redelivered submissions stay harmless)."""
+    final task's tombstone is kept (late reports and redelivered submissions stay harmless).
+
+    Verification (docs/grid-trust.md): `quorum` agreeing results of distinct owners accept a task
+    (an untrusted first node, or a trusted one drawn for a spot check with probability
+    `spot_check_rate`); at most `max_replicas` results are asked for before the task fails
+    `unverifiable`; `trust_after` valid results in a row make a node trusted; results a trusted
+    node delivered unchecked within `recheck_window_s` before it was caught wrong are checked again.
+    """
 
     max_attempts: int = 3
     start_grace_s: float = 20.0
     final_keep_s: float = 86400.0
     run_deadlines_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RUN_DEADLINES_S))
+    quorum: int = 2
+    max_replicas: int = 4
+    spot_check_rate: float = 0.1
+    trust_after: int = 5
+    recheck_window_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.quorum < 1 or self.max_replicas < self.quorum:
+            raise ValueError("the quorum must be at least 1 and at most max_replicas")
+        if not 0.0 <= self.spot_check_rate <= 1.0:
+            raise ValueError("the spot-check rate is a probability, within [0, 1]")
+        if self.trust_after < 1:
+            raise ValueError("trust_after must be at least 1")
 
     def run_deadline_s(self, task_type: str) -> float:
         return self.run_deadlines_s.get(task_type, max(DEFAULT_RUN_DEADLINES_S.values()))

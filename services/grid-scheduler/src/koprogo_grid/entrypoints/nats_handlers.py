@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.msg import Msg
 from prometheus_client import Counter
@@ -13,7 +14,9 @@ from koprogo_grid.domain.board import NodeFootprint, PollingNode
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_shared import subjects
 from koprogo_shared.consumer import PoisonMessageError
-from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.events import NodeHeartbeat
+from koprogo_shared.node_registry import NodeRegistry, heartbeat_refusal
+from koprogo_shared.node_roster import Roster
 from koprogo_shared.task_events import (
     GridPoll,
     GridPollReply,
@@ -29,6 +32,26 @@ log = logging.getLogger(__name__)
 POLLS_REFUSED = Counter(
     "koprogo_grid_polls_refused_total", "Grid polls not believed or not answerable", ["reason"]
 )
+
+
+class KeyCheckingRegistry(NodeRegistry):
+    """The node registry of the scheduler: a heartbeat is also checked for the public key it
+    announces (`GridScheduler.heard_key`: the roster's, or the one pinned at its first heartbeat)."""
+
+    def __init__(
+        self, roster: Callable[[], Roster | None], heard_key: Callable[[str, str | None], str | None]
+    ) -> None:
+        super().__init__(roster)
+        self._roster_of = roster
+        self._heard_key = heard_key
+
+    def heard(self, subject: str, beat: NodeHeartbeat, now: float) -> str | None:
+        refusal = heartbeat_refusal(subject, beat, self._roster_of())
+        if refusal is None and not beat.leaving:
+            refusal = self._heard_key(beat.node_id, beat.public_key)
+        if refusal is not None:
+            return refusal
+        return super().heard(subject, beat, now)
 
 
 async def on_task_event(scheduler: GridScheduler, msg: Msg) -> None:

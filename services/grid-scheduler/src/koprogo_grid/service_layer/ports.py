@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from koprogo_grid.domain.board import TaskState
+from koprogo_grid.domain.trust import NodeStanding
 
 
 class TaskStateStore(ABC):
@@ -21,6 +23,22 @@ class TaskStateStore(ABC):
 
     @abstractmethod
     async def delete(self, task_id: str) -> None: ...
+
+
+class NodeStandingStore(ABC):
+    """The durable trust book (the real one: the key-value bucket `GRID_NODES_BUCKET`), and the
+    scheduler's secret salt for the spot-check draw, kept beside it so it survives restarts."""
+
+    @abstractmethod
+    async def load(self) -> list[NodeStanding]: ...
+
+    @abstractmethod
+    async def save(self, standing: NodeStanding) -> None:
+        """Store `standing` durably before its events are published."""
+
+    @abstractmethod
+    async def salt(self) -> bytes:
+        """The stored salt, made (random, 32 bytes) and stored the first time."""
 
 
 class TaskEventBus(ABC):
@@ -70,3 +88,20 @@ class FakeTaskEventBus(TaskEventBus):
 
     async def publish(self, outbox: Sequence[tuple[str, str]]) -> None:
         self.published.extend(outbox)
+
+
+class FakeNodeStandingStore(NodeStandingStore):
+    def __init__(self) -> None:
+        self.saved: dict[str, NodeStanding] = {}
+        self.stored_salt: bytes | None = None
+
+    async def load(self) -> list[NodeStanding]:
+        return list(self.saved.values())
+
+    async def save(self, standing: NodeStanding) -> None:
+        self.saved[standing.node_id] = standing
+
+    async def salt(self) -> bytes:
+        if self.stored_salt is None:
+            self.stored_salt = secrets.token_bytes(32)
+        return self.stored_salt

@@ -1,10 +1,18 @@
-"""The grid scheduler's use cases: take tasks, hand them to polling nodes, decide on reports.
+"""The grid scheduler's use cases: take tasks, hand signed replicas to polling nodes, verify reports.
 
 Every transition is stored (`TaskStateStore`) before its events are published and before a node
 is answered, so a scheduler that dies at any point restarts from its store: a task stored as
 assigned whose node never heard of it is taken back when `start_grace_s` passes; events stored in
 a state's outbox but not published are published again at start (their ids are deterministic).
 Transitions of one task are serialised (a lock per task); different tasks go concurrently.
+
+Trust (docs/grid-trust.md): each assignment is signed with the scheduler's key and its digest kept
+in the replica; a report is believed only when `grid_signing.report_refusal` finds nothing (signed
+by the node's key, from the roster or pinned from its first heartbeat, naming the assignment it
+was given, its result unaltered). A result's agreement key (`domain.comparators`) and its energy
+attestation's flags (`domain.green`) go to the board, which decides; the judgments of nodes go to
+the trust book, whose standings are stored (`NodeStandingStore`) before the task's state and
+published after it.
 
 Once a task is final and its decision published, what the user sent goes: its document is deleted
 from the object store and its tombstone keeps no parameters and no result (GDPR: contents live in
@@ -14,18 +22,33 @@ the ledger alone, where an erasure reaches them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from koprogo_grid.domain.board import PollingNode, TaskBoard, TaskState, Waiter
-from koprogo_grid.service_layer.ports import TaskDocumentBin, TaskEventBus, TaskStateStore
+from koprogo_grid.domain.board import PollingNode, ReportCheck, Step, TaskBoard, TaskState, Waiter
+from koprogo_grid.domain.comparators import agreement_key
+from koprogo_grid.domain.green import attestation_flags
+from koprogo_grid.domain.trust import NodeStanding, TrustBook
+from koprogo_grid.service_layer.ports import NodeStandingStore, TaskDocumentBin, TaskEventBus, TaskStateStore
 from koprogo_shared import subjects
+from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.events import utc_now
+from koprogo_shared.grid_signing import (
+    Signer,
+    assignment_digest,
+    report_refusal,
+    result_digest,
+    sign_assignment,
+)
+from koprogo_shared.node_roster import DeviceProfile, NodeGrant, Roster
 from koprogo_shared.task_events import (
     GridPollReply,
+    NodeTrustChanged,
     TaskCancelRequested,
     TaskResultReported,
     TaskStarted,
@@ -37,6 +60,8 @@ log = logging.getLogger(__name__)
 Respond = Callable[[Any, GridPollReply], Awaitable[None]]
 # Tells a node to stop running a task (core NATS, `subjects.node_cancel`).
 CancelNode = Callable[[str, str], Awaitable[None]]
+AgreementKey = Callable[[str, Mapping[str, Any]], str]
+AttestationFlags = Callable[..., list[str]]
 
 
 class GridScheduler:
@@ -49,41 +74,131 @@ class GridScheduler:
         cancel_node: CancelNode,
         documents: TaskDocumentBin | None = None,
         *,
+        signer: Signer,
+        trust: TrustBook,
+        standings: NodeStandingStore,
+        roster: Callable[[], Roster | None] = lambda: None,
+        salt: bytes | None = None,
+        comparator: AgreementKey = agreement_key,
+        green: AttestationFlags = attestation_flags,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.board = board
+        self.trust = trust
         self._store = store
+        self._standings = standings
         self._bus = bus
         self._respond = respond
         self._cancel_node = cancel_node
         self._documents = documents
+        self._signer = signer
+        self._roster = roster
+        self._salt = salt
+        self._comparator = comparator
+        self._green = green
         self._clock = clock
         self._monotonic = monotonic
         self._locks: dict[str, asyncio.Lock] = {}
         self._unpublished: dict[str, TaskState] = {}
+        self._unpublished_trust: dict[str, NodeStanding] = {}
+        self._unsaved_keys: dict[str, NodeStanding] = {}
+        self._saving: set[asyncio.Task[None]] = set()
         self.dispatched = 0
         self.refused_reports = 0
+        # For the ops port's metrics: decided tasks by verification outcome, refused reports by
+        # reason, trust changes by reason.
+        self.outcomes: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
+        self.trust_changes: Counter[str] = Counter()
+
+    @property
+    def public_key(self) -> str:
+        return self._signer.public_key
 
     async def start(self) -> None:
-        """Rebuild the board from the store and publish what a previous run may not have."""
+        """Rebuild the board and the trust book from the stores, publish what a previous run may not have."""
+        self.board.salt = self._salt if self._salt is not None else await self._standings.salt()
+        standings = await self._standings.load()
+        self.trust.load(standings)
+        for standing in standings:
+            if standing.outbox:
+                self._unpublished_trust[standing.node_id] = standing
         states = await self._store.load()
         self.board.load(states)
         for state in states:
             if state.outbox:
                 self._unpublished[state.task_id] = state
         await self._publish_pending()
-        log.info("grid scheduler loaded %d tasks: %s", len(states), self.board.counts())
+        log.info(
+            "grid scheduler loaded %d tasks %s and %d nodes (%d trusted); it signs as %s",
+            len(states),
+            self.board.counts(),
+            len(standings),
+            sum(1 for s in standings if s.trusted),
+            self._signer.public_key,
+        )
+
+    # ----- nodes: owners and keys -------------------------------------------------------------
+
+    def _grant(self, node_id: str) -> NodeGrant | None:
+        roster = self._roster()
+        return None if roster is None else roster.get(node_id)
+
+    def owner_of(self, node_id: str) -> str:
+        grant = self._grant(node_id)
+        return node_id if grant is None else grant.owner_of(node_id)
+
+    def node_key(self, node_id: str) -> str | None:
+        """The key a node's reports must be signed with: the roster's, else the one pinned for it."""
+        grant = self._grant(node_id)
+        if grant is not None and grant.public_key is not None:
+            return grant.public_key
+        return self.trust.pinned_key(node_id)
+
+    def heard_key(self, node_id: str, public_key: str | None) -> str | None:
+        """A heartbeat (believed otherwise) names `public_key`: why it is refused, or None.
+
+        With a roster key the announced one must be it; without, the first announced is pinned
+        (stored in the trust book) and another one later is refused.
+        """
+        if public_key is None:
+            return None
+        grant = self._grant(node_id)
+        if grant is not None and grant.public_key is not None:
+            return None if grant.public_key == public_key else "key_not_in_roster"
+        standing, refusal = self.trust.pin_key(node_id, self.owner_of(node_id), public_key)
+        if standing is not None:
+            self.trust.put(standing)
+            self._unsaved_keys[node_id] = standing
+            saving = asyncio.get_running_loop().create_task(self._save_keys())
+            self._saving.add(saving)
+            saving.add_done_callback(self._saving.discard)
+            log.info("node %s: pinned its public key %s", node_id, public_key)
+        return refusal
+
+    async def _save_keys(self) -> None:
+        for node_id in list(self._unsaved_keys):
+            # The latest standing: a judgment may have changed it since the key was pinned.
+            standing = self.trust.get(node_id)
+            if standing is None:
+                continue
+            try:
+                await self._standings.save(standing.model_copy(update={"outbox": []}))
+            except Exception as exc:
+                log.warning("node %s: its pinned key is not stored yet (%r)", node_id, exc)
+                return
+            self._unsaved_keys.pop(node_id, None)
 
     # ----- events from the stream ------------------------------------------------------------
 
     async def on_submitted(self, task: TaskSubmitted) -> None:
         async with self._lock(task.id):
-            state = self.board.submitted(task, self._clock())
-            if state is None:
+            step = self.board.submitted(task, self._clock())
+            if step is None:
                 return  # known: a redelivered submission
-            await self._commit(state)
-        if state.status == "pending":
+            await self._apply(step)
+        if step.state.status == "pending":
             await self._offer()
 
     async def on_cancel_requested(self, request: TaskCancelRequested) -> None:
@@ -91,21 +206,18 @@ class GridScheduler:
             state = self.board.get(request.task_id)
             if state is None or state.task.copro_id != request.copro_id:
                 return  # unknown here (final and forgotten, or another copro's id): nothing to cancel
-            node = state.node_id
-            cancelled = self.board.cancel(state, self._clock())
-            if cancelled is None:
+            step = self.board.cancel(state, self._clock())
+            if step is None:
                 return
-            await self._commit(cancelled)
-        if node is not None:
-            await self._cancel_node(node, request.task_id)
+            await self._apply(step)
 
     async def on_started(self, event: TaskStarted, subject: str) -> None:
         if not self._from_its_node(subject, event.node_id):
             return
         async with self._lock(event.task_id):
             state = self.board.get(event.task_id)
-            running = None if state is None else self.board.started(state, event, self._clock())
-            if running is None:
+            step = None if state is None else self.board.started(state, event, self._clock())
+            if step is None:
                 self.refused_reports += 1
                 log.info(
                     "ignoring a start of task %s attempt %d from %s",
@@ -114,26 +226,73 @@ class GridScheduler:
                     event.node_id,
                 )
                 return
-            await self._commit(running)
+            await self._apply(step)
 
     async def on_reported(self, report: TaskResultReported, subject: str) -> None:
         if not self._from_its_node(subject, report.node_id):
             return
         async with self._lock(report.task_id):
             state = self.board.get(report.task_id)
-            decided = None if state is None else self.board.reported(state, report, self._clock())
-            if decided is None:
+            replica = None if state is None else self.board.current(state, report.node_id, report.attempt)
+            if state is None or replica is None:
                 self.refused_reports += 1
                 log.info(
-                    "ignoring a report of task %s attempt %d from %s (not its current attempt)",
+                    "ignoring a report of task %s attempt %d from %s (not an open replica)",
                     report.task_id,
                     report.attempt,
                     report.node_id,
                 )
                 return
-            await self._commit(decided)
-        if decided.status == "pending":
+            now = self._clock()
+            expected = replica.assignment_digest or report.assignment_digest or ""
+            refusal = report_refusal(report, self.node_key(report.node_id), expected)
+            trusted = self.trust.is_trusted(report.node_id)
+            if refusal is not None:
+                self.refusals[refusal] += 1
+                log.warning(
+                    "refused the report of task %s attempt %d from %s: %s",
+                    report.task_id,
+                    report.attempt,
+                    report.node_id,
+                    refusal,
+                )
+                check = ReportCheck(refusal=refusal, trusted=trusted)
+            elif report.outcome == "completed" and report.result is not None:
+                grant = self._grant(report.node_id)
+                footprint = (
+                    grant.footprint
+                    if grant is not None
+                    else (replica.footprint.edge() if replica.footprint is not None else EdgeFootprint())
+                )
+                flags = self._green(
+                    report.attestation,
+                    task_type=state.task.task_type,
+                    usage=report.usage,
+                    device=grant.device if grant is not None else DeviceProfile(),
+                    footprint=footprint,
+                    at=now,
+                )
+                check = ReportCheck(
+                    agreement_key=self._key(state.task.task_type, report.result),
+                    flags=tuple(flags),
+                    trusted=trusted,
+                )
+            else:
+                check = ReportCheck(trusted=trusted)
+            step = self.board.reported(state, report, check, now)
+            if step is None:  # not reachable: `current` was checked under the lock
+                return
+            await self._apply(step)
+        if self.board.wanted(step.state) > 0:
             await self._offer()
+
+    def _key(self, task_type: str, result: Mapping[str, Any]) -> str:
+        try:
+            return self._comparator(task_type, result)
+        except Exception as exc:
+            # A result the comparator cannot read agrees with nothing but an identical result.
+            log.warning("the %s comparator cannot read a result (%r): compared as its digest", task_type, exc)
+            return f"unreadable:{result_digest(result)}"
 
     def _from_its_node(self, subject: str, node_id: str) -> bool:
         if subjects.task_sender(subject) != subjects.subject_token(node_id):
@@ -146,6 +305,9 @@ class GridScheduler:
 
     async def poll(self, node: PollingNode, reply: Any, wait_s: float) -> None:
         """Answer `reply` with the oldest task `node` may run, at once or when one comes within `wait_s`."""
+        node = dataclasses.replace(
+            node, owner=self.owner_of(node.node_id), trusted=self.trust.is_trusted(node.node_id)
+        )
         if await self._try_assign(node, reply):
             return
         if wait_s <= 0:
@@ -159,64 +321,104 @@ class GridScheduler:
 
     async def _try_assign(self, node: PollingNode, reply: Any) -> bool:
         now = self._clock()
+        # The standing may have changed while the node waited.
+        node = dataclasses.replace(node, trusted=self.trust.is_trusted(node.node_id))
         while (state := self.board.next_task(node, now)) is not None:
             async with self._lock(state.task_id):
                 current = self.board.get(state.task_id)
-                if current is None or current.status != "pending":
+                if current is None or not self.board.fits(current, node, now):
                     continue
-                assigned = self.board.assign(current, node, now)
+                step = self.board.assign(current, node, now)
+                attempt = step.state.attempt
+                signed = sign_assignment(
+                    self._signer, self.board.assignment(step.state, attempt), node.node_id
+                )
+                assigned = self.board.with_assignment_digest(step.state, attempt, assignment_digest(signed))
                 try:
-                    await self._commit(assigned)
+                    await self._apply(Step(assigned))
                 except Exception:
                     self.board.put(current)  # back on its queue
                     raise
             self.dispatched += 1
-            await self._respond(reply, GridPollReply(assignment=self.board.assignment(assigned)))
+            await self._respond(reply, GridPollReply(assignment=signed))
             return True
         return False
 
     async def _offer(self) -> None:
         """Hand queued tasks to waiting nodes while both exist."""
-        for waiter in self.board.matches():
+        for waiter in self.board.matches(self._clock()):
             if not await self._try_assign(waiter.node, waiter.reply):
                 self.board.wait(waiter)
 
     # ----- time --------------------------------------------------------------------------------
 
     async def tick(self, alive: set[str]) -> None:
-        """Answer polls that waited long enough, take back overdue attempts, drop old tombstones."""
+        """Answer polls that waited long enough, take back overdue replicas, drop old tombstones."""
         for waiter in self.board.waiters_until(self._monotonic()):
             await self._respond(waiter.reply, GridPollReply(reason="no_work"))
         now = self._clock()
         requeued = False
-        for state, reason, message in self.board.overdue(now, alive):
+        for state, attempt, reason, message in self.board.overdue(now, alive):
             async with self._lock(state.task_id):
                 current = self.board.get(state.task_id)
                 if current is None or current.final or current is not state:
-                    continue
-                if reason == "expired":
-                    decided = self.board.expire(current, now)
+                    continue  # changed since it was looked at: the next tick looks again
+                if attempt is None:
+                    step: Step | None = self.board.expire(current, now)
                 else:
-                    decided = self.board.requeue(current, reason, message, now)
+                    step = self.board.requeue(current, attempt, reason, message, now)
                     log.info("task %s: %s", current.task_id, message)
-                node = current.node_id
-                await self._commit(decided)
-            if reason == "expired" and node is not None:
-                await self._cancel_node(node, state.task_id)
-            requeued = requeued or decided.status == "pending"
+                if step is None:
+                    continue
+                await self._apply(step)
+            requeued = requeued or self.board.wanted(step.state) > 0
         for task_id in self.board.tombstones_before(now):
             await self._store.delete(task_id)
             self.board.forget(task_id)
             self._locks.pop(task_id, None)
+        if self._unsaved_keys:
+            await self._save_keys()
         await self._publish_pending()
         if requeued:
             await self._offer()
 
     # ----- storing and publishing ----------------------------------------------------------------
 
+    async def _apply(self, step: Step) -> None:
+        """Count the judgments (stored first), store and publish the task's state, tell nodes to stop."""
+        judged: list[NodeStanding] = []
+        now = self._clock()
+        for judgment in step.judgments:
+            standing = self.trust.judge(judgment, now)
+            if standing is None:
+                continue
+            pending = self._unpublished_trust.get(standing.node_id)
+            if pending is not None and pending.outbox:
+                # Not published yet: its events ride along with the new ones.
+                standing = standing.model_copy(update={"outbox": [*pending.outbox, *standing.outbox]})
+            await self._standings.save(standing)
+            self.trust.put(standing)
+            self._unsaved_keys.pop(standing.node_id, None)
+            if standing.outbox:
+                self._unpublished_trust[standing.node_id] = standing
+                judged.append(standing)
+        await self._commit(step.state)
+        for standing in judged:
+            await self._publish_standing(standing)
+        for node_id in step.cancel_nodes:
+            await self._cancel_node(node_id, step.state.task_id)
+
     async def _commit(self, state: TaskState) -> None:
+        pending = self._unpublished.get(state.task_id)
+        if pending is not None and pending.outbox:
+            # A previous transition's events are not published yet: they ride along with these.
+            earlier = [entry for entry in pending.outbox if entry not in state.outbox]
+            state = state.model_copy(update={"outbox": [*earlier, *state.outbox]})
         await self._store.save(state)
         self.board.put(state)
+        if state.final:
+            verification = state.verification()
+            self.outcomes[verification.outcome if verification else f"no_verification_{state.status}"] += 1
         if state.outbox:
             try:
                 await self._bus.publish(state.outbox)
@@ -225,8 +427,21 @@ class GridScheduler:
                 log.warning("task %s: events not published yet (%r)", state.task_id, exc)
                 self._unpublished[state.task_id] = state
                 return
+        self._unpublished.pop(state.task_id, None)
         if state.final:
             await self._forget_contents(state)
+
+    async def _publish_standing(self, standing: NodeStanding) -> bool:
+        try:
+            await self._bus.publish(standing.outbox)
+        except Exception as exc:
+            log.warning("node %s: trust events not published yet (%r)", standing.node_id, exc)
+            return False
+        if self._unpublished_trust.get(standing.node_id) is standing:
+            del self._unpublished_trust[standing.node_id]
+        for _, payload in standing.outbox:
+            self.trust_changes[NodeTrustChanged.model_validate_json(payload).reason] += 1
+        return True
 
     async def _publish_pending(self) -> None:
         for task_id, state in list(self._unpublished.items()):
@@ -235,9 +450,13 @@ class GridScheduler:
             except Exception as exc:
                 log.warning("task %s: events still not published (%r)", task_id, exc)
                 return
-            self._unpublished.pop(task_id, None)
+            if self._unpublished.get(task_id) is state:
+                self._unpublished.pop(task_id, None)
             if state.final:
                 await self._forget_contents(state)
+        for standing in list(self._unpublished_trust.values()):
+            if not await self._publish_standing(standing):
+                return
 
     async def _forget_contents(self, state: TaskState) -> None:
         """A final, published task: delete its document, keep a tombstone without contents."""

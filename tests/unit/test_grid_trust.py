@@ -1,0 +1,427 @@
+"""Verification by redundancy, signatures and the trust book (docs/grid-trust.md), over fakes.
+
+Nodes sign with real nkeys; results are compared with the real comparators (identical results
+agree, different values disagree) and attestations checked by the real Proof of Green rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from koprogo_grid.domain.board import TaskState
+from koprogo_grid.domain.rules import GridRules
+from koprogo_grid.domain.trust import Judgment, NodeStanding, TrustBook
+from koprogo_grid.domain.verification import Vote, reachable, replicas_wanted, spot_check_drawn, tally
+from koprogo_shared import subjects
+from koprogo_shared.grid_signing import sign_report
+from koprogo_shared.node_roster import NodeGrant
+from koprogo_shared.task_events import NodeTrustChanged, TaskCancelRequested
+from tests.unit.test_grid_scheduler import T0, Grid, attestation, new_signer, task
+
+
+def invoice(total: str, iban: str = "BE71 0961 2345 6769") -> dict[str, Any]:
+    """An ocr_invoice result: the comparator reads the fields' values."""
+    return {"fields": {"total_incl_vat": {"value": total, "confidence": 0.9}, "iban": {"value": iban}}}
+
+
+HONEST = invoice("121.00")
+GARBAGE = invoice("0.00", "nonsense")
+
+
+def rules(**changes: Any) -> GridRules:
+    values: dict[str, Any] = {"max_attempts": 3, "start_grace_s": 10, "quorum": 2, "max_replicas": 4}
+    return GridRules(**(values | changes))
+
+
+def trust_events(grid: Grid, node_id: str | None = None) -> list[NodeTrustChanged]:
+    found = [e for e in grid.events() if isinstance(e, NodeTrustChanged)]
+    return [e for e in found if node_id is None or e.node_id == node_id]
+
+
+async def test_an_honest_quorum_of_two_owners_accepts_the_result_and_counts_both_nodes() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert (await grid.poll("n3")).reason == "no_work"  # two replicas at once, no more
+    await grid.report(first, result=HONEST)
+    state = grid.store.saved[t.id]
+    assert state.status == "verifying"
+    [verifying] = grid.events("verifying")
+    assert verifying.verification.policy == "quorum" and verifying.verification.agreement == 1
+    await grid.report(second, result=HONEST, seconds=20)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert v is not None and v.outcome == "accepted" and v.agreement == 2
+    assert [(r.node_id, r.verdict) for r in v.replicas] == [("n1", "valid"), ("n2", "valid")]
+    assert completed.result == HONEST
+    # Both replicas' energy is the task's: 10 W x (36 + 20) s at 200 g/kWh.
+    assert completed.co2_grams == pytest.approx(10 * 56 / 3600 / 1000 * 200)
+    assert {s.node_id: (s.validated, s.valid_streak) for s in grid.standings.saved.values()} == {
+        "n1": (1, 1),
+        "n2": (1, 1),
+    }
+    assert trust_events(grid) == []  # nobody's standing changed yet (trust after 5)
+
+
+async def test_a_lazy_node_disagreeing_gets_a_third_replica_asked_and_is_caught_wrong() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    honest, lazy = await grid.take("honest-1"), await grid.take("lazy")
+    await grid.report(lazy, result=GARBAGE, seconds=1)
+    await grid.report(honest, result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying"
+    third = await grid.take("honest-2")
+    assert third.attempt == 3
+    await grid.report(third, result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.result == HONEST and completed.node_id == "honest-2"
+    verdicts = {r.node_id: r.verdict for r in completed.verification.replicas}
+    assert verdicts == {"honest-1": "valid", "lazy": "invalid", "honest-2": "valid"}
+    [caught] = trust_events(grid, "lazy")
+    assert caught.reason == "caught_wrong" and caught.trusted is False and caught.invalid == 1
+    assert caught.id == str(uuid.uuid5(uuid.UUID(t.id), "task:trust:lazy:caught_wrong"))
+    assert grid.standings.saved["lazy"].invalid == 1
+    assert [a.outcome for a in grid.store.saved[t.id].attempts] == ["completed", "invalid", "completed"]
+
+
+async def test_two_colluding_nodes_of_one_owner_never_make_a_quorum() -> None:
+    roster = {
+        "acme-1": NodeGrant(frozenset(), owner="acme"),
+        "acme-2": NodeGrant(frozenset(), owner="acme"),
+    }
+    grid = Grid(rules(), roster=roster)
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first = await grid.take("acme-1")
+    assert (await grid.poll("acme-2")).reason == "no_work"  # the same owner has a replica
+    honest = await grid.take("n1")
+    await grid.report(first, result=GARBAGE)
+    await grid.report(honest, result=HONEST)
+    # Disagreement: a third owner is asked, never acme's second node.
+    assert (await grid.poll("acme-2")).reason == "no_work"
+    await grid.report(await grid.take("n2"), result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.result == HONEST
+    assert {r.owner for r in completed.verification.replicas} == {"acme", "n1", "n2"}
+
+
+async def test_with_a_quorum_of_three_two_colluders_with_one_wrong_answer_never_beat_three_honest_owners() -> (
+    None
+):
+    """(With a quorum of 2, two colluding owners answering first would win: the quorum is the defence.)"""
+    grid = Grid(rules(quorum=3, max_replicas=5))
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    c1, c2, h1 = await grid.take("c1"), await grid.take("c2"), await grid.take("h1")
+    await grid.report(c1, result=GARBAGE)
+    await grid.report(c2, result=GARBAGE)
+    await grid.report(h1, result=HONEST)
+    await grid.report(await grid.take("h2"), result=HONEST)
+    await grid.report(await grid.take("h3"), result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.result == HONEST
+    verdicts = {r.node_id: r.verdict for r in completed.verification.replicas}
+    assert verdicts == {"c1": "invalid", "c2": "invalid", "h1": "valid", "h2": "valid", "h3": "valid"}
+
+
+async def test_a_trusted_node_s_result_is_taken_alone_unchecked_and_earns_its_trust_first() -> None:
+    grid = Grid(rules(trust_after=2, spot_check_rate=0.0))
+    for _ in range(2):
+        t = task()
+        await grid.scheduler.on_submitted(t)
+        mine, other = await grid.take("veteran"), await grid.take(f"peer-{t.id[:4]}")
+        await grid.report(mine, result=HONEST)
+        await grid.report(other, result=HONEST)
+    [earned] = trust_events(grid, "veteran")
+    assert earned.reason == "earned" and earned.trusted and earned.valid_streak == 2
+    assert grid.standings.saved["veteran"].trusted
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    alone = await grid.take("veteran")
+    assert (await grid.poll("n9")).reason == "no_work"  # nobody else is asked
+    await grid.report(alone, result=HONEST)
+    completed = grid.events("completed")[-1]
+    v = completed.verification
+    assert v is not None and v.policy == "trusted" and v.outcome == "accepted_unchecked"
+    assert [(r.verdict, r.trusted) for r in v.replicas] == [("unchecked", True)]
+    assert grid.standings.saved["veteran"].validated == 2  # an unchecked result proves nothing
+
+
+async def test_a_trusted_node_drawn_for_a_spot_check_needs_a_quorum() -> None:
+    grid = Grid(rules(spot_check_rate=1.0))
+    grid.standings.saved["veteran"] = NodeStanding(node_id="veteran", owner="veteran", trusted=True)
+    await grid.scheduler.start()
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("veteran"), await grid.take("n2")
+    await grid.report(first, result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying"
+    await grid.report(second, result=HONEST)
+    v = grid.events("completed")[0].verification
+    assert v is not None and v.policy == "spot_check" and v.outcome == "accepted"
+    assert [(r.node_id, r.verdict, r.trusted) for r in v.replicas] == [
+        ("veteran", "valid", True),
+        ("n2", "valid", False),
+    ]
+
+
+def test_the_spot_check_draw_is_keyed_by_the_salt_and_close_to_its_rate() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4000)]
+    drawn = [i for i in ids if spot_check_drawn(i, b"salt-a", 0.1)]
+    assert 0.08 < len(drawn) / len(ids) < 0.12
+    assert drawn == [i for i in ids if spot_check_drawn(i, b"salt-a", 0.1)]  # the same after a restart
+    assert drawn != [i for i in ids if spot_check_drawn(i, b"salt-b", 0.1)]  # unpredictable without it
+    assert not any(spot_check_drawn(i, b"salt-a", 0.0) for i in ids[:100])
+    assert all(spot_check_drawn(i, b"salt-a", 1.0) for i in ids[:100])
+
+
+async def test_the_salt_is_kept_in_the_store_so_a_restart_draws_the_same() -> None:
+    grid = Grid(rules())
+    await grid.scheduler.start()
+    salt = grid.scheduler.board.salt
+    assert len(salt) == 32
+    restarted = await grid.restart()
+    assert restarted.board.salt == salt
+
+
+async def test_results_that_never_agree_within_max_replicas_fail_unverifiable() -> None:
+    grid = Grid(rules(max_replicas=4))
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    a, b = await grid.take("a"), await grid.take("b")
+    await grid.report(a, result=invoice("1.00"))
+    await grid.report(b, result=invoice("2.00"))
+    await grid.report(await grid.take("c"), result=invoice("3.00"))
+    assert grid.store.saved[t.id].status == "verifying"
+    await grid.report(await grid.take("d"), result=invoice("4.00"))
+    [failed] = grid.events("failed")
+    assert failed.error == "unverifiable"
+    v = failed.verification
+    assert v is not None and v.outcome == "unverifiable" and len(v.replicas) == 4 and v.agreement == 1
+    assert failed.co2_grams == pytest.approx(4 * 10 * 36 / 3600 / 1000 * 200)
+    assert (await grid.poll("e")).reason == "no_work"
+    assert trust_events(grid) == []  # nobody knows who was right: nobody is counted
+
+
+async def test_a_report_signed_by_another_key_is_refused_counted_and_its_replica_given_to_another_node() -> (
+    None
+):
+    grid = Grid(rules(quorum=1))
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    given = await grid.take("n1")
+    await grid.report(given, result=HONEST, signer=new_signer())
+    state = grid.store.saved[t.id]
+    assert state.status == "pending"
+    [replica] = state.replicas
+    assert (replica.verdict, replica.outcome) == ("refused", "refused")
+    [requeued] = grid.events("requeued")
+    assert requeued.reason == "refused" and "signed_by_another_key" in requeued.message
+    [bad] = trust_events(grid, "n1")
+    assert bad.reason == "bad_signature" and bad.trusted is False
+    assert grid.standings.saved["n1"].refused == 1
+    assert grid.scheduler.refusals == {"signed_by_another_key": 1}
+    assert (await grid.poll("n1")).reason == "no_work"  # the refused node is not asked again
+    await grid.report(await grid.take("n2"), result=HONEST)
+    assert grid.events("completed")[0].node_id == "n2"
+
+
+async def test_unsigned_and_altered_reports_are_refused() -> None:
+    grid = Grid(rules(quorum=1, max_attempts=5))
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    given = await grid.take("n1")
+    report, subject = grid.signed(given, result=HONEST)
+    await grid.scheduler.on_reported(report.model_copy(update={"signature": None}), subject)
+    given = await grid.take("n2")
+    report, subject = grid.signed(given, result=HONEST)
+    altered = report.model_copy(update={"result": GARBAGE})  # in transit, after the node signed
+    await grid.scheduler.on_reported(altered, subject)
+    assert grid.scheduler.refusals == {"unsigned_report": 1, "result_altered": 1}
+    assert [r.verdict for r in grid.store.saved[t.id].replicas] == ["refused", "refused"]
+
+
+async def test_a_node_replaying_its_signed_report_of_another_task_is_refused() -> None:
+    grid = Grid(rules(quorum=1))
+    first, second = task(), task()
+    await grid.scheduler.on_submitted(first)
+    await grid.scheduler.on_submitted(second)
+    a = await grid.take("n1")
+    await grid.report(a, result=HONEST)
+    b = await grid.take("n1")
+    assert b.task_id == second.id
+    # The node re-signs its first answer for the second task, naming the assignment it ran.
+    old, subject = grid.signed(a, result=HONEST)
+    replay = sign_report(
+        grid.node_signer("n1"), old.model_copy(update={"task_id": b.task_id, "attempt": b.attempt}), a
+    )
+    await grid.scheduler.on_reported(replay, subject)
+    assert grid.scheduler.refusals == {"not_the_assignment_given": 1}
+    assert grid.store.saved[second.id].replicas[0].verdict == "refused"
+    # The same signed report sent again for its own task is not a current replica: ignored.
+    await grid.scheduler.on_reported(old, subject)
+    assert grid.scheduler.refused_reports == 1
+
+
+async def test_a_restart_mid_verification_keeps_the_replicas_their_digests_and_the_salt() -> None:
+    grid = Grid(rules())
+    await grid.scheduler.start()
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    await grid.report(first, result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying"
+    salt = grid.scheduler.board.salt
+    await grid.restart()
+    assert grid.scheduler.board.salt == salt
+    state = grid.scheduler.board.get(t.id)
+    assert state is not None and state.status == "verifying"
+    assert all(r.assignment_digest for r in state.replicas)
+    assert (await grid.poll("n3")).reason == "no_work"  # still waiting on n2, not asking a third
+    await grid.report(second, result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.verification.outcome == "accepted"
+    assert grid.standings.saved["n1"].validated == 1  # counted once, after the restart
+
+
+async def test_an_implausible_attestation_counts_for_agreement_but_earns_nothing_and_resets_the_run() -> None:
+    grid = Grid(rules())
+    grid.standings.saved["n1"] = NodeStanding(node_id="n1", owner="n1", valid_streak=3, validated=3)
+    await grid.scheduler.start()
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    # 0.001 Wh for 36 s: below what a Pi 5 idling at 2.7 W needs (0.027 Wh).
+    await grid.report(first, result=HONEST, attested=attestation(36, wh=0.001, power_watts=0.1))
+    [flagged] = trust_events(grid, "n1")
+    assert flagged.reason == "implausible_attestation" and flagged.valid_streak == 0
+    await grid.report(second, result=HONEST)
+    v = grid.events("completed")[0].verification
+    assert v is not None and v.outcome == "accepted" and v.agreement == 2
+    assert [(r.node_id, r.verdict) for r in v.replicas] == [("n1", "flagged"), ("n2", "valid")]
+    assert "energy_below_idle" in v.replicas[0].flags and v.replicas[1].flags == []
+    assert grid.standings.saved["n1"].flagged == 1 and grid.standings.saved["n1"].validated == 3
+
+
+async def test_a_node_lost_mid_verification_is_replaced_by_another_owner() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, _doomed = await grid.take("n1"), await grid.take("doomed")
+    await grid.report(first, result=HONEST)
+    await grid.scheduler.tick(alive={"n1", "n3"})
+    state = grid.store.saved[t.id]
+    assert state.status == "verifying"
+    assert [(r.node_id, r.outcome) for r in state.replicas] == [("n1", "completed"), ("doomed", "node_lost")]
+    await grid.report(await grid.take("n3"), result=HONEST)
+    assert grid.events("completed")[0].verification.agreement == 2
+
+
+async def test_cancel_tells_every_node_running_a_replica() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    await grid.take("n1")
+    await grid.take("n2")
+    await grid.scheduler.on_cancel_requested(TaskCancelRequested(source="gw", copro_id="c1", task_id=t.id))
+    assert sorted(grid.replies.cancels) == [("n1", t.id), ("n2", t.id)]
+    assert grid.store.saved[t.id].status == "cancelled"
+
+
+async def test_a_replica_still_running_when_the_decision_is_made_is_stopped_not_needed() -> None:
+    grid = Grid(rules(quorum=3, max_replicas=4))
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    a, b, c = await grid.take("a"), await grid.take("b"), await grid.take("c")
+    await grid.report(a, result=invoice("1.00"))
+    await grid.report(b, result=invoice("2.00"))
+    d = await grid.take("d")  # one more could still make 3 agree
+    assert d.attempt == 4
+    await grid.report(c, result=invoice("3.00"))  # now no 3 can agree within 4
+    [failed] = grid.events("failed")
+    assert failed.error == "unverifiable"
+    assert grid.replies.cancels == [("d", t.id)]
+    last = grid.store.saved[t.id].replicas[-1]
+    assert (last.node_id, last.verdict, last.outcome) == ("d", "not_needed", "not_needed")
+
+
+async def test_a_heartbeat_key_is_pinned_once_and_a_roster_key_wins() -> None:
+    grid = Grid(rules())
+    first, other = new_signer(), new_signer()
+    assert grid.scheduler.heard_key("n1", first.public_key) is None
+    assert grid.scheduler.heard_key("n1", first.public_key) is None
+    assert grid.scheduler.heard_key("n1", other.public_key) == "key_not_pinned"
+    assert grid.scheduler.node_key("n1") == first.public_key
+    grid.roster = {"r1": NodeGrant(frozenset(), public_key=first.public_key, owner="coop")}
+    assert grid.scheduler.heard_key("r1", other.public_key) == "key_not_in_roster"
+    assert grid.scheduler.heard_key("r1", first.public_key) is None
+    assert grid.scheduler.node_key("r1") == first.public_key
+    assert grid.scheduler.owner_of("r1") == "coop" and grid.scheduler.owner_of("n1") == "n1"
+    await grid.scheduler.tick(alive=set())
+    assert grid.standings.saved["n1"].public_key == first.public_key  # stored: survives a restart
+
+
+def test_the_trust_book_earns_loses_and_counts_each_judgment_once() -> None:
+    book = TrustBook(trust_after=2)
+
+    def judge(verdict: Any, task_id: str, attempt: int = 1) -> NodeStanding | None:
+        standing = book.judge(Judgment("n1", "o1", verdict, task_id, attempt), T0)
+        if standing is not None:
+            book.put(standing)
+        return standing
+
+    t1, t2, t3, t4 = (str(uuid.uuid4()) for _ in range(4))
+    assert judge("valid", t1) is not None and not book.is_trusted("n1")
+    assert judge("valid", t1) is None  # a redelivered report counts once
+    earned = judge("valid", t2)
+    assert earned is not None and earned.trusted and len(earned.outbox) == 1
+    assert judge("unchecked", t3) is None
+    flagged = judge("flagged", t3, 2)
+    assert flagged is not None and flagged.trusted and flagged.valid_streak == 0
+    caught = judge("invalid", t4)
+    assert caught is not None and not caught.trusted and caught.invalid == 1 and caught.caught_at == T0
+    event = NodeTrustChanged.model_validate_json(caught.outbox[0][1])
+    assert caught.outbox[0][0] == subjects.grid_node_trust("n1")
+    assert (event.reason, event.trusted, event.validated, event.invalid) == ("caught_wrong", False, 2, 1)
+
+
+def test_tallies_count_distinct_owners_and_say_when_a_quorum_is_out_of_reach() -> None:
+    votes = [Vote(1, "acme", "k1"), Vote(2, "acme", "k1"), Vote(3, "b", "k2")]
+    assert tally(votes).owners == 1 and tally(votes).results == 3
+    assert replicas_wanted(2, 4, best_owners=0, results=0, running=0) == 2
+    assert replicas_wanted(2, 4, best_owners=1, results=2, running=0) == 1
+    assert replicas_wanted(2, 4, best_owners=1, results=1, running=1) == 0
+    assert replicas_wanted(3, 4, best_owners=1, results=3, running=0) == 1
+    assert reachable(3, 4, best_owners=1, results=3) is False
+
+
+def test_a_state_stored_before_replicas_reads_as_replicas() -> None:
+    t = task()
+    old = {
+        "task": t.model_dump(mode="json"),
+        "status": "running",
+        "attempt": 2,
+        "node_id": "n2",
+        "footprint": {"power_watts": 7.0, "intensity_g_per_kwh": 150.0, "renewable_attested": False},
+        "start_by": (T0 + timedelta(seconds=20)).isoformat(),
+        "run_deadline": (T0 + timedelta(seconds=300)).isoformat(),
+        "attempts": [
+            {"attempt": 1, "node_id": "n1", "outcome": "node_lost"},
+            {"attempt": 2, "node_id": "n2", "started_at": T0.isoformat()},
+        ],
+        "final_at": None,
+        "outbox": [],
+    }
+    state = TaskState.model_validate(old)
+    assert [(r.node_id, r.phase, r.outcome) for r in state.replicas] == [
+        ("n1", "ended", "node_lost"),
+        ("n2", "running", None),
+    ]
+    assert state.node_id == "n2" and state.policy is None
