@@ -44,12 +44,14 @@ log = logging.getLogger(__name__)
 class DeviceProfile:
     """What an operator declares of a grid node's hardware and place (Proof of Green's yardstick).
 
-    `device_class`: "pi4", "pi5", "x86", ... (`koprogo_grid.domain.green` knows their limits);
+    `device_class`: "pi4", "pi5", "x86", "arm64-server" (`koprogo_grid.domain.green` knows their
+    limits); "unknown" when not declared, which gets generous limits (an undeclared x86 box must
+    not be flagged for decoding faster than a Pi could);
     `idle_watts`: its draw doing nothing (an attestation below idle x time cannot be true);
     `latitude`/`longitude`: where its panels are (no solar output at night), None when not said.
     """
 
-    device_class: str = "pi5"
+    device_class: str = "unknown"
     idle_watts: float = 2.7
     latitude: float | None = None
     longitude: float | None = None
