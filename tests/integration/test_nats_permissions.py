@@ -44,7 +44,7 @@ from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
-from koprogo_shared.consumer import ACK, DeadLetter
+from koprogo_shared.consumer import ACK, ConsumerSpec, DeadLetter, consumer_config
 from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.events import (
     ChatCompleted,
@@ -69,6 +69,7 @@ from koprogo_shared.nats_connection import (
 )
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
+from koprogo_shared.task_events import NodeTrustChanged
 from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
 from tests.integration.ledger_support import chat_requested
@@ -904,3 +905,62 @@ async def test_a_copros_node_cannot_fail_or_answer_another_copros_request_in_the
     assert "node pi-x takes no work of copro copro-edge" in reasons[2], reasons
     assert status_after_forgeries == "pending"
     assert genuine_decisions == [ACK] and status == "failed"
+
+
+def _trust_changed(node_id: str, reason: str = "earned") -> NodeTrustChanged:
+    return NodeTrustChanged(
+        source="tests/grid-scheduler",
+        node_id=node_id,
+        owner=node_id,
+        trusted=reason == "earned",
+        reason=reason,  # type: ignore[arg-type]
+        task_id=str(uuid.uuid4()),
+        valid_streak=5,
+        validated=5,
+        invalid=0,
+    )
+
+
+async def test_the_grid_keeps_its_trust_book_and_says_a_nodes_standing_which_the_ledger_reads(
+    secured: SecuredNats,
+) -> None:
+    async with connected_as(secured, "grid") as grid, connected_as(secured, "ledger") as ledger:
+        book = await grid.js.key_value(subjects.GRID_NODES_BUCKET)
+        await book.put("pi-1", b'{"owner": "pi-1", "trusted": true, "valid_streak": 5}')
+        assert (await book.get("pi-1")).value == b'{"owner": "pi-1", "trusted": true, "valid_streak": 5}'
+        earned = _trust_changed("pi-1")
+        ack = await publish_event(grid.js, subjects.grid_node_trust("pi-1"), earned)
+        assert ack.stream == subjects.EVENTS_STREAM
+        # The ledger's own durable (filter koprogo.events.>, as it runs) receives it.
+        spec = ConsumerSpec(
+            stream=subjects.EVENTS_STREAM, durable=subjects.LEDGER_DURABLE, filter_subject=subjects.EVENTS_ALL
+        )
+        await ledger.js.add_consumer(subjects.EVENTS_STREAM, consumer_config(spec))
+        sub = await ledger.js.pull_subscribe_bind(
+            durable=subjects.LEDGER_DURABLE, stream=subjects.EVENTS_STREAM
+        )
+        [msg] = await sub.fetch(1, timeout=5)
+        await msg.ack()
+    assert msg.subject == subjects.grid_node_trust("pi-1")
+    assert NodeTrustChanged.model_validate_json(msg.data) == earned
+    assert ledger.refusals.errors.empty() and grid.refusals.errors.empty()
+
+
+async def test_a_node_can_neither_say_its_own_standing_nor_touch_the_trust_book(secured: SecuredNats) -> None:
+    async with connected_as(secured, "admin") as admin, connected_as(secured, "node:pi-1") as node:
+        # A node publishing its own trust (to get its escrow released) is refused by the server.
+        await node.nc.publish(
+            subjects.grid_node_trust("pi-1"), _trust_changed("pi-1").model_dump_json().encode()
+        )
+        refusal = await node.refusals.next()
+        assert "permissions violation" in refusal and "koprogo.events.grid.node_trust.pi-1" in refusal
+        await node.nc.publish(f"$KV.{subjects.GRID_NODES_BUCKET}.pi-1", b'{"trusted": true}')
+        refusal = await node.refusals.next()
+        assert (
+            "permissions violation" in refusal and f"$kv.{subjects.GRID_NODES_BUCKET}.pi-1".lower() in refusal
+        )
+        await request_refused(node.js.key_value(subjects.GRID_NODES_BUCKET))
+        await admin.nc.flush()
+        events = await admin.js.stream_info(subjects.EVENTS_STREAM)
+        book = await admin.js.stream_info(f"KV_{subjects.GRID_NODES_BUCKET}")
+    assert events.state.messages == 0 and book.state.messages == 0
