@@ -271,6 +271,9 @@ async def test_a_nodes_balance_pages_its_entries_and_hides_other_nodes(
         ("/mcp/v1/grid/nodes/pi-cave/balance", MEMBER, 403),
         ("/mcp/v1/grid/nodes/pi-cave/balance?limit=0", OPERATOR, 422),
         ("/mcp/v1/grid/nodes/pi-cave/balance?before_seq=x", OPERATOR, 422),
+        ("/mcp/v1/grid/nodes/pi-cave/balance?before_seq=99999999999999999999", ADMIN, 422),
+        ("/mcp/v1/grid/nodes/pi%00cave/balance", ADMIN, 422),
+        (f"/mcp/v1/grid/nodes/{'n' * 256}/balance", ADMIN, 422),
     ):
         response = await client.get(path, headers=headers)
         assert response.status_code == status, (path, response.text)

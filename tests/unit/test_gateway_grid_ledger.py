@@ -25,7 +25,7 @@ from koprogo_gateway.domain.errors import (
     GridNodeNotFoundError,
     InvalidQueryError,
 )
-from koprogo_gateway.domain.grid_view import EntryPage, NodeStanding, parse_entry_page
+from koprogo_gateway.domain.grid_view import EntryPage, NodeStanding, parse_entry_page, parse_node_id
 from koprogo_gateway.service_layer.grid import GridLedgerService
 from koprogo_shared import token_chain as tc
 from koprogo_shared.grid_signing import Signer
@@ -278,7 +278,14 @@ def test_entry_pages_are_parsed_and_bad_values_named() -> None:
     assert parse_entry_page(None, None) == EntryPage(limit=50, before_seq=None)
     assert parse_entry_page("10", "42") == EntryPage(limit=10, before_seq=42)
     for limit, before, named in (("0", None, "limit"), ("501", None, "limit"), ("x", None, "limit"),
-                                 (None, "0", "before_seq"), (None, "1.5", "before_seq")):  # fmt: skip
+                                 (None, "0", "before_seq"), (None, "1.5", "before_seq"),
+                                 (None, str(2**63), "before_seq")):  # fmt: skip
         with pytest.raises(InvalidQueryError) as refused:
             parse_entry_page(limit, before)
         assert named in refused.value.message
+
+
+def test_a_node_id_with_a_nul_is_refused_before_any_query() -> None:
+    assert parse_node_id("pi-cave.é") == "pi-cave.é"
+    with pytest.raises(InvalidQueryError):
+        parse_node_id("pi\x00cave")

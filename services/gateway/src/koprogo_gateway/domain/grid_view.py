@@ -26,6 +26,8 @@ FUND_ACCOUNT = "fund:solidarity"
 FUND_INFLOW_KINDS = ("fund_share", "co2_credit", "escrow_forfeit")
 DEFAULT_ENTRIES = 50
 MAX_ENTRIES = 500
+# seq is a BIGINT.
+MAX_SEQ = 2**63 - 1
 
 
 def node_account(node_id: str) -> str:
@@ -117,9 +119,16 @@ def parse_entry_page(limit: str | None, before_seq: str | None) -> EntryPage:
             before = int(before_seq)
         except ValueError:
             raise InvalidQueryError(f"before_seq {before_seq!r} is not a whole number") from None
-        if before < 1:
-            raise InvalidQueryError("before_seq must be at least 1")
+        if not 1 <= before <= MAX_SEQ:
+            raise InvalidQueryError(f"before_seq must be between 1 and {MAX_SEQ}")
     return EntryPage(limit=count, before_seq=before)
+
+
+def parse_node_id(text: str) -> str:
+    """A node id from a path: any text PostgreSQL can hold (NUL is refused, 422)."""
+    if "\x00" in text:
+        raise InvalidQueryError("a node id cannot contain a NUL character")
+    return text
 
 
 class GridNodeOut(BaseModel):

@@ -15,6 +15,7 @@ from koprogo_gateway.domain.grid_view import (
     NodeBalanceOut,
     SolidarityFundOut,
     parse_entry_page,
+    parse_node_id,
 )
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader
 
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/mcp/v1/grid", tags=["grid"])
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid bearer token (when authentication is on)."},
+    403: {"description": "The token lacks `mcp:read`."},
     429: {"description": "The user's rate limit is used up: `Retry-After` says until when."},
     503: {
         "description": "PostgreSQL (the token ledger) cannot answer, or not within the statement timeout; "
@@ -48,7 +50,7 @@ async def grid_nodes(caller: Reader, gateway: GatewayDep) -> GridNodesOut:
         **_AUTH,
         **_NODES_FORBIDDEN,
         404: {"description": "No such node, or one this token does not operate."},
-        422: {"description": "A malformed `limit` or `before_seq`."},
+        422: {"description": "A malformed `limit` or `before_seq`, or a node id with a NUL character."},
     },
 )
 async def grid_node_balance(
@@ -61,7 +63,8 @@ async def grid_node_balance(
     ] = None,
 ) -> NodeBalanceOut:
     """A node's balance and escrow in tokens, and the ledger entries touching `node:<id>` or `escrow:<id>`, newest first."""
-    return await gateway.grid.node_balance(caller, node_id, parse_entry_page(limit, before_seq))
+    page = parse_entry_page(limit, before_seq)
+    return await gateway.grid.node_balance(caller, parse_node_id(node_id), page)
 
 
 @router.get("/solidarity-fund", response_model=SolidarityFundOut, responses=_AUTH)
