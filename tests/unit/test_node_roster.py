@@ -50,7 +50,7 @@ def test_a_roster_entry_keeps_its_key_owner_and_device_and_always_writes_the_dev
     assert parse_roster(text) == grants
     written = json.loads(text)["nodes"]
     assert written["bare"]["device"] == {
-        "device_class": "pi5",
+        "device_class": "unknown",
         "idle_watts": 2.7,
         "latitude": None,
         "longitude": None,
@@ -175,13 +175,14 @@ def test_a_token_names_the_nodes_its_holder_operates(
         build_parser().parse_args(["token", "--user", "a", "--node", "pi 1"])
 
 
-def test_koprogo_ups_own_nodes_are_declared_with_this_machines_device() -> None:
-    assert own_device({}, machine="x86_64") == DeviceProfile("x86")
-    assert own_device({}, machine="aarch64") == DeviceProfile()
+def test_koprogo_ups_own_nodes_are_declared_with_the_device_its_environment_names() -> None:
+    assert own_device({}) == DeviceProfile()
     env = {"DEVICE_CLASS": "pi4", "IDLE_WATTS": "2", "LATITUDE": "50.8", "LONGITUDE": "4.3"}
-    assert own_device(env, machine="x86_64") == DeviceProfile("pi4", 2.0, 50.8, 4.3)
+    assert own_device(env) == DeviceProfile("pi4", 2.0, 50.8, 4.3)
     with pytest.raises(StackError, match="LATITUDE and LONGITUDE go together"):
-        own_device({"LATITUDE": "50.8"}, machine="aarch64")
+        own_device({"LATITUDE": "50.8"})
+    with pytest.raises(StackError, match="DEVICE_CLASS 'pi 4'"):
+        own_device({"DEVICE_CLASS": "pi 4"})
 
 
 class FakeNats:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from koprogo_shared.co2 import DEFAULT_EDGE_INTENSITY_G_PER_KWH, DEFAULT_EDGE_POWER_WATTS, EdgeFootprint
 from koprogo_shared.node_roster import DeviceProfile
 
-# A device class is a word the grid's plausibility checks know ("pi4", "pi5", "x86"...).
+# A device class is a word the grid's plausibility checks know ("pi4", "pi5", "x86", "arm64-server";
+# any other is held to the generous limits of "unknown").
 DEVICE_CLASS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # An owner names the operator: two nodes of one owner never make a quorum together.
 OWNER = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
@@ -86,7 +87,7 @@ def add_grid_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device-class",
         type=_matching(DEVICE_CLASS, "use 1-64 letters, digits or '_.-'"),
-        help=f"its hardware, e.g. pi4, pi5, x86 (default {default.device_class}); with the device flags "
+        help=f"its hardware: pi4, pi5, x86, arm64-server (default {default.device_class}); with the device flags "
         "below, what they leave out takes the defaults",
     )
     parser.add_argument(

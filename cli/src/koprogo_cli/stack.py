@@ -17,21 +17,21 @@ On the grid (docs/grid-trust.md) the scheduler signs assignments with the grid i
 (`NATS_NKEY_SEED_FILE`, and `GRID_SIGNING_SEED_FILE` naming the same file, also with a NATS_URL
 server and no keys), and every node the stack starts is told its public key
 (`GRID_SCHEDULER_PUBLIC_KEY`). The stack's own nodes are in the roster with owner `local` (they
-never make a quorum together) and the device of this machine: `DEVICE_CLASS` (default `x86` on
-an x86-64 machine, else `pi5`), `IDLE_WATTS`, `LATITUDE` and `LONGITUDE`, which they are given too.
+never make a quorum together) and the device declared in the environment: `DEVICE_CLASS`,
+`IDLE_WATTS`, `LATITUDE`, `LONGITUDE` (`DeviceProfile`'s defaults where unset: class `unknown`,
+which the plausibility checks hold to generous limits); the nodes are given the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,7 @@ from koprogo_cli.nats_auth import (
     render_authorization,
     roster_file,
 )
+from koprogo_cli.node_footprint import DEVICE_CLASS
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -81,7 +82,6 @@ GRID_OPS_PORT = 8084
 SCOPED_ENV = ("DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "JWKS_URL", "AUTH_DISABLED")
 # The owner of the nodes a stack runs itself, in the roster: one operator, so never a quorum alone.
 OWN_NODES_OWNER = "local"
-X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
 
 
 class StackError(RuntimeError):
@@ -113,13 +113,14 @@ def cloud_deployment_ids() -> list[str]:
         raise StackError(f"cloud deployments: {exc}") from None
 
 
-def own_device(environ: dict[str, str] | None = None, machine: str | None = None) -> DeviceProfile:
-    """The device the stack's own nodes are declared with: DEVICE_CLASS (else guessed from this
-    machine: `x86` on x86, the default otherwise), IDLE_WATTS, LATITUDE and LONGITUDE."""
+def own_device(environ: Mapping[str, str] | None = None) -> DeviceProfile:
+    """The device the stack's own nodes are declared with: DEVICE_CLASS, IDLE_WATTS, LATITUDE and
+    LONGITUDE, `DeviceProfile`'s defaults where unset."""
     env = os.environ if environ is None else environ
     default = DeviceProfile()
-    arch = (machine if machine is not None else platform.machine()).lower()
-    device_class = env.get("DEVICE_CLASS") or ("x86" if arch in X86_MACHINES else default.device_class)
+    device_class = env.get("DEVICE_CLASS") or default.device_class
+    if not DEVICE_CLASS.match(device_class):
+        raise StackError(f"DEVICE_CLASS {device_class!r}: use 1-64 letters, digits or '_.-'")
     try:
         idle = float(env["IDLE_WATTS"]) if env.get("IDLE_WATTS") else default.idle_watts
         lat = float(env["LATITUDE"]) if env.get("LATITUDE") else None
