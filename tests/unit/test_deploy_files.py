@@ -96,3 +96,42 @@ def test_the_router_the_gateway_and_the_ledger_read_the_node_roster_in_both_depl
         assert env["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
         keys = next(v for v in pod["volumes"] if v["name"] == "nats-keys")
         assert {"key": "roster.json", "path": "roster.json"} in keys["secret"]["items"], name
+
+
+def k8s_pod(kind: str, name: str) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return dict(found["spec"]["template"]["spec"])
+
+
+def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_never_its_seed() -> None:
+    text = (DEPLOY / "compose" / "docker-compose.yml").read_text()
+    services = compose()["services"]
+    node_env = services["edge-node"]["environment"]
+    key = "UGRIDSCHEDULERPUBLICKEY"
+    assert interpolate(str(node_env["GRID_SCHEDULER_PUBLIC_KEY"]), {"GRID_SCHEDULER_PUBLIC_KEY": key}) == key
+    # Unset, compose refuses to start (the :? form) rather than run a node that believes any signer;
+    # the file's header says how to set it from the key `koprogo nats-config` writes.
+    assert str(node_env["GRID_SCHEDULER_PUBLIC_KEY"]).startswith("${GRID_SCHEDULER_PUBLIC_KEY:?")
+    assert 'GRID_SCHEDULER_PUBLIC_KEY=$(cat deploy/nats/keys/grid.pub)" >> deploy/compose/.env' in text
+    assert not any("grid.nk" in v for v in services["edge-node"]["volumes"])
+    scheduler = services["grid-scheduler"]["environment"]
+    assert (
+        scheduler["GRID_SIGNING_SEED_FILE"] == scheduler["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
+    )
+
+    pod = k8s_pod("DaemonSet", "koprogo-edge-node")
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["GRID_SCHEDULER_PUBLIC_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "koprogo-nats-keys", "key": "grid.pub"}
+    }
+    k8s_text = (DEPLOY / "k8s" / "koprogo.yaml").read_text()
+    assert (
+        "--from-file=keys/grid.pub"
+        in k8s_text.split("kubectl create secret generic koprogo-nats-keys")[1].split(
+            "kubectl create secret"
+        )[0]
+    )
+    pod = k8s_pod("Deployment", "koprogo-grid-scheduler")
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["GRID_SIGNING_SEED_FILE"] == env["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
