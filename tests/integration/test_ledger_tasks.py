@@ -40,6 +40,8 @@ from koprogo_shared.task_events import (
     TaskSubmitted,
     TaskType,
     TaskUsage,
+    TaskVerification,
+    TaskVerifying,
     task_event_id,
 )
 from tests.conftest import TEST_CONTENT_KEYS, wait_until
@@ -64,6 +66,7 @@ STEPS = {
     TaskStarted: "started",
     TaskResultReported: "result_reported",
     TaskRequeued: "requeued",
+    TaskVerifying: "verifying",
     TaskCompleted: "completed",
     TaskFailed: "failed",
     TaskExpired: "expired",
@@ -609,3 +612,78 @@ async def test_stats_count_completed_tasks_as_grid_work_within_the_filters(
         assert figures["avg_latency_ms"] == (900.0 if with_chat else 0.0), name
         assert figures["models_used"] == (["llama3:8b"] if with_chat else []), name
     assert len(completed) == 7
+
+
+def _verification(policy: str, verdicts: dict[int, str], outcome: str) -> TaskVerification:
+    return TaskVerification.model_validate({
+        "policy": policy, "quorum": 2, "max_replicas": 4, "outcome": outcome,
+        "agreement": sum(1 for v in verdicts.values() if v == "valid"),
+        "replicas": [{"attempt": a, "node_id": f"pi-{a}", "owner": f"owner-{a}", "verdict": v}
+                     for a, v in verdicts.items()],
+    })  # fmt: skip
+
+
+async def test_a_task_being_verified_is_verifying_until_the_decision_which_keeps_its_verification(
+    database_url: str,
+) -> None:
+    keyring = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"], TEST_CONTENT_KEYS["CONTENT_KEY_ID"])
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+
+        async def apply(event: LedgerEvent) -> Projected:
+            return await project(event, PostgresProjectionUnitOfWork(pool, keyring))
+
+        async def state(task: Task) -> tuple[str | None, Any]:
+            row = await pool.fetchrow(
+                "SELECT status, verification FROM mcp_tasks WHERE id = $1", uuid.UUID(task.id)
+            )
+            return row["status"], row["verification"]
+
+        def verifying(task: Task, at: float, verdicts: dict[int, str]) -> TaskVerifying:
+            return TaskVerifying(
+                id=task_event_id(task.id, f"verifying:{len(verdicts)}"), source=SCHEDULER, time=task._t(at),
+                copro_id=task.copro_id, task_id=task.id, verification=_verification("quorum", verdicts, "pending"),
+            )  # fmt: skip
+
+        task = Task("copro-a")
+        for event in (task.submitted(), task.assigned(1, "pi-1", 1), task.assigned(2, "pi-2", 2),
+                      task.started(1, "pi-1", 3), task.reported(1, "pi-1", 20, {"total": "1"})):  # fmt: skip
+            await apply(event)
+        first = verifying(task, 21, {1: "pending", 2: "pending"})
+        assert await apply(first) is Projected.APPLIED
+        assert await state(task) == ("verifying", first.verification.model_dump(mode="json"))
+        # Another replica handed out and started while the first waits: still verifying.
+        await apply(task.assigned(3, "pi-3", 30))
+        await apply(task.started(3, "pi-3", 31))
+        assert (await state(task))[0] == "verifying"
+        later = verifying(task, 40, {1: "pending", 2: "lost", 3: "pending"})
+        await apply(later)
+        # An older TaskVerifying delivered late does not replace the newer picture.
+        older = verifying(task, 25, {1: "pending"})
+        assert await apply(older) is Projected.IGNORED
+        assert (await state(task))[1] == later.verification.model_dump(mode="json")
+        done = task.completed(1, "pi-1", 60, {"total": "1"}).model_copy(
+            update={"verification": _verification("quorum", {1: "valid", 2: "lost", 3: "valid"}, "accepted")}
+        )
+        await apply(done)
+        status, verification = await state(task)
+        assert status == "completed" and verification["outcome"] == "accepted"
+        # A TaskVerifying after the decision (a redelivery) changes nothing.
+        assert (
+            await apply(verifying(task, 45, {1: "pending", 2: "lost", 3: "pending", 4: "pending"}))
+            is Projected.IGNORED
+        )
+        assert await state(task) == ("completed", verification)
+
+        unverifiable = Task("copro-a")
+        await apply(unverifiable.submitted())
+        failed = unverifiable.failed(90, 4, "unverifiable").model_copy(
+            update={"verification": _verification("quorum", {1: "invalid", 2: "invalid", 3: "invalid", 4: "invalid"}, "unverifiable")}
+        )  # fmt: skip
+        await apply(failed)
+        status, verification = await state(unverifiable)
+        assert status == "failed" and verification["outcome"] == "unverifiable"
+    finally:
+        await pool.close()
