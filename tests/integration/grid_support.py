@@ -1,15 +1,24 @@
-"""Grid nodes for tests: the node's real grid loop and worker, with executors the test chooses."""
+"""Grid nodes for tests: the node's real grid loop and worker, with executors the test chooses.
+
+A test node signs its reports (docs/grid-trust.md): its key (`node_signer`, derived from its id so
+a node id keeps its key from one test to the next) is announced in its heartbeats, where the
+scheduler pins it, and each report is signed for the assignment it answers, with a declared
+energy attestation (the heartbeat's 10 W x the seconds it ran, at 100 g/kWh).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
+import nats.js.errors
+import nkeys
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -17,12 +26,76 @@ from koprogo_grid.bootstrap import run_scheduler
 from koprogo_grid.settings import SchedulerSettings
 from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
-from koprogo_node.service_layer.grid_worker import GridWorker
+from koprogo_node.service_layer.grid_worker import GridWorker, TaskReports
 from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, TaskRun
 from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
+from koprogo_shared.grid_signing import Signer, sign_report
 from koprogo_shared.nats_connection import publish_event
-from koprogo_shared.task_events import DocumentRef, TaskSubmitted, task_event_adapter
+from koprogo_shared.task_events import (
+    DocumentRef,
+    EnergyAttestation,
+    TaskAssignment,
+    TaskResultReported,
+    TaskStarted,
+    TaskSubmitted,
+    task_event_adapter,
+)
+
+# What test nodes declare (heartbeat) and attest (reports).
+NODE_POWER_WATTS = 10.0
+NODE_INTENSITY_G_PER_KWH = 100.0
+
+
+def node_signer(node_id: str) -> Signer:
+    """The node's signing key, the same for a node id every time (a pinned key stays its key)."""
+    seed = hashlib.sha256(f"koprogo-test-node:{node_id}".encode()).digest()
+    return Signer(nkeys.encode_seed(seed, nkeys.PREFIX_BYTE_USER))
+
+
+def declared_attestation(seconds: float) -> EnergyAttestation:
+    return EnergyAttestation(
+        source="grid",
+        wh=NODE_POWER_WATTS * seconds / 3600,
+        measured_by="declared",
+        duration_s=seconds,
+        power_watts=NODE_POWER_WATTS,
+        intensity_g_per_kwh=NODE_INTENSITY_G_PER_KWH,
+    )
+
+
+class SigningReports(TaskReports):
+    """Reports signed by the node for the assignment they answer (with a declared attestation when
+    the worker made none). `signer` may be another key than the one announced (a forger)."""
+
+    def __init__(self, inner: TaskReports, signer: Signer) -> None:
+        self._inner = inner
+        self._signer = signer
+        self.assignments: dict[tuple[str, int], TaskAssignment] = {}
+
+    async def started(self, event: TaskStarted, copro_id: str | None) -> None:
+        await self._inner.started(event, copro_id)
+
+    async def reported(self, event: TaskResultReported, copro_id: str | None) -> None:
+        assignment = self.assignments.get((event.task_id, event.attempt))
+        if assignment is not None:
+            if event.attestation is None:
+                event = event.model_copy(update={"attestation": declared_attestation(event.usage.duration_s)})
+            event = sign_report(self._signer, event, assignment)
+        await self._inner.reported(event, copro_id)
+
+
+class SigningGridWorker(GridWorker):
+    """The real worker, remembering each assignment so its report can be signed for it."""
+
+    signing: SigningReports
+
+    async def run(self, assignment: TaskAssignment) -> TaskResultReported | None:
+        self.signing.assignments[(assignment.task_id, assignment.attempt)] = assignment
+        try:
+            return await super().run(assignment)
+        finally:
+            self.signing.assignments.pop((assignment.task_id, assignment.attempt), None)
 
 
 class EchoExecutor(TaskExecutor):
@@ -48,7 +121,12 @@ class EchoExecutor(TaskExecutor):
 
 
 def heartbeat(
-    node_id: str, task_types: Sequence[str], *, interval_s: float = 0.5, pools: Sequence[str] = ("shared",)
+    node_id: str,
+    task_types: Sequence[str],
+    *,
+    interval_s: float = 0.5,
+    pools: Sequence[str] = ("shared",),
+    public_key: str | None = None,
 ) -> NodeHeartbeat:
     return NodeHeartbeat(
         source=f"test/{node_id}",
@@ -57,30 +135,40 @@ def heartbeat(
         in_flight=0,
         capacity=1,
         tokens_per_second=0,
-        power_watts=10,
-        intensity_g_per_kwh=100,
+        power_watts=NODE_POWER_WATTS,
+        intensity_g_per_kwh=NODE_INTENSITY_G_PER_KWH,
         renewable_attested=False,
         interval_s=interval_s,
         task_types=list(task_types),
         pools=list(pools),
+        public_key=public_key,
     )
 
 
 @asynccontextmanager
 async def grid_node(
-    nats_url: str, node_id: str, executors: Mapping[str, TaskExecutor], *, interval_s: float = 0.5
+    nats_url: str,
+    node_id: str,
+    executors: Mapping[str, TaskExecutor],
+    *,
+    interval_s: float = 0.5,
+    signer: Signer | None = None,
+    report_signer: Signer | None = None,
 ) -> AsyncIterator[asyncio.Event]:
     """A node that heartbeats and runs the grid loop until the returned event is set (or the block ends).
 
     Setting the event is a node that dies: no goodbye heartbeat, no report for the task in hand.
+    It announces `signer`'s key (default `node_signer(node_id)`) and signs its reports with
+    `report_signer` (default the same key; another one makes a forger).
     """
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    worker = GridWorker(
-        node_id, f"test/{node_id}", executors, ObjectStoreDocuments(js), NatsTaskReports(js, node_id)
-    )
+    signer = signer or node_signer(node_id)
+    signing = SigningReports(NatsTaskReports(js, node_id), report_signer or signer)
+    worker = SigningGridWorker(node_id, f"test/{node_id}", executors, ObjectStoreDocuments(js), signing)
+    worker.signing = signing
     stop = asyncio.Event()
-    beat = heartbeat(node_id, sorted(executors), interval_s=interval_s)
+    beat = heartbeat(node_id, sorted(executors), interval_s=interval_s, public_key=signer.public_key)
 
     async def beats() -> None:
         while not stop.is_set():
@@ -161,3 +249,9 @@ class TaskEvents:
     def done(self, task_id: str) -> Callable[[], bool]:
         finals = ("completed", "failed", "expired", "cancelled")
         return lambda: any(self.of(task_id, k) for k in finals)
+
+
+async def forget_grid_nodes(js: JetStreamContext) -> None:
+    """Drop the scheduler's trust book (KOPROGO_GRID_NODES): a test starts with no node trusted."""
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_key_value(subjects.GRID_NODES_BUCKET)

@@ -1,31 +1,56 @@
 """The grid scheduler on a real NATS: tasks reach polling nodes, a dead node's task moves on, a
-restarted scheduler loses and duplicates nothing. Nodes run the real grid loop and worker with
-executors that echo (the real executors have their own tests and the e2e suite)."""
+restarted scheduler loses and duplicates nothing; assignments and reports are signed with real
+nkeys, replicas of distinct nodes agree or a lazy node is caught, a forged report is refused.
+Nodes run the real grid loop and worker with executors that echo (the real executors have their
+own tests and the e2e suite). Tests of part 1's single-node flow run with GRID_QUORUM=1."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from koprogo_grid.adapters.kv_store import KeyValueNodeStandingStore
 from koprogo_node.service_layer.tasks.executor import TaskOutput, TaskRun
 from koprogo_shared import subjects
+from koprogo_shared.grid_signing import assignment_refusal, load_or_create_signer, sign_report
 from koprogo_shared.grid_stores import declare_grid_stores
-from koprogo_shared.nats_connection import ensure_streams
-from koprogo_shared.task_events import DocumentRef
+from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.task_events import (
+    DocumentRef,
+    GridPoll,
+    GridPollReply,
+    NodeTrustChanged,
+    TaskResultReported,
+    TaskUsage,
+)
 from tests.conftest import wait_until
-from tests.integration.grid_support import EchoExecutor, TaskEvents, grid_node, scheduler, submit
+from tests.integration.grid_support import (
+    EchoExecutor,
+    TaskEvents,
+    declared_attestation,
+    forget_grid_nodes,
+    grid_node,
+    heartbeat,
+    node_signer,
+    scheduler,
+    submit,
+)
+from tests.unit.test_grid_scheduler import new_signer
 
 
 async def _ready(nats_url: str) -> tuple[NATS, JetStreamContext, TaskEvents]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_streams(js)
+    await forget_grid_nodes(js)
     await declare_grid_stores(js)
     return nc, js, await TaskEvents(nc).start()
 
@@ -37,7 +62,7 @@ async def test_tasks_submitted_on_the_stream_complete_on_a_polling_node_each_onc
     executor = EchoExecutor("predict_expenses")
     try:
         async with (
-            scheduler(clean_jetstream),
+            scheduler(clean_jetstream, grid_quorum=1),
             grid_node(clean_jetstream, "n1", {"predict_expenses": executor}),
         ):
             tasks = [await submit(js, horizon_months=i) for i in range(20)]
@@ -64,7 +89,7 @@ async def test_a_node_killed_mid_task_loses_it_to_another_node(clean_jetstream: 
     slow = EchoExecutor("ocr_invoice", seconds=60)
     quick = EchoExecutor("ocr_invoice")
     try:
-        async with scheduler(clean_jetstream):
+        async with scheduler(clean_jetstream, grid_quorum=1):
             async with grid_node(clean_jetstream, "doomed", {"ocr_invoice": slow}, interval_s=0.3) as dies:
                 t = await submit(js, "ocr_invoice")
                 await wait_until(lambda: bool(events.of(t.id, "started")), timeout=20)
@@ -121,7 +146,7 @@ async def test_the_node_reads_the_document_and_the_scheduler_deletes_it_once_the
     )
     try:
         async with (
-            scheduler(clean_jetstream),
+            scheduler(clean_jetstream, grid_quorum=1),
             grid_node(clean_jetstream, "n1", {"predict_expenses": EchoExecutor("predict_expenses")}),
         ):
             t = await submit(js, document=ref)
@@ -162,5 +187,136 @@ async def test_a_result_too_large_for_one_message_fails_the_task_once_and_says_w
         [failed] = events.of(t.id, "failed")
         assert failed.error == "result_too_large" and "shorter document" in failed.message
         assert failed.attempts == 1
+    finally:
+        await nc.close()
+
+
+class _Forecast(EchoExecutor):
+    """A forecast shaped as the comparator reads it: `horizon_months` points of `level` each."""
+
+    def __init__(self, level: float = 100.0, seconds: float = 0.05) -> None:
+        super().__init__("predict_expenses", seconds)
+        self.level = level
+
+    async def run(self, run: TaskRun) -> TaskOutput:
+        await super().run(run)
+        months = int(run.parameters.get("horizon_months", 1))
+        points = [{"month": f"2025-{m + 1:02d}", "mean": self.level * (m + 1)} for m in range(months)]
+        return TaskOutput({"categories": {"nettoyage": {"forecast": points}}, "total": points})
+
+
+async def _trust_events(nc: NATS) -> list[NodeTrustChanged]:
+    found: list[NodeTrustChanged] = []
+
+    async def on(msg: Any) -> None:
+        found.append(NodeTrustChanged.model_validate_json(msg.data))
+
+    await nc.jetstream().subscribe(subjects.GRID_NODE_TRUST_ALL, cb=on, ordered_consumer=True)
+    return found
+
+
+async def test_replicas_of_two_owners_agree_and_a_lazy_node_is_caught_and_remembered(
+    clean_jetstream: str,
+) -> None:
+    nc, js, events = await _ready(clean_jetstream)
+    trust = await _trust_events(nc)
+    honest = {"predict_expenses": _Forecast()}
+    try:
+        async with scheduler(clean_jetstream):
+            async with (
+                grid_node(clean_jetstream, "honest-1", honest),
+                grid_node(clean_jetstream, "lazy", {"predict_expenses": _Forecast(level=0.0, seconds=0.01)}),
+            ):
+                tasks = [await submit(js, horizon_months=1 + i) for i in range(3)]
+                # Each task went to both; they disagree: every task waits for a third owner.
+                for t in tasks:
+                    await wait_until(lambda t=t: len(events.of(t.id, "verifying")) == 2, timeout=30)
+                assert not any(events.done(t.id)() for t in tasks)
+                async with grid_node(clean_jetstream, "honest-2", {"predict_expenses": _Forecast()}):
+                    for t in tasks:
+                        await wait_until(events.done(t.id), timeout=30)
+        for i, t in enumerate(tasks):
+            [completed] = events.of(t.id, "completed")
+            assert completed.result["total"][-1]["mean"] == 100.0 * (i + 1)
+            v = completed.verification
+            assert v.policy == "quorum" and v.outcome == "accepted" and v.agreement == 2
+            verdicts = {r.node_id: r.verdict for r in v.replicas}
+            assert verdicts == {"honest-1": "valid", "lazy": "invalid", "honest-2": "valid"}
+            assert all(r.attestation is not None and r.co2_grams > 0 for r in v.replicas)
+            assert completed.co2_grams == sum(r.co2_grams for r in v.replicas)
+        await wait_until(lambda: len([e for e in trust if e.node_id == "lazy"]) == 3, timeout=10)
+        assert {(e.reason, e.trusted) for e in trust if e.node_id == "lazy"} == {("caught_wrong", False)}
+        # The trust book is stored: what a restarted scheduler reads back.
+        standings = {
+            s.node_id: s
+            for s in await KeyValueNodeStandingStore(await js.key_value(subjects.GRID_NODES_BUCKET)).load()
+        }
+        assert standings["lazy"].invalid == 3 and standings["lazy"].validated == 0
+        assert standings["honest-1"].validated == 3 and standings["honest-2"].validated == 3
+        assert standings["lazy"].public_key == node_signer("lazy").public_key
+    finally:
+        await nc.close()
+
+
+async def test_assignments_are_signed_and_a_report_signed_by_another_key_is_refused(
+    clean_jetstream: str, tmp_path: Path
+) -> None:
+    nc, js, events = await _ready(clean_jetstream)
+    trust = await _trust_events(nc)
+    seed = tmp_path / "scheduler.nk"
+    scheduler_key = load_or_create_signer(seed).public_key
+    try:
+        async with scheduler(clean_jetstream, grid_quorum=1, grid_signing_seed_file=seed):
+            t = await submit(js, horizon_months=2)
+            forger = new_signer()
+            async with grid_node(
+                clean_jetstream, "forger", {"predict_expenses": _Forecast()}, report_signer=forger
+            ) as leaves:
+                await wait_until(lambda: bool(events.of(t.id, "requeued")), timeout=30)
+                leaves.set()
+            [requeued] = events.of(t.id, "requeued")
+            assert requeued.node_id == "forger" and requeued.reason == "refused"
+            assert "signed_by_another_key" in requeued.message
+            # A node of our own takes the task again: its assignment is signed by the scheduler,
+            # for this node, over this input.
+            beat = heartbeat("manual", ["predict_expenses"], public_key=node_signer("manual").public_key)
+            await nc.publish(subjects.node_heartbeat("manual"), beat.model_dump_json().encode())
+            await asyncio.sleep(0.3)
+            poll = GridPoll(node_id="manual", task_types=["predict_expenses"], wait_s=5)
+            reply = GridPollReply.model_validate_json(
+                (
+                    await nc.request(
+                        subjects.grid_poll("manual"), poll.model_dump_json().encode(), timeout=10
+                    )
+                ).data
+            )
+            given = reply.assignment
+            assert given is not None and given.task_id == t.id and given.attempt == 2
+            assert assignment_refusal(given, "manual", scheduler_key) is None
+            tampered = given.model_copy(update={"parameters": {"horizon_months": 12}})
+            assert assignment_refusal(tampered, "manual", scheduler_key) == "input_digest_mismatch"
+            assert assignment_refusal(given, "forger", scheduler_key) == "assignment_for_another_node"
+            # Its signed report completes the task.
+            report = TaskResultReported(
+                source="test/manual",
+                copro_id=given.copro_id,
+                task_id=given.task_id,
+                attempt=given.attempt,
+                node_id="manual",
+                outcome="completed",
+                result={"total": [{"month": "2025-01", "mean": 1.0}]},
+                usage=TaskUsage(duration_s=1.0),
+                attestation=declared_attestation(1.0),
+            )
+            signed = sign_report(node_signer("manual"), report, given)
+            await publish_event(
+                js, subjects.node_task_event("result_reported", given.copro_id, "manual"), signed
+            )
+            await wait_until(events.done(t.id), timeout=30)
+        [completed] = events.of(t.id, "completed")
+        assert completed.node_id == "manual" and completed.verification.replicas[0].verdict == "refused"
+        await wait_until(lambda: any(e.node_id == "forger" for e in trust), timeout=10)
+        [bad] = [e for e in trust if e.node_id == "forger"]
+        assert bad.reason == "bad_signature" and bad.task_id == t.id
     finally:
         await nc.close()
