@@ -256,3 +256,18 @@ def test_koprogo_up_hands_the_schedulers_seed_to_it_and_its_public_key_to_every_
         )
         assert own.public_key == nkey_public_key(Path(env[service]["NATS_NKEY_SEED_FILE"]))
     assert roster["pi-cave"].owner == "bob"
+
+
+def test_nats_config_writes_and_names_the_public_keys_others_check_signatures_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "authorization.conf"
+    assert run(["nats-config", "--keys-dir", str(tmp_path), "--node", "pi-1=m1", "--out", str(out)]) == 0
+    said = capsys.readouterr().err
+    scheduler, ledger = (nkey_public_key(tmp_path / f"{name}.nk") for name in ("grid", "ledger"))
+    assert (tmp_path / "grid.pub").read_text() == scheduler and (
+        tmp_path / "ledger.pub"
+    ).read_text() == ledger
+    assert f"GRID_SCHEDULER_PUBLIC_KEY={scheduler}" in said
+    assert f"the token ledger's heads are signed with {ledger}" in said
+    assert recorded_grant(tmp_path, "pi-1") is not None

@@ -205,7 +205,8 @@ def add_ledger_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     verify.add_argument(
         "--ledger-key",
         metavar="KEY",
-        help="the ledger's public key as you know it: an export naming another fails (with --export)",
+        help="the ledger's public key as you know it (the operator's keys/ledger.pub; with `koprogo up`, "
+        "<data>/secrets/nats/ledger.pub): an export naming another fails (with --export)",
     )
     verify.add_argument("--json", action="store_true", help="the verification as JSON")
     gateway(verify)

@@ -26,6 +26,7 @@ from koprogo_cli.nats_auth import (
     grid_scheduler_public_key,
     identities,
     node_user,
+    public_key_of,
     recorded_grant,
     render_authorization,
     render_user,
@@ -156,6 +157,11 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     print(
         f"every node: GRID_SCHEDULER_PUBLIC_KEY={grid_scheduler_public_key(keys_dir)} "
         f"(also in {keys_dir / 'grid.pub'})",
+        file=sys.stderr,
+    )
+    print(
+        f"the token ledger's heads are signed with {public_key_of(keys_dir, 'ledger')} ({keys_dir / 'ledger.pub'}): "
+        "publish it, members check exports with `koprogo ledger verify --export FILE --ledger-key KEY`",
         file=sys.stderr,
     )
     return 0

@@ -60,7 +60,8 @@ What a node's key was minted for is also written to the node roster, `<keys>/ros
 checks each heartbeat's models (and pools) against it (`NODE_ROSTER_FILE`). For the grid the
 roster also holds each node's public key (its grid signatures), its owner and its device; and the
 grid identity's public key is written beside its seed (`grid.pub`): nodes check the scheduler's
-signature on each assignment with it (`GRID_SCHEDULER_PUBLIC_KEY`, docs/grid-trust.md).
+signature on each assignment with it (`GRID_SCHEDULER_PUBLIC_KEY`, docs/grid-trust.md). The
+ledger's (`ledger.pub`) checks the token ledger's signed heads (`koprogo ledger verify --ledger-key`).
 """
 
 from __future__ import annotations
@@ -408,19 +409,22 @@ def recorded_footprint(keys_dir: Path, node_id: str) -> EdgeFootprint:
     return recorded.footprint if recorded is not None else EdgeFootprint()
 
 
-def grid_scheduler_public_key(keys_dir: Path) -> str:
-    """The grid scheduler's public nkey (its seed minted once), also written to `<keys>/grid.pub`.
-
-    Nodes are told it (`GRID_SCHEDULER_PUBLIC_KEY`) and run only assignments it signed; the file
-    lets a deployment hand it out without the seed (deploy/compose, deploy/k8s).
-    """
-    public_key = mint_seed(keys_dir / f"{GRID_SCHEDULER}.nk")
-    public_file = keys_dir / f"{GRID_SCHEDULER}.pub"
+def public_key_of(keys_dir: Path, identity: str) -> str:
+    """An identity's public nkey (its seed minted once), also written to `<keys>/<identity>.pub`,
+    so that a deployment hands it out without the seed (deploy/compose, deploy/k8s)."""
+    public_key = mint_seed(keys_dir / f"{identity}.nk")
+    public_file = keys_dir / f"{identity}.pub"
     if not public_file.exists() or public_file.read_text().strip() != public_key:
         partial = public_file.with_suffix(".pub.tmp")
         partial.write_text(public_key)  # no newline: a Kubernetes secretKeyRef hands the bytes as they are
         partial.replace(public_file)
     return public_key
+
+
+def grid_scheduler_public_key(keys_dir: Path) -> str:
+    """The grid scheduler's public nkey (`<keys>/grid.pub`): nodes are told it
+    (`GRID_SCHEDULER_PUBLIC_KEY`) and run only the assignments it signed."""
+    return public_key_of(keys_dir, GRID_SCHEDULER)
 
 
 def record_grant(keys_dir: Path, node_id: str, grant: NodeGrant) -> None:
@@ -497,7 +501,7 @@ def identities(
     `node_footprints`: per node, the energy declared for it; a node not named there keeps the
     roster's (as `koprogo node join` declared it), else the defaults.
     `node_owners`, `node_devices`: the same for each node's owner and device (`node_user`).
-    The grid scheduler's public key is written beside its seed (`grid_scheduler_public_key`).
+    The grid scheduler's and the ledger's public keys are written beside their seeds (`public_key_of`).
     """
     copros_of = {**joined_copros(keys_dir), **(node_copros or {})}
     rules: dict[str, Callable[[str], Permissions]] = {
@@ -513,7 +517,10 @@ def identities(
         public_key = mint_seed(seed_file)
         found.users.append(NatsUser(service, public_key, rules[service](public_key)))
         found.seed_files[service] = seed_file
+    # Public keys others check signatures with: the scheduler's (assignments) and the ledger's
+    # (the token ledger's signed heads, which the ledger signs with its NATS seed).
     grid_scheduler_public_key(keys_dir)
+    public_key_of(keys_dir, "ledger")
     admin_seed = keys_dir / f"{ADMIN}.nk"
     found.users.append(NatsUser("operator (admin): given to no service", mint_seed(admin_seed), None))
     found.seed_files[ADMIN] = admin_seed

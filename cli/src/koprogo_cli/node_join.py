@@ -5,6 +5,12 @@ folder, remembers the node (the stack admits it at every start) and, when a stac
 embedded NATS runs, gives that server the new user at once (a reload, no restart), checked by
 connecting with the node's key. It then prints what to run on the node's machine.
 (`koprogo nats-node-key` is the same for a NATS server of your own, as in deploy/nats.)
+
+For the grid (docs/grid-trust.md) the roster also records the node's public key (its reports are
+checked against it), its owner (`--owner`, default the node id: a task's replicas go to distinct
+owners) and its device (`--device-class`, `--idle-watts`, `--latitude`, `--longitude`: Proof of
+Green's yardstick); the steps printed for the node's machine give it the scheduler's public key
+(`GRID_SCHEDULER_PUBLIC_KEY`) and its `DEVICE_CLASS`.
 """
 
 from __future__ import annotations
