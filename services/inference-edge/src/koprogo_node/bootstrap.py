@@ -4,6 +4,10 @@ Start-up order matters: the HTTP port answers /health at once (and /ready says "
 ready"), the model is loaded before anything subscribes, then NATS, the first
 heartbeat and the work consumer. Shutdown is the reverse, after the in-flight answer
 is finished (or, past the grace period, abandoned and NAKed for another node).
+
+On the grid (docs/grid-trust.md) the node signs with its grid key (`grid_signer`), announced in
+its heartbeats; it checks assignments against GRID_SCHEDULER_PUBLIC_KEY, attests its energy
+(`energy_meter`) and names its model file's sha256 in model results, hashed once at start.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats.errors
@@ -20,20 +26,23 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from koprogo_node.adapters import metrics
+from koprogo_node.adapters.energy_meter import MeterFile, read_counter
 from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.adapters.host_resources import LocalHostResources
 from koprogo_node.adapters.http_download import HttpDownloader
 from koprogo_node.adapters.inference import InferenceEngine
 from koprogo_node.adapters.llama_engine import LlamaEngine
-from koprogo_node.adapters.model_files import resolve_model
+from koprogo_node.adapters.model_files import ModelFile, model_file_sha256, resolve_model
 from koprogo_node.adapters.on_demand_engine import OnDemandEngine
 from koprogo_node.adapters.outcomes import NatsOutcomeSink
-from koprogo_node.domain.errors import NodeError
+from koprogo_node.domain.errors import ModelFileError, NodeError
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
 from koprogo_node.entrypoints.nats_worker import grid_work_consumer, work_consumer, work_item_handler
+from koprogo_node.service_layer.energy import DeclaredPower, EnergyMeter, EnergyProfile, MeterReadError
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
@@ -42,6 +51,7 @@ from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
+from koprogo_shared.grid_signing import SignatureError, Signer, load_or_create_signer
 from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
@@ -49,6 +59,9 @@ from koprogo_shared.ops_http import ops_server
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Called with the grid worker once it is built, before the grid loop starts: `tests/grid_cheaters.py`
+# wraps its executors, signer or meter there (a real node that cheats, for the trust tests).
+GridWorkerHook = Callable[[GridWorker], None]
 
 
 def build_model_store(settings: NodeSettings) -> ModelStore:
@@ -56,8 +69,8 @@ def build_model_store(settings: NodeSettings) -> ModelStore:
     return ModelStore(settings.models_dir, LocalHostResources(), HttpDownloader())
 
 
-def build_engine(settings: NodeSettings) -> tuple[str, InferenceEngine]:
-    """The model id to serve and the llama.cpp engine for it (raises ModelFileError)."""
+def build_engine(settings: NodeSettings) -> tuple[ModelFile, InferenceEngine]:
+    """The model (its id and file) to serve and the llama.cpp engine for it (raises ModelFileError)."""
     model = resolve_model(settings.node_model, settings.models_dir, settings.node_model_id)
 
     def llama() -> InferenceEngine:
@@ -66,21 +79,28 @@ def build_engine(settings: NodeSettings) -> tuple[str, InferenceEngine]:
     log.info("model %s from %s", model.model_id, model.path)
     # The bundled model is 100 MB: it stays resident. A pulled one is unloaded when idle.
     if model.model_id == BUNDLED_MODEL_ID or not settings.keep_alive_s:
-        return model.model_id, llama()
+        return model, llama()
     log.info("model %s is unloaded after %.0fs idle", model.model_id, settings.keep_alive_s)
-    return model.model_id, OnDemandEngine(llama, settings.keep_alive_s)
+    return model, OnDemandEngine(llama, settings.keep_alive_s)
 
 
 async def run_node(
-    settings: NodeSettings, stop: asyncio.Event, *, engine: InferenceEngine | None = None
+    settings: NodeSettings,
+    stop: asyncio.Event,
+    *,
+    engine: InferenceEngine | None = None,
+    grid_hook: GridWorkerHook | None = None,
 ) -> None:
     """Run one edge node until `stop` is set; raises NodeError when it cannot start or keep serving.
 
     `engine` replaces the llama.cpp engine (unit tests); it then serves
-    `settings.node_model_id or settings.node_model`.
+    `settings.node_model_id or settings.node_model`, and its results name no model file.
+    `grid_hook` is given the grid worker before the grid loop starts (see GridWorkerHook).
     """
+    model_path: Path | None = None
     if engine is None:
-        model_id, engine = build_engine(settings)
+        model, engine = build_engine(settings)
+        model_id, model_path = model.model_id, model.path
     else:
         model_id = settings.node_model_id or settings.node_model
     node = EdgeNode(settings.node_id, model_id, settings.footprint())
@@ -118,7 +138,12 @@ async def run_node(
         # With a key, its replies and cancels carry its id (adapters/outcomes.py).
         keyed_node_id = node.node_id if settings.nats_nkey_seed_file else None
         service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id), load=load)
-        await _serve(settings, service, nc, js, stop, resident=_residency(engine), engine=engine)
+        grid = (
+            await _grid_worker(settings, service, engine, js, model_path, grid_hook)
+            if settings.joins_grid
+            else None
+        )
+        await _serve(settings, service, nc, js, stop, resident=_residency(engine), grid=grid)
     finally:
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -181,18 +206,18 @@ async def _serve(
     stop: asyncio.Event,
     *,
     resident: Callable[[], bool],
-    engine: InferenceEngine,
+    grid: GridNode | None,
 ) -> None:
     """Heartbeats, the work consumer and (with `--grid`) the grid loop, until `stop`; then the
     in-flight item is settled."""
-    grid = await _grid_worker(settings, service, engine, js) if settings.joins_grid else None
     heartbeats = HeartbeatPublisher(
         nc,
         service,
         settings.heartbeat_interval_s,
         resident,
         settings.pools,
-        grid.task_types if grid else (),
+        grid.worker.task_types if grid else (),
+        grid.public_key if grid else None,
     )
     await heartbeats.start()
     model_id = service.node.model_id
@@ -203,7 +228,7 @@ async def _serve(
         # tasks, a copro's own node works for that copro alone). `_consume` runs one item at a time.
         specs.append(grid_work_consumer(model_id, settings.ack_wait_s, settings.max_deliver))
     consumer = asyncio.create_task(_consume(js, specs, handler.handle, stop))
-    grid_loop = asyncio.create_task(poll_for_tasks(nc, grid, stop)) if grid else None
+    grid_loop = asyncio.create_task(poll_for_tasks(nc, grid.worker, stop)) if grid else None
     log.info(
         "node %s serving %s (durables %s)",
         service.node.node_id,
@@ -219,9 +244,76 @@ async def _serve(
         await heartbeats.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class GridNode:
+    """The grid worker, and the key the node announces (its own, whatever signs its reports)."""
+
+    worker: GridWorker
+    public_key: str
+
+
+def grid_signer(settings: NodeSettings) -> Signer:
+    """The node's grid key: its NATS nkey when it has one, else its own seed (minted once)."""
+    try:
+        if settings.nats_nkey_seed_file is not None:
+            return Signer.from_seed_file(settings.nats_nkey_seed_file)
+        seed_file = settings.grid_seed_file()
+        minted = not seed_file.exists()
+        signer = load_or_create_signer(seed_file)
+    except SignatureError as exc:
+        raise NodeError(f"the node's grid key: {exc}") from None
+    except OSError as exc:
+        raise NodeError(f"cannot make the node's grid key at {settings.grid_seed_file()}: {exc}") from None
+    log.info("grid key %s %s %s", signer.public_key, "minted in" if minted else "from", seed_file)
+    return signer
+
+
+def energy_profile(settings: NodeSettings) -> EnergyProfile:
+    return EnergyProfile(
+        source=settings.energy_source,
+        solar_share=settings.attested_solar_share,
+        power_watts=settings.power_watts,
+        intensity_g_per_kwh=settings.intensity_g_per_kwh,
+        device_class=settings.device_class,
+    )
+
+
+def energy_meter(settings: NodeSettings) -> EnergyMeter:
+    """The smart plug's counter file when ENERGY_METER_FILE names one, else the declared power."""
+    if settings.energy_meter_file is None:
+        return DeclaredPower(settings.power_watts)
+    try:
+        log.info(
+            "energy meter %s reads %.3f Wh",
+            settings.energy_meter_file,
+            read_counter(settings.energy_meter_file),
+        )
+    except MeterReadError as exc:
+        # The exporter may start after the node: each attempt reads it again (declared power meanwhile).
+        log.warning("%s; attempts attest the declared power until it can be read", exc)
+    return MeterFile(settings.energy_meter_file, settings.power_watts)
+
+
+async def _model_sha256(model_path: Path | None) -> str | None:
+    if model_path is None:
+        return None
+    started = time.perf_counter()
+    try:
+        sha = await asyncio.to_thread(model_file_sha256, model_path)
+    except ModelFileError as exc:
+        raise NodeError(str(exc)) from None
+    log.info("model file sha256 %s (%.1fs)", sha, time.perf_counter() - started)
+    return sha
+
+
 async def _grid_worker(
-    settings: NodeSettings, service: InferenceService, engine: InferenceEngine, js: JetStreamContext
-) -> GridWorker:
+    settings: NodeSettings,
+    service: InferenceService,
+    engine: InferenceEngine,
+    js: JetStreamContext,
+    model_path: Path | None,
+    hook: GridWorkerHook | None,
+) -> GridNode:
     """The grid worker over this node's engine, with the executors of the task types it runs."""
     if settings.grid_url and not settings.grid_url.startswith(("nats://", "tls://")):
         raise NodeError(
@@ -234,33 +326,51 @@ async def _grid_worker(
     # It reads documents only (its key may look up no other grid store).
     await wait_for_streams(js, [object_store_stream(subjects.DOCUMENTS_BUCKET)])
     node_id = service.node.node_id
-    return GridWorker(
+    signer = grid_signer(settings)
+    model_sha256 = await _model_sha256(model_path)
+    worker = GridWorker(
         node_id,
         service.node.source,
-        build_executors(settings.grid_task_types, engine),
+        build_executors(settings.grid_task_types, engine, model_sha256),
         ObjectStoreDocuments(js),
         NatsTaskReports(js, node_id),
+        signer=signer,
+        scheduler_key=settings.grid_scheduler_public_key,
+        energy=energy_profile(settings),
+        meter=energy_meter(settings),
+        on_refusal=lambda _assignment, reason: metrics.GRID_ASSIGNMENTS_REFUSED.labels(reason).inc(),
     )
+    if settings.grid_scheduler_public_key is None:
+        log.warning(
+            "GRID_SCHEDULER_PUBLIC_KEY is not set: an assignment signed by any key is believed "
+            "(set it to the key `koprogo up` or `koprogo node join` gives)"
+        )
+    if hook is not None:
+        hook(worker)
+    return GridNode(worker, signer.public_key)
 
 
-def build_executors(task_types: Sequence[str], engine: InferenceEngine) -> dict[str, TaskExecutor]:
+def build_executors(
+    task_types: Sequence[str], engine: InferenceEngine, model_sha256: str | None = None
+) -> dict[str, TaskExecutor]:
     """One executor per task type the node runs; their engines (OCR, PDF, statsmodels) come from
-    the node's `grid` extra, imported only by a node that joins the grid."""
+    the node's `grid` extra, imported only by a node that joins the grid. `model_sha256`: the
+    served model file's digest, named in the results the model wrote."""
     executors: dict[str, TaskExecutor] = {}
     for task_type in task_types:
         if task_type == "ocr_invoice":
             from koprogo_node.adapters.tasks.ocr_engine import RapidOcrEngine
             from koprogo_node.service_layer.tasks.ocr_invoice import OcrInvoiceExecutor
 
-            executors[task_type] = OcrInvoiceExecutor(RapidOcrEngine(), engine)
+            executors[task_type] = OcrInvoiceExecutor(RapidOcrEngine(), engine, model_sha256)
         elif task_type == "summarize_meeting":
             from koprogo_node.service_layer.tasks.summarize_meeting import SummarizeMeetingExecutor
 
-            executors[task_type] = SummarizeMeetingExecutor(engine)
+            executors[task_type] = SummarizeMeetingExecutor(engine, model_sha256)
         elif task_type == "translate_document":
             from koprogo_node.service_layer.tasks.translate_document import TranslateDocumentExecutor
 
-            executors[task_type] = TranslateDocumentExecutor(engine)
+            executors[task_type] = TranslateDocumentExecutor(engine, model_sha256)
         elif task_type == "predict_expenses":
             from koprogo_node.adapters.tasks.forecaster import StatsmodelsExpenseForecaster
             from koprogo_node.service_layer.tasks.predict_expenses import PredictExpensesExecutor

@@ -4,7 +4,8 @@ Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
 KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_ENABLED, GRID_URL, GRID_TASK_TYPES, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
 LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S,
-NODE_COPROS (a JSON list).
+NODE_COPROS (a JSON list); for the grid's trust (docs/grid-trust.md): GRID_SIGNING_SEED_FILE,
+GRID_SCHEDULER_PUBLIC_KEY, ENERGY_SOURCE, SOLAR_SHARE, ENERGY_METER_FILE, DEVICE_CLASS.
 The `koprogo-node` flags override them.
 """
 
@@ -13,11 +14,14 @@ from __future__ import annotations
 import re
 import socket
 import uuid
+from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.grid_signing import SignatureError, public_key_bytes
 from koprogo_shared.model_files import ModelsFolderSettings
 from koprogo_shared.settings import EdgeFootprintSettings, ServiceSettings
 from koprogo_shared.task_events import TASK_TYPES
@@ -68,6 +72,24 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
     max_deliver: int = Field(default=3, ge=1)
     # On SIGTERM, how long the in-flight answer may take before it is abandoned and NAKed.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # The grid identity signing this node's task reports (an nkey seed): NATS_NKEY_SEED_FILE when
+    # set (its NATS identity); else this file, minted on first start (mode 0600). Default:
+    # `<models dir>/../grid-node-<node id>.nk`, one key per node id, so two nodes of one host
+    # (sharing a models folder) never share an identity (`grid_seed_file`).
+    grid_signing_seed_file: Path | None = None
+    # The scheduler's public key (`U...`; `koprogo up` passes it, `koprogo node join` prints it):
+    # an assignment signed by any other key is not run. Unset: the key an assignment names is
+    # believed (a stack without keys), the rest of it is still checked.
+    grid_scheduler_public_key: str | None = None
+    # Proof of Green: where the node's electricity comes from ("grid", "solar", or "mixed" with
+    # SOLAR_SHARE, the part of it its own panels supply), and what the attempts used:
+    # ENERGY_METER_FILE names a file holding a cumulative Wh counter (a smart plug's exporter
+    # writes it), read before and after each attempt; unset, POWER_WATTS x the seconds it ran.
+    energy_source: Literal["grid", "solar", "mixed"] = "grid"
+    solar_share: float | None = Field(default=None, ge=0, le=1)
+    energy_meter_file: Path | None = None
+    # The node's hardware class ("pi4", "pi5", "x86"...): the scheduler knows each class's limits.
+    device_class: str = Field(default="pi5", min_length=1, max_length=64)
 
     @field_validator("grid_task_types")
     @classmethod
@@ -76,6 +98,58 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
         if unknown:
             raise ValueError(f"unknown grid task types {unknown}: choose among {', '.join(TASK_TYPES)}")
         return list(dict.fromkeys(value))
+
+    @field_validator(
+        "grid_signing_seed_file",
+        "energy_meter_file",
+        "grid_scheduler_public_key",
+        "solar_share",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("grid_scheduler_public_key")
+    @classmethod
+    def _a_user_nkey(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                public_key_bytes(value)
+            except SignatureError as exc:
+                raise ValueError(
+                    f"GRID_SCHEDULER_PUBLIC_KEY must be the scheduler's user nkey (U...): {exc}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _solar_share_fits_the_source(self) -> NodeSettings:
+        share, source = self.solar_share, self.energy_source
+        if source == "mixed" and share is None:
+            raise ValueError(
+                "ENERGY_SOURCE=mixed needs SOLAR_SHARE (the part of the energy from the node's own panels, 0-1)"
+            )
+        if source == "solar" and share not in (None, 1):
+            raise ValueError(f"ENERGY_SOURCE=solar means SOLAR_SHARE 1, not {share}: use ENERGY_SOURCE=mixed")
+        if source == "grid" and share not in (None, 0):
+            raise ValueError(f"ENERGY_SOURCE=grid means SOLAR_SHARE 0, not {share}: use ENERGY_SOURCE=mixed")
+        return self
+
+    @property
+    def attested_solar_share(self) -> float:
+        """The part of its energy the node attests came from its own solar supply."""
+        if self.energy_source == "solar":
+            return 1.0
+        if self.energy_source == "grid":
+            return 0.0
+        return float(self.solar_share or 0.0)
+
+    def grid_seed_file(self) -> Path:
+        """Where the node's own grid seed is (minted there when missing), without NATS keys."""
+        if self.grid_signing_seed_file is not None:
+            return self.grid_signing_seed_file
+        safe_id = re.sub(r"[^A-Za-z0-9_-]", "-", self.node_id)
+        return self.models_dir.expanduser().parent / f"grid-node-{safe_id}.nk"
 
     @property
     def joins_grid(self) -> bool:

@@ -20,3 +20,8 @@ INFERENCE_SECONDS = Histogram(
     ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160),
 )
+GRID_ASSIGNMENTS_REFUSED = Counter(
+    "koprogo_node_grid_assignments_refused_total",
+    "Grid assignments not run because their signature checks failed (grid_signing.assignment_refusal), by reason",
+    ["reason"],
+)

@@ -7,13 +7,27 @@ the `koprogo-node models pull` command that fetches it.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 from koprogo_node.domain.errors import ModelFileError
 from koprogo_shared import model_files
 from koprogo_shared.model_files import BUNDLED_FILE, ModelFile, expected_file_name
 
-__all__ = ["BUNDLED_FILE", "ModelFile", "bundled_model_path", "expected_file_name", "resolve_model"]
+__all__ = [
+    "BUNDLED_FILE",
+    "ModelFile",
+    "bundled_model_path",
+    "expected_file_name",
+    "model_file_sha256",
+    "resolve_model",
+]
+
+_CHUNK = 1 << 20
+# (resolved path, size, mtime_ns) -> sha256: a file is hashed once per process, again if it changed.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
 
 
 def bundled_model_path() -> Path:
@@ -30,3 +44,29 @@ def resolve_model(model: str, models_dir: Path, model_id: str | None = None) -> 
         return model_files.resolve_model(model, models_dir, model_id)
     except model_files.ModelFileError as exc:
         raise ModelFileError(str(exc)) from None
+
+
+def model_file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a GGUF file, read once per process and kept while the file is unchanged.
+
+    Blocking (a multi-GB model takes seconds to minutes on a Pi): call it from a thread.
+    """
+    resolved = path.resolve()
+    try:
+        stat = resolved.stat()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(key)
+        if known is not None:
+            return known
+        hasher = hashlib.sha256()
+        try:
+            with resolved.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    hasher.update(chunk)
+        except OSError as exc:
+            raise ModelFileError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
+        _DIGESTS[key] = hasher.hexdigest()
+        return _DIGESTS[key]

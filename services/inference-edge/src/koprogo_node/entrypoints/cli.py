@@ -40,6 +40,12 @@ _FIELDS = {
     "power_watts": "power_watts",
     "intensity": "intensity_g_per_kwh",
     "renewable": "renewable_attested",
+    "grid_scheduler_key": "grid_scheduler_public_key",
+    "grid_signing_seed_file": "grid_signing_seed_file",
+    "energy_source": "energy_source",
+    "solar_share": "solar_share",
+    "energy_meter_file": "energy_meter_file",
+    "device_class": "device_class",
     "threads": "llama_threads",
     "n_ctx": "llama_n_ctx",
     "keep_alive": "keep_alive_s",
@@ -123,6 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="attest a renewable supply: the node then reports 0 g CO2",
     )
+    p.add_argument(
+        "--grid-scheduler-key",
+        help="the grid scheduler's public key (U...; `koprogo node join` prints it): assignments "
+        "signed by another key are not run (default: $GRID_SCHEDULER_PUBLIC_KEY)",
+    )
+    p.add_argument(
+        "--grid-signing-seed-file",
+        type=Path,
+        help="the nkey seed signing this node's grid reports when it has no NATS key; minted there on "
+        "first start (default: <models-dir>/../grid-node-<node id>.nk)",
+    )
+    p.add_argument(
+        "--energy-source",
+        choices=["grid", "solar", "mixed"],
+        help="where the node's electricity comes from, attested with each grid result (default grid)",
+    )
+    p.add_argument(
+        "--solar-share",
+        type=float,
+        help="with --energy-source mixed: the part (0-1) of its energy its own panels supply",
+    )
+    p.add_argument(
+        "--energy-meter-file",
+        type=Path,
+        help="a file holding the node's cumulative Wh counter (a smart plug exporter writes it), "
+        "read before and after each grid task (default: declared power x time)",
+    )
+    p.add_argument("--device-class", help="the node's hardware class: pi4, pi5, x86... (default pi5)")
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: half the CPUs)")
     p.add_argument("--n-ctx", type=int, help="context size in tokens, prompt plus answer (default 2048)")
     p.add_argument(

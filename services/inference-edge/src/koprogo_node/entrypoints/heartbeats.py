@@ -30,8 +30,11 @@ class HeartbeatPublisher:
         resident: Callable[[], bool] = lambda: True,
         pools: Sequence[str] = (subjects.SHARED_POOL,),
         task_types: Sequence[str] = (),
+        public_key: str | None = None,
     ) -> None:
         self._nc = nc
+        # The grid key its reports are signed with (None: not on the grid).
+        self._public_key = public_key
         self._pools = list(pools)
         self._task_types = list(task_types)
         self._resident = resident
@@ -62,9 +65,12 @@ class HeartbeatPublisher:
     async def beat(self, *, leaving: bool = False) -> None:
         """Publish the node's state now; a failed publish is replaced by the next one."""
         beat = self._service.heartbeat(self._interval_s)
-        update = {"resident": self._resident(), "pools": self._pools, "task_types": self._task_types} | (
-            {"leaving": True} if leaving else {}
-        )
+        update = {
+            "resident": self._resident(),
+            "pools": self._pools,
+            "task_types": self._task_types,
+            "public_key": self._public_key,
+        } | ({"leaving": True} if leaving else {})
         beat = beat.model_copy(update=update)
         try:
             await self._nc.publish(self._subject, beat.model_dump_json().encode())

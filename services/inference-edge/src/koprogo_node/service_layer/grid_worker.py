@@ -5,6 +5,12 @@ The scheduler decides a task's state; the node only reports (`TaskStarted`, then
 is tried); any other failure as "failed" (the scheduler may try another node); an assignment past
 its deadline is stopped and reported "failed". A cancelled assignment is not reported: the
 scheduler has already decided.
+
+Trust (docs/grid-trust.md): an assignment is run only when `grid_signing.assignment_refusal`
+finds nothing (signed by the scheduler's key, for this node, its input digest matching what it
+carries); a refused one is logged, counted and neither started nor reported (the scheduler takes
+an unstarted replica back after its grace). Every report carries an energy attestation (Proof of
+Green: `service_layer.energy`) and is signed by the node's key for the assignment it answers.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from koprogo_node.service_layer.energy import DeclaredPower, EnergyMeter, EnergyProfile, attestation
 from koprogo_node.service_layer.tasks.executor import (
     TaskCancelledError,
     TaskDocument,
@@ -28,6 +36,7 @@ from koprogo_node.service_layer.tasks.executor import (
     TaskRun,
 )
 from koprogo_shared.events import utc_now
+from koprogo_shared.grid_signing import Signer, assignment_refusal, sign_report
 from koprogo_shared.task_events import (
     DocumentRef,
     TaskAssignment,
@@ -77,6 +86,15 @@ class _Outcome:
 
 
 class GridWorker:
+    """Runs the assignments of one node.
+
+    `signer`: the node's grid key, which signs every report (None: reports leave unsigned, and
+    the scheduler refuses them; for tests that sign elsewhere). `scheduler_key`: the scheduler's
+    public key (None: the key an assignment names is believed, the rest is still checked).
+    `energy` and `meter`: what the attestations say (default: the declared power).
+    `on_refusal(assignment, reason)`: told of each refused assignment (the node's metric).
+    """
+
     def __init__(
         self,
         node_id: str,
@@ -85,6 +103,12 @@ class GridWorker:
         documents: TaskDocuments,
         reports: TaskReports,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        signer: Signer | None = None,
+        scheduler_key: str | None = None,
+        energy: EnergyProfile | None = None,
+        meter: EnergyMeter | None = None,
+        on_refusal: Callable[[TaskAssignment, str], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self._source = source
@@ -92,7 +116,19 @@ class GridWorker:
         self._documents = documents
         self._reports = reports
         self._clock = clock
+        self.signer = signer
+        self.scheduler_key = scheduler_key
+        self.energy = energy or EnergyProfile()
+        self.meter = meter or DeclaredPower(self.energy.power_watts)
+        self._on_refusal = on_refusal
         self.running: dict[str, threading.Event] = {}
+        # Refused assignments by reason, since the node started.
+        self.refusals: Counter[str] = Counter()
+
+    @property
+    def public_key(self) -> str | None:
+        """The key the node's reports are signed with (announced in its heartbeats)."""
+        return None if self.signer is None else self.signer.public_key
 
     @property
     def task_types(self) -> list[str]:
@@ -104,9 +140,29 @@ class GridWorker:
         if flag is not None:
             flag.set()
 
-    async def run(self, assignment: TaskAssignment) -> TaskResultReported | None:
-        """Run the assignment and report it; the report, or None when it was cancelled."""
+    def refusal(self, assignment: TaskAssignment) -> str | None:
+        """Why this node must not run `assignment` (logged and counted), or None when it may."""
         a = assignment
+        reason = assignment_refusal(a, self.node_id, self.scheduler_key)
+        if reason is not None:
+            self.refusals[reason] += 1
+            log.warning(
+                "assignment refused (%s): task %s attempt %d (%s), signed by %s; not run, not reported",
+                reason,
+                a.task_id,
+                a.attempt,
+                a.task_type,
+                a.signer or "nobody",
+            )
+            if self._on_refusal is not None:
+                self._on_refusal(a, reason)
+        return reason
+
+    async def run(self, assignment: TaskAssignment) -> TaskResultReported | None:
+        """Run the assignment and report it; the report, or None when it was refused or cancelled."""
+        a = assignment
+        if self.refusal(a) is not None:
+            return None
         cancelled = self.running.setdefault(a.task_id, threading.Event())
         try:
             await self._reports.started(
@@ -120,12 +176,15 @@ class GridWorker:
                 ),
                 a.copro_id,
             )
+            mark = await self.meter.start()
             began = time.perf_counter()
             outcome = await self._outcome(a, cancelled)
+            seconds = time.perf_counter() - began
             if outcome is None:
                 return None
+            energy = await self.meter.used(mark, seconds)
             output = outcome.output
-            report = TaskResultReported(
+            unsigned = TaskResultReported(
                 id=task_event_id(a.task_id, f"reported:{a.attempt}"),
                 source=self._source,
                 copro_id=a.copro_id,
@@ -139,14 +198,16 @@ class GridWorker:
                 usage=TaskUsage(
                     prompt_tokens=output.prompt_tokens if output else 0,
                     completion_tokens=output.completion_tokens if output else 0,
-                    duration_s=round(time.perf_counter() - began, 3),
+                    duration_s=round(seconds, 3),
                 ),
+                attestation=attestation(self.energy, energy, seconds),
             )
+            report = self._signed(unsigned, a)
             try:
                 await self._reports.reported(report, a.copro_id)
             except ReportTooLargeError as exc:
                 # Another node would make the same result: the task fails for good, and says why.
-                report = report.model_copy(
+                too_large = unsigned.model_copy(
                     update={
                         "id": task_event_id(a.task_id, f"reported-too-large:{a.attempt}"),
                         "outcome": "input_error",
@@ -155,10 +216,14 @@ class GridWorker:
                         "message": f"the result does not fit one message on the bus ({exc}); send a shorter document",
                     }
                 )
+                report = self._signed(too_large, a)
                 await self._reports.reported(report, a.copro_id)
             return report
         finally:
             self.running.pop(a.task_id, None)
+
+    def _signed(self, report: TaskResultReported, assignment: TaskAssignment) -> TaskResultReported:
+        return report if self.signer is None else sign_report(self.signer, report, assignment)
 
     async def _outcome(self, a: TaskAssignment, cancelled: threading.Event) -> _Outcome | None:
         executor = self.executors.get(a.task_type)

@@ -7,7 +7,8 @@
 Fields come from rules (`domain.tasks.invoice_fields`); the node's model, when given, is asked
 only for the fields the rules missed, and only what it says that is found in the document is
 kept (`domain.tasks.invoice_model`). Checks (IBAN checksum, totals, VAT rate) are reported,
-never used to change a value. See docs/tasks/ocr_invoice.md.
+never used to change a value. When the model answered, the result names its file
+(`model_sha256`, when the node knows it). See docs/tasks/ocr_invoice.md.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ TextSource = Literal["pdf_text", "ocr"]
 class OcrInvoiceExecutor(TaskExecutor):
     task_type = "ocr_invoice"
 
-    def __init__(self, ocr: OcrEngine, engine: InferenceEngine | None = None) -> None:
+    def __init__(
+        self, ocr: OcrEngine, engine: InferenceEngine | None = None, model_sha256: str | None = None
+    ) -> None:
         self._ocr = ocr
         self._engine = engine
+        self.model_sha256 = model_sha256
 
     async def run(self, run: TaskRun) -> TaskOutput:
         document = run.document
@@ -79,7 +83,10 @@ class OcrInvoiceExecutor(TaskExecutor):
         if missing and self._engine is not None:
             found, prompt_tokens, completion_tokens = await self._ask_model(self._engine, missing, lines)
             fields = {**fields, **found}
-        return TaskOutput(invoice_result(fields, source, pages), prompt_tokens, completion_tokens)
+        result = invoice_result(fields, source, pages)
+        if completion_tokens and self.model_sha256 is not None:
+            result["model_sha256"] = self.model_sha256
+        return TaskOutput(result, prompt_tokens, completion_tokens)
 
     async def _read_pdf(self, data: bytes, run: TaskRun) -> tuple[list[TextLine], TextSource, int]:
         try:

@@ -10,7 +10,9 @@ another seed), and then replaced by a prose built from the extract (`summary_sou
 Why each refused prose was refused is in `summary_rejected`.
 
 Parameters: `text` (or a text/plain document), optional `language` ("fr" | "nl" | "en"; by
-default the minutes' own, detected). llama.cpp's `repeat_penalty` is not reachable through
+default the minutes' own, detected). The result names the model file it was written with
+(`model_sha256`, when the node knows it): the grid compares replicas' summaries only between
+nodes running the same file, whose seeded sampling gives the same tokens. llama.cpp's `repeat_penalty` is not reachable through
 `Sampling`: the frequency and presence penalties stand in for it.
 """
 
@@ -67,8 +69,9 @@ class SummarizeMeetingExecutor(TaskExecutor):
 
     task_type = "summarize_meeting"
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    def __init__(self, engine: InferenceEngine, model_sha256: str | None = None) -> None:
         self._engine = engine
+        self.model_sha256 = model_sha256
 
     async def run(self, run: TaskRun) -> TaskOutput:
         text = await read_task_text(run)
@@ -82,6 +85,8 @@ class SummarizeMeetingExecutor(TaskExecutor):
             result = minutes_result(extract, language, prose, "model")
         result["summary_rejected"] = rejected
         result["model_calls"] = usage.calls
+        if self.model_sha256 is not None:
+            result["model_sha256"] = self.model_sha256
         return TaskOutput(result, usage.prompt_tokens, usage.completion_tokens)
 
     async def _model_prose(

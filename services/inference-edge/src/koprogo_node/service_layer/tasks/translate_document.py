@@ -8,7 +8,8 @@ percentages) are looked for in its translation by value; those not found are rep
 language, in `paragraphs_in_source_language`.
 
 Parameters: `text` (or a text/plain document), `target_language` ("fr" | "en" | "nl",
-required), optional `source_language` (by default detected).
+required), optional `source_language` (by default detected). When the model ran, the result
+names its file (`model_sha256`, when the node knows it), for the grid's comparison of replicas.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class TranslateDocumentExecutor(TaskExecutor):
 
     task_type = "translate_document"
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    def __init__(self, engine: InferenceEngine, model_sha256: str | None = None) -> None:
         self._engine = engine
+        self.model_sha256 = model_sha256
 
     async def run(self, run: TaskRun) -> TaskOutput:
         text = await read_task_text(run)
@@ -79,6 +81,8 @@ class TranslateDocumentExecutor(TaskExecutor):
                 untranslated.append(number)
         result = _result(assemble(lines, translations), source, target, len(paragraphs), usage.calls, missing)
         result["paragraphs_in_source_language"] = untranslated
+        if usage.calls and self.model_sha256 is not None:
+            result["model_sha256"] = self.model_sha256
         return TaskOutput(result, usage.prompt_tokens, usage.completion_tokens)
 
     async def _translate(self, paragraph: str, system: str, run: TaskRun, usage: ModelUsage) -> str:
