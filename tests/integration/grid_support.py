@@ -65,8 +65,8 @@ def declared_attestation(seconds: float) -> EnergyAttestation:
 
 
 class SigningReports(TaskReports):
-    """Reports signed by the node for the assignment they answer (with a declared attestation when
-    the worker made none). `signer` may be another key than the one announced (a forger)."""
+    """Reports signed by the node for the assignment they answer, attesting the declared power
+    (`declared_attestation`). `signer` may be another key than the one announced (a forger)."""
 
     def __init__(self, inner: TaskReports, signer: Signer) -> None:
         self._inner = inner
@@ -79,8 +79,8 @@ class SigningReports(TaskReports):
     async def reported(self, event: TaskResultReported, copro_id: str | None) -> None:
         assignment = self.assignments.get((event.task_id, event.attempt))
         if assignment is not None:
-            if event.attestation is None:
-                event = event.model_copy(update={"attestation": declared_attestation(event.usage.duration_s)})
+            # The heartbeat's declared power x the seconds it ran, whatever the worker attested.
+            event = event.model_copy(update={"attestation": declared_attestation(event.usage.duration_s)})
             event = sign_report(self._signer, event, assignment)
         await self._inner.reported(event, copro_id)
 

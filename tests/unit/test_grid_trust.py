@@ -6,6 +6,7 @@ agree, different values disagree) and attestations checked by the real Proof of 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -16,10 +17,15 @@ from koprogo_grid.domain.board import TaskState
 from koprogo_grid.domain.rules import GridRules
 from koprogo_grid.domain.trust import Judgment, NodeStanding, TrustBook
 from koprogo_grid.domain.verification import Vote, reachable, replicas_wanted, spot_check_drawn, tally
+from koprogo_grid.service_layer.ports import FakeTaskDocumentBin
 from koprogo_shared import subjects
 from koprogo_shared.grid_signing import sign_report
 from koprogo_shared.node_roster import NodeGrant
-from koprogo_shared.task_events import NodeTrustChanged, TaskCancelRequested
+from koprogo_shared.task_events import (
+    NodeTrustChanged,
+    TaskCancelRequested,
+    task_event_id,
+)
 from tests.unit.test_grid_scheduler import T0, Grid, attestation, new_signer, task
 
 
@@ -425,3 +431,118 @@ def test_a_state_stored_before_replicas_reads_as_replicas() -> None:
         ("n2", "running", None),
     ]
     assert state.node_id == "n2" and state.policy is None
+
+
+async def test_a_node_already_waiting_gets_the_second_replica_as_soon_as_the_first_is_handed_out() -> None:
+    grid = Grid(rules())
+    waiting = await grid.poll("n2", inbox="n2-waits", wait_s=5)
+    assert waiting.reason == "waiting"
+    t = task()
+    await grid.scheduler.on_submitted(t)  # n2 takes the first replica at once
+    first = grid.replies.to("n2-waits")[0].assignment
+    assert first is not None and first.task_id == t.id
+    await grid.poll("n3", inbox="n3-waits", wait_s=5)
+    [second] = grid.replies.to("n3-waits")
+    assert second.assignment is not None and second.assignment.attempt == 2
+    # Now a poll that takes a replica offers the next one to a node waiting meanwhile.
+    t2 = task()
+    await grid.poll("n4", inbox="n4-waits", wait_s=5)  # takes t2's first replica when it comes
+    await grid.poll("n5", inbox="n5-waits", wait_s=5)
+    await grid.scheduler.on_submitted(t2)
+    assert [
+        r.assignment.task_id
+        for r in grid.replies.to("n4-waits") + grid.replies.to("n5-waits")
+        if r.assignment
+    ] == [
+        t2.id,
+        t2.id,
+    ]
+
+
+async def _trusted_veteran(grid: Grid) -> None:
+    grid.standings.saved["veteran"] = NodeStanding(
+        node_id="veteran", owner="veteran", trusted=True, valid_streak=5, validated=5
+    )
+    await grid.scheduler.start()
+
+
+async def test_a_trusted_node_caught_wrong_has_its_unchecked_results_of_the_window_re_checked() -> None:
+    documents = FakeTaskDocumentBin()
+    grid = Grid(rules(spot_check_rate=0.0, recheck_window_s=3600), documents=documents)
+    await _trusted_veteran(grid)
+    old = task()
+    await grid.scheduler.on_submitted(old)
+    await grid.report(await grid.take("veteran"), result=HONEST)  # delivered long before
+    grid.clock.advance(3700)
+    right, wrong = task(at=grid.clock.now), task(at=grid.clock.now)
+    for t in (right, wrong):
+        await grid.scheduler.on_submitted(t)
+    await grid.report(await grid.take("veteran"), result=HONEST)
+    await grid.report(await grid.take("veteran"), result=GARBAGE)  # unchecked too
+    assert [e.verification.outcome for e in grid.events("completed")] == ["accepted_unchecked"] * 3
+    # Taken alone, their inputs are kept for the re-check window (not `old`'s: its window is over).
+    await grid.scheduler.tick(alive={"veteran"})
+    assert grid.store.saved[right.id].task.parameters == {"n": 1}
+    assert grid.store.saved[old.id].task.parameters == {}
+    # Now a spot check catches it wrong.
+    grid.scheduler.board.rules = dataclasses.replace(grid.rules, spot_check_rate=1.0)
+    caught = task(at=grid.clock.now)
+    await grid.scheduler.on_submitted(caught)
+    checked, peer = await grid.take("veteran"), await grid.take("n2")
+    await grid.report(checked, result=GARBAGE)
+    await grid.report(peer, result=HONEST)
+    await grid.report(await grid.take("n3"), result=HONEST)
+    [lost] = [e for e in trust_events(grid, "veteran") if e.task_id == caught.id]
+    assert lost.reason == "caught_wrong" and lost.trusted is False
+    # Its two results of the window are replicated again; `old` is not.
+    rechecks = [e for e in grid.events("verifying") if e.id == task_event_id(e.task_id, "recheck:verifying")]
+    assert sorted(e.task_id for e in rechecks) == sorted([right.id, wrong.id])
+    assert grid.scheduler.rechecks == 2
+    assert grid.store.saved[right.id].status == "verifying"
+    again = await grid.take("n4")
+    assert again.parameters == {"n": 1} and again.task_id in (right.id, wrong.id)
+    await grid.report(again, result=HONEST)
+    again = await grid.take("n4")
+    await grid.report(again, result=HONEST)
+    # `right` agrees with its re-check; `wrong` is decided again against the veteran.
+    for t, verdict in ((right, "valid"), (wrong, "invalid")):
+        state = grid.store.saved[t.id]
+        assert state.status == ("completed" if verdict == "valid" else "verifying"), state.status
+    await grid.report(await grid.take("n5"), result=HONEST)
+    decided = {
+        e.task_id: e for e in grid.events("completed") if e.id != task_event_id(e.task_id, "completed")
+    }
+    assert set(decided) == {right.id, wrong.id}
+    assert decided[right.id].id == task_event_id(right.id, "recheck:completed")
+    assert {r.node_id: r.verdict for r in decided[right.id].verification.replicas}["veteran"] == "valid"
+    assert {r.node_id: r.verdict for r in decided[wrong.id].verification.replicas}["veteran"] == "invalid"
+    assert decided[wrong.id].result == HONEST  # the corrected result
+    assert [e.reason for e in trust_events(grid, "veteran") if e.task_id == wrong.id] == ["caught_wrong"]
+    assert grid.store.saved[wrong.id].task.parameters == {}  # decided again: contents forgotten
+
+
+async def test_a_re_check_nobody_takes_before_its_window_ends_leaves_the_task_as_decided() -> None:
+    grid = Grid(rules(spot_check_rate=0.0, recheck_window_s=600))
+    await _trusted_veteran(grid)
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    await grid.report(await grid.take("veteran"), result=HONEST)
+    grid.scheduler.board.rules = dataclasses.replace(grid.rules, spot_check_rate=1.0)
+    caught = task()
+    await grid.scheduler.on_submitted(caught)
+    checked, peer = await grid.take("veteran"), await grid.take("n2")
+    await grid.report(checked, result=GARBAGE)
+    await grid.report(peer, result=HONEST)
+    await grid.report(await grid.take("n3"), result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying" and grid.store.saved[t.id].rechecked
+    running = await grid.take("n9")
+    assert running.task_id == t.id
+    published = len(grid.bus.published)
+    grid.clock.advance(601)
+    await grid.scheduler.tick(alive={"n9", "n2", "veteran"})
+    state = grid.store.saved[t.id]
+    assert state.status == "completed" and state.outcome == "accepted_unchecked"
+    assert [r.verdict for r in state.replicas] == ["unchecked", "not_needed"]
+    assert grid.replies.cancels == [("n9", t.id)]
+    assert state.task.parameters == {}  # its window is over: forgotten
+    assert grid.bus.published[published:] == []  # the task stays as it was decided

@@ -173,6 +173,11 @@ class TaskState(BaseModel):
     outcome: Outcome = "pending"
     replicas: list[Replica] = Field(default_factory=list)
     final_at: datetime | None = None
+    # A result a trusted node delivered unchecked: its inputs are kept until then, so that it can
+    # be re-checked if the node is caught wrong meanwhile (None once its contents are forgotten).
+    recheck_until: datetime | None = None
+    # Replicated again after its trusted node was caught wrong (once at most).
+    rechecked: bool = False
     # The events this state's last transition produced, as (subject, event JSON): published after
     # the state is stored, published again after a restart (their ids make the repeat harmless).
     outbox: list[tuple[str, str]] = Field(default_factory=list)
@@ -220,6 +225,17 @@ class TaskState(BaseModel):
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def expires_at(self) -> datetime:
+        """Until when replicas may run: the task's expiry, or for a re-check the end of its window."""
+        if self.rechecked and self.recheck_until is not None:
+            return self.recheck_until
+        return self.task.expires_at
+
+    def event_id(self, what: str) -> str:
+        """A decision's event id; a re-check's decision is another event than the first one."""
+        return task_event_id(self.task.id, f"recheck:{what}" if self.rechecked else what)
 
     @property
     def open_replicas(self) -> list[Replica]:
@@ -417,7 +433,7 @@ class TaskBoard:
         """Whether `node` may take a replica of `state` now."""
         return (
             self.wanted(state) > 0
-            and state.task.expires_at > now
+            and state.expires_at > now
             and may_run(node, state.task)
             and node.owner_id not in state.busy_owners()
             and node.node_id not in {r.node_id for r in state.replicas if r.open or r.phase == "reported"}
@@ -459,7 +475,7 @@ class TaskBoard:
         """Hand a replica of `state` to `node` (the policy is fixed with the first one)."""
         attempt = state.attempt + 1
         deadline = min(
-            now + timedelta(seconds=self.rules.run_deadline_s(state.task.task_type)), state.task.expires_at
+            now + timedelta(seconds=self.rules.run_deadline_s(state.task.task_type)), state.expires_at
         )
         policy, quorum, max_replicas = state.policy, state.quorum, state.max_replicas
         if policy is None:
@@ -611,7 +627,7 @@ class TaskBoard:
                 )
             step = self._decide(updated, done, report, now)
             return Step(step.state, step.cancel_nodes, [*judgments, *step.judgments])
-        if report.outcome == "input_error":
+        if report.outcome == "input_error" and not state.rechecked:
             ended = state.model_copy(
                 update={"replicas": _replace(state, replica.ended(now, "input_error", "lost"))}
             )
@@ -674,9 +690,13 @@ class TaskBoard:
         decided = state.model_copy(
             update={"replicas": replicas, "outcome": "accepted_unchecked" if unchecked else "accepted"}
         )
+        if unchecked and self.rules.recheck_window_s > 0:
+            decided = decided.model_copy(
+                update={"recheck_until": now + timedelta(seconds=self.rules.recheck_window_s)}
+            )
         assert report.result is not None
         event = TaskCompleted(
-            id=task_event_id(state.task_id, "completed"),
+            id=state.event_id("completed"),
             source=SOURCE,
             copro_id=state.task.copro_id,
             time=now,
@@ -726,6 +746,8 @@ class TaskBoard:
     ) -> Step:
         """Queue a replica's work again, or fail the task when its attempts ran out."""
         updated = state.model_copy(update={"replicas": _replace(state, ended)})
+        if updated.failures >= self.rules.max_attempts and state.rechecked:
+            return self._end_recheck(updated, now)
         if updated.failures >= self.rules.max_attempts:
             tried = "; ".join(f"{a.node_id}: {a.outcome}" for a in updated.attempts)
             return self._failed(
@@ -749,8 +771,9 @@ class TaskBoard:
         return Step(_with_events(updated, [("requeued", event)]))
 
     def cancel(self, state: TaskState, now: datetime) -> Step | None:
-        """The cancelled state (every node running a replica to be told), or None when final already."""
-        if state.final:
+        """The cancelled state (every node running a replica to be told), or None when final already
+        (a re-check of a completed task included: the user's task is done)."""
+        if state.final or state.rechecked:
             return None
         replicas, nodes = self._close_open(state, now, "cancelled", "not_needed")
         event = TaskCancelled(
@@ -775,7 +798,7 @@ class TaskBoard:
         for state in self._states.values():
             if state.final:
                 continue
-            if state.task.expires_at <= now:
+            if state.expires_at <= now:
                 found.append((state, None, "expired", "the task expired before a node finished it"))
                 continue
             for r in state.open_replicas:
@@ -794,7 +817,86 @@ class TaskBoard:
         return found
 
     def expire(self, state: TaskState, now: datetime) -> Step:
+        if state.rechecked:
+            return self._end_recheck(state, now)
         return self._expired(state, now)
+
+    # ----- re-checks ---------------------------------------------------------------------------
+
+    def rechecks_for(self, node_id: str, since: datetime, now: datetime) -> list[TaskState]:
+        """Tasks `node_id` completed alone (unchecked) since `since` whose inputs are still kept."""
+        return [
+            s
+            for s in self._states.values()
+            if s.final
+            and s.outcome == "accepted_unchecked"
+            and not s.rechecked
+            and s.recheck_until is not None
+            and s.recheck_until > now
+            and s.final_at is not None
+            and s.final_at >= since
+            and any(r.node_id == node_id and r.verdict == "unchecked" for r in s.replicas)
+        ]
+
+    def recheck(self, state: TaskState, now: datetime) -> Step | None:
+        """Replicate a task accepted unchecked again, by quorum: its unchecked result is one vote."""
+        if not (state.final and state.outcome == "accepted_unchecked" and not state.rechecked):
+            return None
+        if state.recheck_until is None or state.recheck_until <= now:
+            return None
+        replicas = [
+            r.model_copy(update={"verdict": "pending"}) if r.verdict == "unchecked" else r
+            for r in state.replicas
+        ]
+        reopened = state.model_copy(
+            update={
+                "status": "verifying",
+                "final_at": None,
+                "rechecked": True,
+                "policy": "quorum",
+                "quorum": self.rules.quorum,
+                "max_replicas": max(self.rules.max_replicas, self.rules.quorum),
+                "outcome": "pending",
+                "replicas": replicas,
+            }
+        )
+        event = TaskVerifying(
+            id=task_event_id(state.task_id, "recheck:verifying"),
+            source=SOURCE,
+            copro_id=state.task.copro_id,
+            time=now,
+            task_id=state.task_id,
+            verification=reopened.verification(),  # type: ignore[arg-type]
+        )
+        return Step(_with_events(reopened, [("verifying", event)]))
+
+    def _end_recheck(self, state: TaskState, now: datetime) -> Step:
+        """A re-check that cannot finish (its window passed, its attempts ran out): the task stays
+        as it was decided (completed, unchecked); its running replicas are stopped."""
+        replicas, nodes = self._close_open(state, now, "not_needed", "not_needed")
+        # The result taken alone before is the first one (the re-check's replicas came after it).
+        first = min((r.attempt for r in replicas if r.has_result), default=None)
+        replicas = [
+            r.model_copy(update={"verdict": "unchecked"}) if r.attempt == first else r for r in replicas
+        ]
+        ended = state.model_copy(
+            update={
+                "replicas": replicas,
+                "status": "completed",
+                "final_at": now,
+                "outcome": "accepted_unchecked",
+                "outbox": [],
+            }
+        )
+        return Step(ended, nodes)
+
+    def contents_to_forget(self, now: datetime) -> list[TaskState]:
+        """Final tasks whose inputs were kept for a re-check that can no longer come."""
+        return [
+            s
+            for s in self._states.values()
+            if s.final and s.recheck_until is not None and s.recheck_until <= now
+        ]
 
     def tombstones_before(self, now: datetime) -> list[str]:
         """Final tasks kept longer than `final_keep_s`: their keys may go."""
@@ -840,7 +942,7 @@ class TaskBoard:
         replicas, nodes = self._close_open(state, now, close_as, "not_needed")
         closed = state.model_copy(update={"replicas": replicas})
         event = TaskFailed(
-            id=task_event_id(state.task_id, "failed"),
+            id=state.event_id("failed"),
             source=SOURCE,
             copro_id=state.task.copro_id,
             time=now,

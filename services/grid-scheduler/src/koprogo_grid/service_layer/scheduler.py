@@ -27,7 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from koprogo_grid.domain.board import PollingNode, ReportCheck, Step, TaskBoard, TaskState, Waiter
@@ -104,8 +104,11 @@ class GridScheduler:
         self._unpublished_trust: dict[str, NodeStanding] = {}
         self._unsaved_keys: dict[str, NodeStanding] = {}
         self._saving: set[asyncio.Task[None]] = set()
+        # Trusted nodes just caught wrong, and when: their unchecked results are re-checked.
+        self._to_recheck: list[tuple[str, datetime]] = []
         self.dispatched = 0
         self.refused_reports = 0
+        self.rechecks = 0
         # For the ops port's metrics: decided tasks by verification outcome, refused reports by
         # reason, trust changes by reason.
         self.outcomes: Counter[str] = Counter()
@@ -283,6 +286,7 @@ class GridScheduler:
             if step is None:  # not reachable: `current` was checked under the lock
                 return
             await self._apply(step)
+        await self._run_rechecks()
         if self.board.wanted(step.state) > 0:
             await self._offer()
 
@@ -308,7 +312,10 @@ class GridScheduler:
         node = dataclasses.replace(
             node, owner=self.owner_of(node.node_id), trusted=self.trust.is_trusted(node.node_id)
         )
-        if await self._try_assign(node, reply):
+        assigned = await self._try_assign(node, reply)
+        if assigned is not None:
+            if self.board.wanted(assigned) > 0:
+                await self._offer()  # its other replicas may go to nodes already waiting
             return
         if wait_s <= 0:
             await self._respond(reply, GridPollReply(reason="no_work"))
@@ -319,7 +326,8 @@ class GridScheduler:
         # A task may have been queued between the look above and the wait: offer again.
         await self._offer()
 
-    async def _try_assign(self, node: PollingNode, reply: Any) -> bool:
+    async def _try_assign(self, node: PollingNode, reply: Any) -> TaskState | None:
+        """Hand `node` a replica of the oldest task it fits and answer `reply`; the task's new state."""
         now = self._clock()
         # The standing may have changed while the node waited.
         node = dataclasses.replace(node, trusted=self.trust.is_trusted(node.node_id))
@@ -341,14 +349,20 @@ class GridScheduler:
                     raise
             self.dispatched += 1
             await self._respond(reply, GridPollReply(assignment=signed))
-            return True
-        return False
+            return assigned
+        return None
 
     async def _offer(self) -> None:
-        """Hand queued tasks to waiting nodes while both exist."""
-        for waiter in self.board.matches(self._clock()):
-            if not await self._try_assign(waiter.node, waiter.reply):
-                self.board.wait(waiter)
+        """Hand queued tasks to waiting nodes while both exist (a replica handed out may make the
+        task's policy ask for more at once: looked at again until nothing more is handed out)."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for waiter in self.board.matches(self._clock()):
+                if await self._try_assign(waiter.node, waiter.reply) is None:
+                    self.board.wait(waiter)
+                else:
+                    progressed = True
 
     # ----- time --------------------------------------------------------------------------------
 
@@ -372,6 +386,11 @@ class GridScheduler:
                     continue
                 await self._apply(step)
             requeued = requeued or self.board.wanted(step.state) > 0
+        for state in self.board.contents_to_forget(now):
+            async with self._lock(state.task_id):
+                if self.board.get(state.task_id) is state and state.task_id not in self._unpublished:
+                    await self._forget_contents(state)
+        await self._run_rechecks()
         for task_id in self.board.tombstones_before(now):
             await self._store.delete(task_id)
             self.board.forget(task_id)
@@ -389,9 +408,12 @@ class GridScheduler:
         judged: list[NodeStanding] = []
         now = self._clock()
         for judgment in step.judgments:
+            was_trusted = self.trust.is_trusted(judgment.node_id)
             standing = self.trust.judge(judgment, now)
             if standing is None:
                 continue
+            if was_trusted and not standing.trusted and judgment.verdict in ("invalid", "refused"):
+                self._to_recheck.append((judgment.node_id, now))
             pending = self._unpublished_trust.get(standing.node_id)
             if pending is not None and pending.outbox:
                 # Not published yet: its events ride along with the new ones.
@@ -407,6 +429,32 @@ class GridScheduler:
             await self._publish_standing(standing)
         for node_id in step.cancel_nodes:
             await self._cancel_node(node_id, step.state.task_id)
+
+    async def _run_rechecks(self) -> None:
+        """Replicate again what trusted nodes caught wrong delivered unchecked within the window."""
+        rechecked = False
+        while self._to_recheck:
+            node_id, caught_at = self._to_recheck.pop(0)
+            since = caught_at - timedelta(seconds=self.board.rules.recheck_window_s)
+            now = self._clock()
+            found = self.board.rechecks_for(node_id, since, now)
+            if found:
+                log.warning(
+                    "node %s was caught wrong: re-checking %d results it delivered unchecked",
+                    node_id,
+                    len(found),
+                )
+            for state in found:
+                async with self._lock(state.task_id):
+                    current = self.board.get(state.task_id)
+                    step = None if current is None else self.board.recheck(current, now)
+                    if step is None:
+                        continue
+                    await self._apply(step)
+                self.rechecks += 1
+                rechecked = True
+        if rechecked:
+            await self._offer()
 
     async def _commit(self, state: TaskState) -> None:
         pending = self._unpublished.get(state.task_id)
@@ -459,12 +507,28 @@ class GridScheduler:
                 return
 
     async def _forget_contents(self, state: TaskState) -> None:
-        """A final, published task: delete its document, keep a tombstone without contents."""
+        """A final, published task: delete its document, keep a tombstone without contents (a
+        result taken unchecked keeps them until its re-check window ends)."""
+        if (
+            state.outcome == "accepted_unchecked"
+            and not state.rechecked
+            and state.recheck_until is not None
+            and state.recheck_until > self._clock()
+        ):
+            if state.outbox:
+                published = state.model_copy(update={"outbox": []})
+                await self._store.save(published)
+                self.board.put(published)
+            return
         try:
             if state.task.document is not None and self._documents is not None:
                 await self._documents.delete(state.task.document.object_name)
             tombstone = state.model_copy(
-                update={"task": state.task.model_copy(update={"parameters": {}}), "outbox": []}
+                update={
+                    "task": state.task.model_copy(update={"parameters": {}}),
+                    "outbox": [],
+                    "recheck_until": None,
+                }
             )
             await self._store.save(tombstone)
             self.board.put(tombstone)
