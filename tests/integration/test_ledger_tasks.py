@@ -670,6 +670,12 @@ async def test_a_task_being_verified_is_verifying_until_the_decision_which_keeps
         await apply(done)
         status, verification = await state(task)
         assert status == "completed" and verification["outcome"] == "accepted"
+        # Each replica's attempt ends as its verdict says; the lost one as its requeue will say.
+        assert [(a[0], a[5]) for a in await attempt_rows(pool, task.id)] == [
+            (1, "completed"),
+            (2, None),
+            (3, "completed"),
+        ]
         # A TaskVerifying after the decision (a redelivery) changes nothing.
         assert (
             await apply(verifying(task, 45, {1: "pending", 2: "lost", 3: "pending", 4: "pending"}))
@@ -685,5 +691,6 @@ async def test_a_task_being_verified_is_verifying_until_the_decision_which_keeps
         await apply(failed)
         status, verification = await state(unverifiable)
         assert status == "failed" and verification["outcome"] == "unverifiable"
+        assert [a[5] for a in await attempt_rows(pool, unverifiable.id)] == ["invalid"] * 4
     finally:
         await pool.close()

@@ -31,6 +31,7 @@ from koprogo_shared.task_events import (
     TaskStarted,
     TaskStatus,
     TaskSubmitted,
+    TaskVerification,
 )
 
 # TaskFailed.error codes that name how the last attempt ended (when the event does not say it in
@@ -178,6 +179,31 @@ def open_attempt_outcome(event: TaskFailed | TaskExpired | TaskCancelled) -> Att
             return "cancelled"
         case _:
             assert_never(event)
+
+
+# How a replica's attempt ended, from the verdict of the verification that decided the task: an
+# accepted result completed (flagged too: its work agreed, it only earns nothing); a disagreeing
+# one is invalid; a refused report refused; a replica still running when the quorum was reached
+# was not needed. A lost one ended when the scheduler requeued it (its TaskRequeued says how).
+_VERDICT_OUTCOMES: dict[str, AttemptOutcome] = {
+    "valid": "completed",
+    "unchecked": "completed",
+    "flagged": "completed",
+    "invalid": "invalid",
+    "refused": "refused",
+    "pending": "not_needed",
+}
+
+
+def replica_outcomes(verification: TaskVerification | None) -> list[tuple[int, str, AttemptOutcome]]:
+    """(attempt, node, outcome) for each replica the decision ended."""
+    if verification is None:
+        return []
+    return [
+        (r.attempt, r.node_id, _VERDICT_OUTCOMES[r.verdict])
+        for r in verification.replicas
+        if r.verdict in _VERDICT_OUTCOMES
+    ]
 
 
 def late_attempt_outcome(task: TaskState) -> AttemptOutcome | None:

@@ -26,6 +26,7 @@ from koprogo_ledger.domain.task_records import (
     is_final,
     late_attempt_outcome,
     open_attempt_outcome,
+    replica_outcomes,
     task_finish,
     task_row,
     task_status,
@@ -120,6 +121,10 @@ async def _finish(
         await tasks.record_attempt(
             key, event.attempt, event.node_id, ended_at=event.time, outcome="completed"
         )
+    if isinstance(event, TaskCompleted | TaskFailed):
+        # Each replica's attempt ends as its verdict says (an earlier end recorded stays).
+        for attempt, node, outcome in replica_outcomes(event.verification):
+            await tasks.record_attempt(key, attempt, node, ended_at=event.time, outcome=outcome)
     if is_final(task.status):
         return False  # the first decision stands (the scheduler makes one; a copy is not another)
     if not isinstance(event, TaskCompleted):
