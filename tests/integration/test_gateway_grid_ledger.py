@@ -1,12 +1,14 @@
 """The grid's token ledger over HTTP (`/mcp/v1/grid/...`), on the whole gateway (`create_app`) with a
 real PostgreSQL holding the ledger's schema (its migrations, 0007_token_ledger included) and a real
-NATS. Entries are written as the ledger writes them: each hashed with `token_chain.entry_hash` over
-the one before, heads signed with an Ed25519 nkey, so what the gateway reads back must hash the same.
+NATS. Entries are appended with the ledger's own code (`chained_rows` and `PostgresTokenLedger`,
+under its lock) and heads signed by its head signer with an Ed25519 nkey, so what the gateway reads
+back must hash as the ledger hashed it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import uuid
@@ -26,6 +28,11 @@ from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.adapters.migrations import apply_migrations, load_migrations
+from koprogo_ledger.adapters.postgres_pool import create_pool
+from koprogo_ledger.adapters.postgres_token_ledger import PostgresLedgerHeads, PostgresTokenLedger
+from koprogo_ledger.domain.ledger_chain import chained_rows
+from koprogo_ledger.domain.rewards import Movement
+from koprogo_ledger.service_layer.ledger_heads import sign_head
 from koprogo_shared import token_chain as tc
 from koprogo_shared.grid_signing import Signer
 from koprogo_shared.nats_connection import ensure_streams
@@ -87,74 +94,67 @@ NODES = [
 ]
 
 
-async def append(conn: asyncpg.Connection, moves: list[Move]) -> list[dict[str, Any]]:
-    """Append `moves` to the chain as the ledger does: each entry hashed over the previous one."""
-    last = await conn.fetchrow("SELECT seq, hash FROM grid_ledger_entries ORDER BY seq DESC LIMIT 1")
-    seq, prev = (0, tc.GENESIS) if last is None else (last["seq"], last["hash"])
-    written = []
-    for debit, credit, amount, kind, node, memo in moves:
-        seq += 1
-        entry: dict[str, Any] = {
-            "seq": seq,
-            "entry_id": f"entry-{seq}",
-            "recorded_at": T0 + timedelta(minutes=seq),
-            "debit": debit,
-            "credit": credit,
-            "amount_mt": amount,
-            "kind": kind,
-            "task_id": str(uuid.uuid4()),
-            "node_id": node,
-            "copro_id": debit.removeprefix("copro:") if debit.startswith("copro:") else None,
-            "memo": memo,
-            "prev_hash": prev,
-        }
-        entry["hash"] = prev = tc.entry_hash(entry)
-        await conn.execute(
-            "INSERT INTO grid_ledger_entries (seq, entry_id, recorded_at, debit, credit, amount_mt, kind, task_id,"
-            " node_id, copro_id, memo, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11::jsonb,$12,$13)",
-            *[
-                entry[name] if name != "memo" else json.dumps(entry["memo"])
-                for name in (*tc.ENTRY_FIELDS, "hash")
-            ],
-        )
-        written.append(entry)
-    return written
+async def append(pool: asyncpg.Pool, moves: list[Move], *, at_once: bool = False) -> None:
+    """Append `moves` with the ledger's own code (its chaining and its insert, under its lock): one
+    transaction per entry, the n-th recorded n minutes after T0; or all in one (`at_once`)."""
+    for group in [moves] if at_once else [[move] for move in moves]:
+        async with pool.acquire() as conn, conn.transaction():
+            book = PostgresTokenLedger(lambda conn=conn: conn, contextlib.nullcontext)
+            await book.lock()
+            tip = await book.tip()
+            movements = [
+                Movement(
+                    entry_id=f"test/{uuid.uuid4()}",
+                    debit=debit,
+                    credit=credit,
+                    amount_mt=amount,
+                    kind=kind,  # type: ignore[arg-type]
+                    task_id=str(uuid.uuid4()),
+                    node_id=node,
+                    copro_id=debit.removeprefix("copro:") if debit.startswith("copro:") else None,
+                    memo=memo,
+                )
+                for debit, credit, amount, kind, node, memo in group
+            ]
+            await book.insert(chained_rows(movements, tip, T0 + timedelta(minutes=tip.seq + 1)))
 
 
-async def sign_head(conn: asyncpg.Connection) -> dict[str, Any]:
-    last = await conn.fetchrow("SELECT seq, hash FROM grid_ledger_entries ORDER BY seq DESC LIMIT 1")
-    head = {
-        "seq": last["seq"],
-        "hash": last["hash"],
-        "signed_at": T0 + timedelta(hours=1, seconds=last["seq"]),
-        "signer": LEDGER_KEY.public_key,
-        "signature": LEDGER_KEY.sign(tc.head_payload(last["seq"], last["hash"])),
-    }
-    await conn.execute(
-        "INSERT INTO grid_ledger_heads (seq, hash, signed_at, signer, signature) VALUES ($1, $2, $3, $4, $5)",
-        *head.values(),
-    )
-    return head
+async def sign(pool: asyncpg.Pool) -> int | None:
+    """The ledger's head signer, once: the tip signed with its key."""
+    return await sign_head(PostgresLedgerHeads(pool), LEDGER_KEY, T0 + timedelta(hours=1))
 
 
 @pytest.fixture
-async def ledger_db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """The ledger's schema (its own migrations), its key, three nodes, nine entries and two signed heads."""
+async def ledger_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The ledger's own pool (JSON codecs as its adapters expect), on its migrated schema, its key recorded."""
     conn = await asyncpg.connect(database_url)
     try:
         await apply_migrations(conn)
-        await conn.execute(
-            "INSERT INTO grid_ledger_keys (public_key, since) VALUES ($1, $2)", LEDGER_KEY.public_key, T0
-        )
+    finally:
+        await conn.close()
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        await PostgresLedgerHeads(pool).register_key(LEDGER_KEY.public_key, T0)
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def ledger_db(ledger_pool: asyncpg.Pool, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """Three nodes, nine entries and two signed heads (after entries 4 and 9); a plain connection to
+    the database, as an operator's psql would have."""
+    conn = await asyncpg.connect(database_url)
+    try:
         await conn.executemany(
             "INSERT INTO grid_nodes (node_id, owner, trusted, valid_streak, validated, invalid, refused, flagged,"
             " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             [(*node, T0) for node in NODES],
         )
-        await append(conn, MOVES[:4])
-        await sign_head(conn)
-        await append(conn, MOVES[4:])
-        await sign_head(conn)
+        await append(ledger_pool, MOVES[:4])
+        assert await sign(ledger_pool) == 4
+        await append(ledger_pool, MOVES[4:])
+        assert await sign(ledger_pool) == 9
         yield conn
     finally:
         await conn.close()
@@ -378,13 +378,13 @@ async def test_the_export_streams_json_lines_that_verify_offline(
 
 
 async def test_a_chain_longer_than_a_batch_is_read_through_cursors_and_verified(
-    ledger_db: asyncpg.Connection, database_url: str
+    ledger_db: asyncpg.Connection, ledger_pool: asyncpg.Pool, database_url: str
 ) -> None:
     more: list[Move] = [
         ("copro:tilleuls", "node:pi-cave", 10 + i, "reward", "pi-cave", {}) for i in range(2491)
     ]
-    await append(ledger_db, more)
-    await sign_head(ledger_db)
+    await append(ledger_pool, more, at_once=True)
+    assert await sign(ledger_pool) == 2500
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
         adapter = PostgresGridLedger(pool, batch=7)
