@@ -402,3 +402,46 @@ async def test_a_ledger_started_with_another_key_once_heads_exist_is_refused(
     other = load_or_create_signer(tmp_path / "other.nk")
     with pytest.raises(LedgerKeyError, match="LEDGER_SIGNING_SEED_FILE"):
         await PostgresLedgerHeads(projected).register_key(other.public_key, datetime.now(UTC))
+
+
+async def test_two_ledgers_appending_at_once_keep_one_chain_and_the_last_head_is_signed_at_stop(
+    database_url: str, clean_jetstream: str, tmp_path: Path
+) -> None:
+    seed = tmp_path / "ledger-signing.nk"
+    signer = load_or_create_signer(seed)
+    events: list[LedgerEvent] = []
+    nodes_by_task = [("pi-a", "pi-b"), ("pi-b", "pi-c"), ("pi-c", "pi-a")]
+    for i in range(30):
+        task = GridTask("copro-a" if i % 2 else "copro-b", "ocr_invoice", at=i)
+        first, second = nodes_by_task[i % 3]
+        events += [task.submitted(), task.completed("quorum", [replica(1, first), replica(2, second)])]
+        if i == 15:
+            events.append(trust("pi-a", "earned", trusted=True, at=i + 0.5, task_id=task.id))
+            events.append(trust("pi-c", "caught_wrong", trusted=False, at=i + 0.5, task_id=task.id))
+    async with running_ledger(
+        database_url, clean_jetstream, instances=2, ledger_head_interval_s=3600, ledger_signing_seed_file=seed,
+        ledger_batch=4,
+    ) as ledger:  # fmt: skip
+        await publish_all(ledger, events)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=60)
+        await wait_until(ledger.settled)
+        assert await ledger.dead_letters() == []
+        heads_before_stop = await ledger.db.fetchval("SELECT count(*) FROM grid_ledger_heads")
+    pool = await create_pool(database_url, max_size=1)
+    try:
+        entries, heads, key = await chain(pool)
+        final = await balances(pool)
+    finally:
+        await pool.close()
+    assert heads_before_stop == 0  # the interval never came
+    # 30 tasks x 2 replicas x (reward + fund share), pi-a's release and pi-c's forfeit
+    assert len(entries) == 30 * 2 * 2 + 2
+    report = verify_chain(entries, heads, key)
+    assert report.ok, report.reason
+    assert key == signer.public_key and heads[-1]["seq"] == len(entries)
+    assert sum(final.values()) == 0
+    # pi-c's 20 replicas: those projected before its forfeit went to the fund, the others wait in
+    # escrow (two ledgers may project a completion and the forfeit in either order).
+    (forfeit,) = [e for e in entries if e["kind"] == "escrow_forfeit"]
+    assert forfeit["amount_mt"] > 0 and forfeit["amount_mt"] % 558 == 0
+    assert final["escrow:pi-c"] + forfeit["amount_mt"] == 558 * 20
