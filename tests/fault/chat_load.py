@@ -23,6 +23,7 @@ import nats
 
 from koprogo_shared import subjects
 from koprogo_shared.events import InferenceStarted
+from koprogo_shared.nats_connection import nats_servers
 
 QUESTION = "Quand a lieu la prochaine assemblée générale ?"
 # A client's pause after an error (a refused connection, a 503) before its next request.
@@ -264,7 +265,7 @@ class NodesAtWork:
         self._nc: Any = None
 
     async def __aenter__(self) -> NodesAtWork:
-        self._nc = await nats.connect(self.nats_url)
+        self._nc = await nats.connect(servers=nats_servers(self.nats_url))
 
         async def on_reply(msg: Any) -> None:
             data = json.loads(msg.data)

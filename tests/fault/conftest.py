@@ -5,7 +5,8 @@
 the same environment. `cloud_server` is a real OpenAI-compatible server (llama.cpp's, with the
 bundled model under a cloud model's name) for the cloud worker. `restartable_postgres` and
 `restartable_nats` are servers of the test's own, which it may stop and start again (the
-session's servers are shared with every other test).
+session's servers are shared with every other test); `nats_cluster` is three nats-server
+processes clustered on loopback, of the test's own too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.conftest import postgres_dir
 from tests.fault.stack_processes import ProcessStack, process_stack
 from tests.integration.cloud_support import openai_compatible_server
+from tests.integration.nats_cluster_support import NatsCluster
 
 CLOUD_MODEL = "gpt-4o-mini"
 CLOUD_DEPLOYMENT = "local-openai"
@@ -92,3 +94,15 @@ def restartable_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsCluster]:
+    """Three clustered nats-server processes of this test's own (JetStream on file, fsync always);
+    streams declared on it get three replicas (`NATS_REPLICAS` unset: they follow the cluster)."""
+    monkeypatch.delenv("NATS_REPLICAS", raising=False)
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -15,13 +15,14 @@ import nats
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
+from koprogo_shared.nats_connection import nats_servers
 
 
 async def settled(nats_url: str, timeout: float = 45.0, quiet_s: float = 1.5) -> None:
     """Until JetStream has nothing to deliver or be acknowledged on any consumer of the event and
     work streams, and nothing new was stored for `quiet_s`: the ledger caught up, no work item
     waits for a redelivery, no late answer is on its way."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_servers(nats_url))
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
@@ -62,7 +63,7 @@ async def _busy_consumers(js: JetStreamContext) -> tuple[list[str], tuple[int, .
 async def when_held(nats_url: str, stream: str, durable: str, timeout: float = 10.0) -> bool:
     """Until `durable` holds a message it has not acknowledged (its worker is busy with it);
     False if that did not happen within `timeout`."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_servers(nats_url))
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
@@ -78,7 +79,7 @@ async def when_held(nats_url: str, stream: str, durable: str, timeout: float = 1
 
 async def backlog(nats_url: str, stream: str, durable: str) -> int:
     """The messages `durable` has not had acknowledged yet: not delivered, or delivered and held."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_servers(nats_url))
     try:
         info = await nc.jetstream().consumer_info(stream, durable)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)

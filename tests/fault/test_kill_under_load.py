@@ -3,7 +3,8 @@ or a clear error, and `/mcp/v1/stats` counts exactly the answers given (issue 12
 
 Each test runs the chat path as separate processes (`fault_stack`), has three clients send chats
 one after another (one of them streamed), SIGKILLs one service while they do (PostgreSQL: an
-immediate shutdown; NATS: nats-server itself, restarted on its own data), starts it again with
+immediate shutdown; NATS: nats-server itself, restarted on its own data, or the node of a
+three-node cluster that leads the event log), starts it again with
 the same environment, lets the clients go on until the stack answers again, waits until
 JetStream has delivered and had acknowledged everything, and then sets each client's outcome
 beside the ledger's rows and the stats (`agreement.Agreement`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.nats_connection import connect_nats, declare_streams
 from tests.conftest import wait_until
 from tests.fault.agreement import Agreement, counted_per_request, ledger_rows, stats
 from tests.fault.chat_load import ChatLoad, NodesAtWork
@@ -34,6 +37,7 @@ from tests.fault.conftest import (
 )
 from tests.fault.jetstream_state import backlog, settled, when_held
 from tests.fault.stack_processes import ProcessStack
+from tests.integration.nats_cluster_support import NatsCluster, wait_until_replicas_current
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +45,8 @@ Fault = Callable[[ProcessStack, ChatLoad], Awaitable[str]]
 # A probe's answer: long enough (about a second on two cores) to be still generating when its node dies.
 LONG_ANSWER_TOKENS = 64
 NATS_DOWN_S = 3.0
+# Longer than a publish's retries (PUBLISH_RETRY_S, 12 s): one replica cannot hide the loss.
+CLUSTER_NODE_DOWN_S = 15.0
 
 
 async def model_available(stack: ProcessStack, model: str) -> bool:
@@ -266,3 +272,44 @@ async def test_killing_nats_under_load_loses_no_acknowledged_request_and_counts_
         return f"nats-server killed, started again on its data {NATS_DOWN_S:g}s later"
 
     print(await under_load(stack, BUNDLED_MODEL_ID, kill_nats))
+
+
+async def test_killing_the_cluster_node_leading_the_event_log_under_load_loses_nothing_and_counts_each_answer_once(
+    fault_stack: FaultStackFactory, nats_cluster: NatsCluster
+) -> None:
+    # Issue 12, finding 9: on a cluster whose streams had one replica, killing the node that held
+    # KOPROGO_EVENTS turned every chat into 503 bus_unavailable until it came back. With the
+    # streams at three replicas (the setup step's choice on three servers), the services given
+    # the servers' list must ride out the leader's death and the election, and reconnect by themselves.
+    await asyncio.wait_for(declare_streams(nats_cluster.url), 60)
+    nc, js = await connect_nats(nats_cluster.url, "fault-cluster-check")
+    try:
+        for stream in (subjects.EVENTS_STREAM, subjects.WORK_STREAM):
+            await wait_until_replicas_current(js, stream, 3)
+    finally:
+        await nc.close()
+    stack = await fault_stack(edge_nodes=1, nats=nats_cluster.url)
+    loads: list[ChatLoad] = []
+
+    async def kill_the_event_log_leader(stack: ProcessStack, load: ChatLoad) -> str:
+        loads.append(load)
+        nc, js = await connect_nats(nats_cluster.url, "fault-cluster-leader")
+        try:
+            info = await js.stream_info(subjects.EVENTS_STREAM)
+        finally:
+            await nc.close()
+        assert info.cluster is not None and info.cluster.leader, f"{subjects.EVENTS_STREAM} has no leader"
+        leader = info.cluster.leader
+        nats_cluster.kill(leader)
+        await asyncio.sleep(CLUSTER_NODE_DOWN_S)
+        nats_cluster.restart(leader)
+        return (
+            f"NATS node {leader}, leading {subjects.EVENTS_STREAM} (R{info.config.num_replicas}), SIGKILLed, "
+            f"started again on its store {CLUSTER_NODE_DOWN_S:g}s later"
+        )
+
+    print(await under_load(stack, BUNDLED_MODEL_ID, kill_the_event_log_leader))
+    # With one replica the same kill answered every chat 503 bus_unavailable until the node came
+    # back (clear errors, nothing lost): three replicas must keep the event log taking requests.
+    refused = Counter(o.kind for o in loads[0].outcomes if "bus_" in o.kind)
+    assert not refused, f"chats refused while a node of three was down: {dict(refused)}"
