@@ -14,6 +14,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -34,9 +35,13 @@ from koprogo_ledger.domain.ledger_chain import chained_rows
 from koprogo_ledger.domain.rewards import Movement
 from koprogo_ledger.service_layer.ledger_heads import sign_head
 from koprogo_shared import token_chain as tc
-from koprogo_shared.grid_signing import Signer
-from koprogo_shared.nats_connection import ensure_streams
-from tests.conftest import settings_fields
+from koprogo_shared.grid_signing import Signer, load_or_create_signer
+from koprogo_shared.nats_connection import ensure_streams, publish_event
+from tests.conftest import settings_fields, wait_until
+from tests.integration.ledger_support import running_ledger
+from tests.integration.test_token_ledger import EXPECTED_BALANCES, EXPECTED_FUND_INFLOWS
+from tests.integration.test_token_ledger import scenario as ledger_scenario
+from tests.integration.test_token_ledger import subject_of as ledger_subject_of
 from tests.token_support import AUDIENCE, AUTH_SETTINGS, ISSUER, SECRET, bearer, token
 
 pytestmark = pytest.mark.integration
@@ -446,3 +451,56 @@ async def test_stats_add_the_tokens_a_copros_tasks_paid_the_grids_nodes(
     assert await revenue(MEMBER, first_minutes) == 9.0
     figures = (await client.get("/mcp/v1/stats", headers=MEMBER)).json()
     assert figures["total_requests"] == 0 and figures["grid_requests"] == 0
+
+
+async def test_what_the_real_ledger_writes_for_a_run_is_what_the_grid_routes_show(
+    database_url: str, clean_jetstream: str, gateway: Client, tmp_path: Path
+) -> None:
+    """The ledger's own scenario (tests/integration/test_token_ledger.py: five tasks, a lazy node, a
+    node caught wrong, trust earned), projected by the real ledger over NATS with its head signer;
+    the gateway shows the balances, the fund and the verification that test expects."""
+    seed = tmp_path / "ledger-signing.nk"
+    signer = load_or_create_signer(seed)
+    events, tasks = ledger_scenario()
+    async with running_ledger(
+        database_url, clean_jetstream, ledger_head_interval_s=0.2, ledger_signing_seed_file=seed
+    ) as ledger:
+        for event in events:
+            await publish_event(ledger.js, ledger_subject_of(event), event)
+        await wait_until(lambda: ledger.applied(*(e.id for e in events)), timeout=30)
+        await wait_until(ledger.settled)
+        tip = await ledger.db.fetchval("SELECT max(seq) FROM grid_ledger_entries")
+        await wait_until(lambda: ledger.db.fetchval("SELECT max(seq) = $1 FROM grid_ledger_heads", tip))
+        rewards = [
+            r["amount_mt"]
+            for r in await ledger.db.fetch("SELECT debit, kind, amount_mt FROM grid_ledger_entries")
+            if r["kind"] == "reward" and r["debit"].startswith("copro:")
+        ]
+        client = await gateway()
+
+        nodes = (await client.get("/mcp/v1/grid/nodes", headers=ADMIN)).json()["nodes"]
+        fund = (await client.get("/mcp/v1/grid/solidarity-fund", headers=MEMBER)).json()
+        verified = (await client.get("/mcp/v1/grid/ledger/verify", headers=MEMBER)).json()
+        export = (await client.get("/mcp/v1/grid/ledger/export", headers=MEMBER)).text.splitlines()
+        stats = (await client.get("/mcp/v1/stats", headers=ADMIN)).json()
+        task_a = (await client.get(f"/mcp/v1/tasks/{tasks['A'].id}", headers=ADMIN)).json()
+
+    assert {n["node_id"]: (n["balance"], n["escrow"]) for n in nodes} == {
+        node: (
+            EXPECTED_BALANCES.get(f"node:{node}", 0) / 1000,
+            EXPECTED_BALANCES.get(f"escrow:{node}", 0) / 1000,
+        )
+        for node in ("pi-a", "pi-b", "pi-c", "pi-d", "pi-lazy")
+    }
+    assert {n["node_id"]: n["trusted"] for n in nodes}["pi-a"] is True
+    assert {n["node_id"]: n["invalid"] for n in nodes}["pi-lazy"] == 1
+    assert fund["balance"] == EXPECTED_BALANCES["fund:solidarity"] / 1000
+    assert fund["inflows"] == {kind: mt / 1000 for kind, mt in EXPECTED_FUND_INFLOWS.items()}
+    assert fund["co2_saved_kg"] == pytest.approx(0.05)
+    assert verified["ok"] is True, verified["reason"]
+    assert (verified["entries"], verified["head"]["seq"]) == (tip, tip)
+    assert verified["signed_heads"] >= 1 and verified["ledger_public_key"] == signer.public_key
+    assert tc.verify_export(export).ok
+    assert stats["grid_token_revenue"] == pytest.approx(sum(rewards) / 1000) and rewards
+    assert task_a["status"] == "completed" and task_a["verification"]["outcome"] == "accepted"
+    assert [r["verdict"] for r in task_a["verification"]["replicas"]] == ["valid", "valid"]
