@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from koprogo_cli.main import build_parser
 from koprogo_shared.grid_signing import Signer
 from koprogo_shared.token_chain import GENESIS, entry_hash, export_lines, head_payload, verify_chain
 from tests.integration.cloud_support import serving_in_thread
@@ -258,3 +259,16 @@ def test_the_gateways_failed_verification_is_printed_and_exits_1(tmp_path: Path)
         done = koprogo("ledger", "verify", "--url", f"http://127.0.0.1:{port}", env={"KOPROGO_TOKEN": TOKEN})
     assert done.returncode == 1
     assert done.stdout.strip() == "FAILED at 7: entry 7: its fields do not hash to its hash (altered)"
+
+
+def test_one_entry_and_one_head_are_said_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signer = new_signer()
+    entries = chain(MOVES[:1])
+    export = write_export(
+        tmp_path / "one.jsonl", entries, signed_heads(signer, entries, (1,)), signer.public_key
+    )
+    args = build_parser().parse_args(["ledger", "verify", "--export", str(export)])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == f"OK: 1 entry, 1 signed head, head 1 {entries[0]['hash']}"

@@ -165,17 +165,23 @@ def _print_report(report: dict[str, Any], as_json: bool) -> int:
     elif report.get("ok"):
         head = report.get("head") or {}
         print(
-            f"OK: {report.get('entries', 0)} entries, {report.get('signed_heads', 0)} signed heads, "
+            f"OK: {_count(report.get('entries', 0), 'entry', 'entries')}, "
+            f"{_count(report.get('signed_heads', 0), 'signed head')}, "
             f"head {head.get('seq', '-')} {head.get('hash') or '(empty ledger)'}"
         )
     else:
         where = f" at {report['broken_at']}" if report.get("broken_at") is not None else ""
         print(f"FAILED{where}: {report.get('reason') or 'no reason given'}")
         print(
-            f"  checked {report.get('entries', 0)} entries and {report.get('signed_heads', 0)} signed heads",
+            f"  checked {_count(report.get('entries', 0), 'entry', 'entries')} and "
+            f"{_count(report.get('signed_heads', 0), 'signed head')}",
             file=sys.stderr,
         )
     return 0 if report.get("ok") else EXIT_FAILED
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def add_ledger_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -35,6 +35,7 @@ from koprogo_cli.task_progress import (
     EXIT_USAGE,
     EXIT_WAIT_TIMEOUT,
     FINAL_STATUSES,
+    REPLICA_HEADERS,
     TASK_HEADERS,
     Progress,
     TaskInputError,
@@ -42,6 +43,7 @@ from koprogo_cli.task_progress import (
     final_line,
     input_data_of,
     poll_interval,
+    replica_rows,
     task_detail,
     task_rows,
 )
@@ -220,6 +222,9 @@ def _show(task: dict[str, Any], as_json: bool) -> int:
     if attempts:
         print()
         print(table(attempts, ATTEMPT_HEADERS))
+    if replicas := replica_rows(task):
+        print("\nverification replicas:")
+        print(table(replicas, REPLICA_HEADERS))
     if task.get("result") is not None:
         print("\nresult:")
         print(json.dumps(task["result"], indent=2, ensure_ascii=False))

@@ -3,8 +3,9 @@
 Plain functions over plain data (no HTTP): `input_data_of` builds a task's `input_data` from
 `--json` and `--param`; `progress_lines` says what changed between two looks at a task (its
 status, a new attempt, how an attempt ended); `spinner_line`, `final_line`, `failure_message`,
-`task_rows` and `task_detail` render for the terminal. `Progress` writes the wait's lines to a
-stream, with the spinner only when that stream is a terminal.
+`task_rows`, `task_detail` and `replica_rows` render for the terminal. `Progress` writes the wait's
+lines to a stream, with the spinner only when that stream is a terminal. A task verified by
+redundancy (docs/grid-trust.md) says how far its verification is (`verification_summary`).
 """
 
 from __future__ import annotations
@@ -103,9 +104,26 @@ def progress_lines(previous: dict[str, Any] | None, task: dict[str, Any], elapse
                 f"attempt {attempt.get('attempt')} on {attempt.get('node_id')} ended: {attempt['outcome']}"
             )
     status = task.get("status")
-    if previous is None or previous.get("status") != status:
-        lines.append(str(status))
+    summary = verification_summary(task) if status == "verifying" else None
+    changed = previous is None or previous.get("status") != status
+    if changed or (summary is not None and verification_summary(previous or {}) != summary):
+        lines.append(f"{status}: {summary}" if summary else str(status))
     return [f"task {task.get('id')}: {line} ({elapsed_s:.1f} s)" for line in lines]
+
+
+def verification_summary(task: dict[str, Any]) -> str | None:
+    """How far the task's verification is, in a few words; None for a task without one."""
+    v = task.get("verification")
+    if not isinstance(v, dict):
+        return None
+    outcome = v.get("outcome")
+    if v.get("policy") == "trusted":
+        return "a trusted node's result, not checked this time" + (f" ({outcome})" if outcome else "")
+    what = "spot check" if v.get("policy") == "spot_check" else "quorum"
+    agreeing = f"{v.get('agreement', 0)} of {v.get('quorum')} owners agree"
+    if outcome == "unverifiable":
+        return f"{what}: unverifiable, {agreeing} after {len(v.get('replicas') or [])} replicas"
+    return f"{what}: {agreeing}" + (f", {outcome}" if outcome and outcome != "pending" else "")
 
 
 def spinner_line(task: dict[str, Any], elapsed_s: float, frame: int) -> str:
@@ -122,7 +140,9 @@ def final_line(task: dict[str, Any], elapsed_s: float) -> str:
     tries = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
     co2 = task.get("co2_grams")
     grams = f" · {co2:.5f} g CO₂" if isinstance(co2, int | float) else ""
-    return f"task {task.get('id')} {task.get('status')}{node}{tries} in {elapsed_s:.1f} s{grams}"
+    summary = verification_summary(task)
+    verified = f" · {summary}" if summary else ""
+    return f"task {task.get('id')} {task.get('status')}{node}{tries} in {elapsed_s:.1f} s{grams}{verified}"
 
 
 def failure_message(task: dict[str, Any]) -> str:
@@ -183,6 +203,8 @@ def task_detail(task: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tu
     ]
     if isinstance(error, dict) and error:
         fields.append(("error", f"{error.get('error')}: {error.get('message')}"))
+    if summary := verification_summary(task):
+        fields.append(("verification", summary))
     attempts: list[tuple[object, ...]] = [
         (
             a.get("attempt"),
@@ -194,6 +216,28 @@ def task_detail(task: dict[str, Any]) -> tuple[list[tuple[object, ...]], list[tu
         for a in _attempts(task)
     ]
     return fields, attempts
+
+
+REPLICA_HEADERS = ("attempt", "node", "owner", "trusted", "verdict", "g CO₂", "flags")
+
+
+def replica_rows(task: dict[str, Any]) -> list[tuple[object, ...]]:
+    """`koprogo tasks ID`: the replicas its verification judged (none without a verification)."""
+    v = task.get("verification")
+    replicas = v.get("replicas") if isinstance(v, dict) else None
+    return [
+        (
+            r.get("attempt"),
+            r.get("node_id"),
+            r.get("owner"),
+            bool(r.get("trusted")),
+            r.get("verdict"),
+            r.get("co2_grams", 0.0),
+            ", ".join(r.get("flags") or []) or "-",
+        )
+        for r in replicas or []
+        if isinstance(r, dict)
+    ]
 
 
 def _when(value: object) -> str:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ from koprogo_cli.instance import (
     terminate,
 )
 from koprogo_cli.invocation import command_hint
+from koprogo_cli.nats_auth import roster_file
 from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
 from koprogo_cli.stack import (
     NODE_PORT,
@@ -43,8 +45,11 @@ from koprogo_cli.stack import (
 )
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
 from koprogo_shared.logging_setup import open_private_log
+from koprogo_shared.node_roster import parse_roster
 
 READY_LINE = "Ctrl-C stops everything."
+# The grid scheduler's default GRID_QUORUM (services/grid-scheduler), for the welcome's note.
+DEFAULT_GRID_QUORUM = 2
 DEMO_QUESTION = "Bonjour, résume ce PV en une phrase."
 # Long enough to show an answer, short enough for a first start on a Pi.
 DEMO_MAX_TOKENS = 64
@@ -178,12 +183,37 @@ def _print_welcome(stack: Stack, data_dir: Path, models: list[ServedModel]) -> N
             f"RAM): `{command_hint('models', 'pull', RECOMMENDED_MODEL_ID)}`, then "
             f"`{command_hint('up', *folder, '--model', RECOMMENDED_MODEL_ID)}`"
         )
+    if note := quorum_note(data_dir, os.environ):
+        print(note)
     if stack.dev_token:
         print(
             f"Authentication is on. The dev token (read+write for the demo copro {DEMO_COPRO_ID}, 30 days) is in "
             f"{dev_token_path(data_dir)}; more tokens: "
             f"`{command_hint('token', *folder, '--user', 'alice', '--copro', DEMO_COPRO_ID)}`"
         )
+
+
+def quorum_note(data_dir: Path, environ: Mapping[str, str]) -> str | None:
+    """What to do when the roster's nodes are too few owners for the grid's quorum, else None.
+
+    An untrusted node's grid task is accepted when nodes of GRID_QUORUM (default 2) distinct owners
+    agree (docs/grid-trust.md); the stack's own nodes are one owner (`local`), so alone they leave
+    every task `verifying` until it expires.
+    """
+    try:
+        quorum = int(environ.get("GRID_QUORUM") or DEFAULT_GRID_QUORUM)
+        grants = parse_roster(roster_file(data_dir / "secrets" / "nats").read_text())
+    except (OSError, ValueError):
+        return None  # no roster (a NATS_URL server): nothing known of the nodes' owners
+    owners = {grant.owner_of(node_id) for node_id, grant in grants.items()}
+    if len(owners) >= quorum:
+        return None
+    return (
+        f"Grid tasks are accepted when nodes of {quorum} distinct owners agree (GRID_QUORUM); this stack's "
+        f"nodes have {len(owners)} ({', '.join(sorted(owners))}). Join nodes of other owners "
+        f"(`{command_hint('node', 'join', '--node-id', 'ID', '-m', BUNDLED_MODEL_ID, '--owner', 'NAME')}`), "
+        "or start with GRID_QUORUM=1 to take one node's result (paid into escrow until it earns trust)."
+    )
 
 
 def demo_curl(gateway_url: str, token_file: Path | None, body: dict[str, object]) -> str:
