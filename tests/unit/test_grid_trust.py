@@ -546,3 +546,24 @@ async def test_a_re_check_nobody_takes_before_its_window_ends_leaves_the_task_as
     assert grid.replies.cancels == [("n9", t.id)]
     assert state.task.parameters == {}  # its window is over: forgotten
     assert grid.bus.published[published:] == []  # the task stays as it was decided
+
+
+async def test_trust_events_are_stored_before_published_and_not_published_again_after_a_restart() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    honest, lazy = await grid.take("honest-1"), await grid.take("lazy")
+    await grid.report(lazy, result=GARBAGE)
+    await grid.report(honest, result=HONEST)
+    grid.bus.fail_next = True  # the decision's events cannot be published now
+    await grid.report(await grid.take("honest-2"), result=HONEST)
+    stored = grid.standings.saved["lazy"]
+    assert stored.invalid == 1 and len(stored.outbox) == 1  # stored with its event, not published
+    assert trust_events(grid) == [] and grid.events("completed") == []
+    grid.bus.fail_next = False
+    await grid.scheduler.tick(alive={"honest-1", "honest-2"})
+    [caught] = trust_events(grid, "lazy")
+    assert len(grid.events("completed")) == 1
+    assert grid.standings.saved["lazy"].outbox == []  # published: nothing left to publish again
+    await grid.restart()
+    assert trust_events(grid) == [caught]

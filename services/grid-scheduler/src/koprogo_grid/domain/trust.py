@@ -107,7 +107,7 @@ class TrustBook:
                 return None, "key_not_pinned"
             return None, None
         base = standing or NodeStanding(node_id=node_id, owner=owner)
-        return base.model_copy(update={"public_key": public_key, "outbox": []}), None
+        return base.model_copy(update={"public_key": public_key}), None
 
     def judge(self, judgment: Judgment, now: datetime) -> NodeStanding | None:
         """The node's standing after `judgment`, or None when it changes nothing (or was counted)."""

@@ -85,8 +85,12 @@ class FakeTaskStateStore(TaskStateStore):
 class FakeTaskEventBus(TaskEventBus):
     def __init__(self) -> None:
         self.published: list[tuple[str, str]] = []
+        # While True every publish fails (a bus that is down for a while).
+        self.fail_next = False
 
     async def publish(self, outbox: Sequence[tuple[str, str]]) -> None:
+        if self.fail_next:
+            raise ConnectionError("bus unavailable")
         self.published.extend(outbox)
 
 

@@ -187,7 +187,7 @@ class GridScheduler:
             if standing is None:
                 continue
             try:
-                await self._standings.save(standing.model_copy(update={"outbox": []}))
+                await self._standings.save(standing)
             except Exception as exc:
                 log.warning("node %s: its pinned key is not stored yet (%r)", node_id, exc)
                 return
@@ -464,7 +464,7 @@ class GridScheduler:
             state = state.model_copy(update={"outbox": [*earlier, *state.outbox]})
         await self._store.save(state)
         self.board.put(state)
-        if state.final:
+        if state.final and state.outbox:  # a decision (a re-check ended without one is not)
             verification = state.verification()
             self.outcomes[verification.outcome if verification else f"no_verification_{state.status}"] += 1
         if state.outbox:
@@ -489,6 +489,17 @@ class GridScheduler:
             del self._unpublished_trust[standing.node_id]
         for _, payload in standing.outbox:
             self.trust_changes[NodeTrustChanged.model_validate_json(payload).reason] += 1
+        current = self.trust.get(standing.node_id)
+        if current is not None and current.outbox == standing.outbox:
+            # Published: a restart need not publish it again.
+            published = current.model_copy(update={"outbox": []})
+            try:
+                await self._standings.save(published)
+                self.trust.put(published)
+            except Exception as exc:
+                log.info(
+                    "node %s: published trust events stay in its stored standing (%r)", standing.node_id, exc
+                )
         return True
 
     async def _publish_pending(self) -> None:
