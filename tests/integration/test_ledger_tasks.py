@@ -682,6 +682,25 @@ async def test_a_task_being_verified_is_verifying_until_the_decision_which_keeps
             is Projected.IGNORED
         )
         assert await state(task) == ("completed", verification)
+        # A re-check (the scheduler replicates a result accepted unchecked again) shows its
+        # verification; the task stays completed, its first decision's figures too.
+        recheck = TaskVerifying(
+            id=task_event_id(task.id, "recheck:verifying"), source=SCHEDULER, time=task._t(100),
+            copro_id=task.copro_id, task_id=task.id,
+            verification=_verification("quorum", {1: "pending", 4: "pending"}, "pending"),
+        )  # fmt: skip
+        assert await apply(recheck) is Projected.APPLIED
+        assert await state(task) == ("completed", recheck.verification.model_dump(mode="json"))
+        decided = _verification("quorum", {1: "valid", 4: "valid"}, "accepted")
+        rechecked = done.model_copy(
+            update={"id": task_event_id(task.id, "recheck:completed"), "time": task._t(150), "verification": decided}
+        )  # fmt: skip
+        assert await apply(rechecked) is Projected.APPLIED
+        assert await state(task) == ("completed", decided.model_dump(mode="json"))
+        completed_at = await pool.fetchval(
+            "SELECT completed_at FROM mcp_tasks WHERE id = $1", uuid.UUID(task.id)
+        )
+        assert completed_at == task._t(60)
 
         unverifiable = Task("copro-a")
         await apply(unverifiable.submitted())

@@ -55,7 +55,8 @@ class GridTask:
     """A task's events as the gateway and the scheduler publish them, with its verification."""
 
     def __init__(self, copro_id: str, task_type: TaskType, *, at: float, document: bool = True) -> None:
-        self.id = str(uuid.uuid4())
+        # The same task each time `scenario()` is built (each test has its own database).
+        self.id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"koprogo-test:{copro_id}:{task_type}:{at}"))
         self.copro_id = copro_id
         self.task_type: TaskType = task_type
         self.at = T0 + timedelta(seconds=at)
@@ -445,3 +446,31 @@ async def test_two_ledgers_appending_at_once_keep_one_chain_and_the_last_head_is
     (forfeit,) = [e for e in entries if e["kind"] == "escrow_forfeit"]
     assert forfeit["amount_mt"] > 0 and forfeit["amount_mt"] % 558 == 0
     assert final["escrow:pi-c"] + forfeit["amount_mt"] == 558 * 20
+
+
+async def test_a_re_check_pays_only_its_new_replicas_and_credits_no_co2_twice(
+    projected: asyncpg.Pool,
+) -> None:
+    """D was pi-a's result taken alone (trusted, unchecked: its reward in escrow); the scheduler
+    re-checks it by quorum with pi-c: its decision is another event, which pays pi-c's replica and
+    nothing again for pi-a's."""
+    _, tasks = scenario()
+    keyring = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"], TEST_CONTENT_KEYS["CONTENT_KEY_ID"])
+    d = tasks["D"]
+    first = d.completed("trusted", [replica(1, "pi-a", "unchecked", trusted=True)])
+    rechecked = d.completed("quorum", [replica(1, "pi-a", trusted=True), replica(2, "pi-c")]).model_copy(
+        update={"id": task_event_id(d.id, "recheck:completed"), "time": first.time + timedelta(minutes=5)}
+    )
+    before = await projected.fetchval("SELECT max(seq) FROM grid_ledger_entries")
+    assert await project(rechecked, PostgresProjectionUnitOfWork(projected, keyring)) is Projected.APPLIED
+    new = await projected.fetch(
+        "SELECT entry_id, kind, credit, amount_mt FROM grid_ledger_entries WHERE seq > $1 ORDER BY seq",
+        before,
+    )
+    assert [(r["entry_id"], r["credit"], r["amount_mt"]) for r in new] == [
+        (f"{d.id}/reward/2", "escrow:pi-c", 558),
+        (f"{d.id}/fund_share/2", FUND, 62),
+    ]
+    async with projected.acquire() as conn:
+        entries, heads, key = await chain(conn)
+    assert verify_chain(entries, heads, key).ok

@@ -73,22 +73,20 @@ UPDATE mcp_tasks SET
     error             = $10,
     error_message     = CASE WHEN contents_purged_at IS NULL THEN $11 END,
     completed_at      = $12,
-    updated_at        = GREATEST(updated_at, $12),
-    verification      = COALESCE($13::jsonb, verification),
-    verification_at   = CASE WHEN $13::jsonb IS NULL THEN verification_at ELSE $12 END
+    updated_at        = GREATEST(updated_at, $12)
 WHERE id = $1
 """
-# A verification in progress: never on a final task, never over one of a later time (a TaskVerifying
-# redelivered late keeps its replicas out of a newer picture).
-_SET_VERIFYING = """
+# The latest verification by its event's time: an older one delivered late (a redelivered
+# TaskVerifying) never replaces a newer picture; a re-check's, after the decision, does. `$4`:
+# a verification in progress, which makes a task not final yet `verifying`.
+_SET_VERIFICATION = """
 UPDATE mcp_tasks SET
-    status          = 'verifying',
+    status          = CASE WHEN $4 AND status NOT IN ('completed', 'failed', 'expired', 'cancelled')
+                           THEN 'verifying' ELSE status END,
     verification    = $2::jsonb,
     verification_at = $3,
     updated_at      = GREATEST(updated_at, $3)
-WHERE id = $1
-  AND status NOT IN ('completed', 'failed', 'expired', 'cancelled')
-  AND (verification_at IS NULL OR verification_at <= $3)
+WHERE id = $1 AND (verification_at IS NULL OR verification_at <= $3)
 RETURNING true
 """
 
@@ -197,8 +195,9 @@ class PostgresTaskProjection(TaskProjection):
             finish.error,
             finish.error_message,
             at,
-            finish.verification,
         )
 
-    async def set_verifying(self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime) -> bool:
-        return bool(await self._fetchval(_SET_VERIFYING, task_id, verification, at))
+    async def set_verification(
+        self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime, *, in_progress: bool
+    ) -> bool:
+        return bool(await self._fetchval(_SET_VERIFICATION, task_id, verification, at, in_progress))

@@ -167,12 +167,14 @@ class TaskProjection(abc.ABC):
 
     @abc.abstractmethod
     async def finish(self, task_id: uuid.UUID, finish: TaskFinish, at: datetime) -> None:
-        """A final status with its figures (and its verification); `completed_at` is `at`."""
+        """A final status with its figures; `completed_at` is `at`."""
 
     @abc.abstractmethod
-    async def set_verifying(self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime) -> bool:
-        """Status `verifying` with the verification so far, unless the task is final or holds a
-        verification of a later time; False when nothing changed."""
+    async def set_verification(
+        self, task_id: uuid.UUID, verification: dict[str, Any], at: datetime, *, in_progress: bool
+    ) -> bool:
+        """The task's verification as of `at`, unless it holds one of a later time; `in_progress`
+        also makes a task not final `verifying`. False when nothing changed."""
 
 
 class TokenLedger(abc.ABC):

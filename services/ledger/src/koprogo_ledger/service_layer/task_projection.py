@@ -63,8 +63,10 @@ async def apply_task_event(event: TaskEvent, tasks: TaskProjection) -> bool:
         case TaskAssigned() | TaskStarted() | TaskRequeued():
             return await _progress(event, tasks)
         case TaskVerifying():
+            # On a final task (a re-check of a result accepted unchecked), the status stays.
             key, _ = await _locked(event.task_id, event.id, event.copro_id, tasks)
-            return await tasks.set_verifying(key, event.verification.model_dump(mode="json"), event.time)
+            verification = event.verification.model_dump(mode="json")
+            return await tasks.set_verification(key, verification, event.time, in_progress=True)
         case TaskCompleted() | TaskFailed() | TaskExpired() | TaskCancelled():
             return await _finish(event, tasks)
         case NodeTrustChanged():
@@ -125,9 +127,16 @@ async def _finish(
         # Each replica's attempt ends as its verdict says (an earlier end recorded stays).
         for attempt, node, outcome in replica_outcomes(event.verification):
             await tasks.record_attempt(key, attempt, node, ended_at=event.time, outcome=outcome)
+    finish = task_finish(event)
     if is_final(task.status):
-        return False  # the first decision stands (the scheduler makes one; a copy is not another)
+        # The first decision stands (the scheduler makes one; a copy is not another); a re-check's
+        # decision only shows its verification.
+        if finish.verification is None:
+            return False
+        return await tasks.set_verification(key, finish.verification, event.time, in_progress=False)
     if not isinstance(event, TaskCompleted):
         await tasks.end_open_attempts(key, open_attempt_outcome(event), event.time)
-    await tasks.finish(key, task_finish(event), event.time)
+    await tasks.finish(key, finish, event.time)
+    if finish.verification is not None:
+        await tasks.set_verification(key, finish.verification, event.time, in_progress=False)
     return True
