@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,10 @@ import pytest
 from fastapi import FastAPI
 
 from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
+from koprogo_gateway.domain.access import READ, caller_from_claims
+from koprogo_gateway.domain.errors import GridLedgerUnavailableError
 from koprogo_gateway.entrypoints.http.app import create_app
+from koprogo_gateway.service_layer.grid import GridLedgerService
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.adapters.migrations import apply_migrations, load_migrations
 from koprogo_ledger.adapters.postgres_pool import create_pool
@@ -504,3 +508,31 @@ async def test_what_the_real_ledger_writes_for_a_run_is_what_the_grid_routes_sho
     assert stats["grid_token_revenue"] == pytest.approx(sum(rewards) / 1000) and rewards
     assert task_a["status"] == "completed" and task_a["verification"]["outcome"] == "accepted"
     assert [r["verdict"] for r in task_a["verification"]["replicas"]] == ["valid", "valid"]
+
+
+async def test_a_read_over_the_statement_timeout_is_stopped_by_postgresql_and_a_clear_503(
+    ledger_db: asyncpg.Connection, database_url: str
+) -> None:
+    """Also from inside the verification's worker thread: the cursor's FETCH is cancelled by the
+    server, the error reaches the caller as GridLedgerUnavailableError, and the pool's connection
+    comes back."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    holder = await asyncpg.connect(database_url)
+    adapter = PostgresGridLedger(pool, statement_timeout_s=0.5)
+    service = GridLedgerService(adapter)
+    member = caller_from_claims("alice", ["tilleuls"], frozenset({READ}))
+    try:
+        blocker = holder.transaction()
+        await blocker.start()
+        await holder.execute("LOCK TABLE grid_ledger_entries IN ACCESS EXCLUSIVE MODE")
+        for read in (adapter.solidarity_fund, lambda: service.verify(member)):
+            started = time.perf_counter()
+            with pytest.raises(GridLedgerUnavailableError) as refused:
+                await read()
+            assert "longer than 0.5s" in refused.value.message
+            assert 0.4 < time.perf_counter() - started < 2.0
+        await blocker.rollback()
+        assert (await service.verify(member)).ok
+    finally:
+        await holder.close()
+        await pool.close()
