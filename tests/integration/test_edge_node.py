@@ -21,6 +21,8 @@ from koprogo_node.domain.controls import Sampling
 from koprogo_node.domain.errors import ContextOverflowError
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, ChatMessage, NodeHeartbeat, RunInference
+from koprogo_shared.grid_signing import load_or_create_signer
+from koprogo_shared.grid_stores import ensure_documents_store
 from koprogo_shared.nats_connection import publish_event
 from tests.conftest import wait_until
 from tests.integration.edge_support import (
@@ -177,6 +179,36 @@ async def test_a_node_heartbeats_right_after_connecting_and_every_interval(clean
     assert (first.power_watts, first.intensity_g_per_kwh, first.renewable_attested) == (5.5, 40, False)
     assert first.interval_s == 0.2 and first.tokens_per_second == 0.0
     assert 0.4 < elapsed < 1.5
+
+
+async def test_a_grid_node_announces_the_key_its_reports_are_signed_with(
+    clean_jetstream: str, tmp_path: Path
+) -> None:
+    seed_file = tmp_path / "grid-node.nk"
+    settings = node_settings(
+        clean_jetstream,
+        "edge-grid-key",
+        heartbeat_interval_s=0.2,
+        grid_enabled=True,
+        grid_task_types=["predict_expenses"],
+        grid_signing_seed_file=seed_file,
+    )
+    chat_only = node_settings(clean_jetstream, "edge-chat-only", heartbeat_interval_s=0.2)
+    async with nats_client(clean_jetstream) as (nc, js):
+        await ensure_documents_store(js)  # a grid node waits for the store it reads documents from
+        async with (
+            listening(nc, subjects.node_heartbeat("edge-grid-key"), "heartbeat") as grid_beats,
+            listening(nc, subjects.node_heartbeat("edge-chat-only"), "heartbeat") as chat_beats,
+            running_node(settings, FakeInferenceEngine()),
+            running_node(chat_only, FakeInferenceEngine()),
+        ):
+            beat: NodeHeartbeat = await grid_beats.next(30)
+            chat_beat: NodeHeartbeat = await chat_beats.next(30)
+    # The key minted on first start, in the file named, is the one announced.
+    assert beat.public_key == load_or_create_signer(seed_file).public_key
+    assert beat.public_key is not None and beat.public_key.startswith("U")
+    assert beat.task_types == ["predict_expenses"]
+    assert chat_beat.public_key is None and chat_beat.task_types == []
 
 
 async def test_a_node_answers_an_announce_at_once_and_reports_its_measured_speed(
