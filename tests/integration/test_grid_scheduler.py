@@ -320,3 +320,38 @@ async def test_assignments_are_signed_and_a_report_signed_by_another_key_is_refu
         assert bad.reason == "bad_signature" and bad.task_id == t.id
     finally:
         await nc.close()
+
+
+async def test_trust_earned_and_keys_pinned_survive_a_scheduler_restart(clean_jetstream: str) -> None:
+    nc, js, events = await _ready(clean_jetstream)
+    trust = await _trust_events(nc)
+    settings = {"grid_trust_after": 1, "grid_spot_check_rate": 0.0}
+    try:
+        async with scheduler(clean_jetstream, **settings):
+            async with (
+                grid_node(clean_jetstream, "h1", {"predict_expenses": _Forecast()}),
+                grid_node(clean_jetstream, "h2", {"predict_expenses": _Forecast()}),
+            ):
+                first = await submit(js, horizon_months=1)
+                await wait_until(events.done(first.id), timeout=30)
+        assert events.of(first.id, "completed")[0].verification.policy == "quorum"
+        await wait_until(lambda: len(trust) == 2, timeout=10)
+        assert {(e.node_id, e.reason, e.trusted) for e in trust} == {
+            ("h1", "earned", True),
+            ("h2", "earned", True),
+        }
+        async with scheduler(clean_jetstream, **settings):
+            # Another key announced for h1 is refused: its first key is pinned in the stored book.
+            impostor = new_signer()
+            async with grid_node(clean_jetstream, "h1", {"predict_expenses": _Forecast()}, signer=impostor):
+                second = await submit(js, horizon_months=2)
+                await asyncio.sleep(2)
+                assert not events.of(second.id, "assigned")
+            async with grid_node(clean_jetstream, "h1", {"predict_expenses": _Forecast()}):
+                await wait_until(events.done(second.id), timeout=30)
+        [completed] = events.of(second.id, "completed")
+        v = completed.verification
+        assert v.policy == "trusted" and v.outcome == "accepted_unchecked"
+        assert [(r.node_id, r.verdict, r.trusted) for r in v.replicas] == [("h1", "unchecked", True)]
+    finally:
+        await nc.close()
