@@ -277,6 +277,15 @@ async def test_assignments_are_signed_and_a_report_signed_by_another_key_is_refu
             [requeued] = events.of(t.id, "requeued")
             assert requeued.node_id == "forger" and requeued.reason == "refused"
             assert "signed_by_another_key" in requeued.message
+            # A node that announces no key gets no work (its reports could only be refused).
+            keyless = heartbeat("keyless", ["predict_expenses"])
+            await nc.publish(subjects.node_heartbeat("keyless"), keyless.model_dump_json().encode())
+            await asyncio.sleep(0.3)
+            ask = GridPoll(node_id="keyless", task_types=["predict_expenses"], wait_s=0)
+            refused = await nc.request(
+                subjects.grid_poll("keyless"), ask.model_dump_json().encode(), timeout=10
+            )
+            assert GridPollReply.model_validate_json(refused.data).reason == "no_public_key"
             # A node of our own takes the task again: its assignment is signed by the scheduler,
             # for this node, over this input.
             beat = heartbeat("manual", ["predict_expenses"], public_key=node_signer("manual").public_key)

@@ -73,6 +73,7 @@ async def test_an_honest_quorum_of_two_owners_accepts_the_result_and_counts_both
         "n2": (1, 1),
     }
     assert trust_events(grid) == []  # nobody's standing changed yet (trust after 5)
+    assert grid.scheduler.outcomes == {"accepted": 1}
 
 
 async def test_a_lazy_node_disagreeing_gets_a_third_replica_asked_and_is_caught_wrong() -> None:
@@ -94,6 +95,7 @@ async def test_a_lazy_node_disagreeing_gets_a_third_replica_asked_and_is_caught_
     assert caught.reason == "caught_wrong" and caught.trusted is False and caught.invalid == 1
     assert caught.id == str(uuid.uuid5(uuid.UUID(t.id), "task:trust:lazy:caught_wrong"))
     assert grid.standings.saved["lazy"].invalid == 1
+    assert grid.scheduler.trust_changes == {"caught_wrong": 1}
     assert [a.outcome for a in grid.store.saved[t.id].attempts] == ["completed", "invalid", "completed"]
 
 
@@ -567,3 +569,17 @@ async def test_trust_events_are_stored_before_published_and_not_published_again_
     assert grid.standings.saved["lazy"].outbox == []  # published: nothing left to publish again
     await grid.restart()
     assert trust_events(grid) == [caught]
+
+
+def test_the_ops_port_counters_follow_the_scheduler_s_counts() -> None:
+    from prometheus_client import Counter as PromCounter
+
+    from koprogo_grid.bootstrap import _sync
+
+    counter = PromCounter("test_grid_outcomes", "test", ["outcome"], registry=None)
+    seen: dict[str, int] = {}
+    _sync(counter, seen, {"accepted": 2})
+    _sync(counter, seen, {"accepted": 3, "unverifiable": 1})
+    _sync(counter, seen, {"accepted": 3, "unverifiable": 1})
+    assert counter.labels("accepted")._value.get() == 3
+    assert counter.labels("unverifiable")._value.get() == 1

@@ -95,6 +95,10 @@ async def on_poll(scheduler: GridScheduler, registry: NodeRegistry, msg: Msg) ->
     if not task_types:
         await refuse("task_types_not_announced")
         return
+    if scheduler.node_key(poll.node_id) is None:
+        # Neither the roster nor its heartbeats gave a key: every report it signed would be refused.
+        await refuse("no_public_key")
+        return
     node = PollingNode(
         node_id=poll.node_id,
         task_types=task_types,
