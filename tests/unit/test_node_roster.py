@@ -134,6 +134,7 @@ def test_node_join_records_the_grid_identity_and_tells_the_node_the_schedulers_k
     (run_line,) = [line for line in out.splitlines() if "4. run it" in line]
     assert f"GRID_SCHEDULER_PUBLIC_KEY={scheduler_key}" in run_line
     assert "DEVICE_CLASS=pi4" in run_line and "POWER_WATTS=6" in run_line
+    assert run_line.endswith("--grid`")  # it joins the grid, where its owner counts
     assert f"owner alice, device pi4, its reports are checked against its key {grant.public_key}" in out
     # Joining it again without the flags keeps its owner and device.
     assert run(argv) == 0

