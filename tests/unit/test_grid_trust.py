@@ -6,6 +6,7 @@ agree, different values disagree) and attestations checked by the real Proof of 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from datetime import timedelta
@@ -583,3 +584,25 @@ def test_the_ops_port_counters_follow_the_scheduler_s_counts() -> None:
     _sync(counter, seen, {"accepted": 3, "unverifiable": 1})
     assert counter.labels("accepted")._value.get() == 3
     assert counter.labels("unverifiable")._value.get() == 1
+
+
+async def test_concurrent_decisions_about_one_node_each_count() -> None:
+    grid = Grid(rules())
+    saved = grid.standings.save
+
+    async def slow_save(standing: NodeStanding) -> None:
+        await asyncio.sleep(0.01)  # a KV round trip: another task's decision runs meanwhile
+        await saved(standing)
+
+    grid.standings.save = slow_save  # type: ignore[method-assign]
+    tasks = [task(), task()]
+    given = []
+    for t in tasks:
+        await grid.scheduler.on_submitted(t)
+        given.append((await grid.take("n1"), await grid.take("n2")))
+    for mine, _ in given:
+        await grid.report(mine, result=HONEST)
+    await asyncio.gather(*(grid.report(theirs, result=HONEST) for _, theirs in given))
+    assert len(grid.events("completed")) == 2
+    assert grid.standings.saved["n1"].validated == 2 and grid.standings.saved["n2"].validated == 2
+    assert grid.scheduler.trust.get("n1").validated == 2  # type: ignore[union-attr]

@@ -104,6 +104,7 @@ class GridScheduler:
         self._unpublished_trust: dict[str, NodeStanding] = {}
         self._unsaved_keys: dict[str, NodeStanding] = {}
         self._saving: set[asyncio.Task[None]] = set()
+        self._trust_lock = asyncio.Lock()
         # Trusted nodes just caught wrong, and when: their unchecked results are re-checked.
         self._to_recheck: list[tuple[str, datetime]] = []
         self.dispatched = 0
@@ -181,6 +182,10 @@ class GridScheduler:
         return refusal
 
     async def _save_keys(self) -> None:
+        async with self._trust_lock:
+            await self._save_pinned()
+
+    async def _save_pinned(self) -> None:
         for node_id in list(self._unsaved_keys):
             # The latest standing: a judgment may have changed it since the key was pinned.
             standing = self.trust.get(node_id)
@@ -407,23 +412,30 @@ class GridScheduler:
         """Count the judgments (stored first), store and publish the task's state, tell nodes to stop."""
         judged: list[NodeStanding] = []
         now = self._clock()
-        for judgment in step.judgments:
-            was_trusted = self.trust.is_trusted(judgment.node_id)
-            standing = self.trust.judge(judgment, now)
-            if standing is None:
-                continue
-            if was_trusted and not standing.trusted and judgment.verdict in ("invalid", "refused"):
-                self._to_recheck.append((judgment.node_id, now))
-            pending = self._unpublished_trust.get(standing.node_id)
-            if pending is not None and pending.outbox:
-                # Not published yet: its events ride along with the new ones.
-                standing = standing.model_copy(update={"outbox": [*pending.outbox, *standing.outbox]})
-            await self._standings.save(standing)
-            self.trust.put(standing)
-            self._unsaved_keys.pop(standing.node_id, None)
-            if standing.outbox:
-                self._unpublished_trust[standing.node_id] = standing
-                judged.append(standing)
+        async with self._trust_lock:  # judgments of one node from concurrent tasks build on each other
+            for judgment in step.judgments:
+                was_trusted = self.trust.is_trusted(judgment.node_id)
+                standing = self.trust.judge(judgment, now)
+                if standing is None:
+                    continue
+                if was_trusted and not standing.trusted and judgment.verdict in ("invalid", "refused"):
+                    self._to_recheck.append((judgment.node_id, now))
+                pending = self._unpublished_trust.get(standing.node_id)
+                if pending is not None and pending.outbox:
+                    # Not published yet: its events ride along with the new ones.
+                    standing = standing.model_copy(update={"outbox": [*pending.outbox, *standing.outbox]})
+                await self._standings.save(standing)
+                current = self.trust.get(standing.node_id)
+                if current is not None and current.public_key and standing.public_key is None:
+                    # Its key was pinned while this was being stored: keep it (stored by the tick).
+                    standing = standing.model_copy(update={"public_key": current.public_key})
+                    self._unsaved_keys[standing.node_id] = standing
+                else:
+                    self._unsaved_keys.pop(standing.node_id, None)
+                self.trust.put(standing)
+                if standing.outbox:
+                    self._unpublished_trust[standing.node_id] = standing
+                    judged.append(standing)
         await self._commit(step.state)
         for standing in judged:
             await self._publish_standing(standing)
@@ -489,8 +501,10 @@ class GridScheduler:
             del self._unpublished_trust[standing.node_id]
         for _, payload in standing.outbox:
             self.trust_changes[NodeTrustChanged.model_validate_json(payload).reason] += 1
-        current = self.trust.get(standing.node_id)
-        if current is not None and current.outbox == standing.outbox:
+        async with self._trust_lock:
+            current = self.trust.get(standing.node_id)
+            if current is None or current.outbox != standing.outbox:
+                return True
             # Published: a restart need not publish it again.
             published = current.model_copy(update={"outbox": []})
             try:
