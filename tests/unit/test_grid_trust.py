@@ -522,6 +522,9 @@ async def test_a_trusted_node_caught_wrong_has_its_unchecked_results_of_the_wind
     assert decided[wrong.id].result == HONEST  # the corrected result
     assert [e.reason for e in trust_events(grid, "veteran") if e.task_id == wrong.id] == ["caught_wrong"]
     assert grid.store.saved[wrong.id].task.parameters == {}  # decided again: contents forgotten
+    # Right before it was caught is no new valid result: its run starts again from new work.
+    veteran = grid.standings.saved["veteran"]
+    assert (veteran.trusted, veteran.valid_streak, veteran.validated, veteran.invalid) == (False, 0, 5, 2)
 
 
 async def test_a_re_check_nobody_takes_before_its_window_ends_leaves_the_task_as_decided() -> None:

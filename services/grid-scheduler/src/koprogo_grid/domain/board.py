@@ -176,8 +176,10 @@ class TaskState(BaseModel):
     # A result a trusted node delivered unchecked: its inputs are kept until then, so that it can
     # be re-checked if the node is caught wrong meanwhile (None once its contents are forgotten).
     recheck_until: datetime | None = None
-    # Replicated again after its trusted node was caught wrong (once at most).
+    # Replicated again after its trusted node was caught wrong (once at most), and the attempt
+    # whose unchecked result is being checked.
     rechecked: bool = False
+    recheck_of: int | None = None
     # The events this state's last transition produced, as (subject, event JSON): published after
     # the state is stored, published again after a restart (their ids make the repeat harmless).
     outbox: list[tuple[str, str]] = Field(default_factory=list)
@@ -679,7 +681,11 @@ class TaskBoard:
                 else:
                     verdict = "invalid"
                     r = r.model_copy(update={"verdict": "invalid", "outcome": "invalid"})
-                if verdict != "flagged":  # a flagged one was counted when it reported
+                if verdict == "flagged":
+                    pass  # counted when it reported
+                elif verdict == "valid" and r.attempt == state.recheck_of:
+                    pass  # right, but done before its node was caught: its new run starts from new work
+                else:
                     judgments.append(
                         Judgment(r.node_id, r.owner, verdict, state.task_id, r.attempt, state.task.copro_id)
                     )
@@ -844,6 +850,7 @@ class TaskBoard:
             return None
         if state.recheck_until is None or state.recheck_until <= now:
             return None
+        original = next((r.attempt for r in state.replicas if r.verdict == "unchecked"), None)
         replicas = [
             r.model_copy(update={"verdict": "pending"}) if r.verdict == "unchecked" else r
             for r in state.replicas
@@ -853,6 +860,7 @@ class TaskBoard:
                 "status": "verifying",
                 "final_at": None,
                 "rechecked": True,
+                "recheck_of": original,
                 "policy": "quorum",
                 "quorum": self.rules.quorum,
                 "max_replicas": max(self.rules.max_replicas, self.rules.quorum),
@@ -874,10 +882,9 @@ class TaskBoard:
         """A re-check that cannot finish (its window passed, its attempts ran out): the task stays
         as it was decided (completed, unchecked); its running replicas are stopped."""
         replicas, nodes = self._close_open(state, now, "not_needed", "not_needed")
-        # The result taken alone before is the first one (the re-check's replicas came after it).
-        first = min((r.attempt for r in replicas if r.has_result), default=None)
         replicas = [
-            r.model_copy(update={"verdict": "unchecked"}) if r.attempt == first else r for r in replicas
+            r.model_copy(update={"verdict": "unchecked"}) if r.attempt == state.recheck_of else r
+            for r in replicas
         ]
         ended = state.model_copy(
             update={
