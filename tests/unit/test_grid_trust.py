@@ -517,7 +517,8 @@ async def test_a_trusted_node_caught_wrong_has_its_unchecked_results_of_the_wind
     }
     assert set(decided) == {right.id, wrong.id}
     assert decided[right.id].id == task_event_id(right.id, "recheck:completed")
-    assert {r.node_id: r.verdict for r in decided[right.id].verification.replicas}["veteran"] == "valid"
+    rechecked = {r.node_id: r for r in decided[right.id].verification.replicas}["veteran"]
+    assert (rechecked.verdict, rechecked.trusted) == ("valid", False)  # judged now, untrusted
     assert {r.node_id: r.verdict for r in decided[wrong.id].verification.replicas}["veteran"] == "invalid"
     assert decided[wrong.id].result == HONEST  # the corrected result
     assert [e.reason for e in trust_events(grid, "veteran") if e.task_id == wrong.id] == ["caught_wrong"]
@@ -548,7 +549,7 @@ async def test_a_re_check_nobody_takes_before_its_window_ends_leaves_the_task_as
     await grid.scheduler.tick(alive={"n9", "n2", "veteran"})
     state = grid.store.saved[t.id]
     assert state.status == "completed" and state.outcome == "accepted_unchecked"
-    assert [r.verdict for r in state.replicas] == ["unchecked", "not_needed"]
+    assert [(r.verdict, r.trusted) for r in state.replicas] == [("unchecked", True), ("not_needed", False)]
     assert grid.replies.cancels == [("n9", t.id)]
     assert state.task.parameters == {}  # its window is over: forgotten
     assert grid.bus.published[published:] == []  # the task stays as it was decided

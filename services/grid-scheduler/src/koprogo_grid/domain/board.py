@@ -851,8 +851,9 @@ class TaskBoard:
         if state.recheck_until is None or state.recheck_until <= now:
             return None
         original = next((r.attempt for r in state.replicas if r.verdict == "unchecked"), None)
+        # Judged again now that its node is untrusted (`trusted` is the standing a verdict is given with).
         replicas = [
-            r.model_copy(update={"verdict": "pending"}) if r.verdict == "unchecked" else r
+            r.model_copy(update={"verdict": "pending", "trusted": False}) if r.verdict == "unchecked" else r
             for r in state.replicas
         ]
         reopened = state.model_copy(
@@ -883,7 +884,9 @@ class TaskBoard:
         as it was decided (completed, unchecked); its running replicas are stopped."""
         replicas, nodes = self._close_open(state, now, "not_needed", "not_needed")
         replicas = [
-            r.model_copy(update={"verdict": "unchecked"}) if r.attempt == state.recheck_of else r
+            r.model_copy(update={"verdict": "unchecked", "trusted": True})
+            if r.attempt == state.recheck_of
+            else r
             for r in replicas
         ]
         ended = state.model_copy(
