@@ -272,3 +272,25 @@ def test_nats_config_writes_and_names_the_public_keys_others_check_signatures_wi
     assert f"GRID_SCHEDULER_PUBLIC_KEY={scheduler}" in said
     assert f"the token ledger's heads are signed with {ledger}" in said
     assert recorded_grant(tmp_path, "pi-1") is not None
+
+
+def test_with_a_nats_server_of_its_own_koprogo_up_still_gives_the_scheduler_a_seed_and_the_nodes_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No keys on that server (anonymous services), yet assignments are signed with a key the nodes know.
+    for name in ("DEVICE_CLASS", "JWT_SECRET_FILE", "JWKS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused")
+    monkeypatch.setattr(Stack, "_check_durability", lambda self, url: None)
+    monkeypatch.setattr(Stack, "_content_keys", lambda self: {})
+    monkeypatch.setattr(Stack, "_wait_ready", lambda self, service, timeout=0: None)
+    launched: list[Service] = []
+    monkeypatch.setattr(Stack, "_launch", lambda self, service: launched.append(service))
+    stack = Stack(tmp_path, log=lambda line: None)
+    stack.start()
+    env = {service.name: service.env for service in launched}
+    assert "NATS_NKEY_SEED_FILE" not in env["grid-scheduler"]
+    seed = Path(env["grid-scheduler"]["GRID_SIGNING_SEED_FILE"])
+    assert env["edge-node"]["GRID_SCHEDULER_PUBLIC_KEY"] == nkey_public_key(seed)
+    assert "NATS_NKEY_SEED_FILE" not in env["edge-node"] and env["edge-node"]["DEVICE_CLASS"] == "unknown"
