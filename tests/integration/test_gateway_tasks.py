@@ -732,3 +732,63 @@ async def test_the_gateways_own_nats_identity_may_store_publish_and_read_back_a_
             subjects.EVENTS_STREAM, subjects.task_event("cancel_requested", TILLEULS)
         )
         assert TaskCancelRequested.model_validate_json(msg.data or b"").task_id == task_id
+
+
+async def test_one_idempotency_key_submits_one_task_through_retries_and_a_gateway_restart(
+    gateway: Client, js: JetStreamContext
+) -> None:
+    key = {"Idempotency-Key": f"execute-{uuid.uuid4()}"}
+    csv = LINDE_CSV.replace(b"verwarming", b"chauffage")
+
+    def upload(horizon: int = 6) -> dict[str, Any]:
+        return {
+            "data": {
+                "task_type": "predict_expenses",
+                "copro_id": TILLEULS,
+                "input_data": json.dumps({"horizon_months": horizon}),
+            },
+            "files": {"document": ("charges.csv", csv, "text/csv")},
+        }
+
+    client = await gateway()
+    first = await client.post("/mcp/v1/execute", **upload(), headers=RESIDENT | key)
+    again = await client.post("/mcp/v1/execute", **upload(), headers=RESIDENT | key)
+    # The same request as JSON, the document in base64 under the same name.
+    as_json = await client.post(
+        "/mcp/v1/execute",
+        json={
+            "task_type": "predict_expenses",
+            "copro_id": TILLEULS,
+            "input_data": {
+                "horizon_months": 6,
+                "document": base64.b64encode(csv).decode(),
+                "filename": "charges.csv",
+            },
+        },
+        headers=RESIDENT | key,
+    )
+    # A new gateway (nothing in its memory): the key's entry is in NATS.
+    restarted = await gateway()
+    after_restart = await restarted.post("/mcp/v1/execute", **upload(), headers=RESIDENT | key)
+    reused = await restarted.post("/mcp/v1/execute", **upload(horizon=12), headers=RESIDENT | key)
+    # Keys are per user: another resident of the same copro with the same key gets a task of their own.
+    other_user = bearer(token(user="dave", copros=[TILLEULS], ttl=DAY))
+    theirs = await restarted.post("/mcp/v1/execute", **upload(), headers=other_user | key)
+
+    assert first.status_code == 202, first.text
+    task_id = first.json()["id"]
+    assert "idempotent-replayed" not in first.headers
+    for replay in (again, as_json, after_restart):
+        assert replay.status_code == 202, replay.text
+        assert replay.json() == first.json()
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.headers["location"] == f"/mcp/v1/tasks/{task_id}"
+        assert "ratelimit" in replay.headers
+    assert reused.status_code == 422 and reused.json()["error"] == "idempotency_key_reused", reused.text
+    assert theirs.status_code == 202 and theirs.json()["id"] != task_id, theirs.text
+    info = await js.stream_info(
+        subjects.EVENTS_STREAM, subjects_filter=subjects.task_submitted_key(TILLEULS, task_id)
+    )
+    assert sum((info.state.subjects or {}).values()) == 1, "one TaskSubmitted for the key's task"
+    assert await task_events(js) == 2, "the key's task and the other user's, nothing else"
+    assert await stored_document(js, task_id) == csv

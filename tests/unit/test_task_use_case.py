@@ -3,6 +3,7 @@ published and in which order, who may see or cancel what, and what is refused an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from koprogo_gateway.adapters.document_store import FakeDocumentStore
+from koprogo_gateway.adapters.idempotency_store import FakeIdempotencyStore
 from koprogo_gateway.adapters.rate_limit_store import FakeCounterStore
 from koprogo_gateway.adapters.s3_documents import FakeDocumentSource
 from koprogo_gateway.adapters.task_bus import FakeTaskBus
@@ -24,16 +26,21 @@ from koprogo_gateway.domain.errors import (
     DocumentTooLargeError,
     DocumentUrlError,
     ForbiddenError,
+    IdempotencyKeyReusedError,
+    IdempotencyUnavailableError,
+    InvalidIdempotencyKeyError,
     InvalidTaskRequestError,
     RateLimitedError,
     TaskFinalError,
     TaskNotFoundError,
     UnsupportedDocumentError,
 )
+from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, store_key
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
 from koprogo_gateway.domain.task_view import TaskQuery, TaskRecord
 from koprogo_gateway.service_layer.admission import ChatAdmission
+from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.tasks import TaskService, TaskSubmission, UploadedDocument
 from koprogo_shared import subjects
@@ -368,3 +375,203 @@ async def test_the_list_shows_the_callers_copro_only_newest_first_and_filtered()
     assert [t.id for t in await tasks.list(NEIGHBOUR, TaskQuery())] == [ids[3]]
     with pytest.raises(CoproNotFoundError):
         await tasks.list(RESIDENT, TaskQuery(), copro_id=LINDE)
+
+
+# Idempotency keys (issue 12): one task per key and user, whatever the retries.
+
+KEY = "9b1e4c70-task-7"
+FORECAST = TaskSubmission(
+    "predict_expenses", {"horizon_months": 12}, TILLEULS, UploadedDocument(CHARGES, "c.csv")
+)
+
+
+class LossyBus(JournalledBus):
+    """Stores what is published, but with `acks_lost` the publisher gets the 503 of a publish whose
+    every acknowledgement was lost; with `down`, nothing is stored and the publisher gets a 503."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.acks_lost = False
+        self.down = False
+
+    async def publish(self, subject: str, event: Event) -> None:
+        if self.down:
+            raise BusUnavailableError("the message bus did not accept the task: NoRespondersError")
+        await super().publish(subject, event)
+        if self.acks_lost:
+            raise BusUnavailableError("the message bus did not accept the task: TimeoutError")
+
+
+def keyed_service(*, user_limit: int = 100, lease_s: float = 60.0) -> TaskService:
+    tasks = service(user_limit=user_limit)
+    tasks.bus = LossyBus(bus_of(tasks).journal)
+    tasks.keys = IdempotencyKeys(FakeIdempotencyStore(), poll_s=0.01)
+    tasks.submit_lease_s = lease_s
+    return tasks
+
+
+def lossy(tasks: TaskService) -> LossyBus:
+    assert isinstance(tasks.bus, LossyBus)
+    return tasks.bus
+
+
+def submitted_ids(tasks: TaskService) -> list[str]:
+    return [event.id for _, event in bus_of(tasks).published if isinstance(event, TaskSubmitted)]
+
+
+async def test_the_same_key_twice_gives_the_first_task_and_submits_nothing_more() -> None:
+    tasks = keyed_service()
+
+    first = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    again = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    assert again.accepted == first.accepted
+    assert submitted_ids(tasks) == [first.accepted.id]
+    assert list(store_of(tasks).stored) == [first.accepted.id]
+    assert REPLAYED_HEADER not in first.headers and again.headers[REPLAYED_HEADER] == "true"
+    assert "RateLimit" in again.headers
+
+
+async def test_the_same_document_sent_in_base64_is_the_same_request_as_its_upload() -> None:
+    tasks = keyed_service()
+    first = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    inline = TaskSubmission(
+        "predict_expenses",
+        {"horizon_months": 12, "document": base64.b64encode(CHARGES).decode(), "filename": "c.csv"},
+        TILLEULS,
+    )
+
+    again = await tasks.submit(RESIDENT, inline, idempotency_key=KEY)
+
+    assert again.accepted.id == first.accepted.id
+    assert submitted_ids(tasks) == [first.accepted.id]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        TaskSubmission(
+            "predict_expenses", {"horizon_months": 6}, TILLEULS, UploadedDocument(CHARGES, "c.csv")
+        ),
+        TaskSubmission(
+            "predict_expenses", {"horizon_months": 12}, TILLEULS, UploadedDocument(CHARGES + b"x", "c.csv")
+        ),
+        TaskSubmission("summarize_meeting", {"text": "PV de l'AG"}, TILLEULS),
+    ],
+    ids=["other parameters", "other document", "other type"],
+)
+async def test_the_same_key_with_another_request_is_a_422_and_submits_nothing(other: TaskSubmission) -> None:
+    tasks = keyed_service()
+    await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    with pytest.raises(IdempotencyKeyReusedError) as refused:
+        await tasks.submit(RESIDENT, other, idempotency_key=KEY)
+
+    assert (refused.value.status, refused.value.error) == (422, "idempotency_key_reused")
+    assert len(submitted_ids(tasks)) == 1
+
+
+async def test_keys_are_per_user() -> None:
+    tasks = keyed_service()
+    neighbour_in_the_same_copro = caller_from_claims("u-9", [TILLEULS], frozenset({READ, WRITE}))
+
+    mine = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    theirs = await tasks.submit(neighbour_in_the_same_copro, FORECAST, idempotency_key=KEY)
+
+    assert mine.accepted.id != theirs.accepted.id
+    assert submitted_ids(tasks) == [mine.accepted.id, theirs.accepted.id]
+
+
+async def test_a_replay_counts_against_its_users_quota() -> None:
+    tasks = keyed_service(user_limit=2)
+    await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    with pytest.raises(RateLimitedError):
+        await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    assert len(submitted_ids(tasks)) == 1
+
+
+async def test_two_requests_with_one_key_at_once_submit_one_task() -> None:
+    tasks = keyed_service()
+
+    one, other = await asyncio.gather(
+        tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY),
+        tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY),
+    )
+
+    assert one.accepted.id == other.accepted.id
+    assert submitted_ids(tasks) == [one.accepted.id]
+
+
+async def test_a_retry_after_a_lost_acknowledgement_gets_the_stored_task_and_publishes_nothing() -> None:
+    tasks = keyed_service()
+    lossy(tasks).acks_lost = True
+    with pytest.raises(BusUnavailableError):
+        await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    lossy(tasks).acks_lost = False
+    stored = submitted_ids(tasks)
+
+    again = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    assert stored == [again.accepted.id] and submitted_ids(tasks) == stored
+    assert again.headers[REPLAYED_HEADER] == "true"
+    # Settled now: a third request reads the entry, it does not look in the event log.
+    assert (await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)).accepted.id == again.accepted.id
+    assert submitted_ids(tasks) == stored
+
+
+async def test_a_retry_after_a_submission_never_stored_submits_it_once_under_the_claimed_id() -> None:
+    tasks = keyed_service()
+    lossy(tasks).down = True
+    with pytest.raises(BusUnavailableError):
+        await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    assert submitted_ids(tasks) == []
+    store = tasks.keys.store
+    assert isinstance(store, FakeIdempotencyStore)
+    [entry] = store.entries.values()
+    lossy(tasks).down = False
+
+    again = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    assert again.accepted.id == entry.entry.request_id
+    assert submitted_ids(tasks) == [again.accepted.id]
+    assert store_of(tasks).stored[again.accepted.id][1] == CHARGES
+    assert (await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)).accepted == again.accepted
+
+
+async def test_a_retry_waits_for_a_running_submission_then_takes_over_when_its_lease_ends() -> None:
+    # The first gateway claimed the key and stopped before submitting anything: its lease runs out.
+    tasks = keyed_service(lease_s=0.3)
+    store = tasks.keys.store
+    assert store is not None
+    claimed = await tasks.keys.claim_task(
+        store_key("u-1", KEY), str(uuid.uuid4()), keyed_service_fingerprint(tasks), 0.3
+    )
+    assert claimed is not None
+    started = time.monotonic()
+
+    again = await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+
+    assert time.monotonic() - started >= 0.25, "it waited for the first submission's lease"
+    assert again.accepted.id == claimed.stored.entry.request_id
+    assert submitted_ids(tasks) == [again.accepted.id]
+
+
+def keyed_service_fingerprint(tasks: TaskService) -> str:
+    return tasks._checked(RESIDENT, FORECAST).fingerprint()
+
+
+async def test_a_key_without_a_key_store_is_a_503_and_submits_nothing() -> None:
+    tasks = service()
+
+    with pytest.raises(IdempotencyUnavailableError):
+        await tasks.submit(RESIDENT, FORECAST, idempotency_key=KEY)
+    assert bus_of(tasks).published == []
+
+
+async def test_an_invalid_key_is_a_422() -> None:
+    tasks = keyed_service()
+    with pytest.raises(InvalidIdempotencyKeyError):
+        await tasks.submit(RESIDENT, FORECAST, idempotency_key="é" * 3)
+    assert bus_of(tasks).published == []

@@ -120,6 +120,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
     )
     await follow_heartbeats(nc, registry)
     admission = _admission(settings, NatsKvCounterStore(counters))
+    keys = IdempotencyKeys(idempotency_keys)  # one key space: chats and tasks
     return Gateway(
         settings=settings,
         nc=nc,
@@ -130,7 +131,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             bus=bus,
             admission=admission,
             registry=registry,
-            keys=IdempotencyKeys(idempotency_keys),
+            keys=keys,
             timeout_s=settings.chat_timeout_s,
         ),
         stats=PostgresStatsRepository(pool),
@@ -146,6 +147,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             task_ttl_s=settings.task_ttl_s,
             source=_document_source(settings),
             max_parameters_bytes=settings.task_parameters_max_bytes,
+            keys=keys,
         ),
         grid=GridLedgerService(PostgresGridLedger(pool)),
     )

@@ -1,6 +1,6 @@
-"""Idempotency keys: one generation per key, whatever the retries (Stripe's model, for chats).
+"""Idempotency keys: one generation per key, whatever the retries (Stripe's model, for chats and tasks).
 
-A client may send `Idempotency-Key` with a chat. The first request with a key stores an entry
+A client may send `Idempotency-Key` with a chat or a grid task (`/mcp/v1/execute`). The first request with a key stores an entry
 (`IdempotencyEntry`) before anything is published: the request id it runs under, a fingerprint
 of its body, its deadline and the reply subject its answers come to. Once its outcome is known
 (the completion, or the error its caller got) the outcome is stored in the entry. A retry with
@@ -8,8 +8,13 @@ the same key and body gets that outcome, or waits for it, and never runs a reque
 the same key with another body is refused (422 `idempotency_key_reused`). Keys are the
 caller's: the stored key is a hash of the user id and the header, so users never meet.
 
-Pure rules and values here; the store is `adapters/idempotency_store.py`, the use case
-`service_layer/chat.py`.
+A task's entry names its task id; its outcome is the submission's 202 body (`TaskAccepted`).
+Its `deadline` is the submitting gateway's lease: past it with no outcome, that gateway stopped
+or gave up (it releases the lease at once when its submission fails), and a retry takes the
+submission over under the same task id.
+
+Pure rules and values here; the store is `adapters/idempotency_store.py`, the use cases
+`service_layer/chat.py` and `service_layer/tasks.py`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.errors import GatewayError, InvalidIdempotencyKeyError
+from koprogo_gateway.domain.task_view import TaskAccepted
 from koprogo_shared.events import ChatCompleted
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -54,6 +61,34 @@ def body_fingerprint(body: ChatRequestIn) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def task_fingerprint(
+    task_type: str,
+    copro_id: str | None,
+    parameters: dict[str, Any],
+    document_sha256: str | None,
+    document_url: str | None,
+    filename: str | None,
+) -> str:
+    """What makes two task submissions the same request: its type, copro and parameters, and its
+    document by content (the sha256 of the bytes uploaded or sent in base64, whichever way they
+    came) or, for one read from the operator's store, by its `document_url`, and the document's
+    name (a file part's or `input_data.filename`, as the task stores it)."""
+    fields = {
+        "task_type": task_type,
+        "copro_id": copro_id,
+        "parameters": {k: v for k, v in parameters.items() if k != "filename"},
+        "document_sha256": document_sha256,
+        "document_url": document_url,
+        "filename": filename,
+    }
+    return (
+        "task:"
+        + hashlib.sha256(
+            json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
+        ).hexdigest()
+    )
+
+
 class StoredError(BaseModel):
     """The error a keyed request's caller got: its HTTP status and JSON fields."""
 
@@ -70,17 +105,24 @@ class StoredError(BaseModel):
 
 
 class StoredOutcome(BaseModel):
-    """How a keyed request ended: its completion (and the latency its first caller saw), or an error."""
+    """How a keyed request ended: its completion (and the latency its first caller saw), or an
+    error; for a task, its submission's 202 body."""
 
     model_config = ConfigDict(frozen=True)
 
     completion: ChatCompleted | None = None
+    task: TaskAccepted | None = None
     latency_ms: float = 0.0
     error: StoredError | None = None
 
 
 class IdempotencyEntry(BaseModel):
-    """A keyed request: what it runs as, and its outcome once known (None while it runs)."""
+    """A keyed request: what it runs as, and its outcome once known (None while it runs).
+
+    `request_id`: the chat's request id, or the task's id. `deadline`: the chat's, or the end of
+    the lease of the gateway submitting the task. `reply_subject`: where a chat's answers come
+    (a task has none).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -88,11 +130,14 @@ class IdempotencyEntry(BaseModel):
     fingerprint: str
     created_at: datetime
     deadline: datetime
-    reply_subject: str
+    reply_subject: str = ""
     outcome: StoredOutcome | None = None
 
     def settled(self, outcome: StoredOutcome) -> IdempotencyEntry:
         return self.model_copy(update={"outcome": outcome})
+
+    def leased_until(self, deadline: datetime) -> IdempotencyEntry:
+        return self.model_copy(update={"deadline": deadline})
 
 
 def may_publish_again(entry: IdempotencyEntry, now: datetime, duplicate_window_s: float) -> bool:
@@ -106,6 +151,11 @@ def may_publish_again(entry: IdempotencyEntry, now: datetime, duplicate_window_s
     if entry.outcome is not None or now >= entry.deadline:
         return False
     return now < entry.created_at + timedelta(seconds=duplicate_window_s / 2)
+
+
+def lapsed(entry: IdempotencyEntry, now: datetime) -> bool:
+    """No outcome and the lease over: nobody is submitting the task now, a retry may take it over."""
+    return entry.outcome is None and now >= entry.deadline
 
 
 def abandoned(entry: IdempotencyEntry, now: datetime, grace_s: float) -> bool:

@@ -1,6 +1,7 @@
-"""The chat use case's idempotency keys: claim a key's entry, store its outcome, wait for it.
+"""The idempotency keys of chats and tasks: claim a key's entry, store its outcome, wait for it.
 
-`ChatService` (service_layer/chat.py) runs the request; this keeps its entry (the port is
+`ChatService` (service_layer/chat.py) and `TaskService` (service_layer/tasks.py) run the
+request; this keeps its entry (the port is
 `adapters/idempotency_store.py`, the rules `domain/idempotency.py`). A retry that finds the
 entry still running waits for its outcome by reading it again every `poll_s`; it first takes the
 request up again (`resume`): publishing it under the same event id while the stream would still
@@ -8,6 +9,11 @@ de-duplicate it (the first publish may never have been stored), and waiting for 
 itself when they come to this gateway and nothing here waits for them any more (it restarted,
 or the stream was never read); when no outcome came well past the deadline (the gateway
 running it stopped), it stores the 504 every retry then gets.
+
+A task's entry is a lease instead (`claim_task`): the gateway submitting it holds the key until
+its `deadline`, and gives it back at once when the submission fails (`release`); a retry waits
+for the outcome while the lease runs (`outcome_or_lapse`), then takes the submission over under
+the same task id (`take_over`, of two retries exactly one).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from koprogo_gateway.adapters.idempotency_store import (
     IdempotencyConflictError,
@@ -34,6 +41,7 @@ from koprogo_gateway.domain.idempotency import (
     StoredError,
     StoredOutcome,
     abandoned,
+    lapsed,
     may_publish_again,
     user_keys,
 )
@@ -86,8 +94,6 @@ class IdempotencyKeys:
     async def claim(self, key: str, request: ChatRequested, fingerprint: str) -> KeyedRequest | None:
         """Store the key's entry before `request` is published; None when another request with
         the key came first."""
-        if self.store is None:
-            raise IdempotencyUnavailableError("this gateway keeps no idempotency keys")
         entry = IdempotencyEntry(
             request_id=request.id,
             fingerprint=fingerprint,
@@ -95,12 +101,60 @@ class IdempotencyKeys:
             deadline=request.deadline,
             reply_subject=request.reply_subject,
         )
+        return await self._create(key, entry)
+
+    async def claim_task(
+        self, key: str, task_id: str, fingerprint: str, lease_s: float
+    ) -> KeyedRequest | None:
+        """Store the key's entry for task `task_id`, leased for `lease_s`, before the task is
+        submitted; None when another request with the key came first."""
+        now = utc_now()
+        entry = IdempotencyEntry(
+            request_id=task_id,
+            fingerprint=fingerprint,
+            created_at=now,
+            deadline=now + timedelta(seconds=lease_s),
+        )
+        return await self._create(key, entry)
+
+    async def _create(self, key: str, entry: IdempotencyEntry) -> KeyedRequest | None:
+        if self.store is None:
+            raise IdempotencyUnavailableError("this gateway keeps no idempotency keys")
         try:
             return KeyedRequest(key, await self.store.create(key, entry))
         except IdempotencyConflictError:
             return None
         except IdempotencyStoreError as exc:
             raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
+
+    async def outcome_or_lapse(self, key: str, stored: StoredEntry) -> StoredEntry:
+        """The entry once it has an outcome or its lease is over (a task's: see the module)."""
+        while not (stored.entry.outcome is not None or lapsed(stored.entry, utc_now())):
+            await asyncio.sleep(self.poll_s)
+            stored = await self.read_again(key)
+        return stored
+
+    async def take_over(self, key: str, stored: StoredEntry, lease_s: float) -> KeyedRequest | None:
+        """Lease a lapsed entry to this retry for `lease_s`; None when the entry changed since
+        it was read (another retry took it over, or its outcome was stored just now)."""
+        assert self.store is not None
+        leased = stored.entry.leased_until(utc_now() + timedelta(seconds=lease_s))
+        try:
+            return KeyedRequest(key, await self.store.replace(key, leased, stored.revision))
+        except IdempotencyConflictError:
+            return None
+        except IdempotencyStoreError as exc:
+            raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
+
+    async def release(self, keyed: KeyedRequest) -> None:
+        """End a lease early (the submission failed): a retry takes the request over at once. A
+        failure is logged: the retry then waits for the lease to end."""
+        assert self.store is not None
+        stored = keyed.stored
+        try:
+            await self.store.replace(keyed.key, stored.entry.leased_until(utc_now()), stored.revision)
+        except IdempotencyStoreError as exc:
+            log.warning("could not release the idempotency key of %s: %r", stored.entry.request_id, exc)
 
     async def forget_user(self, user_id: str) -> None:
         """Remove every entry of `user_id` (their erasure: the entries hold answers); a retry with

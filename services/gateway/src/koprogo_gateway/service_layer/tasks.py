@@ -7,6 +7,16 @@ request for its user and its copro, as a chat), then the document: read from the
 store when named by `document_url`, its type sniffed, stored in the object store under the task
 id, and only then `TaskSubmitted` (with a `DocumentRef`, never the bytes).
 
+With an `Idempotency-Key` (`domain/idempotency.py`), at most one task is submitted per key and
+user: the first request claims the key's entry (after the rate limits, before the document is
+stored) under its new task id and stores its 202 body there. A retry with the same key and the
+same request (type, copro, parameters, the document's sha256) gets that body again, task id and
+all, with `Idempotent-Replayed: true`, counted against its user's request quota only, as a
+chat's replay; another request with the key is a 422 `idempotency_key_reused`. While the first
+submission runs, the retry waits for it; when it failed or its gateway stopped (its lease is
+over), the retry takes it over: the task found in the event log (its acknowledgement was lost)
+is answered as submitted, else it is submitted now under the same id.
+
 `get`, `list`, `cancel` read the ledger's projection; a task submitted moments ago and not yet
 projected is read back from the event log and shown as pending. Another copro's task is not
 found (404), whatever its id.
@@ -19,13 +29,14 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter
 
 from koprogo_gateway.adapters.document_store import DocumentStore
+from koprogo_gateway.adapters.idempotency_store import StoredEntry
 from koprogo_gateway.adapters.s3_documents import DocumentSource
 from koprogo_gateway.adapters.task_bus import TaskBus
 from koprogo_gateway.adapters.task_repository import TaskRepository
@@ -35,11 +46,13 @@ from koprogo_gateway.domain.document_types import sniff_content_type
 from koprogo_gateway.domain.errors import (
     DocumentUrlError,
     GatewayError,
+    IdempotencyKeyReusedError,
     InvalidTaskRequestError,
     RateLimitedError,
     TaskFinalError,
     TaskNotFoundError,
 )
+from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, StoredOutcome, store_key, task_fingerprint
 from koprogo_gateway.domain.task_request import (
     S3Location,
     check_parameters_size,
@@ -56,6 +69,7 @@ from koprogo_gateway.domain.task_request import (
 )
 from koprogo_gateway.domain.task_view import TaskAccepted, TaskOut, TaskQuery, TaskRecord, pending_record
 from koprogo_gateway.service_layer.admission import ChatAdmission, chat_claims, refusal_message
+from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest, same_body
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
 from koprogo_shared.events import utc_now
@@ -64,6 +78,7 @@ from koprogo_shared.task_events import (
     DocumentRef,
     TaskCancelRequested,
     TaskSubmitted,
+    TaskType,
     task_event_id,
 )
 
@@ -98,6 +113,37 @@ class SubmittedTask:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class CheckedTask:
+    """A submission past the pure checks: its copro, type, parameters, and its document (bytes,
+    name and sniffed type), or where to read it."""
+
+    copro_id: CoproId | None
+    task_type: TaskType
+    parameters: dict[str, Any]
+    data: bytes | None
+    filename: str | None
+    content_type: str | None
+    location: S3Location | None
+    user_id: str | None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+        url = f"s3://{self.location.bucket}/{self.location.key}" if self.location is not None else None
+        return task_fingerprint(self.task_type, self.copro_id, self.parameters, digest, url, self.filename)
+
+
+def accepted_of(submitted: TaskSubmitted) -> TaskAccepted:
+    """The 202 body of a submitted task."""
+    return TaskAccepted(
+        id=submitted.id,
+        task_type=submitted.task_type,
+        copro_id=submitted.copro_id,
+        created_at=submitted.time,
+        document=submitted.document,
+    )
+
+
 @dataclass
 class TaskService:
     bus: TaskBus
@@ -111,59 +157,157 @@ class TaskService:
     source: DocumentSource | None = None
     # `input_data` without its document travels inside the event (NATS messages are small).
     max_parameters_bytes: int = 512 * 1024
+    # The idempotency keys' entries; without a store, a submission with a key is refused (503).
+    keys: IdempotencyKeys = field(default_factory=lambda: IdempotencyKeys(None))
+    # How long a keyed submission may take before a retry takes it over (a document stored and
+    # a publish retried well within it; half the event stream's de-duplication window).
+    submit_lease_s: float = 60.0
 
-    async def submit(self, caller: Caller, submission: TaskSubmission) -> SubmittedTask:
-        """Store the task's document, then publish TaskSubmitted; raises a GatewayError if refused."""
+    async def submit(
+        self, caller: Caller, submission: TaskSubmission, idempotency_key: str | None = None
+    ) -> SubmittedTask:
+        """Store the task's document, then publish TaskSubmitted; raises a GatewayError if refused.
+        With `idempotency_key`, at most one task per key (see the module)."""
         try:
-            require_scope(caller, WRITE)
-            copro_id = self._copro(caller, submission.copro_id)
-            task_type = parse_task_type(submission.task_type)
-            parameters = parameters_of(submission.input_data)
-            data, filename, location = self._document(submission)
-            content_type = None
-            if data is not None:
-                content_type = sniff_content_type(data, filename)
-                parameters = check_task_input(task_type, parameters, content_type)
-            elif location is None:
-                parameters = check_task_input(task_type, parameters, None)
-            check_parameters_size(parameters, self.max_parameters_bytes)
-            headers = await self._limit(caller, copro_id)
-            if location is not None:
-                data = await self._read(location)
-                filename = filename or location.filename
-                content_type = sniff_content_type(data, filename)
-                parameters = check_task_input(task_type, parameters, content_type)
-            task_id = str(uuid.uuid4())
-            ref = None
-            if data is not None and content_type is not None:
-                ref = DocumentRef(
-                    object_name=task_id,
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                    content_type=content_type,
-                    filename=filename,
-                )
-                await self.documents.put(ref, data)
-            submitted = TaskSubmitted(
-                id=task_id,
-                source=SOURCE,
-                copro_id=copro_id,
-                task_type=task_type,
-                parameters=parameters,
-                document=ref,
-                user_id=caller.user_id,
-                expires_at=utc_now() + timedelta(seconds=self.task_ttl_s),
-            )
-            await self.bus.publish(subjects.task_submitted_key(copro_id, task_id), submitted)
+            checked = self._checked(caller, submission)
+            if idempotency_key is not None:
+                return await self._submit_keyed(caller, checked, idempotency_key)
+            headers = await self._limit(caller, checked.copro_id)
+            accepted = await self._submit(await self._read_document(checked), str(uuid.uuid4()))
         except GatewayError as exc:
             TASKS.labels(outcome=exc.error).inc()
             raise
-        TASKS.labels(outcome="submitted").inc()
-        log.info("task %s (%s) submitted for copro %s", task_id, task_type, copro_id)
-        accepted = TaskAccepted(
-            id=task_id, task_type=task_type, copro_id=copro_id, created_at=submitted.time, document=ref
-        )
         return SubmittedTask(accepted, headers)
+
+    def _checked(self, caller: Caller, submission: TaskSubmission) -> CheckedTask:
+        """The pure checks, in order (a refusal here counts nothing): scope, copro, type, input."""
+        require_scope(caller, WRITE)
+        copro_id = self._copro(caller, submission.copro_id)
+        task_type = parse_task_type(submission.task_type)
+        parameters = parameters_of(submission.input_data)
+        data, filename, location = self._document(submission)
+        content_type = None
+        if data is not None:
+            content_type = sniff_content_type(data, filename)
+            parameters = check_task_input(task_type, parameters, content_type)
+        elif location is None:
+            parameters = check_task_input(task_type, parameters, None)
+        check_parameters_size(parameters, self.max_parameters_bytes)
+        return CheckedTask(
+            copro_id, task_type, parameters, data, filename, content_type, location, caller.user_id
+        )
+
+    async def _read_document(self, checked: CheckedTask) -> CheckedTask:
+        """The task with its document's bytes read from the operator's store, when it names one there."""
+        if checked.location is None:
+            return checked
+        data = await self._read(checked.location)
+        filename = checked.filename or checked.location.filename
+        content_type = sniff_content_type(data, filename)
+        parameters = check_task_input(checked.task_type, checked.parameters, content_type)
+        return replace(
+            checked, data=data, filename=filename, content_type=content_type, parameters=parameters
+        )
+
+    async def _submit(self, checked: CheckedTask, task_id: str) -> TaskAccepted:
+        """Store the document under `task_id`, then publish the task's TaskSubmitted."""
+        ref = None
+        if checked.data is not None and checked.content_type is not None:
+            ref = DocumentRef(
+                object_name=task_id,
+                sha256=hashlib.sha256(checked.data).hexdigest(),
+                size=len(checked.data),
+                content_type=checked.content_type,
+                filename=checked.filename,
+            )
+            await self.documents.put(ref, checked.data)
+        submitted = TaskSubmitted(
+            id=task_id,
+            source=SOURCE,
+            copro_id=checked.copro_id,
+            task_type=checked.task_type,
+            parameters=checked.parameters,
+            document=ref,
+            user_id=checked.user_id,
+            expires_at=utc_now() + timedelta(seconds=self.task_ttl_s),
+        )
+        await self.bus.publish(subjects.task_submitted_key(checked.copro_id, task_id), submitted)
+        TASKS.labels(outcome="submitted").inc()
+        log.info("task %s (%s) submitted for copro %s", task_id, checked.task_type, checked.copro_id)
+        return accepted_of(submitted)
+
+    # Idempotency keys (domain/idempotency.py): one task per key, whatever the retries.
+
+    async def _submit_keyed(
+        self, caller: Caller, checked: CheckedTask, idempotency_key: str
+    ) -> SubmittedTask:
+        key = store_key(caller.user_id, idempotency_key)
+        fingerprint = checked.fingerprint()
+        stored = await self.keys.read(key)
+        if stored is None:
+            headers = await self._limit(caller, checked.copro_id)
+            checked = await self._read_document(checked)
+            task_id = str(uuid.uuid4())
+            keyed = await self.keys.claim_task(key, task_id, fingerprint, self.submit_lease_s)
+            if keyed is not None:
+                return SubmittedTask(await self._submit_leased(keyed, checked), headers)
+            stored = await self.keys.read_again(key)  # another request with the key came first
+        # A replay submits nothing: it counts against its user's request quota only, as a chat's.
+        headers = await self.admission.admit_request(caller.user_id)
+        try:
+            accepted = await self._replayed(key, stored, fingerprint, checked)
+        except GatewayError as exc:
+            exc.headers = headers | exc.headers
+            raise
+        TASKS.labels(outcome="replayed").inc()
+        return SubmittedTask(accepted, headers | {REPLAYED_HEADER: "true"})
+
+    async def _submit_leased(self, keyed: KeyedRequest, checked: CheckedTask) -> TaskAccepted:
+        """Submit the entry's task while holding its lease; its 202 body is stored for the retries."""
+        try:
+            accepted = await self._submit(checked, keyed.stored.entry.request_id)
+        except GatewayError:
+            # Perhaps stored all the same (its acknowledgement lost): a retry finds it in the
+            # event log, else submits it under the same id.
+            await self.keys.release(keyed)
+            raise
+        await self.keys.settle(keyed, StoredOutcome(task=accepted))
+        return accepted
+
+    async def _replayed(
+        self, key: str, stored: StoredEntry, fingerprint: str, checked: CheckedTask
+    ) -> TaskAccepted:
+        """The first submission's 202 body, waited for while it runs; taken over once its lease is over."""
+        same_body(stored, fingerprint)
+        while True:
+            stored = await self.keys.outcome_or_lapse(key, stored)
+            outcome = stored.entry.outcome
+            if outcome is not None:
+                if outcome.task is None:  # a chat's entry would not have matched the fingerprint
+                    raise IdempotencyKeyReusedError("this Idempotency-Key was used for a chat, not a task")
+                return outcome.task
+            keyed = await self.keys.take_over(key, stored, self.submit_lease_s)
+            if keyed is not None:
+                break
+            stored = await self.keys.read_again(key)  # taken over by another retry, or settled
+        task_id = keyed.stored.entry.request_id
+        try:
+            found = await self.bus.submitted([checked.copro_id], task_id)
+        except GatewayError:
+            await self.keys.release(keyed)
+            raise
+        if found is not None:
+            # Stored by the first submission (its acknowledgement or its gateway lost).
+            accepted = accepted_of(found)
+            await self.keys.settle(keyed, StoredOutcome(task=accepted))
+            return accepted
+        log.info("task %s: its keyed submission never reached the event log; submitting it now", task_id)
+        try:
+            checked = await self._read_document(checked)
+        except GatewayError:
+            await self.keys.release(keyed)
+            raise
+        return await self._submit_leased(keyed, checked)
 
     async def run(self, caller: Caller, submission: TaskSubmission, wait_s: float) -> TaskOut:
         """Submit the task and wait for it: the task once it has ended, or as it is after `wait_s`

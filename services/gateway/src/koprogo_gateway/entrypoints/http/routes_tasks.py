@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from koprogo_gateway.domain.errors import InvalidTaskRequestError, UnsupportedMediaTypeError
+from koprogo_gateway.domain.idempotency import IDEMPOTENCY_HEADER
 from koprogo_gateway.domain.task_request import TaskRequestIn
 from koprogo_gateway.domain.task_view import TaskAccepted, TaskOut, parse_task_query
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader, Writer
@@ -26,6 +27,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The token lacks the scope, or `copro_id` is not one of its copros."},
     404: {"description": "No such task, or another copro's."},
 }
+# The optional `Idempotency-Key` of `/execute`, as OpenAPI shows it.
+TaskIdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="At most one task per key (1-255 printable ASCII characters, e.g. a UUID): a retry "
+        "within 24 h with the same key and request (type, copro, parameters, document) gets the first "
+        "submission's 202 body, same task id (header `Idempotent-Replayed: true`), and submits nothing; "
+        "another request with the same key is a 422 `idempotency_key_reused`. Keys are per user.",
+    ),
+]
 _EXECUTE_BODY = {
     "requestBody": {
         "required": True,
@@ -64,15 +76,21 @@ _EXECUTE_BODY = {
         422: {
             "description": "Unknown `task_type`, missing input for it, `unsupported_document` (its sniffed "
             "type), `document_url_unsupported` (not s3://), `document_url_not_allowed`, "
-            "`document_store_not_configured`, `document_not_found`."
+            "`document_store_not_configured`, `document_not_found`; `idempotency_key_reused`: the "
+            "`Idempotency-Key` came with another request."
         },
         429: {"description": "A rate-limit policy is exhausted (a task counts as one request, as a chat)."},
+        503: {
+            "description": "The message bus, the document store or the idempotency-key store cannot be reached."
+        },
     },
 )
-async def execute(request: Request, caller: Writer, gateway: GatewayDep) -> JSONResponse:
-    """Submit a grid task (`ocr_invoice`, `translate_document`, `summarize_meeting`, `predict_expenses`) as JSON or multipart/form-data (file part `document`); 202 with its id, to follow at `Location`."""
+async def execute(
+    request: Request, caller: Writer, gateway: GatewayDep, idempotency_key: TaskIdempotencyKey = None
+) -> JSONResponse:
+    """Submit a grid task (`ocr_invoice`, `translate_document`, `summarize_meeting`, `predict_expenses`) as JSON or multipart/form-data (file part `document`); 202 with its id, to follow at `Location`; at most once per `Idempotency-Key`."""
     submitted = await gateway.tasks.submit(
-        caller, await _submission(request, gateway.settings.max_body_bytes)
+        caller, await _submission(request, gateway.settings.max_body_bytes), idempotency_key
     )
     accepted = submitted.accepted
     headers = submitted.headers | {"Location": f"/mcp/v1/tasks/{accepted.id}"}
