@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_node.adapters import metrics
+from koprogo_node.adapters.answers import FileAnswerRecord
 from koprogo_node.adapters.energy_meter import MeterFile, read_counter
 from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.adapters.host_resources import LocalHostResources
@@ -137,7 +138,9 @@ async def run_node(
             return
         # With a key, its replies and cancels carry its id (adapters/outcomes.py).
         keyed_node_id = node.node_id if settings.nats_nkey_seed_file else None
-        service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id), load=load)
+        # The answers it stored, recorded on disk for the items redelivered after that.
+        answers = FileAnswerRecord(settings.answers_directory())
+        service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id, answers), load=load)
         grid = (
             await _grid_worker(settings, service, engine, js, model_path, grid_hook)
             if settings.joins_grid

@@ -4,7 +4,7 @@ Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
 KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_ENABLED, GRID_URL, GRID_TASK_TYPES, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
 LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S,
-NODE_COPROS (a JSON list); for the grid's trust (docs/grid-trust.md): GRID_SIGNING_SEED_FILE,
+NODE_COPROS (a JSON list), ANSWERS_DIR; for the grid's trust (docs/grid-trust.md): GRID_SIGNING_SEED_FILE,
 GRID_SCHEDULER_PUBLIC_KEY, ENERGY_SOURCE, SOLAR_SHARE, ENERGY_METER_FILE, DEVICE_CLASS.
 The `koprogo-node` flags override them.
 """
@@ -77,6 +77,10 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
     # `<models dir>/../grid-node-<node id>.nk`, one key per node id, so two nodes of one host
     # (sharing a models folder) never share an identity (`grid_seed_file`).
     grid_signing_seed_file: Path | None = None
+    # Where the node records the answers it stored, so that a work item redelivered after its
+    # answer was stored is answered from there, not generated again (`adapters/answers.py`).
+    # Default: `<models dir>/../answers-<node id>` (`answers_directory`).
+    answers_dir: Path | None = None
     # The scheduler's public key (`U...`; `koprogo up` passes it, `koprogo node join` prints it):
     # an assignment signed by any other key is not run. Unset: the key an assignment names is
     # believed (a stack without keys), the rest of it is still checked.
@@ -150,6 +154,13 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
             return self.grid_signing_seed_file
         safe_id = re.sub(r"[^A-Za-z0-9_-]", "-", self.node_id)
         return self.models_dir.expanduser().parent / f"grid-node-{safe_id}.nk"
+
+    def answers_directory(self) -> Path:
+        """Where the node records the answers it stored (ANSWERS_DIR, else beside the models folder)."""
+        if self.answers_dir is not None:
+            return self.answers_dir.expanduser()
+        safe_id = re.sub(r"[^A-Za-z0-9_-]", "-", self.node_id)
+        return self.models_dir.expanduser().parent / f"answers-{safe_id}"
 
     @property
     def joins_grid(self) -> bool:

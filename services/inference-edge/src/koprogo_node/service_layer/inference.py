@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,8 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.generation import ALL_FEATURES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,14 @@ class InferenceService:
         delivery the work-item handler (`koprogo_shared.work_items`) calls `report_failure`.
         """
         _check_ids(cmd)  # an unusable id is refused before any work
+        stored = await self._sink.stored_answer(cmd)
+        if stored is not None:
+            # Redelivered after its answer was stored (the node died, or its ack was lost, before
+            # the item was acknowledged): the caller gets that answer again, nothing is generated
+            # twice (issue 12, finding 4; the cloud worker does the same).
+            log.info("request %s: answered before; sending the stored answer again", cmd.request_id)
+            await self._sink.resend(stored, cmd.reply_subject)
+            return stored
         outcome: ChatCompleted | ChatFailed
         if deadline_passed(cmd.deadline, self._clock()):
             outcome = self._failed(
