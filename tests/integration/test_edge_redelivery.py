@@ -6,17 +6,20 @@ generations are counted."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
 
+from koprogo_node.adapters.answers import FileAnswerRecord
 from koprogo_node.adapters.inference import EngineResult
 from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.domain.controls import Sampling
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatMessage, RunInference
+from koprogo_shared.events import ChatCompleted, ChatMessage, ExecutionInfo, RunInference, Usage, utc_now
 from koprogo_shared.nats_connection import event_headers
 from tests.integration.edge_support import (
     MODEL,
@@ -100,3 +103,40 @@ async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_with
         assert (again.id, again.content, again.usage) == (answered.id, answered.content, answered.usage)
     assert stored == 1, "one answer in the event log"
     assert [p.name for p in (tmp_path / "answers").iterdir()] == [f"{work.request_id}.json"]
+
+
+def completion(request_id: str, age_s: float = 0.0) -> ChatCompleted:
+    return ChatCompleted(
+        source="koprogo/node/edge-record",
+        copro_id="copro-edge",
+        request_id=request_id,
+        model=MODEL,
+        content="Bonjour !",
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=5, completion_tokens=3, total_tokens=8),
+        execution_info=ExecutionInfo(
+            execution_type="edge", node_id="edge-record", latency_ms=10.0, co2_grams=0.0, co2_saved_grams=0.0
+        ),
+        time=utc_now() - timedelta(seconds=age_s),
+    )
+
+
+async def test_the_record_keeps_an_answer_for_its_time_and_never_answers_from_a_broken_file(
+    tmp_path: Path,
+) -> None:
+    record = FileAnswerRecord(tmp_path / "answers", keep_s=60)
+    kept, old, broken = (str(uuid.uuid4()) for _ in range(3))
+    answer = completion(kept)
+    await record.keep(answer)
+    await record.keep(completion(old, age_s=61))
+    await record.keep(completion(broken))
+    (tmp_path / "answers" / f"{broken}.json").write_text('{"content": "half a wr')
+
+    assert await record.find(kept) == answer
+    assert await record.find(old) is None, "past its time"
+    assert await record.find(broken) is None, "an unreadable record means answering again"
+    assert await record.find(str(uuid.uuid4())) is None
+    assert await record.find("../../etc/passwd") is None, "only request ids name files"
+    folder = tmp_path / "answers"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / f"{kept}.json").stat().st_mode & 0o777 == 0o600
