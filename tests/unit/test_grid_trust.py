@@ -17,7 +17,15 @@ import pytest
 from koprogo_grid.domain.board import TaskState
 from koprogo_grid.domain.rules import GridRules
 from koprogo_grid.domain.trust import Judgment, NodeStanding, TrustBook
-from koprogo_grid.domain.verification import Vote, reachable, replicas_wanted, spot_check_drawn, tally
+from koprogo_grid.domain.verification import (
+    Vote,
+    groups,
+    reachable,
+    replicas_wanted,
+    short_of_owners,
+    spot_check_drawn,
+    tally,
+)
 from koprogo_grid.service_layer.ports import FakeTaskDocumentBin
 from koprogo_shared import subjects
 from koprogo_shared.grid_signing import sign_report
@@ -610,3 +618,187 @@ async def test_concurrent_decisions_about_one_node_each_count() -> None:
     assert len(grid.events("completed")) == 2
     assert grid.standings.saved["n1"].validated == 2 and grid.standings.saved["n2"].validated == 2
     assert grid.scheduler.trust.get("n1").validated == 2  # type: ignore[union-attr]
+
+
+# ----- fewer owners than the quorum (verification.short_of_owners) ----------------------------
+
+
+class Live:
+    """The nodes alive, as the scheduler's `live_nodes` gives them (a heartbeat-fed registry)."""
+
+    def __init__(self, grid: Grid, *node_ids: str) -> None:
+        self.nodes = set(node_ids)
+        grid.scheduler.live_nodes = self
+
+    def __call__(self) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+        return [
+            (n, frozenset({"ocr_invoice"}), frozenset({subjects.SHARED_POOL})) for n in sorted(self.nodes)
+        ]
+
+
+def test_the_rule_short_of_owners() -> None:
+    base = {"wanted": 1, "running": 0, "results": 1, "distinct": 1, "new_owners": 0, "waited_enough": True}
+    assert short_of_owners(**base) == "accept_unchecked"
+    assert short_of_owners(**(base | {"results": 2, "distinct": 2})) == "await_owner"
+    for change in (
+        {"new_owners": 1},  # someone can still join the quorum
+        {"running": 1},  # a replica is still running: its result may make the quorum
+        {"results": 0, "distinct": 0},  # nothing to accept yet
+        {"waited_enough": False},  # a second owner's node may not have announced itself yet
+        {"wanted": 0},
+    ):
+        assert short_of_owners(**(base | change)) == "proceed", change
+    assert groups([Vote(1, "a", "k"), Vote(2, "b", "k"), Vote(3, "c", "x")]) == 2
+
+
+async def test_with_one_owner_alive_its_result_is_accepted_unchecked_after_the_grace_and_earns_no_trust() -> (
+    None
+):
+    grid = Grid(rules(trust_after=2, owner_wait_s=10))
+    live = Live(grid, "local")
+    tasks = [task() for _ in range(3)]
+    for t in tasks:
+        await grid.scheduler.on_submitted(t)
+    first = await grid.take("local")
+    await grid.report(first, result=HONEST)
+    # Within the grace a second owner may still come: the quorum is waited for.
+    assert grid.store.saved[tasks[0].id].status == "verifying"
+    assert grid.events("completed") == []
+    grid.clock.advance(11)
+    await grid.scheduler.tick(alive=live.nodes)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert completed.task_id == tasks[0].id and completed.result == HONEST and completed.node_id == "local"
+    assert v is not None and v.outcome == "accepted_unchecked" and v.policy == "quorum"
+    assert v.quorum == 1 and v.agreement == 1 and v.note is not None and "owners_short" in v.note
+    assert [(r.node_id, r.verdict, r.trusted) for r in v.replicas] == [("local", "unchecked", False)]
+    assert grid.store.saved[tasks[0].id].status == "completed"
+    # Past the grace, the next results are taken as soon as they come; a lone node (honest or
+    # not: nobody can tell) never earns trust from them.
+    for t in tasks[1:]:
+        await grid.report(await grid.take("local"), result=GARBAGE)
+        assert grid.store.saved[t.id].status == "completed"
+    outcomes = [e.verification.outcome for e in grid.events("completed")]
+    assert outcomes == ["accepted_unchecked"] * 3
+    assert grid.scheduler.outcomes == {"accepted_unchecked": 3}
+    assert trust_events(grid) == []
+    standing = grid.standings.saved.get("local")
+    assert standing is None or (standing.validated, standing.trusted) == (0, False)
+    assert not grid.scheduler.trust.is_trusted("local")
+    # An untrusted node's unchecked result is not kept for a re-check (none can come).
+    assert grid.store.saved[tasks[0].id].recheck_until is None
+
+
+async def test_without_known_live_nodes_the_quorum_is_always_waited_for() -> None:
+    grid = Grid(rules())
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    await grid.report(await grid.take("local"), result=HONEST)
+    grid.clock.advance(60)
+    await grid.scheduler.tick(alive={"local"})
+    assert grid.store.saved[t.id].status == "verifying" and grid.events("completed") == []
+
+
+async def test_when_the_second_owner_dies_while_the_first_result_waits_it_is_accepted_unchecked() -> None:
+    grid = Grid(rules())
+    live = Live(grid, "n1", "n2")
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    grid.clock.advance(15)  # past the grace
+    await grid.report(first, result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying"  # n2's replica is still running
+    live.nodes.discard("n2")  # killed: its heartbeats stop
+    grid.clock.advance(5)
+    await grid.scheduler.tick(alive=live.nodes)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert v is not None and v.outcome == "accepted_unchecked" and v.quorum == 1
+    verdicts = {(r.node_id, r.attempt): r.verdict for r in v.replicas}
+    assert verdicts == {("n1", first.attempt): "unchecked", ("n2", second.attempt): "lost"}
+    assert [e.reason for e in grid.events("requeued")] == ["node_lost"]
+    assert trust_events(grid) == [] and grid.standings.saved["n1"].validated == 0  # its pinned key only
+
+
+async def test_disagreeing_results_with_no_new_owner_wait_then_fail_unverifiable_at_expiry() -> None:
+    grid = Grid(rules())
+    live = Live(grid, "n1", "n2")
+    t = task(ttl_s=120)
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    grid.clock.advance(15)
+    await grid.report(first, result=HONEST)
+    await grid.report(second, result=GARBAGE)
+    state = grid.store.saved[t.id]
+    assert state.status == "verifying" and state.note is not None and "disagree" in state.note
+    waiting = grid.events("verifying")[-1].verification
+    assert waiting.note == state.note and waiting.outcome == "pending"
+    await grid.scheduler.tick(alive=live.nodes)  # nothing new: no second "waiting" event
+    assert len(grid.events("verifying")) == 2
+    grid.clock.advance(120)
+    await grid.scheduler.tick(alive=live.nodes)
+    assert grid.events("expired") == []
+    [failed] = grid.events("failed")
+    assert failed.error == "unverifiable" and "disagree" in failed.message
+    v = failed.verification
+    assert v is not None and v.outcome == "unverifiable"
+    assert [(r.node_id, r.verdict) for r in v.replicas] == [("n1", "pending"), ("n2", "pending")]
+    assert failed.last_attempt_outcome == "not_needed"
+    assert grid.store.saved[t.id].status == "failed"
+    assert trust_events(grid) == []  # nobody was judged right or wrong
+
+
+async def test_disagreeing_results_are_settled_by_a_new_owner_arriving_before_expiry() -> None:
+    grid = Grid(rules())
+    live = Live(grid, "n1", "n2")
+    t = task(ttl_s=600)
+    await grid.scheduler.on_submitted(t)
+    first, second = await grid.take("n1"), await grid.take("n2")
+    grid.clock.advance(15)
+    await grid.report(first, result=HONEST)
+    await grid.report(second, result=GARBAGE)
+    live.nodes.add("n3")
+    await grid.report(await grid.take("n3"), result=HONEST)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert v is not None and v.outcome == "accepted" and v.note is None and v.quorum == 2
+    assert {r.node_id: r.verdict for r in v.replicas} == {"n1": "valid", "n2": "invalid", "n3": "valid"}
+
+
+async def test_a_second_owner_arriving_within_the_grace_makes_a_real_quorum() -> None:
+    grid = Grid(rules(owner_wait_s=10))
+    live = Live(grid, "n1")
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first = await grid.take("n1")
+    grid.clock.advance(2)
+    await grid.report(first, result=HONEST)
+    assert grid.store.saved[t.id].status == "verifying"
+    grid.clock.advance(3)
+    live.nodes.add("n2")  # its first heartbeat, 5 s after the task was queued
+    second = await grid.take("n2")
+    grid.clock.advance(7)  # past the grace, but n2's replica is running: its result is waited for
+    await grid.scheduler.tick(alive=live.nodes)
+    assert grid.events("completed") == []
+    await grid.report(second, result=HONEST)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert v is not None and v.outcome == "accepted" and v.quorum == 2 and v.note is None
+    assert [(r.node_id, r.verdict) for r in v.replicas] == [("n1", "valid"), ("n2", "valid")]
+    assert {s.node_id: s.validated for s in grid.standings.saved.values()} == {"n1": 1, "n2": 1}
+
+
+async def test_two_nodes_of_one_owner_are_one_owner_short_of_a_quorum() -> None:
+    roster = {
+        "acme-1": NodeGrant(frozenset(), owner="acme"),
+        "acme-2": NodeGrant(frozenset(), owner="acme"),
+    }
+    grid = Grid(rules(owner_wait_s=0), roster=roster)
+    Live(grid, "acme-1", "acme-2")
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    await grid.report(await grid.take("acme-1"), result=HONEST)
+    [completed] = grid.events("completed")
+    v = completed.verification
+    assert v is not None and v.outcome == "accepted_unchecked"
+    assert [(r.owner, r.verdict) for r in v.replicas] == [("acme", "unchecked")]

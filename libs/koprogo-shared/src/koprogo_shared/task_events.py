@@ -219,6 +219,8 @@ class TaskVerification(BaseModel):
 
     policy "quorum": the first node was untrusted, `quorum` owners must agree; "spot_check": a
     trusted node drawn for a check, same rule; "trusted": a trusted node's result taken alone.
+    With fewer owners able to run the task than the quorum, agreeing results are taken alone
+    (outcome "accepted_unchecked", `quorum` lowered to the owners reached, `note` says so).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -230,6 +232,9 @@ class TaskVerification(BaseModel):
     # Distinct owners agreeing with the accepted result (or with the largest group so far).
     agreement: int = Field(default=0, ge=0)
     outcome: Literal["pending", "accepted", "accepted_unchecked", "unverifiable"] = "pending"
+    # Why the rule applied differs from `policy`'s usual one, e.g. fewer owners alive than the
+    # quorum: the result was taken alone (`quorum` is then what was reachable) or waits for one.
+    note: str | None = None
 
 
 class TaskVerifying(Event):

@@ -98,6 +98,10 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
         )
         await scheduler.start()
         registry = KeyCheckingRegistry(roster, scheduler.heard_key)
+        # The grid nodes alive now: whether another owner can still join a task's quorum.
+        scheduler.live_nodes = lambda: [
+            (c.node_id, c.task_types, c.pools) for c in registry.alive(time.monotonic()) if c.task_types
+        ]
         await follow_heartbeats(nc, registry)
 
         async def handle(msg: Msg) -> None:

@@ -40,6 +40,10 @@ class SchedulerSettings(ServiceSettings):
     grid_trust_after: int = Field(default=5, ge=1)
     # Results a trusted node delivered unchecked this long before it was caught wrong are re-checked.
     grid_recheck_window_s: float = Field(default=3600.0, ge=0)
+    # With fewer owners alive than the quorum, a task's agreeing results are taken alone
+    # (unchecked, paid in escrow) once this long passed since it was queued: the grace lets a
+    # second owner's node that has not heartbeated yet join the quorum.
+    grid_owner_wait_s: float = Field(default=10.0, ge=0)
     # The secret the spot-check draw hashes task ids with; unset: random bytes made once and kept
     # in the KOPROGO_GRID_NODES bucket (so the draw survives restarts and nodes cannot predict it).
     grid_spot_check_salt: str | None = None
@@ -65,6 +69,7 @@ class SchedulerSettings(ServiceSettings):
             spot_check_rate=self.grid_spot_check_rate,
             trust_after=self.grid_trust_after,
             recheck_window_s=self.grid_recheck_window_s,
+            owner_wait_s=self.grid_owner_wait_s,
         )
 
     def signer(self) -> Signer:

@@ -19,6 +19,13 @@ draw picks it for a spot check. Up to `quorum` replicas run at once; when result
 is queued, up to `max_replicas` results. A task's status is the furthest its replicas got:
 verifying once a result waits for others, else running, assigned, or pending.
 
+Fewer owners than the quorum (`verification.short_of_owners`): when a task wants another replica,
+none is running, and no live node of an owner not already on it can run its type (`LiveNode`,
+from heartbeats) once `owner_wait_s` passed since it was queued, results that all agree are
+accepted alone (`accepted_unchecked`: no trust earned, rewards in escrow); results that disagree
+wait for a new owner until the task's expiry, then it fails `unverifiable`. Decided when a result
+comes and at each tick (a node may die while another's result waits).
+
 Queues are FIFO per task type; a node polling for several types gets the oldest task among them
 that it may run (its pools: the shared pool runs every copro's tasks, a copro's own pool only that
 copro's) and that has no replica of its owner yet. Nodes that poll when no task waits are kept as
@@ -40,9 +47,11 @@ from koprogo_grid.domain.trust import JudgedVerdict, Judgment
 from koprogo_grid.domain.verification import (
     Policy,
     Vote,
+    groups,
     policy_for,
     reachable,
     replicas_wanted,
+    short_of_owners,
     spot_check_drawn,
     tally,
 )
@@ -118,6 +127,9 @@ class Replica(BaseModel):
     attestation: EnergyAttestation | None = None
     co2_grams: float = Field(default=0.0, ge=0)
     flags: list[str] = Field(default_factory=list)
+    # Its result, kept until the task is decided (a decision taken at a tick, without a report in
+    # hand, publishes it) and forgotten with the task's other contents.
+    result: dict[str, Any] | None = None
 
     @property
     def open(self) -> bool:
@@ -173,6 +185,10 @@ class TaskState(BaseModel):
     outcome: Outcome = "pending"
     replicas: list[Replica] = Field(default_factory=list)
     final_at: datetime | None = None
+    # When the scheduler first heard of it (None: stored before this was kept; its submission time).
+    queued_at: datetime | None = None
+    # Why its verification departs from its policy's usual rule (`TaskVerification.note`).
+    note: str | None = None
     # A result a trusted node delivered unchecked: its inputs are kept until then, so that it can
     # be re-checked if the node is caught wrong meanwhile (None once its contents are forgotten).
     recheck_until: datetime | None = None
@@ -287,6 +303,7 @@ class TaskState(BaseModel):
             replicas=[r.record() for r in self.replicas],
             agreement=agreement,
             outcome=self.outcome,
+            note=self.note,
         )
 
 
@@ -331,6 +348,16 @@ class PollingNode:
         return self.owner or self.node_id
 
 
+@dataclass(frozen=True, slots=True)
+class LiveNode:
+    """A node alive now, as its heartbeats describe it: who owns it, what it runs, where from."""
+
+    node_id: str
+    owner: str
+    task_types: frozenset[str]
+    pools: frozenset[str] = frozenset({subjects.SHARED_POOL})
+
+
 @dataclass(slots=True)
 class Waiter:
     node: PollingNode
@@ -338,11 +365,23 @@ class Waiter:
     until: float  # monotonic seconds
 
 
-def may_run(node: PollingNode, task: TaskSubmitted) -> bool:
+def may_run(node: PollingNode | LiveNode, task: TaskSubmitted) -> bool:
     """A shared-pool node runs any copro's tasks; a copro's own node only that copro's."""
     if subjects.SHARED_POOL in node.pools:
         return True
     return task.copro_id is not None and subjects.copro_pool(task.copro_id) in node.pools
+
+
+def new_owners(state: TaskState, live: Iterable[LiveNode]) -> set[str]:
+    """Owners not already on the task (running, reported, refused) with a live node able to run it."""
+    busy = state.busy_owners()
+    return {
+        n.owner or n.node_id
+        for n in live
+        if state.task.task_type in n.task_types
+        and may_run(n, state.task)
+        and (n.owner or n.node_id) not in busy
+    }
 
 
 def _status(state: TaskState) -> TaskStatus:
@@ -447,7 +486,7 @@ class TaskBoard:
         """The new task's state, or None when it is known already (a redelivered submission)."""
         if task.id in self._states:
             return None
-        state = TaskState(task=task)
+        state = TaskState(task=task, queued_at=now)
         if task.expires_at <= now:
             return self._expired(state, now)
         return Step(state)
@@ -563,9 +602,16 @@ class TaskBoard:
         return Step(_with_events(state, [], replicas=_replace(state, running)))
 
     def reported(
-        self, state: TaskState, report: TaskResultReported, check: ReportCheck, now: datetime
+        self,
+        state: TaskState,
+        report: TaskResultReported,
+        check: ReportCheck,
+        now: datetime,
+        live: Iterable[LiveNode] | None = None,
     ) -> Step | None:
-        """The decision on a node's report, or None when it is not for an open replica."""
+        """The decision on a node's report, or None when it is not for an open replica.
+
+        `live`: the nodes alive now (None: not known, a quorum is always waited for)."""
         replica = self.current(state, report.node_id, report.attempt)
         if replica is None:
             return None
@@ -594,6 +640,7 @@ class TaskBoard:
                     "usage": report.usage,
                     "attestation": report.attestation,
                     "flags": list(check.flags),
+                    "result": report.result,
                 }
             )
             done = done.model_copy(update={"co2_grams": replica_grams(done, report.usage.duration_s)})
@@ -627,7 +674,7 @@ class TaskBoard:
                         "max_replicas": max(self.rules.max_replicas, self.rules.quorum),
                     }
                 )
-            step = self._decide(updated, done, report, now)
+            step = self._decide(updated, done, now, live)
             return Step(step.state, step.cancel_nodes, [*judgments, *step.judgments])
         if report.outcome == "input_error" and not state.rechecked:
             ended = state.model_copy(
@@ -647,13 +694,20 @@ class TaskBoard:
             state, replica.ended(now, "failed", "lost"), "failed", f"node {report.node_id}: {message}", now
         )
 
-    def _decide(self, state: TaskState, current: Replica, report: TaskResultReported, now: datetime) -> Step:
-        """After a result: accepted (a quorum agrees), unverifiable (one never can), or verifying."""
+    def _decide(
+        self, state: TaskState, current: Replica, now: datetime, live: Iterable[LiveNode] | None
+    ) -> Step:
+        """After a result: accepted (a quorum agrees, or every result agrees and no other owner can
+        run it), unverifiable (a quorum never can), or verifying."""
         counted = tally(state.votes(), prefer=current.agreement_key)
+        state = state.model_copy(update={"note": None})  # a note of waiting for an owner is old news
         if counted.key is not None and counted.owners >= state.quorum:
-            return self._accepted(state, counted.key, current, report, now)
+            return self._accepted(state, counted.key, now, current=current.attempt)
         if not reachable(state.quorum, state.max_replicas, counted.owners, counted.results):
             return self._unverifiable(state, now)
+        shortfall = self.shortfall(state, live, now)
+        if shortfall is not None:
+            return shortfall
         updated = state.model_copy(update={"outcome": "pending"})
         event = TaskVerifying(
             id=task_event_id(state.task_id, f"verifying:{current.attempt}"),
@@ -665,10 +719,85 @@ class TaskBoard:
         )
         return Step(_with_events(updated, [("verifying", event)]))
 
+    def owner_wait_over(self, state: TaskState, now: datetime) -> bool:
+        """Whether the grace for a second owner's node to announce itself passed since it was queued."""
+        since = state.queued_at or state.task.time
+        return now >= since + timedelta(seconds=self.rules.owner_wait_s)
+
+    def shortfall(self, state: TaskState, live: Iterable[LiveNode] | None, now: datetime) -> Step | None:
+        """The task decided without its quorum because no other owner can run it
+        (`verification.short_of_owners`), or None when the usual rule applies (`live` None: the
+        live nodes are not known). Results that all agree: accepted unchecked; that disagree: the
+        task waits for a new owner (its verification says so) until it expires."""
+        if live is None or state.final or state.rechecked or state.policy is None:
+            return None
+        votes = state.votes()
+        counted = tally(votes)
+        rule = short_of_owners(
+            wanted=self.wanted(state),
+            running=len(state.open_replicas),
+            results=counted.results,
+            distinct=groups(votes),
+            new_owners=len(new_owners(state, live)),
+            waited_enough=self.owner_wait_over(state, now),
+        )
+        if rule == "accept_unchecked" and counted.key is not None:
+            if not any(r.result is not None for r in state.replicas if r.agreement_key == counted.key):
+                return None  # stored before results were kept: it waits for a quorum as it did
+            note = (
+                f"owners_short: no other owner's node can run {state.task.task_type}; "
+                f"{counted.owners} of the {state.quorum} owners wanted agreed, taken unchecked"
+            )
+            reduced = state.model_copy(update={"quorum": counted.owners, "note": note})
+            return self._accepted(reduced, counted.key, now, unchecked=True)
+        if rule == "await_owner":
+            note = (
+                f"owners_short: {counted.results} results disagree and no other owner's node can run "
+                f"{state.task.task_type}; waiting for one until the task expires"
+            )
+            if state.note == note:
+                return None
+            updated = state.model_copy(update={"outcome": "pending", "note": note})
+            event = TaskVerifying(
+                id=task_event_id(state.task_id, f"verifying:awaiting_owner:{state.attempt}"),
+                source=SOURCE,
+                copro_id=state.task.copro_id,
+                time=now,
+                task_id=state.task_id,
+                verification=updated.verification(),  # type: ignore[arg-type]
+            )
+            return Step(_with_events(updated, [("verifying", event)]))
+        return None
+
+    def short_of_owners(self, now: datetime) -> list[TaskState]:
+        """Tasks with results that want another replica and have none running: the tick asks
+        `shortfall` about each (an owner's node may have gone while its result waited)."""
+        return [
+            s
+            for s in self._states.values()
+            if not s.final
+            and not s.rechecked
+            and s.policy is not None
+            and not s.open_replicas
+            and s.votes()
+            and self.wanted(s) > 0
+            and s.expires_at > now
+        ]
+
     def _accepted(
-        self, state: TaskState, key: str, current: Replica, report: TaskResultReported, now: datetime
+        self,
+        state: TaskState,
+        key: str,
+        now: datetime,
+        *,
+        current: int | None = None,
+        unchecked: bool | None = None,
     ) -> Step:
-        unchecked = state.policy == "trusted"
+        """Accept the result agreeing on `key`, published as replica `current`'s (the one just
+        reported; None: the latest that gave it). `unchecked`: taken without a quorum (default:
+        the policy "trusted" takes it alone)."""
+        if unchecked is None:
+            unchecked = state.policy == "trusted"
         replicas: list[Replica] = []
         cancel: list[str] = []
         judgments: list[Judgment] = []
@@ -696,11 +825,21 @@ class TaskBoard:
         decided = state.model_copy(
             update={"replicas": replicas, "outcome": "accepted_unchecked" if unchecked else "accepted"}
         )
-        if unchecked and self.rules.recheck_window_s > 0:
+        # Kept for a re-check only when a trusted node's result was taken unchecked: an untrusted
+        # node caught wrong later triggers none.
+        if (
+            unchecked
+            and self.rules.recheck_window_s > 0
+            and any(r.verdict == "unchecked" and r.trusted for r in replicas)
+        ):
             decided = decided.model_copy(
                 update={"recheck_until": now + timedelta(seconds=self.rules.recheck_window_s)}
             )
-        assert report.result is not None
+        agreeing = [r for r in replicas if r.has_result and r.agreement_key == key]
+        chosen = next((r for r in agreeing if r.attempt == current), None) or max(
+            agreeing, key=lambda r: r.attempt
+        )
+        assert chosen.result is not None and chosen.usage is not None
         event = TaskCompleted(
             id=state.event_id("completed"),
             source=SOURCE,
@@ -708,10 +847,10 @@ class TaskBoard:
             time=now,
             task_id=state.task_id,
             task_type=state.task.task_type,
-            attempt=current.attempt,
-            node_id=current.node_id,
-            result=report.result,
-            usage=report.usage,
+            attempt=chosen.attempt,
+            node_id=chosen.node_id,
+            result=chosen.result,
+            usage=chosen.usage,
             co2_grams=self.task_grams(decided),
             verification=decided.verification(),
         )
@@ -719,16 +858,19 @@ class TaskBoard:
             _with_events(decided, [("completed", event)], status="completed", final_at=now), cancel, judgments
         )
 
-    def _unverifiable(self, state: TaskState, now: datetime) -> Step:
+    def _unverifiable(self, state: TaskState, now: datetime, message: str | None = None) -> Step:
+        """Failed `unverifiable`: results that waited for agreement were not needed (their
+        replicas stay `pending` in the verification, never judged)."""
         decided = state.model_copy(update={"outcome": "unverifiable"})
         counted = tally(decided.votes())
         step = self._failed(
             decided,
             now,
             "unverifiable",
-            f"{counted.results} results from distinct owners never reached a quorum of {state.quorum} "
+            message
+            or f"{counted.results} results from distinct owners never reached a quorum of {state.quorum} "
             f"(at most {state.max_replicas} asked for; the largest agreeing group had {counted.owners})",
-            "completed",
+            "not_needed",
             close_as="not_needed",
         )
         return step
@@ -823,8 +965,19 @@ class TaskBoard:
         return found
 
     def expire(self, state: TaskState, now: datetime) -> Step:
+        """At its expiry: a re-check ends; results that disagree (no owner came to break the tie)
+        fail `unverifiable` with the verification; otherwise the task expired."""
         if state.rechecked:
             return self._end_recheck(state, now)
+        votes = state.votes()
+        if groups(votes) > 1:
+            counted = tally(votes)
+            return self._unverifiable(
+                state,
+                now,
+                f"{counted.results} results disagree and no other owner's node agreed with one of them "
+                f"before the task expired (a quorum of {state.quorum} distinct owners is needed)",
+            )
         return self._expired(state, now)
 
     # ----- re-checks ---------------------------------------------------------------------------

@@ -28,6 +28,8 @@ class GridRules:
     `spot_check_rate`); at most `max_replicas` results are asked for before the task fails
     `unverifiable`; `trust_after` valid results in a row make a node trusted; results a trusted
     node delivered unchecked within `recheck_window_s` before it was caught wrong are checked again.
+    With no other owner's node able to run a task, its agreeing results are taken unchecked once
+    `owner_wait_s` passed since it was queued (a second owner's node may not have announced itself).
     """
 
     max_attempts: int = 3
@@ -39,12 +41,15 @@ class GridRules:
     spot_check_rate: float = 0.1
     trust_after: int = 5
     recheck_window_s: float = 3600.0
+    owner_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.quorum < 1 or self.max_replicas < self.quorum:
             raise ValueError("the quorum must be at least 1 and at most max_replicas")
         if not 0.0 <= self.spot_check_rate <= 1.0:
             raise ValueError("the spot-check rate is a probability, within [0, 1]")
+        if self.owner_wait_s < 0:
+            raise ValueError("owner_wait_s cannot be negative")
         if self.trust_after < 1:
             raise ValueError("trust_after must be at least 1")
 

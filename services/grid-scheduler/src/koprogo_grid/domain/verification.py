@@ -8,6 +8,11 @@ it is the same after a restart and a node cannot tell which of its tasks will be
 
 Results agree when their comparator keys (`domain/comparators.py`) are equal; a group counts its
 distinct owners, so two nodes of one operator never make a quorum.
+
+When the grid has fewer owners than the quorum (a stack with its bundled node alone, or the other
+owners' nodes gone), `short_of_owners` says what a task waiting for another owner does: results
+that all agree are accepted alone, unchecked (no trust earned, rewards held in escrow); results
+that disagree wait for a new owner until the task expires, then fail `unverifiable`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Policy = Literal["quorum", "spot_check", "trusted"]
+# What a task short of its quorum does when no other owner can run it (`short_of_owners`).
+Shortfall = Literal["proceed", "accept_unchecked", "await_owner"]
 
 
 def spot_check_drawn(task_id: str, salt: bytes, rate: float) -> bool:
@@ -79,3 +86,29 @@ def replicas_wanted(quorum: int, max_replicas: int, best_owners: int, results: i
 def reachable(quorum: int, max_replicas: int, best_owners: int, results: int) -> bool:
     """Whether a quorum can still be reached with the results not asked for yet."""
     return best_owners + (max_replicas - results) >= quorum
+
+
+def groups(votes: Iterable[Vote]) -> int:
+    """How many distinct results (agreement keys) there are."""
+    return len({vote.key for vote in votes})
+
+
+def short_of_owners(
+    *, wanted: int, running: int, results: int, distinct: int, new_owners: int, waited_enough: bool
+) -> Shortfall:
+    """What a task that has not reached its quorum does, given the owners that could still run it.
+
+    `wanted`: replicas it wants handed out now; `running`: its replicas still running; `results`
+    and `distinct`: its results and how many distinct ones (`groups`); `new_owners`: owners not already on the
+    task with a live node able to run it; `waited_enough`: the grace after it was queued passed
+    (a second owner's node may not have announced itself yet).
+
+    "proceed": the usual rule applies (no replica wanted, one still running, no result yet, an
+    owner left to ask, or still within the grace); "accept_unchecked": every result agrees and no
+    other owner exists: accepted alone, its replicas `unchecked`; "await_owner": the results
+    disagree and no owner can break the tie: the task waits for one until it expires, then fails
+    `unverifiable`.
+    """
+    if wanted <= 0 or running > 0 or results == 0 or new_owners > 0 or not waited_enough:
+        return "proceed"
+    return "accept_unchecked" if distinct == 1 else "await_owner"

@@ -14,6 +14,11 @@ attestation's flags (`domain.green`) go to the board, which decides; the judgmen
 the trust book, whose standings are stored (`NodeStandingStore`) before the task's state and
 published after it.
 
+Owners available (`TaskBoard.shortfall`): `live_nodes` gives the nodes alive now (from heartbeats:
+node id, task types, pools), each given its owner from the roster (else its node id). When no
+owner not already on a task can run it, its agreeing results are taken unchecked; this is looked
+at when a result comes and at each tick. Without `live_nodes` (None) a quorum is always waited for.
+
 Once a task is final and its decision published, what the user sent goes: its document is deleted
 from the object store and its tombstone keeps no parameters and no result (GDPR: contents live in
 the ledger alone, where an erasure reaches them).
@@ -26,11 +31,19 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from koprogo_grid.domain.board import PollingNode, ReportCheck, Step, TaskBoard, TaskState, Waiter
+from koprogo_grid.domain.board import (
+    LiveNode,
+    PollingNode,
+    ReportCheck,
+    Step,
+    TaskBoard,
+    TaskState,
+    Waiter,
+)
 from koprogo_grid.domain.comparators import agreement_key
 from koprogo_grid.domain.green import attestation_flags
 from koprogo_grid.domain.trust import NodeStanding, TrustBook
@@ -83,6 +96,7 @@ class GridScheduler:
         green: AttestationFlags = attestation_flags,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        live_nodes: Callable[[], Iterable[tuple[str, frozenset[str], frozenset[str]]]] | None = None,
     ) -> None:
         self.board = board
         self.trust = trust
@@ -99,6 +113,9 @@ class GridScheduler:
         self._green = green
         self._clock = clock
         self._monotonic = monotonic
+        # (node id, task types, pools) of each node alive now; set by the bootstrap once its node
+        # registry exists (None: not known, and no task is ever taken without its quorum).
+        self.live_nodes = live_nodes
         self._locks: dict[str, asyncio.Lock] = {}
         self._unpublished: dict[str, TaskState] = {}
         self._unpublished_trust: dict[str, NodeStanding] = {}
@@ -198,6 +215,15 @@ class GridScheduler:
                 return
             self._unsaved_keys.pop(node_id, None)
 
+    def live(self) -> list[LiveNode] | None:
+        """The nodes alive now with their owners, or None when not known."""
+        if self.live_nodes is None:
+            return None
+        return [
+            LiveNode(node_id, self.owner_of(node_id), frozenset(task_types), frozenset(pools))
+            for node_id, task_types, pools in self.live_nodes()
+        ]
+
     # ----- events from the stream ------------------------------------------------------------
 
     async def on_submitted(self, task: TaskSubmitted) -> None:
@@ -287,7 +313,7 @@ class GridScheduler:
                 )
             else:
                 check = ReportCheck(trusted=trusted)
-            step = self.board.reported(state, report, check, now)
+            step = self.board.reported(state, report, check, now, self.live())
             if step is None:  # not reachable: `current` was checked under the lock
                 return
             await self._apply(step)
@@ -391,6 +417,7 @@ class GridScheduler:
                     continue
                 await self._apply(step)
             requeued = requeued or self.board.wanted(step.state) > 0
+        await self._short_of_owners(now)
         for state in self.board.contents_to_forget(now):
             async with self._lock(state.task_id):
                 if self.board.get(state.task_id) is state and state.task_id not in self._unpublished:
@@ -405,6 +432,25 @@ class GridScheduler:
         await self._publish_pending()
         if requeued:
             await self._offer()
+
+    async def _short_of_owners(self, now: datetime) -> None:
+        """Decide tasks whose results wait for an owner that no live node has (accepted unchecked
+        when they agree; marked as waiting for a new owner when they disagree)."""
+        candidates = self.board.short_of_owners(now)
+        if not candidates:
+            return
+        live = self.live()
+        for state in candidates:
+            async with self._lock(state.task_id):
+                current = self.board.get(state.task_id)
+                if current is None or current is not state:
+                    continue  # changed since it was looked at: the next tick looks again
+                step = self.board.shortfall(current, live, now)
+                if step is None:
+                    continue
+                if step.state.final:
+                    log.info("task %s: %s", current.task_id, step.state.note)
+                await self._apply(step)
 
     # ----- storing and publishing ----------------------------------------------------------------
 
@@ -551,6 +597,7 @@ class GridScheduler:
             tombstone = state.model_copy(
                 update={
                     "task": state.task.model_copy(update={"parameters": {}}),
+                    "replicas": [r.model_copy(update={"result": None}) for r in state.replicas],
                     "outbox": [],
                     "recheck_until": None,
                 }
