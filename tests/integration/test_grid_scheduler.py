@@ -364,3 +364,46 @@ async def test_trust_earned_and_keys_pinned_survive_a_scheduler_restart(clean_je
         assert [(r.node_id, r.verdict, r.trusted) for r in v.replicas] == [("h1", "unchecked", True)]
     finally:
         await nc.close()
+
+
+async def test_a_lone_owner_s_result_is_accepted_unchecked_once_the_owner_wait_passed(
+    clean_jetstream: str,
+) -> None:
+    """GRID_QUORUM 2 on a stack with one owner (`make up` alone): no other owner's node ever
+    heartbeats, so after GRID_OWNER_WAIT_S the result is taken alone, unchecked, and earns no trust."""
+    nc, js, events = await _ready(clean_jetstream)
+    trust = await _trust_events(nc)
+    executor = EchoExecutor("ocr_invoice")
+    try:
+        async with (
+            scheduler(clean_jetstream, grid_owner_wait_s=2.0, grid_trust_after=1),
+            grid_node(clean_jetstream, "local", {"ocr_invoice": executor}),
+        ):
+            t = await submit(js, "ocr_invoice", page=1)
+            await wait_until(lambda: bool(events.of(t.id, "result_reported")), timeout=20)
+            reported_at = asyncio.get_running_loop().time()
+            await wait_until(events.done(t.id), timeout=20)
+            waited = asyncio.get_running_loop().time() - reported_at
+        [completed] = events.of(t.id, "completed")
+        v = completed.verification
+        assert completed.result == {"echo": {"page": 1}, "document_bytes": None}
+        assert v is not None and v.outcome == "accepted_unchecked" and v.policy == "quorum"
+        assert v.quorum == 1 and v.note is not None and "owners_short" in v.note
+        assert [(r.node_id, r.verdict, r.trusted) for r in v.replicas] == [("local", "unchecked", False)]
+        assert [e.type.split(".")[2] for e in events.of(t.id)] == [
+            "submitted",
+            "assigned",
+            "started",
+            "result_reported",
+            "verifying",  # within the grace a second owner might still have come
+            "completed",
+        ]
+        assert waited > 0.5  # decided by the tick once the grace passed, not at the report
+        assert executor.runs == 1
+        # Trust after one valid result, yet nothing earned: an unchecked result is not a valid one.
+        kv = await js.key_value(subjects.GRID_NODES_BUCKET)
+        standing = await KeyValueNodeStandingStore(kv).load()
+        assert [(s.node_id, s.trusted, s.validated) for s in standing] == [("local", False, 0)]
+        assert trust == []
+    finally:
+        await nc.close()
