@@ -135,3 +135,135 @@ def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_
     pod = k8s_pod("Deployment", "koprogo-grid-scheduler")
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["GRID_SIGNING_SEED_FILE"] == env["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
+
+
+# Who may hold what. Every other service is refused it: a secret given to a service that never
+# reads it is one more process, image and log it can leak from.
+DATABASE_HOLDERS = {"ledger", "gateway"}
+SECRET_ENV_HOLDERS = {
+    "DATABASE_URL": DATABASE_HOLDERS,
+    "POSTGRES_PASSWORD": {"postgres"},
+    "ANTHROPIC_API_KEY": {"cloud"},
+    "OPENAI_API_KEY": {"cloud"},
+    "MISTRAL_API_KEY": {"cloud"},
+}
+CONTENT_KEY_HOLDERS = {"ledger", "gateway"}
+SEED_HOLDERS = {
+    "admin.nk": {"stream-setup"},
+    "ledger.nk": {"ledger"},
+    "router.nk": {"router"},
+    "cloud.nk": {"cloud"},
+    "grid.nk": {"grid-scheduler"},
+    "gateway.nk": {"gateway"},
+    "compose-node.nk": {"edge-node"},
+}
+
+
+def compose_env_names() -> dict[str, set[str]]:
+    """Each compose service's environment variable names (anchors and merges resolved by the parser)."""
+    return {name: set(svc.get("environment") or {}) for name, svc in compose()["services"].items()}
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
+
+
+def k8s_secret_keys() -> dict[str, set[str]]:
+    """The keys of each secret, as the file's header tells the operator to create it
+    (`kubectl create secret generic NAME --from-literal=KEY=... --from-file=[KEY=]path`)."""
+    header = "\n".join(
+        line.lstrip("#").strip()
+        for line in (DEPLOY / "k8s" / "koprogo.yaml").read_text().splitlines()
+        if line.startswith("#")
+    ).replace("\\\n", " ")
+    secrets: dict[str, set[str]] = {}
+    for name, args in re.findall(r"kubectl create secret generic (\S+)(.*)", header):
+        keys = secrets.setdefault(name, set())
+        keys.update(re.findall(r"--from-literal=(\w+)=", args))
+        for source in re.findall(r"--from-file=(\S+)", args):
+            keys.add(source.split("=", 1)[0] if "=" in source else Path(source).name)
+    return secrets
+
+
+def k8s_workloads() -> dict[str, dict[str, Any]]:
+    """Each Job, Deployment and DaemonSet's pod spec, by the compose service name it matches."""
+    return {
+        d["metadata"]["name"].removeprefix("koprogo-"): d["spec"]["template"]["spec"]
+        for d in k8s_docs()
+        if d["kind"] in ("Job", "Deployment", "DaemonSet")
+    }
+
+
+def k8s_env_names() -> dict[str, set[str]]:
+    """Each workload's environment variable names: its `env` entries and every key of the secrets
+    its `envFrom` takes whole (a secret the header never creates counts as `<unknown NAME>`)."""
+    secrets = k8s_secret_keys()
+    names: dict[str, set[str]] = {}
+    for workload, pod in k8s_workloads().items():
+        held = names.setdefault(workload, set())
+        for container in pod["containers"]:
+            held.update(e["name"] for e in container.get("env", []))
+            for source in container.get("envFrom", []):
+                secret = source["secretRef"]["name"]
+                held.update(secrets.get(secret, {f"<unknown {secret}>"}))
+    return names
+
+
+def test_the_database_url_and_other_secret_variables_reach_only_the_services_that_read_them() -> None:
+    problems = []
+    for file, env_names in (("compose", compose_env_names()), ("k8s", k8s_env_names())):
+        for service, names in sorted(env_names.items()):
+            for variable in sorted(names):
+                holders = SECRET_ENV_HOLDERS.get(variable)
+                if variable.startswith("<unknown") or (holders is not None and service not in holders):
+                    problems.append(f"{file}: {service} gets {variable}")
+                # JWT_SECRET, the secret itself, is in no environment: the gateway reads JWT_SECRET_FILE.
+                if variable == "JWT_SECRET" or (variable == "JWT_SECRET_FILE" and service != "gateway"):
+                    problems.append(f"{file}: {service} gets {variable}")
+        for service in sorted(DATABASE_HOLDERS):
+            if "DATABASE_URL" not in env_names[service]:
+                problems.append(f"{file}: {service} lacks DATABASE_URL")
+    # Nor under another name: the password is interpolated into the database holders' URL only.
+    for name, svc in compose()["services"].items():
+        values = " ".join(str(v) for v in (svc.get("environment") or {}).values())
+        if "${POSTGRES_PASSWORD" in values and name not in DATABASE_HOLDERS | {"postgres"}:
+            problems.append(f"compose: {name} gets the PostgreSQL password")
+    assert not problems, "\n".join(problems)
+
+
+def test_seeds_content_keys_and_the_jwt_secret_are_mounted_only_where_they_are_read() -> None:
+    for name, svc in compose()["services"].items():
+        for volume in svc.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.endswith(".nk"):
+                assert name in SEED_HOLDERS[Path(source).name], (name, source)
+            if source.startswith("../secrets/"):
+                assert source == "../secrets/content-keys" and name in CONTENT_KEY_HOLDERS, (name, source)
+        assert not svc.get("secrets") or (name == "gateway" and svc["secrets"] == ["jwt-secret"]), name
+    # k8s: which secret keys each pod mounts or reads into a variable.
+    secrets = k8s_secret_keys()
+    for workload, pod in k8s_workloads().items():
+        held: set[tuple[str, str]] = set()
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                secret = volume["secret"]["secretName"]
+                items = volume["secret"].get("items")
+                held.update(
+                    (secret, key) for key in ([i["key"] for i in items] if items else secrets[secret])
+                )
+        for container in pod["containers"]:
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    held.add((ref["name"], ref["key"]))
+        for secret, key in held:
+            if key.endswith(".nk"):
+                assert workload in SEED_HOLDERS[key], (workload, secret, key)
+            if secret == "koprogo-content-keys":
+                assert workload in CONTENT_KEY_HOLDERS, (workload, secret)
+            if secret == "koprogo-database":
+                assert workload in DATABASE_HOLDERS, (workload, secret)
+            if secret == "koprogo-jwt":
+                assert workload == "gateway", (workload, secret)
+            if secret == "koprogo-cloud-keys":
+                assert workload == "cloud", (workload, secret)
