@@ -26,20 +26,37 @@ def gateway_env(**settings: str) -> dict[str, str]:
     return {**base, **settings}
 
 
-def test_a_gateway_without_a_verifier_refuses_to_start() -> None:
+def refusal(env: dict[str, str]) -> str:
+    """The one line a gateway that refuses to start writes on stderr (exit code 1)."""
+    started = subprocess.run([GATEWAY], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1, (started.returncode, started.stderr)
+    assert "Traceback" not in started.stderr, started.stderr
+    # Nothing of what it was given is echoed: pydantic's report printed every setting, password included.
+    assert "db-password-canary" not in started.stderr, started.stderr
+    (line,) = started.stderr.splitlines()
+    assert line.startswith("koprogo-gateway: cannot start: "), line
+    return line
+
+
+def test_a_gateway_without_a_verifier_refuses_to_start_with_one_line() -> None:
     port = free_port()
     # Unreachable servers: the refusal comes before any connection is tried.
     env = gateway_env(
-        GATEWAY_PORT=str(port), NATS_URL="nats://127.0.0.1:1", DATABASE_URL="postgresql://x@127.0.0.1:1/x"
+        GATEWAY_PORT=str(port),
+        NATS_URL="nats://127.0.0.1:1",
+        DATABASE_URL="postgresql://x:db-password-canary@127.0.0.1:1/x",
     )
-    started = subprocess.run([GATEWAY], env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode != 0
-    assert "no token verifier" in started.stderr and "AUTH_DISABLED=true" in started.stderr, started.stderr
-    production = subprocess.run(
-        [GATEWAY], env=env | {"ENVIRONMENT": "production", "AUTH_DISABLED": "true"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert production.returncode != 0 and "refused in production" in production.stderr, production.stderr
+    line = refusal(env)
+    assert "no token verifier" in line and "AUTH_DISABLED=true" in line, line
+    line = refusal(env | {"ENVIRONMENT": "production", "AUTH_DISABLED": "true"})
+    assert "refused in production" in line, line
+    line = refusal(env | {"ENVIRONMENT": "production"})
+    assert "ENVIRONMENT=production needs JWT_SECRET_FILE or JWKS_URL" in line, line
+    line = refusal(env | {"JWT_SECRET_FILE": "/nonexistent/jwt-secret"})
+    assert "JWT_SECRET_FILE /nonexistent/jwt-secret cannot be read" in line, line
+    # A malformed variable is named.
+    line = refusal(env | {"AUTH_DISABLED": "true", "GATEWAY_PORT": "eighty"})
+    assert "GATEWAY_PORT: " in line, line
 
 
 @contextmanager

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
+from pydantic import ValidationError
 
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
@@ -10,7 +13,13 @@ from koprogo_shared.logging_setup import configure_logging
 
 
 def main() -> None:
-    settings = GatewaySettings()
+    try:
+        settings = GatewaySettings()
+    except ValidationError as exc:
+        # One line an operator reads, exit code 1. Not pydantic's report: it spans lines and echoes
+        # every setting it was given (DATABASE_URL's password included) into the service's log.
+        print(f"koprogo-gateway: cannot start: {settings_problems(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
     configure_logging(settings.log_level, "gateway")
     uvicorn.run(
         create_app(settings),
@@ -22,3 +31,15 @@ def main() -> None:
         # of a stderr handler of uvicorn's own.
         log_config=None,
     )
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Each problem as `VARIABLE: message` (the whole-settings checks without a variable), joined
+    by "; ", with no input value in it."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        raised = (error.get("ctx") or {}).get("error")
+        message = str(raised) if isinstance(raised, ValueError) else error["msg"]
+        variable = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{variable}: {message}" if variable else message)
+    return "; ".join(" ".join(problem.split()) for problem in problems)
