@@ -31,6 +31,7 @@ from koprogo_node.adapters.model_files import bundled_model_path as bundled_mode
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.subjects import (
     DOCUMENTS_BUCKET,
+    GRID_NODES_BUCKET,
     GRID_TASKS_BUCKET,
     RATE_LIMIT_BUCKET,
     ROUTING_POLICY_BUCKET,
@@ -132,7 +133,8 @@ async def _admin(server_url: str, sql: str, attempts: int = 5) -> None:
 
 @pytest.fixture
 async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
-    """NATS with none of KoproGo's streams (nor its key-value buckets): each test declares them afresh."""
+    """NATS with none of KoproGo's streams (nor its key-value buckets, the grid's trust book
+    included): each test declares them afresh."""
 
     async def drop() -> None:
         nc = await nats.connect(nats_url)
@@ -142,7 +144,13 @@ async def clean_jetstream(nats_url: str) -> AsyncIterator[str]:
                 await js.delete_stream(spec.name)
             except NotFoundError:
                 pass
-        for bucket in (RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET, IDEMPOTENCY_BUCKET, GRID_TASKS_BUCKET):
+        for bucket in (
+            RATE_LIMIT_BUCKET,
+            ROUTING_POLICY_BUCKET,
+            IDEMPOTENCY_BUCKET,
+            GRID_TASKS_BUCKET,
+            GRID_NODES_BUCKET,  # the trust book: a test starts with no node trusted, no key pinned
+        ):
             try:
                 await js.delete_key_value(bucket)
             except NotFoundError:

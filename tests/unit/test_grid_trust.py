@@ -802,3 +802,28 @@ async def test_two_nodes_of_one_owner_are_one_owner_short_of_a_quorum() -> None:
     v = completed.verification
     assert v is not None and v.outcome == "accepted_unchecked"
     assert [(r.owner, r.verdict) for r in v.replicas] == [("acme", "unchecked")]
+
+
+async def test_a_restarted_scheduler_waits_for_nodes_to_announce_themselves_before_judging_owners_short() -> (
+    None
+):
+    grid = Grid(rules(owner_wait_s=10))
+    live = Live(grid, "n1", "n2")
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    first = await grid.take("n1")
+    grid.clock.advance(15)
+    await grid.report(first, result=HONEST)  # n2 is alive (not polling yet): the quorum is waited for
+    assert grid.store.saved[t.id].status == "verifying"
+    await grid.restart()
+    live = Live(grid)  # no node heard by the new scheduler yet
+    grid.clock.advance(1)
+    await grid.scheduler.tick(alive=live.nodes)
+    assert grid.events("completed") == []  # who is alive is not known yet: nothing taken alone
+    live.nodes.update({"n1", "n2"})
+    grid.clock.advance(10)
+    await grid.scheduler.tick(alive=live.nodes)
+    assert grid.events("completed") == []
+    await grid.report(await grid.take("n2"), result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.verification is not None and completed.verification.outcome == "accepted"

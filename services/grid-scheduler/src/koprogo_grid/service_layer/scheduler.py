@@ -116,6 +116,9 @@ class GridScheduler:
         # (node id, task types, pools) of each node alive now; set by the bootstrap once its node
         # registry exists (None: not known, and no task is ever taken without its quorum).
         self.live_nodes = live_nodes
+        # Nodes announce themselves after a (re)start: until `owner_wait_s` passed, who is alive
+        # is not known yet.
+        self._started_mono = monotonic()
         self._locks: dict[str, asyncio.Lock] = {}
         self._unpublished: dict[str, TaskState] = {}
         self._unpublished_trust: dict[str, NodeStanding] = {}
@@ -139,6 +142,7 @@ class GridScheduler:
 
     async def start(self) -> None:
         """Rebuild the board and the trust book from the stores, publish what a previous run may not have."""
+        self._started_mono = self._monotonic()
         self.board.salt = self._salt if self._salt is not None else await self._standings.salt()
         standings = await self._standings.load()
         self.trust.load(standings)
@@ -216,8 +220,11 @@ class GridScheduler:
             self._unsaved_keys.pop(node_id, None)
 
     def live(self) -> list[LiveNode] | None:
-        """The nodes alive now with their owners, or None when not known."""
+        """The nodes alive now with their owners, or None when not known (no `live_nodes`, or the
+        scheduler started less than `owner_wait_s` ago: nodes are still announcing themselves)."""
         if self.live_nodes is None:
+            return None
+        if self._monotonic() - self._started_mono < self.board.rules.owner_wait_s:
             return None
         return [
             LiveNode(node_id, self.owner_of(node_id), frozenset(task_types), frozenset(pools))
