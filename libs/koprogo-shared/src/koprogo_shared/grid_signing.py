@@ -115,7 +115,13 @@ def verify(public_key: str, payload: Any, signature: str) -> bool:
     try:
         key = nacl.signing.VerifyKey(public_key_bytes(public_key))
         key.verify(canonical_json(payload), _unb64(signature))
-    except (SignatureError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
+    except (
+        SignatureError,
+        nacl.exceptions.BadSignatureError,
+        nacl.exceptions.ValueError,
+        ValueError,
+        TypeError,
+    ):
         return False
     return True
 
@@ -142,7 +148,9 @@ def sign_assignment(signer: Signer, assignment: TaskAssignment, node_id: str) ->
     unsigned = a.model_copy(
         update={
             "node_id": node_id,
-            "input_digest": input_digest(a.task_type, a.parameters, a.document.sha256 if a.document else None),
+            "input_digest": input_digest(
+                a.task_type, a.parameters, a.document.sha256 if a.document else None
+            ),
             "signer": signer.public_key,
             "signature": None,
         }
@@ -207,7 +215,9 @@ def sign_report(signer: Signer, report: TaskResultReported, assignment: TaskAssi
     return unsigned.model_copy(update={"signature": signer.sign(report_payload(unsigned))})
 
 
-def report_refusal(report: TaskResultReported, node_key: str | None, expected_assignment_digest: str) -> str | None:
+def report_refusal(
+    report: TaskResultReported, node_key: str | None, expected_assignment_digest: str
+) -> str | None:
     """Why the scheduler must refuse `report`, or None when it is the node's own word on that work.
 
     `node_key`: the public key the node is known by (None: unknown, refused);
