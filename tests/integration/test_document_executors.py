@@ -8,6 +8,7 @@ a translation keeps the layout and reports every figure it lost.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from koprogo_node.adapters.llama_engine import LlamaEngine
+from koprogo_node.adapters.model_files import model_file_sha256
 from koprogo_node.domain.tasks.language import Language
 from koprogo_node.domain.tasks.minutes import extract_minutes
 from koprogo_node.domain.tasks.minutes_check import misplaced_sentences
@@ -87,6 +89,28 @@ async def test_the_tilleuls_minutes_are_summarised_with_their_decisions_read_fro
     assert any("bornes de recharge" in title for title in result["no_vote"])
     _assert_summary_is_checked(result, text, "fr")
     assert result["model_calls"] >= 1 and output.prompt_tokens > 0 and output.completion_tokens > 0
+
+
+@pytest.mark.timeout(900)
+async def test_two_runs_of_the_same_minutes_on_the_same_model_file_give_the_same_result(
+    bundled_model_path: Path,
+) -> None:
+    """What the grid's quorum relies on (docs/grid-trust.md): seeded decoding on the same GGUF gives
+    the same tokens, so two honest nodes' results agree. Each run on its own engine, as on two nodes.
+    The result holds no timing (the attempt's seconds are in the report's usage, not its result)."""
+    text = TILLEULS.read_text(encoding="utf-8")
+    document = TaskDocument(text.encode(), TEXT, "pv-ag-2025-les-tilleuls.txt")
+    sha = await asyncio.to_thread(model_file_sha256, bundled_model_path)
+    outputs = []
+    for _ in range(2):
+        async with llama(bundled_model_path, 2048) as engine:
+            executor = SummarizeMeetingExecutor(engine, sha)
+            outputs.append(await executor.run(TaskRun(parameters={}, document=document)))
+    first, second = outputs
+    assert first.result["model_sha256"] == sha
+    assert first.result == second.result
+    assert (first.prompt_tokens, first.completion_tokens) == (second.prompt_tokens, second.completion_tokens)
+    assert first.result["model_calls"] >= 1
 
 
 @pytest.mark.timeout(900)
