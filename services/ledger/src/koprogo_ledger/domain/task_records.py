@@ -184,7 +184,8 @@ def open_attempt_outcome(event: TaskFailed | TaskExpired | TaskCancelled) -> Att
 # How a replica's attempt ended, from the verdict of the verification that decided the task: an
 # accepted result completed (flagged too: its work agreed, it only earns nothing); a disagreeing
 # one is invalid; a refused report refused; a replica still running when the quorum was reached
-# was not needed. A lost one ended when the scheduler requeued it (its TaskRequeued says how).
+# was not needed ("not_needed"), nor was a result still waiting for agreement when the task failed
+# unverifiable ("pending"). A lost one ended when the scheduler requeued it (its TaskRequeued says how).
 _VERDICT_OUTCOMES: dict[str, AttemptOutcome] = {
     "valid": "completed",
     "unchecked": "completed",
@@ -192,6 +193,7 @@ _VERDICT_OUTCOMES: dict[str, AttemptOutcome] = {
     "invalid": "invalid",
     "refused": "refused",
     "pending": "not_needed",
+    "not_needed": "not_needed",
 }
 
 
