@@ -681,6 +681,7 @@ async def test_with_one_owner_alive_its_result_is_accepted_unchecked_after_the_g
     outcomes = [e.verification.outcome for e in grid.events("completed")]
     assert outcomes == ["accepted_unchecked"] * 3
     assert grid.scheduler.outcomes == {"accepted_unchecked": 3}
+    assert grid.scheduler.owners_short == {"accepted_unchecked": 3}
     assert trust_events(grid) == []
     standing = grid.standings.saved.get("local")
     assert standing is None or (standing.validated, standing.trusted) == (0, False)
@@ -746,6 +747,7 @@ async def test_disagreeing_results_with_no_new_owner_wait_then_fail_unverifiable
     assert failed.last_attempt_outcome == "not_needed"
     assert grid.store.saved[t.id].status == "failed"
     assert trust_events(grid) == []  # nobody was judged right or wrong
+    assert grid.scheduler.owners_short == {"awaiting_owner": 1, "unverifiable": 1}
 
 
 async def test_disagreeing_results_are_settled_by_a_new_owner_arriving_before_expiry() -> None:

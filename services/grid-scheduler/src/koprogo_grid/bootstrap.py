@@ -57,6 +57,12 @@ REPORTS_REFUSED = Counter(
 TRUST_CHANGES = Counter(
     "koprogo_grid_trust_changes_total", "Changes of nodes' standing, by reason", ["reason"]
 )
+OWNERS_SHORT = Counter(
+    "koprogo_grid_owners_short_total",
+    "Tasks whose quorum no live owner could complete, by what was done (accepted_unchecked: "
+    "agreeing results taken alone; awaiting_owner: disagreeing results wait; unverifiable: at expiry)",
+    ["decision"],
+)
 
 
 def _sync(counter: Counter, seen: dict[str, int], counts: dict[str, int]) -> None:
@@ -134,7 +140,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
 
         async def ticks() -> None:
             dispatched = 0
-            seen: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
+            seen: tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {}, {})
             while not stop.is_set():
                 alive = {c.node_id for c in registry.alive(time.monotonic())}
                 try:
@@ -149,6 +155,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
                 _sync(VERIFIED, seen[0], dict(scheduler.outcomes))
                 _sync(REPORTS_REFUSED, seen[1], dict(scheduler.refusals))
                 _sync(TRUST_CHANGES, seen[2], dict(scheduler.trust_changes))
+                _sync(OWNERS_SHORT, seen[3], dict(scheduler.owners_short))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.grid_tick_s)
 

@@ -135,6 +135,9 @@ class GridScheduler:
         self.outcomes: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
         self.trust_changes: Counter[str] = Counter()
+        # Tasks short of owners for their quorum, by what was done: accepted_unchecked,
+        # awaiting_owner (results disagree), unverifiable (at expiry).
+        self.owners_short: Counter[str] = Counter()
 
     @property
     def public_key(self) -> str:
@@ -532,6 +535,8 @@ class GridScheduler:
         if state.final and state.outbox:  # a decision (a re-check ended without one is not)
             verification = state.verification()
             self.outcomes[verification.outcome if verification else f"no_verification_{state.status}"] += 1
+        if state.outbox and state.note is not None and state.note.startswith("owners_short"):
+            self.owners_short[state.outcome if state.final else "awaiting_owner"] += 1
         if state.outbox:
             try:
                 await self._bus.publish(state.outbox)
