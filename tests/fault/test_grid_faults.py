@@ -1,6 +1,6 @@
 """The grid when its processes die: a real edge node (`koprogo-node --grid`, the bundled model)
 SIGKILLed mid-task, and the grid scheduler (`koprogo-grid-scheduler`) SIGKILLed mid-burst, each
-with tasks submitted through the real gateway."""
+with tasks submitted through the real gateway, with the default quorum (2 owners: the two nodes)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ async def _task(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
     return body
 
 
-async def test_an_edge_node_killed_mid_task_loses_it_to_the_other_node(
+async def test_an_edge_node_killed_mid_task_leaves_the_survivor_s_result_accepted_alone(
     fault_stack: FaultStackFactory,
 ) -> None:
+    """With the default quorum (2 owners), both nodes run a replica; one is SIGKILLed mid-summary.
+    No other owner is left to agree with the survivor: its result is taken alone, unchecked
+    (docs/grid-trust.md), within heartbeats and GRID_OWNER_WAIT_S, not after a deadline."""
     stack = await fault_stack(edge_nodes=2, grid=True)
     minutes = await asyncio.to_thread((FIXTURES / "pv-ag-2025-les-tilleuls.txt").read_text)
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
@@ -52,17 +55,24 @@ async def test_an_edge_node_killed_mid_task_loses_it_to_the_other_node(
 
         deadline = time.monotonic() + 300
         while (task := await _task(client, task_id))["status"] != "completed":
-            assert task["status"] in ("pending", "assigned", "running"), (task, stack.logs())
+            assert task["status"] in ("pending", "assigned", "running", "verifying"), (task, stack.logs())
             assert time.monotonic() < deadline, (task, stack.logs())
             await asyncio.sleep(0.5)
     survivor = next(n for n in stack.edge_nodes if n != doomed)
-    assert [(a["node_id"], a["outcome"]) for a in task["attempts"]] == [
-        (doomed, "node_lost"),
-        (survivor, "completed"),
-    ]
+    assert {a["node_id"]: a["outcome"] for a in task["attempts"]} == {
+        doomed: "node_lost",
+        survivor: "completed",
+    }, task["attempts"]
     assert task["result"]["decisions"], task["result"]
-    # Three missed heartbeats (0.5 s each) and the next poll, not a deadline of minutes.
-    assert task["attempts"][1]["started_at"] is not None
+    verification = task["verification"]
+    assert verification["outcome"] == "accepted_unchecked", verification
+    assert verification["quorum"] == 1 and "owners_short" in verification["note"], verification
+    assert {r["node_id"]: r["verdict"] for r in verification["replicas"]} == {
+        doomed: "lost",
+        survivor: "unchecked",
+    }, verification
+    # Three missed heartbeats (0.5 s each), the owner wait and the survivor's run, not a deadline
+    # of minutes.
     assert time.monotonic() - killed_at < 300
 
 
