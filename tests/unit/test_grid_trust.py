@@ -732,6 +732,7 @@ async def test_disagreeing_results_with_no_new_owner_wait_then_fail_unverifiable
     await grid.report(second, result=GARBAGE)
     state = grid.store.saved[t.id]
     assert state.status == "verifying" and state.note is not None and "disagree" in state.note
+    assert [r.result for r in state.replicas] == [HONEST, GARBAGE]  # kept until the decision
     waiting = grid.events("verifying")[-1].verification
     assert waiting.note == state.note and waiting.outcome == "pending"
     await grid.scheduler.tick(alive=live.nodes)  # nothing new: no second "waiting" event
@@ -746,6 +747,7 @@ async def test_disagreeing_results_with_no_new_owner_wait_then_fail_unverifiable
     assert [(r.node_id, r.verdict) for r in v.replicas] == [("n1", "pending"), ("n2", "pending")]
     assert failed.last_attempt_outcome == "not_needed"
     assert grid.store.saved[t.id].status == "failed"
+    assert [r.result for r in grid.store.saved[t.id].replicas] == [None, None]  # forgotten with the task
     assert trust_events(grid) == []  # nobody was judged right or wrong
     assert grid.scheduler.owners_short == {"awaiting_owner": 1, "unverifiable": 1}
 
@@ -828,4 +830,19 @@ async def test_a_restarted_scheduler_waits_for_nodes_to_announce_themselves_befo
     assert grid.events("completed") == []
     await grid.report(await grid.take("n2"), result=HONEST)
     [completed] = grid.events("completed")
+    assert completed.verification is not None and completed.verification.outcome == "accepted"
+
+
+async def test_the_stored_state_keeps_one_result_per_distinct_result_until_the_decision() -> None:
+    grid = Grid(rules(quorum=3, max_replicas=4))
+    Live(grid, "n1", "n2", "n3")
+    t = task()
+    await grid.scheduler.on_submitted(t)
+    a, b, c = await grid.take("n1"), await grid.take("n2"), await grid.take("n3")
+    await grid.report(a, result=HONEST)
+    await grid.report(b, result=HONEST)
+    assert [r.result for r in grid.store.saved[t.id].replicas] == [None, HONEST, None]
+    await grid.report(c, result=HONEST)
+    [completed] = grid.events("completed")
+    assert completed.result == HONEST and completed.node_id == "n3"
     assert completed.verification is not None and completed.verification.outcome == "accepted"

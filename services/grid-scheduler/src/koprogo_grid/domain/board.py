@@ -128,7 +128,8 @@ class Replica(BaseModel):
     co2_grams: float = Field(default=0.0, ge=0)
     flags: list[str] = Field(default_factory=list)
     # Its result, kept until the task is decided (a decision taken at a tick, without a report in
-    # hand, publishes it) and forgotten with the task's other contents.
+    # hand, publishes it) and forgotten with the task's other contents; only the newest replica
+    # of each distinct result keeps it.
     result: dict[str, Any] | None = None
 
     @property
@@ -656,7 +657,15 @@ class TaskBoard:
                         state.task.copro_id,
                     )
                 )
-            updated = state.model_copy(update={"replicas": _replace(state, done)})
+            # One result kept per distinct result (the newest): the stored state stays small.
+            replicas = [
+                r.model_copy(update={"result": None})
+                if r.agreement_key == done.agreement_key and r.result is not None
+                else r
+                for r in _replace(state, done)
+            ]
+            replicas = [done if r.attempt == done.attempt else r for r in replicas]
+            updated = state.model_copy(update={"replicas": replicas})
             if updated.policy is None:  # a replica handed out before verification existed
                 updated = updated.model_copy(
                     update={
@@ -835,7 +844,7 @@ class TaskBoard:
             decided = decided.model_copy(
                 update={"recheck_until": now + timedelta(seconds=self.rules.recheck_window_s)}
             )
-        agreeing = [r for r in replicas if r.has_result and r.agreement_key == key]
+        agreeing = [r for r in replicas if r.has_result and r.agreement_key == key and r.result is not None]
         chosen = next((r for r in agreeing if r.attempt == current), None) or max(
             agreeing, key=lambda r: r.attempt
         )
@@ -1019,6 +1028,7 @@ class TaskBoard:
                 "quorum": self.rules.quorum,
                 "max_replicas": max(self.rules.max_replicas, self.rules.quorum),
                 "outcome": "pending",
+                "note": None,
                 "replicas": replicas,
             }
         )
