@@ -125,6 +125,9 @@ async def run_node(
             log.info("MCP server at http://%s:%d/mcp", settings.ops_host, settings.ops_port)
         server = ops_server(settings.ops_host, settings.ops_port, ready, routes)
         server_task = asyncio.create_task(server.serve())
+    # A grid node names its model file's sha256 in model results: hashed while the model loads
+    # (a multi-GB file takes as long to read again), awaited before the grid loop starts.
+    model_digest = asyncio.create_task(_model_sha256(model_path)) if settings.joins_grid else None
     try:
         started = time.perf_counter()
         await engine.load()
@@ -142,12 +145,15 @@ async def run_node(
         answers = FileAnswerRecord(settings.answers_directory())
         service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id, answers), load=load)
         grid = (
-            await _grid_worker(settings, service, engine, js, model_path, grid_hook)
-            if settings.joins_grid
+            await _grid_worker(settings, service, engine, js, await model_digest, grid_hook)
+            if model_digest is not None
             else None
         )
         await _serve(settings, service, nc, js, stop, resident=_residency(engine), grid=grid)
     finally:
+        if model_digest is not None:
+            model_digest.cancel()  # stopped before the grid started: its outcome is not needed
+            await asyncio.gather(model_digest, return_exceptions=True)
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.drain()
@@ -314,7 +320,7 @@ async def _grid_worker(
     service: InferenceService,
     engine: InferenceEngine,
     js: JetStreamContext,
-    model_path: Path | None,
+    model_sha256: str | None,
     hook: GridWorkerHook | None,
 ) -> GridNode:
     """The grid worker over this node's engine, with the executors of the task types it runs."""
@@ -330,7 +336,6 @@ async def _grid_worker(
     await wait_for_streams(js, [object_store_stream(subjects.DOCUMENTS_BUCKET)])
     node_id = service.node.node_id
     signer = grid_signer(settings)
-    model_sha256 = await _model_sha256(model_path)
     worker = GridWorker(
         node_id,
         service.node.source,
