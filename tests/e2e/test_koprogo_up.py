@@ -96,10 +96,17 @@ def up_chat_restart(tmp_path: Path) -> None:
         task_url = f"{url}/mcp/v1/tasks/{submitted.json()['id']}"
         deadline = time.monotonic() + 120
         while (task := httpx.get(task_url, headers=alice, timeout=10).json())["status"] != "completed":
-            assert task["status"] in ("pending", "assigned", "running"), task
+            # "verifying": its result waits GRID_OWNER_WAIT_S for a second owner's node to agree.
+            assert task["status"] in ("pending", "assigned", "running", "verifying"), task
             assert time.monotonic() < deadline, task
             time.sleep(0.5)
         assert task["result"]["fields"]["invoice_number"]["value"] == "F-2025-0142"
+        # One owner on this stack (its bundled node): the quorum of 2 cannot be reached, so the
+        # result is taken alone, unchecked (no trust earned, its reward held in escrow).
+        verification = task["verification"]
+        assert verification["outcome"] == "accepted_unchecked", verification
+        assert verification["quorum"] == 1 and "owners_short" in verification["note"], verification
+        assert [r["verdict"] for r in verification["replicas"]] == ["unchecked"], verification
         # GDPR erasure, within the ledger's permissions too: it scrubs the audit log as well.
         erased = httpx.delete(f"{url}/mcp/v1/users/{ALICE}/data", headers=alice, timeout=30)
         assert erased.status_code == 202, erased.text
