@@ -761,8 +761,13 @@ async def test_disagreeing_results_are_settled_by_a_new_owner_arriving_before_ex
     grid.clock.advance(15)
     await grid.report(first, result=HONEST)
     await grid.report(second, result=GARBAGE)
+    await grid.scheduler.tick(alive=live.nodes)
+    assert grid.store.saved[t.id].note is not None  # waiting for an owner
     live.nodes.add("n3")
-    await grid.report(await grid.take("n3"), result=HONEST)
+    third = await grid.take("n3")
+    assert grid.store.saved[t.id].note is None  # one came
+    await grid.report(third, result=HONEST)
+    assert grid.scheduler.owners_short == {"awaiting_owner": 1}
     [completed] = grid.events("completed")
     v = completed.verification
     assert v is not None and v.outcome == "accepted" and v.note is None and v.quorum == 2

@@ -557,6 +557,7 @@ class TaskBoard:
                 quorum=quorum,
                 max_replicas=max_replicas,
                 replicas=[*state.replicas, replica],
+                note=None,  # an owner came: the task no longer waits for one
             )
         )
 
