@@ -127,7 +127,7 @@ class GridWorker:
 
     @property
     def public_key(self) -> str | None:
-        """The key the node's reports are signed with (announced in its heartbeats)."""
+        """The key the node's reports are signed with (its heartbeats announce the node's own key)."""
         return None if self.signer is None else self.signer.public_key
 
     @property
