@@ -33,6 +33,7 @@ from koprogo_shared.node_roster import NodeGrant
 from koprogo_shared.task_events import (
     NodeTrustChanged,
     TaskCancelRequested,
+    TaskVerification,
     task_event_id,
 )
 from tests.unit.test_grid_scheduler import T0, Grid, attestation, new_signer, task
@@ -851,3 +852,12 @@ async def test_the_stored_state_keeps_one_result_per_distinct_result_until_the_d
     [completed] = grid.events("completed")
     assert completed.result == HONEST and completed.node_id == "n3"
     assert completed.verification is not None and completed.verification.outcome == "accepted"
+
+
+def test_a_verification_without_a_note_is_serialised_as_before_the_field_existed() -> None:
+    """Readers built before `note` (extra="forbid") still read every verification that has none."""
+    plain = TaskVerification(policy="quorum", quorum=2, max_replicas=4)
+    assert "note" not in plain.model_dump() and '"note"' not in plain.model_dump_json()
+    noted = plain.model_copy(update={"note": "owners_short: alone"})
+    assert noted.model_dump()["note"] == "owners_short: alone"
+    assert TaskVerification.model_validate_json(noted.model_dump_json()) == noted

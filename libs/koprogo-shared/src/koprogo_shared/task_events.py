@@ -234,7 +234,9 @@ class TaskVerification(BaseModel):
     outcome: Literal["pending", "accepted", "accepted_unchecked", "unverifiable"] = "pending"
     # Why the rule applied differs from `policy`'s usual one, e.g. fewer owners alive than the
     # quorum: the result was taken alone (`quorum` is then what was reachable) or waits for one.
-    note: str | None = None
+    # No `note` key when there is none: a reader built before the field (extra="forbid") still
+    # reads every verification that has none.
+    note: str | None = Field(default=None, exclude_if=lambda note: note is None)
 
 
 class TaskVerifying(Event):
