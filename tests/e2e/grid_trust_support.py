@@ -149,8 +149,9 @@ class GridTrustStack:
 
     async def stop(self) -> None:
         await self.client.aclose()
-        everything = [*self.nodes.values(), *self.services.values()]
-        await asyncio.gather(*(p.stop() for p in everything), return_exceptions=True)
+        # The nodes first (they poll the scheduler), then the services, then NATS.
+        await asyncio.gather(*(p.stop() for p in self.nodes.values()), return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in self.services.values()), return_exceptions=True)
         self.nats.stop()
 
     def logs(self, lines: int = 40) -> str:
