@@ -22,6 +22,7 @@ import pytest
 
 from koprogo_shared.grid_signing import result_digest
 from tests.e2e.grid_trust_support import (
+    COPRO,
     TRANSLATION,
     X86,
     GridTrustStack,
@@ -146,6 +147,12 @@ async def test_an_honest_run_pays_every_node_and_the_fund_and_the_ledger_sums_to
         assert inflows(fund).get("co2_credit", 0) > 0, fund
         report = await stack.assert_ledger_balanced()
         assert report["entries"] > 0 and report["signed_heads"] >= 1, report
+        # /stats: what the copro paid the grid's nodes is what the nodes hold (nothing forfeited).
+        stats = await stack.get("/mcp/v1/stats", context=f"copro:{COPRO}")
+        nodes = await stack.grid_nodes()
+        held = sum(tokens(n["balance"]) + tokens(n["escrow"]) for n in nodes.values())
+        assert stats["grid_token_revenue"] == pytest.approx(held, abs=1e-9), (stats, nodes)
+        assert stats["grid_token_revenue"] > 0, stats
     finally:
         await stack.stop()
 
