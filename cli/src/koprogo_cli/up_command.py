@@ -197,8 +197,8 @@ def quorum_note(data_dir: Path, environ: Mapping[str, str]) -> str | None:
     """What to do when the roster's nodes are too few owners for the grid's quorum, else None.
 
     An untrusted node's grid task is accepted when nodes of GRID_QUORUM (default 2) distinct owners
-    agree (docs/grid-trust.md); the stack's own nodes are one owner (`local`), so alone they leave
-    every task `verifying` until it expires.
+    agree (docs/grid-trust.md); the stack's own nodes are one owner (`local`), so alone their results
+    are taken unchecked after GRID_OWNER_WAIT_S (paid into escrow, earning no trust).
     """
     try:
         quorum = int(environ.get("GRID_QUORUM") or DEFAULT_GRID_QUORUM)
@@ -209,10 +209,10 @@ def quorum_note(data_dir: Path, environ: Mapping[str, str]) -> str | None:
     if len(owners) >= quorum:
         return None
     return (
-        f"Grid tasks are accepted when nodes of {quorum} distinct owners agree (GRID_QUORUM); this stack's "
-        f"nodes have {len(owners)} ({', '.join(sorted(owners))}). Join nodes of other owners "
-        f"(`{command_hint('node', 'join', '--node-id', 'ID', '-m', BUNDLED_MODEL_ID, '--owner', 'NAME')}`), "
-        "or start with GRID_QUORUM=1 to take one node's result (paid into escrow until it earns trust)."
+        f"Grid tasks are verified when nodes of {quorum} distinct owners agree (GRID_QUORUM); this stack's "
+        f"nodes have {len(owners)} ({', '.join(sorted(owners))}), so their results are taken unchecked "
+        "(paid into escrow, earning no trust). To verify them, join nodes of other owners "
+        f"(`{command_hint('node', 'join', '--node-id', 'ID', '-m', BUNDLED_MODEL_ID, '--owner', 'NAME')}`)."
     )
 
 
