@@ -10,6 +10,7 @@ solidarity fund, and the ledger's verification, which every scenario leaves bala
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -357,7 +358,7 @@ async def test_an_implausible_energy_attestation_earns_nothing_and_the_task_stil
 ) -> None:
     """The greenwasher runs the honest code but signs solar output at its declared place's night."""
     latitude, longitude = night_place()
-    night = X86.__class__(X86.device_class, X86.idle_watts, latitude, longitude)
+    night = dataclasses.replace(X86, latitude=latitude, longitude=longitude)
     specs = [
         honest("h-alice", "alice"),
         honest("h-bob", "bob"),
