@@ -119,7 +119,7 @@ async def test_execute_prints_the_forecast_as_json_and_follows_the_task_on_stder
 
     code, out, err = await koprogo(stack, resident, "tasks", task_id)
     assert code == 0, err
-    assert f"id       {task_id}" in out and "status   completed" in out
+    assert re.search(rf"^id +{task_id}$", out, re.M) and re.search(r"^status +completed$", out, re.M), out
     assert "edge-test-0" in out and "result:" in out
     assert json.loads(out.split("result:", 1)[1])["horizon_months"] == 6
 

@@ -264,7 +264,9 @@ def test_a_node_of_another_machine_joins_a_running_stack_with_the_command_join_p
         # machine's loopback for its name, a GGUF for the placeholder, a free node port.
         (run,) = re.findall(
             r"`(NATS_URL=\S+ NATS_NKEY_SEED_FILE=\S+ NODE_ID=pi-cave "
-            r"POWER_WATTS=7 INTENSITY_G_PER_KWH=150 koprogo-node [^`]+)`",  # the energy its key declares
+            # the energy and device its key declares, the key its scheduler signs assignments with
+            r"POWER_WATTS=7 INTENSITY_G_PER_KWH=150 DEVICE_CLASS=\S+ [^`]*GRID_SCHEDULER_PUBLIC_KEY=U\S+ "
+            r"koprogo-node [^`]+)`",
             joined.stdout,
         )
         assert "-m /path/to/model.gguf --model-id house-model" in run  # not pullable: a file of one's own
