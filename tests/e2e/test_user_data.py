@@ -64,7 +64,9 @@ async def test_users_export_and_erase_their_own_data_and_admins_anyones(stack_fa
         tasks = (await _export(stack, resident_id, resident))["tasks"]
         return bool(tasks) and tasks[0]["status"] == "completed"
 
-    await wait_until(task_done, timeout=60)
+    # One owner on this stack: the result is taken unchecked after GRID_OWNER_WAIT_S (10 s); poll
+    # once a second, within the per-user rate limit (100 requests a minute).
+    await wait_until(task_done, timeout=60, interval=1.0)
 
     mine = await _export(stack, resident_id, resident)
     assert mine["user_id"] == resident_id
