@@ -1,0 +1,7 @@
+// The en catalogue: one module per area of the page.
+import { actions } from './actions';
+import { chat } from './chat';
+import { common } from './common';
+import { stats } from './stats';
+
+export const en = { common, chat, actions, stats };

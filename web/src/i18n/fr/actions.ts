@@ -1,0 +1,2 @@
+// Strings of the actions area (French, the reference).
+export const actions = {};

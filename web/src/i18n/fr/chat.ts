@@ -1,0 +1,2 @@
+// Strings of the chat area (French, the reference).
+export const chat = {};

@@ -1,0 +1,2 @@
+// Strings of the stats area (French, the reference).
+export const stats = {};
