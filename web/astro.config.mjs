@@ -6,7 +6,7 @@ import { defineConfig } from 'astro/config';
 
 export default defineConfig({
   base: '/mcp-chat',
-  trailingSlash: 'ignore',
+  trailingSlash: 'always',
   output: 'static',
   // No telemetry, no fonts or images fetched at build time: the build runs offline after `npm ci`.
   integrations: [
@@ -34,7 +34,7 @@ export default defineConfig({
       },
       workbox: {
         // The app shell and its hashed assets; the API (/mcp/v1, /v1, /mcp) is never cached.
-        globPatterns: ['**/*.{html,js,css,svg,png,webmanifest}'],
+        globPatterns: ['**/*.{html,js,css,svg,png}'],
         navigateFallback: '/mcp-chat/',
         navigateFallbackAllowlist: [/^\/mcp-chat/],
         runtimeCaching: [],
