@@ -28,7 +28,13 @@ from koprogo_ledger.domain.rewards import (
 from koprogo_ledger.domain.task_records import TaskState, forged_task_sender
 from koprogo_ledger.service_layer.grid_accounts import append_movements, apply_grid_accounts
 from koprogo_ledger.service_layer.ledger_heads import sign_head
-from koprogo_ledger.service_layer.ports import GridNodes, LedgerHeads, ProjectionUnitOfWork, TokenLedger
+from koprogo_ledger.service_layer.ports import (
+    GridNodes,
+    LedgerHeads,
+    ProjectionUnitOfWork,
+    TaskProjection,
+    TokenLedger,
+)
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared import co2, subjects
 from koprogo_shared.grid_signing import Signer
@@ -41,6 +47,7 @@ from koprogo_shared.task_events import (
     TaskVerification,
 )
 from koprogo_shared.token_chain import GENESIS, verify_chain
+from tests.unit.ledger_fakes import FakeGridNodes, FakeTaskProjection, FakeTokenLedger
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 RULES = RewardRules()
@@ -251,65 +258,16 @@ def test_entry_ids_are_derived_so_the_same_decision_gives_the_same_entries() -> 
 # ----- chaining and the use case with fakes -------------------------------------------------------
 
 
-class FakeTokenLedger(TokenLedger):
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.locked = 0
-
-    async def lock(self) -> None:
-        self.locked += 1
-
-    async def tip(self) -> ChainTip:
-        return ChainTip(self.rows[-1]["seq"], self.rows[-1]["hash"]) if self.rows else ChainTip()
-
-    async def known_entries(self, entry_ids: list[str]) -> set[str]:
-        return {r["entry_id"] for r in self.rows} & set(entry_ids)
-
-    async def balances(self, accounts: list[str]) -> dict[str, int]:
-        out = dict.fromkeys(accounts, 0)
-        for r in self.rows:
-            if r["credit"] in out:
-                out[r["credit"]] += r["amount_mt"]
-            if r["debit"] in out:
-                out[r["debit"]] -= r["amount_mt"]
-        return out
-
-    async def insert(self, rows: list[dict[str, Any]]) -> None:
-        assert [r["seq"] for r in rows] == list(range(len(self.rows) + 1, len(self.rows) + len(rows) + 1))
-        self.rows += rows
-
-
-class FakeGridNodes(GridNodes):
-    def __init__(self) -> None:
-        self.verdicts: dict[tuple[uuid.UUID, int], str] = {}
-        self.trust: dict[str, bool] = {}
-
-    async def record_replicas(self, task_id: uuid.UUID, verification: TaskVerification, at: datetime) -> None:
-        for r in verification.replicas:
-            self.verdicts[(task_id, r.attempt)] = r.verdict
-
-    async def record_trust(self, event: NodeTrustChanged) -> None:
-        self.trust[event.node_id] = event.trusted
-
-
-class FakeTasks:
-    def __init__(self, tasks: dict[uuid.UUID, TaskState]) -> None:
-        self.tasks = tasks
-
-    async def lock_task(self, task_id: uuid.UUID) -> TaskState | None:
-        return self.tasks.get(task_id)
-
-
 class FakeUnitOfWork(ProjectionUnitOfWork):
     """Only what `apply_grid_accounts` uses."""
 
     def __init__(self, tasks: dict[uuid.UUID, TaskState]) -> None:
         self.ledger = FakeTokenLedger()
         self.nodes = FakeGridNodes()
-        self._tasks = FakeTasks(tasks)
+        self._tasks = FakeTaskProjection(tasks)
 
     @property
-    def tasks(self) -> Any:
+    def tasks(self) -> TaskProjection:
         return self._tasks
 
     @property

@@ -23,9 +23,16 @@ from koprogo_ledger.domain.records import (
     ResponseRow,
     UserKey,
 )
-from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork, ResponseState
+from koprogo_ledger.service_layer.ports import (
+    GridNodes,
+    ProjectionUnitOfWork,
+    ResponseState,
+    TaskProjection,
+    TokenLedger,
+)
 from koprogo_ledger.service_layer.projection import Projected, project
 from koprogo_shared.events import ChatDelivered, ChatFailed, UserDataErasureRequested
+from tests.unit.ledger_fakes import FakeGridNodes, FakeTaskProjection, FakeTokenLedger
 from tests.unit.test_ledger_records import completed, requested
 
 
@@ -37,6 +44,11 @@ class FakeLedger:
         self.requests: dict[uuid.UUID, dict[str, Any]] = {}
         self.responses: dict[uuid.UUID, dict[str, Any]] = {}
         self.commits = 0
+        # The grid's ports: chat events never touch them (a test that projects grid events
+        # uses tests/unit/test_grid_rewards.py's unit of work, which stages nothing either).
+        self.task_projection = FakeTaskProjection()
+        self.tokens = FakeTokenLedger()
+        self.nodes = FakeGridNodes()
 
 
 class FakeUnitOfWork(ProjectionUnitOfWork):
@@ -44,6 +56,18 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
 
     def __init__(self, ledger: FakeLedger) -> None:
         self.ledger = ledger
+
+    @property
+    def tasks(self) -> TaskProjection:
+        return self.ledger.task_projection
+
+    @property
+    def token_ledger(self) -> TokenLedger:
+        return self.ledger.tokens
+
+    @property
+    def grid_nodes(self) -> GridNodes:
+        return self.ledger.nodes
 
     async def _begin(self) -> None:
         self.applied = set(self.ledger.applied)

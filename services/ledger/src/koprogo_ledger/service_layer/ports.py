@@ -103,19 +103,19 @@ class ProjectionUnitOfWork(abc.ABC):
         number of rows changed (0 when applied again)."""
 
     @property
+    @abc.abstractmethod
     def tasks(self) -> TaskProjection:
-        """The grid's tasks in the same transaction (a unit of work without them projects no task)."""
-        raise NotImplementedError(f"{type(self).__name__} projects no grid task")
+        """The grid's tasks, in the same transaction."""
 
     @property
+    @abc.abstractmethod
     def token_ledger(self) -> TokenLedger:
-        """The token ledger in the same transaction (a unit of work without it moves no token)."""
-        raise NotImplementedError(f"{type(self).__name__} has no token ledger")
+        """The token ledger, in the same transaction."""
 
     @property
+    @abc.abstractmethod
     def grid_nodes(self) -> GridNodes:
-        """The grid nodes' standings in the same transaction."""
-        raise NotImplementedError(f"{type(self).__name__} has no grid nodes")
+        """The grid nodes' standings, in the same transaction."""
 
 
 class TaskProjection(abc.ABC):
