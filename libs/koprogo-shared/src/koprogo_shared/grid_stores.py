@@ -18,6 +18,7 @@ from pathlib import Path
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.kv import KeyValue
 
 from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_NODES_BUCKET, GRID_TASKS_BUCKET
 
@@ -51,34 +52,47 @@ async def raise_stream_replicas(js: JetStreamContext, stream: str, replicas: int
         log.info("stream %s raised to %d replicas", stream, replicas)
 
 
-async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_kv_bucket(
+    js: JetStreamContext, bucket: str, description: str, *, replicas: int = 1, ttl_s: float | None = None
+) -> KeyValue:
+    """Create a key-value bucket (file storage, history 1, `ttl_s` or no TTL), or keep the existing one.
+
+    Every writer and reader declares the buckets it uses, so whichever starts first creates it; a
+    bucket declared with another configuration (another version, or by hand) is kept as it is,
+    except that its replicas are raised to `replicas` (the streams' count), never lowered.
+    """
     config = js_api.KeyValueConfig(
-        bucket=GRID_TASKS_BUCKET,
-        description="The grid scheduler's state: one key per task still to decide.",
+        bucket=bucket,
+        description=description,
         history=1,
+        ttl=ttl_s,
         storage=js_api.StorageType.FILE,
         replicas=replicas,
     )
     try:
-        await js.create_key_value(config)
+        return await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
-        log.info("grid tasks bucket kept with its existing configuration")
-        await raise_stream_replicas(js, kv_stream(GRID_TASKS_BUCKET), replicas)
+        log.info("bucket %s kept with its existing configuration", bucket)
+        await raise_stream_replicas(js, kv_stream(bucket), replicas)
+        return await js.key_value(bucket)
+
+
+async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    await ensure_kv_bucket(
+        js,
+        GRID_TASKS_BUCKET,
+        "The grid scheduler's state: one key per task still to decide.",
+        replicas=replicas,
+    )
 
 
 async def ensure_grid_nodes_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
-    config = js_api.KeyValueConfig(
-        bucket=GRID_NODES_BUCKET,
-        description="The grid scheduler's trust book: one key per node (owner, key, trust run, counts).",
-        history=1,
-        storage=js_api.StorageType.FILE,
+    await ensure_kv_bucket(
+        js,
+        GRID_NODES_BUCKET,
+        "The grid scheduler's trust book: one key per node (owner, key, trust run, counts).",
         replicas=replicas,
     )
-    try:
-        await js.create_key_value(config)
-    except nats.js.errors.BadRequestError:
-        log.info("grid nodes bucket kept with its existing configuration")
-        await raise_stream_replicas(js, kv_stream(GRID_NODES_BUCKET), replicas)
 
 
 async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> None:

@@ -23,7 +23,12 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_shared.grid_stores import declare_grid_stores, object_store_stream, raise_stream_replicas
+from koprogo_shared.grid_stores import (
+    declare_grid_stores,
+    ensure_kv_bucket,
+    object_store_stream,
+    raise_stream_replicas,
+)
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import (
     DOCUMENTS_BUCKET,
@@ -117,19 +122,13 @@ async def ensure_idempotency_bucket(js: JetStreamContext, *, replicas: int = 1) 
     File storage like every stream (a NATS restart must not run a request twice); history 1,
     since an entry is only ever created, then settled; the TTL forgets keys after 24 h.
     """
-    config = js_api.KeyValueConfig(
-        bucket=IDEMPOTENCY_BUCKET,
-        description="Idempotency keys of the gateways' chats: the request each runs as, and its outcome.",
-        history=1,
-        ttl=IDEMPOTENCY_TTL_S,
-        storage=js_api.StorageType.FILE,
+    await ensure_kv_bucket(
+        js,
+        IDEMPOTENCY_BUCKET,
+        "Idempotency keys of the gateways' chats: the request each runs as, and its outcome.",
         replicas=replicas,
+        ttl_s=IDEMPOTENCY_TTL_S,
     )
-    try:
-        await js.create_key_value(config)
-    except nats.js.errors.BadRequestError:
-        log.info("idempotency bucket kept with its existing configuration")
-        await raise_replicas(js, IDEMPOTENCY_BUCKET, replicas)
 
 
 async def declare_buckets(js: JetStreamContext, *, rate_limit_window_s: float, replicas: int = 1) -> None:
