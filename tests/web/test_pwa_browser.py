@@ -1,0 +1,108 @@
+"""The /mcp-chat PWA in a real browser: each Playwright spec (web/tests-e2e) against a stack started
+as `make up` starts it (`koprogo up`, the app built from web/), on a data folder and a port of its own.
+
+The specs sign in by pasting the dev token (KOPROGO_TOKEN), as a production user pastes theirs; the
+one-time link scenario gets a fresh link from `koprogo login-link` (KOPROGO_LOGIN_URL), since each
+link works once. Screenshots (360 and 1280 px per scenario) land in web/test-results/screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from koprogo_cli.dev_auth import dev_token_path
+from koprogo_cli.embedded import free_port
+from tests.conftest import postgres_dir
+from tests.e2e.test_grid_tasks import FIXTURES
+from tests.e2e.test_koprogo_up import koprogo
+from tests.web.conftest import CHROMIUM, SCREENSHOTS, WEB, require_chromium, run_in_web
+
+SPECS = sorted(path.name for path in (WEB / "tests-e2e").glob("*.spec.ts"))
+# What `koprogo up` must not inherit from a test run: it starts its own servers and secrets.
+FOREIGN = (
+    "NATS_URL",
+    "DATABASE_URL",
+    "JWT_SECRET",
+    "JWT_SECRET_FILE",
+    "JWKS_URL",
+    "AUTH_DISABLED",
+    "PWA_DIR",
+)
+
+
+@dataclass(frozen=True)
+class PwaStack:
+    url: str
+    data: Path
+    token: str
+    env: dict[str, str]
+
+    def login_url(self) -> str | None:
+        """A fresh one-time sign-in link (`koprogo login-link`), or None where the command does not exist."""
+        made = koprogo("login-link", "--data-dir", str(self.data), env=self.env)
+        if made.returncode != 0:
+            assert "invalid choice" in made.stderr, made.stdout + made.stderr
+            return None
+        links = [word for word in made.stdout.split() if word.startswith("http")]
+        assert links, made.stdout
+        return links[-1]
+
+
+@pytest.fixture(scope="module")
+def pwa_stack(web_app: Path) -> Iterator[PwaStack]:
+    require_chromium()
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("CONTENT_KEY")}
+    with postgres_dir() as folder:  # `koprogo up` keeps an embedded PostgreSQL in its data folder
+        data = folder / "data"
+        port = free_port()
+        try:
+            up = koprogo("up", "--detach", "--no-demo", "--data-dir", str(data), "--port", str(port), env=env)
+            assert up.returncode == 0, up.stdout + up.stderr
+            url = f"http://127.0.0.1:{port}"
+            page = httpx.get(f"{url}/mcp-chat/", timeout=30)
+            assert page.status_code == 200 and "<html" in page.text.lower(), (
+                f"the gateway does not serve the app at /mcp-chat/: {page.status_code} {page.text[:300]}"
+            )
+            yield PwaStack(url, data, dev_token_path(data).read_text().strip(), env)
+        finally:
+            down = koprogo("down", "--data-dir", str(data), env=env)
+            print(down.stdout + down.stderr)
+            print(f"screenshots: {SCREENSHOTS}")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("spec", SPECS)
+def test_browser_scenario(pwa_stack: PwaStack, spec: str) -> None:
+    env = {
+        "KOPROGO_URL": pwa_stack.url,
+        "KOPROGO_TOKEN": pwa_stack.token,
+        "KOPROGO_FIXTURES": str(FIXTURES),
+        "KOPROGO_SCREENSHOTS": str(SCREENSHOTS),
+        "CHROMIUM_PATH": str(CHROMIUM),
+        # Playwright drives Debian's chromium; it must never fetch a browser of its own.
+        "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
+    }
+    if "signin-link" in spec and (link := pwa_stack.login_url()):
+        env["KOPROGO_LOGIN_URL"] = link
+    started = time.monotonic()
+    result = run_in_web(
+        [
+            "npx", "--no-install", "playwright", "test", f"tests-e2e/{spec}",
+            "--output", f"test-results/playwright/{spec.removesuffix('.spec.ts')}",
+        ],
+        timeout=840,
+        env=env,
+    )  # fmt: skip
+    print(
+        f"{spec}: exit {result.returncode} in {time.monotonic() - started:.0f} s; screenshots in {SCREENSHOTS}"
+    )
+    assert result.returncode == 0, result.stdout
