@@ -19,6 +19,10 @@ command -v node >/dev/null || missing+=(nodejs)
 # A nodejs package that bundles npm (NodeSource's) conflicts with Debian's npm: ask for it only when absent.
 command -v node >/dev/null && ! command -v npm >/dev/null && missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
+# The page marks edge answers 🍓 and cloud ones ☁️: without a colour emoji font chromium draws boxes.
+if command -v dpkg-query >/dev/null && ! dpkg-query -W -f='${Status}' fonts-noto-color-emoji 2>/dev/null | grep -q 'ok installed'; then
+  missing+=(fonts-noto-color-emoji)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "Installing ${missing[*]} (to build llama.cpp, the virtualenv and the web app, and to test the app) ..."
@@ -28,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
   else
     echo "Missing system packages: ${missing[*]} (a C/C++ compiler builds llama.cpp; python3-venv makes .venv;" \
-      "nodejs and npm build the web app; chromium runs its browser tests)." >&2
+      "nodejs and npm build the web app; chromium and an emoji font run its browser tests)." >&2
     echo "On Debian/Ubuntu: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
