@@ -18,6 +18,7 @@ from koprogo_cli.dev_auth import (
 from koprogo_cli.instance import data_dir_of
 from koprogo_cli.invocation import installed_version
 from koprogo_cli.ledger_commands import add_ledger_parsers
+from koprogo_cli.login_link import add_login_link_parser
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.model_commands import local_models_command
 from koprogo_cli.nats_auth import (
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mcp_parser(sub)
     add_node_parser(sub)
     add_ledger_parsers(sub)
+    add_login_link_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
+from koprogo_cli.dev_auth import DEMO_COPRO_ID, DevAuthError, dev_token_path
 from koprogo_cli.embedded import EmbeddedServerError, free_port
 from koprogo_cli.instance import (
     GATEWAY_PORT,
@@ -34,6 +34,7 @@ from koprogo_cli.instance import (
     terminate,
 )
 from koprogo_cli.invocation import command_hint
+from koprogo_cli.login_link import LOGIN_CODE_TTL, dev_login_url
 from koprogo_cli.nats_auth import roster_file
 from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
 from koprogo_cli.stack import (
@@ -191,6 +192,23 @@ def _print_welcome(stack: Stack, data_dir: Path, models: list[ServedModel]) -> N
             f"{dev_token_path(data_dir)}; more tokens: "
             f"`{command_hint('token', *folder, '--user', 'alice', '--copro', DEMO_COPRO_ID)}`"
         )
+        print(chat_link_line(data_dir, stack.gateway_url, folder))
+    else:
+        print(
+            f"Open the chat: {stack.gateway_url}/mcp-chat/ (sign in with a token of your identity provider)"
+        )
+
+
+def chat_link_line(data_dir: Path, gateway_url: str, folder: list[str]) -> str:
+    """The welcome's line with a one-time link that opens the chat app signed in as the dev user."""
+    try:
+        url = dev_login_url(data_dir, gateway_url)
+    except DevAuthError as exc:
+        return f"Open the chat: {gateway_url}/mcp-chat/ (no sign-in link: {exc})"
+    return (
+        f"Open the chat: {url}\n"
+        f"  (this link signs in once, within {LOGIN_CODE_TTL.total_seconds() / 60:g} minutes; a fresh one: `{command_hint('login-link', *folder)}`)"
+    )
 
 
 def quorum_note(data_dir: Path, environ: Mapping[str, str]) -> str | None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import jwt
@@ -23,14 +24,17 @@ from koprogo_gateway.adapters.routing_policy_store import (
     NatsKvRoutingPolicyStore,
 )
 from koprogo_gateway.adapters.s3_documents import S3DocumentSource
+from koprogo_gateway.adapters.session_tokens import LocalSessionTokens
 from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from koprogo_gateway.adapters.task_bus import NatsTaskBus
 from koprogo_gateway.adapters.task_repository import PostgresTaskRepository
+from koprogo_gateway.adapters.used_login_codes import NatsKvUsedLoginCodes
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.grid import GridLedgerService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
+from koprogo_gateway.service_layer.login_links import LoginLinks
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
 from koprogo_gateway.service_layer.tasks import TaskService
@@ -62,6 +66,8 @@ class Gateway:
     verifier: JwtVerifier | None
     tasks: TaskService
     grid: GridLedgerService
+    # None unless tokens are checked with the local HS256 secret (settings.login_links_on).
+    login_links: LoginLinks | None = None
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -107,7 +113,8 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         documents = await NatsDocumentStore.open(js)
         # On the chat path too: the same short timeout as the counters.
         keys_js = nc.jetstream(timeout=settings.rate_limit_store_timeout_s)
-        idempotency_keys = NatsKvIdempotencyStore(await keys_js.key_value(IDEMPOTENCY_BUCKET), keys_js)
+        keys_bucket = await keys_js.key_value(IDEMPOTENCY_BUCKET)
+        idempotency_keys = NatsKvIdempotencyStore(keys_bucket, keys_js)
         # The ledger owns the schema; the gateway only reads it.
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
     except BaseException:
@@ -150,7 +157,24 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             keys=keys,
         ),
         grid=GridLedgerService(PostgresGridLedger(pool)),
+        login_links=_login_links(settings, admission, NatsKvUsedLoginCodes(keys_bucket)),
     )
+
+
+def _login_links(
+    settings: GatewaySettings, admission: ChatAdmission, used: NatsKvUsedLoginCodes
+) -> LoginLinks | None:
+    """The login links' exchange, when this gateway holds the HS256 secret that signs codes and sessions."""
+    if not settings.login_links_on or settings.jwt_secret is None:
+        return None
+    tokens = LocalSessionTokens(
+        secret=settings.jwt_secret.get_secret_value(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        session_ttl=timedelta(seconds=settings.login_session_ttl_s),
+    )
+    return LoginLinks(tokens=tokens, used=used, admission=admission)
 
 
 def _document_source(settings: GatewaySettings) -> S3DocumentSource | None:

@@ -1,5 +1,5 @@
 """Gateway settings (environment: NATS_URL, DATABASE_URL, GATEWAY_PORT, CHAT_TIMEOUT_S, RATE_LIMIT_*, JWT_*,
-JWKS_*, AUTH_DISABLED, CONTENT_KEYS*, TASK_*, S3_*, ...)."""
+JWKS_*, AUTH_DISABLED, LOGIN_*, PWA_DIR, CONTENT_KEYS*, TASK_*, S3_*, ...)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ MIN_SECRET_BYTES = 32
 
 def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def _default_pwa_dir() -> Path | None:
+    """The repository's `web/dist` when this package runs from a checkout (an editable install, as
+    `make install` makes it): the first folder above the package holding the app's `web/`."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "web" / "astro.config.mjs").is_file():
+            return folder / "web" / "dist"
+    return None
 
 
 class GatewaySettings(ContentKeySettings):
@@ -89,6 +98,15 @@ class GatewaySettings(ContentKeySettings):
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # How long the JWKS keys are cached before they are fetched again.
     jwks_cache_s: int = Field(default=300, ge=1)
+    # One-time login links (`koprogo login-link`): `POST /mcp/v1/session/exchange` trades a code for a
+    # session token lasting LOGIN_SESSION_TTL_S. Only with an HS256 secret (the gateway signs the
+    # session with it); with JWKS_URL or no verifier the exchange answers 404 whatever this says.
+    login_links_enabled: bool = True
+    login_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+
+    # The built /mcp-chat app (`cd web && npm ci && npm run build` writes web/dist); unset: the
+    # checkout's web/dist, if this package runs from one. Not built: /mcp-chat answers 503 saying so.
+    pwa_dir: Path | None = Field(default_factory=_default_pwa_dir)
 
     @field_validator(
         "jwt_secret",
@@ -97,6 +115,7 @@ class GatewaySettings(ContentKeySettings):
         "s3_endpoint_url",
         "s3_access_key_id",
         "s3_secret_access_key",
+        "pwa_dir",
         mode="before",
     )
     @classmethod
@@ -138,6 +157,11 @@ class GatewaySettings(ContentKeySettings):
     @property
     def authentication_on(self) -> bool:
         return self.jwt_secret is not None or self.jwks_url is not None
+
+    @property
+    def login_links_on(self) -> bool:
+        """Whether login codes are exchanged: enabled, and tokens are checked with the local HS256 secret."""
+        return self.login_links_enabled and self.jwt_secret is not None
 
     @property
     def auth_status(self) -> Literal["on", "disabled"]:

@@ -2,7 +2,9 @@
 
 The algorithm allow-list comes from the configuration, never from the token: with a secret
 only HS256, with a JWKS only RS256 and ES256, so `alg: none` and an HMAC signed with a public
-key are both refused. `iss`, `aud`, `exp` and `sub` are required and checked.
+key are both refused. `iss`, `aud`, `exp` and `sub` are required and checked. A token minted
+for one purpose (a one-time login code, `purpose: "login"`, domain/login_link.py) is no access
+token: any token with a `purpose` claim is refused here.
 """
 
 from __future__ import annotations
@@ -115,6 +117,15 @@ def _key_with_kid(keys: Sequence[jwt.PyJWK], kid: object) -> jwt.PyJWK | None:
 
 
 def _caller(claims: dict[str, Any]) -> Caller:
+    if "purpose" in claims:
+        raise UnauthorizedError(
+            f"a token minted for a purpose ({claims['purpose']!r}) is not an access token"
+            + (
+                ": exchange a login code at POST /mcp/v1/session/exchange"
+                if claims["purpose"] == "login"
+                else ""
+            )
+        )
     user_id = claims["sub"]
     copros = claims.get("copros", [])
     if not isinstance(user_id, str) or not user_id:

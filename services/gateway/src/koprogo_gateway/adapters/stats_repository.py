@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from koprogo_gateway.domain.errors import StatsUnavailableError
+from koprogo_gateway.domain.stats_series import SeriesRange
 from koprogo_shared.token_chain import MILLI
 
 # Answered chats (one response per request, counted once delivered) and completed grid tasks
@@ -115,13 +116,58 @@ def _where(
     return sql, args
 
 
+# `/mcp/v1/stats/series`: the same rows as the totals, grouped by UTC day or hour (the transaction's
+# TimeZone is UTC, so date_trunc cuts UTC days), joined onto every bucket of the range so that an
+# empty bucket is a row of zeros. $1 first bucket, $2 number of buckets, $3 bucket length,
+# $4 'day' | 'hour', $5 from (inclusive), $6 to (exclusive), $7 the copros when they are named
+# (the filter left out otherwise, so the planner can use the (copro_id, time) indexes when it is in).
+_SERIES_SELECT = """
+WITH buckets AS (
+    SELECT generate_series($1::timestamptz, $1::timestamptz + ($2::int - 1) * $3::interval, $3::interval)
+        AS start
+), answered AS (
+    SELECT
+        date_trunc($4::text, created_at)                      AS start,
+        count(*)                                              AS requests,
+        COALESCE(sum(total_tokens), 0)::bigint                AS tokens,
+        COALESCE(sum(co2_grams), 0)::double precision         AS co2_grams,
+        COALESCE(sum(co2_saved_grams), 0)::double precision   AS co2_saved_grams
+    FROM mcp_responses
+    WHERE delivered_at IS NOT NULL AND created_at >= $5 AND created_at < $6
+      {copro_filter}
+    GROUP BY 1
+), tasks AS (
+    SELECT
+        date_trunc($4::text, completed_at)                                 AS start,
+        count(*)                                                           AS requests,
+        COALESCE(sum(prompt_tokens + completion_tokens), 0)::bigint        AS tokens,
+        COALESCE(sum(co2_grams), 0)::double precision                      AS co2_grams
+    FROM mcp_tasks
+    WHERE status = 'completed' AND completed_at >= $5 AND completed_at < $6
+      {copro_filter}
+    GROUP BY 1
+)
+SELECT
+    b.start                                                   AS start,
+    COALESCE(a.requests, 0) + COALESCE(t.requests, 0)         AS requests,
+    COALESCE(a.tokens, 0) + COALESCE(t.tokens, 0)             AS total_tokens,
+    COALESCE(a.co2_grams, 0) + COALESCE(t.co2_grams, 0)       AS co2_grams,
+    COALESCE(a.co2_saved_grams, 0)                            AS co2_saved_grams
+FROM buckets AS b
+LEFT JOIN answered AS a ON a.start = b.start
+LEFT JOIN tasks AS t ON t.start = b.start
+ORDER BY b.start
+"""
+
+
 # The client waits this much longer than the statement timeout, so that the server's own stop
 # (which leaves nothing running) is what ends a long query, not the client giving up.
 _CLIENT_MARGIN_S = 2.0
 
 
 class PostgresStatsRepository:
-    """Read-only queries over `mcp_responses`, `mcp_tasks` and `grid_ledger_entries` for the gateway."""
+    """Read-only queries over `mcp_responses`, `mcp_tasks` and `grid_ledger_entries` for the gateway:
+    the totals (`stats`) and the same figures per day or hour (`series`)."""
 
     def __init__(self, pool: asyncpg.Pool, *, statement_timeout_s: float = 10.0) -> None:
         self._pool = pool
@@ -141,11 +187,60 @@ class PostgresStatsRepository:
         list gives zero figures).
         """
         sql, args = _where(date_from, date_to, copro_ids)
+        (row,) = await self._read(sql, args)  # an aggregate without GROUP BY returns one row
+        return {
+            "total_requests": int(row["total_requests"]),
+            "total_tokens": int(row["total_tokens"]),
+            "total_co2_grams": float(row["total_co2_grams"]),
+            "co2_saved_grams": float(row["co2_saved_grams"]),
+            "edge_requests": int(row["edge_requests"]),
+            "cloud_requests": int(row["cloud_requests"]),
+            "grid_requests": int(row["grid_requests"]),
+            "avg_latency_ms": float(row["avg_latency_ms"]),
+            # Sorted here, not by the database's collation, so the order is the same everywhere.
+            "models_used": sorted(row["models_used"]),
+            "grid_token_revenue": int(row["grid_token_revenue_mt"]) / MILLI,
+        }
+
+    async def series(self, buckets: SeriesRange, *, copro_ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        """The totals' figures per bucket of `buckets`, every bucket present, oldest first.
+
+        `copro_ids` as for `stats` (None: every copro, and requests without one)."""
+        args: list[Any] = [
+            buckets.first_bucket,
+            buckets.points,
+            buckets.step,
+            buckets.bucket,
+            buckets.date_from,
+            buckets.date_to,
+        ]
+        copro_filter = ""
+        if copro_ids is not None:
+            args.append(list(copro_ids))
+            copro_filter = "AND copro_id = ANY($7::text[])"
+        rows = await self._read(_SERIES_SELECT.format(copro_filter=copro_filter), args, utc=True)
+        return [
+            {
+                "start": row["start"],
+                "requests": int(row["requests"]),
+                "total_tokens": int(row["total_tokens"]),
+                "co2_grams": float(row["co2_grams"]),
+                "co2_saved_grams": float(row["co2_saved_grams"]),
+            }
+            for row in rows
+        ]
+
+    async def _read(self, sql: str, args: Sequence[Any], *, utc: bool = False) -> list[asyncpg.Record]:
+        """Run one read-only query under the statement timeout; StatsUnavailableError saying why not.
+
+        `utc`: the transaction's TimeZone is UTC (date_trunc then cuts UTC days and hours)."""
         timeout_s = self._statement_timeout_s
         try:
             async with self._pool.acquire(timeout=timeout_s) as conn, conn.transaction(readonly=True):
                 await conn.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout_s * 1000))}")
-                row = await conn.fetchrow(sql, *args, timeout=timeout_s + _CLIENT_MARGIN_S)
+                if utc:
+                    await conn.execute("SET LOCAL TimeZone = 'UTC'")
+                return list(await conn.fetch(sql, *args, timeout=timeout_s + _CLIENT_MARGIN_S))
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             raise StatsUnavailableError(
                 "statistics are not available yet: the ledger has not created its tables "
@@ -160,20 +255,6 @@ class PostgresStatsRepository:
             raise StatsUnavailableError(
                 f"the statistics database is unavailable ({type(exc).__name__})"
             ) from None
-        assert row is not None  # an aggregate without GROUP BY always returns one row
-        return {
-            "total_requests": int(row["total_requests"]),
-            "total_tokens": int(row["total_tokens"]),
-            "total_co2_grams": float(row["total_co2_grams"]),
-            "co2_saved_grams": float(row["co2_saved_grams"]),
-            "edge_requests": int(row["edge_requests"]),
-            "cloud_requests": int(row["cloud_requests"]),
-            "grid_requests": int(row["grid_requests"]),
-            "avg_latency_ms": float(row["avg_latency_ms"]),
-            # Sorted here, not by the database's collation, so the order is the same everywhere.
-            "models_used": sorted(row["models_used"]),
-            "grid_token_revenue": int(row["grid_token_revenue_mt"]) / MILLI,
-        }
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers (within 2 s)."""

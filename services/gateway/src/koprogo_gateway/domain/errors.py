@@ -38,7 +38,12 @@ GatewayError
  ├── TasksUnavailableError  PostgreSQL (the ledger's task projection) cannot answer (503)
  ├── GridNodeNotFoundError  no such grid node, or one the token does not operate (404)
  ├── GridLedgerUnavailableError PostgreSQL (the token ledger) cannot answer, or too slowly (503)
- └── GridLedgerBusyError    as many ledger verifications and exports run as the gateway allows (503)
+ ├── GridLedgerBusyError    as many ledger verifications and exports run as the gateway allows (503)
+ ├── LoginLinksDisabledError this gateway mints no sessions from login links: JWKS or no verifier (404)
+ ├── InvalidLoginLinkError  a login code that is malformed, badly signed, or no login code at all (401)
+ ├── LoginLinkExpiredError  a login code past its `exp` (401)
+ ├── LoginLinkUsedError     a login code already exchanged once (409)
+ └── LoginLinksUnavailableError the used codes' store (NATS JetStream KV) cannot answer (503)
 """
 
 from __future__ import annotations
@@ -262,3 +267,28 @@ class GridLedgerBusyError(GatewayError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Retry-After": "10"})
+
+
+class LoginLinksDisabledError(GatewayError):
+    status = 404
+    error = "login_links_disabled"
+
+
+class InvalidLoginLinkError(GatewayError):
+    status = 401
+    error = "invalid_login_link"
+
+
+class LoginLinkExpiredError(GatewayError):
+    status = 401
+    error = "login_link_expired"
+
+
+class LoginLinkUsedError(GatewayError):
+    status = 409
+    error = "login_link_used"
+
+
+class LoginLinksUnavailableError(GatewayError):
+    status = 503
+    error = "login_links_unavailable"

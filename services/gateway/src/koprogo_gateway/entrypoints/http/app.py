@@ -16,15 +16,18 @@ from koprogo_gateway.entrypoints.http import (
     routes_models,
     routes_nodes,
     routes_openai,
+    routes_pwa,
     routes_routing,
+    routes_session,
     routes_stats,
     routes_tasks,
     routes_user_data,
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
-from koprogo_gateway.entrypoints.http.docs_policy import DocsContentSecurityPolicy
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
+from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
+from koprogo_gateway.entrypoints.http.response_headers import ResponseHeaderPolicy
 from koprogo_gateway.entrypoints.http.routes_health import health_route
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
 from koprogo_gateway.settings import GatewaySettings
@@ -63,7 +66,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             for path in ("/mcp/v1/execute", "/mcp")
         },
     )
-    app.add_middleware(DocsContentSecurityPolicy)
+    app.add_middleware(ResponseHeaderPolicy)
+    # The chat PWA's built files, read from disk at each request (a rebuild needs no restart).
+    app.state.pwa_files = PwaFiles(settings.pwa_dir)
+    app.include_router(routes_session.router)
     app.include_router(routes_chat.router)
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
@@ -74,6 +80,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_nodes.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_asyncapi.router)
+    app.include_router(routes_pwa.router)
     # After the routers: `/mcp` is an exact route, the Model Context Protocol over streamable HTTP.
     mcp_sessions = mount_mcp(app, settings)
 

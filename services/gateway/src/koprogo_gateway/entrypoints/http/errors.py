@@ -19,6 +19,7 @@ from koprogo_gateway.entrypoints.http.json_body import (
     is_json,
     sent_content_type,
 )
+from koprogo_gateway.entrypoints.http.routes_session import PUBLIC_ROUTE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI reads and validates the body before the routes' dependencies run; a caller
-        # without a valid token must get its 401, not learn the API's shape from a 422.
-        try:
-            await authenticate(request.app.state.gateway, bearer_token(request))
-        except GatewayError as refused:
-            return await gateway_error(request, refused)
+        # without a valid token must get its 401, not learn the API's shape from a 422 (except on
+        # the routes that take no token).
+        if getattr(request.scope.get("route"), "name", None) not in PUBLIC_ROUTE_NAMES:
+            try:
+                await authenticate(request.app.state.gateway, bearer_token(request))
+            except GatewayError as refused:
+                return await gateway_error(request, refused)
         errors = exc.errors()
         sent = sent_content_type(request.scope)
         body_refused = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
