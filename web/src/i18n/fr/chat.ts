@@ -1,2 +1,141 @@
 // Strings of the chat area (French, the reference).
-export const chat = {};
+export const chat = {
+  log: 'Conversation avec l’assistant',
+  you: 'Vous',
+  assistant: 'Assistant',
+  jumpToLatest: 'Aller au dernier message',
+  clear: 'Effacer la conversation',
+  clearConfirm: 'Effacer cette conversation de cet appareil ? Les messages en attente ne seront pas envoyés.',
+  storageError: 'Impossible d’enregistrer sur cet appareil (stockage plein ou navigation privée) : {detail}',
+  empty: {
+    title: 'Posez votre question à l’assistant de la copropriété',
+    intro: 'Quelques exemples pour commencer :',
+    noCopro: 'Votre accès ne mentionne aucune copropriété : les réponses resteront générales.',
+    examples: {
+      meeting: 'Quels points faut-il inscrire à l’ordre du jour de la prochaine assemblée générale ?',
+      charges: 'Comment les charges de l’ascenseur sont-elles réparties entre les copropriétaires ?',
+      leak: 'Une fuite dans ma salle de bain abîme le plafond du voisin : qui doit payer la réparation ?',
+    },
+  },
+  composer: {
+    label: 'Votre message',
+    placeholder: 'Écrivez votre question…',
+    hint: 'Entrée pour envoyer, Maj+Entrée pour aller à la ligne.',
+    length: '{count} / {max} caractères',
+    send: 'Envoyer',
+    stop: 'Arrêter la réponse',
+    offline: 'Vous êtes hors ligne : votre message sera envoyé dès le retour de la connexion.',
+    sendFailed: 'Le message n’a pas pu être enregistré : {detail}',
+  },
+  model: {
+    label: 'Modèle',
+    groups: { auto: 'Automatique', edge: '🍓 Local (edge)', cloud: '☁️ Cloud' },
+    auto: {
+      auto: 'Choix automatique',
+      small: 'Automatique, modèle léger',
+      large: 'Automatique, grand modèle',
+    },
+    unavailable: '(indisponible)',
+    loadFailed: 'La liste des modèles n’a pas pu être mise à jour : {detail}',
+  },
+  routing: {
+    label: 'Acheminement',
+    options: {
+      copro_default: {
+        label: 'Politique de la copropriété',
+        help: 'Suit la règle choisie par votre copropriété.',
+      },
+      edge_only: {
+        label: 'Uniquement en local',
+        help: 'Vos données ne quittent pas les nœuds locaux (Raspberry Pi) ; sans nœud disponible, pas de réponse.',
+      },
+      prefer_edge: {
+        label: 'Local de préférence',
+        help: 'Un nœud local d’abord, le cloud seulement si aucun ne peut répondre.',
+      },
+      lowest_carbon: {
+        label: 'Le moins de CO₂',
+        help: 'Là où la réponse émet le moins de CO₂.',
+      },
+      fastest: {
+        label: 'Le plus rapide',
+        help: 'Là où la réponse devrait arriver le plus vite.',
+      },
+    },
+  },
+  outbox: {
+    queuedOffline: {
+      one: '1 message en attente — envoi dès le retour de la connexion',
+      other: '{count} messages en attente — envoi dès le retour de la connexion',
+    },
+    queued: {
+      one: '1 message en attente d’envoi',
+      other: '{count} messages en attente d’envoi',
+    },
+    sending: 'Envoi…',
+    failed: {
+      one: '1 échec',
+      other: '{count} échecs',
+    },
+  },
+  status: {
+    queued: 'En attente',
+    sending: 'Envoi…',
+    streaming: 'Réponse en cours…',
+    failed: 'Échec',
+    stopped: 'Réponse interrompue',
+  },
+  message: {
+    thinking: 'L’assistant rédige sa réponse…',
+    copy: 'Copier',
+    copyLabel: 'Copier ce message',
+    copied: 'Copié',
+    copyFailed: 'Copie impossible',
+    retry: 'Réessayer',
+    retryLabel: 'Réessayer l’envoi de ce message',
+    details: 'Détails techniques',
+  },
+  errors: {
+    rate_limited: 'Trop de demandes en peu de temps : patientez un instant.',
+    model_not_found: 'Ce modèle est inconnu de la passerelle : choisissez-en un autre.',
+    no_target_available: 'Aucun serveur ne peut exécuter ce modèle pour le moment : essayez un autre modèle ou plus tard.',
+    edge_only_no_node:
+      'La politique de la copropriété garde vos données sur ses propres nœuds, et aucun ne sert ce modèle pour le moment.',
+    node_lost: 'Le nœud qui répondait s’est arrêté et aucun autre ne sert ce modèle : réessayez.',
+    policy_forbids:
+      'La politique de la copropriété interdit cet acheminement : ses données restent sur ses propres nœuds. Choisissez « Politique de la copropriété » ou « Uniquement en local ».',
+    forbidden: 'Votre accès ne permet pas cette demande pour cette copropriété.',
+    unauthorized: 'Votre session a expiré : reconnectez-vous.',
+    timeout: 'La réponse a pris trop de temps : réessayez.',
+    offline: 'Le serveur est injoignable : vérifiez votre connexion.',
+    unavailable: 'Le service est momentanément indisponible : réessayez dans un instant.',
+    interrupted: 'La réponse a été interrompue en cours de route : réessayez.',
+    too_long: 'Ce message est trop long pour être envoyé.',
+    unsupported: 'Aucun serveur de ce modèle n’accepte cette demande telle quelle : essayez un autre modèle.',
+    gateway: 'La passerelle a refusé la demande : {detail}',
+  },
+  meta: {
+    label: 'Où et comment la réponse a été produite :',
+    edgeNoNode: 'nœud local',
+    edgeLong: 'Exécuté en local sur le nœud {node}.',
+    cloud: 'cloud',
+    cloudLong: 'Exécuté dans le cloud chez {provider}.',
+    grid: 'grille',
+    gridLong: 'Exécuté sur la grille de calcul ({node}).',
+    latencyLong: 'Temps de réponse : {value}.',
+    ms: '{value} ms',
+    seconds: '{value} s',
+    tokens: '{prompt} → {completion} jetons',
+    tokensLong: '{prompt} jetons envoyés, {completion} jetons générés.',
+    co2: '{value} g CO₂',
+    co2Long: '{value} grammes de CO₂ émis.',
+    saved: '{value} g évités',
+    savedLong: '{value} grammes de CO₂ évités.',
+  },
+  providers: {
+    anthropic: 'Anthropic',
+    openai: 'OpenAI',
+    mistral: 'Mistral AI',
+    local: 'local',
+  },
+};
