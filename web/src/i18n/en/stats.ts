@@ -1,4 +1,49 @@
 import type { Translation } from '..';
 import type { stats as reference } from '../fr/stats';
 
-export const stats: Translation<typeof reference> = {};
+export const stats: Translation<typeof reference> = {
+  title: 'Costs and CO₂',
+  scope: 'Since the start, for {copro}',
+  scopeAll: 'Since the start, for all your co-ownerships',
+  refresh: 'Refresh',
+  refreshing: 'Refreshing…',
+  asOf: 'Figures as of {time}',
+  offlineAsOf: 'Offline: figures as of {time}',
+  never: 'No figures yet.',
+  offlineNever: 'Offline: the figures will show once the connection is back.',
+  totals: {
+    label: 'Totals',
+    requests: 'Requests',
+    requestsSplit: '{edge} local (🍓 edge), {cloud} in the cloud (☁️), {grid} on the grid',
+    tokens: 'Tokens processed',
+    co2Emitted: 'CO₂ emitted',
+    co2Saved: 'CO₂ saved',
+    latency: 'Average response time',
+    models: 'Models used',
+    noModels: 'none',
+    gridRevenue: "Tokens paid to the grid's nodes",
+  },
+  units: { grams: '{value} g', kilograms: '{value} kg', ms: '{value} ms' },
+  chart: {
+    heading: 'CO₂ per day, last 30 days',
+    title: 'CO₂ emitted and saved per day over the last 30 days',
+    desc: 'Two lines: CO₂ emitted (solid) and CO₂ saved compared with the cloud (dashed), in grams, from {from} to {to}. Total: {emitted} emitted, {saved} saved. Highest day: {max}.',
+    emitted: 'CO₂ emitted',
+    saved: 'CO₂ saved',
+    axisY: 'grams of CO₂',
+    axisX: 'day',
+    empty: 'No CO₂ recorded over these 30 days.',
+    tableCaption: 'CO₂ per day (grams)',
+    day: 'Day',
+    requests: 'Requests',
+    unavailable: 'The per-day history is not available.',
+  },
+  errors: {
+    network: 'The server cannot be reached.',
+    not_found: 'Your token gives no access to this co-ownership.',
+    unavailable: 'The statistics are unavailable for the moment. Try again shortly.',
+    rate_limited: 'Too many requests: try again in {seconds} s.',
+    malformed: 'The server sent figures that cannot be read.',
+    other: 'The figures could not be loaded ({message}).',
+  },
+};

@@ -1,4 +1,49 @@
 import type { Translation } from '..';
 import type { stats as reference } from '../fr/stats';
 
-export const stats: Translation<typeof reference> = {};
+export const stats: Translation<typeof reference> = {
+  title: 'Kosten en CO₂',
+  scope: 'Sinds het begin, voor {copro}',
+  scopeAll: 'Sinds het begin, voor al uw mede-eigendommen',
+  refresh: 'Vernieuwen',
+  refreshing: 'Vernieuwen…',
+  asOf: 'Cijfers van {time}',
+  offlineAsOf: 'Offline: cijfers van {time}',
+  never: 'Nog geen cijfers.',
+  offlineNever: 'Offline: de cijfers verschijnen zodra de verbinding terug is.',
+  totals: {
+    label: 'Totalen',
+    requests: 'Verzoeken',
+    requestsSplit: '{edge} lokaal (🍓 edge), {cloud} in de cloud (☁️), {grid} op het grid',
+    tokens: 'Verwerkte tokens',
+    co2Emitted: 'Uitgestoten CO₂',
+    co2Saved: 'Vermeden CO₂',
+    latency: 'Gemiddelde antwoordtijd',
+    models: 'Gebruikte modellen',
+    noModels: 'geen',
+    gridRevenue: 'Tokens betaald aan de knooppunten van het grid',
+  },
+  units: { grams: '{value} g', kilograms: '{value} kg', ms: '{value} ms' },
+  chart: {
+    heading: 'CO₂ per dag, laatste 30 dagen',
+    title: 'Uitgestoten en vermeden CO₂ per dag over de laatste 30 dagen',
+    desc: 'Twee lijnen: uitgestoten CO₂ (doorlopend) en CO₂ vermeden ten opzichte van de cloud (stippellijn), in gram, van {from} tot {to}. Totaal: {emitted} uitgestoten, {saved} vermeden. Hoogste dag: {max}.',
+    emitted: 'Uitgestoten CO₂',
+    saved: 'Vermeden CO₂',
+    axisY: 'gram CO₂',
+    axisX: 'dag',
+    empty: 'Geen CO₂ geregistreerd in deze 30 dagen.',
+    tableCaption: 'CO₂ per dag (gram)',
+    day: 'Dag',
+    requests: 'Verzoeken',
+    unavailable: 'De geschiedenis per dag is niet beschikbaar.',
+  },
+  errors: {
+    network: 'De server is niet bereikbaar.',
+    not_found: 'Uw token geeft geen toegang tot deze mede-eigendom.',
+    unavailable: 'De statistieken zijn tijdelijk niet beschikbaar. Probeer het zo meteen opnieuw.',
+    rate_limited: 'Te veel verzoeken: probeer opnieuw over {seconds} s.',
+    malformed: 'De server stuurde onleesbare cijfers.',
+    other: 'De cijfers konden niet geladen worden ({message}).',
+  },
+};
