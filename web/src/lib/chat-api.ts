@@ -186,21 +186,23 @@ export async function streamChat(
   signal: AbortSignal,
 ): Promise<ChatResponse> {
   if (signal.aborted) throw abortError();
-  const response = await apiFetch(CHAT_PATH, {
-    method: 'POST',
-    body: JSON.stringify(body),
-    headers: { 'Idempotency-Key': idempotencyKey, Accept: 'text/event-stream' },
-    signal,
-  });
+  let response: Response;
+  try {
+    response = await apiFetch(CHAT_PATH, {
+      method: 'POST',
+      body: JSON.stringify(body),
+      headers: { 'Idempotency-Key': idempotencyKey, Accept: 'text/event-stream' },
+      signal,
+    });
+  } catch (error) {
+    if (signal.aborted) throw abortError();
+    throw error;
+  }
   const replayed = response.headers.get('Idempotent-Replayed') === 'true';
   if (!response.body) throw new NetworkError('the gateway sent no stream');
   const seen = new Set<number>();
-  // Some fetch implementations do not error the body on abort: cancel it ourselves.
-  const body$ = response.body;
-  const onAbort = () => void body$.cancel().catch(() => undefined);
-  signal.addEventListener('abort', onAbort, { once: true });
   try {
-    for await (const { event, data } of readSse(body$)) {
+    for await (const { event, data } of readSse(response.body, signal)) {
       if (signal.aborted) throw abortError();
       if (event === 'delta') {
         const piece = parseJson(data, 'delta') as { index?: unknown; delta?: unknown };
@@ -227,8 +229,6 @@ export async function streamChat(
     if (signal.aborted) throw abortError();
     if (error instanceof ApiError || error instanceof NetworkError) throw error;
     throw new NetworkError(error instanceof Error ? error.message : String(error));
-  } finally {
-    signal.removeEventListener('abort', onAbort);
   }
   if (signal.aborted) throw abortError();
   throw new NetworkError('the stream ended before its answer was complete');

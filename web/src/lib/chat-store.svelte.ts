@@ -94,26 +94,34 @@ class MessageWriter {
     return this.flush();
   }
 
+  /** Resolves once everything saved so far is written (rejects with the first write's failure). */
   flush(): Promise<void> {
-    this.flushing ??= (async () => {
-      let failure: unknown = null;
+    if (!this.flushing) {
+      if (this.latest.size === 0) return Promise.resolve();
+      const flushing = this.drain().finally(() => {
+        if (this.flushing === flushing) this.flushing = null;
+      });
+      this.flushing = flushing;
+    }
+    // A save made after the drain's last look is written by the next one.
+    return this.flushing.then(() => (this.latest.size > 0 ? this.flush() : undefined));
+  }
+
+  private async drain(): Promise<void> {
+    // Yield first: `flushing` is set before the loop can end (an await-free run would clear it too early).
+    await Promise.resolve();
+    let failure: unknown = null;
+    while (this.latest.size > 0) {
+      const [id, message] = this.latest.entries().next().value as [string, StoredMessage | null];
+      this.latest.delete(id);
       try {
-        while (this.latest.size > 0) {
-          const [id, message] = this.latest.entries().next().value as [string, StoredMessage | null];
-          this.latest.delete(id);
-          try {
-            if (message) await putMessage(message);
-            else await deleteMessage(id);
-          } catch (error) {
-            failure ??= error;
-          }
-        }
-      } finally {
-        this.flushing = null;
+        if (message) await putMessage(message);
+        else await deleteMessage(id);
+      } catch (error) {
+        failure ??= error;
       }
-      if (failure) throw failure;
-    })();
-    return this.flushing;
+    }
+    if (failure) throw failure;
   }
 }
 

@@ -231,7 +231,7 @@ export class Outbox {
     await this.requeueAbandoned();
     while (!this.paused && this.port.canSend()) {
       const [next] = await this.port.store.withStatus(['queued']);
-      if (!next) return;
+      if (!next || this.paused || !this.port.canSend()) return;
       const now = this.port.clock.now();
       if (next.retryAt !== undefined && next.retryAt > now) {
         if (!(this.skipNetworkWait && !next.retryAtFromServer)) {

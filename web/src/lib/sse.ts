@@ -11,9 +11,19 @@ export interface SseEvent {
   data: string;
 }
 
-/** The events of `body` in order; ends when the body ends. A read error is rethrown as it came. */
-export async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent, void, undefined> {
+/**
+ * The events of `body` in order; ends when the body ends, or early when `signal` aborts (the
+ * caller checks `signal.aborted`). A read error is rethrown as it came.
+ */
+export async function* readSse(
+  body: ReadableStream<Uint8Array>,
+  signal?: AbortSignal,
+): AsyncGenerator<SseEvent, void, undefined> {
   const reader = body.getReader();
+  // Not every fetch errors the body when its request is aborted: cancelling the reader ends a
+  // pending read at once (a locked stream cannot be cancelled any other way).
+  const onAbort = () => void reader.cancel().catch(() => undefined);
+  signal?.addEventListener('abort', onAbort, { once: true });
   const decoder = new TextDecoder();
   const ready: SseEvent[] = [];
   let finished = false;
@@ -35,6 +45,7 @@ export async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator
     }
     while (ready.length > 0) yield ready.shift() as SseEvent;
   } finally {
+    signal?.removeEventListener('abort', onAbort);
     // The consumer stopped early (it got `done`, or gave up): stop the download too.
     if (!finished) await reader.cancel().catch(() => undefined);
     reader.releaseLock();
