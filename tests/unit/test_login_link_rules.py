@@ -146,14 +146,14 @@ async def test_the_bearer_verifier_refuses_a_login_code() -> None:
 
 
 async def test_a_rate_limited_exchange_does_not_burn_the_code() -> None:
-    exchange = links(per_user=1)
+    used = FakeUsedLoginCodes()
+    exchange = links(used, per_user=1)
     await exchange.exchange(code())
     kept = code()
     with pytest.raises(RateLimitedError):
         await exchange.exchange(kept)
-    assert (
-        login_grant(jwt.decode(kept, options={"verify_signature": False})).code_id not in exchange.used.used
-    )  # type: ignore[attr-defined]
+    assert login_grant(jwt.decode(kept, options={"verify_signature": False})).code_id not in used.used
+    assert len(used.used) == 1
 
 
 async def test_an_unreachable_store_is_a_503_and_a_disabled_gateway_a_404() -> None:
