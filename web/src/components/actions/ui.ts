@@ -2,7 +2,7 @@
 export const focusRing =
   'focus-visible:outline-2 focus-visible:outline-offset-2 focus-visible:outline-green-700 dark:focus-visible:outline-green-400';
 
-export const primaryButton = `inline-flex min-h-10 items-center justify-center gap-2 rounded-md bg-green-700 px-4 py-2 text-sm font-semibold text-white hover:bg-green-800 disabled:cursor-not-allowed disabled:bg-slate-400 dark:bg-green-600 dark:text-slate-950 dark:hover:bg-green-500 dark:disabled:bg-slate-600 dark:disabled:text-slate-200 ${focusRing}`;
+export const primaryButton = `inline-flex min-h-10 items-center justify-center gap-2 rounded-md bg-green-700 px-4 py-2 text-sm font-semibold text-white hover:bg-green-800 aria-disabled:cursor-not-allowed aria-disabled:bg-slate-500 aria-disabled:hover:bg-slate-500 dark:bg-green-600 dark:text-slate-950 dark:hover:bg-green-500 dark:aria-disabled:bg-slate-600 dark:aria-disabled:text-slate-100 ${focusRing}`;
 
 export const secondaryButton = `inline-flex min-h-10 items-center justify-center gap-2 rounded-md border border-slate-400 bg-white px-3 py-2 text-sm font-medium text-slate-900 hover:bg-slate-100 disabled:cursor-not-allowed disabled:opacity-60 dark:border-slate-500 dark:bg-slate-800 dark:text-slate-100 dark:hover:bg-slate-700 ${focusRing}`;
 
