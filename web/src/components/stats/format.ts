@@ -5,9 +5,10 @@
 import { INTL_LOCALE } from '../../i18n';
 import { app, formatNumber, t } from '../../lib/app.svelte';
 
-/** The unit and decimals a mass of CO₂ reads best in: small amounts need decimals, large ones none. */
+/** The unit and decimals a mass of CO₂ reads best in: small amounts need decimals, large and whole ones none. */
 export function gramsDisplay(grams: number): { unit: 'g' | 'kg'; value: number; digits: number } {
   const size = Math.abs(grams);
+  if (Number.isInteger(grams) && size < 1000) return { unit: 'g', value: grams, digits: 0 };
   if (size >= 1000) return { unit: 'kg', value: grams / 1000, digits: size >= 100_000 ? 0 : 2 };
   if (size === 0 || size >= 100) return { unit: 'g', value: grams, digits: 0 };
   if (size >= 1) return { unit: 'g', value: grams, digits: 1 };
