@@ -193,10 +193,16 @@ export class Outbox {
     return true;
   }
 
-  /** Stop sending (and abort `copro`'s live answer) until `resume()`; resolves once the drain ended. */
+  /**
+   * Start no new send until `resume()`, and abort `copro`'s live answer (every copro's when
+   * `copro` is undefined); resolves once nothing of `copro` is being written any more. A live
+   * answer of another copro runs on: it touches only its own messages.
+   */
   async pause(copro?: string | null): Promise<void> {
     this.paused = true;
-    if (this.live && (copro === undefined || this.live.copro === copro)) this.live.controller.abort();
+    const live = this.live;
+    if (live && copro !== undefined && live.copro !== copro) return;
+    live?.controller.abort();
     await this.running?.catch(() => undefined);
   }
 
@@ -270,6 +276,8 @@ export class Outbox {
         queued.copro,
         queued.routing,
       );
+    // Paused while the conversation was read (its copro is being cleared): leave it alone.
+    if (this.paused) return;
     const user: StoredMessage = {
       ...queued,
       idempotencyKey: key,
