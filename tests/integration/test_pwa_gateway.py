@@ -18,11 +18,10 @@ import nats
 import pytest
 from fastapi import FastAPI
 
-from koprogo_cli.login_link import mint_login_code
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.adapters.migrations import apply_migrations
-from koprogo_shared.local_tokens import mint_token
+from koprogo_shared.local_tokens import mint_login_code, mint_token
 from koprogo_shared.nats_connection import ensure_streams
 from tests.conftest import settings_fields, wait_until
 from tests.integration.ledger_support import chat_completed, chat_delivered, chat_requested, running_ledger

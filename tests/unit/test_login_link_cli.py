@@ -11,9 +11,10 @@ import pytest
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, DEV_USER, read_local_secret
 from koprogo_cli.instance import StackLock, StackRecord
-from koprogo_cli.login_link import cmd_login_link, dev_login_url, login_url, mint_login_code
+from koprogo_cli.login_link import cmd_login_link, dev_login_url, login_url
 from koprogo_cli.main import build_parser
 from koprogo_cli.up_command import chat_link_line
+from koprogo_shared.local_tokens import mint_login_code
 
 
 def code_of(url: str) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 import jwt
 import pytest
 
-from koprogo_cli.login_link import mint_login_code
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import FakeCounterStore
 from koprogo_gateway.adapters.session_tokens import LocalSessionTokens
@@ -31,6 +30,7 @@ from koprogo_gateway.local_tokens import mint_token
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.login_links import LoginCodeIn, LoginLinks, exchange_login_code
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
+from koprogo_shared.local_tokens import mint_login_code
 
 SECRET = "login-link-secret-" + "z" * 40
 # The issuer and audience the CLI's codes carry, and a stack's gateway expects by default.

@@ -12,49 +12,13 @@ local secret exchanges codes: one configured with the operator's JWKS_URL answer
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import jwt
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, DEV_SCOPES, DEV_USER, DevAuthError, read_local_secret
 from koprogo_cli.instance import data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
-
-LOGIN_PURPOSE = "login"
-LOGIN_CODE_TTL = timedelta(minutes=10)
-# The claims' issuer and audience: those of `koprogo_shared.local_tokens.mint_token`, as the
-# stack's gateway expects them (its JWT_ISSUER / JWT_AUDIENCE defaults).
-ISSUER = "koprogo"
-AUDIENCE = "koprogo-symbiose"
-
-
-def mint_login_code(
-    secret: str,
-    *,
-    user: str,
-    copros: Iterable[str],
-    scopes: Iterable[str],
-    ttl: timedelta = LOGIN_CODE_TTL,
-    now: datetime | None = None,
-) -> str:
-    """A one-time login code: the access token's claims, plus `purpose: "login"` and a random `jti`."""
-    issued = now or datetime.now(UTC)
-    claims: dict[str, object] = {
-        "sub": user,
-        "copros": list(copros),
-        "scope": " ".join(dict.fromkeys(scopes)),
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "iat": issued,
-        "exp": issued + ttl,
-        "purpose": LOGIN_PURPOSE,
-        "jti": secrets.token_urlsafe(32),
-    }
-    return jwt.encode(claims, secret, algorithm="HS256")
+from koprogo_shared.local_tokens import LOGIN_CODE_TTL, mint_login_code
 
 
 def login_url(gateway_url: str, code: str) -> str:

@@ -34,7 +34,7 @@ from koprogo_cli.instance import (
     terminate,
 )
 from koprogo_cli.invocation import command_hint
-from koprogo_cli.login_link import LOGIN_CODE_TTL, dev_login_url
+from koprogo_cli.login_link import dev_login_url
 from koprogo_cli.nats_auth import roster_file
 from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
 from koprogo_cli.stack import (
@@ -45,6 +45,7 @@ from koprogo_cli.stack import (
     preferred_port,
 )
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
+from koprogo_shared.local_tokens import LOGIN_CODE_TTL
 from koprogo_shared.logging_setup import open_private_log
 from koprogo_shared.node_roster import parse_roster
 

@@ -18,6 +18,7 @@ import jwt
 
 from koprogo_gateway.domain.access import Caller, caller_from_claims, parse_scopes
 from koprogo_gateway.domain.errors import UnauthorizedError
+from koprogo_shared.local_tokens import LOGIN_PURPOSE
 
 HMAC_ALGORITHMS = ("HS256",)
 PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
@@ -122,7 +123,7 @@ def _caller(claims: dict[str, Any]) -> Caller:
             f"a token minted for a purpose ({claims['purpose']!r}) is not an access token"
             + (
                 ": exchange a login code at POST /mcp/v1/session/exchange"
-                if claims["purpose"] == "login"
+                if claims["purpose"] == LOGIN_PURPOSE
                 else ""
             )
         )

@@ -18,8 +18,8 @@ from datetime import timedelta
 
 from koprogo_gateway.domain.access import KNOWN_SCOPES
 from koprogo_gateway.domain.errors import InvalidLoginLinkError
+from koprogo_shared.local_tokens import LOGIN_PURPOSE
 
-LOGIN_PURPOSE = "login"
 # The used codes are remembered 24 h (the idempotency keys' bucket): a code living longer could be
 # exchanged again once forgotten. An hour is ample for a link printed in a terminal.
 MAX_CODE_LIFETIME = timedelta(hours=1)
