@@ -61,8 +61,14 @@ export function latencyText(ms: number): string {
     : t('chat.meta.seconds', { value: formatNumber(ms / 1000, 1) });
 }
 
-/** Grams with enough decimals to show an edge answer's milligrams; an exact zero is "0". */
+/**
+ * Grams: 2 decimals, 3 under 0.1 g, and below a milligram as many as show the first significant
+ * digit (an edge answer's 0.0004 g is not "0.000 g"); an exact zero is "0".
+ */
 export function gramsText(grams: number): string {
   if (grams === 0) return formatNumber(0);
-  return formatNumber(grams, Math.abs(grams) < 0.1 ? 3 : 2);
+  const size = Math.abs(grams);
+  if (size >= 0.1) return formatNumber(grams, 2);
+  if (size >= 0.001) return formatNumber(grams, 3);
+  return formatNumber(grams, Math.min(8, Math.ceil(-Math.log10(size))));
 }

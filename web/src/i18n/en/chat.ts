@@ -3,8 +3,8 @@ import type { chat as reference } from '../fr/chat';
 
 export const chat: Translation<typeof reference> = {
   log: 'Conversation with the assistant',
-  you: 'You',
-  assistant: 'Assistant',
+  you: 'You wrote',
+  assistant: 'The assistant’s answer',
   jumpToLatest: 'Go to the latest message',
   clear: 'Clear conversation',
   clearConfirm: 'Clear this conversation from this device? Waiting messages will not be sent.',

@@ -1,8 +1,8 @@
 // Strings of the chat area (French, the reference).
 export const chat = {
   log: 'Conversation avec l’assistant',
-  you: 'Vous',
-  assistant: 'Assistant',
+  you: 'Vous avez écrit',
+  assistant: 'Réponse de l’assistant',
   jumpToLatest: 'Aller au dernier message',
   clear: 'Effacer la conversation',
   clearConfirm: 'Effacer cette conversation de cet appareil ? Les messages en attente ne seront pas envoyés.',

@@ -3,8 +3,8 @@ import type { chat as reference } from '../fr/chat';
 
 export const chat: Translation<typeof reference> = {
   log: 'Gesprek met de assistent',
-  you: 'U',
-  assistant: 'Assistent',
+  you: 'U schreef',
+  assistant: 'Antwoord van de assistent',
   jumpToLatest: 'Naar het laatste bericht',
   clear: 'Gesprek wissen',
   clearConfirm: 'Dit gesprek van dit toestel wissen? Berichten in de wachtrij worden niet verzonden.',
