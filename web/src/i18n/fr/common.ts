@@ -11,7 +11,7 @@ export const common = {
   signedInAs: 'Connecté en tant que',
   online: 'En ligne',
   offline: 'Hors ligne',
-  connection: 'Connexion : {state}',
+  connection: 'Connexion : {state}',
   close: 'Fermer',
   loading: 'Chargement…',
   skipToContent: 'Aller au contenu',
@@ -23,7 +23,7 @@ export const common = {
     intro: "Pour discuter avec l'assistant de votre copropriété, connectez-vous d'une de ces deux façons.",
     devLinkTitle: 'Sur une installation de développement',
     devLink:
-      "La commande koprogo up (ou koprogo login-link) affiche un lien de connexion. Ouvrez-le dans ce navigateur : il vous connecte directement. Il ne sert qu'une fois et expire après quelques minutes.",
+      "La commande koprogo up (ou koprogo login-link) affiche un lien de connexion. Ouvrez-le dans ce navigateur : il vous connecte directement. Il ne sert qu'une fois et expire après quelques minutes.",
     pasteTitle: 'Avec un jeton',
     paste:
       "Collez ci-dessous le jeton obtenu lors de votre connexion KoproGo auprès de votre syndic ou de l'opérateur de la plateforme.",
@@ -35,12 +35,12 @@ export const common = {
     errors: {
       token_malformed: "Ce texte n'est pas un jeton valide. Vérifiez qu'il a été copié en entier.",
       token_expired: 'Ce jeton a expiré. Demandez-en un nouveau.',
-      token_invalid: "Le serveur refuse ce jeton : il n'est pas (ou plus) valide.",
+      token_invalid: "Le serveur refuse ce jeton : il n'est pas (ou plus) valide.",
       token_forbidden: "Ce jeton ne donne pas accès à l'assistant (droit de lecture manquant).",
       invalid_login_link: "Ce lien de connexion n'est pas valide. La commande koprogo login-link en affiche un nouveau.",
       login_link_expired: "Ce lien de connexion a expiré. La commande koprogo login-link en affiche un nouveau.",
-      login_link_used: "Ce lien de connexion a déjà servi : il ne fonctionne qu'une fois. La commande koprogo login-link en affiche un nouveau.",
-      login_links_disabled: "Les liens de connexion ne sont pas activés sur ce serveur : utilisez un jeton.",
+      login_link_used: "Ce lien de connexion a déjà servi : il ne fonctionne qu'une fois. La commande koprogo login-link en affiche un nouveau.",
+      login_links_disabled: "Les liens de connexion ne sont pas activés sur ce serveur : utilisez un jeton.",
       gateway_unreachable: "Le serveur est injoignable. Vérifiez votre connexion puis réessayez (un lien de connexion reste valable tant qu'il n'a pas servi).",
       gateway_error: 'Le serveur ne peut pas répondre pour le moment. Réessayez dans un instant.',
       session_expired: 'Votre session a pris fin. Connectez-vous à nouveau.',
