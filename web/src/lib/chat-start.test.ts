@@ -34,6 +34,7 @@ afterEach(async () => {
   stop();
   store.stop();
   await store.whenIdle();
+  store.close();
   vi.unstubAllGlobals();
   app.token = null;
   app.copro = null;

@@ -86,6 +86,11 @@ function errorCode(error: unknown): string {
  */
 class MessageWriter {
   private latest = new Map<string, StoredMessage | null>();
+
+  /** What is saved but not yet written, by id (null: removed). */
+  get pending(): ReadonlyMap<string, StoredMessage | null> {
+    return this.latest;
+  }
   private flushing: Promise<void> | null = null;
 
   write(id: string, message: StoredMessage | null): Promise<void> {
@@ -133,7 +138,19 @@ export interface ChatStoreOptions {
   /** Signed in and online (default: `app.token` and `app.online`). */
   canSend?: () => boolean;
   storage?: Pick<Storage, 'getItem' | 'setItem'> | null;
+  /** The BroadcastChannel other tabs of the page hear this one's changes on (null: none). */
+  channel?: string | null;
 }
+
+/** What a tab says on the channel: it wrote a copro's messages ('*': some copro), or asks the tab streaming that copro's answer to stop. */
+interface ChangeNotice {
+  copro: string;
+  stop?: true;
+}
+
+const CHANNEL = 'koprogo-chat';
+// How long a tab gathers other tabs' notices before reading the database again (a streamed answer sends many).
+const REFRESH_DELAY_MS = 100;
 
 export class ChatStore {
   #messages: ChatMessageView[] = $state.raw([]);
@@ -161,12 +178,16 @@ export class ChatStore {
   /** Saves made while a load reads the database, applied over what it read. */
   #duringLoad: Map<string, StoredMessage | null> | null = null;
   #lastCreatedAt = 0;
+  readonly #channelName: string | null;
+  #channel: BroadcastChannel | null = null;
+  #refreshTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(options: ChatStoreOptions = {}) {
     this.#fetchModels = options.fetchModels ?? fetchModelsFromGateway;
     this.#clock = options.clock ?? systemClock;
     this.#storage =
       options.storage !== undefined ? options.storage : typeof localStorage !== 'undefined' ? localStorage : null;
+    this.#channelName = options.channel !== undefined ? options.channel : CHANNEL;
     const store: OutboxStore = {
       save: (message) => this.#save(message),
       remove: (id) => this.#remove(id),
@@ -226,6 +247,7 @@ export class ChatStore {
   /** Show `copro`'s history from IndexedDB (and its model and routing choices), then run the outbox. */
   async load(copro: string | null): Promise<void> {
     const seq = ++this.#loadSeq;
+    this.#listen();
     this.#copro = copro;
     const storedModel = this.#storage?.getItem(modelKey(copro));
     const storedRouting = this.#storage?.getItem(routingKey(copro));
@@ -269,9 +291,10 @@ export class ChatStore {
     this.#kick();
   }
 
-  /** Abort the answer being streamed: it is kept as 'stopped', its question is not sent again. */
+  /** Abort the answer being streamed (by this tab, or else by another): it is kept as 'stopped', its question is not sent again. */
   stop(): void {
-    this.#outbox.stop();
+    if (this.#outbox.stop()) return;
+    if (this.streaming) this.#post({ copro: this.#copro ?? '', stop: true });
   }
 
   /** Send a failed user message again (its key kept, unless the gateway settled that key with the error). */
@@ -324,21 +347,77 @@ export class ChatStore {
 
   #save(message: StoredMessage): Promise<void> {
     this.#show(message.id, message);
-    return this.#written(this.#writer.write(message.id, message));
+    return this.#written(this.#writer.write(message.id, message), message.copro);
   }
 
   #remove(id: string): Promise<void> {
+    const copro = this.#messages.some((m) => m.id === id) ? this.#copro : undefined;
     this.#show(id, null);
-    return this.#written(this.#writer.write(id, null));
+    return this.#written(this.#writer.write(id, null), copro);
   }
 
-  async #written(writing: Promise<void>): Promise<void> {
+  async #written(writing: Promise<void>, copro: string | null | undefined): Promise<void> {
     try {
       await writing;
     } catch (error) {
       this.storageError = error instanceof Error ? error.name : 'storage_error';
       throw error;
+    } finally {
+      // Unknown copro (a message this tab did not show): every tab showing any copro looks again.
+      this.#announce(copro === undefined ? '*' : (copro ?? ''));
     }
+  }
+
+  /** Hear other tabs' changes (once, in the browser): the shown copro's view is read again. */
+  #listen(): void {
+    if (this.#channel || this.#channelName === null || typeof BroadcastChannel === 'undefined') return;
+    this.#channel = new BroadcastChannel(this.#channelName);
+    this.#channel.onmessage = (event: MessageEvent<ChangeNotice>) => {
+      const copro = event.data?.copro;
+      if (event.data?.stop) {
+        if (this.#outbox.sendingCopro !== undefined && (this.#outbox.sendingCopro ?? '') === copro) this.#outbox.stop();
+        return;
+      }
+      if (copro !== '*' && copro !== (this.#copro ?? '')) return;
+      this.#refreshTimer ??= setTimeout(() => {
+        this.#refreshTimer = null;
+        void this.#refresh().catch(() => undefined);
+      }, REFRESH_DELAY_MS);
+    };
+  }
+
+  #announce(copro: string): void {
+    this.#post({ copro });
+  }
+
+  #post(notice: ChangeNotice): void {
+    try {
+      this.#channel?.postMessage(notice);
+    } catch {
+      // The channel was closed: nobody listens any more.
+    }
+  }
+
+  /** Read the shown copro's messages again (another tab changed them), this tab's unwritten saves on top. */
+  async #refresh(): Promise<void> {
+    const seq = this.#loadSeq;
+    const copro = this.#copro;
+    const stored = await listMessages(copro);
+    if (seq !== this.#loadSeq || this.#duringLoad) return;
+    const byId = new Map(stored.map((m) => [m.id, m]));
+    for (const [id, message] of this.#writer.pending) {
+      if (message === null) byId.delete(id);
+      else if (message.copro === copro) byId.set(id, message);
+    }
+    this.#messages = [...byId.values()].sort((a, b) => a.createdAt - b.createdAt).map(toView);
+  }
+
+  /** Stop hearing other tabs (tests; a page never needs it). */
+  close(): void {
+    if (this.#refreshTimer) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    this.#channel?.close();
+    this.#channel = null;
   }
 
   #show(id: string, message: StoredMessage | null): void {

@@ -14,10 +14,11 @@ let clock: ManualClock;
 let storage: Map<string, string>;
 const stores: ChatStore[] = [];
 
-function newStore(lock: Lock = memoryLock()): ChatStore {
+function newStore(lock: Lock = memoryLock(), canSend?: () => boolean): ChatStore {
   const store = new ChatStore({
     clock,
     lock,
+    canSend,
     storage: { getItem: (k) => storage.get(k) ?? null, setItem: (k, v) => void storage.set(k, v) },
   });
   stores.push(store);
@@ -43,6 +44,7 @@ afterEach(async () => {
   for (const store of stores.splice(0)) {
     store.stop();
     await store.whenIdle();
+    store.close();
   }
   vi.unstubAllGlobals();
   app.token = null;
@@ -331,6 +333,7 @@ describe('chat store: exactly once', () => {
     expect(gateway.totalRuns).toBe(1);
     expect(shape(after.messages)).toEqual(['user:done:Q', 'assistant:done:Bonjour']);
     stores.splice(stores.indexOf(before), 1); // its late 'stopped' write would race the assertions of other tests
+    before.close();
   });
 
   it('two tabs sharing the lock send a message once', async () => {
@@ -342,8 +345,28 @@ describe('chat store: exactly once', () => {
     await tabA.send('Q');
     await Promise.all([tabA.kick({ online: true }), tabB.kick({ online: true }), tabB.whenIdle(), tabA.whenIdle()]);
     expect(gateway.calls).toHaveLength(1);
+    // The other tab hears of it (BroadcastChannel) and shows it without a reload.
+    await vi.waitFor(() => expect(shape(tabB.messages)).toEqual(['user:done:Q', 'assistant:done:Bonjour']));
+  });
+
+  it('a tab shows what another tab streams, without a reload, and can stop it', async () => {
+    gateway.plan({ kind: 'hang', pieces: ['Bon', 'jour'], after: 1 });
+    const lock = memoryLock();
+    const tabA = newStore(lock, () => false); // this tab never sends: tabB does
+    const tabB = newStore(lock);
+    await tabA.load(COPRO);
     await tabB.load(COPRO);
-    expect(shape(tabB.messages)).toEqual(['user:done:Q', 'assistant:done:Bonjour']);
+    await tabA.send('Q');
+    void tabB.kick();
+    for (const tab of [tabA, tabB]) {
+      await vi.waitFor(() => expect(shape(tab.messages)).toEqual(['user:sending:Q', 'assistant:streaming:Bon']));
+    }
+    // Stop is pressed in the tab that shows the answer, not the one streaming it.
+    tabA.stop();
+    for (const tab of [tabA, tabB]) {
+      await vi.waitFor(() => expect(shape(tab.messages)).toEqual(['user:done:Q', 'assistant:stopped:Bon']));
+    }
+    expect(gateway.calls).toHaveLength(1);
   });
 });
 

@@ -162,6 +162,11 @@ export class Outbox {
     return this.live?.userId ?? null;
   }
 
+  /** The copro of the message being sent now; undefined when none is. */
+  get sendingCopro(): string | null | undefined {
+    return this.live ? this.live.copro : undefined;
+  }
+
   /**
    * Send what is queued, in order, until the queue is empty, a message must wait, or sending is
    * not possible. `online`: the network just came back, so network backoffs are cut short.
