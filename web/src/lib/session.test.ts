@@ -301,3 +301,51 @@ describe('signOut and expireSession', () => {
     expect(everything).not.toContain(token.split('.')[1]);
   });
 });
+
+describe('other tabs', () => {
+  it("follows another tab's sign-out, sign-in and expiry", async () => {
+    const mine = tokenFor();
+    await (await openDb()).put('session', { token: mine, claims: {} }, 'current');
+    await restoreSession();
+    expect(app.token).toBe(mine);
+    // What another tab of the page would post after changing the stored session.
+    const otherTab = new BroadcastChannel('koprogo.session');
+    try {
+      const theirs = tokenFor({ sub: 'someone-else', copros: [COPRO_B] });
+      await (await openDb()).put('session', { token: theirs, claims: {} }, 'current');
+      otherTab.postMessage('signed_in');
+      await vi.waitFor(() => expect(app.token).toBe(theirs));
+      expect(app.copro).toBe(COPRO_B);
+
+      await (await openDb()).delete('session', 'current');
+      otherTab.postMessage('signed_out');
+      await vi.waitFor(() => expect(app.token).toBeNull());
+      expect(takeSignInNotice()).toBeNull();
+
+      await (await openDb()).put('session', { token: mine, claims: {} }, 'current');
+      otherTab.postMessage('signed_in');
+      await vi.waitFor(() => expect(app.token).toBe(mine));
+      await (await openDb()).delete('session', 'current');
+      otherTab.postMessage('expired');
+      await vi.waitFor(() => expect(app.token).toBeNull());
+      expect(takeSignInNotice()).toBe('session_expired');
+    } finally {
+      otherTab.close();
+    }
+  });
+
+  it('tells the other tabs when this one signs out', async () => {
+    await restoreSession();
+    stubNetwork(() => json(200, { data: [] }));
+    await signIn(tokenFor());
+    const heard: unknown[] = [];
+    const otherTab = new BroadcastChannel('koprogo.session');
+    otherTab.onmessage = (event) => heard.push(event.data);
+    try {
+      await signOut();
+      await vi.waitFor(() => expect(heard).toEqual(['signed_out']));
+    } finally {
+      otherTab.close();
+    }
+  });
+});

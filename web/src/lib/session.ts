@@ -11,6 +11,10 @@
  * Errors carry a code (SessionErrorCode) the sign-in form turns into words; a failure that
  * happens before the form is shown (a used link, a session that ended) is kept as the form's
  * notice (`takeSignInNotice`).
+ *
+ * Tabs of the page share one session: a sign-in, sign-out or expiry in one is announced on a
+ * BroadcastChannel, and the others take the stored session as it now is (a user who signs out
+ * on a shared device is signed out of every tab).
  */
 import { app, type Claims } from './app.svelte';
 import { openDb } from './db';
@@ -54,8 +58,13 @@ const LOGIN_LINK_CODES = ['invalid_login_link', 'login_link_expired', 'login_lin
 // setTimeout's longest delay (about 24.8 days); a later expiry is re-armed when it fires.
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+const CHANNEL_NAME = 'koprogo.session';
+
+type SessionChange = 'signed_in' | 'signed_out' | 'expired';
+
 let notice: SessionErrorCode | null = null;
 let expiryTimer: ReturnType<typeof setTimeout> | undefined;
+let channel: BroadcastChannel | null = null;
 
 /** The reason the sign-in form is shown (a failed link, a session that ended), once; null when none. */
 export function takeSignInNotice(): SessionErrorCode | null {
@@ -70,6 +79,7 @@ export function takeSignInNotice(): SessionErrorCode | null {
  * Never throws: what went wrong becomes the sign-in form's notice.
  */
 export async function restoreSession(): Promise<void> {
+  listenToOtherTabs();
   const code = takeLoginCode();
   if (code !== null) {
     try {
@@ -120,6 +130,7 @@ export async function signIn(pasted: string): Promise<void> {
 export async function signOut(): Promise<void> {
   notice = null;
   await endSession();
+  announce('signed_out');
 }
 
 /**
@@ -130,7 +141,7 @@ export async function signOut(): Promise<void> {
 export function expireSession(token?: string | null): void {
   if (app.token === null || (token != null && token !== app.token)) return;
   notice = 'session_expired';
-  void endSession();
+  void endSession().then(() => announce('expired'));
 }
 
 /** Select one of the token's copros and remember the choice on this device. */
@@ -191,16 +202,24 @@ function sessionErrorCode(error: unknown): SessionErrorCode {
   return 'gateway_error';
 }
 
+async function readStored(): Promise<StoredSession | undefined> {
+  const db = await openDb();
+  const stored = (await db.get(SESSION_STORE, SESSION_KEY)) as StoredSession | undefined;
+  return stored && typeof stored.token === 'string' ? stored : undefined;
+}
+
 async function restoreStored(): Promise<void> {
   let stored: StoredSession | undefined;
   try {
-    const db = await openDb();
-    stored = (await db.get(SESSION_STORE, SESSION_KEY)) as StoredSession | undefined;
+    stored = await readStored();
   } catch (error) {
     console.warn('the stored session cannot be read', error);
     return;
   }
-  if (!stored || typeof stored.token !== 'string') return;
+  if (!stored) {
+    await forgetStored();
+    return;
+  }
   let claims: Claims;
   try {
     // The claims are read again from the token, not trusted from the store.
@@ -222,6 +241,7 @@ async function establish(token: string, claims: Claims): Promise<void> {
     console.warn('the session cannot be stored on this device', error);
   }
   apply(token, claims);
+  announce('signed_in');
 }
 
 function apply(token: string, claims: Claims): void {
@@ -252,12 +272,49 @@ function armExpiry(token: string, claims: Claims): void {
   );
 }
 
-async function endSession(): Promise<void> {
+function clearPage(): void {
   clearTimeout(expiryTimer);
   app.token = null;
   app.claims = null;
   app.copro = null;
+}
+
+async function endSession(): Promise<void> {
+  clearPage();
   await forgetStored();
+}
+
+function listenToOtherTabs(): void {
+  if (channel !== null || typeof BroadcastChannel === 'undefined') return;
+  channel = new BroadcastChannel(CHANNEL_NAME);
+  channel.onmessage = (event: MessageEvent<unknown>) => void followOtherTab(event.data);
+}
+
+function announce(change: SessionChange): void {
+  channel?.postMessage(change);
+}
+
+/** Another tab signed in, out, or saw the session end: take the stored session as it now is. */
+async function followOtherTab(change: unknown): Promise<void> {
+  let stored: StoredSession | undefined;
+  try {
+    stored = await readStored();
+  } catch (error) {
+    console.warn('the stored session cannot be read', error);
+    return;
+  }
+  if (!stored) {
+    if (app.token === null) return;
+    notice = change === 'expired' ? 'session_expired' : null;
+    clearPage();
+    return;
+  }
+  if (stored.token === app.token) return;
+  try {
+    apply(stored.token, readToken(stored.token));
+  } catch {
+    // Expired or unreadable: the tab that stored it will find out; this one stays as it is.
+  }
 }
 
 async function forgetStored(): Promise<void> {
