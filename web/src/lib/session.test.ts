@@ -234,6 +234,8 @@ describe('signIn', () => {
     [json(401, { error: 'unauthorized', message: 'token signature does not verify' }), 'token_invalid'],
     [json(403, { error: 'forbidden', message: "this token lacks the 'mcp:read' scope" }), 'token_forbidden'],
     [json(503, { error: 'unavailable', message: 'down' }), 'gateway_error'],
+    [json(404, { detail: 'Not Found' }), 'gateway_error'],
+    [json(429, { error: 'rate_limited', message: 'slow down' }), 'gateway_error'],
     [new TypeError('Failed to fetch'), 'gateway_unreachable'],
   ])('refuses a token the gateway does not accept (%#) and stores nothing', async (answer, code) => {
     stubNetwork(() => answer);

@@ -121,7 +121,8 @@ export async function signIn(pasted: string): Promise<void> {
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) throw new SessionError('token_invalid', error.message);
     if (error instanceof ApiError && error.status === 403) throw new SessionError('token_forbidden', error.message);
-    throw new SessionError(sessionErrorCode(error));
+    // Rate-limited, a server error: the token could not be checked, not found wrong.
+    throw new SessionError(error instanceof NetworkError ? 'gateway_unreachable' : 'gateway_error');
   }
   await establish(text, claims);
 }
