@@ -297,9 +297,10 @@ export class ChatStore {
     if (this.streaming) this.#post({ copro: this.#copro ?? '', stop: true });
   }
 
-  /** Send a failed user message again (its key kept, unless the gateway settled that key with the error). */
+  /** Queue a failed user message again and run the outbox (resolves once queued). Its key is kept, unless the gateway settled that key with the error. */
   async retry(messageId: string): Promise<void> {
     await this.#outbox.retry(messageId);
+    this.#kick();
   }
 
   /** Forget this copro's history (and its queued messages) on this device. */

@@ -256,6 +256,21 @@ describe('chat store: exactly once', () => {
     expect(shape(store.messages)).toEqual(['user:done:Q', 'assistant:done:Bonjour']);
   });
 
+  it('retry() resolves once the message is queued again, not when its answer ends', async () => {
+    gateway.plan(
+      { kind: 'refuse', status: 403, error: 'forbidden', message: 'not your copro' },
+      { kind: 'hang', pieces: ['Bon', 'jour'], after: 1 },
+    );
+    const store = newStore();
+    await store.load(COPRO);
+    await store.send('Q');
+    await store.whenIdle();
+    expect(users(store)[0]).toMatchObject({ status: 'failed', error: { code: 'forbidden' } });
+    await store.retry(users(store)[0].id); // would never resolve if it waited for the hanging answer
+    await vi.waitFor(() => expect(shape(store.messages)).toEqual(['user:sending:Q', 'assistant:streaming:Bon']));
+    expect(gateway.calls[1].key).toBe(gateway.calls[0].key);
+  });
+
   it('fails on a streamed error the gateway stored under the key; retry() then needs a new key', async () => {
     gateway.plan({ kind: 'stream_error', error: 'timeout', message: 'no node answered', stored: true, pieces: ['par'] });
     const store = newStore();

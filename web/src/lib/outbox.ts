@@ -215,7 +215,7 @@ export class Outbox {
     this.paused = false;
   }
 
-  /** A failed user message queued again: under its key, or a new one when the gateway settled the old one with this error. */
+  /** Queue a failed user message again (then `run()`): under its key, or a new one when the gateway settled the old key with the error. */
   async retry(messageId: string): Promise<void> {
     const message = await this.port.store.get(messageId);
     if (!message || message.role !== 'user') throw new RangeError(`no user message ${messageId}`);
@@ -233,7 +233,6 @@ export class Outbox {
       keySettled: undefined,
       idempotencyKey: settled ? newId() : message.idempotencyKey,
     });
-    await this.run();
   }
 
   private async drain(): Promise<void> {
