@@ -5,6 +5,7 @@
  * tell "the gateway said no" from "the gateway was not reached".
  */
 import { app } from './app.svelte';
+import { expireSession } from './session';
 
 export class ApiError extends Error {
   constructor(
@@ -44,7 +45,12 @@ export async function apiFetch(path: string, init: RequestInit = {}, token: stri
     if (error instanceof DOMException && error.name === 'AbortError') throw error;
     throw new NetworkError(error instanceof Error ? error.message : String(error));
   }
-  if (!response.ok) throw await apiErrorOf(response);
+  if (!response.ok) {
+    // The session's token was refused (expired, revoked, the secret rotated): back to sign-in.
+    // expireSession ignores a token that is not the current one (the sign-in form's own check).
+    if (response.status === 401 && token) expireSession(token);
+    throw await apiErrorOf(response);
+  }
   return response;
 }
 
