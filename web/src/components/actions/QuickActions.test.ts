@@ -262,7 +262,7 @@ describe('QuickActions', () => {
       const paths = [...chart.querySelectorAll('path')].map((p) => p.getAttribute('d') ?? '');
       expect(paths.filter((d) => d.startsWith('M'))).toHaveLength(4);
     });
-    const rows = [...document.querySelectorAll('table.sr-only tbody tr')].map((r) => r.querySelector('th')!.textContent);
+    const rows = [...document.querySelectorAll('.sr-only table tbody tr')].map((r) => r.querySelector('th')!.textContent);
     expect(rows).toEqual(['janvier 2022', 'février 2022', 'mars 2022', 'avril 2022']);
     expect(chart.querySelector('desc')!.textContent).toContain('Historique de janvier 2022 à février 2022');
   });
