@@ -7,8 +7,10 @@
  * gateway then replays the answer instead of running a second chat). `model` and `routing` are
  * kept in localStorage per copro. No user-facing text here: errors are codes the UI translates.
  *
- * `startChat()` (called once by App.svelte) loads the selected copro's history whenever it
- * changes and runs the outbox when the page is signed in and online, and on `online` events.
+ * `startChat()` (called once, by ChatPanel.svelte) loads the selected copro's history whenever it
+ * or the signed-in user changes and runs the outbox when the page is signed in and online, and on
+ * `online` events. A device may be shared: messages carry their user (`owner`, the token's `sub`),
+ * and only the signed-in user's are shown and sent.
  */
 import { untrack } from 'svelte';
 import { app } from './app.svelte';
@@ -137,6 +139,8 @@ export interface ChatStoreOptions {
   lock?: Lock;
   /** Signed in and online (default: `app.token` and `app.online`). */
   canSend?: () => boolean;
+  /** The signed-in user (default: `app.claims.sub`): only their messages are shown and sent. */
+  owner?: () => string | null;
   storage?: Pick<Storage, 'getItem' | 'setItem'> | null;
   /** The BroadcastChannel other tabs of the page hear this one's changes on (null: none). */
   channel?: string | null;
@@ -179,6 +183,7 @@ export class ChatStore {
   #duringLoad: Map<string, StoredMessage | null> | null = null;
   #lastCreatedAt = 0;
   readonly #channelName: string | null;
+  readonly #owner: () => string | null;
   #channel: BroadcastChannel | null = null;
   #refreshTimer: ReturnType<typeof setTimeout> | null = null;
 
@@ -188,6 +193,7 @@ export class ChatStore {
     this.#storage =
       options.storage !== undefined ? options.storage : typeof localStorage !== 'undefined' ? localStorage : null;
     this.#channelName = options.channel !== undefined ? options.channel : CHANNEL;
+    this.#owner = options.owner ?? (() => app.claims?.sub ?? null);
     const store: OutboxStore = {
       save: (message) => this.#save(message),
       remove: (id) => this.#remove(id),
@@ -197,11 +203,12 @@ export class ChatStore {
       },
       list: async (copro) => {
         await this.#writer.flush().catch(() => undefined);
-        return listMessages(copro);
+        return this.#mine(await listMessages(copro));
       },
       withStatus: async (statuses) => {
         await this.#writer.flush().catch(() => undefined);
-        return messagesWithStatus(statuses);
+        // Another user's queued messages (a shared device) wait for them to sign in again.
+        return this.#mine(await messagesWithStatus(statuses));
       },
     };
     this.#outbox = new Outbox({
@@ -257,7 +264,7 @@ export class ChatStore {
     const duringLoad = new Map<string, StoredMessage | null>();
     this.#duringLoad = duringLoad;
     await this.#writer.flush().catch(() => undefined);
-    const stored = await listMessages(copro);
+    const stored = this.#mine(await listMessages(copro));
     if (seq !== this.#loadSeq) return;
     this.#duringLoad = null;
     const byId = new Map(stored.map((m) => [m.id, m]));
@@ -287,7 +294,8 @@ export class ChatStore {
     // Strictly increasing: creation order is the sending order, even within one millisecond.
     const createdAt = Math.max(this.#clock.now(), Math.floor(this.#lastCreatedAt) + 1);
     this.#lastCreatedAt = createdAt;
-    await this.#save(queuedUserMessage(content, this.#copro, this.#model, this.#routing, createdAt));
+    const owner = this.#owner() ?? undefined;
+    await this.#save(queuedUserMessage(content, this.#copro, this.#model, this.#routing, createdAt, owner));
     this.#kick();
   }
 
@@ -309,7 +317,7 @@ export class ChatStore {
     await this.#outbox.pause(copro);
     try {
       await this.#writer.flush().catch(() => undefined);
-      await deleteMessages(copro);
+      await deleteMessages(copro, this.#owner() ?? undefined);
       if (this.#copro === copro) this.#messages = [];
     } finally {
       this.#outbox.resume();
@@ -332,6 +340,12 @@ export class ChatStore {
 
   #kick(): void {
     void this.kick();
+  }
+
+  /** The signed-in user's messages (those written before anyone signed in too). */
+  #mine(messages: StoredMessage[]): StoredMessage[] {
+    const owner = this.#owner();
+    return messages.filter((m) => m.owner === undefined || m.owner === owner);
   }
 
   #count(status: ChatMessageView['status']): number {
@@ -403,7 +417,7 @@ export class ChatStore {
   async #refresh(): Promise<void> {
     const seq = this.#loadSeq;
     const copro = this.#copro;
-    const stored = await listMessages(copro);
+    const stored = this.#mine(await listMessages(copro));
     if (seq !== this.#loadSeq || this.#duringLoad) return;
     const byId = new Map(stored.map((m) => [m.id, m]));
     for (const [id, message] of this.#writer.pending) {
@@ -422,7 +436,7 @@ export class ChatStore {
   }
 
   #show(id: string, message: StoredMessage | null): void {
-    if (message && message.copro !== this.#copro) return;
+    if (message && (message.copro !== this.#copro || this.#mine([message]).length === 0)) return;
     this.#duringLoad?.set(id, message);
     const without = this.#messages.filter((m) => m.id !== id);
     if (!message) {
@@ -449,6 +463,7 @@ export function startChat(store: ChatStore = chat): () => void {
   const stopEffects = $effect.root(() => {
     $effect(() => {
       const copro = app.copro;
+      void app.claims?.sub; // another user signed in: their own history
       untrack(() => void store.load(copro));
     });
     $effect(() => {

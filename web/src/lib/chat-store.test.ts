@@ -48,6 +48,7 @@ afterEach(async () => {
   }
   vi.unstubAllGlobals();
   app.token = null;
+  app.claims = null;
 });
 
 describe('chat store: sending', () => {
@@ -411,6 +412,38 @@ describe('chat store: history', () => {
     expect(store.messages).toEqual([]);
     expect(await listMessages(COPRO)).toEqual([]);
     expect((await listMessages(OTHER_COPRO)).map((m) => m.content)).toEqual(['other', 'Bonjour']);
+  });
+
+  it('on a shared device, shows and sends only the signed-in user’s messages', async () => {
+    const claims = (sub: string) => ({ sub, copros: [COPRO], scope: 'mcp:read mcp:write', exp: 2_000_000_000 });
+    app.claims = claims('alice');
+    app.online = false;
+    const store = newStore();
+    await store.load(COPRO);
+    await store.send('from alice');
+    // Alice signs out, Bob signs in on the same device and the same copro.
+    app.claims = claims('bob');
+    app.token = 'token-bob';
+    await store.load(COPRO);
+    expect(store.messages).toEqual([]);
+    app.online = true;
+    await store.send('from bob');
+    await store.whenIdle();
+    expect(gateway.calls.map((c) => [c.authorization, c.body.messages.map((m) => m.content)])).toEqual([
+      ['Bearer token-bob', ['from bob']],
+    ]);
+    await store.clear();
+    // Alice again: her queued message is still there, and goes with her token.
+    app.claims = claims('alice');
+    app.token = 'token-alice';
+    await store.load(COPRO);
+    await store.whenIdle();
+    expect(gateway.calls.map((c) => [c.authorization, c.body.messages.map((m) => m.content)])).toEqual([
+      ['Bearer token-bob', ['from bob']],
+      ['Bearer token-alice', ['from alice']],
+    ]);
+    expect(shape(store.messages)).toEqual(['user:done:from alice', 'assistant:done:Bonjour']);
+    app.claims = null;
   });
 
   it('refreshModels fills models, or says why not', async () => {

@@ -34,6 +34,8 @@ export interface ChatMessageView {
 
 /** A message as stored: the view plus the outbox's bookkeeping (user messages only). */
 export interface StoredMessage extends ChatMessageView {
+  /** The signed-in user (`sub`) who wrote it, or whose question it answers: a device may be shared. */
+  owner?: string;
   /** user: the Idempotency-Key every attempt of this message is sent with */
   idempotencyKey?: string;
   /** user: the body of the first attempt, sent unchanged by every retry (the gateway fingerprints it) */
@@ -148,13 +150,13 @@ export async function messagesWithStatus(statuses: readonly MessageStatus[]): Pr
     .sort((a, b) => a.createdAt - b.createdAt);
 }
 
-/** Forget a copro's messages on this device. */
-export async function deleteMessages(copro: string | null): Promise<void> {
+/** Forget a copro's messages on this device (only `owner`'s when given). */
+export async function deleteMessages(copro: string | null, owner?: string): Promise<void> {
   const db = await openDb();
   const tx = db.transaction('messages', 'readwrite');
   const index = tx.store.index('by_copro_created');
-  for (let cursor = await index.openKeyCursor(coproRange(copro)); cursor; cursor = await cursor.continue()) {
-    await tx.store.delete(cursor.primaryKey);
+  for (let cursor = await index.openCursor(coproRange(copro)); cursor; cursor = await cursor.continue()) {
+    if (owner === undefined || cursor.value.owner === owner) await cursor.delete();
   }
   await tx.done;
 }

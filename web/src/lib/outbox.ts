@@ -125,8 +125,10 @@ export function queuedUserMessage(
   model: string,
   routing: StoredMessage['routing'],
   createdAt: number,
+  owner?: string,
 ): StoredMessage {
   return {
+    ...(owner !== undefined ? { owner } : {}),
     id: newId(),
     copro,
     role: 'user',
@@ -294,6 +296,7 @@ export class Outbox {
     };
     await store.save(user);
     const assistant: StoredMessage = {
+      ...(user.owner !== undefined ? { owner: user.owner } : {}),
       id: user.answerId as string,
       copro: user.copro,
       role: 'assistant',
