@@ -52,6 +52,15 @@ describe('parseInvoiceResult', () => {
     expect(invoice.textSource).toBe('ocr');
   });
 
+  it('writes numbers with the reader\'s decimal separator, read back as numbers', () => {
+    const rows = parseInvoiceResult(RESULT, ',').rows;
+    const total = rows.find((r) => r.name === 'total_incl_vat')!;
+    expect(total.value).toBe('1512,50');
+    expect(rows.find((r) => r.name === 'supplier_vat_id')!.value).toBe('BE 0456.789.123');
+    expect(editedValues(rows).total_incl_vat).toBe(1512.5);
+    expect(editedValues(rows).vat).toBe(262.5);
+  });
+
   it('refuses a result without fields instead of showing an empty table', () => {
     expect(() => parseInvoiceResult({ missing: [] })).toThrow(/fields/);
     expect(() => parseInvoiceResult(null)).toThrow();

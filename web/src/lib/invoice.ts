@@ -71,8 +71,8 @@ export function isAmountField(name: string): boolean {
   return AMOUNT_FIELDS.has(name);
 }
 
-function valueText(name: string, value: unknown): string {
-  if (typeof value === 'number') return AMOUNT_FIELDS.has(name) ? value.toFixed(2) : String(value);
+function valueText(name: string, value: unknown, decimal: '.' | ','): string {
+  if (typeof value === 'number') return (AMOUNT_FIELDS.has(name) ? value.toFixed(2) : String(value)).replace('.', decimal);
   if (typeof value === 'string') return value;
   if (value === null || value === undefined) return '';
   return JSON.stringify(value);
@@ -80,9 +80,10 @@ function valueText(name: string, value: unknown): string {
 
 /**
  * The rows of a task's result: the known fields in booking order (a missing one as an empty row
- * to fill in), then any field this page does not know yet (kept, never dropped).
+ * to fill in), then any field this page does not know yet (kept, never dropped). Numbers are
+ * written with `decimal` as the reader writes them (`1512,50` in French and Dutch).
  */
-export function parseInvoiceResult(result: unknown): InvoiceResult {
+export function parseInvoiceResult(result: unknown, decimal: '.' | ',' = '.'): InvoiceResult {
   if (typeof result !== 'object' || result === null) throw new InvoiceResultError('the result is not an object');
   const { fields, checks, text_source, pages } = result as Record<string, unknown>;
   if (typeof fields !== 'object' || fields === null || Array.isArray(fields)) {
@@ -98,7 +99,7 @@ export function parseInvoiceResult(result: unknown): InvoiceResult {
     const score = typeof confidence === 'number' && Number.isFinite(confidence) ? Math.min(Math.max(confidence, 0), 1) : null;
     return {
       name,
-      value: valueText(name, value),
+      value: valueText(name, value, decimal),
       confidence: score,
       source: typeof source === 'string' ? source : null,
       level: score === null ? 'low' : confidenceLevel(score),
