@@ -217,6 +217,8 @@ export class ChatStore {
       clock: this.#clock,
       lock: options.lock ?? browserLock(),
       canSend: options.canSend ?? (() => app.online && app.token !== null),
+      // The costs panel listens for it (components/stats/StatsPanel.svelte).
+      answered: (copro) => window.dispatchEvent(new CustomEvent('koprogo:answered', { detail: { copro } })),
     });
   }
 

@@ -11,11 +11,15 @@ describe('renderMarkdown', () => {
   it('neutralises an <img onerror> and a <script> in model output', () => {
     const root = dom(renderMarkdown('Voici <img src=x onerror=alert(1)> et <script>alert(2)</script> fin'));
     expect(root.querySelector('script')).toBeNull();
-    const img = root.querySelector('img');
-    // The image may stay, its handler may not.
-    expect(img?.getAttribute('onerror') ?? null).toBeNull();
+    expect(root.querySelector('img')).toBeNull();
     expect(root.innerHTML).not.toMatch(/onerror|<script|alert\(2\)/);
     expect(root.textContent).toContain('fin');
+  });
+
+  it('fetches no image a model names, inline or as Markdown', () => {
+    const root = dom(renderMarkdown('![pixel](https://tracker.example/p.gif) and <img src="https://tracker.example/q.gif">'));
+    expect(root.querySelector('img, picture, source')).toBeNull();
+    expect(root.innerHTML).not.toContain('tracker.example');
   });
 
   it('drops javascript: links and style attributes', () => {

@@ -1,6 +1,6 @@
 /**
  * Model output as safe HTML: `marked` (GitHub-flavoured, single newlines kept as <br>), then
- * DOMPurify's default profile without `style` attributes; every link opens in a new tab with
+ * DOMPurify's default profile without `style` attributes nor media (no image is fetched); every link opens in a new tab with
  * rel="noopener noreferrer". Model output is untrusted text: nothing reaches the page unsanitised.
  */
 import createDOMPurify, { type DOMPurify } from 'dompurify';
@@ -28,5 +28,7 @@ function purify(): DOMPurify {
 /** `text` (Markdown from a model) as sanitised HTML. */
 export function renderMarkdown(text: string): string {
   const html = markdown.parse(text) as string;
-  return purify().sanitize(html, { FORBID_ATTR: ['style'] });
+  // No images: a model's `![](https://…)` would make the phone fetch any address the model wrote
+  // (a tracking pixel, a leak of who reads what), and carries no alt text worth the name.
+  return purify().sanitize(html, { FORBID_ATTR: ['style'], FORBID_TAGS: ['img', 'picture', 'source', 'video', 'audio'] });
 }

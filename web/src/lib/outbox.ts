@@ -68,6 +68,8 @@ export interface OutboxPort {
   lock: Lock;
   /** Signed in and online. */
   canSend(): boolean;
+  /** Told after each answer is stored (the costs panel reloads its figures). */
+  answered?(copro: string | null): void;
 }
 
 export const systemClock: Clock = {
@@ -331,6 +333,7 @@ export class Outbox {
         },
       });
       await store.save({ ...user, status: 'done', error: undefined });
+      this.port.answered?.(user.copro);
     } catch (error) {
       await this.settleFailure(user, assistant, error, controller.signal.aborted);
     } finally {
