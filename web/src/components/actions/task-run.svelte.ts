@@ -124,6 +124,9 @@ export class TaskRun {
       if (task.status !== 'completed') {
         this.error = taskFailureMessage(task);
         this.detail = task.error?.message ?? null;
+      } else {
+        // The costs panel reloads its figures (a completed task is counted in /mcp/v1/stats).
+        window.dispatchEvent(new CustomEvent('koprogo:answered', { detail: { copro: request.copro_id } }));
       }
     } catch (error) {
       if (error instanceof DOMException && error.name === 'AbortError') return;
