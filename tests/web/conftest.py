@@ -57,6 +57,11 @@ def run_in_web(
 @pytest.fixture(scope="session")
 def web_app() -> Path:
     """web/ with its dependencies installed and web/dist built from the current sources."""
+    return build_web_app()
+
+
+def build_web_app() -> Path:
+    """`scripts/build-web.sh`: npm ci and astro build, each only when its inputs changed."""
     require_node()
     build = subprocess.run(
         [str(REPO / "scripts" / "build-web.sh")],

@@ -4,15 +4,18 @@ as `make up` starts it (`koprogo up`, the app built from web/), on a data folder
 The specs sign in by pasting the dev token (KOPROGO_TOKEN), as a production user pastes theirs; the
 one-time link scenario gets a fresh link from `koprogo login-link` (KOPROGO_LOGIN_URL), since each
 link works once. Screenshots (360 and 1280 px per scenario) land in web/test-results/screenshots.
+The gateway serves a copy of web/dist taken at the start (PWA_DIR), so that a rebuild of the checkout
+while the specs run (another `make up`, an editor's `astro build`) cannot pull the page from under them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,10 +23,11 @@ import pytest
 
 from koprogo_cli.dev_auth import dev_token_path
 from koprogo_cli.embedded import free_port
+from koprogo_cli.instance import leftovers, read_record, terminate
 from tests.conftest import postgres_dir
 from tests.e2e.test_grid_tasks import FIXTURES
 from tests.e2e.test_koprogo_up import koprogo
-from tests.web.conftest import CHROMIUM, SCREENSHOTS, WEB, require_chromium, run_in_web
+from tests.web.conftest import CHROMIUM, SCREENSHOTS, WEB, build_web_app, require_chromium, run_in_web
 
 SPECS = sorted(path.name for path in (WEB / "tests-e2e").glob("*.spec.ts"))
 # What `koprogo up` must not inherit from a test run: it starts its own servers and secrets.
@@ -42,8 +46,8 @@ FOREIGN = (
 class PwaStack:
     url: str
     data: Path
-    token: str
-    env: dict[str, str]
+    token: str = field(repr=False)
+    env: dict[str, str] = field(repr=False)
 
     def login_url(self) -> str | None:
         """A fresh one-time sign-in link (`koprogo login-link`), or None where the command does not exist."""
@@ -57,13 +61,14 @@ class PwaStack:
 
 
 @pytest.fixture(scope="module")
-def pwa_stack(web_app: Path) -> Iterator[PwaStack]:
+def pwa_stack() -> Iterator[PwaStack]:
     require_chromium()
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("CONTENT_KEY")}
     with postgres_dir() as folder:  # `koprogo up` keeps an embedded PostgreSQL in its data folder
         data = folder / "data"
         port = free_port()
+        env["PWA_DIR"] = str(snapshot_of_the_app(folder / "pwa"))
         try:
             up = koprogo("up", "--detach", "--no-demo", "--data-dir", str(data), "--port", str(port), env=env)
             assert up.returncode == 0, up.stdout + up.stderr
@@ -74,9 +79,34 @@ def pwa_stack(web_app: Path) -> Iterator[PwaStack]:
             )
             yield PwaStack(url, data, dev_token_path(data).read_text().strip(), env)
         finally:
-            down = koprogo("down", "--data-dir", str(data), env=env)
-            print(down.stdout + down.stderr)
+            stop_stack(data, env)
             print(f"screenshots: {SCREENSHOTS}")
+
+
+def snapshot_of_the_app(target: Path, attempts: int = 3) -> Path:
+    """A complete copy of web/dist; built again when a concurrent `astro build` had emptied it."""
+    for _ in range(attempts):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(build_web_app(), target)
+        if all((target / name).is_file() for name in ("index.html", "sw.js", "manifest.webmanifest")):
+            return target
+        time.sleep(5)
+    pytest.fail(f"web/dist stayed incomplete over {attempts} builds (something else rebuilds it meanwhile?)")
+
+
+def stop_stack(data: Path, env: dict[str, str]) -> None:
+    """`koprogo down`; should it fail, the stack's processes as its record names them (nothing is left running)."""
+    down = koprogo("down", "--data-dir", str(data), env=env)
+    print(down.stdout + down.stderr)
+    if down.returncode == 0 and not leftovers(data):
+        return
+    # Its `koprogo up` first (it stops what it started, in order), if that pid still is ours.
+    if (record := read_record(data)) is not None and record.pid > 0:
+        with contextlib.suppress(OSError):
+            if str(data).encode() in Path(f"/proc/{record.pid}/cmdline").read_bytes():
+                terminate([record.pid], timeout=60)
+    still = terminate(leftovers(data))
+    assert not still, f"processes {still} of the stack on {data} did not stop"
 
 
 @pytest.mark.timeout(900)
@@ -105,4 +135,5 @@ def test_browser_scenario(pwa_stack: PwaStack, spec: str) -> None:
     print(
         f"{spec}: exit {result.returncode} in {time.monotonic() - started:.0f} s; screenshots in {SCREENSHOTS}"
     )
-    assert result.returncode == 0, result.stdout
+    if result.returncode != 0:
+        pytest.fail(f"{spec} failed:\n{result.stdout}", pytrace=False)

@@ -1,35 +1,39 @@
-// Scenario 3: the stop button cancels a long answer; the bubble says stopped and keeps what came.
+// Scenario 3: the stop button cancels a long answer; the bubble says stopped and keeps what came,
+// also after a reload.
 import { expect, test } from '@playwright/test';
 import { ANSWER_TIMEOUT, PHONE, messages, screenshots, sendMessage, signIn } from './support';
 
 test.use({ viewport: PHONE });
 
+// The bundled 135M model writes its longest answers (to the 256-token cap, 2-4 s on two cores) for
+// a story asked in English; in French it stops after a sentence or two.
+const LONG_QUESTION =
+  'Write a very long story about an old apartment building in Brussels, at least 2000 words, in many chapters.';
+
 test('stop cancels a long answer and keeps its partial text', async ({ page }) => {
   await signIn(page);
-  await sendMessage(
-    page,
-    "Écris un très long texte, d'au moins mille mots, sur l'histoire des copropriétés en Belgique, " +
-      'chapitre par chapitre, sans jamais conclure.',
-  );
+  await sendMessage(page, LONG_QUESTION);
   const answer = messages(page, 'assistant').last();
-  await expect(answer).toHaveAttribute('data-status', 'streaming', { timeout: ANSWER_TIMEOUT });
-  // Some words first, so that there is a partial answer to keep.
-  const length = async () => ((await answer.textContent()) ?? '').length;
-  const atStart = await length();
-  await expect.poll(length, { timeout: ANSWER_TIMEOUT }).toBeGreaterThan(atStart + 20);
-  await expect(answer, 'the answer finished before it could be stopped').toHaveAttribute('data-status', 'streaming');
   const stop = page.getByTestId('stop-button');
+  await expect(answer).toHaveAttribute('data-status', 'streaming', { timeout: ANSWER_TIMEOUT });
   await expect(stop).toBeVisible();
-  const beforeStop = await length();
   await stop.click();
-  await expect(answer).toHaveAttribute('data-status', 'stopped', { timeout: 15_000 });
-  const partial = (await answer.textContent()) ?? '';
-  expect(partial.length).toBeGreaterThanOrEqual(beforeStop);
+  await expect(answer, 'the answer ended before the stop took effect').toHaveAttribute('data-status', 'stopped', {
+    timeout: 15_000,
+  });
+  const partial = ((await answer.innerText()) ?? '').trim();
+  expect(partial.length).toBeGreaterThan(0);
   // Nothing more arrives after the stop, and the composer is usable again.
-  await page.waitForTimeout(3_000);
-  expect((await answer.textContent()) ?? '').toBe(partial);
+  await page.waitForTimeout(4_000);
+  expect(((await answer.innerText()) ?? '').trim()).toBe(partial);
   await expect(answer).toHaveAttribute('data-status', 'stopped');
-  await expect(page.getByTestId('stop-button')).toBeHidden();
+  await expect(stop).toBeHidden();
   await expect(page.getByTestId('composer-input')).toBeEditable();
   await screenshots(page, 'stop', 'chat');
+
+  // Kept on the device as it was: stopped, with its partial text.
+  await page.reload();
+  const restored = messages(page, 'assistant').last();
+  await expect(restored).toHaveAttribute('data-status', 'stopped', { timeout: 30_000 });
+  expect(((await restored.innerText()) ?? '').trim()).toBe(partial);
 });

@@ -39,5 +39,5 @@ test('the fixture invoice is read by the grid and its total shown', async ({ pag
   await number.fill('F-2025-0142-corrigé');
   await expect(number).toHaveValue('F-2025-0142-corrigé');
   await number.fill(String(expected.invoice_number));
-  await screenshots(page, 'ocr', 'actions');
+  await screenshots(page, 'ocr', 'actions', total);
 });

@@ -27,5 +27,5 @@ test('the fixture charges are forecast and drawn as a chart', async ({ page }) =
     (node) => Boolean(node.getAttribute('aria-label') || node.getAttribute('aria-labelledby') || node.querySelector('title')),
   );
   expect(described).toBe(true);
-  await screenshots(page, 'forecast', 'actions');
+  await screenshots(page, 'forecast', 'actions', chart);
 });

@@ -88,14 +88,21 @@ export function screenshotDir(): string {
 
 /**
  * `<scenario>-360.png` (360×740) and `<scenario>-1280.png` (1280×800) of the page as it is now;
- * on the phone, `area`'s tab first. The viewport the spec ran in is restored afterwards.
+ * on the phone, `area`'s tab first, and `focus` (what the scenario is about) scrolled into view.
+ * The viewport the spec ran in is restored afterwards.
  */
-export async function screenshots(page: Page, scenario: string, area?: 'chat' | 'actions' | 'stats'): Promise<void> {
+export async function screenshots(
+  page: Page,
+  scenario: string,
+  area?: 'chat' | 'actions' | 'stats',
+  focus?: Locator,
+): Promise<void> {
   const before = page.viewportSize();
   fs.mkdirSync(screenshotDir(), { recursive: true });
   for (const size of [PHONE, DESKTOP]) {
     await page.setViewportSize(size);
     if (area) await showArea(page, area);
+    if (focus) await focus.scrollIntoViewIfNeeded();
     // Let the layout and any transition settle at the new width.
     await page.waitForTimeout(300);
     await page.screenshot({ path: path.join(screenshotDir(), `${scenario}-${size.width}.png`) });
