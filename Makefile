@@ -39,8 +39,9 @@ $(STAMP): $(SOURCES) | $(PREREQS)
 MODELS ?=
 MODEL_FLAGS = $(foreach m,$(MODELS),--model $(m))
 
-# The /mcp-chat PWA: `npm ci` when the lockfile changed, `astro build` when a source did.
-web: | $(PREREQS)
+# The /mcp-chat PWA: `npm ci` when the lockfile changed, `astro build` when a source did (with the
+# machine's Node.js >= 20, else Node.js from PyPI installed into .venv).
+web: install
 	@scripts/build-web.sh
 
 up: install web
@@ -59,6 +60,7 @@ lint: install
 
 # pytest runs tests/web too: the app's unit tests and svelte-check, then its browser tests.
 test: lint web
+	@scripts/check-prerequisites.sh $(PYTHON) browser
 	@rm -f .pytest-exit
 	$(BIN)/pytest; rc=$$?; echo $$rc > .pytest-exit; exit $$rc
 

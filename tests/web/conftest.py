@@ -1,14 +1,15 @@
 """The /mcp-chat PWA's tests, run by pytest: its unit tests and type check (Node.js, in web/), and its
 browser tests (Playwright driving Debian's chromium) against a stack that `koprogo up` starts.
 
-Node.js, npm or chromium missing fails these tests, never skips them: `scripts/check-prerequisites.sh`
-installs them (as root on Debian/Ubuntu) or says what to install.
+Node.js comes from the machine (>= 20) or, when it has none, from PyPI into .venv (scripts/build-web.sh,
+which every test here runs first). Chromium missing fails these tests, never skips them:
+`scripts/check-prerequisites.sh PYTHON browser` (run by `make test`) installs it as root on
+Debian/Ubuntu, or says what to install.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 SCREENSHOTS = WEB / "test-results" / "screenshots"
+# Where scripts/build-web.sh puts Node.js from PyPI when the machine has no Node.js >= 20.
+VENV_NODE = REPO / ".venv" / "node-bin"
 
 
-def require_node() -> None:
-    for tool in ("node", "npm", "npx"):
-        if shutil.which(tool) is None:
-            pytest.fail(
-                f"{tool} is missing: the web app needs Node.js >= 20 and npm (run scripts/check-prerequisites.sh)"
-            )
+def node_path() -> str:
+    """PATH with the .venv's Node.js first when build-web.sh installed one."""
+    path = os.environ.get("PATH", "")
+    return f"{VENV_NODE}{os.pathsep}{path}" if (VENV_NODE / "npx").exists() else path
 
 
 def require_chromium() -> None:
@@ -44,7 +45,7 @@ def run_in_web(
     result = subprocess.run(
         list(args),
         cwd=WEB,
-        env={**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0", **(env or {})},
+        env={**os.environ, "PATH": node_path(), "NO_COLOR": "1", "FORCE_COLOR": "0", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -62,7 +63,6 @@ def web_app() -> Path:
 
 def build_web_app() -> Path:
     """`scripts/build-web.sh`: npm ci and astro build, each only when its inputs changed."""
-    require_node()
     build = subprocess.run(
         [str(REPO / "scripts" / "build-web.sh")],
         stdout=subprocess.PIPE,
