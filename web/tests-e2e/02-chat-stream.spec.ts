@@ -20,6 +20,14 @@ test('a chat answer streams in and shows where it ran and its CO₂', async ({ p
     }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
   });
 
+  // The model picker lists the bundled model among the 🍓 edge ones, available.
+  const bundled = page.getByTestId('model-picker').locator('option[value="smollm2:135m-instruct-q4"]');
+  await expect(bundled).toBeEnabled();
+  const itsGroup = page.getByTestId('model-picker').locator('optgroup', {
+    has: page.locator('option[value="smollm2:135m-instruct-q4"]'),
+  });
+  await expect(itsGroup).toHaveAttribute('label', /🍓/);
+
   await sendMessage(page, 'Bonjour ! Présente-toi en deux phrases.');
   const question = messages(page, 'user').last();
   await expect(question).toContainText('Présente-toi en deux phrases');
