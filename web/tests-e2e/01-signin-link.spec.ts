@@ -1,6 +1,7 @@
 // Scenario 1: the one-time link `koprogo login-link` prints opens a session without copy-paste,
 // leaves no secret in the address bar, and does not work twice.
 import { expect, test } from '@playwright/test';
+import { common } from '../src/i18n/fr/common';
 import { PHONE, required, screenshots, showArea } from './support';
 
 test.use({ viewport: PHONE });
@@ -28,6 +29,9 @@ test('the one-time link signs in once and leaves no secret in the URL', async ({
     await again.goto(link);
     await expect(again.getByTestId('signin-token-input')).toBeVisible({ timeout: 30_000 });
     await expect(again.getByTestId('sign-out')).toHaveCount(0);
+    // And says why, with the way to a new link.
+    await expect(again.getByText(common.signIn.errors.login_link_used)).toBeVisible();
+    await screenshots(again, 'signin-link-used');
   } finally {
     await other.close();
   }
