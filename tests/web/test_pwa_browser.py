@@ -30,6 +30,8 @@ from tests.e2e.test_koprogo_up import koprogo
 from tests.web.conftest import CHROMIUM, SCREENSHOTS, WEB, build_web_app, require_chromium, run_in_web
 
 SPECS = sorted(path.name for path in (WEB / "tests-e2e").glob("*.spec.ts"))
+# An empty parametrization would be skipped: no specs is a broken checkout, and fails.
+assert SPECS, f"no browser specs in {WEB / 'tests-e2e'}"
 # What `koprogo up` must not inherit from a test run: it starts its own servers and secrets.
 FOREIGN = (
     "NATS_URL",
