@@ -26,6 +26,8 @@ GatewayError
  ├── InvalidIdempotencyKeyError an `Idempotency-Key` that is empty, too long or not printable ASCII (422)
  ├── IdempotencyKeyReusedError  an `Idempotency-Key` already used with another body (422)
  ├── IdempotencyUnavailableError the idempotency keys' store (NATS JetStream KV) cannot answer (503)
+ ├── IdempotencyKeyNotFoundError no chat of the caller's under that `Idempotency-Key` (404)
+ ├── ChatCancelledError    its user cancelled the keyed chat: what a retry with the key gets (409)
  ├── UnsupportedMediaTypeError a body that is neither JSON nor what the route also takes (415)
  ├── InvalidTaskRequestError a grid task that is malformed or lacks what its type needs (422)
  ├── UnsupportedDocumentError a document whose sniffed type the task type does not take (422)
@@ -199,6 +201,23 @@ class IdempotencyKeyReusedError(GatewayError):
 class IdempotencyUnavailableError(GatewayError):
     status = 503
     error = "idempotency_unavailable"
+
+
+class IdempotencyKeyNotFoundError(GatewayError):
+    """Never used, expired (24 h), a grid task's, or another user's key: all alike to the caller."""
+
+    status = 404
+    error = "idempotency_key_not_found"
+
+
+class ChatCancelledError(GatewayError):
+    """Stored as the outcome of a keyed chat its user cancelled (`POST /mcp/v1/chat/cancel`).
+
+    409: the request conflicts with what its key now holds; a new key asks again.
+    """
+
+    status = 409
+    error = "chat_cancelled"
 
 
 class UnsupportedMediaTypeError(GatewayError):

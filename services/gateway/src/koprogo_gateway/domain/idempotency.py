@@ -8,6 +8,11 @@ the same key and body gets that outcome, or waits for it, and never runs a reque
 the same key with another body is refused (422 `idempotency_key_reused`). Keys are the
 caller's: the stored key is a hash of the user id and the header, so users never meet.
 
+A keyed chat may be cancelled by its user (`POST /mcp/v1/chat/cancel`, `ChatCancelIn`): while it
+runs, its entry is settled with the 409 `chat_cancelled` its retries then get (`CANCELLED`), before
+the worker is told to stop, so the answer it cuts short is never stored as the key's outcome;
+once settled, the cancel only says how it ended (`cancel_status`).
+
 A task's entry names its task id; its outcome is the submission's 202 body (`TaskAccepted`).
 Its `deadline` is the submitting gateway's lease: past it with no outcome, that gateway stopped
 or gave up (it releases the lease at once when its submission fails), and a retry takes the
@@ -22,18 +27,20 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn
-from koprogo_gateway.domain.errors import GatewayError, InvalidIdempotencyKeyError
+from koprogo_gateway.domain.errors import ChatCancelledError, GatewayError, InvalidIdempotencyKeyError
 from koprogo_gateway.domain.task_view import TaskAccepted
 from koprogo_shared.events import ChatCompleted
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_CHARS = 255
+# How a grid task's fingerprint starts (a chat's is a bare sha256): a chat cancel leaves tasks alone.
+TASK_FINGERPRINT_PREFIX = "task:"
 
 
 def store_key(user_id: str | None, header: str) -> str:
@@ -82,7 +89,7 @@ def task_fingerprint(
         "filename": filename,
     }
     return (
-        "task:"
+        TASK_FINGERPRINT_PREFIX
         + hashlib.sha256(
             json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
         ).hexdigest()
@@ -124,6 +131,10 @@ class IdempotencyEntry(BaseModel):
     (a task has none).
     """
 
+    @property
+    def is_chat(self) -> bool:
+        return not self.fingerprint.startswith(TASK_FINGERPRINT_PREFIX)
+
     model_config = ConfigDict(frozen=True)
 
     request_id: str
@@ -131,6 +142,9 @@ class IdempotencyEntry(BaseModel):
     created_at: datetime
     deadline: datetime
     reply_subject: str = ""
+    # A chat's copro (its failure is recorded under it when it is cancelled); None for a task,
+    # a chat without one, or an entry stored before this field existed.
+    copro_id: str | None = None
     outcome: StoredOutcome | None = None
 
     def settled(self, outcome: StoredOutcome) -> IdempotencyEntry:
@@ -161,3 +175,41 @@ def lapsed(entry: IdempotencyEntry, now: datetime) -> bool:
 def abandoned(entry: IdempotencyEntry, now: datetime, grace_s: float) -> bool:
     """No outcome well past the deadline: the gateway that ran it stopped before storing one."""
     return entry.outcome is None and now >= entry.deadline + timedelta(seconds=grace_s)
+
+
+class ChatCancelIn(BaseModel):
+    """`POST /mcp/v1/chat/cancel`'s body: the `Idempotency-Key` the chat was sent with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str = Field(min_length=1, max_length=MAX_KEY_CHARS)
+
+
+CancelStatus = Literal["cancelled", "already_answered", "already_failed"]
+
+
+class ChatCancelOut(BaseModel):
+    """What became of the chat: `cancelled` (now, or by an earlier cancel), or it had already
+    ended, answered (the answer stays the key's outcome) or failed."""
+
+    status: CancelStatus
+
+
+# The outcome a cancelled chat's key holds: every retry with the key gets this 409.
+CANCELLED = StoredOutcome(
+    error=StoredError.of(
+        ChatCancelledError(
+            "this chat was cancelled by its user: a retry with the same Idempotency-Key gets this "
+            "error; send the request with a new key to ask again"
+        )
+    )
+)
+
+
+def cancel_status(outcome: StoredOutcome) -> CancelStatus:
+    """What a cancel answers for a key whose chat already has `outcome`."""
+    if outcome.completion is not None:
+        return "already_answered"
+    if outcome.error is not None and outcome.error.error == ChatCancelledError.error:
+        return "cancelled"
+    return "already_failed"

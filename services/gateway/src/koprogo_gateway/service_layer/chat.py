@@ -21,7 +21,11 @@ request may run all the same). A retry with the key gets that outcome (`Idempote
 waiting for it while the first runs; if the first publish may not have been stored, the retry
 publishes the same event id again, which the stream's de-duplication stores at most once. A
 keyed request is not stopped when its caller leaves (its retry gets the answer); a streamed
-retry gets the stored answer as one piece.
+retry gets the stored answer as one piece. Its user stops it explicitly (`cancel`, the PWA's Stop):
+the key is settled with the 409 `chat_cancelled` its retries then get, the worker is told to stop,
+and the ledger records the caller's error (the tokens already spent kept as its late answer). The
+gateway keeping the request watches its key, so a cancel made on another replica, or before a
+node started the request, still reaches the node that runs it.
 
 What it returns (`ChatAnswer`, `ChatStream`) and the rules of pieces and replays are in
 `chat_answers.py`; the keys' entries are kept by `idempotency_keys.py`.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -51,15 +55,19 @@ from koprogo_gateway.domain.errors import (
     ChatRefusedError,
     ChatTimeoutError,
     GatewayError,
+    IdempotencyKeyNotFoundError,
     NodeChangedError,
     NodeLostError,
     RateLimitedError,
 )
 from koprogo_gateway.domain.idempotency import (
+    CANCELLED,
+    CancelStatus,
     IdempotencyEntry,
     StoredError,
     StoredOutcome,
     body_fingerprint,
+    cancel_status,
     store_key,
 )
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
@@ -93,6 +101,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHATS = Counter("koprogo_gateway_chats_total", "Chat requests by outcome", ["outcome"])
+CANCELS = Counter("koprogo_gateway_chat_cancels_total", "Chat cancels by what they found", ["status"])
 LATENCY = Histogram(
     "koprogo_gateway_chat_latency_seconds",
     "End-to-end chat latency",
@@ -190,6 +199,44 @@ class ChatService:
         running to store their outcomes (at shutdown, within the time the gateway gives it)."""
         while self._deliveries or self._keepers:
             await asyncio.gather(*self._deliveries, *self._keepers, return_exceptions=True)
+
+    async def cancel(self, caller: Caller, idempotency_key: str) -> CancelStatus:
+        """Cancel the caller's chat sent with `idempotency_key`; what became of it.
+
+        While it runs, its key is settled first with the 409 `chat_cancelled` (so the answer the
+        worker cuts short never becomes the key's outcome: its keeper finds the key settled and
+        leaves it), then the worker is told to stop, and the ledger is told its caller got that
+        error (`ChatFailed`, the caller's verdict: the tokens spent are kept as the request's late
+        answer, never counted as answered). A chat already ended is left as it is: its status
+        says how it ended. IdempotencyKeyNotFoundError (404) when the key holds no chat of the
+        caller's; IdempotencyUnavailableError (503) when the store cannot answer.
+        """
+        require_scope(caller, WRITE)
+        key = store_key(caller.user_id, idempotency_key)
+        settled = await self.keys.settle_if_running(key, CANCELLED)
+        if settled is None:
+            CANCELS.labels(status="not_found").inc()
+            raise IdempotencyKeyNotFoundError(
+                "no chat of yours was sent with this Idempotency-Key in the last 24 hours"
+            )
+        stored, now = settled
+        if not now:
+            assert stored.entry.outcome is not None
+            status = cancel_status(stored.entry.outcome)
+            CANCELS.labels(status=status).inc()
+            return status
+        entry = stored.entry
+        await self.bus.cancel(entry.request_id)
+        assert CANCELLED.error is not None
+        error = CANCELLED.error
+        self._in_background(
+            self._record_failure_quietly(
+                entry.request_id, entry.copro_id, error.status, error.error, "cancelled by its user"
+            )
+        )
+        CANCELS.labels(status="cancelled").inc()
+        log.info("chat %s cancelled by user %s", entry.request_id, caller.user_id)
+        return "cancelled"
 
     def _scope(self, caller: Caller, body: ChatRequestIn) -> CoproId | None:
         """The scope check and the copro the chat is for (raises GatewayError)."""
@@ -298,7 +345,9 @@ class ChatService:
                         kept = True
                         self._keep(keyed, request, expected, started)
                     elif isinstance(exc, NodeChangedError):
-                        await self._record_failure_quietly(request, 503, exc.error, exc.message)
+                        await self._record_failure_quietly(
+                            request.id, request.copro_id, 503, exc.error, exc.message
+                        )
                     elif isinstance(exc, BusUnavailableError):
                         self._unconfirmed(request, exc)
                     raise
@@ -315,7 +364,11 @@ class ChatService:
                 raise
             latency_ms = (time.perf_counter() - started) * 1000.0
             if keyed is not None:
-                await self.keys.settle(keyed, StoredOutcome(completion=completion, latency_ms=latency_ms))
+                standing = await self.keys.settle(
+                    keyed, StoredOutcome(completion=completion, latency_ms=latency_ms)
+                )
+                if standing.error is not None:
+                    raise error_of(standing.error)  # cancelled by its user meanwhile: no answer
             rest = rest_of(completion, sent, expected.pieces_lost)
         except GatewayError as exc:
             _not_answered(exc, headers)
@@ -363,7 +416,9 @@ class ChatService:
         """The bus did not confirm the request: it may be stored all the same (its acknowledgement
         lost) and run, so the ledger is told the caller got this 503, not the answer. Off the
         caller's path: with the bus down, this publish waits out its own retries."""
-        self._in_background(self._record_failure_quietly(request, exc.status, exc.error, exc.message))
+        self._in_background(
+            self._record_failure_quietly(request.id, request.copro_id, exc.status, exc.error, exc.message)
+        )
 
     def _in_background(self, record: Coroutine[Any, Any, None]) -> None:
         """Publish a record in a task of its own (`settle` waits for it at shutdown)."""
@@ -371,11 +426,17 @@ class ChatService:
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _wait(self, request: ChatRequested, expected: ExpectedReplies) -> ChatCompleted | ChatFailed:
+    async def _wait(
+        self,
+        request: ChatRequested,
+        expected: ExpectedReplies,
+        watch: Callable[[], Awaitable[None]] | None = None,
+    ) -> ChatCompleted | ChatFailed:
         """Wait for the outcome; give up early when the node running it died and no other can take over.
 
         While another live node serves the model, a dead node's work item is redelivered
-        to it after the consumer's ack wait, so the caller keeps waiting for that.
+        to it after the consumer's ack wait, so the caller keeps waiting for that. `watch` runs
+        at each check too.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
@@ -389,6 +450,8 @@ class ChatService:
                 )
             except TimeoutError:
                 self._check_node(request, expected)
+                if watch is not None:
+                    await watch()
 
     def _check_node(self, request: ChatRequested, expected: ExpectedReplies) -> None:
         """Raise NodeLostError when the node running `request` is gone and no live node serves its model."""
@@ -409,19 +472,23 @@ class ChatService:
     async def _give_up(self, request: ChatRequested, exc: Exception) -> GatewayError:
         """Record why the caller got no answer; the error to raise."""
         if isinstance(exc, NodeLostError):
-            await self._record_failure(request, 503, "node_lost", str(exc))
+            await self._record_failure(request.id, request.copro_id, 503, "node_lost", str(exc))
             return ChatRefusedError(503, "node_lost", str(exc))
-        await self._record_failure(request, 504, "timeout", f"no answer within {self.timeout_s:g}s")
+        await self._record_failure(
+            request.id, request.copro_id, 504, "timeout", f"no answer within {self.timeout_s:g}s"
+        )
         return ChatTimeoutError(f"no node answered within {self.timeout_s:g}s")
 
-    async def _record_failure(self, request: ChatRequested, status: int, error: str, message: str) -> None:
+    async def _record_failure(
+        self, request_id: str, copro_id: str | None, status: int, error: str, message: str
+    ) -> None:
         await self.bus.publish(
-            subjects.chat_failed(request.copro_id),
+            subjects.chat_failed(copro_id),
             ChatFailed(
-                id=chat_failed_id(request.id),
+                id=chat_failed_id(request_id),
                 source=SOURCE,
-                copro_id=request.copro_id,
-                request_id=request.id,
+                copro_id=copro_id,
+                request_id=request_id,
                 status=status,
                 error=error,
                 message=message,
@@ -537,9 +604,12 @@ class ChatService:
     async def _kept(
         self, keyed: KeyedRequest, request: ChatRequested, expected: ExpectedReplies, started: float
     ) -> StoredOutcome:
+        # The nodes told to stop (None: whoever hears the request's own cancel subject).
+        told: set[str | None] = set()
+        watch = partial(self._stop_if_settled, keyed.key, request, expected, told)
         try:
             try:
-                outcome = completed(await self._wait(request, expected))
+                outcome = completed(await self._wait(request, expected, watch))
                 result = StoredOutcome(
                     completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0
                 )
@@ -556,8 +626,21 @@ class ChatService:
             if not expected.outcome.done():
                 await asyncio.shield(self.bus.cancel(request.id))
             self._forget(request.id)
-        await self.keys.settle(keyed, result)
-        return result
+        return await self.keys.settle(keyed, result)
+
+    async def _stop_if_settled(
+        self, key: str, request: ChatRequested, expected: ExpectedReplies, told: set[str | None]
+    ) -> None:
+        """A kept request's watch: once its key holds an error (its user cancelled it, perhaps on
+        another gateway, which cannot address a node holding a key), tell the node running it to
+        stop; again when a node starts it later (a cancel sent while it was queued reached nobody)."""
+        if not told:
+            settled = await self.keys.settled(key)
+            if settled is None or settled.error is None:
+                return
+        if expected.node_id not in told:
+            told.add(expected.node_id)
+            await self.bus.cancel(request.id)
 
     async def _replayed(
         self,
@@ -588,8 +671,9 @@ class ChatService:
                 self._keep(KeyedRequest(key, stored), again, expected, time.perf_counter())
 
         async def record_failure(entry: IdempotencyEntry, error: GatewayError) -> None:
-            again = self._request(body, copro_id, user_id, stream=False, again=entry)
-            await self._record_failure_quietly(again, error.status, error.error, error.message)
+            await self._record_failure_quietly(
+                entry.request_id, copro_id, error.status, error.error, error.message
+            )
 
         outcome = await self._counted(self.keys.outcome(key, stored, fingerprint, resume, record_failure))
         CHATS.labels(outcome="replayed").inc()
@@ -606,12 +690,12 @@ class ChatService:
             return ChatTimeoutError(f"no node answered within {self.timeout_s:g}s")
 
     async def _record_failure_quietly(
-        self, request: ChatRequested, status: int, error: str, message: str
+        self, request_id: str, copro_id: str | None, status: int, error: str, message: str
     ) -> None:
         try:
-            await self._record_failure(request, status, error, message)
+            await self._record_failure(request_id, copro_id, status, error, message)
         except GatewayError as refused:
-            log.warning("could not record the failure of %s: %s", request.id, refused.message)
+            log.warning("could not record the failure of %s: %s", request_id, refused.message)
 
 
 def _not_answered(exc: GatewayError, headers: dict[str, str]) -> None:

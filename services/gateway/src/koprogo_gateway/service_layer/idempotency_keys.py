@@ -10,6 +10,10 @@ itself when they come to this gateway and nothing here waits for them any more (
 or the stream was never read); when no outcome came well past the deadline (the gateway
 running it stopped), it stores the 504 every retry then gets.
 
+A running chat's entry may be settled by its user's cancel (`settle_if_running`) while its
+gateway still waits for the worker: that gateway's own `settle` then finds the entry changed
+and leaves the cancel's outcome standing (it returns the outcome that stands).
+
 A task's entry is a lease instead (`claim_task`): the gateway submitting it holds the key until
 its `deadline`, and gives it back at once when the submission fails (`release`); a retry waits
 for the outcome while the lease runs (`outcome_or_lapse`), then takes the submission over under
@@ -100,6 +104,7 @@ class IdempotencyKeys:
             created_at=utc_now(),
             deadline=request.deadline,
             reply_subject=request.reply_subject,
+            copro_id=request.copro_id,
         )
         return await self._create(key, entry)
 
@@ -176,15 +181,40 @@ class IdempotencyKeys:
             return None
         return stored.entry.outcome if stored is not None else None
 
-    async def settle(self, keyed: KeyedRequest, outcome: StoredOutcome) -> None:
-        """Store a keyed request's outcome for its retries (a failure is logged: they then wait
-        for the deadline and get a 504)."""
+    async def settle(self, keyed: KeyedRequest, outcome: StoredOutcome) -> StoredOutcome:
+        """Store a keyed request's outcome for its retries; the outcome that stands: `outcome`, or
+        the one stored first (its user cancelled it). A store that fails is logged: the retries
+        then wait for the deadline and get a 504."""
         assert self.store is not None
         stored = keyed.stored
         try:
             await self.store.replace(keyed.key, stored.entry.settled(outcome), stored.revision)
+        except IdempotencyConflictError:
+            standing = await self.settled(keyed.key)
+            if standing is not None:
+                return standing
+            log.warning("could not store the outcome of %s: its entry changed", stored.entry.request_id)
         except IdempotencyStoreError as exc:
             log.warning("could not store the outcome of %s: %r", stored.entry.request_id, exc)
+        return outcome
+
+    async def settle_if_running(self, key: str, outcome: StoredOutcome) -> tuple[StoredEntry, bool] | None:
+        """Store `outcome` under a chat's key unless it has one: the entry as it now stands, and
+        whether this call settled it; None when the key holds no chat. IdempotencyUnavailableError
+        when the store cannot do it."""
+        while True:
+            stored = await self.read(key)
+            if stored is None or not stored.entry.is_chat:
+                return None
+            if stored.entry.outcome is not None:
+                return stored, False
+            assert self.store is not None
+            try:
+                return await self.store.replace(key, stored.entry.settled(outcome), stored.revision), True
+            except IdempotencyConflictError:
+                continue  # settled (or its lease moved) since it was read: read it again
+            except IdempotencyStoreError as exc:
+                raise IdempotencyUnavailableError(f"the idempotency key cannot be stored: {exc}") from None
 
     async def outcome(
         self,

@@ -1,4 +1,5 @@
-"""`/mcp/v1/chat`: the seed's chat, whole or as Server-Sent Events, over the chat use case."""
+"""`/mcp/v1/chat`: the seed's chat, whole or as Server-Sent Events, over the chat use case; and
+`/mcp/v1/chat/cancel`, its user's Stop for a chat sent with an `Idempotency-Key`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from koprogo_gateway.domain.chat_request import ChatRequestIn, ChatResponseOut
 from koprogo_gateway.domain.errors import GatewayError
+from koprogo_gateway.domain.idempotency import ChatCancelIn, ChatCancelOut
 from koprogo_gateway.domain.stream_format import delta_event, error_event, sse
 from koprogo_gateway.entrypoints.http.chat_http import (
     CALLER_LEFT,
@@ -46,6 +48,25 @@ async def chat_or_stream(
     if answer is None:
         return Response(status_code=CALLER_LEFT)
     return JSONResponse(seed_json(answer.response()), headers=answer.headers)
+
+
+CANCEL_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"description": "No valid bearer token (when authentication is on)."},
+    403: {"description": "The token lacks `mcp:write`."},
+    404: {
+        "description": "`idempotency_key_not_found`: no chat of the caller's was sent with this key in "
+        "the last 24 h (never, expired, a grid task's key, or another user's: keys are per user)."
+    },
+    422: {"description": 'A body other than `{"idempotency_key": "<1-255 printable ASCII>"}`.'},
+    429: {"description": "The user's request quota is used up (`Retry-After`)."},
+    503: {"description": "`idempotency_unavailable`: the idempotency keys' store cannot be reached."},
+}
+
+
+@router.post("/chat/cancel", name="chat_cancel", response_model=ChatCancelOut, responses=CANCEL_RESPONSES)
+async def cancel_chat(body: ChatCancelIn, caller: Writer, gateway: GatewayDep) -> ChatCancelOut:
+    """Stop a chat sent with an `Idempotency-Key` (the key in the body) and settle the key: `cancelled` (the worker is told to stop; a retry with the key then gets a 409 `chat_cancelled` and runs nothing; the ledger records the request as failed with that error, its tokens spent as its late answer, not counted in /stats), or, left as it was, `already_answered` (a retry gets the answer) or `already_failed`. A keyed chat runs on when its caller disconnects; this is how its user stops it."""
+    return ChatCancelOut(status=await gateway.chat.cancel(caller, body.idempotency_key))
 
 
 def seed_json(response: ChatResponseOut) -> dict[str, Any]:
