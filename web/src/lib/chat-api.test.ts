@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { app } from './app.svelte';
-import { ChatStreamError, chatRequestBody, fetchModels, streamChat, type ChatRequestBody } from './chat-api';
+import { ChatStreamError, cancelChat, chatRequestBody, fetchModels, streamChat, type ChatRequestBody } from './chat-api';
 import { FakeChatGateway, answerFor, jsonResponse, sse, streamResponse } from './chat-fakes';
 import { ApiError, NetworkError } from './http';
 
@@ -133,6 +133,58 @@ describe('streamChat', () => {
     stubFetch(() => streamResponse({ chunks: [sse('delta', { index: 0, delta: 'Bon' })], then: 'hang' }, null));
     const streaming = streamChat(body, 'k', () => controller.abort(), controller.signal);
     await expect(streaming).rejects.toMatchObject({ name: 'AbortError' });
+  });
+});
+
+describe('cancelChat', () => {
+  beforeEach(() => {
+    app.token = 'token-1';
+  });
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    app.token = null;
+  });
+
+  it('POSTs the key as JSON with the bearer token and returns what the gateway found', async () => {
+    const urls: string[] = [];
+    const calls: RequestInit[] = [];
+    vi.stubGlobal('fetch', async (input: RequestInfo | URL, init: RequestInit = {}) => {
+      urls.push(String(input));
+      calls.push(init);
+      return jsonResponse(200, { status: 'already_answered' });
+    });
+    await expect(cancelChat('key-1')).resolves.toBe('already_answered');
+    expect(urls).toEqual(['/mcp/v1/chat/cancel']);
+    expect(calls[0].method).toBe('POST');
+    expect(JSON.parse(String(calls[0].body))).toEqual({ idempotency_key: 'key-1' });
+    const headers = new Headers(calls[0].headers);
+    expect(headers.get('Authorization')).toBe('Bearer token-1');
+    expect(headers.get('Content-Type')).toBe('application/json');
+  });
+
+  it('cancels a running chat of the fake gateway, whose retry under the key then replays chat_cancelled', async () => {
+    const gateway = new FakeChatGateway().plan({ kind: 'hang', pieces: ['Bon', 'jour'], after: 1 });
+    vi.stubGlobal('fetch', gateway.fetch);
+    const controller = new AbortController();
+    const streaming = streamChat(body, 'key-2', () => controller.abort(), controller.signal);
+    await expect(streaming).rejects.toMatchObject({ name: 'AbortError' });
+
+    await expect(cancelChat('key-2')).resolves.toBe('cancelled');
+    const retry = await streamChat(body, 'key-2', () => {}, new AbortController().signal).catch((e: unknown) => e);
+    expect(retry).toMatchObject({ status: 409, code: 'chat_cancelled', replayed: true, retryable: false });
+    expect(gateway.totalRuns).toBe(1);
+  });
+
+  it('rejects with the gateway’s 404 for a key it does not hold, and with NetworkError offline', async () => {
+    stubFetch(() => jsonResponse(404, { error: 'idempotency_key_not_found', message: 'no chat' }));
+    await expect(cancelChat('nope')).rejects.toMatchObject({ status: 404, code: 'idempotency_key_not_found' });
+    stubFetch(() => Promise.reject(new TypeError('Failed to fetch')));
+    await expect(cancelChat('k')).rejects.toBeInstanceOf(NetworkError);
+  });
+
+  it('rejects an answer without a known status', async () => {
+    stubFetch(() => jsonResponse(200, { status: 'maybe' }));
+    await expect(cancelChat('k')).rejects.toMatchObject({ code: 'malformed_response' });
   });
 });
 

@@ -1,6 +1,6 @@
 /**
- * The gateway's chat over HTTP: `POST /mcp/v1/chat` streamed (Server-Sent Events) and
- * `GET /mcp/v1/models`. Shapes follow services/gateway (domain/chat_request.py,
+ * The gateway's chat over HTTP: `POST /mcp/v1/chat` streamed (Server-Sent Events), its Stop
+ * (`POST /mcp/v1/chat/cancel`) and `GET /mcp/v1/models`. Shapes follow services/gateway (domain/chat_request.py,
  * domain/stream_format.py, service_layer/models.py).
  *
  * Errors, as the outbox needs to tell them apart:
@@ -85,6 +85,7 @@ export interface ChatRequestBody {
 }
 
 export const CHAT_PATH = '/mcp/v1/chat';
+export const CHAT_CANCEL_PATH = '/mcp/v1/chat/cancel';
 export const MODELS_PATH = '/mcp/v1/models';
 
 /** The body for a conversation; `routing` 'copro_default' sends no preference. */
@@ -121,6 +122,7 @@ const STREAM_ERROR_STATUS: Record<string, number> = {
   invalid_model_output: 502,
   validation_error: 422,
   rate_limited: 429,
+  chat_cancelled: 409,
 };
 
 export class ChatStreamError extends ApiError {
@@ -232,6 +234,32 @@ export async function streamChat(
   }
   if (signal.aborted) throw abortError();
   throw new NetworkError('the stream ended before its answer was complete');
+}
+
+/** What the gateway found when asked to cancel: stopped now (or by an earlier cancel), or already ended. */
+export type CancelOutcome = 'cancelled' | 'already_answered' | 'already_failed';
+const CANCEL_OUTCOMES: readonly string[] = ['cancelled', 'already_answered', 'already_failed'];
+
+/**
+ * `POST /mcp/v1/chat/cancel`: stop the chat sent under `idempotencyKey`. Aborting the stream is
+ * not enough: the gateway keeps a keyed chat running when its caller leaves (so a retry gets the
+ * answer), and the node would spend its tokens for nobody. After `cancelled`, a retry with the key
+ * gets a 409 `chat_cancelled`. Rejects with ApiError (404 `idempotency_key_not_found`: the gateway
+ * never stored the key, e.g. the request never reached it; 503 `idempotency_unavailable`) or
+ * NetworkError.
+ */
+export async function cancelChat(idempotencyKey: string, signal?: AbortSignal): Promise<CancelOutcome> {
+  const response = await apiFetch(CHAT_CANCEL_PATH, {
+    method: 'POST',
+    body: JSON.stringify({ idempotency_key: idempotencyKey }),
+    signal,
+  });
+  const body = (await response.json().catch(() => null)) as { status?: unknown } | null;
+  const status = body?.status;
+  if (typeof status !== 'string' || !CANCEL_OUTCOMES.includes(status)) {
+    throw new ApiError(response.status, 'malformed_response', 'the cancel answer has no known status');
+  }
+  return status as CancelOutcome;
 }
 
 /** `GET /mcp/v1/models`: the catalogue, the `auto` classes and the edge nodes' own models. */

@@ -4,7 +4,9 @@
  * keeping idempotency keys as the real gateway does (service_layer/chat.py): the first request
  * with a key runs once, a retry with the same key and body replays the stored outcome (one
  * `delta` with index 0, then `done`, header `Idempotent-Replayed: true`), another body is a 422
- * `idempotency_key_reused`. And a manual clock.
+ * `idempotency_key_reused`. `POST /mcp/v1/chat/cancel` too: a key whose chat still runs (a 'hang'
+ * plan) is settled with the 409 `chat_cancelled` its retries then get; one already settled answers
+ * how it ended; an unknown key is a 404. And a manual clock.
  */
 import type { ChatRequestBody, ChatResponse } from './chat-api';
 import type { Clock } from './outbox';
@@ -94,8 +96,19 @@ export type FirstRun =
   /** fetch itself fails (the gateway unreachable). */
   | { kind: 'unreachable' };
 
+export interface RecordedCancel {
+  key: unknown;
+  authorization: string | null;
+}
+
 export class FakeChatGateway {
   readonly calls: RecordedCall[] = [];
+  /** The cancels received, in order. */
+  readonly cancels: RecordedCancel[] = [];
+  /** Make the cancel route unreachable (fetch fails, as offline). */
+  cancelUnreachable = false;
+  /** Keys whose chat is still running (a 'hang' plan not yet cancelled). */
+  private readonly running = new Set<string>();
   /** Chats actually run (generations), per key. */
   readonly runs = new Map<string, number>();
   private readonly stored = new Map<string, { fingerprint: string; outcome: ChatResponse | { error: string; message: string } }>();
@@ -114,6 +127,7 @@ export class FakeChatGateway {
 
   readonly fetch = async (input: RequestInfo | URL, init: RequestInit = {}): Promise<Response> => {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    if (url.endsWith('/mcp/v1/chat/cancel')) return this.cancel(init);
     if (!url.endsWith('/mcp/v1/chat')) return jsonResponse(404, { error: 'not_found', message: url });
     const headers = new Headers(init.headers);
     const key = headers.get('Idempotency-Key');
@@ -154,8 +168,27 @@ export class FakeChatGateway {
     if (key) this.stored.set(key, { fingerprint, outcome: answer });
     const deltas = plan.pieces.map((delta, index) => sse('delta', { index, delta }));
     if (plan.kind === 'answer') return streamResponse({ chunks: [...deltas, sse('done', answer)] }, signal);
+    if (plan.kind === 'hang' && key) this.running.add(key);
     return streamResponse({ chunks: deltas.slice(0, plan.after), then: plan.kind === 'lost' ? 'drop' : 'hang' }, signal);
   };
+
+  private cancel(init: RequestInit): Response {
+    if (this.cancelUnreachable) throw new TypeError('Failed to fetch');
+    const headers = new Headers(init.headers);
+    const { idempotency_key: key } = JSON.parse(String(init.body)) as { idempotency_key?: unknown };
+    this.cancels.push({ key, authorization: headers.get('Authorization') });
+    const stored = typeof key === 'string' ? this.stored.get(key) : undefined;
+    if (typeof key !== 'string' || !stored) {
+      return jsonResponse(404, { error: 'idempotency_key_not_found', message: 'no chat of yours with this key' });
+    }
+    if (this.running.delete(key)) {
+      stored.outcome = { error: 'chat_cancelled', message: 'this chat was cancelled by its user' };
+      return jsonResponse(200, { status: 'cancelled' });
+    }
+    const outcome = stored.outcome;
+    if (!('error' in outcome)) return jsonResponse(200, { status: 'already_answered' });
+    return jsonResponse(200, { status: outcome.error === 'chat_cancelled' ? 'cancelled' : 'already_failed' });
+  }
 }
 
 /** A clock the test moves by hand; due timers fire on `advance`. */

@@ -16,6 +16,7 @@ import { untrack } from 'svelte';
 import { app } from './app.svelte';
 import {
   ROUTING_CHOICES,
+  cancelChat,
   fetchModels as fetchModelsFromGateway,
   streamChat,
   type ModelOption,
@@ -37,6 +38,7 @@ import {
   browserLock,
   queuedUserMessage,
   systemClock,
+  type CancelChat,
   type Clock,
   type Lock,
   type OutboxStore,
@@ -134,6 +136,8 @@ class MessageWriter {
 
 export interface ChatStoreOptions {
   send?: SendChat;
+  /** How Stop cancels the chat at the gateway (default: `POST /mcp/v1/chat/cancel`). */
+  cancel?: CancelChat;
   fetchModels?: () => Promise<ModelOption[]>;
   clock?: Clock;
   lock?: Lock;
@@ -213,6 +217,7 @@ export class ChatStore {
     };
     this.#outbox = new Outbox({
       send: options.send ?? streamChat,
+      cancel: options.cancel ?? cancelChat,
       store,
       clock: this.#clock,
       lock: options.lock ?? browserLock(),
@@ -301,7 +306,7 @@ export class ChatStore {
     this.#kick();
   }
 
-  /** Abort the answer being streamed (by this tab, or else by another): it is kept as 'stopped', its question is not sent again. */
+  /** Abort the answer being streamed (by this tab, or else by another) and cancel it at the gateway: it is kept as 'stopped', its question is not sent again. */
   stop(): void {
     if (this.#outbox.stop()) return;
     if (this.streaming) this.#post({ copro: this.#copro ?? '', stop: true });

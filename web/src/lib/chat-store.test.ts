@@ -315,6 +315,10 @@ describe('chat store: exactly once', () => {
     await store.whenIdle();
     expect(store.streaming).toBe(false);
     expect(shape(store.messages)).toEqual(['user:done:Q1', 'assistant:stopped:Bon']);
+    // The gateway keeps a keyed chat running when its stream is aborted: Stop cancels it there,
+    // under the message's key, with the session's token.
+    await vi.waitFor(() => expect(gateway.cancels).toHaveLength(1));
+    expect(gateway.cancels[0]).toEqual({ key: gateway.calls[0].key, authorization: 'Bearer token-1' });
     clock.advance(60_000);
     await store.kick({ online: true });
     await store.whenIdle();
@@ -326,6 +330,25 @@ describe('chat store: exactly once', () => {
     expect(gateway.calls[1].body.messages.map((m) => m.content)).toEqual(['Q1', 'Q2']);
     // Stored as shown.
     expect((await listMessages(COPRO)).map((m) => `${m.role}:${m.status}:${m.content}`)).toEqual(shape(store.messages));
+  });
+
+  it('stop() while offline leaves the answer stopped and says, in the console, that the cancel failed', async () => {
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+    gateway.plan({ kind: 'hang', pieces: ['Bon', 'jour'], after: 1 });
+    gateway.cancelUnreachable = true;
+    const store = newStore();
+    await store.load(COPRO);
+    await store.send('Q1');
+    await vi.waitFor(() => expect(assistants(store)[0]?.content).toBe('Bon'));
+
+    store.stop();
+    await store.whenIdle();
+    await vi.waitFor(() => expect(warn).toHaveBeenCalled());
+    warn.mockRestore();
+
+    expect(shape(store.messages)).toEqual(['user:done:Q1', 'assistant:stopped:Bon']);
+    expect(assistants(store)[0].error).toBeUndefined();
+    expect(gateway.calls).toHaveLength(1);
   });
 
   it('after a reload mid-send, shows the message queued again and gets its answer once, under its key', async () => {
@@ -383,6 +406,8 @@ describe('chat store: exactly once', () => {
       await vi.waitFor(() => expect(shape(tab.messages)).toEqual(['user:done:Q', 'assistant:stopped:Bon']));
     }
     expect(gateway.calls).toHaveLength(1);
+    // Cancelled once at the gateway, by the tab that streamed it.
+    await vi.waitFor(() => expect(gateway.cancels.map((c) => c.key)).toEqual([gateway.calls[0].key]));
   });
 });
 

@@ -5,6 +5,7 @@ import { NetworkError } from './http';
 import {
   HISTORY_LIMIT,
   Outbox,
+  type CancelChat,
   browserLock,
   conversationFor,
   memoryLock,
@@ -158,5 +159,73 @@ describe('Outbox', () => {
     const outbox = new Outbox({ send, store, clock: new ManualClock(), lock: memoryLock(), canSend: () => false });
     await outbox.run({ online: true });
     expect(send).not.toHaveBeenCalled();
+  });
+
+  describe('stop', () => {
+    afterEach(() => vi.restoreAllMocks());
+
+    /** A send that streams one piece, then hangs until aborted (as a long answer does). */
+    const hangingSend: SendChat = (_body, _key, onDelta, signal) =>
+      new Promise((_resolve, reject) => {
+        onDelta('Bon');
+        signal.addEventListener('abort', () => reject(new DOMException('stopped', 'AbortError')));
+      });
+
+    async function streaming(cancel: CancelChat) {
+      const store = memoryStore();
+      const question = queuedUserMessage('Q', 'c', 'auto', 'copro_default', 1000);
+      await store.save(question);
+      const outbox = new Outbox({ send: hangingSend, cancel, store, clock: new ManualClock(), lock: memoryLock(), canSend: () => true });
+      const running = outbox.run();
+      await vi.waitFor(() => expect(outbox.sendingId).toBe(question.id));
+      return { store, outbox, running, question };
+    }
+
+    const states = (store: ReturnType<typeof memoryStore>) =>
+      [...store.all.values()].map((m) => `${m.role}:${m.status}:${m.content}`);
+
+    it('aborts the stream and asks the gateway to cancel the chat under the live message’s key', async () => {
+      const cancel = vi.fn<CancelChat>(async () => 'cancelled');
+      const { store, outbox, running, question } = await streaming(cancel);
+
+      expect(outbox.stop()).toBe(true);
+      await running;
+
+      expect(cancel).toHaveBeenCalledTimes(1);
+      expect(cancel).toHaveBeenCalledWith(question.idempotencyKey);
+      expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);
+      expect(outbox.stop()).toBe(false); // nothing live any more: no second cancel
+      expect(cancel).toHaveBeenCalledTimes(1);
+    });
+
+    it('keeps the partial text when the gateway had already finished the answer', async () => {
+      const { store, outbox, running } = await streaming(async () => 'already_answered');
+      outbox.stop();
+      await running;
+      expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);
+    });
+
+    it('logs a cancel that fails, and the message stays stopped (never sent again)', async () => {
+      const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+      const failure = new NetworkError();
+      const { store, outbox, running } = await streaming(async () => Promise.reject(failure));
+
+      outbox.stop();
+      await running;
+      await vi.waitFor(() => expect(warn).toHaveBeenCalledTimes(1));
+
+      expect(warn.mock.calls[0]).toContain(failure);
+      expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);
+      await outbox.run({ online: true });
+      expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);
+    });
+
+    it('cancels the live answer of a conversation being cleared (pause)', async () => {
+      const cancel = vi.fn<CancelChat>(async () => 'cancelled');
+      const { outbox, running, question } = await streaming(cancel);
+      await outbox.pause('c');
+      await running;
+      expect(cancel).toHaveBeenCalledWith(question.idempotencyKey);
+    });
   });
 });

@@ -16,13 +16,16 @@
  *   is the key's stored outcome (`ChatStreamError.settledUnderKey`), `retry()` gives the message
  *   a new key, since the old one can only replay that error; otherwise it keeps the key.
  * - stop(): the live answer is aborted; the assistant message is 'stopped' with its partial text,
- *   the user message is done and never sent again.
+ *   the user message is done and never sent again. The gateway is also asked to cancel the chat
+ *   under its key (`cancel` port, `POST /mcp/v1/chat/cancel`): a keyed chat runs on at the gateway
+ *   when its stream is aborted (so a retry gets the answer), and would spend the node's tokens for
+ *   nobody. Fire and forget: the message is stopped whatever the gateway answers.
  * - One drain at a time per tab (`running`) and, across tabs, the `lock` port (Web Locks). Inside
  *   the lock nobody else is sending, so a message found 'sending' was left by a page that died
  *   (a reload mid-send): it is queued again and resent under its key, and the gateway replays its
  *   answer instead of running a second chat.
  */
-import type { ChatRequestBody, ChatResponse, ChatTurn } from './chat-api';
+import type { CancelOutcome, ChatRequestBody, ChatResponse, ChatTurn } from './chat-api';
 import { ChatStreamError, chatRequestBody } from './chat-api';
 import type { StoredMessage } from './db';
 import { ApiError, NetworkError } from './http';
@@ -39,6 +42,9 @@ export type SendChat = (
   onDelta: (text: string) => void,
   signal: AbortSignal,
 ) => Promise<ChatResponse>;
+
+/** Ask the gateway to stop generating the chat sent under `idempotencyKey` (chat-api's `cancelChat`). */
+export type CancelChat = (idempotencyKey: string) => Promise<CancelOutcome>;
 
 /** Where messages live; every state change goes through `save` (persisted, and shown). */
 export interface OutboxStore {
@@ -63,6 +69,8 @@ export type Lock = <T>(fn: () => Promise<T>) => Promise<T>;
 
 export interface OutboxPort {
   send: SendChat;
+  /** Without it, stop() only aborts the stream (the gateway then finishes a keyed chat for nobody). */
+  cancel?: CancelChat;
   store: OutboxStore;
   clock: Clock;
   lock: Lock;
@@ -147,6 +155,8 @@ export function queuedUserMessage(
 
 interface LiveAttempt {
   userId: string;
+  /** The Idempotency-Key it is sent under: what the gateway cancels it by. */
+  key: string;
   copro: string | null;
   controller: AbortController;
 }
@@ -195,10 +205,12 @@ export class Outbox {
     return this.running;
   }
 
-  /** Abort the answer being streamed (its partial text is kept, status 'stopped'); false when none. */
+  /** Abort the answer being streamed (its partial text is kept, status 'stopped') and ask the gateway to cancel it; false when none. */
   stop(): boolean {
-    if (!this.live) return false;
-    this.live.controller.abort();
+    const live = this.live;
+    if (!live) return false;
+    live.controller.abort();
+    this.requestCancel(live.key);
     return true;
   }
 
@@ -211,7 +223,10 @@ export class Outbox {
     this.paused = true;
     const live = this.live;
     if (live && copro !== undefined && live.copro !== copro) return;
-    live?.controller.abort();
+    if (live) {
+      live.controller.abort();
+      this.requestCancel(live.key); // its conversation is being cleared: nobody will read the answer
+    }
     await this.running?.catch(() => undefined);
   }
 
@@ -236,6 +251,22 @@ export class Outbox {
       retryAtFromServer: undefined,
       keySettled: undefined,
       idempotencyKey: settled ? newId() : message.idempotencyKey,
+    });
+  }
+
+  /**
+   * Tell the gateway to stop generating the chat under `key`, without waiting for it: the message
+   * is 'stopped' whatever it answers. 'already_answered' means the whole answer was generated (the
+   * gateway keeps it under the key for 24 h) while the page keeps the partial text it showed:
+   * acceptable, the user asked to stop, and nothing more was spent. A failure (offline; a 404 when
+   * the request never reached the gateway, so nothing runs) is logged, not shown: the user can do
+   * nothing about it, and the message is stopped either way.
+   */
+  private requestCancel(key: string): void {
+    const cancel = this.port.cancel;
+    if (!cancel) return;
+    cancel(key).catch((error: unknown) => {
+      console.warn('the gateway could not be asked to cancel the stopped chat; it may run to its end', error);
     });
   }
 
@@ -312,7 +343,7 @@ export class Outbox {
     };
     await store.save(assistant);
     const controller = new AbortController();
-    this.live = { userId: user.id, copro: user.copro, controller };
+    this.live = { userId: user.id, key, copro: user.copro, controller };
     try {
       const onDelta = (text: string) => {
         assistant.content += text;
