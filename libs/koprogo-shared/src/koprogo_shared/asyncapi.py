@@ -148,10 +148,11 @@ CHANNELS: tuple[Channel, ...] = (
             "An edge node's answers to the gateway (`subjects.node_reply`): taken only from the node "
             "that said it runs the request."),
     Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("cloud",),
-            "The caller of a chat left or timed out: the cloud worker closes the provider call.",
+            "The caller of a chat left, timed out or cancelled it (`POST /mcp/v1/chat/cancel`): the cloud "
+            "worker closes the provider call.",
             raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("nodeCancel", "koprogo.cancel.node.{node_id}.{request_id}", (), ("gateway", "grid"), ("edge",),
-            "The caller of a chat left or timed out: the edge node running it (and no other) stops "
+            "The caller of a chat left, timed out or cancelled it: the edge node running it (and no other) stops "
             "at the next token; or the grid scheduler took back a task the node runs (`request_id` is "
             "then the task id: cancelled, expired, or past its attempt's deadline).",
             raw_payload=("NodeCancelRequest", {"description": "Ignored: the subject alone says the caller left."})),

@@ -34,6 +34,7 @@ const BY_CODE: Record<string, ErrorKey> = {
   http_503: 'chat.errors.unavailable',
   http_504: 'chat.errors.timeout',
   stream_incomplete: 'chat.errors.interrupted',
+  chat_cancelled: 'chat.errors.cancelled',
   request_too_large: 'chat.errors.too_long',
   context_length_exceeded: 'chat.errors.too_long',
   unsupported_parameter: 'chat.errors.unsupported',

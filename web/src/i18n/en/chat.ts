@@ -111,6 +111,7 @@ export const chat: Translation<typeof reference> = {
     timeout: 'The answer took too long: please try again.',
     offline: 'The server cannot be reached: check your connection.',
     unavailable: 'The service is temporarily unavailable: please try again in a moment.',
+    cancelled: 'You stopped this answer.',
     interrupted: 'The answer was cut off on its way: please try again.',
     too_long: 'This message is too long to be sent.',
     unsupported: 'No server for this model accepts this request as it is: try another model.',

@@ -109,6 +109,7 @@ export const chat = {
     timeout: 'La réponse a pris trop de temps : réessayez.',
     offline: 'Le serveur est injoignable : vérifiez votre connexion.',
     unavailable: 'Le service est momentanément indisponible : réessayez dans un instant.',
+    cancelled: 'Vous avez arrêté cette réponse.',
     interrupted: 'La réponse a été interrompue en cours de route : réessayez.',
     too_long: 'Ce message est trop long pour être envoyé.',
     unsupported: 'Aucun serveur de ce modèle n’accepte cette demande telle quelle : essayez un autre modèle.',

@@ -111,6 +111,7 @@ export const chat: Translation<typeof reference> = {
     timeout: 'Het antwoord duurde te lang: probeer opnieuw.',
     offline: 'De server is niet bereikbaar: controleer uw verbinding.',
     unavailable: 'De dienst is tijdelijk niet beschikbaar: probeer het zo dadelijk opnieuw.',
+    cancelled: 'U hebt dit antwoord gestopt.',
     interrupted: 'Het antwoord werd onderweg onderbroken: probeer opnieuw.',
     too_long: 'Dit bericht is te lang om te verzenden.',
     unsupported: 'Geen enkele server voor dit model aanvaardt deze aanvraag zoals ze is: probeer een ander model.',
