@@ -289,6 +289,29 @@ def _verdict(request_id: str, *, caller_verdict: bool = True) -> ChatFailed:
     )
 
 
+async def test_a_workers_failure_after_the_gateways_verdict_keeps_the_verdict(ledger: FakeLedger) -> None:
+    # A cancelled chat: the gateway records `chat_cancelled` (its verdict), then the cloud worker,
+    # told to stop, reports its own failure; the row keeps the gateway's reason.
+    request = requested()
+    cancel = ChatFailed(
+        source="koprogo/gateway",
+        request_id=request.id,
+        status=409,
+        error="chat_cancelled",
+        message="cancelled by its user",
+        caller_verdict=True,
+    )
+    gone = ChatFailed(
+        source="koprogo/cloud", request_id=request.id, status=499, error="caller_gone", message="gone"
+    )
+    for event in (request, cancel):
+        assert await project(event, FakeUnitOfWork(ledger)) is Projected.APPLIED
+    assert await project(gone, FakeUnitOfWork(ledger)) is Projected.IGNORED
+    row = ledger.requests[uuid.UUID(request.id)]
+    assert row["status"] == "failed"
+    assert row["error"]["error"] == "chat_cancelled" and row["error"]["caller_verdict"] is True
+
+
 async def test_the_gateways_verdict_withdraws_a_stored_answer_and_a_later_one_is_only_noted(
     ledger: FakeLedger,
 ) -> None:

@@ -217,6 +217,11 @@ async def _apply_failed(event: ChatFailed, uow: ProjectionUnitOfWork) -> Project
             record["late_answer"] = late_answer(withdrawn, NEVER_REACHED_THE_CALLER)
         await uow.settle_request(request_id, "failed", record, event.time)
         return Projected.APPLIED
+    if request.status == "failed" and request.verdict and not event.caller_verdict:
+        # The caller's own verdict (a cancel, a timeout) came first: a worker's failure after it
+        # (the cloud worker's 499 `caller_gone` on a cancel) must not replace it, nor the late
+        # answer's figures kept with it.
+        return Projected.IGNORED
     status = settled_status(request.status, "failed")
     await uow.settle_request(request_id, status, failure_record(event), event.time)
     return Projected.APPLIED
