@@ -28,7 +28,7 @@ test('a refused message fails visibly, and retry resends it with its own idempot
   const retry = question.getByTestId('retry-button');
   await expect(retry).toBeVisible();
   // The gateway's own reason is shown.
-  await expect(page.getByText('refusé pour le test')).toBeVisible();
+  await expect(page.getByText('refusé pour le test').first()).toBeVisible();
   await expect(page.getByTestId('outbox-status')).toBeVisible();
   await screenshots(page, 'retry-failed', 'chat');
 
