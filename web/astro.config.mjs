@@ -35,6 +35,10 @@ export default defineConfig({
       workbox: {
         // The app shell and its hashed assets; the API (/mcp/v1, /v1, /mcp) is never cached.
         globPatterns: ['**/*.{html,js,css,svg,png}'],
+        // A new worker takes over at once, and the page that installed it too: the first visit's
+        // page is then served offline without a reload.
+        clientsClaim: true,
+        skipWaiting: true,
         navigateFallback: '/mcp-chat/',
         navigateFallbackAllowlist: [/^\/mcp-chat/],
         runtimeCaching: [],

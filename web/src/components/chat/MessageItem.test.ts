@@ -98,7 +98,7 @@ describe('MessageItem', () => {
     expect(meta).toContain('🍓');
     expect(meta).toContain('Exécuté en local sur le nœud pi-salle-commune.');
     expect(meta).toContain('850 ms');
-    expect(meta).toContain('1 234 → 48 jetons');
+    expect(meta).toContain('1 234 → 48 tokens');
     expect(meta).toContain('0 g CO₂');
     expect(meta).toContain('0,012 g évités');
   });

@@ -164,6 +164,6 @@ export const actions: Translation<typeof reference> = {
     range95: '95 % interval',
     range: '{low} – {high}',
     nextYear: 'Forecast total over {months} months: {amount}',
-    method: 'Method: {method}',
+    method: 'Method (technical detail)',
   },
 };

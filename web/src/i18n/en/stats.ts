@@ -21,7 +21,7 @@ export const stats: Translation<typeof reference> = {
     latency: 'Average response time',
     models: 'Models used',
     noModels: 'none',
-    gridRevenue: "Tokens paid to the grid's nodes",
+    gridRevenue: "Credits paid to the grid's nodes",
   },
   units: { grams: '{value} g', kilograms: '{value} kg', ms: '{value} ms' },
   chart: {

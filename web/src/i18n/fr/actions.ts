@@ -162,6 +162,6 @@ export const actions = {
     range95: 'Intervalle 95 %',
     range: '{low} – {high}',
     nextYear: 'Total prévu sur {months} mois : {amount}',
-    method: 'Méthode : {method}',
+    method: 'Méthode de calcul (détail technique)',
   },
 };

@@ -19,7 +19,7 @@ export const stats = {
     latency: 'Temps de réponse moyen',
     models: 'Modèles utilisés',
     noModels: 'aucun',
-    gridRevenue: 'Jetons versés aux nœuds de la grille',
+    gridRevenue: 'Crédits versés aux nœuds de la grille',
   },
   units: { grams: '{value} g', kilograms: '{value} kg', ms: '{value} ms' },
   chart: {

@@ -164,6 +164,6 @@ export const actions: Translation<typeof reference> = {
     range95: 'Interval 95 %',
     range: '{low} – {high}',
     nextYear: 'Voorspeld totaal over {months} maanden: {amount}',
-    method: 'Methode: {method}',
+    method: 'Rekenmethode (technisch detail)',
   },
 };

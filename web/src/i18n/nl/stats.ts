@@ -21,7 +21,7 @@ export const stats: Translation<typeof reference> = {
     latency: 'Gemiddelde antwoordtijd',
     models: 'Gebruikte modellen',
     noModels: 'geen',
-    gridRevenue: 'Tokens betaald aan de knooppunten van het grid',
+    gridRevenue: 'Tegoed betaald aan de knooppunten van het grid',
   },
   units: { grams: '{value} g', kilograms: '{value} kg', ms: '{value} ms' },
   chart: {
