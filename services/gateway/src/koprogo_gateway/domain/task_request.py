@@ -131,7 +131,9 @@ def inline_document(input_data: dict[str, Any], max_bytes: int) -> bytes | None:
     if value.startswith("data:") and ";base64," in value[:200]:
         value = value.split(";base64,", 1)[1]
     compact = "".join(value.split())  # line breaks of MIME-style base64
-    if len(compact) // 4 * 3 - compact[-2:].count("=") > max_bytes:
+    # Its decoded size, read off the text: 3 bytes per 4 characters, less the padding.
+    quads, _ = divmod(len(compact), 4)
+    if quads * 3 - compact[-2:].count("=") > max_bytes:
         raise document_too_large(max_bytes)
     try:
         return base64.b64decode(compact, validate=True)
