@@ -126,6 +126,29 @@ def test_an_unchanged_file_is_a_304_for_its_etag(dist: Path) -> None:
     assert gateway.get("/mcp-chat/sw.js", headers={"If-None-Match": etag}).status_code == 200
 
 
+def test_text_files_go_gzipped_to_a_browser_that_accepts_it(dist: Path) -> None:
+    script = "export const words = '" + "copropriété " * 400 + "';"
+    (dist / "_astro" / "App.abc123.js").write_text(script)
+    gateway = client(dist)
+    path = "/mcp-chat/_astro/App.abc123.js"
+    zipped = gateway.get(path, headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["vary"] == "Accept-Encoding"
+    assert int(zipped.headers["content-length"]) < len(script.encode()) / 10
+    assert zipped.text == script  # httpx decodes it: the same file
+    plain = gateway.get(path, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == script.encode()
+    refused = gateway.get(path, headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers
+    # Two representations, two ETags; each revalidates as itself.
+    assert plain.headers["etag"] != zipped.headers["etag"]
+    again = gateway.get(path, headers={"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["etag"]})
+    assert again.status_code == 304
+    # Images are compressed already.
+    png = gateway.get("/mcp-chat/icons/icon-192.png", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in png.headers and "vary" not in png.headers
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -4,7 +4,8 @@ No token is needed for the app's shell (it signs in from the page). Caching: Ast
 assets under `_astro/` never change, so they are cached for a year; everything else (the page,
 the service worker, its Workbox runtime, the manifest, the icons) is revalidated on each use
 (`no-cache`, with an ETag), so a rebuilt app reaches browsers at once. Pages carry their own
-Content-Security-Policy (pwa_files.py); every file `nosniff` and `no-referrer`.
+Content-Security-Policy (pwa_files.py); every file `nosniff` and `no-referrer`. Text files go
+gzipped to a browser that accepts it (`Content-Encoding: gzip`, `Vary: Accept-Encoding`).
 """
 
 from __future__ import annotations
@@ -52,23 +53,38 @@ async def app_file(request: Request, path: str) -> Response:
             headers=_headers(None, REVALIDATE),
         )
     cache = IMMUTABLE if path.startswith(HASHED_ASSETS) else REVALIDATE
-    headers = _headers(found, cache)
-    if _etag_matches(request.headers.get("if-none-match"), found.etag):
+    gzipped = found.gzipped if found.gzipped is not None and _accepts_gzip(request) else None
+    headers = _headers(found, cache, gzipped=gzipped is not None)
+    if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
         return Response(status_code=304, headers=headers)
-    return Response(found.content, media_type=found.media_type, headers=headers)
+    return Response(gzipped or found.content, media_type=found.media_type, headers=headers)
 
 
-def _headers(found: AppFile | None, cache: str) -> dict[str, str]:
+def _headers(found: AppFile | None, cache: str, *, gzipped: bool = False) -> dict[str, str]:
     headers = {
         "Cache-Control": cache,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
     if found is not None:
-        headers["ETag"] = found.etag
+        # The gzipped body is another representation: its own ETag, and caches told it varies.
+        headers["ETag"] = f'{found.etag[:-1]}-gz"' if gzipped else found.etag
+        if found.gzipped is not None:
+            headers["Vary"] = "Accept-Encoding"
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
         if found.policy is not None:
             headers["Content-Security-Policy"] = found.policy
     return headers
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """Whether `Accept-Encoding` names gzip (or `*`) without `q=0`."""
+    for part in request.headers.get("accept-encoding", "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
