@@ -4,7 +4,7 @@ import { app } from './app.svelte';
 import { FakeChatGateway, ManualClock, jsonResponse } from './chat-fakes';
 import { ChatStore } from './chat-store.svelte';
 import { closeDb, listMessages, type ChatMessageView } from './db';
-import { memoryLock, type Lock } from './outbox';
+import { CANCEL_ATTEMPTS, CANCEL_RETRY_MS, memoryLock, type Lock } from './outbox';
 
 const COPRO = 'c0ffee00-0000-4000-8000-000000000001';
 const OTHER_COPRO = 'c0ffee00-0000-4000-8000-000000000002';
@@ -343,6 +343,11 @@ describe('chat store: exactly once', () => {
 
     store.stop();
     await store.whenIdle();
+    // Asked again CANCEL_ATTEMPTS times in all (the key may not be stored yet), then logged.
+    for (let attempt = 1; attempt < CANCEL_ATTEMPTS; attempt++) {
+      await vi.waitFor(() => expect(clock.pending.length).toBeGreaterThan(0));
+      clock.advance(CANCEL_RETRY_MS * attempt);
+    }
     await vi.waitFor(() => expect(warn).toHaveBeenCalled());
     warn.mockRestore();
 

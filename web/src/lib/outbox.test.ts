@@ -1,8 +1,10 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { answerFor, ManualClock } from './chat-fakes';
 import type { StoredMessage } from './db';
-import { NetworkError } from './http';
+import { ApiError, NetworkError } from './http';
 import {
+  CANCEL_ATTEMPTS,
+  CANCEL_RETRY_MS,
   HISTORY_LIMIT,
   Outbox,
   type CancelChat,
@@ -152,6 +154,30 @@ describe('Outbox', () => {
     await vi.waitFor(() => expect(sent).toEqual(['first', 'first', 'second']));
   });
 
+  it('keeps a message refused with 401 queued under its key, and sends it once signed in again', async () => {
+    const store = memoryStore();
+    const question = queuedUserMessage('Q', 'c', 'auto', 'copro_default', 1000);
+    await store.save(question);
+    let signedIn = true;
+    const send = vi
+      .fn<SendChat>()
+      .mockImplementationOnce(async () => {
+        signedIn = false; // what http.ts's expireSession does on a 401
+        throw new ApiError(401, 'unauthorized', 'token expired');
+      })
+      .mockImplementationOnce(async () => answerFor('R'));
+    const outbox = new Outbox({ send, store, clock: new ManualClock(), lock: memoryLock(), canSend: () => signedIn });
+    await outbox.run({ online: true });
+    expect(store.all.get(question.id)?.status).toBe('queued');
+    expect([...store.all.values()].filter((m) => m.role === 'assistant')).toEqual([]);
+
+    signedIn = true;
+    await outbox.run({ online: true });
+    expect(send).toHaveBeenCalledTimes(2);
+    expect(send.mock.calls.map((c) => c[1])).toEqual([question.idempotencyKey, question.idempotencyKey]);
+    expect(store.all.get(question.id)?.status).toBe('done');
+  });
+
   it('sends nothing while it cannot (offline or signed out)', async () => {
     const store = memoryStore();
     await store.save(queuedUserMessage('Q', 'c', 'auto', 'copro_default', 1000));
@@ -175,10 +201,11 @@ describe('Outbox', () => {
       const store = memoryStore();
       const question = queuedUserMessage('Q', 'c', 'auto', 'copro_default', 1000);
       await store.save(question);
-      const outbox = new Outbox({ send: hangingSend, cancel, store, clock: new ManualClock(), lock: memoryLock(), canSend: () => true });
+      const clock = new ManualClock();
+      const outbox = new Outbox({ send: hangingSend, cancel, store, clock, lock: memoryLock(), canSend: () => true });
       const running = outbox.run();
       await vi.waitFor(() => expect(outbox.sendingId).toBe(question.id));
-      return { store, outbox, running, question };
+      return { store, outbox, running, question, clock };
     }
 
     const states = (store: ReturnType<typeof memoryStore>) =>
@@ -205,14 +232,33 @@ describe('Outbox', () => {
       expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);
     });
 
+    it('asks again when the key is not stored yet (404 right after Stop), then stops asking', async () => {
+      const notYet = new ApiError(404, 'idempotency_key_not_found', 'no such key');
+      const cancel = vi.fn<CancelChat>().mockRejectedValueOnce(notYet).mockResolvedValueOnce('cancelled');
+      const { outbox, running, question, clock } = await streaming(cancel);
+      outbox.stop();
+      await running;
+      await vi.waitFor(() => expect(clock.pending).toHaveLength(1));
+      clock.advance(CANCEL_RETRY_MS);
+      await vi.waitFor(() => expect(cancel).toHaveBeenCalledTimes(2));
+      expect(cancel.mock.calls.map((c) => c[0])).toEqual([question.idempotencyKey, question.idempotencyKey]);
+      expect(clock.pending).toEqual([]); // it answered: no third ask
+    });
+
     it('logs a cancel that fails, and the message stays stopped (never sent again)', async () => {
       const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
       const failure = new NetworkError();
-      const { store, outbox, running } = await streaming(async () => Promise.reject(failure));
+      const cancel = vi.fn<CancelChat>(async () => Promise.reject(failure));
+      const { store, outbox, running, clock } = await streaming(cancel);
 
       outbox.stop();
       await running;
+      for (let attempt = 1; attempt < CANCEL_ATTEMPTS; attempt++) {
+        await vi.waitFor(() => expect(clock.pending).toHaveLength(1));
+        clock.advance(CANCEL_RETRY_MS * attempt);
+      }
       await vi.waitFor(() => expect(warn).toHaveBeenCalledTimes(1));
+      expect(cancel).toHaveBeenCalledTimes(CANCEL_ATTEMPTS);
 
       expect(warn.mock.calls[0]).toContain(failure);
       expect(states(store)).toEqual(['user:done:Q', 'assistant:stopped:Bon']);

@@ -35,6 +35,9 @@ import { newId } from './ids';
 export const HISTORY_LIMIT = 12;
 export const BACKOFF_BASE_MS = 1000;
 export const BACKOFF_MAX_MS = 30_000;
+/** A cancel is asked up to this many times (1 s, then 2 s apart) when the key may not be stored yet. */
+export const CANCEL_ATTEMPTS = 3;
+export const CANCEL_RETRY_MS = 1000;
 
 export type SendChat = (
   body: ChatRequestBody,
@@ -258,14 +261,21 @@ export class Outbox {
    * Tell the gateway to stop generating the chat under `key`, without waiting for it: the message
    * is 'stopped' whatever it answers. 'already_answered' means the whole answer was generated (the
    * gateway keeps it under the key for 24 h) while the page keeps the partial text it showed:
-   * acceptable, the user asked to stop, and nothing more was spent. A failure (offline; a 404 when
-   * the request never reached the gateway, so nothing runs) is logged, not shown: the user can do
-   * nothing about it, and the message is stopped either way.
+   * acceptable, the user asked to stop, and nothing more was spent. A 404 or a network failure
+   * right after Stop may only mean the chat's own POST is still on its way (its key not stored
+   * yet): asked again `CANCEL_ATTEMPTS` times in all, `CANCEL_RETRY_MS` apart, then logged, not
+   * shown (the user can do nothing about it, and the message is stopped either way).
    */
-  private requestCancel(key: string): void {
+  private requestCancel(key: string, attempt = 1): void {
     const cancel = this.port.cancel;
     if (!cancel) return;
     cancel(key).catch((error: unknown) => {
+      const maybeEarly =
+        error instanceof NetworkError || (error instanceof ApiError && (error.status === 404 || error.retryable));
+      if (maybeEarly && attempt < CANCEL_ATTEMPTS) {
+        this.port.clock.setTimer(() => this.requestCancel(key, attempt + 1), CANCEL_RETRY_MS * attempt);
+        return;
+      }
       console.warn('the gateway could not be asked to cancel the stopped chat; it may run to its end', error);
     });
   }
@@ -382,6 +392,20 @@ export class Outbox {
     if (aborted) {
       await store.save({ ...assistant, status: 'stopped' });
       await store.save({ ...user, status: 'done', error: undefined });
+      return;
+    }
+    if (error instanceof ApiError && error.status === 401) {
+      // The session ended (expired, or the gateway's secret rotated): the page is back at sign-in
+      // (http.ts). The message waits, queued under its key, and goes once someone signs in again
+      // as its owner; the partial answer is dropped (it comes again whole).
+      await store.remove(assistant.id);
+      await store.save({
+        ...user,
+        status: 'queued',
+        error: { code: error.code, message: error.message, retryable: true },
+        retryAt: undefined,
+        retryAtFromServer: undefined,
+      });
       return;
     }
     if (error instanceof NetworkError || (error instanceof ApiError && error.retryable)) {
