@@ -28,7 +28,8 @@ gateway keeping the request watches its key, so a cancel made on another replica
 node started the request, still reaches the node that runs it.
 
 What it returns (`ChatAnswer`, `ChatStream`) and the rules of pieces and replays are in
-`chat_answers.py`; the keys' entries are kept by `idempotency_keys.py`.
+`chat_answers.py`; the keys' entries are kept by `idempotency_keys.py`; the cancel, and the
+keeper's watch of a cancelled key, are in `chat_cancel.py`.
 """
 
 from __future__ import annotations
@@ -55,19 +56,16 @@ from koprogo_gateway.domain.errors import (
     ChatRefusedError,
     ChatTimeoutError,
     GatewayError,
-    IdempotencyKeyNotFoundError,
     NodeChangedError,
     NodeLostError,
     RateLimitedError,
 )
 from koprogo_gateway.domain.idempotency import (
-    CANCELLED,
     CancelStatus,
     IdempotencyEntry,
     StoredError,
     StoredOutcome,
     body_fingerprint,
-    cancel_status,
     store_key,
 )
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
@@ -81,6 +79,7 @@ from koprogo_gateway.service_layer.chat_answers import (
     replayed_pieces,
     rest_of,
 )
+from koprogo_gateway.service_layer.chat_cancel import cancel_chat, stop_if_settled
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest, same_body
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
@@ -101,7 +100,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHATS = Counter("koprogo_gateway_chats_total", "Chat requests by outcome", ["outcome"])
-CANCELS = Counter("koprogo_gateway_chat_cancels_total", "Chat cancels by what they found", ["status"])
 LATENCY = Histogram(
     "koprogo_gateway_chat_latency_seconds",
     "End-to-end chat latency",
@@ -201,42 +199,8 @@ class ChatService:
             await asyncio.gather(*self._deliveries, *self._keepers, return_exceptions=True)
 
     async def cancel(self, caller: Caller, idempotency_key: str) -> CancelStatus:
-        """Cancel the caller's chat sent with `idempotency_key`; what became of it.
-
-        While it runs, its key is settled first with the 409 `chat_cancelled` (so the answer the
-        worker cuts short never becomes the key's outcome: its keeper finds the key settled and
-        leaves it), then the worker is told to stop, and the ledger is told its caller got that
-        error (`ChatFailed`, the caller's verdict: the tokens spent are kept as the request's late
-        answer, never counted as answered). A chat already ended is left as it is: its status
-        says how it ended. IdempotencyKeyNotFoundError (404) when the key holds no chat of the
-        caller's; IdempotencyUnavailableError (503) when the store cannot answer.
-        """
-        require_scope(caller, WRITE)
-        key = store_key(caller.user_id, idempotency_key)
-        settled = await self.keys.settle_if_running(key, CANCELLED)
-        if settled is None:
-            CANCELS.labels(status="not_found").inc()
-            raise IdempotencyKeyNotFoundError(
-                "no chat of yours was sent with this Idempotency-Key in the last 24 hours"
-            )
-        stored, now = settled
-        if not now:
-            assert stored.entry.outcome is not None
-            status = cancel_status(stored.entry.outcome)
-            CANCELS.labels(status=status).inc()
-            return status
-        entry = stored.entry
-        await self.bus.cancel(entry.request_id)
-        assert CANCELLED.error is not None
-        error = CANCELLED.error
-        self._in_background(
-            self._record_failure_quietly(
-                entry.request_id, entry.copro_id, error.status, error.error, "cancelled by its user"
-            )
-        )
-        CANCELS.labels(status="cancelled").inc()
-        log.info("chat %s cancelled by user %s", entry.request_id, caller.user_id)
-        return "cancelled"
+        """Cancel the caller's chat sent with `idempotency_key`; what became of it (`cancel_chat`)."""
+        return await cancel_chat(caller, idempotency_key, self.keys, self.bus, self._record_failure_later)
 
     def _scope(self, caller: Caller, body: ChatRequestIn) -> CoproId | None:
         """The scope check and the copro the chat is for (raises GatewayError)."""
@@ -416,9 +380,7 @@ class ChatService:
         """The bus did not confirm the request: it may be stored all the same (its acknowledgement
         lost) and run, so the ledger is told the caller got this 503, not the answer. Off the
         caller's path: with the bus down, this publish waits out its own retries."""
-        self._in_background(
-            self._record_failure_quietly(request.id, request.copro_id, exc.status, exc.error, exc.message)
-        )
+        self._record_failure_later(request.id, request.copro_id, exc.status, exc.error, exc.message)
 
     def _in_background(self, record: Coroutine[Any, Any, None]) -> None:
         """Publish a record in a task of its own (`settle` waits for it at shutdown)."""
@@ -606,7 +568,7 @@ class ChatService:
     ) -> StoredOutcome:
         # The nodes told to stop (None: whoever hears the request's own cancel subject).
         told: set[str | None] = set()
-        watch = partial(self._stop_if_settled, keyed.key, request, expected, told)
+        watch = partial(stop_if_settled, self.keys, self.bus, keyed.key, request, expected, told)
         try:
             try:
                 outcome = completed(await self._wait(request, expected, watch))
@@ -627,20 +589,6 @@ class ChatService:
                 await asyncio.shield(self.bus.cancel(request.id))
             self._forget(request.id)
         return await self.keys.settle(keyed, result)
-
-    async def _stop_if_settled(
-        self, key: str, request: ChatRequested, expected: ExpectedReplies, told: set[str | None]
-    ) -> None:
-        """A kept request's watch: once its key holds an error (its user cancelled it, perhaps on
-        another gateway, which cannot address a node holding a key), tell the node running it to
-        stop; again when a node starts it later (a cancel sent while it was queued reached nobody)."""
-        if not told:
-            settled = await self.keys.settled(key)
-            if settled is None or settled.error is None:
-                return
-        if expected.node_id not in told:
-            told.add(expected.node_id)
-            await self.bus.cancel(request.id)
 
     async def _replayed(
         self,
@@ -696,6 +644,12 @@ class ChatService:
             await self._record_failure(request_id, copro_id, status, error, message)
         except GatewayError as refused:
             log.warning("could not record the failure of %s: %s", request_id, refused.message)
+
+    def _record_failure_later(
+        self, request_id: str, copro_id: str | None, status: int, error: str, message: str
+    ) -> None:
+        """`_record_failure_quietly` in a task of its own, off the caller's path."""
+        self._in_background(self._record_failure_quietly(request_id, copro_id, status, error, message))
 
 
 def _not_answered(exc: GatewayError, headers: dict[str, str]) -> None:
