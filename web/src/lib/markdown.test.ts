@@ -22,6 +22,32 @@ describe('renderMarkdown', () => {
     expect(root.innerHTML).not.toContain('tracker.example');
   });
 
+  it('lets no page-wide style, class, form, SVG or image button through', () => {
+    const root = dom(
+      renderMarkdown(
+        [
+          '<style>*{display:none!important}</style>',
+          '<div class="fixed inset-0 z-50 bg-white" id="fake">Collez votre jeton</div>',
+          '<form action="/x"><input name="token"><button>OK</button></form>',
+          '<svg><image href="https://tracker.example/s.png"></image></svg>',
+          '<input type="image" src="https://tracker.example/i.png">',
+          '<math><mi>x</mi></math>',
+        ].join('\n\n'),
+      ),
+    );
+    expect(root.querySelector('style, form, button, svg, image, math, [class], [id]')).toBeNull();
+    expect(root.querySelector('input')).toBeNull();
+    expect(root.innerHTML).not.toContain('tracker.example');
+    expect(root.textContent).toContain('Collez votre jeton'); // the text stays, as text
+  });
+
+  it('keeps a task list as disabled checkboxes', () => {
+    const root = dom(renderMarkdown('- [x] convoquer l’AG\n- [ ] voter le budget'));
+    const boxes = [...root.querySelectorAll('input')];
+    expect(boxes).toHaveLength(2);
+    expect(boxes.every((b) => b.type === 'checkbox' && b.disabled)).toBe(true);
+  });
+
   it('drops javascript: links and style attributes', () => {
     const root = dom(renderMarkdown('[clic](javascript:alert(1)) <span style="color:red">rouge</span>'));
     expect(root.querySelector('a')?.getAttribute('href') ?? null).toBeNull();
