@@ -50,6 +50,8 @@ export interface StoredMessage extends ChatMessageView {
   answerId?: string;
   /** user, failed: the gateway stored this error as the key's outcome (the same key can only replay it) */
   keySettled?: boolean;
+  /** user: when its first attempt left (ms since the epoch); past KEY_LIFETIME_MS it is not resent */
+  firstSentAt?: number;
 }
 
 interface StoredRecord extends Omit<StoredMessage, 'copro'> {

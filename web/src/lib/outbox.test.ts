@@ -3,6 +3,7 @@ import { answerFor, ManualClock } from './chat-fakes';
 import type { StoredMessage } from './db';
 import { ApiError, NetworkError } from './http';
 import {
+  KEY_LIFETIME_MS,
   CANCEL_ATTEMPTS,
   CANCEL_RETRY_MS,
   HISTORY_LIMIT,
@@ -175,6 +176,31 @@ describe('Outbox', () => {
     await outbox.run({ online: true });
     expect(send).toHaveBeenCalledTimes(2);
     expect(send.mock.calls.map((c) => c[1])).toEqual([question.idempotencyKey, question.idempotencyKey]);
+    expect(store.all.get(question.id)?.status).toBe('done');
+  });
+
+  it('does not resend a message first sent more than 23 h ago: it fails key_expired, and Retry takes a new key', async () => {
+    const store = memoryStore();
+    const clock = new ManualClock();
+    const question = queuedUserMessage('Q', 'c', 'auto', 'copro_default', 1000);
+    await store.save(question);
+    const send = vi
+      .fn<SendChat>()
+      .mockRejectedValueOnce(new NetworkError()) // reached the gateway? nobody knows
+      .mockImplementationOnce(async () => answerFor('R'));
+    const outbox = new Outbox({ send, store, clock, lock: memoryLock(), canSend: () => true });
+    await outbox.run({ online: true });
+    expect(store.all.get(question.id)?.status).toBe('queued');
+
+    clock.advance(KEY_LIFETIME_MS + 1); // a day offline: the gateway has forgotten the key
+    await vi.waitFor(() => expect(store.all.get(question.id)?.status).toBe('failed'));
+    expect(store.all.get(question.id)?.error?.code).toBe('key_expired');
+    expect(send).toHaveBeenCalledTimes(1);
+
+    await outbox.retry(question.id);
+    await outbox.run({ online: true });
+    expect(send).toHaveBeenCalledTimes(2);
+    expect(send.mock.calls[1][1]).not.toBe(question.idempotencyKey);
     expect(store.all.get(question.id)?.status).toBe('done');
   });
 

@@ -38,6 +38,12 @@ export const BACKOFF_MAX_MS = 30_000;
 /** A cancel is asked up to this many times (1 s, then 2 s apart) when the key may not be stored yet. */
 export const CANCEL_ATTEMPTS = 3;
 export const CANCEL_RETRY_MS = 1000;
+/**
+ * How long after its first attempt a message is still sent again under its key. The gateway keeps
+ * a key 24 h: past that, a resend would run as a new chat even if the first attempt had reached
+ * it. Past 23 h the message fails `key_expired` instead, and Retry (a new key) is the user's call.
+ */
+export const KEY_LIFETIME_MS = 23 * 3600 * 1000;
 
 export type SendChat = (
   body: ChatRequestBody,
@@ -254,6 +260,7 @@ export class Outbox {
       retryAtFromServer: undefined,
       keySettled: undefined,
       idempotencyKey: settled ? newId() : message.idempotencyKey,
+      firstSentAt: settled ? undefined : message.firstSentAt,
     });
   }
 
@@ -295,6 +302,19 @@ export class Outbox {
         }
       }
       this.skipNetworkWait = false;
+      if (next.firstSentAt !== undefined && now - next.firstSentAt > KEY_LIFETIME_MS) {
+        await this.port.store.save({
+          ...next,
+          status: 'failed',
+          error: {
+            code: 'key_expired',
+            message: 'first sent more than 23 h ago: sending it again could run it twice',
+            retryable: false,
+          },
+          keySettled: true, // a retry takes a new key
+        });
+        continue;
+      }
       await this.attempt(next);
     }
   }
@@ -336,8 +356,17 @@ export class Outbox {
       attempts: (queued.attempts ?? 0) + 1,
       retryAt: undefined,
       retryAtFromServer: undefined,
+      firstSentAt: queued.firstSentAt ?? this.port.clock.now(),
     };
-    await store.save(user);
+    // Live before anything is shown as sending: a Stop pressed at once aborts this attempt.
+    const controller = new AbortController();
+    this.live = { userId: user.id, key, copro: user.copro, controller };
+    try {
+      await store.save(user);
+    } catch (error) {
+      this.live = null;
+      throw error;
+    }
     const assistant: StoredMessage = {
       ...(user.owner !== undefined ? { owner: user.owner } : {}),
       id: user.answerId as string,
@@ -351,10 +380,8 @@ export class Outbox {
       routing: user.routing,
       replyTo: user.id,
     };
-    await store.save(assistant);
-    const controller = new AbortController();
-    this.live = { userId: user.id, key, copro: user.copro, controller };
     try {
+      await store.save(assistant);
       const onDelta = (text: string) => {
         assistant.content += text;
         void store.save({ ...assistant });

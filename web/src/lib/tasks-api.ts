@@ -108,11 +108,6 @@ export const sleep: Sleep = (ms, signal) =>
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 
-/** A fresh idempotency key (a UUID): one per press of "submit", reused by its retries. */
-export function newIdempotencyKey(): string {
-  return crypto.randomUUID();
-}
-
 /** The fetch options of a submission: multipart when there is a file, JSON otherwise. */
 export function executeInit(request: TaskRequest, idempotencyKey: string): RequestInit {
   const headers = { 'Idempotency-Key': idempotencyKey };

@@ -4,11 +4,11 @@
  * gateway could not take: 502/503/504) can be sent again with the same key — the gateway then
  * answers with the first submission's task if it got it. A press of "submit" is a new key.
  */
+import { newId } from '../../lib/ids';
 import { app } from '../../lib/app.svelte';
 import { ApiError, NetworkError } from '../../lib/http';
 import {
   cancelTask,
-  newIdempotencyKey,
   pollTask,
   requestErrorMessage,
   submitTask,
@@ -43,7 +43,8 @@ export class TaskRun {
 
   /** A new submission (a new idempotency key). */
   start(request: TaskRequest): Promise<void> {
-    this.#key = newIdempotencyKey();
+    // One key per press of "submit", reused by its retries (ids.newId works on plain http too).
+    this.#key = newId();
     this.#request = request;
     return this.#run();
   }
