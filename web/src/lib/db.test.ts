@@ -4,6 +4,7 @@ import {
   DB_NAME,
   closeDb,
   deleteMessages,
+  forgetHistoryOf,
   getMessage,
   listMessages,
   messagesWithStatus,
@@ -75,5 +76,23 @@ describe('messages', () => {
     await deleteMessages(null);
     expect(await listMessages(null)).toEqual([]);
     expect((await listMessages('c2')).map((m) => m.id)).toEqual(['x']);
+  });
+
+  it('clears a copro for its owner, with the messages written before owners, and nobody else’s', async () => {
+    await putMessage({ ...message('alice', 'c1', 10), owner: 'alice' });
+    await putMessage({ ...message('bob', 'c1', 11), owner: 'bob' });
+    await putMessage(message('nobody', 'c1', 12));
+    await deleteMessages('c1', 'alice');
+    expect((await listMessages('c1')).map((m) => m.id)).toEqual(['bob']);
+  });
+
+  it('forgets a user’s conversations in every copro at sign-out, keeping what is still to send', async () => {
+    await putMessage({ ...message('done', 'c1', 10), owner: 'alice' });
+    await putMessage({ ...message('failed', 'c2', 11, 'failed'), owner: 'alice' });
+    await putMessage({ ...message('queued', 'c2', 12, 'queued'), owner: 'alice' });
+    await putMessage({ ...message('bob', 'c1', 13), owner: 'bob' });
+    expect(await forgetHistoryOf('alice')).toBe(2);
+    expect((await listMessages('c1')).map((m) => m.id)).toEqual(['bob']);
+    expect((await listMessages('c2')).map((m) => m.id)).toEqual(['queued']);
   });
 });

@@ -158,7 +158,29 @@ export async function deleteMessages(copro: string | null, owner?: string): Prom
   const tx = db.transaction('messages', 'readwrite');
   const index = tx.store.index('by_copro_created');
   for (let cursor = await index.openCursor(coproRange(copro)); cursor; cursor = await cursor.continue()) {
-    if (owner === undefined || cursor.value.owner === owner) await cursor.delete();
+    // The owner's, and those written before messages had owners (every user sees them).
+    const theirs = cursor.value.owner === owner || cursor.value.owner === undefined;
+    if (owner === undefined || theirs) await cursor.delete();
   }
   await tx.done;
+}
+
+/**
+ * Sign-out on a shared device: `owner`'s conversations leave it, in every copro. Messages still
+ * to send (queued, sending) stay, so nothing typed is lost: they go, under their keys, once
+ * their owner signs in again, and nobody else sees them meanwhile.
+ */
+export async function forgetHistoryOf(owner: string): Promise<number> {
+  const db = await openDb();
+  const tx = db.transaction('messages', 'readwrite');
+  let removed = 0;
+  for (let cursor = await tx.store.openCursor(); cursor; cursor = await cursor.continue()) {
+    const message = cursor.value;
+    if (message.owner === owner && message.status !== 'queued' && message.status !== 'sending') {
+      await cursor.delete();
+      removed++;
+    }
+  }
+  await tx.done;
+  return removed;
 }

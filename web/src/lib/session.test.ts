@@ -2,7 +2,7 @@
 // real (fake-indexeddb) IndexedDB behind lib/db.ts.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { app } from './app.svelte';
-import { openDb } from './db';
+import { listMessages, openDb, putMessage } from './db';
 import { fakeJwt } from './jwt.fixtures';
 import { expireSession, restoreSession, SessionError, signIn, signOut, takeSignInNotice } from './session';
 
@@ -279,6 +279,23 @@ describe('signOut and expireSession', () => {
     expect(app.copro).toBeNull();
     expect(await stored()).toBeUndefined();
     expect(takeSignInNotice()).toBeNull();
+  });
+
+  it('sign-out takes the user’s conversations off the device, an expiry does not', async () => {
+    const token = tokenFor();
+    stubNetwork(() => json(200, { data: [] }));
+    await signIn(token);
+    const sub = app.claims?.sub as string;
+    const base = { copro: COPRO_A, role: 'user' as const, model: 'auto', routing: 'copro_default' as const };
+    await putMessage({ ...base, id: 'kept-on-expiry', content: 'Q', status: 'done', createdAt: 1, owner: sub });
+    expireSession(token);
+    await vi.waitFor(() => expect(app.token).toBeNull());
+    expect((await listMessages(COPRO_A)).map((m) => m.id)).toEqual(['kept-on-expiry']);
+
+    await signIn(token);
+    await putMessage({ ...base, id: 'to-send', content: 'Q2', status: 'queued', createdAt: 2, owner: sub });
+    await signOut();
+    expect((await listMessages(COPRO_A)).map((m) => m.id)).toEqual(['to-send']);
   });
 
   it("a 401 for the current token ends the session; one for another token does not", async () => {

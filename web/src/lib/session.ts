@@ -17,7 +17,7 @@
  * on a shared device is signed out of every tab).
  */
 import { app, type Claims } from './app.svelte';
-import { openDb } from './db';
+import { forgetHistoryOf, openDb } from './db';
 import { ApiError, apiFetch, NetworkError } from './http';
 import { readToken, TokenError } from './jwt';
 
@@ -130,6 +130,9 @@ export async function signIn(pasted: string): Promise<void> {
 /** Sign out on this device: the stored token and the page's session are forgotten. */
 export async function signOut(): Promise<void> {
   notice = null;
+  // A shared device: the user's conversations leave with them (not when a session merely expires).
+  const user = app.claims?.sub;
+  if (user) await forgetHistoryOf(user).catch((error: unknown) => console.warn('could not forget the history', error));
   await endSession();
   announce('signed_out');
 }
