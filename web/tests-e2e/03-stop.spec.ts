@@ -1,5 +1,5 @@
-// Scenario 3: the stop button cancels a long answer; the bubble says stopped and keeps what came,
-// also after a reload.
+// Scenario 3: the stop button cancels a long answer at the gateway (POST /mcp/v1/chat/cancel answers
+// `cancelled`); the bubble says stopped and keeps what came, also after a reload.
 import { expect, test } from '@playwright/test';
 import { chat } from '../src/i18n/fr/chat';
 import { ANSWER_TIMEOUT, PHONE, messages, screenshots, sendMessage, signIn } from './support';
@@ -34,7 +34,15 @@ test('stop cancels a long answer and keeps its partial text', async ({ page }) =
     { labelList: labels, time: TIME },
     { timeout: ANSWER_TIMEOUT, polling: 'raf' },
   );
+  // Stop also asks the gateway to cancel the chat (a keyed chat runs on when its caller leaves).
+  const cancelled = page.waitForResponse(
+    (response) => response.url().endsWith('/mcp/v1/chat/cancel') && response.request().method() === 'POST',
+    { timeout: 15_000 },
+  );
   await stop.click();
+  const cancel = await cancelled;
+  expect(cancel.status()).toBe(200);
+  expect(await cancel.json(), 'the gateway stopped the generation').toEqual({ status: 'cancelled' });
   await expect(answer, 'the answer ended before the stop took effect').toHaveAttribute('data-status', 'stopped', {
     timeout: 15_000,
   });
