@@ -33,6 +33,7 @@ def test_up_serves_the_app_and_its_login_links_open_one_session_each() -> None:
         try:
             up = koprogo("up", "--detach", "--no-demo", "--data-dir", data, "--port", str(port), env=env)
             assert up.returncode == 0, up.stdout + up.stderr
+            assert "login-link" in up.stdout, up.stdout  # the detached stack says how to open the app
             welcome = next(
                 line
                 for line in (Path(data) / "koprogo.log").read_text().splitlines()

@@ -301,6 +301,9 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
         if READY_LINE in lines:
             print(f"KoproGo Symbiose is up in the background (pid {proc.pid}): http://127.0.0.1:{args.port}")
             print(f"log: {log}; stop it with `{command_hint('down', *folder_args(data_dir))}`")
+            print(
+                f"the chat app: `{command_hint('login-link', *folder_args(data_dir))}` prints a link that opens it signed in"
+            )
             return 0
         time.sleep(0.5)
     # Not ready in time: stop it (it stops what it started, in order) rather than leave it half up.
