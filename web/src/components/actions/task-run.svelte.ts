@@ -37,6 +37,16 @@ export class TaskRun {
   #request: TaskRequest | null = null;
   #controller: AbortController | null = null;
 
+  /** The completed task's result read by `parse`, or why it could not be read; `value` null before. */
+  result<T>(parse: (raw: unknown) => T): { value: T | null; error: string | null } {
+    if (this.phase !== 'completed' || !this.task) return { value: null, error: null };
+    try {
+      return { value: parse(this.task.result), error: null };
+    } catch (error) {
+      return { value: null, error: error instanceof Error ? error.message : String(error) };
+    }
+  }
+
   get busy(): boolean {
     return this.phase === 'submitting' || this.phase === 'queued' || this.phase === 'running' || this.phase === 'verifying';
   }
