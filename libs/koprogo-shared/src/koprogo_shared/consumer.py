@@ -36,9 +36,11 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
 from koprogo_shared.subjects import deadletter_for
+from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +154,42 @@ async def settle(js: JetStreamContext, msg: Msg, decision: Decision, max_deliver
 
 
 async def decide(msg: Msg, handler: Handler) -> Decision:
-    """Run a per-message handler: it returns (ack) or raises (see `failure_decision`)."""
-    try:
-        await handler(msg)
-    except asyncio.CancelledError:
-        await _quietly(msg.nak())
-        raise
-    except Exception as exc:
-        return failure_decision(exc)
-    return ACK
+    """Run a per-message handler: it returns (ack) or raises (see `failure_decision`).
+
+    The handler runs in the message's CONSUMER span (`telemetry.consumer_span`), a child of its
+    publisher's: whatever it publishes continues the message's trace.
+    """
+    with consumer_span(msg) as span:
+        try:
+            await handler(msg)
+        except asyncio.CancelledError:
+            await _quietly(msg.nak())
+            raise
+        except Exception as exc:
+            decision = failure_decision(exc)
+            _record_decision(span, decision)
+            return decision
+        return ACK
 
 
 async def decide_batch(msgs: Sequence[Msg], handler: BatchHandler) -> Sequence[Decision]:
-    """Run a batch handler; if it raises, the batch failed as a whole and every message is retried."""
+    """Run a batch handler; if it raises, the batch failed as a whole and every message is retried.
+
+    Each message gets its own CONSUMER span in its own trace, open while the batch is handled
+    (the ledger's projection of a chat's request shows in that chat's trace).
+    """
+    spans = [start_consumer_span(msg) for msg in msgs]
+    try:
+        decisions = await _decide_batch(msgs, handler)
+        for span, decision in zip(spans, decisions, strict=True):
+            _record_decision(span, decision)
+        return decisions
+    finally:
+        for span in spans:
+            span.end()
+
+
+async def _decide_batch(msgs: Sequence[Msg], handler: BatchHandler) -> Sequence[Decision]:
     try:
         decisions = await handler(msgs)
     except asyncio.CancelledError:
@@ -179,6 +204,15 @@ async def decide_batch(msgs: Sequence[Msg], handler: BatchHandler) -> Sequence[D
         log.error("%s; retrying them all", reason)
         return [Retry(reason)] * len(msgs)
     return decisions
+
+
+def _record_decision(span: Span, decision: Decision) -> None:
+    """A message not acknowledged marks its span as an error, with the decision's kind (no reason: it may quote data)."""
+    if isinstance(decision, Ack) or not span.is_recording():
+        return
+    span.set_attribute("koprogo.decision", type(decision).__name__.lower())
+    if not isinstance(decision, Defer):
+        span.set_status(Status(StatusCode.ERROR, type(decision).__name__))
 
 
 async def _dead_letter_then_term(js: JetStreamContext, msg: Msg, reason: str) -> None:

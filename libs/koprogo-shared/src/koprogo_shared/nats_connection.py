@@ -55,6 +55,7 @@ from koprogo_shared.kv_buckets import (
 )
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
+from koprogo_shared.telemetry import producer_span
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +398,10 @@ def stream_full(exc: nats.js.errors.APIError) -> bool:
 
 
 def event_headers(event: Event) -> dict[str, str]:
+    """The headers of a stored event: its id (JetStream's de-duplication) and CloudEvents type and source.
+
+    `publish_event` adds the trace context (`telemetry.producer_span`).
+    """
     return {"Nats-Msg-Id": event.id, "ce-type": getattr(event, "type", ""), "ce-source": event.source}
 
 
@@ -415,6 +420,15 @@ async def _publish(js: JetStreamContext, subject: str, event: Event, timeout: fl
     """`publish_event`'s work: the stream's ack, and the attempt that got it (1: the first)."""
     payload = event.model_dump_json().encode()
     headers = event_headers(event)
+    # One PRODUCER span for every attempt: the retries carry the same trace context.
+    with producer_span(subject, headers) as span:
+        span.set_attribute("messaging.message.id", event.id)
+        return await _publish_attempts(js, subject, payload, headers, timeout)
+
+
+async def _publish_attempts(
+    js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str], timeout: float
+) -> tuple[Any, int]:
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + PUBLISH_RETRY_S
     delay = 0.05
@@ -495,7 +509,21 @@ async def deliver_chat_outcome(
             outcome.request_id,
         )
         return
-    await nc.publish(reply_subject, outcome.model_dump_json().encode())
+    await publish_reply(nc, reply_subject, outcome.model_dump_json().encode())
+
+
+async def publish_reply(nc: NATS, subject: str, payload: bytes, *, traced: bool = True) -> None:
+    """A core-NATS publish (not stored): a worker's answer to the waiting gateway, a poll's answer.
+
+    `traced`: in a PRODUCER span, the trace context in the headers, so the receiver continues
+    the trace. A streamed piece is not (one span per token would drown the trace).
+    """
+    if not traced:
+        await nc.publish(subject, payload)
+        return
+    headers: dict[str, str] = {}
+    with producer_span(subject, headers):
+        await nc.publish(subject, payload, headers=headers or None)
 
 
 def main() -> int:

@@ -1,0 +1,203 @@
+"""Traces across NATS: a publish and its consumption are one trace (producer -> consumer), on a real server.
+
+The spans go to the SDK's InMemorySpanExporter (`traced` fixture); without `configure_tracing`
+nothing is created and nothing is added to a message's headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+
+import pytest
+from nats.aio.msg import Msg
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+
+from koprogo_shared import subjects, telemetry
+from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, run_pull_consumer
+from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
+from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from tests.conftest import wait_until
+
+SPEC = ConsumerSpec(
+    stream=subjects.EVENTS_STREAM,
+    durable="telemetry-tests",
+    filter_subject="koprogo.events.chat.delivered.>",
+)
+
+
+@pytest.fixture
+def traced() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for one test, every span kept in memory; off again after it."""
+    exporter = InMemorySpanExporter()
+    telemetry.configure_tracing("koprogo-tests", {}, exporter=exporter)
+    try:
+        yield exporter
+    finally:
+        telemetry.shutdown_tracing()
+
+
+def _delivered() -> ChatDelivered:
+    return ChatDelivered(source="tests", request_id="r-1", latency_ms=12.0, copro_id="copro-a")
+
+
+async def _consume(nats_url: str, *, batch: bool, publish_from: str | None = None) -> dict[str, str]:
+    """Publish one event with `publish_event` (inside a span named `publish_from`, if given),
+    consume it with `run_pull_consumer`; the headers the consumer saw."""
+    nc, js = await connect_nats(nats_url, "telemetry-tests")
+    seen: list[Msg] = []
+
+    async def handler(msg: Msg) -> None:
+        seen.append(msg)
+
+    async def batch_handler(msgs: Sequence[Msg]) -> list[Decision]:
+        seen.extend(msgs)
+        return [ACK] * len(msgs)
+
+    stop = asyncio.Event()
+    try:
+        await ensure_streams(js)
+        if publish_from is None:
+            await publish_event(js, subjects.chat_delivered("copro-a"), _delivered())
+        else:
+            with telemetry.internal_span(publish_from):
+                await publish_event(js, subjects.chat_delivered("copro-a"), _delivered())
+        spec = dataclasses.replace(SPEC, batch=5 if batch else 1)
+        task = asyncio.create_task(
+            run_pull_consumer(
+                js, spec, None if batch else handler, stop, batch_handler=batch_handler if batch else None
+            )
+        )
+        await wait_until(lambda: bool(seen), timeout=10)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await nc.close()
+    return dict(seen[0].headers or {})
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["per-message", "batch"])
+async def test_a_published_event_and_its_consumption_are_one_trace(
+    clean_jetstream: str, traced: InMemorySpanExporter, batch: bool
+) -> None:
+    headers = await _consume(clean_jetstream, batch=batch, publish_from="chat")
+
+    spans = {span.name: span for span in traced.get_finished_spans()}
+    producer = spans["publish koprogo.events.chat.delivered"]
+    consumer = spans["process koprogo.events.chat.delivered"]
+    assert producer.kind is SpanKind.PRODUCER and consumer.kind is SpanKind.CONSUMER
+    trace_id = spans["chat"].context.trace_id
+    assert producer.context.trace_id == consumer.context.trace_id == trace_id
+    assert producer.parent is not None and producer.parent.span_id == spans["chat"].context.span_id
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    assert consumer.parent.is_remote  # restored from the message, not inherited in-process
+    # The W3C header the message carried names the producer span.
+    assert headers["traceparent"].startswith(
+        f"00-{format_trace_id(trace_id)}-{format_span_id(producer.context.span_id)}-"
+    )
+    assert consumer.attributes == {
+        "messaging.system": "nats",
+        "messaging.destination.name": "koprogo.events.chat.delivered",
+        "messaging.operation.type": "process",
+    }
+    assert consumer.resource.attributes["service.name"] == "koprogo-tests"
+
+
+async def test_what_a_handler_publishes_continues_the_trace_of_the_message_it_handles(
+    clean_jetstream: str, traced: InMemorySpanExporter
+) -> None:
+    nc, js = await connect_nats(clean_jetstream, "telemetry-tests")
+    forwarded: list[Msg] = []
+
+    async def forward(msg: Msg) -> None:
+        if msg.subject.startswith("koprogo.events.chat.delivered"):
+            await publish_event(js, subjects.user_erasure_requested("u-1"), _erasure())
+        else:
+            forwarded.append(msg)
+
+    stop = asyncio.Event()
+    spec = ConsumerSpec(subjects.EVENTS_STREAM, "telemetry-forward", "koprogo.events.>")
+    try:
+        await ensure_streams(js)
+        await publish_event(js, subjects.chat_delivered("copro-a"), _delivered())
+        task = asyncio.create_task(run_pull_consumer(js, spec, forward, stop))
+        await wait_until(lambda: bool(forwarded), timeout=10)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await nc.close()
+
+    spans = traced.get_finished_spans()
+    assert len({span.context.trace_id for span in spans}) == 1
+    second = next(s for s in spans if s.name == "publish koprogo.events.user.erasure_requested")
+    first_consumer = next(s for s in spans if s.name == "process koprogo.events.chat.delivered")
+    assert second.parent is not None and second.parent.span_id == first_consumer.context.span_id
+    # The user id in the subject stays out of the trace.
+    assert all("u-1" not in str(s.name) + str(s.attributes) for s in spans)
+
+
+def _erasure() -> UserDataErasureRequested:
+    return UserDataErasureRequested(source="tests", user_id="u-1", requested_by="u-1")
+
+
+async def test_without_configure_tracing_no_span_is_made_and_no_header_is_added(clean_jetstream: str) -> None:
+    assert not telemetry.tracing_enabled()
+    headers = await _consume(clean_jetstream, batch=False)
+    assert "traceparent" not in headers
+    assert telemetry.current_traceparent() is None and telemetry.current_trace_id() is None
+
+
+def test_a_process_with_no_exporter_configured_never_loads_the_sdk() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from koprogo_shared import telemetry
+        telemetry.configure_tracing("koprogo-gateway", {"OTEL_SDK_DISABLED": "true",
+                                    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+        telemetry.configure_tracing("koprogo-gateway", {})
+        telemetry.configure_tracing("koprogo-gateway", {"OTEL_TRACES_EXPORTER": "none"})
+        print(telemetry.tracing_enabled(), "opentelemetry.sdk" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_an_otlp_endpoint_turns_tracing_on_unless_the_sdk_is_disabled() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert telemetry.tracing_wanted(endpoint)
+    assert telemetry.tracing_wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
+    assert not telemetry.tracing_wanted({**endpoint, "OTEL_SDK_DISABLED": "true"})
+    assert not telemetry.tracing_wanted({})
+
+
+async def test_a_context_that_arrived_is_passed_on_when_tracing_is_off() -> None:
+    """A service that exports nothing keeps the caller's trace id on what it publishes."""
+    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    with telemetry.continued_span("process x", incoming, SpanKind.CONSUMER):
+        out: dict[str, str] = {}
+        with telemetry.producer_span("koprogo.events.chat.completed.c1", out):
+            pass
+    assert out["traceparent"] == incoming["traceparent"]
+    assert telemetry.trace_id_of(out) == "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize(
+    ("subject", "family"),
+    [
+        ("koprogo.events.chat.requested.copro-7", "koprogo.events.chat.requested"),
+        ("koprogo.events.chat.completed.c.node.n-1", "koprogo.events.chat.completed"),
+        ("koprogo.events.user.erasure_requested.user-42", "koprogo.events.user.erasure_requested"),
+        ("koprogo.work.edge.shared.llama~3", "koprogo.work.edge"),
+        ("koprogo.reply.gw-1.node.n-2", "koprogo.reply"),
+        ("koprogo.grid.poll.n-3", "koprogo.grid.poll"),
+        ("_INBOX.abc.def", "_INBOX"),
+    ],
+)
+def test_a_subject_family_keeps_no_id(subject: str, family: str) -> None:
+    assert telemetry.subject_family(subject) == family
