@@ -44,6 +44,7 @@ from koprogo_cli.node_footprint import (
 from koprogo_cli.node_join import add_node_parser
 from koprogo_cli.stack import StackError, cloud_deployment_ids
 from koprogo_cli.task_commands import add_task_parsers
+from koprogo_cli.trace_commands import add_trace_parser
 from koprogo_cli.up_command import add_up_parsers
 
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_parser(sub)
     add_ledger_parsers(sub)
     add_login_link_parser(sub)
+    add_trace_parser(sub)
     token = sub.add_parser("token", help="mint a token with the local secret of `koprogo up`")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(

@@ -168,6 +168,8 @@ class Stack:
     on_processes: Callable[[StackRecord], None] | None = None
     # `koprogo up --lan`: the embedded NATS listens on every interface, for other machines' nodes.
     lan: bool = False
+    # Given to every service besides (`koprogo up --traces`: the OTLP exporter's OTEL_* variables).
+    service_env: dict[str, str] = field(default_factory=dict)
     nats: EmbeddedNats | None = field(default=None, init=False)
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     services: list[Service] = field(default_factory=list, init=False)
@@ -205,6 +207,7 @@ class Stack:
             "NATS_URL": nats_url,
             # Names the stack a process belongs to (`koprogo down` finds a killed stack's leftovers by it).
             "KOPROGO_DATA_DIR": str(self.data_dir),
+            **self.service_env,
         }
         content_keys = self._content_keys()
         grid_scheduler_key, node_grid_env = self._grid_signing()

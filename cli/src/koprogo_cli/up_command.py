@@ -44,6 +44,7 @@ from koprogo_cli.stack import (
     port_free,
     preferred_port,
 )
+from koprogo_cli.trace_receiver import OTLP_HTTP_PORT, TraceReceiver, exporter_env, store_for
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
 from koprogo_shared.local_tokens import LOGIN_CODE_TTL
 from koprogo_shared.logging_setup import open_private_log
@@ -122,6 +123,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedModel], lock: StackLock) -> int:
+    try:
+        # Started first and stopped last: the services' final exports on their way out land too.
+        receiver = (
+            TraceReceiver(store_for(data_dir), preferred_port(OTLP_HTTP_PORT)).start()
+            if args.traces
+            else None
+        )
+    except OSError as exc:
+        print(f"koprogo up failed: the trace receiver (--traces) could not listen: {exc}", file=sys.stderr)
+        return 1
     stack = Stack(
         data_dir,
         gateway_port=args.port,
@@ -129,6 +140,7 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
         models=models,
         on_processes=lock.record,
         lan=args.lan,
+        service_env=exporter_env(receiver) if receiver else {},
     )
     running = False
     stopping = False
@@ -147,9 +159,19 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
         for model_id in [BUNDLED_MODEL_ID, *(m.model_id for m in models)]:
             stack.wait_for_model(model_id, timeout=30.0 if model_id == BUNDLED_MODEL_ID else 600.0)
         _print_welcome(stack, data_dir, models)
+        if receiver is not None:
+            print(
+                f"traces: every service sends its spans to {receiver.endpoint} (OTLP/HTTP), kept in "
+                f"{receiver.store.folder}; a request's tree: `{command_hint('trace', 'TRACEPARENT', *folder_args(data_dir))}`, "
+                f"the last chat's: `{command_hint('trace', '--last', *folder_args(data_dir))}`"
+            )
         if not args.no_demo:
             demo_model = models[0].model_id if models else BUNDLED_MODEL_ID
-            _demo_chat(stack.gateway_url, stack.dev_token, dev_token_path(data_dir), demo_model)
+            traceparent = _demo_chat(stack.gateway_url, stack.dev_token, dev_token_path(data_dir), demo_model)
+            if receiver is not None and traceparent:
+                print(
+                    f"its trace: `{command_hint('trace', traceparent, *folder_args(data_dir))}`", flush=True
+                )
         print(READY_LINE, flush=True)
         running = True
         while not stopping:
@@ -168,6 +190,8 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping KoproGo Symbiose ...", flush=True)
         stack.stop()
+        if receiver is not None:
+            receiver.stop()
         print("stopped", flush=True)
     return 0
 
@@ -253,7 +277,8 @@ def demo_body(model: str) -> dict[str, object]:
     }
 
 
-def _demo_chat(gateway_url: str, token: str | None, token_file: Path, model: str) -> None:
+def _demo_chat(gateway_url: str, token: str | None, token_file: Path, model: str) -> str | None:
+    """Send the demo chat and print its answer; its `traceparent` response header, if any."""
     body = demo_body(model)
     print(f"\n$ {demo_curl(gateway_url, token_file if token else None, body)}")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -263,6 +288,8 @@ def _demo_chat(gateway_url: str, token: str | None, token_file: Path, model: str
         print(json.dumps(response.json(), indent=2, ensure_ascii=False), flush=True)
     except (httpx.HTTPError, ValueError) as exc:
         print(f"the demo chat failed ({exc!r}); the stack stays up, see the logs", file=sys.stderr)
+        return None
+    return response.headers.get("traceparent")
 
 
 def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
@@ -284,6 +311,8 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
         argv.append("--lan")
     if args.no_demo:
         argv.append("--no-demo")
+    if args.traces:
+        argv.append("--traces")
     offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
     with open_private_log(log) as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -372,6 +401,13 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
     up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")
+    up.add_argument(
+        "--traces",
+        action="store_true",
+        help=f"record every request's trace without Jaeger: a receiver on 127.0.0.1 (port {OTLP_HTTP_PORT} if "
+        "free) takes every service's OpenTelemetry spans into <data>/traces (size-bounded); "
+        "`koprogo trace TRACEPARENT` or `koprogo trace --last` prints one as a tree",
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the stack running on the data folder")
     down.add_argument("--data-dir", help="the stack's data folder (default ./data)")
