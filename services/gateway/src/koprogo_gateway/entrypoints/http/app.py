@@ -25,6 +25,7 @@ from koprogo_gateway.entrypoints.http import (
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
+from koprogo_gateway.entrypoints.http.http_metrics import HttpMetrics
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
 from koprogo_gateway.entrypoints.http.response_headers import ResponseHeaderPolicy
@@ -67,6 +68,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         },
     )
     app.add_middleware(ResponseHeaderPolicy)
+    # Added last, so outermost: each request counted and timed by its route template (http_metrics.py).
+    app.add_middleware(HttpMetrics, routes=app.router.routes)
     # The chat PWA's built files, read from disk at each request (a rebuild needs no restart).
     app.state.pwa_files = PwaFiles(settings.pwa_dir)
     app.include_router(routes_session.router)

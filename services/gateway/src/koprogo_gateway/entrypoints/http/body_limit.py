@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from koprogo_gateway.entrypoints.http.http_metrics import count_refusal
+
 DISCARD_AT_MOST = 32 * 1024 * 1024
 
 
@@ -69,6 +71,7 @@ class BodySizeLimit:
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
     async def _refuse(self, send: Send, limit: int, hint: str, *, close: bool) -> None:
+        count_refusal("request_too_large")
         body = json.dumps(
             {
                 "error": "request_too_large",

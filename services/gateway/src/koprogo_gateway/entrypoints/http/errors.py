@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.domain.stream_format import openai_error
 from koprogo_gateway.entrypoints.http.deps import authenticate, bearer_token
+from koprogo_gateway.entrypoints.http.http_metrics import count_refusal
 from koprogo_gateway.entrypoints.http.json_body import (
     READ_AS_JSON,
     SEND_JSON_HINT,
@@ -50,7 +51,10 @@ def _came_as(sent: str) -> str:
 def _error_json(
     request: Request, status: int, error: str, message: str, extra: dict[str, object] | None = None
 ) -> dict[str, object]:
-    """KoproGo's `{error, message, ...}`, or OpenAI's `{"error": {...}}` on the OpenAI-compatible `/v1/`."""
+    """KoproGo's `{error, message, ...}`, or OpenAI's `{"error": {...}}` on the OpenAI-compatible `/v1/`.
+
+    Every error answer passes here: it is counted by its code (`koprogo_gateway_refusals_total`)."""
+    count_refusal(error)
     if request.url.path.startswith(OPENAI_PREFIX):
         param = (extra or {}).get("param")
         return openai_error(status, error, message, param if isinstance(param, str) else None)

@@ -22,6 +22,7 @@ from koprogo_gateway.entrypoints.http.chat_http import (
     unless_caller_leaves,
 )
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Writer
+from koprogo_gateway.entrypoints.http.http_metrics import count_refusal
 from koprogo_gateway.service_layer.chat import ChatAnswer
 from koprogo_shared.events import ChatDelta
 
@@ -86,4 +87,5 @@ async def _events(pieces: AsyncGenerator[ChatDelta | ChatAnswer, None]) -> Async
                 else:
                     yield sse(seed_json(piece.response()), "done")
         except GatewayError as exc:
+            count_refusal(exc.error)  # after a 200: the middleware counted a success
             yield error_event(exc.error, exc.message, exc.extra)

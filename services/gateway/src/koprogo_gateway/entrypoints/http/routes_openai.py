@@ -40,6 +40,7 @@ from koprogo_gateway.entrypoints.http.chat_http import (
     unless_caller_leaves,
 )
 from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader, Writer
+from koprogo_gateway.entrypoints.http.http_metrics import count_refusal
 from koprogo_gateway.service_layer import models
 from koprogo_gateway.service_layer.chat import ChatAnswer
 from koprogo_shared.events import ChatDelta
@@ -112,6 +113,7 @@ async def _chunks(
             yield openai_usage_chunk(answer_id, answer.model, created, answer.usage)
         yield DONE
     except GatewayError as exc:
+        count_refusal(exc.error)
         yield sse(openai_error(exc.status, exc.error, exc.message))
     finally:
         await rest.aclose()

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.entrypoints.http.deps import authenticate
+from koprogo_gateway.entrypoints.http.http_metrics import count_refusal
 from koprogo_gateway.entrypoints.mcp.backend import (
     BACKEND_STATE_KEY,
     BackendFactory,
@@ -98,6 +99,7 @@ class AuthenticatedMcp:
 
 
 def _refusal(exc: GatewayError) -> JSONResponse:
+    count_refusal(exc.error)
     return JSONResponse(
         status_code=exc.status,
         content={"error": exc.error, "message": exc.message, **exc.extra},
