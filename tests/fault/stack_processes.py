@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,9 +170,11 @@ def process_stack(
     cloud_deployments_file: Path | None = None,
     chat_timeout_s: float = 12.0,
     grid: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> ProcessStack:
-    """The processes of a stack (not started): what `koprogo up` runs, on the given servers."""
-    base = _base_env(nats_url)
+    """The processes of a stack (not started): what `koprogo up` runs, on the given servers;
+    `env` goes to every service besides (as `koprogo up --traces` gives each its OTEL_* variables)."""
+    base = _base_env(nats_url) | dict(env or {})
     content_keys = dict(TEST_CONTENT_KEYS)
     services: dict[str, ServiceProcess] = {}
 

@@ -1,0 +1,180 @@
+"""One chat is one trace, and one grid task too, across the real processes `koprogo up` runs.
+
+Each service runs as its own OS process (tests/fault/stack_processes.py) on the test's NATS and
+PostgreSQL, exporting its spans over OTLP/HTTP to the receiver `koprogo up --traces` runs
+(koprogo_cli.trace_receiver), started here. The gateway's `traceparent` response header names
+the trace; its spans must come from every hop, share that trace id, and hang together: every
+span's parent is in the trace, except the gateway's root. `koprogo trace` then prints that tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from koprogo_cli.trace_commands import render_trace, trace_id_of
+from koprogo_cli.trace_receiver import TraceReceiver, exporter_env
+from koprogo_cli.trace_store import TraceStore, traces_dir
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from tests.fault.stack_processes import ProcessStack, process_stack
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+COPRO = "550e8400-e29b-41d4-a716-446655440000"
+CHAT_HOPS = {"koprogo-gateway", "koprogo-router", "koprogo-node", "koprogo-ledger"}
+GRID_HOPS = {"koprogo-gateway", "koprogo-grid-scheduler", "koprogo-node", "koprogo-ledger"}
+Span = Mapping[str, Any]
+StackFactory = Callable[..., Awaitable[ProcessStack]]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[TraceReceiver]:
+    """The receiver `koprogo up --traces` runs, writing to <tmp_path>/traces as to <data>/traces."""
+    with TraceReceiver(TraceStore(traces_dir(tmp_path))) as running:
+        yield running
+
+
+@pytest.fixture
+async def traced_stack(
+    clean_jetstream: str, database_url: str, tmp_path: Path, receiver: TraceReceiver
+) -> AsyncIterator[StackFactory]:
+    """Start the stack's processes, each told to export its spans to `receiver`; stopped afterwards."""
+    stacks: list[ProcessStack] = []
+
+    async def make(*, env: Mapping[str, str] | None = None, **options: Any) -> ProcessStack:
+        logs = tmp_path / f"logs-{len(stacks)}"
+        logs.mkdir()
+        stack = process_stack(
+            clean_jetstream, database_url, logs, env={**exporter_env(receiver), **(env or {})}, **options
+        )
+        stacks.append(stack)
+        await stack.start()
+        return stack
+
+    yield make
+    for stack in stacks:
+        await stack.stop()
+
+
+def connection_faults(trace_id: str, spans: list[Span], hops: set[str]) -> list[str]:
+    """What keeps `spans` from being one connected trace through `hops` (nothing: it is one)."""
+    own = [s for s in spans if s["trace_id"] == trace_id]
+    ids = {s["span_id"] for s in own}
+    faults = []
+    if missing := hops - {s["service"] for s in own}:
+        faults.append(f"no span from {sorted(missing)}")
+    roots = [s for s in own if s["parent_span_id"] is None]
+    if [(r["service"], r["kind"]) for r in roots] != [("koprogo-gateway", "SERVER")]:
+        faults.append(
+            f"roots {[(r['service'], r['name']) for r in roots]}, not the gateway's server span alone"
+        )
+    faults += [
+        f"{s['service']} {s['name']}: parent {s['parent_span_id']} not in the trace"
+        for s in own
+        if s["parent_span_id"] is not None and s["parent_span_id"] not in ids
+    ]
+    return faults
+
+
+async def one_trace(
+    store: TraceStore, traceparent: str | None, hops: set[str], stack: ProcessStack, timeout: float = 30.0
+) -> list[Span]:
+    """The spans of the trace `traceparent` names, once they come from every hop and hang together."""
+    assert traceparent, "the gateway returned no traceparent header"
+    trace_id = trace_id_of(traceparent)
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = await asyncio.to_thread(store.trace, trace_id)
+        if not (faults := connection_faults(trace_id, spans, hops)):
+            return spans
+        if time.monotonic() > deadline:
+            tree = "\n".join(render_trace(trace_id, spans)) if spans else "(no span of it)"
+            raise AssertionError(f"trace {trace_id} after {timeout:g}s: {faults}\n{tree}\n{stack.logs(15)}")
+        await asyncio.sleep(0.25)
+
+
+async def koprogo_trace(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "koprogo_cli.main",
+        "trace",
+        *args,
+        env=dict(os.environ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_one_chat_is_one_trace_from_the_gateway_through_router_and_node_to_the_ledger(
+    traced_stack: StackFactory, receiver: TraceReceiver, tmp_path: Path
+) -> None:
+    stack = await traced_stack(edge_nodes=1)
+    body = {
+        "model": BUNDLED_MODEL_ID,
+        "messages": [{"role": "user", "content": "Bonjour"}],
+        "context": f"copro:{COPRO}",
+        "max_tokens": 8,
+    }
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+        response = await client.post("/mcp/v1/chat", json=body)
+    assert response.status_code == 200, response.text
+    traceparent = response.headers.get("traceparent")
+    spans = await one_trace(receiver.store, traceparent, CHAT_HOPS, stack)
+
+    generate = [s for s in spans if s["name"] == "generate"]
+    assert len(generate) == 1 and generate[0]["service"] == "koprogo-node", spans
+    attributes = generate[0]["attributes"]
+    usage = response.json()["usage"]
+    assert attributes["gen_ai.request.model"] == BUNDLED_MODEL_ID
+    assert attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"] > 0
+    assert attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"] > 0
+    assert attributes["koprogo.node_id"] == "edge-0"
+
+    # `koprogo trace` prints that tree: every hop, the generation's model, tokens and node.
+    code, out, err = await koprogo_trace(str(traceparent), "--data-dir", str(tmp_path))
+    assert code == 0, err
+    header, _columns, *rows = out.splitlines()
+    assert header.startswith(f"trace {trace_id_of(str(traceparent))}: ")
+    assert all(service in header for service in CHAT_HOPS), header
+    assert rows[0].split()[4:6] == ["koprogo-gateway", "POST"], out  # the root first, not indented
+    line = next(row for row in rows if " generate" in row)
+    assert f"model={BUNDLED_MODEL_ID}" in line and "node=edge-0" in line
+    assert f"tokens={usage['prompt_tokens']}→{usage['completion_tokens']}" in line
+    code, last, err = await koprogo_trace("--last", "--data-dir", str(tmp_path))
+    assert code == 0 and last.splitlines()[0] == header, err
+
+
+async def test_one_grid_task_is_one_trace_through_the_scheduler_and_the_node_to_the_ledger(
+    traced_stack: StackFactory, receiver: TraceReceiver
+) -> None:
+    # One node: a quorum of one, so the task completes without waiting for a second owner.
+    stack = await traced_stack(edge_nodes=1, grid=True, env={"GRID_QUORUM": "1"})
+    charges = await asyncio.to_thread((FIXTURES / "charges-les-tilleuls-2022-2024.csv").read_bytes)
+    body = {
+        "task_type": "predict_expenses",
+        "input_data": {"document": base64.b64encode(charges).decode(), "horizon_months": 3},
+        "copro_id": COPRO,
+    }
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+        submitted = await client.post("/mcp/v1/execute", json=body)
+        assert submitted.status_code == 202, submitted.text
+        task_id = submitted.json()["id"]
+        deadline = time.monotonic() + 120
+        while (task := (await client.get(f"/mcp/v1/tasks/{task_id}")).json())["status"] != "completed":
+            assert task["status"] in ("pending", "assigned", "running", "verifying"), (task, stack.logs())
+            assert time.monotonic() < deadline, (task, stack.logs())
+            await asyncio.sleep(0.25)
+    spans = await one_trace(receiver.store, submitted.headers.get("traceparent"), GRID_HOPS, stack)
+    node_spans = [s for s in spans if s["service"] == "koprogo-node"]
+    assert any(s["kind"] == "CONSUMER" for s in node_spans), node_spans
