@@ -103,6 +103,9 @@ class NodeRegistry:
         self._roster = roster
         self._nodes: dict[str, tuple[EdgeCandidate, float]] = {}
         self._cloud: dict[str, tuple[CloudCandidate, float]] = {}
+        # When each node heard since start (and not gone on purpose) is due to be seen dead: unlike
+        # `_nodes`, a node that stopped beating stays here, so an operator sees it down.
+        self._expiry: dict[str, float] = {}
 
     def heard(self, subject: str, beat: NodeHeartbeat, now: float) -> str | None:
         """Take a heartbeat heard on `subject`; the reason it was refused, or None when taken."""
@@ -138,6 +141,7 @@ class NodeRegistry:
     def forget(self, node_id: str) -> None:
         """A node said it is leaving: stop routing to it now rather than after three heartbeats."""
         self._nodes.pop(node_id, None)
+        self._expiry.pop(node_id, None)
 
     def observe(self, beat: NodeHeartbeat, now: float) -> None:
         candidate = EdgeCandidate(
@@ -155,7 +159,9 @@ class NodeRegistry:
             pools=frozenset(beat.pools),
             task_types=frozenset(beat.task_types),
         )
-        self._nodes[beat.node_id] = (candidate, now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
+        expires = now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD
+        self._nodes[beat.node_id] = (candidate, expires)
+        self._expiry[beat.node_id] = expires
 
     def node(self, node_id: str, now: float) -> EdgeCandidate | None:
         """One node, while it is alive."""
@@ -163,6 +169,10 @@ class NodeRegistry:
         if found is None or found[1] < now:
             return None
         return found[0]
+
+    def node_health(self, now: float) -> dict[str, bool]:
+        """Every node heard since start and not gone on purpose: True while it is alive (as `alive`)."""
+        return {node_id: expires >= now for node_id, expires in self._expiry.items()}
 
     def alive(self, now: float) -> list[EdgeCandidate]:
         for node_id in [n for n, (_, expires) in self._nodes.items() if expires < now]:

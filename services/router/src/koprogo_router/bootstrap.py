@@ -9,6 +9,7 @@ import logging
 from nats.aio.msg import Msg
 
 from koprogo_router.adapters.bus import NatsBus
+from koprogo_router.adapters.metrics import NODE_HEALTH
 from koprogo_router.adapters.policy_book import WatchedPolicyBook
 from koprogo_router.domain.grid import GridRule
 from koprogo_router.service_layer.dispatch import Dispatcher
@@ -64,6 +65,7 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
             else NodeRegistry()
         )
         await follow_heartbeats(nc, registry)
+        NODE_HEALTH.watch(registry)
         policies = WatchedPolicyBook()
         await policies.follow(js)  # every copro's policy known before the first request
         await asyncio.sleep(settings.warmup_s)
@@ -106,6 +108,7 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
                 consumer, fallback, *([ops_task] if ops_task else []), return_exceptions=True
             )
             await policies.close()
+            NODE_HEALTH.forget(registry)
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

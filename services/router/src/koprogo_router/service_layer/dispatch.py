@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from koprogo_router.adapters.bus import Bus
+from koprogo_router.adapters.metrics import count_decision, count_fallback
 from koprogo_router.adapters.policy_book import PolicyBook
 from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, edge_pools, effective_policy
 from koprogo_router.domain.routing import (
@@ -98,6 +99,7 @@ class Dispatcher:
                 raise TargetsAwayError(f"{decision.error}: {decision.message}")
             await self._refuse(request, decision)
             return
+        count_decision(decision.targets[0].kind, policy.policy)
         plan = RoutingPlan(
             policy=policy.policy,
             allow_fallback=policy.allow_fallback,
@@ -135,6 +137,7 @@ class Dispatcher:
             return
         attempt = plan.attempt + 1
         target = plan.targets[attempt - 1]
+        count_fallback(failed.target.kind, target.kind)
         await self._send(
             work.model_copy(
                 update={
@@ -159,6 +162,7 @@ class Dispatcher:
         await self.bus.publish(subject, work)
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
+        count_decision("none", refusal.error)
         await self._publish_failure(
             ChatFailed(
                 id=chat_failed_id(request.id),
