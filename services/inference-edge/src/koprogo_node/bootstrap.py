@@ -82,7 +82,9 @@ def build_engine(settings: NodeSettings) -> tuple[ModelFile, InferenceEngine]:
     if model.model_id == BUNDLED_MODEL_ID or not settings.keep_alive_s:
         return model, llama()
     log.info("model %s is unloaded after %.0fs idle", model.model_id, settings.keep_alive_s)
-    return model, OnDemandEngine(llama, settings.keep_alive_s)
+    return model, OnDemandEngine(
+        llama, settings.keep_alive_s, on_load=metrics.MODEL_LOAD_SECONDS.labels(model.model_id).observe
+    )
 
 
 async def run_node(
@@ -106,6 +108,7 @@ async def run_node(
         model_id = settings.node_model_id or settings.node_model
     node = EdgeNode(settings.node_id, model_id, settings.footprint())
     load = NodeLoad()
+    _observe_node(model_id, engine, load)
     nc: NATS | None = None
     loaded_engine = engine
 
@@ -131,7 +134,10 @@ async def run_node(
     try:
         started = time.perf_counter()
         await engine.load()
-        log.info("model loaded in %.2fs (n_ctx %d)", time.perf_counter() - started, engine.context_length)
+        took = time.perf_counter() - started
+        if not isinstance(engine, OnDemandEngine):  # which times its own loads
+            metrics.MODEL_LOAD_SECONDS.labels(model_id).observe(took)
+        log.info("model loaded in %.2fs (n_ctx %d)", took, engine.context_length)
         connected = await _connect_unless_stopped(settings, stop)
         if connected is None:
             return
@@ -163,6 +169,16 @@ async def run_node(
         await lifespans.aclose()
         await engine.close()
         log.info("node %s stopped", node.node_id)
+
+
+def _observe_node(model_id: str, engine: InferenceEngine, load: NodeLoad) -> None:
+    """The node's gauges, read at scrape time from its load and its engine."""
+    metrics.QUEUE_DEPTH.labels(model_id).set_function(lambda: load.in_flight)
+    if isinstance(engine, OnDemandEngine):
+        on_demand = engine
+        metrics.MODEL_RESIDENT.labels(model_id).set_function(lambda: float(on_demand.resident))
+    else:
+        metrics.MODEL_RESIDENT.labels(model_id).set_function(lambda: float(engine.loaded))
 
 
 def _residency(engine: InferenceEngine) -> Callable[[], bool]:

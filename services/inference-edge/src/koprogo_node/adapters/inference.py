@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class EngineResult:
     completion_tokens: int
     # Per token of `content`, when the sampling asked for them.
     logprobs: tuple[TokenLogprob, ...] | None = None
+    # When the first token was generated (`time.perf_counter()`), None when none was.
+    first_token_at: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -134,6 +137,7 @@ class FakeInferenceEngine(InferenceEngine):
             await asyncio.sleep(self.delay_s)
         words = self.reply.split()[:budget]
         finish: EngineFinish = "length" if len(self.reply.split()) > budget else "stop"
+        first_token_at = time.perf_counter() if words else None
         if on_delta is not None or caller_gone is not None:
             for i, word in enumerate(words):
                 if caller_gone is not None and caller_gone.is_set():
@@ -142,7 +146,7 @@ class FakeInferenceEngine(InferenceEngine):
                 if on_delta is not None:
                     on_delta(word if i == 0 else " " + word)
                 await asyncio.sleep(self.delay_per_word_s)
-        return EngineResult(" ".join(words), finish, prompt_tokens, len(words))
+        return EngineResult(" ".join(words), finish, prompt_tokens, len(words), first_token_at=first_token_at)
 
     async def close(self) -> None:
         self._loaded = False

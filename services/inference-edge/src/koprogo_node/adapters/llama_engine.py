@@ -16,6 +16,7 @@ import logging
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,6 +200,7 @@ class LlamaEngine(InferenceEngine):
         logprobs: list[tuple[int, TokenLogprob]] | None = None if sampling.top_logprobs is None else []
         finish: EngineFinish = "length"
         cut = None
+        first_token_at = None
         tokens = llama.generate(
             prompt_tokens,
             temp=sampling.temperature,
@@ -210,6 +212,8 @@ class LlamaEngine(InferenceEngine):
             grammar=self._grammar(sampling.constraint),
         )
         for token in tokens:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
             if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
                 finish = "stop"
                 break
@@ -238,7 +242,7 @@ class LlamaEngine(InferenceEngine):
         if deliver is not None and len(text) > sent:
             deliver(text[sent:])
         kept = None if logprobs is None else tuple(lp for start, lp in logprobs if start < len(text))
-        return EngineResult(text, finish, len(prompt_tokens), len(generated), kept)
+        return EngineResult(text, finish, len(prompt_tokens), len(generated), kept, first_token_at)
 
     def _prompt(
         self, llama: Llama, formatter: chat_format.ChatFormatter, messages: list[ChatMessage]

@@ -28,8 +28,11 @@ class OnDemandEngine(InferenceEngine):
         factory: Callable[[], InferenceEngine],
         keep_alive_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[float], None] = lambda _seconds: None,
     ) -> None:
+        """`on_load` is told how many seconds each load took (the node's metrics)."""
         self._factory = factory
+        self._on_load = on_load
         self._keep_alive_s = keep_alive_s
         self._clock = clock
         self._inner: InferenceEngine | None = None
@@ -117,7 +120,9 @@ class OnDemandEngine(InferenceEngine):
             self._info = engine.model_info()
             self._context_length = engine.context_length
             self._servable = True
-            log.info("model loaded on demand in %.2fs", time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._on_load(took)
+            log.info("model loaded on demand in %.2fs", took)
         return self._inner
 
     async def _unload(self) -> None:

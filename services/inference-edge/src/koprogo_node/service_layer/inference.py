@@ -11,6 +11,7 @@ from datetime import datetime
 
 import jsonschema
 
+from koprogo_node.adapters import metrics
 from koprogo_node.adapters.inference import EngineResult, InferenceEngine
 from koprogo_node.adapters.outcomes import OutcomeSink
 from koprogo_node.domain.controls import (
@@ -85,6 +86,9 @@ class InferenceService:
         self._engine = engine
         self._sink = sink
         self._clock = clock
+        # Children looked up once: observing them is all a generation adds.
+        self._first_token_s = metrics.TIME_TO_FIRST_TOKEN.labels(node.model_id)
+        self._tokens_per_s = metrics.GENERATION_TOKENS_PER_SECOND.labels(node.model_id)
 
     async def run(self, cmd: RunInference) -> ChatCompleted | ChatFailed:
         """Answer `cmd` unless nobody waits any more; domain errors become ChatFailed (4xx).
@@ -170,9 +174,19 @@ class InferenceService:
                 result, problem = await self._answer(cmd, messages, sampling)
         finally:
             self.load.in_flight -= 1
+        finished = time.perf_counter()
+        self._observe_speed(result, started, finished)
         if problem is not None:
             raise InvalidModelOutputError(problem)
-        return result, time.perf_counter() - started
+        return result, finished - started
+
+    def _observe_speed(self, result: EngineResult, started: float, finished: float) -> None:
+        first = result.first_token_at
+        if first is None:
+            return
+        self._first_token_s.observe(first - started)
+        if result.completion_tokens > 1 and finished > first:
+            self._tokens_per_s.observe((result.completion_tokens - 1) / (finished - first))
 
     async def _answer(
         self, cmd: RunInference, messages: list[ChatMessage], sampling: Sampling
@@ -180,16 +194,18 @@ class InferenceService:
         """The whole answer; one that breaks the caller's schema is generated again (up to
         MAX_SAMPLES in all), and every token generated is counted."""
         spent = 0
+        first_token_at = None
         # A caller that left (or timed out) stops this answer too, not only a streamed one.
         async with self._sink.caller_gone(cmd.request_id) as gone:
             for attempt in range(MAX_SAMPLES):
                 tried = resampled(sampling, attempt) if attempt else sampling
                 result = await self._engine.chat(messages, tried, cmd.max_tokens, caller_gone=gone)
                 spent += result.completion_tokens
+                first_token_at = first_token_at or result.first_token_at
                 problem = _output_problem(result, cmd)
                 if problem is None or gone.is_set():
                     break
-        return replace(result, completion_tokens=spent), problem
+        return replace(result, completion_tokens=spent, first_token_at=first_token_at), problem
 
     async def _stream(
         self, cmd: RunInference, messages: list[ChatMessage], sampling: Sampling
