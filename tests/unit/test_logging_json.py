@@ -24,7 +24,7 @@ import nkeys
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from koprogo_shared.logging_setup import REDACTED, configure_logging, service_handler
+from koprogo_shared.logging_setup import REDACTED, configure_logging, mask_secrets, service_handler
 from tests.token_support import token
 
 RFC3339_UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -118,7 +118,8 @@ def test_an_exception_is_in_the_line_as_its_traceback(service_log: ServiceLog) -
 
 
 def credentials() -> dict[str, str]:
-    """One of each kind, real: a gateway JWT, a NATS user and account seed, provider API keys."""
+    """One of each kind, real: a gateway JWT, a NATS user and account seed, provider API keys,
+    and secrets that are credentials only by where they stand (a header, a URL)."""
     return {
         "jwt": token(user="user-secret-holder"),
         "user seed": nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode(),
@@ -126,7 +127,26 @@ def credentials() -> dict[str, str]:
         "openai key": "sk-proj-" + secrets.token_urlsafe(36),
         "anthropic key": "sk-ant-api03-" + secrets.token_urlsafe(70),
         "opaque bearer": secrets.token_urlsafe(24),
+        "basic credentials": secrets.token_urlsafe(18),
+        "api key header": secrets.token_hex(16),
+        "url password": secrets.token_urlsafe(18),
+        "password field": secrets.token_urlsafe(18),
+        "secret field": secrets.token_urlsafe(18),
     }
+
+
+# How a line carries each kind, and what is left of it: the bare secret otherwise.
+PLACED = {
+    "opaque bearer": ("sent Bearer {} (kept)", "sent Bearer [REDACTED] (kept)"),
+    "basic credentials": ("Authorization: Basic {} (kept)", "Authorization: [REDACTED] (kept)"),
+    "api key header": ("X-Api-Key: {} (kept)", "X-Api-Key: [REDACTED] (kept)"),
+    "password field": ("dsn host=db password={} (kept)", "dsn host=db password=[REDACTED] (kept)"),
+    "secret field": ('{{"client_secret": "{}"}} (kept)', '{"client_secret": "[REDACTED]"} (kept)'),
+    "url password": (
+        "nats://koprogo:{}@127.0.0.1:4222 (kept)",
+        "nats://koprogo:[REDACTED]@127.0.0.1:4222 (kept)",
+    ),
+}
 
 
 @pytest.mark.parametrize(
@@ -151,6 +171,26 @@ def test_credentials_are_masked_in_message_extras_and_traceback(
     assert written.count(REDACTED) == (6 if fmt else 5), written
     assert "'Authorization': '[REDACTED]'" in written  # the header's name stays: the line still reads
     assert "RuntimeError: provider refused key [REDACTED]" in written
+
+
+@pytest.mark.parametrize("kind", list(credentials()))
+def test_each_kind_of_credential_is_masked_alone(kind: str) -> None:
+    line, masked = PLACED.get(kind, ("got {} (kept)", f"got {REDACTED} (kept)"))
+    assert mask_secrets(line.format(credentials()[kind])) == masked
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "chat 0f9c2d1e-7b9a-4c1e-9d2f-1a2b3c4d5e6f answered for user user-1 (48 tokens)",
+        "connected to nats://127.0.0.1:4222 and postgresql://koprogo@127.0.0.1:5432/koprogo",
+        "PostgreSQL (embedded, scram-sha-256, password in /data/secrets/postgres-password)",
+        "tokens checked with the HS256 secret; api_key_env unset; sk-learn is not a key",
+        "SUBSCRIBED TO KOPROGO EVENTS",
+    ],
+)
+def test_ordinary_lines_are_left_alone(line: str) -> None:
+    assert mask_secrets(line) == line
 
 
 def test_without_log_format_the_text_line_is_unchanged(service_log: ServiceLog) -> None:
