@@ -2,7 +2,7 @@
 
 Each service runs as its own OS process (tests/fault/stack_processes.py) on the test's NATS and
 PostgreSQL, exporting its spans over OTLP/HTTP to the receiver `koprogo up --traces` runs
-(koprogo_cli.trace_receiver), started here. The gateway's `traceparent` response header names
+(koprogo_cli.trace_receiver), started here; the last test runs `koprogo up --traces` itself. The gateway's `traceparent` response header names
 the trace; its spans must come from every hop, share that trace id, and hang together: every
 span's parent is in the trace, except the gateway's root. `koprogo trace` then prints that tree.
 """
@@ -21,10 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
+from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
+from koprogo_cli.embedded import free_port
 from koprogo_cli.trace_commands import render_trace, trace_id_of
 from koprogo_cli.trace_receiver import TraceReceiver, exporter_env
 from koprogo_cli.trace_store import TraceStore, traces_dir
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from tests.conftest import postgres_dir
+from tests.e2e.test_koprogo_up import koprogo
 from tests.fault.stack_processes import ProcessStack, process_stack
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -178,3 +182,48 @@ async def test_one_grid_task_is_one_trace_through_the_scheduler_and_the_node_to_
     spans = await one_trace(receiver.store, submitted.headers.get("traceparent"), GRID_HOPS, stack)
     node_spans = [s for s in spans if s["service"] == "koprogo-node"]
     assert any(s["kind"] == "CONSUMER" for s in node_spans), node_spans
+
+
+def test_koprogo_up_traces_records_a_chats_trace_that_koprogo_trace_prints() -> None:
+    """What an operator does after `make up` (`koprogo up --traces`): a chat, its traceparent, its tree."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NATS_URL", "DATABASE_URL", "JWT_SECRET", "JWKS_URL") and not k.startswith("CONTENT_KEY")
+    }
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+    port = free_port()
+    with postgres_dir() as folder:  # `koprogo up` keeps an embedded PostgreSQL in its data folder
+        data = str(folder / "data")
+        try:
+            up = koprogo(
+                "up", "--detach", "--no-demo", "--traces", "--data-dir", data, "--port", str(port), env=env
+            )
+            assert up.returncode == 0, up.stdout + up.stderr
+            dev = {"Authorization": f"Bearer {dev_token_path(Path(data)).read_text().strip()}"}
+            body = {
+                "model": BUNDLED_MODEL_ID,
+                "messages": [{"role": "user", "content": "Bonjour"}],
+                "context": f"copro:{DEMO_COPRO_ID}",
+                "max_tokens": 8,
+            }
+            chat = httpx.post(f"http://127.0.0.1:{port}/mcp/v1/chat", json=body, headers=dev, timeout=120)
+            assert chat.status_code == 200, chat.text
+            traceparent = chat.headers.get("traceparent")
+            assert traceparent, "the gateway returned no traceparent header"
+            deadline = time.monotonic() + 30
+            while True:
+                shown = koprogo("trace", traceparent, "--data-dir", data, env=env)
+                header = shown.stdout.split("\n", 1)[0]
+                if shown.returncode == 0 and all(service in header for service in CHAT_HOPS):
+                    break
+                assert time.monotonic() < deadline, shown.stdout + shown.stderr
+                time.sleep(0.5)
+            assert "incomplete" not in shown.stdout, shown.stdout
+            assert f"model={BUNDLED_MODEL_ID}" in next(
+                r for r in shown.stdout.splitlines() if " generate" in r
+            )
+        finally:
+            koprogo("down", "--data-dir", data, env=env)
+        log = Path(data, "koprogo.log").read_text()
+        assert "traces: every service sends its spans to http://127.0.0.1:" in log, log
