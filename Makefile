@@ -44,11 +44,13 @@ MODEL_FLAGS = $(foreach m,$(MODELS),--model $(m))
 web: install
 	@scripts/build-web.sh
 
+# --traces: every request's trace is kept (bounded) in data/traces, `koprogo trace --last` prints the
+# last chat's; a few spans per request to a loopback receiver, cheap even on a Pi (docs/observability.md).
 up: install web
-	$(BIN)/koprogo up $(MODEL_FLAGS)
+	$(BIN)/koprogo up --traces $(MODEL_FLAGS)
 
 mcp-up: install web
-	$(BIN)/koprogo up --detach $(MODEL_FLAGS)
+	$(BIN)/koprogo up --detach --traces $(MODEL_FLAGS)
 
 down mcp-down:
 	$(BIN)/koprogo down
