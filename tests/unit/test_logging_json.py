@@ -18,12 +18,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nkeys
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from koprogo_grid.adapters.kv_store import KeyValueTaskStore
 from koprogo_shared.logging_setup import REDACTED, configure_logging, mask_secrets, service_handler
 from tests.token_support import token
 
@@ -229,3 +231,57 @@ def test_uvicorns_records_go_through_the_json_handler(tmp_path: Path) -> None:
     (entry,) = json_lines(tmp_path / "gateway.log")
     assert entry["logger"] == "uvicorn.error" and entry["message"] == "Started server process [42]"
     assert "color_message" not in entry
+
+
+PROVIDER_DEBUG = textwrap.dedent(
+    """
+    import logging
+    from koprogo_shared.logging_setup import configure_logging
+
+    configure_logging("DEBUG", "cloud")
+    logging.getLogger("koprogo_cloud.adapters").debug("calling deployment local-openai")
+    # What the Anthropic SDK writes at DEBUG: the whole request, the user's messages in it.
+    logging.getLogger("anthropic._base_client").debug(
+        "Request options: %s", {"json_data": {"messages": [{"role": "user", "content": "my landlord's name"}]}}
+    )
+    logging.getLogger("openai._base_client").info("HTTP Request: POST /v1/chat/completions")
+    """
+)
+
+
+def test_log_level_debug_never_lets_a_provider_sdk_write_the_request(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOG_")}
+    env |= {"LOG_FORMAT": "json", "LOG_FILE": str(tmp_path / "cloud.log")}
+    subprocess.run([sys.executable, "-c", PROVIDER_DEBUG], env=env, check=True, timeout=60)
+    messages = [entry["message"] for entry in json_lines(tmp_path / "cloud.log")]
+    assert messages == ["calling deployment local-openai", "HTTP Request: POST /v1/chat/completions"]
+
+
+class OneValueWatch:
+    """A key-value bucket's watch that holds one entry (what `KeyValue.watchall` returns)."""
+
+    def __init__(self, key: str, value: bytes) -> None:
+        self.entries: list[Any] = [SimpleNamespace(key=key, value=value), None]
+
+    async def watchall(self, **_: Any) -> OneValueWatch:
+        return self
+
+    async def updates(self, timeout: float) -> Any:
+        return self.entries.pop(0)
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_an_unreadable_task_state_is_logged_by_its_fields_never_its_contents(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    document = "Facture 2026-114, Mme Dupont, 1 234,56 EUR"
+    stored = json.dumps({"task_id": "t-1", "task": {"parameters": {"text": document}}, "attempt": "first"})
+    store = KeyValueTaskStore(OneValueWatch("t-1", stored.encode()))  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="koprogo_grid"):
+        assert await store.load() == []
+    (record,) = caplog.records
+    assert record.getMessage().startswith("unreadable task state under t-1: ")
+    assert "attempt (int_parsing)" in record.getMessage()
+    assert document not in caplog.text and "first" not in caplog.text

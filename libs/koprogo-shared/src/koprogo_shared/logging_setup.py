@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from opentelemetry import trace
+from pydantic import ValidationError
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 5
@@ -141,6 +142,23 @@ def mask_secrets(text: str) -> str:
     return _SECRETS.sub(_masked, text)
 
 
+def invalid_fields(exc: ValidationError, most: int = 5) -> str:
+    """What a log line may say of a payload that failed validation: its failing fields and the
+    error types, never the values (pydantic's own message quotes them: a user's message, a task's
+    document)."""
+    shown = [
+        ".".join(str(part) for part in error["loc"]) + f" ({error['type']})"
+        for error in exc.errors(include_url=False, include_input=False)[:most]
+    ]
+    more = exc.error_count() - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+# Provider SDKs that write a whole request (the user's messages) at DEBUG: kept at INFO or above
+# whatever LOG_LEVEL says (their own ANTHROPIC_LOG/OPENAI_LOG variables can still lower them).
+PAYLOAD_LOGGERS = ("anthropic", "openai")
+
+
 # The attributes every LogRecord has: any other attribute came from a call's `extra=`.
 # `color_message` is uvicorn's ANSI-coloured copy of its message, never wanted in a log file.
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -243,3 +261,5 @@ def configure_logging(level: str, service: str, env: Mapping[str, str] | None = 
     # force: a library that logged before this call (and so installed a default handler) must
     # not keep a second destination.
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))

@@ -12,10 +12,12 @@ import secrets
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from koprogo_grid.domain.board import TaskState
 from koprogo_grid.domain.trust import NodeStanding
 from koprogo_grid.service_layer.ports import NodeStandingStore, TaskStateStore
+from koprogo_shared.logging_setup import invalid_fields
 from koprogo_shared.subjects import GRID_NODES_BUCKET, GRID_TASKS_BUCKET
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,10 @@ class KeyValueTaskStore(TaskStateStore):
         for key, value in await _values(self._kv):
             try:
                 states.append(TaskState.model_validate_json(value))
-            except ValueError as exc:
-                # Kept in the bucket for an operator; the task cannot be scheduled.
-                log.error("unreadable task state under %s: %s", key, exc)
+            except ValidationError as exc:
+                # Kept in the bucket for an operator; the task cannot be scheduled. The fields
+                # only: pydantic's message quotes the values, the task's parameters among them.
+                log.error("unreadable task state under %s: %s", key, invalid_fields(exc))
         return states
 
     async def save(self, state: TaskState) -> None:
@@ -95,8 +98,8 @@ class KeyValueNodeStandingStore(NodeStandingStore):
                 continue
             try:
                 standings.append(NodeStanding.model_validate_json(value))
-            except ValueError as exc:
-                log.error("unreadable node standing under %s: %s", key, exc)
+            except ValidationError as exc:
+                log.error("unreadable node standing under %s: %s", key, invalid_fields(exc))
         return standings
 
     async def save(self, standing: NodeStanding) -> None:

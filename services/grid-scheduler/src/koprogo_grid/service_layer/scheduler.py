@@ -336,7 +336,12 @@ class GridScheduler:
             return self._comparator(task_type, result)
         except Exception as exc:
             # A result the comparator cannot read agrees with nothing but an identical result.
-            log.warning("the %s comparator cannot read a result (%r): compared as its digest", task_type, exc)
+            # The error's type only: its text can quote the result (a document's amounts, names).
+            log.warning(
+                "the %s comparator cannot read a result (%s): compared as its digest",
+                task_type,
+                type(exc).__name__,
+            )
             return f"unreadable:{result_digest(result)}"
 
     def _from_its_node(self, subject: str, node_id: str) -> bool:
