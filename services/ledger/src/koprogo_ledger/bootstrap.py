@@ -27,8 +27,9 @@ from koprogo_ledger.domain.rewards import RewardRules
 from koprogo_ledger.entrypoints.content_maintenance import run_content_maintenance
 from koprogo_ledger.entrypoints.delivery_sweep import run_delivery_sweep
 from koprogo_ledger.entrypoints.head_signing import run_head_signing
+from koprogo_ledger.entrypoints.metrics import count_committed
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler, ledger_consumer_spec
-from koprogo_ledger.entrypoints.stream_watch import watch_streams
+from koprogo_ledger.entrypoints.stream_watch import watch_consumer_lag, watch_streams
 from koprogo_ledger.service_layer.ports import ContentStore, ProjectionUnitOfWork
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.catalogue import CATALOGUE
@@ -64,7 +65,7 @@ class Ledger:
     signer: Signer | None = None
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
-        return PostgresProjectionUnitOfWork(self.pool, self.keyring)
+        return PostgresProjectionUnitOfWork(self.pool, self.keyring, count_committed)
 
     async def caught_up(self) -> bool:
         """Whether every event stored so far was delivered to the ledger's consumer."""
@@ -186,6 +187,7 @@ async def run_ledger(
     )
     owners = asyncio.create_task(ledger.recover_owners(), name="ledger-request-owners")
     streams = asyncio.create_task(watch_streams(ledger.js, stop), name="ledger-stream-fill")
+    lag = asyncio.create_task(watch_consumer_lag(ledger.js, ledger.spec, stop), name="ledger-lag")
     sweep = asyncio.create_task(
         run_delivery_sweep(PostgresUndeliveredAnswers(ledger.pool), ledger.caught_up, settings, stop),
         name="ledger-undelivered",
@@ -211,7 +213,8 @@ async def run_ledger(
         owners.cancel()  # an update not committed is done again at the next start
         sweep.cancel()  # a sweep not committed is done again at the next round
         streams.cancel()
-        for task in (maintenance, owners, sweep, streams):
+        lag.cancel()
+        for task in (maintenance, owners, sweep, streams, lag):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if stop.is_set():

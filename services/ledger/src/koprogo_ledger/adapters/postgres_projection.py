@@ -11,8 +11,9 @@ asyncpg's errors are translated here: values PostgreSQL can never store become
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import astuple, fields, replace
 from datetime import datetime
@@ -42,6 +43,8 @@ from koprogo_ledger.service_layer.ports import (
     UndeliveredAnswers,
 )
 from koprogo_shared.content_crypto import Keyring, encrypt_request_messages, encrypt_response_content
+
+log = logging.getLogger(__name__)
 
 # The same values fail the same way on every retry.
 _NEVER_STORABLE = (
@@ -110,9 +113,18 @@ def _translated() -> Iterator[None]:
 class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
     """One transaction on a connection taken from the pool for the block's duration; contents sealed with `keyring`."""
 
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        on_committed: Callable[[Sequence[dict[str, Any]]], None] = lambda _entries: None,
+    ) -> None:
+        """`on_committed` is called after each commit with the token ledger rows it kept (the metrics)."""
         self._pool = pool
         self._keyring = keyring
+        self._on_committed = on_committed
+        # Token ledger rows written in this transaction, those of a savepoint undone taken out.
+        self._entries: list[dict[str, Any]] = []
         self._conn: asyncpg.Connection | None = None
         self._tx: Transaction | None = None
         self._committed = False
@@ -129,6 +141,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
     async def _begin(self) -> None:
         self._committed = False
         self._lost = False
+        self._entries = []
         with _translated():
             self._conn = await self._pool.acquire()
             try:
@@ -162,14 +175,20 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
         with _translated():
             await self._tx.commit()
         self._committed = True
+        try:
+            self._on_committed(self._entries)
+        except Exception:  # counting must not undo what is committed (the batch would be redone)
+            log.exception("committed token ledger entries not counted")
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         nested = self._db.transaction()  # inside the open transaction: a SAVEPOINT
         await self._savepoint_step(nested.start)
+        entries = len(self._entries)
         try:
             yield
         except BaseException:
+            del self._entries[entries:]
             await self._savepoint_step(nested.rollback)
             raise
         await self._savepoint_step(nested.commit)
@@ -268,7 +287,10 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
 
     @property
     def token_ledger(self) -> TokenLedger:
-        return PostgresTokenLedger(lambda: self._db, _translated)
+        return PostgresTokenLedger(lambda: self._db, _translated, self._entries_inserted)
+
+    def _entries_inserted(self, rows: list[dict[str, Any]]) -> None:
+        self._entries.extend(rows)
 
     @property
     def grid_nodes(self) -> GridNodes:

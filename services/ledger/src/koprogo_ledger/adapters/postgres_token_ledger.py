@@ -82,10 +82,15 @@ class PostgresTokenLedger(TokenLedger):
     """On the connection `db()` returns: the unit of work's, inside its transaction."""
 
     def __init__(
-        self, db: Callable[[], asyncpg.Connection], translated: Callable[[], AbstractContextManager[None]]
+        self,
+        db: Callable[[], asyncpg.Connection],
+        translated: Callable[[], AbstractContextManager[None]],
+        inserted: Callable[[list[dict[str, Any]]], None] = lambda _rows: None,
     ) -> None:
+        """`inserted` is told of the rows each insert wrote (the unit of work's, kept until commit)."""
         self._conn = db
         self._translated = translated
+        self._inserted = inserted
 
     async def lock(self) -> None:
         with self._translated():
@@ -111,6 +116,7 @@ class PostgresTokenLedger(TokenLedger):
     async def insert(self, rows: list[dict[str, Any]]) -> None:
         with self._translated():
             await self._conn().executemany(_INSERT_ENTRY, [tuple(row[c] for c in _COLUMNS) for row in rows])
+        self._inserted(rows)
 
 
 class PostgresGridNodes(GridNodes):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from koprogo_ledger.domain.rewards import FUND_ACCOUNT
+from koprogo_shared.token_chain import MILLI
 
 EVENTS = Counter(
     "koprogo_ledger_events_total",
@@ -56,3 +63,34 @@ STREAM_FILL = Gauge(
     "(deploy/prometheus/alerts.yml fires at 0.8).",
     ["stream"],
 )
+LAG = Gauge(
+    "koprogo_ledger_lag_messages",
+    "Events stored but not yet projected: the ledger consumer's pending plus delivered-unacknowledged "
+    "messages, read every few seconds",
+)
+LAST_APPLIED = Gauge(
+    "koprogo_ledger_last_applied_timestamp_seconds",
+    "When the ledger last committed a batch of projected events (Unix time)",
+)
+GRID_REWARDS = Counter(
+    "koprogo_ledger_grid_rewards_tokens_total",
+    "Tokens the grid's verified tasks earned, counted once committed to the token ledger, by the kind "
+    "of account credited (node, escrow, solidarity_fund): rewards, the fund's share, CO2 credits",
+    ["account"],
+)
+
+# The movements that earn (escrow releases and forfeits move tokens already earned).
+_EARNING = frozenset({"reward", "fund_share", "co2_credit"})
+
+
+def account_kind(account: str) -> str:
+    """`node:<id>` -> node, `escrow:<id>` -> escrow, the fund -> solidarity_fund: never an id."""
+    return "solidarity_fund" if account == FUND_ACCOUNT else account.split(":", 1)[0]
+
+
+def count_committed(entries: Sequence[dict[str, Any]]) -> None:
+    """After a projection commit: its time, and the tokens its token ledger rows earned."""
+    LAST_APPLIED.set(time.time())
+    for row in entries:
+        if row["kind"] in _EARNING:
+            GRID_REWARDS.labels(account_kind(row["credit"])).inc(row["amount_mt"] / MILLI)

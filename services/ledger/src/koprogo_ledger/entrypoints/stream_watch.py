@@ -1,4 +1,5 @@
-"""How full each KOPROGO stream is, for an alert before it refuses new messages (issue 12).
+"""How full each KOPROGO stream is, for an alert before it refuses new messages (issue 12); how far
+the ledger's own consumer is behind (`koprogo_ledger_lag_messages`, issue 16).
 
 The streams refuse when full (`discard: new`): nothing stored is dropped, but every chat then
 gets 503 bus_full. The ledger (its identity may look every stream up) sets
@@ -14,12 +15,14 @@ import logging
 
 from nats.js import JetStreamContext
 
-from koprogo_ledger.entrypoints.metrics import STREAM_FILL
+from koprogo_ledger.entrypoints.metrics import LAG, STREAM_FILL
+from koprogo_shared.consumer import ConsumerSpec
 from koprogo_shared.subjects import STREAMS
 
 log = logging.getLogger(__name__)
 
 STREAM_WATCH_INTERVAL_S = 15.0
+LAG_WATCH_INTERVAL_S = 5.0
 
 
 async def observe_streams(js: JetStreamContext) -> dict[str, float]:
@@ -45,5 +48,24 @@ async def watch_streams(
     """`observe_streams` now and every `interval_s` until `stop` is set."""
     while not stop.is_set():
         await observe_streams(js)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def watch_consumer_lag(
+    js: JetStreamContext, spec: ConsumerSpec, stop: asyncio.Event, interval_s: float = LAG_WATCH_INTERVAL_S
+) -> None:
+    """Set the lag of the ledger's consumer now and every `interval_s` until `stop` is set: off the
+    projection's path, one consumer lookup a round. A lookup that fails keeps the last value."""
+    warned = False
+    while not stop.is_set():
+        try:
+            info = await js.consumer_info(spec.stream, spec.durable)
+        except Exception as exc:
+            if not warned:  # e.g. before the consumer is first created; said once, not every round
+                log.warning("the ledger consumer's lag could not be read: %r", exc)
+                warned = True
+        else:
+            LAG.set((info.num_pending or 0) + (info.num_ack_pending or 0))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
