@@ -17,5 +17,5 @@ ALTER ROLE grafana_reader WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHER
 ALTER ROLE grafana_reader SET default_transaction_read_only = on;
 
 GRANT USAGE ON SCHEMA public TO grafana_reader;
-GRANT SELECT ON mcp_requests, mcp_responses, mcp_tasks, grid_ledger_entries, grid_account_balances,
-    grid_nodes TO grafana_reader;
+GRANT SELECT ON mcp_requests, mcp_responses, mcp_tasks, mcp_task_attempts, grid_task_replicas,
+    grid_ledger_entries, grid_account_balances, grid_nodes TO grafana_reader;
