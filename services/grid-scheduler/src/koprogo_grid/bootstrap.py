@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import get_args
 
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
@@ -25,6 +26,7 @@ from koprogo_shared.nats_connection import STREAMS_WAIT_S, connect_nats, streams
 from koprogo_shared.node_roster import Roster, RosterFile
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
+from koprogo_shared.task_events import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ CONSUMER = ConsumerSpec(
 POLLS_IN_FLIGHT = 256
 
 TASKS = Gauge("koprogo_grid_tasks", "Tasks the scheduler holds, by state", ["state"])
+TASK_STATES: tuple[str, ...] = get_args(TaskStatus)
 WAITING_NODES = Gauge("koprogo_grid_waiting_nodes", "Nodes waiting on a poll for work")
 DISPATCHED = Counter("koprogo_grid_tasks_dispatched_total", "Assignments handed to polling nodes")
 VERIFIED = Counter(
@@ -147,8 +150,9 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
                     await scheduler.tick(alive)
                 except Exception:
                     log.exception("scheduler tick failed; next one in %.1f s", settings.grid_tick_s)
-                for state, count in scheduler.board.counts().items():
-                    TASKS.labels(state).set(count)
+                counts = scheduler.board.counts()
+                for state in TASK_STATES:  # a state no task is in any more shows 0, not its last count
+                    TASKS.labels(state).set(counts.get(state, 0))
                 WAITING_NODES.set(scheduler.board.waiting_count())
                 DISPATCHED.inc(scheduler.dispatched - dispatched)
                 dispatched = scheduler.dispatched

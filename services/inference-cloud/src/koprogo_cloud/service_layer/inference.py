@@ -259,6 +259,8 @@ class CloudInferenceService:
         now = self._clock()
         reason = runtime.unavailable_reason if runtime.provider is None else None
         cooling = runtime.cooldown.active(now)
+        # Set here too, at every status: a rest that ends with no call after it ends here, not at a success.
+        metrics.IN_COOLDOWN.labels(dep.id).set(1 if cooling else 0)
         if reason is None and cooling:
             reason = "cooling down after repeated failures"
         latencies = list(runtime.latencies_ms)
