@@ -101,6 +101,16 @@ def preferred_port(port: int) -> int:
     return port if port_free(port) else free_port()
 
 
+def nats_monitor_port(environ: Mapping[str, str]) -> int | None:
+    """`NATS_MONITOR_PORT`: the embedded nats-server's monitoring port, on loopback; unset: none."""
+    value = environ.get("NATS_MONITOR_PORT", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise StackError(f"NATS_MONITOR_PORT must be a port number (e.g. 8222), not {value!r}")
+    return int(value)
+
+
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -369,13 +379,20 @@ class Stack:
         self.nats = EmbeddedNats(
             self.data_dir / "nats",
             port=port,
-            # Monitoring off: it answers anyone on the machine with the list of connections.
+            # Monitoring off unless NATS_MONITOR_PORT asks (then on loopback, for /varz and
+            # prometheus-nats-exporter): it answers anyone on the machine with the list of connections.
+            monitor_port=nats_monitor_port(os.environ),
             authorization=render_authorization(stack_identities.users),
             host="0.0.0.0" if self.lan else "127.0.0.1",
         ).start()
         self.log(
             f"nats-server (embedded, JetStream on, fsync always, {len(stack_identities.users)} nkey "
             f"identities in {self.data_dir / 'secrets' / 'nats'}) at {self.nats.url}"
+            + (
+                f", monitoring at http://127.0.0.1:{self.nats.monitor_port}/varz"
+                if self.nats.monitor_port is not None
+                else ""
+            )
         )
         return self.nats.url
 
