@@ -22,7 +22,7 @@ SEED_COLUMNS = {
     "mcp_requests": {
         "id", "model", "messages", "context", "max_tokens", "temperature", "stream", "user_id", "created_at",
         "copro_id", "status", "error", "completed_at", "messages_ciphertext", "key_id", "contents_purged_at",
-        "user_ref",
+        "user_ref", "trace_id",
     },
     "mcp_responses": {
         "id", "request_id", "model", "content", "finish_reason", "prompt_tokens", "completion_tokens",
@@ -34,7 +34,7 @@ SEED_COLUMNS = {
         "id", "task_type", "input_data", "copro_id", "status", "result", "assigned_node", "created_at",
         "updated_at",
         "error", "error_message", "co2_grams", "attempts", "expires_at", "user_ref", "user_id", "prompt_tokens",
-        "completion_tokens", "duration_s", "completed_at", "contents_purged_at",
+        "completion_tokens", "duration_s", "completed_at", "contents_purged_at", "trace_id",
     },
     "mcp_task_attempts": {"task_id", "attempt", "node_id", "assigned_at", "started_at", "ended_at", "outcome"},
     "applied_events": {"event_id", "event_type", "applied_at"},
@@ -85,7 +85,7 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     finally:
         await conn.close()
-    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5, 6, 7]
+    assert first == [m.version for m in load_migrations()] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert second == []
     assert [(r["version"], r["name"]) for r in recorded] == [
         (1, "seed_schema"),
@@ -95,6 +95,7 @@ async def test_migrations_run_twice_create_the_seed_schema_once(database_url: st
         (5, "delivered_answers"),
         (6, "grid_tasks"),
         (7, "token_ledger"),
+        (8, "trace_id"),
     ]
     for table, expected in SEED_COLUMNS.items():
         assert expected <= columns.get(table, set()), table
@@ -112,8 +113,8 @@ async def test_ledgers_migrating_at_the_same_time_apply_each_version_once(databa
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5, 6, 7]
-    assert count == 7
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert count == 8
 
 
 async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_filled(
@@ -134,7 +135,7 @@ async def test_a_database_made_by_the_seed_is_adopted_and_its_responses_back_fil
             " '00000000-0000-0000-0000-000000000001', 'llama3:8b', 'ok', 'stop', 1, 2, 3, $1::jsonb)",
             json.dumps(info),
         )
-        assert await apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7]
+        assert await apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7, 8]
         row = await conn.fetchrow(
             "SELECT execution_type, node_id, latency_ms, co2_grams, co2_saved_grams FROM mcp_responses"
         )
@@ -162,7 +163,7 @@ async def test_requests_from_before_text_user_ids_take_their_user_ref_from_the_s
             " ('00000000-0000-0000-0000-000000000001', 'llama3:8b', '[]', '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B'),"
             " ('00000000-0000-0000-0000-000000000002', 'llama3:8b', '[]', NULL)"
         )
-        assert await apply_migrations(conn) == [4, 5, 6, 7]
+        assert await apply_migrations(conn) == [4, 5, 6, 7, 8]
         rows = await conn.fetch("SELECT user_id::text AS user_id, user_ref FROM mcp_requests ORDER BY id")
     finally:
         await conn.close()
@@ -184,7 +185,7 @@ async def test_a_seed_task_keeps_its_copro_as_text_and_new_rows_take_any_copro_i
             " ('00000000-0000-0000-0000-0000000000a1', 'ocr_invoice', '{}',"
             " '6F1C2B3A-4D5E-4F60-8A7B-9C0D1E2F3A4B', 'pending')"
         )
-        assert await apply_migrations(conn) == [6, 7]
+        assert await apply_migrations(conn) == [6, 7, 8]
         await conn.execute(
             "INSERT INTO mcp_tasks (id, task_type, input_data, copro_id) VALUES"
             " ('00000000-0000-0000-0000-0000000000a2', 'ocr_invoice', '{}', 'copro-b')"

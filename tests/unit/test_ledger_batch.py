@@ -48,7 +48,9 @@ def fake_msg(payload: Event | bytes, subject: str = "koprogo.events.chat.complet
 
     progress: list[int] = []
     data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
-    return SimpleNamespace(data=data, subject=subject, in_progress=in_progress, progress=progress)
+    return SimpleNamespace(
+        data=data, subject=subject, headers=None, in_progress=in_progress, progress=progress
+    )
 
 
 @pytest.fixture

@@ -113,6 +113,7 @@ class FakeUnitOfWork(ProjectionUnitOfWork):
                 "error": None,
                 "user_id": row.user_id,
                 "user_ref": row.user_ref,
+                "trace_id": row.trace_id,
             },
         )
 

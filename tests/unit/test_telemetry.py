@@ -11,18 +11,24 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 
 import pytest
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
+from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
 from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, run_pull_consumer
 from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
 from tests.conftest import wait_until
+from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
+from tests.unit.test_ledger_records import requested
+from tests.unit.test_task_records import submitted
 
 SPEC = ConsumerSpec(
     stream=subjects.EVENTS_STREAM,
@@ -201,3 +207,24 @@ async def test_a_context_that_arrived_is_passed_on_when_tracing_is_off() -> None
 )
 def test_a_subject_family_keeps_no_id(subject: str, family: str) -> None:
     assert telemetry.subject_family(subject) == family
+
+
+async def test_the_ledger_keeps_the_trace_id_a_chat_request_and_a_task_submission_carried() -> None:
+    ledger = FakeLedger()
+    request, other = requested(), requested()
+    task = submitted()
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+    msgs = [
+        SimpleNamespace(data=e.model_dump_json().encode(), subject=s, headers=h)
+        for e, s, h in (
+            (request, subjects.chat_requested(None), traceparent),
+            (other, subjects.chat_requested(None), None),
+            (task, subjects.task_submitted_key("copro-a", task.id), traceparent),
+        )
+    ]
+    decisions = await event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event())(msgs)
+    assert decisions == [ACK, ACK, ACK]
+    assert ledger.requests[uuid.UUID(request.id)]["trace_id"] == trace_id
+    assert ledger.requests[uuid.UUID(other.id)]["trace_id"] is None
+    assert ledger.task_projection.rows[uuid.UUID(task.id)].trace_id == trace_id

@@ -33,6 +33,8 @@ class RequestRow:
     user_ref: str | None
     # When its caller stops waiting: an answer no gateway delivered by then is not an answer.
     deadline: datetime | None = None
+    # The W3C trace id its ChatRequested carried (`telemetry.trace_id_of`), if the gateway traced it.
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +112,8 @@ def user_key(user_id: str) -> UserKey:
     return UserKey(ref=ref, as_uuid=optional_uuid(user_id))
 
 
-def request_row(event: ChatRequested) -> RequestRow:
-    """The `mcp_requests` row of a chat request; the event id is the request id."""
+def request_row(event: ChatRequested, trace_id: str | None = None) -> RequestRow:
+    """The `mcp_requests` row of a chat request; the event id is the request id. `trace_id`: its message's."""
     return RequestRow(
         id=parse_id(event.id, "request id"),
         model=event.model,
@@ -125,6 +127,7 @@ def request_row(event: ChatRequested) -> RequestRow:
         created_at=event.time,
         user_ref=user_ref(event.user_id),
         deadline=event.deadline,
+        trace_id=trace_id,
     )
 
 

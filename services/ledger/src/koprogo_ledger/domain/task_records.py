@@ -56,7 +56,9 @@ class TaskRow:
     user_ref: str | None
     user_id: uuid.UUID | None
     expires_at: datetime
-    created_at: datetime
+    # The W3C trace id its TaskSubmitted carried, if the gateway traced it.
+    trace_id: str | None
+    created_at: datetime  # last: `postgres_tasks` sets `updated_at` from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,8 @@ def _verification(event: TaskCompleted | TaskFailed) -> dict[str, Any] | None:
     return None if event.verification is None else event.verification.model_dump(mode="json")
 
 
-def task_row(event: TaskSubmitted) -> TaskRow:
-    """The `mcp_tasks` row of a submitted task; the event id is the task id."""
+def task_row(event: TaskSubmitted, trace_id: str | None = None) -> TaskRow:
+    """The `mcp_tasks` row of a submitted task; the event id is the task id. `trace_id`: its message's."""
     document = None if event.document is None else event.document.model_dump(mode="json")
     return TaskRow(
         id=parse_id(event.id, "task id"),
@@ -148,6 +150,7 @@ def task_row(event: TaskSubmitted) -> TaskRow:
         user_ref=user_ref(event.user_id),
         user_id=optional_uuid(event.user_id),
         expires_at=event.expires_at,
+        trace_id=trace_id,
         created_at=event.time,
     )
 

@@ -52,7 +52,8 @@ from koprogo_shared.events import (
 )
 from koprogo_shared.node_roster import Roster
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
-from koprogo_shared.task_events import AnyTaskEvent
+from koprogo_shared.task_events import AnyTaskEvent, TaskSubmitted
+from koprogo_shared.telemetry import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def event_batch_handler(
     async def handle(msgs: Sequence[Msg]) -> list[Decision]:
         decisions: list[Decision] = [ACK] * len(msgs)  # each decoded event's is set from its outcome below
         decoded: list[tuple[int, LedgerEvent]] = []
+        # Kept with a request's or a task's row: support goes from the row to the trace.
+        trace_ids: dict[str, str] = {}
         grants = grants_by_token(roster())  # once per batch, not per outcome
         for i, msg in enumerate(msgs):
             try:
@@ -133,12 +136,16 @@ def event_batch_handler(
                 decisions[i] = failure_decision(PoisonMessageError(f"event {event.id}: {forged}"))
                 continue
             decoded.append((i, event))
+            if isinstance(event, ChatRequested | TaskSubmitted) and (trace_id := trace_id_of(msg.headers)):
+                trace_ids[event.id] = trace_id
         if not decoded:
             return decisions
         events = [event for _, event in decoded]
         started = time.perf_counter()
         try:
-            outcomes = await _project_holding_while_unavailable(events, unit_of_work, msgs, stop, rules)
+            outcomes = await _project_holding_while_unavailable(
+                events, unit_of_work, msgs, stop, rules, trace_ids
+            )
         except Exception as exc:
             # Not committed: nothing of the batch is kept, so nothing of it is acknowledged.
             FAILURES.labels("transient").inc(len(events))
@@ -191,12 +198,13 @@ async def _project_holding_while_unavailable(
     msgs: Sequence[Msg],
     stop: asyncio.Event,
     rules: RewardRules = DEFAULT_RULES,
+    trace_ids: dict[str, str] | None = None,
 ) -> list[Projected | Exception]:
     wait = HOLD_FIRST_WAIT_S
     held = False
     while True:
         try:
-            outcomes = await project_batch(events, unit_of_work(), rules)
+            outcomes = await project_batch(events, unit_of_work(), rules, trace_ids=trace_ids)
         except StoreUnavailableError as exc:
             if stop.is_set():
                 raise  # NAK: whoever consumes next applies them

@@ -15,7 +15,7 @@ before any row lock of the batch, so two ledgers never wait for each other in a 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import assert_never
 
@@ -92,12 +92,13 @@ async def project(
     uow: ProjectionUnitOfWork,
     rules: RewardRules = DEFAULT_RULES,
     now: Callable[[], datetime] = utc_now,
+    trace_id: str | None = None,
 ) -> Projected:
-    """Apply `event` in one transaction with its `applied_events` row."""
+    """Apply `event` in one transaction with its `applied_events` row; `trace_id`: its message's."""
     async with uow:
         if moves_tokens(event):
             await uow.token_ledger.lock()
-        outcome = await _claim_and_apply(event, uow, rules, now)
+        outcome = await _claim_and_apply(event, uow, rules, now, trace_id)
         if outcome is not Projected.DUPLICATE:
             await uow.commit()
         return outcome
@@ -108,13 +109,16 @@ async def project_batch(
     uow: ProjectionUnitOfWork,
     rules: RewardRules = DEFAULT_RULES,
     now: Callable[[], datetime] = utc_now,
+    trace_ids: Mapping[str, str] | None = None,
 ) -> list[Projected | Exception]:
     """Apply `events` in order in one transaction, each under its own savepoint; commit once.
 
     Returns, per event, what applying it did or the error that undid it (the others are
     kept: a completion after its request in the same batch finds it). Raises, keeping
-    nothing, `StoreUnavailableError` or whatever the commit raised.
+    nothing, `StoreUnavailableError` or whatever the commit raised. `trace_ids`: the trace id
+    each event's message carried, by event id (kept with a request's or a task's row).
     """
+    traces = trace_ids or {}
     outcomes: list[Projected | Exception] = []
     async with uow:
         if any(moves_tokens(event) for event in events):
@@ -122,7 +126,7 @@ async def project_batch(
         for event in events:
             try:
                 async with uow.savepoint():
-                    outcomes.append(await _claim_and_apply(event, uow, rules, now))
+                    outcomes.append(await _claim_and_apply(event, uow, rules, now, traces.get(event.id)))
             except StoreUnavailableError:
                 raise
             except Exception as exc:
@@ -132,19 +136,27 @@ async def project_batch(
 
 
 async def _claim_and_apply(
-    event: LedgerEvent, uow: ProjectionUnitOfWork, rules: RewardRules, now: Callable[[], datetime]
+    event: LedgerEvent,
+    uow: ProjectionUnitOfWork,
+    rules: RewardRules,
+    now: Callable[[], datetime],
+    trace_id: str | None,
 ) -> Projected:
     if not await uow.claim_event(event.id, event.type):
         return Projected.DUPLICATE
-    return await _apply(event, uow, rules, now)
+    return await _apply(event, uow, rules, now, trace_id)
 
 
 async def _apply(
-    event: LedgerEvent, uow: ProjectionUnitOfWork, rules: RewardRules, now: Callable[[], datetime]
+    event: LedgerEvent,
+    uow: ProjectionUnitOfWork,
+    rules: RewardRules,
+    now: Callable[[], datetime],
+    trace_id: str | None,
 ) -> Projected:
     match event:
         case ChatRequested():
-            await uow.insert_request(request_row(event))
+            await uow.insert_request(request_row(event, trace_id))
             return Projected.APPLIED
         case ChatCompleted():
             return await _apply_completed(event, uow)
@@ -169,7 +181,8 @@ async def _apply(
             | TaskExpired()
             | TaskCancelled()
         ):
-            return Projected.APPLIED if await apply_task_event(event, uow.tasks) else Projected.IGNORED
+            changed = await apply_task_event(event, uow.tasks, trace_id)
+            return Projected.APPLIED if changed else Projected.IGNORED
         case TaskCompleted() | TaskFailed():
             changed = await apply_task_event(event, uow.tasks)
             # Paid and counted even when the task was already final: a re-check's decision pays

@@ -51,11 +51,14 @@ from koprogo_shared.task_events import (
 TaskEvent = AnyTaskEvent
 
 
-async def apply_task_event(event: TaskEvent, tasks: TaskProjection) -> bool:
-    """Apply `event`; False when it changes nothing (a report or request the scheduler decides on)."""
+async def apply_task_event(event: TaskEvent, tasks: TaskProjection, trace_id: str | None = None) -> bool:
+    """Apply `event`; False when it changes nothing (a report or request the scheduler decides on).
+
+    `trace_id`: the trace its message carried, kept with a submitted task.
+    """
     match event:
         case TaskSubmitted():
-            return await tasks.insert_task(task_row(event))
+            return await tasks.insert_task(task_row(event, trace_id))
         case TaskCancelRequested() | TaskResultReported():
             # A request and a node's report: the scheduler's decision (TaskCancelled, TaskCompleted,
             # TaskRequeued, TaskFailed) follows and is what changes the task.
