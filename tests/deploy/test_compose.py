@@ -21,6 +21,9 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from subprocess import PIPE
 from typing import Any
@@ -400,6 +403,65 @@ def test_nats_keeps_sync_always_and_monitoring_inside(compose: dict[str, Any]) -
     for name, service in services(compose).items():
         for port in service.get("ports") or []:
             assert not str(port).endswith((":8222", ":4222", ":7777", ":5432")), f"{name} publishes {port}"
+
+
+@contextmanager
+def shipped_nats_server(setup_tree: Path, tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """deploy/nats/nats-server.conf as compose mounts it, with only its ports and store folder moved
+    for the test, and the authorization.conf nats-config wrote: (client port, monitoring port)."""
+    from koprogo_cli.embedded import free_port, nats_server_binary, wait_for_port
+
+    port, monitor = free_port(), free_port()
+    conf = NATS_CONF.read_text(encoding="utf-8")
+    for old, new in (
+        ("port: 4222", f"port: {port}"),
+        ('http: "127.0.0.1:8222"', f'http: "127.0.0.1:{monitor}"'),
+        ('store_dir: "/data/jetstream"', f'store_dir: "{tmp_path / "jetstream"}"'),
+    ):
+        assert conf.count(old) == 1, old
+        conf = conf.replace(old, new)
+    (tmp_path / "nats-server.conf").write_text(conf)
+    shutil.copy(setup_tree / "deploy" / "nats" / "authorization.conf", tmp_path / "authorization.conf")
+    log = tmp_path / "nats-server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(tmp_path / "nats-server.conf")], stdout=out, stderr=out
+        )
+    try:
+        wait_for_port(port, proc, [log], timeout=20)
+        yield port, monitor
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.integration
+async def test_the_shipped_nats_config_runs_with_the_setups_keys(setup_tree: Path, tmp_path: Path) -> None:
+    """The server starts with the shipped configuration, the health check's URL answers on
+    loopback, it fsyncs every write, the stream setup's identity declares the streams and the
+    ledger's may connect."""
+    from koprogo_shared.durability import Durability, observed
+    from koprogo_shared.nats_connection import connect_nats, ensure_streams
+
+    keys = setup_tree / "deploy" / "nats" / "keys"
+    health = next(a for a in services(load_compose())["nats"]["healthcheck"]["test"] if a.startswith("http"))
+    with shipped_nats_server(setup_tree, tmp_path) as (port, monitor):
+        url = health.replace("127.0.0.1:8222", f"127.0.0.1:{monitor}")
+        status = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).status)
+        assert status == 200
+        nc, js = await connect_nats(
+            f"nats://127.0.0.1:{port}", "compose-test", nkey_seed_file=keys / "admin.nk"
+        )
+        try:
+            await ensure_streams(js)
+            finding = await observed(js, f"http://127.0.0.1:{monitor}")
+            assert finding.durability is Durability.SYNC_ALWAYS, finding
+        finally:
+            await nc.close()
+        ledger, _ = await connect_nats(
+            f"nats://127.0.0.1:{port}", "compose-test", nkey_seed_file=keys / "ledger.nk"
+        )
+        await ledger.close()
 
 
 # --- Prometheus -------------------------------------------------------------------------------
