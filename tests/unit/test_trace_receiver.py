@@ -225,6 +225,9 @@ def test_koprogo_trace_prints_a_trace_or_says_why_not(
     assert code == 0 and "generate" in out and "tokens=12→48" in out
     code, last, _ = run_trace(capsys, "--last", "--data-dir", str(tmp_path))
     assert code == 0 and last.splitlines()[0] == out.splitlines()[0]
+    later = trace_id_of(one_chat(receiver))
+    code, last, _ = run_trace(capsys, "--last", "--data-dir", str(tmp_path))
+    assert code == 0 and last.startswith(f"trace {later}: ")
     code, _, err = run_trace(capsys, "0" * 31 + "1", "--data-dir", str(tmp_path))
     assert code == 1 and "unknown" in err
     code, _, err = run_trace(capsys, "not-a-trace", "--data-dir", str(tmp_path))

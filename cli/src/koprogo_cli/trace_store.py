@@ -204,8 +204,17 @@ class TraceStore:
 
     def last_trace_id(self, wanted: Callable[[dict[str, Any]], bool], needle: str = "") -> str | None:
         """The trace id of the most recently stored span that is `wanted` (its line contains `needle`)."""
-        last = None
-        for record in self.records(needle):
-            if wanted(record):
-                last = record.get("trace_id")
-        return last
+        for path in reversed(self.files()):  # newest first, each file read back to front (<= max_bytes)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                continue
+            for line in reversed(lines):
+                if needle in line:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if wanted(record):
+                        return str(record.get("trace_id"))
+        return None
