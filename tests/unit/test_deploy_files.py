@@ -1,5 +1,7 @@
-"""The shipped deploy files run the gateway closed: ENVIRONMENT=production, a token verifier from a
-secret mounted as a file, ports published on loopback unless told otherwise, no NATS monitoring."""
+"""The shipped compose file runs the gateway closed: ENVIRONMENT=production, a token verifier from a
+secret mounted as a file, ports published on loopback unless told otherwise, no NATS monitoring.
+The same properties of deploy/k8s, rendered by kustomize, are checked in
+tests/deploy/test_k8s_manifests.py (which takes the holders below from here)."""
 
 from __future__ import annotations
 
@@ -55,26 +57,6 @@ def test_compose_runs_the_gateway_in_production_with_its_secret_from_a_file() ->
     )
 
 
-def k8s_gateway() -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
-    (deployment,) = [
-        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "koprogo-gateway"
-    ]
-    return dict(deployment["spec"]["template"]["spec"])
-
-
-def test_k8s_runs_the_gateway_in_production_with_its_secret_mounted_as_a_file() -> None:
-    pod = k8s_gateway()
-    (container,) = pod["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["ENVIRONMENT"] == "production"
-    assert "JWT_SECRET" not in env
-    secret_dir = str(Path(env["JWT_SECRET_FILE"]).parent)
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == secret_dir]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] and volume["secret"]["defaultMode"] == 0o400
-
-
 def test_the_shipped_nats_configuration_serves_no_monitoring_port() -> None:
     conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
     assert not re.search(r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]", conf, re.MULTILINE)
@@ -86,22 +68,6 @@ def test_the_router_the_gateway_and_the_ledger_read_the_node_roster_in_both_depl
         svc = services[name]
         assert svc["environment"]["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
         assert "../nats/keys/roster.json:/run/koprogo/nats/roster.json:ro" in svc["volumes"], name
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
-    for name in ("router", "gateway", "ledger"):
-        (deployment,) = [
-            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == f"koprogo-{name}"
-        ]
-        pod = deployment["spec"]["template"]["spec"]
-        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
-        keys = next(v for v in pod["volumes"] if v["name"] == "nats-keys")
-        assert {"key": "roster.json", "path": "roster.json"} in keys["secret"]["items"], name
-
-
-def k8s_pod(kind: str, name: str) -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
-    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    return dict(found["spec"]["template"]["spec"])
 
 
 def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_never_its_seed() -> None:
@@ -119,22 +85,6 @@ def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_
     assert (
         scheduler["GRID_SIGNING_SEED_FILE"] == scheduler["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
     )
-
-    pod = k8s_pod("DaemonSet", "koprogo-edge-node")
-    env = {e["name"]: e for e in pod["containers"][0]["env"]}
-    assert env["GRID_SCHEDULER_PUBLIC_KEY"]["valueFrom"] == {
-        "secretKeyRef": {"name": "koprogo-nats-keys", "key": "grid.pub"}
-    }
-    k8s_text = (DEPLOY / "k8s" / "koprogo.yaml").read_text()
-    assert (
-        "--from-file=keys/grid.pub"
-        in k8s_text.split("kubectl create secret generic koprogo-nats-keys")[1].split(
-            "kubectl create secret"
-        )[0]
-    )
-    pod = k8s_pod("Deployment", "koprogo-grid-scheduler")
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["GRID_SIGNING_SEED_FILE"] == env["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
 
 
 # Who may hold what. Every other service is refused it: a secret given to a service that never
@@ -164,54 +114,9 @@ def compose_env_names() -> dict[str, set[str]]:
     return {name: set(svc.get("environment") or {}) for name, svc in compose()["services"].items()}
 
 
-def k8s_docs() -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "koprogo.yaml").read_text()) if d]
-
-
-def k8s_secret_keys() -> dict[str, set[str]]:
-    """The keys of each secret, as the file's header tells the operator to create it
-    (`kubectl create secret generic NAME --from-literal=KEY=... --from-file=[KEY=]path`)."""
-    header = "\n".join(
-        line.lstrip("#").strip()
-        for line in (DEPLOY / "k8s" / "koprogo.yaml").read_text().splitlines()
-        if line.startswith("#")
-    ).replace("\\\n", " ")
-    secrets: dict[str, set[str]] = {}
-    for name, args in re.findall(r"kubectl create secret generic (\S+)(.*)", header):
-        keys = secrets.setdefault(name, set())
-        keys.update(re.findall(r"--from-literal=(\w+)=", args))
-        for source in re.findall(r"--from-file=(\S+)", args):
-            keys.add(source.split("=", 1)[0] if "=" in source else Path(source).name)
-    return secrets
-
-
-def k8s_workloads() -> dict[str, dict[str, Any]]:
-    """Each Job, Deployment and DaemonSet's pod spec, by the compose service name it matches."""
-    return {
-        d["metadata"]["name"].removeprefix("koprogo-"): d["spec"]["template"]["spec"]
-        for d in k8s_docs()
-        if d["kind"] in ("Job", "Deployment", "DaemonSet")
-    }
-
-
-def k8s_env_names() -> dict[str, set[str]]:
-    """Each workload's environment variable names: its `env` entries and every key of the secrets
-    its `envFrom` takes whole (a secret the header never creates counts as `<unknown NAME>`)."""
-    secrets = k8s_secret_keys()
-    names: dict[str, set[str]] = {}
-    for workload, pod in k8s_workloads().items():
-        held = names.setdefault(workload, set())
-        for container in pod["containers"]:
-            held.update(e["name"] for e in container.get("env", []))
-            for source in container.get("envFrom", []):
-                secret = source["secretRef"]["name"]
-                held.update(secrets.get(secret, {f"<unknown {secret}>"}))
-    return names
-
-
 def test_the_database_url_and_other_secret_variables_reach_only_the_services_that_read_them() -> None:
     problems = []
-    for file, env_names in (("compose", compose_env_names()), ("k8s", k8s_env_names())):
+    for file, env_names in (("compose", compose_env_names()),):
         for service, names in sorted(env_names.items()):
             for variable in sorted(names):
                 holders = SECRET_ENV_HOLDERS.get(variable)
@@ -240,30 +145,3 @@ def test_seeds_content_keys_and_the_jwt_secret_are_mounted_only_where_they_are_r
             if source.startswith("../secrets/"):
                 assert source == "../secrets/content-keys" and name in CONTENT_KEY_HOLDERS, (name, source)
         assert not svc.get("secrets") or (name == "gateway" and svc["secrets"] == ["jwt-secret"]), name
-    # k8s: which secret keys each pod mounts or reads into a variable.
-    secrets = k8s_secret_keys()
-    for workload, pod in k8s_workloads().items():
-        held: set[tuple[str, str]] = set()
-        for volume in pod.get("volumes", []):
-            if "secret" in volume:
-                secret = volume["secret"]["secretName"]
-                items = volume["secret"].get("items")
-                held.update(
-                    (secret, key) for key in ([i["key"] for i in items] if items else secrets[secret])
-                )
-        for container in pod["containers"]:
-            for entry in container.get("env", []):
-                ref = entry.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    held.add((ref["name"], ref["key"]))
-        for secret, key in held:
-            if key.endswith(".nk"):
-                assert workload in SEED_HOLDERS[key], (workload, secret, key)
-            if secret == "koprogo-content-keys":
-                assert workload in CONTENT_KEY_HOLDERS, (workload, secret)
-            if secret == "koprogo-database":
-                assert workload in DATABASE_HOLDERS, (workload, secret)
-            if secret == "koprogo-jwt":
-                assert workload == "gateway", (workload, secret)
-            if secret == "koprogo-cloud-keys":
-                assert workload == "cloud", (workload, secret)
