@@ -33,7 +33,10 @@ class TraceReceiver:
         handler = type("OtlpTraceHandler", (_OtlpTraceHandler,), {"store": store})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
+        # A short poll: `stop` waits for the loop's next look at its flag (0.5 s by default).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="otlp-receiver", daemon=True
+        )
 
     @property
     def port(self) -> int:
