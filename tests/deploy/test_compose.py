@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"
+TRAEFIK_SCHEMA = Path(__file__).parent / "schemas" / "traefik-v3-file-provider.json"
 NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -631,6 +632,12 @@ def test_traefik_serves_the_gateway_over_https(compose: dict[str, Any]) -> None:
     assert any(str(port).endswith(":443:443") for port in traefik["ports"])
     assert "--entrypoints.websecure.address=:443" in traefik["command"]
     dynamic = yaml.safe_load(TRAEFIK.read_text(encoding="utf-8"))
+    schema = json.loads(TRAEFIK_SCHEMA.read_text(encoding="utf-8"))
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(dynamic)
+    ]
+    assert not errors, errors
     router = dynamic["http"]["routers"]["gateway"]
     assert router["entryPoints"] == ["websecure"] and "tls" in router
     assert "!Path(`/metrics`)" in router["rule"]
