@@ -285,3 +285,23 @@ async def test_an_unreadable_task_state_is_logged_by_its_fields_never_its_conten
     assert record.getMessage().startswith("unreadable task state under t-1: ")
     assert "attempt (int_parsing)" in record.getMessage()
     assert document not in caplog.text and "first" not in caplog.text
+
+
+CRASH = textwrap.dedent(
+    """
+    from koprogo_shared.logging_setup import configure_logging
+
+    configure_logging("INFO", "router")
+    raise RuntimeError("NATS gone; key sk-ant-api03-0123456789abcdefghij")
+    """
+)
+
+
+def test_with_json_a_crash_is_one_json_line_on_stderr() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOG_")} | {"LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-c", CRASH], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "CRITICAL" and entry["message"] == "the process stops on RuntimeError"
+    assert entry["exc"].endswith("RuntimeError: NATS gone; key [REDACTED]")

@@ -23,10 +23,12 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 from opentelemetry import trace
@@ -255,6 +257,12 @@ def service_handler(service: str, env: Mapping[str, str] | None = None) -> loggi
     return handler
 
 
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("uncaught").critical(
+        "the process stops on %s", kind.__name__, exc_info=(kind, value, tb)
+    )
+
+
 def configure_logging(level: str, service: str, env: Mapping[str, str] | None = None) -> None:
     """Send every record (uvicorn's too, when it runs with `log_config=None`) to one handler."""
     handler = service_handler(service, env)
@@ -263,3 +271,6 @@ def configure_logging(level: str, service: str, env: Mapping[str, str] | None = 
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for name in PAYLOAD_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+    if isinstance(handler.formatter, JsonFormatter):
+        # The traceback of a crash as one JSON line too (masked), not bare lines a collector splits.
+        sys.excepthook = _log_uncaught
