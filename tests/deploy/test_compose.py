@@ -275,6 +275,41 @@ def test_koprogo_health_checks_ask_their_own_ops_port(compose: dict[str, Any]) -
         assert environment(service).get("OPS_HOST") == "0.0.0.0", f"{name}: Prometheus could not reach it"
 
 
+async def test_the_readiness_check_fails_while_not_ready(compose: dict[str, Any]) -> None:
+    """The health check command, run against a real ops server (koprogo_shared.ops_http): it exits 0
+    when /ready answers 200 and fails on its 503, which is what `service_healthy` waits on."""
+    from koprogo_cli.embedded import free_port
+    from koprogo_shared.ops_http import ops_server
+    from tests.conftest import wait_until
+
+    state = {"nats": False}
+
+    async def ready() -> dict[str, bool]:
+        return dict(state)
+
+    port = free_port()
+    server = ops_server("127.0.0.1", port, ready)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started)
+        check = services(compose)["router"]["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "python"]
+        command = [sys.executable, *[arg.replace(":8081/", f":{port}/") for arg in check[2:]]]
+
+        async def exit_code() -> int:
+            process = await asyncio.create_subprocess_exec(*command, stdout=PIPE, stderr=PIPE)
+            await process.communicate()
+            assert process.returncode is not None
+            return process.returncode
+
+        assert await exit_code() != 0
+        state["nats"] = True
+        assert await exit_code() == 0
+    finally:
+        server.should_exit = True
+        await serving
+
+
 def test_services_that_read_the_database_wait_for_it_and_for_the_migrations(compose: dict[str, Any]) -> None:
     for name, service in koprogo_services(compose).items():
         if "DATABASE_URL" in environment(service):
