@@ -1,6 +1,7 @@
 """The shipped compose file runs the gateway closed: ENVIRONMENT=production, a token verifier from a
-secret mounted as a file, ports published on loopback unless told otherwise, no NATS monitoring.
-The same properties of deploy/k8s, rendered by kustomize, are checked in
+secret mounted as a file, ports published on loopback unless told otherwise (HTTPS, a profile, on
+every interface), NATS monitoring on loopback only, each secret to the services that read it.
+The rest of the compose file's checks are in tests/deploy/test_compose.py. The same properties of deploy/k8s, rendered by kustomize, are checked in
 tests/deploy/test_k8s_manifests.py (which takes the holders below from here)."""
 
 from __future__ import annotations
@@ -35,11 +36,19 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_publishes_every_port_on_loopback_unless_told_otherwise() -> None:
-    published = [(name, p) for name, svc in compose()["services"].items() for p in svc.get("ports", [])]
+    services = compose()["services"]
+    published = [
+        (name, p) for name, svc in services.items() if name != "traefik" for p in svc.get("ports", [])
+    ]
     assert published, "the gateway at least is published"
     for name, port in published:
         assert interpolate(port, {}).startswith("127.0.0.1:"), (name, port)
         assert interpolate(port, {"KOPROGO_BIND": "0.0.0.0"}).startswith("0.0.0.0:"), (name, port)
+    # HTTPS is for the network: Traefik (profile tls) on every interface unless KOPROGO_TLS_BIND narrows it.
+    assert services["traefik"]["profiles"] == ["tls"]
+    for port in services["traefik"]["ports"]:
+        assert interpolate(port, {}).startswith("0.0.0.0:"), port
+        assert interpolate(port, {"KOPROGO_TLS_BIND": "192.168.1.10"}).startswith("192.168.1.10:"), port
 
 
 def test_compose_runs_the_gateway_in_production_with_its_secret_from_a_file() -> None:
@@ -50,41 +59,48 @@ def test_compose_runs_the_gateway_in_production_with_its_secret_from_a_file() ->
     assert "JWT_SECRET" not in env
     assert env["JWT_SECRET_FILE"] == "/run/secrets/jwt-secret"
     assert "jwt-secret" in gateway["secrets"] and "file" in spec["secrets"]["jwt-secret"]
-    # No password anyone can read in the file: PostgreSQL's comes from the operator's .env.
-    assert ":koprogo@" not in env["DATABASE_URL"]
-    assert spec["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
-        "${POSTGRES_PASSWORD:?"
-    )
+    # No password in the URL: the driver reads it from PGPASSFILE, a secret file; the server
+    # takes the same from its own.
+    assert env["DATABASE_URL"] == "postgresql://koprogo@postgres:5432/koprogo"
+    assert env["PGPASSFILE"] == "/run/secrets/pgpass" and "pgpass" in gateway["secrets"]
+    postgres = spec["services"]["postgres"]
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres-password"
 
 
-def test_the_shipped_nats_configuration_serves_no_monitoring_port() -> None:
+def test_the_shipped_nats_configuration_serves_monitoring_on_loopback_only() -> None:
+    """/varz and /connz answer anyone who reaches them: only the NATS container's own loopback
+    (where the exporter sharing its network namespace reads it), and compose publishes no NATS port."""
     conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
-    assert not re.search(r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]", conf, re.MULTILINE)
+    monitors = re.findall(
+        r"^\s*(http|http_port|https|https_port|monitor_port)\s*[:=]\s*(.*)$", conf, re.MULTILINE
+    )
+    assert monitors == [("http", '"127.0.0.1:8222"')], monitors
+    assert "ports" not in compose()["services"]["nats"]
 
 
 def test_the_router_the_gateway_and_the_ledger_read_the_node_roster_in_both_deploy_files() -> None:
     services = compose()["services"]
     for name in ("router", "gateway", "ledger"):
         svc = services[name]
-        assert svc["environment"]["NODE_ROSTER_FILE"] == "/run/koprogo/nats/roster.json", name
-        assert "../nats/keys/roster.json:/run/koprogo/nats/roster.json:ro" in svc["volumes"], name
+        assert svc["environment"]["NODE_ROSTER_FILE"] == "/run/koprogo/roster.json", name
+        assert "../nats/keys/roster.json:/run/koprogo/roster.json:ro" in svc["volumes"], name
 
 
 def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_never_its_seed() -> None:
-    text = (DEPLOY / "compose" / "docker-compose.yml").read_text()
+    setup = (DEPLOY / "compose" / "setup-secrets.sh").read_text()
     services = compose()["services"]
     node_env = services["edge-node"]["environment"]
     key = "UGRIDSCHEDULERPUBLICKEY"
     assert interpolate(str(node_env["GRID_SCHEDULER_PUBLIC_KEY"]), {"GRID_SCHEDULER_PUBLIC_KEY": key}) == key
     # Unset, compose refuses to start (the :? form) rather than run a node that believes any signer;
-    # the file's header says how to set it from the key `koprogo nats-config` writes.
+    # the setup script writes it to .env from the key `koprogo nats-config` writes.
     assert str(node_env["GRID_SCHEDULER_PUBLIC_KEY"]).startswith("${GRID_SCHEDULER_PUBLIC_KEY:?")
-    assert 'GRID_SCHEDULER_PUBLIC_KEY=$(cat deploy/nats/keys/grid.pub)" >> deploy/compose/.env' in text
+    assert 'add_env GRID_SCHEDULER_PUBLIC_KEY "$(cat deploy/nats/keys/grid.pub)"' in setup
+    assert "grid.nk" not in services["edge-node"]["secrets"]
     assert not any("grid.nk" in v for v in services["edge-node"]["volumes"])
     scheduler = services["grid-scheduler"]["environment"]
-    assert (
-        scheduler["GRID_SIGNING_SEED_FILE"] == scheduler["NATS_NKEY_SEED_FILE"] == "/run/koprogo/nats/grid.nk"
-    )
+    assert scheduler["GRID_SIGNING_SEED_FILE"] == scheduler["NATS_NKEY_SEED_FILE"] == "/run/secrets/grid.nk"
 
 
 # Who may hold what. Every other service is refused it: a secret given to a service that never
@@ -92,7 +108,9 @@ def test_the_edge_node_is_told_the_grid_schedulers_public_key_from_the_keys_and_
 DATABASE_HOLDERS = {"ledger", "gateway"}
 SECRET_ENV_HOLDERS = {
     "DATABASE_URL": DATABASE_HOLDERS,
+    "PGPASSFILE": DATABASE_HOLDERS | {"grafana-db-role"},
     "POSTGRES_PASSWORD": {"postgres"},
+    "POSTGRES_PASSWORD_FILE": {"postgres"},
     "ANTHROPIC_API_KEY": {"cloud"},
     "OPENAI_API_KEY": {"cloud"},
     "MISTRAL_API_KEY": {"cloud"},
@@ -128,20 +146,33 @@ def test_the_database_url_and_other_secret_variables_reach_only_the_services_tha
         for service in sorted(DATABASE_HOLDERS):
             if "DATABASE_URL" not in env_names[service]:
                 problems.append(f"{file}: {service} lacks DATABASE_URL")
-    # Nor under another name: the password is interpolated into the database holders' URL only.
-    for name, svc in compose()["services"].items():
-        values = " ".join(str(v) for v in (svc.get("environment") or {}).values())
-        if "${POSTGRES_PASSWORD" in values and name not in DATABASE_HOLDERS | {"postgres"}:
-            problems.append(f"compose: {name} gets the PostgreSQL password")
     assert not problems, "\n".join(problems)
 
 
+# The compose file's other secrets (files under deploy/secrets, given as compose secrets).
+COMPOSE_SECRET_HOLDERS = {
+    "content-keys": CONTENT_KEY_HOLDERS,
+    "jwt-secret": {"gateway"},
+    # The owner's password: the database holders, and the one-shot that creates Grafana's role.
+    "pgpass": DATABASE_HOLDERS | {"grafana-db-role"},
+    "postgres-password": {"postgres"},
+    "grafana-admin-password": {"grafana"},
+    "grafana-db-password": {"grafana", "grafana-db-role"},
+    "tls.crt": {"traefik"},
+    "tls.key": {"traefik"},
+}
+
+
 def test_seeds_content_keys_and_the_jwt_secret_are_mounted_only_where_they_are_read() -> None:
-    for name, svc in compose()["services"].items():
+    spec = compose()
+    holders = {**{seed: SEED_HOLDERS[seed] for seed in SEED_HOLDERS}, **COMPOSE_SECRET_HOLDERS}
+    assert set(spec["secrets"]) == set(holders), "a secret without its holders here"
+    for name, svc in spec["services"].items():
         for volume in svc.get("volumes", []):
             source = str(volume).split(":")[0]
-            if source.endswith(".nk"):
-                assert name in SEED_HOLDERS[Path(source).name], (name, source)
-            if source.startswith("../secrets/"):
-                assert source == "../secrets/content-keys" and name in CONTENT_KEY_HOLDERS, (name, source)
-        assert not svc.get("secrets") or (name == "gateway" and svc["secrets"] == ["jwt-secret"]), name
+            assert not source.endswith(".nk") and not source.startswith("../secrets/"), (name, source)
+        for secret in svc.get("secrets", []):
+            assert name in holders[secret], (name, secret)
+    for secret, services in holders.items():
+        given = {name for name, svc in spec["services"].items() if secret in svc.get("secrets", [])}
+        assert given == services, (secret, given)
