@@ -42,6 +42,18 @@ def test_a_request_is_counted_by_its_route_template_and_its_error_by_code() -> N
     assert not any(task_id in (p or "") for p in paths)
 
 
+def test_a_body_route_behind_a_middleware_that_copies_the_scope_keeps_its_template() -> None:
+    # json_body.py passes a copy of the scope on for a POST under /mcp/: the router fills the copy.
+    client = TestClient(create_app(GatewaySettings(auth_disabled=True)), raise_server_exceptions=False)
+    before = _requests("/mcp/v1/chat", "POST", "500")
+
+    assert (
+        client.post("/mcp/v1/chat", content=b"{}", headers={"content-type": "text/plain"}).status_code == 500
+    )
+
+    assert _requests("/mcp/v1/chat", "POST", "500") == before + 1
+
+
 def test_a_path_no_route_matches_is_unmatched_and_an_odd_method_other() -> None:
     client = TestClient(create_app(GatewaySettings(auth_disabled=True)), raise_server_exceptions=False)
     before = _requests("unmatched", "GET", "404")
