@@ -145,6 +145,7 @@ CUSTOM_RESOURCES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cert-manager.io/v1", "Certificate"): ("metadata.namespace", "spec.secretName", "spec.issuerRef.name"),
     ("postgresql.cnpg.io/v1", "Cluster"): ("metadata.namespace", "spec.instances", "spec.storage.size"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("metadata.namespace", "spec.selector", "spec.endpoints"),
+    ("traefik.io/v1alpha1", "Middleware"): ("metadata.namespace", "spec.ipAllowList.sourceRange"),
 }
 
 
@@ -172,8 +173,8 @@ def test_every_object_validates_against_the_kubernetes_schema(name: str, version
     assert not problems, "\n".join(problems)
     expected = {
         "single-node": set(),
-        "k3s-pi-cluster": {"Issuer", "Certificate", "ClusterIssuer"},
-        REGIONAL: {"Issuer", "Certificate", "ClusterIssuer", "Cluster", "ServiceMonitor"},
+        "k3s-pi-cluster": {"Issuer", "Certificate", "ClusterIssuer", "Middleware"},
+        REGIONAL: {"Issuer", "Certificate", "ClusterIssuer", "Middleware", "Cluster", "ServiceMonitor"},
     }[name]
     assert set(custom) == expected
 
@@ -219,6 +220,23 @@ def test_the_pi_overlay_serves_the_gateway_through_traefik_with_tls() -> None:
     (port,) = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
     gateway = pod_spec(find(objs, "Deployment", "koprogo-gateway"))
     assert {"name": port["targetPort"], "containerPort": 8080} in gateway["containers"][0]["ports"]
+    # /metrics stays inside the cluster: on the public name a longer rule sends it to a
+    # middleware that admits no outside address.
+    metrics = find(objs, "Ingress", "koprogo-gateway-metrics")
+    (metrics_rule,) = metrics["spec"]["rules"]
+    assert metrics_rule["host"] == rule["host"]
+    assert metrics_rule["http"]["paths"][0]["path"] == "/metrics"
+    assert metrics_rule["http"]["paths"][0]["pathType"] == "Exact"
+    assert metrics["metadata"]["annotations"]["traefik.ingress.kubernetes.io/router.tls"] == "true"
+    namespace, name = (
+        metrics["metadata"]["annotations"]["traefik.ingress.kubernetes.io/router.middlewares"]
+        .split("@kubernetescrd")[0]
+        .split("-", 1)
+    )
+    middleware = find(objs, "Middleware", name)
+    assert middleware["metadata"]["namespace"] == namespace
+    allowed_ranges = [ipaddress.ip_network(r) for r in middleware["spec"]["ipAllowList"]["sourceRange"]]
+    assert all(net.is_loopback for net in allowed_ranges), allowed_ranges
 
 
 # ---------------------------------------------------------------- workloads
@@ -235,6 +253,9 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(name: str) -
             problems.append(f"{wl}: pod not runAsNonRoot with the RuntimeDefault seccomp profile")
         for container in pod["containers"] + pod.get("initContainers", []):
             where = f"{obj['kind']}/{wl}/{container['name']}"
+            tag = container["image"].rsplit("/", 1)[-1].partition(":")[2]
+            if not tag or tag == "latest":
+                problems.append(f"{where}: image {container['image']} not pinned to a version")
             requests = container.get("resources", {}).get("requests", {})
             if not {"cpu", "memory"} <= set(requests) or "memory" not in container["resources"].get(
                 "limits", {}
