@@ -732,8 +732,10 @@ def test_image_is_multi_stage_slim_and_unprivileged() -> None:
     final_text = "\n".join(final)
     assert final[0].startswith("FROM python:") and "-slim" in final[0]
     assert build[0].split()[1] == final[0].split()[1], "the virtualenv is built against another base"
-    for tool in ("build-essential", "cmake", "gcc", "g++", "pip install"):
+    for tool in ("build-essential", "cmake", "gcc", "g++", "pip install", "libgl1"):
         assert tool not in final_text, f"{tool} in the final image"
+    assert any("opencv-python-headless" in line for line in build), "OpenCV's GUI build needs libGL"
+    assert "import cv2, llama_cpp" in final_text, "no check that the native libraries load"
     assert "COPY --from=build /opt/venv /opt/venv" in final_text
     user = final[-1]
     assert user.startswith("USER ") and not user.split()[1].startswith(("0", "root")), user
