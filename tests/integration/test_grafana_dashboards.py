@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +28,24 @@ from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOf
 from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, project
 from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.events import ChatCompleted, ChatDelivered, ChatRequested
-from koprogo_shared.task_events import TaskCompleted
+from koprogo_shared.task_events import TaskAssigned, TaskCompleted, TaskSubmitted
 from tests.conftest import TEST_CONTENT_KEYS
 from tests.integration.ledger_support import chat_completed, chat_delivered, chat_failed, chat_requested
-from tests.integration.test_token_ledger import EXPECTED_BALANCES, FUND, T0
+from tests.integration.test_token_ledger import (
+    EXPECTED_BALANCES,
+    EXPECTED_FUND_INFLOWS,
+    FUND,
+    T0,
+    GridTask,
+    replica,
+)
 from tests.integration.test_token_ledger import scenario as grid_scenario
 
 pytestmark = pytest.mark.integration
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "koprogo-overview.json"
+OPERATIONS = GRAFANA / "dashboards" / "koprogo-operations.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "koprogo.yaml"
 
 # The dashboard's time range in the test: every event below falls inside it.
@@ -67,7 +78,8 @@ _INTERVALS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def expand(sql: str, copros: list[str], start: datetime = FROM, end: datetime = TO) -> str:
     """`sql` as Grafana's PostgreSQL data source sends it: $__timeFilter(col) -> col BETWEEN from AND to,
     $__timeGroupAlias(col, 'N<unit>') -> floor(extract(epoch from col)/secs)*secs AS "time",
-    $__timeFrom()/$__timeTo() -> the quoted bounds, $copro (multi-value) -> 'a','b'."""
+    $__timeFrom()/$__timeTo() -> the quoted bounds, $__unixEpochFrom()/$__unixEpochTo() -> the bounds
+    in epoch seconds, $copro (multi-value) -> 'a','b'."""
     bounds = (_utc(start), _utc(end))
 
     def group(match: re.Match[str]) -> str:
@@ -82,6 +94,8 @@ def expand(sql: str, copros: list[str], start: datetime = FROM, end: datetime = 
         sql,
     )
     sql = sql.replace("$__timeFrom()", bounds[0]).replace("$__timeTo()", bounds[1])
+    sql = sql.replace("$__unixEpochFrom()", str(int(start.timestamp())))
+    sql = sql.replace("$__unixEpochTo()", str(int(end.timestamp())))
     quoted = ",".join("'" + c.replace("'", "''") + "'" for c in copros)
     sql = re.sub(r"\$copro\b", quoted, sql)
     assert "$" not in sql, f"a macro or variable this test does not expand is left in: {sql}"
@@ -132,25 +146,35 @@ def chat_events(chat: Chat) -> list[LedgerEvent]:
     return [e for e in (chat.requested, chat.completed, chat.delivered) if e is not None]
 
 
-@pytest.fixture
-async def ledger_db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    """The ledger's migrated schema with the chats and the grid run projected by the ledger's own unit
-    of work; each event recorded at its own time (the token ledger's `recorded_at` too)."""
+def _at(moment: datetime) -> datetime:
+    return moment
+
+
+@asynccontextmanager
+async def projected(database_url: str, events: list[LedgerEvent]) -> AsyncIterator[asyncpg.Pool]:
+    """The ledger's migrated schema with `events` projected by the ledger's own unit of work, each
+    recorded at its own time (the token ledger's `recorded_at` too)."""
     keyring = Keyring.parse(TEST_CONTENT_KEYS["CONTENT_KEYS"], TEST_CONTENT_KEYS["CONTENT_KEY_ID"])
     pool = await create_pool(database_url, max_size=2)
     try:
         async with pool.acquire() as conn:
             await apply_migrations(conn)
-        grid_events, _ = grid_scenario()
-        events = [e for c in chats() for e in chat_events(c)] + grid_events
         for event in events:
             outcome = await project(
-                event, PostgresProjectionUnitOfWork(pool, keyring), now=lambda e=event: e.time
+                event, PostgresProjectionUnitOfWork(pool, keyring), now=partial(_at, event.time)
             )
             assert outcome is Projected.APPLIED, (event.type, outcome)
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def ledger_db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The chats and the grid run, projected."""
+    grid_events, _ = grid_scenario()
+    async with projected(database_url, [e for c in chats() for e in chat_events(c)] + grid_events) as pool:
+        yield pool
 
 
 def completed_tasks(copro: str) -> list[TaskCompleted]:
@@ -170,8 +194,10 @@ def percentile_cont(values: list[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-async def rows(pool: asyncpg.Pool, panel: str, copros: list[str]) -> list[asyncpg.Record]:
-    return list(await pool.fetch(expand(sql_panels(load_dashboard())[panel], copros)))
+async def rows(
+    pool: asyncpg.Pool, panel: str, copros: list[str], start: datetime = FROM, end: datetime = TO
+) -> list[asyncpg.Record]:
+    return list(await pool.fetch(expand(sql_panels(load_dashboard())[panel], copros, start, end)))
 
 
 def test_every_panel_uses_a_provisioned_data_source_and_ids_are_unique() -> None:
@@ -197,7 +223,51 @@ def test_every_panel_uses_a_provisioned_data_source_and_ids_are_unique() -> None
                 assert target["rawSql"].strip(), panel["title"]
     (variable,) = dashboard["templating"]["list"]
     assert variable["name"] == "copro" and variable["datasource"]["uid"] == "koprogo-postgres"
-    assert len(sql_panels(dashboard)) == 9
+    assert len(sql_panels(dashboard)) == 15
+
+
+def test_the_operations_dashboard_reads_prometheus_through_its_datasource_variable() -> None:
+    """koprogo-operations: every panel on the `$datasource` variable (a Prometheus data source,
+    the provisioned one by default), ids unique, panels inside Grafana's 24 columns without
+    overlapping. Its PromQL is checked by tests/deploy/test_prometheus_rules.py."""
+    provisioned = {ds["uid"] for ds in yaml.safe_load(DATASOURCES.read_text(encoding="utf-8"))["datasources"]}
+    dashboard = json.loads(OPERATIONS.read_text(encoding="utf-8"))
+    assert (dashboard["uid"], dashboard["schemaVersion"]) == (
+        "koprogo-operations",
+        load_dashboard()["schemaVersion"],
+    )
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    source = variables["datasource"]
+    assert (source["type"], source["query"], source["current"]["value"]) == (
+        "datasource",
+        "prometheus",
+        "koprogo-prometheus",
+    )
+    assert source["current"]["value"] in provisioned
+    for name in ("route", "model", "deployment"):
+        assert variables[name]["datasource"]["uid"] == "${datasource}" and variables[name]["includeAll"], name
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for cell in (
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        ):
+            assert cell not in cells, f"{panel['title']!r} overlaps {cells[cell]!r}"
+            cells[cell] = panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"] and all(
+            t["datasource"] == panel["datasource"] and t["expr"] for t in panel["targets"]
+        )
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Latency p50 / p95 / p99 by route", "Refusals/s by reason", "Decisions/s by target", "Queue depth",
+            "Deployments cooling down", "Tasks by state", "Ledger lag (messages)", "Client connections"} <= titles  # fmt: skip
 
 
 async def test_every_dashboard_query_runs_against_the_ledger_schema(ledger_db: asyncpg.Pool) -> None:
@@ -264,3 +334,123 @@ async def test_the_main_panels_add_up_to_the_projected_events(ledger_db: asyncpg
     assert nodes["pi-a"]["trusted"] is True and nodes["pi-b"]["trusted"] is False
     assert nodes["pi-b"]["last_reason"] == "caught_wrong"
     assert {"pi-a", "pi-b", "pi-c", "pi-lazy"} <= set(nodes)
+
+
+async def test_the_grid_panels_add_up_to_the_grid_run(ledger_db: asyncpg.Pool) -> None:
+    events, _ = grid_scenario()
+    submitted = {e.id: e for e in events if isinstance(e, TaskSubmitted)}
+    completed = [e for e in events if isinstance(e, TaskCompleted)]
+    assigned = [e for e in events if isinstance(e, TaskAssigned)]
+
+    # Every task of the run completed: per type, the tasks, their attempts and the accepted tokens.
+    expected: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for task in submitted.values():
+        tries = sum(1 for a in assigned if a.task_id == task.id)
+        done = next(c for c in completed if c.task_id == task.id)
+        tokens = done.usage.prompt_tokens + done.usage.completion_tokens
+        count, attempts, total = expected.get((task.task_type, "completed"), (0, 0, 0))
+        expected[(task.task_type, "completed")] = (count + 1, attempts + tries, total + tokens)
+    by_type = {
+        (r["task_type"], r["status"]): (r["tasks"], r["attempts"], r["tokens"])
+        for r in await rows(ledger_db, "Grid tasks by type and status", ["copro-a", "copro-b"])
+    }
+    assert by_type == expected
+    assert by_type[("summarize_meeting", "completed")] == (1, 3, 200_000)
+    (ocr,) = await rows(ledger_db, "Grid tasks by type and status", ["copro-a"])
+    assert ocr["co2_grams"] == pytest.approx(sum(c.co2_grams for c in completed if c.copro_id == "copro-a"))
+
+    # copro-a's replicas as their verification judged them (a flagged one is still "valid").
+    verdicts: Counter[str] = Counter()
+    for r in await rows(ledger_db, "Grid verification verdicts", ["copro-a"]):
+        verdicts[r["metric"]] += r["value"]
+    judged = Counter(r.verdict for c in completed if c.copro_id == "copro-a" for r in c.verification.replicas)  # type: ignore[union-attr]
+    assert verdicts == judged and judged == {"valid": 6, "unchecked": 1, "invalid": 1}
+
+    # The fund: its balance after the last hour is the view's, the inflows those of the run.
+    fund = await rows(ledger_db, "Solidarity fund over time (tokens)", [])
+    assert float(fund[-1]["balance"]) == pytest.approx(EXPECTED_BALANCES[FUND] / 1000)
+    for kind, amount_mt in EXPECTED_FUND_INFLOWS.items():
+        assert float(sum(r[kind] for r in fund)) == pytest.approx(amount_mt / 1000), kind
+    later = T0 + timedelta(hours=2)
+    assert await rows(ledger_db, "Solidarity fund over time (tokens)", [], start=later) == []
+    # Up to a moment inside the run: only what the fund had received by then.
+    early = T0 + timedelta(seconds=150)
+    (until_early,) = await rows(ledger_db, "Solidarity fund over time (tokens)", [], end=early)
+    received = await ledger_db.fetchval(
+        "SELECT sum(amount_mt) FROM grid_ledger_entries WHERE credit = $1 AND recorded_at <= $2", FUND, early
+    )
+    assert 0 < received < EXPECTED_BALANCES[FUND]
+    assert float(until_early["balance"]) == pytest.approx(float(received) / 1000)
+
+    # Nodes: pi-a earned trust (everything paid out), pi-b was caught (its escrow forfeited), pi-c
+    # is still untrusted (held in escrow); the flagged pi-d and the lazy node earned nothing.
+    earnings = {r["node_id"]: r for r in await rows(ledger_db, "Grid nodes: earnings (tokens)", [])}
+    assert set(earnings) == {"pi-a", "pi-b", "pi-c"}
+    a, b, c = earnings["pi-a"], earnings["pi-b"], earnings["pi-c"]
+    assert (
+        float(a["earned"]) == float(a["balance_now"]) == pytest.approx(EXPECTED_BALANCES["node:pi-a"] / 1000)
+    )
+    assert float(a["in_escrow_now"]) == 0
+    forfeited = EXPECTED_FUND_INFLOWS["escrow_forfeit"] / 1000
+    assert float(b["earned"]) == float(b["forfeited"]) == pytest.approx(forfeited)
+    assert float(b["balance_now"]) == float(b["in_escrow_now"]) == 0
+    assert (
+        float(c["earned"])
+        == float(c["in_escrow_now"])
+        == pytest.approx(EXPECTED_BALANCES["escrow:pi-c"] / 1000)
+    )
+    assert float(sum(r["fund_share"] for r in earnings.values())) == pytest.approx(
+        EXPECTED_FUND_INFLOWS["fund_share"] / 1000
+    )
+
+
+async def test_the_node_and_failure_panels_count_what_the_nodes_did(ledger_db: asyncpg.Pool) -> None:
+    events, _ = grid_scenario()
+    completed = [e for e in events if isinstance(e, TaskCompleted)]
+    attempts = Counter(e.node_id for e in events if isinstance(e, TaskAssigned))
+    # An accepted replica's attempt completed, a flagged one too (its work agreed); an invalid one did not.
+    accepted = Counter(
+        r.node_id
+        for c in completed
+        for r in c.verification.replicas  # type: ignore[union-attr]
+        if r.verdict in ("valid", "unchecked")
+    )
+    answered = Counter(
+        c.completed.execution_info.node_id
+        for c in chats()
+        if c.completed and c.completed.execution_info.node_id
+    )
+
+    work = {r["node_id"]: r for r in await rows(ledger_db, "Nodes: recent work", [])}
+    assert set(work) == set(attempts) | set(answered)
+    for node, row in work.items():
+        assert (row["chats"], row["grid_attempts"], row["grid_completed"]) == (
+            answered[node], attempts[node], accepted[node],
+        ), node  # fmt: skip
+    assert work["pi-1"]["chats"] == 2, "an answer stored but not delivered is still work the node did"
+    assert work["pi-lazy"]["grid_completed"] == 0 and work["pi-d"]["grid_completed"] == 1
+
+    failed = [c for c in chats() if c.completed is None]
+    by_error = {
+        r["error"]: r["requests"] for r in await rows(ledger_db, "Failed chats by error", ["copro-a"])
+    }
+    assert by_error == {"timeout": len(failed)}
+    assert await rows(ledger_db, "Failed chats by error", ["copro-b"]) == []
+
+
+async def test_the_fund_balance_counts_the_history_before_the_range(database_url: str) -> None:
+    """Three hours after the run, a trusted node's unchecked OCR task pays the fund its 10 % share
+    (62 mt of 620): a range holding only that hour still shows the whole balance."""
+    later = GridTask("copro-c", "ocr_invoice", at=3 * 3600)
+    lone = [replica(1, "pi-a", "unchecked", trusted=True)]
+    grid_events, _ = grid_scenario()
+    extra: list[LedgerEvent] = [
+        later.submitted(),
+        later.assigned(1, "pi-a"),
+        later.completed("trusted", lone),
+    ]
+    async with projected(database_url, grid_events + extra) as pool:
+        (hour,) = await rows(pool, "Solidarity fund over time (tokens)", [], start=T0 + timedelta(hours=2))
+        assert float(hour["fund_share"]) == pytest.approx(0.062)
+        assert float(hour["balance"]) == pytest.approx((EXPECTED_BALANCES[FUND] + 62) / 1000)
+        assert hour["time"] == (T0 + timedelta(hours=3)).timestamp()
