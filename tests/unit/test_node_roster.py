@@ -189,9 +189,12 @@ def test_koprogo_ups_own_nodes_are_declared_with_the_device_its_environment_name
 class FakeNats:
     """The embedded nats-server's place in `Stack.start`: its authorization block kept, nothing run."""
 
-    def __init__(self, data_dir: Path, *, port: int, authorization: str, host: str) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int, authorization: str, host: str, monitor_port: int | None = None
+    ) -> None:
         self.url = f"nats://127.0.0.1:{port}"
         self.authorization = authorization
+        self.monitor_port = monitor_port
         self.proc = None
 
     def start(self) -> FakeNats:
