@@ -584,6 +584,30 @@ def test_grafana_is_provisioned_with_every_variable_set(compose: dict[str, Any])
     assert prometheus_url == "http://prometheus:9090" and "prometheus" in services(compose)
 
 
+def test_grafanas_entrypoint_exports_the_password_from_its_file(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """Its shell line, run with `env` in place of Grafana: the password from the file reaches the
+    environment Grafana expands its data source file with; without the file, nothing starts."""
+    shell, flag, line = services(compose)["grafana"]["entrypoint"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    secret = tmp_path / "grafana-db-password"
+    secret.write_text("reader-password\n")
+    line = line.replace("exec /run.sh", "exec env")
+    done = subprocess.run(
+        ["sh", "-c", line.replace("/run/secrets/grafana-db-password", str(secret))],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "KOPROGO_DB_PASSWORD=reader-password\n" in done.stdout, done.stderr
+    missing = subprocess.run(
+        ["sh", "-c", line.replace("/run/secrets/grafana-db-password", str(tmp_path / "none"))],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "KOPROGO_DB_PASSWORD" not in missing.stdout
+
+
 def test_the_read_only_role_is_granted_every_table_the_dashboards_read() -> None:
     read = dashboard_tables()
     assert read, "no SQL found in the dashboards"
