@@ -150,6 +150,36 @@ def declared_metrics() -> set[str]:
     return {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes[family.type]}
 
 
+def declared_labels() -> dict[str, set[str]]:
+    """Metric name (without _total/_bucket/...) -> the label names its service declares. prometheus_client
+    keeps them in private attributes (`_labelnames` of a metric or of a custom collector's family);
+    no public API lists the labels of a metric with no child yet."""
+    declared_metrics()
+    found: dict[str, set[str]] = {}
+    for collector in list(REGISTRY._collector_to_names):
+        if hasattr(collector, "_labelnames") and hasattr(collector, "_name"):
+            found[collector._name] = set(collector._labelnames)
+        else:
+            for family in collector.collect():
+                found[family.name] = set(getattr(family, "_labelnames", ()))
+    return found
+
+
+def base_name(series: str) -> str:
+    return re.sub(r"_(total|bucket|sum|count)$", "", series)
+
+
+def labels_used(expr: str) -> set[str]:
+    """Label names an expression matches on or aggregates by."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    used = set()
+    for matchers in re.findall(r"\{([^}]*)\}", text):
+        used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    for clause in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", text):
+        used |= {label.strip() for label in clause.split(",") if label.strip()}
+    return used
+
+
 def test_the_rule_files_pass_promtool_check(promtool: str) -> None:
     result = run([promtool, "check", "rules", str(ALERTS), str(RECORDING)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -220,6 +250,25 @@ def test_every_metric_named_is_one_a_service_or_exporter_exposes() -> None:
     assert "koprogo_gateway_http_requests_total" in used and "koprogo_router_node_up" in used
 
 
+def test_every_label_used_is_one_the_metric_declares() -> None:
+    """A `by (node_id)` on a metric labelled `node` gives one empty series, not an error: caught here
+    for every expression whose metrics are all the services' own (target labels job and instance
+    are Prometheus's, le and quantile the histograms')."""
+    declared = declared_labels()
+    checked = 0
+    for where, expr in [*dashboard_expressions().items(),
+                        *((r.get("alert") or r["record"], r["expr"]) for r in rules(ALERTS) + rules(RECORDING))]:  # fmt: skip
+        bases = {base_name(name) for name in metric_names(with_values(expr))}
+        if not bases or not bases <= set(declared):
+            continue
+        allowed = set().union(*(declared[b] for b in bases)) | {"job", "instance", "le", "quantile"}
+        assert labels_used(expr) <= allowed, (
+            f"{where}: {sorted(labels_used(expr) - allowed)} not labels of {bases}"
+        )
+        checked += 1
+    assert checked >= 45
+
+
 def test_every_job_named_is_scraped_by_prometheus_yml() -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text(encoding="utf-8"))
     jobs = {scrape["job_name"] for scrape in config["scrape_configs"]}
@@ -237,3 +286,4 @@ def test_the_metric_name_reader_finds_names_and_skips_functions_and_labels() -> 
     expr = ('histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{route=~"x", le!="+Inf"}[5m])))'
             ' / on (job) group_left (route) b_total offset 5m > bool 0 and c or vector(0)')  # fmt: skip
     assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+    assert labels_used(expr) == {"le", "route", "job"}
