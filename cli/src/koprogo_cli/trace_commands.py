@@ -30,12 +30,13 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 # The gateway's server spans for a chat (`"{METHOD} {route template}"`), for `--last`.
 CHAT_SPANS = frozenset({"POST /mcp/v1/chat", "POST /v1/chat/completions"})
+SUBJECT = "messaging.destination.name"
 # What a line shows of a span's attributes, in this order, under these names; `koprogo.*` follow.
 KEY_ATTRIBUTES = (
     ("gen_ai.request.model", "model"),
     ("koprogo.node_id", "node"),
     ("koprogo.execution_type", "type"),
-    ("messaging.destination.name", "subject"),
+    (SUBJECT, "subject"),
     ("http.response.status_code", "status"),
 )
 TOKENS_IN, TOKENS_OUT = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
@@ -112,7 +113,12 @@ def render_trace(trace_id: str, spans: Sequence[Mapping[str, Any]], now_ns: int 
 
 def _shown_attributes(span: Mapping[str, Any]) -> str:
     attributes = span["attributes"]
-    shown = [f"{label}={attributes[key]}" for key, label in KEY_ATTRIBUTES if key in attributes]
+    shown = [
+        f"{label}={attributes[key]}"
+        for key, label in KEY_ATTRIBUTES
+        # `process <subject>` already names its subject
+        if key in attributes and not (key == SUBJECT and span["name"].endswith(f" {attributes[key]}"))
+    ]
     if TOKENS_IN in attributes or TOKENS_OUT in attributes:
         shown.append(f"tokens={attributes.get(TOKENS_IN, '?')}→{attributes.get(TOKENS_OUT, '?')}")
     named = {key for key, _ in KEY_ATTRIBUTES}
