@@ -141,7 +141,7 @@ def declared_metrics() -> set[str]:
     for source in sorted([*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py")]):
         text = source.read_text(encoding="utf-8")
         if "prometheus_client" in text and re.search(
-            r"\b(Counter|Gauge|Histogram|Summary)\(\s*\"koprogo_", text
+            r"\b(Counter|Gauge|Histogram|Summary|\w+MetricFamily)\(\s*\"koprogo_", text
         ):
             src = next(parent for parent in source.parents if parent.name == "src")
             importlib.import_module(".".join(source.relative_to(src).with_suffix("").parts))
