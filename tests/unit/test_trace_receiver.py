@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_the_sdk_exporters_spans_are_stored_one_json_line_each_with_their_parent
     assert generate["attributes"]["gen_ai.usage.output_tokens"] == 48
     assert 0 < generate["start_ns"] <= generate["end_ns"]
     assert root["status"] == {"code": "UNSET", "message": ""}
+    assert stat.S_IMODE(receiver.store.path.stat().st_mode) == 0o600
 
 
 def test_otlp_json_is_received_with_its_hex_ids(receiver: TraceReceiver) -> None:
