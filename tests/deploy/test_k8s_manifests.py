@@ -9,6 +9,7 @@ configurations run in a real nats-server, and the Pi overlay's TLS in a real cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
 from koprogo_cli.embedded import free_port
 from koprogo_shared.nats_connection import connect_nats
+from koprogo_shared.subjects import STREAMS
 from tests.unit.test_deploy_files import (
     CONTENT_KEY_HOLDERS,
     DATABASE_HOLDERS,
@@ -553,29 +556,95 @@ def koprogo_cli() -> str:
     return str(path)
 
 
-def lay_out_nats(tmp: Path, conf: str, port: int) -> tuple[Path, dict[str, str]]:
-    """The pod's files under `tmp` (/etc/nats-config, /etc/nats-auth with the users list
-    `koprogo nats-config` writes, /etc/nats-certs, /data), the conf's paths and ports moved there."""
-    keys = tmp / "keys"
-    (tmp / "nats-auth").mkdir()
+def mint_keys(tmp: Path) -> Path:
+    """The keys and users list `koprogo nats-config` writes (docs/deploy.md), under `tmp`."""
     subprocess.run(
-        [koprogo_cli(), "nats-config", "--keys-dir", str(keys), "--out", str(tmp / "nats-auth" / "authorization.conf"),
+        [koprogo_cli(), "nats-config", "--keys-dir", str(tmp / "keys"), "--out", str(tmp / "authorization.conf"),
          "--node", "pi-1=smollm2:135m-instruct-q4"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    (tmp / "nats-config").mkdir()
-    (tmp / "run").mkdir()
-    conf = (
-        conf.replace("/etc/nats-certs", str(tmp / "nats-certs"))
-        .replace("store_dir: /data", f"store_dir: {tmp / 'data'}")
-        .replace("/var/run/nats", str(tmp / "run"))
-        .replace("port: 4222", f"port: {port}")
-        .replace("port: 6222", f"port: {free_port()}")
-        .replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{free_port()}")
-    )
-    path = tmp / "nats-config" / "nats.conf"
-    path.write_text(conf)
-    return path, {"POD_NAME": "nats-0"}
+    return tmp / "authorization.conf"
+
+
+@dataclass
+class Server:
+    """One NATS pod's files laid out under a folder, its ports moved to free local ones."""
+
+    root: Path
+    conf: Path
+    client_port: int
+    pod_name: str
+
+
+def lay_out_nats(tmp: Path, conf: str, authorization: Path, servers: int = 1) -> list[Server]:
+    """Each server's files as its pod sees them (/etc/nats-config/nats.conf, /etc/nats-auth with the
+    users list, /etc/nats-certs, /data, /var/run/nats) under `tmp/nats-<i>`, the paths and ports of
+    `conf` moved there, and the routes to `nats-<j>.nats-headless:6222` to the local route ports."""
+    client_ports = [free_port() for _ in range(servers)]
+    # Every route the conf names gets a port, whether its server runs here or not.
+    route_ports = [free_port() for _ in range(max(servers, 3))]
+    laid_out = []
+    for i in range(servers):
+        root = tmp / f"nats-{i}"
+        for folder in ("nats-config", "nats-auth", "run"):
+            (root / folder).mkdir(parents=True)
+        shutil.copy(authorization, root / "nats-auth" / "authorization.conf")
+        text = re.sub(
+            r"(nats|tls)://nats-(\d)\.nats-headless:6222",
+            lambda m: f"{m.group(1)}://127.0.0.1:{route_ports[int(m.group(2))]}",
+            conf,
+        )
+        text = (
+            text.replace("/etc/nats-certs", str(tmp / "nats-certs"))
+            .replace("store_dir: /data", f"store_dir: {root / 'data'}")
+            .replace("/var/run/nats", str(root / "run"))
+            .replace("port: 4222", f"port: {client_ports[i]}")
+            .replace("port: 6222", f"port: {route_ports[i]}")
+            .replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{free_port()}")
+        )
+        (root / "nats-config" / "nats.conf").write_text(text)
+        laid_out.append(Server(root, root / "nats-config" / "nats.conf", client_ports[i], f"nats-{i}"))
+    return laid_out
+
+
+@contextlib.contextmanager
+def running(servers: list[Server]) -> Iterator[None]:
+    processes = [
+        subprocess.Popen(
+            [nats_server(), "-c", str(s.conf)],
+            env={**os.environ, "POD_NAME": s.pod_name},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for s in servers
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
+
+
+def job_environment(objs: tuple[Obj, ...], keys: Path, nats_url: str) -> dict[str, str]:
+    """The stream setup Job's environment (its ConfigMap and env), NATS_URL and the seed moved here."""
+    (container,) = pod_spec(find(objs, "Job", "koprogo-stream-setup"))["containers"]
+    env = {**config_map(objs, "koprogo-config")["data"]}
+    env.update({e["name"]: e["value"] for e in container["env"]})
+    env["NATS_URL"] = nats_url
+    env["NATS_NKEY_SEED_FILE"] = str(keys / Path(env["NATS_NKEY_SEED_FILE"]).name)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")  # no collector here
+    env.pop("HOME")
+    return env
+
+
+def run_job(objs: tuple[Obj, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (container,) = pod_spec(find(objs, "Job", "koprogo-stream-setup"))["containers"]
+    return subprocess.run(
+        [sys.executable if c == "python" else c for c in container["command"]],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -583,14 +652,11 @@ def test_the_nats_configuration_is_accepted_by_nats_server(name: str, tmp_path: 
     conf = nats_conf(rendered(name))
     if "/etc/nats-certs" in conf:
         make_tls(tmp_path / "nats-certs")
-    path, env = lay_out_nats(tmp_path, conf, free_port())
+    (server,) = lay_out_nats(tmp_path, conf, mint_keys(tmp_path))
     done = subprocess.run(
-        [nats_server(), "-t", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env},
-    )
+        [nats_server(), "-t", "-c", str(server.conf)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "POD_NAME": server.pod_name},
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -598,81 +664,80 @@ def test_the_single_node_nats_takes_the_stream_setup_job_as_the_job_runs(tmp_pat
     """The single-node overlay's nats.conf in a real nats-server, then the Job's own command
     with the Job's environment (NATS_URL moved to that server): the streams get declared."""
     objs = rendered("single-node")
-    port = free_port()
-    path, env = lay_out_nats(tmp_path, nats_conf(objs), port)
-    server = subprocess.Popen(
-        [nats_server(), "-c", str(path)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    (server,) = lay_out_nats(tmp_path, nats_conf(objs), mint_keys(tmp_path))
+    with running([server]):
+        done = run_job(
+            objs, job_environment(objs, tmp_path / "keys", f"nats://127.0.0.1:{server.client_port}")
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 replica(s)" in done.stdout + done.stderr
+
+
+def ca_bundle(objs: tuple[Obj, ...], certs: Path, out: Path) -> Path:
+    """The bundle the Pi overlay's init container writes (its own command, its paths moved here)."""
+    init = pod_spec(find(objs, "Deployment", "koprogo-ledger"))["initContainers"][0]
+    script = (
+        init["command"][-1].replace("/run/koprogo/nats-ca", str(certs)).replace("/run/koprogo/tls", str(out))
     )
-    try:
-        (container,) = pod_spec(find(objs, "Job", "koprogo-stream-setup"))["containers"]
-        job_env = {**config_map(objs, "koprogo-config")["data"]}
-        job_env.update({e["name"]: e["value"] for e in container["env"]})
-        job_env["NATS_URL"] = f"nats://127.0.0.1:{port}"
-        job_env["NATS_NKEY_SEED_FILE"] = str(tmp_path / "keys" / Path(job_env["NATS_NKEY_SEED_FILE"]).name)
-        job_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")  # no collector here
-        done = subprocess.run(
-            [sys.executable if c == "python" else c for c in container["command"]],
-            env={**os.environ, **job_env}, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+    bundle = out / "ca-bundle.crt"
+    assert (certs / "ca.crt").read_bytes() in bundle.read_bytes()
+    return bundle
 
 
-def test_a_service_reaches_the_pi_overlays_nats_over_tls_with_the_ca_bundle_its_pod_builds(
+def test_the_pi_overlays_three_servers_form_a_tls_cluster_and_take_the_stream_setup_with_three_replicas(
     tmp_path: Path,
 ) -> None:
-    """The Pi overlay's nats.conf (its routes unreachable here) in a real nats-server with a
-    certificate of a private CA; a client given NATS_URL's tls:// scheme and SSL_CERT_FILE
-    pointing at the bundle the init container writes connects with its nkey; without the
-    bundle it is refused (the CA is not a public one)."""
+    """The Pi overlay's nats.conf on three real servers (routes with mutual TLS, a certificate of a
+    private CA), then the stream setup Job's command with the overlay's NATS_URL (tls://, three
+    servers, moved to local ports) and SSL_CERT_FILE pointing at the bundle the init container
+    writes: it connects over TLS, sees three servers and declares every stream with 3 replicas."""
     objs = rendered("k3s-pi-cluster")
     make_tls(tmp_path / "nats-certs")
-    port = free_port()
-    path, env = lay_out_nats(tmp_path, nats_conf(objs), port)
-    server = subprocess.Popen(
-        [nats_server(), "-c", str(path)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    # The init container's command, its paths moved under tmp_path.
-    init = pod_spec(find(objs, "Deployment", "koprogo-ledger"))["initContainers"][0]
-    script = init["command"][-1].replace("/run/koprogo/nats-ca", str(tmp_path / "nats-certs"))
-    script = script.replace("/run/koprogo/tls", str(tmp_path))
-    subprocess.run(["sh", "-c", script], check=True, timeout=10)
-    bundle = tmp_path / "ca-bundle.crt"
-    assert b"BEGIN CERTIFICATE" in bundle.read_bytes()
+    servers = lay_out_nats(tmp_path, nats_conf(objs), mint_keys(tmp_path), servers=3)
+    bundle = ca_bundle(objs, tmp_path / "nats-certs", tmp_path)
+    hosts = re.findall(r"tls://(nats-\d)\.nats-headless:4222", nats_url(objs))
+    assert hosts == [s.pod_name for s in servers]
+    url = ",".join(f"tls://localhost:{s.client_port}" for s in servers)
+    with running(servers):
+        env = job_environment(objs, tmp_path / "keys", url)
+        # The bundle where the pod's SSL_CERT_FILE names it (moved here as the init container's output).
+        (ledger,) = pod_spec(find(objs, "Deployment", "koprogo-ledger"))["containers"]
+        in_pod = {e["name"]: e.get("value") for e in ledger["env"]}["SSL_CERT_FILE"]
+        assert in_pod == "/run/koprogo/tls/" + bundle.name
+        env["SSL_CERT_FILE"] = str(bundle)
+        done = run_job(objs, env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "3 replica(s)" in done.stdout + done.stderr
 
-    async def connect(cert_file: str | None, timeout: float) -> None:
-        previous = os.environ.get("SSL_CERT_FILE")
-        if cert_file:
-            os.environ["SSL_CERT_FILE"] = cert_file
-        try:
-            nc, _ = await asyncio.wait_for(
-                connect_nats(
-                    f"tls://localhost:{port}", "k8s-test", nkey_seed_file=tmp_path / "keys" / "ledger.nk"
-                ),
-                timeout=timeout,
+        async def replicas() -> int:
+            nc, js = await asyncio.wait_for(
+                connect_nats(url, "k8s-test", nkey_seed_file=tmp_path / "keys" / "admin.nk"), timeout=10
             )
-            await nc.close()
-        finally:
-            if previous is None:
-                os.environ.pop("SSL_CERT_FILE", None)
-            else:
-                os.environ["SSL_CERT_FILE"] = previous
+            try:
+                return (await js.stream_info(STREAMS[0].name)).config.num_replicas or 0
+            finally:
+                await nc.close()
 
+        with patched_env("SSL_CERT_FILE", str(bundle)):
+            assert asyncio.run(replicas()) == 3
+        # Without the NATS CA a client refuses the servers (it is no public CA): it never
+        # connects (nats-py retries forever, hence the timeout).
+        with patched_env("SSL_CERT_FILE", None), pytest.raises(TimeoutError):
+            asyncio.run(replicas())
+
+
+@contextlib.contextmanager
+def patched_env(name: str, value: str | None) -> Iterator[None]:
+    previous = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
     try:
-        asyncio.run(connect(str(bundle), 10))
-        with pytest.raises(Exception):  # noqa: B017 - nats-py's error for a refused handshake varies
-            asyncio.run(connect(None, 3))
+        yield
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        os.environ.pop(name, None)
+        if previous is not None:
+            os.environ[name] = previous
 
 
 # ---------------------------------------------------------------- network policies
