@@ -4,7 +4,9 @@ CloudNativePG, the Prometheus Operator) are checked field by field, and the prop
 matter hold: probes, resources, disruption budgets, a 3-server NATS with `sync_interval:
 always` and TLS on the Pi cluster, default-deny network policies opened only where a service
 talks, no secret in the repository, each secret reaching only the pods that read it. The NATS
-configurations run in a real nats-server, and the Pi overlay's TLS in a real client."""
+configurations run in real nats-servers: the single-node one takes the stream setup Job's own
+command, the Pi overlay's forms a 3-server cluster with mutual TLS on which that command, over
+TLS with the CA bundle the pods build, declares every stream with 3 replicas."""
 
 from __future__ import annotations
 
