@@ -829,6 +829,42 @@ def test_network_policies_deny_by_default_and_open_only_what_each_talks_to(name:
     )
 
 
+def admitted_from(
+    objs: tuple[Obj, ...], pod: Mapping[str, str], namespace: str, peer: Mapping[str, str], port: int
+) -> bool:
+    """Whether a pod (`pod`) of the namespace admits a pod (`peer`) of another `namespace` on `port`."""
+    for policy in (o for o in objs if o["kind"] == "NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not selects(spec["podSelector"], pod):
+            continue
+        for rule in spec.get("ingress", []):
+            if rule.get("ports") and not any(p.get("port") == port for p in rule["ports"]):
+                continue
+            for source in rule.get("from", []):
+                ns = source.get("namespaceSelector")
+                if ns is not None and selects(ns, {"kubernetes.io/metadata.name": namespace}):
+                    if selects(source.get("podSelector", {}), peer):
+                        return True
+    return False
+
+
+def test_grafana_reads_postgresql_with_the_monitoring_component_and_not_without() -> None:
+    grafana = {"app.kubernetes.io/name": "grafana"}
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    cnpg = {"cnpg.io/cluster": "koprogo-pg"}
+    assert admitted_from(rendered(REGIONAL), cnpg, "monitoring", grafana, 5432)
+    assert not admitted_from(rendered(REGIONAL), cnpg, "monitoring", prometheus, 5432)
+    assert not admitted_from(rendered(REGIONAL), cnpg, "default", grafana, 5432)
+    postgres = dict(pod_labels(rendered("k3s-pi-cluster"))["postgres"])
+    assert not admitted_from(rendered("k3s-pi-cluster"), postgres, "monitoring", grafana, 5432)
+    # Prometheus scrapes every service's ops port from there, and nothing reaches PostgreSQL's.
+    for service, labels in pod_labels(rendered(REGIONAL)).items():
+        port = {"gateway": 8080, "router": 8081, "ledger": 8082, "cloud": 8083, "grid-scheduler": 8084,
+                "edge-node": 3031, "nats": 7777}.get(service)  # fmt: skip
+        if port:
+            assert admitted_from(rendered(REGIONAL), labels, "monitoring", prometheus, port), service
+
+
 # ---------------------------------------------------------------- secrets
 
 
