@@ -14,6 +14,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
@@ -215,7 +216,7 @@ async def test_the_ledger_keeps_the_trace_id_a_chat_request_and_a_task_submissio
     task = submitted()
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     traceparent = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
-    msgs = [
+    msgs: list[Any] = [
         SimpleNamespace(data=e.model_dump_json().encode(), subject=s, headers=h)
         for e, s, h in (
             (request, subjects.chat_requested(None), traceparent),

@@ -157,6 +157,7 @@ class FakeMsg:
     def __init__(self, data: bytes, delivered: int) -> None:
         self.data = data
         self.subject = "koprogo.work.test"
+        self.headers: dict[str, str] | None = None
         self.metadata = SimpleNamespace(num_delivered=delivered)
         self.in_progress_acks = 0
 

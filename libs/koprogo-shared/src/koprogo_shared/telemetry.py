@@ -243,3 +243,23 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
         return None
     span_context = trace.get_current_span(propagate.extract(headers)).get_span_context()
     return format_trace_id(span_context.trace_id) if span_context.is_valid else None
+
+
+def generation_span(model: str, node_id: str, execution_type: str) -> contextlib.AbstractContextManager[Span]:
+    """The INTERNAL span `generate` of one answer's generation (edge node, cloud worker), with
+    its model, node (or cloud deployment) and execution type; `record_usage` adds its tokens."""
+    return internal_span(
+        "generate",
+        {
+            "gen_ai.request.model": model,
+            "koprogo.node_id": node_id,
+            "koprogo.execution_type": execution_type,
+        },
+    )
+
+
+def record_usage(span: Span, input_tokens: int, output_tokens: int) -> None:
+    """A generation's token counts on its span (`gen_ai.usage.*`)."""
+    if span.is_recording():
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)

@@ -114,7 +114,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
         await follow_heartbeats(nc, registry)
 
         async def handle(msg: Msg) -> None:
-            await on_task_event(scheduler, msg)
+            await on_task_event(scheduler, msg, answers.remember_trace)
 
         async def answer_poll(msg: Msg) -> None:
             try:

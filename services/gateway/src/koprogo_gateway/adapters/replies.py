@@ -40,6 +40,7 @@ from koprogo_shared.events import (
     InferenceStarted,
     reply_message_adapter,
 )
+from koprogo_shared.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,13 @@ class ReplyWaiter:
         except ValidationError as exc:
             log.error("malformed reply on %s: %d errors", msg.subject, exc.error_count())
             return
-        self.deliver(reply, None if msg.subject == self._subject else msg.subject.rsplit(".", 1)[1])
+        sender = None if msg.subject == self._subject else msg.subject.rsplit(".", 1)[1]
+        if isinstance(reply, ChatDelta):
+            self.deliver(reply, sender)  # streamed pieces carry no trace: one span per token would drown it
+            return
+        # In the worker's trace (its reply carries it): the chat's trace shows the answer arriving.
+        with consumer_span(msg):
+            self.deliver(reply, sender)
 
 
 def _refusal(reply: ReplyEvent, sender: str, expected: ExpectedReplies) -> str | None:

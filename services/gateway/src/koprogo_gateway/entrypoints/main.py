@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.logging_setup import configure_logging
+from koprogo_shared.telemetry import configure_tracing
 
 
 def main() -> None:
@@ -21,6 +22,7 @@ def main() -> None:
         print(f"koprogo-gateway: cannot start: {settings_problems(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     configure_logging(settings.log_level, "gateway")
+    configure_tracing("koprogo-gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -54,13 +54,21 @@ class KeyCheckingRegistry(NodeRegistry):
         return super().heard(subject, beat, now)
 
 
-async def on_task_event(scheduler: GridScheduler, msg: Msg) -> None:
-    """KOPROGO_EVENTS `koprogo.events.task.>`: submissions, cancels, node reports (its own events pass)."""
+async def on_task_event(
+    scheduler: GridScheduler, msg: Msg, remember_trace: Callable[[str], None] | None = None
+) -> None:
+    """KOPROGO_EVENTS `koprogo.events.task.>`: submissions, cancels, node reports (its own events pass).
+
+    `remember_trace`: called with a submitted task's id in its message's trace, which its
+    assignment then continues (`adapters.bus.NatsPollAnswers`).
+    """
     try:
         event = task_event_adapter.validate_json(msg.data)
     except ValidationError as exc:
         raise PoisonMessageError(f"not a task event: {exc.error_count()} errors") from None
     if isinstance(event, TaskSubmitted):
+        if remember_trace is not None:
+            remember_trace(event.id)
         await scheduler.on_submitted(event)
     elif isinstance(event, TaskCancelRequested):
         await scheduler.on_cancel_requested(event)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
-from koprogo_shared.nats_connection import deliver_chat_outcome, publish_event
+from koprogo_shared.nats_connection import deliver_chat_outcome, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class NatsOutcomeSink(OutcomeSink):
         await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject, durable_subject=keyed)
 
     async def resend(self, stored: ChatCompleted, reply_subject: str) -> None:
-        await self._nc.publish(reply_subject, stored.model_dump_json().encode())
+        await publish_reply(self._nc, reply_subject, stored.model_dump_json().encode())
 
     async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
         subject = subjects.cloud_chat_completed(work.copro_id, work.request_id)

@@ -9,11 +9,13 @@ from koprogo_cloud.domain.errors import DeploymentConfigError
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared.logging_setup import configure_logging
 from koprogo_shared.service_runtime import run_until_signalled
+from koprogo_shared.telemetry import configure_tracing
 
 
 def main() -> None:
     settings = CloudSettings()
     configure_logging(settings.log_level, "cloud")
+    configure_tracing("koprogo-cloud")
     try:
         settings.deployments()  # a bad deployments file stops here, with what to fix
     except DeploymentConfigError as exc:

@@ -44,6 +44,7 @@ from koprogo_shared.events import (
     RunInference,
     utc_now,
 )
+from koprogo_shared.telemetry import generation_span, record_usage
 
 log = logging.getLogger(__name__)
 
@@ -109,31 +110,34 @@ class CloudInferenceService:
         assert provider is not None  # refused above otherwise
         started = time.perf_counter()
         deltas = DeltaSender(self._sink, dep.source, work) if work.stream and dep.streams else None
-        async with self._sink.caller_gone(work.request_id) as gone:
-            call = await unless_caller_leaves(
-                self._call_with_retries(runtime, provider, dep.models[work.model], work, deltas), gone
-            )
-        if call.cancelled():
-            # The provider reports usage only with the end of an answer: a call stopped before it
-            # is abandoned, and the tokens it spent are not known to record.
-            log.info("request %s: the caller left; the call to %s was abandoned", work.request_id, dep.id)
-            sent = f" after {deltas.sent} streamed pieces" if deltas is not None and deltas.sent else ""
-            return await self._fail(
-                runtime,
-                work,
-                FailureOutcome(
-                    499,
-                    "caller_gone",
-                    f"the caller left{sent}; the call to cloud deployment {dep.id!r} was abandoned "
-                    "before the provider reported its token usage",
-                    False,
-                    False,
-                ),
-            )
-        try:
-            result = call.result()
-        except _Failed as failed:
-            return await self._fail(runtime, work, failed.outcome)
+        # The span of the provider's answer: `koprogo.node_id` is the deployment's id.
+        with generation_span(work.model, dep.id, "cloud") as span:
+            async with self._sink.caller_gone(work.request_id) as gone:
+                call = await unless_caller_leaves(
+                    self._call_with_retries(runtime, provider, dep.models[work.model], work, deltas), gone
+                )
+            if call.cancelled():
+                # The provider reports usage only with the end of an answer: a call stopped before it
+                # is abandoned, and the tokens it spent are not known to record.
+                log.info("request %s: the caller left; the call to %s was abandoned", work.request_id, dep.id)
+                sent = f" after {deltas.sent} streamed pieces" if deltas is not None and deltas.sent else ""
+                return await self._fail(
+                    runtime,
+                    work,
+                    FailureOutcome(
+                        499,
+                        "caller_gone",
+                        f"the caller left{sent}; the call to cloud deployment {dep.id!r} was abandoned "
+                        "before the provider reported its token usage",
+                        False,
+                        False,
+                    ),
+                )
+            try:
+                result = call.result()
+            except _Failed as failed:
+                return await self._fail(runtime, work, failed.outcome)
+            record_usage(span, result.prompt_tokens, result.completion_tokens)
         seconds = time.perf_counter() - started
         runtime.cooldown.record_success()
         metrics.IN_COOLDOWN.labels(dep.id).set(0)

@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from koprogo_node.adapters.answers import AnswerRecord, MemoryAnswerRecord
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceStarted, RunInference
-from koprogo_shared.nats_connection import deliver_chat_outcome
+from koprogo_shared.nats_connection import deliver_chat_outcome, publish_reply
 
 
 class OutcomeSink(ABC):
@@ -92,10 +92,10 @@ class NatsOutcomeSink(OutcomeSink):
         return await self._answers.find(work.request_id)
 
     async def resend(self, stored: ChatCompleted, reply_subject: str) -> None:
-        await self._nc.publish(self._reply(reply_subject), stored.model_dump_json().encode())
+        await publish_reply(self._nc, self._reply(reply_subject), stored.model_dump_json().encode())
 
     async def started(self, started: InferenceStarted, reply_subject: str) -> None:
-        await self._nc.publish(self._reply(reply_subject), started.model_dump_json().encode())
+        await publish_reply(self._nc, self._reply(reply_subject), started.model_dump_json().encode())
 
     async def delta(self, delta: ChatDelta, reply_subject: str) -> None:
         await self._nc.publish(self._reply(reply_subject), delta.model_dump_json().encode())

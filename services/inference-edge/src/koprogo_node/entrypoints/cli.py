@@ -19,6 +19,7 @@ from koprogo_node.settings import DEFAULT_NODE_PORT, NodeSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.logging_setup import configure_logging
 from koprogo_shared.service_runtime import run_until_signalled
+from koprogo_shared.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(models_main(argv[1:]))
     settings = settings_from_args(argv)
     configure_logging(settings.log_level, "node")
+    configure_tracing("koprogo-node")
     try:
         run_until_signalled(lambda stop: run_node(settings, stop))
     except NodeError as exc:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_shared import subjects
 from koprogo_shared.task_events import GridPoll, GridPollReply
+from koprogo_shared.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,13 @@ async def poll_for_tasks(nc: NATS, worker: GridWorker, stop: asyncio.Event) -> N
                 continue
             failures = 0
             try:
-                await worker.run(reply.assignment)
+                # In the task's trace (the scheduler's answer carries it): the run and the
+                # reports it publishes show under the gateway's /mcp/v1/execute.
+                with consumer_span(msg, "grid run") as span:
+                    span.set_attribute("koprogo.node_id", worker.node_id)
+                    span.set_attribute("koprogo.task_type", reply.assignment.task_type)
+                    span.set_attribute("koprogo.attempt", reply.assignment.attempt)
+                    await worker.run(reply.assignment)
             except Exception:
                 # The report could not be stored: the scheduler takes the attempt back at its deadline.
                 log.exception("task %s: report not stored", reply.assignment.task_id)

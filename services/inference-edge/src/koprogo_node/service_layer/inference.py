@@ -42,6 +42,7 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.generation import ALL_FEATURES
+from koprogo_shared.telemetry import generation_span, record_usage
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,18 @@ class InferenceService:
         )
         self.load.in_flight += 1
         started = time.perf_counter()
-        try:
-            # An answer that may be a tool call is not streamed: a call travels whole.
-            if cmd.stream and not (cmd.controls is not None and cmd.controls.calls_tools):
-                # Pieces already reached the caller: a schema-breaking answer is not tried again.
-                result = await self._stream(cmd, messages, sampling)
-                problem = _output_problem(result, cmd)
-            else:
-                result, problem = await self._answer(cmd, messages, sampling)
-        finally:
-            self.load.in_flight -= 1
+        with generation_span(cmd.model, self.node.node_id, chat_outcomes.node_execution_type(cmd)) as span:
+            try:
+                # An answer that may be a tool call is not streamed: a call travels whole.
+                if cmd.stream and not (cmd.controls is not None and cmd.controls.calls_tools):
+                    # Pieces already reached the caller: a schema-breaking answer is not tried again.
+                    result = await self._stream(cmd, messages, sampling)
+                    problem = _output_problem(result, cmd)
+                else:
+                    result, problem = await self._answer(cmd, messages, sampling)
+            finally:
+                self.load.in_flight -= 1
+            record_usage(span, result.prompt_tokens, result.completion_tokens)
         finished = time.perf_counter()
         self._observe_speed(result, started, finished)
         if problem is not None:

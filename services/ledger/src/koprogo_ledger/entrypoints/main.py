@@ -27,6 +27,7 @@ from koprogo_shared.grid_signing import SignatureError
 from koprogo_shared.logging_setup import configure_logging
 from koprogo_shared.service_runtime import run_until_signalled
 from koprogo_shared.settings import ContentKeySettings
+from koprogo_shared.telemetry import configure_tracing
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run() -> None:
     settings = LedgerSettings()  # type: ignore[call-arg]  # DATABASE_URL comes from the environment
     configure_logging(settings.log_level, "ledger")
+    configure_tracing("koprogo-ledger")
     settings.content_keyring()  # refuse to start, with the reason, before anything else
     run_until_signalled(lambda stop: run_ledger(settings, stop))
 

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_shared.events import Event
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.nats_connection import publish_event, publish_reply
 
 
 class Bus(abc.ABC):
@@ -30,7 +30,7 @@ class NatsBus(Bus):
         await publish_event(self.js, subject, event)
 
     async def reply(self, subject: str, event: Event) -> None:
-        await self.nc.publish(subject, event.model_dump_json().encode())
+        await publish_reply(self.nc, subject, event.model_dump_json().encode())
 
 
 class FakeBus(Bus):

@@ -30,6 +30,7 @@ from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
 from koprogo_gateway.entrypoints.http.response_headers import ResponseHeaderPolicy
 from koprogo_gateway.entrypoints.http.routes_health import health_route
+from koprogo_gateway.entrypoints.http.tracing import HttpTracing
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared.ops_http import ops_routes
@@ -49,7 +50,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # /docs and /redoc with Swagger UI's and ReDoc's files served by the gateway itself (from
     # the fastapi-offline package), not a CDN: a building's Pi is often offline. Public pages:
     # "Authorize" takes the bearer token that the API calls made from them then carry.
-    app = FastAPIOffline(title="KoproGo Symbiose gateway", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry spans, metrics and logs are off: its spans carry the raw path
+    # and query (ids), its logs exception messages; HttpTracing below is the one SERVER span.
+    app = FastAPIOffline(
+        title="KoproGo Symbiose gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     install_error_handlers(app)
     # Innermost: the scope the router fills goes back to the metrics (and tracing) middlewares.
     app.add_middleware(RouteCapture)
@@ -72,6 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(ResponseHeaderPolicy)
     # Added last, so outermost: each request counted and timed by its route template (http_metrics.py).
     app.add_middleware(HttpMetrics, routes=app.router.routes)
+    # Outermost of all: one SERVER span per request, its traceparent on the response (tracing.py).
+    app.add_middleware(HttpTracing, routes=app.router.routes)
     # The chat PWA's built files, read from disk at each request (a rebuild needs no restart).
     app.state.pwa_files = PwaFiles(settings.pwa_dir)
     app.include_router(routes_session.router)

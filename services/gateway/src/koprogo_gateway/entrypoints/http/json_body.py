@@ -36,10 +36,19 @@ class JsonBodyContentType:
         ):
             sent = media_type(dict(scope["headers"]).get(b"content-type", b"").decode("latin-1"))
             # A copy: the scope the outer layers hold keeps what the client really sent.
-            scope = {**scope, _SENT_CONTENT_TYPE: sent}
+            inner = {**scope, _SENT_CONTENT_TYPE: sent}
             if sent in READ_AS_JSON:
-                others = [(name, value) for name, value in scope["headers"] if name != b"content-type"]
-                scope["headers"] = [*others, (b"content-type", b"application/json")]
+                others = [(name, value) for name, value in inner["headers"] if name != b"content-type"]
+                inner["headers"] = [*others, (b"content-type", b"application/json")]
+            try:
+                await self.app(inner, receive, send)
+            finally:
+                # The route the router matched, for the outer layers that name a request by it
+                # (http_metrics, tracing): the router wrote it in the copy.
+                for key in ("route", "endpoint"):
+                    if key in inner:
+                        scope[key] = inner[key]
+            return
         await self.app(scope, receive, send)
 
 
