@@ -1,5 +1,5 @@
-"""After chats on a stack of real processes, each service's /metrics shows the series an operator
-needs (docs/observability.md, "Metrics"), moved where a chat must move them; every exposition
+"""After chats and a grid task on a stack of real processes, each service's /metrics shows the
+series an operator needs (docs/observability.md, "Metrics"), moved where a chat must move them; every exposition
 parses; and no label value is a user id, a copro id, a request id or a message's words.
 
 The stack (`tests/fault/stack_processes.py`, as `koprogo up` runs it) is the module's own, on a
@@ -11,6 +11,7 @@ falls back to the edge node.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ SERVICES = ("gateway", "router", "edge-0", "ledger", "cloud", "grid-scheduler")
 
 @dataclass
 class Scraped:
-    """What the chats left: each service's exposition, and the ids they carried."""
+    """What the chats and the task left: each service's exposition, and the ids they carried."""
 
     expositions: dict[str, str]
     request_ids: list[str]
@@ -152,25 +153,52 @@ async def _chat_and_scrape(stack: ProcessStack) -> Scraped:
         assert streamed.status_code == 200 and "event: done" in streamed.text, streamed.text
         refused = await client.post("/mcp/v1/chat", json=chat())  # no token
         assert refused.status_code == 401, refused.text
-        request_ids = [edge.json()["id"], fallback.json()["id"]]
+        done = next(
+            line for line in streamed.text.split("event: done", 1)[1].splitlines() if line.startswith("data:")
+        )
+        request_ids = [edge.json()["id"], fallback.json()["id"], json.loads(done.removeprefix("data:"))["id"]]
+        history = [
+            {"month": f"2025-{m:02d}", "category": "nettoyage", "amount": 400 + 7 * m} for m in range(1, 13)
+        ]
+        task = {"task_type": "predict_expenses", "input_data": {"history": history}, "copro_id": COPRO}
+        submitted = await client.post("/mcp/v1/execute", json=task, headers=bearer)
+        assert submitted.status_code == 202, submitted.text
+        task_id = str(submitted.json()["id"])
 
-        async def ledger_applied_them() -> bool:
-            text = (await client.get(f"{ops_url(stack, 'ledger')}/metrics")).text
-            return (value(text, "koprogo_ledger_last_applied_timestamp_seconds") or 0) > 0 and (
-                value(text, "koprogo_ledger_lag_messages") is not None
+        async def task_completed() -> bool:
+            shown = await client.get(f"/mcp/v1/tasks/{task_id}", headers=bearer)
+            return shown.status_code == 200 and shown.json()["status"] == "completed"
+
+        await wait_until(task_completed, timeout=90)
+
+        async def ledger_and_scheduler_caught_up() -> bool:
+            # The ledger projects after the answers; the scheduler counts its decisions every tick.
+            ledger = (await client.get(f"{ops_url(stack, 'ledger')}/metrics")).text
+            grid = (await client.get(f"{ops_url(stack, 'grid-scheduler')}/metrics")).text
+            decided = sum(
+                s.value for s in samples(grid) if s.name == "koprogo_grid_verification_outcomes_total"
+            )
+            return (
+                (value(ledger, "koprogo_ledger_last_applied_timestamp_seconds") or 0) > 0
+                and value(ledger, "koprogo_ledger_lag_messages") is not None
+                and (
+                    value(ledger, "koprogo_ledger_grid_rewards_tokens_total", account="solidarity_fund") or 0
+                )
+                > 0
+                and decided > 0
             )
 
-        await wait_until(ledger_applied_them, timeout=30)
+        await wait_until(ledger_and_scheduler_caught_up, timeout=30)
         expositions = {
             name: (await client.get(f"{ops_url(stack, name)}/metrics")).text
             for name in SERVICES
             if name != "gateway"
         }
         expositions["gateway"] = (await client.get("/metrics")).text
-    return Scraped(expositions, request_ids, key)
+    return Scraped(expositions, [*request_ids, task_id], key)
 
 
-async def test_after_chats_each_service_exposes_its_series_moved_by_them(scraped: Scraped) -> None:
+async def test_after_chats_and_a_task_each_service_exposes_its_series_moved_by_them(scraped: Scraped) -> None:
     ex = scraped.expositions
     gateway, router, node, ledger, cloud, grid = (ex[name] for name in SERVICES)
 
@@ -211,6 +239,17 @@ async def test_after_chats_each_service_exposes_its_series_moved_by_them(scraped
     failures = [s for s in samples(cloud) if s.name == "koprogo_cloud_failures_total" and s.value >= 1]
     assert [s.labels["deployment"] for s in failures] == [DEPLOYMENT], cloud
 
+    rewards = {
+        s.labels["account"]: s.value
+        for s in samples(ledger)
+        if s.name == "koprogo_ledger_grid_rewards_tokens_total"
+    }
+    # The one node is not trusted yet: its share waits in escrow, the fund's share is paid.
+    assert rewards.keys() == {"escrow", "solidarity_fund"} and all(v > 0 for v in rewards.values()), rewards
+
+    decided = [s for s in samples(grid) if s.name == "koprogo_grid_verification_outcomes_total"]
+    assert sum(s.value for s in decided) == 1, decided
+    assert value(grid, "koprogo_grid_tasks_dispatched_total") == 1
     states = {s.labels["state"] for s in samples(grid) if s.name == "koprogo_grid_tasks"}
     assert states == set(TaskStatus.__args__)  # type: ignore[attr-defined]
     assert value(grid, "koprogo_grid_waiting_nodes") is not None
