@@ -43,7 +43,7 @@ def test_a_request_is_counted_by_its_route_template_and_its_error_by_code() -> N
 
 
 def test_a_body_route_behind_a_middleware_that_copies_the_scope_keeps_its_template() -> None:
-    # json_body.py passes a copy of the scope on for a POST under /mcp/: the router fills the copy.
+    # json_body.py passes a copy of the scope on for a POST under /mcp/ (and hands the route back).
     client = TestClient(create_app(GatewaySettings(auth_disabled=True)), raise_server_exceptions=False)
     before = _requests("/mcp/v1/chat", "POST", "500")
 

@@ -25,7 +25,7 @@ from koprogo_gateway.entrypoints.http import (
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
 from koprogo_gateway.entrypoints.http.errors import install_error_handlers
-from koprogo_gateway.entrypoints.http.http_metrics import HttpMetrics, RouteCapture
+from koprogo_gateway.entrypoints.http.http_metrics import HttpMetrics
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
 from koprogo_gateway.entrypoints.http.response_headers import ResponseHeaderPolicy
@@ -59,8 +59,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    # Innermost: the scope the router fills goes back to the metrics (and tracing) middlewares.
-    app.add_middleware(RouteCapture)
     # Added first so it runs inside the body limit: a body over the limit is refused unread.
     app.add_middleware(JsonBodyContentType)
     app.add_middleware(

@@ -6,10 +6,8 @@ The route label is the matched route's template (`/mcp/v1/tasks/{task_id}`), rea
 after the router ran, never the raw path: ids in paths would make one series per request.
 FastAPI puts its own routes in the scope (`route`); for the plain Starlette routes beside them
 (`/health`, `/metrics`, `/mcp`) it leaves only their `endpoint`, so those are looked up by
-endpoint in the app's route list. The router writes them in the scope it is given, which is not
-the outer middlewares' when a middleware in between passes on a copy (`json_body.py` does): the
-innermost `RouteCapture` hands that scope back through a box the outer ones put in theirs
-(`routed`), which every copy shares. A request no route matched is `unmatched`; a method outside
+endpoint in the app's route list. (The router writes them in the scope it is given: a middleware
+that passes a copy on hands them back, as `json_body.py` does.) A request no route matched is `unmatched`; a method outside
 HTTP's usual ones is `other` (the client chooses it). A streamed response is measured until its last byte is sent: the app returns
 only then. Series children are looked up once per (route, method, status) and kept, so a request
 costs two dictionary reads, a counter increment and a histogram observation.
@@ -82,42 +80,6 @@ def _record(route: str, method: str, status: int, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-# An ASGI scope extension key: the box `RouteCapture` fills with the scope the router saw.
-ROUTED_SCOPE = "koprogo.routed_scope"
-
-
-class RoutedScope:
-    """The scope the router saw, once the app returned (the request's own until then)."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-
-
-def routed(scope: Scope) -> RoutedScope:
-    """The box `RouteCapture` fills for this request, put in `scope` by the first middleware asking."""
-    box = scope.get(ROUTED_SCOPE)
-    if box is None:
-        box = scope[ROUTED_SCOPE] = RoutedScope(scope)
-    return box
-
-
-class RouteCapture:
-    """Innermost middleware (add it first): hands the scope the router filled to the outer ones."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            box = scope.get(ROUTED_SCOPE)
-            if box is not None:
-                box.scope = scope
-
-
 class HttpMetrics:
     """Counts and times every HTTP request (add it last: outermost, it times the whole stack).
 
@@ -155,7 +117,6 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
-        box = routed(scope)
         _in_flight.count += 1
         try:
             await self.app(scope, receive, send_counted)
@@ -163,7 +124,7 @@ class HttpMetrics:
             _in_flight.count -= 1
             method = scope["method"]
             _record(
-                self.route_template(box.scope),
+                self.route_template(scope),
                 method if method in _METHODS else "other",
                 status,
                 time.perf_counter() - started,
