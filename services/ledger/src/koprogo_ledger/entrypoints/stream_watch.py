@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from koprogo_ledger.entrypoints.metrics import LAG, STREAM_FILL
 from koprogo_shared.consumer import ConsumerSpec
@@ -61,8 +62,10 @@ async def watch_consumer_lag(
     while not stop.is_set():
         try:
             info = await js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            pass  # not created yet (the projection creates it as it starts)
         except Exception as exc:
-            if not warned:  # e.g. before the consumer is first created; said once, not every round
+            if not warned:  # said once, not every round
                 log.warning("the ledger consumer's lag could not be read: %r", exc)
                 warned = True
         else:
