@@ -35,13 +35,9 @@ async def test_each_streams_fill_ratio_is_its_bytes_over_its_limit(clean_jetstre
     assert sample == pytest.approx(expected)
 
 
-def test_the_shipped_alerts_watch_the_exported_metrics() -> None:
+def test_the_shipped_alerts_watch_the_stream_fill_ratio() -> None:
+    # That every metric a rule names is exported is tests/deploy/test_prometheus_rules.py's check.
     rules = [r for group in yaml.safe_load(ALERTS.read_text())["groups"] for r in group["rules"]]
-    exprs = {r["alert"]: r["expr"] for r in rules}
+    exprs = {r["alert"]: r["expr"] for r in rules if "alert" in r}
     assert exprs["KoproGoStreamFilling"] == "koprogo_stream_fill_ratio > 0.8"
     assert "koprogo_ledger_undelivered_answers_total" in exprs["KoproGoUndeliveredAnswers"]
-    # Every metric an alert reads is one the services export.
-    exported = {m.name for m in REGISTRY.collect()}
-    for expr in exprs.values():
-        name = expr.split("(")[-1].split("[")[0].split(" ")[0]
-        assert name.removesuffix("_total") in exported, (name, sorted(exported)[:5])
