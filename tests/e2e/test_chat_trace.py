@@ -1,4 +1,5 @@
-"""A chat's trace in one process: the gateway's response names it, the ledger stores its id, every hop is in it.
+"""A chat's and a grid task's trace in one process: the gateway's response names it, the ledger
+stores its id, every hop is in it.
 
 Gateway, router, edge node (the bundled model) and ledger run in this process on the real NATS
 and PostgreSQL (`stack_factory`), their spans kept in memory (`traced`). The trace across real
@@ -7,6 +8,7 @@ processes, exported over OTLP, is tests/e2e/test_one_chat_one_trace.py's.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -17,7 +19,8 @@ from opentelemetry.trace import SpanKind, format_trace_id
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
-from tests.e2e.test_chat_path import chat_body
+from tests.e2e.test_chat_path import COPRO, chat_body
+from tests.e2e.test_grid_tasks import FIXTURES, finished
 from tests.unit.test_telemetry import traced  # noqa: F401 (the fixture)
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
@@ -101,3 +104,59 @@ async def test_a_chat_is_one_trace_whose_id_the_caller_gets_and_the_ledger_keeps
 
 async def _has_trace_id(stack: RunningStack, response_id: str) -> bool:
     return await _stored_trace_id(stack, response_id) is not None
+
+
+async def test_a_grid_task_is_one_trace_from_execute_through_the_scheduler_and_the_node(
+    stack_factory: StackFactory,
+    traced: InMemorySpanExporter,  # noqa: F811 (the fixture)
+) -> None:
+    stack = await stack_factory(grid=True)
+    csv = base64.b64encode((FIXTURES / "charges-les-tilleuls-2022-2024.csv").read_bytes()).decode()
+    body = {
+        "task_type": "predict_expenses",
+        "input_data": {"document": csv, "horizon_months": 6},
+        "copro_id": COPRO,
+    }
+    response = await stack.client.post("/mcp/v1/execute", json=body)
+    assert response.status_code == 202, response.text
+    trace_id = response.headers["traceparent"].split("-")[1]
+    task = await finished(stack.client, response.json()["id"], timeout=120)
+    assert task["status"] == "completed", task
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        stored = await conn.fetchval("SELECT trace_id FROM mcp_tasks WHERE id = $1", uuid.UUID(task["id"]))
+    finally:
+        await conn.close()
+    assert stored == trace_id
+
+    wanted = {
+        "POST /mcp/v1/execute",
+        "publish koprogo.events.task.submitted",
+        "process koprogo.events.task.submitted",  # the scheduler's and the ledger's
+        "grid assign",
+        "grid run",
+        "publish koprogo.events.task.started",
+        "process koprogo.events.task.result_reported",
+        "publish koprogo.events.task.completed",
+    }
+    try:
+        await wait_until(lambda: wanted <= {s.name for s in _of_trace(traced, trace_id)}, timeout=20)
+    except AssertionError:
+        raise AssertionError(wanted - {s.name for s in _of_trace(traced, trace_id)}) from None
+    spans = {s.context.span_id: s for s in _of_trace(traced, trace_id) if s.context is not None}
+    run = next(s for s in spans.values() if s.name == "grid run")
+    assert run.attributes is not None and run.attributes["koprogo.node_id"] == "edge-test-0"
+    # The node's run hangs under the scheduler's assignment, itself under the submission.
+    ancestors = []
+    parent = run.parent
+    while parent is not None and parent.span_id in spans:
+        ancestors.append(spans[parent.span_id].name)
+        parent = spans[parent.span_id].parent
+    assert ancestors == [
+        "publish _INBOX",  # the scheduler's answer to the node's poll
+        "grid assign",
+        "process koprogo.events.task.submitted",
+        "publish koprogo.events.task.submitted",
+        "POST /mcp/v1/execute",
+    ], ancestors

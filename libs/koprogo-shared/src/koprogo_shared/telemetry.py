@@ -167,7 +167,8 @@ def producer_span(subject: str, headers: MutableMapping[str, str]) -> Iterator[S
 def continued_span(
     name: str, carrier: Mapping[str, str] | None, kind: SpanKind, attributes: Mapping[str, str] | None = None
 ) -> Iterator[Span]:
-    """A span of `kind` continuing the trace whose context `carrier` holds (else a new trace), made current.
+    """A span of `kind` continuing the trace whose context `carrier` holds, made current; without
+    one in `carrier`, a child of the current span, or the root of a new trace.
 
     Tracing off: no span, but the carrier's context is made current, so what is published inside
     still carries it.

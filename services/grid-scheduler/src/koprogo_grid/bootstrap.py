@@ -11,7 +11,7 @@ from typing import get_args
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
-from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus, ObjectStoreDocumentBin
+from koprogo_grid.adapters.bus import NatsPollAnswers, NatsTaskEventBus, ObjectStoreDocumentBin, TaskTraces
 from koprogo_grid.adapters.kv_store import KeyValueNodeStandingStore, KeyValueTaskStore
 from koprogo_grid.domain.board import TaskBoard
 from koprogo_grid.domain.trust import TrustBook
@@ -89,13 +89,14 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
         def roster() -> Roster | None:
             return None if roster_file is None else roster_file()
 
-        answers = NatsPollAnswers(nc)
+        traces = TaskTraces()
+        answers = NatsPollAnswers(nc, traces)
         signer = settings.signer()
         rules = settings.rules()
         scheduler = GridScheduler(
             TaskBoard(rules),
             await KeyValueTaskStore.open(js),
-            NatsTaskEventBus(js),
+            NatsTaskEventBus(js, traces),
             answers.respond,
             answers.cancel_node,
             ObjectStoreDocumentBin(js),
@@ -114,7 +115,7 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
         await follow_heartbeats(nc, registry)
 
         async def handle(msg: Msg) -> None:
-            await on_task_event(scheduler, msg, answers.remember_trace)
+            await on_task_event(scheduler, msg, traces.remember)
 
         async def answer_poll(msg: Msg) -> None:
             try:
