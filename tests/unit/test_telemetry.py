@@ -175,6 +175,21 @@ def test_a_process_with_no_exporter_configured_never_loads_the_sdk() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_spans_still_in_the_batch_are_exported_when_the_process_exits() -> None:
+    """The batch processor sends every 5 s by default: a process's last spans go out at exit."""
+    code = textwrap.dedent(
+        """
+        from koprogo_shared import telemetry
+        telemetry.configure_tracing("koprogo-router", {"OTEL_TRACES_EXPORTER": "console"})
+        with telemetry.internal_span("last words"):
+            pass
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert '"name": "last words"' in out.stdout
+    assert '"service.name": "koprogo-router"' in out.stdout
+
+
 def test_an_otlp_endpoint_turns_tracing_on_unless_the_sdk_is_disabled() -> None:
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
     assert telemetry.tracing_wanted(endpoint)

@@ -87,6 +87,7 @@ def configure_tracing(
         # The global one may be set once per process; our own spans use `_tracer` either way.
         trace.set_tracer_provider(provider)
     _provider, _tracer = provider, provider.get_tracer("koprogo")
+    atexit.unregister(shutdown_tracing)  # once, however often this is called
     atexit.register(shutdown_tracing)
     log.info("tracing on: spans of %s exported", service_name)
 
