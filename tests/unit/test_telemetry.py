@@ -16,11 +16,15 @@ from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
+from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
+from koprogo_gateway.entrypoints.http.tracing import HttpTracing
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
 from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, run_pull_consumer
@@ -244,3 +248,55 @@ async def test_the_ledger_keeps_the_trace_id_a_chat_request_and_a_task_submissio
     assert ledger.requests[uuid.UUID(request.id)]["trace_id"] == trace_id
     assert ledger.requests[uuid.UUID(other.id)]["trace_id"] is None
     assert ledger.task_projection.rows[uuid.UUID(task.id)].trace_id == trace_id
+
+
+def _gateway_like_app() -> FastAPI:
+    """The gateway's two layers that matter here: the JSON body relabelling (it copies the scope)
+    inside the tracing middleware."""
+    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+
+    @app.post("/mcp/v1/things/{thing_id}")
+    async def post_thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    app.add_middleware(JsonBodyContentType)
+    app.add_middleware(HttpTracing, routes=app.router.routes)
+    return app
+
+
+async def _post(headers: dict[str, str] | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=_gateway_like_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        return await client.post("/mcp/v1/things/thing-42", json={}, headers=headers)
+
+
+async def test_an_http_request_is_a_server_span_named_by_its_route_whose_traceparent_is_returned(
+    traced: InMemorySpanExporter,
+) -> None:
+    response = await _post()
+    assert response.status_code == 200
+    (server,) = traced.get_finished_spans()
+    assert server.name == "POST /mcp/v1/things/{thing_id}" and server.kind is SpanKind.SERVER
+    assert server.attributes == {
+        "http.response.status_code": 200,
+        "http.request.method": "POST",
+        "http.route": "/mcp/v1/things/{thing_id}",
+    }
+    assert response.headers["traceparent"].startswith(
+        f"00-{format_trace_id(server.context.trace_id)}-{format_span_id(server.context.span_id)}-"
+    )
+
+
+async def test_an_http_request_continues_its_callers_trace(traced: InMemorySpanExporter) -> None:
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = await _post({"traceparent": theirs})
+    (server,) = traced.get_finished_spans()
+    assert format_trace_id(server.context.trace_id) == "0af7651916cd43dd8448eb211c80319c"
+    assert server.parent is not None and format_span_id(server.parent.span_id) == "b7ad6b7169203331"
+    assert response.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_without_tracing_a_response_has_no_traceparent_unless_the_caller_sent_one() -> None:
+    assert "traceparent" not in (await _post()).headers
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert (await _post({"traceparent": theirs})).headers["traceparent"] == theirs
