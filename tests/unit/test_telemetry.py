@@ -21,13 +21,13 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
-from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, run_pull_consumer
+from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, Retry, decide, run_pull_consumer
 from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
 from tests.conftest import wait_until
@@ -300,3 +300,22 @@ async def test_without_tracing_a_response_has_no_traceparent_unless_the_caller_s
     assert "traceparent" not in (await _post()).headers
     theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert (await _post({"traceparent": theirs})).headers["traceparent"] == theirs
+
+
+async def test_a_message_not_acknowledged_marks_its_consumer_span_as_an_error(
+    traced: InMemorySpanExporter,
+) -> None:
+    async def fails(_: Msg) -> None:
+        raise ConnectionResetError("PostgreSQL went away")
+
+    async def handled(_: Msg) -> None:
+        return None
+
+    msg: Any = SimpleNamespace(subject="koprogo.work.edge.shared.m", headers=None)
+    assert isinstance(await decide(msg, fails), Retry)
+    assert await decide(msg, handled) == ACK
+    failed, done = traced.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["koprogo.decision"] == "retry"
+    assert done.status.status_code is StatusCode.UNSET
+    assert done.attributes is not None and "koprogo.decision" not in done.attributes
