@@ -1,0 +1,498 @@
+"""Benchmark: KoproGo's `/v1/chat/completions` vs the LiteLLM proxy, same backend, same load, one run (issue 17).
+
+    .venv/bin/python bench/peer_proxy.py [--rounds 3] [--duration 20] [--connections 1,16]
+                                         [--litellm-workers 1,2] [--cloud-concurrency 16]
+
+* LiteLLM: `litellm[proxy]==1.80.0` in the benchmark's own virtualenv (`bench/.venv-litellm`,
+  created and filled here when missing; never the project's `.venv`; never 1.82.7/1.82.8, which
+  carried a credential stealer), one proxy per `--litellm-workers` count, configured by
+  `bench/peer_proxy_litellm.yaml` (one model name, a master key, no database, so no spend logs).
+* KoproGo: the real stack (`koprogo_cli.stack.Stack`: embedded nats-server with fsynced JetStream
+  and PostgreSQL, every service its own process, as `koprogo up` runs it) with an
+  `openai_compatible` cloud deployment serving `gpt-4o-mini` from the same backend; the rate
+  limits raised out of the way (still counted: one KV write per chat), called with the dev token.
+* Backend: `bench/instant_openai.py`, a raw asyncio server answering every chat at once with a
+  fixed completion and a `usage` block; measured alone first, to show it is not the bottleneck.
+* Load: `wrk` (Debian: `apt-get install -y wrk`) with `bench/peer_proxy.lua` (the same POST body
+  for both), one wrk thread, at each connection count, the targets interleaved within each
+  round (the order rotating between rounds) so that all see the same machine state.
+* After the rounds: every chat KoproGo answered must be stored and projected: `mcp_requests`
+  rows (and `completed` ones) against wrk's completed requests, with as many more allowed as
+  requests were in flight at the cut-offs.
+* CPU per request: user+system CPU time of each process (and its children) over each round,
+  divided by the requests of the round: where the time goes on each side.
+
+Prints Markdown tables (bench/README.md has the latest results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+from koprogo_cli.embedded import free_port
+from koprogo_cli.stack import Stack
+
+BENCH = Path(__file__).resolve().parent
+LITELLM_VERSION = "1.80.0"
+# Releases that carried a credential stealer: never installed, even if asked for.
+LITELLM_COMPROMISED = {"1.82.7", "1.82.8"}
+CLOUD_MODEL = "gpt-4o-mini"  # the model name in peer_proxy.lua and peer_proxy_litellm.yaml
+LITELLM_MASTER_KEY = "sk-peer-proxy-bench"
+# Raised out of the way, not switched off: each chat still writes its rate-limit counter.
+RATE_LIMIT = "100000000"
+
+
+def log(line: str) -> None:
+    print(f"# {line}", file=sys.stderr, flush=True)
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("wrk is missing: install it (Debian/Ubuntu: `sudo apt-get install -y wrk`) and run again")
+    return wrk
+
+
+def ensure_litellm(venv: Path, version: str) -> Path:
+    """The `litellm` command of `venv`, at `version`, installed there when missing."""
+    if version in LITELLM_COMPROMISED:
+        sys.exit(f"litellm {version} carried a credential stealer: use {LITELLM_VERSION}")
+    python = venv / "bin" / "python"
+    litellm = venv / "bin" / "litellm"
+    if not python.exists():
+        log(f"creating {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if installed != version or not litellm.exists():
+        log(f"installing litellm[proxy]=={version} into {venv} (installed: {installed or 'none'})")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={version}"], check=True)
+    return litellm
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float, logfile: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}; see {logfile}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{what} not ready after {timeout:.0f}s; see {logfile}")
+
+
+def start_process(argv: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen[bytes]:
+    with open(logfile, "wb") as out:
+        # Own process group: stopped with its children (LiteLLM's workers) at the end.
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    status_errors: int
+    socket_errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) -> WrkResult:
+    out = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(BENCH / "peer_proxy.lua"),
+            "-H",
+            f"Authorization: Bearer {token}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no summary:\n{out}")
+    s = json.loads(line.removeprefix("WRK_JSON "))
+    return WrkResult(
+        requests=s["requests"],
+        seconds=s["duration_us"] / 1e6,
+        p50_ms=s["p50_us"] / 1000,
+        p90_ms=s["p90_us"] / 1000,
+        p99_ms=s["p99_us"] / 1000,
+        status_errors=s["status_errors"],
+        socket_errors=s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["timeouts"],
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its living children (LiteLLM's workers, PostgreSQL's backends)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    token: str
+    # Process groups whose CPU is counted: name -> pid.
+    processes: dict[str, int]
+    results: dict[int, list[WrkResult]] = field(default_factory=dict)
+    # connections -> process name -> CPU ms per request, one value per round.
+    cpu_ms: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    sent: int = 0  # requests wrk completed, warm-up included
+    in_flight: int = 0  # requests possibly sent but not counted at the cut-offs (sum of connections)
+
+
+def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
+    pids = {**target.processes, **extra}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = run_wrk(wrk, target.url, target.token, connections, seconds)
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    target.sent += result.requests
+    target.in_flight += connections
+    per_process = target.cpu_ms.setdefault(connections, {})
+    for name in pids:
+        per_process.setdefault(name, []).append((after[name] - before[name]) * 1000 / max(result.requests, 1))
+    return result
+
+
+def count_rows(database_url: str) -> tuple[int, int, int, int]:
+    async def query() -> tuple[int, int, int, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'completed') AS completed, "
+                "count(*) FILTER (WHERE status = 'pending') AS pending, "
+                "(SELECT count(*) FROM mcp_responses) AS responses FROM mcp_requests"
+            )
+            assert row is not None
+            return row["total"], row["completed"], row["pending"], row["responses"]
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, int, int]:
+    """The rows once the ledger has caught up: nothing pending and the counts steady for 2 s."""
+    deadline = time.monotonic() + timeout
+    last = count_rows(database_url)
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = count_rows(database_url)
+        if now == last and now[2] == 0:
+            return now
+        last = now
+    return last
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} CPU ({model}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def parse_ints(value: str) -> list[int]:
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=parse_ints, default=[1, 16])
+    parser.add_argument("--litellm-workers", type=parse_ints, default=[1, 2])
+    parser.add_argument("--litellm-version", default=LITELLM_VERSION)
+    parser.add_argument("--litellm-venv", type=Path, default=BENCH / ".venv-litellm")
+    parser.add_argument("--backend-processes", type=int, default=2)
+    parser.add_argument(
+        "--cloud-concurrency",
+        type=int,
+        default=16,
+        help="the KoproGo deployment's concurrent provider calls (its default is 4)",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load per target before the rounds"
+    )
+    args = parser.parse_args()
+
+    wrk = ensure_wrk()
+    litellm = ensure_litellm(args.litellm_venv, args.litellm_version)
+    work = Path(tempfile.mkdtemp(prefix="koprogo-bench-peer-"))
+    log(f"work folder {work}")
+    started: list[subprocess.Popen[bytes]] = []
+    stack: Stack | None = None
+    try:
+        # The backend, alone first: its capacity bounds what either proxy can show.
+        backend_port = free_port()
+        backend = start_process(
+            [
+                sys.executable,
+                str(BENCH / "instant_openai.py"),
+                "--port",
+                str(backend_port),
+                "--processes",
+                str(args.backend_processes),
+            ],
+            dict(os.environ),
+            work / "backend.log",
+        )
+        started.append(backend)
+        backend_base = f"http://127.0.0.1:{backend_port}/v1"
+        wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
+        backend_alone = run_wrk(wrk, f"{backend_base}/chat/completions", "none", 16, 5)
+        log(
+            f"backend alone, 16 connections: {backend_alone.rps:.0f} req/s, P50 {backend_alone.p50_ms:.2f} ms"
+        )
+
+        targets: list[Target] = []
+        for workers in args.litellm_workers:
+            port = free_port()
+            logfile = work / f"litellm-{workers}w.log"
+            proc = start_process(
+                [
+                    str(litellm),
+                    "--config",
+                    str(BENCH / "peer_proxy_litellm.yaml"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    str(workers),
+                    "--telemetry",
+                    "False",
+                ],
+                {
+                    **os.environ,
+                    "BENCH_BACKEND_BASE": backend_base,
+                    "BENCH_BACKEND_KEY": "sk-none",
+                    "BENCH_LITELLM_MASTER_KEY": LITELLM_MASTER_KEY,
+                    # The model prices bundled with the package, not fetched from GitHub at start.
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_LOG": "ERROR",
+                },
+                logfile,
+            )
+            started.append(proc)
+            wait_http(
+                f"http://127.0.0.1:{port}/health/liveliness",
+                proc,
+                f"LiteLLM ({workers} workers)",
+                180,
+                logfile,
+            )
+            targets.append(
+                Target(
+                    f"LiteLLM {args.litellm_version}, {workers} worker{'s' if workers > 1 else ''}",
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    LITELLM_MASTER_KEY,
+                    {f"litellm ({workers}w)": proc.pid},
+                )
+            )
+            log(f"LiteLLM with {workers} worker(s) ready on port {port}")
+
+        deployments = work / "deployments.toml"
+        deployments.write_text(
+            f"""[[deployments]]
+id = "bench-backend"
+provider = "openai_compatible"
+base_url = "{backend_base}"
+api_key_env = ""
+models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
+timeout_s = 60
+concurrency = {args.cloud_concurrency}
+"""
+        )
+        os.environ.pop("NATS_URL", None)
+        os.environ.pop("DATABASE_URL", None)
+        os.environ["CLOUD_DEPLOYMENTS_FILE"] = str(deployments)
+        os.environ["RATE_LIMIT_PER_COPRO"] = RATE_LIMIT
+        os.environ["RATE_LIMIT_PER_USER"] = RATE_LIMIT
+        stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=log)
+        stack.start()
+        stack.wait_for_model(CLOUD_MODEL, timeout=60)
+        assert stack.dev_token is not None and stack.nats is not None and stack.postgres is not None
+        assert stack.nats.proc is not None and stack.postgres.proc is not None
+        koprogo_processes = {s.name: s.proc.pid for s in stack.services if s.proc is not None}
+        koprogo_processes["nats-server"] = stack.nats.proc.pid
+        koprogo_processes["postgresql"] = stack.postgres.proc.pid
+        koprogo = Target(
+            "KoproGo", f"{stack.gateway_url}/v1/chat/completions", stack.dev_token, koprogo_processes
+        )
+        targets.insert(1, koprogo)  # LiteLLM, KoproGo, LiteLLM, ...
+        backend_pids = {"backend": backend.pid}
+
+        for target in targets:  # warm-up: connections, imports, JIT-free caches, the first fsyncs
+            result = drive(target, wrk, max(args.connections), args.warmup, backend_pids)
+            log(f"warm-up {target.name}: {result.requests} requests, {result.status_errors} errors")
+        for target in targets:
+            target.cpu_ms.clear()
+
+        for round_no in range(args.rounds):
+            order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
+            for connections in args.connections:
+                for target in order:
+                    result = drive(target, wrk, connections, args.duration, backend_pids)
+                    target.results.setdefault(connections, []).append(result)
+                    log(
+                        f"round {round_no + 1}, {connections} conn, {target.name}: {result.rps:.1f} req/s, "
+                        f"P50 {result.p50_ms:.2f} ms, P99 {result.p99_ms:.2f} ms, "
+                        f"{result.status_errors} non-2xx, {result.socket_errors} socket errors"
+                    )
+
+        total, completed, pending, responses = settled_rows(stack.postgres.url)
+        dead = stack.dead_services()
+    finally:
+        if stack is not None:
+            stack.stop()
+        for proc in reversed(started):
+            stop_process(proc)
+
+    litellms = [t for t in targets if t is not koprogo]
+    print(
+        f"\nMachine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; wrk 1 thread, "
+        f"{args.rounds} rounds x {args.duration:.0f} s per target and connection count; "
+        f"KoproGo cloud deployment concurrency {args.cloud_concurrency}.\n"
+    )
+    print(
+        f"Backend alone (wrk, 16 connections, 5 s): **{backend_alone.rps:.0f} req/s**, "
+        f"P50 {backend_alone.p50_ms:.2f} ms, P99 {backend_alone.p99_ms:.2f} ms.\n"
+    )
+    print("| connections | round | target | req/s | P50 | P99 | non-2xx | socket errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for connections in args.connections:
+        for round_no in range(args.rounds):
+            for target in targets:
+                r = target.results[connections][round_no]
+                print(
+                    f"| {connections} | {round_no + 1} | {target.name} | {r.rps:.1f} | {r.p50_ms:.2f} ms "
+                    f"| {r.p99_ms:.2f} ms | {r.status_errors} | {r.socket_errors} |"
+                )
+
+    print("\nMedians over the rounds, and KoproGo / the best LiteLLM (by req/s) at each connection count:\n")
+    print("| connections | target | req/s | P50 | P99 | KoproGo/LiteLLM req/s | KoproGo/LiteLLM P50 |")
+    print("|---|---|---|---|---|---|---|")
+    for connections in args.connections:
+
+        def med(t: Target, attr: Callable[[WrkResult], float], c: int = connections) -> float:
+            return median([attr(r) for r in t.results[c]])
+
+        best = max(litellms, key=lambda t: med(t, lambda r: r.rps))
+        for target in targets:
+            ratio = ""
+            if target is koprogo:
+                ratio = (
+                    f"| **{med(koprogo, lambda r: r.rps) / med(best, lambda r: r.rps):.2f}x** "
+                    f"| **{med(koprogo, lambda r: r.p50_ms) / med(best, lambda r: r.p50_ms):.2f}x** |"
+                )
+            else:
+                ratio = "| | |"
+            print(
+                f"| {connections} | {target.name} | {med(target, lambda r: r.rps):.1f} "
+                f"| {med(target, lambda r: r.p50_ms):.2f} ms | {med(target, lambda r: r.p99_ms):.2f} ms {ratio}"
+            )
+
+    print("\nCPU time per request (process and its children, user+system, median over the rounds):\n")
+    for connections in args.connections:
+        print(f"\n{connections} connection(s):\n")
+        print("| target | process | CPU ms / request |")
+        print("|---|---|---|")
+        for target in targets:
+            per = target.cpu_ms.get(connections, {})
+            for name, values in sorted(per.items(), key=lambda kv: -median(kv[1])):
+                print(f"| {target.name} | {name} | {median(values):.2f} |")
+            print(f"| {target.name} | **all counted** | **{sum(median(v) for v in per.values()):.2f}** |")
+
+    allowed = koprogo.sent + koprogo.in_flight
+    durable = koprogo.sent <= completed <= total <= allowed and pending == 0
+    print(
+        f"\nKoproGo durability: wrk completed {koprogo.sent} chats (warm-up included; up to "
+        f"{koprogo.in_flight} more in flight at the cut-offs); `mcp_requests`: {total} rows, "
+        f"{completed} completed, {pending} pending; `mcp_responses`: {responses} rows; "
+        f"non-2xx: {sum(r.status_errors for rs in koprogo.results.values() for r in rs)}; "
+        f"services that died: {dead or 'none'}. **{'every answered chat stored and projected' if durable else 'MISMATCH'}**"
+    )
+    print(
+        "LiteLLM non-2xx: "
+        + ", ".join(
+            f"{t.name}: {sum(r.status_errors for rs in t.results.values() for r in rs)}" for t in litellms
+        )
+    )
+    return 0 if durable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
