@@ -1,8 +1,8 @@
 """Benchmark: the ledger's projection rate, idempotent, against a raw COPY of the same rows (issue 17).
 
     .venv/bin/python bench/ledger_projection.py [--chats 5000] [--rounds 3] [--duplicates 0.1]
-                                                [--server-url postgresql://...] [--py-spy PATH]
-                                                [--skip copy,batch,handler,nats,dups,set]
+                                                [--server-url postgresql://...] [--py-spy PATH [--native]]
+                                                [--skip copy,batch,no-savepoints,handler,nats,dups,set]
 
 Realistic chats, each three events made with the real models and helpers (`ChatRequested` as the
 gateway builds it, `ChatCompleted` from a `RunInference` by `chat_outcomes.completed` on the edge
@@ -20,6 +20,8 @@ Phases, every round, each on emptied tables, fresh events each time:
   contents, final status, delivered) written again with asyncpg's `copy_records_to_table`: all in
   one transaction (the floor), and with `applied_events` in one transaction per batch's worth of
   chats (what the ledger writes, committed as often as it commits).
+* **no-savepoints**: `batch` again with the unit of work's `savepoint()` doing nothing (right only
+  because no event of this workload fails, which the row check confirms): what savepoints cost.
 * **handler**: the consumer's batch handler (`event_batch_handler` through `decide_batch`: decode,
   sender checks, projection) on in-memory messages: everything but NATS.
 * **nats**: the events published to KOPROGO_EVENTS beforehand, then the ledger started as its own
@@ -55,7 +57,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -442,21 +444,36 @@ def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+class WithoutSavepoints(PostgresProjectionUnitOfWork):
+    """The ledger's unit of work with `savepoint()` doing nothing: right only while no event fails
+    (here none does, checked), it measures what the two statements per event of savepoints cost."""
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        yield
+
+
 async def phase_batch(
-    pool: asyncpg.Pool, keyring: Keyring, load: Workload, size: int, meter: CpuMeter
+    pool: asyncpg.Pool,
+    keyring: Keyring,
+    load: Workload,
+    size: int,
+    meter: CpuMeter,
+    uow: type[PostgresProjectionUnitOfWork] = PostgresProjectionUnitOfWork,
 ) -> Result:
     await empty_tables(pool)
     meter.begin()
     cpu0, t0 = self_cpu(), time.perf_counter()
     failed = 0
     for chunk in batches(load.events, size):
-        outcomes = await project_batch(chunk, PostgresProjectionUnitOfWork(pool, keyring, count_committed))
+        outcomes = await project_batch(chunk, uow(pool, keyring, count_committed))
         failed += sum(isinstance(o, Exception) for o in outcomes)
     seconds = time.perf_counter() - t0
     cpu = {"bench": self_cpu() - cpu0, **meter.seconds()}
     check = await check_rows(pool, load)
+    name = "batch" if uow is PostgresProjectionUnitOfWork else "no-savepoints"
     return Result(
-        "batch", 0, len(load.events), seconds, check if not failed else f"{check}; {failed} failed", cpu
+        name, 0, len(load.events), seconds, check if not failed else f"{check}; {failed} failed", cpu
     )
 
 
@@ -663,10 +680,11 @@ class LedgerProcess:
             self.proc.wait()
 
 
-def start_py_spy(binary: str, pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` at 250 Hz without stopping it, until it exits; collapsed stacks in `output`."""
+def start_py_spy(binary: str, pid: int, output: Path, native: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` at 250 Hz without stopping it, until SIGINT; collapsed stacks in `output`.
+    `native`: C and Cython frames too (asyncpg's protocol, pydantic-core), at some cost to the target."""
     argv = [binary, "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
-    argv += ["--output", str(output), "--nonblocking"]
+    argv += ["--output", str(output), *(["--native"] if native else ["--nonblocking"])]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -695,6 +713,7 @@ async def phase_nats(
     ledger: LedgerProcess,
     meter: CpuMeter,
     py_spy: tuple[str, Path] | None,
+    native: bool = False,
 ) -> Result:
     await empty_tables(pool)
     await reset_stream(js)
@@ -721,7 +740,7 @@ async def phase_nats(
                 meter.begin()
                 started = True
                 if py_spy is not None:
-                    spy = start_py_spy(py_spy[0], pid, py_spy[1])
+                    spy = start_py_spy(py_spy[0], pid, py_spy[1], native)
             if info.num_pending == 0 and info.num_ack_pending == 0 and info.ack_floor.stream_seq == last:
                 ended = time.time()
                 break
@@ -765,11 +784,29 @@ LAYERS = (
     ("koprogo_shared", "koprogo_shared/"),
     ("opentelemetry", "opentelemetry/"),
     ("prometheus_client", "prometheus_client/"),
+    ("uvloop", "uvloop/"),
     ("asyncio", "asyncio/"),
 )
 
 
+# With --native, C and Cython frames name their source file alone.
+NATIVE_LAYERS = {
+    "protocol.c": "asyncpg",
+    "pgproto.c": "asyncpg",
+    "recordobj.c": "asyncpg",
+    "loop.c": "uvloop",
+    "loop-watcher.c": "uvloop",
+    "stream.c": "libuv",
+    "core.c": "libuv",
+    "linux.c": "libuv",
+    "_asynciomodule.c": "asyncio",
+    "_json.c": "json",
+}
+
+
 def _layer(path: str) -> str:
+    if path in NATIVE_LAYERS:
+        return NATIVE_LAYERS[path]
     return next((name for name, mark in LAYERS if mark in path), "other")
 
 
@@ -790,12 +827,15 @@ def summarise_py_spy(raw: Path, top: int = 25) -> str:
         for name in {name for name, _ in frames}:
             inclusive[name] += n
         own[frames[-1][0]] += n
-        layers[_layer(frames[-1][1])] += n
+        # The innermost frame of a known library: a C or Cython frame on top counts for its caller's.
+        layers[
+            next((layer for _, path in reversed(frames) if (layer := _layer(path)) != "other"), "other")
+        ] += n
     if not total:
         return "(py-spy recorded no samples)"
     pct = lambda n: f"{100 * n / total:.1f} %"  # noqa: E731
     lines = [f"py-spy: {total} CPU samples of the ledger process", ""]
-    lines += ["| library (on top) | share |", "|---|---|"]
+    lines += ["| library (innermost frame of one) | share |", "|---|---|"]
     lines += [f"| {name} | {pct(n)} |" for name, n in layers.most_common()]
     lines += ["", "| function | on stack | on top |", "|---|---|---|"]
     lines += [f"| `{f}` | {pct(n)} | {pct(own[f])} |" for f, n in inclusive.most_common(top)]
@@ -817,6 +857,7 @@ def report(results: list[Result], args: argparse.Namespace, machine: str) -> str
         "copy": "(c) COPY `mcp_requests` + `mcp_responses`, one transaction",
         "copy+claims": "(c') COPY + `applied_events`, one transaction per batch's chats",
         "batch": "(b) `project_batch`, decoded events, no NATS",
+        "no-savepoints": "(b'') the same with `savepoint()` a no-op (no event fails here): their cost",
         "handler": "(b') the consumer's batch handler on in-memory messages (decode + project)",
         "nats": "(a) the ledger process consuming KOPROGO_EVENTS",
         "dups": f"(d) the same, {args.duplicates:.0%} of events stored twice",
@@ -828,7 +869,7 @@ def report(results: list[Result], args: argparse.Namespace, machine: str) -> str
         "| phase | events/s per round | median | ratio to COPY (median) | rows | CPU s per 1,000 events (median round) |",
         "|---|---|---|---|---|---|",
     ]
-    for phase in ("copy", "copy+claims", "batch", "handler", "nats", "dups", "set"):
+    for phase in ("copy", "copy+claims", "batch", "no-savepoints", "handler", "nats", "dups", "set"):
         rs = by_phase.get(phase)
         if not rs:
             continue
@@ -899,6 +940,8 @@ async def run(args: argparse.Namespace, servers: Servers, workdir: Path) -> list
                     phases += await phase_copy(pool, servers.database_url, load, args.batch, meter)
                 if "batch" in skip:
                     phases = [p for p in phases if p.phase != "batch"]
+            if "no-savepoints" not in skip:
+                phases.append(await phase_batch(pool, keyring, fresh(), args.batch, meter, WithoutSavepoints))
             if "handler" not in skip:
                 phases.append(await phase_handler(pool, keyring, fresh(), args.batch, meter))
             if "set" not in skip:
@@ -907,7 +950,9 @@ async def run(args: argparse.Namespace, servers: Servers, workdir: Path) -> list
             if "nats" not in skip:
                 spy = (args.py_spy, workdir / "ledger.py-spy.txt") if args.py_spy and last_round else None
                 phases.append(
-                    await phase_nats("nats", pool, js, fresh(), ledger, CpuMeter(servers.cpu_groups()), spy)
+                    await phase_nats(
+                        "nats", pool, js, fresh(), ledger, CpuMeter(servers.cpu_groups()), spy, args.native
+                    )
                 )
             if "dups" not in skip:
                 load = fresh(args.duplicates)
@@ -940,6 +985,7 @@ def main() -> int:
         help="a PostgreSQL maintenance URL (…/postgres): a scratch database there instead of an embedded server",
     )
     parser.add_argument("--py-spy", help="py-spy binary: profile the ledger process in the last round's (a)")
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C and Cython frames)")
     parser.add_argument("--skip", type=lambda s: [p for p in s.split(",") if p], default=[])
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profile)")
     args = parser.parse_args()
