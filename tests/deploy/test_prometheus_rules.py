@@ -9,7 +9,8 @@
   replaced, as a recording rule into a generated file that `promtool check rules` reads);
 - every metric an expression names is one the services declare (their prometheus_client metrics,
   read from the registry after importing every module that declares some), one of
-  prometheus-nats-exporter's, or a recording rule; every `job` named is a job of prometheus.yml.
+  prometheus-nats-exporter's (named with the prefix its arguments in compose, the k8s manifests and
+  the NATS Helm chart give it, which must be one), or a recording rule; every `job` named is a job of prometheus.yml.
 """
 
 from __future__ import annotations
@@ -34,19 +35,20 @@ UNIT_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 OPERATIONS = DASHBOARDS / "koprogo-operations.json"
 
-# What prometheus-nats-exporter serves from the server's /varz (`-varz`): gnatsd_varz_<field> for
-# the numeric fields of the monitoring endpoint's JSON (the exporter's default prefix).
-NATS_EXPORTER_METRICS = {
-    "gnatsd_varz_connections",
-    "gnatsd_varz_in_msgs",
-    "gnatsd_varz_out_msgs",
-    "gnatsd_varz_in_bytes",
-    "gnatsd_varz_out_bytes",
-    "gnatsd_varz_slow_consumers",
-    "gnatsd_varz_mem",
-    "gnatsd_varz_cpu",
-    "gnatsd_varz_subscriptions",
-}
+# The numeric fields of the NATS server's /varz that the dashboard and the rules may name:
+# prometheus-nats-exporter (`-varz`) serves each as <prefix>_varz_<field>.
+NATS_VARZ_FIELDS = {"connections", "in_msgs", "out_msgs", "in_bytes", "out_bytes", "slow_consumers",
+                    "mem", "cpu", "subscriptions"}  # fmt: skip
+# The exporter's prefix when no -prefix is given (its collector.CoreSystem).
+NATS_EXPORTER_DEFAULT_PREFIX = "gnatsd"
+# The exporter's arguments in the official NATS Helm chart (nats-io/k8s,
+# helm/charts/nats/files/stateful-set/prom-exporter-container.yaml): written in the template,
+# not in values; only promExporter.patch/merge in our values file can change them.
+HELM_CHART_EXPORTER_ARGS = ["-port=7777", "-connz", "-routez", "-subz", "-varz", "-prefix=nats",
+                            "-use_internal_server_id", "-jsz=all", "http://localhost:8222/"]  # fmt: skip
+COMPOSE_FILE = ROOT / "deploy" / "compose" / "docker-compose.yml"
+K8S_NATS = ROOT / "deploy" / "k8s" / "base" / "nats.yaml"
+HELM_VALUES = ROOT / "deploy" / "k8s" / "nats-helm-values.yaml"
 # Series Prometheus itself writes for every scrape target.
 SCRAPE_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -62,6 +64,58 @@ GRAFANA_VARIABLES = {
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
                 "and", "or", "unless", "inf", "nan"}  # fmt: skip
+
+
+def exporter_prefix(args: list[str]) -> str:
+    """The prefix prometheus-nats-exporter's arguments give its series (Go's flag syntax:
+    -prefix=X, -prefix X, or with two dashes)."""
+    prefix = NATS_EXPORTER_DEFAULT_PREFIX
+    for index, arg in enumerate(args):
+        name, equals, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "prefix":
+            prefix = value if equals else args[index + 1]
+    return prefix
+
+
+def helm_exporter_args(values: dict[str, Any]) -> list[str]:
+    """The chart's exporter arguments after our values' promExporter.merge / .patch (JSON patch
+    on the container; the ops on /args that replace or append)."""
+    exporter = values.get("promExporter") or {}
+    args = list(exporter.get("merge", {}).get("args", HELM_CHART_EXPORTER_ARGS))
+    for op in exporter.get("patch") or []:
+        if op["path"] == "/args" and op["op"] in {"add", "replace"}:
+            args = list(op["value"])
+        elif op["path"].startswith("/args/") and op["op"] == "add":
+            where = op["path"].removeprefix("/args/")
+            args.insert(len(args) if where == "-" else int(where), op["value"])
+    return args
+
+
+def exporter_args() -> dict[str, list[str]]:
+    """Each deployment's prometheus-nats-exporter arguments: compose, the k8s manifests, Helm."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    (statefulset,) = [d for d in yaml.safe_load_all(K8S_NATS.read_text(encoding="utf-8"))
+                      if d and d["kind"] == "StatefulSet"]  # fmt: skip
+    (k8s,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"]
+              if "prometheus-nats-exporter" in c["image"]]  # fmt: skip
+    values = yaml.safe_load(HELM_VALUES.read_text(encoding="utf-8"))
+    assert values["promExporter"]["enabled"], "the Helm values run no exporter"
+    return {
+        "compose": compose["services"]["nats-exporter"]["command"],
+        "k8s": k8s["args"],
+        "helm": helm_exporter_args(values),
+    }
+
+
+def nats_exporter_metrics() -> set[str]:
+    """What the exporter serves from /varz, under the one prefix every deployment gives it."""
+    prefixes = {where: exporter_prefix(args) for where, args in exporter_args().items()}
+    assert len(set(prefixes.values())) == 1, (
+        f"prometheus-nats-exporter's series are named differently per deployment ({prefixes}): "
+        "one dashboard cannot read them all"
+    )
+    (prefix,) = set(prefixes.values())
+    return {f"{prefix}_varz_{field}" for field in NATS_VARZ_FIELDS}
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +292,10 @@ def test_every_dashboard_expression_parses(promtool: str, tmp_path: Path) -> Non
 
 def test_every_metric_named_is_one_a_service_or_exporter_exposes() -> None:
     known = (
-        declared_metrics() | NATS_EXPORTER_METRICS | SCRAPE_METRICS | {r["record"] for r in rules(RECORDING)}
+        declared_metrics()
+        | nats_exporter_metrics()
+        | SCRAPE_METRICS
+        | {r["record"] for r in rules(RECORDING)}
     )
     used: dict[str, set[str]] = {}
     for where, expr in [*dashboard_expressions().items(),
@@ -248,6 +305,16 @@ def test_every_metric_named_is_one_a_service_or_exporter_exposes() -> None:
     unknown = {name: sorted(where) for name, where in used.items() if name not in known}
     assert unknown == {}, "metrics no service declares (koprogo_*) nor the NATS exporter exposes"
     assert "koprogo_gateway_http_requests_total" in used and "koprogo_router_node_up" in used
+    assert used.keys() & nats_exporter_metrics(), "no expression reads the NATS exporter's series"
+
+
+def test_the_exporter_prefix_reader_follows_gos_flag_syntax() -> None:
+    assert exporter_prefix(["-varz", "http://127.0.0.1:8222"]) == "gnatsd"
+    assert exporter_prefix(["-prefix=nats", "-varz"]) == "nats"
+    assert exporter_prefix(["--prefix", "x", "-varz"]) == "x"
+    patched = {"promExporter": {"patch": [{"op": "replace", "path": "/args", "value": ["-varz"]}]}}
+    assert exporter_prefix(helm_exporter_args(patched)) == "gnatsd"
+    assert exporter_prefix(helm_exporter_args({"promExporter": {"enabled": True}})) == "nats"
 
 
 def test_every_label_used_is_one_the_metric_declares() -> None:
