@@ -65,6 +65,7 @@ from typing import Any
 
 import asyncpg
 import nats
+import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -996,7 +997,8 @@ def main() -> int:
     machine = machine_line()
     try:
         servers.start()
-        results = asyncio.run(run(args, servers, workdir))
+        # uvloop, as every service runs (`service_runtime.run_until_signalled`): (b) compares with (a).
+        results = uvloop.run(run(args, servers, workdir))
     finally:
         servers.stop()
         if not args.keep and not args.py_spy:
