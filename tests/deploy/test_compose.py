@@ -34,6 +34,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.deploy.write_paths import under, written_paths
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -765,3 +767,47 @@ def test_image_is_multi_stage_slim_and_unprivileged() -> None:
     assert user.startswith("USER ") and not user.split()[1].startswith(("0", "root")), user
     header = DOCKERFILE.read_text(encoding="utf-8")
     assert "docker buildx build --platform linux/amd64,linux/arm64" in header
+
+
+def world_writable_image_folders() -> set[str]:
+    """The folders the final image makes writable by any user (`chmod 1777`): a named volume
+    mounted on one starts as a copy of it, mode included, so the KOPROGO_UID compose runs the
+    services as may write there; on any other folder of the image only root may."""
+    folders = {"/tmp"}  # the base image's
+    for line in dockerfile_stages()[-1]:
+        for command in re.split(r"&&|;", line.removeprefix("RUN ")):
+            words = command.split()
+            if words[:2] == ["chmod", "1777"]:
+                folders |= set(words[2:])
+    return folders
+
+
+def test_every_path_a_koprogo_service_writes_by_default_is_on_a_volume_it_may_write(
+    compose: dict[str, Any],
+) -> None:
+    """The services run as KOPROGO_UID, not the image's owner of anything: each path its settings
+    write to (tests/deploy/write_paths.py: HOME, the node's models folder and answers record, a
+    seed it would mint) must be on a named volume over a world-writable folder of the image (kept
+    when the container is re-created); HOME, a cache, may also be the container's /tmp."""
+    writable_in_image = world_writable_image_folders()
+    problems = []
+    for name, service in koprogo_services(compose).items():
+        volumes = {}
+        for volume in service.get("volumes") or []:
+            source, target, *mode = volume.split(":")
+            volumes[target] = (source, mode)
+        kept = [
+            target
+            for target, (source, mode) in volumes.items()
+            if source in compose["volumes"] and mode != ["ro"] and target in writable_in_image
+        ]
+        scratch = [] if service.get("read_only") else ["/tmp"]
+        for what, path in written_paths(service["command"], environment(service)).items():
+            allowed = kept + scratch if what == "HOME" else kept
+            if not any(under(path, folder) for folder in allowed):
+                problems.append(f"{name}: {what} {path} is on no volume it may write ({sorted(allowed)})")
+    assert not problems, "\n".join(problems)
+    node_paths = written_paths(
+        services(compose)["edge-node"]["command"], environment(services(compose)["edge-node"])
+    )
+    assert "answers record (ANSWERS_DIR)" in node_paths, "the node's own writes are not all read"
