@@ -145,7 +145,9 @@ def _messaging_attributes(subject: str, operation: str) -> dict[str, str]:
 
 def inject_trace_headers(headers: MutableMapping[str, str]) -> None:
     """Add the current trace context (`traceparent`, `tracestate`) to a message's headers; none when there is none."""
-    propagate.inject(headers)
+    # Outside any trace (tracing off, no context arrived) the propagators would add nothing: skip them.
+    if trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(headers)
 
 
 @contextlib.contextmanager
@@ -192,6 +194,16 @@ def continued_span(
 @contextlib.contextmanager
 def consumer_span(msg: Msg, name: str | None = None) -> Iterator[Span]:
     """The CONSUMER span of handling `msg` (`process <family>` unless `name`), child of its sender's span."""
+    if _tracer is None:
+        # No span: only the message's context, if it carries one, is made current. Its name and
+        # attributes are not worked out for nothing.
+        headers = msg.headers
+        if not headers or TRACEPARENT not in headers:
+            yield INVALID_SPAN
+            return
+        with continued_span("", headers, SpanKind.CONSUMER) as passed_on:
+            yield passed_on
+        return
     with continued_span(
         name or f"process {subject_family(msg.subject)}",
         msg.headers,

@@ -2,14 +2,10 @@
 method and status, requests in flight, and refusals by error code.
 
 `HttpMetrics` is a plain ASGI middleware (no `BaseHTTPMiddleware`: no task or queue per request).
-The route label is the matched route's template (`/mcp/v1/tasks/{task_id}`), read from the scope
-after the router ran, never the raw path: ids in paths would make one series per request.
-FastAPI puts its own routes in the scope (`route`); for the plain Starlette routes beside them
-(`/health`, `/metrics`, `/mcp`) it leaves only their `endpoint`, so those are looked up by
-endpoint in the app's route list. (The router writes them in the scope it is given: a middleware
-that passes a copy on hands them back, as `json_body.py` does.) A request no route matched is `unmatched`; a method outside
-HTTP's usual ones is `other` (the client chooses it). A streamed response is measured until its last byte is sent: the app returns
-only then. Series children are looked up once per (route, method, status) and kept, so a request
+The route label is the matched route's template (`/mcp/v1/tasks/{task_id}`, route_templates.py),
+never the raw path: ids in paths would make one series per request; a request no route matched
+is `unmatched`. A method outside HTTP's usual ones is `other` (the client chooses it). A streamed
+response is measured until its last byte is sent: the app returns only then. Series children are looked up once per (route, method, status) and kept, so a request
 costs two dictionary reads, a counter increment and a histogram observation.
 """
 
@@ -19,8 +15,10 @@ import time
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
 
 REQUESTS = Counter(
     "koprogo_gateway_http_requests_total",
@@ -41,7 +39,6 @@ REFUSALS = Counter(
     ["reason"],
 )
 
-UNMATCHED = "unmatched"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -83,25 +80,11 @@ def _record(route: str, method: str, status: int, seconds: float) -> None:
 class HttpMetrics:
     """Counts and times every HTTP request (add it last: outermost, it times the whole stack).
 
-    `routes`: the app's route list (read at the first request, when every route is in it), where
-    a plain route's template is found from its endpoint."""
+    `routes`: the app's route list (route_templates.py)."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
-        self._routes = routes
-        self._by_endpoint: dict[object, str] | None = None
-
-    def route_template(self, scope: Scope) -> str:
-        """The template of the route that took the request, or `unmatched`."""
-        template = getattr(scope.get("route"), "path_format", None)
-        if template:
-            return str(template)
-        endpoint = scope.get("endpoint")
-        if endpoint is None:
-            return UNMATCHED
-        if self._by_endpoint is None:
-            self._by_endpoint = {r.endpoint: r.path_format for r in self._routes if isinstance(r, Route)}
-        return self._by_endpoint.get(endpoint, UNMATCHED)
+        self.route_template = RouteTemplates(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -10,7 +10,8 @@ NATS (`publish_event`) carries this trace, and the ledger stores its id with the
 (`mcp_requests.trace_id`): the `traceparent` a caller got back leads support to the trace.
 
 With tracing off (`koprogo_shared.telemetry`), there is no span: a caller's `traceparent` is
-passed on to NATS and echoed back, and a request without one gets none.
+passed on to NATS and echoed back, and a request without one goes straight to the app (no
+context, no wrapped `send`: the middleware costs a look at the headers).
 """
 
 from __future__ import annotations
@@ -18,34 +19,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
 from koprogo_shared import telemetry
 
-UNMATCHED = "unmatched"
 _CONTEXT_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
 
 
 class HttpTracing:
-    """Traces every HTTP request; `routes`: the app's route list, where a plain Starlette route's
-    template is found from its endpoint (FastAPI's own routes are in the scope)."""
+    """Traces every HTTP request; `routes`: the app's route list (route_templates.py)."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
-        self._routes = routes
-        self._by_endpoint: dict[object, str] | None = None
-
-    def route_template(self, scope: Scope) -> str:
-        template = getattr(scope.get("route"), "path_format", None)
-        if template:
-            return str(template)
-        endpoint = scope.get("endpoint")
-        if endpoint is None:
-            return UNMATCHED
-        if self._by_endpoint is None:
-            self._by_endpoint = {r.endpoint: r.path_format for r in self._routes if isinstance(r, Route)}
-        return self._by_endpoint.get(endpoint, UNMATCHED)
+        self.route_template = RouteTemplates(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +44,9 @@ class HttpTracing:
             for name, value in scope["headers"]
             if name in _CONTEXT_HEADERS
         }
+        if not carrier and not telemetry.tracing_enabled():
+            await self.app(scope, receive, send)
+            return
         method = scope["method"]
         with telemetry.continued_span(method, carrier, SpanKind.SERVER) as span:
             traceparent = telemetry.current_traceparent()
