@@ -22,9 +22,12 @@ from fastapi import FastAPI
 from nats.aio.msg import Msg
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
+from starlette.testclient import TestClient
 
+from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
+from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
 from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, Retry, decide, run_pull_consumer
@@ -319,3 +322,62 @@ async def test_a_message_not_acknowledged_marks_its_consumer_span_as_an_error(
     assert failed.attributes is not None and failed.attributes["koprogo.decision"] == "retry"
     assert done.status.status_code is StatusCode.UNSET
     assert done.attributes is not None and "koprogo.decision" not in done.attributes
+
+
+def test_an_unhandled_error_is_the_500_json_with_its_traceparent_and_an_error_span(
+    traced: InMemorySpanExporter,
+) -> None:
+    # No lifespan: a route that needs the gateway's adapters raises, as any unforeseen error does.
+    client = TestClient(create_app(GatewaySettings(auth_disabled=True)), raise_server_exceptions=False)
+    response = client.get(f"/mcp/v1/tasks/{uuid.uuid4()}")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "message": "internal error"}
+    (server,) = traced.get_finished_spans()
+    assert server.name == "GET /mcp/v1/tasks/{task_id}"
+    assert server.status.status_code is StatusCode.ERROR
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 500
+    assert [e.name for e in server.events] == ["exception"]
+    assert response.headers["traceparent"].split("-")[1:3] == [
+        format_trace_id(server.context.trace_id),
+        format_span_id(server.context.span_id),
+    ]
+
+
+def test_without_tracing_an_unhandled_error_still_returns_the_callers_traceparent() -> None:
+    client = TestClient(create_app(GatewaySettings(auth_disabled=True)), raise_server_exceptions=False)
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = client.get(f"/mcp/v1/tasks/{uuid.uuid4()}", headers={"traceparent": theirs})
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert response.headers["traceparent"] == theirs
+    assert "traceparent" not in client.get(f"/mcp/v1/tasks/{uuid.uuid4()}").headers
+
+
+async def test_without_tracing_nor_a_callers_context_a_request_goes_straight_to_the_app() -> None:
+    """Tracing off costs the gateway no span, no context and no wrapped `send` per request."""
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(send)
+
+    async def send(message: Any) -> None:
+        return None
+
+    headers = [(b"host", b"gateway"), (b"accept", b"*/*")]
+    await HttpTracing(app)({"type": "http", "method": "GET", "headers": headers}, None, send)  # type: ignore[arg-type]
+    assert seen == [send]
+
+
+def test_without_tracing_a_message_without_context_costs_no_span_name_and_no_injection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_needed(*_: object) -> None:
+        raise AssertionError("computed with tracing off, for nothing")
+
+    monkeypatch.setattr(telemetry, "subject_family", not_needed)
+    monkeypatch.setattr(telemetry.propagate, "inject", not_needed)
+    msg: Any = SimpleNamespace(subject="koprogo.work.edge.shared.m", headers={"Nats-Msg-Id": "x"})
+    with telemetry.consumer_span(msg) as consumed:
+        headers: dict[str, str] = {}
+        with telemetry.producer_span("koprogo.events.chat.completed.c1", headers):
+            pass
+    assert headers == {} and not consumed.is_recording()

@@ -24,7 +24,7 @@ from koprogo_gateway.entrypoints.http import (
     routes_user_data,
 )
 from koprogo_gateway.entrypoints.http.body_limit import BodySizeLimit
-from koprogo_gateway.entrypoints.http.errors import install_error_handlers
+from koprogo_gateway.entrypoints.http.errors import UnhandledErrors, install_error_handlers
 from koprogo_gateway.entrypoints.http.http_metrics import HttpMetrics
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
@@ -75,6 +75,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             for path in ("/mcp/v1/execute", "/mcp")
         },
     )
+    # Any other exception becomes the 500 JSON here, inside the headers, metrics and tracing (errors.py).
+    app.add_middleware(UnhandledErrors)
     app.add_middleware(ResponseHeaderPolicy)
     # Added last, so outermost: each request counted and timed by its route template (http_metrics.py).
     app.add_middleware(HttpMetrics, routes=app.router.routes)

@@ -1,4 +1,9 @@
-"""Every error leaves the gateway as JSON with a clear message and the right status."""
+"""Every error leaves the gateway as JSON with a clear message and the right status.
+
+The exceptions the app raises on purpose have their handlers (`install_error_handlers`); any other
+is answered 500 `internal_error` by `UnhandledErrors`, a middleware inside the tracing and metrics
+ones (Starlette runs an `Exception` handler outside every middleware, where the answer would get
+no `traceparent` and the request's span no status)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from koprogo_gateway.domain.errors import GatewayError
 from koprogo_gateway.domain.stream_format import openai_error
@@ -48,7 +55,7 @@ def _came_as(sent: str) -> str:
     return f"it came as {sent}" if sent else "it came without a Content-Type"
 
 
-def _error_json(
+def error_json(
     request: Request, status: int, error: str, message: str, extra: dict[str, object] | None = None
 ) -> dict[str, object]:
     """KoproGo's `{error, message, ...}`, or OpenAI's `{"error": {...}}` on the OpenAI-compatible `/v1/`.
@@ -80,7 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"the body must be JSON, not {sent}: {SEND_JSON_HINT}"
             return JSONResponse(
                 status_code=415,
-                content=_error_json(request, 415, "unsupported_media_type", message),
+                content=error_json(request, 415, "unsupported_media_type", message),
             )
         details = [_detail(e) for e in errors]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
@@ -89,7 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
             summary += f"; {_came_as(sent)}: {SEND_JSON_HINT}"
         return JSONResponse(
             status_code=422,
-            content=_error_json(
+            content=error_json(
                 request, 422, "validation_error", f"invalid request: {summary}", {"details": details}
             ),
         )
@@ -98,7 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(
             status_code=exc.status,
-            content=_error_json(request, exc.status, exc.error, exc.message, exc.extra),
+            content=error_json(request, exc.status, exc.error, exc.message, exc.extra),
             headers=exc.headers or None,
         )
 
@@ -106,13 +113,40 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             status_code=exc.status_code,
-            content=_error_json(request, exc.status_code, "http_error", str(exc.detail)),
+            content=error_json(request, exc.status_code, "http_error", str(exc.detail)),
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", type(exc).__name__)
-        return JSONResponse(
-            status_code=500, content=_error_json(request, 500, "internal_error", "internal error")
-        )
+
+class UnhandledErrors:
+    """Answers an exception no handler took, raised before the response started, with the 500
+    `internal_error` JSON (logged with its traceback, recorded on the request's span).
+
+    Added inside HttpTracing and HttpMetrics, so that they see an ordinary 500: its `traceparent`,
+    its span's status, its series. An exception in the middle of a streamed answer is raised on:
+    its status is sent already, the server logs it and closes the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error: %s", type(exc).__name__)
+            trace.get_current_span().record_exception(exc)
+            content = error_json(Request(scope), 500, "internal_error", "internal error")
+            await JSONResponse(status_code=500, content=content)(scope, receive, send)
