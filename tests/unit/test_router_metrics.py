@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from koprogo_router.adapters.bus import FakeBus
 from koprogo_router.adapters.metrics import DECISIONS, FALLBACKS, NodeHealth
 from koprogo_router.adapters.policy_book import FakePolicyBook
 from koprogo_router.service_layer.dispatch import Dispatcher
-from koprogo_shared.events import RunInference
+from koprogo_shared.events import Event, RunInference
 from koprogo_shared.node_registry import NodeRegistry
 from tests.unit.test_dispatch import attempt_failed, live_registry, requested, with_cloud
 from tests.unit.test_node_registry import beat
@@ -64,3 +65,50 @@ def test_a_node_that_stops_beating_is_shown_down_and_one_that_leaves_is_gone() -
 
     assert (up("a"), up("b"), up("c")) == (0.0, 1.0, None)
     assert (nodes("healthy"), nodes("stale")) == (1.0, 1.0)
+
+
+class _FailsOnce(FakeBus):
+    """A bus whose first publish fails, as NATS does when it is away: the request is retried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def publish(self, subject: str, event: Event) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("NATS away")
+        await super().publish(subject, event)
+
+
+async def test_a_decision_whose_work_could_not_be_sent_is_counted_once_its_retry_sends_it() -> None:
+    edge = _count("koprogo_router_decisions_total", target="edge", reason="prefer_edge")
+    refused = _count("koprogo_router_decisions_total", target="none", reason="model_not_found")
+    dispatcher = Dispatcher(_FailsOnce(), live_registry(), FakePolicyBook())
+    request = requested("auto")
+    with pytest.raises(ConnectionError):
+        await dispatcher.on_chat_requested(request)
+    await dispatcher.on_chat_requested(request, redelivered=True)
+    assert _count("koprogo_router_decisions_total", target="edge", reason="prefer_edge") == edge + 1
+
+    dispatcher.bus = _FailsOnce()
+    unknown = requested("nope:1b")
+    with pytest.raises(ConnectionError):
+        await dispatcher.on_chat_requested(unknown)
+    await dispatcher.on_chat_requested(unknown, redelivered=True)
+    assert _count("koprogo_router_decisions_total", target="none", reason="model_not_found") == refused + 1
+
+
+async def test_a_fallback_whose_work_could_not_be_sent_is_counted_once_its_retry_sends_it() -> None:
+    fell_back = _count("koprogo_router_fallbacks_total", from_target="edge", to_target="cloud")
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook())
+    await dispatcher.on_chat_requested(requested("auto"))
+    first = bus.published[0][1]
+    assert isinstance(first, RunInference)
+    dispatcher.bus = _FailsOnce()
+    failed = attempt_failed(first, 503, "engine_unavailable")
+    with pytest.raises(ConnectionError):
+        await dispatcher.on_attempt_failed(failed)
+    await dispatcher.on_attempt_failed(failed)
+    assert _count("koprogo_router_fallbacks_total", from_target="edge", to_target="cloud") == fell_back + 1

@@ -99,7 +99,6 @@ class Dispatcher:
                 raise TargetsAwayError(f"{decision.error}: {decision.message}")
             await self._refuse(request, decision)
             return
-        count_decision(decision.targets[0].kind, policy.policy)
         plan = RoutingPlan(
             policy=policy.policy,
             allow_fallback=policy.allow_fallback,
@@ -123,6 +122,8 @@ class Dispatcher:
                 controls=request.controls,
             )
         )
+        # Counted once sent: a send that fails is retried with the request, and decided again.
+        count_decision(decision.targets[0].kind, policy.policy)
 
     async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         """Try the plan's next target if fallback is allowed and time is left; else fail the request."""
@@ -137,7 +138,6 @@ class Dispatcher:
             return
         attempt = plan.attempt + 1
         target = plan.targets[attempt - 1]
-        count_fallback(failed.target.kind, target.kind)
         await self._send(
             work.model_copy(
                 update={
@@ -149,6 +149,7 @@ class Dispatcher:
                 }
             )
         )
+        count_fallback(failed.target.kind, target.kind)  # once sent, as a decision
 
     async def _send(self, work: RunInference) -> None:
         assert work.routing is not None
@@ -162,7 +163,6 @@ class Dispatcher:
         await self.bus.publish(subject, work)
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
-        count_decision("none", refusal.error)
         await self._publish_failure(
             ChatFailed(
                 id=chat_failed_id(request.id),
@@ -176,6 +176,7 @@ class Dispatcher:
             ),
             request.reply_subject,
         )
+        count_decision("none", refusal.error)  # once published, as a routed request's
 
     async def _fail(self, work: RunInference, status: int, error: str, message: str) -> None:
         await self._publish_failure(
