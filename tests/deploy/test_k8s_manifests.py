@@ -37,6 +37,7 @@ from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 from koprogo_cli.embedded import free_port
 from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.subjects import STREAMS
+from tests.deploy.write_paths import under, written_paths
 from tests.unit.test_deploy_files import (
     CONTENT_KEY_HOLDERS,
     DATABASE_HOLDERS,
@@ -46,6 +47,7 @@ from tests.unit.test_deploy_files import (
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 OVERLAYS = ("single-node", "k3s-pi-cluster")
 COMPONENTS = ("prometheus-operator", "cloudnative-pg")
 # The regional layout docs/deploy.md builds: the Pi overlay plus both optional components.
@@ -401,6 +403,81 @@ def test_the_edge_node_runs_on_arm64_pis_in_the_pi_overlay_and_anywhere_on_one_m
         (mount,) = [m for p, m in mounts.items() if models.startswith(p.rstrip("/") + "/")]
         (volume,) = [v for v in pod["volumes"] if v["name"] == mount]
         assert "hostPath" in volume or "persistentVolumeClaim" in volume
+
+
+def host_folders_made_for(uid: int) -> set[str]:
+    """The machine folders docs/deploy.md has the operator create owned by `uid`
+    (`sudo install -d -o <uid> ... <folders>`): a hostPath the pods' user may write."""
+    folders: set[str] = set()
+    for line in DEPLOY_DOC.read_text(encoding="utf-8").splitlines():
+        words = line.removeprefix("$ ").split()
+        if words[:3] == ["sudo", "install", "-d"] and words[words.index("-o") + 1] == str(uid):
+            folders |= {word for word in words[3:] if word.startswith("/")}
+    return folders
+
+
+def container_environment(objs: tuple[Obj, ...], container: Obj) -> dict[str, str]:
+    """The environment a container starts with: its ConfigMaps, then its own values; a value from
+    the downward API stands for any name, one from a Secret is left out."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            (cm,) = [
+                o
+                for o in objs
+                if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source["configMapRef"]["name"]
+            ]
+            env |= cm["data"]
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = "pi-1"
+    return env
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_every_path_a_koprogo_service_writes_by_default_is_on_a_volume_it_may_write(name: str) -> None:
+    """The root filesystem is read-only: each path a service's settings write to
+    (tests/deploy/write_paths.py: HOME, the node's models folder and answers record, a seed it would
+    mint) must be on a mounted, writable volume its user may write: a PersistentVolumeClaim, or a
+    hostPath of type Directory that docs/deploy.md has the operator create owned by the pod's user
+    (DirectoryOrCreate would let the kubelet create it root-owned, unwritable); HOME, a cache,
+    may also be an emptyDir."""
+    objs = rendered(name)
+    problems = []
+    checked = set()
+    for obj in workloads(objs):
+        pod = pod_spec(obj)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        uid = pod.get("securityContext", {}).get("runAsUser")
+        for container in pod["containers"]:
+            if not container["image"].startswith("ghcr.io/koprogo/"):
+                continue
+            uid = container.get("securityContext", {}).get("runAsUser", uid)
+            kept, scratch = [], []
+            for mount in container.get("volumeMounts", []):
+                volume = volumes[mount["name"]]
+                if mount.get("readOnly"):
+                    continue
+                host = volume.get("hostPath", {})
+                if "persistentVolumeClaim" in volume or (
+                    host.get("type") == "Directory" and host.get("path") in host_folders_made_for(uid)
+                ):
+                    kept.append(mount["mountPath"])
+                elif "emptyDir" in volume:
+                    scratch.append(mount["mountPath"])
+            env = container_environment(objs, container)
+            for what, path in written_paths(container["command"], env).items():
+                allowed = kept + scratch if what == "HOME" else kept
+                checked.add(what)
+                if not any(under(path, folder) for folder in allowed):
+                    problems.append(
+                        f"{obj['kind']}/{obj['metadata']['name']}: {what} {path} is on no volume "
+                        f"uid {uid} may write ({sorted(allowed)})"
+                    )
+    assert not problems, "\n".join(problems)
+    assert {"HOME", "answers record (ANSWERS_DIR)", "models folder (KOPROGO_MODELS_DIR)"} <= checked
 
 
 def test_the_pi_overlay_spreads_nats_over_three_pis_and_the_services_over_the_pis() -> None:
