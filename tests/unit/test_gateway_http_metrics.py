@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
@@ -84,3 +85,18 @@ def test_a_streamed_response_is_timed_to_its_last_byte_and_not_in_flight_after()
     took = REGISTRY.get_sample_value("koprogo_gateway_http_request_duration_seconds_sum", labels) - summed
     assert took >= 0.3
     assert REGISTRY.get_sample_value("koprogo_gateway_http_requests_in_flight") == 0
+
+
+def test_the_chat_apps_refusals_are_counted_by_code(tmp_path: Path) -> None:
+    not_built = TestClient(create_app(GatewaySettings(auth_disabled=True, pwa_dir=tmp_path / "nowhere")))
+    before = _refusals("pwa_not_built")
+    assert not_built.get("/mcp-chat/").status_code == 503
+    assert not_built.get("/mcp-chat/", headers={"Accept": "text/html"}).status_code == 503  # the page
+    assert _refusals("pwa_not_built") == before + 2
+
+    (tmp_path / "index.html").write_text("<!DOCTYPE html><title>KoproGo</title>")
+    built = TestClient(create_app(GatewaySettings(auth_disabled=True, pwa_dir=tmp_path)))
+    missing = _refusals("not_found")
+    got = built.get("/mcp-chat/missing.js")
+    assert got.status_code == 404 and got.json()["error"] == "not_found"
+    assert _refusals("not_found") == missing + 1

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from koprogo_gateway.entrypoints.http.errors import error_json
 from koprogo_gateway.entrypoints.http.pwa_files import AppFile, PwaFiles
 
 PWA_PATH = "/mcp-chat/"
@@ -48,7 +49,7 @@ async def app_file(request: Request, path: str) -> Response:
     found = await run_in_threadpool(files.read, path)
     if found is None:
         return JSONResponse(
-            {"error": "not_found", "message": f"no file {path!r} in the chat app"},
+            error_json(request, 404, "not_found", f"no file {path!r} in the chat app"),
             status_code=404,
             headers=_headers(None, REVALIDATE),
         )
@@ -99,6 +100,7 @@ def _not_built(request: Request, files: PwaFiles) -> Response:
     where = f"{files.root}" if files.root is not None else "no folder (set PWA_DIR to the built web/dist)"
     message = f"the chat app is not built (looked in {where}): {BUILD_HINT}"
     headers = {"Cache-Control": "no-store", "Retry-After": "30"}
+    refusal = error_json(request, 503, "pwa_not_built", message)  # counted, page or JSON
     if "text/html" in request.headers.get("accept", ""):
         page = (
             '<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>KoproGo Symbiose</title>'
@@ -107,4 +109,4 @@ def _not_built(request: Request, files: PwaFiles) -> Response:
             f"<p>{html.escape(message)}</p></html>"
         )
         return Response(page, status_code=503, media_type="text/html; charset=utf-8", headers=headers)
-    return JSONResponse({"error": "pwa_not_built", "message": message}, status_code=503, headers=headers)
+    return JSONResponse(refusal, status_code=503, headers=headers)
