@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 from starlette.testclient import TestClient
 
+from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
@@ -381,3 +382,21 @@ def test_without_tracing_a_message_without_context_costs_no_span_name_and_no_inj
         with telemetry.producer_span("koprogo.events.chat.completed.c1", headers):
             pass
     assert headers == {} and not consumed.is_recording()
+
+
+async def test_a_chats_cancel_carries_its_trace_as_every_other_publish() -> None:
+    published: list[tuple[str, bytes, dict[str, str] | None]] = []
+
+    class Nats:
+        async def publish(
+            self, subject: str, payload: bytes = b"", headers: dict[str, str] | None = None
+        ) -> None:
+            published.append((subject, payload, headers))
+
+    bus = NatsChatBus(Nats(), None, "koprogo.reply.gw1")  # type: ignore[arg-type]
+    theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with telemetry.continued_span("POST /mcp/v1/chat", {"traceparent": theirs}, SpanKind.SERVER):
+        await bus.cancel("r-1")
+    [(subject, payload, headers)] = published
+    assert subject == subjects.chat_cancel("r-1") and payload == b""
+    assert headers is not None and headers["traceparent"] == theirs

@@ -513,7 +513,8 @@ async def deliver_chat_outcome(
 
 
 async def publish_reply(nc: NATS, subject: str, payload: bytes, *, traced: bool = True) -> None:
-    """A core-NATS publish (not stored): a worker's answer to the waiting gateway, a poll's answer.
+    """A core-NATS publish (not stored): a worker's answer to the waiting gateway, a poll's answer,
+    the gateway's cancel of a chat.
 
     `traced`: in a PRODUCER span, the trace context in the headers, so the receiver continues
     the trace. A streamed piece is not (one span per token would drown the trace).

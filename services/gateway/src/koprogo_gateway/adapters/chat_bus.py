@@ -26,7 +26,7 @@ from koprogo_gateway.domain.errors import (
 )
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatRequested, Event
-from koprogo_shared.nats_connection import PUBLISH_RETRY_S, StreamFullError, publish_event
+from koprogo_shared.nats_connection import PUBLISH_RETRY_S, StreamFullError, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
@@ -81,7 +81,8 @@ class NatsChatBus(ChatBus):
         node = self.replies.sender_of(request_id)
         subject = subjects.chat_cancel(request_id) if node is None else subjects.node_cancel(node, request_id)
         try:
-            await self.nc.publish(subject, b"")
+            # In the chat's trace (a PRODUCER span, its context in the headers), as every other publish.
+            await publish_reply(self.nc, subject, b"")
         except (nats.errors.Error, OSError) as exc:
             log.warning("could not cancel %s: %r", request_id, exc)
 
