@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 OVERLAYS = ("single-node", "k3s-pi-cluster")
-COMPONENTS = ("prometheus-operator", "cloudnative-pg")
-# The regional layout docs/deploy.md builds: the Pi overlay plus both optional components.
+COMPONENTS = ("prometheus-operator", "cloudnative-pg", "tracing")
+# The regional layout docs/deploy.md builds: the Pi overlay plus the optional components.
 REGIONAL = "k3s-pi-cluster+components"
 RENDERINGS = (*OVERLAYS, REGIONAL)
 # The oldest Kubernetes the docs support (kubectl 1.32 here, k3s 1.32 on the Pis) and the newest
@@ -374,11 +374,25 @@ def test_the_gateway_scales_on_cpu_and_the_stream_setup_job_runs_as_the_operator
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
-def test_every_service_logs_json_and_knows_where_traces_go(name: str) -> None:
+def test_every_service_logs_json_and_sends_traces_only_with_the_tracing_component(name: str) -> None:
+    """Traces are opt-in (components/tracing): without a collector, any OTEL_* setting would make
+    every service load the SDK, pay for spans and log failed exports; with it, the endpoint is set
+    and the NetworkPolicies let the pods reach it."""
     objs = rendered(name)
     config = config_map(objs, "koprogo-config")["data"]
     assert config["LOG_FORMAT"] == "json"
-    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    otel = {key: value for key, value in config.items() if key.startswith("OTEL_")}
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    if name == REGIONAL:
+        assert otel == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.monitoring.svc:4318"}
+        (egress,) = policies["services-to-otel-collector"]["spec"]["egress"]
+        assert egress["ports"] == [{"protocol": "TCP", "port": 4318}]
+        assert egress["to"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+    else:
+        assert otel == {}, f"{name} sends traces with no collector: {otel}"
+        assert "services-to-otel-collector" not in policies
     for obj in workloads(objs):
         if not obj["metadata"]["name"].startswith("koprogo-"):
             continue
@@ -717,7 +731,7 @@ def job_environment(objs: tuple[Obj, ...], keys: Path, nats_url: str) -> dict[st
     env.update({e["name"]: e["value"] for e in container["env"]})
     env["NATS_URL"] = nats_url
     env["NATS_NKEY_SEED_FILE"] = str(keys / Path(env["NATS_NKEY_SEED_FILE"]).name)
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")  # no collector here
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # no collector here
     env.pop("HOME")
     return env
 
