@@ -14,7 +14,7 @@ import base64
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,13 @@ from koprogo_cli.trace_store import TraceStore, traces_dir
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir
 from tests.e2e.test_koprogo_up import koprogo
-from tests.fault.stack_processes import ProcessStack, process_stack
+from tests.fault.stack_processes import ProcessStack, StackFactory, process_stacks
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 COPRO = "550e8400-e29b-41d4-a716-446655440000"
 CHAT_HOPS = {"koprogo-gateway", "koprogo-router", "koprogo-node", "koprogo-ledger"}
 GRID_HOPS = {"koprogo-gateway", "koprogo-grid-scheduler", "koprogo-node", "koprogo-ledger"}
 Span = Mapping[str, Any]
-StackFactory = Callable[..., Awaitable[ProcessStack]]
 
 
 @pytest.fixture
@@ -51,21 +50,8 @@ async def traced_stack(
     clean_jetstream: str, database_url: str, tmp_path: Path, receiver: TraceReceiver
 ) -> AsyncIterator[StackFactory]:
     """Start the stack's processes, each told to export its spans to `receiver`; stopped afterwards."""
-    stacks: list[ProcessStack] = []
-
-    async def make(*, env: Mapping[str, str] | None = None, **options: Any) -> ProcessStack:
-        logs = tmp_path / f"logs-{len(stacks)}"
-        logs.mkdir()
-        stack = process_stack(
-            clean_jetstream, database_url, logs, env={**exporter_env(receiver), **(env or {})}, **options
-        )
-        stacks.append(stack)
-        await stack.start()
-        return stack
-
-    yield make
-    for stack in stacks:
-        await stack.stop()
+    async with process_stacks(clean_jetstream, database_url, tmp_path, env=exporter_env(receiver)) as make:
+        yield make
 
 
 def connection_faults(trace_id: str, spans: list[Span], hops: set[str]) -> list[str]:

@@ -11,22 +11,21 @@ processes clustered on loopback, of the test's own too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tests.conftest import postgres_dir
-from tests.fault.stack_processes import ProcessStack, process_stack
+from tests.fault.stack_processes import StackFactory, process_stacks
 from tests.integration.cloud_support import openai_compatible_server
 from tests.integration.nats_cluster_support import NatsCluster
 
 CLOUD_MODEL = "gpt-4o-mini"
 CLOUD_DEPLOYMENT = "local-openai"
 
-FaultStackFactory = Callable[..., Awaitable[ProcessStack]]
+FaultStackFactory = StackFactory
 
 
 @pytest.fixture
@@ -34,20 +33,10 @@ async def fault_stack(
     clean_jetstream: str, database_url: str, tmp_path: Path
 ) -> AsyncIterator[FaultStackFactory]:
     """Start a stack of processes (`process_stack`'s options) on the session's NATS and a fresh
-    database, or on the `nats` and `database` URLs given; every process is stopped afterwards."""
-    stacks: list[ProcessStack] = []
-
-    async def make(*, database: str | None = None, nats: str | None = None, **options: Any) -> ProcessStack:
-        logs = tmp_path / f"logs-{len(stacks)}"
-        logs.mkdir()
-        stack = process_stack(nats or clean_jetstream, database or database_url, logs, **options)
-        stacks.append(stack)
-        await stack.start()
-        return stack
-
-    yield make
-    for stack in stacks:
-        await stack.stop()
+    database, or on the `nats` and `database` URLs given, with `env` added to every service's
+    environment; every process is stopped afterwards (`process_stacks`)."""
+    async with process_stacks(clean_jetstream, database_url, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

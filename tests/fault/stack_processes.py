@@ -19,9 +19,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -244,3 +245,44 @@ def process_stack(
         log_dir,
     )
     return ProcessStack(nats_url, database_url, gateway_url, chat_timeout_s, services)
+
+
+# Starts a stack of processes with `process_stack`'s options, ready; see `process_stacks`.
+StackFactory = Callable[..., Awaitable[ProcessStack]]
+
+
+@contextlib.asynccontextmanager
+async def process_stacks(
+    nats_url: str, database_url: str, folder: Path, *, env: Mapping[str, str] | None = None
+) -> AsyncIterator[StackFactory]:
+    """A factory of started stacks (`process_stack`'s options), each logging under its own folder of
+    `folder`; `env` goes to every service of every stack, a call's `env=` on top of it, a call's
+    `database=` or `nats=` replaces the URLs. Every stack started is stopped on leaving."""
+    stacks: list[ProcessStack] = []
+    shared_env = dict(env or {})
+
+    async def make(
+        *,
+        database: str | None = None,
+        nats: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> ProcessStack:
+        logs = folder / f"logs-{len(stacks)}"
+        logs.mkdir()
+        stack = process_stack(
+            nats or nats_url,
+            database or database_url,
+            logs,
+            env=shared_env | dict(env or {}),
+            **options,
+        )
+        stacks.append(stack)
+        await stack.start()
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            await stack.stop()
