@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_trace_id
 
+from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_chat_path import COPRO, chat_body
@@ -100,6 +102,63 @@ async def test_a_chat_is_one_trace_whose_id_the_caller_gets_and_the_ledger_keeps
     assert again.headers["traceparent"].split("-")[1] == theirs
     await wait_until(lambda: _has_trace_id(stack, again.json()["id"]), timeout=20)
     assert await _stored_trace_id(stack, again.json()["id"]) == theirs
+
+
+async def test_a_streamed_chat_is_one_trace_with_its_generation(
+    stack_factory: StackFactory,
+    traced: InMemorySpanExporter,  # noqa: F811 (the fixture)
+) -> None:
+    stack = await stack_factory()
+    async with stack.client.stream("POST", "/mcp/v1/chat", json=chat_body(stream=True)) as response:
+        assert response.status_code == 200
+        trace_id = response.headers["traceparent"].split("-")[1]
+        text = "".join([chunk async for chunk in response.aiter_text()])
+    assert "event: done" in text, text
+
+    wanted = {
+        "POST /mcp/v1/chat",
+        "publish koprogo.events.chat.requested",
+        "process koprogo.work.edge",
+        "generate",
+        "publish koprogo.events.chat.completed",
+        "process koprogo.events.chat.completed",  # the ledger's projection
+    }
+    try:
+        await wait_until(lambda: wanted <= {s.name for s in _of_trace(traced, trace_id)}, timeout=20)
+    except AssertionError:
+        raise AssertionError(wanted - {s.name for s in _of_trace(traced, trace_id)}) from None
+    spans = _of_trace(traced, trace_id)
+    server = next(s for s in spans if s.name == "POST /mcp/v1/chat")
+    generate = next(s for s in spans if s.name == "generate")
+    assert server.parent is None and generate.parent is not None
+    # The server span lasts the whole stream: it ends after the generation does.
+    assert server.end_time is not None and generate.end_time is not None
+    assert server.end_time >= generate.end_time
+    attributes = dict(generate.attributes or {})
+    assert attributes["koprogo.execution_type"] == "edge"
+    assert (
+        isinstance(attributes["gen_ai.usage.output_tokens"], int)
+        and attributes["gen_ai.usage.output_tokens"] > 0
+    )
+
+
+async def test_an_unhandled_error_answers_500_with_its_traceparent(
+    stack_factory: StackFactory,
+    traced: InMemorySpanExporter,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stack = await stack_factory()
+
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    # A bug in what /ready calls (the gateway runs in this process, under uvicorn).
+    monkeypatch.setattr(PostgresStatsRepository, "ping", broken)
+    response = await stack.client.get("/ready")
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    trace_id = response.headers["traceparent"].split("-")[1]
+    (server,) = [s for s in _of_trace(traced, trace_id) if s.name == "GET /ready"]
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 500
 
 
 async def _has_trace_id(stack: RunningStack, response_id: str) -> bool:

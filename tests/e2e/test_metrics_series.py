@@ -47,6 +47,9 @@ class Scraped:
     expositions: dict[str, str]
     request_ids: list[str]
     idempotency_key: str
+    # `koprogo_ledger_lag_messages` while the ledger could not write (its table locked), a chat's
+    # events waiting for it.
+    lag_held_back: float
 
 
 def samples(text: str) -> list[Sample]:
@@ -180,7 +183,7 @@ async def _chat_and_scrape(stack: ProcessStack) -> Scraped:
             )
             return (
                 (value(ledger, "koprogo_ledger_last_applied_timestamp_seconds") or 0) > 0
-                and value(ledger, "koprogo_ledger_lag_messages") is not None
+                and value(ledger, "koprogo_ledger_lag_messages") == 0
                 and (
                     value(ledger, "koprogo_ledger_grid_rewards_tokens_total", account="solidarity_fund") or 0
                 )
@@ -189,13 +192,50 @@ async def _chat_and_scrape(stack: ProcessStack) -> Scraped:
             )
 
         await wait_until(ledger_and_scheduler_caught_up, timeout=30)
+        lag_held_back, held_id = await _lag_while_the_ledger_cannot_write(stack, client, chat(), bearer)
         expositions = {
             name: (await client.get(f"{ops_url(stack, name)}/metrics")).text
             for name in SERVICES
             if name != "gateway"
         }
         expositions["gateway"] = (await client.get("/metrics")).text
-    return Scraped(expositions, [*request_ids, task_id], key)
+    return Scraped(expositions, [*request_ids, held_id, task_id], key, lag_held_back)
+
+
+async def _lag_while_the_ledger_cannot_write(
+    stack: ProcessStack, client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, str]:
+    """The ledger's lag (and the chat's id) while a lock on `mcp_requests` holds its projection back and a chat's
+    events wait for it (it reads its consumer every 5 s); once the lock goes, it catches up to 0."""
+    ledger_metrics = f"{ops_url(stack, 'ledger')}/metrics"
+
+    async def lag() -> float:
+        return value((await client.get(ledger_metrics)).text, "koprogo_ledger_lag_messages") or 0.0
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        locked = conn.transaction()
+        await locked.start()
+        await conn.execute("LOCK TABLE mcp_requests IN ACCESS EXCLUSIVE MODE")
+        try:
+            answered = await client.post("/mcp/v1/chat", json=body, headers=headers)
+            assert answered.status_code == 200, answered.text  # the ledger is not on a chat's path
+
+            async def behind() -> bool:
+                return await lag() > 0
+
+            await wait_until(behind, timeout=20)
+            held_back = await lag()
+        finally:
+            await locked.rollback()
+    finally:
+        await conn.close()
+
+    async def caught_up() -> bool:
+        return await lag() == 0
+
+    await wait_until(caught_up, timeout=30)
+    return held_back, str(answered.json()["id"])
 
 
 async def test_after_chats_and_a_task_each_service_exposes_its_series_moved_by_them(scraped: Scraped) -> None:
@@ -225,7 +265,9 @@ async def test_after_chats_and_a_task_each_service_exposes_its_series_moved_by_t
     assert value(node, "koprogo_node_model_resident", **model) == 1
     assert value(node, "koprogo_node_model_load_seconds_count", **model) == 1
 
-    assert value(ledger, "koprogo_ledger_lag_messages") is not None
+    # Caught up after the chats, behind while it could not write (`_lag_while_the_ledger_cannot_write`).
+    assert value(ledger, "koprogo_ledger_lag_messages") == 0
+    assert scraped.lag_held_back > 0
     assert (value(ledger, "koprogo_ledger_last_applied_timestamp_seconds") or 0) > 0
     applied = sum(
         s.value
