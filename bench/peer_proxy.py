@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -59,6 +60,7 @@ CLOUD_MODEL = "gpt-4o-mini"  # the model name in peer_proxy.lua and peer_proxy_l
 LITELLM_MASTER_KEY = "sk-peer-proxy-bench"
 # Raised out of the way, not switched off: each chat still writes its rate-limit counter.
 RATE_LIMIT = "100000000"
+WRK = "wrk (load generator)"
 
 
 def log(line: str) -> None:
@@ -143,7 +145,7 @@ def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) ->
             wrk,
             "-t1",
             f"-c{connections}",
-            f"-d{seconds}s",
+            f"-d{round(seconds)}s",
             "--timeout",
             "30s",
             "-s",
@@ -154,11 +156,12 @@ def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) ->
         ],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
+    )
+    if out.returncode != 0:
+        sys.exit(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if line is None:
-        sys.exit(f"wrk printed no summary:\n{out}")
+        sys.exit(f"wrk printed no summary:\n{out.stdout}")
     s = json.loads(line.removeprefix("WRK_JSON "))
     return WrkResult(
         requests=s["requests"],
@@ -198,6 +201,8 @@ class Target:
     results: dict[int, list[WrkResult]] = field(default_factory=dict)
     # connections -> process name -> CPU ms per request, one value per round.
     cpu_ms: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    # connections -> the machine's busy CPU share (%) over each round.
+    busy: dict[int, list[float]] = field(default_factory=dict)
     sent: int = 0  # requests wrk completed, warm-up included
     in_flight: int = 0  # requests possibly sent but not counted at the cut-offs (sum of connections)
 
@@ -205,8 +210,17 @@ class Target:
 def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
     pids = {**target.processes, **extra}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # wrk is the only child that ends during the run: the children's usage grows by its CPU alone.
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    psutil.cpu_percent(None)  # starts the machine-wide busy measure
     result = run_wrk(wrk, target.url, target.token, connections, seconds)
+    busy = psutil.cpu_percent(None)
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before[WRK] = wrk_before.ru_utime + wrk_before.ru_stime
+    after[WRK] = wrk_after.ru_utime + wrk_after.ru_stime
+    pids[WRK] = 0
+    target.busy.setdefault(connections, []).append(busy)
     target.sent += result.requests
     target.in_flight += connections
     per_process = target.cpu_ms.setdefault(connections, {})
@@ -271,7 +285,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=20, help="seconds per wrk run")
     parser.add_argument("--connections", type=parse_ints, default=[1, 16])
     parser.add_argument("--litellm-workers", type=parse_ints, default=[1, 2])
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
@@ -283,9 +297,7 @@ def main() -> int:
         default=16,
         help="the KoproGo deployment's concurrent provider calls (its default is 4)",
     )
-    parser.add_argument(
-        "--warmup", type=float, default=3.0, help="seconds of load per target before the rounds"
-    )
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load per target before the rounds")
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -395,11 +407,12 @@ concurrency = {args.cloud_concurrency}
         targets.insert(1, koprogo)  # LiteLLM, KoproGo, LiteLLM, ...
         backend_pids = {"backend": backend.pid}
 
-        for target in targets:  # warm-up: connections, imports, JIT-free caches, the first fsyncs
+        for target in targets:  # warm-up: connections, lazy imports, caches, the first fsyncs
             result = drive(target, wrk, max(args.connections), args.warmup, backend_pids)
             log(f"warm-up {target.name}: {result.requests} requests, {result.status_errors} errors")
         for target in targets:
             target.cpu_ms.clear()
+            target.busy.clear()
 
         for round_no in range(args.rounds):
             order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
@@ -474,7 +487,11 @@ concurrency = {args.cloud_concurrency}
             per = target.cpu_ms.get(connections, {})
             for name, values in sorted(per.items(), key=lambda kv: -median(kv[1])):
                 print(f"| {target.name} | {name} | {median(values):.2f} |")
-            print(f"| {target.name} | **all counted** | **{sum(median(v) for v in per.values()):.2f}** |")
+            served = sum(median(v) for name, v in per.items() if name != WRK)
+            print(
+                f"| {target.name} | **all but wrk** | **{served:.2f}** "
+                f"(machine busy {median(target.busy.get(connections, [])):.0f} % of {os.cpu_count()} CPUs) |"
+            )
 
     allowed = koprogo.sent + koprogo.in_flight
     durable = koprogo.sent <= completed <= total <= allowed and pending == 0
