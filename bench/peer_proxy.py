@@ -174,21 +174,28 @@ def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) ->
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its living children (LiteLLM's workers, PostgreSQL's backends)."""
+def cpu_by_process(pid: int) -> dict[tuple[int, float], float]:
+    """User + system CPU of a process and each of its living children (LiteLLM's workers,
+    PostgreSQL's backends), keyed by (pid, start time)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
+        return {}
+    times = {}
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            times[(p.pid, p.create_time())] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return times
+
+
+def cpu_delta(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
+    """CPU spent between two snapshots by the processes alive at the second: a child that started in
+    between counts whole; one that ended in between is missed (PostgreSQL's short-lived workers)."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
 
 
 @dataclass
@@ -209,44 +216,44 @@ class Target:
 
 def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
     pids = {**target.processes, **extra}
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_by_process(pid) for name, pid in pids.items()}
     # wrk is the only child that ends during the run: the children's usage grows by its CPU alone.
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     psutil.cpu_percent(None)  # starts the machine-wide busy measure
     result = run_wrk(wrk, target.url, target.token, connections, seconds)
     busy = psutil.cpu_percent(None)
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    before[WRK] = wrk_before.ru_utime + wrk_before.ru_stime
-    after[WRK] = wrk_after.ru_utime + wrk_after.ru_stime
-    pids[WRK] = 0
+    after = {name: cpu_by_process(pid) for name, pid in pids.items()}
+    spent = {name: cpu_delta(before[name], after[name]) for name in pids}
+    spent[WRK] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
     target.busy.setdefault(connections, []).append(busy)
     target.sent += result.requests
     target.in_flight += connections
     per_process = target.cpu_ms.setdefault(connections, {})
-    for name in pids:
-        per_process.setdefault(name, []).append((after[name] - before[name]) * 1000 / max(result.requests, 1))
+    for name, seconds_spent in spent.items():
+        per_process.setdefault(name, []).append(seconds_spent * 1000 / max(result.requests, 1))
     return result
 
 
-def count_rows(database_url: str) -> tuple[int, int, int, int]:
-    async def query() -> tuple[int, int, int, int]:
+def count_rows(database_url: str) -> tuple[int, int, int, int, int]:
+    async def query() -> tuple[int, int, int, int, int]:
         conn = await asyncpg.connect(database_url)
         try:
             row = await conn.fetchrow(
                 "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'completed') AS completed, "
                 "count(*) FILTER (WHERE status = 'pending') AS pending, "
+                "count(*) FILTER (WHERE status = 'failed') AS failed, "
                 "(SELECT count(*) FROM mcp_responses) AS responses FROM mcp_requests"
             )
             assert row is not None
-            return row["total"], row["completed"], row["pending"], row["responses"]
+            return row["total"], row["completed"], row["pending"], row["failed"], row["responses"]
         finally:
             await conn.close()
 
     return asyncio.run(query())
 
 
-def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, int, int]:
+def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, int, int, int]:
     """The rows once the ledger has caught up: nothing pending and the counts steady for 2 s."""
     deadline = time.monotonic() + timeout
     last = count_rows(database_url)
@@ -426,7 +433,7 @@ concurrency = {args.cloud_concurrency}
                         f"{result.status_errors} non-2xx, {result.socket_errors} socket errors"
                     )
 
-        total, completed, pending, responses = settled_rows(stack.postgres.url)
+        total, completed, pending, failed, responses = settled_rows(stack.postgres.url)
         dead = stack.dead_services()
     finally:
         if stack is not None:
@@ -498,7 +505,8 @@ concurrency = {args.cloud_concurrency}
     print(
         f"\nKoproGo durability: wrk completed {koprogo.sent} chats (warm-up included; up to "
         f"{koprogo.in_flight} more in flight at the cut-offs); `mcp_requests`: {total} rows, "
-        f"{completed} completed, {pending} pending; `mcp_responses`: {responses} rows; "
+        f"{completed} completed, {pending} pending, {failed} failed (wrk's connections closed at the "
+        f"cut-offs cancel their chats); `mcp_responses`: {responses} rows; "
         f"non-2xx: {sum(r.status_errors for rs in koprogo.results.values() for r in rs)}; "
         f"services that died: {dead or 'none'}. **{'every answered chat stored and projected' if durable else 'MISMATCH'}**"
     )
