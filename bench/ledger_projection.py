@@ -933,40 +933,37 @@ async def run(args: argparse.Namespace, servers: Servers, workdir: Path) -> list
             def fresh(share: float = 0.0) -> Workload:
                 return make_workload(args.chats, share, rng)
 
-            phases: list[Result] = []
+            def keep(*done: Result, rnd: int = rnd) -> None:
+                for p in done:
+                    if p.phase in skip:  # (b) runs anyway when (c) needs its rows
+                        continue
+                    p.round = rnd
+                    log(
+                        f"round {rnd} {p.phase}: {p.rate:,.0f} events/s ({p.events} in {p.seconds:.2f} s) {p.check} {p.note}"
+                    )
+                    results.append(p)
+
             if "batch" not in skip or "copy" not in skip:
                 load = fresh()
-                phases.append(await phase_batch(pool, keyring, load, args.batch, meter))
+                keep(await phase_batch(pool, keyring, load, args.batch, meter))
                 if "copy" not in skip:
-                    phases += await phase_copy(pool, servers.database_url, load, args.batch, meter)
-                if "batch" in skip:
-                    phases = [p for p in phases if p.phase != "batch"]
+                    keep(*await phase_copy(pool, servers.database_url, load, args.batch, meter))
             if "no-savepoints" not in skip:
-                phases.append(await phase_batch(pool, keyring, fresh(), args.batch, meter, WithoutSavepoints))
+                keep(await phase_batch(pool, keyring, fresh(), args.batch, meter, WithoutSavepoints))
             if "handler" not in skip:
-                phases.append(await phase_handler(pool, keyring, fresh(), args.batch, meter))
+                keep(await phase_handler(pool, keyring, fresh(), args.batch, meter))
             if "set" not in skip:
-                phases.append(await phase_set_based(pool, keyring, fresh(args.duplicates), args.batch, meter))
+                keep(await phase_set_based(pool, keyring, fresh(args.duplicates), args.batch, meter))
             last_round = rnd == args.rounds
             if "nats" not in skip:
                 spy = (args.py_spy, workdir / "ledger.py-spy.txt") if args.py_spy and last_round else None
-                phases.append(
-                    await phase_nats(
-                        "nats", pool, js, fresh(), ledger, CpuMeter(servers.cpu_groups()), spy, args.native
-                    )
-                )
+                meter = CpuMeter(servers.cpu_groups())
+                keep(await phase_nats("nats", pool, js, fresh(), ledger, meter, spy, args.native))
             if "dups" not in skip:
                 load = fresh(args.duplicates)
-                phases.append(
-                    await phase_nats("dups", pool, js, load, ledger, CpuMeter(servers.cpu_groups()), None)
-                )
-                phases[-1].note += f"; {load.duplicates} duplicates"
-            for p in phases:
-                p.round = rnd
-                log(
-                    f"round {rnd} {p.phase}: {p.rate:,.0f} events/s ({p.events} in {p.seconds:.2f} s) {p.check} {p.note}"
-                )
-            results += phases
+                dups = await phase_nats("dups", pool, js, load, ledger, CpuMeter(servers.cpu_groups()), None)
+                dups.note += f"; {load.duplicates} duplicates"
+                keep(dups)
     finally:
         ledger.stop()
         await nc.close()
