@@ -37,7 +37,11 @@ CONSUMER = ConsumerSpec(
     filter_subject=subjects.CHAT_REQUESTED_ALL,
     ack_wait_s=10.0,
     max_deliver=5,
-    batch=16,
+    # One message per fetch: the handler decides each chat on its own, and nats-py's
+    # `fetch(batch > 1)` can hold a chat for up to its 1 s timeout when a stale 408 from an
+    # expired pull request answers its no-wait probe (it then leaves a lingering request for
+    # the batch behind; tests/integration/test_router_consumer_stale_status.py).
+    batch=1,
 )
 FALLBACK_CONSUMER = ConsumerSpec(
     stream=subjects.EVENTS_STREAM,
@@ -45,7 +49,7 @@ FALLBACK_CONSUMER = ConsumerSpec(
     filter_subject=subjects.INFERENCE_ATTEMPT_FAILED_ALL,
     ack_wait_s=10.0,
     max_deliver=5,
-    batch=16,
+    batch=1,  # as CONSUMER's: a fallback is on its chat's path too
 )
 
 
