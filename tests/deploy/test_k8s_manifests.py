@@ -14,11 +14,14 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -671,6 +674,11 @@ class Server:
     conf: Path
     client_port: int
     pod_name: str
+    monitor_port: int
+
+    @property
+    def log(self) -> Path:
+        return self.root / "nats-server.log"
 
 
 def lay_out_nats(tmp: Path, conf: str, authorization: Path, servers: int = 1) -> list[Server]:
@@ -680,6 +688,7 @@ def lay_out_nats(tmp: Path, conf: str, authorization: Path, servers: int = 1) ->
     client_ports = [free_port() for _ in range(servers)]
     # Every route the conf names gets a port, whether its server runs here or not.
     route_ports = [free_port() for _ in range(max(servers, 3))]
+    monitor_ports = [free_port() for _ in range(servers)]
     laid_out = []
     for i in range(servers):
         root = tmp / f"nats-{i}"
@@ -697,31 +706,77 @@ def lay_out_nats(tmp: Path, conf: str, authorization: Path, servers: int = 1) ->
             .replace("/var/run/nats", str(root / "run"))
             .replace("port: 4222", f"port: {client_ports[i]}")
             .replace("port: 6222", f"port: {route_ports[i]}")
-            .replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{free_port()}")
+            .replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{monitor_ports[i]}")
         )
         (root / "nats-config" / "nats.conf").write_text(text)
-        laid_out.append(Server(root, root / "nats-config" / "nats.conf", client_ports[i], f"nats-{i}"))
+        laid_out.append(
+            Server(root, root / "nats-config" / "nats.conf", client_ports[i], f"nats-{i}", monitor_ports[i])
+        )
     return laid_out
 
 
 @contextlib.contextmanager
 def running(servers: list[Server]) -> Iterator[None]:
-    processes = [
-        subprocess.Popen(
-            [nats_server(), "-c", str(s.conf)],
-            env={**os.environ, "POD_NAME": s.pod_name},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for s in servers
-    ]
+    """The servers started, each logging to its `log`; with several, only once they have formed
+    their cluster (every route up and a JetStream meta leader elected, as their monitoring port
+    says), as a Job run after the StatefulSet is ready finds them."""
+    processes = []
+    for s in servers:
+        with s.log.open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [nats_server(), "-c", str(s.conf)],
+                    env={**os.environ, "POD_NAME": s.pod_name},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     try:
+        if len(servers) > 1:
+            wait_for_cluster(servers)
         yield
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=15)
+
+
+def server_logs(servers: list[Server]) -> str:
+    return "".join(f"\n--- {s.pod_name}\n{s.log.read_text(errors='replace')}" for s in servers)
+
+
+def wait_for_cluster(servers: list[Server], timeout_s: float = 60.0) -> None:
+    """Until every server routes to all the others and knows the JetStream meta leader."""
+    deadline = time.monotonic() + timeout_s
+    last: str = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            ready = True
+            for s in servers:
+                base = f"http://127.0.0.1:{s.monitor_port}"
+                routes = {
+                    r.get("remote_name") or r.get("remote_id")
+                    for r in monitor(base, "/routez")["routes"] or []
+                }
+                leader = (monitor(base, "/jsz").get("meta_cluster") or {}).get("leader")
+                last = f"{s.pod_name}: {len(routes)} route(s), meta leader {leader!r}"
+                ready = ready and len(routes) >= len(servers) - 1 and bool(leader)
+            if ready:
+                return
+        except OSError as exc:
+            last = f"monitoring not answering: {exc}"
+        time.sleep(0.25)
+    raise AssertionError(
+        f"the {len(servers)} NATS servers formed no cluster in {timeout_s:.0f} s ({last})"
+        + server_logs(servers)
+    )
+
+
+def monitor(base: str, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base + path, timeout=5) as answer:
+        data: dict[str, Any] = json.load(answer)
+    return data
 
 
 def job_environment(objs: tuple[Obj, ...], keys: Path, nats_url: str) -> dict[str, str]:
@@ -804,8 +859,8 @@ def test_the_pi_overlays_three_servers_form_a_tls_cluster_and_take_the_stream_se
         assert in_pod == "/run/koprogo/tls/" + bundle.name
         env["SSL_CERT_FILE"] = str(bundle)
         done = run_job(objs, env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "3 replica(s)" in done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr + server_logs(servers)
+        assert "3 replica(s)" in done.stdout + done.stderr, done.stdout + done.stderr + server_logs(servers)
 
         async def replicas() -> int:
             nc, js = await asyncio.wait_for(

@@ -261,6 +261,17 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
         await js.update_stream(_stream_config(spec, max(current, wanted)))
 
 
+async def _jetstream_ready(js: JetStreamContext, url: str) -> None:
+    """Until JetStream answers (a cluster that just started has no meta leader yet)."""
+    while True:
+        try:
+            await js.account_info()
+            return
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
+            log.warning("JetStream at %s not ready (%s); asking again", url, exc or type(exc).__name__)
+            await asyncio.sleep(0.5)
+
+
 async def declare_streams(
     url: str,
     *,
@@ -278,6 +289,10 @@ async def declare_streams(
     """
     nc, js = await connect_nats(url, "koprogo-stream-setup", nkey_seed_file=nkey_seed_file)
     try:
+        # A cluster's servers learn of each other as their routes come up, and the count of
+        # replicas is read from what the connected server knows: wait for the JetStream meta
+        # leader first (a quorum of the cluster has met), then let the rest announce themselves.
+        await _jetstream_ready(js, url)
         replicas = await _settled_replicas(nc)
         log.info("streams and buckets at %s: %d replica(s)", url, replicas)
         while True:
