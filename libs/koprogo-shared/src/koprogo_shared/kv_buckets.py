@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.kv import KeyValue
 
 from koprogo_shared.grid_stores import (
     declare_grid_stores,
@@ -87,33 +88,163 @@ async def raise_replicas(js: JetStreamContext, bucket: str, replicas: int) -> No
     await raise_stream_replicas(js, bucket_stream(bucket), replicas)
 
 
+# nats-server 2.12 brought a stream's `persist_mode`; `async` (ADR-56) is taken by R1 streams only.
+ASYNC_PERSIST_SERVER = (2, 12)
+
+
+def server_version(js: JetStreamContext) -> tuple[int, ...]:
+    """The connected server's version, as numbers ((0,) when it did not say)."""
+    # nats-py keeps the connection a JetStreamContext was made from as `_nc`, its INFO as `_server_info`.
+    version = str(js._nc._server_info.get("version", "0"))
+    numbers = []
+    for part in version.split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers) or (0,)
+
+
+def rate_limit_persist_mode(js: JetStreamContext, replicas: int) -> js_api.PersistMode:
+    """How the counters are written: `async` on one server that knows it, else fsynced (`default`)."""
+    if replicas == 1 and server_version(js) >= ASYNC_PERSIST_SERVER:
+        return js_api.PersistMode.ASYNC
+    return js_api.PersistMode.DEFAULT
+
+
+def _counters_stream(ttl_s: float, replicas: int, mode: js_api.PersistMode) -> js_api.StreamConfig:
+    """The counters' bucket as a stream: what nats-py's `create_key_value` declares (history 1,
+    `ttl_s`), with a persist mode, which `KeyValueConfig` cannot carry."""
+    return js_api.StreamConfig(
+        name=bucket_stream(RATE_LIMIT_BUCKET),
+        description="Rate-limit counters of the gateways, one key per policy, subject and window.",
+        subjects=[f"$KV.{RATE_LIMIT_BUCKET}.>"],
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=js_api.DiscardPolicy.NEW,
+        duplicate_window=min(120.0, ttl_s),
+        max_age=ttl_s,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=replicas,
+        storage=js_api.StorageType.FILE,
+        # Unset is the server's default (it does not store `default`).
+        persist_mode=mode if mode is not js_api.PersistMode.DEFAULT else None,
+    )
+
+
 async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replicas: int = 1) -> None:
     """Create the counters' bucket, or make sure the existing one keeps counters for `ttl_s`.
 
-    File storage like every stream (a NATS restart does not forgive a window); history 1,
-    since only the latest count matters; the TTL removes the keys of past windows. Reads
-    are not `direct`, so they are served by the stream's leader, which also orders writes.
-    `replicas`: the streams' count (`nats_connection.stream_replicas`), raised, never lowered.
+    File storage, written `async` on a single server (`rate_limit_persist_mode`): the server
+    acknowledges a counter's write before its fsync, so the compare-and-set on every chat's path
+    costs no fsync (the stream overrides `sync_interval: always` for itself). A counter is not
+    data: a crash of the server (SIGKILL, power loss) may lose the last writes, which forgives
+    those requests in the current window once; a graceful restart keeps every count, and while
+    the server runs the limits stay exact. Replicated (a cluster), the counters stay fsynced:
+    JetStream takes `async` for R1 streams only. History 1, since only the latest count matters;
+    the TTL removes the keys of past windows. Reads are not `direct`, so they are served by the
+    stream's leader, which also orders writes.
+
+    An existing bucket keeps its counts: its TTL is raised to `ttl_s` when shorter, its replicas
+    to `replicas` (never lowered), and when its persist mode is not the one wanted (a bucket
+    declared before this mode, or raised from one server to three) it is declared again
+    (`_move_counters`: the mode cannot be changed in place).
     """
-    config = js_api.KeyValueConfig(
-        bucket=RATE_LIMIT_BUCKET,
-        description="Rate-limit counters of the gateways, one key per policy, subject and window.",
-        history=1,
-        ttl=ttl_s,
-        storage=js_api.StorageType.FILE,
-        replicas=replicas,
-    )
+    stream = bucket_stream(RATE_LIMIT_BUCKET)
     try:
-        await js.create_key_value(config)
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(_counters_stream(ttl_s, replicas, rate_limit_persist_mode(js, replicas)))
+            return
+        except nats.js.errors.BadRequestError:
+            info = await js.stream_info(stream)  # another setup step created it meanwhile
+    kept_s = max(ttl_s, info.config.max_age or 0)
+    wanted_replicas = max(replicas, info.config.num_replicas or 1)
+    mode = rate_limit_persist_mode(js, wanted_replicas)
+    if info.config.sealed or (info.config.persist_mode or js_api.PersistMode.DEFAULT) != mode:
+        await _move_counters(js, info, _counters_stream(kept_s, wanted_replicas, mode))
+        return
+    # Never with a TTL that would expire a counter inside its window.
+    if (info.config.max_age or 0) < ttl_s:
+        info.config.max_age = ttl_s
+        await js.update_stream(info.config)
+        log.info("rate-limit bucket TTL raised to %ss", ttl_s)
+    await raise_replicas(js, RATE_LIMIT_BUCKET, replicas)
+
+
+async def _move_counters(js: JetStreamContext, info: js_api.StreamInfo, config: js_api.StreamConfig) -> None:
+    """Declare the counters' bucket again as `config`, with every count it holds.
+
+    The stream is sealed first, so no gateway's write can land between the copy and the
+    deletion (a gateway's write meanwhile fails: a 503 `rate_limit_unavailable`, or admitted
+    with RATE_LIMIT_FAIL_OPEN, for well under a second); every key's count is read, the stream
+    deleted and declared again, and each count added to whatever a gateway wrote in the new
+    stream since, so every window keeps every request it counted. A step that fails leaves
+    the stream sealed, which the next declaration takes up from the copy.
+    """
+    stream = bucket_stream(RATE_LIMIT_BUCKET)
+    if not info.config.sealed:
+        info.config.sealed = True
+        await js.update_stream(info.config)
+    counts = await _read_counters(js, stream)
+    await js.delete_stream(stream)
+    try:
+        await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        # The bucket exists with another configuration (a replica with another window):
-        # keep it, but never with a TTL that would expire a counter inside its window.
-        info = await js.stream_info(bucket_stream(RATE_LIMIT_BUCKET))
-        if (info.config.max_age or 0) < ttl_s:
-            info.config.max_age = ttl_s
-            await js.update_stream(info.config)
-            log.info("rate-limit bucket TTL raised to %ss", ttl_s)
-        await raise_replicas(js, RATE_LIMIT_BUCKET, replicas)
+        pass  # another setup step declared it since the deletion: add the counts to its
+    kv = await js.key_value(RATE_LIMIT_BUCKET)
+    for key, count in counts.items():
+        await _add_count(kv, key, count)
+    log.info(
+        "rate-limit bucket declared again (%d replica(s), persist mode %s) with its %d counter(s)",
+        config.num_replicas,
+        (config.persist_mode or js_api.PersistMode.DEFAULT).value,
+        len(counts),
+    )
+
+
+async def _read_counters(js: JetStreamContext, stream: str) -> dict[str, int]:
+    """Every key's count in the (sealed) stream: its latest value, deletions and non-integers left out."""
+    prefix = f"$KV.{RATE_LIMIT_BUCKET}."
+    counts: dict[str, int] = {}
+    seq = 1
+    while True:
+        try:
+            # The first message at or after `seq` (a subject is needed for "next": every key's).
+            msg = await js.get_msg(stream, seq=seq, subject=f"{prefix}>", next=True)
+        except nats.js.errors.NotFoundError:
+            return counts
+        seq = (msg.seq or seq) + 1
+        key = (msg.subject or "").removeprefix(prefix)
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            counts.pop(key, None)
+            continue
+        try:
+            counts[key] = int(msg.data or b"")
+        except ValueError:
+            log.warning("rate-limit counter %s holds no integer: not moved", key)
+
+
+async def _add_count(kv: KeyValue, key: str, count: int) -> None:
+    """Add `count` to the counter under `key` (created when absent), by compare-and-set."""
+    while True:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            try:
+                await kv.create(key, str(count).encode())
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        current = int(entry.value or b"0")
+        try:
+            await kv.update(key, str(current + count).encode(), last=entry.revision)
+            return
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue
 
 
 async def ensure_idempotency_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
