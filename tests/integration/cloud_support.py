@@ -59,6 +59,9 @@ class Reply:
     events: list[dict[str, Any]] | None = None
     # Between two events of a stream, so that a test can leave in the middle of it.
     event_delay_s: float = 0.0
+    # A body sent as it is (not JSON), with this content type.
+    raw: str | None = None
+    raw_type: str = "text/html"
 
 
 def message_body(
@@ -232,6 +235,7 @@ class Call:
     at: float
     api_key: str | None
     payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _api_key(request: Request) -> str | None:
@@ -270,12 +274,16 @@ class ScriptedApi:
     async def _answer(self, request: Request) -> Response:
         payload = await request.json()
         with self._lock:
-            self.calls.append(Call(time.monotonic(), _api_key(request), payload))
+            self.calls.append(Call(time.monotonic(), _api_key(request), payload, dict(request.headers)))
             reply = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.events is not None:
             return StreamingResponse(self._sse(reply), media_type="text/event-stream", headers=reply.headers)
+        if reply.raw is not None:
+            return Response(
+                reply.raw, status_code=reply.status, headers=reply.headers, media_type=reply.raw_type
+            )
         return JSONResponse(reply.body or {}, status_code=reply.status, headers=reply.headers)
 
     async def _sse(self, reply: Reply) -> AsyncIterator[str]:

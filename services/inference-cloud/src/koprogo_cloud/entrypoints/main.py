@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from koprogo_cloud.bootstrap import run_cloud
@@ -15,6 +16,10 @@ from koprogo_shared.telemetry import configure_tracing
 def main() -> None:
     settings = CloudSettings()
     configure_logging(settings.log_level, "cloud")
+    if logging.getLogger().level > logging.DEBUG:
+        # httpx2 logs every provider call at INFO (a line per chat, ~3 % of the worker's CPU under
+        # load): the calls are counted in koprogo_cloud_calls_total; LOG_LEVEL=DEBUG shows them.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     configure_tracing("koprogo-cloud")
     try:
         settings.deployments()  # a bad deployments file stops here, with what to fix
