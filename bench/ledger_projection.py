@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ledger_projection.py [--chats 5000] [--rounds 3] [--duplicates 0.1]
                                                 [--server-url postgresql://...] [--py-spy PATH [--native]]
-                                                [--skip copy,batch,no-savepoints,handler,nats,dups,set]
+                                                [--skip copy,batch,per-event,no-savepoints,handler,nats,dups,set]
 
 Realistic chats, each three events made with the real models and helpers (`ChatRequested` as the
 gateway builds it, `ChatCompleted` from a `RunInference` by `chat_outcomes.completed` on the edge
@@ -15,13 +15,16 @@ A nats-server of our own (`EmbeddedNats`: JetStream file storage, `sync_interval
 Phases, every round, each on emptied tables, fresh events each time:
 
 * **batch**: `project_batch` on batches of `LedgerSettings.ledger_batch` events (already decoded),
-  one `PostgresProjectionUnitOfWork` each, as the consumer calls it: the PostgreSQL path alone.
+  one `PostgresProjectionUnitOfWork` each, as the consumer calls it: the PostgreSQL path alone
+  (set-based, `service_layer.chat_batch`, with the per-event path for what it leaves).
+* **per-event**: the same with `project_batch(set_based=False)`: every event alone under its
+  savepoint, as the ledger projected before the set-based path (the baseline of the same run).
 * **copy**: the rows that phase left (`mcp_requests`, `mcp_responses`, read back as stored: sealed
   contents, final status, delivered) written again with asyncpg's `copy_records_to_table`: all in
   one transaction (the floor), and with `applied_events` in one transaction per batch's worth of
   chats (what the ledger writes, committed as often as it commits).
-* **no-savepoints**: `batch` again with the unit of work's `savepoint()` doing nothing (right only
-  because no event of this workload fails, which the row check confirms): what savepoints cost.
+* **no-savepoints**: `per-event` again with the unit of work's `savepoint()` doing nothing (right
+  only because no event of this workload fails, which the row check confirms): what savepoints cost.
 * **handler**: the consumer's batch handler (`event_batch_handler` through `decide_batch`: decode,
   sender checks, projection) on in-memory messages: everything but NATS.
 * **nats**: the events published to KOPROGO_EVENTS beforehand, then the ledger started as its own
@@ -29,10 +32,11 @@ Phases, every round, each on emptied tables, fresh events each time:
   first transaction's `now()`) to the moment its durable has acknowledged the stream's last message.
 * **dups**: the same with a share of the events published a second time (a new `Nats-Msg-Id`, as a
   redelivery past JetStream's de-duplication) a little later in the stream.
-* **set**: a prototype of the fix, not the ledger: the same batches (with the duplicates) decoded,
-  then each kind of step applied with one statement for the whole batch (claims with `unnest ...
-  ON CONFLICT DO NOTHING RETURNING`, rows and updates with asyncpg's pipelined `executemany`), the
-  ledger's own row builders and sealing; happy path only (see `project_set_based`).
+* **set**: the prototype the ledger's set-based path was built from, kept for comparison: the same
+  batches (with the duplicates) decoded, then each kind of step applied with one statement for
+  the whole batch (claims with `unnest ... ON CONFLICT DO NOTHING RETURNING`, rows and updates with
+  asyncpg's pipelined `executemany`), the ledger's own row builders and sealing; happy path only
+  (see `project_set_based`).
 
 After every phase the tables are checked: one request and one response per chat, completed,
 delivered, tokens and latencies summed as the events say, one `applied_events` row per event,
@@ -468,18 +472,21 @@ async def phase_batch(
     size: int,
     meter: CpuMeter,
     uow: type[PostgresProjectionUnitOfWork] = PostgresProjectionUnitOfWork,
+    set_based: bool = True,
 ) -> Result:
     await empty_tables(pool)
     meter.begin()
     cpu0, t0 = self_cpu(), time.perf_counter()
     failed = 0
     for chunk in batches(load.events, size):
-        outcomes = await project_batch(chunk, uow(pool, keyring, count_committed))
+        outcomes = await project_batch(chunk, uow(pool, keyring, count_committed), set_based=set_based)
         failed += sum(isinstance(o, Exception) for o in outcomes)
     seconds = time.perf_counter() - t0
     cpu = {"bench": self_cpu() - cpu0, **meter.seconds()}
     check = await check_rows(pool, load)
-    name = "batch" if uow is PostgresProjectionUnitOfWork else "no-savepoints"
+    name = (
+        "no-savepoints" if uow is not PostgresProjectionUnitOfWork else "batch" if set_based else "per-event"
+    )
     return Result(
         name, 0, len(load.events), seconds, check if not failed else f"{check}; {failed} failed", cpu
     )
@@ -865,7 +872,8 @@ def report(results: list[Result], args: argparse.Namespace, machine: str) -> str
         "copy": "(c) COPY `mcp_requests` + `mcp_responses`, one transaction",
         "copy+claims": "(c') COPY + `applied_events`, one transaction per batch's chats",
         "batch": "(b) `project_batch`, decoded events, no NATS",
-        "no-savepoints": "(b'') the same with `savepoint()` a no-op (no event fails here): their cost",
+        "per-event": "(b0) `project_batch(set_based=False)`: the per-event path alone (the ledger before)",
+        "no-savepoints": "(b'') the per-event path with `savepoint()` a no-op (no event fails here): their cost",
         "handler": "(b') the consumer's batch handler on in-memory messages (decode + project)",
         "nats": "(a) the ledger process consuming KOPROGO_EVENTS",
         "dups": f"(d) the same, {args.duplicates:.0%} of events stored twice",
@@ -877,7 +885,17 @@ def report(results: list[Result], args: argparse.Namespace, machine: str) -> str
         "| phase | events/s per round | median | ratio to COPY (median) | rows | CPU s per 1,000 events (median round) |",
         "|---|---|---|---|---|---|",
     ]
-    for phase in ("copy", "copy+claims", "batch", "no-savepoints", "handler", "nats", "dups", "set"):
+    for phase in (
+        "copy",
+        "copy+claims",
+        "per-event",
+        "batch",
+        "no-savepoints",
+        "handler",
+        "nats",
+        "dups",
+        "set",
+    ):
         rs = by_phase.get(phase)
         if not rs:
             continue
@@ -956,7 +974,9 @@ async def run(args: argparse.Namespace, servers: Servers, workdir: Path) -> list
                 if "copy" not in skip:
                     keep(*await phase_copy(pool, servers.database_url, load, args.batch, meter))
             if "no-savepoints" not in skip:
-                keep(await phase_batch(pool, keyring, fresh(), args.batch, meter, WithoutSavepoints))
+                keep(await phase_batch(pool, keyring, fresh(), args.batch, meter, WithoutSavepoints, False))
+            if "per-event" not in skip:
+                keep(await phase_batch(pool, keyring, fresh(), args.batch, meter, set_based=False))
             if "handler" not in skip:
                 keep(await phase_handler(pool, keyring, fresh(), args.batch, meter))
             if "set" not in skip:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,12 +14,13 @@ from prometheus_client import REGISTRY
 
 from koprogo_ledger.domain.errors import InvalidEventError, RequestNotYetProjectedError, StoreUnavailableError
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
+from koprogo_ledger.service_layer.chat_batch import plan_batch
 from koprogo_ledger.service_layer.projection import Projected, project_batch
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ACK, DeadLetter, Retry
-from koprogo_shared.events import Event
+from koprogo_shared.events import ChatDelivered, ChatFailed, Event, UserDataErasureRequested
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
-from tests.unit.test_ledger_records import completed, requested
+from tests.unit.test_ledger_records import T0, completed, requested
 
 
 class CommitFails(FakeUnitOfWork):
@@ -173,3 +175,87 @@ async def test_a_completion_from_the_node_it_names_is_stored(ledger: FakeLedger)
     )
     assert decisions == [ACK, ACK]
     assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
+
+
+# The set-based path (`chat_batch`) against the per-event one, on the same fake ledger state.
+
+
+def _delivered(request_id: str, latency_ms: float) -> ChatDelivered:
+    return ChatDelivered(
+        source="tests", time=T0 + timedelta(seconds=2), request_id=request_id, latency_ms=latency_ms
+    )
+
+
+def _verdict(request_id: str) -> ChatFailed:
+    return ChatFailed(
+        source="tests",
+        time=T0,
+        request_id=request_id,
+        status=504,
+        error="timeout",
+        message="late",
+        caller_verdict=True,
+    )
+
+
+def _state(ledger: FakeLedger) -> tuple[Any, ...]:
+    return ledger.applied, ledger.requests, ledger.responses
+
+
+async def _both_ways(before: list[Any], batch: list[Any]) -> tuple[Any, Any]:
+    results = []
+    for set_based in (False, True):
+        ledger = FakeLedger()
+        if before:
+            await project_batch(before, FakeUnitOfWork(ledger), set_based=False)
+        outcomes = await project_batch(batch, FakeUnitOfWork(ledger), set_based=set_based)
+        shown = [o if isinstance(o, Projected) else type(o) for o in outcomes]
+        results.append((shown, _state(ledger)))
+    return results[0], results[1]
+
+
+async def test_a_mixed_batch_set_based_ends_as_the_per_event_path() -> None:
+    stored, delivered_later, happy, orphan, late, twice = (requested() for _ in range(6))
+    stored_answer = completed(delivered_later.id)
+    batch = [
+        happy,
+        completed(orphan.id),  # before its request
+        completed(happy.id),
+        happy,
+        completed(stored.id),
+        _delivered(delivered_later.id, 500.0),
+        _delivered(delivered_later.id, 600.0).model_copy(update={"id": str(uuid.uuid4())}),
+        orphan,
+        _delivered(orphan.id, 700.0),
+        late,
+        _verdict(late.id),
+        completed(late.id),
+        twice,
+        completed(twice.id),
+        completed(twice.id),
+        requested().model_copy(update={"id": "request-42"}),
+        stored_answer,
+        _delivered(happy.id, 800.0),
+    ]
+    per_event, set_based = await _both_ways([stored, delivered_later, stored_answer], batch)
+    assert set_based == per_event
+    assert per_event[0][1] is RequestNotYetProjectedError and per_event[0][3] is Projected.DUPLICATE
+    assert per_event[0][14] is Projected.IGNORED and per_event[0][15] is InvalidEventError
+
+
+def test_the_plan_leaves_a_requests_later_events_to_the_per_event_path_once_one_of_them_is() -> None:
+    request, other = requested(), requested()
+    events = [completed(request.id), request, _delivered(request.id, 1.0), other, completed(other.id)]
+    plan = plan_batch(events, set(), {e.id for e in events}, {}, {}, {})
+    assert plan.per_event == [0, 1, 2], "the request and its delivery follow its refused completion"
+    assert plan.outcomes == {3: "applied", 4: "applied"}
+    assert plan.claimed_then_left == {0, 1, 2}
+    assert [(r.row.id, r.status) for r in plan.requests] == [(uuid.UUID(other.id), "completed")]
+
+
+def test_the_plan_leaves_every_chat_event_after_an_erasure_to_the_per_event_path() -> None:
+    before, after = requested(user_id="u-1"), requested(user_id="u-1")
+    erasure = UserDataErasureRequested(source="tests", user_id="u-1", requested_by="u-1")
+    events = [before, erasure, after]
+    plan = plan_batch(events, set(), {before.id, after.id}, {}, {}, {})
+    assert plan.outcomes == {0: "applied"} and plan.per_event == [1, 2]

@@ -45,8 +45,10 @@ class LedgerSettings(ContentKeySettings):
     db_pool_max: int = Field(default=4, ge=2)
     # The NATS permissions `koprogo up` writes name this durable: change both together.
     ledger_durable: str = subjects.LEDGER_DURABLE
-    # Events projected per transaction (one commit, one fsync, for the whole batch).
-    ledger_batch: int = Field(default=64, ge=1)
+    # Events projected per transaction (one commit, one fsync, for the whole batch); the chat
+    # events' happy path is applied set-based (`service_layer.chat_batch`), so a big batch costs a
+    # few statements, not a few per event.
+    ledger_batch: int = Field(default=512, ge=1)
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
     # light load is committed in small bursts: stats become visible up to that much later.
     ledger_linger_s: float = Field(default=0.05, ge=0)

@@ -11,11 +11,12 @@ asyncpg's errors are translated here: values PostgreSQL can never store become
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import astuple, fields, replace
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +36,13 @@ from koprogo_ledger.domain.records import (
     UserKey,
 )
 from koprogo_ledger.service_layer.ports import (
+    Delivery,
     GridNodes,
+    NewRequest,
+    NewResponse,
     ProjectionUnitOfWork,
     ResponseState,
+    Settlement,
     TaskProjection,
     TokenLedger,
     UndeliveredAnswers,
@@ -76,7 +81,7 @@ ERASED_TASK_INPUT: dict[str, Any] = {"parameters": None, "document": None}
 def _insert_sql(
     table: str, row_type: type[RequestRow] | type[ResponseRow], sealed_column: str, returning: str = ""
 ) -> str:
-    """An INSERT whose columns are the row dataclass's fields, in order (see `astuple`), then the sealed contents."""
+    """An INSERT whose columns are the row dataclass's fields, in order (see `_sealed_request`), then the sealed contents."""
     columns = [*(f.name for f in fields(row_type)), sealed_column, "key_id"]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) ON CONFLICT DO NOTHING {returning}"
@@ -86,16 +91,133 @@ def _insert_sql(
 # its request already has one (unique request_id) and is then not inserted.
 _INSERT_REQUEST = _insert_sql("mcp_requests", RequestRow, "messages_ciphertext")
 _INSERT_RESPONSE = _insert_sql("mcp_responses", ResponseRow, "content_ciphertext", "RETURNING id")
+_REQUEST_FIELDS = tuple(f.name for f in fields(RequestRow))
+_RESPONSE_FIELDS = tuple(f.name for f in fields(ResponseRow))
+
+
+# The set-based batch's rows, all in one statement (`unnest` of one array per column), in their
+# final state; a row already there is an error (the batch then goes per event, whose rules
+# decide). JSONB goes as text (`json.dumps`, as the pool's codec writes it) and is cast back.
+_REQUEST_TYPES = {
+    "id": "uuid",
+    "model": "text",
+    "messages": "jsonb",
+    "context": "text",
+    "max_tokens": "int4",
+    "temperature": "float8",
+    "stream": "bool",
+    "user_id": "uuid",
+    "copro_id": "text",
+    "created_at": "timestamptz",
+    "user_ref": "text",
+    "deadline": "timestamptz",
+    "trace_id": "text",
+    "messages_ciphertext": "bytea",
+    "key_id": "text",
+    "status": "text",
+    "completed_at": "timestamptz",
+}
+_RESPONSE_TYPES = {
+    "id": "uuid",
+    "request_id": "uuid",
+    "model": "text",
+    "content": "text",
+    "finish_reason": "text",
+    "prompt_tokens": "int4",
+    "completion_tokens": "int4",
+    "total_tokens": "int4",
+    "execution_info": "jsonb",
+    "execution_type": "text",
+    "node_id": "text",
+    "latency_ms": "float8",
+    "co2_grams": "float8",
+    "co2_saved_grams": "float8",
+    "copro_id": "text",
+    "created_at": "timestamptz",
+    "content_ciphertext": "bytea",
+    "key_id": "text",
+    "delivered_at": "timestamptz",
+}
+
+
+# In the order of the row tuples (`_sealed_request`, `_sealed_response`, then the final state's);
+# a field without a type here fails at import.
+_REQUEST_COLUMNS = {
+    c: _REQUEST_TYPES[c]
+    for c in (*_REQUEST_FIELDS, "messages_ciphertext", "key_id", "status", "completed_at")
+}
+_RESPONSE_COLUMNS = {
+    c: _RESPONSE_TYPES[c] for c in (*_RESPONSE_FIELDS, "content_ciphertext", "key_id", "delivered_at")
+}
+
+
+def _insert_all_sql(table: str, types: dict[str, str]) -> str:
+    columns = list(types)
+    arrays = ", ".join(f"${i}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types.values(), 1))
+    values = ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in types.items())
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values}"
+        f" FROM unnest({arrays}) AS u({', '.join(columns)})"
+    )
+
+
+_INSERT_NEW_REQUESTS = _insert_all_sql("mcp_requests", _REQUEST_COLUMNS)
+_INSERT_NEW_RESPONSES = _insert_all_sql("mcp_responses", _RESPONSE_COLUMNS)
+_SETTLE_ALL = (
+    "UPDATE mcp_requests AS q SET status = u.status, completed_at = COALESCE(q.completed_at, u.at)"
+    " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, status, at) WHERE q.id = u.id"
+)
+_DELIVER_ALL = (
+    "UPDATE mcp_responses AS r SET latency_ms = u.latency_ms, execution_info = u.info::jsonb,"
+    " delivered_at = COALESCE(r.delivered_at, u.at)"
+    " FROM unnest($1::uuid[], $2::float8[], $3::text[], $4::timestamptz[]) AS u(id, latency_ms, info, at)"
+    " WHERE r.id = u.id"
+)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], types: dict[str, str]) -> list[list[Any]]:
+    """Rows as one list per column (what `unnest` takes), JSONB columns as their JSON text."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    for i, t in enumerate(types.values()):
+        if t == "jsonb":
+            columns[i] = [json.dumps(v) for v in columns[i]]
+    return columns
+
+
+_CLAIM_EVENTS = (
+    "INSERT INTO applied_events (event_id, event_type) SELECT * FROM unnest($1::text[], $2::text[])"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+_LOCK_REQUESTS = (
+    "SELECT id, status, copro_id, COALESCE((error->>'caller_verdict')::boolean, false) AS verdict"
+    " FROM mcp_requests WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+)
+_LOCK_RESPONSES = (
+    "SELECT request_id, id, execution_info FROM mcp_responses WHERE request_id = ANY($1::uuid[])"
+    " ORDER BY request_id FOR UPDATE"
+)
+_SETTLE = (
+    "UPDATE mcp_requests SET status = $2, error = COALESCE($3, error),"
+    " completed_at = COALESCE(completed_at, $4) WHERE id = $1"
+)
+_DELIVER = (
+    "UPDATE mcp_responses SET latency_ms = $2, execution_info = $3,"
+    " delivered_at = COALESCE(delivered_at, $4) WHERE id = $1"
+)
 
 
 def _sealed_request(row: RequestRow, keyring: Keyring) -> tuple[Any, ...]:
+    # The fields' values as they are (not `astuple`, which deep-copies every nested document):
+    # they are only encoded.
     key_id, sealed = encrypt_request_messages(keyring, row.id, row.messages)
-    return (*astuple(replace(row, messages=MESSAGES_PLACEHOLDER)), sealed, key_id)
+    values = (MESSAGES_PLACEHOLDER if n == "messages" else getattr(row, n) for n in _REQUEST_FIELDS)
+    return (*values, sealed, key_id)
 
 
 def _sealed_response(row: ResponseRow, keyring: Keyring) -> tuple[Any, ...]:
     key_id, sealed = encrypt_response_content(keyring, row.id, row.content)
-    return (*astuple(replace(row, content=CONTENT_PLACEHOLDER)), sealed, key_id)
+    values = (CONTENT_PLACEHOLDER if n == "content" else getattr(row, n) for n in _RESPONSE_FIELDS)
+    return (*values, sealed, key_id)
 
 
 @contextmanager
@@ -230,14 +352,7 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
         self, request_id: uuid.UUID, status: RequestStatus, error: dict[str, Any] | None, at: datetime
     ) -> None:
         with _translated():
-            await self._db.execute(
-                "UPDATE mcp_requests SET status = $2, error = COALESCE($3, error),"
-                " completed_at = COALESCE(completed_at, $4) WHERE id = $1",
-                request_id,
-                status,
-                error,
-                at,
-            )
+            await self._db.execute(_SETTLE, request_id, status, error, at)
 
     async def insert_response(self, row: ResponseRow) -> bool:
         with _translated():
@@ -272,13 +387,52 @@ class PostgresProjectionUnitOfWork(ProjectionUnitOfWork):
         self, response_id: uuid.UUID, latency_ms: float, execution_info: dict[str, Any], at: datetime
     ) -> None:
         with _translated():
+            await self._db.execute(_DELIVER, response_id, latency_ms, execution_info, at)
+
+    # The set-based steps: one statement each for the whole batch.
+
+    async def claim_events(self, claims: Sequence[tuple[str, str]]) -> set[str]:
+        with _translated():
+            rows = await self._db.fetch(_CLAIM_EVENTS, [c[0] for c in claims], [c[1] for c in claims])
+        return {r["event_id"] for r in rows}
+
+    async def lock_requests(self, request_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, RequestState]:
+        with _translated():
+            rows = await self._db.fetch(_LOCK_REQUESTS, request_ids)
+        return {r["id"]: RequestState(r["status"], r["copro_id"], r["verdict"]) for r in rows}
+
+    async def lock_responses_of(self, request_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, ResponseState]:
+        with _translated():
+            rows = await self._db.fetch(_LOCK_RESPONSES, request_ids)
+        return {r["request_id"]: ResponseState(r["id"], r["execution_info"]) for r in rows}
+
+    async def insert_requests(self, requests: Sequence[NewRequest]) -> None:
+        rows = [(*_sealed_request(n.row, self._keyring), n.status, n.completed_at) for n in requests]
+        with _translated():
+            await self._db.execute(_INSERT_NEW_REQUESTS, *_columns(rows, _REQUEST_COLUMNS))
+
+    async def insert_responses(self, responses: Sequence[NewResponse]) -> None:
+        rows = [(*_sealed_response(n.row, self._keyring), n.delivered_at) for n in responses]
+        with _translated():
+            await self._db.execute(_INSERT_NEW_RESPONSES, *_columns(rows, _RESPONSE_COLUMNS))
+
+    async def settle_requests(self, settlements: Sequence[Settlement]) -> None:
+        with _translated():
             await self._db.execute(
-                "UPDATE mcp_responses SET latency_ms = $2, execution_info = $3,"
-                " delivered_at = COALESCE(delivered_at, $4) WHERE id = $1",
-                response_id,
-                latency_ms,
-                execution_info,
-                at,
+                _SETTLE_ALL,
+                [s.request_id for s in settlements],
+                [s.status for s in settlements],
+                [s.at for s in settlements],
+            )
+
+    async def record_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        with _translated():
+            await self._db.execute(
+                _DELIVER_ALL,
+                [d.response_id for d in deliveries],
+                [d.latency_ms for d in deliveries],
+                [json.dumps(d.execution_info) for d in deliveries],
+                [d.at for d in deliveries],
             )
 
     @property

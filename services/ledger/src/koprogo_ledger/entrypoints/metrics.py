@@ -25,12 +25,12 @@ FAILURES = Counter(
 BATCH_SECONDS = Histogram(
     "koprogo_ledger_batch_seconds",
     "Time to project one fetched batch of events in one transaction, commit included.",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
 )
 BATCH_EVENTS = Histogram(
     "koprogo_ledger_batch_events",
     "Events projected per committed transaction.",
-    buckets=(1, 2, 3, 4, 8, 16, 32, 64, 128),
+    buckets=(1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 CONTENTS_PURGED = Counter(
     "koprogo_ledger_contents_purged_total",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +21,43 @@ from koprogo_shared.task_events import AttemptOutcome, NodeTrustChanged, TaskSta
 class ResponseState:
     id: uuid.UUID
     execution_info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request inserted by a set-based batch, already settled when its answer came in the same batch."""
+
+    row: RequestRow
+    status: RequestStatus = "pending"
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewResponse:
+    """A response inserted by a set-based batch; `delivered_at` set when its delivery came in the
+    same batch (then `row.latency_ms` and `row.execution_info` are the delivered ones)."""
+
+    row: ResponseRow
+    delivered_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A request already stored whose answer a set-based batch applies."""
+
+    request_id: uuid.UUID
+    status: RequestStatus
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A response already stored that a set-based batch marks delivered (`at`: the first delivery)."""
+
+    response_id: uuid.UUID
+    latency_ms: float
+    execution_info: dict[str, Any]
+    at: datetime
 
 
 class ProjectionUnitOfWork(abc.ABC):
@@ -101,6 +138,49 @@ class ProjectionUnitOfWork(abc.ABC):
         document reference, result and error message of their grid tasks, keeping every other
         column; rows already without contents keep their `contents_purged_at`. Returns the
         number of rows changed (0 when applied again)."""
+
+    # Set-based steps (`service_layer.chat_batch`): each applies many rows at once. The defaults
+    # apply them one by one with the methods above; the PostgreSQL adapter uses one statement each.
+
+    async def claim_events(self, claims: Sequence[tuple[str, str]]) -> set[str]:
+        """Record each (event id, type) as applied; the ids that were not already (distinct ids)."""
+        return {event_id for event_id, event_type in claims if await self.claim_event(event_id, event_type)}
+
+    async def lock_requests(self, request_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, RequestState]:
+        """Those of the requests that are projected, locked until the end of the transaction."""
+        states = {i: await self.lock_request(i) for i in request_ids}
+        return {i: state for i, state in states.items() if state is not None}
+
+    async def lock_responses_of(self, request_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, ResponseState]:
+        """The responses of those requests that have one, by request id, locked."""
+        responses = {i: await self.lock_response_of(i) for i in request_ids}
+        return {i: response for i, response in responses.items() if response is not None}
+
+    async def insert_requests(self, requests: Sequence[NewRequest]) -> None:
+        """Insert requests none of which is stored yet (raises, whatever the error, if one is)."""
+        for new in requests:
+            await self.insert_request(new.row)
+            if new.status != "pending":
+                assert new.completed_at is not None
+                await self.settle_request(new.row.id, new.status, None, new.completed_at)
+
+    async def insert_responses(self, responses: Sequence[NewResponse]) -> None:
+        """Insert responses to requests that have none yet (raises if one has)."""
+        for new in responses:
+            if not await self.insert_response(new.row):
+                raise RuntimeError(f"request {new.row.request_id} already has a response")
+            if new.delivered_at is not None:
+                await self.record_delivery(
+                    new.row.id, new.row.latency_ms, new.row.execution_info, new.delivered_at
+                )
+
+    async def settle_requests(self, settlements: Sequence[Settlement]) -> None:
+        for s in settlements:
+            await self.settle_request(s.request_id, s.status, None, s.at)
+
+    async def record_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            await self.record_delivery(d.response_id, d.latency_ms, d.execution_info, d.at)
 
     @property
     @abc.abstractmethod

@@ -15,6 +15,7 @@ before any row lock of the batch, so two ledgers never wait for each other in a 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import assert_never
@@ -39,6 +40,7 @@ from koprogo_ledger.domain.records import (
     user_key,
 )
 from koprogo_ledger.domain.rewards import RewardRules
+from koprogo_ledger.service_layer.chat_batch import MAX_PASSES, BatchPlan, apply_plan, candidates
 from koprogo_ledger.service_layer.grid_accounts import apply_grid_accounts, moves_tokens
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
 from koprogo_ledger.service_layer.task_projection import TaskEvent, apply_task_event
@@ -65,6 +67,8 @@ from koprogo_shared.task_events import (
     TaskSubmitted,
     TaskVerifying,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RULES = RewardRules()
 
@@ -110,8 +114,15 @@ async def project_batch(
     rules: RewardRules = DEFAULT_RULES,
     now: Callable[[], datetime] = utc_now,
     trace_ids: Mapping[str, str] | None = None,
+    *,
+    set_based: bool = True,
 ) -> list[Projected | Exception]:
-    """Apply `events` in order in one transaction, each under its own savepoint; commit once.
+    """Apply `events` in order in one transaction; commit once.
+
+    The chat events the happy path decides are applied set-based (`chat_batch`: one statement per
+    kind of step for the whole batch); the others, each under its own savepoint, after them, as
+    if each were applied alone in stream order. Without `set_based`, or if the set-based writes
+    raise, every event goes through the per-event path.
 
     Returns, per event, what applying it did or the error that undid it (the others are
     kept: a completion after its request in the same batch finds it). Raises, keeping
@@ -119,20 +130,61 @@ async def project_batch(
     each event's message carried, by event id (kept with a request's or a task's row).
     """
     traces = trace_ids or {}
-    outcomes: list[Projected | Exception] = []
+    outcomes: list[Projected | Exception | None] = [None] * len(events)
     async with uow:
         if any(moves_tokens(event) for event in events):
             await uow.token_ledger.lock()
-        for event in events:
+        plan = await _set_based(events, uow, traces) if set_based else None
+        if plan is None:
+            per_event: Sequence[int] = range(len(events))
+        else:
+            for i, value in plan.outcomes.items():
+                outcomes[i] = Projected(value)
+            per_event = plan.per_event
+        for i in per_event:
+            event = events[i]
             try:
                 async with uow.savepoint():
-                    outcomes.append(await _claim_and_apply(event, uow, rules, now, traces.get(event.id)))
+                    outcomes[i] = await _claim_and_apply(event, uow, rules, now, traces.get(event.id))
             except StoreUnavailableError:
                 raise
             except Exception as exc:
-                outcomes.append(exc)
+                outcomes[i] = exc
         await uow.commit()
-    return outcomes
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == len(events), "every event has an outcome"
+    return done
+
+
+async def _set_based(
+    events: Sequence[LedgerEvent], uow: ProjectionUnitOfWork, traces: Mapping[str, str]
+) -> BatchPlan | None:
+    """The set-based pass, under a savepoint; None when the whole batch must go per event."""
+    forced: set[int] = set()
+    for _ in range(MAX_PASSES):
+        if not candidates(events, forced):
+            return None
+        try:
+            async with uow.savepoint():
+                plan = await apply_plan(events, forced, uow, traces)
+                if plan.claimed_then_left:
+                    raise _Replan(plan.per_event)
+                return plan
+        except _Replan as replan:
+            forced.update(replan.left)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            # A value PostgreSQL refused, a row already there...: the per-event path finds which.
+            log.info("set-based apply of %d events undone (%r): applying them one by one", len(events), exc)
+            return None
+    return None
+
+
+class _Replan(Exception):
+    def __init__(self, left: list[int]) -> None:
+        super().__init__(f"{len(left)} events left to the per-event path")
+        self.left = left
 
 
 async def _claim_and_apply(
