@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_cli.embedded import free_port, nats_server_binary
-from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization
+from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization, render_user
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.nats_connection import ensure_streams, publish_event
 from koprogo_shared.subjects import EVENTS_STREAM, chat_delivered, run_inference_edge
 from tests.conftest import wait_until
 from tests.integration.leaf_support import NatsProcess, TcpProxy, hub_server
+from tests.integration.ledger_support import chat_completed, chat_requested, running_ledger, subject_of
+from tests.integration.ledger_support import chat_delivered as delivered_for
 
 pytestmark = pytest.mark.integration
 
@@ -329,3 +332,67 @@ def test_the_hub_sources_only_the_copros_subjects() -> None:
         "koprogo.events.*.*.c1",
         "koprogo.events.*.*.c1.>",
     ]
+
+
+async def test_the_hubs_ledger_projects_once_what_the_building_answered_during_a_cut(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The hub's ledger (PostgreSQL) holds each of the building's answers once after the line returns.
+
+    The hub's own clients connect without credentials here (`no_auth_user`), as the ledger's test
+    harness does; the building's link keeps its own user and permissions.
+    """
+    keys = tmp_path / "keys"
+    leaf = _leaf_user(f"building of {COPRO}", keys / "leaf-c1.nk", COPRO)
+    authorization = (
+        "authorization {\n  users = [\n"
+        f'    {{ user: "operator", password: "{uuid.uuid4().hex}" }}\n'
+        f"{render_user(leaf, '    ')}\n  ]\n}}\nno_auth_user: operator\n"
+    )
+    hub, hub_leaf_port = hub_server(tmp_path / "hub", authorization)
+    hub.start()
+    line = TcpProxy(hub_leaf_port)
+    await line.restore()
+    building = _building(
+        tmp_path / "building", COPRO, [f"nats-leaf://127.0.0.1:{line.port}"], keys / "leaf-c1.nk"
+    ).start()
+    building_nc = await nats.connect(building.url)
+    building_js = building_nc.jetstream(timeout=5)
+    try:
+        await ensure_streams(building_js, replicas=1)
+        async with running_ledger(database_url, hub.url) as ledger:
+            # The ledger's start declared the hub's streams afresh, without sources (see the doc).
+            await leaf_site.source_building(ledger.js, COPRO)
+            online = chat_requested(COPRO)
+            await publish_event(building_js, subject_of(online), online)
+            await wait_until(lambda: ledger.applied(online.id), timeout=CATCH_UP_S, interval=0.25)
+            await line.cut()
+            requests = [chat_requested(COPRO) for _ in range(5)]
+            events = [
+                event
+                for request in requests
+                for event in (request, chat_completed(request), delivered_for(request, 900.0))
+            ]
+            for event in events:
+                await publish_event(building_js, subject_of(event), event)
+            await asyncio.sleep(2)
+            assert not await ledger.applied(events[0].id), "the cut line carried events"
+            await line.restore()
+            await wait_until(
+                lambda: ledger.applied(*(e.id for e in events)), timeout=CATCH_UP_S, interval=0.5
+            )
+            await wait_until(ledger.settled, timeout=10)
+            ids = [r.id for r in [online, *requests]]
+            answers = await ledger.db.fetchval(
+                "SELECT count(*) FROM mcp_responses WHERE request_id::text = ANY($1::text[])", ids
+            )
+            stored = await ledger.db.fetchval(
+                "SELECT count(*) FROM mcp_requests WHERE id::text = ANY($1::text[])", ids
+            )
+            assert (stored, answers) == (6, 5)
+            assert await ledger.dead_letters() == []
+    finally:
+        await building_nc.close()
+        await line.cut()
+        building.stop()
+        hub.stop()
