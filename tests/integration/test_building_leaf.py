@@ -274,8 +274,13 @@ async def test_a_buildings_leaf_never_receives_another_copros_work_or_events(tmp
         run_inference_edge("smollm2", pool=f"copro-{OTHER_COPRO}"),
         run_inference_edge("smollm2"),
     ]
+    read_hub: dict[str, bool] = {}
+    wrote_hub: dict[str, bool] = {}
     try:
         hub_nc = await nats.connect(hub.url, nkeys_seed=str(keys / "admin.nk"))
+        hub_js = hub_nc.jetstream(timeout=5)
+        await ensure_streams(hub_js, replicas=1)
+        await publish_event(hub_js, chat_delivered(OTHER_COPRO), _delivered(OTHER_COPRO, 0))
         heard = {}
         for name, seed in (("restricted", "leaf-c1.nk"), ("unrestricted", "open.nk")):
             building = _building(
@@ -291,6 +296,8 @@ async def test_a_buildings_leaf_never_receives_another_copros_work_or_events(tmp
                 building_nc = await nats.connect(building.url)
                 await wait_until(lambda b=building: _leaf_connected(b), timeout=20)
                 heard[name] = await _heard(building_nc, hub_nc, others_traffic)
+                read_hub[name] = await _reads_the_hubs_events(building_nc)
+                wrote_hub[name] = await _writes_the_hubs_events(building_nc, hub_js)
                 await building_nc.close()
             finally:
                 building.stop()
@@ -299,6 +306,29 @@ async def test_a_buildings_leaf_never_receives_another_copros_work_or_events(tmp
         hub.stop()
     assert heard["restricted"] == []
     assert sorted(heard["unrestricted"]) == sorted(others_traffic)
+    # Nor can it read the hub's stream through the hub's JetStream API, nor publish into it.
+    assert read_hub == {"restricted": False, "unrestricted": True}
+    assert wrote_hub == {"restricted": False, "unrestricted": True}
+
+
+async def _reads_the_hubs_events(building_nc: NATS) -> bool:
+    """Whether a client of the building gets a message of the hub's KOPROGO_EVENTS (domain `hub`)."""
+    try:
+        msg = await building_nc.jetstream(domain="hub", timeout=2).get_msg(EVENTS_STREAM, 1)
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return msg.subject == chat_delivered(OTHER_COPRO)
+
+
+async def _writes_the_hubs_events(building_nc: NATS, hub_js: JetStreamContext) -> bool:
+    """Whether a plain publish in the building on another copro's subject lands in the hub's stream."""
+    before = (await hub_js.stream_info(EVENTS_STREAM)).state.messages
+    await building_nc.publish(
+        chat_delivered(OTHER_COPRO), _delivered(OTHER_COPRO, 1).model_dump_json().encode()
+    )
+    await building_nc.flush()
+    await asyncio.sleep(1.0)
+    return (await hub_js.stream_info(EVENTS_STREAM)).state.messages > before
 
 
 def _leaf_connected(building: NatsProcess) -> bool:
