@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from datetime import timedelta
 
 import jwt
 import pytest
 
-from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
+from koprogo_gateway.adapters.jwt_verifier import VERDICT_MAX_AGE_S, JwtVerifier
 from koprogo_gateway.domain.access import ADMIN, READ, WRITE
 from koprogo_gateway.domain.errors import UnauthorizedError
 from koprogo_gateway.local_tokens import mint_token
@@ -73,6 +75,32 @@ async def test_copros_must_be_a_list_of_ids() -> None:
 async def test_a_small_clock_skew_is_tolerated() -> None:
     just_expired = token(ttl=timedelta(seconds=-2))
     assert (await VERIFIER.verify(just_expired)).user_id == "user-1"
+
+
+async def test_a_token_verified_before_is_refused_once_it_expires() -> None:
+    verifier = JwtVerifier(secret=SECRET, issuer=ISSUER, audience=AUDIENCE, leeway_s=0)
+    short_lived = token(ttl=timedelta(seconds=2))
+    assert (await verifier.verify(short_lived)).user_id == "user-1"
+    # Whole seconds: `exp` is one. Verified again from memory meanwhile, never past `exp`.
+    exp = jwt.decode(short_lived, options={"verify_signature": False})["exp"]
+    await asyncio.sleep(exp - time.time() + 0.05)
+    with pytest.raises(UnauthorizedError, match="expired"):
+        await verifier.verify(short_lived)
+
+
+async def test_a_verified_token_is_remembered_for_a_bounded_time_and_a_refused_one_never() -> None:
+    now = [time.time()]
+    verifier = JwtVerifier(secret=SECRET, issuer=ISSUER, audience=AUDIENCE, leeway_s=0, clock=lambda: now[0])
+    good = token()
+    first = await verifier.verify(good)
+    assert await verifier.verify(good) is first  # from memory: the same verdict, not checked again
+    now[0] += VERDICT_MAX_AGE_S + 1
+    again = await verifier.verify(good)
+    assert again == first and again is not first  # checked again by pyjwt after the bounded time
+    forged = token(secret="another-secret-" + "y" * 40)
+    for _ in range(2):
+        with pytest.raises(UnauthorizedError, match="signature"):
+            await verifier.verify(forged)
 
 
 def test_minting_refuses_unknown_scopes() -> None:

@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
+from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
@@ -264,7 +265,7 @@ def _gateway_like_app() -> FastAPI:
         return {"id": thing_id}
 
     app.add_middleware(JsonBodyContentType)
-    app.add_middleware(HttpTracing, routes=app.router.routes)
+    app.add_middleware(HttpTracing, route_template=RouteTemplates(app.router.routes))
     return app
 
 

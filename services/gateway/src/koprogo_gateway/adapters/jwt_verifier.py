@@ -5,13 +5,21 @@ only HS256, with a JWKS only RS256 and ES256, so `alg: none` and an HMAC signed 
 key are both refused. `iss`, `aud`, `exp` and `sub` are required and checked. A token minted
 for one purpose (a one-time login code, `purpose: "login"`, domain/login_link.py) is no access
 token: any token with a `purpose` claim is refused here.
+
+A client sends the same token on every request until it expires, and pyjwt prepares the key
+and checks the signature and claims anew each time (for HS256 its key check alone parses the
+secret as JSON, most of a verification's time in a profile). So a token that verified is remembered with its
+`Caller` until its `exp`, and at most `VERDICT_MAX_AGE_S` (a JWKS key removed since is then
+noticed as soon as the JWKS cache would notice it, which is longer): an unchanged token string
+is an unchanged signature, so the verdict is the one pyjwt would give again, with its `exp`
+itself checked at each use. Refusals are never remembered; at most `VERDICT_CACHE_SIZE` tokens are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jwt
@@ -23,6 +31,8 @@ from koprogo_shared.local_tokens import LOGIN_PURPOSE
 HMAC_ALGORITHMS = ("HS256",)
 PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "sub")
+VERDICT_MAX_AGE_S = 60.0
+VERDICT_CACHE_SIZE = 4096
 
 
 class JwtVerifier:
@@ -37,6 +47,7 @@ class JwtVerifier:
         secret: str | None = None,
         jwks_client: jwt.PyJWKClient | None = None,
         jwks_refetch_cooldown_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (secret is None) == (jwks_client is None):
             raise ValueError("a JwtVerifier needs exactly one of a secret and a JWKS client")
@@ -48,8 +59,28 @@ class JwtVerifier:
         self._leeway_s = leeway_s
         self._refetch_cooldown_s = jwks_refetch_cooldown_s
         self._last_refetch = -jwks_refetch_cooldown_s
+        self._clock = clock
+        # token -> (its Caller, the epoch second until which that verdict holds); insertion order.
+        self._verdicts: dict[str, tuple[Caller, float]] = {}
 
     async def verify(self, token: str) -> Caller:
+        remembered = self._verdicts.get(token)
+        if remembered is not None:
+            caller, until = remembered
+            if self._clock() < until:
+                return caller
+            del self._verdicts[token]
+        caller, expires_at = await self._verify(token)
+        self._remember(token, caller, expires_at)
+        return caller
+
+    def _remember(self, token: str, caller: Caller, expires_at: float) -> None:
+        if len(self._verdicts) >= VERDICT_CACHE_SIZE:
+            del self._verdicts[next(iter(self._verdicts))]  # the oldest
+        self._verdicts[token] = (caller, min(expires_at, self._clock() + VERDICT_MAX_AGE_S))
+
+    async def _verify(self, token: str) -> tuple[Caller, float]:
+        """The caller and the token's `exp` (epoch seconds), verified by pyjwt."""
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError:
@@ -84,7 +115,8 @@ class JwtVerifier:
             raise UnauthorizedError("token signature does not verify") from None
         except jwt.InvalidTokenError as exc:
             raise UnauthorizedError(f"invalid token ({type(exc).__name__})") from None
-        return _caller(claims)
+        # pyjwt has checked that `exp` is a number.
+        return _caller(claims), float(claims["exp"])
 
     async def _signing_key(self, token: str) -> Any:
         """The JWKS key named by the token's `kid`, refetching the set at most once per cooldown.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import uvicorn
@@ -23,8 +24,14 @@ def main() -> None:
         raise SystemExit(1) from None
     configure_logging(settings.log_level, "gateway")
     configure_tracing("koprogo-gateway")
+    app = create_app(settings)
+    # The ~140,000 objects the imports and the app made live as long as the process: moved out of
+    # the collector's generations, so that its full collections (every few hundred requests under
+    # load) no longer walk them all, ~100 ms each, on the event loop. Garbage collected first.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level="warning",

@@ -158,7 +158,8 @@ class ChatService:
         except asyncio.CancelledError:
             CHATS.labels(outcome="caller_left").inc()
             raise
-        log.info("chat %s answered for user %s", request.id, caller.user_id)
+        # Debug, not info: a file write per chat on the hot path; the ledger records every answer.
+        log.debug("chat %s answered for user %s", request.id, caller.user_id)
         return await self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
 
     async def stream(

@@ -29,6 +29,7 @@ from koprogo_gateway.entrypoints.http.http_metrics import HttpMetrics
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.pwa_files import PwaFiles
 from koprogo_gateway.entrypoints.http.response_headers import ResponseHeaderPolicy
+from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
 from koprogo_gateway.entrypoints.http.routes_health import health_route
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
 from koprogo_gateway.entrypoints.mcp.server import mount_mcp
@@ -78,10 +79,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Any other exception becomes the 500 JSON here, inside the headers, metrics and tracing (errors.py).
     app.add_middleware(UnhandledErrors)
     app.add_middleware(ResponseHeaderPolicy)
+    # One lookup of route templates for both: it reads the route list once, at the first request.
+    route_template = RouteTemplates(app.router.routes)
     # Added last, so outermost: each request counted and timed by its route template (http_metrics.py).
-    app.add_middleware(HttpMetrics, routes=app.router.routes)
+    app.add_middleware(HttpMetrics, route_template=route_template)
     # Outermost of all: one SERVER span per request, its traceparent on the response (tracing.py).
-    app.add_middleware(HttpTracing, routes=app.router.routes)
+    app.add_middleware(HttpTracing, route_template=route_template)
     # The chat PWA's built files, read from disk at each request (a rebuild needs no restart).
     app.state.pwa_files = PwaFiles(settings.pwa_dir)
     app.include_router(routes_session.router)

@@ -29,7 +29,9 @@ AUTH_REFUSALS = Counter(
 _bearer = HTTPBearer(auto_error=False, description="A KoproGo JWT (required when the gateway has a verifier)")
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool,
+    # a thread hop (and a wake-up of the loop) on every request for an attribute read.
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -12,10 +12,8 @@ costs two dictionary reads, a counter increment and a histogram observation.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
@@ -80,11 +78,11 @@ def _record(route: str, method: str, status: int, seconds: float) -> None:
 class HttpMetrics:
     """Counts and times every HTTP request (add it last: outermost, it times the whole stack).
 
-    `routes`: the app's route list (route_templates.py)."""
+    `route_template`: the app's templates (route_templates.py), shared with HttpTracing."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(self, app: ASGIApp, route_template: RouteTemplates | None = None) -> None:
         self.app = app
-        self.route_template = RouteTemplates(routes)
+        self.route_template = route_template or RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -16,10 +16,7 @@ context, no wrapped `send`: the middleware costs a look at the headers).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
@@ -29,11 +26,11 @@ _CONTEXT_HEADERS = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
 
 
 class HttpTracing:
-    """Traces every HTTP request; `routes`: the app's route list (route_templates.py)."""
+    """Traces every HTTP request; `route_template`: the app's templates (route_templates.py), shared with HttpMetrics."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(self, app: ASGIApp, route_template: RouteTemplates | None = None) -> None:
         self.app = app
-        self.route_template = RouteTemplates(routes)
+        self.route_template = route_template or RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
