@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from koprogo_cloud.adapters.anthropic_provider import AnthropicProvider
 from koprogo_cloud.adapters.openai_provider import OpenAIProvider
-from koprogo_cloud.adapters.outcomes import NatsOutcomeSink, OutcomeSink
+from koprogo_cloud.adapters.outcomes import NatsOutcomeSink
 from koprogo_cloud.adapters.providers import ChatProvider
 from koprogo_cloud.domain.deployments import Deployment, key_status
 from koprogo_cloud.entrypoints.nats_worker import work_consumer, work_item_handler
@@ -82,12 +82,13 @@ async def run_cloud(
     if settings.ops_port:
         server = ops_server(settings.ops_host, settings.ops_port, ready)
         ops_task = asyncio.create_task(server.serve(), name="cloud-ops")
-    sink: OutcomeSink = NatsOutcomeSink(nc, js)
+    sink = NatsOutcomeSink(nc, js)
     service = CloudInferenceService(runtimes, sink)
     statuses = StatusPublisher(nc, service, settings.status_interval_s)
     consumers: list[asyncio.Task[None]] = []
     try:
         await wait_for_streams(js, [subjects.WORK_STREAM, subjects.EVENTS_STREAM])
+        await sink.start()
         await statuses.start()
         for runtime in runtimes:
             dep = runtime.deployment
@@ -110,6 +111,7 @@ async def run_cloud(
                 task.cancel()  # the shared consumer NAKs what it still holds
             await asyncio.gather(*consumers, return_exceptions=True)
         await statuses.stop()
+        await sink.close()
         if server is not None:
             server.should_exit = True
         if ops_task is not None:

@@ -1,7 +1,8 @@
 """Where the cloud worker's results go: the durable event log first, then the waiting gateway.
 
 Streamed answers also go out piece by piece (core NATS, not stored), and the worker listens
-for the caller leaving (`subjects.chat_cancel`), so it stops a provider call nobody reads.
+for the caller leaving (`subjects.chat_cancel`), so it stops a provider call nobody reads: one
+subscription for every request (`NatsOutcomeSink.start`), not a SUB and an UNSUB per chat.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
@@ -63,6 +65,24 @@ class NatsOutcomeSink(OutcomeSink):
     def __init__(self, nc: NATS, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        # A request's cancel subject -> the events of the calls running for it.
+        self._waiting: dict[str, list[asyncio.Event]] = {}
+        self._cancels: Subscription | None = None
+
+    async def start(self) -> None:
+        """Listen for every caller's leaving (`subjects.CHAT_CANCEL_ALL`), before any call runs."""
+        self._cancels = await self._nc.subscribe(subjects.CHAT_CANCEL_ALL, cb=self._on_cancel)
+
+    async def close(self) -> None:
+        if self._cancels is not None:
+            # At shutdown, after the calls: a failed unsubscribe changes nothing (the connection drains).
+            with contextlib.suppress(Exception):
+                await self._cancels.unsubscribe()
+            self._cancels = None
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        for gone in self._waiting.get(msg.subject, ()):
+            gone.set()
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
         # An answer goes to its request's own subject, where `stored_answer` finds it again.
@@ -99,15 +119,15 @@ class NatsOutcomeSink(OutcomeSink):
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
+        if self._cancels is None:
+            raise RuntimeError("NatsOutcomeSink.start() was not awaited: nobody listens for cancels")
+        subject = subjects.chat_cancel(request_id)
         gone = asyncio.Event()
-
-        async def on_cancel(_: Msg) -> None:
-            gone.set()
-
-        sub = await self._nc.subscribe(subjects.chat_cancel(request_id), cb=on_cancel)
+        waiting = self._waiting.setdefault(subject, [])
+        waiting.append(gone)
         try:
             yield gone
         finally:
-            # A failed unsubscribe must not turn a finished call into a retried one.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            waiting.remove(gone)
+            if not waiting:
+                del self._waiting[subject]
