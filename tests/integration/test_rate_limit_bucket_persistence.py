@@ -192,3 +192,23 @@ async def test_counts_survive_a_graceful_restart_and_a_sigkill_keeps_the_bucket_
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_two_setup_steps_moving_the_bucket_at_once_keep_each_count_once(clean_jetstream: str) -> None:
+    # Anonymous gateways on a development server declare the bucket as they start, together.
+    connections = [await connect_nats(clean_jetstream, f"setup-{i}") for i in range(3)]
+    try:
+        js = connections[0][1]
+        await declare_as_before(js, ttl_s=120)
+        old = NatsKvCounterStore(await js.key_value(RATE_LIMIT_BUCKET))
+        counts = {f"copro.c{i}.60s.1": i + 1 for i in range(20)}
+        for key, count in counts.items():
+            await old.create(key, count)
+        await asyncio.gather(*(ensure_rate_limit_bucket(c_js, ttl_s=120) for _, c_js in connections))
+        info = await js.stream_info(COUNTERS)
+        assert persist_mode(info.config) == "async" and not info.config.sealed
+        new = NatsKvCounterStore(await js.key_value(RATE_LIMIT_BUCKET))
+        assert {key: (await new.read(key)).count for key in counts} == counts  # type: ignore[union-attr]
+    finally:
+        for nc, _ in connections:
+            await nc.close()

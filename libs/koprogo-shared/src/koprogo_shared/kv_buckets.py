@@ -165,7 +165,7 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replic
     wanted_replicas = max(replicas, info.config.num_replicas or 1)
     mode = rate_limit_persist_mode(js, wanted_replicas)
     if info.config.sealed or (info.config.persist_mode or js_api.PersistMode.DEFAULT) != mode:
-        await _move_counters(js, info, _counters_stream(kept_s, wanted_replicas, mode))
+        await _move_counters(js, _counters_stream(kept_s, wanted_replicas, mode))
         return
     # Never with a TTL that would expire a counter inside its window.
     if (info.config.max_age or 0) < ttl_s:
@@ -175,7 +175,7 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replic
     await raise_replicas(js, RATE_LIMIT_BUCKET, replicas)
 
 
-async def _move_counters(js: JetStreamContext, info: js_api.StreamInfo, config: js_api.StreamConfig) -> None:
+async def _move_counters(js: JetStreamContext, config: js_api.StreamConfig) -> None:
     """Declare the counters' bucket again as `config`, with every count it holds.
 
     The stream is sealed first, so no gateway's write can land between the copy and the
@@ -186,15 +186,24 @@ async def _move_counters(js: JetStreamContext, info: js_api.StreamInfo, config: 
     the stream sealed, which the next declaration takes up from the copy.
     """
     stream = bucket_stream(RATE_LIMIT_BUCKET)
-    if not info.config.sealed:
-        info.config.sealed = True
-        await js.update_stream(info.config)
-    counts = await _read_counters(js, stream)
-    await js.delete_stream(stream)
+    try:
+        if not await _sealed(js, stream, config):
+            return
+        counts = await _read_counters(js, stream)
+    except nats.js.errors.NotFoundError:
+        return  # moved by another setup step meanwhile
+    # Another setup step may be moving it at the same time (anonymous gateways starting
+    # together): the one whose deletion succeeds moves the counts, the other leaves them.
+    try:
+        if not (await js.stream_info(stream)).config.sealed:
+            return
+        await js.delete_stream(stream)
+    except nats.js.errors.NotFoundError:
+        return
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        pass  # another setup step declared it since the deletion: add the counts to its
+        pass  # a gateway declared it since the deletion (another TTL): the counts go to that one
     kv = await js.key_value(RATE_LIMIT_BUCKET)
     for key, count in counts.items():
         await _add_count(kv, key, count)
@@ -204,6 +213,24 @@ async def _move_counters(js: JetStreamContext, info: js_api.StreamInfo, config: 
         (config.persist_mode or js_api.PersistMode.DEFAULT).value,
         len(counts),
     )
+
+
+async def _sealed(js: JetStreamContext, stream: str, config: js_api.StreamConfig) -> bool:
+    """Seal the stream to move; False when it needs no move any more (another step moved it)."""
+    info = await js.stream_info(stream)
+    if info.config.sealed:
+        return True
+    if js_api.PersistMode(info.config.persist_mode or "default") == js_api.PersistMode(
+        config.persist_mode or "default"
+    ) and (info.config.num_replicas or 1) >= (config.num_replicas or 1):
+        return False
+    info.config.sealed = True
+    try:
+        await js.update_stream(info.config)
+    except nats.js.errors.APIError:
+        if not (await js.stream_info(stream)).config.sealed:  # else sealed by another step
+            raise
+    return True
 
 
 async def _read_counters(js: JetStreamContext, stream: str) -> dict[str, int]:
