@@ -53,8 +53,8 @@ class OpenAIProvider(ChatProvider):
             max_retries=0,
             http_client=self._http,
         )
-        # What the SDK sends with every call, once (its base URL ends with "/").
-        self._url = f"{self._client.base_url}chat/completions"
+        # What the SDK sends with every call, once (its base URL ends with "/"; parsed here, not per call).
+        self._url = httpx2.URL(f"{self._client.base_url}chat/completions")
         self._headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
