@@ -28,7 +28,6 @@ from datetime import datetime
 from koprogo_ledger.domain.records import (
     RequestState,
     RequestStatus,
-    ResponseRow,
     check_outcome_copro,
     delivered_execution_info,
     request_row,
@@ -91,7 +90,8 @@ class _LeftToPerEvent(Exception):
 class _Chat:
     """What the plan knows of a request as it goes through the batch."""
 
-    state: RequestState
+    state: RequestState  # as read (or as inserted): its copro and verdict
+    status: RequestStatus  # as the batch leaves it so far
     new_request: int | None = None  # index in plan.requests when the batch inserts it
     settled_at: datetime | None = None  # a stored request the batch answers
     response: ResponseState | None = None  # a stored response
@@ -198,7 +198,8 @@ def plan_batch(
 
     def chat_of(request_id: uuid.UUID) -> _Chat | None:
         if request_id not in chats and request_id in stored_requests:
-            chats[request_id] = _Chat(stored_requests[request_id], response=stored_responses.get(request_id))
+            state = stored_requests[request_id]
+            chats[request_id] = _Chat(state, state.status, response=stored_responses.get(request_id))
         return chats.get(request_id)
 
     for i, event in enumerate(events):
@@ -240,7 +241,9 @@ def _step(
                 raise _LeftToPerEvent  # stored already (or twice in the batch under two spellings)
             row = request_row(event, trace_ids.get(event.id))
             plan.requests.append(NewRequest(row))
-            chats[key] = _Chat(RequestState("pending", row.copro_id), new_request=len(plan.requests) - 1)
+            chats[key] = _Chat(
+                RequestState("pending", row.copro_id), "pending", new_request=len(plan.requests) - 1
+            )
             return Applied.APPLIED
         chat = chat_of(key)
         if chat is None:
@@ -260,15 +263,14 @@ def _step(
 
 def _answer(plan: BatchPlan, event: ChatCompleted, request_id: uuid.UUID, chat: _Chat) -> None:
     check_outcome_copro(event, chat.state)
-    if chat.state.status != "pending":
+    if chat.status != "pending":
         raise _LeftToPerEvent  # a second or a late answer, or one after a failure
     row = response_row(event, chat.state)
     status: RequestStatus = "completed"
-    chat.state = replace(chat.state, status=status)
+    chat.status = status
     if chat.new_request is not None:
-        plan.requests[chat.new_request] = replace(
-            plan.requests[chat.new_request], status=status, completed_at=event.time
-        )
+        new = plan.requests[chat.new_request]
+        new.status, new.completed_at = status, event.time
     else:
         plan.settlements.append(Settlement(request_id, status, event.time))
     plan.responses.append(NewResponse(row))
@@ -276,13 +278,13 @@ def _answer(plan: BatchPlan, event: ChatCompleted, request_id: uuid.UUID, chat: 
 
 
 def _deliver(plan: BatchPlan, event: ChatDelivered, chat: _Chat) -> None:
-    if chat.state.status != "completed":
+    if chat.status != "completed":
         raise _LeftToPerEvent
     if chat.new_response is not None:
         new = plan.responses[chat.new_response]
         info = delivered_execution_info(new.row.execution_info, event.latency_ms)
-        row: ResponseRow = replace(new.row, latency_ms=event.latency_ms, execution_info=info)
-        plan.responses[chat.new_response] = NewResponse(row, new.delivered_at or event.time)
+        new.row = replace(new.row, latency_ms=event.latency_ms, execution_info=info)
+        new.delivered_at = new.delivered_at or event.time
         return
     if chat.response is None:
         raise _LeftToPerEvent

@@ -23,7 +23,7 @@ class ResponseState:
     execution_info: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: the plan settles it in place when its answer comes
 class NewRequest:
     """A request inserted by a set-based batch, already settled when its answer came in the same batch."""
 
@@ -32,7 +32,7 @@ class NewRequest:
     completed_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: the plan marks it delivered in place
 class NewResponse:
     """A response inserted by a set-based batch; `delivered_at` set when its delivery came in the
     same batch (then `row.latency_ms` and `row.execution_info` are the delivered ones)."""
