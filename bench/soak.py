@@ -413,6 +413,15 @@ def pct(values: list[float], q: int) -> float:
     )
 
 
+def plot_title(minutes: float, rate: float, tolerance: float, started: datetime, load: float) -> str:
+    return (
+        f"bench/soak.py: RSS per process, {minutes:g} min at {rate:g} req/s (edge and cloud chats, "
+        f"streamed or not, stats, grid tasks)\n{started:%Y-%m-%d %H:%M} UTC, median load average "
+        f"{load:.2f} on {os.cpu_count()} CPUs; blue: the start and end windows (medians compared)\n"
+        f"green band: ±{tolerance * 100:.0f} % of the start median; each panel on its own scale"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -484,12 +493,7 @@ timeout_s = 60
     windows = windows_for(args.minutes * 60)
     verdicts = {name: verdict(name, s, windows, args.tolerance) for name, s in sampler.series.items()}
     loads = [row["load1"] for row in sampler.rows]
-    title = (
-        f"bench/soak.py: RSS per process, {args.minutes:g} min at {args.rate:g} req/s (chat, stream, cloud, "
-        f"stats, tasks), {started_utc:%Y-%m-%d %H:%M} UTC, load1 median {statistics.median(loads):.2f}\n"
-        f"Blue: the start and end windows (medians compared); green band: ±{args.tolerance * 100:.0f} % "
-        "of the start median; each panel on its own scale"
-    )
+    title = plot_title(args.minutes, args.rate, args.tolerance, started_utc, statistics.median(loads))
     write_csv(args.out / "soak-rss.csv", sampler.rows)
     write_csv(
         args.out / "soak-summary.csv",
@@ -500,6 +504,9 @@ timeout_s = 60
                 "end_mib": None if v.end_mib is None else round(v.end_mib, 2),
                 "max_mib": round(v.max_mib, 2),
                 "change_pct": None if v.change is None else round(v.change * 100, 2),
+                "slope_mib_per_hour": None
+                if v.slope_mib_per_hour is None
+                else round(v.slope_mib_per_hour, 2),
                 "verdict": v.label,
             }
             for v in verdicts.values()
@@ -517,13 +524,16 @@ timeout_s = 60
         f"Windows: warm-up 0-{windows.window_s / 60:g} min left out; start {windows.start[0] / 60:g}-"
         f"{windows.start[1] / 60:g} min; end {windows.end[0] / 60:g}-{windows.end[1] / 60:g} min (medians).\n"
     )
-    print("| process | start (MiB) | end (MiB) | max (MiB) | change | verdict |")
-    print("|---|---|---|---|---|---|")
+    print("| process | start (MiB) | end (MiB) | max (MiB) | change | slope after warm-up | verdict |")
+    print("|---|---|---|---|---|---|---|")
     for v in verdicts.values():
         change = "n/a" if v.change is None else f"{v.change * 100:+.1f} %"
         start_mib = "n/a" if v.start_mib is None else f"{v.start_mib:.1f}"
         end_mib = "n/a" if v.end_mib is None else f"{v.end_mib:.1f}"
-        print(f"| {v.process} | {start_mib} | {end_mib} | {v.max_mib:.1f} | {change} | **{v.label}** |")
+        slope = "n/a" if v.slope_mib_per_hour is None else f"{v.slope_mib_per_hour:+.2f} MiB/h"
+        print(
+            f"| {v.process} | {start_mib} | {end_mib} | {v.max_mib:.1f} | {change} | {slope} | **{v.label}** |"
+        )
     print("\n| request | sent | ok | errors | P50 | P95 | max |")
     print("|---|---|---|---|---|---|---|")
     for kind, t in tallies.items():

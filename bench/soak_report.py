@@ -50,6 +50,9 @@ class Verdict:
     end_mib: float | None  # median RSS in the end window
     max_mib: float  # the highest sample of the whole run, warm-up included
     tolerance: float
+    # Least-squares slope of the samples after the warm-up, MiB per hour: a slow drift the two
+    # windows' ±10 % lets through shows here (None under two samples).
+    slope_mib_per_hour: float | None = None
 
     @property
     def change(self) -> float | None:
@@ -77,6 +80,14 @@ def _median_in(samples: Sequence[Sample], window: tuple[float, float]) -> float 
     return statistics.median(inside) / MiB if inside else None
 
 
+def slope_per_hour(samples: Sequence[Sample], after_s: float) -> float | None:
+    """MiB per hour, least squares over the samples from `after_s` on."""
+    kept = [(t, rss / MiB) for t, rss in samples if t >= after_s]
+    if len(kept) < 2 or len({t for t, _ in kept}) < 2:
+        return None
+    return statistics.linear_regression([t for t, _ in kept], [m for _, m in kept]).slope * 3600
+
+
 def verdict(process: str, samples: Sequence[Sample], windows: Windows, tolerance: float = 0.10) -> Verdict:
     """Median RSS of the end window against the start window's, within ±`tolerance`: flat."""
     if not samples:
@@ -87,6 +98,7 @@ def verdict(process: str, samples: Sequence[Sample], windows: Windows, tolerance
         _median_in(samples, windows.end),
         max(rss for _, rss in samples) / MiB,
         tolerance,
+        slope_per_hour(samples, windows.start[0]),
     )
 
 

@@ -45,6 +45,8 @@ def test_the_warm_up_growth_does_not_count_and_a_steady_process_is_flat():
     assert v.flat and v.label == "flat"
     assert 100 < v.start_mib < 102 and 104 < v.end_mib <= 105
     assert v.max_mib == pytest.approx(105)
+    # The warm-up's climb is not in the slope: 5 MiB over the last 25 minutes.
+    assert v.slope_mib_per_hour == pytest.approx(12)
 
 
 def test_a_leak_of_more_than_ten_percent_is_not_flat_and_one_just_under_is():
@@ -54,6 +56,7 @@ def test_a_leak_of_more_than_ten_percent_is_not_flat_and_one_just_under_is():
     assert leaking.change == pytest.approx((100 + 1650 * 0.01) / (100 + 450 * 0.01) - 1)
     just_under = soak_report.verdict("router", run(lambda t: 100 if t < 1500 else 109.9), windows)
     assert just_under.flat and just_under.change == pytest.approx(0.099)
+    assert leaking.slope_mib_per_hour == pytest.approx(36)  # 0.01 MiB/s
     shrinking = soak_report.verdict("nats", run(lambda t: 100 if t < 1500 else 85), windows)
     assert not shrinking.flat and shrinking.label == "SHRINKS"
 
