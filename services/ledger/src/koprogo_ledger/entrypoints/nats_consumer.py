@@ -1,7 +1,8 @@
 """The NATS side of the ledger: project each fetched batch of KOPROGO_EVENTS, decide each message's fate.
 
-A batch is projected in one transaction, one savepoint per event, committed once; only
-then are its messages settled (by `koprogo_shared.consumer`). Per message: applied, a
+A batch is projected in one transaction, committed once (its chat events' happy path set-based,
+the others one savepoint per event: `service_layer.projection.project_batch`); only then are its
+messages settled (by `koprogo_shared.consumer`). Per message: applied, a
 duplicate or ignored -> ack; a payload that is not a known ledger event, or an event
 PostgreSQL can never store, or a completion (or a task report) not from the node it names -> dead-letter; an event whose predecessor is not applied yet
 -> NAK with back-off, dead-lettered after `max_deliver` deliveries. If the commit fails,

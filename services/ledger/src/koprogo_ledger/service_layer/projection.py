@@ -2,8 +2,8 @@
 
 The event's id is claimed in the same transaction as its effect, so a redelivered event
 finds its id taken and changes nothing, and a failed one leaves no trace and can be
-retried. In a batch, each event has its own savepoint: one that fails is undone alone and
-the batch is committed once. The grid's task events are applied by `task_projection`, and what
+retried. A batch is committed once: the chat events its plan decides are applied set-based
+(`chat_batch`), the others each under its own savepoint, so one that fails is undone alone. The grid's task events are applied by `task_projection`, and what
 they (and NodeTrustChanged) move in the token ledger by `grid_accounts`, in the same savepoint.
 Errors are the domain's: `NotYetProjectedError` (retry later), `InvalidEventError` (never
 storable), `StoreUnavailableError` (wait for the database).
