@@ -10,13 +10,15 @@ import pytest
 
 from koprogo_cli.embedded import free_port
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatCompleted, ChatFailed, InferenceAttemptFailed
+from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed
+from tests.conftest import wait_until
 from tests.integration.cloud_support import (
     FakeChatCompletionsApi,
     Reply,
     cloud_settings,
     collecting,
     completion_body,
+    completion_chunks,
     deployments_file,
     nats_client,
     openai_deployment,
@@ -183,3 +185,66 @@ async def test_an_unusable_answer_is_a_bad_response_never_a_guess(
     assert (outcome.status, outcome.error) == (502, "provider_bad_response")
     assert why in outcome.message
     assert len(api.calls) == 1  # max_retries = 0
+
+
+# --- streams: server-sent events read directly, with the SDK's error semantics ---
+
+
+async def stream_answer(
+    nats_url: str, tmp_path: Path, table: str, dep: str, leave_after_first: bool = False
+) -> tuple[list[ChatDelta], ChatCompleted | ChatFailed]:
+    settings = cloud_settings(nats_url, deployments_file(tmp_path, table))
+    async with nats_client(nats_url) as (nc, js), running_cloud(settings, ENV):
+        reply = reply_subject()
+        work = work_item(dep, MODEL, reply_subject=reply, stream=True, with_plan=False)
+        async with collecting(nc, reply) as answers:
+            await submit(js, dep, work)
+            if not leave_after_first:
+                return await read_answer(answers)
+            first = ChatDelta.model_validate_json(await answers.next())
+            await nc.publish(subjects.chat_cancel(work.request_id), b"")
+            deltas, outcome = await read_answer(answers, timeout=3)
+            return [first, *deltas], outcome
+
+
+async def test_a_caller_that_leaves_mid_stream_closes_the_openai_stream(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    api.reset(Reply(events=completion_chunks([f"mot{n} " for n in range(40)]), event_delay_s=0.1))
+    dep, table = openai_deployment(port)
+    deltas, outcome = await stream_answer(clean_jetstream, tmp_path, table, dep, leave_after_first=True)
+    await wait_until(lambda: api.streams != [], timeout=5)
+    assert isinstance(outcome, ChatFailed), outcome
+    assert (outcome.status, outcome.error) == (499, "caller_gone")
+    assert deltas[0].index == 0 and len(deltas) < 6  # the 40 pieces take 4 s
+    assert api.streams == ["cut"]
+
+
+async def test_an_error_event_in_a_stream_fails_the_chat_after_its_pieces(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    chunks = completion_chunks(["Bon", "jour"])[:3]  # the role chunk and two pieces, then an error
+    api.reset(Reply(events=[*chunks, error_body("The server had an error", "server_error")]))
+    dep, table = openai_deployment(port)
+    deltas, outcome = await stream_answer(clean_jetstream, tmp_path, table, dep)
+    assert [d.delta for d in deltas] == ["Bon", "jour"]
+    assert isinstance(outcome, ChatFailed), outcome
+    assert (outcome.status, outcome.error) == (502, "provider_error")
+    assert "after 2 streamed pieces" in outcome.message
+    assert len(api.calls) == 1
+
+
+async def test_a_stream_refused_with_a_status_is_mapped_as_a_whole_answer_is(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    api.reset(Reply(400, error_body(f"Invalid 'messages' (key {KEY})")))
+    dep, table = openai_deployment(port)
+    deltas, outcome = await stream_answer(clean_jetstream, tmp_path, table, dep)
+    assert deltas == []
+    assert isinstance(outcome, ChatFailed), outcome
+    assert (outcome.status, outcome.error) == (422, "provider_rejected_request")
+    assert "Invalid 'messages'" in outcome.message and KEY not in outcome.message
+    assert api.calls[0].payload["stream"] is True

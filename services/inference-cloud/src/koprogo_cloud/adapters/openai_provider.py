@@ -1,20 +1,20 @@
 """OpenAI's Chat Completions API: OpenAI, Mistral, any OpenAI-compatible server.
 
-A whole answer is one POST on the `openai` SDK's own HTTP client (its connection pool and
-defaults), with the headers and URL the SDK would send built once, the body in, the JSON out:
-the SDK's request building (its per-call transform of the parameters) and its response models
-were most of the worker's CPU per chat (issue 17). The semantics stay the SDK's, as this
-service uses it (`max_retries=0`): its timeout and connection errors, an error status with
-the same error body, the provider's own usage. Streams go through the SDK (its SSE decoder).
+A call is one POST on the `openai` SDK's own HTTP client (its connection pool and defaults),
+with the headers and URL the SDK would send built once, the body in, the JSON (or a stream's
+server-sent events) out: the SDK's request building (its per-call transform of the parameters)
+and its response models were most of the worker's CPU per chat (issue 17). The semantics stay
+the SDK's, as this service uses it (`max_retries=0`): its timeout and connection errors (a
+stream's too), an error status with the same error body, an error event in a stream, the
+provider's own usage.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeGuard
 
 import anyio
 import httpx2
@@ -103,73 +103,38 @@ class OpenAIProvider(ChatProvider):
             ) from None
 
     async def stream(self, call: ProviderCall, on_delta: OnDelta) -> ProviderResult:
-        request = self._request(call) | {"stream": True}
+        request = self._request(call)
+        timeout = request.pop("timeout")
+        request["stream"] = True
         if self._stream_options:
             request["stream_options"] = {"include_usage": True}
-        text: list[str] = []
-        tool_calls = StreamedToolCalls()
-        # Each chunk's tokens, end to end; None until a chunk carries some.
-        logprobs: list[dict[str, Any]] | None = None
-        finish: str | None = None
-        usage = None
-        with self._errors():
-            stream = await self._client.chat.completions.create(**request)
-            async with stream:  # closing it (also on cancel) closes the connection: the server stops
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        if choice.delta.content:
-                            text.append(choice.delta.content)
-                            await on_delta(choice.delta.content)
-                        for tc in choice.delta.tool_calls or ():
-                            fn = tc.function
-                            tool_calls.add(
-                                tc.index, tc.id, fn.name if fn else None, fn.arguments if fn else None
-                            )
-                        if choice.logprobs is not None and choice.logprobs.content is not None:
-                            if logprobs is None:
-                                logprobs = []
-                            logprobs.extend(lp.model_dump() for lp in choice.logprobs.content)
-                        if choice.finish_reason is not None:
-                            finish = choice.finish_reason
-        if usage is None:
-            raise ProviderError(
-                "bad_response",
-                "the stream carried no token usage (a server without stream_options.include_usage: "
-                "set stream = false for this deployment)",
-            )
-        calls = tool_calls.calls(call.request_id)
-        content = "".join(text)
-        return ProviderResult(
-            content=content,
-            finish_reason=answer_finish_reason(openai_finish_reason(finish), calls),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            tool_calls=calls,
-            logprobs=answer_logprobs(logprobs, asked_top_logprobs(call.controls), content=content),
-        )
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """The SDK's exceptions as ProviderError (never their text: it may quote a key)."""
+        body = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        answer = _StreamedAnswer()
         try:
-            yield
-        except openai.APITimeoutError:
+            # Leaving the block (also on cancel) closes the connection: the server stops.
+            async with self._http.stream(
+                "POST", self._url, content=body, headers=self._headers, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise status_error(
+                        response.status_code, response.headers, _error_body(response.text), self._secrets
+                    )
+                done = False
+                async for data in _sse_data(response.aiter_lines()):
+                    if done:
+                        continue  # read to the end, as the SDK does: the connection is reused
+                    if data.startswith("[DONE]"):
+                        done = True
+                        continue
+                    piece = answer.add(data)
+                    if piece:
+                        await on_delta(piece)
+        except httpx2.TimeoutException:
             raise ProviderError("timeout", "no answer in time") from None
-        except openai.APIConnectionError:
+        except _CONNECTION_ERRORS:
             raise ProviderError("connection", "unreachable") from None
-        except openai.APIStatusError as exc:
-            raise status_error(exc.status_code, exc.response.headers, exc.body, self._secrets) from None
-        except openai.APIResponseValidationError:
-            raise ProviderError(
-                "bad_response", "the answer does not match the Chat Completions API"
-            ) from None
-        except openai.APIError:
-            # An error the server reported in the middle of a stream.
-            raise ProviderError("status", "the stream reported an error", status=502) from None
+        return answer.result(call)
 
     async def close(self) -> None:
         await self._client.close()  # and its HTTP client
@@ -230,5 +195,100 @@ def _whole_answer(answer: Any, call: ProviderCall) -> ProviderResult:
     )
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each server-sent event (its `data:` lines joined), as the SDK's SSE decoder reads them."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+        # Comments (":..."), `event:`, `id:` and `retry:` carry nothing a chat completion uses.
+    # An event the stream's end cut before its blank line is dropped (the SSE spec, the SDK).
+
+
+class _StreamedAnswer:
+    """A Chat Completions stream's chunks (each event's JSON) gathered into one answer."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tool_calls = StreamedToolCalls()
+        # Each chunk's tokens, end to end; None until a chunk carries some.
+        self._logprobs: list[Any] | None = None
+        self._finish: str | None = None
+        self._usage: Any = None
+
+    def add(self, data: str) -> str:
+        """Take one chunk; the text it adds to the answer ("" when none)."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise ProviderError("bad_response", "a stream's event is not JSON") from None
+        if isinstance(chunk, Mapping) and chunk.get("error"):
+            # An error the server reported in the middle of a stream (the SDK's APIError).
+            raise ProviderError("status", "the stream reported an error", status=502)
+        try:
+            return self._take(chunk)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProviderError(
+                "bad_response", "the stream does not match the Chat Completions API"
+            ) from None
+
+    def _take(self, chunk: Any) -> str:
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        pieces: list[str] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                if not isinstance(content, str):
+                    raise TypeError("content")
+                pieces.append(content)
+            for tc in delta.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                self._tool_calls.add(tc["index"], tc.get("id"), fn.get("name"), fn.get("arguments"))
+            given = choice.get("logprobs")
+            if given is not None and given.get("content") is not None:
+                if self._logprobs is None:
+                    self._logprobs = []
+                self._logprobs.extend(given["content"])
+            if choice.get("finish_reason") is not None:
+                self._finish = choice["finish_reason"]
+        piece = "".join(pieces)
+        if piece:
+            self._text.append(piece)
+        return piece
+
+    def result(self, call: ProviderCall) -> ProviderResult:
+        usage = self._usage
+        if usage is None:
+            raise ProviderError(
+                "bad_response",
+                "the stream carried no token usage (a server without stream_options.include_usage: "
+                "set stream = false for this deployment)",
+            )
+        if not isinstance(usage, Mapping):
+            raise ProviderError("bad_response", "the stream's token usage is not a count")
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not (_is_count(prompt_tokens) and _is_count(completion_tokens)):
+            raise ProviderError("bad_response", "the stream's token usage is not a count")
+        calls = self._tool_calls.calls(call.request_id)
+        content = "".join(self._text)
+        return ProviderResult(
+            content=content,
+            finish_reason=answer_finish_reason(openai_finish_reason(self._finish), calls),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tool_calls=calls,
+            logprobs=answer_logprobs(self._logprobs, asked_top_logprobs(call.controls), content=content),
+        )
