@@ -88,7 +88,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # The chat PWA's built files, read from disk at each request (a rebuild needs no restart).
     app.state.pwa_files = PwaFiles(settings.pwa_dir)
     app.include_router(routes_session.router)
+    # The two chat routes early: FastAPI tries the routers in order, regex by regex, at every request
+    # (no other route's path starts with `/v1/`; none of theirs overlaps another router's).
     app.include_router(routes_chat.router)
+    app.include_router(routes_openai.router)
     app.include_router(routes_models.router)
     app.include_router(routes_stats.router)
     app.include_router(routes_tasks.router)
@@ -96,7 +99,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_user_data.router)
     app.include_router(routes_routing.router)
     app.include_router(routes_nodes.router)
-    app.include_router(routes_openai.router)
     app.include_router(routes_asyncapi.router)
     app.include_router(routes_pwa.router)
     # After the routers: `/mcp` is an exact route, the Model Context Protocol over streamable HTTP.

@@ -29,22 +29,30 @@ AUTH_REFUSALS = Counter(
 _bearer = HTTPBearer(auto_error=False, description="A KoproGo JWT (required when the gateway has a verifier)")
 
 
-async def get_gateway(request: Request) -> Gateway:
-    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool,
-    # a thread hop (and a wake-up of the loop) on every request for an attribute read.
+def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
 
+async def get_gateway(request: Request) -> Gateway:
+    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool,
+    # a thread hop (and a wake-up of the loop) on every request for an attribute read.
+    return gateway_of(request)
+
+
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+# The dependencies below read the gateway from the request rather than through GatewayDep:
+# FastAPI solves a sub-dependency's own parameters at each place it is named, cached or not,
+# so every GatewayDep in the chain is one more pass of dependency solving per request.
 
 
 async def get_caller(
-    gateway: GatewayDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """The caller named by the bearer token; everyone, as before tokens, when authentication is off."""
-    return await authenticate(gateway, credentials.credentials if credentials else None)
+    return await authenticate(gateway_of(request), credentials.credentials if credentials else None)
 
 
 def bearer_token(request: Request) -> str | None:
@@ -86,11 +94,9 @@ async def count_request(gateway: Gateway, caller: Caller, request: Request, resp
 
 
 def _with_scope(scope: str) -> Callable[..., Awaitable[Caller]]:
-    async def caller_with_scope(
-        caller: Principal, gateway: GatewayDep, request: Request, response: Response
-    ) -> Caller:
+    async def caller_with_scope(caller: Principal, request: Request, response: Response) -> Caller:
         # Counted before the scope check: a token that lacks the scope knocks within the limit too.
-        await count_request(gateway, caller, request, response)
+        await count_request(gateway_of(request), caller, request, response)
         try:
             require_scope(caller, scope)
         except ForbiddenError:
