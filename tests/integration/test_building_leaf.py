@@ -222,12 +222,26 @@ async def _publish_without_id(site: Site, numbers: range) -> list[str]:
     return ids
 
 
-async def test_a_source_dropped_and_declared_again_resumes_where_it_stopped(site: Site) -> None:
-    """`ensure_streams` writes the hub's stream back without its sources (today's declaration step):
-    declared again, the source carries on after the last building message the hub holds."""
+async def test_the_stream_declaration_keeps_the_hubs_sources(site: Site) -> None:
+    """`koprogo up`, the deployments' setup step and the ledger declare the streams again at each
+    start: a building's source stays, and its events keep arriving."""
     first = await _publish_without_id(site, range(0, 5))
     await _hub_holds(site, first)
     await ensure_streams(site.hub_js, replicas=1)
+    sources = (await site.hub_js.stream_info(EVENTS_STREAM)).config.sources or []
+    assert [source.external.api for source in sources if source.external] == [
+        leaf_site.building_api_prefix(COPRO)
+    ]
+    second = await _publish_without_id(site, range(5, 10))
+    await _hub_holds(site, [*first, *second])
+
+
+async def test_a_source_dropped_and_declared_again_resumes_where_it_stopped(site: Site) -> None:
+    """A building's source removed (`stop_sourcing_building`) then declared again carries on after
+    the last building message the hub holds."""
+    first = await _publish_without_id(site, range(0, 5))
+    await _hub_holds(site, first)
+    await leaf_site.stop_sourcing_building(site.hub_js, COPRO)
     assert not (await site.hub_js.stream_info(EVENTS_STREAM)).config.sources
     second = await _publish_without_id(site, range(5, 10))
     await leaf_site.source_building(site.hub_js, COPRO)

@@ -258,7 +258,11 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
         current = info.config.num_replicas or 1
         if current < wanted:
             log.info("stream %s: %d replica(s) raised to %d", spec.name, current, wanted)
-        await js.update_stream(_stream_config(spec, max(current, wanted)))
+        config = _stream_config(spec, max(current, wanted))
+        # The sources an operator added (a building's events sourced by the hub,
+        # `leaf_site.source_building`) are not the declaration's to remove.
+        config.sources = info.config.sources
+        await js.update_stream(config)
 
 
 async def _jetstream_ready(js: JetStreamContext, url: str) -> None:
