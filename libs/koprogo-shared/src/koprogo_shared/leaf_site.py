@@ -171,7 +171,10 @@ def building_source(copro_id: str, stream: str = EVENTS_STREAM) -> js_api.Stream
         external=js_api.ExternalStream(
             api=building_api_prefix(copro_id), deliver=building_deliver_prefix(copro_id)
         ),
-        # Filters (no destination: subjects kept): a building cannot inject other copros' events.
+        # Filters (no destination: subjects kept): the consumer the hub asks the building's server
+        # for takes only this copro's subjects. An honest building sends nothing else; a building
+        # server edited by hand could (the hub stores a sourced message whatever its subject):
+        # docs/building-offline.md, "Known gap".
         subject_transforms=[
             js_api.SubjectTransform(src=subject, dest="") for subject in copro_event_filters(copro_id)
         ],
