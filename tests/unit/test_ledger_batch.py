@@ -177,6 +177,40 @@ async def test_a_completion_from_the_node_it_names_is_stored(ledger: FakeLedger)
     assert ledger.requests[uuid.UUID(request.id)]["status"] == "completed"
 
 
+def _refused_sourced() -> float:
+    return (
+        REGISTRY.get_sample_value("koprogo_ledger_event_failures_total", {"kind": "sourced_kind_refused"})
+        or 0.0
+    )
+
+
+async def test_a_sourced_message_of_a_kind_no_building_makes_is_dead_lettered_before_any_projection(
+    ledger: FakeLedger,
+) -> None:
+    request = requested()
+    failure = _verdict(request.id)
+    erasure = UserDataErasureRequested(source="tests", user_id="u-1", requested_by="u-1")
+    sourced = {"Nats-Stream-Source": "KOPROGO_EVENTS:building-c1 7 > >"}
+    msgs = [
+        fake_msg(request, subjects.chat_requested(None)),  # set-based path
+        fake_msg(failure, subjects.chat_failed(None)),  # per-event path
+        fake_msg(erasure, subjects.user_erasure_requested("u-1")),  # per-event path, were it let in
+        fake_msg(b"not even an event", subjects.task_event("completed", "c1")),
+    ]
+    for msg in msgs:
+        msg.headers = dict(sourced)
+    before = _refused_sourced()
+    decisions = await event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event())(msgs)
+    assert decisions[:2] == [ACK, ACK]
+    for letter in decisions[2:]:
+        assert isinstance(letter, DeadLetter) and "sourced_kind_refused" in letter.reason, letter
+    assert _refused_sourced() - before == 2
+    assert ledger.applied == {request.id, failure.id}
+    assert ledger.requests[uuid.UUID(request.id)]["status"] == "failed"
+    # JetStream refuses a publish carrying the header: the dead letter keeps it under another name.
+    assert all(m.headers == {"KoproGo-Stream-Source": sourced["Nats-Stream-Source"]} for m in msgs)
+
+
 # The set-based path (`chat_batch`) against the per-event one, on the same fake ledger state.
 
 

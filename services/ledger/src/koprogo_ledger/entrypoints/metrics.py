@@ -19,7 +19,8 @@ EVENTS = Counter(
 FAILURES = Counter(
     "koprogo_ledger_event_failures_total",
     "Attempts that failed: transient (NAK, retried), poison (dead-lettered), unavailable (PostgreSQL down, "
-    "held), forged (an edge answer not from the node it names: dead-lettered).",
+    "held), forged (an edge answer not from the node it names: dead-lettered), sourced_kind_refused (an event "
+    "of a kind no building makes that reached the hub's stream by sourcing: dead-lettered).",
     ["kind"],
 )
 BATCH_SECONDS = Histogram(

@@ -4,7 +4,9 @@ A batch is projected in one transaction, committed once (its chat events' happy 
 the others one savepoint per event: `service_layer.projection.project_batch`); only then are its
 messages settled (by `koprogo_shared.consumer`). Per message: applied, a
 duplicate or ignored -> ack; a payload that is not a known ledger event, or an event
-PostgreSQL can never store, or a completion (or a task report) not from the node it names -> dead-letter; an event whose predecessor is not applied yet
+PostgreSQL can never store, or a completion (or a task report) not from the node it names,
+or an event of a kind no building makes that reached the stream by sourcing (a building's,
+docs/building-offline.md) -> dead-letter; an event whose predecessor is not applied yet
 -> NAK with back-off, dead-lettered after `max_deliver` deliveries. If the commit fails,
 nothing of the batch is acknowledged: every event is retried (applying one twice is a
 no-op). While PostgreSQL is unreachable the batch is held (JetStream is told it is in
@@ -28,6 +30,7 @@ from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScr
 from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender, grants_by_token
 from koprogo_ledger.domain.rewards import RewardRules
+from koprogo_ledger.domain.sourced_events import refused_sourced_kind
 from koprogo_ledger.domain.task_records import forged_task_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
@@ -51,6 +54,7 @@ from koprogo_shared.events import (
     InferenceAttemptFailed,
     UserDataErasureRequested,
 )
+from koprogo_shared.leaf_site import SOURCE_HEADER
 from koprogo_shared.node_roster import Roster
 from koprogo_shared.subjects import EVENTS_ALL, EVENTS_STREAM
 from koprogo_shared.task_events import AnyTaskEvent, TaskSubmitted
@@ -72,6 +76,9 @@ ledger_events: TypeAdapter[LedgerEvent] = TypeAdapter(
         Field(discriminator="type"),
     ]
 )
+
+# Where a sourced message's `Nats-Stream-Source` goes in its dead letter (`_source_of`).
+DEAD_LETTER_SOURCE_HEADER = "KoproGo-Stream-Source"
 
 HOLD_FIRST_WAIT_S = 0.5
 HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the messages ours
@@ -105,8 +112,11 @@ def event_batch_handler(
     could not have been given (`records.forged_sender`; `nodes_keyed`: the server gives every
     node a key; `roster`: what each node's key was minted for, read per batch), or a decision of
     the scheduler's on a subject it does not publish on (`task_records.forged_task_sender`), is
-    dead-lettered before it reaches the ledger, counted as `forged` and logged. `rules`: the
-    token ledger's rewards (`domain.rewards`).
+    dead-lettered before it reaches the ledger, counted as `forged` and logged. So is, counted as
+    `sourced_kind_refused`, a message stored by sourcing (its `Nats-Stream-Source` header) whose
+    subject is not of a kind a building makes (`sourced_events.refused_sourced_kind`): it reaches
+    neither the set-based nor the per-event projection. `rules`: the token ledger's rewards
+    (`domain.rewards`).
 
     With `scrubber`, a committed GDPR erasure also deletes the user's messages stored before it
     from the audit log before it is acknowledged; if that fails, the erasure is redelivered
@@ -122,6 +132,12 @@ def event_batch_handler(
         trace_ids: dict[str, str] = {}
         grants = grants_by_token(roster())  # once per batch, not per outcome
         for i, msg in enumerate(msgs):
+            refused = refused_sourced_kind(msg.subject, _source_of(msg))
+            if refused is not None:
+                FAILURES.labels("sourced_kind_refused").inc()
+                log.warning("message on %s refused: %s", msg.subject, refused)
+                decisions[i] = failure_decision(PoisonMessageError(refused))
+                continue
             try:
                 event = ledger_events.validate_json(msg.data)
             except ValidationError as exc:
@@ -164,6 +180,20 @@ def event_batch_handler(
         return decisions
 
     return handle
+
+
+def _source_of(msg: Msg) -> str | None:
+    """The message's `Nats-Stream-Source` (set by JetStream when it was sourced), else None.
+
+    Moved to `KoproGo-Stream-Source` in its headers as it is read: JetStream refuses a publish
+    carrying `Nats-Stream-Source` (error 10227), so its dead letter, which keeps the message's
+    headers, could never be stored and the message would come back for ever.
+    """
+    if not msg.headers or SOURCE_HEADER not in msg.headers:
+        return None
+    source = msg.headers.pop(SOURCE_HEADER)
+    msg.headers[DEAD_LETTER_SOURCE_HEADER] = source
+    return source
 
 
 async def _scrubbed(

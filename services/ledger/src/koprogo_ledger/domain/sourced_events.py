@@ -1,0 +1,32 @@
+"""Which events the ledger believes when they reached the hub's KOPROGO_EVENTS by sourcing: a pure rule.
+
+A building's events reach the hub by JetStream sourcing, and the hub stores a sourced message
+whatever its subject (docs/building-offline.md, "Known gap"): no publish permission of the hub was
+checked for it, so the subject, which `records.forged_sender` and `task_records.forged_task_sender`
+trust as the sender's, says nothing about who made it.
+"""
+
+from __future__ import annotations
+
+from koprogo_shared.leaf_site import BUILDING_EVENT_KINDS, is_building_event
+
+# The dead letter's reason starts with it, so an operator can count and find these.
+SOURCED_KIND_REFUSED = "sourced_kind_refused"
+
+
+def refused_sourced_kind(subject: str, stream_source: str | None) -> str | None:
+    """Why a sourced event must not be projected, else None.
+
+    `stream_source`: the message's `Nats-Stream-Source` header (None when it was published into the
+    stream directly, which the hub's permissions did check). A building makes only the kinds of
+    `leaf_site.BUILDING_EVENT_KINDS`; anything else that came by sourcing (a scheduler's task
+    decision, a node's trust, a user's erasure request) is refused, whatever its body says.
+    """
+    if stream_source is None or is_building_event(subject):
+        return None
+    # The header reads `<stream> <sequence> <filter> <destination> ...`: its stream names the sender.
+    stream = stream_source.split(" ", 1)[0][:80]
+    return (
+        f"{SOURCED_KIND_REFUSED}: {subject} was sourced from stream {stream!r}, and a building "
+        f"sends only {', '.join(BUILDING_EVENT_KINDS)}"
+    )
