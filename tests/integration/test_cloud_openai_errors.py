@@ -187,6 +187,33 @@ async def test_an_unusable_answer_is_a_bad_response_never_a_guess(
     assert len(api.calls) == 1  # max_retries = 0
 
 
+async def test_a_tool_call_without_a_type_is_a_function_call_and_one_of_another_type_is_dropped(
+    clean_jetstream: str, fake_openai: tuple[FakeChatCompletionsApi, int], tmp_path: Path
+) -> None:
+    api, port = fake_openai
+    body = completion_body(
+        None,
+        [
+            ("call_typeless", "get_weather", '{"city": "Spa"}'),
+            ("call_custom", "grammar", "{}"),
+            ("call_function", "get_time", "{}"),
+        ],
+    )
+    typeless, custom, _ = body["choices"][0]["message"]["tool_calls"]
+    del typeless["type"]  # some OpenAI-compatible servers leave it out
+    custom["type"] = "custom"  # OpenAI's custom tools: free text input, no `function`
+    custom["custom"] = {"name": custom.pop("function")["name"], "input": "a = 1"}
+    api.reset(Reply(body=body))
+    dep, table = openai_deployment(port)
+    outcome, _ = await answer(clean_jetstream, tmp_path, table, dep)
+    assert isinstance(outcome, ChatCompleted), outcome
+    assert outcome.finish_reason == "tool_calls" and outcome.tool_calls is not None
+    assert [(c.id, c.function.name, c.function.arguments) for c in outcome.tool_calls] == [
+        ("call_typeless", "get_weather", '{"city": "Spa"}'),
+        ("call_function", "get_time", "{}"),
+    ]
+
+
 # --- streams: server-sent events read directly, with the SDK's error semantics ---
 
 

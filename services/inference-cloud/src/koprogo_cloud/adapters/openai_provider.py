@@ -173,7 +173,8 @@ def _whole_answer(answer: Any, call: ProviderCall) -> ProviderResult:
         [
             (tc.get("id"), tc["function"]["name"], tc["function"]["arguments"])
             for tc in message.get("tool_calls") or ()
-            if tc.get("type") == "function"
+            # A call without a type is a function call, as the SDK reads it; another type is dropped.
+            if tc.get("type") in (None, "function")
         ],
         call.request_id,
     )
