@@ -46,6 +46,8 @@ class JwksServer:
     url: str
     keys: list[SigningKey]
     fetches: list[str] = field(default_factory=list)
+    # Another status (500: the platform failing) answers with an error page instead of the keys.
+    status: int = 200
 
 
 @contextmanager
@@ -55,9 +57,12 @@ def jwks_server(*keys: SigningKey) -> Iterator[JwksServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             served.fetches.append(self.path)
-            body = json.dumps({"keys": [k.public_jwk() for k in served.keys]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            body, content_type = b"<html>unavailable</html>", "text/html"
+            if served.status == 200:
+                body = json.dumps({"keys": [k.public_jwk() for k in served.keys]}).encode()
+                content_type = "application/json"
+            self.send_response(served.status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
-import jwt
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -18,6 +17,7 @@ from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.document_store import NatsDocumentStore
 from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
 from koprogo_gateway.adapters.idempotency_store import NatsKvIdempotencyStore
+from koprogo_gateway.adapters.jwks_client import LastGoodJwksClient
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_gateway.adapters.routing_policy_store import (
@@ -210,8 +210,12 @@ def build_verifier(settings: GatewaySettings) -> JwtVerifier | None:
         return None
     jwks_client = None
     if settings.jwks_url is not None:
-        jwks_client = jwt.PyJWKClient(
-            settings.jwks_url, cache_keys=True, cache_jwk_set=True, lifespan=settings.jwks_cache_s, timeout=5
+        jwks_client = LastGoodJwksClient(
+            settings.jwks_url,
+            lifespan=settings.jwks_cache_s,
+            timeout=5,
+            offline_max_age_s=settings.jwks_offline_max_age_s,
+            cache_file=settings.jwks_cache_file,
         )
     return JwtVerifier(
         issuer=settings.jwt_issuer,

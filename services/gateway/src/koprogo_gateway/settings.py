@@ -98,6 +98,11 @@ class GatewaySettings(ContentKeySettings):
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # How long the JWKS keys are cached before they are fetched again.
     jwks_cache_s: int = Field(default=300, ge=1)
+    # While the JWKS cannot be fetched (a building offline), the last key set fetched is used
+    # until it is this old (0: never); kept in JWKS_CACHE_FILE too when set, so a gateway started
+    # offline has it. Unset: in memory only.
+    jwks_offline_max_age_s: int = Field(default=86400, ge=0)
+    jwks_cache_file: Path | None = None
     # One-time login links (`koprogo login-link`): `POST /mcp/v1/session/exchange` trades a code for a
     # session token lasting LOGIN_SESSION_TTL_S. Only with an HS256 secret (the gateway signs the
     # session with it); with JWKS_URL or no verifier the exchange answers 404 whatever this says.
@@ -112,6 +117,7 @@ class GatewaySettings(ContentKeySettings):
         "jwt_secret",
         "jwt_secret_file",
         "jwks_url",
+        "jwks_cache_file",
         "s3_endpoint_url",
         "s3_access_key_id",
         "s3_secret_access_key",

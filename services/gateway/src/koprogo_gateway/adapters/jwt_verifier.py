@@ -9,10 +9,14 @@ token: any token with a `purpose` claim is refused here.
 A client sends the same token on every request until it expires, and pyjwt prepares the key
 and checks the signature and claims anew each time (for HS256 its key check alone parses the
 secret as JSON, most of a verification's time in a profile). So a token that verified is remembered with its
-`Caller` until its `exp`, and at most `VERDICT_MAX_AGE_S` (a JWKS key removed since is then
-noticed as soon as the JWKS cache would notice it, which is longer): an unchanged token string
-is an unchanged signature, so the verdict is the one pyjwt would give again, with its `exp`
-itself checked at each use. Refusals are never remembered; at most `VERDICT_CACHE_SIZE` tokens are.
+`Caller` until its `exp`, and at most `VERDICT_MAX_AGE_S`, or the JWKS cache's lifespan
+(`JWKS_CACHE_S`) when that is shorter, so a JWKS key removed since is noticed no later than the
+JWKS cache notices it: an unchanged token string is an unchanged signature, so the verdict is the
+one pyjwt would give again, with its `exp` itself checked at each use. Refusals are never
+remembered; at most `VERDICT_CACHE_SIZE` tokens are.
+
+While the JWKS cannot be fetched, the JWKS client (adapters/jwks_client.py) serves the last key
+set it fetched until `JWKS_OFFLINE_MAX_AGE_S`; past that, tokens are refused saying so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import jwt
 
+from koprogo_gateway.adapters.jwks_client import JwksTooOldError
 from koprogo_gateway.domain.access import Caller, caller_from_claims, parse_scopes
 from koprogo_gateway.domain.errors import UnauthorizedError
 from koprogo_shared.local_tokens import LOGIN_PURPOSE
@@ -60,6 +65,10 @@ class JwtVerifier:
         self._refetch_cooldown_s = jwks_refetch_cooldown_s
         self._last_refetch = -jwks_refetch_cooldown_s
         self._clock = clock
+        jwks_cache = jwks_client.jwk_set_cache if jwks_client is not None else None
+        self._verdict_max_age_s = (
+            VERDICT_MAX_AGE_S if jwks_cache is None else min(VERDICT_MAX_AGE_S, jwks_cache.lifespan)
+        )
         # token -> (its Caller, the epoch second until which that verdict holds); insertion order.
         self._verdicts: dict[str, tuple[Caller, float]] = {}
 
@@ -77,7 +86,7 @@ class JwtVerifier:
     def _remember(self, token: str, caller: Caller, expires_at: float) -> None:
         if len(self._verdicts) >= VERDICT_CACHE_SIZE:
             del self._verdicts[next(iter(self._verdicts))]  # the oldest
-        self._verdicts[token] = (caller, min(expires_at, self._clock() + VERDICT_MAX_AGE_S))
+        self._verdicts[token] = (caller, min(expires_at, self._clock() + self._verdict_max_age_s))
 
     async def _verify(self, token: str) -> tuple[Caller, float]:
         """The caller and the token's `exp` (epoch seconds), verified by pyjwt."""
@@ -136,9 +145,14 @@ class JwtVerifier:
                 self._last_refetch = now
                 keys = await asyncio.to_thread(self._jwks.get_signing_keys, True)
                 key = _key_with_kid(keys, kid)
+        except JwksTooOldError as exc:
+            raise UnauthorizedError(
+                "the token's signing keys cannot be fetched now, and the last ones fetched "
+                f"({exc.age_s / 3600:.1f} h ago) are too old to trust"
+            ) from None
         except jwt.PyJWKClientConnectionError:
             raise UnauthorizedError("the token's signing keys cannot be fetched now") from None
-        except (jwt.PyJWKClientError, jwt.InvalidTokenError):
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidTokenError):
             raise UnauthorizedError("no known signing key for this token") from None
         if key is None:
             raise UnauthorizedError("no known signing key for this token")
