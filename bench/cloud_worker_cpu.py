@@ -1,17 +1,17 @@
-"""Benchmark: the cloud worker's CPU per chat on peer_proxy.py's path, optionally against a baseline tree (issue 17).
+"""Benchmark: the cloud worker's CPU per chat on peer_proxy.py's path, optionally against a baseline revision (issue 17).
 
     .venv/bin/python bench/cloud_worker_cpu.py [--rounds 3] [--duration 20] [--connections 16]
-                                               [--baseline-src DIR]
+                                               [--baseline REV]
 
 The KoproGo side of `bench/peer_proxy.py` alone (no LiteLLM): `bench/instant_openai.py` as the
 backend, the real stack (`Stack`) with one `openai_compatible` deployment on it, `wrk` with
-`bench/peer_proxy.lua`. With `--baseline-src` (a folder holding another `koprogo_cloud`
-package, e.g. `git archive HEAD~1 services/inference-cloud/src | tar -x -C /tmp/base` then
-`--baseline-src /tmp/base/services/inference-cloud/src`), a second stack runs beside the first,
-its cloud worker imported from there (`PYTHONPATH`), and wrk drives the two in turn, the order
-rotating between rounds: both measured in the same conditions. Prints, per stack, the median
-over the rounds of each process's CPU time per request (user+system ÷ wrk's requests, as
-peer_proxy.py counts it), and the load average at each run.
+`bench/peer_proxy.lua`. With `--baseline` (a git revision, e.g. `HEAD~1`), a second stack runs
+beside the first, its cloud worker importing `koprogo_cloud` from that revision's
+`services/inference-cloud/src` (extracted with `git archive`, put first on `PYTHONPATH`; every
+other package is this tree's), and wrk drives the two in turn, the order rotating between
+rounds: both measured in the same conditions. Prints, per stack, the median over the rounds of
+each process's CPU time per request (user+system ÷ wrk's requests, as peer_proxy.py counts it),
+and the load average at each run.
 """
 
 from __future__ import annotations
@@ -22,34 +22,37 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peer_proxy import (
-    BENCH,
+from support import (
     CLOUD_MODEL,
-    RATE_LIMIT,
     WRK,
     Target,
+    baseline_source,
     drive,
     ensure_wrk,
+    load1,
     log,
     machine,
     median,
     parse_ints,
-    start_process,
+    stack_processes,
+    start_instant_backend,
     stop_process,
-    wait_http,
+    use_stack_environ,
 )
 
 from koprogo_cli.embedded import free_port
 from koprogo_cli.stack import Stack
 
+CLOUD_SRC = "services/inference-cloud/src"
 
-def start_stack(work: Path, name: str, cloud_src: Path | None) -> tuple[Stack, Target]:
+
+def start_stack(data_dir: Path, name: str, cloud_src: Path | None) -> tuple[Stack, Target]:
     """A stack whose cloud worker imports `koprogo_cloud` from `cloud_src` (None: the installed one)."""
     saved = os.environ.get("PYTHONPATH")
     if cloud_src is not None:
         os.environ["PYTHONPATH"] = str(cloud_src)
     try:
-        stack = Stack(work / name, gateway_port=free_port(), node_port=free_port(), log=log)
+        stack = Stack(data_dir, gateway_port=free_port(), node_port=free_port(), log=log)
         stack.start()
     finally:
         if saved is None:
@@ -57,11 +60,8 @@ def start_stack(work: Path, name: str, cloud_src: Path | None) -> tuple[Stack, T
         else:
             os.environ["PYTHONPATH"] = saved
     stack.wait_for_model(CLOUD_MODEL, timeout=60)
-    assert stack.dev_token is not None and stack.nats is not None and stack.postgres is not None
-    assert stack.nats.proc is not None and stack.postgres.proc is not None
-    processes = {s.name: s.proc.pid for s in stack.services if s.proc is not None}
-    processes["nats-server"] = stack.nats.proc.pid
-    processes["postgresql"] = stack.postgres.proc.pid
+    assert stack.dev_token is not None
+    processes = stack_processes(stack)
     target = Target(name, f"{stack.gateway_url}/v1/chat/completions", stack.dev_token, processes)
     return stack, target
 
@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--cloud-concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
-        "--baseline-src", type=Path, default=None, help="a folder with another koprogo_cloud package"
+        "--baseline", default=None, help="a git revision whose cloud worker runs beside this tree's"
     )
     args = parser.parse_args()
 
@@ -86,43 +86,15 @@ def main() -> int:
     stacks: list[Stack] = []
     backend = None
     try:
-        backend_port = free_port()
-        backend = start_process(
-            [
-                sys.executable,
-                str(BENCH / "instant_openai.py"),
-                "--port",
-                str(backend_port),
-                "--processes",
-                "2",
-            ],
-            dict(os.environ),
-            work / "backend.log",
-        )
-        wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
-        deployments = work / "deployments.toml"
-        deployments.write_text(
-            f"""[[deployments]]
-id = "bench-backend"
-provider = "openai_compatible"
-base_url = "http://127.0.0.1:{backend_port}/v1"
-api_key_env = ""
-models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
-timeout_s = 60
-concurrency = {args.cloud_concurrency}
-"""
-        )
-        os.environ.pop("NATS_URL", None)
-        os.environ.pop("DATABASE_URL", None)
-        os.environ["CLOUD_DEPLOYMENTS_FILE"] = str(deployments)
-        os.environ["RATE_LIMIT_PER_COPRO"] = RATE_LIMIT
-        os.environ["RATE_LIMIT_PER_USER"] = RATE_LIMIT
+        backend, backend_base = start_instant_backend(work, 2)
+        use_stack_environ(work, backend_base, args.cloud_concurrency)
         targets: list[Target] = []
-        if args.baseline_src is not None:
-            stack, target = start_stack(work, "baseline", args.baseline_src.resolve())
+        if args.baseline is not None:
+            cloud_src = baseline_source(args.baseline, CLOUD_SRC, work)
+            stack, target = start_stack(work / "baseline", f"baseline ({args.baseline})", cloud_src)
             stacks.append(stack)
             targets.append(target)
-        stack, target = start_stack(work, "this tree", None)
+        stack, target = start_stack(work / "this tree", "this tree", None)
         stacks.append(stack)
         targets.append(target)
         backend_pids = {"backend": backend.pid}
@@ -138,7 +110,7 @@ concurrency = {args.cloud_concurrency}
                 for target in order:
                     result = drive(target, wrk, connections, args.duration, backend_pids)
                     target.results.setdefault(connections, []).append(result)
-                    load = Path("/proc/loadavg").read_text().split()[0]
+                    load = load1()
                     loads.append(load)
                     cloud = target.cpu_ms[connections]["cloud"][-1]
                     log(

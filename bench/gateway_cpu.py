@@ -16,24 +16,24 @@ the 1-minute load average, and the medians.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from peer_proxy import (
-    BENCH,
+from support import (
     CLOUD_MODEL,
-    RATE_LIMIT,
     Target,
+    baseline_source,
     drive,
     ensure_wrk,
+    load1,
     log,
     median,
     parse_ints,
+    start_instant_backend,
     start_process,
     stop_process,
+    use_stack_environ,
     wait_http,
 )
 
@@ -41,19 +41,6 @@ from koprogo_cli.embedded import free_port
 from koprogo_cli.stack import Stack
 
 GATEWAY_SRC = "services/gateway/src"
-
-
-def baseline_source(revision: str, into: Path) -> Path:
-    """`revision`'s gateway package, extracted under `into`."""
-    archive = subprocess.run(
-        ["git", "-C", str(BENCH.parent), "archive", revision, GATEWAY_SRC], capture_output=True, check=True
-    )
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / GATEWAY_SRC
-
-
-def load1() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def main() -> int:
@@ -70,35 +57,13 @@ def main() -> int:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-gateway-cpu-"))
     log(f"work folder {work}")
-    baseline_src = baseline_source(args.baseline, work)
+    baseline_src = baseline_source(args.baseline, GATEWAY_SRC, work)
     started: list[subprocess.Popen[bytes]] = []
     stack: Stack | None = None
     try:
-        backend_port = free_port()
-        backend = start_process(
-            [sys.executable, str(BENCH / "instant_openai.py"), "--port", str(backend_port)],
-            dict(os.environ),
-            work / "backend.log",
-        )
+        backend, backend_base = start_instant_backend(work, 2)
         started.append(backend)
-        wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
-        deployments = work / "deployments.toml"
-        deployments.write_text(
-            f"""[[deployments]]
-id = "bench-backend"
-provider = "openai_compatible"
-base_url = "http://127.0.0.1:{backend_port}/v1"
-api_key_env = ""
-models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
-timeout_s = 60
-concurrency = 16
-"""
-        )
-        os.environ.pop("NATS_URL", None)
-        os.environ.pop("DATABASE_URL", None)
-        os.environ["CLOUD_DEPLOYMENTS_FILE"] = str(deployments)
-        os.environ["RATE_LIMIT_PER_COPRO"] = RATE_LIMIT
-        os.environ["RATE_LIMIT_PER_USER"] = RATE_LIMIT
+        use_stack_environ(work, backend_base, 16)
         stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=log)
         stack.start()
         stack.wait_for_model(CLOUD_MODEL, timeout=60)

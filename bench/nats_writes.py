@@ -35,8 +35,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import peer_proxy as pp
 import psutil
+import support
 from nats.js import api as js_api
 
 from koprogo_cli.embedded import free_port
@@ -101,7 +101,7 @@ def fsyncs_per_chat(
         stderr=subprocess.DEVNULL,
     )
     time.sleep(1)
-    result = pp.run_wrk(wrk, url, token, connections, seconds)
+    result = support.run_wrk(wrk, url, token, connections, seconds)
     time.sleep(1)
     tracer.send_signal(2)
     tracer.wait(30)
@@ -127,61 +127,29 @@ def main() -> int:
     args = parser.parse_args()
     if args.strace and shutil.which("strace") is None:
         sys.exit("strace is not on PATH (apt-get install -y strace), or pass --strace 0")
-    wrk = pp.ensure_wrk()
+    wrk = support.ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-nats-writes-"))
-    pp.log(f"work folder {work}")
-    backend_port = free_port()
-    backend = pp.start_process(
-        [
-            sys.executable,
-            str(pp.BENCH / "instant_openai.py"),
-            "--port",
-            str(backend_port),
-            "--processes",
-            "2",
-        ],
-        dict(os.environ),
-        work / "backend.log",
-    )
+    support.log(f"work folder {work}")
+    backend, backend_base = support.start_instant_backend(work, 2)
     stack: Stack | None = None
     rows: list[dict[str, object]] = []
     fsyncs: dict[str, tuple[int, float]] = {}
     try:
-        backend_base = f"http://127.0.0.1:{backend_port}/v1"
-        pp.wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
-        deployments = work / "deployments.toml"
-        deployments.write_text(
-            f"""[[deployments]]
-id = "bench-backend"
-provider = "openai_compatible"
-base_url = "{backend_base}"
-api_key_env = ""
-models = {{ "{pp.CLOUD_MODEL}" = "{pp.CLOUD_MODEL}" }}
-timeout_s = 60
-concurrency = 16
-"""
-        )
-        os.environ.pop("NATS_URL", None)
-        os.environ.pop("DATABASE_URL", None)
+        support.use_stack_environ(work, backend_base, 16)
         monitor_port = free_port()
-        os.environ.update(
-            CLOUD_DEPLOYMENTS_FILE=str(deployments),
-            RATE_LIMIT_PER_COPRO=pp.RATE_LIMIT,
-            RATE_LIMIT_PER_USER=pp.RATE_LIMIT,
-            NATS_MONITOR_PORT=str(monitor_port),
-        )
-        stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=pp.log)
+        os.environ["NATS_MONITOR_PORT"] = str(monitor_port)
+        stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=support.log)
         stack.start()
-        stack.wait_for_model(pp.CLOUD_MODEL, timeout=60)
+        stack.wait_for_model(support.CLOUD_MODEL, timeout=60)
         assert stack.nats is not None and stack.nats.proc is not None and stack.dev_token is not None
         assert stack.postgres is not None
         url, seed = stack.nats.url, stack.nats_seed_files["admin"]
         nats_pid = stack.nats.proc.pid
         target = f"{stack.gateway_url}/v1/chat/completions"
-        pp.log(
+        support.log(
             "the stack declared the counters' bucket: " + asyncio.run(declare_counters(url, seed, "async"))
         )
-        pp.run_wrk(wrk, target, stack.dev_token, args.connections, 3)  # warm-up
+        support.run_wrk(wrk, target, stack.dev_token, args.connections, 3)  # warm-up
 
         for mode in MODES if args.strace else ():
             asyncio.run(declare_counters(url, seed, mode))
@@ -195,7 +163,7 @@ concurrency = 16
                 args.strace,
                 work / f"strace-{mode}.txt",
             )
-            pp.log(f"{mode}: {fsyncs[mode][1]:.2f} fsyncs per chat over {fsyncs[mode][0]} chats")
+            support.log(f"{mode}: {fsyncs[mode][1]:.2f} fsyncs per chat over {fsyncs[mode][0]} chats")
 
         server = psutil.Process(nats_pid)
         for round_no in range(args.rounds):
@@ -203,7 +171,7 @@ concurrency = 16
                 asyncio.run(declare_counters(url, seed, mode))
                 time.sleep(2)
                 before, cpu_before, load_before = stored(monitor_port), server.cpu_times(), os.getloadavg()[0]
-                result = pp.run_wrk(wrk, target, stack.dev_token, args.connections, args.duration)
+                result = support.run_wrk(wrk, target, stack.dev_token, args.connections, args.duration)
                 cpu_after = server.cpu_times()
                 time.sleep(1)
                 row: dict[str, object] = {
@@ -222,14 +190,16 @@ concurrency = 16
                     "stored/chat": per_chat(before, stored(monitor_port), result.requests),
                 }
                 rows.append(row)
-                pp.log(json.dumps(row))
-        total, completed, pending, failed, _ = pp.settled_rows(stack.postgres.url)
+                support.log(json.dumps(row))
+        total, completed, pending, failed, _ = support.settled_rows(stack.postgres.url)
     finally:
         if stack is not None:
             stack.stop()
-        pp.stop_process(backend)
+        support.stop_process(backend)
 
-    print(f"\n{pp.machine()}; wrk 1 thread, {args.connections} connections, {args.duration} s per phase.\n")
+    print(
+        f"\n{support.machine()}; wrk 1 thread, {args.connections} connections, {args.duration} s per phase.\n"
+    )
     print("| round | counters | req/s | P50 | nats-server CPU per chat | load average | stored per chat |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

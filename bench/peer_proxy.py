@@ -28,50 +28,43 @@ Prints Markdown tables (bench/README.md has the latest results).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import platform
-import resource
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-import httpx
-import psutil
+from support import (
+    BENCH,
+    CLOUD_MODEL,
+    WRK,
+    Target,
+    WrkResult,
+    drive,
+    ensure_wrk,
+    log,
+    machine,
+    median,
+    parse_ints,
+    run_wrk,
+    settled_rows,
+    stack_processes,
+    start_instant_backend,
+    start_process,
+    stop_process,
+    use_stack_environ,
+    wait_http,
+)
 
 from koprogo_cli.embedded import free_port
 from koprogo_cli.stack import Stack
 
-BENCH = Path(__file__).resolve().parent
 LITELLM_VERSION = "1.80.0"
 # Releases that carried a credential stealer: never installed, even if asked for.
 LITELLM_COMPROMISED = {"1.82.7", "1.82.8"}
-CLOUD_MODEL = "gpt-4o-mini"  # the model name in peer_proxy.lua and peer_proxy_litellm.yaml
 LITELLM_MASTER_KEY = "sk-peer-proxy-bench"
-# Raised out of the way, not switched off: each chat still writes its rate-limit counter.
-RATE_LIMIT = "100000000"
-WRK = "wrk (load generator)"
-
-
-def log(line: str) -> None:
-    print(f"# {line}", file=sys.stderr, flush=True)
-
-
-def ensure_wrk() -> str:
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        sys.exit("wrk is missing: install it (Debian/Ubuntu: `sudo apt-get install -y wrk`) and run again")
-    return wrk
 
 
 def ensure_litellm(venv: Path, version: str) -> Path:
@@ -92,199 +85,6 @@ def ensure_litellm(venv: Path, version: str) -> Path:
         log(f"installing litellm[proxy]=={version} into {venv} (installed: {installed or 'none'})")
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={version}"], check=True)
     return litellm
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float, logfile: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}; see {logfile}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    sys.exit(f"{what} not ready after {timeout:.0f}s; see {logfile}")
-
-
-def start_process(argv: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen[bytes]:
-    with open(logfile, "wb") as out:
-        # Own process group: stopped with its children (LiteLLM's workers) at the end.
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    status_errors: int
-    socket_errors: int
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-
-def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) -> WrkResult:
-    out = subprocess.run(
-        [
-            wrk,
-            "-t1",
-            f"-c{connections}",
-            f"-d{round(seconds)}s",
-            "--timeout",
-            "30s",
-            "-s",
-            str(BENCH / "peer_proxy.lua"),
-            "-H",
-            f"Authorization: Bearer {token}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        sys.exit(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
-    if line is None:
-        sys.exit(f"wrk printed no summary:\n{out.stdout}")
-    s = json.loads(line.removeprefix("WRK_JSON "))
-    return WrkResult(
-        requests=s["requests"],
-        seconds=s["duration_us"] / 1e6,
-        p50_ms=s["p50_us"] / 1000,
-        p90_ms=s["p90_us"] / 1000,
-        p99_ms=s["p99_us"] / 1000,
-        status_errors=s["status_errors"],
-        socket_errors=s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["timeouts"],
-    )
-
-
-def cpu_by_process(pid: int) -> dict[tuple[int, float], float]:
-    """User + system CPU of a process and each of its living children (LiteLLM's workers,
-    PostgreSQL's backends), keyed by (pid, start time)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return {}
-    times = {}
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            times[(p.pid, p.create_time())] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return times
-
-
-def cpu_delta(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
-    """CPU spent between two snapshots by the processes alive at the second: a child that started in
-    between counts whole; one that ended in between is missed (PostgreSQL's short-lived workers)."""
-    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
-
-
-@dataclass
-class Target:
-    name: str
-    url: str
-    token: str
-    # Process groups whose CPU is counted: name -> pid.
-    processes: dict[str, int]
-    results: dict[int, list[WrkResult]] = field(default_factory=dict)
-    # connections -> process name -> CPU ms per request, one value per round.
-    cpu_ms: dict[int, dict[str, list[float]]] = field(default_factory=dict)
-    # connections -> the machine's busy CPU share (%) over each round.
-    busy: dict[int, list[float]] = field(default_factory=dict)
-    sent: int = 0  # requests wrk completed, warm-up included
-    in_flight: int = 0  # requests possibly sent but not counted at the cut-offs (sum of connections)
-
-
-def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
-    pids = {**target.processes, **extra}
-    before = {name: cpu_by_process(pid) for name, pid in pids.items()}
-    # wrk is the only child that ends during the run: the children's usage grows by its CPU alone.
-    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    psutil.cpu_percent(None)  # starts the machine-wide busy measure
-    result = run_wrk(wrk, target.url, target.token, connections, seconds)
-    busy = psutil.cpu_percent(None)
-    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after = {name: cpu_by_process(pid) for name, pid in pids.items()}
-    spent = {name: cpu_delta(before[name], after[name]) for name in pids}
-    spent[WRK] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
-    target.busy.setdefault(connections, []).append(busy)
-    target.sent += result.requests
-    target.in_flight += connections
-    per_process = target.cpu_ms.setdefault(connections, {})
-    for name, seconds_spent in spent.items():
-        per_process.setdefault(name, []).append(seconds_spent * 1000 / max(result.requests, 1))
-    return result
-
-
-def count_rows(database_url: str) -> tuple[int, int, int, int, int]:
-    async def query() -> tuple[int, int, int, int, int]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            row = await conn.fetchrow(
-                "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'completed') AS completed, "
-                "count(*) FILTER (WHERE status = 'pending') AS pending, "
-                "count(*) FILTER (WHERE status = 'failed') AS failed, "
-                "(SELECT count(*) FROM mcp_responses) AS responses FROM mcp_requests"
-            )
-            assert row is not None
-            return row["total"], row["completed"], row["pending"], row["failed"], row["responses"]
-        finally:
-            await conn.close()
-
-    return asyncio.run(query())
-
-
-def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, int, int, int]:
-    """The rows once the ledger has caught up: nothing pending and the counts steady for 2 s."""
-    deadline = time.monotonic() + timeout
-    last = count_rows(database_url)
-    while time.monotonic() < deadline:
-        time.sleep(2.0)
-        now = count_rows(database_url)
-        if now == last and now[2] == 0:
-            return now
-        last = now
-    return last
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} CPU ({model}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
-
-
-def parse_ints(value: str) -> list[int]:
-    return [int(v) for v in value.split(",") if v.strip()]
 
 
 def main() -> int:
@@ -315,22 +115,8 @@ def main() -> int:
     stack: Stack | None = None
     try:
         # The backend, alone first: its capacity bounds what either proxy can show.
-        backend_port = free_port()
-        backend = start_process(
-            [
-                sys.executable,
-                str(BENCH / "instant_openai.py"),
-                "--port",
-                str(backend_port),
-                "--processes",
-                str(args.backend_processes),
-            ],
-            dict(os.environ),
-            work / "backend.log",
-        )
+        backend, backend_base = start_instant_backend(work, args.backend_processes)
         started.append(backend)
-        backend_base = f"http://127.0.0.1:{backend_port}/v1"
-        wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
         backend_alone = run_wrk(wrk, f"{backend_base}/chat/completions", "none", 16, 5)
         log(
             f"backend alone, 16 connections: {backend_alone.rps:.0f} req/s, P50 {backend_alone.p50_ms:.2f} ms"
@@ -383,31 +169,12 @@ def main() -> int:
             )
             log(f"LiteLLM with {workers} worker(s) ready on port {port}")
 
-        deployments = work / "deployments.toml"
-        deployments.write_text(
-            f"""[[deployments]]
-id = "bench-backend"
-provider = "openai_compatible"
-base_url = "{backend_base}"
-api_key_env = ""
-models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
-timeout_s = 60
-concurrency = {args.cloud_concurrency}
-"""
-        )
-        os.environ.pop("NATS_URL", None)
-        os.environ.pop("DATABASE_URL", None)
-        os.environ["CLOUD_DEPLOYMENTS_FILE"] = str(deployments)
-        os.environ["RATE_LIMIT_PER_COPRO"] = RATE_LIMIT
-        os.environ["RATE_LIMIT_PER_USER"] = RATE_LIMIT
+        use_stack_environ(work, backend_base, args.cloud_concurrency)
         stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=log)
         stack.start()
         stack.wait_for_model(CLOUD_MODEL, timeout=60)
-        assert stack.dev_token is not None and stack.nats is not None and stack.postgres is not None
-        assert stack.nats.proc is not None and stack.postgres.proc is not None
-        koprogo_processes = {s.name: s.proc.pid for s in stack.services if s.proc is not None}
-        koprogo_processes["nats-server"] = stack.nats.proc.pid
-        koprogo_processes["postgresql"] = stack.postgres.proc.pid
+        assert stack.dev_token is not None and stack.postgres is not None
+        koprogo_processes = stack_processes(stack)
         koprogo = Target(
             "KoproGo", f"{stack.gateway_url}/v1/chat/completions", stack.dev_token, koprogo_processes
         )

@@ -51,16 +51,24 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
-from peer_proxy import CLOUD_MODEL, RATE_LIMIT, log, machine, start_process, stop_process, wait_http
 from soak_report import MiB, Sample, verdict, windows_for
 from soak_report import rss_svg as draw_svg
+from support import (
+    BENCH,
+    CLOUD_MODEL,
+    log,
+    machine,
+    stack_processes,
+    start_instant_backend,
+    stop_process,
+    use_stack_environ,
+)
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID
 from koprogo_cli.embedded import free_port
 from koprogo_cli.stack import Stack
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 
-BENCH = Path(__file__).resolve().parent
 # The cycle of request kinds, one per arrival.
 CYCLE = (
     *("chat", "cloud_openai", "stats", "cloud_stream_openai", "cloud_chat", "cloud_openai"),
@@ -440,44 +448,14 @@ def main() -> int:
     stack: Stack | None = None
     backend = None
     try:
-        backend_port = free_port()
-        backend = start_process(
-            [
-                sys.executable,
-                str(BENCH / "instant_openai.py"),
-                "--port",
-                str(backend_port),
-                "--processes",
-                "1",
-            ],
-            dict(os.environ),
-            work / "backend.log",
-        )
-        wait_http(f"http://127.0.0.1:{backend_port}/health", backend, "backend", 30, work / "backend.log")
-        deployments = work / "deployments.toml"
-        deployments.write_text(
-            f"""[[deployments]]
-id = "bench-backend"
-provider = "openai_compatible"
-base_url = "http://127.0.0.1:{backend_port}/v1"
-api_key_env = ""
-models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
-timeout_s = 60
-"""
-        )
-        for name in ("NATS_URL", "DATABASE_URL", *[n for n in os.environ if n.startswith("OTEL_")]):
-            os.environ.pop(name, None)
-        os.environ["CLOUD_DEPLOYMENTS_FILE"] = str(deployments)
-        os.environ["RATE_LIMIT_PER_COPRO"] = os.environ["RATE_LIMIT_PER_USER"] = RATE_LIMIT
+        backend, backend_base = start_instant_backend(work, 1)
+        use_stack_environ(work, backend_base, None)
         stack = Stack(work / "data", gateway_port=free_port(), node_port=free_port(), log=log)
         stack.start()
         stack.wait_for_model(BUNDLED_MODEL_ID, timeout=120)
         stack.wait_for_model(CLOUD_MODEL, timeout=60)
-        assert stack.dev_token is not None and stack.nats is not None and stack.postgres is not None
-        assert stack.nats.proc is not None and stack.postgres.proc is not None
-        pids = {s.name: s.proc.pid for s in stack.services if s.proc is not None}
-        pids["nats-server"] = stack.nats.proc.pid
-        pids["postgresql"] = stack.postgres.proc.pid
+        assert stack.dev_token is not None and stack.postgres is not None
+        pids = stack_processes(stack)
         sampler = Sampler(pids, pss_of={"postgresql"})
         log(f"stack up ({', '.join(f'{n} {p}' for n, p in pids.items())}); load {os.getloadavg()}")
         started_utc = datetime.now(UTC)

@@ -1,0 +1,335 @@
+"""What the stack benchmarks share: the instant backend, the stack's environment, wrk's load.
+
+* Processes: `start_process` (own process group, output to a log), `stop_process`,
+  `wait_http`; `log` (stderr, `# ` first), `machine` (one line describing this computer).
+* The backend: `start_instant_backend` starts `bench/instant_openai.py`; `backend_deployments`
+  is the `openai_compatible` deployments file serving `CLOUD_MODEL` from it; `bench_environ`
+  the environment a benchmark's stack starts with (its own nats-server and PostgreSQL, no
+  OTLP exporter, the rate limits raised out of the way but still counted); `use_stack_environ`
+  writes the one and puts the other in `os.environ`, which `koprogo_cli.stack.Stack` reads.
+* A/B runs: `baseline_source` extracts a folder of another git revision (`--baseline REV`).
+* The load: `run_wrk` (one wrk thread, `bench/peer_proxy.lua`'s POST), and `drive`, which also
+  counts each process's user+system CPU time per request over the run (`Target`).
+* The ledger: `settled_rows`, the `mcp_requests` counts once nothing is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+from koprogo_cli.embedded import free_port
+from koprogo_cli.stack import Stack
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CLOUD_MODEL = "gpt-4o-mini"  # the model name in peer_proxy.lua and peer_proxy_litellm.yaml
+# Raised out of the way, not switched off: each chat still writes its rate-limit counter.
+RATE_LIMIT = "100000000"
+# Variables a benchmark's stack must not inherit: a NATS server or database of their own
+# (`Stack` starts embedded ones only without these), and no OTLP exporter (its CPU is not measured).
+STACK_UNSET = ("NATS_URL", "DATABASE_URL")
+STACK_UNSET_PREFIXES = ("OTEL_",)
+WRK = "wrk (load generator)"
+
+
+def log(line: str) -> None:
+    print(f"# {line}", file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} CPU ({model}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def load1() -> str:
+    """The 1-minute load average, as /proc/loadavg prints it."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def parse_ints(value: str) -> list[int]:
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def start_process(argv: list[str], env: Mapping[str, str], logfile: Path) -> subprocess.Popen[bytes]:
+    with open(logfile, "wb") as out:
+        # Own process group: stopped with its children (LiteLLM's workers) at the end.
+        return subprocess.Popen(
+            argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float, logfile: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}; see {logfile}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{what} not ready after {timeout:.0f}s; see {logfile}")
+
+
+def start_instant_backend(work: Path, processes: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`bench/instant_openai.py` in `processes` processes, ready; and its OpenAI base URL."""
+    port = free_port()
+    logfile = work / "backend.log"
+    argv = [sys.executable, str(BENCH / "instant_openai.py"), "--port", str(port)]
+    backend = start_process([*argv, "--processes", str(processes)], os.environ, logfile)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", backend, "backend", 30, logfile)
+    except SystemExit:
+        stop_process(backend)
+        raise
+    return backend, f"http://127.0.0.1:{port}/v1"
+
+
+def backend_deployments(base_url: str, concurrency: int | None) -> str:
+    """The deployments file (TOML) of one keyless `openai_compatible` deployment serving
+    `CLOUD_MODEL` from `base_url`; `concurrency` None: the deployment's default."""
+    text = f"""[[deployments]]
+id = "bench-backend"
+provider = "openai_compatible"
+base_url = "{base_url}"
+api_key_env = ""
+models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
+timeout_s = 60
+"""
+    return text if concurrency is None else text + f"concurrency = {concurrency}\n"
+
+
+def bench_environ(environ: Mapping[str, str], deployments_file: Path) -> dict[str, str]:
+    """`environ` as a benchmark's stack starts with it: without `STACK_UNSET` (and `OTEL_*`),
+    with the deployments of `deployments_file` and the rate limits raised out of the way."""
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if name not in STACK_UNSET and not name.startswith(STACK_UNSET_PREFIXES)
+    }
+    return {
+        **kept,
+        "CLOUD_DEPLOYMENTS_FILE": str(deployments_file),
+        "RATE_LIMIT_PER_COPRO": RATE_LIMIT,
+        "RATE_LIMIT_PER_USER": RATE_LIMIT,
+    }
+
+
+def use_stack_environ(work: Path, backend_base: str, concurrency: int | None) -> None:
+    """Write `work`/deployments.toml for the backend and make `os.environ` the stack's
+    (`bench_environ`): `Stack` and every process started afterwards read it."""
+    deployments = work / "deployments.toml"
+    deployments.write_text(backend_deployments(backend_base, concurrency))
+    environ = bench_environ(os.environ, deployments)
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
+
+
+def stack_processes(stack: Stack) -> dict[str, int]:
+    """Each service's pid by name, with nats-server's and PostgreSQL's (the postmaster)."""
+    assert stack.nats is not None and stack.postgres is not None
+    assert stack.nats.proc is not None and stack.postgres.proc is not None
+    pids = {s.name: s.proc.pid for s in stack.services if s.proc is not None}
+    pids["nats-server"] = stack.nats.proc.pid
+    pids["postgresql"] = stack.postgres.proc.pid
+    return pids
+
+
+def baseline_source(revision: str, path: str, into: Path) -> Path:
+    """The folder `path` (relative to the repository) as it is at git `revision`, extracted
+    under `into` (`git archive`): another revision's package, put first on `PYTHONPATH`."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, path], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / path
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("wrk is missing: install it (Debian/Ubuntu: `sudo apt-get install -y wrk`) and run again")
+    return wrk
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    status_errors: int
+    socket_errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(wrk: str, url: str, token: str, connections: int, seconds: float) -> WrkResult:
+    out = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{round(seconds)}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(BENCH / "peer_proxy.lua"),
+            "-H",
+            f"Authorization: Bearer {token}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        sys.exit(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no summary:\n{out.stdout}")
+    s = json.loads(line.removeprefix("WRK_JSON "))
+    return WrkResult(
+        requests=s["requests"],
+        seconds=s["duration_us"] / 1e6,
+        p50_ms=s["p50_us"] / 1000,
+        p90_ms=s["p90_us"] / 1000,
+        p99_ms=s["p99_us"] / 1000,
+        status_errors=s["status_errors"],
+        socket_errors=s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["timeouts"],
+    )
+
+
+def cpu_by_process(pid: int) -> dict[tuple[int, float], float]:
+    """User + system CPU of a process and each of its living children (LiteLLM's workers,
+    PostgreSQL's backends), keyed by (pid, start time)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    times = {}
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            times[(p.pid, p.create_time())] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return times
+
+
+def cpu_delta(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
+    """CPU spent between two snapshots by the processes alive at the second: a child that started in
+    between counts whole; one that ended in between is missed (PostgreSQL's short-lived workers)."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    token: str
+    # Process groups whose CPU is counted: name -> pid.
+    processes: dict[str, int]
+    results: dict[int, list[WrkResult]] = field(default_factory=dict)
+    # connections -> process name -> CPU ms per request, one value per round.
+    cpu_ms: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    # connections -> the machine's busy CPU share (%) over each round.
+    busy: dict[int, list[float]] = field(default_factory=dict)
+    sent: int = 0  # requests wrk completed, warm-up included
+    in_flight: int = 0  # requests possibly sent but not counted at the cut-offs (sum of connections)
+
+
+def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
+    pids = {**target.processes, **extra}
+    before = {name: cpu_by_process(pid) for name, pid in pids.items()}
+    # wrk is the only child that ends during the run: the children's usage grows by its CPU alone.
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    psutil.cpu_percent(None)  # starts the machine-wide busy measure
+    result = run_wrk(wrk, target.url, target.token, connections, seconds)
+    busy = psutil.cpu_percent(None)
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = {name: cpu_by_process(pid) for name, pid in pids.items()}
+    spent = {name: cpu_delta(before[name], after[name]) for name in pids}
+    spent[WRK] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+    target.busy.setdefault(connections, []).append(busy)
+    target.sent += result.requests
+    target.in_flight += connections
+    per_process = target.cpu_ms.setdefault(connections, {})
+    for name, seconds_spent in spent.items():
+        per_process.setdefault(name, []).append(seconds_spent * 1000 / max(result.requests, 1))
+    return result
+
+
+def count_rows(database_url: str) -> tuple[int, int, int, int, int]:
+    async def query() -> tuple[int, int, int, int, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS total, count(*) FILTER (WHERE status = 'completed') AS completed, "
+                "count(*) FILTER (WHERE status = 'pending') AS pending, "
+                "count(*) FILTER (WHERE status = 'failed') AS failed, "
+                "(SELECT count(*) FROM mcp_responses) AS responses FROM mcp_requests"
+            )
+            assert row is not None
+            return row["total"], row["completed"], row["pending"], row["failed"], row["responses"]
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, int, int, int]:
+    """The rows once the ledger has caught up: nothing pending and the counts steady for 2 s."""
+    deadline = time.monotonic() + timeout
+    last = count_rows(database_url)
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = count_rows(database_url)
+        if now == last and now[2] == 0:
+            return now
+        last = now
+    return last
