@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nats
@@ -229,9 +229,7 @@ async def test_the_stream_declaration_keeps_the_hubs_sources(site: Site) -> None
     await _hub_holds(site, first)
     await ensure_streams(site.hub_js, replicas=1)
     sources = (await site.hub_js.stream_info(EVENTS_STREAM)).config.sources or []
-    assert [source.external.api for source in sources if source.external] == [
-        leaf_site.building_api_prefix(COPRO)
-    ]
+    assert [source.name for source in sources] == [leaf_site.building_inbox(COPRO)]
     second = await _publish_without_id(site, range(5, 10))
     await _hub_holds(site, [*first, *second])
 
@@ -251,9 +249,48 @@ async def test_a_source_dropped_and_declared_again_resumes_where_it_stopped(site
 async def test_declaring_the_source_twice_keeps_one(site: Site) -> None:
     await leaf_site.source_building(site.hub_js, COPRO)
     sources = (await site.hub_js.stream_info(EVENTS_STREAM)).config.sources or []
-    assert [source.external.api for source in sources if source.external] == [
+    assert [source.name for source in sources] == [leaf_site.building_inbox(COPRO)]
+    inbox = (await site.hub_js.stream_info(leaf_site.building_inbox(COPRO))).config
+    assert [s.external.api for s in inbox.sources or [] if s.external] == [
         leaf_site.building_api_prefix(COPRO)
     ]
+
+
+async def test_a_building_that_ignores_its_filter_gets_nothing_else_into_the_hubs_events(
+    site: Site,
+) -> None:
+    """A building's server edited by hand can hand the hub's inbox anything (here: the inbox's
+    source without filters, which is what such a server would do with them). The hub's own
+    filter, between the inbox and KOPROGO_EVENTS, keeps out another copro's events and the
+    kinds a building never makes (a grid task decision, a node's trust, an erasure request)."""
+    inbox_name = leaf_site.building_inbox(COPRO)
+    inbox = (await site.hub_js.stream_info(inbox_name)).config
+    unfiltered = [replace(source, subject_transforms=None) for source in inbox.sources or []]
+    await site.hub_js.update_stream(replace(inbox, sources=unfiltered))
+    foreign = await _publish_in_building(site, OTHER_COPRO, range(0, 2))
+    forged = []
+    for subject in (
+        f"koprogo.events.task.accepted.{COPRO}",
+        f"koprogo.events.grid.node_trust.{COPRO}",
+        f"koprogo.events.user.erasure_requested.{COPRO}",
+    ):
+        event = _delivered(COPRO, len(forged) + 10)
+        await publish_event(site.building_js, subject, event)
+        forged.append(event.id)
+    own = await _publish_in_building(site, COPRO, range(2, 4))
+
+    async def inbox_has_all() -> bool:
+        return (await site.hub_js.stream_info(inbox_name)).state.messages >= len(foreign) + len(forged) + 2
+
+    # The unfiltered inbox did take them: the check below can fail.
+    await wait_until(inbox_has_all, timeout=CATCH_UP_S, interval=0.25)
+    await _hub_holds(site, own)
+    assert not (set(foreign) | set(forged)) & set(await _event_ids(site.hub_js))
+    # What the hub's KOPROGO_EVENTS stored says where it came from: the inbox.
+    last = await site.hub_js.get_msg(
+        EVENTS_STREAM, (await site.hub_js.stream_info(EVENTS_STREAM)).state.last_seq
+    )
+    assert (last.headers or {}).get("Nats-Stream-Source", "").startswith(inbox_name), last.headers
 
 
 async def _heard(nc: NATS, publish: NATS, subjects: list[str]) -> list[str]:
@@ -372,10 +409,13 @@ def test_the_hub_sources_only_the_copros_subjects() -> None:
     source = leaf_site.building_source(COPRO)
     assert source.external is not None
     assert source.external.api == "$JS.building-c1.API"
-    assert [t.src for t in source.subject_transforms or []] == [
-        "koprogo.events.*.*.c1",
-        "koprogo.events.*.*.c1.>",
-    ]
+    filters = [t.src for t in source.subject_transforms or []]
+    assert filters == [t.src for t in leaf_site.inbox_source(COPRO).subject_transforms or []]
+    assert filters[:2] == ["koprogo.events.chat.requested.c1", "koprogo.events.chat.requested.c1.>"]
+    assert not any(f.startswith(("koprogo.events.task.", "koprogo.events.grid.")) for f in filters)
+    assert leaf_site.is_building_event("koprogo.events.chat.completed.c1.node.n1")
+    assert not leaf_site.is_building_event("koprogo.events.task.accepted.c1")
+    assert not leaf_site.is_building_event("koprogo.events.chat")
 
 
 async def test_the_hubs_ledger_projects_once_what_the_building_answered_during_a_cut(

@@ -198,3 +198,53 @@ async def test_a_redelivered_request_finding_no_target_waits_rather_than_failing
         requested(BUNDLED_MODEL_ID), redelivered=True
     )
     assert isinstance(bus.published[-1][1], RunInference)
+
+
+# A building's router (docs/building-offline.md): cloud work goes to the hub's stream over the
+# leaf link; the line cut, the caller gets 503 `offline` at once, or the building's own edge.
+
+
+async def test_a_buildings_cloud_chat_goes_to_the_hub_while_the_line_is_up() -> None:
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook(), cloud_at_hub=True)
+    await dispatcher.on_chat_requested(requested("gpt-4o-mini"))
+    [(subject, work)] = bus.published
+    assert subject == subjects.run_inference_cloud("openai") and isinstance(work, RunInference)
+
+
+async def test_a_buildings_cloud_chat_with_the_line_cut_is_answered_offline_at_once() -> None:
+    bus = FakeBus()
+    bus.hub_reachable = False
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook(), cloud_at_hub=True)
+    await dispatcher.on_chat_requested(requested("gpt-4o-mini"))
+    [(subject, failed)] = bus.published
+    assert subject == subjects.chat_failed("c1")
+    assert isinstance(failed, ChatFailed) and (failed.status, failed.error) == (503, "offline")
+    assert bus.replies == [("koprogo.reply.gw1", failed)]
+
+
+async def test_a_buildings_auto_chat_falls_back_to_its_own_edge_when_the_hub_is_unreachable() -> None:
+    bus = FakeBus()
+    bus.hub_reachable = False
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook(), cloud_at_hub=True)
+    # `fastest` puts the cloud first, then the edge
+    await dispatcher.on_chat_requested(
+        requested("auto", routing=RoutingPreference(policy="fastest", allow_fallback=True))
+    )
+    [(subject, work)] = bus.published
+    assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID)
+    assert isinstance(work, RunInference) and work.routing is not None
+    assert work.routing.failures == ["cloud openai: offline"]
+
+
+async def test_a_buildings_cloud_chat_once_the_hubs_heartbeats_stopped_is_refused_offline() -> None:
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, live_registry(), FakePolicyBook(), cloud_at_hub=True)
+    await dispatcher.on_chat_requested(requested("gpt-4o-mini"))
+    [(_, failed)] = bus.published
+    assert isinstance(failed, ChatFailed) and (failed.status, failed.error) == (503, "offline")
+    # The same at the hub (no cloud heartbeat either) keeps its own refusal.
+    hub_bus = FakeBus()
+    await Dispatcher(hub_bus, live_registry(), FakePolicyBook()).on_chat_requested(requested("gpt-4o-mini"))
+    [(_, refused)] = hub_bus.published
+    assert isinstance(refused, ChatFailed) and refused.error != "offline"

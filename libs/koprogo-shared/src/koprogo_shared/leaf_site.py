@@ -29,20 +29,36 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
-from koprogo_shared.subjects import DEADLETTER_PREFIX, EVENTS_ALL, EVENTS_STREAM
+from koprogo_shared import subjects
+from koprogo_shared.subjects import (
+    DEADLETTER_PREFIX,
+    EDGE_WORK_ALL,
+    EVENTS_ALL,
+    EVENTS_STREAM,
+    GRID_WORK_ALL,
+    INBOX_ROOT,
+    STREAMS,
+    WORK_STREAM,
+    StreamSpec,
+)
 
 # A copro id names the building's JetStream domain and subject tokens (as a copro pool does).
 _COPRO_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Where a building's sourced events are delivered to the hub (the source's `deliver` prefix):
 # its own subjects, so its hub key may publish there and nowhere else.
 _LEAF_DELIVER_ROOT = "koprogo.leaf"
+# The hub-local stream of each building (`building_inbox`).
+BUILDING_INBOX_PREFIX = "KOPROGO_BUILDING_"
+INBOX_MAX_AGE_S = 7 * 24 * 3600.0
+INBOX_DUPLICATE_WINDOW_S = 120.0
 # Every copro-bound event subject carries the copro as its fifth token
 # (`koprogo.events.<kind>.<step>.<copro>[.…]`, see `subjects`).
 _COPRO_TOKEN = 4
@@ -72,12 +88,50 @@ def building_deliver_prefix(copro_id: str) -> str:
     return f"{_LEAF_DELIVER_ROOT}.{_checked(copro_id)}"
 
 
-def copro_event_filters(copro_id: str) -> tuple[str, str]:
-    """The event subjects of one copro: what the hub accepts from its building's stream."""
-    head = ".".join(["koprogo", "events", "*", "*"])
-    assert len(head.split(".")) == _COPRO_TOKEN
+# The kinds of event a building makes, named one by one (`koprogo.events.<kind>.<step>`): its
+# members' chats and its routers' attempts. Never the grid's task events, node trust or erasure
+# requests, which the hub's services alone decide (a building runs no scheduler and no ledger).
+BUILDING_EVENT_KINDS: tuple[str, ...] = (
+    "chat.requested",
+    "chat.completed",
+    "chat.failed",
+    "chat.delivered",
+    "inference.attempt_failed",
+)
+
+
+def copro_event_filters(copro_id: str) -> tuple[str, ...]:
+    """The event subjects of one copro's building: what the hub accepts from it (each kind of
+    `BUILDING_EVENT_KINDS`, for this copro, with or without a node/cloud suffix)."""
     copro = _checked(copro_id)
-    return (f"{head}.{copro}", f"{head}.{copro}.>")
+    filters: list[str] = []
+    for kind in BUILDING_EVENT_KINDS:
+        head = f"koprogo.events.{kind}"
+        assert len(head.split(".")) == _COPRO_TOKEN
+        filters += [f"{head}.{copro}", f"{head}.{copro}.>"]
+    return tuple(filters)
+
+
+# Set by JetStream on every message a stream took from another by sourcing.
+SOURCE_HEADER = "Nats-Stream-Source"
+
+
+def made_at_another_site(headers: Mapping[str, str] | None) -> bool:
+    """Whether a KOPROGO_EVENTS message reached this site by sourcing (a building's event at the
+    hub): recorded and projected here, but decided where it was made (its router routed it, its
+    workers answered it), so no service of this site acts on it again."""
+    return bool(headers) and SOURCE_HEADER in (headers or {})
+
+
+def is_building_event(subject: str) -> bool:
+    """Whether a building may have made an event on `subject` (any copro): the ledger's check of
+    what reached the hub by sourcing."""
+    tokens = subject.split(".")
+    return (
+        len(tokens) > _COPRO_TOKEN
+        and tokens[:2] == ["koprogo", "events"]
+        and ".".join(tokens[2:_COPRO_TOKEN]) in BUILDING_EVENT_KINDS
+    )
 
 
 # What the building's remote refuses to send the hub as plain messages: its facts reach the hub
@@ -100,11 +154,56 @@ class LeafLinkPermissions:
     subscribe: tuple[str, ...]
 
 
+def building_gateway_id(copro_id: str) -> str:
+    """The building's gateway id: the hub's answers to it travel on `koprogo.reply.<this>`."""
+    return building_domain(copro_id)
+
+
+def building_inbox_root(copro_id: str) -> str:
+    """The inbox root of the building's services (`ServiceSettings.nats_inbox_root`): the hub's
+    JetStream acknowledges the cloud work they send it there, and sends nothing else there."""
+    return f"{INBOX_ROOT}.{building_domain(copro_id)}"
+
+
 def leaf_link_permissions(copro_id: str) -> LeafLinkPermissions:
     """What the hub lets copro `copro_id`'s building send and receive (see the module docstring)."""
+    gateway_reply = subjects.gateway_reply(building_gateway_id(copro_id))
     return LeafLinkPermissions(
-        publish=(f"{building_deliver_prefix(copro_id)}.>", "$JSC.R.>", "$LDS.>"),
-        subscribe=(f"{building_api_prefix(copro_id)}.>", "$JS.FC.>", "$LDS.>"),
+        publish=(
+            f"{building_deliver_prefix(copro_id)}.>",
+            "$JSC.R.>",
+            "$LDS.>",
+            # Its members' cloud chats, for the hub's cloud workers, and their cancels.
+            f"{subjects.run_inference_cloud('_').rsplit('.', 1)[0]}.>",
+            subjects.CHAT_CANCEL_ALL,
+        ),
+        subscribe=(
+            f"{building_api_prefix(copro_id)}.>",
+            "$JS.FC.>",
+            "$LDS.>",
+            # The hub's answers to its gateway, the cloud deployments' heartbeats (its router
+            # chooses the cloud while it hears them), the acks of the work it sends.
+            gateway_reply,
+            f"{gateway_reply}.>",
+            subjects.CLOUD_STATUS_ALL,
+            f"{building_inbox_root(copro_id)}.>",
+        ),
+    )
+
+
+def is_building_domain(domain: str | None) -> bool:
+    return bool(domain) and (domain or "").startswith("building-")
+
+
+def site_streams(domain: str | None) -> tuple[StreamSpec, ...]:
+    """The KOPROGO_* streams of the site whose JetStream domain is `domain`: a building's
+    KOPROGO_WORK keeps its own edge and grid work only, so that its cloud work reaches the hub's
+    stream over the leaf link (and, the link cut, finds no stream: the router answers `offline`)."""
+    if not is_building_domain(domain):
+        return STREAMS
+    return tuple(
+        replace(spec, subjects=[EDGE_WORK_ALL, GRID_WORK_ALL]) if spec.name == WORK_STREAM else spec
+        for spec in STREAMS
     )
 
 
@@ -164,46 +263,89 @@ leafnodes {{
 {site.authorization}"""
 
 
+def building_inbox(copro_id: str) -> str:
+    """The hub-local stream that takes a building's events over the leaf link (its inbox)."""
+    return f"{BUILDING_INBOX_PREFIX}{_checked(copro_id)}"
+
+
+def _copro_filters(copro_id: str) -> list[js_api.SubjectTransform]:
+    # Transforms without a destination are filters: subjects kept, others not taken.
+    return [js_api.SubjectTransform(src=subject, dest="") for subject in copro_event_filters(copro_id)]
+
+
 def building_source(copro_id: str, stream: str = EVENTS_STREAM) -> js_api.StreamSource:
-    """The hub stream's source for one building: its `stream`, through the leaf, this copro's subjects only."""
+    """The inbox's source: the building's `stream`, through the leaf, this copro's subjects.
+
+    The filters become those of a consumer the *building's* server creates: an honest building
+    sends nothing else, a building edited by hand could send anything, so the inbox is not
+    trusted; `inbox_source` filters again on the hub's own server.
+    """
     return js_api.StreamSource(
         name=stream,
         external=js_api.ExternalStream(
             api=building_api_prefix(copro_id), deliver=building_deliver_prefix(copro_id)
         ),
-        # Filters (no destination: subjects kept): the consumer the hub asks the building's server
-        # for takes only this copro's subjects. An honest building sends nothing else; a building
-        # server edited by hand could (the hub stores a sourced message whatever its subject):
-        # docs/building-offline.md, "Known gap".
-        subject_transforms=[
-            js_api.SubjectTransform(src=subject, dest="") for subject in copro_event_filters(copro_id)
-        ],
+        subject_transforms=_copro_filters(copro_id),
+    )
+
+
+def inbox_source(copro_id: str) -> js_api.StreamSource:
+    """KOPROGO_EVENTS' source of a building's inbox: a local consumer of the hub's own server,
+    so the filters (the copro's building event kinds, `copro_event_filters`) hold whatever the
+    building's server did."""
+    return js_api.StreamSource(name=building_inbox(copro_id), subject_transforms=_copro_filters(copro_id))
+
+
+def inbox_config(copro_id: str, replicas: int = 1) -> js_api.StreamConfig:
+    """The inbox: no subjects of its own (nothing published at the hub lands there), the building's
+    stream as its only source, file storage; kept a week (the hub's KOPROGO_EVENTS takes from it
+    on the same server at once; the week covers a KOPROGO_EVENTS under repair)."""
+    return js_api.StreamConfig(
+        name=building_inbox(copro_id),
+        description=f"events of copro {copro_id}'s building, before the hub's own filter",
+        subjects=[],
+        sources=[building_source(copro_id)],
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        max_age=INBOX_MAX_AGE_S,
+        duplicate_window=INBOX_DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
     )
 
 
 def _same_building(source: js_api.StreamSource, copro_id: str) -> bool:
-    return source.external is not None and source.external.api == building_api_prefix(copro_id)
+    return source.external is None and source.name == building_inbox(copro_id)
 
 
 async def source_building(hub_js: JetStreamContext, copro_id: str, stream: str = EVENTS_STREAM) -> None:
-    """Make the hub's `stream` source the building's (idempotent; the operator's identity only).
+    """Make the hub's `stream` take the building's events (idempotent; the operator's identity only):
+    the building's inbox sources its stream over the leaf, and `stream` sources the inbox with the
+    hub's own filters (docs/building-offline.md, "What sources what").
 
-    The hub's configuration is read and written back with the source added, so its other
+    The hub stream's configuration is read and written back with the source added, so its other
     sources and settings stay as they are.
     """
     info = await hub_js.stream_info(stream)
     config = info.config
     if config.mirror is not None:
         raise LeafSiteError(f"{stream} is a mirror; a mirror cannot also source a building")
-    wanted = building_source(copro_id, stream)
+    inbox = inbox_config(copro_id, replicas=config.num_replicas or 1)
+    try:
+        await hub_js.stream_info(inbox.name or "")
+    except NotFoundError:
+        await hub_js.add_stream(inbox)
+    else:
+        await hub_js.update_stream(inbox)
     kept = [source for source in config.sources or [] if not _same_building(source, copro_id)]
-    await hub_js.update_stream(replace(config, sources=[*kept, wanted]))
+    await hub_js.update_stream(replace(config, sources=[*kept, inbox_source(copro_id)]))
 
 
 async def stop_sourcing_building(
     hub_js: JetStreamContext, copro_id: str, stream: str = EVENTS_STREAM
 ) -> None:
-    """Remove a building's source from the hub's `stream` (its events already stored stay)."""
+    """Stop taking a building's events into the hub's `stream` (those stored stay). Its inbox stays
+    too, still sourcing the building: declared again, `stream` resumes after the last inbox message
+    it holds, and nothing the building sent meanwhile is lost."""
     config = (await hub_js.stream_info(stream)).config
     kept = [source for source in config.sources or [] if not _same_building(source, copro_id)]
     await hub_js.update_stream(replace(config, sources=kept or None))

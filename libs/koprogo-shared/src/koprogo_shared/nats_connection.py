@@ -53,6 +53,7 @@ from koprogo_shared.kv_buckets import (
     rate_limit_ttl_s,
     rate_limit_window_from,
 )
+from koprogo_shared.leaf_site import site_streams
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 from koprogo_shared.telemetry import producer_span
@@ -159,7 +160,7 @@ async def _settled_replicas(nc: NATS) -> int:
 
 
 async def connect_nats(
-    url: str, name: str, *, nkey_seed_file: Path | None = None
+    url: str, name: str, *, nkey_seed_file: Path | None = None, inbox_root: str = subjects.INBOX_ROOT
 ) -> tuple[NATS, JetStreamContext]:
     """Connect with unlimited reconnects; errors are logged, never swallowed silently.
 
@@ -167,14 +168,17 @@ async def connect_nats(
     lost, reconnects to another (and to the servers the cluster announces).
 
     With `nkey_seed_file` the client proves it holds that nkey (the seed never leaves the
-    process) and takes its replies under `_INBOX.<public key>`, the only inbox its
-    permissions let it read. A key the server does not know is refused at every attempt
+    process) and takes its replies under `_INBOX.<public key>` (`<inbox_root>.<public key>`), the
+    only inbox its permissions let it read. A key the server does not know is refused at every attempt
     (logged as an authorization violation) until the server's configuration lists it.
     """
     credentials: dict[str, Any] = {}
     if nkey_seed_file is not None:
         public_key = nkey_public_key(nkey_seed_file)
-        credentials = {"nkeys_seed": str(nkey_seed_file), "inbox_prefix": inbox_prefix(public_key)}
+        credentials = {
+            "nkeys_seed": str(nkey_seed_file),
+            "inbox_prefix": inbox_prefix(public_key, inbox_root),
+        }
 
     nc = NATS()
     last_reported: Exception | None = None
@@ -234,6 +238,13 @@ def _client_of(js: JetStreamContext) -> NATS:
     return nc
 
 
+def server_domain(nc: NATS) -> str | None:
+    """The JetStream domain of the server the client is connected to (its INFO says it), if any:
+    a building's (`leaf_site.is_building_domain`) runs its services another way."""
+    domain = nc._server_info.get("domain")
+    return str(domain) if domain else None
+
+
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Create every stream, or bring an existing one to the declared configuration.
 
@@ -245,7 +256,8 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
     (lower them by hand, `nats stream edit --replicas`).
     """
     wanted = stream_replicas(_client_of(js)) if replicas is None else replicas
-    for spec in STREAMS:
+    # A building's server (its JetStream domain says so) keeps another KOPROGO_WORK (leaf_site).
+    for spec in site_streams(server_domain(_client_of(js))):
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
@@ -424,32 +436,47 @@ def event_headers(event: Event) -> dict[str, str]:
     return {"Nats-Msg-Id": event.id, "ce-type": getattr(event, "type", ""), "ce-source": event.source}
 
 
-async def publish_event(js: JetStreamContext, subject: str, event: Event, *, timeout: float = 2.0) -> Any:
+async def publish_event(
+    js: JetStreamContext,
+    subject: str,
+    event: Event,
+    *,
+    timeout: float = 2.0,
+    retry_for_s: float = PUBLISH_RETRY_S,
+) -> Any:
     """Publish to JetStream and wait for the stream's ack, retrying with the same `Nats-Msg-Id`.
 
     Retries are de-duplicated by the stream, so a publish that was stored but whose ack
-    was lost is not stored twice. Retried for PUBLISH_RETRY_S, then raises the last error;
-    raises StreamFullError at once when the stream is full (retrying would not empty it).
+    was lost is not stored twice. Retried for `retry_for_s` (PUBLISH_RETRY_S), then raises the
+    last error; raises StreamFullError at once when the stream is full (retrying would not empty
+    it). `retry_for_s=0`: one attempt (a building's cloud work, whose stream is at the hub).
     """
-    ack, _ = await _publish(js, subject, event, timeout)
+    ack, _ = await _publish(js, subject, event, timeout, retry_for_s)
     return ack
 
 
-async def _publish(js: JetStreamContext, subject: str, event: Event, timeout: float) -> tuple[Any, int]:
+async def _publish(
+    js: JetStreamContext, subject: str, event: Event, timeout: float, retry_for_s: float = PUBLISH_RETRY_S
+) -> tuple[Any, int]:
     """`publish_event`'s work: the stream's ack, and the attempt that got it (1: the first)."""
     payload = event.model_dump_json().encode()
     headers = event_headers(event)
     # One PRODUCER span for every attempt: the retries carry the same trace context.
     with producer_span(subject, headers) as span:
         span.set_attribute("messaging.message.id", event.id)
-        return await _publish_attempts(js, subject, payload, headers, timeout)
+        return await _publish_attempts(js, subject, payload, headers, timeout, retry_for_s)
 
 
 async def _publish_attempts(
-    js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str], timeout: float
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    retry_for_s: float,
 ) -> tuple[Any, int]:
     loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + PUBLISH_RETRY_S
+    give_up_at = loop.time() + retry_for_s
     delay = 0.05
     attempt = 0
     while True:

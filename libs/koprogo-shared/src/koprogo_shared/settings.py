@@ -22,6 +22,10 @@ class ServiceSettings(BaseSettings):
     nats_url: str = "nats://127.0.0.1:4222"
     # This identity's nkey (a user seed file, mode 0600); unset: connect without credentials.
     nats_nkey_seed_file: Path | None = None
+    # Where this identity's replies arrive: `<root>.<public key>.>` (`subjects.inbox_prefix`).
+    # A building's services take `_INBOX.building-<copro>` (`leaf_site.building_inbox_root`), so the
+    # hub may send its answers (JetStream acks of cloud work) over the leaf link to them alone.
+    nats_inbox_root: str = "_INBOX"
     log_level: str = "INFO"
     ops_host: str = "127.0.0.1"
     ops_port: int = 0  # /health, /ready and /metrics; 0 disables the ops server

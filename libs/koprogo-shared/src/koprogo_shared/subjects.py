@@ -335,9 +335,13 @@ def cloud_work_durable(deployment: str) -> str:
     return durable_name("cloud", deployment)
 
 
-def inbox_prefix(public_key: str) -> str:
-    """The inbox prefix of the client holding this nkey (its subscribe permission names it)."""
-    return f"_INBOX.{public_key}"
+INBOX_ROOT = "_INBOX"
+
+
+def inbox_prefix(public_key: str, root: str = INBOX_ROOT) -> str:
+    """The inbox prefix of the client holding this nkey (its subscribe permission names it);
+    `root`: `_INBOX`, or a building's (`leaf_site.building_inbox_root`)."""
+    return f"{root}.{public_key}"
 
 
 @dataclass(frozen=True, slots=True)

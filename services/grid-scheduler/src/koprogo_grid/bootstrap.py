@@ -79,7 +79,10 @@ def _sync(counter: Counter, seen: dict[str, int], counts: dict[str, int]) -> Non
 async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     """Run the grid scheduler until `stop` is set."""
     nc, js = await connect_nats(
-        settings.nats_url, "koprogo-grid-scheduler", nkey_seed_file=settings.nats_nkey_seed_file
+        settings.nats_url,
+        "koprogo-grid-scheduler",
+        nkey_seed_file=settings.nats_nkey_seed_file,
+        inbox_root=settings.nats_inbox_root,
     )
     try:
         await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)

@@ -71,7 +71,10 @@ async def run_cloud(
     env = os.environ if environ is None else environ
     runtimes = build_runtimes(settings.deployments(env), env)
     nc, js = await connect_nats(
-        settings.nats_url, "koprogo-cloud", nkey_seed_file=settings.nats_nkey_seed_file
+        settings.nats_url,
+        "koprogo-cloud",
+        nkey_seed_file=settings.nats_nkey_seed_file,
+        inbox_root=settings.nats_inbox_root,
     )
 
     async def ready() -> dict[str, bool]:

@@ -212,7 +212,10 @@ async def _connect_unless_stopped(
     refused by the server at every attempt (logged) until its configuration lists it.
     """
     connecting = connect_nats(
-        settings.nats_url, f"koprogo-node-{settings.node_id}", nkey_seed_file=settings.nats_nkey_seed_file
+        settings.nats_url,
+        f"koprogo-node-{settings.node_id}",
+        nkey_seed_file=settings.nats_nkey_seed_file,
+        inbox_root=settings.nats_inbox_root,
     )
     try:
         done = await _unless_stopped(connecting, stop)

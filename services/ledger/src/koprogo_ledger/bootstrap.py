@@ -144,7 +144,10 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         await PostgresLedgerHeads(pool).register_key(signer.public_key, utc_now())
         log.info("token ledger heads are signed with %s", signer.public_key)
         nc, js = await connect_nats(
-            settings.nats_url, "koprogo-ledger", nkey_seed_file=settings.nats_nkey_seed_file
+            settings.nats_url,
+            "koprogo-ledger",
+            nkey_seed_file=settings.nats_nkey_seed_file,
+            inbox_root=settings.nats_inbox_root,
         )
     except BaseException:
         await pool.close()

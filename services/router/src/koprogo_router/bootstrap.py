@@ -18,10 +18,12 @@ from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
 from koprogo_shared.events import ChatRequested, InferenceAttemptFailed
 from koprogo_shared.heartbeats import follow_heartbeats
+from koprogo_shared.leaf_site import is_building_domain, made_at_another_site
 from koprogo_shared.nats_connection import (
     STREAMS_WAIT_S,
     buckets_for_service,
     connect_nats,
+    server_domain,
     streams_for_service,
 )
 from koprogo_shared.node_registry import NodeRegistry
@@ -56,7 +58,10 @@ FALLBACK_CONSUMER = ConsumerSpec(
 async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
     """Run the router until `stop` is set."""
     nc, js = await connect_nats(
-        settings.nats_url, "koprogo-router", nkey_seed_file=settings.nats_nkey_seed_file
+        settings.nats_url,
+        "koprogo-router",
+        nkey_seed_file=settings.nats_nkey_seed_file,
+        inbox_root=settings.nats_inbox_root,
     )
     try:
         await streams_for_service(js, settings.nats_nkey_seed_file, timeout_s=STREAMS_WAIT_S)
@@ -79,14 +84,19 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
             policies,
             default_policy=settings.default_routing_policy,
             grid_rule=GridRule(settings.grid_min_prompt_chars, settings.grid_min_max_tokens),
+            cloud_at_hub=is_building_domain(server_domain(nc)),
         )
 
         async def handle(msg: Msg) -> None:
+            if made_at_another_site(msg.headers):
+                return  # a building's chat, routed by the building's router (docs/building-offline.md)
             await dispatcher.on_chat_requested(
                 ChatRequested.model_validate_json(msg.data), redelivered=msg.metadata.num_delivered > 1
             )
 
         async def handle_attempt_failed(msg: Msg) -> None:
+            if made_at_another_site(msg.headers):
+                return  # the building's router falls back for its own chats
             await dispatcher.on_attempt_failed(InferenceAttemptFailed.model_validate_json(msg.data))
 
         async def ready() -> dict[str, bool]:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from koprogo_router.adapters.bus import Bus
+from koprogo_router.adapters.bus import Bus, HubUnreachableError
 from koprogo_router.adapters.metrics import count_decision, count_fallback
 from koprogo_router.adapters.policy_book import PolicyBook
 from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, edge_pools, effective_policy
@@ -40,6 +40,12 @@ from koprogo_shared.events import (
 from koprogo_shared.node_registry import NodeRegistry
 
 SOURCE = "koprogo/router"
+# What a building's caller gets for a cloud chat while its line to the hub is down.
+OFFLINE = "offline"
+OFFLINE_MESSAGE = (
+    "the building is cut off from the hub: cloud models are unavailable until the line returns; "
+    "the building's own models still answer"
+)
 
 
 def default_catalogue() -> Catalogue:
@@ -59,6 +65,9 @@ class Dispatcher:
     default_policy: RoutingPolicyName = DEFAULT_POLICY
     # What makes an `auto` chat long enough for the grid (`RouterSettings.grid_min_*`).
     grid_rule: GridRule = field(default_factory=GridRule)
+    # A building's router (its server's JetStream domain says so): cloud work goes to the hub's
+    # stream over the leaf link, and a cut line answers `offline` at once (docs/building-offline.md).
+    cloud_at_hub: bool = False
 
     async def on_chat_requested(self, request: ChatRequested, *, redelivered: bool = False) -> None:
         """Route the request, or refuse it durably (the gateway answers its caller).
@@ -95,6 +104,8 @@ class Dispatcher:
             self.grid_rule,
         )
         if isinstance(decision, Refusal):
+            if self.cloud_at_hub and decision.status == 503 and not self.registry.cloud(now):
+                decision = Refusal(503, OFFLINE, f"{decision.message}; {OFFLINE_MESSAGE}")
             if redelivered and decision.status == 503:
                 raise TargetsAwayError(f"{decision.error}: {decision.message}")
             await self._refuse(request, decision)
@@ -160,7 +171,27 @@ class Dispatcher:
             subject = subjects.run_inference_grid(target.model)
         else:
             subject = subjects.run_inference_edge(target.model, target.pool or subjects.SHARED_POOL)
-        await self.bus.publish(subject, work)
+        if target.kind != "cloud" or not self.cloud_at_hub:
+            await self.bus.publish(subject, work)
+            return
+        try:
+            await self.bus.publish_at_hub(subject, work)
+        except HubUnreachableError:
+            # As if the cloud worker had failed the attempt: the plan's next target (the
+            # building's own edge, when fallback is allowed), else `offline` to the caller.
+            await self.on_attempt_failed(
+                InferenceAttemptFailed(
+                    id=derived_event_id(work.id, "hub-unreachable"),
+                    source=SOURCE,
+                    copro_id=work.copro_id,
+                    request_id=work.request_id,
+                    target=target,
+                    status=503,
+                    error=OFFLINE,
+                    message=OFFLINE_MESSAGE,
+                    work=work,
+                )
+            )
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
         await self._publish_failure(
