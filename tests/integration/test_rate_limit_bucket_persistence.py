@@ -11,6 +11,7 @@ event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -212,3 +213,57 @@ async def test_two_setup_steps_moving_the_bucket_at_once_keep_each_count_once(cl
     finally:
         for nc, _ in connections:
             await nc.close()
+
+
+class DeletesWhenReleased:
+    """A setup step's JetStream whose stream deletion waits until the test releases it: the step
+    has checked that the stream is the sealed one, and is slow to delete it (review of 2026-12-02)."""
+
+    def __init__(self, js: nats.js.JetStreamContext) -> None:
+        self._js = js
+        self.deleting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._js, name)
+
+    async def delete_stream(self, name: str) -> bool:
+        self.deleting.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.release.wait(), timeout=10)
+        return bool(await self._js.delete_stream(name))
+
+
+async def test_a_step_slow_to_delete_never_deletes_the_bucket_another_step_declared_again(
+    clean_jetstream: str,
+) -> None:
+    (nc_a, js_a), (nc_b, js_b) = [await connect_nats(clean_jetstream, f"setup-{n}") for n in "ab"]
+    try:
+        await declare_as_before(js_a, ttl_s=120)
+        old = NatsKvCounterStore(await js_a.key_value(RATE_LIMIT_BUCKET))
+        counts = {f"copro.c{i}.60s.1": i + 1 for i in range(5)}
+        for key, count in counts.items():
+            await old.create(key, count)
+        slow = DeletesWhenReleased(js_b)
+        step_b = asyncio.create_task(ensure_rate_limit_bucket(slow, ttl_s=120))  # type: ignore[arg-type]
+        await asyncio.wait_for(slow.deleting.wait(), timeout=10)  # b saw the sealed stream, and deletes
+        step_a = asyncio.create_task(ensure_rate_limit_bucket(js_a, ttl_s=120))
+        await asyncio.wait({step_a}, timeout=2)
+        # A gateway's write once a step has declared the bucket again (none while a move holds it).
+        gateway = NatsKvCounterStore(await js_a.key_value(RATE_LIMIT_BUCKET))
+        wrote_during_move = False
+        with contextlib.suppress(CounterStoreUnavailableError, nats.js.errors.NotFoundError):
+            await gateway.create("copro.late.60s.1", 1)
+            wrote_during_move = True
+        slow.release.set()
+        await asyncio.gather(step_a, step_b)
+        if not wrote_during_move:
+            await NatsKvCounterStore(await js_a.key_value(RATE_LIMIT_BUCKET)).create("copro.late.60s.1", 1)
+        info = await js_a.stream_info(COUNTERS)
+        assert persist_mode(info.config) == "async" and not info.config.sealed
+        new = NatsKvCounterStore(await js_a.key_value(RATE_LIMIT_BUCKET))
+        kept = {key: getattr(await new.read(key), "count", None) for key in [*counts, "copro.late.60s.1"]}
+        assert kept == counts | {"copro.late.60s.1": 1}, "each count once, the gateway's write kept"
+    finally:
+        await nc_a.close()
+        await nc_b.close()

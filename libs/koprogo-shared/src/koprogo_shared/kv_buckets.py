@@ -16,9 +16,13 @@ Anonymous, on a development server without authorization, the services declare t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -87,6 +91,13 @@ async def raise_replicas(js: JetStreamContext, bucket: str, replicas: int) -> No
     """Give an existing bucket at least `replicas` replicas (the streams' count); never fewer."""
     await raise_stream_replicas(js, bucket_stream(bucket), replicas)
 
+
+# Where the moves of the counters' bucket take turns (`_move_lock`). A key lives MOVE_LOCK_TTL_S
+# at most: longer than a move's seal-to-declaration (seconds for ~10,000 counters).
+SETUP_LOCKS_BUCKET = "KOPROGO_SETUP_LOCKS"
+MOVE_LOCK_KEY = "rate-limit-move"
+MOVE_LOCK_TTL_S = 60.0
+MOVE_LOCK_POLL_S = 0.05
 
 # nats-server 2.12 brought a stream's `persist_mode`; `async` (ADR-56) is taken by R1 streams only.
 ASYNC_PERSIST_SERVER = (2, 12)
@@ -183,27 +194,25 @@ async def _move_counters(js: JetStreamContext, config: js_api.StreamConfig) -> N
     with RATE_LIMIT_FAIL_OPEN, for well under a second); every key's count is read, the stream
     deleted and declared again, and each count added to whatever a gateway wrote in the new
     stream since, so every window keeps every request it counted. A step that fails leaves
-    the stream sealed, which the next declaration takes up from the copy.
+    the stream sealed, which the next declaration takes up from the copy. Seal, read, deletion
+    and declaration are done under `_move_lock`, one setup step at a time.
     """
     stream = bucket_stream(RATE_LIMIT_BUCKET)
-    try:
-        if not await _sealed(js, stream, config):
-            return
-        counts = await _read_counters(js, stream)
-    except nats.js.errors.NotFoundError:
-        return  # moved by another setup step meanwhile
-    # Another setup step may be moving it at the same time (anonymous gateways starting
-    # together): the one whose deletion succeeds moves the counts, the other leaves them.
-    try:
-        if not (await js.stream_info(stream)).config.sealed:
-            return
-        await js.delete_stream(stream)
-    except nats.js.errors.NotFoundError:
-        return
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        pass  # a gateway declared it since the deletion (another TTL): the counts go to that one
+    # Other setup steps may be moving it at the same time (anonymous gateways starting together):
+    # one at a time, so that none deletes the stream another has just declared again. Whoever
+    # comes next finds the new stream in the wanted mode, and leaves it.
+    async with _move_lock(js, config.num_replicas or 1):
+        try:
+            if not await _sealed(js, stream, config):
+                return
+            counts = await _read_counters(js, stream)
+            await js.delete_stream(stream)
+        except nats.js.errors.NotFoundError:
+            return  # deleted meanwhile by a hand (or a step that did not wait for the lock)
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            pass  # a gateway declared it since the deletion (another TTL): the counts go to that one
     kv = await js.key_value(RATE_LIMIT_BUCKET)
     for key, count in counts.items():
         await _add_count(kv, key, count)
@@ -213,6 +222,39 @@ async def _move_counters(js: JetStreamContext, config: js_api.StreamConfig) -> N
         (config.persist_mode or js_api.PersistMode.DEFAULT).value,
         len(counts),
     )
+
+
+@asynccontextmanager
+async def _move_lock(js: JetStreamContext, replicas: int) -> AsyncIterator[None]:
+    """Hold the lock on moving the counters' bucket: a key created in `SETUP_LOCKS_BUCKET` (one
+    `create` succeeds), deleted on release. The bucket's TTL expires the key of a step that died
+    holding it, so such a step delays the others by `MOVE_LOCK_TTL_S` at most, never blocks them;
+    a step that waited longer than that raises RateLimitBucketError."""
+    locks = await ensure_kv_bucket(
+        js,
+        SETUP_LOCKS_BUCKET,
+        "Short-lived locks of the setup steps (the counters' bucket's move).",
+        replicas=replicas,
+        ttl_s=MOVE_LOCK_TTL_S,
+    )
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + 2 * MOVE_LOCK_TTL_S
+    while True:
+        try:
+            revision = await locks.create(MOVE_LOCK_KEY, b"")
+            break
+        except nats.js.errors.KeyWrongLastSequenceError:
+            if loop.time() > give_up_at:
+                raise RateLimitBucketError(
+                    f"another setup step has held the counters' bucket's move for over {2 * MOVE_LOCK_TTL_S:g} s"
+                ) from None
+            await asyncio.sleep(MOVE_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        # Only our own key: if it expired and another step holds the lock now, it is theirs.
+        with contextlib.suppress(nats.errors.Error):
+            await locks.delete(MOVE_LOCK_KEY, last=revision)
 
 
 async def _sealed(js: JetStreamContext, stream: str, config: js_api.StreamConfig) -> bool:
