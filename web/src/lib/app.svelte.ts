@@ -1,7 +1,8 @@
 /**
  * The page's shared state, as Svelte 5 runes: who is signed in, which copro is selected, the
- * language, the theme and whether the browser is online. Components read it; the few functions
- * below change it. Persistence (IndexedDB, localStorage) lives in the modules that own it.
+ * language, the theme, whether the browser is online and whether the gateway's building reaches
+ * the hub (lib/site-link.ts). Components read it; the few functions below change it. Persistence
+ * (IndexedDB, localStorage) lives in the modules that own it.
  */
 import { DEFAULT_LOCALE, INTL_LOCALE, translate, type Locale, type MessageKey } from '../i18n';
 
@@ -16,6 +17,9 @@ export interface Claims {
 
 export type Theme = 'system' | 'light' | 'dark';
 
+/** The gateway's site's link to the hub (`GET /mcp/v1/site`); a hub gateway is always `up`. */
+export type HubLink = 'up' | 'down' | 'unknown';
+
 export const app = $state({
   token: null as string | null,
   claims: null as Claims | null,
@@ -24,6 +28,7 @@ export const app = $state({
   locale: DEFAULT_LOCALE as Locale,
   theme: 'system' as Theme,
   online: typeof navigator === 'undefined' ? true : navigator.onLine,
+  hubLink: 'unknown' as HubLink,
 });
 
 /** `key` in the page's language; reactive in components because it reads `app.locale`. */

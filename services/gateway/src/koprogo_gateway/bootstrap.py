@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
+import httpx
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -19,6 +20,7 @@ from koprogo_gateway.adapters.grid_ledger import PostgresGridLedger
 from koprogo_gateway.adapters.idempotency_store import NatsKvIdempotencyStore
 from koprogo_gateway.adapters.jwks_client import LastGoodJwksClient
 from koprogo_gateway.adapters.jwt_verifier import JwtVerifier
+from koprogo_gateway.adapters.leaf_monitor import NatsLeafzMonitor
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_gateway.adapters.routing_policy_store import (
     NatsKvRoutingPolicyStore,
@@ -37,6 +39,7 @@ from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.login_links import LoginLinks
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_gateway.service_layer.routing_policies import CoproRoutingPolicies
+from koprogo_gateway.service_layer.site_link import SiteLink
 from koprogo_gateway.service_layer.tasks import TaskService
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
@@ -49,6 +52,8 @@ from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
+
+LEAF_MONITOR_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -66,10 +71,14 @@ class Gateway:
     verifier: JwtVerifier | None
     tasks: TaskService
     grid: GridLedgerService
+    # The site (hub or building) and its link to the hub, polled in the background on a building.
+    site_link: SiteLink
     # None unless tokens are checked with the local HS256 secret (settings.login_links_on).
     login_links: LoginLinks | None = None
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.site_link.close()
         with contextlib.suppress(Exception):
             # The delivery records of answers already sent, before the connection goes.
             await asyncio.wait_for(self.chat.settle(), timeout=5)
@@ -128,6 +137,8 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
     await follow_heartbeats(nc, registry)
     admission = _admission(settings, NatsKvCounterStore(counters))
     keys = IdempotencyKeys(idempotency_keys)  # one key space: chats and tasks
+    site_link = _site_link(settings)
+    site_link.start()
     return Gateway(
         settings=settings,
         nc=nc,
@@ -157,6 +168,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             keys=keys,
         ),
         grid=GridLedgerService(PostgresGridLedger(pool)),
+        site_link=site_link,
         login_links=_login_links(settings, admission, NatsKvUsedLoginCodes(keys_bucket)),
     )
 
@@ -175,6 +187,15 @@ def _login_links(
         session_ttl=timedelta(seconds=settings.login_session_ttl_s),
     )
     return LoginLinks(tokens=tokens, used=used, admission=admission)
+
+
+def _site_link(settings: GatewaySettings) -> SiteLink:
+    """The hub's link (always up), or a building's, read from its nats-server's `/leafz`."""
+    if settings.site == "hub" or settings.nats_monitor_url is None:
+        return SiteLink("hub")
+    # One second at most per read: a monitoring endpoint that hangs leaves the link unknown.
+    client = httpx.AsyncClient(timeout=LEAF_MONITOR_TIMEOUT_S)
+    return SiteLink("building", NatsLeafzMonitor(client, settings.nats_monitor_url))
 
 
 def _document_source(settings: GatewaySettings) -> S3DocumentSource | None:

@@ -113,6 +113,12 @@ class GatewaySettings(ContentKeySettings):
     # checkout's web/dist, if this package runs from one. Not built: /mcp-chat answers 503 saying so.
     pwa_dir: Path | None = Field(default_factory=_default_pwa_dir)
 
+    # Where this gateway runs (docs/building-offline.md): `hub`, or a copro's `building`, whose
+    # nats-server is a leaf node of the hub's. A building's gateway reads its leaf link from that
+    # server's HTTP monitoring (NATS_MONITOR_URL, e.g. http://127.0.0.1:8222), for /mcp/v1/site.
+    site: Literal["hub", "building"] = "hub"
+    nats_monitor_url: str | None = None
+
     @field_validator(
         "jwt_secret",
         "jwt_secret_file",
@@ -127,6 +133,20 @@ class GatewaySettings(ContentKeySettings):
     @classmethod
     def _empty_auth_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("nats_monitor_url", mode="before")
+    @classmethod
+    def _empty_monitor_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _building_has_a_monitor(self) -> Self:
+        if self.site == "building" and self.nats_monitor_url is None:
+            raise ValueError(
+                "SITE=building needs NATS_MONITOR_URL (the building nats-server's HTTP monitoring, "
+                "e.g. http://127.0.0.1:8222) to tell whether its link to the hub is up"
+            )
+        return self
 
     @model_validator(mode="after")
     def _authentication_is_sound(self) -> Self:

@@ -14,6 +14,7 @@ export const common: Translation<typeof reference> = {
   online: 'Online',
   offline: 'Offline',
   connection: 'Connection: {state}',
+  hubOffline: 'Building offline: local models still answer, cloud models are unavailable.',
   close: 'Close',
   loading: 'Loading…',
   skipToContent: 'Skip to content',

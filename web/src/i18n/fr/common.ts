@@ -12,6 +12,8 @@ export const common = {
   online: 'En ligne',
   offline: 'Hors ligne',
   connection: 'Connexion : {state}',
+  // The gateway's building cannot reach the hub (GET /mcp/v1/site says hub_link down).
+  hubOffline: 'Bâtiment hors ligne : les modèles locaux répondent toujours, les modèles cloud sont indisponibles.',
   close: 'Fermer',
   loading: 'Chargement…',
   skipToContent: 'Aller au contenu',

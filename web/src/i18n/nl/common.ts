@@ -14,6 +14,7 @@ export const common: Translation<typeof reference> = {
   online: 'Online',
   offline: 'Offline',
   connection: 'Verbinding: {state}',
+  hubOffline: 'Gebouw offline: de lokale modellen antwoorden nog, de cloudmodellen zijn niet beschikbaar.',
   close: 'Sluiten',
   loading: 'Laden…',
   skipToContent: 'Naar de inhoud',

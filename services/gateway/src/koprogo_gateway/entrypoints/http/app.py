@@ -19,6 +19,7 @@ from koprogo_gateway.entrypoints.http import (
     routes_pwa,
     routes_routing,
     routes_session,
+    routes_site,
     routes_stats,
     routes_tasks,
     routes_user_data,
@@ -99,6 +100,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(routes_user_data.router)
     app.include_router(routes_routing.router)
     app.include_router(routes_nodes.router)
+    app.include_router(routes_site.router)
     app.include_router(routes_asyncapi.router)
     app.include_router(routes_pwa.router)
     # After the routers: `/mcp` is an exact route, the Model Context Protocol over streamable HTTP.
