@@ -112,7 +112,11 @@ async def test_the_building_gateway_says_down_while_the_line_is_cut_and_up_when_
     building: Building, stack_factory: Callable[..., Awaitable[RunningStack]]
 ) -> None:
     stack = await stack_factory(
-        edge_nodes=0, site="building", nats_monitor_url=building.monitor_url, **AUTH_SETTINGS
+        edge_nodes=0,
+        site="building",
+        building_copro="c1",
+        nats_monitor_url=building.monitor_url,
+        **AUTH_SETTINGS,
     )
     client = stack.client
     await _wait_for_link(client, "up")
@@ -137,7 +141,9 @@ async def test_a_building_gateway_whose_monitoring_does_not_answer_says_unknown(
     stack_factory: Callable[..., Awaitable[RunningStack]],
 ) -> None:
     nothing_listens = f"http://127.0.0.1:{free_port()}"
-    stack = await stack_factory(edge_nodes=0, site="building", nats_monitor_url=nothing_listens)
+    stack = await stack_factory(
+        edge_nodes=0, site="building", building_copro="c1", nats_monitor_url=nothing_listens
+    )
     assert await _link(stack.client) == {"site": "building", "hub_link": "unknown", "since": None}
 
 

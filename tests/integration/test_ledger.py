@@ -181,7 +181,10 @@ async def test_a_completion_whose_request_never_comes_is_dead_lettered_after_max
     database_url: str, clean_jetstream: str
 ) -> None:
     orphan = chat_completed(chat_requested())
-    async with running_ledger(database_url, clean_jetstream, ledger_max_deliver=3) as ledger:
+    # No wait for another site's request (LEDGER_ORIGIN_WAIT_S=0): dead-lettered after its deliveries.
+    async with running_ledger(
+        database_url, clean_jetstream, ledger_max_deliver=3, ledger_origin_wait_s=0
+    ) as ledger:
         await ledger.publish(orphan)
         await wait_until(ledger.dead_letters, timeout=20)
         await wait_until(ledger.settled)
@@ -190,6 +193,31 @@ async def test_a_completion_whose_request_never_comes_is_dead_lettered_after_max
     assert dead.headers["KoproGo-Dead-Reason"].startswith("failed 3 times")
     assert f"request {orphan.request_id} is not in the ledger yet" in dead.headers["KoproGo-Dead-Reason"]
     assert info.delivered.consumer_seq == 3
+
+
+async def test_an_answer_made_before_its_request_reached_the_hub_waits_for_it_past_max_deliver(
+    database_url: str, clean_jetstream: str
+) -> None:
+    """A building's cloud chat: the hub stores the answer at once, the request when the building's
+    stream reaches it by sourcing (docs/building-offline.md). The answer waits for it, however many
+    deliveries that takes, while it is younger than LEDGER_ORIGIN_WAIT_S."""
+    request = chat_requested("c1")
+    answer = chat_completed(request)
+    async with running_ledger(
+        database_url, clean_jetstream, ledger_max_deliver=3, ledger_origin_wait_s=600
+    ) as ledger:
+        await ledger.publish(answer)
+
+        async def delivered_past_the_limit() -> bool:
+            info = await ledger.js.consumer_info(subjects.EVENTS_STREAM, "ledger")
+            return info.delivered.consumer_seq > 3
+
+        # 0.2 + 0.4 + 0.8 s of back-off: a fourth delivery comes a little after 1.4 s.
+        await wait_until(delivered_past_the_limit, timeout=20)
+        assert await ledger.dead_letters() == []
+        await ledger.publish(request)
+        await wait_until(lambda: ledger.applied(request.id, answer.id), timeout=30)
+        assert await ledger.dead_letters() == []
 
 
 async def test_two_ledgers_started_together_migrate_once_and_share_the_work(

@@ -15,6 +15,7 @@ from koprogo_gateway.adapters.chat_bus import FakeChatBus
 from koprogo_gateway.adapters.rate_limit_store import FakeCounterStore
 from koprogo_gateway.domain.access import ADMIN, READ, WRITE, caller_from_claims
 from koprogo_gateway.domain.chat_request import ChatRequestIn
+from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import ForbiddenError, InvalidChatRequestError, RateLimitedError
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
@@ -122,3 +123,26 @@ async def test_a_member_still_cannot_name_another_copro() -> None:
     with pytest.raises(ForbiddenError):
         await service(bus).answer(MEMBER, body(context=f"copro:{OTHER}"))
     assert bus.published == []
+
+
+# A building's gateway (docs/building-offline.md): its copro's chats only, since the hub takes the
+# building's copro's events alone; another copro's would be answered and never reach the hub.
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_buildings_gateway_refuses_another_copros_chat_before_counting_or_publishing(
+    streamed: bool,
+) -> None:
+    bus = answering()
+    chats = service(bus, copro_limit=1)
+    chats.building_copro = CoproId(COPRO)
+    for caller, context in ((MEMBER_OF_TWO, f"copro:{OTHER}"), (OPERATOR, None)):
+        attempt = chats.stream(caller, body(context)) if streamed else chats.answer(caller, body(context))
+        with pytest.raises(ForbiddenError) as refused:
+            await attempt
+        assert (refused.value.status, refused.value.error) == (403, "other_building")
+        assert f"serves copro {COPRO} only" in refused.value.message
+    assert bus.published == []
+    # Its own copro's chat goes through, and the refusals used none of the quota.
+    await chats.answer(MEMBER, body())
+    assert [e.copro_id for e in bus.events(ChatRequested)] == [COPRO]

@@ -189,6 +189,10 @@ def test_a_building_gateway_needs_the_monitoring_url(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SITE", "building")
     with pytest.raises(ValidationError) as refused:
         GatewaySettings()
+    assert "SITE=building needs BUILDING_COPRO" in settings_problems(refused.value)
+    monkeypatch.setenv("BUILDING_COPRO", "c1")
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
     assert "SITE=building needs NATS_MONITOR_URL" in settings_problems(refused.value)
     monkeypatch.setenv("NATS_MONITOR_URL", "")
     with pytest.raises(ValidationError):

@@ -190,7 +190,15 @@ class FakeNats:
     """The embedded nats-server's place in `Stack.start`: its authorization block kept, nothing run."""
 
     def __init__(
-        self, data_dir: Path, *, port: int, authorization: str, host: str, monitor_port: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        authorization: str,
+        host: str,
+        monitor_port: int | None = None,
+        jetstream_domain: str | None = None,
+        leafnodes: str = "",
     ) -> None:
         self.url = f"nats://127.0.0.1:{port}"
         self.authorization = authorization

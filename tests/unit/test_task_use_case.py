@@ -33,6 +33,7 @@ from koprogo_gateway.domain.errors import (
     RateLimitedError,
     TaskFinalError,
     TaskNotFoundError,
+    TasksAtHubError,
     UnsupportedDocumentError,
 )
 from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, store_key
@@ -574,4 +575,14 @@ async def test_an_invalid_key_is_a_422() -> None:
     tasks = keyed_service()
     with pytest.raises(InvalidIdempotencyKeyError):
         await tasks.submit(RESIDENT, FORECAST, idempotency_key="é" * 3)
+    assert bus_of(tasks).published == []
+
+
+async def test_a_buildings_gateway_refuses_tasks_it_could_not_run_and_publishes_nothing() -> None:
+    """A building runs no grid scheduler, and its task events would never reach the hub's."""
+    tasks = service()
+    tasks.at_building = True
+    with pytest.raises(TasksAtHubError) as refused:
+        await tasks.submit(RESIDENT, TaskSubmission("translate_document", {"text": "x"}, TILLEULS))
+    assert (refused.value.status, refused.value.error) == (503, "tasks_at_hub")
     assert bus_of(tasks).published == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import shutil
@@ -73,7 +74,8 @@ jetstream {{
   # fsync every write: the default (every 2 minutes) loses acknowledged writes on
   # power loss (Jepsen, 2025), and a Pi on a solar panel loses power.
   sync_interval: always
-}}
+{domain}}}
+{leafnodes}
 {marker}
 {authorization}"""
 # Everything after this line is the `authorization` block, which `koprogo node join` rewrites.
@@ -148,6 +150,13 @@ class EmbeddedNats:
     authorization: str = ""
     # Where clients connect: loopback, or every interface (0.0.0.0) for other machines' edge nodes.
     host: str = "127.0.0.1"
+    # A hub with buildings (`hub`), or a building (`building-<copro>`): its JetStream domain
+    # (koprogo_shared.leaf_site); None: none, as a stack without buildings.
+    jetstream_domain: str | None = None
+    # A `leafnodes { ... }` block: the hub's leaf listener, or a building's remote to the hub
+    # (leaf_site.render_hub_listener, render_leaf_remote; the latter holds the building's seed,
+    # hence the configuration file's mode 0600).
+    leafnodes: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -158,6 +167,8 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats-server.conf"
         log = self.data_dir / "nats-server.log"
+        # It may hold a building's leaf seed: written private (and an older file made so).
+        open_private_log(conf).close()
         conf.write_text(
             NATS_CONFIG.format(
                 host=self.host,
@@ -173,6 +184,8 @@ class EmbeddedNats:
                 logfile_size_limit=DEFAULT_MAX_BYTES,
                 logfile_max_num=NATS_LOG_FILES,
                 store_dir=self.data_dir / "jetstream",
+                domain=f"  domain: {json.dumps(self.jetstream_domain)}\n" if self.jetstream_domain else "",
+                leafnodes=self.leafnodes,
                 marker=AUTHORIZATION_MARKER,
                 authorization=self.authorization,
             )

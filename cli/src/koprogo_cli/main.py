@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from koprogo_cli.building_command import add_building_parsers
 from koprogo_cli.client_commands import add_client_parsers, run_client_command
 from koprogo_cli.dev_auth import (
     DevAuthError,
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_up_parsers(sub)
+    add_building_parsers(sub)
     add_client_parsers(sub)
     add_task_parsers(sub)
     add_mcp_parser(sub)

@@ -71,13 +71,13 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nkeys
 
 from koprogo_cli import nats_grid_auth
-from koprogo_shared import subjects
+from koprogo_shared import leaf_site, subjects
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import nkey_public_key
@@ -484,6 +484,66 @@ def node_user(
     return NatsUser(label, public_key, node_permissions(public_key, node_id, models, copros)), seed_file
 
 
+# A building's site file beside its keys (`koprogo building add` writes it into the building's
+# folder): the copro it serves. Its services then take their replies under the building's inbox
+# root (`leaf_site.building_inbox_root`), which the hub may answer over the leaf link.
+SITE_FILE = "site.json"
+# In a building's folder: the seed of its leaf link to the hub (a copy of the hub's
+# `buildings/<copro>.nk`, made by `koprogo building add`).
+HUB_LEAF_SEED = "hub-leaf.nk"
+
+
+def building_seed_file(keys_dir: Path, copro_id: str) -> Path:
+    """At the hub: the seed of a building's leaf link (`koprogo building add`)."""
+    leaf_site.building_domain(copro_id)  # refuses an id that cannot name a building
+    return keys_dir / "buildings" / f"{copro_id}.nk"
+
+
+def registered_buildings(keys_dir: Path) -> list[str]:
+    """At the hub: the copros whose building `koprogo building add` registered."""
+    return sorted(path.stem for path in (keys_dir / "buildings").glob("*.nk"))
+
+
+def write_building_site(keys_dir: Path, copro_id: str) -> None:
+    """In a building's folder: the copro it serves (read by `building_of`)."""
+    leaf_site.building_domain(copro_id)
+    keys_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    (keys_dir / SITE_FILE).write_text(json.dumps({"building_of": copro_id}) + "\n")
+
+
+def building_of(keys_dir: Path) -> str | None:
+    """The copro this folder's building serves, or None for a hub (no site file)."""
+    path = keys_dir / SITE_FILE
+    try:
+        copro = json.loads(path.read_text())["building_of"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NatsAuthError(
+            f"{path} is not a building's site file: write it again with `koprogo building add`"
+        ) from None
+    leaf_site.building_domain(str(copro))
+    return str(copro)
+
+
+def _under_inbox_root(user: NatsUser, root: str) -> NatsUser:
+    """`user` with its inbox (`_INBOX.<key>.>`) moved under `root`."""
+    if user.permissions is None:
+        return user
+    own, moved = _inbox(user.public_key), f"{subjects.inbox_prefix(user.public_key, root)}.>"
+    subscribe = tuple(moved if subject == own else subject for subject in user.permissions.subscribe)
+    return replace(user, permissions=replace(user.permissions, subscribe=subscribe))
+
+
+def building_user(keys_dir: Path, copro_id: str) -> NatsUser:
+    """At the hub: a building's leaf link, its seed minted once (`leaf_site.leaf_link_permissions`)."""
+    rules = leaf_site.leaf_link_permissions(copro_id)
+    public_key = mint_seed(building_seed_file(keys_dir, copro_id))
+    return NatsUser(
+        f"leaf link of copro {copro_id}'s building", public_key, Permissions(rules.publish, rules.subscribe)
+    )
+
+
 def identities(
     keys_dir: Path,
     nodes: Mapping[str, Sequence[str]],
@@ -536,6 +596,12 @@ def identities(
         )
         found.users.append(user)
         found.seed_files[f"node:{node_id}"] = seed_file
+    # At the hub, each registered building's leaf link; in a building, every identity's inbox
+    # under the building's root.
+    found.users.extend(building_user(keys_dir, copro) for copro in registered_buildings(keys_dir))
+    if (copro := building_of(keys_dir)) is not None:
+        root = leaf_site.building_inbox_root(copro)
+        found.users[:] = [_under_inbox_root(user, root) for user in found.users]
     return found
 
 

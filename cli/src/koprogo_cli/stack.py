@@ -51,16 +51,20 @@ from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import (
     ADMIN,
     GRID_SCHEDULER,
+    HUB_LEAF_SEED,
     NatsAuthError,
+    building_of,
     grid_scheduler_public_key,
     identities,
     joined_nodes,
+    registered_buildings,
     render_authorization,
     roster_file,
 )
 from koprogo_cli.node_footprint import DEVICE_CLASS
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
+from koprogo_shared import leaf_site
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.content_crypto import ContentKeyError
 from koprogo_shared.deployments import DeploymentConfigError, DeploymentsFileSettings
@@ -180,6 +184,13 @@ class Stack:
     lan: bool = False
     # Given to every service besides (`koprogo up --traces`: the OTLP exporter's OTEL_* variables).
     service_env: dict[str, str] = field(default_factory=dict)
+    # `koprogo up --site building --hub URL`: this folder is a copro's building (`koprogo building
+    # add` made it at the hub), whose nats-server is a leaf node of the hub's (docs/building-offline.md).
+    hub_urls: list[str] = field(default_factory=list)
+    # A hub's leaf listener for its buildings (`--leaf-port`; on at 7422 once one is registered).
+    leaf_port: int | None = None
+    # The copro this stack's building serves (its folder's site file), None for a hub.
+    building: str | None = field(default=None, init=False)
     nats: EmbeddedNats | None = field(default=None, init=False)
     postgres: EmbeddedPostgres | None = field(default=None, init=False)
     services: list[Service] = field(default_factory=list, init=False)
@@ -205,8 +216,10 @@ class Stack:
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         secrets_dir.chmod(0o700)  # also a folder an earlier version made with the default mode
         verifier = self._verifier()
+        self.building = self._site()
         nats_url = os.environ.get("NATS_URL") or self._start_nats()
         self._declare_streams(nats_url)
+        self._source_buildings(nats_url)
         if os.environ.get("NATS_URL"):
             # The embedded server fsyncs every write (its configuration is ours); another is checked.
             self._check_durability(nats_url)
@@ -219,8 +232,68 @@ class Stack:
             "KOPROGO_DATA_DIR": str(self.data_dir),
             **self.service_env,
         }
+        if self.building is not None:
+            # Replies under the building's root: the hub answers its cloud work there alone.
+            base_env["NATS_INBOX_ROOT"] = leaf_site.building_inbox_root(self.building)
         content_keys = self._content_keys()
         grid_scheduler_key, node_grid_env = self._grid_signing()
+        if self.building is None:  # a building's chats are projected at the hub
+            self._launch_ledger(base_env, database, content_keys)
+        self._launch(
+            Service(
+                "router",
+                [_script("koprogo-router")],
+                {
+                    **base_env,
+                    **self._nats_identity("router"),
+                    "OPS_PORT": str(preferred_port(ROUTER_OPS_PORT)),
+                },
+                "",
+            )
+        )
+        if self.building is None:  # a building's cloud chats are the hub's cloud workers'
+            self._launch_hub_services(base_env, grid_scheduler_key)
+        self._launch(
+            Service(
+                "edge-node",
+                # The bundled node also runs grid tasks (`--grid`): OCR, translation, summaries,
+                # forecasts; not in a building, which runs no grid scheduler.
+                [_script("koprogo-node"), "--port", str(self.node_port)]
+                + ([] if self.building else ["--grid"]),
+                {
+                    **base_env,
+                    **self._nats_identity(f"node:{self.node_id}"),
+                    **node_grid_env,
+                    "NODE_ID": self.node_id,
+                    "NODE_MODEL": BUNDLED_MODEL_ID,
+                },
+                f"http://127.0.0.1:{self.node_port}/ready",
+            )
+        )
+        self._launch_models(base_env, node_grid_env)
+        self._launch(
+            Service(
+                "gateway",
+                [_script("koprogo-gateway")],
+                {
+                    **base_env,
+                    **database,
+                    **content_keys,
+                    **verifier,
+                    **self._nats_identity("gateway"),
+                    "GATEWAY_PORT": str(self.gateway_port),
+                    **self._site_env(),
+                },
+                f"{self.gateway_url}/ready",
+            )
+        )
+        self._processes_changed()
+        for service in self.services:
+            self._wait_ready(service, service.ready_timeout)
+
+    def _launch_ledger(
+        self, base_env: dict[str, str], database: dict[str, str], content_keys: dict[str, str]
+    ) -> None:
         self._launch(
             Service(
                 "ledger",
@@ -236,18 +309,22 @@ class Stack:
                 niceness=10,
             )
         )
-        self._launch(
-            Service(
-                "router",
-                [_script("koprogo-router")],
-                {
-                    **base_env,
-                    **self._nats_identity("router"),
-                    "OPS_PORT": str(preferred_port(ROUTER_OPS_PORT)),
-                },
-                "",
-            )
-        )
+
+    def _site_env(self) -> dict[str, str]:
+        """A building's gateway: its id (the hub's cloud workers answer it on that subject) and
+        where it reads its leaf link's state (/mcp/v1/site, the PWA's offline banner)."""
+        if self.building is None:
+            return {}
+        assert self.nats is not None and self.nats.monitor_port is not None
+        return {
+            "GATEWAY_ID": leaf_site.building_gateway_id(self.building),
+            "SITE": "building",
+            "BUILDING_COPRO": self.building,
+            "NATS_MONITOR_URL": f"http://127.0.0.1:{self.nats.monitor_port}",
+        }
+
+    def _launch_hub_services(self, base_env: dict[str, str], grid_scheduler_key: dict[str, str]) -> None:
+        """The cloud worker and the grid scheduler: a hub's (a building's chats reach them over the link)."""
         self._launch(
             Service(
                 "cloud",
@@ -273,21 +350,9 @@ class Stack:
                 "",
             )
         )
-        self._launch(
-            Service(
-                "edge-node",
-                # The bundled node also runs grid tasks (`--grid`): OCR, translation, summaries, forecasts.
-                [_script("koprogo-node"), "--port", str(self.node_port), "--grid"],
-                {
-                    **base_env,
-                    **self._nats_identity(f"node:{self.node_id}"),
-                    **node_grid_env,
-                    "NODE_ID": self.node_id,
-                    "NODE_MODEL": BUNDLED_MODEL_ID,
-                },
-                f"http://127.0.0.1:{self.node_port}/ready",
-            )
-        )
+
+    def _launch_models(self, base_env: dict[str, str], node_grid_env: dict[str, str]) -> None:
+        """One edge node per `--model`, beside the bundled one."""
         for model in self.models:
             port = free_port()
             self._launch(
@@ -307,24 +372,6 @@ class Stack:
                     ready_timeout=600.0,
                 )
             )
-        self._launch(
-            Service(
-                "gateway",
-                [_script("koprogo-gateway")],
-                {
-                    **base_env,
-                    **database,
-                    **content_keys,
-                    **verifier,
-                    **self._nats_identity("gateway"),
-                    "GATEWAY_PORT": str(self.gateway_port),
-                },
-                f"{self.gateway_url}/ready",
-            )
-        )
-        self._processes_changed()
-        for service in self.services:
-            self._wait_ready(service, service.ready_timeout)
 
     def pids(self) -> list[int]:
         """The processes this stack started, servers first, services in start order."""
@@ -352,6 +399,80 @@ class Stack:
                 )
             )
 
+    def _site(self) -> str | None:
+        """The copro of this folder's building (`--hub` given), None for a hub; StackError when the
+        folder and the command line disagree."""
+        keys_dir = self.data_dir / "secrets" / "nats"
+        try:
+            building = building_of(keys_dir)
+        except NatsAuthError as exc:
+            raise StackError(str(exc)) from None
+        if self.hub_urls and building is None:
+            raise StackError(
+                f"{self.data_dir} is no building's folder: at the hub, `koprogo building add --copro ID "
+                "--out FOLDER` makes one (its leaf key, content keys and signing secret); copy it here "
+                "and start with `--data-dir FOLDER`"
+            )
+        if building is not None and not self.hub_urls:
+            raise StackError(
+                f"{self.data_dir} is copro {building}'s building: start it with `--site building --hub "
+                "nats-leaf://HUB:7422`"
+            )
+        if building is not None and os.environ.get("NATS_URL"):
+            raise StackError("a building runs its own nats-server (a leaf node of the hub's): unset NATS_URL")
+        if building is not None:
+            self.cloud_deployments = []  # served at the hub
+        return building
+
+    def _leafnodes(self, keys_dir: Path) -> tuple[str | None, str]:
+        """The embedded server's JetStream domain and `leafnodes` block: a building's remote to
+        the hub, a hub's listener once it has buildings (or `--leaf-port`), else neither."""
+        if self.building is not None:
+            seed_file = keys_dir / HUB_LEAF_SEED
+            try:
+                seed = seed_file.read_text().strip()
+            except OSError as exc:
+                raise StackError(f"the building's leaf key {seed_file}: {exc}") from None
+            try:
+                remote = leaf_site.render_leaf_remote(self.hub_urls, seed)
+            except leaf_site.LeafSiteError as exc:
+                raise StackError(str(exc)) from None
+            return leaf_site.building_domain(self.building), remote
+        if self.leaf_port is None and not registered_buildings(keys_dir):
+            return None, ""
+        port = self.leaf_port or preferred_port(leaf_site.DEFAULT_LEAF_PORT)
+        self.leaf_port = port
+        # Buildings connect from their own lines: every interface, each with its own nkey (and the
+        # permissions `leaf_site.leaf_link_permissions` gives it); no TLS here (docs/deploy.md).
+        return leaf_site.HUB_DOMAIN, leaf_site.render_hub_listener("0.0.0.0", port)
+
+    def _source_buildings(self, nats_url: str) -> None:
+        """At a hub, each registered building's events taken into KOPROGO_EVENTS (as the operator)."""
+        buildings = registered_buildings(self.data_dir / "secrets" / "nats") if self.nats_seed_files else []
+        if not buildings:
+            return
+
+        async def sourcing() -> None:
+            nc, js = await connect_nats(
+                nats_url, "koprogo-building-sources", nkey_seed_file=self.nats_seed_files[ADMIN]
+            )
+            try:
+                for copro in buildings:
+                    await leaf_site.source_building(js, copro)
+            finally:
+                await nc.close()
+
+        try:
+            asyncio.run(asyncio.wait_for(sourcing(), 60))
+        except (TimeoutError, OSError, ValueError, nats.errors.Error) as exc:
+            raise StackError(
+                f"sourcing the buildings' events at {nats_url}: {exc or type(exc).__name__}"
+            ) from None
+        self.log(
+            f"buildings: {', '.join(buildings)} (leaf listener on port {self.leaf_port}; their events "
+            "reach KOPROGO_EVENTS through KOPROGO_BUILDING_<copro>)"
+        )
+
     def _start_nats(self) -> str:
         try:
             keys_dir = self.data_dir / "secrets" / "nats"
@@ -376,14 +497,18 @@ class Stack:
             raise StackError(f"NATS identities: {exc}") from None
         self.nats_seed_files = stack_identities.seed_files
         port = preferred_port(4222)
+        domain, leafnodes = self._leafnodes(keys_dir)
         self.nats = EmbeddedNats(
             self.data_dir / "nats",
             port=port,
             # Monitoring off unless NATS_MONITOR_PORT asks (then on loopback, for /varz and
             # prometheus-nats-exporter): it answers anyone on the machine with the list of connections.
-            monitor_port=nats_monitor_port(os.environ),
+            # A building's gateway reads its leaf link there (/leafz), so a building always has it.
+            monitor_port=nats_monitor_port(os.environ) or (free_port() if self.building else None),
             authorization=render_authorization(stack_identities.users),
             host="0.0.0.0" if self.lan else "127.0.0.1",
+            jetstream_domain=domain,
+            leafnodes=leafnodes,
         ).start()
         self.log(
             f"nats-server (embedded, JetStream on, fsync always, {len(stack_identities.users)} nkey "
@@ -444,6 +569,10 @@ class Stack:
         """The gateway's verifier settings: the operator's, or the stack's own secret (and a dev token)."""
         try:
             if operator := operator_verifier_env():
+                if "JWKS_URL" in operator and not os.environ.get("JWKS_CACHE_FILE"):
+                    # The last key set fetched, kept on disk: a building restarted while its line
+                    # is down still verifies its members' tokens (JWKS_OFFLINE_MAX_AGE_S).
+                    operator["JWKS_CACHE_FILE"] = str(self.data_dir / "secrets" / "jwks-cache.json")
                 return operator  # an operator's verifier brings its own tokens
             local = ensure_jwt_secret(self.data_dir, environ={})
             self.dev_token = write_dev_token(self.data_dir)

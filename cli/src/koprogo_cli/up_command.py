@@ -101,6 +101,13 @@ def _refuse_to_start(data_dir: Path, port: int) -> str | None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
+    if (args.site == "building") != bool(args.hub):
+        print(
+            "koprogo up: --site building and --hub nats-leaf://HOST:7422 go together (a building's folder "
+            "is made at the hub by `koprogo building add`)",
+            file=sys.stderr,
+        )
+        return 2
     try:  # first: a model that cannot be served is the thing to fix, running stack or not
         models = served_models(args.model)
     except ServedModelError as exc:
@@ -141,6 +148,8 @@ def _run_stack(args: argparse.Namespace, data_dir: Path, models: list[ServedMode
         on_processes=lock.record,
         lan=args.lan,
         service_env=exporter_env(receiver) if receiver else {},
+        hub_urls=args.hub,
+        leaf_port=args.leaf_port,
     )
     running = False
     stopping = False
@@ -313,6 +322,12 @@ def _up_detached(args: argparse.Namespace, data_dir: Path) -> int:
         argv.append("--no-demo")
     if args.traces:
         argv.append("--traces")
+    if args.site != "hub":
+        argv += ["--site", args.site]
+    for url in args.hub:
+        argv += ["--hub", url]
+    if args.leaf_port is not None:
+        argv += ["--leaf-port", str(args.leaf_port)]
     offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
     with open_private_log(log) as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -398,6 +413,27 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="let edge nodes of other machines join (`koprogo node join`): the embedded NATS listens on every "
         "interface; only the stack's own nkeys get in, and it serves no monitoring port",
+    )
+    up.add_argument(
+        "--site",
+        choices=("hub", "building"),
+        default="hub",
+        help="hub (default): the whole stack; building: a copro's own stack (gateway, router, edge nodes, "
+        "ledger) whose nats-server is a leaf node of the hub's and keeps answering when the line drops "
+        "(its folder made at the hub by `koprogo building add`; docs/deploy.md)",
+    )
+    up.add_argument(
+        "--hub",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="with --site building: the hub's leaf listener, nats-leaf://HOST:7422 (repeat for several)",
+    )
+    up.add_argument(
+        "--leaf-port",
+        type=int,
+        help="at a hub: listen for buildings' leaf links on this port (default 7422 once "
+        "`koprogo building add` registered one)",
     )
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `koprogo down`")
     up.add_argument("--no-demo", action="store_true", help="skip the demo chat once the stack is up")

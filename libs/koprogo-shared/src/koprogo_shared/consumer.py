@@ -114,12 +114,20 @@ def failure_decision(exc: Exception) -> Retry | DeadLetter:
     return Retry(repr(exc))
 
 
+# Where a dead letter keeps the `Nats-Stream-Source` of a message that reached its stream by
+# sourcing (a building's event at the hub): JetStream refuses a publish carrying that header
+# (error 10227), so the dead letter of such a message could otherwise never be stored.
+DEAD_LETTER_SOURCE_HEADER = "KoproGo-Stream-Source"
+
+
 async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
     headers = dict(msg.headers or {})
     headers["KoproGo-Dead-Reason"] = reason[:500]
     headers["KoproGo-Original-Subject"] = msg.subject
     # A fresh id: the original Nats-Msg-Id would be de-duplicated against itself.
     headers.pop("Nats-Msg-Id", None)
+    if (source := headers.pop("Nats-Stream-Source", None)) is not None:
+        headers[DEAD_LETTER_SOURCE_HEADER] = source
     await js.publish(deadletter_for(msg.subject), msg.data, headers=headers, timeout=5)
 
 

@@ -142,8 +142,17 @@ LEAF_DENY_EXPORTS: tuple[str, ...] = (
     "koprogo.work.grid.>",
     f"{DEADLETTER_PREFIX}.>",
 )
-# What it refuses to receive from the hub: other copros' facts, the hub's work, its dead letters.
-LEAF_DENY_IMPORTS: tuple[str, ...] = (EVENTS_ALL, "koprogo.work.>", f"{DEADLETTER_PREFIX}.>")
+# What it refuses to receive from the hub: other copros' facts, edge and grid work, dead letters.
+# Not `koprogo.work.>`: nats-server then also withholds the building's cloud work from the hub
+# (its JetStream publish got "no responders" with the hub's KOPROGO_WORK interested); the hub's
+# cloud work never reaches a building all the same, its user may not receive it
+# (`leaf_link_permissions`).
+LEAF_DENY_IMPORTS: tuple[str, ...] = (
+    EVENTS_ALL,
+    "koprogo.work.edge.>",
+    "koprogo.work.grid.>",
+    f"{DEADLETTER_PREFIX}.>",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,16 +235,49 @@ class LeafSite:
     log_file: Path | None = None
 
 
+HUB_DOMAIN = "hub"
+DEFAULT_LEAF_PORT = 7422
+
+
+def render_hub_listener(host: str, port: int) -> str:
+    """The hub's `leafnodes` block: where buildings' leaf links connect (their users and
+    permissions are the server's `authorization` block, `leaf_link_permissions`)."""
+    # `no_advertise`: a building keeps to the URL it was given (the hub's public address, or a
+    # tunnel's); the addresses this server would advertise are its own view, often unreachable
+    # from a building's line, and would let it go round a line the test cuts.
+    return f"leafnodes {{\n  host: {json.dumps(host)}\n  port: {port}\n  no_advertise: true\n}}\n"
+
+
+def render_leaf_remote(
+    hub_urls: Sequence[str], hub_nkey_seed: str, reconnect_s: float = DEFAULT_RECONNECT_S
+) -> str:
+    """A building's `leafnodes` block: one remote to the hub with the building's seed (inline:
+    the file holding it must be private), and the deny lists."""
+    if not hub_urls:
+        raise LeafSiteError("a building needs the hub's leaf URL (nats-leaf://host:7422)")
+    for url in hub_urls:
+        if not url.startswith(("nats-leaf://", "tls://", "ws://", "wss://")):
+            raise LeafSiteError(f"hub leaf URL {url!r}: use nats-leaf://host:7422")
+    urls = ", ".join(json.dumps(url) for url in hub_urls)
+    return f"""\
+leafnodes {{
+  reconnect: "{reconnect_s:g}s"
+  remotes = [
+    {{
+      urls: [{urls}]
+      nkey: {json.dumps(hub_nkey_seed)}
+      deny_exports: {json.dumps(list(LEAF_DENY_EXPORTS))}
+      deny_imports: {json.dumps(list(LEAF_DENY_IMPORTS))}
+    }}
+  ]
+}}
+"""
+
+
 def render_leaf_config(site: LeafSite) -> str:
     """The building's nats-server configuration: its own JetStream domain, file storage fsynced
     on every write, and one leaf remote to the hub with the building's credentials."""
     domain = building_domain(site.copro_id)
-    if not site.hub_urls:
-        raise LeafSiteError("a building needs the hub's leaf URL (nats-leaf://host:7422)")
-    for url in site.hub_urls:
-        if not url.startswith(("nats-leaf://", "tls://", "ws://", "wss://")):
-            raise LeafSiteError(f"hub leaf URL {url!r}: use nats-leaf://host:7422")
-    urls = ", ".join(json.dumps(url) for url in site.hub_urls)
     log = f"logfile: {json.dumps(str(site.log_file))}\n" if site.log_file else ""
     return f"""\
 # Written by koprogo_shared.leaf_site: the building of copro {site.copro_id}.
@@ -249,17 +291,7 @@ port: {site.port}
   # fsync every write: a Pi that loses power while the line is down must keep what it acked.
   sync_interval: always
 }}
-leafnodes {{
-  reconnect: "{site.reconnect_s:g}s"
-  remotes = [
-    {{
-      urls: [{urls}]
-      nkey: {json.dumps(site.hub_nkey_seed)}
-      deny_exports: {json.dumps(list(LEAF_DENY_EXPORTS))}
-      deny_imports: {json.dumps(list(LEAF_DENY_IMPORTS))}
-    }}
-  ]
-}}
+{render_leaf_remote(site.hub_urls, site.hub_nkey_seed, site.reconnect_s)}
 {site.authorization}"""
 
 

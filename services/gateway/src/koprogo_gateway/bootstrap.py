@@ -27,11 +27,12 @@ from koprogo_gateway.adapters.routing_policy_store import (
 )
 from koprogo_gateway.adapters.s3_documents import S3DocumentSource
 from koprogo_gateway.adapters.session_tokens import LocalSessionTokens
-from koprogo_gateway.adapters.stats_repository import PostgresStatsRepository
+from koprogo_gateway.adapters.stats_repository import BuildingStatsRepository, PostgresStatsRepository
 from koprogo_gateway.adapters.task_bus import NatsTaskBus
 from koprogo_gateway.adapters.task_repository import PostgresTaskRepository
 from koprogo_gateway.adapters.used_login_codes import NatsKvUsedLoginCodes
 from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
+from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.grid import GridLedgerService
@@ -100,6 +101,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         settings.nats_url,
         f"koprogo-gateway-{settings.gateway_id}",
         nkey_seed_file=settings.nats_nkey_seed_file,
+        inbox_root=settings.nats_inbox_root,
     )
     try:
         # With a key the setup step declared both buckets (counters kept two windows); the
@@ -151,8 +153,11 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             registry=registry,
             keys=keys,
             timeout_s=settings.chat_timeout_s,
+            building_copro=copro_of_context(f"copro:{settings.building_copro}")
+            if settings.building_copro
+            else None,
         ),
-        stats=PostgresStatsRepository(pool),
+        stats=(BuildingStatsRepository if settings.site == "building" else PostgresStatsRepository)(pool),
         user_data=PostgresUserDataRepository(pool, keyring),
         routing_policies=CoproRoutingPolicies(NatsKvRoutingPolicyStore(policies)),
         verifier=verifier,
@@ -166,6 +171,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             source=_document_source(settings),
             max_parameters_bytes=settings.task_parameters_max_bytes,
             keys=keys,
+            at_building=settings.site == "building",
         ),
         grid=GridLedgerService(PostgresGridLedger(pool)),
         site_link=site_link,

@@ -118,6 +118,9 @@ class GatewaySettings(ContentKeySettings):
     # server's HTTP monitoring (NATS_MONITOR_URL, e.g. http://127.0.0.1:8222), for /mcp/v1/site.
     site: Literal["hub", "building"] = "hub"
     nats_monitor_url: str | None = None
+    # A building's copro (BUILDING_COPRO, required with SITE=building): its gateway takes this
+    # copro's chats only, and no grid tasks (the hub takes only the building's copro's events).
+    building_copro: str | None = None
 
     @field_validator(
         "jwt_secret",
@@ -141,6 +144,8 @@ class GatewaySettings(ContentKeySettings):
 
     @model_validator(mode="after")
     def _building_has_a_monitor(self) -> Self:
+        if self.site == "building" and not self.building_copro:
+            raise ValueError("SITE=building needs BUILDING_COPRO, the copro the building serves")
         if self.site == "building" and self.nats_monitor_url is None:
             raise ValueError(
                 "SITE=building needs NATS_MONITOR_URL (the building nats-server's HTTP monitoring, "

@@ -63,6 +63,8 @@ class Ledger:
     # The token ledger: its rewards, and the key its heads are signed with (registered at start).
     rules: RewardRules = field(default_factory=RewardRules)
     signer: Signer | None = None
+    # How long an event waits for its predecessor from another site (LEDGER_ORIGIN_WAIT_S).
+    origin_wait_s: float = 0.0
 
     def unit_of_work(self) -> ProjectionUnitOfWork:
         return PostgresProjectionUnitOfWork(self.pool, self.keyring, count_committed)
@@ -85,6 +87,7 @@ class Ledger:
             nodes_keyed=self.nodes_keyed,
             roster=self.roster,
             rules=self.rules,
+            origin_wait_s=self.origin_wait_s,
         )
         await run_pull_consumer(self.js, self.spec, stop=stop, batch_handler=handler)
 
@@ -168,6 +171,7 @@ async def bootstrap(settings: LedgerSettings) -> Ledger:
         roster=RosterFile(settings.node_roster_file) if settings.node_roster_file else lambda: None,
         rules=rules,
         signer=signer,
+        origin_wait_s=settings.ledger_origin_wait_s,
     )
 
 

@@ -263,3 +263,23 @@ class PostgresStatsRepository:
                 return bool(await conn.fetchval("SELECT true", timeout=2))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
+
+
+class BuildingStatsRepository(PostgresStatsRepository):
+    """A building's gateway (SITE=building): the building runs no ledger, its chats are projected at
+    the hub (docs/building-offline.md), so the figures are asked there, never answered as zeros."""
+
+    async def stats(
+        self,
+        *,
+        date_from: datetime | None,
+        date_to: datetime | None,
+        copro_ids: Sequence[str] | None,
+    ) -> dict[str, Any]:
+        raise StatsUnavailableError(AT_HUB)
+
+    async def series(self, buckets: SeriesRange, *, copro_ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        raise StatsUnavailableError(AT_HUB)
+
+
+AT_HUB = "a building keeps no statistics: its chats are counted at the hub, ask the hub's gateway"

@@ -21,6 +21,7 @@ from koprogo_gateway.domain.errors import (
     ForbiddenError,
     GridNodeNotFoundError,
     InvalidChatRequestError,
+    OtherBuildingError,
     UserNotFoundError,
 )
 
@@ -83,6 +84,17 @@ def require_chat_copro(caller: Caller, copro_id: str | None) -> None:
     if copro_id is None or caller.is_admin or copro_id in caller.copros:
         return
     raise ForbiddenError("this token does not give access to that copro")
+
+
+def require_building_copro(copro_id: CoproId | None, building_copro: CoproId | None) -> None:
+    """At a building's gateway (`building_copro` set), a chat for its copro only (403 otherwise):
+    the hub takes the building's copro's events alone (docs/building-offline.md)."""
+    if building_copro is None or copro_id == building_copro:
+        return
+    raise OtherBuildingError(
+        f"this building's gateway serves copro {building_copro} only; send "
+        f"{'this copro' if copro_id else 'a chat without a copro'} to the hub's gateway"
+    )
 
 
 def chat_copro(caller: Caller, named: CoproId | None) -> CoproId | None:

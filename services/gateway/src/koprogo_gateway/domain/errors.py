@@ -158,6 +158,20 @@ class ForbiddenError(GatewayError):
     error = "forbidden"
 
 
+class OtherBuildingError(ForbiddenError):
+    """A building's gateway serves its own copro's members only: another copro's chat would stay
+    in the building, since the hub takes only the building's copro's events."""
+
+    error = "other_building"
+
+
+class TasksAtHubError(GatewayError):
+    """A building runs no grid scheduler: its gateway takes chats, the hub's takes tasks."""
+
+    status = 503
+    error = "tasks_at_hub"
+
+
 class CoproNotFoundError(GatewayError):
     status = 404
     error = "not_found"

@@ -48,7 +48,7 @@ from prometheus_client import Counter, Histogram
 from koprogo_gateway.adapters.chat_bus import ChatBus
 from koprogo_gateway.adapters.idempotency_store import StoredEntry
 from koprogo_gateway.adapters.replies import ExpectedReplies
-from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_scope
+from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_building_copro, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn
 from koprogo_gateway.domain.copro_context import CoproId
 from koprogo_gateway.domain.errors import (
@@ -117,6 +117,8 @@ class ChatService:
     watch_interval_s: float = 1.0
     # The idempotency keys' entries; without a store, a request with a key is refused (503).
     keys: IdempotencyKeys = field(default_factory=lambda: IdempotencyKeys(None))
+    # A building's gateway: the copro it serves (BUILDING_COPRO); None at the hub.
+    building_copro: CoproId | None = None
     _deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     _keepers: set[asyncio.Task[StoredOutcome]] = field(default_factory=set)
     # The requests this gateway waits for the replies of.
@@ -209,7 +211,9 @@ class ChatService:
             require_scope(caller, WRITE)
             # Named (one of the caller's) or the token's only copro: its policy, quota and figures
             # apply. Refused before anything is counted or published.
-            return chat_copro(caller, body.copro_id)
+            copro_id = chat_copro(caller, body.copro_id)
+            require_building_copro(copro_id, self.building_copro)
+            return copro_id
         except GatewayError as exc:
             CHATS.labels(outcome=exc.error).inc()
             raise

@@ -51,6 +51,7 @@ from koprogo_gateway.domain.errors import (
     RateLimitedError,
     TaskFinalError,
     TaskNotFoundError,
+    TasksAtHubError,
 )
 from koprogo_gateway.domain.idempotency import REPLAYED_HEADER, StoredOutcome, store_key, task_fingerprint
 from koprogo_gateway.domain.task_request import (
@@ -162,6 +163,8 @@ class TaskService:
     # How long a keyed submission may take before a retry takes it over (a document stored and
     # a publish retried well within it; half the event stream's de-duplication window).
     submit_lease_s: float = 60.0
+    # A building's gateway: tasks are refused (503 tasks_at_hub), the building runs no scheduler.
+    at_building: bool = False
 
     async def submit(
         self, caller: Caller, submission: TaskSubmission, idempotency_key: str | None = None
@@ -181,6 +184,11 @@ class TaskService:
 
     def _checked(self, caller: Caller, submission: TaskSubmission) -> CheckedTask:
         """The pure checks, in order (a refusal here counts nothing): scope, copro, type, input."""
+        if self.at_building:
+            raise TasksAtHubError(
+                "grid tasks run at the hub: send them to the hub's gateway (this building's gateway "
+                "answers chats)"
+            )
         require_scope(caller, WRITE)
         copro_id = self._copro(caller, submission.copro_id)
         task_type = parse_task_type(submission.task_type)

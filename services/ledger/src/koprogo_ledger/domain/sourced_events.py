@@ -30,3 +30,17 @@ def refused_sourced_kind(subject: str, stream_source: str | None) -> str | None:
         f"{SOURCED_KIND_REFUSED}: {subject} was sourced from stream {stream!r}, and a building "
         f"sends only {', '.join(BUILDING_EVENT_KINDS)}"
     )
+
+
+def awaits_other_site(age_s: float, wait_s: float) -> bool:
+    """Whether an event whose predecessor the ledger does not hold yet keeps waiting for it (NAKed
+    without a delivery limit) rather than being dead-lettered after its deliveries: while it is
+    younger than `wait_s`.
+
+    A building's cloud chat is requested in the building and answered at the hub: its answer is
+    stored at the hub at once, its request only when the building's stream reaches the hub's by
+    sourcing, which takes seconds online and the whole partition when the line drops right
+    after the answer. The request exists (the building stored it before its router sent the
+    work), so the answer waits for it rather than be dead-lettered after ~40 s.
+    """
+    return age_s < wait_s

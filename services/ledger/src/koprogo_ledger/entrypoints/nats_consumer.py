@@ -21,16 +21,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 from nats.aio.msg import Msg
 from pydantic import Field, TypeAdapter, ValidationError
 
 from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScrubber
-from koprogo_ledger.domain.errors import InvalidEventError, StoreUnavailableError
+from koprogo_ledger.domain.errors import InvalidEventError, NotYetProjectedError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender, grants_by_token
 from koprogo_ledger.domain.rewards import RewardRules
-from koprogo_ledger.domain.sourced_events import refused_sourced_kind
+from koprogo_ledger.domain.sourced_events import awaits_other_site, refused_sourced_kind
 from koprogo_ledger.domain.task_records import forged_task_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
@@ -77,9 +78,6 @@ ledger_events: TypeAdapter[LedgerEvent] = TypeAdapter(
     ]
 )
 
-# Where a sourced message's `Nats-Stream-Source` goes in its dead letter (`_source_of`).
-DEAD_LETTER_SOURCE_HEADER = "KoproGo-Stream-Source"
-
 HOLD_FIRST_WAIT_S = 0.5
 HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the messages ours
 
@@ -105,6 +103,7 @@ def event_batch_handler(
     nodes_keyed: bool = False,
     roster: Callable[[], Roster | None] = lambda: None,
     rules: RewardRules = DEFAULT_RULES,
+    origin_wait_s: float = 0.0,
 ) -> BatchHandler:
     """The batch handler; no per-message logging (hot path), outcomes and failures are counted.
 
@@ -116,7 +115,10 @@ def event_batch_handler(
     `sourced_kind_refused`, a message stored by sourcing (its `Nats-Stream-Source` header) whose
     subject is not of a kind a building makes (`sourced_events.refused_sourced_kind`): it reaches
     neither the set-based nor the per-event projection. `rules`: the token ledger's rewards
-    (`domain.rewards`).
+    (`domain.rewards`). `origin_wait_s`: how long an event whose predecessor is not in the ledger
+    yet keeps waiting for it without a delivery limit (`sourced_events.awaits_other_site`: a
+    building's request reaching the hub after the hub's answer); older, it is retried and
+    dead-lettered after the consumer's deliveries.
 
     With `scrubber`, a committed GDPR erasure also deletes the user's messages stored before it
     from the audit log before it is acknowledged; if that fails, the erasure is redelivered
@@ -174,6 +176,10 @@ def event_batch_handler(
         BATCH_EVENTS.observe(len(events))
         for (i, event), outcome in zip(decoded, outcomes, strict=True):
             decisions[i] = _decision(event, outcome)
+            if isinstance(outcome, NotYetProjectedError) and awaits_other_site(
+                _age_s(msgs[i]), origin_wait_s
+            ):
+                decisions[i] = Defer(repr(outcome))
             if scrubber is not None and isinstance(event, UserDataErasureRequested):
                 if outcome in (Projected.APPLIED, Projected.DUPLICATE):
                     decisions[i] = await _scrubbed(scrubber, event, msgs[i], decisions[i])
@@ -182,18 +188,18 @@ def event_batch_handler(
     return handle
 
 
-def _source_of(msg: Msg) -> str | None:
-    """The message's `Nats-Stream-Source` (set by JetStream when it was sourced), else None.
+def _age_s(msg: Msg) -> float:
+    """How long ago the message was stored (its JetStream timestamp)."""
+    stored = msg.metadata.timestamp
+    if stored is None:
+        return 0.0
+    return max((datetime.now(UTC) - stored).total_seconds(), 0.0)
 
-    Moved to `KoproGo-Stream-Source` in its headers as it is read: JetStream refuses a publish
-    carrying `Nats-Stream-Source` (error 10227), so its dead letter, which keeps the message's
-    headers, could never be stored and the message would come back for ever.
-    """
-    if not msg.headers or SOURCE_HEADER not in msg.headers:
-        return None
-    source = msg.headers.pop(SOURCE_HEADER)
-    msg.headers[DEAD_LETTER_SOURCE_HEADER] = source
-    return source
+
+def _source_of(msg: Msg) -> str | None:
+    """The message's `Nats-Stream-Source` (set by JetStream when it was sourced), else None
+    (its dead letter keeps it as `consumer.DEAD_LETTER_SOURCE_HEADER`)."""
+    return (msg.headers or {}).get(SOURCE_HEADER)
 
 
 async def _scrubbed(
