@@ -14,15 +14,23 @@ hub's ledger counts every answer the building gave, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.errors
+from nats.js.api import DeliverPolicy
 
 from koprogo_cli.embedded import free_port
+from koprogo_cli.instance import running_stack
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir, wait_until
 from tests.integration.cloud_support import FakeChatCompletionsApi, serving_in_thread
@@ -115,11 +123,12 @@ models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
                 "--leaf-port", str(leaf_port), env=env,
             )  # fmt: skip
             started.append(hub_dir)
-            await koprogo(
+            building_up = (
                 "up", "--detach", "--no-demo", "--site", "building",
                 "--hub", f"nats-leaf://127.0.0.1:{line.port}",
-                "--data-dir", str(building_dir), "--port", str(building_port), env=env,
+                "--data-dir", str(building_dir), "--port", str(building_port),
             )  # fmt: skip
+            await koprogo(*building_up, env=env)
             started.append(building_dir)
             # The hub signed the building's copy of its secret: a member's token works on both sides.
             token = (
@@ -127,14 +136,28 @@ models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
                     "token", "--data-dir", str(hub_dir), "--user", "alice", "--copro", COPRO, env=env
                 )
             ).strip()
-            await _serve_and_check(hub_url, building_url, token, line)
+
+            async def restart_building() -> None:
+                await koprogo(*building_up, env=env)
+
+            await _serve_and_check(
+                hub_dir, building_dir, hub_url, building_url, token, line, restart_building
+            )
         finally:
             for data_dir in reversed(started):
                 await koprogo("down", "--data-dir", str(data_dir), env=env, timeout=120)
             await line.cut()
 
 
-async def _serve_and_check(hub_url: str, building_url: str, token: str, line: TcpProxy) -> None:
+async def _serve_and_check(
+    hub_dir: Path,
+    building_dir: Path,
+    hub_url: str,
+    building_url: str,
+    token: str,
+    line: TcpProxy,
+    restart: Callable[[], Awaitable[None]],
+) -> None:
     async with httpx.AsyncClient(timeout=150) as client:
         await wait_until(lambda: _is(hub_link(client, building_url), "up"), timeout=30, interval=0.5)
         answered: list[str] = []
@@ -165,6 +188,14 @@ async def _serve_and_check(hub_url: str, building_url: str, token: str, line: Tc
             reply = await chat(client, building_url, token, BUNDLED_MODEL_ID, n)
             assert reply.status_code == 200, reply.text
             answered.append(reply.json()["id"])
+        # The Pi loses power during the cut (every process of the building SIGKILLed, as one does
+        # not flush) and starts again, still cut off: what it acknowledged is on its disk.
+        await power_cut_and_restart(building_dir, restart)
+        await wait_until(lambda: _is(hub_link(client, building_url), "down"), timeout=60, interval=0.5)
+        for n in range(20, 22):
+            reply = await chat(client, building_url, token, BUNDLED_MODEL_ID, n)
+            assert reply.status_code == 200, reply.text
+            answered.append(reply.json()["id"])
         started = time.monotonic()
         refused = await chat(client, building_url, token, CLOUD_MODEL, 15)
         assert refused.status_code == 503, refused.text
@@ -187,8 +218,63 @@ async def _serve_and_check(hub_url: str, building_url: str, token: str, line: Tc
         await wait_until(hub_counts_all, timeout=CATCH_UP_S, interval=1.0)
         await asyncio.sleep(3)  # nothing more trickles in
         stats = await _hub_stats(client, hub_url, token)
-        assert (stats["total_requests"], stats["edge_requests"], stats["cloud_requests"]) == (9, 8, 1), stats
+        assert (stats["total_requests"], stats["edge_requests"], stats["cloud_requests"]) == (11, 10, 1), (
+            stats
+        )
         assert await hub_link(client, building_url) == "up"
+        # The hub's router left the building's requests alone (they were routed in the building):
+        # one answer per request in the hub's audit log, none from the hub's own edge node.
+        requests = await _answers_at_hub(hub_dir)
+        assert len(requests) == len(set(requests)) == len(answered), requests
+
+
+async def power_cut_and_restart(building_dir: Path, restart: Callable[[], Awaitable[None]]) -> None:
+    record = running_stack(building_dir)
+    assert record is not None and record.pid > 0
+    for pid in [record.pid, *record.children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pids = [record.pid, *record.children]
+    await wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=30, interval=0.1)
+    await restart()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone (the stack's processes are not our children).
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+async def _answers_at_hub(hub_dir: Path) -> list[str]:
+    """The request ids of the completions in the hub's KOPROGO_EVENTS for the copro."""
+    record = running_stack(hub_dir)
+    assert record is not None
+    nc = await nats.connect(record.nats_url, nkeys_seed=str(hub_dir / "secrets" / "nats" / "admin.nk"))
+    try:
+        js = nc.jetstream(timeout=10)
+        found: list[str] = []
+        sub = await js.subscribe(
+            f"koprogo.events.chat.completed.{COPRO}.>",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        sub_plain = await js.subscribe(
+            f"koprogo.events.chat.completed.{COPRO}", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        for each in (sub, sub_plain):
+            while True:
+                try:
+                    msg = await each.next_msg(timeout=2)
+                except nats.errors.TimeoutError:
+                    break
+                found.append(json.loads(msg.data)["request_id"])
+            await each.unsubscribe()
+        return found
+    finally:
+        await nc.close()
 
 
 async def _hub_stats(client: httpx.AsyncClient, hub_url: str, token: str) -> dict[str, Any]:

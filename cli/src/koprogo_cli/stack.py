@@ -94,6 +94,9 @@ class StackError(RuntimeError):
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As uvicorn binds: a port whose last server died with connections open (TIME_WAIT) is
+        # free to it, so it is free here too (a stack killed and started again at once).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
