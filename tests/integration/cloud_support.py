@@ -435,7 +435,7 @@ def work_item(
 
 async def submit(js: JetStreamContext, deployment: str, work: RunInference) -> None:
     await js.publish(
-        subjects.run_inference_cloud(deployment),
+        subjects.run_inference_cloud(work.copro_id, deployment),
         work.model_dump_json().encode(),
         headers={"Nats-Msg-Id": work.id},
     )

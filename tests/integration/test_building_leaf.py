@@ -25,7 +25,7 @@ from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_autho
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.nats_connection import ensure_streams, publish_event
-from koprogo_shared.subjects import EVENTS_STREAM, chat_delivered, run_inference_edge
+from koprogo_shared.subjects import EVENTS_STREAM, chat_delivered, run_inference_cloud, run_inference_edge
 from tests.conftest import wait_until
 from tests.integration.leaf_support import NatsProcess, TcpProxy, hub_server
 from tests.integration.ledger_support import chat_completed, chat_requested, running_ledger, subject_of
@@ -480,3 +480,28 @@ async def test_the_hubs_ledger_projects_once_what_the_building_answered_during_a
         await line.cut()
         building.stop()
         hub.stop()
+
+
+async def test_a_building_may_send_the_hub_its_own_copros_cloud_work_only(site: Site) -> None:
+    """Its leaf user publishes `koprogo.work.cloud.<its copro>.>` alone: another copro's cloud
+    work (which the hub's cloud worker would answer and bill to that copro) never arrives."""
+    arrived: list[str] = []
+
+    async def on_message(msg: Msg) -> None:
+        arrived.append(msg.subject)
+
+    sub = await site.hub_nc.subscribe("koprogo.work.cloud.>", cb=on_message)
+    await site.hub_nc.flush()
+    own, foreign = run_inference_cloud(COPRO, "hub-cloud"), run_inference_cloud(OTHER_COPRO, "hub-cloud")
+
+    async def own_arrived() -> bool:
+        await site.building_nc.publish(own, b"{}")
+        await site.building_nc.publish(foreign, b"{}")
+        await site.building_nc.flush()
+        return own in arrived
+
+    # Interest crosses the leaf link within a moment: the building's own copro's work arrives.
+    await wait_until(own_arrived, timeout=10, interval=0.5)
+    await asyncio.sleep(1.0)
+    await sub.unsubscribe()
+    assert foreign not in arrived and own in arrived

@@ -61,7 +61,7 @@ async def test_deployment_without_key_is_announced_unavailable_naming_the_variab
 async def test_undecodable_work_is_dead_lettered(clean_jetstream: str, tmp_path: Path) -> None:
     settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, KEYLESS))
     async with nats_client(clean_jetstream) as (_nc, js), running_cloud(settings, {}):
-        subject = subjects.run_inference_cloud("anthropic-nokey")
+        subject = subjects.run_inference_cloud("c1", "anthropic-nokey")
         await js.publish(subject, b"{not json", headers={"Nats-Msg-Id": "poison-1"})
         dead_subject = subjects.deadletter_for(subject)
         for _ in range(100):
@@ -74,3 +74,31 @@ async def test_undecodable_work_is_dead_lettered(clean_jetstream: str, tmp_path:
             raise AssertionError("nothing was dead-lettered")
     assert dead.data == b"{not json"
     assert dead.headers is not None and dead.headers["KoproGo-Dead-Reason"].startswith("poison")
+
+
+async def test_work_whose_body_names_another_copro_than_its_subject_is_dead_lettered_unrun(
+    clean_jetstream: str, tmp_path: Path
+) -> None:
+    """A building may publish its own copro's cloud work only (its leaf user's permission names the
+    subject's copro); the body's copro is what the answer is filed and billed under, so a body
+    naming another copro is refused before any provider call (docs/building-offline.md)."""
+    settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, KEYLESS))
+    async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, {}):
+        work = work_item("anthropic-nokey", "claude-3-haiku", reply_subject=reply_subject())
+        assert work.copro_id is not None
+        subject = subjects.run_inference_cloud("someone-else", "anthropic-nokey")
+        async with collecting(nc, work.reply_subject) as replies:
+            await js.publish(subject, work.model_dump_json().encode(), headers={"Nats-Msg-Id": work.id})
+            dead_subject = subjects.deadletter_for(subject)
+            for _ in range(100):
+                try:
+                    dead = await js.get_last_msg(subjects.DEADLETTER_STREAM, dead_subject)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("nothing was dead-lettered")
+            await asyncio.sleep(0.5)
+        assert replies.items.empty()  # not run: a keyless deployment would have answered `unavailable`
+    reason = (dead.headers or {})["KoproGo-Dead-Reason"]
+    assert reason.startswith("poison") and "subject and body disagree" in reason

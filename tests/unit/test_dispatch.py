@@ -133,7 +133,7 @@ async def test_auto_runs_on_the_edge_first_and_a_failed_attempt_falls_back_to_th
     assert [t.kind for t in first.routing.targets] == ["edge", "cloud"]
     await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"))
     subject, second = bus.published[1]
-    assert subject == subjects.run_inference_cloud("openai")
+    assert subject == subjects.run_inference_cloud("c1", "openai")
     assert isinstance(second, RunInference) and second.routing is not None
     assert second.model == "gpt-4o-mini" and second.routing.attempt == 2
     assert second.id != first.id and second.request_id == request.id
@@ -209,7 +209,7 @@ async def test_a_buildings_cloud_chat_goes_to_the_hub_while_the_line_is_up() -> 
     dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook(), cloud_at_hub=True)
     await dispatcher.on_chat_requested(requested("gpt-4o-mini"))
     [(subject, work)] = bus.published
-    assert subject == subjects.run_inference_cloud("openai") and isinstance(work, RunInference)
+    assert subject == subjects.run_inference_cloud("c1", "openai") and isinstance(work, RunInference)
 
 
 async def test_a_buildings_cloud_chat_with_the_line_cut_is_answered_offline_at_once() -> None:

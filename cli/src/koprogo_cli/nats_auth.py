@@ -27,7 +27,7 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.nodes.announce, their dead letters; read
                and watch the routing-policy bucket
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
-               KOPROGO_WORK (filter koprogo.work.cloud.D), its    koprogo.nodes.announce,
+               KOPROGO_WORK (filter koprogo.work.cloud.*.D), its  koprogo.nodes.announce,
                dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
                koprogo.events.chat.{completed,failed}.>,
                koprogo.events.inference.attempt_failed.>,
@@ -182,7 +182,7 @@ def router_permissions(public_key: str) -> Permissions:
             subjects.deadletter_for(subjects.INFERENCE_ATTEMPT_FAILED_ALL),
             subjects.EDGE_WORK_ALL,
             *nats_grid_auth.router_publish(),
-            _every(subjects.run_inference_cloud),
+            subjects.CLOUD_WORK_ALL,
             _every(subjects.chat_failed),
             subjects.GATEWAY_REPLY_ANY,
             subjects.NODES_ANNOUNCE,
@@ -206,7 +206,7 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
         f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
     ]
     for deployment in deployments:
-        subject = subjects.run_inference_cloud(deployment)
+        subject = subjects.cloud_work_filter(deployment)
         work += _pull_consumer(subjects.WORK_STREAM, subjects.cloud_work_durable(deployment), subject)
         work.append(subjects.deadletter_for(subject))
         work.append(subjects.cloud_status(deployment))

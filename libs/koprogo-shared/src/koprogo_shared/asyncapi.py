@@ -73,6 +73,9 @@ NOT_CHANNELS = asyncapi_grid.GRID_NOT_CHANNELS | frozenset(
         # channel and its parser.
         "cloud_chat_completed",
         "cloud_answered_request",
+        # The `runInferenceCloud` channel's consumer filter and its parser.
+        "cloud_work_filter",
+        "cloud_work_copro",
     }
 )
 
@@ -133,7 +136,8 @@ CHANNELS: tuple[Channel, ...] = (
             "Work for the edge nodes of `pool` (the shared pool, or a copro's own) serving `model` (one "
             "durable per pool and model: one node takes it)."),
     Channel("runInferenceCloud", subjects.run_inference_cloud, (RunInference,), ("router",), ("cloud",),
-            "Work for a cloud deployment (shared durable `cloud-<deployment>`)."),
+            "Work for a cloud deployment, for a copro (`_`: none), shared durable `cloud-<deployment>`; "
+            "the worker dead-letters an item whose body names another copro."),
     Channel("nodeHeartbeat", subjects.node_heartbeat, (NodeHeartbeat,), ("edge",), ("router", "gateway", "grid"),
             "An edge node is alive: what it serves, how busy it is, what it emits (the grid scheduler "
             "believes a poll only from a node that heartbeats the task types it asks for)."),

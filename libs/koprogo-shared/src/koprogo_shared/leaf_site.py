@@ -182,8 +182,9 @@ def leaf_link_permissions(copro_id: str) -> LeafLinkPermissions:
             f"{building_deliver_prefix(copro_id)}.>",
             "$JSC.R.>",
             "$LDS.>",
-            # Its members' cloud chats, for the hub's cloud workers, and their cancels.
-            f"{subjects.run_inference_cloud('_').rsplit('.', 1)[0]}.>",
+            # Its members' cloud chats (its copro's only: the cloud worker checks the work names
+            # the subject's copro), for the hub's cloud workers, and their cancels.
+            f"{subjects.run_inference_cloud(_checked(copro_id), '_').rsplit('.', 1)[0]}.>",
             subjects.CHAT_CANCEL_ALL,
         ),
         subscribe=(
@@ -236,6 +237,8 @@ class LeafSite:
 
 
 HUB_DOMAIN = "hub"
+LEAF_PING_INTERVAL_S = 10
+LEAF_PING_MAX = 3
 DEFAULT_LEAF_PORT = 7422
 
 
@@ -252,14 +255,20 @@ def render_leaf_remote(
     hub_urls: Sequence[str], hub_nkey_seed: str, reconnect_s: float = DEFAULT_RECONNECT_S
 ) -> str:
     """A building's `leafnodes` block: one remote to the hub with the building's seed (inline:
-    the file holding it must be private), and the deny lists."""
+    the file holding it must be private), and the deny lists; before it, the server's ping
+    settings (top-level), which decide how soon a silent line is noticed."""
     if not hub_urls:
         raise LeafSiteError("a building needs the hub's leaf URL (nats-leaf://host:7422)")
     for url in hub_urls:
         if not url.startswith(("nats-leaf://", "tls://", "ws://", "wss://")):
             raise LeafSiteError(f"hub leaf URL {url!r}: use nats-leaf://host:7422")
     urls = ", ".join(json.dumps(url) for url in hub_urls)
+    # A line that dies without a reset (a router off, a cable pulled) is noticed by the server's
+    # pings: every 10 s, the link given up after 3 unanswered (30 s instead of the default 2 min),
+    # so the gateway's /mcp/v1/site and the router's cloud choice follow within about half a minute.
     return f"""\
+ping_interval: "{LEAF_PING_INTERVAL_S}s"
+ping_max: {LEAF_PING_MAX}
 leafnodes {{
   reconnect: "{reconnect_s:g}s"
   remotes = [

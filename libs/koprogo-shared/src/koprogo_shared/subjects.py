@@ -167,8 +167,29 @@ def inference_attempt_failed(copro_id: str | None) -> str:
     return f"koprogo.events.inference.attempt_failed.{subject_token(copro_id)}"
 
 
-def run_inference_cloud(deployment: str) -> str:
-    return f"koprogo.work.cloud.{subject_token(deployment)}"
+CLOUD_WORK_ALL = "koprogo.work.cloud.>"
+
+
+def run_inference_cloud(copro_id: str | None, deployment: str) -> str:
+    """Work for a cloud deployment, for a copro (`_`: none), the copro first: a building's leaf
+    user may publish `koprogo.work.cloud.<its copro>.>` only (a permission ending in `>`: with
+    the copro last, `koprogo.work.cloud.*.<copro>`, the building's cloud work found no responder
+    at the hub, seen with nats-server 2.15.1), and the cloud worker checks the work item names the
+    same copro."""
+    return f"koprogo.work.cloud.{subject_token(copro_id)}.{subject_token(deployment)}"
+
+
+def cloud_work_filter(deployment: str) -> str:
+    """Every copro's work for one cloud deployment (its workers' consumer filter)."""
+    return f"koprogo.work.cloud.*.{subject_token(deployment)}"
+
+
+def cloud_work_copro(subject: str) -> str | None:
+    """The copro token of a `run_inference_cloud` subject, else None."""
+    tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[:3] == ["koprogo", "work", "cloud"]:
+        return tokens[3]
+    return None
 
 
 def cloud_status(deployment: str) -> str:

@@ -65,6 +65,9 @@ class WorkItemHandler:
         max_deliver: int,
         worker_name: str,
         poison: tuple[type[Exception], ...] = (),
+        # Why an item's subject refuses its body (e.g. the cloud work's copro), else None: such an
+        # item is dead-lettered before it runs, the caller not told (its reply subject is suspect).
+        subject_check: Callable[[str, RunInference], str | None] | None = None,
     ) -> None:
         self._run = run
         self._report_failure = report_failure
@@ -72,10 +75,13 @@ class WorkItemHandler:
         self._max_deliver = max_deliver
         self._worker_name = worker_name
         self._poison: tuple[type[Exception], ...] = (UnusableIdsError, *poison)
+        self._subject_check = subject_check
 
     async def handle(self, msg: Msg) -> None:
         """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
         work = RunInference.model_validate_json(msg.data)  # malformed -> dead-lettered by the consumer
+        if self._subject_check is not None and (refused := self._subject_check(msg.subject, work)):
+            raise PoisonMessageError(refused)
         delivered = msg.metadata.num_delivered
         if delivered > self._max_deliver:
             # Past its last allowed delivery (its dead-letter publish failed, or the worker died on

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from koprogo_cloud.domain.errors import InvalidCommandError
+from koprogo_cloud.domain.work_subject import copro_mismatch
 from koprogo_cloud.service_layer.inference import CloudInferenceService
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec
@@ -22,7 +23,7 @@ def work_consumer(deployment_id: str, ack_wait_s: float, max_deliver: int, concu
     return ConsumerSpec(
         stream=subjects.WORK_STREAM,
         durable=subjects.cloud_work_durable(deployment_id),
-        filter_subject=subjects.run_inference_cloud(deployment_id),
+        filter_subject=subjects.cloud_work_filter(deployment_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
         batch=1,
@@ -41,4 +42,5 @@ def work_item_handler(
         max_deliver=max_deliver,
         worker_name="the cloud worker",
         poison=(InvalidCommandError,),
+        subject_check=copro_mismatch,
     )

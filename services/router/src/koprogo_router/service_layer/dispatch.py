@@ -166,7 +166,7 @@ class Dispatcher:
         assert work.routing is not None
         target = work.routing.targets[work.routing.attempt - 1]
         if target.kind == "cloud" and target.deployment is not None:
-            subject = subjects.run_inference_cloud(target.deployment)
+            subject = subjects.run_inference_cloud(work.copro_id, target.deployment)
         elif target.kind == "grid":
             subject = subjects.run_inference_grid(target.model)
         else:
