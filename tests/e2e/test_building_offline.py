@@ -130,18 +130,24 @@ models = {{ "{CLOUD_MODEL}" = "{CLOUD_MODEL}" }}
             )  # fmt: skip
             await koprogo(*building_up, env=env)
             started.append(building_dir)
-            # The hub signed the building's copy of its secret: a member's token works on both sides.
+            # Each side signs its own members' tokens: a building taken apart signs nothing the hub takes.
             token = (
+                await koprogo(
+                    "token", "--data-dir", str(building_dir), "--user", "alice", "--copro", COPRO, env=env
+                )
+            ).strip()
+            hub_token = (
                 await koprogo(
                     "token", "--data-dir", str(hub_dir), "--user", "alice", "--copro", COPRO, env=env
                 )
             ).strip()
+            assert (await _stats(hub_url, token)).status_code == 401, "the hub took a building's token"
 
             async def restart_building() -> None:
                 await koprogo(*building_up, env=env)
 
             await _serve_and_check(
-                hub_dir, building_dir, hub_url, building_url, token, line, restart_building
+                hub_dir, building_dir, hub_url, building_url, token, hub_token, line, restart_building
             )
         finally:
             for data_dir in reversed(started):
@@ -155,6 +161,7 @@ async def _serve_and_check(
     hub_url: str,
     building_url: str,
     token: str,
+    hub_token: str,
     line: TcpProxy,
     restart: Callable[[], Awaitable[None]],
 ) -> None:
@@ -181,8 +188,14 @@ async def _serve_and_check(
         )
         assert other.status_code == 403, other.text
 
-        # The line is cut: the building still answers from its edge node; the cloud fails fast.
+        # The line is cut: the building still answers from its edge node; the cloud fails fast,
+        # at once while its router still hears the hub's last cloud heartbeats (its publish finds
+        # no stream), and after they stopped (refused before trying).
         await line.cut()
+        started = time.monotonic()
+        refused = await chat(client, building_url, token, CLOUD_MODEL, 4)
+        assert (refused.status_code, refused.json()["error"]) == (503, "offline"), refused.text
+        assert time.monotonic() - started < 5.0, "the cloud request did not fail fast"
         await wait_until(lambda: _is(hub_link(client, building_url), "down"), timeout=30, interval=0.5)
         for n in range(10, 15):
             reply = await chat(client, building_url, token, BUNDLED_MODEL_ID, n)
@@ -207,17 +220,22 @@ async def _serve_and_check(
             headers={"Authorization": f"Bearer {token}"},
         )  # fmt: skip
         assert stats_here.status_code == 503, stats_here.text
+        # So is a member's data: an erasure asked here would never reach the hub's ledger.
+        erasure = await client.delete(
+            f"{building_url}/mcp/v1/users/alice/data", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (erasure.status_code, erasure.json()["error"]) == (503, "data_unavailable"), erasure.text
 
         # Back online: every answer given in the building reaches the hub's ledger, once.
         await line.restore()
 
         async def hub_counts_all() -> bool:
-            stats = await _hub_stats(client, hub_url, token)
+            stats = await _hub_stats(client, hub_url, hub_token)
             return int(stats["total_requests"]) >= len(answered)
 
         await wait_until(hub_counts_all, timeout=CATCH_UP_S, interval=1.0)
         await asyncio.sleep(3)  # nothing more trickles in
-        stats = await _hub_stats(client, hub_url, token)
+        stats = await _hub_stats(client, hub_url, hub_token)
         assert (stats["total_requests"], stats["edge_requests"], stats["cloud_requests"]) == (11, 10, 1), (
             stats
         )
@@ -275,6 +293,15 @@ async def _answers_at_hub(hub_dir: Path) -> list[str]:
         return found
     finally:
         await nc.close()
+
+
+async def _stats(url: str, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.get(
+            f"{url}/mcp/v1/stats",
+            params={"context": f"copro:{COPRO}"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
 
 async def _hub_stats(client: httpx.AsyncClient, hub_url: str, token: str) -> dict[str, Any]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from koprogo_ledger.domain.sourced_events import refused_sourced_kind
+from koprogo_ledger.domain.sourced_events import refused_sourced_body, refused_sourced_kind
 from koprogo_shared import subjects
+from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
 
 # The header as JetStream writes it on a sourced message (stream, sequence, filter, transform).
 SOURCED = "KOPROGO_EVENTS:building-copro-a 42 > >"
@@ -50,3 +51,36 @@ def test_an_event_published_into_the_stream_directly_is_not_judged_by_this_rule(
 
 def test_an_empty_source_header_still_marks_a_sourced_message() -> None:
     assert refused_sourced_kind(subjects.task_event("completed", "copro-a"), "") is not None
+
+
+# The body must agree with the subject (review of 2026-12-03): a hand-edited building could carry
+# an erasure request or a grid decision, or another copro's chat, on its own copro's chat subject.
+
+INBOX_SOURCED = "KOPROGO_BUILDING_copro-a 7 > >"
+
+
+def _delivered(copro: str | None = "copro-a") -> ChatDelivered:
+    return ChatDelivered(source="building", copro_id=copro, request_id="r-1", latency_ms=1.0)
+
+
+def test_a_sourced_chat_event_of_the_buildings_copro_is_believed() -> None:
+    assert refused_sourced_body(subjects.chat_delivered("copro-a"), INBOX_SOURCED, _delivered()) is None
+    # Not sourced: the hub's permissions checked its publisher, nothing to add here.
+    erasure = UserDataErasureRequested(source="x", user_id="u-1", requested_by="u-1")
+    assert refused_sourced_body(subjects.chat_delivered("copro-a"), None, erasure) is None
+
+
+def test_a_sourced_erasure_or_grid_body_on_a_chat_subject_is_refused() -> None:
+    erasure = UserDataErasureRequested(source="x", user_id="u-1", requested_by="u-1")
+    reason = refused_sourced_body(subjects.chat_delivered("copro-a"), INBOX_SOURCED, erasure)
+    assert reason is not None and "UserDataErasureRequested" in reason
+    # A chat body of another kind than its subject's, too.
+    assert refused_sourced_body(subjects.chat_requested("copro-a"), INBOX_SOURCED, _delivered()) is not None
+
+
+def test_a_sourced_body_of_another_copro_or_through_another_buildings_inbox_is_refused() -> None:
+    reason = refused_sourced_body(subjects.chat_delivered("copro-a"), INBOX_SOURCED, _delivered("copro-b"))
+    assert reason is not None and "another copro" in reason
+    other_inbox = "KOPROGO_BUILDING_copro-b 7 > >"
+    reason = refused_sourced_body(subjects.chat_delivered("copro-a"), other_inbox, _delivered())
+    assert reason is not None and "another building's inbox" in reason

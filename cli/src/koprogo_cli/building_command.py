@@ -6,12 +6,15 @@ FOLDER, made here:
 
     secrets/nats/hub-leaf.nk   its leaf link's seed (the hub's user: `leaf_site.leaf_link_permissions`)
     secrets/nats/site.json     the copro it serves
-    secrets/content-keys       the hub's content keys: the hub's ledger opens what the building sealed
-    secrets/jwt-secret         the hub's signing secret, when the hub signs its own tokens: the
-                               building verifies members' tokens without the line
+    secrets/content-keys       a content key of the building's own, which the hub's keyring gets
+                               too (not as its current key): the hub's ledger opens what the
+                               building's gateway sealed, the building opens nothing of the hub's
 
-Every file is private (0600, folders 0700): FOLDER is a secret to carry to the building, not to
-mail. The hub takes the building's events once it restarts (`koprogo down`, `koprogo up`): its
+The building signs its members' tokens with a secret of its own, made at its first start
+(`koprogo token --data-dir FOLDER`, `koprogo login-link --data-dir FOLDER`): a building someone
+took apart cannot sign tokens the hub accepts. (With an identity provider, both sides verify its
+public keys, `JWKS_URL`.) Every file is private (0600, folders 0700): FOLDER is a secret to carry
+to the building, not to mail. The hub takes the building's events once it restarts (`koprogo down`, `koprogo up`): its
 nats-server then listens for leaf links (port 7422, `--leaf-port`) and its KOPROGO_EVENTS sources
 the building's inbox.
 """
@@ -23,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from koprogo_cli.dev_auth import ensure_jwt_secret, jwt_secret_path, operator_verifier
+from koprogo_cli.dev_auth import operator_verifier
 from koprogo_cli.instance import data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import (
@@ -34,8 +37,9 @@ from koprogo_cli.nats_auth import (
     mint_seed,
     write_building_site,
 )
-from koprogo_cli.secrets import content_keys_path, ensure_content_keyring
+from koprogo_cli.secrets import add_reading_key, content_keys_path, ensure_content_keyring
 from koprogo_shared import leaf_site
+from koprogo_shared.content_crypto import create_keys_file
 
 
 class BuildingError(RuntimeError):
@@ -74,11 +78,8 @@ def add_building(hub_dir: Path, copro_id: str, out: Path) -> list[Path]:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.chmod(0o700)
     _copy_private(seed_file, written[0])
-    _copy_private(content_keys_path(hub_dir), written[1])
-    if not operator_verifier():  # the hub signs its own tokens: the building checks them alike
-        ensure_jwt_secret(hub_dir, environ={})
-        _copy_private(jwt_secret_path(hub_dir), jwt_secret_path(out))
-        written.append(jwt_secret_path(out))
+    create_keys_file(content_keys_path(out))
+    add_reading_key(content_keys_path(hub_dir), content_keys_path(out))
     write_building_site(out_keys, copro_id)
     written.append(out_keys / "site.json")
     return written
@@ -96,7 +97,12 @@ def cmd_building_add(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  {path}")
     if operator_verifier():
-        print("  (the hub's gateway verifies with JWT_SECRET_FILE or JWKS_URL: give the building the same)")
+        print("  (the hub's gateway verifies with JWKS_URL: start the building with the same JWKS_URL)")
+    else:
+        print(
+            "The building signs its members' tokens itself: once it is up, "
+            f"`{command_hint('token', '--data-dir', str(out), '--user', 'ID', '--copro', args.copro)}`"
+        )
     print(
         f"Carry {out} to the building privately (it holds secrets). There: "
         f"`{command_hint('up', '--site', 'building', '--hub', 'nats-leaf://HUB_ADDRESS:7422', '--data-dir', str(out))}`"

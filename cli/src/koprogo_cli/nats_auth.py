@@ -509,6 +509,7 @@ def write_building_site(keys_dir: Path, copro_id: str) -> None:
     leaf_site.building_domain(copro_id)
     keys_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     (keys_dir / SITE_FILE).write_text(json.dumps({"building_of": copro_id}) + "\n")
+    (keys_dir / SITE_FILE).chmod(0o600)  # beside the seeds, as private as they are
 
 
 def building_of(keys_dir: Path) -> str | None:

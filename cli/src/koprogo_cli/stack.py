@@ -297,6 +297,10 @@ class Stack:
     def _launch_ledger(
         self, base_env: dict[str, str], database: dict[str, str], content_keys: dict[str, str]
     ) -> None:
+        # With buildings, a building's cloud answer may reach the ledger before its request (it
+        # comes by sourcing): it waits for it as long as the hub keeps a building's inbox.
+        buildings = registered_buildings(self.data_dir / "secrets" / "nats")
+        waits = {"LEDGER_ORIGIN_WAIT_S": f"{leaf_site.INBOX_MAX_AGE_S:g}"} if buildings else {}
         self._launch(
             Service(
                 "ledger",
@@ -307,6 +311,7 @@ class Stack:
                     **content_keys,
                     **self._nats_identity("ledger"),
                     "OPS_PORT": str(preferred_port(LEDGER_OPS_PORT)),
+                    **waits,
                 },
                 "",
                 niceness=10,

@@ -418,8 +418,8 @@ def add_up_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--site",
         choices=("hub", "building"),
         default="hub",
-        help="hub (default): the whole stack; building: a copro's own stack (gateway, router, edge nodes, "
-        "ledger) whose nats-server is a leaf node of the hub's and keeps answering when the line drops "
+        help="hub (default): the whole stack; building: a copro's own stack (gateway, router, edge nodes) "
+        "whose nats-server is a leaf node of the hub's and keeps answering when the line drops "
         "(its folder made at the hub by `koprogo building add`; docs/deploy.md)",
     )
     up.add_argument(

@@ -3,23 +3,17 @@
 The building's services talk to their own nats-server, which keeps their streams on its disk
 (`sync_interval: always`) and holds a leaf connection to the hub. Nothing here copies a message:
 
-* the building's facts are stored in its own KOPROGO_EVENTS (domain `building-<copro>`), and the
-  hub's KOPROGO_EVENTS *sources* that stream through the leaf connection
-  (`$JS.building-<copro>.API`). The hub's stream remembers the last building sequence it stored
-  (the `Nats-Stream-Source` header of its messages) and resumes there after a cut or a restart of
-  either side; an event that also reached the hub another way inside the de-dup window is dropped
-  by its `Nats-Msg-Id`.
+* the building's facts are stored in its own KOPROGO_EVENTS (domain `building-<copro>`); the hub's
+  inbox `KOPROGO_BUILDING_<copro>` *sources* that stream through the leaf connection
+  (`$JS.building-<copro>.API`), and the hub's KOPROGO_EVENTS sources the inbox with filters the
+  hub's own server applies (the building's kinds, its copro). Each stream remembers the last
+  sequence it took (`Nats-Stream-Source`) and resumes there after a cut or a restart of either
+  side; an event that also reached the hub another way inside the de-dup window is dropped by its
+  `Nats-Msg-Id`.
 * Events never travel over the leaf connection as plain publishes: the building's remote refuses
-  to export or import `koprogo.events.>` (else a building's publish would be captured twice while
-  online, once directly by the hub's stream, once by sourcing, and the hub's events would fill the
-  building's stream), and the hub's permissions for the building's key say the same again, so a
-  building configured by hand cannot receive another copro's events or work.
-
-    hub user of a building (copro C)   what it may send the hub (publish)      what the hub sends it (subscribe)
-                                       koprogo.leaf.C.> (its sourced events),    $JS.building-C.API.> (the hub's
-                                       $JSC.R.> (answers to the hub's            source consumer requests),
-                                       consumer requests), $LDS.> (the leaf      $JS.FC.> (flow control),
-                                       connection's loop detection)              $LDS.>
+  to export or import `koprogo.events.>`, and the hub's permissions for the building's key say
+  what else may cross (`leaf_link_permissions`): its own copro's cloud work and chat cancels out,
+  the hub's answers to its gateway, the cloud heartbeats and the acks under its inbox root in.
 
 (nats-server applies a leaf connection's user permissions from the hub's side: what the user may
 publish is what the hub accepts from the leaf, what it may subscribe is what the hub sends it.)
@@ -59,6 +53,7 @@ _LEAF_DELIVER_ROOT = "koprogo.leaf"
 BUILDING_INBOX_PREFIX = "KOPROGO_BUILDING_"
 INBOX_MAX_AGE_S = 7 * 24 * 3600.0
 INBOX_DUPLICATE_WINDOW_S = 120.0
+INBOX_MAX_BYTES = 1024**3
 # Every copro-bound event subject carries the copro as its fifth token
 # (`koprogo.events.<kind>.<step>.<copro>[.…]`, see `subjects`).
 _COPRO_TOKEN = 4
@@ -349,6 +344,10 @@ def inbox_config(copro_id: str, replicas: int = 1) -> js_api.StreamConfig:
         retention=js_api.RetentionPolicy.LIMITS,
         storage=js_api.StorageType.FILE,
         max_age=INBOX_MAX_AGE_S,
+        # Bounded: a building flooding the hub fills its own inbox, not the hub's disk; full, the
+        # source waits (the building keeps the rest, 30 days) instead of anything being dropped.
+        max_bytes=INBOX_MAX_BYTES,
+        discard=js_api.DiscardPolicy.NEW,
         duplicate_window=INBOX_DUPLICATE_WINDOW_S,
         num_replicas=replicas,
     )

@@ -31,7 +31,10 @@ from koprogo_gateway.adapters.stats_repository import BuildingStatsRepository, P
 from koprogo_gateway.adapters.task_bus import NatsTaskBus
 from koprogo_gateway.adapters.task_repository import PostgresTaskRepository
 from koprogo_gateway.adapters.used_login_codes import NatsKvUsedLoginCodes
-from koprogo_gateway.adapters.user_data_repository import PostgresUserDataRepository
+from koprogo_gateway.adapters.user_data_repository import (
+    BuildingUserDataRepository,
+    PostgresUserDataRepository,
+)
 from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
@@ -158,7 +161,9 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             else None,
         ),
         stats=(BuildingStatsRepository if settings.site == "building" else PostgresStatsRepository)(pool),
-        user_data=PostgresUserDataRepository(pool, keyring),
+        user_data=(BuildingUserDataRepository if settings.site == "building" else PostgresUserDataRepository)(
+            pool, keyring
+        ),
         routing_policies=CoproRoutingPolicies(NatsKvRoutingPolicyStore(policies)),
         verifier=verifier,
         tasks=TaskService(

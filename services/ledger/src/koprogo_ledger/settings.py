@@ -57,8 +57,10 @@ class LedgerSettings(ContentKeySettings):
     ledger_max_deliver: int = Field(default=10, ge=1)
     # ...unless it is younger than this: then it waits for its predecessor without a delivery
     # limit (a building's request reaches the hub after the hub's cloud answer, as late as the
-    # line's return; docs/building-offline.md). A week, as the hub keeps a building's inbox.
-    ledger_origin_wait_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    # line's return; docs/building-offline.md). 0 (no building): dead-lettered as above;
+    # `koprogo up` sets a week (the hub keeps a building's inbox that long) once a building is
+    # registered. Each waiting event holds one of the consumer's pending acks.
+    ledger_origin_wait_s: float = Field(default=0.0, ge=0)
     ledger_ack_wait_s: float = Field(default=30.0, gt=0)
     # Message and response contents are purged this many days after their row's creation;
     # every figure the stats read stays.

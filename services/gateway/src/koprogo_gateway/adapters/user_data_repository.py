@@ -216,3 +216,24 @@ def _as_uuid(user_id: str) -> uuid.UUID | None:
 
 def _iso(moment: Any) -> str | None:
     return None if moment is None else str(moment.isoformat())
+
+
+class BuildingUserDataRepository(PostgresUserDataRepository):
+    """A building's gateway (SITE=building): a member's data lives in the hub's ledger, so an
+    export or an erasure asked here is refused with where to ask (an erasure published here
+    would never reach the hub: a building sends its chats' events only)."""
+
+    async def export(self, user_id: str) -> list[dict[str, Any]]:
+        raise UserDataUnavailableError(AT_HUB)
+
+    async def count_requests(self, user_id: str) -> int:
+        raise UserDataUnavailableError(AT_HUB)
+
+    async def export_tasks(self, user_id: str) -> list[dict[str, Any]]:
+        raise UserDataUnavailableError(AT_HUB)
+
+    async def count_tasks(self, user_id: str) -> int:
+        raise UserDataUnavailableError(AT_HUB)
+
+
+AT_HUB = "a member's data is kept at the hub: ask the hub's gateway for its export or its erasure"

@@ -1,6 +1,6 @@
 """Whether a work item's subject and body agree on its copro: a pure rule.
 
-Cloud work travels on `koprogo.work.cloud.<deployment>.<copro>` (`subjects.run_inference_cloud`).
+Cloud work travels on `koprogo.work.cloud.<copro>.<deployment>` (`subjects.run_inference_cloud`).
 The hub's routers may publish any copro's; a building's leaf user only its own copro's
 (`leaf_site.leaf_link_permissions`). The body's `copro_id` is what the answer, the ledger's
 figures and the copro's bill are filed under, so an item whose body names another copro than its

@@ -8,7 +8,27 @@ trust as the sender's, says nothing about who made it.
 
 from __future__ import annotations
 
-from koprogo_shared.leaf_site import BUILDING_EVENT_KINDS, is_building_event
+from koprogo_shared.events import (
+    ChatCompleted,
+    ChatDelivered,
+    ChatFailed,
+    ChatRequested,
+    Event,
+    InferenceAttemptFailed,
+)
+from koprogo_shared.leaf_site import BUILDING_EVENT_KINDS, BUILDING_INBOX_PREFIX, is_building_event
+from koprogo_shared.subjects import subject_token
+
+# The body each building kind must carry: a sourced message's subject was checked by no
+# permission of the hub's, so its body must agree with it before anything is believed.
+_BODY_OF_KIND: dict[str, type[Event]] = {
+    "chat.requested": ChatRequested,
+    "chat.completed": ChatCompleted,
+    "chat.failed": ChatFailed,
+    "chat.delivered": ChatDelivered,
+    "inference.attempt_failed": InferenceAttemptFailed,
+}
+assert set(_BODY_OF_KIND) == set(BUILDING_EVENT_KINDS)
 
 # The dead letter's reason starts with it, so an operator can count and find these.
 SOURCED_KIND_REFUSED = "sourced_kind_refused"
@@ -30,6 +50,28 @@ def refused_sourced_kind(subject: str, stream_source: str | None) -> str | None:
         f"{SOURCED_KIND_REFUSED}: {subject} was sourced from stream {stream!r}, and a building "
         f"sends only {', '.join(BUILDING_EVENT_KINDS)}"
     )
+
+
+def refused_sourced_body(subject: str, stream_source: str | None, event: Event) -> str | None:
+    """Why a sourced event's body must not be believed, else None (not sourced: None).
+
+    The subject passed `refused_sourced_kind`; the body must be of that kind (an erasure request
+    or a grid decision carried on a chat subject is refused), for the subject's copro, and that
+    copro must be the building's whose inbox it came through (`KOPROGO_BUILDING_<copro>`).
+    """
+    if stream_source is None:
+        return None
+    tokens = subject.split(".")
+    kind, copro_token = ".".join(tokens[2:4]), tokens[4] if len(tokens) > 4 else ""
+    wanted = _BODY_OF_KIND.get(kind)
+    if wanted is None or not isinstance(event, wanted):
+        return f"{SOURCED_KIND_REFUSED}: a {type(event).__name__} carried on {subject}"
+    if subject_token(getattr(event, "copro_id", None)) != copro_token:
+        return f"{SOURCED_KIND_REFUSED}: {subject} carries an event of another copro"
+    stream = stream_source.split(" ", 1)[0]
+    if stream.startswith(BUILDING_INBOX_PREFIX) and stream.removeprefix(BUILDING_INBOX_PREFIX) != copro_token:
+        return f"{SOURCED_KIND_REFUSED}: {subject} came through {stream[:80]}, another building's inbox"
+    return None
 
 
 def awaits_other_site(age_s: float, wait_s: float) -> bool:

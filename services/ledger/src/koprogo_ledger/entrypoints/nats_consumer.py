@@ -31,7 +31,7 @@ from koprogo_ledger.adapters.stream_scrubber import ScrubPendingError, StreamScr
 from koprogo_ledger.domain.errors import InvalidEventError, NotYetProjectedError, StoreUnavailableError
 from koprogo_ledger.domain.records import forged_sender, grants_by_token
 from koprogo_ledger.domain.rewards import RewardRules
-from koprogo_ledger.domain.sourced_events import awaits_other_site, refused_sourced_kind
+from koprogo_ledger.domain.sourced_events import awaits_other_site, refused_sourced_body, refused_sourced_kind
 from koprogo_ledger.domain.task_records import forged_task_sender
 from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVENTS, FAILURES
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
@@ -145,6 +145,11 @@ def event_batch_handler(
             except ValidationError as exc:
                 FAILURES.labels("poison").inc()
                 decisions[i] = failure_decision(exc)
+                continue
+            if (refused := refused_sourced_body(msg.subject, _source_of(msg), event)) is not None:
+                FAILURES.labels("sourced_kind_refused").inc()
+                log.warning("event %s refused: %s", event.id, refused)
+                decisions[i] = failure_decision(PoisonMessageError(f"event {event.id}: {refused}"))
                 continue
             forged = forged_sender(
                 msg.subject, event, nodes_keyed=nodes_keyed, roster=grants

@@ -28,7 +28,8 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def publish_at_hub(self, subject: str, event: Event) -> None:
         """A building's work for the hub's stream (over the leaf link): one attempt, stored or
-        HubUnreachableError at once (no responder, or no ack within HUB_ACK_TIMEOUT_S)."""
+        HubUnreachableError at once when no stream answers; no ack within HUB_ACK_TIMEOUT_S
+        raises the timeout (the item may be stored: retried, never given up)."""
 
     @abc.abstractmethod
     async def reply(self, subject: str, event: Event) -> None:
@@ -46,12 +47,10 @@ class NatsBus(Bus):
     async def publish_at_hub(self, subject: str, event: Event) -> None:
         try:
             await publish_event(self.js, subject, event, timeout=HUB_ACK_TIMEOUT_S, retry_for_s=0)
-        except (
-            nats.errors.NoRespondersError,
-            nats.js.errors.NoStreamResponseError,
-            nats.errors.TimeoutError,
-            TimeoutError,
-        ) as exc:
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+            # No stream answered: nothing was stored. A timeout is not this: the item may be
+            # stored and run at the hub, so it propagates and the request is retried (the same
+            # work id, de-duplicated), never answered twice.
             raise HubUnreachableError(type(exc).__name__) from exc
 
     async def reply(self, subject: str, event: Event) -> None:
