@@ -51,6 +51,13 @@ async def test_a_write_from_a_stale_revision_is_refused_by_the_server(clean_jets
 class CountingConflicts(NatsKvCounterStore):
     conflicts = 0
 
+    async def create(self, key: str, count: int) -> Counter:
+        try:
+            return await super().create(key, count)
+        except CounterConflictError:
+            CountingConflicts.conflicts += 1
+            raise
+
     async def replace(self, key: str, count: int, revision: int) -> Counter:
         try:
             return await super().replace(key, count, revision)

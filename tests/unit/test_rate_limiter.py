@@ -46,6 +46,47 @@ async def test_two_gateways_on_one_store_under_a_concurrent_burst_admit_exactly_
     assert next(iter(store.counters.values())).count == 20
 
 
+class CountingStore(FakeCounterStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    async def create(self, key: str, count: int) -> Counter:
+        self.writes += 1
+        return await super().create(key, count)
+
+    async def replace(self, key: str, count: int, revision: int) -> Counter:
+        self.writes += 1
+        return await super().replace(key, count, revision)
+
+
+async def test_concurrent_requests_for_one_key_share_a_write_and_each_gets_its_own_count() -> None:
+    store = CountingStore()
+    gateway = limiter(store)
+    decisions = await asyncio.gather(*(gateway.admit([(COPRO, "a")]) for _ in range(25)))
+    admitted = [d for d in decisions if d.admitted]
+    assert len(admitted) == 20
+    # Each admitted request has its own place in the window, as if counted one by one.
+    assert sorted(d.usages[0].remaining for d in admitted) == list(range(20))
+    assert all(d.usages[0].remaining == 0 for d in decisions if not d.admitted)
+    assert store.counters[next(iter(store.counters))].count == 20
+    assert store.writes < 5  # one write counted many requests (25 one by one would be 20 writes)
+
+
+async def test_a_request_whose_caller_left_before_its_turn_is_not_counted() -> None:
+    store = CountingStore()
+    gateway = limiter(store)
+    first = asyncio.ensure_future(gateway.admit([(COPRO, "a")]))
+    await asyncio.sleep(0)  # the first request's write is under way
+    left = asyncio.ensure_future(gateway.admit([(COPRO, "a")]))
+    await asyncio.sleep(0)
+    left.cancel()
+    assert (await first).admitted
+    with pytest.raises(asyncio.CancelledError):
+        await left
+    assert (await gateway.admit([(COPRO, "a")])).usages[0].remaining == 18  # 2 counted, not 3
+
+
 async def test_copros_and_windows_are_counted_apart() -> None:
     clock = Clock()
     gateway = limiter(FakeCounterStore(), clock)
