@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from koprogo_cloud.adapters.openai_provider import _sse_data
+from koprogo_cloud.adapters.openai_provider import _lines, _sse_data
 
 
 async def lines(*given: str) -> AsyncIterator[str]:
@@ -35,3 +35,29 @@ async def test_each_event_gives_its_data_lines_joined_and_comments_and_other_fie
 async def test_an_event_the_end_of_the_stream_cut_before_its_blank_line_is_dropped() -> None:
     assert await events('data: {"a": 1}', "", 'data: {"b": 2}') == ['{"a": 1}']
     assert await events() == []
+
+
+async def split_lines(*chunks: bytes) -> list[str]:
+    async def given() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return [line async for line in _lines(given())]
+
+
+async def test_lines_end_at_crlf_lf_or_cr_whatever_the_chunks_cut() -> None:
+    assert await split_lines(b"data: a\r", b"\ndata: b\n\r\n", b"data: c\r\r") == [
+        "data: a",
+        "data: b",
+        "",
+        "data: c",
+        "",
+    ]
+    assert await split_lines(b"data: last") == ["data: last"]  # the end cut it: kept for _sse_data
+    assert await split_lines(b"a\rb", b"\nc\n") == ["a", "b", "c"]
+
+
+async def test_lines_are_never_split_inside_the_text_and_utf8_survives_a_cut() -> None:
+    text = 'data: {"content": "copropri\u00e9t\u00e9\u2028ligne\u0085"}\n'.encode()
+    cut = text.index("\u00e9".encode()) + 1  # inside the two bytes of an é
+    assert await split_lines(text[:cut], text[cut:]) == [text.decode().rstrip("\n")]

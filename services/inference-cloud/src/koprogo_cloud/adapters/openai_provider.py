@@ -1,23 +1,28 @@
 """OpenAI's Chat Completions API: OpenAI, Mistral, any OpenAI-compatible server.
 
-A call is one POST on the `openai` SDK's own HTTP client (its connection pool and defaults),
-with the headers and URL the SDK would send built once, the body in, the JSON (or a stream's
-server-sent events) out: the SDK's request building (its per-call transform of the parameters)
-and its response models were most of the worker's CPU per chat (issue 17). The semantics stay
-the SDK's, as this service uses it (`max_retries=0`): its timeout and connection errors (a
-stream's too), an error status with the same error body, an error event in a stream, the
-provider's own usage.
+A call is one POST over aiohttp (the transport the `openai` SDK itself offers for concurrent
+use, `openai[aiohttp]`), with the headers and URL the SDK would send built once, the body in,
+the JSON (or a stream's server-sent events) out: the SDK's request building (its per-call
+transform of the parameters) and its response models were most of the worker's CPU per chat,
+then its default HTTP client (httpx2: 0.56 ms of CPU per call against aiohttp's 0.09 ms, issue
+17, bench/README.md). The semantics stay the SDK's, as this service uses it (`max_retries=0`,
+its connection limits, redirects followed, the timeout applied to connecting and to each
+read): its timeout and connection errors (a stream's too), an error status with the same error
+body, an error event in a stream, the provider's own usage.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeGuard
 
-import anyio
-import httpx2
+import aiohttp
+import certifi
 import openai
 
 from koprogo_cloud.adapters.providers import ChatProvider, OnDelta, ProviderCall, ProviderResult, status_error
@@ -44,27 +49,43 @@ class OpenAIProvider(ChatProvider):
         self._secrets = (api_key,) if api_key else ()
         # Mistral ends every stream with the usage unasked (and has no `stream_options`).
         self._stream_options = deployment.provider != "mistral"
-        # The SDK's HTTP client with the SDK's defaults (connection limits, redirects), shared by both paths.
-        self._http = openai.DefaultAsyncHttpxClient(timeout=deployment.timeout_s)
-        self._client = openai.AsyncOpenAI(
+        # The SDK's client, for what it would send: its base URL, user agent and auth headers.
+        client = openai.AsyncOpenAI(
             api_key=api_key or NO_KEY_PLACEHOLDER,
             base_url=deployment.effective_base_url,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=self._http,
         )
-        # What the SDK sends with every call, once (its base URL ends with "/"; parsed here, not per call).
-        self._url = httpx2.URL(f"{self._client.base_url}chat/completions")
+        # Its base URL ends with "/"; parsed here, not per call.
+        self._url = f"{client.base_url}chat/completions"
         self._headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "User-Agent": self._client.user_agent,
-            "Authorization": f"Bearer {self._client.api_key}",
+            "User-Agent": client.user_agent,
+            "Authorization": f"Bearer {client.api_key}",
         }
-        if self._client.organization is not None:
-            self._headers["OpenAI-Organization"] = self._client.organization
-        if self._client.project is not None:
-            self._headers["OpenAI-Project"] = self._client.project
+        if client.organization is not None:
+            self._headers["OpenAI-Organization"] = client.organization
+        if client.project is not None:
+            self._headers["OpenAI-Project"] = client.project
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        """One session per provider, made on the running loop at the first call."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # The SDK's default connection limit (`openai.DEFAULT_CONNECTION_LIMITS`).
+                connector=aiohttp.TCPConnector(
+                    limit=_MAX_CONNECTIONS,
+                    # httpx's trust store: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+                    ssl=_ssl_context(),
+                ),
+                # Proxies from HTTP(S)_PROXY / NO_PROXY, as httpx takes them.
+                trust_env=True,
+                # No `User-Agent: Python/aiohttp` of its own: the SDK's is in the headers.
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
 
     def _request(self, call: ProviderCall) -> dict[str, Any]:
         request: dict[str, Any] = {
@@ -82,17 +103,18 @@ class OpenAIProvider(ChatProvider):
         timeout = request.pop("timeout")
         body = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            response = await self._http.post(self._url, content=body, headers=self._headers, timeout=timeout)
-        except httpx2.TimeoutException:
+            async with self._http().post(
+                self._url, data=body, headers=self._headers, timeout=_timeout(timeout)
+            ) as response:
+                content = await response.read()
+        except TimeoutError:
             raise ProviderError("timeout", "no answer in time") from None
         except _CONNECTION_ERRORS:
             raise ProviderError("connection", "unreachable") from None
-        if not response.is_success:
-            raise status_error(
-                response.status_code, response.headers, _error_body(response.text), self._secrets
-            )
+        if not 200 <= response.status < 300:
+            raise status_error(response.status, response.headers, _error_body(_text(content)), self._secrets)
         try:
-            answer = json.loads(response.content)
+            answer = json.loads(content)
         except ValueError:
             raise ProviderError("bad_response", "the answer is not JSON") from None
         try:
@@ -111,37 +133,85 @@ class OpenAIProvider(ChatProvider):
         body = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
         answer = _StreamedAnswer()
         try:
-            # Leaving the block (also on cancel) closes the connection: the server stops.
-            async with self._http.stream(
-                "POST", self._url, content=body, headers=self._headers, timeout=timeout
+            # Leaving the block early (an error, a cancel) closes the connection: the server stops.
+            async with self._http().post(
+                self._url, data=body, headers=self._headers, timeout=_timeout(timeout)
             ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise status_error(
-                        response.status_code, response.headers, _error_body(response.text), self._secrets
-                    )
-                done = False
-                async for data in _sse_data(response.aiter_lines()):
-                    if done:
-                        continue  # read to the end, as the SDK does: the connection is reused
-                    if data.startswith("[DONE]"):
-                        done = True
-                        continue
-                    piece = answer.add(data)
-                    if piece:
-                        await on_delta(piece)
-        except httpx2.TimeoutException:
+                try:
+                    if not 200 <= response.status < 300:
+                        raise status_error(
+                            response.status,
+                            response.headers,
+                            _error_body(_text(await response.read())),
+                            self._secrets,
+                        )
+                    done = False
+                    async for data in _sse_data(_lines(response.content.iter_any())):
+                        if done:
+                            continue  # read to the end, as the SDK does: the connection is reused
+                        if data.startswith("[DONE]"):
+                            done = True
+                            continue
+                        piece = answer.add(data)
+                        if piece:
+                            await on_delta(piece)
+                except BaseException:
+                    response.close()
+                    raise
+        except TimeoutError:
             raise ProviderError("timeout", "no answer in time") from None
         except _CONNECTION_ERRORS:
             raise ProviderError("connection", "unreachable") from None
         return answer.result(call)
 
     async def close(self) -> None:
-        await self._client.close()  # and its HTTP client
+        if self._session is not None:
+            await self._session.close()
 
 
-# What the SDK reports as APIConnectionError (`openai._httpx2.request_exceptions`).
-_CONNECTION_ERRORS = (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream)
+# `openai.DEFAULT_CONNECTION_LIMITS.max_connections`.
+_MAX_CONNECTIONS = 1000
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """The SDK's timeout (httpx's: on connecting, on each read), not a bound on a whole stream."""
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+
+
+def _text(content: bytes) -> str:
+    return content.decode("utf-8", errors="replace")
+
+
+_LINE_END = re.compile("\r\n|\n|\r")
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The body's lines without their ends: split at \\r\\n, \\n or \\r only (the SSE spec,
+    httpx's `aiter_lines`), never inside a JSON string's U+2028; UTF-8 decoded across chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    rest = ""
+    async for chunk in chunks:
+        text = rest + decoder.decode(chunk)
+        # A final "\r" may be the first half of a "\r\n" whose "\n" is in the next chunk.
+        held = "\r" if text.endswith("\r") else ""
+        lines = _LINE_END.split(text[: len(text) - len(held)])
+        rest = lines.pop() + held
+        for line in lines:
+            yield line
+    rest += decoder.decode(b"", final=True)
+    if rest:  # the last line, without an end (or with the "\r" held above)
+        yield rest.removesuffix("\r")
+
+
+def _ssl_context() -> ssl.SSLContext:
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+# What the SDK reports as APIConnectionError (a request that failed on the way, not in time).
+_CONNECTION_ERRORS = (aiohttp.ClientError, ssl.SSLError, ConnectionError)
 
 
 def _error_body(text: str) -> object:
