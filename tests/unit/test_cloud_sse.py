@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from koprogo_cloud.adapters.openai_provider import _lines, _sse_data
+import pytest
+
+from koprogo_cloud.adapters.openai_provider import _env_proxy, _lines, _sse_data
 
 
 async def lines(*given: str) -> AsyncIterator[str]:
@@ -61,3 +63,19 @@ async def test_lines_are_never_split_inside_the_text_and_utf8_survives_a_cut() -
     text = 'data: {"content": "copropri\u00e9t\u00e9\u2028ligne\u0085"}\n'.encode()
     cut = text.index("\u00e9".encode()) + 1  # inside the two bytes of an é
     assert await split_lines(text[:cut], text[cut:]) == [text.decode().rstrip("\n")]
+
+
+def test_the_proxy_is_the_environments_unless_no_proxy_covers_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _env_proxy("https://api.openai.com/v1/chat/completions") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert _env_proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.example:3128"
+    assert _env_proxy("http://127.0.0.1:8000/v1/chat/completions") is None  # http, and NO_PROXY
+    monkeypatch.setenv("ALL_PROXY", "http://all.example:3128")
+    assert _env_proxy("http://mistral.local/v1/chat/completions") == "http://all.example:3128"
