@@ -10,7 +10,8 @@
 * KoproGo: the real stack (`koprogo_cli.stack.Stack`: embedded nats-server with fsynced JetStream
   and PostgreSQL, every service its own process, as `koprogo up` runs it) with an
   `openai_compatible` cloud deployment serving `gpt-4o-mini` from the same backend; the rate
-  limits raised out of the way (still counted: one KV write per chat), called with the dev token.
+  limits raised out of the way (still counted exactly: the counters' compare-and-set), called
+  with the dev token.
 * Backend: `bench/instant_openai.py`, a raw asyncio server answering every chat at once with a
   fixed completion and a `usage` block; measured alone first, to show it is not the bottleneck.
 * Load: `wrk` (Debian: `apt-get install -y wrk`) with `bench/peer_proxy.lua` (the same POST body
