@@ -212,7 +212,8 @@ def _env_proxy(url: str) -> str | None:
     NO_PROXY covers its host)."""
     parts = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies_environment()
-    if parts.hostname is None or urllib.request.proxy_bypass_environment(parts.hostname, proxies):
+    # On Linux `proxy_bypass` is `proxy_bypass_environment`: NO_PROXY's rules.
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
         return None
     return proxies.get(parts.scheme) or proxies.get("all")
 
