@@ -192,6 +192,34 @@ async def test_requests_queued_behind_a_failing_store_fail_fast_then_the_store_i
     assert SlowlyDown.calls == 2
 
 
+async def test_requests_arriving_while_a_write_fails_are_refused_with_it_not_after_a_timeout_of_their_own() -> (
+    None
+):
+    calls_before = SlowlyDown.calls
+    gateway = limiter(SlowlyDown())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(gateway.admit([(COPRO, "a")]))
+    await asyncio.sleep(0.01)  # the first write is on its way (it fails after 0.05 s)
+    later = [asyncio.ensure_future(gateway.admit([(COPRO, "a")])) for _ in range(10)]
+    results = await asyncio.gather(first, *later, return_exceptions=True)
+    assert all(isinstance(r, RateLimitUnavailableError) for r in results)
+    assert SlowlyDown.calls - calls_before == 1  # the next turn found the back-off armed
+    assert loop.time() - started < 0.09  # not a second timeout of 0.05 s
+
+
+async def test_a_writer_cancelled_before_its_first_step_does_not_hang_its_key() -> None:
+    gateway = limiter(FakeCounterStore())
+    first = asyncio.ensure_future(gateway.admit([(COPRO, "a")]))
+    await asyncio.sleep(0)  # the request waits in the key's queue; its writer has not run yet
+    for writer in list(gateway._writers):
+        writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, timeout=1)
+    decision = await asyncio.wait_for(gateway.admit([(COPRO, "a")]), timeout=1)
+    assert decision.admitted and decision.usages[0].remaining == 19
+
+
 async def test_steady_traffic_during_the_back_off_does_not_keep_the_store_unasked() -> None:
     # A refusal decided without the store (its back-off) must not re-arm the back-off: under
     # steady traffic the store was never asked again after NATS came back (tests/fault, NATS kill).

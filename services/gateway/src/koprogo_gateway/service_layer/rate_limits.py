@@ -11,8 +11,8 @@ Within one gateway, the requests for one key are counted by one writer at a time
 while a write is on its way to the store, the requests that arrive for the same key wait, and
 the next write counts them all at once (`n + k`, or only as many as the limit leaves room for;
 the others are refused on the count just written). Compare-and-set conflicts then only happen
-between gateways, the revision this gateway wrote last usually lets the next write go without
-reading first, and under concurrent load a stored write counts several requests (issue 17:
+between gateways (or with this gateway's own give-backs), the revision this gateway wrote last
+usually lets the next write go without reading first, and under concurrent load a stored write counts several requests (issue 17:
 two stored writes per chat were a third of nats-server's work at 16 connections).
 
 When a request is refused by a later policy after an earlier one counted it, the earlier
@@ -27,6 +27,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from prometheus_client import Counter as PromCounter
 
@@ -117,11 +118,8 @@ class RateLimiter:
             await self._give_back(counted)
             raise
         except CounterStoreUnavailableError as exc:
+            # The back-off is armed already, by the key's writer (`_write_turns`).
             await self._give_back(counted)
-            if not isinstance(exc, _StoreBackingOff):
-                # Only a failure of the store itself arms the back-off: a refusal decided during
-                # it must not extend it, or steady traffic keeps the store unasked for ever.
-                self._store_down_until = max(self._store_down_until, self.clock() + self.store_retry_s)
             if self.fail_open:
                 DECISIONS.labels(outcome="store_unavailable_let_through").inc()
                 return RateLimitDecision(admitted=True)
@@ -144,7 +142,7 @@ class RateLimiter:
             queue = self._queues[key] = []
             writer = asyncio.create_task(self._write_turns(key, queue), name=f"rate-limit {key}")
             self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+            writer.add_done_callback(partial(self._writer_done, key, queue))
         queue.append(waiting)
         try:
             return await waiting.outcome
@@ -168,6 +166,16 @@ class RateLimiter:
                 try:
                     counts = await self._count(key, batch[0].limit, len(batch))
                 except Exception as exc:  # the store's failure (or any other) is each waiter's own
+                    if isinstance(exc, CounterStoreUnavailableError) and not isinstance(
+                        exc, _StoreBackingOff
+                    ):
+                        # Armed before the next turn: the requests that arrived during this write
+                        # are refused at once instead of each waiting for the store's timeout.
+                        # Only a failure of the store itself arms it: a refusal decided during the
+                        # back-off must not extend it, or steady traffic keeps the store unasked.
+                        self._store_down_until = max(
+                            self._store_down_until, self.clock() + self.store_retry_s
+                        )
                     for waiting in batch:
                         if not waiting.outcome.done():
                             waiting.outcome.set_exception(exc)
@@ -178,6 +186,15 @@ class RateLimiter:
         finally:
             del self._queues[key]
             for waiting in [*batch, *queue]:  # only when the writer itself was cancelled
+                waiting.outcome.cancel()
+
+    def _writer_done(self, key: str, queue: list[_Waiting], writer: asyncio.Task[None]) -> None:
+        self._writers.discard(writer)
+        # A writer cancelled before its first step never ran its `finally`: its waiters too are
+        # cancelled, and the key's next request starts a writer of its own.
+        if self._queues.get(key) is queue:
+            del self._queues[key]
+            for waiting in queue:
                 waiting.outcome.cancel()
 
     async def _count(self, key: str, limit: int, wanted: int) -> list[tuple[bool, int]]:
@@ -224,7 +241,8 @@ class RateLimiter:
             raise _StoreBackingOff("the store failed moments ago")
 
     async def _decrement(self, key: str) -> None:
-        self._check_store()
+        # Not held back by the store's back-off: the slot was counted moments ago, so the store
+        # may well answer (a request refused by its copro's counter during the back-off).
         for _ in range(self.max_attempts):
             current = await self.store.read(key)
             if current is None or current.count == 0:
