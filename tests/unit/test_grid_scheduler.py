@@ -372,6 +372,19 @@ async def test_a_node_that_dies_loses_its_task_to_another_node(world: Any) -> No
     assert published_types(bus) == ["assigned", "requeued", "assigned"]
 
 
+async def test_no_node_is_judged_lost_before_the_scheduler_could_hear_its_heartbeats(world: Any) -> None:
+    scheduler, _clock, _replies, store, bus = world
+    t = task()
+    await scheduler.on_submitted(t)
+    await scheduler.poll(node("n1"), "inbox-1", wait_s=0)
+    await scheduler.on_started(*started(t, "n1"))
+    await scheduler.tick(alive=None)  # just started: nobody heard yet
+    assert [(a.node_id, a.outcome) for a in store.saved[t.id].attempts] == [("n1", None)]
+    assert published_types(bus) == ["assigned"]
+    await scheduler.tick(alive=set())  # heard for long enough, and n1 was not
+    assert [(a.node_id, a.outcome) for a in store.saved[t.id].attempts] == [("n1", "node_lost")]
+
+
 async def test_an_assignment_never_started_goes_back_after_the_grace_and_attempts_are_bounded(
     world: Any,
 ) -> None:

@@ -116,6 +116,10 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
             (c.node_id, c.task_types, c.pools) for c in registry.alive(time.monotonic()) if c.task_types
         ]
         await follow_heartbeats(nc, registry)
+        # Nodes are judged lost only once the scheduler has listened long enough to have heard them
+        # (their answer to the announce request, or their next heartbeat): a restarted scheduler
+        # took every running task back from its live nodes at its first tick.
+        judge_nodes_from = time.monotonic() + settings.grid_heartbeat_warmup_s
 
         async def handle(msg: Msg) -> None:
             await on_task_event(scheduler, msg, traces.remember)
@@ -149,7 +153,8 @@ async def run_scheduler(settings: SchedulerSettings, stop: asyncio.Event) -> Non
             dispatched = 0
             seen: tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {}, {})
             while not stop.is_set():
-                alive = {c.node_id for c in registry.alive(time.monotonic())}
+                now = time.monotonic()
+                alive = {c.node_id for c in registry.alive(now)} if now >= judge_nodes_from else None
                 try:
                     await scheduler.tick(alive)
                 except Exception:

@@ -28,6 +28,9 @@ class SchedulerSettings(ServiceSettings):
     grid_final_keep_s: float = Field(default=86400.0, gt=0)
     # How often overdue attempts and long polls are looked at.
     grid_tick_s: float = Field(default=0.5, gt=0)
+    # After start, how long the scheduler listens for heartbeats before it judges a node lost
+    # (longer than a node's heartbeat interval, 2 s by default).
+    grid_heartbeat_warmup_s: float = Field(default=3.0, ge=0)
     # What each node's NATS key was minted for; a heartbeat claiming more is refused (as routers
     # do). Also each node's owner, public key and device (docs/grid-trust.md).
     node_roster_file: Path | None = None

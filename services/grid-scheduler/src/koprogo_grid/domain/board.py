@@ -948,10 +948,10 @@ class TaskBoard:
         )
 
     def overdue(
-        self, now: datetime, alive: set[str]
+        self, now: datetime, alive: set[str] | None
     ) -> list[tuple[TaskState, int | None, AttemptOutcome, str]]:
-        """Tasks to end (expired: attempt None) and replicas to take back: node lost, not started in
-        time, deadline missed."""
+        """Tasks to end (expired: attempt None) and replicas to take back: node lost (not judged
+        while `alive` is None: not known yet), not started in time, deadline missed."""
         found: list[tuple[TaskState, int | None, AttemptOutcome, str]] = []
         for state in self._states.values():
             if state.final:
@@ -960,7 +960,7 @@ class TaskBoard:
                 found.append((state, None, "expired", "the task expired before a node finished it"))
                 continue
             for r in state.open_replicas:
-                if r.node_id not in alive:
+                if alive is not None and r.node_id not in alive:
                     found.append(
                         (state, r.attempt, "node_lost", f"node {r.node_id} stopped sending heartbeats")
                     )

@@ -412,8 +412,12 @@ class GridScheduler:
 
     # ----- time --------------------------------------------------------------------------------
 
-    async def tick(self, alive: set[str]) -> None:
-        """Answer polls that waited long enough, take back overdue replicas, drop old tombstones."""
+    async def tick(self, alive: set[str] | None) -> None:
+        """Answer polls that waited long enough, take back overdue replicas, drop old tombstones.
+
+        `alive`: the nodes heard from lately; None while that is not known yet (the scheduler
+        has just started and not listened for a heartbeat's interval): no node is judged lost.
+        """
         for waiter in self.board.waiters_until(self._monotonic()):
             await self._respond(waiter.reply, GridPollReply(reason="no_work"))
         now = self._clock()
