@@ -246,7 +246,12 @@ async def test_a_request_nobody_answers_is_504_and_recorded_as_failed(stack_fact
     )
     await nc.publish(subjects.node_heartbeat("ghost"), beat.model_dump_json().encode())
     await nc.flush()
-    await asyncio.sleep(0.2)
+
+    async def ghost_heard() -> bool:  # one heartbeat, heard by the gateway and the router alike
+        models = (await stack.client.get("/mcp/v1/models")).json()["models"]
+        return any(m["id"] == "phi-2:2.7b-q4" and m["is_available"] for m in models)
+
+    await wait_until(ghost_heard, timeout=10)
     started = time.monotonic()
     response = await stack.client.post("/mcp/v1/chat", json=chat_body(model="phi-2:2.7b-q4"))
     assert response.status_code == 504

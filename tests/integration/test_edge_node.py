@@ -178,7 +178,7 @@ async def test_a_node_heartbeats_right_after_connecting_and_every_interval(clean
     assert (first.node_id, first.models, first.in_flight, first.capacity) == ("edge-hb", [MODEL], 0, 1)
     assert (first.power_watts, first.intensity_g_per_kwh, first.renewable_attested) == (5.5, 40, False)
     assert first.interval_s == 0.2 and first.tokens_per_second == 0.0
-    assert 0.4 < elapsed < 1.5
+    assert 0.3 < elapsed < 1.5  # 0.6 s nominal; the first beat may be read late
 
 
 async def test_a_grid_node_announces_the_key_its_reports_are_signed_with(

@@ -33,6 +33,7 @@ from koprogo_shared.events import (
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
+from tests.integration.nats_permissions_support import subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,7 @@ async def test_a_stream_moved_to_another_node_ends_with_node_changed_over_nats(c
 
         await nodes.subscribe(subjects.CHAT_REQUESTED_ALL, cb=answer)
         await nodes.subscribe("koprogo.cancel.>", cb=cancelled)
-        await nodes.flush()
+        await subscribed(nodes)  # the chat is published on another connection
         resident = caller_from_claims("u1", [COPRO], frozenset({READ, WRITE}))
         body = ChatRequestIn.model_validate(
             {

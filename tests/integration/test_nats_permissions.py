@@ -369,7 +369,7 @@ async def test_the_gateway_publishes_requests_and_keeps_its_counters_but_cannot_
         await gateway.nc.subscribe(subjects.gateway_reply("gw-1"))
         await gateway.nc.subscribe(subjects.NODE_HEARTBEAT_ALL)
         await gateway.nc.publish(subjects.NODES_ANNOUNCE, b"")
-        await gateway.nc.flush()
+        await subscribed(gateway.nc)  # a refused SUB's -ERR comes before the second PONG
         assert gateway.refusals.errors.empty()
 
         await gateway.nc.publish(subjects.run_inference_edge(MODEL), b"{}")
@@ -552,6 +552,7 @@ async def test_a_node_cannot_say_that_another_node_leaves_nor_speak_for_it(secur
         connected_as(secured, "node:pi-2") as pi_2,
     ):
         await follow_heartbeats(router.nc, registry)
+        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_1.nc.publish(subjects.node_heartbeat("pi-1"), _heartbeat("pi-1", MODEL))
         await wait_until(lambda: _serving(registry, MODEL) == ["pi-1"], timeout=5)
         # On the one heartbeat subject its key may use, pi-2 says pi-1 leaves, then speaks as pi-1.
@@ -569,6 +570,7 @@ async def test_a_node_cannot_announce_a_model_its_key_was_not_minted_for(secured
     refused = _heartbeats_refused("model_not_granted")
     async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
         await follow_heartbeats(router.nc, registry)
+        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", MODEL))  # pi-1's model
         await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL))
         await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
@@ -584,6 +586,7 @@ async def test_a_node_cannot_claim_a_cleaner_energy_than_its_operator_declared(s
     dirtier_hour = EdgeFootprint(power_watts=7.0, intensity_g_per_kwh=400.0)
     async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
         await follow_heartbeats(router.nc, registry)
+        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_2.nc.publish(
             subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL, footprint=zero_grams)
         )

@@ -86,10 +86,27 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server did not start; the message says why and where its log is."""
 
 
+# The ports free_port() gave last in this process: a port is chosen free, released, and bound by its
+# server only later, so the kernel may offer it again meanwhile (its choice is random: two calls a
+# moment apart meet about once in 14,000). Told the same port, the second server fails to bind and
+# its callers talk to the first (a test's gateway calls reached another service's ops server).
+# Bounded: the kernel's odd ports (those bind(0) prefers) are ~14,000; the window that matters is
+# seconds, the last thousands given cover it.
+_GIVEN_PORTS: dict[int, None] = {}
+_GIVEN_PORTS_KEPT = 4096
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, and none of the last ones this process gave."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS[port] = None
+            if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
+                del _GIVEN_PORTS[next(iter(_GIVEN_PORTS))]
+            return port
 
 
 def wait_for_port(
