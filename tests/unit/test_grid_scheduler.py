@@ -357,12 +357,18 @@ async def test_a_report_from_another_node_or_an_old_attempt_or_another_subject_i
     assert scheduler.refused_reports == 3
 
 
-async def test_a_node_that_dies_loses_its_task_to_another_node(world: Any) -> None:
-    scheduler, _clock, replies, store, bus = world
+async def running_on_n1(scheduler: Any) -> TaskSubmitted:
+    """A task submitted, given to n1 and started there."""
     t = task()
     await scheduler.on_submitted(t)
     await scheduler.poll(node("n1"), "inbox-1", wait_s=0)
     await scheduler.on_started(*started(t, "n1"))
+    return t
+
+
+async def test_a_node_that_dies_loses_its_task_to_another_node(world: Any) -> None:
+    scheduler, _clock, replies, store, bus = world
+    t = await running_on_n1(scheduler)
     await scheduler.poll(node("n2"), "inbox-2", wait_s=30)
     await scheduler.tick(alive={"n2"})  # n1's heartbeats stopped
     [answer] = replies.to("inbox-2")
@@ -374,10 +380,7 @@ async def test_a_node_that_dies_loses_its_task_to_another_node(world: Any) -> No
 
 async def test_no_node_is_judged_lost_before_the_scheduler_could_hear_its_heartbeats(world: Any) -> None:
     scheduler, _clock, _replies, store, bus = world
-    t = task()
-    await scheduler.on_submitted(t)
-    await scheduler.poll(node("n1"), "inbox-1", wait_s=0)
-    await scheduler.on_started(*started(t, "n1"))
+    t = await running_on_n1(scheduler)
     await scheduler.tick(alive=None)  # just started: nobody heard yet
     assert [(a.node_id, a.outcome) for a in store.saved[t.id].attempts] == [("n1", None)]
     assert published_types(bus) == ["assigned"]

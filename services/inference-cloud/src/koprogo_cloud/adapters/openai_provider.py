@@ -51,7 +51,8 @@ class OpenAIProvider(ChatProvider):
         self._secrets = (api_key,) if api_key else ()
         # Mistral ends every stream with the usage unasked (and has no `stream_options`).
         self._stream_options = deployment.provider != "mistral"
-        # The SDK's client, for what it would send: its base URL, user agent and auth headers.
+        # The SDK's client, for what it would send: its base URL, user agent and auth headers. A
+        # local: its httpx client never opens a connection, and the SDK closes it when collected.
         client = openai.AsyncOpenAI(
             api_key=api_key or NO_KEY_PLACEHOLDER,
             base_url=deployment.effective_base_url,
@@ -173,8 +174,8 @@ class OpenAIProvider(ChatProvider):
             await self._session.close()
 
 
-# `openai.DEFAULT_CONNECTION_LIMITS.max_connections`.
-_MAX_CONNECTIONS = 1000
+# The SDK's (1000 today); None there would mean no limit, which is aiohttp's 0.
+_MAX_CONNECTIONS = openai.DEFAULT_CONNECTION_LIMITS.max_connections or 0
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
