@@ -117,3 +117,59 @@ async def test_a_consumer_lingering_after_a_small_batch_stops_at_once(clean_jets
         await asyncio.wait_for(task, timeout=2)
     finally:
         await nc.close()
+
+
+async def _ack_pending(js: JetStreamContext, count: int) -> bool:
+    return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_ack_pending == count
+
+
+async def test_the_next_full_batch_is_fetched_while_one_is_handled_and_handled_after_it(
+    clean_jetstream: str,
+) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    batches: list[list[bytes]] = []
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        if not batches:  # while the first batch is handled, the second is delivered too
+            await wait_until(lambda: _ack_pending(js, 20), timeout=5)
+        batches.append([m.data for m in msgs])
+        return [ACK] * len(msgs)
+
+    try:
+        await _published(js, *(b"%d" % i for i in range(25)))
+        async with consuming(js, handler):
+            await wait_until(lambda: sum(len(b) for b in batches) == 25)
+            await wait_until(lambda: _settled(js))
+    finally:
+        await nc.close()
+    assert batches == [[b"%d" % i for i in range(n, min(n + 10, 25))] for n in (0, 10, 20)]
+
+
+async def test_a_batch_fetched_ahead_is_given_back_when_the_consumer_stops(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    handled: list[bytes] = []
+    stop = asyncio.Event()
+
+    async def first_batch_then_stop(msgs: Sequence[Msg]) -> list[Decision]:
+        await wait_until(lambda: _ack_pending(js, 20), timeout=5)  # the second batch is ours too
+        handled.extend(m.data for m in msgs)
+        stop.set()
+        return [ACK] * len(msgs)
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        handled.extend(m.data for m in msgs)
+        return [ACK] * len(msgs)
+
+    try:
+        await _published(js, *(b"%d" % i for i in range(20)))
+        first = asyncio.create_task(
+            run_pull_consumer(js, SPEC, stop=stop, batch_handler=first_batch_then_stop)
+        )
+        await asyncio.wait_for(first, timeout=10)
+        assert handled == [b"%d" % i for i in range(10)]
+        # NAKed on the way out: the next consumer has them at once, not after the 30 s ack wait.
+        async with consuming(js, handler):
+            await wait_until(lambda: len(handled) == 20, timeout=5)
+    finally:
+        await nc.close()
+    assert handled == [b"%d" % i for i in range(20)]

@@ -276,7 +276,8 @@ async def run_pull_consumer(
     """Fetch and settle messages until `stop` is set or the task is cancelled.
 
     Give either `handler` (each message is settled as soon as it is handled) or
-    `batch_handler` (the messages of a fetch are settled once it has decided them all).
+    `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
+    full batch the next one is fetched while it is handled, and handled after it).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
@@ -295,10 +296,13 @@ async def run_pull_consumer(
         spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
     )
     backoff = 0.1
+    # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
+    ahead: asyncio.Task[list[Msg]] | None = None
     try:
         while stop is None or not stop.is_set():
+            fetching, ahead = ahead, None
             try:
-                msgs = await sub.fetch(batch=spec.batch, timeout=1.0)
+                msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0))
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
@@ -315,6 +319,11 @@ async def run_pull_consumer(
             backoff = 0.1
             fetched_at = loop.time()
             if batch_handler is not None:
+                if len(msgs) == spec.batch:
+                    # A full batch: more are likely stored. Ask for them now, so the fetch's
+                    # round trip and the reading of its messages overlap this batch's handling
+                    # (the ledger's database round trips); they are handled after it, in order.
+                    ahead = asyncio.create_task(sub.fetch(batch=spec.batch, timeout=1.0))
                 decisions = await decide_batch(msgs, batch_handler)
                 for msg, decision in zip(msgs, decisions, strict=True):
                     await settle(js, msg, decision, spec.max_deliver)
@@ -324,10 +333,25 @@ async def run_pull_consumer(
             if len(msgs) < spec.batch:
                 await _linger(fetched_at + spec.linger_s - loop.time(), stop)
     finally:
+        if ahead is not None:
+            await _give_back(ahead)
         try:
             await sub.unsubscribe()
         except Exception:
             pass
+
+
+async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
+    """A batch fetched ahead and never handled (the consumer stops): NAKed, to be redelivered at
+    once rather than after `ack_wait`. The fetch is let finish (within its 1 s timeout: one whose
+    messages have arrived ends at once, cancelling it would leave them unacknowledged); cut short
+    by a second cancellation, what it had is redelivered after `ack_wait`."""
+    try:
+        msgs = await ahead
+    except Exception:  # timed out, or the connection closed: nothing was handed over
+        return
+    for msg in msgs:
+        await _quietly(msg.nak())
 
 
 async def _linger(seconds: float, stop: asyncio.Event | None) -> None:

@@ -298,11 +298,16 @@ def _deliver(plan: BatchPlan, event: ChatDelivered, chat: _Chat) -> None:
 
 
 async def apply_plan(
-    events: Sequence[Event], forced: set[int], uow: ProjectionUnitOfWork, trace_ids: Mapping[str, str]
+    events: Sequence[Event],
+    forced: set[int],
+    uow: ProjectionUnitOfWork,
+    trace_ids: Mapping[str, str],
+    keys: Sequence[RequestKey | None] | None = None,
 ) -> BatchPlan:
     """One pass: read and lock what the candidates name, claim them, plan, and (when nothing it
-    claimed was left to the per-event path) write the plan. The caller holds a savepoint."""
-    keys = request_keys(events)
+    claimed was left to the per-event path) write the plan. The caller holds a savepoint;
+    `keys`: the events' `request_keys`, when the caller has them."""
+    keys = request_keys(events) if keys is None else keys
     indices = candidates(events, forced, keys)
     requests, responses = referenced_requests(events, indices, keys)
     stored_requests = await uow.lock_requests(requests) if requests else {}

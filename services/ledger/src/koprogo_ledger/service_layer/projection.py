@@ -40,7 +40,13 @@ from koprogo_ledger.domain.records import (
     user_key,
 )
 from koprogo_ledger.domain.rewards import RewardRules
-from koprogo_ledger.service_layer.chat_batch import MAX_PASSES, BatchPlan, apply_plan, candidates
+from koprogo_ledger.service_layer.chat_batch import (
+    MAX_PASSES,
+    BatchPlan,
+    apply_plan,
+    candidates,
+    request_keys,
+)
 from koprogo_ledger.service_layer.grid_accounts import apply_grid_accounts, moves_tokens
 from koprogo_ledger.service_layer.ports import ProjectionUnitOfWork
 from koprogo_ledger.service_layer.task_projection import TaskEvent, apply_task_event
@@ -161,12 +167,13 @@ async def _set_based(
 ) -> BatchPlan | None:
     """The set-based pass, under a savepoint; None when the whole batch must go per event."""
     forced: set[int] = set()
+    keys = request_keys(events)  # parsed once for every pass
     for _ in range(MAX_PASSES):
-        if not candidates(events, forced):
+        if not candidates(events, forced, keys):
             return None
         try:
             async with uow.savepoint():
-                plan = await apply_plan(events, forced, uow, traces)
+                plan = await apply_plan(events, forced, uow, traces, keys)
                 if plan.claimed_then_left:
                     raise _Replan(plan.per_event)
                 return plan
