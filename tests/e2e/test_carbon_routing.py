@@ -15,7 +15,7 @@ import pytest
 
 from koprogo_cli.embedded import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack
 from tests.integration.cloud_support import openai_compatible_server
 
@@ -55,8 +55,7 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
 
 
 async def available(client: httpx.AsyncClient, model: str) -> bool:
-    models = (await client.get("/mcp/v1/models")).json()["models"]
-    return any(m["id"] == model and m["is_available"] for m in models)
+    return (await available_models(client)).get(model, False)
 
 
 async def test_auto_runs_on_the_edge_then_falls_back_to_the_cloud_and_edge_only_refuses(

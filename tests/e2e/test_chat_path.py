@@ -15,7 +15,7 @@ from koprogo_shared import subjects
 from koprogo_shared.catalogue import AUTO_CLASSES, BUNDLED_MODEL_ID, CATALOGUE
 from koprogo_shared.content_crypto import Keyring, decrypt_request_messages, decrypt_response_content
 from koprogo_shared.events import NodeHeartbeat
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack, published_subjects
 from tests.integration.ledger_support import dump_of_contents_tables, readable_in
 
@@ -248,8 +248,7 @@ async def test_a_request_nobody_answers_is_504_and_recorded_as_failed(stack_fact
     await nc.flush()
 
     async def ghost_heard() -> bool:  # one heartbeat, heard by the gateway and the router alike
-        models = (await stack.client.get("/mcp/v1/models")).json()["models"]
-        return any(m["id"] == "phi-2:2.7b-q4" and m["is_available"] for m in models)
+        return (await available_models(stack.client)).get("phi-2:2.7b-q4", False)
 
     await wait_until(ghost_heard, timeout=10)
     started = time.monotonic()

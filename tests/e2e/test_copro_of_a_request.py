@@ -19,7 +19,7 @@ import nats
 
 from koprogo_shared.events import ChatRequested
 from koprogo_shared.subjects import CHAT_REQUESTED_ALL
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_carbon_routing import CLOUD_MODEL, cloud_server, deployment
 from tests.token_support import AUTH_SETTINGS, bearer, token
@@ -39,8 +39,7 @@ def chat(**extra: Any) -> dict[str, Any]:
 
 
 async def cloud_available(client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
-    models = (await client.get("/mcp/v1/models", headers=headers)).json()["models"]
-    return any(m["id"] == CLOUD_MODEL and m["is_available"] for m in models)
+    return (await available_models(client, headers)).get(CLOUD_MODEL, False)
 
 
 async def test_a_member_who_leaves_out_context_runs_under_the_copros_edge_only_policy(

@@ -13,7 +13,7 @@ import pytest
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.events import NodeHeartbeat
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_chat_path import StackFactory, chat_body
 from tests.integration.edge_support import node_process
@@ -80,8 +80,7 @@ async def test_a_node_dying_mid_answer_with_no_other_node_is_a_quick_503_not_a_h
 
 
 async def _model_available(stack: RunningStack) -> bool:
-    models = (await stack.client.get("/mcp/v1/models")).json()["models"]
-    return any(m["id"] == BUNDLED_MODEL_ID and m["is_available"] for m in models)
+    return (await available_models(stack.client)).get(BUNDLED_MODEL_ID, False)
 
 
 async def test_stats_before_the_ledger_made_its_tables_is_a_clear_503(stack_factory: StackFactory) -> None:

@@ -17,7 +17,7 @@ from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.node_roster import NodeGrant, render_roster
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack
 
 StackFactory = Callable[..., Awaitable[RunningStack]]
@@ -43,11 +43,6 @@ def beat(node_id: str, models: list[str]) -> bytes:
     )
 
 
-async def _available(stack: RunningStack) -> dict[str, bool]:
-    models = (await stack.client.get("/mcp/v1/models")).json()["models"]
-    return {m["id"]: m["is_available"] for m in models}
-
-
 async def test_a_heartbeat_claiming_a_model_its_key_was_not_minted_for_is_not_believed(
     stack_factory: StackFactory, tmp_path: Path
 ) -> None:
@@ -65,10 +60,10 @@ async def test_a_heartbeat_claiming_a_model_its_key_was_not_minted_for_is_not_be
             await nc.publish(subjects.node_heartbeat("pi-1"), beat("pi-1", [BUNDLED_MODEL_ID]))
             await nc.flush()
         await wait_until(lambda: _bundled_available(stack), timeout=10)
-        assert (await _available(stack))[CLAIMED] is False
+        assert (await available_models(stack.client))[CLAIMED] is False
     finally:
         await nc.close()
 
 
 async def _bundled_available(stack: RunningStack) -> bool:
-    return (await _available(stack))[BUNDLED_MODEL_ID]
+    return (await available_models(stack.client)).get(BUNDLED_MODEL_ID, False)

@@ -26,7 +26,7 @@ from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.nats_connection import connect_nats, declare_streams
-from tests.conftest import wait_until
+from tests.conftest import available_models, wait_until
 from tests.fault.agreement import Agreement, counted_per_request, ledger_rows, stats
 from tests.fault.chat_load import ChatLoad, NodesAtWork
 from tests.fault.conftest import (
@@ -51,11 +51,7 @@ CLUSTER_NODE_DOWN_S = 15.0
 
 async def model_available(stack: ProcessStack, model: str) -> bool:
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=5) as client:
-        try:
-            models = (await client.get("/mcp/v1/models")).json()["models"]
-        except httpx.HTTPError:
-            return False
-    return any(m["id"] == model and m["is_available"] for m in models)
+        return (await available_models(client)).get(model, False)
 
 
 async def under_load(

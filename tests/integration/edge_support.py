@@ -30,8 +30,7 @@ from koprogo_shared.events import (
     reply_message_adapter,
     utc_now,
 )
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
-from tests.integration.nats_permissions_support import subscribed
+from koprogo_shared.nats_connection import connect_nats, ensure_streams, subscribed
 
 MODEL = BUNDLED_MODEL_ID
 

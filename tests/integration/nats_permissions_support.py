@@ -60,18 +60,3 @@ async def request_refused(action: Awaitable[object]) -> None:
     """A refused JetStream API request is dropped by the server: no answer comes."""
     with pytest.raises(nats.errors.TimeoutError):
         await action
-
-
-async def subscribed(nc: NATS) -> None:
-    """Return once the server holds every subscription `nc` made so far.
-
-    `flush()` alone does not ensure it with nats-py (2.16): it writes its PING straight to the
-    socket, ahead of the commands still queued for the client's flusher task (the SUB just
-    made), so the PONG may come back before the server has the subscription, and a message
-    another connection publishes meanwhile reaches nobody: about 1 subscription in 100 here
-    (subscribe, flush, publish from a second connection: 26 to 29 lost of 3000). The first
-    round trip gives the flusher its turn (the SUB leaves); the second PING follows the SUB on
-    the socket, so its PONG proves the server processed it (0 lost of 3000).
-    """
-    await nc.flush()
-    await nc.flush()

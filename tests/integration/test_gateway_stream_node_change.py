@@ -31,9 +31,8 @@ from koprogo_shared.events import (
     InferenceStarted,
     Usage,
 )
-from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.nats_connection import connect_nats, ensure_streams, subscribed
 from koprogo_shared.node_registry import NodeRegistry
-from tests.integration.nats_permissions_support import subscribed
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_shared import grid_signing as g
 from koprogo_shared import subjects
 from koprogo_shared.grid_stores import ensure_documents_store
+from koprogo_shared.nats_connection import subscribed
 from koprogo_shared.task_events import GridPollReply, TaskAssignment, TaskResultReported, TaskStarted
 from tests.integration.edge_support import nats_client, node_settings, running_node
-from tests.integration.nats_permissions_support import subscribed
 
 pytestmark = pytest.mark.integration
 

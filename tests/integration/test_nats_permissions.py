@@ -66,6 +66,7 @@ from koprogo_shared.nats_connection import (
     ensure_streams,
     publish_event,
     streams_for_service,
+    subscribed,
 )
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
@@ -73,7 +74,7 @@ from koprogo_shared.task_events import NodeTrustChanged
 from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node
 from tests.integration.ledger_support import chat_requested
-from tests.integration.nats_permissions_support import Client, connected_as, request_refused, subscribed
+from tests.integration.nats_permissions_support import Client, connected_as, request_refused
 
 pytestmark = pytest.mark.integration
 
@@ -552,7 +553,6 @@ async def test_a_node_cannot_say_that_another_node_leaves_nor_speak_for_it(secur
         connected_as(secured, "node:pi-2") as pi_2,
     ):
         await follow_heartbeats(router.nc, registry)
-        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_1.nc.publish(subjects.node_heartbeat("pi-1"), _heartbeat("pi-1", MODEL))
         await wait_until(lambda: _serving(registry, MODEL) == ["pi-1"], timeout=5)
         # On the one heartbeat subject its key may use, pi-2 says pi-1 leaves, then speaks as pi-1.
@@ -570,7 +570,6 @@ async def test_a_node_cannot_announce_a_model_its_key_was_not_minted_for(secured
     refused = _heartbeats_refused("model_not_granted")
     async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
         await follow_heartbeats(router.nc, registry)
-        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", MODEL))  # pi-1's model
         await pi_2.nc.publish(subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL))
         await wait_until(lambda: _serving(registry, OTHER_MODEL) == ["pi-2"], timeout=5)
@@ -586,7 +585,6 @@ async def test_a_node_cannot_claim_a_cleaner_energy_than_its_operator_declared(s
     dirtier_hour = EdgeFootprint(power_watts=7.0, intensity_g_per_kwh=400.0)
     async with connected_as(secured, "router") as router, connected_as(secured, "node:pi-2") as pi_2:
         await follow_heartbeats(router.nc, registry)
-        await subscribed(router.nc)  # follow_heartbeats flushes once: not proof the SUB arrived
         await pi_2.nc.publish(
             subjects.node_heartbeat("pi-2"), _heartbeat("pi-2", OTHER_MODEL, footprint=zero_grams)
         )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from koprogo_cli import embedded
 from koprogo_cli.embedded import free_port
 
 
@@ -13,3 +16,18 @@ def test_the_ports_given_one_after_another_are_all_different_and_free() -> None:
     assert len(set(ports)) == len(ports)
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[-1]))  # and the last one is free to bind
+
+
+class _GivenAll(dict[int, None]):
+    """A memory in which every port was given already."""
+
+    def __contains__(self, port: object) -> bool:
+        return True
+
+
+def test_a_kernel_offering_only_given_ports_still_gets_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A narrow port range can leave fewer free ports than the memory keeps: free_port must not spin.
+    monkeypatch.setattr(embedded, "_GIVEN_PORTS", _GivenAll())
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 
 from koprogo_ledger.domain.errors import InvalidEventError, RequestNotYetProjectedError, StoreUnavailableError
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
-from koprogo_ledger.service_layer.chat_batch import plan_batch
+from koprogo_ledger.service_layer.chat_batch import plan_batch, request_keys
 from koprogo_ledger.service_layer.projection import Projected, project_batch
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ACK, DeadLetter, Retry
+from koprogo_shared.consumer import ACK, DeadLetter, Defer, Retry
 from koprogo_shared.events import ChatDelivered, ChatFailed, Event, UserDataErasureRequested
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
 from tests.unit.test_ledger_records import T0, completed, requested
@@ -132,12 +132,14 @@ async def test_a_batch_is_held_while_postgres_is_down_then_acknowledged(ledger: 
     assert ledger.applied == {request.id, answer.id}
 
 
-async def test_a_batch_held_when_the_ledger_stops_is_retried_not_acknowledged(ledger: FakeLedger) -> None:
+async def test_a_batch_held_when_the_ledger_stops_is_deferred_not_acknowledged(ledger: FakeLedger) -> None:
     stop = asyncio.Event()
     stop.set()
     msgs = [fake_msg(requested())]
     decisions = await event_batch_handler(down_once(ledger), stop)(msgs)
-    assert [type(d) for d in decisions] == [Retry]
+    # Deferred, not retried: the database is away, the events are not at fault, so a ledger
+    # stopped (and restarted) during an outage spends none of their deliveries toward the dead letter.
+    assert [type(d) for d in decisions] == [Defer]
     assert ledger.applied == set()
 
 
@@ -286,7 +288,7 @@ async def test_a_mixed_batch_set_based_ends_as_the_per_event_path() -> None:
 def test_the_plan_leaves_a_requests_later_events_to_the_per_event_path_once_one_of_them_is() -> None:
     request, other = requested(), requested()
     events = [completed(request.id), request, _delivered(request.id, 1.0), other, completed(other.id)]
-    plan = plan_batch(events, set(), {e.id for e in events}, {}, {}, {})
+    plan = plan_batch(events, set(), {e.id for e in events}, {}, {}, {}, request_keys(events))
     assert plan.per_event == [0, 1, 2], "the request and its delivery follow its refused completion"
     assert plan.outcomes == {3: "applied", 4: "applied"}
     assert plan.claimed_then_left == {0, 1, 2}
@@ -297,5 +299,5 @@ def test_the_plan_leaves_every_chat_event_after_an_erasure_to_the_per_event_path
     before, after = requested(user_id="u-1"), requested(user_id="u-1")
     erasure = UserDataErasureRequested(source="tests", user_id="u-1", requested_by="u-1")
     events = [before, erasure, after]
-    plan = plan_batch(events, set(), {before.id, after.id}, {}, {}, {})
+    plan = plan_batch(events, set(), {before.id, after.id}, {}, {}, {}, request_keys(events))
     assert plan.outcomes == {0: "applied"} and plan.per_event == [1, 2]

@@ -94,19 +94,25 @@ class EmbeddedServerError(RuntimeError):
 # seconds, the last thousands given cover it.
 _GIVEN_PORTS: dict[int, None] = {}
 _GIVEN_PORTS_KEPT = 4096
+# Kernel choices tried before taking one given already: on a machine whose port range holds
+# fewer free ports than the window keeps, every choice may be a given one.
+_FREE_PORT_TRIES = 64
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, and none of the last ones this process gave."""
-    while True:
+    """A port free on 127.0.0.1 now, and none of the last ones this process gave (unless the
+    kernel offers only such ports, `_FREE_PORT_TRIES` times over: then its last choice)."""
+    for _ in range(_FREE_PORT_TRIES):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS[port] = None
-            if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
-                del _GIVEN_PORTS[next(iter(_GIVEN_PORTS))]
-            return port
+            break
+    _GIVEN_PORTS.pop(port, None)  # given again: kept as the newest
+    _GIVEN_PORTS[port] = None
+    if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
+        del _GIVEN_PORTS[next(iter(_GIVEN_PORTS))]
+    return port
 
 
 def wait_for_port(

@@ -319,10 +319,11 @@ async def run_pull_consumer(
             backoff = 0.1
             fetched_at = loop.time()
             if batch_handler is not None:
-                if len(msgs) == spec.batch:
+                if len(msgs) == spec.batch and (stop is None or not stop.is_set()):
                     # A full batch: more are likely stored. Ask for them now, so the fetch's
                     # round trip and the reading of its messages overlap this batch's handling
                     # (the ledger's database round trips); they are handled after it, in order.
+                    # Not once stopping: a batch fetched then would only be given back.
                     ahead = asyncio.create_task(sub.fetch(batch=spec.batch, timeout=1.0))
                 decisions = await decide_batch(msgs, batch_handler)
                 for msg, decision in zip(msgs, decisions, strict=True):

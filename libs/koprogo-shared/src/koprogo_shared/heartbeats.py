@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from koprogo_shared.events import CloudDeploymentStatus, NodeHeartbeat
+from koprogo_shared.nats_connection import subscribed
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.subjects import CLOUD_STATUS_ALL, NODE_HEARTBEAT_ALL, NODES_ANNOUNCE
 
@@ -26,6 +27,8 @@ HEARTBEATS_REFUSED = Counter(
 
 async def follow_heartbeats(nc: NATS, registry: NodeRegistry) -> list[Subscription]:
     """Subscribe to edge heartbeats and cloud statuses, then ask every node to announce itself now.
+
+    Returns once the server holds the subscriptions (`nats_connection.subscribed`).
 
     Heartbeats are core NATS (a lost one is replaced two seconds later), so a bad
     one is logged and counted, not dead-lettered; so is one the registry refuses
@@ -57,5 +60,7 @@ async def follow_heartbeats(nc: NATS, registry: NodeRegistry) -> list[Subscripti
         await nc.subscribe(CLOUD_STATUS_ALL, cb=on_cloud_status),
     ]
     await nc.publish(NODES_ANNOUNCE, b"")
-    await nc.flush()
+    # Returned means the server holds both subscriptions: a heartbeat published on another
+    # connection from now on is heard (one flush alone does not prove it with nats-py).
+    await subscribed(nc)
     return subs

@@ -174,8 +174,14 @@ def event_batch_handler(
             # Not committed: nothing of the batch is kept, so nothing of it is acknowledged.
             FAILURES.labels("transient").inc(len(events))
             log.warning("a batch of %d events was not committed: %r", len(events), exc)
+            # PostgreSQL away as the ledger stops (it was holding the batch): the events are not
+            # at fault, so they are deferred, and no stop during an outage brings them nearer
+            # the dead letter. Any other failure is retried and counts.
+            failed: Decision = (
+                Defer(repr(exc)) if isinstance(exc, StoreUnavailableError) else Retry(repr(exc))
+            )
             for i, _ in decoded:
-                decisions[i] = Retry(repr(exc))
+                decisions[i] = failed
             return decisions
         BATCH_SECONDS.observe(time.perf_counter() - started)
         BATCH_EVENTS.observe(len(events))

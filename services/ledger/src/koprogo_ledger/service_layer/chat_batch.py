@@ -117,11 +117,10 @@ def request_keys(events: Sequence[Event]) -> list[RequestKey | None]:
     return [request_key(e) for e in events]
 
 
-def candidates(
-    events: Sequence[Event], forced: set[int], keys: Sequence[RequestKey | None] | None = None
-) -> list[int]:
-    """The events a pass may apply, by index, before anything is read: the plan's static rules."""
-    return [i for i, _ in _walk(events, forced, request_keys(events) if keys is None else keys)]
+def candidates(events: Sequence[Event], forced: set[int], keys: Sequence[RequestKey | None]) -> list[int]:
+    """The events a pass may apply, by index, before anything is read: the plan's static rules.
+    `keys`: the events' `request_keys`, parsed once per batch by the caller."""
+    return [i for i, _ in _walk(events, forced, keys)]
 
 
 def _walk(
@@ -175,13 +174,12 @@ def plan_batch(
     stored_requests: Mapping[uuid.UUID, RequestState],
     stored_responses: Mapping[uuid.UUID, ResponseState],
     trace_ids: Mapping[str, str],
-    keys: Sequence[RequestKey | None] | None = None,
+    keys: Sequence[RequestKey | None],
 ) -> BatchPlan:
     """Plan the batch (pure): `forced` are left to the per-event path, `claimed` the candidates'
     ids this pass claimed (the others were applied before: duplicates)."""
     plan = BatchPlan()
     chats: dict[uuid.UUID, _Chat] = {}
-    keys = request_keys(events) if keys is None else keys
     planned = dict(_walk(events, forced, keys))
     left_ids: set[str] = set()
     tainted: set[RequestKey] = set()
@@ -302,12 +300,11 @@ async def apply_plan(
     forced: set[int],
     uow: ProjectionUnitOfWork,
     trace_ids: Mapping[str, str],
-    keys: Sequence[RequestKey | None] | None = None,
+    keys: Sequence[RequestKey | None],
 ) -> BatchPlan:
     """One pass: read and lock what the candidates name, claim them, plan, and (when nothing it
     claimed was left to the per-event path) write the plan. The caller holds a savepoint;
-    `keys`: the events' `request_keys`, when the caller has them."""
-    keys = request_keys(events) if keys is None else keys
+    `keys`: the events' `request_keys`."""
     indices = candidates(events, forced, keys)
     requests, responses = referenced_requests(events, indices, keys)
     stored_requests = await uow.lock_requests(requests) if requests else {}
