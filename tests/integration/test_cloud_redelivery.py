@@ -49,9 +49,11 @@ async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_with
             subjects.EVENTS_STREAM, subjects.cloud_chat_completed(first.copro_id, first.request_id)
         )
         # Then the state a worker killed between storing its answer and acking leaves behind:
-        # the answer is in the event log, the work item is still pending (here: delivered again).
+        # the answer is in the event log, the work item is still pending. Its next delivery (or
+        # the router's copy for a redelivered request) says it may be answered: the work-item
+        # handler marks a redelivery so (tests/unit/test_work_items.py), the router a copy.
         reply = reply_subject()
-        again = work_item(dep, MODEL, reply_subject=reply)
+        again = work_item(dep, MODEL, reply_subject=reply).model_copy(update={"may_be_answered": True})
         earlier = ChatCompleted(
             id=completed_id(again),
             source=f"koprogo/cloud/{dep}",

@@ -90,6 +90,8 @@ class FakeProvider(ChatProvider):
 class FakeSink(OutcomeSink):
     def __init__(self) -> None:
         self.published: list[ChatCompleted | ChatFailed] = []
+        self.looked_up: list[str] = []  # the requests whose stored answer was looked for
+        self.resent: list[ChatCompleted] = []
         self.attempts: list[InferenceAttemptFailed] = []
         self.deltas: list[ChatDelta] = []
         self.gone = asyncio.Event()
@@ -97,6 +99,16 @@ class FakeSink(OutcomeSink):
 
     async def delta(self, delta: ChatDelta, reply_subject: str) -> None:
         self.deltas.append(delta)
+
+    async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
+        self.looked_up.append(work.request_id)
+        return next(
+            (o for o in self.published if isinstance(o, ChatCompleted) and o.request_id == work.request_id),
+            None,
+        )
+
+    async def resend(self, stored: ChatCompleted, reply_subject: str) -> None:
+        self.resent.append(stored)
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
@@ -162,6 +174,18 @@ async def test_a_redelivered_work_item_completes_with_the_same_event_id() -> Non
     assert first.id == derived_event_id(item.request_id, "completed")
     assert first.model == "gpt-4o" and first.usage.total_tokens == 13
     assert sink.published == [first, again]
+
+
+async def test_the_stored_answer_is_looked_for_only_when_the_work_may_be_answered() -> None:
+    provider = FakeProvider(OK)
+    svc, sink, _ = service(provider)
+    item = work()
+    first = await svc.run("dep", item)
+    assert sink.looked_up == [], "a first delivery of a first copy costs no look-up"
+    again = await svc.run("dep", item.model_copy(update={"may_be_answered": True}))
+    assert sink.looked_up == [item.request_id]
+    assert again == first and sink.resent == [first]
+    assert len(provider.calls) == 1, "the provider is not paid twice"
 
 
 async def test_an_expired_work_item_fails_without_calling_the_provider() -> None:

@@ -65,8 +65,27 @@ async def test_redelivered_request_produces_the_same_work_id() -> None:
     request = requested(BUNDLED_MODEL_ID)
     dispatcher = Dispatcher(bus, live_registry(), FakePolicyBook())
     await dispatcher.on_chat_requested(request)
-    await dispatcher.on_chat_requested(request)
-    assert bus.published[0][1].id == bus.published[1][1].id
+    await dispatcher.on_chat_requested(request, redelivered=True)
+    first, again = (work for _, work in bus.published)
+    assert isinstance(first, RunInference) and isinstance(again, RunInference)
+    assert first.id == again.id
+    # Only the copy routed again says an answer may exist (the first may have run, and a copy
+    # past the work stream's de-dup window is stored): its worker looks before answering.
+    assert (first.may_be_answered, again.may_be_answered) == (False, True)
+
+
+async def test_a_fallback_routed_again_says_its_attempt_may_be_answered() -> None:
+    bus = FakeBus()
+    dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook())
+    await dispatcher.on_chat_requested(requested("auto"))
+    [(_, first)] = bus.published
+    assert isinstance(first, RunInference)
+    await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"))
+    await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"), redelivered=True)
+    second, again = (work for _, work in bus.published[1:])
+    assert isinstance(second, RunInference) and isinstance(again, RunInference)
+    assert second.id == again.id
+    assert (second.may_be_answered, again.may_be_answered) == (False, True)
 
 
 async def test_an_unknown_model_is_answered_404_durably_and_directly() -> None:

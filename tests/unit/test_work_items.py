@@ -222,6 +222,15 @@ async def test_a_handled_item_is_acknowledged_and_nothing_is_reported() -> None:
     assert [w.id for w in service.ran] == [item.id] and service.reported == []
 
 
+async def test_a_redelivered_item_is_run_as_one_that_may_be_answered_already() -> None:
+    service = Service()
+    item = work()
+    assert item.may_be_answered is False
+    await decide(msg_of(item, delivered=1), handler(service).handle)
+    await decide(msg_of(item, delivered=2), handler(service).handle)
+    assert [w.may_be_answered for w in service.ran] == [False, True]
+
+
 async def test_an_undecodable_payload_is_dead_lettered_without_running_anything() -> None:
     service = Service()
     decision = await decide(raw_msg(b'{"type": "koprogo.inference.run.v1"}'), handler(service).handle)

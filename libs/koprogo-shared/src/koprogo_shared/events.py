@@ -223,6 +223,12 @@ class RunInference(Event):
     stream: bool = False
     # The request's controls, copied from ChatRequested; the chosen target supports them all.
     controls: GenerationControls | None = None
+    # An answer to this work may be stored already: it was sent before (the router routed its
+    # request, or its failed attempt, again after a redelivery; the work stream drops a copy
+    # only within its de-duplication window) or delivered before (the work-item handler sets
+    # it on a redelivery). A cloud worker looks for that answer before paying a provider
+    # again; a first delivery of a first copy skips the look-up.
+    may_be_answered: bool = False
 
 
 class ChatCompleted(Event):

@@ -91,6 +91,9 @@ class WorkItemHandler:
             raise PoisonMessageError(
                 f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
             )
+        if delivered > 1 and not work.may_be_answered:
+            # Delivered before: that delivery may have stored its answer before dying.
+            work = work.model_copy(update={"may_be_answered": True})
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             await self._run(work)

@@ -97,7 +97,10 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         async def handle_attempt_failed(msg: Msg) -> None:
             if made_at_another_site(msg.headers):
                 return  # the building's router falls back for its own chats
-            await dispatcher.on_attempt_failed(InferenceAttemptFailed.model_validate_json(msg.data))
+            await dispatcher.on_attempt_failed(
+                InferenceAttemptFailed.model_validate_json(msg.data),
+                redelivered=msg.metadata.num_delivered > 1,
+            )
 
         async def ready() -> dict[str, bool]:
             return {"nats": nc.is_connected}

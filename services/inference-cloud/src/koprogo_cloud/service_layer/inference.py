@@ -89,7 +89,8 @@ class CloudInferenceService:
         runtime = self.runtimes[deployment_id]
         dep = runtime.deployment
         _check_ids(work)  # an unusable id is refused before any work
-        stored = await self._sink.stored_answer(work)
+        # Looked up only when an answer may exist (a JetStream round trip per chat otherwise).
+        stored = await self._sink.stored_answer(work) if work.may_be_answered else None
         if stored is not None:
             # Redelivered after its answer was stored (the worker died before acking it): the
             # caller gets that answer again; the provider is not paid twice (issue 12, finding 4).

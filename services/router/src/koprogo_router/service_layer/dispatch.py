@@ -131,13 +131,18 @@ class Dispatcher:
                 routing=plan,
                 stream=request.stream,
                 controls=request.controls,
+                # Routed again: an earlier copy may have run (and be past the de-dup window).
+                may_be_answered=redelivered,
             )
         )
         # Counted once sent: a send that fails is retried with the request, and decided again.
         count_decision(decision.targets[0].kind, policy.policy)
 
-    async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
-        """Try the plan's next target if fallback is allowed and time is left; else fail the request."""
+    async def on_attempt_failed(self, failed: InferenceAttemptFailed, *, redelivered: bool = False) -> None:
+        """Try the plan's next target if fallback is allowed and time is left; else fail the request.
+
+        `redelivered`: this delivery is not the first, so the next attempt may have been sent
+        (and answered) already; its work says so (`RunInference.may_be_answered`)."""
         work = failed.work
         plan = work.routing
         failures = [*(plan.failures if plan else []), f"{_where(failed.target)}: {failed.error}"]
@@ -157,6 +162,7 @@ class Dispatcher:
                     "time": utc_now(),
                     "model": target.model,
                     "routing": plan.model_copy(update={"attempt": attempt, "failures": failures}),
+                    "may_be_answered": redelivered,
                 }
             )
         )
@@ -190,7 +196,9 @@ class Dispatcher:
                     error=OFFLINE,
                     message=OFFLINE_MESSAGE,
                     work=work,
-                )
+                ),
+                # The next attempt was sent before if this one was (its request routed again).
+                redelivered=work.may_be_answered,
             )
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
