@@ -105,10 +105,17 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         async def ready() -> dict[str, bool]:
             return {"nats": nc.is_connected}
 
-        consumer = asyncio.create_task(run_pull_consumer(js, CONSUMER, handle, stop), name="router-consumer")
-        fallback = asyncio.create_task(
-            run_pull_consumer(js, FALLBACK_CONSUMER, handle_attempt_failed, stop), name="router-fallback"
-        )
+        # Each chat is decided on its own, so `routing_concurrency` loops share each durable
+        # (as the cloud worker's per deployment): chats are routed side by side, each loop
+        # waiting for its own work item's stored acknowledgement.
+        loops = [
+            asyncio.create_task(run_pull_consumer(js, spec, handler, stop), name=f"{name}-{n}")
+            for spec, handler, name in (
+                (CONSUMER, handle, "router-consumer"),
+                (FALLBACK_CONSUMER, handle_attempt_failed, "router-fallback"),
+            )
+            for n in range(settings.routing_concurrency)
+        ]
         server = None
         ops_task = None
         if settings.ops_port:
@@ -116,14 +123,12 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
             ops_task = asyncio.create_task(server.serve(), name="router-ops")
         log.info("router ready")
         try:
-            await until_stopped_or_failed(stop, [consumer, fallback])
+            await until_stopped_or_failed(stop, loops)
         finally:
             stop.set()
             if server:
                 server.should_exit = True
-            await asyncio.gather(
-                consumer, fallback, *([ops_task] if ops_task else []), return_exceptions=True
-            )
+            await asyncio.gather(*loops, *([ops_task] if ops_task else []), return_exceptions=True)
             await policies.close()
             NODE_HEALTH.forget(registry)
     finally:

@@ -27,3 +27,7 @@ class RouterSettings(ServiceSettings):
     # (GRID_MIN_MAX_TOKENS, compared with its max_tokens).
     grid_min_prompt_chars: int = Field(default=DEFAULT_GRID_MIN_PROMPT_CHARS, gt=0)
     grid_min_max_tokens: int = Field(default=DEFAULT_GRID_MIN_MAX_TOKENS, gt=0)
+    # Chats (and fallbacks) routed at once (ROUTING_CONCURRENCY): pull loops on each durable,
+    # one message per fetch each. Routing one chat waits for its work item's stored
+    # acknowledgement (an fsync); one loop alone caps a router at one chat per such wait.
+    routing_concurrency: int = Field(default=8, gt=0, le=256)
