@@ -233,7 +233,7 @@ async def available_models(
     (empty while the gateway does not answer)."""
     try:
         models = (await client.get("/mcp/v1/models", headers=headers or {})).json()["models"]
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError, KeyError):  # not answering, or not (yet) with the list
         return {}
     return {m["id"]: m["is_available"] for m in models}
 

@@ -188,6 +188,27 @@ async def test_the_stored_answer_is_looked_for_only_when_the_work_may_be_answere
     assert len(provider.calls) == 1, "the provider is not paid twice"
 
 
+async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_have_stored() -> None:
+    provider = FakeProvider(OK)
+    svc, sink, _ = service(provider)
+    item = work()
+    assert item.routing is not None
+    first = await svc.run("dep", item)
+    # Attempt 1 reported a failure, was redelivered and answered after all: attempt 2 (a first
+    # copy, unflagged) must not pay the provider again.
+    second = item.model_copy(update={"routing": item.routing.model_copy(update={"attempt": 2})})
+    assert second.may_be_answered is False
+    assert await svc.run("dep", second) == first
+    assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
+
+
+async def test_the_flag_travels_only_when_set_so_older_workers_still_read_first_copies() -> None:
+    item = work()
+    assert "may_be_answered" not in item.model_dump_json()
+    flagged = item.model_copy(update={"may_be_answered": True})
+    assert RunInference.model_validate_json(flagged.model_dump_json()).may_be_answered is True
+
+
 async def test_an_expired_work_item_fails_without_calling_the_provider() -> None:
     provider = FakeProvider(OK)
     svc, sink, _ = service(provider)

@@ -223,12 +223,19 @@ class RunInference(Event):
     stream: bool = False
     # The request's controls, copied from ChatRequested; the chosen target supports them all.
     controls: GenerationControls | None = None
-    # An answer to this work may be stored already: it was sent before (the router routed its
-    # request, or its failed attempt, again after a redelivery; the work stream drops a copy
-    # only within its de-duplication window) or delivered before (the work-item handler sets
-    # it on a redelivery). A cloud worker looks for that answer before paying a provider
-    # again; a first delivery of a first copy skips the look-up.
-    may_be_answered: bool = False
+    # Left out of the JSON when False (almost always): a worker or ledger of the previous release,
+    # whose models forbid unknown fields, still reads every first copy of a first attempt.
+    may_be_answered: bool = Field(
+        default=False,
+        exclude_if=lambda flagged: not flagged,
+        description=(
+            "An answer to this work may be stored already: it was sent before (the router routed "
+            "its request, or its failed attempt, again after a redelivery; the work stream drops "
+            "such a copy only within its de-duplication window) or delivered before (the "
+            "work-item handler sets it on a redelivery). A cloud worker then looks for that "
+            "answer before paying a provider; on a first copy of a first attempt it does not."
+        ),
+    )
 
 
 class ChatCompleted(Event):

@@ -90,7 +90,7 @@ class CloudInferenceService:
         dep = runtime.deployment
         _check_ids(work)  # an unusable id is refused before any work
         # Looked up only when an answer may exist (a JetStream round trip per chat otherwise).
-        stored = await self._sink.stored_answer(work) if work.may_be_answered else None
+        stored = await self._sink.stored_answer(work) if may_be_answered(work) else None
         if stored is not None:
             # Redelivered after its answer was stored (the worker died before acking it): the
             # caller gets that answer again; the provider is not paid twice (issue 12, finding 4).
@@ -314,3 +314,11 @@ def _check_ids(work: RunInference) -> None:
         chat_outcomes.check_ids(work)
     except chat_outcomes.UnusableIdsError as exc:
         raise InvalidCommandError(str(exc)) from None
+
+
+def may_be_answered(work: RunInference) -> bool:
+    """Whether an answer to `work`'s request may be stored already: the work says so, or it is a
+    fallback. The stored answer is the request's, not the attempt's: an earlier attempt whose
+    failure was reported, then redelivered and answered after all, may have stored it while this
+    attempt waited (its copy is a first one, and unflagged)."""
+    return work.may_be_answered or (work.routing is not None and work.routing.attempt > 1)

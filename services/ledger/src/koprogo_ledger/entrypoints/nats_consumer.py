@@ -175,8 +175,9 @@ def event_batch_handler(
             FAILURES.labels("transient").inc(len(events))
             log.warning("a batch of %d events was not committed: %r", len(events), exc)
             # PostgreSQL away as the ledger stops (it was holding the batch): the events are not
-            # at fault, so they are deferred, and no stop during an outage brings them nearer
-            # the dead letter. Any other failure is retried and counts.
+            # at fault, so they are deferred, never dead-lettered for it. Each such stop still
+            # adds a delivery to their count, which a later `Retry` reads. Any other failure
+            # is retried.
             failed: Decision = (
                 Defer(repr(exc)) if isinstance(exc, StoreUnavailableError) else Retry(repr(exc))
             )
