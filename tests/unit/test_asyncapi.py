@@ -121,6 +121,14 @@ def test_message_payloads_are_json_schemas_of_the_event_models() -> None:
     assert "$defs" not in json.dumps(document)
 
 
+def test_a_field_left_out_when_false_is_described_and_not_required() -> None:
+    document = build_document()
+    run = resolve(document, document["components"]["messages"]["RunInference"]["payload"]["$ref"])
+    assert "may_be_answered" in run["properties"] and "may_be_answered" not in run["required"]
+    assert run["properties"]["may_be_answered"]["description"].startswith("An answer to this work")
+    assert {"request_id", "messages", "reply_subject", "deadline"} <= set(run["required"])
+
+
 def test_every_event_class_and_subject_function_is_in_the_catalogue() -> None:
     assert catalogue_gaps() == []
 

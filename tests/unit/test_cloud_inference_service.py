@@ -202,6 +202,15 @@ async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_ha
     assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
 
 
+async def test_a_reported_attempt_carries_its_work_without_this_deliverys_mark() -> None:
+    svc, sink, _ = service(FakeProvider(ProviderError("status", "", status=429, retry_after_s=10)))
+    await svc.run("dep", work(deadline_s=5).model_copy(update={"may_be_answered": True}))
+    [failed] = sink.attempts
+    # The router marks the next copy itself; an older router would refuse the field.
+    assert failed.work.may_be_answered is False
+    assert "may_be_answered" not in failed.model_dump_json()
+
+
 async def test_the_flag_travels_only_when_set_so_older_workers_still_read_first_copies() -> None:
     item = work()
     assert "may_be_answered" not in item.model_dump_json()

@@ -259,10 +259,16 @@ def _model_messages() -> tuple[dict[str, Any], dict[str, Any]]:
         [(m, "serialization") for m in models], ref_template="#/components/schemas/{model}"
     )
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
-    for schema in schemas.values():
-        # Publishers write every field (`model_dump_json()`), defaults and nulls included.
+    # Fields a publisher leaves out under a condition (`Field(exclude_if=...)`, e.g.
+    # `RunInference.may_be_answered` when false), by model.
+    conditional = {
+        m.__name__: {name for name, f in m.model_fields.items() if f.exclude_if is not None} for m in models
+    }
+    for model_name, schema in schemas.items():
+        # Publishers write every other field (`model_dump_json()`), defaults and nulls included.
         if "properties" in schema:
-            schema["required"] = list(schema["properties"])
+            left_out = conditional.get(model_name, set())
+            schema["required"] = [p for p in schema["properties"] if p not in left_out]
     messages: dict[str, Any] = {}
     for model in models:
         message: dict[str, Any] = {

@@ -235,7 +235,9 @@ class CloudInferenceService:
                 status=outcome.status,
                 error=outcome.error,
                 message=outcome.message,
-                work=work,
+                # As routed, without this delivery's own mark: the router decides the next copy's
+                # (`redelivered`), and a router older than the field would refuse the event.
+                work=work.model_copy(update={"may_be_answered": False}),
             )
             await self._sink.attempt_failed(failed)
             return failed
