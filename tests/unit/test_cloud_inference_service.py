@@ -182,9 +182,11 @@ async def test_the_stored_answer_is_looked_for_only_when_the_work_may_be_answere
     item = work()
     first = await svc.run("dep", item)
     assert sink.looked_up == [], "a first delivery of a first copy costs no look-up"
-    again = await svc.run("dep", item.model_copy(update={"may_be_answered": True}))
-    assert sink.looked_up == [item.request_id]
-    assert again == first and sink.resent == [first]
+    # Delivered again, or a copy the router marks (routed again): the answer is looked for.
+    again = await svc.run("dep", item, True)
+    marked = await svc.run("dep", item.model_copy(update={"may_be_answered": True}))
+    assert sink.looked_up == [item.request_id] * 2
+    assert again == marked == first and sink.resent == [first, first]
     assert len(provider.calls) == 1, "the provider is not paid twice"
 
 
@@ -202,11 +204,11 @@ async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_ha
     assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
 
 
-async def test_a_reported_attempt_carries_its_work_without_this_deliverys_mark() -> None:
+async def test_a_reported_attempt_carries_its_work_without_the_routers_mark() -> None:
     svc, sink, _ = service(FakeProvider(ProviderError("status", "", status=429, retry_after_s=10)))
     await svc.run("dep", work(deadline_s=5).model_copy(update={"may_be_answered": True}))
     [failed] = sink.attempts
-    # The router marks the next copy itself; an older router would refuse the field.
+    # The next attempt needs no mark (a fallback is looked up); an older router would refuse it.
     assert failed.work.may_be_answered is False
     assert "may_be_answered" not in failed.model_dump_json()
 

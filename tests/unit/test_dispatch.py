@@ -74,18 +74,21 @@ async def test_redelivered_request_produces_the_same_work_id() -> None:
     assert (first.may_be_answered, again.may_be_answered) == (False, True)
 
 
-async def test_a_fallback_routed_again_says_its_attempt_may_be_answered() -> None:
+async def test_a_fallback_routed_again_is_the_same_second_attempt() -> None:
     bus = FakeBus()
     dispatcher = Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook())
     await dispatcher.on_chat_requested(requested("auto"))
     [(_, first)] = bus.published
     assert isinstance(first, RunInference)
     await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"))
-    await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"), redelivered=True)
+    await dispatcher.on_attempt_failed(attempt_failed(first, 503, "engine_unavailable"))
     second, again = (work for _, work in bus.published[1:])
     assert isinstance(second, RunInference) and isinstance(again, RunInference)
     assert second.id == again.id
-    assert (second.may_be_answered, again.may_be_answered) == (False, True)
+    # Unflagged: being a second attempt is what makes a cloud worker look for a stored answer
+    # (`koprogo_cloud.service_layer.inference.may_be_answered`).
+    assert second.routing is not None and second.routing.attempt == 2
+    assert (second.may_be_answered, again.may_be_answered) == (False, False)
 
 
 async def test_an_unknown_model_is_answered_404_durably_and_directly() -> None:

@@ -180,11 +180,13 @@ class Service:
         self.error = error
         self.seconds = seconds
         self.ran: list[RunInference] = []
+        self.redelivered: list[bool] = []
         self.reported: list[tuple[str, int, str, str]] = []
         self.report_error: Exception | None = None
 
-    async def run(self, item: RunInference) -> None:
+    async def run(self, item: RunInference, redelivered: bool) -> None:
         self.ran.append(item)
+        self.redelivered.append(redelivered)
         await asyncio.sleep(self.seconds)
         if self.error is not None:
             raise self.error
@@ -222,13 +224,14 @@ async def test_a_handled_item_is_acknowledged_and_nothing_is_reported() -> None:
     assert [w.id for w in service.ran] == [item.id] and service.reported == []
 
 
-async def test_a_redelivered_item_is_run_as_one_that_may_be_answered_already() -> None:
+async def test_the_use_case_is_told_whether_the_item_was_delivered_before() -> None:
     service = Service()
     item = work()
-    assert item.may_be_answered is False
     await decide(msg_of(item, delivered=1), handler(service).handle)
     await decide(msg_of(item, delivered=2), handler(service).handle)
-    assert [w.may_be_answered for w in service.ran] == [False, True]
+    assert service.redelivered == [False, True]
+    # The work stays as its publisher wrote it.
+    assert [w.may_be_answered for w in service.ran] == [False, False]
 
 
 async def test_an_undecodable_payload_is_dead_lettered_without_running_anything() -> None:

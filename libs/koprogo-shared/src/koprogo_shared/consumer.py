@@ -342,6 +342,17 @@ async def run_pull_consumer(
             pass
 
 
+def start_pull_consumers(
+    js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event, *, loops: int, name: str
+) -> list[asyncio.Task[None]]:
+    """`loops` tasks of `run_pull_consumer` sharing `spec`'s durable, named `name-0`, `name-1`...:
+    up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time."""
+    return [
+        asyncio.create_task(run_pull_consumer(js, spec, handler, stop), name=f"{name}-{n}")
+        for n in range(loops)
+    ]
+
+
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
     """A batch fetched ahead and never handled (the consumer stops): NAKed, to be redelivered at
     once rather than after `ack_wait`. The fetch is let finish (within its 1 s timeout: one whose

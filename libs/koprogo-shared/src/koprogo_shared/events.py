@@ -230,10 +230,10 @@ class RunInference(Event):
         exclude_if=lambda flagged: not flagged,
         description=(
             "An answer to this work may be stored already: it was sent before (the router routed "
-            "its request, or its failed attempt, again after a redelivery; the work stream drops "
-            "such a copy only within its de-duplication window) or delivered before (the "
-            "work-item handler sets it on a redelivery). A cloud worker then looks for that "
-            "answer before paying a provider; on a first copy of a first attempt it does not."
+            "its request again after a redelivery; the work stream drops such a copy only within "
+            "its de-duplication window). A cloud worker then looks for that answer before paying "
+            "a provider, as it does for an item delivered before and for a fallback attempt; on "
+            "a first delivery of a first copy of a first attempt it does not."
         ),
     )
 

@@ -6,7 +6,8 @@ it decides as the consumer expects, by returning or raising:
     the payload is no RunInference   ValidationError: dead-lettered
     its ids are not UUIDs, or the    PoisonMessageError: dead-lettered
     use case raises a `poison` error
-    the use case returns             ack (it published the outcome itself)
+    the use case returns             ack (it published the outcome itself; it is told whether
+                                     the item was delivered before)
     the use case raises anything     re-raised: NAKed and retried; on the last delivery the
     else                             caller is told first (`report_failure`: a ChatFailed
                                      500 "inference_failed"), then the item is dead-lettered
@@ -30,8 +31,9 @@ from koprogo_shared.events import RunInference
 
 log = logging.getLogger(__name__)
 
-# Runs the work item and publishes its outcome (ChatCompleted, ChatFailed...).
-RunWork = Callable[[RunInference], Awaitable[object]]
+# Runs the work item and publishes its outcome (ChatCompleted, ChatFailed...); the flag says the
+# item was delivered before (that delivery may have stored its answer before dying).
+RunWork = Callable[[RunInference, bool], Awaitable[object]]
 # Publishes a ChatFailed(status, error, message) for the work item.
 ReportFailure = Callable[[RunInference, int, str, str], Awaitable[object]]
 
@@ -91,12 +93,9 @@ class WorkItemHandler:
             raise PoisonMessageError(
                 f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
             )
-        if delivered > 1 and not work.may_be_answered:
-            # Delivered before: that delivery may have stored its answer before dying.
-            work = work.model_copy(update={"may_be_answered": True})
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self._run(work)
+            await self._run(work, delivered > 1)
         except self._poison as exc:
             raise PoisonMessageError(str(exc)) from None
         except Exception as exc:

@@ -25,7 +25,7 @@ from koprogo_cloud.entrypoints.status import StatusPublisher
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared import subjects
-from koprogo_shared.consumer import run_pull_consumer
+from koprogo_shared.consumer import start_pull_consumers
 from koprogo_shared.nats_connection import connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
@@ -97,12 +97,9 @@ async def run_cloud(
             dep = runtime.deployment
             spec = work_consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
             handler = work_item_handler(service, dep.id, settings.ack_wait_s, settings.max_deliver)
-            for n in range(dep.concurrency):
-                consumers.append(
-                    asyncio.create_task(
-                        run_pull_consumer(js, spec, handler.handle, stop), name=f"cloud-{dep.id}-{n}"
-                    )
-                )
+            consumers += start_pull_consumers(
+                js, spec, handler.handle, stop, loops=dep.concurrency, name=f"cloud-{dep.id}"
+            )
         log.info("cloud worker ready: %s", ", ".join(service.runtimes))
         await until_stopped_or_failed(stop, consumers)
     finally:

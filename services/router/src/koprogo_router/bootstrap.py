@@ -15,7 +15,7 @@ from koprogo_router.domain.grid import GridRule
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_router.settings import RouterSettings
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, run_pull_consumer
+from koprogo_shared.consumer import ConsumerSpec, start_pull_consumers
 from koprogo_shared.events import ChatRequested, InferenceAttemptFailed
 from koprogo_shared.heartbeats import follow_heartbeats
 from koprogo_shared.leaf_site import is_building_domain, made_at_another_site
@@ -97,10 +97,7 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         async def handle_attempt_failed(msg: Msg) -> None:
             if made_at_another_site(msg.headers):
                 return  # the building's router falls back for its own chats
-            await dispatcher.on_attempt_failed(
-                InferenceAttemptFailed.model_validate_json(msg.data),
-                redelivered=msg.metadata.num_delivered > 1,
-            )
+            await dispatcher.on_attempt_failed(InferenceAttemptFailed.model_validate_json(msg.data))
 
         async def ready() -> dict[str, bool]:
             return {"nats": nc.is_connected}
@@ -109,12 +106,17 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         # (as the cloud worker's per deployment): chats are routed side by side, each loop
         # waiting for its own work item's stored acknowledgement.
         loops = [
-            asyncio.create_task(run_pull_consumer(js, spec, handler, stop), name=f"{name}-{n}")
-            for spec, handler, name in (
-                (CONSUMER, handle, "router-consumer"),
-                (FALLBACK_CONSUMER, handle_attempt_failed, "router-fallback"),
-            )
-            for n in range(settings.routing_concurrency)
+            *start_pull_consumers(
+                js, CONSUMER, handle, stop, loops=settings.routing_concurrency, name="router-consumer"
+            ),
+            *start_pull_consumers(
+                js,
+                FALLBACK_CONSUMER,
+                handle_attempt_failed,
+                stop,
+                loops=settings.routing_concurrency,
+                name="router-fallback",
+            ),
         ]
         server = None
         ops_task = None

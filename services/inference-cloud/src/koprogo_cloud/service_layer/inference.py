@@ -84,13 +84,15 @@ class CloudInferenceService:
         self._sleep = sleep
         self._jitter = jitter
 
-    async def run(self, deployment_id: str, work: RunInference) -> Outcome:
-        """Answer `work` on `deployment_id` and publish the outcome; publishing errors propagate (retry)."""
+    async def run(self, deployment_id: str, work: RunInference, redelivered: bool = False) -> Outcome:
+        """Answer `work` on `deployment_id` and publish the outcome; publishing errors propagate (retry).
+
+        `redelivered`: this item was delivered before (that delivery may have stored its answer)."""
         runtime = self.runtimes[deployment_id]
         dep = runtime.deployment
         _check_ids(work)  # an unusable id is refused before any work
         # Looked up only when an answer may exist (a JetStream round trip per chat otherwise).
-        stored = await self._sink.stored_answer(work) if may_be_answered(work) else None
+        stored = await self._sink.stored_answer(work) if may_be_answered(work, redelivered) else None
         if stored is not None:
             # Redelivered after its answer was stored (the worker died before acking it): the
             # caller gets that answer again; the provider is not paid twice (issue 12, finding 4).
@@ -235,8 +237,8 @@ class CloudInferenceService:
                 status=outcome.status,
                 error=outcome.error,
                 message=outcome.message,
-                # As routed, without this delivery's own mark: the router decides the next copy's
-                # (`redelivered`), and a router older than the field would refuse the event.
+                # Without the router's mark: the next attempt needs none (a fallback is looked up
+                # anyway, see `may_be_answered`), and a router older than the field would refuse it.
                 work=work.model_copy(update={"may_be_answered": False}),
             )
             await self._sink.attempt_failed(failed)
@@ -318,9 +320,10 @@ def _check_ids(work: RunInference) -> None:
         raise InvalidCommandError(str(exc)) from None
 
 
-def may_be_answered(work: RunInference) -> bool:
-    """Whether an answer to `work`'s request may be stored already: the work says so, or it is a
-    fallback. The stored answer is the request's, not the attempt's: an earlier attempt whose
-    failure was reported, then redelivered and answered after all, may have stored it while this
-    attempt waited (its copy is a first one, and unflagged)."""
-    return work.may_be_answered or (work.routing is not None and work.routing.attempt > 1)
+def may_be_answered(work: RunInference, redelivered: bool) -> bool:
+    """Whether an answer to `work`'s request may be stored already: this item was delivered
+    before, the router says so (a copy routed again), or it is a fallback. The stored answer is
+    the request's, not the attempt's: an earlier attempt whose failure was reported, then
+    redelivered and answered after all, may have stored it while this attempt waited (its copy is
+    a first one, and unflagged)."""
+    return redelivered or work.may_be_answered or (work.routing is not None and work.routing.attempt > 1)

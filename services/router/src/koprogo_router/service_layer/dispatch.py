@@ -138,11 +138,11 @@ class Dispatcher:
         # Counted once sent: a send that fails is retried with the request, and decided again.
         count_decision(decision.targets[0].kind, policy.policy)
 
-    async def on_attempt_failed(self, failed: InferenceAttemptFailed, *, redelivered: bool = False) -> None:
+    async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         """Try the plan's next target if fallback is allowed and time is left; else fail the request.
 
-        `redelivered`: this delivery is not the first, so the next attempt may have been sent
-        (and answered) already; its work says so (`RunInference.may_be_answered`)."""
+        A fallback's copy needs no `may_be_answered`: a cloud worker looks up the stored answer of
+        every attempt after the first, and an edge node looks up every item."""
         work = failed.work
         plan = work.routing
         failures = [*(plan.failures if plan else []), f"{_where(failed.target)}: {failed.error}"]
@@ -162,7 +162,6 @@ class Dispatcher:
                     "time": utc_now(),
                     "model": target.model,
                     "routing": plan.model_copy(update={"attempt": attempt, "failures": failures}),
-                    "may_be_answered": redelivered,
                 }
             )
         )
@@ -197,8 +196,6 @@ class Dispatcher:
                     message=OFFLINE_MESSAGE,
                     work=work,
                 ),
-                # The next attempt was sent before if this one was (its request routed again).
-                redelivered=work.may_be_answered,
             )
 
     async def _refuse(self, request: ChatRequested, refusal: Refusal) -> None:
