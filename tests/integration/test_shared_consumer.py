@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -173,3 +174,40 @@ async def test_a_batch_fetched_ahead_is_given_back_when_the_consumer_stops(clean
     finally:
         await nc.close()
     assert handled == [b"%d" % i for i in range(20)]
+
+
+async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_ahead(
+    clean_jetstream: str,
+) -> None:
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    handled: list[bytes] = []
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        handled.extend(m.data for m in msgs)
+        return [ACK] * len(msgs)
+
+    async def waiting() -> bool:
+        try:
+            return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_waiting > 0
+        except nats.js.errors.NotFoundError:
+            return False  # not created yet
+
+    try:
+        await ensure_streams(js)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_pull_consumer(js, SPEC, stop=stop, batch_handler=handler))
+        await wait_until(waiting, timeout=5)  # its fetch waits on the server
+        # Two full batches, sent without yielding (core publishes only fill the client's buffer),
+        # then the stop: the fetch returns its full batch with `stop` already set.
+        for i in range(20):
+            await nc.publish(SUBJECT, b"%d" % i)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        await wait_until(lambda: _ack_pending(js, 0), timeout=5)  # the server takes acks in its time
+        info = await js.consumer_info(SPEC.stream, SPEC.durable)
+    finally:
+        await nc.close()
+    assert handled == [b"%d" % i for i in range(10)]
+    # The second batch was never asked for: not delivered, so not given back (redelivered) either.
+    assert info.delivered.consumer_seq == 10
+    assert info.num_redelivered == 0
