@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 from koprogo_node.adapters.model_files import bundled_model_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID

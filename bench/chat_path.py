@@ -42,7 +42,7 @@ from llama_cpp import Llama
 from nats.aio.msg import Msg
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 from koprogo_cli.trace_receiver import TraceReceiver, exporter_env, store_for
 from koprogo_node.adapters.model_files import bundled_model_path

@@ -40,7 +40,7 @@ from support import (
     use_stack_environ,
 )
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
 CLOUD_SRC = "services/inference-cloud/src"

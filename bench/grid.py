@@ -58,7 +58,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_cli.embedded import EmbeddedNats, free_port
+from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.ports import free_port
 from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState, Waiter
 from koprogo_grid.domain.rules import GridRules
 from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments

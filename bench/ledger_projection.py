@@ -74,7 +74,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.ports import free_port
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations

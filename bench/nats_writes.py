@@ -39,7 +39,7 @@ import psutil
 import support
 from nats.js import api as js_api
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 from koprogo_shared.kv_buckets import bucket_stream, ensure_rate_limit_bucket, rate_limit_ttl_s
 from koprogo_shared.nats_connection import connect_nats

@@ -59,7 +59,7 @@ from support import (
     wait_http,
 )
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
 LITELLM_VERSION = "1.80.0"

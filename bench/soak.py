@@ -65,7 +65,7 @@ from support import (
 )
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 

@@ -34,7 +34,7 @@ import asyncpg
 import httpx
 import psutil
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
 BENCH = Path(__file__).resolve().parent

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_shared.nats_connection import connect_nats
 from koprogo_shared.subjects import STREAMS
 from tests.deploy.write_paths import under, written_paths

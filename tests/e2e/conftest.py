@@ -18,7 +18,7 @@ import nats
 import pytest
 import uvicorn
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cloud.bootstrap import run_cloud
 from koprogo_cloud.settings import CloudSettings
 from koprogo_gateway.entrypoints.http.app import create_app

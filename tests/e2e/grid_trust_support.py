@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from koprogo_cli.embedded import EmbeddedNats, free_port
+from koprogo_cli.embedded import EmbeddedNats
 from koprogo_cli.nats_auth import (
     ADMIN,
     identities,
@@ -39,6 +39,7 @@ from koprogo_cli.nats_auth import (
     render_authorization,
     roster_file,
 )
+from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.nats_connection import declare_streams
 from koprogo_shared.node_roster import DeviceProfile, NodeGrant, parse_roster

@@ -29,8 +29,8 @@ import nats
 import nats.errors
 from nats.js.api import DeliverPolicy
 
-from koprogo_cli.embedded import free_port
 from koprogo_cli.instance import running_stack
+from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir, wait_until
 from tests.integration.cloud_support import FakeChatCompletionsApi, serving_in_thread

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from koprogo_cli.embedded import free_port
 from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization
+from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from tests.conftest import wait_until
 from tests.e2e.conftest import RunningStack

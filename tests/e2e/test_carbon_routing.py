@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import available_models, wait_until
 from tests.e2e.conftest import RunningStack

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from koprogo_cli.dev_auth import dev_token_path, ensure_jwt_secret, write_dev_token
-from koprogo_cli.embedded import free_port
 from koprogo_cli.invocation import command_hint
+from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.e2e.conftest import RunningStack
 from tests.e2e.test_cli import koprogo

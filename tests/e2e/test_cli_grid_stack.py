@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.nats_connection import nkey_public_key
 from tests.conftest import postgres_dir

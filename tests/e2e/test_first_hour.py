@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
-from koprogo_cli.embedded import free_port
 from koprogo_cli.instance import alive, read_record, running_stack
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import nats.errors
 import pytest
 
 from koprogo_cli.dev_auth import dev_token_path, jwt_secret_path
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.secrets import content_keys_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import postgres_dir

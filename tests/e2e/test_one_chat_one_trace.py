@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, dev_token_path
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cli.trace_commands import render_trace, trace_id_of
 from koprogo_cli.trace_receiver import TraceReceiver, exporter_env
 from koprogo_cli.trace_store import TraceStore, traces_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 from tests.e2e.test_koprogo_up import koprogo
 

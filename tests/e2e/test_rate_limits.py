@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import nats
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_shared import subjects
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET

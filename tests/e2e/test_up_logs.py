@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.dev_auth import dev_token_path, jwt_secret_path
-from koprogo_cli.embedded import free_port
 from koprogo_cli.instance import record_path
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 from tests.e2e.test_koprogo_up import koprogo
 

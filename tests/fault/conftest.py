@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 from tests.fault.stack_processes import StackFactory, process_stacks
 from tests.integration.cloud_support import openai_compatible_server

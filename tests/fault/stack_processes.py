@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from koprogo_cli.embedded import free_port, tail_of
+from koprogo_cli.embedded import tail_of
+from koprogo_cli.ports import free_port
 from koprogo_cli.stack import SCOPED_ENV
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from tests.conftest import TEST_CONTENT_KEYS

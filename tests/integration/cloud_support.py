@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_cloud.bootstrap import run_cloud
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared import subjects

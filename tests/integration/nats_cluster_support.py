@@ -19,7 +19,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import free_port, nats_server_binary, wait_for_port
+from koprogo_cli.embedded import nats_server_binary, wait_for_port
+from koprogo_cli.ports import free_port
 
 NODE_CONFIG = """\
 server_name: {name}

@@ -20,8 +20,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import free_port, nats_server_binary
+from koprogo_cli.embedded import nats_server_binary
 from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization, render_user
+from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.nats_connection import ensure_streams, publish_event

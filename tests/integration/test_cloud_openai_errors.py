@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed
 from tests.conftest import wait_until

@@ -14,7 +14,7 @@ from llama_cpp import Llama
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.domain.controls import Sampling

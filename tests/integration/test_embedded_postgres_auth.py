@@ -20,8 +20,8 @@ from koprogo_cli.embedded import (
     _open_path_to,
     _pg_bin,
     _run_as,
-    free_port,
 )
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_shared.local_tokens import mint_token
 from tests.conftest import wait_until
 

@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.adapters.migrations import apply_migrations

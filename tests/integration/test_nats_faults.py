@@ -23,7 +23,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import EmbeddedNats, free_port
+from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.nats_connection import connect_nats, declare_streams, ensure_streams, publish_event

@@ -8,7 +8,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from koprogo_cli.embedded import free_port
+from koprogo_cli.ports import free_port
 from koprogo_node.domain.errors import NodeError
 from koprogo_node.entrypoints.mcp import node_mcp
 from koprogo_node.service_layer.inference import EdgeNode, NodeLoad

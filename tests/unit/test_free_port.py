@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from koprogo_cli import embedded
-from koprogo_cli.embedded import free_port
+from koprogo_cli import ports
+from koprogo_cli.ports import free_port
 
 
 def test_the_ports_given_one_after_another_are_all_different_and_free() -> None:
@@ -27,7 +27,7 @@ class _GivenAll(dict[int, None]):
 
 def test_a_kernel_offering_only_given_ports_still_gets_one(monkeypatch: pytest.MonkeyPatch) -> None:
     # A narrow port range can leave fewer free ports than the memory keeps: free_port must not spin.
-    monkeypatch.setattr(embedded, "_GIVEN_PORTS", _GivenAll())
+    monkeypatch.setattr(ports, "_GIVEN_PORTS", _GivenAll())
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from koprogo_cli.dev_auth import dev_token_path
-from koprogo_cli.embedded import free_port
 from koprogo_cli.instance import leftovers, read_record, terminate
+from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 from tests.e2e.test_grid_tasks import FIXTURES
 from tests.e2e.test_koprogo_up import koprogo

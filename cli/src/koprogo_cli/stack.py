@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,13 +39,7 @@ import nats.errors
 from pydantic import ValidationError
 
 from koprogo_cli.dev_auth import DevAuthError, ensure_jwt_secret, operator_verifier_env, write_dev_token
-from koprogo_cli.embedded import (
-    EmbeddedNats,
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    free_port,
-    tails_of,
-)
+from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, tails_of
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import (
     ADMIN,
@@ -62,6 +55,7 @@ from koprogo_cli.nats_auth import (
     roster_file,
 )
 from koprogo_cli.node_footprint import DEVICE_CLASS
+from koprogo_cli.ports import free_port, preferred_port
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_cli.served_models import ServedModel, host_label
 from koprogo_shared import leaf_site
@@ -90,22 +84,6 @@ OWN_NODES_OWNER = "local"
 
 class StackError(RuntimeError):
     """The stack could not start; the message says which part and where its log is."""
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        # As uvicorn binds: a port whose last server died with connections open (TIME_WAIT) is
-        # free to it, so it is free here too (a stack killed and started again at once).
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def preferred_port(port: int) -> int:
-    return port if port_free(port) else free_port()
 
 
 def nats_monitor_port(environ: Mapping[str, str]) -> int | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from koprogo_cli.dev_auth import DEMO_COPRO_ID, DevAuthError, dev_token_path
-from koprogo_cli.embedded import EmbeddedServerError, free_port
+from koprogo_cli.embedded import EmbeddedServerError
 from koprogo_cli.instance import (
     GATEWAY_PORT,
     StackLock,
@@ -36,14 +36,9 @@ from koprogo_cli.instance import (
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.login_link import dev_login_url
 from koprogo_cli.nats_auth import roster_file
+from koprogo_cli.ports import free_port, port_free, preferred_port
 from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
-from koprogo_cli.stack import (
-    NODE_PORT,
-    Stack,
-    StackError,
-    port_free,
-    preferred_port,
-)
+from koprogo_cli.stack import NODE_PORT, Stack, StackError
 from koprogo_cli.trace_receiver import OTLP_HTTP_PORT, TraceReceiver, exporter_env, store_for
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID, RECOMMENDED_MODEL_ID
 from koprogo_shared.local_tokens import LOGIN_CODE_TTL

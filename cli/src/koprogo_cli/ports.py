@@ -1,0 +1,56 @@
+"""Ports for the servers one machine runs: one free now, or the usual one when it is free.
+
+Tests and `koprogo up` start several servers at once, each told its port before it binds it, so
+`free_port` remembers the ports it gave (see `_GIVEN_PORTS`); `preferred_port` keeps a service on
+its documented port (4222, 5432, 8080...) when nothing else holds it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["free_port", "port_free", "preferred_port"]
+
+# The ports free_port() gave last in this process: a port is chosen free, released, and bound by its
+# server only later, so the kernel may offer it again meanwhile (its choice is random: two calls a
+# moment apart meet about once in 14,000). Told the same port, the second server fails to bind and
+# its callers talk to the first (a test's gateway calls reached another service's ops server).
+# Bounded: the kernel's odd ports (those bind(0) prefers) are ~14,000; the window that matters is
+# seconds, the last thousands given cover it.
+_GIVEN_PORTS: dict[int, None] = {}
+_GIVEN_PORTS_KEPT = 4096
+# Kernel choices tried before taking one given already: on a machine whose port range holds
+# fewer free ports than the window keeps, every choice may be a given one.
+_FREE_PORT_TRIES = 64
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, and none of the last ones this process gave (unless the
+    kernel offers only such ports, `_FREE_PORT_TRIES` times over: then its last choice)."""
+    for _ in range(_FREE_PORT_TRIES):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            break
+    _GIVEN_PORTS.pop(port, None)  # given again: kept as the newest
+    _GIVEN_PORTS[port] = None
+    if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
+        del _GIVEN_PORTS[next(iter(_GIVEN_PORTS))]
+    return port
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        # As uvicorn binds: a port whose last server died with connections open (TIME_WAIT) is
+        # free to it, so it is free here too (a stack killed and started again at once).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def preferred_port(port: int) -> int:
+    return port if port_free(port) else free_port()
