@@ -280,7 +280,7 @@ def test_koprogo_health_checks_ask_their_own_ops_port(compose: dict[str, Any]) -
 async def test_the_readiness_check_fails_while_not_ready(compose: dict[str, Any]) -> None:
     """The health check command, run against a real ops server (koprogo_shared.ops_http): it exits 0
     when /ready answers 200 and fails on its 503, which is what `service_healthy` waits on."""
-    from koprogo_cli.embedded import free_port
+    from koprogo_cli.ports import free_port
     from koprogo_shared.ops_http import ops_server
     from tests.conftest import wait_until
 
@@ -447,7 +447,8 @@ def test_nats_keeps_sync_always_and_monitoring_inside(compose: dict[str, Any]) -
 def shipped_nats_server(setup_tree: Path, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """deploy/nats/nats-server.conf as compose mounts it, with only its ports and store folder moved
     for the test, and the authorization.conf nats-config wrote: (client port, monitoring port)."""
-    from koprogo_cli.embedded import free_port, nats_server_binary, wait_for_port
+    from koprogo_cli.embedded import nats_server_binary, wait_for_port
+    from koprogo_cli.ports import free_port
 
     port, monitor = free_port(), free_port()
     conf = NATS_CONF.read_text(encoding="utf-8")
