@@ -50,8 +50,9 @@ async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_with
         )
         # Then the state a worker killed between storing its answer and acking leaves behind:
         # the answer is in the event log, the work item is still pending. Its next delivery (or
-        # the router's copy for a redelivered request) says it may be answered: the work-item
-        # handler marks a redelivery so (tests/unit/test_work_items.py), the router a copy.
+        # the router's copy for a redelivered request) may be answered: the work-item handler
+        # tells the worker of a delivery after the first (tests/unit/test_cloud_inference_service.py,
+        # through the worker's own handler), the router marks a copy (this one).
         reply = reply_subject()
         again = work_item(dep, MODEL, reply_subject=reply).model_copy(update={"may_be_answered": True})
         earlier = ChatCompleted(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
-import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -176,6 +176,30 @@ async def test_a_batch_fetched_ahead_is_given_back_when_the_consumer_stops(clean
     assert handled == [b"%d" % i for i in range(20)]
 
 
+class _StopsAsItsFirstFetchReturns:
+    """JetStream whose pull subscriptions set `stop` as their first fetch returns: the stop came while
+    that fetch was in flight (no timing involved)."""
+
+    def __init__(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        self._js = js
+        self._stop = stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def pull_subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        sub = await self._js.pull_subscribe(*args, **kwargs)
+        fetch = sub.fetch
+
+        async def fetch_then_stop(*fetch_args: Any, **fetch_kwargs: Any) -> list[Msg]:
+            msgs = await fetch(*fetch_args, **fetch_kwargs)
+            self._stop.set()
+            return msgs
+
+        sub.fetch = fetch_then_stop  # type: ignore[method-assign]
+        return sub
+
+
 async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_ahead(
     clean_jetstream: str,
 ) -> None:
@@ -186,28 +210,17 @@ async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_a
         handled.extend(m.data for m in msgs)
         return [ACK] * len(msgs)
 
-    async def waiting() -> bool:
-        try:
-            return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_waiting > 0
-        except nats.js.errors.NotFoundError:
-            return False  # not created yet
-
     try:
-        await ensure_streams(js)
+        await _published(js, *(b"%d" % i for i in range(20)))  # two full batches stored
         stop = asyncio.Event()
-        task = asyncio.create_task(run_pull_consumer(js, SPEC, stop=stop, batch_handler=handler))
-        await wait_until(waiting, timeout=5)  # its fetch waits on the server
-        # Two full batches, sent without yielding (core publishes only fill the client's buffer),
-        # then the stop: the fetch returns its full batch with `stop` already set.
-        for i in range(20):
-            await nc.publish(SUBJECT, b"%d" % i)
-        stop.set()
-        await asyncio.wait_for(task, timeout=5)
+        stopping_js = cast(JetStreamContext, _StopsAsItsFirstFetchReturns(js, stop))
+        await asyncio.wait_for(run_pull_consumer(stopping_js, SPEC, stop=stop, batch_handler=handler), 10)
         await wait_until(lambda: _ack_pending(js, 0), timeout=5)  # the server takes acks in its time
         info = await js.consumer_info(SPEC.stream, SPEC.durable)
     finally:
         await nc.close()
+    # The first batch is handled; the second was never asked for: not delivered, so not given back
+    # (without the guard it is fetched ahead, then NAKed: delivered, and pending again).
     assert handled == [b"%d" % i for i in range(10)]
-    # The second batch was never asked for: not delivered, so not given back (redelivered) either.
     assert info.delivered.consumer_seq == 10
-    assert info.num_redelivered == 0
+    assert info.num_redelivered == 0 and info.num_pending == 10

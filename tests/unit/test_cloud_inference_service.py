@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,9 @@ from koprogo_cloud.adapters.outcomes import OutcomeSink
 from koprogo_cloud.adapters.providers import ChatProvider, OnDelta, ProviderCall, ProviderResult
 from koprogo_cloud.domain.deployments import Deployment
 from koprogo_cloud.domain.errors import InvalidCommandError, ProviderError, UnmappableRequestError
+from koprogo_cloud.entrypoints.nats_worker import work_item_handler
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
+from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelta,
@@ -165,11 +169,11 @@ def work(
     return RunInference.model_validate(item.model_dump() | fields)
 
 
-async def test_a_redelivered_work_item_completes_with_the_same_event_id() -> None:
+async def test_a_work_item_run_twice_completes_with_the_same_event_id() -> None:
     svc, sink, _ = service(FakeProvider(OK))
     item = work()
-    first = await svc.run("dep", item)
-    again = await svc.run("dep", item)
+    first = await svc.run("dep", item, redelivered=False)
+    again = await svc.run("dep", item, redelivered=False)
     assert isinstance(first, ChatCompleted) and first.id == again.id
     assert first.id == derived_event_id(item.request_id, "completed")
     assert first.model == "gpt-4o" and first.usage.total_tokens == 13
@@ -180,14 +184,41 @@ async def test_the_stored_answer_is_looked_for_only_when_the_work_may_be_answere
     provider = FakeProvider(OK)
     svc, sink, _ = service(provider)
     item = work()
-    first = await svc.run("dep", item)
+    first = await svc.run("dep", item, redelivered=False)
     assert sink.looked_up == [], "a first delivery of a first copy costs no look-up"
     # Delivered again, or a copy the router marks (routed again): the answer is looked for.
-    again = await svc.run("dep", item, True)
-    marked = await svc.run("dep", item.model_copy(update={"may_be_answered": True}))
+    again = await svc.run("dep", item, redelivered=True)
+    marked = await svc.run("dep", item.model_copy(update={"may_be_answered": True}), redelivered=False)
     assert sink.looked_up == [item.request_id] * 2
     assert again == marked == first and sink.resent == [first, first]
     assert len(provider.calls) == 1, "the provider is not paid twice"
+
+
+def delivered(item: RunInference, times: int) -> Any:
+    """A NATS message of the deployment's work, delivered `times` times."""
+
+    async def in_progress() -> None:
+        return None
+
+    return SimpleNamespace(
+        data=item.model_dump_json().encode(),
+        subject=subjects.run_inference_cloud(item.copro_id, "dep"),
+        headers=None,
+        metadata=SimpleNamespace(num_delivered=times),
+        in_progress=in_progress,
+    )
+
+
+async def test_the_worker_tells_the_service_a_delivery_after_the_first() -> None:
+    # The entrypoint as the bootstrap builds it: a second delivery looks for the stored answer.
+    provider = FakeProvider(OK)
+    svc, sink, _ = service(provider)
+    handler = work_item_handler(svc, "dep", ack_wait_s=30, max_deliver=3)
+    item = work()
+    await handler.handle(delivered(item, 1))
+    assert sink.looked_up == []
+    await handler.handle(delivered(item, 2))
+    assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
 
 
 async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_have_stored() -> None:
@@ -195,18 +226,18 @@ async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_ha
     svc, sink, _ = service(provider)
     item = work()
     assert item.routing is not None
-    first = await svc.run("dep", item)
+    first = await svc.run("dep", item, redelivered=False)
     # Attempt 1 reported a failure, was redelivered and answered after all: attempt 2 (a first
     # copy, unflagged) must not pay the provider again.
     second = item.model_copy(update={"routing": item.routing.model_copy(update={"attempt": 2})})
     assert second.may_be_answered is False
-    assert await svc.run("dep", second) == first
+    assert await svc.run("dep", second, redelivered=False) == first
     assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
 
 
 async def test_a_reported_attempt_carries_its_work_without_the_routers_mark() -> None:
     svc, sink, _ = service(FakeProvider(ProviderError("status", "", status=429, retry_after_s=10)))
-    await svc.run("dep", work(deadline_s=5).model_copy(update={"may_be_answered": True}))
+    await svc.run("dep", work(deadline_s=5).model_copy(update={"may_be_answered": True}), redelivered=False)
     [failed] = sink.attempts
     # The next attempt needs no mark (a fallback is looked up); an older router would refuse it.
     assert failed.work.may_be_answered is False
@@ -224,7 +255,7 @@ async def test_an_expired_work_item_fails_without_calling_the_provider() -> None
     provider = FakeProvider(OK)
     svc, sink, _ = service(provider)
     item = work(deadline_s=-1)
-    outcome = await svc.run("dep", item)
+    outcome = await svc.run("dep", item, redelivered=False)
     assert isinstance(outcome, ChatFailed) and (outcome.status, outcome.error) == (504, "deadline_exceeded")
     assert outcome.id == derived_event_id(item.id, "failed")
     assert provider.calls == [] and sink.published == [outcome]
@@ -233,7 +264,7 @@ async def test_an_expired_work_item_fails_without_calling_the_provider() -> None
 async def test_the_call_timeout_never_runs_past_the_deadline() -> None:
     provider = FakeProvider(OK)
     svc, _, _ = service(provider, timeout_s=60)
-    await svc.run("dep", work(deadline_s=5))
+    await svc.run("dep", work(deadline_s=5), redelivered=False)
     assert provider.calls == [("gpt-4o-2024", 5.0)]
 
 
@@ -241,7 +272,7 @@ async def test_a_retry_after_longer_than_the_time_left_is_not_waited_for() -> No
     provider = FakeProvider(ProviderError("status", "", status=429, retry_after_s=10))
     svc, sink, clock = service(provider)
     item = work(deadline_s=5)
-    outcome = await svc.run("dep", item)
+    outcome = await svc.run("dep", item, redelivered=False)
     assert isinstance(outcome, InferenceAttemptFailed)
     assert (outcome.status, outcome.error) == (503, "provider_rate_limited")
     assert outcome.id == derived_event_id(item.id, "attempt_failed")
@@ -254,7 +285,7 @@ async def test_backoff_is_used_without_retry_after() -> None:
         ProviderError("status", "", status=503), ProviderError("status", "", status=503), OK
     )
     svc, _, clock = service(provider)
-    outcome = await svc.run("dep", work())
+    outcome = await svc.run("dep", work(), redelivered=False)
     assert isinstance(outcome, ChatCompleted)
     assert clock.slept == [0.25, 0.5]
 
@@ -262,30 +293,30 @@ async def test_backoff_is_used_without_retry_after() -> None:
 async def test_an_answer_without_usage_is_a_bad_response_not_an_estimate() -> None:
     provider = FakeProvider(ProviderError("bad_response", "the answer carries no token usage"))
     svc, _, _ = service(provider)
-    outcome = await svc.run("dep", work())
+    outcome = await svc.run("dep", work(), redelivered=False)
     assert isinstance(outcome, InferenceAttemptFailed) and outcome.error == "provider_bad_response"
 
 
 async def test_a_model_the_deployment_does_not_map_goes_back_to_the_router() -> None:
     svc, _, _ = service(FakeProvider(OK))
-    outcome = await svc.run("dep", work(model="gpt-9"))
+    outcome = await svc.run("dep", work(model="gpt-9"), redelivered=False)
     assert isinstance(outcome, InferenceAttemptFailed) and outcome.error == "model_not_served"
 
 
 async def test_cooldown_shows_in_the_status_and_a_success_after_it_ends_clears_it() -> None:
     provider = FakeProvider(ProviderError("timeout", "t"), OK)
     svc, _, clock = service(provider, max_retries=0, cooldown_after_failures=1, cooldown_s=30)
-    await svc.run("dep", work())
+    await svc.run("dep", work(), redelivered=False)
     status = svc.status("dep", 2.0)
     assert not status.available and status.cooldown_until == START + timedelta(seconds=30)
     clock.now += timedelta(seconds=31)
-    assert isinstance(await svc.run("dep", work(deadline_s=120)), ChatCompleted)
+    assert isinstance(await svc.run("dep", work(deadline_s=120), redelivered=False), ChatCompleted)
     assert svc.status("dep", 2.0).available
 
 
 async def test_a_keyless_deployment_reports_why_and_the_router_falls_back() -> None:
     svc, _, _ = service(None)
-    outcome = await svc.run("dep", work())
+    outcome = await svc.run("dep", work(), redelivered=False)
     assert isinstance(outcome, InferenceAttemptFailed) and outcome.error == "deployment_unavailable"
     status = svc.status("dep", 2.0)
     assert not status.available and status.unavailable_reason == "OPENAI_API_KEY is not set"
@@ -295,7 +326,7 @@ async def test_work_without_uuid_ids_is_poison() -> None:
     svc, _, _ = service(FakeProvider(OK))
     bad = work().model_copy(update={"id": "not-a-uuid"})
     with pytest.raises(InvalidCommandError):
-        await svc.run("dep", bad)
+        await svc.run("dep", bad, redelivered=False)
 
 
 def test_koprogo_cloud_refuses_a_bad_deployments_file(tmp_path: Path) -> None:
@@ -327,7 +358,7 @@ async def test_the_controls_and_the_deployments_features_reach_the_provider() ->
     provider = FakeProvider(OK)
     svc, _, _ = service(provider)
     controls = GenerationControls(stop=["."], seed=3, tools=[ToolSpec.model_validate(WEATHER)])
-    await svc.run("dep", work(controls=controls))
+    await svc.run("dep", work(controls=controls), redelivered=False)
     (request,) = provider.requests
     assert request.controls == controls
     assert request.features == {*ALL_FEATURES, "logprobs"}
@@ -337,7 +368,7 @@ async def test_a_control_the_deployment_does_not_pass_on_is_refused_by_name_neve
     provider = FakeProvider(OK)
     svc, sink, _ = service(provider, features=["stop", "top_p", "tools"])
     outcome = await svc.run(
-        "dep", work(controls=GenerationControls(seed=1, presence_penalty=0.5, stop=["x"]))
+        "dep", work(controls=GenerationControls(seed=1, presence_penalty=0.5, stop=["x"])), redelivered=False
     )
     assert isinstance(outcome, ChatFailed)
     assert (outcome.status, outcome.error) == (400, "unsupported_parameter")
@@ -352,7 +383,7 @@ async def test_a_history_with_tool_turns_needs_the_tools_feature() -> None:
         ChatMessage(role="assistant", content="", tool_calls=[CALL]),
         ChatMessage(role="tool", content="sunny", tool_call_id="call_1"),
     ]
-    outcome = await svc.run("dep", work(messages=history))
+    outcome = await svc.run("dep", work(messages=history), redelivered=False)
     assert isinstance(outcome, ChatFailed) and outcome.error == "unsupported_parameter"
     assert "tools" in outcome.message
 
@@ -361,7 +392,7 @@ async def test_tool_calls_of_the_answer_end_in_the_completion() -> None:
     answer = ProviderResult("", "tool_calls", prompt_tokens=30, completion_tokens=9, tool_calls=[CALL])
     svc, _, _ = service(FakeProvider(answer))
     outcome = await svc.run(
-        "dep", work(controls=GenerationControls(tools=[ToolSpec.model_validate(WEATHER)]))
+        "dep", work(controls=GenerationControls(tools=[ToolSpec.model_validate(WEATHER)])), redelivered=False
     )
     assert isinstance(outcome, ChatCompleted)
     assert outcome.finish_reason == "tool_calls" and outcome.tool_calls == [CALL]
@@ -371,7 +402,7 @@ async def test_a_streamed_request_sends_numbered_pieces_then_the_completion() ->
     provider = FakeProvider(ProviderResult("Bonjour !", "stop", 10, 3), pieces=["Bon", "jour", " !"])
     svc, sink, _ = service(provider)
     item = work(stream=True)
-    outcome = await svc.run("dep", item)
+    outcome = await svc.run("dep", item, redelivered=False)
     assert provider.streamed == [True]
     assert [(d.index, d.delta) for d in sink.deltas] == [(0, "Bon"), (1, "jour"), (2, " !")]
     assert {d.request_id for d in sink.deltas} == {item.request_id}
@@ -382,21 +413,21 @@ async def test_a_streamed_request_sends_numbered_pieces_then_the_completion() ->
 async def test_a_deployment_that_does_not_stream_answers_a_streamed_request_whole() -> None:
     provider = FakeProvider(OK, pieces=["never"])
     svc, sink, _ = service(provider, stream=False)
-    assert isinstance(await svc.run("dep", work(stream=True)), ChatCompleted)
+    assert isinstance(await svc.run("dep", work(stream=True), redelivered=False), ChatCompleted)
     assert provider.streamed == [False] and sink.deltas == []
 
 
 async def test_a_stream_that_fails_before_its_first_piece_is_retried() -> None:
     provider = FakeProvider(ProviderError("status", "", status=503), OK)
     svc, _, _ = service(provider)
-    outcome = await svc.run("dep", work(stream=True))
+    outcome = await svc.run("dep", work(stream=True), redelivered=False)
     assert isinstance(outcome, ChatCompleted) and provider.streamed == [True, True]
 
 
 async def test_a_stream_that_fails_after_a_piece_fails_the_chat_without_retry_or_fallback() -> None:
     provider = FakeProvider(ProviderError("status", "", status=503), OK, pieces=["Bon"])
     svc, sink, _ = service(provider)
-    outcome = await svc.run("dep", work(stream=True))
+    outcome = await svc.run("dep", work(stream=True), redelivered=False)
     assert isinstance(outcome, ChatFailed)  # not InferenceAttemptFailed: another target would start over
     assert (outcome.status, outcome.error) == (502, "provider_error")
     assert "after 1 streamed pieces" in outcome.message
@@ -432,7 +463,7 @@ async def test_a_caller_that_leaves_stops_the_provider_call(stream: bool) -> Non
     provider = HangingProvider(pieces=["Bon"])
     svc, sink, _ = service(provider)
     item = work(stream=stream)
-    running = asyncio.create_task(svc.run("dep", item))
+    running = asyncio.create_task(svc.run("dep", item, redelivered=False))
     await asyncio.sleep(0.05)
     assert not running.done() and sink.listened == [item.request_id]
     sink.gone.set()
@@ -450,7 +481,7 @@ async def test_a_tool_call_anthropic_cannot_express_is_a_bad_request() -> None:
             raise UnmappableRequestError("tool call 'c1' (f): its arguments are not a JSON object")
 
     svc, _, _ = service(Unmappable(OK))
-    outcome = await svc.run("dep", work())
+    outcome = await svc.run("dep", work(), redelivered=False)
     assert isinstance(outcome, ChatFailed) and (outcome.status, outcome.error) == (400, "invalid_request")
 
 
@@ -468,11 +499,15 @@ async def test_the_providers_log_probabilities_come_with_the_answer() -> None:
     ]
     answer = ProviderResult("hi", "stop", prompt_tokens=10, completion_tokens=2, logprobs=given)
     svc, sink, _ = service(FakeProvider(answer))
-    outcome = await svc.run("dep", work(controls=GenerationControls(logprobs=True, top_logprobs=1)))
+    outcome = await svc.run(
+        "dep", work(controls=GenerationControls(logprobs=True, top_logprobs=1)), redelivered=False
+    )
     assert isinstance(outcome, ChatCompleted) and outcome.logprobs == given
     assert sink.published == [outcome]
     refusing, _, _ = service(FakeProvider(answer), features=list(ALL_FEATURES))
-    refused = await refusing.run("dep", work(plan=False, controls=GenerationControls(logprobs=True)))
+    refused = await refusing.run(
+        "dep", work(plan=False, controls=GenerationControls(logprobs=True)), redelivered=False
+    )
     assert isinstance(refused, ChatFailed) and (refused.status, refused.error) == (
         400,
         "unsupported_parameter",

@@ -19,7 +19,7 @@ async def test_a_rest_that_ends_without_another_call_shows_ended_at_the_next_sta
     svc, _, clock = service(provider, max_retries=0, cooldown_after_failures=1, cooldown_s=30)
     cooldowns = REGISTRY.get_sample_value("koprogo_cloud_cooldowns_total", {"deployment": "dep"}) or 0.0
 
-    await svc.run("dep", work())
+    await svc.run("dep", work(), redelivered=False)
     assert _in_cooldown() == 1.0
     assert REGISTRY.get_sample_value("koprogo_cloud_cooldowns_total", {"deployment": "dep"}) == cooldowns + 1
     clock.now += timedelta(seconds=31)  # nothing sent to it meanwhile: the router skipped it

@@ -184,7 +184,7 @@ class Service:
         self.reported: list[tuple[str, int, str, str]] = []
         self.report_error: Exception | None = None
 
-    async def run(self, item: RunInference, redelivered: bool) -> None:
+    async def run(self, item: RunInference, *, redelivered: bool) -> None:
         self.ran.append(item)
         self.redelivered.append(redelivered)
         await asyncio.sleep(self.seconds)

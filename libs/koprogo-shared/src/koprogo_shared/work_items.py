@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from nats.aio.msg import Msg
 
@@ -31,9 +32,14 @@ from koprogo_shared.events import RunInference
 
 log = logging.getLogger(__name__)
 
-# Runs the work item and publishes its outcome (ChatCompleted, ChatFailed...); the flag says the
-# item was delivered before (that delivery may have stored its answer before dying).
-RunWork = Callable[[RunInference, bool], Awaitable[object]]
+
+class RunWork(Protocol):
+    """Runs the work item and publishes its outcome (ChatCompleted, ChatFailed...); `redelivered`:
+    the item was delivered before (that delivery may have stored its answer before dying)."""
+
+    def __call__(self, work: RunInference, /, *, redelivered: bool) -> Awaitable[object]: ...
+
+
 # Publishes a ChatFailed(status, error, message) for the work item.
 ReportFailure = Callable[[RunInference, int, str, str], Awaitable[object]]
 
@@ -95,7 +101,7 @@ class WorkItemHandler:
             )
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self._run(work, delivered > 1)
+            await self._run(work, redelivered=delivered > 1)
         except self._poison as exc:
             raise PoisonMessageError(str(exc)) from None
         except Exception as exc:

@@ -84,7 +84,7 @@ class CloudInferenceService:
         self._sleep = sleep
         self._jitter = jitter
 
-    async def run(self, deployment_id: str, work: RunInference, redelivered: bool = False) -> Outcome:
+    async def run(self, deployment_id: str, work: RunInference, *, redelivered: bool) -> Outcome:
         """Answer `work` on `deployment_id` and publish the outcome; publishing errors propagate (retry).
 
         `redelivered`: this item was delivered before (that delivery may have stored its answer)."""

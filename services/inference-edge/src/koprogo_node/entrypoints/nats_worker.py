@@ -52,7 +52,7 @@ def work_item_handler(service: InferenceService, ack_wait_s: float, max_deliver:
     """The shared handler over this node's use case, counting what came of each item."""
     model = service.node.model_id
 
-    async def run_counted(cmd: RunInference, _redelivered: bool) -> None:
+    async def run_counted(cmd: RunInference, *, redelivered: bool) -> None:
         # The node looks up every item's stored answer (in its own memory), delivered before or not.
         try:
             outcome = await service.run(cmd)

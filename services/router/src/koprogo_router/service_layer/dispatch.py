@@ -141,8 +141,9 @@ class Dispatcher:
     async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         """Try the plan's next target if fallback is allowed and time is left; else fail the request.
 
-        A fallback's copy needs no `may_be_answered`: a cloud worker looks up the stored answer of
-        every attempt after the first, and an edge node looks up every item."""
+        The router marks no fallback's copy `may_be_answered`: a cloud worker looks up the stored
+        answer of every attempt after the first, and an edge node looks up every item. (A copy of a
+        marked work keeps its mark: the building's HubUnreachable path; harmless.)"""
         work = failed.work
         plan = work.routing
         failures = [*(plan.failures if plan else []), f"{_where(failed.target)}: {failed.error}"]
