@@ -26,7 +26,13 @@ from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.nats_connection import ensure_streams, publish_event
-from koprogo_shared.subjects import EVENTS_STREAM, chat_delivered, run_inference_cloud, run_inference_edge
+from koprogo_shared.subjects import (
+    EVENTS_STREAM,
+    chat_delivered,
+    cloud_status,
+    run_inference_cloud,
+    run_inference_edge,
+)
 from tests.conftest import wait_until
 from tests.integration.leaf_support import NatsProcess, TcpProxy, hub_server
 from tests.integration.ledger_support import chat_completed, chat_requested, running_ledger, subject_of
@@ -294,6 +300,13 @@ async def test_a_building_that_ignores_its_filter_gets_nothing_else_into_the_hub
     assert (last.headers or {}).get("Nats-Stream-Source", "").startswith(inbox_name), last.headers
 
 
+# Subjects every building may hear from the hub (a cloud deployment's status): the first comes
+# back once the building's interest has reached the hub; the second, sent after the subjects under
+# test, says when they would have arrived (one publisher: delivered in order).
+INTEREST_MARKER = cloud_status("leaf-test-interest")
+END_MARKER = cloud_status("leaf-test-end")
+
+
 async def _heard(nc: NATS, publish: NATS, subjects: list[str]) -> list[str]:
     """What a client of the building hears of these subjects published at the hub."""
     heard: list[str] = []
@@ -301,15 +314,23 @@ async def _heard(nc: NATS, publish: NATS, subjects: list[str]) -> list[str]:
     async def on_message(msg: Msg) -> None:
         heard.append(msg.subject)
 
+    async def interest_reached_the_hub() -> bool:
+        await publish.publish(INTEREST_MARKER, b"{}")
+        await publish.flush()
+        await asyncio.sleep(0.05)
+        return INTEREST_MARKER in heard
+
     sub = await nc.subscribe("koprogo.>", cb=on_message)
     await nc.flush()
-    await asyncio.sleep(1.0)  # the building's interest reaches the hub over the leaf link
+    await wait_until(interest_reached_the_hub, timeout=10, interval=0.1)
     for subject in subjects:
         await publish.publish(subject, b"{}")
+    await publish.publish(END_MARKER, b"{}")
     await publish.flush()
-    await asyncio.sleep(1.0)
+    # Everything published before the end marker has arrived once it has (or never will).
+    await wait_until(lambda: END_MARKER in heard, timeout=10)
     await sub.unsubscribe()
-    return heard
+    return [subject for subject in heard if subject not in (INTEREST_MARKER, END_MARKER)]
 
 
 async def test_a_buildings_leaf_never_receives_another_copros_work_or_events(tmp_path: Path) -> None:
@@ -496,13 +517,14 @@ async def test_a_building_may_send_the_hub_its_own_copros_cloud_work_only(site: 
     own, foreign = run_inference_cloud(COPRO, "hub-cloud"), run_inference_cloud(OTHER_COPRO, "hub-cloud")
 
     async def own_arrived() -> bool:
-        await site.building_nc.publish(own, b"{}")
+        # The foreign work first: one publisher's messages arrive in order, so once the own work
+        # sent after it has arrived, the foreign one would have too.
         await site.building_nc.publish(foreign, b"{}")
+        await site.building_nc.publish(own, b"{}")
         await site.building_nc.flush()
         return own in arrived
 
     # Interest crosses the leaf link within a moment: the building's own copro's work arrives.
     await wait_until(own_arrived, timeout=10, interval=0.5)
-    await asyncio.sleep(1.0)
     await sub.unsubscribe()
     assert foreign not in arrived and own in arrived
