@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from koprogo_shared import subjects
 from koprogo_shared.consumer import (
@@ -20,6 +21,7 @@ from koprogo_shared.consumer import (
     Decision,
     Retry,
     run_pull_consumer,
+    start_pull_consumers,
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from tests.conftest import wait_until
@@ -187,8 +189,8 @@ class _StopsAsItsFirstFetchReturns:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._js, name)
 
-    async def pull_subscribe(self, *args: Any, **kwargs: Any) -> Any:
-        sub = await self._js.pull_subscribe(*args, **kwargs)
+    async def pull_subscribe_bind(self, *args: Any, **kwargs: Any) -> Any:
+        sub = await self._js.pull_subscribe_bind(*args, **kwargs)
         fetch = sub.fetch
 
         async def fetch_then_stop(*fetch_args: Any, **fetch_kwargs: Any) -> list[Msg]:
@@ -224,3 +226,57 @@ async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_a
     assert handled == [b"%d" % i for i in range(10)]
     assert info.delivered.consumer_seq == 10
     assert info.num_redelivered == 0 and info.num_pending == 10
+
+
+async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(clean_jetstream: str) -> None:
+    """Eight loops on one durable (as the router and the cloud worker run them): one consumer
+    API call in all, seen on the server's API subjects, and each message handled once."""
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    api_calls: list[str] = []
+
+    async def noted(msg: Msg) -> None:
+        api_calls.append(msg.subject)
+
+    spy = await nc.subscribe("$JS.API.CONSUMER.>", cb=noted)
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    spec = ConsumerSpec(stream=SPEC.stream, durable=SPEC.durable, filter_subject=SPEC.filter_subject, batch=1)
+    stop = asyncio.Event()
+    try:
+        await _published(js, *(b"%d" % i for i in range(40)))
+        loops = start_pull_consumers(js, spec, handler, stop, loops=8, name="consumer-tests")
+        await wait_until(lambda: len(handled) == 40, timeout=10)
+        await wait_until(lambda: _settled(js))
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
+        await nc.flush()
+    finally:
+        await spy.unsubscribe()
+        await nc.close()
+    assert sorted(handled) == sorted(b"%d" % i for i in range(40))
+    declarations = [s for s in api_calls if not s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
+    # `_settled` asks for the consumer's info itself, from this test: those calls are ours.
+    assert [s for s in declarations if ".INFO." not in s] == [
+        f"$JS.API.CONSUMER.CREATE.{SPEC.stream}.{SPEC.durable}.{SPEC.filter_subject}"
+    ]
+
+
+async def test_loops_on_a_durable_that_cannot_exist_fail_with_the_reason(clean_jetstream: str) -> None:
+    """No such stream: the declaration fails, and every loop raises it (the service stops
+    and says why) rather than fetching from nothing."""
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    spec = ConsumerSpec(stream="NO_SUCH_STREAM", durable="consumer-tests", filter_subject=SUBJECT)
+
+    async def handler(msg: Msg) -> None:
+        raise AssertionError("nothing to handle")
+
+    try:
+        loops = start_pull_consumers(js, spec, handler, asyncio.Event(), loops=3, name="consumer-tests")
+        outcomes = await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), timeout=10)
+    finally:
+        await nc.close()
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, NotFoundError) for outcome in outcomes), outcomes

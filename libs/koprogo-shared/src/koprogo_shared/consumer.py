@@ -272,29 +272,26 @@ async def run_pull_consumer(
     stop: asyncio.Event | None = None,
     *,
     batch_handler: BatchHandler | None = None,
+    declared: bool = False,
 ) -> None:
     """Fetch and settle messages until `stop` is set or the task is cancelled.
 
     Give either `handler` (each message is settled as soon as it is handled) or
     `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
     full batch the next one is fetched while it is handled, and handled after it).
+    The durable is declared first (`declare_consumer`) unless `declared` says it was already
+    (`start_pull_consumers` declares it once for all its loops).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
     if (handler is None) == (batch_handler is None):
         raise TypeError("run_pull_consumer takes a handler or a batch_handler, exactly one")
     loop = asyncio.get_running_loop()
-    config = consumer_config(spec)
-    try:
-        # Create, or bring an existing durable to the declared configuration
-        # (pull_subscribe alone leaves an existing consumer as it was); this is also how a
-        # durable created with a server-side `max_deliver` gets unlimited deliveries.
-        await js.add_consumer(spec.stream, config)
-    except nats.js.errors.APIError as exc:
-        log.warning("consumer %s keeps its existing configuration: %s", spec.durable, exc)
-    sub = await js.pull_subscribe(
-        spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config
-    )
+    if not declared:
+        await declare_consumer(js, spec)
+    # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
+    # consumer's info again).
+    sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None
@@ -342,15 +339,34 @@ async def run_pull_consumer(
             pass
 
 
+async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create `spec`'s durable, or bring an existing one to its configuration (this is also how
+    a durable created with a server-side `max_deliver` gets unlimited deliveries). One the
+    server will not change (an immutable field) is kept as it is, with a warning; one that
+    cannot be created and does not exist (no such stream) raises `nats.js.errors.NotFoundError`,
+    so the service stops with the reason instead of fetching from nothing."""
+    try:
+        await js.add_consumer(spec.stream, consumer_config(spec))
+    except nats.js.errors.APIError as exc:
+        await js.consumer_info(spec.stream, spec.durable)
+        log.warning("consumer %s keeps its existing configuration: %s", spec.durable, exc)
+
+
 def start_pull_consumers(
     js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event, *, loops: int, name: str
 ) -> list[asyncio.Task[None]]:
     """`loops` tasks of `run_pull_consumer` sharing `spec`'s durable, named `name-0`, `name-1`...:
-    up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time."""
-    return [
-        asyncio.create_task(run_pull_consumer(js, spec, handler, stop), name=f"{name}-{n}")
-        for n in range(loops)
-    ]
+    up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time.
+    The durable is declared once, then every loop binds to it; if it cannot be, every loop
+    raises the reason."""
+    declaring = asyncio.create_task(declare_consumer(js, spec), name=f"{name}-declare")
+
+    async def one_loop() -> None:
+        # Shielded: one loop cancelled while waiting must not cancel the others' declaration.
+        await asyncio.shield(declaring)
+        await run_pull_consumer(js, spec, handler, stop, declared=True)
+
+    return [asyncio.create_task(one_loop(), name=f"{name}-{n}") for n in range(loops)]
 
 
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
