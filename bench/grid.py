@@ -4,7 +4,7 @@
                                    [--nodes 50] [--fleet 1000,5000,10000] [--fleet-tasks 1000]
                                    [--step-s 12] [--skip board,nats,fleet]
 
-Everything on a real nats-server started as the stack starts it (`koprogo_cli.embedded.EmbeddedNats`:
+Everything on a real nats-server started as the stack starts it (`koprogo_cli.embedded_nats.EmbeddedNats`:
 JetStream file storage, `sync_interval: always`, i.e. one fsync per stored message); the scheduler
 runs as its own process (`koprogo-grid-scheduler`, as `koprogo up` runs it), so its CPU and RSS are
 its own. Simulated nodes share the benchmark's process and NATS connections: they heartbeat on
@@ -58,7 +58,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState, Waiter
 from koprogo_grid.domain.rules import GridRules

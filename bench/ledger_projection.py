@@ -8,8 +8,9 @@ Realistic chats, each three events made with the real models and helpers (`ChatR
 gateway builds it, `ChatCompleted` from a `RunInference` by `chat_outcomes.completed` on the edge
 node's or the cloud worker's subject, `ChatDelivered` with the gateway's derived id), in the order
 concurrent chats store them: a chat's completion lands hundreds of events after its request. A fresh
-PostgreSQL (embedded, as `koprogo up` runs it: `koprogo_cli.embedded.EmbeddedPostgres`, fsync on), or
-a scratch database created and dropped on `--server-url`'s server, migrated as the ledger migrates.
+PostgreSQL (embedded, as `koprogo up` runs it: `koprogo_cli.embedded_pg.EmbeddedPostgres`,
+fsync on), or a scratch database created and dropped on `--server-url`'s server, migrated as the
+ledger migrates.
 A nats-server of our own (`EmbeddedNats`: JetStream file storage, `sync_interval: always`).
 
 Phases, every round, each on emptied tables, fresh events each time:
@@ -74,7 +75,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.ports import free_port
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue

@@ -26,7 +26,8 @@ from pathlib import Path
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from koprogo_cli.embedded import nats_server_binary, wait_for_port
+from koprogo_cli.embedded import wait_for_port
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.ports import free_port
 
 

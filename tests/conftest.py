@@ -26,7 +26,8 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_cli.ports import free_port
 from koprogo_node.adapters.model_files import bundled_model_path as bundled_model_path_of_node

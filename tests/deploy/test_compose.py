@@ -447,7 +447,8 @@ def test_nats_keeps_sync_always_and_monitoring_inside(compose: dict[str, Any]) -
 def shipped_nats_server(setup_tree: Path, tmp_path: Path) -> Iterator[tuple[int, int]]:
     """deploy/nats/nats-server.conf as compose mounts it, with only its ports and store folder moved
     for the test, and the authorization.conf nats-config wrote: (client port, monitoring port)."""
-    from koprogo_cli.embedded import nats_server_binary, wait_for_port
+    from koprogo_cli.embedded import wait_for_port
+    from koprogo_cli.embedded_nats import nats_server_binary
     from koprogo_cli.ports import free_port
 
     port, monitor = free_port(), free_port()

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.nats_auth import (
     ADMIN,
     identities,

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.task_events import TaskStatus

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 from tests.fault.stack_processes import StackFactory, process_stacks

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.nats_connection import connect_nats, declare_streams

@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from koprogo_cli.embedded import nats_server_binary, wait_for_port
+from koprogo_cli.embedded import wait_for_port
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.ports import free_port
 
 HUB_CONFIG = """\

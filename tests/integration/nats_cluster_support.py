@@ -19,7 +19,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import nats_server_binary, wait_for_port
+from koprogo_cli.embedded import wait_for_port
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.ports import free_port
 
 NODE_CONFIG = """\

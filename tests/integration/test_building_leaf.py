@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import nats_server_binary
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization, render_user
 from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site

@@ -13,14 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from koprogo_cli.embedded import (
-    EmbeddedNats,
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    _open_path_to,
-    _pg_bin,
-    _run_as,
-)
+from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres, _open_path_to, _pg_bin, _run_as
 from koprogo_cli.ports import free_port
 from tests.conftest import postgres_dir
 

@@ -36,7 +36,8 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from koprogo_cli.embedded import nats_server_binary, tail_of, wait_for_port
+from koprogo_cli.embedded import tail_of, wait_for_port
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.ports import free_port
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import FakeCounterStore

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from koprogo_cli.embedded import EmbeddedPostgres
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.ports import free_port
 from koprogo_ledger.adapters.postgres_pool import create_pool
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event

@@ -14,7 +14,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_shared.nats_connection import connect_nats
 from tests.conftest import wait_until

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from koprogo_cli.embedded import EmbeddedNats, nats_server_binary, wait_for_port
+from koprogo_cli.embedded import wait_for_port
+from koprogo_cli.embedded_nats import EmbeddedNats, nats_server_binary
 from koprogo_cli.ports import free_port
 from koprogo_shared.durability import Durability, DurabilityError, Finding, judge, observed, policy_from
 from koprogo_shared.nats_connection import connect_nats, ensure_streams

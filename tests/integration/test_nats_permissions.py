@@ -30,7 +30,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
-from koprogo_cli.embedded import EmbeddedNats, nats_server_binary
+from koprogo_cli.embedded_nats import EmbeddedNats, nats_server_binary
 from koprogo_cli.nats_auth import identities, mint_seed, render_authorization, roster_file
 from koprogo_cli.ports import free_port
 from koprogo_gateway.adapters.chat_bus import NatsChatBus

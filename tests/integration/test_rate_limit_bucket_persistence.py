@@ -19,7 +19,7 @@ import nats.js.errors
 import pytest
 from nats.js import api as js_api
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_gateway.adapters.rate_limit_store import CounterStoreUnavailableError, NatsKvCounterStore
 from koprogo_gateway.domain.errors import RateLimitUnavailableError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from koprogo_cli.embedded import EmbeddedNats
+from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_gateway.adapters.rate_limit_store import (
     Counter,

@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import nats
 import nats.errors
 
-from koprogo_cli.embedded import EmbeddedServerError, reload_nats_authorization
+from koprogo_cli.embedded import EmbeddedServerError
+from koprogo_cli.embedded_nats import reload_nats_authorization
 from koprogo_cli.instance import StackRecord, data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.nats_auth import (

@@ -39,7 +39,9 @@ import nats.errors
 from pydantic import ValidationError
 
 from koprogo_cli.dev_auth import DevAuthError, ensure_jwt_secret, operator_verifier_env, write_dev_token
-from koprogo_cli.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, tails_of
+from koprogo_cli.embedded import EmbeddedServerError, tails_of
+from koprogo_cli.embedded_nats import EmbeddedNats
+from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
 from koprogo_cli.nats_auth import (
     ADMIN,
