@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,20 @@ def test_a_kernel_offering_only_given_ports_still_gets_one(monkeypatch: pytest.M
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_a_port_another_process_just_gave_is_not_given_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `koprogo up` picks its services' ports in its own process, while the test that started it
+    # picks others: the kernel may offer both the same one before either server binds it.
+    elsewhere = int(
+        subprocess.run(
+            [sys.executable, "-c", "from koprogo_cli.ports import free_port; print(free_port())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    offers = iter([elsewhere])
+    kernel_port = ports._kernel_port
+    monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, None) or kernel_port())
+    assert free_port() != elsewhere

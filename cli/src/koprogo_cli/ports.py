@@ -1,13 +1,19 @@
 """Ports for the servers one machine runs: one free now, or the usual one when it is free.
 
 Tests and `koprogo up` start several servers at once, each told its port before it binds it, so
-`free_port` remembers the ports it gave (see `_GIVEN_PORTS`); `preferred_port` keeps a service on
-its documented port (4222, 5432, 8080...) when nothing else holds it.
+`free_port` remembers the ports it gave (see `_GIVEN_PORTS`), and tells the other processes of the
+same user (a test and the `koprogo up` it starts, which picks its services' ports itself) through
+a folder of reservations (see `_reserved_elsewhere`); `preferred_port` keeps a service on its
+documented port (4222, 5432, 8080...) when nothing else holds it.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
+import time
+from pathlib import Path
 
 __all__ = ["free_port", "port_free", "preferred_port"]
 
@@ -22,22 +28,57 @@ _GIVEN_PORTS_KEPT = 4096
 # Kernel choices tried before taking one given already: on a machine whose port range holds
 # fewer free ports than the window keeps, every choice may be a given one.
 _FREE_PORT_TRIES = 64
+# Another process's port stays reserved this long: from its choice to its server's bind is seconds
+# (a stack's services start within a minute); a port given longer ago is either bound (then the
+# kernel does not offer it) or was never used.
+_RESERVED_S = 120.0
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, and none of the last ones this process gave (unless the
-    kernel offers only such ports, `_FREE_PORT_TRIES` times over: then its last choice)."""
+    """A port free on 127.0.0.1 now, and none of the last ones this process gave nor one another
+    process of this user gave in the last `_RESERVED_S` (unless the kernel offers only such ports,
+    `_FREE_PORT_TRIES` times over: then its last choice)."""
     for _ in range(_FREE_PORT_TRIES):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _GIVEN_PORTS:
+        port = _kernel_port()
+        if port not in _GIVEN_PORTS and not _reserved_elsewhere(port):
             break
     _GIVEN_PORTS.pop(port, None)  # given again: kept as the newest
     _GIVEN_PORTS[port] = None
     if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
         del _GIVEN_PORTS[next(iter(_GIVEN_PORTS))]
     return port
+
+
+def _kernel_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reservations() -> Path:
+    return Path(tempfile.gettempdir()) / f"koprogo-ports-{os.getuid()}"
+
+
+def _reserved_elsewhere(port: int) -> bool:
+    """Whether another process reserved `port` within `_RESERVED_S`; if not, reserve it now.
+    A reservation is an empty file named by the port (created at once, or its time renewed). A
+    folder that cannot be written leaves this process's own memory as the only guard."""
+    path = _reservations() / str(port)
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < _RESERVED_S:
+                return True
+            os.utime(path)  # an old reservation: ours now
+        except OSError:
+            return False
+        return False
+    except OSError:
+        return False
+    os.close(fd)
+    return False
 
 
 def port_free(port: int) -> bool:
