@@ -31,17 +31,12 @@ from typing import Any
 import httpx
 
 from koprogo_cli.embedded_nats import EmbeddedNats
-from koprogo_cli.nats_auth import (
-    ADMIN,
-    identities,
-    nkey_public_key,
-    record_grant,
-    render_authorization,
-    roster_file,
-)
+from koprogo_cli.nats_auth import identities, render_authorization
+from koprogo_cli.nats_keys import record_grant, roster_file
+from koprogo_cli.nats_permissions import ADMIN
 from koprogo_cli.ports import free_port
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from koprogo_shared.nats_connection import declare_streams
+from koprogo_shared.nats_connection import declare_streams, nkey_public_key
 from koprogo_shared.node_roster import DeviceProfile, NodeGrant, parse_roster
 from tests.conftest import TEST_CONTENT_KEYS
 from tests.fault.stack_processes import ACK_WAIT_S, HEARTBEAT_INTERVAL_S, ServiceProcess, _base_env

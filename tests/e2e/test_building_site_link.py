@@ -19,7 +19,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization
+from koprogo_cli.nats_auth import render_authorization
+from koprogo_cli.nats_keys import mint_seed
+from koprogo_cli.nats_permissions import NatsUser, Permissions
 from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from tests.conftest import wait_until

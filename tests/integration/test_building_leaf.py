@@ -21,7 +21,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_cli.embedded_nats import nats_server_binary
-from koprogo_cli.nats_auth import NatsUser, Permissions, mint_seed, render_authorization, render_user
+from koprogo_cli.nats_auth import render_authorization, render_user
+from koprogo_cli.nats_keys import mint_seed
+from koprogo_cli.nats_permissions import NatsUser, Permissions
 from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered

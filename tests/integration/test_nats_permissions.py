@@ -31,7 +31,8 @@ from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from koprogo_cli.embedded_nats import EmbeddedNats, nats_server_binary
-from koprogo_cli.nats_auth import identities, mint_seed, render_authorization, roster_file
+from koprogo_cli.nats_auth import identities, render_authorization
+from koprogo_cli.nats_keys import mint_seed, roster_file
 from koprogo_cli.ports import free_port
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 from fastapi import FastAPI
 
-from koprogo_cli import nats_auth
+from koprogo_cli import nats_permissions
 from koprogo_gateway.entrypoints.http import routes_asyncapi
 from koprogo_shared import asyncapi, events, grid_stores, subjects, task_events
 from koprogo_shared.asyncapi import address_pattern, build_document, catalogue_gaps, subjects_overlap
@@ -35,20 +35,20 @@ def channel_patterns(document: dict[str, Any]) -> list[str]:
     return [address_pattern(channel["address"]) for channel in document["channels"].values()]
 
 
-def permissions() -> dict[str, nats_auth.Permissions]:
+def permissions() -> dict[str, nats_permissions.Permissions]:
     key = "UKEY"
     return {
-        "ledger": nats_auth.ledger_permissions(key),
-        "router": nats_auth.router_permissions(key),
-        "gateway": nats_auth.gateway_permissions(key),
-        "cloud": nats_auth.cloud_permissions(key, ["anthropic-eu"]),
-        "edge": nats_auth.node_permissions(key, "pi-1", ["qwen2.5-0.5b"]),
-        "grid": nats_auth.grid_permissions(key),
+        "ledger": nats_permissions.ledger_permissions(key),
+        "router": nats_permissions.router_permissions(key),
+        "gateway": nats_permissions.gateway_permissions(key),
+        "cloud": nats_permissions.cloud_permissions(key, ["anthropic-eu"]),
+        "edge": nats_permissions.node_permissions(key, "pi-1", ["qwen2.5-0.5b"]),
+        "grid": nats_permissions.grid_permissions(key),
     }
 
 
 def test_every_service_identity_is_checked_against_the_catalogue() -> None:
-    assert set(nats_auth.SERVICES) | {"edge"} == set(permissions())
+    assert set(nats_permissions.SERVICES) | {"edge"} == set(permissions())
 
 
 def test_the_catalogue_is_valid_asyncapi_3_0_0() -> None:
@@ -200,7 +200,7 @@ def test_every_subject_the_services_use_maps_to_a_channel() -> None:
     assert not subjects_overlap("koprogo.events.chat.failed.c1", "koprogo.events.chat.completed.*")
 
 
-def allowed(granted: nats_auth.Permissions, action: str, address: str) -> bool:
+def allowed(granted: nats_permissions.Permissions, action: str, address: str) -> bool:
     """May this identity send on / receive from the channel (core subscribe or a consumer's filter)?"""
     pattern = address_pattern(address)
     if action == "send" and address.startswith("_INBOX."):

@@ -9,13 +9,8 @@ import pytest
 
 from koprogo_cli.building_command import BuildingError, add_building
 from koprogo_cli.dev_auth import jwt_secret_path
-from koprogo_cli.nats_auth import (
-    HUB_LEAF_SEED,
-    building_of,
-    building_seed_file,
-    identities,
-    registered_buildings,
-)
+from koprogo_cli.nats_auth import identities
+from koprogo_cli.nats_keys import HUB_LEAF_SEED, building_of, building_seed_file, registered_buildings
 from koprogo_cli.secrets import add_reading_key, content_keys_path, ensure_content_keyring
 from koprogo_shared import leaf_site
 from koprogo_shared.content_crypto import load_keyring

@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 from koprogo_cli.main import build_parser
-from koprogo_cli.nats_auth import (
+from koprogo_cli.nats_auth import identities, render_authorization
+from koprogo_cli.nats_keys import mint_seed, roster_file
+from koprogo_cli.nats_permissions import (
     NatsAuthError,
     gateway_permissions,
-    identities,
-    mint_seed,
     node_permissions,
-    render_authorization,
-    roster_file,
     router_permissions,
 )
 from koprogo_shared import subjects

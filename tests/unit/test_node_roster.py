@@ -12,14 +12,9 @@ import pytest
 
 from koprogo_cli import stack as stack_module
 from koprogo_cli.main import build_parser
-from koprogo_cli.nats_auth import (
-    grid_permissions,
-    grid_scheduler_public_key,
-    identities,
-    node_permissions,
-    recorded_grant,
-    roster_file,
-)
+from koprogo_cli.nats_auth import identities
+from koprogo_cli.nats_keys import grid_scheduler_public_key, recorded_grant, roster_file
+from koprogo_cli.nats_permissions import grid_permissions, node_permissions
 from koprogo_cli.served_models import ServedModel
 from koprogo_cli.stack import OWN_NODES_OWNER, Service, Stack, StackError, own_device
 from koprogo_shared import subjects

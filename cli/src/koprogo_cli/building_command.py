@@ -29,14 +29,14 @@ from pathlib import Path
 from koprogo_cli.dev_auth import operator_verifier
 from koprogo_cli.instance import data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
-from koprogo_cli.nats_auth import (
+from koprogo_cli.nats_keys import (
     HUB_LEAF_SEED,
-    NatsAuthError,
     building_of,
     building_seed_file,
     mint_seed,
     write_building_site,
 )
+from koprogo_cli.nats_permissions import NatsAuthError
 from koprogo_cli.secrets import add_reading_key, content_keys_path, ensure_content_keyring
 from koprogo_shared import leaf_site
 from koprogo_shared.content_crypto import create_keys_file

@@ -22,17 +22,9 @@ from koprogo_cli.ledger_commands import add_ledger_parsers
 from koprogo_cli.login_link import add_login_link_parser
 from koprogo_cli.mcp_stdio import add_mcp_parser
 from koprogo_cli.model_commands import local_models_command
-from koprogo_cli.nats_auth import (
-    NODE_ID,
-    NatsAuthError,
-    grid_scheduler_public_key,
-    identities,
-    node_user,
-    public_key_of,
-    recorded_grant,
-    render_authorization,
-    render_user,
-)
+from koprogo_cli.nats_auth import identities, node_user, render_authorization, render_user
+from koprogo_cli.nats_keys import grid_scheduler_public_key, public_key_of, recorded_grant
+from koprogo_cli.nats_permissions import NODE_ID, NatsAuthError
 from koprogo_cli.node_footprint import (
     DeclarationError,
     add_footprint_args,

@@ -1,5 +1,5 @@
-"""The grid's part of the NATS identities (`nats_auth`): what the scheduler, the gateway and a node
-may do with tasks, polls and documents.
+"""The grid's part of the NATS identities (`nats_permissions`): what the scheduler, the gateway and
+a node may do with tasks, polls and documents.
 
     identity   publish                                           subscribe
     grid       streams: info only; consumer `grid-scheduler`     its inbox, koprogo.grid.poll.*,

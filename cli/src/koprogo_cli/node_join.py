@@ -31,18 +31,15 @@ from koprogo_cli.embedded import EmbeddedServerError
 from koprogo_cli.embedded_nats import reload_nats_authorization
 from koprogo_cli.instance import StackRecord, data_dir_of, folder_args, running_stack
 from koprogo_cli.invocation import command_hint
-from koprogo_cli.nats_auth import (
-    NatsAuthError,
+from koprogo_cli.nats_auth import identities, node_user, render_authorization, render_user
+from koprogo_cli.nats_keys import (
     building_of,
     grid_scheduler_public_key,
-    identities,
     joined_nodes,
-    node_user,
     record_joined_node,
     recorded_grant,
-    render_authorization,
-    render_user,
 )
+from koprogo_cli.nats_permissions import NatsAuthError
 from koprogo_cli.node_footprint import (
     DeclarationError,
     add_footprint_args,

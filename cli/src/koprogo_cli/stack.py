@@ -43,19 +43,16 @@ from koprogo_cli.embedded import EmbeddedServerError, tails_of
 from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.instance import GATEWAY_PORT, StackRecord
-from koprogo_cli.nats_auth import (
-    ADMIN,
-    GRID_SCHEDULER,
+from koprogo_cli.nats_auth import identities, render_authorization
+from koprogo_cli.nats_keys import (
     HUB_LEAF_SEED,
-    NatsAuthError,
     building_of,
     grid_scheduler_public_key,
-    identities,
     joined_nodes,
     registered_buildings,
-    render_authorization,
     roster_file,
 )
+from koprogo_cli.nats_permissions import ADMIN, GRID_SCHEDULER, NatsAuthError
 from koprogo_cli.node_footprint import DEVICE_CLASS
 from koprogo_cli.ports import free_port, preferred_port
 from koprogo_cli.secrets import ensure_content_keyring
@@ -530,7 +527,7 @@ class Stack:
     def _declare_streams(self, nats_url: str) -> None:
         """The embedded server's streams, declared as the operator (`admin`) before any service.
 
-        The ledger and the router may not create or update streams (nats_auth): they wait for
+        The ledger and the router may not create or update streams (nats_permissions): they wait for
         these. With a server given by NATS_URL the services connect without keys and declare
         the streams themselves, as on any development server.
         """
@@ -591,7 +588,7 @@ class Stack:
         """The environment that hands a service its own nkey (nothing for a server given by NATS_URL)."""
         if not self.nats_seed_files:
             return {}
-        # The router checks each heartbeat against the node roster beside the keys (nats_auth).
+        # The router checks each heartbeat against the node roster beside the keys (nats_keys).
         seed_file = self.nats_seed_files[name]
         return {"NATS_NKEY_SEED_FILE": str(seed_file), "NODE_ROSTER_FILE": str(roster_file(seed_file.parent))}
 

@@ -35,7 +35,7 @@ from koprogo_cli.instance import (
 )
 from koprogo_cli.invocation import command_hint
 from koprogo_cli.login_link import dev_login_url
-from koprogo_cli.nats_auth import roster_file
+from koprogo_cli.nats_keys import roster_file
 from koprogo_cli.ports import free_port, port_free, preferred_port
 from koprogo_cli.served_models import ServedModel, ServedModelError, served_models
 from koprogo_cli.stack import NODE_PORT, Stack, StackError

@@ -13,7 +13,7 @@ bucket's replicas to that count (an R1 stream of an earlier version becomes R3),
 
 Each service and each edge node has its own nkey (a user seed in a file, `NATS_NKEY_SEED_FILE`);
 the server's configuration gives each public key its subject permissions (see
-`koprogo_cli.nats_auth`). Without a seed file the client connects anonymously, as a
+`koprogo_cli.nats_permissions`). Without a seed file the client connects anonymously, as a
 development server without authorization expects.
 
 The work, event and dead-letter streams refuse a message when full (`discard: new`): the
