@@ -230,7 +230,8 @@ async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_a
 
 async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(clean_jetstream: str) -> None:
     """Eight loops on one durable (as the router and the cloud worker run them): one consumer
-    API call in all, seen on the server's API subjects, and each message handled once."""
+    API call in all, seen on the server's API subjects; all eight handle messages at once, and
+    each message is handled once."""
     nc, js = await connect_nats(clean_jetstream, "consumer-tests")
     api_calls: list[str] = []
 
@@ -239,9 +240,17 @@ async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(cl
 
     spy = await nc.subscribe("$JS.API.CONSUMER.>", cb=noted)
     handled: list[bytes] = []
+    in_handler = 0
+    most_at_once = 0
 
     async def handler(msg: Msg) -> None:
+        nonlocal in_handler, most_at_once
+        in_handler += 1
+        most_at_once = max(most_at_once, in_handler)
+        if len(handled) < 8:  # the first messages wait until every loop holds one
+            await wait_until(lambda: most_at_once == 8, timeout=5)
         handled.append(msg.data)
+        in_handler -= 1
 
     spec = ConsumerSpec(stream=SPEC.stream, durable=SPEC.durable, filter_subject=SPEC.filter_subject, batch=1)
     stop = asyncio.Event()
@@ -256,12 +265,62 @@ async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(cl
     finally:
         await spy.unsubscribe()
         await nc.close()
+    assert most_at_once == 8
     assert sorted(handled) == sorted(b"%d" % i for i in range(40))
     declarations = [s for s in api_calls if not s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
     # `_settled` asks for the consumer's info itself, from this test: those calls are ours.
     assert [s for s in declarations if ".INFO." not in s] == [
         f"$JS.API.CONSUMER.CREATE.{SPEC.stream}.{SPEC.durable}.{SPEC.filter_subject}"
     ]
+
+
+async def test_a_loop_cancelled_while_declaring_leaves_the_declaration_to_the_next(
+    clean_jetstream: str,
+) -> None:
+    """The first loop is cancelled during its declaration (a shutdown while JetStream is slow):
+    nothing of it is left running, and the next loop declares the durable itself."""
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    slow = _FirstAddConsumerWaits(js)
+    stop = asyncio.Event()
+    try:
+        await _published(js, b"0", b"1")
+        first, second = start_pull_consumers(
+            cast(JetStreamContext, slow), SPEC, handler, stop, loops=2, name="consumer-tests"
+        )
+        await asyncio.wait_for(slow.waiting.wait(), 5)
+        first.cancel()
+        await wait_until(lambda: len(handled) == 2, timeout=10)
+        stop.set()
+        await asyncio.wait_for(second, timeout=5)
+        assert first.cancelled()
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("consumer-tests")] == []
+    finally:
+        await nc.close()
+    assert slow.calls == 2  # the cancelled one, then the second loop's
+
+
+class _FirstAddConsumerWaits:
+    """JetStream whose first `add_consumer` waits until it is cancelled."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.calls = 0
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def add_consumer(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            self.waiting.set()
+            await asyncio.Event().wait()
+        return await self._js.add_consumer(*args, **kwargs)
 
 
 async def test_loops_on_a_durable_that_cannot_exist_fail_with_the_reason(clean_jetstream: str) -> None:

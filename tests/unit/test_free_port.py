@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
 from koprogo_cli import ports
 from koprogo_cli.ports import free_port
+
+
+@pytest.fixture(autouse=True)
+def own_reservations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservations folder of the test's own (shared with the processes it starts), so that the
+    thousands of ports a test reserves leave the machine's folder alone, and the others' it."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def test_the_ports_given_one_after_another_are_all_different_and_free() -> None:
@@ -35,6 +47,17 @@ def test_a_kernel_offering_only_given_ports_still_gets_one(monkeypatch: pytest.M
         s.bind(("127.0.0.1", port))
 
 
+def test_when_every_offer_is_taken_one_reserved_elsewhere_beats_one_given_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ports, "_GIVEN_PORTS", {})
+    given_here = free_port()
+    monkeypatch.setattr(ports, "_reserved_elsewhere", lambda port: True)
+    offers = iter([given_here] * 10 + [given_here + 1])
+    monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, given_here))
+    assert free_port() == given_here + 1
+
+
 def test_a_port_another_process_just_gave_is_not_given_again(monkeypatch: pytest.MonkeyPatch) -> None:
     # `koprogo up` picks its services' ports in its own process, while the test that started it
     # picks others: the kernel may offer both the same one before either server binds it.
@@ -46,7 +69,22 @@ def test_a_port_another_process_just_gave_is_not_given_again(monkeypatch: pytest
             text=True,
         ).stdout
     )
+    monkeypatch.setattr(ports, "_GIVEN_PORTS", {})  # this process's memory does not know it either
     offers = iter([elsewhere])
     kernel_port = ports._kernel_port
     monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, None) or kernel_port())
     assert free_port() != elsewhere
+
+
+def test_a_reservation_older_than_the_window_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    folder = ports._reservations()
+    assert folder is not None
+    old = time.time() - ports._RESERVED_S - 1
+    os.utime(folder / str(port), (old, old))
+    monkeypatch.setattr(ports, "_GIVEN_PORTS", {})
+    offers = iter([port])
+    kernel_port = ports._kernel_port
+    monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, None) or kernel_port())
+    assert free_port() == port
+    assert time.time() - (folder / str(port)).stat().st_mtime < ports._RESERVED_S  # reserved anew

@@ -36,12 +36,18 @@ _RESERVED_S = 120.0
 
 def free_port() -> int:
     """A port free on 127.0.0.1 now, and none of the last ones this process gave nor one another
-    process of this user gave in the last `_RESERVED_S` (unless the kernel offers only such ports,
-    `_FREE_PORT_TRIES` times over: then its last choice)."""
+    process of this user gave in the last `_RESERVED_S`. When the kernel offers only such ports,
+    `_FREE_PORT_TRIES` times over: one reserved elsewhere but not given here, else its last choice."""
+    fallback = None
     for _ in range(_FREE_PORT_TRIES):
         port = _kernel_port()
-        if port not in _GIVEN_PORTS and not _reserved_elsewhere(port):
+        if port in _GIVEN_PORTS:
+            continue
+        if not _reserved_elsewhere(port):
             break
+        fallback = fallback or port
+    else:
+        port = fallback or port
     _GIVEN_PORTS.pop(port, None)  # given again: kept as the newest
     _GIVEN_PORTS[port] = None
     if len(_GIVEN_PORTS) > _GIVEN_PORTS_KEPT:
@@ -55,30 +61,48 @@ def _kernel_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _reservations() -> Path:
-    return Path(tempfile.gettempdir()) / f"koprogo-ports-{os.getuid()}"
+def _reservations() -> Path | None:
+    """This user's folder of reservations, None when there is none to share (no usable temporary
+    folder, or the folder is not this user's own: anyone may create a name in /tmp)."""
+    try:
+        folder = Path(tempfile.gettempdir()) / f"koprogo-ports-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.stat().st_uid != os.getuid():
+            return None
+    except OSError:
+        return None
+    return folder
 
 
 def _reserved_elsewhere(port: int) -> bool:
     """Whether another process reserved `port` within `_RESERVED_S`; if not, reserve it now.
-    A reservation is an empty file named by the port (created at once, or its time renewed). A
-    folder that cannot be written leaves this process's own memory as the only guard."""
-    path = _reservations() / str(port)
-    try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
+    A reservation is an empty file named by the port, created with O_EXCL: of several processes
+    after the same port, one creates it. An old reservation is first renamed away (one process
+    does), then the port is claimed as a new one. No folder to share: this process's own memory
+    is the only guard."""
+    folder = _reservations()
+    if folder is None:
+        return False
+    path = folder / str(port)
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return False
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
         try:
             if time.time() - path.stat().st_mtime < _RESERVED_S:
                 return True
-            os.utime(path)  # an old reservation: ours now
+            old = folder / f"{port}.{os.getpid()}.old"
+            os.rename(path, old)
+            old.unlink()
+        except FileNotFoundError:
+            continue  # another process renamed it first: the create decides
         except OSError:
             return False
-        return False
-    except OSError:
-        return False
-    os.close(fd)
-    return False
+    return True
 
 
 def port_free(port: int) -> bool:

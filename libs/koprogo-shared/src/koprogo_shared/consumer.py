@@ -357,16 +357,32 @@ def start_pull_consumers(
 ) -> list[asyncio.Task[None]]:
     """`loops` tasks of `run_pull_consumer` sharing `spec`'s durable, named `name-0`, `name-1`...:
     up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time.
-    The durable is declared once, then every loop binds to it; if it cannot be, every loop
-    raises the reason."""
-    declaring = asyncio.create_task(declare_consumer(js, spec), name=f"{name}-declare")
+    The durable is declared once (by the first loop; another takes over if that one is
+    cancelled first), then every loop binds to it; a failed declaration is raised in each loop."""
+    declaration = _Declaration(js, spec)
 
     async def one_loop() -> None:
-        # Shielded: one loop cancelled while waiting must not cancel the others' declaration.
-        await asyncio.shield(declaring)
+        await declaration.made()
         await run_pull_consumer(js, spec, handler, stop, declared=True)
 
     return [asyncio.create_task(one_loop(), name=f"{name}-{n}") for n in range(loops)]
+
+
+class _Declaration:
+    """`declare_consumer` run once among the loops that share a durable: each loop waits its
+    turn, and only the first one not cancelled nor failed has anything to do."""
+
+    def __init__(self, js: JetStreamContext, spec: ConsumerSpec) -> None:
+        self._js = js
+        self._spec = spec
+        self._lock = asyncio.Lock()
+        self._made = False
+
+    async def made(self) -> None:
+        async with self._lock:
+            if not self._made:
+                await declare_consumer(self._js, self._spec)
+                self._made = True
 
 
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
