@@ -230,8 +230,9 @@ async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_a
 
 async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(clean_jetstream: str) -> None:
     """Eight loops on one durable (as the router and the cloud worker run them): one consumer
-    API call in all, seen on the server's API subjects; all eight handle messages at once, and
-    each message is handled once."""
+    API call in all (the declaration; the loops bind without asking for the consumer's info),
+    seen on the server's API subjects; all eight handle messages at once, and each message is
+    handled once."""
     nc, js = await connect_nats(clean_jetstream, "consumer-tests")
     api_calls: list[str] = []
 
@@ -256,76 +257,25 @@ async def test_loops_sharing_a_durable_declare_it_once_and_share_its_messages(cl
     stop = asyncio.Event()
     try:
         await _published(js, *(b"%d" % i for i in range(40)))
-        loops = start_pull_consumers(js, spec, handler, stop, loops=8, name="consumer-tests")
+        loops = await start_pull_consumers(js, spec, handler, stop, loops=8, name="consumer-tests")
         await wait_until(lambda: len(handled) == 40, timeout=10)
+        await nc.flush()
+        # Before `_settled`, which asks for the consumer's info itself.
+        calls_by_loops = [s for s in api_calls if not s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
         await wait_until(lambda: _settled(js))
         stop.set()
         await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
-        await nc.flush()
     finally:
         await spy.unsubscribe()
         await nc.close()
     assert most_at_once == 8
     assert sorted(handled) == sorted(b"%d" % i for i in range(40))
-    declarations = [s for s in api_calls if not s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
-    # `_settled` asks for the consumer's info itself, from this test: those calls are ours.
-    assert [s for s in declarations if ".INFO." not in s] == [
-        f"$JS.API.CONSUMER.CREATE.{SPEC.stream}.{SPEC.durable}.{SPEC.filter_subject}"
-    ]
+    assert calls_by_loops == [f"$JS.API.CONSUMER.CREATE.{SPEC.stream}.{SPEC.durable}.{SPEC.filter_subject}"]
 
 
-async def test_a_loop_cancelled_while_declaring_leaves_the_declaration_to_the_next(
-    clean_jetstream: str,
-) -> None:
-    """The first loop is cancelled during its declaration (a shutdown while JetStream is slow):
-    nothing of it is left running, and the next loop declares the durable itself."""
-    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
-    handled: list[bytes] = []
-
-    async def handler(msg: Msg) -> None:
-        handled.append(msg.data)
-
-    slow = _FirstAddConsumerWaits(js)
-    stop = asyncio.Event()
-    try:
-        await _published(js, b"0", b"1")
-        first, second = start_pull_consumers(
-            cast(JetStreamContext, slow), SPEC, handler, stop, loops=2, name="consumer-tests"
-        )
-        await asyncio.wait_for(slow.waiting.wait(), 5)
-        first.cancel()
-        await wait_until(lambda: len(handled) == 2, timeout=10)
-        stop.set()
-        await asyncio.wait_for(second, timeout=5)
-        assert first.cancelled()
-        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("consumer-tests")] == []
-    finally:
-        await nc.close()
-    assert slow.calls == 2  # the cancelled one, then the second loop's
-
-
-class _FirstAddConsumerWaits:
-    """JetStream whose first `add_consumer` waits until it is cancelled."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-        self.calls = 0
-        self.waiting = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js, name)
-
-    async def add_consumer(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.calls == 1:
-            self.waiting.set()
-            await asyncio.Event().wait()
-        return await self._js.add_consumer(*args, **kwargs)
-
-
-async def test_loops_on_a_durable_that_cannot_exist_fail_with_the_reason(clean_jetstream: str) -> None:
-    """No such stream: the declaration fails, and every loop raises it (the service stops
-    and says why) rather than fetching from nothing."""
+async def test_loops_on_a_durable_that_cannot_exist_are_never_started(clean_jetstream: str) -> None:
+    """No such stream: the declaration fails in `start_pull_consumers` itself (the service's
+    start-up fails with the reason), before any loop could fetch from nothing."""
     nc, js = await connect_nats(clean_jetstream, "consumer-tests")
     spec = ConsumerSpec(stream="NO_SUCH_STREAM", durable="consumer-tests", filter_subject=SUBJECT)
 
@@ -333,9 +283,8 @@ async def test_loops_on_a_durable_that_cannot_exist_fail_with_the_reason(clean_j
         raise AssertionError("nothing to handle")
 
     try:
-        loops = start_pull_consumers(js, spec, handler, asyncio.Event(), loops=3, name="consumer-tests")
-        outcomes = await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), timeout=10)
+        with pytest.raises(NotFoundError):
+            await start_pull_consumers(js, spec, handler, asyncio.Event(), loops=3, name="consumer-tests")
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("consumer-tests")] == []
     finally:
         await nc.close()
-    assert len(outcomes) == 3
-    assert all(isinstance(outcome, NotFoundError) for outcome in outcomes), outcomes

@@ -272,23 +272,31 @@ async def run_pull_consumer(
     stop: asyncio.Event | None = None,
     *,
     batch_handler: BatchHandler | None = None,
-    declared: bool = False,
 ) -> None:
-    """Fetch and settle messages until `stop` is set or the task is cancelled.
+    """Declare `spec`'s durable (`declare_consumer`), then fetch and settle messages until `stop`
+    is set or the task is cancelled.
 
     Give either `handler` (each message is settled as soon as it is handled) or
     `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
     full batch the next one is fetched while it is handled, and handled after it).
-    The durable is declared first (`declare_consumer`) unless `declared` says it was already
-    (`start_pull_consumers` declares it once for all its loops).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
     if (handler is None) == (batch_handler is None):
         raise TypeError("run_pull_consumer takes a handler or a batch_handler, exactly one")
+    await declare_consumer(js, spec)
+    await _consume(js, spec, handler, batch_handler, stop)
+
+
+async def _consume(
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    handler: Handler | None,
+    batch_handler: BatchHandler | None,
+    stop: asyncio.Event | None,
+) -> None:
+    """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
     loop = asyncio.get_running_loop()
-    if not declared:
-        await declare_consumer(js, spec)
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
     # consumer's info again).
     sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
@@ -333,10 +341,8 @@ async def run_pull_consumer(
     finally:
         if ahead is not None:
             await _give_back(ahead)
-        try:
+        with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        except Exception:
-            pass
 
 
 async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
@@ -352,37 +358,16 @@ async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         log.warning("consumer %s keeps its existing configuration: %s", spec.durable, exc)
 
 
-def start_pull_consumers(
+async def start_pull_consumers(
     js: JetStreamContext, spec: ConsumerSpec, handler: Handler, stop: asyncio.Event, *, loops: int, name: str
 ) -> list[asyncio.Task[None]]:
-    """`loops` tasks of `run_pull_consumer` sharing `spec`'s durable, named `name-0`, `name-1`...:
-    up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time.
-    The durable is declared once (by the first loop; another takes over if that one is
-    cancelled first), then every loop binds to it; a failed declaration is raised in each loop."""
-    declaration = _Declaration(js, spec)
-
-    async def one_loop() -> None:
-        await declaration.made()
-        await run_pull_consumer(js, spec, handler, stop, declared=True)
-
-    return [asyncio.create_task(one_loop(), name=f"{name}-{n}") for n in range(loops)]
-
-
-class _Declaration:
-    """`declare_consumer` run once among the loops that share a durable: each loop waits its
-    turn, and only the first one not cancelled nor failed has anything to do."""
-
-    def __init__(self, js: JetStreamContext, spec: ConsumerSpec) -> None:
-        self._js = js
-        self._spec = spec
-        self._lock = asyncio.Lock()
-        self._made = False
-
-    async def made(self) -> None:
-        async with self._lock:
-            if not self._made:
-                await declare_consumer(self._js, self._spec)
-                self._made = True
+    """Declare `spec`'s durable once, then start `loops` tasks sharing it, named `name-0`, `name-1`...:
+    up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time (as
+    `run_pull_consumer` does). A failed declaration raises here, before any loop exists."""
+    await declare_consumer(js, spec)
+    return [
+        asyncio.create_task(_consume(js, spec, handler, None, stop), name=f"{name}-{n}") for n in range(loops)
+    ]
 
 
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:

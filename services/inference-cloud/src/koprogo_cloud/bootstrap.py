@@ -97,7 +97,7 @@ async def run_cloud(
             dep = runtime.deployment
             spec = work_consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
             handler = work_item_handler(service, dep.id, settings.ack_wait_s, settings.max_deliver)
-            consumers += start_pull_consumers(
+            consumers += await start_pull_consumers(
                 js, spec, handler.handle, stop, loops=dep.concurrency, name=f"cloud-{dep.id}"
             )
         log.info("cloud worker ready: %s", ", ".join(service.runtimes))

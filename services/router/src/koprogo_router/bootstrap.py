@@ -105,26 +105,25 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         # Each chat is decided on its own, so `routing_concurrency` loops share each durable
         # (as the cloud worker's per deployment): chats are routed side by side, each loop
         # waiting for its own work item's stored acknowledgement.
-        loops = [
-            *start_pull_consumers(
+        loops: list[asyncio.Task[None]] = []
+        server = None
+        ops_task = None
+        try:
+            loops += await start_pull_consumers(
                 js, CONSUMER, handle, stop, loops=settings.routing_concurrency, name="router-consumer"
-            ),
-            *start_pull_consumers(
+            )
+            loops += await start_pull_consumers(
                 js,
                 FALLBACK_CONSUMER,
                 handle_attempt_failed,
                 stop,
                 loops=settings.routing_concurrency,
                 name="router-fallback",
-            ),
-        ]
-        server = None
-        ops_task = None
-        if settings.ops_port:
-            server = ops_server(settings.ops_host, settings.ops_port, ready)
-            ops_task = asyncio.create_task(server.serve(), name="router-ops")
-        log.info("router ready")
-        try:
+            )
+            if settings.ops_port:
+                server = ops_server(settings.ops_host, settings.ops_port, ready)
+                ops_task = asyncio.create_task(server.serve(), name="router-ops")
+            log.info("router ready")
             await until_stopped_or_failed(stop, loops)
         finally:
             stop.set()
