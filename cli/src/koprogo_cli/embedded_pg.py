@@ -22,6 +22,7 @@ import secrets
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -123,6 +124,20 @@ def _write_owned(path: Path, text: str, owner: str | None) -> None:
 
         entry = pwd.getpwnam(owner)
         os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _retried(
+    psql: Callable[[], subprocess.CompletedProcess[str]],
+    failure: Callable[[subprocess.CompletedProcess[str]], str],
+) -> subprocess.CompletedProcess[str]:
+    """`psql` run every 0.2 s until it succeeds (its result), for 30 s at most; then
+    EmbeddedServerError with `failure` of its last result."""
+    deadline = time.monotonic() + 30
+    while (result := psql()).returncode != 0:
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(failure(result))
+        time.sleep(0.2)
+    return result
 
 
 @dataclass
@@ -264,14 +279,13 @@ class EmbeddedPostgres:
 
     def _set_password_then_require_it(self, hba: Path, user: str | None) -> None:
         """A data folder made with `trust`: set the password over the private socket, then require it."""
-        deadline = time.monotonic() + 30
         # Sent as its SCRAM verifier, on psql's stdin: the password itself never reaches the
         # server (nor its log), nor a command line that `ps` shows.
         statement = f"ALTER ROLE postgres PASSWORD '{scram_verifier(self._password)}';\n"
-        while (done := self._psql_on_socket(statement)).returncode != 0:
-            if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"could not set the postgres password: {done.stderr.strip()}")
-            time.sleep(0.2)
+        _retried(
+            lambda: self._psql_on_socket(statement),
+            lambda done: f"could not set the postgres password: {done.stderr.strip()}",
+        )
         _write_owned(hba, PG_HBA, user)
         reloaded = self._psql_on_socket("SELECT pg_reload_conf();\n")
         if reloaded.returncode != 0:
@@ -304,12 +318,11 @@ class EmbeddedPostgres:
         return subprocess.run([*argv, "-w", "-tAc", sql], capture_output=True, text=True, env=env)
 
     def _create_database(self) -> None:
-        deadline = time.monotonic() + 30
         exists_sql = f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"
-        while (check := self._psql(exists_sql)).returncode != 0:
-            if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"postgres not accepting connections; {tails_of(self.log_files())}")
-            time.sleep(0.2)
+        check = _retried(
+            lambda: self._psql(exists_sql),
+            lambda _: f"postgres not accepting connections; {tails_of(self.log_files())}",
+        )
         if check.stdout.strip() != "1":
             created = self._psql(f'CREATE DATABASE "{self.database}"')
             if created.returncode != 0:
