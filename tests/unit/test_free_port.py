@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,3 +89,15 @@ def test_a_reservation_older_than_the_window_is_taken(monkeypatch: pytest.Monkey
     monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, None) or kernel_port())
     assert free_port() == port
     assert time.time() - (folder / str(port)).stat().st_mtime < ports._RESERVED_S  # reserved anew
+
+
+def test_a_reservations_folder_removed_meanwhile_is_made_again() -> None:
+    # The folder is looked up once per process; one removed since (a temporary-files cleaner)
+    # must not leave the process without its guard against the others.
+    free_port()
+    folder = ports._reservations()
+    assert folder is not None
+    shutil.rmtree(folder)
+    free_port()  # finds it gone
+    port = free_port()
+    assert (folder / str(port)).exists()

@@ -9,6 +9,7 @@ documented port (4222, 5432, 8080...) when nothing else holds it.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import tempfile
@@ -65,7 +66,16 @@ def _reservations() -> Path | None:
     """This user's folder of reservations, None when there is none to share (no usable temporary
     folder, or the folder is not this user's own: anyone may create a name in /tmp)."""
     try:
-        folder = Path(tempfile.gettempdir()) / f"koprogo-ports-{os.getuid()}"
+        return _reservations_in(tempfile.gettempdir())
+    except OSError:
+        return None
+
+
+# Looked up once per temporary folder, not at every kernel offer (a test sets its own TMPDIR).
+@functools.cache
+def _reservations_in(tmp: str) -> Path | None:
+    try:
+        folder = Path(tmp) / f"koprogo-ports-{os.getuid()}"
         folder.mkdir(mode=0o700, exist_ok=True)
         if folder.stat().st_uid != os.getuid():
             return None
@@ -90,6 +100,9 @@ def _reserved_elsewhere(port: int) -> bool:
             return False
         except FileExistsError:
             pass
+        except FileNotFoundError:  # the folder was removed meanwhile: made again at the next call
+            _reservations_in.cache_clear()
+            return False
         except OSError:
             return False
         try:
