@@ -101,3 +101,56 @@ def test_a_reservations_folder_removed_meanwhile_is_made_again() -> None:
     free_port()  # finds it gone
     port = free_port()
     assert (folder / str(port)).exists()
+
+
+def _kernel_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_preferred_port_another_live_process_chose_is_not_chosen_again() -> None:
+    # Two stacks started at once both found the grid scheduler's 8084 free, and the second one's
+    # scheduler failed to bind it: the first stack's choice must count while its process lives.
+    port = _kernel_free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from koprogo_cli.ports import preferred_port; "
+            f"print(preferred_port({port}), flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert int(holder.stdout.readline()) == port  # it took the documented port
+        assert ports.preferred_port(port) != port
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+
+
+def test_a_preferred_port_chosen_by_a_process_that_ended_is_chosen_again() -> None:
+    # A stack stopped and started again at once keeps its documented ports.
+    port = _kernel_free_port()
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from koprogo_cli.ports import preferred_port; print(preferred_port({port}))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert int(chosen) == port
+    assert ports.preferred_port(port) == port
+    assert ports.preferred_port(port) == port  # and this process may choose it again
+
+
+def test_a_port_free_port_just_gave_is_not_preferred() -> None:
+    given = free_port()
+    assert ports.preferred_port(given) != given

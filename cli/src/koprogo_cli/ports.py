@@ -131,4 +131,53 @@ def port_free(port: int) -> bool:
 
 
 def preferred_port(port: int) -> int:
-    return port if port_free(port) else free_port()
+    """`port` when it is free and no other live process of this user chose it within
+    `_RESERVED_S` (two stacks started at once both found 8084 free; the second's grid scheduler
+    failed to bind it); else `free_port()`. A stack started again, by this process or after the
+    last one's process ended, takes its documented port again."""
+    return port if port_free(port) and _claimed(port) else free_port()
+
+
+def _claimed(port: int) -> bool:
+    """Reserve `port` for this process (its pid in the reservation) unless another live process
+    holds a reservation of it younger than `_RESERVED_S`, or `free_port` gave it (an empty one)."""
+    folder = _reservations()
+    if folder is None:
+        return True
+    path = folder / str(port)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            pass
+        except OSError:
+            return True  # nothing to share: as before the folder existed
+        else:
+            with os.fdopen(fd, "w") as file:
+                file.write(str(os.getpid()))
+            return True
+        try:
+            fresh = time.time() - path.stat().st_mtime < _RESERVED_S
+            holder = path.read_text()
+            if fresh and not (holder.isdigit() and _gone_or_self(int(holder))):
+                return False  # being written, given by free_port, or held by a live process
+            old = folder / f"{port}.{os.getpid()}.old"
+            os.rename(path, old)
+            old.unlink()
+        except FileNotFoundError:
+            continue  # another process renamed it first: the create decides
+        except OSError:
+            return True
+    return False
+
+
+def _gone_or_self(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
