@@ -346,7 +346,7 @@ async def soak(
                 await asyncio.sleep(due - now)
             else:
                 late = max(late, now - due)
-            kind = CYCLE[i % len(CYCLE)]
+            kind = args.cycle[i % len(args.cycle)]
             tallies[kind].sent += 1
             t = asyncio.create_task(one(kind, i, client, args, tallies[kind], answered))
             in_flight[t] = kind
@@ -440,7 +440,16 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="comma-separated request kinds to keep from the cycle (to tell which load a growth follows)",
+    )
     args = parser.parse_args()
+    kept = set(args.kinds.split(","))
+    if unknown := kept - set(KINDS):
+        parser.error(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    args.cycle = [kind for kind in CYCLE if kind in kept]
     args.out.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-soak-"))
