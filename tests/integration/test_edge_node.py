@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import jinja2
 import pytest
 from llama_cpp import Llama
+from llama_cpp._internals import LlamaSampler
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -91,6 +93,28 @@ async def test_a_prompt_longer_than_the_context_is_a_domain_error_not_a_crash(
         await engine.close()
     assert caught.value.n_ctx == 256 and caught.value.prompt_tokens > 256
     assert after.completion_tokens > 0
+
+
+async def test_each_generation_frees_its_native_sampler_when_it_ends(bundled_model_path: Path) -> None:
+    # llama-cpp-python's sampler is a reference cycle: left to Python's collector, the edge node
+    # kept one native sampler chain per chat until a rare full collection (its RSS grew by MiBs an
+    # hour). With the collector off, none may be left holding its chain after the chats end.
+    engine = LlamaEngine(bundled_model_path, n_ctx=512)
+    await engine.load()
+    gc.collect()
+    gc.disable()
+    try:
+        await engine.chat([ChatMessage(role="user", content="Bonjour")], Sampling(0.7), 4)
+        await engine.chat([ChatMessage(role="user", content="Un syndic ?")], Sampling(0.0), 4)
+        pieces: list[str] = []
+        await engine.chat(
+            [ChatMessage(role="user", content="Merci")], Sampling(0.7), 4, on_delta=pieces.append
+        )
+        holding = [o for o in gc.get_objects() if isinstance(o, LlamaSampler) and o.sampler is not None]
+    finally:
+        gc.enable()
+        await engine.close()
+    assert holding == []
 
 
 async def test_a_run_inference_is_answered_on_the_reply_subject_and_in_the_event_log(

@@ -93,6 +93,7 @@ class LlamaEngine(InferenceEngine):
         # One token before the first user does: llama.cpp allocates its compute graph and
         # buffers on the first decode, which doubled the first answer's time.
         llama.create_chat_completion(messages=[{"role": "user", "content": "ok"}], max_tokens=1)
+        _free_sampler(llama)
         self._llama = llama
 
     async def close(self) -> None:
@@ -211,30 +212,34 @@ class LlamaEngine(InferenceEngine):
             frequency_penalty=sampling.frequency_penalty or 0.0,
             grammar=self._grammar(sampling.constraint),
         )
-        for token in tokens:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
-                finish = "stop"
-                break
-            if logprobs is not None:
-                logprobs.append((len(text), _token_logprob(llama, token, sampling.top_logprobs or 0)))
-            text += decoder.decode(llama.detokenize([token], prev_tokens=prompt_tokens + generated))
-            generated.append(token)
-            cut = stop_position(text, all_stops)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-                break
-            if deliver is not None:
-                safe = len(text) - held_back(text, all_stops)
-                if safe > sent:
-                    deliver(text[sent:safe])
-                    sent = safe
-            if len(generated) >= budget:
-                break
-            if cancel.is_set() or caller_gone.is_set():
-                finish = "stop"
-                break
+        try:
+            for token in tokens:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if llama_cpp.llama_vocab_is_eog(llama._model.vocab, token):
+                    finish = "stop"
+                    break
+                if logprobs is not None:
+                    logprobs.append((len(text), _token_logprob(llama, token, sampling.top_logprobs or 0)))
+                text += decoder.decode(llama.detokenize([token], prev_tokens=prompt_tokens + generated))
+                generated.append(token)
+                cut = stop_position(text, all_stops)
+                if cut is not None:
+                    text, finish = text[:cut], "stop"
+                    break
+                if deliver is not None:
+                    safe = len(text) - held_back(text, all_stops)
+                    if safe > sent:
+                        deliver(text[sent:safe])
+                        sent = safe
+                if len(generated) >= budget:
+                    break
+                if cancel.is_set() or caller_gone.is_set():
+                    finish = "stop"
+                    break
+        finally:
+            tokens.close()
+            _free_sampler(llama)
         if cancel.is_set():
             raise InferenceCancelledError("generation abandoned")
         if cut is None:
@@ -292,6 +297,19 @@ def _token_logprob(llama: Llama, token: int, top: int) -> TokenLogprob:
 def _candidate(llama: Llama, token: int, logprob: float) -> dict[str, Any]:
     raw = llama.detokenize([token], special=True)
     return {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def _free_sampler(llama: Llama) -> None:
+    """Free the native sampler chain `Llama.generate` built, now rather than at Python's next full
+    collection: llama-cpp-python's `LlamaSampler` is a reference cycle (its `ExitStack` callback
+    refers to it) that outlives the young generations while it samples, so each one waited for
+    a rare full collection, and the edge node's RSS grew by several MiB an hour of chats
+    (bench/README.md, "The edge node's growth, bisected"). `_sampler` is private to
+    llama-cpp-python (pinned in scripts/install-llama.sh); `generate` builds a new one each call."""
+    sampler = getattr(llama, "_sampler", None)
+    llama._sampler = None
+    if sampler is not None:
+        sampler.close()
 
 
 def _token_text(llama: Llama, token: int) -> str:
