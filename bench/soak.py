@@ -1,7 +1,7 @@
 """Soak: the resident memory of every service over a long steady mixed load (issue 17, benchmark 4).
 
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 2] [--out bench/results]
-                                   [--sample-every 5] [--max-tokens 8]
+                                   [--sample-every 5] [--max-tokens 8] [--kinds chat,stream,...]
 
 * The stack: `koprogo_cli.stack.Stack`, as `koprogo up` runs it (embedded nats-server with
   fsynced JetStream, embedded PostgreSQL, ledger, router, cloud worker, grid scheduler, the
@@ -15,7 +15,8 @@
   grid tasks (`POST /mcp/v1/execute` `predict_expenses`, then `GET /mcp/v1/tasks/{id}` every
   second until it ends). Each prompt is different (a counter in it); `--max-tokens` small: the
   bundled model on 2 shared cores answers 8 tokens in 0.4-4 s (more under a load of 10), so
-  the edge gets a sixth of the cycle.
+  the edge gets a sixth of the cycle. `--kinds` keeps only the named kinds of the cycle (`KINDS`),
+  in the same order, to tell which load a service's growth follows.
 * The memory: every `--sample-every` s, the RSS of each service process with its children
   (psutil), nats-server, PostgreSQL (the postmaster and its backends summed: shared buffers
   count once per backend that touched them, so also their PSS, which counts them once).

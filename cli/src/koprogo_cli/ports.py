@@ -4,7 +4,8 @@ Tests and `koprogo up` start several servers at once, each told its port before 
 `free_port` remembers the ports it gave (see `_GIVEN_PORTS`), and tells the other processes of the
 same user (a test and the `koprogo up` it starts, which picks its services' ports itself) through
 a folder of reservations (see `_reserved_elsewhere`); `preferred_port` keeps a service on its
-documented port (4222, 5432, 8080...) when nothing else holds it.
+documented port (4222, 5432, 8080...) when nothing else holds it, reserving it in the same folder
+with its pid (see `_claimed`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _reservations_in(tmp: str) -> Path | None:
 
 def _reserved_elsewhere(port: int) -> bool:
     """Whether another process reserved `port` within `_RESERVED_S`; if not, reserve it now.
-    A reservation is an empty file named by the port, created with O_EXCL: of several processes
+    `free_port`'s reservation is an empty file named by the port (`preferred_port`'s holds its
+    pid), created with O_EXCL: of several processes
     after the same port, one creates it. An old reservation is first renamed away (one process
     does), then the port is claimed as a new one. No folder to share: this process's own memory
     is the only guard."""
