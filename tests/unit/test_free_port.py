@@ -103,16 +103,10 @@ def test_a_reservations_folder_removed_meanwhile_is_made_again() -> None:
     assert (folder / str(port)).exists()
 
 
-def _kernel_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_preferred_port_another_live_process_chose_is_not_chosen_again() -> None:
     # Two stacks started at once both found the grid scheduler's 8084 free, and the second one's
     # scheduler failed to bind it: the first stack's choice must count while its process lives.
-    port = _kernel_free_port()
+    port = ports._kernel_port()
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -135,7 +129,7 @@ def test_a_preferred_port_another_live_process_chose_is_not_chosen_again() -> No
 
 def test_a_preferred_port_chosen_by_a_process_that_ended_is_chosen_again() -> None:
     # A stack stopped and started again at once keeps its documented ports.
-    port = _kernel_free_port()
+    port = ports._kernel_port()
     chosen = subprocess.run(
         [
             sys.executable,
@@ -154,3 +148,56 @@ def test_a_preferred_port_chosen_by_a_process_that_ended_is_chosen_again() -> No
 def test_a_port_free_port_just_gave_is_not_preferred() -> None:
     given = free_port()
     assert ports.preferred_port(given) != given
+
+
+def test_of_processes_preferring_one_port_at_once_over_an_old_reservation_one_gets_it(
+    tmp_path: Path,
+) -> None:
+    # Each finds the old reservation stale; taking it over must be one step, or two take it.
+    port = ports._kernel_port()
+    folder = ports._reservations()
+    assert folder is not None
+    (folder / str(port)).write_text("")
+    old = time.time() - ports._RESERVED_S - 1
+    os.utime(folder / str(port), (old, old))
+    start = time.time() + 1.5  # every process imported and waiting before any of them chooses
+    script = (
+        "import sys, time; from koprogo_cli.ports import preferred_port; "
+        f"time.sleep(max(0, {start} - time.time())); "
+        f"print(preferred_port({port}), flush=True); sys.stdin.read()"
+    )
+    choosers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    try:
+        chosen = [int(c.stdout.readline()) for c in choosers if c.stdout is not None]
+    finally:
+        for c in choosers:
+            c.communicate("")
+    assert chosen.count(port) == 1, chosen
+
+
+@pytest.mark.parametrize("junk", [b"99999999999999999999", b"\xff\xfe", b"-1", b"0", b"12ab"])
+def test_a_reservation_holding_no_pid_of_a_live_process_is_taken(junk: bytes) -> None:
+    port = ports._kernel_port()
+    folder = ports._reservations()
+    assert folder is not None
+    (folder / str(port)).write_bytes(junk)
+    assert ports.preferred_port(port) == port
+    assert (folder / str(port)).read_text() == str(os.getpid())
+
+
+def test_a_folder_that_could_not_be_made_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the temporary folder should be")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    assert ports._reservations() is None
+    blocked.unlink()
+    blocked.mkdir()
+    folder = ports._reservations()
+    assert folder is not None and folder.parent == blocked

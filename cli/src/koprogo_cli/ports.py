@@ -3,14 +3,13 @@
 Tests and `koprogo up` start several servers at once, each told its port before it binds it, so
 `free_port` remembers the ports it gave (see `_GIVEN_PORTS`), and tells the other processes of the
 same user (a test and the `koprogo up` it starts, which picks its services' ports itself) through
-a folder of reservations (see `_reserved_elsewhere`); `preferred_port` keeps a service on its
-documented port (4222, 5432, 8080...) when nothing else holds it, reserving it in the same folder
-with its pid (see `_claimed`).
+a folder of reservations (see `_reserve`); `preferred_port` keeps a service on its documented
+port (4222, 5432, 8080...) when nothing else holds it, reserving it in the same folder with its pid.
 """
 
 from __future__ import annotations
 
-import functools
+import fcntl
 import os
 import socket
 import tempfile
@@ -63,17 +62,26 @@ def _kernel_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Looked up once per temporary folder, not at every kernel offer (a test sets its own TMPDIR);
+# a failed lookup is not remembered.
+_FOLDERS: dict[str, Path] = {}
+
+
 def _reservations() -> Path | None:
     """This user's folder of reservations, None when there is none to share (no usable temporary
     folder, or the folder is not this user's own: anyone may create a name in /tmp)."""
     try:
-        return _reservations_in(tempfile.gettempdir())
+        tmp = tempfile.gettempdir()
     except OSError:
         return None
+    if tmp not in _FOLDERS:
+        folder = _reservations_in(tmp)
+        if folder is None:
+            return None  # asked again at the next call
+        _FOLDERS[tmp] = folder
+    return _FOLDERS[tmp]
 
 
-# Looked up once per temporary folder, not at every kernel offer (a test sets its own TMPDIR).
-@functools.cache
 def _reservations_in(tmp: str) -> Path | None:
     try:
         folder = Path(tmp) / f"koprogo-ports-{os.getuid()}"
@@ -86,37 +94,60 @@ def _reservations_in(tmp: str) -> Path | None:
 
 
 def _reserved_elsewhere(port: int) -> bool:
-    """Whether another process reserved `port` within `_RESERVED_S`; if not, reserve it now.
-    `free_port`'s reservation is an empty file named by the port (`preferred_port`'s holds its
-    pid), created with O_EXCL: of several processes
-    after the same port, one creates it. An old reservation is first renamed away (one process
-    does), then the port is claimed as a new one. No folder to share: this process's own memory
-    is the only guard."""
+    """Whether another process reserved `port` within `_RESERVED_S`; if not, reserve it now, with
+    an empty reservation (a port handed to a server this process starts: it stands its window
+    whoever lives)."""
+    return not _reserve(port, "")
+
+
+def _reserve(port: int, holder: str) -> bool:
+    """Reserve `port` for `holder` (empty, or this process's pid) unless a standing reservation
+    holds it (see `_stands`); True when reserved here. The reservation is a file named by the
+    port, read and written under an exclusive lock on the folder's `.lock`, so of several
+    processes after the same port, free or stale, one gets it. No folder to share, or one that
+    fails: this process's own memory is the only guard, as before the folder existed."""
     folder = _reservations()
     if folder is None:
-        return False
+        return True
     path = folder / str(port)
-    for _ in range(2):
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            return False
-        except FileExistsError:
-            pass
-        except FileNotFoundError:  # the folder was removed meanwhile: made again at the next call
-            _reservations_in.cache_clear()
-            return False
-        except OSError:
-            return False
-        try:
-            if time.time() - path.stat().st_mtime < _RESERVED_S:
-                return True
-            old = folder / f"{port}.{os.getpid()}.old"
-            os.rename(path, old)
-            old.unlink()
-        except FileNotFoundError:
-            continue  # another process renamed it first: the create decides
-        except OSError:
-            return False
+    try:
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            try:
+                if _stands(path.read_bytes(), path.stat().st_mtime):
+                    return False
+            except FileNotFoundError:
+                pass
+            path.write_text(holder)
+            return True
+    except FileNotFoundError:  # the folder was removed meanwhile: made again at the next call
+        _FOLDERS.clear()
+        return True
+    except OSError:
+        return True
+
+
+def _stands(holder: bytes, mtime: float) -> bool:
+    """Whether a reservation written at `mtime` still holds its port: younger than `_RESERVED_S`,
+    and either empty (`free_port`'s) or the pid of another live process. Anything else (this
+    process's own, a process that ended, bytes that are no pid) is stale."""
+    if time.time() - mtime >= _RESERVED_S:
+        return False
+    if not holder:
+        return True
+    if not holder.isdigit() or len(holder) > 10:
+        return False
+    pid = int(holder)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    except OverflowError:
+        return False
     return True
 
 
@@ -137,49 +168,4 @@ def preferred_port(port: int) -> int:
     `_RESERVED_S` (two stacks started at once both found 8084 free; the second's grid scheduler
     failed to bind it); else `free_port()`. A stack started again, by this process or after the
     last one's process ended, takes its documented port again."""
-    return port if port_free(port) and _claimed(port) else free_port()
-
-
-def _claimed(port: int) -> bool:
-    """Reserve `port` for this process (its pid in the reservation) unless another live process
-    holds a reservation of it younger than `_RESERVED_S`, or `free_port` gave it (an empty one)."""
-    folder = _reservations()
-    if folder is None:
-        return True
-    path = folder / str(port)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            pass
-        except OSError:
-            return True  # nothing to share: as before the folder existed
-        else:
-            with os.fdopen(fd, "w") as file:
-                file.write(str(os.getpid()))
-            return True
-        try:
-            fresh = time.time() - path.stat().st_mtime < _RESERVED_S
-            holder = path.read_text()
-            if fresh and not (holder.isdigit() and _gone_or_self(int(holder))):
-                return False  # being written, given by free_port, or held by a live process
-            old = folder / f"{port}.{os.getpid()}.old"
-            os.rename(path, old)
-            old.unlink()
-        except FileNotFoundError:
-            continue  # another process renamed it first: the create decides
-        except OSError:
-            return True
-    return False
-
-
-def _gone_or_self(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
+    return port if port_free(port) and _reserve(port, str(os.getpid())) else free_port()
