@@ -334,6 +334,14 @@ async def declare_streams(
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
                 log.warning("JetStream at %s not ready (%s); asking again", url, exc or type(exc).__name__)
                 await asyncio.sleep(0.5)
+            except (BadRequestError, NotFoundError) as exc:
+                # A cluster still placing its peers refuses a replicated stream ("no suitable
+                # peers for placement"), and the lookup that follows finds none; one server
+                # refusing is a configuration to report.
+                if replicas == 1:
+                    raise
+                log.warning("JetStream at %s refused a stream (%s); asking again", url, exc)
+                await asyncio.sleep(0.5)
         if durability_environ is not None:
             await check_durability(js, durability_environ)
     finally:
