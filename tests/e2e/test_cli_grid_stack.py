@@ -132,6 +132,11 @@ def stack_with_joined_nodes(tmp_path: Path, model_path: Path) -> None:
             running(commands["pi-a"][1], {**env, **commands["pi-a"][0]}, tmp_path / "pi-a.log"),
             running(commands["pi-b"][1], {**env, **commands["pi-b"][0]}, tmp_path / "pi-b.log"),
         ):
+            # A task submitted while the joined nodes still load their model is decided by the
+            # stack's own node alone (`accepted_unchecked`): submitted once both are heard.
+            wait_for(
+                lambda: heard_nodes(url, cli["KOPROGO_TOKEN"]) >= set(JOINED), 180, "both joined nodes heard"
+            )
             task = run_ocr_task(url, alice.stdout.strip())
         verification = task["verification"]
         owners = {r["owner"] for r in verification["replicas"] if r["verdict"] == "valid"}
@@ -167,6 +172,14 @@ def stack_with_joined_nodes(tmp_path: Path, model_path: Path) -> None:
     for service_log in (data / "logs").glob("*.log"):
         text = service_log.read_text(errors="replace").lower()
         assert "permissions violation" not in text, service_log
+
+
+def heard_nodes(url: str, admin_token: str) -> set[str]:
+    response = httpx.get(
+        f"{url}/mcp/v1/nodes", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return {node["node_id"] for node in response.json()["edge_nodes"]}
 
 
 def run_ocr_task(url: str, token: str) -> dict[str, Any]:
