@@ -38,6 +38,7 @@ import asyncio
 import csv
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -457,6 +458,9 @@ def main() -> int:
     log(f"work folder {work}")
     stack: Stack | None = None
     backend = None
+    # SIGTERM ends the run through `finally` like Ctrl-C, so the stack it started is stopped, not
+    # orphaned (services, nats-server and PostgreSQL left running); a second one waits for that.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         backend, backend_base = start_instant_backend(work, 1)
         use_stack_environ(work, backend_base, None)
@@ -473,6 +477,7 @@ def main() -> int:
         ledger = asyncio.run(ledger_check(stack.postgres.url, answered))
         dead = stack.dead_services()
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack is not None:
             stack.stop()
         if backend is not None:
