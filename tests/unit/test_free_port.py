@@ -201,3 +201,16 @@ def test_a_folder_that_could_not_be_made_is_tried_again(
     blocked.mkdir()
     folder = ports._reservations()
     assert folder is not None and folder.parent == blocked
+
+
+def test_a_process_removes_the_reservations_older_than_the_window_once() -> None:
+    folder = ports._reservations()
+    assert folder is not None
+    old = time.time() - ports._RESERVED_S - 1
+    for name in ("40001", "40002.1234.old"):
+        (folder / name).write_text("")
+        os.utime(folder / name, (old, old))
+    (folder / "40003").write_text("")  # a reservation of the window: kept
+    ports._PRUNED.discard(folder)
+    given = free_port()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".lock", "40003", str(given)])

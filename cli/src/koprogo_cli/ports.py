@@ -113,6 +113,9 @@ def _reserve(port: int, holder: str) -> bool:
     try:
         with open(folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            if folder not in _PRUNED:
+                _prune(folder)
+                _PRUNED.add(folder)
             try:
                 if _stands(path.read_bytes(), path.stat().st_mtime):
                     return False
@@ -125,6 +128,27 @@ def _reserve(port: int, holder: str) -> bool:
         return True
     except OSError:
         return True
+
+
+# The folders this process has pruned: once per process (a test session, a `koprogo up`), so the
+# folder holds about the reservations of the last window rather than every port ever given.
+_PRUNED: set[Path] = set()
+
+
+def _prune(folder: Path) -> None:
+    """Remove the reservations older than `_RESERVED_S` (they hold nothing) and the leftovers of
+    the earlier scheme's renames (`<port>.<pid>.old`); called with the folder's lock held, so no
+    reservation being written is removed."""
+    now = time.time()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name == ".lock":
+                continue
+            try:
+                if now - entry.stat().st_mtime >= _RESERVED_S:
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # removed meanwhile by a process of the earlier scheme, or not ours to remove
 
 
 def _stands(holder: bytes, mtime: float) -> bool:
