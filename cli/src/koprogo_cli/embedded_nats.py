@@ -40,6 +40,7 @@ NATS_CONFIG = """\
 host: {host}
 port: {port}
 {monitoring}
+{profiling}
 max_payload: 8MB
 # Read by `koprogo up` / `down` to find a server that outlived the stack that started it.
 pid_file: "{pid_file}"
@@ -79,6 +80,8 @@ class EmbeddedNats:
     # The monitoring endpoint (/varz, /connz: it lists every connection, and asks no credentials):
     # None switches it off; a port puts it on loopback only, whatever `host` is.
     monitor_port: int | None = None
+    # The Go profiler (/debug/pprof/), served on `host` like the clients' port: None switches it off.
+    prof_port: int | None = None
     # An `authorization { users = [...] }` block (koprogo_cli.nats_auth); empty: no authentication.
     authorization: str = ""
     # Where clients connect: loopback, or every interface (0.0.0.0) for other machines' edge nodes.
@@ -112,6 +115,11 @@ class EmbeddedNats:
                     f'http: "127.0.0.1:{self.monitor_port}"'
                     if self.monitor_port is not None
                     else "# Monitoring (it answers without credentials) is off."
+                ),
+                profiling=(
+                    f"prof_port: {self.prof_port}"
+                    if self.prof_port is not None
+                    else "# The profiler (NATS_PROF_PORT) is off."
                 ),
                 logfile=log,
                 logfile_size_limit=DEFAULT_MAX_BYTES,

@@ -87,11 +87,27 @@ class StackError(RuntimeError):
 
 def nats_monitor_port(environ: Mapping[str, str]) -> int | None:
     """`NATS_MONITOR_PORT`: the embedded nats-server's monitoring port, on loopback; unset: none."""
-    value = environ.get("NATS_MONITOR_PORT", "").strip()
+    return _port_setting(environ, "NATS_MONITOR_PORT", 8222)
+
+
+def nats_prof_port(environ: Mapping[str, str], *, lan: bool) -> int | None:
+    """`NATS_PROF_PORT`: the embedded nats-server's Go profiler (`/debug/pprof/heap`...), for
+    finding where its memory goes; unset: none. nats-server serves it on the clients' interface,
+    so it is refused with `--lan` (every machine of the network could profile it)."""
+    port = _port_setting(environ, "NATS_PROF_PORT", 6060)
+    if port is not None and lan:
+        raise StackError(
+            "NATS_PROF_PORT is refused with --lan: nats-server would serve its profiler to the network"
+        )
+    return port
+
+
+def _port_setting(environ: Mapping[str, str], name: str, example: int) -> int | None:
+    value = environ.get(name, "").strip()
     if not value:
         return None
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise StackError(f"NATS_MONITOR_PORT must be a port number (e.g. 8222), not {value!r}")
+        raise StackError(f"{name} must be a port number (e.g. {example}), not {value!r}")
     return int(value)
 
 
@@ -490,6 +506,7 @@ class Stack:
             # prometheus-nats-exporter): it answers anyone on the machine with the list of connections.
             # A building's gateway reads its leaf link there (/leafz), so a building always has it.
             monitor_port=nats_monitor_port(os.environ) or (free_port() if self.building else None),
+            prof_port=nats_prof_port(os.environ, lan=self.lan),
             authorization=render_authorization(stack_identities.users),
             host="0.0.0.0" if self.lan else "127.0.0.1",
             jetstream_domain=domain,
@@ -501,6 +518,11 @@ class Stack:
             + (
                 f", monitoring at http://127.0.0.1:{self.nats.monitor_port}/varz"
                 if self.nats.monitor_port is not None
+                else ""
+            )
+            + (
+                f", profiler at http://127.0.0.1:{self.nats.prof_port}/debug/pprof/"
+                if self.nats.prof_port is not None
                 else ""
             )
         )
