@@ -134,9 +134,7 @@ def stack_with_joined_nodes(tmp_path: Path, model_path: Path) -> None:
         ):
             # A task submitted while the joined nodes still load their model is decided by the
             # stack's own node alone (`accepted_unchecked`): submitted once both are heard.
-            wait_for(
-                lambda: heard_nodes(url, cli["KOPROGO_TOKEN"]) >= set(JOINED), 180, "both joined nodes heard"
-            )
+            wait_heard(url, cli["KOPROGO_TOKEN"], tmp_path, timeout=180)
             task = run_ocr_task(url, alice.stdout.strip())
         verification = task["verification"]
         owners = {r["owner"] for r in verification["replicas"] if r["verdict"] == "valid"}
@@ -174,12 +172,33 @@ def stack_with_joined_nodes(tmp_path: Path, model_path: Path) -> None:
         assert "permissions violation" not in text, service_log
 
 
-def heard_nodes(url: str, admin_token: str) -> set[str]:
-    response = httpx.get(
-        f"{url}/mcp/v1/nodes", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
-    )
-    assert response.status_code == 200, response.text
-    return {node["node_id"] for node in response.json()["edge_nodes"]}
+def wait_heard(url: str, admin_token: str, logs: Path, *, timeout: float) -> None:
+    """Until the gateway hears both joined nodes' heartbeats (GET /mcp/v1/nodes); fails naming
+    those missing, with the end of their logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = httpx.get(
+                f"{url}/mcp/v1/nodes", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
+            )
+            said = f"{response.status_code} {response.text[:300]}"
+            ok = response.status_code == 200
+            heard = {n["node_id"] for n in response.json()["edge_nodes"]} if ok else set()
+        except httpx.HTTPError as exc:
+            said, heard = repr(exc), set()
+        missing = set(JOINED) - heard
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            tails = "\n".join(
+                f"--- {node}.log\n"
+                + "\n".join((logs / f"{node}.log").read_text(errors="replace").splitlines()[-20:])
+                for node in sorted(missing)
+            )
+            raise AssertionError(
+                f"nodes {sorted(missing)} not heard after {timeout:g}s (last: {said})\n{tails}"
+            )
+        time.sleep(0.5)
 
 
 def run_ocr_task(url: str, token: str) -> dict[str, Any]:

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import APIError
 
 from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.kv_buckets import BUCKETS, bucket_stream, declare_buckets
-from koprogo_shared.nats_connection import connect_nats, declare_streams, publish_event
+from koprogo_shared.nats_connection import JS_CLUSTER_NO_PEERS, connect_nats, declare_streams, publish_event
 from tests.integration.nats_cluster_support import (
     NatsCluster,
     wait_until_ready,
@@ -145,5 +146,22 @@ async def test_a_single_server_gets_one_replica(tmp_path: Path, no_replicas_sett
             assert await replicas_of(js, STREAM_NAMES) == dict.fromkeys(STREAM_NAMES, 1)
         finally:
             await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_replicas_a_single_server_cannot_keep_are_refused_at_once_with_the_servers_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not taken for a cluster still forming (which is asked again for a while): the server's own
+    # reason, at once, rather than a timeout with the reason only in the warnings.
+    monkeypatch.setenv("NATS_REPLICAS", "3")
+    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(APIError, match="non-clustered") as refused:
+            await asyncio.wait_for(declare_streams(server.url), 20)
+        assert refused.value.err_code != JS_CLUSTER_NO_PEERS
+        assert asyncio.get_running_loop().time() - started < 10
     finally:
         server.stop()

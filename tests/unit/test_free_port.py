@@ -150,9 +150,7 @@ def test_a_port_free_port_just_gave_is_not_preferred() -> None:
     assert ports.preferred_port(given) != given
 
 
-def test_of_processes_preferring_one_port_at_once_over_an_old_reservation_one_gets_it(
-    tmp_path: Path,
-) -> None:
+def test_of_processes_preferring_one_port_at_once_over_an_old_reservation_one_gets_it() -> None:
     # Each finds the old reservation stale; taking it over must be one step, or two take it.
     port = ports._kernel_port()
     folder = ports._reservations()
@@ -180,7 +178,7 @@ def test_of_processes_preferring_one_port_at_once_over_an_old_reservation_one_ge
     assert chosen.count(port) == 1, chosen
 
 
-@pytest.mark.parametrize("junk", [b"99999999999999999999", b"\xff\xfe", b"-1", b"0", b"12ab"])
+@pytest.mark.parametrize("junk", [b"99999999999999999999", b"9999999999", b"\xff\xfe", b"-1", b"0", b"12ab"])
 def test_a_reservation_holding_no_pid_of_a_live_process_is_taken(junk: bytes) -> None:
     port = ports._kernel_port()
     folder = ports._reservations()
@@ -214,3 +212,17 @@ def test_a_process_removes_the_reservations_older_than_the_window_once() -> None
     ports._PRUNED.discard(folder)
     given = free_port()
     assert sorted(p.name for p in folder.iterdir()) == sorted([".lock", "40003", str(given)])
+    (folder / "40004").write_text("")
+    os.utime(folder / "40004", (old, old))
+    free_port()
+    assert (folder / "40004").exists()  # once per process, not at every port
+
+
+def test_a_port_this_process_preferred_is_not_given_by_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its server has not bound it yet: free_port must not hand it to another one.
+    port = ports._kernel_port()
+    assert ports.preferred_port(port) == port
+    offers = iter([port])
+    kernel_port = ports._kernel_port
+    monkeypatch.setattr(ports, "_kernel_port", lambda: next(offers, None) or kernel_port())
+    assert free_port() != port

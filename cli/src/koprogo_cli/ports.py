@@ -15,6 +15,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 __all__ = ["free_port", "port_free", "preferred_port"]
 
@@ -112,22 +113,43 @@ def _reserve(port: int, holder: str) -> bool:
     path = folder / str(port)
     try:
         with open(folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            if not _locked(lock):
+                return True
             if folder not in _PRUNED:
                 _prune(folder)
                 _PRUNED.add(folder)
             try:
-                if _stands(path.read_bytes(), path.stat().st_mtime):
+                if _stands(path.read_bytes(), path.stat().st_mtime, holder):
                     return False
             except FileNotFoundError:
                 pass
             path.write_text(holder)
+            os.utime(path)  # a stale empty one rewritten empty: its age starts again
             return True
     except FileNotFoundError:  # the folder was removed meanwhile: made again at the next call
         _FOLDERS.clear()
         return True
     except OSError:
         return True
+
+
+# Holders keep the lock for a few system calls; one held this long is held by a process stopped
+# (or a child forked without exec while another thread held it): go on without the folder.
+_LOCK_WAIT_S = 5.0
+
+
+def _locked(lock: IO[str]) -> bool:
+    """Take the exclusive lock on `lock` (released when the file is closed); False when it stays
+    held for `_LOCK_WAIT_S`."""
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
 
 
 # The folders this process has pruned: once per process (a test session, a `koprogo up`), so the
@@ -151,18 +173,21 @@ def _prune(folder: Path) -> None:
                 pass  # removed meanwhile by a process of the earlier scheme, or not ours to remove
 
 
-def _stands(holder: bytes, mtime: float) -> bool:
-    """Whether a reservation written at `mtime` still holds its port: younger than `_RESERVED_S`,
-    and either empty (`free_port`'s) or the pid of another live process. Anything else (this
-    process's own, a process that ended, bytes that are no pid) is stale."""
+def _stands(found: bytes, mtime: float, holder: str) -> bool:
+    """Whether a reservation holding `found`, written at `mtime`, keeps its port from `holder`:
+    younger than `_RESERVED_S`, and either empty (`free_port`'s) or the pid of a live process,
+    other than `holder`'s own (`preferred_port` takes its own documented ports again; `free_port`
+    does not give them). Anything else (a process that ended, bytes that are no pid) is stale."""
     if time.time() - mtime >= _RESERVED_S:
         return False
-    if not holder:
+    if not found:
         return True
-    if not holder.isdigit() or len(holder) > 10:
+    if not found.isdigit() or len(found) > 10:
         return False
-    pid = int(holder)
-    if pid == os.getpid() or pid <= 0:
+    pid = int(found)
+    if pid == os.getpid():
+        return found != holder.encode()
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)

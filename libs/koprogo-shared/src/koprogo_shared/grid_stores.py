@@ -36,13 +36,14 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-# JetStream's "stream name already in use with a different configuration": the one refusal that
-# means the bucket exists. Others (a forming cluster's "insufficient resources" or "no suitable
-# peers for placement") mean it does not, and are the caller's to retry or report.
+# JetStream's "stream name already in use with a different configuration": the one refusal of a
+# creation that means the stream (a bucket's, an object store's) exists. Others (a forming
+# cluster's "no suitable peers for placement", replicas a single server cannot keep) mean it does
+# not, and are the caller's to retry or report.
 JS_STREAM_NAME_EXIST = 10058
 
 
-def _exists_already(exc: nats.js.errors.BadRequestError) -> bool:
+def name_in_use(exc: nats.js.errors.BadRequestError) -> bool:
     return exc.err_code == JS_STREAM_NAME_EXIST
 
 
@@ -82,7 +83,7 @@ async def ensure_kv_bucket(
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError as exc:
-        if not _exists_already(exc):
+        if not name_in_use(exc):
             raise
         log.info("bucket %s kept with its existing configuration", bucket)
         await raise_stream_replicas(js, kv_stream(bucket), replicas)
@@ -119,7 +120,7 @@ async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> 
     try:
         await js.create_object_store(DOCUMENTS_BUCKET, config=config)
     except nats.js.errors.BadRequestError as exc:
-        if not _exists_already(exc):
+        if not name_in_use(exc):
             raise
         log.info("documents store kept with its existing configuration")
         await raise_stream_replicas(js, object_store_stream(DOCUMENTS_BUCKET), replicas)

@@ -41,6 +41,7 @@ from koprogo_shared import subjects
 from koprogo_shared.durability import DurabilityError, policy_from
 from koprogo_shared.durability import check as check_durability
 from koprogo_shared.events import ChatCompleted, ChatFailed, Event
+from koprogo_shared.grid_stores import name_in_use
 from koprogo_shared.kv_buckets import (
     BUCKETS,
     DEFAULT_RATE_LIMIT_WINDOW_S,
@@ -73,6 +74,10 @@ MAX_REPLICAS = 5
 # JetStream's "stream store failed" error, which a full `discard: new` stream answers with
 # ("maximum bytes exceeded", "maximum messages exceeded", ...).
 JS_STREAM_STORE_FAILED = 10077
+# JetStream's "no suitable peers for placement": asked again for PLACEMENT_WAIT_S by the setup
+# step, while a cluster's servers announce themselves, then reported.
+JS_CLUSTER_NO_PEERS = 10005
+PLACEMENT_WAIT_S = 30.0
 
 
 class NatsCredentialsError(RuntimeError):
@@ -279,7 +284,9 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
             try:
                 await js.add_stream(_stream_config(spec, wanted))
                 continue
-            except BadRequestError:
+            except BadRequestError as exc:
+                if not name_in_use(exc):
+                    raise
                 # Another service created it between our two calls.
                 info = await js.stream_info(spec.name)
         current = info.config.num_replicas or 1
@@ -326,6 +333,8 @@ async def declare_streams(
         await _jetstream_ready(js, url)
         replicas = await _settled_replicas(nc)
         log.info("streams and buckets at %s: %d replica(s)", url, replicas)
+        loop = asyncio.get_running_loop()
+        placing_until = loop.time() + PLACEMENT_WAIT_S
         while True:
             try:
                 await ensure_streams(js, replicas=replicas)
@@ -334,13 +343,13 @@ async def declare_streams(
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
                 log.warning("JetStream at %s not ready (%s); asking again", url, exc or type(exc).__name__)
                 await asyncio.sleep(0.5)
-            except (BadRequestError, NotFoundError) as exc:
-                # A cluster still placing its peers refuses a replicated stream ("no suitable
-                # peers for placement"), and the lookup that follows finds none; one server
-                # refusing is a configuration to report.
-                if replicas == 1:
+            except BadRequestError as exc:
+                # A cluster whose servers have not all announced JetStream yet refuses a
+                # replicated stream for a while; any other refusal (replicas a single server
+                # cannot keep) is a configuration to report at once.
+                if exc.err_code != JS_CLUSTER_NO_PEERS or loop.time() > placing_until:
                     raise
-                log.warning("JetStream at %s refused a stream (%s); asking again", url, exc)
+                log.warning("JetStream at %s cannot place a stream yet (%s); asking again", url, exc)
                 await asyncio.sleep(0.5)
         if durability_environ is not None:
             await check_durability(js, durability_environ)
