@@ -192,12 +192,14 @@ class FakeNats:
         authorization: str,
         host: str,
         monitor_port: int | None = None,
+        prof_port: int | None = None,
         jetstream_domain: str | None = None,
         leafnodes: str = "",
     ) -> None:
         self.url = f"nats://127.0.0.1:{port}"
         self.authorization = authorization
         self.monitor_port = monitor_port
+        self.prof_port = prof_port
         self.proc = None
 
     def start(self) -> FakeNats:
