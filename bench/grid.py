@@ -60,8 +60,11 @@ from nats.js import api as js_api
 
 from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
-from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState, Waiter
+from koprogo_grid.domain.board import TaskBoard
+from koprogo_grid.domain.nodes import PollingNode
 from koprogo_grid.domain.rules import GridRules
+from koprogo_grid.domain.task_state import NodeFootprint, TaskState
+from koprogo_grid.domain.waiting_nodes import Waiter
 from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.service_layer.grid_worker import GridWorker

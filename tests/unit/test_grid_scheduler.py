@@ -14,8 +14,10 @@ from typing import Any
 import nkeys
 import pytest
 
-from koprogo_grid.domain.board import NodeFootprint, PollingNode, TaskBoard, TaskState
+from koprogo_grid.domain.board import TaskBoard
+from koprogo_grid.domain.nodes import PollingNode
 from koprogo_grid.domain.rules import GridRules, parse_deadlines
+from koprogo_grid.domain.task_state import NodeFootprint, TaskState
 from koprogo_grid.domain.trust import TrustBook
 from koprogo_grid.service_layer.ports import (
     FakeNodeStandingStore,

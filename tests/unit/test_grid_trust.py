@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from koprogo_grid.domain.board import TaskState
 from koprogo_grid.domain.rules import GridRules
+from koprogo_grid.domain.task_state import TaskState
 from koprogo_grid.domain.trust import Judgment, NodeStanding, TrustBook
 from koprogo_grid.domain.verification import (
     Vote,

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from koprogo_grid.domain.board import TaskState
+from koprogo_grid.domain.task_state import TaskState
 from koprogo_grid.domain.trust import NodeStanding
 from koprogo_grid.service_layer.ports import NodeStandingStore, TaskStateStore
 from koprogo_shared.logging_setup import invalid_fields

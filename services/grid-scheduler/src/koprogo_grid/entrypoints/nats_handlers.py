@@ -10,7 +10,8 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from koprogo_grid.domain.board import NodeFootprint, PollingNode
+from koprogo_grid.domain.nodes import PollingNode
+from koprogo_grid.domain.task_state import NodeFootprint
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_shared import subjects
 from koprogo_shared.consumer import PoisonMessageError

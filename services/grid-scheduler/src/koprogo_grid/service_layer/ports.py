@@ -6,7 +6,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from koprogo_grid.domain.board import TaskState
+from koprogo_grid.domain.task_state import TaskState
 from koprogo_grid.domain.trust import NodeStanding
 
 

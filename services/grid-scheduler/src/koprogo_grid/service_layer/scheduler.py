@@ -35,18 +35,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from koprogo_grid.domain.board import (
-    LiveNode,
-    PollingNode,
-    ReportCheck,
-    Step,
-    TaskBoard,
-    TaskState,
-    Waiter,
-)
+from koprogo_grid.domain.board import TaskBoard
 from koprogo_grid.domain.comparators import agreement_key
 from koprogo_grid.domain.green import attestation_flags
+from koprogo_grid.domain.nodes import LiveNode, PollingNode
+from koprogo_grid.domain.task_state import ReportCheck, Step, TaskState
 from koprogo_grid.domain.trust import NodeStanding, TrustBook
+from koprogo_grid.domain.waiting_nodes import Waiter
 from koprogo_grid.service_layer.ports import NodeStandingStore, TaskDocumentBin, TaskEventBus, TaskStateStore
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
