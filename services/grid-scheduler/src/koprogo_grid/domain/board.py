@@ -142,6 +142,7 @@ class TaskBoard:
     # rules and salt as they are when called.
 
     def assign(self, state: TaskState, node: PollingNode, now: datetime) -> Step:
+        """Hand `node` a replica of `state` (`assignments.assign`)."""
         return assignments.assign(self.rules, self.salt, state, node, now)
 
     assignment = staticmethod(assignments.assignment)
@@ -157,20 +158,24 @@ class TaskBoard:
         now: datetime,
         live: Iterable[LiveNode] | None = None,
     ) -> Step | None:
+        """Judge a node's report of a replica (`decisions.reported`)."""
         return decisions.reported(self.rules, state, report, check, now, live)
 
     def shortfall(self, state: TaskState, live: Iterable[LiveNode] | None, now: datetime) -> Step | None:
+        """Decide a task short of owners for its quorum (`decisions.shortfall`)."""
         return decisions.shortfall(self.rules, state, live, now)
 
     def requeue(
         self, state: TaskState, attempt: int, reason: AttemptOutcome, message: str, now: datetime
     ) -> Step | None:
+        """Take a replica back and queue the task again, within its attempts (`task_ending.requeue`)."""
         return task_ending.requeue(self.rules, state, attempt, reason, message, now)
 
     cancel = staticmethod(task_ending.cancel)
     expire = staticmethod(task_ending.expire)
 
     def recheck(self, state: TaskState, now: datetime) -> Step | None:
+        """Replicate a result taken unchecked again (`rechecks.recheck`)."""
         return rechecks.recheck(self.rules, state, now)
 
     # ----- queries ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A task as the scheduler knows it: its replicas, its state, what a transition returns. Pure.
 
 `TaskState` is what the scheduler stores for a task (the single source the board is rebuilt from);
-each transition of the board (`domain/board.py`) returns a `Step` holding the new state, whose
-`outbox` carries the events it produces.
+each transition (`assignments`, `decisions`, `task_ending`, `rechecks`, called through
+`board.TaskBoard`) returns a `Step` holding the new state, whose `outbox` carries the events it
+produces.
 """
 
 from __future__ import annotations
