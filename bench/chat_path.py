@@ -48,7 +48,7 @@ from koprogo_cli.trace_receiver import TraceReceiver, exporter_env, store_for
 from koprogo_node.adapters.model_files import bundled_model_path
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.events import ChatMessage, ChatRequested, utc_now
-from koprogo_shared.nats_connection import event_headers
+from koprogo_shared.publishing import event_headers
 from koprogo_shared.telemetry import consumer_span, producer_span, tracing_enabled
 
 SHORT = "Bonjour, résume ce PV en une phrase."
@@ -120,7 +120,7 @@ def per_call_us(fn: Callable[[], object], iterations: int) -> float:
 
 def micro_rows(iterations: int) -> list[tuple[str, float, float]]:
     """(what, bare µs, with telemetry µs) for the off path's calls, mirroring their real callers
-    (`nats_connection._publish`, `consumer.decide`)."""
+    (`publishing._publish`, `consumer.decide`)."""
     assert not tracing_enabled(), "the micro-measure is of the off path"
     subject = f"koprogo.events.chat.requested.{DEMO_COPRO_ID}"
     event = ChatRequested(

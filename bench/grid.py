@@ -72,7 +72,8 @@ from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, 
 from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.grid_stores import declare_grid_stores
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import (
     GridPoll,
     GridPollReply,

@@ -115,7 +115,8 @@ from koprogo_shared.events import (
     RunInference,
     derived_event_id,
 )
-from koprogo_shared.nats_connection import ensure_streams, event_headers
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import event_headers
 
 CHAT_TABLES = ("mcp_requests", "mcp_responses")
 SYSTEM_PROMPT = (

@@ -19,7 +19,8 @@ from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.events import ChatCompleted, RoutingPlan, RoutingTarget
 from koprogo_shared.grid_stores import declare_grid_stores
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.conftest import SECURED_NODES, SecuredNats, wait_until
 from tests.e2e.conftest import published_subjects
 from tests.e2e.test_chat_path import StackFactory

@@ -31,7 +31,7 @@ from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, 
 from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.grid_signing import Signer, sign_report
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import (
     DocumentRef,
     EnergyAttestation,

@@ -32,7 +32,8 @@ from koprogo_shared.events import (
     Usage,
     UserDataErasureRequested,
 )
-from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.conftest import TEST_CONTENT_KEYS, settings_fields
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)

@@ -27,7 +27,8 @@ from koprogo_cli.nats_permissions import NatsUser, Permissions
 from koprogo_cli.ports import free_port
 from koprogo_shared import leaf_site
 from koprogo_shared.events import ChatDelivered
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.subjects import (
     EVENTS_STREAM,
     chat_delivered,

@@ -10,7 +10,7 @@ import pytest
 from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import completed_id
 from koprogo_shared.events import ChatCompleted, ExecutionInfo, Usage, chat_outcome_adapter
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from tests.integration.cloud_support import (
     FakeChatCompletionsApi,
     Reply,

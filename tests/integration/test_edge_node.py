@@ -25,7 +25,7 @@ from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, ChatMessage, NodeHeartbeat, RunInference
 from koprogo_shared.grid_signing import load_or_create_signer
 from koprogo_shared.grid_stores import ensure_documents_store
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from tests.conftest import wait_until
 from tests.integration.edge_support import (
     MODEL,

@@ -20,7 +20,7 @@ from koprogo_node.adapters.llama_engine import LlamaEngine
 from koprogo_node.domain.controls import Sampling
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatMessage, ExecutionInfo, RunInference, Usage, utc_now
-from koprogo_shared.nats_connection import event_headers
+from koprogo_shared.publishing import event_headers
 from tests.integration.edge_support import (
     MODEL,
     listening,

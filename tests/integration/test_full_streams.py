@@ -37,14 +37,9 @@ from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered, ChatMessage, Event, RunInference, utc_now
-from koprogo_shared.nats_connection import (
-    StreamFullError,
-    connect_nats,
-    declare_streams,
-    ensure_streams,
-    publish_event,
-)
+from koprogo_shared.nats_connection import connect_nats, declare_streams, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.publishing import StreamFullError, publish_event
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,8 @@ from koprogo_ledger.domain.rewards import Movement
 from koprogo_ledger.service_layer.ledger_heads import sign_head
 from koprogo_shared import token_chain as tc
 from koprogo_shared.grid_signing import Signer, load_or_create_signer
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.conftest import settings_fields, wait_until
 from tests.integration.ledger_support import running_ledger
 from tests.integration.test_token_ledger import EXPECTED_BALANCES, EXPECTED_FUND_INFLOWS

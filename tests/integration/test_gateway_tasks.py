@@ -37,7 +37,8 @@ from koprogo_ledger.bootstrap import run_ledger
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared import subjects
 from koprogo_shared.grid_stores import declare_grid_stores
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import (
     TaskAssigned,
     TaskCancelRequested,

@@ -51,8 +51,9 @@ from koprogo_gateway.service_layer.chat import ChatService
 from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered
-from koprogo_shared.nats_connection import PUBLISH_RETRY_S, connect_nats, ensure_streams, publish_event
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.publishing import PUBLISH_RETRY_S, publish_event
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ import pytest
 from koprogo_cli.embedded_pg import EmbeddedPostgres
 from koprogo_cli.ports import free_port
 from koprogo_ledger.adapters.postgres_pool import create_pool
-from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.conftest import TEST_CONTENT_KEYS, postgres_dir, wait_until
 from tests.integration.ledger_support import (
     chat_completed,

@@ -25,7 +25,7 @@ from koprogo_ledger.service_layer.projection import LedgerEvent, Projected, proj
 from koprogo_shared import subjects
 from koprogo_shared.content_crypto import Keyring
 from koprogo_shared.events import Event, UserDataErasureRequested
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import (
     DocumentRef,
     TaskAssigned,

@@ -54,7 +54,7 @@ from koprogo_node.entrypoints.cli import main
 from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatMessage, NodeHeartbeat
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from tests.integration.edge_support import (
     listening,
     nats_client,

@@ -20,7 +20,8 @@ from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered
 from koprogo_shared.kv_buckets import BUCKETS, bucket_stream, declare_buckets
-from koprogo_shared.nats_connection import JS_CLUSTER_NO_PEERS, connect_nats, declare_streams, publish_event
+from koprogo_shared.nats_connection import JS_CLUSTER_NO_PEERS, connect_nats, declare_streams
+from koprogo_shared.publishing import publish_event
 from tests.integration.nats_cluster_support import (
     NatsCluster,
     wait_until_ready,

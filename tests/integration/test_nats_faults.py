@@ -27,7 +27,8 @@ from koprogo_cli.embedded_nats import EmbeddedNats
 from koprogo_cli.ports import free_port
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatDelivered
-from koprogo_shared.nats_connection import connect_nats, declare_streams, ensure_streams, publish_event
+from koprogo_shared.nats_connection import connect_nats, declare_streams, ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.integration.nats_cluster_support import (
     NatsCluster,
     move_stream_leader,

@@ -66,12 +66,12 @@ from koprogo_shared.nats_connection import (
     buckets_for_service,
     connect_nats,
     ensure_streams,
-    publish_event,
     streams_for_service,
     subscribed,
 )
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import NodeTrustChanged
 from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
 from tests.integration.edge_support import listening, run_inference, running_node

@@ -10,7 +10,8 @@ import pytest
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ExecutionInfo, Usage, chat_outcome_adapter
-from koprogo_shared.nats_connection import connect_nats, deliver_chat_outcome, ensure_streams
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.publishing import deliver_chat_outcome
 from tests.integration.cloud_support import collecting
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ from pathlib import Path
 import nats
 
 from koprogo_shared.events import ChatCompleted, ExecutionInfo, Usage, utc_now
-from koprogo_shared.nats_connection import ensure_streams, publish_event
+from koprogo_shared.nats_connection import ensure_streams
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.subjects import chat_completed, node_chat_completed
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "subscribe_completed_chats.py"

@@ -7,7 +7,7 @@ import nats.errors
 
 from koprogo_gateway.adapters.chat_bus import publish_refused
 from koprogo_gateway.domain.errors import BusFullError, BusUnavailableError, RequestTooLargeError
-from koprogo_shared.nats_connection import JS_STREAM_STORE_FAILED, PUBLISH_RETRY_S, StreamFullError
+from koprogo_shared.publishing import JS_STREAM_STORE_FAILED, PUBLISH_RETRY_S, StreamFullError
 
 
 def test_no_answer_within_the_retries_is_a_503_that_says_what_it_may_be() -> None:

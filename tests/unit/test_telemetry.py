@@ -34,7 +34,8 @@ from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
 from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, Retry, decide, run_pull_consumer
 from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
-from koprogo_shared.nats_connection import connect_nats, ensure_streams, publish_event
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.publishing import publish_event
 from tests.conftest import wait_until
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
 from tests.unit.test_ledger_records import requested

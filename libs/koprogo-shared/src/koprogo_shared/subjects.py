@@ -376,7 +376,7 @@ class StreamSpec:
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
     # What a full stream does: "new" refuses the message that does not fit (its publisher gets
-    # an error, `nats_connection.StreamFullError`); "old" would drop the oldest message to make
+    # an error, `publishing.StreamFullError`); "old" would drop the oldest message to make
     # room, whether its consumers had it or not. Messages still leave by age (`max_age_s`).
     discard: str = "new"
 

@@ -1,6 +1,6 @@
 """Traces: one OpenTelemetry trace per chat or grid task, carried across every NATS hop.
 
-Every JetStream publish (`nats_connection.publish_event`) and every core-NATS reply carries the
+Every JetStream publish (`publishing.publish_event`) and every core-NATS reply carries the
 W3C trace context (`traceparent`, `tracestate`) in its headers (`inject_trace_headers`, inside a
 PRODUCER span `publish <subject family>`); the consumer loop (`consumer.decide`,
 `decide_batch`) restores it around the handler (`consumer_span`: a CONSUMER span

@@ -26,7 +26,7 @@ from koprogo_gateway.domain.errors import (
 )
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatRequested, Event
-from koprogo_shared.nats_connection import PUBLISH_RETRY_S, StreamFullError, publish_event, publish_reply
+from koprogo_shared.publishing import PUBLISH_RETRY_S, StreamFullError, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)

@@ -19,7 +19,7 @@ from koprogo_gateway.adapters.chat_bus import publish_refused
 from koprogo_gateway.domain.errors import BusUnavailableError
 from koprogo_shared import subjects
 from koprogo_shared.events import Event
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import TaskSubmitted
 
 

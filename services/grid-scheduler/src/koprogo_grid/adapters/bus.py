@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind
 
 from koprogo_grid.service_layer.ports import TaskDocumentBin, TaskEventBus
 from koprogo_shared import subjects
-from koprogo_shared.nats_connection import publish_event, publish_reply
+from koprogo_shared.publishing import publish_event, publish_reply
 from koprogo_shared.task_events import GridPollReply, task_event_adapter
 from koprogo_shared.telemetry import continued_span, current_trace_id, inject_trace_headers
 

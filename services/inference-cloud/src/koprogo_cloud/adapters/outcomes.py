@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
-from koprogo_shared.nats_connection import deliver_chat_outcome, publish_event, publish_reply
+from koprogo_shared.publishing import deliver_chat_outcome, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from koprogo_node.service_layer.grid_worker import (
     TaskReports,
 )
 from koprogo_shared import subjects
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import DocumentRef, TaskResultReported, TaskStarted
 
 

@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from koprogo_node.adapters.answers import AnswerRecord, MemoryAnswerRecord
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceStarted, RunInference
-from koprogo_shared.nats_connection import deliver_chat_outcome, publish_reply
+from koprogo_shared.publishing import deliver_chat_outcome, publish_reply
 
 
 class OutcomeSink(ABC):

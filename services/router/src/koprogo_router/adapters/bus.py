@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from koprogo_shared.events import Event
-from koprogo_shared.nats_connection import publish_event, publish_reply
+from koprogo_shared.publishing import publish_event, publish_reply
 
 # How long a building's router waits for the hub's stream to acknowledge cloud work.
 HUB_ACK_TIMEOUT_S = 2.0

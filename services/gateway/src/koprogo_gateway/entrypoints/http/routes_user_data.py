@@ -23,7 +23,7 @@ from koprogo_gateway.entrypoints.http.deps import GatewayDep, Reader, Writer
 from koprogo_gateway.service_layer import user_data
 from koprogo_shared import subjects
 from koprogo_shared.events import UserDataErasureRequested
-from koprogo_shared.nats_connection import publish_event
+from koprogo_shared.publishing import publish_event
 
 log = logging.getLogger(__name__)
 
