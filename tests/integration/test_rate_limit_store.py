@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -50,9 +51,23 @@ async def test_a_write_from_a_stale_revision_is_refused_by_the_server(clean_jets
 
 
 class CountingConflicts(NatsKvCounterStore):
+    """Counts the compare-and-set conflicts. Each store's first write waits at `first_writes` until
+    every gateway has read the counter and is about to write: the race the test is about then
+    happens every run (left to the scheduler, all four sometimes wrote one after the other)."""
+
     conflicts = 0
 
+    def __init__(self, kv: Any, first_writes: asyncio.Barrier) -> None:
+        super().__init__(kv)
+        self.first_writes: asyncio.Barrier | None = first_writes
+
+    async def _met(self) -> None:
+        if self.first_writes is not None:
+            barrier, self.first_writes = self.first_writes, None
+            await asyncio.wait_for(barrier.wait(), 10)
+
     async def create(self, key: str, count: int) -> Counter:
+        await self._met()
         try:
             return await super().create(key, count)
         except CounterConflictError:
@@ -60,6 +75,7 @@ class CountingConflicts(NatsKvCounterStore):
             raise
 
     async def replace(self, key: str, count: int, revision: int) -> Counter:
+        await self._met()
         try:
             return await super().replace(key, count, revision)
         except CounterConflictError:
@@ -71,10 +87,12 @@ async def test_four_gateways_hammering_one_counter_admit_exactly_the_limit(clean
     policy = RateLimitPolicy("copro", 50, 3600)
     connections: list[NATS] = []
     limiters: list[RateLimiter] = []
+    first_writes = asyncio.Barrier(4)
+    CountingConflicts.conflicts = 0
     for i in range(4):
         nc, store = await counter_store(clean_jetstream, f"rl-gateway-{i}")
         connections.append(nc)
-        limiters.append(RateLimiter(store=CountingConflicts(store.kv), clock=time.time))
+        limiters.append(RateLimiter(store=CountingConflicts(store.kv, first_writes), clock=time.time))
     try:
         decisions = await asyncio.gather(*(limiters[i % 4].admit([(policy, "hot")]) for i in range(200)))
         assert sum(d.admitted for d in decisions) == 50

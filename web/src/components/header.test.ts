@@ -64,7 +64,9 @@ describe('SignIn', () => {
     await waitFor(() => expect(screen.getByTestId('signin-error').dataset.code).toBe('token_malformed'));
 
     answer = () => new Response(JSON.stringify({ error: 'unauthorized', message: 'bad signature' }), { status: 401 });
-    await fireEvent.input(input, { target: { value: token([COPRO_A]) } });
+    // Made once: its `exp` follows the clock, so a second call a second later is another token.
+    const good = token([COPRO_A]);
+    await fireEvent.input(input, { target: { value: good } });
     await fireEvent.click(screen.getByTestId('signin-submit'));
     await waitFor(() => expect(screen.getByTestId('signin-error').dataset.code).toBe('token_invalid'));
     expect(app.token).toBeNull();
@@ -75,7 +77,7 @@ describe('SignIn', () => {
 
     answer = () => new Response(JSON.stringify({ data: [] }), { status: 200 });
     await fireEvent.click(screen.getByTestId('signin-submit'));
-    await waitFor(() => expect(app.token).toBe(token([COPRO_A])));
+    await waitFor(() => expect(app.token).toBe(good));
   });
 });
 
