@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -23,6 +25,8 @@ from nats.js.kv import KeyValue
 from koprogo_shared.subjects import DOCUMENTS_BUCKET, GRID_NODES_BUCKET, GRID_TASKS_BUCKET
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DOCUMENT_TTL_S = 30 * 86400.0
 DOCUMENTS_MAX_BYTES = 8 * 1024**3
@@ -45,6 +49,17 @@ JS_STREAM_NAME_EXIST = 10058
 
 def name_in_use(exc: nats.js.errors.BadRequestError) -> bool:
     return exc.err_code == JS_STREAM_NAME_EXIST
+
+
+async def created(create: Awaitable[_T]) -> _T | None:
+    """What a JetStream creation (`add_stream`, `create_key_value`, ...) returns, or None when it
+    was refused because the stream exists (`name_in_use`); any other refusal is raised."""
+    try:
+        return await create
+    except nats.js.errors.BadRequestError as exc:
+        if not name_in_use(exc):
+            raise
+        return None
 
 
 GRID_STREAMS = (
@@ -80,14 +95,12 @@ async def ensure_kv_bucket(
         storage=js_api.StorageType.FILE,
         replicas=replicas,
     )
-    try:
-        return await js.create_key_value(config)
-    except nats.js.errors.BadRequestError as exc:
-        if not name_in_use(exc):
-            raise
-        log.info("bucket %s kept with its existing configuration", bucket)
-        await raise_stream_replicas(js, kv_stream(bucket), replicas)
-        return await js.key_value(bucket)
+    kv = await created(js.create_key_value(config))
+    if kv is not None:
+        return kv
+    log.info("bucket %s kept with its existing configuration", bucket)
+    await raise_stream_replicas(js, kv_stream(bucket), replicas)
+    return await js.key_value(bucket)
 
 
 async def ensure_grid_tasks_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -117,11 +130,7 @@ async def ensure_documents_store(js: JetStreamContext, *, replicas: int = 1) -> 
         storage=js_api.StorageType.FILE,
         replicas=replicas,
     )
-    try:
-        await js.create_object_store(DOCUMENTS_BUCKET, config=config)
-    except nats.js.errors.BadRequestError as exc:
-        if not name_in_use(exc):
-            raise
+    if await created(js.create_object_store(DOCUMENTS_BUCKET, config=config)) is None:
         log.info("documents store kept with its existing configuration")
         await raise_stream_replicas(js, object_store_stream(DOCUMENTS_BUCKET), replicas)
 

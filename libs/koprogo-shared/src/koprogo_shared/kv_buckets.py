@@ -29,9 +29,9 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from koprogo_shared.grid_stores import (
+    created,
     declare_grid_stores,
     ensure_kv_bucket,
-    name_in_use,
     object_store_stream,
     raise_stream_replicas,
 )
@@ -168,13 +168,10 @@ async def ensure_rate_limit_bucket(js: JetStreamContext, ttl_s: float, *, replic
     try:
         info = await js.stream_info(stream)
     except nats.js.errors.NotFoundError:
-        try:
-            await js.add_stream(_counters_stream(ttl_s, replicas, rate_limit_persist_mode(js, replicas)))
+        config = _counters_stream(ttl_s, replicas, rate_limit_persist_mode(js, replicas))
+        if await created(js.add_stream(config)) is not None:
             return
-        except nats.js.errors.BadRequestError as exc:
-            if not name_in_use(exc):
-                raise
-            info = await js.stream_info(stream)  # another setup step created it meanwhile
+        info = await js.stream_info(stream)  # another setup step created it meanwhile
     kept_s = max(ttl_s, info.config.max_age or 0)
     wanted_replicas = max(replicas, info.config.num_replicas or 1)
     mode = rate_limit_persist_mode(js, wanted_replicas)
@@ -212,12 +209,9 @@ async def _move_counters(js: JetStreamContext, config: js_api.StreamConfig) -> N
             await js.delete_stream(stream)
         except nats.js.errors.NotFoundError:
             return  # deleted meanwhile by a hand (or a step that did not wait for the lock)
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if not name_in_use(exc):
-                raise
-            # a gateway declared it since the deletion (another TTL): the counts go to that one
+        # Already there (None) when a gateway declared it since the deletion (another TTL): the
+        # counts go to that one
+        await created(js.add_stream(config))
     kv = await js.key_value(RATE_LIMIT_BUCKET)
     for key, count in counts.items():
         await _add_count(kv, key, count)

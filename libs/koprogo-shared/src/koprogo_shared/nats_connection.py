@@ -38,7 +38,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from koprogo_shared import subjects
 from koprogo_shared.durability import DurabilityError, policy_from
 from koprogo_shared.durability import check as check_durability
-from koprogo_shared.grid_stores import name_in_use
+from koprogo_shared.grid_stores import created
 from koprogo_shared.kv_buckets import (
     BUCKETS,
     DEFAULT_RATE_LIMIT_WINDOW_S,
@@ -268,14 +268,10 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            try:
-                await js.add_stream(_stream_config(spec, wanted))
+            if await created(js.add_stream(_stream_config(spec, wanted))) is not None:
                 continue
-            except BadRequestError as exc:
-                if not name_in_use(exc):
-                    raise
-                # Another service created it between our two calls.
-                info = await js.stream_info(spec.name)
+            # Another service created it between our two calls.
+            info = await js.stream_info(spec.name)
         current = info.config.num_replicas or 1
         if current < wanted:
             log.info("stream %s: %d replica(s) raised to %d", spec.name, current, wanted)
