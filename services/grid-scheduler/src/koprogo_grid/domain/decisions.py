@@ -144,9 +144,15 @@ def _decide(
     step = shortfall(rules, state, live, now)
     if step is not None:
         return step
-    updated = state.model_copy(update={"outcome": "pending"})
+    return _verifying(state, now, f"verifying:{current.attempt}", note=None)
+
+
+def _verifying(state: TaskState, now: datetime, name: str, *, note: str | None) -> Step:
+    """The task waits for more results (outcome `pending`, with `note`), told by a TaskVerifying
+    event named `name`."""
+    updated = state.model_copy(update={"outcome": "pending", "note": note})
     event = TaskVerifying(
-        id=task_event_id(state.task_id, f"verifying:{current.attempt}"),
+        id=task_event_id(state.task_id, name),
         source=SOURCE,
         copro_id=state.task.copro_id,
         time=now,
@@ -197,16 +203,7 @@ def shortfall(
         )
         if state.note == note:
             return None
-        updated = state.model_copy(update={"outcome": "pending", "note": note})
-        event = TaskVerifying(
-            id=task_event_id(state.task_id, f"verifying:awaiting_owner:{state.attempt}"),
-            source=SOURCE,
-            copro_id=state.task.copro_id,
-            time=now,
-            task_id=state.task_id,
-            verification=updated.verification(),  # type: ignore[arg-type]
-        )
-        return Step(with_events(updated, [("verifying", event)]))
+        return _verifying(state, now, f"verifying:awaiting_owner:{state.attempt}", note=note)
     return None
 
 

@@ -4,6 +4,7 @@ cancelled, expired, failed, unverifiable. Pure."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from koprogo_grid.domain.rechecks import end_recheck
 from koprogo_grid.domain.rules import GridRules
@@ -20,6 +21,7 @@ from koprogo_grid.domain.task_state import (
 from koprogo_grid.domain.verification import groups, tally
 from koprogo_shared.task_events import (
     AttemptOutcome,
+    ReplicaVerdict,
     TaskCancelled,
     TaskExpired,
     TaskFailed,
@@ -73,19 +75,7 @@ def cancel(state: TaskState, now: datetime) -> Step | None:
     (a re-check of a completed task included: the user's task is done)."""
     if state.final or state.rechecked:
         return None
-    replicas, nodes = close_open(state, now, "cancelled", "not_needed")
-    event = TaskCancelled(
-        id=task_event_id(state.task_id, "cancelled"),
-        source=SOURCE,
-        copro_id=state.task.copro_id,
-        time=now,
-        task_id=state.task_id,
-        attempts=state.attempt,
-    )
-    return Step(
-        with_events(state, [("cancelled", event)], status="cancelled", final_at=now, replicas=replicas),
-        nodes,
-    )
+    return _ended(state, now, "cancelled", TaskCancelled, "not_needed")
 
 
 def expire(state: TaskState, now: datetime) -> Step:
@@ -124,9 +114,21 @@ def unverifiable(state: TaskState, now: datetime, message: str | None = None) ->
 
 
 def expired(state: TaskState, now: datetime) -> Step:
-    replicas, nodes = close_open(state, now, "expired", "lost")
-    event = TaskExpired(
-        id=task_event_id(state.task_id, "expired"),
+    return _ended(state, now, "expired", TaskExpired, "lost")
+
+
+def _ended(
+    state: TaskState,
+    now: datetime,
+    status: Literal["cancelled", "expired"],
+    event_type: type[TaskCancelled | TaskExpired],
+    verdict: ReplicaVerdict,
+) -> Step:
+    """The final `status` step: the open replicas end `status` with `verdict` (their nodes to be
+    told), and the task's `event_type` event named `status`."""
+    replicas, nodes = close_open(state, now, status, verdict)
+    event = event_type(
+        id=task_event_id(state.task_id, status),
         source=SOURCE,
         copro_id=state.task.copro_id,
         time=now,
@@ -134,7 +136,7 @@ def expired(state: TaskState, now: datetime) -> Step:
         attempts=state.attempt,
     )
     return Step(
-        with_events(state, [("expired", event)], status="expired", final_at=now, replicas=replicas),
+        with_events(state, [(status, event)], status=status, final_at=now, replicas=replicas),
         nodes,
     )
 
