@@ -78,9 +78,7 @@ async def test_anthropic_answer_becomes_chat_completed_with_the_providers_usage(
         async with collecting(nc, reply) as answers:
             await submit(js, dep, work)
             outcome = chat_outcome_adapter.validate_json(await answers.next())
-        stored = await js.get_last_msg(
-            subjects.EVENTS_STREAM, subjects.cloud_chat_completed(work.copro_id, work.request_id)
-        )
+        stored = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.cloud_chat_completed(work.copro_id))
     assert isinstance(outcome, ChatCompleted)
     assert outcome.content == "Bonjour !"
     assert outcome.finish_reason == "stop"

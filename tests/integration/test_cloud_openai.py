@@ -66,9 +66,7 @@ timeout_s = 30
         async with collecting(nc, reply) as answers:
             await submit(js, "local-openai", work)
             outcome = chat_outcome_adapter.validate_json(await answers.next(timeout=60))
-        stored = await js.get_last_msg(
-            subjects.EVENTS_STREAM, subjects.cloud_chat_completed(work.copro_id, work.request_id)
-        )
+        stored = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.cloud_chat_completed(work.copro_id))
     assert isinstance(outcome, ChatCompleted), outcome
     assert outcome.execution_info.execution_type == "cloud"
     assert outcome.execution_info.node_id == "local-openai"

@@ -39,15 +39,13 @@ async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_with
     settings = cloud_settings(clean_jetstream, deployments_file(tmp_path, table))
     environ = {"OPENAI_API_KEY": "sk-test"}
     async with nats_client(clean_jetstream) as (nc, js), running_cloud(settings, environ):
-        # First, an item answered normally: the provider is called once, the answer stored by request.
+        # First, an item answered normally: the provider is called once, its answer stored.
         reply = reply_subject()
         first = work_item(dep, MODEL, reply_subject=reply)
         async with collecting(nc, reply) as answers:
             await submit(js, dep, first)
             answered = chat_outcome_adapter.validate_json(await answers.next(timeout=30))
-        stored = await js.get_last_msg(
-            subjects.EVENTS_STREAM, subjects.cloud_chat_completed(first.copro_id, first.request_id)
-        )
+        stored = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.cloud_chat_completed(first.copro_id))
         # Then the state a worker killed between storing its answer and acking leaves behind:
         # the answer is in the event log, the work item is still pending. Its next delivery (or
         # the router's copy for a redelivered request) may be answered: the work-item handler
@@ -68,7 +66,9 @@ async def test_a_redelivered_item_whose_answer_was_stored_is_answered_again_with
                 execution_type="cloud", node_id=dep, latency_ms=300.0, co2_grams=0.004, co2_saved_grams=0.0
             ),
         )
-        await publish_event(js, subjects.cloud_chat_completed(again.copro_id, again.request_id), earlier)
+        # Stored among the copro's other cloud answers (the first one above, on the same subject).
+        assert again.copro_id == first.copro_id
+        await publish_event(js, subjects.cloud_chat_completed(again.copro_id), earlier)
         async with collecting(nc, reply) as answers:
             await submit(js, dep, again)
             resent = chat_outcome_adapter.validate_json(await answers.next(timeout=30))

@@ -189,6 +189,9 @@ def _as(answer: ChatCompleted, execution_type: str, node_id: str | None) -> Chat
 
 NODE_SUBJECT = subjects.node_chat_completed("copro-7", "pi-1")
 PLAIN_SUBJECT = subjects.chat_completed("copro-7")
+CLOUD_SUBJECT = subjects.cloud_chat_completed("copro-7")
+# Where releases before 2026-12-04 stored the cloud worker's answers: a subject per request.
+OLD_CLOUD_SUBJECT = f"{CLOUD_SUBJECT}.{uuid.uuid4()}"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +205,11 @@ PLAIN_SUBJECT = subjects.chat_completed("copro-7")
         (subjects.node_chat_completed("copro-7", "pi-2"), "edge", "pi-1", True, True),  # speaks for pi-1
         (NODE_SUBJECT, "edge", None, True, True),
         (NODE_SUBJECT, "cloud", "openai-main", True, True),  # a node posing as the cloud worker
-        (PLAIN_SUBJECT, "cloud", "openai-main", True, False),  # the cloud worker's own subject
+        (PLAIN_SUBJECT, "cloud", "openai-main", True, False),
+        (CLOUD_SUBJECT, "cloud", "openai-main", True, False),  # the cloud worker's own subject
+        (CLOUD_SUBJECT, "edge", "pi-1", True, True),  # only cloud answers there
+        (CLOUD_SUBJECT, "grid", "pi-1", False, True),
+        (OLD_CLOUD_SUBJECT, "cloud", "openai-main", True, False),  # replayed from an older release
         (PLAIN_SUBJECT, "edge", "pi-1", True, True),  # no keyed node may send here
         (PLAIN_SUBJECT, "edge", "pi-1", False, False),  # nodes without keys: as before
     ],
@@ -221,3 +228,7 @@ def test_a_failure_names_no_node_and_is_left_to_its_subjects_permission() -> Non
     assert forged_sender(subjects.node_chat_failed(None, "pi-2"), failed, nodes_keyed=True) is None
     assert subjects.outcome_sender(subjects.node_chat_failed("c", "pi-2")) == "pi-2"
     assert subjects.outcome_sender(subjects.chat_failed("c")) is None
+    cloud_failure = failed.model_copy(update={"copro_id": "copro-7"})
+    assert forged_sender(CLOUD_SUBJECT, cloud_failure, nodes_keyed=True) is not None, "answers only there"
+    assert subjects.is_cloud_answer(CLOUD_SUBJECT) and not subjects.is_cloud_answer(OLD_CLOUD_SUBJECT)
+    assert not subjects.is_cloud_answer(PLAIN_SUBJECT) and not subjects.is_cloud_answer(NODE_SUBJECT)

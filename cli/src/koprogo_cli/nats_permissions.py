@@ -27,9 +27,12 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
                KOPROGO_WORK (filter koprogo.work.cloud.*.D), its  koprogo.nodes.announce,
                dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
-               koprogo.events.chat.{completed,failed}.>,
+               koprogo.events.chat.completed.*.cloud,
+               koprogo.events.chat.failed.>,
                koprogo.events.inference.attempt_failed.>,
-               koprogo.reply.* (the gateways' own subjects)
+               koprogo.reply.* (the gateways' own subjects);
+               ordered consumers on KOPROGO_EVENTS and
+               message gets from it (stored answers)
     gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
                koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*,
                koprogo.cancel.>, koprogo.nodes.announce; the      koprogo.nodes.cloud.*
@@ -113,6 +116,18 @@ def _pull_consumer(stream: str, durable: str, filter_subject: str) -> list[str]:
     ]
 
 
+def _ordered_reads(stream: str) -> list[str]:
+    """Read a stream with ephemeral ordered push consumers (nats-py's `ordered_consumer=True`,
+    a KV watch): create one (its name is nats-py's), look it up, delete it, answer flow control."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def _every(subject_of: Callable[[str], str]) -> str:
     """`koprogo.events.chat.failed.>` from `subjects.chat_failed` (its last token, any value)."""
     return subject_of("_").rsplit(".", 1)[0] + ".>"
@@ -133,11 +148,7 @@ def ledger_permissions(public_key: str) -> Permissions:
             # GDPR erasure (koprogo_ledger.adapters.stream_scrubber): read the chat subjects
             # with an ordered consumer, delete the user's messages one by one.
             f"$JS.API.STREAM.MSG.DELETE.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}.>",
-            f"$JS.API.CONSUMER.INFO.{stream}.>",
-            f"$JS.API.CONSUMER.DELETE.{stream}.>",
-            f"$JS.FC.{stream}.>",
+            *_ordered_reads(stream),
         ),
         subscribe=(own_inbox(public_key),),
     )
@@ -176,8 +187,10 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
     work: list[str] = [
         f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}",
         f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
-        # A redelivered item's stored answer is looked up by its subject (the answer keyed by
-        # request) instead of paying the provider again; a trusted service, like the ledger.
+        # A stored answer to an item that may have been answered before is looked for (the
+        # deployments' answers read headers only, then the one found read whole) instead of
+        # paying the provider again; a trusted service, like the ledger.
+        *_ordered_reads(subjects.EVENTS_STREAM),
         f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
     ]
     for deployment in deployments:
@@ -208,11 +221,7 @@ def _routing_policies_read() -> list[str]:
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         # A watch is an ephemeral ordered push consumer on the bucket's subjects.
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.FC.{stream}.>",
+        *_ordered_reads(stream),
     ]
 
 

@@ -69,10 +69,8 @@ NOT_CHANNELS = asyncapi_grid.GRID_NOT_CHANNELS | frozenset(
         "node_chat_failed",
         "node_outcomes",
         "outcome_sender",
-        # The cloud worker's answers keyed by request (two parameters): the `cloudChatCompleted`
-        # channel and its parser.
-        "cloud_chat_completed",
-        "cloud_answered_request",
+        # The `cloudChatCompleted` channel's parser.
+        "is_cloud_answer",
         # The `runInferenceCloud` channel's consumer filter and its parser.
         "cloud_work_filter",
         "cloud_work_copro",
@@ -116,9 +114,9 @@ CHANNELS: tuple[Channel, ...] = (
             "A model answered a chat: content, usage, where it ran and its CO2. Only an edge node "
             "without a key sends here, on a server without authorization; with keys, nodes and the "
             "cloud worker have their own subjects (nodeChatCompleted, cloudChatCompleted)."),
-    Channel("cloudChatCompleted", "koprogo.events.chat.completed.{copro_id}.cloud.{request_id}", (ChatCompleted,), ("cloud",), ("ledger",),
-            "A cloud deployment answered a chat, keyed by request: a work item redelivered after its "
-            "answer was stored is answered from it, the provider is not paid twice."),
+    Channel("cloudChatCompleted", subjects.cloud_chat_completed, (ChatCompleted,), ("cloud",), ("ledger",),
+            "A cloud deployment answered a chat: a work item redelivered after its answer was stored "
+            "is answered from it (looked for by its Nats-Msg-Id), the provider is not paid twice."),
     Channel("chatFailed", subjects.chat_failed, (ChatFailed,), ("router", "gateway", "cloud"),
             ("ledger",), "A chat could not be answered; `status` is the caller's HTTP status."),
     Channel("nodeChatCompleted", "koprogo.events.chat.completed.{copro_id}.node.{node_id}", (ChatCompleted,), ("edge",), ("ledger",),

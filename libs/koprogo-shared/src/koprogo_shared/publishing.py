@@ -151,7 +151,7 @@ async def deliver_chat_outcome(
     where the durable copy goes instead (`subjects.cloud_chat_completed`).
     """
     if durable_subject is not None:
-        subject = durable_subject  # the cloud worker's answers, keyed by request
+        subject = durable_subject  # the cloud worker's answers, on their own subject
     elif isinstance(outcome, ChatCompleted):
         subject = (
             subjects.chat_completed(outcome.copro_id)

@@ -110,27 +110,29 @@ def node_outcomes(node_id: str) -> tuple[str, str]:
     )
 
 
-# The cloud worker keys its answers by request, so that a redelivered work item whose answer
-# was already stored (the worker died between storing it and acking the item) is looked up by
-# subject and sent again instead of paying the provider a second time.
+# The cloud worker's answers have a subject of their own (the node marks its outcomes the same
+# way): a redelivered work item whose answer was already stored (the worker died between storing
+# it and acking the item) is looked for there, from a little before the item was made, and sent
+# again instead of paying the provider a second time. One subject per copro, not per request:
+# nats-server keeps an index entry (~330 bytes) for every subject the 30-day audit log holds
+# (bench/README.md, *What a retained subject costs nats-server*). Answers stored by releases
+# before 2026-12-04 are on `…cloud.<request>`, a subject each; nothing reads those any more.
 _CLOUD_MARK = "cloud"
-CLOUD_COMPLETED_ANY = f"koprogo.events.chat.completed.*.{_CLOUD_MARK}.*"
+CLOUD_COMPLETED_ANY = f"koprogo.events.chat.completed.*.{_CLOUD_MARK}"
 
 
-def cloud_chat_completed(copro_id: str | None, request_id: str) -> str:
-    return f"{chat_completed(copro_id)}.{_CLOUD_MARK}.{subject_token(request_id)}"
+def cloud_chat_completed(copro_id: str | None) -> str:
+    return f"{chat_completed(copro_id)}.{_CLOUD_MARK}"
 
 
-def cloud_answered_request(subject: str) -> str | None:
-    """The request token of a `cloud_chat_completed` subject, else None."""
+def is_cloud_answer(subject: str) -> bool:
+    """Whether `subject` is a `cloud_chat_completed` subject."""
     tokens = subject.split(".")
-    if (
-        len(tokens) == 7
+    return (
+        len(tokens) == 6
         and tokens[:4] == ["koprogo", "events", "chat", "completed"]
         and tokens[5] == _CLOUD_MARK
-    ):
-        return tokens[6]
-    return None
+    )
 
 
 def outcome_sender(subject: str) -> str | None:

@@ -13,19 +13,27 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from koprogo_shared import subjects
+from koprogo_shared.audit_log import read_raw
+from koprogo_shared.chat_outcomes import UnusableIdsError, completed_id
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
 from koprogo_shared.publishing import deliver_chat_outcome, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
+
+# How long before a work item was made its request's answer may have been stored: every earlier
+# run of the request (the same item delivered before, a copy the router routed again, an earlier
+# attempt) was made within the request's life (the gateway's CHAT_TIMEOUT_S, 120 s by default),
+# and the server's clock, which stamps the stored answers, may differ from the router's.
+ANSWER_LOOKBACK = timedelta(minutes=10)
 
 
 class OutcomeSink(ABC):
@@ -85,11 +93,9 @@ class NatsOutcomeSink(OutcomeSink):
             gone.set()
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
-        # An answer goes to its request's own subject, where `stored_answer` finds it again.
+        # An answer goes to the cloud worker's own subject, where `stored_answer` finds it again.
         keyed = (
-            subjects.cloud_chat_completed(outcome.copro_id, outcome.request_id)
-            if isinstance(outcome, ChatCompleted)
-            else None
+            subjects.cloud_chat_completed(outcome.copro_id) if isinstance(outcome, ChatCompleted) else None
         )
         await deliver_chat_outcome(self._nc, self._js, outcome, reply_subject, durable_subject=keyed)
 
@@ -97,19 +103,28 @@ class NatsOutcomeSink(OutcomeSink):
         await publish_reply(self._nc, reply_subject, stored.model_dump_json().encode())
 
     async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
-        subject = subjects.cloud_chat_completed(work.copro_id, work.request_id)
+        """The first answer stored for `work`'s request: its copro's cloud answers stored since
+        `ANSWER_LOOKBACK` before the item was made, read headers only, searched for the answer's
+        `Nats-Msg-Id` (`completed_id`, the same for every run of the request); then that one read
+        whole. Asked only when the item may have been answered (rare), so a linear read is fine."""
         try:
-            stored = await self._js.get_last_msg(subjects.EVENTS_STREAM, subject)
-        except NotFoundError:
-            return None
-        # Not one: the item is answered as if nothing were stored (and the stream de-duplicates).
-        if not stored.data:
-            return None
-        try:
-            return ChatCompleted.model_validate_json(stored.data)
-        except ValidationError:
-            log.error("the stored answer of request %s is unreadable; answering again", work.request_id)
-            return None
+            answer_id = completed_id(work)
+        except UnusableIdsError:
+            return None  # no answer can have been stored under an id derived from these ids
+        subject = subjects.cloud_chat_completed(work.copro_id)
+        async for msg in read_raw(self._js, subject, since=work.time - ANSWER_LOOKBACK, headers_only=True):
+            if (msg.headers or {}).get("Nats-Msg-Id") != answer_id:
+                continue
+            stored = await self._js.get_msg(subjects.EVENTS_STREAM, msg.metadata.sequence.stream)
+            # Not one: the item is answered as if nothing were stored (and the stream de-duplicates).
+            if not stored.data:
+                return None
+            try:
+                return ChatCompleted.model_validate_json(stored.data)
+            except ValidationError:
+                log.error("the stored answer of request %s is unreadable; answering again", work.request_id)
+                return None
+        return None
 
     async def attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         await publish_event(self._js, subjects.inference_attempt_failed(failed.copro_id), failed)

@@ -19,9 +19,9 @@ import uuid
 import asyncpg
 from nats.js import JetStreamContext
 
-from koprogo_ledger.adapters.audit_log import read_events
 from koprogo_ledger.domain.records import user_ref
 from koprogo_shared import subjects
+from koprogo_shared.audit_log import read_events
 
 log = logging.getLogger(__name__)
 

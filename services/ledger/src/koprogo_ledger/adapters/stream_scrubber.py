@@ -37,11 +37,11 @@ import asyncpg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from koprogo_ledger.adapters.audit_log import read_messages
 from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
 from koprogo_ledger.adapters.postgres_tasks import USER_TASKS
 from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
+from koprogo_shared.audit_log import read_messages
 
 log = logging.getLogger(__name__)
 

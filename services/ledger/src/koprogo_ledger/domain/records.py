@@ -254,13 +254,10 @@ def forged_sender(
     if not isinstance(event, ChatCompleted | ChatFailed):
         return None
     sender = subjects.outcome_sender(subject)
-    keyed_request = subjects.cloud_answered_request(subject)
-    if keyed_request is not None and (
-        not isinstance(event, ChatCompleted)
-        or event.execution_info.execution_type != "cloud"
-        or subjects.subject_token(event.request_id) != keyed_request
+    if subjects.is_cloud_answer(subject) and (
+        not isinstance(event, ChatCompleted) or event.execution_info.execution_type != "cloud"
     ):
-        return f"a cloud answer's subject names request {keyed_request}, its body another answer"
+        return f"{subject} is the cloud worker's answers, its body no cloud answer"
     if isinstance(event, ChatCompleted):
         info = event.execution_info
         # A node answers as "edge", or as "grid" for a chat the router sent to the grid's nodes.
