@@ -5,9 +5,10 @@
 Two nats-servers (the project's embedded binary, JetStream on file storage with `sync_interval:
 always`, as `koprogo up` runs it), each with one limits stream shaped like `KOPROGO_EVENTS`
 (30 days, 2 GiB), fed the same number of messages of the same size in the same run, side by
-side: **unique**, every message on a subject of its own, as the cloud worker stores each answer
-under `koprogo.events.chat.completed.<copro>.cloud.<request id>` (`subjects.cloud_chat_completed`)
-and the gateway each task under `task_submitted_key`; **few**, the same messages over 10
+side: **unique**, every message on a subject of its own, as the cloud worker stored each answer
+under `koprogo.events.chat.completed.<copro>.cloud.<request id>` until 2026-12-04 (now one subject
+per copro, `subjects.cloud_chat_completed`) and the gateway stores each task under
+`task_submitted_key`; **few**, the same messages over 10
 subjects (the baseline). Prints the server's anonymous resident memory (`RssAnon`, what the Go
 heap holds) after each sixth of the messages and after 5 s idle: what a retained subject costs.
 """
