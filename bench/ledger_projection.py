@@ -240,9 +240,7 @@ def make_workload(chats: int, duplicate_share: float, rng: random.Random) -> Wor
             latency_ms=round(seconds * 1000 + rng.uniform(2, 15), 3),
         )
         answer_subject = (
-            subjects.cloud_chat_completed(copro)
-            if cloud
-            else subjects.node_chat_completed(copro, node)
+            subjects.cloud_chat_completed(copro) if cloud else subjects.node_chat_completed(copro, node)
         )
         arrives = 0.01 * i
         stored: tuple[tuple[float, str, LedgerEvent], ...] = (
