@@ -19,9 +19,9 @@ node id, task types, pools), each given its owner from the roster (else its node
 owner not already on a task can run it, its agreeing results are taken unchecked; this is looked
 at when a result comes and at each tick. Without `live_nodes` (None) a quorum is always waited for.
 
-Once a task is final and its decision published, what the user sent goes: its document is deleted
-from the object store and its tombstone keeps no parameters and no result (GDPR: contents live in
-the ledger alone, where an erasure reaches them).
+`GridScheduler` holds the use cases (events from the stream, polls, the tick); the nodes' owners,
+keys and liveness are its `node_keys.NodeKeys` part; storing, publishing and forgetting a final
+task's contents its `task_records.TaskRecords` part.
 """
 
 from __future__ import annotations
@@ -31,18 +31,20 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from koprogo_grid.domain.board import TaskBoard
 from koprogo_grid.domain.comparators import agreement_key
 from koprogo_grid.domain.green import attestation_flags
-from koprogo_grid.domain.nodes import LiveNode, PollingNode
+from koprogo_grid.domain.nodes import PollingNode
 from koprogo_grid.domain.task_state import ReportCheck, Step, TaskState
 from koprogo_grid.domain.trust import NodeStanding, TrustBook
 from koprogo_grid.domain.waiting_nodes import Waiter
+from koprogo_grid.service_layer.node_keys import LiveNodes, NodeKeys
 from koprogo_grid.service_layer.ports import NodeStandingStore, TaskDocumentBin, TaskEventBus, TaskStateStore
+from koprogo_grid.service_layer.task_records import CancelNode, TaskRecords
 from koprogo_shared import subjects
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.events import utc_now
@@ -53,10 +55,9 @@ from koprogo_shared.grid_signing import (
     result_digest,
     sign_assignment,
 )
-from koprogo_shared.node_roster import DeviceProfile, NodeGrant, Roster
+from koprogo_shared.node_roster import DeviceProfile, Roster
 from koprogo_shared.task_events import (
     GridPollReply,
-    NodeTrustChanged,
     TaskCancelRequested,
     TaskResultReported,
     TaskStarted,
@@ -66,13 +67,11 @@ from koprogo_shared.task_events import (
 log = logging.getLogger(__name__)
 
 Respond = Callable[[Any, GridPollReply], Awaitable[None]]
-# Tells a node to stop running a task (core NATS, `subjects.node_cancel`).
-CancelNode = Callable[[str, str], Awaitable[None]]
 AgreementKey = Callable[[str, Mapping[str, Any]], str]
 AttestationFlags = Callable[..., list[str]]
 
 
-class GridScheduler:
+class GridScheduler(NodeKeys, TaskRecords):
     def __init__(
         self,
         board: TaskBoard,
@@ -91,7 +90,7 @@ class GridScheduler:
         green: AttestationFlags = attestation_flags,
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
-        live_nodes: Callable[[], Iterable[tuple[str, frozenset[str], frozenset[str]]]] | None = None,
+        live_nodes: LiveNodes | None = None,
     ) -> None:
         self.board = board
         self.trust = trust
@@ -162,72 +161,11 @@ class GridScheduler:
             self._signer.public_key,
         )
 
-    # ----- nodes: owners and keys -------------------------------------------------------------
-
-    def _grant(self, node_id: str) -> NodeGrant | None:
-        roster = self._roster()
-        return None if roster is None else roster.get(node_id)
-
-    def owner_of(self, node_id: str) -> str:
-        grant = self._grant(node_id)
-        return node_id if grant is None else grant.owner_of(node_id)
-
-    def node_key(self, node_id: str) -> str | None:
-        """The key a node's reports must be signed with: the roster's, else the one pinned for it."""
-        grant = self._grant(node_id)
-        if grant is not None and grant.public_key is not None:
-            return grant.public_key
-        return self.trust.pinned_key(node_id)
-
-    def heard_key(self, node_id: str, public_key: str | None) -> str | None:
-        """A heartbeat (believed otherwise) names `public_key`: why it is refused, or None.
-
-        With a roster key the announced one must be it; without, the first announced is pinned
-        (stored in the trust book) and another one later is refused.
-        """
-        if public_key is None:
-            return None
-        grant = self._grant(node_id)
-        if grant is not None and grant.public_key is not None:
-            return None if grant.public_key == public_key else "key_not_in_roster"
-        standing, refusal = self.trust.pin_key(node_id, self.owner_of(node_id), public_key)
-        if standing is not None:
-            self.trust.put(standing)
-            self._unsaved_keys[node_id] = standing
-            saving = asyncio.get_running_loop().create_task(self._save_keys())
-            self._saving.add(saving)
-            saving.add_done_callback(self._saving.discard)
-            log.info("node %s: pinned its public key %s", node_id, public_key)
-        return refusal
-
-    async def _save_keys(self) -> None:
-        async with self._trust_lock:
-            await self._save_pinned()
-
-    async def _save_pinned(self) -> None:
-        for node_id in list(self._unsaved_keys):
-            # The latest standing: a judgment may have changed it since the key was pinned.
-            standing = self.trust.get(node_id)
-            if standing is None:
-                continue
-            try:
-                await self._standings.save(standing)
-            except Exception as exc:
-                log.warning("node %s: its pinned key is not stored yet (%r)", node_id, exc)
-                return
-            self._unsaved_keys.pop(node_id, None)
-
-    def live(self) -> list[LiveNode] | None:
-        """The nodes alive now with their owners, or None when not known (no `live_nodes`, or the
-        scheduler started less than `owner_wait_s` ago: nodes are still announcing themselves)."""
-        if self.live_nodes is None:
-            return None
-        if self._monotonic() - self._started_mono < self.board.rules.owner_wait_s:
-            return None
-        return [
-            LiveNode(node_id, self.owner_of(node_id), frozenset(task_types), frozenset(pools))
-            for node_id, task_types, pools in self.live_nodes()
-        ]
+    def _lock(self, task_id: str) -> asyncio.Lock:
+        lock = self._locks.get(task_id)
+        if lock is None:
+            lock = self._locks[task_id] = asyncio.Lock()
+        return lock
 
     # ----- events from the stream ------------------------------------------------------------
 
@@ -466,42 +404,6 @@ class GridScheduler:
                     log.info("task %s: %s", current.task_id, step.state.note)
                 await self._apply(step)
 
-    # ----- storing and publishing ----------------------------------------------------------------
-
-    async def _apply(self, step: Step) -> None:
-        """Count the judgments (stored first), store and publish the task's state, tell nodes to stop."""
-        judged: list[NodeStanding] = []
-        now = self._clock()
-        async with self._trust_lock:  # judgments of one node from concurrent tasks build on each other
-            for judgment in step.judgments:
-                was_trusted = self.trust.is_trusted(judgment.node_id)
-                standing = self.trust.judge(judgment, now)
-                if standing is None:
-                    continue
-                if was_trusted and not standing.trusted and judgment.verdict in ("invalid", "refused"):
-                    self._to_recheck.append((judgment.node_id, now))
-                pending = self._unpublished_trust.get(standing.node_id)
-                if pending is not None and pending.outbox:
-                    # Not published yet: its events ride along with the new ones.
-                    standing = standing.model_copy(update={"outbox": [*pending.outbox, *standing.outbox]})
-                await self._standings.save(standing)
-                current = self.trust.get(standing.node_id)
-                if current is not None and current.public_key and standing.public_key is None:
-                    # Its key was pinned while this was being stored: keep it (stored by the tick).
-                    standing = standing.model_copy(update={"public_key": current.public_key})
-                    self._unsaved_keys[standing.node_id] = standing
-                else:
-                    self._unsaved_keys.pop(standing.node_id, None)
-                self.trust.put(standing)
-                if standing.outbox:
-                    self._unpublished_trust[standing.node_id] = standing
-                    judged.append(standing)
-        await self._commit(step.state)
-        for standing in judged:
-            await self._publish_standing(standing)
-        for node_id in step.cancel_nodes:
-            await self._cancel_node(node_id, step.state.task_id)
-
     async def _run_rechecks(self) -> None:
         """Replicate again what trusted nodes caught wrong delivered unchecked within the window."""
         rechecked = False
@@ -527,105 +429,3 @@ class GridScheduler:
                 rechecked = True
         if rechecked:
             await self._offer()
-
-    async def _commit(self, state: TaskState) -> None:
-        pending = self._unpublished.get(state.task_id)
-        if pending is not None and pending.outbox:
-            # A previous transition's events are not published yet: they ride along with these.
-            earlier = [entry for entry in pending.outbox if entry not in state.outbox]
-            state = state.model_copy(update={"outbox": [*earlier, *state.outbox]})
-        await self._store.save(state)
-        self.board.put(state)
-        if state.final and state.outbox:  # a decision (a re-check ended without one is not)
-            verification = state.verification()
-            self.outcomes[verification.outcome if verification else f"no_verification_{state.status}"] += 1
-        if state.outbox and state.note is not None and state.note.startswith("owners_short"):
-            self.owners_short[state.outcome if state.final else "awaiting_owner"] += 1
-        if state.outbox:
-            try:
-                await self._bus.publish(state.outbox)
-            except Exception as exc:
-                # Stored: the tick (or the next start) publishes it again with the same ids.
-                log.warning("task %s: events not published yet (%r)", state.task_id, exc)
-                self._unpublished[state.task_id] = state
-                return
-        self._unpublished.pop(state.task_id, None)
-        if state.final:
-            await self._forget_contents(state)
-
-    async def _publish_standing(self, standing: NodeStanding) -> bool:
-        try:
-            await self._bus.publish(standing.outbox)
-        except Exception as exc:
-            log.warning("node %s: trust events not published yet (%r)", standing.node_id, exc)
-            return False
-        if self._unpublished_trust.get(standing.node_id) is standing:
-            del self._unpublished_trust[standing.node_id]
-        for _, payload in standing.outbox:
-            self.trust_changes[NodeTrustChanged.model_validate_json(payload).reason] += 1
-        async with self._trust_lock:
-            current = self.trust.get(standing.node_id)
-            if current is None or current.outbox != standing.outbox:
-                return True
-            # Published: a restart need not publish it again.
-            published = current.model_copy(update={"outbox": []})
-            try:
-                await self._standings.save(published)
-                self.trust.put(published)
-            except Exception as exc:
-                log.info(
-                    "node %s: published trust events stay in its stored standing (%r)", standing.node_id, exc
-                )
-        return True
-
-    async def _publish_pending(self) -> None:
-        for task_id, state in list(self._unpublished.items()):
-            try:
-                await self._bus.publish(state.outbox)
-            except Exception as exc:
-                log.warning("task %s: events still not published (%r)", task_id, exc)
-                return
-            if self._unpublished.get(task_id) is state:
-                self._unpublished.pop(task_id, None)
-            if state.final:
-                await self._forget_contents(state)
-        for standing in list(self._unpublished_trust.values()):
-            if not await self._publish_standing(standing):
-                return
-
-    async def _forget_contents(self, state: TaskState) -> None:
-        """A final, published task: delete its document, keep a tombstone without contents (a
-        result taken unchecked keeps them until its re-check window ends)."""
-        if (
-            state.outcome == "accepted_unchecked"
-            and not state.rechecked
-            and state.recheck_until is not None
-            and state.recheck_until > self._clock()
-        ):
-            if state.outbox:
-                published = state.model_copy(update={"outbox": []})
-                await self._store.save(published)
-                self.board.put(published)
-            return
-        try:
-            if state.task.document is not None and self._documents is not None:
-                await self._documents.delete(state.task.document.object_name)
-            tombstone = state.model_copy(
-                update={
-                    "task": state.task.model_copy(update={"parameters": {}}),
-                    "replicas": [r.model_copy(update={"result": None}) for r in state.replicas],
-                    "outbox": [],
-                    "recheck_until": None,
-                }
-            )
-            await self._store.save(tombstone)
-            self.board.put(tombstone)
-        except Exception as exc:
-            # The next start finds the state final with its outbox, publishes it again and retries this.
-            log.warning("task %s: contents not forgotten yet (%r)", state.task_id, exc)
-
-    def _lock(self, task_id: str) -> asyncio.Lock:
-        lock = self._locks.get(task_id)
-        if lock is None:
-            lock = self._locks[task_id] = asyncio.Lock()
-        return lock
