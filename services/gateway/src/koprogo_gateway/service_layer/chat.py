@@ -14,22 +14,13 @@ A stream sends one node's pieces only: when another node takes the request over 
 were sent (a redelivered work item, a fallback), it ends with 503 `node_changed` instead of a
 mix (`adapters/replies.py`).
 
-With an `Idempotency-Key` (`domain/idempotency.py`), the request runs at most once per key: the
-first request stores an entry before publishing, and a keeper task stores the outcome whatever
-happens to its caller (who left, or got a 503 because the bus did not confirm the publish: the
-request may run all the same). A retry with the key gets that outcome (`Idempotent-Replayed`),
-waiting for it while the first runs; if the first publish may not have been stored, the retry
-publishes the same event id again, which the stream's de-duplication stores at most once. A
-keyed request is not stopped when its caller leaves (its retry gets the answer); a streamed
-retry gets the stored answer as one piece. Its user stops it explicitly (`cancel`, the PWA's Stop):
-the key is settled with the 409 `chat_cancelled` its retries then get, the worker is told to stop,
-and the ledger records the caller's error (the tokens already spent kept as its late answer). The
-gateway keeping the request watches its key, so a cancel made on another replica, or before a
-node started the request, still reaches the node that runs it.
+With an `Idempotency-Key` (`domain/idempotency.py`), the request runs at most once per key, and
+is not stopped when its caller leaves (its retry gets the answer): `chat_keyed.py` runs those.
 
 What it returns (`ChatAnswer`, `ChatStream`) and the rules of pieces and replays are in
-`chat_answers.py`; the keys' entries are kept by `idempotency_keys.py`; the cancel, and the
-keeper's watch of a cancelled key, are in `chat_cancel.py`.
+`chat_answers.py`; the keyed requests are run by `chat_keyed.py`, their keys' entries kept by
+`idempotency_keys.py`; the cancel, and the keeper's watch of a cancelled key, are in
+`chat_cancel.py`; the metrics are in `chat_metrics.py`.
 """
 
 from __future__ import annotations
@@ -40,13 +31,9 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
-from typing import Any, TypeVar
-
-from prometheus_client import Counter, Histogram
+from typing import Any
 
 from koprogo_gateway.adapters.chat_bus import ChatBus
-from koprogo_gateway.adapters.idempotency_store import StoredEntry
 from koprogo_gateway.adapters.replies import ExpectedReplies
 from koprogo_gateway.domain.access import WRITE, Caller, chat_copro, require_building_copro, require_scope
 from koprogo_gateway.domain.chat_request import ChatRequestIn
@@ -60,14 +47,7 @@ from koprogo_gateway.domain.errors import (
     NodeLostError,
     RateLimitedError,
 )
-from koprogo_gateway.domain.idempotency import (
-    CancelStatus,
-    IdempotencyEntry,
-    StoredError,
-    StoredOutcome,
-    body_fingerprint,
-    store_key,
-)
+from koprogo_gateway.domain.idempotency import CancelStatus, IdempotencyEntry, StoredError, StoredOutcome
 from koprogo_gateway.service_layer.admission import ChatAdmission, refusal_message
 from koprogo_gateway.service_layer.chat_answers import (
     ChatAnswer,
@@ -75,12 +55,12 @@ from koprogo_gateway.service_layer.chat_answers import (
     completed,
     error_of,
     next_delta,
-    replay,
-    replayed_pieces,
     rest_of,
 )
-from koprogo_gateway.service_layer.chat_cancel import cancel_chat, stop_if_settled
-from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest, same_body
+from koprogo_gateway.service_layer.chat_cancel import cancel_chat
+from koprogo_gateway.service_layer.chat_keyed import answer_keyed, keep, stream_keyed
+from koprogo_gateway.service_layer.chat_metrics import CHATS, LATENCY, not_answered, unanswered_counted
+from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
 from koprogo_shared.events import (
@@ -96,15 +76,7 @@ from koprogo_shared.events import (
 from koprogo_shared.node_registry import NodeRegistry
 
 SOURCE = "koprogo/gateway"
-T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-CHATS = Counter("koprogo_gateway_chats_total", "Chat requests by outcome", ["outcome"])
-LATENCY = Histogram(
-    "koprogo_gateway_chat_latency_seconds",
-    "End-to-end chat latency",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
-)
 
 
 @dataclass
@@ -135,12 +107,12 @@ class ChatService:
         """
         copro_id = self._scope(caller, body)
         if idempotency_key is not None:
-            return await self._answer_keyed(caller, body, copro_id, idempotency_key)
+            return await answer_keyed(self, caller, body, copro_id, idempotency_key)
         headers = await self._limit(caller, body, copro_id)
         started = time.perf_counter()
         request = self._request(body, copro_id, caller.user_id, stream=False)
         expected = self._expect(request.id)
-        try:
+        with unanswered_counted(headers):
             try:
                 await self.bus.publish(subjects.chat_requested(copro_id), request)
                 outcome = await self._wait(request, expected)
@@ -154,12 +126,6 @@ class ChatService:
                     await asyncio.shield(self.bus.cancel(request.id))
                 self._forget(request.id)
             completion = completed(outcome)
-        except GatewayError as exc:
-            _not_answered(exc, headers)
-            raise
-        except asyncio.CancelledError:
-            CHATS.labels(outcome="caller_left").inc()
-            raise
         # Debug, not info: a file write per chat on the hot path; the ledger records every answer.
         log.debug("chat %s answered for user %s", request.id, caller.user_id)
         return await self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
@@ -173,27 +139,11 @@ class ChatService:
         content as one piece, and so does a retry with an idempotency key already used.
         """
         copro_id = self._scope(caller, body)
-        if idempotency_key is None:
-            headers = await self._limit(caller, body, copro_id)
-            request = self._request(body, copro_id, caller.user_id, stream=True)
-            return ChatStream(headers, self._pieces(request, headers))
-        key, fingerprint = self._key(caller, body, idempotency_key)
-        stored = await self._counted(self.keys.read(key))
-        if stored is None:
-            headers = await self._limit(caller, body, copro_id)
-            request = self._request(body, copro_id, caller.user_id, stream=True)
-            keyed = await self._claim(key, request, fingerprint, headers)
-            if keyed is not None:
-                return ChatStream(headers, self._pieces(request, headers, keyed))
-            stored = await self._counted(self.keys.read_again(key))
-        headers = await self._replay_counted(caller)
-        try:
-            same_body(stored, fingerprint)  # refused before the stream's 200
-        except GatewayError as exc:
-            _not_answered(exc, headers)
-            raise
-        outcome = partial(self._replayed, key, stored, fingerprint, body, copro_id, caller.user_id)
-        return ChatStream(headers, replayed_pieces(outcome, headers), replayed=True)
+        if idempotency_key is not None:
+            return await stream_keyed(self, caller, body, copro_id, idempotency_key)
+        headers = await self._limit(caller, body, copro_id)
+        request = self._request(body, copro_id, caller.user_id, stream=True)
+        return ChatStream(headers, self._pieces(request, headers))
 
     async def settle(self) -> None:
         """Wait for the delivery records still being published, and for the keyed requests still
@@ -312,7 +262,7 @@ class ChatService:
                 except (BusUnavailableError, NodeChangedError, GeneratorExit, asyncio.CancelledError) as exc:
                     if keyed is not None:
                         kept = True
-                        self._keep(keyed, request, expected, started)
+                        keep(self, keyed, request, expected, started)
                     elif isinstance(exc, NodeChangedError):
                         await self._record_failure_quietly(
                             request.id, request.copro_id, 503, exc.error, exc.message
@@ -340,7 +290,7 @@ class ChatService:
                     raise error_of(standing.error)  # cancelled by its user meanwhile: no answer
             rest = rest_of(completion, sent, expected.pieces_lost)
         except GatewayError as exc:
-            _not_answered(exc, headers)
+            not_answered(exc, headers)
             raise
         except (GeneratorExit, asyncio.CancelledError):
             CHATS.labels(outcome="caller_left").inc()
@@ -375,7 +325,7 @@ class ChatService:
         try:
             await self._record_delivery(completion, latency_ms)
         except GatewayError as exc:
-            _not_answered(exc, headers)
+            not_answered(exc, headers)
             raise
         CHATS.labels(outcome="completed").inc()
         LATENCY.observe(latency_ms / 1000.0)
@@ -477,171 +427,6 @@ class ChatService:
             ),
         )
 
-    # Idempotency keys (domain/idempotency.py): one generation per key, whatever the retries.
-
-    async def _answer_keyed(
-        self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None, idempotency_key: str
-    ) -> ChatAnswer:
-        key, fingerprint = self._key(caller, body, idempotency_key)
-        stored = await self._counted(self.keys.read(key))
-        if stored is None:
-            headers = await self._limit(caller, body, copro_id)
-            request = self._request(body, copro_id, caller.user_id, stream=False)
-            keyed = await self._claim(key, request, fingerprint, headers)
-            if keyed is not None:
-                return await self._first_answer(keyed, request, headers)
-            stored = await self._counted(self.keys.read_again(key))  # another request with it came first
-        headers = await self._replay_counted(caller)
-        try:
-            outcome = await self._replayed(key, stored, fingerprint, body, copro_id, caller.user_id)
-        except GatewayError as exc:
-            exc.headers = headers | exc.headers
-            raise
-        return replay(outcome, headers)
-
-    async def _replay_counted(self, caller: Caller) -> dict[str, str]:
-        """A replay runs nothing: it counts against its user's request quota only, not the copro's
-        chats; its RateLimit fields."""
-        return await self._counted(self.admission.admit_request(caller.user_id))
-
-    async def _first_answer(
-        self, keyed: KeyedRequest, request: ChatRequested, headers: dict[str, str]
-    ) -> ChatAnswer:
-        """Run a keyed request: its outcome is stored whatever happens to this caller."""
-        started = time.perf_counter()
-        expected = self._expect(request.id)
-        try:
-            try:
-                await self.bus.publish(subjects.chat_requested(request.copro_id), request)
-            except BusUnavailableError as exc:
-                # Perhaps stored all the same (its acknowledgement lost): wait for an outcome in
-                # the background, so the retry gets it instead of running the request again.
-                self._keep(keyed, request, expected, started)
-                exc.message += "; a retry with the same Idempotency-Key runs it at most once"
-                raise
-            except GatewayError as exc:
-                self._forget(request.id)  # never stored (too large for the bus)
-                await self.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
-                raise
-            # Shielded: a caller who leaves does not stop a keyed request; its retry gets the outcome.
-            outcome = await asyncio.shield(self._keep(keyed, request, expected, started))
-            if outcome.error is not None:
-                raise error_of(outcome.error)
-        except GatewayError as exc:
-            _not_answered(exc, headers)
-            raise
-        except asyncio.CancelledError:
-            CHATS.labels(outcome="caller_left").inc()
-            raise
-        assert outcome.completion is not None
-        return await self._answered(outcome.completion, outcome.latency_ms, headers)
-
-    def _key(self, caller: Caller, body: ChatRequestIn, idempotency_key: str) -> tuple[str, str]:
-        try:
-            return store_key(caller.user_id, idempotency_key), body_fingerprint(body)
-        except GatewayError as exc:
-            CHATS.labels(outcome=exc.error).inc()
-            raise
-
-    async def _counted(self, reading: Awaitable[T]) -> T:
-        try:
-            return await reading
-        except GatewayError as exc:
-            CHATS.labels(outcome=exc.error).inc()
-            raise
-
-    async def _claim(
-        self, key: str, request: ChatRequested, fingerprint: str, headers: dict[str, str]
-    ) -> KeyedRequest | None:
-        try:
-            return await self.keys.claim(key, request, fingerprint)
-        except GatewayError as exc:
-            _not_answered(exc, headers)
-            raise
-
-    def _keep(
-        self, keyed: KeyedRequest, request: ChatRequested, expected: ExpectedReplies, started: float
-    ) -> asyncio.Task[StoredOutcome]:
-        """Wait for a keyed request's outcome in a task of its own, whoever still waits for it."""
-        keeper = asyncio.create_task(self._kept(keyed, request, expected, started))
-        self._keepers.add(keeper)
-        keeper.add_done_callback(self._keepers.discard)
-        return keeper
-
-    async def _kept(
-        self, keyed: KeyedRequest, request: ChatRequested, expected: ExpectedReplies, started: float
-    ) -> StoredOutcome:
-        # The nodes told to stop (None: whoever hears the request's own cancel subject).
-        told: set[str | None] = set()
-        watch = partial(stop_if_settled, self.keys, self.bus, keyed.key, request, expected, told)
-        try:
-            try:
-                outcome = completed(await self._wait(request, expected, watch))
-                result = StoredOutcome(
-                    completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0
-                )
-            except (TimeoutError, NodeLostError) as exc:
-                # Another waiter of the same request (a retry that took it up at the same time)
-                # may have stored its outcome: then nobody went without an answer.
-                settled = await self.keys.settled(keyed.key)
-                if settled is not None:
-                    return settled
-                result = StoredOutcome(error=StoredError.of(await self._give_up_quietly(request, exc)))
-            except GatewayError as exc:
-                result = StoredOutcome(error=StoredError.of(exc))
-        finally:
-            if not expected.outcome.done():
-                await asyncio.shield(self.bus.cancel(request.id))
-            self._forget(request.id)
-        return await self.keys.settle(keyed, result)
-
-    async def _replayed(
-        self,
-        key: str,
-        stored: StoredEntry,
-        fingerprint: str,
-        body: ChatRequestIn,
-        copro_id: CoproId | None,
-        user_id: str | None,
-    ) -> StoredOutcome:
-        """The first request's outcome, waited for while it runs; the retry runs nothing new."""
-
-        async def resume(stored: StoredEntry, publish: bool) -> None:
-            entry = stored.entry
-            again = self._request(body, copro_id, user_id, stream=False, again=entry)
-            # Its replies come here, and nothing here waits for them any more (this gateway
-            # restarted, or the stream was never read): wait for them, and store the outcome.
-            adopt = entry.reply_subject == self.bus.reply_subject and entry.request_id not in self._waiting
-            expected = self._expect(again.id) if adopt else None
-            try:
-                if publish:
-                    await self.bus.publish(subjects.chat_requested(copro_id), again)
-            except GatewayError:
-                if expected is not None:
-                    self._forget(again.id)
-                raise
-            if expected is not None:
-                self._keep(KeyedRequest(key, stored), again, expected, time.perf_counter())
-
-        async def record_failure(entry: IdempotencyEntry, error: GatewayError) -> None:
-            await self._record_failure_quietly(
-                entry.request_id, copro_id, error.status, error.error, error.message
-            )
-
-        outcome = await self._counted(self.keys.outcome(key, stored, fingerprint, resume, record_failure))
-        CHATS.labels(outcome="replayed").inc()
-        return outcome
-
-    async def _give_up_quietly(self, request: ChatRequested, exc: Exception) -> GatewayError:
-        """`_give_up` for a request nobody may be waiting for: a bus that refuses the record is logged."""
-        try:
-            return await self._give_up(request, exc)
-        except GatewayError as refused:
-            log.warning("could not record the failure of %s: %s", request.id, refused.message)
-            if isinstance(exc, NodeLostError):
-                return ChatRefusedError(503, "node_lost", str(exc))
-            return ChatTimeoutError(f"no node answered within {self.timeout_s:g}s")
-
     async def _record_failure_quietly(
         self, request_id: str, copro_id: str | None, status: int, error: str, message: str
     ) -> None:
@@ -655,9 +440,3 @@ class ChatService:
     ) -> None:
         """`_record_failure_quietly` in a task of its own, off the caller's path."""
         self._in_background(self._record_failure_quietly(request_id, copro_id, status, error, message))
-
-
-def _not_answered(exc: GatewayError, headers: dict[str, str]) -> None:
-    """Count a request that got no answer; its error carries the rate-limit fields it was admitted with."""
-    CHATS.labels(outcome=exc.error).inc()
-    exc.headers = headers | exc.headers
