@@ -54,8 +54,8 @@ async def run(args: argparse.Namespace) -> int:
     else:
         since = args.since if args.since.tzinfo else args.since.replace(tzinfo=UTC)
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=since)
-    # A node with a NATS key publishes on `<that subject>.node.<its id>`, the cloud worker on the
-    # subject itself: both are under `koprogo.events.chat.completed.>`, filtered here by copro.
+    # A node with a NATS key publishes on `<that subject>.node.<its id>`, the cloud worker on
+    # `<that subject>.cloud`: all are under `koprogo.events.chat.completed.>`, filtered here by copro.
     subject = chat_completed(args.copro).rsplit(".", 1)[0] + ".>"
     sub = await js.subscribe(subject, stream=EVENTS_STREAM, ordered_consumer=True, config=config)
     print(f"listening on {subject} for copro {args.copro}", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ from koprogo_cli.embedded_nats import EmbeddedNats, nats_server_binary
 from koprogo_cli.nats_auth import identities, render_authorization
 from koprogo_cli.nats_keys import mint_seed, roster_file
 from koprogo_cli.ports import free_port
+from koprogo_cloud.adapters.outcomes import NatsOutcomeSink
 from koprogo_gateway.adapters.chat_bus import NatsChatBus
 from koprogo_gateway.adapters.rate_limit_store import NatsKvCounterStore
 from koprogo_ledger.adapters.migrations import apply_migrations
@@ -44,7 +45,8 @@ from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_ledger.service_layer.projection import project
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.settings import NodeSettings
-from koprogo_shared import subjects
+from koprogo_shared import chat_outcomes, subjects
+from koprogo_shared.chat_outcomes import completed_id
 from koprogo_shared.co2 import EdgeFootprint
 from koprogo_shared.consumer import ACK, ConsumerSpec, DeadLetter, consumer_config
 from koprogo_shared.content_crypto import Keyring
@@ -74,6 +76,7 @@ from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import NodeTrustChanged
 from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
+from tests.integration.cloud_support import work_item as cloud_work_item
 from tests.integration.edge_support import listening, run_inference, running_node
 from tests.integration.ledger_support import chat_requested
 from tests.integration.nats_permissions_support import Client, connected_as, request_refused
@@ -495,6 +498,53 @@ async def test_the_ledger_may_delete_a_users_messages_from_the_audit_log_and_the
     async with connected_as(secured, "admin") as admin:
         with pytest.raises(NotFoundError):
             await admin.js.get_msg(subjects.EVENTS_STREAM, ack.seq)
+
+
+async def test_the_cloud_worker_finds_a_stored_answer_with_its_own_key_and_may_not_touch_consumers(
+    secured: SecuredNats,
+) -> None:
+    def answer_to(work: RunInference, content: str) -> ChatCompleted:
+        return chat_outcomes.completed(
+            work,
+            source="koprogo/cloud/openai-main",
+            content=content,
+            finish_reason="stop",
+            tool_calls=None,
+            prompt_tokens=3,
+            completion_tokens=2,
+            execution_type="cloud",
+            node_id="openai-main",
+            seconds=0.01,
+            co2_grams=0.001,
+        )
+
+    works = [
+        cloud_work_item("openai-main", "gpt-4o-mini", reply_subject="koprogo.reply.tests") for _ in range(4)
+    ]
+    target = works[2]
+    async with connected_as(secured, "cloud") as cloud:
+        for work in works:  # the copro's cloud answers, the one looked for among them
+            await publish_event(
+                cloud.js, subjects.cloud_chat_completed(work.copro_id), answer_to(work, work.id)
+            )
+        found = await NatsOutcomeSink(cloud.nc, cloud.js).stored_answer(target)
+        missing = await NatsOutcomeSink(cloud.nc, cloud.js).stored_answer(
+            cloud_work_item("openai-main", "gpt-4o-mini", reply_subject="koprogo.reply.tests")
+        )
+        assert cloud.refusals.errors.empty(), "the look-up needs nothing but its message gets"
+        # A consumer grant on the audit log would let it rewrite the ledger's durable.
+        await request_refused(
+            cloud.js.add_consumer(
+                subjects.EVENTS_STREAM,
+                js_api.ConsumerConfig(
+                    durable_name=subjects.LEDGER_DURABLE, filter_subject="koprogo.events.nothing"
+                ),
+            )
+        )
+        refusal = await cloud.refusals.next()
+    assert found is not None and found.id == completed_id(target) and found.content == target.id
+    assert missing is None
+    assert "$JS.API.CONSUMER.".lower() in refusal.lower(), refusal
 
 
 async def test_the_cloud_worker_hears_the_gateways_cancel_and_cannot_cancel_itself(

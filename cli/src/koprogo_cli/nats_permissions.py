@@ -31,8 +31,7 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.events.chat.failed.>,
                koprogo.events.inference.attempt_failed.>,
                koprogo.reply.* (the gateways' own subjects);
-               ordered consumers on KOPROGO_EVENTS and
-               message gets from it (stored answers)
+               message gets from KOPROGO_EVENTS (stored answers)
     gateway    koprogo.events.chat.{requested,failed,delivered}.>, its inbox, koprogo.reply.>,
                koprogo.events.user.erasure_requested.>,           koprogo.nodes.heartbeat.*,
                koprogo.cancel.>, koprogo.nodes.announce; the      koprogo.nodes.cloud.*
@@ -187,10 +186,10 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
     work: list[str] = [
         f"$JS.API.STREAM.INFO.{subjects.WORK_STREAM}",
         f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
-        # A stored answer to an item that may have been answered before is looked for (the
-        # deployments' answers read headers only, then the one found read whole) instead of
-        # paying the provider again; a trusted service, like the ledger.
-        *_ordered_reads(subjects.EVENTS_STREAM),
+        # A stored answer to an item that may have been answered before is looked for (its
+        # copro's cloud answers read one by one, by time then by sequence) instead of paying the
+        # provider again. No consumer grant on the audit log: one would let it rewrite the
+        # ledger's and the router's durables.
         f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
     ]
     for deployment in deployments:

@@ -1,23 +1,30 @@
 """Reading KOPROGO_EVENTS (the audit log) once, on one subject filter.
 
-An ordered consumer: nothing durable is left on the server, and the read ends when the last
-message is in hand (or nothing comes for `IDLE_S`), or at a given stream sequence. Used by
-the ledger's GDPR scrub and its recovery of request owners (from the first message: both are
-rare, so a linear read of the 30-day window is fine), and by the cloud worker looking for a
-stored answer when a work item may have been answered before (from a start time, headers only).
+From the first message (`read_messages`): an ordered consumer; nothing durable is
+left on the server, and the read ends when the last message is in hand (or nothing comes for
+`IDLE_S`), or at a given stream sequence. Used by the ledger's GDPR scrub and its recovery of
+request owners: both rare, so a linear read of the 30-day window is fine.
+
+From a time (`messages_since`): the stream's message get, one message at a time, so that an
+identity needs no consumer grant on the audit log (creating consumers there would let it
+rewrite the ledger's and the router's durables). Used by the cloud worker looking for a stored
+answer when a work item may have been answered before (rare, and over minutes of one copro's
+answers).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
 from koprogo_shared import subjects
 
@@ -40,7 +47,7 @@ async def read_messages(
     js: JetStreamContext, subject: str, *, before: int | None = None
 ) -> AsyncIterator[AuditMessage]:
     """Each message on `subject` (stored before stream sequence `before`, if given), oldest first; non-JSON is skipped."""
-    async for msg in read_raw(js, subject):
+    async for msg in _delivered(js, subject):
         seq = msg.metadata.sequence.stream
         if before is not None and seq >= before:
             return
@@ -49,26 +56,18 @@ async def read_messages(
             yield AuditMessage(seq, msg.subject, event)
 
 
-async def read_raw(
-    js: JetStreamContext, subject: str, *, since: datetime | None = None, headers_only: bool = False
-) -> AsyncIterator[Msg]:
-    """Each message on `subject` as delivered, oldest first: from the first one, or from those
-    stored at or after `since` (the server's clock); with `headers_only`, without their data
-    (`msg.metadata.sequence.stream` then fetches one whole with `js.get_msg`)."""
+async def _delivered(js: JetStreamContext, subject: str) -> AsyncIterator[Msg]:
+    """Each message on `subject` as delivered, oldest first."""
     sub = await js.subscribe(
         subject,
         stream=subjects.EVENTS_STREAM,
         ordered_consumer=True,
-        config=js_api.ConsumerConfig(
-            deliver_policy=js_api.DeliverPolicy.ALL if since is None else js_api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=since,
-            headers_only=headers_only or None,
-        ),
+        deliver_policy=js_api.DeliverPolicy.ALL,
     )
     try:
         info = await sub.consumer_info()
         if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
-            return  # nothing on this subject (from `since`): no wait for an idle timeout
+            return  # nothing on this subject: no wait for an idle timeout
         while True:
             try:
                 msg = await sub.next_msg(timeout=IDLE_S)
@@ -79,6 +78,40 @@ async def read_raw(
                 return
     finally:
         await sub.unsubscribe()
+
+
+class AuditLogError(Exception):
+    """The stream refused a message get for another reason than "no such message"."""
+
+
+async def messages_since(
+    nc: NATS, js: JetStreamContext, subject: str, since: datetime, *, limit: int
+) -> AsyncIterator[js_api.RawStreamMsg]:
+    """Each message on `subject` stored at or after `since` (the server's clock), oldest first, at
+    most `limit`: the first found by time (`start_time` with `next_by_subj`), each next one by
+    sequence. Messages stored meanwhile are read too."""
+    request = {
+        "start_time": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "next_by_subj": subject,
+    }
+    reply = await nc.request(
+        f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}", json.dumps(request).encode(), timeout=IDLE_S * 5
+    )
+    found = json.loads(reply.data)
+    if "error" in found:
+        if found["error"].get("code") == 404:
+            return  # nothing on `subject` since then
+        raise AuditLogError(f"{subject} since {request['start_time']}: {found['error']}")
+    seq = int(found["message"]["seq"])
+    for _ in range(limit):
+        try:
+            msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        if msg.seq is None:
+            raise AuditLogError(f"{subject}: a message get answered without a sequence")
+        yield msg
+        seq = msg.seq + 1
 
 
 def _decoded(data: bytes) -> dict[str, Any] | None:

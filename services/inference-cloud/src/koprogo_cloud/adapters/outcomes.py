@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from koprogo_shared import subjects
-from koprogo_shared.audit_log import read_raw
+from koprogo_shared.audit_log import messages_since
 from koprogo_shared.chat_outcomes import UnusableIdsError, completed_id
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
 from koprogo_shared.publishing import deliver_chat_outcome, publish_event, publish_reply
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # attempt) was made within the request's life (the gateway's CHAT_TIMEOUT_S, 120 s by default),
 # and the server's clock, which stamps the stored answers, may differ from the router's.
 ANSWER_LOOKBACK = timedelta(minutes=10)
+# At most this many of the copro's cloud answers are read for one look-up (ten minutes at a
+# steady 8 cloud chats a second for one copro; ~0.5 ms each); past it the provider is asked again.
+ANSWERS_READ_MAX = 5_000
 
 
 class OutcomeSink(ABC):
@@ -104,26 +107,30 @@ class NatsOutcomeSink(OutcomeSink):
 
     async def stored_answer(self, work: RunInference) -> ChatCompleted | None:
         """The first answer stored for `work`'s request: its copro's cloud answers stored since
-        `ANSWER_LOOKBACK` before the item was made, read headers only, searched for the answer's
-        `Nats-Msg-Id` (`completed_id`, the same for every run of the request); then that one read
-        whole. Asked only when the item may have been answered (rare), so a linear read is fine."""
+        `ANSWER_LOOKBACK` before the item was made, read one by one (`messages_since`: no consumer
+        on the audit log), searched for the answer's `Nats-Msg-Id` (`completed_id`, the same for
+        every run of the request). Asked only when a cloud answer may exist (rare)."""
         try:
             answer_id = completed_id(work)
         except UnusableIdsError:
             return None  # no answer can have been stored under an id derived from these ids
         subject = subjects.cloud_chat_completed(work.copro_id)
-        async for msg in read_raw(self._js, subject, since=work.time - ANSWER_LOOKBACK, headers_only=True):
-            if (msg.headers or {}).get("Nats-Msg-Id") != answer_id:
+        since = work.time - ANSWER_LOOKBACK
+        async for stored in messages_since(self._nc, self._js, subject, since, limit=ANSWERS_READ_MAX):
+            if (stored.headers or {}).get("Nats-Msg-Id") != answer_id:
                 continue
-            stored = await self._js.get_msg(subjects.EVENTS_STREAM, msg.metadata.sequence.stream)
             # Not one: the item is answered as if nothing were stored (and the stream de-duplicates).
             if not stored.data:
                 return None
             try:
-                return ChatCompleted.model_validate_json(stored.data)
+                answer = ChatCompleted.model_validate_json(stored.data)
             except ValidationError:
                 log.error("the stored answer of request %s is unreadable; answering again", work.request_id)
                 return None
+            if answer.request_id != work.request_id or answer.copro_id != work.copro_id:
+                log.error("the answer stored as %s is another request's; answering again", answer_id)
+                return None
+            return answer
         return None
 
     async def attempt_failed(self, failed: InferenceAttemptFailed) -> None:
