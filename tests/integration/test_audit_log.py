@@ -6,11 +6,12 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import nats
 import pytest
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
-from koprogo_shared.audit_log import messages_since, read_messages
+from koprogo_shared.audit_log import AuditLogError, messages_since, read_messages
 from tests.integration.cloud_support import nats_client
 
 pytestmark = pytest.mark.integration
@@ -48,3 +49,16 @@ async def test_a_read_from_a_time_gets_the_subjects_messages_stored_since_oldest
     assert none_yet == []
     assert everything == ["before", "after 1", "after 2"]
     assert nothing_there == []
+
+
+async def test_a_read_from_a_time_on_a_server_without_the_audit_log_raises_instead_of_finding_nothing(
+    clean_jetstream: str,
+) -> None:
+    # "Nothing stored" would let the cloud worker pay its provider again; a missing stream is an error.
+    nc = await nats.connect(clean_jetstream)
+    try:
+        with pytest.raises(AuditLogError, match="stream not found"):
+            async for _ in messages_since(nc, nc.jetstream(), "koprogo.events.x", datetime.now(UTC), limit=1):
+                pass
+    finally:
+        await nc.close()

@@ -532,19 +532,27 @@ async def test_the_cloud_worker_finds_a_stored_answer_with_its_own_key_and_may_n
             cloud_work_item("openai-main", "gpt-4o-mini", reply_subject="koprogo.reply.tests")
         )
         assert cloud.refusals.errors.empty(), "the look-up needs nothing but its message gets"
-        # A consumer grant on the audit log would let it rewrite the ledger's durable.
-        await request_refused(
-            cloud.js.add_consumer(
-                subjects.EVENTS_STREAM,
-                js_api.ConsumerConfig(
-                    durable_name=subjects.LEDGER_DURABLE, filter_subject="koprogo.events.nothing"
-                ),
-            )
+        # A consumer grant on the audit log would let it rewrite the ledger's durable: a create
+        # naming it (on the subject that carries the name and filter), or an unnamed one.
+        rewrite = js_api.ConsumerConfig(
+            name=subjects.LEDGER_DURABLE,
+            durable_name=subjects.LEDGER_DURABLE,
+            filter_subject="koprogo.events.nothing",
         )
-        refusal = await cloud.refusals.next()
+        await request_refused(cloud.js.add_consumer(subjects.EVENTS_STREAM, rewrite))
+        named = await cloud.refusals.next()
+        unnamed = js_api.ConsumerConfig(filter_subject=subjects.cloud_chat_completed(target.copro_id))
+        await request_refused(cloud.js.add_consumer(subjects.EVENTS_STREAM, unnamed))
+        ordered = await cloud.refusals.next()
     assert found is not None and found.id == completed_id(target) and found.content == target.id
     assert missing is None
-    assert "$JS.API.CONSUMER.".lower() in refusal.lower(), refusal
+    ledgers = (
+        f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.{subjects.LEDGER_DURABLE}.koprogo.events.nothing"
+    )
+    assert f'publish to "{ledgers}"'.lower() in named.lower(), named
+    assert f'publish to "$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}"'.lower() in ordered.lower(), (
+        ordered
+    )
 
 
 async def test_the_cloud_worker_hears_the_gateways_cancel_and_cannot_cancel_itself(

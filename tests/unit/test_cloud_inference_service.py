@@ -235,23 +235,6 @@ async def test_a_fallback_attempt_looks_for_an_answer_its_earlier_attempt_may_ha
     assert sink.looked_up == [item.request_id] and len(provider.calls) == 1
 
 
-async def test_a_fallback_after_an_edge_attempt_only_looks_for_no_stored_answer() -> None:
-    # prefer_edge's usual fallback: the node did not answer; an edge answer is never on the
-    # cloud's subject, so there is nothing to look for (and reading it would cost a scan).
-    provider = FakeProvider(OK)
-    svc, sink, _ = service(provider)
-    item = work()
-    assert item.routing is not None
-    edge_first = item.routing.model_copy(
-        update={
-            "targets": [RoutingTarget(kind="edge", model="smollm2"), *item.routing.targets],
-            "attempt": 2,
-        }
-    )
-    answer = await svc.run("dep", item.model_copy(update={"routing": edge_first}), redelivered=False)
-    assert isinstance(answer, ChatCompleted) and sink.looked_up == [] and len(provider.calls) == 1
-
-
 async def test_a_reported_attempt_carries_its_work_without_the_routers_mark() -> None:
     svc, sink, _ = service(FakeProvider(ProviderError("status", "", status=429, retry_after_s=10)))
     await svc.run("dep", work(deadline_s=5).model_copy(update={"may_be_answered": True}), redelivered=False)

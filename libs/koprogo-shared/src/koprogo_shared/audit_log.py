@@ -15,6 +15,7 @@ answers).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -29,6 +30,10 @@ from nats.js.errors import NotFoundError
 from koprogo_shared import subjects
 
 IDLE_S = 1.0
+# JetStream's "no message found" (a message get past the last match, or with none at all).
+JS_NO_MESSAGE_FOUND = 10037
+
+log = logging.getLogger(__name__)
 
 
 class AuditMessage(NamedTuple):
@@ -87,31 +92,39 @@ class AuditLogError(Exception):
 async def messages_since(
     nc: NATS, js: JetStreamContext, subject: str, since: datetime, *, limit: int
 ) -> AsyncIterator[js_api.RawStreamMsg]:
-    """Each message on `subject` stored at or after `since` (the server's clock), oldest first, at
-    most `limit`: the first found by time (`start_time` with `next_by_subj`), each next one by
-    sequence. Messages stored meanwhile are read too."""
-    request = {
-        "start_time": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "next_by_subj": subject,
-    }
+    """Each message on `subject` stored at or after `since` (the server's clock; a naive time is
+    UTC), oldest first, at most `limit` (a warning when it stops there): the first found by time
+    (`start_time` with `next_by_subj`), each next one by sequence. Messages stored meanwhile are
+    read too. Raises `AuditLogError` for any refusal but "no such message" (a missing stream
+    included), and nats-py's errors for a timeout or a lost connection."""
+    when = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    request = {"start_time": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "next_by_subj": subject}
+    # The JetStream API prefix `js.get_msg` uses too (`$JS.<domain>.API` under a domain); nats-py
+    # has no public accessor for it.
+    api_prefix = getattr(js, "_prefix", "$JS.API")
     reply = await nc.request(
-        f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}", json.dumps(request).encode(), timeout=IDLE_S * 5
+        f"{api_prefix}.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
+        json.dumps(request).encode(),
+        timeout=IDLE_S * 5,
     )
     found = json.loads(reply.data)
     if "error" in found:
-        if found["error"].get("code") == 404:
+        if found["error"].get("err_code") == JS_NO_MESSAGE_FOUND:
             return  # nothing on `subject` since then
         raise AuditLogError(f"{subject} since {request['start_time']}: {found['error']}")
-    seq = int(found["message"]["seq"])
+    seq = int(found["message"]["seq"])  # read again below, whole and parsed, by nats-py
     for _ in range(limit):
         try:
             msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return
+        except NotFoundError as exc:
+            if exc.err_code == JS_NO_MESSAGE_FOUND:
+                return
+            raise AuditLogError(f"{subject} from sequence {seq}: {exc}") from exc
         if msg.seq is None:
             raise AuditLogError(f"{subject}: a message get answered without a sequence")
         yield msg
         seq = msg.seq + 1
+    log.warning("%s: read stopped after %d messages since %s", subject, limit, request["start_time"])
 
 
 def _decoded(data: bytes) -> dict[str, Any] | None:

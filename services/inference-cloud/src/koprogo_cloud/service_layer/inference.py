@@ -321,13 +321,9 @@ def _check_ids(work: RunInference) -> None:
 
 
 def may_be_answered(work: RunInference, redelivered: bool) -> bool:
-    """Whether a cloud answer to `work`'s request may be stored already: this item was delivered
-    before, the router says so (a copy routed again), or it is a fallback after a cloud attempt.
-    The stored answer is the request's, not the attempt's: an earlier cloud attempt whose failure
-    was reported, then redelivered and answered after all, may have stored it while this attempt
-    waited (its copy is a first one, and unflagged). A fallback after edge or grid attempts only
-    (the usual one: `prefer_edge`, no node answered) has none to find: those answers are never on
-    the cloud's subject."""
-    plan = work.routing
-    after_cloud = plan is not None and any(t.kind == "cloud" for t in plan.targets[: plan.attempt - 1])
-    return redelivered or work.may_be_answered or after_cloud
+    """Whether an answer to `work`'s request may be stored already: this item was delivered
+    before, the router says so (a copy routed again), or it is a fallback. The stored answer is
+    the request's, not the attempt's: an earlier attempt whose failure was reported, then
+    redelivered and answered after all, may have stored it while this attempt waited (its copy is
+    a first one, and unflagged)."""
+    return redelivered or work.may_be_answered or (work.routing is not None and work.routing.attempt > 1)
