@@ -17,6 +17,9 @@ produces the same ids and JetStream de-duplicates them (the ledger applies each 
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 from koprogo_shared import co2
 from koprogo_shared.events import (
     ChatCompleted,
@@ -31,6 +34,13 @@ from koprogo_shared.events import (
     derived_event_id,
 )
 from koprogo_shared.generation import TokenLogprob, ToolCall
+
+# The longest a chat may live: the gateway refuses a CHAT_TIMEOUT_S above it. Every run of a
+# request (the item delivered again, a copy routed again, a fallback) is made within that life,
+# so a cloud worker looking for an earlier run's stored answer reads back `ANSWER_LOOKBACK`:
+# the life plus a minute for the routers' and the server's clocks to differ.
+CHAT_LIFETIME_MAX_S = 540
+ANSWER_LOOKBACK = timedelta(seconds=CHAT_LIFETIME_MAX_S + 60)
 
 
 class UnusableIdsError(ValueError):
@@ -77,9 +87,13 @@ def node_execution_type(work: RunInference) -> ExecutionType:
 
 
 def check_ids(work: RunInference) -> None:
-    """Raise UnusableIdsError unless every outcome id of `work` can be derived."""
-    completed_id(work)
-    failed_id(work)
+    """Raise UnusableIdsError unless every outcome id of `work` can be derived: both ids parse as
+    UUIDs (all `derived_event_id` needs; parsing is cheaper than deriving them here)."""
+    try:
+        uuid.UUID(work.request_id)
+        uuid.UUID(work.id)
+    except ValueError:
+        raise UnusableIdsError(work) from None
 
 
 def completed(

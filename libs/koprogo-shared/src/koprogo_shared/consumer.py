@@ -39,6 +39,7 @@ from nats.js import api as js_api
 from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
+from koprogo_shared.publishing import MSG_ID_HEADER
 from koprogo_shared.subjects import deadletter_for
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
@@ -125,7 +126,7 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
     headers["KoproGo-Dead-Reason"] = reason[:500]
     headers["KoproGo-Original-Subject"] = msg.subject
     # A fresh id: the original Nats-Msg-Id would be de-duplicated against itself.
-    headers.pop("Nats-Msg-Id", None)
+    headers.pop(MSG_ID_HEADER, None)
     if (source := headers.pop("Nats-Stream-Source", None)) is not None:
         headers[DEAD_LETTER_SOURCE_HEADER] = source
     await js.publish(deadletter_for(msg.subject), msg.data, headers=headers, timeout=5)

@@ -14,6 +14,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import Header
 
 from koprogo_shared import subjects
 from koprogo_shared.events import ChatCompleted, ChatFailed, Event
@@ -31,6 +32,8 @@ PUBLISH_RETRY_S = 12.0
 # JetStream's "stream store failed" error, which a full `discard: new` stream answers with
 # ("maximum bytes exceeded", "maximum messages exceeded", ...).
 JS_STREAM_STORE_FAILED = 10077
+# The header JetStream de-duplicates stored messages by (an event's id).
+MSG_ID_HEADER: str = Header.MSG_ID.value
 
 
 class StreamFullError(nats.js.errors.ServiceUnavailableError):
@@ -54,7 +57,7 @@ def event_headers(event: Event) -> dict[str, str]:
 
     `publish_event` adds the trace context (`telemetry.producer_span`).
     """
-    return {"Nats-Msg-Id": event.id, "ce-type": getattr(event, "type", ""), "ce-source": event.source}
+    return {MSG_ID_HEADER: event.id, "ce-type": getattr(event, "type", ""), "ce-source": event.source}
 
 
 async def publish_event(

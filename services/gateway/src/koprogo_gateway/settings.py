@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
+from koprogo_shared.chat_outcomes import CHAT_LIFETIME_MAX_S
 from koprogo_shared.settings import ContentKeySettings
 
 # Secrets copied from examples and templates; refused whatever their length.
@@ -40,8 +41,9 @@ class GatewaySettings(ContentKeySettings):
     # Loopback by default: set GATEWAY_HOST=0.0.0.0 (containers do) to serve the network.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    # How long a caller waits for an answer before getting 504.
-    chat_timeout_s: float = Field(default=120.0, gt=0)
+    # How long a caller waits for an answer before getting 504; at most CHAT_LIFETIME_MAX_S (540),
+    # the look-back of a cloud worker's search for an earlier run's answer.
+    chat_timeout_s: float = Field(default=120.0, gt=0, le=CHAT_LIFETIME_MAX_S)
     gateway_id: str = Field(default_factory=_default_gateway_id)
     db_pool_max: int = 10
     # What each node's NATS key was minted for (`<keys>/roster.json`, as the router reads it): a

@@ -13,7 +13,6 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -23,17 +22,12 @@ from pydantic import ValidationError
 
 from koprogo_shared import subjects
 from koprogo_shared.audit_log import messages_since
-from koprogo_shared.chat_outcomes import UnusableIdsError, completed_id
+from koprogo_shared.chat_outcomes import ANSWER_LOOKBACK, UnusableIdsError, completed_id
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
-from koprogo_shared.publishing import deliver_chat_outcome, publish_event, publish_reply
+from koprogo_shared.publishing import MSG_ID_HEADER, deliver_chat_outcome, publish_event, publish_reply
 
 log = logging.getLogger(__name__)
 
-# How long before a work item was made its request's answer may have been stored: every earlier
-# run of the request (the same item delivered before, a copy the router routed again, an earlier
-# attempt) was made within the request's life (the gateway's CHAT_TIMEOUT_S, 120 s by default),
-# and the server's clock, which stamps the stored answers, may differ from the router's.
-ANSWER_LOOKBACK = timedelta(minutes=10)
 # At most this many of the copro's cloud answers are read for one look-up (ten minutes at a
 # steady 8 cloud chats a second for one copro; ~0.5 ms each); past it the provider is asked again.
 ANSWERS_READ_MAX = 5_000
@@ -117,7 +111,7 @@ class NatsOutcomeSink(OutcomeSink):
         subject = subjects.cloud_chat_completed(work.copro_id)
         since = work.time - ANSWER_LOOKBACK
         async for stored in messages_since(self._nc, self._js, subject, since, limit=ANSWERS_READ_MAX):
-            if (stored.headers or {}).get("Nats-Msg-Id") != answer_id:
+            if (stored.headers or {}).get(MSG_ID_HEADER) != answer_id:
                 continue
             # Not one: the item is answered as if nothing were stored (and the stream de-duplicates).
             if not stored.data:
