@@ -9,9 +9,13 @@ backend, the real stack (`Stack`) with one `openai_compatible` deployment on it,
 beside the first, its cloud worker importing `koprogo_cloud` from that revision's
 `services/inference-cloud/src` (extracted with `git archive`, put first on `PYTHONPATH`; every
 other package is this tree's), and wrk drives the two in turn, the order rotating between
-rounds: both measured in the same conditions. Prints, per stack, the median over the rounds of
-each process's CPU time per request (user+system ÷ wrk's requests, as peer_proxy.py counts it),
-and the load average at each run.
+rounds: both measured in the same conditions. With `--nats-sync both`, a second stack runs the
+same way beside this tree's, its nats-server without `sync_interval: always` (nats-server's
+default: a write is acknowledged before it reaches the disk, which is fsynced every two minutes):
+what the durable writes cost on this machine's disk, which differs by several times between
+VMs of the same kind. Prints, per stack, the median over the rounds of each process's CPU time
+per request (user+system ÷ wrk's requests, as peer_proxy.py counts it), the requests per second,
+the load average at each run, and the disk's fsync time (`support.fsync_ms`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from support import (
     baseline_source,
     drive,
     ensure_wrk,
+    fsync_ms,
     load1,
     log,
     machine,
@@ -40,21 +45,33 @@ from support import (
     use_stack_environ,
 )
 
+from koprogo_cli import embedded_nats
 from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
 CLOUD_SRC = "services/inference-cloud/src"
+SYNC_ALWAYS = "  sync_interval: always\n"
 
 
-def start_stack(data_dir: Path, name: str, cloud_src: Path | None) -> tuple[Stack, Target]:
-    """A stack whose cloud worker imports `koprogo_cloud` from `cloud_src` (None: the installed one)."""
+def start_stack(
+    data_dir: Path, name: str, cloud_src: Path | None, *, sync_always: bool = True
+) -> tuple[Stack, Target]:
+    """A stack whose cloud worker imports `koprogo_cloud` from `cloud_src` (None: the installed one),
+    its nats-server fsyncing every write or, `sync_always=False`, with nats-server's default."""
     saved = os.environ.get("PYTHONPATH")
     if cloud_src is not None:
         os.environ["PYTHONPATH"] = str(cloud_src)
+    config = embedded_nats.NATS_CONFIG
+    if not sync_always:
+        # The benchmark's own change, for this stack's start only: the shipped configuration
+        # always fsyncs (docs/decisions.md), and no setting of the product turns it off.
+        assert SYNC_ALWAYS in config, "embedded_nats.NATS_CONFIG no longer sets sync_interval as expected"
+        embedded_nats.NATS_CONFIG = config.replace(SYNC_ALWAYS, "")
     try:
         stack = Stack(data_dir, gateway_port=free_port(), node_port=free_port(), log=log)
         stack.start()
     finally:
+        embedded_nats.NATS_CONFIG = config
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -78,11 +95,19 @@ def main() -> int:
     parser.add_argument(
         "--baseline", default=None, help="a git revision whose cloud worker runs beside this tree's"
     )
+    parser.add_argument(
+        "--nats-sync",
+        choices=("always", "both"),
+        default="always",
+        help="both: a second stack whose nats-server does not fsync every write",
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-cloud-cpu-"))
     log(f"work folder {work}")
+    disk_ms = fsync_ms(work)
+    log(f"a fsynced 4 KiB write in the work folder: {disk_ms:.2f} ms (median of 200)")
     stacks: list[Stack] = []
     backend = None
     try:
@@ -97,6 +122,10 @@ def main() -> int:
         stack, target = start_stack(work / "this tree", "this tree", None)
         stacks.append(stack)
         targets.append(target)
+        if args.nats_sync == "both":
+            stack, target = start_stack(work / "no fsync", "this tree, no fsync", None, sync_always=False)
+            stacks.append(stack)
+            targets.append(target)
         backend_pids = {"backend": backend.pid}
         for target in targets:
             result = drive(target, wrk, max(args.connections), args.warmup, backend_pids)
@@ -124,7 +153,10 @@ def main() -> int:
         if backend is not None:
             stop_process(backend)
 
-    print(f"\nMachine: {machine()}; wrk 1 thread, {args.rounds} rounds x {args.duration} s per stack.")
+    print(
+        f"\nMachine: {machine()}; a fsynced 4 KiB write {disk_ms:.2f} ms; "
+        f"wrk 1 thread, {args.rounds} rounds x {args.duration} s per stack."
+    )
     print(f"Load average (1 min) after each run: {', '.join(loads)}\n")
     for connections in args.connections:
         print(
@@ -139,8 +171,15 @@ def main() -> int:
                 values = t.cpu_ms[connections].get(name, [])
                 cells.append(f"{median(values):.3f} ({', '.join(f'{v:.2f}' for v in values)})")
             print(f"| {name} | " + " | ".join(cells) + " |")
+        totals = [
+            sum(median(v) for n, v in t.cpu_ms[connections].items() if n not in (WRK, "backend"))
+            for t in targets
+        ]
+        print("| all but wrk and the backend | " + " | ".join(f"{v:.3f}" for v in totals) + " |")
         rps = [f"{median([r.rps for r in t.results[connections]]):.1f}" for t in targets]
         print("| req/s | " + " | ".join(rps) + " |")
+        p50 = [f"{median([r.p50_ms for r in t.results[connections]]):.2f}" for t in targets]
+        print("| P50 ms | " + " | ".join(p50) + " |")
     return 0
 
 

@@ -45,6 +45,7 @@ from support import (
     WrkResult,
     drive,
     ensure_wrk,
+    fsync_ms,
     log,
     machine,
     median,
@@ -112,6 +113,8 @@ def main() -> int:
     litellm = ensure_litellm(args.litellm_venv, args.litellm_version)
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-peer-"))
     log(f"work folder {work}")
+    disk_ms = fsync_ms(work)
+    log(f"a fsynced 4 KiB write in the work folder: {disk_ms:.2f} ms (median of 200)")
     started: list[subprocess.Popen[bytes]] = []
     stack: Stack | None = None
     try:
@@ -211,7 +214,8 @@ def main() -> int:
 
     litellms = [t for t in targets if t is not koprogo]
     print(
-        f"\nMachine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; wrk 1 thread, "
+        f"\nMachine: {machine()}; a fsynced 4 KiB write {disk_ms:.2f} ms; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; wrk 1 thread, "
         f"{args.rounds} rounds x {args.duration:.0f} s per target and connection count; "
         f"KoproGo cloud deployment concurrency {args.cloud_concurrency}.\n"
     )

@@ -66,6 +66,26 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU ({model}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
+def fsync_ms(folder: Path, writes: int = 200) -> float:
+    """The median time, in ms, of a 4 KiB write followed by `os.fsync` in `folder`: what each of
+    nats-server's stored messages waits for under `sync_interval: always`. Disks of VMs of the same
+    kind differ by several times here, and the peer benchmark's ratio with them."""
+    path = folder / "fsync-probe"
+    times: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        block = b"x" * 4096
+        for _ in range(writes):
+            started = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return statistics.median(times)
+
+
 def load1() -> str:
     """The 1-minute load average, as /proc/loadavg prints it."""
     return Path("/proc/loadavg").read_text().split()[0]
