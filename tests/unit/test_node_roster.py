@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from koprogo_cli import stack as stack_module
+from koprogo_cli import stack_nats
 from koprogo_cli.main import build_parser
 from koprogo_cli.nats_auth import identities
 from koprogo_cli.nats_keys import grid_scheduler_public_key, recorded_grant, roster_file
@@ -212,9 +213,9 @@ def test_koprogo_up_hands_the_schedulers_seed_to_it_and_its_public_key_to_every_
     for name in ("NATS_URL", "DATABASE_URL", "DEVICE_CLASS", "POWER_WATTS", "JWT_SECRET_FILE", "JWKS_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://unused")
-    monkeypatch.setattr(stack_module, "EmbeddedNats", FakeNats)
+    monkeypatch.setattr(stack_nats, "EmbeddedNats", FakeNats)
     monkeypatch.setattr(Stack, "_declare_streams", lambda self, url: None)
-    monkeypatch.setattr(Stack, "_content_keys", lambda self: {})
+    monkeypatch.setattr(stack_module, "content_keys_env", lambda data_dir: {})
     monkeypatch.setattr(Stack, "_wait_ready", lambda self, service, timeout=0: None)
     launched: list[Service] = []
     monkeypatch.setattr(Stack, "_launch", lambda self, service: launched.append(service))
@@ -291,7 +292,7 @@ def test_with_a_nats_server_of_its_own_koprogo_up_still_gives_the_scheduler_a_se
     monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
     monkeypatch.setenv("DATABASE_URL", "postgresql://unused")
     monkeypatch.setattr(Stack, "_check_durability", lambda self, url: None)
-    monkeypatch.setattr(Stack, "_content_keys", lambda self: {})
+    monkeypatch.setattr(stack_module, "content_keys_env", lambda data_dir: {})
     monkeypatch.setattr(Stack, "_wait_ready", lambda self, service, timeout=0: None)
     launched: list[Service] = []
     monkeypatch.setattr(Stack, "_launch", lambda self, service: launched.append(service))
