@@ -38,7 +38,8 @@ from koprogo_shared.generation import TokenLogprob, ToolCall
 # The longest a chat may live: the gateway refuses a CHAT_TIMEOUT_S above it. Every run of a
 # request (the item delivered again, a copy routed again, a fallback) is made within that life,
 # so a cloud worker looking for an earlier run's stored answer reads back `ANSWER_LOOKBACK`:
-# the life plus a minute for the routers' and the server's clocks to differ.
+# the life plus a minute for the clocks of the gateways (which set the deadline), the routers
+# (which stamp the work) and nats-server (which stamps the stored answers) to differ.
 CHAT_LIFETIME_MAX_S = 540
 ANSWER_LOOKBACK = timedelta(seconds=CHAT_LIFETIME_MAX_S + 60)
 
