@@ -31,6 +31,7 @@ from support import (
     WRK,
     Target,
     baseline_source,
+    cpu_total,
     drive,
     ensure_wrk,
     fsync_ms,
@@ -178,10 +179,7 @@ def main() -> int:
                 values = t.cpu_ms[connections].get(name, [])
                 cells.append(f"{median(values):.3f} ({', '.join(f'{v:.2f}' for v in values)})")
             print(f"| {name} | " + " | ".join(cells) + " |")
-        totals = [
-            sum(median(v) for n, v in t.cpu_ms[connections].items() if n not in (WRK, "backend"))
-            for t in targets
-        ]
+        totals = [cpu_total(t.cpu_ms[connections], leave_out=(WRK, "backend")) for t in targets]
         print("| all but wrk and the backend | " + " | ".join(f"{v:.3f}" for v in totals) + " |")
         rps = [f"{median([r.rps for r in t.results[connections]]):.1f}" for t in targets]
         print("| req/s | " + " | ".join(rps) + " |")

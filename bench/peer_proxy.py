@@ -40,9 +40,9 @@ from pathlib import Path
 from support import (
     BENCH,
     CLOUD_MODEL,
-    WRK,
     Target,
     WrkResult,
+    cpu_total,
     drive,
     ensure_wrk,
     fsync_ms,
@@ -266,7 +266,7 @@ def main() -> int:
             per = target.cpu_ms.get(connections, {})
             for name, values in sorted(per.items(), key=lambda kv: -median(kv[1])):
                 print(f"| {target.name} | {name} | {median(values):.2f} |")
-            served = sum(median(v) for name, v in per.items() if name != WRK)
+            served = cpu_total(per)
             print(
                 f"| {target.name} | **all but wrk** | **{served:.2f}** "
                 f"(machine busy {median(target.busy.get(connections, [])):.0f} % of {os.cpu_count()} CPUs) |"

@@ -95,6 +95,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cpu_total(per_process: Mapping[str, list[float]], leave_out: tuple[str, ...] = (WRK,)) -> float:
+    """The sum over a target's processes of each one's median CPU ms per request, but `leave_out`'s."""
+    return sum(median(values) for name, values in per_process.items() if name not in leave_out)
+
+
 def parse_ints(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 

@@ -102,3 +102,9 @@ def test_cpu_per_run_counts_a_child_started_during_it_whole_and_misses_one_that_
     after = {(1, 0.0): 2.5, (3, 5.0): 0.25}
     assert support.cpu_delta(before, after) == pytest.approx(0.75)
     assert support.parse_ints("1, 16,") == [1, 16]
+
+
+def test_the_cpu_total_sums_each_process_median_but_the_ones_left_out():
+    per = {"gateway": [1.0, 3.0, 2.0], support.WRK: [9.0], "backend": [0.5, 0.7, 0.6]}
+    assert support.cpu_total(per) == pytest.approx(2.6)
+    assert support.cpu_total(per, leave_out=(support.WRK, "backend")) == pytest.approx(2.0)
