@@ -52,7 +52,7 @@ class LedgerSettings(ContentKeySettings):
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
     # light load is committed in bursts: stats become visible up to that much later. Each
     # commit costs PostgreSQL far more than the rows it writes (bench/README.md, *The ledger's
-    # linger*: 50 ms -> 250 ms took PostgreSQL's CPU per chat from 0.46-0.57 ms to 0.11-0.18 under
+    # linger*: 50 ms -> 250 ms took PostgreSQL's CPU per chat from 0.35-0.57 ms to 0.11-0.18 under
     # the peer benchmark's load), so it is a quarter of a second, not a twentieth.
     ledger_linger_s: float = Field(default=0.25, ge=0)
     # About 40 s of back-off (0.2 s doubling, capped at 10 s) for a late predecessor
