@@ -105,6 +105,14 @@ async def test_the_scheduler_killed_mid_burst_and_restarted_loses_and_repeats_no
             await stack["grid-scheduler"].restart()
             for task_id in first + second:
                 await wait_until(events.done(task_id), timeout=120)
+
+            async def projected() -> bool:
+                # `/tasks` reads the ledger's projection, which follows the events by up to
+                # LEDGER_LINGER_S: read until it has settled every task, then check them.
+                statuses = [(await _task(client, t))["status"] for t in first + second]
+                return not {"pending", "assigned", "running", "verifying"} & set(statuses)
+
+            await wait_until(projected, timeout=30, interval=0.2)
             tasks = [await _task(client, t) for t in first + second]
     finally:
         await nc.close()
