@@ -50,10 +50,10 @@ class LedgerSettings(ContentKeySettings):
     # few statements, not a few per event.
     ledger_batch: int = Field(default=512, ge=1)
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
-    # light load is committed in bursts: stats become visible up to that much later. Each
-    # commit costs PostgreSQL far more than the rows it writes (bench/README.md, *The ledger's
-    # linger*: 50 ms -> 250 ms took PostgreSQL's CPU per chat from 0.35-0.57 ms to 0.11-0.18 under
-    # the peer benchmark's load), so it is a quarter of a second, not a twentieth.
+    # light load is committed in bursts: stats become visible up to that much later. Long enough
+    # for a chat's three events to share a batch under load, so its rows are inserted in their
+    # final state rather than inserted, then updated by the next batch (bench/README.md, *The
+    # ledger's linger*: at 50 ms a third of the requests were updated after their insert).
     ledger_linger_s: float = Field(default=0.25, ge=0)
     # About 40 s of back-off (0.2 s doubling, capped at 10 s) for a late predecessor
     # event before the message is dead-lettered.
