@@ -6,9 +6,9 @@
 The KoproGo side of `bench/peer_proxy.py` alone (no LiteLLM): `bench/instant_openai.py` as the
 backend, the real stack (`Stack`) with one `openai_compatible` deployment on it, `wrk` with
 `bench/peer_proxy.lua`. With `--baseline` (a git revision, e.g. `HEAD~1`), a second stack runs
-beside the first, its cloud worker importing `koprogo_cloud` from that revision's
-`services/inference-cloud/src` (extracted with `git archive`, put first on `PYTHONPATH`; every
-other package is this tree's), and wrk drives the two in turn, the order rotating between
+beside the first, its services importing every package of the product from that revision
+(`libs/*/src`, `services/*/src`, `cli/src` extracted with `git archive` and put first on
+`PYTHONPATH`; the stack's launcher in this process is this tree's), and wrk drives the two in turn, the order rotating between
 rounds: both measured in the same conditions. With `--nats-sync both`, a second stack runs the
 same way beside this tree's, its nats-server without `sync_interval: always` (nats-server's
 default: a write is acknowledged before it reaches the disk, which is fsynced every two minutes):
@@ -50,18 +50,28 @@ from koprogo_cli import embedded_nats
 from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
-CLOUD_SRC = "services/inference-cloud/src"
+# Every package a service imports (the product's `src` folders), as the baseline's are extracted.
+PACKAGE_SRCS = (
+    "libs/koprogo-shared/src",
+    "services/gateway/src",
+    "services/router/src",
+    "services/inference-edge/src",
+    "services/inference-cloud/src",
+    "services/ledger/src",
+    "services/grid-scheduler/src",
+    "cli/src",
+)
 SYNC_ALWAYS = "  sync_interval: always\n"
 
 
 def start_stack(
-    data_dir: Path, name: str, cloud_src: Path | None, *, sync_always: bool = True
+    data_dir: Path, name: str, sources: list[Path] | None, *, sync_always: bool = True
 ) -> tuple[Stack, Target]:
-    """A stack whose cloud worker imports `koprogo_cloud` from `cloud_src` (None: the installed one),
-    its nats-server fsyncing every write or, `sync_always=False`, with nats-server's default."""
+    """A stack whose services import the product's packages from `sources` (None: the installed
+    ones), its nats-server fsyncing every write or, `sync_always=False`, with nats-server's default."""
     saved = os.environ.get("PYTHONPATH")
-    if cloud_src is not None:
-        os.environ["PYTHONPATH"] = str(cloud_src)
+    if sources is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join(str(s) for s in sources)
     config = embedded_nats.NATS_CONFIG
     if not sync_always:
         # The benchmark's own change, for this stack's start only: the shipped configuration
@@ -101,7 +111,7 @@ def main() -> int:
     parser.add_argument("--cloud-concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
-        "--baseline", default=None, help="a git revision whose cloud worker runs beside this tree's"
+        "--baseline", default=None, help="a git revision whose services run beside this tree's"
     )
     parser.add_argument(
         "--nats-sync",
@@ -123,8 +133,8 @@ def main() -> int:
         use_stack_environ(work, backend_base, args.cloud_concurrency)
         targets: list[Target] = []
         if args.baseline is not None:
-            cloud_src = baseline_source(args.baseline, CLOUD_SRC, work)
-            stack, target = start_stack(work / "baseline", f"baseline ({args.baseline})", cloud_src)
+            sources = [baseline_source(args.baseline, src, work) for src in PACKAGE_SRCS]
+            stack, target = start_stack(work / "baseline", f"baseline ({args.baseline})", sources)
             stacks.append(stack)
             targets.append(target)
         stack, target = start_stack(work / "this tree", "this tree", None)

@@ -33,9 +33,9 @@ from koprogo_gateway.domain.idempotency import (
 from koprogo_gateway.service_layer.chat import ChatAnswer, ChatService
 from koprogo_shared.events import (
     ChatCompleted,
-    ChatDelivered,
     ChatFailed,
     ChatRequested,
+    ChatsDelivered,
     Event,
     ExecutionInfo,
     Usage,
@@ -169,7 +169,7 @@ async def test_a_kept_stream_cancelled_by_its_user_stops_the_worker_and_its_retr
         "chat_cancelled",
     )
     assert failed.caller_verdict  # the ledger keeps the tokens spent as a late answer, not an answer
-    assert bus.events(ChatDelivered) == []
+    assert bus.events(ChatsDelivered) == []
     assert len(bus.events(ChatRequested)) == 1  # nothing ran again
 
 
@@ -187,7 +187,7 @@ async def test_a_cancel_while_the_stream_is_still_read_ends_it_with_chat_cancell
 
     assert (ended.value.status, ended.value.error) == (409, "chat_cancelled")
     assert not any(isinstance(p, ChatAnswer) for p in pieces)
-    assert bus.events(ChatDelivered) == []
+    assert bus.events(ChatsDelivered) == []
     assert [f.error for f in bus.events(ChatFailed)] == ["chat_cancelled"]
 
 
@@ -204,7 +204,7 @@ async def test_an_unstreamed_keyed_caller_still_waiting_gets_409_when_its_chat_i
         await asyncio.wait_for(waiting, timeout=2)
     assert refused.value.error == "chat_cancelled"
     assert await bus.finished(request.id) < bus.pieces // 2
-    assert bus.events(ChatDelivered) == []
+    assert bus.events(ChatsDelivered) == []
 
 
 async def test_a_cancel_sent_while_the_chat_was_queued_reaches_the_node_once_it_starts() -> None:
@@ -258,7 +258,7 @@ async def test_a_cancel_made_on_another_gateway_is_passed_on_by_the_gateway_keep
     assert other_bus.cancelled == [request_id]
     assert request_id in bus.cancelled and spent < bus.pieces // 2
     assert [f.error for f in other_bus.events(ChatFailed)] == ["chat_cancelled"]
-    assert bus.events(ChatDelivered) == []
+    assert bus.events(ChatsDelivered) == []
 
 
 async def test_a_chat_already_answered_is_left_as_it_is() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,10 @@ from koprogo_gateway.service_layer.rate_limits import RateLimiter
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
-    ChatDelivered,
     ChatDelta,
     ChatFailed,
     ChatRequested,
+    ChatsDelivered,
     Event,
     ExecutionInfo,
     InferenceStarted,
@@ -381,19 +382,61 @@ async def test_the_delivery_record_carries_the_latency_the_caller_saw(streamed: 
 
     assert isinstance(answer, ChatAnswer)
     [request] = bus.events(ChatRequested)
-    [delivered] = bus.events(ChatDelivered)
+    [record] = bus.events(ChatsDelivered)
+    [delivered] = record.each()
     assert delivered.request_id == request.id
     assert delivered.latency_ms == answer.latency_ms
     assert answer.latency_ms >= 50.0  # the worker's pause, not its own 1 ms
     assert answer.response().execution_info.latency_ms == round(answer.latency_ms, 3)
-    assert (subject_of(bus, delivered), delivered.copro_id) == (subjects.chat_delivered(COPRO), COPRO)
+    assert (subject_of(bus, record), record.copro_id) == (subjects.chat_delivered(COPRO), COPRO)
+
+
+class SlowDeliveryRecords(FakeChatBus):
+    """Stores a delivery record in 50 ms (nats-server's fsync under load), noting when each was stored."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stored_at: list[float] = []
+
+    async def publish(self, subject: str, event: Event) -> None:
+        if isinstance(event, ChatsDelivered):
+            await asyncio.sleep(0.05)
+            self.stored_at.append(asyncio.get_running_loop().time())
+        await super().publish(subject, event)
+
+
+async def test_answers_finishing_while_a_delivery_record_is_stored_share_the_next_record() -> None:
+    bus = SlowDeliveryRecords(lambda r: replies(completed(r, "Bonjour")))
+    chats = service(bus)
+    loop = asyncio.get_running_loop()
+
+    async def answered_at() -> tuple[ChatAnswer, float]:
+        answer = await chats.answer(RESIDENT, body())
+        return answer, loop.time()
+
+    first = asyncio.create_task(answered_at())
+    await asyncio.sleep(0.02)  # its record is on its way; the next four finish meanwhile
+    results = await asyncio.gather(first, *(answered_at() for _ in range(4)))
+    await chats.settle()
+    records = bus.events(ChatsDelivered)
+    assert [len(r.deliveries) for r in records] == [1, 4]
+    delivered = {d.request_id: d for r in records for d in r.each()}
+    assert sorted(delivered) == sorted(r.id for r in bus.events(ChatRequested))
+    for answer, at in results:
+        (record_at,) = [
+            t
+            for r, t in zip(records, bus.stored_at, strict=True)
+            if answer.completion.request_id in {d.request_id for d in r.each()}
+        ]
+        assert at >= record_at, "no caller holds an answer before its delivery is stored"
+        assert delivered[answer.completion.request_id].latency_ms == answer.latency_ms
 
 
 class DeliveriesRefused(FakeChatBus):
     """A bus that stores everything but the delivery records (NATS gone at that moment)."""
 
     async def publish(self, subject: str, event: Event) -> None:
-        if isinstance(event, ChatDelivered):
+        if isinstance(event, ChatsDelivered):
             raise BusUnavailableError("the bus is down")
         await super().publish(subject, event)
 
@@ -414,7 +457,7 @@ async def test_an_answer_whose_delivery_cannot_be_recorded_is_a_503_not_an_uncou
             await chats.answer(RESIDENT, body())
     await chats.settle()
     assert refused.value.status == 503
-    assert bus.events(ChatDelivered) == []
+    assert bus.events(ChatsDelivered) == []
 
 
 @pytest.mark.parametrize("streamed", [False, True])

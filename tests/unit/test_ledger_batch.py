@@ -18,7 +18,15 @@ from koprogo_ledger.service_layer.chat_batch import plan_batch, request_keys
 from koprogo_ledger.service_layer.projection import Projected, project_batch
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ACK, DeadLetter, Defer, Retry
-from koprogo_shared.events import ChatDelivered, ChatFailed, Event, UserDataErasureRequested
+from koprogo_shared.events import (
+    ChatDelivered,
+    ChatFailed,
+    ChatsDelivered,
+    Delivery,
+    Event,
+    UserDataErasureRequested,
+    derived_event_id,
+)
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
 from tests.unit.test_ledger_records import T0, completed, requested
 
@@ -217,6 +225,55 @@ async def test_a_sourced_message_of_a_kind_no_building_makes_is_dead_lettered_be
     assert ledger.requests[uuid.UUID(request.id)]["status"] == "failed"
     # The handler reads the header and leaves it (consumer.dead_letter renames it in the letter).
     assert all(m.headers == sourced for m in msgs)
+
+
+def _grouped(*deliveries: tuple[str, float]) -> ChatsDelivered:
+    return ChatsDelivered(
+        source="tests",
+        deliveries=[Delivery(request_id=uuid.UUID(r), latency_ms=ms) for r, ms in deliveries],
+    )
+
+
+async def test_a_grouped_delivery_record_sets_each_of_its_deliveries(ledger: FakeLedger) -> None:
+    first, second = requested(), requested()
+    before = [fake_msg(e) for e in (first, second, completed(first.id), completed(second.id))]
+    handle = event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event())
+    assert await handle(before) == [ACK] * 4
+    record = _grouped((first.id, 900.0), (second.id, 35.5))
+    subject = subjects.chat_delivered(None)
+    assert await handle([fake_msg(record, subject)]) == [ACK]
+    latencies = sorted(r["latency"] for r in ledger.responses.values())
+    assert latencies == [35.5, 900.0]
+    # Each delivery has the id a ChatDelivered of its request has: the old record applies once.
+    assert {d.id for d in record.each()} <= ledger.applied
+    old_style = ChatDelivered(
+        id=derived_event_id(first.id, "delivered"), source="tests", request_id=first.id, latency_ms=1.0
+    )
+    assert await handle([fake_msg(record, subject), fake_msg(old_style, subject)]) == [ACK, ACK]
+    assert sorted(r["latency"] for r in ledger.responses.values()) == [35.5, 900.0]
+
+
+async def test_a_grouped_record_is_retried_whole_while_one_delivery_waits_for_its_answer(
+    ledger: FakeLedger,
+) -> None:
+    answered, pending = requested(), requested()
+    handle = event_batch_handler(lambda: FakeUnitOfWork(ledger), asyncio.Event())
+    await handle([fake_msg(e) for e in (answered, pending, completed(answered.id))])
+    record = fake_msg(_grouped((answered.id, 10.0), (pending.id, 20.0)), subjects.chat_delivered(None))
+    (decision,) = await handle([record])
+    assert isinstance(decision, Retry) and "NotYetProjected" in decision.reason
+    assert [r["latency"] for r in ledger.responses.values()] == [10.0], "the other delivery is kept"
+    await handle([fake_msg(completed(pending.id))])
+    assert await handle([record]) == [ACK]
+    assert sorted(r["latency"] for r in ledger.responses.values()) == [10.0, 20.0]
+
+
+def test_a_grouped_record_with_a_request_id_that_is_no_uuid_is_refused() -> None:
+    bad = {"source": "tests", "deliveries": [{"request_id": "r-1", "latency_ms": 1.0}]}
+    with pytest.raises(ValueError, match="uuid"):
+        ChatsDelivered.model_validate(bad)
+    with pytest.raises(ValueError, match="at least 1"):
+        ChatsDelivered(source="tests", deliveries=[])
 
 
 # The set-based path (`chat_batch`) against the per-event one, on the same fake ledger state.

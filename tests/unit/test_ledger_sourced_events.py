@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from koprogo_ledger.domain.sourced_events import refused_sourced_body, refused_sourced_kind
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
+from koprogo_shared.events import ChatDelivered, ChatsDelivered, Delivery, UserDataErasureRequested
 
 # The header as JetStream writes it on a sourced message (stream, sequence, filter, transform).
 SOURCED = "KOPROGO_EVENTS:building-copro-a 42 > >"
@@ -84,3 +86,17 @@ def test_a_sourced_body_of_another_copro_or_through_another_buildings_inbox_is_r
     other_inbox = "KOPROGO_BUILDING_copro-b 7 > >"
     reason = refused_sourced_body(subjects.chat_delivered("copro-a"), other_inbox, _delivered())
     assert reason is not None and "another building's inbox" in reason
+
+
+def test_a_sourced_grouped_delivery_record_is_believed_on_its_copros_subject_only() -> None:
+    record = ChatsDelivered(
+        source="building",
+        copro_id="copro-a",
+        deliveries=[Delivery(request_id=uuid.uuid4(), latency_ms=3.0)],
+    )
+    assert refused_sourced_body(subjects.chat_delivered("copro-a"), INBOX_SOURCED, record) is None
+    reason = refused_sourced_body(subjects.chat_completed("copro-a"), INBOX_SOURCED, record)
+    assert reason is not None and "ChatsDelivered" in reason
+    other = record.model_copy(update={"copro_id": "copro-b"})
+    reason = refused_sourced_body(subjects.chat_delivered("copro-a"), INBOX_SOURCED, other)
+    assert reason is not None and "another copro" in reason

@@ -212,7 +212,7 @@ async def test_a_writer_cancelled_before_its_first_step_does_not_hang_its_key() 
     gateway = limiter(FakeCounterStore())
     first = asyncio.ensure_future(gateway.admit([(COPRO, "a")]))
     await asyncio.sleep(0)  # the request waits in the key's queue; its writer has not run yet
-    for writer in list(gateway._writers):
+    for writer in list(gateway._groups._writers):
         writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(first, timeout=1)

@@ -29,6 +29,7 @@ from koprogo_shared.events import (
     ChatDelta,
     ChatFailed,
     ChatRequested,
+    ChatsDelivered,
     CloudDeploymentStatus,
     Event,
     InferenceAttemptFailed,
@@ -124,8 +125,10 @@ CHANNELS: tuple[Channel, ...] = (
             "the ledger dead-letters a completion naming another node."),
     Channel("nodeChatFailed", "koprogo.events.chat.failed.{copro_id}.node.{node_id}", (ChatFailed,), ("edge",), ("ledger",),
             "An edge node holding a key could not answer a chat (only its key may publish on its `node_id`)."),
-    Channel("chatDelivered", subjects.chat_delivered, (ChatDelivered,), ("gateway",), ("ledger",),
-            "The gateway handed the answer to the caller."),
+    Channel("chatDelivered", subjects.chat_delivered, (ChatsDelivered, ChatDelivered), ("gateway",), ("ledger",),
+            "The gateway handed answers to their callers: one ChatsDelivered lists the deliveries of a "
+            "copro that finished while the previous one was being stored (the ledger reads each as a "
+            "ChatDelivered, of which gateways before issue 17 stored one per answer)."),
     Channel("userErasureRequested", subjects.user_erasure_requested, (UserDataErasureRequested,),
             ("gateway",), ("ledger",), "A user's stored contents must be erased (GDPR)."),
     Channel("inferenceAttemptFailed", subjects.inference_attempt_failed, (InferenceAttemptFailed,),

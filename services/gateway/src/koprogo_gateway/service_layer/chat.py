@@ -6,7 +6,8 @@ the copro the chat is for (the one it names, or the token's only one: `chat_copr
 and rate limits (`ChatAdmission`), publishing `ChatRequested`,
 waiting for the outcome (504 after `timeout_s`; 503 `node_lost` when the node running it dies
 and no other serves the model; both recorded as `ChatFailed`), the stream's pieces in order,
-the metrics, and, off the hot path, the delivery record (`ChatDelivered`: the latency the
+the metrics, and the delivery record (`ChatsDelivered`, stored before the caller gets the
+answer, shared by the deliveries that finish together: `delivery_records.py`; the latency the
 caller saw). Whenever the wait ends without an outcome (timeout, node lost, the caller left:
 the calling task cancelled or the stream closed), the worker is told to stop generating.
 
@@ -60,17 +61,16 @@ from koprogo_gateway.service_layer.chat_answers import (
 from koprogo_gateway.service_layer.chat_cancel import cancel_chat
 from koprogo_gateway.service_layer.chat_keyed import answer_keyed, keep, stream_keyed
 from koprogo_gateway.service_layer.chat_metrics import CHATS, LATENCY, not_answered, unanswered_counted
+from koprogo_gateway.service_layer.delivery_records import DeliveryRecords
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
-    ChatDelivered,
     ChatDelta,
     ChatFailed,
     ChatRequested,
     chat_failed_id,
-    derived_event_id,
     utc_now,
 )
 from koprogo_shared.node_registry import NodeRegistry
@@ -95,6 +95,10 @@ class ChatService:
     _keepers: set[asyncio.Task[StoredOutcome]] = field(default_factory=set)
     # The requests this gateway waits for the replies of.
     _waiting: set[str] = field(default_factory=set)
+    _delivery_records: DeliveryRecords = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._delivery_records = DeliveryRecords(self.bus, SOURCE)
 
     async def answer(
         self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
@@ -319,11 +323,12 @@ class ChatService:
         """Record the delivery, durably, before the caller gets the answer; count it.
 
         The ledger counts an answer once a gateway delivered it (one stored without its
-        ChatDelivered is settled as undelivered at its deadline): when the record cannot be
+        delivery record is settled as undelivered at its deadline): when the record cannot be
         stored, the caller gets that error (503 bus_unavailable), not an answer left uncounted.
+        Deliveries finishing together share a record (`delivery_records.py`).
         """
         try:
-            await self._record_delivery(completion, latency_ms)
+            await self._delivery_records.record(completion, latency_ms)
         except GatewayError as exc:
             not_answered(exc, headers)
             raise
@@ -411,19 +416,6 @@ class ChatService:
                 message=message,
                 # The caller gets this error: an answer stored before or after it was not delivered.
                 caller_verdict=True,
-            ),
-        )
-
-    async def _record_delivery(self, completion: ChatCompleted, latency_ms: float) -> None:
-        """Tell the ledger the caller gets this answer, and the latency it saw (raises GatewayError)."""
-        await self.bus.publish(
-            subjects.chat_delivered(completion.copro_id),
-            ChatDelivered(
-                id=derived_event_id(completion.request_id, "delivered"),
-                source=SOURCE,
-                copro_id=completion.copro_id,
-                request_id=completion.request_id,
-                latency_ms=latency_ms,
             ),
         )
 

@@ -16,6 +16,12 @@ LATENCY = Histogram(
     "End-to-end chat latency",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
+# How many deliveries each stored delivery record lists (`delivery_records.py`): 1 when quiet.
+DELIVERIES_PER_RECORD = Histogram(
+    "koprogo_gateway_deliveries_per_record",
+    "Deliveries listed by each stored delivery record (ChatsDelivered)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 500),
+)
 
 
 def not_answered(exc: GatewayError, headers: dict[str, str]) -> None:

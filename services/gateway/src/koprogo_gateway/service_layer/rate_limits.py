@@ -7,8 +7,8 @@ stores a write only if the key is still at the revision the writer read, so two 
 never pass its limit. A writer that lost reads again and retries. Reading `n >= limit`
 refuses the request without writing anything.
 
-Within one gateway, the requests for one key are counted by one writer at a time, in groups:
-while a write is on its way to the store, the requests that arrive for the same key wait, and
+Within one gateway, the requests for one key are counted by one writer at a time, in groups
+(`grouped_writes.py`): while a write is on its way to the store, the requests that arrive for the same key wait, and
 the next write counts them all at once (`n + k`, or only as many as the limit leaves room for;
 the others are refused on the count just written). Compare-and-set conflicts then only happen
 between gateways (or with this gateway's own give-backs), the revision this gateway wrote last
@@ -27,7 +27,6 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 from prometheus_client import Counter as PromCounter
 
@@ -47,6 +46,7 @@ from koprogo_gateway.domain.rate_limit import (
     seconds_until_reset,
     window_at,
 )
+from koprogo_gateway.service_layer.grouped_writes import GroupedWrites
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ DECISIONS = PromCounter("koprogo_gateway_rate_limit_total", "Rate-limit decision
 
 # Subjects with the policy they are counted against, narrowest first (user, then copro).
 Claims = Sequence[tuple[RateLimitPolicy, str]]
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A request waiting for its key's next write: (admitted, count in the window including it)."""
-
-    limit: int
-    outcome: asyncio.Future[tuple[bool, int]]
 
 
 class _Contended(Exception):
@@ -84,12 +76,14 @@ class RateLimiter:
     # so that requests queued behind one key do not each wait for their own timeout.
     store_retry_s: float = 1.0
     _store_down_until: float = 0.0
-    # Per key being written: the requests waiting for the next write (see the module's doc).
-    _queues: dict[str, list[_Waiting]] = field(default_factory=dict)
-    _writers: set[asyncio.Task[None]] = field(default_factory=set)
+    # Per key, the requests waiting for the next write (see the module's doc): each is its limit.
+    _groups: GroupedWrites[str, int, tuple[bool, int]] = field(init=False)
     # The counter this gateway last read or wrote per key: a guess for the next write,
     # never a reason to refuse (a refusal always rests on a fresh read).
     _last_seen: dict[str, Counter] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._groups = GroupedWrites(self._count_group, name="rate-limit")
 
     async def admit(self, claims: Claims) -> RateLimitDecision:
         """Count one request against every claim; admitted only if each policy had room.
@@ -118,7 +112,7 @@ class RateLimiter:
             await self._give_back(counted)
             raise
         except CounterStoreUnavailableError as exc:
-            # The back-off is armed already, by the key's writer (`_write_turns`).
+            # The back-off is armed already, by the key's write (`_count_group`).
             await self._give_back(counted)
             if self.fail_open:
                 DECISIONS.labels(outcome="store_unavailable_let_through").inc()
@@ -132,20 +126,9 @@ class RateLimiter:
         return RateLimitDecision(admitted=True, usages=tuple(usages))
 
     async def _take(self, key: str, limit: int) -> tuple[bool, int]:
-        """Increment `key` if it is below `limit`: (admitted, count in the window).
-
-        Joins the key's next write; the key's writer task is started when none runs.
-        """
-        waiting = _Waiting(limit, asyncio.get_running_loop().create_future())
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = []
-            writer = asyncio.create_task(self._write_turns(key, queue), name=f"rate-limit {key}")
-            self._writers.add(writer)
-            writer.add_done_callback(partial(self._writer_done, key, queue))
-        queue.append(waiting)
+        """Increment `key` if it is below `limit`: (admitted, count in the window); joins the key's next write."""
         try:
-            return await waiting.outcome
+            return await self._groups.submit(key, limit)
         except _Contended:
             DECISIONS.labels(outcome="contention").inc()
             raise RateLimitUnavailableError(
@@ -153,49 +136,19 @@ class RateLimiter:
                 headers={"Retry-After": "1"},
             ) from None
 
-    async def _write_turns(self, key: str, queue: list[_Waiting]) -> None:
-        """Count the key's waiting requests, a group per write, until none waits."""
-        batch: list[_Waiting] = []
+    async def _count_group(self, key: str, limits: list[int]) -> list[tuple[bool, int]]:
+        """Count a group of requests for `key` in one write (every request of a key has its limit)."""
         try:
-            while queue:
-                # A request whose caller left before its turn is not counted.
-                batch = [w for w in queue if not w.outcome.done()]
-                queue.clear()
-                if not batch:
-                    continue
-                try:
-                    counts = await self._count(key, batch[0].limit, len(batch))
-                except Exception as exc:  # the store's failure (or any other) is each waiter's own
-                    if isinstance(exc, CounterStoreUnavailableError) and not isinstance(
-                        exc, _StoreBackingOff
-                    ):
-                        # Armed before the next turn: the requests that arrived during this write
-                        # are refused at once instead of each waiting for the store's timeout.
-                        # Only a failure of the store itself arms it: a refusal decided during the
-                        # back-off must not extend it, or steady traffic keeps the store unasked.
-                        self._store_down_until = max(
-                            self._store_down_until, self.clock() + self.store_retry_s
-                        )
-                    for waiting in batch:
-                        if not waiting.outcome.done():
-                            waiting.outcome.set_exception(exc)
-                    continue
-                for waiting, result in zip(batch, counts, strict=True):
-                    if not waiting.outcome.done():  # the caller left during the write: counted all the same
-                        waiting.outcome.set_result(result)
-        finally:
-            del self._queues[key]
-            for waiting in [*batch, *queue]:  # only when the writer itself was cancelled
-                waiting.outcome.cancel()
-
-    def _writer_done(self, key: str, queue: list[_Waiting], writer: asyncio.Task[None]) -> None:
-        self._writers.discard(writer)
-        # A writer cancelled before its first step never ran its `finally`: its waiters too are
-        # cancelled, and the key's next request starts a writer of its own.
-        if self._queues.get(key) is queue:
-            del self._queues[key]
-            for waiting in queue:
-                waiting.outcome.cancel()
+            return await self._count(key, limits[0], len(limits))
+        except _StoreBackingOff:
+            raise
+        except CounterStoreUnavailableError:
+            # Armed before the next turn: the requests that arrived during this write are refused
+            # at once instead of each waiting for the store's timeout. Only a failure of the store
+            # itself arms it: a refusal decided during the back-off must not extend it, or steady
+            # traffic keeps the store unasked.
+            self._store_down_until = max(self._store_down_until, self.clock() + self.store_retry_s)
+            raise
 
     async def _count(self, key: str, limit: int, wanted: int) -> list[tuple[bool, int]]:
         """Add up to `wanted` to `key`, never past `limit`, in one compare-and-set: each request's

@@ -13,20 +13,22 @@ from koprogo_shared.events import (
     ChatDelivered,
     ChatFailed,
     ChatRequested,
+    ChatsDelivered,
     Event,
     InferenceAttemptFailed,
 )
 from koprogo_shared.leaf_site import BUILDING_EVENT_KINDS, BUILDING_INBOX_PREFIX, is_building_event
 from koprogo_shared.subjects import subject_token
 
-# The body each building kind must carry: a sourced message's subject was checked by no
+# The bodies each building kind may carry: a sourced message's subject was checked by no
 # permission of the hub's, so its body must agree with it before anything is believed.
-_BODY_OF_KIND: dict[str, type[Event]] = {
-    "chat.requested": ChatRequested,
-    "chat.completed": ChatCompleted,
-    "chat.failed": ChatFailed,
-    "chat.delivered": ChatDelivered,
-    "inference.attempt_failed": InferenceAttemptFailed,
+_BODY_OF_KIND: dict[str, tuple[type[Event], ...]] = {
+    "chat.requested": (ChatRequested,),
+    "chat.completed": (ChatCompleted,),
+    "chat.failed": (ChatFailed,),
+    # Grouped since issue 17; a building's gateway of an older release stores one per delivery.
+    "chat.delivered": (ChatsDelivered, ChatDelivered),
+    "inference.attempt_failed": (InferenceAttemptFailed,),
 }
 assert set(_BODY_OF_KIND) == set(BUILDING_EVENT_KINDS)
 

@@ -39,8 +39,10 @@ from koprogo_ledger.service_layer.projection import DEFAULT_RULES, LedgerEvent, 
 from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared.consumer import (
     ACK,
+    Ack,
     BatchHandler,
     ConsumerSpec,
+    DeadLetter,
     Decision,
     Defer,
     PoisonMessageError,
@@ -52,6 +54,7 @@ from koprogo_shared.events import (
     ChatDelivered,
     ChatFailed,
     ChatRequested,
+    ChatsDelivered,
     InferenceAttemptFailed,
     UserDataErasureRequested,
 )
@@ -64,13 +67,15 @@ from koprogo_shared.telemetry import trace_id_of
 log = logging.getLogger(__name__)
 
 # Every event the ledger projects: the chat's (`events.ledger_event_adapter`) and the grid's
-# (`task_events.task_event_adapter`), told apart by `type`.
-ledger_events: TypeAdapter[LedgerEvent] = TypeAdapter(
+# (`task_events.task_event_adapter`), told apart by `type`; a `ChatsDelivered` is projected as
+# the `ChatDelivered`s it lists.
+ledger_events: TypeAdapter[LedgerEvent | ChatsDelivered] = TypeAdapter(
     Annotated[
         ChatRequested
         | ChatCompleted
         | ChatFailed
         | ChatDelivered
+        | ChatsDelivered
         | UserDataErasureRequested
         | InferenceAttemptFailed
         | AnyTaskEvent,
@@ -159,6 +164,11 @@ def event_batch_handler(
                 log.warning("event %s refused: %s", event.id, forged)
                 decisions[i] = failure_decision(PoisonMessageError(f"event {event.id}: {forged}"))
                 continue
+            if isinstance(event, ChatsDelivered):
+                # One message, several deliveries: each is projected as its own ChatDelivered,
+                # and the message gets the worst of their decisions (`_worst`).
+                decoded.extend((i, delivered) for delivered in event.each())
+                continue
             decoded.append((i, event))
             if isinstance(event, ChatRequested | TaskSubmitted) and (trace_id := trace_id_of(msg.headers)):
                 trace_ids[event.id] = trace_id
@@ -186,15 +196,19 @@ def event_batch_handler(
             return decisions
         BATCH_SECONDS.observe(time.perf_counter() - started)
         BATCH_EVENTS.observe(len(events))
+        decided: dict[int, Decision] = {}
         for (i, event), outcome in zip(decoded, outcomes, strict=True):
-            decisions[i] = _decision(event, outcome)
+            decision = _decision(event, outcome)
             if isinstance(outcome, NotYetProjectedError) and awaits_other_site(
                 _age_s(msgs[i]), origin_wait_s
             ):
-                decisions[i] = Defer(repr(outcome))
+                decision = Defer(repr(outcome))
             if scrubber is not None and isinstance(event, UserDataErasureRequested):
                 if outcome in (Projected.APPLIED, Projected.DUPLICATE):
-                    decisions[i] = await _scrubbed(scrubber, event, msgs[i], decisions[i])
+                    decision = await _scrubbed(scrubber, event, msgs[i], decision)
+            decided[i] = decision if i not in decided else _worst(decided[i], decision)
+        for i, decision in decided.items():
+            decisions[i] = decision
         return decisions
 
     return handle
@@ -228,6 +242,16 @@ async def _scrubbed(
         log.warning("erasure %s: the audit log could not be scrubbed yet: %r", event.id, exc)
         return Retry(repr(exc))
     return decided
+
+
+# A message holding several events (`ChatsDelivered`) is settled by the decision of its worst
+# event: the one that would be dead-lettered soonest. Applying the others again when the
+# message comes back is a no-op (each has its event id).
+_SEVERITY: dict[type, int] = {Ack: 0, Defer: 1, Retry: 2, DeadLetter: 3}
+
+
+def _worst(a: Decision, b: Decision) -> Decision:
+    return b if _SEVERITY[type(b)] > _SEVERITY[type(a)] else a
 
 
 def _decision(event: LedgerEvent, outcome: Projected | Exception) -> Decision:
