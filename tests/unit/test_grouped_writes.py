@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -92,3 +93,21 @@ async def test_a_writer_cancelled_before_its_first_step_does_not_hang_its_key() 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(first, timeout=1)
     assert await asyncio.wait_for(writes.submit("a", 2), timeout=1) == 20
+
+
+async def test_a_write_runs_in_a_context_of_its_own_not_its_first_callers() -> None:
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+    seen: list[str] = []
+
+    async def write(key: str, items: list[int]) -> list[int]:
+        seen.append(caller.get())
+        return items
+
+    writes = GroupedWrites(write)
+
+    async def submit_as(name: str) -> int:
+        caller.set(name)
+        return await writes.submit("a", 1)
+
+    await asyncio.gather(submit_as("first"), submit_as("second"))
+    assert seen == ["none"]

@@ -29,6 +29,7 @@ from koprogo_gateway.entrypoints.http.app import create_app
 from koprogo_gateway.entrypoints.http.json_body import JsonBodyContentType
 from koprogo_gateway.entrypoints.http.route_templates import RouteTemplates
 from koprogo_gateway.entrypoints.http.tracing import HttpTracing
+from koprogo_gateway.service_layer.delivery_records import DeliveryRecords
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
@@ -38,7 +39,7 @@ from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.publishing import publish_event
 from tests.conftest import wait_until
 from tests.unit.test_ledger_projection import FakeLedger, FakeUnitOfWork
-from tests.unit.test_ledger_records import requested
+from tests.unit.test_ledger_records import completed, requested
 from tests.unit.test_task_records import submitted
 
 SPEC = ConsumerSpec(
@@ -402,3 +403,44 @@ async def test_a_chats_cancel_carries_its_trace_as_every_other_publish() -> None
     [(subject, payload, headers)] = published
     assert subject == subjects.chat_cancel("r-1") and payload == b""
     assert headers is not None and headers["traceparent"] == theirs
+
+
+async def test_a_record_for_one_chat_is_in_its_trace_and_one_for_several_links_to_each(
+    traced: InMemorySpanExporter,
+) -> None:
+    # The grouped delivery records (`delivery_records.py`), published by a writer task of its own.
+    published: list[dict[str, str]] = []
+
+    class Bus:
+        async def publish(self, subject: str, event: Any) -> None:
+            headers: dict[str, str] = {}
+            with telemetry.producer_span(subject, headers):
+                await asyncio.sleep(0.02)  # stored in 20 ms: the next deliveries queue meanwhile
+                published.append(headers)
+
+    records = DeliveryRecords(Bus(), "tests")  # type: ignore[arg-type]
+
+    async def chat(name: str) -> None:
+        with telemetry.internal_span(name):
+            await records.record(completed(str(uuid.uuid4())), 5.0)
+
+    await chat("alone")
+    # Three chats finishing together: the first's record is on its way when the others come.
+    first = asyncio.create_task(chat("first"))
+    await asyncio.sleep(0.005)
+    await asyncio.gather(first, chat("second"), chat("third"))
+    spans = {s.name: s for s in traced.get_finished_spans()}
+    producers = [s for s in traced.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert [len(s.links) for s in producers] == [0, 0, 2]
+    alone, first = producers[0], producers[1]
+    assert alone.parent is not None and alone.parent.span_id == spans["alone"].context.span_id
+    assert first.parent is not None and first.parent.span_id == spans["first"].context.span_id
+    grouped = producers[2]
+    assert grouped.parent is None and grouped.context.trace_id not in {
+        spans[n].context.trace_id for n in ("first", "second", "third")
+    }
+    assert {link.context.span_id for link in grouped.links} == {
+        spans["second"].context.span_id,
+        spans["third"].context.span_id,
+    }
+    assert published[2]["traceparent"].split("-")[1] == format_trace_id(grouped.context.trace_id)

@@ -80,10 +80,17 @@ async def publish_event(
 
 
 async def _publish(
-    js: JetStreamContext, subject: str, event: Event, timeout: float, retry_for_s: float = PUBLISH_RETRY_S
+    js: JetStreamContext,
+    subject: str,
+    event: Event,
+    timeout: float,
+    retry_for_s: float = PUBLISH_RETRY_S,
+    payload: bytes | None = None,
 ) -> tuple[Any, int]:
-    """`publish_event`'s work: the stream's ack, and the attempt that got it (1: the first)."""
-    payload = event.model_dump_json().encode()
+    """`publish_event`'s work: the stream's ack, and the attempt that got it (1: the first).
+    `payload`: the event's JSON when the caller has it already."""
+    if payload is None:
+        payload = event.model_dump_json().encode()
     headers = event_headers(event)
     # One PRODUCER span for every attempt: the retries carry the same trace context.
     with producer_span(subject, headers) as span:
@@ -167,7 +174,8 @@ async def deliver_chat_outcome(
             if node_id is None
             else subjects.node_chat_failed(outcome.copro_id, node_id)
         )
-    ack, attempt = await _publish(js, subject, outcome, 2.0)
+    payload = outcome.model_dump_json().encode()  # stored, then sent as it was stored
+    ack, attempt = await _publish(js, subject, outcome, 2.0, payload=payload)
     if getattr(ack, "duplicate", False) and attempt == 1:
         # Stored before this run published anything: another run of the same item (a
         # redelivery after NATS restarted) stored its own outcome under this id. Ours is not
@@ -179,7 +187,7 @@ async def deliver_chat_outcome(
             outcome.request_id,
         )
         return
-    await publish_reply(nc, reply_subject, outcome.model_dump_json().encode())
+    await publish_reply(nc, reply_subject, payload)
 
 
 async def publish_reply(nc: NATS, subject: str, payload: bytes, *, traced: bool = True) -> None:

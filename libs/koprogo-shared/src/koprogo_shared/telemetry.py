@@ -25,12 +25,13 @@ import atexit
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer, format_trace_id
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Tracer, format_trace_id
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -161,9 +162,49 @@ def producer_span(subject: str, headers: MutableMapping[str, str]) -> Iterator[S
         f"publish {subject_family(subject)}",
         kind=SpanKind.PRODUCER,
         attributes=_messaging_attributes(subject, "send"),
+        links=_producer_links.get(),
     ) as span:
         inject_trace_headers(headers)
         yield span
+
+
+# The callers' spans a PRODUCER span started here links to (`in_traces_of`, several callers).
+_producer_links: ContextVar[tuple[Link, ...]] = ContextVar("koprogo_producer_links", default=())
+
+
+def current_trace() -> otel_context.Context:
+    """The caller's trace context, kept to publish in its trace from another task (`in_traces_of`)."""
+    return otel_context.get_current()
+
+
+@contextlib.contextmanager
+def in_traces_of(callers: Sequence[otel_context.Context]) -> Iterator[None]:
+    """What is published inside is for these callers (`current_trace` of each): one message for several.
+
+    One caller: its context is made current, so the publish is in its trace as if it had
+    published itself. Several: no trace is current (the message starts its own), and the PRODUCER
+    span links to each caller's span: OpenTelemetry's way for one message serving several traces
+    (a grouped delivery record).
+    """
+    if len(callers) == 1:
+        token = otel_context.attach(callers[0])
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+        return
+    links = tuple(
+        Link(span_context)
+        for caller in callers
+        if (span_context := trace.get_current_span(caller).get_span_context()).is_valid
+    )
+    token = otel_context.attach(otel_context.Context())
+    links_token = _producer_links.set(links)
+    try:
+        yield
+    finally:
+        _producer_links.reset(links_token)
+        otel_context.detach(token)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ caller left during its write is written all the same.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +48,10 @@ class GroupedWrites(Generic[K, T, R]):
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = []
-            writer = asyncio.create_task(self._write_turns(key, queue), name=f"{self.name} {key}")
+            # In a context of its own: it writes for many callers, not in the first one's (its trace).
+            writer = asyncio.create_task(
+                self._write_turns(key, queue), name=f"{self.name} {key}", context=contextvars.Context()
+            )
             self._writers.add(writer)
             writer.add_done_callback(partial(self._writer_done, key, queue))
         queue.append(waiting)
