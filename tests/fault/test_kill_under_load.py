@@ -170,15 +170,17 @@ async def test_killing_the_cloud_worker_mid_call_loses_nothing_and_counts_each_a
     stack = await fault_stack(edge_nodes=0, cloud_deployments_file=cloud_deployments(tmp_path, cloud_server))
 
     async def kill_the_cloud_worker_mid_call(stack: ProcessStack, load: ChatLoad) -> str:
-        durable = subjects.cloud_work_durable(CLOUD_DEPLOYMENT)
-        held = await when_held(stack.nats_url, subjects.WORK_STREAM, durable)
+        # The gateway routes these chats itself: each is stored once, on the audit log, where the
+        # deployment's durable of routed requests holds it while the provider call runs.
+        durable = subjects.routed_requests_durable(CLOUD_DEPLOYMENT)
+        held = await when_held(stack.nats_url, subjects.EVENTS_STREAM, durable)
         await stack["cloud"].kill()
         await asyncio.sleep(0.5)
-        waiting = await backlog(stack.nats_url, subjects.WORK_STREAM, durable)
+        waiting = await backlog(stack.nats_url, subjects.EVENTS_STREAM, durable)
         await stack["cloud"].restart()
         return (
-            f"cloud worker killed {'holding a work item' if held else 'between work items'}, "
-            f"restarted with {waiting} item(s) waiting for it"
+            f"cloud worker killed {'holding a routed request' if held else 'between requests'}, "
+            f"restarted with {waiting} request(s) waiting for it"
         )
 
     print(await under_load(stack, CLOUD_MODEL, kill_the_cloud_worker_mid_call))

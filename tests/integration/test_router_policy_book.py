@@ -5,8 +5,8 @@ from __future__ import annotations
 import nats
 import pytest
 
-from koprogo_router.adapters.policy_book import WatchedPolicyBook
 from koprogo_shared.events import RoutingPreference
+from koprogo_shared.routing.policy_book import WatchedPolicyBook
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import ROUTING_POLICY_BUCKET
 from tests.conftest import wait_until

@@ -13,12 +13,13 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
+from koprogo_cloud.entrypoints.nats_worker import routed_consumer
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber, ScrubPendingError
 from koprogo_router.bootstrap import CONSUMER as ROUTER_CONSUMER
 from koprogo_router.bootstrap import FALLBACK_CONSUMER as ROUTER_FALLBACK_CONSUMER
 from koprogo_shared import subjects
 from koprogo_shared.consumer import consumer_config
-from koprogo_shared.events import ChatRequested, Event, UserDataErasureRequested
+from koprogo_shared.events import ChatRequested, Event, RoutingPlan, RoutingTarget, UserDataErasureRequested
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from tests.conftest import wait_until
 from tests.integration.ledger_support import (
@@ -30,6 +31,7 @@ from tests.integration.ledger_support import (
 )
 
 pytestmark = pytest.mark.integration
+ROUTED_CONSUMER = routed_consumer("openai-eu", ack_wait_s=30.0, max_deliver=5, concurrency=4)
 
 
 async def _store(js: JetStreamContext, *events: Event) -> dict[str, int]:
@@ -91,6 +93,51 @@ async def test_a_chat_the_router_has_not_taken_yet_still_reaches_it_and_is_scrub
         await msg.ack_sync()
 
         await wait_until(lambda: _gone(ledger.js, sequences[request.id]), timeout=20)
+        await wait_until(ledger.settled, timeout=20)
+        assert await ledger.dead_letters() == []
+
+
+async def test_a_request_the_gateway_routed_is_projected_and_scrubbed_once_its_cloud_worker_took_it(
+    database_url: str, clean_jetstream: str
+) -> None:
+    """Routed by the gateway, a request is stored once, under the chat-request subjects the ledger
+    and the scrubber read, for the deployment's own durable (not the router's): the ledger projects
+    it, and an erasure waits for that durable as it waits for the router's."""
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        for spec in (ROUTER_CONSUMER, ROUTED_CONSUMER):
+            await ledger.js.add_consumer(spec.stream, consumer_config(spec))
+        worker = await ledger.js.pull_subscribe(
+            ROUTED_CONSUMER.filter_subject, durable=ROUTED_CONSUMER.durable, stream=ROUTED_CONSUMER.stream
+        )
+        plain = chat_requested()
+        request = plain.model_copy(
+            update={
+                "routed": RoutingPlan(
+                    policy="prefer_edge",
+                    allow_fallback=True,
+                    reason="no edge node serves the model",
+                    targets=[RoutingTarget(kind="cloud", model=plain.model, deployment="openai-eu")],
+                )
+            }
+        )
+        subject = subjects.routed_chat_requested(request.copro_id, "openai-eu")
+        ack = await ledger.js.publish(
+            subject, request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.id}
+        )
+        await wait_until(lambda: ledger.applied(request.id))
+        router = await ledger.js.consumer_info(ROUTER_CONSUMER.stream, ROUTER_CONSUMER.durable)
+        assert router.num_pending == 0 and router.delivered.stream_seq == 0  # never the router's
+        erasure = _erasure_of(request)
+        await ledger.publish(erasure)
+        await wait_until(lambda: ledger.applied(erasure.id))
+        await wait_until(lambda: _erasure_tried(ledger))
+        assert await _in_stream(ledger.js, ack.seq)  # its worker has not taken it yet
+
+        [msg] = await worker.fetch(1, timeout=5)
+        assert ChatRequested.model_validate_json(msg.data) == request
+        await msg.ack_sync()
+
+        await wait_until(lambda: _gone(ledger.js, ack.seq), timeout=20)
         await wait_until(ledger.settled, timeout=20)
         assert await ledger.dead_letters() == []
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 
 from koprogo_router.adapters.bus import FakeBus
-from koprogo_router.adapters.policy_book import FakePolicyBook
 from koprogo_router.service_layer.dispatch import Dispatcher, TargetsAwayError
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
@@ -23,6 +22,7 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.routing.policy_book import FakePolicyBook
 from tests.unit.test_node_registry import beat
 
 

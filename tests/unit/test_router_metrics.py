@@ -7,10 +7,10 @@ from prometheus_client import CollectorRegistry
 
 from koprogo_router.adapters.bus import FakeBus
 from koprogo_router.adapters.metrics import DECISIONS, FALLBACKS, NodeHealth
-from koprogo_router.adapters.policy_book import FakePolicyBook
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_shared.events import Event, RunInference
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.routing.policy_book import FakePolicyBook
 from tests.unit.test_dispatch import attempt_failed, live_registry, requested, with_cloud
 from tests.unit.test_node_registry import beat
 

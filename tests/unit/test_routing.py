@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 
-from koprogo_router.domain.policy import EffectivePolicy, PolicyViolation, edge_pools, effective_policy
-from koprogo_router.domain.routing import Refusal, Route, RoutingRequest, choose_target
-from koprogo_router.service_layer.dispatch import default_catalogue
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.co2 import CloudFootprint
 from koprogo_shared.events import RoutingPolicyName, RoutingPreference
 from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
+from koprogo_shared.routing.choice import Refusal, Route, RoutingRequest, choose_target
+from koprogo_shared.routing.decision import default_catalogue
+from koprogo_shared.routing.policy import EffectivePolicy, PolicyViolation, edge_pools, effective_policy
 
 PREFER_EDGE = EffectivePolicy("prefer_edge", None, True)
 

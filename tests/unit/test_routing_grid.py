@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 
 from koprogo_router.adapters.bus import FakeBus
-from koprogo_router.adapters.policy_book import FakePolicyBook
-from koprogo_router.domain.policy import EffectivePolicy, edge_pools
-from koprogo_router.domain.routing import GridRule, Refusal, Route, RoutingRequest, choose_target
-from koprogo_router.service_layer.dispatch import Dispatcher, default_catalogue
+from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_shared import chat_outcomes, subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.co2 import CloudFootprint
@@ -33,6 +30,10 @@ from koprogo_shared.events import (
     utc_now,
 )
 from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate, NodeRegistry
+from koprogo_shared.routing.choice import GridRule, Refusal, Route, RoutingRequest, choose_target
+from koprogo_shared.routing.decision import default_catalogue
+from koprogo_shared.routing.policy import EffectivePolicy, edge_pools
+from koprogo_shared.routing.policy_book import FakePolicyBook
 from tests.unit.test_node_registry import beat
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"

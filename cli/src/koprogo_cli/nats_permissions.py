@@ -16,8 +16,9 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
     ledger     streams: info only; consumer `ledger`              its inbox
                on KOPROGO_EVENTS (create, info, next, ack);
                koprogo.deadletter.koprogo.events.>; for GDPR
-               erasure, ordered consumers on KOPROGO_EVENTS and
-               deleting single messages from it
+               erasure, ordered consumers on KOPROGO_EVENTS,
+               listing its consumers and deleting single
+               messages from it
     router     streams: info only; consumers `router`             its inbox,
                and `router-fallback` on KOPROGO_EVENTS;           koprogo.nodes.heartbeat.*,
                koprogo.work.{edge,cloud,grid}.>,                  koprogo.nodes.cloud.*
@@ -27,6 +28,9 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
                KOPROGO_WORK (filter koprogo.work.cloud.*.D), its  koprogo.nodes.announce,
                dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
+               consumer `routed-D` on KOPROGO_EVENTS (filter
+               koprogo.events.chat.requested.*.cloud.D), its
+               dead letters;
                koprogo.events.chat.completed.*.cloud,
                koprogo.events.chat.failed.>,
                koprogo.events.inference.attempt_failed.>,
@@ -37,7 +41,8 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.cancel.>, koprogo.nodes.announce; the      koprogo.nodes.cloud.*
                buckets
                KOPROGO_RATE_LIMITS and KOPROGO_ROUTING_POLICIES
-               (declare, get, put, delete)
+               (declare, get, put, delete; the policies also
+               watched)
     node       per pool P and model M: stream info of          its inbox,
                KOPROGO_WORK, consumer `edge-M` (P shared) or      koprogo.nodes.announce
                `edge_pool-P_dM` (create with filter
@@ -145,8 +150,10 @@ def ledger_permissions(public_key: str) -> Permissions:
             *_pull_consumer(stream, subjects.LEDGER_DURABLE, subjects.EVENTS_ALL),
             subjects.deadletter_for(subjects.EVENTS_ALL),
             # GDPR erasure (koprogo_ledger.adapters.stream_scrubber): read the chat subjects
-            # with an ordered consumer, delete the user's messages one by one.
+            # with an ordered consumer, list the stream's consumers (their ack floors), delete
+            # the user's messages one by one.
             f"$JS.API.STREAM.MSG.DELETE.{stream}",
+            f"$JS.API.CONSUMER.LIST.{stream}",
             *_ordered_reads(stream),
         ),
         subscribe=(own_inbox(public_key),),
@@ -157,8 +164,10 @@ def router_permissions(public_key: str) -> Permissions:
     return Permissions(
         publish=(
             *_stream_info(),
-            *_pull_consumer(subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, subjects.CHAT_REQUESTED_ALL),
-            subjects.deadletter_for(subjects.CHAT_REQUESTED_ALL),
+            *_pull_consumer(
+                subjects.EVENTS_STREAM, subjects.ROUTER_DURABLE, subjects.UNROUTED_CHAT_REQUESTED
+            ),
+            subjects.deadletter_for(subjects.UNROUTED_CHAT_REQUESTED),
             *_pull_consumer(
                 subjects.EVENTS_STREAM,
                 subjects.ROUTER_FALLBACK_DURABLE,
@@ -188,14 +197,18 @@ def cloud_permissions(public_key: str, deployments: Sequence[str]) -> Permission
         f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
         # A stored answer to an item that may have been answered before is looked for (its
         # copro's cloud answers read one by one, by time then by sequence) instead of paying the
-        # provider again. No consumer grant on the audit log: one would let it rewrite the
-        # ledger's and the router's durables.
+        # provider again. On the audit log, only its own deployments' durables of routed
+        # requests, each with exactly its filter (the grant names both): never the ledger's or
+        # the router's.
         f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
     ]
     for deployment in deployments:
         subject = subjects.cloud_work_filter(deployment)
         work += _pull_consumer(subjects.WORK_STREAM, subjects.cloud_work_durable(deployment), subject)
         work.append(subjects.deadletter_for(subject))
+        routed = subjects.routed_requests_filter(deployment)
+        work += _pull_consumer(subjects.EVENTS_STREAM, subjects.routed_requests_durable(deployment), routed)
+        work.append(subjects.deadletter_for(routed))
         work.append(subjects.cloud_status(deployment))
     return Permissions(
         publish=(
@@ -247,6 +260,7 @@ def gateway_permissions(public_key: str) -> Permissions:
             subjects.NODES_ANNOUNCE,
             *_kv_bucket_read_write(subjects.RATE_LIMIT_BUCKET),
             *_kv_bucket_read_write(subjects.ROUTING_POLICY_BUCKET),
+            *_routing_policies_read(),  # watched, to route the requests it can (as the router)
             *_kv_bucket_read_write(IDEMPOTENCY_BUCKET),
             *nats_grid_auth.gateway_publish(),
         ),

@@ -75,6 +75,10 @@ NOT_CHANNELS = asyncapi_grid.GRID_NOT_CHANNELS | frozenset(
         # The `runInferenceCloud` channel's consumer filter and its parser.
         "cloud_work_filter",
         "cloud_work_copro",
+        # The `chatRequestedRouted` channel's consumer filter and durable.
+        "routed_requests_filter",
+        "routed_requests_durable",
+        "is_routed_requests_durable",
     }
 )
 
@@ -111,6 +115,10 @@ _KV_IDEMPOTENCY = f"$KV.{IDEMPOTENCY_BUCKET}.{{key}}"
 CHANNELS: tuple[Channel, ...] = (
     Channel("chatRequested", subjects.chat_requested, (ChatRequested,), ("gateway",), ("router", "ledger"),
             "A user asked for a chat completion; the router plans it, the ledger records it."),
+    Channel("chatRequestedRouted", subjects.routed_chat_requested, (ChatRequested,), ("gateway",), ("cloud", "ledger"),
+            "A chat the gateway routed itself to a cloud deployment (its plan in `routed`): stored once, "
+            "taken by the deployment's workers (shared durable `routed-<deployment>`) as the router's "
+            "work item; the ledger records it; the router never sees it."),
     Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), (), ("ledger",),
             "A model answered a chat: content, usage, where it ran and its CO2. Only an edge node "
             "without a key sends here, on a server without authorization; with keys, nodes and the "
@@ -161,7 +169,7 @@ CHANNELS: tuple[Channel, ...] = (
             "at the next token; or the grid scheduler took back a task the node runs (`request_id` is "
             "then the task id: cancelled, expired, or past its attempt's deadline).",
             raw_payload=("NodeCancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
-    Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router",),
+    Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router", "gateway"),
             f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
     Channel("rateLimitCounter", _KV_RATE, (), ("gateway",), ("gateway",),
             f"The gateways' rate-limit counters: key-value bucket {subjects.RATE_LIMIT_BUCKET} (internal).",

@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Literal, assert_never
 
 import nats.errors
 import nats.js.errors
@@ -63,6 +63,10 @@ class ConsumerSpec:
     # after it: a light load is handled in small bursts rather than one message at a time,
     # at the price of up to `linger_s` more delay. 0: fetch again at once.
     linger_s: float = 0.0
+    # Where a durable made now starts: every stored message (`all`), or only those stored from now
+    # on (`new`: a durable on the 30-day audit log that must not replay it). A durable that exists
+    # keeps its place either way.
+    deliver: Literal["all", "new"] = "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +266,7 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
         max_deliver=-1,
         filter_subject=spec.filter_subject,
         max_ack_pending=spec.max_ack_pending,
-        deliver_policy=js_api.DeliverPolicy.ALL,
+        deliver_policy=js_api.DeliverPolicy.NEW if spec.deliver == "new" else js_api.DeliverPolicy.ALL,
     )
 
 

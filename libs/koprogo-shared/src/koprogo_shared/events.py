@@ -102,7 +102,7 @@ class RoutingPreference(BaseModel):
     """A routing policy, as a request or a copro's admin states it (OpenRouter-like).
 
     Unset fields defer to the copro's default, then to the deployment's. A request may
-    tighten the copro's policy, never loosen it (see the router's `domain/policy.py`).
+    tighten the copro's policy, never loosen it (see `koprogo_shared/routing/policy.py`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -199,6 +199,11 @@ class ChatRequested(Event):
     # stop, seed, top_p, penalties, JSON output, tools: the router sends the request only to a
     # target announcing every feature they need (`required_features`).
     controls: GenerationControls | None = None
+    # Set when the gateway routed the request itself (`routing.decision`): stored on
+    # `subjects.routed_chat_requested`, it is the work of the cloud deployment its subject names,
+    # and the router never sees it. Left out of the JSON when None (every request the router
+    # routes), so a reader of the previous release still reads those.
+    routed: RoutingPlan | None = Field(default=None, exclude_if=lambda plan: plan is None)
 
 
 class RunInference(Event):
@@ -416,6 +421,10 @@ class CloudDeploymentStatus(Event):
     interval_s: float = Field(gt=0)
     # The generation controls this deployment passes to its provider (`generation.Feature`).
     features: list[str] = Field(default_factory=list)
+    # Its workers take the requests a gateway routed to it on the audit log
+    # (`subjects.routed_chat_requested`); a worker of an earlier release does not (only the
+    # router's work items), so a gateway routes to a deployment only while this says so.
+    takes_routed_requests: bool = Field(default=False, exclude_if=lambda takes: not takes)
 
 
 class UserDataErasureRequested(Event):

@@ -63,6 +63,8 @@ class CloudCandidate:
     typical_latency_ms: float
     region: str | None
     features: frozenset[str] = frozenset()
+    # Its workers take requests a gateway routed to it (`CloudDeploymentStatus.takes_routed_requests`).
+    takes_routed_requests: bool = False
 
 
 def heartbeat_refusal(subject: str, beat: NodeHeartbeat, roster: Roster | None) -> str | None:
@@ -129,6 +131,7 @@ class NodeRegistry:
             typical_latency_ms=status.typical_latency_ms,
             region=status.region,
             features=frozenset(status.features),
+            takes_routed_requests=status.takes_routed_requests,
         )
         self._cloud[status.deployment] = (candidate, now + status.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD)
 

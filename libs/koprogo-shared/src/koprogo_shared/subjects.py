@@ -79,6 +79,23 @@ def chat_requested(copro_id: str | None) -> str:
     return f"koprogo.events.chat.requested.{subject_token(copro_id)}"
 
 
+# The requests the router routes: `chat_requested`'s subjects exactly (no token after the copro).
+UNROUTED_CHAT_REQUESTED = "koprogo.events.chat.requested.*"
+_ROUTED_CLOUD = "cloud"
+
+
+def routed_chat_requested(copro_id: str | None, deployment: str) -> str:
+    """A request the gateway routed itself to a cloud deployment (`ChatRequested.routed`): stored
+    once, on the audit log, where the deployment's workers take it (`routed_requests_filter`);
+    still under `CHAT_REQUESTED_ALL` (the ledger, the GDPR scrubber), never the router's."""
+    return f"{chat_requested(copro_id)}.{_ROUTED_CLOUD}.{subject_token(deployment)}"
+
+
+def routed_requests_filter(deployment: str) -> str:
+    """Every copro's requests routed to one cloud deployment (its workers' consumer filter)."""
+    return f"koprogo.events.chat.requested.*.{_ROUTED_CLOUD}.{subject_token(deployment)}"
+
+
 def chat_completed(copro_id: str | None) -> str:
     return f"koprogo.events.chat.completed.{subject_token(copro_id)}"
 
@@ -187,10 +204,16 @@ def cloud_work_filter(deployment: str) -> str:
 
 
 def cloud_work_copro(subject: str) -> str | None:
-    """The copro token of a `run_inference_cloud` subject, else None."""
+    """The copro token of a `run_inference_cloud` or `routed_chat_requested` subject, else None."""
     tokens = subject.split(".")
     if len(tokens) == 5 and tokens[:3] == ["koprogo", "work", "cloud"]:
         return tokens[3]
+    if (
+        len(tokens) == 7
+        and tokens[:4] == ["koprogo", "events", "chat", "requested"]
+        and tokens[5] == _ROUTED_CLOUD
+    ):
+        return tokens[4]
     return None
 
 
@@ -356,6 +379,20 @@ def routing_policy_key(copro_id: str) -> str:
 def cloud_work_durable(deployment: str) -> str:
     """The durable every `inference-cloud` replica serving `deployment` shares on KOPROGO_WORK."""
     return durable_name("cloud", deployment)
+
+
+_ROUTED_DURABLES = "routed"
+
+
+def routed_requests_durable(deployment: str) -> str:
+    """The durable every `inference-cloud` replica serving `deployment` shares on KOPROGO_EVENTS,
+    for the requests gateways routed to it (`routed_chat_requested`)."""
+    return durable_name(_ROUTED_DURABLES, deployment)
+
+
+def is_routed_requests_durable(name: str) -> bool:
+    """Whether a consumer of KOPROGO_EVENTS is a `routed_requests_durable` (of any deployment)."""
+    return name.startswith(f"{_ROUTED_DURABLES}-")
 
 
 INBOX_ROOT = "_INBOX"

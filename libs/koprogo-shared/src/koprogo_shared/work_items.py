@@ -57,6 +57,10 @@ def last_delivery_message(worker_name: str, max_deliver: int) -> str:
     return f"{worker_name} could not answer after {max_deliver} attempts"
 
 
+def _run_inference(data: bytes, _redelivered: bool) -> RunInference:
+    return RunInference.model_validate_json(data)
+
+
 class WorkItemHandler:
     """Decodes a work item, keeps its ack deadline alive, runs the use case, reports a final failure.
 
@@ -76,6 +80,10 @@ class WorkItemHandler:
         # Why an item's subject refuses its body (e.g. the cloud work's copro), else None: such an
         # item is dead-lettered before it runs, the caller not told (its reply subject is suspect).
         subject_check: Callable[[str, RunInference], str | None] | None = None,
+        # The work item in a message's payload: a RunInference, or what another kind of message
+        # makes of itself (a request the gateway routed: `routing.decision.work_of`). Its
+        # ValidationError is dead-lettered by the consumer; `redelivered` as `RunWork`'s.
+        decode: Callable[[bytes, bool], RunInference] | None = None,
     ) -> None:
         self._run = run
         self._report_failure = report_failure
@@ -84,13 +92,14 @@ class WorkItemHandler:
         self._worker_name = worker_name
         self._poison: tuple[type[Exception], ...] = (UnusableIdsError, *poison)
         self._subject_check = subject_check
+        self._decode = decode or _run_inference
 
     async def handle(self, msg: Msg) -> None:
         """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
-        work = RunInference.model_validate_json(msg.data)  # malformed -> dead-lettered by the consumer
+        delivered = msg.metadata.num_delivered
+        work = self._decode(msg.data, delivered > 1)  # malformed -> dead-lettered by the consumer
         if self._subject_check is not None and (refused := self._subject_check(msg.subject, work)):
             raise PoisonMessageError(refused)
-        delivered = msg.metadata.num_delivered
         if delivered > self._max_deliver:
             # Past its last allowed delivery (its dead-letter publish failed, or the worker died on
             # it; the server keeps redelivering, see `consumer`): never run again. The caller is

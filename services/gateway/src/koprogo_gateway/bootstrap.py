@@ -38,6 +38,7 @@ from koprogo_gateway.adapters.user_data_repository import (
 from koprogo_gateway.domain.copro_context import copro_of_context
 from koprogo_gateway.service_layer.admission import ChatAdmission
 from koprogo_gateway.service_layer.chat import ChatService
+from koprogo_gateway.service_layer.chat_routing import ChatRouting
 from koprogo_gateway.service_layer.grid import GridLedgerService
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys
 from koprogo_gateway.service_layer.login_links import LoginLinks
@@ -53,6 +54,8 @@ from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, buckets_for_service, connect_nats
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
+from koprogo_shared.routing.grid import GridRule
+from koprogo_shared.routing.policy_book import WatchedPolicyBook
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
@@ -79,10 +82,15 @@ class Gateway:
     site_link: SiteLink
     # None unless tokens are checked with the local HS256 secret (settings.login_links_on).
     login_links: LoginLinks | None = None
+    # The copros' policies, watched to route chats here (None: the router routes them all).
+    policy_book: WatchedPolicyBook | None = None
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.site_link.close()
+        if self.policy_book is not None:
+            with contextlib.suppress(Exception):
+                await self.policy_book.close()
         with contextlib.suppress(Exception):
             # The delivery records of answers already sent, before the connection goes.
             await asyncio.wait_for(self.chat.settle(), timeout=5)
@@ -90,6 +98,31 @@ class Gateway:
             await self.nc.drain()
         with contextlib.suppress(Exception):
             await self.pool.close()
+
+
+async def _chat_routing(
+    settings: GatewaySettings, js: JetStreamContext, registry: NodeRegistry
+) -> tuple[ChatRouting | None, WatchedPolicyBook | None]:
+    """Where chats are stored (`chat_routing.py`): routed here only with every copro's policy known
+    (an `edge_only` copro must never be sent to the cloud by a default it does not know it has);
+    a watch that cannot start (a NATS identity of an earlier release) leaves routing to the router."""
+    if not settings.gateway_routes_cloud or settings.site == "building":
+        return None, None
+    book = WatchedPolicyBook()
+    try:
+        await asyncio.wait_for(book.follow(js), timeout=STREAMS_WAIT_S)
+    except Exception as exc:
+        log.warning("the router routes every chat: the routing policies cannot be watched (%r)", exc)
+        with contextlib.suppress(Exception):
+            await book.close()
+        return None, None
+    routing = ChatRouting(
+        registry,
+        book,
+        default_policy=settings.default_routing_policy,
+        grid_rule=GridRule(settings.grid_min_prompt_chars, settings.grid_min_max_tokens),
+    )
+    return routing, book
 
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:
@@ -140,6 +173,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         NodeRegistry(RosterFile(settings.node_roster_file)) if settings.node_roster_file else NodeRegistry()
     )
     await follow_heartbeats(nc, registry)
+    routing, policy_book = await _chat_routing(settings, js, registry)
     admission = _admission(settings, NatsKvCounterStore(counters))
     keys = IdempotencyKeys(idempotency_keys)  # one key space: chats and tasks
     site_link = _site_link(settings)
@@ -159,6 +193,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
             building_copro=copro_of_context(f"copro:{settings.building_copro}")
             if settings.building_copro
             else None,
+            routing=routing,
         ),
         stats=(BuildingStatsRepository if settings.site == "building" else PostgresStatsRepository)(pool),
         user_data=(BuildingUserDataRepository if settings.site == "building" else PostgresUserDataRepository)(
@@ -181,6 +216,7 @@ async def bootstrap(settings: GatewaySettings) -> Gateway:
         grid=GridLedgerService(PostgresGridLedger(pool)),
         site_link=site_link,
         login_links=_login_links(settings, admission, NatsKvUsedLoginCodes(keys_bucket)),
+        policy_book=policy_book,
     )
 
 

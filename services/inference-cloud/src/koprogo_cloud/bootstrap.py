@@ -1,10 +1,12 @@
 """Composition root: the cloud worker's adapters are built here and nowhere else.
 
 Start-up: the ops port (/health at once, /ready once NATS is connected), NATS, the
-streams (declared by the router or the ledger: this identity only waits for them), the
-first statuses, then `concurrency` pull loops per deployment on its work subject. A
-deployment without a key still gets its consumer: its work is answered with a
-fallback-worthy failure instead of waiting in the queue, and its status says why.
+streams (declared by the router or the ledger: this identity only waits for them),
+`concurrency` pull loops per deployment on each of its two durables (the router's work items,
+and the requests gateways routed to it on the audit log), at most `concurrency` provider calls
+at once across both, then the first statuses. A deployment without a key still gets its
+consumers: its work is answered with a fallback-worthy failure instead of waiting in the
+queue, and its status says why.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from koprogo_cloud.adapters.openai_provider import OpenAIProvider
 from koprogo_cloud.adapters.outcomes import NatsOutcomeSink
 from koprogo_cloud.adapters.providers import ChatProvider
 from koprogo_cloud.domain.deployments import Deployment, key_status
-from koprogo_cloud.entrypoints.nats_worker import work_consumer, work_item_handler
+from koprogo_cloud.entrypoints.nats_worker import routed_consumer, work_consumer, work_item_handler
 from koprogo_cloud.entrypoints.status import StatusPublisher
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_cloud.settings import CloudSettings
@@ -92,14 +94,19 @@ async def run_cloud(
     try:
         await wait_for_streams(js, [subjects.WORK_STREAM, subjects.EVENTS_STREAM])
         await sink.start()
-        await statuses.start()
         for runtime in runtimes:
             dep = runtime.deployment
-            spec = work_consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
-            handler = work_item_handler(service, dep.id, settings.ack_wait_s, settings.max_deliver)
-            consumers += await start_pull_consumers(
-                js, spec, handler.handle, stop, loops=dep.concurrency, name=f"cloud-{dep.id}"
-            )
+            calls = asyncio.Semaphore(dep.concurrency)  # shared by its two durables' loops
+            for routed, consumer in ((False, work_consumer), (True, routed_consumer)):
+                spec = consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
+                handler = work_item_handler(
+                    service, dep.id, settings.ack_wait_s, settings.max_deliver, calls, routed=routed
+                )
+                consumers += await start_pull_consumers(
+                    js, spec, handler.handle, stop, loops=dep.concurrency, name=f"{spec.durable}"
+                )
+        # After the consumers: a first status says the routed requests are taken (`routed_consumer`).
+        await statuses.start()
         log.info("cloud worker ready: %s", ", ".join(service.runtimes))
         await until_stopped_or_failed(stop, consumers)
     finally:

@@ -10,8 +10,6 @@ from nats.aio.msg import Msg
 
 from koprogo_router.adapters.bus import NatsBus
 from koprogo_router.adapters.metrics import NODE_HEALTH
-from koprogo_router.adapters.policy_book import WatchedPolicyBook
-from koprogo_router.domain.grid import GridRule
 from koprogo_router.service_layer.dispatch import Dispatcher
 from koprogo_router.settings import RouterSettings
 from koprogo_shared import subjects
@@ -29,6 +27,8 @@ from koprogo_shared.nats_connection import (
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.ops_http import ops_server
+from koprogo_shared.routing.grid import GridRule
+from koprogo_shared.routing.policy_book import WatchedPolicyBook
 from koprogo_shared.service_runtime import until_stopped_or_failed
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 CONSUMER = ConsumerSpec(
     stream=subjects.EVENTS_STREAM,
     durable=subjects.ROUTER_DURABLE,
-    filter_subject=subjects.CHAT_REQUESTED_ALL,
+    # Not the requests a gateway routed itself (`subjects.routed_chat_requested`): their workers
+    # take them. A durable made by an earlier release (`…requested.>`) is brought to this filter.
+    filter_subject=subjects.UNROUTED_CHAT_REQUESTED,
     ack_wait_s=10.0,
     max_deliver=5,
     # One message per fetch: the handler decides each chat on its own, and nats-py's

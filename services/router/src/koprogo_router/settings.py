@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from koprogo_router.domain.grid import DEFAULT_GRID_MIN_MAX_TOKENS, DEFAULT_GRID_MIN_PROMPT_CHARS
 from koprogo_shared.events import RoutingPolicyName
+from koprogo_shared.routing.grid import DEFAULT_GRID_MIN_MAX_TOKENS, DEFAULT_GRID_MIN_PROMPT_CHARS
 from koprogo_shared.settings import ServiceSettings
 
 
@@ -22,7 +22,7 @@ class RouterSettings(ServiceSettings):
     # `nats-config`, `nats-node-key`, `node join`): a heartbeat claiming more is refused.
     # Unset: only the heartbeat's subject is checked (a NATS server without keys).
     node_roster_file: Path | None = None
-    # An `auto` chat this long may go to the grid (`domain.grid`): its messages' characters
+    # An `auto` chat this long may go to the grid (`routing.grid`): its messages' characters
     # (GRID_MIN_PROMPT_CHARS: a size, never a token count), or the answer it asks for
     # (GRID_MIN_MAX_TOKENS, compared with its max_tokens).
     grid_min_prompt_chars: int = Field(default=DEFAULT_GRID_MIN_PROMPT_CHARS, gt=0)

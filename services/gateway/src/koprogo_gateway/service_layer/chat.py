@@ -61,6 +61,7 @@ from koprogo_gateway.service_layer.chat_answers import (
 from koprogo_gateway.service_layer.chat_cancel import cancel_chat
 from koprogo_gateway.service_layer.chat_keyed import answer_keyed, keep, stream_keyed
 from koprogo_gateway.service_layer.chat_metrics import CHATS, LATENCY, not_answered, unanswered_counted
+from koprogo_gateway.service_layer.chat_routing import ChatRouting
 from koprogo_gateway.service_layer.delivery_records import DeliveryRecords
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
@@ -91,6 +92,8 @@ class ChatService:
     keys: IdempotencyKeys = field(default_factory=lambda: IdempotencyKeys(None))
     # A building's gateway: the copro it serves (BUILDING_COPRO); None at the hub.
     building_copro: CoproId | None = None
+    # Where each request is stored (`chat_routing.py`); None: always for the router.
+    routing: ChatRouting | None = None
     _deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     _keepers: set[asyncio.Task[StoredOutcome]] = field(default_factory=set)
     # The requests this gateway waits for the replies of.
@@ -118,7 +121,7 @@ class ChatService:
         expected = self._expect(request.id)
         with unanswered_counted(headers):
             try:
-                await self.bus.publish(subjects.chat_requested(copro_id), request)
+                await self.publish_request(request)
                 outcome = await self._wait(request, expected)
             except (TimeoutError, NodeLostError) as exc:
                 raise await self._give_up(request, exc) from None
@@ -158,6 +161,13 @@ class ChatService:
     async def cancel(self, caller: Caller, idempotency_key: str) -> CancelStatus:
         """Cancel the caller's chat sent with `idempotency_key`; what became of it (`cancel_chat`)."""
         return await cancel_chat(caller, idempotency_key, self.keys, self.bus, self._record_failure_later)
+
+    async def publish_request(self, request: ChatRequested) -> None:
+        """Store the request: routed here to a cloud deployment, or for the router (`chat_routing.py`)."""
+        if self.routing is None:
+            await self.bus.publish(subjects.chat_requested(request.copro_id), request)
+            return
+        await self.bus.publish(*self.routing.place(request))
 
     def _scope(self, caller: Caller, body: ChatRequestIn) -> CoproId | None:
         """The scope check and the copro the chat is for (raises GatewayError)."""
@@ -232,7 +242,7 @@ class ChatService:
         try:
             try:
                 try:
-                    await self.bus.publish(subjects.chat_requested(request.copro_id), request)
+                    await self.publish_request(request)
                     loop = asyncio.get_running_loop()
                     deadline = loop.time() + self.timeout_s
                     while not expected.outcome.done() or not pieces.empty():

@@ -59,7 +59,6 @@ from koprogo_gateway.service_layer.chat_answers import (
 from koprogo_gateway.service_layer.chat_cancel import stop_if_settled
 from koprogo_gateway.service_layer.chat_metrics import CHATS, not_answered, unanswered_counted
 from koprogo_gateway.service_layer.idempotency_keys import KeyedRequest, same_body
-from koprogo_shared import subjects
 from koprogo_shared.events import ChatRequested
 
 if TYPE_CHECKING:
@@ -150,7 +149,7 @@ async def _first_answer(
     expected = chats._expect(request.id)
     with unanswered_counted(headers):
         try:
-            await chats.bus.publish(subjects.chat_requested(request.copro_id), request)
+            await chats.publish_request(request)
         except BusUnavailableError as exc:
             # Perhaps stored all the same (its acknowledgement lost): wait for an outcome in
             # the background, so the retry gets it instead of running the request again.
@@ -251,7 +250,7 @@ async def _replayed(
         expected = chats._expect(again.id) if adopt else None
         try:
             if publish:
-                await chats.bus.publish(subjects.chat_requested(copro_id), again)
+                await chats.publish_request(again)
         except GatewayError:
             if expected is not None:
                 chats._forget(again.id)

@@ -8,13 +8,16 @@ delivery fails.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from koprogo_cloud.domain.errors import InvalidCommandError
 from koprogo_cloud.domain.work_subject import copro_mismatch
 from koprogo_cloud.service_layer.inference import CloudInferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec
+from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError
+from koprogo_shared.events import ChatRequested, RunInference
+from koprogo_shared.routing.decision import work_of
 from koprogo_shared.work_items import WorkItemHandler
 
 
@@ -31,16 +34,64 @@ def work_consumer(deployment_id: str, ack_wait_s: float, max_deliver: int, concu
     )
 
 
+def routed_consumer(
+    deployment_id: str, ack_wait_s: float, max_deliver: int, concurrency: int
+) -> ConsumerSpec:
+    """The consumer every replica serving `deployment_id` binds to on the audit log: the requests
+    gateways routed to it (`subjects.routed_chat_requested`), configured as `work_consumer`.
+
+    Its durable, made with `deliver="new"`, never replays the audit log; it misses no request:
+    the worker makes it before it sends a first status saying it takes them
+    (`takes_routed_requests`), and a gateway routes to a deployment only while its status says
+    so. (A durable an operator deletes misses what is stored until a worker makes it again:
+    those callers get their 504 at their deadline, recorded by their gateway.)"""
+    return ConsumerSpec(
+        stream=subjects.EVENTS_STREAM,
+        durable=subjects.routed_requests_durable(deployment_id),
+        filter_subject=subjects.routed_requests_filter(deployment_id),
+        ack_wait_s=ack_wait_s,
+        max_deliver=max_deliver,
+        batch=1,
+        max_ack_pending=max(concurrency * 4, 16),
+        deliver="new",
+    )
+
+
 def work_item_handler(
-    service: CloudInferenceService, deployment_id: str, ack_wait_s: float, max_deliver: int
+    service: CloudInferenceService,
+    deployment_id: str,
+    ack_wait_s: float,
+    max_deliver: int,
+    calls: asyncio.Semaphore | None = None,
+    *,
+    routed: bool = False,
 ) -> WorkItemHandler:
-    """The shared handler over the use case, for the work of `deployment_id`."""
+    """The shared handler over the use case, for the work of `deployment_id`: the router's work
+    items, or (`routed`) the requests a gateway routed to it, each made into the same work item.
+    `calls`: held for each provider call (the deployment's concurrency across its consumers); an
+    item waiting for it is kept alive with in-progress acks, as one running."""
+
+    async def run(work: RunInference, *, redelivered: bool) -> object:
+        if calls is None:
+            return await service.run(deployment_id, work, redelivered=redelivered)
+        async with calls:
+            return await service.run(deployment_id, work, redelivered=redelivered)
+
     return WorkItemHandler(
-        partial(service.run, deployment_id),
+        run,
         partial(service.report_failure, deployment_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
         worker_name="the cloud worker",
         poison=(InvalidCommandError,),
         subject_check=copro_mismatch,
+        decode=routed_work if routed else None,
     )
+
+
+def routed_work(data: bytes, redelivered: bool) -> RunInference:
+    """The work item of a request a gateway routed (as the router would have made it)."""
+    request = ChatRequested.model_validate_json(data)
+    if request.routed is None:
+        raise PoisonMessageError("a request on a routed subject carries no routing plan")
+    return work_of(request, request.routed, source=request.source, may_be_answered=redelivered)

@@ -287,6 +287,8 @@ class CloudInferenceService:
             typical_latency_ms=round(statistics.median(latencies), 3) if latencies else 0.0,
             interval_s=interval_s,
             features=sorted(dep.effective_features),
+            # The worker declares its routed-requests consumer before it sends a first status.
+            takes_routed_requests=True,
         )
 
 

@@ -12,9 +12,11 @@ Deleting an already deleted message is not an error, so a redelivered erasure sc
 safely. Events without contents (failures, deliveries) are kept: the audit log still shows
 that the requests happened.
 
-A message is deleted only once every durable consumer of it (`CONSUMERS`: the router's two,
-the grid scheduler's, and the ledger's own) has acknowledged it, read from their ack floors: a chat in flight
-still reaches the router and the ledger. While some are not, `erase_user` deletes the rest
+A message is deleted only once every durable consumer of it (`OTHER_CONSUMERS`: the router's
+two, the grid scheduler's; every cloud deployment's durable of the requests gateways routed to
+it, `subjects.is_routed_requests_durable`; and the ledger's own) has acknowledged it, read from
+their ack floors (one consumer listing of the stream): a chat in flight still reaches the
+router, its cloud worker and the ledger. While some are not, `erase_user` deletes the rest
 and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
 (`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
 holds nothing back.
@@ -146,15 +148,14 @@ class NatsStreamScrubber(StreamScrubber):
 
     async def _ack_floors(self) -> list[_AckFloor]:
         floors = []
-        for name in self._consumers:
-            try:
-                info = await self._js.consumer_info(subjects.EVENTS_STREAM, name)
-            except NotFoundError:
-                continue  # no such consumer: nothing of it is in flight
+        # A consumer that does not exist is not listed: nothing of it is in flight.
+        for info in await self._js.consumers_info(subjects.EVENTS_STREAM):
+            if info.name not in self._consumers and not subjects.is_routed_requests_durable(info.name):
+                continue  # an ephemeral reader (an ordered consumer), which holds nothing back
             config = info.config
             filters = tuple(config.filter_subjects or ()) or (config.filter_subject or ">",)
             floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-            floors.append(_AckFloor(name, filters, floor))
+            floors.append(_AckFloor(info.name, filters, floor))
         return floors
 
 

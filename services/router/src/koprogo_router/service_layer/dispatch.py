@@ -12,32 +12,23 @@ from datetime import datetime
 
 from koprogo_router.adapters.bus import Bus, HubUnreachableError
 from koprogo_router.adapters.metrics import count_decision, count_fallback
-from koprogo_router.adapters.policy_book import PolicyBook
-from koprogo_router.domain.policy import DEFAULT_POLICY, PolicyViolation, edge_pools, effective_policy
-from koprogo_router.domain.routing import (
-    Catalogue,
-    GridRule,
-    Refusal,
-    RoutingRequest,
-    Target,
-    choose_target,
-)
 from koprogo_shared import subjects
-from koprogo_shared.catalogue import auto_class, find_model, known_model_ids
 from koprogo_shared.events import (
     ChatFailed,
     ChatRequested,
     InferenceAttemptFailed,
-    RoutingPlan,
     RoutingPolicyName,
     RoutingTarget,
     RunInference,
     chat_failed_id,
     derived_event_id,
-    required_features,
     utc_now,
 )
 from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.routing.choice import Catalogue, GridRule, Refusal
+from koprogo_shared.routing.decision import decide, default_catalogue, work_of
+from koprogo_shared.routing.policy import DEFAULT_POLICY
+from koprogo_shared.routing.policy_book import PolicyBook
 
 SOURCE = "koprogo/router"
 # What a building's caller gets for a cloud chat while its line to the hub is down.
@@ -46,10 +37,6 @@ OFFLINE_MESSAGE = (
     "the building is cut off from the hub: cloud models are unavailable until the line returns; "
     "the building's own models still answer"
 )
-
-
-def default_catalogue() -> Catalogue:
-    return Catalogue(find_model=find_model, known_models=known_model_ids(), auto_class=auto_class)
 
 
 class TargetsAwayError(Exception):
@@ -82,26 +69,15 @@ class Dispatcher:
                 request, Refusal(504, "deadline_exceeded", "the request expired before routing")
             )
             return
-        policy = effective_policy(
-            self.policies.policy_of(request.copro_id), request.routing, self.default_policy
-        )
-        if isinstance(policy, PolicyViolation):
-            await self._refuse(request, Refusal(403, "routing_policy_violation", policy.message))
-            return
         now = time.monotonic()
-        decision = choose_target(
-            RoutingRequest(
-                request.model,
-                policy,
-                request.max_tokens,
-                required_features(request.messages, request.controls),
-                edge_pools(request.copro_id, policy),
-                prompt_chars=sum(len(m.content) for m in request.messages),
-            ),
-            self.registry.alive(now),
-            self.registry.cloud(now),
-            self.catalogue,
-            self.grid_rule,
+        decision = decide(
+            request,
+            self.registry,
+            self.policies,
+            now,
+            catalogue=self.catalogue,
+            default_policy=self.default_policy,
+            grid_rule=self.grid_rule,
         )
         if isinstance(decision, Refusal):
             if self.cloud_at_hub and decision.status == 503 and not self.registry.cloud(now):
@@ -110,33 +86,10 @@ class Dispatcher:
                 raise TargetsAwayError(f"{decision.error}: {decision.message}")
             await self._refuse(request, decision)
             return
-        plan = RoutingPlan(
-            policy=policy.policy,
-            allow_fallback=policy.allow_fallback,
-            reason=decision.reason,
-            targets=[_routing_target(t) for t in decision.targets],
-        )
-        await self._send(
-            RunInference(
-                id=derived_event_id(request.id, "run"),
-                source=SOURCE,
-                copro_id=request.copro_id,
-                request_id=request.id,
-                model=plan.targets[0].model,
-                messages=request.messages,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                reply_subject=request.reply_subject,
-                deadline=request.deadline,
-                routing=plan,
-                stream=request.stream,
-                controls=request.controls,
-                # Routed again: an earlier copy may have run (and be past the de-dup window).
-                may_be_answered=redelivered,
-            )
-        )
+        # Routed again: an earlier copy may have run (and be past the de-dup window).
+        await self._send(work_of(request, decision.plan, source=SOURCE, may_be_answered=redelivered))
         # Counted once sent: a send that fails is retried with the request, and decided again.
-        count_decision(decision.targets[0].kind, policy.policy)
+        count_decision(decision.first.kind, decision.plan.policy)
 
     async def on_attempt_failed(self, failed: InferenceAttemptFailed) -> None:
         """Try the plan's next target if fallback is allowed and time is left; else fail the request.
@@ -233,10 +186,6 @@ class Dispatcher:
         # Durable first (the ledger records the failure), then straight to the waiting gateway.
         await self.bus.publish(subjects.chat_failed(failed.copro_id), failed)
         await self.bus.reply(reply_subject, failed)
-
-
-def _routing_target(target: Target) -> RoutingTarget:
-    return RoutingTarget(kind=target.kind, model=target.model, deployment=target.deployment, pool=target.pool)
 
 
 def _where(target: RoutingTarget) -> str:

@@ -9,7 +9,7 @@ will get. Nothing here does I/O.
    copro may use (`RoutingRequest.pools`: its own nodes' pool, then the shared one unless
    its policy is edge_only), one target per pool, and every available cloud deployment
    serving it (one without a key or in cooldown is skipped, and named in the refusal if
-   nothing else is left). A long `auto` chat (`domain.grid`: never under edge_only) may also
+   nothing else is left). A long `auto` chat (`routing.grid`: never under edge_only) may also
    go to the grid: the shared pool's live nodes that joined it, one target per model.
 3. Each target gets an estimate for the request's expected size (`max_tokens`, or
    `DEFAULT_EXPECTED_TOKENS`; the same size for every target, used only to rank them): CO₂
@@ -31,9 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from koprogo_router.domain.grid import GridRule, grid_candidate, grid_target
-from koprogo_router.domain.policy import EffectivePolicy
-from koprogo_router.domain.targets import (
+from koprogo_shared import co2
+from koprogo_shared.catalogue import serve_hint
+from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
+from koprogo_shared.routing.grid import GridRule, grid_candidate, grid_target
+from koprogo_shared.routing.policy import EffectivePolicy
+from koprogo_shared.routing.targets import (
     UNMEASURED_CLOUD_LATENCY_MS,
     Catalogue,
     Refusal,
@@ -43,9 +46,6 @@ from koprogo_router.domain.targets import (
     Target,
     node_target,
 )
-from koprogo_shared import co2
-from koprogo_shared.catalogue import serve_hint
-from koprogo_shared.node_registry import CloudCandidate, EdgeCandidate
 
 # Where a long chat's grid target goes in each policy's order (said in the routing reason).
 _GRID_ORDER = {
@@ -75,7 +75,7 @@ def choose_target(
     catalogue: Catalogue,
     grid: GridRule | None = None,
 ) -> RoutingDecision:
-    """Route `request`; with a `grid` rule, a long `auto` chat may go to the grid (`domain.grid`)."""
+    """Route `request`; with a `grid` rule, a long `auto` chat may go to the grid (`routing.grid`)."""
     models = catalogue.auto_class(request.model)
     long_chat = None if grid is None else grid_candidate(request, models is not None, grid)
     if models is None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from koprogo_router.domain.targets import RoutingRequest, Target, node_target
 from koprogo_shared import subjects
 from koprogo_shared.node_registry import EdgeCandidate
+from koprogo_shared.routing.targets import RoutingRequest, Target, node_target
 
 DEFAULT_GRID_MIN_PROMPT_CHARS = 6000
 DEFAULT_GRID_MIN_MAX_TOKENS = 1024

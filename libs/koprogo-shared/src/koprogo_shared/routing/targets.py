@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from koprogo_router.domain.policy import EffectivePolicy
 from koprogo_shared import co2, subjects
 from koprogo_shared.catalogue import CatalogueModel
 from koprogo_shared.node_registry import EdgeCandidate
+from koprogo_shared.routing.policy import EffectivePolicy
 
 # What ranking assumes when the request sets no max_tokens (an answer of a few paragraphs).
 DEFAULT_EXPECTED_TOKENS = 256

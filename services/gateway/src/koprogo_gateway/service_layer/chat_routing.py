@@ -1,0 +1,73 @@
+"""Where a chat request is stored: routed by the gateway itself, or for the router.
+
+A request whose first target is a cloud deployment is routed here, with the router's own rules
+(`koprogo_shared.routing.decision`) over the gateway's copy of the node registry and of the
+copros' policies, and stored once with its plan (`ChatRequested.routed`) on the subject that
+names the deployment (`subjects.routed_chat_requested`), where the deployment's workers take it:
+one stored write, one delivery and one process fewer on the chat's path (docs/decisions.md, *The
+request and its routing stored once*). Everything else goes to the router as before, on
+`subjects.chat_requested`: a refusal (the router records and answers it), an edge or grid first
+target, a deployment whose workers do not take routed requests yet (a release before this one),
+and every request of a building's gateway (its router sends cloud work over the leaf link).
+A failed attempt falls back through the router either way (`InferenceAttemptFailed`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from koprogo_shared import subjects
+from koprogo_shared.events import ChatRequested, RoutingPolicyName
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.routing.choice import Catalogue, GridRule, Refusal
+from koprogo_shared.routing.decision import decide, default_catalogue
+from koprogo_shared.routing.policy import DEFAULT_POLICY
+from koprogo_shared.routing.policy_book import PolicyBook
+
+ROUTED = Counter(
+    "koprogo_gateway_requests_routed_total",
+    "Chat requests stored, by who routes them: the gateway (to a cloud deployment) or the router",
+    ["by"],
+)
+
+
+@dataclass
+class ChatRouting:
+    registry: NodeRegistry
+    policies: PolicyBook
+    # As the router's (DEFAULT_ROUTING_POLICY, GRID_MIN_*): the same settings, read by both.
+    default_policy: RoutingPolicyName = DEFAULT_POLICY
+    grid_rule: GridRule = field(default_factory=GridRule)
+    catalogue: Catalogue = field(default_factory=default_catalogue)
+    # False: every request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
+    enabled: bool = True
+
+    def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
+        """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
+        if self.enabled:
+            now = time.monotonic()
+            decision = decide(
+                request,
+                self.registry,
+                self.policies,
+                now,
+                catalogue=self.catalogue,
+                default_policy=self.default_policy,
+                grid_rule=self.grid_rule,
+            )
+            if not isinstance(decision, Refusal):
+                first = decision.first
+                if first.kind == "cloud" and first.deployment and self._takes_routed(first.deployment, now):
+                    ROUTED.labels(by="gateway").inc()
+                    return (
+                        subjects.routed_chat_requested(request.copro_id, first.deployment),
+                        request.model_copy(update={"routed": decision.plan}),
+                    )
+        ROUTED.labels(by="router").inc()
+        return subjects.chat_requested(request.copro_id), request
+
+    def _takes_routed(self, deployment: str, now: float) -> bool:
+        return any(c.deployment == deployment and c.takes_routed_requests for c in self.registry.cloud(now))

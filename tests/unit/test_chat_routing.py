@@ -1,0 +1,127 @@
+"""Where the gateway stores a chat request (`chat_routing.py`): routed itself to a cloud deployment,
+or for the router; with a fake policy book and a registry fed as the heartbeats feed it."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from koprogo_gateway.service_layer.chat_routing import ChatRouting
+from koprogo_router.adapters.bus import FakeBus
+from koprogo_router.service_layer.dispatch import Dispatcher
+from koprogo_shared import subjects
+from koprogo_shared.catalogue import BUNDLED_MODEL_ID
+from koprogo_shared.co2 import CloudFootprint
+from koprogo_shared.events import (
+    ChatMessage,
+    ChatRequested,
+    CloudDeploymentStatus,
+    RoutingPreference,
+    RunInference,
+    utc_now,
+)
+from koprogo_shared.node_registry import NodeRegistry
+from koprogo_shared.routing.decision import work_of
+from koprogo_shared.routing.policy_book import FakePolicyBook
+from tests.unit.test_node_registry import beat
+
+CLOUD_MODEL = "gpt-4o-mini"
+
+
+def requested(model: str = CLOUD_MODEL, routing: RoutingPreference | None = None) -> ChatRequested:
+    return ChatRequested(
+        source="koprogo/gateway",
+        copro_id="c1",
+        model=model,
+        messages=[ChatMessage(role="user", content="Résume le procès-verbal.")],
+        reply_subject="koprogo.reply.gw1",
+        deadline=utc_now() + timedelta(seconds=30),
+        routing=routing,
+    )
+
+
+def registry(*, takes_routed: bool = True, edge: bool = False, cloud: bool = True) -> NodeRegistry:
+    reg = NodeRegistry()
+    now = time.monotonic()
+    if edge:
+        reg.observe(beat("n1", [BUNDLED_MODEL_ID]), now)
+    if cloud:
+        reg.observe_cloud(
+            CloudDeploymentStatus(
+                source="test",
+                deployment="openai-eu",
+                provider="openai",
+                models=[CLOUD_MODEL],
+                available=True,
+                wh_per_1k_tokens=CloudFootprint().wh_per_1k_tokens,
+                intensity_g_per_kwh=CloudFootprint().intensity_g_per_kwh,
+                interval_s=2.0,
+                takes_routed_requests=takes_routed,
+            ),
+            now,
+        )
+    return reg
+
+
+def test_a_chat_for_a_cloud_model_is_stored_once_routed_to_its_deployment() -> None:
+    request = requested()
+    subject, stored = ChatRouting(registry(), FakePolicyBook()).place(request)
+    assert subject == subjects.routed_chat_requested("c1", "openai-eu")
+    assert stored.id == request.id and stored.routed is not None
+    assert [(t.kind, t.deployment, t.model) for t in stored.routed.targets] == [
+        ("cloud", "openai-eu", CLOUD_MODEL)
+    ]
+    assert subjects.cloud_work_copro(subject) == "c1"
+
+
+async def test_the_gateways_plan_makes_the_work_item_the_router_would_have_made() -> None:
+    request = requested()
+    reg = registry()
+    _, stored = ChatRouting(reg, FakePolicyBook()).place(request)
+    bus = FakeBus()
+    await Dispatcher(bus, reg, FakePolicyBook()).on_chat_requested(request)
+    [(subject, routers)] = bus.published
+    assert subject == subjects.run_inference_cloud("c1", "openai-eu")
+    assert isinstance(routers, RunInference) and stored.routed is not None
+    gateways = work_of(stored, stored.routed, source=routers.source, may_be_answered=False)
+    assert gateways == routers
+
+
+def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
+    request = requested()
+    unrouted = subjects.chat_requested("c1")
+    # A deployment whose workers are of an earlier release (no routed consumer).
+    assert ChatRouting(registry(takes_routed=False), FakePolicyBook()).place(request) == (unrouted, request)
+    # An edge first target: the router sends it to the node pool.
+    edge_first = requested(BUNDLED_MODEL_ID)
+    assert ChatRouting(registry(edge=True), FakePolicyBook()).place(edge_first) == (unrouted, edge_first)
+    # A refusal (nothing serves the model): the router records and answers it.
+    assert ChatRouting(registry(cloud=False), FakePolicyBook()).place(request) == (unrouted, request)
+    # The copro's policy keeps it on the edge: refused by the rules, so the router's to answer.
+    edge_only = FakePolicyBook({"c1": RoutingPreference(policy="edge_only")})
+    assert ChatRouting(registry(), edge_only).place(request) == (unrouted, request)
+    # Switched off (a building's gateway, GATEWAY_ROUTES_CLOUD=false).
+    assert ChatRouting(registry(), FakePolicyBook(), enabled=False).place(request) == (unrouted, request)
+
+
+def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_router() -> None:
+    subject = subjects.routed_chat_requested("c1", "openai-eu")
+    assert subject.startswith(subjects.CHAT_REQUESTED_ALL.removesuffix(">"))  # ledger, GDPR scrubber
+    # `*` matches exactly one token: the router's filter takes `chat_requested` subjects only.
+    assert len(subjects.chat_requested("c1").split(".")) == len(subjects.UNROUTED_CHAT_REQUESTED.split("."))
+    assert len(subject.split(".")) > len(subjects.UNROUTED_CHAT_REQUESTED.split("."))
+    assert subjects.cloud_work_copro(subjects.chat_requested("c1")) is None
+
+
+def test_an_unrouted_request_serialises_as_before_and_a_status_without_the_flag_takes_none() -> None:
+    assert "routed" not in requested().model_dump_json()
+    # A deployment's worker of an earlier release sends no flag: the gateway leaves it to the router.
+    assert CloudDeploymentStatus.model_validate_json(_old_status_json()).takes_routed_requests is False
+
+
+def _old_status_json() -> str:
+    return (
+        '{"id":"00000000-0000-4000-8000-000000000001","source":"old","time":"2026-12-01T00:00:00Z",'
+        '"type":"koprogo.cloud.status.v1","deployment":"d","provider":"openai","models":["m"],'
+        '"available":true,"wh_per_1k_tokens":0.3,"intensity_g_per_kwh":300,"interval_s":2}'
+    )
