@@ -7,6 +7,7 @@ a message (the router's, the ledger's own) has acknowledged it; the rest is scru
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from nats.js import JetStreamContext
@@ -19,7 +20,14 @@ from koprogo_router.bootstrap import CONSUMER as ROUTER_CONSUMER
 from koprogo_router.bootstrap import FALLBACK_CONSUMER as ROUTER_FALLBACK_CONSUMER
 from koprogo_shared import subjects
 from koprogo_shared.consumer import consumer_config
-from koprogo_shared.events import ChatRequested, Event, RoutingPlan, RoutingTarget, UserDataErasureRequested
+from koprogo_shared.events import (
+    ChatRequested,
+    Event,
+    RoutingPlan,
+    RoutingTarget,
+    UserDataErasureRequested,
+    utc_now,
+)
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from tests.conftest import wait_until
 from tests.integration.ledger_support import (
@@ -112,12 +120,13 @@ async def test_a_request_the_gateway_routed_is_projected_and_scrubbed_once_its_c
         plain = chat_requested()
         request = plain.model_copy(
             update={
+                "deadline": utc_now() + timedelta(minutes=5),  # still to be run
                 "routed": RoutingPlan(
                     policy="prefer_edge",
                     allow_fallback=True,
                     reason="no edge node serves the model",
                     targets=[RoutingTarget(kind="cloud", model=plain.model, deployment="openai-eu")],
-                )
+                ),
             }
         )
         subject = subjects.routed_chat_requested(request.copro_id, "openai-eu")
@@ -140,6 +149,39 @@ async def test_a_request_the_gateway_routed_is_projected_and_scrubbed_once_its_c
         await wait_until(lambda: _gone(ledger.js, ack.seq), timeout=20)
         await wait_until(ledger.settled, timeout=20)
         assert await ledger.dead_letters() == []
+
+
+async def test_a_routed_request_past_its_deadline_is_scrubbed_without_waiting_for_its_cloud_worker(
+    database_url: str, clean_jetstream: str
+) -> None:
+    """A retired deployment's durable never takes its requests: past their deadlines (its worker
+    would only fail them) they are not waited for, so the erasure is not held for 30 days."""
+    async with running_ledger(database_url, clean_jetstream) as ledger:
+        await ledger.js.add_consumer(ROUTED_CONSUMER.stream, consumer_config(ROUTED_CONSUMER))
+        plain = chat_requested()
+        request = plain.model_copy(
+            update={
+                "deadline": utc_now() - timedelta(seconds=1),
+                "routed": RoutingPlan(
+                    policy="prefer_edge",
+                    allow_fallback=True,
+                    reason="no edge node serves the model",
+                    targets=[RoutingTarget(kind="cloud", model=plain.model, deployment="openai-eu")],
+                ),
+            }
+        )
+        ack = await ledger.js.publish(
+            subjects.routed_chat_requested(request.copro_id, "openai-eu"),
+            request.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": request.id},
+        )
+        await wait_until(lambda: ledger.applied(request.id))
+        erasure = _erasure_of(request)
+        await ledger.publish(erasure)
+        await wait_until(lambda: _gone(ledger.js, ack.seq), timeout=20)
+        info = await ledger.js.consumer_info(ROUTED_CONSUMER.stream, ROUTED_CONSUMER.durable)
+        assert info.num_pending == 0 and info.delivered.stream_seq == 0  # never taken: deleted before
+        await wait_until(ledger.settled, timeout=20)
 
 
 async def test_an_erasure_keeps_the_chats_the_user_sent_after_it(

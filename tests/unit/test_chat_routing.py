@@ -22,10 +22,18 @@ from koprogo_shared.events import (
 )
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.routing.decision import work_of
-from koprogo_shared.routing.policy_book import FakePolicyBook
+from koprogo_shared.routing.policy_book import FakePolicyBook, RouterDefaults
 from tests.unit.test_node_registry import beat
 
 CLOUD_MODEL = "gpt-4o-mini"
+DEFAULTS = RouterDefaults(policy="prefer_edge", grid_min_prompt_chars=6000, grid_min_max_tokens=1024)
+
+
+def book(
+    policies: dict[str, RoutingPreference] | None = None, defaults: RouterDefaults | None = DEFAULTS
+) -> FakePolicyBook:
+    """The policies and the routers' stored defaults, as a gateway's watch holds them."""
+    return FakePolicyBook(policies, defaults)
 
 
 def requested(model: str = CLOUD_MODEL, routing: RoutingPreference | None = None) -> ChatRequested:
@@ -65,7 +73,7 @@ def registry(*, takes_routed: bool = True, edge: bool = False, cloud: bool = Tru
 
 def test_a_chat_for_a_cloud_model_is_stored_once_routed_to_its_deployment() -> None:
     request = requested()
-    subject, stored = ChatRouting(registry(), FakePolicyBook()).place(request)
+    subject, stored = ChatRouting(registry(), book()).place(request)
     assert subject == subjects.routed_chat_requested("c1", "openai-eu")
     assert stored.id == request.id and stored.routed is not None
     assert [(t.kind, t.deployment, t.model) for t in stored.routed.targets] == [
@@ -77,7 +85,7 @@ def test_a_chat_for_a_cloud_model_is_stored_once_routed_to_its_deployment() -> N
 async def test_the_gateways_plan_makes_the_work_item_the_router_would_have_made() -> None:
     request = requested()
     reg = registry()
-    _, stored = ChatRouting(reg, FakePolicyBook()).place(request)
+    _, stored = ChatRouting(reg, book()).place(request)
     bus = FakeBus()
     await Dispatcher(bus, reg, FakePolicyBook()).on_chat_requested(request)
     [(subject, routers)] = bus.published
@@ -91,17 +99,22 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     request = requested()
     unrouted = subjects.chat_requested("c1")
     # A deployment whose workers are of an earlier release (no routed consumer).
-    assert ChatRouting(registry(takes_routed=False), FakePolicyBook()).place(request) == (unrouted, request)
+    assert ChatRouting(registry(takes_routed=False), book()).place(request) == (unrouted, request)
     # An edge first target: the router sends it to the node pool.
     edge_first = requested(BUNDLED_MODEL_ID)
-    assert ChatRouting(registry(edge=True), FakePolicyBook()).place(edge_first) == (unrouted, edge_first)
+    assert ChatRouting(registry(edge=True), book()).place(edge_first) == (unrouted, edge_first)
     # A refusal (nothing serves the model): the router records and answers it.
-    assert ChatRouting(registry(cloud=False), FakePolicyBook()).place(request) == (unrouted, request)
+    assert ChatRouting(registry(cloud=False), book()).place(request) == (unrouted, request)
     # The copro's policy keeps it on the edge: refused by the rules, so the router's to answer.
-    edge_only = FakePolicyBook({"c1": RoutingPreference(policy="edge_only")})
+    edge_only = book({"c1": RoutingPreference(policy="edge_only")})
     assert ChatRouting(registry(), edge_only).place(request) == (unrouted, request)
+    # No router stored its defaults yet: the gateway cannot decide as the routers do.
+    assert ChatRouting(registry(), book(defaults=None)).place(request) == (unrouted, request)
+    # The routers' own default keeps chats on the edge: never to the cloud by another default.
+    routers_edge_only = book(defaults=DEFAULTS.model_copy(update={"policy": "edge_only"}))
+    assert ChatRouting(registry(), routers_edge_only).place(request) == (unrouted, request)
     # Switched off (a building's gateway, GATEWAY_ROUTES_CLOUD=false).
-    assert ChatRouting(registry(), FakePolicyBook(), enabled=False).place(request) == (unrouted, request)
+    assert ChatRouting(registry(), book(), enabled=False).place(request) == (unrouted, request)
 
 
 def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_router() -> None:

@@ -270,3 +270,20 @@ async def test_a_buildings_cloud_chat_once_the_hubs_heartbeats_stopped_is_refuse
     await Dispatcher(hub_bus, live_registry(), FakePolicyBook()).on_chat_requested(requested("gpt-4o-mini"))
     [(_, refused)] = hub_bus.published
     assert isinstance(refused, ChatFailed) and refused.error != "offline"
+
+
+async def test_a_request_a_gateway_routed_is_never_routed_again() -> None:
+    """Its worker takes it from the audit log; a router whose durable kept an earlier release's
+    filter (`…requested.>`) would otherwise send the same chat to a second run."""
+    from koprogo_shared.events import RoutingPlan, RoutingTarget
+
+    bus = FakeBus()
+    plan = RoutingPlan(
+        policy="prefer_edge",
+        allow_fallback=True,
+        reason="no edge node serves the model",
+        targets=[RoutingTarget(kind="cloud", model="gpt-4o-mini", deployment="openai")],
+    )
+    routed = requested("gpt-4o-mini").model_copy(update={"routed": plan})
+    await Dispatcher(bus, with_cloud(live_registry()), FakePolicyBook()).on_chat_requested(routed)
+    assert bus.published == [] and bus.replies == []

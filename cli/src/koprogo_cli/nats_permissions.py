@@ -24,7 +24,8 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                koprogo.work.{edge,cloud,grid}.>,                  koprogo.nodes.cloud.*
                koprogo.events.chat.failed.>, koprogo.reply.*,
                koprogo.nodes.announce, their dead letters; read
-               and watch the routing-policy bucket
+               and watch the routing-policy bucket, and write
+               its own defaults there (key router.defaults)
     cloud      per deployment D: consumer `cloud-D` on            its inbox,
                KOPROGO_WORK (filter koprogo.work.cloud.*.D), its  koprogo.nodes.announce,
                dead letters, koprogo.nodes.cloud.D;               koprogo.cancel.*
@@ -181,6 +182,8 @@ def router_permissions(public_key: str) -> Permissions:
             subjects.GATEWAY_REPLY_ANY,
             subjects.NODES_ANNOUNCE,
             *_routing_policies_read(),
+            # Its own defaults, for the gateways (`routing.policy_book.publish_router_defaults`).
+            f"$KV.{subjects.ROUTING_POLICY_BUCKET}.{subjects.ROUTER_DEFAULTS_KEY}",
         ),
         subscribe=(
             own_inbox(public_key),

@@ -41,6 +41,7 @@ from koprogo_shared.events import (
 )
 from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
+from koprogo_shared.routing.policy_book import RouterDefaults
 
 ASYNCAPI_VERSION = "3.0.0"
 CATALOGUE_VERSION = "1.0.0"
@@ -171,6 +172,10 @@ CHANNELS: tuple[Channel, ...] = (
             raw_payload=("NodeCancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("routingPolicy", _KV_ROUTING, (RoutingPreference,), ("gateway",), ("router", "gateway"),
             f"A copro's default routing policy: key-value bucket {subjects.ROUTING_POLICY_BUCKET}, watched."),
+    Channel("routerDefaults", f"$KV.{subjects.ROUTING_POLICY_BUCKET}.{subjects.ROUTER_DEFAULTS_KEY}",
+            (RouterDefaults,), ("router",), ("gateway",),
+            "The routers' own defaults (DEFAULT_ROUTING_POLICY, GRID_MIN_*), stored by each router at start in "
+            f"key-value bucket {subjects.ROUTING_POLICY_BUCKET}: a gateway routes a cloud chat itself only by them."),
     Channel("rateLimitCounter", _KV_RATE, (), ("gateway",), ("gateway",),
             f"The gateways' rate-limit counters: key-value bucket {subjects.RATE_LIMIT_BUCKET} (internal).",
             raw_payload=("RateLimitCount", {"type": "string", "pattern": "^[0-9]+$"})),

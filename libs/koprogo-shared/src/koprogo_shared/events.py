@@ -30,13 +30,14 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
-def derived_event_id(parent_id: str, what: str) -> str:
-    """A deterministic id for the event that `what` produces from `parent_id`.
+def derived_event_id(parent_id: str | uuid.UUID, what: str) -> str:
+    """A deterministic id for the event that `what` produces from `parent_id` (parsed already, or not).
 
     A redelivered command then produces the same event id, which JetStream
     de-duplicates and the ledger applies once.
     """
-    return str(uuid.uuid5(uuid.UUID(parent_id), what))
+    parent = parent_id if isinstance(parent_id, uuid.UUID) else uuid.UUID(parent_id)
+    return str(uuid.uuid5(parent, what))
 
 
 def chat_failed_id(request_id: str) -> str:
@@ -309,7 +310,7 @@ class ChatsDelivered(Event):
     def each(self) -> list[ChatDelivered]:
         return [
             ChatDelivered(
-                id=str(uuid.uuid5(d.request_id, "delivered")),  # = derived_event_id(request_id, "delivered")
+                id=derived_event_id(d.request_id, "delivered"),
                 source=self.source,
                 time=self.time,
                 copro_id=self.copro_id,
@@ -322,6 +323,10 @@ class ChatsDelivered(Event):
 
 class NodeHeartbeat(Event):
     """An edge node is alive: what it serves, how busy it is, what it emits."""
+
+    # As `CloudDeploymentStatus`: a later release's field is ignored, so a volunteer's newer node
+    # stays visible to an older hub.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: Literal["koprogo.node.heartbeat.v1"] = "koprogo.node.heartbeat.v1"
     node_id: str
@@ -405,6 +410,11 @@ class CloudDeploymentStatus(Event):
     cooldown after repeated failures (`cooldown_until`); the router skips it and
     `/mcp/v1/models` says why.
     """
+
+    # Heartbeats are not stored facts: a field a later release adds is ignored, not refused, so a
+    # newer deployment stays visible to an older router, gateway or building (issue 17's
+    # `takes_routed_requests` was the first such field).
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: Literal["koprogo.cloud.status.v1"] = "koprogo.cloud.status.v1"
     deployment: str

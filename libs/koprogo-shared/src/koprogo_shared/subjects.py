@@ -369,6 +369,11 @@ def grid_work_durable(model: str) -> str:
 _KV_KEY = re.compile(r"^[-_=A-Za-z0-9]{1,200}$")
 
 
+# The routers' own settings that decide a chat besides its copro's policy (`RouterDefaults`),
+# written by each router at start in ROUTING_POLICY_BUCKET under this key: a `.` no copro id has.
+ROUTER_DEFAULTS_KEY = "router.defaults"
+
+
 def routing_policy_key(copro_id: str) -> str:
     """The ROUTING_POLICY_BUCKET key of a copro; ValueError for an id that cannot be one."""
     if not _KV_KEY.match(copro_id):

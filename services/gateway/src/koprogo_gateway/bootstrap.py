@@ -54,13 +54,15 @@ from koprogo_shared.kv_buckets import IDEMPOTENCY_BUCKET
 from koprogo_shared.nats_connection import STREAMS_WAIT_S, buckets_for_service, connect_nats
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
-from koprogo_shared.routing.grid import GridRule
 from koprogo_shared.routing.policy_book import WatchedPolicyBook
 from koprogo_shared.subjects import RATE_LIMIT_BUCKET, ROUTING_POLICY_BUCKET
 
 log = logging.getLogger(__name__)
 
 LEAF_MONITOR_TIMEOUT_S = 1.0
+# How long the gateway tries to start watching the routing policies before it leaves every chat to
+# the routers (`_chat_routing`).
+ROUTING_WATCH_START_S = 10.0
 
 
 @dataclass
@@ -105,24 +107,19 @@ async def _chat_routing(
 ) -> tuple[ChatRouting | None, WatchedPolicyBook | None]:
     """Where chats are stored (`chat_routing.py`): routed here only with every copro's policy known
     (an `edge_only` copro must never be sent to the cloud by a default it does not know it has);
-    a watch that cannot start (a NATS identity of an earlier release) leaves routing to the router."""
+    a watch that cannot start within ROUTING_WATCH_START_S (a NATS identity of an earlier release:
+    run `koprogo nats-config` again) leaves routing to the router, said once in the log."""
     if not settings.gateway_routes_cloud or settings.site == "building":
         return None, None
     book = WatchedPolicyBook()
     try:
-        await asyncio.wait_for(book.follow(js), timeout=STREAMS_WAIT_S)
+        await asyncio.wait_for(book.follow(js), timeout=ROUTING_WATCH_START_S)
     except Exception as exc:
         log.warning("the router routes every chat: the routing policies cannot be watched (%r)", exc)
         with contextlib.suppress(Exception):
             await book.close()
         return None, None
-    routing = ChatRouting(
-        registry,
-        book,
-        default_policy=settings.default_routing_policy,
-        grid_rule=GridRule(settings.grid_min_prompt_chars, settings.grid_min_max_tokens),
-    )
-    return routing, book
+    return ChatRouting(registry, book), book
 
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:

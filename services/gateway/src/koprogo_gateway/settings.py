@@ -13,9 +13,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from koprogo_gateway.domain.input_limits import InputLimits
 from koprogo_gateway.domain.rate_limit import RateLimitPolicy
 from koprogo_shared.chat_outcomes import CHAT_LIFETIME_MAX_S
-from koprogo_shared.events import RoutingPolicyName
-from koprogo_shared.routing.grid import DEFAULT_GRID_MIN_MAX_TOKENS, DEFAULT_GRID_MIN_PROMPT_CHARS
-from koprogo_shared.routing.policy import DEFAULT_POLICY
 from koprogo_shared.settings import ContentKeySettings
 
 # Secrets copied from examples and templates; refused whatever their length.
@@ -56,12 +53,8 @@ class GatewaySettings(ContentKeySettings):
     # A chat whose first target is a cloud deployment is routed here and stored once, for that
     # deployment's workers (GATEWAY_ROUTES_CLOUD; `service_layer/chat_routing.py`); false: the
     # router routes every chat. Never on a building's gateway (its router sends cloud work to the hub).
+    # It decides by the routers' own defaults as they store them (`routing.policy_book`).
     gateway_routes_cloud: bool = True
-    # The router's settings, read under the same names, so both take the same decision:
-    # DEFAULT_ROUTING_POLICY and GRID_MIN_PROMPT_CHARS / GRID_MIN_MAX_TOKENS (`RouterSettings`).
-    default_routing_policy: RoutingPolicyName = DEFAULT_POLICY
-    grid_min_prompt_chars: int = Field(default=DEFAULT_GRID_MIN_PROMPT_CHARS, gt=0)
-    grid_min_max_tokens: int = Field(default=DEFAULT_GRID_MIN_MAX_TOKENS, gt=0)
 
     # Rate limits: chats per window per copro, and every authenticated request per user (the user
     # policy applies when authentication is on); 0 switches a policy off.

@@ -28,7 +28,7 @@ from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.node_roster import RosterFile
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.routing.grid import GridRule
-from koprogo_shared.routing.policy_book import WatchedPolicyBook
+from koprogo_shared.routing.policy_book import RouterDefaults, WatchedPolicyBook, publish_router_defaults
 from koprogo_shared.service_runtime import until_stopped_or_failed
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,15 @@ async def run_router(settings: RouterSettings, stop: asyncio.Event) -> None:
         NODE_HEALTH.watch(registry)
         policies = WatchedPolicyBook()
         await policies.follow(js)  # every copro's policy known before the first request
+        # For the gateways, which route cloud chats themselves by these (`routing.policy_book`).
+        await publish_router_defaults(
+            js,
+            RouterDefaults(
+                policy=settings.default_routing_policy,
+                grid_min_prompt_chars=settings.grid_min_prompt_chars,
+                grid_min_max_tokens=settings.grid_min_max_tokens,
+            ),
+        )
         await asyncio.sleep(settings.warmup_s)
         dispatcher = Dispatcher(
             NatsBus(nc, js),

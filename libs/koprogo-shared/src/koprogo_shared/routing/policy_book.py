@@ -1,9 +1,15 @@
-"""The copros' routing policies, as the router sees them: a local copy kept by watching the bucket.
+"""The copros' routing policies, as a router or a gateway sees them: a local copy kept by watching the bucket.
 
 Looking a policy up is on the hot path, so it reads memory; the watch keeps the copy
 current within milliseconds of an admin's change. The router takes no request before the
 watch has delivered every stored policy (`follow` returns only then): an `edge_only` copro
 must never be routed by a default it does not know it has.
+
+The same bucket holds the routers' own defaults (`RouterDefaults`, key
+`subjects.ROUTER_DEFAULTS_KEY`), written by each router at start (`publish_router_defaults`):
+a gateway routes a chat itself only with them, so that it decides as the routers do (a router
+set to `DEFAULT_ROUTING_POLICY=edge_only` must never see its gateways send a copro's chat to a
+cloud deployment by another default).
 """
 
 from __future__ import annotations
@@ -15,13 +21,30 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from koprogo_shared.events import RoutingPreference
-from koprogo_shared.subjects import ROUTING_POLICY_BUCKET, routing_policy_key
+from koprogo_shared.events import RoutingPolicyName, RoutingPreference
+from koprogo_shared.subjects import ROUTER_DEFAULTS_KEY, ROUTING_POLICY_BUCKET, routing_policy_key
 
 log = logging.getLogger(__name__)
 _BUCKET_STREAM = f"KV_{ROUTING_POLICY_BUCKET}"
+
+
+class RouterDefaults(BaseModel):
+    """What decides a chat in a router besides its copro's policy (`RouterSettings`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    policy: RoutingPolicyName  # DEFAULT_ROUTING_POLICY
+    grid_min_prompt_chars: int = Field(gt=0)  # GRID_MIN_PROMPT_CHARS
+    grid_min_max_tokens: int = Field(gt=0)  # GRID_MIN_MAX_TOKENS
+
+
+async def publish_router_defaults(js: JetStreamContext, defaults: RouterDefaults) -> None:
+    """Store a router's defaults in the policies' bucket (raises when it cannot: a gateway must
+    never go on deciding by the defaults of an earlier configuration)."""
+    kv = await js.key_value(ROUTING_POLICY_BUCKET)
+    await kv.put(ROUTER_DEFAULTS_KEY, defaults.model_dump_json().encode())
 
 
 class PolicyBook(abc.ABC):
@@ -29,20 +52,35 @@ class PolicyBook(abc.ABC):
     def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
         """The copro's default routing policy, or None when it has none (or names no copro)."""
 
+    def router_defaults(self) -> RouterDefaults | None:
+        """The routers' defaults as they stored them, None while none did (the router's own book
+        is never asked: it has its settings)."""
+        return None
+
 
 class FakePolicyBook(PolicyBook):
-    def __init__(self, policies: dict[str, RoutingPreference] | None = None) -> None:
+    def __init__(
+        self, policies: dict[str, RoutingPreference] | None = None, defaults: RouterDefaults | None = None
+    ) -> None:
         self.policies = dict(policies or {})
+        self.defaults = defaults
 
     def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
         return self.policies.get(copro_id) if copro_id else None
+
+    def router_defaults(self) -> RouterDefaults | None:
+        return self.defaults
 
 
 class WatchedPolicyBook(PolicyBook):
     def __init__(self, check_interval_s: float = 5.0) -> None:
         self._policies: dict[str, RoutingPreference] = {}
+        self._defaults: RouterDefaults | None = None
         self._task: asyncio.Task[None] | None = None
         self.check_interval_s = check_interval_s
+
+    def router_defaults(self) -> RouterDefaults | None:
+        return self._defaults
 
     def policy_of(self, copro_id: str | None) -> RoutingPreference | None:
         if not copro_id:
@@ -71,6 +109,7 @@ class WatchedPolicyBook(PolicyBook):
         created = (await js.stream_info(_BUCKET_STREAM)).created
         watcher = await kv.watchall()
         loaded: dict[str, RoutingPreference] = {}
+        self._defaults = None  # read again below, if still stored
         while (entry := await watcher.updates(timeout=30)) is not None:  # None: caught up
             self._apply(entry, loaded)
         self._policies = loaded
@@ -117,15 +156,27 @@ class WatchedPolicyBook(PolicyBook):
             if entry is not None:
                 self._apply(entry, self._policies)
 
-    @staticmethod
-    def _apply(entry: KeyValue.Entry, policies: dict[str, RoutingPreference]) -> None:
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
+    def _apply(self, entry: KeyValue.Entry, policies: dict[str, RoutingPreference]) -> None:
+        value = None if entry.operation in ("DEL", "PURGE") else entry.value
+        if entry.key == ROUTER_DEFAULTS_KEY:
+            self._defaults = _router_defaults(value) if value else None
+            return
+        if not value:
             policies.pop(entry.key, None)
             return
         try:
-            policies[entry.key] = RoutingPreference.model_validate_json(entry.value)
+            policies[entry.key] = RoutingPreference.model_validate_json(value)
         except ValidationError as exc:
             # Only the gateway writes here, after validating; keep the last good policy.
             log.error(
                 "ignoring an unreadable routing policy for %s: %d error(s)", entry.key, exc.error_count()
             )
+
+
+def _router_defaults(value: bytes) -> RouterDefaults | None:
+    try:
+        return RouterDefaults.model_validate_json(value)
+    except ValidationError as exc:
+        # Unreadable: decide nothing by it (a gateway then leaves every chat to the routers).
+        log.error("ignoring the routers' unreadable defaults: %d error(s)", exc.error_count())
+        return None

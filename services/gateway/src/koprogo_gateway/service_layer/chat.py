@@ -61,7 +61,7 @@ from koprogo_gateway.service_layer.chat_answers import (
 from koprogo_gateway.service_layer.chat_cancel import cancel_chat
 from koprogo_gateway.service_layer.chat_keyed import answer_keyed, keep, stream_keyed
 from koprogo_gateway.service_layer.chat_metrics import CHATS, LATENCY, not_answered, unanswered_counted
-from koprogo_gateway.service_layer.chat_routing import ChatRouting
+from koprogo_gateway.service_layer.chat_routing import ChatRouting, count_stored
 from koprogo_gateway.service_layer.delivery_records import DeliveryRecords
 from koprogo_gateway.service_layer.idempotency_keys import IdempotencyKeys, KeyedRequest
 from koprogo_gateway.service_layer.rate_limit_headers import rate_limit_headers, refusal_headers
@@ -167,7 +167,9 @@ class ChatService:
         if self.routing is None:
             await self.bus.publish(subjects.chat_requested(request.copro_id), request)
             return
-        await self.bus.publish(*self.routing.place(request))
+        subject, stored = self.routing.place(request)
+        await self.bus.publish(subject, stored)
+        count_stored(stored)
 
     def _scope(self, caller: Caller, body: ChatRequestIn) -> CoproId | None:
         """The scope check and the copro the chat is for (raises GatewayError)."""

@@ -20,34 +20,41 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from koprogo_shared import subjects
-from koprogo_shared.events import ChatRequested, RoutingPolicyName
+from koprogo_shared.events import ChatRequested
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.routing.choice import Catalogue, GridRule, Refusal
 from koprogo_shared.routing.decision import decide, default_catalogue
-from koprogo_shared.routing.policy import DEFAULT_POLICY
 from koprogo_shared.routing.policy_book import PolicyBook
 
-ROUTED = Counter(
-    "koprogo_gateway_requests_routed_total",
-    "Chat requests stored, by who routes them: the gateway (to a cloud deployment) or the router",
-    ["by"],
+# With the router's labels (`koprogo_router_decisions_total`), so that the two add up to every
+# chat routed (deploy/prometheus/recording.yml does).
+DECISIONS = Counter(
+    "koprogo_gateway_routing_decisions_total",
+    "Chats the gateway routed itself (to a cloud deployment), by first target's kind and policy",
+    ["target", "reason"],
 )
+
+
+def count_stored(request: ChatRequested) -> None:
+    """Count a request once stored, if the gateway routed it (the router counts the others)."""
+    if request.routed is not None:
+        DECISIONS.labels(target=request.routed.targets[0].kind, reason=request.routed.policy).inc()
 
 
 @dataclass
 class ChatRouting:
     registry: NodeRegistry
+    # The copros' policies and the routers' own defaults (DEFAULT_ROUTING_POLICY, GRID_MIN_*), as
+    # the routers stored them: without those, every request goes to the router.
     policies: PolicyBook
-    # As the router's (DEFAULT_ROUTING_POLICY, GRID_MIN_*): the same settings, read by both.
-    default_policy: RoutingPolicyName = DEFAULT_POLICY
-    grid_rule: GridRule = field(default_factory=GridRule)
     catalogue: Catalogue = field(default_factory=default_catalogue)
     # False: every request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
     enabled: bool = True
 
     def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
         """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
-        if self.enabled:
+        defaults = self.policies.router_defaults() if self.enabled else None
+        if defaults is not None:
             now = time.monotonic()
             decision = decide(
                 request,
@@ -55,18 +62,16 @@ class ChatRouting:
                 self.policies,
                 now,
                 catalogue=self.catalogue,
-                default_policy=self.default_policy,
-                grid_rule=self.grid_rule,
+                default_policy=defaults.policy,
+                grid_rule=GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens),
             )
             if not isinstance(decision, Refusal):
                 first = decision.first
                 if first.kind == "cloud" and first.deployment and self._takes_routed(first.deployment, now):
-                    ROUTED.labels(by="gateway").inc()
                     return (
                         subjects.routed_chat_requested(request.copro_id, first.deployment),
                         request.model_copy(update={"routed": decision.plan}),
                     )
-        ROUTED.labels(by="router").inc()
         return subjects.chat_requested(request.copro_id), request
 
     def _takes_routed(self, deployment: str, now: float) -> bool:

@@ -16,7 +16,8 @@ A message is deleted only once every durable consumer of it (`OTHER_CONSUMERS`: 
 two, the grid scheduler's; every cloud deployment's durable of the requests gateways routed to
 it, `subjects.is_routed_requests_durable`; and the ledger's own) has acknowledged it, read from
 their ack floors (one consumer listing of the stream): a chat in flight still reaches the
-router, its cloud worker and the ledger. While some are not, `erase_user` deletes the rest
+router, its cloud worker and the ledger. A routed request past its deadline is not waited for
+(its worker would only fail it), so a retired deployment's durable holds nothing back. While some are not, `erase_user` deletes the rest
 and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
 (`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
 holds nothing back.
@@ -33,10 +34,12 @@ import abc
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
@@ -127,10 +130,15 @@ class NatsStreamScrubber(StreamScrubber):
             async for message in read_messages(self._js, subject, before=before):
                 if _owner_id(message.event) not in request_ids:
                     continue
+                expired = _past_deadline(message.event)
                 behind = [
                     f.consumer
                     for f in floors
-                    if message.seq > f.stream_seq and any(_matches(message.subject, p) for p in f.filters)
+                    if message.seq > f.stream_seq
+                    and any(_matches(message.subject, p) for p in f.filters)
+                    # A cloud worker would only fail a request past its deadline: never waited for
+                    # (a retired deployment's durable would otherwise hold the erasure 30 days).
+                    and not (expired and subjects.is_routed_requests_durable(f.consumer))
                 ]
                 if behind:
                     waiting += 1
@@ -149,7 +157,7 @@ class NatsStreamScrubber(StreamScrubber):
     async def _ack_floors(self) -> list[_AckFloor]:
         floors = []
         # A consumer that does not exist is not listed: nothing of it is in flight.
-        for info in await self._js.consumers_info(subjects.EVENTS_STREAM):
+        for info in await self._all_consumers():
             if info.name not in self._consumers and not subjects.is_routed_requests_durable(info.name):
                 continue  # an ephemeral reader (an ordered consumer), which holds nothing back
             config = info.config
@@ -157,6 +165,13 @@ class NatsStreamScrubber(StreamScrubber):
             floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
             floors.append(_AckFloor(info.name, filters, floor))
         return floors
+
+    async def _all_consumers(self) -> list[ConsumerInfo]:
+        """Every consumer of the audit log, page after page (JetStream lists up to 256 at a time)."""
+        consumers: list[ConsumerInfo] = []
+        while page := await self._js.consumers_info(subjects.EVENTS_STREAM, offset=len(consumers) or None):
+            consumers += page
+        return consumers
 
 
 def _matches(subject: str, pattern: str) -> bool:
@@ -168,6 +183,17 @@ def _matches(subject: str, pattern: str) -> bool:
         if i >= len(tokens) or (token != "*" and token != tokens[i]):
             return False
     return len(tokens) == len(wanted)
+
+
+def _past_deadline(event: dict[str, Any]) -> bool:
+    """Whether the event is a request whose deadline has passed (False when it names none)."""
+    deadline = event.get("deadline")
+    if not isinstance(deadline, str):
+        return False
+    try:
+        return datetime.fromisoformat(deadline) <= datetime.now(UTC)
+    except ValueError:
+        return False
 
 
 def _owner_id(event: dict[str, Any]) -> str | None:

@@ -64,6 +64,12 @@ class Dispatcher:
         then raises TargetsAwayError (retried later) rather than refusing work that may be
         answered; any other decision is taken again (the work id is de-duplicated).
         """
+        if request.routed is not None:
+            # Routed by a gateway and stored for its worker (`subjects.routed_chat_requested`):
+            # this router's filter should not have delivered it (a durable that kept an earlier
+            # release's filter); routing it again would run it twice.
+            count_decision("none", "routed_by_gateway")
+            return
         if _expired(request.deadline):
             await self._refuse(
                 request, Refusal(504, "deadline_exceeded", "the request expired before routing")
