@@ -48,7 +48,9 @@ def requested(model: str = CLOUD_MODEL, routing: RoutingPreference | None = None
     )
 
 
-def registry(*, takes_routed: bool = True, edge: bool = False, cloud: bool = True) -> NodeRegistry:
+def registry(
+    *, takes_routed: bool = True, edge: bool = False, cloud: bool = True, available: bool = True
+) -> NodeRegistry:
     reg = NodeRegistry()
     now = time.monotonic()
     if edge:
@@ -60,7 +62,7 @@ def registry(*, takes_routed: bool = True, edge: bool = False, cloud: bool = Tru
                 deployment="openai-eu",
                 provider="openai",
                 models=[CLOUD_MODEL],
-                available=True,
+                available=available,
                 wh_per_1k_tokens=CloudFootprint().wh_per_1k_tokens,
                 intensity_g_per_kwh=CloudFootprint().intensity_g_per_kwh,
                 interval_s=2.0,
@@ -113,6 +115,9 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     # The routers' own default keeps chats on the edge: never to the cloud by another default.
     routers_edge_only = book(defaults=DEFAULTS.model_copy(update={"policy": "edge_only"}))
     assert ChatRouting(registry(), routers_edge_only).place(request) == (unrouted, request)
+    # No available deployment to route to (a provider without its key): left to the router,
+    # which decides (and refuses) it, without the gateway deciding first.
+    assert ChatRouting(registry(available=False), book()).place(request) == (unrouted, request)
     # Switched off (a building's gateway, GATEWAY_ROUTES_CLOUD=false).
     assert ChatRouting(registry(), book(), enabled=False).place(request) == (unrouted, request)
 

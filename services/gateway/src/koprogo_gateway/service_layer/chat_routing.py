@@ -54,8 +54,12 @@ class ChatRouting:
     def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
         """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
         defaults = self.policies.router_defaults() if self.enabled else None
-        if defaults is not None:
-            now = time.monotonic()
+        now = time.monotonic()
+        # Nothing to route to here (no available deployment takes routed requests: an edge-only
+        # stack): the router decides, without this gateway deciding first for nothing.
+        if defaults is not None and any(
+            c.available and c.takes_routed_requests for c in self.registry.cloud(now)
+        ):
             decision = decide(
                 request,
                 self.registry,
