@@ -119,7 +119,7 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     # which decides (and refuses) it, without the gateway deciding first.
     assert ChatRouting(registry(available=False), book()).place(request) == (unrouted, request)
     # Switched off (a building's gateway, GATEWAY_ROUTES_CLOUD=false).
-    assert ChatRouting(registry(), book(), enabled=False).place(request) == (unrouted, request)
+    assert ChatRouting(registry(), None).place(request) == (unrouted, request)
 
 
 def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_router() -> None:

@@ -238,3 +238,58 @@ async def test_steady_traffic_during_the_back_off_does_not_keep_the_store_unaske
             continue
         break
     assert clock.now < 1_000_040.0 + 1.3, "admitted again once the back-off ran out"
+
+
+class GatedStore(CountingStore):
+    """Each write waits for `gate`; `most_at_once` is how many writes were ever on their way together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.on_their_way = 0
+        self.most_at_once = 0
+
+    async def create(self, key: str, count: int) -> Counter:
+        self.on_their_way += 1
+        self.most_at_once = max(self.most_at_once, self.on_their_way)
+        await self.gate.wait()
+        self.on_their_way -= 1
+        return await super().create(key, count)
+
+
+async def test_a_chats_user_and_copro_counters_are_written_at_the_same_time() -> None:
+    store = GatedStore()
+    admitting = asyncio.ensure_future(limiter(store).admit([(USER, "u1"), (COPRO, "a")]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert store.most_at_once == 2  # in turn, the copro's write would wait for the user's
+    store.gate.set()
+    decision = await admitting
+    assert decision.admitted
+    assert [u.remaining for u in decision.usages] == [4, 19]
+
+
+async def test_a_user_refused_elsewhere_gives_the_copro_slot_back() -> None:
+    store = FakeCounterStore()
+    other_gateway, gateway = limiter(store), limiter(store)
+    for _ in range(5):  # the user's window filled through another gateway
+        assert (await other_gateway.admit([(USER, "u1")])).admitted
+    decision = await gateway.admit([(USER, "u1"), (COPRO, "a")])
+    assert not decision.admitted
+    assert [u.exhausted for u in decision.usages] == [True, False]
+    copro_counts = [c.count for k, c in store.counters.items() if k.startswith("copro.")]
+    assert sum(copro_counts) == 0  # counted at the same time as the user, then given back
+
+
+async def test_a_user_seen_past_the_limit_costs_no_write_on_the_copro_counter() -> None:
+    store = CountingStore()
+    gateway = limiter(store)
+    claims = [(USER, "u1"), (COPRO, "a")]
+    assert all([(await gateway.admit(claims)).admitted for _ in range(5)])
+    writes = store.writes
+    refused = [await gateway.admit(claims) for _ in range(10)]
+    assert not any(d.admitted for d in refused)
+    assert store.writes == writes  # in turn, stopped at the user's full counter
+    assert [u.policy.name for u in refused[0].usages] == ["user"]
+    copro_counts = [c.count for k, c in store.counters.items() if k.startswith("copro.")]
+    assert copro_counts == [5]

@@ -103,7 +103,7 @@ async def run_cloud(
                     service, dep.id, settings.ack_wait_s, settings.max_deliver, calls, routed=routed
                 )
                 consumers += await start_pull_consumers(
-                    js, spec, handler.handle, stop, loops=dep.concurrency, name=f"{spec.durable}"
+                    js, spec, handler.handle, stop, loops=dep.concurrency, name=spec.durable
                 )
         # After the consumers: a first status says the routed requests are taken (`routed_consumer`).
         await statuses.start()

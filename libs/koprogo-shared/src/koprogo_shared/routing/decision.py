@@ -32,7 +32,7 @@ def default_catalogue() -> Catalogue:
 
 @dataclass(frozen=True, slots=True)
 class Decided:
-    """Where the request goes: its plan (first target first) and the policy that ordered it."""
+    """Where the request goes: its plan (first target first; the policy that ordered it is `plan.policy`)."""
 
     plan: RoutingPlan
 

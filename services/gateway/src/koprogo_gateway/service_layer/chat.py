@@ -99,9 +99,11 @@ class ChatService:
     # The requests this gateway waits for the replies of.
     _waiting: set[str] = field(default_factory=set)
     _delivery_records: DeliveryRecords = field(init=False)
+    _routing: ChatRouting = field(init=False)
 
     def __post_init__(self) -> None:
         self._delivery_records = DeliveryRecords(self.bus, SOURCE)
+        self._routing = self.routing if self.routing is not None else ChatRouting(self.registry, None)
 
     async def answer(
         self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
@@ -164,10 +166,7 @@ class ChatService:
 
     async def publish_request(self, request: ChatRequested) -> None:
         """Store the request: routed here to a cloud deployment, or for the router (`chat_routing.py`)."""
-        if self.routing is None:
-            await self.bus.publish(subjects.chat_requested(request.copro_id), request)
-            return
-        subject, stored = self.routing.place(request)
+        subject, stored = self._routing.place(request)
         await self.bus.publish(subject, stored)
         count_stored(stored)
 

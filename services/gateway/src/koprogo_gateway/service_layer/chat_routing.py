@@ -24,7 +24,7 @@ from koprogo_shared.events import ChatRequested
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.routing.choice import Catalogue, GridRule, Refusal
 from koprogo_shared.routing.decision import decide, default_catalogue
-from koprogo_shared.routing.policy_book import PolicyBook
+from koprogo_shared.routing.policy_book import PolicyBook, RouterDefaults
 
 # With the router's labels (`koprogo_router_decisions_total`), so that the two add up to every
 # chat routed (deploy/prometheus/recording.yml does).
@@ -45,38 +45,45 @@ def count_stored(request: ChatRequested) -> None:
 class ChatRouting:
     registry: NodeRegistry
     # The copros' policies and the routers' own defaults (DEFAULT_ROUTING_POLICY, GRID_MIN_*), as
-    # the routers stored them: without those, every request goes to the router.
-    policies: PolicyBook
+    # the routers stored them: without those, every request goes to the router. None: every
+    # request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
+    policies: PolicyBook | None
     catalogue: Catalogue = field(default_factory=default_catalogue)
-    # False: every request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
-    enabled: bool = True
+    # The grid rule of the defaults last read (built once per change of the defaults, not per chat).
+    _grid_rule: tuple[RouterDefaults, GridRule] | None = field(default=None, init=False)
 
     def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
         """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
-        defaults = self.policies.router_defaults() if self.enabled else None
-        now = time.monotonic()
-        # Nothing to route to here (no available deployment takes routed requests: an edge-only
-        # stack): the router decides, without this gateway deciding first for nothing.
-        if defaults is not None and any(
-            c.available and c.takes_routed_requests for c in self.registry.cloud(now)
-        ):
-            decision = decide(
-                request,
-                self.registry,
-                self.policies,
-                now,
-                catalogue=self.catalogue,
-                default_policy=defaults.policy,
-                grid_rule=GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens),
-            )
-            if not isinstance(decision, Refusal):
-                first = decision.first
-                if first.kind == "cloud" and first.deployment and self._takes_routed(first.deployment, now):
-                    return (
-                        subjects.routed_chat_requested(request.copro_id, first.deployment),
-                        request.model_copy(update={"routed": decision.plan}),
-                    )
+        defaults = self.policies.router_defaults() if self.policies is not None else None
+        if defaults is not None and self.policies is not None:
+            now = time.monotonic()
+            # The deployments a chat may be routed to here. None (an edge-only stack, workers of
+            # an earlier release): the router decides, without this gateway deciding first for nothing.
+            routable = {
+                c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests
+            }
+            if routable:
+                decision = decide(
+                    request,
+                    self.registry,
+                    self.policies,
+                    now,
+                    catalogue=self.catalogue,
+                    default_policy=defaults.policy,
+                    grid_rule=self._grid_rule_of(defaults),
+                )
+                # `decide` picks available deployments only: the same as asking the registry again.
+                if not isinstance(decision, Refusal):
+                    first = decision.first
+                    if first.kind == "cloud" and first.deployment in routable:
+                        return (
+                            subjects.routed_chat_requested(request.copro_id, first.deployment),
+                            request.model_copy(update={"routed": decision.plan}),
+                        )
         return subjects.chat_requested(request.copro_id), request
 
-    def _takes_routed(self, deployment: str, now: float) -> bool:
-        return any(c.deployment == deployment and c.takes_routed_requests for c in self.registry.cloud(now))
+    def _grid_rule_of(self, defaults: RouterDefaults) -> GridRule:
+        if self._grid_rule is None or self._grid_rule[0] != defaults:
+            rule = GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens)
+            self._grid_rule = (defaults, rule)
+        return self._grid_rule[1]

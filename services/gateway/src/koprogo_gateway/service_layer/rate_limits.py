@@ -15,9 +15,13 @@ between gateways (or with this gateway's own give-backs), the revision this gate
 usually lets the next write go without reading first, and under concurrent load a stored write counts several requests (issue 17:
 two stored writes per chat were a third of nats-server's work at 16 connections).
 
-When a request is refused by a later policy after an earlier one counted it, the earlier
-counter is decremented again (also by compare-and-set): refused requests do not use up
-another policy's quota.
+A request's counters (its user's and its copro's) are written at the same time, so a chat
+waits for one write, not two in turn. When one policy refuses a request another counted, that
+counter is decremented again (also by compare-and-set): refused requests do not use up another
+policy's quota (for the moment between the two writes, another request may find that slot
+taken). A request one of whose counters this gateway last saw full is counted in turn instead,
+narrowest first, and stops at the first refusal: a user past the limit costs a read per request,
+never writes and give-backs on the copro's counter.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ DECISIONS = PromCounter("koprogo_gateway_rate_limit_total", "Rate-limit decision
 Claims = Sequence[tuple[RateLimitPolicy, str]]
 
 
+def _admitted(outcome: tuple[bool, int] | BaseException) -> bool:
+    return not isinstance(outcome, BaseException) and outcome[0]
+
+
 class _Contended(Exception):
     """The compare-and-set kept losing to other gateways (each waiter gets a 503 of its own)."""
 
@@ -88,6 +96,10 @@ class RateLimiter:
     async def admit(self, claims: Claims) -> RateLimitDecision:
         """Count one request against every claim; admitted only if each policy had room.
 
+        The claims are counted at once (a chat's user and copro: one write's wait instead of
+        two in turn), unless one of their counters was last seen full: then in turn, narrowest
+        first, so that a request its user's window refuses writes nothing (a user past the limit
+        costs one read per request, not two writes and a give-back).
         Raises RateLimitUnavailableError when the store cannot decide (unless fail_open).
         """
         if not claims:
@@ -95,25 +107,41 @@ class RateLimiter:
         now = self.clock()
         if len(self._last_seen) > 10_000:
             self._last_seen.clear()  # keys of past windows; only an optimisation is lost
-        counted: list[str] = []
+        counted = []
+        for policy, subject in claims:
+            window = window_at(now, policy.window_s)
+            counted.append((policy, counter_key(policy, subject, window), window))
+        taken: list[str] = []
         usages: list[PolicyUsage] = []
         try:
-            for policy, subject in claims:
-                window = window_at(now, policy.window_s)
-                key = counter_key(policy, subject, window)
-                admitted, used = await self._take(key, policy.limit)
+            if len(counted) > 1 and not any(self._seen_full(key, policy.limit) for policy, key, _ in counted):
+                outcomes = await asyncio.gather(
+                    *(self._take(key, policy.limit) for policy, key, _ in counted), return_exceptions=True
+                )
+                taken = [key for (_, key, _), o in zip(counted, outcomes, strict=True) if _admitted(o)]
+                failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+                if failed is not None:
+                    raise failed
+                results = [o for o in outcomes if not isinstance(o, BaseException)]
+            else:
+                results = []
+                for policy, key, _ in counted:
+                    results.append(await self._take(key, policy.limit))
+                    if not results[-1][0]:
+                        break
+                    taken.append(key)
+            for (policy, _, window), (_, used) in zip(counted, results, strict=False):
                 usages.append(PolicyUsage(policy, used, seconds_until_reset(now, window)))
-                if not admitted:
-                    await self._give_back(counted)
-                    DECISIONS.labels(outcome="limited").inc()
-                    return RateLimitDecision(admitted=False, usages=tuple(usages))
-                counted.append(key)
+            if not all(admitted for admitted, _ in results):  # the loop stops at a refusal
+                await self._give_back(taken)
+                DECISIONS.labels(outcome="limited").inc()
+                return RateLimitDecision(admitted=False, usages=tuple(usages))
         except RateLimitUnavailableError:
-            await self._give_back(counted)
+            await self._give_back(taken)
             raise
         except CounterStoreUnavailableError as exc:
             # The back-off is armed already, by the key's write (`_count_group`).
-            await self._give_back(counted)
+            await self._give_back(taken)
             if self.fail_open:
                 DECISIONS.labels(outcome="store_unavailable_let_through").inc()
                 return RateLimitDecision(admitted=True)
@@ -124,6 +152,10 @@ class RateLimiter:
             ) from exc
         DECISIONS.labels(outcome="admitted").inc()
         return RateLimitDecision(admitted=True, usages=tuple(usages))
+
+    def _seen_full(self, key: str, limit: int) -> bool:
+        seen = self._last_seen.get(key)
+        return seen is not None and not admits(seen.count, limit)
 
     async def _take(self, key: str, limit: int) -> tuple[bool, int]:
         """Increment `key` if it is below `limit`: (admitted, count in the window); joins the key's next write."""
