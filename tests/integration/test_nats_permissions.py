@@ -48,8 +48,9 @@ from koprogo_node.settings import NodeSettings
 from koprogo_shared import chat_outcomes, subjects
 from koprogo_shared.chat_outcomes import completed_id
 from koprogo_shared.co2 import EdgeFootprint
-from koprogo_shared.consumer import ACK, ConsumerSpec, DeadLetter, consumer_config
+from koprogo_shared.consumer import ACK, ConsumerSpec, DeadLetter
 from koprogo_shared.content_crypto import Keyring
+from koprogo_shared.durables import consumer_config
 from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,

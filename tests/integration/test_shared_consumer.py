@@ -288,3 +288,49 @@ async def test_loops_on_a_durable_that_cannot_exist_are_never_started(clean_jets
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("consumer-tests")] == []
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("batch", [1, 10])
+async def test_a_durable_deleted_under_its_loops_is_declared_again_and_consumed(
+    clean_jetstream: str, batch: int
+) -> None:
+    """An operator deletes a running service's durable: a single-message pull then fails (no
+    responders), a batch pull only times out, which looks idle. A loop finds it gone (after the
+    failure, or after `idle_fetches_before_check` empty fetches) and declares it again, and what
+    is stored afterwards is handled."""
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    spec = ConsumerSpec(
+        stream=SPEC.stream,
+        durable=SPEC.durable,
+        filter_subject=SPEC.filter_subject,
+        batch=batch,
+        idle_fetches_before_check=2,
+        deliver="new",
+    )
+    stop = asyncio.Event()
+    try:
+        await ensure_streams(js)
+        loops = await start_pull_consumers(js, spec, handler, stop, loops=2, name="consumer-tests")
+        await _published(js, b"before")
+        await wait_until(lambda: handled == [b"before"], timeout=5)
+        await js.delete_consumer(SPEC.stream, SPEC.durable)
+        await wait_until(lambda: _exists(js), timeout=10)  # two idle fetches, then declared again
+        await _published(js, b"after")
+        await wait_until(lambda: handled == [b"before", b"after"], timeout=5)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
+    finally:
+        await nc.close()
+
+
+async def _exists(js: JetStreamContext) -> bool:
+    try:
+        await js.consumer_info(SPEC.stream, SPEC.durable)
+    except NotFoundError:
+        return False
+    return True

@@ -19,7 +19,7 @@ from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber, ScrubPen
 from koprogo_router.bootstrap import CONSUMER as ROUTER_CONSUMER
 from koprogo_router.bootstrap import FALLBACK_CONSUMER as ROUTER_FALLBACK_CONSUMER
 from koprogo_shared import subjects
-from koprogo_shared.consumer import consumer_config
+from koprogo_shared.durables import consumer_config
 from koprogo_shared.events import (
     ChatRequested,
     Event,

@@ -35,10 +35,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
+from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
 from koprogo_shared.publishing import MSG_ID_HEADER
 from koprogo_shared.subjects import deadletter_for
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
@@ -67,6 +67,10 @@ class ConsumerSpec:
     # on (`new`: a durable on the 30-day audit log that must not replay it). A durable that exists
     # keeps its place either way.
     deliver: Literal["all", "new"] = "all"
+    # After this many fetches in a row that found nothing (each waits up to 1 s), a loop asks
+    # whether its durable still exists, and declares it again if it was deleted (an operator's
+    # `nats consumer rm`): a batch pull on a deleted durable only ever times out, which looks idle.
+    idle_fetches_before_check: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,25 +255,6 @@ class ConsumerStoppedError(RuntimeError):
     """The consumer cannot go on (the NATS connection closed for good)."""
 
 
-def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
-    # `name` makes nats-py create it on `$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`,
-    # where the server checks the filter against the subject: a node allowed only its own
-    # model's subject there cannot give its durable another model's filter.
-    # No delivery limit on the server: `settle` keeps `spec.max_deliver` itself, so a message
-    # is redelivered until it is acknowledged or dead-lettered (a server-side limit would stop
-    # delivering one whose dead-letter publish failed, and it would be lost to every consumer).
-    return js_api.ConsumerConfig(
-        name=spec.durable,
-        durable_name=spec.durable,
-        ack_policy=js_api.AckPolicy.EXPLICIT,
-        ack_wait=spec.ack_wait_s,
-        max_deliver=-1,
-        filter_subject=spec.filter_subject,
-        max_ack_pending=spec.max_ack_pending,
-        deliver_policy=js_api.DeliverPolicy.NEW if spec.deliver == "new" else js_api.DeliverPolicy.ALL,
-    )
-
-
 async def run_pull_consumer(
     js: JetStreamContext,
     spec: ConsumerSpec,
@@ -308,12 +293,17 @@ async def _consume(
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None
+    idle_fetches = 0
     try:
         while stop is None or not stop.is_set():
             fetching, ahead = ahead, None
             try:
                 msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0))
             except (nats.errors.TimeoutError, TimeoutError):
+                idle_fetches += 1
+                if idle_fetches >= spec.idle_fetches_before_check:
+                    idle_fetches = 0
+                    await declare_again_if_deleted(js, spec)
                 continue
             except nats.errors.ConnectionClosedError:
                 if stop is not None and stop.is_set():
@@ -325,8 +315,12 @@ async def _consume(
                 log.warning("fetch for %s failed (%r); retrying in %.1fs", spec.durable, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                # A deleted durable answers a pull with "no responders" (a single-message fetch)
+                # or not at all (below): either way, declared again here.
+                await declare_again_if_deleted(js, spec)
                 continue
             backoff = 0.1
+            idle_fetches = 0
             fetched_at = loop.time()
             if batch_handler is not None:
                 if len(msgs) == spec.batch and (stop is None or not stop.is_set()):
@@ -348,19 +342,6 @@ async def _consume(
             await _give_back(ahead)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-
-async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
-    """Create `spec`'s durable, or bring an existing one to its configuration (this is also how
-    a durable created with a server-side `max_deliver` gets unlimited deliveries). One the
-    server will not change (an immutable field) is kept as it is, with a warning; one that
-    cannot be created and does not exist (no such stream) raises `nats.js.errors.NotFoundError`,
-    so the service stops with the reason instead of fetching from nothing."""
-    try:
-        await js.add_consumer(spec.stream, consumer_config(spec))
-    except nats.js.errors.APIError as exc:
-        await js.consumer_info(spec.stream, spec.durable)
-        log.warning("consumer %s keeps its existing configuration: %s", spec.durable, exc)
 
 
 async def start_pull_consumers(
