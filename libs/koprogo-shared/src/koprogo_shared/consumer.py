@@ -315,9 +315,10 @@ async def _consume(
                 log.warning("fetch for %s failed (%r); retrying in %.1fs", spec.durable, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                # A deleted durable answers a pull with "no responders" (a single-message fetch)
-                # or not at all (below): either way, declared again here.
-                await declare_again_if_deleted(js, spec)
+                if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                    # What a single-message pull on a deleted durable gets (no responders); a
+                    # batch pull only times out (above). Either way, declared again if so.
+                    await declare_again_if_deleted(js, spec)
                 continue
             backoff = 0.1
             idle_fetches = 0

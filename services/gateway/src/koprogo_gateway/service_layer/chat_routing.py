@@ -24,7 +24,7 @@ from koprogo_shared.events import ChatRequested
 from koprogo_shared.node_registry import NodeRegistry
 from koprogo_shared.routing.choice import Catalogue, GridRule, Refusal
 from koprogo_shared.routing.decision import decide, default_catalogue
-from koprogo_shared.routing.policy_book import PolicyBook, RouterDefaults
+from koprogo_shared.routing.policy_book import PolicyBook
 
 # With the router's labels (`koprogo_router_decisions_total`), so that the two add up to every
 # chat routed (deploy/prometheus/recording.yml does).
@@ -49,41 +49,35 @@ class ChatRouting:
     # request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
     policies: PolicyBook | None
     catalogue: Catalogue = field(default_factory=default_catalogue)
-    # The grid rule of the defaults last read (built once per change of the defaults, not per chat).
-    _grid_rule: tuple[RouterDefaults, GridRule] | None = field(default=None, init=False)
 
     def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
         """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
-        defaults = self.policies.router_defaults() if self.policies is not None else None
-        if defaults is not None and self.policies is not None:
-            now = time.monotonic()
-            # The deployments a chat may be routed to here. None (an edge-only stack, workers of
-            # an earlier release): the router decides, without this gateway deciding first for nothing.
-            routable = {
-                c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests
-            }
-            if routable:
-                decision = decide(
-                    request,
-                    self.registry,
-                    self.policies,
-                    now,
-                    catalogue=self.catalogue,
-                    default_policy=defaults.policy,
-                    grid_rule=self._grid_rule_of(defaults),
-                )
-                # `decide` picks available deployments only: the same as asking the registry again.
-                if not isinstance(decision, Refusal):
-                    first = decision.first
-                    if first.kind == "cloud" and first.deployment in routable:
-                        return (
-                            subjects.routed_chat_requested(request.copro_id, first.deployment),
-                            request.model_copy(update={"routed": decision.plan}),
-                        )
-        return subjects.chat_requested(request.copro_id), request
-
-    def _grid_rule_of(self, defaults: RouterDefaults) -> GridRule:
-        if self._grid_rule is None or self._grid_rule[0] != defaults:
-            rule = GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens)
-            self._grid_rule = (defaults, rule)
-        return self._grid_rule[1]
+        unrouted = subjects.chat_requested(request.copro_id), request
+        if self.policies is None or (defaults := self.policies.router_defaults()) is None:
+            return unrouted
+        now = time.monotonic()
+        # The deployments a chat may be routed to here. None (an edge-only stack, workers of an
+        # earlier release): the router decides, without this gateway deciding first for nothing.
+        routable = {c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests}
+        if not routable:
+            return unrouted
+        decision = decide(
+            request,
+            self.registry,
+            self.policies,
+            now,
+            catalogue=self.catalogue,
+            default_policy=defaults.policy,
+            grid_rule=GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens),
+        )
+        # `decide` picks available deployments only: the same as asking the registry again.
+        if (
+            isinstance(decision, Refusal)
+            or decision.first.kind != "cloud"
+            or decision.first.deployment not in routable
+        ):
+            return unrouted
+        return (
+            subjects.routed_chat_requested(request.copro_id, decision.first.deployment),
+            request.model_copy(update={"routed": decision.plan}),
+        )
