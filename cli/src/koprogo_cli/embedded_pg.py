@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from koprogo_cli.embedded import EmbeddedServerError, stop_process, tails_of, wait_for_port
+from koprogo_cli.instance import alive
 from koprogo_shared.logging_setup import open_private_log
 
 __all__ = ["EmbeddedPostgres"]
@@ -140,6 +141,41 @@ def _retried(
     return result
 
 
+def _zombie(pid: int) -> bool:
+    """Whether `pid` exited and waits to be reaped by its parent."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return not alive(pid)
+
+
+def await_reaped_postmaster(pgdata: Path, timeout_s: float = 30.0) -> None:
+    """Wait until the server `postmaster.pid` names, if it exited, is reaped.
+
+    After a crash (every process SIGKILLed, as a power cut on a Pi is simulated), the killed
+    postmaster stays a zombie until the process that inherits it collects it, and PostgreSQL
+    refuses to start meanwhile ("lock file postmaster.pid already exists"): it asks
+    `kill(pid, 0)`, which a zombie answers. The lock file itself is left in place: PostgreSQL
+    reads it to check that no orphaned backend of that server still holds its shared memory.
+    EmbeddedServerError if the zombie is still there after `timeout_s`.
+    """
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout_s
+    while _zombie(pid):
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(
+                f"{pgdata / 'postmaster.pid'} names process {pid}, a PostgreSQL server that exited "
+                f"but was not reaped in {timeout_s:.0f} s (its parent was killed and the process that "
+                "inherited it does not collect its children); PostgreSQL will not start while it "
+                "is there: restart the container or machine, or run under an init that reaps (tini)"
+            )
+        time.sleep(0.1)
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server of our own; `url` carries the `postgres` role's password.
@@ -198,6 +234,7 @@ class EmbeddedPostgres:
             _write_owned(hba, PG_HBA, user)
         elif setting_password:
             _write_owned(hba, PG_HBA_SETTING_PASSWORD, user)
+        await_reaped_postmaster(pgdata)
         with open_private_log(self.stderr_log) as out:
             self.proc = subprocess.Popen(
                 [
