@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
 
 import pytest
 from nats.aio.msg import Msg
@@ -24,6 +23,7 @@ from koprogo_shared.consumer import (
     start_pull_consumers,
 )
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.pull_batches import BatchPuller
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -178,32 +178,21 @@ async def test_a_batch_fetched_ahead_is_given_back_when_the_consumer_stops(clean
     assert handled == [b"%d" % i for i in range(20)]
 
 
-class _StopsAsItsFirstFetchReturns:
-    """JetStream whose pull subscriptions set `stop` as their first fetch returns: the stop came while
-    that fetch was in flight (no timing involved)."""
+def _stops_as_its_first_fetch_returns(monkeypatch: pytest.MonkeyPatch, stop: asyncio.Event) -> None:
+    """Pullers that set `stop` as their first fetch returns: the stop came while that fetch was in
+    flight (no timing involved)."""
+    fetch = BatchPuller.fetch
 
-    def __init__(self, js: JetStreamContext, stop: asyncio.Event) -> None:
-        self._js = js
-        self._stop = stop
+    async def fetch_then_stop(self: BatchPuller, batch: int, timeout: float) -> list[Msg]:
+        msgs = await fetch(self, batch, timeout)
+        stop.set()
+        return msgs
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js, name)
-
-    async def pull_subscribe_bind(self, *args: Any, **kwargs: Any) -> Any:
-        sub = await self._js.pull_subscribe_bind(*args, **kwargs)
-        fetch = sub.fetch
-
-        async def fetch_then_stop(*fetch_args: Any, **fetch_kwargs: Any) -> list[Msg]:
-            msgs = await fetch(*fetch_args, **fetch_kwargs)
-            self._stop.set()
-            return msgs
-
-        sub.fetch = fetch_then_stop  # type: ignore[method-assign]
-        return sub
+    monkeypatch.setattr(BatchPuller, "fetch", fetch_then_stop)
 
 
 async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_ahead(
-    clean_jetstream: str,
+    clean_jetstream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nc, js = await connect_nats(clean_jetstream, "consumer-tests")
     handled: list[bytes] = []
@@ -215,8 +204,8 @@ async def test_a_full_batch_that_arrives_as_the_consumer_stops_fetches_nothing_a
     try:
         await _published(js, *(b"%d" % i for i in range(20)))  # two full batches stored
         stop = asyncio.Event()
-        stopping_js = cast(JetStreamContext, _StopsAsItsFirstFetchReturns(js, stop))
-        await asyncio.wait_for(run_pull_consumer(stopping_js, SPEC, stop=stop, batch_handler=handler), 10)
+        _stops_as_its_first_fetch_returns(monkeypatch, stop)
+        await asyncio.wait_for(run_pull_consumer(js, SPEC, stop=stop, batch_handler=handler), 10)
         await wait_until(lambda: _ack_pending(js, 0), timeout=5)  # the server takes acks in its time
         info = await js.consumer_info(SPEC.stream, SPEC.durable)
     finally:

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
 from koprogo_shared.publishing import MSG_ID_HEADER
+from koprogo_shared.pull_batches import BatchPuller
 from koprogo_shared.subjects import deadletter_for
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
@@ -288,8 +289,8 @@ async def _consume(
     """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
     loop = asyncio.get_running_loop()
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
-    # consumer's info again).
-    sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
+    # consumer's info again). nats-py's JetStream context has no public accessor for its client.
+    sub = await BatchPuller.bind(js._nc, js, spec.stream, spec.durable)
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None

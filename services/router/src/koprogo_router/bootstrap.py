@@ -41,10 +41,10 @@ CONSUMER = ConsumerSpec(
     filter_subject=subjects.UNROUTED_CHAT_REQUESTED,
     ack_wait_s=10.0,
     max_deliver=5,
-    # One message per fetch: the handler decides each chat on its own, and nats-py's
-    # `fetch(batch > 1)` can hold a chat for up to its 1 s timeout when a stale 408 from an
-    # expired pull request answers its no-wait probe (it then leaves a lingering request for
-    # the batch behind; tests/integration/test_router_consumer_stale_status.py).
+    # One message per fetch: the handler decides each chat on its own, and a fetch of more
+    # waits on the server for its batch to fill (until its 1 s expiry) once it holds a chat
+    # (`pull_batches.BatchPuller`, as nats-py's fetch did; with nats-py a stale 408 could also
+    # end its no-wait probe: tests/integration/test_router_consumer_stale_status.py).
     batch=1,
 )
 FALLBACK_CONSUMER = ConsumerSpec(

@@ -1,0 +1,136 @@
+"""A pull consumer's batches, read with one callback per message (issue 17: the ledger's CPU).
+
+nats-py's `PullSubscription.fetch` waits for each message of a batch on its own: a task, an
+`asyncio.wait_for` and a uuid4 per message, ~46 µs of CPU per message on a 2-vCPU VM where a
+callback that appends it to a list costs ~12 (bench/README.md, *The pull fetch's cost per
+message*); the ledger reads every stored event that way. `BatchPuller.fetch` keeps nats-py's
+protocol and meaning, on a subscription of its own:
+
+* what the consumer has now, without waiting: a `no_wait` request for up to `batch` messages,
+  answered by the messages there are and a "no messages" (404) or "request timeout" (408) status;
+* when there was none, a request that lingers on the server until the call's `timeout` (its
+  `expires` a little shorter), returning as soon as at least one message came and the server
+  ended the request (full batch, or 408 at expiry), or at the deadline with what it has;
+* nothing at all by the deadline: `nats.errors.TimeoutError`, as nats-py raises it.
+
+Each request has its own reply subject (`<inbox>.<n>`), so a status arriving late for an earlier
+request (the deadline passed just before the server's 408) never ends a later one; messages are
+the consumer's whichever request they answer, and one arriving after its fetch gave up is kept
+for the next fetch (nats-py keeps them in its queue the same way). Statuses: heartbeats (100) and
+409 (a pull the server refused or cut, e.g. too many waiting) are passed over, as nats-py does; 503
+(no responders: the durable was deleted) raises `nats.js.errors.ServiceUnavailableError`, any other
+status `nats.js.errors.APIError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import APIError
+
+# The lingering request expires this much before the call's deadline, so the server's 408
+# normally arrives before the caller stops waiting (nats-py uses the same 100 µs).
+_EXPIRES_MARGIN_NS = 100_000
+_ENDS_REQUEST = (js_api.StatusCode.NO_MESSAGES, js_api.StatusCode.REQUEST_TIMEOUT)
+_PASSED_OVER = (js_api.StatusCode.CONTROL_MESSAGE, js_api.StatusCode.CONFLICT)
+
+
+class BatchPuller:
+    """Batches of one durable pull consumer, for one loop at a time (one request in flight)."""
+
+    def __init__(self, nc: NATS, next_subject: str, inbox: str) -> None:
+        self._nc = nc
+        self._next_subject = next_subject
+        self._inbox = inbox
+        self._messages: collections.deque[Msg] = collections.deque()
+        self._ended: set[str] = set()  # reply subjects whose request the server ended
+        self._error: Msg | None = None
+        self._arrived = asyncio.Event()
+        self._requests = 0
+        self._sub: Subscription | None = None
+
+    @classmethod
+    async def bind(cls, nc: NATS, js: JetStreamContext, stream: str, durable: str) -> BatchPuller:
+        """A puller of the declared durable `durable` on `stream` (no JetStream API call)."""
+        # The JetStream API prefix (`$JS.<domain>.API` under a domain); nats-py has no public accessor.
+        prefix = getattr(js, "_prefix", "$JS.API")
+        puller = cls(nc, f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}", nc.new_inbox())
+        puller._sub = await nc.subscribe(f"{puller._inbox}.*", cb=puller._on_message)
+        return puller
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(js_api.Header.STATUS) if msg.headers else None
+        if status is None:
+            self._messages.append(msg)
+        elif status in _ENDS_REQUEST:
+            self._ended.add(msg.subject)
+        elif status not in _PASSED_OVER:
+            self._error = msg
+        else:
+            return
+        self._arrived.set()
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages (see the module's docstring); `nats.errors.TimeoutError` if none
+        came within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        taken = self._take(batch)
+        if len(taken) < batch:
+            # What is there now, without waiting.
+            taken += await self._request(batch - len(taken), deadline, no_wait=True)
+        if not taken:
+            remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
+            if remaining_ns > 0:
+                taken = await self._request(batch, deadline, expires_ns=remaining_ns)
+        if not taken:
+            raise nats.errors.TimeoutError
+        return taken
+
+    async def _request(
+        self, batch: int, deadline: float, *, no_wait: bool = False, expires_ns: int | None = None
+    ) -> list[Msg]:
+        self._requests += 1
+        reply = f"{self._inbox}.{self._requests}"
+        body: dict[str, object] = {"batch": batch}
+        if no_wait:
+            body["no_wait"] = True
+        if expires_ns is not None:
+            body["expires"] = expires_ns
+        self._ended.clear()
+        await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=reply)
+        taken: list[Msg] = []
+        while True:
+            taken += self._take(batch - len(taken))
+            if self._error is not None:
+                error, self._error = self._error, None
+                self._messages.extendleft(reversed(taken))  # for the next fetch, in order
+                APIError.from_msg(error)
+            if len(taken) == batch or reply in self._ended:
+                return taken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return taken
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _take(self, most: int) -> list[Msg]:
+        taken: list[Msg] = []
+        while self._messages and len(taken) < most:
+            taken.append(self._messages.popleft())
+        return taken
+
+    async def unsubscribe(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
