@@ -26,49 +26,20 @@ import asyncio
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats
 import support
 from nats.aio.client import Client
 
 from koprogo_cli.embedded_nats import nats_server_binary
-from koprogo_cli.ports import free_port
 
 PAYLOAD = b"x" * 900
 BATCH = 4
 MODES = ("one stream", "two streams", f"batches of {BATCH}", "no fsync")
-
-
-def start_server(folder: Path, sync: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    folder.mkdir(parents=True)
-    conf = folder / "nats.conf"
-    conf.write_text(
-        f"port: {port}\njetstream {{\n  store_dir: {folder / 'js'}\n  sync_interval: {sync}\n}}\n"
-    )
-    proc = support.start_process([nats_server_binary(), "-c", str(conf)], {}, folder / "nats.log")
-    return proc, f"nats://127.0.0.1:{port}"
-
-
-async def quiet(_: Exception) -> None:
-    """nats-py's error callback: the refusals before the server listens are retried below."""
-
-
-async def connect(url: str) -> Client:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return await nats.connect(url, allow_reconnect=False, error_cb=quiet)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def declare(nc: Client, name: str, subject: str, *, atomic: bool = False) -> None:
@@ -133,10 +104,13 @@ async def phase(publishers: list[Callable[[], Awaitable[int]]], seconds: float) 
 
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="stream-fsync-"))
-    synced, synced_url = start_server(work / "always", "always")
-    unsynced, unsynced_url = start_server(work / "2m", "2m")
+    synced, synced_url = support.start_nats_server(work / "always", "always")
+    unsynced, unsynced_url = support.start_nats_server(work / "2m", "2m")
     try:
-        nc, plain = await connect(synced_url), await connect(unsynced_url)
+        nc, plain = (
+            await support.connect_when_listening(synced_url),
+            await support.connect_when_listening(unsynced_url),
+        )
         await declare(nc, "ONE", "one.>")
         await declare(nc, "TWO", "two.>")
         await declare(nc, "ATOMIC", "atomic.>", atomic=True)

