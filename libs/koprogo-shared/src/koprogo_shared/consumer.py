@@ -70,7 +70,8 @@ class ConsumerSpec:
     deliver: Literal["all", "new"] = "all"
     # After this many fetches in a row that found nothing (each waits up to 1 s), a loop asks
     # whether its durable still exists, and declares it again if it was deleted (an operator's
-    # `nats consumer rm`): a batch pull on a deleted durable only ever times out, which looks idle.
+    # `nats consumer rm`). A pull on a deleted durable is answered "no responders", which the
+    # loop handles at once (below); this check is the net for what only ever looks idle.
     idle_fetches_before_check: int = 10
 
 
@@ -317,8 +318,7 @@ async def _consume(
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-                    # What a single-message pull on a deleted durable gets (no responders); a
-                    # batch pull only times out (above). Either way, declared again if so.
+                    # What a pull on a deleted durable gets (no responders): declared again.
                     await declare_again_if_deleted(js, spec)
                 continue
             backoff = 0.1

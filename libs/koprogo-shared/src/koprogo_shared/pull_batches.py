@@ -2,15 +2,15 @@
 
 nats-py's `PullSubscription.fetch` waits for each message of a batch on its own: a task, an
 `asyncio.wait_for` and a uuid4 per message, ~46 µs of CPU per message on a 2-vCPU VM where a
-callback that appends it to a list costs ~12 (bench/README.md, *The pull fetch's cost per
-message*); the ledger reads every stored event that way. `BatchPuller.fetch` keeps nats-py's
-protocol and meaning, on a subscription of its own:
+callback that appends it to a list costs ~12 (bench/README.md, *`pull_fetch.py`*); the ledger
+reads every stored event that way. `BatchPuller.fetch` keeps nats-py's protocol and meaning, on
+a subscription of its own:
 
 * what the consumer has now, without waiting: a `no_wait` request for up to `batch` messages,
   answered by the messages there are and a "no messages" (404) or "request timeout" (408) status;
 * when there was none, a request that lingers on the server until the call's `timeout` (its
-  `expires` a little shorter), returning as soon as at least one message came and the server
-  ended the request (full batch, or 408 at expiry), or at the deadline with what it has;
+  `expires` a little shorter), returning once its batch is full or the server ended it (408 at
+  expiry), or at the deadline, with what came;
 * nothing at all by the deadline: `nats.errors.TimeoutError`, as nats-py raises it.
 
 Each request has its own reply subject (`<inbox>.<n>`), so a status arriving late for an earlier

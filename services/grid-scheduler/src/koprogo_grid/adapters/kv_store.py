@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from koprogo_grid.domain.task_state import TaskState
 from koprogo_grid.domain.trust import NodeStanding
 from koprogo_grid.service_layer.ports import NodeStandingStore, TaskStateStore
+from koprogo_shared.kv_snapshot import kv_values
 from koprogo_shared.logging_setup import invalid_fields
 from koprogo_shared.subjects import GRID_NODES_BUCKET, GRID_TASKS_BUCKET
 
@@ -33,7 +34,7 @@ class KeyValueTaskStore(TaskStateStore):
 
     async def load(self) -> list[TaskState]:
         states: list[TaskState] = []
-        for key, value in await _values(self._kv):
+        for key, value in (await kv_values(self._kv)).items():
             try:
                 states.append(TaskState.model_validate_json(value))
             except ValidationError as exc:
@@ -51,25 +52,6 @@ class KeyValueTaskStore(TaskStateStore):
         except nats.js.errors.NotFoundError:
             pass
         await asyncio.sleep(0)
-
-
-async def _values(kv: KeyValue) -> list[tuple[str, bytes]]:
-    """Every (key, value) present when the watch began."""
-    found: list[tuple[str, bytes]] = []
-    watcher = await kv.watchall(ignore_deletes=True)
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=10.0)
-            except TimeoutError:
-                break
-            if entry is None:  # the end of the values present when the watch began
-                break
-            if entry.value:
-                found.append((entry.key, entry.value))
-    finally:
-        await watcher.stop()
-    return found
 
 
 SALT_KEY = "scheduler.spot_check_salt"
@@ -93,7 +75,7 @@ class KeyValueNodeStandingStore(NodeStandingStore):
 
     async def load(self) -> list[NodeStanding]:
         standings: list[NodeStanding] = []
-        for key, value in await _values(self._kv):
+        for key, value in (await kv_values(self._kv)).items():
             if not key.startswith("node."):
                 continue
             try:
