@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from nats.js.kv import KV_DEL
 
-from koprogo_shared.kv_snapshot import kv_values
+from koprogo_shared.kv_snapshot import initial_entries, kv_values
 
 
 @dataclass
@@ -82,3 +82,12 @@ def test_deleted_keys_are_left_out_even_when_the_last_message_is_a_delete() -> N
 def test_a_silent_watch_ends_the_read_with_what_came() -> None:
     watcher = _Watcher([None, _Entry("a", b"1", delta=1)])
     assert _read(_Bucket(watcher, stored=2)) == {"a": b"1"}
+
+
+def test_initial_entries_leave_the_watch_running_for_what_changes_next() -> None:
+    """As the routing policy book reads its bucket: the early marker skipped, the watch kept."""
+    watcher = _Watcher([None, _Entry("p", b"{}", delta=0), _Entry("p", b"{2}", delta=0)])
+    bucket = _Bucket(watcher, stored=1)
+    entries, complete = asyncio.run(initial_entries(bucket, watcher, timeout_s=0.2))  # type: ignore[arg-type]
+    assert complete and [e.value for e in entries] == [b"{}"]
+    assert not watcher.stopped and len(watcher.updates_in_order) == 1

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from koprogo_shared.events import RoutingPolicyName, RoutingPreference
+from koprogo_shared.kv_snapshot import initial_entries
 from koprogo_shared.subjects import ROUTER_DEFAULTS_KEY, ROUTING_POLICY_BUCKET, routing_policy_key
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,15 @@ class WatchedPolicyBook(PolicyBook):
         kv = await js.key_value(ROUTING_POLICY_BUCKET)
         created = (await js.stream_info(_BUCKET_STREAM)).created
         watcher = await kv.watchall()
+        # Every stored value before the first policy is believed (`kv_snapshot`: nats-py's
+        # caught-up marker alone may come first under load, which read as "no policies").
+        entries, complete = await initial_entries(kv, watcher, timeout_s=30)
+        if not complete:
+            await watcher.stop()
+            raise TimeoutError("the routing-policy bucket's values did not all come within 30 s")
         loaded: dict[str, RoutingPreference] = {}
         self._defaults = None  # read again below, if still stored
-        while (entry := await watcher.updates(timeout=30)) is not None:  # None: caught up
+        for entry in entries:
             self._apply(entry, loaded)
         self._policies = loaded
         log.info("routing policies loaded: %d copro(s) with their own", len(loaded))
