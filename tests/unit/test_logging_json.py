@@ -261,7 +261,8 @@ class OneValueWatch:
     """A key-value bucket's watch that holds one entry (what `KeyValue.watchall` returns)."""
 
     def __init__(self, key: str, value: bytes) -> None:
-        self.entries: list[Any] = [SimpleNamespace(key=key, value=value), None]
+        # The bucket's only message: nothing pending after it (`delta` 0), a put (no operation).
+        self.entries: list[Any] = [SimpleNamespace(key=key, value=value, delta=0, operation=None), None]
 
     async def watchall(self, **_: Any) -> OneValueWatch:
         return self
