@@ -72,7 +72,7 @@ async def batch_puller(
     nc: Client, js: JetStreamContext, name: str, batch: int, total: int
 ) -> tuple[float, float]:
     await durable(js, name)
-    puller = await BatchPuller.bind(nc, js, STREAM, name)
+    puller = await BatchPuller.bind(js, STREAM, name)
     try:
         return await read_all(lambda: puller.fetch(batch=batch, timeout=2.0), total)
     finally:

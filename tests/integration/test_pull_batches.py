@@ -29,7 +29,7 @@ async def bound(clean_jetstream: str) -> AsyncIterator[tuple[NATS, JetStreamCont
     nc, js = await connect_nats(clean_jetstream, "puller-tests")
     await ensure_streams(js)
     await declare_consumer(js, SPEC)
-    puller = await BatchPuller.bind(nc, js, SPEC.stream, SPEC.durable)
+    puller = await BatchPuller.bind(js, SPEC.stream, SPEC.durable)
     try:
         yield nc, js, puller
     finally:

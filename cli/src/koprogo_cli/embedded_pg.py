@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from koprogo_cli.embedded import EmbeddedServerError, stop_process, tails_of, wait_for_port
-from koprogo_cli.instance import alive
+from koprogo_cli.instance import zombie
 from koprogo_shared.logging_setup import open_private_log
 
 __all__ = ["EmbeddedPostgres"]
@@ -141,15 +141,6 @@ def _retried(
     return result
 
 
-def _zombie(pid: int) -> bool:
-    """Whether `pid` exited and waits to be reaped by its parent."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return not alive(pid)
-
-
 def await_reaped_postmaster(pgdata: Path, timeout_s: float = 30.0) -> None:
     """Wait until the server `postmaster.pid` names, if it exited, is reaped.
 
@@ -165,7 +156,7 @@ def await_reaped_postmaster(pgdata: Path, timeout_s: float = 30.0) -> None:
     except (OSError, ValueError):
         return
     deadline = time.monotonic() + timeout_s
-    while _zombie(pid):
+    while zombie(pid):
         if time.monotonic() > deadline:
             raise EmbeddedServerError(
                 f"{pgdata / 'postmaster.pid'} names process {pid}, a PostgreSQL server that exited "

@@ -167,12 +167,19 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive, not ours to signal
         return True
+    return not zombie(pid)
+
+
+def zombie(pid: int) -> bool:
+    """Whether `pid` exited and waits to be reaped by its parent (its /proc state is `Z`).
+
+    False for a process that is not there or whose state cannot be read."""
     try:
         # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces and parentheses.
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True
-    return state != "Z"
+        return False
+    return state == "Z"
 
 
 # The embedded servers' own pid files: they name a server even when the stack that started it

@@ -291,7 +291,7 @@ async def _consume(
     loop = asyncio.get_running_loop()
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
     # consumer's info again). nats-py's JetStream context has no public accessor for its client.
-    sub = await BatchPuller.bind(js._nc, js, spec.stream, spec.durable)
+    sub = await BatchPuller.bind(js, spec.stream, spec.durable)
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None

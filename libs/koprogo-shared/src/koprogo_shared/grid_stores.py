@@ -146,9 +146,10 @@ async def grid_stores_for_service(
 ) -> None:
     """The gateway's, the scheduler's and a grid node's start: with a key, wait for the setup
     step's stores (a service may not create or alter them); anonymous, declare them."""
-    from koprogo_shared.nats_connection import _client_of, stream_replicas, wait_for_streams
+    from koprogo_shared.nats_connection import stream_replicas, wait_for_streams
+    from koprogo_shared.nats_privates import client_of
 
     if nkey_seed_file is None:
-        await declare_grid_stores(js, replicas=stream_replicas(_client_of(js)))
+        await declare_grid_stores(js, replicas=stream_replicas(client_of(js)))
         return
     await wait_for_streams(js, list(GRID_STREAMS), timeout_s=timeout_s)

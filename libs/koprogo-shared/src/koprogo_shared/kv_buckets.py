@@ -35,6 +35,7 @@ from koprogo_shared.grid_stores import (
     object_store_stream,
     raise_stream_replicas,
 )
+from koprogo_shared.nats_privates import client_of, server_info
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import (
     DOCUMENTS_BUCKET,
@@ -106,8 +107,7 @@ ASYNC_PERSIST_SERVER = (2, 12)
 
 def server_version(js: JetStreamContext) -> tuple[int, ...]:
     """The connected server's version, as numbers ((0,) when it did not say)."""
-    # nats-py keeps the connection a JetStreamContext was made from as `_nc`, its INFO as `_server_info`.
-    version = str(js._nc._server_info.get("version", "0"))
+    version = str(server_info(client_of(js)).get("version", "0"))
     numbers = []
     for part in version.split("-")[0].split("."):
         if not part.isdigit():

@@ -52,6 +52,7 @@ from koprogo_shared.kv_buckets import (
     rate_limit_window_from,
 )
 from koprogo_shared.leaf_site import site_streams
+from koprogo_shared.nats_privates import client_of, server_info
 from koprogo_shared.routing_policies import ensure_routing_policy_bucket
 from koprogo_shared.subjects import STREAMS, StreamSpec, inbox_prefix
 
@@ -129,7 +130,7 @@ def stream_replicas(nc: NATS, environ: Mapping[str, str] | None = None) -> int:
     if explicit is not None:
         return explicit
     # nats-py keeps the server's INFO privately; it is the only place the cluster shows.
-    return cluster_replicas(nc._server_info, len(nc.servers))
+    return cluster_replicas(server_info(nc), len(nc.servers))
 
 
 # How long the setup step lets a cluster that is still forming announce its servers.
@@ -142,7 +143,7 @@ async def _settled_replicas(nc: NATS) -> int:
     loop = asyncio.get_running_loop()
     until = loop.time() + CLUSTER_SETTLE_S
     replicas = stream_replicas(nc)
-    while replicas < 3 and nc._server_info.get("cluster") and replicas_setting(os.environ) is None:
+    while replicas < 3 and server_info(nc).get("cluster") and replicas_setting(os.environ) is None:
         if loop.time() >= until:
             log.warning("NATS cluster of fewer than three servers: streams get %d replica(s)", replicas)
             break
@@ -224,16 +225,10 @@ def _stream_config(spec: StreamSpec, replicas: int) -> js_api.StreamConfig:
     )
 
 
-def _client_of(js: JetStreamContext) -> NATS:
-    # nats-py keeps the connection a JetStreamContext was made from as `_nc`.
-    nc: NATS = js._nc
-    return nc
-
-
 def server_domain(nc: NATS) -> str | None:
     """The JetStream domain of the server the client is connected to (its INFO says it), if any:
     a building's (`leaf_site.is_building_domain`) runs its services another way."""
-    domain = nc._server_info.get("domain")
+    domain = server_info(nc).get("domain")
     return str(domain) if domain else None
 
 
@@ -262,9 +257,9 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
     lowers them: a service started with another count does not strip a cluster's copies
     (lower them by hand, `nats stream edit --replicas`).
     """
-    wanted = stream_replicas(_client_of(js)) if replicas is None else replicas
+    wanted = stream_replicas(client_of(js)) if replicas is None else replicas
     # A building's server (its JetStream domain says so) keeps another KOPROGO_WORK (leaf_site).
-    for spec in site_streams(server_domain(_client_of(js))):
+    for spec in site_streams(server_domain(client_of(js))):
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
@@ -412,7 +407,7 @@ async def buckets_for_service(
     for its window (`kv_buckets.RateLimitBucketError` otherwise). Anonymous, it declares them.
     """
     if nkey_seed_file is None:
-        replicas = stream_replicas(_client_of(js))
+        replicas = stream_replicas(client_of(js))
         if rate_limit_window_s is not None:
             await ensure_rate_limit_bucket(js, rate_limit_ttl_s(rate_limit_window_s), replicas=replicas)
             await ensure_idempotency_bucket(js, replicas=replicas)

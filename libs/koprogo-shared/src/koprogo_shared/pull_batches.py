@@ -37,6 +37,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError
 
+from koprogo_shared.nats_privates import api_prefix, client_of
+
 # The lingering request expires this much before the call's deadline, so the server's 408
 # normally arrives before the caller stops waiting (nats-py uses the same 100 µs).
 _EXPIRES_MARGIN_NS = 100_000
@@ -59,10 +61,10 @@ class BatchPuller:
         self._sub: Subscription | None = None
 
     @classmethod
-    async def bind(cls, nc: NATS, js: JetStreamContext, stream: str, durable: str) -> BatchPuller:
+    async def bind(cls, js: JetStreamContext, stream: str, durable: str) -> BatchPuller:
         """A puller of the declared durable `durable` on `stream` (no JetStream API call)."""
-        # The JetStream API prefix (`$JS.<domain>.API` under a domain); nats-py has no public accessor.
-        prefix = getattr(js, "_prefix", "$JS.API")
+        nc = client_of(js)
+        prefix = api_prefix(js)
         puller = cls(nc, f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}", nc.new_inbox())
         puller._sub = await nc.subscribe(f"{puller._inbox}.*", cb=puller._on_message)
         return puller
