@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -58,6 +59,8 @@ from koprogo_shared.events import (
     ChatRequested,
     ExecutionInfo,
     NodeHeartbeat,
+    RoutingPlan,
+    RoutingTarget,
     RunInference,
     Usage,
     utc_now,
@@ -849,6 +852,146 @@ async def test_a_node_of_two_copros_takes_the_work_of_both_one_item_at_a_time(
             outcomes = [await replies.next(30), await replies.next(30)]
     assert {o.request_id: o.copro_id for o in outcomes} == sent
     assert all(isinstance(o, ChatCompleted) and o.execution_info.node_id == "pi-xy" for o in outcomes)
+
+
+def _routed_edge_request(copro: str, pool: str, reply: str) -> ChatRequested:
+    """A request as a gateway stores it when it routes a chat to an edge pool itself."""
+    return ChatRequested(
+        source="koprogo/gateway",
+        copro_id=copro,
+        model=MODEL,
+        messages=[ChatMessage(role="user", content="Quand a lieu la prochaine AG ?")],
+        max_tokens=16,
+        reply_subject=reply,
+        deadline=utc_now() + timedelta(seconds=60),
+        routed=RoutingPlan(
+            policy="prefer_edge",
+            allow_fallback=True,
+            reason="an edge node serves the model",
+            targets=[RoutingTarget(kind="edge", model=MODEL, pool=pool)],
+        ),
+    )
+
+
+def _routed_consumer(durable: str, filter_subject: str) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.NEW,
+    )
+
+
+async def test_a_copros_node_takes_the_requests_routed_to_its_pool_and_no_other_node_may(
+    copro_pools_nats: SecuredNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    server = copro_pools_nats
+    settings = NodeSettings(
+        nats_url=server.url,
+        nats_nkey_seed_file=server.seed_files["node:pi-x"],
+        node_id="pi-x",
+        node_model=MODEL,
+        node_copros=["copro-x"],
+        ops_port=0,
+        ack_wait_s=5.0,
+        heartbeat_interval_s=0.5,
+    )
+    reply = subjects.gateway_reply("gw-routed-pools")
+    async with connected_as(server, "admin") as admin, connected_as(server, "gateway") as gateway:
+        await ensure_streams(admin.js)
+        async with (
+            listening(admin.nc, subjects.node_reply(reply, "pi-x"), "outcome") as replies,
+            listening(admin.nc, subjects.node_heartbeat("pi-x"), "heartbeat") as beats,
+            running_node(settings, engine=FakeInferenceEngine()),
+        ):
+            beat = await beats.next(30)
+            request = _routed_edge_request("copro-x", POOL_X, reply)
+            subject = subjects.routed_edge_chat_requested("copro-x", POOL_X, MODEL)
+            await gateway.js.publish(
+                subject, request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.id}
+            )
+            outcome = await replies.next(30)
+    while_serving = caplog.text.lower()
+    async with connected_as(server, "node:pi-y") as pi_y:
+        mine = subjects.routed_edge_requests_durable(MODEL, POOL_Y)
+        theirs = subjects.routed_edge_requests_durable(MODEL, POOL_X)
+        # Neither its own durable pointed at copro-x's pool, nor pi-x's, nor the whole audit log.
+        for durable, filter_subject in (
+            (mine, subjects.routed_edge_requests_filter(MODEL, POOL_X)),
+            (theirs, subjects.routed_edge_requests_filter(MODEL, POOL_X)),
+            (mine, subjects.CHAT_REQUESTED_ALL),
+        ):
+            await request_refused(
+                pi_y.js.add_consumer(subjects.EVENTS_STREAM, _routed_consumer(durable, filter_subject))
+            )
+            assert "permissions violation" in await pi_y.refusals.next()
+        # Its own, with exactly its filter, it may.
+        await pi_y.js.add_consumer(
+            subjects.EVENTS_STREAM,
+            _routed_consumer(mine, subjects.routed_edge_requests_filter(MODEL, POOL_Y)),
+        )
+        assert pi_y.refusals.errors.empty()
+    assert beat.pools == [POOL_X] and beat.takes_routed_requests is True
+    assert isinstance(outcome, ChatCompleted) and outcome.request_id == request.id
+    assert outcome.copro_id == "copro-x" and outcome.execution_info.node_id == "pi-x"
+    assert "permissions violation" not in while_serving
+
+
+async def test_a_node_whose_hub_predates_routed_requests_says_so_and_takes_the_routers_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The hub's grants for the node written by an earlier release: no durable on the audit log.
+    keys_dir = tmp_path / "keys"
+    found = identities(keys_dir, {"pi-old": [MODEL]})
+    users = [
+        user
+        if not user.label.startswith("edge node ") or user.permissions is None
+        else dataclasses.replace(
+            user,
+            permissions=dataclasses.replace(
+                user.permissions,
+                publish=tuple(p for p in user.permissions.publish if subjects.EVENTS_STREAM not in p),
+            ),
+        )
+        for user in found.users
+    ]
+    server = EmbeddedNats(
+        tmp_path / "nats",
+        port=free_port(),
+        monitor_port=free_port(),
+        authorization=render_authorization(users),
+    ).start()
+    try:
+        secured = SecuredNats(server.url, found.seed_files, keys_dir)
+        settings = NodeSettings(
+            nats_url=secured.url,
+            nats_nkey_seed_file=secured.seed_files["node:pi-old"],
+            node_id="pi-old",
+            node_model=MODEL,
+            ops_port=0,
+            ack_wait_s=5.0,
+            heartbeat_interval_s=0.5,
+        )
+        reply = subjects.gateway_reply("gw-old-hub")
+        caplog.set_level(logging.WARNING, logger="koprogo_node")
+        async with connected_as(secured, "admin") as admin, connected_as(secured, "router") as router:
+            await ensure_streams(admin.js)
+            async with (
+                listening(admin.nc, subjects.node_reply(reply, "pi-old"), "outcome") as replies,
+                listening(admin.nc, subjects.node_heartbeat("pi-old"), "heartbeat") as beats,
+                running_node(settings, engine=FakeInferenceEngine()),
+            ):
+                beat = await beats.next(30)
+                cmd = run_inference("Bonjour", reply_subject=reply, max_tokens=16)
+                await publish_event(router.js, subjects.run_inference_edge(MODEL), cmd)
+                outcome = await replies.next(30)
+    finally:
+        server.stop()
+    assert beat.takes_routed_requests is False
+    assert isinstance(outcome, ChatCompleted) and outcome.request_id == cmd.request_id
+    assert "takes no requests routed by the gateways" in caplog.text
 
 
 async def _stored_on(admin: Client, subject: str) -> Any:

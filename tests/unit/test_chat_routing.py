@@ -1,5 +1,6 @@
-"""Where the gateway stores a chat request (`chat_routing.py`): routed itself to a cloud deployment,
-or for the router; with a fake policy book and a registry fed as the heartbeats feed it."""
+"""Where the gateway stores a chat request (`chat_routing.py`): routed itself to a cloud deployment
+or an edge pool, or for the router; with a fake policy book and a registry fed as the heartbeats
+feed it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from koprogo_shared.events import (
     ChatMessage,
     ChatRequested,
     CloudDeploymentStatus,
+    NodeHeartbeat,
     RoutingPreference,
     RunInference,
     utc_now,
@@ -49,12 +51,21 @@ def requested(model: str = CLOUD_MODEL, routing: RoutingPreference | None = None
 
 
 def registry(
-    *, takes_routed: bool = True, edge: bool = False, cloud: bool = True, available: bool = True
+    *,
+    takes_routed: bool = True,
+    edge: bool = False,
+    edge_takes_routed: bool = False,
+    pools: tuple[str, ...] = (subjects.SHARED_POOL,),
+    cloud: bool = True,
+    available: bool = True,
 ) -> NodeRegistry:
     reg = NodeRegistry()
     now = time.monotonic()
     if edge:
-        reg.observe(beat("n1", [BUNDLED_MODEL_ID]), now)
+        node = beat("n1", [BUNDLED_MODEL_ID])
+        reg.observe(
+            node.model_copy(update={"takes_routed_requests": edge_takes_routed, "pools": list(pools)}), now
+        )
     if cloud:
         reg.observe_cloud(
             CloudDeploymentStatus(
@@ -102,9 +113,15 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     unrouted = subjects.chat_requested("c1")
     # A deployment whose workers are of an earlier release (no routed consumer).
     assert ChatRouting(registry(takes_routed=False), book()).place(request) == (unrouted, request)
-    # An edge first target: the router sends it to the node pool.
+    # An edge first target whose nodes are of an earlier release: the router sends it to the pool.
     edge_first = requested(BUNDLED_MODEL_ID)
     assert ChatRouting(registry(edge=True), book()).place(edge_first) == (unrouted, edge_first)
+    # A node takes routed requests, but of another pool than the one chosen: the copro's own pool
+    # comes first, its node of an earlier release; the shared pool's node takes them.
+    mixed = registry(edge=True, edge_takes_routed=True, cloud=False)
+    own = beat("own", [BUNDLED_MODEL_ID]).model_copy(update={"pools": [subjects.copro_pool("c1")]})
+    mixed.observe(own, time.monotonic())
+    assert ChatRouting(mixed, book()).place(edge_first) == (unrouted, edge_first)
     # A refusal (nothing serves the model): the router records and answers it.
     assert ChatRouting(registry(cloud=False), book()).place(request) == (unrouted, request)
     # The copro's policy keeps it on the edge: refused by the rules, so the router's to answer.
@@ -122,6 +139,42 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     assert ChatRouting(registry(), None).place(request) == (unrouted, request)
 
 
+def test_a_chat_for_an_edge_model_is_stored_once_routed_to_its_pool_when_a_node_takes_them() -> None:
+    request = requested(BUNDLED_MODEL_ID)
+    reg = registry(edge=True, edge_takes_routed=True, cloud=False)
+    subject, stored = ChatRouting(reg, book()).place(request)
+    assert subject == subjects.routed_edge_chat_requested("c1", subjects.SHARED_POOL, BUNDLED_MODEL_ID)
+    assert stored.routed is not None
+    assert [(t.kind, t.pool, t.model) for t in stored.routed.targets] == [
+        ("edge", subjects.SHARED_POOL, BUNDLED_MODEL_ID)
+    ]
+    assert subjects.routed_request_copro(subject) == "c1"
+    # Taken by the consumer filter of that pool and model only.
+    filtered = subjects.routed_edge_requests_filter(BUNDLED_MODEL_ID, subjects.SHARED_POOL).split(".")
+    assert all(f in ("*", t) for f, t in zip(filtered, subject.split("."), strict=True))
+
+
+async def test_the_gateways_edge_plan_makes_the_work_item_the_router_would_have_made() -> None:
+    request = requested(BUNDLED_MODEL_ID)
+    reg = registry(edge=True, edge_takes_routed=True, cloud=False)
+    _, stored = ChatRouting(reg, book()).place(request)
+    bus = FakeBus()
+    await Dispatcher(bus, reg, FakePolicyBook(), default_policy=DEFAULTS.policy).on_chat_requested(request)
+    [(subject, routers)] = bus.published
+    assert subject == subjects.run_inference_edge(BUNDLED_MODEL_ID, subjects.SHARED_POOL)
+    assert isinstance(routers, RunInference) and stored.routed is not None
+    assert work_of(stored, stored.routed, source=routers.source, may_be_answered=False) == routers
+
+
+def test_a_copros_own_pool_gets_its_routed_requests_on_its_pools_subject() -> None:
+    pool = subjects.copro_pool("c1")
+    request = requested(BUNDLED_MODEL_ID)
+    reg = registry(edge=True, edge_takes_routed=True, pools=(pool,), cloud=False)
+    subject, stored = ChatRouting(reg, book()).place(request)
+    assert subject == subjects.routed_edge_chat_requested("c1", pool, BUNDLED_MODEL_ID)
+    assert stored.routed is not None and stored.routed.targets[0].pool == pool
+
+
 def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_router() -> None:
     subject = subjects.routed_chat_requested("c1", "openai-eu")
     assert subject.startswith(subjects.CHAT_REQUESTED_ALL.removesuffix(">"))  # ledger, GDPR scrubber
@@ -129,12 +182,28 @@ def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_rou
     assert len(subjects.chat_requested("c1").split(".")) == len(subjects.UNROUTED_CHAT_REQUESTED.split("."))
     assert len(subject.split(".")) > len(subjects.UNROUTED_CHAT_REQUESTED.split("."))
     assert subjects.cloud_work_copro(subjects.chat_requested("c1")) is None
+    edge = subjects.routed_edge_chat_requested("c1", subjects.SHARED_POOL, BUNDLED_MODEL_ID)
+    assert edge.startswith(subjects.CHAT_REQUESTED_ALL.removesuffix(">"))
+    assert len(edge.split(".")) > len(subjects.UNROUTED_CHAT_REQUESTED.split("."))
+    # Neither kind is the other's: a deployment's filter never takes an edge pool's requests.
+    assert subjects.cloud_work_copro(edge) is None
+    assert subjects.routed_request_copro(subjects.chat_requested("c1")) is None
+    assert subjects.routed_edge_requests_durable(BUNDLED_MODEL_ID) != subjects.routed_requests_durable(
+        f"edge.{subjects.SHARED_POOL}.{BUNDLED_MODEL_ID}".replace(".", "_d")
+    )
+    assert subjects.is_routed_requests_durable(subjects.routed_edge_requests_durable(BUNDLED_MODEL_ID))
 
 
 def test_an_unrouted_request_serialises_as_before_and_a_status_without_the_flag_takes_none() -> None:
     assert "routed" not in requested().model_dump_json()
     # A deployment's worker of an earlier release sends no flag: the gateway leaves it to the router.
     assert CloudDeploymentStatus.model_validate_json(_old_status_json()).takes_routed_requests is False
+    # Nor does a node of an earlier release; and a node that takes none says nothing of it.
+    node = beat("n1", [BUNDLED_MODEL_ID])
+    assert "takes_routed_requests" not in node.model_dump_json()
+    assert NodeHeartbeat.model_validate_json(node.model_dump_json()).takes_routed_requests is False
+    said = node.model_copy(update={"takes_routed_requests": True}).model_dump_json()
+    assert NodeHeartbeat.model_validate_json(said).takes_routed_requests is True
 
 
 def _old_status_json() -> str:

@@ -305,6 +305,13 @@ def node_permissions(
             subject = subjects.run_inference_edge(model, pool)
             work += _pull_consumer(subjects.WORK_STREAM, subjects.edge_work_durable(model, pool), subject)
             work.append(subjects.deadletter_for(subject))
+            # The requests gateways routed to its pool and model, on the audit log: exactly that
+            # durable with exactly that filter (never another copro's pool, nor the whole log).
+            routed = subjects.routed_edge_requests_filter(model, pool)
+            work += _pull_consumer(
+                subjects.EVENTS_STREAM, subjects.routed_edge_requests_durable(model, pool), routed
+            )
+            work.append(subjects.deadletter_for(routed))
     return Permissions(
         publish=(
             *work,

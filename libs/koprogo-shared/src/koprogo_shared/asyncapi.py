@@ -80,6 +80,11 @@ NOT_CHANNELS = asyncapi_grid.GRID_NOT_CHANNELS | frozenset(
         "routed_requests_filter",
         "routed_requests_durable",
         "is_routed_requests_durable",
+        # The `chatRequestedRoutedEdge` channel's consumer filter and durable, and the parser of both
+        # routed channels' copro.
+        "routed_edge_requests_filter",
+        "routed_edge_requests_durable",
+        "routed_request_copro",
     }
 )
 
@@ -120,6 +125,11 @@ CHANNELS: tuple[Channel, ...] = (
             "A chat the gateway routed itself to a cloud deployment (its plan in `routed`): stored once, "
             "taken by the deployment's workers (shared durable `routed-<deployment>`) as the router's "
             "work item; the ledger records it; the router never sees it."),
+    Channel("chatRequestedRoutedEdge", subjects.routed_edge_chat_requested, (ChatRequested,), ("gateway",),
+            ("edge", "ledger"),
+            "A chat the gateway routed itself to the edge nodes of a pool serving a model (its plan in "
+            "`routed`): stored once, taken by those nodes (shared durable `routed-edge_d<pool>_d<model>`) as "
+            "the router's work item; the ledger records it; the router never sees it."),
     Channel("chatCompleted", subjects.chat_completed, (ChatCompleted,), (), ("ledger",),
             "A model answered a chat: content, usage, where it ran and its CO2. Only an edge node "
             "without a key sends here, on a server without authorization; with keys, nodes and the "

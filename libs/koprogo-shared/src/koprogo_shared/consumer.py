@@ -264,9 +264,14 @@ async def run_pull_consumer(
     stop: asyncio.Event | None = None,
     *,
     batch_handler: BatchHandler | None = None,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Declare `spec`'s durable (`declare_consumer`), then fetch and settle messages until `stop`
     is set or the task is cancelled.
+
+    `ready`, when given, is awaited before each fetch: a worker taking one item at a time from
+    several durables (an edge node) fetches only when it is free, so an item waits at the server,
+    where another worker may take it, rather than with a busy one.
 
     Give either `handler` (each message is settled as soon as it is handled) or
     `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
@@ -277,7 +282,7 @@ async def run_pull_consumer(
     if (handler is None) == (batch_handler is None):
         raise TypeError("run_pull_consumer takes a handler or a batch_handler, exactly one")
     await declare_consumer(js, spec)
-    await _consume(js, spec, handler, batch_handler, stop)
+    await _consume(js, spec, handler, batch_handler, stop, ready)
 
 
 async def _consume(
@@ -286,6 +291,7 @@ async def _consume(
     handler: Handler | None,
     batch_handler: BatchHandler | None,
     stop: asyncio.Event | None,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
     loop = asyncio.get_running_loop()
@@ -299,6 +305,10 @@ async def _consume(
     try:
         while stop is None or not stop.is_set():
             fetching, ahead = ahead, None
+            if fetching is None and ready is not None:
+                await ready()
+                if stop is not None and stop.is_set():
+                    break
             try:
                 msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0))
             except (nats.errors.TimeoutError, TimeoutError):

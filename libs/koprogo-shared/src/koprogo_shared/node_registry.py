@@ -46,6 +46,8 @@ class EdgeCandidate:
     pools: frozenset[str] = frozenset({subjects.SHARED_POOL})
     # The grid task types it runs (empty: chat only).
     task_types: frozenset[str] = frozenset()
+    # It takes requests a gateway routed to its pools and model (`NodeHeartbeat.takes_routed_requests`).
+    takes_routed_requests: bool = False
 
     @property
     def load(self) -> float:
@@ -161,6 +163,7 @@ class NodeRegistry:
             features=frozenset(beat.features),
             pools=frozenset(beat.pools),
             task_types=frozenset(beat.task_types),
+            takes_routed_requests=beat.takes_routed_requests,
         )
         expires = now + beat.interval_s * MISSED_HEARTBEATS_BEFORE_DEAD
         self._nodes[beat.node_id] = (candidate, expires)

@@ -96,6 +96,31 @@ def routed_requests_filter(deployment: str) -> str:
     return f"koprogo.events.chat.requested.*.{_ROUTED_CLOUD}.{subject_token(deployment)}"
 
 
+_ROUTED_EDGE = "edge"
+
+
+def routed_edge_chat_requested(copro_id: str | None, pool: str, model: str) -> str:
+    """A request the gateway routed itself to the edge nodes of `pool` serving `model`: stored
+    once, on the audit log, where those nodes take it (`routed_edge_requests_filter`); as
+    `routed_chat_requested`, under `CHAT_REQUESTED_ALL` and never the router's."""
+    return f"{chat_requested(copro_id)}.{_ROUTED_EDGE}.{subject_token(pool)}.{subject_token(model)}"
+
+
+def routed_edge_requests_filter(model: str, pool: str = SHARED_POOL) -> str:
+    """Every copro's requests routed to the nodes of `pool` serving `model` (their consumer filter)."""
+    return f"koprogo.events.chat.requested.*.{_ROUTED_EDGE}.{subject_token(pool)}.{subject_token(model)}"
+
+
+def routed_request_copro(subject: str) -> str | None:
+    """The copro token of a `routed_chat_requested` or `routed_edge_chat_requested` subject, else None."""
+    tokens = subject.split(".")
+    if tokens[:4] != ["koprogo", "events", "chat", "requested"]:
+        return None
+    if (len(tokens) == 7 and tokens[5] == _ROUTED_CLOUD) or (len(tokens) == 8 and tokens[5] == _ROUTED_EDGE):
+        return tokens[4]
+    return None
+
+
 def chat_completed(copro_id: str | None) -> str:
     return f"koprogo.events.chat.completed.{subject_token(copro_id)}"
 
@@ -208,12 +233,8 @@ def cloud_work_copro(subject: str) -> str | None:
     tokens = subject.split(".")
     if len(tokens) == 5 and tokens[:3] == ["koprogo", "work", "cloud"]:
         return tokens[3]
-    if (
-        len(tokens) == 7
-        and tokens[:4] == ["koprogo", "events", "chat", "requested"]
-        and tokens[5] == _ROUTED_CLOUD
-    ):
-        return tokens[4]
+    if len(tokens) == 7 and tokens[5] == _ROUTED_CLOUD:
+        return routed_request_copro(subject)
     return None
 
 
@@ -395,8 +416,16 @@ def routed_requests_durable(deployment: str) -> str:
     return durable_name(_ROUTED_DURABLES, deployment)
 
 
+def routed_edge_requests_durable(model: str, pool: str = SHARED_POOL) -> str:
+    """The durable every node of `pool` serving `model` shares on KOPROGO_EVENTS, for the requests
+    gateways routed to them (`routed_edge_chat_requested`): `routed-edge_d<pool>_d<model>`, never a
+    cloud deployment's (`durable_name` doubles the `_` a deployment's id may hold)."""
+    return durable_name(_ROUTED_DURABLES, f"{_ROUTED_EDGE}.{pool}.{model}")
+
+
 def is_routed_requests_durable(name: str) -> bool:
-    """Whether a consumer of KOPROGO_EVENTS is a `routed_requests_durable` (of any deployment)."""
+    """Whether a consumer of KOPROGO_EVENTS is a `routed_requests_durable` (of any deployment) or a
+    `routed_edge_requests_durable` (of any pool and model)."""
     return name.startswith(f"{_ROUTED_DURABLES}-")
 
 

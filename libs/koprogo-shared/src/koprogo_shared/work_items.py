@@ -26,9 +26,11 @@ from typing import Protocol
 
 from nats.aio.msg import Msg
 
+from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import UnusableIdsError
 from koprogo_shared.consumer import PoisonMessageError, keep_alive_interval
-from koprogo_shared.events import RunInference
+from koprogo_shared.events import ChatRequested, RunInference
+from koprogo_shared.routing.decision import work_of
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,25 @@ def last_delivery_message(worker_name: str, max_deliver: int) -> str:
 
 def _run_inference(data: bytes, _redelivered: bool) -> RunInference:
     return RunInference.model_validate_json(data)
+
+
+def routed_work(data: bytes, redelivered: bool) -> RunInference:
+    """The work item of a request a gateway routed (as the router would have made it): a
+    `WorkItemHandler`'s `decode` for the consumers of routed requests (cloud deployments, edge pools)."""
+    request = ChatRequested.model_validate_json(data)
+    if request.routed is None:
+        raise PoisonMessageError("a request on a routed subject carries no routing plan")
+    return work_of(request, request.routed, source=request.source, may_be_answered=redelivered)
+
+
+def routed_copro_mismatch(subject: str, work: RunInference) -> str | None:
+    """Why a routed request must not run (its subject's copro is not its body's), else None: a
+    `WorkItemHandler`'s `subject_check` for the consumers of routed requests."""
+    if subjects.routed_request_copro(subject) == subjects.subject_token(work.copro_id):
+        return None
+    return (
+        f"request on {subject} names copro {work.copro_id!r} in its body: refused (subject and body disagree)"
+    )
 
 
 class WorkItemHandler:

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_node.adapters import metrics
@@ -42,7 +41,13 @@ from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.entrypoints.heartbeats import HeartbeatPublisher
 from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
-from koprogo_node.entrypoints.nats_worker import grid_work_consumer, work_consumer, work_item_handler
+from koprogo_node.entrypoints.nats_worker import (
+    OneAtATime,
+    grid_work_consumer,
+    routed_consumer,
+    work_consumer,
+    work_item_handler,
+)
 from koprogo_node.service_layer.energy import DeclaredPower, EnergyMeter, EnergyProfile, MeterReadError
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
@@ -52,6 +57,7 @@ from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
+from koprogo_shared.durables import declare_consumer
 from koprogo_shared.grid_signing import SignatureError, Signer, load_or_create_signer
 from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
@@ -236,8 +242,26 @@ async def _serve(
     resident: Callable[[], bool],
     grid: GridNode | None,
 ) -> None:
-    """Heartbeats, the work consumer and (with `--grid`) the grid loop, until `stop`; then the
+    """Heartbeats, the work consumers and (with `--grid`) the grid loop, until `stop`; then the
     in-flight item is settled."""
+    model_id = service.node.model_id
+    ack_wait_s, max_deliver = settings.ack_wait_s, settings.max_deliver
+    turns = OneAtATime()
+    work = work_item_handler(service, ack_wait_s, max_deliver, turns=turns).handle
+    consumers: list[tuple[ConsumerSpec, Handler]] = [
+        (work_consumer(model_id, ack_wait_s, max_deliver, p), work) for p in settings.pools
+    ]
+    if grid is not None and subjects.SHARED_POOL in settings.pools:
+        # Grid chats may come from any copro: only a shared-pool node takes them (as for grid
+        # tasks, a copro's own node works for that copro alone). `_consume` runs one item at a time.
+        consumers.append((grid_work_consumer(model_id, ack_wait_s, max_deliver), work))
+    # Declared before the first heartbeat says the node takes them: a gateway routes nothing to
+    # its pools before their durables exist (they start with what is stored from then on).
+    routed = await _declare_routed(
+        js, [routed_consumer(model_id, ack_wait_s, max_deliver, p) for p in settings.pools]
+    )
+    routed_work = work_item_handler(service, ack_wait_s, max_deliver, routed=True, turns=turns).handle
+    consumers += [(spec, routed_work) for spec in routed]
     heartbeats = HeartbeatPublisher(
         nc,
         service,
@@ -246,22 +270,16 @@ async def _serve(
         settings.pools,
         grid.worker.task_types if grid else (),
         grid.public_key if grid else None,
+        takes_routed_requests=bool(routed),
     )
     await heartbeats.start()
-    model_id = service.node.model_id
-    handler = work_item_handler(service, settings.ack_wait_s, settings.max_deliver)
-    specs = [work_consumer(model_id, settings.ack_wait_s, settings.max_deliver, p) for p in settings.pools]
-    if grid is not None and subjects.SHARED_POOL in settings.pools:
-        # Grid chats may come from any copro: only a shared-pool node takes them (as for grid
-        # tasks, a copro's own node works for that copro alone). `_consume` runs one item at a time.
-        specs.append(grid_work_consumer(model_id, settings.ack_wait_s, settings.max_deliver))
-    consumer = asyncio.create_task(_consume(js, specs, handler.handle, stop))
+    consumer = asyncio.create_task(_consume(js, consumers, turns, stop))
     grid_loop = asyncio.create_task(poll_for_tasks(nc, grid.worker, stop)) if grid else None
     log.info(
         "node %s serving %s (durables %s)",
         service.node.node_id,
         model_id,
-        ", ".join(s.durable for s in specs),
+        ", ".join(spec.durable for spec, _ in consumers),
     )
     try:
         await _until_stopped(stop, consumer)
@@ -406,22 +424,37 @@ def build_executors(
     return executors
 
 
-async def _consume(
-    js: JetStreamContext, specs: Sequence[ConsumerSpec], handle: Handler, stop: asyncio.Event
-) -> None:
-    """One pull consumer per pool; a node of several pools still runs one item at a time."""
-    if len(specs) == 1:
-        await run_pull_consumer(js, specs[0], handle, stop)
-        return
-    in_turn = asyncio.Lock()
+async def _declare_routed(js: JetStreamContext, specs: Sequence[ConsumerSpec]) -> list[ConsumerSpec]:
+    """The consumers of routed requests, declared; none when one cannot be (then the node says it
+    does not take routed requests, and gets every chat from the router's work items as before).
 
-    async def handle_in_turn(msg: Msg) -> None:
-        async with in_turn:
-            await handle(msg)
-
-    async with asyncio.TaskGroup() as consumers:
+    A hub whose NATS permissions predate them (an older release's, or a node key's grants written
+    before) refuses the node that durable: its request gets no answer, a timeout after the
+    JetStream API's wait."""
+    try:
         for spec in specs:
-            consumers.create_task(run_pull_consumer(js, spec, handle_in_turn, stop))
+            await declare_consumer(js, spec)
+    except Exception as exc:
+        log.warning(
+            "this node takes no requests routed by the gateways (%r: its hub's NATS permissions may "
+            "predate them); it takes the router's work items only",
+            exc,
+        )
+        return []
+    return list(specs)
+
+
+async def _consume(
+    js: JetStreamContext,
+    consumers: Sequence[tuple[ConsumerSpec, Handler]],
+    turns: OneAtATime,
+    stop: asyncio.Event,
+) -> None:
+    """One pull consumer per pool, kind of work and routed requests; the node runs one item at a
+    time (`OneAtATime`: each fetches only while the node is free)."""
+    async with asyncio.TaskGroup() as loops:
+        for spec, handle in consumers:
+            loops.create_task(run_pull_consumer(js, spec, handle, stop, ready=turns.free))
 
 
 async def _until_stopped(stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:

@@ -1,15 +1,17 @@
 """Where a chat request is stored: routed by the gateway itself, or for the router.
 
-A request whose first target is a cloud deployment is routed here, with the router's own rules
-(`koprogo_shared.routing.decision`) over the gateway's copy of the node registry and of the
-copros' policies, and stored once with its plan (`ChatRequested.routed`) on the subject that
-names the deployment (`subjects.routed_chat_requested`), where the deployment's workers take it:
-one stored write, one delivery and one process fewer on the chat's path (docs/decisions.md, *The
-request and its routing stored once*). Everything else goes to the router as before, on
-`subjects.chat_requested`: a refusal (the router records and answers it), an edge or grid first
-target, a deployment whose workers do not take routed requests yet (a release before this one),
-and every request of a building's gateway (its router sends cloud work over the leaf link).
-A failed attempt falls back through the router either way (`InferenceAttemptFailed`).
+A request whose first target is a cloud deployment or an edge pool is routed here, with the
+router's own rules (`koprogo_shared.routing.decision`) over the gateway's copy of the node
+registry and of the copros' policies, and stored once with its plan (`ChatRequested.routed`) on
+the subject that names the deployment (`subjects.routed_chat_requested`) or the pool and model
+(`subjects.routed_edge_chat_requested`), where its workers take it: one stored write, one
+delivery and one process fewer on the chat's path (docs/decisions.md, *The request and its
+routing stored once*). Everything else goes to the router as before, on
+`subjects.chat_requested`: a refusal (the router records and answers it), a grid first target,
+a deployment or pool whose workers do not take routed requests (a release before this one, or a
+node whose hub's permissions do not let it), and every request of a building's gateway (its
+router sends cloud work over the leaf link). A failed attempt falls back through the router
+either way (`InferenceAttemptFailed`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from koprogo_shared.routing.policy_book import PolicyBook
 # chat routed (deploy/prometheus/recording.yml does).
 DECISIONS = Counter(
     "koprogo_gateway_routing_decisions_total",
-    "Chats the gateway routed itself (to a cloud deployment), by first target's kind and policy",
+    "Chats the gateway routed itself (to a cloud deployment or an edge pool), by first target's kind and policy",
     ["target", "reason"],
 )
 
@@ -56,10 +58,18 @@ class ChatRouting:
         if self.policies is None or (defaults := self.policies.router_defaults()) is None:
             return unrouted
         now = time.monotonic()
-        # The deployments a chat may be routed to here. None (an edge-only stack, workers of an
-        # earlier release): the router decides, without this gateway deciding first for nothing.
-        routable = {c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests}
-        if not routable:
+        # Where a chat may be routed here: the deployments, and the (pool, model) pairs of the edge
+        # nodes, whose workers take routed requests. None (workers of an earlier release): the
+        # router decides, without this gateway deciding first for nothing.
+        clouds = {c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests}
+        edges = {
+            (pool, model)
+            for node in self.registry.alive(now)
+            if node.takes_routed_requests
+            for pool in node.pools
+            for model in node.models
+        }
+        if not clouds and not edges:
             return unrouted
         decision = decide(
             request,
@@ -70,14 +80,14 @@ class ChatRouting:
             default_policy=defaults.policy,
             grid_rule=GridRule(defaults.grid_min_prompt_chars, defaults.grid_min_max_tokens),
         )
-        # `decide` picks available deployments only: the same as asking the registry again.
-        if (
-            isinstance(decision, Refusal)
-            or decision.first.kind != "cloud"
-            or decision.first.deployment not in routable
-        ):
+        if isinstance(decision, Refusal):
             return unrouted
-        return (
-            subjects.routed_chat_requested(request.copro_id, decision.first.deployment),
-            request.model_copy(update={"routed": decision.plan}),
-        )
+        first = decision.first
+        # `decide` picks available deployments and alive nodes only: the same as asking the registry again.
+        if first.kind == "cloud" and first.deployment in clouds:
+            subject = subjects.routed_chat_requested(request.copro_id, first.deployment)
+        elif first.kind == "edge" and first.pool is not None and (first.pool, first.model) in edges:
+            subject = subjects.routed_edge_chat_requested(request.copro_id, first.pool, first.model)
+        else:
+            return unrouted
+        return subject, request.model_copy(update={"routed": decision.plan})

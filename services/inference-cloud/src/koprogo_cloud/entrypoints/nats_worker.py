@@ -15,10 +15,9 @@ from koprogo_cloud.domain.errors import InvalidCommandError
 from koprogo_cloud.domain.work_subject import copro_mismatch
 from koprogo_cloud.service_layer.inference import CloudInferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, PoisonMessageError
-from koprogo_shared.events import ChatRequested, RunInference
-from koprogo_shared.routing.decision import work_of
-from koprogo_shared.work_items import WorkItemHandler
+from koprogo_shared.consumer import ConsumerSpec
+from koprogo_shared.events import RunInference
+from koprogo_shared.work_items import WorkItemHandler, routed_work
 
 
 def work_consumer(deployment_id: str, ack_wait_s: float, max_deliver: int, concurrency: int) -> ConsumerSpec:
@@ -87,11 +86,3 @@ def work_item_handler(
         subject_check=copro_mismatch,
         decode=routed_work if routed else None,
     )
-
-
-def routed_work(data: bytes, redelivered: bool) -> RunInference:
-    """The work item of a request a gateway routed (as the router would have made it)."""
-    request = ChatRequested.model_validate_json(data)
-    if request.routed is None:
-        raise PoisonMessageError("a request on a routed subject carries no routing plan")
-    return work_of(request, request.routed, source=request.source, may_be_answered=redelivered)

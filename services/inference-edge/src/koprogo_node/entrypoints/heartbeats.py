@@ -31,8 +31,12 @@ class HeartbeatPublisher:
         pools: Sequence[str] = (subjects.SHARED_POOL,),
         task_types: Sequence[str] = (),
         public_key: str | None = None,
+        *,
+        takes_routed_requests: bool = False,
     ) -> None:
         self._nc = nc
+        # Its consumers of routed requests are declared (`NodeHeartbeat.takes_routed_requests`).
+        self._takes_routed_requests = takes_routed_requests
         # The grid key its reports are signed with (None: not on the grid).
         self._public_key = public_key
         self._pools = list(pools)
@@ -70,6 +74,7 @@ class HeartbeatPublisher:
             "pools": self._pools,
             "task_types": self._task_types,
             "public_key": self._public_key,
+            "takes_routed_requests": self._takes_routed_requests,
         } | ({"leaving": True} if leaving else {})
         beat = beat.model_copy(update=update)
         try:
