@@ -67,9 +67,7 @@ async def test_a_chat_is_one_trace_whose_id_the_caller_gets_and_the_ledger_keeps
     wanted = {
         "POST /mcp/v1/chat",
         "publish koprogo.events.chat.requested",
-        "process koprogo.events.chat.requested",  # the router's and the ledger's
-        "publish koprogo.work.edge",
-        "process koprogo.work.edge",
+        "process koprogo.events.chat.requested",  # the node's and the ledger's
         "generate",
         "publish koprogo.events.chat.completed",
         "process koprogo.reply",  # the gateway takes the node's answer
@@ -82,6 +80,8 @@ async def test_a_chat_is_one_trace_whose_id_the_caller_gets_and_the_ledger_keeps
     assert format(server.context.span_id, "016x") == span_id
     assert server.attributes is not None and server.attributes["http.response.status_code"] == 200
     assert len([s for s in spans if s.name == "process koprogo.events.chat.requested"]) == 2
+    # Routed by the gateway, stored once: no router's pass, no work item.
+    assert not [s for s in spans if s.name.endswith("koprogo.work.edge")], [s.name for s in spans]
     generate = next(s for s in spans if s.name == "generate")
     attributes = dict(generate.attributes or {})
     assert attributes["gen_ai.request.model"] == chat_body()["model"]
@@ -118,7 +118,7 @@ async def test_a_streamed_chat_is_one_trace_with_its_generation(
     wanted = {
         "POST /mcp/v1/chat",
         "publish koprogo.events.chat.requested",
-        "process koprogo.work.edge",
+        "process koprogo.events.chat.requested",  # the node's (routed by the gateway) and the ledger's
         "generate",
         "publish koprogo.events.chat.completed",
         "process koprogo.events.chat.completed",  # the ledger's projection

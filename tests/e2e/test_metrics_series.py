@@ -253,9 +253,12 @@ async def test_after_chats_and_a_task_each_service_exposes_its_series_moved_by_t
     assert value(gateway, "koprogo_gateway_refusals_total", reason="unauthorized") == 1
     assert value(gateway, "koprogo_gateway_http_requests_in_flight") is not None
 
-    assert (value(router, "koprogo_router_decisions_total", target="edge", reason="prefer_edge") or 0) >= 2
-    # The cloud-first chat is routed by the gateway itself (stored once for the deployment's
-    # workers); its fallback to the edge by the router.
+    # The edge chats and the cloud-first chat are routed by the gateway itself (stored once for
+    # the node pool's or the deployment's workers); the cloud chat's fallback to the edge by the router.
+    assert (
+        value(gateway, "koprogo_gateway_routing_decisions_total", target="edge", reason="prefer_edge") or 0
+    ) >= 2
+    assert not value(router, "koprogo_router_decisions_total", target="edge", reason="prefer_edge")
     assert (
         value(gateway, "koprogo_gateway_routing_decisions_total", target="cloud", reason="lowest_carbon") == 1
     )
