@@ -171,7 +171,12 @@ async def stack_factory(
                         database_url=database_url,
                         gateway_port=gateway_port,
                         chat_timeout_s=chat_timeout_s,
-                        **{**settings_fields(content_keys_env), **gateway_settings},
+                        # As `koprogo up` on one machine, its shared pool's nodes its own (a test may say otherwise).
+                        **{
+                            "gateway_routes_edge_pools": "all",
+                            **settings_fields(content_keys_env),
+                            **gateway_settings,
+                        },
                     ),
                     stop,
                 )

@@ -241,6 +241,8 @@ def process_stack(
             "AUTH_DISABLED": "true",
             "GATEWAY_PORT": str(gateway_port),
             "CHAT_TIMEOUT_S": f"{chat_timeout_s:g}",
+            # As `koprogo up` on one machine: its shared pool's nodes are its own.
+            "GATEWAY_ROUTES_EDGE_POOLS": "all",
         },
         f"{gateway_url}/ready",
         log_dir,

@@ -121,7 +121,7 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
     mixed = registry(edge=True, edge_takes_routed=True, cloud=False)
     own = beat("own", [BUNDLED_MODEL_ID]).model_copy(update={"pools": [subjects.copro_pool("c1")]})
     mixed.observe(own, time.monotonic())
-    assert ChatRouting(mixed, book()).place(edge_first) == (unrouted, edge_first)
+    assert ChatRouting(mixed, book(), edge_pools="all").place(edge_first) == (unrouted, edge_first)
     # A refusal (nothing serves the model): the router records and answers it.
     assert ChatRouting(registry(cloud=False), book()).place(request) == (unrouted, request)
     # The copro's policy keeps it on the edge: refused by the rules, so the router's to answer.
@@ -142,7 +142,7 @@ def test_what_the_gateway_does_not_route_goes_to_the_router_unchanged() -> None:
 def test_a_chat_for_an_edge_model_is_stored_once_routed_to_its_pool_when_a_node_takes_them() -> None:
     request = requested(BUNDLED_MODEL_ID)
     reg = registry(edge=True, edge_takes_routed=True, cloud=False)
-    subject, stored = ChatRouting(reg, book()).place(request)
+    subject, stored = ChatRouting(reg, book(), edge_pools="all").place(request)
     assert subject == subjects.routed_edge_chat_requested("c1", subjects.SHARED_POOL, BUNDLED_MODEL_ID)
     assert stored.routed is not None
     assert [(t.kind, t.pool, t.model) for t in stored.routed.targets] == [
@@ -157,7 +157,7 @@ def test_a_chat_for_an_edge_model_is_stored_once_routed_to_its_pool_when_a_node_
 async def test_the_gateways_edge_plan_makes_the_work_item_the_router_would_have_made() -> None:
     request = requested(BUNDLED_MODEL_ID)
     reg = registry(edge=True, edge_takes_routed=True, cloud=False)
-    _, stored = ChatRouting(reg, book()).place(request)
+    _, stored = ChatRouting(reg, book(), edge_pools="all").place(request)
     bus = FakeBus()
     await Dispatcher(bus, reg, FakePolicyBook(), default_policy=DEFAULTS.policy).on_chat_requested(request)
     [(subject, routers)] = bus.published
@@ -173,6 +173,35 @@ def test_a_copros_own_pool_gets_its_routed_requests_on_its_pools_subject() -> No
     subject, stored = ChatRouting(reg, book()).place(request)
     assert subject == subjects.routed_edge_chat_requested("c1", pool, BUNDLED_MODEL_ID)
     assert stored.routed is not None and stored.routed.targets[0].pool == pool
+
+
+def test_a_pool_is_routed_only_while_every_alive_node_of_it_takes_routed_requests() -> None:
+    # A node of an earlier release shares the pool's work queue only: routing past it would leave
+    # it idle, and strand the requests if the nodes that take them stopped.
+    pool = subjects.copro_pool("c1")
+    request = requested(BUNDLED_MODEL_ID)
+    reg = registry(edge=True, edge_takes_routed=True, pools=(pool,), cloud=False)
+    older = beat("older", [BUNDLED_MODEL_ID]).model_copy(update={"pools": [pool]})
+    reg.observe(older, time.monotonic())
+    assert ChatRouting(reg, book()).place(request) == (subjects.chat_requested("c1"), request)
+    reg.observe(older.model_copy(update={"takes_routed_requests": True}), time.monotonic())
+    subject, _ = ChatRouting(reg, book()).place(request)
+    assert subject == subjects.routed_edge_chat_requested("c1", pool, BUNDLED_MODEL_ID)
+
+
+def test_the_shared_pool_is_routed_only_when_the_operator_says_its_nodes_are_its_own() -> None:
+    # A routed request reaches the nodes with its user id (the router's work item leaves it out):
+    # by default only a copro's own pool gets it, never the volunteers serving every copro.
+    request = requested(BUNDLED_MODEL_ID).model_copy(update={"user_id": "u-42"})
+    reg = registry(edge=True, edge_takes_routed=True, cloud=False)
+    unrouted = (subjects.chat_requested("c1"), request)
+    assert ChatRouting(reg, book()).place(request) == unrouted
+    assert ChatRouting(reg, book(), edge_pools="none").place(request) == unrouted
+    subject, stored = ChatRouting(reg, book(), edge_pools="all").place(request)
+    assert subject == subjects.routed_edge_chat_requested("c1", subjects.SHARED_POOL, BUNDLED_MODEL_ID)
+    assert stored.user_id == "u-42"  # what the nodes then read
+    own = registry(edge=True, edge_takes_routed=True, pools=(subjects.copro_pool("c1"),), cloud=False)
+    assert ChatRouting(own, book(), edge_pools="none").place(request) == unrouted
 
 
 def test_a_routed_subject_is_a_chat_request_for_the_ledger_and_never_for_the_router() -> None:

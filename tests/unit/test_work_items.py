@@ -296,3 +296,25 @@ async def test_an_item_delivered_past_its_limit_is_reported_and_dead_lettered_wi
     assert service.reported == [
         (item.request_id, 500, "inference_failed", "the test worker could not answer after 3 attempts")
     ]
+
+
+async def test_a_routed_request_from_another_sites_stream_is_dead_lettered_not_run() -> None:
+    # A building's gateway never routes a chat itself; a routed request its stream brought into the
+    # hub's would skip the hub's router and rate limits: refused, whatever its body.
+    service = Service()
+    routed = WorkItemHandler(
+        service.run,
+        service.report_failure,
+        ack_wait_s=30.0,
+        max_deliver=3,
+        worker_name="the test worker",
+        this_site_only=True,
+    )
+    item = work()
+    sourced = msg_of(item)
+    sourced.headers = {"Nats-Stream-Source": "KOPROGO_EVENTS_BUILDING 1 koprogo.events.> > >"}
+    decision = await decide(sourced, routed.handle)
+    assert isinstance(decision, DeadLetter) and "another site" in decision.reason
+    assert service.ran == []
+    assert await decide(msg_of(item), routed.handle) == ACK
+    assert [w.id for w in service.ran] == [item.id]

@@ -49,7 +49,10 @@ of KOPROGO_EVENTS (a user's contents, on GDPR erasure).
                `edge_pool-P_dM` (create with filter
                koprogo.work.edge.P.M only, info, next, ack), its
                dead letters; P is `shared` or, for a node minted
-               with `--copro C`, `copro-C` (each C);
+               with `--copro C`, `copro-C` (each C); on
+               KOPROGO_EVENTS consumer `routed-edge_dP_dM` (create
+               with filter koprogo.events.chat.requested.*.edge.P.M
+               only, info, next, ack) and its dead letters;
                koprogo.events.chat.{completed,failed}.*.node.     koprogo.cancel.node.<its id>.*
                <its id>,
                koprogo.reply.*.node.<its id>,

@@ -194,6 +194,10 @@ class Stack(StackNats):
                 "gateway",
                 [_script("koprogo-gateway")],
                 {
+                    # One machine's stack: its shared pool's nodes are its own, the gateway may hand
+                    # them routed requests (user ids included); with `--lan`, other machines' nodes
+                    # may join that pool: only the copros' own pools (settings.py says why).
+                    "GATEWAY_ROUTES_EDGE_POOLS": "copro" if self.lan else "all",
                     **base_env,
                     **database,
                     **content_keys,

@@ -30,6 +30,7 @@ from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import UnusableIdsError
 from koprogo_shared.consumer import PoisonMessageError, keep_alive_interval
 from koprogo_shared.events import ChatRequested, RunInference
+from koprogo_shared.leaf_site import made_at_another_site
 from koprogo_shared.routing.decision import work_of
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def _run_inference(data: bytes, _redelivered: bool) -> RunInference:
 
 def routed_work(data: bytes, redelivered: bool) -> RunInference:
     """The work item of a request a gateway routed (as the router would have made it): a
-    `WorkItemHandler`'s `decode` for the consumers of routed requests (cloud deployments, edge pools)."""
+    `WorkItemHandler`'s `decode` for the consumers of routed requests (cloud deployments, edge
+    pools), given with `routed_copro_mismatch` and `this_site_only`."""
     request = ChatRequested.model_validate_json(data)
     if request.routed is None:
         raise PoisonMessageError("a request on a routed subject carries no routing plan")
@@ -105,6 +107,10 @@ class WorkItemHandler:
         # makes of itself (a request the gateway routed: `routing.decision.work_of`). Its
         # ValidationError is dead-lettered by the consumer; `redelivered` as `RunWork`'s.
         decode: Callable[[bytes, bool], RunInference] | None = None,
+        # Refuse (dead-letter, never run) a message a building's stream brought into this site's
+        # (`leaf_site.made_at_another_site`): the requests a gateway routed, which a building's
+        # gateway never does; one coming that way would skip this site's router and rate limits.
+        this_site_only: bool = False,
     ) -> None:
         self._run = run
         self._report_failure = report_failure
@@ -114,10 +120,13 @@ class WorkItemHandler:
         self._poison: tuple[type[Exception], ...] = (UnusableIdsError, *poison)
         self._subject_check = subject_check
         self._decode = decode or _run_inference
+        self._this_site_only = this_site_only
 
     async def handle(self, msg: Msg) -> None:
         """Return to ack; raise to NAK (or dead-letter on the last delivery), as the shared consumer does."""
         delivered = msg.metadata.num_delivered
+        if self._this_site_only and made_at_another_site(msg.headers):
+            raise PoisonMessageError(f"{msg.subject} came from another site's stream: not run here")
         work = self._decode(msg.data, delivered > 1)  # malformed -> dead-lettered by the consumer
         if self._subject_check is not None and (refused := self._subject_check(msg.subject, work)):
             raise PoisonMessageError(refused)

@@ -119,7 +119,7 @@ async def _chat_routing(
         with contextlib.suppress(Exception):
             await book.close()
         return None, None
-    return ChatRouting(registry, book), book
+    return ChatRouting(registry, book, edge_pools=settings.gateway_routes_edge_pools), book
 
 
 async def bootstrap(settings: GatewaySettings) -> Gateway:

@@ -50,11 +50,17 @@ class GatewaySettings(ContentKeySettings):
     # heartbeat claiming other models or pools is refused, so `/mcp/v1/models` shows no model a
     # node cannot serve. Unset: only the heartbeat's subject is checked (a NATS server without keys).
     node_roster_file: Path | None = None
-    # A chat whose first target is a cloud deployment is routed here and stored once, for that
-    # deployment's workers (GATEWAY_ROUTES_CLOUD; `service_layer/chat_routing.py`); false: the
-    # router routes every chat. Never on a building's gateway (its router sends cloud work to the hub).
+    # A chat whose first target is a cloud deployment (or an edge pool, as `gateway_routes_edge_pools`
+    # allows) is routed here and stored once, for its workers (GATEWAY_ROUTES_CLOUD, named before
+    # the edge pools were; `service_layer/chat_routing.py`); false: the router routes every chat. Never on a building's gateway (its router sends cloud work to the hub).
     # It decides by the routers' own defaults as they store them (`routing.policy_book`).
     gateway_routes_cloud: bool = True
+    # The edge pools whose chats it routes the same way (GATEWAY_ROUTES_EDGE_POOLS): `copro`, a
+    # copro's own nodes (`koprogo node join --copro`); `all`, the shared pool too; `none`. A chat
+    # routed here reaches the nodes as the stored request, with its user id, which the router's
+    # work item leaves out: the shared pool's nodes, volunteers serving every copro, get it only
+    # when the operator says they are its own (`all`; `koprogo up`'s one-machine stack does).
+    gateway_routes_edge_pools: Literal["copro", "all", "none"] = "copro"
 
     # Rate limits: chats per window per copro, and every authenticated request per user (the user
     # policy applies when authentication is on); 0 switches a policy off.

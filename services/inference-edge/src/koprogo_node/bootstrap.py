@@ -257,8 +257,12 @@ async def _serve(
         consumers.append((grid_work_consumer(model_id, ack_wait_s, max_deliver), work))
     # Declared before the first heartbeat says the node takes them: a gateway routes nothing to
     # its pools before their durables exist (they start with what is stored from then on).
-    routed = await _declare_routed(
-        js, [routed_consumer(model_id, ack_wait_s, max_deliver, p) for p in settings.pools]
+    routed = (
+        await _declare_routed(
+            js, [routed_consumer(model_id, ack_wait_s, max_deliver, p) for p in settings.pools]
+        )
+        if settings.takes_routed_requests
+        else []
     )
     routed_work = work_item_handler(service, ack_wait_s, max_deliver, routed=True, turns=turns).handle
     consumers += [(spec, routed_work) for spec in routed]

@@ -4,7 +4,7 @@ Environment variables are the field names in upper case, as for every service:
 NATS_URL, NATS_NKEY_SEED_FILE, OPS_HOST, OPS_PORT (the node port, 3031), NODE_ID, NODE_MODEL, NODE_MODEL_ID,
 KOPROGO_MODELS_DIR (or MODELS_DIR), KEEP_ALIVE_S, GRID_ENABLED, GRID_URL, GRID_TASK_TYPES, MCP_ENABLED, POWER_WATTS, INTENSITY_G_PER_KWH, RENEWABLE_ATTESTED,
 LLAMA_THREADS, LLAMA_N_CTX, HEARTBEAT_INTERVAL_S, ACK_WAIT_S, MAX_DELIVER, SHUTDOWN_GRACE_S,
-NODE_COPROS (a JSON list), ANSWERS_DIR; for the grid's trust (docs/grid-trust.md): GRID_SIGNING_SEED_FILE,
+NODE_COPROS (a JSON list), TAKES_ROUTED_REQUESTS, ANSWERS_DIR; for the grid's trust (docs/grid-trust.md): GRID_SIGNING_SEED_FILE,
 GRID_SCHEDULER_PUBLIC_KEY, ENERGY_SOURCE, SOLAR_SHARE, ENERGY_METER_FILE, DEVICE_CLASS.
 The `koprogo-node` flags override them.
 """
@@ -62,6 +62,11 @@ class NodeSettings(ServiceSettings, ModelsFolderSettings, EdgeFootprintSettings)
     # The copros whose own edge pool the node belongs to, as its NATS key was minted
     # (`koprogo nats-node-key --copro C`): it takes their work only. Empty: the shared pool.
     node_copros: list[str] = Field(default_factory=list)
+    # Take the chats a gateway routed to the node's pools, on the audit log, and say so in the
+    # heartbeat (`NodeHeartbeat.takes_routed_requests`). False: the router's work items only, and
+    # no new heartbeat field (for a hub older than 0c913dd, whose services refuse a heartbeat
+    # with a field they do not know).
+    takes_routed_requests: bool = True
     llama_threads: int | None = Field(default=None, ge=1)
     # 2048 keeps the KV cache small on a Pi; a bigger model or longer chats may want more.
     llama_n_ctx: int = Field(default=2048, ge=128)

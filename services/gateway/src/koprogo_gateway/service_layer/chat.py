@@ -165,7 +165,7 @@ class ChatService:
         return await cancel_chat(caller, idempotency_key, self.keys, self.bus, self._record_failure_later)
 
     async def publish_request(self, request: ChatRequested) -> None:
-        """Store the request: routed here to a cloud deployment, or for the router (`chat_routing.py`)."""
+        """Store the request: routed here to a cloud deployment or an edge pool, or for the router (`chat_routing.py`)."""
         subject, stored = self._routing.place(request)
         await self.bus.publish(subject, stored)
         count_stored(stored)

@@ -8,9 +8,11 @@ the subject that names the deployment (`subjects.routed_chat_requested`) or the 
 delivery and one process fewer on the chat's path (docs/decisions.md, *The request and its
 routing stored once*). Everything else goes to the router as before, on
 `subjects.chat_requested`: a refusal (the router records and answers it), a grid first target,
-a deployment or pool whose workers do not take routed requests (a release before this one, or a
-node whose hub's permissions do not let it), and every request of a building's gateway (its
-router sends cloud work over the leaf link). A failed attempt falls back through the router
+a deployment whose workers, or a pool one of whose alive nodes, do not take routed requests (a
+release before this one, or a node whose hub's permissions do not let it: it would get none of
+them), the shared edge pool unless the operator says its nodes are its own (`edge_pools`: a
+routed request reaches the nodes with its user id, which the router's work item leaves out), and
+every request of a building's gateway (its router sends cloud work over the leaf link). A failed attempt falls back through the router
 either way (`InferenceAttemptFailed`).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from prometheus_client import Counter
 
@@ -51,6 +54,9 @@ class ChatRouting:
     # request goes to the router (a building's gateway; GATEWAY_ROUTES_CLOUD=false).
     policies: PolicyBook | None
     catalogue: Catalogue = field(default_factory=default_catalogue)
+    # The edge pools routed here (GATEWAY_ROUTES_EDGE_POOLS): a copro's own (`copro`), the shared
+    # one too (`all`), or none.
+    edge_pools: Literal["copro", "all", "none"] = "copro"
 
     def place(self, request: ChatRequested) -> tuple[str, ChatRequested]:
         """The subject to store `request` on, and the request to store (with its plan, if routed here)."""
@@ -58,17 +64,11 @@ class ChatRouting:
         if self.policies is None or (defaults := self.policies.router_defaults()) is None:
             return unrouted
         now = time.monotonic()
-        # Where a chat may be routed here: the deployments, and the (pool, model) pairs of the edge
-        # nodes, whose workers take routed requests. None (workers of an earlier release): the
-        # router decides, without this gateway deciding first for nothing.
+        # Where a chat may be routed here: the deployments whose workers take routed requests, and
+        # the (pool, model) pairs of the edge nodes all of whose alive nodes do. None (workers of
+        # an earlier release): the router decides, without this gateway deciding first for nothing.
         clouds = {c.deployment for c in self.registry.cloud(now) if c.available and c.takes_routed_requests}
-        edges = {
-            (pool, model)
-            for node in self.registry.alive(now)
-            if node.takes_routed_requests
-            for pool in node.pools
-            for model in node.models
-        }
+        edges = self._routable_edges(now)
         if not clouds and not edges:
             return unrouted
         decision = decide(
@@ -91,3 +91,18 @@ class ChatRouting:
         else:
             return unrouted
         return subject, request.model_copy(update={"routed": decision.plan})
+
+    def _routable_edges(self, now: float) -> set[tuple[str, str]]:
+        """The (pool, model) pairs this gateway may route to: allowed by `edge_pools`, and every alive
+        node of the pair takes routed requests (a node of an earlier release shares the pair's work
+        queue only: routing past it would leave it idle, and the requests stranded if the others stop)."""
+        if self.edge_pools == "none":
+            return set()
+        taking: dict[tuple[str, str], bool] = {}
+        for node in self.registry.alive(now):
+            for pool in node.pools:
+                if pool == subjects.SHARED_POOL and self.edge_pools != "all":
+                    continue
+                for model in node.models:
+                    taking[pool, model] = taking.get((pool, model), True) and node.takes_routed_requests
+        return {pair for pair, takes in taking.items() if takes}

@@ -85,4 +85,5 @@ def work_item_handler(
         poison=(InvalidCommandError,),
         subject_check=copro_mismatch,
         decode=routed_work if routed else None,
+        this_site_only=routed,
     )

@@ -86,17 +86,22 @@ class OneAtATime:
         self._lock = asyncio.Lock()
         self._free = asyncio.Event()
         self._free.set()
+        self._wanted = 0  # items running or waiting for their turn
 
     async def free(self) -> None:
         await self._free.wait()
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        async with self._lock:
-            self._free.clear()
-            try:
+        self._wanted += 1
+        self._free.clear()
+        try:
+            async with self._lock:
                 yield
-            finally:
+        finally:
+            # Free only once no item runs or waits: the next one's turn is not a free moment.
+            self._wanted -= 1
+            if self._wanted == 0:
                 self._free.set()
 
 
@@ -139,6 +144,7 @@ def work_item_handler(
         poison=(InvalidCommandError,),
         subject_check=routed_copro_mismatch if routed else None,
         decode=routed_work if routed else None,
+        this_site_only=routed,
     )
 
 

@@ -13,10 +13,10 @@ safely. Events without contents (failures, deliveries) are kept: the audit log s
 that the requests happened.
 
 A message is deleted only once every durable consumer of it (`OTHER_CONSUMERS`: the router's
-two, the grid scheduler's; every cloud deployment's durable of the requests gateways routed to
-it, `subjects.is_routed_requests_durable`; and the ledger's own) has acknowledged it, read from
+two, the grid scheduler's; every cloud deployment's and edge pool's durable of the requests
+gateways routed to it, `subjects.is_routed_requests_durable`; and the ledger's own) has acknowledged it, read from
 their ack floors (one consumer listing of the stream): a chat in flight still reaches the
-router, its cloud worker and the ledger. A routed request past its deadline is not waited for
+router, its worker and the ledger. A routed request past its deadline is not waited for
 (its worker would only fail it), so a retired deployment's durable holds nothing back. While some are not, `erase_user` deletes the rest
 and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
 (`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
@@ -136,7 +136,7 @@ class NatsStreamScrubber(StreamScrubber):
                     for f in floors
                     if message.seq > f.stream_seq
                     and any(_matches(message.subject, p) for p in f.filters)
-                    # A cloud worker would only fail a request past its deadline: never waited for
+                    # A worker (cloud or edge) would only fail a request past its deadline: never waited for
                     # (a retired deployment's durable would otherwise hold the erasure 30 days).
                     and not (expired and subjects.is_routed_requests_durable(f.consumer))
                 ]
