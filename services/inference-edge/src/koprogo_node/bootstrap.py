@@ -43,6 +43,8 @@ from koprogo_node.entrypoints.http import node_routes
 from koprogo_node.entrypoints.mcp import node_mcp
 from koprogo_node.entrypoints.nats_worker import (
     OneAtATime,
+    consume,
+    declare_routed,
     grid_work_consumer,
     routed_consumer,
     work_consumer,
@@ -56,8 +58,7 @@ from koprogo_node.service_layer.tasks.executor import TaskExecutor
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
-from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
-from koprogo_shared.durables import declare_consumer
+from koprogo_shared.consumer import ConsumerSpec, Handler
 from koprogo_shared.grid_signing import SignatureError, Signer, load_or_create_signer
 from koprogo_shared.grid_stores import object_store_stream
 from koprogo_shared.nats_connection import NatsCredentialsError, connect_nats, wait_for_streams
@@ -258,7 +259,7 @@ async def _serve(
     # Declared before the first heartbeat says the node takes them: a gateway routes nothing to
     # its pools before their durables exist (they start with what is stored from then on).
     routed = (
-        await _declare_routed(
+        await declare_routed(
             js, [routed_consumer(model_id, ack_wait_s, max_deliver, p) for p in settings.pools]
         )
         if settings.takes_routed_requests
@@ -277,7 +278,7 @@ async def _serve(
         takes_routed_requests=bool(routed),
     )
     await heartbeats.start()
-    consumer = asyncio.create_task(_consume(js, consumers, turns, stop))
+    consumer = asyncio.create_task(consume(js, consumers, turns, stop))
     grid_loop = asyncio.create_task(poll_for_tasks(nc, grid.worker, stop)) if grid else None
     log.info(
         "node %s serving %s (durables %s)",
@@ -426,39 +427,6 @@ def build_executors(
 
             executors[task_type] = PredictExpensesExecutor(StatsmodelsExpenseForecaster())
     return executors
-
-
-async def _declare_routed(js: JetStreamContext, specs: Sequence[ConsumerSpec]) -> list[ConsumerSpec]:
-    """The consumers of routed requests, declared; none when one cannot be (then the node says it
-    does not take routed requests, and gets every chat from the router's work items as before).
-
-    A hub whose NATS permissions predate them (an older release's, or a node key's grants written
-    before) refuses the node that durable: its request gets no answer, a timeout after the
-    JetStream API's wait."""
-    try:
-        for spec in specs:
-            await declare_consumer(js, spec)
-    except Exception as exc:
-        log.warning(
-            "this node takes no requests routed by the gateways (%r: its hub's NATS permissions may "
-            "predate them); it takes the router's work items only",
-            exc,
-        )
-        return []
-    return list(specs)
-
-
-async def _consume(
-    js: JetStreamContext,
-    consumers: Sequence[tuple[ConsumerSpec, Handler]],
-    turns: OneAtATime,
-    stop: asyncio.Event,
-) -> None:
-    """One pull consumer per pool, kind of work and routed requests; the node runs one item at a
-    time (`OneAtATime`: each fetches only while the node is free)."""
-    async with asyncio.TaskGroup() as loops:
-        for spec, handle in consumers:
-            loops.create_task(run_pull_consumer(js, spec, handle, stop, ready=turns.free))
 
 
 async def _until_stopped(stop: asyncio.Event, consumer: asyncio.Task[None]) -> None:

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from nats.js import JetStreamContext
 
 from koprogo_node.adapters import metrics
 from koprogo_node.domain.errors import InvalidCommandError
 from koprogo_node.service_layer.inference import InferenceService
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec
+from koprogo_shared.consumer import ConsumerSpec, Handler, run_pull_consumer
+from koprogo_shared.durables import declare_consumer
 from koprogo_shared.events import ChatCompleted, ChatFailed, RunInference
 from koprogo_shared.work_items import WorkItemHandler, routed_copro_mismatch, routed_work
+
+log = logging.getLogger(__name__)
 
 
 def work_consumer(
@@ -156,3 +162,36 @@ def _count(model: str, outcome: ChatCompleted | ChatFailed) -> None:
         metrics.INFERENCE_SECONDS.labels(model).observe(outcome.execution_info.latency_ms / 1000.0)
     else:
         metrics.REQUESTS.labels(model, f"failed_{outcome.status}").inc()
+
+
+async def declare_routed(js: JetStreamContext, specs: Sequence[ConsumerSpec]) -> list[ConsumerSpec]:
+    """The consumers of routed requests, declared; none when one cannot be (then the node says it
+    does not take routed requests, and gets every chat from the router's work items as before).
+
+    A hub whose NATS permissions predate them (an older release's, or a node key's grants written
+    before) refuses the node that durable: its request gets no answer, a timeout after the
+    JetStream API's wait."""
+    try:
+        for spec in specs:
+            await declare_consumer(js, spec)
+    except Exception as exc:
+        log.warning(
+            "this node takes no requests routed by the gateways (%r: its hub's NATS permissions may "
+            "predate them); it takes the router's work items only",
+            exc,
+        )
+        return []
+    return list(specs)
+
+
+async def consume(
+    js: JetStreamContext,
+    consumers: Sequence[tuple[ConsumerSpec, Handler]],
+    turns: OneAtATime,
+    stop: asyncio.Event,
+) -> None:
+    """One pull consumer per pool, kind of work and routed requests; the node runs one item at a
+    time (`OneAtATime`: each fetches only while the node is free)."""
+    async with asyncio.TaskGroup() as loops:
+        for spec, handle in consumers:
+            loops.create_task(run_pull_consumer(js, spec, handle, stop, ready=turns.free))
