@@ -202,8 +202,9 @@ class ChatRequested(Event):
     controls: GenerationControls | None = None
     # Set when the gateway routed the request itself (`routing.decision`): stored on
     # `subjects.routed_chat_requested` (`routed_edge_chat_requested`), it is the work of the cloud
-    # deployment (the edge pool and model) its subject names, and the router never sees it. Left out of the JSON when None (every request the router
-    # routes), so a reader of the previous release still reads those.
+    # deployment (the edge pool and model) its subject names, and the router never sees it. Left
+    # out of the JSON when None (every request the router routes), so a reader of the previous
+    # release still reads those.
     routed: RoutingPlan | None = Field(default=None, exclude_if=lambda plan: plan is None)
 
 
@@ -359,8 +360,9 @@ class NodeHeartbeat(Event):
     # It takes the requests a gateway routed to its pools and model on the audit log
     # (`subjects.routed_edge_chat_requested`); a node of an earlier release, or one whose hub's
     # permissions do not let it make that durable, does not (only the router's work items), so a
-    # gateway routes to a pool and model only while an alive node of them says so. Left out of the
-    # JSON when false: a hub of an earlier release ignores it anyway (`extra="ignore"`).
+    # gateway routes to a pool and model only while every alive node of them says so. Left out of
+    # the JSON when false; hubs since 0c913dd ignore it (`extra="ignore"`), older ones refuse it
+    # (the node's TAKES_ROUTED_REQUESTS=false for those).
     takes_routed_requests: bool = Field(default=False, exclude_if=lambda takes: not takes)
 
 
