@@ -24,8 +24,11 @@ from koprogo_shared import subjects
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.events import (
     ChatMessage,
+    ChatRequested,
     InferenceStarted,
     NodeHeartbeat,
+    RoutingPlan,
+    RoutingTarget,
     RunInference,
     reply_message_adapter,
     utc_now,
@@ -33,6 +36,28 @@ from koprogo_shared.events import (
 from koprogo_shared.nats_connection import connect_nats, ensure_streams, subscribed
 
 MODEL = BUNDLED_MODEL_ID
+
+
+def routed_edge_request(
+    content: str, reply: str, *, copro: str, pool: str = subjects.SHARED_POOL, max_tokens: int = 32
+) -> ChatRequested:
+    """A request as the gateway's `ChatRouting.place` stores it for an edge first target
+    (`subjects.routed_edge_chat_requested`)."""
+    return ChatRequested(
+        source="koprogo/gateway",
+        copro_id=copro,
+        model=MODEL,
+        messages=[ChatMessage(role="user", content=content)],
+        max_tokens=max_tokens,
+        reply_subject=reply,
+        deadline=utc_now() + timedelta(seconds=120),
+        routed=RoutingPlan(
+            policy="prefer_edge",
+            allow_fallback=True,
+            reason="an edge node serves the model",
+            targets=[RoutingTarget(kind="edge", model=MODEL, pool=pool)],
+        ),
+    )
 
 
 def node_settings(nats_url: str, node_id: str, **overrides: Any) -> NodeSettings:

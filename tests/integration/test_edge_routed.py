@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from datetime import timedelta
 
 import pytest
 from nats.js import JetStreamContext
@@ -17,11 +16,7 @@ from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_shared import subjects
 from koprogo_shared.events import (
     ChatCompleted,
-    ChatMessage,
     ChatRequested,
-    RoutingPlan,
-    RoutingTarget,
-    utc_now,
 )
 from tests.conftest import wait_until
 from tests.integration.edge_support import (
@@ -30,6 +25,7 @@ from tests.integration.edge_support import (
     nats_client,
     node_settings,
     reply_subject,
+    routed_edge_request,
     run_inference,
     running_node,
     work_left,
@@ -38,27 +34,6 @@ from tests.integration.edge_support import (
 pytestmark = pytest.mark.integration
 
 COPRO = "copro-edge"
-
-
-def routed_request(
-    content: str, reply: str, *, copro: str = COPRO, pool: str = subjects.SHARED_POOL, max_tokens: int = 32
-) -> ChatRequested:
-    """A request as the gateway's `ChatRouting.place` stores it for an edge first target."""
-    return ChatRequested(
-        source="koprogo/gateway",
-        copro_id=copro,
-        model=MODEL,
-        messages=[ChatMessage(role="user", content=content)],
-        max_tokens=max_tokens,
-        reply_subject=reply,
-        deadline=utc_now() + timedelta(seconds=120),
-        routed=RoutingPlan(
-            policy="prefer_edge",
-            allow_fallback=True,
-            reason="an edge node serves the model",
-            targets=[RoutingTarget(kind="edge", model=MODEL, pool=pool)],
-        ),
-    )
 
 
 async def store(js: JetStreamContext, subject: str, request: ChatRequested) -> None:
@@ -81,7 +56,9 @@ async def test_a_routed_request_is_answered_by_the_node_with_no_work_item_and_ac
             info = await js.consumer_info(
                 subjects.EVENTS_STREAM, subjects.routed_edge_requests_durable(MODEL)
             )
-            request = routed_request("Bonjour ! Qu'est-ce qu'un syndic ? Une phrase.", reply)
+            request = routed_edge_request(
+                "Bonjour ! Qu'est-ce qu'un syndic ? Une phrase.", reply, copro=COPRO
+            )
             await store(js, subjects.routed_edge_chat_requested(COPRO, subjects.SHARED_POOL, MODEL), request)
             outcome = await replies.next(60)
             stored = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.chat_completed(COPRO))
@@ -117,10 +94,12 @@ async def test_a_routed_request_naming_another_copro_in_its_body_is_dead_lettere
             running_node(settings, engine=engine),
         ):
             await beats.next(30)
-            forged = routed_request("Les charges de la copro voisine ?", reply, copro="copro-other")
+            forged = routed_edge_request("Les charges de la copro voisine ?", reply, copro="copro-other")
             subject = subjects.routed_edge_chat_requested(COPRO, subjects.SHARED_POOL, MODEL)
             await store(js, subject, forged)
-            planless = routed_request("Sans plan", reply).model_copy(update={"routed": None})
+            planless = routed_edge_request("Sans plan", reply, copro=COPRO).model_copy(
+                update={"routed": None}
+            )
             await store(js, subject, planless)
 
             async def dead_lettered() -> int:
@@ -149,7 +128,7 @@ async def test_a_node_busy_with_a_routed_request_leaves_the_routers_work_at_the_
             running_node(settings, engine=engine),
         ):
             await beats.next(30)
-            first = routed_request("Premier", reply)
+            first = routed_edge_request("Premier", reply, copro=COPRO)
             await store(js, subjects.routed_edge_chat_requested(COPRO, subjects.SHARED_POOL, MODEL), first)
             await wait_until(lambda: _at_least(_calls(engine), 1), timeout=10)
             # The work loop's long poll that was waiting when the node became busy ends within its

@@ -59,8 +59,6 @@ from koprogo_shared.events import (
     ChatRequested,
     ExecutionInfo,
     NodeHeartbeat,
-    RoutingPlan,
-    RoutingTarget,
     RunInference,
     Usage,
     utc_now,
@@ -81,7 +79,7 @@ from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import NodeTrustChanged
 from tests.conftest import SECURED_NODES, TEST_CONTENT_KEYS, SecuredNats, wait_until
 from tests.integration.cloud_support import work_item as cloud_work_item
-from tests.integration.edge_support import listening, run_inference, running_node
+from tests.integration.edge_support import listening, routed_edge_request, run_inference, running_node
 from tests.integration.ledger_support import chat_requested
 from tests.integration.nats_permissions_support import Client, connected_as, request_refused
 
@@ -854,25 +852,6 @@ async def test_a_node_of_two_copros_takes_the_work_of_both_one_item_at_a_time(
     assert all(isinstance(o, ChatCompleted) and o.execution_info.node_id == "pi-xy" for o in outcomes)
 
 
-def _routed_edge_request(copro: str, pool: str, reply: str) -> ChatRequested:
-    """A request as a gateway stores it when it routes a chat to an edge pool itself."""
-    return ChatRequested(
-        source="koprogo/gateway",
-        copro_id=copro,
-        model=MODEL,
-        messages=[ChatMessage(role="user", content="Quand a lieu la prochaine AG ?")],
-        max_tokens=16,
-        reply_subject=reply,
-        deadline=utc_now() + timedelta(seconds=60),
-        routed=RoutingPlan(
-            policy="prefer_edge",
-            allow_fallback=True,
-            reason="an edge node serves the model",
-            targets=[RoutingTarget(kind="edge", model=MODEL, pool=pool)],
-        ),
-    )
-
-
 def _routed_consumer(durable: str, filter_subject: str) -> js_api.ConsumerConfig:
     return js_api.ConsumerConfig(
         name=durable,
@@ -907,7 +886,9 @@ async def test_a_copros_node_takes_the_requests_routed_to_its_pool_and_no_other_
             running_node(settings, engine=FakeInferenceEngine()),
         ):
             beat = await beats.next(30)
-            request = _routed_edge_request("copro-x", POOL_X, reply)
+            request = routed_edge_request(
+                "Quand a lieu la prochaine AG ?", reply, copro="copro-x", pool=POOL_X, max_tokens=16
+            )
             subject = subjects.routed_edge_chat_requested("copro-x", POOL_X, MODEL)
             await gateway.js.publish(
                 subject, request.model_dump_json().encode(), headers={"Nats-Msg-Id": request.id}

@@ -296,7 +296,7 @@ async def _consume(
     """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
     loop = asyncio.get_running_loop()
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
-    # consumer's info again). nats-py's JetStream context has no public accessor for its client.
+    # consumer's info again); the client it pulls with is read in `nats_privates`.
     sub = await BatchPuller.bind(js, spec.stream, spec.durable)
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).

@@ -55,7 +55,7 @@ def routed_consumer(
     As the cloud workers' (`koprogo_cloud`'s `routed_consumer`): made with `deliver="new"`, it never
     replays the audit log, and misses no request: the node makes it before a heartbeat says it
     takes them (`NodeHeartbeat.takes_routed_requests`), and a gateway routes to a pool and model
-    only while an alive node of them says so."""
+    only while every alive node of them says so."""
     return ConsumerSpec(
         stream=subjects.EVENTS_STREAM,
         durable=subjects.routed_edge_requests_durable(model_id, pool),
