@@ -323,3 +323,31 @@ async def _exists(js: JetStreamContext) -> bool:
     except NotFoundError:
         return False
     return True
+
+
+async def test_a_batch_bigger_than_the_ack_pending_limit_is_still_fetched_whole(clean_jetstream: str) -> None:
+    # The durable lets the loop hold two batches (the one handled, the one fetched ahead): asked
+    # for 10 with a limit of 4, a fetch could never fill and waited out its timeout every time.
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    sizes: list[int] = []
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        sizes.append(len(msgs))
+        return [ACK] * len(msgs)
+
+    narrow = ConsumerSpec(
+        stream=SPEC.stream,
+        durable=SPEC.durable,
+        filter_subject=SPEC.filter_subject,
+        batch=10,
+        max_ack_pending=4,
+    )
+    try:
+        await _published(js, *(str(n).encode() for n in range(30)))
+        async with consuming(js, handler, narrow):
+            await wait_until(lambda: sum(sizes) == 30)
+            info = await js.consumer_info(SPEC.stream, SPEC.durable)
+    finally:
+        await nc.close()
+    assert info.config.max_ack_pending == 20
+    assert sizes == [10, 10, 10]

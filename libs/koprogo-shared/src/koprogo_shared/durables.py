@@ -30,9 +30,17 @@ def consumer_config(spec: ConsumerSpec) -> js_api.ConsumerConfig:
         ack_wait=spec.ack_wait_s,
         max_deliver=-1,
         filter_subject=spec.filter_subject,
-        max_ack_pending=spec.max_ack_pending,
+        max_ack_pending=max_ack_pending(spec),
         deliver_policy=js_api.DeliverPolicy.NEW if spec.deliver == "new" else js_api.DeliverPolicy.ALL,
     )
+
+
+def max_ack_pending(spec: ConsumerSpec) -> int:
+    """`spec.max_ack_pending`, raised to the two batches a loop holds unacknowledged: the one it
+    handles and the one it fetched ahead (`consumer._consume`). With fewer allowed, a fetch can
+    never fill: it waits out its whole timeout (1 s) every time. A ledger with `LEDGER_BATCH=1024`
+    against the default 1000 projected 825 events/s, against 11,297 at 512 (bench/README.md)."""
+    return max(spec.max_ack_pending, 2 * spec.batch)
 
 
 async def declare_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:

@@ -47,8 +47,11 @@ class LedgerSettings(ContentKeySettings):
     ledger_durable: str = subjects.LEDGER_DURABLE
     # Events projected per transaction (one commit, one fsync, for the whole batch); the chat
     # events' happy path is applied set-based (`service_layer.chat_batch`), so a big batch costs a
-    # few statements, not a few per event.
-    ledger_batch: int = Field(default=512, ge=1)
+    # few statements, not a few per event. Big batches matter when the ledger catches up (a
+    # light load is committed by the linger below): 2048 projected 14,153-14,229 events/s where
+    # 512 did 11,848 (bench/README.md, *Results of 2026-12-05, afternoon*). The durable lets two
+    # batches wait for their acks (`durables.max_ack_pending`).
+    ledger_batch: int = Field(default=2048, ge=1)
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
     # light load is committed in bursts: stats become visible up to that much later. Long enough
     # for a chat's three events to share a batch under load, so its rows are inserted in their

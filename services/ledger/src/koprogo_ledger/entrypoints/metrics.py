@@ -31,7 +31,7 @@ BATCH_SECONDS = Histogram(
 BATCH_EVENTS = Histogram(
     "koprogo_ledger_batch_events",
     "Events projected per committed transaction.",
-    buckets=(1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512),
+    buckets=(1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
 )
 CONTENTS_PURGED = Counter(
     "koprogo_ledger_contents_purged_total",
