@@ -50,6 +50,22 @@ async def test_a_fetch_returns_what_is_stored_without_waiting_for_a_full_batch(
     assert time.monotonic() - started < 2.5  # not the 5 s a full batch would have taken
 
 
+async def test_a_fetch_with_a_byte_cap_brings_what_fits_and_ends_there(
+    bound: tuple[NATS, JetStreamContext, BatchPuller],
+) -> None:
+    _, js, puller = bound
+    chunk = 400_000
+    for n in range(3):
+        await js.publish(SUBJECT, bytes([n]) * chunk)
+    started = time.monotonic()
+    first = await puller.fetch(batch=10, timeout=5.0, max_bytes=1_000_000)
+    # The server's 409 "Message Size Exceeds MaxBytes" ended the request: not the 5 s deadline.
+    assert time.monotonic() - started < 2.5
+    second = await puller.fetch(batch=10, timeout=5.0, max_bytes=1_000_000)
+    assert [m.data[0] for m in first] == [0, 1] and [m.data[0] for m in second] == [2]
+    assert all(len(m.data) == chunk for m in first + second)
+
+
 async def test_a_fetch_on_an_empty_consumer_takes_the_first_message_stored_while_it_waits(
     bound: tuple[NATS, JetStreamContext, BatchPuller],
 ) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from koprogo_cli.embedded import EmbeddedServerError, stop_process, wait_for_port
 from koprogo_shared.logging_setup import DEFAULT_MAX_BYTES, open_private_log
+from koprogo_shared.publishing import MAX_PAYLOAD_BYTES
 
 __all__ = [
     "EmbeddedNats",
@@ -41,7 +42,7 @@ host: {host}
 port: {port}
 {monitoring}
 {profiling}
-max_payload: 8MB
+max_payload: {max_payload}
 # Read by `koprogo up` / `down` to find a server that outlived the stack that started it.
 pid_file: "{pid_file}"
 logfile: "{logfile}"
@@ -107,6 +108,7 @@ class EmbeddedNats:
         open_private_log(conf).close()
         conf.write_text(
             NATS_CONFIG.format(
+                max_payload=MAX_PAYLOAD_BYTES,
                 host=self.host,
                 port=self.port,
                 pid_file=self.data_dir / "nats-server.pid",

@@ -59,6 +59,10 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     batch: int = 1
+    # What one fetch may bring, in bytes (0: no cap; `BatchPuller.fetch`): bounds a batch loop's
+    # memory whatever its messages' sizes. Above the server's `max_payload`, or a message
+    # bigger than it would never be delivered.
+    max_bytes: int = 0
     max_ack_pending: int = 1000
     # After a fetch that returned fewer than `batch` messages, fetch again only `linger_s`
     # after it: a light load is handled in small bursts rather than one message at a time,
@@ -310,7 +314,7 @@ async def _consume(
                 if stop is not None and stop.is_set():
                     break
             try:
-                msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0))
+                msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes))
             except (nats.errors.TimeoutError, TimeoutError):
                 idle_fetches += 1
                 if idle_fetches >= spec.idle_fetches_before_check:
@@ -340,7 +344,9 @@ async def _consume(
                     # round trip and the reading of its messages overlap this batch's handling
                     # (the ledger's database round trips); they are handled after it, in order.
                     # Not once stopping: a batch fetched then would only be given back.
-                    ahead = asyncio.create_task(sub.fetch(batch=spec.batch, timeout=1.0))
+                    ahead = asyncio.create_task(
+                        sub.fetch(batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes)
+                    )
                 decisions = await decide_batch(msgs, batch_handler)
                 for msg, decision in zip(msgs, decisions, strict=True):
                     await settle(js, msg, decision, spec.max_deliver)

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # tests/integration/test_nats_faults.py after a SIGKILL).
 PUBLISH_RETRY_S = 12.0
 
+# The largest message the servers take (`max_payload` in every nats-server configuration koprogo
+# writes or ships: `koprogo_cli.embedded_nats`, deploy/nats, deploy/k8s).
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
 # JetStream's "stream store failed" error, which a full `discard: new` stream answers with
 # ("maximum bytes exceeded", "maximum messages exceeded", ...).
 JS_STREAM_STORE_FAILED = 10077

@@ -43,6 +43,8 @@ from koprogo_shared.nats_privates import api_prefix, client_of
 # normally arrives before the caller stops waiting (nats-py uses the same 100 µs).
 _EXPIRES_MARGIN_NS = 100_000
 _ENDS_REQUEST = (js_api.StatusCode.NO_MESSAGES, js_api.StatusCode.REQUEST_TIMEOUT)
+# The 409 that ends a request with a byte cap: the next message would have passed it.
+_MAX_BYTES_REACHED = "message size exceeds maxbytes"
 _PASSED_OVER = (js_api.StatusCode.CONTROL_MESSAGE, js_api.StatusCode.CONFLICT)
 
 
@@ -73,7 +75,10 @@ class BatchPuller:
         status = msg.headers.get(js_api.Header.STATUS) if msg.headers else None
         if status is None:
             self._messages.append(msg)
-        elif status in _ENDS_REQUEST:
+        elif status in _ENDS_REQUEST or (
+            status == js_api.StatusCode.CONFLICT
+            and (msg.headers or {}).get(js_api.Header.DESCRIPTION, "").lower() == _MAX_BYTES_REACHED
+        ):
             self._ended.add(msg.subject)
         elif status not in _PASSED_OVER:
             self._error = msg
@@ -81,24 +86,33 @@ class BatchPuller:
             return
         self._arrived.set()
 
-    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+    async def fetch(self, batch: int, timeout: float, max_bytes: int = 0) -> list[Msg]:
         """Up to `batch` messages (see the module's docstring); `nats.errors.TimeoutError` if none
-        came within `timeout` seconds."""
+        came within `timeout` seconds. `max_bytes` (0: none) caps what one request brings: the
+        server stops before the message that would pass it, and ends the request (a 409 "Message
+        Size Exceeds MaxBytes"). It must be above the largest message (the server's
+        `max_payload`): one bigger than the cap is never delivered."""
         deadline = time.monotonic() + timeout
         taken = self._take(batch)
         if len(taken) < batch:
             # What is there now, without waiting.
-            taken += await self._request(batch - len(taken), deadline, no_wait=True)
+            taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
         if not taken:
             remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
             if remaining_ns > 0:
-                taken = await self._request(batch, deadline, expires_ns=remaining_ns)
+                taken = await self._request(batch, deadline, expires_ns=remaining_ns, max_bytes=max_bytes)
         if not taken:
             raise nats.errors.TimeoutError
         return taken
 
     async def _request(
-        self, batch: int, deadline: float, *, no_wait: bool = False, expires_ns: int | None = None
+        self,
+        batch: int,
+        deadline: float,
+        *,
+        no_wait: bool = False,
+        expires_ns: int | None = None,
+        max_bytes: int = 0,
     ) -> list[Msg]:
         self._requests += 1
         reply = f"{self._inbox}.{self._requests}"
@@ -107,6 +121,8 @@ class BatchPuller:
             body["no_wait"] = True
         if expires_ns is not None:
             body["expires"] = expires_ns
+        if max_bytes:
+            body["max_bytes"] = max_bytes
         self._ended.clear()
         await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=reply)
         taken: list[Msg] = []

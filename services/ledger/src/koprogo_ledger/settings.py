@@ -23,6 +23,7 @@ from koprogo_ledger.domain.rewards import (
     parse_per_type,
 )
 from koprogo_shared import subjects
+from koprogo_shared.publishing import MAX_PAYLOAD_BYTES
 from koprogo_shared.settings import ContentKeySettings
 
 # Where the ledger keeps the seed it signs heads with when it is given none (neither
@@ -52,6 +53,10 @@ class LedgerSettings(ContentKeySettings):
     # 512 did 11,848 (bench/README.md, *Results of 2026-12-05, afternoon*). The durable lets two
     # batches wait for their acks (`durables.max_ack_pending`).
     ledger_batch: int = Field(default=2048, ge=1)
+    # ...and at most this many bytes of them (two batches are held: the one projected and the one
+    # fetched ahead), so that big chats (up to `MAX_PAYLOAD_BYTES` each) cannot swell the ledger
+    # past its memory when it catches up. Above the largest message, or that one would never come.
+    ledger_batch_bytes: int = Field(default=32 * 1024 * 1024, gt=MAX_PAYLOAD_BYTES)
     # After a batch smaller than `ledger_batch`, fetch again only this long after it, so a
     # light load is committed in bursts: stats become visible up to that much later. Long enough
     # for a chat's three events to share a batch under load, so its rows are inserted in their

@@ -26,7 +26,7 @@ FAILURES = Counter(
 BATCH_SECONDS = Histogram(
     "koprogo_ledger_batch_seconds",
     "Time to project one fetched batch of events in one transaction, commit included.",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 BATCH_EVENTS = Histogram(
     "koprogo_ledger_batch_events",

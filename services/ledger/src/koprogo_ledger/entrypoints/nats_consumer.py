@@ -96,6 +96,7 @@ def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
         ack_wait_s=settings.ledger_ack_wait_s,
         max_deliver=settings.ledger_max_deliver,
         batch=settings.ledger_batch,
+        max_bytes=settings.ledger_batch_bytes,
         linger_s=settings.ledger_linger_s,
     )
 
