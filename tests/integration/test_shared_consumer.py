@@ -183,8 +183,8 @@ def _stops_as_its_first_fetch_returns(monkeypatch: pytest.MonkeyPatch, stop: asy
     flight (no timing involved)."""
     fetch = BatchPuller.fetch
 
-    async def fetch_then_stop(self: BatchPuller, batch: int, timeout: float) -> list[Msg]:
-        msgs = await fetch(self, batch, timeout)
+    async def fetch_then_stop(self: BatchPuller, batch: int, timeout: float, max_bytes: int = 0) -> list[Msg]:
+        msgs = await fetch(self, batch, timeout, max_bytes)
         stop.set()
         return msgs
 
