@@ -351,3 +351,37 @@ async def test_a_batch_bigger_than_the_ack_pending_limit_is_still_fetched_whole(
         await nc.close()
     assert info.config.max_ack_pending == 20
     assert sizes == [10, 10, 10]
+
+
+async def test_loops_sharing_a_durable_may_each_hold_their_batch_even_once_it_is_declared_again(
+    clean_jetstream: str,
+) -> None:
+    # Four loops of 5: twenty messages held unacknowledged at once. With the limit one loop's
+    # two batches (10), the other loops' fetches could not fill and waited out their timeouts.
+    # The durable declared again after a deletion keeps that limit.
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+
+    async def handler(msg: Msg) -> None:
+        return None
+
+    spec = ConsumerSpec(
+        stream=SPEC.stream,
+        durable=SPEC.durable,
+        filter_subject=SPEC.filter_subject,
+        batch=5,
+        max_ack_pending=4,
+        idle_fetches_before_check=1,
+    )
+    stop = asyncio.Event()
+    try:
+        await ensure_streams(js)
+        loops = await start_pull_consumers(js, spec, handler, stop, loops=4, name="consumer-tests")
+        declared = (await js.consumer_info(SPEC.stream, SPEC.durable)).config.max_ack_pending
+        await js.delete_consumer(SPEC.stream, SPEC.durable)
+        await wait_until(lambda: _exists(js), timeout=10)
+        again = (await js.consumer_info(SPEC.stream, SPEC.durable)).config.max_ack_pending
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), timeout=5)
+    finally:
+        await nc.close()
+    assert (declared, again) == (20, 20)

@@ -176,3 +176,22 @@ def test_seeds_content_keys_and_the_jwt_secret_are_mounted_only_where_they_are_r
     for secret, services in holders.items():
         given = {name for name, svc in spec["services"].items() if secret in svc.get("secrets", [])}
         assert given == services, (secret, given)
+
+
+def test_every_shipped_nats_configuration_takes_the_payload_size_the_services_assume() -> None:
+    # The ledger's byte cap must exceed the servers' `max_payload` (`LedgerSettings`) and the
+    # publishers refuse what is bigger (`publishing.MAX_PAYLOAD_BYTES`): a server shipped with
+    # another size would break one or the other. "8MB" is 8 MiB in nats-server's units.
+    from koprogo_shared.publishing import MAX_PAYLOAD_BYTES
+
+    units = {"": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    found: dict[str, int] = {}
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.suffix not in {".conf", ".yaml", ".yml"}:
+            continue
+        for match in re.finditer(r"max_payload:\s*(?:<<\s*)?(\d+)\s*([KMG]B)?\b", path.read_text()):
+            found[f"{path.relative_to(DEPLOY)}:{match.start()}"] = (
+                int(match.group(1)) * units[match.group(2) or ""]
+            )
+    assert len(found) >= 5, found  # deploy/nats, three k8s configurations and the Helm values
+    assert set(found.values()) == {MAX_PAYLOAD_BYTES}, found

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -302,6 +304,7 @@ async def _consume(
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
     # consumer's info again); the client it pulls with is read in `nats_privates`.
     sub = await BatchPuller.bind(js, spec.stream, spec.durable)
+    pull = functools.partial(sub.fetch, batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes)
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None
@@ -314,7 +317,7 @@ async def _consume(
                 if stop is not None and stop.is_set():
                     break
             try:
-                msgs = await (fetching or sub.fetch(batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes))
+                msgs = await (fetching or pull())
             except (nats.errors.TimeoutError, TimeoutError):
                 idle_fetches += 1
                 if idle_fetches >= spec.idle_fetches_before_check:
@@ -344,9 +347,7 @@ async def _consume(
                     # round trip and the reading of its messages overlap this batch's handling
                     # (the ledger's database round trips); they are handled after it, in order.
                     # Not once stopping: a batch fetched then would only be given back.
-                    ahead = asyncio.create_task(
-                        sub.fetch(batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes)
-                    )
+                    ahead = asyncio.create_task(pull())
                 decisions = await decide_batch(msgs, batch_handler)
                 for msg, decision in zip(msgs, decisions, strict=True):
                     await settle(js, msg, decision, spec.max_deliver)
@@ -367,7 +368,10 @@ async def start_pull_consumers(
 ) -> list[asyncio.Task[None]]:
     """Declare `spec`'s durable once, then start `loops` tasks sharing it, named `name-0`, `name-1`...:
     up to `loops` of its messages handled at once, each loop fetching `spec.batch` at a time (as
-    `run_pull_consumer` does). A failed declaration raises here, before any loop exists."""
+    `run_pull_consumer` does). A failed declaration raises here, before any loop exists.
+    The durable lets every loop hold its batch unacknowledged: with fewer allowed, a loop's
+    fetch could not fill and would wait out its timeout."""
+    spec = dataclasses.replace(spec, max_ack_pending=max(spec.max_ack_pending, loops * spec.batch))
     await declare_consumer(js, spec)
     return [
         asyncio.create_task(_consume(js, spec, handler, None, stop), name=f"{name}-{n}") for n in range(loops)
