@@ -385,3 +385,32 @@ async def test_loops_sharing_a_durable_may_each_hold_their_batch_even_once_it_is
     finally:
         await nc.close()
     assert (declared, again) == (20, 20)
+
+
+async def test_a_batch_handled_past_its_ack_wait_is_not_delivered_again_nor_the_one_fetched_ahead(
+    clean_jetstream: str,
+) -> None:
+    # The first batch takes 2.5 ack waits to handle (the ledger projecting event by event on a
+    # slow machine), the others a moment (a database round trip). Without in-progress acks the
+    # batch fetched ahead expired while it waited, and the server delivered it again into the
+    # next fetch ahead: the handler saw its messages a second time.
+    nc, js = await connect_nats(clean_jetstream, "consumer-tests")
+    seen: list[tuple[bytes, int]] = []
+
+    async def handler(msgs: Sequence[Msg]) -> list[Decision]:
+        seen.extend((m.data, m.metadata.num_delivered) for m in msgs)
+        await asyncio.sleep(2.5 if len(seen) == len(msgs) else 0.05)
+        return [ACK] * len(msgs)
+
+    slow = ConsumerSpec(
+        stream=SPEC.stream, durable=SPEC.durable, filter_subject=SPEC.filter_subject, batch=5, ack_wait_s=1.0
+    )
+    try:
+        await _published(js, *(str(n).encode() for n in range(15)))
+        async with consuming(js, handler, slow):
+            await wait_until(lambda: len(seen) >= 15, timeout=10)
+            await wait_until(lambda: _settled(js), timeout=10)
+            await asyncio.sleep(1.5)  # past another ack wait: nothing comes back
+    finally:
+        await nc.close()
+    assert sorted(seen) == sorted((str(n).encode(), 1) for n in range(15))

@@ -41,6 +41,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from pydantic import ValidationError
 
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
+from koprogo_shared.kept_alive import held_with, kept_alive
 from koprogo_shared.publishing import MSG_ID_HEADER
 from koprogo_shared.pull_batches import BatchPuller
 from koprogo_shared.subjects import deadletter_for
@@ -281,7 +282,8 @@ async def run_pull_consumer(
 
     Give either `handler` (each message is settled as soon as it is handled) or
     `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
-    full batch the next one is fetched while it is handled, and handled after it).
+    full batch the next one is fetched while it is handled, and handled after it; both are kept
+    from redelivery by in-progress acks while the handler runs past a third of `ack_wait`).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
@@ -348,7 +350,10 @@ async def _consume(
                     # (the ledger's database round trips); they are handled after it, in order.
                     # Not once stopping: a batch fetched then would only be given back.
                     ahead = asyncio.create_task(pull())
-                decisions = await decide_batch(msgs, batch_handler)
+                # Held past a third of `ack_wait`, this batch and the one fetched ahead are
+                # acknowledged as in progress (`kept_alive`), not delivered again meanwhile.
+                held = functools.partial(held_with, msgs, ahead)
+                decisions = await kept_alive(decide_batch(msgs, batch_handler), held, spec.ack_wait_s)
                 for msg, decision in zip(msgs, decisions, strict=True):
                     await settle(js, msg, decision, spec.max_deliver)
             elif handler is not None:
