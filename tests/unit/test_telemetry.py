@@ -444,3 +444,32 @@ async def test_a_record_for_one_chat_is_in_its_trace_and_one_for_several_links_t
         spans["third"].context.span_id,
     }
     assert published[2]["traceparent"].split("-")[1] == format_trace_id(grouped.context.trace_id)
+
+
+def _queue_capacity() -> int:
+    # The SDK's own attributes (opentelemetry-sdk 1.45): the batch processor's bounded deque.
+    provider = telemetry._provider
+    assert provider is not None
+    (processor,) = provider._active_span_processor._span_processors
+    return processor._batch_processor._queue.maxlen  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_process_ending_many_spans_at_once_may_ask_for_a_longer_queue_unless_the_operator_set_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ledger ends a span per event, a batch of 2,048 at a time: with the SDK's queue of 2,048,
+    # spans of a catch-up were dropped. OTEL_BSP_MAX_QUEUE_SIZE, when set, still decides.
+    console = {"OTEL_TRACES_EXPORTER": "console"}
+    try:
+        telemetry.configure_tracing("koprogo-ledger", console, span_queue=8192)
+        asked = _queue_capacity()
+        telemetry.configure_tracing("koprogo-router", console)
+        default = _queue_capacity()
+        monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "1000")
+        telemetry.configure_tracing(
+            "koprogo-ledger", {**console, "OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, span_queue=8192
+        )
+        operator = _queue_capacity()
+    finally:
+        telemetry.shutdown_tracing()
+    assert (asked, default, operator) == (8192, 2048, 1000)

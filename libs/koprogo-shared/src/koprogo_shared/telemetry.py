@@ -63,12 +63,17 @@ def tracing_wanted(env: Mapping[str, str]) -> bool:
 
 
 def configure_tracing(
-    service_name: str, env: Mapping[str, str] = os.environ, *, exporter: SpanExporter | None = None
+    service_name: str,
+    env: Mapping[str, str] = os.environ,
+    *,
+    exporter: SpanExporter | None = None,
+    span_queue: int | None = None,
 ) -> None:
     """Install this process's tracer provider, once at start; nothing when `env` asks for no export.
 
     `exporter` (tests: an InMemorySpanExporter) replaces the OTLP one, whatever `env` says, and
     gets each span as it ends. Calling it again replaces the previous provider (shut down first).
+    `span_queue`: how many ended spans may wait for export (`span_queue_size`).
     """
     global _tracer, _provider
     if exporter is None and not tracing_wanted(env):
@@ -83,7 +88,8 @@ def configure_tracing(
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        provider.add_span_processor(BatchSpanProcessor(_exporter_from(env)))
+        queue = span_queue_size(env, span_queue)
+        provider.add_span_processor(BatchSpanProcessor(_exporter_from(env), max_queue_size=queue))
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         # The global one may be set once per process; our own spans use `_tracer` either way.
         trace.set_tracer_provider(provider)
@@ -91,6 +97,16 @@ def configure_tracing(
     atexit.unregister(shutdown_tracing)  # once, however often this is called
     atexit.register(shutdown_tracing)
     log.info("tracing on: spans of %s exported", service_name)
+
+
+def span_queue_size(env: Mapping[str, str], wanted: int | None) -> int | None:
+    """How many ended spans the batch processor holds before it drops them: `OTEL_BSP_MAX_QUEUE_SIZE`
+    when set (None here: the SDK reads it), else `wanted`, else (None) the SDK's 2,048. A process
+    that ends many spans at once asks for more: the ledger ends a span per event of a batch, two
+    batches of `LEDGER_BATCH` (2,048) at a time while it catches up."""
+    if env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip():
+        return None
+    return wanted
 
 
 def _exporter_from(env: Mapping[str, str]) -> SpanExporter:

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run() -> None:
     settings = LedgerSettings()  # type: ignore[call-arg]  # DATABASE_URL comes from the environment
     configure_logging(settings.log_level, "ledger")
-    configure_tracing("koprogo-ledger")
+    # A span per event, ended a batch at a time: room for the batch, the one fetched ahead and
+    # as many again while the exporter sends (the SDK's default, 2,048, dropped some of a batch).
+    configure_tracing("koprogo-ledger", span_queue=4 * settings.ledger_batch)
     settings.content_keyring()  # refuse to start, with the reason, before anything else
     run_until_signalled(lambda stop: run_ledger(settings, stop))
 
