@@ -181,17 +181,21 @@ def test_seeds_content_keys_and_the_jwt_secret_are_mounted_only_where_they_are_r
 def test_every_shipped_nats_configuration_takes_the_payload_size_the_services_assume() -> None:
     # The ledger's byte cap must exceed the servers' `max_payload` (`LedgerSettings`) and the
     # publishers refuse what is bigger (`publishing.MAX_PAYLOAD_BYTES`): a server shipped with
-    # another size would break one or the other. "8MB" is 8 MiB in nats-server's units.
+    # another size, or with none (nats-server's default, 1 MB), would break one or the other.
+    # nats-server's units: "8MB" (or "8mb") is 8 MiB, "8M" 8,000,000 (conf/lex.go).
     from koprogo_shared.publishing import MAX_PAYLOAD_BYTES
 
-    units = {"": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
-    found: dict[str, int] = {}
-    for path in sorted(DEPLOY.rglob("*")):
-        if path.suffix not in {".conf", ".yaml", ".yml"}:
-            continue
-        for match in re.finditer(r"max_payload:\s*(?:<<\s*)?(\d+)\s*([KMG]B)?\b", path.read_text()):
-            found[f"{path.relative_to(DEPLOY)}:{match.start()}"] = (
-                int(match.group(1)) * units[match.group(2) or ""]
-            )
+    units = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+    setting = re.compile(
+        r"""^\s*max_payload\s*[:=]?\s*(?:<<\s*)?["']?(\d+)\s*([kmg]b?)?["']?\s*(?:>>)?\s*$""", re.I | re.M
+    )
+    configs = sorted(p for p in DEPLOY.rglob("*.conf") if "jetstream" in p.read_text())
+    configs.append(DEPLOY / "k8s" / "nats-helm-values.yaml")
+    found: dict[str, list[int]] = {}
+    for path in configs:
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        found[str(path.relative_to(DEPLOY))] = [
+            int(m.group(1)) * units[(m.group(2) or "").lower()] for m in setting.finditer(text)
+        ]
     assert len(found) >= 5, found  # deploy/nats, three k8s configurations and the Helm values
-    assert set(found.values()) == {MAX_PAYLOAD_BYTES}, found
+    assert all(sizes == [MAX_PAYLOAD_BYTES] for sizes in found.values()), found

@@ -8,7 +8,7 @@ import pytest
 
 from koprogo_node.domain.errors import ContextOverflowError
 from koprogo_node.domain.generation import DEFAULT_MAX_TOKENS, TokenRate, answer_budget, deadline_passed
-from koprogo_shared.consumer import keep_alive_interval
+from koprogo_shared.kept_alive import keep_alive_interval
 
 
 def test_answer_budget_defaults_to_256_tokens_when_the_request_names_none() -> None:

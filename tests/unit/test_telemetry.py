@@ -465,6 +465,8 @@ def test_a_process_ending_many_spans_at_once_may_ask_for_a_longer_queue_unless_t
         asked = _queue_capacity()
         telemetry.configure_tracing("koprogo-router", console)
         default = _queue_capacity()
+        telemetry.configure_tracing("koprogo-ledger", console, span_queue=4 * 16)  # LEDGER_BATCH=16
+        small = _queue_capacity()
         monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "1000")
         telemetry.configure_tracing(
             "koprogo-ledger", {**console, "OTEL_BSP_MAX_QUEUE_SIZE": "1000"}, span_queue=8192
@@ -472,4 +474,4 @@ def test_a_process_ending_many_spans_at_once_may_ask_for_a_longer_queue_unless_t
         operator = _queue_capacity()
     finally:
         telemetry.shutdown_tracing()
-    assert (asked, default, operator) == (8192, 2048, 1000)
+    assert (asked, default, small, operator) == (8192, 2048, 2048, 1000)

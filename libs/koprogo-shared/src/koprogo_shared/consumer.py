@@ -350,12 +350,10 @@ async def _consume(
                     # (the ledger's database round trips); they are handled after it, in order.
                     # Not once stopping: a batch fetched then would only be given back.
                     ahead = asyncio.create_task(pull())
-                # Held past a third of `ack_wait`, this batch and the one fetched ahead are
-                # acknowledged as in progress (`kept_alive`), not delivered again meanwhile.
+                # Held past a third of `ack_wait` (while it is handled and settled), this batch
+                # and the one fetched ahead are acknowledged as in progress (`kept_alive`).
                 held = functools.partial(held_with, msgs, ahead)
-                decisions = await kept_alive(decide_batch(msgs, batch_handler), held, spec.ack_wait_s)
-                for msg, decision in zip(msgs, decisions, strict=True):
-                    await settle(js, msg, decision, spec.max_deliver)
+                await kept_alive(_handled(js, spec, msgs, batch_handler), held, spec.ack_wait_s)
             elif handler is not None:
                 for msg in msgs:
                     await settle(js, msg, await decide(msg, handler), spec.max_deliver)
@@ -366,6 +364,13 @@ async def _consume(
             await _give_back(ahead)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _handled(js: JetStreamContext, spec: ConsumerSpec, msgs: list[Msg], handler: BatchHandler) -> None:
+    """A batch decided by `handler`, then each message settled."""
+    decisions = await decide_batch(msgs, handler)
+    for msg, decision in zip(msgs, decisions, strict=True):
+        await settle(js, msg, decision, spec.max_deliver)
 
 
 async def start_pull_consumers(
@@ -405,8 +410,3 @@ async def _linger(seconds: float, stop: asyncio.Event | None) -> None:
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def keep_alive_interval(ack_wait_s: float) -> float:
-    """Three in-progress acks per ack_wait, at most every 5 s: one lost ack is not a redelivery."""
-    return max(0.1, min(ack_wait_s / 3.0, 5.0))

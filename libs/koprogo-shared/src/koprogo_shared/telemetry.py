@@ -99,14 +99,19 @@ def configure_tracing(
     log.info("tracing on: spans of %s exported", service_name)
 
 
+# The batch span processor's queue when nothing else is said (the SDK's default).
+DEFAULT_SPAN_QUEUE = 2048
+
+
 def span_queue_size(env: Mapping[str, str], wanted: int | None) -> int | None:
     """How many ended spans the batch processor holds before it drops them: `OTEL_BSP_MAX_QUEUE_SIZE`
-    when set (None here: the SDK reads it), else `wanted`, else (None) the SDK's 2,048. A process
+    when set (None here: the SDK reads it), else `wanted` if more than the SDK's 2,048. A process
     that ends many spans at once asks for more: the ledger ends a span per event of a batch, two
     batches of `LEDGER_BATCH` (2,048) at a time while it catches up."""
-    if env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip():
+    if env.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip() or wanted is None:
         return None
-    return wanted
+    # Never fewer than the SDK's own default (nor than its export batch, 512, which it requires).
+    return max(wanted, DEFAULT_SPAN_QUEUE)
 
 
 def _exporter_from(env: Mapping[str, str]) -> SpanExporter:

@@ -28,8 +28,9 @@ from nats.aio.msg import Msg
 
 from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import UnusableIdsError
-from koprogo_shared.consumer import PoisonMessageError, keep_alive_interval
+from koprogo_shared.consumer import PoisonMessageError
 from koprogo_shared.events import ChatRequested, RunInference
+from koprogo_shared.kept_alive import keep_alive_interval
 from koprogo_shared.leaf_site import made_at_another_site
 from koprogo_shared.routing.decision import work_of
 

@@ -287,7 +287,9 @@ async def _project_holding_while_unavailable(
                 held = True
             FAILURES.labels("unavailable").inc(len(events))
             for msg in msgs:
-                await msg.in_progress()
+                # NATS briefly away too: the consumer's own keep-alive (`kept_alive`) tries again.
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             wait = min(wait * 2, HOLD_MAX_WAIT_S)

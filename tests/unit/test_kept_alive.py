@@ -1,0 +1,81 @@
+"""`kept_alive`: in-progress acks while a batch is handled for long, and cancellation as an awaited
+handler would see it."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from koprogo_shared.kept_alive import kept_alive
+
+
+def fake_msg(fails: bool = False) -> Any:
+    told: list[float] = []
+
+    async def in_progress() -> None:
+        told.append(asyncio.get_running_loop().time())
+        if fails:
+            raise ConnectionError("nats gone")
+
+    return SimpleNamespace(in_progress=in_progress, told=told)
+
+
+async def test_a_quick_batch_sends_nothing_and_returns_its_result() -> None:
+    msg = fake_msg()
+
+    async def work() -> str:
+        return "done"
+
+    assert await kept_alive(work(), lambda: [msg], ack_wait_s=30.0) == "done"
+    assert msg.told == []
+
+
+async def test_a_long_batch_tells_every_held_message_each_interval_even_when_one_fails() -> None:
+    held, failing = fake_msg(), fake_msg(fails=True)
+
+    async def work() -> int:
+        await asyncio.sleep(0.35)
+        return 7
+
+    # ack_wait 0.3 s: every 0.1 s.
+    assert await kept_alive(work(), lambda: [failing, held], ack_wait_s=0.3) == 7
+    assert len(held.told) >= 2 and len(failing.told) == len(held.told)
+
+
+async def test_its_error_is_raised_once() -> None:
+    async def work() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        await kept_alive(work(), lambda: [], ack_wait_s=30.0)
+
+
+async def test_cancelled_twice_it_returns_only_once_the_work_has_ended() -> None:
+    # The work NAKs its batch when cancelled (`consumer._decide_batch`), which takes a moment; a
+    # second cancel then reaches the work too (as it would an awaited one), and kept_alive raises
+    # only once the work has ended: nothing of it runs on after the consumer moved on.
+    ended: list[str] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.sleep(0.2)
+                ended.append("cleaned up")
+            finally:
+                ended.append("ended")
+            raise
+
+    outer = asyncio.create_task(kept_alive(work(), lambda: [], ack_wait_s=30.0))
+    await asyncio.sleep(0.05)
+    outer.cancel()
+    await asyncio.sleep(0.05)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert ended == ["ended"]
