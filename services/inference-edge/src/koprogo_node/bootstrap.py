@@ -156,13 +156,18 @@ async def run_node(
         keyed_node_id = node.node_id if settings.nats_nkey_seed_file else None
         # The answers it stored, recorded on disk for the items redelivered after that.
         answers = FileAnswerRecord(settings.answers_directory())
-        service = InferenceService(node, engine, NatsOutcomeSink(nc, js, keyed_node_id, answers), load=load)
+        sink = NatsOutcomeSink(nc, js, keyed_node_id, answers)
+        await sink.start()
+        service = InferenceService(node, engine, sink, load=load)
         grid = (
             await _grid_worker(settings, service, engine, js, await model_digest, grid_hook)
             if model_digest is not None
             else None
         )
-        await _serve(settings, service, nc, js, stop, resident=_residency(engine), grid=grid)
+        try:
+            await _serve(settings, service, nc, js, stop, resident=_residency(engine), grid=grid)
+        finally:
+            await sink.close()
     finally:
         if model_digest is not None:
             model_digest.cancel()  # stopped before the grid started: its outcome is not needed
