@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from koprogo_shared.kept_alive import kept_alive
+from koprogo_shared.kept_alive import held_with, kept_alive
 
 
 def fake_msg(fails: bool = False) -> Any:
@@ -79,3 +79,28 @@ async def test_cancelled_twice_it_returns_only_once_the_work_has_ended() -> None
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert ended == ["ended"]
+
+
+async def test_settled_messages_are_no_longer_held_nor_a_failed_fetch_ahead() -> None:
+    # "In progress" on a message NAKed with a delay would restart its whole ack_wait on the server.
+    settled, waiting, ahead_msg = (
+        SimpleNamespace(is_acked=True),
+        SimpleNamespace(is_acked=False),
+        SimpleNamespace(is_acked=False),
+    )
+
+    async def fetch(msgs: list[Any]) -> list[Any]:
+        return msgs
+
+    async def fails() -> list[Any]:
+        raise TimeoutError
+
+    ahead = asyncio.ensure_future(fetch([ahead_msg]))
+    running = asyncio.ensure_future(asyncio.sleep(10))
+    failed = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    assert held_with([settled, waiting], ahead) == [waiting, ahead_msg]
+    assert held_with([waiting], running) == [waiting]
+    assert held_with([waiting], failed) == [waiting]
+    assert held_with([settled], None) == []
+    running.cancel()

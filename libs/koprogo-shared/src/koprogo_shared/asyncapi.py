@@ -173,7 +173,8 @@ CHANNELS: tuple[Channel, ...] = (
             "that said it runs the request."),
     Channel("chatCancel", subjects.chat_cancel, (), ("gateway",), ("cloud",),
             "The caller of a chat left, timed out or cancelled it (`POST /mcp/v1/chat/cancel`): the cloud "
-            "worker closes the provider call.",
+            "worker closes the provider call; an edge node without a NATS key (its cancels otherwise come "
+            "on `nodeCancel`) stops at the next token.",
             raw_payload=("CancelRequest", {"description": "Ignored: the subject alone says the caller left."})),
     Channel("nodeCancel", "koprogo.cancel.node.{node_id}.{request_id}", (), ("gateway", "grid"), ("edge",),
             "The caller of a chat left, timed out or cancelled it: the edge node running it (and no other) stops "

@@ -53,8 +53,10 @@ async def kept_alive(work: Awaitable[T], held: Callable[[], Iterable[Msg]], ack_
 
 
 def held_with(msgs: list[Msg], ahead: asyncio.Task[list[Msg]] | None) -> list[Msg]:
-    """`msgs`, and the messages the fetch `ahead` brought once it has (none while it runs, or
-    when it failed)."""
-    if ahead is None or not ahead.done() or ahead.cancelled() or ahead.exception() is not None:
-        return msgs
-    return [*msgs, *ahead.result()]
+    """Those of `msgs` not settled yet, and the messages the fetch `ahead` brought once it has
+    (none while it runs, or when it failed). A settled message is left alone: "in progress" on a
+    message NAKed with a delay would restart its full `ack_wait` instead of the delay."""
+    fetched: list[Msg] = []
+    if ahead is not None and ahead.done() and not ahead.cancelled() and ahead.exception() is None:
+        fetched = ahead.result()
+    return [m for m in (*msgs, *fetched) if not m.is_acked]
