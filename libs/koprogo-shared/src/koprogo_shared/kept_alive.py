@@ -28,28 +28,23 @@ def keep_alive_interval(ack_wait_s: float) -> float:
 async def kept_alive(work: Awaitable[T], held: Callable[[], Iterable[Msg]], ack_wait_s: float) -> T:
     """`work`'s result; while it runs, every `keep_alive_interval(ack_wait_s)` each message `held()`
     names is acknowledged as in progress (a failed one is left: the message may be delivered again,
-    which its handler tolerates). Cancelled, `work` is cancelled and awaited to its end (however
-    often the cancel comes) before this raises, as an awaited `work` would have been."""
-    task = asyncio.ensure_future(work)
-    interval = keep_alive_interval(ack_wait_s)
+    which its handler tolerates). `work` is awaited here, in the caller's task, as if it were
+    awaited directly (its cancels, its scheduling: a batch's decoding starts before anything else
+    runs); a task of its own only tells the server, and is cancelled when `work` ends."""
+    watchdog = asyncio.create_task(_tell_in_progress(held, keep_alive_interval(ack_wait_s)))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                return task.result()
-            for msg in held():
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-    except asyncio.CancelledError:
-        task.cancel()
-        while not task.done():
-            try:
-                await asyncio.wait({task})
-            except asyncio.CancelledError:
-                task.cancel()
-        if not task.cancelled():
-            task.exception()  # ended as the cancel came: its outcome is dropped, as it would have been
-        raise
+        return await work
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+
+
+async def _tell_in_progress(held: Callable[[], Iterable[Msg]], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for msg in held():
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
 
 def held_with(msgs: list[Msg], ahead: asyncio.Task[list[Msg]] | None) -> list[Msg]:
