@@ -4,6 +4,7 @@ handler would see it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +21,7 @@ def fake_msg(fails: bool = False) -> Any:
         if fails:
             raise ConnectionError("nats gone")
 
-    return SimpleNamespace(in_progress=in_progress, told=told)
+    return SimpleNamespace(in_progress=in_progress, told=told, is_acked=False)
 
 
 async def test_a_quick_batch_sends_nothing_and_returns_its_result() -> None:
@@ -104,3 +105,29 @@ async def test_settled_messages_are_no_longer_held_nor_a_failed_fetch_ahead() ->
     assert held_with([waiting], failed) == [waiting]
     assert held_with([settled], None) == []
     running.cancel()
+
+
+async def test_the_watchdog_ends_with_the_work_even_when_a_publish_swallowed_its_cancel() -> None:
+    # nats-py's publish swallows a cancel while it waits for its flusher (more than 2 MiB pending):
+    # caught there, a lone cancel left the watchdog telling forever and kept_alive never returned.
+    told: list[int] = []
+
+    async def in_progress() -> None:
+        told.append(1)
+        if len(told) > 1:  # once only: a watchdog that missed the cancel can still be torn down
+            await asyncio.sleep(0.3)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.3)
+
+    msg = SimpleNamespace(in_progress=in_progress, is_acked=False)
+
+    async def work() -> str:
+        await asyncio.sleep(0.15)  # ends while the watchdog is inside its first in_progress (0.1-0.4)
+        return "done"
+
+    before = asyncio.all_tasks()
+    assert await asyncio.wait_for(kept_alive(work(), lambda: [msg], ack_wait_s=0.3), timeout=2) == "done"
+    await asyncio.sleep(0.5)
+    assert told == [1]
+    assert asyncio.all_tasks() == before

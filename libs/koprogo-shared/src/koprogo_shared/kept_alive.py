@@ -30,19 +30,29 @@ async def kept_alive(work: Awaitable[T], held: Callable[[], Iterable[Msg]], ack_
     names is acknowledged as in progress (a failed one is left: the message may be delivered again,
     which its handler tolerates). `work` is awaited here, in the caller's task, as if it were
     awaited directly (its cancels, its scheduling: a batch's decoding starts before anything else
-    runs); a task of its own only tells the server, and is cancelled when `work` ends."""
-    watchdog = asyncio.create_task(_tell_in_progress(held, keep_alive_interval(ack_wait_s)))
+    runs); a task of its own only tells the server, and stops when `work` ends."""
+    done = asyncio.Event()
+    watchdog = asyncio.create_task(_tell_in_progress(held, keep_alive_interval(ack_wait_s), done))
     try:
         return await work
     finally:
+        # Told twice: nats-py's publish swallows a cancel while it waits for its flusher
+        # (`Client._flush_pending`), and a watchdog that missed it must still end.
+        done.set()
         watchdog.cancel()
         await asyncio.gather(watchdog, return_exceptions=True)
 
 
-async def _tell_in_progress(held: Callable[[], Iterable[Msg]], interval: float) -> None:
+async def _tell_in_progress(held: Callable[[], Iterable[Msg]], interval: float, done: asyncio.Event) -> None:
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), interval)
+            return
         for msg in held():
+            if done.is_set():
+                return
+            if msg.is_acked:  # settled since the list was made
+                continue
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
