@@ -1,5 +1,5 @@
-"""`kept_alive`: in-progress acks while a batch is handled for long, and cancellation as an awaited
-handler would see it."""
+"""`kept_alive`: in-progress acks while a batch or a work item is handled for long, nothing at all
+while it is quick, and cancellation as an awaited handler would see it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from koprogo_shared.kept_alive import held_with, kept_alive
+from koprogo_shared.kept_alive import held_alone, held_with, kept_alive
 
 
 def fake_msg(fails: bool = False) -> Any:
@@ -32,6 +32,18 @@ async def test_a_quick_batch_sends_nothing_and_returns_its_result() -> None:
 
     assert await kept_alive(work(), lambda: [msg], ack_wait_s=30.0) == "done"
     assert msg.told == []
+
+
+async def test_a_quick_work_starts_no_task_of_its_own() -> None:
+    # Every work item and batch goes through kept_alive: a quick one costs a timer, not a task.
+    before = asyncio.all_tasks()
+
+    async def work() -> set[asyncio.Task[Any]]:
+        await asyncio.sleep(0.01)
+        return asyncio.all_tasks() - before
+
+    assert await kept_alive(work(), lambda: [fake_msg()], ack_wait_s=30.0) == set()
+    assert asyncio.all_tasks() == before
 
 
 async def test_a_long_batch_tells_every_held_message_each_interval_even_when_one_fails() -> None:
@@ -104,6 +116,7 @@ async def test_settled_messages_are_no_longer_held_nor_a_failed_fetch_ahead() ->
     assert held_with([waiting], running) == [waiting]
     assert held_with([waiting], failed) == [waiting]
     assert held_with([settled], None) == []
+    assert held_alone(waiting)() == (waiting,) and held_alone(settled)() == ()
     running.cancel()
 
 

@@ -53,17 +53,11 @@ def down_once(ledger: FakeLedger) -> Callable[[], FakeUnitOfWork]:
 
 
 def fake_msg(payload: Event | bytes, subject: str = "koprogo.events.chat.completed._") -> Any:
-    async def in_progress() -> None:
-        progress.append(1)
-
-    progress: list[int] = []
     data = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
     return SimpleNamespace(
         data=data,
         subject=subject,
         headers=None,
-        in_progress=in_progress,
-        progress=progress,
         # Stored just now (`origin_wait_s` compares its age).
         metadata=SimpleNamespace(timestamp=datetime.now(UTC)),
     )
@@ -136,7 +130,6 @@ async def test_a_batch_is_held_while_postgres_is_down_then_acknowledged(ledger: 
     msgs = [fake_msg(request), fake_msg(answer)]
     decisions = await event_batch_handler(down_once(ledger), asyncio.Event())(msgs)
     assert decisions == [ACK, ACK]
-    assert [m.progress for m in msgs] == [[1], [1]], "JetStream was told the whole batch is in progress"
     assert ledger.applied == {request.id, answer.id}
 
 

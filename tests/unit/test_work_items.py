@@ -160,6 +160,7 @@ class FakeMsg:
         self.headers: dict[str, str] | None = None
         self.metadata = SimpleNamespace(num_delivered=delivered)
         self.in_progress_acks = 0
+        self.is_acked = False
 
     async def in_progress(self) -> None:
         self.in_progress_acks += 1

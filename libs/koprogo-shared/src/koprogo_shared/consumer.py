@@ -282,8 +282,9 @@ async def run_pull_consumer(
 
     Give either `handler` (each message is settled as soon as it is handled) or
     `batch_handler` (the messages of a fetch are settled once it has decided them all; after a
-    full batch the next one is fetched while it is handled, and handled after it; both are kept
-    from redelivery by in-progress acks while the handler runs past a third of `ack_wait`).
+    full batch the next one is fetched while it is handled, and handled after it; while the
+    handler runs, both get in-progress acks every third of `ack_wait`, at most every 5 s:
+    `kept_alive`, which `work_items` uses for a work item).
     Raises ConsumerStoppedError when the connection closes for good, so the service
     exits (and its supervisor restarts it) instead of idling while looking healthy.
     """
@@ -350,8 +351,8 @@ async def _consume(
                     # (the ledger's database round trips); they are handled after it, in order.
                     # Not once stopping: a batch fetched then would only be given back.
                     ahead = asyncio.create_task(pull())
-                # Held past a third of `ack_wait` (while it is handled and settled), this batch
-                # and the one fetched ahead are acknowledged as in progress (`kept_alive`).
+                # While it is handled and settled, this batch and the one fetched ahead are
+                # acknowledged as in progress every third of `ack_wait` (`kept_alive`).
                 held = functools.partial(held_with, msgs, ahead)
                 await kept_alive(_handled(js, spec, msgs, batch_handler), held, spec.ack_wait_s)
             elif handler is not None:

@@ -1,11 +1,14 @@
-"""A batch kept ours while it is handled for long: in-progress acknowledgements.
+"""Messages kept ours while they are handled for long: in-progress acknowledgements.
 
-A batch handler that outlasts its durable's `ack_wait` (the ledger projecting a whole batch
-event by event after its set-based pass gave up, on a Pi; PostgreSQL slow to commit) would see
-the server deliver its messages again, to the same loop, while it still holds them; the batch
-fetched ahead, which waits for its turn meanwhile, would expire the same way. So every third of
-`ack_wait` the messages held are told "in progress" (at most every 5 s), which restarts their timers on
-the server. A batch handled and settled within that interval sends nothing.
+A handler that outlasts its durable's `ack_wait` would see the server deliver its messages again
+while it still holds them: a work item run for long (a slow model on a Pi), or a batch the ledger
+projects event by event after its set-based pass gave up, or holds while PostgreSQL is away; the
+batch fetched ahead, which waits for its turn meanwhile, would expire the same way. So every third
+of `ack_wait` (at most every 5 s) the messages held are told "in progress", which restarts their
+timers on the server. One mechanism for every consumer: the shared consumer keeps its batches
+alive with it, `work_items.WorkItemHandler` its items.
+
+A handler that ends within that interval costs one timer, set and cancelled: no task, nothing sent.
 """
 
 from __future__ import annotations
@@ -30,31 +33,50 @@ async def kept_alive(work: Awaitable[T], held: Callable[[], Iterable[Msg]], ack_
     names is acknowledged as in progress (a failed one is left: the message may be delivered again,
     which its handler tolerates). `work` is awaited here, in the caller's task, as if it were
     awaited directly (its cancels, its scheduling: a batch's decoding starts before anything else
-    runs); a task of its own only tells the server, and stops when `work` ends."""
-    done = asyncio.Event()
-    watchdog = asyncio.create_task(_tell_in_progress(held, keep_alive_interval(ack_wait_s), done))
+    runs); the acks go from a task started only when they are due, which ends with `work`."""
+    teller = _Teller(held, keep_alive_interval(ack_wait_s))
     try:
         return await work
     finally:
-        # Told twice: nats-py's publish swallows a cancel while it waits for its flusher
-        # (`Client._flush_pending`), and a watchdog that missed it must still end.
-        done.set()
-        watchdog.cancel()
-        await asyncio.gather(watchdog, return_exceptions=True)
+        await teller.stop()
 
 
-async def _tell_in_progress(held: Callable[[], Iterable[Msg]], interval: float, done: asyncio.Event) -> None:
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), interval)
-            return
-        for msg in held():
-            if done.is_set():
+class _Teller:
+    """A timer that, every `interval`, sends the held messages' in-progress acks from a task."""
+
+    def __init__(self, held: Callable[[], Iterable[Msg]], interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._held = held
+        self._interval = interval
+        self._stopped = False
+        self._telling: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(interval, self._due)
+
+    def _due(self) -> None:
+        if self._telling is None or self._telling.done():  # a round still under way is not doubled
+            self._telling = self._loop.create_task(self._tell())
+        self._timer = self._loop.call_later(self._interval, self._due)
+
+    async def _tell(self) -> None:
+        for msg in self._held():
+            # Checked before each ack: the work may have ended, or settled this message, since
+            # the list was made ("in progress" after a delayed NAK would stretch the delay).
+            if self._stopped:
                 return
-            if msg.is_acked:  # settled since the list was made
+            if msg.is_acked:
                 continue
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        telling = self._telling
+        if telling is not None and not telling.done():
+            # Told twice: nats-py's publish swallows a cancel while it waits for its flusher
+            # (`Client._flush_pending`); a round that missed it ends at its next ack (`_stopped`).
+            telling.cancel()
+            await asyncio.gather(telling, return_exceptions=True)
 
 
 def held_with(msgs: list[Msg], ahead: asyncio.Task[list[Msg]] | None) -> list[Msg]:
@@ -65,3 +87,8 @@ def held_with(msgs: list[Msg], ahead: asyncio.Task[list[Msg]] | None) -> list[Ms
     if ahead is not None and ahead.done() and not ahead.cancelled() and ahead.exception() is None:
         fetched = ahead.result()
     return [m for m in (*msgs, *fetched) if not m.is_acked]
+
+
+def held_alone(msg: Msg) -> Callable[[], tuple[Msg, ...]]:
+    """`held` for one message handled on its own (a work item)."""
+    return lambda: () if msg.is_acked else (msg,)

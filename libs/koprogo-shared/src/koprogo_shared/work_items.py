@@ -12,13 +12,12 @@ it decides as the consumer expects, by returning or raising:
     else                             caller is told first (`report_failure`: a ChatFailed
                                      500 "inference_failed"), then the item is dead-lettered
 
-While the use case runs, in-progress acks keep the item with this worker; if the worker
-dies, the server hands it to another one `ack_wait` after the last of them.
+While the use case runs, in-progress acks keep the item with this worker (`kept_alive`); if
+the worker dies, the server hands it to another one `ack_wait` after the last of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import UnusableIdsError
 from koprogo_shared.consumer import PoisonMessageError
 from koprogo_shared.events import ChatRequested, RunInference
-from koprogo_shared.kept_alive import keep_alive_interval
+from koprogo_shared.kept_alive import held_alone, kept_alive
 from koprogo_shared.leaf_site import made_at_another_site
 from koprogo_shared.routing.decision import work_of
 
@@ -115,7 +114,7 @@ class WorkItemHandler:
     ) -> None:
         self._run = run
         self._report_failure = report_failure
-        self._keep_alive_s = keep_alive_interval(ack_wait_s)
+        self._ack_wait_s = ack_wait_s
         self._max_deliver = max_deliver
         self._worker_name = worker_name
         self._poison: tuple[type[Exception], ...] = (UnusableIdsError, *poison)
@@ -139,9 +138,8 @@ class WorkItemHandler:
             raise PoisonMessageError(
                 f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
             )
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self._run(work, redelivered=delivered > 1)
+            await kept_alive(self._run(work, redelivered=delivered > 1), held_alone(msg), self._ack_wait_s)
         except self._poison as exc:
             raise PoisonMessageError(str(exc)) from None
         except Exception as exc:
@@ -149,16 +147,6 @@ class WorkItemHandler:
                 # The consumer dead-letters this item now; the caller must not wait for nothing.
                 await self._report_final_failure(work, type(exc).__name__)
             raise
-        finally:
-            keep_alive.cancel()
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self._keep_alive_s)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # a lost in-progress ack only risks a redelivery
-                log.debug("in-progress ack failed: %r", exc)
 
     async def _report_final_failure(self, work: RunInference, why: str) -> None:
         log.error("request %s failed on its last delivery: %s", work.request_id, why)

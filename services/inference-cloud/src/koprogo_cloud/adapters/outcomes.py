@@ -2,26 +2,24 @@
 
 Streamed answers also go out piece by piece (core NATS, not stored), and the worker listens
 for the caller leaving (`subjects.chat_cancel`), so it stops a provider call nobody reads: one
-subscription for every request (`NatsOutcomeSink.start`), not a SUB and an UNSUB per chat.
+subscription for every request (`koprogo_shared.cancels`), as the edge node listens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from koprogo_shared import subjects
 from koprogo_shared.audit_log import messages_since
+from koprogo_shared.cancels import CancelListener
 from koprogo_shared.chat_outcomes import ANSWER_LOOKBACK, UnusableIdsError, completed_id
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceAttemptFailed, RunInference
 from koprogo_shared.publishing import MSG_ID_HEADER, deliver_chat_outcome, publish_event, publish_reply
@@ -70,24 +68,14 @@ class NatsOutcomeSink(OutcomeSink):
     def __init__(self, nc: NATS, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
-        # A request's cancel subject -> the events of the calls running for it.
-        self._waiting: dict[str, list[asyncio.Event]] = {}
-        self._cancels: Subscription | None = None
+        self._cancels = CancelListener(nc, subjects.CHAT_CANCEL_ALL, asyncio.Event)
 
     async def start(self) -> None:
         """Listen for every caller's leaving (`subjects.CHAT_CANCEL_ALL`), before any call runs."""
-        self._cancels = await self._nc.subscribe(subjects.CHAT_CANCEL_ALL, cb=self._on_cancel)
+        await self._cancels.start()
 
     async def close(self) -> None:
-        if self._cancels is not None:
-            # At shutdown, after the calls: a failed unsubscribe changes nothing (the connection drains).
-            with contextlib.suppress(Exception):
-                await self._cancels.unsubscribe()
-            self._cancels = None
-
-    async def _on_cancel(self, msg: Msg) -> None:
-        for gone in self._waiting.get(msg.subject, ()):
-            gone.set()
+        await self._cancels.close()
 
     async def publish(self, outcome: ChatCompleted | ChatFailed, reply_subject: str) -> None:
         # An answer goes to the cloud worker's own subject, where `stored_answer` finds it again.
@@ -135,15 +123,5 @@ class NatsOutcomeSink(OutcomeSink):
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[asyncio.Event]:
-        if self._cancels is None:
-            raise RuntimeError("NatsOutcomeSink.start() was not awaited: nobody listens for cancels")
-        subject = subjects.chat_cancel(request_id)
-        gone = asyncio.Event()
-        waiting = self._waiting.setdefault(subject, [])
-        waiting.append(gone)
-        try:
+        async with self._cancels.flag(subjects.chat_cancel(request_id)) as gone:
             yield gone
-        finally:
-            waiting.remove(gone)
-            if not waiting:
-                del self._waiting[subject]

@@ -2,8 +2,7 @@
 
 Streamed answers also go out piece by piece (core NATS, not stored), and the node listens
 for the caller leaving (`subjects.chat_cancel`), so it stops generating for nobody: one
-subscription for every request (`NatsOutcomeSink.start`), not a SUB and an UNSUB per chat, as
-the cloud worker listens.
+subscription for every request (`koprogo_shared.cancels`), as the cloud worker listens.
 
 A node holding a NATS key replies on `subjects.node_reply` (the gateway's subject with its id
 appended, which its key alone may publish on) and hears the cancels addressed to it alone
@@ -18,19 +17,17 @@ redelivered after its answer was stored is answered from that record (`stored_an
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from koprogo_node.adapters.answers import AnswerRecord, MemoryAnswerRecord
 from koprogo_shared import subjects
+from koprogo_shared.cancels import CancelListener
 from koprogo_shared.events import ChatCompleted, ChatDelta, ChatFailed, InferenceStarted, RunInference
 from koprogo_shared.publishing import deliver_chat_outcome, publish_reply
 
@@ -82,26 +79,16 @@ class NatsOutcomeSink(OutcomeSink):
         self._js = js
         self._node_id = keyed_node_id
         self._answers = answers if answers is not None else MemoryAnswerRecord()
-        # A request's cancel subject -> the flags of the generations running for it.
-        self._waiting: dict[str, list[threading.Event]] = {}
-        self._cancels: Subscription | None = None
+        # The cancels addressed to this node alone when it holds a key, else every request's.
+        listened = subjects.CHAT_CANCEL_ALL if keyed_node_id is None else subjects.node_cancels(keyed_node_id)
+        self._cancels = CancelListener(nc, listened, threading.Event)
 
     async def start(self) -> None:
-        """Listen for every caller's leaving, before any item runs: the cancels addressed to this
-        node alone when it holds a key (`subjects.node_cancels`), else every request's."""
-        listened = subjects.CHAT_CANCEL_ALL if self._node_id is None else subjects.node_cancels(self._node_id)
-        self._cancels = await self._nc.subscribe(listened, cb=self._on_cancel)
+        """Listen for every caller's leaving, before any item runs."""
+        await self._cancels.start()
 
     async def close(self) -> None:
-        if self._cancels is not None:
-            # At shutdown, after the items: a failed unsubscribe changes nothing (the connection drains).
-            with contextlib.suppress(Exception):
-                await self._cancels.unsubscribe()
-            self._cancels = None
-
-    async def _on_cancel(self, msg: Msg) -> None:
-        for gone in self._waiting.get(msg.subject, ()):
-            gone.set()
+        await self._cancels.close()
 
     def _reply(self, reply_subject: str) -> str:
         return reply_subject if self._node_id is None else subjects.node_reply(reply_subject, self._node_id)
@@ -126,19 +113,10 @@ class NatsOutcomeSink(OutcomeSink):
 
     @asynccontextmanager
     async def caller_gone(self, request_id: str) -> AsyncIterator[threading.Event]:
-        if self._cancels is None:
-            raise RuntimeError("NatsOutcomeSink.start() was not awaited: nobody listens for cancels")
         subject = (
             subjects.chat_cancel(request_id)
             if self._node_id is None
             else subjects.node_cancel(self._node_id, request_id)
         )
-        gone = threading.Event()
-        waiting = self._waiting.setdefault(subject, [])
-        waiting.append(gone)
-        try:
+        async with self._cancels.flag(subject) as gone:
             yield gone
-        finally:
-            waiting.remove(gone)
-            if not waiting:
-                del self._waiting[subject]

@@ -83,8 +83,9 @@ ledger_events: TypeAdapter[LedgerEvent | ChatsDelivered] = TypeAdapter(
     ]
 )
 
+# PostgreSQL away: the batch is tried again after 0.5 s, then after twice as long each time, up to 5 s.
 HOLD_FIRST_WAIT_S = 0.5
-HOLD_MAX_WAIT_S = 5.0  # well under the ack wait, so `in_progress` keeps the messages ours
+HOLD_MAX_WAIT_S = 5.0
 
 
 def ledger_consumer_spec(settings: LedgerSettings) -> ConsumerSpec:
@@ -178,9 +179,7 @@ def event_batch_handler(
         events = [event for _, event in decoded]
         started = time.perf_counter()
         try:
-            outcomes = await _project_holding_while_unavailable(
-                events, unit_of_work, msgs, stop, rules, trace_ids
-            )
+            outcomes = await _project_holding_while_unavailable(events, unit_of_work, stop, rules, trace_ids)
         except Exception as exc:
             # Not committed: nothing of the batch is kept, so nothing of it is acknowledged.
             FAILURES.labels("transient").inc(len(events))
@@ -269,7 +268,6 @@ def _decision(event: LedgerEvent, outcome: Projected | Exception) -> Decision:
 async def _project_holding_while_unavailable(
     events: list[LedgerEvent],
     unit_of_work: UnitOfWorkFactory,
-    msgs: Sequence[Msg],
     stop: asyncio.Event,
     rules: RewardRules = DEFAULT_RULES,
     trace_ids: dict[str, str] | None = None,
@@ -286,10 +284,7 @@ async def _project_holding_while_unavailable(
                 log.warning("holding %d events from %s: %s", len(events), events[0].id, exc)
                 held = True
             FAILURES.labels("unavailable").inc(len(events))
-            for msg in msgs:
-                # NATS briefly away too: the consumer's own keep-alive (`kept_alive`) tries again.
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+            # Held for as long as it takes: the consumer keeps the batch ours meanwhile (`kept_alive`).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             wait = min(wait * 2, HOLD_MAX_WAIT_S)
