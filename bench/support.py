@@ -309,6 +309,19 @@ class Target:
     busy: dict[int, list[float]] = field(default_factory=dict)
     sent: int = 0  # requests wrk completed, warm-up included
     in_flight: int = 0  # requests possibly sent but not counted at the cut-offs (sum of connections)
+    # Worker processes sharing one listening socket (LiteLLM's `--num_workers`): 1 for others.
+    workers: int = 1
+    # connections -> the busiest worker's share of the workers' CPU over each run (workers > 1).
+    busiest_share: dict[int, list[float]] = field(default_factory=dict)
+    reruns: int = 0  # runs done again because one worker served them all
+
+    def forget_last(self, connections: int) -> None:
+        """Drop the figures of the last run at `connections` (a run done again)."""
+        for values in (*self.cpu_ms.get(connections, {}).values(), self.busy.get(connections, [])):
+            if values:
+                values.pop()
+        if self.busiest_share.get(connections):
+            self.busiest_share[connections].pop()
 
 
 def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dict[str, int]) -> WrkResult:
@@ -322,6 +335,15 @@ def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dic
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {name: cpu_by_process(pid) for name, pid in pids.items()}
     spent = {name: cpu_delta(before[name], after[name]) for name in pids}
+    if target.workers > 1:
+        # The first process group is the server: its busiest children are its workers.
+        root = next(iter(target.processes.values()))
+        group = next(iter(target.processes))
+        by_child = sorted(
+            (cpu - before[group].get(key, 0.0) for key, cpu in after[group].items() if key[0] != root),
+            reverse=True,
+        )[: target.workers]
+        target.busiest_share.setdefault(connections, []).append(by_child[0] / max(sum(by_child), 1e-9))
     spent[WRK] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
     target.busy.setdefault(connections, []).append(busy)
     target.sent += result.requests
