@@ -103,8 +103,9 @@ from koprogo_ledger.settings import LedgerSettings
 from koprogo_shared import subjects
 from koprogo_shared.catalogue import CATALOGUE
 from koprogo_shared.chat_outcomes import completed
-from koprogo_shared.consumer import Ack, decide_batch
+from koprogo_shared.consumer import decide_batch
 from koprogo_shared.content_crypto import Keyring
+from koprogo_shared.decisions import Ack
 from koprogo_shared.events import (
     ChatCompleted,
     ChatDelivered,

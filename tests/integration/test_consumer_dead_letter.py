@@ -16,15 +16,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from koprogo_shared import subjects
-from koprogo_shared.consumer import (
-    ACK,
-    BatchHandler,
-    ConsumerSpec,
-    Decision,
-    Defer,
-    Handler,
-    run_pull_consumer,
-)
+from koprogo_shared.consumer import BatchHandler, ConsumerSpec, Handler, run_pull_consumer
+from koprogo_shared.decisions import ACK, Decision, Defer
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from tests.conftest import wait_until
 

@@ -49,8 +49,9 @@ from koprogo_node.settings import NodeSettings
 from koprogo_shared import chat_outcomes, subjects
 from koprogo_shared.chat_outcomes import completed_id
 from koprogo_shared.co2 import EdgeFootprint
-from koprogo_shared.consumer import ACK, ConsumerSpec, DeadLetter
+from koprogo_shared.consumer import ConsumerSpec
 from koprogo_shared.content_crypto import Keyring
+from koprogo_shared.decisions import ACK, DeadLetter
 from koprogo_shared.durables import consumer_config
 from koprogo_shared.events import (
     ChatCompleted,

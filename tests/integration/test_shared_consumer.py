@@ -12,16 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from koprogo_shared import subjects
-from koprogo_shared.consumer import (
-    ACK,
-    BatchHandler,
-    ConsumerSpec,
-    DeadLetter,
-    Decision,
-    Retry,
-    run_pull_consumer,
-    start_pull_consumers,
-)
+from koprogo_shared.consumer import BatchHandler, ConsumerSpec, run_pull_consumer, start_pull_consumers
+from koprogo_shared.decisions import ACK, DeadLetter, Decision, Retry
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.pull_batches import BatchPuller
 from tests.conftest import wait_until

@@ -15,7 +15,7 @@ from koprogo_node.adapters.outcomes import OutcomeSink
 from koprogo_node.entrypoints.nats_worker import work_item_handler
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService
 from koprogo_shared import co2
-from koprogo_shared.consumer import PoisonMessageError
+from koprogo_shared.decisions import PoisonMessageError
 from koprogo_shared.events import (
     ChatCompleted,
     ChatFailed,

@@ -17,7 +17,7 @@ from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_ledger.service_layer.chat_batch import plan_batch, request_keys
 from koprogo_ledger.service_layer.projection import Projected, project_batch
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ACK, DeadLetter, Defer, Retry
+from koprogo_shared.decisions import ACK, DeadLetter, Defer, Retry
 from koprogo_shared.events import (
     ChatDelivered,
     ChatFailed,
@@ -216,7 +216,7 @@ async def test_a_sourced_message_of_a_kind_no_building_makes_is_dead_lettered_be
     assert _refused_sourced() - before == 2
     assert ledger.applied == {request.id, failure.id}
     assert ledger.requests[uuid.UUID(request.id)]["status"] == "failed"
-    # The handler reads the header and leaves it (consumer.dead_letter renames it in the letter).
+    # The handler reads the header and leaves it (decisions.dead_letter renames it in the letter).
     assert all(m.headers == sourced for m in msgs)
 
 

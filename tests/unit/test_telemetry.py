@@ -33,7 +33,8 @@ from koprogo_gateway.service_layer.delivery_records import DeliveryRecords
 from koprogo_gateway.settings import GatewaySettings
 from koprogo_ledger.entrypoints.nats_consumer import event_batch_handler
 from koprogo_shared import subjects, telemetry
-from koprogo_shared.consumer import ACK, ConsumerSpec, Decision, Retry, decide, run_pull_consumer
+from koprogo_shared.consumer import ConsumerSpec, decide, run_pull_consumer
+from koprogo_shared.decisions import ACK, Decision, Retry
 from koprogo_shared.events import ChatDelivered, UserDataErasureRequested
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.publishing import publish_event

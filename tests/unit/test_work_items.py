@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from koprogo_shared import chat_outcomes, co2
-from koprogo_shared.consumer import ACK, DeadLetter, Retry, decide
+from koprogo_shared.consumer import decide
+from koprogo_shared.decisions import ACK, DeadLetter, Retry
 from koprogo_shared.events import (
     ChatMessage,
     RoutingPlan,

@@ -1,25 +1,16 @@
 """One way to consume JetStream work: a pull consumer with explicit ack decisions.
 
-Every message ends in one `Decision`, carried out by `settle`:
-
-    Ack          handled: acknowledge
-    Retry        not this time: NAK with a growing delay; from the last allowed delivery
-                 (`ConsumerSpec.max_deliver`) on, dead-letter then TERM
-    Defer        not yet (it waits on another consumer): NAK with a growing delay, however
-                 many deliveries it took; never dead-lettered for it
-    DeadLetter   never handleable (poison): dead-letter, then TERM
-
-A per-message handler decides by returning (Ack) or raising (`failure_decision`: a
-`PoisonMessageError` or an undecodable payload is dead-lettered, anything else retried).
-A batch handler receives every message of a fetch and returns one decision per message,
-so it can, for instance, commit the whole batch once before anything is acknowledged.
-Nothing is dropped silently: what cannot be handled lands in KOPROGO_DEADLETTER with the
-reason in its headers. The delivery limit is the loop's, not the server's: consumers are
-created with unlimited deliveries (`max_deliver=-1`), so a message whose dead-letter publish
-fails is NAKed and comes back until the dead-letter stream takes it. (With the limit on the
-server, a message whose last delivery failed that way was never delivered again: neither
-handled nor dead-lettered.) A message whose handler never returns (the process dies with it)
-is redelivered after `ack_wait` every time; the workers' deadlines end that for work items.
+Every message ends in one `decisions.Decision` (Ack, Retry, Defer, DeadLetter), carried out by
+`decisions.settle`. A per-message handler decides by returning (Ack) or raising
+(`failure_decision`: a `PoisonMessageError` or an undecodable payload is dead-lettered, anything
+else retried). A batch handler receives every message of a fetch and returns one decision per
+message, so it can, for instance, commit the whole batch once before anything is acknowledged.
+The delivery limit is the loop's, not the server's: consumers are created with unlimited
+deliveries (`max_deliver=-1`), so a message whose dead-letter publish fails is NAKed and comes
+back until the dead-letter stream takes it. (With the limit on the server, a message whose last
+delivery failed that way was never delivered again: neither handled nor dead-lettered.) A
+message whose handler never returns (the process dies with it) is redelivered after `ack_wait`
+every time; the workers' deadlines end that for work items.
 """
 
 from __future__ import annotations
@@ -31,27 +22,21 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, assert_never
+from typing import Literal
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.trace import Span, Status, StatusCode
-from pydantic import ValidationError
 
+from koprogo_shared.decisions import ACK, Ack, Decision, Defer, Retry, failure_decision, quietly, settle
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
 from koprogo_shared.kept_alive import held_with, kept_alive
-from koprogo_shared.publishing import MSG_ID_HEADER
 from koprogo_shared.pull_batches import BatchPuller
-from koprogo_shared.subjects import deadletter_for
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
 log = logging.getLogger(__name__)
-
-
-class PoisonMessageError(Exception):
-    """The message can never be handled (bad schema, impossible request): dead-letter it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,101 +67,9 @@ class ConsumerSpec:
     idle_fetches_before_check: int = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """Handled: acknowledge."""
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Not handled this time: NAK with back-off; dead-letter on the last allowed delivery."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Defer:
-    """Not yet: it waits on something outside this consumer. NAK with back-off, never dead-lettered for it."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Can never be handled: dead-letter with `reason` (no message content), then TERM."""
-
-    reason: str
-
-
-Decision = Ack | Retry | Defer | DeadLetter
-ACK = Ack()
-
 Handler = Callable[[Msg], Awaitable[None]]
 # One decision per message, in the order received.
 BatchHandler = Callable[[Sequence[Msg]], Awaitable[Sequence[Decision]]]
-
-
-def nak_delay(num_delivered: int) -> float:
-    """Back-off for a transient failure: 0.2 s, 0.4 s, 0.8 s ... capped at 10 s."""
-    return float(min(0.2 * 2 ** max(num_delivered - 1, 0), 10.0))
-
-
-def failure_decision(exc: Exception) -> Retry | DeadLetter:
-    """What a handler's error means: poison or undecodable is dead-lettered, anything else retried."""
-    if isinstance(exc, ValidationError):
-        # Name the failing fields, never the values: they may be a user's message.
-        where = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:5])
-        return DeadLetter(f"poison: invalid {exc.title}: {where}")
-    if isinstance(exc, PoisonMessageError):
-        return DeadLetter(f"poison: {exc}")
-    return Retry(repr(exc))
-
-
-# Where a dead letter keeps the `Nats-Stream-Source` of a message that reached its stream by
-# sourcing (a building's event at the hub): JetStream refuses a publish carrying that header
-# (error 10227), so the dead letter of such a message could otherwise never be stored.
-DEAD_LETTER_SOURCE_HEADER = "KoproGo-Stream-Source"
-
-
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
-    headers = dict(msg.headers or {})
-    headers["KoproGo-Dead-Reason"] = reason[:500]
-    headers["KoproGo-Original-Subject"] = msg.subject
-    # A fresh id: the original Nats-Msg-Id would be de-duplicated against itself.
-    headers.pop(MSG_ID_HEADER, None)
-    if (source := headers.pop("Nats-Stream-Source", None)) is not None:
-        headers[DEAD_LETTER_SOURCE_HEADER] = source
-    await js.publish(deadletter_for(msg.subject), msg.data, headers=headers, timeout=5)
-
-
-async def settle(js: JetStreamContext, msg: Msg, decision: Decision, max_deliver: int) -> None:
-    """Carry out the decision taken for one message.
-
-    `max_deliver` is the consumer's limit (`ConsumerSpec.max_deliver`): a retried message is
-    dead-lettered on that delivery or any later one. If the dead-letter publish fails, the
-    message is NAKed and comes back; if the ack or NAK cannot reach the server, it is left
-    unacked and JetStream redelivers it after `ack_wait`.
-    """
-    match decision:
-        case Ack():
-            await _quietly(msg.ack())
-        case DeadLetter(reason):
-            log.error("dead-lettering %s: %s", msg.subject, reason)
-            await _dead_letter_then_term(js, msg, reason)
-        case Retry(reason):
-            delivered = msg.metadata.num_delivered
-            if delivered >= max_deliver:
-                log.error("dead-lettering %s after %d deliveries: %s", msg.subject, delivered, reason)
-                await _dead_letter_then_term(js, msg, f"failed {delivered} times: {reason}")
-            else:
-                log.warning("retrying %s (delivery %d): %s", msg.subject, delivered, reason)
-                await _quietly(msg.nak(delay=nak_delay(delivered)))
-        case Defer(reason):
-            delivered = msg.metadata.num_delivered
-            log.info("deferring %s (delivery %d): %s", msg.subject, delivered, reason)
-            await _quietly(msg.nak(delay=nak_delay(delivered)))
-        case _:
-            assert_never(decision)
 
 
 async def decide(msg: Msg, handler: Handler) -> Decision:
@@ -189,7 +82,7 @@ async def decide(msg: Msg, handler: Handler) -> Decision:
         try:
             await handler(msg)
         except asyncio.CancelledError:
-            await _quietly(msg.nak())
+            await quietly(msg.nak())
             raise
         except Exception as exc:
             decision = failure_decision(exc)
@@ -220,7 +113,7 @@ async def _decide_batch(msgs: Sequence[Msg], handler: BatchHandler) -> Sequence[
         decisions = await handler(msgs)
     except asyncio.CancelledError:
         for msg in msgs:
-            await _quietly(msg.nak())
+            await quietly(msg.nak())
         raise
     except Exception as exc:
         log.warning("a batch of %d messages failed: %r", len(msgs), exc)
@@ -239,25 +132,6 @@ def _record_decision(span: Span, decision: Decision) -> None:
     span.set_attribute("koprogo.decision", type(decision).__name__.lower())
     if not isinstance(decision, Defer):
         span.set_status(Status(StatusCode.ERROR, type(decision).__name__))
-
-
-async def _dead_letter_then_term(js: JetStreamContext, msg: Msg, reason: str) -> None:
-    try:
-        await dead_letter(js, msg, reason)
-    except Exception as exc:
-        # Not stored in the dead-letter stream: keep the original, try again later. The
-        # server redelivers it whatever its delivery count (see `consumer_config`).
-        log.error("dead-letter publish failed for %s: %r; will retry", msg.subject, exc)
-        await _quietly(msg.nak(delay=nak_delay(msg.metadata.num_delivered)))
-        return
-    await _quietly(msg.term())
-
-
-async def _quietly(action: Awaitable[None]) -> None:
-    try:
-        await action
-    except Exception as exc:
-        log.warning("could not settle a message (%r); JetStream will redeliver it", exc)
 
 
 class ConsumerStoppedError(RuntimeError):
@@ -399,7 +273,7 @@ async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
     except Exception:  # timed out, or the connection closed: nothing was handed over
         return
     for msg in msgs:
-        await _quietly(msg.nak())
+        await quietly(msg.nak())
 
 
 async def _linger(seconds: float, stop: asyncio.Event | None) -> None:

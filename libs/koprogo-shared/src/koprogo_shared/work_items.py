@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 
 from koprogo_shared import subjects
 from koprogo_shared.chat_outcomes import UnusableIdsError
-from koprogo_shared.consumer import PoisonMessageError
+from koprogo_shared.decisions import PoisonMessageError
 from koprogo_shared.events import ChatRequested, RunInference
 from koprogo_shared.kept_alive import held_alone, kept_alive
 from koprogo_shared.leaf_site import made_at_another_site

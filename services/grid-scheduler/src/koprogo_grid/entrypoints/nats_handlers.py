@@ -14,7 +14,7 @@ from koprogo_grid.domain.nodes import PollingNode
 from koprogo_grid.domain.task_state import NodeFootprint
 from koprogo_grid.service_layer.scheduler import GridScheduler
 from koprogo_shared import subjects
-from koprogo_shared.consumer import PoisonMessageError
+from koprogo_shared.decisions import PoisonMessageError
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.node_registry import NodeRegistry, heartbeat_refusal
 from koprogo_shared.node_roster import Roster

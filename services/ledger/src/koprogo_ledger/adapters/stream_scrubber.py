@@ -19,7 +19,7 @@ their ack floors (one consumer listing of the stream): a chat in flight still re
 router, its worker and the ledger. A routed request past its deadline is not waited for
 (its worker would only fail it), so a retired deployment's durable holds nothing back. While some are not, `erase_user` deletes the rest
 and raises `ScrubPendingError`; the ledger then keeps the erasure pending and scrubs again
-(`koprogo_shared.consumer.Defer`) until nothing is left. A consumer that does not exist
+(`koprogo_shared.decisions.Defer`) until nothing is left. A consumer that does not exist
 holds nothing back.
 
 Reading the whole window once per erasure is linear in the stream's size; erasures are rare

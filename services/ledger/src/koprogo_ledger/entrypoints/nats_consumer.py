@@ -37,11 +37,10 @@ from koprogo_ledger.entrypoints.metrics import BATCH_EVENTS, BATCH_SECONDS, EVEN
 from koprogo_ledger.service_layer.ports import UnitOfWorkFactory
 from koprogo_ledger.service_layer.projection import DEFAULT_RULES, LedgerEvent, Projected, project_batch
 from koprogo_ledger.settings import LedgerSettings
-from koprogo_shared.consumer import (
+from koprogo_shared.consumer import BatchHandler, ConsumerSpec
+from koprogo_shared.decisions import (
     ACK,
     Ack,
-    BatchHandler,
-    ConsumerSpec,
     DeadLetter,
     Decision,
     Defer,
@@ -224,7 +223,7 @@ def _age_s(msg: Msg) -> float:
 
 def _source_of(msg: Msg) -> str | None:
     """The message's `Nats-Stream-Source` (set by JetStream when it was sourced), else None
-    (its dead letter keeps it as `consumer.DEAD_LETTER_SOURCE_HEADER`)."""
+    (its dead letter keeps it as `decisions.DEAD_LETTER_SOURCE_HEADER`)."""
     return (msg.headers or {}).get(SOURCE_HEADER)
 
 
