@@ -14,10 +14,12 @@ answers).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from typing import Any, NamedTuple
 
 import nats.errors
@@ -94,9 +96,11 @@ async def messages_since(
 ) -> AsyncIterator[js_api.RawStreamMsg]:
     """Each message on `subject` stored at or after `since` (the server's clock; a naive time is
     UTC), oldest first, at most `limit` (a warning when it stops there): the first found by time
-    (`start_time` with `next_by_subj`), each next one by sequence. Messages stored meanwhile are
-    read too. Raises `AuditLogError` for any refusal but "no such message" (a missing stream
+    (`start_time` with `next_by_subj`; its answer is the first message), each next one by
+    sequence. Messages stored meanwhile are read too. Raises `AuditLogError` for any refusal but "no such message" (a missing stream
     included), and nats-py's errors for a timeout or a lost connection."""
+    if limit < 1:
+        return
     when = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
     request = {"start_time": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "next_by_subj": subject}
     # The JetStream API prefix `js.get_msg` uses too (`$JS.<domain>.API` under a domain); nats-py
@@ -112,8 +116,12 @@ async def messages_since(
         if found["error"].get("err_code") == JS_NO_MESSAGE_FOUND:
             return  # nothing on `subject` since then
         raise AuditLogError(f"{subject} since {request['start_time']}: {found['error']}")
-    seq = int(found["message"]["seq"])  # read again below, whole and parsed, by nats-py
-    for _ in range(limit):
+    first = _raw_stream_msg(found["message"])
+    if first.seq is None:
+        raise AuditLogError(f"{subject}: a message get answered without a sequence")
+    yield first
+    seq = first.seq + 1
+    for _ in range(limit - 1):
         try:
             msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, subject=subject, next=True)
         except NotFoundError as exc:
@@ -125,6 +133,17 @@ async def messages_since(
         yield msg
         seq = msg.seq + 1
     log.warning("%s: read stopped after %d messages since %s", subject, limit, request["start_time"])
+
+
+def _raw_stream_msg(message: dict[str, Any]) -> js_api.RawStreamMsg:
+    """A message get's answer as nats-py's `get_msg` makes it: headers parsed, data decoded."""
+    raw = js_api.RawStreamMsg.from_response(message)
+    if raw.hdrs:
+        block = base64.b64decode(raw.hdrs)
+        parsed = BytesParser().parsebytes(block[len(b"NATS/1.0\r\n") :])
+        raw.headers = dict(parsed.items()) or None
+    raw.data = base64.b64decode(raw.data) if raw.data else None
+    return raw
 
 
 def _decoded(data: bytes) -> dict[str, Any] | None:
