@@ -343,7 +343,9 @@ def drive(target: Target, wrk: str, connections: int, seconds: float, extra: dic
             (cpu - before[group].get(key, 0.0) for key, cpu in after[group].items() if key[0] != root),
             reverse=True,
         )[: target.workers]
-        target.busiest_share.setdefault(connections, []).append(by_child[0] / max(sum(by_child), 1e-9))
+        # No workers left (the server died): 0, and the run's own figures tell the failure.
+        share = by_child[0] / max(sum(by_child), 1e-9) if by_child else 0.0
+        target.busiest_share.setdefault(connections, []).append(share)
     spent[WRK] = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
     target.busy.setdefault(connections, []).append(busy)
     target.sent += result.requests

@@ -144,3 +144,20 @@ async def test_the_watchdog_ends_with_the_work_even_when_a_publish_swallowed_its
     await asyncio.sleep(0.5)
     assert told == [1]
     assert asyncio.all_tasks() == before
+
+
+async def test_a_round_whose_list_of_held_messages_fails_is_skipped_and_the_next_one_tells() -> None:
+    msg = fake_msg()
+    calls: list[int] = []
+
+    def held() -> list[Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the fetch ahead is in a bad state")
+        return [msg]
+
+    async def work() -> None:
+        await asyncio.sleep(0.25)
+
+    await kept_alive(work(), held, ack_wait_s=0.3)  # rounds at 0.1 s (fails) and 0.2 s (tells)
+    assert len(calls) >= 2 and len(msg.told) >= 1

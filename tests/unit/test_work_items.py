@@ -185,6 +185,7 @@ class Service:
         self.redelivered: list[bool] = []
         self.reported: list[tuple[str, int, str, str]] = []
         self.report_error: Exception | None = None
+        self.report_seconds = 0.0
 
     async def run(self, item: RunInference, *, redelivered: bool) -> None:
         self.ran.append(item)
@@ -194,6 +195,7 @@ class Service:
             raise self.error
 
     async def report_failure(self, item: RunInference, status: int, error: str, message: str) -> None:
+        await asyncio.sleep(self.report_seconds)
         if self.report_error is not None:
             raise self.report_error
         self.reported.append((item.request_id, status, error, message))
@@ -285,6 +287,17 @@ async def test_a_long_item_is_kept_with_in_progress_acks_until_it_ends() -> None
     assert 3 <= sent <= 5
     await asyncio.sleep(0.25)
     assert msg.in_progress_acks == sent  # none once the item is settled
+
+
+async def test_a_last_delivery_s_failure_is_kept_ours_while_it_is_reported() -> None:
+    # The report may retry its publish for longer than ack_wait: redelivered meanwhile, the item
+    # would reach another worker past its limit, and be reported and dead-lettered twice.
+    service = Service(error=RuntimeError("model crashed"))
+    service.report_seconds = 0.45
+    msg = msg_of(work(), delivered=3)
+    decision = await decide(msg, handler(service, ack_wait_s=0.3, max_deliver=3).handle)  # acks every 0.1 s
+    assert isinstance(decision, Retry) and len(service.reported) == 1  # settled: dead-lettered
+    assert msg.in_progress_acks >= 3
 
 
 async def test_an_item_delivered_past_its_limit_is_reported_and_dead_lettered_without_running() -> None:

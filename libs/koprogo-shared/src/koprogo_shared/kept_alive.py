@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from nats.aio.msg import Msg
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def keep_alive_interval(ack_wait_s: float) -> float:
@@ -58,14 +60,19 @@ class _Teller:
         self._timer = self._loop.call_later(self._interval, self._due)
 
     async def _tell(self) -> None:
-        for msg in self._held():
+        try:
+            held = list(self._held())
+        except Exception as exc:  # no acks this round; the next one tries again
+            log.warning("could not list the messages to keep: %r", exc)
+            return
+        for msg in held:
             # Checked before each ack: the work may have ended, or settled this message, since
             # the list was made ("in progress" after a delayed NAK would stretch the delay).
             if self._stopped:
                 return
             if msg.is_acked:
                 continue
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a lost ack only risks a redelivery
                 await msg.in_progress()
 
     async def stop(self) -> None:

@@ -138,12 +138,17 @@ class WorkItemHandler:
             raise PoisonMessageError(
                 f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
             )
+        # Kept ours while it runs and while a failure on its last delivery is reported (a
+        # publish that may retry for longer than `ack_wait`): never delivered past the limit.
+        await kept_alive(self._run_reported(work, delivered), held_alone(msg), self._ack_wait_s)
+
+    async def _run_reported(self, work: RunInference, delivered: int) -> None:
         try:
-            await kept_alive(self._run(work, redelivered=delivered > 1), held_alone(msg), self._ack_wait_s)
+            await self._run(work, redelivered=delivered > 1)
         except self._poison as exc:
             raise PoisonMessageError(str(exc)) from None
         except Exception as exc:
-            if is_last_delivery(msg.metadata.num_delivered, self._max_deliver):
+            if is_last_delivery(delivered, self._max_deliver):
                 # The consumer dead-letters this item now; the caller must not wait for nothing.
                 await self._report_final_failure(work, type(exc).__name__)
             raise
