@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,11 +25,12 @@ from nats.js import JetStreamContext
 
 from koprogo_grid.bootstrap import run_scheduler
 from koprogo_grid.settings import SchedulerSettings
-from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
+from koprogo_node.adapters.grid import NatsTaskCancels, NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.service_layer.grid_worker import GridWorker, TaskReports
 from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, TaskRun
 from koprogo_shared import subjects
+from koprogo_shared.cancels import CancelListener
 from koprogo_shared.events import NodeHeartbeat
 from koprogo_shared.grid_signing import Signer, sign_report
 from koprogo_shared.publishing import publish_event
@@ -165,7 +167,17 @@ async def grid_node(
     js = nc.jetstream()
     signer = signer or node_signer(node_id)
     signing = SigningReports(NatsTaskReports(js, node_id), report_signer or signer)
-    worker = SigningGridWorker(node_id, f"test/{node_id}", executors, ObjectStoreDocuments(js), signing)
+    # The node's cancels as a node without a key hears them (`bootstrap`: a listener of the grid's own).
+    cancels = CancelListener(nc, subjects.node_cancels(node_id), threading.Event)
+    await cancels.start()
+    worker = SigningGridWorker(
+        node_id,
+        f"test/{node_id}",
+        executors,
+        ObjectStoreDocuments(js),
+        signing,
+        NatsTaskCancels(cancels, node_id),
+    )
     worker.signing = signing
     stop = asyncio.Event()
     beat = heartbeat(node_id, sorted(executors), interval_s=interval_s, public_key=signer.public_key)

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from koprogo_node.adapters.grid import NatsTaskCancels
 from koprogo_node.adapters.outcomes import NatsOutcomeSink
 from koprogo_shared import subjects
 from koprogo_shared.nats_connection import connect_nats
@@ -49,3 +50,32 @@ async def test_a_cancel_reaches_the_generation_of_its_own_request_and_no_other(
         await sender.close()
         await nc.close()
     assert not left
+
+
+async def test_a_keyed_node_hears_its_tasks_cancels_on_its_chats_subscription(clean_jetstream: str) -> None:
+    # The scheduler cancels a task on the node's cancel subjects (`node_cancel`), where a keyed
+    # node's chat cancels come too: one listener for both (`bootstrap`), each flag its own.
+    nc, js = await connect_nats(clean_jetstream, "edge-outcomes-tests")
+    scheduler, _ = await connect_nats(clean_jetstream, "edge-outcomes-scheduler")
+    keyed, unkeyed = NatsOutcomeSink(nc, js, "pi-1"), NatsOutcomeSink(nc, js, None)
+    assert unkeyed.node_cancels is None and keyed.node_cancels is not None
+    tasks = NatsTaskCancels(keyed.node_cancels, "pi-1")
+    try:
+        await keyed.start()
+        await nc.flush()
+        async with (
+            tasks.flag("task-1") as task,
+            tasks.flag("task-2") as other,
+            keyed.caller_gone("r-1") as chat,
+        ):
+            await scheduler.publish(subjects.node_cancel("pi-1", "task-1"), b"")
+            await scheduler.publish(subjects.node_cancel("pi-2", "task-2"), b"")  # another node's
+            await wait_until(task.is_set, timeout=5)
+            await scheduler.flush()
+            await asyncio.sleep(0.2)
+            untouched = not other.is_set() and not chat.is_set()
+    finally:
+        await keyed.close()
+        await scheduler.close()
+        await nc.close()
+    assert untouched

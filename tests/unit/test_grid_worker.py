@@ -17,6 +17,7 @@ import nkeys
 import pytest
 
 from koprogo_node.adapters.energy_meter import FakeEnergyMeter, MeterFile
+from koprogo_node.adapters.grid import MemoryTaskCancels
 from koprogo_node.service_layer.energy import EnergyProfile
 from koprogo_node.service_layer.grid_worker import (
     DocumentUnavailableError,
@@ -129,6 +130,7 @@ def _worker(
         {"predict_expenses": executor or Forecast()},
         FakeDocuments(),
         reports,
+        kw.pop("cancels", MemoryTaskCancels()),
         signer=kw.pop("signer", NODE),
         scheduler_key=kw.pop("scheduler_key", SCHEDULER.public_key),
         **kw,
@@ -233,10 +235,11 @@ async def test_a_result_too_large_is_reported_as_such_and_signed_for_what_it_say
 
 
 async def test_a_cancelled_assignment_is_not_reported() -> None:
-    worker, reports = _worker(Forecast(seconds=0.5))
+    cancels = MemoryTaskCancels()
+    worker, reports = _worker(Forecast(seconds=0.5), cancels=cancels)
     running = asyncio.create_task(worker.run(_assignment()))
     await asyncio.sleep(0.1)
-    worker.cancel(TASK_ID)
+    cancels.cancel(TASK_ID)
     assert await running is None
     assert reports.reports == [] and len(reports.started_events) == 1
 

@@ -16,6 +16,7 @@ import nkeys
 import pytest
 
 from koprogo_grid.domain.comparators import agreement_key
+from koprogo_node.adapters.grid import MemoryTaskCancels
 from koprogo_node.adapters.inference import FakeInferenceEngine
 from koprogo_node.bootstrap import build_executors
 from koprogo_node.service_layer.energy import EnergyProfile
@@ -62,6 +63,7 @@ def _worker(executors: dict[str, TaskExecutor] | None = None) -> tuple[GridWorke
         executors or _honest(),
         FakeDocuments(),
         reports,
+        MemoryTaskCancels(),
         signer=NODE,
         scheduler_key=SCHEDULER.public_key,
         energy=EnergyProfile(source="grid", power_watts=7.0, intensity_g_per_kwh=150.0),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from nats.js import JetStreamContext
 from koprogo_node.adapters import metrics
 from koprogo_node.adapters.answers import FileAnswerRecord
 from koprogo_node.adapters.energy_meter import MeterFile, read_counter
-from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
+from koprogo_node.adapters.grid import NatsTaskCancels, NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.adapters.host_resources import LocalHostResources
 from koprogo_node.adapters.http_download import HttpDownloader
 from koprogo_node.adapters.inference import InferenceEngine
@@ -51,12 +52,13 @@ from koprogo_node.entrypoints.nats_worker import (
     work_item_handler,
 )
 from koprogo_node.service_layer.energy import DeclaredPower, EnergyMeter, EnergyProfile, MeterReadError
-from koprogo_node.service_layer.grid_worker import GridWorker
+from koprogo_node.service_layer.grid_worker import GridWorker, TaskCancels
 from koprogo_node.service_layer.inference import EdgeNode, InferenceService, NodeLoad
 from koprogo_node.service_layer.model_store import ModelStore
 from koprogo_node.service_layer.tasks.executor import TaskExecutor
 from koprogo_node.settings import NodeSettings
 from koprogo_shared import subjects
+from koprogo_shared.cancels import CancelListener
 from koprogo_shared.catalogue import BUNDLED_MODEL_ID
 from koprogo_shared.consumer import ConsumerSpec, Handler
 from koprogo_shared.grid_signing import SignatureError, Signer, load_or_create_signer
@@ -158,15 +160,29 @@ async def run_node(
         answers = FileAnswerRecord(settings.answers_directory())
         sink = NatsOutcomeSink(nc, js, keyed_node_id, answers)
         await sink.start()
-        service = InferenceService(node, engine, sink, load=load)
-        grid = (
-            await _grid_worker(settings, service, engine, js, await model_digest, grid_hook)
-            if model_digest is not None
-            else None
-        )
+        # The scheduler's cancels of this node's tasks come on its cancel subjects: heard by the
+        # sink's listener when the node holds a key (its chats' cancels come there), else by one
+        # of the grid's own.
+        task_cancels = sink.node_cancels
+        own_cancels = None
+        if model_digest is not None and task_cancels is None:
+            own_cancels = task_cancels = CancelListener(
+                nc, subjects.node_cancels(node.node_id), threading.Event
+            )
         try:
+            if own_cancels is not None:
+                await own_cancels.start()
+            service = InferenceService(node, engine, sink, load=load)
+            grid = None
+            if model_digest is not None and task_cancels is not None:
+                cancels = NatsTaskCancels(task_cancels, node.node_id)
+                grid = await _grid_worker(
+                    settings, service, engine, js, await model_digest, cancels, grid_hook
+                )
             await _serve(settings, service, nc, js, stop, resident=_residency(engine), grid=grid)
         finally:
+            if own_cancels is not None:
+                await own_cancels.close()
             await sink.close()
     finally:
         if model_digest is not None:
@@ -368,6 +384,7 @@ async def _grid_worker(
     engine: InferenceEngine,
     js: JetStreamContext,
     model_sha256: str | None,
+    cancels: TaskCancels,
     hook: GridWorkerHook | None,
 ) -> GridNode:
     """The grid worker over this node's engine, with the executors of the task types it runs."""
@@ -389,6 +406,7 @@ async def _grid_worker(
         build_executors(settings.grid_task_types, engine, model_sha256),
         ObjectStoreDocuments(js),
         NatsTaskReports(js, node_id),
+        cancels,
         signer=signer,
         scheduler_key=settings.grid_scheduler_public_key,
         energy=energy_profile(settings),

@@ -1,8 +1,12 @@
-"""The node's grid adapters: documents from the object store, reports on the node's own subjects."""
+"""The node's grid adapters: documents from the object store, reports on the node's own subjects,
+the scheduler's cancels on its cancel subjects."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import nats.errors
 import nats.js.errors
@@ -11,10 +15,12 @@ from nats.js import JetStreamContext
 from koprogo_node.service_layer.grid_worker import (
     DocumentUnavailableError,
     ReportTooLargeError,
+    TaskCancels,
     TaskDocuments,
     TaskReports,
 )
 from koprogo_shared import subjects
+from koprogo_shared.cancels import CancelListener
 from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import DocumentRef, TaskResultReported, TaskStarted
 
@@ -49,3 +55,38 @@ class NatsTaskReports(TaskReports):
             await publish_event(self._js, subject, event)
         except nats.errors.MaxPayloadError as exc:
             raise ReportTooLargeError(str(exc) or "over the server's max_payload") from None
+
+
+class NatsTaskCancels(TaskCancels):
+    """The scheduler's cancel of a task this node runs (`subjects.node_cancel`), heard by a
+    listener on the node's cancel subjects (`subjects.node_cancels`): the one its chats' cancels
+    use when the node holds a key, so the node has one subscription for both."""
+
+    def __init__(self, listener: CancelListener[threading.Event], node_id: str) -> None:
+        self._listener = listener
+        self._node_id = node_id
+
+    def flag(self, task_id: str) -> AbstractAsyncContextManager[threading.Event]:
+        return self._listener.flag(subjects.node_cancel(self._node_id, task_id))
+
+
+class MemoryTaskCancels(TaskCancels):
+    """Cancels told in process (`cancel`): for tests, and a worker with no bus."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, threading.Event] = {}
+
+    @asynccontextmanager
+    async def _flag(self, task_id: str) -> AsyncIterator[threading.Event]:
+        flag = self._running.setdefault(task_id, threading.Event())
+        try:
+            yield flag
+        finally:
+            self._running.pop(task_id, None)
+
+    def flag(self, task_id: str) -> AbstractAsyncContextManager[threading.Event]:
+        return self._flag(task_id)
+
+    def cancel(self, task_id: str) -> None:
+        if (flag := self._running.get(task_id)) is not None:
+            flag.set()

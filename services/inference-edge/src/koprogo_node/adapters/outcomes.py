@@ -83,6 +83,12 @@ class NatsOutcomeSink(OutcomeSink):
         listened = subjects.CHAT_CANCEL_ALL if keyed_node_id is None else subjects.node_cancels(keyed_node_id)
         self._cancels = CancelListener(nc, listened, threading.Event)
 
+    @property
+    def node_cancels(self) -> CancelListener[threading.Event] | None:
+        """Its listener when it hears the cancels addressed to this node alone (it holds a key):
+        the grid's task cancels come there too (`adapters.grid.NatsTaskCancels`). None otherwise."""
+        return self._cancels if self._node_id is not None else None
+
     async def start(self) -> None:
         """Listen for every caller's leaving, before any item runs."""
         await self._cancels.start()

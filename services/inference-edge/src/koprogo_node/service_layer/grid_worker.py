@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -76,6 +77,15 @@ class TaskReports(ABC):
         """Store the report; ReportTooLargeError when it cannot travel as one message."""
 
 
+class TaskCancels(ABC):
+    """Where the node hears that the scheduler cancelled a task it runs (the real one: the cancels
+    addressed to this node on NATS, `adapters.grid.NatsTaskCancels`)."""
+
+    @abstractmethod
+    def flag(self, task_id: str) -> AbstractAsyncContextManager[threading.Event]:
+        """A flag set when `task_id` is cancelled while the block runs."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     outcome: Literal["completed", "failed", "input_error"]
@@ -102,6 +112,7 @@ class GridWorker:
         executors: Mapping[str, TaskExecutor],
         documents: TaskDocuments,
         reports: TaskReports,
+        cancels: TaskCancels,
         clock: Callable[[], datetime] = utc_now,
         *,
         signer: Signer | None = None,
@@ -115,13 +126,13 @@ class GridWorker:
         self.executors = dict(executors)
         self._documents = documents
         self._reports = reports
+        self._cancels = cancels
         self._clock = clock
         self.signer = signer
         self.scheduler_key = scheduler_key
         self.energy = energy or EnergyProfile()
         self.meter = meter or DeclaredPower(self.energy.power_watts)
         self._on_refusal = on_refusal
-        self.running: dict[str, threading.Event] = {}
         # Refused assignments by reason, since the node started.
         self.refusals: Counter[str] = Counter()
 
@@ -133,12 +144,6 @@ class GridWorker:
     @property
     def task_types(self) -> list[str]:
         return sorted(self.executors)
-
-    def cancel(self, task_id: str) -> None:
-        """The scheduler cancelled the task (or it expired): stop at the executor's next check."""
-        flag = self.running.get(task_id)
-        if flag is not None:
-            flag.set()
 
     def refusal(self, assignment: TaskAssignment) -> str | None:
         """Why this node must not run `assignment` (logged and counted), or None when it may."""
@@ -163,8 +168,8 @@ class GridWorker:
         a = assignment
         if self.refusal(a) is not None:
             return None
-        cancelled = self.running.setdefault(a.task_id, threading.Event())
-        try:
+        # Cancelled by the scheduler (or expired) while it runs: stopped at the executor's next check.
+        async with self._cancels.flag(a.task_id) as cancelled:
             await self._reports.started(
                 TaskStarted(
                     id=task_event_id(a.task_id, f"started:{a.attempt}"),
@@ -219,8 +224,6 @@ class GridWorker:
                 report = self._signed(too_large, a)
                 await self._reports.reported(report, a.copro_id)
             return report
-        finally:
-            self.running.pop(a.task_id, None)
 
     def _signed(self, report: TaskResultReported, assignment: TaskAssignment) -> TaskResultReported:
         return report if self.signer is None else sign_report(self.signer, report, assignment)
