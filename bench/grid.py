@@ -63,9 +63,9 @@ from koprogo_cli.ports import free_port
 from koprogo_grid.domain.board import TaskBoard
 from koprogo_grid.domain.nodes import PollingNode
 from koprogo_grid.domain.rules import GridRules
-from koprogo_grid.domain.task_state import NodeFootprint, TaskState
+from koprogo_grid.domain.task_state import NodeFootprint, ReportCheck, TaskState
 from koprogo_grid.domain.waiting_nodes import Waiter
-from koprogo_node.adapters.grid import NatsTaskReports, ObjectStoreDocuments
+from koprogo_node.adapters.grid import MemoryTaskCancels, NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, TaskRun
@@ -286,7 +286,9 @@ def rate(times: Sequence[float], since: float | None = None) -> float:
 
 
 def bench_board(n_tasks: int, n_nodes: int) -> list[tuple[str, float]]:
-    rules = GridRules(start_grace_s=3600)
+    # One replica per task: the board's own cost per assignment (redundancy multiplies the
+    # assignments, not what each costs).
+    rules = GridRules(start_grace_s=3600, quorum=1, max_replicas=1)
     footprint = NodeFootprint(power_watts=10, intensity_g_per_kwh=100)
     nodes = [
         PollingNode(f"n{i}", frozenset({TASK_TYPE}), frozenset({subjects.SHARED_POOL}), footprint)
@@ -299,16 +301,16 @@ def bench_board(n_tasks: int, n_nodes: int) -> list[tuple[str, float]]:
     # N queued, M nodes polling in turn: next_task + assign + put (what `_try_assign` does).
     board = TaskBoard(rules)
     for t in tasks:
-        state = board.submitted(t, now)
-        assert state is not None
-        board.put(state)
+        step = board.submitted(t, now)
+        assert step is not None
+        board.put(step.state)
     assigned: list[TaskState] = []
     started = time.perf_counter()
     for node in itertools.cycle(nodes):
         state = board.next_task(node, now)
         if state is None:
             break
-        done = board.assign(state, node, now)
+        done = board.assign(state, node, now).state
         board.put(done)
         assigned.append(done)
     elapsed = time.perf_counter() - started
@@ -325,7 +327,7 @@ def bench_board(n_tasks: int, n_nodes: int) -> list[tuple[str, float]]:
         state = board.next_task(node, now)
         if state is None:
             break
-        done = board.assign(state, node, now)
+        done = board.assign(state, node, now).state
         done.model_dump_json().encode()
         board.put(done)
         count += 1
@@ -337,13 +339,13 @@ def bench_board(n_tasks: int, n_nodes: int) -> list[tuple[str, float]]:
         board.wait(Waiter(node, None, float("inf")))
     started = time.perf_counter()
     for t in tasks:
-        state = board.submitted(t, now)
-        assert state is not None
-        board.put(state)
-        for waiter in board.matches():
+        submitted = board.submitted(t, now)
+        assert submitted is not None
+        board.put(submitted.state)
+        for waiter in board.matches(now):
             found = board.next_task(waiter.node, now)
             assert found is not None
-            board.put(board.assign(found, waiter.node, now))
+            board.put(board.assign(found, waiter.node, now).state)
             board.wait(Waiter(waiter.node, None, float("inf")))  # it polls again at once
     rows.append(
         (f"submit + assign to one of {n_nodes} waiting nodes", n_tasks / (time.perf_counter() - started))
@@ -380,12 +382,14 @@ def bench_board(n_tasks: int, n_nodes: int) -> list[tuple[str, float]]:
         board.put(s)
     started = time.perf_counter()
     for s, start, report in zip(assigned, starts, reports, strict=True):
-        running = board.started(s, start, now)
-        assert running is not None
+        began = board.started(s, start, now)
+        assert began is not None
+        running = began.state
         running.model_dump_json()
         board.put(running)
-        decided = board.reported(running, report, now)
-        assert decided is not None and decided.status == "completed"
+        step = board.reported(running, report, ReportCheck(agreement_key="ok", trusted=True), now)
+        assert step is not None and step.state.status == "completed"
+        decided = step.state
         decided.model_dump_json()
         board.put(decided)
     rows.append(("started + completed, with state JSON", n_tasks / (time.perf_counter() - started)))
@@ -455,6 +459,7 @@ def worker(nc: NATS, node_id: str) -> GridWorker:
         {TASK_TYPE: NoopExecutor()},
         ObjectStoreDocuments(js),
         NatsTaskReports(js, node_id),
+        MemoryTaskCancels(),  # nothing is cancelled here
     )
 
 
@@ -467,15 +472,19 @@ async def bench_nats(workdir: Path, n_tasks: int, n_nodes: int) -> dict[str, Any
     try:
         await ensure_streams(js)
         await declare_grid_stores(js)
-        sample = TaskBoard(GridRules()).assign(
-            TaskState(task=new_task(0)),
-            PollingNode(
-                "n0",
-                frozenset({TASK_TYPE}),
-                frozenset({"shared"}),
-                NodeFootprint(power_watts=1, intensity_g_per_kwh=1),
-            ),
-            datetime.now(UTC),
+        sample = (
+            TaskBoard(GridRules())
+            .assign(
+                TaskState(task=new_task(0)),
+                PollingNode(
+                    "n0",
+                    frozenset({TASK_TYPE}),
+                    frozenset({"shared"}),
+                    NodeFootprint(power_watts=1, intensity_g_per_kwh=1),
+                ),
+                datetime.now(UTC),
+            )
+            .state
         )
         payload = b"x" * len(sample.model_dump_json())
         out["state_bytes"] = len(payload)

@@ -481,7 +481,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_bytes=512 * 1024**2,
         description="Messages a consumer could not handle, with the reason in headers.",
         # Full, it refuses too: a refused dead-letter publish leaves the message unacknowledged
-        # in its own stream (`consumer._dead_letter_then_term` logs the refusal and NAKs it), so
+        # in its own stream (`decisions._dead_letter_then_term` logs the refusal and NAKs it), so
         # nothing is dropped while the operator reads and purges dead letters (or raises
         # `max_bytes`). Discarding the oldest would lose dead letters nobody had read yet.
         discard="new",

@@ -134,7 +134,11 @@ class WorkItemHandler:
             # Past its last allowed delivery (its dead-letter publish failed, or the worker died on
             # it; the server keeps redelivering, see `consumer`): never run again. The caller is
             # told (again, if it was: the failure's id is de-duplicated), then it is dead-lettered.
-            await self._report_final_failure(work, f"delivery {delivered}, past the limit")
+            await kept_alive(
+                self._report_final_failure(work, f"delivery {delivered}, past the limit"),
+                held_alone(msg),
+                self._ack_wait_s,
+            )
             raise PoisonMessageError(
                 f"delivered {delivered} times, past the limit of {self._max_deliver}: not run again"
             )
