@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -53,6 +54,7 @@ from typing import Any
 
 import httpx
 import nats
+import nkeys
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -67,10 +69,12 @@ from koprogo_grid.domain.task_state import NodeFootprint, ReportCheck, TaskState
 from koprogo_grid.domain.waiting_nodes import Waiter
 from koprogo_node.adapters.grid import MemoryTaskCancels, NatsTaskReports, ObjectStoreDocuments
 from koprogo_node.entrypoints.grid_poller import poll_for_tasks
+from koprogo_node.service_layer.energy import EnergyProfile
 from koprogo_node.service_layer.grid_worker import GridWorker
 from koprogo_node.service_layer.tasks.executor import TaskExecutor, TaskOutput, TaskRun
 from koprogo_shared import subjects
 from koprogo_shared.events import NodeHeartbeat
+from koprogo_shared.grid_signing import Signer
 from koprogo_shared.grid_stores import declare_grid_stores
 from koprogo_shared.nats_connection import ensure_streams
 from koprogo_shared.publishing import publish_event
@@ -201,6 +205,13 @@ def new_task(i: int, copro: str = "c1") -> TaskSubmitted:
     )
 
 
+def bench_signer(node_id: str) -> Signer:
+    """A simulated node's grid key, the same for a node id every time: the scheduler refuses the
+    polls of a node that announces none, and the reports it did not sign (docs/grid-trust.md)."""
+    seed = hashlib.sha256(f"koprogo-bench-node:{node_id}".encode()).digest()
+    return Signer(nkeys.encode_seed(seed, nkeys.PREFIX_BYTE_USER))
+
+
 def heartbeat(node_id: str, task_types: Sequence[str], interval_s: float) -> bytes:
     return (
         NodeHeartbeat(
@@ -215,6 +226,7 @@ def heartbeat(node_id: str, task_types: Sequence[str], interval_s: float) -> byt
             renewable_attested=False,
             interval_s=interval_s,
             task_types=list(task_types),
+            public_key=bench_signer(node_id).public_key,
         )
         .model_dump_json()
         .encode()
@@ -460,6 +472,9 @@ def worker(nc: NATS, node_id: str) -> GridWorker:
         ObjectStoreDocuments(js),
         NatsTaskReports(js, node_id),
         MemoryTaskCancels(),  # nothing is cancelled here
+        signer=bench_signer(node_id),
+        # What its heartbeats declare (10 W at 100 g/kWh): its attestations are believed.
+        energy=EnergyProfile(power_watts=10, intensity_g_per_kwh=100),
     )
 
 
