@@ -26,14 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from load import Target, drive, ensure_wrk
 from support import (
     CLOUD_MODEL,
     WRK,
-    Target,
     baseline_source,
     cpu_total,
-    drive,
-    ensure_wrk,
     fsync_ms,
     load1,
     log,

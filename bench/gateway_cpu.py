@@ -20,12 +20,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from load import Target, drive, ensure_wrk
 from support import (
     CLOUD_MODEL,
-    Target,
     baseline_source,
-    drive,
-    ensure_wrk,
     load1,
     log,
     median,

@@ -35,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import load
 import psutil
 import support
 from nats.js import api as js_api
@@ -101,7 +102,7 @@ def fsyncs_per_chat(
         stderr=subprocess.DEVNULL,
     )
     time.sleep(1)
-    result = support.run_wrk(wrk, url, token, connections, seconds)
+    result = load.run_wrk(wrk, url, token, connections, seconds)
     time.sleep(1)
     tracer.send_signal(2)
     tracer.wait(30)
@@ -127,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.strace and shutil.which("strace") is None:
         sys.exit("strace is not on PATH (apt-get install -y strace), or pass --strace 0")
-    wrk = support.ensure_wrk()
+    wrk = load.ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="koprogo-bench-nats-writes-"))
     support.log(f"work folder {work}")
     backend, backend_base = support.start_instant_backend(work, 2)
@@ -149,7 +150,7 @@ def main() -> int:
         support.log(
             "the stack declared the counters' bucket: " + asyncio.run(declare_counters(url, seed, "async"))
         )
-        support.run_wrk(wrk, target, stack.dev_token, args.connections, 3)  # warm-up
+        load.run_wrk(wrk, target, stack.dev_token, args.connections, 3)  # warm-up
 
         for mode in MODES if args.strace else ():
             asyncio.run(declare_counters(url, seed, mode))
@@ -171,7 +172,7 @@ def main() -> int:
                 asyncio.run(declare_counters(url, seed, mode))
                 time.sleep(2)
                 before, cpu_before, load_before = stored(monitor_port), server.cpu_times(), os.getloadavg()[0]
-                result = support.run_wrk(wrk, target, stack.dev_token, args.connections, args.duration)
+                result = load.run_wrk(wrk, target, stack.dev_token, args.connections, args.duration)
                 cpu_after = server.cpu_times()
                 time.sleep(1)
                 row: dict[str, object] = {

@@ -40,20 +40,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from load import Target, WrkResult, drive, ensure_wrk, run_wrk
 from support import (
     BENCH,
     CLOUD_MODEL,
-    Target,
-    WrkResult,
     cpu_total,
-    drive,
-    ensure_wrk,
     fsync_ms,
     log,
     machine,
     median,
     parse_ints,
-    run_wrk,
     settled_rows,
     stack_processes,
     start_instant_backend,

@@ -20,6 +20,11 @@ assert _spec is not None and _spec.loader is not None
 support = importlib.util.module_from_spec(_spec)
 sys.modules["support"] = support
 _spec.loader.exec_module(support)
+_load_spec = importlib.util.spec_from_file_location("load", _BENCH / "load.py")
+assert _load_spec is not None and _load_spec.loader is not None
+load = importlib.util.module_from_spec(_load_spec)
+sys.modules["load"] = load
+_load_spec.loader.exec_module(load)
 
 
 @pytest.fixture
@@ -100,7 +105,7 @@ def test_the_baseline_source_is_the_folder_as_committed_at_the_revision(tmp_path
 def test_cpu_per_run_counts_a_child_started_during_it_whole_and_misses_one_that_ended():
     before = {(1, 0.0): 2.0, (2, 0.0): 1.0}
     after = {(1, 0.0): 2.5, (3, 5.0): 0.25}
-    assert support.cpu_delta(before, after) == pytest.approx(0.75)
+    assert load.cpu_delta(before, after) == pytest.approx(0.75)
     assert support.parse_ints("1, 16,") == [1, 16]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, Protocol, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -27,6 +27,32 @@ class Flag(Protocol):
 F = TypeVar("F", bound=Flag)
 
 
+class CancelFlags(Generic[F]):
+    """The flags of the work running for each key: `flag(key)` gives a flag for the length of a
+    block, `cancel(key)` sets every flag held for that key. No I/O: what feeds `cancel` is the
+    caller's (`CancelListener` for a subscription, a test or a worker with no bus directly)."""
+
+    def __init__(self, new_flag: Callable[[], F]) -> None:
+        self._new_flag = new_flag
+        self._waiting: dict[str, list[F]] = {}
+
+    def cancel(self, key: str) -> None:
+        for gone in self._waiting.get(key, ()):
+            gone.set()
+
+    @asynccontextmanager
+    async def flag(self, key: str) -> AsyncIterator[F]:
+        gone = self._new_flag()
+        waiting = self._waiting.setdefault(key, [])
+        waiting.append(gone)
+        try:
+            yield gone
+        finally:
+            waiting.remove(gone)
+            if not waiting:
+                del self._waiting[key]
+
+
 class CancelListener(Generic[F]):
     """Listens on `listened` (a wildcard over the cancel subjects: every request's, or those
     addressed to one keyed node); `flag(subject)` gives a flag set when a cancel arrives on
@@ -35,9 +61,8 @@ class CancelListener(Generic[F]):
     def __init__(self, nc: NATS, listened: str, new_flag: Callable[[], F]) -> None:
         self._nc = nc
         self._listened = listened
-        self._new_flag = new_flag
-        # A cancel subject -> the flags of the work running for its request.
-        self._waiting: dict[str, list[F]] = {}
+        # Keyed by cancel subject.
+        self._flags = CancelFlags(new_flag)
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -51,19 +76,9 @@ class CancelListener(Generic[F]):
             self._sub = None
 
     async def _on_cancel(self, msg: Msg) -> None:
-        for gone in self._waiting.get(msg.subject, ()):
-            gone.set()
+        self._flags.cancel(msg.subject)
 
-    @asynccontextmanager
-    async def flag(self, subject: str) -> AsyncIterator[F]:
+    def flag(self, subject: str) -> AbstractAsyncContextManager[F]:
         if self._sub is None:
             raise RuntimeError("the cancel listener was not started: nobody listens for cancels")
-        gone = self._new_flag()
-        waiting = self._waiting.setdefault(subject, [])
-        waiting.append(gone)
-        try:
-            yield gone
-        finally:
-            waiting.remove(gone)
-            if not waiting:
-                del self._waiting[subject]
+        return self._flags.flag(subject)

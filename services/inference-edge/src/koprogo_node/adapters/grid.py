@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import nats.errors
 import nats.js.errors
@@ -20,7 +19,7 @@ from koprogo_node.service_layer.grid_worker import (
     TaskReports,
 )
 from koprogo_shared import subjects
-from koprogo_shared.cancels import CancelListener
+from koprogo_shared.cancels import CancelFlags, CancelListener
 from koprogo_shared.publishing import publish_event
 from koprogo_shared.task_events import DocumentRef, TaskResultReported, TaskStarted
 
@@ -74,19 +73,10 @@ class MemoryTaskCancels(TaskCancels):
     """Cancels told in process (`cancel`): for tests, and a worker with no bus."""
 
     def __init__(self) -> None:
-        self._running: dict[str, threading.Event] = {}
-
-    @asynccontextmanager
-    async def _flag(self, task_id: str) -> AsyncIterator[threading.Event]:
-        flag = self._running.setdefault(task_id, threading.Event())
-        try:
-            yield flag
-        finally:
-            self._running.pop(task_id, None)
+        self._flags = CancelFlags(threading.Event)
 
     def flag(self, task_id: str) -> AbstractAsyncContextManager[threading.Event]:
-        return self._flag(task_id)
+        return self._flags.flag(task_id)
 
     def cancel(self, task_id: str) -> None:
-        if (flag := self._running.get(task_id)) is not None:
-            flag.set()
+        self._flags.cancel(task_id)
