@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
@@ -140,3 +142,37 @@ async def test_a_deleted_durable_is_service_unavailable(
     await js.delete_consumer(SPEC.stream, SPEC.durable)
     with pytest.raises(ServiceUnavailableError):
         await puller.fetch(batch=SPEC.batch, timeout=2.0)
+
+
+async def test_a_fetch_of_one_sends_one_lingering_request_and_no_probe(
+    bound: tuple[NATS, JetStreamContext, BatchPuller],
+) -> None:
+    """A batch of one has no part to return early: the pull is one request, answered at once by a
+    stored message, or by the first one stored while it waits (the cloud worker's and router's loops)."""
+    nc, js, puller = bound
+    requests: list[dict[str, object]] = []
+
+    async def heard(msg: Msg) -> None:
+        requests.append(json.loads(msg.data))
+
+    sniffer = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{SPEC.stream}.{SPEC.durable}", cb=heard)
+    await nc.flush()
+    await js.publish(SUBJECT, b"stored")
+    assert [m.data for m in await puller.fetch(batch=1, timeout=5.0)] == [b"stored"]
+
+    async def later() -> None:
+        await asyncio.sleep(0.3)
+        await js.publish(SUBJECT, b"later")
+
+    publishing = asyncio.create_task(later())
+    assert [m.data for m in await puller.fetch(batch=1, timeout=5.0)] == [b"later"]
+    await publishing
+    await nc.flush()
+    assert len(requests) == 2
+    assert all(r["batch"] == 1 and "no_wait" not in r and 0 < int(r["expires"]) for r in requests)
+    # A larger batch still asks first for what is there, without waiting.
+    await js.publish(SUBJECT, b"three")
+    assert [m.data for m in await puller.fetch(batch=3, timeout=2.0)] == [b"three"]
+    await nc.flush()
+    await sniffer.unsubscribe()
+    assert requests[2] == {"batch": 3, "no_wait": True}

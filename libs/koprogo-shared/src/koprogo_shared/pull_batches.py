@@ -7,7 +7,9 @@ reads every stored event that way. `BatchPuller.fetch` keeps nats-py's protocol 
 a subscription of its own:
 
 * what the consumer has now, without waiting: a `no_wait` request for up to `batch` messages,
-  answered by the messages there are and a "no messages" (404) or "request timeout" (408) status;
+  answered by the messages there are and a "no messages" (404) or "request timeout" (408) status
+  (for a batch of one, skipped: the lingering request is answered at once if a message is there,
+  as nats-py's `fetch(1)` does it);
 * when there was none, a request that lingers on the server until the call's `timeout` (its
   `expires` a little shorter), returning once its batch is full or the server ended it (408 at
   expiry), or at the deadline, with what came;
@@ -94,8 +96,10 @@ class BatchPuller:
         `max_payload`): one bigger than the cap is never delivered."""
         deadline = time.monotonic() + timeout
         taken = self._take(batch)
-        if len(taken) < batch:
-            # What is there now, without waiting.
+        if 1 < batch and len(taken) < batch:
+            # What is there now, without waiting. Not for a batch of one: the lingering request
+            # below is answered at once by a message that is there, and there is no part of a
+            # batch to return early, so the probe would only cost a request and a 404 more.
             taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
         if not taken:
             remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
