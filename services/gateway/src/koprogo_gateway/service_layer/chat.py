@@ -117,27 +117,27 @@ class ChatService:
         copro_id = self._scope(caller, body)
         if idempotency_key is not None:
             return await answer_keyed(self, caller, body, copro_id, idempotency_key)
-        headers = await self._limit(caller, body, copro_id)
+        headers = await self.admit(caller, body, copro_id)
         started = time.perf_counter()
-        request = self._request(body, copro_id, caller.user_id, stream=False)
-        expected = self._expect(request.id)
+        request = self.new_request(body, copro_id, caller.user_id, stream=False)
+        expected = self.expect(request.id)
         with unanswered_counted(headers):
             try:
                 await self.publish_request(request)
-                outcome = await self._wait(request, expected)
+                outcome = await self.wait_outcome(request, expected)
             except (TimeoutError, NodeLostError) as exc:
-                raise await self._give_up(request, exc) from None
+                raise await self.give_up(request, exc) from None
             except BusUnavailableError as exc:
                 self._unconfirmed(request, exc)
                 raise
             finally:
                 if not expected.outcome.done():
                     await asyncio.shield(self.bus.cancel(request.id))
-                self._forget(request.id)
+                self.forget(request.id)
             completion = completed(outcome)
         # Debug, not info: a file write per chat on the hot path; the ledger records every answer.
         log.debug("chat %s answered for user %s", request.id, caller.user_id)
-        return await self._answered(completion, (time.perf_counter() - started) * 1000.0, headers)
+        return await self.deliver(completion, (time.perf_counter() - started) * 1000.0, headers)
 
     async def stream(
         self, caller: Caller, body: ChatRequestIn, idempotency_key: str | None = None
@@ -150,9 +150,9 @@ class ChatService:
         copro_id = self._scope(caller, body)
         if idempotency_key is not None:
             return await stream_keyed(self, caller, body, copro_id, idempotency_key)
-        headers = await self._limit(caller, body, copro_id)
-        request = self._request(body, copro_id, caller.user_id, stream=True)
-        return ChatStream(headers, self._pieces(request, headers))
+        headers = await self.admit(caller, body, copro_id)
+        request = self.new_request(body, copro_id, caller.user_id, stream=True)
+        return ChatStream(headers, self.pieces(request, headers))
 
     async def settle(self) -> None:
         """Wait for the delivery records still being published, and for the keyed requests still
@@ -183,7 +183,7 @@ class ChatService:
             CHATS.labels(outcome=exc.error).inc()
             raise
 
-    async def _limit(self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None) -> dict[str, str]:
+    async def admit(self, caller: Caller, body: ChatRequestIn, copro_id: CoproId | None) -> dict[str, str]:
         """Input limits and rate limits (raises GatewayError); the RateLimit fields."""
         try:
             decision = await self.admission.admit(body, copro_id=copro_id, user_id=caller.user_id)
@@ -195,7 +195,7 @@ class ChatService:
             raise RateLimitedError(refusal_message(decision), headers=refusal_headers(decision))
         return rate_limit_headers(decision)
 
-    def _request(
+    def new_request(
         self,
         body: ChatRequestIn,
         copro_id: CoproId | None,
@@ -230,11 +230,11 @@ class ChatService:
             **fields,
         )
 
-    async def _pieces(
+    async def pieces(
         self, request: ChatRequested, headers: dict[str, str], keyed: KeyedRequest | None = None
     ) -> AsyncGenerator[ChatDelta | ChatAnswer, None]:
         started = time.perf_counter()
-        expected = self._expect(request.id, streamed=True)
+        expected = self.expect(request.id, streamed=True)
         pieces = expected.pieces
         sent: list[str] = []
         # A keyed request outlives its stream when the caller leaves, the publish is not
@@ -273,13 +273,13 @@ class ChatService:
                                 raise TimeoutError
                             self._check_node(request, expected)
                 except (TimeoutError, NodeLostError) as exc:
-                    raise await self._give_up(request, exc) from None
+                    raise await self.give_up(request, exc) from None
                 except (BusUnavailableError, NodeChangedError, GeneratorExit, asyncio.CancelledError) as exc:
                     if keyed is not None:
                         kept = True
                         keep(self, keyed, request, expected, started)
                     elif isinstance(exc, NodeChangedError):
-                        await self._record_failure_quietly(
+                        await self.record_failure_quietly(
                             request.id, request.copro_id, 503, exc.error, exc.message
                         )
                     elif isinstance(exc, BusUnavailableError):
@@ -290,7 +290,7 @@ class ChatService:
                     if not kept:
                         if not expected.outcome.done():
                             await self.bus.cancel(request.id)
-                        self._forget(request.id)
+                        self.forget(request.id)
                 completion = completed(expected.outcome.result())
             except GatewayError as exc:
                 if keyed is not None and not kept:
@@ -318,17 +318,29 @@ class ChatService:
                 index=len(sent),
                 delta=rest,
             )
-        yield await self._answered(completion, latency_ms, headers)
+        yield await self.deliver(completion, latency_ms, headers)
 
-    def _expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
+    # The steps of a chat below are public for `chat_keyed.py`, which runs a keyed request
+    # with them; the entrypoints call `answer`, `stream` and `cancel` only.
+
+    def keep_running(self, keeper: asyncio.Task[StoredOutcome]) -> None:
+        """A keyed request's keeper (`chat_keyed.keep`): `settle` waits for it at shutdown."""
+        self._keepers.add(keeper)
+        keeper.add_done_callback(self._keepers.discard)
+
+    def waits_for(self, request_id: str) -> bool:
+        """Whether this gateway waits for the replies of `request_id`."""
+        return request_id in self._waiting
+
+    def expect(self, request_id: str, *, streamed: bool = False) -> ExpectedReplies:
         self._waiting.add(request_id)
         return self.bus.expect(request_id, streamed=streamed)
 
-    def _forget(self, request_id: str) -> None:
+    def forget(self, request_id: str) -> None:
         self._waiting.discard(request_id)
         self.bus.forget(request_id)
 
-    async def _answered(
+    async def deliver(
         self, completion: ChatCompleted, latency_ms: float, headers: dict[str, str]
     ) -> ChatAnswer:
         """Record the delivery, durably, before the caller gets the answer; count it.
@@ -359,7 +371,7 @@ class ChatService:
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _wait(
+    async def wait_outcome(
         self,
         request: ChatRequested,
         expected: ExpectedReplies,
@@ -402,7 +414,7 @@ class ChatService:
                 f"and no other live node serves '{request.model}'"
             )
 
-    async def _give_up(self, request: ChatRequested, exc: Exception) -> GatewayError:
+    async def give_up(self, request: ChatRequested, exc: Exception) -> GatewayError:
         """Record why the caller got no answer; the error to raise."""
         if isinstance(exc, NodeLostError):
             await self._record_failure(request.id, request.copro_id, 503, "node_lost", str(exc))
@@ -430,7 +442,7 @@ class ChatService:
             ),
         )
 
-    async def _record_failure_quietly(
+    async def record_failure_quietly(
         self, request_id: str, copro_id: str | None, status: int, error: str, message: str
     ) -> None:
         try:
@@ -441,5 +453,5 @@ class ChatService:
     def _record_failure_later(
         self, request_id: str, copro_id: str | None, status: int, error: str, message: str
     ) -> None:
-        """`_record_failure_quietly` in a task of its own, off the caller's path."""
-        self._in_background(self._record_failure_quietly(request_id, copro_id, status, error, message))
+        """`record_failure_quietly` in a task of its own, off the caller's path."""
+        self._in_background(self.record_failure_quietly(request_id, copro_id, status, error, message))

@@ -101,7 +101,7 @@ async def stream_keyed(
     key, fingerprint = _key(caller, body, idempotency_key)
     found = await _first_or_stored(chats, caller, body, copro_id, key, fingerprint, stream=True)
     if isinstance(found, _FirstRequest):
-        return ChatStream(found.headers, chats._pieces(found.request, found.headers, found.keyed))
+        return ChatStream(found.headers, chats.pieces(found.request, found.headers, found.keyed))
     headers = await _replay_counted(chats, caller)
     try:
         same_body(found, fingerprint)  # refused before the stream's 200
@@ -126,8 +126,8 @@ async def _first_or_stored(
     entry of the one that came first."""
     stored = await _counted(chats.keys.read(key))
     if stored is None:
-        headers = await chats._limit(caller, body, copro_id)
-        request = chats._request(body, copro_id, caller.user_id, stream=stream)
+        headers = await chats.admit(caller, body, copro_id)
+        request = chats.new_request(body, copro_id, caller.user_id, stream=stream)
         keyed = await _claim(chats, key, request, fingerprint, headers)
         if keyed is not None:
             return _FirstRequest(keyed, request, headers)
@@ -146,7 +146,7 @@ async def _first_answer(
 ) -> ChatAnswer:
     """Run a keyed request: its outcome is stored whatever happens to this caller."""
     started = time.perf_counter()
-    expected = chats._expect(request.id)
+    expected = chats.expect(request.id)
     with unanswered_counted(headers):
         try:
             await chats.publish_request(request)
@@ -157,7 +157,7 @@ async def _first_answer(
             exc.message += "; a retry with the same Idempotency-Key runs it at most once"
             raise
         except GatewayError as exc:
-            chats._forget(request.id)  # never stored (too large for the bus)
+            chats.forget(request.id)  # never stored (too large for the bus)
             await chats.keys.settle(keyed, StoredOutcome(error=StoredError.of(exc)))
             raise
         # Shielded: a caller who leaves does not stop a keyed request; its retry gets the outcome.
@@ -165,7 +165,7 @@ async def _first_answer(
         if outcome.error is not None:
             raise error_of(outcome.error)
     assert outcome.completion is not None
-    return await chats._answered(outcome.completion, outcome.latency_ms, headers)
+    return await chats.deliver(outcome.completion, outcome.latency_ms, headers)
 
 
 def _key(caller: Caller, body: ChatRequestIn, idempotency_key: str) -> tuple[str, str]:
@@ -199,8 +199,7 @@ def keep(
 ) -> asyncio.Task[StoredOutcome]:
     """Wait for a keyed request's outcome in a task of its own, whoever still waits for it."""
     keeper = asyncio.create_task(_kept(chats, keyed, request, expected, started))
-    chats._keepers.add(keeper)
-    keeper.add_done_callback(chats._keepers.discard)
+    chats.keep_running(keeper)
     return keeper
 
 
@@ -212,7 +211,7 @@ async def _kept(
     watch = partial(stop_if_settled, chats.keys, chats.bus, keyed.key, request, expected, told)
     try:
         try:
-            outcome = completed(await chats._wait(request, expected, watch))
+            outcome = completed(await chats.wait_outcome(request, expected, watch))
             result = StoredOutcome(completion=outcome, latency_ms=(time.perf_counter() - started) * 1000.0)
         except (TimeoutError, NodeLostError) as exc:
             # Another waiter of the same request (a retry that took it up at the same time)
@@ -226,7 +225,7 @@ async def _kept(
     finally:
         if not expected.outcome.done():
             await asyncio.shield(chats.bus.cancel(request.id))
-        chats._forget(request.id)
+        chats.forget(request.id)
     return await chats.keys.settle(keyed, result)
 
 
@@ -243,23 +242,23 @@ async def _replayed(
 
     async def resume(stored: StoredEntry, publish: bool) -> None:
         entry = stored.entry
-        again = chats._request(body, copro_id, user_id, stream=False, again=entry)
+        again = chats.new_request(body, copro_id, user_id, stream=False, again=entry)
         # Its replies come here, and nothing here waits for them any more (this gateway
         # restarted, or the stream was never read): wait for them, and store the outcome.
-        adopt = entry.reply_subject == chats.bus.reply_subject and entry.request_id not in chats._waiting
-        expected = chats._expect(again.id) if adopt else None
+        adopt = entry.reply_subject == chats.bus.reply_subject and not chats.waits_for(entry.request_id)
+        expected = chats.expect(again.id) if adopt else None
         try:
             if publish:
                 await chats.publish_request(again)
         except GatewayError:
             if expected is not None:
-                chats._forget(again.id)
+                chats.forget(again.id)
             raise
         if expected is not None:
             keep(chats, KeyedRequest(key, stored), again, expected, time.perf_counter())
 
     async def record_failure(entry: IdempotencyEntry, error: GatewayError) -> None:
-        await chats._record_failure_quietly(
+        await chats.record_failure_quietly(
             entry.request_id, copro_id, error.status, error.error, error.message
         )
 
@@ -269,9 +268,9 @@ async def _replayed(
 
 
 async def _give_up_quietly(chats: ChatService, request: ChatRequested, exc: Exception) -> GatewayError:
-    """`ChatService._give_up` for a request nobody may be waiting for: a bus that refuses the record is logged."""
+    """`ChatService.give_up` for a request nobody may be waiting for: a bus that refuses the record is logged."""
     try:
-        return await chats._give_up(request, exc)
+        return await chats.give_up(request, exc)
     except GatewayError as refused:
         log.warning("could not record the failure of %s: %s", request.id, refused.message)
         if isinstance(exc, NodeLostError):

@@ -1,6 +1,6 @@
 """The delivery records: the ledger told, durably, which answers their callers got (`ChatsDelivered`).
 
-The ledger counts an answer once a gateway delivered it (`ChatService._answered`), so each
+The ledger counts an answer once a gateway delivered it (`ChatService.deliver`), so each
 caller gets its answer only once its delivery is stored. The deliveries of one copro that
 finish while that copro's previous record is on its way are stored by the next one, together
 (`grouped_writes.py`): at one connection a record lists one delivery, under concurrent load
