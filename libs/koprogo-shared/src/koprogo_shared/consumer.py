@@ -34,6 +34,7 @@ from koprogo_shared.decisions import ACK, Ack, Decision, Defer, Retry, failure_d
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
 from koprogo_shared.kept_alive import held_with, kept_alive
 from koprogo_shared.pull_batches import BatchPuller
+from koprogo_shared.slots import Slots
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,10 @@ async def _consume(
     batch_handler: BatchHandler | None,
     stop: asyncio.Event | None,
     ready: Callable[[], Awaitable[None]] | None = None,
+    slots: Slots | None = None,
 ) -> None:
-    """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
+    """The loop of `run_pull_consumer`, of each of `start_pull_consumers`, and of
+    `start_dispatching_consumer` (with `slots`), on a declared durable."""
     loop = asyncio.get_running_loop()
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
     # consumer's info again); the client it pulls with is read in `nats_privates`.
@@ -185,6 +188,8 @@ async def _consume(
     backoff = 0.1
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None
+    # Dispatched messages being handled, each holding one of `slots`.
+    running: set[asyncio.Task[None]] = set()
     idle_fetches = 0
     try:
         while stop is None or not stop.is_set():
@@ -193,8 +198,16 @@ async def _consume(
                 await ready()
                 if stop is not None and stop.is_set():
                     break
+            fetch: Awaitable[list[Msg]]
+            if slots is not None:
+                await slots.wait_free()
+                if stop is not None and stop.is_set():
+                    break
+                fetch = _fetch_for_slots(sub, spec, slots)
+            else:
+                fetch = fetching or pull()
             try:
-                msgs = await (fetching or pull())
+                msgs = await fetch
             except (nats.errors.TimeoutError, TimeoutError):
                 idle_fetches += 1
                 if idle_fetches >= spec.idle_fetches_before_check:
@@ -229,16 +242,71 @@ async def _consume(
                 # acknowledged as in progress every third of `ack_wait` (`kept_alive`).
                 held = functools.partial(held_with, msgs, ahead)
                 await kept_alive(_handled(js, spec, msgs, batch_handler), held, spec.ack_wait_s)
+            elif handler is not None and slots is not None:
+                for msg in msgs:  # each holding a slot taken by `_fetch_for_slots`
+                    task = asyncio.create_task(_settled_in_slot(js, spec, msg, handler, slots))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
             elif handler is not None:
                 for msg in msgs:
                     await settle(js, msg, await decide(msg, handler), spec.max_deliver)
             if len(msgs) < spec.batch:
                 await _linger(fetched_at + spec.linger_s - loop.time(), stop)
+    except asyncio.CancelledError:
+        for task in running:
+            task.cancel()  # each NAKs its message (`decide`)
+        raise
     finally:
         if ahead is not None:
             await _give_back(ahead)
+        if running:
+            # Stopping: the dispatched messages finish (the service bounds this with its grace).
+            await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _fetch_for_slots(sub: BatchPuller, spec: ConsumerSpec, slots: Slots) -> list[Msg]:
+    """What the free slots can run now, each message holding a slot when it is returned.
+
+    The slots are taken before asking the server for what is there (`no_wait`), so two consumers
+    sharing them never both fetch for the same free slot; the ones left unused are given back.
+    When nothing was there, a lingering request for one message, without holding a slot while it
+    lingers (the other consumer may need them all meanwhile): the message that comes takes the
+    next free slot, so at most this one waits here for another consumer's call to end.
+    `nats.errors.TimeoutError` when nothing came within the fetch's second."""
+    reserved = slots.take_free(spec.batch)
+    try:
+        msgs = await sub.fetch(batch=reserved, timeout=1.0, max_bytes=spec.max_bytes, linger_batch=0)
+    except nats.errors.TimeoutError:
+        msgs = []
+    except BaseException:
+        slots.release(reserved)
+        raise
+    slots.release(reserved - len(msgs))
+    if msgs:
+        return msgs
+    msgs = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
+    try:
+        await slots.acquire()
+    except asyncio.CancelledError:
+        for msg in msgs:
+            await quietly(msg.nak())
+        raise
+    return msgs
+
+
+async def _settled_in_slot(
+    js: JetStreamContext, spec: ConsumerSpec, msg: Msg, handler: Handler, slots: Slots
+) -> None:
+    try:
+        await settle(js, msg, await decide(msg, handler), spec.max_deliver)
+    except Exception:
+        # Unreachable short of a bug (`decide` turns the handler's errors into decisions, `settle`
+        # is quiet): left unacknowledged, the message is redelivered after `ack_wait`.
+        log.exception("settling %s failed; it is redelivered after ack_wait", msg.subject)
+    finally:
+        slots.release()
 
 
 async def _handled(js: JetStreamContext, spec: ConsumerSpec, msgs: list[Msg], handler: BatchHandler) -> None:
@@ -261,6 +329,29 @@ async def start_pull_consumers(
     return [
         asyncio.create_task(_consume(js, spec, handler, None, stop), name=f"{name}-{n}") for n in range(loops)
     ]
+
+
+async def start_dispatching_consumer(
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    handler: Handler,
+    stop: asyncio.Event,
+    *,
+    slots: Slots,
+    name: str,
+) -> asyncio.Task[None]:
+    """Declare `spec`'s durable, then start one loop that fetches only as many messages as `slots`
+    has free (at most `spec.batch` a fetch: what is stored, else the first one stored) and runs
+    each in a task of its own, holding a slot until the message is settled.
+
+    Several consumers may share one `Slots` (a cloud deployment's two durables): between them at
+    most `slots.size` messages run, and an item is not fetched while every slot is taken, so it
+    waits at the server for a replica with room rather than here. A failed declaration raises
+    here, before the loop exists. Once `stop` is set the loop fetches nothing more and ends when
+    its running messages are settled; cancelled, it cancels them (each is NAKed)."""
+    spec = dataclasses.replace(spec, max_ack_pending=max(spec.max_ack_pending, slots.size))
+    await declare_consumer(js, spec)
+    return asyncio.create_task(_consume(js, spec, handler, None, stop, slots=slots), name=name)
 
 
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:

@@ -88,12 +88,17 @@ class BatchPuller:
             return
         self._arrived.set()
 
-    async def fetch(self, batch: int, timeout: float, max_bytes: int = 0) -> list[Msg]:
+    async def fetch(
+        self, batch: int, timeout: float, max_bytes: int = 0, linger_batch: int | None = None
+    ) -> list[Msg]:
         """Up to `batch` messages (see the module's docstring); `nats.errors.TimeoutError` if none
         came within `timeout` seconds. `max_bytes` (0: none) caps what one request brings: the
         server stops before the message that would pass it, and ends the request (a 409 "Message
         Size Exceeds MaxBytes"). It must be above the largest message (the server's
-        `max_payload`): one bigger than the cap is never delivered."""
+        `max_payload`): one bigger than the cap is never delivered. `linger_batch` (at most
+        `batch`): what the lingering request asks for when nothing was there; 1 returns with the
+        first message stored (a dispatcher that runs each message as soon as it comes), 0 sends
+        none (what is there now, or `nats.errors.TimeoutError` at once)."""
         deadline = time.monotonic() + timeout
         taken = self._take(batch)
         if 1 < batch and len(taken) < batch:
@@ -101,10 +106,11 @@ class BatchPuller:
             # below is answered at once by a message that is there, and there is no part of a
             # batch to return early, so the probe would only cost a request and a 404 more.
             taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
-        if not taken:
+        lingering = batch if linger_batch is None else min(linger_batch, batch)
+        if not taken and lingering > 0:
             remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
             if remaining_ns > 0:
-                taken = await self._request(batch, deadline, expires_ns=remaining_ns, max_bytes=max_bytes)
+                taken = await self._request(lingering, deadline, expires_ns=remaining_ns, max_bytes=max_bytes)
         if not taken:
             raise nats.errors.TimeoutError
         return taken

@@ -2,9 +2,10 @@
 
 Start-up: the ops port (/health at once, /ready once NATS is connected), NATS, the
 streams (declared by the router or the ledger: this identity only waits for them),
-`concurrency` pull loops per deployment on each of its two durables (the router's work items,
-and the requests gateways routed to it on the audit log), at most `concurrency` provider calls
-at once across both, then the first statuses. A deployment without a key still gets its
+one dispatching consumer per deployment on each of its two durables (the router's work items,
+and the requests gateways routed to it on the audit log), sharing the deployment's `concurrency`
+slots: at most that many provider calls at once across both, and no item fetched while every
+slot is taken (`consumer.start_dispatching_consumer`); then the first statuses. A deployment without a key still gets its
 consumers: its work is answered with a fallback-worthy failure instead of waiting in the
 queue, and its status says why.
 """
@@ -27,10 +28,11 @@ from koprogo_cloud.entrypoints.status import StatusPublisher
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared import subjects
-from koprogo_shared.consumer import start_pull_consumers
+from koprogo_shared.consumer import start_dispatching_consumer
 from koprogo_shared.nats_connection import connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
+from koprogo_shared.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +98,16 @@ async def run_cloud(
         await sink.start()
         for runtime in runtimes:
             dep = runtime.deployment
-            calls = asyncio.Semaphore(dep.concurrency)  # shared by its two durables' loops
+            calls = Slots(dep.concurrency)  # shared by its two durables
             for routed, consumer in ((False, work_consumer), (True, routed_consumer)):
                 spec = consumer(dep.id, settings.ack_wait_s, settings.max_deliver, dep.concurrency)
                 handler = work_item_handler(
-                    service, dep.id, settings.ack_wait_s, settings.max_deliver, calls, routed=routed
+                    service, dep.id, settings.ack_wait_s, settings.max_deliver, routed=routed
                 )
-                consumers += await start_pull_consumers(
-                    js, spec, handler.handle, stop, loops=dep.concurrency, name=spec.durable
+                consumers.append(
+                    await start_dispatching_consumer(
+                        js, spec, handler.handle, stop, slots=calls, name=spec.durable
+                    )
                 )
         # After the consumers: a first status says the routed requests are taken (`routed_consumer`).
         await statuses.start()

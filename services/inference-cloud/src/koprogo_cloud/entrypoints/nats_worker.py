@@ -8,7 +8,6 @@ delivery fails.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from koprogo_cloud.domain.errors import InvalidCommandError
@@ -16,7 +15,6 @@ from koprogo_cloud.domain.work_subject import copro_mismatch
 from koprogo_cloud.service_layer.inference import CloudInferenceService
 from koprogo_shared import subjects
 from koprogo_shared.consumer import ConsumerSpec
-from koprogo_shared.events import RunInference
 from koprogo_shared.work_items import WorkItemHandler, routed_work
 
 
@@ -28,7 +26,7 @@ def work_consumer(deployment_id: str, ack_wait_s: float, max_deliver: int, concu
         filter_subject=subjects.cloud_work_filter(deployment_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
-        batch=1,
+        batch=concurrency,  # at most this many a fetch, as many as its slots have free
         max_ack_pending=max(concurrency * 4, 16),
     )
 
@@ -50,7 +48,7 @@ def routed_consumer(
         filter_subject=subjects.routed_requests_filter(deployment_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,
-        batch=1,
+        batch=concurrency,  # at most this many a fetch, as many as its slots have free
         max_ack_pending=max(concurrency * 4, 16),
         deliver="new",
     )
@@ -61,23 +59,14 @@ def work_item_handler(
     deployment_id: str,
     ack_wait_s: float,
     max_deliver: int,
-    calls: asyncio.Semaphore | None = None,
     *,
     routed: bool = False,
 ) -> WorkItemHandler:
     """The shared handler over the use case, for the work of `deployment_id`: the router's work
     items, or (`routed`) the requests a gateway routed to it, each made into the same work item.
-    `calls`: held for each provider call (the deployment's concurrency across its consumers); an
-    item waiting for it is kept alive with in-progress acks, as one running."""
-
-    async def run(work: RunInference, *, redelivered: bool) -> object:
-        if calls is None:
-            return await service.run(deployment_id, work, redelivered=redelivered)
-        async with calls:
-            return await service.run(deployment_id, work, redelivered=redelivered)
-
+    The deployment's concurrency is its consumers' (`bootstrap`: they share its slots)."""
     return WorkItemHandler(
-        run,
+        partial(service.run, deployment_id),
         partial(service.report_failure, deployment_id),
         ack_wait_s=ack_wait_s,
         max_deliver=max_deliver,

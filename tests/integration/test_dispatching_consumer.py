@@ -1,0 +1,176 @@
+"""`start_dispatching_consumer` on real JetStream: consumers sharing slots fetch only what the free
+slots can run (the cloud worker's two durables per deployment)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from koprogo_shared import subjects
+from koprogo_shared.consumer import ConsumerSpec, start_dispatching_consumer
+from koprogo_shared.nats_connection import connect_nats, ensure_streams
+from koprogo_shared.slots import Slots
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+SPECS = [
+    ConsumerSpec(
+        stream=subjects.EVENTS_STREAM,
+        durable=f"dispatch-tests-{name}",
+        filter_subject=f"koprogo.events.tests.dispatch.{name}",
+        batch=8,
+        ack_wait_s=30,
+    )
+    for name in ("a", "b")
+]
+
+
+async def _ack_pending(js: JetStreamContext) -> int:
+    return sum([(await js.consumer_info(s.stream, s.durable)).num_ack_pending for s in SPECS])
+
+
+async def test_two_consumers_sharing_two_slots_never_hold_more_than_two_messages(
+    clean_jetstream: str,
+) -> None:
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    slots = Slots(2)
+    release = asyncio.Event()
+    running: list[bytes] = []
+    handled: list[bytes] = []
+    most_at_once = 0
+
+    async def handler(msg: Msg) -> None:
+        nonlocal most_at_once
+        running.append(msg.data)
+        most_at_once = max(most_at_once, len(running))
+        await release.wait()
+        running.remove(msg.data)
+        handled.append(msg.data)
+
+    stop = asyncio.Event()
+    try:
+        for spec in SPECS:
+            for n in range(5):
+                await js.publish(spec.filter_subject, f"{spec.durable}-{n}".encode())
+        # Started together: both fetch at once for the same two free slots.
+        consumers = await asyncio.gather(
+            *(
+                start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+                for spec in SPECS
+            )
+        )
+        await wait_until(lambda: len(running) == 2)
+        await asyncio.sleep(0.3)  # time for a consumer that would fetch beyond its slots to do so
+        # Every slot taken: nothing more was fetched, the other eight wait at the server.
+        assert await _ack_pending(js) == 2
+        assert slots.free == 0
+        release.set()
+        await wait_until(lambda: len(handled) == 10, timeout=10)
+        await wait_until(lambda: _ack_pending_is(js, 0))
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*consumers), timeout=5)
+    finally:
+        await nc.close()
+    assert most_at_once == 2
+    assert sorted(handled) == sorted(f"{s.durable}-{n}".encode() for s in SPECS for n in range(5))
+    assert slots.free == 2
+
+
+async def _ack_pending_is(js: JetStreamContext, count: int) -> bool:
+    return await _ack_pending(js) == count
+
+
+async def test_a_message_stored_while_a_consumer_waits_is_run_without_waiting_for_others(
+    clean_jetstream: str,
+) -> None:
+    """The idle consumer's lingering fetch asks for one message: it returns with the first stored,
+    not after its batch of eight filled or its request expired."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    stop = asyncio.Event()
+    spec = SPECS[0]
+    try:
+        consumer = await start_dispatching_consumer(
+            js, spec, handler, stop, slots=Slots(8), name=spec.durable
+        )
+        await asyncio.sleep(0.1)  # its lingering request is waiting at the server
+        await js.publish(spec.filter_subject, b"alone")
+        # Well before the lingering request's 1 s expiry, which a batch of eight would wait for.
+        await wait_until(lambda: handled == [b"alone"], timeout=0.5)
+        stop.set()
+        await asyncio.wait_for(consumer, timeout=5)
+    finally:
+        await nc.close()
+
+
+async def test_a_stopped_consumer_lets_its_running_messages_finish_and_settles_them(
+    clean_jetstream: str,
+) -> None:
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        started.set()
+        await finish.wait()
+
+    stop = asyncio.Event()
+    spec = SPECS[0]
+    try:
+        await js.publish(spec.filter_subject, b"long")
+        consumer = await start_dispatching_consumer(
+            js, spec, handler, stop, slots=Slots(4), name=spec.durable
+        )
+        await asyncio.wait_for(started.wait(), timeout=5)
+        stop.set()
+        await asyncio.sleep(0.2)
+        assert not consumer.done()  # waits for its running message
+        finish.set()
+        await asyncio.wait_for(consumer, timeout=5)
+        info = await js.consumer_info(spec.stream, spec.durable)
+        assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    finally:
+        await nc.close()
+
+
+async def test_a_cancelled_consumer_gives_its_running_messages_back_at_once(clean_jetstream: str) -> None:
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    deliveries: list[int] = []
+
+    async def handler(msg: Msg) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        if len(deliveries) == 1:
+            await asyncio.Event().wait()  # never ends: the consumer is cancelled under it
+
+    spec = SPECS[0]
+    stop = asyncio.Event()
+    try:
+        await js.publish(spec.filter_subject, b"given back")
+        # One slot: while the message runs, the consumer has no pull request out at the server
+        # that the NAKed message could be redelivered to after the consumer is gone.
+        slots = Slots(1)
+        consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+        await wait_until(lambda: deliveries == [1])
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(consumer, timeout=5)
+        assert slots.free == 1
+        # NAKed, not left to its 30 s ack wait: the next consumer gets it again at once.
+        again = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+        await wait_until(lambda: deliveries == [1, 2], timeout=5)
+        stop.set()
+        await asyncio.wait_for(again, timeout=5)
+    finally:
+        await nc.close()
