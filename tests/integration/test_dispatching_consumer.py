@@ -4,13 +4,14 @@ slots can run (the cloud worker's two durables per deployment)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, start_dispatching_consumer
+from koprogo_shared.consumer import ConsumerSpec, Handler, start_dispatching_consumer
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.slots import Slots
 from tests.conftest import wait_until
@@ -79,6 +80,15 @@ async def test_two_consumers_sharing_two_slots_never_hold_more_than_two_messages
     assert most_at_once == 2
     assert sorted(handled) == sorted(f"{s.durable}-{n}".encode() for s in SPECS for n in range(5))
     assert slots.free == 2
+
+
+async def _held_at_once(js: JetStreamContext) -> int:
+    """Both durables' unacknowledged messages at one moment: two readings of each that agree (one
+    reading after the other could add a message finished on one durable to the next one started
+    on the other); 0 when they disagree."""
+    first = [(await js.consumer_info(s.stream, s.durable)).num_ack_pending for s in SPECS]
+    second = [(await js.consumer_info(s.stream, s.durable)).num_ack_pending for s in SPECS]
+    return sum(first) if first == second else 0
 
 
 async def _ack_pending_is(js: JetStreamContext, count: int) -> bool:
@@ -174,3 +184,81 @@ async def test_a_cancelled_consumer_gives_its_running_messages_back_at_once(clea
         await asyncio.wait_for(again, timeout=5)
     finally:
         await nc.close()
+
+
+async def test_a_slot_freed_under_load_is_fetched_for_by_one_consumer_only(clean_jetstream: str) -> None:
+    """Both durables have a backlog and one slot frees at a time: the consumer that takes it asks
+    for what is there; the other waits for a free slot instead of fetching for the same one."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    slots = Slots(2)
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        await asyncio.sleep(0.2)
+        handled.append(msg.data)
+
+    stop = asyncio.Event()
+    most_held = 0
+    try:
+        for spec in SPECS:
+            for n in range(4):
+                await js.publish(spec.filter_subject, f"{spec.durable}-{n}".encode())
+        consumers = await asyncio.gather(
+            *(
+                start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+                for spec in SPECS
+            )
+        )
+        while len(handled) < 8:
+            most_held = max(most_held, await _held_at_once(js))
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*consumers), timeout=5)
+    finally:
+        await nc.close()
+    assert sorted(handled) == sorted(f"{s.durable}-{n}".encode() for s in SPECS for n in range(4))
+    assert most_held == 2
+
+
+async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clean_jetstream: str) -> None:
+    """The one message a lingering request brings while the slot is taken is acknowledged as in
+    progress until it runs: not redelivered meanwhile to another replica, which would run it too."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    slots = Slots(1)
+    deliveries: list[tuple[str, int]] = []
+
+    def handler(replica: str) -> Handler:
+        async def handle(msg: Msg) -> None:
+            deliveries.append((replica, msg.metadata.num_delivered))
+
+        return handle
+
+    spec = dataclasses.replace(SPECS[1], ack_wait_s=1.0)
+    stop = asyncio.Event()
+    try:
+        consumer = await start_dispatching_consumer(js, spec, handler("here"), stop, slots=slots, name="here")
+        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers (1 s)
+        await slots.acquire()  # another consumer's call takes the slot meanwhile
+        await js.publish(spec.filter_subject, b"waiting")
+        await wait_until(lambda: _ack_pending_of(js, spec, 1))  # brought here, waiting for the slot
+        # Another replica with a free slot, on the same durable.
+        other = await start_dispatching_consumer(
+            js, spec, handler("other"), stop, slots=Slots(1), name="other"
+        )
+        await asyncio.sleep(2.0)  # twice the ack wait, the slot still taken
+        slots.release()
+        await wait_until(lambda: len(deliveries) >= 1, timeout=5)
+        await asyncio.sleep(1.5)  # a redelivery past the ack wait would have come by now
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(consumer, other), timeout=5)
+        info = await js.consumer_info(spec.stream, spec.durable)
+    finally:
+        await nc.close()
+    assert deliveries == [("here", 1)]
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+
+
+async def _ack_pending_of(js: JetStreamContext, spec: ConsumerSpec, count: int) -> bool:
+    return (await js.consumer_info(spec.stream, spec.durable)).num_ack_pending == count

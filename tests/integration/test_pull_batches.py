@@ -173,6 +173,15 @@ async def test_a_fetch_of_one_sends_one_lingering_request_and_no_probe(
     # A larger batch still asks first for what is there, without waiting.
     await js.publish(SUBJECT, b"three")
     assert [m.data for m in await puller.fetch(batch=3, timeout=2.0)] == [b"three"]
+    # A batch of one that may not linger asks for what is there, without waiting, too.
+    await js.publish(SUBJECT, b"four")
+    assert [m.data for m in await puller.fetch(batch=1, timeout=2.0, linger_batch=0)] == [b"four"]
+    with pytest.raises(nats.errors.TimeoutError):
+        await puller.fetch(batch=1, timeout=2.0, linger_batch=0)
     await nc.flush()
     await sniffer.unsubscribe()
-    assert requests[2] == {"batch": 3, "no_wait": True}
+    assert requests[2:] == [
+        {"batch": 3, "no_wait": True},
+        {"batch": 1, "no_wait": True},
+        {"batch": 1, "no_wait": True},
+    ]

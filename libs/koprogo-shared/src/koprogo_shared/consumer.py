@@ -32,7 +32,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from koprogo_shared.decisions import ACK, Ack, Decision, Defer, Retry, failure_decision, quietly, settle
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
-from koprogo_shared.kept_alive import held_with, kept_alive
+from koprogo_shared.kept_alive import held_alone, held_with, kept_alive
 from koprogo_shared.pull_batches import BatchPuller
 from koprogo_shared.slots import Slots
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
@@ -203,7 +203,7 @@ async def _consume(
                 await slots.wait_free()
                 if stop is not None and stop.is_set():
                     break
-                fetch = _fetch_for_slots(sub, spec, slots)
+                fetch = _fetch_for_slots(sub, spec, slots, stop)
             else:
                 fetch = fetching or pull()
             try:
@@ -244,9 +244,10 @@ async def _consume(
                 await kept_alive(_handled(js, spec, msgs, batch_handler), held, spec.ack_wait_s)
             elif handler is not None and slots is not None:
                 for msg in msgs:  # each holding a slot taken by `_fetch_for_slots`
-                    task = asyncio.create_task(_settled_in_slot(js, spec, msg, handler, slots))
+                    task = asyncio.create_task(_settled(js, spec, msg, handler))
                     running.add(task)
-                    task.add_done_callback(running.discard)
+                    # Given back when the task ends, even one cancelled before it started.
+                    task.add_done_callback(functools.partial(_slot_given_back, running, slots))
             elif handler is not None:
                 for msg in msgs:
                     await settle(js, msg, await decide(msg, handler), spec.max_deliver)
@@ -266,15 +267,19 @@ async def _consume(
             await sub.unsubscribe()
 
 
-async def _fetch_for_slots(sub: BatchPuller, spec: ConsumerSpec, slots: Slots) -> list[Msg]:
+async def _fetch_for_slots(
+    sub: BatchPuller, spec: ConsumerSpec, slots: Slots, stop: asyncio.Event | None
+) -> list[Msg]:
     """What the free slots can run now, each message holding a slot when it is returned.
 
     The slots are taken before asking the server for what is there (`no_wait`), so two consumers
     sharing them never both fetch for the same free slot; the ones left unused are given back.
     When nothing was there, a lingering request for one message, without holding a slot while it
     lingers (the other consumer may need them all meanwhile): the message that comes takes the
-    next free slot, so at most this one waits here for another consumer's call to end.
-    `nats.errors.TimeoutError` when nothing came within the fetch's second."""
+    next free slot, so at most this one waits here for another consumer's call to end, kept
+    alive meanwhile (in-progress acks: not handed to another replica, then run here as well);
+    if `stop` is set first, it is NAKed. `nats.errors.TimeoutError` when nothing came within the
+    fetch's second."""
     reserved = slots.take_free(spec.batch)
     try:
         msgs = await sub.fetch(batch=reserved, timeout=1.0, max_bytes=spec.max_bytes, linger_batch=0)
@@ -286,27 +291,30 @@ async def _fetch_for_slots(sub: BatchPuller, spec: ConsumerSpec, slots: Slots) -
     slots.release(reserved - len(msgs))
     if msgs:
         return msgs
-    msgs = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
+    (msg,) = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
     try:
-        await slots.acquire()
+        slotted = await kept_alive(slots.acquire_unless(stop), held_alone(msg), spec.ack_wait_s)
     except asyncio.CancelledError:
-        for msg in msgs:
-            await quietly(msg.nak())
+        await quietly(msg.nak())
         raise
-    return msgs
+    if not slotted:
+        await quietly(msg.nak())
+        return []
+    return [msg]
 
 
-async def _settled_in_slot(
-    js: JetStreamContext, spec: ConsumerSpec, msg: Msg, handler: Handler, slots: Slots
-) -> None:
+async def _settled(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, handler: Handler) -> None:
     try:
         await settle(js, msg, await decide(msg, handler), spec.max_deliver)
     except Exception:
         # Unreachable short of a bug (`decide` turns the handler's errors into decisions, `settle`
         # is quiet): left unacknowledged, the message is redelivered after `ack_wait`.
         log.exception("settling %s failed; it is redelivered after ack_wait", msg.subject)
-    finally:
-        slots.release()
+
+
+def _slot_given_back(running: set[asyncio.Task[None]], slots: Slots, task: asyncio.Task[None]) -> None:
+    running.discard(task)
+    slots.release()
 
 
 async def _handled(js: JetStreamContext, spec: ConsumerSpec, msgs: list[Msg], handler: BatchHandler) -> None:
@@ -345,11 +353,16 @@ async def start_dispatching_consumer(
     each in a task of its own, holding a slot until the message is settled.
 
     Several consumers may share one `Slots` (a cloud deployment's two durables): between them at
-    most `slots.size` messages run, and an item is not fetched while every slot is taken, so it
-    waits at the server for a replica with room rather than here. A failed declaration raises
-    here, before the loop exists. Once `stop` is set the loop fetches nothing more and ends when
-    its running messages are settled; cancelled, it cancels them (each is NAKed)."""
-    spec = dataclasses.replace(spec, max_ack_pending=max(spec.max_ack_pending, slots.size))
+    most `slots.size` messages run, and while every slot is taken a consumer holds at most one
+    more (the one its lingering request brought, kept alive until a slot frees): the others wait
+    at the server for a replica with room rather than here. An idle consumer asks every second
+    for what is there, then lingers (a request and a 404 more than a loop fetching one at a
+    time). A failed declaration raises here, before the loop exists. Once `stop` is set the loop
+    fetches nothing more and ends when its running messages are settled; cancelled, it cancels
+    them (each is NAKed)."""
+    if spec.batch < 1:
+        raise ValueError(f"consumer {spec.durable}: a batch of at least 1, not {spec.batch}")
+    spec = dataclasses.replace(spec, max_ack_pending=max(spec.max_ack_pending, slots.size + 1))
     await declare_consumer(js, spec)
     return asyncio.create_task(_consume(js, spec, handler, None, stop, slots=slots), name=name)
 

@@ -12,7 +12,8 @@ a subscription of its own:
   as nats-py's `fetch(1)` does it);
 * when there was none, a request that lingers on the server until the call's `timeout` (its
   `expires` a little shorter), returning once its batch is full or the server ended it (408 at
-  expiry), or at the deadline, with what came;
+  expiry), or at the deadline, with what came; `linger_batch` makes that request smaller than
+  the batch (1: return with the first message stored) or leaves it out (0);
 * nothing at all by the deadline: `nats.errors.TimeoutError`, as nats-py raises it.
 
 Each request has its own reply subject (`<inbox>.<n>`), so a status arriving late for an earlier
@@ -100,13 +101,14 @@ class BatchPuller:
         first message stored (a dispatcher that runs each message as soon as it comes), 0 sends
         none (what is there now, or `nats.errors.TimeoutError` at once)."""
         deadline = time.monotonic() + timeout
-        taken = self._take(batch)
-        if 1 < batch and len(taken) < batch:
-            # What is there now, without waiting. Not for a batch of one: the lingering request
-            # below is answered at once by a message that is there, and there is no part of a
-            # batch to return early, so the probe would only cost a request and a 404 more.
-            taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
         lingering = batch if linger_batch is None else min(linger_batch, batch)
+        taken = self._take(batch)
+        if len(taken) < batch and (1 < batch or lingering == 0):
+            # What is there now, without waiting. Not for a batch of one that may linger: the
+            # lingering request below is answered at once by a message that is there, and there
+            # is no part of a batch to return early, so the probe would only cost a request and
+            # a 404 more.
+            taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
         if not taken and lingering > 0:
             remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
             if remaining_ns > 0:

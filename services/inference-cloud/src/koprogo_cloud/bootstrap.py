@@ -4,10 +4,10 @@ Start-up: the ops port (/health at once, /ready once NATS is connected), NATS, t
 streams (declared by the router or the ledger: this identity only waits for them),
 one dispatching consumer per deployment on each of its two durables (the router's work items,
 and the requests gateways routed to it on the audit log), sharing the deployment's `concurrency`
-slots: at most that many provider calls at once across both, and no item fetched while every
-slot is taken (`consumer.start_dispatching_consumer`); then the first statuses. A deployment without a key still gets its
-consumers: its work is answered with a fallback-worthy failure instead of waiting in the
-queue, and its status says why.
+slots: at most that many provider calls at once across both, and at most one item per durable
+fetched while every slot is taken (`consumer.start_dispatching_consumer`); then the first
+statuses. A deployment without a key still gets its consumers: its work is answered with a
+fallback-worthy failure instead of waiting in the queue, and its status says why.
 """
 
 from __future__ import annotations
