@@ -116,7 +116,7 @@ async def test_a_message_stored_while_a_consumer_waits_is_run_without_waiting_fo
         await asyncio.sleep(0.1)  # its lingering request is waiting at the server
         await js.publish(spec.filter_subject, b"alone")
         # Well before the lingering request's 1 s expiry, which a batch of eight would wait for.
-        await wait_until(lambda: handled == [b"alone"], timeout=0.5)
+        await wait_until(lambda: handled == [b"alone"], timeout=0.7)
         stop.set()
         await asyncio.wait_for(consumer, timeout=5)
     finally:
@@ -235,7 +235,7 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
 
         return handle
 
-    spec = dataclasses.replace(SPECS[1], ack_wait_s=1.0)
+    spec = dataclasses.replace(SPECS[1], ack_wait_s=2.0)
     stop = asyncio.Event()
     try:
         consumer = await start_dispatching_consumer(js, spec, handler("here"), stop, slots=slots, name="here")
@@ -247,10 +247,10 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
         other = await start_dispatching_consumer(
             js, spec, handler("other"), stop, slots=Slots(1), name="other"
         )
-        await asyncio.sleep(2.0)  # twice the ack wait, the slot still taken
+        await asyncio.sleep(4.5)  # more than twice the ack wait, the slot still taken
         slots.release()
         await wait_until(lambda: len(deliveries) >= 1, timeout=5)
-        await asyncio.sleep(1.5)  # a redelivery past the ack wait would have come by now
+        await asyncio.sleep(2.5)  # a redelivery past the ack wait would have come by now
         stop.set()
         await asyncio.wait_for(asyncio.gather(consumer, other), timeout=5)
         info = await js.consumer_info(spec.stream, spec.durable)

@@ -49,3 +49,52 @@ def test_take_free_takes_what_is_free_up_to_the_most_asked_and_release_gives_bac
     assert slots.free == 2
     with pytest.raises(RuntimeError):
         slots.release(3)
+
+
+async def test_a_waiting_acquire_gets_the_freed_slot_before_a_consumer_about_to_fetch() -> None:
+    """A message already fetched goes first: a consumer with a backlog, taking every slot it sees
+    free, does not take the freed one from it however quickly it wakes."""
+    slots = Slots(1)
+    assert slots.take_free(1) == 1
+    stop = asyncio.Event()
+
+    async def fetcher() -> None:
+        while not stop.is_set():
+            await slots.wait_free()
+            if slots.take_free(1):
+                await asyncio.sleep(0)  # its call, as short as can be
+                slots.release()
+
+    greedy = asyncio.create_task(fetcher())
+    waiting = asyncio.create_task(slots.acquire_unless(stop))
+    await asyncio.sleep(0.01)
+    assert slots.free == 0  # the waiting call is counted: nothing for the fetcher
+    slots.release()
+    assert await asyncio.wait_for(waiting, timeout=1) is True
+    stop.set()
+    greedy.cancel()
+    await asyncio.gather(greedy, return_exceptions=True)
+
+
+async def test_acquire_unless_returns_false_once_stop_is_set_and_leaves_the_slots_as_they_were() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(slots.acquire_unless(stop))
+    await asyncio.sleep(0.01)
+    stop.set()
+    assert await asyncio.wait_for(waiting, timeout=1) is False
+    slots.release()
+    assert slots.free == 1
+
+
+async def test_a_cancelled_acquire_unless_is_cancelled_and_takes_nothing() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire_unless(asyncio.Event()))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    slots.release()
+    assert slots.free == 1

@@ -255,7 +255,8 @@ async def _consume(
                 await _linger(fetched_at + spec.linger_s - loop.time(), stop)
     except asyncio.CancelledError:
         for task in running:
-            task.cancel()  # each NAKs its message (`decide`)
+            # Each NAKs its message (`decide`); one not started yet is redelivered after ack_wait.
+            task.cancel()
         raise
     finally:
         if ahead is not None:
@@ -292,9 +293,18 @@ async def _fetch_for_slots(
     if msgs:
         return msgs
     (msg,) = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
+    slotted = False
+
+    async def slot() -> bool:
+        nonlocal slotted
+        slotted = await slots.acquire_unless(stop)
+        return slotted
+
     try:
-        slotted = await kept_alive(slots.acquire_unless(stop), held_alone(msg), spec.ack_wait_s)
+        await kept_alive(slot(), held_alone(msg), spec.ack_wait_s)
     except asyncio.CancelledError:
+        if slotted:  # taken, then cancelled while the keep-alive stopped
+            slots.release()
         await quietly(msg.nak())
         raise
     if not slotted:

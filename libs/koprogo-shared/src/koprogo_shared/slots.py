@@ -11,54 +11,62 @@ brings, `acquire_unless`). Unlike `asyncio.Semaphore`, the free count is readabl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 class Slots:
+    """`acquire_unless` (a message already fetched, waiting to run) goes before `take_free` (a
+    consumer about to fetch more): while one waits, a freed slot is kept for it (`free` counts
+    the slots nobody waits for), so it cannot lose every freed slot to a consumer with a backlog."""
+
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"slots: the size must be at least 1, not {size}")
         self.size = size
         self._free = size
+        self._acquiring = 0  # `acquire_unless` calls waiting for a slot
         self._freed = asyncio.Event()
         self._freed.set()
 
     @property
     def free(self) -> int:
-        return self._free
+        """The free slots a consumer may take for messages it has yet to fetch."""
+        return max(0, self._free - self._acquiring)
 
     async def wait_free(self) -> None:
-        """Return once a slot is free (without taking it)."""
-        while self._free == 0:
+        """Return once `free` is above 0 (without taking a slot)."""
+        while self.free == 0:
             self._freed.clear()
             await self._freed.wait()
 
     async def acquire(self) -> None:
-        await self.wait_free()
-        self._free -= 1  # no await since the check: no other task took it
+        await self.acquire_unless(None)
 
     async def acquire_unless(self, stop: asyncio.Event | None) -> bool:
         """Take a slot once one is free, and True; False, taking none, once `stop` is set."""
-        while stop is None or not stop.is_set():
-            if self._free > 0:
-                self._free -= 1
-                return True
-            self._freed.clear()
-            waits = [asyncio.ensure_future(self._freed.wait())]
-            if stop is not None:
-                waits.append(asyncio.ensure_future(stop.wait()))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await wait
-        return False
+        self._acquiring += 1
+        try:
+            while stop is None or not stop.is_set():
+                if self._free > 0:
+                    self._free -= 1
+                    return True
+                self._freed.clear()
+                waits = [asyncio.ensure_future(self._freed.wait())]
+                if stop is not None:
+                    waits.append(asyncio.ensure_future(stop.wait()))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()  # not awaited: a cancel of this call must not be swallowed
+            return False
+        finally:
+            self._acquiring -= 1
+            if self.free > 0:
+                self._freed.set()  # a slot kept for this call is free for the others again
 
     def take_free(self, most: int) -> int:
-        """Take up to `most` of the free slots at once; how many were taken (0 if none is free)."""
-        taken = min(most, self._free)
+        """Take up to `most` of the `free` slots at once; how many were taken (0 if none is)."""
+        taken = min(most, self.free)
         self._free -= taken
         return taken
 
