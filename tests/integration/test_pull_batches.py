@@ -19,6 +19,7 @@ from koprogo_shared.consumer import ConsumerSpec
 from koprogo_shared.durables import declare_consumer
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.pull_batches import BatchPuller
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -172,9 +173,13 @@ async def test_a_fetch_of_one_sends_one_lingering_request_and_no_probe(
     assert all(r["batch"] == 1 and "no_wait" not in r and 0 < int(r["expires"]) for r in requests)
     # A larger batch still asks first for what is there, without waiting.
     await js.publish(SUBJECT, b"three")
+    await wait_until(lambda: _pending(js, 1))
     assert [m.data for m in await puller.fetch(batch=3, timeout=2.0)] == [b"three"]
-    # A batch of one that may not linger asks for what is there, without waiting, too.
+    # A batch of one that may not linger asks for what is there, without waiting, too. (Once the
+    # consumer has seen the message: a no_wait request may be answered before the consumer
+    # notices a message stored an instant earlier.)
     await js.publish(SUBJECT, b"four")
+    await wait_until(lambda: _pending(js, 1))
     assert [m.data for m in await puller.fetch(batch=1, timeout=2.0, linger_batch=0)] == [b"four"]
     with pytest.raises(nats.errors.TimeoutError):
         await puller.fetch(batch=1, timeout=2.0, linger_batch=0)
@@ -185,3 +190,7 @@ async def test_a_fetch_of_one_sends_one_lingering_request_and_no_probe(
         {"batch": 1, "no_wait": True},
         {"batch": 1, "no_wait": True},
     ]
+
+
+async def _pending(js: JetStreamContext, count: int) -> bool:
+    return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_pending == count
