@@ -55,16 +55,8 @@ async def test_two_consumers_sharing_two_slots_never_hold_more_than_two_messages
 
     stop = asyncio.Event()
     try:
-        for spec in SPECS:
-            for n in range(5):
-                await js.publish(spec.filter_subject, f"{spec.durable}-{n}".encode())
         # Started together: both fetch at once for the same two free slots.
-        consumers = await asyncio.gather(
-            *(
-                start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
-                for spec in SPECS
-            )
-        )
+        consumers = await _backlogs_then_consumers(js, 5, handler, stop, slots)
         await wait_until(lambda: len(running) == 2)
         await asyncio.sleep(0.3)  # time for a consumer that would fetch beyond its slots to do so
         # Every slot taken: nothing more was fetched, the other eight wait at the server.
@@ -80,6 +72,21 @@ async def test_two_consumers_sharing_two_slots_never_hold_more_than_two_messages
     assert most_at_once == 2
     assert sorted(handled) == sorted(f"{s.durable}-{n}".encode() for s in SPECS for n in range(5))
     assert slots.free == 2
+
+
+async def _backlogs_then_consumers(
+    js: JetStreamContext, backlog: int, handler: Handler, stop: asyncio.Event, slots: Slots
+) -> list[asyncio.Task[None]]:
+    """`backlog` messages stored on each durable, then both consumers started together."""
+    for spec in SPECS:
+        for n in range(backlog):
+            await js.publish(spec.filter_subject, f"{spec.durable}-{n}".encode())
+    return await asyncio.gather(
+        *(
+            start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+            for spec in SPECS
+        )
+    )
 
 
 async def _held_at_once(js: JetStreamContext) -> int:
@@ -201,15 +208,7 @@ async def test_a_slot_freed_under_load_is_fetched_for_by_one_consumer_only(clean
     stop = asyncio.Event()
     most_held = 0
     try:
-        for spec in SPECS:
-            for n in range(4):
-                await js.publish(spec.filter_subject, f"{spec.durable}-{n}".encode())
-        consumers = await asyncio.gather(
-            *(
-                start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
-                for spec in SPECS
-            )
-        )
+        consumers = await _backlogs_then_consumers(js, 4, handler, stop, slots)
         while len(handled) < 8:
             most_held = max(most_held, await _held_at_once(js))
             await asyncio.sleep(0.01)
