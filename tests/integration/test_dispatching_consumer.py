@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+from collections.abc import Awaitable, Callable
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from koprogo_shared import subjects
-from koprogo_shared.consumer import ConsumerSpec, Handler, start_dispatching_consumer
+from koprogo_shared.consumer import ConsumerSpec, ConsumerStoppedError, Handler
+from koprogo_shared.dispatching import start_dispatching_consumer
 from koprogo_shared.nats_connection import connect_nats, ensure_streams
 from koprogo_shared.slots import Slots
 from tests.conftest import wait_until
@@ -28,6 +32,8 @@ SPECS = [
     )
     for name in ("a", "b")
 ]
+# For the tests of a message waiting for a slot: an ack wait their test can outlast.
+KEPT = dataclasses.replace(SPECS[1], ack_wait_s=2.0)
 
 
 async def _ack_pending(js: JetStreamContext) -> int:
@@ -225,6 +231,24 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
     progress until it runs: not redelivered meanwhile to another replica, which would run it too."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
+
+    async def bring(slots: Slots) -> None:
+        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers (1 s)
+        await slots.acquire()  # another consumer's call takes the slot meanwhile
+        await js.publish(KEPT.filter_subject, b"waiting")
+
+    try:
+        await _run_here_once_the_slot_frees(js, bring)
+    finally:
+        await nc.close()
+
+
+async def _run_here_once_the_slot_frees(
+    js: JetStreamContext, bring: Callable[[Slots], Awaitable[None]]
+) -> None:
+    """A consumer ("here") with one slot; `bring` takes the slot and gets one message to it; then
+    another replica with a free slot on the same durable, the slot held for twice `KEPT`'s ack
+    wait and released: the message ran here only, at its first delivery, and was acknowledged."""
     slots = Slots(1)
     deliveries: list[tuple[str, int]] = []
 
@@ -234,30 +258,123 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
 
         return handle
 
-    spec = dataclasses.replace(SPECS[1], ack_wait_s=2.0)
     stop = asyncio.Event()
+    consumer = await start_dispatching_consumer(js, KEPT, handler("here"), stop, slots=slots, name="here")
     try:
-        consumer = await start_dispatching_consumer(js, spec, handler("here"), stop, slots=slots, name="here")
-        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers (1 s)
-        await slots.acquire()  # another consumer's call takes the slot meanwhile
-        await js.publish(spec.filter_subject, b"waiting")
-        await wait_until(lambda: _ack_pending_of(js, spec, 1))  # brought here, waiting for the slot
-        # Another replica with a free slot, on the same durable.
+        await bring(slots)
+        await wait_until(lambda: _ack_pending_of(js, KEPT, 1))  # brought here, waiting for the slot
         other = await start_dispatching_consumer(
-            js, spec, handler("other"), stop, slots=Slots(1), name="other"
+            js, KEPT, handler("other"), stop, slots=Slots(1), name="other"
         )
         await asyncio.sleep(4.5)  # more than twice the ack wait, the slot still taken
         slots.release()
         await wait_until(lambda: len(deliveries) >= 1, timeout=5)
         await asyncio.sleep(2.5)  # a redelivery past the ack wait would have come by now
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(consumer, other), timeout=5)
-        info = await js.consumer_info(spec.stream, spec.durable)
     finally:
-        await nc.close()
+        stop.set()
+    await asyncio.wait_for(asyncio.gather(consumer, other), timeout=5)
+    info = await js.consumer_info(KEPT.stream, KEPT.durable)
     assert deliveries == [("here", 1)]
     assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
 
 
 async def _ack_pending_of(js: JetStreamContext, spec: ConsumerSpec, count: int) -> bool:
     return (await js.consumer_info(spec.stream, spec.durable)).num_ack_pending == count
+
+
+async def _sniffed_pulls(nc: NATS, spec: ConsumerSpec) -> list[Msg]:
+    """The pull requests sent for `spec`'s durable from now on (a copy of each, as the server's)."""
+    pulls: list[Msg] = []
+
+    async def heard(msg: Msg) -> None:
+        pulls.append(msg)
+
+    await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}", cb=heard)
+    await nc.flush()
+    return pulls
+
+
+async def test_an_idle_consumer_lingers_without_asking_first_what_is_there(clean_jetstream: str) -> None:
+    """After a second that brought nothing, the next fetch is one lingering request: no `no_wait`
+    request (and its 404) before it, until a message comes."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    spec = SPECS[0]
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    pulls = await _sniffed_pulls(nc, spec)
+    stop = asyncio.Event()
+    try:
+        consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=Slots(2), name="idle")
+        await asyncio.sleep(3.5)
+        idle = [json.loads(m.data) for m in pulls]
+        await js.publish(spec.filter_subject, b"woken")
+        await wait_until(lambda: handled == [b"woken"])
+        await asyncio.sleep(0.3)
+        woken = [json.loads(m.data) for m in pulls[len(idle) :]]
+        stop.set()
+        await asyncio.wait_for(consumer, timeout=5)
+    finally:
+        await nc.close()
+    # The first fetch asks what is there, then lingers; each idle second after it is one request.
+    assert idle[0] == {"batch": 2, "no_wait": True}
+    assert all(r["batch"] == 1 and "no_wait" not in r for r in idle[1:])
+    assert 3 <= len(idle[1:]) <= 5
+    # The message came to a lingering request; the next fetch asks again what is there first
+    # (for the slots free: one, or both once the message has run).
+    assert woken[0]["no_wait"] is True
+
+
+async def test_a_message_arriving_after_its_request_gave_up_is_kept_alive_until_a_slot_frees(
+    clean_jetstream: str,
+) -> None:
+    """A message that reaches the consumer after the request it answers gave up (here: a pull sent
+    by the test on the consumer's inbox) while every slot is taken is acknowledged as in progress
+    until it runs: not redelivered meanwhile to another replica, which would run it too."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    pulls = await _sniffed_pulls(nc, KEPT)
+
+    async def bring(slots: Slots) -> None:
+        await wait_until(lambda: len(pulls) >= 1)
+        inbox = str(pulls[0].reply).rsplit(".", 1)[0]  # the consumer's replies: `<inbox>.<n>`
+        await slots.acquire()  # another consumer's call takes the slot
+        await asyncio.sleep(1.5)  # its lingering request has expired: it now waits for a slot
+        await js.publish(KEPT.filter_subject, b"late")
+        await nc.publish(pulls[0].subject, b'{"batch": 1, "no_wait": true}', reply=f"{inbox}.late")
+
+    try:
+        await _run_here_once_the_slot_frees(js, bring)
+    finally:
+        await nc.close()
+
+
+async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(clean_jetstream: str) -> None:
+    """The consumer does not wait for a running call to end to notice its connection closed for
+    good: it raises `ConsumerStoppedError` (the service exits and is restarted) and cancels its
+    running messages, which could no longer be settled."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    spec = SPECS[0]
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a call that would not end on its own
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    stop = asyncio.Event()
+    consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=Slots(1), name="closed")
+    await js.publish(spec.filter_subject, b"running")
+    await asyncio.wait_for(started.wait(), timeout=5)
+    await nc.close()
+    with pytest.raises(ConsumerStoppedError):
+        await asyncio.wait_for(consumer, timeout=5)
+    assert cancelled.is_set()

@@ -32,9 +32,8 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from koprogo_shared.decisions import ACK, Ack, Decision, Defer, Retry, failure_decision, quietly, settle
 from koprogo_shared.durables import declare_again_if_deleted, declare_consumer
-from koprogo_shared.kept_alive import held_alone, held_with, kept_alive
+from koprogo_shared.kept_alive import held_with, kept_alive
 from koprogo_shared.pull_batches import BatchPuller
-from koprogo_shared.slots import Slots
 from koprogo_shared.telemetry import consumer_span, start_consumer_span
 
 log = logging.getLogger(__name__)
@@ -176,21 +175,16 @@ async def _consume(
     batch_handler: BatchHandler | None,
     stop: asyncio.Event | None,
     ready: Callable[[], Awaitable[None]] | None = None,
-    slots: Slots | None = None,
 ) -> None:
-    """The loop of `run_pull_consumer`, of each of `start_pull_consumers`, and of
-    `start_dispatching_consumer` (with `slots`), on a declared durable."""
+    """The loop of `run_pull_consumer` and of each of `start_pull_consumers`, on a declared durable."""
     loop = asyncio.get_running_loop()
     # Bound to the declared durable: no JetStream API call (`pull_subscribe` would ask for the
     # consumer's info again); the client it pulls with is read in `nats_privates`.
     sub = await BatchPuller.bind(js, spec.stream, spec.durable)
     pull = functools.partial(sub.fetch, batch=spec.batch, timeout=1.0, max_bytes=spec.max_bytes)
-    backoff = 0.1
+    fetches = Fetches(js, spec, stop)
     # The next batch, asked for while this one is handled (batch handlers, after a full fetch).
     ahead: asyncio.Task[list[Msg]] | None = None
-    # Dispatched messages being handled, each holding one of `slots`.
-    running: set[asyncio.Task[None]] = set()
-    idle_fetches = 0
     try:
         while stop is None or not stop.is_set():
             fetching, ahead = ahead, None
@@ -198,38 +192,9 @@ async def _consume(
                 await ready()
                 if stop is not None and stop.is_set():
                     break
-            fetch: Awaitable[list[Msg]]
-            if slots is not None:
-                await slots.wait_free()
-                if stop is not None and stop.is_set():
-                    break
-                fetch = _fetch_for_slots(sub, spec, slots, stop)
-            else:
-                fetch = fetching or pull()
-            try:
-                msgs = await fetch
-            except (nats.errors.TimeoutError, TimeoutError):
-                idle_fetches += 1
-                if idle_fetches >= spec.idle_fetches_before_check:
-                    idle_fetches = 0
-                    await declare_again_if_deleted(js, spec)
+            msgs = await fetches.result(fetching or pull())
+            if msgs is None:
                 continue
-            except nats.errors.ConnectionClosedError:
-                if stop is not None and stop.is_set():
-                    return
-                raise ConsumerStoppedError(f"NATS connection closed under consumer {spec.durable}") from None
-            except Exception as exc:
-                # Reconnecting, a JetStream API error, a consumer being recreated:
-                # transient from here; wait and fetch again.
-                log.warning("fetch for %s failed (%r); retrying in %.1fs", spec.durable, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-                    # What a pull on a deleted durable gets (no responders): declared again.
-                    await declare_again_if_deleted(js, spec)
-                continue
-            backoff = 0.1
-            idle_fetches = 0
             fetched_at = loop.time()
             if batch_handler is not None:
                 if len(msgs) == spec.batch and (stop is None or not stop.is_set()):
@@ -242,89 +207,59 @@ async def _consume(
                 # acknowledged as in progress every third of `ack_wait` (`kept_alive`).
                 held = functools.partial(held_with, msgs, ahead)
                 await kept_alive(_handled(js, spec, msgs, batch_handler), held, spec.ack_wait_s)
-            elif handler is not None and slots is not None:
-                for msg in msgs:  # each holding a slot taken by `_fetch_for_slots`
-                    task = asyncio.create_task(_settled(js, spec, msg, handler))
-                    running.add(task)
-                    # Given back when the task ends, even one cancelled before it started.
-                    task.add_done_callback(functools.partial(_slot_given_back, running, slots))
             elif handler is not None:
                 for msg in msgs:
                     await settle(js, msg, await decide(msg, handler), spec.max_deliver)
             if len(msgs) < spec.batch:
                 await _linger(fetched_at + spec.linger_s - loop.time(), stop)
-    except asyncio.CancelledError:
-        for task in running:
-            # Each NAKs its message (`decide`); one not started yet is redelivered after ack_wait.
-            task.cancel()
-        raise
     finally:
         if ahead is not None:
             await _give_back(ahead)
-        if running:
-            # Stopping: the dispatched messages finish (the service bounds this with its grace).
-            await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
 
-async def _fetch_for_slots(
-    sub: BatchPuller, spec: ConsumerSpec, slots: Slots, stop: asyncio.Event | None
-) -> list[Msg]:
-    """What the free slots can run now, each message holding a slot when it is returned.
+@dataclass(slots=True)
+class Fetches:
+    """What a consumer loop's fetches came to, their failures handled one way for every loop
+    (this module's and `dispatching`'s)."""
 
-    The slots are taken before asking the server for what is there (`no_wait`), so two consumers
-    sharing them never both fetch for the same free slot; the ones left unused are given back.
-    When nothing was there, a lingering request for one message, without holding a slot while it
-    lingers (the other consumer may need them all meanwhile): the message that comes takes the
-    next free slot, so at most this one waits here for another consumer's call to end, kept
-    alive meanwhile (in-progress acks: not handed to another replica, then run here as well);
-    if `stop` is set first, it is NAKed. `nats.errors.TimeoutError` when nothing came within the
-    fetch's second."""
-    reserved = slots.take_free(spec.batch)
-    try:
-        msgs = await sub.fetch(batch=reserved, timeout=1.0, max_bytes=spec.max_bytes, linger_batch=0)
-    except nats.errors.TimeoutError:
-        msgs = []
-    except BaseException:
-        slots.release(reserved)
-        raise
-    slots.release(reserved - len(msgs))
-    if msgs:
+    js: JetStreamContext
+    spec: ConsumerSpec
+    stop: asyncio.Event | None
+    backoff: float = 0.1
+    idle: int = 0  # fetches in a row that found nothing
+
+    async def result(self, fetch: Awaitable[list[Msg]]) -> list[Msg] | None:
+        """The messages `fetch` brought, or None: nothing within its second (after
+        `idle_fetches_before_check` of those in a row, the durable is declared again if it was
+        deleted), a transient failure waited out (reconnecting, a JetStream API error, a consumer
+        being recreated: backoff from 0.1 to 5 s), or the connection closed once `stop` is set.
+        Raises ConsumerStoppedError when the connection closed for good otherwise, so the service
+        exits (and its supervisor restarts it) instead of idling while looking healthy."""
+        try:
+            msgs = await fetch
+        except (nats.errors.TimeoutError, TimeoutError):
+            self.idle += 1
+            if self.idle >= self.spec.idle_fetches_before_check:
+                self.idle = 0
+                await declare_again_if_deleted(self.js, self.spec)
+            return None
+        except nats.errors.ConnectionClosedError:
+            if self.stop is not None and self.stop.is_set():
+                return None
+            raise ConsumerStoppedError(f"NATS connection closed under consumer {self.spec.durable}") from None
+        except Exception as exc:
+            log.warning("fetch for %s failed (%r); retrying in %.1fs", self.spec.durable, exc, self.backoff)
+            await asyncio.sleep(self.backoff)
+            self.backoff = min(self.backoff * 2, 5.0)
+            if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                # What a pull on a deleted durable gets (no responders): declared again.
+                await declare_again_if_deleted(self.js, self.spec)
+            return None
+        self.backoff = 0.1
+        self.idle = 0
         return msgs
-    (msg,) = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
-    slotted = False
-
-    async def slot() -> bool:
-        nonlocal slotted
-        slotted = await slots.acquire_unless(stop)
-        return slotted
-
-    try:
-        await kept_alive(slot(), held_alone(msg), spec.ack_wait_s)
-    except asyncio.CancelledError:
-        if slotted:  # taken, then cancelled while the keep-alive stopped
-            slots.release()
-        await quietly(msg.nak())
-        raise
-    if not slotted:
-        await quietly(msg.nak())
-        return []
-    return [msg]
-
-
-async def _settled(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, handler: Handler) -> None:
-    try:
-        await settle(js, msg, await decide(msg, handler), spec.max_deliver)
-    except Exception:
-        # Unreachable short of a bug (`decide` turns the handler's errors into decisions, `settle`
-        # is quiet): left unacknowledged, the message is redelivered after `ack_wait`.
-        log.exception("settling %s failed; it is redelivered after ack_wait", msg.subject)
-
-
-def _slot_given_back(running: set[asyncio.Task[None]], slots: Slots, task: asyncio.Task[None]) -> None:
-    running.discard(task)
-    slots.release()
 
 
 async def _handled(js: JetStreamContext, spec: ConsumerSpec, msgs: list[Msg], handler: BatchHandler) -> None:
@@ -347,34 +282,6 @@ async def start_pull_consumers(
     return [
         asyncio.create_task(_consume(js, spec, handler, None, stop), name=f"{name}-{n}") for n in range(loops)
     ]
-
-
-async def start_dispatching_consumer(
-    js: JetStreamContext,
-    spec: ConsumerSpec,
-    handler: Handler,
-    stop: asyncio.Event,
-    *,
-    slots: Slots,
-    name: str,
-) -> asyncio.Task[None]:
-    """Declare `spec`'s durable, then start one loop that fetches only as many messages as `slots`
-    has free (at most `spec.batch` a fetch: what is stored, else the first one stored) and runs
-    each in a task of its own, holding a slot until the message is settled.
-
-    Several consumers may share one `Slots` (a cloud deployment's two durables): between them at
-    most `slots.size` messages run, and while every slot is taken a consumer holds at most one
-    more (the one its lingering request brought, kept alive until a slot frees): the others wait
-    at the server for a replica with room rather than here. An idle consumer asks every second
-    for what is there, then lingers (a request and a 404 more than a loop fetching one at a
-    time). A failed declaration raises here, before the loop exists. Once `stop` is set the loop
-    fetches nothing more and ends when its running messages are settled; cancelled, it cancels
-    them (each is NAKed)."""
-    if spec.batch < 1:
-        raise ValueError(f"consumer {spec.durable}: a batch of at least 1, not {spec.batch}")
-    spec = dataclasses.replace(spec, max_ack_pending=max(spec.max_ack_pending, slots.size + 1))
-    await declare_consumer(js, spec)
-    return asyncio.create_task(_consume(js, spec, handler, None, stop, slots=slots), name=name)
 
 
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:

@@ -155,6 +155,17 @@ class BatchPuller:
             except TimeoutError:
                 pass
 
+    @property
+    def queued(self) -> int:
+        """Messages kept for the next fetch: they came after the request they answer gave up."""
+        return len(self._messages)
+
+    async def wait_queued(self) -> None:
+        """Return once a message is kept for the next fetch (for a loop not fetching meanwhile)."""
+        while not self._messages:
+            self._arrived.clear()
+            await self._arrived.wait()
+
     def _take(self, most: int) -> list[Msg]:
         taken: list[Msg] = []
         while self._messages and len(taken) < most:

@@ -2,7 +2,7 @@
 
 A cloud deployment's `concurrency` bounds its provider calls across its two durables (the router's
 work items and the requests gateways routed to it). A consumer dispatching into `Slots`
-(`consumer.start_dispatching_consumer`) takes free slots before it asks the server for that many
+(`dispatching.start_dispatching_consumer`) takes free slots before it asks the server for that many
 messages (`take_free`), so items are not fetched only to wait here for a call to end, held from
 the other replicas of the worker that could run them now (at most the one its lingering request
 brings, `acquire_unless`). Unlike `asyncio.Semaphore`, the free count is readable.

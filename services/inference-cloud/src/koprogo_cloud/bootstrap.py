@@ -5,7 +5,7 @@ streams (declared by the router or the ledger: this identity only waits for them
 one dispatching consumer per deployment on each of its two durables (the router's work items,
 and the requests gateways routed to it on the audit log), sharing the deployment's `concurrency`
 slots: at most that many provider calls at once across both, and at most one item per durable
-fetched while every slot is taken (`consumer.start_dispatching_consumer`); then the first
+fetched while every slot is taken (`dispatching.start_dispatching_consumer`); then the first
 statuses. A deployment without a key still gets its consumers: its work is answered with a
 fallback-worthy failure instead of waiting in the queue, and its status says why.
 """
@@ -28,7 +28,7 @@ from koprogo_cloud.entrypoints.status import StatusPublisher
 from koprogo_cloud.service_layer.inference import CloudInferenceService, DeploymentRuntime
 from koprogo_cloud.settings import CloudSettings
 from koprogo_shared import subjects
-from koprogo_shared.consumer import start_dispatching_consumer
+from koprogo_shared.dispatching import start_dispatching_consumer
 from koprogo_shared.nats_connection import connect_nats, wait_for_streams
 from koprogo_shared.ops_http import ops_server
 from koprogo_shared.service_runtime import until_stopped_or_failed
