@@ -244,11 +244,12 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
 
 
 async def _run_here_once_the_slot_frees(
-    js: JetStreamContext, bring: Callable[[Slots], Awaitable[None]]
+    js: JetStreamContext, bring: Callable[[Slots], Awaitable[None]], messages: int = 1
 ) -> None:
-    """A consumer ("here") with one slot; `bring` takes the slot and gets one message to it; then
-    another replica with a free slot on the same durable, the slot held for twice `KEPT`'s ack
-    wait and released: the message ran here only, at its first delivery, and was acknowledged."""
+    """A consumer ("here") with one slot; `bring` takes the slot and gets `messages` messages to
+    it; then another replica with a free slot on the same durable, the slot held for twice
+    `KEPT`'s ack wait and released: each message ran here only, at its first delivery, and was
+    acknowledged."""
     slots = Slots(1)
     deliveries: list[tuple[str, int]] = []
 
@@ -262,19 +263,19 @@ async def _run_here_once_the_slot_frees(
     consumer = await start_dispatching_consumer(js, KEPT, handler("here"), stop, slots=slots, name="here")
     try:
         await bring(slots)
-        await wait_until(lambda: _ack_pending_of(js, KEPT, 1))  # brought here, waiting for the slot
+        await wait_until(lambda: _ack_pending_of(js, KEPT, messages))  # brought here, waiting for the slot
         other = await start_dispatching_consumer(
             js, KEPT, handler("other"), stop, slots=Slots(1), name="other"
         )
         await asyncio.sleep(4.5)  # more than twice the ack wait, the slot still taken
         slots.release()
-        await wait_until(lambda: len(deliveries) >= 1, timeout=5)
+        await wait_until(lambda: len(deliveries) >= messages, timeout=5)
         await asyncio.sleep(2.5)  # a redelivery past the ack wait would have come by now
     finally:
         stop.set()
     await asyncio.wait_for(asyncio.gather(consumer, other), timeout=5)
     info = await js.consumer_info(KEPT.stream, KEPT.durable)
-    assert deliveries == [("here", 1)]
+    assert deliveries == [("here", 1)] * messages
     assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
 
 
@@ -352,13 +353,41 @@ async def test_a_message_arriving_after_its_request_gave_up_is_kept_alive_until_
         await nc.close()
 
 
-async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(clean_jetstream: str) -> None:
+async def test_a_message_queued_behind_one_waiting_for_a_slot_is_kept_alive_too(clean_jetstream: str) -> None:
+    """While a message waits for a slot, one that reached the consumer behind it (a request's
+    answer after its fetch returned; here a pull sent by the test on the consumer's inbox) is kept
+    alive as well: then it waits for its own slot, and runs here only."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    pulls = await _sniffed_pulls(nc, KEPT)
+
+    async def bring(slots: Slots) -> None:
+        await wait_until(lambda: len(pulls) >= 2)  # what is there (nothing), then one lingering
+        inbox = str(pulls[0].reply).rsplit(".", 1)[0]
+        await slots.acquire()  # another consumer's call takes the slot
+        await js.publish(KEPT.filter_subject, b"first")  # to the lingering request: waits for the slot
+        await wait_until(lambda: _ack_pending_of(js, KEPT, 1))
+        await js.publish(KEPT.filter_subject, b"behind")
+        await nc.publish(pulls[0].subject, b'{"batch": 1, "no_wait": true}', reply=f"{inbox}.late")
+
+    try:
+        await _run_here_once_the_slot_frees(js, bring, messages=2)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("waiting", ["for a free slot", "with a message for the slot"])
+async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(
+    clean_jetstream: str, waiting: str
+) -> None:
     """The consumer does not wait for a running call to end to notice its connection closed for
-    good: it raises `ConsumerStoppedError` (the service exits and is restarted) and cancels its
-    running messages, which could no longer be settled."""
+    good, whether it waits for a free slot or holds a message waiting for one: it raises
+    `ConsumerStoppedError` (the service exits and is restarted) and cancels its running messages,
+    which could no longer be settled."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
     spec = SPECS[0]
+    slots = Slots(1)
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -371,10 +400,16 @@ async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(
             raise
 
     stop = asyncio.Event()
-    consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=Slots(1), name="closed")
-    await js.publish(spec.filter_subject, b"running")
-    await asyncio.wait_for(started.wait(), timeout=5)
+    consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name="closed")
+    if waiting == "for a free slot":
+        await js.publish(spec.filter_subject, b"running")
+        await asyncio.wait_for(started.wait(), timeout=5)
+    else:
+        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers
+        await slots.acquire()  # another consumer's call takes the slot
+        await js.publish(spec.filter_subject, b"waiting")
+        await wait_until(lambda: _ack_pending_of(js, spec, 1))
     await nc.close()
     with pytest.raises(ConsumerStoppedError):
         await asyncio.wait_for(consumer, timeout=5)
-    assert cancelled.is_set()
+    assert cancelled.is_set() == (waiting == "for a free slot")

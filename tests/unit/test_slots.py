@@ -98,3 +98,25 @@ async def test_a_cancelled_acquire_unless_is_cancelled_and_takes_nothing() -> No
         await waiting
     slots.release()
     assert slots.free == 1
+
+
+async def test_acquire_unless_gives_up_after_its_timeout_taking_nothing_and_takes_a_slot_freed_before() -> (
+    None
+):
+    slots = Slots(1)
+    await slots.acquire()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await slots.acquire_unless(None, timeout=0.05) is False
+    assert loop.time() - started >= 0.05
+    assert slots.free == 0  # nothing taken, nothing kept for the call that gave up
+    slots.release()
+    assert slots.free == 1
+    waiting = asyncio.create_task(slots.acquire_unless(None, timeout=5))
+    await asyncio.sleep(0.01)
+    assert waiting.done() and waiting.result() is True
+    assert slots.free == 0
+    taken_later = asyncio.create_task(slots.acquire_unless(None, timeout=5))
+    await asyncio.sleep(0.01)
+    slots.release()
+    assert await asyncio.wait_for(taken_later, timeout=1) is True

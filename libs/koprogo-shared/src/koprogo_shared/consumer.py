@@ -249,6 +249,8 @@ class Fetches:
             if self.stop is not None and self.stop.is_set():
                 return None
             raise ConsumerStoppedError(f"NATS connection closed under consumer {self.spec.durable}") from None
+        except ConsumerStoppedError:
+            raise
         except Exception as exc:
             log.warning("fetch for %s failed (%r); retrying in %.1fs", self.spec.durable, exc, self.backoff)
             await asyncio.sleep(self.backoff)

@@ -82,7 +82,7 @@ async def _dispatch(
             await _room_or_late_message(js, sub, slots, spec, stop)
             if stop.is_set():
                 break
-            msgs = await fetches.result(_fetch_for_slots(sub, spec, slots, stop, probe=probe))
+            msgs = await fetches.result(_fetch_for_slots(js, sub, spec, slots, stop, probe=probe))
             probe = bool(msgs)
             for msg in msgs or ():
                 task = asyncio.create_task(_settled(js, spec, msg, handler))
@@ -98,6 +98,11 @@ async def _dispatch(
         raise
     finally:
         if running:
+            if client_of(js).is_closed:
+                # Stopped by another consumer that found the connection closed: their outcomes
+                # could not be stored nor settled either.
+                for task in running:
+                    task.cancel()
             # Stopping: the dispatched messages finish (the service bounds this with its grace).
             await asyncio.gather(*running, return_exceptions=True)
         try:
@@ -113,8 +118,7 @@ async def _room_or_late_message(
     fetch takes it without asking the server, and keeps it alive until a slot frees), or `stop`
     is set. Raises `ConsumerStoppedError` if the connection closes for good meanwhile."""
     while slots.free == 0 and not sub.queued and not stop.is_set():
-        if client_of(js).is_closed:
-            raise ConsumerStoppedError(f"NATS connection closed under consumer {spec.durable}")
+        _raise_if_closed(js, spec)
         waits = [asyncio.ensure_future(w) for w in (slots.wait_free(), sub.wait_queued(), stop.wait())]
         try:
             await asyncio.wait(waits, timeout=_CLOSED_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
@@ -124,7 +128,13 @@ async def _room_or_late_message(
 
 
 async def _fetch_for_slots(
-    sub: BatchPuller, spec: ConsumerSpec, slots: Slots, stop: asyncio.Event, *, probe: bool
+    js: JetStreamContext,
+    sub: BatchPuller,
+    spec: ConsumerSpec,
+    slots: Slots,
+    stop: asyncio.Event,
+    *,
+    probe: bool,
 ) -> list[Msg]:
     """What the free slots can run now, each message holding a slot when it is returned.
 
@@ -148,20 +158,31 @@ async def _fetch_for_slots(
         if msgs:
             return msgs
     (msg,) = await sub.fetch(batch=1, timeout=1.0, max_bytes=spec.max_bytes)
-    return [msg] if await _slot_for(msg, slots, spec, stop) else []
+    return [msg] if await _slot_for(js, msg, sub, slots, spec, stop) else []
 
 
-async def _slot_for(msg: Msg, slots: Slots, spec: ConsumerSpec, stop: asyncio.Event) -> bool:
-    """Wait for a slot for `msg`, kept alive meanwhile; False (it is NAKed) if `stop` came first."""
+async def _slot_for(
+    js: JetStreamContext, msg: Msg, sub: BatchPuller, slots: Slots, spec: ConsumerSpec, stop: asyncio.Event
+) -> bool:
+    """Wait for a slot for `msg`; False (it is NAKed) if `stop` came first. Meanwhile `msg` and
+    the messages queued behind it (`BatchPuller.queued`: taken by the next fetches, each then
+    waiting here in turn) are kept alive, and the connection is looked at every second
+    (`ConsumerStoppedError` once it closed for good)."""
     slotted = False
 
     async def slot() -> bool:
         nonlocal slotted
-        slotted = await slots.acquire_unless(stop)
-        return slotted
+        while not (slotted := await slots.acquire_unless(stop, timeout=_CLOSED_CHECK_S)):
+            if stop.is_set():
+                return False
+            _raise_if_closed(js, spec)
+        return True
+
+    def held() -> tuple[Msg, ...]:
+        return (*held_alone(msg)(), *sub.queued)
 
     try:
-        await kept_alive(slot(), held_alone(msg), spec.ack_wait_s)
+        await kept_alive(slot(), held, spec.ack_wait_s)
     except asyncio.CancelledError:
         if slotted:  # taken, then cancelled while the keep-alive stopped
             slots.release()
@@ -179,6 +200,11 @@ async def _settled(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, handler: 
         # Unreachable short of a bug (`decide` turns the handler's errors into decisions, `settle`
         # is quiet): left unacknowledged, the message is redelivered after `ack_wait`.
         log.exception("settling %s failed; it is redelivered after ack_wait", msg.subject)
+
+
+def _raise_if_closed(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    if client_of(js).is_closed:
+        raise ConsumerStoppedError(f"NATS connection closed under consumer {spec.durable}")
 
 
 def _slot_given_back(running: set[asyncio.Task[None]], slots: Slots, task: asyncio.Task[None]) -> None:

@@ -156,9 +156,11 @@ class BatchPuller:
                 pass
 
     @property
-    def queued(self) -> int:
-        """Messages kept for the next fetch: they came after the request they answer gave up."""
-        return len(self._messages)
+    def queued(self) -> tuple[Msg, ...]:
+        """Messages kept for the next fetch: they came after the request they answer gave up, or
+        beyond what the fetch that sent it returned (it returns once its batch is full, with
+        messages already kept, while the server may still bring what it asked for)."""
+        return tuple(self._messages)
 
     async def wait_queued(self) -> None:
         """Return once a message is kept for the next fetch (for a loop not fetching meanwhile)."""

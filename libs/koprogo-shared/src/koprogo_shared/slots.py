@@ -41,20 +41,26 @@ class Slots:
     async def acquire(self) -> None:
         await self.acquire_unless(None)
 
-    async def acquire_unless(self, stop: asyncio.Event | None) -> bool:
-        """Take a slot once one is free, and True; False, taking none, once `stop` is set."""
+    async def acquire_unless(self, stop: asyncio.Event | None, timeout: float | None = None) -> bool:
+        """Take a slot once one is free, and True; False, taking none, once `stop` is set or
+        `timeout` seconds (when given) have passed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         self._acquiring += 1
         try:
             while stop is None or not stop.is_set():
                 if self._free > 0:
                     self._free -= 1
                     return True
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return False
                 self._freed.clear()
                 waits = [asyncio.ensure_future(self._freed.wait())]
                 if stop is not None:
                     waits.append(asyncio.ensure_future(stop.wait()))
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for wait in waits:
                         wait.cancel()  # not awaited: a cancel of this call must not be swallowed
