@@ -81,14 +81,14 @@ from koprogo_cli.ports import free_port
 from koprogo_cli.secrets import ensure_content_keyring
 from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations
-from koprogo_ledger.adapters.postgres_pool import create_pool
-from koprogo_ledger.adapters.postgres_projection import (  # the private ones: the prototype's rows as the ledger's
-    _INSERT_REQUEST,
-    _INSERT_RESPONSE,
-    PostgresProjectionUnitOfWork,
-    _sealed_request,
-    _sealed_response,
+from koprogo_ledger.adapters.postgres_chat_rows import (  # the prototype's rows as the ledger's
+    INSERT_REQUEST,
+    INSERT_RESPONSE,
+    sealed_request,
+    sealed_response,
 )
+from koprogo_ledger.adapters.postgres_pool import create_pool
+from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
 from koprogo_ledger.domain.records import (
     RequestState,
     delivered_execution_info,
@@ -618,7 +618,7 @@ async def project_set_based(
         deliveries = [e for e in fresh if isinstance(e, ChatDelivered)]
         if requests:
             await conn.executemany(
-                _INSERT_REQUEST, [_sealed_request(request_row(e), keyring) for e in requests]
+                INSERT_REQUEST, [sealed_request(request_row(e), keyring) for e in requests]
             )
         if answers:
             ids = [uuid.UUID(e.request_id) for e in answers]
@@ -627,7 +627,7 @@ async def project_set_based(
                 for r in await conn.fetch(_LOCK_REQUESTS, ids)
             }
             rows = [response_row(e, states[uuid.UUID(e.request_id)]) for e in answers]
-            await conn.executemany(_INSERT_RESPONSE, [_sealed_response(row, keyring) for row in rows])
+            await conn.executemany(INSERT_RESPONSE, [sealed_response(row, keyring) for row in rows])
             await conn.executemany(
                 _SETTLE,
                 [

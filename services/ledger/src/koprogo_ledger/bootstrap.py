@@ -16,11 +16,9 @@ from koprogo_ledger.adapters.catalogue_seed import upsert_catalogue
 from koprogo_ledger.adapters.migrations import apply_migrations
 from koprogo_ledger.adapters.postgres_contents import PostgresContentStore
 from koprogo_ledger.adapters.postgres_pool import create_pool
-from koprogo_ledger.adapters.postgres_projection import (
-    PostgresProjectionUnitOfWork,
-    PostgresUndeliveredAnswers,
-)
+from koprogo_ledger.adapters.postgres_projection import PostgresProjectionUnitOfWork
 from koprogo_ledger.adapters.postgres_token_ledger import PostgresLedgerHeads
+from koprogo_ledger.adapters.postgres_undelivered import PostgresUndeliveredAnswers
 from koprogo_ledger.adapters.request_owners import recover_request_owners
 from koprogo_ledger.adapters.stream_scrubber import NatsStreamScrubber
 from koprogo_ledger.domain.rewards import RewardRules

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from koprogo_ledger.adapters.postgres_projection import CONTENT_PLACEHOLDER, MESSAGES_PLACEHOLDER
+from koprogo_ledger.adapters.postgres_chat_rows import CONTENT_PLACEHOLDER, MESSAGES_PLACEHOLDER
 from koprogo_ledger.service_layer.ports import CONTENT_TABLES, ContentStore, ContentTable
 from koprogo_shared.content_crypto import (
     ContentDecryptionError,

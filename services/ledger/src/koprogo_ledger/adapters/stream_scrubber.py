@@ -42,7 +42,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from koprogo_ledger.adapters.postgres_projection import USER_REQUESTS
+from koprogo_ledger.adapters.postgres_chat_rows import USER_REQUESTS
 from koprogo_ledger.adapters.postgres_tasks import USER_TASKS
 from koprogo_ledger.domain.records import user_key
 from koprogo_shared import subjects
