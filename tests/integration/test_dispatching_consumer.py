@@ -231,9 +231,10 @@ async def test_a_message_waiting_for_a_slot_is_kept_alive_past_its_ack_wait(clea
     progress until it runs: not redelivered meanwhile to another replica, which would run it too."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
+    pulls = await _sniffed_pulls(nc, KEPT)
 
     async def bring(slots: Slots) -> None:
-        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers (1 s)
+        await wait_until(lambda: len(pulls) >= 2)  # nothing there: its request for one lingers (1 s)
         await slots.acquire()  # another consumer's call takes the slot meanwhile
         await js.publish(KEPT.filter_subject, b"waiting")
 
@@ -281,6 +282,35 @@ async def _run_here_once_the_slot_frees(
 
 async def _ack_pending_of(js: JetStreamContext, spec: ConsumerSpec, count: int) -> bool:
     return (await js.consumer_info(spec.stream, spec.durable)).num_ack_pending == count
+
+
+async def _pending_of(js: JetStreamContext, spec: ConsumerSpec, count: int) -> bool:
+    return (await js.consumer_info(spec.stream, spec.durable)).num_pending == count
+
+
+async def _sent_late(
+    nc: NATS, js: JetStreamContext, spec: ConsumerSpec, pulls: list[Msg], data: bytes
+) -> None:
+    """`data` stored, then delivered to the consumer as the answer of a request it never sent (a
+    pull by the test on its inbox, `<inbox>.late`): as an answer arriving after its fetch ended."""
+    await js.publish(spec.filter_subject, data)
+    # Once the consumer counts it: a no_wait pull an instant earlier can be answered 404.
+    await wait_until(lambda: _pending_of(js, spec, 1))
+    inbox = str(pulls[0].reply).rsplit(".", 1)[0]  # the consumer's replies: `<inbox>.<n>`
+    await nc.publish(pulls[0].subject, b'{"batch": 1, "no_wait": true}', reply=f"{inbox}.late")
+
+
+async def _first_waiting_then_one_behind(
+    nc: NATS, js: JetStreamContext, spec: ConsumerSpec, slots: Slots, pulls: list[Msg]
+) -> None:
+    """With the slot taken, `first` brought by the consumer's lingering request (waiting for the
+    slot), then `behind` queued behind it (`_sent_late`)."""
+    await wait_until(lambda: len(pulls) >= 2)  # what is there (nothing), then one lingering
+    await slots.acquire()  # another consumer's call takes the slot
+    await js.publish(spec.filter_subject, b"first")  # to the lingering request: waits for the slot
+    await wait_until(lambda: _ack_pending_of(js, spec, 1))
+    await _sent_late(nc, js, spec, pulls, b"behind")
+    await wait_until(lambda: _ack_pending_of(js, spec, 2))
 
 
 async def _sniffed_pulls(nc: NATS, spec: ConsumerSpec) -> list[Msg]:
@@ -341,11 +371,9 @@ async def test_a_message_arriving_after_its_request_gave_up_is_kept_alive_until_
 
     async def bring(slots: Slots) -> None:
         await wait_until(lambda: len(pulls) >= 1)
-        inbox = str(pulls[0].reply).rsplit(".", 1)[0]  # the consumer's replies: `<inbox>.<n>`
         await slots.acquire()  # another consumer's call takes the slot
         await asyncio.sleep(1.5)  # its lingering request has expired: it now waits for a slot
-        await js.publish(KEPT.filter_subject, b"late")
-        await nc.publish(pulls[0].subject, b'{"batch": 1, "no_wait": true}', reply=f"{inbox}.late")
+        await _sent_late(nc, js, KEPT, pulls, b"late")
 
     try:
         await _run_here_once_the_slot_frees(js, bring)
@@ -362,13 +390,7 @@ async def test_a_message_queued_behind_one_waiting_for_a_slot_is_kept_alive_too(
     pulls = await _sniffed_pulls(nc, KEPT)
 
     async def bring(slots: Slots) -> None:
-        await wait_until(lambda: len(pulls) >= 2)  # what is there (nothing), then one lingering
-        inbox = str(pulls[0].reply).rsplit(".", 1)[0]
-        await slots.acquire()  # another consumer's call takes the slot
-        await js.publish(KEPT.filter_subject, b"first")  # to the lingering request: waits for the slot
-        await wait_until(lambda: _ack_pending_of(js, KEPT, 1))
-        await js.publish(KEPT.filter_subject, b"behind")
-        await nc.publish(pulls[0].subject, b'{"batch": 1, "no_wait": true}', reply=f"{inbox}.late")
+        await _first_waiting_then_one_behind(nc, js, KEPT, slots, pulls)
 
     try:
         await _run_here_once_the_slot_frees(js, bring, messages=2)
@@ -376,14 +398,46 @@ async def test_a_message_queued_behind_one_waiting_for_a_slot_is_kept_alive_too(
         await nc.close()
 
 
-@pytest.mark.parametrize("waiting", ["for a free slot", "with a message for the slot"])
+async def test_messages_still_queued_when_the_consumer_stops_are_given_back_at_once(
+    clean_jetstream: str,
+) -> None:
+    """Stopped while a message waits for a slot with another queued behind it: both are NAKed,
+    so the next consumer runs both at once, not the queued one after its ack wait (30 s here)."""
+    nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
+    await ensure_streams(js)
+    spec = dataclasses.replace(SPECS[0], ack_wait_s=30.0)
+    pulls = await _sniffed_pulls(nc, spec)
+    handled: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        handled.append(msg.data)
+
+    slots = Slots(1)
+    stop = asyncio.Event()
+    try:
+        consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name="stopped")
+        await _first_waiting_then_one_behind(nc, js, spec, slots, pulls)
+        stop.set()
+        await asyncio.wait_for(consumer, timeout=5)
+        again = asyncio.Event()
+        successor = await start_dispatching_consumer(js, spec, handler, again, slots=Slots(2), name="next")
+        await wait_until(lambda: len(handled) == 2, timeout=5)
+        again.set()
+        await asyncio.wait_for(successor, timeout=5)
+    finally:
+        await nc.close()
+    assert sorted(handled) == [b"behind", b"first"]
+
+
+@pytest.mark.parametrize("waiting", ["for a free slot", "with a message for the slot", "stopping"])
 async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(
     clean_jetstream: str, waiting: str
 ) -> None:
     """The consumer does not wait for a running call to end to notice its connection closed for
     good, whether it waits for a free slot or holds a message waiting for one: it raises
     `ConsumerStoppedError` (the service exits and is restarted) and cancels its running messages,
-    which could no longer be settled."""
+    which could no longer be settled. Stopping when the connection closes (stopped by another
+    consumer that found it closed), it cancels them too, rather than wait for them."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
     spec = SPECS[0]
@@ -400,16 +454,22 @@ async def test_a_connection_closed_while_every_slot_is_taken_stops_the_consumer(
             raise
 
     stop = asyncio.Event()
+    pulls = await _sniffed_pulls(nc, spec)
     consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name="closed")
-    if waiting == "for a free slot":
+    if waiting in ("for a free slot", "stopping"):
         await js.publish(spec.filter_subject, b"running")
         await asyncio.wait_for(started.wait(), timeout=5)
     else:
-        await asyncio.sleep(0.2)  # nothing there: its request for one message lingers
+        await wait_until(lambda: len(pulls) >= 2)  # nothing there: its request for one lingers
         await slots.acquire()  # another consumer's call takes the slot
         await js.publish(spec.filter_subject, b"waiting")
         await wait_until(lambda: _ack_pending_of(js, spec, 1))
-    await nc.close()
-    with pytest.raises(ConsumerStoppedError):
+    if waiting == "stopping":
+        stop.set()
+        await nc.close()
         await asyncio.wait_for(consumer, timeout=5)
-    assert cancelled.is_set() == (waiting == "for a free slot")
+    else:
+        await nc.close()
+        with pytest.raises(ConsumerStoppedError):
+            await asyncio.wait_for(consumer, timeout=5)
+    assert cancelled.is_set() == (waiting != "with a message for the slot")

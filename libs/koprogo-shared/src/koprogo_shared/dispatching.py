@@ -10,9 +10,16 @@ When nothing was there, it lingers for one message without holding a slot (the o
 may need them all meanwhile). That message takes the next free slot, before any consumer about to
 fetch more, and is kept alive with in-progress acks while it waits (not handed to another replica,
 then run here as well); it is NAKed if `stop` is set first. So while every slot is taken, a
-replica holds at most one message per durable that it cannot run yet: the others wait at the
+replica holds at most one message per durable that it cannot run yet (short of a rare race: a
+request's answer that came after its fetch returned, queued behind it): the others wait at the
 server for a replica with room. A message that reached the loop after its request gave up
-(`BatchPuller.queued`) is treated the same way.
+(`BatchPuller.queued`) is treated the same way, kept alive from the moment it is queued; those
+still queued when the loop ends are NAKed.
+
+While every slot is taken, and while its last calls finish once stopped, the loop looks every
+second whether its connection closed for good: then it raises `ConsumerStoppedError` (the
+service exits and is restarted) or, stopping, cancels those calls (their outcomes could be
+neither stored nor settled).
 
 After a second that brought nothing, the next fetch lingers at once, without the `no_wait` request
 first: an idle durable sends one request a second, as a loop fetching one at a time does.
@@ -97,18 +104,25 @@ async def _dispatch(
             task.cancel()
         raise
     finally:
-        if running:
-            if client_of(js).is_closed:
-                # Stopped by another consumer that found the connection closed: their outcomes
-                # could not be stored nor settled either.
-                for task in running:
-                    task.cancel()
-            # Stopping: the dispatched messages finish (the service bounds this with its grace).
-            await asyncio.gather(*running, return_exceptions=True)
+        await _running_ended(js, running)
         try:
             await sub.unsubscribe()
         except Exception:  # the connection is gone: so is the subscription
             log.debug("unsubscribing %s failed", spec.durable, exc_info=True)
+        for msg in sub.queued:  # fetched, never run: redelivered at once rather than after ack_wait
+            await quietly(msg.nak())
+
+
+async def _running_ended(js: JetStreamContext, running: set[asyncio.Task[None]]) -> None:
+    """Stopping: the dispatched messages finish (the service bounds this with its grace), unless
+    the connection closes for good, now or while they run (stopped by another consumer that
+    found it closed, say): then they are cancelled, as their outcomes could be neither stored nor
+    settled."""
+    while running:
+        if client_of(js).is_closed:
+            for task in running:
+                task.cancel()
+        await asyncio.wait(set(running), timeout=_CLOSED_CHECK_S)
 
 
 async def _room_or_late_message(
