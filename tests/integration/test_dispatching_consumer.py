@@ -167,7 +167,12 @@ async def test_a_stopped_consumer_lets_its_running_messages_finish_and_settles_t
         await nc.close()
 
 
-async def test_a_cancelled_consumer_gives_its_running_messages_back_at_once(clean_jetstream: str) -> None:
+@pytest.mark.parametrize("stopped_first", [False, True])
+async def test_a_cancelled_consumer_gives_its_running_messages_back_at_once(
+    clean_jetstream: str, stopped_first: bool
+) -> None:
+    """Cancelled, or cancelled once stopped while it waits for its running messages (the worker's
+    shutdown after its grace), the consumer cancels them: each is NAKed."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
     deliveries: list[int] = []
@@ -186,14 +191,21 @@ async def test_a_cancelled_consumer_gives_its_running_messages_back_at_once(clea
         slots = Slots(1)
         consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
         await wait_until(lambda: deliveries == [1])
+        if stopped_first:
+            stop.set()
+            await asyncio.sleep(0.3)  # the loop has ended; it waits for its running message
+            assert not consumer.done()
         consumer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(consumer, timeout=5)
         assert slots.free == 1
         # NAKed, not left to its 30 s ack wait: the next consumer gets it again at once.
-        again = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name=spec.durable)
+        again_stop = asyncio.Event()
+        again = await start_dispatching_consumer(
+            js, spec, handler, again_stop, slots=slots, name=spec.durable
+        )
         await wait_until(lambda: deliveries == [1, 2], timeout=5)
-        stop.set()
+        again_stop.set()
         await asyncio.wait_for(again, timeout=5)
     finally:
         await nc.close()

@@ -104,25 +104,34 @@ async def _dispatch(
             task.cancel()
         raise
     finally:
-        await _running_ended(js, running)
         try:
-            await sub.unsubscribe()
-        except Exception:  # the connection is gone: so is the subscription
-            log.debug("unsubscribing %s failed", spec.durable, exc_info=True)
-        for msg in sub.queued:  # fetched, never run: redelivered at once rather than after ack_wait
-            await quietly(msg.nak())
+            await _running_ended(js, running)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection is gone: so is the subscription
+                log.debug("unsubscribing %s failed", spec.durable, exc_info=True)
+            for msg in sub.queued:  # fetched, never run: redelivered at once, not after ack_wait
+                await quietly(msg.nak())
 
 
 async def _running_ended(js: JetStreamContext, running: set[asyncio.Task[None]]) -> None:
     """Stopping: the dispatched messages finish (the service bounds this with its grace), unless
     the connection closes for good, now or while they run (stopped by another consumer that
     found it closed, say): then they are cancelled, as their outcomes could be neither stored nor
-    settled."""
-    while running:
-        if client_of(js).is_closed:
-            for task in running:
-                task.cancel()
-        await asyncio.wait(set(running), timeout=_CLOSED_CHECK_S)
+    settled. Cancelled meanwhile (the service's grace is over), it cancels them (each NAKs its
+    message) and waits for them before it lets the cancel go on."""
+    try:
+        while running:
+            if client_of(js).is_closed:
+                for task in running:
+                    task.cancel()
+            await asyncio.wait(set(running), timeout=_CLOSED_CHECK_S)
+    except asyncio.CancelledError:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
 
 
 async def _room_or_late_message(
