@@ -313,16 +313,17 @@ async def _sent_late(
 
 
 async def _first_waiting_then_one_behind(
-    nc: NATS, js: JetStreamContext, spec: ConsumerSpec, slots: Slots, pulls: list[Msg]
+    nc: NATS, js: JetStreamContext, spec: ConsumerSpec, slots: Slots, pulls: list[Msg], running: int = 0
 ) -> None:
-    """With the slot taken, `first` brought by the consumer's lingering request (waiting for the
-    slot), then `behind` queued behind it (`_sent_late`)."""
-    await wait_until(lambda: len(pulls) >= 2)  # what is there (nothing), then one lingering
+    """With the last free slot taken, `first` brought by the consumer's lingering request (waiting
+    for the slot), then `behind` queued behind it (`_sent_late`); `running`: the consumer's own
+    calls running meanwhile."""
+    await wait_until(lambda: pulls and "expires" in json.loads(pulls[-1].data))  # one lingering
     await slots.acquire()  # another consumer's call takes the slot
     await js.publish(spec.filter_subject, b"first")  # to the lingering request: waits for the slot
-    await wait_until(lambda: _ack_pending_of(js, spec, 1))
+    await wait_until(lambda: _ack_pending_of(js, spec, running + 1))
     await _sent_late(nc, js, spec, pulls, b"behind")
-    await wait_until(lambda: _ack_pending_of(js, spec, 2))
+    await wait_until(lambda: _ack_pending_of(js, spec, running + 2))
 
 
 async def _sniffed_pulls(nc: NATS, spec: ConsumerSpec) -> list[Msg]:
@@ -413,32 +414,39 @@ async def test_a_message_queued_behind_one_waiting_for_a_slot_is_kept_alive_too(
 async def test_messages_still_queued_when_the_consumer_stops_are_given_back_at_once(
     clean_jetstream: str,
 ) -> None:
-    """Stopped while a message waits for a slot with another queued behind it: both are NAKed,
-    so the next consumer runs both at once, not the queued one after its ack wait (30 s here)."""
+    """Stopped while a message waits for a slot with another queued behind it, and one of its
+    own calls runs on: both are NAKed when the loop ends, not after that call, so the next
+    consumer runs both at once, not the queued one after its ack wait (30 s here)."""
     nc, js = await connect_nats(clean_jetstream, "dispatch-tests")
     await ensure_streams(js)
     spec = dataclasses.replace(SPECS[0], ack_wait_s=30.0)
     pulls = await _sniffed_pulls(nc, spec)
     handled: list[bytes] = []
+    release = asyncio.Event()
 
     async def handler(msg: Msg) -> None:
+        if msg.data == b"running":
+            await release.wait()
         handled.append(msg.data)
 
-    slots = Slots(1)
+    slots = Slots(2)
     stop = asyncio.Event()
     try:
+        await js.publish(spec.filter_subject, b"running")
         consumer = await start_dispatching_consumer(js, spec, handler, stop, slots=slots, name="stopped")
-        await _first_waiting_then_one_behind(nc, js, spec, slots, pulls)
+        await _first_waiting_then_one_behind(nc, js, spec, slots, pulls, running=1)
         stop.set()
-        await asyncio.wait_for(consumer, timeout=5)
         again = asyncio.Event()
         successor = await start_dispatching_consumer(js, spec, handler, again, slots=Slots(2), name="next")
-        await wait_until(lambda: len(handled) == 2, timeout=5)
+        await wait_until(lambda: sorted(handled) == [b"behind", b"first"], timeout=5)
+        assert not consumer.done()  # its own call still runs
+        release.set()
+        await asyncio.wait_for(consumer, timeout=5)
         again.set()
         await asyncio.wait_for(successor, timeout=5)
     finally:
         await nc.close()
-    assert sorted(handled) == [b"behind", b"first"]
+    assert sorted(handled) == [b"behind", b"first", b"running"]
 
 
 @pytest.mark.parametrize("waiting", ["for a free slot", "with a message for the slot", "stopping"])

@@ -36,7 +36,7 @@ async def bound(clean_jetstream: str) -> AsyncIterator[tuple[NATS, JetStreamCont
     try:
         yield nc, js, puller
     finally:
-        await puller.unsubscribe()
+        await puller.close()
         await nc.close()
 
 
@@ -194,3 +194,36 @@ async def test_a_fetch_of_one_sends_one_lingering_request_and_no_probe(
 
 async def _pending(js: JetStreamContext, count: int) -> bool:
     return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_pending == count
+
+
+async def test_a_cancelled_fetch_keeps_what_came_and_close_gives_it_back_at_once(
+    bound: tuple[NATS, JetStreamContext, BatchPuller],
+) -> None:
+    """Messages that reached a fetch cancelled before its batch filled are kept for the next fetch,
+    in order (not dropped, left to their 30 s ack wait). `close` NAKs those still kept, for a
+    redelivery once the cancelled request has expired at the server (it would take them, into
+    nothing): well within their ack wait."""
+    _, js, puller = bound
+    fetching = asyncio.create_task(puller.fetch(batch=5, timeout=2.0))
+    await asyncio.sleep(0.3)  # nothing there: its request lingers for five
+    for data in (b"a", b"b"):
+        await js.publish(SUBJECT, data)
+    await wait_until(lambda: _ack_pending(js, 2))  # both delivered to the lingering request
+    fetching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+    assert [m.data for m in puller.queued] == [b"a", b"b"]
+    await puller.close()
+    assert puller.queued == ()
+    again = await BatchPuller.bind(js, SPEC.stream, SPEC.durable)
+    redelivered: list[Msg] = []
+    try:
+        while len(redelivered) < 2:
+            redelivered += await again.fetch(batch=2, timeout=10.0, linger_batch=1)
+    finally:
+        await again.close()
+    assert [(m.data, m.metadata.num_delivered) for m in redelivered] == [(b"a", 2), (b"b", 2)]
+
+
+async def _ack_pending(js: JetStreamContext, count: int) -> bool:
+    return (await js.consumer_info(SPEC.stream, SPEC.durable)).num_ack_pending == count

@@ -215,8 +215,7 @@ async def _consume(
     finally:
         if ahead is not None:
             await _give_back(ahead)
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await sub.close()
 
 
 @dataclass(slots=True)

@@ -105,14 +105,15 @@ async def _dispatch(
         raise
     finally:
         try:
-            await _running_ended(js, running)
+            # First, so that what is queued goes back at once (nothing keeps it alive any more),
+            # not after the running calls.
+            await sub.close()
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()  # as `_running_ended` does when cancelled
+            raise
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection is gone: so is the subscription
-                log.debug("unsubscribing %s failed", spec.durable, exc_info=True)
-            for msg in sub.queued:  # fetched, never run: redelivered at once, not after ack_wait
-                await quietly(msg.nak())
+            await _running_ended(js, running)
 
 
 async def _running_ended(js: JetStreamContext, running: set[asyncio.Task[None]]) -> None:

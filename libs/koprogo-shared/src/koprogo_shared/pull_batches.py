@@ -19,7 +19,8 @@ a subscription of its own:
 Each request has its own reply subject (`<inbox>.<n>`), so a status arriving late for an earlier
 request (the deadline passed just before the server's 408) never ends a later one; messages are
 the consumer's whichever request they answer, and one arriving after its fetch gave up is kept
-for the next fetch (nats-py keeps them in its queue the same way). Statuses: heartbeats (100) and
+for the next fetch (nats-py keeps them in its queue the same way), as are those of a fetch cancelled
+midway; `close` NAKs what is still kept. Statuses: heartbeats (100) and
 409 (a pull the server refused or cut, e.g. too many waiting) are passed over, as nats-py does; 503
 (no responders: the durable was deleted) raises `nats.js.errors.ServiceUnavailableError`, any other
 status `nats.js.errors.APIError`.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import time
 
 import nats.errors
@@ -40,7 +42,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError
 
+from koprogo_shared.decisions import quietly
 from koprogo_shared.nats_privates import api_prefix, client_of
+
+log = logging.getLogger(__name__)
 
 # The lingering request expires this much before the call's deadline, so the server's 408
 # normally arrives before the caller stops waiting (nats-py uses the same 100 µs).
@@ -64,6 +69,10 @@ class BatchPuller:
         self._arrived = asyncio.Event()
         self._requests = 0
         self._sub: Subscription | None = None
+        # Until when a lingering request of ours may still wait at the server (monotonic): one
+        # the server has not ended (a fetch cancelled, or one that returned with messages kept
+        # from an earlier request's late answer).
+        self._open_until = 0.0
 
     @classmethod
     async def bind(cls, js: JetStreamContext, stream: str, durable: str) -> BatchPuller:
@@ -103,16 +112,22 @@ class BatchPuller:
         deadline = time.monotonic() + timeout
         lingering = batch if linger_batch is None else min(linger_batch, batch)
         taken = self._take(batch)
-        if len(taken) < batch and (1 < batch or lingering == 0):
-            # What is there now, without waiting. Not for a batch of one that may linger: the
-            # lingering request below is answered at once by a message that is there, and there
-            # is no part of a batch to return early, so the probe would only cost a request and
-            # a 404 more.
-            taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
-        if not taken and lingering > 0:
-            remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
-            if remaining_ns > 0:
-                taken = await self._request(lingering, deadline, expires_ns=remaining_ns, max_bytes=max_bytes)
+        try:
+            if len(taken) < batch and (1 < batch or lingering == 0):
+                # What is there now, without waiting. Not for a batch of one that may linger: the
+                # lingering request below is answered at once by a message that is there, and
+                # there is no part of a batch to return early, so the probe would only cost a
+                # request and a 404 more.
+                taken += await self._request(batch - len(taken), deadline, no_wait=True, max_bytes=max_bytes)
+            if not taken and lingering > 0:
+                remaining_ns = int((deadline - time.monotonic()) * 1e9) - _EXPIRES_MARGIN_NS
+                if remaining_ns > 0:
+                    taken = await self._request(
+                        lingering, deadline, expires_ns=remaining_ns, max_bytes=max_bytes
+                    )
+        except BaseException:
+            self._messages.extendleft(reversed(taken))  # cancelled, or an error: kept, in order
+            raise
         if not taken:
             raise nats.errors.TimeoutError
         return taken
@@ -137,23 +152,32 @@ class BatchPuller:
             body["max_bytes"] = max_bytes
         self._ended.clear()
         await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=reply)
+        ends = time.monotonic() + (expires_ns or 0) / 1e9
         taken: list[Msg] = []
-        while True:
-            taken += self._take(batch - len(taken))
-            if self._error is not None:
-                error, self._error = self._error, None
-                self._messages.extendleft(reversed(taken))  # for the next fetch, in order
-                APIError.from_msg(error)
-            if len(taken) == batch or reply in self._ended:
-                return taken
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return taken
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        try:
+            while True:
+                taken += self._take(batch - len(taken))
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    APIError.from_msg(error)
+                if len(taken) == batch or reply in self._ended:
+                    return taken
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return taken
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    pass
+        except BaseException:
+            # An error status, or the fetch cancelled: what came is kept for the next fetch (or
+            # NAKed by `close`), in order, not left to its ack wait.
+            self._messages.extendleft(reversed(taken))
+            raise
+        finally:
+            if expires_ns is not None and reply not in self._ended:
+                self._open_until = max(self._open_until, ends)
 
     @property
     def queued(self) -> tuple[Msg, ...]:
@@ -174,6 +198,19 @@ class BatchPuller:
             taken.append(self._messages.popleft())
         return taken
 
-    async def unsubscribe(self) -> None:
+    async def close(self) -> None:
+        """Unsubscribe, then NAK the messages kept for a fetch that will not come (`queued`): they
+        are redelivered within a second rather than after their ack wait. While a lingering
+        request of ours may still wait at the server, the NAKs ask for a redelivery only once it
+        expired: the server would hand the message to that request, into nothing (seen on
+        nats-server 2.15, the subscription gone), and it would wait out its ack wait after all.
+        Quiet: a connection already closed took the subscription with it, and a NAK that cannot
+        be sent leaves the message to its ack wait."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                log.debug("unsubscribing %s failed", self._next_subject, exc_info=True)
+        delay = self._open_until - time.monotonic()
+        while self._messages:
+            await quietly(self._messages.popleft().nak(delay=delay + 0.05 if delay > 0 else None))
