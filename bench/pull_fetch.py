@@ -76,7 +76,7 @@ async def batch_puller(
     try:
         return await read_all(lambda: puller.fetch(batch=batch, timeout=2.0), total)
     finally:
-        await puller.unsubscribe()
+        await puller.close()
 
 
 READERS = {"nats-py fetch": nats_py, "BatchPuller": batch_puller}

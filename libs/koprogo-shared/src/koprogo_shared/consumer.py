@@ -213,9 +213,11 @@ async def _consume(
             if len(msgs) < spec.batch:
                 await _linger(fetched_at + spec.linger_s - loop.time(), stop)
     finally:
-        if ahead is not None:
-            await _give_back(ahead)
-        await sub.close()
+        try:
+            if ahead is not None:
+                await _give_back(ahead)
+        finally:
+            await sub.close()  # what is still kept (a fetch cut short included) goes back too
 
 
 @dataclass(slots=True)
@@ -288,8 +290,8 @@ async def start_pull_consumers(
 async def _give_back(ahead: asyncio.Task[list[Msg]]) -> None:
     """A batch fetched ahead and never handled (the consumer stops): NAKed, to be redelivered at
     once rather than after `ack_wait`. The fetch is let finish (within its 1 s timeout: one whose
-    messages have arrived ends at once, cancelling it would leave them unacknowledged); cut short
-    by a second cancellation, what it had is redelivered after `ack_wait`."""
+    messages have arrived ends at once); cut short by a second cancellation, what it had stays in
+    the puller's queue, which `BatchPuller.close` NAKs."""
     try:
         msgs = await ahead
     except Exception:  # timed out, or the connection closed: nothing was handed over

@@ -151,10 +151,12 @@ class BatchPuller:
         if max_bytes:
             body["max_bytes"] = max_bytes
         self._ended.clear()
-        await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=reply)
         ends = time.monotonic() + (expires_ns or 0) / 1e9
         taken: list[Msg] = []
         try:
+            # Inside: a publish cut short may still have buffered the request, which then waits
+            # at the server (`_open_until` below).
+            await self._nc.publish(self._next_subject, json.dumps(body).encode(), reply=reply)
             while True:
                 taken += self._take(batch - len(taken))
                 if self._error is not None:
@@ -202,8 +204,9 @@ class BatchPuller:
         """Unsubscribe, then NAK the messages kept for a fetch that will not come (`queued`): they
         are redelivered within a second rather than after their ack wait. While a lingering
         request of ours may still wait at the server, the NAKs ask for a redelivery only once it
-        expired: the server would hand the message to that request, into nothing (seen on
-        nats-server 2.15, the subscription gone), and it would wait out its ack wait after all.
+        expired: with plain NAKs a script saw nats-server 2.15.1 lose one message of two for
+        longer than the test waited, and redeliver another twice, or out of order
+        (docs/decisions.md, *The request and its routing stored once*).
         Quiet: a connection already closed took the subscription with it, and a NAK that cannot
         be sent leaves the message to its ack wait."""
         if self._sub is not None:
